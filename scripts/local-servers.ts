@@ -1,0 +1,245 @@
+/**
+ * Real etcd and Consul servers on loopback for the tests, the demo and the
+ * benchmarks (DESIGN §6). etcd comes from Debian's `etcd-server`; Consul is
+ * built from its Go module by `scripts/build-consul.sh` and cached per machine.
+ * Each server gets free ports and a throwaway data directory, and `stop()`
+ * ends exactly the process it started.
+ *
+ *   tsx scripts/local-servers.ts up      start both, print their addresses, stop on Ctrl-C
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+/** The Consul release the project pins (1.21 or newer, DESIGN §4). */
+export const CONSUL_VERSION = '1.22.2';
+/** A pre-1.14 release (64-op txns), used where it builds with the machine's Go. */
+export const CONSUL_LEGACY_VERSION = '1.13.9';
+
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function which(binary: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/bin', '/usr/local/bin'])) {
+    const candidate = join(dir, binary);
+    if (dir && existsSync(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+/** The etcd binary: `ETCD_BIN`, else PATH, else Debian's `etcd-server` installed with apt when root. */
+export function ensureEtcdBinary(): string {
+  if (process.env.ETCD_BIN) return process.env.ETCD_BIN;
+  const found = which('etcd');
+  if (found) return found;
+  if (process.getuid?.() === 0 && which('apt-get')) {
+    process.stderr.write('local-servers: etcd is missing; installing Debian\'s etcd-server with apt-get\n');
+    execFileSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const installed = which('etcd');
+    if (installed) return installed;
+  }
+  throw new Error('etcd is not installed. Install it with `sudo apt-get install etcd-server` (Debian/Ubuntu) or set ETCD_BIN to an etcd binary.');
+}
+
+/** The Consul binary: `CONSUL_BIN`, else the cached build of `version` (built once per machine). */
+export function ensureConsulBinary(version = CONSUL_VERSION): string {
+  if (process.env.CONSUL_BIN) return process.env.CONSUL_BIN;
+  const output = execFileSync('bash', [join(here, 'build-consul.sh'), version], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  return output.trim().split('\n').pop()!;
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, child: ChildProcess, log: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${what} exited with code ${child.exitCode} before it was ready; its log (${log}):\n${tail(log)}`);
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} was not ready within ${timeoutMs} ms; its log (${log}):\n${tail(log)}`);
+}
+
+function tail(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').split('\n').slice(-30).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    running.delete(child);
+    return;
+  }
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+  running.delete(child);
+}
+
+function launch(binary: string, args: string[], log: string): ChildProcess {
+  const out = createWriteStream(log);
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.pipe(out);
+  child.stderr!.pipe(out);
+  running.add(child);
+  return child;
+}
+
+async function httpOk(url: string, headers: Record<string, string> = {}): Promise<string | undefined> {
+  const { request } = await import('node:http');
+  return new Promise((resolve) => {
+    const req = request(url, { headers, timeout: 2000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve(res.statusCode === 200 ? Buffer.concat(chunks).toString('utf8') : undefined));
+    });
+    req.on('error', () => resolve(undefined));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
+}
+
+export interface EtcdServer {
+  endpoint: string;
+  pid: number;
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+export interface EtcdOptions {
+  /** etcd's --max-txn-ops (default 1024, so fixtures can hold transactions larger than Consul's). */
+  maxTxnOps?: number;
+  extraArgs?: string[];
+}
+
+export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
+  const binary = ensureEtcdBinary();
+  const [clientPort, peerPort] = [await freePort(), await freePort()];
+  const dataDir = mkdtempSync(join(tmpdir(), 'migrate-etcd-'));
+  const endpoint = `http://127.0.0.1:${clientPort}`;
+  const peer = `http://127.0.0.1:${peerPort}`;
+  const log = join(dataDir, 'etcd.log');
+  const child = launch(binary, [
+    '--name', 'migrate-test',
+    '--data-dir', join(dataDir, 'data'),
+    '--listen-client-urls', endpoint,
+    '--advertise-client-urls', endpoint,
+    '--listen-peer-urls', peer,
+    '--initial-advertise-peer-urls', peer,
+    '--initial-cluster', `migrate-test=${peer}`,
+    '--initial-cluster-state', 'new',
+    '--max-txn-ops', String(options.maxTxnOps ?? 1024),
+    '--max-request-bytes', String(2 * 1024 * 1024),
+    '--logger', 'zap',
+    ...(options.extraArgs ?? []),
+  ], log);
+  await waitFor('etcd', async () => (await httpOk(`${endpoint}/health`))?.includes('true') ?? false, child, log);
+  return {
+    endpoint,
+    pid: child.pid!,
+    dataDir,
+    async stop() {
+      await stopChild(child);
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface ConsulServer {
+  address: string;
+  version: string;
+  pid: number;
+  dnsPort: number;
+  /** The management token when ACLs are enabled. */
+  managementToken?: string;
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+export interface ConsulOptions {
+  version?: string;
+  /** Enable ACLs with default_policy deny and a management token. */
+  acl?: boolean;
+  extraHcl?: string;
+}
+
+export async function startConsul(options: ConsulOptions = {}): Promise<ConsulServer> {
+  const version = options.version ?? process.env.CONSUL_VERSION ?? CONSUL_VERSION;
+  const binary = ensureConsulBinary(version);
+  const [http, dns, serfLan, serfWan, server] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  const dataDir = mkdtempSync(join(tmpdir(), 'migrate-consul-'));
+  const log = join(dataDir, 'consul.log');
+  const node = `migrate-${http}`;
+  const [major, minor] = version.split('.').map(Number) as [number, number];
+  const modern = major > 1 || minor >= 14;
+  const managementToken = options.acl ? randomUUID() : undefined;
+  const hcl = [
+    `ports { http = ${http}, dns = ${dns}, serf_lan = ${serfLan}, serf_wan = ${serfWan}, server = ${server}, grpc = -1${modern ? ', grpc_tls = -1' : ''} }`,
+    managementToken
+      ? `acl { enabled = true, default_policy = "deny", enable_token_persistence = false, tokens { ${minor >= 11 || major > 1 ? 'initial_management' : 'master'} = "${managementToken}" } }`
+      : '',
+    options.extraHcl ?? '',
+  ].filter(Boolean);
+  const child = launch(binary, ['agent', '-dev', '-node', node, '-bind', '127.0.0.1', '-client', '127.0.0.1', '-log-level', 'warn', ...hcl.flatMap((h) => ['-hcl', h])], log);
+  const address = `http://127.0.0.1:${http}`;
+  const headers: Record<string, string> = managementToken ? { 'X-Consul-Token': managementToken } : {};
+  await waitFor('consul', async () => {
+    const leader = await httpOk(`${address}/v1/status/leader`);
+    if (!leader || leader.trim() === '""') return false;
+    // Sessions need the agent's node in the catalog; the dev agent registers it just after the election.
+    const nodeInfo = await httpOk(`${address}/v1/catalog/node/${node}`, headers);
+    return Boolean(nodeInfo && nodeInfo.trim() !== 'null');
+  }, child, log);
+  return {
+    address,
+    version,
+    pid: child.pid!,
+    dnsPort: dns,
+    ...(managementToken ? { managementToken } : {}),
+    dataDir,
+    async stop() {
+      await stopChild(child);
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const [command] = process.argv.slice(2);
+  if (command !== 'up') {
+    process.stderr.write('usage: tsx scripts/local-servers.ts up\n');
+    process.exit(2);
+  }
+  const etcd = await startEtcd();
+  const consul = await startConsul();
+  process.stdout.write(`export ETCDCTL_ENDPOINTS=${etcd.endpoint}\nexport CONSUL_HTTP_ADDR=${consul.address}\n# etcd pid ${etcd.pid}, Consul ${consul.version} pid ${consul.pid}; Ctrl-C stops both\n`);
+  const stop = async () => {
+    await Promise.all([etcd.stop(), consul.stop()]);
+    process.exit(0);
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}

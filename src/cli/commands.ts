@@ -1,0 +1,21 @@
+import type { CommandRegistrar } from './main.js';
+import { registerDoctor } from './commands/doctor.js';
+
+/**
+ * Every command the CLI offers, grouped by stage in `--help`. Each command
+ * lives in `commands/<name>.ts`; its action lazy-imports the service and the
+ * renderer so `--help` loads no gRPC or HTTP code.
+ */
+export function registerCommands(registrar: CommandRegistrar): void {
+  registrar.program.addHelpText('after', `
+Read-only:
+  doctor     check both servers, credentials and the state prefix
+
+Examples:
+  migrate doctor
+  migrate doctor --format json --etcd-endpoints http://10.0.0.5:2379 --consul-addr http://127.0.0.1:8500
+
+Exit codes: 0 ok/parity, 1 findings or drift, 2 usage or configuration, 3 server unreachable/refused/failed,
+4 refused by a guard or precondition, 130 interrupted, 70 internal error (a bug).`);
+  registerDoctor(registrar);
+}

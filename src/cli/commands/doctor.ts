@@ -1,0 +1,23 @@
+import { Command } from 'commander';
+import { ExitCode } from '../../errors.js';
+import type { CommandRegistrar } from '../main.js';
+
+export function registerDoctor({ add }: CommandRegistrar): void {
+  add(
+    new Command('doctor')
+      .description('check that etcd and Consul answer, their versions, the txn limit, ACLs, and that the credentials can read the source and write the state prefix')
+      .addHelpText('after', '\nExample:\n  CONSUL_HTTP_TOKEN_FILE=~/.consul-token migrate doctor --config migration.yaml\n'),
+    ['text', 'json'],
+    async (ctx, options) => {
+      const { loadConfig } = await import('../../config/load.js');
+      const { resolveConnections } = await import('../../config/connections.js');
+      const { runDoctor } = await import('../../doctor/doctor.js');
+      const { renderDoctor } = await import('../../doctor/render.js');
+      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd });
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const result = await runDoctor({ config: loaded.config, configFile: loaded.file, connections });
+      ctx.result(renderDoctor(result, ctx.format));
+      return result.ok ? ExitCode.ok : ExitCode.server;
+    },
+  );
+}

@@ -1,0 +1,81 @@
+import { UsageError } from '../errors.js';
+import { scrub } from '../report/redact.js';
+
+/** The process facts a command may use, injected so tests can run `main` in-process. */
+export interface Io {
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+  stdinIsTTY: boolean;
+  stderrIsTTY: boolean;
+}
+
+export type Format = 'text' | 'json' | 'yaml' | 'markdown' | 'junit';
+export type ProgressMode = 'auto' | 'plain' | 'json' | 'none';
+
+/** Options every command takes (DESIGN §4). */
+export interface GlobalOptions {
+  config?: string;
+  format?: string;
+  progress?: string;
+  etcdEndpoints?: string;
+  consulAddr?: string;
+  datacenter?: string;
+  verbose?: boolean;
+}
+
+/**
+ * What a command's service and renderer need from the CLI: the output
+ * policy computed once. Results go to stdout, everything else to stderr, and
+ * every line passes through the secret scrubber.
+ */
+export class CommandContext {
+  readonly format: Format;
+  readonly progress: ProgressMode;
+  /** Prompts only when stdin and stderr are terminals and CI is unset. */
+  readonly interactive: boolean;
+  readonly verbose: boolean;
+
+  constructor(
+    readonly io: Io,
+    readonly command: string,
+    options: GlobalOptions,
+    allowedFormats: readonly Format[],
+    readonly signal: AbortSignal,
+  ) {
+    const format = (options.format ?? 'text') as Format;
+    if (!allowedFormats.includes(format)) {
+      throw new UsageError('format_unsupported', `migrate ${command} has no --format ${options.format}; it writes ${allowedFormats.join(', ')}.`, {
+        hint: `Use --format ${allowedFormats.join(' or --format ')}.`,
+      });
+    }
+    this.format = format;
+    const progress = options.progress ?? 'auto';
+    if (!['auto', 'plain', 'json', 'none'].includes(progress)) {
+      throw new UsageError('progress_unsupported', `--progress ${progress} is not a progress mode.`, { hint: 'Use --progress auto, plain, json or none.' });
+    }
+    this.progress = progress as ProgressMode;
+    this.interactive = io.stdinIsTTY && io.stderrIsTTY && !io.env.CI;
+    this.verbose = options.verbose ?? false;
+  }
+
+  /** Writes the command's result to stdout. */
+  result(text: string): void {
+    this.io.stdout.write(scrub(text.endsWith('\n') ? text : `${text}\n`));
+  }
+
+  /** Writes a diagnostic line to stderr (silent in JSON-progress mode unless it is a warning). */
+  log(text: string): void {
+    this.io.stderr.write(scrub(text.endsWith('\n') ? text : `${text}\n`));
+  }
+
+  warn(text: string): void {
+    this.log(`warning: ${text}`);
+  }
+
+  /** One NDJSON progress event on stderr (with --progress json). */
+  event(event: Record<string, unknown>): void {
+    if (this.progress === 'json') this.io.stderr.write(scrub(`${JSON.stringify({ ts: new Date().toISOString(), ...event })}\n`));
+  }
+}

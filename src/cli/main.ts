@@ -1,0 +1,126 @@
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import { ExitCode, InterruptedError, isMigrateError, type MigrateError } from '../errors.js';
+import { renderEnvelope } from '../report/envelope.js';
+import { scrub } from '../report/redact.js';
+import { CommandContext, type Format, type GlobalOptions, type Io } from './context.js';
+import { registerCommands } from './commands.js';
+
+export const TOOL_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+function defaultIo(): Io {
+  return {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    env: process.env,
+    cwd: process.cwd(),
+    stdinIsTTY: Boolean(process.stdin.isTTY),
+    stderrIsTTY: Boolean(process.stderr.isTTY),
+  };
+}
+
+/** A command's body: gets its context and options, returns the exit code. */
+export type CommandRunner<O> = (ctx: CommandContext, options: O & GlobalOptions) => Promise<number>;
+
+/** What `registerCommands` uses to add a command with the shared options and error handling. */
+export interface CommandRegistrar {
+  program: Command;
+  add<O>(command: Command, formats: readonly Format[], run: CommandRunner<O>, options?: { oneShot?: boolean }): Command;
+}
+
+/**
+ * The CLI entry: parses `argv`, runs one command, and returns its exit code.
+ * It never calls `process.exit`; `bin/migrate.js` sets `process.exitCode`.
+ */
+export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
+  let exitCode: number = ExitCode.ok;
+  let format: Format = 'text';
+  let commandName = '';
+  const program = new Command('migrate')
+    .description('Move an application\'s data from etcd v3 to HashiCorp Consul: audit, map, copy, dual-run, verify, cut over.')
+    .version(TOOL_VERSION, '-V, --version')
+    .exitOverride()
+    .showSuggestionAfterError()
+    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(scrub(s)) });
+
+  const registrar: CommandRegistrar = {
+    program,
+    add(command, formats, run, options = {}) {
+      command
+        .option('-c, --config <file>', 'migration.yaml (default: $MIGRATE_CONFIG, then ./migration.yaml)')
+        .addOption(new Option('--format <format>', 'output format').choices([...formats]).default('text'))
+        .addOption(new Option('--progress <mode>', 'progress on stderr').choices(['auto', 'plain', 'json', 'none']).default('auto'))
+        .option('--etcd-endpoints <urls>', 'etcd endpoints, comma-separated (env ETCDCTL_ENDPOINTS)')
+        .option('--consul-addr <url>', 'Consul HTTP address (env CONSUL_HTTP_ADDR)')
+        .option('--datacenter <dc>', 'Consul datacenter (default: the agent\'s own)')
+        .option('--verbose', 'print stacks and debug detail')
+        .exitOverride()
+        .action(async (opts: GlobalOptions, cmd: Command) => {
+          commandName = cmd.name();
+          format = (opts.format ?? 'text') as Format;
+          const controller = new AbortController();
+          const interrupts = options.oneShot === false ? undefined : installInterrupts(controller, io);
+          try {
+            const ctx = new CommandContext(io, commandName, opts, formats, controller.signal);
+            exitCode = await run(ctx, opts as never);
+            if (controller.signal.aborted && exitCode === ExitCode.ok) exitCode = ExitCode.interrupted;
+          } finally {
+            interrupts?.();
+          }
+        });
+      program.addCommand(command);
+      return command;
+    },
+  };
+  registerCommands(registrar);
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    if (argv.length === 0) {
+      program.outputHelp();
+      return ExitCode.usage;
+    }
+    return exitCode;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
+      return ExitCode.usage;
+    }
+    return reportError(err, io, format, commandName);
+  }
+}
+
+/** First Ctrl-C: abort between batches; second: leave at once (DESIGN §4, atlas' two stages). */
+function installInterrupts(controller: AbortController, io: Io): () => void {
+  let count = 0;
+  const onSignal = () => {
+    count++;
+    if (count === 1) {
+      io.stderr.write('interrupt received: finishing the current batch and recording progress (Ctrl-C again to quit now)\n');
+      controller.abort(new InterruptedError('interrupted'));
+    } else {
+      process.exit(ExitCode.interrupted);
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  };
+}
+
+function reportError(err: unknown, io: Io, format: Format, command: string): number {
+  if (isMigrateError(err)) {
+    const e = err as MigrateError;
+    io.stderr.write(scrub(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}`));
+    if (format === 'json') {
+      io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details } })));
+    }
+    return e.exitCode;
+  }
+  const error = err instanceof Error ? err : new Error(String(err));
+  io.stderr.write(scrub(`internal error: this is a bug in migrate ${TOOL_VERSION}; please report it with the output below.\n${error.stack ?? error.message}\n`));
+  if (format === 'json') io.stdout.write(scrub(renderEnvelope(command, 'error', { error: { code: 'internal_error', message: error.message } })));
+  return 70;
+}

@@ -1,0 +1,138 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { UsageError } from '../errors.js';
+import { registerSecret } from '../report/redact.js';
+import type { ConsulConnection } from '../stores/consul-http.js';
+import type { EtcdConnection } from '../stores/etcd.js';
+import type { MigrationConfig } from './load.js';
+
+/** Connection flags common to every command that talks to a server. */
+export interface ConnectionFlags {
+  etcdEndpoints?: string;
+  consulAddr?: string;
+  datacenter?: string;
+}
+
+export interface Connections {
+  source: EtcdConnection;
+  target: ConsulConnection;
+  /** Where each setting came from, for `doctor` (never the secret itself). */
+  origins: Record<string, 'flag' | 'env' | 'file' | 'default'>;
+}
+
+export const DEFAULT_ETCD_ENDPOINT = 'http://127.0.0.1:2379';
+export const DEFAULT_CONSUL_ADDRESS = 'http://127.0.0.1:8500';
+
+function readSecretFile(path: string, what: string, baseDir: string): string {
+  try {
+    return readFileSync(resolve(baseDir, path), 'utf8').trim();
+  } catch (err) {
+    throw new UsageError('secret_file_unreadable', `Cannot read the ${what} file ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}.`, {
+      hint: `Check the path of the ${what} file and its permissions.`,
+    });
+  }
+}
+
+function readPem(path: string | undefined, what: string, baseDir: string): Buffer | undefined {
+  if (!path) return undefined;
+  try {
+    return readFileSync(resolve(baseDir, path));
+  } catch (err) {
+    throw new UsageError('tls_file_unreadable', `Cannot read the ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}.`, {
+      hint: `Check the path of the ${what}.`,
+    });
+  }
+}
+
+/**
+ * Resolves the connections: flags > environment > file > defaults (DESIGN §4).
+ * Environment variables are the ecosystem's own (ETCDCTL_*, CONSUL_*).
+ * Every secret found is registered for scrubbing before it is used.
+ */
+export function resolveConnections(config: MigrationConfig, flags: ConnectionFlags, env: NodeJS.ProcessEnv, baseDir: string): Connections {
+  const origins: Connections['origins'] = {};
+  const pick = <T>(name: string, values: [T | undefined, 'flag' | 'env' | 'file'][], fallback: T): T => {
+    for (const [value, origin] of values) {
+      if (value !== undefined && value !== '') {
+        origins[name] = origin;
+        return value;
+      }
+    }
+    origins[name] = 'default';
+    return fallback;
+  };
+
+  const endpoints = pick<string[]>('etcd.endpoints', [
+    [flags.etcdEndpoints?.split(',').map((s) => s.trim()).filter(Boolean), 'flag'],
+    [env.ETCDCTL_ENDPOINTS?.split(',').map((s) => s.trim()).filter(Boolean), 'env'],
+    [config.source.endpoints, 'file'],
+  ], [DEFAULT_ETCD_ENDPOINT]).map((e) => (e.includes('://') ? e : `http://${e}`));
+
+  // etcdctl accepts ETCDCTL_USER as "user" or "user:password".
+  let user = pick<string | undefined>('etcd.user', [[env.ETCDCTL_USER, 'env'], [config.source.auth?.user, 'file']], undefined);
+  let password: string | undefined;
+  if (user?.includes(':') && !env.ETCDCTL_PASSWORD) {
+    const at = user.indexOf(':');
+    password = user.slice(at + 1);
+    user = user.slice(0, at);
+  }
+  password ??= env.ETCDCTL_PASSWORD
+    ?? (config.source.auth?.passwordEnv ? env[config.source.auth.passwordEnv] : undefined)
+    ?? (config.source.auth?.passwordFile ? readSecretFile(config.source.auth.passwordFile, 'etcd password', baseDir) : undefined);
+  registerSecret(password);
+  if (user && password === undefined) {
+    throw new UsageError('etcd_password_missing', `An etcd user (${user}) is configured but no password was found.`, {
+      hint: 'Set ETCDCTL_PASSWORD, or source.auth.passwordEnv / passwordFile in migration.yaml.',
+    });
+  }
+
+  const etcdTls = {
+    ca: pick<string | undefined>('etcd.cacert', [[env.ETCDCTL_CACERT, 'env'], [config.source.tls?.ca, 'file']], undefined),
+    cert: pick<string | undefined>('etcd.cert', [[env.ETCDCTL_CERT, 'env'], [config.source.tls?.cert, 'file']], undefined),
+    key: pick<string | undefined>('etcd.key', [[env.ETCDCTL_KEY, 'env'], [config.source.tls?.key, 'file']], undefined),
+  };
+  const source: EtcdConnection = { endpoints };
+  if (etcdTls.ca || etcdTls.cert) {
+    source.tls = { ca: readPem(etcdTls.ca, 'etcd CA certificate', baseDir), cert: readPem(etcdTls.cert, 'etcd client certificate', baseDir), key: readPem(etcdTls.key, 'etcd client key', baseDir) };
+    if (!source.tls.ca) {
+      throw new UsageError('etcd_tls_incomplete', 'A client certificate is configured for etcd but no CA certificate.', { hint: 'Set ETCDCTL_CACERT or source.tls.ca as well.' });
+    }
+  } else if (endpoints.some((e) => e.startsWith('https://'))) {
+    throw new UsageError('etcd_tls_incomplete', 'The etcd endpoints use https:// but no CA certificate is configured.', { hint: 'Set ETCDCTL_CACERT or source.tls.ca to the CA that signed the etcd server certificate.' });
+  }
+  if (user && password !== undefined) source.auth = { username: user, password };
+
+  const https = env.CONSUL_HTTP_SSL === 'true' || env.CONSUL_HTTP_SSL === '1';
+  let address = pick<string>('consul.address', [[flags.consulAddr, 'flag'], [env.CONSUL_HTTP_ADDR, 'env'], [config.target.address, 'file']], DEFAULT_CONSUL_ADDRESS);
+  if (!address.includes('://')) address = `${https ? 'https' : 'http'}://${address}`;
+  const token = env.CONSUL_HTTP_TOKEN
+    ?? (env.CONSUL_HTTP_TOKEN_FILE ? readSecretFile(env.CONSUL_HTTP_TOKEN_FILE, 'Consul token', baseDir) : undefined)
+    ?? (config.target.tokenEnv ? env[config.target.tokenEnv] : undefined)
+    ?? (config.target.tokenFile ? readSecretFile(config.target.tokenFile, 'Consul token', baseDir) : undefined);
+  registerSecret(token);
+  origins['consul.token'] = env.CONSUL_HTTP_TOKEN ? 'env' : env.CONSUL_HTTP_TOKEN_FILE ? 'env' : config.target.tokenEnv || config.target.tokenFile ? 'file' : 'default';
+
+  const target: ConsulConnection = { address };
+  if (token) target.token = token;
+  const datacenter = pick<string | undefined>('consul.datacenter', [[flags.datacenter, 'flag'], [config.target.datacenter, 'file']], undefined);
+  if (datacenter) target.datacenter = datacenter;
+  const namespace = pick<string | undefined>('consul.namespace', [[env.CONSUL_NAMESPACE, 'env'], [config.target.namespace, 'file']], undefined);
+  if (namespace) target.namespace = namespace;
+  if (config.target.partition) target.partition = config.target.partition;
+  const consulTls = {
+    ca: pick<string | undefined>('consul.cacert', [[env.CONSUL_CACERT, 'env'], [config.target.tls?.ca, 'file']], undefined),
+    cert: pick<string | undefined>('consul.cert', [[env.CONSUL_CLIENT_CERT, 'env'], [config.target.tls?.cert, 'file']], undefined),
+    key: pick<string | undefined>('consul.key', [[env.CONSUL_CLIENT_KEY, 'env'], [config.target.tls?.key, 'file']], undefined),
+  };
+  const verifyEnv = env.CONSUL_HTTP_SSL_VERIFY;
+  const verify = verifyEnv !== undefined ? !/^(false|0)$/i.test(verifyEnv) : config.target.tls?.verify ?? true;
+  if (consulTls.ca || consulTls.cert || !verify) {
+    target.tls = {
+      ca: readPem(consulTls.ca, 'Consul CA certificate', baseDir),
+      cert: readPem(consulTls.cert, 'Consul client certificate', baseDir),
+      key: readPem(consulTls.key, 'Consul client key', baseDir),
+      verify,
+    };
+  }
+  return { source, target, origins };
+}

@@ -1,0 +1,214 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { UsageError } from '../errors.js';
+import { ConfigError, validateNode, type Spec, type ValidationContext } from './schema.js';
+
+/**
+ * `migration.yaml`, schema version 1 (DESIGN §4). Secrets are never inline:
+ * the file names an environment variable or a file that holds them.
+ */
+export interface MigrationConfig {
+  version: 1;
+  id: string;
+  state: { prefix: string };
+  source: {
+    endpoints?: string[];
+    tls?: { ca?: string; cert?: string; key?: string };
+    auth?: { user?: string; passwordEnv?: string; passwordFile?: string };
+  };
+  target: {
+    address?: string;
+    datacenter?: string;
+    namespace?: string;
+    partition?: string;
+    tokenEnv?: string;
+    tokenFile?: string;
+    tls?: { ca?: string; cert?: string; key?: string; verify?: boolean };
+    limits?: { maxValueBytes?: number; txnMaxOps?: number; txnMaxBytes?: number };
+  };
+  defaults: RuleDefaults;
+  rules: RuleConfig[];
+}
+
+export type RuleAction = 'copy' | 'keep';
+export type KeyPolicy = 'reject' | 'escape';
+export type LeasePolicy = 'session' | 'persist' | 'skip';
+export type UnmappedPolicy = 'skip' | 'error';
+
+export interface RuleDefaults {
+  keys: KeyPolicy;
+  leases: LeasePolicy;
+  unmapped: UnmappedPolicy;
+}
+
+export interface RuleConfig {
+  name: string;
+  from: string;
+  to: string;
+  action: RuleAction;
+  keys: KeyPolicy;
+  leases: LeasePolicy;
+}
+
+/** Where a loaded configuration came from (for messages and `doctor`). */
+export interface LoadedConfig {
+  config: MigrationConfig;
+  /** Absolute path, or undefined when no file was found (doctor works without one). */
+  file: string | undefined;
+  /** Parsed document with positions, for later cross-field checks. */
+  document: Document | undefined;
+  lineCounter: LineCounter | undefined;
+}
+
+const tlsSpec: Spec = { kind: 'object', fields: { ca: { kind: 'string' }, cert: { kind: 'string' }, key: { kind: 'string' } } };
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const INLINE_SECRET = 'Secrets are never written in migration.yaml: name an environment variable or a file instead.';
+
+const ruleSpec: Spec = {
+  kind: 'object',
+  required: ['name', 'from'],
+  fields: {
+    name: { kind: 'string', pattern: NAME, patternText: 'a name of letters, digits, ".", "_" and "-"' },
+    from: { kind: 'string', nonEmpty: true },
+    to: { kind: 'string' },
+    action: { kind: 'string', enum: ['copy', 'keep'] },
+    keys: { kind: 'string', enum: ['reject', 'escape'] },
+    leases: { kind: 'string', enum: ['session', 'persist', 'skip'] },
+  },
+};
+
+export const configSpec: Spec = {
+  kind: 'object',
+  required: ['version', 'id'],
+  fields: {
+    version: { kind: 'integer', min: 1, max: 1 },
+    id: { kind: 'string', pattern: NAME, patternText: 'an id of letters, digits, ".", "_" and "-"' },
+    state: { kind: 'object', fields: { prefix: { kind: 'string', nonEmpty: true } } },
+    source: {
+      kind: 'object',
+      fields: {
+        endpoints: { kind: 'strings' },
+        tls: tlsSpec,
+        auth: { kind: 'object', fields: { user: { kind: 'string' }, passwordEnv: { kind: 'string' }, passwordFile: { kind: 'string' } }, hint: { password: INLINE_SECRET } },
+      },
+    },
+    target: {
+      kind: 'object',
+      hint: { token: INLINE_SECRET },
+      fields: {
+        address: { kind: 'string', nonEmpty: true },
+        datacenter: { kind: 'string', nonEmpty: true },
+        namespace: { kind: 'string' },
+        partition: { kind: 'string' },
+        tokenEnv: { kind: 'string' },
+        tokenFile: { kind: 'string' },
+        tls: { kind: 'object', fields: { ...(tlsSpec as { fields: Record<string, Spec> }).fields, verify: { kind: 'boolean' } } },
+        limits: {
+          kind: 'object',
+          fields: {
+            maxValueBytes: { kind: 'integer', min: 1 },
+            txnMaxOps: { kind: 'integer', min: 2, max: 4096 },
+            txnMaxBytes: { kind: 'integer', min: 1024 },
+          },
+        },
+      },
+    },
+    defaults: {
+      kind: 'object',
+      fields: {
+        keys: { kind: 'string', enum: ['reject', 'escape'] },
+        leases: { kind: 'string', enum: ['session', 'persist', 'skip'] },
+        unmapped: { kind: 'string', enum: ['skip', 'error'] },
+      },
+    },
+    rules: { kind: 'array', items: ruleSpec },
+  },
+};
+
+export const DEFAULT_STATE_PREFIX = '_migrate/';
+
+/** The configuration used when there is no file (doctor, or flags and environment only). */
+export function emptyConfig(): MigrationConfig {
+  return { version: 1, id: 'default', state: { prefix: DEFAULT_STATE_PREFIX }, source: {}, target: {}, defaults: { keys: 'reject', leases: 'session', unmapped: 'skip' }, rules: [] };
+}
+
+/**
+ * Finds the mapping file: `--config`, else `$MIGRATE_CONFIG`, else
+ * `./migration.yaml` when it exists (DESIGN §4).
+ */
+export function findConfigFile(flag: string | undefined, env: NodeJS.ProcessEnv, cwd: string): string | undefined {
+  const named = flag ?? env.MIGRATE_CONFIG;
+  if (named) {
+    const file = resolve(cwd, named);
+    if (!existsSync(file)) {
+      throw new UsageError('config_not_found', `The configuration file ${file} does not exist (named by ${flag ? '--config' : 'MIGRATE_CONFIG'}).`, {
+        hint: 'Pass the path of migration.yaml with --config, or run `migrate init` to draft one.',
+      });
+    }
+    return file;
+  }
+  const local = resolve(cwd, 'migration.yaml');
+  return existsSync(local) ? local : undefined;
+}
+
+/** Parses and validates configuration text; `file` names it in messages. */
+export function parseConfig(text: string, file: string): LoadedConfig {
+  const lineCounter = new LineCounter();
+  const document = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const ctx: ValidationContext = { file, lineCounter };
+  const [error] = document.errors;
+  if (error) {
+    const pos = error.linePos?.[0];
+    throw new ConfigError(file, pos ? { line: pos.line, col: pos.col } : undefined, '', `not valid YAML: ${error.message.split('\n')[0]}`);
+  }
+  if (document.contents === null) throw new ConfigError(file, undefined, '', 'the file is empty; expected a mapping with at least `version: 1` and `id`');
+  const raw = validateNode(document.contents as Node, configSpec, '', ctx) as Partial<MigrationConfig> & Record<string, unknown>;
+  const defaults: RuleDefaults = { keys: 'reject', leases: 'session', unmapped: 'skip', ...(raw.defaults ?? {}) };
+  const config: MigrationConfig = {
+    version: 1,
+    id: raw.id as string,
+    state: { prefix: DEFAULT_STATE_PREFIX, ...(raw.state ?? {}) },
+    source: raw.source ?? {},
+    target: raw.target ?? {},
+    defaults,
+    rules: ((raw.rules ?? []) as Partial<RuleConfig>[]).map((rule) => ({
+      name: rule.name!,
+      from: rule.from!,
+      to: rule.to ?? rule.from!,
+      action: rule.action ?? 'copy',
+      keys: rule.keys ?? defaults.keys,
+      leases: rule.leases ?? defaults.leases,
+    })),
+  };
+  if (!config.state.prefix.endsWith('/')) {
+    throw new ConfigError(file, positionOfPath(document, ['state', 'prefix'], ctx), 'state.prefix', `"${config.state.prefix}" must end with "/" so that the state keys form their own folder`);
+  }
+  return { config, file, document, lineCounter };
+}
+
+function positionOfPath(doc: Document, path: (string | number)[], ctx: ValidationContext) {
+  const node = doc.getIn(path, true) as Node | undefined;
+  const offset = node?.range?.[0];
+  return offset === undefined ? undefined : ctx.lineCounter.linePos(offset);
+}
+
+/** Loads the configuration the way every command does; without a file, the empty configuration. */
+export function loadConfig(options: { configFlag?: string; env: NodeJS.ProcessEnv; cwd: string; required?: boolean }): LoadedConfig {
+  const file = findConfigFile(options.configFlag, options.env, options.cwd);
+  if (!file) {
+    if (options.required) {
+      throw new UsageError('config_not_found', `No migration.yaml in ${options.cwd}, and neither --config nor MIGRATE_CONFIG names one.`, {
+        hint: 'Pass --config <file>, set MIGRATE_CONFIG, or run `migrate init` to draft migration.yaml from an audit.',
+      });
+    }
+    return { config: emptyConfig(), file: undefined, document: undefined, lineCounter: undefined };
+  }
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError('config_unreadable', `Cannot read ${file}: ${(err as Error).message}.`, { hint: 'Check the path and its permissions.' });
+  }
+  return parseConfig(text, file);
+}

@@ -1,0 +1,178 @@
+import { randomBytes } from 'node:crypto';
+import { isMigrateError } from '../errors.js';
+import type { Connections } from '../config/connections.js';
+import type { MigrationConfig } from '../config/load.js';
+import { formatKey } from '../report/keys.js';
+import { ConsulHttp } from '../stores/consul-http.js';
+import { ConsulTarget } from '../stores/consul.js';
+import { EtcdSource, prefixRange } from '../stores/etcd.js';
+import { checkIdentity, mappingHash, parseStateDocument, statePaths, type StateMeta } from '../state/state.js';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
+
+export interface DoctorCheck {
+  name: string;
+  status: CheckStatus;
+  message: string;
+  /** The error code when the check failed. */
+  code?: string;
+  hint?: string;
+}
+
+export interface DoctorResult {
+  configFile: string | undefined;
+  etcd: { endpoints: string; version?: string; clusterId?: string; leader?: string; revision?: number };
+  consul: { address: string; version?: string; datacenter?: string; leader?: string; txnMaxOps?: number; aclsEnforced?: boolean };
+  checks: DoctorCheck[];
+  /** True when every server check passed (warnings allowed). */
+  ok: boolean;
+}
+
+export interface DoctorInput {
+  config: MigrationConfig;
+  configFile: string | undefined;
+  connections: Connections;
+  timeoutMs?: number;
+}
+
+/**
+ * Checks that both servers answer and that the configured credentials can do
+ * what the migration needs: read the source ranges, write under the state
+ * prefix. Never throws for a server problem: each becomes a failed check.
+ */
+export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
+  const { config, connections } = input;
+  const timeoutMs = input.timeoutMs ?? 5_000;
+  const checks: DoctorCheck[] = [];
+  const etcd = new EtcdSource({ ...connections.source, timeoutMs });
+  const consul = new ConsulTarget({ ...connections.target, timeoutMs }, { retry: { attempts: 1 }, limits: config.target.limits });
+  const result: DoctorResult = { configFile: input.configFile, etcd: { endpoints: etcd.endpoints }, consul: { address: consul.address }, checks, ok: true };
+  const fail = (name: string, err: unknown): void => {
+    if (!isMigrateError(err)) throw err;
+    checks.push({ name, status: 'fail', message: err.message, code: err.code, hint: err.hint });
+  };
+
+  checks.push(input.configFile
+    ? { name: 'config', status: 'ok', message: `${input.configFile}: migration "${config.id}", ${config.rules.length} rule(s)` }
+    : { name: 'config', status: 'skip', message: 'no migration.yaml (checked --config, MIGRATE_CONFIG, ./migration.yaml); using flags, environment and defaults' });
+
+  try {
+    let etcdClusterId: string | undefined;
+    try {
+      const status = await etcd.status();
+      etcdClusterId = status.clusterId;
+      Object.assign(result.etcd, { version: status.version, clusterId: status.clusterId, leader: status.leader, revision: status.revision });
+      checks.push({ name: 'etcd.reachable', status: 'ok', message: `etcd ${status.version} at ${etcd.endpoints}, cluster ${status.clusterId}, leader ${status.leader}, revision ${status.revision}` });
+    } catch (err) {
+      fail('etcd.reachable', err);
+    }
+    if (etcdClusterId) {
+      // Read one key of each copied range, never a fixed probe key the user may not be allowed to read.
+      const prefixes = config.rules.filter((r) => r.action === 'copy').map((r) => r.from);
+      const ranges = prefixes.length > 0 ? prefixes : [''];
+      const denied: string[] = [];
+      for (const prefix of ranges) {
+        try {
+          for await (const _page of etcd.readPages(prefixRange(prefix), { pageKeys: 1, keysOnly: true })) break;
+        } catch (err) {
+          if (isMigrateError(err) && err.code === 'etcd_permission_denied') denied.push(prefix);
+          else {
+            fail('etcd.read', err);
+            denied.length = 0;
+            break;
+          }
+        }
+      }
+      if (denied.length > 0) {
+        checks.push({
+          name: 'etcd.read',
+          status: 'fail',
+          code: 'etcd_permission_denied',
+          message: `the etcd user may not read ${denied.map((p) => (p === '' ? 'the whole keyspace' : `prefix ${formatKey(p)}`)).join(', ')}`,
+          hint: 'Grant the etcd role read on every rule range (`migrate acl` prints it).',
+        });
+      } else if (!checks.some((c) => c.name === 'etcd.read')) {
+        checks.push({ name: 'etcd.read', status: 'ok', message: prefixes.length > 0 ? `can read ${prefixes.length} rule range(s)` : 'can read the keyspace (no rules configured)' });
+      }
+    }
+
+    let consulUp = false;
+    try {
+      const info = await consul.info();
+      consulUp = true;
+      Object.assign(result.consul, { version: info.version, datacenter: info.datacenter, leader: info.leader, txnMaxOps: (await consul.limits()).txnMaxOps });
+      checks.push({ name: 'consul.reachable', status: info.leader ? 'ok' : 'fail', message: `Consul ${info.version} at ${consul.address}, datacenter ${info.datacenter || 'unknown'}, leader ${info.leader || 'none'}`, ...(info.leader ? {} : { code: 'consul_no_leader', hint: 'Wait for the Consul servers to elect a leader.' }) });
+      const limits = await consul.limits();
+      checks.push({
+        name: 'consul.txn-limit',
+        status: info.version === 'unknown' && !config.target.limits?.txnMaxOps ? 'warn' : 'ok',
+        message: `${limits.txnMaxOps} ops per txn${config.target.limits?.txnMaxOps ? ' (from target.limits.txnMaxOps)' : info.version === 'unknown' ? ' (server version unknown: the token may not read /v1/agent/self; set target.limits.txnMaxOps)' : ` (Consul ${info.version})`}, ${limits.txnMaxBytes} bytes per txn, values up to ${limits.maxValueBytes} bytes`,
+      });
+    } catch (err) {
+      fail('consul.reachable', err);
+    }
+
+    if (consulUp) {
+      const acl = await checkAnonymousAccess(connections, timeoutMs, statePaths(config.state.prefix, config.id).scratch);
+      result.consul.aclsEnforced = acl.enforced;
+      checks.push(acl.check);
+      const paths = statePaths(config.state.prefix, config.id);
+      const probe = `${paths.scratch}doctor-${randomBytes(6).toString('hex')}`;
+      try {
+        await consul.putKey(probe, Buffer.from('doctor probe'));
+        await consul.deleteKey(probe);
+        checks.push({ name: 'consul.write-state', status: 'ok', message: `can write and delete under the state prefix ${paths.root}` });
+      } catch (err) {
+        fail('consul.write-state', err);
+      }
+      try {
+        const entry = await consul.readKey(paths.meta);
+        if (!entry) {
+          checks.push({ name: 'state.meta', status: 'ok', message: `no state for migration "${config.id}" yet` });
+        } else {
+          const meta = parseStateDocument<StateMeta>(paths.meta, entry.value);
+          if (etcdClusterId) {
+            checkIdentity(meta, { id: config.id, etcdClusterId, datacenter: result.consul.datacenter ?? '', mappingHash: mappingHash(config) }, { acceptMappingChange: false });
+          }
+          checks.push({ name: 'state.meta', status: 'ok', message: `migration "${config.id}" recorded ${meta.created} for etcd cluster ${meta.etcdClusterId}; identity and mapping match` });
+        }
+      } catch (err) {
+        if (!isMigrateError(err)) throw err;
+        checks.push({ name: 'state.meta', status: 'warn', message: err.message, code: err.code, hint: err.hint });
+      }
+    }
+  } finally {
+    etcd.close();
+    consul.close();
+  }
+  result.ok = !checks.some((c) => c.status === 'fail');
+  return result;
+}
+
+/**
+ * An ACL-less Consul is the classic post-cutover exposure: warn loudly when
+ * the target takes anonymous writes. The probe key lives in the tool's own
+ * scratch folder and is removed at once.
+ */
+async function checkAnonymousAccess(connections: Connections, timeoutMs: number, scratch: string): Promise<{ enforced: boolean; check: DoctorCheck }> {
+  const anonymous = new ConsulHttp({ ...connections.target, token: undefined, timeoutMs });
+  try {
+    const self = await anonymous.request({ method: 'GET', path: '/v1/acl/token/self', accept: [401, 403, 404, 500] });
+    if (/ACL support disabled/i.test(self.body.toString('utf8'))) {
+      return { enforced: false, check: { name: 'consul.acl', status: 'warn', message: 'ACLs are DISABLED on this Consul: anyone who reaches it can read and overwrite every key once applications cut over', hint: 'Enable ACLs with default_policy = "deny" before cutover (https://developer.hashicorp.com/consul/docs/security/acl).' } };
+    }
+    const probe = `${scratch}doctor-anonymous-${randomBytes(6).toString('hex')}`;
+    const path = `/v1/kv/${probe.split('/').map(encodeURIComponent).join('/')}`;
+    const put = await anonymous.request({ method: 'PUT', path, body: 'anonymous probe', accept: [401, 403] });
+    if (put.status === 200) {
+      await anonymous.request({ method: 'DELETE', path, accept: [401, 403] });
+      return { enforced: false, check: { name: 'consul.acl', status: 'warn', message: 'ACLs are enabled but ANONYMOUS WRITES SUCCEED (the anonymous token or default_policy allows them)', hint: 'Set default_policy = "deny" and restrict the anonymous token before cutover.' } };
+    }
+    return { enforced: true, check: { name: 'consul.acl', status: 'ok', message: 'ACLs are enforced: anonymous writes are refused' } };
+  } catch (err) {
+    if (!isMigrateError(err)) throw err;
+    return { enforced: false, check: { name: 'consul.acl', status: 'warn', message: `could not tell whether ACLs are enforced: ${err.message}` } };
+  } finally {
+    anonymous.close();
+  }
+}

@@ -1,0 +1,27 @@
+/**
+ * How keys are shown to people: printable UTF-8 as it is, every other byte
+ * (invalid UTF-8, control characters, `\`) as `\xNN`. Keys are shown; values
+ * never are.
+ */
+export function formatKey(key: Buffer | string): string {
+  if (typeof key === 'string') return escapeText(key);
+  const text = key.toString('utf8');
+  if (Buffer.from(text, 'utf8').equals(key)) return escapeText(text);
+  let out = '';
+  for (const byte of key) {
+    out += byte >= 0x20 && byte < 0x7f && byte !== 0x5c ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`;
+  }
+  return out;
+}
+
+function escapeText(text: string): string {
+  let out = '';
+  for (const ch of text) {
+    const code = ch.codePointAt(0)!;
+    if (ch === '\\') out += '\\x5c';
+    else if (code < 0x20 || code === 0x7f || (code >= 0x80 && code < 0xa0) || code === 0xa0 || code === 0x2028 || code === 0x2029 || code === 0xfffd) {
+      out += [...Buffer.from(ch, 'utf8')].map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('');
+    } else out += ch;
+  }
+  return out;
+}

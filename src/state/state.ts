@@ -1,0 +1,167 @@
+import { createHash } from 'node:crypto';
+import { RefusedError, UsageError } from '../errors.js';
+import { TxnFailedError } from '../stores/consul-http.js';
+import type { TargetStore } from '../stores/types.js';
+import type { MigrationConfig } from '../config/load.js';
+
+/**
+ * The tool's state in Consul, under `state.prefix` + `<id>/` (DESIGN §4).
+ * Every document is JSON and carries `schemaVersion`; a newer one than this
+ * build understands is refused (exit 2) instead of being misread.
+ */
+export const STATE_SCHEMA_VERSION = 1;
+
+export interface StatePaths {
+  root: string;
+  meta: string;
+  copy: string;
+  checkpoint: (datacenter?: string) => string;
+  leader: string;
+  session: (leaseId: string) => string;
+  sessions: string;
+  rule: (name: string) => string;
+  verifyLast: string;
+  scratch: string;
+}
+
+export function statePaths(prefix: string, id: string): StatePaths {
+  const root = `${prefix}${id}/`;
+  return {
+    root,
+    meta: `${root}meta`,
+    copy: `${root}copy`,
+    checkpoint: (datacenter) => (datacenter ? `${root}checkpoint/${datacenter}` : `${root}checkpoint`),
+    leader: `${root}leader`,
+    sessions: `${root}sessions/`,
+    session: (leaseId) => `${root}sessions/${leaseId}`,
+    rule: (name) => `${root}rules/${name}`,
+    verifyLast: `${root}verify/last`,
+    scratch: `${root}scratch/`,
+  };
+}
+
+/** The identity of a migration: which etcd cluster, which datacenter(s), which mapping. */
+export interface StateMeta {
+  schemaVersion: number;
+  id: string;
+  etcdClusterId: string;
+  datacenters: string[];
+  mappingHash: string;
+  created: string;
+  toolVersion: string;
+}
+
+export interface CurrentIdentity {
+  id: string;
+  etcdClusterId: string;
+  datacenter: string;
+  mappingHash: string;
+}
+
+/**
+ * A stable hash of what decides where keys go: the rules, the defaults and
+ * the state prefix. Connection settings are not part of it (they change
+ * between machines without changing the migration).
+ */
+export function mappingHash(config: Pick<MigrationConfig, 'rules' | 'defaults' | 'state'>): string {
+  const canonical = JSON.stringify({
+    state: config.state.prefix,
+    defaults: config.defaults,
+    rules: config.rules.map((r) => [r.name, r.from, r.to, r.action, r.keys, r.leases]),
+  });
+  return createHash('sha256').update(canonical).digest('hex').slice(0, 32);
+}
+
+/** Parses a state document, refusing one written by a newer version of the tool. */
+export function parseStateDocument<T extends { schemaVersion: number }>(key: string, raw: Buffer): T {
+  let doc: T;
+  try {
+    doc = JSON.parse(raw.toString('utf8')) as T;
+  } catch {
+    throw new RefusedError('state_corrupt', `The state document ${key} in Consul is not valid JSON.`, {
+      hint: 'Something other than this tool wrote it. Inspect it with `consul kv get`, and remove or restore it before running again.',
+    });
+  }
+  if (typeof doc?.schemaVersion !== 'number') {
+    throw new RefusedError('state_corrupt', `The state document ${key} in Consul has no schemaVersion.`, {
+      hint: 'Something other than this tool wrote it. Inspect it with `consul kv get`, and remove or restore it before running again.',
+    });
+  }
+  if (doc.schemaVersion > STATE_SCHEMA_VERSION) {
+    throw new UsageError('state_schema_newer', `The state document ${key} has schema version ${doc.schemaVersion}; this version of migrate understands up to ${STATE_SCHEMA_VERSION}.`, {
+      hint: 'A newer migrate wrote this state. Upgrade migrate (npm i -g etcd-consul-migrate@latest) before running it against this migration.',
+      details: { key, schemaVersion: doc.schemaVersion, supported: STATE_SCHEMA_VERSION },
+    });
+  }
+  return doc;
+}
+
+export type IdentityVerdict = 'new' | 'match' | 'mapping-changed';
+
+/**
+ * The identity check every writing command runs (pure). Another etcd cluster
+ * or datacenter is refused (exit 4); a changed mapping is refused unless the
+ * caller accepts it, in which case the verdict says so and the caller
+ * re-baselines the changed rules.
+ */
+export function checkIdentity(existing: StateMeta | undefined, current: CurrentIdentity, options: { acceptMappingChange?: boolean } = {}): IdentityVerdict {
+  if (!existing) return 'new';
+  if (existing.etcdClusterId !== current.etcdClusterId) {
+    throw new RefusedError('identity_cluster_mismatch', `Migration "${current.id}" was started from etcd cluster ${existing.etcdClusterId}, but the configured etcd is cluster ${current.etcdClusterId}.`, {
+      hint: 'Point --etcd-endpoints / ETCDCTL_ENDPOINTS at the original cluster, or give this migration another id in migration.yaml.',
+      details: { recorded: existing.etcdClusterId, current: current.etcdClusterId },
+    });
+  }
+  if (current.datacenter && existing.datacenters.length > 0 && !existing.datacenters.includes(current.datacenter)) {
+    throw new RefusedError('identity_datacenter_mismatch', `Migration "${current.id}" targets datacenter ${existing.datacenters.join(', ')}, but the configured Consul is datacenter ${current.datacenter}.`, {
+      hint: 'Point CONSUL_HTTP_ADDR / --consul-addr at the original datacenter, or give this migration another id.',
+      details: { recorded: existing.datacenters, current: current.datacenter },
+    });
+  }
+  if (existing.mappingHash !== current.mappingHash) {
+    if (options.acceptMappingChange) return 'mapping-changed';
+    throw new RefusedError('identity_mapping_changed', `The mapping of migration "${current.id}" changed since it was recorded (${existing.mappingHash.slice(0, 12)} → ${current.mappingHash.slice(0, 12)}).`, {
+      hint: 'Review the change with `migrate plan`; to go on with the new mapping, pass --accept-mapping-change (the changed rules are re-baselined).',
+      details: { recorded: existing.mappingHash, current: current.mappingHash },
+    });
+  }
+  return 'match';
+}
+
+/** Reads a state document; undefined when absent. */
+export async function readState<T extends { schemaVersion: number }>(target: TargetStore, key: string): Promise<T | undefined> {
+  const entry = await target.readKey(key);
+  return entry ? parseStateDocument<T>(key, entry.value) : undefined;
+}
+
+/**
+ * Reads `meta`, checks the identity, and records `meta` when the migration is
+ * new (create-only, so two first runs cannot both claim it). Returns the verdict.
+ */
+export async function ensureMeta(target: TargetStore, paths: StatePaths, current: CurrentIdentity, toolVersion: string, now: Date, options: { acceptMappingChange?: boolean } = {}): Promise<IdentityVerdict> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const entry = await target.readKey(paths.meta);
+    const existing = entry ? parseStateDocument<StateMeta>(paths.meta, entry.value) : undefined;
+    const verdict = checkIdentity(existing, current, options);
+    if (verdict === 'match') return verdict;
+    const meta: StateMeta = {
+      schemaVersion: STATE_SCHEMA_VERSION,
+      id: current.id,
+      etcdClusterId: current.etcdClusterId,
+      datacenters: existing?.datacenters.length ? existing.datacenters : [current.datacenter],
+      mappingHash: current.mappingHash,
+      created: existing?.created ?? now.toISOString(),
+      toolVersion,
+    };
+    try {
+      await target.applyTxn([{ verb: 'cas', key: paths.meta, value: Buffer.from(JSON.stringify(meta)), index: entry?.modifyIndex ?? 0 }]);
+      return verdict;
+    } catch (err) {
+      // Someone else recorded or changed meta in between: read it again and re-check.
+      if (!(err instanceof TxnFailedError)) throw err;
+    }
+  }
+  throw new RefusedError('state_contended', `The state document ${paths.meta} kept changing while this command tried to record it.`, {
+    hint: 'Another migrate process is starting the same migration; let it finish, then run again.',
+  });
+}

@@ -1,0 +1,284 @@
+import http from 'node:http';
+import https from 'node:https';
+import { MigrateError, ServerError, UsageError, ExitCode } from '../errors.js';
+import { redactUrl } from '../report/redact.js';
+
+/**
+ * The one HTTP path to Consul. A small typed wrapper over `node:http` with a
+ * keep-alive agent: Node 20's global `fetch` reads large bodies about 50×
+ * slower (reference §H), and the `consul` package's request layer hides long
+ * error bodies (papi truncates `message` past 80 characters) and decodes values
+ * as UTF-8. Bodies come back as bytes.
+ */
+export interface ConsulConnection {
+  /** `http://host:port` or `https://host:port`. */
+  address: string;
+  token?: string;
+  datacenter?: string;
+  namespace?: string;
+  partition?: string;
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer; verify?: boolean };
+  /** Per-request timeout in ms (blocking queries add their wait). */
+  timeoutMs?: number;
+}
+
+export interface ConsulRequest {
+  method: 'GET' | 'PUT' | 'DELETE';
+  path: string;
+  query?: Record<string, string | number | boolean | undefined>;
+  body?: Buffer | string;
+  signal?: AbortSignal;
+  /** Statuses the caller handles itself instead of getting an error (e.g. 404, 409). */
+  accept?: readonly number[];
+  timeoutMs?: number;
+}
+
+export interface ConsulResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** A Consul answer the caller can act on: status and Consul's own text. */
+export class ConsulResponseError extends ServerError {
+  readonly status: number;
+  readonly responseBody: string;
+  constructor(code: string, status: number, message: string, responseBody: string, hint?: string) {
+    super(code, message, { hint, details: { status } });
+    this.status = status;
+    this.responseBody = responseBody;
+  }
+  /** 429 and 5xx other than a refused session: worth trying again. */
+  get retryable(): boolean {
+    return this.code === 'consul_unavailable';
+  }
+}
+
+/** A request or value too large for Consul (HTTP 413). Not retryable as is. */
+export class ConsulTooLargeError extends ConsulResponseError {}
+
+/** Consul knows no session with this id (HTTP 500 `invalid session`, or 404 on renew). */
+export class ConsulSessionError extends ConsulResponseError {}
+
+/** A `/v1/txn` rolled back because a check failed (HTTP 409). */
+export class TxnFailedError extends MigrateError {
+  readonly errors: { opIndex: number; what: string }[];
+  constructor(errors: { opIndex: number; what: string }[]) {
+    super('consul_txn_check_failed', ExitCode.server, `Consul rolled back a transaction: ${errors.map((e) => e.what).join('; ')}`, {
+      hint: 'A key changed under the tool, or a session or lock check failed; the operation is re-planned or reported.',
+      details: { errors },
+    });
+    this.errors = errors;
+  }
+}
+
+/** Network-level failure: refused, reset, timed out. */
+export class ConsulUnreachableError extends ServerError {
+  readonly retryable = true;
+}
+
+const RETRYABLE_NET = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'UND_ERR_SOCKET']);
+
+export class ConsulHttp {
+  readonly address: string;
+  private readonly url: URL;
+  private readonly agent: http.Agent;
+  private readonly module: typeof http | typeof https;
+  private readonly headers: Record<string, string>;
+  private readonly timeoutMs: number;
+  private readonly datacenter: string | undefined;
+
+  constructor(private readonly connection: ConsulConnection) {
+    let url: URL;
+    try {
+      url = new URL(connection.address.includes('://') ? connection.address : `http://${connection.address}`);
+    } catch {
+      throw new UsageError('consul_address_invalid', `The Consul address ${JSON.stringify(redactUrl(connection.address))} is not a URL.`, {
+        hint: 'Set target.address in migration.yaml, --consul-addr or CONSUL_HTTP_ADDR to http(s)://host:port.',
+      });
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new UsageError('consul_address_invalid', `The Consul address must be http:// or https://, not ${url.protocol}//.`, {
+        hint: 'Set target.address, --consul-addr or CONSUL_HTTP_ADDR to http(s)://host:port.',
+      });
+    }
+    this.url = url;
+    this.address = redactUrl(url.origin);
+    const https_ = url.protocol === 'https:';
+    this.module = https_ ? https : http;
+    this.agent = https_
+      ? new https.Agent({
+          keepAlive: true,
+          maxSockets: 32,
+          ca: connection.tls?.ca,
+          cert: connection.tls?.cert,
+          key: connection.tls?.key,
+          rejectUnauthorized: connection.tls?.verify ?? true,
+        })
+      : new http.Agent({ keepAlive: true, maxSockets: 32 });
+    this.headers = {};
+    if (connection.token) this.headers['X-Consul-Token'] = connection.token;
+    if (connection.namespace) this.headers['X-Consul-Namespace'] = connection.namespace;
+    if (connection.partition) this.headers['X-Consul-Partition'] = connection.partition;
+    this.timeoutMs = connection.timeoutMs ?? 30_000;
+    this.datacenter = connection.datacenter;
+  }
+
+  /** Same server and settings with another datacenter (`?dc=`). */
+  withDatacenter(datacenter: string | undefined): ConsulHttp {
+    return new ConsulHttp({ ...this.connection, datacenter });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  async request(req: ConsulRequest): Promise<ConsulResponse> {
+    const params = new URLSearchParams();
+    if (this.datacenter) params.set('dc', this.datacenter);
+    for (const [name, value] of Object.entries(req.query ?? {})) {
+      if (value === undefined || value === false) continue;
+      params.set(name, value === true ? '' : String(value));
+    }
+    // `?recurse=` and `?recurse` mean the same to Consul; keep the bare form for readability in logs.
+    const search = params.toString().replace(/=(&|$)/g, '$1');
+    const path = `${this.url.pathname.replace(/\/$/, '')}${req.path}${search ? `?${search}` : ''}`;
+    const body = req.body === undefined ? undefined : Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body);
+    const response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
+    if (response.status >= 200 && response.status < 300) return response;
+    if (req.accept?.includes(response.status)) return response;
+    throw consulErrorFor(this.address, req.method, req.path, response.status, response.body);
+  }
+
+  private send(method: string, path: string, body: Buffer | undefined, signal: AbortSignal | undefined, timeoutMs: number): Promise<ConsulResponse> {
+    return new Promise((resolve, reject) => {
+      const headers: Record<string, string | number> = { ...this.headers };
+      // Always send a length: Consul checks sizes on Content-Length (reference §A.2).
+      headers['Content-Length'] = body?.length ?? 0;
+      const request = this.module.request(
+        {
+          protocol: this.url.protocol,
+          hostname: this.url.hostname,
+          port: this.url.port,
+          method,
+          path,
+          agent: this.agent,
+          headers,
+          signal,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => chunks.push(chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+          res.on('error', (err) => reject(this.toNetworkError(err)));
+        },
+      );
+      request.setTimeout(timeoutMs, () => request.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+      request.on('error', (err) => reject(signal?.aborted ? err : this.toNetworkError(err)));
+      request.end(body);
+    });
+  }
+
+  private toNetworkError(err: Error & { code?: string }): MigrateError {
+    const code = err.code ?? '';
+    if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_OSSL|DEPTH_ZERO/i.test(code) || /certificate|ssl|tls/i.test(err.message)) {
+      return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${err.message}.`, {
+        hint: 'Check CONSUL_CACERT / target.tls.ca (the CA that signed the server certificate) and the client certificate and key.',
+      });
+    }
+    if (code === 'EPROTO' || /wrong version number|packet length too long/i.test(err.message)) {
+      return new ServerError('consul_tls_failed', `Consul at ${this.address} does not speak the protocol the address names (${err.message}).`, {
+        hint: 'Use https:// for a TLS listener and http:// for a plain one.',
+      });
+    }
+    return new ConsulUnreachableError('consul_unreachable', `Consul at ${this.address} is unreachable (${code || err.message}).`, {
+      hint: 'Start Consul or fix the address (target.address, --consul-addr or CONSUL_HTTP_ADDR).',
+      details: { address: this.address, cause: code || err.message },
+    });
+  }
+}
+
+/**
+ * Turns a Consul error answer into the tool's typed error (pure, so the
+ * mapping is unit-tested without a server). Messages say what to do next.
+ */
+export function consulErrorFor(address: string, method: string, path: string, status: number, body: Buffer): MigrateError {
+  const text = body.toString('utf8').trim();
+  const where = `${method} ${path.split('?')[0]}`;
+  if (status === 409 && path === '/v1/txn') {
+    return new TxnFailedError(parseTxnErrors(body));
+  }
+  if (status === 403 || status === 401) {
+    if (/ACL not found|token.*not found|invalid token/i.test(text)) {
+      return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${text}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE or target.token: the token does not exist in this datacenter.');
+    }
+    return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${text || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists for the migrator, then run `migrate doctor`.');
+  }
+  if (status === 413) {
+    return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${text}`, text, 'Lower target.limits.txnMaxBytes / maxValueBytes in migration.yaml to what the servers accept.');
+  }
+  if (/invalid session|Session id '.*' not found|missing session/i.test(text)) {
+    return new ConsulSessionError('consul_session_invalid', status, `Consul does not know the session used by ${where}: ${text}.`, text, 'The session expired or was destroyed; the tool re-creates sessions for live etcd leases on the next run.');
+  }
+  if (status === 429 || status >= 500) {
+    return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text, 'Consul is overloaded or has no leader; the tool retries with backoff.');
+  }
+  if (status === 301 || status === 308) {
+    return new ConsulResponseError('consul_key_not_servable', status, `Consul redirected ${where}: the key is not one Consul serves at its own path.`, text, 'The key has a leading "/", an empty segment or a "."/".." segment; map it to a servable key (see the README, key escaping).');
+  }
+  return new ConsulResponseError('consul_request_failed', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text);
+}
+
+function parseTxnErrors(body: Buffer): { opIndex: number; what: string }[] {
+  try {
+    const parsed = JSON.parse(body.toString('utf8')) as { Errors?: { OpIndex: number; What: string }[] | null };
+    return (parsed.Errors ?? []).map((e) => ({ opIndex: e.OpIndex, what: e.What }));
+  } catch {
+    return [{ opIndex: -1, what: body.toString('utf8').slice(0, 500) }];
+  }
+}
+
+/** Whether an error is worth retrying as is (network trouble, 429, 5xx). */
+export function isRetryable(err: unknown): boolean {
+  return (err instanceof ConsulResponseError && err.retryable) || err instanceof ConsulUnreachableError;
+}
+
+export interface RetryOptions {
+  attempts?: number;
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+  signal?: AbortSignal;
+  onRetry?: (err: unknown, attempt: number, delayMs: number) => void;
+  /** Source of randomness for jitter (injected so tests are repeatable). */
+  random?: () => number;
+}
+
+/** Runs `fn`, retrying retryable failures with exponential backoff and jitter. */
+export async function withRetries<T>(fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
+  const attempts = options.attempts ?? 6;
+  const base = options.baseDelayMs ?? 100;
+  const max = options.maxDelayMs ?? 5_000;
+  const random = options.random ?? Math.random;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (attempt >= attempts || !isRetryable(err) || options.signal?.aborted) throw err;
+      const delay = Math.min(max, base * 2 ** (attempt - 1)) * (0.5 + random() / 2);
+      options.onRetry?.(err, attempt, delay);
+      await sleep(delay, options.signal);
+    }
+  }
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}

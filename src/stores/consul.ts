@@ -1,0 +1,221 @@
+import pLimit from 'p-limit';
+import { UsageError } from '../errors.js';
+import { formatKey } from '../report/keys.js';
+import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
+import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, toWireOp, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
+import type { SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
+
+export interface ConsulTargetOptions {
+  /** Overrides from `target.limits` in migration.yaml. */
+  limits?: Partial<TargetLimits>;
+  retry?: RetryOptions;
+  /** Concurrent read txns when reading values in chunks. */
+  readConcurrency?: number;
+}
+
+/** A value larger than the target accepts: refused before any request is sent. */
+export class ValueTooLargeError extends UsageError {
+  constructor(key: string, size: number, limit: number) {
+    super('value_too_large', `The value of ${formatKey(key)} is ${size} bytes, over the target's limit of ${limit} bytes (kv_max_value_size); it was not sent.`, {
+      hint: 'Shrink or split the value in etcd, or raise limits.kv_max_value_size on the Consul servers and target.limits.maxValueBytes to match.',
+      details: { key: formatKey(key), size, limit },
+    });
+  }
+}
+
+interface WireEntry {
+  Key: string;
+  Value: string | null;
+  Flags: number;
+  ModifyIndex: number;
+  Session?: string;
+}
+
+/** Path of a key under `/v1/kv/`: every segment percent-encoded (Consul decodes it back). */
+export function kvPath(key: string): string {
+  return `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`;
+}
+
+function toEntry(wire: WireEntry): TargetEntry {
+  const entry: TargetEntry = {
+    key: wire.Key,
+    value: wire.Value ? Buffer.from(wire.Value, 'base64') : Buffer.alloc(0),
+    flags: wire.Flags ?? 0,
+    modifyIndex: wire.ModifyIndex,
+  };
+  if (wire.Session) entry.session = wire.Session;
+  return entry;
+}
+
+/** The Consul adapter of {@link TargetStore}. */
+export class ConsulTarget implements TargetStore {
+  readonly http: ConsulHttp;
+  private infoPromise: Promise<TargetInfo> | undefined;
+  private readonly limitsOverride: Partial<TargetLimits>;
+  private readonly retry: RetryOptions;
+  private readonly readConcurrency: number;
+
+  constructor(connection: ConsulConnection | ConsulHttp, options: ConsulTargetOptions = {}) {
+    this.http = connection instanceof ConsulHttp ? connection : new ConsulHttp(connection);
+    this.limitsOverride = options.limits ?? {};
+    this.retry = options.retry ?? {};
+    this.readConcurrency = options.readConcurrency ?? 4;
+  }
+
+  get address(): string {
+    return this.http.address;
+  }
+
+  close(): void {
+    this.http.close();
+  }
+
+  info(): Promise<TargetInfo> {
+    this.infoPromise ??= this.readInfo().catch((err) => {
+      this.infoPromise = undefined;
+      throw err;
+    });
+    return this.infoPromise;
+  }
+
+  private async readInfo(): Promise<TargetInfo> {
+    const leader = JSON.parse((await this.request({ method: 'GET', path: '/v1/status/leader' })).body.toString('utf8')) as string;
+    // `/v1/agent/self` needs agent:read; without it the version (and so the op limit) falls back to the safe 64.
+    const self = await this.request({ method: 'GET', path: '/v1/agent/self', accept: [403] });
+    let version = 'unknown';
+    let datacenter = '';
+    let nodeName = '';
+    if (self.status === 200) {
+      const config = (JSON.parse(self.body.toString('utf8')) as { Config?: { Version?: string; Datacenter?: string; NodeName?: string } }).Config ?? {};
+      version = config.Version ?? 'unknown';
+      datacenter = config.Datacenter ?? '';
+      nodeName = config.NodeName ?? '';
+    }
+    return { version, datacenter, nodeName, txnMaxOps: txnMaxOpsForVersion(version === 'unknown' ? undefined : version), leader, address: this.address };
+  }
+
+  /** The limits in force: the server's op limit by version, Consul's defaults, then the overrides. */
+  async limits(): Promise<TargetLimits> {
+    const info = await this.info();
+    return {
+      txnMaxOps: this.limitsOverride.txnMaxOps ?? info.txnMaxOps,
+      txnMaxBytes: this.limitsOverride.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
+      maxValueBytes: this.limitsOverride.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
+    };
+  }
+
+  async listKeys(prefix: string, signal?: AbortSignal): Promise<string[]> {
+    const response = await this.request({ method: 'GET', path: kvPath(prefix), query: { keys: true, consistent: true }, accept: [404], signal });
+    if (response.status === 404) return [];
+    this.refuseFiltered(response.headers, prefix);
+    const keys = JSON.parse(response.body.toString('utf8')) as string[];
+    return keys.sort(compareKeys);
+  }
+
+  async readEntries(keys: readonly string[], signal?: AbortSignal): Promise<TargetEntry[]> {
+    const { txnMaxOps } = await this.limits();
+    const chunks: string[][] = [];
+    for (let i = 0; i < keys.length; i += txnMaxOps) chunks.push(keys.slice(i, i + txnMaxOps));
+    const limit = pLimit(this.readConcurrency);
+    const results = await Promise.all(chunks.map((chunk) => limit(() => this.readChunk(chunk, signal))));
+    return results.flat();
+  }
+
+  /** One read-only txn of `get`s; keys deleted since they were listed are dropped and the rest re-read. */
+  private async readChunk(keys: string[], signal?: AbortSignal): Promise<TargetEntry[]> {
+    let remaining = keys;
+    while (remaining.length > 0) {
+      const body = JSON.stringify(remaining.map((key) => ({ KV: { Verb: 'get', Key: key } })));
+      const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body, accept: [409], signal });
+      const parsed = JSON.parse(response.body.toString('utf8')) as { Results: { KV: WireEntry }[] | null; Errors: { OpIndex: number; What: string }[] | null };
+      if (response.status === 200) return (parsed.Results ?? []).map((r) => toEntry(r.KV));
+      const missing = new Set((parsed.Errors ?? []).filter((e) => /doesn't exist/.test(e.What)).map((e) => e.OpIndex));
+      if (missing.size === 0) throw new TxnFailedError((parsed.Errors ?? []).map((e) => ({ opIndex: e.OpIndex, what: e.What })));
+      remaining = remaining.filter((_, i) => !missing.has(i));
+    }
+    return [];
+  }
+
+  async readKey(key: string): Promise<TargetEntry | undefined> {
+    const response = await this.request({ method: 'GET', path: kvPath(key), query: { consistent: true }, accept: [404] });
+    if (response.status === 404) return undefined;
+    const [entry] = JSON.parse(response.body.toString('utf8')) as WireEntry[];
+    return entry ? toEntry(entry) : undefined;
+  }
+
+  async applyTxn(ops: readonly TxnOp[], signal?: AbortSignal): Promise<void> {
+    const limits = await this.limits();
+    if (ops.length === 0) return;
+    if (ops.length > limits.txnMaxOps) {
+      throw new RangeError(`a txn of ${ops.length} ops exceeds the target's limit of ${limits.txnMaxOps}; batch it first`);
+    }
+    let bytes = 2;
+    for (const op of ops) {
+      if ('value' in op && op.value.length > limits.maxValueBytes) throw new ValueTooLargeError(op.key, op.value.length, limits.maxValueBytes);
+      bytes += wireOpBytes(op);
+    }
+    if (bytes - 1 > limits.txnMaxBytes) {
+      throw new RangeError(`a txn of ${bytes} bytes exceeds the target's limit of ${limits.txnMaxBytes}; batch it first`);
+    }
+    await this.request({ method: 'PUT', path: '/v1/txn', body: JSON.stringify(ops.map(toWireOp)), signal });
+  }
+
+  async putKey(key: string, value: Buffer, options: { acquire?: string; cas?: number } = {}): Promise<boolean> {
+    const { maxValueBytes } = await this.limits();
+    if (value.length > maxValueBytes) throw new ValueTooLargeError(key, value.length, maxValueBytes);
+    const response = await this.request({ method: 'PUT', path: kvPath(key), query: { acquire: options.acquire, cas: options.cas }, body: value });
+    return response.body.toString('utf8').trim() === 'true';
+  }
+
+  async deleteKey(key: string): Promise<void> {
+    if (key === '') throw new RangeError('refusing to DELETE the empty key: it would address the whole KV store');
+    await this.request({ method: 'DELETE', path: kvPath(key) });
+  }
+
+  async createSession(spec: SessionSpec): Promise<string> {
+    // Behavior delete and LockDelay 0s are not configurable (DESIGN §3); `Checks: []` drops serfHealth
+    // so a failing agent cannot wipe every leased key.
+    const body = JSON.stringify({ Name: spec.name, TTL: `${spec.ttlSeconds}s`, Behavior: 'delete', LockDelay: '0s', Checks: [], ...(spec.node ? { Node: spec.node } : {}) });
+    const response = await this.request({ method: 'PUT', path: '/v1/session/create', body });
+    return (JSON.parse(response.body.toString('utf8')) as { ID: string }).ID;
+  }
+
+  async renewSession(id: string): Promise<boolean> {
+    const response = await this.request({ method: 'PUT', path: `/v1/session/renew/${encodeURIComponent(id)}`, accept: [404] });
+    return response.status !== 404;
+  }
+
+  async destroySession(id: string): Promise<void> {
+    await this.request({ method: 'PUT', path: `/v1/session/destroy/${encodeURIComponent(id)}` });
+  }
+
+  async readSession(id: string): Promise<SessionInfo | undefined> {
+    const response = await this.request({ method: 'GET', path: `/v1/session/info/${encodeURIComponent(id)}`, query: { consistent: true } });
+    const [session] = JSON.parse(response.body.toString('utf8')) as { ID: string; Name: string; Node: string; TTL: string; Behavior: string; LockDelay: number }[];
+    if (!session) return undefined;
+    return { id: session.ID, name: session.Name, node: session.Node, ttlSeconds: parseDurationSeconds(session.TTL), behavior: session.Behavior, lockDelayNs: session.LockDelay };
+  }
+
+  private request(req: Parameters<ConsulHttp['request']>[0]) {
+    return withRetries(() => this.http.request(req), { ...this.retry, signal: req.signal ?? this.retry.signal });
+  }
+
+  /** A recursive read silently filtered by ACLs would make parity lie (reference §F.22). */
+  private refuseFiltered(headers: Record<string, string | string[] | undefined>, prefix: string): void {
+    if (headers['x-consul-results-filtered-by-acls'] === 'true') {
+      throw new ConsulResponseError('consul_permission_denied', 403, `Consul filtered keys under ${formatKey(prefix)} out of the answer: the token lacks read (or list) on part of the prefix.`, '', 'Grant the migrator token read on the whole prefix (`migrate acl` prints the policy).');
+    }
+  }
+}
+
+/** Byte order of the UTF-8 keys, which is the order Consul and etcd list them in. */
+export function compareKeys(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+function parseDurationSeconds(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text ?? '');
+  if (!match) return 0;
+  const n = Number(match[1]);
+  return match[2] === 'ms' ? n / 1000 : match[2] === 'm' ? n * 60 : match[2] === 'h' ? n * 3600 : n;
+}

@@ -1,0 +1,314 @@
+import { noop } from 'cockatiel';
+import {
+  Etcd3,
+  EtcdAuthenticationFailedError,
+  EtcdInvalidAuthTokenError,
+  EtcdPermissionDeniedError,
+  type IKeyValue,
+  type IWatchResponse,
+} from 'etcd3';
+import { MigrateError, ServerError } from '../errors.js';
+import { redactUrl } from '../report/redact.js';
+import { formatKey } from '../report/keys.js';
+import type { KeyRange, LeaseInfo, ReadPagesOptions, SourceEntry, SourcePage, SourceReader, SourceStatus, SourceWatch, WatchMessage } from './types.js';
+
+export interface EtcdConnection {
+  endpoints: string[];
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  auth?: { username: string; password: string };
+  /** Deadline of one unary call in ms. */
+  timeoutMs?: number;
+}
+
+/** The watch start revision has been compacted away; carries the oldest revision still available. */
+export class SourceCompactedError extends MigrateError {
+  constructor(readonly compactRevision: number, readonly requestedRevision: number) {
+    super('etcd_compacted', 3, `etcd has compacted its history past revision ${requestedRevision} (oldest available: ${compactRevision}).`, {
+      hint: 'The dual-run re-baselines from the current revision; a copy resumes at a new pinned revision.',
+      details: { compactRevision, requestedRevision },
+    });
+  }
+}
+
+/** A prefix as the half-open range etcd uses (`[prefix, prefix+1)`; the empty prefix is the whole keyspace). */
+export function prefixRange(prefix: Buffer | string): KeyRange {
+  const start = Buffer.isBuffer(prefix) ? prefix : Buffer.from(prefix);
+  return { start: start.length === 0 ? Buffer.from([0]) : start, end: prefixEnd(start) };
+}
+
+/** The first key after every key that starts with `prefix`; empty when there is none (all 0xff). */
+export function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]! += 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.alloc(0);
+}
+
+const DEFAULT_PAGE_KEYS = 2_000;
+/** A page of values above this is followed by a smaller page. */
+const PAGE_BYTES_TARGET = 32 * 1024 * 1024;
+const RECEIVE_LIMIT_BYTES = 256 * 1024 * 1024;
+
+/** The etcd adapter of {@link SourceReader}, over the `etcd3` client. */
+export class EtcdSource implements SourceReader {
+  readonly client: Etcd3;
+  readonly endpoints: string;
+
+  constructor(connection: EtcdConnection) {
+    const timeoutMs = connection.timeoutMs ?? 10_000;
+    this.endpoints = connection.endpoints.map(redactUrl).join(',');
+    this.client = new Etcd3({
+      hosts: connection.endpoints,
+      credentials: connection.tls?.ca
+        ? { rootCertificate: connection.tls.ca, privateKey: connection.tls.key, certChain: connection.tls.cert }
+        : undefined,
+      auth: connection.auth ? { username: connection.auth.username, password: connection.auth.password } : undefined,
+      grpcOptions: { 'grpc.max_receive_message_length': RECEIVE_LIMIT_BYTES, 'grpc.max_send_message_length': 16 * 1024 * 1024 },
+      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+      dialTimeout: timeoutMs,
+      // Retries are the caller's: the default policy retries 3× and opens a breaker, which hides the real error.
+      faultHandling: { global: noop, host: () => noop },
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  async status(): Promise<SourceStatus> {
+    const status = await this.call('status', () => this.client.maintenance.status());
+    return {
+      version: status.version,
+      clusterId: status.header.cluster_id,
+      memberId: status.header.member_id,
+      leader: status.leader,
+      revision: Number(status.header.revision),
+      dbSizeBytes: Number(status.dbSize),
+      endpoint: this.endpoints,
+    };
+  }
+
+  async *readPages(range: KeyRange, options: ReadPagesOptions = {}): AsyncIterable<SourcePage> {
+    let pageKeys = options.pageKeys ?? DEFAULT_PAGE_KEYS;
+    let revision = options.revision ?? 0;
+    let start = range.start;
+    const end = range.end.length === 0 ? Buffer.from([0]) : range.end;
+    for (;;) {
+      if (options.signal?.aborted) return;
+      let response;
+      try {
+        response = await this.call(`read ${describeRange(range)}`, () =>
+          this.client.kv.range({ key: start, range_end: end, limit: pageKeys, revision, keys_only: options.keysOnly ?? false }),
+        );
+      } catch (err) {
+        // A page of very large values over the receive limit: retry the same position with fewer keys.
+        if (pageKeys > 1 && /RESOURCE_EXHAUSTED|larger than max/i.test(String((err as Error).message))) {
+          pageKeys = Math.max(1, Math.floor(pageKeys / 2));
+          continue;
+        }
+        throw err;
+      }
+      if (revision === 0) revision = Number(response.header.revision);
+      const entries = response.kvs.map(toEntry);
+      if (entries.length > 0) yield { revision, entries };
+      if (!response.more || entries.length === 0) return;
+      const pageBytes = entries.reduce((sum, e) => sum + e.key.length + e.value.length, 0);
+      if (pageBytes > PAGE_BYTES_TARGET && pageKeys > 1) pageKeys = Math.max(1, Math.floor(pageKeys / 2));
+      start = Buffer.concat([entries[entries.length - 1]!.key, Buffer.from([0])]);
+    }
+  }
+
+  async readLease(id: string): Promise<LeaseInfo> {
+    const response = await this.call(`read lease ${id}`, () => this.client.leaseClient.leaseTimeToLive({ ID: id, keys: true }));
+    return { id, ttl: Number(response.TTL), grantedTtl: Number(response.grantedTTL), keys: response.keys ?? [] };
+  }
+
+  async listLeases(): Promise<string[]> {
+    const response = await this.call('list leases', () => this.client.leaseClient.leaseLeases());
+    return response.leases.map((lease) => String(lease.ID));
+  }
+
+  async watch(range: KeyRange, fromRevision: number): Promise<SourceWatch> {
+    const stream = await this.call('watch', () => this.client.watchClient.watch());
+    // At run time this is a grpc-js ClientDuplexStream, which also pauses, resumes and cancels.
+    return new EtcdWatch(stream as unknown as WatchStream, range, fromRevision, (err) => this.toError(err, 'watch'));
+  }
+
+  /** Runs one etcd call, turning the client's errors into the tool's typed errors. */
+  private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw this.toError(err, what);
+    }
+  }
+
+  toError(err: unknown, what: string): Error {
+    if (err instanceof MigrateError) return err;
+    const message = String((err as Error)?.message ?? err);
+    if (err instanceof EtcdAuthenticationFailedError || /authentication failed|invalid user ID or password/i.test(message)) {
+      return new ServerError('etcd_auth_failed', `etcd at ${this.endpoints} refused the user name or password.`, {
+        hint: 'Check ETCDCTL_USER / ETCDCTL_PASSWORD (or source.auth in migration.yaml).',
+      });
+    }
+    if (err instanceof EtcdInvalidAuthTokenError) {
+      return new ServerError('etcd_auth_failed', `etcd at ${this.endpoints} rejected the session token (${message}).`, { hint: 'Run the command again; if it persists, check the etcd auth configuration.' });
+    }
+    if (err instanceof EtcdPermissionDeniedError || /permission denied/i.test(message)) {
+      return new ServerError('etcd_permission_denied', `etcd denied ${what}: the user's role lacks the permission.`, {
+        hint: 'Grant the role `migrate acl` prints for etcd (read on every rule range), then run `migrate doctor`.',
+        details: { operation: what },
+      });
+    }
+    if (/required revision has been compacted/i.test(message)) {
+      return new SourceCompactedError(0, 0);
+    }
+    if (/certificate|SSL|TLS|handshake/i.test(message)) {
+      return new ServerError('etcd_tls_failed', `TLS with etcd at ${this.endpoints} failed: ${message}.`, {
+        hint: 'Check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls): the CA must sign the server certificate.',
+      });
+    }
+    if (/UNAVAILABLE|ECONNREFUSED|No connection established|failed to connect|Deadline exceeded|DEADLINE_EXCEEDED|GRPCConnectFailed|ENOTFOUND|ECONNRESET|closed/i.test(message) || /GRPC(Unavailable|ConnectFailed|DeadlineExceeded)/.test((err as Error)?.constructor?.name ?? '')) {
+      return new ServerError('etcd_unreachable', `etcd at ${this.endpoints} is unreachable (${message.split('\n')[0]}).`, {
+        hint: 'Start etcd or fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).',
+        details: { endpoints: this.endpoints },
+      });
+    }
+    return new ServerError('etcd_failed', `etcd failed ${what}: ${message.split('\n')[0]}`, { cause: err });
+  }
+}
+
+function toEntry(kv: IKeyValue): SourceEntry {
+  return {
+    key: kv.key,
+    value: kv.value ?? Buffer.alloc(0),
+    createRevision: Number(kv.create_revision),
+    modRevision: Number(kv.mod_revision),
+    version: Number(kv.version),
+    lease: String(kv.lease ?? '0'),
+  };
+}
+
+function describeRange(range: KeyRange): string {
+  return `[${formatKey(range.start)}, ${range.end.length ? formatKey(range.end) : 'end'})`;
+}
+
+interface WatchStream {
+  write(request: unknown): boolean;
+  on(event: 'data', listener: (response: IWatchResponse) => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  on(event: 'end', listener: () => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+  end(): unknown;
+  cancel?: () => void;
+}
+
+/**
+ * One raw etcd watch: the `etcd3` Watcher drops `compact_revision` and
+ * reconnects on its own, which would hide both compaction and gaps. Here a
+ * cancel becomes {@link SourceCompactedError} and any stream failure ends the
+ * iteration with a typed error, so the caller resumes from its own position.
+ */
+class EtcdWatch implements SourceWatch {
+  private readonly queue: WatchMessage[] = [];
+  private failure: Error | undefined;
+  private ended = false;
+  private wake: (() => void) | undefined;
+  private paused = false;
+  private created = false;
+
+  constructor(private readonly stream: WatchStream, range: KeyRange, private readonly fromRevision: number, toError: (err: unknown) => Error) {
+    stream.on('data', (response) => this.onData(response));
+    stream.on('error', (err) => this.finish(toError(err)));
+    stream.on('end', () => this.finish(undefined));
+    stream.write({
+      create_request: {
+        key: range.start,
+        range_end: range.end.length === 0 ? Buffer.from([0]) : range.end,
+        start_revision: fromRevision,
+        progress_notify: true,
+      },
+    });
+  }
+
+  private onData(response: IWatchResponse): void {
+    if (response.canceled) {
+      const compact = Number(response.compact_revision ?? 0);
+      this.finish(compact > 0 ? new SourceCompactedError(compact, this.fromRevision) : new ServerError('etcd_watch_canceled', `etcd canceled the watch: ${response.cancel_reason || 'no reason given'}.`));
+      return;
+    }
+    const header = Number(response.header?.revision ?? 0);
+    if (response.created) {
+      this.created = true;
+      return;
+    }
+    const events = response.events ?? [];
+    if (events.length === 0) {
+      // Progress notifications are only sent for synced watchers: every revision up to `header` has been delivered.
+      if (this.created) this.push({ kind: 'progress', revision: header });
+      return;
+    }
+    let current: WatchMessage & { kind: 'revision' } | undefined;
+    for (const event of events) {
+      const entry = toEntry(event.kv);
+      if (!current || current.revision !== entry.modRevision) {
+        if (current) this.push(current);
+        current = { kind: 'revision', revision: entry.modRevision, events: [] };
+      }
+      current.events.push({ type: event.type === 'Delete' ? 'delete' : 'put', entry });
+    }
+    if (current) this.push(current);
+  }
+
+  private push(message: WatchMessage): void {
+    // etcd never splits a revision across responses (no `fragment`), so a revision pushed here is whole.
+    this.queue.push(message);
+    if (this.queue.length > 10_000 && !this.paused) {
+      this.paused = true;
+      this.stream.pause();
+    }
+    this.wake?.();
+  }
+
+  private finish(err: Error | undefined): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.failure = err;
+    this.wake?.();
+  }
+
+  requestProgress(): void {
+    if (!this.ended) this.stream.write({ progress_request: {} });
+  }
+
+  async close(): Promise<void> {
+    this.finish(undefined);
+    this.stream.cancel?.();
+    this.stream.end();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<WatchMessage> {
+    for (;;) {
+      const message = this.queue.shift();
+      if (message) {
+        if (this.paused && this.queue.length < 1_000) {
+          this.paused = false;
+          this.stream.resume();
+        }
+        yield message;
+        continue;
+      }
+      if (this.ended) {
+        if (this.failure) throw this.failure;
+        return;
+      }
+      await new Promise<void>((resolve) => (this.wake = resolve));
+      this.wake = undefined;
+    }
+  }
+}

@@ -1,0 +1,165 @@
+import type { TargetLimits } from './txn-batcher.js';
+
+/**
+ * The ports between the pipeline stages and the servers (DESIGN §2). Stages
+ * depend on these interfaces only; `etcd.ts` and `consul.ts` are the real
+ * adapters and `memory.ts` the in-memory pair for unit tests of the pure core.
+ *
+ * Keys and values are bytes on the etcd side (etcd keys are arbitrary bytes)
+ * and UTF-8 strings / bytes on the Consul side. Revisions are JS numbers (an
+ * etcd cluster would need 2^53 writes to overflow them); lease ids are decimal
+ * strings because they are random int64s.
+ */
+
+/** One key read from etcd. */
+export interface SourceEntry {
+  key: Buffer;
+  value: Buffer;
+  createRevision: number;
+  modRevision: number;
+  version: number;
+  /** Decimal lease id, `'0'` when the key has no lease. */
+  lease: string;
+}
+
+/** A page of a pinned-revision read. */
+export interface SourcePage {
+  /** The revision every entry of the read was taken at. */
+  revision: number;
+  entries: SourceEntry[];
+}
+
+/** A half-open etcd key range `[start, end)`; `end` empty means "to the end of the keyspace". */
+export interface KeyRange {
+  start: Buffer;
+  end: Buffer;
+}
+
+export interface ReadPagesOptions {
+  /** Pin the read to this revision; default: the revision of the first page. */
+  revision?: number;
+  /** Keys per page; the reader halves it when a page of large values would not fit. */
+  pageKeys?: number;
+  /** Read keys and metadata only (values come back empty). */
+  keysOnly?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface SourceStatus {
+  version: string;
+  clusterId: string;
+  memberId: string;
+  leader: string;
+  revision: number;
+  dbSizeBytes: number;
+  endpoint: string;
+}
+
+export interface LeaseInfo {
+  id: string;
+  /** Remaining TTL in seconds; `-1` once the lease has expired or is unknown. */
+  ttl: number;
+  grantedTtl: number;
+  keys: Buffer[];
+}
+
+/** One change from the etcd watch stream. */
+export interface SourceEvent {
+  type: 'put' | 'delete';
+  entry: SourceEntry;
+}
+
+/**
+ * What the watch stream yields: the events of one revision (never split), or
+ * a progress notification saying every revision up to `revision` has been sent.
+ */
+export type WatchMessage =
+  | { kind: 'revision'; revision: number; events: SourceEvent[] }
+  | { kind: 'progress'; revision: number };
+
+export interface SourceWatch extends AsyncIterable<WatchMessage> {
+  /** Ask the server for a progress notification (etcd ≥ 3.4). */
+  requestProgress(): void;
+  close(): Promise<void>;
+}
+
+/** Reads from etcd. */
+export interface SourceReader {
+  status(): Promise<SourceStatus>;
+  /** Pinned-revision pages over a range, in key order, memory bounded by the page. */
+  readPages(range: KeyRange, options?: ReadPagesOptions): AsyncIterable<SourcePage>;
+  readLease(id: string): Promise<LeaseInfo>;
+  listLeases(): Promise<string[]>;
+  /** One ordered stream of every change in `range` from `fromRevision` (inclusive). */
+  watch(range: KeyRange, fromRevision: number): Promise<SourceWatch>;
+  close(): void;
+}
+
+/** One key as Consul stores it. */
+export interface TargetEntry {
+  key: string;
+  value: Buffer;
+  flags: number;
+  modifyIndex: number;
+  /** The session holding the key, when it is locked. */
+  session?: string;
+}
+
+/** A `/v1/txn` KV operation in the tool's own terms (values as bytes). */
+export type TxnOp =
+  | { verb: 'set'; key: string; value: Buffer; flags?: number }
+  | { verb: 'cas'; key: string; value: Buffer; index: number; flags?: number }
+  | { verb: 'lock' | 'unlock'; key: string; value: Buffer; session: string; flags?: number }
+  | { verb: 'delete' | 'delete-tree' | 'check-not-exists' | 'get' | 'get-tree'; key: string }
+  | { verb: 'delete-cas' | 'check-index'; key: string; index: number }
+  | { verb: 'check-session'; key: string; session: string };
+
+export interface TargetInfo {
+  version: string;
+  datacenter: string;
+  nodeName: string;
+  /** Operations allowed in one txn by this server version (DESIGN §3). */
+  txnMaxOps: number;
+  leader: string;
+  address: string;
+}
+
+export interface SessionSpec {
+  name: string;
+  /** Seconds, already clamped to the server's 10 s – 24 h range. */
+  ttlSeconds: number;
+  /** The node the session belongs to; default the agent's own node. */
+  node?: string;
+}
+
+export interface SessionInfo {
+  id: string;
+  name: string;
+  node: string;
+  ttlSeconds: number;
+  behavior: string;
+  lockDelayNs: number;
+}
+
+/** Reads and writes against Consul. */
+export interface TargetStore {
+  info(): Promise<TargetInfo>;
+  /** The limits in force: the server's op limit by version, Consul's defaults, then the configured overrides. */
+  limits(): Promise<TargetLimits>;
+  /** Every key under `prefix` (`?keys`), sorted; `[]` when there is none. */
+  listKeys(prefix: string, signal?: AbortSignal): Promise<string[]>;
+  /** Values of the given keys, as bytes; keys that do not exist are absent from the result. */
+  readEntries(keys: readonly string[], signal?: AbortSignal): Promise<TargetEntry[]>;
+  /** One key through `GET /v1/kv/<key>`, the way applications read it. */
+  readKey(key: string): Promise<TargetEntry | undefined>;
+  /** Apply one txn (all or nothing). Throws {@link TxnFailedError} on a failed check. */
+  applyTxn(ops: readonly TxnOp[], signal?: AbortSignal): Promise<void>;
+  /** A single `PUT /v1/kv/<key>`, for values too large for any txn. */
+  putKey(key: string, value: Buffer, options?: { acquire?: string; cas?: number }): Promise<boolean>;
+  deleteKey(key: string): Promise<void>;
+  createSession(spec: SessionSpec): Promise<string>;
+  /** Renew a session; `false` when Consul no longer knows it. */
+  renewSession(id: string): Promise<boolean>;
+  destroySession(id: string): Promise<void>;
+  readSession(id: string): Promise<SessionInfo | undefined>;
+}

@@ -1,0 +1,32 @@
+import { defineConfig } from 'vitest/config';
+
+/**
+ * Two projects: `unit` (the pure core, beside the code, no servers) and
+ * `integration` (test/, against a real etcd and a real Consul that the global
+ * setup starts on loopback and stops afterwards).
+ */
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        test: {
+          name: 'unit',
+          include: ['src/**/*.test.ts'],
+          environment: 'node',
+        },
+      },
+      {
+        test: {
+          name: 'integration',
+          include: ['test/**/*.test.ts'],
+          environment: 'node',
+          globalSetup: ['test/support/global-setup.ts'],
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+          // Two cores: one server pair shared by every file, files in two workers.
+          maxWorkers: 2,
+        },
+      },
+    ],
+  },
+});
