@@ -1,0 +1,158 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { SourceCompactedError, prefixRange } from '../src/stores/etcd.js';
+import type { SourceEntry, WatchMessage } from '../src/stores/types.js';
+import { etcdSource, rawEtcd, uniquePrefix } from './support/harness.js';
+
+const raw = rawEtcd();
+const source = etcdSource();
+afterAll(() => {
+  raw.close();
+  source.close();
+});
+
+async function readAll(prefix: string | Buffer, options: { revision?: number; pageKeys?: number } = {}): Promise<{ entries: SourceEntry[]; revisions: Set<number>; pages: number }> {
+  const entries: SourceEntry[] = [];
+  const revisions = new Set<number>();
+  let pages = 0;
+  for await (const page of source.readPages(prefixRange(prefix), options)) {
+    pages++;
+    revisions.add(page.revision);
+    entries.push(...page.entries);
+  }
+  return { entries, revisions, pages };
+}
+
+describe('etcd source (real etcd)', () => {
+  it('round-trips binary keys and values exactly: all 256 byte values and an empty value', async () => {
+    const prefix = Buffer.from(uniquePrefix('bin'));
+    const allBytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    const written = new Map<string, Buffer>();
+    for (let i = 0; i < 256; i++) {
+      const key = Buffer.concat([prefix, Buffer.from([i, 0xff - i, i])]);
+      const value = Buffer.concat([allBytes.subarray(i), allBytes.subarray(0, i)]);
+      written.set(key.toString('hex'), value);
+      await raw.put(key).value(value);
+    }
+    const emptyKey = Buffer.concat([prefix, Buffer.from('empty')]);
+    written.set(emptyKey.toString('hex'), Buffer.alloc(0));
+    await raw.put(emptyKey).value(Buffer.alloc(0));
+
+    const { entries } = await readAll(prefix, { pageKeys: 50 });
+    expect(entries).toHaveLength(257);
+    for (const entry of entries) {
+      expect(written.get(entry.key.toString('hex'))?.equals(entry.value), `value of ${entry.key.toString('hex')}`).toBe(true);
+    }
+    // Key order is byte order, as etcd stores it.
+    const keys = entries.map((e) => e.key);
+    expect([...keys].sort(Buffer.compare)).toEqual(keys);
+    expect(entries.find((e) => e.key.equals(emptyKey))?.value.length).toBe(0);
+  });
+
+  it('pages at one pinned revision, undisturbed by writes made during the read', async () => {
+    const prefix = uniquePrefix('pin');
+    for (let i = 0; i < 300; i++) await raw.put(`${prefix}${String(i).padStart(4, '0')}`).value(`v1-${i}`);
+    const pages = source.readPages(prefixRange(prefix), { pageKeys: 40 });
+    const seen: SourceEntry[] = [];
+    let pinned = 0;
+    let disturbed = false;
+    for await (const page of pages) {
+      pinned ||= page.revision;
+      expect(page.revision).toBe(pinned);
+      seen.push(...page.entries);
+      if (!disturbed) {
+        disturbed = true;
+        // Overwrite keys not read yet, delete one, and add a new one inside the range.
+        for (let i = 100; i < 200; i++) await raw.put(`${prefix}${String(i).padStart(4, '0')}`).value(`v2-${i}`);
+        await raw.delete().key(`${prefix}0250`);
+        await raw.put(`${prefix}0150a`).value('new');
+      }
+    }
+    expect(seen).toHaveLength(300);
+    expect(seen.every((e) => e.value.toString().startsWith('v1-'))).toBe(true);
+    expect(seen.some((e) => e.key.toString() === `${prefix}0250`)).toBe(true);
+    expect(seen.some((e) => e.key.toString() === `${prefix}0150a`)).toBe(false);
+    const after = await readAll(prefix);
+    expect(after.entries).toHaveLength(300);
+    expect(after.entries.filter((e) => e.value.toString().startsWith('v2-'))).toHaveLength(100);
+  });
+
+  it('reads large values with a page size that would overflow one message', async () => {
+    const prefix = uniquePrefix('big');
+    const value = Buffer.alloc(1_000_000, 7);
+    for (let i = 0; i < 40; i++) await raw.put(`${prefix}${i}`).value(value);
+    const { entries, pages } = await readAll(prefix, { pageKeys: 1000 });
+    expect(entries).toHaveLength(40);
+    expect(entries.every((e) => e.value.equals(value))).toBe(true);
+    expect(pages).toBeGreaterThanOrEqual(1);
+  });
+
+  it('looks up a lease with its TTL and keys; -1 once it is revoked', async () => {
+    const prefix = uniquePrefix('lease');
+    const lease = raw.lease(30, { autoKeepAlive: false });
+    const id = await lease.grant();
+    await lease.put(`${prefix}a`).value('1');
+    await lease.put(`${prefix}b`).value('2');
+    const info = await source.readLease(id);
+    expect(info.grantedTtl).toBe(30);
+    expect(info.ttl).toBeGreaterThan(20);
+    expect(info.keys.map((k) => k.toString()).sort()).toEqual([`${prefix}a`, `${prefix}b`]);
+    expect(await source.listLeases()).toContain(id);
+    const { entries } = await readAll(prefix);
+    expect(entries.every((e) => e.lease === id)).toBe(true);
+    await lease.revoke();
+    expect((await source.readLease(id)).ttl).toBe(-1);
+  });
+
+  it('watches in revision order, grouping one etcd transaction into one revision, with progress', async () => {
+    const prefix = uniquePrefix('watch');
+    const start = (await source.status()).revision + 1;
+    const watch = await source.watch(prefixRange(prefix), start);
+    await raw.put(`${prefix}a`).value('1');
+    await raw.if(`${prefix}a`, 'Value', '==', '1').then(raw.put(`${prefix}b`).value('2'), raw.put(`${prefix}c`).value('3'), raw.delete().key(`${prefix}a`)).commit();
+    await raw.put('outside-the-range').value('x');
+    const messages: WatchMessage[] = [];
+    for await (const message of watch) {
+      messages.push(message);
+      if (messages.filter((m) => m.kind === 'revision').length === 2) {
+        watch.requestProgress();
+      }
+      if (message.kind === 'progress') break;
+    }
+    await watch.close();
+    const revisions = messages.filter((m): m is Extract<WatchMessage, { kind: 'revision' }> => m.kind === 'revision');
+    expect(revisions).toHaveLength(2);
+    expect(revisions[0]!.events.map((e) => [e.type, e.entry.key.toString()])).toEqual([['put', `${prefix}a`]]);
+    expect(revisions[1]!.revision).toBe(revisions[0]!.revision + 1);
+    expect(revisions[1]!.events.map((e) => [e.type, e.entry.key.toString()])).toEqual([
+      ['put', `${prefix}b`],
+      ['put', `${prefix}c`],
+      ['delete', `${prefix}a`],
+    ]);
+    const progress = messages.at(-1)!;
+    expect(progress.kind).toBe('progress');
+    expect(progress.revision).toBeGreaterThanOrEqual(revisions[1]!.revision);
+  });
+
+  it('surfaces a watch from a compacted revision as a typed error carrying the compact revision', async () => {
+    const prefix = uniquePrefix('compact');
+    const before = (await source.status()).revision;
+    await raw.put(`${prefix}x`).value('1');
+    const after = (await raw.put(`${prefix}x`).value('2').exec()).header.revision;
+    await raw.maintenance.status();
+    await raw.kv.compact({ revision: after, physical: true });
+    const watch = await source.watch(prefixRange(prefix), before);
+    const error = await (async () => {
+      try {
+        for await (const _ of watch) {
+          /* no events expected */
+        }
+      } catch (err) {
+        return err;
+      }
+      return undefined;
+    })();
+    expect(error).toBeInstanceOf(SourceCompactedError);
+    expect((error as SourceCompactedError).compactRevision).toBe(Number(after));
+    expect((error as SourceCompactedError).requestedRevision).toBe(before);
+  });
+});
