@@ -36,12 +36,13 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
   let exitCode: number = ExitCode.ok;
   let format: Format = 'text';
   let commandName = '';
+  const output = { writeOut: (s: string) => io.stdout.write(s), writeErr: (s: string) => io.stderr.write(scrub(s)) };
   const program = new Command('migrate')
     .description('Move an application\'s data from etcd v3 to HashiCorp Consul: audit, map, copy, dual-run, verify, cut over.')
     .version(TOOL_VERSION, '-V, --version')
     .exitOverride()
     .showSuggestionAfterError()
-    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(scrub(s)) });
+    .configureOutput(output);
 
   const registrar: CommandRegistrar = {
     program,
@@ -55,6 +56,7 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         .option('--datacenter <dc>', 'Consul datacenter (default: the agent\'s own)')
         .option('--verbose', 'print stacks and debug detail')
         .exitOverride()
+        .configureOutput(output)
         .action(async (opts: GlobalOptions, cmd: Command) => {
           commandName = cmd.name();
           format = (opts.format ?? 'text') as Format;
@@ -75,11 +77,11 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
   registerCommands(registrar);
 
   try {
-    await program.parseAsync(argv, { from: 'user' });
     if (argv.length === 0) {
-      program.outputHelp();
+      program.outputHelp({ error: true });
       return ExitCode.usage;
     }
+    await program.parseAsync(argv, { from: 'user' });
     return exitCode;
   } catch (err) {
     if (err instanceof CommanderError) {

@@ -155,12 +155,12 @@ export function findConfigFile(flag: string | undefined, env: NodeJS.ProcessEnv,
 /** Parses and validates configuration text; `file` names it in messages. */
 export function parseConfig(text: string, file: string): LoadedConfig {
   const lineCounter = new LineCounter();
-  const document = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const document = parseDocument(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
   const ctx: ValidationContext = { file, lineCounter };
   const [error] = document.errors;
   if (error) {
     const pos = error.linePos?.[0];
-    throw new ConfigError(file, pos ? { line: pos.line, col: pos.col } : undefined, '', `not valid YAML: ${error.message.split('\n')[0]}`);
+    throw new ConfigError(file, pos ? { line: pos.line, col: pos.col } : undefined, '', `not valid YAML: ${error.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`);
   }
   if (document.contents === null) throw new ConfigError(file, undefined, '', 'the file is empty; expected a mapping with at least `version: 1` and `id`');
   const raw = validateNode(document.contents as Node, configSpec, '', ctx) as Partial<MigrationConfig> & Record<string, unknown>;

@@ -27,7 +27,7 @@ export function redactUrl(raw: string): string {
   try {
     url = new URL(raw);
   } catch {
-    return scrub(raw.replace(/\/\/[^/@\s]*@/, '//[redacted]@'));
+    return scrub(raw.replace(/[^\s/@]+:[^\s/@]*@/g, '[redacted]@'));
   }
   if (url.username || url.password) {
     url.username = '';

@@ -1,0 +1,56 @@
+import { describe, expect, it } from 'vitest';
+import { main } from './main.js';
+import type { Io } from './context.js';
+
+function io(env: Record<string, string> = {}): Io & { out: string; err: string } {
+  const captured = { out: '', err: '' };
+  return Object.assign(captured, {
+    stdout: { write: (s: string) => (captured.out += s) },
+    stderr: { write: (s: string) => (captured.err += s) },
+    env,
+    cwd: '/nonexistent-dir-for-tests',
+    stdinIsTTY: false,
+    stderrIsTTY: false,
+  });
+}
+
+describe('CLI contract (in-process)', () => {
+  it('--version prints the package version', async () => {
+    const t = io();
+    expect(await main(['--version'], t)).toBe(0);
+    expect(t.out.trim()).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
+  it('--help groups commands and lists the exit codes', async () => {
+    const t = io();
+    expect(await main(['--help'], t)).toBe(0);
+    expect(t.out).toContain('Read-only:');
+    expect(t.out).toContain('4 refused by a guard or precondition');
+  });
+
+  it('no command is a usage error (exit 2)', async () => {
+    expect(await main([], io())).toBe(2);
+  });
+
+  it('an unknown command or flag is a usage error (exit 2)', async () => {
+    const t = io();
+    expect(await main(['teleport'], t)).toBe(2);
+    expect(t.err).toContain("unknown command 'teleport'");
+    expect(await main(['doctor', '--bogus'], io())).toBe(2);
+  });
+
+  it('an unsupported --format is a usage error that names the allowed ones', async () => {
+    const t = io();
+    expect(await main(['doctor', '--format', 'junit'], t)).toBe(2);
+    expect(t.err).toMatch(/Allowed choices are text, json/);
+  });
+
+  it('a broken configuration exits 2 with the position, and JSON mode prints one error document', async () => {
+    const t = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml' });
+    expect(await main(['doctor', '--format', 'json'], t)).toBe(2);
+    const doc = JSON.parse(t.out);
+    expect(doc).toMatchObject({ version: 1, command: 'doctor', status: 'error', error: { code: 'config_not_found' } });
+    expect(t.err).toContain('error[config_not_found]');
+    expect(t.err).toContain('next:');
+  });
+});

@@ -1,0 +1,75 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { scrub } from '../report/redact.js';
+import { resolveConnections } from './connections.js';
+import { parseConfig } from './load.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'migrate-conn-'));
+const fileConfig = parseConfig(`version: 1
+id: demo
+source:
+  endpoints: [http://file-etcd:2379]
+  auth: { user: migrator, passwordEnv: MY_ETCD_PW }
+target:
+  address: http://file-consul:8500
+  datacenter: dc-file
+  tokenFile: token.txt
+`, 'm.yaml').config;
+writeFileSync(join(dir, 'token.txt'), 'file-token-0001\n');
+
+describe('connection settings: flags > environment > file > defaults', () => {
+  it('uses the file when nothing overrides it, reading secrets from the env and files it names', () => {
+    const c = resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'pw-from-env-var' }, dir);
+    expect(c.source.endpoints).toEqual(['http://file-etcd:2379']);
+    expect(c.source.auth).toEqual({ username: 'migrator', password: 'pw-from-env-var' });
+    expect(c.target).toMatchObject({ address: 'http://file-consul:8500', datacenter: 'dc-file', token: 'file-token-0001' });
+    expect(c.origins['etcd.endpoints']).toBe('file');
+    expect(c.origins['consul.token']).toBe('file');
+  });
+
+  it('the ecosystem\'s environment variables override the file', () => {
+    const c = resolveConnections(fileConfig, {}, { ETCDCTL_ENDPOINTS: 'env-etcd:2379,env-etcd2:2379', CONSUL_HTTP_ADDR: 'env-consul:8500', CONSUL_HTTP_TOKEN: 'env-token-0002', ETCDCTL_USER: 'root:rootpw-0003' }, dir);
+    expect(c.source.endpoints).toEqual(['http://env-etcd:2379', 'http://env-etcd2:2379']);
+    expect(c.target.address).toBe('http://env-consul:8500');
+    expect(c.target.token).toBe('env-token-0002');
+    expect(c.source.auth).toEqual({ username: 'root', password: 'rootpw-0003' });
+    expect(c.origins['consul.address']).toBe('env');
+  });
+
+  it('flags override the environment', () => {
+    const c = resolveConnections(fileConfig, { etcdEndpoints: 'http://flag-etcd:1', consulAddr: 'http://flag-consul:2', datacenter: 'dc-flag' }, { ETCDCTL_ENDPOINTS: 'env:1', CONSUL_HTTP_ADDR: 'env:2', MY_ETCD_PW: 'x-pw-0004' }, dir);
+    expect(c.source.endpoints).toEqual(['http://flag-etcd:1']);
+    expect(c.target.address).toBe('http://flag-consul:2');
+    expect(c.target.datacenter).toBe('dc-flag');
+    expect(c.origins['consul.address']).toBe('flag');
+  });
+
+  it('defaults to the local servers', () => {
+    const c = resolveConnections(parseConfig('version: 1\nid: d\n', 'm.yaml').config, {}, {}, dir);
+    expect(c.source.endpoints).toEqual(['http://127.0.0.1:2379']);
+    expect(c.target.address).toBe('http://127.0.0.1:8500');
+    expect(c.target.token).toBeUndefined();
+    expect(c.origins['etcd.endpoints']).toBe('default');
+  });
+
+  it('CONSUL_HTTP_TOKEN_FILE is read; CONSUL_HTTP_SSL_VERIFY=false turns verification off', () => {
+    writeFileSync(join(dir, 'env-token.txt'), 'env-file-token-0005');
+    const c = resolveConnections(parseConfig('version: 1\nid: d\n', 'm.yaml').config, {}, { CONSUL_HTTP_TOKEN_FILE: join(dir, 'env-token.txt'), CONSUL_HTTP_SSL_VERIFY: 'false', CONSUL_HTTP_ADDR: 'https://c:8501' }, dir);
+    expect(c.target.token).toBe('env-file-token-0005');
+    expect(c.target.tls?.verify).toBe(false);
+  });
+
+  it('registers every secret it resolves so no output can carry it', () => {
+    resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'canary-password-9f8e', CONSUL_HTTP_TOKEN: 'canary-token-7d6c' }, dir);
+    expect(scrub('token canary-token-7d6c and password canary-password-9f8e')).toBe('token [redacted] and password [redacted]');
+  });
+
+  it('a user without a password, an unreadable token file, or https without a CA are usage errors', () => {
+    const noPassword = parseConfig('version: 1\nid: d\nsource:\n  auth: { user: u }\n', 'm.yaml').config;
+    expect(() => resolveConnections(noPassword, {}, {}, dir)).toThrow(/no password was found/);
+    expect(() => resolveConnections(fileConfig, {}, { CONSUL_HTTP_TOKEN_FILE: '/nonexistent/token', MY_ETCD_PW: 'p' }, dir)).toThrow(/Cannot read the Consul token file/);
+    expect(() => resolveConnections(fileConfig, {}, { ETCDCTL_ENDPOINTS: 'https://e:2379', MY_ETCD_PW: 'p' }, dir)).toThrow(/https:\/\/ but no CA certificate/);
+  });
+});

@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest';
+import { formatKey } from './keys.js';
+import { createValueHasher } from './hash.js';
+import { redactUrl } from './redact.js';
+
+describe('redaction', () => {
+  it('removes credentials and token parameters from URLs', () => {
+    expect(redactUrl('http://user:pa55word@etcd:2379')).toBe('http://etcd:2379');
+    expect(redactUrl('http://consul:8500/?token=abc123&dc=dc1')).toBe('http://consul:8500/?token=redacted&dc=dc1');
+    expect(redactUrl('http://127.0.0.1:8500')).toBe('http://127.0.0.1:8500');
+    expect(redactUrl('not a url user:pw@host')).not.toContain('pw@');
+  });
+});
+
+describe('keys as shown to people', () => {
+  it('shows printable UTF-8 as is and escapes everything else', () => {
+    expect(formatKey('/app/config/ünï')).toBe('/app/config/ünï');
+    expect(formatKey(Buffer.from([0x2f, 0x61, 0xff, 0xfe, 0x00]))).toBe('/a\\xff\\xfe\\x00');
+    expect(formatKey('a\nb\\c')).toBe('a\\x0ab\\x5cc');
+    expect(formatKey('nb\u00a0sp')).toBe('nb\\xc2\\xa0sp');
+  });
+});
+
+describe('keyed value hashes', () => {
+  it('match equal values within one run and differ across runs', () => {
+    const a = createValueHasher();
+    const b = createValueHasher();
+    expect(a(Buffer.from('true'))).toBe(a(Buffer.from('true')));
+    expect(a(Buffer.from('true'))).not.toBe(a(Buffer.from('false')));
+    expect(a(Buffer.from('true'))).not.toBe(b(Buffer.from('true')));
+    expect(a(Buffer.from('x'))).toMatch(/^[0-9a-f]{16}$/);
+  });
+});

@@ -1,0 +1,100 @@
+import { describe, expect, it } from 'vitest';
+import { ConsulSessionError, ConsulTooLargeError, TxnFailedError, consulErrorFor, isRetryable, withRetries, ConsulResponseError } from './consul-http.js';
+
+const addr = 'http://127.0.0.1:8500';
+const err = (method: string, path: string, status: number, body: string) => consulErrorFor(addr, method, path, status, Buffer.from(body));
+
+describe('Consul error mapping', () => {
+  it('413 on a value names the limit and is not retried', () => {
+    const e = err('PUT', '/v1/kv/big', 413, 'Request body(524289 bytes) too large, max size: 524288 bytes. See https://www.consul.io/docs/agent/options.html#kv_max_value_size.');
+    expect(e).toBeInstanceOf(ConsulTooLargeError);
+    expect(e.code).toBe('consul_too_large');
+    expect(e.message).toContain('max size: 524288 bytes');
+    expect(e.exitCode).toBe(3);
+    expect(isRetryable(e)).toBe(false);
+  });
+
+  it('413 on too many txn ops keeps Consul\'s text', () => {
+    const e = err('PUT', '/v1/txn', 413, 'Transaction contains too many operations (65 > 64)');
+    expect(e).toBeInstanceOf(ConsulTooLargeError);
+    expect(e.message).toContain('65 > 64');
+  });
+
+  it('409 on a txn carries every failed check', () => {
+    const e = err('PUT', '/v1/txn', 409, JSON.stringify({ Results: null, Errors: [{ OpIndex: 0, What: 'failed index check for key "foo", current modify index 14 != 1' }, { OpIndex: 3, What: 'key "bar" exists' }] }));
+    expect(e).toBeInstanceOf(TxnFailedError);
+    expect((e as TxnFailedError).errors).toEqual([
+      { opIndex: 0, what: 'failed index check for key "foo", current modify index 14 != 1' },
+      { opIndex: 3, what: 'key "bar" exists' },
+    ]);
+  });
+
+  it('500 invalid session is a session error, not an outage', () => {
+    const e = err('PUT', '/v1/kv/x', 500, 'raft apply failed: invalid session "0b7e6f7e-5b55-4f0f-9d4b-4f0f2f1d0c11"');
+    expect(e).toBeInstanceOf(ConsulSessionError);
+    expect(e.code).toBe('consul_session_invalid');
+    expect(isRetryable(e)).toBe(false);
+    expect(err('PUT', '/v1/session/renew/abc', 404, "Session id 'abc' not found")).toBeInstanceOf(ConsulSessionError);
+  });
+
+  it('403 separates a refused token from a missing permission, and says what to do', () => {
+    const refused = err('GET', '/v1/agent/self', 403, 'ACL not found');
+    expect(refused.code).toBe('consul_token_refused');
+    expect(refused.message).toContain('refused the token');
+    expect(refused.hint).toMatch(/CONSUL_HTTP_TOKEN/);
+    const denied = err('PUT', '/v1/kv/app/x', 403, 'Permission denied: token with AccessorID \'a\' lacks permission \'key:write\' on "app/x"');
+    expect(denied.code).toBe('consul_permission_denied');
+    expect(denied.message).toContain("key:write");
+    expect(denied.hint).toMatch(/migrate acl/);
+  });
+
+  it('429 and 5xx are retryable; 400 is not', () => {
+    expect(isRetryable(err('PUT', '/v1/txn', 429, 'rate limit exceeded'))).toBe(true);
+    expect(isRetryable(err('GET', '/v1/kv/x', 500, 'No cluster leader'))).toBe(true);
+    expect(isRetryable(err('GET', '/v1/kv/x', 503, ''))).toBe(true);
+    const bad = err('PUT', '/v1/kv/a%01b', 400, '');
+    expect(isRetryable(bad)).toBe(false);
+    expect(bad.message).toContain('(empty body)');
+  });
+
+  it('a 301 means the key is not one Consul serves at its own path', () => {
+    expect(err('PUT', '/v1/kv//lead', 301, '').code).toBe('consul_key_not_servable');
+  });
+});
+
+describe('retries', () => {
+  it('retries retryable failures with backoff, then gives up with the last error', async () => {
+    let calls = 0;
+    const delays: number[] = [];
+    const failure = new ConsulResponseError('consul_unavailable', 500, 'no leader', 'no leader');
+    await expect(
+      withRetries(async () => {
+        calls++;
+        throw failure;
+      }, { attempts: 4, baseDelayMs: 1, random: () => 1, onRetry: (_e, _a, d) => delays.push(d) }),
+    ).rejects.toBe(failure);
+    expect(calls).toBe(4);
+    expect(delays).toEqual([1, 2, 4]);
+  });
+
+  it('does not retry what retrying cannot fix', async () => {
+    let calls = 0;
+    const tooLarge = err('PUT', '/v1/txn', 413, 'too large');
+    await expect(withRetries(async () => {
+      calls++;
+      throw tooLarge;
+    }, { attempts: 5, baseDelayMs: 1 })).rejects.toBe(tooLarge);
+    expect(calls).toBe(1);
+  });
+
+  it('returns as soon as a try succeeds', async () => {
+    let calls = 0;
+    const value = await withRetries(async () => {
+      calls++;
+      if (calls < 3) throw new ConsulResponseError('consul_unavailable', 503, 'x', 'x');
+      return 'done';
+    }, { baseDelayMs: 1 });
+    expect(value).toBe('done');
+    expect(calls).toBe(3);
+  });
+});
