@@ -1,0 +1,100 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startConsul, type ConsulServer } from '../scripts/local-servers.js';
+import { consulIndex, runCli, servers } from './support/harness.js';
+
+const CANARY_TOKEN = 'canary-token-3b9f2e71-doctor';
+
+describe('migrate doctor (real servers)', () => {
+  let aclConsul: ConsulServer;
+  beforeAll(async () => {
+    aclConsul = await startConsul({ acl: true });
+  });
+  afterAll(async () => {
+    await aclConsul?.stop();
+  });
+
+  it('passes against running servers and prints one JSON document', async () => {
+    const { etcdEndpoint, consulAddress, consulVersion } = servers();
+    const run = await runCli(['doctor', '--format', 'json'], { env: { ETCDCTL_ENDPOINTS: etcdEndpoint, CONSUL_HTTP_ADDR: consulAddress } });
+    expect(run.code, run.stderr).toBe(0);
+    const doc = JSON.parse(run.stdout);
+    expect(doc).toMatchObject({ version: 1, command: 'doctor', status: 'ok', consul: { version: consulVersion, datacenter: 'dc1' }, etcd: { version: expect.stringMatching(/^3\./) } });
+    const byName = Object.fromEntries(doc.checks.map((c: { name: string; status: string }) => [c.name, c.status]));
+    expect(byName).toMatchObject({ 'etcd.reachable': 'ok', 'etcd.read': 'ok', 'consul.reachable': 'ok', 'consul.txn-limit': 'ok', 'consul.write-state': 'ok', 'state.meta': 'ok' });
+    // The shared test agent runs without ACLs: doctor must say so loudly.
+    expect(byName['consul.acl']).toBe('warn');
+    expect(doc.checks.find((c: { name: string }) => c.name === 'consul.acl').message).toMatch(/ACLs are DISABLED/);
+  });
+
+  it('leaves nothing behind: the probe keys are deleted', async () => {
+    const { etcdEndpoint, consulAddress } = servers();
+    const run = await runCli(['doctor'], { env: { ETCDCTL_ENDPOINTS: etcdEndpoint, CONSUL_HTTP_ADDR: consulAddress } });
+    expect(run.code).toBe(0);
+    const keys = await fetchKeys(consulAddress, '_migrate/default/scratch/');
+    expect(keys).toEqual([]);
+  });
+
+  it('exits 3 against stopped servers and names the addresses it tried', async () => {
+    const [etcdPort, consulPort] = [await freePort(), await freePort()];
+    const run = await runCli(['doctor'], { env: { ETCDCTL_ENDPOINTS: `http://127.0.0.1:${etcdPort}`, CONSUL_HTTP_ADDR: `127.0.0.1:${consulPort}` } });
+    expect(run.code).toBe(3);
+    expect(run.stdout).toContain(`etcd at http://127.0.0.1:${etcdPort} is unreachable`);
+    expect(run.stdout).toContain(`Consul at http://127.0.0.1:${consulPort} is unreachable`);
+    expect(run.stdout).toMatch(/next: Start etcd or fix the endpoints/);
+  });
+
+  it('exits 3 when Consul refuses the token, without printing the token (text and JSON)', async () => {
+    const env = { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: aclConsul.address, CONSUL_HTTP_TOKEN: CANARY_TOKEN };
+    for (const format of ['text', 'json']) {
+      const run = await runCli(['doctor', '--format', format], { env });
+      expect(run.code).toBe(3);
+      expect(run.stdout + run.stderr).toMatch(/refused the token/);
+      expect(run.stdout + run.stderr).not.toContain(CANARY_TOKEN);
+    }
+  });
+
+  it('with a valid token on an ACL-enforcing Consul, reports ACLs as enforced', async () => {
+    const run = await runCli(['doctor', '--format', 'json'], { env: { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: aclConsul.address, CONSUL_HTTP_TOKEN: aclConsul.managementToken! } });
+    expect(run.code, run.stdout + run.stderr).toBe(0);
+    const doc = JSON.parse(run.stdout);
+    expect(doc.consul.aclsEnforced).toBe(true);
+    expect(doc.checks.find((c: { name: string }) => c.name === 'consul.acl')).toMatchObject({ status: 'ok' });
+    expect(run.stdout).not.toContain(aclConsul.managementToken!);
+  });
+
+  it('finds the configuration in the documented order: --config, $MIGRATE_CONFIG, ./migration.yaml', async () => {
+    const { etcdEndpoint, consulAddress } = servers();
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-'));
+    for (const id of ['local', 'env', 'flag']) writeFileSync(join(dir, `${id}.yaml`), `version: 1\nid: ${id}\n`);
+    writeFileSync(join(dir, 'migration.yaml'), 'version: 1\nid: local\n');
+    const env = { ETCDCTL_ENDPOINTS: etcdEndpoint, CONSUL_HTTP_ADDR: consulAddress };
+    const used = async (args: string[], extra: Record<string, string> = {}) => JSON.parse((await runCli(['doctor', '--format', 'json', ...args], { cwd: dir, env: { ...env, ...extra } })).stdout).configFile;
+    expect(await used(['--config', 'flag.yaml'], { MIGRATE_CONFIG: join(dir, 'env.yaml') })).toBe(join(dir, 'flag.yaml'));
+    expect(await used([], { MIGRATE_CONFIG: join(dir, 'env.yaml') })).toBe(join(dir, 'env.yaml'));
+    expect(await used([])).toBe(join(dir, 'migration.yaml'));
+  });
+
+  it('a malformed migration.yaml exits 2 with file:line:column and contacts no server', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-bad-'));
+    writeFileSync(join(dir, 'migration.yaml'), 'version: 1\nid: bad\ntarget:\n  adress: http://x\n');
+    const before = await consulIndex();
+    const run = await runCli(['doctor'], { cwd: dir, env: { CONSUL_HTTP_ADDR: servers().consulAddress } });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain(`${join(dir, 'migration.yaml')}:4:3: target.adress: unknown field "adress"`);
+    expect(run.stdout).toBe('');
+    expect(await consulIndex()).toBe(before);
+  });
+});
+
+async function fetchKeys(address: string, prefix: string): Promise<string[]> {
+  const { ConsulTarget } = await import('../src/stores/consul.js');
+  const target = new ConsulTarget({ address });
+  try {
+    return await target.listKeys(prefix);
+  } finally {
+    target.close();
+  }
+}
