@@ -16,6 +16,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
+export const repoRoot = join(here, '..');
 
 /** The Consul release the project pins (1.21 or newer, DESIGN §4). */
 export const CONSUL_VERSION = '1.22.2';
