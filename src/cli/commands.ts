@@ -1,4 +1,5 @@
 import type { CommandRegistrar } from './main.js';
+import { registerCopy } from './commands/copy.js';
 import { registerDoctor } from './commands/doctor.js';
 
 /**
@@ -10,12 +11,18 @@ export function registerCommands(registrar: CommandRegistrar): void {
   registrar.program.addHelpText('after', `
 Read-only:
   doctor     check both servers, credentials and the state prefix
+  copy --dry-run  the exact operations a copy would send, computed by reading Consul too
+
+Writes:
+  copy       copy every copy rule at one pinned etcd revision; --resume after an interruption
 
 Examples:
   migrate doctor
   migrate doctor --format json --etcd-endpoints http://10.0.0.5:2379 --consul-addr http://127.0.0.1:8500
+  migrate copy --dry-run --show-ops
 
 Exit codes: 0 ok/parity, 1 findings or drift, 2 usage or configuration, 3 server unreachable/refused/failed,
 4 refused by a guard or precondition, 130 interrupted, 70 internal error (a bug).`);
   registerDoctor(registrar);
+  registerCopy(registrar);
 }

@@ -1,12 +1,12 @@
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, InterruptedError, isMigrateError, type MigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { scrub } from '../report/redact.js';
 import { CommandContext, type Format, type GlobalOptions, type Io } from './context.js';
 import { registerCommands } from './commands.js';
+import { TOOL_VERSION } from './version.js';
 
-export const TOOL_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+export { TOOL_VERSION };
 
 function defaultIo(): Io {
   return {

@@ -122,6 +122,12 @@ export class EtcdSource implements SourceReader {
     }
   }
 
+  async count(range: KeyRange, revision = 0): Promise<number> {
+    const end = range.end.length === 0 ? Buffer.from([0]) : range.end;
+    const response = await this.call(`count ${describeRange(range)}`, () => this.client.kv.range({ key: range.start, range_end: end, revision, count_only: true }));
+    return Number(response.count);
+  }
+
   async readLease(id: string): Promise<LeaseInfo> {
     const response = await this.call(`read lease ${id}`, () => this.client.leaseClient.leaseTimeToLive({ ID: id, keys: true }));
     return { id, ttl: Number(response.TTL), grantedTtl: Number(response.grantedTTL), keys: response.keys ?? [] };

@@ -120,6 +120,10 @@ export class MemorySource implements SourceReader {
     }
   }
 
+  async count(range: KeyRange, revision?: number): Promise<number> {
+    return this.snapshot(revision ?? this.revision).filter((e) => inRange(e.key, range)).length;
+  }
+
   async readLease(id: string): Promise<LeaseInfo> {
     const lease = this.leases.get(id);
     if (!lease) return { id, ttl: -1, grantedTtl: 0, keys: [] };

@@ -79,6 +79,12 @@ export function fitsInTxn(op: TxnOp, limits: TargetLimits, options: BatchOptions
   return wireOpBytes(op) <= batchCapacity(limits, options).bytes;
 }
 
+/** Whether a group of ops that must travel together fits one txn. */
+export function groupFitsInTxn(ops: readonly TxnOp[], limits: TargetLimits, options: BatchOptions = {}): boolean {
+  const capacity = batchCapacity(limits, options);
+  return ops.length <= capacity.ops && ops.reduce((sum, op) => sum + wireOpBytes(op), 0) <= capacity.bytes;
+}
+
 /**
  * Incremental packer: ops go in, full batches come out, in order. Batches
  * never exceed the op or byte capacity. The caller decides what to do with an
@@ -143,7 +149,7 @@ export function packTxnBatches(ops: Iterable<TxnOp>, limits: TargetLimits, optio
 }
 
 /** Splits a batch in two halves (the answer to a 413 on a batch we believed fitted). */
-export function splitBatch(batch: readonly TxnOp[]): [TxnOp[], TxnOp[]] {
+export function splitBatch<T>(batch: readonly T[]): [T[], T[]] {
   const middle = Math.ceil(batch.length / 2);
   return [batch.slice(0, middle), batch.slice(middle)];
 }

@@ -88,6 +88,8 @@ export interface SourceReader {
   status(): Promise<SourceStatus>;
   /** Pinned-revision pages over a range, in key order, memory bounded by the page. */
   readPages(range: KeyRange, options?: ReadPagesOptions): AsyncIterable<SourcePage>;
+  /** How many keys `range` holds at `revision` (for progress and estimates; no values are read). */
+  count(range: KeyRange, revision?: number): Promise<number>;
   readLease(id: string): Promise<LeaseInfo>;
   listLeases(): Promise<string[]>;
   /** One ordered stream of every change in `range` from `fromRevision` (inclusive). */

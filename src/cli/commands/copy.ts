@@ -1,0 +1,98 @@
+import { Command, Option } from 'commander';
+import { ExitCode, UsageError } from '../../errors.js';
+import type { GlobalOptions } from '../context.js';
+import type { CommandRegistrar } from '../main.js';
+import { TOOL_VERSION } from '../version.js';
+
+interface CopyFlags {
+  dryRun?: boolean;
+  showOps?: boolean;
+  resume?: boolean;
+  onConflict: 'overwrite' | 'skip' | 'fail';
+  deleteExtraneous?: boolean;
+  allowMassDelete?: boolean;
+  acceptMappingChange?: boolean;
+  yes?: boolean;
+  rate?: string;
+  concurrency: string;
+  pageKeys: string;
+}
+
+function positiveInt(name: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError('flag_invalid', `${name} must be a whole number ≥ 0, not ${JSON.stringify(text)}.`, { hint: `Pass ${name} <n>.` });
+  return n;
+}
+
+export function registerCopy({ add }: CommandRegistrar): void {
+  add(
+    new Command('copy')
+      .description('copy every copy rule at one pinned etcd revision (writes Consul; --dry-run shows the exact operations and writes nothing)')
+      .option('--dry-run', 'plan against Consul and print what would be written; write nothing')
+      .option('--show-ops', 'with --dry-run: list every operation (keys and sizes, never values)')
+      .option('--resume', 'continue an interrupted copy from its recorded low-water marks')
+      .addOption(new Option('--on-conflict <policy>', 'a target key changed in Consul after planning').choices(['overwrite', 'skip', 'fail']).default('overwrite'))
+      .option('--delete-extraneous', 'delete target keys under a rule that have no etcd key (behind the delete guard; needs --yes off a terminal)')
+      .option('--allow-mass-delete', 'let --delete-extraneous remove more than 10% of a rule\'s target keys')
+      .option('--accept-mapping-change', 'go on although the mapping changed since the migration was recorded')
+      .option('-y, --yes', 'confirm destructive flags without a prompt')
+      .option('--rate <ops/s>', 'cap writes per second (production clusters)')
+      .option('--concurrency <n>', 'txns in flight', '8')
+      .option('--page-keys <n>', 'etcd keys per read page', '2000')
+      .addHelpText('after', '\nExamples:\n  migrate copy --dry-run --show-ops\n  migrate copy --rate 2000\n  migrate copy --resume\n'),
+    ['text', 'json'],
+    async (ctx, options: CopyFlags & GlobalOptions) => {
+      if (options.deleteExtraneous && !options.dryRun && !options.yes) {
+        throw new UsageError('confirmation_required', 'copy --delete-extraneous deletes keys in Consul and needs confirmation.', { hint: 'Pass --yes to confirm (review `migrate copy --dry-run` first).' });
+      }
+      const { loadConfig } = await import('../../config/load.js');
+      const { resolveConnections } = await import('../../config/connections.js');
+      const { openStores } = await import('../stores.js');
+      const { runCopy } = await import('../../copy/copy.js');
+      const { routeForCopy } = await import('../../copy/route.js');
+      const { renderCopy } = await import('../../copy/render.js');
+      const { createProgressView } = await import('../../report/progress.js');
+      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const { source, target, close } = openStores(connections, loaded.config);
+      const view = createProgressView(ctx);
+      const progress = { title: options.dryRun ? 'planning' : 'copying', items: [] as { name: string; total: number; done: number; bytes: number }[], retries: 0, startedAt: Date.now() };
+      try {
+        const result = await runCopy(
+          { source, target, config: loaded.config, route: (rule, key, valueBytes) => routeForCopy(loaded.mapping, rule, key, valueBytes) },
+          {
+            dryRun: Boolean(options.dryRun),
+            recordOps: Boolean(options.dryRun && (options.showOps || ctx.format === 'json')),
+            resume: Boolean(options.resume),
+            onConflict: options.onConflict,
+            deleteExtraneous: Boolean(options.deleteExtraneous),
+            allowMassDelete: Boolean(options.allowMassDelete),
+            acceptMappingChange: Boolean(options.acceptMappingChange),
+            rate: positiveInt('--rate', options.rate, 0),
+            concurrency: Math.max(1, positiveInt('--concurrency', options.concurrency, 8)),
+            pageKeys: Math.max(1, positiveInt('--page-keys', options.pageKeys, 2000)),
+            signal: ctx.signal,
+            now: () => new Date(),
+            toolVersion: TOOL_VERSION,
+            onProgress: (event) => {
+              if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
+              else if (event.type === 'progress') {
+                const item = progress.items.find((i) => i.name === event.rule);
+                if (item) Object.assign(item, { done: event.keysDone, bytes: event.bytes });
+                progress.retries = event.retries;
+              } else if (event.type === 'warning') view.warn(event.message);
+              if (event.type !== 'warning') view.update(progress);
+            },
+          },
+        );
+        await view.close();
+        ctx.result(renderCopy(result, ctx.format, Boolean(options.showOps)));
+        return result.interrupted ? ExitCode.interrupted : ExitCode.ok;
+      } finally {
+        await view.close();
+        close();
+      }
+    },
+  );
+}

@@ -1,0 +1,545 @@
+import pLimit from 'p-limit';
+import { RefusedError } from '../errors.js';
+import type { MigrationConfig, RuleConfig } from '../config/load.js';
+import { formatKey } from '../report/keys.js';
+import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
+import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
+import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
+import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
+import { checkIdentity, ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
+import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
+import { planPage, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
+import { RecordingTarget, type RecordedOp } from './recording-target.js';
+
+/** `copy` state document: the pinned revision and, per rule, the low-water mark. */
+export interface CopyState {
+  schemaVersion: number;
+  revision: number;
+  started: string;
+  completed?: string;
+  /** Per rule: base64 of the last source key such that every key up to it is written. */
+  rules: Record<string, { lowWater?: string; done?: boolean }>;
+}
+
+/** `checkpoint` state document: the last etcd revision whose effects are fully applied. */
+export interface CheckpointState {
+  schemaVersion: number;
+  revision: number;
+  updated: string;
+  by: 'copy' | 'dualrun';
+}
+
+export type OnConflict = 'overwrite' | 'skip' | 'fail';
+
+export interface CopyOptions {
+  dryRun: boolean;
+  /** Record every operation in the result (dry-run `--show-ops`, JSON). */
+  recordOps: boolean;
+  resume: boolean;
+  onConflict: OnConflict;
+  deleteExtraneous: boolean;
+  allowMassDelete: boolean;
+  acceptMappingChange: boolean;
+  /** Writes per second across all workers (ops), 0 = unthrottled. */
+  rate: number;
+  concurrency: number;
+  pageKeys: number;
+  signal: AbortSignal;
+  now: () => Date;
+  toolVersion: string;
+  onProgress?: (event: CopyProgressEvent) => void;
+}
+
+export type CopyProgressEvent =
+  | { type: 'start'; revision: number; rules: { name: string; keys: number }[] }
+  | { type: 'progress'; rule: string; keysDone: number; bytes: number; retries: number }
+  | { type: 'rule-done'; rule: string }
+  | { type: 'warning'; message: string };
+
+export interface RuleCopyStats {
+  name: string;
+  from: string;
+  to: string;
+  sourceKeys: number;
+  created: number;
+  updated: number;
+  unchanged: number;
+  bytesWritten: number;
+  skipped: Partial<Record<SkipReason, number>>;
+  skippedExamples: { key: string; reason: SkipReason; detail: string }[];
+  extraneous: number;
+  extraneousExamples: string[];
+  deleted: number;
+  conflicts: { overwritten: number; skipped: number };
+  singlePuts: number;
+}
+
+export interface CopyResult {
+  dryRun: boolean;
+  migration: string;
+  revision: number;
+  resumedFrom?: number;
+  rules: RuleCopyStats[];
+  sessions: { created: number; adopted: number; clamps: ClampFinding[] };
+  txns: number;
+  retries: number;
+  durationMs: number;
+  interrupted: boolean;
+  ops?: RecordedOp[];
+}
+
+const EXAMPLES = 20;
+const SPLIT_RETRY_LIMIT = 3;
+const LOW_WATER_KEY_MAX = 4096;
+
+/** Deletes the tool derives itself never remove more than this share of a rule's keys without a flag (DESIGN §3). */
+export function deleteGuardTrips(deletes: number, targetKeys: number): boolean {
+  return deletes > 10 && deletes > targetKeys * 0.1;
+}
+
+/**
+ * Copies every `copy` rule at one pinned etcd revision. The same code path
+ * runs for `--dry-run` with a recording target (DESIGN §2).
+ */
+export async function runCopy(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; route: RouteFn }, options: CopyOptions): Promise<CopyResult> {
+  const started = Date.now();
+  const { config, source } = deps;
+  const target: TargetStore = options.dryRun ? new RecordingTarget(deps.target) : deps.target;
+  const paths = statePaths(config.state.prefix, config.id);
+  const status = await source.status();
+  const info = await target.info();
+  const limits = await target.limits();
+  const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) };
+  if (options.dryRun) {
+    checkIdentity(await readState<StateMeta>(target, paths.meta), identity, { acceptMappingChange: options.acceptMappingChange });
+  } else {
+    await ensureMeta(target, paths, identity, options.toolVersion, options.now(), { acceptMappingChange: options.acceptMappingChange });
+  }
+
+  const previous = await readState<CopyState>(target, paths.copy);
+  let revision = status.revision;
+  let resumedFrom: number | undefined;
+  let lowWaters: Record<string, { lowWater?: string; done?: boolean }> = {};
+  if (options.resume && previous && !previous.completed) {
+    resumedFrom = previous.revision;
+    try {
+      await source.count({ start: Buffer.from([0]), end: Buffer.from([0]) }, previous.revision);
+      revision = previous.revision;
+      lowWaters = previous.rules;
+    } catch (err) {
+      // R was compacted: a new pinned revision, and the diff makes the full re-plan safe.
+      if (!(err instanceof SourceCompactedError)) throw err;
+      options.onProgress?.({ type: 'warning', message: `revision ${previous.revision} of the interrupted copy was compacted; copying at revision ${revision} instead (the diff skips what is already there)` });
+    }
+  }
+  const copyRules = config.rules.filter((r) => r.action === 'copy');
+  const state: CopyState = { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: Object.fromEntries(copyRules.map((r) => [r.name, { ...lowWaters[r.name] }])) };
+
+  const sessions = new LeaseSessions(source, target, paths, config.id, options.now);
+  await sessions.load();
+  const engine = new CopyEngine(target, limits, paths, state, options);
+  sessions.startRenewing((leaseId) => options.onProgress?.({ type: 'warning', message: `Consul no longer knows the session of etcd lease ${leaseId}; its keys are re-created by the next copy or dual-run` }));
+
+  const totals = await Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await source.count(rangeOf(rule.from), revision) })));
+  options.onProgress?.({ type: 'start', revision, rules: totals });
+  const stats: RuleCopyStats[] = [];
+  try {
+    for (const rule of copyRules) {
+      if (options.signal.aborted) break;
+      const ruleStats = await copyRule(rule, { ...deps, target }, engine, sessions, revision, totals.find((t) => t.name === rule.name)!.keys, options);
+      stats.push(ruleStats);
+      options.onProgress?.({ type: 'rule-done', rule: rule.name });
+    }
+    await engine.drain();
+  } finally {
+    sessions.stop();
+  }
+
+  const interrupted = options.signal.aborted;
+  if (!interrupted && !options.dryRun) {
+    state.completed = options.now().toISOString();
+    const checkpoint = await readState<CheckpointState>(target, paths.checkpoint());
+    const ops: TxnOp[] = [{ verb: 'set', key: paths.copy, value: Buffer.from(JSON.stringify(state)) }];
+    // The dual-run starts from here; never move a dual-run's checkpoint backwards.
+    if (!checkpoint || checkpoint.revision < revision) {
+      const doc: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated: options.now().toISOString(), by: 'copy' };
+      ops.push({ verb: 'set', key: paths.checkpoint(), value: Buffer.from(JSON.stringify(doc)) });
+    }
+    await target.applyTxn(ops);
+  } else if (interrupted && !options.dryRun) {
+    await target.applyTxn([{ verb: 'set', key: paths.copy, value: Buffer.from(JSON.stringify(state)) }]);
+  }
+
+  const result: CopyResult = {
+    dryRun: options.dryRun,
+    migration: config.id,
+    revision,
+    rules: stats,
+    sessions: { created: sessions.created, adopted: sessions.adopted, clamps: sessions.clamps },
+    txns: engine.txns,
+    retries: engine.retries,
+    durationMs: Date.now() - started,
+    interrupted,
+  };
+  if (resumedFrom !== undefined) result.resumedFrom = resumedFrom;
+  if (options.recordOps && target instanceof RecordingTarget) result.ops = target.recorded;
+  return result;
+}
+
+/** Routes a key as the copy of `rule` sees it (see `routeForCopy`). */
+export type RouteFn = (rule: string, key: Buffer, valueBytes: number) => PlannedRoute;
+
+function rangeOf(prefix: string): KeyRange {
+  const start = Buffer.from(prefix);
+  return { start, end: prefixEnd(start) };
+}
+
+async function copyRule(
+  rule: RuleConfig,
+  deps: { source: SourceReader; target: TargetStore; route: RouteFn },
+  engine: CopyEngine,
+  sessions: LeaseSessions,
+  revision: number,
+  sourceKeys: number,
+  options: CopyOptions,
+): Promise<RuleCopyStats> {
+  const stats: RuleCopyStats = {
+    name: rule.name, from: rule.from, to: rule.to, sourceKeys, created: 0, updated: 0, unchanged: 0, bytesWritten: 0,
+    skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
+  };
+  const ruleState = engine.state.rules[rule.name]!;
+  const targetKeys = new Set(await deps.target.listKeys(rule.to, options.signal));
+  const initialTargetKeys = targetKeys.size;
+  const range = rangeOf(rule.from);
+  let keysDone = 0;
+  // A resumed rule: what lies below the low-water mark is written already. A keys-only
+  // pass over it still tells which target keys have a source key, for the extraneous check.
+  const resumeAt = ruleState.done ? range.end : ruleState.lowWater ? Buffer.concat([Buffer.from(ruleState.lowWater, 'base64'), Buffer.from([0])]) : undefined;
+  if (resumeAt) {
+    for await (const page of deps.source.readPages({ start: range.start, end: resumeAt }, { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
+      for (const entry of page.entries) {
+        const route = deps.route(rule.name, entry.key, 0);
+        if (route.kind === 'mapped') targetKeys.delete(route.target);
+      }
+      keysDone += page.entries.length;
+    }
+    range.start = resumeAt;
+  }
+  const tracker = engine.trackRule(rule.name);
+
+  if (!ruleState.done) {
+    for await (const page of deps.source.readPages(range, { revision, pageKeys: options.pageKeys, signal: options.signal })) {
+      if (options.signal.aborted) break;
+      const routes = new Map<SourceEntry, PlannedRoute>();
+      const wanted: string[] = [];
+      const leases = new Set<string>();
+      for (const entry of page.entries) {
+        const route = deps.route(rule.name, entry.key, entry.value.length);
+        routes.set(entry, route);
+        if (route.kind !== 'mapped') continue;
+        if (targetKeys.delete(route.target)) wanted.push(route.target);
+        if (entry.lease !== '0' && route.leases === 'session') leases.add(entry.lease);
+      }
+      const existing = new Map<string, TargetEntry>();
+      if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal)) existing.set(e.key, e);
+      const sessionOf = new Map<string, string | undefined>();
+      await Promise.all([...leases].map(async (l) => sessionOf.set(l, await sessions.ensure(l))));
+      const plan = planPage({ entries: page.entries, route: (e) => routes.get(e)!, existing, sessionFor: (l) => sessionOf.get(l), ownSessions: sessions.own });
+      stats.unchanged += plan.unchanged;
+      for (const skip of plan.skips) recordSkip(stats, skip);
+      const pageId = tracker.openPage(page.entries.at(-1)!.key);
+      for (const write of plan.writes) await engine.write(write, pageId, stats);
+      tracker.closePage(pageId);
+      keysDone += page.entries.length;
+      options.onProgress?.({ type: 'progress', rule: rule.name, keysDone, bytes: stats.bytesWritten, retries: engine.retries });
+    }
+    await engine.flush();
+    if (!options.signal.aborted) tracker.finish();
+  }
+
+  // What is left in the target range was produced by no source key (an interrupted pass has not seen every key).
+  if (!options.signal.aborted) {
+    stats.extraneous = targetKeys.size;
+    stats.extraneousExamples = [...targetKeys].slice(0, EXAMPLES);
+    if (options.deleteExtraneous && targetKeys.size > 0) {
+      if (deleteGuardTrips(targetKeys.size, initialTargetKeys) && !options.allowMassDelete) {
+        throw new RefusedError('delete_guard', `Deleting ${targetKeys.size} extraneous keys would remove ${Math.round((100 * targetKeys.size) / Math.max(1, initialTargetKeys))}% of rule ${rule.name}'s ${initialTargetKeys} target keys; nothing was deleted.`, {
+          hint: 'Check the rule\'s from/to first (`migrate plan`); if the deletes are intended, pass --allow-mass-delete.',
+          details: { rule: rule.name, deletes: targetKeys.size, targetKeys: initialTargetKeys },
+        });
+      }
+      stats.deleted = await engine.deleteKeys([...targetKeys], stats);
+    }
+  }
+  return stats;
+}
+
+function recordSkip(stats: RuleCopyStats, skip: PlannedSkip): void {
+  stats.skipped[skip.reason] = (stats.skipped[skip.reason] ?? 0) + 1;
+  if (stats.skippedExamples.length < EXAMPLES) stats.skippedExamples.push({ key: formatKey(skip.sourceKey), reason: skip.reason, detail: skip.detail });
+}
+
+/**
+ * Sends writes in txn batches with bounded concurrency and keeps the copy
+ * checkpoint moving: every data txn also carries the `copy` document with the
+ * low-water marks of what is fully written at the time it is sent.
+ */
+class CopyEngine {
+  txns = 0;
+  retries = 0;
+  private readonly limit: ReturnType<typeof pLimit>;
+  private readonly inflight = new Set<Promise<void>>();
+  private readonly batcher: TxnBatcher;
+  private batchWrites: { write: PlannedWrite; pageId: number; stats: RuleCopyStats }[] = [];
+  private readonly trackers = new Map<string, RuleTracker>();
+  private failure: unknown;
+  private readonly reservedBytes: number;
+  private tokens: number;
+  private lastRefill = Date.now();
+
+  constructor(private readonly target: TargetStore, private readonly limits: TargetLimits, private readonly paths: StatePaths, readonly state: CopyState, private readonly options: CopyOptions) {
+    this.limit = pLimit(options.concurrency);
+    // Room in every txn for the copy document: rule names, done flags, and one low-water key
+    // (rules run one after the other) of at most LOW_WATER_KEY_MAX bytes, base64 twice over.
+    this.reservedBytes = Math.ceil((4 / 3) * (512 + Object.keys(state.rules).reduce((n, name) => n + name.length + 48, 0) + (4 / 3) * LOW_WATER_KEY_MAX));
+    this.batcher = new TxnBatcher(limits, { reservedOps: 1, reservedBytes: this.reservedBytes });
+    this.tokens = options.rate;
+  }
+
+  trackRule(name: string): RuleTracker {
+    const rule = this.state.rules[name]!;
+    const tracker = new RuleTracker(
+      // A longer key keeps the previous mark: resuming re-checks a little more, and the document stays within its reserved room.
+      (key) => key.length <= LOW_WATER_KEY_MAX && (rule.lowWater = key.toString('base64')),
+      () => {
+        rule.done = true;
+        delete rule.lowWater;
+      },
+    );
+    this.trackers.set(name, tracker);
+    return tracker;
+  }
+
+  async write(write: PlannedWrite, pageId: number, stats: RuleCopyStats): Promise<void> {
+    const ops = writeOps(write);
+    const tracker = this.trackers.get(write.rule)!;
+    if (!groupFitsInTxn(ops, this.limits, { reservedOps: 1, reservedBytes: this.reservedBytes })) {
+      // Too large for any txn: a single PUT (acquire for session-held keys), sent at once.
+      tracker.hold(pageId);
+      await this.dispatch(async () => {
+        await this.throttle(1);
+        const ok = await this.target.putKey(write.key, write.value, write.session ? { acquire: write.session } : { cas: write.expectIndex });
+        if (!ok) await this.resolveConflicts([{ write, pageId, stats }]);
+        else this.count(write, stats, true);
+        tracker.release(pageId);
+      });
+      return;
+    }
+    // The ops of one write (index check, release, lock) always travel in one txn.
+    if (!this.batcher.wouldFit(ops)) await this.flush();
+    for (const op of ops) {
+      if (this.batcher.add(op)) throw new Error('internal: the batcher closed a batch in the middle of one write');
+    }
+    tracker.hold(pageId);
+    this.batchWrites.push({ write, pageId, stats });
+  }
+
+  /** Sends the open batch (with the copy document) without waiting for it to land. */
+  async flush(): Promise<void> {
+    const ops = this.batcher.flush();
+    if (!ops) return;
+    const writes = this.batchWrites;
+    this.batchWrites = [];
+    await this.dispatch(() => this.sendBatch(ops, writes));
+  }
+
+  /** Waits until every sent batch has landed, then surfaces the first failure. */
+  async drain(): Promise<void> {
+    await this.flush();
+    await Promise.all([...this.inflight]);
+    if (this.failure) throw this.failure;
+  }
+
+  private async dispatch(task: () => Promise<void>): Promise<void> {
+    if (this.failure) throw this.failure;
+    // Keep at most twice the concurrency queued: memory stays bounded by batch size.
+    while (this.inflight.size >= this.options.concurrency * 2) await Promise.race(this.inflight);
+    const promise: Promise<void> = this.limit(task).catch((err) => {
+      this.failure ??= err;
+    }).finally(() => this.inflight.delete(promise));
+    this.inflight.add(promise);
+    if (this.failure) throw this.failure;
+  }
+
+  private async sendBatch(ops: TxnOp[], writes: { write: PlannedWrite; pageId: number; stats: RuleCopyStats }[], depth = 0): Promise<void> {
+    await this.throttle(ops.length);
+    const withState = [...ops, { verb: 'set', key: this.paths.copy, value: Buffer.from(JSON.stringify(this.state)) } as TxnOp];
+    try {
+      await this.target.applyTxn(withState);
+      this.txns++;
+      for (const w of writes) this.count(w.write, w.stats, false);
+    } catch (err) {
+      if (err instanceof TxnFailedError) {
+        await this.resolveConflicts(writes);
+      } else if (err instanceof ConsulTooLargeError && writes.length > 1 && depth < SPLIT_RETRY_LIMIT) {
+        // Our size math disagreed with the server's: split the batch in two and send each half.
+        this.retries++;
+        for (const half of splitBatch(writes)) await this.sendBatch(half.flatMap((w) => writeOps(w.write)), half, depth + 1);
+        return;
+      } else {
+        throw err;
+      }
+    }
+    for (const w of writes) this.trackers.get(w.write.rule)!.release(w.pageId);
+  }
+
+  /**
+   * A key changed in Consul after it was planned: re-plan those writes from a
+   * fresh read and apply the conflict policy (DESIGN: never overwrite blindly).
+   */
+  private async resolveConflicts(writes: { write: PlannedWrite; pageId: number; stats: RuleCopyStats }[]): Promise<void> {
+    this.retries++;
+    const current = new Map((await this.target.readEntries(writes.map((w) => w.write.key))).map((e) => [e.key, e]));
+    for (const { write, stats } of writes) {
+      const now = current.get(write.key);
+      const changed = (now?.modifyIndex ?? 0) !== write.expectIndex;
+      if (!changed) {
+        // Not this key's fault (another op of the batch conflicted): send it again as planned.
+        await this.applyOne(write, stats);
+        continue;
+      }
+      if (now && now.value.equals(write.value) && now.session === write.session) {
+        stats.unchanged++;
+        continue;
+      }
+      if (this.options.onConflict === 'fail') {
+        throw new RefusedError('copy_conflict', `${formatKey(write.key)} changed in Consul after the copy planned it (rule ${write.rule}); stopped with --on-conflict fail.`, {
+          hint: 'Find who writes under the rule\'s target prefix in Consul; rerun with --on-conflict overwrite or skip, or --resume after fixing it.',
+          details: { key: formatKey(write.key), rule: write.rule },
+        });
+      }
+      if (this.options.onConflict === 'skip') {
+        stats.conflicts.skipped++;
+        this.options.onProgress?.({ type: 'warning', message: `conflict: ${formatKey(write.key)} changed in Consul after planning; skipped (--on-conflict skip)` });
+        continue;
+      }
+      stats.conflicts.overwritten++;
+      this.options.onProgress?.({ type: 'warning', message: `conflict: ${formatKey(write.key)} changed in Consul after planning; overwritten with etcd's value (--on-conflict overwrite)` });
+      const releaseSession = now?.session && now.session !== write.session ? now.session : undefined;
+      await this.applyOne({ ...write, kind: now ? 'update' : 'create', expectIndex: now?.modifyIndex ?? 0, ...(releaseSession ? { releaseSession } : {}) }, stats);
+    }
+  }
+
+  private async applyOne(write: PlannedWrite, stats: RuleCopyStats, attempt = 0): Promise<void> {
+    try {
+      const ops = writeOps(write);
+      if (groupFitsInTxn(ops, this.limits)) {
+        await this.target.applyTxn(ops);
+        this.txns++;
+      } else if (!(await this.target.putKey(write.key, write.value, write.session ? { acquire: write.session } : { cas: write.expectIndex }))) {
+        throw new TxnFailedError([{ opIndex: 0, what: `single PUT of ${formatKey(write.key)} lost a race` }]);
+      }
+      this.count(write, stats, !groupFitsInTxn(ops, this.limits));
+    } catch (err) {
+      if (!(err instanceof TxnFailedError) || attempt >= 3) throw err;
+      const [now] = await this.target.readEntries([write.key]);
+      await this.applyOne({ ...write, expectIndex: now?.modifyIndex ?? 0 }, stats, attempt + 1);
+    }
+  }
+
+  private count(write: PlannedWrite, stats: RuleCopyStats, singlePut: boolean): void {
+    if (write.kind === 'create') stats.created++;
+    else stats.updated++;
+    stats.bytesWritten += write.value.length;
+    if (singlePut) stats.singlePuts++;
+  }
+
+  /** Deletes extraneous keys with a compare on the index just read, in txn batches. */
+  async deleteKeys(keys: string[], stats: RuleCopyStats): Promise<number> {
+    let deleted = 0;
+    for (let i = 0; i < keys.length; i += this.limits.txnMaxOps) {
+      const entries = await this.target.readEntries(keys.slice(i, i + this.limits.txnMaxOps));
+      const ops: TxnOp[] = entries.filter((e) => !e.session).map((e) => ({ verb: 'delete-cas', key: e.key, index: e.modifyIndex }));
+      stats.skippedExamples.length < EXAMPLES && entries.filter((e) => e.session).forEach((e) => stats.skippedExamples.push({ key: formatKey(e.key), reason: 'foreign-session', detail: 'extraneous but held by a session: not deleted' }));
+      if (ops.length === 0) continue;
+      await this.throttle(ops.length);
+      await this.target.applyTxn(ops);
+      deleted += ops.length;
+    }
+    return deleted;
+  }
+
+  /** A token bucket over ops per second (`--rate`). */
+  private async throttle(ops: number): Promise<void> {
+    const rate = this.options.rate;
+    if (rate <= 0) return;
+    for (;;) {
+      const now = Date.now();
+      this.tokens = Math.min(rate, this.tokens + ((now - this.lastRefill) / 1000) * rate);
+      this.lastRefill = now;
+      if (this.tokens >= Math.min(ops, rate)) {
+        this.tokens -= ops;
+        return;
+      }
+      await sleep(Math.ceil(((Math.min(ops, rate) - this.tokens) / rate) * 1000));
+    }
+  }
+}
+
+/**
+ * The low-water mark of one rule: pages are numbered in key order; a page is
+ * done when every write planned from it has landed. The mark is the last key
+ * of the highest page below which every page is done, whatever the order in
+ * which concurrent batches finish.
+ */
+export class RuleTracker {
+  private next = 0;
+  private done = 0;
+  private finished = false;
+  private readonly pages = new Map<number, { lastKey: Buffer; pending: number; closed: boolean }>();
+
+  constructor(private readonly onLowWater: (key: Buffer) => void, private readonly onFinish: () => void) {}
+
+  openPage(lastKey: Buffer): number {
+    const id = this.next++;
+    this.pages.set(id, { lastKey, pending: 0, closed: false });
+    return id;
+  }
+
+  hold(page: number): void {
+    this.pages.get(page)!.pending++;
+  }
+
+  release(page: number): void {
+    this.pages.get(page)!.pending--;
+    this.advance();
+  }
+
+  closePage(page: number): void {
+    this.pages.get(page)!.closed = true;
+    this.advance();
+  }
+
+  /** No more pages: the rule is done once every page has landed (not when the last batch is sent). */
+  finish(): void {
+    this.finished = true;
+    this.advance();
+  }
+
+  private advance(): void {
+    let last: Buffer | undefined;
+    for (;;) {
+      const page = this.pages.get(this.done);
+      if (!page || !page.closed || page.pending > 0) break;
+      last = page.lastKey;
+      this.pages.delete(this.done);
+      this.done++;
+    }
+    if (last) this.onLowWater(last);
+    if (this.finished && this.pages.size === 0) {
+      this.finished = false;
+      this.onFinish();
+    }
+  }
+}
+

@@ -1,0 +1,58 @@
+import type { SessionSpec, TargetStore, TxnOp } from '../stores/types.js';
+
+/** One write the copy would send, as the dry-run shows it (sizes, never values). */
+export interface RecordedOp {
+  op: 'txn' | 'put' | 'delete' | 'create-session' | 'destroy-session';
+  /** For txns: each KV op's verb, key and value size. */
+  ops?: { verb: string; key: string; bytes: number }[];
+  key?: string;
+  bytes?: number;
+  session?: string;
+  ttlSeconds?: number;
+}
+
+/**
+ * The dry-run adapter (DESIGN §2): reads go to the real Consul, writes are
+ * recorded instead of sent. The copy runs its real code path through it, so
+ * what the dry-run prints is exactly what `copy` would send.
+ */
+export class RecordingTarget implements TargetStore {
+  readonly recorded: RecordedOp[] = [];
+  private sessions = 0;
+
+  constructor(private readonly inner: TargetStore) {}
+
+  info: TargetStore['info'] = () => this.inner.info();
+  limits: TargetStore['limits'] = () => this.inner.limits();
+  listKeys: TargetStore['listKeys'] = (prefix, signal) => this.inner.listKeys(prefix, signal);
+  readEntries: TargetStore['readEntries'] = (keys, signal) => this.inner.readEntries(keys, signal);
+  readKey: TargetStore['readKey'] = (key) => this.inner.readKey(key);
+  readSession: TargetStore['readSession'] = (id) => (id.startsWith('dry-run-') ? Promise.resolve(undefined) : this.inner.readSession(id));
+
+  async applyTxn(ops: readonly TxnOp[]): Promise<void> {
+    this.recorded.push({ op: 'txn', ops: ops.map((o) => ({ verb: o.verb, key: o.key, bytes: 'value' in o ? o.value.length : 0 })) });
+  }
+
+  async putKey(key: string, value: Buffer, options: { acquire?: string; cas?: number } = {}): Promise<boolean> {
+    this.recorded.push({ op: 'put', key, bytes: value.length, ...(options.acquire ? { session: options.acquire } : {}) });
+    return true;
+  }
+
+  async deleteKey(key: string): Promise<void> {
+    this.recorded.push({ op: 'delete', key });
+  }
+
+  async createSession(spec: SessionSpec): Promise<string> {
+    const id = `dry-run-session-${++this.sessions}`;
+    this.recorded.push({ op: 'create-session', session: id, ttlSeconds: spec.ttlSeconds });
+    return id;
+  }
+
+  async renewSession(id: string): Promise<boolean> {
+    return id.startsWith('dry-run-') ? true : this.inner.renewSession(id);
+  }
+
+  async destroySession(id: string): Promise<void> {
+    this.recorded.push({ op: 'destroy-session', session: id });
+  }
+}

@@ -1,0 +1,47 @@
+import type { Format } from '../cli/context.js';
+import { renderEnvelope } from '../report/envelope.js';
+import type { CopyResult } from './copy.js';
+
+function sum(record: Partial<Record<string, number>>): number {
+  return Object.values(record).reduce<number>((n, v) => n + (v ?? 0), 0);
+}
+
+/** Renders a copy or dry-run result; never a value, only keys and sizes. */
+export function renderCopy(result: CopyResult, format: Format, showOps: boolean): string {
+  if (format === 'json') {
+    return renderEnvelope('copy', result.interrupted ? 'interrupted' : 'ok', { ...result, ops: result.ops ?? null });
+  }
+  const lines: string[] = [];
+  const verb = result.dryRun ? 'would' : '';
+  lines.push(`${result.dryRun ? 'Dry run: nothing was written. ' : ''}Copy of migration "${result.migration}" at etcd revision ${result.revision}${result.resumedFrom !== undefined ? ` (resumed; the interrupted copy pinned ${result.resumedFrom})` : ''}${result.interrupted ? ' — INTERRUPTED, progress recorded; run again with --resume' : ''}`);
+  lines.push('');
+  lines.push(`${'rule'.padEnd(18)} ${'source'.padStart(8)} ${'create'.padStart(8)} ${'update'.padStart(8)} ${'same'.padStart(8)} ${'skipped'.padStart(8)} ${'extra'.padStart(7)} ${'MiB'.padStart(7)}`);
+  for (const r of result.rules) {
+    lines.push(`${r.name.padEnd(18)} ${String(r.sourceKeys).padStart(8)} ${String(r.created).padStart(8)} ${String(r.updated).padStart(8)} ${String(r.unchanged).padStart(8)} ${String(sum(r.skipped)).padStart(8)} ${String(r.extraneous).padStart(7)} ${(r.bytesWritten / 1048576).toFixed(2).padStart(7)}`);
+  }
+  lines.push('');
+  for (const r of result.rules) {
+    for (const [reason, count] of Object.entries(r.skipped)) lines.push(`  ${r.name}: ${count} key(s) ${verb ? 'would be ' : ''}skipped: ${reason}`);
+    for (const ex of r.skippedExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.reason}: ${ex.detail})`);
+    if (r.extraneous > 0) {
+      lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${r.deleted ? `; ${r.deleted} deleted` : ' (kept; pass --delete-extraneous to remove them)'}`);
+      for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${key}`);
+    }
+    if (r.conflicts.overwritten || r.conflicts.skipped) lines.push(`  ${r.name}: ${r.conflicts.overwritten} conflict(s) overwritten, ${r.conflicts.skipped} skipped (keys changed in Consul after planning)`);
+    if (r.singlePuts) lines.push(`  ${r.name}: ${r.singlePuts} value(s) too large for a txn ${verb ? 'would go' : 'went'} by single PUT`);
+  }
+  const s = result.sessions;
+  if (s.created || s.adopted) lines.push(`  sessions: ${s.created} ${result.dryRun ? 'to create' : 'created'}, ${s.adopted} adopted (one per etcd lease; Behavior delete, LockDelay 0s)`);
+  for (const c of s.clamps.slice(0, 10)) lines.push(`  lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s (Consul sessions live 10s–24h)`);
+  if (!result.dryRun) lines.push(`  ${result.txns} txn(s), ${result.retries} retr${result.retries === 1 ? 'y' : 'ies'}, ${(result.durationMs / 1000).toFixed(1)}s`);
+  if (showOps && result.ops) {
+    lines.push('', 'Operations:');
+    for (const op of result.ops) {
+      if (op.op === 'txn') lines.push(`  txn (${op.ops!.length} ops)`, ...op.ops!.map((o) => `    ${o.verb.padEnd(16)} ${o.key}${o.bytes ? `  ${o.bytes} B` : ''}`));
+      else if (op.op === 'put') lines.push(`  put              ${op.key}  ${op.bytes} B${op.session ? `  acquire ${op.session}` : ''}`);
+      else if (op.op === 'create-session') lines.push(`  create-session   ${op.session}  TTL ${op.ttlSeconds}s`);
+      else lines.push(`  ${op.op.padEnd(16)} ${op.key ?? op.session}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}

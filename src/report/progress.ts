@@ -1,0 +1,130 @@
+import { createElement as h, type ReactElement } from 'react';
+import type { CommandContext } from '../cli/context.js';
+
+/** What a long command reports while it works. */
+export interface ProgressState {
+  title: string;
+  items: { name: string; total: number; done: number; bytes: number }[];
+  retries: number;
+  startedAt: number;
+}
+
+/** A live view of long work: ink on a terminal, throttled plain lines otherwise, NDJSON with `--progress json`. */
+export interface ProgressView {
+  update(state: ProgressState): void;
+  warn(message: string): void;
+  /** Draws the final state and releases the terminal. */
+  close(): Promise<void>;
+}
+
+function rate(state: ProgressState, now: number): { done: number; total: number; perSecond: number; etaSeconds: number | undefined } {
+  const done = state.items.reduce((n, i) => n + i.done, 0);
+  const total = state.items.reduce((n, i) => n + i.total, 0);
+  const seconds = Math.max(0.001, (now - state.startedAt) / 1000);
+  const perSecond = done / seconds;
+  return { done, total, perSecond, etaSeconds: perSecond > 0 && total >= done ? (total - done) / perSecond : undefined };
+}
+
+function formatDuration(seconds: number | undefined): string {
+  if (seconds === undefined || !Number.isFinite(seconds)) return '?';
+  if (seconds < 60) return `${Math.ceil(seconds)}s`;
+  return `${Math.floor(seconds / 60)}m${String(Math.ceil(seconds % 60)).padStart(2, '0')}s`;
+}
+
+export function plainProgressLine(state: ProgressState, now: number): string {
+  const r = rate(state, now);
+  const bytes = state.items.reduce((n, i) => n + i.bytes, 0);
+  return `${state.title}: ${r.done}/${r.total} keys, ${(bytes / 1048576).toFixed(1)} MiB, ${Math.round(r.perSecond)} keys/s, ETA ${formatDuration(r.etaSeconds)}${state.retries ? `, ${state.retries} retries` : ''}`;
+}
+
+export function createProgressView(ctx: CommandContext): ProgressView {
+  if (ctx.progress === 'none') return { update() {}, warn: (m) => ctx.warn(m), async close() {} };
+  if (ctx.progress === 'json') {
+    let last = 0;
+    return {
+      update(state) {
+        const now = Date.now();
+        if (now - last < 500) return;
+        last = now;
+        const r = rate(state, now);
+        ctx.event({ event: 'progress', title: state.title, done: r.done, total: r.total, keysPerSecond: Math.round(r.perSecond), items: state.items, retries: state.retries });
+      },
+      warn: (message) => ctx.event({ event: 'warning', message }),
+      async close() {},
+    };
+  }
+  if (ctx.progress === 'auto' && ctx.interactive) return inkProgress(ctx);
+  let last = 0;
+  let latest: ProgressState | undefined;
+  return {
+    update(state) {
+      latest = state;
+      const now = Date.now();
+      if (now - last < 2000) return;
+      last = now;
+      ctx.log(plainProgressLine(state, now));
+    },
+    warn: (m) => ctx.warn(m),
+    async close() {
+      if (latest) ctx.log(plainProgressLine(latest, Date.now()));
+      latest = undefined;
+    },
+  };
+}
+
+function bar(done: number, total: number, width = 24): string {
+  const filled = total > 0 ? Math.min(width, Math.round((done / total) * width)) : 0;
+  return `${'█'.repeat(filled)}${'░'.repeat(width - filled)}`;
+}
+
+function ProgressViewComponent({ state, now, warnings }: { state: ProgressState; now: number; warnings: string[] }): ReactElement {
+  // ink's Text/Box are imported lazily with the view; they are passed in through the closure below.
+  return h(InkBox!, { flexDirection: 'column' },
+    h(InkText!, { bold: true }, plainProgressLine(state, now)),
+    ...state.items.map((item) => h(InkText!, { key: item.name }, `  ${item.name.padEnd(20)} ${bar(item.done, item.total)} ${item.done}/${item.total}`)),
+    ...warnings.slice(-5).map((w, i) => h(InkText!, { key: `w${i}`, color: 'yellow' }, `  ! ${w}`)),
+  );
+}
+
+let InkBox: typeof import('ink').Box | undefined;
+let InkText: typeof import('ink').Text | undefined;
+
+function inkProgress(ctx: CommandContext): ProgressView {
+  let instance: import('ink').Instance | undefined;
+  let latest: ProgressState | undefined;
+  const warnings: string[] = [];
+  let last = 0;
+  const ready = import('ink').then((ink) => {
+    InkBox = ink.Box;
+    InkText = ink.Text;
+    return ink;
+  });
+  const draw = (force: boolean) => {
+    if (!latest) return;
+    const now = Date.now();
+    if (!force && now - last < 100) return;
+    last = now;
+    const element = h(ProgressViewComponent, { state: latest, now, warnings: [...warnings] });
+    void ready.then((ink) => {
+      if (instance) instance.rerender(element);
+      else instance = ink.render(element, { stdout: process.stderr as unknown as NodeJS.WriteStream, patchConsole: false, exitOnCtrlC: false });
+    });
+  };
+  return {
+    update(state) {
+      latest = state;
+      draw(false);
+    },
+    warn(message) {
+      warnings.push(message);
+      draw(true);
+    },
+    async close() {
+      draw(true);
+      await ready;
+      instance?.unmount();
+      instance = undefined;
+      latest = undefined;
+    },
+  };
+}

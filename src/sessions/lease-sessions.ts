@@ -1,0 +1,122 @@
+import type { SourceReader, TargetStore } from '../stores/types.js';
+import { parseStateDocument, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
+
+/** Consul's session TTL range (DESIGN §3). */
+export const SESSION_TTL_MIN = 10;
+export const SESSION_TTL_MAX = 86_400;
+
+export interface TtlClamp {
+  ttl: number;
+  /** Set when the etcd TTL fell outside Consul's range. */
+  clamped?: 'raised' | 'lowered';
+}
+
+/** An etcd lease TTL as a Consul session TTL: clamped to 10 s – 24 h. */
+export function clampTtl(etcdTtl: number): TtlClamp {
+  if (etcdTtl < SESSION_TTL_MIN) return { ttl: SESSION_TTL_MIN, clamped: 'raised' };
+  if (etcdTtl > SESSION_TTL_MAX) return { ttl: SESSION_TTL_MAX, clamped: 'lowered' };
+  return { ttl: Math.round(etcdTtl) };
+}
+
+/** The state document `sessions/<lease id>`: which Consul session mirrors an etcd lease. */
+export interface SessionRecord {
+  schemaVersion: number;
+  leaseId: string;
+  sessionId: string;
+  ttlSeconds: number;
+  etcdTtlSeconds: number;
+  created: string;
+}
+
+export interface ClampFinding {
+  leaseId: string;
+  etcdTtl: number;
+  sessionTtl: number;
+  clamped: 'raised' | 'lowered';
+}
+
+/**
+ * One Consul session per etcd lease, recorded under `sessions/` so that a
+ * later run (a resumed copy, the dual-run) adopts it instead of creating a
+ * second one: a second session could not lock keys the first one holds.
+ */
+export class LeaseSessions {
+  private readonly byLease = new Map<string, SessionRecord>();
+  private readonly pending = new Map<string, Promise<string | undefined>>();
+  private readonly expired = new Set<string>();
+  readonly own = new Set<string>();
+  readonly clamps: ClampFinding[] = [];
+  created = 0;
+  adopted = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly source: SourceReader,
+    private readonly target: TargetStore,
+    private readonly paths: StatePaths,
+    private readonly migrationId: string,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
+
+  /** Reads the recorded sessions (the ones this migration owns). */
+  async load(): Promise<void> {
+    const keys = await this.target.listKeys(this.paths.sessions);
+    for (const entry of await this.target.readEntries(keys)) {
+      const record = parseStateDocument<SessionRecord>(entry.key, entry.value);
+      this.byLease.set(record.leaseId, record);
+      this.own.add(record.sessionId);
+    }
+  }
+
+  /**
+   * The session mirroring `leaseId`: adopted when the recorded one still
+   * exists in Consul, else created. Undefined when the etcd lease is gone.
+   */
+  ensure(leaseId: string): Promise<string | undefined> {
+    let pending = this.pending.get(leaseId);
+    if (!pending) {
+      pending = this.resolve(leaseId);
+      this.pending.set(leaseId, pending);
+    }
+    return pending;
+  }
+
+  private async resolve(leaseId: string): Promise<string | undefined> {
+    const recorded = this.byLease.get(leaseId);
+    if (recorded && (await this.target.readSession(recorded.sessionId))) {
+      this.adopted++;
+      return recorded.sessionId;
+    }
+    const lease = await this.source.readLease(leaseId);
+    if (lease.ttl < 0) {
+      this.expired.add(leaseId);
+      return undefined;
+    }
+    const { ttl, clamped } = clampTtl(lease.grantedTtl);
+    if (clamped) this.clamps.push({ leaseId, etcdTtl: lease.grantedTtl, sessionTtl: ttl, clamped });
+    const sessionId = await this.target.createSession({ name: `migrate ${this.migrationId} etcd lease ${leaseId}`, ttlSeconds: ttl });
+    const record: SessionRecord = { schemaVersion: STATE_SCHEMA_VERSION, leaseId, sessionId, ttlSeconds: ttl, etcdTtlSeconds: lease.grantedTtl, created: this.now().toISOString() };
+    await this.target.applyTxn([{ verb: 'set', key: this.paths.session(leaseId), value: Buffer.from(JSON.stringify(record)) }]);
+    this.byLease.set(leaseId, record);
+    this.own.add(sessionId);
+    this.created++;
+    return sessionId;
+  }
+
+  /** Renews every session this run uses, every half of the shortest TTL. */
+  startRenewing(onLost: (leaseId: string) => void): void {
+    const active = () => [...this.pending.keys()].filter((l) => !this.expired.has(l) && this.byLease.has(l));
+    const tick = async () => {
+      for (const leaseId of active()) {
+        const record = this.byLease.get(leaseId)!;
+        if (!(await this.target.renewSession(record.sessionId).catch(() => true))) onLost(leaseId);
+      }
+    };
+    this.timer = setInterval(() => void tick(), (SESSION_TTL_MIN * 1000) / 2);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+}
