@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Etcd3 } from 'etcd3';
@@ -21,7 +23,7 @@ export function uniquePrefix(label: string): string {
 
 /** A raw etcd3 client for setting up data (the tool's own reader is what tests check). */
 export function rawEtcd(): Etcd3 {
-  return new Etcd3({ hosts: servers().etcdEndpoint });
+  return new Etcd3({ hosts: servers().etcdEndpoint, grpcOptions: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 } });
 }
 
 export function etcdSource(): EtcdSource {
@@ -57,6 +59,18 @@ export function runCli(args: string[], options: { env?: Record<string, string>; 
       resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr });
     });
   });
+}
+
+/** A temp folder holding `migration.yaml` with `text`, for CLI runs. */
+export function configDir(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'migrate-it-'));
+  writeFileSync(join(dir, 'migration.yaml'), text);
+  return dir;
+}
+
+/** Environment pointing the CLI at the test servers. */
+export function serverEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: servers().consulAddress, ...extra };
 }
 
 /** Consul's current raft index, to prove that a command wrote nothing. */

@@ -1,0 +1,76 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/config/load.js';
+import { checkParity } from './support/parity.js';
+import { configDir, consulTarget, rawEtcd, repoRoot, serverEnv } from './support/harness.js';
+
+const etcd = rawEtcd();
+const target = consulTarget();
+afterAll(() => {
+  etcd.close();
+  target.close();
+});
+
+const KEYS = 50_000;
+
+/** Runs `migrate copy` and SIGKILLs it after `killAfterMs` (if it is still running). */
+function copyUntilKilled(dir: string, args: string[], killAfterMs: number): Promise<{ code: number | null; killed: boolean }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', ...args], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: 'ignore' });
+    let killed = false;
+    const timer = setTimeout(() => {
+      killed = child.kill('SIGKILL');
+    }, killAfterMs);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, killed: killed && code === null });
+    });
+  });
+}
+
+describe('copy survives SIGKILL and --resume completes it (real servers)', () => {
+  it(`kills a ${KEYS}-key copy with a 500 KB value and leased keys at several points, then resumes to parity`, async () => {
+    const id = `kill-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const yaml = `version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n  - { name: leased, from: ${root}/leased/, to: ${id}/leased/, leases: session }\n`;
+    const dir = configDir(yaml);
+    const lease = etcd.lease(120);
+    const leaseId = await lease.grant();
+    try {
+      for (let i = 0; i < KEYS; i += 1000) {
+        const puts = Array.from({ length: Math.min(1000, KEYS - i) }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value(randomBytes(48).toString('base64')));
+        await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
+      }
+      await etcd.put(`${root}/bulk/025000-big`).value(Buffer.alloc(500_000, 0x5a));
+      for (let i = 0; i < 20; i++) await etcd.put(`${root}/leased/k${i}`).value(`leased-${i}`).lease(leaseId);
+
+      const kills: number[] = [];
+      let done = false;
+      const delays = [400, 900, 1500, 700, 2500];
+      for (let attempt = 0; attempt < 12 && !done; attempt++) {
+        const delay = delays[attempt] ?? 10_000;
+        const run = await copyUntilKilled(dir, attempt === 0 ? [] : ['--resume'], delay);
+        if (run.killed) kills.push(delay);
+        else {
+          expect(run.code).toBe(0);
+          done = true;
+        }
+      }
+      process.stderr.write(`copy-kill: ${kills.length} SIGKILLs (after ${kills.join(", ")} ms), then a resumed copy completed\n`);
+      expect(done).toBe(true);
+      // The test means something only if copies really died half-way.
+      expect(kills.length).toBeGreaterThanOrEqual(2);
+      const state = JSON.parse((await target.readKey(`_migrate/${id}/copy`))!.value.toString());
+      expect(state.completed).toBeTruthy();
+
+      const mapping = parseConfig(yaml, 'migration.yaml').mapping;
+      const parity = await checkParity(etcd, target, mapping, id, { revision: state.revision });
+      expect(parity.checked).toBe(KEYS + 1 + 20);
+      expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [], wrongSession: [], notServable: [] });
+    } finally {
+      lease.release();
+    }
+  }, 300_000);
+});

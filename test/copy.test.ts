@@ -1,0 +1,190 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/config/load.js';
+import { runCopy, type CopyOptions } from '../src/copy/copy.js';
+import { routeForCopy } from '../src/copy/route.js';
+import type { TargetStore } from '../src/stores/types.js';
+import { checkParity } from './support/parity.js';
+import { configDir, consulIndex, consulTarget, etcdSource, rawEtcd, runCli, serverEnv } from './support/harness.js';
+
+const etcd = rawEtcd();
+const target = consulTarget();
+afterAll(() => {
+  etcd.close();
+  target.close();
+});
+
+function scenario(label: string) {
+  const id = `${label}-${randomBytes(3).toString('hex')}`;
+  const root = `/${id}`;
+  const yaml = `version: 1
+id: ${id}
+rules:
+  - { name: app, from: ${root}/app/, to: ${id}/app/ }
+  - { name: services, from: ${root}/services/, to: ${id}/services/, leases: session }
+  - { name: locks, from: ${root}/locks/, to: ${id}/locks/, leases: skip }
+  - { name: flat, from: ${root}/flat/, to: ${id}/flat/, leases: persist }
+  - { name: legacy, from: ${root}/legacy/, to: ${id}/legacy/, keys: escape }
+  - { name: k8s, from: ${root}/registry/, action: keep }
+`;
+  const loaded = parseConfig(yaml, 'migration.yaml');
+  return { id, root, yaml, loaded, dir: configDir(yaml) };
+}
+
+async function seed(root: string) {
+  const leases: Record<string, string> = {};
+  const thirty = etcd.lease(30);
+  const short = etcd.lease(5);
+  const long = etcd.lease(30 * 3600);
+  leases.thirty = await thirty.grant();
+  leases.short = await short.grant();
+  leases.long = await long.grant();
+  const allBytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+  await etcd.put(`${root}/app/config/db_url`).value('postgres://db:5432/app');
+  await etcd.put(`${root}/app/config/binary`).value(allBytes);
+  await etcd.put(`${root}/app/config/empty`).value(Buffer.alloc(0));
+  await etcd.put(`${root}/app/big/500k`).value(Buffer.alloc(500_000, 0x42));
+  await etcd.put(`${root}/app/big/600k`).value(Buffer.alloc(600_000, 0x43));
+  await etcd.put(`${root}/app//double`).value('x');
+  await etcd.put(`${root}/app/./dot`).value('x');
+  await etcd.put(Buffer.concat([Buffer.from(`${root}/app/bin`), Buffer.from([0xff, 0xfe])])).value('x');
+  await etcd.put(`${root}/services/redis/r1`).value('10.0.0.1:6379').lease(leases.thirty);
+  await etcd.put(`${root}/services/redis/r2`).value('10.0.0.2:6379').lease(leases.thirty);
+  await etcd.put(`${root}/services/pg/p1`).value('10.0.0.3:5432').lease(leases.short);
+  await etcd.put(`${root}/services/pg/p2`).value('10.0.0.4:5432').lease(leases.long);
+  await etcd.put(`${root}/locks/nightly`).value('holder').lease(leases.thirty);
+  await etcd.put(`${root}/flat/token`).value('t').lease(leases.thirty);
+  await etcd.put(`${root}/legacy//slash`).value('esc1');
+  await etcd.put(`${root}/legacy/./dot`).value('esc2');
+  await etcd.put(`${root}/registry/pods/x`).value('k8s');
+  return { leases, stop: () => [thirty, short, long].forEach((l) => l.release()), revoke: async () => Promise.all([thirty.revoke(), short.revoke(), long.revoke()]) };
+}
+
+describe('migrate copy (real servers)', () => {
+  it('copies every mapped key byte for byte, with sessions for leases, and reports what it did not copy', async () => {
+    const s = scenario('full');
+    const data = await seed(s.root);
+    try {
+      const before = await consulIndex();
+      const dry = await runCli(['copy', '--dry-run', '--format', 'json'], { cwd: s.dir, env: serverEnv() });
+      expect(dry.code, dry.stderr).toBe(0);
+      expect(await consulIndex()).toBe(before);
+      const plan = JSON.parse(dry.stdout);
+      expect(plan.dryRun).toBe(true);
+      const dryOps = plan.ops.flatMap((o: { ops?: { key: string }[]; key?: string }) => o.ops?.map((x) => x.key) ?? [o.key]);
+      expect(dryOps).toContain(`${s.id}/app/config/binary`);
+      expect(JSON.stringify(plan)).not.toContain('postgres://');
+
+      const run = await runCli(['copy', '--format', 'json'], { cwd: s.dir, env: serverEnv() });
+      expect(run.code, run.stderr).toBe(0);
+      const result = JSON.parse(run.stdout);
+      const app = result.rules.find((r: { name: string }) => r.name === 'app');
+      expect(app).toMatchObject({ created: 4, updated: 0, singlePuts: 1, skipped: { 'value-too-large': 1, 'empty-segment': 1, 'dot-segment': 1, 'invalid-utf8': 1 } });
+      expect(result.rules.find((r: { name: string }) => r.name === 'locks').skipped).toEqual({ 'lease-skip': 1 });
+      expect(result.rules.find((r: { name: string }) => r.name === 'legacy').created).toBe(2);
+      expect(result.sessions.created).toBe(3);
+      expect(result.sessions.clamps.map((c: { clamped: string; sessionTtl: number }) => [c.clamped, c.sessionTtl]).sort()).toEqual([['lowered', 86400], ['raised', 10]]);
+
+      const parity = await checkParity(etcd, target, s.loaded.mapping, s.id);
+      expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [], wrongSession: [], notServable: [] });
+      expect(parity.checked).toBe(4 + 4 + 1 + 2);
+      const leased = await target.readKey(`${s.id}/services/redis/r1`);
+      expect(leased?.session).toBeTruthy();
+      expect(await target.readSession(leased!.session!)).toMatchObject({ behavior: 'delete', lockDelayNs: 0, ttlSeconds: 30 });
+      expect(await target.readKey(`${s.id}/app/big/600k`)).toBeUndefined();
+      // The copy leaves the checkpoint the dual-run starts from.
+      const checkpoint = JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString());
+      expect(checkpoint.revision).toBe(result.revision);
+
+      const again = JSON.parse((await runCli(['copy', '--format', 'json'], { cwd: s.dir, env: serverEnv() })).stdout);
+      expect(again.rules.reduce((n: number, r: { created: number; updated: number }) => n + r.created + r.updated, 0)).toBe(0);
+      expect(again.sessions).toMatchObject({ created: 0, adopted: 3 });
+    } finally {
+      data.stop();
+    }
+  });
+
+  it('handles a key changed in Consul between plan and apply per --on-conflict', async () => {
+    for (const policy of ['overwrite', 'skip', 'fail'] as const) {
+      const s = scenario(`conflict-${policy}`);
+      await etcd.put(`${s.root}/app/a`).value('etcd-a');
+      await etcd.put(`${s.root}/app/b`).value('etcd-b');
+      await target.putKey(`${s.id}/app/b`, Buffer.from('consul-old'));
+      // Between the planning read and the first write, someone writes b in Consul.
+      let injected = false;
+      const racing: TargetStore = Object.create(target, {
+        applyTxn: {
+          value: async (ops: Parameters<TargetStore['applyTxn']>[0]) => {
+            if (!injected && ops.some((o) => o.key === `${s.id}/app/b`)) {
+              injected = true;
+              await target.putKey(`${s.id}/app/b`, Buffer.from('consul-racer'));
+            }
+            return target.applyTxn(ops);
+          },
+        },
+      });
+      const source = etcdSource();
+      try {
+        const run = runCopy({ source, target: racing, config: s.loaded.config, route: (rule, key, size) => routeForCopy(s.loaded.mapping, rule, key, size) }, copyOptions({ onConflict: policy }));
+        if (policy === 'fail') {
+          await expect(run).rejects.toMatchObject({ code: 'copy_conflict', exitCode: 4 });
+          continue;
+        }
+        const result = await run;
+        const app = result.rules.find((r) => r.name === 'app')!;
+        const b = (await target.readKey(`${s.id}/app/b`))!.value.toString();
+        if (policy === 'overwrite') {
+          expect(app.conflicts).toEqual({ overwritten: 1, skipped: 0 });
+          expect(b).toBe('etcd-b');
+        } else {
+          expect(app.conflicts).toEqual({ overwritten: 0, skipped: 1 });
+          expect(b).toBe('consul-racer');
+        }
+        expect((await target.readKey(`${s.id}/app/a`))!.value.toString()).toBe('etcd-a');
+      } finally {
+        source.close();
+      }
+    }
+  });
+
+  it('reports extraneous keys, and --delete-extraneous over the guard exits 4 and deletes nothing', async () => {
+    const s = scenario('extra');
+    for (let i = 0; i < 5; i++) await etcd.put(`${s.root}/app/k${i}`).value(`v${i}`);
+    for (let i = 0; i < 20; i++) await target.putKey(`${s.id}/app/stale-${i}`, Buffer.from('old'));
+    const report = JSON.parse((await runCli(['copy', '--format', 'json'], { cwd: s.dir, env: serverEnv() })).stdout);
+    expect(report.rules.find((r: { name: string }) => r.name === 'app')).toMatchObject({ created: 5, extraneous: 20, deleted: 0 });
+
+    const unconfirmed = await runCli(['copy', '--delete-extraneous'], { cwd: s.dir, env: serverEnv() });
+    expect(unconfirmed.code).toBe(2);
+    expect(unconfirmed.stderr).toContain('--yes');
+
+    const guarded = await runCli(['copy', '--delete-extraneous', '--yes'], { cwd: s.dir, env: serverEnv() });
+    expect(guarded.code).toBe(4);
+    expect(guarded.stderr).toContain('error[delete_guard]');
+    expect(guarded.stderr).toContain('--allow-mass-delete');
+    expect(await target.listKeys(`${s.id}/app/stale-`)).toHaveLength(20);
+
+    const allowed = await runCli(['copy', '--delete-extraneous', '--yes', '--allow-mass-delete', '--format', 'json'], { cwd: s.dir, env: serverEnv() });
+    expect(allowed.code, allowed.stderr).toBe(0);
+    expect(JSON.parse(allowed.stdout).rules.find((r: { name: string }) => r.name === 'app').deleted).toBe(20);
+    expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(5);
+  });
+
+  it('refuses a state meta written for another etcd cluster (exit 4) and writes nothing', async () => {
+    const s = scenario('identity');
+    await etcd.put(`${s.root}/app/k`).value('v');
+    await target.putKey(`_migrate/${s.id}/meta`, Buffer.from(JSON.stringify({ schemaVersion: 1, id: s.id, etcdClusterId: '42', datacenters: ['dc1'], mappingHash: 'x', created: 'then', toolVersion: '0' })));
+    const before = await consulIndex();
+    const run = await runCli(['copy'], { cwd: s.dir, env: serverEnv() });
+    expect(run.code).toBe(4);
+    expect(run.stderr).toContain('error[identity_cluster_mismatch]');
+    expect(await consulIndex()).toBe(before);
+  });
+});
+
+function copyOptions(over: Partial<CopyOptions> = {}): CopyOptions {
+  return {
+    dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false, acceptMappingChange: false,
+    rate: 0, concurrency: 4, pageKeys: 1000, signal: new AbortController().signal, now: () => new Date(), toolVersion: 'test', ...over,
+  };
+}
