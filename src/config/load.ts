@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { UsageError } from '../errors.js';
+import { compileMapping, type Mapping } from '../mapping/mapping.js';
 import { ConfigError, validateNode, type Spec, type ValidationContext } from './schema.js';
 
 /**
@@ -51,14 +52,19 @@ export interface RuleConfig {
   leases: LeasePolicy;
 }
 
-/** Where a loaded configuration came from (for messages and `doctor`). */
-export interface LoadedConfig {
+/** A schema-valid configuration and where it came from (for messages and `doctor`). */
+export interface ParsedConfig {
   config: MigrationConfig;
   /** Absolute path, or undefined when no file was found (doctor works without one). */
   file: string | undefined;
   /** Parsed document with positions, for later cross-field checks. */
   document: Document | undefined;
   lineCounter: LineCounter | undefined;
+}
+
+/** What every command loads: the configuration and its compiled, cross-checked mapping. */
+export interface LoadedConfig extends ParsedConfig {
+  mapping: Mapping;
 }
 
 const tlsSpec: Spec = { kind: 'object', fields: { ca: { kind: 'string' }, cert: { kind: 'string' }, key: { kind: 'string' } } };
@@ -152,7 +158,11 @@ export function findConfigFile(flag: string | undefined, env: NodeJS.ProcessEnv,
   return existsSync(local) ? local : undefined;
 }
 
-/** Parses and validates configuration text; `file` names it in messages. */
+/**
+ * Parses and validates configuration text, then compiles the mapping (the
+ * rules checked against each other: `compileMapping`); `file` names it in
+ * messages. Throws `ConfigError` (exit 2) with file:line:column.
+ */
 export function parseConfig(text: string, file: string): LoadedConfig {
   const lineCounter = new LineCounter();
   const document = parseDocument(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
@@ -184,7 +194,8 @@ export function parseConfig(text: string, file: string): LoadedConfig {
   if (!config.state.prefix.endsWith('/')) {
     throw new ConfigError(file, positionOfPath(document, ['state', 'prefix'], ctx), 'state.prefix', `"${config.state.prefix}" must end with "/" so that the state keys form their own folder`);
   }
-  return { config, file, document, lineCounter };
+  const parsed: ParsedConfig = { config, file, document, lineCounter };
+  return { ...parsed, mapping: compileMapping(parsed) };
 }
 
 function positionOfPath(doc: Document, path: (string | number)[], ctx: ValidationContext) {
@@ -202,7 +213,8 @@ export function loadConfig(options: { configFlag?: string; env: NodeJS.ProcessEn
         hint: 'Pass --config <file>, set MIGRATE_CONFIG, or run `migrate init` to draft migration.yaml from an audit.',
       });
     }
-    return { config: emptyConfig(), file: undefined, document: undefined, lineCounter: undefined };
+    const parsed: ParsedConfig = { config: emptyConfig(), file: undefined, document: undefined, lineCounter: undefined };
+    return { ...parsed, mapping: compileMapping(parsed) };
   }
   let text: string;
   try {

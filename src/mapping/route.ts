@@ -1,0 +1,178 @@
+import { isUtf8 } from 'node:buffer';
+import { ESCAPE_CHAR, escapeKey, isServableKey, tryUnescapeKey, type UnmappableReason } from './escape.js';
+import type { CompiledRule, Mapping } from './mapping.js';
+
+export type { UnmappableReason } from './escape.js';
+
+/**
+ * Where one etcd key goes.
+ * - `mapped`: written to Consul at `target`; `escaped` when the `escape` codec
+ *   rewrote the part after `to`.
+ * - `keep`: a `keep` rule holds it; it stays on etcd.
+ * - `unmapped`: no rule's `from` is a prefix of it (`defaults.unmapped` says
+ *   whether that is an error).
+ * - `unmappable`: a copy rule holds it but it cannot be written, for `reason`.
+ */
+export type Route =
+  | { kind: 'mapped'; rule: CompiledRule; target: string; escaped: boolean }
+  | { kind: 'keep'; rule: CompiledRule }
+  | { kind: 'unmapped' }
+  | { kind: 'unmappable'; rule: CompiledRule; reason: UnmappableReason; detail: string };
+
+export interface RouteOptions {
+  /** Size of the key's value; checked against `maxValueBytes` when given. */
+  valueBytes?: number;
+  /** Overrides the mapping's `target.limits.maxValueBytes` (default 524288). */
+  maxValueBytes?: number;
+}
+
+const UNMAPPED: Route = Object.freeze({ kind: 'unmapped' });
+
+/**
+ * Routes an etcd key (raw bytes) through the mapping: the longest `from` that
+ * is a byte prefix of the key picks the rule (`/app` also matches `/apple`),
+ * and the target is the key with `from` replaced by `to`. Pure and total.
+ *
+ * When that plain substitution is a key Consul serves ({@link isServableKey})
+ * it is the target, unchanged, whatever the rule's `keys` policy, so existing
+ * consumers keep reading the same keys. Otherwise `keys: reject` makes the key
+ * `unmappable` with the first failing rule as reason, and `keys: escape`
+ * writes `to` + {@link escapeKey}(the bytes after `from`). Under `escape`, a
+ * key whose part after `from` contains `~`, the escape character, is escaped
+ * too (`~` → `~7E`) even though Consul could serve it. A value larger than
+ * `maxValueBytes` makes the key `unmappable` (`value-too-large`) under either
+ * policy; key problems are reported first.
+ *
+ * ## Why two etcd keys never share a Consul key
+ *
+ * The `collision` reason exists for findings, but the mapping makes
+ * collisions impossible, so no runtime detector (and no memory for one) is
+ * needed:
+ *
+ * 1. *Within a rule under `reject`*: the target is `to + s` for the bytes `s`
+ *    after `from`; the key is `from + s`; equal targets mean equal `s`, hence
+ *    equal keys.
+ * 2. *Within a rule under `escape`*: plain targets are `to + s` with no `~` in
+ *    `s`; escaped targets are `to + escapeKey(s)`, and `escapeKey(s)` always
+ *    contains a `~` here: either `s` contains `~` or `%` (written `~7E`,
+ *    `~25`), or `to + s` is not servable, which (with `to` servable and free
+ *    of `%`) means `s` alone is not servable, and then the codec rewrites at
+ *    least one byte as a `~` escape (escape.ts, "Unchanged when nothing needs
+ *    escaping"). So a plain target never equals an escaped one; plain targets
+ *    are injective as in 1, escaped ones because `escapeKey` has a left
+ *    inverse. Uppercase-only hex and a decoder that accepts only the
+ *    canonical spelling rule out `~2f`/`~2F` twins.
+ * 3. *Across rules*: every target of a copy rule starts with its `to`, and
+ *    `compileMapping` refuses two copy rules whose `to` values are equal or
+ *    one a byte prefix of the other, so no string starts with both. `keep`
+ *    rules write nothing.
+ * 4. *Consul does not merge keys behind our back*: the store is flat and
+ *    case-sensitive and does not normalise Unicode; the path cleaning that
+ *    would merge `a//b` into `a/b` (1.22 cleans instead of redirecting) only
+ *    touches keys that are not servable, and those are never sent. The state
+ *    prefix is outside every `to` (also enforced at compile time).
+ *
+ * Property tests in `route.test.ts` check 2 and 3 on random keys.
+ */
+export function routeKey(mapping: Mapping, key: Buffer, options: RouteOptions = {}): Route {
+  const rule = findRule(mapping, key);
+  if (!rule) return UNMAPPED;
+  if (rule.action === 'keep') return { kind: 'keep', rule };
+
+  const suffix = key.subarray(rule.fromBytes.length);
+  let target: string;
+  let escaped = false;
+  if (!isUtf8(suffix)) {
+    if (rule.keys !== 'escape') {
+      const offset = rule.fromBytes.length + firstInvalidUtf8Offset(suffix);
+      return { kind: 'unmappable', rule, reason: 'invalid-utf8', detail: `byte 0x${key[offset]!.toString(16).toUpperCase().padStart(2, '0')} at offset ${offset} is not valid UTF-8` };
+    }
+    target = rule.to + escapeKey(suffix);
+    escaped = true;
+  } else {
+    const text = suffix.toString('utf8');
+    const plain = rule.to + text;
+    const check = isServableKey(plain);
+    if (!check.ok && rule.keys !== 'escape') return { kind: 'unmappable', rule, reason: check.reason, detail: check.detail };
+    if (check.ok && !(rule.keys === 'escape' && text.includes(ESCAPE_CHAR))) target = plain;
+    else {
+      target = rule.to + escapeKey(suffix);
+      escaped = true;
+    }
+  }
+
+  const limit = options.maxValueBytes ?? mapping.maxValueBytes;
+  if (options.valueBytes !== undefined && options.valueBytes > limit) {
+    return { kind: 'unmappable', rule, reason: 'value-too-large', detail: `the value is ${options.valueBytes} bytes; the target accepts at most ${limit} (kv_max_value_size)` };
+  }
+  return { kind: 'mapped', rule, target, escaped };
+}
+
+/** The rule whose `from` is the longest byte prefix of `key`, if any. */
+export function findRule(mapping: Mapping, key: Buffer): CompiledRule | undefined {
+  for (const rule of mapping.routingOrder) {
+    const from = rule.fromBytes;
+    if (key.length >= from.length && key.compare(from, 0, from.length, 0, from.length) === 0) return rule;
+  }
+  return undefined;
+}
+
+/**
+ * Who a key found in Consul belongs to, for verify (extra keys) and the
+ * reverse mirror:
+ * - `owned`: the copy rule whose `to` holds it, and the one etcd key that
+ *   {@link routeKey} sends there;
+ * - `foreign`: inside a copy rule's `to`, but no etcd key maps to it (written
+ *   by someone else, a non-canonical escape, or a key that a longer `from`
+ *   routes elsewhere);
+ * - `state`: under the state prefix, migrate's own;
+ * - `outside`: under no copy rule's `to`; never touched.
+ */
+export type TargetRoute =
+  | { kind: 'owned'; rule: CompiledRule; source: Buffer; escaped: boolean }
+  | { kind: 'foreign'; rule: CompiledRule; detail: string }
+  | { kind: 'state' }
+  | { kind: 'outside' };
+
+const STATE: TargetRoute = Object.freeze({ kind: 'state' });
+const OUTSIDE: TargetRoute = Object.freeze({ kind: 'outside' });
+
+/** Inverts {@link routeKey} for a Consul key (see {@link TargetRoute}). */
+export function routeTargetKey(mapping: Mapping, target: string): TargetRoute {
+  if (target.startsWith(mapping.statePrefix)) return STATE;
+  // `to` prefixes are pairwise disjoint, so the first match is the only one.
+  const rule = mapping.copyRules.find((candidate) => target.startsWith(candidate.to));
+  if (!rule) return OUTSIDE;
+  const suffix = target.slice(rule.to.length);
+  let sourceSuffix: Buffer;
+  if (rule.keys === 'escape' && suffix.includes(ESCAPE_CHAR)) {
+    const decoded = tryUnescapeKey(suffix);
+    if (!decoded) return { kind: 'foreign', rule, detail: 'the part after to contains "~" but is not a canonical escape' };
+    sourceSuffix = decoded;
+  } else {
+    sourceSuffix = Buffer.from(suffix, 'utf8');
+  }
+  const source = Buffer.concat([rule.fromBytes, sourceSuffix]);
+  const forward = routeKey(mapping, source);
+  if (forward.kind === 'mapped' && forward.target === target) return { kind: 'owned', rule, source, escaped: forward.escaped };
+  const detail =
+    forward.kind === 'mapped' || forward.kind === 'keep'
+      ? `the etcd key it would come from belongs to rule "${forward.rule.name}"${forward.kind === 'mapped' ? ` and maps to another key` : ', which keeps it on etcd'}`
+      : forward.kind === 'unmappable'
+        ? `the etcd key it would come from is unmappable (${forward.reason})`
+        : 'no etcd key maps to it';
+  return { kind: 'foreign', rule, detail };
+}
+
+/** Offset of the first byte that is not part of well-formed UTF-8 (the buffer is known to be invalid). */
+function firstInvalidUtf8Offset(bytes: Buffer): number {
+  // isUtf8 on growing prefixes would be quadratic; decode once and compare.
+  const text = bytes.toString('utf8');
+  let offset = 0;
+  for (const character of text) {
+    const length = Buffer.byteLength(character, 'utf8');
+    if (character === '\uFFFD' && !(bytes[offset] === 0xef && bytes[offset + 1] === 0xbf && bytes[offset + 2] === 0xbd)) return offset;
+    offset += length;
+  }
+  return offset;
+}
