@@ -4,6 +4,7 @@ import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
+import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
 import { checkIdentity, ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
@@ -228,7 +229,7 @@ async function copyRule(
   const tracker = engine.trackRule(rule.name);
 
   if (!ruleState.done) {
-    for await (const page of deps.source.readPages(range, { revision, pageKeys: options.pageKeys, signal: options.signal })) {
+    for await (const page of readAhead(deps.source.readPages(range, { revision, pageKeys: options.pageKeys, signal: options.signal }), 2)) {
       if (options.signal.aborted) break;
       const routes = new Map<SourceEntry, PlannedRoute>();
       const wanted: string[] = [];

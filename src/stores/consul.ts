@@ -2,7 +2,7 @@ import pLimit from 'p-limit';
 import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
-import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, toWireOp, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
+import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import type { SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
 
 export interface ConsulTargetOptions {
@@ -157,7 +157,7 @@ export class ConsulTarget implements TargetStore {
     if (bytes - 1 > limits.txnMaxBytes) {
       throw new RangeError(`a txn of ${bytes} bytes exceeds the target's limit of ${limits.txnMaxBytes}; batch it first`);
     }
-    await this.request({ method: 'PUT', path: '/v1/txn', body: JSON.stringify(ops.map(toWireOp)), signal });
+    await this.request({ method: 'PUT', path: '/v1/txn', body: serializeTxn(ops), signal });
   }
 
   async putKey(key: string, value: Buffer, options: { acquire?: string; cas?: number } = {}): Promise<boolean> {

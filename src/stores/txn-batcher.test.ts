@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { base64Length, batchCapacity, fitsInTxn, packTxnBatches, splitBatch, toWireOp, TxnBatcher, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
+import { base64Length, batchCapacity, fitsInTxn, packTxnBatches, serializeTxn, splitBatch, toWireOp, TxnBatcher, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import type { TxnOp } from './types.js';
 
 const limits = (over: Partial<TargetLimits> = {}): TargetLimits => ({ txnMaxOps: 64, txnMaxBytes: 524288, maxValueBytes: 524288, ...over });
@@ -37,9 +37,12 @@ describe('body size math', () => {
       { verb: 'delete', key: 'gone' },
       { verb: 'cas', key: 'k', value: Buffer.from('v'), index: 123456 },
       { verb: 'check-session', key: '_migrate/x/leader', session: 'abc' },
+      { verb: 'set', key: 'emoji/🚀/ctl\u0001/quote"/tab\t', value: Buffer.alloc(5), flags: 18446744073709 },
+      { verb: 'delete-cas', key: 'lone\ud800surrogate', index: 0 },
     ];
     for (const op of ops) expect(wireOpBytes(op)).toBe(Buffer.byteLength(JSON.stringify(toWireOp(op))) + 1);
     const body = JSON.stringify(ops.map(toWireOp));
+    expect(serializeTxn(ops)).toBe(body);
     expect(ops.reduce((sum, op) => sum + wireOpBytes(op), 2) - 1).toBe(Buffer.byteLength(body));
   });
 

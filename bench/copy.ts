@@ -1,0 +1,123 @@
+/**
+ * Copy benchmark (issue: copy). Measured in one run against the same servers:
+ * - tool: `migrate copy` as a whole process, keys/s over the dataset;
+ * - raw txn ceiling: the same keys pre-built into full txns, sent straight to
+ *   Consul by 8 concurrent clients over keep-alive `node:http` (no etcd read, no planning);
+ * - one-PUT-per-key baseline: one client, one `PUT /v1/kv/<key>` per key (what
+ *   `consul kv import` does), measured on a sample of the keys (its rate does not
+ *   depend on the dataset size).
+ * Then the 1,000,000-key copy's peak RSS.
+ *
+ *   BENCH_KEYS=100000 BENCH_BIG_KEYS=1000000 npm run bench -- copy
+ */
+import http from 'node:http';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Etcd3 } from 'etcd3';
+import pLimit from 'p-limit';
+import { startConsul, startEtcd } from '../scripts/local-servers.js';
+import { ConsulTarget } from '../src/stores/consul.js';
+import { packTxnBatches, toWireOp } from '../src/stores/txn-batcher.js';
+import type { TxnOp } from '../src/stores/types.js';
+import { loadKeys, report, runMigrate, uniqueId } from './support.js';
+
+const KEYS = Number(process.env.BENCH_KEYS ?? 100_000);
+const BIG_KEYS = Number(process.env.BENCH_BIG_KEYS ?? 1_000_000);
+const PUT_SAMPLE = Number(process.env.BENCH_PUT_SAMPLE ?? 10_000);
+const VALUE_BYTES = 256;
+
+function send(agent: http.Agent, address: URL, method: string, path: string, body: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ hostname: address.hostname, port: address.port, method, path, agent, headers: { 'Content-Length': body.length } }, (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode} on ${path}`))));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+async function copyCase(etcdEndpoint: string, consulAddress: string, id: string, from: string): Promise<{ ms: number; maxRssMb: number }> {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-copy-'));
+  writeFileSync(join(dir, 'migration.yaml'), `version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${from}, to: ${id}/ }\n`);
+  const run = await runMigrate(['copy', '--progress', 'none', '--format', 'json'], { cwd: dir, env: { ETCDCTL_ENDPOINTS: etcdEndpoint, CONSUL_HTTP_ADDR: consulAddress } });
+  if (run.code !== 0) throw new Error(`migrate copy exited ${run.code}: ${run.stderr.slice(-2000)}`);
+  const result = JSON.parse(run.stdout) as { rules: { created: number }[] };
+  if (result.rules[0]!.created === 0) throw new Error('the copy created nothing');
+  return { ms: run.ms, maxRssMb: run.maxRssMb };
+}
+
+export async function benchCopy(): Promise<void> {
+  const [etcd, consul] = await Promise.all([startEtcd(), startConsul()]);
+  const client = new Etcd3({ hosts: etcd.endpoint, grpcOptions: { 'grpc.max_receive_message_length': 512 * 1024 * 1024 } });
+  const target = new ConsulTarget({ address: consul.address });
+  try {
+    const limits = await target.limits();
+    const prefix = '/bench/copy/';
+    await loadKeys(client, prefix, KEYS, VALUE_BYTES);
+    process.stderr.write(`bench copy: ${KEYS} keys of ${VALUE_BYTES} B in etcd; Consul ${consul.version} (${limits.txnMaxOps} ops per txn)\n`);
+    const address = new URL(consul.address);
+
+    // Raw txn ceiling: the same keys (read once, outside the timing) in full txns, 8 concurrent clients.
+    const kvs = (await client.getAll().prefix(prefix).exec()).kvs;
+    const rawId = uniqueId('raw');
+    const ops: TxnOp[] = kvs.map((kv) => ({ verb: 'set', key: `${rawId}/${kv.key.toString().slice(prefix.length)}`, value: kv.value }));
+    const bodies = packTxnBatches(ops, limits).map((batch) => Buffer.from(JSON.stringify(batch.map(toWireOp))));
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+    const limit = pLimit(8);
+    let t0 = performance.now();
+    await Promise.all(bodies.map((body) => limit(() => send(agent, address, 'PUT', '/v1/txn', body))));
+    const rawMs = performance.now() - t0;
+    const rawKeysPerSec = KEYS / (rawMs / 1000);
+
+    // One PUT per key, one client.
+    const putId = uniqueId('put');
+    const single = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const sample = kvs.slice(0, PUT_SAMPLE);
+    t0 = performance.now();
+    for (const kv of sample) await send(single, address, 'PUT', `/v1/kv/${putId}/${kv.key.toString().slice(prefix.length)}`, kv.value);
+    const putMs = performance.now() - t0;
+    const putKeysPerSec = sample.length / (putMs / 1000);
+    agent.destroy();
+    single.destroy();
+
+    // The tool, whole process.
+    const tool = await copyCase(etcd.endpoint, consul.address, uniqueId('tool'), prefix);
+    const toolKeysPerSec = KEYS / (tool.ms / 1000);
+    report({
+      bench: 'copy',
+      keys: KEYS,
+      valueBytes: VALUE_BYTES,
+      consul: consul.version,
+      toolKeysPerSec: Math.round(toolKeysPerSec),
+      rawTxnKeysPerSec: Math.round(rawKeysPerSec),
+      onePutKeysPerSec: Math.round(putKeysPerSec),
+      onePutSample: sample.length,
+      vsRawTxn: +(toolKeysPerSec / rawKeysPerSec).toFixed(2),
+      vsOnePut: +(toolKeysPerSec / putKeysPerSec).toFixed(1),
+      targets: { vsRawTxn: 0.8, vsOnePut: 15 },
+      toolMaxRssMb: Math.round(tool.maxRssMb),
+      command: `BENCH_KEYS=${KEYS} npm run bench -- copy`,
+    });
+
+    if (BIG_KEYS > 0) {
+      const bigPrefix = '/bench/copy-big/';
+      await loadKeys(client, bigPrefix, BIG_KEYS, VALUE_BYTES);
+      const big = await copyCase(etcd.endpoint, consul.address, uniqueId('big'), bigPrefix);
+      report({
+        bench: 'copy-memory',
+        keys: BIG_KEYS,
+        valueBytes: VALUE_BYTES,
+        toolKeysPerSec: Math.round(BIG_KEYS / (big.ms / 1000)),
+        maxRssMb: Math.round(big.maxRssMb),
+        target: { maxRssMb: 400 },
+        command: `BENCH_BIG_KEYS=${BIG_KEYS} npm run bench -- copy`,
+      });
+    }
+  } finally {
+    client.close();
+    target.close();
+    await Promise.all([etcd.stop(), consul.stop()]);
+  }
+}
