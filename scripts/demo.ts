@@ -20,6 +20,9 @@ interface Step {
 
 const STEPS: Step[] = [
   { args: ['doctor'], expect: [0], why: 'check both servers, the txn limit, ACLs and the credentials' },
+  { args: ['copy', '--dry-run'], expect: [0], why: 'the exact operations, computed by reading Consul too; writes nothing' },
+  { args: ['copy'], expect: [0], why: 'copy every copy rule at one pinned etcd revision' },
+  { args: ['copy', '--dry-run'], expect: [0], why: 'a second plan has nothing left to do' },
 ];
 
 const [etcd, consul] = await Promise.all([startEtcd(), startConsul()]);

@@ -144,9 +144,9 @@ export function isServableKey(key: string): ServableCheck {
   if (key.charCodeAt(0) === SLASH) return unservable('leading-slash', 'the key begins with "/"; Consul redirects /v1/kv//… to another path');
   const double = key.indexOf('//');
   if (double !== -1) return unservable('empty-segment', `"//" at character ${characterNumber(key, double)} makes an empty segment; Consul cleans it away and reads or writes another key`);
-  for (const segment of key.split('/')) {
-    if (segment === '.' || segment === '..') return unservable('dot-segment', `the key has a "${segment}" segment; Consul cleans it away or refuses it as path traversal`);
-  }
+  // A "." or ".." segment, found without splitting the key (this runs for every copied key).
+  const dots = key === '.' || key.startsWith('./') || key.includes('/./') || key.endsWith('/.') ? '.' : key === '..' || key.startsWith('../') || key.includes('/../') || key.endsWith('/..') ? '..' : undefined;
+  if (dots) return unservable('dot-segment', `the key has a "${dots}" segment; Consul cleans it away or refuses it as path traversal`);
   if (key.charCodeAt(0) === SPACE) return unservable('trailing-space', 'the key begins with a space; Consul 1.21.6+ refuses leading and trailing spaces');
   if (key.charCodeAt(key.length - 1) === SPACE) return unservable('trailing-space', 'the key ends with a space; Consul 1.21.6+ refuses leading and trailing spaces');
   if (key.includes('%')) {
