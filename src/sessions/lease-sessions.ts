@@ -103,6 +103,32 @@ export class LeaseSessions {
     return sessionId;
   }
 
+  /** Every lease this migration mirrors (recorded under `sessions/`). */
+  records(): SessionRecord[] {
+    return [...this.byLease.values()];
+  }
+
+  /** The etcd lease ended: destroy its session (its keys are gone in etcd too) and drop the record. */
+  async forget(leaseId: string, destroy: boolean): Promise<void> {
+    const record = this.byLease.get(leaseId);
+    this.byLease.delete(leaseId);
+    this.pending.delete(leaseId);
+    this.expired.add(leaseId);
+    if (!record) return;
+    this.own.delete(record.sessionId);
+    if (destroy) await this.target.destroySession(record.sessionId);
+    await this.target.deleteKey(this.paths.session(leaseId));
+  }
+
+  /** Consul reaped the session of a live lease: make a new one (the caller rewrites the keys). */
+  recreate(leaseId: string): Promise<string | undefined> {
+    const record = this.byLease.get(leaseId);
+    if (record) this.own.delete(record.sessionId);
+    this.byLease.delete(leaseId);
+    this.pending.delete(leaseId);
+    return this.ensure(leaseId);
+  }
+
   /** Renews every session this run uses, every half of the shortest TTL. */
   startRenewing(onLost: (leaseId: string) => void): void {
     const active = () => [...this.pending.keys()].filter((l) => !this.expired.has(l) && this.byLease.has(l));

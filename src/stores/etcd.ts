@@ -10,7 +10,7 @@ import {
 import { MigrateError, ServerError } from '../errors.js';
 import { redactUrl } from '../report/redact.js';
 import { formatKey } from '../report/keys.js';
-import type { KeyRange, LeaseInfo, ReadPagesOptions, SourceEntry, SourcePage, SourceReader, SourceStatus, SourceWatch, WatchMessage } from './types.js';
+import type { KeyRange, LeaseInfo, ReadPagesOptions, SourceEntry, SourceEvent, SourcePage, SourceReader, SourceStatus, SourceWatch, WatchMessage } from './types.js';
 
 export interface EtcdConnection {
   endpoints: string[];
@@ -238,6 +238,8 @@ class EtcdWatch implements SourceWatch {
         range_end: range.end.length === 0 ? Buffer.from([0]) : range.end,
         start_revision: fromRevision,
         progress_notify: true,
+        // The previous lease of a key tells which session to release when it moves or loses its lease.
+        prev_kv: true,
       },
     });
   }
@@ -266,7 +268,9 @@ class EtcdWatch implements SourceWatch {
         if (current) this.push(current);
         current = { kind: 'revision', revision: entry.modRevision, events: [] };
       }
-      current.events.push({ type: event.type === 'Delete' ? 'delete' : 'put', entry });
+      const change: SourceEvent = { type: event.type === 'Delete' ? 'delete' : 'put', entry };
+      if (event.prev_kv) change.previous = toEntry(event.prev_kv);
+      current.events.push(change);
     }
     if (current) this.push(current);
   }
@@ -286,6 +290,10 @@ class EtcdWatch implements SourceWatch {
     this.ended = true;
     this.failure = err;
     this.wake?.();
+  }
+
+  buffered(): number {
+    return this.queue.length;
   }
 
   requestProgress(): void {

@@ -50,12 +50,13 @@ export class MemorySource implements SourceReader {
       const previous = this.current(key, revision - 1);
       if (op.delete) {
         if (!previous) continue;
-        events.push({ type: 'delete', entry: { ...previous, value: Buffer.alloc(0), modRevision: revision, version: 0, lease: '0' } });
+        events.push({ type: 'delete', entry: { ...previous, value: Buffer.alloc(0), modRevision: revision, version: 0, lease: '0' }, previous });
       } else {
         const value = op.value === undefined ? Buffer.alloc(0) : Buffer.isBuffer(op.value) ? op.value : Buffer.from(op.value);
         events.push({
           type: 'put',
           entry: { key, value, createRevision: previous?.createRevision ?? revision, modRevision: revision, version: (previous?.version ?? 0) + 1, lease: op.lease ?? '0' },
+          ...(previous ? { previous } : {}),
         });
       }
     }
@@ -143,6 +144,7 @@ export class MemorySource implements SourceReader {
     }
     messages.push({ kind: 'progress', revision: this.revision });
     return {
+      buffered: () => messages.length,
       requestProgress() {},
       async close() {},
       async *[Symbol.asyncIterator]() {

@@ -67,6 +67,8 @@ export interface LeaseInfo {
 export interface SourceEvent {
   type: 'put' | 'delete';
   entry: SourceEntry;
+  /** The key as it was before this event (its value and lease), when it existed. */
+  previous?: SourceEntry;
 }
 
 /**
@@ -78,6 +80,8 @@ export type WatchMessage =
   | { kind: 'progress'; revision: number };
 
 export interface SourceWatch extends AsyncIterable<WatchMessage> {
+  /** Messages received and not yet consumed (lets the consumer batch under load only). */
+  buffered(): number;
   /** Ask the server for a progress notification (etcd ≥ 3.4). */
   requestProgress(): void;
   close(): Promise<void>;

@@ -1,0 +1,88 @@
+import { Command, Option } from 'commander';
+import { ExitCode } from '../../errors.js';
+import type { GlobalOptions } from '../context.js';
+import type { CommandRegistrar } from '../main.js';
+import { TOOL_VERSION } from '../version.js';
+
+interface DualRunFlags {
+  ha?: boolean;
+  baseline?: boolean;
+  acceptMappingChange?: boolean;
+  metricsAddr?: string;
+  logFormat: 'text' | 'json';
+}
+
+export function registerDualRun({ add }: CommandRegistrar): void {
+  add(
+    new Command('dualrun')
+      .description('replicate every etcd change under the copy rules into Consul until stopped (SIGTERM/SIGINT: clean stop, exit 0)')
+      .option('--ha', 'run as one of several replicas: the others wait as standbys and take over')
+      .option('--baseline', 'run the copy first when there is no checkpoint yet')
+      .option('--accept-mapping-change', 'go on although the mapping changed (changed rules are re-baselined)')
+      .option('--metrics-addr <host:port>', 'serve Prometheus /metrics and /healthz here (e.g. :9464)')
+      .addOption(new Option('--log-format <format>', 'log lines on stderr').choices(['text', 'json']).default('text'))
+      .addHelpText('after', '\nExamples:\n  migrate dualrun --metrics-addr :9464\n  migrate dualrun --ha --log-format json\n'),
+    ['text', 'json'],
+    async (ctx, options: DualRunFlags & GlobalOptions) => {
+      const { loadConfig } = await import('../../config/load.js');
+      const { resolveConnections } = await import('../../config/connections.js');
+      const { openStores } = await import('../stores.js');
+      const { runDualRun } = await import('../../dualrun/dualrun.js');
+      const { DualRunMetrics } = await import('../../dualrun/metrics.js');
+      const { runCopy } = await import('../../copy/copy.js');
+      const { routeForCopy } = await import('../../copy/route.js');
+      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const { source, target, close } = openStores(connections, loaded.config);
+      const controller = new AbortController();
+      const stop = () => {
+        if (!controller.signal.aborted) ctx.log('stopping: finishing the current txn and releasing the leader lock');
+        controller.abort();
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+      const log = (level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown> = {}) => {
+        if (options.logFormat === 'json') ctx.log(JSON.stringify({ ts: new Date().toISOString(), level, msg: message, ...fields }));
+        else ctx.log(`${new Date().toISOString()} ${level.padEnd(5)} ${message}${Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : ''}`);
+      };
+      const metrics = new DualRunMetrics();
+      try {
+        if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
+        let lastLog = 0;
+        const summary = await runDualRun({ source, target, config: loaded.config, mapping: loaded.mapping }, {
+          ha: Boolean(options.ha),
+          baseline: Boolean(options.baseline),
+          acceptMappingChange: Boolean(options.acceptMappingChange),
+          signal: controller.signal,
+          toolVersion: TOOL_VERSION,
+          log,
+          copy: (over) => runCopy({ source, target, config: loaded.config, route: (rule, key, size) => routeForCopy(loaded.mapping, rule, key, size) }, {
+            dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false,
+            acceptMappingChange: Boolean(options.acceptMappingChange), rate: 0, concurrency: 8, pageKeys: 2000, signal: controller.signal,
+            now: () => new Date(), toolVersion: TOOL_VERSION, ...over,
+          }),
+          onStats: (stats) => {
+            metrics.update(stats);
+            const now = Date.now();
+            if (now - lastLog >= 10_000 && stats.role === 'leader') {
+              lastLog = now;
+              log('info', 'progress', { checkpoint: stats.checkpoint, etcdRevision: stats.etcdRevision, lagRevisions: Math.max(0, stats.etcdRevision - stats.checkpoint), events: stats.events, txns: stats.txns, sessions: stats.sessions });
+            }
+          },
+        });
+        log('info', `stopped (${summary.reason}) at checkpoint ${summary.stats.checkpoint}`, { events: summary.stats.events, txns: summary.stats.txns });
+        if (ctx.format === 'json') {
+          const { renderEnvelope } = await import('../../report/envelope.js');
+          ctx.result(renderEnvelope('dualrun', 'ok', { reason: summary.reason, stats: summary.stats }));
+        }
+        return ExitCode.ok;
+      } finally {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        await metrics.close();
+        close();
+      }
+    },
+    { oneShot: false },
+  );
+}

@@ -1,0 +1,429 @@
+import { hostname } from 'node:os';
+import { RefusedError, isMigrateError } from '../errors.js';
+import type { MigrationConfig } from '../config/load.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { formatKey } from '../report/keys.js';
+import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
+import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
+import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
+import type { KeyRange, SourceReader, SourceWatch, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
+import { LeaseSessions } from '../sessions/lease-sessions.js';
+import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
+import type { CheckpointState, CopyOptions, CopyResult } from '../copy/copy.js';
+import { LeaderLock } from './leader.js';
+import { planRevision, routeForReplication, type RevisionPlan } from './plan-revision.js';
+
+/** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
+export interface DualRunStats {
+  role: 'starting' | 'standby' | 'leader' | 'stopped';
+  checkpoint: number;
+  etcdRevision: number;
+  /** When the checkpoint last equalled etcd's current revision (ms since epoch). */
+  caughtUpAt: number;
+  connected: boolean;
+  events: number;
+  ops: number;
+  txns: number;
+  checkpointOnlyTxns: number;
+  splitRevisions: number;
+  largePuts: number;
+  rebaselines: number;
+  repairs: number;
+  sessions: number;
+  errors: Record<string, number>;
+}
+
+export interface DualRunLog {
+  (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>): void;
+}
+
+export interface DualRunOptions {
+  ha: boolean;
+  baseline: boolean;
+  acceptMappingChange: boolean;
+  signal: AbortSignal;
+  toolVersion: string;
+  log: DualRunLog;
+  /** Runs the copy for `--baseline` and for re-baselines after compaction (the copy stage's service). */
+  copy: (options: Partial<CopyOptions>) => Promise<CopyResult>;
+  /** How often to ask etcd for watch progress while idle (ms). */
+  progressEveryMs?: number;
+  /** How often to check leases and renew their sessions (ms). */
+  leaseEveryMs?: number;
+  onStats?: (stats: DualRunStats) => void;
+}
+
+export interface DualRunSummary {
+  stats: DualRunStats;
+  /** Why the loop ended. */
+  reason: 'signal' | 'leadership-lost';
+}
+
+/** The etcd range one ordered watch must cover to see every copy rule. */
+export function watchRange(mapping: Mapping): KeyRange {
+  const froms = mapping.copyRules.map((r) => r.fromBytes);
+  if (froms.length === 0) {
+    throw new RefusedError('dualrun_no_rules', 'migration.yaml has no copy rule: the dual-run has nothing to mirror.', { hint: 'Add a rule with action: copy (see `migrate init`).' });
+  }
+  const start = froms.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
+  const ends = froms.map(prefixEnd);
+  const end = ends.some((e) => e.length === 0) ? Buffer.alloc(0) : ends.reduce((a, b) => (Buffer.compare(a, b) >= 0 ? a : b));
+  return { start, end };
+}
+
+/**
+ * `migrate dualrun`: replicates every etcd change under the copy rules into
+ * Consul, in revision order, one revision per txn when it fits, each txn
+ * carrying the checkpoint and the leader check (DESIGN §3).
+ */
+export async function runDualRun(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: DualRunOptions): Promise<DualRunSummary> {
+  const { source, target, config, mapping } = deps;
+  const paths = statePaths(config.state.prefix, config.id);
+  const stats: DualRunStats = {
+    role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
+    splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {},
+  };
+  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors } });
+  const status = await source.status();
+  const info = await target.info();
+  await ensureMeta(target, paths, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
+  const range = watchRange(mapping);
+  const holder = `${hostname()}:${process.pid}`;
+
+  for (;;) {
+    const leader = new LeaderLock(target, paths.leader, holder);
+    stats.role = 'standby';
+    publish();
+    const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, onWaiting: () => options.log('info', 'standby: another dual-run leads this migration; waiting for its lock') });
+    if (!acquired) {
+      await leader.release();
+      stats.role = 'stopped';
+      return { stats, reason: 'signal' };
+    }
+    const lost = new AbortController();
+    leader.keepAlive(() => {
+      options.log('error', 'lost the leader lock (our session expired); stepping down');
+      lost.abort();
+    });
+    stats.role = 'leader';
+    publish();
+    options.log('info', 'leading the dual-run', { holder });
+    let reason: DualRunSummary['reason'];
+    try {
+      reason = await lead({ source, target, config, mapping, paths, range, leader, lost: lost.signal, stats, publish }, options);
+    } finally {
+      await leader.release();
+    }
+    if (reason === 'signal' || !options.ha) {
+      stats.role = 'stopped';
+      publish();
+      return { stats, reason };
+    }
+    options.log('warn', 'stepped down; waiting to lead again');
+  }
+}
+
+interface LeadContext {
+  source: SourceReader;
+  target: TargetStore;
+  config: MigrationConfig;
+  mapping: Mapping;
+  paths: StatePaths;
+  range: KeyRange;
+  leader: LeaderLock;
+  lost: AbortSignal;
+  stats: DualRunStats;
+  publish: () => void;
+}
+
+class LeadershipLost extends Error {}
+
+/** The checkpoint document is rewritten at least this often while the dual-run leads (its `updated` is a heartbeat). */
+export const HEARTBEAT_MS = 10_000;
+
+async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunSummary['reason']> {
+  const { source, target, paths, stats } = ctx;
+  let checkpointDoc = await readState<CheckpointState>(target, paths.checkpoint());
+  if (!checkpointDoc) {
+    if (!options.baseline) {
+      throw new RefusedError('dualrun_no_checkpoint', `Migration "${ctx.config.id}" has no checkpoint: nothing says from which etcd revision to replicate.`, {
+        hint: 'Run `migrate copy` first (it leaves the checkpoint), or start with `migrate dualrun --baseline` to copy now.',
+      });
+    }
+    options.log('info', 'no checkpoint: running the baseline copy first');
+    await options.copy({});
+    checkpointDoc = await readState<CheckpointState>(target, paths.checkpoint());
+    if (!checkpointDoc) throw new Error('internal: the baseline copy left no checkpoint');
+  }
+  stats.checkpoint = checkpointDoc.revision;
+  const sessions = new LeaseSessions(source, target, paths, ctx.config.id);
+  await sessions.load();
+  const limits = await target.limits();
+  const applier = new Applier(ctx, sessions, limits, options);
+  await applier.reconcileLeases();
+
+  const stopped = () => options.signal.aborted || ctx.lost.aborted;
+  const leaseTimer = setInterval(() => void applier.maintainLeases().catch((err) => options.log('warn', `lease maintenance failed: ${(err as Error).message}`)), options.leaseEveryMs ?? 3000);
+  leaseTimer.unref();
+  let backoff = 250;
+  try {
+    while (!stopped()) {
+      let watch: SourceWatch | undefined;
+      try {
+        watch = await source.watch(ctx.range, stats.checkpoint + 1);
+        stats.connected = true;
+        ctx.publish();
+        const progressTimer = setInterval(() => watch?.requestProgress(), options.progressEveryMs ?? 1000);
+        progressTimer.unref();
+        const onStop = () => void watch?.close();
+        options.signal.addEventListener('abort', onStop, { once: true });
+        ctx.lost.addEventListener('abort', onStop, { once: true });
+        try {
+          for await (const message of watch) {
+            if (stopped()) break;
+            await applier.handle(message, watch.buffered());
+            backoff = 250;
+          }
+        } finally {
+          clearInterval(progressTimer);
+          options.signal.removeEventListener('abort', onStop);
+          ctx.lost.removeEventListener('abort', onStop);
+        }
+        await applier.flush();
+        if (!stopped()) throw new Error('the etcd watch ended');
+      } catch (err) {
+        await watch?.close().catch(() => undefined);
+        stats.connected = false;
+        if (err instanceof LeadershipLost || ctx.lost.aborted) return 'leadership-lost';
+        if (stopped()) break;
+        if (err instanceof SourceCompactedError) {
+          options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint} (oldest available ${err.compactRevision}); re-baselining`);
+          stats.rebaselines++;
+          applier.reset();
+          const result = await options.copy({ deleteExtraneous: true, allowMassDelete: false });
+          stats.checkpoint = result.revision;
+          options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });
+          continue;
+        }
+        const kind = isMigrateError(err) ? err.code : 'internal';
+        stats.errors[kind] = (stats.errors[kind] ?? 0) + 1;
+        ctx.publish();
+        if (!isTransient(err)) throw err;
+        applier.reset();
+        options.log('warn', `${(err as Error).message}; retrying in ${backoff} ms from revision ${stats.checkpoint + 1}`);
+        await sleep(backoff, options.signal);
+        backoff = Math.min(10_000, backoff * 2);
+      }
+    }
+    return ctx.lost.aborted ? 'leadership-lost' : 'signal';
+  } finally {
+    clearInterval(leaseTimer);
+    sessions.stop();
+  }
+}
+
+function sum(result: CopyResult, field: 'created' | 'updated' | 'deleted'): number {
+  return result.rules.reduce((n, r) => n + r[field], 0);
+}
+
+/** Errors worth waiting out: servers unreachable or overloaded, a watch that broke. */
+function isTransient(err: unknown): boolean {
+  if (isRetryable(err)) return true;
+  if (isMigrateError(err)) return ['etcd_unreachable', 'etcd_failed', 'etcd_watch_canceled', 'consul_unreachable', 'consul_unavailable', 'consul_no_leader'].includes(err.code);
+  return err instanceof Error && /watch ended/.test(err.message);
+}
+
+/** Turns watch messages into ordered txns; owns the pending batch and the checkpoint. */
+class Applier {
+  private readonly batcher: TxnBatcher;
+  private pendingRevision: number;
+  private lastCheckpointWrite = Date.now();
+  private readonly reserve = { reservedOps: 2, reservedBytes: 600 };
+
+  constructor(private readonly ctx: LeadContext, private readonly sessions: LeaseSessions, private readonly limits: TargetLimits, private readonly options: DualRunOptions) {
+    this.batcher = new TxnBatcher(limits, this.reserve);
+    this.pendingRevision = ctx.stats.checkpoint;
+  }
+
+  reset(): void {
+    this.batcher.flush();
+    this.pendingRevision = this.ctx.stats.checkpoint;
+  }
+
+  async handle(message: WatchMessage, buffered: number): Promise<void> {
+    const stats = this.ctx.stats;
+    stats.etcdRevision = Math.max(stats.etcdRevision, message.revision);
+    if (message.kind === 'progress') {
+      if (this.batcher.pendingOps === 0) {
+        // Idle rules on a busy etcd: the checkpoint follows etcd anyway (throttled), so
+        // restarts and verify barriers do not stall and compaction does not force a re-baseline.
+        // On an idle etcd it is rewritten every HEARTBEAT_MS, so readers can tell a running dual-run.
+        const since = Date.now() - this.lastCheckpointWrite;
+        if (message.revision > stats.checkpoint) this.pendingRevision = message.revision;
+        if ((message.revision > stats.checkpoint && since >= 1000) || since >= HEARTBEAT_MS) await this.send([], this.pendingRevision);
+      }
+      if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
+      this.ctx.publish();
+      return;
+    }
+    stats.events += message.events.length;
+    const plan = await this.plan(message);
+    await this.add(plan);
+    // Flush when the stream has nothing more queued: consecutive revisions share a txn under load only.
+    if (buffered === 0 || this.batcher.pendingOps >= this.limits.txnMaxOps - 2) await this.flush();
+  }
+
+  private async plan(message: Extract<WatchMessage, { kind: 'revision' }>, holderOf?: Parameters<typeof planRevision>[0]['holderOf']): Promise<RevisionPlan> {
+    const leases = new Set<string>();
+    for (const e of message.events) {
+      if (e.type === 'put' && e.entry.lease !== '0') leases.add(e.entry.lease);
+      if (e.previous && e.previous.lease !== '0') leases.add(e.previous.lease);
+    }
+    const sessionOf = new Map<string, string | undefined>();
+    await Promise.all([...leases].map(async (l) => sessionOf.set(l, await this.sessions.ensure(l))));
+    this.ctx.stats.sessions = this.sessions.own.size;
+    return planRevision({
+      message,
+      route: (key, size) => routeForReplication(this.ctx.mapping, key, size),
+      sessionFor: (l) => sessionOf.get(l),
+      fits: (ops) => groupFitsInTxn(ops, this.limits, this.reserve),
+      ...(holderOf ? { holderOf } : {}),
+    });
+  }
+
+  private async add(plan: RevisionPlan): Promise<void> {
+    const stats = this.ctx.stats;
+    if (plan.largePuts.length > 0) {
+      await this.flush();
+      for (const put of plan.largePuts) {
+        const ok = await this.ctx.target.putKey(put.key, put.value, put.acquire ? { acquire: put.acquire } : {});
+        if (!ok) this.options.log('warn', `single PUT of ${formatKey(put.key)} could not take its session's lock; the next change or restart repairs it`);
+        stats.largePuts++;
+      }
+    }
+    if (this.batcher.wouldFit(plan.ops)) {
+      for (const op of plan.ops) this.batcher.add(op);
+      this.pendingRevision = plan.revision;
+      return;
+    }
+    await this.flush();
+    if (this.batcher.wouldFit(plan.ops)) {
+      for (const op of plan.ops) this.batcher.add(op);
+      this.pendingRevision = plan.revision;
+      return;
+    }
+    // One etcd revision larger than a Consul txn: applied in parts, counted and logged;
+    // only the last part moves the checkpoint past it.
+    stats.splitRevisions++;
+    const parts = packTxnBatches(plan.ops, this.limits, this.reserve);
+    this.options.log('warn', `revision ${plan.revision} has ${plan.ops.length} ops, more than one Consul txn holds (${this.limits.txnMaxOps}); applied in ${parts.length} txns, not atomically`);
+    for (const [i, part] of parts.entries()) await this.send(part, i === parts.length - 1 ? plan.revision : plan.revision - 1, plan);
+  }
+
+  /** Sends the pending ops (or, with `checkpointOnly`, just the checkpoint) with the checkpoint and the leader check. */
+  async flush(): Promise<void> {
+    const ops = this.batcher.flush() ?? [];
+    if (ops.length === 0 && this.pendingRevision <= this.ctx.stats.checkpoint) return;
+    await this.send(ops, this.pendingRevision);
+  }
+
+  private async send(ops: TxnOp[], revision: number, plan?: RevisionPlan): Promise<void> {
+    const stats = this.ctx.stats;
+    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated: new Date().toISOString(), by: 'dualrun' };
+    const txn: TxnOp[] = [
+      ...ops,
+      { verb: 'set', key: this.ctx.paths.checkpoint(), value: Buffer.from(JSON.stringify(checkpoint)) },
+      { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' },
+    ];
+    try {
+      await this.ctx.target.applyTxn(txn);
+    } catch (err) {
+      if (!(err instanceof TxnFailedError)) throw err;
+      if (err.errors.some((e) => e.opIndex === txn.length - 1 || /session check|check session/.test(e.what))) throw new LeadershipLost('leader check failed');
+      // A lock or unlock did not match what Consul holds (a session reaped during an outage,
+      // a key written in Consul directly): re-plan these keys from Consul's real state.
+      await this.repair(ops, revision, plan);
+      return;
+    }
+    stats.txns++;
+    if (ops.length === 0) stats.checkpointOnlyTxns++;
+    stats.ops += ops.length;
+    stats.checkpoint = revision;
+    this.lastCheckpointWrite = Date.now();
+    if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
+    this.ctx.publish();
+  }
+
+  /** Applies ops one key at a time from what Consul holds now (the slow path after a failed check). */
+  private async repair(ops: TxnOp[], revision: number, _plan?: RevisionPlan): Promise<void> {
+    this.ctx.stats.repairs++;
+    const keys = [...new Set(ops.map((o) => o.key))];
+    const current = new Map((await this.ctx.target.readEntries(keys)).map((e) => [e.key, e]));
+    const fixed: TxnOp[] = [];
+    // The last write to each key wins; rebuild it against the real holder.
+    const last = new Map<string, TxnOp>();
+    for (const op of ops) last.set(op.key, op);
+    for (const [key, op] of last) {
+      const holder = current.get(key)?.session;
+      const own = holder && this.sessions.own.has(holder);
+      if (op.verb === 'delete') fixed.push(op);
+      else if (op.verb === 'lock') {
+        if (!(await this.ctx.target.readSession(op.session))) {
+          this.options.log('warn', `session ${op.session} for ${formatKey(key)} is gone; the lease check re-creates it`);
+          continue;
+        }
+        if (holder && holder !== op.session && own) fixed.push({ verb: 'unlock', key, value: op.value, session: holder });
+        if (holder && !own) {
+          this.options.log('warn', `${formatKey(key)} is held by a session this migration does not own; left alone`);
+          continue;
+        }
+        fixed.push(op);
+      } else if (op.verb === 'unlock' || op.verb === 'set') {
+        fixed.push(holder && own ? { verb: 'unlock', key, value: op.value, session: holder } : { verb: 'set', key, value: op.value });
+      }
+    }
+    this.options.log('warn', `txn up to revision ${revision} failed a lock check; re-applied ${fixed.length} key(s) from Consul's current state`);
+    for (const part of packTxnBatches(fixed, this.limits, this.reserve)) {
+      await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+    }
+    await this.send([], revision);
+  }
+
+  /**
+   * At start: sessions Consul reaped while no dual-run renewed them (their keys
+   * are gone) are re-created for live leases and their keys rewritten; sessions
+   * whose etcd lease ended are destroyed.
+   */
+  async reconcileLeases(): Promise<void> {
+    await this.maintainLeases(true);
+  }
+
+  async maintainLeases(atStart = false): Promise<void> {
+    for (const record of this.sessions.records()) {
+      const lease = await this.ctx.source.readLease(record.leaseId);
+      if (lease.ttl < 0) {
+        await this.sessions.forget(record.leaseId, true);
+        this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`);
+        continue;
+      }
+      const alive = await this.ctx.target.renewSession(record.sessionId);
+      if (alive) continue;
+      const session = await this.sessions.recreate(record.leaseId);
+      if (!session) continue;
+      // The old session's keys went with it: write the lease's keys again under the new one.
+      const ops: TxnOp[] = [];
+      for (const key of lease.keys) {
+        const route = routeForReplication(this.ctx.mapping, key, 0);
+        if (route.kind !== 'mapped' || route.leases !== 'session') continue;
+        for await (const page of this.ctx.source.readPages({ start: key, end: Buffer.concat([key, Buffer.from([0])]) })) {
+          for (const entry of page.entries) if (entry.lease === record.leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
+        }
+      }
+      for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
+        await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+      }
+      this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${record.leaseId} was gone from Consul; re-created it and rewrote ${ops.length} key(s)`);
+    }
+    this.ctx.stats.sessions = this.sessions.own.size;
+  }
+}

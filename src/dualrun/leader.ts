@@ -1,0 +1,76 @@
+import { RefusedError } from '../errors.js';
+import { sleep } from '../stores/consul-http.js';
+import type { TargetStore } from '../stores/types.js';
+
+/** TTL of the leader's session: a standby takes over within about 2× this after the leader dies. */
+export const LEADER_TTL_SECONDS = 10;
+
+/**
+ * The dual-run leader lock: a Consul session (LockDelay 0s, Behavior delete)
+ * holding `_migrate/<id>/leader`. Every apply txn checks it (`check-session`),
+ * so a paused former leader cannot write after a takeover.
+ */
+export class LeaderLock {
+  session: string | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private lost = false;
+
+  constructor(private readonly target: TargetStore, private readonly key: string, private readonly holder: string) {}
+
+  /** Takes the lock; with `wait`, keeps trying (standby) until it is free or `signal` aborts. */
+  async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: () => void }): Promise<boolean> {
+    for (let announced = false; ; ) {
+      this.session ??= await this.target.createSession({ name: `migrate dual-run leader (${this.holder})`, ttlSeconds: LEADER_TTL_SECONDS });
+      const body = Buffer.from(JSON.stringify({ schemaVersion: 1, holder: this.holder, since: new Date().toISOString() }));
+      let acquired = false;
+      try {
+        acquired = await this.target.putKey(this.key, body, { acquire: this.session });
+      } catch (err) {
+        // Our session expired while we waited: make a new one next time round.
+        if ((err as { code?: string }).code !== 'consul_session_invalid') throw err;
+        this.session = undefined;
+      }
+      if (acquired) {
+        this.lost = false;
+        return true;
+      }
+      if (!options.wait) {
+        const current = await this.target.readKey(this.key);
+        await this.release();
+        throw new RefusedError('dualrun_locked', `Another dual-run holds the leader lock of this migration (${current?.value.toString('utf8') ?? 'unknown holder'}).`, {
+          hint: 'Stop the other dual-run, or run replicas with --ha so that this one waits as a standby.',
+        });
+      }
+      if (!announced) {
+        options.onWaiting?.();
+        announced = true;
+      }
+      if (this.session) await this.target.renewSession(this.session).catch(() => undefined);
+      await sleep(1000, options.signal);
+      if (options.signal.aborted) return false;
+    }
+  }
+
+  /** Renews the session every third of its TTL; `onLost` when Consul no longer knows it. */
+  keepAlive(onLost: () => void): void {
+    this.timer = setInterval(async () => {
+      if (!this.session || this.lost) return;
+      const ok = await this.target.renewSession(this.session).catch(() => true);
+      if (!ok) {
+        this.lost = true;
+        onLost();
+      }
+    }, (LEADER_TTL_SECONDS * 1000) / 3);
+    this.timer.unref();
+  }
+
+  /** Releases the lock and destroys the session (clean shutdown). */
+  async release(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    const session = this.session;
+    this.session = undefined;
+    if (!session) return;
+    // Behavior delete: destroying the session removes the leader key, which frees the lock at once.
+    await this.target.destroySession(session).catch(() => undefined);
+  }
+}

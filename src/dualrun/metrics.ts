@@ -1,0 +1,94 @@
+import http from 'node:http';
+import { Counter, Gauge, Registry } from 'prom-client';
+import { UsageError } from '../errors.js';
+import type { DualRunStats } from './dualrun.js';
+
+/**
+ * The dual-run's Prometheus endpoint (`/metrics`) and readiness (`/healthz`:
+ * 200 when leading, connected and caught up, or a healthy standby; 503 while
+ * catching up or disconnected).
+ */
+export class DualRunMetrics {
+  readonly registry = new Registry();
+  private stats: DualRunStats | undefined;
+  private readonly lagRevisions = new Gauge({ name: 'migrate_dualrun_lag_revisions', help: 'etcd revisions not yet applied to Consul', registers: [this.registry] });
+  private readonly lagSeconds = new Gauge({ name: 'migrate_dualrun_lag_seconds', help: 'seconds since the checkpoint last equalled etcd\'s current revision', registers: [this.registry] });
+  private readonly checkpoint = new Gauge({ name: 'migrate_dualrun_checkpoint_revision', help: 'last etcd revision fully applied to Consul', registers: [this.registry] });
+  private readonly etcdRevision = new Gauge({ name: 'migrate_dualrun_etcd_revision', help: 'latest etcd revision seen', registers: [this.registry] });
+  private readonly leader = new Gauge({ name: 'migrate_dualrun_leader', help: '1 while this process leads the dual-run', registers: [this.registry] });
+  private readonly sessions = new Gauge({ name: 'migrate_dualrun_sessions', help: 'Consul sessions mirroring etcd leases', registers: [this.registry] });
+  private readonly counters: Record<string, Counter> = {};
+  private readonly seen: Record<string, number> = {};
+  private server: http.Server | undefined;
+
+  constructor() {
+    for (const [field, help] of [
+      ['events', 'etcd events replicated'], ['ops', 'Consul KV ops applied'], ['txns', 'Consul txns applied'],
+      ['splitRevisions', 'etcd revisions too large for one txn, applied in parts'], ['rebaselines', 're-baselines after etcd compaction'],
+      ['largePuts', 'values too large for a txn, written by single PUT'], ['repairs', 'txns re-planned after a failed lock check'],
+    ] as const) {
+      this.counters[field] = new Counter({ name: `migrate_dualrun_${field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}_total`, help, registers: [this.registry] });
+    }
+    this.counters.errors = new Counter({ name: 'migrate_dualrun_errors_total', help: 'errors by kind', labelNames: ['kind'], registers: [this.registry] });
+  }
+
+  update(stats: DualRunStats): void {
+    this.stats = stats;
+    this.lagRevisions.set(Math.max(0, stats.etcdRevision - stats.checkpoint));
+    this.lagSeconds.set(stats.checkpoint >= stats.etcdRevision ? 0 : (Date.now() - stats.caughtUpAt) / 1000);
+    this.checkpoint.set(stats.checkpoint);
+    this.etcdRevision.set(stats.etcdRevision);
+    this.leader.set(stats.role === 'leader' ? 1 : 0);
+    this.sessions.set(stats.sessions);
+    for (const field of ['events', 'ops', 'txns', 'splitRevisions', 'rebaselines', 'largePuts', 'repairs'] as const) {
+      const delta = stats[field] - (this.seen[field] ?? 0);
+      if (delta > 0) this.counters[field]!.inc(delta);
+      this.seen[field] = stats[field];
+    }
+    for (const [kind, count] of Object.entries(stats.errors)) {
+      const delta = count - (this.seen[`error:${kind}`] ?? 0);
+      if (delta > 0) (this.counters.errors as Counter<'kind'>).inc({ kind }, delta);
+      this.seen[`error:${kind}`] = count;
+    }
+  }
+
+  /** Ready: a standby, or a leader that is connected and within a few revisions/seconds of etcd. */
+  health(): { ready: boolean; body: Record<string, unknown> } {
+    const s = this.stats;
+    if (!s) return { ready: false, body: { status: 'starting' } };
+    const lag = Math.max(0, s.etcdRevision - s.checkpoint);
+    const lagSeconds = lag === 0 ? 0 : (Date.now() - s.caughtUpAt) / 1000;
+    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && lagSeconds < 10);
+    return { ready, body: { status: ready ? 'ready' : s.connected ? 'catching-up' : 'disconnected', role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds } };
+  }
+
+  async listen(address: string): Promise<string> {
+    const match = /^(?:(.*):)?(\d+)$/.exec(address);
+    if (!match) throw new UsageError('flag_invalid', `--metrics-addr ${address} is not host:port or :port.`, { hint: 'For example --metrics-addr :9464 or 127.0.0.1:9464.' });
+    const host = match[1] || '0.0.0.0';
+    this.server = http.createServer(async (req, res) => {
+      if (req.url === '/metrics') {
+        res.setHeader('Content-Type', this.registry.contentType);
+        res.end(await this.registry.metrics());
+      } else if (req.url === '/healthz') {
+        const { ready, body } = this.health();
+        res.statusCode = ready ? 200 : 503;
+        res.setHeader('Content-Type', 'application/json');
+        res.end(JSON.stringify(body));
+      } else {
+        res.statusCode = 404;
+        res.end();
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(Number(match[2]), host, () => resolve());
+    });
+    const bound = this.server.address();
+    return typeof bound === 'object' && bound ? `${bound.address}:${bound.port}` : address;
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+}

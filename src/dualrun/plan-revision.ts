@@ -1,0 +1,104 @@
+import type { LeasePolicy } from '../config/load.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { routeKey } from '../mapping/route.js';
+import type { SourceEvent, TxnOp, WatchMessage } from '../stores/types.js';
+
+/**
+ * The dual-run's pure core: the events of one etcd revision become the
+ * Consul ops that reproduce their effects. The service groups revisions into
+ * txns (with the checkpoint and the leader check) and sends them in order.
+ */
+
+/** Where an etcd key goes during replication; anything but `mapped` is not mirrored. */
+export type ReplicationRoute = { kind: 'mapped'; rule: string; target: string; leases: LeasePolicy } | { kind: 'ignored' };
+
+export function routeForReplication(mapping: Mapping, key: Buffer, valueBytes: number): ReplicationRoute {
+  const route = routeKey(mapping, key, { valueBytes, maxValueBytes: mapping.maxValueBytes });
+  return route.kind === 'mapped' && route.rule.action === 'copy' ? { kind: 'mapped', rule: route.rule.name, target: route.target, leases: route.rule.leases } : { kind: 'ignored' };
+}
+
+/** A value too large for any txn, written by single PUT before the txn with the rest of its revision. */
+export interface LargePut {
+  key: string;
+  value: Buffer;
+  acquire?: string;
+}
+
+export interface RevisionPlan {
+  revision: number;
+  /** Ops in event order; the ops of one event are adjacent. */
+  ops: TxnOp[];
+  largePuts: LargePut[];
+  /** Events under no copy rule, or whose key or value cannot be mirrored. */
+  ignored: number;
+  /** Leased puts whose lease had already ended: etcd's delete of the key follows. */
+  expiredLeases: number;
+}
+
+export interface PlanRevisionInput {
+  message: Extract<WatchMessage, { kind: 'revision' }>;
+  route: (key: Buffer, valueBytes: number) => ReplicationRoute;
+  /** The session mirroring a live lease; undefined once the lease has ended. */
+  sessionFor: (leaseId: string) => string | undefined;
+  /**
+   * The session holding the target key now. By default it is derived from the
+   * event's previous lease; the repair path passes what Consul really holds.
+   */
+  holderOf?: (event: SourceEvent, target: string, leases: LeasePolicy) => string | undefined;
+  /** Whether one write fits a txn (else it goes by single PUT). */
+  fits: (ops: TxnOp[]) => boolean;
+}
+
+function holderFromPrevious(sessionFor: (leaseId: string) => string | undefined) {
+  return (event: SourceEvent, _target: string, leases: LeasePolicy): string | undefined =>
+    leases === 'session' && event.previous && event.previous.lease !== '0' ? sessionFor(event.previous.lease) : undefined;
+}
+
+export function planRevision(input: PlanRevisionInput): RevisionPlan {
+  const plan: RevisionPlan = { revision: input.message.revision, ops: [], largePuts: [], ignored: 0, expiredLeases: 0 };
+  const holderOf = input.holderOf ?? holderFromPrevious(input.sessionFor);
+  for (const event of input.message.events) {
+    const route = input.route(event.entry.key, event.entry.value.length);
+    if (route.kind !== 'mapped') {
+      plan.ignored++;
+      continue;
+    }
+    const key = route.target;
+    if (event.type === 'delete') {
+      plan.ops.push({ verb: 'delete', key });
+      continue;
+    }
+    const value = event.entry.value;
+    const leased = event.entry.lease !== '0';
+    if (leased && route.leases === 'skip') {
+      // Leased keys of a `skip` rule are not in Consul; a key that just became leased leaves it.
+      plan.ops.push({ verb: 'delete', key });
+      continue;
+    }
+    const holder = holderOf(event, key, route.leases);
+    let ops: TxnOp[];
+    if (leased && route.leases === 'session') {
+      const session = input.sessionFor(event.entry.lease);
+      if (!session) {
+        plan.expiredLeases++;
+        continue;
+      }
+      ops = holder && holder !== session
+        ? [{ verb: 'unlock', key, value, session: holder }, { verb: 'lock', key, value, session }]
+        : [{ verb: 'lock', key, value, session }];
+    } else {
+      // Unlocking writes the value and releases the key from the old lease's session in one step.
+      ops = holder ? [{ verb: 'unlock', key, value, session: holder }] : [{ verb: 'set', key, value }];
+    }
+    if (input.fits(ops)) {
+      plan.ops.push(...ops);
+    } else {
+      const last = ops[ops.length - 1]!;
+      // Too large for a txn: release the old session in the txn, then the single PUT writes (and locks) the value.
+      const release = ops.length > 1 ? (ops[0] as { key: string; session: string }) : undefined;
+      if (release) plan.ops.push({ verb: 'unlock', key: release.key, value: Buffer.alloc(0), session: release.session });
+      plan.largePuts.push({ key, value, ...(last.verb === 'lock' ? { acquire: last.session } : {}) });
+    }
+  }
+  return plan;
+}
