@@ -2,6 +2,15 @@ import { RefusedError } from '../errors.js';
 import { sleep } from '../stores/consul-http.js';
 import type { TargetStore } from '../stores/types.js';
 
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** TTL of the leader's session: a standby takes over within about 2× this after the leader dies. */
 export const LEADER_TTL_SECONDS = 10;
 
@@ -34,6 +43,7 @@ export class LeaderLock {
         this.lost = false;
         return true;
       }
+      if (await this.clearStale()) continue;
       if (!options.wait) {
         const current = await this.target.readKey(this.key);
         await this.release();
@@ -49,6 +59,31 @@ export class LeaderLock {
       await sleep(1000, options.signal);
       if (options.signal.aborted) return false;
     }
+  }
+
+  /**
+   * A lock left by a dual-run that died on this host (SIGKILL, OOM, a restarted
+   * container) would otherwise block a restart until its session expires. Its
+   * holder is known (`host:pid` in the lock's value): when that process is gone,
+   * or is this very pid in an earlier incarnation (pid 1 in a container), the
+   * dead holder's session is destroyed. Holders on other hosts are never touched.
+   */
+  private async clearStale(): Promise<boolean> {
+    const entry = await this.target.readKey(this.key);
+    if (!entry?.session || entry.session === this.session) return false;
+    let holder: string | undefined;
+    try {
+      holder = (JSON.parse(entry.value.toString('utf8')) as { holder?: string }).holder;
+    } catch {
+      return false;
+    }
+    const [host, pidText] = (holder ?? '').split(':');
+    const [ourHost] = this.holder.split(':');
+    const pid = Number(pidText);
+    if (host !== ourHost || !Number.isInteger(pid)) return false;
+    if (pid !== process.pid && processAlive(pid)) return false;
+    await this.target.destroySession(entry.session);
+    return true;
   }
 
   /** Renews the session every third of its TTL; `onLost` when Consul no longer knows it. */

@@ -1,0 +1,178 @@
+import { randomBytes, randomInt } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/config/load.js';
+import { checkParity } from './support/parity.js';
+import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
+
+const etcd = rawEtcd();
+const target = consulTarget();
+afterAll(() => {
+  etcd.close();
+  target.close();
+});
+
+function scenario(label: string) {
+  const id = `${label}-${randomBytes(3).toString('hex')}`;
+  const root = `/${id}`;
+  const yaml = `version: 1
+id: ${id}
+rules:
+  - { name: app, from: ${root}/app/, to: ${id}/app/ }
+  - { name: services, from: ${root}/services/, to: ${id}/services/, leases: session }
+  - { name: locks, from: ${root}/locks/, to: ${id}/locks/, leases: skip }
+`;
+  return { id, root, yaml, dir: configDir(yaml), mapping: parseConfig(yaml, 'migration.yaml').mapping };
+}
+
+async function expectParity(s: ReturnType<typeof scenario>): Promise<void> {
+  const parity = await checkParity(etcd, target, s.mapping, s.id);
+  expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [], wrongSession: [], notServable: [] });
+}
+
+describe('migrate dualrun (real servers)', () => {
+  it('refuses to start without a checkpoint (exit 4) and says how to get one', async () => {
+    const s = scenario('nockpt');
+    const run = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });
+    expect(run.code).toBe(4);
+    expect(run.stderr).toContain('error[dualrun_no_checkpoint]');
+    expect(run.stderr).toContain('--baseline');
+  });
+
+  it('replicates puts, deletes, binary values and etcd transactions in order; splits revisions over the op limit', async () => {
+    const s = scenario('basic');
+    await etcd.put(`${s.root}/app/seed`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const dr = await startDualRun(s.dir);
+    try {
+      await eventually('dual-run leads', async () => (await fetch(`http://127.0.0.1:${dr.metricsPort}/healthz`)).ok);
+      const binary = Buffer.from(Array.from({ length: 256 }, (_, i) => 255 - i));
+      await etcd.put(`${s.root}/app/new`).value('created');
+      await etcd.put(`${s.root}/app/seed`).value('updated');
+      await etcd.put(`${s.root}/app/bin`).value(binary);
+      await etcd.put(`${s.root}/app/gone`).value('x');
+      await etcd.delete().key(`${s.root}/app/gone`);
+      await etcd.if(`${s.root}/app/seed`, 'Value', '==', 'updated').then(
+        etcd.put(`${s.root}/app/txn/a`).value('A'),
+        etcd.put(`${s.root}/app/txn/b`).value('B'),
+        etcd.delete().key(`${s.root}/app/new`),
+      ).commit();
+      const limits = await target.limits();
+      const big = Array.from({ length: limits.txnMaxOps + 50 }, (_, i) => etcd.put(`${s.root}/app/bulk/${String(i).padStart(4, '0')}`).value(`v${i}`));
+      await etcd.if(`${s.root}/app/seed`, 'Mod', '>', 0).then(...big).commit();
+      // Keys outside every rule are not replicated.
+      await etcd.put(`${s.root}/elsewhere`).value('ignored');
+      await waitCaughtUp(etcd, target, s.id);
+      await expectParity(s);
+      expect((await target.readKey(`${s.id}/app/bin`))!.value.equals(binary)).toBe(true);
+      expect(await target.readKey(`${s.id}/app/new`)).toBeUndefined();
+      expect(await target.listKeys(`${s.id}/app/bulk/`)).toHaveLength(limits.txnMaxOps + 50);
+      const metrics = await dr.metrics();
+      expect(metric(metrics, 'migrate_dualrun_split_revisions_total')).toBe(1);
+      expect(metric(metrics, 'migrate_dualrun_lag_revisions')).toBe(0);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    // A clean stop releases the leader lock.
+    expect(await target.readKey(`_migrate/${s.id}/leader`)).toBeUndefined();
+  });
+
+  it('mirrors leases as sessions: renewed past their TTL while the lease lives, keys deleted when it ends, released when a key leaves its lease', async () => {
+    const s = scenario('lease');
+    await etcd.put(`${s.root}/app/seed`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const dr = await startDualRun(s.dir);
+    const lease = etcd.lease(10);
+    try {
+      const leaseId = await lease.grant();
+      await lease.put(`${s.root}/services/api/1`).value('10.0.0.1:80');
+      await lease.put(`${s.root}/services/api/2`).value('10.0.0.2:80');
+      await lease.put(`${s.root}/locks/job`).value('me');
+      await waitCaughtUp(etcd, target, s.id);
+      const held = await target.readKey(`${s.id}/services/api/1`);
+      expect(held?.session).toBeTruthy();
+      expect(await target.readSession(held!.session!)).toMatchObject({ ttlSeconds: 10, behavior: 'delete' });
+      expect(await target.readKey(`${s.id}/locks/job`)).toBeUndefined();
+      // Past 2× the session TTL: only the dual-run's renewals keep the keys.
+      await new Promise((r) => setTimeout(r, 23_000));
+      expect((await target.readKey(`${s.id}/services/api/1`))?.session).toBe(held!.session);
+      // A key leaves its lease: it stays, released from the session.
+      await etcd.put(`${s.root}/services/api/2`).value('10.0.0.2:81');
+      await waitCaughtUp(etcd, target, s.id);
+      const released = await target.readKey(`${s.id}/services/api/2`);
+      expect(released?.value.toString()).toBe('10.0.0.2:81');
+      expect(released?.session).toBeUndefined();
+      await expectParity(s);
+      await lease.revoke();
+      await eventually('leased key deleted in Consul', async () => (await target.readKey(`${s.id}/services/api/1`)) === undefined);
+      await eventually('session destroyed', async () => (await target.readSession(held!.session!)) === undefined, 10_000);
+      expect(await target.readKey(`_migrate/${s.id}/sessions/${leaseId}`)).toBeUndefined();
+      await expectParity(s);
+    } finally {
+      lease.release();
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
+  it('loses no write across 10 SIGKILLs at random moments while a writer keeps changing etcd', async () => {
+    const s = scenario('kill');
+    for (let i = 0; i < 50; i++) await etcd.put(`${s.root}/app/k${i}`).value('0');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    let writing = true;
+    let writes = 0;
+    const writer = (async () => {
+      while (writing) {
+        const i = randomInt(100);
+        if (randomInt(10) === 0) await etcd.delete().key(`${s.root}/app/k${i}`);
+        else if (randomInt(10) === 0) await etcd.if(`${s.root}/app/k0`, 'Mod', '>', -1).then(etcd.put(`${s.root}/app/k${i}`).value(`t${writes}`), etcd.put(`${s.root}/app/k${(i + 1) % 100}`).value(`t${writes}`)).commit();
+        else await etcd.put(`${s.root}/app/k${i}`).value(`w${writes}`);
+        writes++;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    let kills = 0;
+    try {
+      for (; kills < 10; kills++) {
+        const dr = await startDualRun(s.dir);
+        await new Promise((r) => setTimeout(r, 300 + randomInt(1200)));
+        await dr.kill();
+      }
+    } finally {
+      writing = false;
+      await writer;
+    }
+    const dr = await startDualRun(s.dir);
+    try {
+      await waitCaughtUp(etcd, target, s.id);
+      await expectParity(s);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    process.stderr.write(`dualrun-kill: ${kills} SIGKILLs during ${writes} etcd writes; parity after restart\n`);
+    expect(writes).toBeGreaterThan(100);
+  }, 120_000);
+
+  it('re-baselines after etcd compacted past its checkpoint, including keys deleted meanwhile', async () => {
+    const s = scenario('compact');
+    for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i}`).value('v1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    let dr = await startDualRun(s.dir);
+    await waitCaughtUp(etcd, target, s.id);
+    expect(await dr.stop()).toBe(0);
+    for (let i = 0; i < 5; i++) await etcd.delete().key(`${s.root}/app/k${i}`);
+    await etcd.put(`${s.root}/app/k10`).value('v2');
+    await etcd.put(`${s.root}/app/added`).value('new');
+    const revision = Number((await etcd.put(`${s.root}/app/k11`).value('v2').exec()).header.revision);
+    await etcd.kv.compact({ revision, physical: true });
+    dr = await startDualRun(s.dir);
+    try {
+      await waitCaughtUp(etcd, target, s.id);
+      await expectParity(s);
+      expect(await target.readKey(`${s.id}/app/k0`)).toBeUndefined();
+      expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(1);
+      expect(dr.stderr()).toContain('re-baselining');
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  });
+});
