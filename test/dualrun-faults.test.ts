@@ -1,0 +1,176 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Etcd3 } from 'etcd3';
+import { parseConfig } from '../src/config/load.js';
+import { startEtcd } from '../scripts/local-servers.js';
+import { checkParity } from './support/parity.js';
+import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
+
+const etcd = rawEtcd();
+const target = consulTarget();
+afterAll(() => {
+  etcd.close();
+  target.close();
+});
+
+function scenario(label: string) {
+  const id = `${label}-${randomBytes(3).toString('hex')}`;
+  const root = `/${id}`;
+  const yaml = `version: 1\nid: ${id}\nrules:\n  - { name: app, from: ${root}/app/, to: ${id}/app/ }\n  - { name: services, from: ${root}/services/, to: ${id}/services/, leases: session }\n`;
+  return { id, root, yaml, dir: configDir(yaml), mapping: parseConfig(yaml, 'migration.yaml').mapping };
+}
+
+async function leaderHolder(id: string): Promise<string | undefined> {
+  const entry = await target.readKey(`_migrate/${id}/leader`);
+  return entry?.session ? (JSON.parse(entry.value.toString()) as { holder: string }).holder : undefined;
+}
+
+async function healthy(port: number): Promise<{ role?: string }> {
+  return (await fetch(`http://127.0.0.1:${port}/healthz`)).json() as Promise<{ role?: string }>;
+}
+
+describe('dual-run faults (real servers)', () => {
+  it('HA: the standby takes over within about 2× the session TTL after the leader dies, and parity holds', async () => {
+    const s = scenario('ha');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const first = await startDualRun(s.dir, ['--ha']);
+    await eventually('first leads', async () => (await healthy(first.metricsPort)).role === 'leader');
+    const second = await startDualRun(s.dir, ['--ha']);
+    await eventually('second waits as standby', async () => (await healthy(second.metricsPort)).role === 'standby');
+    try {
+      await etcd.put(`${s.root}/app/b`).value('2');
+      await waitCaughtUp(etcd, target, s.id);
+      const killedAt = Date.now();
+      await first.kill();
+      await etcd.put(`${s.root}/app/c`).value('3');
+      await eventually('standby leads', async () => (await healthy(second.metricsPort)).role === 'leader', 30_000);
+      const takeoverMs = Date.now() - killedAt;
+      process.stderr.write(`dualrun-ha: standby led ${takeoverMs} ms after the leader was killed\n`);
+      expect(takeoverMs).toBeLessThan(25_000);
+      await waitCaughtUp(etcd, target, s.id);
+      const parity = await checkParity(etcd, target, s.mapping, s.id);
+      expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [], wrongSession: [] });
+    } finally {
+      await first.kill();
+      expect(await second.stop()).toBe(0);
+    }
+  }, 60_000);
+
+  it('fencing: a leader paused with SIGSTOP loses the lock; resumed, it writes nothing and steps down', async () => {
+    const s = scenario('fence');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const paused = await startDualRun(s.dir, ['--ha']);
+    await eventually('first leads', async () => (await healthy(paused.metricsPort)).role === 'leader');
+    const standby = await startDualRun(s.dir, ['--ha']);
+    try {
+      const pausedHolder = await leaderHolder(s.id);
+      await waitCaughtUp(etcd, target, s.id);
+      const txnsBefore = metric(await paused.metrics(), 'migrate_dualrun_txns_total');
+      paused.child.kill('SIGSTOP');
+      // Its session is no longer renewed: Consul reaps it within 2× TTL and the standby takes the lock.
+      await eventually('standby leads', async () => (await healthy(standby.metricsPort)).role === 'leader', 40_000);
+      expect(await leaderHolder(s.id)).not.toBe(pausedHolder);
+      paused.child.kill('SIGCONT');
+      await etcd.put(`${s.root}/app/after-takeover`).value('x');
+      await waitCaughtUp(etcd, target, s.id);
+      await eventually('paused one steps down', async () => /stepping down|stepped down/.test(paused.stderr()), 20_000);
+      const txnsAfter = metric(await paused.metrics(), 'migrate_dualrun_txns_total');
+      // Whatever it tried after waking failed the leader check: nothing more was applied by it.
+      expect(txnsAfter).toBe(txnsBefore);
+      const parity = await checkParity(etcd, target, s.mapping, s.id);
+      expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+    } finally {
+      paused.child.kill('SIGCONT');
+      await paused.kill();
+      expect(await standby.stop()).toBe(0);
+    }
+  }, 90_000);
+
+  it('idle rules on a busy etcd: the checkpoint follows etcd and a restart after compaction needs no re-baseline', async () => {
+    const s = scenario('idle');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    let dr = await startDualRun(s.dir);
+    try {
+      // Thousands of writes outside the watched range; the mapped prefixes stay quiet.
+      for (let i = 0; i < 3000; i += 100) {
+        await etcd.if(`/zz-${s.id}/busy/0`, 'Mod', '>', -1).then(...Array.from({ length: 100 }, (_, j) => etcd.put(`/zz-${s.id}/busy/${i + j}`).value('x'))).commit();
+      }
+      const busy = Number((await etcd.put(`/zz-${s.id}/busy/last`).value('x').exec()).header.revision);
+      await waitCaughtUp(etcd, target, s.id, 15_000);
+      await etcd.kv.compact({ revision: busy, physical: true });
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    dr = await startDualRun(s.dir);
+    try {
+      await etcd.put(`${s.root}/app/b`).value('2');
+      await waitCaughtUp(etcd, target, s.id);
+      expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(0);
+      expect((await target.readKey(`${s.id}/app/b`))?.value.toString()).toBe('2');
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  });
+
+  it('an unreachable source never turns into deletes; the dual-run waits and keeps its position', async () => {
+    const own = await startEtcd();
+    const client = new Etcd3({ hosts: own.endpoint });
+    const s = scenario('down');
+    const env = { ETCDCTL_ENDPOINTS: own.endpoint };
+    try {
+      for (let i = 0; i < 30; i++) await client.put(`${s.root}/app/k${i}`).value(`v${i}`);
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
+      const dr = await startDualRun(s.dir, [], env);
+      await eventually('leads', async () => (await healthy(dr.metricsPort)).role === 'leader');
+      client.close();
+      await own.stop();
+      await new Promise((r) => setTimeout(r, 4000));
+      expect(dr.child.exitCode).toBeNull();
+      expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(30);
+      expect(dr.stderr()).toMatch(/unreachable|retrying/);
+      const health = await fetch(`http://127.0.0.1:${dr.metricsPort}/healthz`);
+      expect(health.status).toBe(503);
+      expect(await dr.stop()).toBe(0);
+      expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(30);
+    } finally {
+      client.close();
+      await own.stop();
+    }
+  });
+
+  it('outage: sessions reaped while the dual-run was down are re-created at restart and their keys come back', async () => {
+    const s = scenario('outage');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const owner = etcd.lease(12);
+    try {
+      await owner.grant();
+      await owner.put(`${s.root}/services/api/1`).value('10.0.0.1:80');
+      let dr = await startDualRun(s.dir);
+      await waitCaughtUp(etcd, target, s.id);
+      const first = (await target.readKey(`${s.id}/services/api/1`))?.session;
+      expect(first).toBeTruthy();
+      await new Promise((r) => setTimeout(r, 26_000));
+      expect((await target.readKey(`${s.id}/services/api/1`))?.session).toBe(first);
+      expect(await dr.stop()).toBe(0);
+      // Down for 40 s: nobody renews the session, Consul reaps it and deletes its keys.
+      await eventually('Consul reaps the session', async () => (await target.readKey(`${s.id}/services/api/1`)) === undefined, 40_000);
+      dr = await startDualRun(s.dir);
+      try {
+        await eventually('key back after restart', async () => Boolean((await target.readKey(`${s.id}/services/api/1`))?.session), 10_000);
+        expect((await target.readKey(`${s.id}/services/api/1`))?.value.toString()).toBe('10.0.0.1:80');
+        owner.release();
+        // The owner stops renewing: etcd expires the lease (12 s), and the key leaves Consul.
+        await eventually('key gone after the owner stops', async () => (await target.readKey(`${s.id}/services/api/1`)) === undefined, 30_000);
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      owner.release();
+    }
+  }, 150_000);
+});
