@@ -1,9 +1,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConsulSessionError, ConsulTooLargeError, TxnFailedError } from '../src/stores/consul-http.js';
-import { ValueTooLargeError } from '../src/stores/consul.js';
+import { ConsulTarget, ValueTooLargeError } from '../src/stores/consul.js';
 import { packTxnBatches, fitsInTxn } from '../src/stores/txn-batcher.js';
 import type { TxnOp } from '../src/stores/types.js';
-import { consulIndex, consulTarget, servers, uniquePrefix } from './support/harness.js';
+import { consulIndex, consulTarget, privateConsul, servers, uniquePrefix } from './support/harness.js';
 
 const target = consulTarget();
 afterAll(() => target.close());
@@ -44,7 +44,9 @@ describe('Consul target (real Consul)', () => {
 
   it('refuses a value over 524288 bytes before sending any request', async () => {
     const prefix = uniquePrefix('huge');
-    const before = await consulIndex();
+    const own = await privateConsul();
+    const target = new ConsulTarget({ address: own.address });
+    const before = await consulIndex(own.address);
     const value = Buffer.alloc(524289, 1);
     const single = await target.putKey(`${prefix}big`, value).catch((e: unknown) => e);
     expect(single).toBeInstanceOf(ValueTooLargeError);
@@ -52,8 +54,10 @@ describe('Consul target (real Consul)', () => {
     expect((single as ValueTooLargeError).exitCode).toBe(2);
     const txn = await target.applyTxn([{ verb: 'set', key: `${prefix}big`, value }]).catch((e: unknown) => e);
     expect(txn).toBeInstanceOf(ValueTooLargeError);
-    expect(await consulIndex()).toBe(before);
+    expect(await consulIndex(own.address)).toBe(before);
     expect(await target.listKeys(prefix)).toEqual([]);
+    target.close();
+    await own.stop();
   });
 
   it('writes a value too large for any txn with a single PUT, byte for byte', async () => {

@@ -5,7 +5,8 @@ import { runCopy, type CopyOptions } from '../src/copy/copy.js';
 import { routeForCopy } from '../src/copy/route.js';
 import type { TargetStore } from '../src/stores/types.js';
 import { checkParity } from './support/parity.js';
-import { configDir, consulIndex, consulTarget, etcdSource, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { ConsulTarget } from '../src/stores/consul.js';
+import { configDir, consulIndex, consulTarget, etcdSource, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
@@ -65,10 +66,13 @@ describe('migrate copy (real servers)', () => {
     const s = scenario('full');
     const data = await seed(s.root);
     try {
-      const before = await consulIndex();
-      const dry = await runCli(['copy', '--dry-run', '--format', 'json'], { cwd: s.dir, env: serverEnv() });
+      // On an agent no other test writes to, the dry-run must not move Consul's index at all.
+      const own = await privateConsul();
+      const before = await consulIndex(own.address);
+      const dry = await runCli(['copy', '--dry-run', '--format', 'json'], { cwd: s.dir, env: serverEnv({ CONSUL_HTTP_ADDR: own.address }) });
       expect(dry.code, dry.stderr).toBe(0);
-      expect(await consulIndex()).toBe(before);
+      expect(await consulIndex(own.address)).toBe(before);
+      await own.stop();
       const plan = JSON.parse(dry.stdout);
       expect(plan.dryRun).toBe(true);
       const dryOps = plan.ops.flatMap((o: { ops?: { key: string }[]; key?: string }) => o.ops?.map((x) => x.key) ?? [o.key]);
@@ -173,12 +177,16 @@ describe('migrate copy (real servers)', () => {
   it('refuses a state meta written for another etcd cluster (exit 4) and writes nothing', async () => {
     const s = scenario('identity');
     await etcd.put(`${s.root}/app/k`).value('v');
-    await target.putKey(`_migrate/${s.id}/meta`, Buffer.from(JSON.stringify({ schemaVersion: 1, id: s.id, etcdClusterId: '42', datacenters: ['dc1'], mappingHash: 'x', created: 'then', toolVersion: '0' })));
-    const before = await consulIndex();
-    const run = await runCli(['copy'], { cwd: s.dir, env: serverEnv() });
+    const own = await privateConsul();
+    const ownTarget = new ConsulTarget({ address: own.address });
+    await ownTarget.putKey(`_migrate/${s.id}/meta`, Buffer.from(JSON.stringify({ schemaVersion: 1, id: s.id, etcdClusterId: '42', datacenters: ['dc1'], mappingHash: 'x', created: 'then', toolVersion: '0' })));
+    const before = await consulIndex(own.address);
+    const run = await runCli(['copy'], { cwd: s.dir, env: serverEnv({ CONSUL_HTTP_ADDR: own.address }) });
     expect(run.code).toBe(4);
     expect(run.stderr).toContain('error[identity_cluster_mismatch]');
-    expect(await consulIndex()).toBe(before);
+    expect(await consulIndex(own.address)).toBe(before);
+    ownTarget.close();
+    await own.stop();
   });
 });
 

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startConsul, type ConsulServer } from '../scripts/local-servers.js';
-import { consulIndex, runCli, servers } from './support/harness.js';
+import { consulIndex, privateConsul, runCli, servers } from './support/harness.js';
 
 const CANARY_TOKEN = 'canary-token-3b9f2e71-doctor';
 
@@ -80,12 +80,14 @@ describe('migrate doctor (real servers)', () => {
   it('a malformed migration.yaml exits 2 with file:line:column and contacts no server', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-bad-'));
     writeFileSync(join(dir, 'migration.yaml'), 'version: 1\nid: bad\ntarget:\n  adress: http://x\n');
-    const before = await consulIndex();
-    const run = await runCli(['doctor'], { cwd: dir, env: { CONSUL_HTTP_ADDR: servers().consulAddress } });
+    const own = await privateConsul();
+    const before = await consulIndex(own.address);
+    const run = await runCli(['doctor'], { cwd: dir, env: { CONSUL_HTTP_ADDR: own.address } });
     expect(run.code).toBe(2);
     expect(run.stderr).toContain(`${join(dir, 'migration.yaml')}:4:3: target.adress: unknown field "adress"`);
     expect(run.stdout).toBe('');
-    expect(await consulIndex()).toBe(before);
+    expect(await consulIndex(own.address)).toBe(before);
+    await own.stop();
   });
 });
 

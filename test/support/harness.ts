@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Etcd3 } from 'etcd3';
 import { inject } from 'vitest';
+import { startConsul, type ConsulServer } from '../../scripts/local-servers.js';
 import { ConsulTarget } from '../../src/stores/consul.js';
 import { EtcdSource } from '../../src/stores/etcd.js';
 
@@ -61,6 +62,11 @@ export function runCli(args: string[], options: { env?: Record<string, string>; 
   });
 }
 
+/** A Consul agent of one's own (no other test writes to it), for "nothing was written" checks. */
+export async function privateConsul(): Promise<ConsulServer> {
+  return startConsul({ version: servers().consulVersion });
+}
+
 /** A temp folder holding `migration.yaml` with `text`, for CLI runs. */
 export function configDir(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'migrate-it-'));
@@ -73,9 +79,13 @@ export function serverEnv(extra: Record<string, string> = {}): Record<string, st
   return { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: servers().consulAddress, ...extra };
 }
 
-/** Consul's current raft index, to prove that a command wrote nothing. */
-export async function consulIndex(): Promise<number> {
-  const target = consulTarget();
+/**
+ * Consul's current KV index, to prove that a command wrote nothing. The shared
+ * test agent takes writes from tests running in parallel, so tests that assert
+ * on it pass the address of a private agent ({@link privateConsul}).
+ */
+export async function consulIndex(address = servers().consulAddress): Promise<number> {
+  const target = new ConsulTarget({ address });
   try {
     const response = await target.http.request({ method: 'GET', path: '/v1/kv/', query: { keys: true } });
     return Number(response.headers['x-consul-index']);
