@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import type { SourceEntry, SourceEvent, TxnOp } from '../stores/types.js';
+import { planRevision, type ReplicationRoute } from './plan-revision.js';
+import { watchRange } from './dualrun.js';
+import { parseConfig } from '../config/load.js';
+
+const entry = (key: string, value: string, lease = '0'): SourceEntry => ({ key: Buffer.from(key), value: Buffer.from(value), createRevision: 1, modRevision: 9, version: 1, lease });
+const put = (key: string, value: string, lease = '0', previousLease?: string): SourceEvent => ({ type: 'put', entry: entry(key, value, lease), ...(previousLease !== undefined ? { previous: entry(key, 'old', previousLease) } : {}) });
+const del = (key: string): SourceEvent => ({ type: 'delete', entry: entry(key, '') });
+const route = (key: Buffer): ReplicationRoute => {
+  const k = key.toString();
+  if (k.startsWith('/svc/')) return { kind: 'mapped', rule: 'svc', target: k.slice(1), leases: 'session' };
+  if (k.startsWith('/locks/')) return { kind: 'mapped', rule: 'locks', target: k.slice(1), leases: 'skip' };
+  if (k.startsWith('/app/')) return { kind: 'mapped', rule: 'app', target: k.slice(1), leases: 'persist' };
+  return { kind: 'ignored' };
+};
+const sessions: Record<string, string> = { '7': 'S7', '8': 'S8' };
+const plan = (events: SourceEvent[], fits = (_: TxnOp[]) => true) =>
+  planRevision({ message: { kind: 'revision', revision: 9, events }, route, sessionFor: (l) => sessions[l], fits });
+const verbs = (ops: TxnOp[]) => ops.map((o) => `${o.verb} ${o.key}${'session' in o ? ` ${o.session}` : ''}`);
+
+describe('planRevision', () => {
+  it('keeps event order and ignores keys outside the copy rules', () => {
+    const p = plan([put('/app/a', '1'), del('/app/b'), put('/registry/x', 'k8s'), put('/app/c', '3')]);
+    expect(verbs(p.ops)).toEqual(['set app/a', 'delete app/b', 'set app/c']);
+    expect(p.ignored).toBe(1);
+  });
+
+  it('locks leased keys with their lease\'s session and moves them between sessions in one txn', () => {
+    expect(verbs(plan([put('/svc/a', 'x', '7')]).ops)).toEqual(['lock svc/a S7']);
+    expect(verbs(plan([put('/svc/a', 'x', '8', '7')]).ops)).toEqual(['unlock svc/a S7', 'lock svc/a S8']);
+    expect(verbs(plan([put('/svc/a', 'x', '7', '7')]).ops)).toEqual(['lock svc/a S7']);
+  });
+
+  it('releases a key that leaves its lease, writing its new value', () => {
+    const p = plan([put('/svc/a', 'free', '0', '7')]);
+    expect(verbs(p.ops)).toEqual(['unlock svc/a S7']);
+    expect((p.ops[0] as { value: Buffer }).value.toString()).toBe('free');
+  });
+
+  it('skips a put on an ended lease (etcd deletes the key next) and deletes a key that became leased under leases: skip', () => {
+    const p = plan([put('/svc/a', 'x', '99'), put('/locks/job', 'me', '7')]);
+    expect(verbs(p.ops)).toEqual(['delete locks/job']);
+    expect(p.expiredLeases).toBe(1);
+  });
+
+  it('persist rules write leased keys as plain keys', () => {
+    expect(verbs(plan([put('/app/a', 'x', '7')]).ops)).toEqual(['set app/a']);
+  });
+
+  it('sends a value too large for any txn by single PUT (with acquire for session keys)', () => {
+    const p = plan([put('/svc/big', 'x'.repeat(10), '7'), put('/app/small', 's')], (ops) => !ops.some((o) => o.key === 'svc/big'));
+    expect(p.largePuts).toEqual([{ key: 'svc/big', value: Buffer.from('x'.repeat(10)), acquire: 'S7' }]);
+    expect(verbs(p.ops)).toEqual(['set app/small']);
+  });
+});
+
+describe('watchRange', () => {
+  it('covers every copy rule with one range', () => {
+    const { mapping } = parseConfig('version: 1\nid: x\nrules:\n  - { name: a, from: /platform/, to: platform/ }\n  - { name: b, from: /services/, to: services/ }\n  - { name: k, from: /zzz/, action: keep }\n', 'm.yaml');
+    const range = watchRange(mapping);
+    expect(range.start.toString()).toBe('/platform/');
+    expect(range.end.toString()).toBe('/services0');
+  });
+});
