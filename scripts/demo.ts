@@ -3,7 +3,7 @@
  * demo keyspace (fixtures/demo), and runs the tool's main job against them,
  * step by step, as a user would type it. Stops both servers at the end.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,9 +25,39 @@ const STEPS: Step[] = [
   { args: ['copy', '--dry-run'], expect: [0], why: 'a second plan has nothing left to do' },
 ];
 
+/**
+ * The dual-run, live: started in the background, it mirrors a config change and
+ * a service registration whose lease is revoked, then stops cleanly on SIGTERM.
+ */
+async function dualRunStep(workdir: string, env: NodeJS.ProcessEnv, _keys: number): Promise<boolean> {
+  process.stdout.write('\n$ migrate dualrun &      # replicate every etcd change into Consul until stopped\n');
+  const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'dualrun'], { cwd: workdir, env, stdio: ['ignore', 'inherit', 'inherit'] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const kv = async (key: string) => {
+    const response = await fetch(`${consul.address}/v1/kv/${key}?raw`);
+    return response.status === 200 ? response.text() : '(absent)';
+  };
+  const waitFor = async (key: string, want: string) => {
+    for (let i = 0; i < 100 && (await kv(key)) !== want; i++) await new Promise((r) => setTimeout(r, 100));
+    return kv(key);
+  };
+  await new Promise((r) => setTimeout(r, 1500));
+  await client.put('/platform/config/billing_service/timeout').value('45s');
+  process.stdout.write(`  etcd: put /platform/config/billing_service/timeout = 45s → Consul platform/config/billing_service/timeout = ${await waitFor('platform/config/billing_service/timeout', '45s')}\n`);
+  const [instance] = (await client.getAll().prefix('/services/redis_grpc_service/').keys());
+  const lease = (await client.get(instance!).exec()).kvs[0]!.lease;
+  await client.leaseClient.leaseRevoke({ ID: lease });
+  const target = `services/redis_grpc_service/${instance!.split('/').pop()}`;
+  process.stdout.write(`  etcd: lease of ${instance} revoked → Consul ${target} ${await waitFor(target, '(absent)')}\n`);
+  child.kill('SIGTERM');
+  const code = await exited;
+  process.stdout.write(`(dual-run stopped, exit ${code})\n`);
+  return code === 0;
+}
+
 const [etcd, consul] = await Promise.all([startEtcd(), startConsul()]);
 const client = new Etcd3({ hosts: etcd.endpoint });
-let failed = false;
+let failed = false as boolean;
 try {
   const keys = demoKeys();
   const loaded = await loadDemoKeyspace(client, keys);
@@ -46,6 +76,7 @@ try {
       break;
     }
   }
+  if (!failed) failed = !(await dualRunStep(workdir, env, keys.length));
   await loaded.stop();
 } finally {
   client.close();

@@ -106,7 +106,6 @@ export async function runDualRun(deps: { source: SourceReader; target: TargetSto
       lost.abort();
     });
     stats.role = 'leader';
-    publish();
     options.log('info', 'leading the dual-run', { holder });
     let reason: DualRunSummary['reason'];
     try {
@@ -156,6 +155,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     if (!checkpointDoc) throw new Error('internal: the baseline copy left no checkpoint');
   }
   stats.checkpoint = checkpointDoc.revision;
+  ctx.publish();
   const sessions = new LeaseSessions(source, target, paths, ctx.config.id);
   await sessions.load();
   const limits = await target.limits();
