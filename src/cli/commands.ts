@@ -1,6 +1,7 @@
 import type { CommandRegistrar } from './main.js';
 import { registerCopy } from './commands/copy.js';
 import { registerDoctor } from './commands/doctor.js';
+import { registerDualRun } from './commands/dualrun.js';
 
 /**
  * Every command the CLI offers, grouped by stage in `--help`. Each command
@@ -15,6 +16,7 @@ Read-only:
 
 Writes:
   copy       copy every copy rule at one pinned etcd revision; --resume after an interruption
+  dualrun    replicate every etcd change into Consul until stopped (leases as sessions, --ha, /metrics)
 
 Examples:
   migrate doctor
@@ -25,4 +27,5 @@ Exit codes: 0 ok/parity, 1 findings or drift, 2 usage or configuration, 3 server
 4 refused by a guard or precondition, 130 interrupted, 70 internal error (a bug).`);
   registerDoctor(registrar);
   registerCopy(registrar);
+  registerDualRun(registrar);
 }
