@@ -2,6 +2,7 @@ import type { CommandRegistrar } from './main.js';
 import { registerCopy } from './commands/copy.js';
 import { registerDoctor } from './commands/doctor.js';
 import { registerDualRun } from './commands/dualrun.js';
+import { registerExport } from './commands/export.js';
 
 /**
  * Every command the CLI offers, grouped by stage in `--help`. Each command
@@ -13,6 +14,7 @@ export function registerCommands(registrar: CommandRegistrar): void {
 Read-only:
   doctor     check both servers, credentials and the state prefix
   copy --dry-run  the exact operations a copy would send, computed by reading Consul too
+  export     the mapped keyspace at a pinned revision as "consul kv import" JSON
 
 Writes:
   copy       copy every copy rule at one pinned etcd revision; --resume after an interruption
@@ -28,4 +30,5 @@ Exit codes: 0 ok/parity, 1 findings or drift, 2 usage or configuration, 3 server
   registerDoctor(registrar);
   registerCopy(registrar);
   registerDualRun(registrar);
+  registerExport(registrar);
 }

@@ -1,0 +1,62 @@
+import type { MigrationConfig } from '../config/load.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { routeKey } from '../mapping/route.js';
+import { formatKey } from '../report/keys.js';
+import { prefixRange } from '../stores/etcd.js';
+import type { SourceReader } from '../stores/types.js';
+
+export interface ExportResult {
+  revision: number;
+  exported: number;
+  bytes: number;
+  /** Per rule and reason: keys not exported. */
+  skipped: Record<string, Record<string, number>>;
+  examples: { key: string; rule: string; reason: string }[];
+  /** Leased keys exported as plain keys: `consul kv import` cannot attach sessions. */
+  leasedAsPlain: number;
+}
+
+/**
+ * `migrate export`: the mapped keyspace at one pinned revision as the JSON
+ * `consul kv import` reads (`[{"key", "flags", "value" (base64)}]`), for
+ * air-gapped moves. Streams entry by entry: memory is bounded by a page.
+ */
+export async function runExport(deps: { source: SourceReader; config: MigrationConfig; mapping: Mapping }, write: (chunk: string) => Promise<void> | void, options: { pageKeys?: number; signal?: AbortSignal } = {}): Promise<ExportResult> {
+  const revision = (await deps.source.status()).revision;
+  const result: ExportResult = { revision, exported: 0, bytes: 0, skipped: {}, examples: [], leasedAsPlain: 0 };
+  const skip = (rule: string, reason: string, key: Buffer) => {
+    const byRule = (result.skipped[rule] ??= {});
+    byRule[reason] = (byRule[reason] ?? 0) + 1;
+    if (result.examples.length < 20) result.examples.push({ key: formatKey(key), rule, reason });
+  };
+  await write('[');
+  let first = true;
+  for (const rule of deps.mapping.copyRules) {
+    for await (const page of deps.source.readPages(prefixRange(rule.fromBytes), { revision, pageKeys: options.pageKeys ?? 2000, signal: options.signal })) {
+      const lines: string[] = [];
+      for (const entry of page.entries) {
+        const route = routeKey(deps.mapping, entry.key, { valueBytes: entry.value.length, maxValueBytes: deps.mapping.maxValueBytes });
+        if (route.kind === 'mapped' && route.rule.name !== rule.name) continue;
+        if (route.kind === 'unmappable') {
+          if (route.rule.name === rule.name) skip(rule.name, route.reason, entry.key);
+          continue;
+        }
+        if (route.kind !== 'mapped') continue;
+        if (entry.lease !== '0') {
+          if (rule.leases === 'skip') {
+            skip(rule.name, 'lease-skip', entry.key);
+            continue;
+          }
+          result.leasedAsPlain++;
+        }
+        lines.push(`${first ? '' : ','}\n  ${JSON.stringify({ key: route.target, flags: 0, value: entry.value.toString('base64') })}`);
+        first = false;
+        result.exported++;
+        result.bytes += entry.value.length;
+      }
+      if (lines.length) await write(lines.join(''));
+    }
+  }
+  await write(first ? ']\n' : '\n]\n');
+  return result;
+}
