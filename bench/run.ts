@@ -5,6 +5,7 @@
 const BENCHES: Record<string, () => Promise<unknown>> = {
   copy: async () => (await import('./copy.js')).benchCopy(),
   dualrun: async () => (await import('./dualrun.js')).benchDualRun(),
+  audit: async () => (await import('./audit.js')).benchAudit(),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -1,0 +1,270 @@
+import { describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { emptyConfig, parseConfig } from '../config/load.js';
+import { ServerError } from '../errors.js';
+import { prefixEnd } from '../stores/etcd.js';
+import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import type { KeyRange, ReadPagesOptions, SourcePage } from '../stores/types.js';
+import { runAudit, type AuditResult } from './audit.js';
+import { estimateCopy, referenceBasis } from './estimate.js';
+import type { Finding } from './findings.js';
+import { renderAudit } from './render.js';
+import { identityRouter } from './router.js';
+import { sampleFindings, sampleWrites } from './sample.js';
+import { draftMapping } from './suggest.js';
+
+const SECRET = 'hunter2-super-secret-value';
+
+/** A small platform keyspace with one of each shape the audit reports. */
+function platform(): MemorySource {
+  const s = new MemorySource();
+  s.put('/platform/config/auth/db_url', `postgres://auth:${SECRET}@db/auth`);
+  s.put('/platform/config/auth/timeout', '5s');
+  s.put('/platform/config/ml/model.bin', Buffer.alloc(600_000, 1));
+  s.put('/platform/config/media/descriptor.pb', Buffer.alloc(450_000, 2));
+  s.put('/platform/config/dir/', 'folder value');
+  s.put('/platform/shared', 'a');
+  s.put('platform/shared', 'b');
+  s.put('/legacy//double', 'x');
+  s.put('/legacy/./dot', 'x');
+  s.put(Buffer.from('2f6c65676163792f62696efffe', 'hex'), 'x');
+  s.put('//lead', 'x');
+  s.put('/registry/pods/default/web', Buffer.from('k8s\0\x01\x02'));
+  const lock = s.grantLease(5);
+  s.put('/locks/nightly', 'holder', lock);
+  const svc = s.grantLease(60);
+  s.put('/services/redis/redis-0', '10.0.0.5:6379', svc);
+  const long = s.grantLease(108_000);
+  s.put('/platform/config/archive/x', 'kept', long);
+  s.write(Array.from({ length: 150 }, (_, i) => ({ key: `/platform/flags/rollout/f${String(i).padStart(3, '0')}`, value: 'on' })));
+  return s;
+}
+
+function codes(result: AuditResult): Record<string, string> {
+  return Object.fromEntries(result.findings.map((f) => [f.code, f.severity]));
+}
+
+function finding(result: AuditResult, code: string, severity?: string): Finding | undefined {
+  return result.findings.find((f) => f.code === code && (!severity || f.severity === severity));
+}
+
+describe('runAudit without a mapping file (identity mapping)', () => {
+  it('reports every key shape, size, lease, group and pattern finding, with oversize values the only blocker', async () => {
+    const result = await runAudit({ source: platform(), config: emptyConfig() });
+    expect(result.mode).toBe('identity');
+    expect(result.totals.keys).toBe(165);
+    expect(codes(result)).toEqual({
+      value_too_large: 'blocker',
+      atomic_group_oversize: 'warning',
+      key_collision: 'warning',
+      key_dot_segment: 'warning',
+      key_empty_segment: 'warning',
+      key_invalid_utf8: 'warning',
+      key_leading_slash: 'warning',
+      kubernetes_prefix: 'warning',
+      lease_ttl_above_max: 'warning',
+      lease_ttl_below_min: 'warning',
+      lock_election_prefix: 'warning',
+      folder_key_with_value: 'info',
+      service_registration_prefix: 'info',
+      value_single_put: 'info',
+    });
+    expect(result.blockers).toBe(1);
+    expect(finding(result, 'key_collision')!.examples[0]).toMatchObject({ key: '/platform/shared' });
+    expect(finding(result, 'key_invalid_utf8')!.examples[0]!.key).toBe('/legacy/bin\\xff\\xfe');
+    expect(result.atomicGroups).toMatchObject({ multiKey: 1, overOps64: 1, overOps128: 1, splitAtTarget: 1 });
+    expect(result.leases).toMatchObject({ count: 3, belowSessionMin: 1, aboveSessionMax: 1 });
+    expect(result.limits.basis).toMatch(/no target/);
+    expect(result.estimate.basis.kind).toBe('reference');
+    expect(result.estimate.singlePutKeys).toBe(1);
+  });
+
+  it('never prints a value in any format', async () => {
+    const result = await runAudit({ source: platform(), config: emptyConfig() });
+    for (const format of ['text', 'json', 'yaml', 'markdown'] as const) {
+      const out = renderAudit(result, format);
+      expect(out).not.toContain(SECRET);
+      expect(out).not.toContain('holder');
+      expect(out).not.toContain('10.0.0.5');
+    }
+    const json = JSON.parse(renderAudit(result, 'json')) as Record<string, unknown>;
+    expect(json).toMatchObject({ version: 1, command: 'audit', status: 'findings', schemaVersion: 1 });
+    expect(parseYaml(renderAudit(result, 'yaml'))).toEqual(json);
+    expect(renderAudit(result, 'markdown')).toMatch(/^# etcd → Consul migration audit/);
+    expect(renderAudit(result, 'text')).toMatch(/identity mapping/);
+  });
+
+  it('reports the key "/" (empty once stripped), control characters and trailing spaces', async () => {
+    const s = new MemorySource();
+    s.put('/', 'root');
+    s.put('/a\u0001b', 'x');
+    s.put('/a ', 'x');
+    const result = await runAudit({ source: s, config: emptyConfig() });
+    expect(codes(result)).toEqual({ key_empty: 'warning', key_control_character: 'warning', key_trailing_space: 'warning' });
+    expect(finding(result, 'key_control_character')!.examples[0]!.key).toBe('/a\\x01b');
+  });
+
+  it('reads only the given prefixes', async () => {
+    const result = await runAudit({ source: platform(), config: emptyConfig(), prefixes: ['/legacy/', '/legacy/x'] });
+    expect(result.totals.keys).toBe(3);
+    expect(result.scope.ranges).toEqual(['prefix /legacy/']);
+  });
+
+  it('judges against the target: its version sets the op limit', async () => {
+    const old = await runAudit({ source: platform(), config: emptyConfig(), target: new MemoryTarget({ version: '1.13.9', txnMaxOps: 64 }) });
+    expect(old.limits).toMatchObject({ txnMaxOps: 64, revisionTxnOps: 62 });
+    expect(old.limits.basis).toMatch(/Consul 1\.13\.9/);
+  });
+
+  it('stops between pages when interrupted and says the report is partial', async () => {
+    const controller = new AbortController();
+    controller.abort();
+    const result = await runAudit({ source: platform(), config: emptyConfig(), signal: controller.signal });
+    expect(result.scope.interrupted).toBe(true);
+    expect(result.totals.keys).toBe(0);
+  });
+});
+
+describe('runAudit with a mapping file', () => {
+  const yaml = `
+version: 1
+id: t
+target: { limits: { txnMaxOps: 200 } }
+defaults: { unmapped: error }
+rules:
+  - { name: config, from: /platform/config/, to: platform/config/ }
+  - { name: flags, from: /platform/flags, to: platform/flags }
+  - { name: legacy, from: /legacy/, to: legacy/, keys: escape }
+  - { name: locks, from: /locks/, to: locks/, leases: skip }
+  - { name: services, from: /services/, to: services/ }
+  - { name: k8s, from: /registry/, action: keep }
+`;
+
+  it('judges per rule: escaped keys are info, kept and skipped prefixes are not blockers, unmapped keys block', async () => {
+    const loaded = parseConfig(yaml, 'migration.yaml');
+    const result = await runAudit({ source: platform(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    expect(result.mode).toBe('mapping');
+    expect(codes(result)).toMatchObject({
+      value_too_large: 'blocker',
+      unmapped_keys: 'blocker',
+      key_escaped: 'info',
+      kubernetes_prefix: 'info',
+      lock_election_prefix: 'info',
+      rule_from_without_slash: 'warning',
+      value_single_put: 'info',
+    });
+    // 150 keys in one revision fit 200 - 2 reserved ops.
+    expect(codes(result).atomic_group_oversize).toBeUndefined();
+    expect(finding(result, 'unmapped_keys')!.count).toBe(3);
+    expect(result.rules.find((r) => r.rule === 'legacy')).toMatchObject({ copyKeys: 3, escapedKeys: 3 });
+    expect(result.rules.find((r) => r.rule === 'locks')).toMatchObject({ copyKeys: 0, skippedKeys: 1 });
+    expect(result.rules.find((r) => r.rule === 'services')).toMatchObject({ copyKeys: 1, sessions: 1 });
+    expect(result.rules.find((r) => r.rule === 'k8s')).toMatchObject({ keptKeys: 1, copyKeys: 0 });
+    expect(result.limits.basis).toMatch(/migration\.yaml/);
+    // The 5 s lock lease is skipped, so no clamp is reported for it.
+    expect(finding(result, 'lease_ttl_below_min')).toBeUndefined();
+    expect(renderAudit(result, 'markdown')).toContain('## Rules');
+  });
+
+  it('makes key shapes blockers under reject and a copied Kubernetes prefix a blocker', async () => {
+    const loaded = parseConfig(`version: 1\nid: t\nrules:\n  - { name: all, from: /, to: all/ }\n`, 'm.yaml');
+    const result = await runAudit({ source: platform(), config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    expect(codes(result)).toMatchObject({ key_empty_segment: 'blocker', key_dot_segment: 'blocker', key_invalid_utf8: 'blocker', kubernetes_prefix: 'blocker', unmapped_keys: 'info' });
+    expect(finding(result, 'lease_ttl_below_min', 'warning')).toBeDefined();
+  });
+});
+
+/** etcd with RBAC: reads outside `allowed` prefixes are refused, as the etcd adapter reports them. */
+class DenyingSource extends MemorySource {
+  constructor(private readonly allowed: string[]) {
+    super();
+  }
+
+  override readPages(range: KeyRange, options?: ReadPagesOptions): AsyncIterable<SourcePage> {
+    const inside = this.allowed.some((p) => range.start.toString().startsWith(p) && range.end.length > 0 && Buffer.compare(range.end, prefixEnd(Buffer.from(p))) <= 0);
+    if (inside) return super.readPages(range, options);
+    return {
+      [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(new ServerError('etcd_permission_denied', 'etcd denied read: the user\'s role lacks the permission.')) }),
+    };
+  }
+
+  override async count(range: KeyRange, revision?: number): Promise<number> {
+    if (!this.allowed.some((p) => range.start.toString().startsWith(p))) throw new ServerError('etcd_permission_denied', 'denied');
+    return super.count(range, revision);
+  }
+}
+
+describe('runAudit with credentials that read only some ranges', () => {
+  it('falls back to the rules\' prefixes and reports what it could not read', async () => {
+    const source = new DenyingSource(['/app/']);
+    source.put('/app/a', '1');
+    source.put('/secret/b', SECRET);
+    const loaded = parseConfig('version: 1\nid: t\nrules:\n  - { name: app, from: /app/, to: app/ }\n  - { name: secret, from: /secret/, to: secret/ }\n', 'm.yaml');
+    const result = await runAudit({ source, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    expect(result.scope).toMatchObject({ rulesOnly: true, unreadable: ['prefix /secret/'] });
+    expect(result.totals.keys).toBe(1);
+    expect(result.unmapped).toBeNull();
+    const unreadable = result.findings.filter((f) => f.code === 'range_unreadable');
+    expect(unreadable.map((f) => [f.severity, f.examples.map((e) => e.prefix)])).toEqual([
+      ['blocker', ['prefix /secret/']],
+      ['warning', ['the whole keyspace']],
+    ]);
+  });
+
+  it('fails with a typed error when nothing at all is readable', async () => {
+    const source = new DenyingSource([]);
+    source.put('/x', '1');
+    await expect(runAudit({ source, config: emptyConfig() })).rejects.toMatchObject({ code: 'etcd_permission_denied', exitCode: 3 });
+  });
+});
+
+describe('sample, estimate, probe and the draft mapping', () => {
+  it('measures write rates per prefix from the watch stream and flags hot prefixes', async () => {
+    const source = new MemorySource();
+    const from = (await source.status()).revision + 1;
+    for (let i = 0; i < 30; i++) source.write(Array.from({ length: 100 }, (_, j) => ({ key: `/hot/k${j}`, value: `${i}` })));
+    source.put('/cold/a', '1');
+    let t = 0;
+    const sample = await sampleWrites({ source, ranges: [{ start: Buffer.from([0]), end: Buffer.alloc(0) }], fromRevision: from, durationMs: 1000, depth: 1, top: 5, router: identityRouter(524288), capacity: { ops: 62, bytes: 500_000 }, now: () => (t += 500) });
+    expect(sample.writes).toBe(3001);
+    expect(sample.revisions).toBe(31);
+    expect(sample.prefixes[0]).toMatchObject({ prefix: '/hot/', writes: 3000, writesPerSecond: 3000 });
+    expect(sample.groupsOverTarget).toBe(30);
+    expect(sampleFindings(sample).map((f) => [f.code, f.examples.map((e) => e.prefix)])).toEqual([['write_rate_high', ['/hot/']]]);
+  });
+
+  it('estimates from counts and throughput: txn keys, single PUTs and sessions', () => {
+    const estimate = estimateCopy({ keys: 29_001, valueBytes: 29_000 * 100, singlePutKeys: 1, sessions: 3000 }, referenceBasis());
+    expect(estimate.parts).toEqual({ txns: 1, singlePuts: 0, sessions: 1 });
+    expect(estimate.seconds).toBe(2);
+    // Large values: the byte rate bounds the keys rate.
+    expect(estimateCopy({ keys: 1000, valueBytes: 74_240_000, singlePutKeys: 0, sessions: 0 }, referenceBasis()).seconds).toBe(10);
+  });
+
+  it('--probe writes scratch keys under the state prefix and deletes them again', async () => {
+    const target = new MemoryTarget();
+    const result = await runAudit({ source: platform(), target, config: emptyConfig(), probe: true, runId: 'test' });
+    expect(result.estimate.basis.kind).toBe('probe');
+    expect(result.estimate.basis.throughput.txnKeysPerSecond).toBeGreaterThan(0);
+    expect(result.probe).toMatchObject({ keys: 512, singlePuts: 50 });
+    expect(target.writes).toBeGreaterThan(50);
+    expect(target.entries.size).toBe(0);
+  });
+
+  it('drafts a mapping that loads: keep for Kubernetes, skip for locks, escape where keys need it, no overlapping to', async () => {
+    const result = await runAudit({ source: platform(), config: emptyConfig(), depth: 3 });
+    const draft = draftMapping(result, { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
+    const loaded = parseConfig(draft.text, 'draft.yaml');
+    const rules = Object.fromEntries(loaded.config.rules.map((r) => [r.from, r]));
+    expect(rules['/registry/']).toMatchObject({ action: 'keep' });
+    expect(rules['/locks/']).toMatchObject({ leases: 'skip', to: 'locks/' });
+    expect(rules['/legacy/']).toMatchObject({ keys: 'escape', to: 'legacy/' });
+    expect(rules['/platform/']!.to).toBe('platform/');
+    expect(rules['platform/']!.to).toBe('platform-2/');
+    expect(rules['/services/']).toMatchObject({ leases: 'session' });
+    expect(draft.text).toContain('# ');
+    // The draft, audited, leaves only what no rule can fix (the oversize value) and the keys it could not place.
+    const audited = await runAudit({ source: platform(), config: loaded.config, configFile: 'draft.yaml', mapping: loaded.mapping });
+    expect(audited.findings.filter((f) => f.severity === 'blocker').map((f) => f.code).sort()).toEqual(['value_too_large']);
+  });
+});

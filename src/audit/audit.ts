@@ -1,0 +1,312 @@
+import pLimit from 'p-limit';
+import type { MigrationConfig } from '../config/load.js';
+import { isMigrateError } from '../errors.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { formatKey } from '../report/keys.js';
+import { statePaths } from '../state/state.js';
+import { prefixEnd } from '../stores/etcd.js';
+import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
+import type { KeyRange, SourceReader, TargetStore } from '../stores/types.js';
+import { estimateCopy, referenceBasis, type CopyEstimate } from './estimate.js';
+import {
+  blockerCount,
+  makeFinding,
+  sortFindings,
+  unreadableSeverity,
+  type AuditMode,
+  type Finding,
+} from './findings.js';
+import {
+  Inventory,
+  patternFindings,
+  summarizeGroups,
+  summarizeLeases,
+  txnCapacity,
+  type GroupSummary,
+  type InventorySnapshot,
+  type InventoryTotals,
+  type LeaseLookup,
+  type LeaseSummary,
+  type RuleTally,
+} from './inventory.js';
+import type { PrefixNode } from './prefix-tree.js';
+import { probeThroughput, type ProbeResult } from './probe.js';
+import type { RevisionGroupOptions } from './revision-groups.js';
+import { identityRouter, mappingRouter, type KeyRouter } from './router.js';
+import { sampleFindings, sampleWrites, type SampleSummary } from './sample.js';
+import { describeRange, disjointPrefixRanges, intersectRange, requireSomethingReadable, scanIdentityJoin, scanWithRuleFallback, splitAtSlash, wholeKeyspace, type ScanOutcome } from './scan.js';
+
+/** Version of the audit report's shape (`--format json|yaml`); see `src/audit/REPORT.md`. */
+export const AUDIT_SCHEMA_VERSION = 1;
+
+/** What the audit reports. Documented field by field in `src/audit/REPORT.md`. */
+export interface AuditResult {
+  schemaVersion: typeof AUDIT_SCHEMA_VERSION;
+  /** `mapping`: judged against migration.yaml; `identity`: no file, keys judged as they are with one leading `/` stripped. */
+  mode: AuditMode;
+  configFile: string | null;
+  migrationId: string | null;
+  source: { endpoint: string; version: string; clusterId: string; revision: number };
+  scope: {
+    /** The `--prefix` values the audit was limited to (`[]`: the whole keyspace). */
+    prefixes: string[];
+    /** What was read, e.g. `the whole keyspace` or `prefix /app/`. */
+    ranges: string[];
+    /** What etcd refused to read. */
+    unreadable: string[];
+    /** The whole keyspace was refused, so only the rules' ranges were read (unmapped keys are unknown). */
+    rulesOnly: boolean;
+    /** Ctrl-C stopped the pass: every figure covers only what was read. */
+    interrupted: boolean;
+  };
+  limits: {
+    txnMaxOps: number;
+    txnMaxBytes: number;
+    maxValueBytes: number;
+    /** Room one Consul txn leaves for one etcd revision (minus the dual-run's checkpoint and leader check). */
+    revisionTxnOps: number;
+    revisionTxnBytes: number;
+    /** Where the limits come from. */
+    basis: string;
+  };
+  depth: number;
+  top: number;
+  totals: InventoryTotals;
+  prefixes: PrefixNode;
+  values: InventorySnapshot['values'];
+  churn: InventorySnapshot['churn'];
+  leases: LeaseSummary;
+  atomicGroups: GroupSummary;
+  patterns: InventorySnapshot['patterns'];
+  /** Per rule (one `(identity)` row without a mapping file). */
+  rules: RuleTally[];
+  unmapped: { keys: number; valueBytes: number; policy: 'skip' | 'error' } | null;
+  sample: SampleSummary | null;
+  probe: Omit<ProbeResult, 'basis'> | null;
+  estimate: CopyEstimate;
+  findings: Finding[];
+  /** Findings of severity `blocker`; the audit exits 1 when there is any. */
+  blockers: number;
+  scan: { keys: number; pages: number; durationMs: number; keysPerSecond: number; spilledRuns: number };
+}
+
+export type AuditProgress =
+  | { phase: 'scan'; keys: number; total: number | undefined }
+  | { phase: 'leases'; done: number; total: number }
+  | { phase: 'groups' }
+  | { phase: 'probe' }
+  | { phase: 'sample'; remainingMs: number };
+
+export interface AuditInput {
+  source: SourceReader;
+  /** The target: its version sets the txn op limit, and `--probe` writes to it. Optional. */
+  target?: TargetStore;
+  config: MigrationConfig;
+  /** The mapping file; without one the audit judges the identity mapping. */
+  configFile?: string;
+  mapping?: Mapping;
+  /** Audit only these prefixes (default: the whole keyspace). */
+  prefixes?: readonly string[];
+  depth?: number;
+  top?: number;
+  pageKeys?: number;
+  /** Watch live traffic for this long (`--sample`). */
+  sampleMs?: number;
+  /** Measure the target's write throughput (`--probe`): writes and deletes scratch keys. */
+  probe?: boolean;
+  /** Leases looked up with `readLease` at most (default 10,000). */
+  leaseLookups?: number;
+  signal?: AbortSignal;
+  onProgress?: (progress: AuditProgress) => void;
+  now?: () => number;
+  /** A unique id for this run's probe folder. */
+  runId?: string;
+  groups?: RevisionGroupOptions;
+}
+
+export async function runAudit(input: AuditInput): Promise<AuditResult> {
+  const now = input.now ?? (() => performance.now());
+  const depth = input.depth ?? 2;
+  const top = input.top ?? 10;
+  const status = await input.source.status();
+  const revision = status.revision;
+  const limits = await resolveLimits(input);
+  const capacity = txnCapacity(limits);
+  const mode: AuditMode = input.configFile && input.mapping ? 'mapping' : 'identity';
+  const router: KeyRouter = mode === 'mapping' ? mappingRouter(input.mapping!, limits.maxValueBytes) : identityRouter(limits.maxValueBytes);
+  const scope = input.prefixes && input.prefixes.length > 0 ? disjointPrefixRanges(input.prefixes) : [wholeKeyspace()];
+
+  const sample = input.sampleMs && input.sampleMs > 0
+    ? sampleWrites({ source: input.source, ranges: scope, fromRevision: revision + 1, durationMs: input.sampleMs, depth, top, router, capacity, signal: input.signal })
+    : undefined;
+  // Keep a failing sample from becoming an unhandled rejection while the pass runs; it is awaited below.
+  sample?.catch(() => undefined);
+
+  const inventory = new Inventory({ mode, router, revision, depth, top, capacity, maxValueBytes: limits.maxValueBytes, streams: mode === 'identity' ? 2 : 1, groups: input.groups });
+  try {
+    const started = now();
+    const total = await countKeys(input.source, scope, revision);
+    const scanOptions = { source: input.source, revision, pageKeys: input.pageKeys ?? 5000, signal: input.signal, onPage: (keys: number) => input.onProgress?.({ phase: 'scan', keys, total }) };
+    let outcome: ScanOutcome;
+    let ranges = scope;
+    let rulesOnly = false;
+    if (mode === 'identity') {
+      const { slash, other } = splitAtSlash(scope);
+      outcome = await scanIdentityJoin(slash, other, scanOptions, (entry, stream) => inventory.consume(entry, router.route(entry.key, entry.value.length), stream), (a, b) => inventory.noteCollision(a, b, router.rules[0]!.name));
+    } else {
+      const scanned = await scanWithRuleFallback(scope, Boolean(input.prefixes?.length), router.rules.map((r) => r.from), scanOptions, (entry) => inventory.consume(entry, router.route(entry.key, entry.value.length)));
+      ({ outcome, ranges, rulesOnly } = scanned);
+    }
+    requireSomethingReadable(outcome, 'audit');
+    const scanMs = Math.max(1, now() - started);
+
+    const snapshot = inventory.snapshot();
+    const lookupIds = inventory.leasesToLookUp(input.leaseLookups ?? 10_000);
+    const lookups = await lookUpLeases(input.source, lookupIds, input.signal, (done) => input.onProgress?.({ phase: 'leases', done, total: lookupIds.length }));
+    const leases = summarizeLeases(inventory.leases.map.values(), inventory.untrackedLeasedKeys, lookups, top);
+    input.onProgress?.({ phase: 'groups' });
+    const groups = summarizeGroups(inventory.groups.groups(), capacity, top, inventory.groups.spilledRuns);
+
+    let probe: ProbeResult | null = null;
+    if (input.probe && input.target && !input.signal?.aborted) {
+      input.onProgress?.({ phase: 'probe' });
+      const meanValue = snapshot.copy.keys > 0 ? snapshot.copy.valueBytes / snapshot.copy.keys : 256;
+      probe = await probeThroughput(input.target, { scratchPrefix: statePaths(input.config.state.prefix, input.config.id).scratch, runId: input.runId ?? String(Date.now()), capacity, valueBytes: meanValue, signal: input.signal });
+    }
+    const sampled = sample ? await sample : null;
+
+    const unreadable = outcome.unreadable;
+    const findings: Finding[] = [
+      ...inventory.findings.findings(),
+      ...leases.findings,
+      ...groups.findings,
+      ...patternFindings(snapshot.patterns, mode),
+      ...(mode === 'mapping' ? fromWithoutSlash(input.mapping!) : []),
+      ...unreadableFindings(unreadable, rulesOnly, router, mode),
+      ...(sampled ? sampleFindings(sampled) : []),
+    ];
+    sortFindings(findings);
+    const estimate = estimateCopy(snapshot.copy, probe?.basis ?? referenceBasis());
+    const { basis: _basis, ...probeFigures } = probe ?? { basis: undefined };
+    return {
+      schemaVersion: AUDIT_SCHEMA_VERSION,
+      mode,
+      configFile: mode === 'mapping' ? input.configFile ?? null : null,
+      migrationId: mode === 'mapping' ? input.config.id : null,
+      source: { endpoint: status.endpoint, version: status.version, clusterId: status.clusterId, revision },
+      scope: { prefixes: (input.prefixes ?? []).map((p) => formatKey(p)), ranges: ranges.map(describeRange), unreadable: unreadable.map(describeRange), rulesOnly, interrupted: outcome.interrupted },
+      limits: { ...limits, revisionTxnOps: capacity.ops, revisionTxnBytes: capacity.bytes },
+      depth,
+      top,
+      totals: snapshot.totals,
+      prefixes: snapshot.prefixes,
+      values: snapshot.values,
+      churn: snapshot.churn,
+      leases: leases.summary,
+      atomicGroups: groups.summary,
+      patterns: snapshot.patterns,
+      rules: snapshot.rules,
+      unmapped: snapshot.unmapped && !rulesOnly ? { ...snapshot.unmapped, policy: router.unmapped } : null,
+      sample: sampled,
+      probe: probe ? (probeFigures as Omit<ProbeResult, 'basis'>) : null,
+      estimate,
+      findings,
+      blockers: blockerCount(findings),
+      scan: { keys: outcome.keys, pages: outcome.pages, durationMs: Math.round(scanMs), keysPerSecond: Math.round((outcome.keys / scanMs) * 1000), spilledRuns: inventory.groups.spilledRuns },
+    };
+  } finally {
+    inventory.close();
+  }
+}
+
+/**
+ * The limits the audit judges against: `target.limits` from the file, else
+ * what the target says (its version sets the op limit), else Consul's
+ * defaults with the pre-1.14 op limit of 64, the safe assumption.
+ */
+async function resolveLimits(input: AuditInput): Promise<AuditResult['limits'] & { basis: string }> {
+  const configured = input.config.target.limits ?? {};
+  let txnMaxOps = configured.txnMaxOps;
+  let basis: string;
+  if (txnMaxOps !== undefined) basis = 'target.limits.txnMaxOps in migration.yaml';
+  else if (input.target) {
+    try {
+      const info = await input.target.info();
+      txnMaxOps = info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
+      basis = info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      txnMaxOps = 64;
+      basis = `Consul was not reachable (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
+    }
+  } else {
+    txnMaxOps = 64;
+    basis = 'no target given: assuming the pre-1.14 limit of 64 ops';
+  }
+  return {
+    txnMaxOps,
+    txnMaxBytes: configured.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
+    maxValueBytes: configured.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
+    revisionTxnOps: 0,
+    revisionTxnBytes: 0,
+    basis,
+  };
+}
+
+/** Keys in scope, for progress; unknown when etcd refuses the count. */
+async function countKeys(source: SourceReader, ranges: readonly KeyRange[], revision: number): Promise<number | undefined> {
+  let total = 0;
+  for (const range of ranges) {
+    try {
+      total += await source.count(range, revision);
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      return undefined;
+    }
+  }
+  return total;
+}
+
+/** Looks up leases (TTL) with bounded concurrency; a failed lookup leaves the lease out. */
+async function lookUpLeases(source: SourceReader, ids: readonly string[], signal: AbortSignal | undefined, onDone: (done: number) => void): Promise<Map<string, LeaseLookup>> {
+  const limit = pLimit(16);
+  const found = new Map<string, LeaseLookup>();
+  let done = 0;
+  await Promise.all(ids.map((id) => limit(async () => {
+    if (signal?.aborted) return;
+    try {
+      const info = await source.readLease(id);
+      found.set(id, { id, ttl: info.ttl, grantedTtl: info.grantedTtl });
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+    }
+    done++;
+    if (done % 100 === 0 || done === ids.length) onDone(done);
+  })));
+  return found;
+}
+
+function fromWithoutSlash(mapping: Mapping): Finding[] {
+  const loose = mapping.warnings.filter((w) => w.code === 'from-without-trailing-slash');
+  if (loose.length === 0) return [];
+  const rules = mapping.rules.filter((r) => loose.some((w) => w.rule === r.name));
+  return [makeFinding('rule_from_without_slash', 'warning', rules.length, rules.map((r) => ({ rule: r.name, prefix: r.from, detail: loose.find((w) => w.rule === r.name)!.message })), rules.map((r) => r.name))];
+}
+
+function unreadableFindings(unreadable: readonly KeyRange[], rulesOnly: boolean, router: KeyRouter, mode: AuditMode): Finding[] {
+  const findings: Finding[] = [];
+  const copyRules = router.rules.filter((r) => r.action === 'copy');
+  const copied = (range: KeyRange) => mode === 'identity' || copyRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from))) !== undefined);
+  const blockers = unreadable.filter((r) => unreadableSeverity(mode, copied(r)) === 'blocker');
+  const warnings = unreadable.filter((r) => !blockers.includes(r));
+  const example = (r: KeyRange) => ({ prefix: describeRange(r), rule: copyRules.find((rule) => intersectRange(r, Buffer.from(rule.from), prefixEnd(Buffer.from(rule.from))))?.name });
+  if (blockers.length > 0) findings.push(makeFinding('range_unreadable', 'blocker', blockers.length, blockers.map(example)));
+  if (rulesOnly) {
+    warnings.push(wholeKeyspace());
+  }
+  if (warnings.length > 0) {
+    const whole = (r: KeyRange) => r.start.length === 1 && r.start[0] === 0 && r.end.length === 0;
+    findings.push(makeFinding('range_unreadable', 'warning', warnings.length, warnings.map((r) => (rulesOnly && whole(r) ? { prefix: describeRange(r), detail: 'only the rules\' prefixes were audited: keys outside every rule (unmapped) are unknown' } : example(r)))));
+  }
+  return findings;
+}

@@ -1,0 +1,161 @@
+import { formatKey } from '../report/keys.js';
+import type { KeyRange, SourceReader, SourceWatch } from '../stores/types.js';
+import { GROUP_OPS_BOUNDS, Histogram, type HistogramBucket } from './aggregate.js';
+import { SINGLE_KEY_WRITES_PER_SECOND, makeFinding, type Finding } from './findings.js';
+import type { TxnCapacity } from './inventory.js';
+import { prefixEndAtDepth } from './prefix-tree.js';
+import type { KeyRouter } from './router.js';
+
+/**
+ * `--sample <duration>`: watch live traffic for a while and measure writes
+ * per second per prefix, and the sizes of live revision groups (etcd
+ * transactions as the dual-run would replay them). Memory is bounded by the
+ * prefix cap; events are counted, never kept.
+ */
+export interface SamplePrefix {
+  prefix: string;
+  writes: number;
+  /** Writes to keys a copy rule would replicate. */
+  replicatedWrites: number;
+  writesPerSecond: number;
+  replicatedPerSecond: number;
+}
+
+export interface SampleSummary {
+  durationMs: number;
+  revisions: number;
+  writes: number;
+  puts: number;
+  deletes: number;
+  writesPerSecond: number;
+  revisionsPerSecond: number;
+  /** The busiest prefixes (at the audit's depth). */
+  prefixes: SamplePrefix[];
+  /** Prefixes beyond the cap, counted together. */
+  otherWrites: number;
+  /** Replicated writes per revision. */
+  groupSizes: HistogramBucket[];
+  largestGroup: number;
+  /** Live revisions whose replicated writes need more than one Consul txn. */
+  groupsOverTarget: number;
+  /** Watches that failed (the sample covers the others). */
+  errors: string[];
+}
+
+export interface SampleInput {
+  source: SourceReader;
+  ranges: readonly KeyRange[];
+  fromRevision: number;
+  durationMs: number;
+  depth: number;
+  top: number;
+  router: KeyRouter;
+  capacity: TxnCapacity;
+  signal?: AbortSignal;
+  now?: () => number;
+  /** Distinct prefixes counted individually (default 1,000). */
+  prefixCap?: number;
+}
+
+export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
+  const now = input.now ?? Date.now;
+  const prefixCap = input.prefixCap ?? 1000;
+  const counts = new Map<string, { writes: number; replicated: number }>();
+  const groupSizes = new Histogram(GROUP_OPS_BOUNDS);
+  const errors: string[] = [];
+  let revisions = 0;
+  let writes = 0;
+  let puts = 0;
+  let deletes = 0;
+  let largestGroup = 0;
+  let groupsOverTarget = 0;
+  const started = now();
+  const watches: SourceWatch[] = [];
+  const closeAll = () => {
+    for (const watch of watches) void watch.close();
+  };
+  const timer = setTimeout(closeAll, input.durationMs);
+  const onAbort = () => closeAll();
+  input.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    await Promise.all(input.ranges.map(async (range) => {
+      let watch: SourceWatch;
+      try {
+        watch = await input.source.watch(range, input.fromRevision);
+      } catch (err) {
+        errors.push((err as Error).message);
+        return;
+      }
+      watches.push(watch);
+      if (now() - started >= input.durationMs || input.signal?.aborted) void watch.close();
+      try {
+        for await (const message of watch) {
+          if (message.kind !== 'revision') continue;
+          revisions++;
+          let replicated = 0;
+          for (const event of message.events) {
+            writes++;
+            if (event.type === 'put') puts++;
+            else deletes++;
+            const key = event.entry.key;
+            const routed = input.router.route(key, event.entry.value.length);
+            const isReplicated = routed.kind === 'mapped' && !(event.entry.lease !== '0' && routed.rule.leases === 'skip');
+            if (isReplicated) replicated++;
+            const prefix = formatKey(key.subarray(0, prefixEndAtDepth(key, input.depth)));
+            let count = counts.get(prefix);
+            if (!count) {
+              if (counts.size >= prefixCap) continue;
+              count = { writes: 0, replicated: 0 };
+              counts.set(prefix, count);
+            }
+            count.writes++;
+            if (isReplicated) count.replicated++;
+          }
+          if (replicated > 0) {
+            groupSizes.add(replicated);
+            if (replicated > largestGroup) largestGroup = replicated;
+            if (replicated > input.capacity.ops) groupsOverTarget++;
+          }
+        }
+      } catch (err) {
+        errors.push((err as Error).message);
+      }
+    }));
+  } finally {
+    clearTimeout(timer);
+    input.signal?.removeEventListener('abort', onAbort);
+    closeAll();
+  }
+  const durationMs = Math.max(1, Math.min(now() - started, Math.max(input.durationMs, 1)));
+  const seconds = durationMs / 1000;
+  const prefixes = [...counts.entries()]
+    .map(([prefix, c]) => ({ prefix, writes: c.writes, replicatedWrites: c.replicated, writesPerSecond: round(c.writes / seconds), replicatedPerSecond: round(c.replicated / seconds) }))
+    .sort((a, b) => b.writes - a.writes || (a.prefix < b.prefix ? -1 : 1));
+  const shown = prefixes.filter((p, i) => i < input.top || p.replicatedPerSecond > SINGLE_KEY_WRITES_PER_SECOND);
+  return {
+    durationMs,
+    revisions,
+    writes,
+    puts,
+    deletes,
+    writesPerSecond: round(writes / seconds),
+    revisionsPerSecond: round(revisions / seconds),
+    prefixes: shown,
+    otherWrites: writes - shown.reduce((n, p) => n + p.writes, 0),
+    groupSizes: groupSizes.buckets(),
+    largestGroup,
+    groupsOverTarget,
+    errors,
+  };
+}
+
+function round(n: number): number {
+  return Math.round(n * 10) / 10;
+}
+
+/** Prefixes whose replicated write rate exceeds what single-key Consul writes sustain (pure). */
+export function sampleFindings(sample: SampleSummary): Finding[] {
+  const hot = sample.prefixes.filter((p) => p.replicatedPerSecond > SINGLE_KEY_WRITES_PER_SECOND);
+  if (hot.length === 0) return [];
+  return [makeFinding('write_rate_high', 'warning', hot.length, hot.map((p) => ({ prefix: p.prefix, count: p.replicatedWrites, detail: `${p.replicatedPerSecond} replicated writes/s over ${(sample.durationMs / 1000).toFixed(1)} s (single-key Consul writes: ~${SINGLE_KEY_WRITES_PER_SECOND}/s)` })))];
+}

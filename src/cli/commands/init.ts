@@ -1,0 +1,80 @@
+import { Command } from 'commander';
+import { ExitCode, UsageError } from '../../errors.js';
+import type { CommandContext, GlobalOptions } from '../context.js';
+import type { CommandRegistrar } from '../main.js';
+import { auditWithStores } from './audit.js';
+import { collect } from './audit-flags.js';
+
+/** Levels of a prefix as the audit's prefix tree counts them (a leading "/" belongs to the first segment). */
+function levelsOf(prefix: string): number {
+  const body = prefix.startsWith('/') ? prefix.slice(1) : prefix;
+  return body.split('/').length - 1;
+}
+
+interface InitFlags {
+  output?: string;
+  force?: boolean;
+  id?: string;
+  prefix: string[];
+}
+
+export function registerInit({ add }: CommandRegistrar): void {
+  add(
+    new Command('init')
+      .description('audit etcd and write a commented draft migration.yaml: a rule per top-level prefix, keep for Kubernetes, leases: skip for locks and elections (reads only; writes the file)')
+      .option('-o, --output <file>', 'where to write the draft', 'migration.yaml')
+      .option('--force', 'overwrite an existing file')
+      .option('--id <id>', 'the migration id in the draft', 'etcd-to-consul')
+      .option('--prefix <prefix>', 'audit only this etcd prefix (repeatable); rules are drafted for the prefixes just below it', collect, [])
+      .addHelpText('after', '\nExamples:\n  migrate init\n  migrate init --output staging.yaml --id staging\n'),
+    ['text', 'json'],
+    async (ctx, options: InitFlags & GlobalOptions) => {
+      const { resolve } = await import('node:path');
+      const { existsSync } = await import('node:fs');
+      const file = resolve(ctx.io.cwd, options.output ?? 'migration.yaml');
+      // Refuse before the audit runs: a long audit that ends in "file exists" wastes the user's time.
+      if (existsSync(file) && !options.force) throw fileExists(file);
+      const { emptyConfig } = await import('../../config/load.js');
+      const { compileMapping } = await import('../../mapping/mapping.js');
+      const parsed = { config: emptyConfig(), file: undefined, document: undefined, lineCounter: undefined };
+      const loaded = { ...parsed, mapping: compileMapping(parsed) };
+      // Rules go one level below each audited prefix (or at the top level): look exactly that deep, and keep many.
+      const depth = 1 + Math.max(0, ...options.prefix.map(levelsOf));
+      const result = await auditWithStores(ctx, options, loaded, { depth, top: 100, pageKeys: 5000, sampleMs: undefined, probe: false, prefixes: options.prefix, identity: true });
+      if (result.scope.interrupted) return ExitCode.interrupted;
+      const draft = await writeDraft(ctx, result, { file, force: Boolean(options.force), id: options.id ?? 'etcd-to-consul' });
+      if (ctx.format === 'json') {
+        const { renderEnvelope } = await import('../../report/envelope.js');
+        ctx.result(renderEnvelope('init', 'ok', { file, rules: draft.rules.map((r) => ({ name: r.name, from: r.from, to: r.action === 'keep' ? null : r.to, action: r.action, keys: r.keys ?? null, leases: r.leases ?? null })), notes: draft.notes, audit: { keys: result.totals.keys, findings: result.findings.map((f) => ({ code: f.code, severity: f.severity, count: f.count })) } }));
+      } else {
+        const lines = [`wrote ${file}: ${draft.rules.length} rule(s) from an audit of ${result.totals.keys} keys`];
+        for (const r of draft.rules) lines.push(`  ${r.name.padEnd(24)} ${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.to}${r.leases ? `  leases: ${r.leases}` : ''}${r.keys ? `  keys: ${r.keys}` : ''}`);
+        for (const note of draft.notes) lines.push(`note: ${note}`);
+        lines.push(`next: review ${file}, then run \`migrate audit -c ${options.output ?? 'migration.yaml'}\` and \`migrate plan\``);
+        ctx.result(lines.join('\n'));
+      }
+      return ExitCode.ok;
+    },
+  );
+}
+
+function fileExists(file: string): UsageError {
+  return new UsageError('file_exists', `${file} already exists; migrate init does not overwrite it.`, { hint: 'Pass --force to overwrite it, or --output <file> to write the draft elsewhere.' });
+}
+
+/** Writes the draft mapping of an audit (`init`, `audit --suggest-mapping`); refuses to overwrite without `force`. */
+export async function writeDraft(ctx: CommandContext, result: import('../../audit/audit.js').AuditResult, options: { file: string; force: boolean; id: string }): Promise<import('../../audit/suggest.js').MappingDraft> {
+  const { resolve } = await import('node:path');
+  const { writeFileSync } = await import('node:fs');
+  const { draftMapping } = await import('../../audit/suggest.js');
+  const file = resolve(ctx.io.cwd, options.file);
+  const draft = draftMapping(result, { id: options.id, generatedAt: new Date().toISOString() });
+  try {
+    writeFileSync(file, draft.text, { flag: options.force ? 'w' : 'wx' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw fileExists(file);
+    throw new UsageError('file_unwritable', `Cannot write ${file}: ${(err as Error).message}.`, { hint: 'Check the directory and its permissions, or pass another path.' });
+  }
+  if (ctx.format === 'text' && ctx.command === 'audit') ctx.log(`wrote a draft mapping to ${file} (${draft.rules.length} rules); review it before use`);
+  return draft;
+}

@@ -1,0 +1,61 @@
+import { Command } from 'commander';
+import { ExitCode } from '../../errors.js';
+import type { GlobalOptions } from '../context.js';
+import type { CommandRegistrar } from '../main.js';
+import { collect, wholeNumber } from './audit-flags.js';
+
+interface PlanFlags {
+  prefix: string[];
+  pageKeys?: string;
+  list?: string;
+}
+
+export function registerPlan({ add }: CommandRegistrar): void {
+  add(
+    new Command('plan')
+      .description('resolve migration.yaml against the live keyspace: per rule the keys and bytes to copy, sessions to create, keys kept on etcd, unmapped and unmappable keys (reads only)')
+      .option('--prefix <prefix>', 'plan only this etcd prefix (repeatable; default the whole keyspace)', collect, [])
+      .option('--page-keys <n>', 'etcd keys per read page', '5000')
+      .option('--list <n>', 'unmappable keys listed at most (the total is always exact)', '1000')
+      .addHelpText('after', '\nExamples:\n  migrate plan -c migration.yaml\n  migrate plan --format markdown > plan.md\n'),
+    ['text', 'json', 'markdown'],
+    async (ctx, options: PlanFlags & GlobalOptions) => {
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, 5000, 1);
+      const listCap = wholeNumber('--list', options.list, 1000, 0);
+      const { loadConfig } = await import('../../config/load.js');
+      const { resolveConnections } = await import('../../config/connections.js');
+      const { EtcdSource } = await import('../../stores/etcd.js');
+      const { runPlan } = await import('../../plan/plan.js');
+      const { renderPlan } = await import('../../plan/render.js');
+      const { createProgressView } = await import('../../report/progress.js');
+      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const source = new EtcdSource(connections.source);
+      const view = createProgressView(ctx);
+      const progress = { title: 'planning', items: [{ name: 'keys', total: 0, done: 0, bytes: 0 }], retries: 0, startedAt: Date.now() };
+      try {
+        const result = await runPlan({
+          source,
+          config: loaded.config,
+          configFile: loaded.file!,
+          mapping: loaded.mapping,
+          prefixes: options.prefix,
+          pageKeys,
+          listCap,
+          signal: ctx.signal,
+          onProgress: (keys, total) => {
+            progress.items[0] = { name: 'keys', total: total ?? keys, done: keys, bytes: 0 };
+            view.update(progress);
+          },
+        });
+        await view.close();
+        ctx.result(renderPlan(result, ctx.format));
+        if (result.scope.interrupted) return ExitCode.interrupted;
+        return result.blockers.length > 0 ? ExitCode.findings : ExitCode.ok;
+      } finally {
+        await view.close();
+        source.close();
+      }
+    },
+  );
+}

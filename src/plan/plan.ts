@@ -1,0 +1,149 @@
+import type { MigrationConfig } from '../config/load.js';
+import type { Mapping } from '../mapping/mapping.js';
+import type { UnmappableReason } from '../mapping/route.js';
+import { formatKey } from '../report/keys.js';
+import type { SourceReader } from '../stores/types.js';
+import { CappedList } from '../audit/aggregate.js';
+import { txnCapacity, estimateOpBytes } from '../audit/inventory.js';
+import { mappingRouter } from '../audit/router.js';
+import { describeRange, disjointPrefixRanges, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
+import { RuleTallies, handlingOf, type RuleTally } from '../audit/tally.js';
+import { prefixEnd } from '../stores/etcd.js';
+import { DEFAULT_TXN_MAX_BYTES } from '../stores/txn-batcher.js';
+
+/**
+ * `migrate plan`: the mapping resolved against the live keyspace at one
+ * pinned revision. Per rule: keys and bytes to copy, sessions to create,
+ * keys kept on etcd; then the keys outside every rule and every key Consul
+ * cannot take (a capped list with the total). Blockers make it exit 1.
+ * One streamed pass, memory bounded by the page and the caps.
+ */
+export const PLAN_SCHEMA_VERSION = 1;
+
+export interface PlanKey {
+  key: string;
+  rule: string;
+  reason: UnmappableReason;
+  detail: string;
+  /** The value's size, for `value-too-large`. */
+  size?: number;
+}
+
+export interface PlanBlocker {
+  code: 'unmappable_keys' | 'unmapped_keys' | 'range_unreadable';
+  count: number;
+  message: string;
+  hint: string;
+}
+
+export interface PlanResult {
+  schemaVersion: typeof PLAN_SCHEMA_VERSION;
+  configFile: string;
+  migrationId: string;
+  source: { endpoint: string; version: string; clusterId: string; revision: number };
+  scope: { ranges: string[]; unreadable: string[]; rulesOnly: boolean; interrupted: boolean };
+  maxValueBytes: number;
+  rules: RuleTally[];
+  totals: { copyKeys: number; copyValueBytes: number; sessions: number; keptKeys: number; skippedLeasedKeys: number; unmappedKeys: number; unmappableKeys: number; escapedKeys: number };
+  /** Keys outside every rule (`null` when only the rules' prefixes could be read). */
+  unmapped: { keys: number; valueBytes: number; policy: 'skip' | 'error'; examples: string[] } | null;
+  unmappable: { total: number; byReason: Partial<Record<UnmappableReason, number>>; keys: PlanKey[] };
+  blockers: PlanBlocker[];
+}
+
+export interface PlanInput {
+  source: SourceReader;
+  config: MigrationConfig;
+  configFile: string;
+  mapping: Mapping;
+  /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
+  prefixes?: readonly string[];
+  pageKeys?: number;
+  /** Unmappable keys listed at most (default 1,000); the total is always exact. */
+  listCap?: number;
+  signal?: AbortSignal;
+  onProgress?: (keys: number, total: number | undefined) => void;
+}
+
+export async function runPlan(input: PlanInput): Promise<PlanResult> {
+  const status = await input.source.status();
+  const revision = status.revision;
+  const maxValueBytes = input.mapping.maxValueBytes;
+  const router = mappingRouter(input.mapping, maxValueBytes);
+  const capacity = txnCapacity({ txnMaxOps: input.config.target.limits?.txnMaxOps ?? 64, txnMaxBytes: input.config.target.limits?.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES });
+  const tallies = new RuleTallies(router.rules);
+  const unmappable = new CappedList<PlanKey>(input.listCap ?? 1000);
+  const byReason: Partial<Record<UnmappableReason, number>> = {};
+  const unmappedExamples = new CappedList<string>(100);
+  let unmappedKeys = 0;
+  let unmappedBytes = 0;
+  const explicit = Boolean(input.prefixes?.length);
+  const scope = explicit ? disjointPrefixRanges(input.prefixes!) : [wholeKeyspace()];
+  let total: number | undefined;
+  try {
+    total = 0;
+    for (const range of scope) total += await input.source.count(range, revision);
+  } catch {
+    total = undefined;
+  }
+  const { outcome, ranges, rulesOnly } = await scanWithRuleFallback(scope, explicit, router.rules.map((r) => r.from), {
+    source: input.source,
+    revision,
+    pageKeys: input.pageKeys ?? 5000,
+    signal: input.signal,
+    onPage: (keys) => input.onProgress?.(keys, total),
+  }, (entry) => {
+    const routed = router.route(entry.key, entry.value.length);
+    const leased = entry.lease !== '0';
+    const handling = handlingOf(routed, leased);
+    const copied = handling === 'copy' || handling === 'session' || handling === 'persist';
+    tallies.add(routed, entry, handling, copied && estimateOpBytes(entry.key.length, entry.value.length) > capacity.bytes);
+    if (routed.kind === 'unmapped') {
+      unmappedKeys++;
+      unmappedBytes += entry.value.length;
+      unmappedExamples.add(() => formatKey(entry.key));
+    } else if (routed.kind === 'unmappable' && handling === 'rejected') {
+      byReason[routed.reason] = (byReason[routed.reason] ?? 0) + 1;
+      unmappable.add(() => ({ key: formatKey(entry.key), rule: routed.rule.name, reason: routed.reason, detail: routed.detail, ...(routed.reason === 'value-too-large' ? { size: entry.value.length } : {}) }));
+    }
+  });
+  requireSomethingReadable(outcome, 'plan');
+
+  const rules = tallies.list();
+  const sum = (f: (r: RuleTally) => number) => rules.reduce((n, r) => n + f(r), 0);
+  const totals = {
+    copyKeys: sum((r) => r.copyKeys),
+    copyValueBytes: sum((r) => r.copyValueBytes),
+    sessions: sum((r) => r.sessions),
+    keptKeys: sum((r) => r.keptKeys),
+    skippedLeasedKeys: sum((r) => r.skippedKeys),
+    unmappedKeys,
+    unmappableKeys: unmappable.total,
+    escapedKeys: sum((r) => r.escapedKeys),
+  };
+  const blockers: PlanBlocker[] = [];
+  if (unmappable.total > 0) {
+    blockers.push({ code: 'unmappable_keys', count: unmappable.total, message: `${unmappable.total} keys under copy rules cannot be written to Consul (${Object.entries(byReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`, hint: 'Set `keys: escape` on the rules for key shapes, move or shrink oversize values, or keep the prefix on etcd (`action: keep`).' });
+  }
+  if (!rulesOnly && unmappedKeys > 0 && router.unmapped === 'error') {
+    blockers.push({ code: 'unmapped_keys', count: unmappedKeys, message: `${unmappedKeys} keys are outside every rule and defaults.unmapped is error`, hint: 'Add rules (or keep rules) for them, or set defaults.unmapped: skip to leave them on etcd.' });
+  }
+  const copyRules = router.rules.filter((r) => r.action === 'copy');
+  const unreadableCopied = outcome.unreadable.filter((range) => copyRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from)))));
+  if (unreadableCopied.length > 0) {
+    blockers.push({ code: 'range_unreadable', count: unreadableCopied.length, message: `etcd refused to read ${unreadableCopied.map(describeRange).join(', ')}, which copy rules cover`, hint: 'Grant the etcd user read on every rule range (`migrate acl` prints the role).' });
+  }
+  return {
+    schemaVersion: PLAN_SCHEMA_VERSION,
+    configFile: input.configFile,
+    migrationId: input.config.id,
+    source: { endpoint: status.endpoint, version: status.version, clusterId: status.clusterId, revision },
+    scope: { ranges: ranges.map(describeRange), unreadable: outcome.unreadable.map(describeRange), rulesOnly, interrupted: outcome.interrupted },
+    maxValueBytes,
+    rules,
+    totals,
+    unmapped: rulesOnly ? null : { keys: unmappedKeys, valueBytes: unmappedBytes, policy: router.unmapped, examples: unmappedExamples.items },
+    unmappable: { total: unmappable.total, byReason, keys: unmappable.items },
+    blockers,
+  };
+}

@@ -1,0 +1,81 @@
+import type { Format } from '../cli/context.js';
+import { renderEnvelope } from '../report/envelope.js';
+import { formatBytes, formatCount, mdCode, plural } from '../audit/render.js';
+import type { PlanResult } from './plan.js';
+
+/** Text, JSON (one envelope) and markdown renderings of a plan. Values never appear. */
+export function renderPlan(result: PlanResult, format: Format): string {
+  if (format === 'json') return renderEnvelope('plan', result.blockers.length > 0 ? 'findings' : 'ok', { ...result });
+  if (format === 'markdown') return renderPlanMarkdown(result);
+  return renderPlanText(result);
+}
+
+function ruleLine(r: PlanResult['rules'][number]): string {
+  if (r.action === 'keep') return `keep ${plural(r.keptKeys, 'keys')} on etcd`;
+  const parts = [`${plural(r.copyKeys, 'keys')} (${formatBytes(r.copyValueBytes)}) to copy`, `${plural(r.sessions, 'sessions')}${r.sessionsAtLeast ? ' or more' : ''}`];
+  if (r.escapedKeys) parts.push(`${formatCount(r.escapedKeys)} escaped`);
+  if (r.skippedKeys) parts.push(`${formatCount(r.skippedKeys)} leased keys skipped`);
+  if (r.persistedKeys) parts.push(`${formatCount(r.persistedKeys)} leased keys persisted`);
+  if (r.unmappableKeys) parts.push(`${formatCount(r.unmappableKeys)} UNMAPPABLE`);
+  return parts.join(', ');
+}
+
+export function renderPlanText(result: PlanResult): string {
+  const lines: string[] = [];
+  const s = result.source;
+  lines.push(`Plan for migration "${result.migrationId}" (${result.configFile}) against etcd ${s.version} at ${s.endpoint}, revision ${s.revision}${result.scope.interrupted ? ' (INTERRUPTED: partial)' : ''}`);
+  lines.push(`Scope: ${result.scope.ranges.join(', ')}${result.scope.unreadable.length ? `; NOT readable: ${result.scope.unreadable.join(', ')}` : ''}`);
+  lines.push('');
+  lines.push('Rules:');
+  for (const r of result.rules) lines.push(`  ${r.rule.padEnd(22)} ${`${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.to}`.padEnd(40)} ${ruleLine(r)}`);
+  if (result.unmapped) lines.push(`  ${'(unmapped)'.padEnd(22)} ${''.padEnd(40)} ${plural(result.unmapped.keys, 'keys')} outside every rule (unmapped: ${result.unmapped.policy})`);
+  else lines.push('  (unmapped)             unknown: only the rules\' prefixes could be read');
+  const t = result.totals;
+  lines.push('');
+  lines.push(`Totals: ${plural(t.copyKeys, 'keys')} (${formatBytes(t.copyValueBytes)}) to copy, ${plural(t.sessions, 'sessions')} to create, ${formatCount(t.keptKeys)} kept on etcd, ${formatCount(t.skippedLeasedKeys)} leased keys skipped, ${formatCount(t.unmappedKeys)} unmapped, ${formatCount(t.unmappableKeys)} unmappable`);
+  if (result.unmappable.total > 0) {
+    lines.push('');
+    lines.push(`Unmappable keys (${formatCount(result.unmappable.total)}${result.unmappable.keys.length < result.unmappable.total ? `, first ${result.unmappable.keys.length} listed` : ''}):`);
+    for (const k of result.unmappable.keys) lines.push(`  ${k.key}  [${k.rule}] ${k.reason}${k.size !== undefined ? ` (${formatCount(k.size)} bytes)` : ''}: ${k.detail}`);
+  }
+  if (result.unmapped && result.unmapped.keys > 0) {
+    lines.push('');
+    lines.push(`Unmapped keys (${formatCount(result.unmapped.keys)}${result.unmapped.examples.length < result.unmapped.keys ? `, first ${result.unmapped.examples.length}` : ''}):`);
+    for (const k of result.unmapped.examples.slice(0, 20)) lines.push(`  ${k}`);
+    if (result.unmapped.examples.length > 20) lines.push(`  … (${formatCount(result.unmapped.keys - 20)} more; --format json lists up to ${result.unmapped.examples.length})`);
+  }
+  lines.push('');
+  if (result.blockers.length === 0) lines.push('Result: no blockers; `migrate copy --dry-run` shows the exact operations.');
+  else {
+    lines.push(`Result: ${result.blockers.length} blocker(s): exit 1.`);
+    for (const b of result.blockers) lines.push(`  BLOCKER ${b.code}: ${b.message}\n          next: ${b.hint}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export function renderPlanMarkdown(result: PlanResult): string {
+  const out: string[] = [];
+  const t = result.totals;
+  out.push(`# Migration plan: ${result.migrationId}`, '');
+  out.push(result.blockers.length ? `**${result.blockers.length} blocker(s)** remain.` : '**No blockers.**', '');
+  out.push(`etcd ${result.source.version}, cluster ${result.source.clusterId}, revision ${result.source.revision}; mapping \`${result.configFile}\`.`, '');
+  out.push('| Rule | From → To | Policy | Keys to copy | Bytes | Sessions | Kept | Skipped (leased) | Unmappable |', '|---|---|---|---:|---:|---:|---:|---:|---:|');
+  for (const r of result.rules) {
+    out.push(`| ${mdCode(r.rule)} | ${mdCode(r.from)} → ${r.action === 'keep' ? '(etcd)' : mdCode(r.to)} | ${r.action}, keys: ${r.keysPolicy}, leases: ${r.leasesPolicy} | ${formatCount(r.copyKeys)} | ${formatBytes(r.copyValueBytes)} | ${formatCount(r.sessions)} | ${formatCount(r.keptKeys)} | ${formatCount(r.skippedKeys)} | ${formatCount(r.unmappableKeys)} |`);
+  }
+  out.push(`| **total** | | | ${formatCount(t.copyKeys)} | ${formatBytes(t.copyValueBytes)} | ${formatCount(t.sessions)} | ${formatCount(t.keptKeys)} | ${formatCount(t.skippedLeasedKeys)} | ${formatCount(t.unmappableKeys)} |`, '');
+  if (result.unmapped) out.push(`Keys outside every rule: ${formatCount(result.unmapped.keys)} (\`unmapped: ${result.unmapped.policy}\`).`, '');
+  if (result.unmappable.total > 0) {
+    out.push(`## Unmappable keys (${formatCount(result.unmappable.total)})`, '');
+    out.push('| Key | Rule | Reason | Detail |', '|---|---|---|---|');
+    for (const k of result.unmappable.keys) out.push(`| ${mdCode(k.key)} | ${mdCode(k.rule)} | ${k.reason} | ${k.detail.replace(/\|/g, '\\|')} |`);
+    if (result.unmappable.keys.length < result.unmappable.total) out.push(`| … ${formatCount(result.unmappable.total - result.unmappable.keys.length)} more | | | |`);
+    out.push('');
+  }
+  if (result.blockers.length) {
+    out.push('## Blockers', '');
+    for (const b of result.blockers) out.push(`- **${b.code}**: ${b.message}. Next: ${b.hint}`);
+    out.push('');
+  }
+  return `${out.join('\n')}\n`;
+}
