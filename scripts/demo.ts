@@ -20,6 +20,9 @@ interface Step {
 
 const STEPS: Step[] = [
   { args: ['doctor'], expect: [0], why: 'check both servers, the txn limit, ACLs and the credentials' },
+  // The demo keyspace holds a 700 KB value on purpose: a blocker, so audit and plan exit 1.
+  { args: ['audit'], expect: [1], why: 'what is in etcd and what will not map 1:1, before anything is written' },
+  { args: ['plan'], expect: [1], why: 'what each rule of migration.yaml copies, keeps and rejects' },
   { args: ['copy', '--dry-run'], expect: [0], why: 'the exact operations, computed by reading Consul too; writes nothing' },
   { args: ['copy'], expect: [0], why: 'copy every copy rule at one pinned etcd revision' },
   { args: ['copy', '--dry-run'], expect: [0], why: 'a second plan has nothing left to do' },
