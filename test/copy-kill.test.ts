@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
 import { checkParity } from './support/parity.js';
-import { configDir, consulTarget, rawEtcd, repoRoot, serverEnv } from './support/harness.js';
+import { configDir, consulTarget, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
@@ -73,4 +73,37 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
       lease.release();
     }
   }, 300_000);
+
+  it('Ctrl-C stops between batches, records progress, reports what was written and exits 130; --resume finishes', async () => {
+    const id = `sigint-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const yaml = `version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n`;
+    const dir = configDir(yaml);
+    for (let i = 0; i < 30_000; i += 1000) {
+      const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
+      await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
+    }
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--concurrency', '1', '--rate', '10000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c));
+    child.stderr.on('data', (c: Buffer) => (stderr += c));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    await new Promise((r) => setTimeout(r, 1500));
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(stderr).toContain('interrupt received');
+    expect(stdout).toMatch(/INTERRUPTED, progress recorded; run again with --resume/);
+    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(stdout)?.[1]);
+    expect(written).toBeGreaterThan(0);
+    expect(written).toBeLessThan(30_000);
+    expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(written);
+    const state = JSON.parse((await target.readKey(`_migrate/${id}/copy`))!.value.toString());
+    expect(state.completed).toBeUndefined();
+    expect(state.rules.bulk.lowWater).toBeTruthy();
+    const resumed = await runCli(['copy', '--resume', '--format', 'json'], { cwd: dir, env: serverEnv() });
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout).rules[0].created).toBe(30_000 - written);
+    expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(30_000);
+  }, 120_000);
 });
