@@ -59,6 +59,8 @@ describe('Consul error mapping', () => {
 
   it('a 301 means the key is not one Consul serves at its own path', () => {
     expect(err('PUT', '/v1/kv//lead', 301, '').code).toBe('consul_key_not_servable');
+    // Consul 1.13.9 and 1.22.2 answer GET /v1/kv/a//b with a 307.
+    expect(err('GET', '/v1/kv/a//b', 307, '').code).toBe('consul_key_not_servable');
   });
 });
 

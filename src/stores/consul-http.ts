@@ -223,7 +223,8 @@ export function consulErrorFor(address: string, method: string, path: string, st
   if (status === 429 || status >= 500) {
     return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text, 'Consul is overloaded or has no leader; the tool retries with backoff.');
   }
-  if (status === 301 || status === 308) {
+  // Go's mux answers unclean paths with 301 (older releases) or 307 (Consul 1.13 and 1.22 alike).
+  if (status === 301 || status === 302 || status === 307 || status === 308) {
     return new ConsulResponseError('consul_key_not_servable', status, `Consul redirected ${where}: the key is not one Consul serves at its own path.`, text, 'The key has a leading "/", an empty segment or a "."/".." segment; map it to a servable key (see the README, key escaping).');
   }
   return new ConsulResponseError('consul_request_failed', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text);
