@@ -136,6 +136,19 @@ export class ConsulTarget implements TargetStore {
     return [];
   }
 
+  /**
+   * Every entry under `prefix` through one read-only txn `get-tree`. The txn
+   * endpoint reaches keys that `GET /v1/kv` cannot address (a leading `/`,
+   * reference §H), so verify uses it to find stranded keys. Unpaginated, values
+   * included: only for prefixes expected to hold (almost) nothing.
+   */
+  async readTree(prefix: string, signal?: AbortSignal): Promise<TargetEntry[]> {
+    const body = JSON.stringify([{ KV: { Verb: 'get-tree', Key: prefix } }]);
+    const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body, signal });
+    const parsed = JSON.parse(response.body.toString('utf8')) as { Results: { KV: WireEntry }[] | null };
+    return (parsed.Results ?? []).map((r) => toEntry(r.KV));
+  }
+
   async readKey(key: string): Promise<TargetEntry | undefined> {
     const response = await this.request({ method: 'GET', path: kvPath(key), query: { consistent: true }, accept: [404] });
     if (response.status === 404) return undefined;
@@ -208,9 +221,26 @@ export class ConsulTarget implements TargetStore {
   }
 }
 
-/** Byte order of the UTF-8 keys, which is the order Consul and etcd list them in. */
+/**
+ * Byte order of the UTF-8 keys, which is the order Consul and etcd list them
+ * in. Computed on the UTF-16 text without encoding (sorting a million-key list
+ * would otherwise allocate two Buffers per comparison): UTF-8 byte order is
+ * code-point order, and UTF-16 units sort in code-point order except that
+ * surrogates (characters above U+FFFF) must sort after U+E000–U+FFFF.
+ */
 export function compareKeys(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) {
+      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+    }
+    return x - y;
+  }
+  return a.length - b.length;
 }
 
 function parseDurationSeconds(text: string): number {
