@@ -6,6 +6,7 @@ import { registerDualRun } from './commands/dualrun.js';
 import { registerExport } from './commands/export.js';
 import { registerInit } from './commands/init.js';
 import { registerPlan } from './commands/plan.js';
+import { registerVerify } from './commands/verify.js';
 
 /**
  * Every command the CLI offers, grouped by stage in `--help`. Each command
@@ -21,6 +22,7 @@ Read-only:
   plan       resolve migration.yaml against the live keyspace: what each rule copies, keeps, rejects
   copy --dry-run  the exact operations a copy would send, computed by reading Consul too
   export     the mapped keyspace at a pinned revision as "consul kv import" JSON
+  verify     parity of etcd and Consul at a consistent cut, re-checked over rounds (records verify/last)
 
 Writes:
   copy       copy every copy rule at one pinned etcd revision; --resume after an interruption
@@ -39,6 +41,7 @@ Exit codes: 0 ok/parity, 1 findings or drift, 2 usage or configuration, 3 server
   registerInit(registrar);
   registerPlan(registrar);
   registerCopy(registrar);
+  registerVerify(registrar);
   registerDualRun(registrar);
   registerExport(registrar);
 }

@@ -1,0 +1,135 @@
+import { appendFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Command } from 'commander';
+import { ExitCode, UsageError } from '../../errors.js';
+import type { GlobalOptions } from '../context.js';
+import type { CommandRegistrar } from '../main.js';
+import { TOOL_VERSION } from '../version.js';
+import { collect, parseDuration, wholeNumber } from './audit-flags.js';
+
+interface VerifyFlags {
+  rounds?: string;
+  roundPause?: string;
+  waitTimeout?: string;
+  maxDiffs?: string;
+  allow: string[];
+  record: boolean;
+  readBack?: string;
+  pageKeys?: string;
+  summaryFile?: string;
+}
+
+/** `--allow rule=N` (repeatable) → budgets per rule. */
+export function parseBudgets(values: readonly string[]): Record<string, number> {
+  const budgets: Record<string, number> = {};
+  for (const value of values) {
+    const match = /^([^=]+)=(\d+)$/.exec(value.trim());
+    if (!match) throw new UsageError('flag_invalid', `--allow takes rule=N (a rule name and a whole number), not ${JSON.stringify(value)}.`, { hint: 'Pass --allow app=5 to tolerate up to 5 persistent differences in rule app.' });
+    budgets[match[1]!.trim()] = Number(match[2]);
+  }
+  return budgets;
+}
+
+function parseReadBack(text: string | undefined): number | 'all' {
+  if (text === 'all') return 'all';
+  return wholeNumber('--read-back', text, 100, 0);
+}
+
+export function registerVerify({ add }: CommandRegistrar): void {
+  add(
+    new Command('verify')
+      .description('check parity of etcd and Consul at a consistent cut, both directions, per copy rule; re-checks differences over rounds so writes in flight settle (reads only; records the summary in verify/last)')
+      .option('--rounds <n>', 'rounds in all; keys that differ are re-read on both sides in each later round', '3')
+      .option('--round-pause <duration>', 'pause before each later round, letting the dual-run catch up', '2s')
+      .option('--wait-timeout <duration>', 'longest wait, per round, for a running dual-run\'s checkpoint to reach the etcd revision (then exit 4)', '60s')
+      .option('--max-diffs <n>', 'differences listed in the report (all are counted)', '1000')
+      .option('--allow <rule=N>', 'tolerate up to N persistent differences in a rule, reported as within budget (repeatable)', collect, [])
+      .option('--no-record', 'do not write the summary to the verify/last state document (the one write verify does)')
+      .option('--read-back <n|all>', 'keys per rule also read through GET /v1/kv/<key>, as applications read them', '100')
+      .option('--page-keys <n>', 'etcd keys per read page (the comparison chunk; etcd 3.4 walks the rest of the range for every page, so larger pages read large rules faster)', '10000')
+      .option('--summary-file <file>', 'also append the markdown report to this file (e.g. "$GITHUB_STEP_SUMMARY"), from the same run')
+      .addHelpText('after', `
+Exit codes: 0 parity (or every difference within its --allow budget), 1 drift, 2 usage or configuration,
+3 a server failed, 4 no consistent cut in time (the dual-run's checkpoint did not reach the etcd revision).
+
+With a dual-run running (its checkpoint, by: dualrun, updated within 20 s or moving), verify waits until the
+checkpoint reaches the etcd revision it reads; without one it compares at once, and any change since the copy is drift.
+
+Examples:
+  migrate verify
+  migrate verify --format junit --summary-file "$GITHUB_STEP_SUMMARY" > verify.xml
+  migrate verify --format json --max-diffs 100 --allow legacy=3
+  migrate verify --rounds 1 --no-record
+`),
+    ['text', 'json', 'markdown', 'junit'],
+    async (ctx, options: VerifyFlags & GlobalOptions) => {
+      const rounds = wholeNumber('--rounds', options.rounds, 3, 1);
+      const roundPauseMs = parseDuration('--round-pause', options.roundPause) ?? 2_000;
+      const waitTimeoutMs = parseDuration('--wait-timeout', options.waitTimeout) ?? 60_000;
+      const maxDiffs = wholeNumber('--max-diffs', options.maxDiffs, 1000, 0);
+      const readBack = parseReadBack(options.readBack);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, 10_000, 1);
+      const budgets = parseBudgets(options.allow);
+      const { loadConfig } = await import('../../config/load.js');
+      const { resolveConnections } = await import('../../config/connections.js');
+      const { openStores } = await import('../stores.js');
+      const { runVerify } = await import('../../verify/verify.js');
+      const { renderVerify, renderVerifyError } = await import('../../verify/render.js');
+      const { createValueHasher } = await import('../../report/hash.js');
+      const { createProgressView } = await import('../../report/progress.js');
+      const summaryFile = options.summaryFile ? resolve(ctx.io.cwd, options.summaryFile) : undefined;
+      const view = createProgressView(ctx);
+      const progress = { title: 'verifying', items: [] as { name: string; total: number; done: number; bytes: number }[], retries: 0, startedAt: Date.now() };
+      let migration = '(no configuration)';
+      let close = () => {};
+      try {
+        const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+        migration = loaded.config.id;
+        const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+        const stores = openStores(connections, loaded.config);
+        close = stores.close;
+        const result = await runVerify(
+          { source: stores.source, target: stores.target, config: loaded.config, mapping: loaded.mapping },
+          {
+            rounds, roundPauseMs, waitTimeoutMs, maxDiffs, budgets, readBack, pageKeys,
+            record: options.record,
+            signal: ctx.signal,
+            now: () => new Date(),
+            hasher: createValueHasher(),
+            toolVersion: TOOL_VERSION,
+            onProgress: (event) => {
+              if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
+              else if (event.type === 'progress') {
+                const item = progress.items.find((i) => i.name === event.rule);
+                if (item) item.done = event.keysDone;
+              } else if (event.type === 'round') {
+                progress.title = `round ${event.round}: re-checking ${event.pending} key(s)`;
+              } else if (event.type === 'waiting') {
+                progress.title = `waiting for the dual-run checkpoint (${event.checkpoint ?? 'none'}) to reach etcd revision ${event.revision}`;
+              } else {
+                view.warn(event.message);
+                return;
+              }
+              view.update(progress);
+            },
+          },
+        );
+        await view.close();
+        ctx.result(renderVerify(result, ctx.format));
+        if (summaryFile) appendFileSync(summaryFile, renderVerify(result, 'markdown'));
+        return result.clean ? ExitCode.ok : ExitCode.findings;
+      } catch (err) {
+        // CI reads the artifact: a verify that could not finish (configuration, servers, no cut) still leaves
+        // a JUnit/markdown document naming the error; the CLI entry prints it on stderr and exits with its code.
+        await view.close();
+        const artifact = renderVerifyError(err, ctx.format, migration);
+        if (artifact) ctx.result(artifact);
+        if (summaryFile) appendFileSync(summaryFile, renderVerifyError(err, 'markdown', migration)!);
+        throw err;
+      } finally {
+        await view.close();
+        close();
+      }
+    },
+  );
+}

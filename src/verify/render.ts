@@ -1,0 +1,244 @@
+import type { Format } from '../cli/context.js';
+import { isMigrateError } from '../errors.js';
+import { renderEnvelope } from '../report/envelope.js';
+import { DIFFERENCE_KINDS, type Difference, type DifferenceKind, type RuleStatus, type ValueDigest } from './compare.js';
+import type { RuleVerify, VerifyCut, VerifyResult } from './verify.js';
+
+/**
+ * Renderings of a verify result: text (people), JSON (one envelope, schema in
+ * `report-schema.ts`), JUnit XML (CI test reports: one testcase per rule) and
+ * markdown (a pull-request comment or `$GITHUB_STEP_SUMMARY`). Every format
+ * states the same count of persistent differences and lists the same
+ * records; when `--max-diffs` cut the list, each says so with both numbers.
+ * Values never appear: sizes and keyed hashes only.
+ */
+export function renderVerify(result: VerifyResult, format: Format): string {
+  switch (format) {
+    case 'json':
+      return renderEnvelope('verify', result.clean ? 'ok' : 'drift', { ...result });
+    case 'junit':
+      return renderJunit(result);
+    case 'markdown':
+      return renderMarkdown(result);
+    default:
+      return renderText(result);
+  }
+}
+
+/**
+ * The CI artifact for a verify that could not finish (no consistent cut, a
+ * server error): JUnit and markdown still get a document, so the report step
+ * shows the error instead of failing on an empty file. Text and JSON errors
+ * are printed by the CLI entry.
+ */
+export function renderVerifyError(err: unknown, format: Format, migration: string): string | undefined {
+  const code = isMigrateError(err) ? err.code : 'internal_error';
+  const message = err instanceof Error ? err.message : String(err);
+  const hint = isMigrateError(err) ? err.hint : undefined;
+  if (format === 'junit') {
+    return `${XML_HEADER}<testsuites name="migrate verify" tests="1" failures="0" errors="1">
+  <testsuite name="${xml(`migrate verify ${migration}`)}" tests="1" failures="0" errors="1" skipped="0">
+    <testcase classname="${xml(`migrate.verify.${migration}`)}" name="consistent cut">
+      <error type="${xml(code)}" message="${xml(message)}">${xml(`${message}${hint ? `\nnext: ${hint}` : ''}`)}</error>
+    </testcase>
+  </testsuite>
+</testsuites>
+`;
+  }
+  if (format === 'markdown') {
+    return `## migrate verify: ⚠️ could not verify\n\nMigration ${mdCode(migration)}: \`error[${code}]\` ${mdText(message)}${hint ? `\n\nNext: ${mdText(hint)}` : ''}\n`;
+  }
+  return undefined;
+}
+
+function plural(n: number, word: string, many = `${word}s`): string {
+  return `${n.toLocaleString('en-US')} ${n === 1 ? word : many}`;
+}
+
+/** Why the cut was taken as it was (the cut kind itself is printed beside it). */
+function describeCut(cut: VerifyCut): string {
+  switch (cut.reason) {
+    case 'dualrun-running':
+      return `the dual-run had applied etcd up to revision ${cut.checkpoint} when Consul was read (waited ${(cut.waitedMs / 1000).toFixed(1)} s)`;
+    case 'copy-checkpoint':
+      return `no dual-run is running (the checkpoint at revision ${cut.checkpoint} was written by copy), so every change since the copy is drift`;
+    case 'dualrun-stopped':
+      return `the dual-run's checkpoint (revision ${cut.checkpoint}) is stale, so the dual-run is treated as stopped and every change since is drift`;
+    default:
+      return 'no checkpoint in Consul (no copy or dual-run has recorded one), so nothing replicates';
+  }
+}
+
+function digestText(d: ValueDigest | null): string {
+  return d ? `${d.size} B #${d.hash}` : '—';
+}
+
+function kindCounts(byKind: Record<DifferenceKind, number>): string {
+  return DIFFERENCE_KINDS.filter((k) => byKind[k] > 0).map((k) => `${k} ${byKind[k]}`).join(', ');
+}
+
+function unmappableText(r: RuleVerify): string {
+  return Object.entries(r.unmappable).map(([reason, n]) => `${n} ${reason}`).join(', ');
+}
+
+function unmappableCount(r: RuleVerify): number {
+  return Object.values(r.unmappable).reduce<number>((n, v) => n + (v ?? 0), 0);
+}
+
+function statusWord(status: RuleStatus): string {
+  return status === 'parity' ? 'parity' : status === 'within-budget' ? 'within budget' : 'DRIFT';
+}
+
+/** "3 persistent differences", plus how many are listed when `--max-diffs` cut the list. */
+function countLine(result: VerifyResult): string {
+  const total = result.differencesTotal;
+  if (total === 0) return 'no persistent differences';
+  if (!result.truncated) return `${plural(total, 'persistent difference')}, all listed`;
+  return `${plural(total, 'persistent difference')}; ${result.differences.length.toLocaleString('en-US')} listed, ${(total - result.differences.length).toLocaleString('en-US')} not listed (--max-diffs ${result.maxDiffs}${result.rules.some((r) => r.unchecked > 0) ? ', and the re-check limit' : ''})`;
+}
+
+function verdictLine(result: VerifyResult): string {
+  const drifting = result.rules.filter((r) => r.status === 'drift');
+  if (result.clean) {
+    const within = result.rules.filter((r) => r.status === 'within-budget');
+    return within.length === 0
+      ? 'PARITY: etcd and Consul agree for every copy rule (exit 0).'
+      : `PARITY WITHIN BUDGET: ${plural(result.totals.withinBudget, 'difference')} tolerated by --allow in ${within.map((r) => r.name).join(', ')} (exit 0).`;
+  }
+  return `DRIFT: ${plural(result.differencesTotal, 'persistent difference')} in ${plural(drifting.length, 'rule')} (${drifting.map((r) => r.name).join(', ')}) (exit 1).`;
+}
+
+function renderText(result: VerifyResult): string {
+  const lines: string[] = [];
+  lines.push(`Verify of migration "${result.migration}" at etcd revision ${result.cut.revision}`);
+  lines.push(`  cut: ${result.cut.cut} — ${describeCut(result.cut)}`);
+  for (const r of result.rounds) {
+    lines.push(r.round === 1
+      ? `  round 1: ${plural(r.checked, 'key')} compared, ${r.differences} differ`
+      : `  round ${r.round} (revision ${r.revision}, cut ${r.cut}): ${r.checked} re-checked, ${r.differences} still differ, ${r.settled} settled`);
+  }
+  lines.push('');
+  lines.push(`${'rule'.padEnd(18)} ${'status'.padEnd(13)} ${'etcd'.padStart(9)} ${'compared'.padStart(9)} ${'consul'.padStart(9)} ${'diffs'.padStart(7)} ${'settled'.padStart(7)} ${'unmappable'.padStart(10)}`);
+  for (const r of result.rules) {
+    lines.push(`${r.name.padEnd(18)} ${statusWord(r.status).padEnd(13)} ${String(r.sourceKeys).padStart(9)} ${String(r.compared).padStart(9)} ${String(r.targetKeys).padStart(9)} ${String(r.differences).padStart(7)} ${String(r.settled).padStart(7)} ${String(unmappableCount(r)).padStart(10)}`);
+  }
+  lines.push('');
+  for (const r of result.rules) {
+    if (r.differences > 0) lines.push(`  ${r.name}: ${kindCounts(r.byKind)}${r.budget !== null ? ` (--allow ${r.name}=${r.budget})` : ''}${r.unchecked ? `; ${r.unchecked} over the re-check limit, counted without re-check` : ''}`);
+    if (unmappableCount(r) > 0) lines.push(`  ${r.name}: ${unmappableText(r)} source key(s) the rule rejects (keys: ${r.keys}); not copied by design, not drift`);
+    if (r.leaseSkipped > 0) lines.push(`  ${r.name}: ${r.leaseSkipped} leased key(s) under leases: skip, checked to be absent from Consul`);
+    if (r.readBack.failed > 0) lines.push(`  ${r.name}: ${r.readBack.failed} of ${r.readBack.checked} key(s) read back through GET /v1/kv failed`);
+  }
+  lines.push(`Differences: ${countLine(result)}.`);
+  if (result.differences.length > 0) {
+    const width = Math.min(60, Math.max(...result.differences.map((d) => d.key.length)));
+    for (const d of result.differences) {
+      lines.push(`  ${d.rule.padEnd(12)} ${d.kind.padEnd(12)} ${d.key.padEnd(width)}  etcd ${digestText(d.etcd)}  consul ${digestText(d.consul)}  ${d.reason}: ${d.detail}`);
+    }
+  }
+  for (const w of result.warnings) lines.push(`warning: ${w}`);
+  lines.push('');
+  lines.push(`Result: ${verdictLine(result)}`);
+  lines.push(result.recorded ? `Recorded the summary in Consul (verify/last of migration "${result.migration}").` : 'Not recorded (--no-record).');
+  return `${lines.join('\n')}\n`;
+}
+
+const XML_HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n';
+// Characters XML 1.0 cannot carry at all, even escaped.
+const XML_INVALID = /[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/gu;
+
+/** Text for an XML attribute or element. */
+export function xml(text: string): string {
+  return text.replace(XML_INVALID, '\uFFFD').replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
+}
+
+function differenceLine(d: Difference): string {
+  return `${d.kind} ${d.key} (${d.reason}): ${d.detail}; etcd ${digestText(d.etcd)}, consul ${digestText(d.consul)}`;
+}
+
+function renderJunit(result: VerifyResult): string {
+  const seconds = (result.durationMs / 1000).toFixed(3);
+  const failures = result.rules.filter((r) => r.status === 'drift').length;
+  const suite = `migrate verify ${result.migration}`;
+  const properties = [
+    ['cut', result.cut.cut],
+    ['cut.reason', result.cut.reason],
+    ['revision', String(result.cut.revision)],
+    ['checkpoint', result.cut.checkpoint === null ? '' : String(result.cut.checkpoint)],
+    ['rounds', String(result.rounds.length)],
+    ['differences', String(result.differencesTotal)],
+    ['differences.listed', String(result.differences.length)],
+    ['settled', String(result.totals.settled)],
+  ];
+  const out: string[] = [XML_HEADER.trimEnd()];
+  out.push(`<testsuites name="migrate verify" tests="${result.rules.length}" failures="${failures}" errors="0" time="${seconds}">`);
+  out.push(`  <testsuite name="${xml(suite)}" tests="${result.rules.length}" failures="${failures}" errors="0" skipped="0" time="${seconds}">`);
+  out.push('    <properties>');
+  for (const [name, value] of properties) out.push(`      <property name="${xml(name!)}" value="${xml(value!)}"/>`);
+  out.push('    </properties>');
+  for (const r of result.rules) {
+    out.push(`    <testcase classname="${xml(`migrate.verify.${result.migration}`)}" name="${xml(r.name)}" time="0">`);
+    const listed = result.differences.filter((d) => d.rule === r.name);
+    const body = [
+      `rule ${r.name}: ${r.from} -> ${r.to}; ${r.compared} keys compared, ${r.targetKeys} Consul keys, ${r.settled} settled`,
+      ...(unmappableCount(r) > 0 ? [`not drift: ${unmappableText(r)} source key(s) rejected by the rule`] : []),
+      ...listed.map(differenceLine),
+      ...(listed.length < r.differences ? [`... ${r.differences - listed.length} more not listed (--max-diffs ${result.maxDiffs})`] : []),
+    ].join('\n');
+    if (r.status === 'drift') {
+      out.push(`      <failure type="drift" message="${xml(`${plural(r.differences, 'persistent difference')} (${kindCounts(r.byKind)})`)}">${xml(body)}</failure>`);
+    } else {
+      const note = r.status === 'within-budget' ? `within budget: ${r.differences} of ${r.budget} allowed by --allow ${r.name}=${r.budget}\n` : '';
+      out.push(`      <system-out>${xml(`${note}${body}`)}</system-out>`);
+    }
+    out.push('    </testcase>');
+  }
+  out.push(`    <system-out>${xml(`${countLine(result)}\n${verdictLine(result)}`)}</system-out>`);
+  out.push('  </testsuite>');
+  out.push('</testsuites>');
+  return `${out.join('\n')}\n`;
+}
+
+/** Inline code for markdown, safe inside tables. */
+function mdCode(text: string): string {
+  const escaped = text.replace(/\|/g, '\\|');
+  return escaped.includes('`') ? `\`\` ${escaped} \`\`` : `\`${escaped}\``;
+}
+
+function mdText(text: string): string {
+  return text.replace(/\|/g, '\\|').replace(/([*_<>[\]`])/g, '\\$1');
+}
+
+function renderMarkdown(result: VerifyResult): string {
+  const icon = result.clean ? '✅' : '❌';
+  const title = result.clean ? (result.totals.withinBudget > 0 ? 'parity within budget' : 'parity') : 'drift';
+  const lines: string[] = [];
+  lines.push(`## migrate verify: ${icon} ${title}`);
+  lines.push('');
+  lines.push(`Migration ${mdCode(result.migration)} at etcd revision ${result.cut.revision}; cut **${result.cut.cut}** — ${mdText(describeCut(result.cut))}. ${plural(result.rounds.length, 'round')}, ${plural(result.totals.settled, 'difference')} settled (writes in flight).`);
+  lines.push('');
+  lines.push('| Rule | Status | etcd keys | Compared | Consul keys | Differences | Settled | Unmappable |');
+  lines.push('|---|---|---:|---:|---:|---:|---:|---:|');
+  for (const r of result.rules) {
+    const status = r.status === 'parity' ? '✅ parity' : r.status === 'within-budget' ? `☑️ within budget (${r.differences}/${r.budget})` : '❌ drift';
+    lines.push(`| ${mdCode(r.name)} | ${status} | ${r.sourceKeys} | ${r.compared} | ${r.targetKeys} | ${r.differences}${r.differences ? ` (${kindCounts(r.byKind)})` : ''} | ${r.settled} | ${unmappableCount(r) ? `${unmappableCount(r)} (${mdText(unmappableText(r))})` : 0} |`);
+  }
+  lines.push('');
+  lines.push(`**${mdText(countLine(result)[0]!.toUpperCase() + countLine(result).slice(1))}.**`);
+  if (result.differences.length > 0) {
+    lines.push('');
+    lines.push(`<details><summary>${result.differences.length === result.differencesTotal ? `All ${result.differencesTotal}` : `${result.differences.length} of ${result.differencesTotal}`} differences (sizes and keyed hashes, never values)</summary>`);
+    lines.push('');
+    lines.push('| Rule | Key | Kind | Reason | etcd | Consul |');
+    lines.push('|---|---|---|---|---|---|');
+    for (const d of result.differences) {
+      lines.push(`| ${mdCode(d.rule)} | ${mdCode(d.key)} | ${d.kind} | ${mdText(d.reason)} | ${digestText(d.etcd)} | ${digestText(d.consul)} |`);
+    }
+    lines.push('');
+    lines.push('</details>');
+  }
+  for (const w of result.warnings) lines.push('', `> ⚠️ ${mdText(w)}`);
+  lines.push('');
+  lines.push(mdText(verdictLine(result)));
+  return `${lines.join('\n')}\n`;
+}

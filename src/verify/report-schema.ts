@@ -1,0 +1,133 @@
+/**
+ * JSON Schema (draft-07) of `migrate verify --format json`: the envelope of
+ * DESIGN §4 (`version`, `command`, `status`) around a {@link VerifyResult}.
+ * `version` is the report schema version; a change that removes or renames a
+ * field bumps it. Tests validate real output against this schema.
+ */
+const digest = {
+  oneOf: [
+    { type: 'null' },
+    {
+      type: 'object',
+      additionalProperties: false,
+      required: ['size', 'hash'],
+      properties: { size: { type: 'integer', minimum: 0 }, hash: { type: 'string', pattern: '^[0-9a-f]{16}$' } },
+    },
+  ],
+} as const;
+
+const kinds = ['missing', 'extra', 'value', 'session', 'not-servable'] as const;
+const byKind = {
+  type: 'object',
+  additionalProperties: false,
+  required: [...kinds],
+  properties: Object.fromEntries(kinds.map((k) => [k, { type: 'integer', minimum: 0 }])),
+} as const;
+const counts = { type: 'object', additionalProperties: { type: 'integer', minimum: 0 } } as const;
+const cutProperties = {
+  cut: { enum: ['checkpoint', 'immediate'] },
+  revision: { type: 'integer', minimum: 0 },
+  checkpoint: { type: ['integer', 'null'] },
+  checkpointBy: { enum: ['copy', 'dualrun', null] },
+  reason: { enum: ['dualrun-running', 'no-checkpoint', 'copy-checkpoint', 'dualrun-stopped'] },
+  waitedMs: { type: 'number', minimum: 0 },
+} as const;
+const cutRequired = ['cut', 'revision', 'checkpoint', 'checkpointBy', 'reason', 'waitedMs'] as const;
+
+export const VERIFY_REPORT_SCHEMA = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  $id: 'urn:etcd-consul-migrate:verify-report:1',
+  title: 'migrate verify report',
+  type: 'object',
+  additionalProperties: false,
+  required: ['version', 'command', 'status', 'migration', 'clean', 'cut', 'rounds', 'rules', 'totals', 'differences', 'differencesTotal', 'truncated', 'maxDiffs', 'recorded', 'source', 'target', 'warnings', 'durationMs'],
+  properties: {
+    version: { const: 1 },
+    command: { const: 'verify' },
+    status: { enum: ['ok', 'drift'], description: 'ok: every rule at parity or within its budget (exit 0); drift: exit 1' },
+    migration: { type: 'string' },
+    clean: { type: 'boolean' },
+    cut: { type: 'object', additionalProperties: false, required: [...cutRequired], properties: cutProperties },
+    rounds: {
+      type: 'array',
+      minItems: 1,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['round', ...cutRequired, 'checked', 'differences', 'settled', 'durationMs'],
+        properties: {
+          round: { type: 'integer', minimum: 1 },
+          ...cutProperties,
+          checked: { type: 'integer', minimum: 0 },
+          differences: { type: 'integer', minimum: 0 },
+          settled: { type: 'integer', minimum: 0 },
+          durationMs: { type: 'number', minimum: 0 },
+        },
+      },
+    },
+    rules: {
+      type: 'array',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['name', 'from', 'to', 'keys', 'leases', 'status', 'sourceKeys', 'compared', 'targetKeys', 'differences', 'byKind', 'settled', 'budget', 'unmappable', 'leaseSkipped', 'readBack', 'unchecked'],
+        properties: {
+          name: { type: 'string' },
+          from: { type: 'string' },
+          to: { type: 'string' },
+          keys: { enum: ['reject', 'escape'] },
+          leases: { enum: ['session', 'persist', 'skip'] },
+          status: { enum: ['parity', 'within-budget', 'drift'] },
+          sourceKeys: { type: 'integer', minimum: 0 },
+          compared: { type: 'integer', minimum: 0 },
+          targetKeys: { type: 'integer', minimum: 0 },
+          differences: { type: 'integer', minimum: 0 },
+          byKind,
+          settled: { type: 'integer', minimum: 0 },
+          budget: { type: ['integer', 'null'], minimum: 0 },
+          unmappable: counts,
+          leaseSkipped: { type: 'integer', minimum: 0 },
+          readBack: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['checked', 'failed'],
+            properties: { checked: { type: 'integer', minimum: 0 }, failed: { type: 'integer', minimum: 0 } },
+          },
+          unchecked: { type: 'integer', minimum: 0 },
+        },
+      },
+    },
+    totals: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['sourceKeys', 'compared', 'differences', 'settled', 'withinBudget', 'unmappable'],
+      properties: Object.fromEntries(['sourceKeys', 'compared', 'differences', 'settled', 'withinBudget', 'unmappable'].map((k) => [k, { type: 'integer', minimum: 0 }])),
+    },
+    differences: {
+      type: 'array',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['rule', 'key', 'kind', 'reason', 'detail', 'sourceKey', 'etcd', 'consul'],
+        properties: {
+          rule: { type: 'string' },
+          key: { type: 'string', description: 'the Consul key, escaped as formatKey does (\\xNN for non-printable bytes)' },
+          kind: { enum: [...kinds] },
+          reason: { type: 'string' },
+          detail: { type: 'string' },
+          sourceKey: { type: ['string', 'null'] },
+          etcd: digest,
+          consul: digest,
+        },
+      },
+    },
+    differencesTotal: { type: 'integer', minimum: 0, description: 'every persistent difference; differences lists at most maxDiffs of them' },
+    truncated: { type: 'boolean' },
+    maxDiffs: { type: 'integer', minimum: 0 },
+    recorded: { type: 'boolean' },
+    source: { type: 'object', additionalProperties: false, required: ['clusterId', 'version'], properties: { clusterId: { type: 'string' }, version: { type: 'string' } } },
+    target: { type: 'object', additionalProperties: false, required: ['datacenter', 'version'], properties: { datacenter: { type: 'string' }, version: { type: 'string' } } },
+    warnings: { type: 'array', items: { type: 'string' } },
+    durationMs: { type: 'number', minimum: 0 },
+  },
+} as const;

@@ -1,0 +1,649 @@
+import { getMaxListeners, setMaxListeners } from 'node:events';
+import pLimit from 'p-limit';
+import type { CheckpointState, CopyState } from '../copy/copy.js';
+import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js';
+import { InterruptedError, RefusedError, UsageError } from '../errors.js';
+import type { UnmappableReason } from '../mapping/escape.js';
+import type { CompiledRule, Mapping } from '../mapping/mapping.js';
+import type { ValueHasher } from '../report/hash.js';
+import { formatKey } from '../report/keys.js';
+import type { SessionRecord } from '../sessions/lease-sessions.js';
+import { checkIdentity, mappingHash, parseStateDocument, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
+import { ConsulResponseError, TxnFailedError, sleep as defaultSleep } from '../stores/consul-http.js';
+import { prefixEnd } from '../stores/etcd.js';
+import { readAhead } from '../stores/read-ahead.js';
+import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
+import {
+  addCounts,
+  compareKey,
+  countByKind,
+  routeForVerify,
+  ruleStatus,
+  sortFindings,
+  splitPage,
+  type Difference,
+  type DifferenceKind,
+  type Expectation,
+  type Finding,
+  type ReadBack,
+  type RuleStatus,
+  type SessionView,
+} from './compare.js';
+import { DUALRUN_HEARTBEAT_MS, readCheckpointState, type CutReason } from './cut.js';
+import { ListedKeys } from './listed-keys.js';
+
+/**
+ * `migrate verify`: parity of etcd and Consul at a consistent cut, in both
+ * directions, per copy rule, over several rounds so that writes in flight
+ * settle (DESIGN §3 "Verification"). Reads only; the one write is the
+ * `verify/last` summary (skipped with `record: false`).
+ *
+ * ## The cut
+ * Round 1 reads a fresh etcd revision R. When a dual-run is running (see
+ * `cut.ts`) it waits, up to `waitTimeoutMs`, until the dual-run's checkpoint
+ * has reached R, then reads Consul: everything etcd did up to R is in Consul
+ * by then. Without a dual-run it reads Consul at once, so any change made in
+ * etcd since the copy is drift. A checkpoint that does not reach R in time is
+ * refused with `verify_cut_timeout` (exit 4).
+ *
+ * ## Rounds
+ * Keys that differ in round 1 are read again, on both sides, in each later
+ * round: etcd at a new revision (with a new wait for the checkpoint), Consul
+ * after a pause that lets the dual-run catch up. A difference counts only if
+ * it is still there in the last round; the others are reported as settled.
+ *
+ * ## Memory
+ * Per rule: the Consul key list under `to` (strings only), then etcd pages
+ * pinned at R, each routed through the mapping; its targets are looked up in
+ * (and deleted from) a Set of the key list, and only those values are read
+ * from Consul, in txn chunks. What is left in the Set has no etcd key: the
+ * extra keys. The escape codec does not keep key order, so a sorted merge of
+ * the two sides would not line up; the Set lookup does. Values are held for
+ * a few pages at a time, never for the keyspace. Differences kept for
+ * re-checks are capped ({@link RECHECK_LIMIT}); beyond it they are counted.
+ */
+
+/** Differences kept for re-checks and the report; more are counted (as persistent) without being re-checked or listed. */
+export const RECHECK_LIMIT = 100_000;
+/** etcd pages whose Consul values are read at the same time (each page's reads run in txn chunks). */
+const PAGES_IN_FLIGHT = 2;
+/** Consul keys per re-check read, and etcd point reads in flight. */
+const RECHECK_CHUNK = 1_000;
+const POINT_READS = 16;
+const READ_BACKS = 8;
+const SESSION_READS = 8;
+const CHECKPOINT_POLL_MS = 200;
+
+/** A Consul target plus, for the real adapter, the txn `get-tree` read that reaches keys with a leading `/`. */
+export type VerifyTarget = TargetStore & { readTree?: (prefix: string, signal?: AbortSignal) => Promise<TargetEntry[]> };
+
+export interface VerifyDeps {
+  source: SourceReader;
+  target: VerifyTarget;
+  config: MigrationConfig;
+  mapping: Mapping;
+}
+
+export interface VerifyOptions {
+  /** Rounds in all (≥ 1); round 1 compares everything, later rounds re-check what differed. */
+  rounds: number;
+  /** Pause before each later round. */
+  roundPauseMs: number;
+  /** Longest wait, per round, for a running dual-run's checkpoint to reach the etcd revision. */
+  waitTimeoutMs: number;
+  /** Differences listed in the result (all are counted). */
+  maxDiffs: number;
+  /** `--allow rule=N`: persistent differences tolerated per rule. */
+  budgets: Readonly<Record<string, number>>;
+  /** Write the `verify/last` summary. */
+  record: boolean;
+  /** Keys per rule also read back through `GET /v1/kv/<key>`, spread evenly; `'all'` for every key. */
+  readBack: number | 'all';
+  pageKeys: number;
+  signal: AbortSignal;
+  now: () => Date;
+  hasher: ValueHasher;
+  toolVersion: string;
+  /** Injected so tests can run rounds without waiting. */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  pollMs?: number;
+  onProgress?: (event: VerifyProgressEvent) => void;
+}
+
+export type VerifyProgressEvent =
+  | { type: 'start'; revision: number; rules: { name: string; keys: number }[] }
+  | { type: 'progress'; rule: string; keysDone: number }
+  | { type: 'waiting'; revision: number; checkpoint: number | null }
+  | { type: 'round'; round: number; pending: number }
+  | { type: 'warning'; message: string };
+
+export type CutKind = 'checkpoint' | 'immediate';
+
+/** Which consistent cut a round used. */
+export interface VerifyCut {
+  cut: CutKind;
+  /** The etcd revision R the round read. */
+  revision: number;
+  /** The checkpoint revision when Consul was read; null without a checkpoint document. */
+  checkpoint: number | null;
+  checkpointBy: 'copy' | 'dualrun' | null;
+  reason: CutReason;
+  /** Time spent waiting for the checkpoint to reach R. */
+  waitedMs: number;
+}
+
+export interface VerifyRound extends VerifyCut {
+  round: number;
+  /** Keys compared (round 1: every key; later rounds: the keys that differed). */
+  checked: number;
+  /** Differences after this round. */
+  differences: number;
+  /** Differences of the previous round that this round found gone. */
+  settled: number;
+  durationMs: number;
+}
+
+export interface RuleVerify {
+  name: string;
+  from: string;
+  to: string;
+  keys: KeyPolicy;
+  leases: LeasePolicy;
+  status: RuleStatus;
+  /** etcd keys at the cut that this rule owns (mapped or unmappable). */
+  sourceKeys: number;
+  /** Mapped keys compared with Consul (including `leases: skip` keys, expected absent). */
+  compared: number;
+  /** Consul keys listed under `to`. */
+  targetKeys: number;
+  /** Persistent differences (after the last round). */
+  differences: number;
+  byKind: Record<DifferenceKind, number>;
+  /** Differences of round 1 that later rounds found gone (writes in flight). */
+  settled: number;
+  /** `--allow` budget, or null. */
+  budget: number | null;
+  /** Source keys the rule rejects (not copied by design): counted per reason, not drift. */
+  unmappable: Partial<Record<UnmappableReason, number>>;
+  /** Leased keys under `leases: skip`: checked to be absent from Consul. */
+  leaseSkipped: number;
+  /** Keys read back through `GET /v1/kv/<key>`, and how many Consul would not serve. */
+  readBack: { checked: number; failed: number };
+  /** Differences over {@link RECHECK_LIMIT}: counted as persistent, not re-checked or listed. */
+  unchecked: number;
+}
+
+export interface VerifyResult {
+  migration: string;
+  /** No rule drifts (every rule at parity or within its budget): exit 0. */
+  clean: boolean;
+  /** The cut of round 1. */
+  cut: VerifyCut;
+  rounds: VerifyRound[];
+  rules: RuleVerify[];
+  totals: { sourceKeys: number; compared: number; differences: number; settled: number; withinBudget: number; unmappable: number };
+  /** Persistent differences, at most `maxDiffs` of them, in rule then key order. */
+  differences: Difference[];
+  /** Every persistent difference, listed or not; equals the sum of the rules' `differences`. */
+  differencesTotal: number;
+  /** Fewer differences are listed than there are. */
+  truncated: boolean;
+  maxDiffs: number;
+  /** Whether the `verify/last` summary was written. */
+  recorded: boolean;
+  source: { clusterId: string; version: string };
+  target: { datacenter: string; version: string };
+  warnings: string[];
+  durationMs: number;
+}
+
+/** The `verify/last` state document: the summary the cutover gates on. */
+export interface VerifyLastState {
+  schemaVersion: number;
+  at: string;
+  revision: number;
+  cut: CutKind;
+  checkpoint: number | null;
+  clean: boolean;
+  rounds: number;
+  toolVersion: string;
+  rules: Record<string, { status: RuleStatus; differences: number; compared: number; settled: number; budget: number | null; byKind: Record<DifferenceKind, number> }>;
+}
+
+interface RuleRun {
+  rule: CompiledRule;
+  stats: RuleVerify;
+  findings: Finding[];
+  /** Counted beyond the re-check limit, per kind. */
+  unchecked: Partial<Record<DifferenceKind, number>>;
+}
+
+/** Runs verify (see the module comment). Never prints or exits; the CLI renders the result. */
+export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promise<VerifyResult> {
+  const started = Date.now();
+  const { source, target, config, mapping } = deps;
+  // Every request in flight listens on the signal (pages × txn chunks × read-backs): more than Node's default 10.
+  setMaxListeners(Math.max(getMaxListeners(options.signal), 256), options.signal);
+  const sleep = options.sleep ?? defaultSleep;
+  const paths = statePaths(mapping.statePrefix, config.id);
+  const warnings: string[] = [];
+  const warn = (message: string) => {
+    warnings.push(message);
+    options.onProgress?.({ type: 'warning', message });
+  };
+  for (const name of Object.keys(options.budgets)) {
+    if (!mapping.copyRules.some((r) => r.name === name)) {
+      throw new UsageError('verify_budget_unknown_rule', `--allow names rule "${name}", which is not a copy rule of migration "${config.id}".`, {
+        hint: `Use one of: ${mapping.copyRules.map((r) => r.name).join(', ') || '(no copy rules)'}.`,
+      });
+    }
+  }
+
+  const status = await source.status();
+  const info = await target.info();
+  const meta = await readState<StateMeta>(target, paths.meta);
+  const verdict = checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
+  if (verdict === 'mapping-changed') warn(`the mapping changed since migration "${config.id}" was recorded; verify compares against the current mapping`);
+  if (verdict === 'new') warn(`migration "${config.id}" has no state in Consul yet (no copy has run)`);
+  const copyState = await readState<CopyState>(target, paths.copy);
+  if (copyState && !copyState.completed) warn(`the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
+
+  const cutter = new CutTaker(source, target, paths, options, sleep);
+  const cut = await cutter.take();
+  if (cut.reason === 'dualrun-stopped') warn(`the dual-run's checkpoint (revision ${cut.checkpoint}) has not moved for more than ${(2 * DUALRUN_HEARTBEAT_MS) / 1000} s: treated as stopped, so every change since it counts as drift`);
+
+  const runs: RuleRun[] = mapping.copyRules.map((rule) => ({
+    rule,
+    findings: [],
+    unchecked: {},
+    stats: {
+      name: rule.name, from: rule.from, to: rule.to, keys: rule.keys, leases: rule.leases, status: 'parity', sourceKeys: 0, compared: 0, targetKeys: 0, differences: 0,
+      byKind: countByKind([]), settled: 0, budget: options.budgets[rule.name] ?? null, unmappable: {}, leaseSkipped: 0, readBack: { checked: 0, failed: 0 }, unchecked: 0,
+    },
+  }));
+  const store = { kept: 0, limit: Math.max(RECHECK_LIMIT, options.maxDiffs) };
+  const keep = (run: RuleRun, finding: Finding) => {
+    if (store.kept < store.limit) {
+      run.findings.push(finding);
+      store.kept++;
+    } else {
+      run.unchecked[finding.difference.kind] = (run.unchecked[finding.difference.kind] ?? 0) + 1;
+    }
+  };
+
+  const totals = await Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await source.count(rangeOf(run.rule.from), cut.revision) })));
+  options.onProgress?.({ type: 'start', revision: cut.revision, rules: totals });
+  const sessions = new Sessions(target, paths);
+  await sessions.load();
+
+  // Round 1: everything.
+  const roundStarted = Date.now();
+  let checked = 0;
+  for (const run of runs) {
+    checkAborted(options.signal);
+    checked += await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys: totals.find((t) => t.name === run.rule.name)!.keys, warn });
+  }
+  const rounds: VerifyRound[] = [{ round: 1, ...cut, checked, differences: count(runs), settled: 0, durationMs: Date.now() - roundStarted }];
+
+  // Later rounds: what differed, read again on both sides.
+  for (let round = 2; round <= options.rounds; round++) {
+    const pending = runs.reduce((n, r) => n + r.findings.length, 0);
+    if (pending === 0) break;
+    options.onProgress?.({ type: 'round', round, pending });
+    await sleep(options.roundPauseMs, options.signal);
+    checkAborted(options.signal);
+    const roundCut = await cutter.take();
+    const began = Date.now();
+    await sessions.load();
+    let settled = 0;
+    for (const run of runs) {
+      if (run.findings.length === 0) continue;
+      const before = run.findings.length;
+      run.findings = await recheck(run, { ...deps, options, revision: roundCut.revision, sessions });
+      run.stats.settled += before - run.findings.length;
+      settled += before - run.findings.length;
+    }
+    rounds.push({ round, ...roundCut, checked: pending, differences: count(runs), settled, durationMs: Date.now() - began });
+  }
+
+  // Persistent differences, budgets, verdict.
+  const order = new Map(mapping.copyRules.map((r, i) => [r.name, i]));
+  const listed: Difference[] = [];
+  let differencesTotal = 0;
+  for (const run of runs) {
+    const s = run.stats;
+    s.byKind = countByKind(run.findings.map((f) => f.difference), run.unchecked);
+    s.unchecked = Object.values(run.unchecked).reduce((n, v) => n + (v ?? 0), 0);
+    s.differences = run.findings.length + s.unchecked;
+    s.status = ruleStatus(s.differences, options.budgets[s.name]);
+    differencesTotal += s.differences;
+  }
+  for (const finding of sortFindings(runs.flatMap((r) => r.findings), order)) {
+    if (listed.length >= options.maxDiffs) break;
+    listed.push(finding.difference);
+  }
+  const stats = runs.map((r) => r.stats);
+  const clean = stats.every((s) => s.status !== 'drift');
+  const result: VerifyResult = {
+    migration: config.id,
+    clean,
+    cut,
+    rounds,
+    rules: stats,
+    totals: {
+      sourceKeys: sum(stats.map((s) => s.sourceKeys)),
+      compared: sum(stats.map((s) => s.compared)),
+      differences: differencesTotal,
+      settled: sum(stats.map((s) => s.settled)),
+      withinBudget: sum(stats.filter((s) => s.status === 'within-budget').map((s) => s.differences)),
+      unmappable: sum(stats.map((s) => sum(Object.values(s.unmappable) as number[]))),
+    },
+    differences: listed,
+    differencesTotal,
+    truncated: listed.length < differencesTotal,
+    maxDiffs: options.maxDiffs,
+    recorded: false,
+    source: { clusterId: status.clusterId, version: status.version },
+    target: { datacenter: info.datacenter, version: info.version },
+    warnings,
+    durationMs: 0,
+  };
+
+  if (options.record) {
+    await target.applyTxn([{ verb: 'set', key: paths.verifyLast, value: Buffer.from(JSON.stringify(verifyLastDocument(result, options))) }]);
+    result.recorded = true;
+  }
+  result.durationMs = Date.now() - started;
+  return result;
+}
+
+/** The `verify/last` document for a result. */
+export function verifyLastDocument(result: VerifyResult, options: Pick<VerifyOptions, 'now' | 'toolVersion'>): VerifyLastState {
+  return {
+    schemaVersion: STATE_SCHEMA_VERSION,
+    at: options.now().toISOString(),
+    revision: result.cut.revision,
+    cut: result.cut.cut,
+    checkpoint: result.cut.checkpoint,
+    clean: result.clean,
+    rounds: result.rounds.length,
+    toolVersion: options.toolVersion,
+    rules: Object.fromEntries(result.rules.map((r) => [r.name, { status: r.status, differences: r.differences, compared: r.compared, settled: r.settled, budget: r.budget, byKind: r.byKind }])),
+  };
+}
+
+function count(runs: RuleRun[]): number {
+  return runs.reduce((n, r) => n + r.findings.length + sum(Object.values(r.unchecked) as number[]), 0);
+}
+
+function sum(values: number[]): number {
+  return values.reduce((n, v) => n + v, 0);
+}
+
+function rangeOf(prefix: string): KeyRange {
+  const start = Buffer.from(prefix);
+  return { start, end: prefixEnd(start) };
+}
+
+function checkAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw new InterruptedError('verify was interrupted; nothing was recorded.', { hint: 'Run `migrate verify` again.' });
+}
+
+/**
+ * Takes a consistent cut: a fresh etcd revision and, when a dual-run is
+ * running, a wait until its checkpoint reaches it. Remembers the last
+ * checkpoint it read, so a checkpoint that moves between rounds counts as a
+ * running dual-run whatever the clocks say.
+ */
+class CutTaker {
+  private last: CheckpointState | undefined;
+
+  constructor(
+    private readonly source: SourceReader,
+    private readonly target: TargetStore,
+    private readonly paths: StatePaths,
+    private readonly options: VerifyOptions,
+    private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>,
+  ) {}
+
+  async take(): Promise<VerifyCut> {
+    const key = this.paths.checkpoint();
+    let doc = await readState<CheckpointState>(this.target, key);
+    const revision = (await this.source.status()).revision;
+    const reading = readCheckpointState(doc, this.last, this.options.now().getTime());
+    const base = { revision, checkpointBy: doc?.by ?? null };
+    if (!reading.running || !doc) {
+      this.last = doc;
+      return { ...base, cut: 'immediate', checkpoint: doc?.revision ?? null, reason: reading.reason, waitedMs: 0 };
+    }
+    // The clock is the injected one, so tests can run the wait without waiting.
+    const clock = () => this.options.now().getTime();
+    const began = clock();
+    const deadline = began + this.options.waitTimeoutMs;
+    while (doc && doc.revision < revision) {
+      this.options.onProgress?.({ type: 'waiting', revision, checkpoint: doc.revision });
+      if (clock() >= deadline) {
+        throw new RefusedError('verify_cut_timeout', `The dual-run's checkpoint stayed at etcd revision ${doc.revision}, behind revision ${revision}, for ${Math.round(this.options.waitTimeoutMs / 1000)} s: verify found no consistent cut.`, {
+          hint: 'Check that the dual-run is running and keeping up (its logs; migrate_dualrun_lag_seconds on its /metrics); after a burst of writes, pass a longer --wait-timeout.',
+          details: { revision, checkpoint: doc.revision, waitTimeoutMs: this.options.waitTimeoutMs },
+        });
+      }
+      await this.sleep(Math.min(this.options.pollMs ?? CHECKPOINT_POLL_MS, Math.max(1, deadline - clock())), this.options.signal);
+      checkAborted(this.options.signal);
+      doc = await readState<CheckpointState>(this.target, key);
+    }
+    this.last = doc;
+    return { ...base, checkpointBy: doc?.by ?? null, cut: 'checkpoint', checkpoint: doc?.revision ?? null, reason: 'dualrun-running', waitedMs: clock() - began };
+  }
+}
+
+/**
+ * Which etcd lease is mirrored by which session (the `sessions/` records),
+ * and which of those sessions still exist. Read fresh every round: the
+ * dual-run re-creates lost sessions.
+ */
+class Sessions implements SessionView {
+  private byLease = new Map<string, string>();
+  private readonly exists = new Map<string, boolean>();
+
+  constructor(private readonly target: TargetStore, private readonly paths: StatePaths) {}
+
+  async load(): Promise<void> {
+    this.byLease = new Map();
+    this.exists.clear();
+    const keys = await this.target.listKeys(this.paths.sessions);
+    for (let i = 0; i < keys.length; i += RECHECK_CHUNK) {
+      for (const entry of await this.target.readEntries(keys.slice(i, i + RECHECK_CHUNK))) {
+        const record = parseStateDocument<SessionRecord>(entry.key, entry.value);
+        this.byLease.set(record.leaseId, record.sessionId);
+      }
+    }
+  }
+
+  recorded(leaseId: string): string | undefined {
+    return this.byLease.get(leaseId);
+  }
+
+  alive(sessionId: string): boolean {
+    return this.exists.get(sessionId) ?? false;
+  }
+
+  /** Reads whether each recorded session of these leases exists, once per session per round. */
+  async prefetch(expectations: Iterable<Expectation>): Promise<void> {
+    const wanted = new Set<string>();
+    for (const e of expectations) {
+      const session = e.sessionLease === undefined ? undefined : this.byLease.get(e.sessionLease);
+      if (session && !this.exists.has(session)) wanted.add(session);
+    }
+    if (wanted.size === 0) return;
+    const limit = pLimit(SESSION_READS);
+    await Promise.all([...wanted].map((id) => limit(async () => this.exists.set(id, (await this.target.readSession(id)) !== undefined))));
+  }
+}
+
+interface CompareContext extends VerifyDeps {
+  options: VerifyOptions;
+  cut: VerifyCut;
+  sessions: Sessions;
+  keep: (run: RuleRun, finding: Finding) => void;
+  /** etcd keys in the rule's range at the cut (for spreading read-backs). */
+  expectedKeys: number;
+  warn: (message: string) => void;
+}
+
+/** Round 1 for one rule: the streaming comparison of the module comment. Returns the number of keys compared. */
+async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
+  const { rule, stats } = run;
+  const { source, target, options, mapping } = ctx;
+  let listed: ListedKeys | undefined = new ListedKeys(await target.listKeys(rule.to, options.signal));
+  stats.targetKeys = listed.size;
+  const readBackEvery = options.readBack === 'all' ? 1 : options.readBack <= 0 ? Infinity : Math.max(1, Math.floor(ctx.expectedKeys / options.readBack));
+  const readBackMax = options.readBack === 'all' ? Infinity : options.readBack;
+  let routed = 0;
+  let keysDone = 0;
+
+  const outcomes: Promise<Finding[]>[] = [];
+  const settle = async (outcome: Promise<Finding[]>) => {
+    for (const finding of await outcome) ctx.keep(run, finding);
+  };
+  for await (const page of readAhead(source.readPages(rangeOf(rule.from), { revision: ctx.cut.revision, pageKeys: options.pageKeys, signal: options.signal }), 2)) {
+    checkAborted(options.signal);
+    const split = splitPage(mapping, rule, page.entries, listed);
+    stats.sourceKeys += split.expectations.length + sum(Object.values(split.unmappable) as number[]);
+    stats.compared += split.expectations.length;
+    stats.leaseSkipped += split.leaseSkipped;
+    addCounts(stats.unmappable, split.unmappable);
+    const readBack = new Set<string>();
+    for (const e of split.expectations) {
+      if (e.presence === 'present' && routed % readBackEvery === 0 && stats.readBack.checked + readBack.size < readBackMax) readBack.add(e.target);
+      routed++;
+    }
+    const outcome = comparePage(run, split.expectations, split.toRead, readBack, ctx);
+    // Handled when its turn comes; until then a failure must not count as unhandled.
+    outcome.catch(() => undefined);
+    outcomes.push(outcome);
+    if (outcomes.length >= PAGES_IN_FLIGHT) await settle(outcomes.shift()!);
+    keysDone += page.entries.length;
+    options.onProgress?.({ type: 'progress', rule: rule.name, keysDone });
+  }
+  while (outcomes.length > 0) await settle(outcomes.shift()!);
+
+  // Left in the key list: Consul keys no etcd key of this rule put there.
+  const extras = listed.remaining;
+  const compareChunk = async (chunk: string[]) => {
+    checkAborted(options.signal);
+    const entries = new Map((await target.readEntries(chunk, options.signal)).map((e) => [e.key, e]));
+    for (const key of chunk) {
+      const finding = compareKey({ rule: rule.name, target: key, expectation: undefined, consul: entries.get(key), sessions: ctx.sessions, hash: options.hasher, mapping });
+      if (finding) ctx.keep(run, finding);
+    }
+  };
+  let chunk: string[] = [];
+  for (const key of listed.leftovers()) {
+    chunk.push(key);
+    if (chunk.length >= RECHECK_CHUNK) {
+      await compareChunk(chunk);
+      chunk = [];
+    }
+  }
+  if (chunk.length > 0) await compareChunk(chunk);
+  listed = undefined;
+
+  // Keys with a leading "/" sit outside `to` and outside what ?keys can list under it; only a txn reaches them.
+  let stranded = 0;
+  if (target.readTree) {
+    try {
+      for (const entry of await target.readTree(`/${rule.to}`, options.signal)) {
+        stranded++;
+        const finding = compareKey({ rule: rule.name, target: entry.key, expectation: undefined, consul: entry, sessions: ctx.sessions, hash: options.hasher, mapping });
+        if (finding) ctx.keep(run, finding);
+      }
+    } catch (err) {
+      // Newer releases refuse a leading "/" even in a read txn; a token may lack read there: say so, compare the rest.
+      if (!(err instanceof TxnFailedError || (err instanceof ConsulResponseError && (err.status === 400 || err.status === 403)))) throw err;
+      ctx.warn(`rule ${rule.name}: Consul refused to list keys under "/${rule.to}" through a txn (${err.message}); keys with a leading "/" were not looked for`);
+    }
+  }
+  return stats.compared + extras + stranded;
+}
+
+/** Reads one page's Consul side (values, sessions, read-backs) and compares it. */
+async function comparePage(run: RuleRun, expectations: Expectation[], toRead: string[], readBack: Set<string>, ctx: CompareContext): Promise<Finding[]> {
+  const { target, options, mapping } = ctx;
+  const consul = new Map<string, TargetEntry>();
+  if (toRead.length > 0) for (const entry of await target.readEntries(toRead, options.signal)) consul.set(entry.key, entry);
+  await ctx.sessions.prefetch(expectations);
+  const readBacks = await readBackKeys(target, [...readBack].filter((k) => consul.has(k)));
+  run.stats.readBack.checked += readBacks.size;
+  const findings: Finding[] = [];
+  for (const expectation of expectations) {
+    const back = readBacks.get(expectation.target);
+    if (back && !back.ok) run.stats.readBack.failed++;
+    const finding = compareKey({ rule: run.rule.name, target: expectation.target, expectation, consul: consul.get(expectation.target), sessions: ctx.sessions, hash: options.hasher, mapping, ...(back ? { readBack: back } : {}) });
+    if (finding) findings.push(finding);
+  }
+  return findings;
+}
+
+/** Reads keys back through `GET /v1/kv/<key>`, the way applications read them. */
+async function readBackKeys(target: TargetStore, keys: string[]): Promise<Map<string, ReadBack>> {
+  const out = new Map<string, ReadBack>();
+  if (keys.length === 0) return out;
+  const limit = pLimit(READ_BACKS);
+  await Promise.all(keys.map((key) => limit(async () => out.set(key, await readBackKey(target, key)))));
+  return out;
+}
+
+async function readBackKey(target: TargetStore, key: string): Promise<ReadBack> {
+  try {
+    const entry = await target.readKey(key);
+    if (!entry) return { ok: false, detail: 'HTTP 404: Consul answers that no such key exists, though a txn read finds it' };
+    if (entry.key !== key) return { ok: false, detail: `Consul answers with another key, ${formatKey(entry.key)}` };
+    return { ok: true };
+  } catch (err) {
+    // Redirects (unclean paths), 400 (non-printable), and 1.21.5's 500 "invalid key name" refuse the key itself.
+    if (err instanceof ConsulResponseError && (err.code === 'consul_key_not_servable' || err.status === 400 || /invalid key/i.test(err.responseBody))) {
+      return { ok: false, detail: `HTTP ${err.status}${err.responseBody ? `: ${err.responseBody.slice(0, 200)}` : ''}` };
+    }
+    throw err;
+  }
+}
+
+/**
+ * A later round for one rule: reads the differing keys again (etcd at the
+ * round's revision, point reads; Consul in chunks) and keeps what still
+ * differs, with the digests of this round.
+ */
+async function recheck(run: RuleRun, ctx: VerifyDeps & { options: VerifyOptions; revision: number; sessions: Sessions }): Promise<Finding[]> {
+  const { source, target, options, mapping } = ctx;
+  const still: Finding[] = [];
+  const limit = pLimit(POINT_READS);
+  for (let i = 0; i < run.findings.length; i += RECHECK_CHUNK) {
+    checkAborted(options.signal);
+    const chunk = run.findings.slice(i, i + RECHECK_CHUNK);
+    const sources = await Promise.all(chunk.map((f) => (f.source ? limit(() => readOne(source, f.source!, ctx.revision)) : Promise.resolve(undefined))));
+    const consul = new Map((await target.readEntries(chunk.map((f) => f.target), options.signal)).map((e) => [e.key, e]));
+    const expectations = chunk.map((f, j) => {
+      const entry = sources[j];
+      if (!entry) return undefined;
+      const route = routeForVerify(mapping, run.rule, entry);
+      return route.kind === 'expect' && route.expectation.target === f.target ? route.expectation : undefined;
+    });
+    await ctx.sessions.prefetch(expectations.filter((e): e is Expectation => e !== undefined));
+    const readBacks = await readBackKeys(target, chunk.filter((f) => f.readBack && consul.has(f.target)).map((f) => f.target));
+    chunk.forEach((f, j) => {
+      const back = readBacks.get(f.target);
+      const finding = compareKey({ rule: run.rule.name, target: f.target, expectation: expectations[j], consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, ...(back ? { readBack: back } : {}) });
+      if (finding) still.push(finding);
+    });
+  }
+  return still;
+}
+
+/** One etcd key at a revision, or undefined. */
+async function readOne(source: SourceReader, key: Buffer, revision: number): Promise<SourceEntry | undefined> {
+  for await (const page of source.readPages({ start: key, end: Buffer.concat([key, Buffer.from([0])]) }, { revision, pageKeys: 1 })) {
+    return page.entries.find((e) => e.key.equals(key));
+  }
+  return undefined;
+}
