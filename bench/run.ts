@@ -6,6 +6,7 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
   copy: async () => (await import('./copy.js')).benchCopy(),
   dualrun: async () => (await import('./dualrun.js')).benchDualRun(),
   audit: async () => (await import('./audit.js')).benchAudit(),
+  verify: async () => (await import('./verify.js')).benchVerify(),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));
