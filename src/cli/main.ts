@@ -19,8 +19,8 @@ function defaultIo(): Io {
   };
 }
 
-/** A command's body: gets its context and options, returns the exit code. */
-export type CommandRunner<O> = (ctx: CommandContext, options: O & GlobalOptions) => Promise<number>;
+/** A command's body: gets its context, options and positional arguments, returns the exit code. */
+export type CommandRunner<O> = (ctx: CommandContext, options: O & GlobalOptions, args: string[]) => Promise<number>;
 
 /** What `registerCommands` uses to add a command with the shared options and error handling. */
 export interface CommandRegistrar {
@@ -28,14 +28,20 @@ export interface CommandRegistrar {
   add<O>(command: Command, formats: readonly Format[], run: CommandRunner<O>, options?: { oneShot?: boolean }): Command;
 }
 
+/** What the command that ran left behind, for `main` to return or report. */
+interface Outcome {
+  exitCode: number;
+  format: Format;
+  commandName: string;
+}
+
 /**
- * The CLI entry: parses `argv`, runs one command, and returns its exit code.
- * It never calls `process.exit`; `bin/migrate.js` sets `process.exitCode`.
+ * The whole program: every command with the shared options and error
+ * handling, not yet parsed. `main` runs it; `completion` and the tests read
+ * its definition, so what they see is what the CLI accepts.
  */
-export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
-  let exitCode: number = ExitCode.ok;
-  let format: Format = 'text';
-  let commandName = '';
+export function createProgram(io: Io = defaultIo()): { program: Command; outcome: Outcome } {
+  const outcome: Outcome = { exitCode: ExitCode.ok, format: 'text', commandName: '' };
   const output = { writeOut: (s: string) => io.stdout.write(s), writeErr: (s: string) => io.stderr.write(scrub(s)) };
   const program = new Command('migrate')
     .description('Move an application\'s data from etcd v3 to HashiCorp Consul: audit, map, copy, dual-run, verify, cut over.')
@@ -57,15 +63,18 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         .option('--verbose', 'print stacks and debug detail')
         .exitOverride()
         .configureOutput(output)
-        .action(async (opts: GlobalOptions, cmd: Command) => {
-          commandName = cmd.name();
-          format = (opts.format ?? 'text') as Format;
+        // Commander passes the positional arguments first, then the options and the command.
+        .action(async (...actionArgs: unknown[]) => {
+          const cmd = actionArgs[actionArgs.length - 1] as Command;
+          const opts = actionArgs[actionArgs.length - 2] as GlobalOptions;
+          outcome.commandName = cmd.name();
+          outcome.format = (opts.format ?? 'text') as Format;
           const controller = new AbortController();
           const interrupts = options.oneShot === false ? undefined : installInterrupts(controller, io);
           try {
-            const ctx = new CommandContext(io, commandName, opts, formats, controller.signal);
-            exitCode = await run(ctx, opts as never);
-            if (controller.signal.aborted && exitCode === ExitCode.ok) exitCode = ExitCode.interrupted;
+            const ctx = new CommandContext(io, outcome.commandName, opts, formats, controller.signal);
+            outcome.exitCode = await run(ctx, opts as never, actionArgs.slice(0, -2) as string[]);
+            if (controller.signal.aborted && outcome.exitCode === ExitCode.ok) outcome.exitCode = ExitCode.interrupted;
           } finally {
             interrupts?.();
           }
@@ -75,20 +84,28 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
     },
   };
   registerCommands(registrar);
+  return { program, outcome };
+}
 
+/**
+ * The CLI entry: parses `argv`, runs one command, and returns its exit code.
+ * It never calls `process.exit`; `bin/migrate.js` sets `process.exitCode`.
+ */
+export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
+  const { program, outcome } = createProgram(io);
   try {
     if (argv.length === 0) {
       program.outputHelp({ error: true });
       return ExitCode.usage;
     }
     await program.parseAsync(argv, { from: 'user' });
-    return exitCode;
+    return outcome.exitCode;
   } catch (err) {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
       return ExitCode.usage;
     }
-    return reportError(err, io, format, commandName);
+    return reportError(err, io, outcome.format, outcome.commandName);
   }
 }
 
