@@ -1,0 +1,90 @@
+import { MigrateError, UsageError } from '../errors.js';
+import { STATE_SCHEMA_VERSION } from '../state/state.js';
+
+/** The phases of a rule (DESIGN §1, issue 7), in the order a migration goes through them. */
+export const PHASES = ['planned', 'copied', 'mirroring', 'verified', 'cutover', 'finalized', 'rolledback'] as const;
+export type Phase = (typeof PHASES)[number];
+
+/** Which store the application must use for a rule's keys. */
+export type Owner = 'etcd' | 'consul';
+
+/**
+ * The per-rule phase document that `migrate cutover`, `rollback` and
+ * `finalize` write at `<state.prefix><id>/rules/<rule>` in Consul. The client
+ * reads `owner` only; the rest is shown in `stats()` and events.
+ */
+export interface PhaseDocument {
+  schemaVersion: number;
+  rule: string;
+  phase: Phase;
+  owner: Owner;
+  /** ISO time of the last transition. */
+  updated: string;
+  history: unknown[];
+}
+
+/** What the client knows about one rule's phase. */
+export interface RulePhase {
+  rule: string;
+  owner: Owner;
+  /** `undefined` when there is no document yet (the rule is on etcd). */
+  phase: Phase | undefined;
+  updated: string | undefined;
+  /** Consul's ModifyIndex of the document, 0 when there is none. */
+  modifyIndex: number;
+}
+
+/** A phase document the client cannot act on; operations on the rule fail with it until it is fixed. */
+export class PhaseDocumentError extends MigrateError {}
+
+/**
+ * Parses a phase document read from Consul (pure). A missing document (`raw`
+ * undefined) means the rule has not been cut over: owner etcd. Refuses
+ * invalid JSON, a document for another rule, an unknown phase or owner, and a
+ * `schemaVersion` newer than this build understands.
+ */
+export function parsePhaseDocument(key: string, rule: string, raw: Buffer | undefined, modifyIndex = 0): RulePhase {
+  if (raw === undefined) return { rule, owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0 };
+  const corrupt = (what: string): never => {
+    throw new PhaseDocumentError('client_phase_invalid', 4, `The phase document ${key} of rule "${rule}" in Consul ${what}.`, {
+      hint: 'Only `migrate cutover`, `rollback` and `finalize` write it. Inspect it with `consul kv get`, then restore it (or delete it to put the rule back on etcd).',
+      details: { key, rule },
+    });
+  };
+  let doc: Partial<PhaseDocument>;
+  try {
+    doc = JSON.parse(raw.toString('utf8')) as Partial<PhaseDocument>;
+  } catch {
+    return corrupt('is not valid JSON');
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) return corrupt('is not a JSON object');
+  if (typeof doc.schemaVersion !== 'number' || !Number.isInteger(doc.schemaVersion) || doc.schemaVersion < 1) return corrupt('has no valid schemaVersion');
+  if (doc.schemaVersion > STATE_SCHEMA_VERSION) {
+    throw new PhaseDocumentError('client_phase_newer', 2, `The phase document ${key} of rule "${rule}" has schema version ${doc.schemaVersion}; this version of etcd-consul-migrate understands up to ${STATE_SCHEMA_VERSION}.`, {
+      hint: 'A newer migrate wrote it. Upgrade the etcd-consul-migrate dependency of this application to the version the migration uses.',
+      details: { key, rule, schemaVersion: doc.schemaVersion, supported: STATE_SCHEMA_VERSION },
+    });
+  }
+  if (doc.rule !== rule) return corrupt(`names rule ${JSON.stringify(doc.rule)}`);
+  if (!PHASES.includes(doc.phase as Phase)) return corrupt(`has an unknown phase ${JSON.stringify(doc.phase)} (expected one of ${PHASES.join(', ')})`);
+  if (doc.owner !== 'etcd' && doc.owner !== 'consul') return corrupt(`has an unknown owner ${JSON.stringify(doc.owner)} (expected "etcd" or "consul")`);
+  return { rule, owner: doc.owner, phase: doc.phase as Phase, updated: typeof doc.updated === 'string' ? doc.updated : undefined, modifyIndex };
+}
+
+/** The rules an application names, checked against the mapping's rules (pure). */
+export function checkClientRules(requested: readonly string[], known: readonly { name: string; action: string }[], file: string | undefined): string[] {
+  if (requested.length === 0) {
+    throw new UsageError('client_rules_missing', 'createKvClient needs the rule name(s) the application uses (option `rules`).', {
+      hint: `Pass the names of the rules in ${file ?? 'migration.yaml'} that hold this application's keys, e.g. rules: ['${known[0]?.name ?? 'app-config'}'].`,
+    });
+  }
+  const names = new Set(known.map((rule) => rule.name));
+  const unknown = requested.filter((name) => !names.has(name));
+  if (unknown.length > 0) {
+    throw new UsageError('client_rule_unknown', `Unknown rule${unknown.length > 1 ? 's' : ''} ${unknown.map((n) => JSON.stringify(n)).join(', ')}: ${file ?? 'the configuration'} defines ${known.length ? known.map((r) => JSON.stringify(r.name)).join(', ') : 'no rules'}.`, {
+      hint: 'Use the rule names of migration.yaml (`migrate plan` lists them); the client must load the same migration.yaml as migrate.',
+      details: { unknown, known: known.map((r) => r.name) },
+    });
+  }
+  return [...new Set(requested)];
+}
