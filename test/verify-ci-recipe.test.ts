@@ -135,3 +135,62 @@ describe('the GitHub Actions recipe (examples/github-actions/verify.yml)', () =>
     expect(splitCommand(`migrate verify --x "$A" 'b c' >> out`, { A: 'a' })).toEqual({ args: ['migrate', 'verify', '--x', 'a', 'b c'], stdout: { file: 'out', append: true } });
   });
 });
+
+const GITLAB_RECIPE = join(repoRoot, 'examples', 'gitlab-ci', 'verify.yml');
+
+interface GitLabJob {
+  variables?: Record<string, string>;
+  before_script?: string[];
+  script: string[];
+  after_script?: string[];
+  artifacts?: { when?: string; paths?: string[]; reports?: { junit?: string } };
+}
+
+describe('the GitLab CI recipe (examples/gitlab-ci/verify.yml)', () => {
+  const recipe = parse(readFileSync(GITLAB_RECIPE, 'utf8')) as Record<string, unknown>;
+  // Jobs are the top-level entries with a script (the others are keywords such as stages or variables).
+  const jobs = Object.values(recipe).filter((v): v is GitLabJob => typeof v === 'object' && v !== null && 'script' in v);
+  const lines = jobs
+    .flatMap((job) => [...(job.before_script ?? []), ...job.script, ...(job.after_script ?? [])])
+    .flatMap((script) => script.replace(/\\\n\s*/g, ' ').split('\n'))
+    .map((line) => line.trim())
+    .filter(Boolean);
+  const commands = lines.filter((line) => /^migrate\s/.test(line));
+
+  it('is one job with a verify command whose JUnit report GitLab reads, kept even when the job fails', () => {
+    expect(jobs).toHaveLength(1);
+    const [job] = jobs;
+    expect(commands.some((c) => c.includes('--format junit'))).toBe(true);
+    expect(job!.artifacts).toMatchObject({ when: 'always', reports: { junit: 'verify.xml' } });
+    expect(job!.artifacts!.paths).toEqual(expect.arrayContaining(['verify.xml', 'verify.md']));
+    const name = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')).name as string;
+    expect(lines.some((l) => l.startsWith(`npm install --global ${name}@`))).toBe(true);
+    // Only documented commands: the verify command of the GitHub recipe, with the summary in a file.
+    const github = runLines(parse(readFileSync(RECIPE, 'utf8'))).filter((line) => /^migrate\s/.test(line));
+    expect(commands.map((c) => c.replace(/--summary-file \S+/, ''))).toEqual(github.map((c) => c.replace(/--summary-file \S+/, '')));
+  });
+
+  it('every migrate command in it runs as written against real servers, and writes the artifacts it keeps', async () => {
+    const id = `gl-${randomBytes(3).toString('hex')}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/app/, to: ${id}/app/ }\n`);
+    for (let i = 0; i < 5; i++) await etcd.put(`/${id}/app/k${i}`).value(`v${i}`);
+    const copy = await runCli(['copy'], { cwd: dir, env: serverEnv() });
+    expect(copy.code, copy.stderr).toBe(0);
+
+    const work = mkdtempSync(join(tmpdir(), 'migrate-gitlab-'));
+    const variables = jobs[0]!.variables ?? {};
+    expect(Object.keys(variables)).toContain('MIGRATE_CONFIG');
+    const env = serverEnv({ MIGRATE_CONFIG: join(dir, variables.MIGRATE_CONFIG!) });
+    for (const line of commands) {
+      const { args, stdout } = splitCommand(line, env);
+      const run = await runCli(args.slice(1), { cwd: work, env });
+      expect(run.code, `${line}\n${run.stderr}`).toBe(0);
+      if (stdout) writeFileSync(join(work, stdout.file), run.stdout, { flag: stdout.append ? 'a' : 'w' });
+    }
+    const xml = readFileSync(join(work, 'verify.xml'), 'utf8');
+    expect(XMLValidator.validate(xml)).toBe(true);
+    const report = new XMLParser({ ignoreAttributes: false, isArray: (n) => n === 'testcase' }).parse(xml);
+    expect(report.testsuites.testsuite.testcase.map((t: { '@_name': string }) => t['@_name'])).toEqual(['app']);
+    expect(readFileSync(join(work, 'verify.md'), 'utf8')).toContain('## migrate verify: ✅ parity');
+  });
+});
