@@ -1,5 +1,5 @@
 import type { CheckpointState } from '../copy/copy.js';
-import { HEARTBEAT_MS } from '../dualrun/dualrun.js';
+import { HEARTBEAT_MS } from '../dualrun/heartbeat.js';
 
 /**
  * How verify decides that a dual-run is running, so that it waits for the
