@@ -26,7 +26,11 @@ const STEPS: Step[] = [
   { args: ['copy', '--dry-run'], expect: [0], why: 'the exact operations, computed by reading Consul too; writes nothing' },
   { args: ['copy'], expect: [0], why: 'copy every copy rule at one pinned etcd revision' },
   { args: ['copy', '--dry-run'], expect: [0], why: 'a second plan has nothing left to do' },
+  { args: ['verify'], expect: [0], why: 'parity, both directions, per rule; unmappable keys counted apart' },
 ];
+
+/** After the dual-run: what it replicated is checked the same way. */
+const AFTER_DUALRUN: Step[] = [{ args: ['verify'], expect: [0], why: 'still at parity after the live changes the dual-run mirrored' }];
 
 /**
  * The dual-run, live: started in the background, it mirrors a config change and
@@ -68,18 +72,20 @@ try {
   const workdir = mkdtempSync(join(tmpdir(), 'migrate-demo-'));
   copyFileSync(join(repoRoot, 'fixtures', 'demo', 'migration.yaml'), join(workdir, 'migration.yaml'));
   const env = { ...process.env, ETCDCTL_ENDPOINTS: etcd.endpoint, CONSUL_HTTP_ADDR: consul.address, CI: process.env.CI ?? '' };
-  for (const step of STEPS) {
-    process.stdout.write(`\n$ migrate ${step.args.join(' ')}      # ${step.why}\n`);
-    const run = spawnSync(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), ...step.args], { cwd: workdir, env, stdio: ['ignore', 'inherit', 'inherit'] });
-    const code = run.status ?? 1;
-    process.stdout.write(`(exit ${code})\n`);
-    if (!step.expect.includes(code)) {
-      process.stderr.write(`demo: \`migrate ${step.args.join(' ')}\` exited ${code}, expected ${step.expect.join(' or ')}\n`);
-      failed = true;
-      break;
+  const runSteps = (steps: Step[]): boolean => {
+    for (const step of steps) {
+      process.stdout.write(`\n$ migrate ${step.args.join(' ')}      # ${step.why}\n`);
+      const run = spawnSync(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), ...step.args], { cwd: workdir, env, stdio: ['ignore', 'inherit', 'inherit'] });
+      const code = run.status ?? 1;
+      process.stdout.write(`(exit ${code})\n`);
+      if (!step.expect.includes(code)) {
+        process.stderr.write(`demo: \`migrate ${step.args.join(' ')}\` exited ${code}, expected ${step.expect.join(' or ')}\n`);
+        return false;
+      }
     }
-  }
-  if (!failed) failed = !(await dualRunStep(workdir, env, keys.length));
+    return true;
+  };
+  failed = !runSteps(STEPS) || !(await dualRunStep(workdir, env, keys.length)) || !runSteps(AFTER_DUALRUN);
   await loaded.stop();
 } finally {
   client.close();
