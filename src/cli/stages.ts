@@ -5,7 +5,7 @@ export type Stage = 'read-only' | 'writes';
 
 export const STAGE_HEADINGS: Record<Stage, string> = {
   'read-only': 'Read-only:',
-  writes: 'Writes to Consul:',
+  writes: 'Writes:',
 };
 
 /**
