@@ -1,0 +1,78 @@
+import { describe, expect, it } from 'vitest';
+import type { CheckpointState, CopyState } from '../copy/copy.js';
+import type { VerifyLastState } from '../verify/verify.js';
+import { checkVerify, derivePhase, nextStep, ownerAt, ownerOf, withOwnershipChange, withTransition, type OwnersDoc } from './phase.js';
+
+const now = Date.parse('2026-01-01T12:00:00Z');
+const iso = (msAgo: number) => new Date(now - msAgo).toISOString();
+const copy: CopyState = { schemaVersion: 1, revision: 10, started: iso(3_600_000), completed: iso(3_500_000), rules: { app: { done: true } } };
+const running: CheckpointState = { schemaVersion: 1, revision: 20, updated: iso(1000), by: 'dualrun' };
+const stopped: CheckpointState = { schemaVersion: 1, revision: 20, updated: iso(600_000), by: 'dualrun' };
+function verify(status: 'parity' | 'drift', msAgo = 60_000): VerifyLastState {
+  return {
+    schemaVersion: 1, at: iso(msAgo), revision: 20, cut: 'checkpoint', checkpoint: 20, clean: status === 'parity', rounds: 1, toolVersion: 't',
+    rules: { app: { status, differences: status === 'drift' ? 2 : 0, compared: 5, settled: 0, budget: null, byKind: { missing: 0, extra: 0, value: 0, session: 0, 'not-servable': 0 } } },
+  };
+}
+
+describe('derivePhase', () => {
+  it('walks planned → copied → mirroring → verified from the other stages\' state', () => {
+    const base = { doc: undefined, copy: undefined, checkpoint: undefined, verify: undefined, nowMs: now };
+    expect(derivePhase('app', base)).toBe('planned');
+    expect(derivePhase('app', { ...base, copy })).toBe('copied');
+    expect(derivePhase('app', { ...base, copy, checkpoint: stopped })).toBe('copied');
+    expect(derivePhase('app', { ...base, copy, checkpoint: running })).toBe('mirroring');
+    expect(derivePhase('app', { ...base, copy, checkpoint: running, verify: verify('drift') })).toBe('mirroring');
+    expect(derivePhase('app', { ...base, copy, checkpoint: running, verify: verify('parity') })).toBe('verified');
+  });
+
+  it('a written phase wins over the derivation', () => {
+    const doc = withTransition(undefined, 'app', 'verified', 'cutover', { at: iso(0), by: 'me@host' });
+    expect(derivePhase('app', { doc, copy: undefined, checkpoint: undefined, verify: undefined, nowMs: now })).toBe('cutover');
+  });
+});
+
+describe('phase documents', () => {
+  it('records history from the derived phase; owner is consul only for cutover and finalized', () => {
+    const doc = withTransition(undefined, 'app', 'verified', 'cutover', { at: iso(0), by: 'me@host', evidence: { checkpoint: 20 } });
+    expect(doc).toMatchObject({ schemaVersion: 1, rule: 'app', phase: 'cutover', owner: 'consul' });
+    expect(doc.history.map((h) => h.phase)).toEqual(['verified', 'cutover']);
+    const back = withTransition(doc, 'app', 'cutover', 'rolledback', { at: iso(0), by: 'you@host' });
+    expect(back).toMatchObject({ phase: 'rolledback', owner: 'etcd' });
+    expect(back.history.map((h) => h.phase)).toEqual(['verified', 'cutover', 'rolledback']);
+    expect(['planned', 'copied', 'mirroring', 'verified', 'rolledback'].map((p) => ownerOf(p as never))).toEqual(['etcd', 'etcd', 'etcd', 'etcd', 'etcd']);
+    expect(ownerOf('finalized')).toBe('consul');
+  });
+
+  it('ownerAt: events after a change belong to its owner, replays included', () => {
+    let owners: OwnersDoc | undefined;
+    owners = withOwnershipChange(owners, 'app', 'cutover', 100, iso(0));
+    owners = withOwnershipChange(owners, 'app', 'rolledback', 200, iso(0));
+    expect(ownerAt(owners, 'app', 100).owner).toBe('etcd');
+    expect(ownerAt(owners, 'app', 101)).toEqual({ owner: 'consul', phase: 'cutover' });
+    expect(ownerAt(owners, 'app', 200).owner).toBe('consul');
+    expect(ownerAt(owners, 'app', 201)).toEqual({ owner: 'etcd', phase: 'rolledback' });
+    expect(ownerAt(owners, 'other', 500).owner).toBe('etcd');
+    expect(ownerAt(undefined, 'app', 500).owner).toBe('etcd');
+  });
+});
+
+describe('preconditions and next steps', () => {
+  it('checkVerify wants a clean verify of the rule no older than the bound', () => {
+    expect(checkVerify(undefined, 'app', now, 900_000)).toMatchObject({ ok: false });
+    expect(checkVerify(verify('drift'), 'app', now, 900_000)).toMatchObject({ ok: false });
+    expect(checkVerify(verify('parity', 3_600_000), 'app', now, 900_000)).toMatchObject({ ok: false });
+    expect(checkVerify(verify('parity', 3_600_000), 'app', now, 900_000).detail).toContain('--verify-now');
+    expect(checkVerify(verify('parity'), 'app', now, 900_000)).toMatchObject({ ok: true });
+  });
+
+  it('says what to run next', () => {
+    const facts = { running: true, verifyClean: true, verifyAgeMs: 1000, maxVerifyAgeMs: 900_000, trips: 0 };
+    expect(nextStep('app', 'planned', facts)).toBe('migrate copy');
+    expect(nextStep('app', 'verified', facts)).toBe('migrate cutover --rule app');
+    expect(nextStep('app', 'verified', { ...facts, verifyAgeMs: 1e9 })).toContain('--verify-now');
+    expect(nextStep('app', 'cutover', facts)).toContain('migrate finalize --rule app');
+    expect(nextStep('app', 'cutover', { ...facts, trips: 2 })).toContain('--acknowledge-trips');
+    expect(nextStep('app', 'finalized', facts)).toBe('done');
+  });
+});

@@ -1,0 +1,222 @@
+import type { CheckpointState, CopyState } from '../copy/copy.js';
+import type { StatePaths } from '../state/state.js';
+import { readCheckpointState } from '../verify/cut.js';
+import type { VerifyLastState } from '../verify/verify.js';
+
+/**
+ * Per-rule phases of a migration (DESIGN §4 `rules/<name>`), pure.
+ *
+ * planned → copied → mirroring → verified → cutover → finalized, and
+ * rolledback (from cutover). The first four are derived from the state the
+ * other stages already leave (the copy document, the dual-run's checkpoint,
+ * `verify/last`) as long as no transition was written; the transitions that
+ * move ownership (cutover, rollback, finalize) are written, with a
+ * check-and-set, to `rules/<name>` and to the `owners` fence document the
+ * dual-run follows.
+ */
+
+export type RulePhase = 'planned' | 'copied' | 'mirroring' | 'verified' | 'cutover' | 'finalized' | 'rolledback';
+export type RuleOwner = 'etcd' | 'consul';
+
+export const RULE_PHASES: readonly RulePhase[] = ['planned', 'copied', 'mirroring', 'verified', 'cutover', 'finalized', 'rolledback'];
+
+/** What a transition carries as proof: never values. */
+export interface PhaseEvidence {
+  /** The verify/last summary the transition relied on. */
+  verify?: { at: string; ageSeconds: number; clean: boolean; status: string; differences: number; revision: number };
+  /** The dual-run checkpoint and etcd's revision when the transition was decided. */
+  checkpoint?: number;
+  etcdRevision?: number;
+  /** The rule's Consul keys exported as the rollback point (`consul kv import` JSON). */
+  rollbackFile?: string;
+  rollbackKeys?: number;
+  snapshotFile?: string;
+  /** finalize: the etcd export and how many etcd keys were deleted. */
+  etcdExportFile?: string;
+  etcdDeleted?: number;
+  /** Late writes or guard trips the operator acknowledged with this transition. */
+  acknowledgedTrips?: number;
+  note?: string;
+}
+
+export interface PhaseHistoryEntry {
+  phase: RulePhase;
+  at: string;
+  /** user@host */
+  by: string;
+  evidence?: PhaseEvidence;
+}
+
+/**
+ * `rules/<name>`: the contract applications (and the Node client) read.
+ * `owner` is the store applications must write to.
+ */
+export interface RulePhaseDoc {
+  schemaVersion: 1;
+  rule: string;
+  phase: RulePhase;
+  owner: RuleOwner;
+  updated: string;
+  history: PhaseHistoryEntry[];
+}
+
+/** One ownership change, at the etcd revision read just before it was written. */
+export interface OwnershipChange {
+  /** etcd events after this revision belong to `owner`. */
+  revision: number;
+  owner: RuleOwner;
+  phase: RulePhase;
+  at: string;
+}
+
+/**
+ * `owners`: one document that every ownership change rewrites in the same
+ * txn as the rule's phase document. The dual-run fences each of its apply
+ * txns with a `check-index` on it, so no etcd → Consul write planned under an
+ * old owner can land after a cutover.
+ */
+export interface OwnersDoc {
+  schemaVersion: 1;
+  updated: string;
+  rules: Record<string, { phase: RulePhase; changes: OwnershipChange[] }>;
+}
+
+/** Ownership changes kept per rule (the dual-run replays at most from its checkpoint). */
+const CHANGES_KEPT = 50;
+
+export function ownersKey(paths: StatePaths): string {
+  return `${paths.root}owners`;
+}
+
+export function tripsPrefix(paths: StatePaths): string {
+  return `${paths.root}trips/`;
+}
+
+export function tripsKey(paths: StatePaths, rule: string): string {
+  return `${tripsPrefix(paths)}${rule}`;
+}
+
+export function ownerOf(phase: RulePhase): RuleOwner {
+  return phase === 'cutover' || phase === 'finalized' ? 'consul' : 'etcd';
+}
+
+/** Who owned `rule` at etcd revision `revision`: the last change strictly before it, else etcd. */
+export function ownerAt(owners: OwnersDoc | undefined, rule: string, revision: number): { owner: RuleOwner; phase: RulePhase | undefined } {
+  const changes = owners?.rules[rule]?.changes ?? [];
+  let current: OwnershipChange | undefined;
+  for (const change of changes) if (change.revision < revision && (!current || change.revision >= current.revision)) current = change;
+  return current ? { owner: current.owner, phase: current.phase } : { owner: 'etcd', phase: undefined };
+}
+
+/** The owners document after a transition of `rule` at etcd revision `revision`. */
+export function withOwnershipChange(owners: OwnersDoc | undefined, rule: string, phase: RulePhase, revision: number, at: string): OwnersDoc {
+  const rules = { ...(owners?.rules ?? {}) };
+  const changes = [...(rules[rule]?.changes ?? []), { revision, owner: ownerOf(phase), phase, at }].slice(-CHANGES_KEPT);
+  rules[rule] = { phase, changes };
+  return { schemaVersion: 1, updated: at, rules };
+}
+
+/** The phase document after a transition (history appended; a first document starts with the derived phase). */
+export function withTransition(doc: RulePhaseDoc | undefined, rule: string, derived: RulePhase, to: RulePhase, entry: Omit<PhaseHistoryEntry, 'phase'>): RulePhaseDoc {
+  const history = doc ? [...doc.history] : [{ phase: derived, at: entry.at, by: entry.by, evidence: { note: 'derived from the copy, checkpoint and verify state' } }];
+  history.push({ phase: to, ...entry });
+  return { schemaVersion: 1, rule, phase: to, owner: ownerOf(to), updated: entry.at, history };
+}
+
+/** Trips recorded for a rule by the dual-run (late writes, delete guard) until an operator acknowledges them. */
+export interface TripsDoc {
+  schemaVersion: 1;
+  rule: string;
+  lateWrites: { count: number; firstAt?: string; lastAt?: string; lastRevision?: number; keys: string[] };
+  guardTrips: { count: number; lastAt?: string; detail?: string };
+}
+
+export const TRIP_KEYS_KEPT = 50;
+
+export function emptyTrips(rule: string): TripsDoc {
+  return { schemaVersion: 1, rule, lateWrites: { count: 0, keys: [] }, guardTrips: { count: 0 } };
+}
+
+export function openTrips(doc: TripsDoc | undefined): number {
+  return doc ? doc.lateWrites.count + doc.guardTrips.count : 0;
+}
+
+/** What the derivation needs from the state documents. */
+export interface PhaseInputs {
+  doc: RulePhaseDoc | undefined;
+  copy: CopyState | undefined;
+  checkpoint: CheckpointState | undefined;
+  verify: VerifyLastState | undefined;
+  nowMs: number;
+}
+
+/** Whether a dual-run is running, by its checkpoint heartbeat (verify's rule). */
+export function dualRunRunning(checkpoint: CheckpointState | undefined, nowMs: number): boolean {
+  return readCheckpointState(checkpoint, undefined, nowMs).running;
+}
+
+/** The phase of a copy rule: the written one, else derived from the other stages' state. */
+export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
+  if (input.doc) return input.doc.phase;
+  const copied = Boolean(input.copy?.completed || input.copy?.rules[rule]?.done);
+  if (!copied) return 'planned';
+  if (!dualRunRunning(input.checkpoint, input.nowMs)) return 'copied';
+  const verified = input.verify?.rules[rule];
+  if (verified && verified.status !== 'drift' && Date.parse(input.verify!.at) >= Date.parse(input.copy?.started ?? '1970-01-01')) return 'verified';
+  return 'mirroring';
+}
+
+/** What the operator does next, for `status`. */
+export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number }): string {
+  if (facts.trips > 0 && (phase === 'cutover' || phase === 'rolledback')) return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
+  switch (phase) {
+    case 'planned':
+      return 'migrate copy';
+    case 'copied':
+      return 'migrate dualrun (keep it running)';
+    case 'mirroring':
+      return facts.running ? 'migrate verify' : 'start migrate dualrun, then migrate verify';
+    case 'verified':
+    case 'rolledback':
+      if (!facts.running) return 'start migrate dualrun';
+      if (facts.verifyClean !== true) return 'migrate verify (the last one drifted or is missing)';
+      if (facts.verifyAgeMs !== undefined && facts.verifyAgeMs > facts.maxVerifyAgeMs) return `migrate cutover --rule ${rule} --verify-now (the last verify is stale)`;
+      return `migrate cutover --rule ${rule}`;
+    case 'cutover':
+      return `switch the application's writers to Consul; then migrate finalize --rule ${rule} (or migrate rollback --rule ${rule})`;
+    case 'finalized':
+      return 'done';
+  }
+}
+
+/** One precondition as `cutover`, `rollback` and `finalize` report it. */
+export interface PreconditionCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+/** The verify/last summary of one rule as evidence, or undefined. */
+export function verifyEvidence(verify: VerifyLastState | undefined, rule: string, nowMs: number): PhaseEvidence['verify'] | undefined {
+  const r = verify?.rules[rule];
+  if (!verify || !r) return undefined;
+  return { at: verify.at, ageSeconds: Math.max(0, Math.round((nowMs - Date.parse(verify.at)) / 1000)), clean: r.status !== 'drift', status: r.status, differences: r.differences, revision: verify.revision };
+}
+
+/** Checks the verify precondition: a clean verify of `rule`, no older than `maxAgeMs`. */
+export function checkVerify(verify: VerifyLastState | undefined, rule: string, nowMs: number, maxAgeMs: number): PreconditionCheck {
+  const ev = verifyEvidence(verify, rule, nowMs);
+  if (!ev) return { name: 'verify', ok: false, detail: `no verify of rule ${rule} is recorded (run \`migrate verify\`, or pass --verify-now)` };
+  if (!ev.clean) return { name: 'verify', ok: false, detail: `the last verify (${formatAge(ev.ageSeconds * 1000)} ago) found ${ev.differences} difference(s) in rule ${rule}` };
+  const ageMs = nowMs - Date.parse(ev.at);
+  if (!(ageMs <= maxAgeMs)) return { name: 'verify', ok: false, detail: `the last clean verify is ${formatAge(ageMs)} old, older than --max-verify-age ${formatAge(maxAgeMs)} (pass --verify-now to run one)` };
+  return { name: 'verify', ok: true, detail: `clean verify ${formatAge(ev.ageSeconds * 1000)} ago at etcd revision ${ev.revision} (${ev.status})` };
+}
+
+export function formatAge(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86_400)}d`;
+}

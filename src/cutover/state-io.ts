@@ -1,0 +1,122 @@
+import { hostname, userInfo } from 'node:os';
+import type { CheckpointState, CopyState } from '../copy/copy.js';
+import { RefusedError } from '../errors.js';
+import { parseStateDocument, readState, type StatePaths } from '../state/state.js';
+import { TxnFailedError } from '../stores/consul-http.js';
+import type { TargetStore, TxnOp } from '../stores/types.js';
+import type { VerifyLastState } from '../verify/verify.js';
+import { emptyTrips, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, type OwnersDoc, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
+
+/** The state documents the cutover stage reads, with the Consul indexes its writes check against. */
+export interface CutoverState {
+  copy: CopyState | undefined;
+  checkpoint: CheckpointState | undefined;
+  verify: VerifyLastState | undefined;
+  docs: Map<string, { doc: RulePhaseDoc; index: number }>;
+  owners: { doc: OwnersDoc | undefined; index: number };
+  trips: Map<string, { doc: TripsDoc; index: number }>;
+}
+
+export async function readCutoverState(target: TargetStore, paths: StatePaths): Promise<CutoverState> {
+  const [copy, checkpoint, verify, ownersEntry] = await Promise.all([
+    readState<CopyState>(target, paths.copy),
+    readState<CheckpointState>(target, paths.checkpoint()),
+    readState<VerifyLastState>(target, paths.verifyLast),
+    target.readKey(ownersKey(paths)),
+  ]);
+  const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
+  const ruleKeys = await target.listKeys(paths.rule(''));
+  for (const entry of await target.readEntries(ruleKeys)) {
+    const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
+    docs.set(doc.rule, { doc, index: entry.modifyIndex });
+  }
+  const trips = new Map<string, { doc: TripsDoc; index: number }>();
+  for (const entry of await target.readEntries(await target.listKeys(tripsPrefix(paths)))) {
+    const doc = parseStateDocument<TripsDoc>(entry.key, entry.value);
+    trips.set(doc.rule, { doc, index: entry.modifyIndex });
+  }
+  return {
+    copy,
+    checkpoint,
+    verify,
+    docs,
+    owners: { doc: ownersEntry ? parseStateDocument<OwnersDoc>(ownersEntry.key, ownersEntry.value) : undefined, index: ownersEntry?.modifyIndex ?? 0 },
+    trips,
+  };
+}
+
+/** `user@host` for the history. */
+export function operator(env: NodeJS.ProcessEnv = process.env): string {
+  let user = env.USER ?? env.LOGNAME;
+  if (!user) {
+    try {
+      user = userInfo().username;
+    } catch {
+      user = 'unknown';
+    }
+  }
+  return `${user}@${hostname()}`;
+}
+
+export interface Transition {
+  rule: string;
+  /** The phase before (derived when no document exists). */
+  from: RulePhase;
+  to: RulePhase;
+  entry: Omit<PhaseHistoryEntry, 'phase'>;
+  /** The etcd revision read just before the write: etcd events after it belong to the new owner. */
+  etcdRevision: number;
+}
+
+/**
+ * Writes transitions of one or more rules in one txn: each rule document and
+ * the owners fence by `cas` against the indexes read in `state`, and, when
+ * trips are acknowledged, their documents deleted by `delete-cas`. Another
+ * operator (or a dual-run recording a trip) changing any of them in between
+ * rolls the whole txn back: refused (exit 4), nothing written.
+ */
+export async function writeTransitions(target: TargetStore, paths: StatePaths, state: CutoverState, transitions: Transition[], acknowledgeTrips: string[] = []): Promise<Map<string, RulePhaseDoc>> {
+  const written = new Map<string, RulePhaseDoc>();
+  let owners = state.owners.doc;
+  const ops: TxnOp[] = [];
+  for (const t of transitions) {
+    const current = state.docs.get(t.rule);
+    const doc = withTransition(current?.doc, t.rule, t.from, t.to, t.entry);
+    owners = withOwnershipChange(owners, t.rule, t.to, t.etcdRevision, t.entry.at);
+    ops.push({ verb: 'cas', key: paths.rule(t.rule), value: Buffer.from(JSON.stringify(doc)), index: current?.index ?? 0 });
+    written.set(t.rule, doc);
+  }
+  ops.push({ verb: 'cas', key: ownersKey(paths), value: Buffer.from(JSON.stringify(owners)), index: state.owners.index });
+  for (const rule of acknowledgeTrips) {
+    const trips = state.trips.get(rule);
+    if (trips) ops.push({ verb: 'delete-cas', key: tripsKey(paths, rule), index: trips.index });
+  }
+  try {
+    await target.applyTxn(ops);
+  } catch (err) {
+    if (!(err instanceof TxnFailedError)) throw err;
+    throw new RefusedError('phase_contended', `The phase of ${transitions.map((t) => `rule ${t.rule}`).join(', ')} changed while this command checked it (another operator, or the dual-run recorded a trip); nothing was written.`, {
+      hint: 'Run `migrate status` to see the current phase, then run the command again.',
+    });
+  }
+  return written;
+}
+
+/**
+ * Adds late writes or a guard trip to a rule's trips document (read, modify,
+ * check-and-set; retried when the document changed in between).
+ */
+export async function recordTrip(target: TargetStore, paths: StatePaths, rule: string, change: (doc: TripsDoc) => void): Promise<void> {
+  const key = tripsKey(paths, rule);
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const entry = await target.readKey(key);
+    const doc = entry ? parseStateDocument<TripsDoc>(key, entry.value) : emptyTrips(rule);
+    change(doc);
+    try {
+      await target.applyTxn([{ verb: 'cas', key, value: Buffer.from(JSON.stringify(doc)), index: entry?.modifyIndex ?? 0 }]);
+      return;
+    } catch (err) {
+      if (!(err instanceof TxnFailedError)) throw err;
+    }
+  }
+}
