@@ -1,4 +1,4 @@
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import { dirname } from 'node:path';
 import { resolveConnections } from '../config/connections.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
@@ -195,6 +195,8 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   /** @internal Use {@link createKvClient}. */
   constructor(loaded: LoadedConfig, rules: readonly string[], private readonly source: EtcdSource, private readonly target: ConsulTarget, options: KvClientOptions) {
     super();
+    // Every pending shadow re-check and watch listens on this signal; that many listeners is expected.
+    setMaxListeners(0, this.closing.signal);
     this.mapping = loaded.mapping;
     this.clientRules = new Set(rules);
     this.waitSeconds = options.blockingWaitSeconds ?? 30;

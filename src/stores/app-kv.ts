@@ -73,6 +73,7 @@ export class EtcdAppKv implements AppKv<Buffer> {
         const watch = await this.source.watch(prefixRange(prefix), next);
         const stop = () => void watch.close();
         signal.addEventListener('abort', stop, { once: true });
+        if (signal.aborted) stop();
         try {
           if (!ready) {
             ready = true;
