@@ -1,27 +1,24 @@
 import { MigrateError, UsageError } from '../errors.js';
+import type { RuleOwner, RulePhase as CutoverPhase, RulePhaseDoc } from '../cutover/phase.js';
 import { STATE_SCHEMA_VERSION } from '../state/state.js';
 
-/** The phases of a rule (DESIGN §1, issue 7), in the order a migration goes through them. */
-export const PHASES = ['planned', 'copied', 'mirroring', 'verified', 'cutover', 'finalized', 'rolledback'] as const;
-export type Phase = (typeof PHASES)[number];
+/** The phases of a rule (DESIGN §1, issue 7), as `migrate cutover`, `rollback` and `finalize` write them. */
+export type Phase = CutoverPhase;
 
 /** Which store the application must use for a rule's keys. */
-export type Owner = 'etcd' | 'consul';
+export type Owner = RuleOwner;
 
 /**
  * The per-rule phase document that `migrate cutover`, `rollback` and
  * `finalize` write at `<state.prefix><id>/rules/<rule>` in Consul. The client
- * reads `owner` only; the rest is shown in `stats()` and events.
+ * acts on `owner` only; the rest is shown in `stats()` and events.
  */
-export interface PhaseDocument {
-  schemaVersion: number;
-  rule: string;
-  phase: Phase;
-  owner: Owner;
-  /** ISO time of the last transition. */
-  updated: string;
-  history: unknown[];
-}
+export type PhaseDocument = RulePhaseDoc;
+
+/** Every phase, for validating documents at run time; the check below keeps it equal to the cutover's list. */
+export const PHASES = ['planned', 'copied', 'mirroring', 'verified', 'cutover', 'finalized', 'rolledback'] as const satisfies readonly CutoverPhase[];
+const everyPhaseListed: Exclude<CutoverPhase, (typeof PHASES)[number]> extends never ? true : never = true;
+void everyPhaseListed;
 
 /** What the client knows about one rule's phase. */
 export interface RulePhase {
@@ -51,9 +48,9 @@ export function parsePhaseDocument(key: string, rule: string, raw: Buffer | unde
       details: { key, rule },
     });
   };
-  let doc: Partial<PhaseDocument>;
+  let doc: Partial<Record<keyof PhaseDocument, unknown>>;
   try {
-    doc = JSON.parse(raw.toString('utf8')) as Partial<PhaseDocument>;
+    doc = JSON.parse(raw.toString('utf8')) as Partial<Record<keyof PhaseDocument, unknown>>;
   } catch {
     return corrupt('is not valid JSON');
   }
