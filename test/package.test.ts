@@ -15,6 +15,8 @@ describe('packaging', () => {
     expect(listing).toContain('package/bin/migrate.js');
     expect(listing).toContain('package/dist/cli/main.js');
     expect(listing).not.toMatch(/\.test\.js/);
+    expect(listing).toContain('package/dist/client/index.js');
+    expect(listing).toContain('package/dist/client/index.d.ts');
 
     const app = mkdtempSync(join(tmpdir(), 'migrate-install-'));
     execFileSync('npm', ['init', '-y', '--loglevel=error'], { cwd: app, stdio: 'ignore' });
@@ -24,5 +26,8 @@ describe('packaging', () => {
       expect(execFileSync(join(app, 'node_modules', '.bin', bin), ['--version'], { encoding: 'utf8' }).trim()).toBe(version);
     }
     expect(execFileSync(join(app, 'node_modules', '.bin', 'migrate'), ['--help'], { encoding: 'utf8' })).toContain('doctor');
+    // The Node client resolves through the package's `exports`, from an application that installed the tarball.
+    const client = execFileSync('node', ['--input-type=module', '-e', "const m = await import('etcd-consul-migrate/client'); console.log(typeof m.createKvClient, typeof m.KvClient)"], { cwd: app, encoding: 'utf8' });
+    expect(client.trim()).toBe('function function');
   }, 180_000);
 });
