@@ -6,11 +6,19 @@ import { formatKey } from '../report/keys.js';
 import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
 import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
-import type { KeyRange, SourceReader, SourceWatch, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
+import type { KeyRange, SourceEvent, SourceReader, SourceWatch, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions } from '../sessions/lease-sessions.js';
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 import type { CheckpointState, CopyOptions, CopyResult } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
+import { ownerAt, ownersKey } from '../cutover/phase.js';
+import { recordTrip } from '../cutover/state-io.js';
+import { findRule } from '../mapping/route.js';
+import type { BlockingReader } from '../stores/consul-blocking.js';
+import { PollingReader } from '../stores/consul-blocking.js';
+import type { SourceWriter } from '../stores/etcd-writer.js';
+import { OwnWrites, Ownership, ReverseMirror } from './reverse-mirror.js';
+import { TRIP_KEYS_KEPT } from '../cutover/phase.js';
 import { planRevision, routeForReplication, type RevisionPlan } from './plan-revision.js';
 
 /** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
@@ -31,6 +39,14 @@ export interface DualRunStats {
   repairs: number;
   sessions: number;
   errors: Record<string, number>;
+  /** Writes to etcd under a rule owned by Consul that the reverse mirror did not make, per rule. */
+  lateWrites: Record<string, number>;
+  /** etcd ops the reverse mirrors applied (Consul → etcd). */
+  reverseOps: number;
+  /** Deletes the reverse mirror refused to derive (delete guard). */
+  guardTrips: number;
+  /** Rules whose reverse mirror runs. */
+  reverseRules: number;
 }
 
 export interface DualRunLog {
@@ -59,6 +75,17 @@ export interface DualRunSummary {
   reason: 'signal' | 'leadership-lost';
 }
 
+export interface DualRunDeps {
+  source: SourceReader;
+  target: TargetStore;
+  config: MigrationConfig;
+  mapping: Mapping;
+  /** Writes to etcd for the reverse mirror after a cutover; without it a cut-over rule is not mirrored back (logged). */
+  writer?: SourceWriter;
+  /** Blocking queries on Consul; without them the owners document and cut-over prefixes are polled. */
+  blocking?: BlockingReader;
+}
+
 /** The etcd range one ordered watch must cover to see every copy rule. */
 export function watchRange(mapping: Mapping): KeyRange {
   const froms = mapping.copyRules.map((r) => r.fromBytes);
@@ -76,14 +103,14 @@ export function watchRange(mapping: Mapping): KeyRange {
  * Consul, in revision order, one revision per txn when it fits, each txn
  * carrying the checkpoint and the leader check (DESIGN §3).
  */
-export async function runDualRun(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: DualRunOptions): Promise<DualRunSummary> {
+export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Promise<DualRunSummary> {
   const { source, target, config, mapping } = deps;
   const paths = statePaths(config.state.prefix, config.id);
   const stats: DualRunStats = {
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
-    splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {},
+    splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   };
-  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors } });
+  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites } });
   const status = await source.status();
   const info = await target.info();
   await ensureMeta(target, paths, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
@@ -109,7 +136,7 @@ export async function runDualRun(deps: { source: SourceReader; target: TargetSto
     options.log('info', 'leading the dual-run', { holder });
     let reason: DualRunSummary['reason'];
     try {
-      reason = await lead({ source, target, config, mapping, paths, range, leader, lost: lost.signal, stats, publish }, options);
+      reason = await lead({ source, target, config, mapping, paths, range, leader, lost: lost.signal, stats, publish, writer: deps.writer, blocking: deps.blocking ?? new PollingReader(target) }, options);
     } finally {
       await leader.release();
     }
@@ -133,12 +160,18 @@ interface LeadContext {
   lost: AbortSignal;
   stats: DualRunStats;
   publish: () => void;
+  writer: SourceWriter | undefined;
+  blocking: BlockingReader;
 }
 
 class LeadershipLost extends Error {}
 
-/** The checkpoint document is rewritten at least this often while the dual-run leads (its `updated` is a heartbeat). */
-export const HEARTBEAT_MS = 10_000;
+/** The owners fence failed: a cutover, rollback or finalize happened since the txn was planned. */
+class OwnersChanged extends Error {}
+
+import { HEARTBEAT_MS } from './heartbeat.js';
+
+export { HEARTBEAT_MS };
 
 async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunSummary['reason']> {
   const { source, target, paths, stats } = ctx;
@@ -159,10 +192,84 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const sessions = new LeaseSessions(source, target, paths, ctx.config.id);
   await sessions.load();
   const limits = await target.limits();
-  const applier = new Applier(ctx, sessions, limits, options);
+  const ownership = new Ownership();
+  const ownersEntry = await target.readKey(ownersKey(paths));
+  ownership.set(Ownership.parse(ownersKey(paths), ownersEntry), ownersEntry?.modifyIndex ?? 0);
+  const own = new OwnWrites();
+  const applier = new Applier(ctx, sessions, limits, options, ownership, own);
   await applier.reconcileLeases();
 
   const stopped = () => options.signal.aborted || ctx.lost.aborted;
+  const following = new AbortController();
+  const stopFollowing = () => following.abort();
+  options.signal.addEventListener('abort', stopFollowing, { once: true });
+  ctx.lost.addEventListener('abort', stopFollowing, { once: true });
+  const mirrors = new Map<string, ReverseMirror>();
+  const reconcileMirrors = async () => {
+    const wanted = new Set(ownership.mirrored());
+    for (const [name, mirror] of mirrors) {
+      if (wanted.has(name)) continue;
+      mirrors.delete(name);
+      await mirror.stop();
+    }
+    for (const name of wanted) {
+      if (mirrors.has(name) || following.signal.aborted) continue;
+      const rule = ctx.mapping.copyRules.find((r) => r.name === name);
+      if (!rule) {
+        options.log('warn', `rule ${name} is cut over in the state but is not a copy rule of migration.yaml; not mirrored back`);
+        continue;
+      }
+      if (!ctx.writer) {
+        options.log('error', `rule ${name} is cut over, but this dual-run cannot write to etcd; its reverse mirror does not run`);
+        continue;
+      }
+      const mirror = new ReverseMirror({
+        rule, mapping: ctx.mapping, source, writer: ctx.writer, blocking: ctx.blocking, own, log: options.log,
+        onApplied: (n) => {
+          stats.reverseOps += n;
+          ctx.publish();
+        },
+        onGuardTrip: (detail) => {
+          stats.guardTrips++;
+          ctx.publish();
+          options.log('error', `delete guard tripped in the reverse mirror of rule ${name}: ${detail}`, { rule: name });
+          void recordTrip(target, paths, name, (doc) => {
+            doc.guardTrips.count++;
+            doc.guardTrips.lastAt = new Date().toISOString();
+            doc.guardTrips.detail = detail;
+          }).catch((err) => options.log('warn', `could not record the guard trip of rule ${name}: ${(err as Error).message}`));
+        },
+      });
+      mirrors.set(name, mirror);
+      mirror.start(following.signal);
+    }
+    stats.reverseRules = mirrors.size;
+    ctx.publish();
+  };
+  await reconcileMirrors();
+  // Follows the owners document with a blocking query: mirrors start and stop as rules are cut over or back.
+  const follower = (async () => {
+    let index = ownership.index;
+    while (!following.signal.aborted) {
+      try {
+        const answer = await ctx.blocking.readKey(ownersKey(paths), index, following.signal);
+        if (following.signal.aborted) break;
+        if (answer.index !== index) {
+          const current = answer.entry?.modifyIndex ?? 0;
+          if (current !== ownership.index) {
+            ownership.set(Ownership.parse(ownersKey(paths), answer.entry), current);
+            options.log('info', 'rule ownership changed', { owners: Object.fromEntries(Object.entries(ownership.doc?.rules ?? {}).map(([n, r]) => [n, r.phase])) });
+            await reconcileMirrors();
+          }
+          index = answer.index;
+        }
+      } catch (err) {
+        if (following.signal.aborted) break;
+        options.log('warn', `reading the owners document failed: ${(err as Error).message}; retrying`);
+        await sleep(1000, following.signal);
+      }
+    }
+  })();
   const leaseTimer = setInterval(() => void applier.maintainLeases().catch((err) => options.log('warn', `lease maintenance failed: ${(err as Error).message}`)), options.leaseEveryMs ?? 3000);
   leaseTimer.unref();
   let backoff = 250;
@@ -196,6 +303,14 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         stats.connected = false;
         if (err instanceof LeadershipLost || ctx.lost.aborted) return 'leadership-lost';
         if (stopped()) break;
+        if (err instanceof OwnersChanged) {
+          // Re-plan from the checkpoint under the new ownership (replaying is idempotent).
+          const entry = await target.readKey(ownersKey(paths));
+          if (ownership.set(Ownership.parse(ownersKey(paths), entry), entry?.modifyIndex ?? 0)) await reconcileMirrors();
+          applier.reset();
+          options.log('info', `rule ownership changed under a pending txn; re-planning from revision ${stats.checkpoint + 1}`);
+          continue;
+        }
         if (err instanceof SourceCompactedError) {
           options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint} (oldest available ${err.compactRevision}); re-baselining`);
           stats.rebaselines++;
@@ -219,6 +334,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   } finally {
     clearInterval(leaseTimer);
     sessions.stop();
+    following.abort();
+    options.signal.removeEventListener('abort', stopFollowing);
+    ctx.lost.removeEventListener('abort', stopFollowing);
+    await follower;
+    await Promise.all([...mirrors.values()].map((m) => m.stop()));
+    stats.reverseRules = 0;
   }
 }
 
@@ -238,9 +359,20 @@ class Applier {
   private readonly batcher: TxnBatcher;
   private pendingRevision: number;
   private lastCheckpointWrite = Date.now();
-  private readonly reserve = { reservedOps: 2, reservedBytes: 600 };
+  // The checkpoint, the leader check and the owners fence.
+  private readonly reserve = { reservedOps: 3, reservedBytes: 800 };
+  /** The owners index every decision since the last txn was made under (the fence of the next txn). */
+  private fenceIndex: number;
 
-  constructor(private readonly ctx: LeadContext, private readonly sessions: LeaseSessions, private readonly limits: TargetLimits, private readonly options: DualRunOptions) {
+  constructor(
+    private readonly ctx: LeadContext,
+    private readonly sessions: LeaseSessions,
+    private readonly limits: TargetLimits,
+    private readonly options: DualRunOptions,
+    private readonly ownership: Ownership,
+    private readonly own: OwnWrites,
+  ) {
+    this.fenceIndex = ownership.index;
     this.batcher = new TxnBatcher(limits, this.reserve);
     this.pendingRevision = ctx.stats.checkpoint;
   }
@@ -248,6 +380,7 @@ class Applier {
   reset(): void {
     this.batcher.flush();
     this.pendingRevision = this.ctx.stats.checkpoint;
+    this.fenceIndex = this.ownership.index;
   }
 
   async handle(message: WatchMessage, buffered: number): Promise<void> {
@@ -267,10 +400,66 @@ class Applier {
       return;
     }
     stats.events += message.events.length;
-    const plan = await this.plan(message);
+    // Decisions made under an older ownership go out (fenced by its index) before any under the new one.
+    if (this.fenceIndex !== this.ownership.index) {
+      await this.flush();
+      this.fenceIndex = this.ownership.index;
+    }
+    const forward = await this.routeOwnership(message);
+    const plan = await this.plan(forward);
     await this.add(plan);
     // Flush when the stream has nothing more queued: consecutive revisions share a txn under load only.
     if (buffered === 0 || this.batcher.pendingOps >= this.limits.txnMaxOps - 2) await this.flush();
+  }
+
+  /**
+   * Events of rules that Consul owned at their revision are not replicated:
+   * the reverse mirror's own writes are dropped, anything else is a late
+   * writer (counted, logged with its key, recorded for verify).
+   */
+  private async routeOwnership(message: Extract<WatchMessage, { kind: 'revision' }>): Promise<Extract<WatchMessage, { kind: 'revision' }>> {
+    const doc = this.ownership.doc;
+    if (!doc) return message;
+    const forward: SourceEvent[] = [];
+    for (const event of message.events) {
+      const rule = findRule(this.ctx.mapping, event.entry.key);
+      const owner = rule && rule.action === 'copy' ? ownerAt(doc, rule.name, message.revision) : undefined;
+      if (!rule || owner?.owner !== 'consul') {
+        forward.push(event);
+        continue;
+      }
+      if (await this.own.isOwn(message.revision)) continue;
+      // Deleting a finalized rule's etcd keys is the retirement `finalize --delete-etcd` does, not a late write.
+      if (owner.phase === 'finalized' && event.type === 'delete') continue;
+      if (await this.sameAsConsul(event)) continue;
+      await this.lateWrite(rule.name, event, message.revision);
+    }
+    return forward.length === message.events.length ? message : { ...message, events: forward };
+  }
+
+  /** A write that leaves etcd equal to Consul (an own write replayed after a restart) is no late write. */
+  private async sameAsConsul(event: SourceEvent): Promise<boolean> {
+    const route = routeForReplication(this.ctx.mapping, event.entry.key, event.entry.value.length);
+    if (route.kind !== 'mapped') return false;
+    const current = await this.ctx.target.readKey(route.target).catch(() => undefined);
+    return event.type === 'delete' ? current === undefined : current !== undefined && current.value.equals(event.entry.value);
+  }
+
+  private async lateWrite(rule: string, event: SourceEvent, revision: number): Promise<void> {
+    const stats = this.ctx.stats;
+    stats.lateWrites[rule] = (stats.lateWrites[rule] ?? 0) + 1;
+    this.ctx.publish();
+    const key = formatKey(event.entry.key);
+    this.options.log('warn', `late write: etcd ${event.type} of ${key} under rule ${rule}, which Consul owns; not replicated (verify fails until acknowledged)`, { rule, key, revision });
+    const at = new Date().toISOString();
+    await recordTrip(this.ctx.target, this.ctx.paths, rule, (doc) => {
+      const late = doc.lateWrites;
+      late.count++;
+      late.firstAt ??= at;
+      late.lastAt = at;
+      late.lastRevision = revision;
+      if (!late.keys.includes(key) && late.keys.length < TRIP_KEYS_KEPT) late.keys.push(key);
+    }).catch((err) => this.options.log('warn', `could not record the late write under rule ${rule}: ${(err as Error).message}`));
   }
 
   private async plan(message: Extract<WatchMessage, { kind: 'revision' }>, holderOf?: Parameters<typeof planRevision>[0]['holderOf']): Promise<RevisionPlan> {
@@ -333,6 +522,7 @@ class Applier {
     const txn: TxnOp[] = [
       ...ops,
       { verb: 'set', key: this.ctx.paths.checkpoint(), value: Buffer.from(JSON.stringify(checkpoint)) },
+      this.fence(),
       { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' },
     ];
     try {
@@ -340,6 +530,7 @@ class Applier {
     } catch (err) {
       if (!(err instanceof TxnFailedError)) throw err;
       if (err.errors.some((e) => e.opIndex === txn.length - 1 || /session check|check session/.test(e.what))) throw new LeadershipLost('leader check failed');
+      if (err.errors.some((e) => e.opIndex === txn.length - 2)) throw new OwnersChanged('owners fence failed');
       // A lock or unlock did not match what Consul holds (a session reaped during an outage,
       // a key written in Consul directly): re-plan these keys from Consul's real state.
       await this.repair(ops, revision, plan);
@@ -349,9 +540,16 @@ class Applier {
     if (ops.length === 0) stats.checkpointOnlyTxns++;
     stats.ops += ops.length;
     stats.checkpoint = revision;
+    this.own.prune(revision - 1000);
     this.lastCheckpointWrite = Date.now();
     if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
     this.ctx.publish();
+  }
+
+  /** `check-index` on the owners document as read when the pending decisions were made. */
+  private fence(): TxnOp {
+    const key = ownersKey(this.ctx.paths);
+    return this.fenceIndex > 0 ? { verb: 'check-index', key, index: this.fenceIndex } : { verb: 'check-not-exists', key };
   }
 
   /** Applies ops one key at a time from what Consul holds now (the slow path after a failed check). */
@@ -384,7 +582,12 @@ class Applier {
     }
     this.options.log('warn', `txn up to revision ${revision} failed a lock check; re-applied ${fixed.length} key(s) from Consul's current state`);
     for (const part of packTxnBatches(fixed, this.limits, this.reserve)) {
-      await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+      try {
+        await this.ctx.target.applyTxn([...part, this.fence(), { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+      } catch (err) {
+        if (err instanceof TxnFailedError && err.errors.some((e) => e.opIndex === part.length)) throw new OwnersChanged('owners fence failed');
+        throw err;
+      }
     }
     await this.send([], revision);
   }
@@ -415,6 +618,8 @@ class Applier {
       for (const key of lease.keys) {
         const route = routeForReplication(this.ctx.mapping, key, 0);
         if (route.kind !== 'mapped' || route.leases !== 'session') continue;
+        // Consul owns a cut-over rule's keys: the lease's keys are not rewritten there.
+        if (ownerAt(this.ownership.doc, route.rule, Number.MAX_SAFE_INTEGER).owner === 'consul') continue;
         for await (const page of this.ctx.source.readPages({ start: key, end: Buffer.concat([key, Buffer.from([0])]) })) {
           for (const entry of page.entries) if (entry.lease === record.leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
         }

@@ -17,6 +17,8 @@ export class DualRunMetrics {
   private readonly etcdRevision = new Gauge({ name: 'migrate_dualrun_etcd_revision', help: 'latest etcd revision seen', registers: [this.registry] });
   private readonly leader = new Gauge({ name: 'migrate_dualrun_leader', help: '1 while this process leads the dual-run', registers: [this.registry] });
   private readonly sessions = new Gauge({ name: 'migrate_dualrun_sessions', help: 'Consul sessions mirroring etcd leases', registers: [this.registry] });
+  private readonly reverseRules = new Gauge({ name: 'migrate_dualrun_reverse_rules', help: 'cut-over rules mirrored back from Consul to etcd', registers: [this.registry] });
+  private readonly lateWrites = new Counter({ name: 'migrate_dualrun_late_writes_total', help: 'etcd writes under a rule Consul owns that the reverse mirror did not make (applications not switched)', labelNames: ['rule'], registers: [this.registry] });
   private readonly counters: Record<string, Counter> = {};
   private readonly seen: Record<string, number> = {};
   private server: http.Server | undefined;
@@ -26,6 +28,7 @@ export class DualRunMetrics {
       ['events', 'etcd events replicated'], ['ops', 'Consul KV ops applied'], ['txns', 'Consul txns applied'],
       ['splitRevisions', 'etcd revisions too large for one txn, applied in parts'], ['rebaselines', 're-baselines after etcd compaction'],
       ['largePuts', 'values too large for a txn, written by single PUT'], ['repairs', 'txns re-planned after a failed lock check'],
+      ['reverseOps', 'etcd ops applied by reverse mirrors (Consul to etcd)'], ['guardTrips', 'deletes the reverse mirror refused to derive (delete guard)'],
     ] as const) {
       this.counters[field] = new Counter({ name: `migrate_dualrun_${field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}_total`, help, registers: [this.registry] });
     }
@@ -40,7 +43,13 @@ export class DualRunMetrics {
     this.etcdRevision.set(stats.etcdRevision);
     this.leader.set(stats.role === 'leader' ? 1 : 0);
     this.sessions.set(stats.sessions);
-    for (const field of ['events', 'ops', 'txns', 'splitRevisions', 'rebaselines', 'largePuts', 'repairs'] as const) {
+    this.reverseRules.set(stats.reverseRules);
+    for (const [rule, count] of Object.entries(stats.lateWrites)) {
+      const delta = count - (this.seen[`late:${rule}`] ?? 0);
+      if (delta > 0) this.lateWrites.inc({ rule }, delta);
+      this.seen[`late:${rule}`] = count;
+    }
+    for (const field of ['events', 'ops', 'txns', 'splitRevisions', 'rebaselines', 'largePuts', 'repairs', 'reverseOps', 'guardTrips'] as const) {
       const delta = stats[field] - (this.seen[field] ?? 0);
       if (delta > 0) this.counters[field]!.inc(delta);
       this.seen[field] = stats[field];

@@ -49,7 +49,10 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       try {
         if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
         let lastLog = 0;
-        const summary = await runDualRun({ source, target, config: loaded.config, mapping: loaded.mapping }, {
+        const { EtcdWriter } = await import('../../stores/etcd-writer.js');
+        const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');
+        const writer = new EtcdWriter(source.client, (err, what) => source.toError(err, what));
+        const summary = await runDualRun({ source, target, config: loaded.config, mapping: loaded.mapping, writer, blocking: new ConsulBlockingReader(target.http) }, {
           ha: Boolean(options.ha),
           baseline: Boolean(options.baseline),
           acceptMappingChange: Boolean(options.acceptMappingChange),

@@ -1,0 +1,226 @@
+import type { CompiledRule, Mapping } from '../mapping/mapping.js';
+import { findRule, routeKey, routeTargetKey } from '../mapping/route.js';
+import { formatKey } from '../report/keys.js';
+import { parseStateDocument } from '../state/state.js';
+import type { BlockingReader } from '../stores/consul-blocking.js';
+import { sleep } from '../stores/consul-http.js';
+import { prefixEnd } from '../stores/etcd.js';
+import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
+import type { SourceReader, TargetEntry } from '../stores/types.js';
+import type { OwnersDoc } from '../cutover/phase.js';
+import type { DualRunLog } from './dualrun.js';
+
+/**
+ * The `owners` fence document as the dual-run last read it. Its Consul index
+ * goes into every apply txn (`check-index`), so a txn planned under an older
+ * ownership fails and is re-planned from the checkpoint.
+ */
+export class Ownership {
+  doc: OwnersDoc | undefined;
+  index = 0;
+
+  set(doc: OwnersDoc | undefined, index: number): boolean {
+    const changed = index !== this.index;
+    this.doc = doc;
+    this.index = index;
+    return changed;
+  }
+
+  /** Rules whose current phase is `cutover`: the ones with a running reverse mirror. */
+  mirrored(): string[] {
+    return Object.entries(this.doc?.rules ?? {}).filter(([, r]) => r.phase === 'cutover').map(([name]) => name);
+  }
+
+  static parse(key: string, entry: TargetEntry | undefined): OwnersDoc | undefined {
+    return entry ? parseStateDocument<OwnersDoc>(key, entry.value) : undefined;
+  }
+}
+
+/**
+ * The etcd revisions the reverse mirror created. The forward watch sees them
+ * as ordinary events; anything else under a rule owned by Consul is a late
+ * writer. A write still in flight is awaited before the question is answered,
+ * since etcd may deliver the watch event before the txn's own answer.
+ */
+export class OwnWrites {
+  private readonly revisions = new Set<number>();
+  private readonly inflight = new Set<Promise<unknown>>();
+
+  async track(write: Promise<number>): Promise<number> {
+    this.inflight.add(write);
+    try {
+      const revision = await write;
+      this.revisions.add(revision);
+      return revision;
+    } finally {
+      this.inflight.delete(write);
+    }
+  }
+
+  async isOwn(revision: number): Promise<boolean> {
+    if (this.revisions.has(revision)) return true;
+    if (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+    return this.revisions.has(revision);
+  }
+
+  /** Forgets revisions the checkpoint has passed. */
+  prune(below: number): void {
+    for (const r of this.revisions) if (r < below) this.revisions.delete(r);
+  }
+}
+
+/** Deletes that a mirror derives itself never remove more than this share of a rule's keys (and more than 10) without a flag. */
+export function reverseDeleteGuardTrips(deletes: number, keys: number): boolean {
+  return deletes > 10 && deletes > keys * 0.1;
+}
+
+export interface ReverseMirrorDeps {
+  rule: CompiledRule;
+  mapping: Mapping;
+  source: SourceReader;
+  writer: SourceWriter;
+  blocking: BlockingReader;
+  own: OwnWrites;
+  log: DualRunLog;
+  onApplied: (ops: number) => void;
+  onGuardTrip: (detail: string) => void;
+}
+
+/** etcd ops per reverse txn (etcd's default limit is 128). */
+const REVERSE_TXN_OPS = 100;
+
+/**
+ * Consul → etcd for one rule after its cutover: blocking queries on the
+ * rule's Consul prefix, each answer diffed against the last one seen (by
+ * ModifyIndex), the changes applied to etcd in txns with the keys mapped back
+ * through the inverse route. The first pass diffs Consul against etcd itself.
+ * Keys are written without a lease. Derived deletes sit behind the delete
+ * guard; a Consul key no etcd key maps to is skipped and logged.
+ */
+export class ReverseMirror {
+  private readonly controller = new AbortController();
+  private done: Promise<void> | undefined;
+  private readonly foreignLogged = new Set<string>();
+
+  constructor(private readonly deps: ReverseMirrorDeps) {}
+
+  start(parent: AbortSignal): void {
+    const stop = () => this.controller.abort();
+    parent.addEventListener('abort', stop, { once: true });
+    this.done = this.run().finally(() => parent.removeEventListener('abort', stop));
+  }
+
+  async stop(): Promise<void> {
+    this.controller.abort();
+    await this.done?.catch(() => undefined);
+  }
+
+  private async run(): Promise<void> {
+    const { rule, log } = this.deps;
+    const signal = this.controller.signal;
+    let lastSeen: Map<string, number> | undefined;
+    let index = 0;
+    let backoff = 250;
+    log('info', `reverse mirror of rule ${rule.name} started: Consul ${rule.to} → etcd ${formatKey(rule.fromBytes)}`);
+    while (!signal.aborted) {
+      try {
+        const answer = await this.deps.blocking.readPrefix(rule.to, index, signal);
+        if (signal.aborted) break;
+        if (index > 0 && answer.index === index && lastSeen) continue;
+        const entries = answer.entries.filter((e) => e.key.startsWith(rule.to));
+        lastSeen = lastSeen ? await this.applyChanges(entries, lastSeen) : await this.applyFirst(entries);
+        index = answer.index;
+        backoff = 250;
+      } catch (err) {
+        if (signal.aborted) break;
+        log('warn', `reverse mirror of rule ${rule.name}: ${(err as Error).message}; retrying in ${backoff} ms`);
+        await sleep(backoff, signal);
+        backoff = Math.min(10_000, backoff * 2);
+        // Re-diff against etcd after a failure: a txn may or may not have landed.
+        lastSeen = undefined;
+        index = 0;
+      }
+    }
+    log('info', `reverse mirror of rule ${rule.name} stopped`);
+  }
+
+  /** Maps a Consul key back to its etcd key, or undefined (logged once) when no etcd key of this rule maps there. */
+  private sourceOf(key: string): Buffer | undefined {
+    const route = routeTargetKey(this.deps.mapping, key);
+    if (route.kind === 'owned' && route.rule.name === this.deps.rule.name) return route.source;
+    if (!this.foreignLogged.has(key)) {
+      this.foreignLogged.add(key);
+      this.deps.log('warn', `reverse mirror of rule ${this.deps.rule.name}: Consul key ${formatKey(key)} maps back to no etcd key of this rule (${route.kind === 'foreign' ? route.detail : route.kind}); not mirrored`);
+    }
+    return undefined;
+  }
+
+  /** First pass: Consul against etcd, so nothing missed while no mirror ran is lost. */
+  private async applyFirst(entries: TargetEntry[]): Promise<Map<string, number>> {
+    const { rule, mapping, source } = this.deps;
+    const wanted = new Map<string, { key: Buffer; value: Buffer }>();
+    for (const e of entries) {
+      const key = this.sourceOf(e.key);
+      if (key) wanted.set(key.toString('hex'), { key, value: e.value });
+    }
+    const ops: SourceWriteOp[] = [];
+    const deletes: SourceWriteOp[] = [];
+    let etcdKeys = 0;
+    for await (const page of source.readPages({ start: rule.fromBytes, end: prefixEnd(rule.fromBytes) })) {
+      for (const entry of page.entries) {
+        // Nested rules (a longer `from`, a keep rule) are not this rule's keys.
+        if (findRule(mapping, entry.key)?.name !== rule.name) continue;
+        etcdKeys++;
+        const hex = entry.key.toString('hex');
+        const want = wanted.get(hex);
+        if (!want) {
+          // Only keys the forward route puts in Consul: unmappable and `leases: skip` keys never had a Consul twin.
+          const forward = routeKey(mapping, entry.key);
+          if (forward.kind === 'mapped' && !(entry.lease !== '0' && rule.leases === 'skip')) deletes.push({ verb: 'delete', key: entry.key });
+          continue;
+        }
+        wanted.delete(hex);
+        if (!want.value.equals(entry.value)) ops.push({ verb: 'put', key: want.key, value: want.value });
+      }
+    }
+    for (const want of wanted.values()) ops.push({ verb: 'put', key: want.key, value: want.value });
+    if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, etcdKeys)) {
+      this.deps.onGuardTrip(`the first pass would delete ${deletes.length} of ${etcdKeys} etcd key(s) that Consul no longer holds; deletes skipped`);
+    } else ops.push(...deletes);
+    await this.apply(ops);
+    if (ops.length > 0) this.deps.log('info', `reverse mirror of rule ${rule.name}: first pass wrote ${ops.length} change(s) from Consul to etcd`);
+    return new Map(entries.map((e) => [e.key, e.modifyIndex]));
+  }
+
+  private async applyChanges(entries: TargetEntry[], lastSeen: Map<string, number>): Promise<Map<string, number>> {
+    const ops: SourceWriteOp[] = [];
+    const seen = new Map<string, number>();
+    for (const e of entries) {
+      seen.set(e.key, e.modifyIndex);
+      if (lastSeen.get(e.key) === e.modifyIndex) continue;
+      const key = this.sourceOf(e.key);
+      if (key) ops.push({ verb: 'put', key, value: e.value });
+    }
+    const deletes: SourceWriteOp[] = [];
+    for (const key of lastSeen.keys()) {
+      if (seen.has(key)) continue;
+      const source = this.sourceOf(key);
+      if (source) deletes.push({ verb: 'delete', key: source });
+    }
+    if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size)) {
+      this.deps.onGuardTrip(`Consul dropped ${deletes.length} of ${lastSeen.size} key(s) at once; the deletes were not mirrored to etcd`);
+      // Keep the dropped keys as seen, so the guard does not trip again on every answer.
+      for (const key of lastSeen.keys()) if (!seen.has(key)) seen.set(key, lastSeen.get(key)!);
+    } else ops.push(...deletes);
+    await this.apply(ops);
+    return seen;
+  }
+
+  private async apply(ops: SourceWriteOp[]): Promise<void> {
+    for (let i = 0; i < ops.length; i += REVERSE_TXN_OPS) {
+      const part = ops.slice(i, i + REVERSE_TXN_OPS);
+      await this.deps.own.track(this.deps.writer.applyTxn(part));
+      this.deps.onApplied(part.length);
+    }
+  }
+}
