@@ -105,7 +105,8 @@ function verdictLine(result: VerifyResult): string {
       ? 'PARITY: etcd and Consul agree for every copy rule (exit 0).'
       : `PARITY WITHIN BUDGET: ${plural(result.totals.withinBudget, 'difference')} tolerated by --allow in ${within.map((r) => r.name).join(', ')} (exit 0).`;
   }
-  return `DRIFT: ${plural(result.differencesTotal, 'persistent difference')} in ${plural(drifting.length, 'rule')} (${drifting.map((r) => r.name).join(', ')}) (exit 1).`;
+  const late = result.rules.reduce((n, r) => n + r.lateWrites, 0);
+  return `DRIFT: ${plural(result.differencesTotal, 'persistent difference')}${late ? ` and ${plural(late, 'late write')}` : ''} in ${plural(drifting.length, 'rule')} (${drifting.map((r) => r.name).join(', ')}) (exit 1).`;
 }
 
 function renderText(result: VerifyResult): string {
@@ -128,6 +129,8 @@ function renderText(result: VerifyResult): string {
     if (unmappableCount(r) > 0) lines.push(`  ${r.name}: ${unmappableText(r)} source key(s) the rule rejects (keys: ${r.keys}); not copied by design, not drift`);
     if (r.leaseSkipped > 0) lines.push(`  ${r.name}: ${r.leaseSkipped} leased key(s) under leases: skip, checked to be absent from Consul`);
     if (r.readBack.failed > 0) lines.push(`  ${r.name}: ${r.readBack.failed} of ${r.readBack.checked} key(s) read back through GET /v1/kv failed`);
+    if (r.owner === 'consul') lines.push(`  ${r.name}: cut over: Consul is the owner, etcd the mirror`);
+    if (r.lateWrites > 0) lines.push(`  ${r.name}: ${r.lateWrites} late write(s) to etcd recorded by the dual-run after the cutover: drift until acknowledged`);
   }
   lines.push(`Differences: ${countLine(result)}.`);
   if (result.differences.length > 0) {

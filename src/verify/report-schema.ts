@@ -94,6 +94,8 @@ export const VERIFY_REPORT_SCHEMA = {
             properties: { checked: { type: 'integer', minimum: 0 }, failed: { type: 'integer', minimum: 0 } },
           },
           unchecked: { type: 'integer', minimum: 0 },
+          owner: { enum: ['etcd', 'consul'] },
+          lateWrites: { type: 'integer', minimum: 0 },
         },
       },
     },

@@ -31,6 +31,7 @@ import {
 } from './compare.js';
 import { DUALRUN_HEARTBEAT_MS, readCheckpointState, type CutReason } from './cut.js';
 import { ListedKeys } from './listed-keys.js';
+import { ownerAt, ownersKey, tripsKey, type OwnersDoc, type RuleOwner, type TripsDoc } from '../cutover/phase.js';
 
 /**
  * `migrate verify`: parity of etcd and Consul at a consistent cut, in both
@@ -171,6 +172,10 @@ export interface RuleVerify {
   readBack: { checked: number; failed: number };
   /** Differences over {@link RECHECK_LIMIT}: counted as persistent, not re-checked or listed. */
   unchecked: number;
+  /** The store applications write this rule to (`consul` after a cutover: etcd is then the mirror). */
+  owner: RuleOwner;
+  /** Late writes the dual-run recorded (etcd writes under a cut-over rule): drift until acknowledged. */
+  lateWrites: number;
 }
 
 export interface VerifyResult {
@@ -252,13 +257,29 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   const cut = await cutter.take();
   if (cut.reason === 'dualrun-stopped') warn(`the dual-run's checkpoint (revision ${cut.checkpoint}) has not moved for more than ${(2 * DUALRUN_HEARTBEAT_MS) / 1000} s: treated as stopped, so every change since it counts as drift`);
 
-  const runs: RuleRun[] = mapping.copyRules.map((rule) => ({
+  // Rules cut over are compared with Consul as the owner; finalized rules are no longer mirrored, so not compared.
+  const owners = await readState<OwnersDoc>(target, ownersKey(paths));
+  const current = (name: string) => ownerAt(owners, name, Number.MAX_SAFE_INTEGER);
+  const late = new Map<string, number>();
+  for (const rule of mapping.copyRules) {
+    if (current(rule.name).phase === 'finalized') {
+      warn(`rule ${rule.name} is finalized: no longer mirrored, not compared`);
+      continue;
+    }
+    const trips = await readState<TripsDoc>(target, tripsKey(paths, rule.name));
+    if (trips && trips.lateWrites.count > 0) {
+      late.set(rule.name, trips.lateWrites.count);
+      warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then acknowledge with --acknowledge-trips`);
+    }
+  }
+  const runs: RuleRun[] = mapping.copyRules.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({
     rule,
     findings: [],
     unchecked: {},
     stats: {
       name: rule.name, from: rule.from, to: rule.to, keys: rule.keys, leases: rule.leases, status: 'parity', sourceKeys: 0, compared: 0, targetKeys: 0, differences: 0,
       byKind: countByKind([]), settled: 0, budget: options.budgets[rule.name] ?? null, unmappable: {}, leaseSkipped: 0, readBack: { checked: 0, failed: 0 }, unchecked: 0,
+      owner: current(rule.name).owner, lateWrites: late.get(rule.name) ?? 0,
     },
   }));
   const store = { kept: 0, limit: Math.max(RECHECK_LIMIT, options.maxDiffs) };
@@ -315,8 +336,9 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     s.byKind = countByKind(run.findings.map((f) => f.difference), run.unchecked);
     s.unchecked = Object.values(run.unchecked).reduce((n, v) => n + (v ?? 0), 0);
     s.differences = run.findings.length + s.unchecked;
-    s.status = ruleStatus(s.differences, options.budgets[s.name]);
+    s.status = s.lateWrites > 0 ? 'drift' : ruleStatus(s.differences, options.budgets[s.name]);
     differencesTotal += s.differences;
+    if (s.owner === 'consul') for (const f of run.findings) f.difference.detail = `${f.difference.detail} (Consul owns this rule since its cutover; etcd is the mirror${f.difference.kind === 'missing' ? ': etcd holds a key Consul does not' : f.difference.kind === 'extra' ? ': the reverse mirror has not written it to etcd' : ''})`;
   }
   for (const finding of sortFindings(runs.flatMap((r) => r.findings), order)) {
     if (listed.length >= options.maxDiffs) break;
