@@ -220,6 +220,36 @@ describe('createKvClient', () => {
     expect(JSON.stringify([mismatches, client.stats()])).not.toMatch(/secret-/);
   });
 
+  it('watches puts and deletes in etcd terms from either owner, and deletes in the owner only', async () => {
+    const m = migration('client-watch');
+    const client = await open(m, { watchDrainMs: 100 });
+    const watch = client.watch(`${m.from}w/`);
+    await watch.ready;
+    const events: KvWatchEvent[] = [];
+    const collecting = (async () => {
+      for await (const event of watch) events.push(event);
+    })();
+    await client.put(`${m.from}w/a`, 'one');
+    await client.delete(`${m.from}w/a`);
+    const switched = nextEvent<SwitchEvent>(client, 'switch', 2_000);
+    await m.writePhase('consul', 'cutover');
+    await switched;
+    await client.put(`${m.from}w/b`, Buffer.from([0, 255]));
+    // Past the drain of the old owner's watch (writes that were in flight when it switched).
+    await sleep(300);
+    await etcd.put(`${m.from}w/b`).value('stays');
+    await client.delete(`${m.from}w/b`);
+    const deadline = Date.now() + 3_000;
+    while (events.length < 5 && Date.now() < deadline) await sleep(20);
+    await watch.close();
+    await collecting;
+    const seen = events.map((e) => (e.type === 'switch' ? `switch ${e.to}` : `${e.type} ${e.key.toString().slice(m.from.length)} ${e.store}${e.type === 'put' ? ` ${e.value.toString('hex')}` : ''}`));
+    // The direct etcd write after the cutover is not the owner's: the watch on Consul does not show it.
+    expect(seen).toEqual(['put w/a etcd 6f6e65', 'delete w/a etcd', 'switch consul', 'put w/b consul 00ff', 'delete w/b consul']);
+    expect(await consul.readKey(`${m.to}w/b`)).toBeUndefined();
+    expect(await etcd.get(`${m.from}w/b`).string()).toBe('stays');
+  });
+
   it('fails closed on a newer or invalid phase document at run time, and recovers when it is fixed', async () => {
     const m = migration('client-badphase');
     const client = await open(m);
