@@ -1,0 +1,47 @@
+import { resolve } from 'node:path';
+import { Command } from 'commander';
+import { ExitCode, UsageError } from '../../errors.js';
+import type { GlobalOptions } from '../context.js';
+import type { CommandRegistrar } from '../main.js';
+import { collect } from './audit-flags.js';
+import { openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
+
+interface FinalizeFlags extends TransitionFlags {
+  exportEtcd?: string;
+  deleteEtcd?: boolean;
+}
+
+export function registerFinalize({ add }: CommandRegistrar): void {
+  add(
+    new Command('finalize')
+      .description('end the migration of cut-over rules: stop mirroring them for good; optionally export and delete their etcd keys (never keep rules)')
+      .requiredOption('--rule <name>', 'a cut-over rule to finalize (repeatable)', collect, [])
+      .option('--export-etcd <file>', 'first write the rule\'s etcd keys to this file (JSON, keys and values base64, mode 0600)')
+      .option('--delete-etcd', 'then delete the rule\'s etcd keys (keys of nested and keep rules are never touched)')
+      .option('--acknowledge-trips', 'clear recorded late writes / guard trips of these rules (recorded in the history)')
+      .option('-y, --yes', 'confirm without a prompt (required off a terminal)')
+      .addHelpText('after', '\nExit codes: 0 finalized, 2 usage (or no --yes off a terminal), 3 a server failed, 4 a precondition failed (nothing changed).\n\nExamples:\n  migrate finalize --rule app --yes\n  migrate finalize --rule app --export-etcd app-etcd.json --delete-etcd --yes\n'),
+    ['text', 'json'],
+    async (ctx, options: FinalizeFlags & GlobalOptions) => {
+      const confirm = requireConfirmation(ctx, 'finalize', options);
+      if (options.deleteEtcd && !options.exportEtcd && !options.yes) {
+        throw new UsageError('confirmation_required', 'finalize --delete-etcd without --export-etcd deletes etcd keys with no copy on disk.', { hint: 'Pass --export-etcd <file> as well, or --yes to confirm.' });
+      }
+      const { runFinalize } = await import('../../cutover/cutover.js');
+      const { renderCutover } = await import('../../cutover/render.js');
+      const open = await openForTransition(ctx, options);
+      try {
+        const result = await runFinalize(open.deps, {
+          ...open.common,
+          deleteEtcd: Boolean(options.deleteEtcd),
+          ...(options.exportEtcd ? { exportEtcd: resolve(ctx.io.cwd, options.exportEtcd) } : {}),
+          ...(confirm ? { confirm } : {}),
+        });
+        ctx.result(renderCutover(result, ctx.format));
+        return result.refused ? ExitCode.refused : ExitCode.ok;
+      } finally {
+        open.stores.close();
+      }
+    },
+  );
+}

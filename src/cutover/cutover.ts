@@ -1,0 +1,339 @@
+import { join } from 'node:path';
+import type { MigrationConfig } from '../config/load.js';
+import { RefusedError, UsageError } from '../errors.js';
+import type { CompiledRule, Mapping } from '../mapping/mapping.js';
+import { checkIdentity, mappingHash, readState, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
+import type { ConsulHttp } from '../stores/consul-http.js';
+import type { SourceWriter } from '../stores/etcd-writer.js';
+import { ETCD_TXN_MAX_OPS } from '../stores/etcd-writer.js';
+import type { CheckpointState } from '../copy/copy.js';
+import type { SourceReader, TargetStore } from '../stores/types.js';
+import type { VerifyResult } from '../verify/verify.js';
+import { exportConsulRule, readEtcdRule } from './files.js';
+import {
+  checkVerify,
+  derivePhase,
+  dualRunRunning,
+  formatAge,
+  openTrips,
+  verifyEvidence,
+  type PhaseEvidence,
+  type PreconditionCheck,
+  type RulePhase,
+  type RulePhaseDoc,
+} from './phase.js';
+import { readCutoverState, writeTransitions, type CutoverState, type Transition } from './state-io.js';
+
+/**
+ * `migrate cutover`, `rollback` and `finalize`: the gated, recorded,
+ * reversible ownership moves of gh-ost's postponed cut-over and the dskit
+ * multi-KV playbook (reference/peers.md §1.8, §1.12). Each checks its
+ * preconditions one by one and reports every one; any failure refuses the
+ * whole command before anything is written. The flip itself is one Consul
+ * txn (rule documents and the owners fence, each by check-and-set).
+ */
+
+export type CutoverAction = 'cutover' | 'rollback' | 'finalize';
+
+export interface CutoverDeps {
+  source: SourceReader;
+  target: TargetStore & { http?: ConsulHttp };
+  config: MigrationConfig;
+  mapping: Mapping;
+  /** etcd writes (finalize --delete-etcd only). */
+  writer?: SourceWriter;
+}
+
+export interface CommonOptions {
+  rules: string[];
+  now: () => Date;
+  /** user@host for the history. */
+  by: string;
+  cwd: string;
+  /** How long to wait for the dual-run's checkpoint to reach etcd's current revision. */
+  catchUpTimeoutMs: number;
+  /** Clear recorded late writes / guard trips of these rules with the transition (recorded in the history). */
+  acknowledgeTrips: boolean;
+  /** Asked once every precondition passed, before anything is written (the terminal prompt); false refuses. */
+  confirm?: (rules: string[]) => Promise<boolean>;
+  sleep: (ms: number) => Promise<void>;
+}
+
+export interface CutoverOptions extends CommonOptions {
+  maxVerifyAgeMs: number;
+  /** `--verify-now`: runs a verify (which records verify/last) before the checks. */
+  verifyNow?: () => Promise<VerifyResult>;
+  /** `--rollback-file` (one rule only); default `migrate-rollback/<id>-<rule>-<time>.json` under cwd. */
+  rollbackFile?: string;
+  /** `--snapshot <file>`: a Consul snapshot (GET /v1/snapshot) before the flip. */
+  snapshotFile?: string;
+  writeFile: (file: string, data: Buffer) => void;
+}
+
+export interface RollbackOptions extends CommonOptions {
+  /** A one-rule verify (not recorded): rollback is gated on parity of the rule. */
+  verifyRule: (rule: string) => Promise<VerifyResult>;
+}
+
+export interface FinalizeOptions extends CommonOptions {
+  exportEtcd?: string;
+  deleteEtcd: boolean;
+}
+
+export interface RuleOutcome {
+  rule: string;
+  from: RulePhase | 'keep' | 'unknown';
+  to: RulePhase;
+  checks: PreconditionCheck[];
+  ok: boolean;
+  rollbackFile?: string;
+  rollbackKeys?: number;
+  etcdExportFile?: string;
+  etcdDeleted?: number;
+}
+
+export interface CutoverResult {
+  action: CutoverAction;
+  migration: string;
+  /** Some precondition failed (or the confirmation was declined): nothing was written. */
+  refused: boolean;
+  /** Global checks (dual-run, catch-up) followed by the per-rule ones. */
+  checks: PreconditionCheck[];
+  rules: RuleOutcome[];
+  etcdRevision: number;
+  checkpoint: number | null;
+  snapshotFile?: string;
+  /** The phase documents as written. */
+  written: RulePhaseDoc[];
+}
+
+function ruleNamed(mapping: Mapping, name: string): CompiledRule {
+  const rule = mapping.rules.find((r) => r.name === name);
+  if (!rule) {
+    throw new UsageError('rule_unknown', `--rule ${name} names no rule of migration.yaml.`, { hint: `Use one of: ${mapping.copyRules.map((r) => r.name).join(', ') || '(no copy rules)'}.` });
+  }
+  return rule;
+}
+
+function checkRuleNames(mapping: Mapping, names: string[]): void {
+  if (names.length === 0) throw new UsageError('rule_missing', 'Name at least one rule with --rule <name>.', { hint: `Rules: ${mapping.copyRules.map((r) => r.name).join(', ')}.` });
+  for (const name of names) ruleNamed(mapping, name);
+}
+
+async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
+  const status = await deps.source.status();
+  const info = await deps.target.info();
+  const meta = await readState<StateMeta>(deps.target, paths.meta);
+  if (!meta) {
+    throw new RefusedError('cutover_no_state', `Migration "${deps.config.id}" has no state in Consul: no copy has run.`, { hint: 'Run `migrate copy` and `migrate dualrun` first (see `migrate status`).' });
+  }
+  checkIdentity(meta, { id: deps.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(deps.config) });
+}
+
+/** The dual-run checks: running (leader lock held, heartbeat fresh) and caught up with etcd's revision within the bound. */
+async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CommonOptions): Promise<{ checks: PreconditionCheck[]; etcdRevision: number; checkpoint: number | null }> {
+  const checks: PreconditionCheck[] = [];
+  const leader = await deps.target.readKey(paths.leader);
+  const running = Boolean(leader?.session) && dualRunRunning(state.checkpoint, options.now().getTime());
+  const etcdRevision = (await deps.source.status()).revision;
+  if (!running) {
+    const why = !leader?.session ? 'no dual-run holds the leader lock' : `its checkpoint has not moved for ${formatAge(options.now().getTime() - Date.parse(state.checkpoint?.updated ?? '1970-01-01'))}`;
+    checks.push({ name: 'dual-run', ok: false, detail: `the dual-run is not running (${why}): start \`migrate dualrun\`` });
+    checks.push({ name: 'caught up', ok: false, detail: `not checked: no dual-run to catch up with etcd revision ${etcdRevision}` });
+    return { checks, etcdRevision, checkpoint: state.checkpoint?.revision ?? null };
+  }
+  checks.push({ name: 'dual-run', ok: true, detail: `running (leader lock held, checkpoint updated ${formatAge(Math.max(0, options.now().getTime() - Date.parse(state.checkpoint!.updated)))} ago)` });
+  const deadline = Date.now() + options.catchUpTimeoutMs;
+  let checkpoint = state.checkpoint!.revision;
+  while (checkpoint < etcdRevision && Date.now() < deadline) {
+    await options.sleep(200);
+    checkpoint = (await readState<CheckpointState>(deps.target, paths.checkpoint()))?.revision ?? checkpoint;
+  }
+  checks.push(checkpoint >= etcdRevision
+    ? { name: 'caught up', ok: true, detail: `checkpoint ${checkpoint} reached etcd revision ${etcdRevision}` }
+    : { name: 'caught up', ok: false, detail: `checkpoint ${checkpoint} is ${etcdRevision - checkpoint} revision(s) behind etcd revision ${etcdRevision} after ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout); the dual-run is lagging` });
+  return { checks, etcdRevision, checkpoint };
+}
+
+function tripCheck(state: CutoverState, rule: string, acknowledge: boolean): PreconditionCheck {
+  const trips = state.trips.get(rule)?.doc;
+  const open = openTrips(trips);
+  if (open === 0) return { name: 'trips', ok: true, detail: 'no late writes or guard trips recorded' };
+  const what = `${trips!.lateWrites.count} late write(s) to etcd${trips!.lateWrites.keys.length ? ` (e.g. ${trips!.lateWrites.keys.slice(0, 3).join(', ')})` : ''} and ${trips!.guardTrips.count} guard trip(s)`;
+  if (acknowledge) return { name: 'trips', ok: true, detail: `${what}: acknowledged with --acknowledge-trips (cleared with this transition)` };
+  return { name: 'trips', ok: false, detail: `${what} are open: investigate (dual-run log, \`migrate verify\`), then pass --acknowledge-trips` };
+}
+
+function phaseOf(state: CutoverState, rule: string, now: Date): RulePhase {
+  return derivePhase(rule, { doc: state.docs.get(rule)?.doc, copy: state.copy, checkpoint: state.checkpoint, verify: state.verify, nowMs: now.getTime() });
+}
+
+function refusedResult(action: CutoverAction, deps: CutoverDeps, checks: PreconditionCheck[], rules: RuleOutcome[], etcdRevision: number, checkpoint: number | null): CutoverResult {
+  return { action, migration: deps.config.id, refused: true, checks, rules, etcdRevision, checkpoint, written: [] };
+}
+
+function stamp(now: Date): string {
+  return now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
+/** `migrate cutover --rule <name>…` */
+export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Promise<CutoverResult> {
+  const { config, mapping, target } = deps;
+  checkRuleNames(mapping, options.rules);
+  if (options.rollbackFile && options.rules.length > 1) {
+    throw new UsageError('flag_invalid', '--rollback-file names one file, but several --rule were given.', { hint: 'Leave --rollback-file out: each rule gets its own file under migrate-rollback/.' });
+  }
+  const paths = statePaths(mapping.statePrefix, config.id);
+  await identity(deps, paths);
+  if (options.verifyNow) await options.verifyNow();
+  let state = await readCutoverState(target, paths);
+  const global = await dualRunChecks(deps, paths, state, options);
+  // Re-read after the wait: the indexes the flip checks against are those of what was checked.
+  state = await readCutoverState(target, paths);
+  const now = options.now();
+  const outcomes: RuleOutcome[] = options.rules.map((name) => {
+    const rule = ruleNamed(mapping, name);
+    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: its keys stay on etcd and are never cut over` }] };
+    const from = phaseOf(state, name, now);
+    const checks: PreconditionCheck[] = [{ name: 'rule', ok: true, detail: `copy rule ${rule.from} → ${rule.to}` }];
+    const phaseOk = from === 'verified' || from === 'mirroring' || from === 'rolledback' || from === 'copied';
+    checks.push({ name: 'phase', ok: phaseOk, detail: phaseOk ? `phase ${from}` : from === 'planned' ? 'phase planned: the rule was never copied (run `migrate copy`)' : `phase ${from}: already owned by Consul` });
+    checks.push(checkVerify(state.verify, name, now.getTime(), options.maxVerifyAgeMs));
+    checks.push(tripCheck(state, name, options.acknowledgeTrips));
+    return { rule: name, from, to: 'cutover', checks, ok: checks.every((c) => c.ok) };
+  });
+  if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
+    return refusedResult('cutover', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
+  }
+
+  // The rollback point, then (optionally) a snapshot, then the flip.
+  for (const outcome of outcomes) {
+    const rule = ruleNamed(mapping, outcome.rule);
+    const file = options.rollbackFile ?? join(options.cwd, 'migrate-rollback', `${config.id}-${rule.name}-${stamp(now)}.json`);
+    const exported = await exportConsulRule(target, rule, file);
+    outcome.rollbackFile = file;
+    outcome.rollbackKeys = exported.keys;
+  }
+  let snapshotFile: string | undefined;
+  if (options.snapshotFile) {
+    if (!target.http) throw new UsageError('snapshot_unsupported', 'This Consul target cannot take snapshots.', {});
+    const response = await target.http.request({ method: 'GET', path: '/v1/snapshot', timeoutMs: 300_000 });
+    options.writeFile(options.snapshotFile, response.body);
+    snapshotFile = options.snapshotFile;
+  }
+  const etcdRevision = (await deps.source.status()).revision;
+  const at = options.now();
+  const transitions: Transition[] = outcomes.map((o) => {
+    const evidence: PhaseEvidence = { checkpoint: global.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys };
+    const verify = verifyEvidence(state.verify, o.rule, at.getTime());
+    if (verify) evidence.verify = verify;
+    if (snapshotFile) evidence.snapshotFile = snapshotFile;
+    const trips = openTrips(state.trips.get(o.rule)?.doc);
+    if (trips) evidence.acknowledgedTrips = trips;
+    return { rule: o.rule, from: o.from as RulePhase, to: 'cutover', etcdRevision, entry: { at: at.toISOString(), by: options.by, evidence } };
+  });
+  const written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  return { action: 'cutover', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: global.checkpoint, ...(snapshotFile ? { snapshotFile } : {}), written: [...written.values()] };
+}
+
+/** `migrate rollback --rule <name>…`: back to etcd, gated on parity of the rule. */
+export async function runRollback(deps: CutoverDeps, options: RollbackOptions): Promise<CutoverResult> {
+  const { config, mapping, target } = deps;
+  checkRuleNames(mapping, options.rules);
+  const paths = statePaths(mapping.statePrefix, config.id);
+  await identity(deps, paths);
+  let state = await readCutoverState(target, paths);
+  const global = await dualRunChecks(deps, paths, state, options);
+  const now = options.now();
+  const outcomes: RuleOutcome[] = [];
+  for (const name of options.rules) {
+    const rule = ruleNamed(mapping, name);
+    const from = rule.action === 'keep' ? 'keep' : phaseOf(state, name, now);
+    const checks: PreconditionCheck[] = [];
+    if (from !== 'cutover') {
+      checks.push({ name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is finalized: it can no longer be rolled back` : `rule ${name} is in phase ${from}, not cut over: nothing to roll back` });
+    } else {
+      checks.push({ name: 'phase', ok: true, detail: 'phase cutover' });
+      checks.push(tripCheck(state, name, options.acknowledgeTrips));
+      if (global.checks.every((c) => c.ok)) {
+        const result = await options.verifyRule(name);
+        const r = result.rules.find((x) => x.name === name);
+        checks.push(r && r.status === 'parity'
+          ? { name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${name} (verify at etcd revision ${result.cut.revision}, not recorded)` }
+          : { name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${name}: rolling back would lose Consul's writes (run \`migrate verify\` for the list)` });
+      } else {
+        checks.push({ name: 'parity', ok: false, detail: 'not checked: the dual-run (and so the reverse mirror) is not running and caught up' });
+      }
+    }
+    outcomes.push({ rule: name, from, to: 'rolledback', checks, ok: checks.every((c) => c.ok) });
+  }
+  if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
+    return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
+  }
+  state = await readCutoverState(target, paths);
+  const etcdRevision = (await deps.source.status()).revision;
+  const at = options.now();
+  const transitions: Transition[] = outcomes.map((o) => ({
+    rule: o.rule, from: 'cutover', to: 'rolledback', etcdRevision,
+    entry: { at: at.toISOString(), by: options.by, evidence: { checkpoint: global.checkpoint ?? undefined, etcdRevision, ...(openTrips(state.trips.get(o.rule)?.doc) ? { acknowledgedTrips: openTrips(state.trips.get(o.rule)?.doc) } : {}) } },
+  }));
+  const written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  return { action: 'rollback', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: global.checkpoint, written: [...written.values()] };
+}
+
+/** `migrate finalize --rule <name>…`: stops mirroring for good; optionally exports and deletes the rule's etcd keys. */
+export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): Promise<CutoverResult> {
+  const { config, mapping, target } = deps;
+  checkRuleNames(mapping, options.rules);
+  if (options.exportEtcd && options.rules.length > 1) {
+    throw new UsageError('flag_invalid', '--export-etcd names one file, but several --rule were given.', { hint: 'Finalize one rule at a time when exporting its etcd keys.' });
+  }
+  const paths = statePaths(mapping.statePrefix, config.id);
+  await identity(deps, paths);
+  let state = await readCutoverState(target, paths);
+  const now = options.now();
+  const etcdRevisionBefore = (await deps.source.status()).revision;
+  const outcomes: RuleOutcome[] = options.rules.map((name) => {
+    const rule = ruleNamed(mapping, name);
+    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: finalize never touches it` }] };
+    const from = phaseOf(state, name, now);
+    const checks: PreconditionCheck[] = [
+      from === 'cutover' ? { name: 'phase', ok: true, detail: 'phase cutover' } : { name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is already finalized` : `rule ${name} is in phase ${from}: cut it over first (\`migrate cutover --rule ${name}\`)` },
+      tripCheck(state, name, options.acknowledgeTrips),
+    ];
+    return { rule: name, from, to: 'finalized', checks, ok: checks.every((c) => c.ok) };
+  });
+  if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
+    return refusedResult('finalize', deps, [], outcomes, etcdRevisionBefore, state.checkpoint?.revision ?? null);
+  }
+  // Read (and export) the etcd keys before the flip: the export is the record of what is deleted.
+  const toDelete = new Map<string, Buffer[]>();
+  for (const outcome of outcomes) {
+    if (!options.exportEtcd && !options.deleteEtcd) continue;
+    const read = await readEtcdRule(deps.source, mapping, ruleNamed(mapping, outcome.rule), options.exportEtcd);
+    if (options.exportEtcd) outcome.etcdExportFile = options.exportEtcd;
+    if (options.deleteEtcd) toDelete.set(outcome.rule, read.keys);
+  }
+  state = await readCutoverState(target, paths);
+  const etcdRevision = (await deps.source.status()).revision;
+  const at = options.now();
+  const transitions: Transition[] = outcomes.map((o) => {
+    const evidence: PhaseEvidence = { etcdRevision, checkpoint: state.checkpoint?.revision };
+    if (o.etcdExportFile) evidence.etcdExportFile = o.etcdExportFile;
+    if (toDelete.has(o.rule)) evidence.etcdDeleted = toDelete.get(o.rule)!.length;
+    const trips = openTrips(state.trips.get(o.rule)?.doc);
+    if (trips) evidence.acknowledgedTrips = trips;
+    return { rule: o.rule, from: 'cutover', to: 'finalized', etcdRevision, entry: { at: at.toISOString(), by: options.by, evidence } };
+  });
+  const written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  for (const outcome of outcomes) {
+    const keys = toDelete.get(outcome.rule);
+    if (!keys) continue;
+    if (!deps.writer) throw new Error('internal: finalize --delete-etcd without an etcd writer');
+    for (let i = 0; i < keys.length; i += ETCD_TXN_MAX_OPS) {
+      await deps.writer.applyTxn(keys.slice(i, i + ETCD_TXN_MAX_OPS).map((key) => ({ verb: 'delete' as const, key })));
+    }
+    outcome.etcdDeleted = keys.length;
+  }
+  return { action: 'finalize', migration: config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint: state.checkpoint?.revision ?? null, written: [...written.values()] };
+}

@@ -1,0 +1,72 @@
+import type { Format } from '../cli/context.js';
+import { renderEnvelope } from '../report/envelope.js';
+import type { CutoverResult } from './cutover.js';
+import { formatAge } from './phase.js';
+import type { StatusResult } from './status.js';
+
+function table(header: string[], rows: string[][]): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)];
+}
+
+function statusRows(result: StatusResult): string[][] {
+  return result.rules.map((r) => [
+    r.name,
+    r.phase ?? 'keep',
+    r.owner,
+    `${r.keys.etcd}${r.keys.consul === null ? '' : ` / ${r.keys.consul}`}`,
+    r.action === 'keep' ? '-' : result.dualRun.lagRevisions === null ? 'none' : `${result.dualRun.lagRevisions} rev${result.dualRun.running ? '' : ' (stopped)'}`,
+    r.verify ? `${r.verify.status}${r.verify.differences ? ` (${r.verify.differences})` : ''}, ${formatAge(r.verify.ageSeconds * 1000)} ago` : '-',
+    r.lateWrites || r.guardTrips ? `${r.lateWrites} late, ${r.guardTrips} guard` : '-',
+    r.next,
+  ]);
+}
+
+const STATUS_HEADER = ['rule', 'phase', 'owner', 'keys etcd / consul', 'dual-run lag', 'last verify', 'trips', 'next step'];
+
+/** `migrate status` in text, JSON or markdown. */
+export function renderStatus(result: StatusResult, format: Format): string {
+  if (format === 'json') return renderEnvelope('status', 'ok', { ...result });
+  const dual = result.dualRun;
+  const summary = [
+    `etcd revision ${result.etcdRevision}`,
+    dual.checkpoint === null ? 'no checkpoint' : `checkpoint ${dual.checkpoint} (${dual.by}${dual.running ? ', dual-run running' : ', no dual-run running'})`,
+    result.verify ? `last verify ${result.verify.clean ? 'clean' : 'drift'} ${formatAge(result.verify.ageSeconds * 1000)} ago` : 'never verified',
+  ].join('; ');
+  if (format === 'markdown') {
+    const md = (cells: string[]) => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
+    return [`## Migration ${result.migration}`, '', summary, '', md(STATUS_HEADER), md(STATUS_HEADER.map(() => '---')), ...statusRows(result).map(md), ''].join('\n');
+  }
+  return [`Migration ${result.migration} (state ${result.statePrefix}${result.started ? '' : ', nothing recorded yet'})`, summary, '', ...table(STATUS_HEADER, statusRows(result)), ''].join('\n');
+}
+
+/** `cutover`, `rollback` and `finalize` results: every precondition, then what was done. */
+export function renderCutover(result: CutoverResult, format: Format): string {
+  if (format === 'json') return renderEnvelope(result.action, result.refused ? 'refused' : 'ok', { ...result });
+  const mark = (ok: boolean) => (ok ? 'ok  ' : 'FAIL');
+  const lines: string[] = [`${result.action} of ${result.rules.map((r) => `rule ${r.rule}`).join(', ')} (migration ${result.migration}, etcd revision ${result.etcdRevision}):`];
+  for (const c of result.checks) lines.push(`  ${mark(c.ok)} ${c.name.padEnd(10)} ${c.detail}`);
+  for (const r of result.rules) for (const c of r.checks) lines.push(`  ${mark(c.ok)} ${`${r.rule}: ${c.name}`.padEnd(10)} ${c.detail}`);
+  if (result.refused) {
+    const failed = [...result.checks, ...result.rules.flatMap((r) => r.checks)].filter((c) => !c.ok).length;
+    lines.push('', failed > 0 ? `Refused: ${failed} precondition(s) failed; nothing was changed.` : 'Refused: not confirmed; nothing was changed.');
+    return `${lines.join('\n')}\n`;
+  }
+  lines.push('');
+  for (const r of result.rules) {
+    if (r.rollbackFile) lines.push(`Rollback point of rule ${r.rule}: ${r.rollbackKeys} Consul key(s) in ${r.rollbackFile} (consul kv import format; holds values, mode 0600).`);
+    if (r.etcdExportFile) lines.push(`etcd keys of rule ${r.rule} exported to ${r.etcdExportFile} (holds values, mode 0600).`);
+    if (r.etcdDeleted !== undefined) lines.push(`Deleted ${r.etcdDeleted} etcd key(s) of rule ${r.rule}.`);
+  }
+  if (result.snapshotFile) lines.push(`Consul snapshot saved to ${result.snapshotFile}.`);
+  for (const doc of result.written) {
+    const next = doc.phase === 'cutover'
+      ? `applications now write rule ${doc.rule} to Consul; the dual-run mirrors it back to etcd. Next: switch the writers, then \`migrate finalize --rule ${doc.rule}\` (or \`migrate rollback --rule ${doc.rule}\`).`
+      : doc.phase === 'rolledback'
+        ? `applications write rule ${doc.rule} to etcd again; the dual-run replicates it to Consul.`
+        : `rule ${doc.rule} is no longer mirrored in either direction.`;
+    lines.push(`Rule ${doc.rule}: phase ${doc.phase}, owner ${doc.owner}; ${next}`);
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,87 @@
+import type { MigrationConfig } from '../config/load.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { readState, statePaths, type StateMeta } from '../state/state.js';
+import { prefixRange } from '../stores/etcd.js';
+import type { SourceReader, TargetStore } from '../stores/types.js';
+import { derivePhase, dualRunRunning, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase } from './phase.js';
+import { readCutoverState } from './state-io.js';
+
+/** One rule's line in `migrate status`. */
+export interface RuleStatusLine {
+  name: string;
+  action: 'copy' | 'keep';
+  from: string;
+  to: string | null;
+  /** null for keep rules (they have no phase: they stay on etcd). */
+  phase: RulePhase | null;
+  owner: RuleOwner;
+  /** Whether the phase is written in `rules/<name>` (else derived from the copy, checkpoint and verify state). */
+  recorded: boolean;
+  keys: { etcd: number; consul: number | null };
+  verify: { status: string; differences: number; at: string; ageSeconds: number } | null;
+  lateWrites: number;
+  guardTrips: number;
+  /** When the phase last changed, and by whom. */
+  changed: { at: string; by: string } | null;
+  next: string;
+}
+
+export interface StatusResult {
+  migration: string;
+  statePrefix: string;
+  /** Whether any state exists in Consul (a copy has started). */
+  started: boolean;
+  etcdRevision: number;
+  dualRun: { running: boolean; checkpoint: number | null; by: 'copy' | 'dualrun' | null; updated: string | null; lagRevisions: number | null };
+  verify: { at: string; ageSeconds: number; clean: boolean; revision: number } | null;
+  rules: RuleStatusLine[];
+}
+
+/** `migrate status` (reads only). */
+export async function runStatus(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: { now: () => Date; maxVerifyAgeMs: number }): Promise<StatusResult> {
+  const { source, target, config, mapping } = deps;
+  const paths = statePaths(mapping.statePrefix, config.id);
+  const [status, meta, state] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths)]);
+  const nowMs = options.now().getTime();
+  const running = dualRunRunning(state.checkpoint, nowMs);
+  const checkpoint = state.checkpoint?.revision ?? null;
+  const ageOf = (at: string) => Math.max(0, Math.round((nowMs - Date.parse(at)) / 1000));
+  const rules: RuleStatusLine[] = [];
+  for (const rule of mapping.rules) {
+    const etcdKeys = await source.count(prefixRange(rule.fromBytes), status.revision);
+    if (rule.action === 'keep') {
+      rules.push({ name: rule.name, action: 'keep', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false, keys: { etcd: etcdKeys, consul: null }, verify: null, lateWrites: 0, guardTrips: 0, changed: null, next: 'none: stays on etcd' });
+      continue;
+    }
+    const doc = state.docs.get(rule.name)?.doc;
+    const phase = derivePhase(rule.name, { doc, copy: state.copy, checkpoint: state.checkpoint, verify: state.verify, nowMs });
+    const v = state.verify?.rules[rule.name];
+    const verify = v && state.verify ? { status: v.status, differences: v.differences, at: state.verify.at, ageSeconds: ageOf(state.verify.at) } : null;
+    const trips = state.trips.get(rule.name)?.doc;
+    const last = doc?.history[doc.history.length - 1];
+    rules.push({
+      name: rule.name,
+      action: 'copy',
+      from: rule.from,
+      to: rule.to,
+      phase,
+      owner: ownerOf(phase),
+      recorded: Boolean(doc),
+      keys: { etcd: etcdKeys, consul: (await target.listKeys(rule.to)).length },
+      verify,
+      lateWrites: trips?.lateWrites.count ?? 0,
+      guardTrips: trips?.guardTrips.count ?? 0,
+      changed: last ? { at: last.at, by: last.by } : null,
+      next: nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status !== 'drift' : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips) }),
+    });
+  }
+  return {
+    migration: config.id,
+    statePrefix: paths.root,
+    started: Boolean(meta),
+    etcdRevision: status.revision,
+    dualRun: { running, checkpoint, by: state.checkpoint?.by ?? null, updated: state.checkpoint?.updated ?? null, lagRevisions: checkpoint === null ? null : Math.max(0, status.revision - checkpoint) },
+    verify: state.verify ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision } : null,
+    rules,
+  };
+}

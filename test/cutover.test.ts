@@ -1,0 +1,240 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { eventually, metric, startDualRun, waitCaughtUp, type DualRunProcess } from './support/dualrun.js';
+
+const etcd = rawEtcd();
+const target = consulTarget();
+afterAll(() => {
+  etcd.close();
+  target.close();
+});
+
+function scenario(label: string) {
+  const id = `co-${label}-${randomBytes(3).toString('hex')}`;
+  const root = `/${id}`;
+  const yaml = `version: 1
+id: ${id}
+rules:
+  - { name: app, from: ${root}/app/, to: ${id}/app/ }
+  - { name: other, from: ${root}/other/, to: ${id}/other/ }
+  - { name: k8s, from: ${root}/app/k8s/, action: keep }
+`;
+  const dir = configDir(yaml);
+  const cli = (args: string[]) => runCli(args, { cwd: dir, env: serverEnv() });
+  return { id, root, dir, cli };
+}
+
+type Scenario = ReturnType<typeof scenario>;
+
+async function phases(s: Scenario): Promise<Record<string, { phase: string | null; owner: string; next: string; lateWrites: number }>> {
+  const run = await s.cli(['status', '--format', 'json']);
+  expect(run.code, run.stderr).toBe(0);
+  const doc = JSON.parse(run.stdout) as { command: string; rules: { name: string; phase: string | null; owner: string; next: string; lateWrites: number }[] };
+  expect(doc.command).toBe('status');
+  return Object.fromEntries(doc.rules.map((r) => [r.name, r]));
+}
+
+async function seed(s: Scenario): Promise<void> {
+  for (let i = 0; i < 5; i++) await etcd.put(`${s.root}/app/k${i}`).value(`v${i}`);
+  await etcd.put(`${s.root}/app/k8s/pod`).value('kept on etcd');
+  await etcd.put(`${s.root}/other/x`).value('x');
+}
+
+/** Starts the dual-run and waits until its own checkpoint (not the copy's) covers etcd's current revision. */
+async function dualRun(s: Scenario): Promise<DualRunProcess> {
+  const dr = await startDualRun(s.dir);
+  await etcd.put(`${s.root}/outside`).value('tick');
+  await waitCaughtUp(etcd, target, s.id);
+  return dr;
+}
+
+async function etcdValue(key: string): Promise<string | null> {
+  return etcd.get(key).string();
+}
+
+/** Everything a refused command must leave alone: the rule's Consul keys, the state but the dual-run's own, etcd under the scenario. */
+async function snapshot(s: Scenario): Promise<string> {
+  const consul: string[] = [];
+  for (const prefix of [`${s.id}/`, `_migrate/${s.id}/`]) {
+    const keys = (await target.listKeys(prefix)).filter((k) => !/\/(checkpoint|leader|sessions\/.*)$/.test(k));
+    for (const e of await target.readEntries(keys)) consul.push(`${e.key}@${e.modifyIndex}`);
+  }
+  const kvs = await etcd.getAll().prefix(`${s.root}/`).exec();
+  return JSON.stringify({ consul, etcd: kvs.kvs.map((kv) => `${kv.key.toString()}@${kv.mod_revision}`), files: existsSync(join(s.dir, 'migrate-rollback')) });
+}
+
+describe('cutover, rollback, finalize and status (real servers)', () => {
+  it('a whole migration through the CLI: copy → dualrun → verify → cutover → reverse mirror → rollback → cutover → finalize', async () => {
+    const s = scenario('flow');
+    await seed(s);
+    expect((await phases(s)).app).toMatchObject({ phase: 'planned', owner: 'etcd', next: 'migrate copy' });
+    expect((await phases(s)).k8s).toMatchObject({ phase: null, owner: 'etcd' });
+    expect((await s.cli(['copy'])).code).toBe(0);
+    expect((await phases(s)).app.phase).toBe('copied');
+    const dr = await dualRun(s);
+    try {
+      expect((await phases(s)).app.phase).toBe('mirroring');
+      const verified = await s.cli(['verify', '--progress', 'none']);
+      expect(verified.code, verified.stderr).toBe(0);
+      expect((await phases(s)).app).toMatchObject({ phase: 'verified', next: 'migrate cutover --rule app' });
+
+      const cut = await s.cli(['cutover', '--rule', 'app', '--yes', '--format', 'json']);
+      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+      const cutResult = JSON.parse(cut.stdout) as { status: string; rules: { rollbackFile: string; rollbackKeys: number; checks: { ok: boolean }[] }[]; checks: { name: string; ok: boolean }[] };
+      expect(cutResult.status).toBe('ok');
+      expect(cutResult.checks.map((c) => c.name)).toEqual(['dual-run', 'caught up']);
+      // The rollback point: the rule's Consul keys (5 keys; the keep rule's key is not in Consul), mode 0600.
+      const rollback = cutResult.rules[0]!;
+      expect(rollback.rollbackKeys).toBe(5);
+      expect(statSync(rollback.rollbackFile).mode & 0o777).toBe(0o600);
+      expect((JSON.parse(readFileSync(rollback.rollbackFile, 'utf8')) as { key: string }[]).map((e) => e.key)).toContain(`${s.id}/app/k0`);
+      const doc = JSON.parse((await target.readKey(`_migrate/${s.id}/rules/app`))!.value.toString());
+      expect(doc).toMatchObject({ schemaVersion: 1, rule: 'app', phase: 'cutover', owner: 'consul' });
+      expect(doc.history.map((h: { phase: string }) => h.phase)).toEqual(['verified', 'cutover']);
+      expect(doc.history[1].by).toMatch(/.+@.+/);
+      expect(doc.history[1].evidence).toMatchObject({ rollbackFile: rollback.rollbackFile, verify: { clean: true } });
+      expect(typeof doc.history[1].evidence.checkpoint).toBe('number');
+      expect((await phases(s)).app).toMatchObject({ phase: 'cutover', owner: 'consul' });
+
+      // Applications now write to Consul: the reverse mirror carries it to etcd.
+      await target.putKey(`${s.id}/app/k1`, Buffer.from('from consul'));
+      await target.putKey(`${s.id}/app/new`, Buffer.from('born in consul'));
+      await target.deleteKey(`${s.id}/app/k2`);
+      await eventually('Consul writes appear in etcd', async () => (await etcdValue(`${s.root}/app/k1`)) === 'from consul' && (await etcdValue(`${s.root}/app/new`)) === 'born in consul' && (await etcdValue(`${s.root}/app/k2`)) === null);
+      // Other rules still replicate etcd → Consul; the keep rule is never touched.
+      await etcd.put(`${s.root}/other/y`).value('y');
+      await eventually('other rule still replicated', async () => (await target.readKey(`${s.id}/other/y`))?.value.toString() === 'y');
+      expect(await etcdValue(`${s.root}/app/k8s/pod`)).toBe('kept on etcd');
+      expect(metric(await dr.metrics(), 'migrate_dualrun_reverse_rules')).toBe(1);
+      expect(metric(await dr.metrics(), 'migrate_dualrun_late_writes_total')).toBeNaN();
+
+      const back = await s.cli(['rollback', '--rule', 'app', '--yes']);
+      expect(back.code, back.stdout + back.stderr).toBe(0);
+      expect(back.stdout).toContain('phase rolledback, owner etcd');
+      expect((await phases(s)).app).toMatchObject({ phase: 'rolledback', owner: 'etcd' });
+      await eventually('reverse mirror stopped', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 0);
+      // Applications write to etcd again: etcd → Consul resumes.
+      await etcd.put(`${s.root}/app/k3`).value('etcd again');
+      await etcd.delete().key(`${s.root}/app/new`);
+      await eventually('etcd writes appear in Consul again', async () => (await target.readKey(`${s.id}/app/k3`))?.value.toString() === 'etcd again' && (await target.readKey(`${s.id}/app/new`)) === undefined);
+
+      const again = await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now']);
+      expect(again.code, again.stdout + again.stderr).toBe(0);
+      const fin = await s.cli(['finalize', '--rule', 'app', '--yes', '--export-etcd', 'app-etcd.json', '--delete-etcd', '--format', 'json']);
+      expect(fin.code, fin.stdout + fin.stderr).toBe(0);
+      expect(JSON.parse(fin.stdout).rules[0]).toMatchObject({ etcdDeleted: 4, etcdExportFile: join(s.dir, 'app-etcd.json') });
+      expect((JSON.parse(readFileSync(join(s.dir, 'app-etcd.json'), 'utf8')) as unknown[]).length).toBe(4);
+      const left = await etcd.getAll().prefix(`${s.root}/app/`).keys();
+      expect(left).toEqual([`${s.root}/app/k8s/pod`]);
+      expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(4);
+      const final = await phases(s);
+      expect(final.app).toMatchObject({ phase: 'finalized', owner: 'consul', next: 'done' });
+      const history = JSON.parse((await target.readKey(`_migrate/${s.id}/rules/app`))!.value.toString()).history.map((h: { phase: string }) => h.phase);
+      expect(history).toEqual(['verified', 'cutover', 'rolledback', 'cutover', 'finalized']);
+      // Finalized: no mirroring in either direction; deleting etcd keys was no late write.
+      await target.putKey(`${s.id}/app/after`, Buffer.from('consul only'));
+      await etcd.put(`${s.root}/other/z`).value('z');
+      await eventually('other rule still replicated', async () => (await target.readKey(`${s.id}/other/z`))?.value.toString() === 'z');
+      expect(await etcdValue(`${s.root}/app/after`)).toBeNull();
+      expect(metric(await dr.metrics(), 'migrate_dualrun_late_writes_total')).toBeNaN();
+      const finalVerify = await s.cli(['verify', '--progress', 'none']);
+      expect(finalVerify.code, finalVerify.stdout).toBe(0);
+      expect(finalVerify.stdout).toContain('rule app is finalized');
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 120_000);
+
+  it('refuses without --yes off a terminal (exit 2), with no dual-run, a lagging one, a failed or a stale verify (exit 4); each changes nothing', async () => {
+    const s = scenario('refuse');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+    let before = await snapshot(s);
+
+    const noYes = await s.cli(['cutover', '--rule', 'app']);
+    expect(noYes.code).toBe(2);
+    expect(noYes.stderr).toContain('--yes');
+    for (const command of ['rollback', 'finalize']) expect((await s.cli([command, '--rule', 'app'])).code).toBe(2);
+
+    const noDualRun = await s.cli(['cutover', '--rule', 'app', '--yes']);
+    expect(noDualRun.code, noDualRun.stderr).toBe(4);
+    expect(noDualRun.stdout).toMatch(/FAIL dual-run\s+the dual-run is not running/);
+    expect(noDualRun.stdout).toContain('nothing was changed');
+    const keep = await s.cli(['cutover', '--rule', 'k8s', '--yes', '--format', 'json']);
+    expect(keep.code).toBe(4);
+    expect(JSON.parse(keep.stdout).status).toBe('refused');
+    expect(await snapshot(s)).toBe(before);
+
+    const dr = await dualRun(s);
+    try {
+      // A failed verify: drift injected in Consul, recorded in verify/last.
+      await target.putKey(`${s.id}/app/extra`, Buffer.from('nobody wrote me in etcd'));
+      expect((await s.cli(['verify', '--progress', 'none', '--rounds', '1'])).code).toBe(1);
+      before = await snapshot(s);
+      const failed = await s.cli(['cutover', '--rule', 'app', '--yes']);
+      expect(failed.code, failed.stderr).toBe(4);
+      expect(failed.stdout).toMatch(/FAIL app: verify\s+the last verify .* found 1 difference/);
+      expect(await snapshot(s)).toBe(before);
+
+      await target.deleteKey(`${s.id}/app/extra`);
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      before = await snapshot(s);
+      const stale = await s.cli(['cutover', '--rule', 'app', '--yes', '--max-verify-age', '1ms']);
+      expect(stale.code).toBe(4);
+      expect(stale.stdout).toContain('older than --max-verify-age');
+      expect(await snapshot(s)).toBe(before);
+
+      // A lagging dual-run: paused (its heartbeat is still fresh) while etcd moves on.
+      dr.child.kill('SIGSTOP');
+      try {
+        await etcd.put(`${s.root}/other/while-paused`).value('p');
+        before = await snapshot(s);
+        const lagging = await s.cli(['cutover', '--rule', 'app', '--yes', '--catch-up-timeout', '1s']);
+        expect(lagging.code, lagging.stderr).toBe(4);
+        expect(lagging.stdout).toMatch(/FAIL caught up\s+checkpoint \d+ is \d+ revision\(s\) behind/);
+        expect(await snapshot(s)).toBe(before);
+      } finally {
+        dr.child.kill('SIGCONT');
+      }
+      expect((await phases(s)).app.phase).toBe('verified');
+      // Rollback and finalize of a rule that was never cut over: refused too.
+      expect((await s.cli(['rollback', '--rule', 'app', '--yes'])).code).toBe(4);
+      expect((await s.cli(['finalize', '--rule', 'app', '--yes'])).code).toBe(4);
+      expect(await target.readKey(`_migrate/${s.id}/rules/app`)).toBeUndefined();
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
+  it('a late writer: a direct etcd write under a cut-over rule is counted, logged by key, and fails verify', async () => {
+    const s = scenario('late');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      await etcd.put(`${s.root}/app/k0`).value('secret-late-value');
+      await eventually('late write counted', async () => metric(await dr.metrics(), 'migrate_dualrun_late_writes_total') === 1);
+      expect(dr.stderr()).toContain(`late write: etcd put of ${s.root}/app/k0 under rule app`);
+      expect(dr.stderr()).not.toContain('secret-late-value');
+      // Not replicated: Consul, the owner, keeps its value.
+      expect((await target.readKey(`${s.id}/app/k0`))?.value.toString()).toBe('v0');
+      const verify = await s.cli(['verify', '--progress', 'none', '--format', 'json', '--round-pause', '200ms']);
+      expect(verify.code, verify.stderr).toBe(1);
+      const report = JSON.parse(verify.stdout) as { rules: { name: string; status: string; owner: string; lateWrites: number }[] };
+      expect(report.rules.find((r) => r.name === 'app')).toMatchObject({ status: 'drift', owner: 'consul', lateWrites: 1 });
+      expect(verify.stdout).not.toContain('secret-late-value');
+      expect((await phases(s)).app).toMatchObject({ lateWrites: 1 });
+      expect((await phases(s)).app.next).toContain('--acknowledge-trips');
+      // Rolling back over an open late write is refused.
+      expect((await s.cli(['rollback', '--rule', 'app', '--yes'])).code).toBe(4);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+});
