@@ -7,8 +7,11 @@ import { registerDualRun } from './commands/dualrun.js';
 import { registerExport } from './commands/export.js';
 import { registerInit } from './commands/init.js';
 import { registerPlan } from './commands/plan.js';
-import { registerProbeLatency } from './commands/probe-latency.js';
 import { registerVerify } from './commands/verify.js';
+import { registerStatus } from './commands/status.js';
+import { registerCutover } from './commands/cutover.js';
+import { registerRollback } from './commands/rollback.js';
+import { registerFinalize } from './commands/finalize.js';
 import { groupCommandsByStage } from './stages.js';
 
 /**
@@ -26,7 +29,10 @@ export function registerCommands(registrar: CommandRegistrar): void {
   registerDualRun(registrar);
   registerExport(registrar);
   registerCompletion(registrar);
-  registerProbeLatency(registrar);
+  registerStatus(registrar);
+  registerCutover(registrar);
+  registerRollback(registrar);
+  registerFinalize(registrar);
   groupCommandsByStage(registrar.program, `Exit codes: 0 ok/parity, 1 findings or drift, 2 usage or configuration, 3 server unreachable/refused/failed,
 4 refused by a guard or precondition, 130 interrupted, 70 internal error (a bug).`);
 }
