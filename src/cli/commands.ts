@@ -7,6 +7,7 @@ import { registerDualRun } from './commands/dualrun.js';
 import { registerExport } from './commands/export.js';
 import { registerInit } from './commands/init.js';
 import { registerPlan } from './commands/plan.js';
+import { registerProbeLatency } from './commands/probe-latency.js';
 import { registerVerify } from './commands/verify.js';
 import { registerStatus } from './commands/status.js';
 import { registerCutover } from './commands/cutover.js';
@@ -29,6 +30,7 @@ export function registerCommands(registrar: CommandRegistrar): void {
   registerDualRun(registrar);
   registerExport(registrar);
   registerCompletion(registrar);
+  registerProbeLatency(registrar);
   registerStatus(registrar);
   registerCutover(registrar);
   registerRollback(registrar);
