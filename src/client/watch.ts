@@ -8,9 +8,10 @@ export type KvWatchEvent =
   | { type: 'put'; key: Buffer; value: Buffer; rule: string; store: Owner }
   | { type: 'delete'; key: Buffer; rule: string; store: Owner }
   /**
-   * The rule's owner changed: later events come from `to` (a few late ones
-   * from `from` may follow: writes that were in flight). When the stores were
-   * not in step, re-read what matters.
+   * The rule's owner changed. Every event from `to` comes after this one;
+   * events from `from` may still follow for a moment (`watchDrainMs`): the
+   * old stream's last deliveries, and writes that were in flight. When the
+   * stores were not in step, re-read what matters.
    */
   | { type: 'switch'; rule: string; from: Owner; to: Owner };
 
@@ -88,23 +89,30 @@ export class KvWatch implements AsyncIterable<KvWatchEvent> {
       const old = sub.current;
       // Not subscribed yet: it waits for the switch to finish and starts on the new owner.
       if (!old || old.owner === owner) continue;
-      await this.subscribe(sub, owner);
-      this.push({ type: 'switch', rule, from: old.owner, to: owner });
+      // The marker goes in as the new stream becomes ready, before any of its events.
+      await this.subscribe(sub, owner, () => this.push({ type: 'switch', rule, from: old.owner, to: owner }));
       // Writes that were in flight on the old owner still arrive for a moment.
       const timer = setTimeout(() => old.abort.abort(), this.host.watchDrainMs);
       timer.unref?.();
     }
   }
 
-  private async subscribe(sub: Subscription, owner: Owner): Promise<void> {
+  private async subscribe(sub: Subscription, owner: Owner, whenReady?: () => void): Promise<void> {
     if (this.ended) return;
     const abort = new AbortController();
     this.abort.signal.addEventListener('abort', () => abort.abort(), { once: true });
     sub.current = { owner, abort };
     const { entry } = sub;
     const rule = entry.rule.name;
-    let onReady!: () => void;
-    const ready = new Promise<void>((resolve) => (onReady = resolve));
+    let resolveReady!: () => void;
+    const ready = new Promise<void>((resolve) => (resolveReady = resolve));
+    let isReady = false;
+    const onReady = () => {
+      if (isReady) return;
+      isReady = true;
+      if (!abort.signal.aborted) whenReady?.();
+      resolveReady();
+    };
     abort.signal.addEventListener('abort', () => onReady(), { once: true });
     const options = { signal: abort.signal, onReady, onError: (err: Error) => this.host.reportWatchError(rule, err) };
     const { etcd, consul } = this.host.stores();
