@@ -29,12 +29,14 @@ rules:
 
 type Scenario = ReturnType<typeof scenario>;
 
-async function phases(s: Scenario): Promise<Record<string, { phase: string | null; owner: string; next: string; lateWrites: number }>> {
+type RuleLine = { phase: string | null; owner: string; next: string; lateWrites: number };
+
+async function phases(s: Scenario): Promise<Record<'app' | 'other' | 'k8s', RuleLine>> {
   const run = await s.cli(['status', '--format', 'json']);
   expect(run.code, run.stderr).toBe(0);
   const doc = JSON.parse(run.stdout) as { command: string; rules: { name: string; phase: string | null; owner: string; next: string; lateWrites: number }[] };
   expect(doc.command).toBe('status');
-  return Object.fromEntries(doc.rules.map((r) => [r.name, r]));
+  return Object.fromEntries(doc.rules.map((r) => [r.name, r])) as Record<'app' | 'other' | 'k8s', RuleLine>;
 }
 
 async function seed(s: Scenario): Promise<void> {
