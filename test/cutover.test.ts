@@ -36,7 +36,7 @@ async function phases(s: Scenario): Promise<Record<'app' | 'other' | 'k8s', Rule
   expect(run.code, run.stderr).toBe(0);
   const doc = JSON.parse(run.stdout) as { command: string; rules: { name: string; phase: string | null; owner: string; next: string; lateWrites: number }[] };
   expect(doc.command).toBe('status');
-  return Object.fromEntries(doc.rules.map((r) => [r.name, r])) as Record<'app' | 'other' | 'k8s', RuleLine>;
+  return Object.fromEntries(doc.rules.map((r) => [r.name, r])) as unknown as Record<'app' | 'other' | 'k8s', RuleLine>;
 }
 
 async function seed(s: Scenario): Promise<void> {
