@@ -2,7 +2,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createKvClient, type KvClient, type KvWatchEvent, type MismatchEvent, type SwitchEvent } from '../src/client/index.js';
 import { freePort } from '../scripts/local-servers.js';
-import { configDir, consulTarget, rawEtcd, serverEnv, uniquePrefix } from './support/harness.js';
+import { loadConfig } from '../src/config/load.js';
+import { configDir, consulTarget, privateConsul, rawEtcd, serverEnv, uniquePrefix } from './support/harness.js';
 
 /**
  * The Node client against the real servers: the test plays `migrate cutover`
@@ -274,6 +275,13 @@ describe('createKvClient', () => {
     const m = migration('client-bad');
     await expect(open(m, { rules: ['app', 'nope'] })).rejects.toMatchObject({ code: 'client_rule_unknown', message: expect.stringContaining('Unknown rule "nope"') });
 
+    // The configuration as a path, as a loaded configuration, or from MIGRATE_CONFIG.
+    const loaded = await open(m, { config: loadConfig({ configFlag: m.configFile, env: {}, cwd: '/' }) });
+    expect(loaded.owner('app')).toBe('etcd');
+    const fromEnv = await open(m, { config: undefined, env: serverEnv({ MIGRATE_CONFIG: m.configFile }) });
+    expect(fromEnv.phases()).toEqual([{ rule: 'app', owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0 }]);
+    expect(() => fromEnv.owner('other')).toThrow(/does not follow rule "other"/);
+
     const client = await open(m);
     await expect(client.put('/elsewhere/x', 'v')).rejects.toMatchObject({ code: 'client_key_outside_rules' });
     await expect(client.get(m.from.replace(/app\/$/, 'other/x'))).rejects.toMatchObject({ code: 'client_key_outside_rules', message: expect.stringContaining('belongs to rule "other"') });
@@ -287,6 +295,25 @@ describe('createKvClient', () => {
     await consul.putKey(m.phaseKey, Buffer.from(JSON.stringify({ schemaVersion: 1, rule: 'app', phase: 'cutover', owner: 'zookeeper', updated: '', history: [] })));
     await expect(open(m)).rejects.toMatchObject({ code: 'client_phase_invalid', message: expect.stringContaining('unknown owner') });
   });
+
+  it('keeps the last known owner while Consul is down, and says it is retrying', async () => {
+    const m = migration('client-outage');
+    const own = await privateConsul();
+    let stopped = false;
+    try {
+      const client = await open(m, { env: serverEnv({ CONSUL_HTTP_ADDR: own.address }) });
+      const problem = new Promise<{ source: string; error: Error }>((resolve) => client.once('problem', resolve));
+      await own.stop();
+      stopped = true;
+      expect(await problem).toMatchObject({ source: 'phase', error: { code: 'consul_unreachable' } });
+      await client.put(`${m.from}k`, 'still-works');
+      expect(await client.getString(`${m.from}k`)).toBe('still-works');
+      expect(client.stats().rules.app).toMatchObject({ owner: 'etcd', following: 'retrying', error: undefined });
+      await client.close();
+    } finally {
+      if (!stopped) await own.stop();
+    }
+  }, 30_000);
 
   it('says which server is unreachable', async () => {
     const m = migration('client-down');
