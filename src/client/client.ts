@@ -11,6 +11,7 @@ import { ConsulTarget, kvPath } from '../stores/consul.js';
 import { sleep, withRetries, type ConsulConnection, type ConsulResponse } from '../stores/consul-http.js';
 import { EtcdSource, type EtcdConnection } from '../stores/etcd.js';
 import { routeClientKey, toKeyBytes, type ClientKeyRoute, type KvKey } from './keys.js';
+import { checkClientNumbers } from './options.js';
 import { checkClientRules, parsePhaseDocument, type Owner, type Phase, type RulePhase } from './phase.js';
 import { compareShadow, emptyShadowStats, RecentWrites, sampled, type ShadowStats, type ShadowVerdict } from './shadow.js';
 import { KvWatch, type KvWatchEvent, type WatchHost, type WatchOptions } from './watch.js';
@@ -150,6 +151,16 @@ const SWITCH_WAIT_MS = 2_000;
  * const value = await kv.getString('/app/config/feature-x');
  */
 export async function createKvClient(options: KvClientOptions): Promise<KvClient> {
+  const shadow = typeof options.shadowReads === 'object' ? options.shadowReads : {};
+  checkClientNumbers({
+    'shadowReads.sampleRate': { value: shadow.sampleRate, min: 0, max: 1 },
+    'shadowReads.recheckDelayMs': { value: shadow.recheckDelayMs, min: 0, max: 60_000 },
+    'shadowReads.writeWindowMs': { value: shadow.writeWindowMs, min: 0, max: 3_600_000 },
+    timeoutMs: { value: options.timeoutMs, min: 1, max: 600_000 },
+    // Consul caps a blocking query's wait at 10 minutes.
+    blockingWaitSeconds: { value: options.blockingWaitSeconds, min: 1, max: 600 },
+    watchDrainMs: { value: options.watchDrainMs, min: 0, max: 600_000 },
+  });
   const env = options.env ?? process.env;
   const cwd = options.cwd ?? process.cwd();
   const loaded = typeof options.config === 'object' ? options.config : loadConfig({ configFlag: options.config, env, cwd, required: true });

@@ -81,3 +81,4 @@ export function emptyShadowStats(enabled: boolean): ShadowStats {
 export function sampled(rate: number, random: () => number): boolean {
   return rate >= 1 || (rate > 0 && random() < rate);
 }
+
