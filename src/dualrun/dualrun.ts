@@ -334,6 +334,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   } finally {
     clearInterval(leaseTimer);
     sessions.stop();
+    await applier.recordLateWrites();
     following.abort();
     options.signal.removeEventListener('abort', stopFollowing);
     ctx.lost.removeEventListener('abort', stopFollowing);
@@ -363,6 +364,9 @@ class Applier {
   private readonly reserve = { reservedOps: 3, reservedBytes: 800 };
   /** The owners index every decision since the last txn was made under (the fence of the next txn). */
   private fenceIndex: number;
+  private readonly lateSeen = new Set<string>();
+  private readonly lateTrips = new Map<string, { count: number; keys: string[]; revision: number; firstAt: string }>();
+  private tripsTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly ctx: LeadContext,
@@ -446,20 +450,42 @@ class Applier {
   }
 
   private async lateWrite(rule: string, event: SourceEvent, revision: number): Promise<void> {
+    // A replay from the checkpoint (after a restart of the watch) sees the same event again: count it once.
+    const id = `${revision}:${event.entry.key.toString('hex')}`;
+    if (this.lateSeen.has(id)) return;
+    this.lateSeen.add(id);
+    if (this.lateSeen.size > 10_000) this.lateSeen.delete(this.lateSeen.values().next().value!);
     const stats = this.ctx.stats;
     stats.lateWrites[rule] = (stats.lateWrites[rule] ?? 0) + 1;
     this.ctx.publish();
     const key = formatKey(event.entry.key);
     this.options.log('warn', `late write: etcd ${event.type} of ${key} under rule ${rule}, which Consul owns; not replicated (verify fails until acknowledged)`, { rule, key, revision });
+    const pending = this.lateTrips.get(rule) ?? { count: 0, keys: [] as string[], revision: 0, firstAt: new Date().toISOString() };
+    pending.count++;
+    pending.revision = revision;
+    if (!pending.keys.includes(key) && pending.keys.length < TRIP_KEYS_KEPT) pending.keys.push(key);
+    this.lateTrips.set(rule, pending);
+    // Recorded in batches: an application that was never switched must not slow replication down to one CAS per write.
+    this.tripsTimer ??= setTimeout(() => void this.recordLateWrites(), 300);
+  }
+
+  /** Adds the late writes seen since the last call to the rules' trips documents. */
+  async recordLateWrites(): Promise<void> {
+    if (this.tripsTimer) clearTimeout(this.tripsTimer);
+    this.tripsTimer = undefined;
+    const batch = [...this.lateTrips];
+    this.lateTrips.clear();
     const at = new Date().toISOString();
-    await recordTrip(this.ctx.target, this.ctx.paths, rule, (doc) => {
-      const late = doc.lateWrites;
-      late.count++;
-      late.firstAt ??= at;
-      late.lastAt = at;
-      late.lastRevision = revision;
-      if (!late.keys.includes(key) && late.keys.length < TRIP_KEYS_KEPT) late.keys.push(key);
-    }).catch((err) => this.options.log('warn', `could not record the late write under rule ${rule}: ${(err as Error).message}`));
+    for (const [rule, pending] of batch) {
+      await recordTrip(this.ctx.target, this.ctx.paths, rule, (doc) => {
+        const late = doc.lateWrites;
+        late.count += pending.count;
+        late.firstAt ??= pending.firstAt;
+        late.lastAt = at;
+        late.lastRevision = pending.revision;
+        for (const key of pending.keys) if (!late.keys.includes(key) && late.keys.length < TRIP_KEYS_KEPT) late.keys.push(key);
+      }).catch((err) => this.options.log('warn', `could not record ${pending.count} late write(s) under rule ${rule}: ${(err as Error).message}`));
+    }
   }
 
   private async plan(message: Extract<WatchMessage, { kind: 'revision' }>, holderOf?: Parameters<typeof planRevision>[0]['holderOf']): Promise<RevisionPlan> {
