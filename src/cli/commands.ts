@@ -1,4 +1,5 @@
 import type { CommandRegistrar } from './main.js';
+import { registerAcl } from './commands/acl.js';
 import { registerAudit } from './commands/audit.js';
 import { registerCompletion } from './commands/completion.js';
 import { registerCopy } from './commands/copy.js';
@@ -29,6 +30,7 @@ export function registerCommands(registrar: CommandRegistrar): void {
   registerVerify(registrar);
   registerDualRun(registrar);
   registerExport(registrar);
+  registerAcl(registrar);
   registerCompletion(registrar);
   registerProbeLatency(registrar);
   registerStatus(registrar);

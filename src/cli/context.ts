@@ -11,7 +11,7 @@ export interface Io {
   stderrIsTTY: boolean;
 }
 
-export type Format = 'text' | 'json' | 'yaml' | 'markdown' | 'junit';
+export type Format = 'text' | 'json' | 'yaml' | 'markdown' | 'junit' | 'hcl';
 export type ProgressMode = 'auto' | 'plain' | 'json' | 'none';
 
 /** Options every command takes (DESIGN §4). */

@@ -1,0 +1,231 @@
+import type { MigrationConfig } from '../config/load.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { statePaths } from '../state/state.js';
+import { prefixEnd } from '../stores/etcd.js';
+
+/**
+ * The least privilege the migration needs, derived from migration.yaml alone
+ * (pure: `migrate acl` contacts no server). What the tool calls decides every
+ * line; a rule here that the code does not need is a bug, and so is a call
+ * the code makes that no rule here allows (test/acl.test.ts runs every
+ * command with only the migrator's policy).
+ */
+
+/** Consul's access levels for KV rules; `list` is read plus recursive reads (needed when `acl.enable_key_list_policy` is on). */
+export type ConsulAccess = 'read' | 'list' | 'write';
+
+/** The resources of Consul's ACL rule language (1.4+ syntax, same on 1.13 and 1.22) that the tool uses. */
+export type ConsulResource = 'key_prefix' | 'key' | 'session_prefix' | 'session' | 'agent_prefix' | 'agent';
+
+/** One rule of a Consul policy, with the reason it is there (printed as an HCL comment). */
+export interface ConsulRuleGrant {
+  resource: ConsulResource;
+  /** The key, prefix or node name the rule applies to (`""` with a `_prefix` resource: all). */
+  name: string;
+  policy: ConsulAccess;
+  why: string;
+}
+
+export interface ConsulPolicyPlan {
+  /** A valid Consul policy name (`[A-Za-z0-9_-]`, at most 128 characters). */
+  name: string;
+  description: string;
+  /** `migrator` for the tool's own token; `application` for one rule's applications. */
+  role: 'migrator' | 'application';
+  /** The rule an application policy is for. */
+  rule?: string;
+  grants: ConsulRuleGrant[];
+}
+
+/** One etcd role permission: `[key, rangeEnd)` (etcd's own representation). */
+export interface EtcdPermissionPlan {
+  type: 'read' | 'readwrite';
+  key: Buffer;
+  rangeEnd: Buffer;
+  /** True when `[key, rangeEnd)` is exactly the prefix `key` (etcdctl `--prefix=true`). */
+  prefix: boolean;
+  /** `always`: from the first audit on; `cutover`: grant before the first `migrate cutover` (the reverse mirror writes etcd). */
+  when: 'always' | 'cutover';
+  rules: string[];
+  why: string;
+}
+
+export interface AclPlan {
+  migration: string;
+  stateRoot: string;
+  consul: { policies: ConsulPolicyPlan[] };
+  etcd: { role: string; user: string; permissions: EtcdPermissionPlan[] };
+  /** What the plan deliberately leaves out (printed as comments and in JSON). */
+  notes: string[];
+}
+
+export interface AclOptions {
+  /** What applications may do under their rule's target prefix (default `write`). */
+  appAccess?: 'read' | 'write';
+  /** The Consul agent's node name, to narrow the session and agent rules from "every node" to that one. */
+  consulNode?: string;
+}
+
+const POLICY_NAME_MAX = 128;
+
+/** A Consul policy name from free text: Consul allows `[A-Za-z0-9_-]` up to 128 characters. */
+export function policyName(...parts: string[]): string {
+  return parts.join('-').replace(/[^A-Za-z0-9_-]/g, '-').slice(0, POLICY_NAME_MAX);
+}
+
+/** Whether `[start, end)` lies inside the union of `ranges` (an empty `end` is the end of the keyspace). */
+export function rangeCovered(start: Buffer, end: Buffer, ranges: readonly { key: Buffer; rangeEnd: Buffer }[]): boolean {
+  const sorted = [...ranges].sort((a, b) => Buffer.compare(a.key, b.key));
+  let reached = start;
+  for (const r of sorted) {
+    if (Buffer.compare(r.key, reached) > 0) break;
+    if (r.rangeEnd.length === 0) return true;
+    if (Buffer.compare(r.rangeEnd, reached) > 0) reached = r.rangeEnd;
+    if (end.length > 0 && Buffer.compare(reached, end) >= 0) return true;
+  }
+  return false;
+}
+
+/** The policies and the etcd role the migration needs (pure). */
+export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclOptions = {}): AclPlan {
+  const paths = statePaths(config.state.prefix, config.id);
+  const copyRules = mapping.copyRules;
+  const node = options.consulNode;
+  const appAccess = options.appAccess ?? 'write';
+
+  const migrator: ConsulRuleGrant[] = [];
+  for (const rule of copyRules) {
+    migrator.push({ resource: 'key_prefix', name: rule.to, policy: 'write', why: `rule ${rule.name}: copy and dual-run write here, verify reads it, the reverse mirror follows it with blocking queries after cutover` });
+  }
+  for (const rule of copyRules) {
+    if (rule.to.startsWith('/')) continue;
+    migrator.push({ resource: 'key_prefix', name: `/${rule.to}`, policy: 'read', why: `rule ${rule.name}: verify looks for keys stranded with a leading "/" (only a txn reaches them)` });
+  }
+  migrator.push({ resource: 'key_prefix', name: paths.root, policy: 'write', why: 'the tool\'s state: meta, copy progress, checkpoint, leader lock, sessions, rule phases, verify summary, doctor\'s probe key' });
+  migrator.push(node
+    ? { resource: 'session', name: node, policy: 'write', why: `mirrored etcd leases and the dual-run leader lock are sessions on the agent's node ${node}` }
+    : { resource: 'session_prefix', name: '', policy: 'write', why: 'mirrored etcd leases and the dual-run leader lock are sessions on the agent\'s node (pass --consul-node to name it)' });
+  migrator.push(node
+    ? { resource: 'agent', name: node, policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' }
+    : { resource: 'agent_prefix', name: '', policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' });
+
+  const policies: ConsulPolicyPlan[] = [{
+    name: policyName('migrate', config.id, 'migrator'),
+    description: `etcd-consul-migrate: the migrator of migration "${config.id}" (copy, dual-run, verify, cutover)`,
+    role: 'migrator',
+    grants: migrator,
+  }];
+  for (const rule of copyRules) {
+    policies.push({
+      name: policyName('migrate', config.id, 'app', rule.name),
+      description: `etcd-consul-migrate: applications of rule "${rule.name}" of migration "${config.id}" (${appAccess})`,
+      role: 'application',
+      rule: rule.name,
+      grants: [
+        appAccess === 'write'
+          ? { resource: 'key_prefix', name: rule.to, policy: 'write', why: `rule ${rule.name}: the application reads and writes its keys in Consul` }
+          : { resource: 'key_prefix', name: rule.to, policy: 'list', why: `rule ${rule.name}: the application reads its keys; list also allows the recursive watch the Node client uses when acl.enable_key_list_policy is on` },
+        { resource: 'key', name: paths.rule(rule.name), policy: 'read', why: `the rule's phase document: the Node client reads it to know whether etcd or Consul owns rule ${rule.name}` },
+      ],
+    });
+  }
+
+  const permissions: EtcdPermissionPlan[] = copyRules.map((rule) => ({
+    type: 'read',
+    key: rule.fromBytes,
+    rangeEnd: prefixEnd(rule.fromBytes),
+    prefix: true,
+    when: 'always',
+    rules: [rule.name],
+    why: `rule ${rule.name}: audit, plan, copy, verify and export read it; the dual-run watches it`,
+  }));
+  if (copyRules.length > 1) {
+    // The dual-run keeps one ordered watch over every rule (DESIGN §3), and etcd checks a watch over its whole interval.
+    const start = copyRules.map((r) => r.fromBytes).reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
+    const ends = copyRules.map((r) => prefixEnd(r.fromBytes));
+    const end = ends.some((e) => e.length === 0) ? Buffer.alloc(0) : ends.reduce((a, b) => (Buffer.compare(a, b) >= 0 ? a : b));
+    if (!rangeCovered(start, end, permissions)) {
+      permissions.push({
+        type: 'read',
+        key: start,
+        rangeEnd: end,
+        prefix: false,
+        when: 'always',
+        rules: copyRules.map((r) => r.name),
+        why: 'the dual-run watches one range from the first rule to the last, so revisions stay in order; etcd checks read over the whole range, gaps between the rules included',
+      });
+    }
+  }
+  for (const rule of copyRules) {
+    permissions.push({
+      type: 'readwrite',
+      key: rule.fromBytes,
+      rangeEnd: prefixEnd(rule.fromBytes),
+      prefix: true,
+      when: 'cutover',
+      rules: [rule.name],
+      why: `rule ${rule.name}: after its cutover the reverse mirror writes Consul's changes back (rollback, finalize --delete-etcd too)`,
+    });
+  }
+
+  const notes = [
+    'cutover --snapshot (GET /v1/snapshot) needs a token with acl = "write"; the migrator policy does not grant it, and the snapshot stays optional.',
+    'The etcd role reads only the rule ranges: audit falls back to them when the whole keyspace is refused, and reports keys outside every rule as unknown.',
+    'Leases: etcd answers a lease\'s TTL only to a user who may read every key attached to it; a lease shared with keys outside the rules needs read there too.',
+  ];
+  if (copyRules.some((r) => r.to === '')) notes.push('A rule maps into the empty Consul prefix: its key_prefix "" rule covers the whole KV store.');
+  if (config.target.namespace || config.target.partition) notes.push('Create the policies in the namespace/partition migration.yaml names (Consul Enterprise).');
+  return {
+    migration: config.id,
+    stateRoot: paths.root,
+    consul: { policies },
+    etcd: { role: policyName('migrate', config.id), user: policyName('migrate', config.id), permissions },
+    notes,
+  };
+}
+
+/** The policy's rules in Consul's JSON rule syntax: Consul accepts it wherever it accepts HCL rules. */
+export function policyRulesObject(policy: ConsulPolicyPlan): Record<string, Record<string, { policy: ConsulAccess }>> {
+  const out: Record<string, Record<string, { policy: ConsulAccess }>> = {};
+  for (const grant of policy.grants) (out[grant.resource] ??= {})[grant.name] = { policy: grant.policy };
+  return out;
+}
+
+/** An HCL string literal (Consul's HCL takes JSON-style escapes). */
+function hclString(text: string): string {
+  return JSON.stringify(text);
+}
+
+/** The policy as HCL rules; with `comments`, each rule carries its reason. */
+export function renderPolicyHcl(policy: ConsulPolicyPlan, options: { comments: boolean }): string {
+  const lines: string[] = [];
+  if (options.comments) lines.push(`# ${policy.name}: ${policy.description}`);
+  for (const grant of policy.grants) {
+    if (options.comments) lines.push(`# ${grant.why}`);
+    lines.push(`${grant.resource} ${hclString(grant.name)} {`, `  policy = ${hclString(grant.policy)}`, '}');
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** A shell word for bytes: single-quoted text, or printf escapes for bytes that are not printable UTF-8. */
+export function shellQuote(bytes: Buffer): string {
+  const text = bytes.toString('utf8');
+  // eslint-disable-next-line no-control-regex
+  if (Buffer.from(text, 'utf8').equals(bytes) && !/[\x00-\x1f\x7f\ufffd]/.test(text)) return `'${text.replace(/'/g, `'\\''`)}'`;
+  return `"$(printf '${[...bytes].map((b) => `\\${b.toString(8).padStart(3, '0')}`).join('')}')"`;
+}
+
+/** The etcdctl commands that create the migrator's role and user (run them as root; `user add` prompts for the password). */
+export function renderEtcdCommands(plan: AclPlan): { setup: string[]; always: string[]; cutover: string[] } {
+  const role = plan.etcd.role;
+  const grant = (p: EtcdPermissionPlan) => p.prefix
+    ? `etcdctl role grant-permission --prefix=true ${role} ${p.type} ${shellQuote(p.key)}`
+    : p.rangeEnd.length === 0
+      ? `etcdctl role grant-permission --from-key=true ${role} ${p.type} ${shellQuote(p.key)}`
+      : `etcdctl role grant-permission ${role} ${p.type} ${shellQuote(p.key)} ${shellQuote(p.rangeEnd)}`;
+  return {
+    setup: [`etcdctl role add ${role}`, `etcdctl user add ${plan.etcd.user}`, `etcdctl user grant-role ${plan.etcd.user} ${role}`],
+    always: plan.etcd.permissions.filter((p) => p.when === 'always').map(grant),
+    cutover: plan.etcd.permissions.filter((p) => p.when === 'cutover').map(grant),
+  };
+}
