@@ -6,6 +6,8 @@ import { formatKey } from '../report/keys.js';
 import { ConsulHttp } from '../stores/consul-http.js';
 import { ConsulTarget } from '../stores/consul.js';
 import { EtcdSource, prefixRange } from '../stores/etcd.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { checkPermissions } from './preflight.js';
 import { checkIdentity, mappingHash, parseStateDocument, statePaths, type StateMeta } from '../state/state.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -32,6 +34,8 @@ export interface DoctorInput {
   config: MigrationConfig;
   configFile: string | undefined;
   connections: Connections;
+  /** The compiled rules: with them, doctor checks the permissions every rule needs (the commands' preflight). */
+  mapping?: Mapping;
   timeoutMs?: number;
 }
 
@@ -124,6 +128,21 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
         checks.push({ name: 'consul.write-state', status: 'ok', message: `can write and delete under the state prefix ${paths.root}` });
       } catch (err) {
         fail('consul.write-state', err);
+      }
+      if (input.mapping) {
+        const permissions = await checkPermissions(consul, config, input.mapping);
+        if ('error' in permissions) fail('consul.permissions', permissions.error);
+        else if (permissions.missing.length > 0) {
+          checks.push({
+            name: 'consul.permissions',
+            status: 'fail',
+            code: 'consul_permission_denied',
+            message: `the token lacks ${permissions.missing.map((m) => `${m.permission}${m.prefix !== undefined ? ` on prefix ${formatKey(m.prefix)}` : ''} (${m.for})`).join(', ')}`,
+            hint: 'Attach the migrator policy `migrate acl` prints to the token.',
+          });
+        } else {
+          checks.push({ name: 'consul.permissions', status: 'ok', message: `can write the state prefix and ${input.mapping.copyRules.length} rule target(s), and create sessions` });
+        }
       }
       try {
         const entry = await consul.readKey(paths.meta);

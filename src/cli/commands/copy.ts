@@ -59,6 +59,12 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const view = createProgressView(ctx);
       const progress = { title: options.dryRun ? 'planning' : 'copying', items: [] as { name: string; total: number; done: number; bytes: number }[], retries: 0, startedAt: Date.now() };
       try {
+        const { preflightConsul } = await import('../../doctor/preflight.js');
+        await preflightConsul(target, loaded.config, loaded.mapping, options.dryRun ? 'copy --dry-run' : 'copy', {
+          writeTargets: !options.dryRun,
+          writeState: !options.dryRun,
+          sessions: !options.dryRun && loaded.mapping.copyRules.some((r) => r.leases === 'session'),
+        });
         const result = await runCopy(
           { source, target, config: loaded.config, route: (rule, key, valueBytes) => routeForCopy(loaded.mapping, rule, key, valueBytes) },
           {

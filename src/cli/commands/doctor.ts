@@ -15,7 +15,7 @@ export function registerDoctor({ add }: CommandRegistrar): void {
       const { renderDoctor } = await import('../../doctor/render.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd });
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
-      const result = await runDoctor({ config: loaded.config, configFile: loaded.file, connections });
+      const result = await runDoctor({ config: loaded.config, configFile: loaded.file, connections, mapping: loaded.mapping });
       ctx.result(renderDoctor(result, ctx.format));
       return result.ok ? ExitCode.ok : ExitCode.server;
     },

@@ -48,6 +48,8 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       const metrics = new DualRunMetrics();
       try {
         if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
+        const { preflightConsul } = await import('../../doctor/preflight.js');
+        await preflightConsul(target, loaded.config, loaded.mapping, 'dualrun', { writeTargets: true, writeState: true, sessions: true });
         let lastLog = 0;
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');
         const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');

@@ -88,6 +88,8 @@ Examples:
         const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
         const stores = openStores(connections, loaded.config);
         close = stores.close;
+        const { preflightConsul } = await import('../../doctor/preflight.js');
+        await preflightConsul(stores.target, loaded.config, loaded.mapping, 'verify', { writeTargets: false, writeState: options.record, sessions: false });
         const result = await runVerify(
           { source: stores.source, target: stores.target, config: loaded.config, mapping: loaded.mapping },
           {
