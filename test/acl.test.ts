@@ -1,0 +1,263 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Etcd3, Range } from 'etcd3';
+import pLimit from 'p-limit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startConsul, startEtcd, type ConsulServer, type EtcdServer } from '../scripts/local-servers.js';
+import { ConsulTarget } from '../src/stores/consul.js';
+import { runCli, servers } from './support/harness.js';
+import { eventually, startDualRun } from './support/dualrun.js';
+
+/**
+ * Least privilege (issue 8): a Consul with ACLs on and default_policy deny, an
+ * etcd with auth on, and every command run with only the migrator's policy
+ * and role as `migrate acl` prints them. Also the canary-secret sweep: no
+ * token or password ever reaches stdout or stderr, whatever the command,
+ * format or outcome.
+ */
+
+const ETCD_ROOT_PASSWORD = 'root-pw-acl-test';
+/** Valid credentials whose values the output must never show. */
+const CANARY_TOKEN = 'c0ffee00-4a11-4b1d-9e57-ca9a2f00d001';
+const CANARY_PASSWORD = 'canary-etcd-password-5e7f1d2c';
+/** Credentials the servers refuse; the error messages must not show them either. */
+const REFUSED_TOKEN = 'c0ffee00-dead-4bad-8bad-ca9a2f00dbad';
+const REFUSED_PASSWORD = 'canary-wrong-password-0a9b8c7d';
+
+interface AclDoc {
+  version: number;
+  consul: { policies: { name: string; role: string; rule?: string; rules: string; structured: Record<string, Record<string, { policy: string }>> }[] };
+  etcd: { role: string; permissions: { type: 'read' | 'readwrite'; keyBase64: string; rangeEndBase64: string; when: string }[] };
+}
+
+describe('least privilege: every command with only the policies `migrate acl` prints', () => {
+  let consul: ConsulServer;
+  let etcd: EtcdServer;
+  let root: Etcd3;
+  let mgmt: ConsulTarget;
+  let dir: string;
+  let acl: AclDoc;
+  const id = `acl-${Date.now().toString(36)}`;
+  const p = `t-${id}/`;
+
+  const consulApi = async (method: 'GET' | 'PUT', path: string, body?: unknown) => {
+    const response = await mgmt.http.request({ method, path, body: body === undefined ? undefined : JSON.stringify(body) });
+    return JSON.parse(response.body.toString('utf8'));
+  };
+  /** A token holding only `rules`; `secret` fixes its SecretID (Consul accepts a chosen UUID). */
+  const tokenWith = async (name: string, rules: string, secret?: string): Promise<string> => {
+    await consulApi('PUT', '/v1/acl/policy', { Name: name, Rules: rules });
+    const token = await consulApi('PUT', '/v1/acl/token', { Description: name, Policies: [{ Name: name }], ...(secret ? { SecretID: secret } : {}) });
+    return token.SecretID as string;
+  };
+  const keysUnder = async (prefix: string) => mgmt.listKeys(prefix);
+
+  beforeAll(async () => {
+    [consul, etcd] = await Promise.all([startConsul({ acl: true, version: servers().consulVersion }), startEtcd()]);
+    mgmt = new ConsulTarget({ address: consul.address, token: consul.managementToken! });
+    root = new Etcd3({ hosts: etcd.endpoint });
+    // Two rules with a gap between them (`${p}other/`), a leased key, and keys outside every rule.
+    for (let i = 0; i < 20; i++) await root.put(`${p}app/k${String(i).padStart(2, '0')}`).value(`v${i}`);
+    for (let i = 0; i < 5; i++) await root.put(`${p}svc/s${i}`).value(`s${i}`);
+    await root.put(`${p}other/secret`).value('not migrated');
+    await root.put('outside/x').value('not migrated');
+    const lease = root.lease(300, { autoKeepAlive: false });
+    await lease.put(`${p}app/leased`).value('held');
+
+    dir = mkdtempSync(join(tmpdir(), 'migrate-acl-'));
+    writeFileSync(join(dir, 'migration.yaml'), [
+      'version: 1',
+      `id: ${id}`,
+      'rules:',
+      `  - { name: app, from: "${p}app/", to: "${p}app/" }`,
+      `  - { name: svc, from: "${p}svc/", to: "${p}svc/" }`,
+      `  - { name: k8s, from: "/registry/", action: keep }`,
+      '',
+    ].join('\n'));
+    const printed = await runCli(['acl', '--format', 'json'], { cwd: dir });
+    expect(printed.code, printed.stderr).toBe(0);
+    acl = JSON.parse(printed.stdout) as AclDoc;
+
+    // The migrator's etcd role, exactly the read grants `migrate acl` prints; then auth on.
+    await root.user('root').create(ETCD_ROOT_PASSWORD);
+    await root.role('root').create();
+    await root.user('root').addRole('root');
+    const role = root.role(acl.etcd.role);
+    await role.create();
+    for (const perm of acl.etcd.permissions) {
+      await role.grant({ permission: perm.type === 'read' ? 'Read' : 'Readwrite', range: new Range(Buffer.from(perm.keyBase64, 'base64'), Buffer.from(perm.rangeEndBase64, 'base64')) });
+    }
+    const user = root.user(acl.etcd.role);
+    await user.create(CANARY_PASSWORD);
+    await user.addRole(acl.etcd.role);
+    await root.auth.authEnable();
+    root.close();
+    root = new Etcd3({ hosts: etcd.endpoint, auth: { username: 'root', password: ETCD_ROOT_PASSWORD } });
+
+    const migrator = acl.consul.policies.find((x) => x.role === 'migrator')!;
+    await tokenWith(migrator.name, migrator.rules, CANARY_TOKEN);
+  }, 60_000);
+
+  afterAll(async () => {
+    root?.close();
+    mgmt?.close();
+    await Promise.all([consul?.stop(), etcd?.stop()]);
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const env = (extra: Record<string, string> = {}) => ({
+    ETCDCTL_ENDPOINTS: etcd.endpoint,
+    ETCDCTL_USER: acl.etcd.role,
+    ETCDCTL_PASSWORD: CANARY_PASSWORD,
+    CONSUL_HTTP_ADDR: consul.address,
+    CONSUL_HTTP_TOKEN: CANARY_TOKEN,
+    ...extra,
+  });
+
+  it('acl: the migrator policy, one policy per copy rule for its applications, and the etcd role', () => {
+    expect(acl.version).toBe(1);
+    expect(acl.consul.policies.map((x) => x.name)).toEqual([`migrate-${id}-migrator`, `migrate-${id}-app-app`, `migrate-${id}-app-svc`]);
+    const migrator = acl.consul.policies[0]!.structured;
+    expect(migrator.key_prefix).toMatchObject({ [`${p}app/`]: { policy: 'write' }, [`${p}svc/`]: { policy: 'write' }, [`_migrate/${id}/`]: { policy: 'write' } });
+    expect(migrator.session_prefix).toEqual({ '': { policy: 'write' } });
+    const app = acl.consul.policies[1]!.structured;
+    expect(app).toEqual({ key_prefix: { [`${p}app/`]: { policy: 'write' } }, key: { [`_migrate/${id}/rules/app`]: { policy: 'read' } } });
+    // Read on both rule ranges, the dual-run's one watch across the gap between them, and write only from cutover on.
+    const reads = acl.etcd.permissions.filter((x) => x.when === 'always').map((x) => [Buffer.from(x.keyBase64, 'base64').toString(), Buffer.from(x.rangeEndBase64, 'base64').toString()]);
+    expect(reads).toEqual([[`${p}app/`, `${p}app0`], [`${p}svc/`, `${p}svc0`], [`${p}app/`, `${p}svc0`]]);
+    expect(acl.etcd.permissions.filter((x) => x.when === 'cutover').every((x) => x.type === 'readwrite')).toBe(true);
+  });
+
+  it('doctor, audit, plan, copy --dry-run, copy, verify, and export succeed with only those rights', async () => {
+    const doctor = await runCli(['doctor', '--format', 'json'], { cwd: dir, env: env() });
+    expect(doctor.code, doctor.stdout + doctor.stderr).toBe(0);
+    const checks = Object.fromEntries((JSON.parse(doctor.stdout).checks as { name: string; status: string }[]).map((c) => [c.name, c.status]));
+    expect(checks).toMatchObject({ 'etcd.read': 'ok', 'consul.acl': 'ok', 'consul.write-state': 'ok', 'consul.permissions': 'ok' });
+
+    const audit = await runCli(['audit', '--format', 'json'], { cwd: dir, env: env() });
+    expect([0, 1], audit.stderr).toContain(audit.code);
+    expect(JSON.parse(audit.stdout).scope.rulesOnly).toBe(true);
+    const plan = await runCli(['plan'], { cwd: dir, env: env() });
+    expect(plan.code, plan.stderr).toBe(0);
+
+    const dry = await runCli(['copy', '--dry-run'], { cwd: dir, env: env() });
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(await keysUnder(`${p}`)).toEqual([]);
+    const copy = await runCli(['copy'], { cwd: dir, env: env() });
+    expect(copy.code, copy.stdout + copy.stderr).toBe(0);
+    expect((await keysUnder(`${p}app/`)).length).toBe(21);
+    expect(await keysUnder(`${p}other/`)).toEqual([]);
+    const verify = await runCli(['verify', '--rounds', '1'], { cwd: dir, env: env() });
+    expect(verify.code, verify.stdout + verify.stderr).toBe(0);
+    const out = join(dir, 'kv.json');
+    const exported = await runCli(['export', '--out', out], { cwd: dir, env: env() });
+    expect(exported.code, exported.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(out, 'utf8'))).toHaveLength(26);
+
+  });
+
+  it('a token without write on one rule\'s target: copy, dualrun and verify stop before any work, naming the permission and prefix (exit 3)', async () => {
+    const negId = `${id}-neg`;
+    const negDir = mkdtempSync(join(tmpdir(), 'migrate-acl-neg-'));
+    try {
+      writeFileSync(join(negDir, 'migration.yaml'), readFileSync(join(dir, 'migration.yaml'), 'utf8').replace(`id: ${id}`, `id: ${negId}`).replaceAll(`to: "${p}`, `to: "${p}neg-`));
+      const printed = JSON.parse((await runCli(['acl', '--format', 'json'], { cwd: negDir })).stdout) as AclDoc;
+      const full = printed.consul.policies.find((x) => x.role === 'migrator')!.structured;
+      // Everything but the svc rule's target.
+      const keyPrefix = Object.fromEntries(Object.entries(full.key_prefix!).filter(([prefix]) => prefix !== `${p}neg-svc/`));
+      const token = await tokenWith(`neg-${negId}`, JSON.stringify({ ...full, key_prefix: keyPrefix }));
+      const before = await mgmt.http.request({ method: 'GET', path: '/v1/kv/', query: { keys: true } });
+      for (const args of [['copy'], ['copy', '--format', 'json'], ['verify'], ['dualrun', '--baseline']]) {
+        const run = await runCli(args, { cwd: negDir, env: env({ CONSUL_HTTP_TOKEN: token }) });
+        expect(run.code, `${args.join(' ')}: ${run.stdout}${run.stderr}`).toBe(3);
+        expect(run.stderr).toContain('error[consul_permission_denied]');
+        expect(run.stderr).toContain(`key:${args[0] === 'verify' ? 'read' : 'write'} on prefix ${p}neg-svc/ (rule svc)`);
+        expect(run.stderr).not.toContain(token);
+        if (args.includes('json')) expect(JSON.parse(run.stdout).error).toMatchObject({ code: 'consul_permission_denied', missing: [{ permission: 'key:write', prefix: `${p}neg-svc/`, for: 'rule svc' }] });
+      }
+      expect(await keysUnder(`${p}neg-`)).toEqual([]);
+      expect(await keysUnder(`_migrate/${negId}/`)).toEqual([]);
+      const after = await mgmt.http.request({ method: 'GET', path: '/v1/kv/', query: { keys: true } });
+      expect(after.headers['x-consul-index']).toBe(before.headers['x-consul-index']);
+      const doctor = await runCli(['doctor'], { cwd: negDir, env: env({ CONSUL_HTTP_TOKEN: token }) });
+      expect(doctor.code).toBe(3);
+      expect(doctor.stdout).toMatch(new RegExp(`FAIL  consul.permissions .*key:write on prefix ${p}neg-svc/ \\(rule svc\\)`));
+    } finally {
+      rmSync(negDir, { recursive: true, force: true });
+    }
+  });
+
+  it('canary secrets never appear in stdout or stderr: every command and format, accepted and refused', async () => {
+    const outDir = mkdtempSync(join(tmpdir(), 'migrate-acl-out-'));
+    const runs: { args: string[]; env: Record<string, string> }[] = [];
+    const formats: Record<string, string[][]> = {
+      doctor: [['doctor']],
+      audit: [['audit']],
+      plan: [['plan']],
+      'copy --dry-run': [['copy', '--dry-run']],
+      copy: [['copy']],
+      verify: [['verify', '--rounds', '1']],
+      export: [['export', '--out', join(outDir, 'kv.json')]],
+      acl: [['acl'], ['acl', '--out-dir', join(outDir, 'acl')]],
+    };
+    const allowed: Record<string, string[]> = {
+      doctor: ['text', 'json'], audit: ['text', 'json', 'yaml', 'markdown'], plan: ['text', 'json', 'markdown'], 'copy --dry-run': ['text', 'json'], copy: ['text', 'json'],
+      verify: ['text', 'json', 'markdown', 'junit'], export: ['text', 'json'], acl: ['text', 'hcl', 'json'],
+    };
+    for (const [name, variants] of Object.entries(formats)) {
+      for (const args of variants) {
+        for (const format of allowed[name]!) runs.push({ args: [...args, '--format', format], env: env() });
+        // Refused credentials: each side alone, so each error path is exercised.
+        runs.push({ args: [...args, '--format', 'json'], env: env({ CONSUL_HTTP_TOKEN: REFUSED_TOKEN }) });
+        runs.push({ args: [...args, '--format', 'text'], env: env({ ETCDCTL_PASSWORD: REFUSED_PASSWORD }) });
+      }
+    }
+    const limit = pLimit(3);
+    const results = await Promise.all(runs.map((run) => limit(async () => ({ run, result: await runCli(run.args, { cwd: dir, env: run.env }) }))));
+    try {
+      for (const { run, result } of results) {
+        const output = result.stdout + result.stderr;
+        for (const secret of [CANARY_TOKEN, CANARY_PASSWORD, REFUSED_TOKEN, REFUSED_PASSWORD]) {
+          expect(output.includes(secret), `${run.args.join(' ')} printed a secret`).toBe(false);
+        }
+        const refused = run.env.CONSUL_HTTP_TOKEN === REFUSED_TOKEN || run.env.ETCDCTL_PASSWORD === REFUSED_PASSWORD;
+        const needsConsul = !['audit', 'plan', 'export', 'acl'].includes(run.args[0]!);
+        const needsEtcd = run.args[0] !== 'acl';
+        const expectFailure = (run.env.CONSUL_HTTP_TOKEN === REFUSED_TOKEN && needsConsul) || (run.env.ETCDCTL_PASSWORD === REFUSED_PASSWORD && needsEtcd);
+        if (expectFailure) expect(result.code, `${run.args.join(' ')}: ${output}`).toBe(3);
+        else if (!refused || !expectFailure) expect([0, 1], `${run.args.join(' ')}: ${output}`).toContain(result.code);
+      }
+      for (const file of readdirSync(join(outDir, 'acl'))) expect(readFileSync(join(outDir, 'acl', file), 'utf8')).not.toContain(CANARY_TOKEN);
+      // The dual-run, briefly, with the canaries, text and JSON logs; and refused.
+      for (const extra of [[], ['--log-format', 'json', '--format', 'json']]) {
+        const dualrun = await startDualRun(dir, extra, env());
+        await eventually('the dual-run leads', async () => dualrun.stderr().includes('leading the dual-run'));
+        expect(await dualrun.stop()).toBe(0);
+        expect(dualrun.stderr()).not.toContain(CANARY_TOKEN);
+        expect(dualrun.stderr()).not.toContain(CANARY_PASSWORD);
+      }
+      for (const refusedEnv of [{ CONSUL_HTTP_TOKEN: REFUSED_TOKEN }, { ETCDCTL_PASSWORD: REFUSED_PASSWORD }] as Record<string, string>[]) {
+        const run = await runCli(['dualrun', '--format', 'json'], { cwd: dir, env: env(refusedEnv) });
+        expect(run.code, run.stderr).toBe(3);
+        expect(run.stdout + run.stderr).not.toContain(Object.values(refusedEnv)[0]);
+      }
+    } finally {
+      rmSync(outDir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  // Last: a verify within 20 s of a dual-run's checkpoint would wait for it.
+  it('dualrun replicates a change with only those rights and stops cleanly on SIGTERM', async () => {
+    const dualrun = await startDualRun(dir, [], env());
+    try {
+      await eventually('the dual-run leads', async () => dualrun.stderr().includes('leading the dual-run'));
+      await root.put(`${p}svc/new`).value('replicated');
+      await eventually('the change reached Consul', async () => (await mgmt.readKey(`${p}svc/new`))?.value.toString() === 'replicated');
+    } finally {
+      const code = await dualrun.stop();
+      expect(code, dualrun.stderr()).toBe(0);
+    }
+    expect(dualrun.stderr()).not.toMatch(/permission denied|error/i);
+  });
+});
