@@ -117,11 +117,11 @@ describe('least privilege: every command with only the policies `migrate acl` pr
 
   it('acl: the migrator policy, one policy per copy rule for its applications, and the etcd role', () => {
     expect(acl.version).toBe(1);
-    expect(acl.consul.policies.map((x) => x.name)).toEqual([`migrate-${id}-migrator`, `migrate-${id}-app-app`, `migrate-${id}-app-svc`]);
+    expect(acl.consul.policies.map((x) => x.name)).toEqual([`migrate-${id}-migrator`, `migrate-${id}-verifier`, `migrate-${id}-app-app`, `migrate-${id}-app-svc`]);
     const migrator = acl.consul.policies[0]!.structured;
     expect(migrator.key_prefix).toMatchObject({ [`${p}app/`]: { policy: 'write' }, [`${p}svc/`]: { policy: 'write' }, [`_migrate/${id}/`]: { policy: 'write' } });
     expect(migrator.session_prefix).toEqual({ '': { policy: 'write' } });
-    const app = acl.consul.policies[1]!.structured;
+    const app = acl.consul.policies[2]!.structured;
     expect(app).toEqual({ key_prefix: { [`${p}app/`]: { policy: 'write' } }, key: { [`_migrate/${id}/rules/app`]: { policy: 'read' } } });
     // Read on both rule ranges, the dual-run's one watch across the gap between them, and write only from cutover on.
     const reads = acl.etcd.permissions.filter((x) => x.when === 'always').map((x) => [Buffer.from(x.keyBase64, 'base64').toString(), Buffer.from(x.rangeEndBase64, 'base64').toString()]);
@@ -150,6 +150,14 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     expect(await keysUnder(`${p}other/`)).toEqual([]);
     const verify = await runCli(['verify', '--rounds', '1'], { cwd: dir, env: env() });
     expect(verify.code, verify.stdout + verify.stderr).toBe(0);
+    // The CI token: verify (recording its summary) with the read-only verifier policy.
+    const verifierPolicy = acl.consul.policies.find((x) => x.role === 'verifier')!;
+    const verifierToken = await tokenWith(verifierPolicy.name, verifierPolicy.rules);
+    const ci = await runCli(['verify', '--rounds', '1', '--format', 'junit'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: verifierToken }) });
+    expect(ci.code, ci.stdout + ci.stderr).toBe(0);
+    const copyAgain = await runCli(['copy'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: verifierToken }) });
+    expect(copyAgain.code).toBe(3);
+    expect(copyAgain.stderr).toContain(`key:write on prefix _migrate/${id}/ (state)`);
     const out = join(dir, 'kv.json');
     const exported = await runCli(['export', '--out', out], { cwd: dir, env: env() });
     expect(exported.code, exported.stderr).toBe(0);

@@ -10,7 +10,7 @@ describe('planAcl', () => {
   it('grants the migrator write on every copy target and the state prefix, sessions and agent read; apps get their prefix and phase key', () => {
     const { config, mapping } = load('  - { name: app, from: /app/, to: app/ }\n  - { name: k8s, from: /registry/, action: keep }\n');
     const plan = planAcl(config, mapping, { appAccess: 'read' });
-    expect(plan.consul.policies.map((p) => p.name)).toEqual(['migrate-demo-migrator', 'migrate-demo-app-app']);
+    expect(plan.consul.policies.map((p) => p.name)).toEqual(['migrate-demo-migrator', 'migrate-demo-verifier', 'migrate-demo-app-app']);
     expect(renderPolicyHcl(plan.consul.policies[0]!, { comments: false })).toBe([
       'key_prefix "app/" {', '  policy = "write"', '}',
       'key_prefix "/app/" {', '  policy = "read"', '}',
@@ -18,7 +18,10 @@ describe('planAcl', () => {
       'session_prefix "" {', '  policy = "write"', '}',
       'agent_prefix "" {', '  policy = "read"', '}', '',
     ].join('\n'));
-    expect(plan.consul.policies[1]!.grants.map((g) => [g.resource, g.name, g.policy])).toEqual([['key_prefix', 'app/', 'list'], ['key', '_migrate/demo/rules/app', 'read']]);
+    expect(plan.consul.policies[2]!.grants.map((g) => [g.resource, g.name, g.policy])).toEqual([['key_prefix', 'app/', 'list'], ['key', '_migrate/demo/rules/app', 'read']]);
+    expect(plan.consul.policies[1]!.grants.map((g) => [g.resource, g.name, g.policy])).toEqual([
+      ['key_prefix', 'app/', 'list'], ['key_prefix', '/app/', 'read'], ['key_prefix', '_migrate/demo/', 'read'], ['key_prefix', '_migrate/demo/verify/', 'write'], ['session_prefix', '', 'read'], ['agent_prefix', '', 'read'],
+    ]);
     // One rule: no extra watch range; write on etcd only from cutover on.
     expect(plan.etcd.permissions.map((p) => [p.type, p.key.toString(), p.rangeEnd.toString(), p.when])).toEqual([['read', '/app/', '/app0', 'always'], ['readwrite', '/app/', '/app0', 'cutover']]);
   });
@@ -49,7 +52,7 @@ describe('planAcl', () => {
   it('--format json is one document with version, each policy\'s HCL rules and structured form', () => {
     const { config, mapping } = load('  - { name: app, from: /app/, to: app/ }\n');
     const doc = JSON.parse(renderAcl(planAcl(config, mapping), 'json'));
-    expect(doc).toMatchObject({ version: 1, command: 'acl', status: 'ok', consul: { policies: [{ name: 'migrate-demo-migrator', structured: { session_prefix: { '': { policy: 'write' } } } }, { name: 'migrate-demo-app-app' }] } });
+    expect(doc).toMatchObject({ version: 1, command: 'acl', status: 'ok', consul: { policies: [{ name: 'migrate-demo-migrator', structured: { session_prefix: { '': { policy: 'write' } } } }, { name: 'migrate-demo-verifier' }, { name: 'migrate-demo-app-app' }] } });
     expect(doc.consul.policies[0].rules).toContain('key_prefix "_migrate/demo/" {');
     expect(doc.etcd.permissions[0]).toMatchObject({ type: 'read', key: '/app/', rangeEnd: '/app0', prefix: true, when: 'always' });
   });

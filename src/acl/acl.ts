@@ -30,8 +30,8 @@ export interface ConsulPolicyPlan {
   /** A valid Consul policy name (`[A-Za-z0-9_-]`, at most 128 characters). */
   name: string;
   description: string;
-  /** `migrator` for the tool's own token; `application` for one rule's applications. */
-  role: 'migrator' | 'application';
+  /** `migrator` for the tool's own token; `verifier` for read-only checks (verify in CI); `application` for one rule's applications. */
+  role: 'migrator' | 'verifier' | 'application';
   /** The rule an application policy is for. */
   rule?: string;
   grants: ConsulRuleGrant[];
@@ -109,11 +109,27 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     ? { resource: 'agent', name: node, policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' }
     : { resource: 'agent_prefix', name: '', policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' });
 
+  // CI runs verify on a schedule: reads everything the migrator reads, writes only its summary.
+  const verifier: ConsulRuleGrant[] = [
+    ...copyRules.map((rule): ConsulRuleGrant => ({ resource: 'key_prefix', name: rule.to, policy: 'list', why: `rule ${rule.name}: verify lists and reads the target keys (list: key listing when acl.enable_key_list_policy is on)` })),
+    ...migrator.filter((g) => g.resource === 'key_prefix' && g.policy === 'read'),
+    { resource: 'key_prefix', name: paths.root, policy: 'read', why: 'the tool\'s state: meta, the dual-run checkpoint (the consistent cut), mirrored-lease sessions' },
+    { resource: 'key_prefix', name: paths.verifyLast.replace(/last$/, ''), policy: 'write', why: 'the verify summary (verify/last) that cutover gates on; --no-record runs need only read' },
+    node
+      ? { resource: 'session', name: node, policy: 'read', why: 'verify compares the sessions of leased keys' }
+      : { resource: 'session_prefix', name: '', policy: 'read', why: 'verify compares the sessions of leased keys' },
+    migrator[migrator.length - 1]!,
+  ];
   const policies: ConsulPolicyPlan[] = [{
     name: policyName('migrate', config.id, 'migrator'),
     description: `etcd-consul-migrate: the migrator of migration "${config.id}" (copy, dual-run, verify, cutover)`,
     role: 'migrator',
     grants: migrator,
+  }, {
+    name: policyName('migrate', config.id, 'verifier'),
+    description: `etcd-consul-migrate: read-only checks of migration "${config.id}" (verify in CI, status)`,
+    role: 'verifier',
+    grants: verifier,
   }];
   for (const rule of copyRules) {
     policies.push({

@@ -32,8 +32,8 @@ export interface MissingPermission {
 export interface PreflightScope {
   /** Writes rule targets (copy, dualrun). */
   writeTargets: boolean;
-  /** Writes state documents (copy, dualrun, verify with --record). */
-  writeState: boolean;
+  /** Writes state documents (copy, dualrun); `verify`: only the verify summary (`verify/`). */
+  writeState: boolean | 'verify';
   /** Creates sessions (leased keys mirrored as sessions, the dual-run leader lock). */
   sessions: boolean;
 }
@@ -42,7 +42,8 @@ export interface PreflightScope {
 export function keyNeeds(config: MigrationConfig, mapping: Mapping, scope: PreflightScope): KeyNeed[] {
   const root = statePaths(config.state.prefix, config.id).root;
   return [
-    { access: scope.writeState ? 'write' : 'read', prefix: root, for: 'state' },
+    { access: scope.writeState === true ? 'write' : 'read', prefix: root, for: 'state' },
+    ...(scope.writeState === 'verify' ? [{ access: 'write', prefix: `${root}verify/`, for: 'the verify summary' } as const] : []),
     ...mapping.copyRules.map((rule): KeyNeed => ({ access: scope.writeTargets ? 'write' : 'read', prefix: rule.to, for: `rule ${rule.name}` })),
   ];
 }

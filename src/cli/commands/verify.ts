@@ -89,7 +89,7 @@ Examples:
         const stores = openStores(connections, loaded.config);
         close = stores.close;
         const { preflightConsul } = await import('../../doctor/preflight.js');
-        await preflightConsul(stores.target, loaded.config, loaded.mapping, 'verify', { writeTargets: false, writeState: options.record, sessions: false });
+        await preflightConsul(stores.target, loaded.config, loaded.mapping, 'verify', { writeTargets: false, writeState: options.record ? 'verify' : false, sessions: false });
         const result = await runVerify(
           { source: stores.source, target: stores.target, config: loaded.config, mapping: loaded.mapping },
           {
