@@ -5,8 +5,8 @@
 //   ETCDCTL_ENDPOINTS=http://127.0.0.1:2379 CONSUL_HTTP_ADDR=http://127.0.0.1:8500 \
 //   CONSUL_HTTP_TOKEN=... node app.mjs
 //
-// The Consul token needs read on the rules' phase documents
-// (`_migrate/shop/rules/shop-config` …, included by `migrate acl`) and on the rules' keys.
+// The Consul token needs read on the rules' phase documents and access to the rules' keys:
+// `migrate acl` prints one policy per rule (migrate-shop-app-shop-config, …) with both.
 import { createKvClient } from 'etcd-consul-migrate/client';
 
 const kv = await createKvClient({
