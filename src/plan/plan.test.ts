@@ -63,4 +63,31 @@ describe('runPlan', () => {
     expect(plan.blockers).toEqual([]);
     expect(renderPlan(plan, 'text')).toContain('no blockers');
   });
+
+  it('the markdown plan ends with a runbook: every phase with its exact commands, gates and rollback, per copy rule', async () => {
+    const loaded = parseConfig(yaml('error'), 'migration.yaml');
+    const plan = await runPlan({ source: source(), config: loaded.config, configFile: 'conf/my migration.yaml', mapping: loaded.mapping });
+    const md = renderPlan(plan, 'markdown');
+    const runbook = md.slice(md.indexOf('## Runbook'));
+    expect(runbook).toContain('## Runbook: migration `p`');
+    // The blockers come first, as checklist items.
+    expect(runbook).toMatch(/### 0\. Resolve first\n\n- \[ \] \*\*unmappable_keys\*\* \(2\)/);
+    // The phases in order, each with its command using this configuration file (quoted for the shell).
+    const order = ['### 1. Preflight', "migrate doctor -c 'conf/my migration.yaml'", "migrate copy -c 'conf/my migration.yaml' --dry-run --show-ops", "migrate copy -c 'conf/my migration.yaml'\n", 'migrate verify', 'migrate dualrun', '### 5. Cut over'];
+    let at = 0;
+    for (const marker of order) {
+      const next = runbook.indexOf(marker, at);
+      expect(next, marker).toBeGreaterThan(at - 1);
+      at = next;
+    }
+    expect(runbook.match(/- \*\*Gate:\*\*/g)!.length).toBeGreaterThanOrEqual(6);
+    // One cutover section per copy rule, none for the keep rule.
+    expect(runbook).toContain("migrate cutover -c 'conf/my migration.yaml' --rule app --verify-now --yes");
+    expect(runbook).toContain("migrate rollback -c 'conf/my migration.yaml' --rule svc --yes");
+    expect(runbook).toContain('late_writes_total{rule="svc"}');
+    expect(runbook).not.toContain('--rule k8s');
+    expect(runbook).toContain('(`keep`, never touched): `k8s`');
+    expect(runbook).toContain('Leased keys (`svc`) become Consul sessions');
+    expect(runbook).not.toContain('secret-value-1');
+  });
 });

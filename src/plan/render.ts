@@ -2,6 +2,7 @@ import type { Format } from '../cli/context.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { formatBytes, formatCount, mdCode, plural } from '../audit/render.js';
 import type { PlanResult } from './plan.js';
+import { renderRunbook } from './runbook.js';
 
 /** Text, JSON (one envelope) and markdown renderings of a plan. Values never appear. */
 export function renderPlan(result: PlanResult, format: Format): string {
@@ -77,5 +78,6 @@ export function renderPlanMarkdown(result: PlanResult): string {
     for (const b of result.blockers) out.push(`- **${b.code}**: ${b.message}. Next: ${b.hint}`);
     out.push('');
   }
+  out.push(renderRunbook(result));
   return `${out.join('\n')}\n`;
 }
