@@ -1,0 +1,82 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { configDir, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
+
+/**
+ * Long commands on a real pseudo-terminal (tmux): the live ink view with a bar
+ * per rule; piped, throttled plain lines and no terminal escapes. The screen
+ * is read back with `tmux capture-pane`, as a user would see it.
+ */
+const etcd = rawEtcd();
+const id = `tui-${randomBytes(3).toString('hex')}`;
+const root = `/${id}`;
+const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: orders, from: ${root}/orders/, to: ${id}/orders/ }\n  - { name: users, from: ${root}/users/, to: ${id}/users/ }\n`);
+const socket = `migrate-tui-${process.pid}`;
+
+function tmux(...args: string[]): string {
+  return execFileSync('tmux', ['-L', socket, ...args], { encoding: 'utf8' });
+}
+
+/** Runs `migrate <args>` in a 120×30 tmux pane and returns the screen once it has exited. */
+async function onTerminal(args: string[]): Promise<{ screen: string; code: number }> {
+  const session = `s${randomBytes(3).toString('hex')}`;
+  const env = Object.entries({ ...serverEnv(), TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
+  const command = ['env', '-u', 'CI', ...env, process.execPath, join(repoRoot, 'bin', 'migrate.js'), ...args].map((w) => `'${w}'`).join(' ');
+  tmux('new-session', '-d', '-s', session, '-x', '120', '-y', '30', '-c', dir, `${command}; echo "__EXIT $?"; sleep 60`);
+  try {
+    for (let i = 0; i < 600; i++) {
+      const screen = tmux('capture-pane', '-p', '-t', session);
+      const exit = /__EXIT (\d+)/.exec(screen);
+      if (exit) return { screen, code: Number(exit[1]) };
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`migrate ${args.join(' ')} did not finish on the terminal:\n${tmux('capture-pane', '-p', '-t', session)}`);
+  } finally {
+    tmux('kill-session', '-t', session);
+  }
+}
+
+beforeAll(async () => {
+  const value = Buffer.alloc(64, 7);
+  for (let i = 0; i < 3000; i += 500) {
+    const txn = etcd.if(`${root}/never`, 'Create', '==', 0);
+    const puts = [];
+    for (let j = i; j < i + 500; j++) puts.push(etcd.put(`${root}/${j % 3 ? 'orders' : 'users'}/k${String(j).padStart(5, '0')}`).value(value));
+    await txn.then(...puts).commit();
+  }
+});
+
+afterAll(() => {
+  etcd.close();
+  try {
+    execFileSync('tmux', ['-L', socket, 'kill-server'], { stdio: 'ignore' });
+  } catch {
+    // no tmux server left to stop
+  }
+});
+
+describe('live progress (real servers, real pseudo-terminal)', () => {
+  it('copy and verify draw the ink view with a bar per rule on a terminal', async () => {
+    const copy = await onTerminal(['copy']);
+    expect(copy.code, copy.screen).toBe(0);
+    // The final frame stays on screen: a bar per rule, full, with its counts.
+    expect(copy.screen).toMatch(/orders\s+█{24}\s+2000\/2000/);
+    expect(copy.screen).toMatch(/users\s+█{24}\s+1000\/1000/);
+    expect(copy.screen).toContain('3000/3000 keys');
+
+    const verify = await onTerminal(['verify']);
+    expect(verify.code, verify.screen).toBe(0);
+    expect(verify.screen).toMatch(/orders\s+█{24}\s+2000\/2000/);
+    expect(verify.screen).toContain('PARITY');
+  });
+
+  it('piped, the same commands write plain progress lines and no terminal escapes', async () => {
+    const run = await runCli(['verify', '--progress', 'auto'], { cwd: dir, env: serverEnv() });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/^verifying: \d+\/3000 keys, .* keys\/s, ETA /m);
+    expect(run.stderr).not.toContain('█');
+    expect(run.stderr + run.stdout).not.toMatch(/\x1b\[/);
+  });
+});
