@@ -9,7 +9,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -38,6 +38,41 @@ export async function freePort(): Promise<number> {
       server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
     });
   });
+}
+
+/** PEM files for a test PKI: a CA, a server certificate for 127.0.0.1/localhost, a client certificate, and an unrelated CA. */
+export interface TlsFiles {
+  dir: string;
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+  /** A CA that signed nothing here: a client trusting it must refuse the servers. */
+  otherCa: string;
+}
+
+/**
+ * Generates a throwaway PKI with `openssl` (node:crypto cannot issue X.509).
+ * The server certificate carries serverAuth and clientAuth (Consul's agents
+ * want both) and the SANs 127.0.0.1, localhost and server.dc1.consul.
+ */
+export function generateTls(dir = mkdtempSync(join(tmpdir(), 'migrate-tls-'))): TlsFiles {
+  const openssl = which('openssl');
+  if (!openssl) throw new Error('openssl is not installed: install it with `sudo apt-get install openssl` to run the TLS tests.');
+  const run = (args: string[]) => execFileSync(openssl, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const ca = (name: string) => run(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.pem`]);
+  ca('ca');
+  ca('other-ca');
+  const leaf = (name: string, ext: string) => {
+    writeFileSync(join(dir, `${name}.ext`), ext);
+    run(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.csr`]);
+    run(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.pem`]);
+  };
+  leaf('server', 'subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:server.dc1.consul\nextendedKeyUsage = serverAuth, clientAuth\n');
+  leaf('client', 'extendedKeyUsage = clientAuth\n');
+  const at = (f: string) => join(dir, f);
+  return { dir, ca: at('ca.pem'), serverCert: at('server.pem'), serverKey: at('server.key'), clientCert: at('client.pem'), clientKey: at('client.key'), otherCa: at('other-ca.pem') };
 }
 
 function which(binary: string): string | undefined {
@@ -109,10 +144,11 @@ function launch(binary: string, args: string[], log: string): ChildProcess {
   return child;
 }
 
-async function httpOk(url: string, headers: Record<string, string> = {}): Promise<string | undefined> {
-  const { request } = await import('node:http');
+async function httpOk(url: string, headers: Record<string, string> = {}, tls?: TlsFiles): Promise<string | undefined> {
+  const { request } = url.startsWith('https:') ? await import('node:https') : await import('node:http');
+  const tlsOptions = tls ? { ca: readFileSync(tls.ca), cert: readFileSync(tls.clientCert), key: readFileSync(tls.clientKey) } : {};
   return new Promise((resolve) => {
-    const req = request(url, { headers, timeout: 2000 }, (res) => {
+    const req = request(url, { headers, timeout: 2000, ...tlsOptions }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve(res.statusCode === 200 ? Buffer.concat(chunks).toString('utf8') : undefined));
@@ -134,13 +170,15 @@ export interface EtcdOptions {
   /** etcd's --max-txn-ops (default 1024, so fixtures can hold transactions larger than Consul's). */
   maxTxnOps?: number;
   extraArgs?: string[];
+  /** Serve clients over TLS only, requiring a client certificate signed by `tls.ca`. */
+  tls?: TlsFiles;
 }
 
 export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
   const binary = ensureEtcdBinary();
   const [clientPort, peerPort] = [await freePort(), await freePort()];
   const dataDir = mkdtempSync(join(tmpdir(), 'migrate-etcd-'));
-  const endpoint = `http://127.0.0.1:${clientPort}`;
+  const endpoint = `${options.tls ? 'https' : 'http'}://127.0.0.1:${clientPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
   const log = join(dataDir, 'etcd.log');
   const child = launch(binary, [
@@ -155,9 +193,10 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
     '--max-txn-ops', String(options.maxTxnOps ?? 1024),
     '--max-request-bytes', String(2 * 1024 * 1024),
     '--logger', 'zap',
+    ...(options.tls ? ['--cert-file', options.tls.serverCert, '--key-file', options.tls.serverKey, '--trusted-ca-file', options.tls.ca, '--client-cert-auth'] : []),
     ...(options.extraArgs ?? []),
   ], log);
-  await waitFor('etcd', async () => (await httpOk(`${endpoint}/health`))?.includes('true') ?? false, child, log);
+  await waitFor('etcd', async () => (await httpOk(`${endpoint}/health`, {}, options.tls))?.includes('true') ?? false, child, log);
   return {
     endpoint,
     pid: child.pid!,
@@ -185,6 +224,8 @@ export interface ConsulOptions {
   /** Enable ACLs with default_policy deny and a management token. */
   acl?: boolean;
   extraHcl?: string;
+  /** Serve the HTTP API over HTTPS only (the plain port disabled), requiring client certificates signed by `tls.ca`. */
+  tls?: TlsFiles;
 }
 
 export async function startConsul(options: ConsulOptions = {}): Promise<ConsulServer> {
@@ -197,21 +238,24 @@ export async function startConsul(options: ConsulOptions = {}): Promise<ConsulSe
   const [major, minor] = version.split('.').map(Number) as [number, number];
   const modern = major > 1 || minor >= 14;
   const managementToken = options.acl ? randomUUID() : undefined;
+  const tls = options.tls;
   const hcl = [
-    `ports { http = ${http}, dns = ${dns}, serf_lan = ${serfLan}, serf_wan = ${serfWan}, server = ${server}, grpc = -1${modern ? ', grpc_tls = -1' : ''} }`,
+    `ports { ${tls ? `http = -1, https = ${http}` : `http = ${http}`}, dns = ${dns}, serf_lan = ${serfLan}, serf_wan = ${serfWan}, server = ${server}, grpc = -1${modern ? ', grpc_tls = -1' : ''} }`,
     managementToken
       ? `acl { enabled = true, default_policy = "deny", enable_token_persistence = false, tokens { ${minor >= 11 || major > 1 ? 'initial_management' : 'master'} = "${managementToken}" } }`
       : '',
+    // The tls stanza exists from 1.12; verify_incoming there covers the HTTPS API too.
+    tls ? `tls { defaults { ca_file = "${tls.ca}", cert_file = "${tls.serverCert}", key_file = "${tls.serverKey}", verify_incoming = true } }` : '',
     options.extraHcl ?? '',
   ].filter(Boolean);
   const child = launch(binary, ['agent', '-dev', '-node', node, '-bind', '127.0.0.1', '-client', '127.0.0.1', '-log-level', 'warn', ...hcl.flatMap((h) => ['-hcl', h])], log);
-  const address = `http://127.0.0.1:${http}`;
+  const address = `${tls ? 'https' : 'http'}://127.0.0.1:${http}`;
   const headers: Record<string, string> = managementToken ? { 'X-Consul-Token': managementToken } : {};
   await waitFor('consul', async () => {
-    const leader = await httpOk(`${address}/v1/status/leader`);
+    const leader = await httpOk(`${address}/v1/status/leader`, {}, tls);
     if (!leader || leader.trim() === '""') return false;
     // Sessions need the agent's node in the catalog; the dev agent registers it just after the election.
-    const nodeInfo = await httpOk(`${address}/v1/catalog/node/${node}`, headers);
+    const nodeInfo = await httpOk(`${address}/v1/catalog/node/${node}`, headers, tls);
     return Boolean(nodeInfo && nodeInfo.trim() !== 'null');
   }, child, log);
   return {

@@ -14,6 +14,14 @@ describe('Consul error mapping', () => {
     expect(isRetryable(e)).toBe(false);
   });
 
+  it('a plain request to an HTTPS listener says to use https://, not retried', () => {
+    const e = err('GET', '/v1/status/leader', 400, 'Client sent an HTTP request to an HTTPS server.');
+    expect(e.code).toBe('consul_tls_required');
+    expect(e.message).toMatch(/serves HTTPS only/);
+    expect(e.exitCode).toBe(3);
+    expect(isRetryable(e)).toBe(false);
+  });
+
   it('413 on too many txn ops keeps Consul\'s text', () => {
     const e = err('PUT', '/v1/txn', 413, 'Transaction contains too many operations (65 > 64)');
     expect(e).toBeInstanceOf(ConsulTooLargeError);

@@ -214,6 +214,10 @@ export function consulErrorFor(address: string, method: string, path: string, st
     }
     return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${text || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists for the migrator, then run `migrate doctor`.');
   }
+  // Go's TLS listener answers a plain request with this 400: the address names the wrong scheme.
+  if (status === 400 && /HTTP request to an HTTPS server/i.test(text)) {
+    return new ConsulResponseError('consul_tls_required', status, `Consul at ${address} serves HTTPS only; the tool spoke plain HTTP to it and sent nothing else.`, text, 'Use an https:// address (or CONSUL_HTTP_SSL=true) with CONSUL_CACERT set to the CA that signed the server certificate.');
+  }
   if (status === 413) {
     return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${text}`, text, 'Lower target.limits.txnMaxBytes / maxValueBytes in migration.yaml to what the servers accept.');
   }
