@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { planAcl, policyName, rangeCovered, renderEtcdCommands, renderPolicyHcl, shellQuote } from './acl.js';
 import { renderAcl } from './render.js';
+import { checkHeartbeatKey } from '../dualrun/lag-heartbeat.js';
 
 const b = (s: string) => Buffer.from(s);
 const load = (rules: string) => parseConfig(`version: 1\nid: demo\nrules:\n${rules}`, 'migration.yaml');
@@ -55,5 +56,16 @@ describe('planAcl', () => {
     expect(doc).toMatchObject({ version: 1, command: 'acl', status: 'ok', consul: { policies: [{ name: 'migrate-demo-migrator', structured: { session_prefix: { '': { policy: 'write' } } } }, { name: 'migrate-demo-verifier' }, { name: 'migrate-demo-app-app' }] } });
     expect(doc.consul.policies[0].rules).toContain('key_prefix "_migrate/demo/" {');
     expect(doc.etcd.permissions[0]).toMatchObject({ type: 'read', key: '/app/', rangeEnd: '/app0', prefix: true, when: 'always' });
+  });
+
+  it('--heartbeat-key adds write on that one key from the start; a key inside a copy rule is refused (exit 2)', () => {
+    const { config, mapping } = load('  - { name: app, from: /app/, to: app/ }\n');
+    const plan = planAcl(config, mapping, { heartbeatKey: checkHeartbeatKey(mapping, '/_migrate/heartbeat') });
+    expect(renderEtcdCommands(plan).always).toEqual([
+      "etcdctl role grant-permission --prefix=true migrate-demo read '/app/'",
+      "etcdctl role grant-permission migrate-demo readwrite '/_migrate/heartbeat'",
+    ]);
+    expect(renderAcl(plan, 'text')).toContain('dualrun --heartbeat-key');
+    expect(() => checkHeartbeatKey(mapping, '/app/heartbeat')).toThrow(expect.objectContaining({ code: 'heartbeat_key_in_rule', exitCode: 2 }));
   });
 });

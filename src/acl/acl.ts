@@ -64,6 +64,8 @@ export interface AclOptions {
   appAccess?: 'read' | 'write';
   /** The Consul agent's node name, to narrow the session and agent rules from "every node" to that one. */
   consulNode?: string;
+  /** The etcd key `migrate dualrun --heartbeat-key` writes (checked outside every copy rule): the role may write it. */
+  heartbeatKey?: Buffer;
 }
 
 const POLICY_NAME_MAX = 128;
@@ -184,6 +186,18 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     });
   }
 
+  if (options.heartbeatKey) {
+    permissions.push({
+      type: 'readwrite',
+      key: options.heartbeatKey,
+      rangeEnd: Buffer.concat([options.heartbeatKey, Buffer.from([0])]),
+      prefix: false,
+      when: 'always',
+      rules: [],
+      why: 'dualrun --heartbeat-key: the leader writes the time to this one key every second to time the lag end to end',
+    });
+  }
+
   const notes = [
     'cutover --snapshot (GET /v1/snapshot) needs a token with acl = "write"; the migrator policy does not grant it, and the snapshot stays optional.',
     'The etcd role reads only the rule ranges: audit falls back to them when the whole keyspace is refused, and reports keys outside every rule as unknown.',
@@ -236,6 +250,8 @@ export function renderEtcdCommands(plan: AclPlan): { setup: string[]; always: st
   const role = plan.etcd.role;
   const grant = (p: EtcdPermissionPlan) => p.prefix
     ? `etcdctl role grant-permission --prefix=true ${role} ${p.type} ${shellQuote(p.key)}`
+    : p.rangeEnd.equals(Buffer.concat([p.key, Buffer.from([0])]))
+    ? `etcdctl role grant-permission ${role} ${p.type} ${shellQuote(p.key)}`
     : p.rangeEnd.length === 0
       ? `etcdctl role grant-permission --from-key=true ${role} ${p.type} ${shellQuote(p.key)}`
       : `etcdctl role grant-permission ${role} ${p.type} ${shellQuote(p.key)} ${shellQuote(p.rangeEnd)}`;

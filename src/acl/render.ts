@@ -29,7 +29,9 @@ function etcdScript(plan: AclPlan): string {
     '# Run as an etcd user with the root role (etcdctl --user root); `user add` prompts for the password.',
     ...commands.setup,
     '',
-    '# Read: from the first audit on.',
+    plan.etcd.permissions.some((p) => p.when === 'always' && p.type === 'readwrite')
+      ? '# Read: from the first audit on (and write on the dual-run\'s heartbeat key, for --heartbeat-key).'
+      : '# Read: from the first audit on.',
     ...plan.etcd.permissions.filter((p) => p.when === 'always').flatMap((p, i) => [`# ${p.why}`, commands.always[i]!]),
     '',
     '# Write: grant before the first `migrate cutover` (readwrite replaces the read grant of the same range).',

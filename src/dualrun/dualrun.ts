@@ -20,6 +20,7 @@ import type { SourceWriter } from '../stores/etcd-writer.js';
 import { OwnWrites, Ownership, ReverseMirror } from './reverse-mirror.js';
 import { TRIP_KEYS_KEPT } from '../cutover/phase.js';
 import { planRevision, routeForReplication, type RevisionPlan } from './plan-revision.js';
+import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbeat.js';
 
 /** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
 export interface DualRunStats {
@@ -47,6 +48,8 @@ export interface DualRunStats {
   guardTrips: number;
   /** Rules whose reverse mirror runs. */
   reverseRules: number;
+  /** The end-to-end lag the heartbeat key measures (with `--heartbeat-key`). */
+  heartbeat?: HeartbeatLag;
 }
 
 export interface DualRunLog {
@@ -66,6 +69,8 @@ export interface DualRunOptions {
   progressEveryMs?: number;
   /** How often to check leases and renew their sessions (ms). */
   leaseEveryMs?: number;
+  /** The etcd key the leader writes the time to every second, to time the lag end to end (outside every copy rule; needs `writer`). */
+  heartbeatKey?: Buffer;
   onStats?: (stats: DualRunStats) => void;
 }
 
@@ -110,7 +115,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
     splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   };
-  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites } });
+  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites }, ...(stats.heartbeat ? { heartbeat: { ...stats.heartbeat } } : {}) });
   const status = await source.status();
   const info = await target.info();
   await ensureMeta(target, paths, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
@@ -196,7 +201,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const ownersEntry = await target.readKey(ownersKey(paths));
   ownership.set(Ownership.parse(ownersKey(paths), ownersEntry), ownersEntry?.modifyIndex ?? 0);
   const own = new OwnWrites();
-  const applier = new Applier(ctx, sessions, limits, options, ownership, own);
+  if (options.heartbeatKey && !ctx.writer) throw new Error('internal: --heartbeat-key needs an etcd writer');
+  const heartbeat = options.heartbeatKey && ctx.writer ? new LagHeartbeat(options.heartbeatKey, ctx.writer) : undefined;
+  const applier = new Applier(ctx, sessions, limits, options, ownership, own, heartbeat);
   await applier.reconcileLeases();
 
   const stopped = () => options.signal.aborted || ctx.lost.aborted;
@@ -272,10 +279,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   })();
   const leaseTimer = setInterval(() => void applier.maintainLeases().catch((err) => options.log('warn', `lease maintenance failed: ${(err as Error).message}`)), options.leaseEveryMs ?? 3000);
   leaseTimer.unref();
+  let watch: SourceWatch | undefined;
+  const heartbeatTimer = heartbeat ? startHeartbeat(heartbeat, ctx, options, () => watch) : undefined;
   let backoff = 250;
   try {
     while (!stopped()) {
-      let watch: SourceWatch | undefined;
+      watch = undefined;
       try {
         watch = await source.watch(ctx.range, stats.checkpoint + 1);
         stats.connected = true;
@@ -333,6 +342,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     return ctx.lost.aborted ? 'leadership-lost' : 'signal';
   } finally {
     clearInterval(leaseTimer);
+    if (heartbeatTimer) clearInterval(heartbeatTimer);
     sessions.stop();
     await applier.recordLateWrites();
     following.abort();
@@ -342,6 +352,33 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     await Promise.all([...mirrors.values()].map((m) => m.stop()));
     stats.reverseRules = 0;
   }
+}
+
+/**
+ * Puts the time into the heartbeat key every second (one put in flight at
+ * most), then asks the watch for progress so the checkpoint passes the put's
+ * revision without waiting for the next periodic request.
+ */
+function startHeartbeat(heartbeat: LagHeartbeat, ctx: LeadContext, options: DualRunOptions, watch: () => SourceWatch | undefined): NodeJS.Timeout {
+  let busy = false;
+  let lastWarned = 0;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    heartbeat.beat().then(() => {
+      ctx.stats.heartbeat = heartbeat.lag();
+      watch()?.requestProgress();
+    }, (err: unknown) => {
+      ctx.stats.errors.heartbeat = (ctx.stats.errors.heartbeat ?? 0) + 1;
+      ctx.publish();
+      if (Date.now() - lastWarned < 60_000) return;
+      lastWarned = Date.now();
+      const denied = /permission denied/i.test((err as Error).message);
+      options.log('warn', `writing the heartbeat key ${formatKey(heartbeat.key)} failed: ${(err as Error).message}${denied ? '; grant the dual-run\'s etcd role readwrite on it (`migrate acl --heartbeat-key <key>` prints the grant)' : ''}; lag in seconds is not measured end to end meanwhile`);
+    }).finally(() => (busy = false));
+  }, LAG_HEARTBEAT_MS);
+  timer.unref();
+  return timer;
 }
 
 function sum(result: CopyResult, field: 'created' | 'updated' | 'deleted'): number {
@@ -375,6 +412,7 @@ class Applier {
     private readonly options: DualRunOptions,
     private readonly ownership: Ownership,
     private readonly own: OwnWrites,
+    private readonly heartbeat?: LagHeartbeat,
   ) {
     this.fenceIndex = ownership.index;
     this.batcher = new TxnBatcher(limits, this.reserve);
@@ -397,7 +435,9 @@ class Applier {
         // On an idle etcd it is rewritten every HEARTBEAT_MS, so readers can tell a running dual-run.
         const since = Date.now() - this.lastCheckpointWrite;
         if (message.revision > stats.checkpoint) this.pendingRevision = message.revision;
-        if ((message.revision > stats.checkpoint && since >= 1000) || since >= HEARTBEAT_MS) await this.send([], this.pendingRevision);
+        // A heartbeat put waiting for this revision is measured now rather than after the throttle.
+        const due = since >= 1000 || Boolean(this.heartbeat?.waiting(message.revision));
+        if ((message.revision > stats.checkpoint && due) || since >= HEARTBEAT_MS) await this.send([], this.pendingRevision);
       }
       if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
       this.ctx.publish();
@@ -566,6 +606,10 @@ class Applier {
     if (ops.length === 0) stats.checkpointOnlyTxns++;
     stats.ops += ops.length;
     stats.checkpoint = revision;
+    if (this.heartbeat) {
+      this.heartbeat.committed(revision);
+      stats.heartbeat = this.heartbeat.lag();
+    }
     this.own.prune(revision - 1000);
     this.lastCheckpointWrite = Date.now();
     if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();

@@ -2,6 +2,19 @@ import http from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { UsageError } from '../errors.js';
 import type { DualRunStats } from './dualrun.js';
+import { heartbeatLagSeconds } from './lag-heartbeat.js';
+
+/**
+ * Lag in seconds: with `--heartbeat-key`, the end-to-end lag the heartbeat
+ * measures (from the put in etcd to the checkpoint past it committed in
+ * Consul); without it, or before the first heartbeat, the time since the
+ * checkpoint last equalled etcd's current revision.
+ */
+export function lagSeconds(stats: DualRunStats, now: number): number {
+  const heartbeat = heartbeatLagSeconds(stats.heartbeat, now);
+  if (heartbeat !== undefined) return heartbeat;
+  return stats.checkpoint >= stats.etcdRevision ? 0 : (now - stats.caughtUpAt) / 1000;
+}
 
 /**
  * The dual-run's Prometheus endpoint (`/metrics`) and readiness (`/healthz`:
@@ -12,7 +25,16 @@ export class DualRunMetrics {
   readonly registry = new Registry();
   private stats: DualRunStats | undefined;
   private readonly lagRevisions = new Gauge({ name: 'migrate_dualrun_lag_revisions', help: 'etcd revisions not yet applied to Consul', registers: [this.registry] });
-  private readonly lagSeconds = new Gauge({ name: 'migrate_dualrun_lag_seconds', help: 'seconds since the checkpoint last equalled etcd\'s current revision', registers: [this.registry] });
+  private readonly lagSeconds = new Gauge({
+    name: 'migrate_dualrun_lag_seconds',
+    help: 'replication lag in seconds: with --heartbeat-key the heartbeat\'s end-to-end lag (migrate_dualrun_heartbeat_lag_seconds), else the time since the checkpoint last equalled etcd\'s current revision',
+    registers: [this.registry],
+    // Computed at scrape time: a stalled dual-run publishes nothing, and its lag must still grow.
+    collect: () => {
+      if (this.stats) this.lagSeconds.set(lagSeconds(this.stats, Date.now()));
+    },
+  });
+  private heartbeatLag: Gauge | undefined;
   private readonly checkpoint = new Gauge({ name: 'migrate_dualrun_checkpoint_revision', help: 'last etcd revision fully applied to Consul', registers: [this.registry] });
   private readonly etcdRevision = new Gauge({ name: 'migrate_dualrun_etcd_revision', help: 'latest etcd revision seen', registers: [this.registry] });
   private readonly leader = new Gauge({ name: 'migrate_dualrun_leader', help: '1 while this process leads the dual-run', registers: [this.registry] });
@@ -23,7 +45,19 @@ export class DualRunMetrics {
   private readonly seen: Record<string, number> = {};
   private server: http.Server | undefined;
 
-  constructor() {
+  /** `heartbeat`: the dual-run writes a heartbeat key (`--heartbeat-key`), so the end-to-end gauge is exported. */
+  constructor(options: { heartbeat?: boolean } = {}) {
+    if (options.heartbeat) {
+      this.heartbeatLag = new Gauge({
+        name: 'migrate_dualrun_heartbeat_lag_seconds',
+        help: 'end-to-end lag: from the heartbeat key\'s put in etcd to the commit in Consul of a checkpoint at or past its revision (the age of a heartbeat still waiting, when larger)',
+        registers: [this.registry],
+        collect: () => {
+          const seconds = this.stats ? heartbeatLagSeconds(this.stats.heartbeat, Date.now()) : undefined;
+          if (seconds !== undefined) this.heartbeatLag!.set(seconds);
+        },
+      });
+    }
     for (const [field, help] of [
       ['events', 'etcd events replicated'], ['ops', 'Consul KV ops applied'], ['txns', 'Consul txns applied'],
       ['splitRevisions', 'etcd revisions too large for one txn, applied in parts'], ['rebaselines', 're-baselines after etcd compaction'],
@@ -38,7 +72,7 @@ export class DualRunMetrics {
   update(stats: DualRunStats): void {
     this.stats = stats;
     this.lagRevisions.set(Math.max(0, stats.etcdRevision - stats.checkpoint));
-    this.lagSeconds.set(stats.checkpoint >= stats.etcdRevision ? 0 : (Date.now() - stats.caughtUpAt) / 1000);
+    this.lagSeconds.set(lagSeconds(stats, Date.now()));
     this.checkpoint.set(stats.checkpoint);
     this.etcdRevision.set(stats.etcdRevision);
     this.leader.set(stats.role === 'leader' ? 1 : 0);
@@ -66,9 +100,9 @@ export class DualRunMetrics {
     const s = this.stats;
     if (!s) return { ready: false, body: { status: 'starting' } };
     const lag = Math.max(0, s.etcdRevision - s.checkpoint);
-    const lagSeconds = lag === 0 ? 0 : (Date.now() - s.caughtUpAt) / 1000;
-    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && lagSeconds < 10);
-    return { ready, body: { status: ready ? 'ready' : s.connected ? 'catching-up' : 'disconnected', role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds } };
+    const seconds = lagSeconds(s, Date.now());
+    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && seconds < 10);
+    return { ready, body: { status: ready ? 'ready' : s.connected ? 'catching-up' : 'disconnected', role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds: seconds } };
   }
 
   async listen(address: string): Promise<string> {

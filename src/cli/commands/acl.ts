@@ -9,6 +9,7 @@ interface AclFlags {
   appAccess: 'read' | 'write';
   consulNode?: string;
   outDir?: string;
+  heartbeatKey?: string;
 }
 
 export function registerAcl({ add }: CommandRegistrar): void {
@@ -17,6 +18,7 @@ export function registerAcl({ add }: CommandRegistrar): void {
       .description('print the Consul ACL policies (the migrator\'s and one per rule for its applications) and the etcd role the migration needs, from migration.yaml alone (contacts no server)')
       .addOption(new Option('--app-access <access>', 'what applications may do under their rule\'s target prefix').choices(['read', 'write']).default('write'))
       .option('--consul-node <name>', 'the Consul agent\'s node name: narrows the session and agent rules from every node to this one')
+      .option('--heartbeat-key <etcd key>', 'the key `migrate dualrun --heartbeat-key` writes: the etcd role may write it')
       .option('--out-dir <dir>', 'write one file per policy (<name>.hcl, or <name>.json with --format json) and the etcd role script there')
       .addHelpText('after', '\nExamples:\n  migrate acl --out-dir acl/ && consul acl policy create -name migrate-demo-migrator -rules @acl/migrate-demo-migrator.hcl\n  migrate acl --format json --app-access read\n'),
     ['text', 'hcl', 'json'],
@@ -25,7 +27,9 @@ export function registerAcl({ add }: CommandRegistrar): void {
       const { planAcl } = await import('../../acl/acl.js');
       const { renderAcl, renderAclFiles } = await import('../../acl/render.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
-      const plan = planAcl(loaded.config, loaded.mapping, { appAccess: options.appAccess, consulNode: options.consulNode });
+      const { checkHeartbeatKey } = await import('../../dualrun/lag-heartbeat.js');
+      const heartbeatKey = options.heartbeatKey !== undefined ? checkHeartbeatKey(loaded.mapping, options.heartbeatKey) : undefined;
+      const plan = planAcl(loaded.config, loaded.mapping, { appAccess: options.appAccess, consulNode: options.consulNode, ...(heartbeatKey ? { heartbeatKey } : {}) });
       const format = ctx.format as 'text' | 'hcl' | 'json';
       if (!options.outDir) {
         ctx.result(renderAcl(plan, format));

@@ -9,6 +9,7 @@ interface DualRunFlags {
   baseline?: boolean;
   acceptMappingChange?: boolean;
   metricsAddr?: string;
+  heartbeatKey?: string;
   logFormat: 'text' | 'json';
 }
 
@@ -20,32 +21,39 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       .option('--baseline', 'run the copy first when there is no checkpoint yet')
       .option('--accept-mapping-change', 'go on although the mapping changed (changed rules are re-baselined)')
       .option('--metrics-addr <host:port>', 'serve Prometheus /metrics and /healthz here (e.g. :9464)')
+      .option('--heartbeat-key <etcd key>', 'time the lag end to end: the leader writes the time to this etcd key (outside every copy rule; needs write on it) every second')
       .addOption(new Option('--log-format <format>', 'log lines on stderr').choices(['text', 'json']).default('text'))
-      .addHelpText('after', '\nExamples:\n  migrate dualrun --metrics-addr :9464\n  migrate dualrun --ha --log-format json\n'),
+      .addHelpText('after', '\nExamples:\n  migrate dualrun --metrics-addr :9464\n  migrate dualrun --ha --log-format json\n  migrate dualrun --heartbeat-key /_migrate/heartbeat --metrics-addr :9464\n'),
     ['text', 'json'],
     async (ctx, options: DualRunFlags & GlobalOptions) => {
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores } = await import('../stores.js');
       const { runDualRun } = await import('../../dualrun/dualrun.js');
-      const { DualRunMetrics } = await import('../../dualrun/metrics.js');
+      const { DualRunMetrics, lagSeconds } = await import('../../dualrun/metrics.js');
       const { runCopy } = await import('../../copy/copy.js');
       const { routeForCopy } = await import('../../copy/route.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const { checkHeartbeatKey } = await import('../../dualrun/lag-heartbeat.js');
+      const heartbeatKey = options.heartbeatKey !== undefined ? checkHeartbeatKey(loaded.mapping, options.heartbeatKey) : undefined;
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const { source, target, close } = openStores(connections, loaded.config);
+      // On a terminal, a live status view with the log lines scrolling above it; otherwise log lines alone.
+      const live = ctx.interactive && ctx.progress === 'auto' && options.logFormat !== 'json';
+      const view = live ? (await import('../../report/dualrun-view.js')).createDualRunView(process.stderr, { heartbeat: heartbeatKey !== undefined }) : undefined;
+      const line = (text: string) => (view ? view.log(text) : ctx.log(text));
+      const log = (level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown> = {}) => {
+        if (options.logFormat === 'json') line(JSON.stringify({ ts: new Date().toISOString(), level, msg: message, ...fields }));
+        else line(`${new Date().toISOString()} ${level.padEnd(5)} ${message}${Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : ''}`);
+      };
       const controller = new AbortController();
       const stop = () => {
-        if (!controller.signal.aborted) ctx.log('stopping: finishing the current txn and releasing the leader lock');
+        if (!controller.signal.aborted) line('stopping: finishing the current txn and releasing the leader lock');
         controller.abort();
       };
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);
-      const log = (level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown> = {}) => {
-        if (options.logFormat === 'json') ctx.log(JSON.stringify({ ts: new Date().toISOString(), level, msg: message, ...fields }));
-        else ctx.log(`${new Date().toISOString()} ${level.padEnd(5)} ${message}${Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : ''}`);
-      };
-      const metrics = new DualRunMetrics();
+      const metrics = new DualRunMetrics({ heartbeat: heartbeatKey !== undefined });
       try {
         if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
         const { preflightConsul } = await import('../../doctor/preflight.js');
@@ -61,6 +69,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           signal: controller.signal,
           toolVersion: TOOL_VERSION,
           log,
+          ...(heartbeatKey ? { heartbeatKey } : {}),
           copy: (over) => runCopy({ source, target, config: loaded.config, route: (rule, key, size) => routeForCopy(loaded.mapping, rule, key, size) }, {
             dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false,
             acceptMappingChange: Boolean(options.acceptMappingChange), rate: 0, concurrency: 8, pageKeys: 2000, signal: controller.signal,
@@ -68,10 +77,11 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           }),
           onStats: (stats) => {
             metrics.update(stats);
+            view?.update(stats);
             const now = Date.now();
-            if (now - lastLog >= 10_000 && stats.role === 'leader') {
+            if (!view && now - lastLog >= 10_000 && stats.role === 'leader') {
               lastLog = now;
-              log('info', 'progress', { checkpoint: stats.checkpoint, etcdRevision: stats.etcdRevision, lagRevisions: Math.max(0, stats.etcdRevision - stats.checkpoint), events: stats.events, txns: stats.txns, sessions: stats.sessions });
+              log('info', 'progress', { checkpoint: stats.checkpoint, etcdRevision: stats.etcdRevision, lagRevisions: Math.max(0, stats.etcdRevision - stats.checkpoint), lagSeconds: Number(lagSeconds(stats, now).toFixed(3)), events: stats.events, txns: stats.txns, sessions: stats.sessions });
             }
           },
         });
@@ -84,6 +94,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       } finally {
         process.off('SIGINT', stop);
         process.off('SIGTERM', stop);
+        await view?.close();
         await metrics.close();
         close();
       }
