@@ -2,6 +2,7 @@
  * `npm run demo`: starts a real etcd and a real Consul on loopback, loads the
  * demo keyspace (fixtures/demo), and runs the tool's main job against them,
  * step by step, as a user would type it. Stops both servers at the end.
+ * With `--serve` it only starts the servers and loads the keyspace (see serve()).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync } from 'node:fs';
@@ -16,6 +17,27 @@ interface Step {
   /** Exit codes this step may end with on the demo data (audit reports blockers on purpose). */
   expect: number[];
   why: string;
+}
+
+/**
+ * `npm run demo -- --serve`: the servers with the demo keyspace loaded (leases
+ * kept alive), for following the README's walkthrough by hand. Prints the
+ * connection variables and runs until Ctrl-C, then stops both servers.
+ */
+async function serve(): Promise<never> {
+  const loaded = await loadDemoKeyspace(client, demoKeys());
+  process.stdout.write(`export ETCDCTL_ENDPOINTS=${etcd.endpoint} CONSUL_HTTP_ADDR=${consul.address}\n`);
+  process.stderr.write(`demo: etcd ${etcd.endpoint} and Consul ${consul.version} ${consul.address} with ${loaded.keys.length} demo keys (${loaded.leases.size} leases kept alive); paste the line above into another terminal; Ctrl-C stops both servers\n`);
+  return new Promise<never>(() => {
+    const stop = async () => {
+      await loaded.stop();
+      client.close();
+      await Promise.all([etcd.stop(), consul.stop()]);
+      process.exit(0);
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
 }
 
 const STEPS: Step[] = [
@@ -64,6 +86,7 @@ async function dualRunStep(workdir: string, env: NodeJS.ProcessEnv, _keys: numbe
 
 const [etcd, consul] = await Promise.all([startEtcd(), startConsul()]);
 const client = new Etcd3({ hosts: etcd.endpoint });
+if (process.argv.includes('--serve')) await serve();
 let failed = false as boolean;
 try {
   const keys = demoKeys();
