@@ -52,7 +52,10 @@ const STEPS: Step[] = [
 ];
 
 /** After the dual-run: what it replicated is checked the same way. */
-const AFTER_DUALRUN: Step[] = [{ args: ['verify'], expect: [0], why: 'still at parity after the live changes the dual-run mirrored' }];
+const AFTER_DUALRUN: Step[] = [
+  { args: ['verify'], expect: [0], why: 'still at parity after the live changes the dual-run mirrored' },
+  { args: ['status'], expect: [0], why: 'each rule: its phase, keys, the last verify and the next step' },
+];
 
 /**
  * The dual-run, live: started in the background, it mirrors a config change and
