@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { prefixRange, type EtcdSource } from '../stores/etcd.js';
-import type { ConsulTarget } from '../stores/consul.js';
+import { toEntry, type ConsulTarget, type WireEntry } from '../stores/consul.js';
 import { sleep } from '../stores/consul-http.js';
 import { InterruptedError, ServerError } from '../errors.js';
 
@@ -179,8 +179,8 @@ export async function probeLatency(source: EtcdSource, target: ConsulTarget, opt
       // Consul's index can go backwards (a snapshot restore, a new leader): start over, as its docs say.
       index = next < index ? 0 : next;
       if (response.status !== 200) continue;
-      const entries = JSON.parse(response.body.toString('utf8')) as { Key: string; Value: string | null }[];
-      const value = Buffer.from(entries.find((e) => e.Key === consulKey)?.Value ?? '', 'base64').toString('utf8');
+      const entries = (JSON.parse(response.body.toString('utf8')) as WireEntry[]).map(toEntry);
+      const value = entries.find((e) => e.key === consulKey)?.value.toString('utf8') ?? '';
       if (value === last) {
         // The first answer (no index yet) is the starting state, not a wake-up.
         if (primed) figures.emptyWakeups++;

@@ -1,4 +1,4 @@
-import { kvPath } from './consul.js';
+import { kvPath, toEntry, type WireEntry } from './consul.js';
 import type { ConsulHttp } from './consul-http.js';
 import { sleep } from './consul-http.js';
 import type { TargetEntry, TargetStore } from './types.js';
@@ -12,20 +12,6 @@ import type { TargetEntry, TargetStore } from './types.js';
 export interface BlockingReader {
   readKey(key: string, index: number, signal: AbortSignal): Promise<{ entry: TargetEntry | undefined; index: number }>;
   readPrefix(prefix: string, index: number, signal: AbortSignal): Promise<{ entries: TargetEntry[]; index: number }>;
-}
-
-interface WireEntry {
-  Key: string;
-  Value: string | null;
-  Flags: number;
-  ModifyIndex: number;
-  Session?: string;
-}
-
-function toEntry(wire: WireEntry): TargetEntry {
-  const entry: TargetEntry = { key: wire.Key, value: wire.Value ? Buffer.from(wire.Value, 'base64') : Buffer.alloc(0), flags: wire.Flags ?? 0, modifyIndex: wire.ModifyIndex };
-  if (wire.Session) entry.session = wire.Session;
-  return entry;
 }
 
 export class ConsulBlockingReader implements BlockingReader {

@@ -23,7 +23,8 @@ export class ValueTooLargeError extends UsageError {
   }
 }
 
-interface WireEntry {
+/** A KV entry as Consul's HTTP API returns it (values base64). */
+export interface WireEntry {
   Key: string;
   Value: string | null;
   Flags: number;
@@ -36,7 +37,7 @@ export function kvPath(key: string): string {
   return `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`;
 }
 
-function toEntry(wire: WireEntry): TargetEntry {
+export function toEntry(wire: WireEntry): TargetEntry {
   const entry: TargetEntry = {
     key: wire.Key,
     value: wire.Value ? Buffer.from(wire.Value, 'base64') : Buffer.alloc(0),
