@@ -68,6 +68,16 @@ export class InterruptedError extends MigrateError {
 }
 
 /**
+ * Where an error code is explained: its own section of the README's
+ * "Troubleshooting" (an explicit `<a id="error-<code>">` anchor, so renaming a
+ * heading never breaks it). There is no public URL; the path works in a
+ * checkout, the installed package and on any Git host that renders READMEs.
+ */
+export function errorDocs(code: string): string {
+  return `README.md#error-${code}`;
+}
+
+/**
  * Recognise typed errors by shape as well as by class: vitest module resets
  * and duplicated installs can give two copies of the class.
  */

@@ -1,5 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
-import { ExitCode, InterruptedError, isMigrateError, type MigrateError } from '../errors.js';
+import { errorDocs, ExitCode, InterruptedError, isMigrateError, type MigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { scrub } from '../report/redact.js';
 import { CommandContext, type Format, type GlobalOptions, type Io } from './context.js';
@@ -132,14 +132,14 @@ function installInterrupts(controller: AbortController, io: Io): () => void {
 function reportError(err: unknown, io: Io, format: Format, command: string): number {
   if (isMigrateError(err)) {
     const e = err as MigrateError;
-    io.stderr.write(scrub(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}`));
+    io.stderr.write(scrub(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`));
     if (format === 'json') {
-      io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details } })));
+      io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details, docs: errorDocs(e.code) } })));
     }
     return e.exitCode;
   }
   const error = err instanceof Error ? err : new Error(String(err));
   io.stderr.write(scrub(`internal error: this is a bug in migrate ${TOOL_VERSION}; please report it with the output below.\n${error.stack ?? error.message}\n`));
-  if (format === 'json') io.stdout.write(scrub(renderEnvelope(command, 'error', { error: { code: 'internal_error', message: error.message } })));
+  if (format === 'json') io.stdout.write(scrub(renderEnvelope(command, 'error', { error: { code: 'internal_error', message: error.message, docs: errorDocs('internal_error') } })));
   return 70;
 }
