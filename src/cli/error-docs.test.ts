@@ -7,7 +7,8 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { errorDocs } from '../errors.js';
+import { errorDocs, RefusedError } from '../errors.js';
+import { renderVerifyError } from '../verify/render.js';
 import type { Io } from './context.js';
 import { main } from './main.js';
 
@@ -87,5 +88,11 @@ describe('error codes and their docs', () => {
     const j = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml' });
     expect(await main(['plan', '--format', 'json'], j)).toBe(2);
     expect(JSON.parse(j.out)).toMatchObject({ status: 'error', error: { code: 'config_not_found', docs: 'README.md#error-config_not_found' } });
+  });
+
+  it("verify's JUnit and markdown error artifacts link the section too", () => {
+    const err = new RefusedError('verify_cut_timeout', 'no consistent cut', { hint: 'raise --wait-timeout' });
+    expect(renderVerifyError(err, 'junit', 'demo')).toContain('see: README.md#error-verify_cut_timeout');
+    expect(renderVerifyError(err, 'markdown', 'demo')).toContain('README.md#error-verify_cut_timeout');
   });
 });

@@ -1,5 +1,5 @@
 import type { Format } from '../cli/context.js';
-import { isMigrateError } from '../errors.js';
+import { errorDocs, isMigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { DIFFERENCE_KINDS, type Difference, type DifferenceKind, type RuleStatus, type ValueDigest } from './compare.js';
 import type { RuleVerify, VerifyCut, VerifyResult } from './verify.js';
@@ -39,14 +39,14 @@ export function renderVerifyError(err: unknown, format: Format, migration: strin
     return `${XML_HEADER}<testsuites name="migrate verify" tests="1" failures="0" errors="1">
   <testsuite name="${xml(`migrate verify ${migration}`)}" tests="1" failures="0" errors="1" skipped="0">
     <testcase classname="${xml(`migrate.verify.${migration}`)}" name="consistent cut">
-      <error type="${xml(code)}" message="${xml(message)}">${xml(`${message}${hint ? `\nnext: ${hint}` : ''}`)}</error>
+      <error type="${xml(code)}" message="${xml(message)}">${xml(`${message}${hint ? `\nnext: ${hint}` : ''}\nsee: ${errorDocs(code)}`)}</error>
     </testcase>
   </testsuite>
 </testsuites>
 `;
   }
   if (format === 'markdown') {
-    return `## migrate verify: ⚠️ could not verify\n\nMigration ${mdCode(migration)}: \`error[${code}]\` ${mdText(message)}${hint ? `\n\nNext: ${mdText(hint)}` : ''}\n`;
+    return `## migrate verify: ⚠️ could not verify\n\nMigration ${mdCode(migration)}: \`error[${code}]\` ${mdText(message)}${hint ? `\n\nNext: ${mdText(hint)}` : ''}\n\nSee ${mdCode(errorDocs(code))} in the migrate package.\n`;
   }
   return undefined;
 }
