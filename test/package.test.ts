@@ -33,6 +33,10 @@ describe('packaging', () => {
     for (const command of ['copy', 'dualrun', 'cutover', 'rollback', 'finalize', 'probe-latency']) expect(writes).toMatch(new RegExp(`\\n  ${command} `));
     expect(help).toContain('Writes, for example:');
     expect(help).toContain('  migrate audit ');
+    // A reader that stops early ends the output quietly: no EPIPE stack, exit 0.
+    const piped = spawnSync('bash', ['-c', `set -o pipefail; "${join(app, 'node_modules', '.bin', 'migrate')}" --help | true`], { encoding: 'utf8' });
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(piped.stderr).toBe('');
 
     // `npx migrate audit` from the installed tarball, against the real test servers, with a small mapping.
     const prefix = uniquePrefix('pack');
