@@ -144,7 +144,7 @@ export class MemorySource implements SourceReader {
     }
     messages.push({ kind: 'progress', revision: this.revision });
     return {
-      buffered: () => messages.length,
+      buffered: () => messages.filter((m) => m.kind === 'revision').length,
       requestProgress() {},
       async close() {},
       async *[Symbol.asyncIterator]() {

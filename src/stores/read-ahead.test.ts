@@ -23,6 +23,32 @@ describe('readAhead', () => {
     expect(seen).toEqual([0, 1, 2, 3, 4]);
   });
 
+  it('a read ahead that fails while the consumer is busy is not an unhandled rejection; it surfaces in turn', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const source: AsyncIterable<number> = {
+        [Symbol.asyncIterator]() {
+          let i = 0;
+          return { next: () => (i++ === 0 ? Promise.resolve({ done: false, value: 1 }) : Promise.reject(new Error('connection reset'))) };
+        },
+      };
+      const seen: number[] = [];
+      await expect((async () => {
+        for await (const item of readAhead(source, 1)) {
+          seen.push(item);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })()).rejects.toThrow('connection reset');
+      expect(seen).toEqual([1]);
+      await new Promise((r) => setTimeout(r, 10));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('passes a failure of the source on', async () => {
     async function* failing() {
       yield 1;

@@ -7,7 +7,13 @@ export async function* readAhead<T>(source: AsyncIterable<T>, depth = 1): AsyncG
   const iterator = source[Symbol.asyncIterator]();
   const queue: Promise<IteratorResult<T>>[] = [];
   const fill = () => {
-    while (queue.length <= depth) queue.push(iterator.next());
+    while (queue.length <= depth) {
+      const next = iterator.next();
+      // A read ahead may fail while the consumer is still busy with an earlier item; the
+      // failure is rethrown when its turn comes, and must not count as unhandled meanwhile.
+      next.catch(() => undefined);
+      queue.push(next);
+    }
   };
   try {
     fill();

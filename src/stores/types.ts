@@ -80,7 +80,7 @@ export type WatchMessage =
   | { kind: 'progress'; revision: number };
 
 export interface SourceWatch extends AsyncIterable<WatchMessage> {
-  /** Messages received and not yet consumed (lets the consumer batch under load only). */
+  /** Revision messages received and not yet consumed (lets the consumer batch under load only); progress notifications do not count. */
   buffered(): number;
   /** Ask the server for a progress notification (etcd ≥ 3.4). */
   requestProgress(): void;
