@@ -396,7 +396,9 @@ function isTransient(err: unknown): boolean {
 class Applier {
   private readonly batcher: TxnBatcher;
   private pendingRevision: number;
-  private lastCheckpointWrite = Date.now();
+  // 0, not now: the first progress notification rewrites the checkpoint, so a dual-run just
+  // started on an idle etcd shows as running (status, cutover, verify) at once, not after HEARTBEAT_MS.
+  private lastCheckpointWrite = 0;
   // The checkpoint, the leader check and the owners fence.
   private readonly reserve = { reservedOps: 3, reservedBytes: 800 };
   /** The owners index every decision since the last txn was made under (the fence of the next txn). */
