@@ -60,10 +60,12 @@ const PAGE_READ_ATTEMPTS = 6;
 export class EtcdSource implements SourceReader {
   readonly client: Etcd3;
   readonly endpoints: string;
+  private readonly endpointCount: number;
 
   constructor(connection: EtcdConnection) {
     const timeoutMs = connection.timeoutMs ?? 10_000;
     this.endpoints = connection.endpoints.map(redactUrl).join(',');
+    this.endpointCount = connection.endpoints.length;
     this.client = new Etcd3({
       hosts: connection.endpoints,
       credentials: connection.tls?.ca
@@ -157,10 +159,16 @@ export class EtcdSource implements SourceReader {
 
   /** Runs one etcd call, turning the client's errors into the tool's typed errors. */
   private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      throw this.toError(err, what);
+    // etcd3 sends each call to a random endpoint and, with its fault handling off, does not
+    // fail over: one dead member of a cluster would fail a third of the calls. Try the others.
+    const attempts = this.endpointCount > 1 ? this.endpointCount * 2 : 1;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        const error = this.toError(err, what);
+        if (attempt >= attempts || !(error instanceof MigrateError && error.code === 'etcd_unreachable')) throw error;
+      }
     }
   }
 
