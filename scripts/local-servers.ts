@@ -272,6 +272,172 @@ export async function startConsul(options: ConsulOptions = {}): Promise<ConsulSe
   };
 }
 
+/** One member of a local cluster: stopped and started again on command, on the same ports and data. */
+export interface ClusterMember {
+  name: string;
+  /** etcd: the client URL; Consul: the HTTP address. */
+  address: string;
+  /** Consul: the Raft address (`127.0.0.1:<server port>`) that /v1/status/leader names. */
+  raftAddress?: string;
+  readonly running: boolean;
+  /** SIGKILL, no cleanup (a crash). */
+  kill(): Promise<void>;
+  /** Starts it again after a kill, with the same data directory. */
+  restart(): Promise<void>;
+}
+
+export interface LocalCluster {
+  members: ClusterMember[];
+  stop(): Promise<void>;
+}
+
+function member(name: string, address: string, binary: string, args: string[], log: string, ready: () => Promise<boolean>, raftAddress?: string): ClusterMember & { readonly log: string; start(): ChildProcess; stopNow(): Promise<void> } {
+  let child: ChildProcess | undefined;
+  let starts = 0;
+  let currentLog = log;
+  const self = {
+    name,
+    get log() {
+      return currentLog;
+    },
+    address,
+    ...(raftAddress ? { raftAddress } : {}),
+    get running() {
+      return Boolean(child && child.exitCode === null && child.signalCode === null);
+    },
+    start() {
+      currentLog = `${log}.${starts++}`;
+      child = launch(binary, args, currentLog);
+      return child;
+    },
+    async kill() {
+      if (!child || !self.running) return;
+      const exited = new Promise<void>((resolve) => child!.once('exit', () => resolve()));
+      child.kill('SIGKILL');
+      await exited;
+      running.delete(child);
+    },
+    async restart() {
+      if (self.running) return;
+      const started = self.start();
+      await waitFor(name, ready, started, currentLog);
+    },
+    async stopNow() {
+      if (child) await stopChild(child);
+    },
+  };
+  return self;
+}
+
+/**
+ * A three-member etcd cluster on loopback (issue 8, faults). Every member
+ * serves clients; `ETCDCTL_ENDPOINTS` lists them all.
+ */
+export async function startEtcdCluster(size = 3): Promise<LocalCluster & { endpoints: string[] }> {
+  const binary = ensureEtcdBinary();
+  const dataDir = mkdtempSync(join(tmpdir(), 'migrate-etcd-cluster-'));
+  const ports = await Promise.all(Array.from({ length: size }, async () => ({ client: await freePort(), peer: await freePort() })));
+  const names = ports.map((_, i) => `m${i}`);
+  const initialCluster = ports.map((p, i) => `${names[i]}=http://127.0.0.1:${p.peer}`).join(',');
+  const members = ports.map((p, i) => {
+    const endpoint = `http://127.0.0.1:${p.client}`;
+    const peer = `http://127.0.0.1:${p.peer}`;
+    const args = [
+      '--name', names[i]!, '--data-dir', join(dataDir, names[i]!),
+      '--listen-client-urls', endpoint, '--advertise-client-urls', endpoint,
+      '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer,
+      '--initial-cluster', initialCluster, '--initial-cluster-state', 'new', '--initial-cluster-token', `migrate-${ports[0]!.client}`,
+      '--max-txn-ops', '1024', '--max-request-bytes', String(2 * 1024 * 1024), '--logger', 'zap',
+      '--heartbeat-interval', '50', '--election-timeout', '500',
+    ];
+    return member(names[i]!, endpoint, binary, args, join(dataDir, `${names[i]}.log`), async () => (await httpOk(`${endpoint}/health`))?.includes('true') ?? false);
+  });
+  const children = members.map((m) => m.start());
+  await Promise.all(members.map((m, i) => waitFor(`etcd ${m.name}`, async () => (await httpOk(`${m.address}/health`))?.includes('true') ?? false, children[i]!, m.log)));
+  return {
+    endpoints: members.map((m) => m.address),
+    members,
+    async stop() {
+      await Promise.all(members.map((m) => m.stopNow()));
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A three-server Consul cluster on loopback (not dev mode: data directories,
+ * `-bootstrap-expect`), with Raft timings at raft_multiplier 1 so an election
+ * takes about a second. `leader()` names the member that currently leads.
+ */
+export async function startConsulCluster(options: { version?: string; size?: number } = {}): Promise<LocalCluster & { version: string; leader(): Promise<ClusterMember | undefined>; healthy(timeoutMs?: number): Promise<void> }> {
+  const version = options.version ?? process.env.CONSUL_VERSION ?? CONSUL_VERSION;
+  const size = options.size ?? 3;
+  const binary = ensureConsulBinary(version);
+  const dataDir = mkdtempSync(join(tmpdir(), 'migrate-consul-cluster-'));
+  const [major, minor] = version.split('.').map(Number) as [number, number];
+  const modern = major > 1 || minor >= 14;
+  const ports = await Promise.all(Array.from({ length: size }, async () => ({ http: await freePort(), dns: await freePort(), serfLan: await freePort(), serfWan: await freePort(), server: await freePort() })));
+  const members = ports.map((p, i) => {
+    const name = `s${i}`;
+    const address = `http://127.0.0.1:${p.http}`;
+    const joins = ports.filter((_, j) => j !== i).flatMap((q) => ['-retry-join', `127.0.0.1:${q.serfLan}`]);
+    const hcl = [
+      `ports { http = ${p.http}, dns = ${p.dns}, serf_lan = ${p.serfLan}, serf_wan = ${p.serfWan}, server = ${p.server}, grpc = -1${modern ? ', grpc_tls = -1' : ''} }`,
+      'performance { raft_multiplier = 1 }',
+      // A server that comes back is a voter again after this long (default 10 s); until then a second death loses quorum.
+      'autopilot { server_stabilization_time = "1s" }',
+      'leave_on_terminate = false',
+    ];
+    const args = ['agent', '-server', '-bootstrap-expect', String(size), '-data-dir', join(dataDir, name), '-node', `${name}-${p.http}`, '-bind', '127.0.0.1', '-client', '127.0.0.1', '-log-level', 'warn', ...joins, ...hcl.flatMap((h) => ['-hcl', h])];
+    const ready = async () => {
+      const leader = await httpOk(`${address}/v1/status/leader`);
+      if (!leader || leader.trim() === '""') return false;
+      // Sessions need this agent's node in the catalog.
+      const nodeInfo = await httpOk(`${address}/v1/catalog/node/${name}-${p.http}`);
+      return Boolean(nodeInfo && nodeInfo.trim() !== 'null');
+    };
+    return member(name, address, binary, args, join(dataDir, `${name}.log`), ready, `127.0.0.1:${p.server}`);
+  });
+  const children = members.map((m) => m.start());
+  await Promise.all(members.map((m, i) => waitFor(`consul ${m.name}`, async () => {
+    const leader = await httpOk(`${m.address}/v1/status/leader`);
+    if (!leader || leader.trim() === '""') return false;
+    const nodeInfo = await httpOk(`${m.address}/v1/catalog/node/${m.name}-${new URL(m.address).port}`);
+    return Boolean(nodeInfo && nodeInfo.trim() !== 'null');
+  }, children[i]!, m.log, 90_000)));
+  return {
+    version,
+    members,
+    /** Waits until autopilot reports every server healthy and voting, so the cluster survives losing one. */
+    async healthy(timeoutMs = 60_000) {
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        for (const m of members.filter((x) => x.running)) {
+          const text = await httpOk(`${m.address}/v1/operator/autopilot/health`);
+          const health = text ? (JSON.parse(text) as { Healthy: boolean; Servers: { Healthy: boolean; Voter: boolean }[] | null }) : undefined;
+          if (health?.Healthy && health.Servers?.length === size && health.Servers.every((x) => x.Healthy && x.Voter)) return;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      throw new Error(`the Consul cluster was not healthy with ${size} voters within ${timeoutMs} ms`);
+    },
+    async leader() {
+      for (const m of members) {
+        if (!m.running) continue;
+        const leader = await httpOk(`${m.address}/v1/status/leader`);
+        const raft = leader ? (JSON.parse(leader) as string) : '';
+        const found = members.find((x) => x.raftAddress === raft);
+        if (found?.running) return found;
+      }
+      return undefined;
+    },
+    async stop() {
+      await Promise.all(members.map((m) => m.stopNow()));
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const [command] = process.argv.slice(2);
   if (command !== 'up') {
