@@ -102,6 +102,27 @@ export function deleteGuardTrips(deletes: number, targetKeys: number): boolean {
  * Copies every `copy` rule at one pinned etcd revision. The same code path
  * runs for `--dry-run` with a recording target (DESIGN §2).
  */
+/**
+ * `migrate copy` refuses while a dual-run holds the leader lock: a copy pins an
+ * older revision than the one the dual-run has applied, and its writes would
+ * put older values back over newer ones. (The dual-run's own re-baseline runs
+ * the copy under that lock and does not come through here.)
+ */
+export async function refuseWhileDualRunLeads(target: TargetStore, config: MigrationConfig): Promise<void> {
+  const paths = statePaths(config.state.prefix, config.id);
+  const leader = await target.readKey(paths.leader);
+  if (!leader?.session) return;
+  let holder = 'unknown holder';
+  try {
+    holder = (JSON.parse(leader.value.toString('utf8')) as { holder?: string }).holder ?? holder;
+  } catch {
+    // A lock value the tool did not write still means the lock is held.
+  }
+  throw new RefusedError('copy_dualrun_running', `A dual-run of migration "${config.id}" is running (it holds the leader lock: ${holder}); a copy now would write older values over what it replicates.`, {
+    hint: 'The dual-run already keeps Consul in step. To copy again, stop the dual-run first (it resumes from its checkpoint afterwards).',
+  });
+}
+
 export async function runCopy(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; route: RouteFn }, options: CopyOptions): Promise<CopyResult> {
   const started = Date.now();
   const { config, source } = deps;

@@ -49,7 +49,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores } = await import('../stores.js');
-      const { runCopy } = await import('../../copy/copy.js');
+      const { runCopy, refuseWhileDualRunLeads } = await import('../../copy/copy.js');
       const { routeForCopy } = await import('../../copy/route.js');
       const { renderCopy } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
@@ -65,6 +65,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
           writeState: !options.dryRun,
           sessions: !options.dryRun && loaded.mapping.copyRules.some((r) => r.leases === 'session'),
         });
+        if (!options.dryRun) await refuseWhileDualRunLeads(target, loaded.config);
         const result = await runCopy(
           { source, target, config: loaded.config, route: (rule, key, valueBytes) => routeForCopy(loaded.mapping, rule, key, valueBytes) },
           {
