@@ -1,0 +1,129 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, type ConsulServer } from '../scripts/local-servers.js';
+import { parseConfig } from '../src/config/load.js';
+import { ConsulTarget } from '../src/stores/consul.js';
+import { configDir, consulIndex, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { startDualRun } from './support/dualrun.js';
+
+/**
+ * Bad input for the writing commands (issue 8): each case shows the message,
+ * the exit code, and that nothing was written (Consul's KV index on an agent
+ * no other test writes to does not move). `audit`/`plan` cover the same
+ * configuration errors in audit-cli.test.ts; state.test.ts and copy.test.ts
+ * cover a meta written for another etcd cluster.
+ */
+const etcd = rawEtcd();
+let own: ConsulServer;
+let ownTarget: ConsulTarget;
+
+beforeAll(async () => {
+  own = await privateConsul();
+  ownTarget = new ConsulTarget({ address: own.address });
+});
+afterAll(async () => {
+  etcd.close();
+  ownTarget?.close();
+  await own?.stop();
+});
+
+function env(extra: Record<string, string> = {}): Record<string, string> {
+  return serverEnv({ CONSUL_HTTP_ADDR: own.address, ...extra });
+}
+
+function scenario(label: string) {
+  const id = `${label}-${randomBytes(3).toString('hex')}`;
+  const root = `/${id}`;
+  const yaml = `version: 1\nid: ${id}\nrules:\n  - { name: app, from: ${root}/app/, to: ${id}/app/ }\n`;
+  return { id, root, yaml, dir: configDir(yaml), mapping: parseConfig(yaml, 'migration.yaml').mapping };
+}
+
+describe('bad input to the writing commands: message, exit code, nothing written (real servers)', () => {
+  const configCases: [string, string, RegExp][] = [
+    ['malformed YAML', 'version: 1\nid: x\nrules:\n  - name: a\n    from: "/a/\n', /migration\.yaml:\d+:\d+: not valid YAML/],
+    ['a wrong-typed field', 'version: 1\nid: x\nrules:\n  - { name: a, from: /a/, to: a/, leases: forever }\n', /migration\.yaml:4:\d+: rules\[0\]\.leases/],
+    ['an unknown field', 'version: 1\nid: x\nrules:\n  - name: a\n    from: /a/\n    to: a/\n    colour: red\n', /migration\.yaml:7:5: rules\[0\]\.colour: unknown field "colour"/],
+    ['two rules colliding in one Consul prefix', 'version: 1\nid: x\nrules:\n  - { name: a, from: /a/, to: app/ }\n  - { name: b, from: /b/, to: app/x/ }\n', /rules\[1\]\.to: .*inside to "app\/"/],
+  ];
+  for (const [what, text, message] of configCases) {
+    it(`copy and dualrun refuse ${what} (exit 2)`, async () => {
+      const dir = configDir(text);
+      const before = await consulIndex(own.address);
+      for (const command of [['copy'], ['dualrun']]) {
+        const run = await runCli(command, { cwd: dir, env: env() });
+        expect(run.code, `${command[0]}: ${run.stderr}`).toBe(2);
+        expect(run.stderr).toMatch(/error\[config_invalid\]/);
+        expect(run.stderr).toMatch(message);
+      }
+      expect(await consulIndex(own.address)).toBe(before);
+    });
+  }
+
+  it('copy against unreachable endpoints exits 3 naming the address, and writes nothing', async () => {
+    const s = scenario('unreach');
+    const before = await consulIndex(own.address);
+    const deadEtcd = await runCli(['copy'], { cwd: s.dir, env: env({ ETCDCTL_ENDPOINTS: `http://127.0.0.1:${await freePort()}` }) });
+    expect(deadEtcd.code, deadEtcd.stderr).toBe(3);
+    expect(deadEtcd.stderr).toMatch(/etcd at http:\/\/127\.0\.0\.1:\d+ is unreachable/);
+    const port = await freePort();
+    const deadConsul = await runCli(['copy'], { cwd: s.dir, env: env({ CONSUL_HTTP_ADDR: `127.0.0.1:${port}` }) });
+    expect(deadConsul.code, deadConsul.stderr).toBe(3);
+    expect(deadConsul.stderr).toContain(`Consul at http://127.0.0.1:${port} is unreachable`);
+    expect(await consulIndex(own.address)).toBe(before);
+  });
+
+  it('a state meta for another datacenter, or with another mapping, is refused (exit 4) and nothing is written', async () => {
+    const s = scenario('meta');
+    await etcd.put(`${s.root}/app/k`).value('v');
+    const { header } = await etcd.maintenance.status();
+    const clusterId = String(header.cluster_id);
+    const write = (meta: object) => ownTarget.putKey(`_migrate/${s.id}/meta`, Buffer.from(JSON.stringify({ schemaVersion: 1, id: s.id, etcdClusterId: clusterId, created: 'then', toolVersion: '0', ...meta })));
+
+    await write({ datacenters: ['dc9'], mappingHash: 'x' });
+    let before = await consulIndex(own.address);
+    const otherDc = await runCli(['copy'], { cwd: s.dir, env: env() });
+    expect(otherDc.code, otherDc.stderr).toBe(4);
+    expect(otherDc.stderr).toMatch(/error\[identity_datacenter_mismatch\][\s\S]*datacenter dc9/);
+    expect(await consulIndex(own.address)).toBe(before);
+
+    await write({ datacenters: ['dc1'], mappingHash: 'not-this-mapping' });
+    before = await consulIndex(own.address);
+    for (const command of [['copy'], ['dualrun']]) {
+      const otherMapping = await runCli(command, { cwd: s.dir, env: env() });
+      expect(otherMapping.code, otherMapping.stderr).toBe(4);
+      expect(otherMapping.stderr).toMatch(/error\[identity_mapping_changed\]/);
+      expect(otherMapping.stderr).toMatch(/--accept-mapping-change/);
+    }
+    expect(await consulIndex(own.address)).toBe(before);
+    expect(await ownTarget.listKeys(`${s.id}/`)).toEqual([]);
+  });
+
+  it('a second dualrun, or a copy, while a dual-run holds the leader lock exits 4 naming it and writes no data', async () => {
+    const s = scenario('lock');
+    await etcd.put(`${s.root}/app/k`).value('v');
+    expect((await runCli(['copy'], { cwd: s.dir, env: env() })).code).toBe(0);
+    const first = await startDualRun(s.dir, [], env());
+    try {
+      const checkpoint = (await ownTarget.readKey(`_migrate/${s.id}/checkpoint`))?.modifyIndex;
+      const second = await runCli(['dualrun'], { cwd: s.dir, env: env() });
+      expect(second.code, second.stderr).toBe(4);
+      expect(second.stderr).toMatch(/error\[dualrun_locked\]: Another dual-run holds the leader lock/);
+      expect(second.stderr).toMatch(/--ha/);
+      // The first one is still the only writer: data and checkpoint untouched by the second.
+      expect(await ownTarget.listKeys(`${s.id}/app/`)).toEqual([`${s.id}/app/k`]);
+      expect(first.child.exitCode).toBeNull();
+      // A copy while the dual-run leads would pin an older revision and write older values back.
+      const copyDoc = async () => (await ownTarget.readKey(`_migrate/${s.id}/copy`))?.modifyIndex;
+      const copyIndex = await copyDoc();
+      const copyDuring = await runCli(['copy'], { cwd: s.dir, env: env() });
+      expect(copyDuring.code, copyDuring.stderr).toBe(4);
+      expect(copyDuring.stderr).toMatch(/error\[copy_dualrun_running\]: A dual-run of migration "lock-[0-9a-f]+" is running/);
+      expect(copyDuring.stderr).toMatch(/stop the dual-run first/);
+      // The copy's own state document is rewritten by every copy that starts: untouched here.
+      expect(await copyDoc()).toBe(copyIndex);
+      expect((await ownTarget.readKey(`_migrate/${s.id}/checkpoint`))?.modifyIndex ?? 0).toBeGreaterThanOrEqual(checkpoint ?? 0);
+    } finally {
+      expect(await first.stop()).toBe(0);
+    }
+  });
+});
