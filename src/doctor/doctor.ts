@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { OLDEST_SUPPORTED_CONSUL, consulTooOld } from './consul-version.js';
 import { isMigrateError } from '../errors.js';
 import type { Connections } from '../config/connections.js';
 import type { MigrationConfig } from '../config/load.js';
@@ -106,6 +107,10 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       consulUp = true;
       Object.assign(result.consul, { version: info.version, datacenter: info.datacenter, leader: info.leader, txnMaxOps: (await consul.limits()).txnMaxOps });
       checks.push({ name: 'consul.reachable', status: info.leader ? 'ok' : 'fail', message: `Consul ${info.version} at ${consul.address}, datacenter ${info.datacenter || 'unknown'}, leader ${info.leader || 'none'}`, ...(info.leader ? {} : { code: 'consul_no_leader', hint: 'Wait for the Consul servers to elect a leader.' }) });
+      const tooOld = consulTooOld(consul.address, info.version);
+      checks.push(tooOld
+        ? { name: 'consul.version', status: 'fail', message: tooOld.message, code: tooOld.code, hint: tooOld.hint }
+        : { name: 'consul.version', status: 'ok', message: `Consul ${info.version} is supported (the oldest supported is ${OLDEST_SUPPORTED_CONSUL})` });
       const limits = await consul.limits();
       checks.push({
         name: 'consul.txn-limit',

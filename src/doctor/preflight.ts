@@ -5,6 +5,7 @@ import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
 import { ConsulResponseError } from '../stores/consul-http.js';
 import type { ConsulTarget } from '../stores/consul.js';
+import { consulTooOld } from './consul-version.js';
 
 /**
  * The permission preflight of the commands that work on Consul (DESIGN §4,
@@ -112,6 +113,8 @@ export function missingPermissionsError(address: string, command: string, missin
  * permission and prefix before `command` reads or writes anything else.
  */
 export async function preflightConsul(target: ConsulTarget, config: MigrationConfig, mapping: Mapping, command: string, scope: PreflightScope): Promise<void> {
+  const tooOld = consulTooOld(target.address, (await target.info()).version);
+  if (tooOld) throw tooOld;
   const missing = await findMissingKeyPermissions(target, keyNeeds(config, mapping, scope));
   if (scope.sessions && missing.length === 0) missing.push(...(await findMissingSessionPermission(target)));
   if (missing.length > 0) throw missingPermissionsError(target.address, command, missing);
