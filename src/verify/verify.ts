@@ -320,7 +320,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     for (const run of runs) {
       if (run.findings.length === 0) continue;
       const before = run.findings.length;
-      run.findings = await recheck(run, { ...deps, options, revision: roundCut.revision, sessions });
+      run.findings = await recheck(run, { ...deps, options, revision: roundCut.revision, sessions, appliedUpTo: () => cutter.appliedUpTo(roundCut) });
       run.stats.settled += before - run.findings.length;
       settled += before - run.findings.length;
     }
@@ -427,6 +427,12 @@ class CutTaker {
     private readonly options: VerifyOptions,
     private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>,
   ) {}
+
+  /** The etcd revision Consul holds at least, now: the checkpoint of a running dual-run, else the cut's own revision. */
+  async appliedUpTo(cut: VerifyCut): Promise<number> {
+    if (cut.cut !== 'checkpoint') return cut.revision;
+    return (await readState<CheckpointState>(this.target, this.paths.checkpoint()))?.revision ?? cut.revision;
+  }
 
   async take(): Promise<VerifyCut> {
     const key = this.paths.checkpoint();
@@ -632,34 +638,65 @@ async function readBackKey(target: TargetStore, key: string): Promise<ReadBack> 
 }
 
 /**
- * A later round for one rule: reads the differing keys again (etcd at the
- * round's revision, point reads; Consul in chunks) and keeps what still
- * differs, with the digests of this round.
+ * A later round for one rule: reads the differing keys again (Consul in
+ * chunks, then etcd, point reads) and keeps what still differs, with the
+ * digests of this round.
+ *
+ * Writes in flight: the round's cut says Consul holds at least everything up
+ * to etcd revision R, but a running dual-run goes on applying while Consul is
+ * read, so Consul may show a later version of a key that changes all the time.
+ * The checkpoint read after the Consul read (C) bounds what Consul can show:
+ * a key matches when Consul equals its etcd state at R, at C, or at any
+ * version in between (found by walking back its `mod_revision`s). Drift
+ * matches none of them.
  */
-async function recheck(run: RuleRun, ctx: VerifyDeps & { options: VerifyOptions; revision: number; sessions: Sessions }): Promise<Finding[]> {
+async function recheck(run: RuleRun, ctx: VerifyDeps & { options: VerifyOptions; revision: number; sessions: Sessions; appliedUpTo: () => Promise<number> }): Promise<Finding[]> {
   const { source, target, options, mapping } = ctx;
   const still: Finding[] = [];
   const limit = pLimit(POINT_READS);
   for (let i = 0; i < run.findings.length; i += RECHECK_CHUNK) {
     checkAborted(options.signal);
     const chunk = run.findings.slice(i, i + RECHECK_CHUNK);
-    const sources = await Promise.all(chunk.map((f) => (f.source ? limit(() => readOne(source, f.source!, ctx.revision)) : Promise.resolve(undefined))));
     const consul = new Map((await target.readEntries(chunk.map((f) => f.target), options.signal)).map((e) => [e.key, e]));
-    const expectations = chunk.map((f, j) => {
-      const entry = sources[j];
+    const upTo = Math.max(ctx.revision, await ctx.appliedUpTo());
+    const states = await Promise.all(chunk.map((f) => (f.source ? limit(() => etcdStates(source, f.source!, ctx.revision, upTo)) : Promise.resolve([undefined]))));
+    const expectationsOf = (f: Finding, entries: (SourceEntry | undefined)[]) => entries.map((entry) => {
       if (!entry) return undefined;
       const route = routeForVerify(mapping, run.rule, entry);
       return route.kind === 'expect' && route.expectation.target === f.target ? route.expectation : undefined;
     });
-    await ctx.sessions.prefetch(expectations.filter((e): e is Expectation => e !== undefined));
+    const candidates = chunk.map((f, j) => expectationsOf(f, states[j]!));
+    await ctx.sessions.prefetch(candidates.flat().filter((e): e is Expectation => e !== undefined));
     const readBacks = await readBackKeys(target, chunk.filter((f) => f.readBack && consul.has(f.target)).map((f) => f.target));
     chunk.forEach((f, j) => {
       const back = readBacks.get(f.target);
-      const finding = compareKey({ rule: run.rule.name, target: f.target, expectation: expectations[j], consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, ...(back ? { readBack: back } : {}) });
-      if (finding) still.push(finding);
+      const compare = (expectation: Expectation | undefined) => compareKey({ rule: run.rule.name, target: f.target, expectation, consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, ...(back ? { readBack: back } : {}) });
+      const findings = candidates[j]!.map(compare);
+      // The newest etcd state is the one reported when nothing matches.
+      if (findings.every((finding) => finding !== undefined)) still.push(findings[0]!);
     });
   }
   return still;
+}
+
+/** Versions of a key walked back per re-check, at most (a key rewritten faster than that within one read is reported). */
+const IN_FLIGHT_VERSIONS = 32;
+
+/**
+ * The states of one etcd key from revision `upTo` back to `from`, newest
+ * first: its value at `upTo`, then each earlier version still at or after
+ * `from` (undefined where the key did not exist), and its state at `from`.
+ */
+async function etcdStates(source: SourceReader, key: Buffer, from: number, upTo: number): Promise<(SourceEntry | undefined)[]> {
+  const states: (SourceEntry | undefined)[] = [];
+  let entry = await readOne(source, key, upTo);
+  states.push(entry);
+  for (let step = 0; entry && entry.modRevision > from && step < IN_FLIGHT_VERSIONS; step++) {
+    entry = await readOne(source, key, entry.modRevision - 1);
+    states.push(entry);
+  }
+  if (upTo > from && (!entry || entry.modRevision > from)) states.push(await readOne(source, key, from));
+  return states;
 }
 
 /** One etcd key at a revision, or undefined. */
