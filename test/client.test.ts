@@ -279,7 +279,7 @@ describe('createKvClient', () => {
     const loaded = await open(m, { config: loadConfig({ configFlag: m.configFile, env: {}, cwd: '/' }) });
     expect(loaded.owner('app')).toBe('etcd');
     const fromEnv = await open(m, { config: undefined, env: serverEnv({ MIGRATE_CONFIG: m.configFile }) });
-    expect(fromEnv.phases()).toEqual([{ rule: 'app', owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0 }]);
+    expect(fromEnv.phases()).toEqual([{ rule: 'app', owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0, writesPaused: false }]);
     expect(() => fromEnv.owner('other')).toThrow(/does not follow rule "other"/);
 
     const client = await open(m);

@@ -57,6 +57,8 @@ export interface KvClientOptions {
   blockingWaitSeconds?: number;
   /** How long a watch keeps delivering events from the previous owner after a switch (writes in flight); default 1000 ms. */
   watchDrainMs?: number;
+  /** Longest a put or delete waits while a cutover or rollback has writes paused; default 30 s, then it fails with `client_writes_paused`. */
+  writePauseTimeoutMs?: number;
 }
 
 /** Emitted when a rule's owner changes: operations started after it go to `to`. */
@@ -85,8 +87,16 @@ export interface ClientErrorEvent {
 }
 
 /** The events of {@link KvClient}. */
+/** Emitted when a cutover or rollback pauses writes to a rule, and when they resume. */
+export interface PauseEvent {
+  rule: string;
+  paused: boolean;
+  at: Date;
+}
+
 export interface KvClientEvents {
   switch: [SwitchEvent];
+  pause: [PauseEvent];
   mismatch: [MismatchEvent];
   /** Not `error`, so an application without a listener is not crashed by trouble the client retries. */
   problem: [ClientErrorEvent];
@@ -122,6 +132,8 @@ interface RuleRuntime {
   error: MigrateError | undefined;
   /** Set while the owner changes; operations wait for it. */
   switching: Promise<void> | undefined;
+  /** Set while the phase document says `writesPaused`; puts and deletes wait for it. */
+  paused: { done: Promise<void>; release: () => void } | undefined;
   /** Bumped on every owner change; a shadow comparison that spans one is not counted. */
   epoch: number;
   lastSyncAt: Date | undefined;
@@ -160,6 +172,7 @@ export async function createKvClient(options: KvClientOptions): Promise<KvClient
     // Consul caps a blocking query's wait at 10 minutes.
     blockingWaitSeconds: { value: options.blockingWaitSeconds, min: 1, max: 600 },
     watchDrainMs: { value: options.watchDrainMs, min: 0, max: 600_000 },
+    writePauseTimeoutMs: { value: options.writePauseTimeoutMs, min: 1, max: 3_600_000 },
   });
   const env = options.env ?? process.env;
   const cwd = options.cwd ?? process.cwd();
@@ -201,6 +214,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   private readonly shadowStats: ShadowStats;
   private readonly waitSeconds: number;
   readonly watchDrainMs: number;
+  private readonly pauseTimeoutMs: number;
   private closed = false;
 
   /** @internal Use {@link createKvClient}. */
@@ -212,6 +226,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     this.clientRules = new Set(rules);
     this.waitSeconds = options.blockingWaitSeconds ?? 30;
     this.watchDrainMs = options.watchDrainMs ?? 1_000;
+    this.pauseTimeoutMs = options.writePauseTimeoutMs ?? 30_000;
     this.etcd = new EtcdAppKv(source);
     this.consul = new ConsulAppKv(target, this.waitSeconds);
     const shadow = options.shadowReads === true ? {} : options.shadowReads || undefined;
@@ -224,9 +239,10 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       this.runtimes.set(name, {
         rule,
         phaseKey: paths.rule(name),
-        phase: { rule: name, owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0 },
+        phase: { rule: name, owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0, writesPaused: false },
         error: undefined,
         switching: undefined,
+        paused: undefined,
         epoch: 0,
         lastSyncAt: undefined,
         followError: undefined,
@@ -242,6 +258,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       followed.map(async (rt) => {
         const answer = await withRetries(() => this.readPhase(rt, undefined), { attempts: 3, signal: this.closing.signal });
         rt.phase = parsePhaseDocument(rt.phaseKey, rt.rule.name, answer.value, answer.modifyIndex);
+        this.updatePause(rt);
         rt.lastSyncAt = new Date();
         return { rt, index: answer.index };
       }),
@@ -411,7 +428,11 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     try {
       const route = routeClientKey(this.mapping, this.clientRules, toKeyBytes(key));
       const rt = this.runtimes.get(route.rule.name)!;
-      while (rt.switching) await rt.switching;
+      for (;;) {
+        while (rt.switching) await rt.switching;
+        if (op === 'get' || !rt.paused) break;
+        await this.writesResumed(rt, op);
+      }
       if (rt.error) throw rt.error;
       const owner = rt.phase.owner;
       const result = await fn(route, rt, owner);
@@ -546,10 +567,43 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     }
   }
 
+  /** Waits while writes to the rule are paused (a cutover or rollback is moving it), at most the write pause timeout. */
+  private async writesResumed(rt: RuleRuntime, op: 'put' | 'delete'): Promise<void> {
+    const paused = rt.paused!;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new MigrateError('client_writes_paused', 4, `A ${op} on rule "${rt.rule.name}" waited ${this.pauseTimeoutMs} ms: writes are paused while \`migrate cutover\` or \`rollback\` moves the rule, and the pause did not end.`, {
+        hint: 'Run `migrate status`: a move that stopped half-way leaves the pause in the phase document; running the command again (or `migrate rollback`) clears it.',
+        details: { rule: rt.rule.name },
+      })), this.pauseTimeoutMs);
+    });
+    try {
+      await Promise.race([paused.done, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Opens or releases the write gate of a rule after its phase changed. */
+  private updatePause(rt: RuleRuntime): void {
+    if (rt.phase.writesPaused && !rt.paused) {
+      let release!: () => void;
+      const done = new Promise<void>((resolve) => (release = resolve));
+      rt.paused = { done, release };
+      this.emit('pause', { rule: rt.rule.name, paused: true, at: new Date() });
+    } else if (!rt.phase.writesPaused && rt.paused) {
+      const { release } = rt.paused;
+      rt.paused = undefined;
+      release();
+      this.emit('pause', { rule: rt.rule.name, paused: false, at: new Date() });
+    }
+  }
+
   private async applyPhase(rt: RuleRuntime, next: RulePhase): Promise<void> {
     const from = rt.phase.owner;
     if (next.owner === from) {
       rt.phase = next;
+      this.updatePause(rt);
       return;
     }
     let release!: () => void;
@@ -564,6 +618,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       this.counters.switches++;
       rt.switching = undefined;
       release();
+      this.updatePause(rt);
     }
     this.emit('switch', { rule: rt.rule.name, from, to: next.owner, phase: next.phase, at: new Date() });
   }

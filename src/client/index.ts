@@ -14,6 +14,7 @@ export {
   type KvClientStats,
   type KvValue,
   type ShadowReadOptions,
+  type PauseEvent,
   type SwitchEvent,
   type MismatchEvent,
   type ClientErrorEvent,

@@ -6,11 +6,16 @@ const doc = (fields: Record<string, unknown>) => Buffer.from(JSON.stringify({ sc
 
 describe('parsePhaseDocument', () => {
   it('reads a missing document as owner etcd', () => {
-    expect(parsePhaseDocument(KEY, 'app', undefined)).toEqual({ rule: 'app', owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0 });
+    expect(parsePhaseDocument(KEY, 'app', undefined)).toEqual({ rule: 'app', owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0, writesPaused: false });
+  });
+
+  it('reads the write pause a cutover or rollback sets while it moves the rule', () => {
+    expect(parsePhaseDocument(KEY, 'app', doc({ phase: 'verified', owner: 'etcd', writesPaused: { since: '2025-01-01T00:00:00Z', by: 'me@host', for: 'cutover' } })).writesPaused).toBe(true);
+    expect(parsePhaseDocument(KEY, 'app', doc({})).writesPaused).toBe(false);
   });
 
   it('takes the owner from the document', () => {
-    expect(parsePhaseDocument(KEY, 'app', doc({}), 42)).toEqual({ rule: 'app', owner: 'consul', phase: 'cutover', updated: '2025-01-01T00:00:00Z', modifyIndex: 42 });
+    expect(parsePhaseDocument(KEY, 'app', doc({}), 42)).toEqual({ rule: 'app', owner: 'consul', phase: 'cutover', updated: '2025-01-01T00:00:00Z', modifyIndex: 42, writesPaused: false });
     expect(parsePhaseDocument(KEY, 'app', doc({ phase: 'rolledback', owner: 'etcd' })).owner).toBe('etcd');
   });
 

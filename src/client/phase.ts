@@ -29,6 +29,8 @@ export interface RulePhase {
   updated: string | undefined;
   /** Consul's ModifyIndex of the document, 0 when there is none. */
   modifyIndex: number;
+  /** `cutover` or `rollback` is moving ownership: writes wait until the document changes again. */
+  writesPaused: boolean;
 }
 
 /** A phase document the client cannot act on; operations on the rule fail with it until it is fixed. */
@@ -41,7 +43,7 @@ export class PhaseDocumentError extends MigrateError {}
  * `schemaVersion` newer than this build understands.
  */
 export function parsePhaseDocument(key: string, rule: string, raw: Buffer | undefined, modifyIndex = 0): RulePhase {
-  if (raw === undefined) return { rule, owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0 };
+  if (raw === undefined) return { rule, owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0, writesPaused: false };
   const corrupt = (what: string): never => {
     throw new PhaseDocumentError('client_phase_invalid', 4, `The phase document ${key} of rule "${rule}" in Consul ${what}.`, {
       hint: 'Only `migrate cutover`, `rollback` and `finalize` write it. Inspect it with `consul kv get`, then restore it (or delete it to put the rule back on etcd).',
@@ -65,7 +67,7 @@ export function parsePhaseDocument(key: string, rule: string, raw: Buffer | unde
   if (doc.rule !== rule) return corrupt(`names rule ${JSON.stringify(doc.rule)}`);
   if (!PHASES.includes(doc.phase as Phase)) return corrupt(`has an unknown phase ${JSON.stringify(doc.phase)} (expected one of ${PHASES.join(', ')})`);
   if (doc.owner !== 'etcd' && doc.owner !== 'consul') return corrupt(`has an unknown owner ${JSON.stringify(doc.owner)} (expected "etcd" or "consul")`);
-  return { rule, owner: doc.owner, phase: doc.phase as Phase, updated: typeof doc.updated === 'string' ? doc.updated : undefined, modifyIndex };
+  return { rule, owner: doc.owner, phase: doc.phase as Phase, updated: typeof doc.updated === 'string' ? doc.updated : undefined, modifyIndex, writesPaused: doc.writesPaused !== undefined && doc.writesPaused !== null };
 }
 
 /** The rules an application names, checked against the mapping's rules (pure). */

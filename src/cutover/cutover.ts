@@ -22,7 +22,7 @@ import {
   type RulePhase,
   type RulePhaseDoc,
 } from './phase.js';
-import { readCutoverState, writeTransitions, type CutoverState, type Transition } from './state-io.js';
+import { readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
 
 /**
  * `migrate cutover`, `rollback` and `finalize`: the gated, recorded,
@@ -59,7 +59,17 @@ export interface CommonOptions {
   sleep: (ms: number) => Promise<void>;
 }
 
-export interface CutoverOptions extends CommonOptions {
+/** cutover and rollback move ownership behind a write fence. */
+export interface FenceOptions {
+  /**
+   * How long applications' writes stay paused before the flip (`writesPaused`
+   * in the phase document), so that writes in flight to the old owner land and
+   * are mirrored first.
+   */
+  drainMs: number;
+}
+
+export interface CutoverOptions extends CommonOptions, FenceOptions {
   maxVerifyAgeMs: number;
   /** `--verify-now`: runs a verify (which records verify/last) before the checks. */
   verifyNow?: () => Promise<VerifyResult>;
@@ -70,7 +80,7 @@ export interface CutoverOptions extends CommonOptions {
   writeFile: (file: string, data: Buffer) => void;
 }
 
-export interface RollbackOptions extends CommonOptions {
+export interface RollbackOptions extends CommonOptions, FenceOptions {
   /** A one-rule verify (not recorded): rollback is gated on parity of the rule. */
   verifyRule: (rule: string) => Promise<VerifyResult>;
 }
@@ -155,6 +165,20 @@ async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: Cutove
   return { checks, etcdRevision, checkpoint };
 }
 
+/**
+ * Sets `writesPaused` on the rules' phase documents; `resume` clears it again
+ * (when the command stops before its flip, which clears it by itself).
+ */
+async function pauseWrites(deps: CutoverDeps, paths: StatePaths, outcomes: RuleOutcome[], move: 'cutover' | 'rollback', options: CommonOptions & FenceOptions): Promise<{ resume: () => Promise<void> }> {
+  const rules = outcomes.map((o) => ({ rule: o.rule, derived: o.from as RulePhase }));
+  await setWritesPaused(deps.target, paths, await readCutoverState(deps.target, paths), rules, { since: options.now().toISOString(), by: options.by, for: move });
+  return {
+    async resume() {
+      await setWritesPaused(deps.target, paths, await readCutoverState(deps.target, paths), rules, undefined);
+    },
+  };
+}
+
 function tripCheck(state: CutoverState, rule: string, acknowledge: boolean): PreconditionCheck {
   const trips = state.trips.get(rule)?.doc;
   const open = openTrips(trips);
@@ -221,19 +245,38 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     options.writeFile(options.snapshotFile, response.body);
     snapshotFile = options.snapshotFile;
   }
-  const etcdRevision = (await deps.source.status()).revision;
-  const at = options.now();
-  const transitions: Transition[] = outcomes.map((o) => {
-    const evidence: PhaseEvidence = { checkpoint: global.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys };
+  // The write fence: applications hold their writes to the rules; writes already in flight land in
+  // etcd during the drain, and the dual-run must have applied them before Consul becomes the owner.
+  const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options);
+  let written: Map<string, RulePhaseDoc>;
+  let etcdRevision: number;
+  let caughtUp: Awaited<ReturnType<typeof dualRunChecks>>;
+  try {
+    await options.sleep(options.drainMs);
+    caughtUp = await dualRunChecks(deps, paths, await readCutoverState(target, paths), options);
+    if (!caughtUp.checks.every((c) => c.ok)) {
+      await fence.resume();
+      return refusedResult('cutover', deps, caughtUp.checks.map((c) => ({ ...c, name: `${c.name} (after the drain)` })), outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
+    }
+    state = await readCutoverState(target, paths);
+    etcdRevision = (await deps.source.status()).revision;
+    const at = options.now();
+    const transitions: Transition[] = outcomes.map((o) => {
+    const evidence: PhaseEvidence = { checkpoint: caughtUp.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys };
     const verify = verifyEvidence(state.verify, o.rule, at.getTime());
     if (verify) evidence.verify = verify;
     if (snapshotFile) evidence.snapshotFile = snapshotFile;
     const trips = openTrips(state.trips.get(o.rule)?.doc);
     if (trips) evidence.acknowledgedTrips = trips;
     return { rule: o.rule, from: o.from as RulePhase, to: 'cutover', etcdRevision, entry: { at: at.toISOString(), by: options.by, evidence } };
-  });
-  const written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
-  return { action: 'cutover', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: global.checkpoint, ...(snapshotFile ? { snapshotFile } : {}), written: [...written.values()] };
+    });
+    // The flip writes documents without `writesPaused`: applications resume, on Consul.
+    written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  } catch (err) {
+    await fence.resume();
+    throw err;
+  }
+  return { action: 'cutover', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: caughtUp.checkpoint, ...(snapshotFile ? { snapshotFile } : {}), written: [...written.values()] };
 }
 
 /** `migrate rollback --rule <name>…`: back to etcd, gated on parity of the rule. */
@@ -255,30 +298,45 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
     } else {
       checks.push({ name: 'phase', ok: true, detail: 'cutover' });
       checks.push(tripCheck(state, name, options.acknowledgeTrips));
-      if (global.checks.every((c) => c.ok)) {
-        const result = await options.verifyRule(name);
-        const r = result.rules.find((x) => x.name === name);
-        // Data only: recorded late writes are the trips check's business.
-        checks.push(r && r.differences === 0
-          ? { name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${name} (verify at etcd revision ${result.cut.revision}, not recorded)` }
-          : { name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${name}: rolling back would lose Consul's writes (run \`migrate verify\` for the list)` });
-      } else {
-        checks.push({ name: 'parity', ok: false, detail: 'not checked: the dual-run (and so the reverse mirror) is not running and caught up' });
-      }
     }
     outcomes.push({ rule: name, from, to: 'rolledback', checks, ok: checks.every((c) => c.ok) });
   }
   if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
     return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
   }
-  state = await readCutoverState(target, paths);
-  const etcdRevision = (await deps.source.status()).revision;
-  const at = options.now();
-  const transitions: Transition[] = outcomes.map((o) => ({
-    rule: o.rule, from: 'cutover', to: 'rolledback', etcdRevision,
-    entry: { at: at.toISOString(), by: options.by, evidence: { checkpoint: global.checkpoint ?? undefined, etcdRevision, ...(openTrips(state.trips.get(o.rule)?.doc) ? { acknowledgedTrips: openTrips(state.trips.get(o.rule)?.doc) } : {}) } },
-  }));
-  const written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  // The write fence: applications hold their writes to Consul; writes in flight land during the drain,
+  // and the reverse mirror must have carried them to etcd (parity again) before etcd is the owner.
+  const fence = await pauseWrites(deps, paths, outcomes, 'rollback', options);
+  let written: Map<string, RulePhaseDoc>;
+  let etcdRevision: number;
+  try {
+    await options.sleep(options.drainMs);
+    // Parity is checked with writes paused: while applications write to Consul, the reverse mirror is
+    // always a little behind. Data only: recorded late writes are the trips check's business.
+    for (const outcome of outcomes) {
+      const result = await options.verifyRule(outcome.rule);
+      const r = result.rules.find((x) => x.name === outcome.rule);
+      if (r && r.differences === 0) {
+        outcome.checks.push({ name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${outcome.rule} with writes paused (verify at etcd revision ${result.cut.revision}, not recorded)` });
+        continue;
+      }
+      await fence.resume();
+      outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused: rolling back would lose Consul's writes (run \`migrate verify\` for the list); writes resumed on Consul` });
+      outcome.ok = false;
+      return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
+    }
+    state = await readCutoverState(target, paths);
+    etcdRevision = (await deps.source.status()).revision;
+    const at = options.now();
+    const transitions: Transition[] = outcomes.map((o) => ({
+      rule: o.rule, from: 'cutover', to: 'rolledback', etcdRevision,
+      entry: { at: at.toISOString(), by: options.by, evidence: { checkpoint: global.checkpoint ?? undefined, etcdRevision, ...(openTrips(state.trips.get(o.rule)?.doc) ? { acknowledgedTrips: openTrips(state.trips.get(o.rule)?.doc) } : {}) } },
+    }));
+    written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  } catch (err) {
+    await fence.resume();
+    throw err;
+  }
   return { action: 'rollback', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: global.checkpoint, written: [...written.values()] };
 }
 

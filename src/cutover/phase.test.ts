@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
 import type { VerifyLastState } from '../verify/verify.js';
-import { checkVerify, derivePhase, nextStep, ownerAt, ownerOf, withOwnershipChange, withTransition, type OwnersDoc } from './phase.js';
+import { checkVerify, derivePhase, nextStep, ownerAt, ownerOf, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc } from './phase.js';
 
 const now = Date.parse('2026-01-01T12:00:00Z');
 const iso = (msAgo: number) => new Date(now - msAgo).toISOString();
@@ -74,5 +74,26 @@ describe('preconditions and next steps', () => {
     expect(nextStep('app', 'cutover', facts)).toContain('migrate finalize --rule app');
     expect(nextStep('app', 'cutover', { ...facts, trips: 2 })).toContain('--acknowledge-trips');
     expect(nextStep('app', 'finalized', facts)).toBe('done');
+  });
+});
+
+describe('write pause', () => {
+  const pause = { since: '2025-01-01T00:00:00.000Z', by: 'me@host', for: 'cutover' as const };
+
+  it('a first document keeps the derived phase, its history and etcd as owner, with writes paused', () => {
+    const doc = withWritesPaused(undefined, 'app', 'verified', pause);
+    expect(doc).toMatchObject({ schemaVersion: 1, rule: 'app', phase: 'verified', owner: 'etcd', writesPaused: pause });
+    expect(doc.history.map((h) => h.phase)).toEqual(['verified']);
+  });
+
+  it('resuming removes only the pause; the flip writes a document without it', () => {
+    const paused = withWritesPaused(withTransition(undefined, 'app', 'verified', 'cutover', { at: pause.since, by: 'me@host' }), 'app', 'cutover', { ...pause, for: 'rollback' });
+    const resumed = withWritesPaused(paused, 'app', 'cutover', undefined);
+    expect(resumed).not.toHaveProperty('writesPaused');
+    const { writesPaused: _removed, ...unpaused } = paused;
+    expect(resumed).toEqual(unpaused);
+    const flipped = withTransition(paused, 'app', 'cutover', 'rolledback', { at: pause.since, by: 'me@host' });
+    expect(flipped).not.toHaveProperty('writesPaused');
+    expect(flipped.owner).toBe('etcd');
   });
 });

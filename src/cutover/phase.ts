@@ -58,6 +58,13 @@ export interface RulePhaseDoc {
   owner: RuleOwner;
   updated: string;
   history: PhaseHistoryEntry[];
+  /**
+   * Set by `cutover` and `rollback` while they move ownership: applications
+   * (the Node client) hold their writes to the rule until the document
+   * changes again, so no write is in flight to the old owner at the flip.
+   * Reads go on. Cleared by the flip itself, or by the command when it stops.
+   */
+  writesPaused?: WritesPause;
 }
 
 /** One ownership change, at the etcd revision read just before it was written. */
@@ -114,6 +121,21 @@ export function withOwnershipChange(owners: OwnersDoc | undefined, rule: string,
   const changes = [...(rules[rule]?.changes ?? []), { revision, owner: ownerOf(phase), phase, at }].slice(-CHANGES_KEPT);
   rules[rule] = { phase, changes };
   return { schemaVersion: 1, updated: at, rules };
+}
+
+export interface WritesPause {
+  since: string;
+  by: string;
+  /** The move in progress. */
+  for: 'cutover' | 'rollback';
+}
+
+/** The phase document with writes paused (a first document starts with the derived phase), or resumed (pure). */
+export function withWritesPaused(doc: RulePhaseDoc | undefined, rule: string, derived: RulePhase, pause: WritesPause | undefined): RulePhaseDoc {
+  const at = pause?.since ?? new Date().toISOString();
+  const base: RulePhaseDoc = doc ?? { schemaVersion: 1, rule, phase: derived, owner: ownerOf(derived), updated: at, history: [{ phase: derived, at, by: pause?.by ?? 'migrate', evidence: { note: 'derived from the copy, checkpoint and verify state' } }] };
+  const { writesPaused: _old, ...rest } = base;
+  return pause ? { ...rest, writesPaused: pause } : rest;
 }
 
 /** The phase document after a transition (history appended; a first document starts with the derived phase). */

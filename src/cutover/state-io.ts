@@ -5,7 +5,7 @@ import { parseStateDocument, readState, type StatePaths } from '../state/state.j
 import { TxnFailedError } from '../stores/consul-http.js';
 import type { TargetStore, TxnOp } from '../stores/types.js';
 import type { VerifyLastState } from '../verify/verify.js';
-import { emptyTrips, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, type OwnersDoc, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
+import { emptyTrips, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
 
 /** The state documents the cutover stage reads, with the Consul indexes its writes check against. */
 export interface CutoverState {
@@ -100,6 +100,26 @@ export async function writeTransitions(target: TargetStore, paths: StatePaths, s
     });
   }
   return written;
+}
+
+/**
+ * Pauses (or resumes, with `pause` undefined) applications' writes to the
+ * rules: their phase documents get `writesPaused`, by check-and-set in one
+ * txn. A concurrent change refuses (exit 4) with nothing written.
+ */
+export async function setWritesPaused(target: TargetStore, paths: StatePaths, state: CutoverState, rules: { rule: string; derived: RulePhase }[], pause: WritesPause | undefined): Promise<void> {
+  const ops: TxnOp[] = rules.map(({ rule, derived }) => {
+    const current = state.docs.get(rule);
+    return { verb: 'cas', key: paths.rule(rule), value: Buffer.from(JSON.stringify(withWritesPaused(current?.doc, rule, derived, pause))), index: current?.index ?? 0 };
+  });
+  try {
+    await target.applyTxn(ops);
+  } catch (err) {
+    if (!(err instanceof TxnFailedError)) throw err;
+    throw new RefusedError('phase_contended', `The phase of ${rules.map((r) => `rule ${r.rule}`).join(', ')} changed while this command checked it (another operator); nothing was written.`, {
+      hint: 'Run `migrate status` to see the current phase, then run the command again.',
+    });
+  }
 }
 
 /**

@@ -12,6 +12,14 @@ export interface TransitionFlags {
   yes?: boolean;
   acknowledgeTrips?: boolean;
   catchUpTimeout?: string;
+  drain?: string;
+}
+
+/** `--drain` of cutover and rollback: how long applications' writes stay paused before the flip. */
+export const DRAIN_OPTION = ['--drain <duration>', 'how long applications hold their writes before the flip, so writes in flight to the old owner land and are mirrored first', '2s'] as const;
+
+export function drainMs(options: TransitionFlags): number {
+  return parseDuration('--drain', options.drain) ?? 2_000;
 }
 
 /**

@@ -4,7 +4,7 @@ import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { collect, parseDuration } from './audit-flags.js';
-import { openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
+import { DRAIN_OPTION, drainMs, openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
 
 interface CutoverFlags extends TransitionFlags {
   maxVerifyAge?: string;
@@ -24,6 +24,7 @@ export function registerCutover({ add }: CommandRegistrar): void {
       .option('--rollback-file <file>', 'where to export the rule\'s Consul keys as the rollback point (default migrate-rollback/<id>-<rule>-<time>.json)')
       .option('--snapshot <file>', 'also save a full Consul snapshot (GET /v1/snapshot; the token needs it)')
       .option('--acknowledge-trips', 'clear recorded late writes / guard trips of these rules (recorded in the history)')
+      .option(...DRAIN_OPTION)
       .option('-y, --yes', 'confirm without a prompt (required off a terminal)')
       .addHelpText('after', `
 Exit codes: 0 cut over, 2 usage (or no --yes off a terminal), 3 a server failed, 4 a precondition failed (nothing changed).
@@ -42,6 +43,7 @@ Examples:
       try {
         const result = await runCutover(open.deps, {
           ...open.common,
+          drainMs: drainMs(options),
           maxVerifyAgeMs,
           ...(options.verifyNow ? { verifyNow: () => open.verify() } : {}),
           ...(options.rollbackFile ? { rollbackFile: resolve(ctx.io.cwd, options.rollbackFile) } : {}),

@@ -3,7 +3,7 @@ import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { collect } from './audit-flags.js';
-import { openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
+import { DRAIN_OPTION, drainMs, openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
 
 export function registerRollback({ add }: CommandRegistrar): void {
   add(
@@ -12,6 +12,7 @@ export function registerRollback({ add }: CommandRegistrar): void {
       .requiredOption('--rule <name>', 'a rule to roll back (repeatable)', collect, [])
       .option('--catch-up-timeout <duration>', 'how long to wait for the dual-run\'s checkpoint to reach etcd\'s current revision', '10s')
       .option('--acknowledge-trips', 'clear recorded late writes / guard trips of these rules (recorded in the history)')
+      .option(...DRAIN_OPTION)
       .option('-y, --yes', 'confirm without a prompt (required off a terminal)')
       .addHelpText('after', '\nExit codes: 0 rolled back, 2 usage (or no --yes off a terminal), 3 a server failed, 4 a precondition failed (nothing changed).\n\nExample:\n  migrate rollback --rule app --yes\n'),
     ['text', 'json'],
@@ -21,7 +22,7 @@ export function registerRollback({ add }: CommandRegistrar): void {
       const { renderCutover } = await import('../../cutover/render.js');
       const open = await openForTransition(ctx, options);
       try {
-        const result = await runRollback(open.deps, { ...open.common, verifyRule: (rule) => open.verify(rule), ...(confirm ? { confirm } : {}) });
+        const result = await runRollback(open.deps, { ...open.common, drainMs: drainMs(options), verifyRule: (rule) => open.verify(rule), ...(confirm ? { confirm } : {}) });
         ctx.result(renderCutover(result, ctx.format));
         return result.refused ? ExitCode.refused : ExitCode.ok;
       } finally {
