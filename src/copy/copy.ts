@@ -1,5 +1,7 @@
 import pLimit from 'p-limit';
-import { RefusedError } from '../errors.js';
+import { hostname } from 'node:os';
+import { RefusedError, isMigrateError } from '../errors.js';
+import { LeaderLock } from '../dualrun/leader.js';
 import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
@@ -49,6 +51,8 @@ export interface CopyOptions {
   now: () => Date;
   toolVersion: string;
   onProgress?: (event: CopyProgressEvent) => void;
+  /** Takes the one-copy-at-a-time lock ({@link acquireCopyLock}); `migrate copy` passes it, the dual-run's re-baseline runs under its own. */
+  lock?: () => Promise<{ release(): Promise<void> }>;
 }
 
 export type CopyProgressEvent =
@@ -123,6 +127,35 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
   });
 }
 
+/**
+ * One `migrate copy` per migration at a time: two copies pinned at different
+ * revisions would each overwrite the other's newer values. The lock is the
+ * dual-run's kind (a session on `_migrate/<id>/copy-lock`, Behavior delete),
+ * so a copy killed on this host does not block `--resume`: its dead holder is
+ * cleared at once, and elsewhere the lock frees itself within 2× the TTL.
+ */
+export async function acquireCopyLock(target: TargetStore, config: MigrationConfig, signal: AbortSignal): Promise<{ release(): Promise<void> }> {
+  const key = `${statePaths(config.state.prefix, config.id).copy}-lock`;
+  const lock = new LeaderLock(target, key, `${hostname()}:${process.pid}`);
+  try {
+    await lock.acquire({ wait: false, signal });
+  } catch (err) {
+    if (!isMigrateError(err) || err.code !== 'dualrun_locked') throw err;
+    const entry = await target.readKey(key).catch(() => undefined);
+    let holder = 'unknown holder';
+    try {
+      holder = (JSON.parse(entry?.value.toString('utf8') ?? '{}') as { holder?: string }).holder ?? holder;
+    } catch {
+      // The lock is held whatever its value says.
+    }
+    throw new RefusedError('copy_locked', `Another copy of migration "${config.id}" is running (${holder}).`, {
+      hint: 'Wait for it to finish, or stop it; then run `migrate copy --resume`.',
+    });
+  }
+  lock.keepAlive(() => undefined);
+  return lock;
+}
+
 export async function runCopy(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; route: RouteFn }, options: CopyOptions): Promise<CopyResult> {
   const started = Date.now();
   const { config, source } = deps;
@@ -137,9 +170,19 @@ export async function runCopy(deps: { source: SourceReader; target: TargetStore;
   } else {
     await ensureMeta(target, paths, identity, options.toolVersion, options.now(), { acceptMappingChange: options.acceptMappingChange });
   }
+  // Taken once etcd answered and the identity holds, so a refused or unreachable run writes nothing.
+  const lock = options.dryRun ? undefined : await options.lock?.();
+  try {
+    return await copyPinned({ ...deps, target }, options, paths, status.revision, limits, started);
+  } finally {
+    await lock?.release();
+  }
+}
 
+async function copyPinned(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; route: RouteFn }, options: CopyOptions, paths: StatePaths, currentRevision: number, limits: TargetLimits, started: number): Promise<CopyResult> {
+  const { config, source, target } = deps;
   const previous = await readState<CopyState>(target, paths.copy);
-  let revision = status.revision;
+  let revision = currentRevision;
   let resumedFrom: number | undefined;
   let lowWaters: Record<string, { lowWater?: string; done?: boolean }> = {};
   if (options.resume && previous && !previous.completed) {

@@ -49,7 +49,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores } = await import('../stores.js');
-      const { runCopy, refuseWhileDualRunLeads } = await import('../../copy/copy.js');
+      const { runCopy, refuseWhileDualRunLeads, acquireCopyLock } = await import('../../copy/copy.js');
       const { routeForCopy } = await import('../../copy/route.js');
       const { renderCopy } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
@@ -80,6 +80,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
             concurrency: Math.max(1, positiveInt('--concurrency', options.concurrency, 8)),
             pageKeys: Math.max(1, positiveInt('--page-keys', options.pageKeys, 2000)),
             signal: ctx.signal,
+            lock: () => acquireCopyLock(target, loaded.config, ctx.signal),
             now: () => new Date(),
             toolVersion: TOOL_VERSION,
             onProgress: (event) => {
