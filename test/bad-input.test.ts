@@ -1,9 +1,11 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, type ConsulServer } from '../scripts/local-servers.js';
 import { parseConfig } from '../src/config/load.js';
 import { ConsulTarget } from '../src/stores/consul.js';
-import { configDir, consulIndex, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { configDir, consulIndex, privateConsul, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
 import { startDualRun } from './support/dualrun.js';
 
 /**
@@ -96,6 +98,33 @@ describe('bad input to the writing commands: message, exit code, nothing written
     }
     expect(await consulIndex(own.address)).toBe(before);
     expect(await ownTarget.listKeys(`${s.id}/`)).toEqual([]);
+  });
+
+  it('a second copy while one runs exits 4 naming the holder and writes nothing; the first completes', async () => {
+    const s = scenario('copylock');
+    for (let i = 0; i < 2000; i += 1000) {
+      const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${s.root}/app/${String(i + j).padStart(4, '0')}`).value('v'));
+      await etcd.if(`${s.root}/app/0000`, 'Mod', '>', -1).then(...puts).commit();
+    }
+    const first = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--rate', '1000'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...env() }, stdio: 'ignore' });
+    const firstExit = new Promise<number | null>((resolve) => first.on('exit', resolve));
+    try {
+      const lockKey = `_migrate/${s.id}/copy-lock`;
+      const deadline = Date.now() + 30_000;
+      while (!(await ownTarget.readKey(lockKey))?.session && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect((await ownTarget.readKey(lockKey))?.session, 'the first copy holds the lock').toBeTruthy();
+      const second = await runCli(['copy'], { cwd: s.dir, env: env() });
+      expect(second.code, second.stderr).toBe(4);
+      expect(second.stderr, second.stderr).toMatch(new RegExp(`error\\[copy_locked\\]: Another copy of migration "${s.id}" is running \\([^)]+:${first.pid}\\)`));
+      expect(second.stderr).toMatch(/--resume/);
+      // Refused before it read or wrote anything: no progress, no report.
+      expect(second.stderr).not.toMatch(/copying/);
+      expect(second.stdout).toBe('');
+    } finally {
+      expect(await firstExit).toBe(0);
+    }
+    expect(await ownTarget.listKeys(`${s.id}/app/`)).toHaveLength(2000);
+    expect(await ownTarget.readKey(`_migrate/${s.id}/copy-lock`)).toBeUndefined();
   });
 
   it('a second dualrun, or a copy, while a dual-run holds the leader lock exits 4 naming it and writes no data', async () => {
