@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConsulSessionError, ConsulTooLargeError, TxnFailedError, consulErrorFor, isRetryable, withRetries, ConsulResponseError } from './consul-http.js';
+import { ConsulSessionError, ConsulTooLargeError, TxnFailedError, consulErrorFor, isRetryable, withRetries, ConsulResponseError, ConsulUnreachableError } from './consul-http.js';
 
 const addr = 'http://127.0.0.1:8500';
 const err = (method: string, path: string, status: number, body: string) => consulErrorFor(addr, method, path, status, Buffer.from(body));
@@ -85,6 +85,19 @@ describe('retries', () => {
     ).rejects.toBe(failure);
     expect(calls).toBe(4);
     expect(delays).toEqual([1, 2, 4]);
+  });
+
+  it('rides out a leader election: an answering but busy Consul gets more tries than an unreachable one', async () => {
+    const count = async (failure: Error) => {
+      let calls = 0;
+      await expect(withRetries(async () => {
+        calls++;
+        throw failure;
+      }, { baseDelayMs: 1, maxDelayMs: 1 })).rejects.toBe(failure);
+      return calls;
+    };
+    expect(await count(err('PUT', '/v1/txn', 500, 'No cluster leader'))).toBe(10);
+    expect(await count(new ConsulUnreachableError('consul_unreachable', 'Consul at 127.0.0.1:8500 is unreachable (ECONNREFUSED).'))).toBe(6);
   });
 
   it('does not retry what retrying cannot fix', async () => {

@@ -249,7 +249,14 @@ export function isRetryable(err: unknown): boolean {
 }
 
 export interface RetryOptions {
+  /** Tries in all when Consul cannot be reached (default 6, about 1.5–3 s). */
   attempts?: number;
+  /**
+   * Tries in all when Consul answers 429 or 5xx: overloaded, or electing a
+   * leader (default 10, about 10–20 s, long enough for an election; with
+   * only `attempts` given, that number).
+   */
+  busyAttempts?: number;
   baseDelayMs?: number;
   maxDelayMs?: number;
   signal?: AbortSignal;
@@ -261,6 +268,7 @@ export interface RetryOptions {
 /** Runs `fn`, retrying retryable failures with exponential backoff and jitter. */
 export async function withRetries<T>(fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
   const attempts = options.attempts ?? 6;
+  const busyAttempts = options.busyAttempts ?? options.attempts ?? 10;
   const base = options.baseDelayMs ?? 100;
   const max = options.maxDelayMs ?? 5_000;
   const random = options.random ?? Math.random;
@@ -268,7 +276,7 @@ export async function withRetries<T>(fn: () => Promise<T>, options: RetryOptions
     try {
       return await fn();
     } catch (err) {
-      if (attempt >= attempts || !isRetryable(err) || options.signal?.aborted) throw err;
+      if (attempt >= (err instanceof ConsulResponseError ? busyAttempts : attempts) || !isRetryable(err) || options.signal?.aborted) throw err;
       const delay = Math.min(max, base * 2 ** (attempt - 1)) * (0.5 + random() / 2);
       options.onRetry?.(err, attempt, delay);
       await sleep(delay, options.signal);
