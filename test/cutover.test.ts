@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
 import { eventually, metric, startDualRun, waitCaughtUp, type DualRunProcess } from './support/dualrun.js';
 import { createKvClient, type PauseEvent, type SwitchEvent } from '../src/client/index.js';
+import { Terminal } from './support/terminal.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
@@ -328,6 +329,47 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(await dr.stop()).toBe(0);
     }
   }, 120_000);
+
+  it('on a terminal, cutover asks for the rule name: a wrong answer refuses and changes nothing, the right one cuts over (with a Consul snapshot)', async () => {
+    const s = scenario('tty');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const before = await snapshot(s);
+      const wrong = new Terminal(['cutover', '--rule', 'app', '--drain', '200ms'], { cwd: s.dir, env: serverEnv() });
+      try {
+        await wrong.until('the prompt', (screen) => screen.includes('Type the rule name to cutover (app):'));
+        wrong.send('other', 'Enter');
+        const refused = await wrong.exit();
+        expect(refused.code, refused.screen).toBe(4);
+        expect(refused.screen).toContain('nothing was changed');
+      } finally {
+        wrong.close();
+      }
+      expect(await snapshot(s)).toBe(before);
+      expect((await phases(s)).app.owner).toBe('etcd');
+
+      const right = new Terminal(['cutover', '--rule', 'app', '--drain', '200ms', '--snapshot', 'before-app.snap'], { cwd: s.dir, env: serverEnv() });
+      try {
+        await right.until('the prompt', (screen) => screen.includes('Type the rule name to cutover (app):'));
+        right.send('app', 'Enter');
+        const done = await right.exit();
+        expect(done.code, done.screen).toBe(0);
+      } finally {
+        right.close();
+      }
+      expect((await phases(s)).app).toMatchObject({ phase: 'cutover', owner: 'consul' });
+      // The snapshot is Consul's own archive (gzip), recorded as evidence.
+      const snap = readFileSync(join(s.dir, 'before-app.snap'));
+      expect(snap.subarray(0, 2).toString('hex')).toBe('1f8b');
+      const doc = JSON.parse((await target.readKey(`_migrate/${s.id}/rules/app`))!.value.toString());
+      expect(doc.history.at(-1).evidence.snapshotFile).toBe('before-app.snap');
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

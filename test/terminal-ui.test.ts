@@ -1,8 +1,7 @@
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { configDir, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
+import { configDir, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { Terminal } from './support/terminal.js';
 
 /**
  * Long commands on a real pseudo-terminal (tmux): the live ink view with a bar
@@ -13,28 +12,13 @@ const etcd = rawEtcd();
 const id = `tui-${randomBytes(3).toString('hex')}`;
 const root = `/${id}`;
 const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: orders, from: ${root}/orders/, to: ${id}/orders/ }\n  - { name: users, from: ${root}/users/, to: ${id}/users/ }\n`);
-const socket = `migrate-tui-${process.pid}`;
-
-function tmux(...args: string[]): string {
-  return execFileSync('tmux', ['-L', socket, ...args], { encoding: 'utf8' });
-}
-
-/** Runs `migrate <args>` in a 120×30 tmux pane and returns the screen once it has exited. */
+/** Runs `migrate <args>` in a 120×30 pseudo-terminal and returns the screen once it has exited. */
 async function onTerminal(args: string[]): Promise<{ screen: string; code: number }> {
-  const session = `s${randomBytes(3).toString('hex')}`;
-  const env = Object.entries({ ...serverEnv(), TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
-  const command = ['env', '-u', 'CI', ...env, process.execPath, join(repoRoot, 'bin', 'migrate.js'), ...args].map((w) => `'${w}'`).join(' ');
-  tmux('new-session', '-d', '-s', session, '-x', '120', '-y', '30', '-c', dir, `${command}; echo "__EXIT $?"; sleep 60`);
+  const terminal = new Terminal(args, { cwd: dir, env: serverEnv() });
   try {
-    for (let i = 0; i < 600; i++) {
-      const screen = tmux('capture-pane', '-p', '-t', session);
-      const exit = /__EXIT (\d+)/.exec(screen);
-      if (exit) return { screen, code: Number(exit[1]) };
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    throw new Error(`migrate ${args.join(' ')} did not finish on the terminal:\n${tmux('capture-pane', '-p', '-t', session)}`);
+    return await terminal.exit();
   } finally {
-    tmux('kill-session', '-t', session);
+    terminal.close();
   }
 }
 
@@ -48,14 +32,7 @@ beforeAll(async () => {
   }
 });
 
-afterAll(() => {
-  etcd.close();
-  try {
-    execFileSync('tmux', ['-L', socket, 'kill-server'], { stdio: 'ignore' });
-  } catch {
-    // no tmux server left to stop
-  }
-});
+afterAll(() => etcd.close());
 
 describe('live progress (real servers, real pseudo-terminal)', () => {
   it('copy and verify draw the ink view with a bar per rule on a terminal', async () => {
