@@ -71,9 +71,17 @@ async function snapshot(s: Scenario): Promise<string> {
 }
 
 describe('cutover, rollback, finalize and status (real servers)', () => {
-  it('a whole migration through the CLI: copy → dualrun → verify → cutover → reverse mirror → rollback → cutover → finalize', async () => {
+  it('a whole migration through the CLI: audit → plan → copy --dry-run → copy → dualrun → verify → cutover → reverse mirror → rollback → cutover → finalize', async () => {
     const s = scenario('flow');
     await seed(s);
+    const audit = await s.cli(['audit', '--prefix', `${s.root}/`, '--format', 'json', '--progress', 'none']);
+    expect(audit.code, audit.stderr).toBe(0);
+    expect(JSON.parse(audit.stdout)).toMatchObject({ command: 'audit', mode: 'mapping' });
+    const plan = await s.cli(['plan', '--prefix', `${s.root}/`, '--format', 'json', '--progress', 'none']);
+    expect(plan.code, plan.stderr).toBe(0);
+    expect(JSON.parse(plan.stdout).totals).toMatchObject({ copyKeys: 6, keptKeys: 1 });
+    const dry = await s.cli(['copy', '--dry-run', '--format', 'json']);
+    expect(dry.code, dry.stderr).toBe(0);
     expect((await phases(s)).app).toMatchObject({ phase: 'planned', owner: 'etcd', next: 'migrate copy' });
     expect((await phases(s)).k8s).toMatchObject({ phase: null, owner: 'etcd' });
     expect((await s.cli(['copy'])).code).toBe(0);
