@@ -305,7 +305,8 @@ describe('createKvClient', () => {
       const problem = new Promise<{ source: string; error: Error }>((resolve) => client.once('problem', resolve));
       await own.stop();
       stopped = true;
-      expect(await problem).toMatchObject({ source: 'phase', error: { code: 'consul_unreachable' } });
+      // An agent shutting down may answer 500 for a moment before its port closes.
+      expect(await problem).toMatchObject({ source: 'phase', error: { code: expect.stringMatching(/^consul_(unreachable|unavailable)$/) } });
       await client.put(`${m.from}k`, 'still-works');
       expect(await client.getString(`${m.from}k`)).toBe('still-works');
       expect(client.stats().rules.app).toMatchObject({ owner: 'etcd', following: 'retrying', error: undefined });
