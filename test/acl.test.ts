@@ -222,7 +222,11 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       }
     }
     const limit = pLimit(3);
-    const results = await Promise.all(runs.map((run) => limit(async () => ({ run, result: await runCli(run.args, { cwd: dir, env: run.env }) }))));
+    // One copy at a time: a second copy of the migration is refused while one holds the copy lock (copy_locked).
+    const oneCopy = pLimit(1);
+    const isCopy = (args: string[]) => args[0] === 'copy' && !args.includes('--dry-run');
+    const exec = (run: (typeof runs)[number]) => runCli(run.args, { cwd: dir, env: run.env });
+    const results = await Promise.all(runs.map((run) => limit(async () => ({ run, result: isCopy(run.args) ? await oneCopy(() => exec(run)) : await exec(run) }))));
     try {
       for (const { run, result } of results) {
         const output = result.stdout + result.stderr;
