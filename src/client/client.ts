@@ -7,8 +7,9 @@ import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
 import { ConsulAppKv, EtcdAppKv } from '../stores/app-kv.js';
-import { ConsulTarget, kvPath } from '../stores/consul.js';
-import { sleep, withRetries, type ConsulConnection, type ConsulResponse } from '../stores/consul-http.js';
+import { ConsulTarget } from '../stores/consul.js';
+import { ConsulBlockingReader } from '../stores/consul-blocking.js';
+import { sleep, withRetries, type ConsulConnection } from '../stores/consul-http.js';
 import { EtcdSource, type EtcdConnection } from '../stores/etcd.js';
 import { routeClientKey, toKeyBytes, type ClientKeyRoute, type KvKey } from './keys.js';
 import { checkClientNumbers } from './options.js';
@@ -213,6 +214,8 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   private readonly counters = { get: 0, put: 0, delete: 0, failed: 0, etcd: 0, consul: 0, switches: 0, watchErrors: 0 };
   private readonly shadowStats: ShadowStats;
   private readonly waitSeconds: number;
+  /** Phase documents and Consul watches: the tool's one blocking-query reader. */
+  private readonly blocking: ConsulBlockingReader;
   readonly watchDrainMs: number;
   private readonly pauseTimeoutMs: number;
   private closed = false;
@@ -228,7 +231,8 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     this.watchDrainMs = options.watchDrainMs ?? 1_000;
     this.pauseTimeoutMs = options.writePauseTimeoutMs ?? 30_000;
     this.etcd = new EtcdAppKv(source);
-    this.consul = new ConsulAppKv(target, this.waitSeconds);
+    this.blocking = new ConsulBlockingReader(target.http, this.waitSeconds);
+    this.consul = new ConsulAppKv(target, this.blocking);
     const shadow = options.shadowReads === true ? {} : options.shadowReads || undefined;
     this.shadow = shadow ? { ...DEFAULT_SHADOW, ...definedOnly(shadow), random: shadow.random ?? Math.random } : undefined;
     this.recent = new RecentWrites(this.shadow?.writeWindowMs ?? DEFAULT_SHADOW.writeWindowMs);
@@ -513,21 +517,10 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   // ---- following the phase documents ----
 
   private async readPhase(rt: RuleRuntime, index: number | undefined): Promise<{ value: Buffer | undefined; modifyIndex: number; index: number }> {
-    const response: ConsulResponse = await this.target.http.request({
-      method: 'GET',
-      path: kvPath(rt.phaseKey),
-      query: index === undefined ? {} : { index, wait: `${this.waitSeconds}s` },
-      accept: [404],
-      signal: this.closing.signal,
-      timeoutMs: index === undefined ? undefined : (this.waitSeconds + 15) * 1000,
-    });
-    const answered = Number(response.headers['x-consul-index'] ?? 0);
-    const next = !Number.isFinite(answered) || answered < 1 ? 1 : answered;
-    if (response.status === 404) return { value: undefined, modifyIndex: 0, index: next };
-    const [entry] = JSON.parse(response.body.toString('utf8')) as { Value: string | null; ModifyIndex: number }[];
-    if (!entry) return { value: undefined, modifyIndex: 0, index: next };
-    return { value: entry.Value ? Buffer.from(entry.Value, 'base64') : Buffer.alloc(0), modifyIndex: entry.ModifyIndex, index: next };
+    const answer = await this.blocking.readKey(rt.phaseKey, index ?? 0, this.closing.signal);
+    return { value: answer.entry?.value, modifyIndex: answer.entry?.modifyIndex ?? 0, index: answer.index };
   }
+
 
   /** A blocking query on the rule's phase document, for as long as the client is open. */
   private async follow(rt: RuleRuntime, startIndex: number): Promise<void> {

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { prefixRange, type EtcdSource } from '../stores/etcd.js';
-import { toEntry, type ConsulTarget, type WireEntry } from '../stores/consul.js';
+import type { ConsulTarget } from '../stores/consul.js';
+import { ConsulBlockingReader } from '../stores/consul-blocking.js';
 import { sleep } from '../stores/consul-http.js';
 import { InterruptedError, ServerError } from '../errors.js';
 
@@ -154,32 +155,21 @@ export async function probeLatency(source: EtcdSource, target: ConsulTarget, opt
 
   const consulWaiters = new Waiters();
   let consulFailure: Error | undefined;
+  const blocking = new ConsulBlockingReader(target.http, options.waitSeconds);
   const consulLoop = (async () => {
     let index = 0;
     let last = '';
     let primed = false;
     while (!stop.signal.aborted) {
-      let response;
+      let entries;
       try {
-        response = await target.http.request({
-          method: 'GET',
-          path: `/v1/kv/${consulFolder}`,
-          query: { recurse: true, index: index || undefined, wait: `${options.waitSeconds}s` },
-          accept: [404],
-          signal: stop.signal,
-          timeoutMs: options.waitSeconds * 1000 + 15_000,
-        });
+        ({ entries, index } = await blocking.readPrefix(consulFolder, index, stop.signal));
       } catch (err) {
         if (stop.signal.aborted) return;
         consulFailure = err as Error;
         return;
       }
       const at = performance.now();
-      const next = Number(response.headers['x-consul-index'] ?? 0);
-      // Consul's index can go backwards (a snapshot restore, a new leader): start over, as its docs say.
-      index = next < index ? 0 : next;
-      if (response.status !== 200) continue;
-      const entries = (JSON.parse(response.body.toString('utf8')) as WireEntry[]).map(toEntry);
       const value = entries.find((e) => e.key === consulKey)?.value.toString('utf8') ?? '';
       if (value === last) {
         // The first answer (no index yet) is the starting state, not a wake-up.

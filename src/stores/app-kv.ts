@@ -1,5 +1,6 @@
 import { ServerError } from '../errors.js';
-import { kvPath, type ConsulTarget } from './consul.js';
+import type { ConsulTarget } from './consul.js';
+import type { BlockingReader } from './consul-blocking.js';
 import { ConsulResponseError, isRetryable, sleep } from './consul-http.js';
 import { prefixRange, SourceCompactedError, type EtcdSource } from './etcd.js';
 
@@ -114,16 +115,10 @@ export class EtcdAppKv implements AppKv<Buffer> {
   }
 }
 
-interface WireEntry {
-  Key: string;
-  Value: string | null;
-  ModifyIndex: number;
-}
-
 /** Consul through the tool's {@link ConsulTarget} (its one HTTP path, retries and typed errors). */
 export class ConsulAppKv implements AppKv<string> {
   readonly store = 'consul';
-  constructor(private readonly target: ConsulTarget, private readonly waitSeconds = 30) {}
+  constructor(private readonly target: ConsulTarget, private readonly blocking: BlockingReader) {}
 
   async get(key: string): Promise<Buffer | undefined> {
     return (await this.target.readKey(key))?.value;
@@ -149,17 +144,9 @@ export class ConsulAppKv implements AppKv<string> {
     let index = 0;
     let delay = RETRY_MIN_MS;
     while (!signal.aborted) {
-      let response;
+      let answer;
       try {
-        response = await this.target.http.request({
-          method: 'GET',
-          path: kvPath(prefix),
-          query: { recurse: true, index: known ? index : undefined, wait: known ? `${this.waitSeconds}s` : undefined },
-          accept: [404],
-          signal,
-          // Consul adds up to wait/16 of jitter to a blocking query.
-          timeoutMs: (this.waitSeconds + 15) * 1000,
-        });
+        answer = await this.blocking.readPrefix(prefix, known ? index : 0, signal);
       } catch (err) {
         if (signal.aborted) return;
         options.onError?.(err as Error);
@@ -169,17 +156,12 @@ export class ConsulAppKv implements AppKv<string> {
         continue;
       }
       delay = RETRY_MIN_MS;
-      const answered = Number(response.headers['x-consul-index'] ?? 0);
-      // Consul's rules for blocking indexes: never 0, and start over when it goes backwards.
-      index = !Number.isFinite(answered) || answered < 1 ? 1 : answered < index ? 0 : answered;
-      const entries = response.status === 404 ? [] : (JSON.parse(response.body.toString('utf8')) as WireEntry[]);
+      index = answer.index;
       const current = new Map<string, number>();
       const changes: AppKvChange<string>[] = [];
-      for (const entry of entries) {
-        current.set(entry.Key, entry.ModifyIndex);
-        if (known && known.get(entry.Key) !== entry.ModifyIndex) {
-          changes.push({ type: 'put', key: entry.Key, value: entry.Value ? Buffer.from(entry.Value, 'base64') : Buffer.alloc(0) });
-        }
+      for (const entry of answer.entries) {
+        current.set(entry.key, entry.modifyIndex);
+        if (known && known.get(entry.key) !== entry.modifyIndex) changes.push({ type: 'put', key: entry.key, value: entry.value });
       }
       if (known) {
         for (const key of known.keys()) if (!current.has(key)) changes.push({ type: 'delete', key });

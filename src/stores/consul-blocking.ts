@@ -7,7 +7,8 @@ import type { TargetEntry, TargetStore } from './types.js';
  * Consul blocking queries (`?index=N&wait=…`): the answer comes when the data
  * under the key or prefix changes past index N, or when the wait ends. The
  * dual-run follows the `owners` document and, after a cutover, each rule's
- * prefix this way.
+ * prefix this way; the Node client its phase documents and Consul watches;
+ * `probe-latency` its scratch folder. Index 0 asks for the current state.
  */
 export interface BlockingReader {
   readKey(key: string, index: number, signal: AbortSignal): Promise<{ entry: TargetEntry | undefined; index: number }>;
