@@ -7,23 +7,14 @@ import { checkParity } from './support/parity.js';
 import { FaultProxy, startChaos, type ChaosLog } from './support/fault-proxy.js';
 import { configDir, consulTarget, rawEtcd, repoRoot, runCli, serverEnv, servers } from './support/harness.js';
 import { startDualRun, waitCaughtUp } from './support/dualrun.js';
+import { prng } from '../fixtures/demo/keyspace.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
 let etcdProxy: { proxy: FaultProxy; url: string };
 let consulProxy: { proxy: FaultProxy; url: string };
 
-/** A seeded generator (mulberry32), so a failing run can be replayed with FAULT_SEED. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Faults are drawn from a seeded generator, so a failing run can be replayed with FAULT_SEED.
 const seed = process.env.FAULT_SEED ? Number(process.env.FAULT_SEED) : randomInt(2 ** 31);
 
 beforeAll(async () => {
@@ -78,7 +69,7 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
     const leaseId = await lease.grant();
     for (let i = 0; i < 10; i++) await etcd.put(`${s.root}/services/s${i}`).value(`svc-${i}`).lease(leaseId);
 
-    const chaos = startChaos({ etcd: etcdProxy.proxy, consul: consulProxy.proxy }, { everyMs: 250, blackholeMs: 600, delayMs: 150, random: seeded(seed) });
+    const chaos = startChaos({ etcd: etcdProxy.proxy, consul: consulProxy.proxy }, { everyMs: 250, blackholeMs: 600, delayMs: 150, random: prng(seed) });
     const runs: (number | null)[] = [];
     const failures: string[] = [];
     try {
@@ -113,7 +104,7 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
     const copy = await runCli(['copy'], { cwd: s.dir, env: serverEnv() });
     expect(copy.code, copy.stderr).toBe(0);
     const dualrun = await startDualRun(s.dir, [], proxiedEnv());
-    const random = seeded(seed + 1);
+    const random = prng(seed + 1);
     const chaos = startChaos({ etcd: etcdProxy.proxy, consul: consulProxy.proxy }, { everyMs: 300, blackholeMs: 700, delayMs: 200, random });
     let writes = 0;
     const until = Date.now() + 8_000;

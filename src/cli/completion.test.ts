@@ -3,21 +3,11 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { Io } from './context.js';
 import { describeProgram, renderBashCompletion } from './completion.js';
 import { createProgram, main } from './main.js';
+import { captureIo } from '../../test/support/capture-io.js';
 
-function io(): Io & { out: string; err: string } {
-  const captured = { out: '', err: '' };
-  return Object.assign(captured, {
-    stdout: { write: (s: string) => (captured.out += s) },
-    stderr: { write: (s: string) => (captured.err += s) },
-    env: {},
-    cwd: '/nonexistent-dir-for-tests',
-    stdinIsTTY: false,
-    stderrIsTTY: false,
-  });
-}
+const io = captureIo;
 
 async function script(shell: string): Promise<string> {
   const t = io();

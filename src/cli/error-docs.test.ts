@@ -9,8 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { errorDocs, RefusedError } from '../errors.js';
 import { renderVerifyError } from '../verify/render.js';
-import type { Io } from './context.js';
 import { main } from './main.js';
+import { captureIo } from '../../test/support/capture-io.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const readme = readFileSync(join(root, 'README.md'), 'utf8');
@@ -46,17 +46,7 @@ function troubleshooting(): string {
   return readme.slice(start, end < 0 ? undefined : end);
 }
 
-function io(env: Record<string, string> = {}): Io & { out: string; err: string } {
-  const captured = { out: '', err: '' };
-  return Object.assign(captured, {
-    stdout: { write: (s: string) => (captured.out += s) },
-    stderr: { write: (s: string) => (captured.err += s) },
-    env,
-    cwd: '/nonexistent-dir-for-tests',
-    stdinIsTTY: false,
-    stderrIsTTY: false,
-  });
-}
+const io = captureIo;
 
 describe('error codes and their docs', () => {
   const codes = sourceErrorCodes();

@@ -9,8 +9,8 @@ import { parseAllDocuments } from 'yaml';
 import { resolveConnections } from '../config/connections.js';
 import { loadConfig } from '../config/load.js';
 import { DualRunMetrics } from '../dualrun/metrics.js';
-import type { Io } from './context.js';
 import { createProgram } from './main.js';
+import { captureIo } from '../../test/support/capture-io.js';
 
 /**
  * deploy/kubernetes must run the tool as it is: every manifest is parsed, and
@@ -39,13 +39,10 @@ function only(kind: string, name?: string): Obj {
   return found[0]!.doc;
 }
 
-function silentIo(): Io {
-  return { stdout: { write: () => true }, stderr: { write: () => true }, env: {}, cwd: '/nonexistent-dir-for-tests', stdinIsTTY: false, stderrIsTTY: false };
-}
 
 /** Parses argv with the real program, every action replaced: throws what the CLI would refuse. */
 async function parseOnly(argv: string[]): Promise<Command> {
-  const { program } = createProgram(silentIo());
+  const { program } = createProgram(captureIo());
   let ran: Command | undefined;
   for (const command of program.commands) command.action(() => void (ran = command));
   await program.parseAsync(argv, { from: 'user' });

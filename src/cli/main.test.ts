@@ -1,18 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { main } from './main.js';
-import type { Io } from './context.js';
+import { captureIo } from '../../test/support/capture-io.js';
 
-function io(env: Record<string, string> = {}): Io & { out: string; err: string } {
-  const captured = { out: '', err: '' };
-  return Object.assign(captured, {
-    stdout: { write: (s: string) => (captured.out += s) },
-    stderr: { write: (s: string) => (captured.err += s) },
-    env,
-    cwd: '/nonexistent-dir-for-tests',
-    stdinIsTTY: false,
-    stderrIsTTY: false,
-  });
-}
+const io = captureIo;
 
 describe('CLI contract (in-process)', () => {
   it('--version prints the package version', async () => {

@@ -1,20 +1,10 @@
 import type { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
-import type { Io } from './context.js';
 import { createProgram, main } from './main.js';
 import { COMMAND_STAGES, STAGE_HEADINGS } from './stages.js';
+import { captureIo } from '../../test/support/capture-io.js';
 
-function io(): Io & { out: string; err: string } {
-  const captured = { out: '', err: '' };
-  return Object.assign(captured, {
-    stdout: { write: (s: string) => (captured.out += s) },
-    stderr: { write: (s: string) => (captured.err += s) },
-    env: {},
-    cwd: '/nonexistent-dir-for-tests',
-    stdinIsTTY: false,
-    stderrIsTTY: false,
-  });
-}
+const io = captureIo;
 
 /** Parses argv with the real program, every action replaced: throws what the CLI would refuse. */
 async function parseOnly(argv: string[]): Promise<Command> {
