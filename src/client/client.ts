@@ -213,7 +213,6 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   private readonly followers: Promise<void>[] = [];
   private readonly counters = { get: 0, put: 0, delete: 0, failed: 0, etcd: 0, consul: 0, switches: 0, watchErrors: 0 };
   private readonly shadowStats: ShadowStats;
-  private readonly waitSeconds: number;
   /** Phase documents and Consul watches: the tool's one blocking-query reader. */
   private readonly blocking: ConsulBlockingReader;
   readonly watchDrainMs: number;
@@ -227,11 +226,10 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     setMaxListeners(0, this.closing.signal);
     this.mapping = loaded.mapping;
     this.clientRules = new Set(rules);
-    this.waitSeconds = options.blockingWaitSeconds ?? 30;
     this.watchDrainMs = options.watchDrainMs ?? 1_000;
     this.pauseTimeoutMs = options.writePauseTimeoutMs ?? 30_000;
     this.etcd = new EtcdAppKv(source);
-    this.blocking = new ConsulBlockingReader(target.http, this.waitSeconds);
+    this.blocking = new ConsulBlockingReader(target.http, options.blockingWaitSeconds ?? 30);
     this.consul = new ConsulAppKv(target, this.blocking);
     const shadow = options.shadowReads === true ? {} : options.shadowReads || undefined;
     this.shadow = shadow ? { ...DEFAULT_SHADOW, ...definedOnly(shadow), random: shadow.random ?? Math.random } : undefined;

@@ -136,7 +136,7 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
  */
 export async function acquireCopyLock(target: TargetStore, config: MigrationConfig, signal: AbortSignal): Promise<{ release(): Promise<void> }> {
   const key = `${statePaths(config.state.prefix, config.id).copy}-lock`;
-  const lock = new LeaderLock(target, key, `${hostname()}:${process.pid}`);
+  const lock = new LeaderLock(target, key, `${hostname()}:${process.pid}`, 'copy lock');
   try {
     await lock.acquire({ wait: false, signal });
   } catch (err) {

@@ -24,12 +24,18 @@ export class LeaderLock {
   private timer: NodeJS.Timeout | undefined;
   private lost = false;
 
-  constructor(private readonly target: TargetStore, private readonly key: string, private readonly holder: string) {}
+  constructor(
+    private readonly target: TargetStore,
+    private readonly key: string,
+    private readonly holder: string,
+    /** What the lock is, in its Consul session's name. */
+    private readonly purpose = 'dual-run leader',
+  ) {}
 
   /** Takes the lock; with `wait`, keeps trying (standby) until it is free or `signal` aborts. */
   async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: () => void }): Promise<boolean> {
     for (let announced = false; ; ) {
-      this.session ??= await this.target.createSession({ name: `migrate dual-run leader (${this.holder})`, ttlSeconds: LEADER_TTL_SECONDS });
+      this.session ??= await this.target.createSession({ name: `migrate ${this.purpose} (${this.holder})`, ttlSeconds: LEADER_TTL_SECONDS });
       const body = Buffer.from(JSON.stringify({ schemaVersion: 1, holder: this.holder, since: new Date().toISOString() }));
       let acquired = false;
       try {
