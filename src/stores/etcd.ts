@@ -21,10 +21,16 @@ export interface EtcdConnection {
   timeoutMs?: number;
 }
 
-/** The watch start revision has been compacted away; carries the oldest revision still available. */
+/**
+ * A revision that was asked for has been compacted away: the start of a watch
+ * (etcd then says the oldest revision still available) or a read pinned at a
+ * revision etcd compacted meanwhile (etcd does not say how far; 0).
+ */
 export class SourceCompactedError extends MigrateError {
   constructor(readonly compactRevision: number, readonly requestedRevision: number) {
-    super('etcd_compacted', 3, `etcd has compacted its history past revision ${requestedRevision} (oldest available: ${compactRevision}).`, {
+    super('etcd_compacted', 3, compactRevision > 0
+      ? `etcd has compacted its history past revision ${requestedRevision} (oldest available: ${compactRevision}).`
+      : `etcd has compacted revision ${requestedRevision}, which was being read (auto-compaction, or someone ran \`etcdctl compact\`).`, {
       hint: 'The dual-run re-baselines from the current revision; a copy resumes at a new pinned revision.',
       details: { compactRevision, requestedRevision },
     });
@@ -109,7 +115,7 @@ export class EtcdSource implements SourceReader {
       try {
         response = await this.call(`read ${describeRange(range)}`, () =>
           this.client.kv.range({ key: start, range_end: end, limit: pageKeys, revision, keys_only: options.keysOnly ?? false }),
-        );
+        revision);
       } catch (err) {
         // A page of very large values over the receive limit: retry the same position with fewer keys.
         if (pageKeys > 1 && /RESOURCE_EXHAUSTED|larger than max/i.test(String((err as Error).message))) {
@@ -137,7 +143,7 @@ export class EtcdSource implements SourceReader {
 
   async count(range: KeyRange, revision = 0): Promise<number> {
     const end = range.end.length === 0 ? Buffer.from([0]) : range.end;
-    const response = await this.call(`count ${describeRange(range)}`, () => this.client.kv.range({ key: range.start, range_end: end, revision, count_only: true }));
+    const response = await this.call(`count ${describeRange(range)}`, () => this.client.kv.range({ key: range.start, range_end: end, revision, count_only: true }), revision);
     return Number(response.count);
   }
 
@@ -158,7 +164,7 @@ export class EtcdSource implements SourceReader {
   }
 
   /** Runs one etcd call, turning the client's errors into the tool's typed errors. */
-  private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  private async call<T>(what: string, fn: () => Promise<T>, revision = 0): Promise<T> {
     // etcd3 sends each call to a random endpoint and, with its fault handling off, does not
     // fail over: one dead member of a cluster would fail a third of the calls. Try the others.
     const attempts = this.endpointCount > 1 ? this.endpointCount * 2 : 1;
@@ -166,13 +172,13 @@ export class EtcdSource implements SourceReader {
       try {
         return await fn();
       } catch (err) {
-        const error = this.toError(err, what);
+        const error = this.toError(err, what, revision);
         if (attempt >= attempts || !(error instanceof MigrateError && error.code === 'etcd_unreachable')) throw error;
       }
     }
   }
 
-  toError(err: unknown, what: string): Error {
+  toError(err: unknown, what: string, revision = 0): Error {
     if (err instanceof MigrateError) return err;
     const message = String((err as Error)?.message ?? err);
     if (err instanceof EtcdAuthenticationFailedError || /authentication failed|invalid user ID or password/i.test(message)) {
@@ -190,7 +196,7 @@ export class EtcdSource implements SourceReader {
       });
     }
     if (/required revision has been compacted/i.test(message)) {
-      return new SourceCompactedError(0, 0);
+      return new SourceCompactedError(0, revision);
     }
     if (/certificate|SSL|TLS|handshake/i.test(message)) {
       return new ServerError('etcd_tls_failed', `TLS with etcd at ${this.endpoints} failed: ${message}.`, {

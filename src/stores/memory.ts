@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { TxnFailedError } from './consul-http.js';
+import { SourceCompactedError } from './etcd.js';
 import { ValueTooLargeError, compareKeys } from './consul.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, type TargetLimits } from './txn-batcher.js';
 import type {
@@ -33,6 +34,8 @@ function inRange(key: Buffer, range: KeyRange): boolean {
 export class MemorySource implements SourceReader {
   private history: { revision: number; events: SourceEvent[] }[] = [];
   private revision = 1;
+  /** Revisions below this have been compacted away (reads pinned there fail as on etcd). */
+  private compacted = 0;
   private leases = new Map<string, { ttl: number; granted: number }>();
   private nextLease = 1000;
   readonly clusterId: string;
@@ -70,6 +73,15 @@ export class MemorySource implements SourceReader {
 
   delete(key: string | Buffer): number {
     return this.write([{ key, delete: true }]);
+  }
+
+  /** Compacts history below `revision`, as `etcdctl compact` does (the snapshot reads keep working from it on). */
+  compact(revision = this.revision): void {
+    this.compacted = revision;
+  }
+
+  private checkCompacted(revision: number): void {
+    if (revision < this.compacted) throw new SourceCompactedError(0, revision);
   }
 
   grantLease(ttl: number): string {
@@ -113,6 +125,7 @@ export class MemorySource implements SourceReader {
 
   async *readPages(range: KeyRange, options: ReadPagesOptions = {}): AsyncIterable<SourcePage> {
     const revision = options.revision ?? this.revision;
+    this.checkCompacted(revision);
     const pageKeys = options.pageKeys ?? 1000;
     const entries = this.snapshot(revision).filter((e) => inRange(e.key, range));
     for (let i = 0; i < entries.length; i += pageKeys) {
@@ -122,6 +135,7 @@ export class MemorySource implements SourceReader {
   }
 
   async count(range: KeyRange, revision?: number): Promise<number> {
+    this.checkCompacted(revision ?? this.revision);
     return this.snapshot(revision ?? this.revision).filter((e) => inRange(e.key, range)).length;
   }
 
@@ -136,6 +150,7 @@ export class MemorySource implements SourceReader {
   }
 
   async watch(range: KeyRange, fromRevision: number): Promise<SourceWatch> {
+    if (fromRevision < this.compacted) throw new SourceCompactedError(this.compacted, fromRevision);
     const messages: WatchMessage[] = [];
     for (const { revision, events } of this.history) {
       if (revision < fromRevision) continue;

@@ -146,6 +146,39 @@ describe('runVerify on in-memory stores', () => {
     }
   });
 
+  it('etcd compacting the cut while verify reads it: the round starts again at a fresh revision, with a warning; compacted every time, it fails with etcd_compacted', async () => {
+    const w = world();
+    seedParity(w);
+    w.checkpoint(await w.source.status().then((s) => s.revision), 'copy', new Date('2025-03-01T11:00:00Z'));
+    const read = w.source.readPages.bind(w.source);
+    let compactions = 0;
+    // The first page read of a revision compacts it away (an application writes, then auto-compaction runs).
+    const compactingReads = (times: number) => (w.source.readPages = async function* (range, opts) {
+      if (compactions < times && opts?.revision === (await w.source.status()).revision) {
+        compactions++;
+        w.source.put('/other/tick', String(compactions));
+        w.source.compact();
+      }
+      yield* read(range, opts);
+    });
+    compactingReads(1);
+    const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options());
+    expect(compactions).toBe(1);
+    expect(result.clean).toBe(true);
+    expect(result.cut.revision).toBe(await w.source.status().then((s) => s.revision));
+    expect(result.warnings.some((m) => /etcd compacted revision \d+ while verify read it; round 1 starts again/.test(m))).toBe(true);
+    expect(result.rules.find((r) => r.name === 'app')).toMatchObject({ compared: 2, differences: 0 });
+
+    compactions = 0;
+    compactingReads(Infinity);
+    const before = JSON.stringify([...w.target.entries]);
+    const failed = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options()).catch((err: unknown) => err);
+    expect(failed).toMatchObject({ code: 'etcd_compacted', exitCode: 3 });
+    expect(String((failed as Error).message)).toMatch(/etcd has compacted revision \d+, which was being read/);
+    expect(compactions).toBe(3);
+    expect(JSON.stringify([...w.target.entries])).toBe(before);
+  });
+
   it('waits for a running dual-run\'s checkpoint to reach the etcd revision (checkpoint cut)', async () => {
     const w = world();
     seedParity(w);

@@ -10,7 +10,7 @@ import { formatKey } from '../report/keys.js';
 import type { SessionRecord } from '../sessions/lease-sessions.js';
 import { checkIdentity, mappingHash, parseStateDocument, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { ConsulResponseError, TxnFailedError, sleep as defaultSleep } from '../stores/consul-http.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { prefixEnd, SourceCompactedError } from '../stores/etcd.js';
 import { readAhead } from '../stores/read-ahead.js';
 import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import {
@@ -66,6 +66,8 @@ import { ownerAt, ownersKey, tripsKey, type OwnersDoc, type RuleOwner, type Trip
 
 /** Differences kept for re-checks and the report; more are counted (as persistent) without being re-checked or listed. */
 export const RECHECK_LIMIT = 100_000;
+/** Cuts taken for one round when etcd compacts each while it is read (auto-compaction with a short retention). */
+const COMPACTED_CUT_ATTEMPTS = 3;
 /** etcd pages whose Consul values are read at the same time (each page's reads run in txn chunks). */
 const PAGES_IN_FLIGHT = 2;
 /** Consul keys per re-check read, and etcd point reads in flight. */
@@ -254,8 +256,8 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   if (copyState && !copyState.completed) warn(`the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
 
   const cutter = new CutTaker(source, target, paths, options, sleep);
-  const cut = await cutter.take();
-  if (cut.reason === 'dualrun-stopped') warn(`the dual-run's checkpoint (revision ${cut.checkpoint}) has not moved for more than ${(2 * DUALRUN_HEARTBEAT_MS) / 1000} s: treated as stopped, so every change since it counts as drift`);
+  const firstCut = await cutter.take();
+  if (firstCut.reason === 'dualrun-stopped') warn(`the dual-run's checkpoint (revision ${firstCut.checkpoint}) has not moved for more than ${(2 * DUALRUN_HEARTBEAT_MS) / 1000} s: treated as stopped, so every change since it counts as drift`);
 
   // Rules cut over are compared with Consul as the owner; finalized rules are no longer mirrored, so not compared.
   const owners = await readState<OwnersDoc>(target, ownersKey(paths));
@@ -272,7 +274,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
       warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then acknowledge with --acknowledge-trips`);
     }
   }
-  const runs: RuleRun[] = mapping.copyRules.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({
+  const freshRuns = (): RuleRun[] => mapping.copyRules.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({
     rule,
     findings: [],
     unchecked: {},
@@ -282,6 +284,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
       owner: current(rule.name).owner, lateWrites: late.get(rule.name) ?? 0,
     },
   }));
+  let runs = freshRuns();
   const store = { kept: 0, limit: Math.max(RECHECK_LIMIT, options.maxDiffs) };
   const keep = (run: RuleRun, finding: Finding) => {
     if (store.kept < store.limit) {
@@ -292,17 +295,30 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     }
   };
 
-  const totals = await Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await source.count(rangeOf(run.rule.from), cut.revision) })));
-  options.onProgress?.({ type: 'start', revision: cut.revision, rules: totals });
   const sessions = new Sessions(target, paths);
   await sessions.load();
 
-  // Round 1: everything.
+  // Round 1: everything, at one cut; a cut etcd compacts while it is read is taken again.
   const roundStarted = Date.now();
+  let cut = firstCut;
   let checked = 0;
-  for (const run of runs) {
-    checkAborted(options.signal);
-    checked += await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys: totals.find((t) => t.name === run.rule.name)!.keys, warn });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const totals = await Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await source.count(rangeOf(run.rule.from), cut.revision) })));
+      options.onProgress?.({ type: 'start', revision: cut.revision, rules: totals });
+      for (const run of runs) {
+        checkAborted(options.signal);
+        checked += await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys: totals.find((t) => t.name === run.rule.name)!.keys, warn });
+      }
+      break;
+    } catch (err) {
+      if (!(err instanceof SourceCompactedError) || attempt >= COMPACTED_CUT_ATTEMPTS) throw err;
+      warn(`etcd compacted revision ${cut.revision} while verify read it; round 1 starts again at a fresh revision`);
+      runs = freshRuns();
+      store.kept = 0;
+      checked = 0;
+      cut = await cutter.take();
+    }
   }
   const rounds: VerifyRound[] = [{ round: 1, ...cut, checked, differences: count(runs), settled: 0, durationMs: Date.now() - roundStarted }];
 
@@ -313,16 +329,28 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     options.onProgress?.({ type: 'round', round, pending });
     await sleep(options.roundPauseMs, options.signal);
     checkAborted(options.signal);
-    const roundCut = await cutter.take();
     const began = Date.now();
-    await sessions.load();
+    let roundCut = await cutter.take();
     let settled = 0;
-    for (const run of runs) {
-      if (run.findings.length === 0) continue;
-      const before = run.findings.length;
-      run.findings = await recheck(run, { ...deps, options, revision: roundCut.revision, sessions, appliedUpTo: () => cutter.appliedUpTo(roundCut) });
-      run.stats.settled += before - run.findings.length;
-      settled += before - run.findings.length;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await sessions.load();
+        // Findings are replaced only once every rule was re-checked, so a compacted retry starts from the same set.
+        const still = new Map<RuleRun, Finding[]>();
+        for (const run of runs) {
+          if (run.findings.length > 0) still.set(run, await recheck(run, { ...deps, options, revision: roundCut.revision, sessions, appliedUpTo: () => cutter.appliedUpTo(roundCut) }));
+        }
+        for (const [run, findings] of still) {
+          run.stats.settled += run.findings.length - findings.length;
+          settled += run.findings.length - findings.length;
+          run.findings = findings;
+        }
+        break;
+      } catch (err) {
+        if (!(err instanceof SourceCompactedError) || attempt >= COMPACTED_CUT_ATTEMPTS) throw err;
+        warn(`etcd compacted revision ${roundCut.revision} while verify re-read it; round ${round} starts again at a fresh revision`);
+        roundCut = await cutter.take();
+      }
     }
     rounds.push({ round, ...roundCut, checked: pending, differences: count(runs), settled, durationMs: Date.now() - began });
   }
