@@ -138,7 +138,7 @@ export function unmappedSeverity(policy: UnmappedPolicy): Severity {
 }
 
 /** How the keys of a recognised prefix would be handled. */
-export type Handling = 'copy' | 'session' | 'persist' | 'skip' | 'keep' | 'unmapped' | 'rejected';
+export type Handling = 'copy' | 'session' | 'persist' | 'skip' | 'keep' | 'service' | 'unmapped' | 'rejected';
 
 const COPIED: ReadonlySet<Handling> = new Set(['copy', 'session', 'persist']);
 

@@ -20,6 +20,7 @@ export interface RuleRef {
 export type Routed =
   | { kind: 'mapped'; rule: RuleRef; escaped: boolean }
   | { kind: 'keep'; rule: RuleRef }
+  | { kind: 'service'; rule: RuleRef }
   | { kind: 'unmapped' }
   | { kind: 'unmappable'; rule: RuleRef; reason: UnmappableReason; detail: string };
 
@@ -62,6 +63,7 @@ export function identityRouter(maxValueBytes: number): KeyRouter {
     rules: [rest],
     routingOrder: [slash, rest],
     copyRules: [],
+    serviceRules: [],
     statePrefix: '_migrate/',
     defaults: { keys: 'reject', leases: 'session', unmapped: 'skip' },
     maxValueBytes,

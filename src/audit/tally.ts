@@ -45,13 +45,15 @@ interface RuleAcc extends RuleTally {
   leaseSet: Set<string>;
 }
 
-export const HANDLING_BIT: Record<Handling, number> = { copy: 1, session: 2, persist: 4, skip: 8, keep: 16, unmapped: 32, rejected: 64 };
+export const HANDLING_BIT: Record<Handling, number> = { copy: 1, session: 2, persist: 4, skip: 8, keep: 16, unmapped: 32, rejected: 64, service: 128 };
 
 /** What happens to one key, given its route and whether it has a lease. */
 export function handlingOf(routed: Routed, leased: boolean): Handling {
   switch (routed.kind) {
     case 'keep':
       return 'keep';
+    case 'service':
+      return 'service';
     case 'unmapped':
       return 'unmapped';
     case 'unmappable':
@@ -91,6 +93,8 @@ export class RuleTallies {
     switch (handling) {
       case 'keep':
         acc.keptKeys++;
+        return;
+      case 'service':
         return;
       case 'rejected':
         acc.unmappableKeys++;

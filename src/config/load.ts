@@ -32,7 +32,7 @@ export interface MigrationConfig {
   rules: RuleConfig[];
 }
 
-export type RuleAction = 'copy' | 'keep';
+export type RuleAction = 'copy' | 'keep' | 'service';
 export type KeyPolicy = 'reject' | 'escape';
 export type LeasePolicy = 'session' | 'persist' | 'skip';
 export type UnmappedPolicy = 'skip' | 'error';
@@ -50,6 +50,35 @@ export interface RuleConfig {
   action: RuleAction;
   keys: KeyPolicy;
   leases: LeasePolicy;
+  /** `action: service` only: how a key and its value become a catalog instance (defaults filled in). */
+  service?: ServiceSpec;
+}
+
+/** The value formats a service rule reads: `host:port`, SkyDNS JSON, or JSON at the given fields. */
+export type ServiceFormat = 'hostport' | 'skydns' | 'json';
+
+/**
+ * `rules[].service`: the registration an etcd key becomes. `name` and `id` are
+ * templates over the key's segments after `from` (`{1}` the first, `{-1}` the
+ * last). The TTL check is kept passing by the tool while the etcd lease lives.
+ */
+export interface ServiceSpec {
+  format: ServiceFormat;
+  /** `format: json`: dotted paths in the value. */
+  fields: { address: string; port: string; tags?: string; meta?: string };
+  name: string;
+  id: string;
+  /** Added to every instance. */
+  tags: string[];
+  check: {
+    ttlSeconds: number;
+    /** Consecutive failed lease checks tolerated before the tool marks the instance critical. */
+    failuresBeforeCritical: number;
+    /** Consecutive good lease checks before a critical instance passes again. */
+    successBeforePassing: number;
+    /** Consul removes an instance critical for this long; none by default. */
+    deregisterCriticalAfterSeconds?: number;
+  };
 }
 
 /** A schema-valid configuration and where it came from (for messages and `doctor`). */
@@ -71,6 +100,50 @@ const tlsSpec: Spec = { kind: 'object', fields: { ca: { kind: 'string' }, cert: 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const INLINE_SECRET = 'Secrets are never written in migration.yaml: name an environment variable or a file instead.';
 
+/** Literal text and `{n}` / `{-n}` segment references, at least one of them. */
+const TEMPLATE = /^(?:[^{}]|\{-?[1-9][0-9]*\})+$/;
+const TEMPLATE_TEXT = 'a template of text and key segments such as "{1}" (the first segment after from) or "{-1}" (the last)';
+const DURATION = /^[0-9]+(?:ms|s|m|h)$/;
+const DURATION_TEXT = 'a duration such as "30s", "5m" or "1h"';
+
+/** Defaults of `rules[].service` (DESIGN §3 and the README's service rules). */
+export const SERVICE_DEFAULTS = {
+  format: 'hostport',
+  name: '{1}',
+  id: '{1}-{-1}',
+  ttlSeconds: 30,
+  failuresBeforeCritical: 3,
+  successBeforePassing: 1,
+} as const;
+
+/** `30s`, `5m`, `1h`, `500ms` in seconds. */
+export function durationSeconds(text: string): number {
+  const match = /^([0-9]+)(ms|s|m|h)$/.exec(text);
+  if (!match) throw new Error(`internal: not a duration: ${text}`);
+  const n = Number(match[1]);
+  return match[2] === 'ms' ? n / 1000 : match[2] === 'm' ? n * 60 : match[2] === 'h' ? n * 3600 : n;
+}
+
+type RawServiceSpec = { format?: ServiceFormat; fields?: ServiceSpec['fields']; name?: string; id?: string; tags?: string[]; check?: { ttl?: string; failuresBeforeCritical?: number; successBeforePassing?: number; deregisterCriticalAfter?: string } };
+
+function serviceSpec(raw: RawServiceSpec): ServiceSpec {
+  const format = raw.format ?? SERVICE_DEFAULTS.format;
+  const check = raw.check ?? {};
+  return {
+    format,
+    fields: raw.fields ?? (format === 'skydns' ? { address: 'host', port: 'port' } : { address: 'address', port: 'port' }),
+    name: raw.name ?? SERVICE_DEFAULTS.name,
+    id: raw.id ?? SERVICE_DEFAULTS.id,
+    tags: raw.tags ?? [],
+    check: {
+      ttlSeconds: check.ttl ? durationSeconds(check.ttl) : SERVICE_DEFAULTS.ttlSeconds,
+      failuresBeforeCritical: check.failuresBeforeCritical ?? SERVICE_DEFAULTS.failuresBeforeCritical,
+      successBeforePassing: check.successBeforePassing ?? SERVICE_DEFAULTS.successBeforePassing,
+      ...(check.deregisterCriticalAfter ? { deregisterCriticalAfterSeconds: durationSeconds(check.deregisterCriticalAfter) } : {}),
+    },
+  };
+}
+
 const ruleSpec: Spec = {
   kind: 'object',
   required: ['name', 'from'],
@@ -78,9 +151,28 @@ const ruleSpec: Spec = {
     name: { kind: 'string', pattern: NAME, patternText: 'a name of letters, digits, ".", "_" and "-"' },
     from: { kind: 'string', nonEmpty: true },
     to: { kind: 'string' },
-    action: { kind: 'string', enum: ['copy', 'keep'] },
+    action: { kind: 'string', enum: ['copy', 'keep', 'service'] },
     keys: { kind: 'string', enum: ['reject', 'escape'] },
     leases: { kind: 'string', enum: ['session', 'persist', 'skip'] },
+    service: {
+      kind: 'object',
+      fields: {
+        format: { kind: 'string', enum: ['hostport', 'skydns', 'json'] },
+        fields: { kind: 'object', required: ['address', 'port'], fields: { address: { kind: 'string', nonEmpty: true }, port: { kind: 'string', nonEmpty: true }, tags: { kind: 'string', nonEmpty: true }, meta: { kind: 'string', nonEmpty: true } } },
+        name: { kind: 'string', pattern: TEMPLATE, patternText: TEMPLATE_TEXT },
+        id: { kind: 'string', pattern: TEMPLATE, patternText: TEMPLATE_TEXT },
+        tags: { kind: 'strings' },
+        check: {
+          kind: 'object',
+          fields: {
+            ttl: { kind: 'string', pattern: DURATION, patternText: DURATION_TEXT },
+            failuresBeforeCritical: { kind: 'integer', min: 1, max: 100 },
+            successBeforePassing: { kind: 'integer', min: 1, max: 100 },
+            deregisterCriticalAfter: { kind: 'string', pattern: DURATION, patternText: DURATION_TEXT },
+          },
+        },
+      },
+    },
   },
 };
 
@@ -182,13 +274,14 @@ export function parseConfig(text: string, file: string): LoadedConfig {
     source: raw.source ?? {},
     target: raw.target ?? {},
     defaults,
-    rules: ((raw.rules ?? []) as Partial<RuleConfig>[]).map((rule) => ({
+    rules: ((raw.rules ?? []) as (Omit<Partial<RuleConfig>, 'service'> & { service?: RawServiceSpec })[]).map((rule) => ({
       name: rule.name!,
       from: rule.from!,
       to: rule.to ?? rule.from!,
       action: rule.action ?? 'copy',
       keys: rule.keys ?? defaults.keys,
       leases: rule.leases ?? defaults.leases,
+      ...(rule.service || rule.action === 'service' ? { service: serviceSpec(rule.service ?? {}) } : {}),
     })),
   };
   if (!config.state.prefix.endsWith('/')) {

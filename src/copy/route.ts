@@ -15,6 +15,8 @@ export function routeForCopy(mapping: Mapping, rule: string, key: Buffer, valueB
       return route.rule.name === rule ? { kind: 'mapped', rule, target: route.target, leases: route.rule.leases } : { kind: 'other-rule', rule: route.rule.name };
     case 'keep':
       return { kind: 'skip', rule, reason: 'keep', detail: `kept on etcd by rule ${route.rule.name}` };
+    case 'service':
+      return { kind: 'other-rule', rule: route.rule.name };
     case 'unmappable':
       return route.rule.name === rule ? { kind: 'skip', rule, reason: route.reason, detail: route.detail } : { kind: 'other-rule', rule: route.rule.name };
     case 'unmapped':

@@ -36,7 +36,7 @@ describe('parseConfig: malformed mapping files name file:line:column and exit 2'
   it('an unknown field', () => {
     const err = configError(`${HEAD}rules:\n  - name: app\n    form: /app/\n`);
     expect(err.exitCode).toBe(2);
-    expect(err.message).toBe('migration.yaml:5:5: rules[0].form: unknown field "form"; allowed fields here: name, from, to, action, keys, leases');
+    expect(err.message).toBe('migration.yaml:5:5: rules[0].form: unknown field "form"; allowed fields here: name, from, to, action, keys, leases, service');
   });
 
   it('a rule without from', () => {
@@ -161,6 +161,49 @@ describe('parseConfig: malformed mapping files name file:line:column and exit 2'
     expect(mapping.routingOrder.map((rule) => rule.name)).toEqual(['app-locks', 'registry', 'app']);
     expect(mapping.copyRules.map((rule) => rule.name)).toEqual(['app']);
     expect(mapping.warnings.map((w) => `${w.code} ${w.path} ${w.position?.line}:${w.position?.col}`)).toEqual(['to-ignored-on-keep rules[2].to 12:9']);
+  });
+});
+
+describe('service rules (action: service)', () => {
+  it('fills the defaults, lists the rule among serviceRules, and warns that to is ignored', () => {
+    const { config, mapping } = parseConfig(`${HEAD}rules:
+  - { name: grpc, from: /services/, action: service }
+  - name: dns
+    from: /skydns/local/platform/
+    to: ignored/
+    action: service
+    service:
+      format: skydns
+      name: "{1}"
+      id: "dns-{1}-{2}"
+      tags: [migrated, dns]
+      check: { ttl: 1m, failuresBeforeCritical: 2, successBeforePassing: 3, deregisterCriticalAfter: 30m }
+  - name: custom
+    from: /reg/
+    action: service
+    service: { format: json, fields: { address: Service.Address, port: Service.Port, tags: Service.Tags } }
+`, 'migration.yaml');
+    expect(config.rules[0]!.service).toEqual({ format: 'hostport', fields: { address: 'address', port: 'port' }, name: '{1}', id: '{1}-{-1}', tags: [], check: { ttlSeconds: 30, failuresBeforeCritical: 3, successBeforePassing: 1 } });
+    expect(config.rules[1]!.service).toEqual({ format: 'skydns', fields: { address: 'host', port: 'port' }, name: '{1}', id: 'dns-{1}-{2}', tags: ['migrated', 'dns'], check: { ttlSeconds: 60, failuresBeforeCritical: 2, successBeforePassing: 3, deregisterCriticalAfterSeconds: 1800 } });
+    expect(config.rules[2]!.service!.fields).toEqual({ address: 'Service.Address', port: 'Service.Port', tags: 'Service.Tags' });
+    expect(mapping.serviceRules.map((r) => r.name)).toEqual(['grpc', 'dns', 'custom']);
+    expect(mapping.copyRules).toEqual([]);
+    expect(mapping.warnings.map((w) => [w.code, w.rule])).toEqual([['to-ignored-on-service', 'dns']]);
+  });
+
+  it('refuses a service block on a copy rule, fields without format json, a bad template, a bad duration, an unknown field', () => {
+    const onCopy = configError(`${HEAD}rules:\n  - name: app\n    from: /app/\n    service: { format: hostport }\n`);
+    expect(onCopy.message).toBe('migration.yaml:6:14: rules[0].service: service: describes a catalog registration, but the rule\'s action is copy; allowed: service: only with action: service');
+    const fields = configError(`${HEAD}rules:\n  - name: s\n    from: /s/\n    action: service\n    service: { format: skydns, fields: { address: a, port: p } }\n`);
+    expect(fields.message).toMatch(/^migration\.yaml:7:\d+: rules\[0\]\.service\.fields: fields: names where a JSON value holds the address and port, but format is skydns; allowed: fields only with format: json$/);
+    const template = configError(`${HEAD}rules:\n  - name: s\n    from: /s/\n    action: service\n    service: { name: "{0}" }\n`);
+    expect(template.message).toContain('rules[0].service.name: "{0}" is not a template of text and key segments such as "{1}"');
+    const duration = configError(`${HEAD}rules:\n  - name: s\n    from: /s/\n    action: service\n    service: { check: { ttl: 30 } }\n`);
+    expect(duration.message).toContain('rules[0].service.check.ttl: expected a string, got number 30');
+    const unknown = configError(`${HEAD}rules:\n  - name: s\n    from: /s/\n    action: service\n    service: { format: hostport, port: 80 }\n`);
+    expect(unknown.message).toContain('rules[0].service.port: unknown field "port"; allowed fields here: format, fields, name, id, tags, check');
+    const format = configError(`${HEAD}rules:\n  - name: s\n    from: /s/\n    action: service\n    service: { format: srv }\n`);
+    expect(format.message).toContain('"srv" is not allowed; allowed values: hostport, skydns, json');
   });
 });
 

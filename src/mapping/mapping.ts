@@ -11,7 +11,7 @@ export interface CompiledRule extends Readonly<RuleConfig> {
   readonly fromBytes: Buffer;
 }
 
-export type MappingWarningCode = 'from-without-trailing-slash' | 'to-without-trailing-slash' | 'to-ignored-on-keep';
+export type MappingWarningCode = 'from-without-trailing-slash' | 'to-without-trailing-slash' | 'to-ignored-on-keep' | 'to-ignored-on-service';
 
 /** Something legal but probably unintended in the rules; the audit shows these. */
 export interface MappingWarning {
@@ -38,6 +38,8 @@ export interface Mapping {
   readonly routingOrder: readonly CompiledRule[];
   /** The `copy` rules; their `to` prefixes are pairwise disjoint, so at most one holds any Consul key. */
   readonly copyRules: readonly CompiledRule[];
+  /** The `service` rules: their keys become instances in Consul's catalog, not KV keys. */
+  readonly serviceRules: readonly CompiledRule[];
   /** `state.prefix`: the tool's own keys in Consul, outside every rule's `to`. */
   readonly statePrefix: string;
   readonly defaults: Readonly<RuleDefaults>;
@@ -79,6 +81,7 @@ export function compileMapping(loaded: ParsedConfig): Mapping {
   const byName = new Map<string, CompiledRule>();
   const byFrom = new Map<string, CompiledRule>();
   const copyRules: CompiledRule[] = [];
+  const serviceRules: CompiledRule[] = [];
 
   for (const rule of rules) {
     const at = (field: string) => ['rules', rule.index, field];
@@ -98,6 +101,20 @@ export function compileMapping(loaded: ParsedConfig): Mapping {
         `from "${rule.from}" does not end in "/": prefixes match byte by byte, so it also routes keys such as "${rule.from}-other" and "${rule.from}x/…"`));
     }
     const explicitTo = loaded.document ? nodeAt(loaded.document, at('to')) !== undefined : rule.to !== rule.from;
+    const explicitService = loaded.document ? nodeAt(loaded.document, at('service')) !== undefined : rule.service !== undefined && rule.action !== 'service';
+    if (explicitService && rule.action !== 'service') {
+      fail(at('service'), `service: describes a catalog registration, but the rule's action is ${rule.action}; allowed: service: only with action: service`, 'Set action: service, or remove the service block.');
+    }
+    if (rule.action === 'service') {
+      const service = rule.service!;
+      const explicitFields = loaded.document ? nodeAt(loaded.document, [...at('service'), 'fields']) !== undefined : false;
+      if (explicitFields && service.format !== 'json') {
+        fail([...at('service'), 'fields'], `fields: names where a JSON value holds the address and port, but format is ${service.format}; allowed: fields only with format: json`);
+      }
+      if (explicitTo) warnings.push(warning(loaded, where, rule, 'to-ignored-on-service', 'to', `to "${rule.to}" is ignored: a service rule registers catalog instances, not KV keys`));
+      serviceRules.push(rule);
+      continue;
+    }
     if (rule.action === 'keep') {
       if (explicitTo) warnings.push(warning(loaded, where, rule, 'to-ignored-on-keep', 'to', `to "${rule.to}" is ignored: a keep rule leaves its keys on etcd`));
       continue;
@@ -145,6 +162,7 @@ export function compileMapping(loaded: ParsedConfig): Mapping {
     rules: Object.freeze(rules),
     routingOrder: Object.freeze(routingOrder),
     copyRules: Object.freeze(copyRules),
+    serviceRules: Object.freeze(serviceRules),
     statePrefix,
     defaults: Object.freeze({ ...config.defaults }),
     maxValueBytes: config.target.limits?.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,

@@ -38,6 +38,8 @@ function summary(route: Route): Record<string, unknown> {
       return { kind: 'mapped', rule: route.rule.name, target: route.target, escaped: route.escaped };
     case 'keep':
       return { kind: 'keep', rule: route.rule.name };
+    case 'service':
+      return { kind: 'service', rule: route.rule.name };
     case 'unmapped':
       return { kind: 'unmapped' };
     case 'unmappable':

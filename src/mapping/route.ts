@@ -9,6 +9,8 @@ export type { UnmappableReason } from './escape.js';
  * - `mapped`: written to Consul at `target`; `escaped` when the `escape` codec
  *   rewrote the part after `to`.
  * - `keep`: a `keep` rule holds it; it stays on etcd.
+ * - `service`: a `service` rule holds it; it becomes a catalog instance
+ *   (`src/services/`), never a KV key.
  * - `unmapped`: no rule's `from` is a prefix of it (`defaults.unmapped` says
  *   whether that is an error).
  * - `unmappable`: a copy rule holds it but it cannot be written, for `reason`.
@@ -16,6 +18,7 @@ export type { UnmappableReason } from './escape.js';
 export type Route =
   | { kind: 'mapped'; rule: CompiledRule; target: string; escaped: boolean }
   | { kind: 'keep'; rule: CompiledRule }
+  | { kind: 'service'; rule: CompiledRule }
   | { kind: 'unmapped' }
   | { kind: 'unmappable'; rule: CompiledRule; reason: UnmappableReason; detail: string };
 
@@ -78,6 +81,7 @@ export function routeKey(mapping: Mapping, key: Buffer, options: RouteOptions = 
   const rule = findRule(mapping, key);
   if (!rule) return UNMAPPED;
   if (rule.action === 'keep') return { kind: 'keep', rule };
+  if (rule.action === 'service') return { kind: 'service', rule };
 
   const suffix = key.subarray(rule.fromBytes.length);
   let target: string;
@@ -156,8 +160,8 @@ export function routeTargetKey(mapping: Mapping, target: string): TargetRoute {
   const forward = routeKey(mapping, source);
   if (forward.kind === 'mapped' && forward.target === target) return { kind: 'owned', rule, source, escaped: forward.escaped };
   const detail =
-    forward.kind === 'mapped' || forward.kind === 'keep'
-      ? `the etcd key it would come from belongs to rule "${forward.rule.name}"${forward.kind === 'mapped' ? ` and maps to another key` : ', which keeps it on etcd'}`
+    forward.kind === 'mapped' || forward.kind === 'keep' || forward.kind === 'service'
+      ? `the etcd key it would come from belongs to rule "${forward.rule.name}"${forward.kind === 'mapped' ? ` and maps to another key` : forward.kind === 'keep' ? ', which keeps it on etcd' : ', which registers it in the catalog'}`
       : forward.kind === 'unmappable'
         ? `the etcd key it would come from is unmappable (${forward.reason})`
         : 'no etcd key maps to it';

@@ -106,7 +106,7 @@ export type VerifyRoute =
 /** Routes an etcd entry as the verify of `rule` sees it (the copy's view: `routeForCopy`). */
 export function routeForVerify(mapping: Mapping, rule: Pick<CompiledRule, 'name' | 'leases'>, entry: SourceEntry): VerifyRoute {
   const route = routeKey(mapping, entry.key, { valueBytes: entry.value.length, maxValueBytes: mapping.maxValueBytes });
-  if (route.kind === 'keep' || route.kind === 'unmapped' || route.rule.name !== rule.name) return { kind: 'other' };
+  if (route.kind === 'keep' || route.kind === 'service' || route.kind === 'unmapped' || route.rule.name !== rule.name) return { kind: 'other' };
   if (route.kind === 'unmappable') return { kind: 'unmappable', reason: route.reason };
   return { kind: 'expect', expectation: expectationFor(route.target, entry, rule.leases) };
 }
