@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
 import { runCopy, type CopyOptions } from '../src/copy/copy.js';
-import { routeForCopy } from '../src/copy/route.js';
 import type { TargetStore } from '../src/stores/types.js';
 import { checkParity } from './support/parity.js';
 import { ConsulTarget } from '../src/stores/consul.js';
@@ -129,7 +128,7 @@ describe('migrate copy (real servers)', () => {
       });
       const source = etcdSource();
       try {
-        const run = runCopy({ source, target: racing, config: s.loaded.config, route: (rule, key, size) => routeForCopy(s.loaded.mapping, rule, key, size) }, copyOptions({ onConflict: policy }));
+        const run = runCopy({ source, target: racing, config: s.loaded.config, mapping: s.loaded.mapping }, copyOptions({ onConflict: policy }));
         if (policy === 'fail') {
           await expect(run).rejects.toMatchObject({ code: 'copy_conflict', exitCode: 4 });
           continue;

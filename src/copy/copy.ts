@@ -13,6 +13,9 @@ import { checkIdentity, ensureMeta, mappingHash, readState, statePaths, STATE_SC
 import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
 import { planPage, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
 import { RecordingTarget, type RecordedOp } from './recording-target.js';
+import { routeForCopy } from './route.js';
+import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
+import type { Mapping } from '../mapping/mapping.js';
 
 /** `copy` state document: the pinned revision and, per rule, the low-water mark. */
 export interface CopyState {
@@ -85,6 +88,8 @@ export interface CopyResult {
   revision: number;
   resumedFrom?: number;
   rules: RuleCopyStats[];
+  /** `service` rules: instances registered on the agent's catalog. */
+  services: ServiceRuleStats[];
   sessions: { created: number; adopted: number; clamps: ClampFinding[] };
   txns: number;
   retries: number;
@@ -156,7 +161,7 @@ export async function acquireCopyLock(target: TargetStore, config: MigrationConf
   return lock;
 }
 
-export async function runCopy(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; route: RouteFn }, options: CopyOptions): Promise<CopyResult> {
+export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<CopyResult> {
   const started = Date.now();
   const { config, source } = deps;
   const target: TargetStore = options.dryRun ? new RecordingTarget(deps.target) : deps.target;
@@ -179,7 +184,7 @@ export async function runCopy(deps: { source: SourceReader; target: TargetStore;
   }
 }
 
-async function copyPinned(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; route: RouteFn }, options: CopyOptions, paths: StatePaths, currentRevision: number, limits: TargetLimits, started: number): Promise<CopyResult> {
+async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePaths, currentRevision: number, limits: TargetLimits, started: number): Promise<CopyResult> {
   const { config, source, target } = deps;
   const previous = await readState<CopyState>(target, paths.copy);
   let revision = currentRevision;
@@ -208,6 +213,8 @@ async function copyPinned(deps: { source: SourceReader; target: TargetStore; con
   const totals = await Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await source.count(rangeOf(rule.from), revision) })));
   options.onProgress?.({ type: 'start', revision, rules: totals });
   const stats: RuleCopyStats[] = [];
+  const services: ServiceRuleStats[] = [];
+  const serviceRules = deps.mapping.serviceRules;
   try {
     for (const rule of copyRules) {
       if (options.signal.aborted) break;
@@ -216,6 +223,13 @@ async function copyPinned(deps: { source: SourceReader; target: TargetStore; con
       options.onProgress?.({ type: 'rule-done', rule: rule.name });
     }
     await engine.drain();
+    // Service rules after the KV rules: the catalog is read once, on the agent the tool registers on.
+    const existing = serviceRules.length > 0 && !options.signal.aborted ? await target.listServiceInstances(config.id, 'agent', options.signal) : [];
+    for (const rule of serviceRules) {
+      if (options.signal.aborted) break;
+      services.push(await syncServiceRule(rule, { source, target, mapping: deps.mapping, migrationId: config.id }, revision, existing, { ...options, guardTrips: deleteGuardTrips }));
+      options.onProgress?.({ type: 'rule-done', rule: rule.name });
+    }
   } finally {
     sessions.stop();
   }
@@ -240,6 +254,7 @@ async function copyPinned(deps: { source: SourceReader; target: TargetStore; con
     migration: config.id,
     revision,
     rules: stats,
+    services,
     sessions: { created: sessions.created, adopted: sessions.adopted, clamps: sessions.clamps },
     txns: engine.txns,
     retries: engine.retries,
@@ -251,8 +266,12 @@ async function copyPinned(deps: { source: SourceReader; target: TargetStore; con
   return result;
 }
 
-/** Routes a key as the copy of `rule` sees it (see `routeForCopy`). */
-export type RouteFn = (rule: string, key: Buffer, valueBytes: number) => PlannedRoute;
+export interface CopyDeps {
+  source: SourceReader;
+  target: TargetStore;
+  config: MigrationConfig;
+  mapping: Mapping;
+}
 
 function rangeOf(prefix: string): KeyRange {
   const start = Buffer.from(prefix);
@@ -261,7 +280,7 @@ function rangeOf(prefix: string): KeyRange {
 
 async function copyRule(
   rule: RuleConfig,
-  deps: { source: SourceReader; target: TargetStore; route: RouteFn },
+  deps: { source: SourceReader; target: TargetStore; mapping: Mapping },
   engine: CopyEngine,
   sessions: LeaseSessions,
   revision: number,
@@ -283,7 +302,7 @@ async function copyRule(
   if (resumeAt) {
     for await (const page of deps.source.readPages({ start: range.start, end: resumeAt }, { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
       for (const entry of page.entries) {
-        const route = deps.route(rule.name, entry.key, 0);
+        const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
         if (route.kind === 'mapped') targetKeys.delete(route.target);
       }
       keysDone += page.entries.length;
@@ -299,7 +318,7 @@ async function copyRule(
       const wanted: string[] = [];
       const leases = new Set<string>();
       for (const entry of page.entries) {
-        const route = deps.route(rule.name, entry.key, entry.value.length);
+        const route = routeForCopy(deps.mapping, rule.name, entry.key, entry.value.length);
         routes.set(entry, route);
         if (route.kind !== 'mapped') continue;
         if (targetKeys.delete(route.target)) wanted.push(route.target);

@@ -1,14 +1,17 @@
-import type { SessionSpec, TargetStore, TxnOp } from '../stores/types.js';
+import type { ServiceDefinition, SessionSpec, TargetStore, TxnOp } from '../stores/types.js';
 
 /** One write the copy would send, as the dry-run shows it (sizes, never values). */
 export interface RecordedOp {
-  op: 'txn' | 'put' | 'delete' | 'create-session' | 'destroy-session';
+  op: 'txn' | 'put' | 'delete' | 'create-session' | 'destroy-session' | 'register-service' | 'deregister-service' | 'update-check';
   /** For txns: each KV op's verb, key and value size. */
   ops?: { verb: string; key: string; bytes: number }[];
   key?: string;
   bytes?: number;
   session?: string;
   ttlSeconds?: number;
+  /** Service operations: the instance id, and its service name on register. */
+  service?: string;
+  name?: string;
 }
 
 /**
@@ -54,5 +57,21 @@ export class RecordingTarget implements TargetStore {
 
   async destroySession(id: string): Promise<void> {
     this.recorded.push({ op: 'destroy-session', session: id });
+  }
+
+  listServiceInstances: TargetStore['listServiceInstances'] = (id, scope, signal) => this.inner.listServiceInstances(id, scope, signal);
+
+  async registerService(service: ServiceDefinition): Promise<void> {
+    this.recorded.push({ op: 'register-service', service: service.id, name: service.name, ...(service.check ? { ttlSeconds: service.check.ttlSeconds } : {}) });
+  }
+
+  async deregisterService(id: string): Promise<boolean> {
+    this.recorded.push({ op: 'deregister-service', service: id });
+    return true;
+  }
+
+  async updateCheck(checkId: string): Promise<boolean> {
+    this.recorded.push({ op: 'update-check', service: checkId });
+    return true;
   }
 }

@@ -30,6 +30,18 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     if (r.conflicts.overwritten || r.conflicts.skipped) lines.push(`  ${r.name}: ${r.conflicts.overwritten} conflict(s) overwritten, ${r.conflicts.skipped} skipped (keys changed in Consul after planning)`);
     if (r.singlePuts) lines.push(`  ${r.name}: ${r.singlePuts} value(s) too large for a txn ${verb ? 'would go' : 'went'} by single PUT`);
   }
+  for (const r of result.services) {
+    lines.push(`  service rule ${r.name} (${r.from}): ${r.sourceKeys} key(s); ${r.registered} instance(s) ${verb ? 'would be ' : ''}registered, ${r.updated} updated, ${r.unchanged} unchanged${r.withoutLease ? `; ${r.withoutLease} without a lease ${verb ? 'would be ' : 'were '}registered without a TTL check` : ''}`);
+    for (const [problem, count] of Object.entries(r.problems)) lines.push(`  ${r.name}: ${count} key(s) make no instance: ${problem}`);
+    for (const ex of r.problemExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.problem}: ${ex.detail})`);
+    if (r.extraneous > 0) {
+      lines.push(`  ${r.name}: ${r.extraneous} instance(s) on the agent have no etcd key${r.deregistered ? `; ${r.deregistered} deregistered` : ' (kept; pass --delete-extraneous to deregister them)'}`);
+      for (const id of r.extraneousExamples.slice(0, 5)) lines.push(`      ${id}`);
+    }
+  }
+  if (result.services.some((r) => r.registered + r.updated + r.unchanged > r.withoutLease) && !result.dryRun) {
+    lines.push('  leased instances have TTL checks: they turn critical within the TTL unless `migrate dualrun` keeps them passing');
+  }
   const s = result.sessions;
   if (s.created || s.adopted) lines.push(`  sessions: ${s.created} ${result.dryRun ? 'to create' : 'created'}, ${s.adopted} adopted (one per etcd lease; Behavior delete, LockDelay 0s)`);
   for (const c of s.clamps.slice(0, 10)) lines.push(`  lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s (Consul sessions live 10s–24h)`);
@@ -40,6 +52,8 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
       if (op.op === 'txn') lines.push(`  txn (${op.ops!.length} ops)`, ...op.ops!.map((o) => `    ${o.verb.padEnd(16)} ${o.key}${o.bytes ? `  ${o.bytes} B` : ''}`));
       else if (op.op === 'put') lines.push(`  put              ${op.key}  ${op.bytes} B${op.session ? `  acquire ${op.session}` : ''}`);
       else if (op.op === 'create-session') lines.push(`  create-session   ${op.session}  TTL ${op.ttlSeconds}s`);
+      else if (op.op === 'register-service') lines.push(`  register-service ${op.service}  (${op.name})${op.ttlSeconds ? `  TTL check ${op.ttlSeconds}s` : ''}`);
+      else if (op.op === 'deregister-service' || op.op === 'update-check') lines.push(`  ${op.op.padEnd(16)} ${op.service}`);
       else lines.push(`  ${op.op.padEnd(16)} ${op.key ?? op.session}`);
     }
   }

@@ -77,8 +77,6 @@ export class ConsulUnreachableError extends ServerError {
   readonly retryable = true;
 }
 
-const RETRYABLE_NET = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'UND_ERR_SOCKET']);
-
 export class ConsulHttp {
   readonly address: string;
   private readonly url: URL;

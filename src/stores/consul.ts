@@ -3,7 +3,8 @@ import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
-import type { SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
+import { checkIdOf, META_MIGRATION } from '../services/registration.js';
+import type { ServiceDefinition, ServiceInstance, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
 
 export interface ConsulTargetOptions {
   /** Overrides from `target.limits` in migration.yaml. */
@@ -210,6 +211,48 @@ export class ConsulTarget implements TargetStore {
     return { id: session.ID, name: session.Name, node: session.Node, ttlSeconds: parseDurationSeconds(session.TTL), behavior: session.Behavior, lockDelayNs: session.LockDelay };
   }
 
+  async listServiceInstances(migrationId: string, scope: 'agent' | 'catalog', signal?: AbortSignal): Promise<ServiceInstance[]> {
+    const mine = JSON.stringify(migrationId);
+    if (scope === 'agent') {
+      const [services, checks] = await Promise.all([
+        this.request({ method: 'GET', path: '/v1/agent/services', query: { filter: `Meta[${JSON.stringify(META_MIGRATION)}] == ${mine}` }, signal }),
+        this.request({ method: 'GET', path: '/v1/agent/checks', query: { filter: `CheckID contains "etcd-migrate:"` }, signal }),
+      ]);
+      const node = (await this.info()).nodeName;
+      const statusOf = new Map(Object.values(JSON.parse(checks.body.toString('utf8')) as Record<string, { CheckID: string; ServiceID: string; Status: string }>).map((c) => [c.ServiceID, c.Status]));
+      return Object.values(JSON.parse(services.body.toString('utf8')) as Record<string, WireService>).map((s) => instanceOf(s, node, statusOf.get(s.ID)));
+    }
+    const names = Object.keys(JSON.parse((await this.request({ method: 'GET', path: '/v1/catalog/services', signal })).body.toString('utf8')) as Record<string, string[]>);
+    const limit = pLimit(this.readConcurrency);
+    const perName = await Promise.all(names.map((name) => limit(async () => {
+      const response = await this.request({ method: 'GET', path: `/v1/health/service/${encodeURIComponent(name)}`, query: { filter: `Service.Meta[${JSON.stringify(META_MIGRATION)}] == ${mine}` }, signal });
+      const entries = JSON.parse(response.body.toString('utf8')) as { Node: { Node: string }; Service: WireService; Checks: { CheckID: string; Status: string }[] }[];
+      return entries.map((e) => instanceOf(e.Service, e.Node.Node, e.Checks.find((c) => c.CheckID === checkIdOf(e.Service.ID))?.Status));
+    })));
+    return perName.flat();
+  }
+
+  async registerService(service: ServiceDefinition): Promise<void> {
+    const body: Record<string, unknown> = { ID: service.id, Name: service.name, Address: service.address, Port: service.port, Tags: service.tags, Meta: service.meta };
+    if (service.check) {
+      body.Check = {
+        CheckID: service.check.id, Name: service.check.name, TTL: `${service.check.ttlSeconds}s`, Status: service.check.status,
+        ...(service.check.deregisterCriticalAfterSeconds ? { DeregisterCriticalServiceAfter: `${service.check.deregisterCriticalAfterSeconds}s` } : {}),
+      };
+    }
+    await this.request({ method: 'PUT', path: '/v1/agent/service/register', body: JSON.stringify(body) });
+  }
+
+  async deregisterService(id: string): Promise<boolean> {
+    const response = await this.request({ method: 'PUT', path: `/v1/agent/service/deregister/${encodeURIComponent(id)}`, accept: [404] });
+    return response.status !== 404;
+  }
+
+  async updateCheck(checkId: string, status: 'passing' | 'critical', output: string): Promise<boolean> {
+    const response = await this.request({ method: 'PUT', path: `/v1/agent/check/update/${encodeURIComponent(checkId)}`, body: JSON.stringify({ Status: status, Output: output }), accept: [404] });
+    return response.status !== 404;
+  }
+
   private request(req: Parameters<ConsulHttp['request']>[0]) {
     return withRetries(() => this.http.request(req), { ...this.retry, signal: req.signal ?? this.retry.signal });
   }
@@ -242,6 +285,19 @@ export function compareKeys(a: string, b: string): number {
     return x - y;
   }
   return a.length - b.length;
+}
+
+interface WireService {
+  ID: string;
+  Service: string;
+  Address: string;
+  Port: number;
+  Tags: string[] | null;
+  Meta: Record<string, string> | null;
+}
+
+function instanceOf(s: WireService, node: string, checkStatus: string | undefined): ServiceInstance {
+  return { id: s.ID, name: s.Service, address: s.Address, port: s.Port, tags: s.Tags ?? [], meta: s.Meta ?? {}, node, ...(checkStatus ? { checkStatus } : {}) };
 }
 
 function parseDurationSeconds(text: string): number {

@@ -2,11 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { TxnFailedError } from './consul-http.js';
 import { SourceCompactedError } from './etcd.js';
 import { ValueTooLargeError, compareKeys } from './consul.js';
+import { META_MIGRATION } from '../services/registration.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, type TargetLimits } from './txn-batcher.js';
 import type {
   KeyRange,
   LeaseInfo,
   ReadPagesOptions,
+  ServiceDefinition,
+  ServiceInstance,
   SessionInfo,
   SessionSpec,
   SourceEntry,
@@ -174,6 +177,8 @@ export class MemorySource implements SourceReader {
 export class MemoryTarget implements TargetStore {
   readonly entries = new Map<string, TargetEntry>();
   readonly sessions = new Map<string, SessionInfo>();
+  /** Service instances on the (one) agent, with their TTL check's status. */
+  readonly services = new Map<string, ServiceDefinition & { checkStatus?: string }>();
   /** Every write request, for tests that prove nothing was written. */
   writes = 0;
   private index = 1;
@@ -305,5 +310,29 @@ export class MemoryTarget implements TargetStore {
 
   async readSession(id: string): Promise<SessionInfo | undefined> {
     return this.sessions.get(id);
+  }
+
+  async listServiceInstances(migrationId: string): Promise<ServiceInstance[]> {
+    return [...this.services.values()]
+      .filter((s) => s.meta[META_MIGRATION] === migrationId)
+      .map((s) => ({ id: s.id, name: s.name, address: s.address, port: s.port, tags: [...s.tags], meta: { ...s.meta }, node: 'memory', ...(s.check ? { checkStatus: s.checkStatus ?? s.check.status } : {}) }));
+  }
+
+  async registerService(service: ServiceDefinition): Promise<void> {
+    this.writes++;
+    this.services.set(service.id, { ...service, tags: [...service.tags], meta: { ...service.meta }, ...(service.check ? { checkStatus: service.check.status } : {}) });
+  }
+
+  async deregisterService(id: string): Promise<boolean> {
+    this.writes++;
+    return this.services.delete(id);
+  }
+
+  async updateCheck(checkId: string, status: 'passing' | 'critical'): Promise<boolean> {
+    this.writes++;
+    const service = [...this.services.values()].find((s) => s.check?.id === checkId);
+    if (!service) return false;
+    service.checkStatus = status;
+    return true;
   }
 }

@@ -147,6 +147,31 @@ export interface SessionInfo {
   lockDelayNs: number;
 }
 
+/** A service instance to register on the agent, with its TTL check when it has a lease. */
+export interface ServiceDefinition {
+  id: string;
+  name: string;
+  address: string;
+  port: number;
+  tags: string[];
+  meta: Record<string, string>;
+  check?: { id: string; name: string; ttlSeconds: number; deregisterCriticalAfterSeconds?: number; status: 'passing' | 'critical' };
+}
+
+/** A service instance as Consul serves it. */
+export interface ServiceInstance {
+  id: string;
+  name: string;
+  address: string;
+  port: number;
+  tags: string[];
+  meta: Record<string, string>;
+  /** The node it is registered on. */
+  node: string;
+  /** Status of its TTL check, when it has one (`passing`, `warning`, `critical`). */
+  checkStatus?: string;
+}
+
 /** Reads and writes against Consul. */
 export interface TargetStore {
   info(): Promise<TargetInfo>;
@@ -168,4 +193,15 @@ export interface TargetStore {
   renewSession(id: string): Promise<boolean>;
   destroySession(id: string): Promise<void>;
   readSession(id: string): Promise<SessionInfo | undefined>;
+  /**
+   * Instances whose meta names the migration: `agent` lists the ones on the
+   * configured agent (where the tool registers), `catalog` every node's.
+   */
+  listServiceInstances(migrationId: string, scope: 'agent' | 'catalog', signal?: AbortSignal): Promise<ServiceInstance[]>;
+  /** Registers (or replaces) a service instance on the agent. */
+  registerService(service: ServiceDefinition): Promise<void>;
+  /** Removes a service instance from the agent; `false` when the agent did not know it. */
+  deregisterService(id: string): Promise<boolean>;
+  /** Sets a TTL check; `false` when the agent does not know the check. */
+  updateCheck(checkId: string, status: 'passing' | 'critical', output: string): Promise<boolean>;
 }

@@ -50,7 +50,6 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores } = await import('../stores.js');
       const { runCopy, refuseWhileDualRunLeads, acquireCopyLock } = await import('../../copy/copy.js');
-      const { routeForCopy } = await import('../../copy/route.js');
       const { renderCopy } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
@@ -67,7 +66,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
         });
         if (!options.dryRun) await refuseWhileDualRunLeads(target, loaded.config);
         const result = await runCopy(
-          { source, target, config: loaded.config, route: (rule, key, valueBytes) => routeForCopy(loaded.mapping, rule, key, valueBytes) },
+          { source, target, config: loaded.config, mapping: loaded.mapping },
           {
             dryRun: Boolean(options.dryRun),
             recordOps: Boolean(options.dryRun && (options.showOps || ctx.format === 'json')),

@@ -32,7 +32,6 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       const { runDualRun } = await import('../../dualrun/dualrun.js');
       const { DualRunMetrics, lagSeconds } = await import('../../dualrun/metrics.js');
       const { runCopy } = await import('../../copy/copy.js');
-      const { routeForCopy } = await import('../../copy/route.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
       const { checkHeartbeatKey } = await import('../../dualrun/lag-heartbeat.js');
       const heartbeatKey = options.heartbeatKey !== undefined ? checkHeartbeatKey(loaded.mapping, options.heartbeatKey) : undefined;
@@ -70,7 +69,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           toolVersion: TOOL_VERSION,
           log,
           ...(heartbeatKey ? { heartbeatKey } : {}),
-          copy: (over) => runCopy({ source, target, config: loaded.config, route: (rule, key, size) => routeForCopy(loaded.mapping, rule, key, size) }, {
+          copy: (over) => runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, {
             dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false,
             acceptMappingChange: Boolean(options.acceptMappingChange), rate: 0, concurrency: 8, pageKeys: 2000, signal: controller.signal,
             now: () => new Date(), toolVersion: TOOL_VERSION, ...over,
