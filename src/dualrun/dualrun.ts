@@ -21,6 +21,7 @@ import { OwnWrites, Ownership, ReverseMirror } from './reverse-mirror.js';
 import { TRIP_KEYS_KEPT } from '../cutover/phase.js';
 import { planRevision, routeForReplication, type RevisionPlan } from './plan-revision.js';
 import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbeat.js';
+import { ServiceMirror, type ServiceMirrorStats } from '../services/mirror.js';
 
 /** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
 export interface DualRunStats {
@@ -50,6 +51,8 @@ export interface DualRunStats {
   reverseRules: number;
   /** The end-to-end lag the heartbeat key measures (with `--heartbeat-key`). */
   heartbeat?: HeartbeatLag;
+  /** `service` rules: instances kept in the catalog (with service rules only). */
+  services?: ServiceMirrorStats;
 }
 
 export interface DualRunLog {
@@ -91,11 +94,11 @@ export interface DualRunDeps {
   blocking?: BlockingReader;
 }
 
-/** The etcd range one ordered watch must cover to see every copy rule. */
+/** The etcd range one ordered watch must cover to see every copy and service rule. */
 export function watchRange(mapping: Mapping): KeyRange {
-  const froms = mapping.copyRules.map((r) => r.fromBytes);
+  const froms = [...mapping.copyRules, ...mapping.serviceRules].map((r) => r.fromBytes);
   if (froms.length === 0) {
-    throw new RefusedError('dualrun_no_rules', 'migration.yaml has no copy rule: the dual-run has nothing to mirror.', { hint: 'Add a rule with action: copy (see `migrate init`).' });
+    throw new RefusedError('dualrun_no_rules', 'migration.yaml has no copy or service rule: the dual-run has nothing to mirror.', { hint: 'Add a rule with action: copy or action: service (see `migrate init`).' });
   }
   const start = froms.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
   const ends = froms.map(prefixEnd);
@@ -115,7 +118,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
     splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   };
-  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites }, ...(stats.heartbeat ? { heartbeat: { ...stats.heartbeat } } : {}) });
+  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites }, ...(stats.heartbeat ? { heartbeat: { ...stats.heartbeat } } : {}), ...(stats.services ? { services: { ...stats.services } } : {}) });
   const status = await source.status();
   const info = await target.info();
   await ensureMeta(target, paths, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
@@ -203,7 +206,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const own = new OwnWrites();
   if (options.heartbeatKey && !ctx.writer) throw new Error('internal: --heartbeat-key needs an etcd writer');
   const heartbeat = options.heartbeatKey && ctx.writer ? new LagHeartbeat(options.heartbeatKey, ctx.writer) : undefined;
-  const applier = new Applier(ctx, sessions, limits, options, ownership, own, heartbeat);
+  const services = new ServiceMirror({ source, target, mapping: ctx.mapping, migrationId: ctx.config.id, log: options.log });
+  if (services.active) {
+    stats.services = services.stats;
+    await services.start(stats.checkpoint, options.signal);
+  }
+  const applier = new Applier(ctx, sessions, limits, options, ownership, own, services, heartbeat);
   await applier.reconcileLeases();
 
   const stopped = () => options.signal.aborted || ctx.lost.aborted;
@@ -279,6 +287,15 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   })();
   const leaseTimer = setInterval(() => void applier.maintainLeases().catch((err) => options.log('warn', `lease maintenance failed: ${(err as Error).message}`)), options.leaseEveryMs ?? 3000);
   leaseTimer.unref();
+  let beating = false;
+  const checkTimer = services.active
+    ? setInterval(() => {
+        if (beating) return;
+        beating = true;
+        void services.keepChecks().then(() => ctx.publish(), (err) => options.log('warn', `passing the service checks failed: ${(err as Error).message}`)).finally(() => (beating = false));
+      }, services.checkEveryMs)
+    : undefined;
+  checkTimer?.unref();
   let watch: SourceWatch | undefined;
   const heartbeatTimer = heartbeat ? startHeartbeat(heartbeat, ctx, options, () => watch) : undefined;
   let backoff = 250;
@@ -326,6 +343,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           applier.reset();
           const result = await options.copy({ deleteExtraneous: true, allowMassDelete: false });
           stats.checkpoint = result.revision;
+          if (services.active) await services.load(options.signal);
           options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });
           continue;
         }
@@ -342,6 +360,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     return ctx.lost.aborted ? 'leadership-lost' : 'signal';
   } finally {
     clearInterval(leaseTimer);
+    if (checkTimer) clearInterval(checkTimer);
     if (heartbeatTimer) clearInterval(heartbeatTimer);
     sessions.stop();
     await applier.recordLateWrites();
@@ -414,6 +433,7 @@ class Applier {
     private readonly options: DualRunOptions,
     private readonly ownership: Ownership,
     private readonly own: OwnWrites,
+    private readonly services: ServiceMirror,
     private readonly heartbeat?: LagHeartbeat,
   ) {
     this.fenceIndex = ownership.index;
@@ -451,7 +471,8 @@ class Applier {
       await this.flush();
       this.fenceIndex = this.ownership.index;
     }
-    const forward = await this.routeOwnership(message);
+    // Service rules go to the catalog first; the txn that follows moves the checkpoint past them.
+    const forward = await this.routeOwnership(await this.services.apply(message));
     const plan = await this.plan(forward);
     await this.add(plan);
     // Flush when the stream has nothing more queued: consecutive revisions share a txn under load only.

@@ -40,6 +40,7 @@ export class DualRunMetrics {
   private readonly leader = new Gauge({ name: 'migrate_dualrun_leader', help: '1 while this process leads the dual-run', registers: [this.registry] });
   private readonly sessions = new Gauge({ name: 'migrate_dualrun_sessions', help: 'Consul sessions mirroring etcd leases', registers: [this.registry] });
   private readonly reverseRules = new Gauge({ name: 'migrate_dualrun_reverse_rules', help: 'cut-over rules mirrored back from Consul to etcd', registers: [this.registry] });
+  private readonly serviceInstances = new Gauge({ name: 'migrate_dualrun_service_instances', help: 'catalog instances kept for service rules: critical, or passing (instances without a lease have no check and count as passing)', labelNames: ['status'], registers: [this.registry] });
   private readonly lateWrites = new Counter({ name: 'migrate_dualrun_late_writes_total', help: 'etcd writes under a rule Consul owns that the reverse mirror did not make (applications not switched)', labelNames: ['rule'], registers: [this.registry] });
   private readonly counters: Record<string, Counter> = {};
   private readonly seen: Record<string, number> = {};
@@ -78,6 +79,10 @@ export class DualRunMetrics {
     this.leader.set(stats.role === 'leader' ? 1 : 0);
     this.sessions.set(stats.sessions);
     this.reverseRules.set(stats.reverseRules);
+    if (stats.services) {
+      this.serviceInstances.set({ status: 'critical' }, stats.services.critical);
+      this.serviceInstances.set({ status: 'passing' }, stats.services.instances - stats.services.critical);
+    }
     for (const [rule, count] of Object.entries(stats.lateWrites)) {
       const delta = count - (this.seen[`late:${rule}`] ?? 0);
       if (delta > 0) this.lateWrites.inc({ rule }, delta);

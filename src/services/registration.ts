@@ -61,7 +61,7 @@ export function registrationOf(rule: Pick<CompiledRule, 'name' | 'fromBytes'> & 
   const key = formatKey(entry.key);
   const fail = (problem: RegistrationProblem, detail: string): RegistrationResult => ({ ok: false, rule: rule.name, key, problem, detail });
   if (!spec) return fail('segment-missing', 'the rule has no service block');
-  const segments = entry.key.subarray(rule.fromBytes.length).toString('utf8').split('/').filter((s) => s !== '');
+  const segments = segmentsOf(rule, entry.key);
   const name = fillTemplate(spec.name, segments);
   if (!name.ok) return fail('segment-missing', `the service name template "${spec.name}" needs segment ${name.missing}, but the key has ${segments.length} after from`);
   const id = fillTemplate(spec.id, segments);
@@ -96,6 +96,17 @@ export function registrationOf(rule: Pick<CompiledRule, 'name' | 'fromBytes'> & 
       key,
     },
   };
+}
+
+/** The instance id a key of the rule registers under (from the key alone), or undefined when the template does not fit it. */
+export function instanceIdOf(rule: Pick<CompiledRule, 'fromBytes'> & { service?: ServiceSpec }, key: Buffer): string | undefined {
+  if (!rule.service) return undefined;
+  const id = fillTemplate(rule.service.id, segmentsOf(rule, key));
+  return id.ok ? id.text : undefined;
+}
+
+function segmentsOf(rule: Pick<CompiledRule, 'fromBytes'>, key: Buffer): string[] {
+  return key.subarray(rule.fromBytes.length).toString('utf8').split('/').filter((s) => s !== '');
 }
 
 type Fill = { ok: true; text: string } | { ok: false; missing: string };

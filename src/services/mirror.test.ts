@@ -1,0 +1,113 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../config/load.js';
+import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import type { WatchMessage } from '../stores/types.js';
+import { ServiceMirror } from './mirror.js';
+
+const { mapping } = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: app, from: /app/, to: app/ }
+  - name: registry
+    from: /services/
+    action: service
+    service: { check: { ttl: 9s, failuresBeforeCritical: 2, successBeforePassing: 2 } }
+`, 'migration.yaml');
+
+function world() {
+  const source = new MemorySource();
+  const target = new MemoryTarget();
+  const logs: string[] = [];
+  const mirror = new ServiceMirror({ source, target, mapping, migrationId: 'demo', log: (_level, message) => logs.push(message) });
+  /** The watch messages etcd gives for the writes made since `from`. */
+  const messages = async (from: number) => {
+    const out: Extract<WatchMessage, { kind: 'revision' }>[] = [];
+    for await (const m of await source.watch({ start: Buffer.from('/'), end: Buffer.from('0') }, from)) if (m.kind === 'revision') out.push(m);
+    return out;
+  };
+  return { source, target, mirror, logs, messages };
+}
+
+describe('ServiceMirror', () => {
+  it('applies service events and hands the others back; a put of the same instance is not sent again', async () => {
+    const w = world();
+    const lease = w.source.grantLease(30);
+    const from = (await w.source.status()).revision + 1;
+    w.source.write([{ key: '/services/web/i1', value: '10.0.0.1:80', lease }, { key: '/app/a', value: 'A' }]);
+    w.source.put('/services/web/i1', '10.0.0.1:80', lease);
+    w.source.put('/services/web/bad', 'nope');
+    const [first, again, bad] = await w.messages(from);
+    const rest = await w.mirror.apply(first!);
+    expect(rest.events.map((e) => e.entry.key.toString())).toEqual(['/app/a']);
+    expect(w.target.services.get('web-i1')).toMatchObject({ name: 'web', address: '10.0.0.1', port: 80, check: { id: 'etcd-migrate:web-i1', ttlSeconds: 9, status: 'passing' } });
+    const writes = w.target.writes;
+    expect((await w.mirror.apply(again!)).events).toEqual([]);
+    expect(w.target.writes).toBe(writes);
+    await w.mirror.apply(bad!);
+    expect(w.mirror.stats).toMatchObject({ registered: 1, problems: 1, instances: 1 });
+    expect(w.logs.join('\n')).toContain('/services/web/bad makes no instance (value-not-hostport');
+    expect(w.logs.join('\n')).not.toContain('nope');
+  });
+
+  it('tolerates failuresBeforeCritical - 1 unreadable leases, then marks critical; passes again after successBeforePassing good reads', async () => {
+    const w = world();
+    const lease = w.source.grantLease(30);
+    const from = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/i1', '10.0.0.1:80', lease);
+    for (const m of await w.messages(from)) await w.mirror.apply(m);
+    const readLease = w.source.readLease.bind(w.source);
+    let etcdDown = false;
+    w.source.readLease = async (id) => {
+      if (etcdDown) throw new Error('etcd unreachable');
+      return readLease(id);
+    };
+    const status = () => w.target.services.get('web-i1')!.checkStatus;
+    etcdDown = true;
+    await w.mirror.keepChecks();
+    expect(status()).toBe('passing');
+    await w.mirror.keepChecks();
+    expect(status()).toBe('critical');
+    expect(w.mirror.stats.critical).toBe(1);
+    etcdDown = false;
+    await w.mirror.keepChecks();
+    expect(status()).toBe('critical');
+    await w.mirror.keepChecks();
+    expect(status()).toBe('passing');
+    expect(w.mirror.stats.critical).toBe(0);
+  });
+
+  it('registers an instance again when the agent no longer knows its check; a lease that ended is left to the watch', async () => {
+    const w = world();
+    const lease = w.source.grantLease(30);
+    const from = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/i1', '10.0.0.1:80', lease);
+    for (const m of await w.messages(from)) await w.mirror.apply(m);
+    w.target.services.clear();
+    await w.mirror.keepChecks();
+    expect(w.target.services.get('web-i1')).toMatchObject({ address: '10.0.0.1', checkStatus: 'passing' });
+    expect(w.logs.join('\n')).toContain('the agent no longer knows instance web-i1');
+
+    const at = (await w.source.status()).revision + 1;
+    w.source.revokeLease(lease);
+    const writes = w.target.writes;
+    await w.mirror.keepChecks();
+    expect(w.target.writes).toBe(writes);
+    for (const m of await w.messages(at)) await w.mirror.apply(m);
+    expect(w.target.services.size).toBe(0);
+    expect(w.mirror.stats).toMatchObject({ deregistered: 1, instances: 0 });
+  });
+
+  it('at start brings the agent in line with etcd at the checkpoint and tracks what is there', async () => {
+    const w = world();
+    const lease = w.source.grantLease(30);
+    w.source.put('/services/web/i1', '10.0.0.1:80', lease);
+    const checkpoint = w.source.put('/services/db/i1', '10.0.0.2:5432', lease);
+    w.source.put('/services/web/i2', '10.0.0.3:80', lease);
+    // A stray of this migration on the agent (no etcd key): removed; another migration's instance: left alone.
+    await w.target.registerService({ id: 'old-x', name: 'old', address: '10.9.9.9', port: 1, tags: [], meta: { 'etcd-migrate-id': 'demo', 'etcd-migrate-rule': 'registry' } });
+    await w.target.registerService({ id: 'other', name: 'other', address: '10.9.9.8', port: 1, tags: [], meta: { 'etcd-migrate-id': 'another' } });
+    await w.mirror.start(checkpoint, new AbortController().signal);
+    expect([...w.target.services.keys()].sort()).toEqual(['db-i1', 'other', 'web-i1']);
+    expect(w.mirror.stats.instances).toBe(2);
+  });
+});
