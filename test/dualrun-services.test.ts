@@ -65,6 +65,15 @@ rules:
       await new Promise((r) => setTimeout(r, 7_000));
       expect((await health(web, true)).map((e) => e.Service.ID).sort()).toEqual([`${web}-i1`, `${web}-i2`, `${web}-static`]);
       expect(metric(await dr.metrics(), 'migrate_dualrun_service_instances{status="critical"}')).toBe(0);
+      // status shows the rule with its etcd keys and catalog instances; cutover refuses it and changes nothing.
+      const status = await runCli(['status', '--format', 'json'], { cwd: dir, env: serverEnv() });
+      expect(status.code, status.stderr).toBe(0);
+      const line = (JSON.parse(status.stdout) as { rules: { name: string; action: string; phase: string | null; keys: { etcd: number; consul: number } }[] }).rules.find((r) => r.name === 'registry');
+      expect(line).toMatchObject({ action: 'service', phase: null, keys: { etcd: 4, consul: 3 } });
+      const cut = await runCli(['cutover', '--rule', 'registry', '--yes'], { cwd: dir, env: serverEnv() });
+      expect(cut.code).toBe(4);
+      expect(cut.stdout + cut.stderr).toContain('rule registry is a service rule');
+      expect(await target.readKey(`_migrate/${id}/rules/registry`)).toBeUndefined();
       // A changed value re-registers with the new address.
       await lease.put(`${root}/services/${web}/i2`).value('10.40.0.3:8082');
       await eventually('i2 moved', async () => (await health(web)).some((e) => e.Service.ID === `${web}-i2` && e.Service.Address === '10.40.0.3' && e.Service.Port === 8082));

@@ -92,7 +92,7 @@ export interface FinalizeOptions extends CommonOptions {
 
 export interface RuleOutcome {
   rule: string;
-  from: RulePhase | 'keep' | 'unknown';
+  from: RulePhase | 'keep' | 'service' | 'unknown';
   to: RulePhase;
   checks: PreconditionCheck[];
   ok: boolean;
@@ -116,6 +116,9 @@ export interface CutoverResult {
   /** The phase documents as written. */
   written: RulePhaseDoc[];
 }
+
+/** Service rules have no owner to flip: the registering agents move to Consul themselves. */
+const SERVICE_NOT_CUT = (name: string) => `rule ${name} is a service rule: its registrations follow etcd into the catalog while the dual-run runs; there is nothing to cut over. Switch the agents that register (for example Registrator's consul:// backend), then remove the rule`;
 
 function ruleNamed(mapping: Mapping, name: string): CompiledRule {
   const rule = mapping.rules.find((r) => r.name === name);
@@ -218,6 +221,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: its keys stay on etcd and are never cut over` }] };
+    if (rule.action === 'service') return { rule: name, from: 'service', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [{ name: 'rule', ok: true, detail: `copy rule ${rule.from} → ${rule.to}` }];
     const phaseOk = from === 'verified' || from === 'mirroring' || from === 'rolledback' || from === 'copied';
@@ -291,7 +295,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   const outcomes: RuleOutcome[] = [];
   for (const name of options.rules) {
     const rule = ruleNamed(mapping, name);
-    const from = rule.action === 'keep' ? 'keep' : phaseOf(state, name, now);
+    const from = rule.action === 'keep' || rule.action === 'service' ? rule.action : phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [];
     if (from !== 'cutover') {
       checks.push({ name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is finalized: it can no longer be rolled back` : `rule ${name} is in phase ${from}, not cut over: nothing to roll back` });
@@ -355,6 +359,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: finalize never touches it` }] };
+    if (rule.action === 'service') return { rule: name, from: 'service', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [
       from === 'cutover' ? { name: 'phase', ok: true, detail: 'cutover' } : { name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is already finalized` : `rule ${name} is in phase ${from}: cut it over first (\`migrate cutover --rule ${name}\`)` },

@@ -13,7 +13,7 @@ function table(header: string[], rows: string[][]): string[] {
 function statusRows(result: StatusResult): string[][] {
   return result.rules.map((r) => [
     r.name,
-    r.phase ?? 'keep',
+    r.phase ?? r.action,
     r.owner,
     `${r.keys.etcd}${r.keys.consul === null ? '' : ` / ${r.keys.consul}`}`,
     r.action === 'keep' ? '-' : result.dualRun.lagRevisions === null ? 'none' : `${result.dualRun.lagRevisions} rev${result.dualRun.running ? '' : ' (stopped)'}`,

@@ -5,18 +5,20 @@ import { prefixRange } from '../stores/etcd.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import { derivePhase, dualRunRunning, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase } from './phase.js';
 import { readCutoverState } from './state-io.js';
+import { META_RULE } from '../services/registration.js';
 
 /** One rule's line in `migrate status`. */
 export interface RuleStatusLine {
   name: string;
-  action: 'copy' | 'keep';
+  action: 'copy' | 'keep' | 'service';
   from: string;
   to: string | null;
-  /** null for keep rules (they have no phase: they stay on etcd). */
+  /** null for keep and service rules (they have no phase: keys stay on etcd; registrations follow etcd into the catalog). */
   phase: RulePhase | null;
   owner: RuleOwner;
   /** Whether the phase is written in `rules/<name>` (else derived from the copy, checkpoint and verify state). */
   recorded: boolean;
+  /** Service rules: `consul` counts the rule's catalog instances. */
   keys: { etcd: number; consul: number | null };
   verify: { status: string; differences: number; at: string; ageSeconds: number } | null;
   lateWrites: number;
@@ -47,10 +49,22 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   const checkpoint = state.checkpoint?.revision ?? null;
   const ageOf = (at: string) => Math.max(0, Math.round((nowMs - Date.parse(at)) / 1000));
   const rules: RuleStatusLine[] = [];
+  const instances = mapping.serviceRules.length > 0 ? await target.listServiceInstances(config.id, 'catalog') : [];
   for (const rule of mapping.rules) {
     const etcdKeys = await source.count(prefixRange(rule.fromBytes), status.revision);
     if (rule.action === 'keep') {
       rules.push({ name: rule.name, action: 'keep', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false, keys: { etcd: etcdKeys, consul: null }, verify: null, lateWrites: 0, guardTrips: 0, changed: null, next: 'none: stays on etcd' });
+      continue;
+    }
+    if (rule.action === 'service') {
+      const v = state.verify?.rules[rule.name];
+      rules.push({
+        name: rule.name, action: 'service', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false,
+        keys: { etcd: etcdKeys, consul: instances.filter((i) => i.meta[META_RULE] === rule.name).length },
+        verify: v && state.verify ? { status: v.status, differences: v.differences, at: state.verify.at, ageSeconds: ageOf(state.verify.at) } : null,
+        lateWrites: 0, guardTrips: 0, changed: null,
+        next: running ? 'none: the dual-run keeps the catalog in step with etcd; switch the registering agents to Consul, then drop the rule' : 'run `migrate dualrun` to keep the catalog in step (and the TTL checks passing)',
+      });
       continue;
     }
     const doc = state.docs.get(rule.name)?.doc;
