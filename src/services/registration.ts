@@ -34,7 +34,9 @@ export type RegistrationProblem =
   | 'port-invalid'
   | 'tags-invalid'
   | 'meta-invalid'
-  | 'segment-missing';
+  | 'segment-missing'
+  /** Another key of the rule already registers this instance id (reported by the sync, not by {@link registrationOf}). */
+  | 'id-duplicate';
 
 export type RegistrationResult =
   | { ok: true; registration: Registration }
@@ -178,7 +180,9 @@ function parseJson(value: Buffer, spec: ServiceSpec, fail: (p: RegistrationProbl
   }
   for (const [k, v] of Object.entries(meta)) {
     if (!META_KEY.test(k) || k.startsWith('consul-')) return fail('meta-invalid', `meta key "${k.slice(0, 40)}" is not letters, digits, "_" and "-" (at most 128), or starts with the reserved "consul-"`);
-    if (v.length > META_MAX_VALUE) return fail('meta-invalid', `meta "${k}" is ${v.length} characters; Consul accepts at most ${META_MAX_VALUE}`);
+    // Consul counts bytes (Go's len), not characters.
+    const bytes = Buffer.byteLength(v, 'utf8');
+    if (bytes > META_MAX_VALUE) return fail('meta-invalid', `meta "${k}" is ${bytes} bytes; Consul accepts at most ${META_MAX_VALUE}`);
   }
   return { address, port, tags, meta };
 }
@@ -199,8 +203,11 @@ function portOf(raw: unknown): number | undefined {
 
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 
+/** A last label of digits only: no top-level domain is all-numeric (RFC 3696 §2), so this is a mistyped IPv4 address. */
+const NUMERIC_LAST_LABEL = /(?:^|\.)[0-9]+\.?$/;
+
 function validAddress(address: string): boolean {
-  return isIP(address) !== 0 || HOST_NAME.test(address);
+  return isIP(address) !== 0 || (HOST_NAME.test(address) && !NUMERIC_LAST_LABEL.test(address));
 }
 
 /** Two registrations describe the same instance as Consul serves it (the fields a client sees). */

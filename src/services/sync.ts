@@ -81,7 +81,7 @@ export async function desiredInstances(
       }
       const earlier = registrations.get(parsed.registration.id);
       if (earlier) {
-        problems.push({ key: parsed.registration.key, problem: 'segment-missing', detail: `its instance id "${parsed.registration.id}" is also the id of ${earlier.key}; make the id template include more of the key` });
+        problems.push({ key: parsed.registration.key, problem: 'id-duplicate', detail: `its instance id "${parsed.registration.id}" is also the id of ${earlier.key}; make the id template include more of the key` });
         continue;
       }
       registrations.set(parsed.registration.id, parsed.registration);
@@ -120,6 +120,11 @@ export async function syncServiceRule(
     if (current && matches(registration, current)) {
       stats.unchanged++;
       continue;
+    }
+    if (current?.checkStatus !== undefined && !registration.lease) {
+      // The agent keeps a check that a new registration leaves out: the TTL check of a key that lost
+      // its lease would turn critical (nobody passes it) and take the instance out of DNS.
+      await deps.target.deregisterService(registration.id);
     }
     await deps.target.registerService(definitionOf(registration, spec));
     if (current) stats.updated++;
