@@ -7,6 +7,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('etcdEndpoint', etcd.endpoint);
   project.provide('consulAddress', consul.address);
   project.provide('consulVersion', consul.version);
+  project.provide('consulDnsPort', consul.dnsPort);
   process.stderr.write(`integration servers: etcd ${etcd.endpoint} (pid ${etcd.pid}), Consul ${consul.version} ${consul.address} (pid ${consul.pid})\n`);
   return async () => {
     await Promise.all([etcd.stop(), consul.stop()]);
@@ -18,5 +19,7 @@ declare module 'vitest' {
     etcdEndpoint: string;
     consulAddress: string;
     consulVersion: string;
+    /** Consul's DNS port (UDP and TCP on 127.0.0.1), for `<name>.service.consul` lookups. */
+    consulDnsPort: number;
   }
 }

@@ -13,8 +13,8 @@ import { EtcdSource } from '../../src/stores/etcd.js';
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 /** The servers the global setup started. */
-export function servers(): { etcdEndpoint: string; consulAddress: string; consulVersion: string } {
-  return { etcdEndpoint: inject('etcdEndpoint'), consulAddress: inject('consulAddress'), consulVersion: inject('consulVersion') };
+export function servers(): { etcdEndpoint: string; consulAddress: string; consulVersion: string; consulDnsPort: number } {
+  return { etcdEndpoint: inject('etcdEndpoint'), consulAddress: inject('consulAddress'), consulVersion: inject('consulVersion'), consulDnsPort: inject('consulDnsPort') };
 }
 
 /** A prefix no other test uses, so test files can share one server pair. */
