@@ -189,7 +189,7 @@ describe('verdicts', () => {
   });
 
   it('counts by kind with every kind present', () => {
-    expect(countByKind([{ kind: 'value' }, { kind: 'value' }], { missing: 4 })).toEqual({ missing: 4, extra: 0, value: 2, session: 0, 'not-servable': 0 });
+    expect(countByKind([{ kind: 'value' }, { kind: 'value' }], { missing: 4 })).toEqual({ missing: 4, extra: 0, value: 2, session: 0, 'not-servable': 0, instance: 0, check: 0, 'check-critical': 0 });
   });
 });
 

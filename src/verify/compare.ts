@@ -23,10 +23,17 @@ import type { KeyLookup } from './listed-keys.js';
  * - `session`: the lease ↔ session mirror is wrong (see {@link SessionProblem});
  * - `not-servable`: a Consul key applications cannot read through `GET /v1/kv/<key>`
  *   (a stranded key: leading `/`, `//`, `.`/`..` segments, …).
+ *
+ * And for a `service` rule's catalog instances (`compare-services.ts`):
+ * - `missing`: an etcd key makes an instance, the catalog has none with its id;
+ * - `extra`: an instance of the rule that no etcd key makes, or a second one of an id on another node;
+ * - `instance`: both exist, fields differ (the reason names them: `address,port`, …);
+ * - `check`: the etcd key is leased and the instance has no TTL check, or the reverse;
+ * - `check-critical`: the instance's TTL check is critical while its etcd lease is alive.
  */
-export type DifferenceKind = 'missing' | 'extra' | 'value' | 'session' | 'not-servable';
+export type DifferenceKind = 'missing' | 'extra' | 'value' | 'session' | 'not-servable' | 'instance' | 'check' | 'check-critical';
 
-export const DIFFERENCE_KINDS: readonly DifferenceKind[] = ['missing', 'extra', 'value', 'session', 'not-servable'];
+export const DIFFERENCE_KINDS: readonly DifferenceKind[] = ['missing', 'extra', 'value', 'session', 'not-servable', 'instance', 'check', 'check-critical'];
 
 /** The sub-reasons of a `session` difference. */
 export type SessionProblem =
@@ -59,18 +66,21 @@ export interface ValueDigest {
 /** One difference, as reports show it: keys (escaped by `formatKey`), sizes and keyed hashes; never a value. */
 export interface Difference {
   rule: string;
-  /** The Consul key, through `formatKey`. */
+  /** The Consul key, through `formatKey`; for a service rule, the instance id (`<id>@<node>` for a second instance of an id). */
   key: string;
   kind: DifferenceKind;
-  /** The sub-reason: a {@link SessionProblem}, an {@link ExtraReason}, a servability reason, `absent`, `bytes` or `read-back-failed`. */
+  /**
+   * The sub-reason: a {@link SessionProblem}, an {@link ExtraReason}, a servability reason, `absent`, `bytes` or `read-back-failed`;
+   * for a service rule `no-instance`, `no-etcd-key`, `duplicate`, the differing fields (`address,port`), `no-check`, `unexpected-check` or `critical`.
+   */
   reason: string;
   /** One sentence for people; ids and sizes, never values. */
   detail: string;
   /** The etcd key it comes from, through `formatKey`, when there is one. */
   sourceKey: string | null;
-  /** The etcd side at the cut; null when etcd has no such key. */
+  /** The etcd side at the cut; null when etcd has no such key. For a service rule, the fields of the instance the key makes. */
   etcd: ValueDigest | null;
-  /** The Consul side; null when Consul has no such key. */
+  /** The Consul side; null when Consul has no such key. For a service rule, the instance's fields in the catalog. */
   consul: ValueDigest | null;
 }
 

@@ -10,7 +10,9 @@ import type { RuleVerify, VerifyCut, VerifyResult } from './verify.js';
  * markdown (a pull-request comment or `$GITHUB_STEP_SUMMARY`). Every format
  * states the same count of persistent differences and lists the same
  * records; when `--max-diffs` cut the list, each says so with both numbers.
- * Values never appear: sizes and keyed hashes only.
+ * Values never appear: sizes and keyed hashes only. A service rule's counts
+ * are instances (the ones its keys make, the ones in the catalog), and each
+ * format says so.
  */
 export function renderVerify(result: VerifyResult, format: Format): string {
   switch (format) {
@@ -81,6 +83,18 @@ function unmappableText(r: RuleVerify): string {
   return Object.entries(r.unmappable).map(([reason, n]) => `${n} ${reason}`).join(', ');
 }
 
+/** What the unmappable count of a rule means: keys the rule rejects, or keys that make no service instance. */
+function unmappableNote(r: RuleVerify): string {
+  return r.action === 'service'
+    ? `${unmappableText(r)} source key(s) that make no service instance; not registered by design, not drift`
+    : `${unmappableText(r)} source key(s) the rule rejects (keys: ${r.keys}); not copied by design, not drift`;
+}
+
+/** A service rule's scope in one phrase. */
+function serviceScope(r: RuleVerify): string {
+  return `service rule: ${plural(r.compared, 'instance')} its etcd keys make, ${plural(r.targetKeys, 'instance')} of it in Consul's catalog`;
+}
+
 function unmappableCount(r: RuleVerify): number {
   return Object.values(r.unmappable).reduce<number>((n, v) => n + (v ?? 0), 0);
 }
@@ -102,7 +116,7 @@ function verdictLine(result: VerifyResult): string {
   if (result.clean) {
     const within = result.rules.filter((r) => r.status === 'within-budget');
     return within.length === 0
-      ? 'PARITY: etcd and Consul agree for every copy rule (exit 0).'
+      ? `PARITY: etcd and Consul agree for every copy${result.rules.some((r) => r.action === 'service') ? ' and service' : ''} rule (exit 0).`
       : `PARITY WITHIN BUDGET: ${plural(result.totals.withinBudget, 'difference')} tolerated by --allow in ${within.map((r) => r.name).join(', ')} (exit 0).`;
   }
   const late = result.rules.reduce((n, r) => n + r.lateWrites, 0);
@@ -113,9 +127,10 @@ function renderText(result: VerifyResult): string {
   const lines: string[] = [];
   lines.push(`Verify of migration "${result.migration}" at etcd revision ${result.cut.revision}`);
   lines.push(`  cut: ${result.cut.cut} — ${describeCut(result.cut)}`);
+  const services = result.rules.some((r) => r.action === 'service');
   for (const r of result.rounds) {
     lines.push(r.round === 1
-      ? `  round 1: ${plural(r.checked, 'key')} compared, ${r.differences} differ`
+      ? `  round 1: ${services ? plural(r.checked, 'key or service instance', 'keys and service instances') : plural(r.checked, 'key')} compared, ${r.differences} differ`
       : `  round ${r.round} (revision ${r.revision}, cut ${r.cut}): ${r.checked} re-checked, ${r.differences} still differ, ${r.settled} settled`);
   }
   lines.push('');
@@ -125,8 +140,9 @@ function renderText(result: VerifyResult): string {
   }
   lines.push('');
   for (const r of result.rules) {
+    if (r.action === 'service') lines.push(`  ${r.name}: ${serviceScope(r)}`);
     if (r.differences > 0) lines.push(`  ${r.name}: ${kindCounts(r.byKind)}${r.budget !== null ? ` (--allow ${r.name}=${r.budget})` : ''}${r.unchecked ? `; ${r.unchecked} over the re-check limit, counted without re-check` : ''}`);
-    if (unmappableCount(r) > 0) lines.push(`  ${r.name}: ${unmappableText(r)} source key(s) the rule rejects (keys: ${r.keys}); not copied by design, not drift`);
+    if (unmappableCount(r) > 0) lines.push(`  ${r.name}: ${unmappableNote(r)}`);
     if (r.leaseSkipped > 0) lines.push(`  ${r.name}: ${r.leaseSkipped} leased key(s) under leases: skip, checked to be absent from Consul`);
     if (r.readBack.failed > 0) lines.push(`  ${r.name}: ${r.readBack.failed} of ${r.readBack.checked} key(s) read back through GET /v1/kv failed`);
     if (r.owner === 'consul') lines.push(`  ${r.name}: cut over: Consul is the owner, etcd the mirror`);
@@ -136,7 +152,7 @@ function renderText(result: VerifyResult): string {
   if (result.differences.length > 0) {
     const width = Math.min(60, Math.max(...result.differences.map((d) => d.key.length)));
     for (const d of result.differences) {
-      lines.push(`  ${d.rule.padEnd(12)} ${d.kind.padEnd(12)} ${d.key.padEnd(width)}  etcd ${digestText(d.etcd)}  consul ${digestText(d.consul)}  ${d.reason}: ${d.detail}`);
+      lines.push(`  ${d.rule.padEnd(12)} ${d.kind.padEnd(14)} ${d.key.padEnd(width)}  etcd ${digestText(d.etcd)}  consul ${digestText(d.consul)}  ${d.reason}: ${d.detail}`);
     }
   }
   for (const w of result.warnings) lines.push(`warning: ${w}`);
@@ -183,8 +199,10 @@ function renderJunit(result: VerifyResult): string {
     out.push(`    <testcase classname="${xml(`migrate.verify.${result.migration}`)}" name="${xml(r.name)}" time="0">`);
     const listed = result.differences.filter((d) => d.rule === r.name);
     const body = [
-      `rule ${r.name}: ${r.from} -> ${r.to}; ${r.compared} keys compared, ${r.targetKeys} Consul keys, ${r.settled} settled`,
-      ...(unmappableCount(r) > 0 ? [`not drift: ${unmappableText(r)} source key(s) rejected by the rule`] : []),
+      r.action === 'service'
+        ? `service rule ${r.name}: ${r.from} -> Consul's catalog; ${r.compared} instances compared, ${r.targetKeys} catalog instances, ${r.settled} settled`
+        : `rule ${r.name}: ${r.from} -> ${r.to}; ${r.compared} keys compared, ${r.targetKeys} Consul keys, ${r.settled} settled`,
+      ...(unmappableCount(r) > 0 ? [`not drift: ${r.action === 'service' ? `${unmappableText(r)} source key(s) that make no service instance` : `${unmappableText(r)} source key(s) rejected by the rule`}`] : []),
       ...listed.map(differenceLine),
       ...(listed.length < r.differences ? [`... ${r.differences - listed.length} more not listed (--max-diffs ${result.maxDiffs})`] : []),
     ].join('\n');
@@ -224,7 +242,11 @@ function renderMarkdown(result: VerifyResult): string {
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|');
   for (const r of result.rules) {
     const status = r.status === 'parity' ? '✅ parity' : r.status === 'within-budget' ? `☑️ within budget (${r.differences}/${r.budget})` : '❌ drift';
-    lines.push(`| ${mdCode(r.name)} | ${status} | ${r.sourceKeys} | ${r.compared} | ${r.targetKeys} | ${r.differences}${r.differences ? ` (${kindCounts(r.byKind)})` : ''} | ${r.settled} | ${unmappableCount(r) ? `${unmappableCount(r)} (${mdText(unmappableText(r))})` : 0} |`);
+    lines.push(`| ${mdCode(r.name)}${r.action === 'service' ? ' (service)' : ''} | ${status} | ${r.sourceKeys} | ${r.compared} | ${r.targetKeys} | ${r.differences}${r.differences ? ` (${kindCounts(r.byKind)})` : ''} | ${r.settled} | ${unmappableCount(r) ? `${unmappableCount(r)} (${mdText(unmappableText(r))})` : 0} |`);
+  }
+  if (result.rules.some((r) => r.action === 'service')) {
+    lines.push('');
+    lines.push('Service rules count instances: _Compared_ the instances their etcd keys make, _Consul keys_ their instances in the catalog, _Unmappable_ keys that make no instance.');
   }
   lines.push('');
   lines.push(`**${mdText(countLine(result)[0]!.toUpperCase() + countLine(result).slice(1))}.**`);

@@ -16,7 +16,7 @@ const digest = {
   ],
 } as const;
 
-const kinds = ['missing', 'extra', 'value', 'session', 'not-servable'] as const;
+const kinds = ['missing', 'extra', 'value', 'session', 'not-servable', 'instance', 'check', 'check-critical'] as const;
 const byKind = {
   type: 'object',
   additionalProperties: false,
@@ -70,13 +70,14 @@ export const VERIFY_REPORT_SCHEMA = {
       items: {
         type: 'object',
         additionalProperties: false,
-        required: ['name', 'from', 'to', 'keys', 'leases', 'status', 'sourceKeys', 'compared', 'targetKeys', 'differences', 'byKind', 'settled', 'budget', 'unmappable', 'leaseSkipped', 'readBack', 'unchecked'],
+        required: ['name', 'action', 'from', 'to', 'keys', 'leases', 'status', 'sourceKeys', 'compared', 'targetKeys', 'differences', 'byKind', 'settled', 'budget', 'unmappable', 'leaseSkipped', 'readBack', 'unchecked'],
         properties: {
           name: { type: 'string' },
+          action: { enum: ['copy', 'service'], description: 'copy: KV keys under to; service: instances in the catalog, counted in compared (the ones its keys make) and targetKeys (the ones in the catalog)' },
           from: { type: 'string' },
-          to: { type: 'string' },
-          keys: { enum: ['reject', 'escape'] },
-          leases: { enum: ['session', 'persist', 'skip'] },
+          to: { type: ['string', 'null'], description: 'null for a service rule, as are keys and leases' },
+          keys: { enum: ['reject', 'escape', null] },
+          leases: { enum: ['session', 'persist', 'skip', null] },
           status: { enum: ['parity', 'within-budget', 'drift'] },
           sourceKeys: { type: 'integer', minimum: 0 },
           compared: { type: 'integer', minimum: 0 },
@@ -113,7 +114,7 @@ export const VERIFY_REPORT_SCHEMA = {
         required: ['rule', 'key', 'kind', 'reason', 'detail', 'sourceKey', 'etcd', 'consul'],
         properties: {
           rule: { type: 'string' },
-          key: { type: 'string', description: 'the Consul key, escaped as formatKey does (\\xNN for non-printable bytes)' },
+          key: { type: 'string', description: 'the Consul key, escaped as formatKey does (\\xNN for non-printable bytes); for a service rule, the instance id (<id>@<node> for a second instance of an id)' },
           kind: { enum: [...kinds] },
           reason: { type: 'string' },
           detail: { type: 'string' },

@@ -3,8 +3,11 @@ import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { createValueHasher } from '../report/hash.js';
+import { checkIdOf } from '../services/registration.js';
+import { syncServiceRule } from '../services/sync.js';
 import { consulErrorFor } from '../stores/consul-http.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import { DIFFERENCE_KINDS } from './compare.js';
 import { VERIFY_REPORT_SCHEMA } from './report-schema.js';
 import { renderVerify, renderVerifyError } from './render.js';
 import { runVerify, type VerifyOptions, type VerifyResult } from './verify.js';
@@ -264,5 +267,190 @@ describe('runVerify on in-memory stores', () => {
     expect(XMLValidator.validate(xml)).toBe(true);
     expect(new XMLParser({ ignoreAttributes: false }).parse(xml).testsuites.testsuite.testcase[0].failure['#text']).toContain('app/<b>&"\'|`x');
     expect(renderVerify(result, 'markdown')).toContain('\\|');
+  });
+});
+
+const withServices = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: app, from: /app/, to: app/ }
+  - { name: web, from: /services/, action: service, service: { check: { ttl: 10m } } }
+  - { name: dns, from: /skydns/, action: service, service: { format: skydns, name: "{-2}", id: "{-2}-{-1}" } }
+`, 'migration.yaml');
+
+/** etcd holds Registrator-style and SkyDNS registrations (one value that makes no instance); the target is what `migrate copy` registers. */
+async function serviceWorld() {
+  const w = world();
+  const lease = w.source.grantLease(60);
+  w.source.put('/app/a', 'A');
+  w.set('app/a', 'A');
+  w.source.put('/services/web/w1', '10.0.0.5:50061', lease);
+  w.source.put('/services/web/w2', '10.0.0.6:50061', lease);
+  w.source.put('/services/web/w3', '10.0.0.7:8080');
+  w.source.put('/services/web/bad', 'not an address');
+  w.source.put('/skydns/local/cluster/db/x1', JSON.stringify({ host: '10.0.0.9', port: 5432, priority: 10 }), lease);
+  await copyServices(w);
+  return { ...w, lease };
+}
+
+/** Registers every service rule's instances as the copy does. */
+async function copyServices(w: ReturnType<typeof world>) {
+  const revision = (await w.source.status()).revision;
+  for (const rule of withServices.mapping.serviceRules) {
+    const existing = await w.target.listServiceInstances('demo');
+    await syncServiceRule(rule, { source: w.source, target: w.target, mapping: withServices.mapping, migrationId: 'demo' }, revision, existing, { deleteExtraneous: false, allowMassDelete: false, guardTrips: () => false });
+  }
+}
+
+function verifyServices(w: ReturnType<typeof world>, over: Partial<VerifyOptions> = {}) {
+  return runVerify({ source: w.source, target: w.target, config: withServices.config, mapping: withServices.mapping }, options(over));
+}
+
+describe('runVerify of service rules (catalog instances)', () => {
+  it('after a copy: parity; the rule is reported as a service rule counting instances, keys that make no instance counted but not drift, verify/last recorded', async () => {
+    const w = await serviceWorld();
+    const result = await verifyServices(w);
+    expect(result.clean).toBe(true);
+    expect(result.rounds).toHaveLength(1);
+    expect(result.rules.map((r) => [r.name, r.action])).toEqual([['app', 'copy'], ['web', 'service'], ['dns', 'service']]);
+    expect(result.rules[1]).toMatchObject({ status: 'parity', to: null, keys: null, leases: null, sourceKeys: 4, compared: 3, targetKeys: 3, differences: 0, unmappable: { 'value-not-hostport': 1 } });
+    expect(result.rules[2]).toMatchObject({ status: 'parity', sourceKeys: 1, compared: 1, targetKeys: 1 });
+    expect(result.totals).toMatchObject({ unmappable: 1, differences: 0, compared: 5 });
+    expect(result.rounds[0]!.checked).toBe(5);
+    const last = JSON.parse(w.target.entries.get('_migrate/demo/verify/last')!.value.toString());
+    expect(last.rules.web).toMatchObject({ status: 'parity', compared: 3, byKind: { 'check-critical': 0, instance: 0 } });
+    const doc = expectValidJson(result);
+    expect(doc.rules[1].action).toBe('service');
+    const text = renderVerify(result, 'text');
+    expect(text).toContain('web: service rule: 3 instances its etcd keys make, 3 instances of it in Consul\'s catalog');
+    expect(text).toContain('web: 1 value-not-hostport source key(s) that make no service instance; not registered by design, not drift');
+    expect(text).toContain('PARITY: etcd and Consul agree for every copy and service rule (exit 0).');
+    expect(renderVerify(result, 'markdown')).toContain('| `web` (service) | ✅ parity |');
+  });
+
+  it('reports each kind of difference once per instance, naming fields, never what the etcd value holds', async () => {
+    const w = await serviceWorld();
+    // Missing: deregistered behind the tool's back.
+    w.target.services.delete('web-w1');
+    // Instance differs: another port and an added tag.
+    const w2 = w.target.services.get('web-w2')!;
+    w.target.services.set('web-w2', { ...w2, port: 9999, tags: ['canary'] });
+    // A leased key whose instance has no TTL check, and an unleased one that has one.
+    const x1 = w.target.services.get('db-x1')!;
+    w.target.services.set('db-x1', { ...x1, check: undefined, checkStatus: undefined });
+    const w3 = w.target.services.get('web-w3')!;
+    w.target.services.set('web-w3', { ...w3, check: { id: checkIdOf('web-w3'), name: 'ttl', ttlSeconds: 600, status: 'passing' } });
+    // Extra: ours by meta, no etcd key makes it.
+    await w.target.registerService({ id: 'web-gone', name: 'web', address: '10.0.0.8', port: 1, tags: [], meta: { 'etcd-migrate-id': 'demo', 'etcd-migrate-rule': 'web' } });
+    // Someone else's instance is none of the rule's business.
+    await w.target.registerService({ id: 'web-other', name: 'web', address: '10.0.0.8', port: 1, tags: [], meta: { 'etcd-migrate-id': 'other' } });
+    const result = await verifyServices(w);
+    expect(result.clean).toBe(false);
+    expect(result.rounds).toHaveLength(3);
+    expect(result.differences.map((d) => [d.rule, d.key, d.kind, d.reason, d.sourceKey])).toEqual([
+      ['web', 'web-gone', 'extra', 'no-etcd-key', null],
+      ['web', 'web-w1', 'missing', 'no-instance', '/services/web/w1'],
+      ['web', 'web-w2', 'instance', 'port,tags', '/services/web/w2'],
+      ['web', 'web-w3', 'check', 'unexpected-check', '/services/web/w3'],
+      ['dns', 'db-x1', 'check', 'no-check', '/skydns/local/cluster/db/x1'],
+    ]);
+    expect(result.differences.find((d) => d.key === 'web-w2')!.detail).toBe('the instance on node memory differs from what etcd key /services/web/w2 makes in port, tags');
+    // Fields agree on a check difference: the keyed hashes of the two sides match.
+    const check = result.differences.find((d) => d.key === 'db-x1')!;
+    expect(check.etcd!.hash).toBe(check.consul!.hash);
+    expect(result.differences.find((d) => d.key === 'web-w1')!.consul).toBeNull();
+    expect(result.rules.find((r) => r.name === 'web')).toMatchObject({ status: 'drift', differences: 4, targetKeys: 3, byKind: { missing: 1, extra: 1, instance: 1, check: 1, 'check-critical': 0, value: 0 } });
+    for (const format of ['json', 'text', 'markdown', 'junit'] as const) {
+      const out = renderVerify(result, format);
+      expect(out).not.toContain('10.0.0.');
+      expect(out).not.toContain('50061');
+    }
+    expectValidJson(result);
+    const junit = new XMLParser({ ignoreAttributes: false }).parse(renderVerify(result, 'junit'));
+    const web = junit.testsuites.testsuite.testcase.find((t: { '@_name': string }) => t['@_name'] === 'web');
+    expect(web.failure['@_message']).toBe('4 persistent differences (missing 1, extra 1, instance 1, check 1)');
+    expect(web.failure['#text']).toContain('service rule web: /services/ -> Consul\'s catalog; 3 instances compared, 3 catalog instances');
+  });
+
+  it('a critical TTL check while its etcd lease is alive is check-critical; once the lease has ended it is not', async () => {
+    const w = await serviceWorld();
+    await w.target.updateCheck(checkIdOf('web-w1'), 'critical');
+    const result = await verifyServices(w, { rounds: 1 });
+    expect(result.differences.map((d) => [d.key, d.kind, d.reason])).toEqual([['web-w1', 'check-critical', 'critical']]);
+    expect(result.differences[0]!.detail).toContain(`while etcd lease ${w.lease} of /services/web/w1 is alive`);
+    expectValidJson(result);
+
+    // The lease ends while verify reads: etcd still has the key at the cut, the critical check is right.
+    const readLease = w.source.readLease.bind(w.source);
+    w.source.readLease = async (id) => ({ ...(await readLease(id)), ttl: -1 });
+    expect((await verifyServices(w, { rounds: 1 })).clean).toBe(true);
+  });
+
+  it('a second instance of an id on another node is extra (duplicate)', async () => {
+    const w = await serviceWorld();
+    const list = w.target.listServiceInstances.bind(w.target);
+    w.target.listServiceInstances = async (id) => {
+      const instances = await list(id);
+      return [...instances, { ...instances.find((i) => i.id === 'web-w3')!, node: 'old-agent', port: 1 }];
+    };
+    const result = await verifyServices(w, { rounds: 1 });
+    expect(result.differences.map((d) => [d.key, d.kind, d.reason])).toEqual([['web-w3@old-agent', 'extra', 'duplicate']]);
+    expect(result.differences[0]!.detail).toContain('also registered on node old-agent, besides node memory');
+  });
+
+  it('a registration applied just after the cut settles in a later round; one the catalog shows ahead of the round\'s cut matches at the checkpoint', async () => {
+    const w = await serviceWorld();
+    w.source.put('/services/web/w4', '10.0.0.10:50061', w.lease);
+    await copyServices(w);
+    const w4 = w.target.services.get('web-w4')!;
+    w.target.services.delete('web-w4');
+    // The "dual-run" registers the new key while verify pauses between rounds.
+    const time = fakeTime(() => w.target.services.set('web-w4', w4));
+    const result = await verifyServices(w, { now: time.now, sleep: time.sleep });
+    expect(result.clean).toBe(true);
+    expect(result.rounds.map((r) => [r.differences, r.settled])).toEqual([[1, 0], [0, 1]]);
+    expect(result.rules.find((r) => r.name === 'web')).toMatchObject({ settled: 1, differences: 0 });
+
+    const v = await serviceWorld();
+    let applied = (await v.source.status()).revision;
+    // A running dual-run: its checkpoint is refreshed whenever verify sleeps, as its heartbeat would.
+    const clock = fakeTime((_ms, now) => v.checkpoint(applied, 'dualrun', now));
+    v.checkpoint(applied, 'dualrun', clock.now());
+    v.target.services.delete('web-w2');
+    const list = v.target.listServiceInstances.bind(v.target);
+    let catalogReads = 0;
+    v.target.listServiceInstances = async (id: string, scope?: 'agent' | 'catalog') => {
+      // Round 2's catalog read: etcd changes the key and the dual-run registers it (and checkpoints) just before.
+      if (scope === 'catalog' && ++catalogReads === 2) {
+        applied = v.source.put('/services/web/w2', '10.0.0.6:6000', v.lease);
+        await copyServices(v);
+        v.checkpoint(applied, 'dualrun', clock.now());
+      }
+      return list(id);
+    };
+    const ahead = await verifyServices(v, { now: clock.now, sleep: clock.sleep });
+    expect(ahead.cut).toMatchObject({ cut: 'checkpoint', reason: 'dualrun-running' });
+    // Settled in round 2: the catalog matches etcd at the checkpoint, though not at round 2's cut.
+    expect(ahead.rounds.map((r) => [r.differences, r.settled])).toEqual([[1, 0], [0, 1]]);
+    expect(ahead.rounds[1]!.revision).toBeLessThan(applied);
+    expect(ahead.clean).toBe(true);
+  });
+
+  it('--allow budgets name service rules; verify/last records their status', async () => {
+    const w = await serviceWorld();
+    w.target.services.delete('web-w1');
+    const within = await verifyServices(w, { budgets: { web: 1 }, rounds: 1 });
+    expect(within.clean).toBe(true);
+    expect(within.rules.find((r) => r.name === 'web')).toMatchObject({ status: 'within-budget', differences: 1, budget: 1 });
+    expect(JSON.parse(w.target.entries.get('_migrate/demo/verify/last')!.value.toString()).rules.web).toMatchObject({ status: 'within-budget', differences: 1, budget: 1, byKind: { missing: 1 } });
+    const over = await verifyServices(w, { budgets: { web: 0 }, rounds: 1 });
+    expect(over.clean).toBe(false);
+    expect(JSON.parse(w.target.entries.get('_migrate/demo/verify/last')!.value.toString())).toMatchObject({ clean: false, rules: { web: { status: 'drift' }, dns: { status: 'parity' } } });
+    await expect(verifyServices(w, { budgets: { nope: 1 } })).rejects.toMatchObject({ code: 'verify_budget_unknown_rule', message: expect.stringContaining('not a copy or service rule') });
+  });
+
+  it('the report schema lists every kind of difference', () => {
+    expect(VERIFY_REPORT_SCHEMA.properties.differences.items.properties.kind.enum).toEqual(DIFFERENCE_KINDS);
+    expect(VERIFY_REPORT_SCHEMA.properties.rules.items.properties.byKind.required).toEqual(DIFFERENCE_KINDS);
   });
 });

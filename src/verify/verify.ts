@@ -7,12 +7,14 @@ import type { UnmappableReason } from '../mapping/escape.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import type { ValueHasher } from '../report/hash.js';
 import { formatKey } from '../report/keys.js';
+import { META_RULE, type RegistrationProblem } from '../services/registration.js';
+import { desiredInstances } from '../services/sync.js';
 import type { SessionRecord } from '../sessions/lease-sessions.js';
 import { checkIdentity, mappingHash, parseStateDocument, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { ConsulResponseError, TxnFailedError, sleep as defaultSleep } from '../stores/consul-http.js';
 import { prefixEnd, SourceCompactedError } from '../stores/etcd.js';
 import { readAhead } from '../stores/read-ahead.js';
-import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
+import type { KeyRange, ServiceInstance, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import {
   addCounts,
   compareKey,
@@ -29,15 +31,16 @@ import {
   type RuleStatus,
   type SessionView,
 } from './compare.js';
+import { compareInstances, criticalLeases } from './compare-services.js';
 import { DUALRUN_HEARTBEAT_MS, readCheckpointState, type CutReason } from './cut.js';
 import { ListedKeys } from './listed-keys.js';
 import { ownerAt, ownersKey, tripsKey, type OwnersDoc, type RuleOwner, type TripsDoc } from '../cutover/phase.js';
 
 /**
  * `migrate verify`: parity of etcd and Consul at a consistent cut, in both
- * directions, per copy rule, over several rounds so that writes in flight
- * settle (DESIGN §3 "Verification"). Reads only; the one write is the
- * `verify/last` summary (skipped with `record: false`).
+ * directions, per copy rule and per service rule, over several rounds so
+ * that writes in flight settle (DESIGN §3 "Verification"). Reads only; the
+ * one write is the `verify/last` summary (skipped with `record: false`).
  *
  * ## The cut
  * Round 1 reads a fresh etcd revision R. When a dual-run is running (see
@@ -62,6 +65,15 @@ import { ownerAt, ownersKey, tripsKey, type OwnersDoc, type RuleOwner, type Trip
  * the two sides would not line up; the Set lookup does. Values are held for
  * a few pages at a time, never for the keyspace. Differences kept for
  * re-checks are capped ({@link RECHECK_LIMIT}); beyond it they are counted.
+ *
+ * ## Service rules
+ * A service rule's keys are registrations, not KV keys: at the same cut, the
+ * instances they make (`desiredInstances`) are compared with the rule's
+ * instances in Consul's catalog, every node (`compare-services.ts`). The
+ * catalog is read once per round for all service rules. A catalog is
+ * thousands of instances, not millions of keys, so a re-check reads the whole
+ * rule again on both sides and keeps the instances that still differ. Keys
+ * that make no instance are counted per problem, like unmappable keys.
  */
 
 /** Differences kept for re-checks and the report; more are counted (as persistent) without being re-checked or listed. */
@@ -137,7 +149,7 @@ export interface VerifyCut {
 
 export interface VerifyRound extends VerifyCut {
   round: number;
-  /** Keys compared (round 1: every key; later rounds: the keys that differed). */
+  /** Keys and service instances compared (round 1: every one; later rounds: the ones that differed). */
   checked: number;
   /** Differences after this round. */
   differences: number;
@@ -148,16 +160,19 @@ export interface VerifyRound extends VerifyCut {
 
 export interface RuleVerify {
   name: string;
+  /** `copy`: KV keys under `to`; `service`: instances in Consul's catalog. */
+  action: 'copy' | 'service';
   from: string;
-  to: string;
-  keys: KeyPolicy;
-  leases: LeasePolicy;
+  /** Null for a service rule (it writes no KV keys), as are `keys` and `leases`: a lease there is a TTL check. */
+  to: string | null;
+  keys: KeyPolicy | null;
+  leases: LeasePolicy | null;
   status: RuleStatus;
   /** etcd keys at the cut that this rule owns (mapped or unmappable). */
   sourceKeys: number;
-  /** Mapped keys compared with Consul (including `leases: skip` keys, expected absent). */
+  /** Mapped keys compared with Consul (including `leases: skip` keys, expected absent); for a service rule, the instances its keys make. */
   compared: number;
-  /** Consul keys listed under `to`. */
+  /** Consul keys listed under `to`; for a service rule, its instances in the catalog. */
   targetKeys: number;
   /** Persistent differences (after the last round). */
   differences: number;
@@ -166,8 +181,8 @@ export interface RuleVerify {
   settled: number;
   /** `--allow` budget, or null. */
   budget: number | null;
-  /** Source keys the rule rejects (not copied by design): counted per reason, not drift. */
-  unmappable: Partial<Record<UnmappableReason, number>>;
+  /** Source keys the rule rejects (not copied by design), or that make no service instance: counted per reason, not drift. */
+  unmappable: Partial<Record<UnmappableReason | RegistrationProblem, number>>;
   /** Leased keys under `leases: skip`: checked to be absent from Consul. */
   leaseSkipped: number;
   /** Keys read back through `GET /v1/kv/<key>`, and how many Consul would not serve. */
@@ -214,7 +229,8 @@ export interface VerifyLastState {
   clean: boolean;
   rounds: number;
   toolVersion: string;
-  rules: Record<string, { status: RuleStatus; differences: number; compared: number; settled: number; budget: number | null; byKind: Record<DifferenceKind, number> }>;
+  /** `byKind` is partial: a summary an older release recorded lacks the kinds added since (the service rules' ones). */
+  rules: Record<string, { status: RuleStatus; differences: number; compared: number; settled: number; budget: number | null; byKind: Partial<Record<DifferenceKind, number>> }>;
 }
 
 interface RuleRun {
@@ -238,10 +254,12 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     warnings.push(message);
     options.onProgress?.({ type: 'warning', message });
   };
+  // Copy and service rules, in the order of the file.
+  const verified = [...mapping.copyRules, ...mapping.serviceRules].sort((a, b) => a.index - b.index);
   for (const name of Object.keys(options.budgets)) {
-    if (!mapping.copyRules.some((r) => r.name === name)) {
-      throw new UsageError('verify_budget_unknown_rule', `--allow names rule "${name}", which is not a copy rule of migration "${config.id}".`, {
-        hint: `Use one of: ${mapping.copyRules.map((r) => r.name).join(', ') || '(no copy rules)'}.`,
+    if (!verified.some((r) => r.name === name)) {
+      throw new UsageError('verify_budget_unknown_rule', `--allow names rule "${name}", which is not a copy or service rule of migration "${config.id}".`, {
+        hint: `Use one of: ${verified.map((r) => r.name).join(', ') || '(no copy or service rules)'}.`,
       });
     }
   }
@@ -263,7 +281,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   const owners = await readState<OwnersDoc>(target, ownersKey(paths));
   const current = (name: string) => ownerAt(owners, name, Number.MAX_SAFE_INTEGER);
   const late = new Map<string, number>();
-  for (const rule of mapping.copyRules) {
+  for (const rule of verified) {
     if (current(rule.name).phase === 'finalized') {
       warn(`rule ${rule.name} is finalized: no longer mirrored, not compared`);
       continue;
@@ -274,12 +292,13 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
       warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then acknowledge with --acknowledge-trips`);
     }
   }
-  const freshRuns = (): RuleRun[] => mapping.copyRules.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({
+  const freshRuns = (): RuleRun[] => verified.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({
     rule,
     findings: [],
     unchecked: {},
     stats: {
-      name: rule.name, from: rule.from, to: rule.to, keys: rule.keys, leases: rule.leases, status: 'parity', sourceKeys: 0, compared: 0, targetKeys: 0, differences: 0,
+      name: rule.name, from: rule.from, ...(rule.action === 'service' ? { action: 'service', to: null, keys: null, leases: null } as const : { action: 'copy', to: rule.to, keys: rule.keys, leases: rule.leases } as const),
+      status: 'parity', sourceKeys: 0, compared: 0, targetKeys: 0, differences: 0,
       byKind: countByKind([]), settled: 0, budget: options.budgets[rule.name] ?? null, unmappable: {}, leaseSkipped: 0, readBack: { checked: 0, failed: 0 }, unchecked: 0,
       owner: current(rule.name).owner, lateWrites: late.get(rule.name) ?? 0,
     },
@@ -306,9 +325,12 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     try {
       const totals = await Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await source.count(rangeOf(run.rule.from), cut.revision) })));
       options.onProgress?.({ type: 'start', revision: cut.revision, rules: totals });
+      const catalog = catalogOf(target, config.id, options.signal);
       for (const run of runs) {
         checkAborted(options.signal);
-        checked += await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys: totals.find((t) => t.name === run.rule.name)!.keys, warn });
+        checked += run.rule.action === 'service'
+          ? await compareServiceRule(run, { ...deps, options, revision: cut.revision, catalog, keep })
+          : await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys: totals.find((t) => t.name === run.rule.name)!.keys, warn });
       }
       break;
     } catch (err) {
@@ -337,8 +359,11 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
         await sessions.load();
         // Findings are replaced only once every rule was re-checked, so a compacted retry starts from the same set.
         const still = new Map<RuleRun, Finding[]>();
+        const catalog = catalogOf(target, config.id, options.signal);
         for (const run of runs) {
-          if (run.findings.length > 0) still.set(run, await recheck(run, { ...deps, options, revision: roundCut.revision, sessions, appliedUpTo: () => cutter.appliedUpTo(roundCut) }));
+          if (run.findings.length === 0) continue;
+          const context = { ...deps, options, revision: roundCut.revision, appliedUpTo: () => cutter.appliedUpTo(roundCut) };
+          still.set(run, run.rule.action === 'service' ? await recheckServices(run, { ...context, catalog }) : await recheck(run, { ...context, sessions }));
         }
         for (const [run, findings] of still) {
           run.stats.settled += run.findings.length - findings.length;
@@ -356,7 +381,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   }
 
   // Persistent differences, budgets, verdict.
-  const order = new Map(mapping.copyRules.map((r, i) => [r.name, i]));
+  const order = new Map(verified.map((r, i) => [r.name, i]));
   const listed: Difference[] = [];
   let differencesTotal = 0;
   for (const run of runs) {
@@ -733,4 +758,69 @@ async function readOne(source: SourceReader, key: Buffer, revision: number): Pro
     return page.entries.find((e) => e.key.equals(key));
   }
   return undefined;
+}
+
+/** The migration's service instances in the catalog, read once per round, when a service rule first asks. */
+function catalogOf(target: TargetStore, migrationId: string, signal: AbortSignal): () => Promise<ServiceInstance[]> {
+  let read: Promise<ServiceInstance[]> | undefined;
+  return () => (read ??= target.listServiceInstances(migrationId, 'catalog', signal));
+}
+
+interface ServiceContext extends VerifyDeps {
+  options: VerifyOptions;
+  /** The etcd revision of the round's cut. */
+  revision: number;
+  catalog: () => Promise<ServiceInstance[]>;
+}
+
+/** Round 1 for one service rule: the instances its keys make at the cut against its catalog instances. Returns the number compared. */
+async function compareServiceRule(run: RuleRun, ctx: ServiceContext & { keep: (run: RuleRun, finding: Finding) => void }): Promise<number> {
+  const { rule, stats } = run;
+  const { source, options } = ctx;
+  const desired = await desiredInstances(ctx.mapping, rule, source, ctx.revision, ctx.config.id, { pageKeys: options.pageKeys, signal: options.signal });
+  stats.sourceKeys = desired.sourceKeys;
+  stats.compared = desired.registrations.size;
+  for (const { problem } of desired.problems) stats.unmappable[problem] = (stats.unmappable[problem] ?? 0) + 1;
+  const instances = (await ctx.catalog()).filter((i) => i.meta[META_RULE] === rule.name);
+  stats.targetKeys = instances.length;
+  const leaseAlive = await aliveLeases(source, criticalLeases(desired.registrations, instances));
+  const { findings, extras } = compareInstances({ rule: rule.name, desired: desired.registrations, instances, leaseAlive, hash: options.hasher });
+  for (const finding of findings) ctx.keep(run, finding);
+  options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: desired.sourceKeys });
+  return stats.compared + extras;
+}
+
+/**
+ * A later round for one service rule: the whole rule read again on both
+ * sides, keeping the instances that differed and still do. As for keys
+ * (see {@link recheck}), a running dual-run may have registered a later etcd
+ * state by the time the catalog is read: an instance matches when it agrees
+ * with etcd at the round's cut or at the checkpoint read after the catalog.
+ */
+async function recheckServices(run: RuleRun, ctx: ServiceContext & { appliedUpTo: () => Promise<number> }): Promise<Finding[]> {
+  const { rule } = run;
+  const { source, options } = ctx;
+  const pending = new Set(run.findings.map((f) => f.target));
+  const instances = (await ctx.catalog()).filter((i) => i.meta[META_RULE] === rule.name);
+  const upTo = Math.max(ctx.revision, await ctx.appliedUpTo());
+  const outcomes: Map<string, Finding>[] = [];
+  for (const revision of upTo > ctx.revision ? [upTo, ctx.revision] : [ctx.revision]) {
+    checkAborted(options.signal);
+    const desired = await desiredInstances(ctx.mapping, rule, source, revision, ctx.config.id, { pageKeys: options.pageKeys, signal: options.signal });
+    const leaseAlive = await aliveLeases(source, criticalLeases(desired.registrations, instances));
+    const { findings } = compareInstances({ rule: rule.name, desired: desired.registrations, instances, leaseAlive, hash: options.hasher });
+    outcomes.push(new Map(findings.filter((f) => pending.has(f.target)).map((f) => [f.target, f])));
+  }
+  // The newest etcd state is the one reported when none matches.
+  return [...outcomes[0]!.values()].filter((f) => outcomes.every((o) => o.has(f.target)));
+}
+
+/** Which of these etcd leases are alive now (read one by one: only leases of instances whose check is critical). */
+async function aliveLeases(source: SourceReader, leases: Set<string>): Promise<(lease: string) => boolean> {
+  const alive = new Set<string>();
+  const limit = pLimit(POINT_READS);
+  await Promise.all([...leases].map((id) => limit(async () => {
+    if ((await source.readLease(id)).ttl > 0) alive.add(id);
+  })));
+  return (lease) => alive.has(lease);
 }
