@@ -77,6 +77,14 @@ rules:
       // A changed value re-registers with the new address.
       await lease.put(`${root}/services/${web}/i2`).value('10.40.0.3:8082');
       await eventually('i2 moved', async () => (await health(web)).some((e) => e.Service.ID === `${web}-i2` && e.Service.Address === '10.40.0.3' && e.Service.Port === 8082));
+      // A key that loses its lease keeps its instance and loses the TTL check (Consul would otherwise keep the old check).
+      await lease.put(`${root}/services/${web}/i3`).value('10.40.0.4:8083');
+      const i3 = async () => (await health(web)).find((e) => e.Service.ID === `${web}-i3`);
+      await eventually('i3 registered with a passing check', async () => checkOf(await i3()) === 'passing');
+      await etcd.put(`${root}/services/${web}/i3`).value('10.40.0.4:8083');
+      await eventually('i3 without its check', async () => (await i3()) !== undefined && checkOf(await i3()) === undefined);
+      await etcd.delete().key(`${root}/services/${web}/i3`);
+      await eventually('i3 deregistered', async () => (await i3()) === undefined);
     } finally {
       expect(await dr.stop()).toBe(0);
     }

@@ -33,6 +33,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
   for (const r of result.services) {
     lines.push(`  service rule ${r.name} (${r.from}): ${r.sourceKeys} key(s); ${r.registered} instance(s) ${verb ? 'would be ' : ''}registered, ${r.updated} updated, ${r.unchanged} unchanged${r.withoutLease ? `; ${r.withoutLease} without a lease ${verb ? 'would be ' : 'were '}registered without a TTL check` : ''}`);
     for (const [problem, count] of Object.entries(r.problems)) lines.push(`  ${r.name}: ${count} key(s) make no instance: ${problem}`);
+    if (r.withdrawn) lines.push(`  ${r.name}: ${r.withdrawn} instance(s) whose key no longer describes one ${verb ? 'would be ' : 'were '}deregistered`);
     for (const ex of r.problemExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.problem}: ${ex.detail})`);
     if (r.extraneous > 0) {
       lines.push(`  ${r.name}: ${r.extraneous} instance(s) on the agent have no etcd key${r.deregistered ? `; ${r.deregistered} deregistered` : ' (kept; pass --delete-extraneous to deregister them)'}`);

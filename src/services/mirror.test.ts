@@ -49,6 +49,24 @@ describe('ServiceMirror', () => {
     expect(w.logs.join('\n')).not.toContain('nope');
   });
 
+  it('a second key with the instance id of another is not registered over it', async () => {
+    const { mapping: byName } = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: registry, from: /services/, action: service, service: { id: "{1}" } }
+`, 'migration.yaml');
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    const logs: string[] = [];
+    const mirror = new ServiceMirror({ source, target, mapping: byName, migrationId: 'demo', log: (_l, m) => logs.push(m) });
+    source.put('/services/web/i1', '10.0.0.1:80');
+    source.put('/services/web/i2', '10.0.0.2:80');
+    for await (const m of await source.watch({ start: Buffer.from('/'), end: Buffer.from('0') }, 1)) if (m.kind === 'revision') await mirror.apply(m);
+    expect(target.services.get('web')).toMatchObject({ address: '10.0.0.1' });
+    expect(mirror.stats.problems).toBe(1);
+    expect(logs.join('\n')).toContain('/services/web/i2 makes instance id "web", which /services/web/i1 already has');
+  });
+
   it('tolerates failuresBeforeCritical - 1 unreadable leases, then marks critical; passes again after successBeforePassing good reads', async () => {
     const w = world();
     const lease = w.source.grantLease(30);

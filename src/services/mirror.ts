@@ -16,6 +16,8 @@ interface Tracked {
   rule: CompiledRule;
   definition: ServiceDefinition;
   lease: string | undefined;
+  /** The etcd key it came from (unknown for instances found on the agent at start). */
+  key: string | undefined;
   /** What the tool last told Consul about the check. */
   status: 'passing' | 'critical';
   failures: number;
@@ -111,7 +113,7 @@ export class ServiceMirror {
       const { id, name, address, port, tags, meta } = instance;
       const definition: ServiceDefinition = { id, name, address, port, tags, meta };
       if (lease) definition.check = { id: checkIdOf(id), name: `etcd lease ${lease}`, ttlSeconds: rule.service!.check.ttlSeconds, status: 'passing', ...deregisterAfter(rule.service!) };
-      this.tracked.set(id, { rule, definition, lease, status: instance.checkStatus === 'critical' ? 'critical' : 'passing', failures: 0, successes: 0 });
+      this.tracked.set(id, { rule, definition, lease, key: undefined, status: instance.checkStatus === 'critical' ? 'critical' : 'passing', failures: 0, successes: 0 });
     }
     this.count();
   }
@@ -150,12 +152,17 @@ export class ServiceMirror {
     }
     const registration = parsed.registration;
     const earlier = this.tracked.get(registration.id);
+    if (earlier?.key !== undefined && earlier.key !== registration.key) {
+      this.stats.problems++;
+      this.deps.log('warn', `service rule ${rule.name}: ${registration.key} makes instance id "${registration.id}", which ${earlier.key} already has; not registered (make the id template include more of the key)`, { rule: rule.name, key: registration.key });
+      return;
+    }
     const definition = definitionOf(registration, rule.service!, earlier?.status ?? 'passing');
     // Registrator-style agents rewrite their keys on every refresh: unchanged instances are not sent again.
     if (earlier && fingerprint(earlier.definition) === fingerprint(definition)) return;
     await this.deps.target.registerService(definition);
     this.stats.registered++;
-    this.tracked.set(registration.id, { rule, definition, lease: registration.lease, status: earlier?.status ?? 'passing', failures: 0, successes: 0 });
+    this.tracked.set(registration.id, { rule, definition, lease: registration.lease, key: registration.key, status: earlier?.status ?? 'passing', failures: 0, successes: 0 });
   }
 
   private async remove(rule: CompiledRule, key: Buffer, why: string): Promise<void> {

@@ -25,15 +25,6 @@ rules:
 `, 'migration.yaml').mapping;
 }
 
-/** Like Consul's agent: registering an instance again without a check keeps the check it had. */
-class CheckKeepingTarget extends MemoryTarget {
-  override async registerService(service: ServiceDefinition): Promise<void> {
-    const old = this.services.get(service.id);
-    await super.registerService(old?.check && !service.check ? { ...service, check: old.check } : service);
-    if (old?.check && !service.check) this.services.get(service.id)!.checkStatus = old.checkStatus;
-  }
-}
-
 function world(service?: string, target = new MemoryTarget()) {
   const source = new MemorySource();
   const mapping = mappingOf(service);
@@ -130,18 +121,6 @@ describe('syncServiceRule', () => {
     expect(counts(await sync())).toMatchObject({ updated: 0, unchanged: 1 });
   });
 
-  it('a lease removed on an agent that keeps checks across re-registration: the instance is registered afresh, without the check', async () => {
-    const { source, target, sync } = world(undefined, new CheckKeepingTarget());
-    source.put('/svc/redis/r1', '10.0.0.1:6379', source.grantLease(30));
-    await sync();
-    source.put('/svc/redis/r1', '10.0.0.1:6379');
-    expect(counts(await sync())).toMatchObject({ updated: 1, withoutLease: 1 });
-    expect(target.services.get('redis-r1')).toMatchObject({ address: '10.0.0.1', port: 6379 });
-    expect(target.services.get('redis-r1')!.check).toBeUndefined();
-    // Settled: the next run finds it unchanged instead of re-registering it for ever.
-    expect(counts(await sync())).toMatchObject({ updated: 0, unchanged: 1 });
-  });
-
   it('keys of a longer nested rule are not this rule\'s', async () => {
     const { source, target, sync } = world();
     source.put('/svc/redis/r1', '10.0.0.1:6379');
@@ -207,15 +186,18 @@ describe('syncServiceRule', () => {
     expect([...target.services.keys()].sort()).toEqual(['dns-1', 'redis-r1', 'theirs-1', 'unmanaged']);
   });
 
-  it('a registration whose value went bad is extraneous, not updated: its old instance stays unless deleteExtraneous', async () => {
+  it('a registration whose value went bad is withdrawn: its stale address is deregistered (as the dual-run does), not kept as extraneous', async () => {
     const { source, target, sync } = world();
     source.put('/svc/redis/r1', '10.0.0.1:6379');
+    source.put('/svc/redis/r2', '10.0.0.2:6379');
     await sync();
     source.put('/svc/redis/r1', 'maintenance');
     const stats = await sync();
-    expect(counts(stats)).toMatchObject({ registered: 0, updated: 0, extraneous: 1 });
+    expect(counts(stats)).toMatchObject({ registered: 0, updated: 0, unchanged: 1, extraneous: 0, deregistered: 0 });
+    expect(stats.withdrawn).toBe(1);
     expect(stats.problems).toEqual({ 'value-not-hostport': 1 });
-    expect(target.services.get('redis-r1')).toMatchObject({ address: '10.0.0.1' });
+    expect([...target.services.keys()]).toEqual(['redis-r2']);
+    expect(JSON.stringify(stats)).not.toContain('maintenance');
   });
 
   it('the delete guard: more than 10 and more than 10% refuses, deregisters nothing, and --allow-mass-delete lets it through', async () => {

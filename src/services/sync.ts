@@ -4,7 +4,7 @@ import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { findRule } from '../mapping/route.js';
 import { prefixEnd } from '../stores/etcd.js';
 import type { ServiceDefinition, ServiceInstance, SourceReader, TargetStore } from '../stores/types.js';
-import { checkIdOf, META_RULE, registrationOf, sameInstance, type Registration, type RegistrationProblem } from './registration.js';
+import { checkIdOf, instanceIdOf, META_RULE, registrationOf, sameInstance, type Registration, type RegistrationProblem } from './registration.js';
 
 /** What the copy did (or, dry-run, would do) for one `service` rule. */
 export interface ServiceRuleStats {
@@ -24,6 +24,8 @@ export interface ServiceRuleStats {
   extraneous: number;
   extraneousExamples: string[];
   deregistered: number;
+  /** Instances whose key no longer describes one (a value that stopped parsing): deregistered, as the dual-run does. */
+  withdrawn: number;
 }
 
 const EXAMPLES = 20;
@@ -52,6 +54,14 @@ export function matches(registration: Registration, instance: ServiceInstance): 
   return sameInstance(registration, instance) && (registration.lease !== undefined) === (instance.checkStatus !== undefined);
 }
 
+/** A key that makes no instance; `id` is the instance it would have had (when the id template fits the key). */
+export interface KeyProblem {
+  key: string;
+  problem: RegistrationProblem;
+  detail: string;
+  id?: string;
+}
+
 /**
  * Reads a service rule's keys at `revision` and parses each into the
  * instance it registers. Memory holds one registration per instance (a
@@ -64,9 +74,9 @@ export async function desiredInstances(
   revision: number,
   migrationId: string,
   options: { pageKeys?: number; signal?: AbortSignal } = {},
-): Promise<{ sourceKeys: number; registrations: Map<string, Registration>; problems: { key: string; problem: RegistrationProblem; detail: string }[] }> {
+): Promise<{ sourceKeys: number; registrations: Map<string, Registration>; problems: KeyProblem[] }> {
   const registrations = new Map<string, Registration>();
-  const problems: { key: string; problem: RegistrationProblem; detail: string }[] = [];
+  const problems: KeyProblem[] = [];
   let sourceKeys = 0;
   const start = rule.fromBytes;
   for await (const page of source.readPages({ start, end: prefixEnd(start) }, { revision, pageKeys: options.pageKeys, signal: options.signal })) {
@@ -76,7 +86,8 @@ export async function desiredInstances(
       sourceKeys++;
       const parsed = registrationOf(rule, entry, migrationId);
       if (!parsed.ok) {
-        problems.push({ key: parsed.key, problem: parsed.problem, detail: parsed.detail });
+        const id = instanceIdOf(rule, entry.key);
+        problems.push({ key: parsed.key, problem: parsed.problem, detail: parsed.detail, ...(id !== undefined ? { id } : {}) });
         continue;
       }
       const earlier = registrations.get(parsed.registration.id);
@@ -107,7 +118,7 @@ export async function syncServiceRule(
   const desired = await desiredInstances(deps.mapping, rule, deps.source, revision, deps.migrationId, options);
   const stats: ServiceRuleStats = {
     name: rule.name, from: rule.from, sourceKeys: desired.sourceKeys, registered: 0, updated: 0, unchanged: 0, withoutLease: 0,
-    problems: {}, problemExamples: desired.problems.slice(0, EXAMPLES), extraneous: 0, extraneousExamples: [], deregistered: 0,
+    problems: {}, problemExamples: desired.problems.slice(0, EXAMPLES).map(({ key, problem, detail }) => ({ key, problem, detail })), extraneous: 0, extraneousExamples: [], deregistered: 0, withdrawn: 0,
   };
   for (const p of desired.problems) stats.problems[p.problem] = (stats.problems[p.problem] ?? 0) + 1;
   const mine = existing.filter((i) => i.meta[META_RULE] === rule.name);
@@ -121,16 +132,18 @@ export async function syncServiceRule(
       stats.unchanged++;
       continue;
     }
-    if (current?.checkStatus !== undefined && !registration.lease) {
-      // The agent keeps a check that a new registration leaves out: the TTL check of a key that lost
-      // its lease would turn critical (nobody passes it) and take the instance out of DNS.
-      await deps.target.deregisterService(registration.id);
-    }
     await deps.target.registerService(definitionOf(registration, spec));
     if (current) stats.updated++;
     else stats.registered++;
   }
   if (options.signal?.aborted) return stats;
+  // A key whose value no longer describes an instance: the address it advertised is stale (as the dual-run does).
+  for (const p of desired.problems) {
+    if (p.id === undefined || !byId.has(p.id) || desired.registrations.has(p.id)) continue;
+    await deps.target.deregisterService(p.id);
+    byId.delete(p.id);
+    stats.withdrawn++;
+  }
   stats.extraneous = byId.size;
   stats.extraneousExamples = [...byId.keys()].slice(0, EXAMPLES);
   if (options.deleteExtraneous && byId.size > 0) {

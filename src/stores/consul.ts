@@ -240,7 +240,8 @@ export class ConsulTarget implements TargetStore {
         ...(service.check.deregisterCriticalAfterSeconds ? { DeregisterCriticalServiceAfter: `${service.check.deregisterCriticalAfterSeconds}s` } : {}),
       };
     }
-    await this.request({ method: 'PUT', path: '/v1/agent/service/register', body: JSON.stringify(body) });
+    // Without replace-existing-checks the agent keeps a check the new definition leaves out (a key that lost its lease).
+    await this.request({ method: 'PUT', path: '/v1/agent/service/register', query: { 'replace-existing-checks': true }, body: JSON.stringify(body) });
   }
 
   async deregisterService(id: string): Promise<boolean> {
