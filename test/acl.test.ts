@@ -38,6 +38,10 @@ describe('least privilege: every command with only the policies `migrate acl` pr
   let mgmt: ConsulTarget;
   let dir: string;
   let acl: AclDoc;
+  /** A second migration: one service rule (its own etcd role and migrator token). */
+  let svcDir: string;
+  let svcAcl: AclDoc;
+  let svcToken: string;
   const id = `acl-${Date.now().toString(36)}`;
   const p = `t-${id}/`;
 
@@ -64,6 +68,8 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     await root.put('outside/x').value('not migrated');
     const lease = root.lease(300, { autoKeepAlive: false });
     await lease.put(`${p}app/leased`).value('held');
+    // A service registration in Registrator's layout, leased: the service migration makes it instance web-i1 of `web`, with a TTL check.
+    await lease.put(`${p}services/web/i1`).value('10.0.0.1:8080');
 
     dir = mkdtempSync(join(tmpdir(), 'migrate-acl-'));
     writeFileSync(join(dir, 'migration.yaml'), [
@@ -78,25 +84,34 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     const printed = await runCli(['acl', '--format', 'json'], { cwd: dir });
     expect(printed.code, printed.stderr).toBe(0);
     acl = JSON.parse(printed.stdout) as AclDoc;
+    svcDir = mkdtempSync(join(tmpdir(), 'migrate-acl-svc-'));
+    writeFileSync(join(svcDir, 'migration.yaml'), ['version: 1', `id: ${id}-svc`, 'rules:', `  - { name: catalog, from: "${p}services/", action: service }`, ''].join('\n'));
+    const printedSvc = await runCli(['acl', '--format', 'json'], { cwd: svcDir });
+    expect(printedSvc.code, printedSvc.stderr).toBe(0);
+    svcAcl = JSON.parse(printedSvc.stdout) as AclDoc;
 
-    // The migrator's etcd role, exactly the read grants `migrate acl` prints; then auth on.
+    // Each migrator's etcd role, exactly the read grants `migrate acl` prints; then auth on.
     await root.user('root').create(ETCD_ROOT_PASSWORD);
     await root.role('root').create();
     await root.user('root').addRole('root');
-    const role = root.role(acl.etcd.role);
-    await role.create();
-    for (const perm of acl.etcd.permissions) {
-      await role.grant({ permission: perm.type === 'read' ? 'Read' : 'Readwrite', range: new Range(Buffer.from(perm.keyBase64, 'base64'), Buffer.from(perm.rangeEndBase64, 'base64')) });
+    for (const doc of [acl, svcAcl]) {
+      const role = root.role(doc.etcd.role);
+      await role.create();
+      for (const perm of doc.etcd.permissions) {
+        await role.grant({ permission: perm.type === 'read' ? 'Read' : 'Readwrite', range: new Range(Buffer.from(perm.keyBase64, 'base64'), Buffer.from(perm.rangeEndBase64, 'base64')) });
+      }
+      const user = root.user(doc.etcd.role);
+      await user.create(CANARY_PASSWORD);
+      await user.addRole(doc.etcd.role);
     }
-    const user = root.user(acl.etcd.role);
-    await user.create(CANARY_PASSWORD);
-    await user.addRole(acl.etcd.role);
     await root.auth.authEnable();
     root.close();
     root = new Etcd3({ hosts: etcd.endpoint, auth: { username: 'root', password: ETCD_ROOT_PASSWORD } });
 
     const migrator = acl.consul.policies.find((x) => x.role === 'migrator')!;
     await tokenWith(migrator.name, migrator.rules, CANARY_TOKEN);
+    const svcMigrator = svcAcl.consul.policies.find((x) => x.role === 'migrator')!;
+    svcToken = await tokenWith(svcMigrator.name, svcMigrator.rules);
   }, 60_000);
 
   afterAll(async () => {
@@ -104,6 +119,7 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     mgmt?.close();
     await Promise.all([consul?.stop(), etcd?.stop()]);
     if (dir) rmSync(dir, { recursive: true, force: true });
+    if (svcDir) rmSync(svcDir, { recursive: true, force: true });
   });
 
   const env = (extra: Record<string, string> = {}) => ({
@@ -195,6 +211,63 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       rmSync(negDir, { recursive: true, force: true });
     }
   });
+
+  it('a service rule: copy registers its instance with only the migrator\'s policy, the rule\'s applications find it in the catalog; without service:write copy and dualrun stop first', async () => {
+    const [migrator, verifier, app] = ['migrator', 'verifier', 'application'].map((role) => svcAcl.consul.policies.find((x) => x.role === role)!);
+    // The service names come from etcd key segments (`{1}`): nothing bounds them. Discovery reads the node too (health shows an instance only then).
+    expect(migrator!.structured).toMatchObject({ service_prefix: { '': { policy: 'write' } }, node_prefix: { '': { policy: 'read' } } });
+    expect(app!).toMatchObject({ rule: 'catalog', structured: { service_prefix: { '': { policy: 'read' } }, node_prefix: { '': { policy: 'read' } } } });
+    expect(svcAcl.etcd.permissions.map((x) => [x.type, Buffer.from(x.keyBase64, 'base64').toString(), Buffer.from(x.rangeEndBase64, 'base64').toString(), x.when])).toEqual([['read', `${p}services/`, `${p}services0`, 'always']]);
+
+    const svcEnv = (token: string) => env({ ETCDCTL_USER: svcAcl.etcd.role, CONSUL_HTTP_TOKEN: token });
+    const doctor = await runCli(['doctor', '--format', 'json'], { cwd: svcDir, env: svcEnv(svcToken) });
+    expect(Object.fromEntries((JSON.parse(doctor.stdout).checks as { name: string; status: string }[]).map((c) => [c.name, c.status]))).toMatchObject({ 'consul.acl': 'ok', 'consul.permissions': 'ok' });
+    for (const args of [['copy', '--dry-run'], ['copy'], ['verify', '--rounds', '1']]) {
+      const run = await runCli(args, { cwd: svcDir, env: svcEnv(svcToken) });
+      expect(run.code, `${args.join(' ')}: ${run.stdout}${run.stderr}`).toBe(0);
+    }
+    const ci = await runCli(['verify', '--rounds', '1'], { cwd: svcDir, env: svcEnv(await tokenWith(verifier!.name, verifier!.rules)) });
+    expect(ci.code, ci.stdout + ci.stderr).toBe(0);
+
+    // The agent syncs the registration to the catalog with the migrator's token; an application reads it with its rule's policy alone.
+    const reader = new ConsulTarget({ address: consul.address, token: await tokenWith(app!.name, app!.rules) });
+    try {
+      type HealthEntry = { Service: { ID: string; Address: string; Port: number; Meta: Record<string, string> }; Checks: { CheckID: string; Status: string }[] };
+      let entries: HealthEntry[] = [];
+      await eventually('the instance reached the catalog', async () => {
+        entries = JSON.parse((await reader.http.request({ method: 'GET', path: '/v1/health/service/web' })).body.toString('utf8')) as HealthEntry[];
+        return entries.length === 1;
+      });
+      expect(entries[0]!.Service).toMatchObject({ ID: 'web-i1', Address: '10.0.0.1', Port: 8080, Meta: { 'etcd-migrate-id': `${id}-svc`, 'etcd-migrate-rule': 'catalog' } });
+      expect(entries[0]!.Checks.find((c) => c.CheckID === 'etcd-migrate:web-i1')?.Status).toBe('passing');
+    } finally {
+      reader.close();
+    }
+    // Why the node rule: without node:read, health shows no instance at all.
+    const blind = new ConsulTarget({ address: consul.address, token: await tokenWith(`blind-${id}`, 'service_prefix "" { policy = "read" }') });
+    try {
+      expect(JSON.parse((await blind.http.request({ method: 'GET', path: '/v1/health/service/web' })).body.toString('utf8'))).toEqual([]);
+    } finally {
+      blind.close();
+    }
+
+    // Everything but the service names: copy and dualrun stop before registering anything (exit 3), naming the rule of the policy to add.
+    const withoutServices = Object.fromEntries(Object.entries(migrator!.structured).filter(([resource]) => resource !== 'service_prefix'));
+    const denied = await tokenWith(`neg-services-${id}`, JSON.stringify(withoutServices));
+    const agentBefore = await consulApi('GET', '/v1/agent/services');
+    const stateBefore = await keysUnder(`_migrate/${id}-svc/`);
+    for (const args of [['copy'], ['copy', '--format', 'json'], ['dualrun', '--baseline']]) {
+      const run = await runCli(args, { cwd: svcDir, env: svcEnv(denied) });
+      expect(run.code, `${args.join(' ')}: ${run.stdout}${run.stderr}`).toBe(3);
+      expect(run.stderr).toContain('service:write on service_prefix "" (rule catalog)');
+      if (args.includes('json')) expect(JSON.parse(run.stdout).error).toMatchObject({ code: 'consul_permission_denied', missing: [{ permission: 'service:write', service: { resource: 'service_prefix', name: '' }, for: 'rule catalog' }] });
+    }
+    expect(await consulApi('GET', '/v1/agent/services')).toEqual(agentBefore);
+    expect(await keysUnder(`_migrate/${id}-svc/`)).toEqual(stateBefore);
+    const deniedDoctor = await runCli(['doctor'], { cwd: svcDir, env: svcEnv(denied) });
+    expect(deniedDoctor.code).toBe(3);
+    expect(deniedDoctor.stdout).toMatch(/FAIL  consul\.permissions .*service:write/);
+  }, 60_000);
 
   it('canary secrets never appear in stdout or stderr: every command and format, accepted and refused', async () => {
     const outDir = mkdtempSync(join(tmpdir(), 'migrate-acl-out-'));

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
-import { planAcl, policyName, rangeCovered, renderEtcdCommands, renderPolicyHcl, shellQuote } from './acl.js';
+import { planAcl, policyName, rangeCovered, renderEtcdCommands, renderPolicyHcl, serviceNames, shellQuote } from './acl.js';
 import { renderAcl } from './render.js';
 import { checkHeartbeatKey } from '../dualrun/lag-heartbeat.js';
 
@@ -67,5 +67,64 @@ describe('planAcl', () => {
     ]);
     expect(renderAcl(plan, 'text')).toContain('dualrun --heartbeat-key');
     expect(() => checkHeartbeatKey(mapping, '/app/heartbeat')).toThrow(expect.objectContaining({ code: 'heartbeat_key_in_rule', exitCode: 2 }));
+  });
+
+  describe('service rules', () => {
+    const grantsOf = (plan: ReturnType<typeof planAcl>, name: string) => plan.consul.policies.find((p) => p.name === name)!.grants.map((g) => [g.resource, g.name, g.policy]);
+
+    it('a name template that starts with a key segment: the migrator writes every service and reads the node; the verifier and the rule\'s applications read them', () => {
+      const { config, mapping } = load('  - { name: app, from: /app/, to: app/ }\n  - { name: svc, from: /services/, action: service }\n');
+      const plan = planAcl(config, mapping);
+      expect(grantsOf(plan, 'migrate-demo-migrator').slice(-2)).toEqual([['service_prefix', '', 'write'], ['node_prefix', '', 'read']]);
+      expect(grantsOf(plan, 'migrate-demo-verifier').slice(-2)).toEqual([['service_prefix', '', 'read'], ['node_prefix', '', 'read']]);
+      // Discovery only: no KV prefix, no phase document (the Node client follows copy rules), whatever --app-access says.
+      expect(grantsOf(planAcl(config, mapping, { appAccess: 'write' }), 'migrate-demo-app-svc')).toEqual([['service_prefix', '', 'read'], ['node_prefix', '', 'read']]);
+      expect(plan.notes.join('\n')).toContain('service_prefix ""');
+      expect(plan.notes.join('\n')).toContain('acl.tokens.default');
+      expect(renderPolicyHcl(plan.consul.policies[0]!, { comments: false })).toContain('service_prefix "" {\n  policy = "write"\n}\nnode_prefix "" {\n  policy = "read"\n}\n');
+    });
+
+    it('a fixed text before the first segment bounds the names; a template without segments is one service; rules that share a scope share a grant', () => {
+      expect(serviceNames({ service: { name: 'legacy-{1}' } })).toEqual({ resource: 'service_prefix', name: 'legacy-' });
+      expect(serviceNames({ service: { name: 'web' } })).toEqual({ resource: 'service', name: 'web' });
+      expect(serviceNames({ service: { name: '{-1}-svc' } })).toEqual({ resource: 'service_prefix', name: '' });
+      const { config, mapping } = load([
+        '  - { name: legacy, from: /legacy/, action: service, service: { name: "legacy-{1}" } }',
+        '  - { name: old, from: /old/, action: service, service: { name: "legacy-{2}" } }',
+        '  - { name: web, from: /web/, action: service, service: { name: web, id: "web-{1}" } }',
+        '',
+      ].join('\n'));
+      const plan = planAcl(config, mapping, { consulNode: 'node-1' });
+      const migrator = plan.consul.policies[0]!;
+      expect(migrator.grants.filter((g) => g.resource.startsWith('service') || g.resource.startsWith('node')).map((g) => [g.resource, g.name, g.policy])).toEqual([
+        ['service_prefix', 'legacy-', 'write'], ['service', 'web', 'write'], ['node', 'node-1', 'read'],
+      ]);
+      expect(migrator.grants.find((g) => g.name === 'legacy-')!.why).toMatch(/^rules legacy, old /);
+      expect(grantsOf(plan, 'migrate-demo-app-web')).toEqual([['service', 'web', 'read'], ['node', 'node-1', 'read']]);
+      expect(plan.notes.join('\n')).not.toContain('service_prefix ""');
+      // No copy rule: no KV grant but the state prefix.
+      expect(migrator.grants.filter((g) => g.resource === 'key_prefix').map((g) => g.name)).toEqual(['_migrate/demo/']);
+    });
+
+    it('the etcd role reads the service rules and the dual-run\'s one watch spans them with the copy rules; only copy rules are written after cutover', () => {
+      const { config, mapping } = load('  - { name: app, from: /app/, to: app/ }\n  - { name: svc, from: /services/, action: service }\n');
+      const plan = planAcl(config, mapping);
+      expect(plan.etcd.permissions.map((p) => [p.type, p.key.toString(), p.rangeEnd.toString(), p.when, p.rules.join(',')])).toEqual([
+        ['read', '/app/', '/app0', 'always', 'app'],
+        ['read', '/services/', '/services0', 'always', 'svc'],
+        ['read', '/app/', '/services0', 'always', 'app,svc'],
+        ['readwrite', '/app/', '/app0', 'cutover', 'app'],
+      ]);
+      const only = load('  - { name: svc, from: /services/, action: service }\n');
+      expect(renderEtcdCommands(planAcl(only.config, only.mapping))).toMatchObject({ always: ["etcdctl role grant-permission --prefix=true migrate-demo read '/services/'"], cutover: [] });
+    });
+
+    it('--format json carries the service and node rules in each policy\'s structured form', () => {
+      const { config, mapping } = load('  - { name: svc, from: /services/, action: service, service: { name: "svc-{1}" } }\n');
+      const doc = JSON.parse(renderAcl(planAcl(config, mapping), 'json'));
+      expect(doc.consul.policies.map((p: { name: string }) => p.name)).toEqual(['migrate-demo-migrator', 'migrate-demo-verifier', 'migrate-demo-app-svc']);
+      expect(doc.consul.policies[0].structured).toMatchObject({ service_prefix: { 'svc-': { policy: 'write' } }, node_prefix: { '': { policy: 'read' } } });
+      expect(doc.consul.policies[2]).toMatchObject({ role: 'application', rule: 'svc', structured: { service_prefix: { 'svc-': { policy: 'read' } }, node_prefix: { '': { policy: 'read' } } } });
+    });
   });
 });

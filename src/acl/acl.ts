@@ -1,5 +1,5 @@
-import type { MigrationConfig } from '../config/load.js';
-import type { Mapping } from '../mapping/mapping.js';
+import type { MigrationConfig, ServiceSpec } from '../config/load.js';
+import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { statePaths } from '../state/state.js';
 import { prefixEnd } from '../stores/etcd.js';
 
@@ -11,16 +11,16 @@ import { prefixEnd } from '../stores/etcd.js';
  * command with only the migrator's policy).
  */
 
-/** Consul's access levels for KV rules; `list` is read plus recursive reads (needed when `acl.enable_key_list_policy` is on). */
+/** Consul's access levels; `list` (KV rules only) is read plus recursive reads (needed when `acl.enable_key_list_policy` is on). */
 export type ConsulAccess = 'read' | 'list' | 'write';
 
 /** The resources of Consul's ACL rule language (1.4+ syntax, same on 1.13 and 1.22) that the tool uses. */
-export type ConsulResource = 'key_prefix' | 'key' | 'session_prefix' | 'session' | 'agent_prefix' | 'agent';
+export type ConsulResource = 'key_prefix' | 'key' | 'session_prefix' | 'session' | 'agent_prefix' | 'agent' | 'service_prefix' | 'service' | 'node_prefix' | 'node';
 
 /** One rule of a Consul policy, with the reason it is there (printed as an HCL comment). */
 export interface ConsulRuleGrant {
   resource: ConsulResource;
-  /** The key, prefix or node name the rule applies to (`""` with a `_prefix` resource: all). */
+  /** The key, prefix, service or node name the rule applies to (`""` with a `_prefix` resource: all). */
   name: string;
   policy: ConsulAccess;
   why: string;
@@ -60,9 +60,9 @@ export interface AclPlan {
 }
 
 export interface AclOptions {
-  /** What applications may do under their rule's target prefix (default `write`). */
+  /** What applications of a copy rule may do under its target prefix (default `write`); a service rule's applications only read. */
   appAccess?: 'read' | 'write';
-  /** The Consul agent's node name, to narrow the session and agent rules from "every node" to that one. */
+  /** The Consul agent's node name, to narrow the session, agent and node rules from "every node" to that one. */
   consulNode?: string;
   /** The etcd key `migrate dualrun --heartbeat-key` writes (checked outside every copy rule): the role may write it. */
   heartbeatKey?: Buffer;
@@ -88,6 +88,43 @@ export function rangeCovered(start: Buffer, end: Buffer, ranges: readonly { key:
   return false;
 }
 
+/**
+ * The service names a `service` rule can register: its name template up to
+ * the first key segment (`{1}`, `{-1}`), which every name it makes begins
+ * with; a template without segments is one name. A template that starts with
+ * a segment is bounded by nothing (`""`): the names come from etcd keys.
+ *
+ * A per-rule list of the expected names would narrow that, but it would have
+ * to be kept in step with etcd (a new service registering under the rule
+ * would be refused by Consul until someone edits the list), so it is not
+ * offered; put a fixed text before the segment (`name: "legacy-{1}"`) to
+ * bound the names instead.
+ */
+export function serviceNames(rule: { service?: Pick<ServiceSpec, 'name'> }): { resource: 'service' | 'service_prefix'; name: string } {
+  const template = rule.service?.name ?? '';
+  const segment = template.search(/\{-?[1-9][0-9]*\}/);
+  return segment < 0 ? { resource: 'service', name: template } : { resource: 'service_prefix', name: template.slice(0, segment) };
+}
+
+/** One grant per service name scope, naming every service rule that shares it. */
+function serviceScopes(rules: readonly CompiledRule[]): { resource: 'service' | 'service_prefix'; name: string; rules: string[] }[] {
+  const scopes = new Map<string, { resource: 'service' | 'service_prefix'; name: string; rules: string[] }>();
+  for (const rule of rules) {
+    const names = serviceNames(rule);
+    const key = `${names.resource}\0${names.name}`;
+    const scope = scopes.get(key) ?? { ...names, rules: [] };
+    scope.rules.push(rule.name);
+    scopes.set(key, scope);
+  }
+  return [...scopes.values()];
+}
+
+function describeServiceScope(scope: { resource: 'service' | 'service_prefix'; name: string; rules: string[] }): string {
+  const rules = `${scope.rules.length > 1 ? 'rules' : 'rule'} ${scope.rules.join(', ')}`;
+  if (scope.resource === 'service') return `${rules} (service "${scope.name}")`;
+  return scope.name === '' ? `${rules} (service names from etcd key segments: no prefix bounds them)` : `${rules} (service names starting "${scope.name}")`;
+}
+
 /** The policies and the etcd role the migration needs (pure). */
 export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclOptions = {}): AclPlan {
   const paths = statePaths(config.state.prefix, config.id);
@@ -107,9 +144,21 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
   migrator.push(node
     ? { resource: 'session', name: node, policy: 'write', why: `mirrored etcd leases and the dual-run leader lock are sessions on the agent's node ${node}` }
     : { resource: 'session_prefix', name: '', policy: 'write', why: 'mirrored etcd leases and the dual-run leader lock are sessions on the agent\'s node (pass --consul-node to name it)' });
-  migrator.push(node
+  const agentRead: ConsulRuleGrant = node
     ? { resource: 'agent', name: node, policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' }
-    : { resource: 'agent_prefix', name: '', policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' });
+    : { resource: 'agent_prefix', name: '', policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' };
+  migrator.push(agentRead);
+  // Registering on the agent, deregistering, passing a TTL check and listing the agent's services all check the service name only;
+  // the agent then syncs each instance to the catalog with the token that registered it, which needs the same.
+  const services = serviceScopes(mapping.serviceRules);
+  for (const scope of services) {
+    migrator.push({ resource: scope.resource, name: scope.name, policy: 'write', why: `${describeServiceScope(scope)}: copy and dual-run register its instances on the agent, pass their TTL checks and deregister strays; verify reads them back` });
+  }
+  // The health and catalog endpoints show an instance only to a token that may also read its node: the agent's node, where the tool registers.
+  const nodeRead = (reader: string): ConsulRuleGrant => node
+    ? { resource: 'node', name: node, policy: 'read', why: `${reader} reads the instances through /v1/health/service, which shows an instance only with node:read on its node (${node}, where the tool registers them)` }
+    : { resource: 'node_prefix', name: '', policy: 'read', why: `${reader} reads the instances through /v1/health/service, which shows an instance only with node:read on its node (the agent's node, where the tool registers them; pass --consul-node to name it)` };
+  if (services.length > 0) migrator.push(nodeRead('verify'));
 
   // CI runs verify on a schedule: reads everything the migrator reads, writes only its summary.
   const verifier: ConsulRuleGrant[] = [
@@ -120,7 +169,9 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     node
       ? { resource: 'session', name: node, policy: 'read', why: 'verify compares the sessions of leased keys' }
       : { resource: 'session_prefix', name: '', policy: 'read', why: 'verify compares the sessions of leased keys' },
-    migrator[migrator.length - 1]!,
+    agentRead,
+    ...services.map((scope): ConsulRuleGrant => ({ resource: scope.resource, name: scope.name, policy: 'read', why: `${describeServiceScope(scope)}: verify lists the catalog's services and reads their instances` })),
+    ...(services.length > 0 ? [nodeRead('verify')] : []),
   ];
   const policies: ConsulPolicyPlan[] = [{
     name: policyName('migrate', config.id, 'migrator'),
@@ -133,34 +184,53 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     role: 'verifier',
     grants: verifier,
   }];
-  for (const rule of copyRules) {
-    policies.push({
-      name: policyName('migrate', config.id, 'app', rule.name),
-      description: `etcd-consul-migrate: applications of rule "${rule.name}" of migration "${config.id}" (${appAccess})`,
-      role: 'application',
-      rule: rule.name,
-      grants: [
-        appAccess === 'write'
-          ? { resource: 'key_prefix', name: rule.to, policy: 'write', why: `rule ${rule.name}: the application reads and writes its keys in Consul` }
-          : { resource: 'key_prefix', name: rule.to, policy: 'list', why: `rule ${rule.name}: the application reads its keys; list also allows the recursive watch the Node client uses when acl.enable_key_list_policy is on` },
-        { resource: 'key', name: paths.rule(rule.name), policy: 'read', why: `the rule's phase document: the Node client reads it to know whether etcd or Consul owns rule ${rule.name}` },
-      ],
-    });
+  for (const rule of mapping.rules) {
+    if (rule.action === 'copy') {
+      policies.push({
+        name: policyName('migrate', config.id, 'app', rule.name),
+        description: `etcd-consul-migrate: applications of rule "${rule.name}" of migration "${config.id}" (${appAccess})`,
+        role: 'application',
+        rule: rule.name,
+        grants: [
+          appAccess === 'write'
+            ? { resource: 'key_prefix', name: rule.to, policy: 'write', why: `rule ${rule.name}: the application reads and writes its keys in Consul` }
+            : { resource: 'key_prefix', name: rule.to, policy: 'list', why: `rule ${rule.name}: the application reads its keys; list also allows the recursive watch the Node client uses when acl.enable_key_list_policy is on` },
+          { resource: 'key', name: paths.rule(rule.name), policy: 'read', why: `the rule's phase document: the Node client reads it to know whether etcd or Consul owns rule ${rule.name}` },
+        ],
+      });
+    } else if (rule.action === 'service') {
+      // Consumers only discover: the tool registers the instances (--app-access does not apply), and the Node client follows copy rules only.
+      const names = serviceNames(rule);
+      policies.push({
+        name: policyName('migrate', config.id, 'app', rule.name),
+        description: `etcd-consul-migrate: applications of rule "${rule.name}" of migration "${config.id}" (discovery)`,
+        role: 'application',
+        rule: rule.name,
+        grants: [
+          { resource: names.resource, name: names.name, policy: 'read', why: `${describeServiceScope({ ...names, rules: [rule.name] })}: the application discovers the instances (/v1/health/service, /v1/catalog/service)` },
+          nodeRead('the application'),
+        ],
+      });
+    }
   }
 
-  const permissions: EtcdPermissionPlan[] = copyRules.map((rule) => ({
+  // Service rules are read and watched like copy rules (their registrations are etcd keys); only copy rules are written back after a cutover.
+  const readRules = mapping.rules.filter((rule) => rule.action === 'copy' || rule.action === 'service');
+  const permissions: EtcdPermissionPlan[] = readRules.map((rule) => ({
     type: 'read',
     key: rule.fromBytes,
     rangeEnd: prefixEnd(rule.fromBytes),
     prefix: true,
     when: 'always',
     rules: [rule.name],
-    why: `rule ${rule.name}: audit, plan, copy, verify and export read it; the dual-run watches it`,
+    why: rule.action === 'service'
+      ? `rule ${rule.name}: audit, plan, copy and verify read its service registrations; the dual-run watches them`
+      : `rule ${rule.name}: audit, plan, copy, verify and export read it; the dual-run watches it`,
   }));
-  if (copyRules.length > 1) {
-    // The dual-run keeps one ordered watch over every rule (DESIGN §3), and etcd checks a watch over its whole interval.
-    const start = copyRules.map((r) => r.fromBytes).reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
-    const ends = copyRules.map((r) => prefixEnd(r.fromBytes));
+  if (readRules.length > 1) {
+    // The dual-run keeps one ordered watch over every copy and service rule (DESIGN §3), and etcd checks a watch over its whole interval.
+    const start = readRules.map((r) => r.fromBytes).reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
+    const ends = readRules.map((r) => prefixEnd(r.fromBytes));
     const end = ends.some((e) => e.length === 0) ? Buffer.alloc(0) : ends.reduce((a, b) => (Buffer.compare(a, b) >= 0 ? a : b));
     if (!rangeCovered(start, end, permissions)) {
       permissions.push({
@@ -169,7 +239,7 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
         rangeEnd: end,
         prefix: false,
         when: 'always',
-        rules: copyRules.map((r) => r.name),
+        rules: readRules.map((r) => r.name),
         why: 'the dual-run watches one range from the first rule to the last, so revisions stay in order; etcd checks read over the whole range, gaps between the rules included',
       });
     }
@@ -204,6 +274,13 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     'Leases: etcd answers a lease\'s TTL only to a user who may read every key attached to it; a lease shared with keys outside the rules needs read there too.',
   ];
   if (copyRules.some((r) => r.to === '')) notes.push('A rule maps into the empty Consul prefix: its key_prefix "" rule covers the whole KV store.');
+  if (services.some((scope) => scope.resource === 'service_prefix' && scope.name === '')) {
+    notes.push('A service rule\'s name template starts with a key segment, so its service names are not known in advance: the migrator may write every service (service_prefix ""). A fixed text before the segment (name: "legacy-{1}") bounds them.');
+  }
+  if (services.length > 0) {
+    notes.push('The agent keeps the migrator\'s token with each instance it registers and syncs the instance and its check to the catalog with it: keep the token until the instances are deregistered.');
+    notes.push('DNS answers with the agent\'s default token (acl.tokens.default), not the application\'s: applications that discover service-rule instances over DNS need service and node read on that token.');
+  }
   if (config.target.namespace || config.target.partition) notes.push('Create the policies in the namespace/partition migration.yaml names (Consul Enterprise).');
   return {
     migration: config.id,

@@ -1,3 +1,4 @@
+import { serviceNames } from '../acl/acl.js';
 import { ServerError, isMigrateError } from '../errors.js';
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
@@ -23,15 +24,26 @@ export interface KeyNeed {
   for: string;
 }
 
+/** The service names a command registers on the agent for one `service` rule, as Consul's ACL rules name them. */
+export interface ServiceNeed {
+  resource: 'service' | 'service_prefix';
+  /** The one service name, or the prefix every name of the rule starts with (`""`: any name). */
+  name: string;
+  /** `rule <name>`. */
+  for: string;
+}
+
 export interface MissingPermission {
   permission: string;
   prefix?: string;
+  /** `service:write`: the service rule (or name prefix) of the policy that grants it. */
+  service?: { resource: 'service' | 'service_prefix'; name: string };
   for: string;
 }
 
 /** What a command will do on Consul. */
 export interface PreflightScope {
-  /** Writes rule targets (copy, dualrun). */
+  /** Writes rule targets (copy, dualrun): KV keys, and the instances of service rules. */
   writeTargets: boolean;
   /** Writes state documents (copy, dualrun); `verify`: only the verify summary (`verify/`). */
   writeState: boolean | 'verify';
@@ -49,9 +61,16 @@ export function keyNeeds(config: MigrationConfig, mapping: Mapping, scope: Prefl
   ];
 }
 
+/** The service names a command with `scope` registers: one need per service rule (pure). */
+export function serviceNeeds(mapping: Mapping, scope: PreflightScope): ServiceNeed[] {
+  if (!scope.writeTargets) return [];
+  return mapping.serviceRules.map((rule) => ({ ...serviceNames(rule), for: `rule ${rule.name}` }));
+}
+
 // An index no key ever has: the probes below always fail their check, so the txn rolls back and writes nothing.
 const NEVER_INDEX = Number.MAX_SAFE_INTEGER;
 const PROBE_LEAF = '.migrate-permission-probe';
+const PROBE_SERVICE = 'migrate-permission-probe';
 
 /**
  * Asks Consul, without changing anything, which of `needs` the token lacks.
@@ -62,21 +81,38 @@ const PROBE_LEAF = '.migrate-permission-probe';
  * always rolled back.
  */
 export async function findMissingKeyPermissions(target: ConsulTarget, needs: readonly KeyNeed[]): Promise<MissingPermission[]> {
+  const probes = needs.map((need) => ({ KV: { Verb: need.access === 'write' ? 'cas' : 'check-index', Key: `${need.prefix}${PROBE_LEAF}`, Index: NEVER_INDEX } }));
+  return (await deniedProbes(target, probes)).map((i) => ({ permission: `key:${needs[i]!.access}`, prefix: needs[i]!.prefix, for: needs[i]!.for }));
+}
+
+/**
+ * Whether the token may register the service rules' instances, asked the
+ * same way: a catalog `cas` of a service named like the rule's instances
+ * (service:write on the name, the check that registering on the agent,
+ * deregistering and passing a TTL check make) with an index no service has.
+ */
+export async function findMissingServicePermissions(target: ConsulTarget, needs: readonly ServiceNeed[]): Promise<MissingPermission[]> {
+  if (needs.length === 0) return [];
+  const { nodeName } = await target.info();
+  const probes = needs.map((need) => ({
+    Service: { Verb: 'cas', Node: nodeName, Service: { ID: PROBE_SERVICE, Service: need.resource === 'service' ? need.name : `${need.name}${PROBE_SERVICE}`, ModifyIndex: NEVER_INDEX } },
+  }));
+  return (await deniedProbes(target, probes)).map((i) => ({ permission: 'service:write', service: { resource: needs[i]!.resource, name: needs[i]!.name }, for: needs[i]!.for }));
+}
+
+/** Sends `probes` in txns of the target's op limit; the indexes of the ones Consul denied. */
+async function deniedProbes(target: ConsulTarget, probes: readonly object[]): Promise<number[]> {
   const { txnMaxOps } = await target.limits();
-  const missing: MissingPermission[] = [];
-  for (let i = 0; i < needs.length; i += txnMaxOps) {
-    const chunk = needs.slice(i, i + txnMaxOps);
-    const body = JSON.stringify(chunk.map((need) => ({ KV: { Verb: need.access === 'write' ? 'cas' : 'check-index', Key: `${need.prefix}${PROBE_LEAF}`, Index: NEVER_INDEX } })));
-    const response = await target.http.request({ method: 'PUT', path: '/v1/txn', body, accept: [409] });
+  const denied: number[] = [];
+  for (let i = 0; i < probes.length; i += txnMaxOps) {
+    const chunk = probes.slice(i, i + txnMaxOps);
+    const response = await target.http.request({ method: 'PUT', path: '/v1/txn', body: JSON.stringify(chunk), accept: [409] });
     if (response.status === 200) continue; // cannot happen with NEVER_INDEX; nothing to learn either way
-    const errors = parseErrors(response.body);
-    for (const error of errors) {
-      if (!/permission denied/i.test(error.What)) continue;
-      const need = chunk[error.OpIndex];
-      if (need) missing.push({ permission: `key:${need.access}`, prefix: need.prefix, for: need.for });
+    for (const error of parseErrors(response.body)) {
+      if (/permission denied/i.test(error.What) && error.OpIndex < chunk.length) denied.push(i + error.OpIndex);
     }
   }
-  return missing;
+  return denied;
 }
 
 function parseErrors(body: Buffer): { OpIndex: number; What: string }[] {
@@ -101,7 +137,7 @@ export async function findMissingSessionPermission(target: ConsulTarget): Promis
 
 /** The error a preflight raises: every missing permission with its prefix, and the fix. */
 export function missingPermissionsError(address: string, command: string, missing: readonly MissingPermission[]): ServerError {
-  const list = missing.map((m) => `${m.permission}${m.prefix !== undefined ? ` on prefix ${m.prefix === '' ? '"" (the whole KV store)' : formatKey(m.prefix)}` : ''} (${m.for})`);
+  const list = missing.map((m) => `${m.permission}${m.prefix !== undefined ? ` on prefix ${m.prefix === '' ? '"" (the whole KV store)' : formatKey(m.prefix)}` : ''}${m.service ? ` on ${m.service.resource} ${JSON.stringify(m.service.name)}` : ''} (${m.for})`);
   return new ServerError('consul_permission_denied', `The Consul token lacks ${list.join(', ')} at ${address}; ${command} stopped before doing any work and wrote nothing.`, {
     hint: 'Create the migrator\'s policy that `migrate acl` prints and attach it to the token, then run `migrate doctor`.',
     details: { missing },
@@ -116,6 +152,7 @@ export async function preflightConsul(target: ConsulTarget, config: MigrationCon
   const tooOld = consulTooOld(target.address, (await target.info()).version);
   if (tooOld) throw tooOld;
   const missing = await findMissingKeyPermissions(target, keyNeeds(config, mapping, scope));
+  missing.push(...(await findMissingServicePermissions(target, serviceNeeds(mapping, scope))));
   if (scope.sessions && missing.length === 0) missing.push(...(await findMissingSessionPermission(target)));
   if (missing.length > 0) throw missingPermissionsError(target.address, command, missing);
 }
@@ -123,10 +160,13 @@ export async function preflightConsul(target: ConsulTarget, config: MigrationCon
 /** For doctor: the same probes as a list of what is missing, or the error that stopped them. */
 export async function checkPermissions(target: ConsulTarget, config: MigrationConfig, mapping: Mapping): Promise<{ missing: MissingPermission[]; checked: number } | { error: unknown }> {
   try {
-    const needs = keyNeeds(config, mapping, { writeTargets: true, writeState: true, sessions: true });
+    const scope = { writeTargets: true, writeState: true, sessions: true };
+    const needs = keyNeeds(config, mapping, scope);
+    const services = serviceNeeds(mapping, scope);
     const missing = await findMissingKeyPermissions(target, needs);
+    missing.push(...(await findMissingServicePermissions(target, services)));
     missing.push(...(await findMissingSessionPermission(target)));
-    return { missing, checked: needs.length + 1 };
+    return { missing, checked: needs.length + services.length + 1 };
   } catch (err) {
     if (!isMigrateError(err)) throw err;
     return { error: err };
