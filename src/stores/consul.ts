@@ -222,10 +222,13 @@ export class ConsulTarget implements TargetStore {
       const statusOf = new Map(Object.values(JSON.parse(checks.body.toString('utf8')) as Record<string, { CheckID: string; ServiceID: string; Status: string }>).map((c) => [c.ServiceID, c.Status]));
       return Object.values(JSON.parse(services.body.toString('utf8')) as Record<string, WireService>).map((s) => instanceOf(s, node, statusOf.get(s.ID)));
     }
-    const names = Object.keys(JSON.parse((await this.request({ method: 'GET', path: '/v1/catalog/services', signal })).body.toString('utf8')) as Record<string, string[]>);
+    const list = await this.request({ method: 'GET', path: '/v1/catalog/services', signal });
+    this.refuseFilteredServices(list.headers);
+    const names = Object.keys(JSON.parse(list.body.toString('utf8')) as Record<string, string[]>);
     const limit = pLimit(this.readConcurrency);
     const perName = await Promise.all(names.map((name) => limit(async () => {
       const response = await this.request({ method: 'GET', path: `/v1/health/service/${encodeURIComponent(name)}`, query: { filter: `Service.Meta[${JSON.stringify(META_MIGRATION)}] == ${mine}` }, signal });
+      this.refuseFilteredServices(response.headers);
       const entries = JSON.parse(response.body.toString('utf8')) as { Node: { Node: string }; Service: WireService; Checks: { CheckID: string; Status: string }[] }[];
       return entries.map((e) => instanceOf(e.Service, e.Node.Node, e.Checks.find((c) => c.CheckID === checkIdOf(e.Service.ID))?.Status));
     })));
@@ -256,6 +259,13 @@ export class ConsulTarget implements TargetStore {
 
   private request(req: Parameters<ConsulHttp['request']>[0]) {
     return withRetries(() => this.http.request(req), { ...this.retry, signal: req.signal ?? this.retry.signal });
+  }
+
+  /** A catalog read filtered by ACLs would show registered instances as missing. */
+  private refuseFilteredServices(headers: Record<string, string | string[] | undefined>): void {
+    if (headers['x-consul-results-filtered-by-acls'] === 'true') {
+      throw new ConsulResponseError('consul_permission_denied', 403, 'Consul filtered services or nodes out of a catalog read: the token lacks service:read or node:read on part of the catalog.', '', 'Grant the migrator token what `migrate acl` prints for service rules (service and node read).');
+    }
   }
 
   /** A recursive read silently filtered by ACLs would make parity lie (reference §F.22). */

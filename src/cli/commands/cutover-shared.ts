@@ -60,7 +60,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   const writer = new EtcdWriter(stores.source.client, (err, what) => stores.source.toError(err, what));
   /** A verify of all copy rules (recorded) or of one rule (not recorded). */
   const verify = (rule?: string) => {
-    const mapping = rule ? { ...loaded.mapping, copyRules: loaded.mapping.copyRules.filter((r) => r.name === rule) } : loaded.mapping;
+    const mapping = rule ? { ...loaded.mapping, copyRules: loaded.mapping.copyRules.filter((r) => r.name === rule), serviceRules: loaded.mapping.serviceRules.filter((r) => r.name === rule) } : loaded.mapping;
     return runVerify({ source: stores.source, target: stores.target, config: loaded.config, mapping }, {
       rounds: 3, roundPauseMs: 1000, waitTimeoutMs: 60_000, maxDiffs: 100, budgets: {}, record: !rule, readBack: 0, pageKeys: 10_000,
       signal: ctx.signal, now: () => new Date(), hasher: createValueHasher(), toolVersion: TOOL_VERSION,
