@@ -104,3 +104,23 @@ rules:
     }
   });
 });
+
+describe('migrate dualrun stopping while it brings the catalog in line', () => {
+  it('SIGTERM during the start-up sync of a service rule exits 0', async () => {
+    const id = `svcstop-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1
+id: ${id}
+rules:
+  - { name: registry, from: ${root}/services/, action: service }
+`);
+    for (let i = 0; i < 300; i++) await etcd.put(`${root}/services/many-${id}/i${i}`).value(`10.50.${i >> 8}.${i & 255}:80`);
+    expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+    // Deregistered behind the tool's back: the dual-run's start-up sync (at the copy's checkpoint) registers them again.
+    for (let i = 0; i < 300; i++) await target.deregisterService(`many-${id}-i${i}`);
+    const dr = await startDualRun(dir);
+    await eventually('leading', async () => dr.stderr().includes('leading the dual-run'), 20_000);
+    expect(await dr.stop()).toBe(0);
+    expect(dr.stderr()).not.toContain('internal');
+  });
+});

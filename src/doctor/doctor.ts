@@ -72,8 +72,8 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       fail('etcd.reachable', err);
     }
     if (etcdClusterId) {
-      // Read one key of each copied range, never a fixed probe key the user may not be allowed to read.
-      const prefixes = config.rules.filter((r) => r.action === 'copy').map((r) => r.from);
+      // Read one key of each copied or registered range, never a fixed probe key the user may not be allowed to read.
+      const prefixes = config.rules.filter((r) => r.action !== 'keep').map((r) => r.from);
       const ranges = prefixes.length > 0 ? prefixes : [''];
       const denied: string[] = [];
       for (const prefix of ranges) {
@@ -142,11 +142,12 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
             name: 'consul.permissions',
             status: 'fail',
             code: 'consul_permission_denied',
-            message: `the token lacks ${permissions.missing.map((m) => `${m.permission}${m.prefix !== undefined ? ` on prefix ${formatKey(m.prefix)}` : ''} (${m.for})`).join(', ')}`,
+            message: `the token lacks ${permissions.missing.map((m) => `${m.permission}${m.prefix !== undefined ? ` on prefix ${formatKey(m.prefix)}` : ''}${m.service ? ` on ${m.service.resource} ${JSON.stringify(m.service.name)}` : ''} (${m.for})`).join(', ')}`,
             hint: 'Attach the migrator policy `migrate acl` prints to the token.',
           });
         } else {
-          checks.push({ name: 'consul.permissions', status: 'ok', message: `can write the state prefix and ${input.mapping.copyRules.length} rule target(s), and create sessions` });
+          const services = input.mapping.serviceRules.length;
+          checks.push({ name: 'consul.permissions', status: 'ok', message: `can write the state prefix and ${input.mapping.copyRules.length} rule target(s), and create sessions${services ? `; can register the services of ${services} service rule(s)` : ''}` });
         }
       }
       try {

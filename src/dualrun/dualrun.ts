@@ -209,7 +209,14 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const services = new ServiceMirror({ source, target, mapping: ctx.mapping, migrationId: ctx.config.id, log: options.log });
   if (services.active) {
     stats.services = services.stats;
-    await services.start(stats.checkpoint, options.signal);
+    try {
+      await services.start(stats.checkpoint, options.signal);
+    } catch (err) {
+      // A stop (SIGTERM) or a lost lock while the catalog is brought in line: nothing half-done needs undoing.
+      if (options.signal.aborted) return 'signal';
+      if (ctx.lost.aborted) return 'leadership-lost';
+      throw err;
+    }
   }
   const applier = new Applier(ctx, sessions, limits, options, ownership, own, services, heartbeat);
   await applier.reconcileLeases();

@@ -17,7 +17,7 @@ export function registerAcl({ add }: CommandRegistrar): void {
     new Command('acl')
       .description('print the Consul ACL policies (the migrator\'s and one per rule for its applications) and the etcd role the migration needs, from migration.yaml alone (contacts no server)')
       .addOption(new Option('--app-access <access>', 'what applications may do under their rule\'s target prefix').choices(['read', 'write']).default('write'))
-      .option('--consul-node <name>', 'the Consul agent\'s node name: narrows the session and agent rules from every node to this one')
+      .option('--consul-node <name>', 'the Consul agent\'s node name: narrows the session, agent and node rules from every node to this one (verify then cannot see instances on other nodes)')
       .option('--heartbeat-key <etcd key>', 'the key `migrate dualrun --heartbeat-key` writes: the etcd role may write it')
       .option('--out-dir <dir>', 'write one file per policy (<name>.hcl, or <name>.json with --format json) and the etcd role script there')
       .addHelpText('after', '\nExamples:\n  migrate acl --out-dir acl/ && consul acl policy create -name migrate-demo-migrator -rules @acl/migrate-demo-migrator.hcl\n  migrate acl --format json --app-access read\n'),
