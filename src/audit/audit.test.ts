@@ -11,6 +11,7 @@ import type { Finding } from './findings.js';
 import { renderAudit } from './render.js';
 import { identityRouter } from './router.js';
 import { sampleFindings, sampleWrites } from './sample.js';
+import { patternFindings } from './inventory.js';
 import { draftMapping } from './suggest.js';
 
 const SECRET = 'hunter2-super-secret-value';
@@ -211,6 +212,15 @@ describe('runAudit with credentials that read only some ranges', () => {
     ]);
   });
 
+  it('makes an unreadable service rule range a blocker too: the copy reads the registrations there', async () => {
+    const source = new DenyingSource(['/app/']);
+    source.put('/app/a', '1');
+    source.put('/services/web/web-0', '10.0.0.1:80');
+    const loaded = parseConfig('version: 1\nid: t\nrules:\n  - { name: app, from: /app/, to: app/ }\n  - { name: services, from: /services/, action: service }\n', 'm.yaml');
+    const result = await runAudit({ source, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    expect(finding(result, 'range_unreadable', 'blocker')!.examples).toEqual([{ prefix: 'prefix /services/', rule: 'services' }]);
+  });
+
   it('fails with a typed error when nothing at all is readable', async () => {
     const source = new DenyingSource([]);
     source.put('/x', '1');
@@ -261,10 +271,137 @@ describe('sample, estimate, probe and the draft mapping', () => {
     expect(rules['/legacy/']).toMatchObject({ keys: 'escape', to: 'legacy/' });
     expect(rules['/platform/']!.to).toBe('platform/');
     expect(rules['platform/']!.to).toBe('platform-2/');
-    expect(rules['/services/']).toMatchObject({ leases: 'session' });
+    expect(rules['/services/']).toMatchObject({ action: 'service', service: { format: 'hostport', name: '{1}', id: '{1}-{-1}' } });
     expect(draft.text).toContain('# ');
     // The draft, audited, leaves only what no rule can fix (the oversize value) and the keys it could not place.
     const audited = await runAudit({ source: platform(), config: loaded.config, configFile: 'draft.yaml', mapping: loaded.mapping });
     expect(audited.findings.filter((f) => f.severity === 'blocker').map((f) => f.code).sort()).toEqual(['value_too_large']);
+    expect(audited.rules.find((r) => r.rule === 'services')).toMatchObject({ instances: 1, noInstanceKeys: 0 });
+  });
+});
+
+/** Service registrations in the shapes the audit tells apart, beside ordinary keys. */
+function registrations(): MemorySource {
+  const s = new MemorySource();
+  const lease = s.grantLease(30);
+  s.put('/services/web/web-0', '10.0.0.1:8080', lease);
+  s.put('/services/redis_grpc/redis-0', '10.0.0.2:6379', lease);
+  s.put('/skydns/local/platform/grpc/x0', '{"host":"10.0.0.3","port":53,"priority":10}', lease);
+  s.put('/skydns/local/platform/auth/x1', '{"host":"10.0.0.4","port":53}', lease);
+  s.put('/app/settings/timeout', '5s');
+  s.put('/app/discovery/web/i1', '10.0.0.5:80', lease);
+  s.put('/cfg/host1', '10.0.0.6:80', lease);
+  s.put('/cfg/other', 'x');
+  s.put('/urls/web/a', 'http://10.0.0.7:80', lease);
+  s.put('/svc2/api/i1', '{"Address":"10.0.0.8","Port":80}', lease);
+  return s;
+}
+
+describe('service rules in the audit', () => {
+  const yaml = `
+version: 1
+id: svc
+rules:
+  - { name: app, from: /app/, to: app/ }
+  - name: services
+    from: /services/
+    action: service
+    service: { id: "{1}" }
+  - name: skydns
+    from: /skydns/
+    action: service
+    service: { format: skydns, name: "{3}", id: "{1}-{2}-{3}-{4}" }
+`;
+
+  it('tallies the instances each rule registers and the keys that make none, and reports those keys without their value', async () => {
+    const s = registrations();
+    s.put('/services/web/web-1', '10.0.0.9:8080');
+    s.put('/services/web/broken', 'not-an-address-secret');
+    s.put('/services/api/api-0', '10.0.0.10:99999');
+    const loaded = parseConfig(yaml, 'm.yaml');
+    const result = await runAudit({ source: s, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    // id "{1}" gives both web instances one id: the first registers, the second makes none, as in the copy.
+    expect(result.rules.find((r) => r.rule === 'services')).toMatchObject({ keys: 5, leasedKeys: 2, instances: 2, instancesWithoutLease: 0, noInstanceKeys: 3, copyKeys: 0, sessions: 0 });
+    expect(result.rules.find((r) => r.rule === 'skydns')).toMatchObject({ keys: 2, instances: 2, instancesWithoutLease: 0, noInstanceKeys: 0 });
+    expect(result.rules.find((r) => r.rule === 'app')).toMatchObject({ copyKeys: 2, instances: 0, noInstanceKeys: 0 });
+    const invalid = finding(result, 'service_key_invalid')!;
+    expect(invalid).toMatchObject({ severity: 'warning', count: 3, unit: 'keys', rules: ['services'] });
+    expect(invalid.examples).toEqual([
+      { key: '/services/api/api-0', rule: 'services', detail: 'port-invalid: the port is not a number between 1 and 65535' },
+      { key: '/services/web/broken', rule: 'services', detail: 'value-not-hostport: the value is not host:port or [ipv6]:port' },
+      { key: '/services/web/web-1', rule: 'services', detail: 'segment-missing: its instance id "web" is also the id of /services/web/web-0; make the id template include more of the key' },
+    ]);
+    for (const format of ['text', 'json', 'yaml', 'markdown'] as const) {
+      const out = renderAudit(result, format);
+      expect(out).not.toContain('99999');
+      expect(out).not.toContain('not-an-address-secret');
+      expect(out).not.toContain('10.0.0.');
+    }
+    const text = renderAudit(result, 'text');
+    expect(text).toContain('services             2 instances to register in the catalog, 3 keys make no instance');
+    expect(text).toMatch(/WARNING  service_key_invalid +3 keys: keys of `action: service` rules that make no catalog instance/);
+    expect(renderAudit(result, 'markdown')).toContain('| `services` | `/services/` → (catalog) | service, keys: reject, leases: session | 0 | 0 B | 0 | 0 | 0 | 2 (3 keys make no instance) |');
+    // Registrations a service rule takes need nothing more; those a copy rule mirrors get the rule to write.
+    expect(finding(result, 'service_registration_prefix')!.hint).toMatch(/^Register them .* e\.g\. `- \{ name: "discovery", from: "\/app\/discovery\/", action: service, service: \{ format: hostport \} \}`/);
+  });
+
+  it('says so when every registration is already taken by a service rule', async () => {
+    const s = new MemorySource();
+    const lease = s.grantLease(30);
+    s.put('/services/web/web-0', '10.0.0.1:8080', lease);
+    const loaded = parseConfig('version: 1\nid: t\nrules:\n  - { name: services, from: /services/, action: service }\n', 'm.yaml');
+    const result = await runAudit({ source: s, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    expect(finding(result, 'service_registration_prefix')!.hint).toBe("Nothing to do: rule services registers them in Consul's catalog (`action: service`); `service_key_invalid` lists keys that make no instance.");
+    expect(result.rules[0]).toMatchObject({ instances: 1, instancesWithoutLease: 0, noInstanceKeys: 0 });
+    expect(finding(result, 'service_key_invalid')).toBeUndefined();
+  });
+
+  it('proposes the rule to write, in the format the values have, and shows it in every format', async () => {
+    const result = await runAudit({ source: registrations(), config: emptyConfig() });
+    const f = finding(result, 'service_registration_prefix')!;
+    expect(f.examples.map((e) => [e.prefix, e.detail!.replace(/^.*values: /, '')])).toEqual([
+      ['/app/discovery/web/', 'hostport'],
+      ['/cfg/', 'hostport'],
+      ['/services/redis_grpc/', 'hostport'],
+      ['/services/web/', 'hostport'],
+      ['/skydns/local/platform/auth/', 'skydns'],
+      ['/skydns/local/platform/grpc/', 'skydns'],
+      ['/svc2/api/', 'json:Address/Port'],
+      ['/urls/web/', 'url'],
+    ]);
+    const rule = /`(- \{ .* \})`/.exec(f.hint)![1]!;
+    expect(rule).toBe('- { name: "discovery", from: "/app/discovery/", action: service, service: { format: hostport } }');
+    // The rule in the hint is one migration.yaml takes as it is.
+    expect(parseConfig(`version: 1\nid: t\nrules:\n  ${rule}\n`, 'hint.yaml').config.rules[0]).toMatchObject({ action: 'service', service: { format: 'hostport', name: '{1}', id: '{1}-{-1}' } });
+    expect(renderAudit(result, 'text')).toContain(`           next: ${f.hint}`);
+    expect(renderAudit(result, 'markdown')).toContain('**Next:** Register them');
+    const skydns = patternFindings({ kubernetes: [], locks: [], registrations: result.patterns.registrations.filter((p) => p.prefix.startsWith('/skydns/')) }, 'identity')[0]!;
+    expect(skydns.hint).toContain('`- { name: "platform", from: "/skydns/local/platform/", action: service, service: { format: skydns } }`');
+    const json = patternFindings({ kubernetes: [], locks: [], registrations: result.patterns.registrations.filter((p) => p.prefix.startsWith('/svc2/')) }, 'identity')[0]!;
+    expect(json.hint).toContain('`- { name: "svc2", from: "/svc2/", action: service, service: { format: json, fields: { address: "Address", port: "Port" } } }`');
+    const urls = patternFindings({ kubernetes: [], locks: [], registrations: result.patterns.registrations.filter((p) => p.prefix.startsWith('/urls/')) }, 'identity')[0]!;
+    expect(urls.hint).toMatch(/^Their values carry a URL scheme/);
+  });
+
+  it('drafts action: service rules with the format and templates the keys need, and the draft loads and registers every instance', async () => {
+    const result = await runAudit({ source: registrations(), config: emptyConfig(), depth: 1, top: 100 });
+    const draft = draftMapping(result, { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
+    const loaded = parseConfig(draft.text, 'draft.yaml');
+    const rules = Object.fromEntries(loaded.config.rules.map((r) => [r.from, r]));
+    expect(rules['/services/']).toMatchObject({ name: 'services', action: 'service', service: { format: 'hostport', name: '{1}', id: '{1}-{-1}' } });
+    expect(rules['/skydns/']).toMatchObject({ action: 'service', service: { format: 'skydns', name: '{3}', id: '{1}-{2}-{3}-{4}', fields: { address: 'host', port: 'port' } } });
+    expect(rules['/svc2/']).toMatchObject({ action: 'service', service: { format: 'json', fields: { address: 'Address', port: 'Port' }, name: '{1}' } });
+    // Registrations beside ordinary keys: a nested service rule where they have a folder of their own, else session-held keys.
+    expect(rules['/app/']).toMatchObject({ action: 'copy', to: 'app/' });
+    expect(rules['/app/discovery/']).toMatchObject({ name: 'app-discovery', action: 'service', service: { format: 'hostport', name: '{1}', id: '{1}-{-1}' } });
+    expect(rules['/cfg/']).toMatchObject({ action: 'copy', to: 'cfg/', leases: 'session' });
+    expect(rules['/urls/']).toMatchObject({ action: 'copy', to: 'urls/', leases: 'session' });
+    expect(loaded.mapping.warnings.filter((w) => w.code === 'to-ignored-on-service')).toEqual([]);
+    expect(draft.text).toContain('# service names redis_grpc have characters other than letters, digits and dashes: Consul registers them but logs a DNS warning');
+    expect(draft.text).toContain('values with a URL scheme fit no `service.format`');
+    const audited = await runAudit({ source: registrations(), config: loaded.config, configFile: 'draft.yaml', mapping: loaded.mapping });
+    expect(finding(audited, 'service_key_invalid')).toBeUndefined();
+    const instances = Object.fromEntries(audited.rules.filter((r) => r.action === 'service').map((r) => [r.rule, r.instances]));
+    expect(instances).toEqual({ 'app-discovery': 1, services: 2, skydns: 2, svc2: 1 });
   });
 });

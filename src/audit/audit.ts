@@ -142,7 +142,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
   // Keep a failing sample from becoming an unhandled rejection while the pass runs; it is awaited below.
   sample?.catch(() => undefined);
 
-  const inventory = new Inventory({ mode, router, revision, depth, top, capacity, maxValueBytes: limits.maxValueBytes, streams: mode === 'identity' ? 2 : 1, groups: input.groups });
+  const inventory = new Inventory({ mode, router, revision, depth, top, capacity, maxValueBytes: limits.maxValueBytes, streams: mode === 'identity' ? 2 : 1, groups: input.groups, migrationId: input.config.id });
   try {
     const started = now();
     const total = await countKeys(input.source, scope, revision);
@@ -295,11 +295,12 @@ function fromWithoutSlash(mapping: Mapping): Finding[] {
 
 function unreadableFindings(unreadable: readonly KeyRange[], rulesOnly: boolean, router: KeyRouter, mode: AuditMode): Finding[] {
   const findings: Finding[] = [];
-  const copyRules = router.rules.filter((r) => r.action === 'copy');
-  const copied = (range: KeyRange) => mode === 'identity' || copyRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from))) !== undefined);
+  // Service rules read their range too (the copy registers what it holds).
+  const writingRules = router.rules.filter((r) => r.action !== 'keep');
+  const copied = (range: KeyRange) => mode === 'identity' || writingRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from))) !== undefined);
   const blockers = unreadable.filter((r) => unreadableSeverity(mode, copied(r)) === 'blocker');
   const warnings = unreadable.filter((r) => !blockers.includes(r));
-  const example = (r: KeyRange) => ({ prefix: describeRange(r), rule: copyRules.find((rule) => intersectRange(r, Buffer.from(rule.from), prefixEnd(Buffer.from(rule.from))))?.name });
+  const example = (r: KeyRange) => ({ prefix: describeRange(r), rule: writingRules.find((rule) => intersectRange(r, Buffer.from(rule.from), prefixEnd(Buffer.from(rule.from))))?.name });
   if (blockers.length > 0) findings.push(makeFinding('range_unreadable', 'blocker', blockers.length, blockers.map(example)));
   if (rulesOnly) {
     warnings.push(wholeKeyspace());

@@ -32,6 +32,7 @@ export type FindingCode =
   | 'kubernetes_prefix'
   | 'lock_election_prefix'
   | 'service_registration_prefix'
+  | 'service_key_invalid'
   | 'write_rate_high'
   | 'rule_from_without_slash'
   | 'unmapped_keys'
@@ -96,7 +97,8 @@ export const FINDING_CATALOGUE: Record<FindingCode, CodeInfo> = {
   atomic_group_oversize: { unit: 'groups', title: "etcd transactions (keys sharing a revision) larger than one Consul txn", hint: 'The dual-run splits them into several Consul txns and counts them as non-atomic; readers may briefly see a partial update.' },
   kubernetes_prefix: { unit: 'prefixes', title: 'prefixes that look like a Kubernetes control plane', hint: 'Keep them on etcd with a rule `action: keep`; Kubernetes cannot use Consul and its secrets must not be copied.' },
   lock_election_prefix: { unit: 'prefixes', title: 'prefixes that look like locks or leader elections', hint: 'Use `leases: skip` for them: applications recreate locks against Consul (sessions) after moving.' },
-  service_registration_prefix: { unit: 'prefixes', title: 'leased keys that look like service registrations (host:port or address/port JSON)', hint: "Candidates for Consul's service catalog (health checks, DNS); meanwhile `leases: session` mirrors them with their lifetime." },
+  service_registration_prefix: { unit: 'prefixes', title: 'leased keys that look like service registrations (host:port or address/port JSON)', hint: "Register them in Consul's service catalog (health checks, DNS) with an `action: service` rule (`migrate init` drafts one); meanwhile `leases: session` mirrors them as keys with their lifetime." },
+  service_key_invalid: { unit: 'keys', title: 'keys of `action: service` rules that make no catalog instance (the value or the key does not fit the rule)', hint: "Fit the rule's `service:` block to these keys (`format`, `fields`, the `name` and `id` templates) or fix the registrations in etcd; the copy registers the rule's other keys and reports these." },
   write_rate_high: { unit: 'prefixes', title: 'prefixes written faster than single-key Consul writes sustain (~1,100/s)', hint: 'The dual-run batches one etcd revision per txn; sustained higher rates will lag. Consider keeping the prefix on etcd or reducing its write rate.' },
   rule_from_without_slash: { unit: 'rules', title: 'rules whose `from` does not end in "/" (prefix matching is plain byte matching)', hint: 'End `from` with "/" unless you mean it: `/app` also matches `/apple`.' },
   unmapped_keys: { unit: 'keys', title: 'keys outside every rule', hint: 'Add rules for them (or a `keep` rule), or set `defaults.unmapped: skip` to leave them on etcd on purpose.' },

@@ -1,3 +1,4 @@
+import { SERVICE_DEFAULTS } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import type { SourceEntry } from '../stores/types.js';
 import { base64Length, wireOpBytes } from '../stores/txn-batcher.js';
@@ -27,11 +28,11 @@ import {
   type Finding,
   type FindingExample,
 } from './findings.js';
-import { PatternCounter, detectKubernetes, detectLock, detectRegistration, isFolderKey, leaseHex, type PatternPrefix } from './patterns.js';
+import { PatternCounter, detectKubernetes, detectLock, detectRegistration, isFolderKey, leaseHex, parentFolder, proposeServiceRule, serviceNameOf, type PatternPrefix } from './patterns.js';
 import { PrefixTreeBuilder, findSlashes, mergePrefixTrees, type PrefixNode } from './prefix-tree.js';
 import { RevisionGroupCounter, type RevisionGroup, type RevisionGroupOptions } from './revision-groups.js';
 import type { KeyRouter, Routed } from './router.js';
-import { HANDLING_BIT, RuleTallies, handlingOf, type RuleTally } from './tally.js';
+import { HANDLING_BIT, RuleTallies, handlingOf, registrationProblemText, type RuleTally } from './tally.js';
 
 export type { RuleTally } from './tally.js';
 
@@ -80,6 +81,8 @@ export interface InventoryOptions {
   leaseCap?: number;
   /** Distinct leases per rule counted exactly for sessions (default 100,000). */
   sessionCap?: number;
+  /** The migration's id, as service rules' instances carry it (mapping mode). */
+  migrationId?: string;
   groups?: RevisionGroupOptions;
 }
 
@@ -186,7 +189,7 @@ export class Inventory {
     this.largestValues = new TopN(options.top);
     this.mostWritten = new TopN(options.top);
     this.leases = new BoundedMap(options.leaseCap ?? 100_000);
-    this.rules = new RuleTallies(options.router.rules, options.sessionCap);
+    this.rules = new RuleTallies(options.router.rules, options.sessionCap, options.migrationId);
     this.groups = new RevisionGroupCounter(options.groups);
   }
 
@@ -225,7 +228,7 @@ export class Inventory {
 
     const opBytes = estimateOpBytes(key.length, valueBytes);
     const singlePut = copied && opBytes > this.options.capacity.bytes;
-    this.rules.add(routed, entry, handling, singlePut);
+    const registration = this.rules.add(routed, entry, handling, singlePut);
 
     switch (routed.kind) {
       case 'mapped':
@@ -241,6 +244,9 @@ export class Inventory {
         this.unmappedKeys++;
         this.unmappedBytes += valueBytes;
         this.findings.note('unmapped_keys', unmappedSeverity(this.options.router.unmapped), () => ({ key: formatKey(key) }));
+        break;
+      case 'service':
+        if (registration && !registration.ok) this.findings.note('service_key_invalid', 'warning', () => ({ key: registration.key, rule: routed.rule.name, detail: registrationProblemText(registration) }), routed.rule.name);
         break;
       case 'keep':
         break;
@@ -267,8 +273,8 @@ export class Inventory {
         const lock = detectLock(key, slashes, count, lease?.hex ?? (leased ? leaseHex(entry.lease) : undefined));
         if (lock !== -1) this.locks.add(key, lock, leased, ruleName, handling);
         else if (leased) {
-          const registration = detectRegistration(key, value, slashes, count);
-          if (registration !== -1) this.registrations.add(key, registration, leased, ruleName, handling);
+          const match = detectRegistration(key, value, slashes, count);
+          if (match) this.registrations.add(key, match.end, leased, ruleName, handling, match.shape);
         }
       }
     }
@@ -455,9 +461,38 @@ export function patternFindings(patterns: InventorySnapshot['patterns'], mode: A
   }
   if (patterns.registrations.length > 0) {
     const list = patterns.registrations;
-    findings.push(makeFinding('service_registration_prefix', 'info', list.length, list.map(example), unique(list.flatMap((p) => p.rules))));
+    const withFormats = (p: PatternPrefix): FindingExample => {
+      const e = example(p);
+      return p.formats?.length ? { ...e, detail: `${e.detail}; values: ${p.formats.join(', ')}` } : e;
+    };
+    findings.push(makeFinding('service_registration_prefix', 'info', list.length, list.map(withFormats), unique(list.flatMap((p) => p.rules)), registrationHint(list)));
   }
   return findings;
+}
+
+/**
+ * The hint of `service_registration_prefix`: the `action: service` rule to
+ * write for the largest registration folder not registered yet, over its
+ * parent folder (so `{1}` names the service), in the format its values have.
+ */
+export function registrationHint(registrations: readonly PatternPrefix[]): string {
+  const pending = registrations.filter((p) => p.handling.some((h) => h !== 'service'));
+  if (pending.length === 0) {
+    const rules = unique(registrations.flatMap((p) => p.rules));
+    return `Nothing to do: ${rules.length === 1 ? 'rule' : 'rules'} ${rules.join(', ')} register${rules.length === 1 ? 's' : ''} them in Consul's catalog (\`action: service\`); \`service_key_invalid\` lists keys that make no instance.`;
+  }
+  const first = pending[0]!;
+  const parent = parentFolder(first.prefix);
+  const from = parent.replace(/^\/+/, '') === '' ? first.prefix : parent;
+  const proposal = proposeServiceRule(from, pending.filter((p) => p.prefix.startsWith(from)));
+  if (!proposal) {
+    return `Their values carry a URL scheme (scheme://host:port), which no \`service.format\` reads: write them as host:port to register them in Consul's catalog with an \`action: service\` rule; meanwhile \`leases: session\` mirrors them as keys with their lifetime.`;
+  }
+  const block = [`format: ${proposal.format}`];
+  if (proposal.fields) block.push(`fields: { address: ${JSON.stringify(proposal.fields.address)}, port: ${JSON.stringify(proposal.fields.port)} }`);
+  if (proposal.name !== SERVICE_DEFAULTS.name || proposal.id !== SERVICE_DEFAULTS.id) block.push(`name: ${JSON.stringify(proposal.name)}`, `id: ${JSON.stringify(proposal.id)}`);
+  const rule = `- { name: ${JSON.stringify(serviceNameOf(from))}, from: ${JSON.stringify(from)}, action: service, service: { ${block.join(', ')} } }`;
+  return `Register them in Consul's service catalog (health checks, DNS) with an \`action: service\` rule, e.g. \`${rule}\`${proposal.notes.length ? ` (${proposal.notes.join('; ')})` : ''}; \`migrate init\` drafts one per prefix. Meanwhile \`leases: session\` mirrors them as keys with their lifetime.`;
 }
 
 function unique(values: string[]): string[] {

@@ -1,3 +1,4 @@
+import { SERVICE_DEFAULTS, type ServiceFormat } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 
 /**
@@ -5,7 +6,8 @@ import { formatKey } from '../report/keys.js';
  * registrations, from the shape of small leased values, which are read but
  * never shown). Every detector looks at any depth, so `/registry/pods/x` and
  * `team-a/registry/pods/x` are both seen. Detectors return the end offset of
- * the prefix they recognised, or -1.
+ * the prefix they recognised, or -1; the registration detector also says how
+ * the value is written, so the audit can propose the `action: service` rule.
  */
 
 const SLASH = 0x2f;
@@ -92,32 +94,128 @@ const HOST_FIELDS = ['host', 'Host', 'address', 'Address', 'addr', 'Addr', 'ip',
 const PORT_FIELDS = ['port', 'Port'];
 
 /**
- * A service registration: a leased key whose value is `host:port` or a JSON
- * object with an address (or host) and a port. Returns the end of the folder
- * that holds the instance (`/services/<name>/`). The value is inspected, never kept.
+ * How a registration's value is written, named as the `service:` block of an
+ * `action: service` rule reads it: `hostport`; `skydns` (JSON with `host` and
+ * `port`); `json` (JSON with `address` and `port`, the json format's default
+ * fields); `json:<address field>/<port field>` (JSON at other top-level
+ * fields); or `url` (host:port behind a scheme, which no format reads).
  */
-export function detectRegistration(key: Buffer, value: Buffer, slashes: Int32Array, count: number): number {
-  if (count === 0 || value.length < 3 || value.length > 4096) return -1;
-  const folderEnd = slashes[count - 1]! + 1;
-  if (folderEnd >= key.length) return -1;
+export type RegistrationShape = 'hostport' | 'url' | 'skydns' | 'json' | `json:${string}/${string}`;
+
+export interface RegistrationMatch {
+  /** End of the folder that holds the instance (`/services/<name>/`). */
+  end: number;
+  shape: RegistrationShape;
+}
+
+/**
+ * A service registration: a leased key whose value is `host:port` or a JSON
+ * object with an address (or host) and a port. Returns the folder that holds
+ * the instance (`/services/<name>/`) and the value's shape. The value is
+ * inspected, never kept.
+ */
+export function detectRegistration(key: Buffer, value: Buffer, slashes: Int32Array, count: number): RegistrationMatch | undefined {
+  if (count === 0 || value.length < 3 || value.length > 4096) return undefined;
+  const end = slashes[count - 1]! + 1;
+  if (end >= key.length) return undefined;
   const first = value[0]!;
   if (first === 0x7b /* { */) {
     let doc: unknown;
     try {
       doc = JSON.parse(value.toString('utf8'));
     } catch {
-      return -1;
+      return undefined;
     }
-    if (!doc || typeof doc !== 'object' || Array.isArray(doc)) return -1;
+    if (!doc || typeof doc !== 'object' || Array.isArray(doc)) return undefined;
     const record = doc as Record<string, unknown>;
-    const hasHost = HOST_FIELDS.some((f) => typeof record[f] === 'string' && (record[f] as string).length > 0);
-    const hasPort = PORT_FIELDS.some((f) => (typeof record[f] === 'number' && Number.isInteger(record[f])) || (typeof record[f] === 'string' && /^\d{1,5}$/.test(record[f] as string)));
-    return hasHost && hasPort ? folderEnd : -1;
+    const address = HOST_FIELDS.find((f) => typeof record[f] === 'string' && (record[f] as string).length > 0);
+    const port = PORT_FIELDS.find((f) => (typeof record[f] === 'number' && Number.isInteger(record[f])) || (typeof record[f] === 'string' && /^\d{1,5}$/.test(record[f] as string)));
+    if (!address || !port) return undefined;
+    const shape: RegistrationShape = address === 'host' && port === 'port' ? 'skydns' : address === 'address' && port === 'port' ? 'json' : `json:${address}/${port}`;
+    return { end, shape };
   }
-  if (value.length > 300) return -1;
+  if (value.length > 300) return undefined;
   const text = value.toString('latin1').trim();
   const withoutScheme = text.replace(/^[a-z][a-z0-9+.-]*:\/\//, '');
-  return HOST_PORT.test(withoutScheme) ? folderEnd : -1;
+  if (!HOST_PORT.test(withoutScheme)) return undefined;
+  return { end, shape: withoutScheme === text ? 'hostport' : 'url' };
+}
+
+/** The `service:` block that reads registrations of one shape; undefined for `url`, which no format reads. */
+export function serviceFormatOf(shape: RegistrationShape): { format: ServiceFormat; fields?: { address: string; port: string } } | undefined {
+  if (shape === 'url') return undefined;
+  if (shape === 'hostport' || shape === 'skydns' || shape === 'json') return { format: shape };
+  const [address, port] = shape.slice('json:'.length).split('/') as [string, string];
+  return { format: 'json', fields: { address, port } };
+}
+
+/**
+ * What an `action: service` rule over registrations needs, as the audit
+ * proposes it: the format of most of their values and name/id templates that
+ * fit how deep below `from` the instances sit.
+ */
+export interface ServiceProposal {
+  format: ServiceFormat;
+  /** `format: json` at other fields than `address` and `port`. */
+  fields?: { address: string; port: string };
+  /** The service name template (`{1}`, or a literal name for instances directly under `from`). */
+  name: string;
+  /** The instance id template, unique on the agent. */
+  id: string;
+  /** What the proposal could not make fit (several value shapes or depths). */
+  notes: string[];
+}
+
+/**
+ * Proposes the `service:` block for the registration folders under `from`
+ * (each a {@link PatternPrefix} whose `prefix` starts with `from`). Instances
+ * sit one level below their folder, so a folder `d` segments below `from`
+ * means keys of depth `d + 1`: at depth 1 the service is named after `from`;
+ * at depth 2 the defaults (`{1}`, `{1}-{-1}`); deeper, the folder that holds
+ * the instance names the service and every segment goes into the id, which
+ * keeps ids unique on the agent. Undefined when no format reads the values.
+ */
+export function proposeServiceRule(from: string, registrations: readonly PatternPrefix[]): ServiceProposal | undefined {
+  const keysByShape = new Map<RegistrationShape, number>();
+  const depths = new Set<number>();
+  for (const p of registrations) {
+    for (const shape of p.formats ?? []) keysByShape.set(shape, (keysByShape.get(shape) ?? 0) + p.keys);
+    depths.add(p.prefix.slice(from.length).split('/').filter(Boolean).length + 1);
+  }
+  const readable = [...keysByShape.entries()].filter(([shape]) => shape !== 'url').sort((a, b) => b[1] - a[1]);
+  if (readable.length === 0 || depths.size === 0) return undefined;
+  const notes: string[] = [];
+  if (keysByShape.size > 1) notes.push(`values are written in several ways (${[...keysByShape.keys()].join(', ')}): keys in another than ${readable[0]![0]} make no instance`);
+  const min = Math.min(...depths);
+  const max = Math.max(...depths);
+  let name: string;
+  let id: string;
+  if (min !== max) {
+    name = '{-2}';
+    id = '{-2}-{-1}';
+    notes.push(`instances sit ${min} to ${max} levels below ${from}: the folder holding each one names its service${min === 1 ? ', and keys directly under from make no instance' : ''}; check that the ids are unique`);
+  } else if (min === 1) {
+    name = serviceNameOf(from);
+    id = `${name}-{1}`;
+  } else if (min === 2) {
+    name = SERVICE_DEFAULTS.name;
+    id = SERVICE_DEFAULTS.id;
+  } else {
+    name = `{${min - 1}}`;
+    id = Array.from({ length: min }, (_, i) => `{${i + 1}}`).join('-');
+  }
+  return { ...serviceFormatOf(readable[0]![0])!, name, id, notes };
+}
+
+/** The folder holding a folder: `/services/web/` → `/services/`, `/web/` → `/`, `web/` → ``. */
+export function parentFolder(prefix: string): string {
+  return prefix.slice(0, prefix.slice(0, -1).lastIndexOf('/') + 1);
+}
+
+/** A service name from the last segment of a prefix: letters, digits and dashes, which DNS serves without a warning. */
+export function serviceNameOf(prefix: string): string {
+  const last = prefix.split('/').filter(Boolean).pop() ?? '';
+  return last.replace(/[^A-Za-z0-9-]+/g, '-').replace(/^-+|-+$/g, '') || 'service';
 }
 
 /** Lease ids are decimal int64 strings; concurrency keys carry them in lowercase hex. */
@@ -140,6 +238,8 @@ export interface PatternPrefix {
   rules: string[];
   /** What the rules do with those keys (`copy`, `keep`, `skip`...), for judging. */
   handling: string[];
+  /** Registrations only: how their values are written. */
+  formats?: RegistrationShape[];
 }
 
 /**
@@ -155,7 +255,7 @@ export class PatternCounter {
 
   constructor(private readonly cap: number) {}
 
-  add(key: Buffer, end: number, leased: boolean, rule: string, handling: string): void {
+  add(key: Buffer, end: number, leased: boolean, rule: string, handling: string, shape?: RegistrationShape): void {
     let entry: PatternPrefix | undefined;
     if (this.lastPrefix && this.lastPrefix.length === end && key.compare(this.lastPrefix, 0, end, 0, end) === 0) {
       entry = this.last;
@@ -179,6 +279,7 @@ export class PatternCounter {
     if (leased) entry.leasedKeys++;
     if (!entry.rules.includes(rule)) entry.rules.push(rule);
     if (!entry.handling.includes(handling)) entry.handling.push(handling);
+    if (shape && !(entry.formats ??= []).includes(shape)) entry.formats.push(shape);
   }
 
   list(): PatternPrefix[] {

@@ -3,8 +3,9 @@ import type { Format } from '../cli/context.js';
 import { REPORT_VERSION, renderEnvelope } from '../report/envelope.js';
 import type { AuditResult } from './audit.js';
 import type { HistogramBucket } from './aggregate.js';
-import type { Finding, Severity } from './findings.js';
+import type { Finding, FindingCode, Severity } from './findings.js';
 import type { PrefixNode } from './prefix-tree.js';
+import type { RuleTally } from './tally.js';
 
 /**
  * Renderers of the audit report. JSON and YAML carry the whole
@@ -110,6 +111,23 @@ function prefixLines(node: PrefixNode, top: number, indent: string, out: string[
   if (node.depth > 0 && node.directKeys > 0 && node.children.length > 0) out.push(`${indent}(${plural(node.directKeys, 'keys')} directly under ${node.prefix})`);
 }
 
+/** Info findings whose hint proposes a rule worth writing: the text report shows it too. */
+const SUGGESTING: ReadonlySet<FindingCode> = new Set(['service_registration_prefix']);
+
+/** What a rule does with its keys, in one line. */
+function ruleText(r: RuleTally): string {
+  if (r.action === 'keep') return `keep ${plural(r.keptKeys, 'keys')} on etcd`;
+  if (r.action === 'service') {
+    return `${plural(r.instances, 'instances')} to register in the catalog${r.instancesWithoutLease ? ` (${formatCount(r.instancesWithoutLease)} without a lease: no TTL check)` : ''}${r.noInstanceKeys ? `, ${noInstanceText(r.noInstanceKeys)}` : ''}`;
+  }
+  return `${plural(r.copyKeys, 'keys')} (${formatBytes(r.copyValueBytes)}) to copy, ${plural(r.sessions, 'sessions')}, ${formatCount(r.unmappableKeys)} unmappable${r.escapedKeys ? `, ${formatCount(r.escapedKeys)} escaped` : ''}${r.skippedKeys ? `, ${formatCount(r.skippedKeys)} leased keys skipped` : ''}`;
+}
+
+/** `3 keys make no instance`. */
+export function noInstanceText(n: number): string {
+  return `${formatCount(n)} ${n === 1 ? 'key makes' : 'keys make'} no instance`;
+}
+
 export function renderText(result: AuditResult): string {
   const lines: string[] = [];
   const s = result.source;
@@ -141,9 +159,7 @@ export function renderText(result: AuditResult): string {
   }
   if (result.mode === 'mapping') {
     lines.push('Rules:');
-    for (const r of result.rules) {
-      lines.push(`  ${r.rule.padEnd(20)} ${r.action === 'keep' ? `keep ${plural(r.keptKeys, 'keys')} on etcd` : `${plural(r.copyKeys, 'keys')} (${formatBytes(r.copyValueBytes)}) to copy, ${plural(r.sessions, 'sessions')}, ${formatCount(r.unmappableKeys)} unmappable${r.escapedKeys ? `, ${formatCount(r.escapedKeys)} escaped` : ''}${r.skippedKeys ? `, ${formatCount(r.skippedKeys)} leased keys skipped` : ''}`}`);
-    }
+    for (const r of result.rules) lines.push(`  ${r.rule.padEnd(20)} ${ruleText(r)}`);
     if (result.unmapped) lines.push(`  ${'(unmapped)'.padEnd(20)} ${plural(result.unmapped.keys, 'keys')} (unmapped: ${result.unmapped.policy})`);
   }
   if (result.sample) {
@@ -162,7 +178,7 @@ export function renderText(result: AuditResult): string {
     lines.push(`  ${f.severity.toUpperCase().padEnd(8)} ${f.code.padEnd(28)} ${plural(f.count, f.unit)}: ${f.title}${f.rules.length ? ` [${f.rules.join(', ')}]` : ''}`);
     for (const example of f.examples) lines.push(`           - ${exampleText(example)}`);
     if (f.count > f.examples.length && f.examples.length > 0) lines.push(`           … and ${formatCount(f.count - f.examples.length)} more`);
-    if (f.severity !== 'info') lines.push(`           next: ${f.hint}`);
+    if (f.severity !== 'info' || SUGGESTING.has(f.code)) lines.push(`           next: ${f.hint}`);
   }
   lines.push('');
   lines.push(`Result: ${verdict(result)}.`);
@@ -234,9 +250,9 @@ export function renderMarkdown(result: AuditResult): string {
   out.push(...(rows.length ? rows : ['| (no keys) | | | | | |']), '');
   if (result.mode === 'mapping') {
     out.push('## Rules', '');
-    out.push('| Rule | From → To | Action | Keys to copy | Bytes | Sessions | Unmappable | Kept |', '|---|---|---|---:|---:|---:|---:|---:|');
-    for (const r of result.rules) out.push(`| ${mdCode(r.rule)} | ${mdCode(r.from)} → ${r.action === 'keep' ? '(etcd)' : mdCode(r.to)} | ${r.action}, keys: ${r.keysPolicy}, leases: ${r.leasesPolicy} | ${formatCount(r.copyKeys)} | ${formatBytes(r.copyValueBytes)} | ${formatCount(r.sessions)} | ${formatCount(r.unmappableKeys)} | ${formatCount(r.keptKeys)} |`);
-    if (result.unmapped) out.push(`| (unmapped) | | unmapped: ${result.unmapped.policy} | ${formatCount(result.unmapped.keys)} keys outside every rule | ${formatBytes(result.unmapped.valueBytes)} | | | |`);
+    out.push('| Rule | From → To | Action | Keys to copy | Bytes | Sessions | Unmappable | Kept | Instances |', '|---|---|---|---:|---:|---:|---:|---:|---:|');
+    for (const r of result.rules) out.push(`| ${mdCode(r.rule)} | ${mdCode(r.from)} → ${r.action === 'keep' ? '(etcd)' : r.action === 'service' ? '(catalog)' : mdCode(r.to)} | ${r.action}, keys: ${r.keysPolicy}, leases: ${r.leasesPolicy} | ${formatCount(r.copyKeys)} | ${formatBytes(r.copyValueBytes)} | ${formatCount(r.sessions)} | ${formatCount(r.unmappableKeys)} | ${formatCount(r.keptKeys)} | ${r.action === 'service' ? `${formatCount(r.instances)}${r.noInstanceKeys ? ` (${noInstanceText(r.noInstanceKeys)})` : ''}` : ''} |`);
+    if (result.unmapped) out.push(`| (unmapped) | | unmapped: ${result.unmapped.policy} | ${formatCount(result.unmapped.keys)} keys outside every rule | ${formatBytes(result.unmapped.valueBytes)} | | | | |`);
     out.push('');
   }
   out.push('## Values, leases and atomic groups', '');

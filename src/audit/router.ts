@@ -1,4 +1,4 @@
-import type { KeyPolicy, LeasePolicy, RuleAction, UnmappedPolicy } from '../config/load.js';
+import type { KeyPolicy, LeasePolicy, RuleAction, ServiceSpec, UnmappedPolicy } from '../config/load.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { routeKey, type UnmappableReason } from '../mapping/route.js';
 
@@ -15,6 +15,10 @@ export interface RuleRef {
   readonly action: RuleAction;
   readonly keys: KeyPolicy;
   readonly leases: LeasePolicy;
+  /** `from` as bytes (service rules read the key's segments after it). */
+  readonly fromBytes: Buffer;
+  /** `action: service` only: how its keys become catalog instances. */
+  readonly service?: ServiceSpec;
 }
 
 export type Routed =

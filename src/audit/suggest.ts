@@ -1,16 +1,18 @@
 import { isServableKey } from '../mapping/escape.js';
 import type { AuditResult } from './audit.js';
 import type { FindingCode } from './findings.js';
+import { parentFolder, proposeServiceRule, type PatternPrefix, type ServiceProposal } from './patterns.js';
 import type { PrefixNode } from './prefix-tree.js';
 
 /**
  * `migrate init` / `audit --suggest-mapping`: a commented draft
  * `migration.yaml` from what an audit found. One rule per top-level prefix
  * (`/app/` → `app/`), `keep` for Kubernetes control planes, `leases: skip`
- * for lock and election prefixes, `leases: session` (with a note about the
- * catalog) where service registrations live, and `keys: escape` where keys
- * Consul cannot serve were seen. Every `to` is servable and no two overlap,
- * so the draft loads; it is a starting point to review, not a decision.
+ * for lock and election prefixes, `action: service` where service
+ * registrations live (their format and name/id templates from what the audit
+ * saw), and `keys: escape` where keys Consul cannot serve were seen. Every
+ * `to` is servable and no two overlap, so the draft loads; it is a starting
+ * point to review, not a decision.
  */
 export interface DraftOptions {
   /** The migration id (`id:`). */
@@ -23,10 +25,13 @@ export interface DraftOptions {
 export interface DraftRule {
   name: string;
   from: string;
+  /** The Consul prefix of a `copy` rule; a `keep` rule's is its `from`; a `service` rule has none (`''`). */
   to: string;
-  action: 'copy' | 'keep';
+  action: 'copy' | 'keep' | 'service';
   keys?: 'escape';
   leases?: 'skip' | 'session';
+  /** `action: service`: the rule's `service:` block. */
+  service?: Omit<ServiceProposal, 'notes'>;
   comments: string[];
 }
 
@@ -56,6 +61,7 @@ export function draftMapping(result: AuditResult, options: DraftOptions): Mappin
   const rules: DraftRule[] = [];
   const usedNames = new Set<string>();
   const usedTos: string[] = [statePrefix];
+  const usedFroms = new Set<string>();
   const { kubernetes, locks, registrations } = result.patterns;
 
   const uniqueName = (base: string): string => {
@@ -88,24 +94,50 @@ export function draftMapping(result: AuditResult, options: DraftOptions): Mappin
     }
     const k8s = kubernetes.filter((p) => within(from, p.prefix));
     const lockHere = locks.filter((p) => within(from, p.prefix));
-    const regsHere = registrations.filter((p) => within(from, p.prefix));
+    const regsHere = registrations.filter((p) => within(from, p.prefix) && isPlainText(p.prefix));
     const name = uniqueName(from.replace(/\//g, ' ').trim().replace(/\s+/g, '-'));
     const comments = [`${node.keys} keys, ${node.valueBytes} bytes of values${node.leasedKeys ? `, ${node.leasedKeys} leased` : ''}`];
+    usedFroms.add(from);
 
     // A Kubernetes control plane at the top level stays on etcd as a whole.
     if (k8s.some((p) => p.prefix === from)) {
       rules.push({ name, from, to: from, action: 'keep', comments: [...comments, 'looks like a Kubernetes control plane: it stays on etcd'] });
       continue;
     }
+    // A prefix that holds nothing but service registrations goes to the catalog as a whole.
+    const proposal = regsHere.length > 0 && regsHere.reduce((n, p) => n + p.keys, 0) === node.keys ? proposeServiceRule(from, regsHere) : undefined;
+    if (proposal) {
+      rules.push(serviceRule(name, from, proposal, regsHere, comments));
+      continue;
+    }
     const { to, renamed } = uniqueTo(from.replace(/^\/+/, ''), name);
     const rule: DraftRule = { name, from, to, action: 'copy', comments };
     if (renamed) comments.push(`"to" renamed: another rule (or the state prefix ${statePrefix}) already uses ${cleanTo(from.replace(/^\/+/, ''))}`);
+    // Registration folders beside other keys get service rules of their own (the longest `from` wins).
+    const nested = new Map<string, PatternPrefix[]>();
+    const unregistered: PatternPrefix[] = [];
+    for (const p of regsHere) {
+      const at = serviceFrom(from, p.prefix);
+      if (at === undefined) unregistered.push(p);
+      else nested.set(at, [...(nested.get(at) ?? []), p]);
+    }
+    for (const [at, list] of nested) {
+      const nestedProposal = usedFroms.has(at) ? undefined : proposeServiceRule(at, list);
+      if (!nestedProposal) {
+        unregistered.push(...list);
+        continue;
+      }
+      usedFroms.add(at);
+      const keys = list.reduce((n, p) => n + p.keys, 0);
+      rules.push(serviceRule(uniqueName(`${name}-${lastSegment(at)}`), at, nestedProposal, list, [`${keys} keys that look like service registrations`]));
+    }
     if (lockHere.some((p) => p.prefix === from)) {
       rule.leases = 'skip';
       comments.push('looks like locks / leader elections: leased keys are not copied; applications recreate them in Consul');
-    } else if (regsHere.length > 0) {
+    } else if (unregistered.length > 0) {
       rule.leases = 'session';
-      comments.push(`service registrations under ${regsHere.slice(0, 3).map((p) => p.prefix).join(', ')}: mirrored as session-held keys; consider Consul's service catalog for them`);
+      const urls = unregistered.some((p) => p.formats?.length && p.formats.every((f) => f === 'url'));
+      comments.push(`service registrations under ${unregistered.slice(0, 3).map((p) => p.prefix).join(', ')}: mirrored as session-held keys; ${urls ? 'values with a URL scheme fit no `service.format`' : 'an `action: service` rule needs a folder that holds only registrations'}`);
     }
     const badKeys = keyFindings.filter((f) => f.examples.some((e) => e.key !== undefined && within(from, e.key)));
     if (badKeys.length > 0) {
@@ -123,7 +155,8 @@ export function draftMapping(result: AuditResult, options: DraftOptions): Mappin
       rules.push({ name: uniqueName(`${name}-${lastSegment(p.prefix)}`), from: p.prefix, to: p.prefix, action: 'keep', comments: [`${p.keys} keys that look like a Kubernetes control plane: they stay on etcd`] });
     }
     for (const p of lockHere) {
-      if (p.prefix === from || !isPlainText(p.prefix) || k8s.some((k) => within(k.prefix, p.prefix))) continue;
+      if (p.prefix === from || !isPlainText(p.prefix) || k8s.some((k) => within(k.prefix, p.prefix)) || usedFroms.has(p.prefix)) continue;
+      usedFroms.add(p.prefix);
       const nestedName = uniqueName(`${name}-${lastSegment(p.prefix)}`);
       const nested = uniqueTo(`${to.slice(0, -1)}-${lastSegment(p.prefix)}/`, nestedName);
       rules.push({ name: nestedName, from: p.prefix, to: nested.to, action: 'copy', leases: 'skip', comments: [`${p.keys} keys that look like locks / leader elections: leased keys are not copied`, `"to" differs from ${to} because two copy rules may not share a Consul prefix`] });
@@ -172,6 +205,35 @@ function ruleLevel(result: AuditResult): { nodes: PrefixNode[]; uncovered: strin
     }
   }
   return { nodes, uncovered };
+}
+
+/**
+ * Where a service rule for a registration folder inside the copy prefix
+ * `from` starts: the folder's parent, so `{1}` names the service
+ * (`/app/services/web/` → `/app/services/`), or the folder itself when its
+ * parent is `from`. Undefined when the registrations sit directly in `from`
+ * beside other keys: no rule can take them without taking those.
+ */
+function serviceFrom(from: string, folder: string): string | undefined {
+  if (folder === from) return undefined;
+  const parent = parentFolder(folder);
+  return parent.length > from.length ? parent : folder;
+}
+
+/** A service rule over registration folders, with what the reviewer should know in its comments. */
+function serviceRule(name: string, from: string, proposal: ServiceProposal, registrations: readonly PatternPrefix[], comments: string[]): DraftRule {
+  const { notes, ...service } = proposal;
+  const formats = [...new Set(registrations.flatMap((p) => p.formats ?? []))];
+  const out = [
+    ...comments,
+    `service registrations (values: ${formats.join(', ')}): each key becomes an instance in Consul's catalog, on the migrator's agent; a leased key's instance gets a TTL check that \`migrate dualrun\` keeps passing while the etcd lease lives`,
+    ...notes,
+  ];
+  // The name template always points at the folder holding the instance, unless it is literal.
+  const names = service.name.includes('{') ? [...new Set(registrations.map((p) => lastSegment(p.prefix)))] : [];
+  const odd = names.filter((n) => !/^[A-Za-z0-9-]+$/.test(n));
+  if (odd.length > 0) out.push(`service names ${odd.slice(0, 3).join(', ')}${odd.length > 3 ? ' …' : ''} have characters other than letters, digits and dashes: Consul registers them but logs a DNS warning`);
+  return { name, from, to: '', action: 'service', service, comments: out };
 }
 
 /** Levels of a prefix as the prefix tree counts them (a leading "/" belongs to the first segment). */
@@ -235,7 +297,14 @@ function renderDraft(result: AuditResult, options: DraftOptions, rules: DraftRul
     lines.push(`  - name: ${yamlString(rule.name)}`);
     lines.push(`    from: ${yamlString(rule.from)}`);
     if (rule.action === 'keep') lines.push('    action: keep');
-    else lines.push(`    to: ${yamlString(rule.to)}`);
+    else if (rule.service) {
+      lines.push('    action: service');
+      lines.push('    service:');
+      lines.push(`      format: ${rule.service.format}`);
+      if (rule.service.fields) lines.push(`      fields: { address: ${yamlString(rule.service.fields.address)}, port: ${yamlString(rule.service.fields.port)} }`);
+      lines.push(`      name: ${yamlString(rule.service.name)}   # {1}: the first segment after from, {-1}: the last`);
+      lines.push(`      id: ${yamlString(rule.service.id)}   # unique on the agent`);
+    } else lines.push(`    to: ${yamlString(rule.to)}`);
     if (rule.keys) lines.push(`    keys: ${rule.keys}`);
     if (rule.leases) lines.push(`    leases: ${rule.leases}`);
   }

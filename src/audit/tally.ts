@@ -1,3 +1,4 @@
+import { registrationOf, type RegistrationProblem, type RegistrationResult } from '../services/registration.js';
 import type { SourceEntry } from '../stores/types.js';
 import type { Handling } from './findings.js';
 import type { Routed, RuleRef } from './router.js';
@@ -6,7 +7,6 @@ import type { Routed, RuleRef } from './router.js';
  * Per-rule totals of a pass: what a copy would do with each rule's keys.
  * Shared by the audit and the plan, so both count the same way.
  */
-/** Per-rule totals: what a copy would do with the rule's keys. */
 export interface RuleTally {
   rule: string;
   from: string;
@@ -35,14 +35,37 @@ export interface RuleTally {
   keptKeys: number;
   /** Keys whose value only fits a single PUT, not a txn. */
   singlePutKeys: number;
+  /** `action: service`: keys that register a catalog instance. */
+  instances: number;
+  /** Of those, keys without an etcd lease: registered without a TTL check, so nothing ever expires them. */
+  instancesWithoutLease: number;
+  /** `action: service`: keys whose value or name makes no instance (the copy reports and skips them). */
+  noInstanceKeys: number;
 }
 
 interface RuleAcc extends RuleTally {
   leaseSet: Set<string>;
+  /** Instance id → the key that registers it, to find a second key with the same id (as the copy does). */
+  instanceIds: Map<string, string>;
 }
 
-interface RuleAcc extends RuleTally {
-  leaseSet: Set<string>;
+/**
+ * A registration problem in words that never carry the value: a fixed text
+ * per problem, except where the parser's detail is built from the rule and
+ * the key alone (a configured field, a template, an instance id).
+ */
+const PROBLEM_TEXT: Partial<Record<RegistrationProblem, string>> = {
+  'value-not-hostport': 'the value is not host:port or [ipv6]:port',
+  'value-not-json': 'the value is not a JSON object',
+  'address-invalid': 'the address is neither an IP address nor a host name',
+  'port-invalid': 'the port is not a number between 1 and 65535',
+  'tags-invalid': 'the tags are not a list of strings',
+  'meta-invalid': 'the meta is not what Consul accepts (keys of letters, digits, "_" and "-" not starting with "consul-", values up to 512 characters, at most 64 pairs)',
+};
+
+/** Why a service rule's key makes no instance, for reports (`problem: text`). */
+export function registrationProblemText(failure: Extract<RegistrationResult, { ok: false }>): string {
+  return `${failure.problem}: ${PROBLEM_TEXT[failure.problem] ?? failure.detail}`;
 }
 
 export const HANDLING_BIT: Record<Handling, number> = { copy: 1, session: 2, persist: 4, skip: 8, keep: 16, unmapped: 32, rejected: 64, service: 128 };
@@ -66,8 +89,11 @@ export function handlingOf(routed: Routed, leased: boolean): Handling {
 export class RuleTallies {
   private readonly rules = new Map<string, RuleAcc>();
 
-  /** `sessionCap`: distinct leases per rule counted exactly (default 100,000). */
-  constructor(rules: readonly RuleRef[], private readonly sessionCap = 100_000) {
+  /**
+   * `sessionCap`: distinct leases (and instance ids) per rule tracked exactly
+   * (default 100,000); `migrationId` goes into the instances' meta, as the copy writes it.
+   */
+  constructor(rules: readonly RuleRef[], private readonly sessionCap = 100_000, private readonly migrationId = '') {
     for (const rule of rules) this.acc(rule);
   }
 
@@ -77,15 +103,21 @@ export class RuleTallies {
       acc = {
         rule: rule.name, from: rule.from, to: rule.to, action: rule.action, keysPolicy: rule.keys, leasesPolicy: rule.leases,
         keys: 0, valueBytes: 0, copyKeys: 0, copyValueBytes: 0, escapedKeys: 0, unmappableKeys: 0, leasedKeys: 0,
-        sessions: 0, sessionsAtLeast: false, persistedKeys: 0, skippedKeys: 0, keptKeys: 0, singlePutKeys: 0, leaseSet: new Set(),
+        sessions: 0, sessionsAtLeast: false, persistedKeys: 0, skippedKeys: 0, keptKeys: 0, singlePutKeys: 0,
+        instances: 0, instancesWithoutLease: 0, noInstanceKeys: 0, leaseSet: new Set(), instanceIds: new Map(),
       };
       this.rules.set(rule.name, acc);
     }
     return acc;
   }
 
-  add(routed: Routed, entry: SourceEntry, handling: Handling, singlePut: boolean): void {
-    if (routed.kind === 'unmapped') return;
+  /**
+   * Counts one key. A service rule's key is parsed with the copy's own
+   * `registrationOf`; what it makes (an instance, or why none) is returned so
+   * the caller can report it.
+   */
+  add(routed: Routed, entry: SourceEntry, handling: Handling, singlePut: boolean): RegistrationResult | undefined {
+    if (routed.kind === 'unmapped') return undefined;
     const acc = this.rules.get(routed.rule.name) ?? this.acc(routed.rule);
     acc.keys++;
     acc.valueBytes += entry.value.length;
@@ -93,15 +125,21 @@ export class RuleTallies {
     switch (handling) {
       case 'keep':
         acc.keptKeys++;
-        return;
-      case 'service':
-        return;
+        return undefined;
+      case 'service': {
+        const outcome = this.registration(acc, routed.rule, entry);
+        if (outcome.ok) {
+          acc.instances++;
+          if (!outcome.registration.lease) acc.instancesWithoutLease++;
+        } else acc.noInstanceKeys++;
+        return outcome;
+      }
       case 'rejected':
         acc.unmappableKeys++;
-        return;
+        return undefined;
       case 'skip':
         acc.skippedKeys++;
-        return;
+        return undefined;
       case 'persist':
         acc.persistedKeys++;
         break;
@@ -120,9 +158,23 @@ export class RuleTallies {
     acc.copyValueBytes += entry.value.length;
     if (routed.kind === 'mapped' && routed.escaped) acc.escapedKeys++;
     if (singlePut) acc.singlePutKeys++;
+    return undefined;
+  }
+
+  /** The key's instance; a second key with an id already taken makes none, as in the copy (`desiredInstances`). */
+  private registration(acc: RuleAcc, rule: RuleRef, entry: SourceEntry): RegistrationResult {
+    const outcome = registrationOf(rule, entry, this.migrationId);
+    if (!outcome.ok) return outcome;
+    const { id, key } = outcome.registration;
+    const earlier = acc.instanceIds.get(id);
+    if (earlier !== undefined) {
+      return { ok: false, rule: rule.name, key, problem: 'segment-missing', detail: `its instance id "${id}" is also the id of ${earlier}; make the id template include more of the key` };
+    }
+    if (acc.instanceIds.size < this.sessionCap) acc.instanceIds.set(id, key);
+    return outcome;
   }
 
   list(): RuleTally[] {
-    return [...this.rules.values()].map(({ leaseSet: _leaseSet, ...tally }) => tally);
+    return [...this.rules.values()].map(({ leaseSet: _leaseSet, instanceIds: _instanceIds, ...tally }) => tally);
   }
 }

@@ -3,6 +3,7 @@ import { parseConfig } from '../config/load.js';
 import { MemorySource } from '../stores/memory.js';
 import { runPlan } from './plan.js';
 import { renderPlan } from './render.js';
+import { durationText } from './runbook.js';
 
 function source(): MemorySource {
   const s = new MemorySource();
@@ -89,5 +90,63 @@ describe('runPlan', () => {
     expect(runbook).toContain('(`keep`, never touched): `k8s`');
     expect(runbook).toContain('Leased keys (`svc`) become Consul sessions');
     expect(runbook).not.toContain('secret-value-1');
+  });
+
+  it('lists service rules: the instances they register, their TTL check, the keys that make none, and what keeps the checks passing', async () => {
+    const s = new MemorySource();
+    const lease = s.grantLease(30);
+    s.put('/app/a', 'x');
+    s.put('/services/web/web-0', '10.0.0.1:8080', lease);
+    s.put('/services/web/web-1', '10.0.0.2:8080');
+    s.put('/services/web/broken', 'secret-not-an-address');
+    const loaded = parseConfig(`version: 1
+id: p
+rules:
+  - { name: app, from: /app/, to: app/ }
+  - name: services
+    from: /services/
+    action: service
+    service: { tags: [from-etcd], check: { ttl: 45s, failuresBeforeCritical: 5, deregisterCriticalAfter: 30m } }
+`, 'migration.yaml');
+    const plan = await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    expect(plan.rules.find((r) => r.rule === 'services')).toMatchObject({ keys: 3, instances: 2, instancesWithoutLease: 1, noInstanceKeys: 1, copyKeys: 0 });
+    expect(plan.totals).toMatchObject({ copyKeys: 1, instances: 2, noInstanceKeys: 1 });
+    expect(plan.services).toEqual([{
+      rule: 'services', from: '/services/', format: 'hostport', fields: null, name: '{1}', id: '{1}-{-1}', tags: ['from-etcd'],
+      check: { ttlSeconds: 45, failuresBeforeCritical: 5, successBeforePassing: 1, deregisterCriticalAfterSeconds: 1800 },
+      problems: { 'value-not-hostport': 1 },
+      examples: [{ key: '/services/web/broken', problem: 'value-not-hostport', detail: 'value-not-hostport: the value is not host:port or [ipv6]:port' }],
+    }]);
+    // Keys that make no instance are reported, not blockers: the copy registers the others.
+    expect(plan.blockers).toEqual([]);
+
+    const text = renderPlan(plan, 'text');
+    expect(text).toContain('services               /services/ → (service catalog)           2 instances to register (1 without a lease: no TTL check), 1 KEY MAKES NO INSTANCE');
+    expect(text).toContain('  services: one instance per key under "/services/": service "{1}", instance id "{1}-{-1}", values hostport, tags "from-etcd"');
+    expect(text).toContain("    TTL check of 45s on each leased key's instance: critical after 5 failed lease check(s) in a row, passing again after 1 good one(s); Consul deregisters an instance critical for 30m");
+    expect(text).toContain('      /services/web/broken  (value-not-hostport: the value is not host:port or [ipv6]:port)');
+    expect(text).toContain('`migrate dualrun` passes the TTL checks while the etcd leases live');
+    expect(text).toContain('`migrate verify` compares the rules\' instances in the catalog with etcd.');
+
+    const md = renderPlan(plan, 'markdown');
+    expect(md).toContain('| `services` | `/services/` → (catalog) | service, keys: reject, leases: session | 0 | 0 B | 0 | 0 | 0 | 0 | 2 |');
+    expect(md).toContain('| `/services/web/broken` | `services` | value-not-hostport: the value is not host:port or [ipv6]:port |');
+    const runbook = md.slice(md.indexOf('## Runbook'));
+    expect(runbook).toContain('- [ ] **service keys without an instance** (1): keys of `services` make no catalog instance');
+    expect(runbook).toContain('and registers 2 catalog instance(s)');
+    expect(runbook).toContain("parity for every copy rule, and every service rule's instances in the catalog");
+    expect(runbook).toContain("- `services`: one instance per key under `/services/`: service `{1}`, instance id `{1}-{-1}`, values hostport, tags `from-etcd`. TTL check of 45s on each leased key's instance: critical after 5 failed lease check(s) in a row, passing again after 1 good one(s); Consul deregisters an instance critical for 30m. Now: 2 instance(s), 1 with a TTL check, 1 without a lease (no check: nothing expires them); 1 key(s) make no instance.");
+    expect(runbook).toContain('`migrate dualrun` passes the TTL checks while the etcd leases live');
+    // Service rules have no keys to cut over: the cutover steps are for copy rules only.
+    expect(runbook).toContain('--rule app --verify-now');
+    expect(runbook).not.toContain('--rule services');
+    for (const format of ['text', 'json', 'markdown'] as const) {
+      expect(renderPlan(plan, format)).not.toContain('secret-not-an-address');
+      expect(renderPlan(plan, format)).not.toContain('10.0.0.');
+    }
+  });
+
+  it('writes check durations as migration.yaml does', () => {
+    expect([0.5, 30, 90, 1800, 7200].map(durationText)).toEqual(['500ms', '30s', '90s', '30m', '2h']);
   });
 });

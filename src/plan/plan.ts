@@ -1,4 +1,4 @@
-import type { MigrationConfig } from '../config/load.js';
+import type { MigrationConfig, ServiceFormat, ServiceSpec } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import type { UnmappableReason } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
@@ -7,15 +7,17 @@ import { CappedList } from '../audit/aggregate.js';
 import { txnCapacity, estimateOpBytes } from '../audit/inventory.js';
 import { mappingRouter } from '../audit/router.js';
 import { describeRange, disjointPrefixRanges, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
-import { RuleTallies, handlingOf, type RuleTally } from '../audit/tally.js';
+import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from '../audit/tally.js';
+import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/etcd.js';
 import { DEFAULT_TXN_MAX_BYTES } from '../stores/txn-batcher.js';
 
 /**
  * `migrate plan`: the mapping resolved against the live keyspace at one
  * pinned revision. Per rule: keys and bytes to copy, sessions to create,
- * keys kept on etcd; then the keys outside every rule and every key Consul
- * cannot take (a capped list with the total). Blockers make it exit 1.
+ * keys kept on etcd, catalog instances a service rule registers; then the
+ * keys outside every rule and every key Consul cannot take (a capped list
+ * with the total). Blockers make it exit 1.
  * One streamed pass, memory bounded by the page and the caps.
  */
 export const PLAN_SCHEMA_VERSION = 1;
@@ -36,6 +38,27 @@ export interface PlanBlocker {
   hint: string;
 }
 
+/** A service rule as the plan shows it: what it registers, its TTL check, and the keys that make no instance. */
+export interface PlanServiceRule {
+  rule: string;
+  from: string;
+  format: ServiceFormat;
+  /** `format: json`: where the value holds the address, port, tags and meta; null otherwise. */
+  fields: ServiceSpec['fields'] | null;
+  /** The service name and instance id templates. */
+  name: string;
+  id: string;
+  tags: string[];
+  check: { ttlSeconds: number; failuresBeforeCritical: number; successBeforePassing: number; deregisterCriticalAfterSeconds: number | null };
+  /** Keys that make no instance, by problem (the counts are exact). */
+  problems: Partial<Record<RegistrationProblem, number>>;
+  /** The first of them (up to {@link SERVICE_EXAMPLES}): key and problem, never the value. */
+  examples: { key: string; problem: RegistrationProblem; detail: string }[];
+}
+
+/** Keys without an instance listed per service rule. */
+export const SERVICE_EXAMPLES = 20;
+
 export interface PlanResult {
   schemaVersion: typeof PLAN_SCHEMA_VERSION;
   configFile: string;
@@ -44,7 +67,9 @@ export interface PlanResult {
   scope: { ranges: string[]; unreadable: string[]; rulesOnly: boolean; interrupted: boolean };
   maxValueBytes: number;
   rules: RuleTally[];
-  totals: { copyKeys: number; copyValueBytes: number; sessions: number; keptKeys: number; skippedLeasedKeys: number; unmappedKeys: number; unmappableKeys: number; escapedKeys: number };
+  totals: { copyKeys: number; copyValueBytes: number; sessions: number; keptKeys: number; skippedLeasedKeys: number; unmappedKeys: number; unmappableKeys: number; escapedKeys: number; instances: number; noInstanceKeys: number };
+  /** The `action: service` rules, in the order of the file (their counts are in `rules`). */
+  services: PlanServiceRule[];
   /** Keys outside every rule (`null` when only the rules' prefixes could be read). */
   unmapped: { keys: number; valueBytes: number; policy: 'skip' | 'error'; examples: string[] } | null;
   unmappable: { total: number; byReason: Partial<Record<UnmappableReason, number>>; keys: PlanKey[] };
@@ -71,7 +96,8 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const maxValueBytes = input.mapping.maxValueBytes;
   const router = mappingRouter(input.mapping, maxValueBytes);
   const capacity = txnCapacity({ txnMaxOps: input.config.target.limits?.txnMaxOps ?? 64, txnMaxBytes: input.config.target.limits?.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES });
-  const tallies = new RuleTallies(router.rules);
+  const tallies = new RuleTallies(router.rules, undefined, input.config.id);
+  const services = new Map(input.mapping.serviceRules.map((rule) => [rule.name, planServiceRule(rule.name, rule.from, rule.service!)]));
   const unmappable = new CappedList<PlanKey>(input.listCap ?? 1000);
   const byReason: Partial<Record<UnmappableReason, number>> = {};
   const unmappedExamples = new CappedList<string>(100);
@@ -97,7 +123,12 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     const leased = entry.lease !== '0';
     const handling = handlingOf(routed, leased);
     const copied = handling === 'copy' || handling === 'session' || handling === 'persist';
-    tallies.add(routed, entry, handling, copied && estimateOpBytes(entry.key.length, entry.value.length) > capacity.bytes);
+    const registration = tallies.add(routed, entry, handling, copied && estimateOpBytes(entry.key.length, entry.value.length) > capacity.bytes);
+    if (registration && !registration.ok) {
+      const service = services.get(registration.rule)!;
+      service.problems[registration.problem] = (service.problems[registration.problem] ?? 0) + 1;
+      if (service.examples.length < SERVICE_EXAMPLES) service.examples.push({ key: registration.key, problem: registration.problem, detail: registrationProblemText(registration) });
+    }
     if (routed.kind === 'unmapped') {
       unmappedKeys++;
       unmappedBytes += entry.value.length;
@@ -120,6 +151,8 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     unmappedKeys,
     unmappableKeys: unmappable.total,
     escapedKeys: sum((r) => r.escapedKeys),
+    instances: sum((r) => r.instances),
+    noInstanceKeys: sum((r) => r.noInstanceKeys),
   };
   const blockers: PlanBlocker[] = [];
   if (unmappable.total > 0) {
@@ -128,10 +161,10 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   if (!rulesOnly && unmappedKeys > 0 && router.unmapped === 'error') {
     blockers.push({ code: 'unmapped_keys', count: unmappedKeys, message: `${unmappedKeys} keys are outside every rule and defaults.unmapped is error`, hint: 'Add rules (or keep rules) for them, or set defaults.unmapped: skip to leave them on etcd.' });
   }
-  const copyRules = router.rules.filter((r) => r.action === 'copy');
-  const unreadableCopied = outcome.unreadable.filter((range) => copyRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from)))));
+  const writingRules = router.rules.filter((r) => r.action !== 'keep');
+  const unreadableCopied = outcome.unreadable.filter((range) => writingRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from)))));
   if (unreadableCopied.length > 0) {
-    blockers.push({ code: 'range_unreadable', count: unreadableCopied.length, message: `etcd refused to read ${unreadableCopied.map(describeRange).join(', ')}, which copy rules cover`, hint: 'Grant the etcd user read on every rule range (`migrate acl` prints the role).' });
+    blockers.push({ code: 'range_unreadable', count: unreadableCopied.length, message: `etcd refused to read ${unreadableCopied.map(describeRange).join(', ')}, which copy or service rules cover`, hint: 'Grant the etcd user read on every rule range (`migrate acl` prints the role).' });
   }
   return {
     schemaVersion: PLAN_SCHEMA_VERSION,
@@ -144,6 +177,23 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     totals,
     unmapped: rulesOnly ? null : { keys: unmappedKeys, valueBytes: unmappedBytes, policy: router.unmapped, examples: unmappedExamples.items },
     unmappable: { total: unmappable.total, byReason, keys: unmappable.items },
+    services: [...services.values()],
     blockers,
+  };
+}
+
+function planServiceRule(rule: string, from: string, spec: ServiceSpec): PlanServiceRule {
+  const { check } = spec;
+  return {
+    rule,
+    from,
+    format: spec.format,
+    fields: spec.format === 'json' ? spec.fields : null,
+    name: spec.name,
+    id: spec.id,
+    tags: spec.tags,
+    check: { ttlSeconds: check.ttlSeconds, failuresBeforeCritical: check.failuresBeforeCritical, successBeforePassing: check.successBeforePassing, deregisterCriticalAfterSeconds: check.deregisterCriticalAfterSeconds ?? null },
+    problems: {},
+    examples: [],
   };
 }

@@ -1,8 +1,8 @@
 import type { Format } from '../cli/context.js';
 import { renderEnvelope } from '../report/envelope.js';
-import { formatBytes, formatCount, mdCode, plural } from '../audit/render.js';
+import { formatBytes, formatCount, mdCode, noInstanceText, plural } from '../audit/render.js';
 import type { PlanResult } from './plan.js';
-import { renderRunbook } from './runbook.js';
+import { SERVICE_UPKEEP, describeCheck, describeService, renderRunbook } from './runbook.js';
 
 /** Text, JSON (one envelope) and markdown renderings of a plan. Values never appear. */
 export function renderPlan(result: PlanResult, format: Format): string {
@@ -13,6 +13,11 @@ export function renderPlan(result: PlanResult, format: Format): string {
 
 function ruleLine(r: PlanResult['rules'][number]): string {
   if (r.action === 'keep') return `keep ${plural(r.keptKeys, 'keys')} on etcd`;
+  if (r.action === 'service') {
+    const parts = [`${plural(r.instances, 'instances')} to register${r.instancesWithoutLease ? ` (${formatCount(r.instancesWithoutLease)} without a lease: no TTL check)` : ''}`];
+    if (r.noInstanceKeys) parts.push(noInstanceText(r.noInstanceKeys).toUpperCase());
+    return parts.join(', ');
+  }
   const parts = [`${plural(r.copyKeys, 'keys')} (${formatBytes(r.copyValueBytes)}) to copy`, `${plural(r.sessions, 'sessions')}${r.sessionsAtLeast ? ' or more' : ''}`];
   if (r.escapedKeys) parts.push(`${formatCount(r.escapedKeys)} escaped`);
   if (r.skippedKeys) parts.push(`${formatCount(r.skippedKeys)} leased keys skipped`);
@@ -28,12 +33,26 @@ export function renderPlanText(result: PlanResult): string {
   lines.push(`Scope: ${result.scope.ranges.join(', ')}${result.scope.unreadable.length ? `; NOT readable: ${result.scope.unreadable.join(', ')}` : ''}`);
   lines.push('');
   lines.push('Rules:');
-  for (const r of result.rules) lines.push(`  ${r.rule.padEnd(22)} ${`${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.to}`.padEnd(40)} ${ruleLine(r)}`);
+  for (const r of result.rules) lines.push(`  ${r.rule.padEnd(22)} ${`${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.action === 'service' ? '(service catalog)' : r.to}`.padEnd(40)} ${ruleLine(r)}`);
   if (result.unmapped) lines.push(`  ${'(unmapped)'.padEnd(22)} ${''.padEnd(40)} ${plural(result.unmapped.keys, 'keys')} outside every rule (unmapped: ${result.unmapped.policy})`);
   else lines.push('  (unmapped)             unknown: only the rules\' prefixes could be read');
   const t = result.totals;
   lines.push('');
-  lines.push(`Totals: ${plural(t.copyKeys, 'keys')} (${formatBytes(t.copyValueBytes)}) to copy, ${plural(t.sessions, 'sessions')} to create, ${formatCount(t.keptKeys)} kept on etcd, ${formatCount(t.skippedLeasedKeys)} leased keys skipped, ${formatCount(t.unmappedKeys)} unmapped, ${formatCount(t.unmappableKeys)} unmappable`);
+  lines.push(`Totals: ${plural(t.copyKeys, 'keys')} (${formatBytes(t.copyValueBytes)}) to copy, ${plural(t.sessions, 'sessions')} to create, ${formatCount(t.keptKeys)} kept on etcd, ${formatCount(t.skippedLeasedKeys)} leased keys skipped, ${formatCount(t.unmappedKeys)} unmapped, ${formatCount(t.unmappableKeys)} unmappable${result.services.length ? `, ${plural(t.instances, 'catalog instances')} to register` : ''}`);
+  if (result.services.length > 0) {
+    lines.push('');
+    lines.push('Service rules (instances registered on the migrator\'s Consul agent):');
+    for (const s of result.services) {
+      lines.push(`  ${s.rule}: ${describeService(s)}`);
+      lines.push(`    ${describeCheck(s)}`);
+      const problems = Object.entries(s.problems);
+      if (problems.length) {
+        lines.push(`    ${noInstanceText(problems.reduce((n, [, c]) => n + (c ?? 0), 0))}: ${problems.map(([p, c]) => `${p} ${formatCount(c ?? 0)}`).join(', ')}`);
+        for (const e of s.examples.slice(0, 5)) lines.push(`      ${e.key}  (${e.detail})`);
+      }
+    }
+    lines.push(`  ${SERVICE_UPKEEP}`);
+  }
   if (result.unmappable.total > 0) {
     lines.push('');
     lines.push(`Unmappable keys (${formatCount(result.unmappable.total)}${result.unmappable.keys.length < result.unmappable.total ? `, first ${result.unmappable.keys.length} listed` : ''}):`);
@@ -60,12 +79,22 @@ export function renderPlanMarkdown(result: PlanResult): string {
   out.push(`# Migration plan: ${result.migrationId}`, '');
   out.push(result.blockers.length ? `**${result.blockers.length} blocker(s)** remain.` : '**No blockers.**', '');
   out.push(`etcd ${result.source.version}, cluster ${result.source.clusterId}, revision ${result.source.revision}; mapping \`${result.configFile}\`.`, '');
-  out.push('| Rule | From → To | Policy | Keys to copy | Bytes | Sessions | Kept | Skipped (leased) | Unmappable |', '|---|---|---|---:|---:|---:|---:|---:|---:|');
+  out.push('| Rule | From → To | Policy | Keys to copy | Bytes | Sessions | Kept | Skipped (leased) | Unmappable | Instances |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of result.rules) {
-    out.push(`| ${mdCode(r.rule)} | ${mdCode(r.from)} → ${r.action === 'keep' ? '(etcd)' : mdCode(r.to)} | ${r.action}, keys: ${r.keysPolicy}, leases: ${r.leasesPolicy} | ${formatCount(r.copyKeys)} | ${formatBytes(r.copyValueBytes)} | ${formatCount(r.sessions)} | ${formatCount(r.keptKeys)} | ${formatCount(r.skippedKeys)} | ${formatCount(r.unmappableKeys)} |`);
+    out.push(`| ${mdCode(r.rule)} | ${mdCode(r.from)} → ${r.action === 'keep' ? '(etcd)' : r.action === 'service' ? '(catalog)' : mdCode(r.to)} | ${r.action}, keys: ${r.keysPolicy}, leases: ${r.leasesPolicy} | ${formatCount(r.copyKeys)} | ${formatBytes(r.copyValueBytes)} | ${formatCount(r.sessions)} | ${formatCount(r.keptKeys)} | ${formatCount(r.skippedKeys)} | ${formatCount(r.unmappableKeys)} | ${r.action === 'service' ? formatCount(r.instances) : ''} |`);
   }
-  out.push(`| **total** | | | ${formatCount(t.copyKeys)} | ${formatBytes(t.copyValueBytes)} | ${formatCount(t.sessions)} | ${formatCount(t.keptKeys)} | ${formatCount(t.skippedLeasedKeys)} | ${formatCount(t.unmappableKeys)} |`, '');
+  out.push(`| **total** | | | ${formatCount(t.copyKeys)} | ${formatBytes(t.copyValueBytes)} | ${formatCount(t.sessions)} | ${formatCount(t.keptKeys)} | ${formatCount(t.skippedLeasedKeys)} | ${formatCount(t.unmappableKeys)} | ${result.services.length ? formatCount(t.instances) : ''} |`, '');
   if (result.unmapped) out.push(`Keys outside every rule: ${formatCount(result.unmapped.keys)} (\`unmapped: ${result.unmapped.policy}\`).`, '');
+  // What service rules register, and their checks, are in the runbook; here, the keys they cannot register.
+  const noInstance = result.services.filter((s) => s.examples.length > 0);
+  if (noInstance.length > 0) {
+    out.push(`## Keys that make no catalog instance (${formatCount(t.noInstanceKeys)})`, '');
+    out.push('| Key | Rule | Problem |', '|---|---|---|');
+    for (const s of noInstance) for (const e of s.examples) out.push(`| ${mdCode(e.key)} | ${mdCode(s.rule)} | ${e.detail.replace(/\|/g, '\\|')} |`);
+    const listed = noInstance.reduce((n, s) => n + s.examples.length, 0);
+    if (listed < t.noInstanceKeys) out.push(`| … ${formatCount(t.noInstanceKeys - listed)} more | | |`);
+    out.push('');
+  }
   if (result.unmappable.total > 0) {
     out.push(`## Unmappable keys (${formatCount(result.unmappable.total)})`, '');
     out.push('| Key | Rule | Reason | Detail |', '|---|---|---|---|');

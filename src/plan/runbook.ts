@@ -1,5 +1,28 @@
 import { formatBytes, formatCount, mdCode } from '../audit/render.js';
-import type { PlanResult } from './plan.js';
+import type { PlanResult, PlanServiceRule } from './plan.js';
+
+/** `30s`, `5m`, `2h`: a check setting as migration.yaml writes it. */
+export function durationText(seconds: number): string {
+  if (seconds < 1) return `${Math.round(seconds * 1000)}ms`;
+  if (seconds % 3600 === 0) return `${seconds / 3600}h`;
+  if (seconds % 60 === 0) return `${seconds / 60}m`;
+  return `${seconds}s`;
+}
+
+/** What a service rule registers, in one line (text and markdown share it; `code` quotes templates). */
+export function describeService(s: PlanServiceRule, code: (text: string) => string = (t) => `"${t}"`): string {
+  const fields = s.fields ? ` at fields ${code(s.fields.address)}/${code(s.fields.port)}` : '';
+  return `one instance per key under ${code(s.from)}: service ${code(s.name)}, instance id ${code(s.id)}, values ${s.format}${fields}${s.tags.length ? `, tags ${s.tags.map(code).join(', ')}` : ''}`;
+}
+
+/** The TTL check of a service rule's leased instances, and the counters the tool applies to it. */
+export function describeCheck(s: PlanServiceRule): string {
+  const c = s.check;
+  return `TTL check of ${durationText(c.ttlSeconds)} on each leased key's instance: critical after ${c.failuresBeforeCritical} failed lease check(s) in a row, passing again after ${c.successBeforePassing} good one(s)${c.deregisterCriticalAfterSeconds !== null ? `; Consul deregisters an instance critical for ${durationText(c.deregisterCriticalAfterSeconds)}` : ''}`;
+}
+
+/** What keeps service rules' instances current after the copy. */
+export const SERVICE_UPKEEP = '`migrate dualrun` passes the TTL checks while the etcd leases live and deregisters an instance when its key is deleted or its lease ends; if it stops, the leased instances turn critical within the TTL. `migrate verify` compares the rules\' instances in the catalog with etcd.';
 
 /**
  * The migration runbook for this keyspace (pure): the phases in order, the
@@ -10,8 +33,9 @@ import type { PlanResult } from './plan.js';
  */
 export function renderRunbook(result: PlanResult): string {
   const c = `-c ${shellWord(result.configFile)}`;
-  const copyRules = result.rules.filter((r) => r.action !== 'keep');
+  const copyRules = result.rules.filter((r) => r.action === 'copy');
   const keepRules = result.rules.filter((r) => r.action === 'keep');
+  const serviceRules = result.rules.filter((r) => r.action === 'service');
   const leased = copyRules.filter((r) => r.sessions > 0);
   const out: string[] = [];
   const step = (title: string, commands: string[], gate: string, back: string) => {
@@ -24,6 +48,9 @@ export function renderRunbook(result: PlanResult): string {
   out.push('### 0. Resolve first', '');
   if (result.blockers.length === 0) out.push('- Nothing blocks the copy: no unmappable or unmapped keys stop it.');
   for (const b of result.blockers) out.push(`- [ ] **${b.code}** (${formatCount(b.count)}): ${b.message}. ${b.hint}`);
+  if (result.totals.noInstanceKeys > 0) {
+    out.push(`- [ ] **service keys without an instance** (${formatCount(result.totals.noInstanceKeys)}): keys of ${serviceRules.filter((r) => r.noInstanceKeys > 0).map((r) => mdCode(r.rule)).join(', ')} make no catalog instance (listed above). Fit the rule's \`service:\` block to them or fix the registrations in etcd; the copy registers the others and reports these.`);
+  }
   out.push(`- [ ] Review the draft policies: \`migrate acl ${c}\` prints the Consul policies and the etcd role the migration needs; install them before step 1.`);
   out.push('');
 
@@ -32,23 +59,32 @@ export function renderRunbook(result: PlanResult): string {
   step(
     '2. Dry run',
     [`migrate copy ${c} --dry-run --show-ops`],
-    `the plan creates ${formatCount(result.totals.copyKeys)} key(s) (${formatBytes(result.totals.copyValueBytes)}) and ${formatCount(result.totals.sessions)} session(s); any "update" or "extra" line is a key Consul already holds: understand each before copying.`,
+    `the plan creates ${formatCount(result.totals.copyKeys)} key(s) (${formatBytes(result.totals.copyValueBytes)}) and ${formatCount(result.totals.sessions)} session(s)${serviceRules.length ? ` and registers ${formatCount(result.totals.instances)} catalog instance(s)` : ''}; any "update" or "extra" line is a key Consul already holds: understand each before copying.`,
     'nothing was written.',
   );
 
   step(
     '3. Copy at a pinned revision, then verify',
     [`migrate copy ${c}`, `migrate verify ${c}`],
-    '`verify` exits 0 (parity for every copy rule). An interrupted copy continues with `--resume`.',
-    `the copy wrote only under the rules' targets and the migration's state prefix; a Consul snapshot taken before it (\`consul snapshot save\`) restores the previous state. etcd was never changed.`,
+    `\`verify\` exits 0 (parity for every copy rule${serviceRules.length ? ', and every service rule\'s instances in the catalog' : ''}). An interrupted copy continues with \`--resume\`.`,
+    `the copy wrote only under the rules' targets and the migration's state prefix${serviceRules.length ? ', and registered the service rules\' instances on its agent (each carries the meta `etcd-migrate-rule`; `consul services deregister -id <id>` removes one)' : ''}; a Consul snapshot taken before it (\`consul snapshot save\`) restores the previous state. etcd was never changed.`,
   );
 
   step(
     '4. Dual-run (weeks)',
     [`migrate dualrun ${c} --ha --metrics-addr :9464     # two replicas; see deploy/kubernetes`, `migrate verify ${c} --format junit > verify.xml     # in CI, every pipeline`, `migrate status ${c}`],
-    '`/healthz` answers 200, `migrate_dualrun_lag_seconds` stays low, and the CI verify is green. Applications still read and write etcd.',
-    'stop the dual-run (SIGTERM, exit 0): etcd was never changed.',
+    `\`/healthz\` answers 200, \`migrate_dualrun_lag_seconds\` stays low, and the CI verify is green. Applications still read and write etcd.${serviceRules.length ? ' The service rules\' leased instances pass their TTL checks (`/v1/health/checks/<service>`).' : ''}`,
+    `stop the dual-run (SIGTERM, exit 0): etcd was never changed.${serviceRules.length ? ' The service rules\' leased instances then turn critical within their TTL.' : ''}`,
   );
+  if (serviceRules.length > 0) {
+    out.push('Service rules register catalog instances, not KV keys; the dual-run keeps them current:', '');
+    for (const r of serviceRules) {
+      const s = result.services.find((x) => x.rule === r.rule);
+      const counts = `${formatCount(r.instances)} instance(s), ${formatCount(r.instances - r.instancesWithoutLease)} with a TTL check${r.instancesWithoutLease ? `, ${formatCount(r.instancesWithoutLease)} without a lease (no check: nothing expires them)` : ''}${r.noInstanceKeys ? `; ${formatCount(r.noInstanceKeys)} key(s) make no instance` : ''}`;
+      out.push(`- ${mdCode(r.rule)}: ${s ? `${describeService(s, mdCode)}. ${describeCheck(s)}` : mdCode(r.from)}. Now: ${counts}.`);
+    }
+    out.push('', `${SERVICE_UPKEEP} Applications move their discovery to Consul (DNS \`<service>.service.consul\`, \`/v1/health/service/<service>?passing\`) at their own pace: these rules have no keys to cut over.`, '');
+  }
 
   out.push('### 5. Cut over one application at a time', '');
   if (copyRules.length === 0) out.push('No rule copies anything: there is nothing to cut over.', '');
