@@ -38,14 +38,14 @@ function parseReadBack(text: string | undefined): number | 'all' {
 export function registerVerify({ add }: CommandRegistrar): void {
   add(
     new Command('verify')
-      .description('check parity of etcd and Consul at a consistent cut, both directions, per copy rule; re-checks differences over rounds so writes in flight settle (reads only; records the summary in verify/last)')
-      .option('--rounds <n>', 'rounds in all; keys that differ are re-read on both sides in each later round', '3')
+      .description('check parity of etcd and Consul at a consistent cut, both directions, per copy rule (KV keys) and per service rule (catalog instances); re-checks differences over rounds so writes in flight settle (reads only; records the summary in verify/last)')
+      .option('--rounds <n>', 'rounds in all; keys and service instances that differ are re-read on both sides in each later round', '3')
       .option('--round-pause <duration>', 'pause before each later round, letting the dual-run catch up', '2s')
       .option('--wait-timeout <duration>', 'longest wait, per round, for a running dual-run\'s checkpoint to reach the etcd revision (then exit 4)', '60s')
       .option('--max-diffs <n>', 'differences listed in the report (all are counted)', '1000')
-      .option('--allow <rule=N>', 'tolerate up to N persistent differences in a rule, reported as within budget (repeatable)', collect, [])
+      .option('--allow <rule=N>', 'tolerate up to N persistent differences in a copy or service rule, reported as within budget (repeatable)', collect, [])
       .option('--no-record', 'do not write the summary to the verify/last state document (the one write verify does)')
-      .option('--read-back <n|all>', 'keys per rule also read through GET /v1/kv/<key>, as applications read them', '100')
+      .option('--read-back <n|all>', 'keys per copy rule also read through GET /v1/kv/<key>, as applications read them', '100')
       .option('--page-keys <n>', 'etcd keys per read page (the comparison chunk; etcd 3.4 walks the rest of the range for every page, so larger pages read large rules faster)', '10000')
       .option('--summary-file <file>', 'also append the markdown report to this file (e.g. "$GITHUB_STEP_SUMMARY"), from the same run')
       .addHelpText('after', `
@@ -54,6 +54,12 @@ Exit codes: 0 parity (or every difference within its --allow budget), 1 drift, 2
 
 With a dual-run running (its checkpoint, by: dualrun, updated within 20 s or moving), verify waits until the
 checkpoint reaches the etcd revision it reads; without one it compares at once, and any change since the copy is drift.
+
+Service rules compare the instances their etcd keys make with the rule's instances in Consul's catalog, on every
+node (the tool's meta etcd-migrate-id and etcd-migrate-rule): missing, extra (or a duplicate id on another node),
+instance (the fields that differ are named, never their values), check (TTL check present without a lease, or
+absent with one) and check-critical (critical while the etcd lease is alive). Keys that make no instance count
+as unmappable, not drift. The token needs service:read and node:read; an answer Consul filtered by ACLs is refused.
 
 Examples:
   migrate verify
