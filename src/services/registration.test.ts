@@ -68,7 +68,7 @@ describe('registrationOf: format hostport (Registrator)', () => {
 
   it('ports outside 1..65535 are refused; a leading zero is still the port', () => {
     for (const port of ['0', '65536', '99999999999999999999']) {
-      expect(problem(registrationOf(hostport, entry('/svc/a/1', `10.0.0.1:${port}`), 'm1'))).toEqual({ problem: 'port-invalid', detail: `port ${port} is not between 1 and 65535` });
+      expect(problem(registrationOf(hostport, entry('/svc/a/1', `10.0.0.1:${port}`), 'm1'))).toEqual({ problem: 'port-invalid', detail: 'the port is not between 1 and 65535' });
     }
     expect(ok(registrationOf(hostport, entry('/svc/a/1', '10.0.0.1:65535'), 'm1')).port).toBe(65535);
     expect(ok(registrationOf(hostport, entry('/svc/a/1', '10.0.0.1:080'), 'm1')).port).toBe(80);
@@ -150,7 +150,7 @@ describe('registrationOf: format skydns', () => {
 
   it('an SRV text over 512 bytes makes no instance (Consul refuses the meta value)', () => {
     const p = problem(registrationOf(skydns, entry('/skydns/local/platform/web/a', JSON.stringify({ host: '10.0.0.1', port: 80, text: 'x'.repeat(513) })), 'm1'));
-    expect(p).toEqual({ problem: 'meta-invalid', detail: 'meta "skydns-text" is 513 bytes; Consul accepts at most 512' });
+    expect(p).toEqual({ problem: 'meta-invalid', detail: 'a meta value is 513 bytes; Consul accepts at most 512' });
   });
 });
 
@@ -186,8 +186,8 @@ describe('registrationOf: format json with dotted fields', () => {
     const at = (meta: unknown) => problem(registrationOf(json, entry('/svc/billing/b-1', doc({ Address: '10.0.0.1', Port: 80, Meta: meta })), 'm1'));
     expect(at(['a'])).toEqual({ problem: 'meta-invalid', detail: 'the value at "Service.Meta" is not an object' });
     expect(at('a=b')).toEqual({ problem: 'meta-invalid', detail: 'the value at "Service.Meta" is not an object' });
-    expect(at({ nested: { a: 1 } })).toEqual({ problem: 'meta-invalid', detail: 'meta "nested" is not a string, number or boolean' });
-    expect(at({ gone: null })).toEqual({ problem: 'meta-invalid', detail: 'meta "gone" is not a string, number or boolean' });
+    expect(at({ nested: { a: 1 } })).toEqual({ problem: 'meta-invalid', detail: 'a meta value is not a string, number or boolean' });
+    expect(at({ gone: null })).toEqual({ problem: 'meta-invalid', detail: 'a meta value is not a string, number or boolean' });
   });
 
   it('meta keys Consul refuses: reserved consul- prefix, characters outside [A-Za-z0-9_-], empty, over 128', () => {
@@ -203,7 +203,7 @@ describe('registrationOf: format json with dotted fields', () => {
   it('meta values: 512 bytes pass, 513 do not, counted in UTF-8 bytes as Consul does', () => {
     const at = (value: string) => registrationOf(json, entry('/svc/billing/b-1', doc({ Address: '10.0.0.1', Port: 80, Meta: { note: value } })), 'm1');
     expect(ok(at('x'.repeat(512))).meta.note).toHaveLength(512);
-    expect(problem(at('x'.repeat(513)))).toEqual({ problem: 'meta-invalid', detail: 'meta "note" is 513 bytes; Consul accepts at most 512' });
+    expect(problem(at('x'.repeat(513)))).toEqual({ problem: 'meta-invalid', detail: 'a meta value is 513 bytes; Consul accepts at most 512' });
     // 171 × "€" is 171 UTF-16 units but 513 bytes.
     expect(problem(at('€'.repeat(171))).problem).toBe('meta-invalid');
     expect(ok(at('€'.repeat(170))).meta.note).toBe('€'.repeat(170));

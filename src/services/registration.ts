@@ -131,7 +131,7 @@ function parseHostPort(value: Buffer, fail: (p: RegistrationProblem, d: string) 
   const match = /^\[([0-9A-Fa-f:.]+)\]:([0-9]+)$/.exec(text) ?? /^([^\s:/[\]]+):([0-9]+)$/.exec(text);
   if (!match) return fail('value-not-hostport', `the value (${value.length} bytes) is not host:port or [ipv6]:port`);
   const port = portOf(match[2]);
-  if (port === undefined) return fail('port-invalid', `port ${match[2]} is not between 1 and 65535`);
+  if (port === undefined) return fail('port-invalid', 'the port is not between 1 and 65535');
   if (!validAddress(match[1]!)) return fail('address-invalid', 'the address is neither an IP address nor a host name');
   return { address: match[1]!, port, tags: [] as string[], meta: {} as Record<string, string> };
 }
@@ -173,16 +173,16 @@ function parseJson(value: Buffer, spec: ServiceSpec, fail: (p: RegistrationProbl
     if (raw !== undefined) {
       if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail('meta-invalid', `the value at "${spec.fields.meta}" is not an object`);
       for (const [k, v] of Object.entries(raw)) {
-        if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') return fail('meta-invalid', `meta "${k}" is not a string, number or boolean`);
+        if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') return fail('meta-invalid', 'a meta value is not a string, number or boolean');
         meta[k] = String(v);
       }
     }
   }
   for (const [k, v] of Object.entries(meta)) {
-    if (!META_KEY.test(k) || k.startsWith('consul-')) return fail('meta-invalid', `meta key "${k.slice(0, 40)}" is not letters, digits, "_" and "-" (at most 128), or starts with the reserved "consul-"`);
+    if (!META_KEY.test(k) || k.startsWith('consul-')) return fail('meta-invalid', 'a meta key is not letters, digits, "_" and "-" (at most 128), or starts with the reserved "consul-"');
     // Consul counts bytes (Go's len), not characters.
     const bytes = Buffer.byteLength(v, 'utf8');
-    if (bytes > META_MAX_VALUE) return fail('meta-invalid', `meta "${k}" is ${bytes} bytes; Consul accepts at most ${META_MAX_VALUE}`);
+    if (bytes > META_MAX_VALUE) return fail('meta-invalid', `a meta value is ${bytes} bytes; Consul accepts at most ${META_MAX_VALUE}`);
   }
   return { address, port, tags, meta };
 }

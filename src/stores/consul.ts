@@ -222,8 +222,9 @@ export class ConsulTarget implements TargetStore {
       const statusOf = new Map(Object.values(JSON.parse(checks.body.toString('utf8')) as Record<string, { CheckID: string; ServiceID: string; Status: string }>).map((c) => [c.ServiceID, c.Status]));
       return Object.values(JSON.parse(services.body.toString('utf8')) as Record<string, WireService>).map((s) => instanceOf(s, node, statusOf.get(s.ID)));
     }
+    // A token scoped to the rules' service names does not see the others (Consul's own `consul` service
+    // among them): a filtered list is expected; a filtered instance list of a name is not.
     const list = await this.request({ method: 'GET', path: '/v1/catalog/services', signal });
-    this.refuseFilteredServices(list.headers);
     const names = Object.keys(JSON.parse(list.body.toString('utf8')) as Record<string, string[]>);
     const limit = pLimit(this.readConcurrency);
     const perName = await Promise.all(names.map((name) => limit(async () => {
@@ -264,7 +265,7 @@ export class ConsulTarget implements TargetStore {
   /** A catalog read filtered by ACLs would show registered instances as missing. */
   private refuseFilteredServices(headers: Record<string, string | string[] | undefined>): void {
     if (headers['x-consul-results-filtered-by-acls'] === 'true') {
-      throw new ConsulResponseError('consul_permission_denied', 403, 'Consul filtered services or nodes out of a catalog read: the token lacks service:read or node:read on part of the catalog.', '', 'Grant the migrator token what `migrate acl` prints for service rules (service and node read).');
+      throw new ConsulResponseError('consul_permission_denied', 403, 'Consul filtered instances out of a service\'s health read: the token lacks node:read (or service:read) on part of the catalog.', '', 'Grant the token what `migrate acl` prints for service rules (service and node read).');
     }
   }
 

@@ -45,10 +45,10 @@ export function registerInit({ add }: CommandRegistrar): void {
       const draft = await writeDraft(ctx, result, { file, force: Boolean(options.force), id: options.id ?? 'etcd-to-consul' });
       if (ctx.format === 'json') {
         const { renderEnvelope } = await import('../../report/envelope.js');
-        ctx.result(renderEnvelope('init', 'ok', { file, rules: draft.rules.map((r) => ({ name: r.name, from: r.from, to: r.action === 'keep' ? null : r.to, action: r.action, keys: r.keys ?? null, leases: r.leases ?? null })), notes: draft.notes, audit: { keys: result.totals.keys, findings: result.findings.map((f) => ({ code: f.code, severity: f.severity, count: f.count })) } }));
+        ctx.result(renderEnvelope('init', 'ok', { file, rules: draft.rules.map((r) => ({ name: r.name, from: r.from, to: r.action === 'keep' || r.action === 'service' ? null : r.to, action: r.action, keys: r.keys ?? null, leases: r.leases ?? null })), notes: draft.notes, audit: { keys: result.totals.keys, findings: result.findings.map((f) => ({ code: f.code, severity: f.severity, count: f.count })) } }));
       } else {
         const lines = [`wrote ${file}: ${draft.rules.length} rule(s) from an audit of ${result.totals.keys} keys`];
-        for (const r of draft.rules) lines.push(`  ${r.name.padEnd(24)} ${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.to}${r.leases ? `  leases: ${r.leases}` : ''}${r.keys ? `  keys: ${r.keys}` : ''}`);
+        for (const r of draft.rules) lines.push(`  ${r.name.padEnd(24)} ${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.action === 'service' ? '(service catalog)' : r.to}${r.leases ? `  leases: ${r.leases}` : ''}${r.keys ? `  keys: ${r.keys}` : ''}`);
         for (const note of draft.notes) lines.push(`note: ${note}`);
         lines.push(`next: review ${file}, then run \`migrate audit -c ${options.output ?? 'migration.yaml'}\` and \`migrate plan\``);
         ctx.result(lines.join('\n'));
