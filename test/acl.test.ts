@@ -228,6 +228,13 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     }
     const ci = await runCli(['verify', '--rounds', '1'], { cwd: svcDir, env: svcEnv(await tokenWith(verifier!.name, verifier!.rules)) });
     expect(ci.code, ci.stdout + ci.stderr).toBe(0);
+    // A verifier scoped to the one service name (as `migrate acl` grants for a literal name template): the catalog's
+    // list of services comes back filtered (Consul's own `consul` service is hidden), which is no reason to refuse.
+    expect(verifier!.rules).toContain('service_prefix "" {');
+    const narrow = await tokenWith(`${verifier!.name}-narrow`, verifier!.rules.replace('service_prefix "" {', 'service "web" {'));
+    const scoped = await runCli(['verify', '--rounds', '1', '--format', 'json'], { cwd: svcDir, env: svcEnv(narrow) });
+    expect(scoped.code, scoped.stdout + scoped.stderr).toBe(0);
+    expect(JSON.parse(scoped.stdout).rules).toMatchObject([{ name: 'catalog', action: 'service', compared: 1, differences: 0 }]);
 
     // The agent syncs the registration to the catalog with the migrator's token; an application reads it with its rule's policy alone.
     const reader = new ConsulTarget({ address: consul.address, token: await tokenWith(app!.name, app!.rules) });
