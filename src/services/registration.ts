@@ -2,24 +2,17 @@ import { isIP } from 'node:net';
 import type { ServiceSpec } from '../config/load.js';
 import type { CompiledRule } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
-import type { SourceEntry } from '../stores/types.js';
+import type { ServiceFields, SourceEntry } from '../stores/types.js';
 
 /**
  * How an etcd service registration (a Registrator-style `host:port`, a
  * SkyDNS JSON record, or JSON at configured fields) becomes an instance in
  * Consul's catalog. Pure: the rule and the entry in, a registration or the
- * reason there is none out. Values are parsed, never reported.
+ * reason there is none out. Values are parsed, never reported. The id and
+ * name come from the rule's `id` and `name` templates.
  */
-export interface Registration {
+export interface Registration extends ServiceFields {
   rule: string;
-  /** Service instance id, unique on the agent (the rule's `id` template). */
-  id: string;
-  /** Service name (the rule's `name` template). */
-  name: string;
-  address: string;
-  port: number;
-  tags: string[];
-  meta: Record<string, string>;
   /** The etcd lease that keeps the instance alive; undefined when the key has none (no TTL check). */
   lease: string | undefined;
   /** The etcd key, printable, for reports. */
@@ -211,7 +204,7 @@ function validAddress(address: string): boolean {
 }
 
 /** Two registrations describe the same instance as Consul serves it (the fields a client sees). */
-export function sameInstance(a: Pick<Registration, 'name' | 'address' | 'port' | 'tags' | 'meta'>, b: Pick<Registration, 'name' | 'address' | 'port' | 'tags' | 'meta'>): boolean {
+export function sameInstance(a: Omit<ServiceFields, 'id'>, b: Omit<ServiceFields, 'id'>): boolean {
   return a.name === b.name && a.address === b.address && a.port === b.port && sameSet(a.tags, b.tags) && sameMeta(a.meta, b.meta);
 }
 

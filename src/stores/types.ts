@@ -147,25 +147,25 @@ export interface SessionInfo {
   lockDelayNs: number;
 }
 
-/** A service instance to register on the agent, with its TTL check when it has a lease. */
-export interface ServiceDefinition {
+/** What a client of the catalog sees of a service instance. */
+export interface ServiceFields {
+  /** Instance id, unique on its agent. */
   id: string;
+  /** Service name. */
   name: string;
   address: string;
   port: number;
   tags: string[];
   meta: Record<string, string>;
+}
+
+/** A service instance to register on the agent, with its TTL check when it has a lease. */
+export interface ServiceDefinition extends ServiceFields {
   check?: { id: string; name: string; ttlSeconds: number; deregisterCriticalAfterSeconds?: number; status: 'passing' | 'critical' };
 }
 
 /** A service instance as Consul serves it. */
-export interface ServiceInstance {
-  id: string;
-  name: string;
-  address: string;
-  port: number;
-  tags: string[];
-  meta: Record<string, string>;
+export interface ServiceInstance extends ServiceFields {
   /** The node it is registered on. */
   node: string;
   /** Status of its TTL check, when it has one (`passing`, `warning`, `critical`). */
