@@ -106,7 +106,7 @@ describe('bad input to the writing commands: message, exit code, nothing written
       const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${s.root}/app/${String(i + j).padStart(4, '0')}`).value('v'));
       await etcd.if(`${s.root}/app/0000`, 'Mod', '>', -1).then(...puts).commit();
     }
-    const first = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--rate', '1000'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...env() }, stdio: 'ignore' });
+    const first = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--rate', '250'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...env() }, stdio: 'ignore' });
     const firstExit = new Promise<number | null>((resolve) => first.on('exit', resolve));
     try {
       const lockKey = `_migrate/${s.id}/copy-lock`;

@@ -146,13 +146,8 @@ export async function acquireCopyLock(target: TargetStore, config: MigrationConf
     await lock.acquire({ wait: false, signal });
   } catch (err) {
     if (!isMigrateError(err) || err.code !== 'dualrun_locked') throw err;
-    const entry = await target.readKey(key).catch(() => undefined);
-    let holder = 'unknown holder';
-    try {
-      holder = (JSON.parse(entry?.value.toString('utf8') ?? '{}') as { holder?: string }).holder ?? holder;
-    } catch {
-      // The lock is held whatever its value says.
-    }
+    // The holder as read when the lock was refused: read again now, a copy just finishing would be gone.
+    const holder = String((err.details as { holder?: string } | undefined)?.holder ?? 'unknown holder');
     throw new RefusedError('copy_locked', `Another copy of migration "${config.id}" is running (${holder}).`, {
       hint: 'Wait for it to finish, or stop it; then run `migrate copy --resume`.',
     });

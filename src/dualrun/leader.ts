@@ -49,12 +49,14 @@ export class LeaderLock {
         this.lost = false;
         return true;
       }
-      if (await this.clearStale()) continue;
+      const found = await this.inspect();
+      // Released between our attempt and the read, or its dead holder cleared: try again at once.
+      if (found.state !== 'held') continue;
       if (!options.wait) {
-        const current = await this.target.readKey(this.key);
         await this.release();
-        throw new RefusedError('dualrun_locked', `Another dual-run holds the leader lock of this migration (${current?.value.toString('utf8') ?? 'unknown holder'}).`, {
+        throw new RefusedError('dualrun_locked', `Another dual-run holds the leader lock of this migration (${found.holder}).`, {
           hint: 'Stop the other dual-run, or run replicas with --ha so that this one waits as a standby.',
+          details: { holder: found.holder },
         });
       }
       if (!announced) {
@@ -73,23 +75,26 @@ export class LeaderLock {
    * holder is known (`host:pid` in the lock's value): when that process is gone,
    * or is this very pid in an earlier incarnation (pid 1 in a container), the
    * dead holder's session is destroyed. Holders on other hosts are never touched.
+   * Says whether the lock is free, was cleared, or is held (and by whom).
    */
-  private async clearStale(): Promise<boolean> {
+  private async inspect(): Promise<{ state: 'free' | 'cleared' } | { state: 'held'; holder: string }> {
     const entry = await this.target.readKey(this.key);
-    if (!entry?.session || entry.session === this.session) return false;
+    if (!entry?.session) return { state: 'free' };
     let holder: string | undefined;
     try {
       holder = (JSON.parse(entry.value.toString('utf8')) as { holder?: string }).holder;
     } catch {
-      return false;
+      // A lock value the tool did not write still means the lock is held.
     }
+    const held = { state: 'held' as const, holder: holder ?? 'unknown holder' };
+    if (entry.session === this.session) return held;
     const [host, pidText] = (holder ?? '').split(':');
     const [ourHost] = this.holder.split(':');
     const pid = Number(pidText);
-    if (host !== ourHost || !Number.isInteger(pid)) return false;
-    if (pid !== process.pid && processAlive(pid)) return false;
+    if (host !== ourHost || !Number.isInteger(pid)) return held;
+    if (pid !== process.pid && processAlive(pid)) return held;
     await this.target.destroySession(entry.session);
-    return true;
+    return { state: 'cleared' };
   }
 
   /** Renews the session every third of its TTL; `onLost` when Consul no longer knows it. */
