@@ -11,7 +11,7 @@ import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../st
 import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
 import { checkIdentity, ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
-import { planPage, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
+import { deleteGuardTrips, planPage, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
 import { RecordingTarget, type RecordedOp } from './recording-target.js';
 import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
@@ -101,11 +101,6 @@ export interface CopyResult {
 const EXAMPLES = 20;
 const SPLIT_RETRY_LIMIT = 3;
 const LOW_WATER_KEY_MAX = 4096;
-
-/** Deletes the tool derives itself never remove more than this share of a rule's keys without a flag (DESIGN §3). */
-export function deleteGuardTrips(deletes: number, targetKeys: number): boolean {
-  return deletes > 10 && deletes > targetKeys * 0.1;
-}
 
 /**
  * Copies every `copy` rule at one pinned etcd revision. The same code path
@@ -222,7 +217,7 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     const existing = serviceRules.length > 0 && !options.signal.aborted ? await target.listServiceInstances(config.id, 'agent', options.signal) : [];
     for (const rule of serviceRules) {
       if (options.signal.aborted) break;
-      services.push(await syncServiceRule(rule, { source, target, mapping: deps.mapping, migrationId: config.id }, revision, existing, { ...options, guardTrips: deleteGuardTrips }));
+      services.push(await syncServiceRule(rule, { source, target, mapping: deps.mapping, migrationId: config.id }, revision, existing, options));
       options.onProgress?.({ type: 'rule-done', rule: rule.name });
     }
   } finally {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { SourceEntry, TargetEntry } from '../stores/types.js';
-import { planPage, writeOps, type PlannedRoute } from './plan.js';
-import { RuleTracker, deleteGuardTrips } from './copy.js';
+import { deleteGuardTrips, planPage, writeOps, type PlannedRoute } from './plan.js';
+import { RuleTracker } from './copy.js';
 
 const entry = (key: string, value: string, lease = '0'): SourceEntry => ({ key: Buffer.from(key), value: Buffer.from(value), createRevision: 2, modRevision: 5, version: 1, lease });
 const target = (key: string, value: string, modifyIndex: number, session?: string): TargetEntry => ({ key, value: Buffer.from(value), flags: 0, modifyIndex, ...(session ? { session } : {}) });

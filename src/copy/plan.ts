@@ -132,3 +132,8 @@ export function writeOps(write: PlannedWrite): TxnOp[] {
   if (write.session) ops.push({ verb: 'lock', key: write.key, value: write.value, session: write.session });
   return ops;
 }
+
+/** Deletes the tool derives itself never remove more than this share of a rule's keys without a flag (DESIGN §3). */
+export function deleteGuardTrips(deletes: number, targetKeys: number): boolean {
+  return deletes > 10 && deletes > targetKeys * 0.1;
+}

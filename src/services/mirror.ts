@@ -85,7 +85,7 @@ export class ServiceMirror {
       const existing = await target.listServiceInstances(migrationId, 'agent', signal);
       for (const rule of mapping.serviceRules) {
         const stats = await syncServiceRule(rule, { source, target, mapping, migrationId }, checkpoint, existing, {
-          deleteExtraneous: true, allowMassDelete: false, signal, guardTrips: (deletes, total) => deletes > 10 && deletes > total * 0.1,
+          deleteExtraneous: true, allowMassDelete: false, signal,
         }).catch((err: unknown) => {
           if (isMigrateError(err) && err.code === 'delete_guard') {
             log('error', `${err.message} Left as they are; deregister them by hand, or run \`migrate copy --delete-extraneous --allow-mass-delete\`.`, { rule: rule.name });

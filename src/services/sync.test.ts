@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
-import { deleteGuardTrips } from '../copy/copy.js';
 import { RecordingTarget } from '../copy/recording-target.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
@@ -34,7 +33,7 @@ function world(service?: string, target = new MemoryTarget()) {
     const existing = await on.listServiceInstances(MIGRATION, 'agent');
     const revision = (await source.status()).revision;
     return syncServiceRule(rule, { source, target: on, mapping, migrationId: MIGRATION }, revision, existing, {
-      deleteExtraneous: options.deleteExtraneous ?? false, allowMassDelete: options.allowMassDelete ?? false, guardTrips: deleteGuardTrips,
+      deleteExtraneous: options.deleteExtraneous ?? false, allowMassDelete: options.allowMassDelete ?? false,
     });
   };
   return { source, target, mapping, sync };

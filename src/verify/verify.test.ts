@@ -298,7 +298,7 @@ async function copyServices(w: ReturnType<typeof world>) {
   const revision = (await w.source.status()).revision;
   for (const rule of withServices.mapping.serviceRules) {
     const existing = await w.target.listServiceInstances('demo');
-    await syncServiceRule(rule, { source: w.source, target: w.target, mapping: withServices.mapping, migrationId: 'demo' }, revision, existing, { deleteExtraneous: false, allowMassDelete: false, guardTrips: () => false });
+    await syncServiceRule(rule, { source: w.source, target: w.target, mapping: withServices.mapping, migrationId: 'demo' }, revision, existing, { deleteExtraneous: false, allowMassDelete: false });
   }
 }
 
