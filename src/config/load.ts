@@ -50,6 +50,11 @@ export interface RuleConfig {
   action: RuleAction;
   keys: KeyPolicy;
   leases: LeasePolicy;
+  /**
+   * `action: copy` only: the Consul datacenters that get a copy of the rule's
+   * keys (KV is per datacenter). Unset: the target's own datacenter only.
+   */
+  datacenters?: string[];
   /** `action: service` only: how a key and its value become a catalog instance (defaults filled in). */
   service?: ServiceSpec;
 }
@@ -154,6 +159,7 @@ const ruleSpec: Spec = {
     action: { kind: 'string', enum: ['copy', 'keep', 'service'] },
     keys: { kind: 'string', enum: ['reject', 'escape'] },
     leases: { kind: 'string', enum: ['session', 'persist', 'skip'] },
+    datacenters: { kind: 'array', nonEmpty: true, items: { kind: 'string', pattern: NAME, patternText: 'a datacenter name such as "dc1"' } },
     service: {
       kind: 'object',
       fields: {
@@ -281,6 +287,7 @@ export function parseConfig(text: string, file: string): LoadedConfig {
       action: rule.action ?? 'copy',
       keys: rule.keys ?? defaults.keys,
       leases: rule.leases ?? defaults.leases,
+      ...(rule.datacenters ? { datacenters: [...new Set(rule.datacenters)] } : {}),
       ...(rule.service || rule.action === 'service' ? { service: serviceSpec(rule.service ?? {}) } : {}),
     })),
   };

@@ -105,6 +105,10 @@ export function compileMapping(loaded: ParsedConfig): Mapping {
     if (explicitService && rule.action !== 'service') {
       fail(at('service'), `service: describes a catalog registration, but the rule's action is ${rule.action}; allowed: service: only with action: service`, 'Set action: service, or remove the service block.');
     }
+    if (rule.datacenters && rule.action !== 'copy') {
+      fail(at('datacenters'), `datacenters: names where a copy rule's keys are written, but the rule's action is ${rule.action}; allowed: datacenters only with action: copy`,
+        rule.action === 'service' ? 'A service rule registers on the configured agent, in its datacenter; point target.address at an agent of the datacenter that needs the instances.' : 'Remove datacenters from the rule.');
+    }
     if (rule.action === 'service') {
       const service = rule.service!;
       const explicitFields = loaded.document ? nodeAt(loaded.document, [...at('service'), 'fields']) !== undefined : false;
