@@ -279,6 +279,8 @@ export interface ClusterMember {
   address: string;
   /** Consul: the Raft address (`127.0.0.1:<server port>`) that /v1/status/leader names. */
   raftAddress?: string;
+  /** Consul: the agent's node name (what a session's `Node` names). */
+  node?: string;
   readonly running: boolean;
   /** SIGKILL, no cleanup (a crash). */
   kill(): Promise<void>;
@@ -291,7 +293,7 @@ export interface LocalCluster {
   stop(): Promise<void>;
 }
 
-function member(name: string, address: string, binary: string, args: string[], log: string, ready: () => Promise<boolean>, raftAddress?: string): ClusterMember & { readonly log: string; start(): ChildProcess; stopNow(): Promise<void> } {
+function member(name: string, address: string, binary: string, args: string[], log: string, ready: () => Promise<boolean>, raftAddress?: string, node?: string): ClusterMember & { readonly log: string; start(): ChildProcess; stopNow(): Promise<void> } {
   let child: ChildProcess | undefined;
   let starts = 0;
   let currentLog = log;
@@ -302,6 +304,7 @@ function member(name: string, address: string, binary: string, args: string[], l
     },
     address,
     ...(raftAddress ? { raftAddress } : {}),
+    ...(node ? { node } : {}),
     get running() {
       return Boolean(child && child.exitCode === null && child.signalCode === null);
     },
@@ -396,7 +399,7 @@ export async function startConsulCluster(options: { version?: string; size?: num
       const nodeInfo = await httpOk(`${address}/v1/catalog/node/${name}-${p.http}`);
       return Boolean(nodeInfo && nodeInfo.trim() !== 'null');
     };
-    return member(name, address, binary, args, join(dataDir, `${name}.log`), ready, `127.0.0.1:${p.server}`);
+    return member(name, address, binary, args, join(dataDir, `${name}.log`), ready, `127.0.0.1:${p.server}`, `${name}-${p.http}`);
   });
   const children = members.map((m) => m.start());
   await Promise.all(members.map((m, i) => waitFor(`consul ${m.name}`, async () => {
@@ -436,6 +439,112 @@ export async function startConsulCluster(options: { version?: string; size?: num
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/** The status and body of a GET (undefined when nothing answered within 2 s). */
+async function httpGet(url: string): Promise<{ status: number; body: string } | undefined> {
+  const { request } = await import('node:http');
+  return new Promise((resolve) => {
+    const req = request(url, { timeout: 2000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', () => resolve(undefined));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
+}
+
+/**
+ * Consul datacenters federated over the WAN on loopback: one server per
+ * datacenter (default dc1 and dc2), each its own single-server datacenter (not
+ * dev mode: a data directory, `-bootstrap-expect 1`, so a member killed and
+ * restarted keeps its KV data and sessions). Every server retries a WAN join
+ * to every other one (`-retry-join-wan`, every second), so either side of a
+ * broken link can rejoin. `members[i]` is the server of `datacenters[i]`,
+ * named after it. `federated()` waits until the first datacenter lists every
+ * datacenter and routes a `?dc=` request to each of the others; it has
+ * returned once before this resolves, and after a member comes back the
+ * caller calls it again.
+ */
+export async function startConsulFederation(options: { version?: string; datacenters?: string[] } = {}): Promise<LocalCluster & { version: string; datacenters: string[]; member(dc: string): ClusterMember; federated(timeoutMs?: number): Promise<void> }> {
+  const version = options.version ?? process.env.CONSUL_VERSION ?? CONSUL_VERSION;
+  const datacenters = [...(options.datacenters ?? ['dc1', 'dc2'])];
+  if (datacenters.length === 0 || new Set(datacenters).size !== datacenters.length) throw new Error(`startConsulFederation: datacenter names must be distinct and at least one (got ${JSON.stringify(datacenters)})`);
+  const binary = ensureConsulBinary(version);
+  const dataDir = mkdtempSync(join(tmpdir(), 'migrate-consul-federation-'));
+  const [major, minor] = version.split('.').map(Number) as [number, number];
+  const modern = major > 1 || minor >= 14;
+  const ports = await Promise.all(datacenters.map(async () => ({ http: await freePort(), dns: await freePort(), serfLan: await freePort(), serfWan: await freePort(), server: await freePort() })));
+  const members = ports.map((p, i) => {
+    const dc = datacenters[i]!;
+    const node = `${dc}-${p.http}`;
+    const address = `http://127.0.0.1:${p.http}`;
+    const wanJoins = ports.filter((_, j) => j !== i).flatMap((q) => ['-retry-join-wan', `127.0.0.1:${q.serfWan}`]);
+    const hcl = [
+      `ports { http = ${p.http}, dns = ${p.dns}, serf_lan = ${p.serfLan}, serf_wan = ${p.serfWan}, server = ${p.server}, grpc = -1${modern ? ', grpc_tls = -1' : ''} }`,
+      'performance { raft_multiplier = 1 }',
+      'leave_on_terminate = false',
+    ];
+    const args = [
+      'agent', '-server', '-bootstrap-expect', '1', '-datacenter', dc, '-data-dir', join(dataDir, dc), '-node', node,
+      '-bind', '127.0.0.1', '-client', '127.0.0.1', '-log-level', 'warn',
+      // The default WAN retry interval is 30 s; a restarted member should find the others at once.
+      ...wanJoins, '-retry-interval-wan', '1s',
+      ...hcl.flatMap((h) => ['-hcl', h]),
+    ];
+    const ready = async () => {
+      const leader = await httpOk(`${address}/v1/status/leader`);
+      if (!leader || leader.trim() === '""') return false;
+      // Sessions need this agent's node in its datacenter's catalog.
+      const nodeInfo = await httpOk(`${address}/v1/catalog/node/${node}`);
+      return Boolean(nodeInfo && nodeInfo.trim() !== 'null');
+    };
+    return { m: member(dc, address, binary, args, join(dataDir, `${dc}.log`), ready, `127.0.0.1:${p.server}`, node), ready };
+  });
+  const first = members[0]!.m;
+  const federation = {
+    version,
+    datacenters,
+    members: members.map((x) => x.m) as ClusterMember[],
+    member(dc: string): ClusterMember {
+      const found = members[datacenters.indexOf(dc)]?.m;
+      if (!found) throw new Error(`no datacenter ${dc} in this federation (${datacenters.join(', ')})`);
+      return found;
+    },
+    async federated(timeoutMs = 60_000) {
+      const deadline = Date.now() + timeoutMs;
+      let last = '';
+      while (Date.now() < deadline) {
+        const listed = await httpOk(`${first.address}/v1/catalog/datacenters`);
+        const known = listed ? (JSON.parse(listed) as string[]) : [];
+        if (datacenters.every((dc) => known.includes(dc))) {
+          const routes = await Promise.all(datacenters.slice(1).map(async (dc) => ({ dc, answer: await httpGet(`${first.address}/v1/kv/migrate-federation-probe/missing?dc=${encodeURIComponent(dc)}`) })));
+          const broken = routes.filter((r) => r.answer?.status !== 404);
+          if (broken.length === 0) return;
+          last = broken.map((r) => `?dc=${r.dc}: ${r.answer ? `${r.answer.status} ${r.answer.body.trim().slice(0, 200)}` : 'no answer'}`).join('; ');
+        } else {
+          last = `${first.name} lists ${JSON.stringify(known)}`;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      throw new Error(`the Consul datacenters ${datacenters.join(', ')} were not federated within ${timeoutMs} ms (last: ${last}); ${first.name}'s log (${first.log}):\n${tail(first.log)}`);
+    },
+    async stop() {
+      await Promise.all(members.map((x) => x.m.stopNow()));
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  try {
+    const children = members.map((x) => x.m.start());
+    await Promise.all(members.map((x, i) => waitFor(`consul ${x.m.name}`, x.ready, children[i]!, x.m.log, 90_000)));
+    await federation.federated(90_000);
+  } catch (err) {
+    await federation.stop();
+    throw err;
+  }
+  return federation;
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
