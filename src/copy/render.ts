@@ -1,5 +1,6 @@
 import type { Format } from '../cli/context.js';
 import { renderEnvelope } from '../report/envelope.js';
+import { isMigrateError } from '../errors.js';
 import type { CopyResult } from './copy.js';
 
 function sum(record: Partial<Record<string, number>>): number {
@@ -59,4 +60,32 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     }
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** What a copy did in one datacenter (issue 11): its result, or why it did not run there. */
+export interface DatacenterCopy {
+  datacenter: string;
+  result?: CopyResult;
+  error?: Error;
+}
+
+/** Renders a copy into several datacenters: one section (text) or one entry (JSON) per datacenter. */
+export function renderCopyDatacenters(copies: DatacenterCopy[], format: Format, showOps: boolean): string {
+  const failed = copies.filter((c) => c.error);
+  const interrupted = copies.some((c) => c.result?.interrupted);
+  if (format === 'json') {
+    return renderEnvelope('copy', failed.length ? 'error' : interrupted ? 'interrupted' : 'ok', {
+      datacenters: copies.map((c) => ({
+        datacenter: c.datacenter,
+        ...(c.result ? { ...c.result, ops: c.result.ops ?? null } : {}),
+        ...(c.error ? { error: { code: isMigrateError(c.error) ? c.error.code : 'internal', message: c.error.message } } : {}),
+      })),
+    });
+  }
+  const sections = copies.map((c) => {
+    if (c.error) return `Datacenter ${c.datacenter}: NOT COPIED: ${c.error.message}\n`;
+    return `Datacenter ${c.datacenter}:\n${renderCopy(c.result!, 'text', showOps)}`;
+  });
+  if (failed.length) sections.push(`${failed.length} of ${copies.length} datacenter(s) were not copied (${failed.map((c) => c.datacenter).join(', ')}); run the copy again once they answer (--resume continues an interrupted one).\n`);
+  return sections.join('\n');
 }

@@ -53,6 +53,27 @@ export interface DualRunStats {
   heartbeat?: HeartbeatLag;
   /** `service` rules: instances kept in the catalog (with service rules only). */
   services?: ServiceMirrorStats;
+  /** With rules in several datacenters (issue 11): each one's own progress, the primary's included. */
+  datacenters?: Record<string, DatacenterStats>;
+}
+
+/** How far one datacenter's replication has come (each keeps its own checkpoint). */
+export type DatacenterStats = Pick<DualRunStats, 'role' | 'checkpoint' | 'etcdRevision' | 'caughtUpAt' | 'connected' | 'events' | 'ops' | 'txns' | 'rebaselines' | 'sessions' | 'errors'>;
+
+/**
+ * One datacenter the dual-run writes to: its view of the rules and the target
+ * addressing it. The primary lane holds the leader lock of the whole dual-run;
+ * every other lane holds a lock of its own in its datacenter, which its txns
+ * check, so a paused former leader cannot write there either.
+ */
+export interface DualRunLane {
+  datacenter: string;
+  primary: boolean;
+  target: TargetStore;
+  config: MigrationConfig;
+  mapping: Mapping;
+  /** Blocking queries on this datacenter; polled without. */
+  blocking?: BlockingReader;
 }
 
 export interface DualRunLog {
@@ -66,8 +87,8 @@ export interface DualRunOptions {
   signal: AbortSignal;
   toolVersion: string;
   log: DualRunLog;
-  /** Runs the copy for `--baseline` and for re-baselines after compaction (the copy stage's service). */
-  copy: (options: Partial<CopyOptions>) => Promise<CopyResult>;
+  /** Runs the copy for `--baseline` and for re-baselines after compaction (the copy stage's service), in one lane's datacenter. */
+  copy: (options: Partial<CopyOptions>, lane: DualRunLane) => Promise<CopyResult>;
   /** How often to ask etcd for watch progress while idle (ms). */
   progressEveryMs?: number;
   /** How often to check leases and renew their sessions (ms). */
@@ -92,6 +113,8 @@ export interface DualRunDeps {
   writer?: SourceWriter;
   /** Blocking queries on Consul; without them the owners document and cut-over prefixes are polled. */
   blocking?: BlockingReader;
+  /** Several datacenters (issue 11): every lane, the primary's first; without, the one lane above. */
+  datacenters?: DualRunLane[];
 }
 
 /** The etcd range one ordered watch must cover to see every copy and service rule. */
@@ -112,21 +135,34 @@ export function watchRange(mapping: Mapping): KeyRange {
  * carrying the checkpoint and the leader check (DESIGN §3).
  */
 export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Promise<DualRunSummary> {
-  const { source, target, config, mapping } = deps;
-  const paths = statePaths(config.state.prefix, config.id);
-  const stats: DualRunStats = {
+  const { source } = deps;
+  const lanes: DualRunLane[] = deps.datacenters ?? [{ datacenter: '', primary: true, target: deps.target, config: deps.config, mapping: deps.mapping, ...(deps.blocking ? { blocking: deps.blocking } : {}) }];
+  const primaryLane = lanes.find((l) => l.primary) ?? lanes[0]!;
+  const secondaryLanes = lanes.filter((l) => l !== primaryLane);
+  const newStats = (): DualRunStats => ({
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
     splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
+  });
+  const stats = newStats();
+  const laneStats = new Map<DualRunLane, DualRunStats>([[primaryLane, stats], ...secondaryLanes.map((l): [DualRunLane, DualRunStats] => [l, newStats()])]);
+  const publish = () => {
+    const snapshot: DualRunStats = { ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites }, ...(stats.heartbeat ? { heartbeat: { ...stats.heartbeat } } : {}), ...(stats.services ? { services: { ...stats.services } } : {}) };
+    if (secondaryLanes.length > 0) {
+      snapshot.datacenters = Object.fromEntries(lanes.map((lane) => {
+        const s = laneStats.get(lane)!;
+        return [lane.datacenter, { role: s.role, checkpoint: s.checkpoint, etcdRevision: Math.max(s.etcdRevision, stats.etcdRevision), caughtUpAt: s.caughtUpAt, connected: s.connected, events: s.events, ops: s.ops, txns: s.txns, rebaselines: s.rebaselines, sessions: s.sessions, errors: { ...s.errors } }];
+      }));
+    }
+    options.onStats?.(snapshot);
   };
-  const publish = () => options.onStats?.({ ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites }, ...(stats.heartbeat ? { heartbeat: { ...stats.heartbeat } } : {}), ...(stats.services ? { services: { ...stats.services } } : {}) });
   const status = await source.status();
-  const info = await target.info();
-  await ensureMeta(target, paths, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
-  const range = watchRange(mapping);
+  const paths = statePaths(primaryLane.config.state.prefix, primaryLane.config.id);
+  const info = await primaryLane.target.info();
+  await ensureMeta(primaryLane.target, paths, { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
   const holder = `${hostname()}:${process.pid}`;
 
   for (;;) {
-    const leader = new LeaderLock(target, paths.leader, holder);
+    const leader = new LeaderLock(primaryLane.target, paths.leader, holder);
     stats.role = 'standby';
     publish();
     const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, onWaiting: () => options.log('info', 'standby: another dual-run leads this migration; waiting for its lock') });
@@ -142,14 +178,28 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     });
     stats.role = 'leader';
     options.log('info', 'leading the dual-run', { holder });
+    // The other datacenters follow while this process leads; one that fails for good stops them all.
+    const lanesStop = new AbortController();
+    let fatal: unknown;
+    const failed = (err: unknown) => {
+      fatal ??= err;
+      lost.abort();
+    };
+    const following = secondaryLanes.map((lane) => followLane({ source, lane, stats: laneStats.get(lane)!, publish, writer: deps.writer, holder, shared: stats }, { ...options, signal: anySignal(options.signal, lanesStop.signal, lost.signal) }).catch(failed));
     let reason: DualRunSummary['reason'];
     try {
-      reason = await lead({ source, target, config, mapping, paths, range, leader, lost: lost.signal, stats, publish, writer: deps.writer, blocking: deps.blocking ?? new PollingReader(target) }, options);
+      reason = primaryLane.mapping.copyRules.length + primaryLane.mapping.serviceRules.length > 0 || secondaryLanes.length === 0
+        ? await lead({ source, lane: primaryLane, target: primaryLane.target, config: primaryLane.config, mapping: primaryLane.mapping, paths, range: watchRange(primaryLane.mapping), leader, lost: lost.signal, stats, publish, writer: deps.writer, blocking: primaryLane.blocking ?? new PollingReader(primaryLane.target) }, options)
+        : await holdLead(options.signal, lost.signal);
     } finally {
+      lanesStop.abort();
+      await Promise.all(following);
       await leader.release();
     }
+    if (fatal) throw fatal;
     if (reason === 'signal' || !options.ha) {
       stats.role = 'stopped';
+      for (const s of laneStats.values()) s.role = 'stopped';
       publish();
       return { stats, reason };
     }
@@ -157,8 +207,78 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   }
 }
 
+/** Aborts when any of the signals does. */
+function anySignal(...signals: AbortSignal[]): AbortSignal {
+  return AbortSignal.any(signals);
+}
+
+/** The primary lane when every rule goes to other datacenters: it only holds the lock. */
+async function holdLead(signal: AbortSignal, lost: AbortSignal): Promise<DualRunSummary['reason']> {
+  const both = anySignal(signal, lost);
+  if (!both.aborted) await new Promise<void>((resolve) => both.addEventListener('abort', () => resolve(), { once: true }));
+  return lost.aborted && !signal.aborted ? 'leadership-lost' : 'signal';
+}
+
+/**
+ * Replication into one datacenter other than the primary, while this process
+ * leads: its own lock (`_migrate/<id>/leader` in that datacenter, checked by
+ * its txns), its own checkpoint and watch. A datacenter that does not answer
+ * does not stop the others: its lane retries with backoff, its lag grows and
+ * shows in the stats, and it resumes from its own checkpoint when it returns.
+ */
+async function followLane(run: { source: SourceReader; lane: DualRunLane; stats: DualRunStats; publish: () => void; writer: SourceWriter | undefined; holder: string; shared: DualRunStats }, options: DualRunOptions): Promise<void> {
+  const { lane, stats } = run;
+  const dc = lane.datacenter;
+  const paths = statePaths(lane.config.state.prefix, lane.config.id);
+  const log: DualRunLog = (level, message, fields) => options.log(level, `${dc}: ${message}`, { datacenter: dc, ...fields });
+  let backoff = 1000;
+  let metaChecked = false;
+  while (!options.signal.aborted) {
+    const lock = new LeaderLock(lane.target, paths.leader, run.holder, `dual-run leader in ${dc}`);
+    try {
+      if (!metaChecked) {
+        const status = await run.source.status();
+        const info = await lane.target.info();
+        await ensureMeta(lane.target, paths, { id: lane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(lane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
+        metaChecked = true;
+      }
+      stats.role = 'standby';
+      run.publish();
+      // Free unless a former leader's session still holds it; that one expires within 2× its TTL.
+      const acquired = await lock.acquire({ wait: true, signal: options.signal, onWaiting: () => log('info', 'waiting for the lock in this datacenter (held by a former leader until its session expires)') });
+      if (!acquired) break;
+      const lost = new AbortController();
+      lock.keepAlive(() => {
+        log('warn', 'lost the lock in this datacenter (its session expired while it was unreachable); taking it again');
+        lost.abort();
+      });
+      stats.role = 'leader';
+      log('info', 'replicating into this datacenter');
+      backoff = 1000;
+      const reason = await lead({ source: run.source, lane, target: lane.target, config: lane.config, mapping: lane.mapping, paths, range: watchRange(lane.mapping), leader: lock, lost: lost.signal, stats, publish: run.publish, writer: run.writer, blocking: lane.blocking ?? new PollingReader(lane.target) }, { ...options, log, heartbeatKey: undefined });
+      if (reason === 'signal') break;
+    } catch (err) {
+      if (options.signal.aborted) break;
+      if (!isTransient(err)) throw err;
+      const kind = isMigrateError(err) ? err.code : 'internal';
+      stats.errors[kind] = (stats.errors[kind] ?? 0) + 1;
+      stats.connected = false;
+      run.publish();
+      log('warn', `${(err as Error).message}; retrying in ${backoff} ms (the other datacenters go on)`);
+      await sleep(backoff, options.signal);
+      backoff = Math.min(30_000, backoff * 2);
+    } finally {
+      await lock.release();
+    }
+  }
+  stats.role = 'stopped';
+  stats.connected = false;
+  run.publish();
+}
+
 interface LeadContext {
   source: SourceReader;
+  lane: DualRunLane;
   target: TargetStore;
   config: MigrationConfig;
   mapping: Mapping;
@@ -191,7 +311,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       });
     }
     options.log('info', 'no checkpoint: running the baseline copy first');
-    await options.copy({});
+    await options.copy({}, ctx.lane);
     checkpointDoc = await readState<CheckpointState>(target, paths.checkpoint());
     if (!checkpointDoc) throw new Error('internal: the baseline copy left no checkpoint');
   }
@@ -348,7 +468,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint} (oldest available ${err.compactRevision}); re-baselining`);
           stats.rebaselines++;
           applier.reset();
-          const result = await options.copy({ deleteExtraneous: true, allowMassDelete: false });
+          const result = await options.copy({ deleteExtraneous: true, allowMassDelete: false }, ctx.lane);
           stats.checkpoint = result.revision;
           if (services.active) await services.load(options.signal);
           options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });

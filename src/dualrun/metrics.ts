@@ -40,6 +40,10 @@ export class DualRunMetrics {
   private readonly leader = new Gauge({ name: 'migrate_dualrun_leader', help: '1 while this process leads the dual-run', registers: [this.registry] });
   private readonly sessions = new Gauge({ name: 'migrate_dualrun_sessions', help: 'Consul sessions mirroring etcd leases', registers: [this.registry] });
   private readonly reverseRules = new Gauge({ name: 'migrate_dualrun_reverse_rules', help: 'cut-over rules mirrored back from Consul to etcd', registers: [this.registry] });
+  private readonly datacenterLag = new Gauge({ name: 'migrate_dualrun_datacenter_lag_revisions', help: 'etcd revisions not yet applied, per Consul datacenter (rules in several datacenters)', labelNames: ['datacenter'], registers: [this.registry] });
+  private readonly datacenterLagSeconds = new Gauge({ name: 'migrate_dualrun_datacenter_lag_seconds', help: 'seconds since the datacenter\'s checkpoint last equalled etcd\'s revision (0 when caught up)', labelNames: ['datacenter'], registers: [this.registry] });
+  private readonly datacenterCheckpoint = new Gauge({ name: 'migrate_dualrun_datacenter_checkpoint_revision', help: 'last etcd revision fully applied, per Consul datacenter', labelNames: ['datacenter'], registers: [this.registry] });
+  private readonly datacenterConnected = new Gauge({ name: 'migrate_dualrun_datacenter_connected', help: '1 while the datacenter is being replicated into, 0 while it does not answer', labelNames: ['datacenter'], registers: [this.registry] });
   private readonly serviceInstances = new Gauge({ name: 'migrate_dualrun_service_instances', help: 'catalog instances kept for service rules: critical, or passing (instances without a lease have no check and count as passing)', labelNames: ['status'], registers: [this.registry] });
   private readonly lateWrites = new Counter({ name: 'migrate_dualrun_late_writes_total', help: 'etcd writes under a rule Consul owns that the reverse mirror did not make (applications not switched)', labelNames: ['rule'], registers: [this.registry] });
   private readonly counters: Record<string, Counter> = {};
@@ -79,6 +83,12 @@ export class DualRunMetrics {
     this.leader.set(stats.role === 'leader' ? 1 : 0);
     this.sessions.set(stats.sessions);
     this.reverseRules.set(stats.reverseRules);
+    for (const [datacenter, d] of Object.entries(stats.datacenters ?? {})) {
+      this.datacenterLag.set({ datacenter }, Math.max(0, d.etcdRevision - d.checkpoint));
+      this.datacenterLagSeconds.set({ datacenter }, d.checkpoint >= d.etcdRevision ? 0 : (Date.now() - d.caughtUpAt) / 1000);
+      this.datacenterCheckpoint.set({ datacenter }, d.checkpoint);
+      this.datacenterConnected.set({ datacenter }, d.connected ? 1 : 0);
+    }
     if (stats.services) {
       this.serviceInstances.set({ status: 'critical' }, stats.services.critical);
       this.serviceInstances.set({ status: 'passing' }, stats.services.instances - stats.services.critical);
@@ -106,8 +116,17 @@ export class DualRunMetrics {
     if (!s) return { ready: false, body: { status: 'starting' } };
     const lag = Math.max(0, s.etcdRevision - s.checkpoint);
     const seconds = lagSeconds(s, Date.now());
-    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && seconds < 10);
-    return { ready, body: { status: ready ? 'ready' : s.connected ? 'catching-up' : 'disconnected', role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds: seconds } };
+    // With several datacenters, a leader is ready only when every one of them is connected and caught up.
+    const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || (d.checkpoint < d.etcdRevision && (Date.now() - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
+    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && seconds < 10 && behind.length === 0);
+    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : 'catching-up';
+    return {
+      ready,
+      body: {
+        status, role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds: seconds,
+        ...(s.datacenters ? { datacenters: Object.fromEntries(Object.entries(s.datacenters).map(([dc, d]) => [dc, { connected: d.connected, checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint) }])) } : {}),
+      },
+    };
   }
 
   async listen(address: string): Promise<string> {

@@ -36,7 +36,7 @@ describe('parseConfig: malformed mapping files name file:line:column and exit 2'
   it('an unknown field', () => {
     const err = configError(`${HEAD}rules:\n  - name: app\n    form: /app/\n`);
     expect(err.exitCode).toBe(2);
-    expect(err.message).toBe('migration.yaml:5:5: rules[0].form: unknown field "form"; allowed fields here: name, from, to, action, keys, leases, service');
+    expect(err.message).toBe('migration.yaml:5:5: rules[0].form: unknown field "form"; allowed fields here: name, from, to, action, keys, leases, datacenters, service');
   });
 
   it('a rule without from', () => {

@@ -4,7 +4,7 @@
  */
 export const REPORT_VERSION = 1;
 
-export type EnvelopeStatus = 'ok' | 'findings' | 'drift' | 'error' | 'refused' | 'interrupted';
+export type EnvelopeStatus = 'ok' | 'findings' | 'drift' | 'unverified' | 'error' | 'refused' | 'interrupted';
 
 export function renderEnvelope(command: string, status: EnvelopeStatus, payload: Record<string, unknown>): string {
   return `${JSON.stringify({ version: REPORT_VERSION, command, status, ...payload }, null, 2)}\n`;

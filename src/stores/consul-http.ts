@@ -50,7 +50,7 @@ export class ConsulResponseError extends ServerError {
   }
   /** 429 and 5xx other than a refused session: worth trying again. */
   get retryable(): boolean {
-    return this.code === 'consul_unavailable';
+    return this.code === 'consul_unavailable' || this.code === 'consul_datacenter_unreachable';
   }
 }
 
@@ -122,6 +122,11 @@ export class ConsulHttp {
     this.datacenter = connection.datacenter;
   }
 
+  /** The datacenter every request names (`?dc=`), if any. */
+  get datacenterName(): string | undefined {
+    return this.datacenter;
+  }
+
   /** Same server and settings with another datacenter (`?dc=`). */
   withDatacenter(datacenter: string | undefined): ConsulHttp {
     return new ConsulHttp({ ...this.connection, datacenter });
@@ -145,7 +150,7 @@ export class ConsulHttp {
     const response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
     if (response.status >= 200 && response.status < 300) return response;
     if (req.accept?.includes(response.status)) return response;
-    throw consulErrorFor(this.address, req.method, req.path, response.status, response.body);
+    throw consulErrorFor(this.address, req.method, req.path, response.status, response.body, this.datacenter);
   }
 
   private send(method: string, path: string, body: Buffer | undefined, signal: AbortSignal | undefined, timeoutMs: number): Promise<ConsulResponse> {
@@ -200,7 +205,7 @@ export class ConsulHttp {
  * Turns a Consul error answer into the tool's typed error (pure, so the
  * mapping is unit-tested without a server). Messages say what to do next.
  */
-export function consulErrorFor(address: string, method: string, path: string, status: number, body: Buffer): MigrateError {
+export function consulErrorFor(address: string, method: string, path: string, status: number, body: Buffer, datacenter?: string): MigrateError {
   const text = body.toString('utf8').trim();
   const where = `${method} ${path.split('?')[0]}`;
   if (status === 409 && path === '/v1/txn') {
@@ -221,6 +226,11 @@ export function consulErrorFor(address: string, method: string, path: string, st
   }
   if (/invalid session|Session id '.*' not found|missing session/i.test(text)) {
     return new ConsulSessionError('consul_session_invalid', status, `Consul does not know the session used by ${where}: ${text}.`, text, 'The session expired or was destroyed; the tool re-creates sessions for live etcd leases on the next run.');
+  }
+  // Another datacenter that does not answer: its servers are down (the agent cannot dial them) or it left the WAN federation.
+  if (status >= 500 && (/No path to datacenter/i.test(text) || (datacenter && /failed to get conn|stream closed|connection refused/i.test(text)))) {
+    const dc = datacenter ?? '(the one named)';
+    return new ConsulResponseError('consul_datacenter_unreachable', status, `Consul at ${address} has no path to datacenter ${dc} (${where}): its servers are down or not joined over the WAN.`, text, 'Check the datacenter\'s servers and the WAN federation (`consul members -wan`); the tool retries meanwhile.');
   }
   if (status === 429 || status >= 500) {
     return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text, 'Consul is overloaded or has no leader; the tool retries with backoff.');

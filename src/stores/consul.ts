@@ -80,10 +80,19 @@ export class ConsulTarget implements TargetStore {
     return this.infoPromise;
   }
 
+  /**
+   * The same agent, addressing another datacenter (`?dc=`): KV, txns, sessions
+   * and catalog reads go to that datacenter's servers (issue 11).
+   */
+  forDatacenter(datacenter: string): ConsulTarget {
+    return new ConsulTarget(this.http.withDatacenter(datacenter), { limits: this.limitsOverride, retry: this.retry, readConcurrency: this.readConcurrency });
+  }
+
   private async readInfo(): Promise<TargetInfo> {
     const leader = JSON.parse((await this.request({ method: 'GET', path: '/v1/status/leader' })).body.toString('utf8')) as string;
     // `/v1/agent/self` needs agent:read; without it the version (and so the op limit) falls back to the safe 64.
-    const self = await this.request({ method: 'GET', path: '/v1/agent/self', accept: [403] });
+    // The agent checks a txn's op count, so its version decides the limit whatever datacenter the txn goes to.
+    const self = await this.http.withDatacenter(undefined).request({ method: 'GET', path: '/v1/agent/self', accept: [403] });
     let version = 'unknown';
     let datacenter = '';
     let nodeName = '';
@@ -93,7 +102,29 @@ export class ConsulTarget implements TargetStore {
       datacenter = config.Datacenter ?? '';
       nodeName = config.NodeName ?? '';
     }
+    const addressed = this.http.datacenterName;
+    if (addressed && addressed !== datacenter) {
+      // Another datacenter: a session there must name one of its nodes; its servers are the ones that stay.
+      datacenter = addressed;
+      nodeName = await this.serverNode();
+    }
     return { version, datacenter, nodeName, txnMaxOps: txnMaxOpsForVersion(version === 'unknown' ? undefined : version), leader, address: this.address };
+  }
+
+  /** The datacenters the agent's WAN federation knows (`/v1/catalog/datacenters`). */
+  async datacenters(): Promise<string[]> {
+    const response = await this.request({ method: 'GET', path: '/v1/catalog/datacenters' });
+    return JSON.parse(response.body.toString('utf8')) as string[];
+  }
+
+  /** A server node of the addressed datacenter (the first by name, so every run picks the same). */
+  private async serverNode(): Promise<string> {
+    const response = await this.request({ method: 'GET', path: '/v1/catalog/service/consul' });
+    const nodes = (JSON.parse(response.body.toString('utf8')) as { Node: string }[]).map((n) => n.Node).sort();
+    if (!nodes[0]) {
+      throw new ConsulResponseError('consul_no_server_node', 500, `Consul datacenter ${this.http.datacenterName} lists no server in its catalog (service "consul"); sessions there need a node.`, '', 'Check that the datacenter\'s servers are up and that the token may read nodes and the "consul" service there.');
+    }
+    return nodes[0];
   }
 
   /** The limits in force: the server's op limit by version, Consul's defaults, then the overrides. */
@@ -190,7 +221,9 @@ export class ConsulTarget implements TargetStore {
   async createSession(spec: SessionSpec): Promise<string> {
     // Behavior delete and LockDelay 0s are not configurable (DESIGN §3); `Checks: []` drops serfHealth
     // so a failing agent cannot wipe every leased key.
-    const body = JSON.stringify({ Name: spec.name, TTL: `${spec.ttlSeconds}s`, Behavior: 'delete', LockDelay: '0s', Checks: [], ...(spec.node ? { Node: spec.node } : {}) });
+    // In another datacenter than the agent's, the session names a node there (the agent's own is not in its catalog).
+    const node = spec.node ?? (this.http.datacenterName ? (await this.info()).nodeName : undefined);
+    const body = JSON.stringify({ Name: spec.name, TTL: `${spec.ttlSeconds}s`, Behavior: 'delete', LockDelay: '0s', Checks: [], ...(node ? { Node: node } : {}) });
     const response = await this.request({ method: 'PUT', path: '/v1/session/create', body });
     return (JSON.parse(response.body.toString('utf8')) as { ID: string }).ID;
   }

@@ -82,6 +82,8 @@ export interface Difference {
   etcd: ValueDigest | null;
   /** The Consul side; null when Consul has no such key. For a service rule, the instance's fields in the catalog. */
   consul: ValueDigest | null;
+  /** The Consul datacenter it was found in, when the migration writes to several (issue 11). */
+  datacenter?: string;
 }
 
 /**

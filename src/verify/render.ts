@@ -172,14 +172,26 @@ export function xml(text: string): string {
 }
 
 function differenceLine(d: Difference): string {
-  return `${d.kind} ${d.key} (${d.reason}): ${d.detail}; etcd ${digestText(d.etcd)}, consul ${digestText(d.consul)}`;
+  return `${d.kind} ${d.key}${d.datacenter ? ` in datacenter ${d.datacenter}` : ''} (${d.reason}): ${d.detail}; etcd ${digestText(d.etcd)}, consul ${digestText(d.consul)}`;
 }
 
 function renderJunit(result: VerifyResult): string {
+  const suite = junitSuite(result);
+  const out: string[] = [XML_HEADER.trimEnd()];
+  out.push(`<testsuites name="migrate verify" tests="${suite.tests}" failures="${suite.failures}" errors="0" time="${suite.seconds}">`);
+  out.push(...suite.lines);
+  out.push('</testsuites>');
+  return `${out.join('\n')}\n`;
+}
+
+/** One `<testsuite>`: a testcase per rule; with `datacenter`, the suite, its test cases and every difference name it. */
+function junitSuite(result: VerifyResult, datacenter?: string): { lines: string[]; tests: number; failures: number; seconds: string } {
   const seconds = (result.durationMs / 1000).toFixed(3);
   const failures = result.rules.filter((r) => r.status === 'drift').length;
-  const suite = `migrate verify ${result.migration}`;
+  const suite = `migrate verify ${result.migration}${datacenter ? ` (datacenter ${datacenter})` : ''}`;
+  const classname = `migrate.verify.${result.migration}${datacenter ? `.${datacenter}` : ''}`;
   const properties = [
+    ...(datacenter ? [['datacenter', datacenter]] : []),
     ['cut', result.cut.cut],
     ['cut.reason', result.cut.reason],
     ['revision', String(result.cut.revision)],
@@ -189,25 +201,24 @@ function renderJunit(result: VerifyResult): string {
     ['differences.listed', String(result.differences.length)],
     ['settled', String(result.totals.settled)],
   ];
-  const out: string[] = [XML_HEADER.trimEnd()];
-  out.push(`<testsuites name="migrate verify" tests="${result.rules.length}" failures="${failures}" errors="0" time="${seconds}">`);
+  const out: string[] = [];
   out.push(`  <testsuite name="${xml(suite)}" tests="${result.rules.length}" failures="${failures}" errors="0" skipped="0" time="${seconds}">`);
   out.push('    <properties>');
   for (const [name, value] of properties) out.push(`      <property name="${xml(name!)}" value="${xml(value!)}"/>`);
   out.push('    </properties>');
   for (const r of result.rules) {
-    out.push(`    <testcase classname="${xml(`migrate.verify.${result.migration}`)}" name="${xml(r.name)}" time="0">`);
+    out.push(`    <testcase classname="${xml(classname)}" name="${xml(r.name)}" time="0">`);
     const listed = result.differences.filter((d) => d.rule === r.name);
     const body = [
       r.action === 'service'
         ? `service rule ${r.name}: ${r.from} -> Consul's catalog; ${r.compared} instances compared, ${r.targetKeys} catalog instances, ${r.settled} settled`
-        : `rule ${r.name}: ${r.from} -> ${r.to}; ${r.compared} keys compared, ${r.targetKeys} Consul keys, ${r.settled} settled`,
+        : `rule ${r.name}: ${r.from} -> ${r.to}${datacenter ? ` in datacenter ${datacenter}` : ''}; ${r.compared} keys compared, ${r.targetKeys} Consul keys, ${r.settled} settled`,
       ...(unmappableCount(r) > 0 ? [`not drift: ${r.action === 'service' ? `${unmappableText(r)} source key(s) that make no service instance` : `${unmappableText(r)} source key(s) rejected by the rule`}`] : []),
       ...listed.map(differenceLine),
       ...(listed.length < r.differences ? [`... ${r.differences - listed.length} more not listed (--max-diffs ${result.maxDiffs})`] : []),
     ].join('\n');
     if (r.status === 'drift') {
-      out.push(`      <failure type="drift" message="${xml(`${plural(r.differences, 'persistent difference')} (${kindCounts(r.byKind)})`)}">${xml(body)}</failure>`);
+      out.push(`      <failure type="drift" message="${xml(`${plural(r.differences, 'persistent difference')} (${kindCounts(r.byKind)})${datacenter ? ` in datacenter ${datacenter}` : ''}`)}">${xml(body)}</failure>`);
     } else {
       const note = r.status === 'within-budget' ? `within budget: ${r.differences} of ${r.budget} allowed by --allow ${r.name}=${r.budget}\n` : '';
       out.push(`      <system-out>${xml(`${note}${body}`)}</system-out>`);
@@ -216,8 +227,91 @@ function renderJunit(result: VerifyResult): string {
   }
   out.push(`    <system-out>${xml(`${countLine(result)}\n${verdictLine(result)}`)}</system-out>`);
   out.push('  </testsuite>');
-  out.push('</testsuites>');
-  return `${out.join('\n')}\n`;
+  return { lines: out, tests: result.rules.length, failures, seconds };
+}
+
+/** What verify found in one datacenter of a migration that writes to several: its result, or why it could not verify it. */
+export interface DatacenterVerify {
+  datacenter: string;
+  result?: VerifyResult;
+  error?: unknown;
+}
+
+/** Drift anywhere → drift (exit 1); else a datacenter not verified → unverified (exit 3); else ok. */
+export function datacentersVerdict(entries: readonly DatacenterVerify[]): 'ok' | 'drift' | 'unverified' {
+  if (entries.some((e) => e.result && !e.result.clean)) return 'drift';
+  return entries.some((e) => !e.result) ? 'unverified' : 'ok';
+}
+
+function errorOf(err: unknown): { code: string; message: string; hint?: string } {
+  return { code: isMigrateError(err) ? err.code : 'internal_error', message: err instanceof Error ? err.message : String(err), ...(isMigrateError(err) && err.hint ? { hint: err.hint } : {}) };
+}
+
+function datacenterStatus(e: DatacenterVerify): 'parity' | 'drift' | 'unverified' {
+  return !e.result ? 'unverified' : e.result.clean ? 'parity' : 'drift';
+}
+
+function datacentersVerdictLine(entries: readonly DatacenterVerify[]): string {
+  const verdict = datacentersVerdict(entries);
+  const names = (status: string) => entries.filter((e) => datacenterStatus(e) === status).map((e) => e.datacenter).join(', ');
+  if (verdict === 'ok') return `PARITY in every datacenter (${names('parity')}) (exit 0).`;
+  const unverified = names('unverified');
+  if (verdict === 'drift') return `DRIFT in datacenter ${names('drift')}${unverified ? `; not verified: ${unverified}` : ''} (exit 1).`;
+  return `NOT VERIFIED: datacenter ${unverified} could not be verified; ${names('parity') ? `parity in ${names('parity')}` : 'no datacenter verified'} (exit 3).`;
+}
+
+/**
+ * A verify over several datacenters (issue 11): every format has one part per
+ * datacenter, the same as a single-datacenter report, each difference naming
+ * its datacenter; a datacenter that could not be verified says why and is
+ * never counted as parity.
+ */
+export function renderVerifyDatacenters(migration: string, entries: readonly DatacenterVerify[], format: Format): string {
+  const verdict = datacentersVerdict(entries);
+  switch (format) {
+    case 'json':
+      return renderEnvelope('verify', verdict, {
+        migration,
+        clean: verdict === 'ok',
+        datacenters: entries.map((e) => ({ datacenter: e.datacenter, status: datacenterStatus(e), report: e.result ? { ...e.result } : null, error: e.result ? null : errorOf(e.error) })),
+      });
+    case 'junit': {
+      const suites = entries.map((e) => {
+        if (e.result) return junitSuite(e.result, e.datacenter);
+        const { code, message, hint } = errorOf(e.error);
+        return {
+          tests: 1, failures: 0, seconds: '0.000', error: true,
+          lines: [
+            `  <testsuite name="${xml(`migrate verify ${migration} (datacenter ${e.datacenter})`)}" tests="1" failures="0" errors="1" skipped="0">`,
+            `    <testcase classname="${xml(`migrate.verify.${migration}.${e.datacenter}`)}" name="datacenter ${xml(e.datacenter)}">`,
+            `      <error type="${xml(code)}" message="${xml(`datacenter ${e.datacenter} not verified: ${message}`)}">${xml(`${message}${hint ? `\nnext: ${hint}` : ''}\nsee: ${errorDocs(code)}`)}</error>`,
+            '    </testcase>',
+            '  </testsuite>',
+          ],
+        };
+      });
+      const tests = suites.reduce((n, s) => n + s.tests, 0);
+      const failures = suites.reduce((n, s) => n + s.failures, 0);
+      const errors = suites.filter((s) => 'error' in s).length;
+      return `${[XML_HEADER.trimEnd(), `<testsuites name="migrate verify" tests="${tests}" failures="${failures}" errors="${errors}">`, ...suites.flatMap((s) => s.lines), '</testsuites>'].join('\n')}\n`;
+    }
+    case 'markdown': {
+      const parts = entries.map((e) => {
+        if (e.result) return renderMarkdown(e.result).replace(/^## migrate verify:/, `## migrate verify, datacenter ${mdCode(e.datacenter)}:`);
+        const { code, message, hint } = errorOf(e.error);
+        return `## migrate verify, datacenter ${mdCode(e.datacenter)}: ⚠️ not verified\n\n\`error[${code}]\` ${mdText(message)}${hint ? `\n\nNext: ${mdText(hint)}` : ''}\n`;
+      });
+      return `${parts.join('\n')}\n${mdText(datacentersVerdictLine(entries))}\n`;
+    }
+    default: {
+      const parts = entries.map((e) => {
+        if (e.result) return `Datacenter ${e.datacenter}:\n${renderText(e.result)}`;
+        const { code, message, hint } = errorOf(e.error);
+        return `Datacenter ${e.datacenter}: NOT VERIFIED: error[${code}] ${message}${hint ? `\n  next: ${hint}` : ''}\n`;
+      });
+      return `${parts.join('\n')}\nResult: ${datacentersVerdictLine(entries)}\n`;
+    }
+  }
 }
 
 /** Inline code for markdown, safe inside tables. */

@@ -121,6 +121,7 @@ export const VERIFY_REPORT_SCHEMA = {
           sourceKey: { type: ['string', 'null'] },
           etcd: digest,
           consul: digest,
+          datacenter: { type: 'string', description: 'the Consul datacenter of the difference (migrations that write to several)' },
         },
       },
     },
@@ -132,5 +133,54 @@ export const VERIFY_REPORT_SCHEMA = {
     target: { type: 'object', additionalProperties: false, required: ['datacenter', 'version'], properties: { datacenter: { type: 'string' }, version: { type: 'string' } } },
     warnings: { type: 'array', items: { type: 'string' } },
     durationMs: { type: 'number', minimum: 0 },
+  },
+} as const;
+
+const { version: _version, command: _command, status: _status, ...reportProperties } = VERIFY_REPORT_SCHEMA.properties;
+
+/**
+ * `migrate verify --format json` when the rules write to several datacenters
+ * (issue 11): one entry per datacenter, with its own report (the single-
+ * datacenter report without the envelope; every difference names the
+ * datacenter) or, for a datacenter that could not be verified, the error.
+ */
+export const VERIFY_DATACENTERS_REPORT_SCHEMA = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  $id: 'urn:etcd-consul-migrate:verify-datacenters-report:1',
+  title: 'migrate verify report, several datacenters',
+  type: 'object',
+  additionalProperties: false,
+  required: ['version', 'command', 'status', 'migration', 'clean', 'datacenters'],
+  properties: {
+    version: { const: 1 },
+    command: { const: 'verify' },
+    status: { enum: ['ok', 'drift', 'unverified'], description: 'ok: every datacenter at parity (exit 0); drift: a datacenter drifts (exit 1); unverified: none drifts, but a datacenter could not be verified (exit 3)' },
+    migration: { type: 'string' },
+    clean: { type: 'boolean', description: 'every datacenter verified and at parity (or within budgets)' },
+    datacenters: {
+      type: 'array',
+      minItems: 1,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['datacenter', 'status', 'report', 'error'],
+        properties: {
+          datacenter: { type: 'string' },
+          status: { enum: ['parity', 'drift', 'unverified'] },
+          report: {
+            oneOf: [
+              { type: 'null' },
+              { type: 'object', additionalProperties: false, required: VERIFY_REPORT_SCHEMA.required.filter((k) => !['version', 'command', 'status'].includes(k)), properties: reportProperties },
+            ],
+          },
+          error: {
+            oneOf: [
+              { type: 'null' },
+              { type: 'object', additionalProperties: false, required: ['code', 'message'], properties: { code: { type: 'string' }, message: { type: 'string' }, hint: { type: 'string' } } },
+            ],
+          },
+        },
+      },
+    },
   },
 } as const;

@@ -97,6 +97,8 @@ export interface VerifyDeps {
   target: VerifyTarget;
   config: MigrationConfig;
   mapping: Mapping;
+  /** With rules in several datacenters: the one `target` addresses, named in every difference. */
+  datacenter?: string;
 }
 
 export interface VerifyOptions {
@@ -395,7 +397,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   }
   for (const finding of sortFindings(runs.flatMap((r) => r.findings), order)) {
     if (listed.length >= options.maxDiffs) break;
-    listed.push(finding.difference);
+    listed.push(deps.datacenter ? { ...finding.difference, datacenter: deps.datacenter } : finding.difference);
   }
   const stats = runs.map((r) => r.stats);
   const clean = stats.every((s) => s.status !== 'drift');

@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
-import { ExitCode, UsageError } from '../../errors.js';
+import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
+import type { CopyResult } from '../../copy/copy.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
@@ -48,54 +49,74 @@ export function registerCopy({ add }: CommandRegistrar): void {
       }
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
-      const { openStores } = await import('../stores.js');
+      const { openStores, openDatacenters } = await import('../stores.js');
       const { runCopy, refuseWhileDualRunLeads, acquireCopyLock } = await import('../../copy/copy.js');
-      const { renderCopy } = await import('../../copy/render.js');
+      const { renderCopy, renderCopyDatacenters } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
+      const { preflightConsul } = await import('../../doctor/preflight.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const { source, target, close } = openStores(connections, loaded.config);
       const view = createProgressView(ctx);
-      const progress = { title: options.dryRun ? 'planning' : 'copying', items: [] as { name: string; total: number; done: number; bytes: number }[], retries: 0, startedAt: Date.now() };
       try {
-        const { preflightConsul } = await import('../../doctor/preflight.js');
-        await preflightConsul(target, loaded.config, loaded.mapping, options.dryRun ? 'copy --dry-run' : 'copy', {
-          writeTargets: !options.dryRun,
-          writeState: !options.dryRun,
-          sessions: !options.dryRun && loaded.mapping.copyRules.some((r) => r.leases === 'session'),
-        });
-        if (!options.dryRun) await refuseWhileDualRunLeads(target, loaded.config);
-        const result = await runCopy(
-          { source, target, config: loaded.config, mapping: loaded.mapping },
-          {
-            dryRun: Boolean(options.dryRun),
-            recordOps: Boolean(options.dryRun && (options.showOps || ctx.format === 'json')),
-            resume: Boolean(options.resume),
-            onConflict: options.onConflict,
-            deleteExtraneous: Boolean(options.deleteExtraneous),
-            allowMassDelete: Boolean(options.allowMassDelete),
-            acceptMappingChange: Boolean(options.acceptMappingChange),
-            rate: positiveInt('--rate', options.rate, 0),
-            concurrency: Math.max(1, positiveInt('--concurrency', options.concurrency, 8)),
-            pageKeys: Math.max(1, positiveInt('--page-keys', options.pageKeys, 2000)),
-            signal: ctx.signal,
-            lock: () => acquireCopyLock(target, loaded.config, ctx.signal),
-            now: () => new Date(),
-            toolVersion: TOOL_VERSION,
-            onProgress: (event) => {
-              if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
-              else if (event.type === 'progress') {
-                const item = progress.items.find((i) => i.name === event.rule);
-                if (item) Object.assign(item, { done: event.keysDone, bytes: event.bytes });
-                progress.retries = event.retries;
-              } else if (event.type === 'warning') view.warn(event.message);
-              if (event.type !== 'warning') view.update(progress);
-            },
-          },
-        );
+        const lanes = await openDatacenters(loaded, target);
+        const several = lanes.length > 1;
+        const copies: { datacenter: string; result?: CopyResult; error?: Error }[] = [];
+        for (const lane of lanes) {
+          if (ctx.signal.aborted) break;
+          const progress = { title: `${options.dryRun ? 'planning' : 'copying'}${several ? ` ${lane.datacenter}` : ''}`, items: [] as { name: string; total: number; done: number; bytes: number }[], retries: 0, startedAt: Date.now() };
+          try {
+            await preflightConsul(lane.target, lane.config, lane.mapping, options.dryRun ? 'copy --dry-run' : 'copy', {
+              writeTargets: !options.dryRun,
+              writeState: !options.dryRun,
+              sessions: !options.dryRun && lane.mapping.copyRules.some((r) => r.leases === 'session'),
+            });
+            if (!options.dryRun) await refuseWhileDualRunLeads(lane.target, lane.config);
+            const result = await runCopy(
+              { source, target: lane.target, config: lane.config, mapping: lane.mapping },
+              {
+                dryRun: Boolean(options.dryRun),
+                recordOps: Boolean(options.dryRun && (options.showOps || ctx.format === 'json')),
+                resume: Boolean(options.resume),
+                onConflict: options.onConflict,
+                deleteExtraneous: Boolean(options.deleteExtraneous),
+                allowMassDelete: Boolean(options.allowMassDelete),
+                acceptMappingChange: Boolean(options.acceptMappingChange),
+                rate: positiveInt('--rate', options.rate, 0),
+                concurrency: Math.max(1, positiveInt('--concurrency', options.concurrency, 8)),
+                pageKeys: Math.max(1, positiveInt('--page-keys', options.pageKeys, 2000)),
+                signal: ctx.signal,
+                lock: () => acquireCopyLock(lane.target, lane.config, ctx.signal),
+                now: () => new Date(),
+                toolVersion: TOOL_VERSION,
+                onProgress: (event) => {
+                  if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
+                  else if (event.type === 'progress') {
+                    const item = progress.items.find((i) => i.name === event.rule);
+                    if (item) Object.assign(item, { done: event.keysDone, bytes: event.bytes });
+                    progress.retries = event.retries;
+                  } else if (event.type === 'warning') view.warn(several ? `${lane.datacenter}: ${event.message}` : event.message);
+                  if (event.type !== 'warning') view.update(progress);
+                },
+              },
+            );
+            copies.push({ datacenter: lane.datacenter, result });
+          } catch (err) {
+            // One datacenter that does not answer does not keep the others from being copied (issue 11).
+            if (!several || !isMigrateError(err) || err.exitCode !== ExitCode.server) throw err;
+            view.warn(`${lane.datacenter}: ${err.message}`);
+            copies.push({ datacenter: lane.datacenter, error: err });
+          }
+        }
         await view.close();
-        ctx.result(renderCopy(result, ctx.format, Boolean(options.showOps)));
-        return result.interrupted ? ExitCode.interrupted : ExitCode.ok;
+        if (!several) {
+          const result = copies[0]!.result!;
+          ctx.result(renderCopy(result, ctx.format, Boolean(options.showOps)));
+          return result.interrupted ? ExitCode.interrupted : ExitCode.ok;
+        }
+        ctx.result(renderCopyDatacenters(copies, ctx.format, Boolean(options.showOps)));
+        if (copies.some((c) => c.error)) return ExitCode.server;
+        return copies.some((c) => c.result?.interrupted) || copies.length < lanes.length ? ExitCode.interrupted : ExitCode.ok;
       } finally {
         await view.close();
         close();

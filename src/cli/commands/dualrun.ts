@@ -28,7 +28,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
     async (ctx, options: DualRunFlags & GlobalOptions) => {
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
-      const { openStores } = await import('../stores.js');
+      const { openStores, openDatacenters } = await import('../stores.js');
       const { runDualRun } = await import('../../dualrun/dualrun.js');
       const { DualRunMetrics, lagSeconds } = await import('../../dualrun/metrics.js');
       const { runCopy } = await import('../../copy/copy.js');
@@ -56,12 +56,14 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       try {
         if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
         const { preflightConsul } = await import('../../doctor/preflight.js');
-        await preflightConsul(target, loaded.config, loaded.mapping, 'dualrun', { writeTargets: true, writeState: true, sessions: true });
+        const lanes = await openDatacenters(loaded, target);
+        for (const lane of lanes) await preflightConsul(lane.target, lane.config, lane.mapping, lanes.length > 1 ? `dualrun (${lane.datacenter})` : 'dualrun', { writeTargets: true, writeState: true, sessions: true });
         let lastLog = 0;
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');
         const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');
         const writer = new EtcdWriter(source.client, (err, what) => source.toError(err, what));
-        const summary = await runDualRun({ source, target, config: loaded.config, mapping: loaded.mapping, writer, blocking: new ConsulBlockingReader(target.http) }, {
+        const datacenters = lanes.map((lane) => ({ ...lane, blocking: new ConsulBlockingReader(lane.target.http) }));
+        const summary = await runDualRun({ source, target, config: loaded.config, mapping: loaded.mapping, writer, datacenters }, {
           ha: Boolean(options.ha),
           baseline: Boolean(options.baseline),
           acceptMappingChange: Boolean(options.acceptMappingChange),
@@ -69,7 +71,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           toolVersion: TOOL_VERSION,
           log,
           ...(heartbeatKey ? { heartbeatKey } : {}),
-          copy: (over) => runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, {
+          copy: (over, lane) => runCopy({ source, target: lane.target, config: lane.config, mapping: lane.mapping }, {
             dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false,
             acceptMappingChange: Boolean(options.acceptMappingChange), rate: 0, concurrency: 8, pageKeys: 2000, signal: controller.signal,
             now: () => new Date(), toolVersion: TOOL_VERSION, ...over,
@@ -80,7 +82,10 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             const now = Date.now();
             if (!view && now - lastLog >= 10_000 && stats.role === 'leader') {
               lastLog = now;
-              log('info', 'progress', { checkpoint: stats.checkpoint, etcdRevision: stats.etcdRevision, lagRevisions: Math.max(0, stats.etcdRevision - stats.checkpoint), lagSeconds: Number(lagSeconds(stats, now).toFixed(3)), events: stats.events, txns: stats.txns, sessions: stats.sessions });
+              log('info', 'progress', {
+                checkpoint: stats.checkpoint, etcdRevision: stats.etcdRevision, lagRevisions: Math.max(0, stats.etcdRevision - stats.checkpoint), lagSeconds: Number(lagSeconds(stats, now).toFixed(3)), events: stats.events, txns: stats.txns, sessions: stats.sessions,
+                ...(stats.datacenters ? { datacenters: Object.fromEntries(Object.entries(stats.datacenters).map(([dc, d]) => [dc, { checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint), connected: d.connected }])) } : {}),
+              });
             }
           },
         });

@@ -1,7 +1,8 @@
 import { appendFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command } from 'commander';
-import { ExitCode, UsageError } from '../../errors.js';
+import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
+import type { DatacenterVerify } from '../../verify/render.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
@@ -78,9 +79,9 @@ Examples:
       const budgets = parseBudgets(options.allow);
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
-      const { openStores } = await import('../stores.js');
+      const { openStores, openDatacenters } = await import('../stores.js');
       const { runVerify } = await import('../../verify/verify.js');
-      const { renderVerify, renderVerifyError } = await import('../../verify/render.js');
+      const { renderVerify, renderVerifyError, renderVerifyDatacenters, datacentersVerdict } = await import('../../verify/render.js');
       const { createValueHasher } = await import('../../report/hash.js');
       const { createProgressView } = await import('../../report/progress.js');
       const summaryFile = options.summaryFile ? resolve(ctx.io.cwd, options.summaryFile) : undefined;
@@ -95,37 +96,60 @@ Examples:
         const stores = openStores(connections, loaded.config);
         close = stores.close;
         const { preflightConsul } = await import('../../doctor/preflight.js');
-        await preflightConsul(stores.target, loaded.config, loaded.mapping, 'verify', { writeTargets: false, writeState: options.record ? 'verify' : false, sessions: false });
-        const result = await runVerify(
-          { source: stores.source, target: stores.target, config: loaded.config, mapping: loaded.mapping },
-          {
-            rounds, roundPauseMs, waitTimeoutMs, maxDiffs, budgets, readBack, pageKeys,
-            record: options.record,
-            signal: ctx.signal,
-            now: () => new Date(),
-            hasher: createValueHasher(),
-            toolVersion: TOOL_VERSION,
-            onProgress: (event) => {
-              if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
-              else if (event.type === 'progress') {
-                const item = progress.items.find((i) => i.name === event.rule);
-                if (item) item.done = event.keysDone;
-              } else if (event.type === 'round') {
-                progress.title = `round ${event.round}: re-checking ${event.pending} key(s)`;
-              } else if (event.type === 'waiting') {
-                progress.title = `waiting for the dual-run checkpoint (${event.checkpoint ?? 'none'}) to reach etcd revision ${event.revision}`;
-              } else {
-                view.warn(event.message);
-                return;
-              }
-              view.update(progress);
-            },
-          },
-        );
+        const lanes = await openDatacenters(loaded, stores.target);
+        const several = lanes.length > 1;
+        const hasher = createValueHasher();
+        const entries: DatacenterVerify[] = [];
+        for (const lane of lanes) {
+          progress.items = [];
+          const prefix = several ? `${lane.datacenter}: ` : '';
+          try {
+            await preflightConsul(lane.target, lane.config, lane.mapping, 'verify', { writeTargets: false, writeState: options.record ? 'verify' : false, sessions: false });
+            const result = await runVerify(
+              { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, ...(several ? { datacenter: lane.datacenter } : {}) },
+              {
+                rounds, roundPauseMs, waitTimeoutMs, maxDiffs, budgets, readBack, pageKeys,
+                record: options.record,
+                signal: ctx.signal,
+                now: () => new Date(),
+                hasher,
+                toolVersion: TOOL_VERSION,
+                onProgress: (event) => {
+                  if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
+                  else if (event.type === 'progress') {
+                    const item = progress.items.find((i) => i.name === event.rule);
+                    if (item) item.done = event.keysDone;
+                  } else if (event.type === 'round') {
+                    progress.title = `${prefix}round ${event.round}: re-checking ${event.pending} key(s)`;
+                  } else if (event.type === 'waiting') {
+                    progress.title = `${prefix}waiting for the dual-run checkpoint (${event.checkpoint ?? 'none'}) to reach etcd revision ${event.revision}`;
+                  } else {
+                    view.warn(`${prefix}${event.message}`);
+                    return;
+                  }
+                  view.update(progress);
+                },
+              },
+            );
+            entries.push({ datacenter: lane.datacenter, result });
+          } catch (err) {
+            // A datacenter that does not answer is reported as not verified; the others are still verified (issue 11).
+            if (!several || !isMigrateError(err) || err.exitCode !== ExitCode.server) throw err;
+            view.warn(`${lane.datacenter}: not verified: ${err.message}`);
+            entries.push({ datacenter: lane.datacenter, error: err });
+          }
+        }
         await view.close();
-        ctx.result(renderVerify(result, ctx.format));
-        if (summaryFile) appendFileSync(summaryFile, renderVerify(result, 'markdown'));
-        return result.clean ? ExitCode.ok : ExitCode.findings;
+        if (!several) {
+          const result = entries[0]!.result!;
+          ctx.result(renderVerify(result, ctx.format));
+          if (summaryFile) appendFileSync(summaryFile, renderVerify(result, 'markdown'));
+          return result.clean ? ExitCode.ok : ExitCode.findings;
+        }
+        ctx.result(renderVerifyDatacenters(migration, entries, ctx.format));
+        if (summaryFile) appendFileSync(summaryFile, renderVerifyDatacenters(migration, entries, 'markdown'));
+        const verdict = datacentersVerdict(entries);
+        return verdict === 'ok' ? ExitCode.ok : verdict === 'drift' ? ExitCode.findings : ExitCode.server;
       } catch (err) {
         // CI reads the artifact: a verify that could not finish (configuration, servers, no cut) still leaves
         // a JUnit/markdown document naming the error; the CLI entry prints it on stderr and exits with its code.

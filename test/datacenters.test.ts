@@ -1,0 +1,172 @@
+import { randomBytes } from 'node:crypto';
+import { Ajv } from 'ajv';
+import { XMLParser, XMLValidator } from 'fast-xml-parser';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startConsulFederation } from '../scripts/local-servers.js';
+import { ConsulTarget } from '../src/stores/consul.js';
+import { VERIFY_DATACENTERS_REPORT_SCHEMA } from '../src/verify/report-schema.js';
+import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
+import { configDir, rawEtcd, runCli, servers } from './support/harness.js';
+
+/**
+ * Issue 11: one etcd, two Consul datacenters federated over the WAN on
+ * loopback, every request through dc1's agent (`?dc=`). A rule naming
+ * `datacenters: [dc1, dc2]` is copied, replicated and verified in both; a
+ * rule without goes to dc1 only. dc2's server is stopped during a dual-run:
+ * dc1 stays in sync, verify reports dc2 as not verified, and dc2 catches up
+ * from its own checkpoint when it returns.
+ */
+describe('several datacenters (real etcd, two real Consul datacenters)', () => {
+  let federation: Awaited<ReturnType<typeof startConsulFederation>>;
+  let dc1: ConsulTarget;
+  let dc2: ConsulTarget;
+  const etcd = rawEtcd();
+  const tag = randomBytes(3).toString('hex');
+  const id = `mdc-${tag}`;
+  const from = `/mdc-${tag}/`;
+  let dir: string;
+  let env: Record<string, string>;
+  const validate = new Ajv({ allErrors: true, strict: true }).compile(VERIFY_DATACENTERS_REPORT_SCHEMA);
+
+  beforeAll(async () => {
+    federation = await startConsulFederation({ version: servers().consulVersion });
+    dc1 = new ConsulTarget({ address: federation.member('dc1').address });
+    dc2 = dc1.forDatacenter('dc2');
+    dir = configDir([
+      'version: 1',
+      `id: ${id}`,
+      'rules:',
+      `  - { name: shared, from: "${from}shared/", to: "mdc-${tag}/shared/", datacenters: [dc1, dc2] }`,
+      `  - { name: local, from: "${from}local/", to: "mdc-${tag}/local/" }`,
+      '',
+    ].join('\n'));
+    env = { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: federation.member('dc1').address };
+    for (let i = 0; i < 20; i++) await etcd.put(`${from}shared/k${i}`).value(`v${i}`);
+    await etcd.put(`${from}local/only-dc1`).value('here');
+    const lease = etcd.lease(60);
+    await lease.put(`${from}shared/leased`).value('alive');
+  }, 120_000);
+  afterAll(async () => {
+    dc1?.close();
+    dc2?.close();
+    etcd.close();
+    await federation?.stop();
+  });
+
+  /** A gauge of one datacenter from Prometheus text. */
+  const labelled = (text: string, name: string, datacenter: string) => Number(new RegExp(`^${name}\\{datacenter="${datacenter}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+  const value = async (target: ConsulTarget, key: string) => (await target.readKey(key))?.value.toString();
+
+  it('copy writes each rule to the datacenters it names, with sessions on a node of each datacenter', async () => {
+    const copy = await runCli(['copy', '--format', 'json'], { cwd: dir, env, timeoutMs: 90_000 });
+    expect(copy.code, copy.stderr).toBe(0);
+    const report = JSON.parse(copy.stdout) as { datacenters: { datacenter: string; rules: { name: string; created: number }[] }[] };
+    expect(report.datacenters.map((d) => d.datacenter)).toEqual(['dc1', 'dc2']);
+    expect(report.datacenters[0]!.rules.map((r) => [r.name, r.created])).toEqual([['shared', 21], ['local', 1]]);
+    expect(report.datacenters[1]!.rules.map((r) => [r.name, r.created])).toEqual([['shared', 21]]);
+
+    expect(await value(dc1, `mdc-${tag}/shared/k7`)).toBe('v7');
+    expect(await value(dc2, `mdc-${tag}/shared/k7`)).toBe('v7');
+    expect(await value(dc1, `mdc-${tag}/local/only-dc1`)).toBe('here');
+    expect(await dc2.readKey(`mdc-${tag}/local/only-dc1`)).toBeUndefined();
+    // Each datacenter has its own state: meta names it, the checkpoint is the copy's.
+    const meta2 = JSON.parse((await value(dc2, `_migrate/${id}/meta`))!) as { datacenters: string[] };
+    expect(meta2.datacenters).toEqual(['dc2']);
+    // The leased key is held in dc2 by a session on dc2's server node.
+    const leased = await dc2.readKey(`mdc-${tag}/shared/leased`);
+    expect(leased?.session).toBeTruthy();
+    const session = await dc2.readSession(leased!.session!);
+    expect(session?.node).toBe(federation.member('dc2').node);
+    // A second copy plans nothing in either.
+    const again = await runCli(['copy', '--format', 'json'], { cwd: dir, env, timeoutMs: 90_000 });
+    expect(again.code, again.stderr).toBe(0);
+    const second = JSON.parse(again.stdout) as { datacenters: { rules: { created: number; updated: number }[] }[] };
+    expect(second.datacenters.flatMap((d) => d.rules.map((r) => r.created + r.updated))).toEqual([0, 0, 0]);
+  });
+
+  it('verify names the datacenter of every difference (JSON and JUnit) and exits 1 on drift in one of them', async () => {
+    const clean = await runCli(['verify', '--format', 'json', '--rounds', '1'], { cwd: dir, env, timeoutMs: 90_000 });
+    expect(clean.code, clean.stderr).toBe(0);
+    const ok = JSON.parse(clean.stdout);
+    expect(validate(ok), JSON.stringify(validate.errors)).toBe(true);
+    expect(ok.datacenters.map((d: { datacenter: string; status: string }) => [d.datacenter, d.status])).toEqual([['dc1', 'parity'], ['dc2', 'parity']]);
+
+    // Drift in dc2 only: one value changed, one key gone.
+    await dc2.putKey(`mdc-${tag}/shared/k3`, Buffer.from('v9'));
+    await dc2.deleteKey(`mdc-${tag}/shared/k4`);
+    const drift = await runCli(['verify', '--format', 'json', '--rounds', '1', '--no-record'], { cwd: dir, env, timeoutMs: 90_000 });
+    expect(drift.code, drift.stderr).toBe(1);
+    const report = JSON.parse(drift.stdout);
+    expect(validate(report), JSON.stringify(validate.errors)).toBe(true);
+    expect(report.status).toBe('drift');
+    const [first, second] = report.datacenters as { datacenter: string; status: string; report: { differences: { key: string; kind: string; datacenter: string }[] } }[];
+    expect(first!.status).toBe('parity');
+    expect(second!.status).toBe('drift');
+    expect(second!.report.differences.map((d) => [d.datacenter, d.kind, d.key]).sort()).toEqual([
+      ['dc2', 'missing', `mdc-${tag}/shared/k4`],
+      ['dc2', 'value', `mdc-${tag}/shared/k3`],
+    ]);
+
+    const junit = await runCli(['verify', '--format', 'junit', '--rounds', '1', '--no-record'], { cwd: dir, env, timeoutMs: 90_000 });
+    expect(junit.code).toBe(1);
+    expect(XMLValidator.validate(junit.stdout)).toBe(true);
+    const xml = new XMLParser({ ignoreAttributes: false, isArray: (name) => name === 'testcase' || name === 'testsuite' }).parse(junit.stdout);
+    const suites = xml.testsuites.testsuite as { '@_name': string; testcase: { '@_classname': string; '@_name': string; failure?: { '#text': string } }[] }[];
+    expect(suites.map((s) => s['@_name'])).toEqual([`migrate verify ${id} (datacenter dc1)`, `migrate verify ${id} (datacenter dc2)`]);
+    const failing = suites[1]!.testcase.find((t) => t['@_name'] === 'shared')!;
+    expect(failing['@_classname']).toBe(`migrate.verify.${id}.dc2`);
+    expect(failing.failure!['#text']).toContain(`value mdc-${tag}/shared/k3 in datacenter dc2`);
+    expect(failing.failure!['#text']).toContain(`missing mdc-${tag}/shared/k4 in datacenter dc2`);
+    expect(suites[0]!.testcase.every((t) => !t.failure)).toBe(true);
+
+    // The next copy repairs dc2 and leaves dc1 alone.
+    const repair = await runCli(['copy', '--format', 'json'], { cwd: dir, env, timeoutMs: 90_000 });
+    expect(repair.code, repair.stderr).toBe(0);
+    const repaired = JSON.parse(repair.stdout) as { datacenters: { datacenter: string; rules: { created: number; updated: number }[] }[] };
+    expect(repaired.datacenters.map((d) => [d.datacenter, d.rules[0]!.created, d.rules[0]!.updated])).toEqual([['dc1', 0, 0], ['dc2', 1, 1]]);
+  });
+
+  it('the dual-run replicates into both; with dc2 down dc1 stays in sync and verify says dc2 is not verified; dc2 catches up when it returns', async () => {
+    const dualrun = await startDualRun(dir, [], env);
+    try {
+      await etcd.put(`${from}shared/live`).value('one');
+      await eventually('the put reaches both datacenters', async () => (await value(dc1, `mdc-${tag}/shared/live`)) === 'one' && (await value(dc2, `mdc-${tag}/shared/live`)) === 'one');
+      // Each datacenter has its own checkpoint, and the dual-run holds a lock in each.
+      await waitCaughtUp(etcd, dc1, id);
+      await waitCaughtUp(etcd, dc2, id);
+      expect((await dc2.readKey(`_migrate/${id}/leader`))?.session).toBeTruthy();
+
+      await federation.member('dc2').kill();
+      await etcd.put(`${from}shared/live`).value('two');
+      await etcd.delete().key(`${from}shared/k0`);
+      await etcd.put(`${from}local/only-dc1`).value('still here');
+      await eventually('dc1 keeps up while dc2 is down', async () => (await value(dc1, `mdc-${tag}/shared/live`)) === 'two' && (await dc1.readKey(`mdc-${tag}/shared/k0`)) === undefined && (await value(dc1, `mdc-${tag}/local/only-dc1`)) === 'still here');
+      await eventually('the metrics show dc2 disconnected and lagging', async () => {
+        const text = await dualrun.metrics();
+        return labelled(text, 'migrate_dualrun_datacenter_connected', 'dc2') === 0 && labelled(text, 'migrate_dualrun_datacenter_connected', 'dc1') === 1;
+      }, 30_000);
+      const health = await fetch(`http://127.0.0.1:${dualrun.metricsPort}/healthz`);
+      expect(health.status).toBe(503);
+      expect(((await health.json()) as { datacenters: Record<string, { connected: boolean }> }).datacenters.dc2!.connected).toBe(false);
+
+      const partial = await runCli(['verify', '--format', 'json', '--rounds', '1', '--no-record', '--wait-timeout', '20s'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(partial.code, partial.stderr).toBe(3);
+      const report = JSON.parse(partial.stdout);
+      expect(validate(report), JSON.stringify(validate.errors)).toBe(true);
+      expect(report.status).toBe('unverified');
+      expect(report.datacenters.map((d: { datacenter: string; status: string }) => [d.datacenter, d.status])).toEqual([['dc1', 'parity'], ['dc2', 'unverified']]);
+      expect(report.datacenters[1].error.code).toMatch(/consul_/);
+
+      await federation.member('dc2').restart();
+      await federation.federated();
+      await eventually('dc2 catches up from its own checkpoint', async () => (await value(dc2, `mdc-${tag}/shared/live`).catch(() => undefined)) === 'two' && (await dc2.readKey(`mdc-${tag}/shared/k0`).catch(() => null)) === undefined, 60_000);
+      await waitCaughtUp(etcd, dc2, id, 60_000);
+      const after = await runCli(['verify', '--format', 'json', '--rounds', '2'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(after.code, after.stdout + after.stderr).toBe(0);
+      expect(await dc2.readKey(`mdc-${tag}/local/only-dc1`)).toBeUndefined();
+    } finally {
+      expect(await dualrun.stop()).toBe(0);
+    }
+    expect(dualrun.stderr()).toMatch(/dc2: .*retrying/);
+  }, 240_000);
+});
