@@ -6,7 +6,7 @@ import { prefixEnd } from '../stores/etcd.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import type { KeyRange, ReadPagesOptions, SourcePage } from '../stores/types.js';
 import { runAudit, type AuditResult } from './audit.js';
-import { estimateCopy, referenceBasis } from './estimate.js';
+import { estimateCopies, estimateCopy, referenceBasis } from './estimate.js';
 import type { Finding } from './findings.js';
 import { renderAudit } from './render.js';
 import { identityRouter } from './router.js';
@@ -175,6 +175,72 @@ rules:
   });
 });
 
+describe('runAudit with several Consul datacenters (issue 11)', () => {
+  const yaml = (target: string) => `
+version: 1
+id: t
+target: { ${target}limits: { txnMaxOps: 200 } }
+rules:
+  - { name: config, from: /platform/config/, to: platform/config/, datacenters: [dc1, dc2] }
+  - { name: flags, from: /platform/flags/, to: platform/flags/ }
+  - { name: services, from: /services/, to: services/, datacenters: [dc2] }
+  - { name: k8s, from: /registry/, action: keep }
+`;
+  const audit = async (text: string, primaryDatacenter?: string) => {
+    const loaded = parseConfig(text, 'migration.yaml');
+    return runAudit({ source: platform(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, ...(primaryDatacenter ? { primaryDatacenter } : {}) });
+  };
+
+  it('shows what each datacenter gets written, and the estimate counts one full copy per datacenter', async () => {
+    const result = await audit(yaml('datacenter: dc1, '), 'dc1');
+    const rule = (name: string) => result.rules.find((r) => r.rule === name)!;
+    expect(result.datacenters!.map((d) => [d.datacenter, d.primary, d.rules])).toEqual([['dc1', true, ['config', 'flags']], ['dc2', false, ['config', 'services']]]);
+    const [dc1, dc2] = result.datacenters!;
+    expect(dc1).toMatchObject({ copyKeys: rule('config').copyKeys + rule('flags').copyKeys, copyValueBytes: rule('config').copyValueBytes + rule('flags').copyValueBytes, sessions: 1, singlePutKeys: 1 });
+    expect(dc2).toMatchObject({ copyKeys: rule('config').copyKeys + rule('services').copyKeys, sessions: 2, singlePutKeys: 1 });
+    // descriptor.pb (450 KB) is a single PUT in both datacenters that copy the config rule.
+    expect(result.estimate).toMatchObject({ keys: dc1!.copyKeys + dc2!.copyKeys, valueBytes: dc1!.copyValueBytes + dc2!.copyValueBytes, sessions: 3, singlePutKeys: 2, datacenters: 2 });
+    expect(result.estimate.seconds).toBeCloseTo(dc1!.estimateSeconds + dc2!.estimateSeconds, 1);
+    // The config rule is written twice: its keys, and its single PUT, count twice.
+    const once = await audit(yaml('').replace(', datacenters: [dc1, dc2]', '').replace(', datacenters: [dc2]', ''));
+    expect(once.datacenters).toBeUndefined();
+    expect(once.estimate.datacenters).toBeUndefined();
+    expect(result.estimate.keys).toBe(once.estimate.keys + rule('config').copyKeys);
+    expect(result.estimate.singlePutKeys).toBe(2 * once.estimate.singlePutKeys);
+
+    const text = renderAudit(result, 'text');
+    expect(text).toContain('Datacenters (each gets a full copy of its rules, with its own checkpoint and verify):');
+    expect(text).toMatch(/\n {2}dc1 \(primary\) +config, flags: [\d,]+ keys \([^)]+\), 1 session: about 1 s\n {2}dc2 +config, services: [\d,]+ keys \([^)]+\), 2 sessions: about 1 s\n/);
+    expect(text).toMatch(/Copy estimate: [\d,]+ keys \([^)]+\) written to 2 datacenters one after the other, 3 sessions, 2 single PUTs/);
+    expect(JSON.parse(renderAudit(result, 'json')).datacenters).toEqual(result.datacenters);
+    expect(parseYaml(renderAudit(result, 'yaml')).datacenters).toEqual(result.datacenters);
+    const markdown = renderAudit(result, 'markdown');
+    expect(markdown).toContain('## Datacenters');
+    expect(markdown).toMatch(/\| `dc2` \| `config`, `services` \| [\d,]+ \| [^|]+ \| 2 \| about 1 s \|/);
+    expect(markdown).toContain('in 2 datacenters |');
+    for (const format of ['text', 'json', 'yaml', 'markdown'] as const) expect(renderAudit(result, format)).not.toContain(SECRET);
+  });
+
+  it('without target.datacenter or --datacenter the primary is unnamed: null with primary: true in JSON, "the target\'s datacenter" in text', async () => {
+    const result = await audit(yaml(''));
+    expect(result.datacenters!.map((d) => [d.datacenter, d.primary, d.rules])).toEqual([[null, true, ['flags']], ['dc1', false, ['config']], ['dc2', false, ['config', 'services']]]);
+    expect(result.estimate.datacenters).toBe(3);
+    const text = renderAudit(result, 'text');
+    expect(text).toMatch(/\n {2}the target's datacenter +flags: /);
+    expect(text).toContain('note: the target\'s datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter); if it is one of dc1, dc2, that datacenter gets the rules of both rows.');
+    expect(JSON.parse(renderAudit(result, 'json')).datacenters[0]).toMatchObject({ datacenter: null, primary: true });
+    expect(renderAudit(result, 'markdown')).toContain('| the target\'s datacenter (primary) | `flags` |');
+  });
+
+  it('a configuration without datacenters has no datacenters field at all', async () => {
+    const loaded = parseConfig(yaml('').replace(', datacenters: [dc1, dc2]', '').replace(', datacenters: [dc2]', ''), 'migration.yaml');
+    const result = await runAudit({ source: platform(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, primaryDatacenter: 'dc1' });
+    expect(Object.keys(JSON.parse(renderAudit(result, 'json')))).not.toContain('datacenters');
+    expect(Object.keys(JSON.parse(renderAudit(result, 'json')).estimate)).not.toContain('datacenters');
+    expect(renderAudit(result, 'text')).not.toContain('Datacenters');
+  });
+});
+
 /** etcd with RBAC: reads outside `allowed` prefixes are refused, as the etcd adapter reports them. */
 class DenyingSource extends MemorySource {
   constructor(private readonly allowed: string[]) {
@@ -249,6 +315,14 @@ describe('sample, estimate, probe and the draft mapping', () => {
     expect(estimate.seconds).toBe(2);
     // Large values: the byte rate bounds the keys rate.
     expect(estimateCopy({ keys: 1000, valueBytes: 74_240_000, singlePutKeys: 0, sessions: 0 }, referenceBasis()).seconds).toBe(10);
+  });
+
+  it('estimates several datacenters as one copy each, one after the other: the times add up', () => {
+    const one = { keys: 29_000, valueBytes: 29_000 * 100, singlePutKeys: 0, sessions: 3000 };
+    const big = { keys: 1000, valueBytes: 74_240_000, singlePutKeys: 0, sessions: 0 };
+    // Summed per datacenter, not estimated from summed counts: one datacenter's large values do not slow the other's small ones.
+    expect(estimateCopies([one, big], referenceBasis())).toMatchObject({ keys: 30_000, sessions: 3000, seconds: 12, parts: { txns: 11, sessions: 1 }, datacenters: 2 });
+    expect(estimateCopies([one, one, one], referenceBasis()).seconds).toBe(3 * estimateCopy(one, referenceBasis()).seconds);
   });
 
   it('--probe writes scratch keys under the state prefix and deletes them again', async () => {

@@ -7,7 +7,8 @@ import { statePaths } from '../state/state.js';
 import { prefixEnd } from '../stores/etcd.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceReader, TargetStore } from '../stores/types.js';
-import { estimateCopy, referenceBasis, type CopyEstimate } from './estimate.js';
+import { tallyDatacenters, type DatacenterTally } from './datacenters.js';
+import { estimateCopies, estimateCopy, referenceBasis, type CopyCounts, type CopyEstimate, type EstimateBasis } from './estimate.js';
 import {
   blockerCount,
   makeFinding,
@@ -81,6 +82,8 @@ export interface AuditResult {
   /** Per rule (one `(identity)` row without a mapping file). */
   rules: RuleTally[];
   unmapped: { keys: number; valueBytes: number; policy: 'skip' | 'error' } | null;
+  /** Only when a rule names `datacenters:` (issue 11): what each datacenter gets written, the primary first. */
+  datacenters?: AuditDatacenter[];
   sample: SampleSummary | null;
   probe: Omit<ProbeResult, 'basis'> | null;
   estimate: CopyEstimate;
@@ -88,6 +91,11 @@ export interface AuditResult {
   /** Findings of severity `blocker`; the audit exits 1 when there is any. */
   blockers: number;
   scan: { keys: number; pages: number; durationMs: number; keysPerSecond: number; spilledRuns: number };
+}
+
+/** One datacenter of the audit: its rules and totals, and the time its copy takes on the estimate's basis. */
+export interface AuditDatacenter extends DatacenterTally {
+  estimateSeconds: number;
 }
 
 export type AuditProgress =
@@ -102,6 +110,8 @@ export interface AuditInput {
   /** The target: its version sets the txn op limit, and `--probe` writes to it. Optional. */
   target?: TargetStore;
   config: MigrationConfig;
+  /** The target's datacenter when known without asking Consul (`--datacenter`, `target.datacenter`): names the primary in the per-datacenter figures. */
+  primaryDatacenter?: string;
   /** The mapping file; without one the audit judges the identity mapping. */
   configFile?: string;
   mapping?: Mapping;
@@ -186,7 +196,10 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
       ...(sampled ? sampleFindings(sampled) : []),
     ];
     sortFindings(findings);
-    const estimate = estimateCopy(snapshot.copy, probe?.basis ?? referenceBasis());
+    const basis = probe?.basis ?? referenceBasis();
+    const datacenters = mode === 'mapping' ? auditDatacenters(input.config, snapshot.rules, inventory.rules.singlePutBytes(), input.primaryDatacenter, basis) : undefined;
+    // Each datacenter is a full copy of its rules, written one after the other.
+    const estimate = datacenters ? estimateCopies(datacenters.map((d) => d.copy), basis) : estimateCopy(snapshot.copy, basis);
     const { basis: _basis, ...probeFigures } = probe ?? { basis: undefined };
     return {
       schemaVersion: AUDIT_SCHEMA_VERSION,
@@ -207,6 +220,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
       patterns: snapshot.patterns,
       rules: snapshot.rules,
       unmapped: snapshot.unmapped && !rulesOnly ? { ...snapshot.unmapped, policy: router.unmapped } : null,
+      ...(datacenters ? { datacenters: datacenters.map((d) => d.report) } : {}),
       sample: sampled,
       probe: probe ? (probeFigures as Omit<ProbeResult, 'basis'>) : null,
       estimate,
@@ -217,6 +231,14 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
   } finally {
     inventory.close();
   }
+}
+
+/** Per datacenter: the report's row and the counts its copy writes (undefined when no rule names datacenters). */
+function auditDatacenters(config: MigrationConfig, rules: readonly RuleTally[], singlePutBytes: ReadonlyMap<string, number>, primary: string | undefined, basis: EstimateBasis): { report: AuditDatacenter; copy: CopyCounts }[] | undefined {
+  return tallyDatacenters(config, rules, primary)?.map((dc) => {
+    const copy: CopyCounts = { keys: dc.copyKeys, valueBytes: dc.copyValueBytes, sessions: dc.sessions, singlePutKeys: dc.singlePutKeys, singlePutBytes: dc.rules.reduce((n, r) => n + (singlePutBytes.get(r) ?? 0), 0) };
+    return { report: { ...dc, estimateSeconds: estimateCopy(copy, basis).seconds }, copy };
+  });
 }
 
 /**

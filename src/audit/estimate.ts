@@ -31,6 +31,7 @@ export interface EstimateBasis {
 }
 
 export interface CopyEstimate {
+  /** Keys written (with several datacenters: summed over them, one full copy each). */
   keys: number;
   valueBytes: number;
   sessions: number;
@@ -39,6 +40,17 @@ export interface CopyEstimate {
   /** Seconds per part (they add up to `seconds`). */
   parts: { txns: number; singlePuts: number; sessions: number };
   basis: EstimateBasis;
+  /** Present only when the configuration names datacenters: how many are written, one after the other, each a full copy. */
+  datacenters?: number;
+}
+
+/** The counts one copy writes (one datacenter's, or the only one's). */
+export interface CopyCounts {
+  keys: number;
+  valueBytes: number;
+  singlePutKeys: number;
+  sessions: number;
+  singlePutBytes?: number;
 }
 
 export function referenceBasis(): EstimateBasis {
@@ -50,22 +62,50 @@ export function referenceBasis(): EstimateBasis {
 }
 
 /** The copy time for the given counts (pure). */
-export function estimateCopy(copy: { keys: number; valueBytes: number; singlePutKeys: number; sessions: number; singlePutBytes?: number }, basis: EstimateBasis): CopyEstimate {
-  const t = basis.throughput;
-  const txnKeys = Math.max(0, copy.keys - copy.singlePutKeys);
-  const txnBytes = Math.max(0, copy.valueBytes - (copy.singlePutBytes ?? 0));
-  const txns = txnKeys === 0 ? 0 : Math.max(txnKeys / t.txnKeysPerSecond, txnBytes / t.txnBytesPerSecond);
-  const singlePuts = copy.singlePutKeys / t.singlePutsPerSecond;
-  const sessions = copy.sessions / t.sessionsPerSecond;
-  const seconds = round(txns + singlePuts + sessions);
+export function estimateCopy(copy: CopyCounts, basis: EstimateBasis): CopyEstimate {
+  const parts = copyParts(copy, basis.throughput);
   return {
     keys: copy.keys,
     valueBytes: copy.valueBytes,
     sessions: copy.sessions,
     singlePutKeys: copy.singlePutKeys,
-    seconds,
+    seconds: round(parts.txns + parts.singlePuts + parts.sessions),
+    parts: { txns: round(parts.txns), singlePuts: round(parts.singlePuts), sessions: round(parts.sessions) },
+    basis,
+  };
+}
+
+/**
+ * The copy time when each datacenter gets a copy of its own (issue 11): the
+ * copy writes them one after the other, so the times add up, as do the keys,
+ * bytes and sessions written (pure).
+ */
+export function estimateCopies(copies: readonly CopyCounts[], basis: EstimateBasis): CopyEstimate {
+  const each = copies.map((copy) => copyParts(copy, basis.throughput));
+  const sum = <T>(items: readonly T[], f: (item: T) => number) => items.reduce((n, item) => n + f(item), 0);
+  const txns = sum(each, (p) => p.txns);
+  const singlePuts = sum(each, (p) => p.singlePuts);
+  const sessions = sum(each, (p) => p.sessions);
+  return {
+    keys: sum(copies, (c) => c.keys),
+    valueBytes: sum(copies, (c) => c.valueBytes),
+    sessions: sum(copies, (c) => c.sessions),
+    singlePutKeys: sum(copies, (c) => c.singlePutKeys),
+    seconds: round(txns + singlePuts + sessions),
     parts: { txns: round(txns), singlePuts: round(singlePuts), sessions: round(sessions) },
     basis,
+    datacenters: copies.length,
+  };
+}
+
+/** Seconds per part of one copy, unrounded. */
+function copyParts(copy: CopyCounts, t: Throughput): { txns: number; singlePuts: number; sessions: number } {
+  const txnKeys = Math.max(0, copy.keys - copy.singlePutKeys);
+  const txnBytes = Math.max(0, copy.valueBytes - (copy.singlePutBytes ?? 0));
+  return {
+    txns: txnKeys === 0 ? 0 : Math.max(txnKeys / t.txnKeysPerSecond, txnBytes / t.txnBytesPerSecond),
+    singlePuts: copy.singlePutKeys / t.singlePutsPerSecond,
+    sessions: copy.sessions / t.sessionsPerSecond,
   };
 }
 

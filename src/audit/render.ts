@@ -2,6 +2,7 @@ import { stringify } from 'yaml';
 import type { Format } from '../cli/context.js';
 import { REPORT_VERSION, renderEnvelope } from '../report/envelope.js';
 import type { AuditResult } from './audit.js';
+import { datacenterLabel, unnamedPrimaryNote, type DatacenterTally } from './datacenters.js';
 import type { HistogramBucket } from './aggregate.js';
 import type { Finding, FindingCode, Severity } from './findings.js';
 import type { PrefixNode } from './prefix-tree.js';
@@ -123,6 +124,12 @@ function ruleText(r: RuleTally): string {
   return `${plural(r.copyKeys, 'keys')} (${formatBytes(r.copyValueBytes)}) to copy, ${plural(r.sessions, 'sessions')}, ${formatCount(r.unmappableKeys)} unmappable${r.escapedKeys ? `, ${formatCount(r.escapedKeys)} escaped` : ''}${r.skippedKeys ? `, ${formatCount(r.skippedKeys)} leased keys skipped` : ''}`;
 }
 
+/** What one datacenter gets written, in one line (the audit and the plan share it). */
+export function datacenterText(d: DatacenterTally): string {
+  if (d.rules.length === 0) return `no copy rule${d.instances ? `; ${plural(d.instances, 'catalog instances')} registered` : ''}`;
+  return `${d.rules.join(', ')}: ${plural(d.copyKeys, 'keys')} (${formatBytes(d.copyValueBytes)}), ${plural(d.sessions, 'sessions')}${d.sessionsAtLeast ? ' or more' : ''}${d.instances ? `; ${plural(d.instances, 'catalog instances')} registered` : ''}`;
+}
+
 /** `3 keys make no instance`. */
 export function noInstanceText(n: number): string {
   return `${formatCount(n)} ${n === 1 ? 'key makes' : 'keys make'} no instance`;
@@ -162,13 +169,19 @@ export function renderText(result: AuditResult): string {
     for (const r of result.rules) lines.push(`  ${r.rule.padEnd(20)} ${ruleText(r)}`);
     if (result.unmapped) lines.push(`  ${'(unmapped)'.padEnd(20)} ${plural(result.unmapped.keys, 'keys')} (unmapped: ${result.unmapped.policy})`);
   }
+  if (result.datacenters) {
+    lines.push('Datacenters (each gets a full copy of its rules, with its own checkpoint and verify):');
+    for (const d of result.datacenters) lines.push(`  ${datacenterLabel(d).padEnd(24)} ${datacenterText(d)}: about ${formatSeconds(d.estimateSeconds)}`);
+    const note = unnamedPrimaryNote(result.datacenters);
+    if (note) lines.push(`  note: ${note}`);
+  }
   if (result.sample) {
     const sm = result.sample;
     lines.push(`Sample (${(sm.durationMs / 1000).toFixed(1)} s): ${formatCount(sm.writes)} writes in ${formatCount(sm.revisions)} revisions (${sm.writesPerSecond} writes/s, ${sm.revisionsPerSecond} revisions/s); largest live group ${sm.largestGroup} ops, ${sm.groupsOverTarget} over the target's txn`);
     for (const p of sm.prefixes.slice(0, result.top)) lines.push(`  ${p.prefix.padEnd(38)} ${String(p.writesPerSecond).padStart(8)} writes/s (${p.replicatedPerSecond} replicated)`);
   }
   const e = result.estimate;
-  lines.push(`Copy estimate: ${plural(e.keys, 'keys')} (${formatBytes(e.valueBytes)}), ${plural(e.sessions, 'sessions')}, ${formatCount(e.singlePutKeys)} single PUTs: about ${formatSeconds(e.seconds)}`);
+  lines.push(`Copy estimate: ${plural(e.keys, 'keys')} (${formatBytes(e.valueBytes)})${e.datacenters !== undefined ? ` written to ${plural(e.datacenters, 'datacenters')} one after the other` : ''}, ${plural(e.sessions, 'sessions')}, ${formatCount(e.singlePutKeys)} single PUTs: about ${formatSeconds(e.seconds)}`);
   lines.push(`  basis: ${e.basis.text}`);
   lines.push('');
   const counts = countBySeverity(result.findings);
@@ -191,7 +204,21 @@ export function mdCode(text: string): string {
   return escaped.includes('`') ? `\`\` ${escaped} \`\`` : `\`${escaped}\``;
 }
 
-function mdText(text: string): string {
+/** The datacenters as a markdown table (the audit adds a copy-time column). */
+export function mdDatacenterTable<T extends DatacenterTally>(datacenters: readonly T[], estimate?: (d: T) => string): string[] {
+  const rows = [
+    `| Datacenter | Rules copied there | Keys to copy | Bytes | Sessions |${estimate ? ' Copy time |' : ''}`,
+    `|---|---|---:|---:|---:|${estimate ? '---:|' : ''}`,
+  ];
+  for (const d of datacenters) {
+    const name = d.datacenter === null ? 'the target\'s datacenter (primary)' : `${mdCode(d.datacenter)}${d.primary ? ' (primary)' : ''}`;
+    rows.push(`| ${name} | ${d.rules.length ? d.rules.map(mdCode).join(', ') : 'none'} | ${formatCount(d.copyKeys)} | ${formatBytes(d.copyValueBytes)} | ${formatCount(d.sessions)}${d.sessionsAtLeast ? '+' : ''} |${estimate ? ` about ${estimate(d)} |` : ''}`);
+  }
+  rows.push('');
+  return rows;
+}
+
+export function mdText(text: string): string {
   return text.replace(/\|/g, '\\|').replace(/([*_<>[\]])/g, '\\$1');
 }
 
@@ -219,7 +246,7 @@ export function renderMarkdown(result: AuditResult): string {
   out.push(`| Scope | ${mdText(result.scope.ranges.join(', '))}${result.scope.unreadable.length ? `; **not readable**: ${mdText(result.scope.unreadable.join(', '))}` : ''} |`);
   out.push(`| Keys | ${formatCount(result.totals.keys)} (${formatBytes(result.totals.valueBytes)} of values), ${formatCount(result.totals.leasedKeys)} leased, ${formatCount(result.leases.count)} leases |`);
   out.push(`| Target limits | ${result.limits.txnMaxOps} ops, ${formatBytes(result.limits.txnMaxBytes)} per txn; values up to ${formatBytes(result.limits.maxValueBytes)} (${mdText(result.limits.basis)}) |`);
-  out.push(`| Copy estimate | about **${formatSeconds(result.estimate.seconds)}** for ${plural(result.estimate.keys, 'keys')}, ${plural(result.estimate.sessions, 'sessions')} |`);
+  out.push(`| Copy estimate | about **${formatSeconds(result.estimate.seconds)}** for ${plural(result.estimate.keys, 'keys')}, ${plural(result.estimate.sessions, 'sessions')}${result.estimate.datacenters !== undefined ? ` in ${plural(result.estimate.datacenters, 'datacenters')}` : ''} |`);
   out.push('');
   out.push('## Findings', '');
   if (result.findings.length === 0) out.push('None.', '');
@@ -255,6 +282,13 @@ export function renderMarkdown(result: AuditResult): string {
     if (result.unmapped) out.push(`| (unmapped) | | unmapped: ${result.unmapped.policy} | ${formatCount(result.unmapped.keys)} keys outside every rule | ${formatBytes(result.unmapped.valueBytes)} | | | | |`);
     out.push('');
   }
+  if (result.datacenters) {
+    out.push('## Datacenters', '');
+    out.push('Consul\'s KV store is per datacenter: each gets a full copy of the rules copied there, with its own copy progress, checkpoint and verify.', '');
+    out.push(...mdDatacenterTable(result.datacenters, (d) => formatSeconds(d.estimateSeconds)));
+    const note = unnamedPrimaryNote(result.datacenters);
+    if (note) out.push(`${mdText(note.charAt(0).toUpperCase() + note.slice(1))}`, '');
+  }
   out.push('## Values, leases and atomic groups', '');
   out.push(`- Value sizes: ${histogramLine(result.values.histogram, bytesShort)}`);
   if (result.values.largest.length) out.push(`- Largest values: ${result.values.largest.slice(0, 5).map((v) => `${mdCode(v.key)} (${formatBytes(v.size)})`).join(', ')}`);
@@ -269,7 +303,7 @@ export function renderMarkdown(result: AuditResult): string {
   }
   out.push('');
   out.push('## Copy estimate', '');
-  out.push(`About **${formatSeconds(result.estimate.seconds)}**: ${plural(result.estimate.keys, 'keys')} (${formatBytes(result.estimate.valueBytes)}) through txns, ${formatCount(result.estimate.singlePutKeys)} single PUTs, ${plural(result.estimate.sessions, 'sessions')}.`, '');
+  out.push(`About **${formatSeconds(result.estimate.seconds)}**: ${plural(result.estimate.keys, 'keys')} (${formatBytes(result.estimate.valueBytes)}) through txns, ${formatCount(result.estimate.singlePutKeys)} single PUTs, ${plural(result.estimate.sessions, 'sessions')}${result.estimate.datacenters !== undefined ? `, summed over ${plural(result.estimate.datacenters, 'datacenters')} written one after the other` : ''}.`, '');
   out.push(`Basis: ${mdText(result.estimate.basis.text)}`, '');
   out.push(`_Generated by \`migrate audit\` (report schema ${result.schemaVersion}). Values are never shown._`);
   return `${out.join('\n')}\n`;

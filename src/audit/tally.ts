@@ -44,6 +44,8 @@ export interface RuleTally {
 }
 
 interface RuleAcc extends RuleTally {
+  /** Value bytes of the single-PUT keys: kept out of the report (its shape is fixed), for per-datacenter estimates. */
+  singlePutBytes: number;
   leaseSet: Set<string>;
   /** Instance id → the key that registers it, to find a second key with the same id (as the copy does). */
   instanceIds: Map<string, string>;
@@ -104,7 +106,7 @@ export class RuleTallies {
         rule: rule.name, from: rule.from, to: rule.to, action: rule.action, keysPolicy: rule.keys, leasesPolicy: rule.leases,
         keys: 0, valueBytes: 0, copyKeys: 0, copyValueBytes: 0, escapedKeys: 0, unmappableKeys: 0, leasedKeys: 0,
         sessions: 0, sessionsAtLeast: false, persistedKeys: 0, skippedKeys: 0, keptKeys: 0, singlePutKeys: 0,
-        instances: 0, instancesWithoutLease: 0, noInstanceKeys: 0, leaseSet: new Set(), instanceIds: new Map(),
+        instances: 0, instancesWithoutLease: 0, noInstanceKeys: 0, singlePutBytes: 0, leaseSet: new Set(), instanceIds: new Map(),
       };
       this.rules.set(rule.name, acc);
     }
@@ -157,7 +159,10 @@ export class RuleTallies {
     acc.copyKeys++;
     acc.copyValueBytes += entry.value.length;
     if (routed.kind === 'mapped' && routed.escaped) acc.escapedKeys++;
-    if (singlePut) acc.singlePutKeys++;
+    if (singlePut) {
+      acc.singlePutKeys++;
+      acc.singlePutBytes += entry.value.length;
+    }
     return undefined;
   }
 
@@ -175,6 +180,11 @@ export class RuleTallies {
   }
 
   list(): RuleTally[] {
-    return [...this.rules.values()].map(({ leaseSet: _leaseSet, instanceIds: _instanceIds, ...tally }) => tally);
+    return [...this.rules.values()].map(({ leaseSet: _leaseSet, instanceIds: _instanceIds, singlePutBytes: _singlePutBytes, ...tally }) => tally);
+  }
+
+  /** Value bytes of each rule's single-PUT keys (not in {@link RuleTally}, whose shape the reports fix). */
+  singlePutBytes(): Map<string, number> {
+    return new Map([...this.rules.values()].map((acc) => [acc.rule, acc.singlePutBytes]));
   }
 }

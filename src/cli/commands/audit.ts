@@ -91,6 +91,8 @@ export async function auditWithStores(ctx: CommandContext, options: GlobalOption
       source,
       target,
       config: loaded.config,
+      // The audit reads etcd; it names the primary datacenter only from what it is told (--datacenter, target.datacenter).
+      primaryDatacenter: connections.target.datacenter,
       configFile: identity ? undefined : loaded.file,
       mapping: identity ? undefined : loaded.mapping,
       prefixes: run.prefixes,
