@@ -146,6 +146,73 @@ rules:
     }
   });
 
+  describe('several Consul datacenters (issue 11)', () => {
+    const multi = (target: string) => `version: 1
+id: p
+target: { ${target} }
+rules:
+  - { name: app, from: /app/, to: app/, datacenters: [dc1, dc2] }
+  - { name: svc, from: /svc/, to: svc/ }
+  - { name: k8s, from: /registry/, action: keep }
+`;
+    const plan = async (target: string, primaryDatacenter?: string) => {
+      const loaded = parseConfig(multi(target), 'migration.yaml');
+      return runPlan({ source: source(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, ...(primaryDatacenter ? { primaryDatacenter } : {}) });
+    };
+
+    it('shows what each datacenter gets written, in text, JSON and markdown, and the runbook works per datacenter', async () => {
+      const result = await plan('datacenter: dc1', 'dc1');
+      expect(result.datacenters).toEqual([
+        { datacenter: 'dc1', primary: true, rules: ['app', 'svc'], copyKeys: 5, copyValueBytes: 48, sessions: 2, sessionsAtLeast: false, singlePutKeys: 0, instances: 0 },
+        { datacenter: 'dc2', primary: false, rules: ['app'], copyKeys: 2, copyValueBytes: 15, sessions: 0, sessionsAtLeast: false, singlePutKeys: 0, instances: 0 },
+      ]);
+      // The per-rule totals count each key once, whatever the datacenters.
+      expect(result.totals).toMatchObject({ copyKeys: 5, sessions: 2 });
+      const text = renderPlan(result, 'text');
+      expect(text).toContain([
+        'Datacenters (each gets a full copy of its rules, with its own copy progress, checkpoint and verify):',
+        '  dc1 (primary)            app, svc: 5 keys (48 B), 2 sessions',
+        '  dc2                      app: 2 keys (15 B), 0 sessions',
+        '  in all: 7 keys (63 B) and 2 sessions written in 2 datacenters',
+      ].join('\n'));
+      expect(JSON.parse(renderPlan(result, 'json')).datacenters).toEqual(result.datacenters);
+
+      const md = renderPlan(result, 'markdown');
+      expect(md).toContain('## Datacenters');
+      expect(md).toContain('| `dc1` (primary) | `app`, `svc` | 5 | 48 B | 2 |');
+      expect(md).toContain('| `dc2` | `app` | 2 | 15 B | 0 |');
+      const runbook = md.slice(md.indexOf('## Runbook'));
+      expect(runbook).toContain('the plan shows each datacenter\'s operations in turn: `dc1` creates 5 key(s) (48 B) and 2 session(s); `dc2` creates 2 key(s) (15 B) and 0 session(s).');
+      expect(runbook).toContain('each keeps its own copy progress and checkpoint under the state prefix in its own KV store, and `verify` compares each datacenter on its own');
+      expect(runbook).toContain('it holds its leader lock (`leader` under the state prefix) in each, and each datacenter has its own checkpoint and its own verify.');
+      expect(runbook).toContain('`migrate cutover --rule <rule> --datacenter <dc>` cuts a rule over in one datacenter');
+      expect(runbook).toContain('#### Rule `app`: `/app/` → `app/` (2 key(s); in each of `dc1`, `dc2`)');
+      expect(runbook).toContain('migrate cutover -c migration.yaml --rule app --datacenter dc1 --verify-now --yes\nmigrate cutover -c migration.yaml --rule app --datacenter dc2 --verify-now --yes\n');
+      expect(runbook).toContain('migrate cutover -c migration.yaml --rule svc --datacenter dc1 --verify-now --yes\n# switch');
+      expect(runbook).not.toContain('--rule svc --datacenter dc2');
+      expect(runbook).toContain('Each datacenter\'s cutover is gated on that datacenter\'s own checkpoint and verify.');
+      for (const format of ['text', 'json', 'markdown'] as const) expect(renderPlan(result, format)).not.toContain('secret-value-1');
+    });
+
+    it('without target.datacenter or --datacenter the primary is unnamed: null with primary: true, "the target\'s datacenter", and its cutover takes no --datacenter', async () => {
+      const result = await plan('');
+      expect(result.datacenters!.map((d) => [d.datacenter, d.primary, d.rules])).toEqual([[null, true, ['svc']], ['dc1', false, ['app']], ['dc2', false, ['app']]]);
+      const text = renderPlan(result, 'text');
+      expect(text).toContain('  the target\'s datacenter  svc: 3 keys (33 B), 2 sessions\n');
+      expect(text).toContain('  note: the target\'s datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter); if it is one of dc1, dc2, that datacenter gets the rules of both rows.');
+      const md = renderPlan(result, 'markdown');
+      expect(md).toContain('| the target\'s datacenter (primary) | `svc` | 3 | 33 B | 2 |');
+      expect(md).toContain('migrate cutover -c migration.yaml --rule svc --verify-now --yes     # the target\'s datacenter');
+    });
+
+    it('a configuration without datacenters keeps its plan as it was: no datacenters field, no per-datacenter words', async () => {
+      const loaded = parseConfig(yaml('skip'), 'migration.yaml');
+      const result = await runPlan({ source: source(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, primaryDatacenter: 'dc1' });
+      expect(Object.keys(JSON.parse(renderPlan(result, 'json')))).not.toContain('datacenters');
+      for (const format of ['text', 'markdown'] as const) expect(renderPlan(result, format)).not.toMatch(/datacenter/i);
+    });
+  });
+
   it('writes check durations as migration.yaml does', () => {
     expect([0.5, 30, 90, 1800, 7200].map(durationText)).toEqual(['500ms', '30s', '90s', '30m', '2h']);
   });

@@ -8,6 +8,7 @@ import { txnCapacity, estimateOpBytes } from '../audit/inventory.js';
 import { mappingRouter } from '../audit/router.js';
 import { describeRange, disjointPrefixRanges, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
 import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from '../audit/tally.js';
+import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/etcd.js';
 import { DEFAULT_TXN_MAX_BYTES } from '../stores/txn-batcher.js';
@@ -74,6 +75,8 @@ export interface PlanResult {
   unmapped: { keys: number; valueBytes: number; policy: 'skip' | 'error'; examples: string[] } | null;
   unmappable: { total: number; byReason: Partial<Record<UnmappableReason, number>>; keys: PlanKey[] };
   blockers: PlanBlocker[];
+  /** Only when a rule names `datacenters:` (issue 11): what each datacenter gets written, the primary first. */
+  datacenters?: DatacenterTally[];
 }
 
 export interface PlanInput {
@@ -81,6 +84,8 @@ export interface PlanInput {
   config: MigrationConfig;
   configFile: string;
   mapping: Mapping;
+  /** The target's datacenter when known without asking Consul (`--datacenter`, `target.datacenter`): names the primary in the per-datacenter figures. */
+  primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
   prefixes?: readonly string[];
   pageKeys?: number;
@@ -141,6 +146,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   requireSomethingReadable(outcome, 'plan');
 
   const rules = tallies.list();
+  const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter);
   const sum = (f: (r: RuleTally) => number) => rules.reduce((n, r) => n + f(r), 0);
   const totals = {
     copyKeys: sum((r) => r.copyKeys),
@@ -179,6 +185,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     unmappable: { total: unmappable.total, byReason, keys: unmappable.items },
     services: [...services.values()],
     blockers,
+    ...(datacenters ? { datacenters } : {}),
   };
 }
 

@@ -1,6 +1,7 @@
 import type { Format } from '../cli/context.js';
 import { renderEnvelope } from '../report/envelope.js';
-import { formatBytes, formatCount, mdCode, noInstanceText, plural } from '../audit/render.js';
+import { datacenterLabel, unnamedPrimaryNote } from '../audit/datacenters.js';
+import { datacenterText, formatBytes, formatCount, mdCode, mdDatacenterTable, mdText, noInstanceText, plural } from '../audit/render.js';
 import type { PlanResult } from './plan.js';
 import { SERVICE_UPKEEP, describeCheck, describeService, renderRunbook } from './runbook.js';
 
@@ -39,6 +40,16 @@ export function renderPlanText(result: PlanResult): string {
   const t = result.totals;
   lines.push('');
   lines.push(`Totals: ${plural(t.copyKeys, 'keys')} (${formatBytes(t.copyValueBytes)}) to copy, ${plural(t.sessions, 'sessions')} to create, ${formatCount(t.keptKeys)} kept on etcd, ${formatCount(t.skippedLeasedKeys)} leased keys skipped, ${formatCount(t.unmappedKeys)} unmapped, ${formatCount(t.unmappableKeys)} unmappable${result.services.length ? `, ${plural(t.instances, 'catalog instances')} to register` : ''}`);
+  if (result.datacenters) {
+    const dcs = result.datacenters;
+    lines.push('');
+    lines.push('Datacenters (each gets a full copy of its rules, with its own copy progress, checkpoint and verify):');
+    for (const d of dcs) lines.push(`  ${datacenterLabel(d).padEnd(24)} ${datacenterText(d)}`);
+    const written = dcs.reduce((n, d) => n + d.copyKeys, 0);
+    lines.push(`  in all: ${plural(written, 'keys')} (${formatBytes(dcs.reduce((n, d) => n + d.copyValueBytes, 0))}) and ${plural(dcs.reduce((n, d) => n + d.sessions, 0), 'sessions')} written in ${plural(dcs.length, 'datacenters')}`);
+    const note = unnamedPrimaryNote(dcs);
+    if (note) lines.push(`  note: ${note}`);
+  }
   if (result.services.length > 0) {
     lines.push('');
     lines.push('Service rules (instances registered on the migrator\'s Consul agent):');
@@ -85,6 +96,13 @@ export function renderPlanMarkdown(result: PlanResult): string {
   }
   out.push(`| **total** | | | ${formatCount(t.copyKeys)} | ${formatBytes(t.copyValueBytes)} | ${formatCount(t.sessions)} | ${formatCount(t.keptKeys)} | ${formatCount(t.skippedLeasedKeys)} | ${formatCount(t.unmappableKeys)} | ${result.services.length ? formatCount(t.instances) : ''} |`, '');
   if (result.unmapped) out.push(`Keys outside every rule: ${formatCount(result.unmapped.keys)} (\`unmapped: ${result.unmapped.policy}\`).`, '');
+  if (result.datacenters) {
+    out.push('## Datacenters', '');
+    out.push('Consul\'s KV store is per datacenter: each gets a full copy of the rules copied there, with its own copy progress, checkpoint and verify.', '');
+    out.push(...mdDatacenterTable(result.datacenters));
+    const note = unnamedPrimaryNote(result.datacenters);
+    if (note) out.push(mdText(note.charAt(0).toUpperCase() + note.slice(1)), '');
+  }
   // What service rules register, and their checks, are in the runbook; here, the keys they cannot register.
   const noInstance = result.services.filter((s) => s.examples.length > 0);
   if (noInstance.length > 0) {

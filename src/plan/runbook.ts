@@ -1,3 +1,4 @@
+import type { DatacenterTally } from '../audit/datacenters.js';
 import { formatBytes, formatCount, mdCode } from '../audit/render.js';
 import type { PlanResult, PlanServiceRule } from './plan.js';
 
@@ -37,6 +38,7 @@ export function renderRunbook(result: PlanResult): string {
   const keepRules = result.rules.filter((r) => r.action === 'keep');
   const serviceRules = result.rules.filter((r) => r.action === 'service');
   const leased = copyRules.filter((r) => r.sessions > 0);
+  const dcs = result.datacenters;
   const out: string[] = [];
   const step = (title: string, commands: string[], gate: string, back: string) => {
     out.push(`### ${title}`, '', '```sh', ...commands, '```', '', `- **Gate:** ${gate}`, `- **Rollback:** ${back}`, '');
@@ -59,21 +61,23 @@ export function renderRunbook(result: PlanResult): string {
   step(
     '2. Dry run',
     [`migrate copy ${c} --dry-run --show-ops`],
-    `the plan creates ${formatCount(result.totals.copyKeys)} key(s) (${formatBytes(result.totals.copyValueBytes)}) and ${formatCount(result.totals.sessions)} session(s)${serviceRules.length ? ` and registers ${formatCount(result.totals.instances)} catalog instance(s)` : ''}; any "update" or "extra" line is a key Consul already holds: understand each before copying.`,
+    dcs
+      ? `the plan shows each datacenter's operations in turn: ${dcs.map((d) => `${dcName(d)} creates ${formatCount(d.copyKeys)} key(s) (${formatBytes(d.copyValueBytes)}) and ${formatCount(d.sessions)} session(s)`).join('; ')}${serviceRules.length ? `; the service rules register ${formatCount(result.totals.instances)} catalog instance(s) in the primary` : ''}. Any "update" or "extra" line is a key that datacenter already holds: understand each before copying.`
+      : `the plan creates ${formatCount(result.totals.copyKeys)} key(s) (${formatBytes(result.totals.copyValueBytes)}) and ${formatCount(result.totals.sessions)} session(s)${serviceRules.length ? ` and registers ${formatCount(result.totals.instances)} catalog instance(s)` : ''}; any "update" or "extra" line is a key Consul already holds: understand each before copying.`,
     'nothing was written.',
   );
 
   step(
     '3. Copy at a pinned revision, then verify',
     [`migrate copy ${c}`, `migrate verify ${c}`],
-    `\`verify\` exits 0 (parity for every copy rule${serviceRules.length ? ', and every service rule\'s instances in the catalog' : ''}). An interrupted copy continues with \`--resume\`.`,
+    `\`verify\` exits 0 (parity for every copy rule${serviceRules.length ? ', and every service rule\'s instances in the catalog' : ''}${dcs ? ', in every datacenter' : ''}). An interrupted copy continues with \`--resume\`.${dcs ? ` The copy writes the datacenters one after the other (${dcs.map(dcName).join(', ')}); each keeps its own copy progress and checkpoint under the state prefix in its own KV store, and \`verify\` compares each datacenter on its own: a datacenter that does not answer is reported as not verified while the others are copied and verified.` : ''}`,
     `the copy wrote only under the rules' targets and the migration's state prefix${serviceRules.length ? ', and registered the service rules\' instances on its agent (each carries the meta `etcd-migrate-rule`; `consul services deregister -id <id>` removes one)' : ''}; a Consul snapshot taken before it (\`consul snapshot save\`) restores the previous state. etcd was never changed.`,
   );
 
   step(
     '4. Dual-run (weeks)',
     [`migrate dualrun ${c} --ha --metrics-addr :9464     # two replicas; see deploy/kubernetes`, `migrate verify ${c} --format junit > verify.xml     # in CI, every pipeline`, `migrate status ${c}`],
-    `\`/healthz\` answers 200, \`migrate_dualrun_lag_seconds\` stays low, and the CI verify is green. Applications still read and write etcd.${serviceRules.length ? ' The service rules\' leased instances pass their TTL checks (`/v1/health/checks/<service>`).' : ''}`,
+    `\`/healthz\` answers 200, \`migrate_dualrun_lag_seconds\` stays low, and the CI verify is green. Applications still read and write etcd.${serviceRules.length ? ' The service rules\' leased instances pass their TTL checks (`/v1/health/checks/<service>`).' : ''}${dcs ? ` The dual-run replicates to every datacenter (${dcs.map(dcName).join(', ')}): it holds its leader lock (\`leader\` under the state prefix) in each, and each datacenter has its own checkpoint and its own verify.` : ''}`,
     `stop the dual-run (SIGTERM, exit 0): etcd was never changed.${serviceRules.length ? ' The service rules\' leased instances then turn critical within their TTL.' : ''}`,
   );
   if (serviceRules.length > 0) {
@@ -88,11 +92,18 @@ export function renderRunbook(result: PlanResult): string {
 
   out.push('### 5. Cut over one application at a time', '');
   if (copyRules.length === 0) out.push('No rule copies anything: there is nothing to cut over.', '');
+  if (dcs) out.push(`Each datacenter keeps its own phase of a rule: \`migrate cutover --rule <rule> --datacenter <dc>\` cuts a rule over in one datacenter, gated on that datacenter's checkpoint and verify, so the datacenters of a rule cut over one at a time.`, '');
   for (const r of copyRules) {
-    out.push(`#### Rule ${mdCode(r.rule)}: ${mdCode(r.from)} → ${mdCode(r.to)} (${formatCount(r.copyKeys)} key(s)${r.sessions ? `, ${formatCount(r.sessions)} session(s)` : ''})`, '');
-    out.push('```sh', `migrate cutover ${c} --rule ${shellWord(r.rule)} --verify-now --yes`, '# switch the application to Consul (or let etcd-consul-migrate/client follow the phase)', `migrate status ${c}`, '```', '');
+    const ruleDcs = dcs?.filter((d) => d.rules.includes(r.rule));
+    out.push(`#### Rule ${mdCode(r.rule)}: ${mdCode(r.from)} → ${mdCode(r.to)} (${formatCount(r.copyKeys)} key(s)${r.sessions ? `, ${formatCount(r.sessions)} session(s)` : ''}${ruleDcs ? `; ${ruleDcs.length > 1 ? 'in each of' : 'in'} ${ruleDcs.map(dcName).join(', ')}` : ''})`, '');
+    const cutovers = ruleDcs
+      ? ruleDcs.map((d) => (d.datacenter === null
+        ? `migrate cutover ${c} --rule ${shellWord(r.rule)} --verify-now --yes     # the target's datacenter`
+        : `migrate cutover ${c} --rule ${shellWord(r.rule)} --datacenter ${shellWord(d.datacenter)} --verify-now --yes`))
+      : [`migrate cutover ${c} --rule ${shellWord(r.rule)} --verify-now --yes`];
+    out.push('```sh', ...cutovers, '# switch the application to Consul (or let etcd-consul-migrate/client follow the phase)', `migrate status ${c}`, '```', '');
     out.push(
-      '- **Gate:** the cutover checks, one by one, that the dual-run runs and has caught up with etcd, that a clean verify of the rule is at most 15 min old (`--verify-now` runs one), and that no late write or guard trip is open; it refuses with exit 4 and changes nothing otherwise. It saves the rule\'s Consul keys as the rollback point.',
+      `- **Gate:** the cutover checks, one by one, that the dual-run runs and has caught up with etcd, that a clean verify of the rule is at most 15 min old (\`--verify-now\` runs one), and that no late write or guard trip is open; it refuses with exit 4 and changes nothing otherwise. It saves the rule's Consul keys as the rollback point.${ruleDcs && ruleDcs.length > 1 ? ' Each datacenter\'s cutover is gated on that datacenter\'s own checkpoint and verify.' : ''}`,
       `- **Watch:** \`migrate_dualrun_late_writes_total{rule="${r.rule}"}\` must stay 0: a late write is an application still writing etcd.`,
       `- **Rollback:** \`migrate rollback ${c} --rule ${shellWord(r.rule)} --yes\` (gated on parity; the reverse mirror kept etcd current, so nothing is lost).`,
       `- **Finalize** once the application has run on Consul long enough: \`migrate finalize ${c} --rule ${shellWord(r.rule)} --export-etcd ${shellWord(`${r.rule}-etcd.json`)} --yes\` (add \`--delete-etcd\` to remove the rule's etcd keys). No rollback after this.`,
@@ -104,6 +115,11 @@ export function renderRunbook(result: PlanResult): string {
     out.push(`Leased keys (${leased.map((r) => mdCode(r.rule)).join(', ')}) become Consul sessions (\`Behavior delete\`, TTL clamped to 10 s–24 h) while the dual-run renews them; after cutover the application must create and renew its own sessions.`, '');
   }
   return out.join('\n');
+}
+
+/** A datacenter in the runbook's prose. */
+function dcName(d: DatacenterTally): string {
+  return d.datacenter === null ? 'the target\'s datacenter' : mdCode(d.datacenter);
 }
 
 /** Quotes a word for a POSIX shell when it needs it. */

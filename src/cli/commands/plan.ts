@@ -39,6 +39,8 @@ export function registerPlan({ add }: CommandRegistrar): void {
           config: loaded.config,
           configFile: loaded.file!,
           mapping: loaded.mapping,
+          // The plan reads etcd only; it names the primary datacenter from what it is told (--datacenter, target.datacenter).
+          primaryDatacenter: connections.target.datacenter,
           prefixes: options.prefix,
           pageKeys,
           listCap,
