@@ -39,7 +39,7 @@ describe('audit scenarios (real etcd and Consul)', () => {
 
   it('plan of the mapping scenarios matches expected-plan.json', async () => {
     // Exit 1: the scenario has blockers; 0: none.
-    for (const [name, code] of [['platform-mapping', 1], ['rbac-partial', 1], ['service-rules', 0]] as const) {
+    for (const [name, code] of [['platform-mapping', 1], ['rbac-partial', 1], ['service-rules', 0], ['datacenters', 0]] as const) {
       const run = await runScenario(name, 'plan');
       expect(run.report, run.stderr).toBeDefined();
       const normalized = normalizeReport(run.report!, run);
