@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
-import { planAcl, policyName, rangeCovered, renderEtcdCommands, renderPolicyHcl, serviceNames, shellQuote } from './acl.js';
-import { renderAcl } from './render.js';
+import { planAcl, policyCreateCommand, policyName, rangeCovered, renderEtcdCommands, renderPolicyHcl, serviceNames, shellQuote } from './acl.js';
+import { renderAcl, renderAclFiles } from './render.js';
 import { checkHeartbeatKey } from '../dualrun/lag-heartbeat.js';
 
 const b = (s: string) => Buffer.from(s);
@@ -67,6 +67,115 @@ describe('planAcl', () => {
     ]);
     expect(renderAcl(plan, 'text')).toContain('dualrun --heartbeat-key');
     expect(() => checkHeartbeatKey(mapping, '/app/heartbeat')).toThrow(expect.objectContaining({ code: 'heartbeat_key_in_rule', exitCode: 2 }));
+  });
+
+  describe('several datacenters (issue 11)', () => {
+    const grantsOf = (plan: ReturnType<typeof planAcl>, name: string) => plan.consul.policies.find((p) => p.name === name)!.grants.map((g) => [g.resource, g.name, g.policy]);
+    const multi = () => load([
+      '  - { name: app, from: /app/, to: app/, datacenters: [dc1, dc2] }',
+      '  - { name: local, from: /local/, to: local/ }',
+      '  - { name: svc, from: /services/, action: service, service: { name: web } }',
+      '  - { name: k8s, from: /registry/, action: keep }',
+      '',
+    ].join('\n'));
+
+    it('one migrator and one verifier policy per datacenter, each valid only there; application policies are valid where their rule is copied', () => {
+      const { config, mapping } = multi();
+      const plan = planAcl(config, mapping, { primaryDatacenter: 'dc1' });
+      expect(plan.consul.policies.map((p) => [p.name, p.datacenters, p.primary])).toEqual([
+        ['migrate-demo-migrator-dc1', ['dc1'], true],
+        ['migrate-demo-migrator-dc2', ['dc2'], false],
+        ['migrate-demo-verifier-dc1', ['dc1'], true],
+        ['migrate-demo-verifier-dc2', ['dc2'], false],
+        ['migrate-demo-app-app', ['dc1', 'dc2'], true],
+        ['migrate-demo-app-local', ['dc1'], true],
+        ['migrate-demo-app-svc', ['dc1'], true],
+      ]);
+      // The primary: its rules, the state, sessions on the agent's node, agent read, the service rules.
+      expect(grantsOf(plan, 'migrate-demo-migrator-dc1')).toEqual([
+        ['key_prefix', 'app/', 'write'], ['key_prefix', 'local/', 'write'], ['key_prefix', '/app/', 'read'], ['key_prefix', '/local/', 'read'], ['key_prefix', '_migrate/demo/', 'write'],
+        ['session_prefix', '', 'write'], ['agent_prefix', '', 'read'], ['service', 'web', 'write'], ['node_prefix', '', 'read'],
+      ]);
+      // Another datacenter: its rules and its own state; sessions on one of its server nodes, found in its catalog (service "consul", node read).
+      expect(grantsOf(plan, 'migrate-demo-migrator-dc2')).toEqual([
+        ['key_prefix', 'app/', 'write'], ['key_prefix', '/app/', 'read'], ['key_prefix', '_migrate/demo/', 'write'],
+        ['session_prefix', '', 'write'], ['service', 'consul', 'read'], ['node_prefix', '', 'read'],
+      ]);
+      const dc2 = plan.consul.policies.find((p) => p.name === 'migrate-demo-migrator-dc2')!;
+      expect(dc2.grants.find((g) => g.resource === 'session_prefix')!.why).toMatch(/server node of that datacenter, which the tool picks from its catalog at run time \(\/v1\/catalog\/service\/consul\?dc=dc2\); its name is not known offline/);
+      expect(grantsOf(plan, 'migrate-demo-verifier-dc2')).toEqual([
+        ['key_prefix', 'app/', 'list'], ['key_prefix', '/app/', 'read'], ['key_prefix', '_migrate/demo/', 'read'], ['key_prefix', '_migrate/demo/verify/', 'write'],
+        ['session_prefix', '', 'read'], ['service', 'consul', 'read'], ['node_prefix', '', 'read'],
+      ]);
+      // --consul-node narrows the primary's sessions only: another datacenter's sessions are on its own servers.
+      const narrowed = planAcl(config, mapping, { primaryDatacenter: 'dc1', consulNode: 'node-1' });
+      expect(grantsOf(narrowed, 'migrate-demo-migrator-dc1').filter(([r]) => r!.startsWith('session') || r!.startsWith('agent'))).toEqual([['session', 'node-1', 'write'], ['agent', 'node-1', 'read']]);
+      expect(grantsOf(narrowed, 'migrate-demo-migrator-dc2').filter(([r]) => r!.startsWith('session'))).toEqual([['session_prefix', '', 'write']]);
+      // The etcd role does not depend on the datacenters.
+      expect(renderEtcdCommands(plan)).toEqual(renderEtcdCommands(planAcl(config, load('  - { name: app, from: /app/, to: app/ }\n  - { name: local, from: /local/, to: local/ }\n  - { name: svc, from: /services/, action: service, service: { name: web } }\n').mapping)));
+    });
+
+    it('renders -valid-datacenter in the create commands and HCL comments, global tokens in the notes, and datacenters in JSON', () => {
+      const { config, mapping } = multi();
+      const plan = planAcl(config, mapping, { primaryDatacenter: 'dc1' });
+      const app = plan.consul.policies.find((p) => p.name === 'migrate-demo-app-app')!;
+      expect(policyCreateCommand(app)).toBe('consul acl policy create -name migrate-demo-app-app -rules @migrate-demo-app-app.hcl -valid-datacenter dc1 -valid-datacenter dc2');
+      expect(renderPolicyHcl(app, { comments: true })).toContain('# valid only in datacenters dc1, dc2: consul acl policy create -name migrate-demo-app-app -rules @migrate-demo-app-app.hcl -valid-datacenter dc1 -valid-datacenter dc2\n');
+      // The rules themselves carry no datacenter: Datacenters is a field of the policy.
+      expect(renderPolicyHcl(app, { comments: false })).not.toContain('dc');
+      const text = renderAcl(plan, 'text');
+      expect(text).toContain('#   consul acl policy create -name migrate-demo-migrator-dc2 -rules @migrate-demo-migrator-dc2.hcl -valid-datacenter dc2\n');
+      expect(text).toContain('# The migrator\'s token: consul acl token create -description "migrate demo" -policy-name migrate-demo-migrator-dc1 -policy-name migrate-demo-migrator-dc2\n');
+      expect(text).toContain('-policy-name migrate-demo-verifier-dc1 -policy-name migrate-demo-verifier-dc2');
+      expect(text).toContain('Tokens must be global to be valid in every datacenter: create them in the ACL primary datacenter (Consul\'s primary_datacenter) without -local');
+      expect(text).toContain('In dc2 the tool\'s sessions name a server node of that datacenter');
+      const doc = JSON.parse(renderAcl(plan, 'json'));
+      expect(doc.consul.policies[1]).toMatchObject({ name: 'migrate-demo-migrator-dc2', datacenters: ['dc2'], primary: false, structured: { service: { consul: { policy: 'read' } } } });
+      expect(doc.consul.policies[4]).toMatchObject({ name: 'migrate-demo-app-app', datacenters: ['dc1', 'dc2'] });
+      // --out-dir: each HCL file says where its policy is valid.
+      const dir = renderAclFiles(plan, 'hcl');
+      expect(dir.find((f) => f.name === 'migrate-demo-verifier-dc2.hcl')!.content).toMatch(/^# migrate-demo-verifier-dc2: .*\n# valid only in datacenter dc2: consul acl policy create .* -valid-datacenter dc2\n/);
+      // Without datacenters: in the rules, the policies have no datacenters at all.
+      const single = load('  - { name: app, from: /app/, to: app/ }\n');
+      const plain = planAcl(single.config, single.mapping, { primaryDatacenter: 'dc1' });
+      expect(plain.consul.policies.every((p) => p.datacenters === undefined)).toBe(true);
+      expect(JSON.parse(renderAcl(plain, 'json')).consul.policies[0]).not.toHaveProperty('datacenters');
+      expect(renderAcl(plain, 'text')).not.toContain('valid');
+    });
+
+    it('an unnamed primary: its policies are not limited to a datacenter (null, primary: true), and the notes say so', () => {
+      const { config, mapping } = multi();
+      const plan = planAcl(config, mapping);
+      expect(plan.consul.policies.map((p) => [p.name, p.datacenters, p.primary])).toEqual([
+        ['migrate-demo-migrator-primary', null, true],
+        ['migrate-demo-migrator-dc1', ['dc1'], false],
+        ['migrate-demo-migrator-dc2', ['dc2'], false],
+        ['migrate-demo-verifier-primary', null, true],
+        ['migrate-demo-verifier-dc1', ['dc1'], false],
+        ['migrate-demo-verifier-dc2', ['dc2'], false],
+        ['migrate-demo-app-app', ['dc1', 'dc2'], false],
+        ['migrate-demo-app-local', null, true],
+        ['migrate-demo-app-svc', null, true],
+      ]);
+      expect(grantsOf(plan, 'migrate-demo-migrator-primary').map(([r, n]) => `${r} ${n}`)).toEqual(['key_prefix local/', 'key_prefix /local/', 'key_prefix _migrate/demo/', 'session_prefix ', 'agent_prefix ', 'service web', 'node_prefix ']);
+      expect(policyCreateCommand(plan.consul.policies[0]!)).toBe('consul acl policy create -name migrate-demo-migrator-primary -rules @migrate-demo-migrator-primary.hcl');
+      expect(renderPolicyHcl(plan.consul.policies[0]!, { comments: true })).toContain('# valid in every datacenter: it is the primary datacenter\'s, whose name is not known here (set target.datacenter or pass --datacenter to limit it)\n');
+      expect(plan.notes.join('\n')).toContain('The primary datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter)');
+      expect(JSON.parse(renderAcl(plan, 'json')).consul.policies[0]).toMatchObject({ datacenters: null, primary: true });
+    });
+
+    it('a primary nothing is copied to still gets agent read, the one thing every run asks there', () => {
+      const { config, mapping } = load('  - { name: app, from: /app/, to: app/, datacenters: [dc2, dc3] }\n');
+      const plan = planAcl(config, mapping, { primaryDatacenter: 'dc1' });
+      expect(plan.consul.policies.map((p) => [p.name, p.datacenters])).toEqual([
+        ['migrate-demo-migrator-dc2', ['dc2']], ['migrate-demo-migrator-dc3', ['dc3']], ['migrate-demo-migrator-dc1', ['dc1']],
+        ['migrate-demo-verifier-dc2', ['dc2']], ['migrate-demo-verifier-dc3', ['dc3']], ['migrate-demo-verifier-dc1', ['dc1']],
+        ['migrate-demo-app-app', ['dc2', 'dc3']],
+      ]);
+      expect(grantsOf(plan, 'migrate-demo-migrator-dc1')).toEqual([['agent_prefix', '', 'read']]);
+      expect(grantsOf(plan, 'migrate-demo-verifier-dc1')).toEqual([['agent_prefix', '', 'read']]);
+      expect(plan.consul.policies.filter((p) => p.role !== 'application').every((p) => p.grants.filter((g) => g.resource.startsWith('agent')).length === (p.datacenters![0] === 'dc1' ? 1 : 0))).toBe(true);
+    });
   });
 
   describe('service rules', () => {

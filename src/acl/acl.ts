@@ -1,4 +1,5 @@
 import type { MigrationConfig, ServiceSpec } from '../config/load.js';
+import { datacenterNames, datacentersOf, namesDatacenters } from '../mapping/datacenters.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { statePaths } from '../state/state.js';
 import { prefixEnd } from '../stores/etcd.js';
@@ -34,6 +35,15 @@ export interface ConsulPolicyPlan {
   role: 'migrator' | 'verifier' | 'application';
   /** The rule an application policy is for. */
   rule?: string;
+  /**
+   * Only when the configuration names datacenters (issue 11): the policy's
+   * `Datacenters`, where Consul applies it (`-valid-datacenter`); null when it
+   * is for the primary datacenter and the primary's name is not known offline
+   * (then it is valid in every datacenter).
+   */
+  datacenters?: string[] | null;
+  /** With `datacenters`: the policy is the primary datacenter's (the one rules without `datacenters:` go to). */
+  primary?: boolean;
   grants: ConsulRuleGrant[];
 }
 
@@ -66,6 +76,13 @@ export interface AclOptions {
   consulNode?: string;
   /** The etcd key `migrate dualrun --heartbeat-key` writes (checked outside every copy rule): the role may write it. */
   heartbeatKey?: Buffer;
+  /**
+   * The primary datacenter's name when known offline (`--datacenter`,
+   * `target.datacenter`): with `datacenters:` in the rules, the datacenter
+   * whose policies take the rules without `datacenters:`, the agent read and
+   * the service rules.
+   */
+  primaryDatacenter?: string;
 }
 
 const POLICY_NAME_MAX = 128;
@@ -125,13 +142,15 @@ function describeServiceScope(scope: { resource: 'service' | 'service_prefix'; n
   return scope.name === '' ? `${rules} (service names from etcd key segments: no prefix bounds them)` : `${rules} (service names starting "${scope.name}")`;
 }
 
-/** The policies and the etcd role the migration needs (pure). */
-export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclOptions = {}): AclPlan {
-  const paths = statePaths(config.state.prefix, config.id);
-  const copyRules = mapping.copyRules;
-  const node = options.consulNode;
-  const appAccess = options.appAccess ?? 'write';
+/** Where a set of Consul policies applies: the only datacenter, the primary of several, or another one. */
+type Place = { kind: 'single' } | { kind: 'primary' | 'other'; datacenter: string | null };
 
+/** The migrator's and the verifier's grants in one datacenter (pure). */
+function toolGrants(config: MigrationConfig, copyRules: readonly CompiledRule[], services: ReturnType<typeof serviceScopes>, node: string | undefined, place: Place): { migrator: ConsulRuleGrant[]; verifier: ConsulRuleGrant[] } {
+  const paths = statePaths(config.state.prefix, config.id);
+  // The agent's node, the agent's endpoints and the service rules' instances are the primary's (the agent the tool talks to).
+  const agentSide = place.kind !== 'other';
+  const there = place.kind === 'other' ? ` in ${place.datacenter}` : '';
   const migrator: ConsulRuleGrant[] = [];
   for (const rule of copyRules) {
     migrator.push({ resource: 'key_prefix', name: rule.to, policy: 'write', why: `rule ${rule.name}: copy and dual-run write here, verify reads it, the reverse mirror follows it with blocking queries after cutover` });
@@ -140,50 +159,122 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     if (rule.to.startsWith('/')) continue;
     migrator.push({ resource: 'key_prefix', name: `/${rule.to}`, policy: 'read', why: `rule ${rule.name}: verify looks for keys stranded with a leading "/" (only a txn reaches them)` });
   }
-  migrator.push({ resource: 'key_prefix', name: paths.root, policy: 'write', why: 'the tool\'s state: meta, copy progress, checkpoint, leader lock, sessions, rule phases, verify summary, doctor\'s probe key' });
-  migrator.push(node
-    ? { resource: 'session', name: node, policy: 'write', why: `mirrored etcd leases and the dual-run leader lock are sessions on the agent's node ${node}` }
-    : { resource: 'session_prefix', name: '', policy: 'write', why: 'mirrored etcd leases and the dual-run leader lock are sessions on the agent\'s node (pass --consul-node to name it)' });
+  migrator.push({ resource: 'key_prefix', name: paths.root, policy: 'write', why: place.kind === 'single' ? 'the tool\'s state: meta, copy progress, checkpoint, leader lock, sessions, rule phases, verify summary, doctor\'s probe key' : `the tool's state${there || ' in this datacenter'} (each datacenter keeps its own): meta, copy progress, checkpoint, leader lock, sessions, rule phases, verify summary, doctor's probe key` });
+  // Another datacenter's sessions name one of its server nodes, picked from its catalog at run time: its name is not known offline.
+  const sessionAnyNode = (policy: ConsulAccess): ConsulRuleGrant => ({ resource: 'session_prefix', name: '', policy, why: `mirrored etcd leases and the dual-run leader lock${there} are sessions on a server node of that datacenter, which the tool picks from its catalog at run time (/v1/catalog/service/consul?dc=${place.kind === 'other' ? place.datacenter : '<dc>'}); its name is not known offline, so the rule names every node, scoped to this datacenter by the policy's Datacenters` });
+  migrator.push(!agentSide
+    ? sessionAnyNode('write')
+    : node
+      ? { resource: 'session', name: node, policy: 'write', why: `mirrored etcd leases and the dual-run leader lock are sessions on the agent's node ${node}` }
+      : { resource: 'session_prefix', name: '', policy: 'write', why: 'mirrored etcd leases and the dual-run leader lock are sessions on the agent\'s node (pass --consul-node to name it)' });
   const agentRead: ConsulRuleGrant = node
     ? { resource: 'agent', name: node, policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' }
     : { resource: 'agent_prefix', name: '', policy: 'read', why: 'GET /v1/agent/self: the Consul version (the txn op limit) and the datacenter recorded in meta' };
-  migrator.push(agentRead);
+  // The catalog lists a service's instances only to a token that may read both the service and their nodes.
+  const serverNodeRead = (reader: string): ConsulRuleGrant[] => [
+    { resource: 'service', name: 'consul', policy: 'read', why: `${reader} picks the server node for its sessions${there} from /v1/catalog/service/consul?dc=${place.kind === 'other' ? place.datacenter : '<dc>'}` },
+    { resource: 'node_prefix', name: '', policy: 'read', why: `the catalog lists a server of the "consul" service only with node:read on its node; the servers${there} are not known offline` },
+  ];
+  if (agentSide) migrator.push(agentRead);
+  else migrator.push(...serverNodeRead('the tool'));
   // Registering on the agent, deregistering, passing a TTL check and listing the agent's services all check the service name only;
   // the agent then syncs each instance to the catalog with the token that registered it, which needs the same.
-  const services = serviceScopes(mapping.serviceRules);
-  for (const scope of services) {
+  const ownServices = agentSide ? services : [];
+  for (const scope of ownServices) {
     migrator.push({ resource: scope.resource, name: scope.name, policy: 'write', why: `${describeServiceScope(scope)}: copy and dual-run register its instances on the agent, pass their TTL checks and deregister strays; verify reads them back` });
   }
-  // The health and catalog endpoints show an instance only to a token that may also read its node: the agent's node, where the tool registers.
-  const nodeRead = (reader: string): ConsulRuleGrant => node
-    ? { resource: 'node', name: node, policy: 'read', why: `${reader} reads the instances through /v1/health/service, which shows an instance only with node:read on its node (${node}, where the tool registers them)` }
-    : { resource: 'node_prefix', name: '', policy: 'read', why: `${reader} reads the instances through /v1/health/service, which shows an instance only with node:read on its node (the agent's node, where the tool registers them; pass --consul-node to name it)` };
-  if (services.length > 0) migrator.push(nodeRead('verify'));
+  if (ownServices.length > 0) migrator.push(nodeReadGrant('verify', node));
 
   // CI runs verify on a schedule: reads everything the migrator reads, writes only its summary.
   const verifier: ConsulRuleGrant[] = [
     ...copyRules.map((rule): ConsulRuleGrant => ({ resource: 'key_prefix', name: rule.to, policy: 'list', why: `rule ${rule.name}: verify lists and reads the target keys (list: key listing when acl.enable_key_list_policy is on)` })),
     ...migrator.filter((g) => g.resource === 'key_prefix' && g.policy === 'read'),
-    { resource: 'key_prefix', name: paths.root, policy: 'read', why: 'the tool\'s state: meta, the dual-run checkpoint (the consistent cut), mirrored-lease sessions' },
-    { resource: 'key_prefix', name: paths.verifyLast.replace(/last$/, ''), policy: 'write', why: 'the verify summary (verify/last) that cutover gates on; --no-record runs need only read' },
-    node
-      ? { resource: 'session', name: node, policy: 'read', why: 'verify compares the sessions of leased keys' }
-      : { resource: 'session_prefix', name: '', policy: 'read', why: 'verify compares the sessions of leased keys' },
-    agentRead,
-    ...services.map((scope): ConsulRuleGrant => ({ resource: scope.resource, name: scope.name, policy: 'read', why: `${describeServiceScope(scope)}: verify lists the catalog's services and reads their instances` })),
-    ...(services.length > 0 ? [nodeRead('verify')] : []),
+    { resource: 'key_prefix', name: paths.root, policy: 'read', why: `the tool's state${there}: meta, the dual-run checkpoint (the consistent cut), mirrored-lease sessions` },
+    { resource: 'key_prefix', name: paths.verifyLast.replace(/last$/, ''), policy: 'write', why: `the verify summary (verify/last)${there} that cutover gates on; --no-record runs need only read` },
+    !agentSide
+      ? { ...sessionAnyNode('read'), why: `verify compares the sessions of leased keys${there}, on a server node of that datacenter (not known offline)` }
+      : node
+        ? { resource: 'session', name: node, policy: 'read', why: 'verify compares the sessions of leased keys' }
+        : { resource: 'session_prefix', name: '', policy: 'read', why: 'verify compares the sessions of leased keys' },
+    ...(agentSide ? [agentRead] : serverNodeRead('verify')),
+    ...ownServices.map((scope): ConsulRuleGrant => ({ resource: scope.resource, name: scope.name, policy: 'read', why: `${describeServiceScope(scope)}: verify lists the catalog's services and reads their instances` })),
+    ...(ownServices.length > 0 ? [nodeReadGrant('verify', node)] : []),
   ];
-  const policies: ConsulPolicyPlan[] = [{
-    name: policyName('migrate', config.id, 'migrator'),
-    description: `etcd-consul-migrate: the migrator of migration "${config.id}" (copy, dual-run, verify, cutover)`,
-    role: 'migrator',
-    grants: migrator,
-  }, {
-    name: policyName('migrate', config.id, 'verifier'),
-    description: `etcd-consul-migrate: read-only checks of migration "${config.id}" (verify in CI, status)`,
-    role: 'verifier',
-    grants: verifier,
-  }];
+  return { migrator, verifier };
+}
+
+/** The health and catalog endpoints show an instance only to a token that may also read its node: the agent's node, where the tool registers. */
+function nodeReadGrant(reader: string, node: string | undefined): ConsulRuleGrant {
+  return node
+    ? { resource: 'node', name: node, policy: 'read', why: `${reader} reads the instances through /v1/health/service, which shows an instance only with node:read on its node (${node}, where the tool registers them)` }
+    : { resource: 'node_prefix', name: '', policy: 'read', why: `${reader} reads the instances through /v1/health/service, which shows an instance only with node:read on its node (the agent's node, where the tool registers them; pass --consul-node to name it)` };
+}
+
+/** The policies and the etcd role the migration needs (pure). */
+export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclOptions = {}): AclPlan {
+  const paths = statePaths(config.state.prefix, config.id);
+  const copyRules = mapping.copyRules;
+  const node = options.consulNode;
+  const appAccess = options.appAccess ?? 'write';
+  const services = serviceScopes(mapping.serviceRules);
+  const several = namesDatacenters(config);
+  // '' stands for a primary whose name is not known offline ('' is never a datacenter name).
+  const primary = options.primaryDatacenter ?? '';
+  const datacentersOfRule = (rule: CompiledRule): string[] | null => {
+    const dcs = datacentersOf(rule, primary);
+    return dcs.includes('') ? null : dcs;
+  };
+
+  const policies: ConsulPolicyPlan[] = [];
+  if (!several) {
+    const { migrator, verifier } = toolGrants(config, copyRules, services, node, { kind: 'single' });
+    policies.push({
+      name: policyName('migrate', config.id, 'migrator'),
+      description: `etcd-consul-migrate: the migrator of migration "${config.id}" (copy, dual-run, verify, cutover)`,
+      role: 'migrator',
+      grants: migrator,
+    }, {
+      name: policyName('migrate', config.id, 'verifier'),
+      description: `etcd-consul-migrate: read-only checks of migration "${config.id}" (verify in CI, status)`,
+      role: 'verifier',
+      grants: verifier,
+    });
+  } else {
+    // One migrator and one verifier policy per datacenter, each valid only there (Consul checks a request where it is served).
+    const names = datacenterNames(config, primary);
+    const suffix = (dc: string) => (dc !== '' ? dc : names.includes('primary') ? 'primary-datacenter' : 'primary');
+    for (const role of ['migrator', 'verifier'] as const) {
+      for (const dc of names) {
+        const place: Place = { kind: dc === primary ? 'primary' : 'other', datacenter: dc === '' ? null : dc };
+        const here = copyRules.filter((rule) => datacentersOf(rule, primary).includes(dc));
+        const grants = toolGrants(config, here, services, node, place)[role];
+        const where = dc === '' ? 'the primary datacenter' : `datacenter ${dc}${dc === primary ? ', the primary' : ''}`;
+        policies.push({
+          name: policyName('migrate', config.id, role, suffix(dc)),
+          description: role === 'migrator'
+            ? `etcd-consul-migrate: the migrator of migration "${config.id}" in ${where} (copy, dual-run, verify, cutover)`
+            : `etcd-consul-migrate: read-only checks of migration "${config.id}" in ${where} (verify in CI, status)`,
+          role,
+          datacenters: dc === '' ? null : [dc],
+          primary: dc === primary,
+          grants,
+        });
+      }
+      if (!names.includes(primary)) {
+        // Nothing is written in the primary, but every run asks the agent there for its version.
+        const agentRead = toolGrants(config, [], [], node, { kind: 'primary', datacenter: primary || null })[role].filter((g) => g.resource.startsWith('agent'));
+        policies.push({
+          name: policyName('migrate', config.id, role, suffix(primary)),
+          description: `etcd-consul-migrate: the ${role} of migration "${config.id}" in ${primary === '' ? 'the primary datacenter' : `datacenter ${primary}, the primary`}: nothing is copied there, only the agent is read`,
+          role,
+          datacenters: primary === '' ? null : [primary],
+          primary: true,
+          grants: agentRead,
+        });
+      }
+    }
+  }
+  const placement = (dcs: string[] | null): Pick<ConsulPolicyPlan, 'datacenters' | 'primary'> => (several ? { datacenters: dcs, primary: dcs === null || dcs.includes(primary) } : {});
   for (const rule of mapping.rules) {
     if (rule.action === 'copy') {
       policies.push({
@@ -191,6 +282,7 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
         description: `etcd-consul-migrate: applications of rule "${rule.name}" of migration "${config.id}" (${appAccess})`,
         role: 'application',
         rule: rule.name,
+        ...placement(datacentersOfRule(rule)),
         grants: [
           appAccess === 'write'
             ? { resource: 'key_prefix', name: rule.to, policy: 'write', why: `rule ${rule.name}: the application reads and writes its keys in Consul` }
@@ -206,9 +298,11 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
         description: `etcd-consul-migrate: applications of rule "${rule.name}" of migration "${config.id}" (discovery)`,
         role: 'application',
         rule: rule.name,
+        // Instances are registered on the agent, in the primary's catalog.
+        ...placement(primary === '' ? null : [primary]),
         grants: [
           { resource: names.resource, name: names.name, policy: 'read', why: `${describeServiceScope({ ...names, rules: [rule.name] })}: the application discovers the instances (/v1/health/service, /v1/catalog/service)` },
-          nodeRead('the application'),
+          nodeReadGrant('the application', node),
         ],
       });
     }
@@ -282,6 +376,7 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     notes.push('DNS answers with the agent\'s default token (acl.tokens.default), not the application\'s: applications that discover service-rule instances over DNS need service and node read on that token.');
   }
   if (config.target.namespace || config.target.partition) notes.push('Create the policies in the namespace/partition migration.yaml names (Consul Enterprise).');
+  if (several) notes.push(...datacenterNotes(config, primary));
   return {
     migration: config.id,
     stateRoot: paths.root,
@@ -289,6 +384,19 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
     etcd: { role: policyName('migrate', config.id), user: policyName('migrate', config.id), permissions },
     notes,
   };
+}
+
+/** What the per-datacenter policies need from whoever creates them (issue 11). */
+function datacenterNotes(config: MigrationConfig, primary: string): string[] {
+  const others = datacenterNames(config, primary).filter((dc) => dc !== primary);
+  const notes = [
+    'Each policy is valid only in the datacenters it names (its Datacenters: `consul acl policy create -valid-datacenter <dc>`): Consul applies a policy only to requests served in one of them, so give one token every per-datacenter policy of its role.',
+    'Tokens must be global to be valid in every datacenter: create them in the ACL primary datacenter (Consul\'s primary_datacenter) without -local, with ACL token replication on (acl.enable_token_replication) in the other datacenters. A local token is valid only in the datacenter that created it.',
+    'GET /v1/agent/self is answered by the agent the tool talks to, in its own datacenter: the primary\'s policies carry agent read; if target.datacenter (or --datacenter) names another datacenter than the agent\'s, add the agent\'s datacenter to those policies.',
+  ];
+  if (others.length > 0) notes.push(`In ${others.join(', ')} the tool's sessions name a server node of that datacenter, picked from its catalog at run time: those policies grant session write on every node (session_prefix ""), service "consul" read and node read there, and nothing outside that datacenter.`);
+  if (primary === '') notes.push('The primary datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter): its policies, and those of the rules without datacenters:, are not limited to a datacenter, so they apply in every datacenter.');
+  return notes;
 }
 
 /** The policy's rules in Consul's JSON rule syntax: Consul accepts it wherever it accepts HCL rules. */
@@ -303,10 +411,23 @@ function hclString(text: string): string {
   return JSON.stringify(text);
 }
 
+/** The `consul acl policy create` command of a policy (its `Datacenters` as `-valid-datacenter`). */
+export function policyCreateCommand(policy: ConsulPolicyPlan, rulesFile = `@${policy.name}.hcl`): string {
+  return `consul acl policy create -name ${policy.name} -rules ${rulesFile}${(policy.datacenters ?? []).map((dc) => ` -valid-datacenter ${dc}`).join('')}`;
+}
+
+/** Where a per-datacenter policy applies, in words. */
+function validWhere(policy: ConsulPolicyPlan): string {
+  if (policy.datacenters === null) return 'valid in every datacenter: it is the primary datacenter\'s, whose name is not known here (set target.datacenter or pass --datacenter to limit it)';
+  const dcs = policy.datacenters ?? [];
+  return `valid only in datacenter${dcs.length > 1 ? 's' : ''} ${dcs.join(', ')}: ${policyCreateCommand(policy)}`;
+}
+
 /** The policy as HCL rules; with `comments`, each rule carries its reason. */
 export function renderPolicyHcl(policy: ConsulPolicyPlan, options: { comments: boolean }): string {
   const lines: string[] = [];
   if (options.comments) lines.push(`# ${policy.name}: ${policy.description}`);
+  if (options.comments && policy.datacenters !== undefined) lines.push(`# ${validWhere(policy)}`);
   for (const grant of policy.grants) {
     if (options.comments) lines.push(`# ${grant.why}`);
     lines.push(`${grant.resource} ${hclString(grant.name)} {`, `  policy = ${hclString(grant.policy)}`, '}');

@@ -1,6 +1,6 @@
 import { renderEnvelope } from '../report/envelope.js';
 import { formatKey } from '../report/keys.js';
-import { policyRulesObject, renderEtcdCommands, renderPolicyHcl, type AclPlan, type ConsulPolicyPlan } from './acl.js';
+import { policyCreateCommand, policyRulesObject, renderEtcdCommands, renderPolicyHcl, type AclPlan, type ConsulPolicyPlan } from './acl.js';
 
 export type AclFormat = 'text' | 'hcl' | 'json';
 
@@ -16,6 +16,7 @@ function policyJson(policy: ConsulPolicyPlan) {
     description: policy.description,
     role: policy.role,
     ...(policy.rule ? { rule: policy.rule } : {}),
+    ...(policy.datacenters !== undefined ? { datacenters: policy.datacenters, primary: policy.primary ?? false } : {}),
     rules: renderPolicyHcl(policy, { comments: false }),
     structured: policyRulesObject(policy),
     grants: policy.grants,
@@ -47,6 +48,11 @@ export function renderAclFiles(plan: AclPlan, format: AclFormat): AclFile[] {
     : { name: `${policy.name}.hcl`, content: renderPolicyHcl(policy, { comments: true }) });
   files.push({ name: `etcd-role-${plan.etcd.role}.sh`, content: etcdScript(plan) });
   return files;
+}
+
+/** `-policy-name` for every policy of a role (one per datacenter). */
+function policyNames(plan: AclPlan, role: ConsulPolicyPlan['role']): string {
+  return plan.consul.policies.filter((p) => p.role === role).map((p) => `-policy-name ${p.name}`).join(' ');
 }
 
 /** `migrate acl` on stdout: `hcl` is the policies alone, `text` adds how to apply them and the etcd role, `json` is one document. */
@@ -83,10 +89,23 @@ export function renderAcl(plan: AclPlan, format: AclFormat, written?: { dir: str
   const policies = plan.consul.policies.map((policy) => renderPolicyHcl(policy, { comments: true }));
   if (format === 'hcl') return policies.join('\n');
   const migrator = plan.consul.policies.find((p) => p.role === 'migrator')!;
+  const perDatacenter = plan.consul.policies.some((p) => p.datacenters !== undefined);
+  const header = perDatacenter
+    ? [
+      `# Consul ACL policies for migration "${plan.migration}", one per datacenter (state under ${plan.stateRoot} in each datacenter's KV store).`,
+      '# Create them in the ACL primary datacenter, each valid only where it applies   (migrate acl --out-dir <dir> writes the files):',
+      ...plan.consul.policies.map((p) => `#   ${policyCreateCommand(p)}`),
+      '# Tokens must be global (created in the ACL primary datacenter, without -local, with ACL token replication on) to be valid in every datacenter.',
+      `# The migrator's token: consul acl token create -description "migrate ${plan.migration}" ${policyNames(plan, 'migrator')}`,
+      `# The verifier's token (verify in CI): consul acl token create -description "migrate ${plan.migration} verify" ${policyNames(plan, 'verifier')}`,
+    ]
+    : [
+      '# Create each with: consul acl policy create -name <name> -rules @<name>.hcl   (migrate acl --out-dir <dir> writes the files)',
+      `# The migrator's token: consul acl token create -description "migrate ${plan.migration}" -policy-name ${migrator.name}`,
+    ];
   const lines = [
-    `# Consul ACL policies for migration "${plan.migration}" (state under ${plan.stateRoot}).`,
-    '# Create each with: consul acl policy create -name <name> -rules @<name>.hcl   (migrate acl --out-dir <dir> writes the files)',
-    `# The migrator's token: consul acl token create -description "migrate ${plan.migration}" -policy-name ${migrator.name}`,
+    ...(perDatacenter ? [] : [`# Consul ACL policies for migration "${plan.migration}" (state under ${plan.stateRoot}).`]),
+    ...header,
     '',
     policies.join('\n'),
     ...plan.notes.map((n) => `# Note: ${n}`),
