@@ -145,6 +145,61 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     expect(acl.etcd.permissions.filter((x) => x.when === 'cutover').every((x) => x.type === 'readwrite')).toBe(true);
   });
 
+  it('datacenters: in the rules: Consul accepts the per-datacenter policies with their Datacenters, and applies each only in its datacenters', async () => {
+    const dcDir = mkdtempSync(join(tmpdir(), 'migrate-acl-dc-'));
+    // Outside ${p}: the other cases count the keys there.
+    const to = `dc-${id}/`;
+    const reader = (token: string) => new ConsulTarget({ address: consul.address, token });
+    try {
+      writeFileSync(join(dcDir, 'migration.yaml'), [
+        'version: 1',
+        `id: ${id}-dc`,
+        'rules:',
+        `  - { name: shared, from: "${p}app/", to: "${to}shared/", datacenters: [dc1, dc2] }`,
+        `  - { name: far, from: "${p}svc/", to: "${to}far/", datacenters: [dc2] }`,
+        '',
+      ].join('\n'));
+      // The test agent is a dev agent of datacenter dc1: name it the primary. dc2 does not exist here, and need not for the policies.
+      const printed = await runCli(['acl', '--format', 'json', '--datacenter', 'dc1'], { cwd: dcDir });
+      expect(printed.code, printed.stderr).toBe(0);
+      const doc = JSON.parse(printed.stdout) as { consul: { policies: (AclDoc['consul']['policies'][number] & { datacenters: string[] | null })[] } };
+      expect(doc.consul.policies.map((x) => [x.name, x.datacenters])).toEqual([
+        [`migrate-${id}-dc-migrator-dc1`, ['dc1']], [`migrate-${id}-dc-migrator-dc2`, ['dc2']],
+        [`migrate-${id}-dc-verifier-dc1`, ['dc1']], [`migrate-${id}-dc-verifier-dc2`, ['dc2']],
+        [`migrate-${id}-dc-app-shared`, ['dc1', 'dc2']], [`migrate-${id}-dc-app-far`, ['dc2']],
+      ]);
+      for (const policy of doc.consul.policies) {
+        await consulApi('PUT', '/v1/acl/policy', { Name: policy.name, Rules: policy.rules, Datacenters: policy.datacenters });
+        const stored = await consulApi('GET', `/v1/acl/policy/name/${policy.name}`);
+        expect(stored.Datacenters, policy.name).toEqual(policy.datacenters);
+      }
+      const tokenFor = async (description: string, names: string[]) => (await consulApi('PUT', '/v1/acl/token', { Description: description, Policies: names.map((Name) => ({ Name })) })).SecretID as string;
+      const migratorPolicies = doc.consul.policies.filter((x) => x.role === 'migrator').map((x) => x.name);
+      const putStatus = async (token: string, key: string) => {
+        const client = reader(token);
+        try {
+          return (await client.http.request({ method: 'PUT', path: `/v1/kv/${key}`, body: 'x', accept: [403] })).status;
+        } finally {
+          client.close();
+        }
+      };
+      // The migrator's token holds every per-datacenter policy: in dc1 only dc1's apply (the shared rule, not the far one).
+      const migrator = await tokenFor(`migrator ${id}-dc`, migratorPolicies);
+      expect(await putStatus(migrator, `${to}shared/k`)).toBe(200);
+      expect(await putStatus(migrator, `${to}far/k`)).toBe(403);
+      // dc2's policy alone grants nothing in dc1, though its rules name the same prefix.
+      const dc2Only = await tokenFor(`dc2 ${id}-dc`, [`migrate-${id}-dc-migrator-dc2`]);
+      expect(await putStatus(dc2Only, `${to}shared/k2`)).toBe(403);
+      expect(await putStatus(dc2Only, `_migrate/${id}-dc/probe`)).toBe(403);
+      // The same rules without Datacenters would: the restriction is the policy's, not the rules'.
+      const unrestricted = await tokenWith(`dc2-unrestricted-${id}`, doc.consul.policies.find((x) => x.name === `migrate-${id}-dc-migrator-dc2`)!.rules);
+      expect(await putStatus(unrestricted, `${to}far/k`)).toBe(200);
+    } finally {
+      await mgmt.http.request({ method: 'DELETE', path: `/v1/kv/${to}`, query: { recurse: true } });
+      rmSync(dcDir, { recursive: true, force: true });
+    }
+  });
+
   it('doctor, audit, plan, copy --dry-run, copy, verify, and export succeed with only those rights', async () => {
     const doctor = await runCli(['doctor', '--format', 'json'], { cwd: dir, env: env() });
     expect(doctor.code, doctor.stdout + doctor.stderr).toBe(0);
