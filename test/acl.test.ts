@@ -154,13 +154,14 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       writeFileSync(join(dcDir, 'migration.yaml'), [
         'version: 1',
         `id: ${id}-dc`,
+        // The test agent is a dev agent of datacenter dc1: the primary. dc2 does not exist here, and need not for the policies.
+        'target: { datacenter: dc1 }',
         'rules:',
         `  - { name: shared, from: "${p}app/", to: "${to}shared/", datacenters: [dc1, dc2] }`,
         `  - { name: far, from: "${p}svc/", to: "${to}far/", datacenters: [dc2] }`,
         '',
       ].join('\n'));
-      // The test agent is a dev agent of datacenter dc1: name it the primary. dc2 does not exist here, and need not for the policies.
-      const printed = await runCli(['acl', '--format', 'json', '--datacenter', 'dc1'], { cwd: dcDir });
+      const printed = await runCli(['acl', '--format', 'json'], { cwd: dcDir });
       expect(printed.code, printed.stderr).toBe(0);
       const doc = JSON.parse(printed.stdout) as { consul: { policies: (AclDoc['consul']['policies'][number] & { datacenters: string[] | null })[] } };
       expect(doc.consul.policies.map((x) => [x.name, x.datacenters])).toEqual([

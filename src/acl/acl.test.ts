@@ -159,8 +159,8 @@ describe('planAcl', () => {
       ]);
       expect(grantsOf(plan, 'migrate-demo-migrator-primary').map(([r, n]) => `${r} ${n}`)).toEqual(['key_prefix local/', 'key_prefix /local/', 'key_prefix _migrate/demo/', 'session_prefix ', 'agent_prefix ', 'service web', 'node_prefix ']);
       expect(policyCreateCommand(plan.consul.policies[0]!)).toBe('consul acl policy create -name migrate-demo-migrator-primary -rules @migrate-demo-migrator-primary.hcl');
-      expect(renderPolicyHcl(plan.consul.policies[0]!, { comments: true })).toContain('# valid in every datacenter: it is the primary datacenter\'s, whose name is not known here (set target.datacenter or pass --datacenter to limit it)\n');
-      expect(plan.notes.join('\n')).toContain('The primary datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter)');
+      expect(renderPolicyHcl(plan.consul.policies[0]!, { comments: true })).toContain('# valid in every datacenter: it is the primary datacenter\'s, whose name is not known here (set target.datacenter in migration.yaml to limit it)\n');
+      expect(plan.notes.join('\n')).toContain('The primary datacenter is not named (set target.datacenter in migration.yaml)');
       expect(JSON.parse(renderAcl(plan, 'json')).consul.policies[0]).toMatchObject({ datacenters: null, primary: true });
     });
 

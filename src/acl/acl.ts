@@ -77,8 +77,8 @@ export interface AclOptions {
   /** The etcd key `migrate dualrun --heartbeat-key` writes (checked outside every copy rule): the role may write it. */
   heartbeatKey?: Buffer;
   /**
-   * The primary datacenter's name when known offline (`--datacenter`,
-   * `target.datacenter`): with `datacenters:` in the rules, the datacenter
+   * The primary datacenter's name when known offline (`target.datacenter`
+   * of migration.yaml): with `datacenters:` in the rules, the datacenter
    * whose policies take the rules without `datacenters:`, the agent read and
    * the service rules.
    */
@@ -392,10 +392,10 @@ function datacenterNotes(config: MigrationConfig, primary: string): string[] {
   const notes = [
     'Each policy is valid only in the datacenters it names (its Datacenters: `consul acl policy create -valid-datacenter <dc>`): Consul applies a policy only to requests served in one of them, so give one token every per-datacenter policy of its role.',
     'Tokens must be global to be valid in every datacenter: create them in the ACL primary datacenter (Consul\'s primary_datacenter) without -local, with ACL token replication on (acl.enable_token_replication) in the other datacenters. A local token is valid only in the datacenter that created it.',
-    'GET /v1/agent/self is answered by the agent the tool talks to, in its own datacenter: the primary\'s policies carry agent read; if target.datacenter (or --datacenter) names another datacenter than the agent\'s, add the agent\'s datacenter to those policies.',
+    'GET /v1/agent/self is answered by the agent the tool talks to, in its own datacenter: the primary\'s policies carry agent read; if target.datacenter names another datacenter than the agent\'s, add the agent\'s datacenter to those policies.',
   ];
   if (others.length > 0) notes.push(`In ${others.join(', ')} the tool's sessions name a server node of that datacenter, picked from its catalog at run time: those policies grant session write on every node (session_prefix ""), service "consul" read and node read there, and nothing outside that datacenter.`);
-  if (primary === '') notes.push('The primary datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter): its policies, and those of the rules without datacenters:, are not limited to a datacenter, so they apply in every datacenter.');
+  if (primary === '') notes.push('The primary datacenter is not named (set target.datacenter in migration.yaml): its policies, and those of the rules without datacenters:, are not limited to a datacenter, so they apply in every datacenter.');
   return notes;
 }
 
@@ -418,7 +418,7 @@ export function policyCreateCommand(policy: ConsulPolicyPlan, rulesFile = `@${po
 
 /** Where a per-datacenter policy applies, in words. */
 function validWhere(policy: ConsulPolicyPlan): string {
-  if (policy.datacenters === null) return 'valid in every datacenter: it is the primary datacenter\'s, whose name is not known here (set target.datacenter or pass --datacenter to limit it)';
+  if (policy.datacenters === null) return 'valid in every datacenter: it is the primary datacenter\'s, whose name is not known here (set target.datacenter in migration.yaml to limit it)';
   const dcs = policy.datacenters ?? [];
   return `valid only in datacenter${dcs.length > 1 ? 's' : ''} ${dcs.join(', ')}: ${policyCreateCommand(policy)}`;
 }

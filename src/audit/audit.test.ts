@@ -221,13 +221,13 @@ rules:
     for (const format of ['text', 'json', 'yaml', 'markdown'] as const) expect(renderAudit(result, format)).not.toContain(SECRET);
   });
 
-  it('without target.datacenter or --datacenter the primary is unnamed: null with primary: true in JSON, "the target\'s datacenter" in text', async () => {
+  it('without target.datacenter the primary is unnamed: null with primary: true in JSON, "the target\'s datacenter" in text', async () => {
     const result = await audit(yaml(''));
     expect(result.datacenters!.map((d) => [d.datacenter, d.primary, d.rules])).toEqual([[null, true, ['flags']], ['dc1', false, ['config']], ['dc2', false, ['config', 'services']]]);
     expect(result.estimate.datacenters).toBe(3);
     const text = renderAudit(result, 'text');
     expect(text).toMatch(/\n {2}the target's datacenter +flags: /);
-    expect(text).toContain('note: the target\'s datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter); if it is one of dc1, dc2, that datacenter gets the rules of both rows.');
+    expect(text).toContain('note: the target\'s datacenter is not named (set target.datacenter in migration.yaml); if it is one of dc1, dc2, that datacenter gets the rules of both rows.');
     expect(JSON.parse(renderAudit(result, 'json')).datacenters[0]).toMatchObject({ datacenter: null, primary: true });
     expect(renderAudit(result, 'markdown')).toContain('| the target\'s datacenter (primary) | `flags` |');
   });

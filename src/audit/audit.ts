@@ -110,7 +110,7 @@ export interface AuditInput {
   /** The target: its version sets the txn op limit, and `--probe` writes to it. Optional. */
   target?: TargetStore;
   config: MigrationConfig;
-  /** The target's datacenter when known without asking Consul (`--datacenter`, `target.datacenter`): names the primary in the per-datacenter figures. */
+  /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** The mapping file; without one the audit judges the identity mapping. */
   configFile?: string;

@@ -46,7 +46,7 @@ describe('tallyDatacenters', () => {
     const dcs = tallyDatacenters(config, rules, undefined)!;
     expect(dcs.map((d) => [d.datacenter, d.primary, d.rules])).toEqual([[null, true, ['local']], ['dc1', false, ['app']], ['dc2', false, ['app']], ['dc3', false, ['far']]]);
     expect(dcs.map(datacenterLabel)).toEqual(['the target\'s datacenter', 'dc1', 'dc2', 'dc3']);
-    expect(unnamedPrimaryNote(dcs)).toBe('the target\'s datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter); if it is one of dc1, dc2, dc3, that datacenter gets the rules of both rows.');
+    expect(unnamedPrimaryNote(dcs)).toBe('the target\'s datacenter is not named (set target.datacenter in migration.yaml); if it is one of dc1, dc2, dc3, that datacenter gets the rules of both rows.');
     expect(unnamedPrimaryNote(tallyDatacenters(config, rules, 'dc1')!)).toBeUndefined();
     expect(datacenterLabel({ datacenter: 'dc1', primary: true })).toBe('dc1 (primary)');
   });

@@ -10,7 +10,7 @@ import type { RuleTally } from './tally.js';
  * datacenter is a keep rule there, so its keys never fall to another rule).
  */
 export interface DatacenterTally {
-  /** The datacenter's name; null for the primary when it is not known offline (neither `target.datacenter` nor `--datacenter`). */
+  /** The datacenter's name; null for the primary when it is not known offline (no `target.datacenter` in migration.yaml). */
   datacenter: string | null;
   /** The datacenter rules without `datacenters:` go to (and service rules register in). */
   primary: boolean;
@@ -70,5 +70,5 @@ export function datacenterLabel(dc: Pick<DatacenterTally, 'datacenter' | 'primar
 export function unnamedPrimaryNote(datacenters: readonly DatacenterTally[]): string | undefined {
   if (!datacenters.some((d) => d.datacenter === null)) return undefined;
   const named = datacenters.map((d) => d.datacenter).filter((d): d is string => d !== null);
-  return `the target's datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter)${named.length ? `; if it is ${named.length === 1 ? named[0] : `one of ${named.join(', ')}`}, that datacenter gets the rules of both rows` : ''}.`;
+  return `the target's datacenter is not named (set target.datacenter in migration.yaml)${named.length ? `; if it is ${named.length === 1 ? named[0] : `one of ${named.join(', ')}`}, that datacenter gets the rules of both rows` : ''}.`;
 }

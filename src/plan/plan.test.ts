@@ -185,24 +185,31 @@ rules:
       expect(runbook).toContain('the plan shows each datacenter\'s operations in turn: `dc1` creates 5 key(s) (48 B) and 2 session(s); `dc2` creates 2 key(s) (15 B) and 0 session(s).');
       expect(runbook).toContain('each keeps its own copy progress and checkpoint under the state prefix in its own KV store, and `verify` compares each datacenter on its own');
       expect(runbook).toContain('it holds its leader lock (`leader` under the state prefix) in each, and each datacenter has its own checkpoint and its own verify.');
-      expect(runbook).toContain('`migrate cutover --rule <rule> --datacenter <dc>` cuts a rule over in one datacenter');
+      expect(runbook).toContain('A rule copied to several datacenters is cut over, rolled back and finalized in one datacenter at a time, named with `--datacenter <dc>`');
+      // A rule in two datacenters: one at a time, with --datacenter for cutover and rollback; finalize waits for the others to go.
       expect(runbook).toContain('#### Rule `app`: `/app/` → `app/` (2 key(s); in each of `dc1`, `dc2`)');
-      expect(runbook).toContain('migrate cutover -c migration.yaml --rule app --datacenter dc1 --verify-now --yes\nmigrate cutover -c migration.yaml --rule app --datacenter dc2 --verify-now --yes\n');
-      expect(runbook).toContain('migrate cutover -c migration.yaml --rule svc --datacenter dc1 --verify-now --yes\n# switch');
-      expect(runbook).not.toContain('--rule svc --datacenter dc2');
-      expect(runbook).toContain('Each datacenter\'s cutover is gated on that datacenter\'s own checkpoint and verify.');
+      expect(runbook).toContain('migrate cutover -c migration.yaml --rule app --datacenter dc1 --verify-now --yes     # one datacenter at a time: dc1, dc2\n');
+      expect(runbook).toContain('In dc1, dc2: one at a time, against that datacenter\'s checkpoint and verify; to move the rule to another of them, roll it back first.');
+      expect(runbook).toContain('`migrate rollback -c migration.yaml --rule app --datacenter dc1 --yes`');
+      expect(runbook).toContain('- **Finalize** is refused while the rule is copied to other datacenters too');
+      // A rule in one datacenter needs no --datacenter: its commands are as without datacenters.
+      expect(runbook).toContain('#### Rule `svc`: `/svc/` → `svc/` (3 key(s), 2 session(s); in `dc1`)');
+      expect(runbook).toContain('migrate cutover -c migration.yaml --rule svc --verify-now --yes\n# switch');
+      expect(runbook).toContain('`migrate rollback -c migration.yaml --rule svc --yes`');
+      expect(runbook).not.toMatch(/--rule svc --datacenter/);
       for (const format of ['text', 'json', 'markdown'] as const) expect(renderPlan(result, format)).not.toContain('secret-value-1');
     });
 
-    it('without target.datacenter or --datacenter the primary is unnamed: null with primary: true, "the target\'s datacenter", and its cutover takes no --datacenter', async () => {
+    it('without target.datacenter the primary is unnamed: null with primary: true, "the target\'s datacenter"', async () => {
       const result = await plan('');
       expect(result.datacenters!.map((d) => [d.datacenter, d.primary, d.rules])).toEqual([[null, true, ['svc']], ['dc1', false, ['app']], ['dc2', false, ['app']]]);
       const text = renderPlan(result, 'text');
       expect(text).toContain('  the target\'s datacenter  svc: 3 keys (33 B), 2 sessions\n');
-      expect(text).toContain('  note: the target\'s datacenter is not named (set target.datacenter in migration.yaml or pass --datacenter); if it is one of dc1, dc2, that datacenter gets the rules of both rows.');
+      expect(text).toContain('  note: the target\'s datacenter is not named (set target.datacenter in migration.yaml); if it is one of dc1, dc2, that datacenter gets the rules of both rows.');
       const md = renderPlan(result, 'markdown');
       expect(md).toContain('| the target\'s datacenter (primary) | `svc` | 3 | 33 B | 2 |');
-      expect(md).toContain('migrate cutover -c migration.yaml --rule svc --verify-now --yes     # the target\'s datacenter');
+      expect(md).toContain('#### Rule `svc`: `/svc/` → `svc/` (3 key(s), 2 session(s); in the target\'s datacenter)');
+      expect(md).toContain('migrate cutover -c migration.yaml --rule svc --verify-now --yes\n');
     });
 
     it('a configuration without datacenters keeps its plan as it was: no datacenters field, no per-datacenter words', async () => {

@@ -84,7 +84,7 @@ export interface PlanInput {
   config: MigrationConfig;
   configFile: string;
   mapping: Mapping;
-  /** The target's datacenter when known without asking Consul (`--datacenter`, `target.datacenter`): names the primary in the per-datacenter figures. */
+  /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
   prefixes?: readonly string[];

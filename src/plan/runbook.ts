@@ -92,21 +92,23 @@ export function renderRunbook(result: PlanResult): string {
 
   out.push('### 5. Cut over one application at a time', '');
   if (copyRules.length === 0) out.push('No rule copies anything: there is nothing to cut over.', '');
-  if (dcs) out.push(`Each datacenter keeps its own phase of a rule: \`migrate cutover --rule <rule> --datacenter <dc>\` cuts a rule over in one datacenter, gated on that datacenter's checkpoint and verify, so the datacenters of a rule cut over one at a time.`, '');
+  if (dcs) {
+    out.push('A rule copied to several datacenters is cut over, rolled back and finalized in one datacenter at a time, named with `--datacenter <dc>`: Consul owns the rule there while etcd stays the hub that keeps its other datacenters in step (the cutover refuses while Consul owns the rule in another one). Each datacenter\'s cutover is gated on that datacenter\'s own checkpoint and verify. A rule copied to one datacenter needs no `--datacenter`.', '');
+  }
   for (const r of copyRules) {
     const ruleDcs = dcs?.filter((d) => d.rules.includes(r.rule));
-    out.push(`#### Rule ${mdCode(r.rule)}: ${mdCode(r.from)} → ${mdCode(r.to)} (${formatCount(r.copyKeys)} key(s)${r.sessions ? `, ${formatCount(r.sessions)} session(s)` : ''}${ruleDcs ? `; ${ruleDcs.length > 1 ? 'in each of' : 'in'} ${ruleDcs.map(dcName).join(', ')}` : ''})`, '');
-    const cutovers = ruleDcs
-      ? ruleDcs.map((d) => (d.datacenter === null
-        ? `migrate cutover ${c} --rule ${shellWord(r.rule)} --verify-now --yes     # the target's datacenter`
-        : `migrate cutover ${c} --rule ${shellWord(r.rule)} --datacenter ${shellWord(d.datacenter)} --verify-now --yes`))
-      : [`migrate cutover ${c} --rule ${shellWord(r.rule)} --verify-now --yes`];
-    out.push('```sh', ...cutovers, '# switch the application to Consul (or let etcd-consul-migrate/client follow the phase)', `migrate status ${c}`, '```', '');
+    // Only a rule in several datacenters needs --datacenter (the others' one datacenter is found); those are named in its datacenters: list.
+    const several = ruleDcs && ruleDcs.length > 1 ? ruleDcs.map((d) => d.datacenter ?? '') : undefined;
+    const where = several ? ` --datacenter ${shellWord(several[0]!)}` : '';
+    out.push(`#### Rule ${mdCode(r.rule)}: ${mdCode(r.from)} → ${mdCode(r.to)} (${formatCount(r.copyKeys)} key(s)${r.sessions ? `, ${formatCount(r.sessions)} session(s)` : ''}${ruleDcs ? `; ${several ? 'in each of' : 'in'} ${ruleDcs.map(dcName).join(', ')}` : ''})`, '');
+    out.push('```sh', `migrate cutover ${c} --rule ${shellWord(r.rule)}${where} --verify-now --yes${several ? `     # one datacenter at a time: ${several.join(', ')}` : ''}`, '# switch the application to Consul (or let etcd-consul-migrate/client follow the phase)', `migrate status ${c}`, '```', '');
     out.push(
-      `- **Gate:** the cutover checks, one by one, that the dual-run runs and has caught up with etcd, that a clean verify of the rule is at most 15 min old (\`--verify-now\` runs one), and that no late write or guard trip is open; it refuses with exit 4 and changes nothing otherwise. It saves the rule's Consul keys as the rollback point.${ruleDcs && ruleDcs.length > 1 ? ' Each datacenter\'s cutover is gated on that datacenter\'s own checkpoint and verify.' : ''}`,
+      `- **Gate:** the cutover checks, one by one, that the dual-run runs and has caught up with etcd, that a clean verify of the rule is at most 15 min old (\`--verify-now\` runs one), and that no late write or guard trip is open; it refuses with exit 4 and changes nothing otherwise. It saves the rule's Consul keys as the rollback point.${several ? ` In ${several.join(', ')}: one at a time, against that datacenter's checkpoint and verify; to move the rule to another of them, roll it back first.` : ''}`,
       `- **Watch:** \`migrate_dualrun_late_writes_total{rule="${r.rule}"}\` must stay 0: a late write is an application still writing etcd.`,
-      `- **Rollback:** \`migrate rollback ${c} --rule ${shellWord(r.rule)} --yes\` (gated on parity; the reverse mirror kept etcd current, so nothing is lost).`,
-      `- **Finalize** once the application has run on Consul long enough: \`migrate finalize ${c} --rule ${shellWord(r.rule)} --export-etcd ${shellWord(`${r.rule}-etcd.json`)} --yes\` (add \`--delete-etcd\` to remove the rule's etcd keys). No rollback after this.`,
+      `- **Rollback:** \`migrate rollback ${c} --rule ${shellWord(r.rule)}${where} --yes\` (gated on parity; the reverse mirror kept etcd current, so nothing is lost).`,
+      several
+        ? `- **Finalize** is refused while the rule is copied to other datacenters too (they get its changes through etcd): remove them from the rule's \`datacenters:\` first (and run the dual-run with \`--accept-mapping-change\`), then \`migrate finalize ${c} --rule ${shellWord(r.rule)} --export-etcd ${shellWord(`${r.rule}-etcd.json`)} --yes\`. No rollback after this.`
+        : `- **Finalize** once the application has run on Consul long enough: \`migrate finalize ${c} --rule ${shellWord(r.rule)} --export-etcd ${shellWord(`${r.rule}-etcd.json`)} --yes\` (add \`--delete-etcd\` to remove the rule's etcd keys). No rollback after this.`,
       '',
     );
   }

@@ -20,7 +20,7 @@ export function registerAcl({ add }: CommandRegistrar): void {
       .option('--consul-node <name>', 'the Consul agent\'s node name: narrows the session, agent and node rules from every node to this one (verify then cannot see instances on other nodes)')
       .option('--heartbeat-key <etcd key>', 'the key `migrate dualrun --heartbeat-key` writes: the etcd role may write it')
       .option('--out-dir <dir>', 'write one file per policy (<name>.hcl, or <name>.json with --format json) and the etcd role script there')
-      .addHelpText('after', '\nWith datacenters: in the rules, the migrator and verifier get one policy per datacenter and every policy is limited to its\ndatacenters (-valid-datacenter); --datacenter (or target.datacenter) names the primary, whose policies are otherwise valid everywhere.\n\nExamples:\n  migrate acl --out-dir acl/ && consul acl policy create -name migrate-demo-migrator -rules @acl/migrate-demo-migrator.hcl\n  migrate acl --format json --app-access read\n  migrate acl --datacenter dc1 --out-dir acl/\n'),
+      .addHelpText('after', '\nWith datacenters: in the rules, the migrator and verifier get one policy per datacenter and every policy is limited to its\ndatacenters (-valid-datacenter); target.datacenter in migration.yaml names the primary, whose policies are otherwise valid everywhere.\n\nExamples:\n  migrate acl --out-dir acl/ && consul acl policy create -name migrate-demo-migrator -rules @acl/migrate-demo-migrator.hcl\n  migrate acl --format json --app-access read\n'),
     ['text', 'hcl', 'json'],
     async (ctx, options: AclFlags & GlobalOptions) => {
       const { loadConfig } = await import('../../config/load.js');
@@ -29,8 +29,8 @@ export function registerAcl({ add }: CommandRegistrar): void {
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
       const { checkHeartbeatKey } = await import('../../dualrun/lag-heartbeat.js');
       const heartbeatKey = options.heartbeatKey !== undefined ? checkHeartbeatKey(loaded.mapping, options.heartbeatKey) : undefined;
-      // The primary datacenter (rules without `datacenters:` go there) is named offline only by --datacenter or target.datacenter.
-      const primaryDatacenter = options.datacenter ?? loaded.config.target.datacenter;
+      // The primary datacenter (rules without `datacenters:` go there) is named offline only by target.datacenter, as the copy takes it.
+      const primaryDatacenter = loaded.config.target.datacenter;
       const plan = planAcl(loaded.config, loaded.mapping, { appAccess: options.appAccess, consulNode: options.consulNode, ...(heartbeatKey ? { heartbeatKey } : {}), ...(primaryDatacenter ? { primaryDatacenter } : {}) });
       const format = ctx.format as 'text' | 'hcl' | 'json';
       if (!options.outDir) {

@@ -91,8 +91,8 @@ export async function auditWithStores(ctx: CommandContext, options: GlobalOption
       source,
       target,
       config: loaded.config,
-      // The audit reads etcd; it names the primary datacenter only from what it is told (--datacenter, target.datacenter).
-      primaryDatacenter: connections.target.datacenter,
+      // The audit reads etcd; with datacenters: in the rules the primary is target.datacenter of the file (the copy's too), else unnamed.
+      primaryDatacenter: loaded.config.target.datacenter,
       configFile: identity ? undefined : loaded.file,
       mapping: identity ? undefined : loaded.mapping,
       prefixes: run.prefixes,

@@ -39,8 +39,8 @@ export function registerPlan({ add }: CommandRegistrar): void {
           config: loaded.config,
           configFile: loaded.file!,
           mapping: loaded.mapping,
-          // The plan reads etcd only; it names the primary datacenter from what it is told (--datacenter, target.datacenter).
-          primaryDatacenter: connections.target.datacenter,
+          // The plan reads etcd only; with datacenters: in the rules the primary is target.datacenter of the file (the copy's too), else unnamed.
+          primaryDatacenter: loaded.config.target.datacenter,
           prefixes: options.prefix,
           pageKeys,
           listCap,
