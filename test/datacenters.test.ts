@@ -57,6 +57,16 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
   const labelled = (text: string, name: string, datacenter: string) => Number(new RegExp(`^${name}\\{datacenter="${datacenter}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
   const value = async (target: ConsulTarget, key: string) => (await target.readKey(key))?.value.toString();
 
+  it('a datacenter the federation does not know is a configuration error (exit 2) and nothing is written', async () => {
+    const bad = configDir(['version: 1', `id: ${id}-bad`, 'rules:', `  - { name: shared, from: "${from}shared/", to: "mdc-${tag}/bad/", datacenters: [dc1, dc9] }`, ''].join('\n'));
+    const run = await runCli(['copy'], { cwd: bad, env });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('datacenter_unknown');
+    expect(run.stderr).toContain('dc9');
+    expect(await dc1.readKey(`_migrate/${id}-bad/meta`)).toBeUndefined();
+    expect(await dc1.listKeys(`mdc-${tag}/bad/`)).toEqual([]);
+  });
+
   it('copy writes each rule to the datacenters it names, with sessions on a node of each datacenter', async () => {
     const copy = await runCli(['copy', '--format', 'json'], { cwd: dir, env, timeoutMs: 90_000 });
     expect(copy.code, copy.stderr).toBe(0);
@@ -157,6 +167,13 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       expect(report.datacenters.map((d: { datacenter: string; status: string }) => [d.datacenter, d.status])).toEqual([['dc1', 'parity'], ['dc2', 'unverified']]);
       expect(report.datacenters[1].error.code).toMatch(/consul_/);
 
+      // A copy (dry run: the dual-run leads) plans dc1 and reports dc2 as not copied, exit 3.
+      const dry = await runCli(['copy', '--dry-run', '--format', 'json'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(dry.code, dry.stderr).toBe(3);
+      const planned = JSON.parse(dry.stdout) as { status: string; datacenters: { datacenter: string; dryRun?: boolean; error?: { code: string } }[] };
+      expect(planned.status).toBe('error');
+      expect(planned.datacenters.map((d) => [d.datacenter, d.dryRun ?? null, d.error?.code.startsWith('consul_') ?? null])).toEqual([['dc1', true, null], ['dc2', null, true]]);
+
       await federation.member('dc2').restart();
       await federation.federated();
       await eventually('dc2 catches up from its own checkpoint', async () => (await value(dc2, `mdc-${tag}/shared/live`).catch(() => undefined)) === 'two' && (await dc2.readKey(`mdc-${tag}/shared/k0`).catch(() => null)) === undefined, 60_000);
@@ -164,6 +181,33 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       const after = await runCli(['verify', '--format', 'json', '--rounds', '2'], { cwd: dir, env, timeoutMs: 120_000 });
       expect(after.code, after.stdout + after.stderr).toBe(0);
       expect(await dc2.readKey(`mdc-${tag}/local/only-dc1`)).toBeUndefined();
+
+      // status: one part per datacenter, each with its own rules and checkpoint.
+      const status = await runCli(['status', '--format', 'json'], { cwd: dir, env });
+      expect(status.code, status.stderr).toBe(0);
+      const parts = JSON.parse(status.stdout).datacenters as { datacenter: string; dualRun: { running: boolean }; rules: { name: string }[] }[];
+      expect(parts.map((p) => [p.datacenter, p.dualRun.running, p.rules.map((r) => r.name)])).toEqual([['dc1', true, ['shared', 'local']], ['dc2', true, ['shared']]]);
+
+      // A rule copied to both is cut over in one datacenter at a time, named with --datacenter.
+      const ambiguous = await runCli(['cutover', '--rule', 'shared', '--yes'], { cwd: dir, env });
+      expect(ambiguous.code).toBe(2);
+      expect(ambiguous.stderr).toContain('datacenter_required');
+      const cut = await runCli(['cutover', '--rule', 'shared', '--datacenter', 'dc1', '--verify-now', '--yes', '--format', 'json'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+      // Writes to Consul in dc1 reach etcd (reverse mirror) and, through it, dc2.
+      await dc1.putKey(`mdc-${tag}/shared/from-consul`, Buffer.from('dc1 wrote this'));
+      await eventually('a Consul write in dc1 reaches etcd and dc2', async () => {
+        const [kv] = (await etcd.get(`${from}shared/from-consul`).exec()).kvs;
+        return kv?.value.toString() === 'dc1 wrote this' && (await value(dc2, `mdc-${tag}/shared/from-consul`)) === 'dc1 wrote this';
+      }, 30_000);
+      const second = await runCli(['cutover', '--rule', 'shared', '--datacenter', 'dc2', '--yes', '--format', 'json'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(second.code).toBe(4);
+      expect(JSON.stringify(JSON.parse(second.stdout).rules[0].checks)).toContain('Consul already owns rule shared in dc1');
+      const finalize = await runCli(['finalize', '--rule', 'shared', '--datacenter', 'dc1', '--yes', '--format', 'json'], { cwd: dir, env });
+      expect(finalize.code).toBe(4);
+      expect(JSON.stringify(JSON.parse(finalize.stdout).rules[0].checks)).toContain('also copied to dc2');
+      const back = await runCli(['rollback', '--rule', 'shared', '--datacenter', 'dc1', '--yes'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(back.code, back.stdout + back.stderr).toBe(0);
     } finally {
       expect(await dualrun.stop()).toBe(0);
     }

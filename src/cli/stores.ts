@@ -25,23 +25,44 @@ export interface DatacenterLane extends DatacenterView {
 }
 
 /**
- * The datacenters a command works on (issue 11): without `datacenters:` in
- * any rule, the configured target alone; otherwise one lane per datacenter,
- * each addressed through the same agent with `?dc=`. A datacenter the WAN
- * federation does not know is a configuration error (exit 2), so a typo is
- * not retried forever as an unreachable datacenter.
+ * The datacenters a command works on (issue 11). Without `datacenters:` in
+ * any rule: the configured target alone (`--datacenter` just addresses
+ * another datacenter, as always). Otherwise one lane per datacenter, each
+ * addressed through the same agent with `?dc=`; the primary one is
+ * `target.datacenter` of migration.yaml, else the agent's own; `only` (the
+ * `--datacenter` flag) keeps one lane. A datacenter the WAN federation does
+ * not know is a configuration error (exit 2), so a typo is not retried
+ * forever as an unreachable datacenter.
  */
-export async function openDatacenters(loaded: LoadedConfig, target: ConsulTarget): Promise<DatacenterLane[]> {
-  const primary = (await target.info()).datacenter;
+export async function openDatacenters(loaded: LoadedConfig, target: ConsulTarget, only?: string): Promise<DatacenterLane[]> {
+  if (!namesDatacenters(loaded.config)) {
+    const primary = (await target.info()).datacenter;
+    return datacenterViews(loaded, primary).map((view) => ({ ...view, target }));
+  }
+  const agent = target.forDatacenter(undefined);
+  const primary = loaded.config.target.datacenter ?? (await agent.info()).datacenter;
   const views = datacenterViews(loaded, primary);
-  if (!namesDatacenters(loaded.config)) return views.map((view) => ({ ...view, target }));
-  const known = await target.datacenters();
+  const known = await agent.datacenters();
   const unknown = views.filter((v) => !known.includes(v.datacenter)).map((v) => v.datacenter);
   if (unknown.length > 0) {
     throw new UsageError('datacenter_unknown', `migration.yaml names datacenter ${unknown.join(', ')}, which the Consul agent at ${target.address} does not know (it knows ${known.join(', ')}).`, {
-      hint: 'Fix the datacenters: list of the rules, or join the datacenter\'s servers to the WAN federation (`consul join -wan`).',
+      hint: 'Fix the datacenters: list of the rules, or join that datacenter\'s servers to the WAN federation (`consul join -wan`).',
       details: { unknown, known },
     });
   }
-  return views.map((view) => ({ ...view, target: view.primary ? target : target.forDatacenter(view.datacenter) }));
+  const lanes = views.map((view) => ({ ...view, target: agent.forDatacenter(view.datacenter) }));
+  if (only === undefined) return lanes;
+  const picked = lanes.filter((l) => l.datacenter === only);
+  if (picked.length === 0) {
+    throw new UsageError('datacenter_unknown', `--datacenter ${only}: migration.yaml writes nothing to that datacenter (its datacenters: ${lanes.map((l) => l.datacenter).join(', ')}).`, {
+      hint: 'Name one of those datacenters, or leave --datacenter out to work on all of them.',
+      details: { datacenter: only, datacenters: lanes.map((l) => l.datacenter) },
+    });
+  }
+  return picked;
+}
+
+/** `--datacenter` when given as a flag (not `target.datacenter` of the file): the one datacenter to work on. */
+export function datacenterFlag(connections: Connections): string | undefined {
+  return connections.origins['consul.datacenter'] === 'flag' ? connections.target.datacenter : undefined;
 }

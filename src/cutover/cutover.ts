@@ -56,6 +56,8 @@ export interface CommonOptions {
   acknowledgeTrips: boolean;
   /** Asked once every precondition passed, before anything is written (the terminal prompt); false refuses. */
   confirm?: (rules: string[]) => Promise<boolean>;
+  /** Rules in several datacenters (issue 11): the check of a rule's phase in the other datacenters it is copied to. */
+  elsewhere?: (rule: string) => Promise<PreconditionCheck | undefined>;
   sleep: (ms: number) => Promise<void>;
 }
 
@@ -203,6 +205,12 @@ function stamp(now: Date): string {
   return now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 }
 
+async function otherDatacenterChecks(options: CommonOptions): Promise<Map<string, PreconditionCheck | undefined>> {
+  const { elsewhere } = options;
+  if (!elsewhere) return new Map();
+  return new Map(await Promise.all(options.rules.map(async (rule) => [rule, await elsewhere(rule)] as const)));
+}
+
 /** `migrate cutover --rule <name>…` */
 export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Promise<CutoverResult> {
   const { config, mapping, target } = deps;
@@ -218,6 +226,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   // Re-read after the wait: the indexes the flip checks against are those of what was checked.
   state = await readCutoverState(target, paths);
   const now = options.now();
+  const elsewhere = await otherDatacenterChecks(options);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: its keys stay on etcd and are never cut over` }] };
@@ -228,6 +237,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     checks.push({ name: 'phase', ok: phaseOk, detail: phaseOk ? `${from}` : from === 'planned' ? 'phase planned: the rule was never copied (run `migrate copy`)' : `phase ${from}: already owned by Consul` });
     checks.push(checkVerify(state.verify, name, now.getTime(), options.maxVerifyAgeMs));
     checks.push(tripCheck(state, name, options.acknowledgeTrips));
+    if (elsewhere.get(name)) checks.push(elsewhere.get(name)!);
     return { rule: name, from, to: 'cutover', checks, ok: checks.every((c) => c.ok) };
   });
   if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
@@ -356,6 +366,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   let state = await readCutoverState(target, paths);
   const now = options.now();
   const etcdRevisionBefore = (await deps.source.status()).revision;
+  const elsewhere = await otherDatacenterChecks(options);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: finalize never touches it` }] };
@@ -364,6 +375,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     const checks: PreconditionCheck[] = [
       from === 'cutover' ? { name: 'phase', ok: true, detail: 'cutover' } : { name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is already finalized` : `rule ${name} is in phase ${from}: cut it over first (\`migrate cutover --rule ${name}\`)` },
       tripCheck(state, name, options.acknowledgeTrips),
+      ...(elsewhere.get(name) ? [elsewhere.get(name)!] : []),
     ];
     return { rule: name, from, to: 'finalized', checks, ok: checks.every((c) => c.ok) };
   });

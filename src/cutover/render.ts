@@ -1,4 +1,5 @@
 import type { Format } from '../cli/context.js';
+import { isMigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import type { CutoverResult } from './cutover.js';
 import { formatAge } from './phase.js';
@@ -39,6 +40,22 @@ export function renderStatus(result: StatusResult, format: Format): string {
     return [`## Migration ${result.migration}`, '', summary, '', md(STATUS_HEADER), md(STATUS_HEADER.map(() => '---')), ...statusRows(result).map(md), ''].join('\n');
   }
   return [`Migration ${result.migration} (state ${result.statePrefix}${result.started ? '' : ', nothing recorded yet'})`, summary, '', ...table(STATUS_HEADER, statusRows(result)), ''].join('\n');
+}
+
+/** `migrate status` with rules in several datacenters: each datacenter's own status, or why it could not be read. */
+export function renderStatusDatacenters(migration: string, entries: { datacenter: string; result?: StatusResult; error?: Error }[], format: Format): string {
+  if (format === 'json') {
+    return renderEnvelope('status', entries.some((e) => e.error) ? 'error' : 'ok', {
+      migration,
+      datacenters: entries.map((e) => ({ datacenter: e.datacenter, ...(e.result ? { ...e.result } : {}), ...(e.error ? { error: { code: isMigrateError(e.error) ? e.error.code : 'internal', message: e.error.message } } : {}) })),
+    });
+  }
+  const parts = entries.map((e) => {
+    if (e.error) return format === 'markdown' ? `## Datacenter ${e.datacenter}\n\nUnreachable: ${e.error.message.replace(/\|/g, '\\|')}\n` : `Datacenter ${e.datacenter}: UNREACHABLE: ${e.error.message}\n`;
+    const body = renderStatus(e.result!, format);
+    return format === 'markdown' ? body.replace(/^## Migration (.*)$/m, `## Migration $1, datacenter ${e.datacenter}`) : `Datacenter ${e.datacenter}:\n${body}`;
+  });
+  return parts.join('\n');
 }
 
 /** `cutover`, `rollback` and `finalize` results: every precondition, then what was done. */

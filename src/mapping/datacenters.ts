@@ -20,6 +20,12 @@ export interface DatacenterView {
   primary: boolean;
   config: MigrationConfig;
   mapping: Mapping;
+  /**
+   * The rules that are this datacenter's business, in file order: the copy
+   * rules copied here, and (in the primary) the keep and service rules. The
+   * view's other keep rules only stand for rules copied elsewhere.
+   */
+  rules: readonly string[];
 }
 
 /** The datacenters a rule is written to, given the primary one. */
@@ -46,7 +52,7 @@ export function datacenterNames(config: MigrationConfig, primary: string): strin
 
 /** The views of a loaded configuration, the primary's first. */
 export function datacenterViews(loaded: LoadedConfig, primary: string): DatacenterView[] {
-  if (!namesDatacenters(loaded.config)) return [{ datacenter: primary, primary: true, config: loaded.config, mapping: loaded.mapping }];
+  if (!namesDatacenters(loaded.config)) return [{ datacenter: primary, primary: true, config: loaded.config, mapping: loaded.mapping, rules: loaded.config.rules.map((r) => r.name) }];
   return datacenterNames(loaded.config, primary).map((datacenter) => {
     const isPrimary = datacenter === primary;
     const rules = loaded.config.rules.map((rule): RuleConfig => {
@@ -58,6 +64,7 @@ export function datacenterViews(loaded: LoadedConfig, primary: string): Datacent
     const config: MigrationConfig = { ...loaded.config, rules };
     // The rules were checked against each other as a whole; a view only turns some into keep rules.
     const mapping = compileMapping({ config, file: loaded.file, document: undefined, lineCounter: undefined });
-    return { datacenter, primary: isPrimary, config, mapping };
+    const here = loaded.config.rules.filter((rule) => (rule.action === 'copy' ? datacentersOf(rule, primary).includes(datacenter) : isPrimary)).map((r) => r.name);
+    return { datacenter, primary: isPrimary, config, mapping, rules: here };
   });
 }

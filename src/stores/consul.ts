@@ -84,7 +84,7 @@ export class ConsulTarget implements TargetStore {
    * The same agent, addressing another datacenter (`?dc=`): KV, txns, sessions
    * and catalog reads go to that datacenter's servers (issue 11).
    */
-  forDatacenter(datacenter: string): ConsulTarget {
+  forDatacenter(datacenter: string | undefined): ConsulTarget {
     return new ConsulTarget(this.http.withDatacenter(datacenter), { limits: this.limitsOverride, retry: this.retry, readConcurrency: this.readConcurrency });
   }
 

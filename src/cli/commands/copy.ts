@@ -49,7 +49,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       }
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
-      const { openStores, openDatacenters } = await import('../stores.js');
+      const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { runCopy, refuseWhileDualRunLeads, acquireCopyLock } = await import('../../copy/copy.js');
       const { renderCopy, renderCopyDatacenters } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
@@ -59,7 +59,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { source, target, close } = openStores(connections, loaded.config);
       const view = createProgressView(ctx);
       try {
-        const lanes = await openDatacenters(loaded, target);
+        const lanes = await openDatacenters(loaded, target, datacenterFlag(connections));
         const several = lanes.length > 1;
         const copies: { datacenter: string; result?: CopyResult; error?: Error }[] = [];
         for (const lane of lanes) {

@@ -2,6 +2,10 @@ import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { UsageError } from '../../errors.js';
+import { derivePhase, ownerOf, type PreconditionCheck } from '../../cutover/phase.js';
+import { readCutoverState } from '../../cutover/state-io.js';
+import { statePaths } from '../../state/state.js';
+import type { DatacenterLane } from '../stores.js';
 import type { CommandContext, GlobalOptions } from '../context.js';
 import { TOOL_VERSION } from '../version.js';
 import { parseDuration } from './audit-flags.js';
@@ -45,11 +49,61 @@ export function requireConfirmation(ctx: CommandContext, command: string, option
   };
 }
 
-/** Opens the configuration and stores, and builds the verify runner these commands use. */
-export async function openForTransition(ctx: CommandContext, options: TransitionFlags & GlobalOptions) {
+/**
+ * With rules in several datacenters (issue 11), a transition works in one:
+ * `--datacenter`, else the one datacenter every named rule is copied to. A
+ * rule is owned by Consul in one datacenter at a time (etcd stays the hub
+ * that keeps the others in step: the reverse mirror writes the owner's
+ * changes to etcd, the dual-run replicates them on), and finalizing a rule
+ * still copied to other datacenters would stop their replication: both are
+ * preconditions that fail, checked against the other datacenters' state.
+ */
+function pickLane(lanes: DatacenterLane[], rules: string[], flag: string | undefined): DatacenterLane {
+  if (lanes.length === 1) return lanes[0]!;
+  const homes = (rule: string) => lanes.filter((l) => l.rules.includes(rule) && l.mapping.copyRules.some((r) => r.name === rule)).map((l) => l.datacenter);
+  const lane = flag ? lanes.find((l) => l.datacenter === flag) : undefined;
+  if (flag && !lane) {
+    throw new UsageError('datacenter_unknown', `--datacenter ${flag}: migration.yaml writes nothing to that datacenter (its datacenters: ${lanes.map((l) => l.datacenter).join(', ')}).`, { hint: 'Name one of those datacenters.' });
+  }
+  if (lane) {
+    const absent = rules.filter((r) => lanes.some((l) => l.mapping.copyRules.some((c) => c.name === r)) && !homes(r).includes(lane.datacenter));
+    if (absent.length > 0) {
+      throw new UsageError('rule_unknown', `--rule ${absent.join(', ')}: not copied to datacenter ${lane.datacenter} (${absent.map((r) => `${r}: ${homes(r).join(', ')}`).join('; ')}).`, { hint: 'Name the datacenter the rule is copied to with --datacenter.' });
+    }
+    return lane;
+  }
+  const candidates = new Set(rules.flatMap(homes));
+  if (candidates.size === 1) return lanes.find((l) => l.datacenter === [...candidates][0])!;
+  throw new UsageError('datacenter_required', `The rules are copied to several datacenters (${rules.map((r) => `${r}: ${homes(r).join(', ') || 'none'}`).join('; ')}); name the one to work in.`, {
+    hint: 'Pass --datacenter <dc>: a rule is cut over, rolled back and finalized in one datacenter at a time.',
+  });
+}
+
+function otherDatacenters(lanes: DatacenterLane[], lane: DatacenterLane, command: 'cutover' | 'rollback' | 'finalize', statePrefix: string, id: string, now: () => Date) {
+  if (lanes.length === 1 || command === 'rollback') return undefined;
+  return async (rule: string): Promise<PreconditionCheck | undefined> => {
+    const others = lanes.filter((l) => l !== lane && l.rules.includes(rule) && l.mapping.copyRules.some((r) => r.name === rule));
+    if (others.length === 0) return { name: 'other datacenters', ok: true, detail: `rule ${rule} is copied to ${lane.datacenter} only` };
+    if (command === 'finalize') {
+      return { name: 'other datacenters', ok: false, detail: `rule ${rule} is also copied to ${others.map((l) => l.datacenter).join(', ')}, which get its changes through etcd; finalizing it here would stop that. Remove those datacenters from the rule's datacenters (and run the dual-run with --accept-mapping-change) first, or keep the rule cut over` };
+    }
+    const owned: string[] = [];
+    for (const other of others) {
+      const state = await readCutoverState(other.target, statePaths(statePrefix, id));
+      const phase = derivePhase(rule, { doc: state.docs.get(rule)?.doc, copy: state.copy, checkpoint: state.checkpoint, verify: state.verify, nowMs: now().getTime() });
+      if (ownerOf(phase) === 'consul') owned.push(`${other.datacenter} (${phase})`);
+    }
+    return owned.length === 0
+      ? { name: 'other datacenters', ok: true, detail: `etcd owns rule ${rule} in ${others.map((l) => l.datacenter).join(', ')}: they keep getting its changes through etcd` }
+      : { name: 'other datacenters', ok: false, detail: `Consul already owns rule ${rule} in ${owned.join(', ')}: a rule is cut over in one datacenter at a time (etcd keeps the others in step); roll it back there first` };
+  };
+}
+
+/** Opens the configuration and stores (in the datacenter the transition works in), and builds the verify runner these commands use. */
+export async function openForTransition(ctx: CommandContext, options: TransitionFlags & GlobalOptions, command: 'cutover' | 'rollback' | 'finalize') {
   const { loadConfig } = await import('../../config/load.js');
   const { resolveConnections } = await import('../../config/connections.js');
-  const { openStores } = await import('../stores.js');
+  const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
   const { runVerify } = await import('../../verify/verify.js');
   const { createValueHasher } = await import('../../report/hash.js');
   const { EtcdWriter } = await import('../../stores/etcd-writer.js');
@@ -57,26 +111,36 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
   const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
   const stores = openStores(connections, loaded.config);
-  const writer = new EtcdWriter(stores.source.client, (err, what) => stores.source.toError(err, what));
-  /** A verify of all copy rules (recorded) or of one rule (not recorded). */
-  const verify = (rule?: string) => {
-    const mapping = rule ? { ...loaded.mapping, copyRules: loaded.mapping.copyRules.filter((r) => r.name === rule), serviceRules: loaded.mapping.serviceRules.filter((r) => r.name === rule) } : loaded.mapping;
-    return runVerify({ source: stores.source, target: stores.target, config: loaded.config, mapping }, {
-      rounds: 3, roundPauseMs: 1000, waitTimeoutMs: 60_000, maxDiffs: 100, budgets: {}, record: !rule, readBack: 0, pageKeys: 10_000,
-      signal: ctx.signal, now: () => new Date(), hasher: createValueHasher(), toolVersion: TOOL_VERSION,
-      onProgress: (event) => {
-        if (event.type === 'warning') ctx.warn(event.message);
-      },
-    });
-  };
-  const common = {
-    rules: options.rule,
-    now: () => new Date(),
-    by: operator(ctx.io.env),
-    cwd: ctx.io.cwd,
-    catchUpTimeoutMs: parseDuration('--catch-up-timeout', options.catchUpTimeout) ?? 10_000,
-    acknowledgeTrips: Boolean(options.acknowledgeTrips),
-    sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
-  };
-  return { loaded, stores, writer, verify, common, deps: { source: stores.source, target: stores.target, config: loaded.config, mapping: loaded.mapping, writer }, writeFile: (file: string, data: Buffer) => writeFileSync(resolve(ctx.io.cwd, file), data, { mode: 0o600, flag: 'wx' }) };
+  try {
+    const lanes = await openDatacenters(loaded, stores.target);
+    const lane = pickLane(lanes, options.rule, datacenterFlag(connections));
+    const writer = new EtcdWriter(stores.source.client, (err, what) => stores.source.toError(err, what));
+    /** A verify of all copy rules (recorded) or of one rule (not recorded), in the lane's datacenter. */
+    const verify = (rule?: string) => {
+      const mapping = rule ? { ...lane.mapping, copyRules: lane.mapping.copyRules.filter((r) => r.name === rule), serviceRules: lane.mapping.serviceRules.filter((r) => r.name === rule) } : lane.mapping;
+      return runVerify({ source: stores.source, target: lane.target, config: lane.config, mapping, ...(lanes.length > 1 ? { datacenter: lane.datacenter } : {}) }, {
+        rounds: 3, roundPauseMs: 1000, waitTimeoutMs: 60_000, maxDiffs: 100, budgets: {}, record: !rule, readBack: 0, pageKeys: 10_000,
+        signal: ctx.signal, now: () => new Date(), hasher: createValueHasher(), toolVersion: TOOL_VERSION,
+        onProgress: (event) => {
+          if (event.type === 'warning') ctx.warn(event.message);
+        },
+      });
+    };
+    const now = () => new Date();
+    const elsewhere = otherDatacenters(lanes, lane, command, loaded.config.state.prefix, loaded.config.id, now);
+    const common = {
+      rules: options.rule,
+      now,
+      by: operator(ctx.io.env),
+      cwd: ctx.io.cwd,
+      catchUpTimeoutMs: parseDuration('--catch-up-timeout', options.catchUpTimeout) ?? 10_000,
+      acknowledgeTrips: Boolean(options.acknowledgeTrips),
+      sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+      ...(elsewhere ? { elsewhere } : {}),
+    };
+    return { loaded, stores, writer, verify, common, deps: { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, writer }, writeFile: (file: string, data: Buffer) => writeFileSync(resolve(ctx.io.cwd, file), data, { mode: 0o600, flag: 'wx' }) };
+  } catch (err) {
+    stores.close();
+    throw err;
+  }
 }

@@ -39,7 +39,7 @@ Examples:
       const maxVerifyAgeMs = parseDuration('--max-verify-age', options.maxVerifyAge) ?? 15 * 60_000;
       const { runCutover } = await import('../../cutover/cutover.js');
       const { renderCutover } = await import('../../cutover/render.js');
-      const open = await openForTransition(ctx, options);
+      const open = await openForTransition(ctx, options, 'cutover');
       try {
         const result = await runCutover(open.deps, {
           ...open.common,

@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { ExitCode } from '../../errors.js';
+import { ExitCode, UsageError } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
@@ -57,6 +57,11 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
         const { preflightConsul } = await import('../../doctor/preflight.js');
         const lanes = await openDatacenters(loaded, target);
+        if (lanes.length > 1 && options.datacenter) {
+          throw new UsageError('flag_invalid', `--datacenter ${options.datacenter}: with rules in several datacenters, one dual-run serves them all (${lanes.map((l) => l.datacenter).join(', ')}).`, {
+            hint: 'Leave --datacenter out; set target.datacenter in migration.yaml to choose the primary datacenter, which holds the leader lock.',
+          });
+        }
         for (const lane of lanes) await preflightConsul(lane.target, lane.config, lane.mapping, lanes.length > 1 ? `dualrun (${lane.datacenter})` : 'dualrun', { writeTargets: true, writeState: true, sessions: true });
         let lastLog = 0;
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');

@@ -29,7 +29,7 @@ export function registerFinalize({ add }: CommandRegistrar): void {
       }
       const { runFinalize } = await import('../../cutover/cutover.js');
       const { renderCutover } = await import('../../cutover/render.js');
-      const open = await openForTransition(ctx, options);
+      const open = await openForTransition(ctx, options, 'finalize');
       try {
         const result = await runFinalize(open.deps, {
           ...open.common,

@@ -20,7 +20,7 @@ export function registerRollback({ add }: CommandRegistrar): void {
       const confirm = requireConfirmation(ctx, 'rollback', options);
       const { runRollback } = await import('../../cutover/cutover.js');
       const { renderCutover } = await import('../../cutover/render.js');
-      const open = await openForTransition(ctx, options);
+      const open = await openForTransition(ctx, options, 'rollback');
       try {
         const result = await runRollback(open.deps, { ...open.common, drainMs: drainMs(options), verifyRule: (rule) => open.verify(rule), ...(confirm ? { confirm } : {}) });
         ctx.result(renderCutover(result, ctx.format));

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { ExitCode } from '../../errors.js';
+import { ExitCode, isMigrateError } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { parseDuration } from './audit-flags.js';
@@ -15,16 +15,31 @@ export function registerStatus({ add }: CommandRegistrar): void {
       const maxVerifyAgeMs = parseDuration('--max-verify-age', options.maxVerifyAge) ?? 15 * 60_000;
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
-      const { openStores } = await import('../stores.js');
+      const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { runStatus } = await import('../../cutover/status.js');
-      const { renderStatus } = await import('../../cutover/render.js');
+      const { renderStatus, renderStatusDatacenters } = await import('../../cutover/render.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const { source, target, close } = openStores(connections, loaded.config);
       try {
-        const result = await runStatus({ source, target, config: loaded.config, mapping: loaded.mapping }, { now: () => new Date(), maxVerifyAgeMs });
-        ctx.result(renderStatus(result, ctx.format));
-        return ExitCode.ok;
+        const lanes = await openDatacenters(loaded, target, datacenterFlag(connections));
+        if (lanes.length === 1 && !datacenterFlag(connections)) {
+          const result = await runStatus({ source, target: lanes[0]!.target, config: lanes[0]!.config, mapping: lanes[0]!.mapping }, { now: () => new Date(), maxVerifyAgeMs });
+          ctx.result(renderStatus(result, ctx.format));
+          return ExitCode.ok;
+        }
+        // One status per datacenter, each of its own rules; one that does not answer says so, the others still show.
+        const entries = await Promise.all(lanes.map(async (lane) => {
+          const mapping = { ...lane.mapping, rules: lane.mapping.rules.filter((r) => lane.rules.includes(r.name)) };
+          try {
+            return { datacenter: lane.datacenter, result: await runStatus({ source, target: lane.target, config: lane.config, mapping }, { now: () => new Date(), maxVerifyAgeMs }) };
+          } catch (err) {
+            if (!isMigrateError(err) || err.exitCode !== ExitCode.server) throw err;
+            return { datacenter: lane.datacenter, error: err };
+          }
+        }));
+        ctx.result(renderStatusDatacenters(loaded.config.id, entries, ctx.format));
+        return entries.some((e) => e.error) ? ExitCode.server : ExitCode.ok;
       } finally {
         close();
       }

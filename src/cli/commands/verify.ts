@@ -79,7 +79,7 @@ Examples:
       const budgets = parseBudgets(options.allow);
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
-      const { openStores, openDatacenters } = await import('../stores.js');
+      const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { runVerify } = await import('../../verify/verify.js');
       const { renderVerify, renderVerifyError, renderVerifyDatacenters, datacentersVerdict } = await import('../../verify/render.js');
       const { createValueHasher } = await import('../../report/hash.js');
@@ -96,7 +96,7 @@ Examples:
         const stores = openStores(connections, loaded.config);
         close = stores.close;
         const { preflightConsul } = await import('../../doctor/preflight.js');
-        const lanes = await openDatacenters(loaded, stores.target);
+        const lanes = await openDatacenters(loaded, stores.target, datacenterFlag(connections));
         const several = lanes.length > 1;
         const hasher = createValueHasher();
         const entries: DatacenterVerify[] = [];
