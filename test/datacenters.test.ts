@@ -92,6 +92,13 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
     expect(again.code, again.stderr).toBe(0);
     const second = JSON.parse(again.stdout) as { datacenters: { rules: { created: number; updated: number }[] }[] };
     expect(second.datacenters.flatMap((d) => d.rules.map((r) => r.created + r.updated))).toEqual([0, 0, 0]);
+    // doctor checks every datacenter and the state in each against its own view of the mapping.
+    const doctor = await runCli(['doctor', '--format', 'json'], { cwd: dir, env });
+    expect(doctor.code, doctor.stdout).toBe(0);
+    const checks = (JSON.parse(doctor.stdout) as { checks: { name: string; status: string; message: string }[] }).checks;
+    expect(checks.filter((c) => c.name.startsWith('state.meta') || c.name === 'consul.datacenters').map((c) => [c.name, c.status])).toEqual([
+      ['consul.datacenters', 'ok'], ['state.meta (dc1)', 'ok'], ['state.meta (dc2)', 'ok'],
+    ]);
   });
 
   it('verify names the datacenter of every difference (JSON and JUnit) and exits 1 on drift in one of them', async () => {

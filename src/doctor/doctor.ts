@@ -10,6 +10,8 @@ import { EtcdSource, prefixRange } from '../stores/etcd.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { checkPermissions } from './preflight.js';
 import { checkIdentity, mappingHash, parseStateDocument, statePaths, type StateMeta } from '../state/state.js';
+import { datacenterViews, namesDatacenters } from '../mapping/datacenters.js';
+import type { LoadedConfig } from '../config/load.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
 
@@ -150,7 +152,9 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
           checks.push({ name: 'consul.permissions', status: 'ok', message: `can write the state prefix and ${input.mapping.copyRules.length} rule target(s), and create sessions${services ? `; can register the services of ${services} service rule(s)` : ''}` });
         }
       }
-      try {
+      if (input.mapping && namesDatacenters(config)) {
+        await checkDatacenters(consul, { config, mapping: input.mapping, file: input.configFile, document: undefined, lineCounter: undefined }, etcdClusterId, checks);
+      } else try {
         const entry = await consul.readKey(paths.meta);
         if (!entry) {
           checks.push({ name: 'state.meta', status: 'ok', message: `no state for migration "${config.id}" yet` });
@@ -199,5 +203,46 @@ async function checkAnonymousAccess(connections: Connections, timeoutMs: number,
     return { enforced: false, check: { name: 'consul.acl', status: 'warn', message: `could not tell whether ACLs are enforced: ${err.message}` } };
   } finally {
     anonymous.close();
+  }
+}
+
+/**
+ * Rules in several datacenters (issue 11): every datacenter they name is
+ * known to the agent's WAN federation and answers through it, and its state
+ * (if any) belongs to this migration, with the mapping of its own view.
+ */
+async function checkDatacenters(consul: ConsulTarget, loaded: LoadedConfig, etcdClusterId: string | undefined, checks: DoctorCheck[]): Promise<void> {
+  const agent = consul.forDatacenter(undefined);
+  let known: string[];
+  let primary: string;
+  try {
+    known = await agent.datacenters();
+    primary = loaded.config.target.datacenter ?? (await agent.info()).datacenter;
+  } catch (err) {
+    if (!isMigrateError(err)) throw err;
+    checks.push({ name: 'consul.datacenters', status: 'fail', message: err.message, code: err.code, hint: err.hint });
+    return;
+  }
+  const views = datacenterViews(loaded, primary);
+  const unknown = views.map((v) => v.datacenter).filter((dc) => !known.includes(dc));
+  checks.push(unknown.length === 0
+    ? { name: 'consul.datacenters', status: 'ok', message: `the rules write to ${views.map((v) => `${v.datacenter}${v.primary ? ' (primary)' : ''}`).join(', ')}; the agent knows them all` }
+    : { name: 'consul.datacenters', status: 'fail', code: 'datacenter_unknown', message: `the agent does not know datacenter ${unknown.join(', ')} (it knows ${known.join(', ')})`, hint: 'Fix the rules\' datacenters: lists, or join the datacenter to the WAN federation.' });
+  for (const view of views.filter((v) => known.includes(v.datacenter))) {
+    const name = `state.meta (${view.datacenter})`;
+    const paths = statePaths(view.config.state.prefix, view.config.id);
+    try {
+      const entry = await consul.forDatacenter(view.datacenter).readKey(paths.meta);
+      if (!entry) {
+        checks.push({ name, status: 'ok', message: `datacenter ${view.datacenter} answers; no state for migration "${view.config.id}" there yet` });
+        continue;
+      }
+      const meta = parseStateDocument<StateMeta>(paths.meta, entry.value);
+      if (etcdClusterId) checkIdentity(meta, { id: view.config.id, etcdClusterId, datacenter: view.datacenter, mappingHash: mappingHash(view.config) }, { acceptMappingChange: false });
+      checks.push({ name, status: 'ok', message: `datacenter ${view.datacenter} answers; migration "${view.config.id}" recorded there ${meta.created}; identity and mapping match` });
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      checks.push({ name, status: err.exitCode === 3 ? 'fail' : 'warn', message: err.message, code: err.code, hint: err.hint });
+    }
   }
 }

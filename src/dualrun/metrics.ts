@@ -129,6 +129,11 @@ export class DualRunMetrics {
     };
   }
 
+  /** The Prometheus text `/metrics` serves. */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
   async listen(address: string): Promise<string> {
     const match = /^(?:(.*):)?(\d+)$/.exec(address);
     if (!match) throw new UsageError('flag_invalid', `--metrics-addr ${address} is not host:port or :port.`, { hint: 'For example --metrics-addr :9464 or 127.0.0.1:9464.' });
@@ -136,7 +141,7 @@ export class DualRunMetrics {
     this.server = http.createServer(async (req, res) => {
       if (req.url === '/metrics') {
         res.setHeader('Content-Type', this.registry.contentType);
-        res.end(await this.registry.metrics());
+        res.end(await this.text());
       } else if (req.url === '/healthz') {
         const { ready, body } = this.health();
         res.statusCode = ready ? 200 : 503;

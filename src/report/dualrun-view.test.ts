@@ -26,6 +26,35 @@ describe('renderDualRunStatus', () => {
   });
 });
 
+describe('renderDualRunStatus with several datacenters', () => {
+  it('adds a line per datacenter: replicating, or not answering with its lag growing', () => {
+    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: 1000, events: 0, ops: 0, txns: 7, rebaselines: 0, sessions: 1, errors: {} };
+    const lines = renderDualRunStatus({ ...stats, datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 60, connected: false } } }, 3500, 0, false);
+    expect(lines.slice(-2)).toEqual([
+      '  datacenter dc1: replicating   checkpoint 100   lag 0 revision(s)   txns 7   sessions 1',
+      '  datacenter dc2: NOT ANSWERING (retrying)   checkpoint 60   lag 40 revision(s), 2.50 s   txns 7   sessions 1',
+    ]);
+  });
+});
+
+describe('metrics with several datacenters', () => {
+  it('exports lag, checkpoint and connected per datacenter, and /healthz is not ready while one does not answer', async () => {
+    const { DualRunMetrics } = await import('../dualrun/metrics.js');
+    const metrics = new DualRunMetrics({ heartbeat: false });
+    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: Date.now(), events: 0, ops: 0, txns: 0, rebaselines: 0, sessions: 0, errors: {} };
+    metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 60, connected: false } } });
+    const text = await metrics.text();
+    expect(text).toMatch(/^migrate_dualrun_datacenter_lag_revisions\{datacenter="dc2"\} 40$/m);
+    expect(text).toMatch(/^migrate_dualrun_datacenter_connected\{datacenter="dc2"\} 0$/m);
+    expect(text).toMatch(/^migrate_dualrun_datacenter_checkpoint_revision\{datacenter="dc1"\} 100$/m);
+    const health = metrics.health();
+    expect(health.ready).toBe(false);
+    expect(health.body).toMatchObject({ status: 'disconnected', datacenters: { dc2: { connected: false, lagRevisions: 40 } } });
+    metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 100, connected: true } } });
+    expect(metrics.health().ready).toBe(true);
+  });
+});
+
 describe('EventRate', () => {
   it('is events over the sampled window', () => {
     const rate = new EventRate(5000);
