@@ -154,9 +154,12 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       expect((await dc2.readKey(`_migrate/${id}/leader`))?.session).toBeTruthy();
 
       await federation.member('dc2').kill();
+      const killedAt = Date.now();
       await etcd.put(`${from}shared/live`).value('two');
       await etcd.delete().key(`${from}shared/k0`);
       await etcd.put(`${from}local/only-dc1`).value('still here');
+      // etcd compacts past dc2's checkpoint meanwhile: dc2 re-baselines when it returns.
+      await etcd.kv.compact({ revision: Number((await etcd.maintenance.status()).header.revision), physical: true });
       await eventually('dc1 keeps up while dc2 is down', async () => (await value(dc1, `mdc-${tag}/shared/live`)) === 'two' && (await dc1.readKey(`mdc-${tag}/shared/k0`)) === undefined && (await value(dc1, `mdc-${tag}/local/only-dc1`)) === 'still here');
       await eventually('the metrics show dc2 disconnected and lagging', async () => {
         const text = await dualrun.metrics();
@@ -183,7 +186,9 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
 
       await federation.member('dc2').restart();
       await federation.federated();
+      const backAt = Date.now();
       await eventually('dc2 catches up from its own checkpoint', async () => (await value(dc2, `mdc-${tag}/shared/live`).catch(() => undefined)) === 'two' && (await dc2.readKey(`mdc-${tag}/shared/k0`).catch(() => null)) === undefined, 60_000);
+      process.stderr.write(`datacenters: dc2 down ${((backAt - killedAt) / 1000).toFixed(1)} s; caught up ${((Date.now() - backAt) / 1000).toFixed(1)} s after it answered again (Consul ${servers().consulVersion})\n`);
       await waitCaughtUp(etcd, dc2, id, 60_000);
       const after = await runCli(['verify', '--format', 'json', '--rounds', '2'], { cwd: dir, env, timeoutMs: 120_000 });
       expect(after.code, after.stdout + after.stderr).toBe(0);
@@ -215,6 +220,9 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       expect(JSON.stringify(JSON.parse(finalize.stdout).rules[0].checks)).toContain('also copied to dc2');
       const back = await runCli(['rollback', '--rule', 'shared', '--datacenter', 'dc1', '--yes'], { cwd: dir, env, timeoutMs: 120_000 });
       expect(back.code, back.stdout + back.stderr).toBe(0);
+    } catch (err) {
+      process.stderr.write(`dual-run log:\n${dualrun.stderr()}\n`);
+      throw err;
     } finally {
       expect(await dualrun.stop()).toBe(0);
     }

@@ -470,6 +470,10 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           applier.reset();
           const result = await options.copy({ deleteExtraneous: true, allowMassDelete: false }, ctx.lane);
           stats.checkpoint = result.revision;
+          // The copy wrote the checkpoint as its own; the dual-run takes it over at once, so status,
+          // cutover and verify see a running dual-run rather than a copy that just finished.
+          applier.reset();
+          await applier.flush(true);
           if (services.active) await services.load(options.signal);
           options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });
           continue;
@@ -725,10 +729,10 @@ class Applier {
     for (const [i, part] of parts.entries()) await this.send(part, i === parts.length - 1 ? plan.revision : plan.revision - 1, plan);
   }
 
-  /** Sends the pending ops (or, with `checkpointOnly`, just the checkpoint) with the checkpoint and the leader check. */
-  async flush(): Promise<void> {
+  /** Sends the pending ops with the checkpoint and the leader check; with `checkpointAnyway`, the checkpoint even when nothing is pending. */
+  async flush(checkpointAnyway = false): Promise<void> {
     const ops = this.batcher.flush() ?? [];
-    if (ops.length === 0 && this.pendingRevision <= this.ctx.stats.checkpoint) return;
+    if (ops.length === 0 && this.pendingRevision <= this.ctx.stats.checkpoint && !checkpointAnyway) return;
     await this.send(ops, this.pendingRevision);
   }
 

@@ -99,20 +99,28 @@ export class LeaderLock {
 
   /** Renews the session every third of its TTL; `onLost` when Consul no longer knows it. */
   keepAlive(onLost: () => void): void {
-    this.timer = setInterval(async () => {
-      if (!this.session || this.lost) return;
-      const ok = await this.target.renewSession(this.session).catch(() => true);
-      if (!ok) {
+    let renewing = false;
+    const timer = setInterval(async () => {
+      const session = this.session;
+      // One renewal at a time: against a Consul that does not answer, each one retries for seconds.
+      if (!session || this.lost || renewing) return;
+      renewing = true;
+      const ok = await this.target.renewSession(session).catch(() => true);
+      renewing = false;
+      // Released (or re-made) meanwhile: the answer is about a session this lock no longer holds.
+      if (!ok && this.timer === timer && this.session === session && !this.lost) {
         this.lost = true;
         onLost();
       }
     }, (LEADER_TTL_SECONDS * 1000) / 3);
+    this.timer = timer;
     this.timer.unref();
   }
 
   /** Releases the lock and destroys the session (clean shutdown). */
   async release(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
     const session = this.session;
     this.session = undefined;
     if (!session) return;
