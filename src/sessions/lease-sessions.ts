@@ -120,10 +120,20 @@ export class LeaseSessions {
     await this.target.deleteKey(this.paths.session(leaseId));
   }
 
-  /** Consul reaped the session of a live lease: make a new one (the caller rewrites the keys). */
-  recreate(leaseId: string): Promise<string | undefined> {
+  /**
+   * Consul reaped the session of a live lease: make a new one (the caller
+   * rewrites the keys). The old one is destroyed first: a server that has
+   * just restarted can answer a renewal with "not found" before it has
+   * restored its state, and the old session, alive after all, would go on
+   * holding the lease's keys against the new one (Behavior delete: they go
+   * with it, and the caller writes them again).
+   */
+  async recreate(leaseId: string): Promise<string | undefined> {
     const record = this.byLease.get(leaseId);
-    if (record) this.own.delete(record.sessionId);
+    if (record) {
+      await this.target.destroySession(record.sessionId);
+      this.own.delete(record.sessionId);
+    }
     this.byLease.delete(leaseId);
     this.pending.delete(leaseId);
     return this.ensure(leaseId);
