@@ -228,4 +228,27 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
     }
     expect(dualrun.stderr()).toMatch(/dc2: .*retrying/);
   }, 240_000);
+
+  it('a dual-run started while dc2 is down replicates into dc1 at once and into dc2 when it answers', async () => {
+    await federation.member('dc2').kill();
+    const dualrun = await startDualRun(dir, [], env);
+    try {
+      await etcd.put(`${from}shared/late`).value('while dc2 was down');
+      await eventually('dc1 gets it with dc2 down', async () => (await value(dc1, `mdc-${tag}/shared/late`)) === 'while dc2 was down', 30_000);
+      expect(dualrun.child.exitCode).toBeNull();
+      await federation.member('dc2').restart();
+      await federation.federated();
+      await eventually('dc2 gets it once it answers', async () => (await value(dc2, `mdc-${tag}/shared/late`).catch(() => undefined)) === 'while dc2 was down', 60_000);
+      await waitCaughtUp(etcd, dc2, id, 60_000);
+      const after = await runCli(['verify', '--format', 'json', '--rounds', '2', '--datacenter', 'dc2'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(after.code, after.stdout + after.stderr).toBe(0);
+      expect((JSON.parse(after.stdout) as { datacenters: { datacenter: string }[] }).datacenters.map((d) => d.datacenter)).toEqual(['dc2']);
+    } catch (err) {
+      process.stderr.write(`dual-run log:\n${dualrun.stderr()}\n`);
+      throw err;
+    } finally {
+      expect(await dualrun.stop()).toBe(0);
+    }
+    expect(dualrun.stderr()).toMatch(/dc2: not checked before the start/);
+  }, 180_000);
 });

@@ -50,6 +50,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
+      const { namesDatacenters } = await import('../../mapping/datacenters.js');
       const { runCopy, refuseWhileDualRunLeads, acquireCopyLock } = await import('../../copy/copy.js');
       const { renderCopy, renderCopyDatacenters } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
@@ -60,7 +61,8 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const view = createProgressView(ctx);
       try {
         const lanes = await openDatacenters(loaded, target, datacenterFlag(connections));
-        const several = lanes.length > 1;
+        // With rules naming datacenters, reports have one part per datacenter, even for the one --datacenter picks.
+        const several = namesDatacenters(loaded.config);
         const copies: { datacenter: string; result?: CopyResult; error?: Error }[] = [];
         for (const lane of lanes) {
           if (ctx.signal.aborted) break;

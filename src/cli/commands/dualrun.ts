@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { ExitCode, UsageError } from '../../errors.js';
+import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
@@ -62,7 +62,15 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             hint: 'Leave --datacenter out; set target.datacenter in migration.yaml to choose the primary datacenter, which holds the leader lock.',
           });
         }
-        for (const lane of lanes) await preflightConsul(lane.target, lane.config, lane.mapping, lanes.length > 1 ? `dualrun (${lane.datacenter})` : 'dualrun', { writeTargets: true, writeState: true, sessions: true });
+        for (const lane of lanes) {
+          try {
+            await preflightConsul(lane.target, lane.config, lane.mapping, lanes.length > 1 ? `dualrun (${lane.datacenter})` : 'dualrun', { writeTargets: true, writeState: true, sessions: true });
+          } catch (err) {
+            // Another datacenter that does not answer now is retried by its lane; it does not keep the others from starting.
+            if (lane.primary || !isMigrateError(err) || err.exitCode !== ExitCode.server) throw err;
+            log('warn', `${lane.datacenter}: not checked before the start (${err.message}); replicating into the other datacenters meanwhile`, { datacenter: lane.datacenter });
+          }
+        }
         let lastLog = 0;
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');
         const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');

@@ -16,6 +16,7 @@ export function registerStatus({ add }: CommandRegistrar): void {
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
+      const { namesDatacenters } = await import('../../mapping/datacenters.js');
       const { runStatus } = await import('../../cutover/status.js');
       const { renderStatus, renderStatusDatacenters } = await import('../../cutover/render.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
@@ -23,7 +24,7 @@ export function registerStatus({ add }: CommandRegistrar): void {
       const { source, target, close } = openStores(connections, loaded.config);
       try {
         const lanes = await openDatacenters(loaded, target, datacenterFlag(connections));
-        if (lanes.length === 1 && !datacenterFlag(connections)) {
+        if (!namesDatacenters(loaded.config)) {
           const result = await runStatus({ source, target: lanes[0]!.target, config: lanes[0]!.config, mapping: lanes[0]!.mapping }, { now: () => new Date(), maxVerifyAgeMs });
           ctx.result(renderStatus(result, ctx.format));
           return ExitCode.ok;

@@ -80,6 +80,7 @@ Examples:
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
+      const { namesDatacenters } = await import('../../mapping/datacenters.js');
       const { runVerify } = await import('../../verify/verify.js');
       const { renderVerify, renderVerifyError, renderVerifyDatacenters, datacentersVerdict } = await import('../../verify/render.js');
       const { createValueHasher } = await import('../../report/hash.js');
@@ -97,7 +98,8 @@ Examples:
         close = stores.close;
         const { preflightConsul } = await import('../../doctor/preflight.js');
         const lanes = await openDatacenters(loaded, stores.target, datacenterFlag(connections));
-        const several = lanes.length > 1;
+        // With rules naming datacenters, reports have one part per datacenter, even for the one --datacenter picks.
+        const several = namesDatacenters(loaded.config);
         const hasher = createValueHasher();
         const entries: DatacenterVerify[] = [];
         for (const lane of lanes) {
