@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { Ajv } from 'ajv';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -228,6 +229,31 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
     }
     expect(dualrun.stderr()).toMatch(/dc2: .*retrying/);
   }, 240_000);
+
+  it('HA: when the leader dies, the standby takes the lock in every datacenter and replicates into both', async () => {
+    const holderIn = async (target: ConsulTarget) => (JSON.parse((await target.readKey(`_migrate/${id}/leader`))?.value.toString() ?? '{}') as { holder?: string }).holder;
+    const first = await startDualRun(dir, ['--ha'], env);
+    const second = await startDualRun(dir, ['--ha'], env);
+    try {
+      await eventually('the first leads in both datacenters', async () => (await holderIn(dc1)) === `${hostname()}:${first.child.pid}` && (await holderIn(dc2)) === `${hostname()}:${first.child.pid}`, 30_000);
+      await first.kill();
+      const killedAt = Date.now();
+      await etcd.put(`${from}shared/after-takeover`).value('second');
+      await eventually('the standby leads in both datacenters and replicates into both', async () =>
+        (await holderIn(dc1)) === `${hostname()}:${second.child.pid}` && (await holderIn(dc2)) === `${hostname()}:${second.child.pid}`
+        && (await value(dc1, `mdc-${tag}/shared/after-takeover`)) === 'second' && (await value(dc2, `mdc-${tag}/shared/after-takeover`)) === 'second', 40_000);
+      process.stderr.write(`datacenters: the standby replicated into both datacenters ${Date.now() - killedAt} ms after the leader was killed\n`);
+      await waitCaughtUp(etcd, dc2, id, 30_000);
+      const verify = await runCli(['verify', '--format', 'json', '--rounds', '2'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(verify.code, verify.stdout + verify.stderr).toBe(0);
+    } catch (err) {
+      process.stderr.write(`standby log:\n${second.stderr()}\n`);
+      throw err;
+    } finally {
+      await first.kill();
+      expect(await second.stop()).toBe(0);
+    }
+  }, 120_000);
 
   it('a dual-run started while dc2 is down replicates into dc1 at once and into dc2 when it answers', async () => {
     await federation.member('dc2').kill();
