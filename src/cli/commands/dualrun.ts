@@ -62,9 +62,13 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             hint: 'Leave --datacenter out; set target.datacenter in migration.yaml to choose the primary datacenter, which holds the leader lock.',
           });
         }
+        const { ConsulTarget } = await import('../../stores/consul.js');
         for (const lane of lanes) {
+          // Another datacenter is checked once, without the retries that ride out an election: one that does not
+          // answer must not hold up the start of the others (its lane retries it).
+          const checked = lane.primary ? lane.target : new ConsulTarget(lane.target.http, { limits: lane.config.target.limits, retry: { attempts: 1, busyAttempts: 1 } });
           try {
-            await preflightConsul(lane.target, lane.config, lane.mapping, lanes.length > 1 ? `dualrun (${lane.datacenter})` : 'dualrun', { writeTargets: true, writeState: true, sessions: true });
+            await preflightConsul(checked, lane.config, lane.mapping, lanes.length > 1 ? `dualrun (${lane.datacenter})` : 'dualrun', { writeTargets: true, writeState: true, sessions: true });
           } catch (err) {
             // Another datacenter that does not answer now is retried by its lane; it does not keep the others from starting.
             if (lane.primary || !isMigrateError(err) || err.exitCode !== ExitCode.server) throw err;
