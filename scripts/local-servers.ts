@@ -28,16 +28,25 @@ process.once('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
+const handedOut = new Set<number>();
+
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+  // The kernel can hand a port just released to the next bind: several ports picked at once (one
+  // server's HTTP and Serf ports) could come out equal. Never hand out the same port twice.
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = createServer();
+      server.unref();
+      server.on('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        const address = server.address();
+        server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+      });
     });
-  });
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
 }
 
 /** PEM files for a test PKI: a CA, a server certificate for 127.0.0.1/localhost, a client certificate, and an unrelated CA. */
