@@ -106,15 +106,10 @@ export interface DualRunSummary {
 
 export interface DualRunDeps {
   source: SourceReader;
-  target: TargetStore;
-  config: MigrationConfig;
-  mapping: Mapping;
   /** Writes to etcd for the reverse mirror after a cutover; without it a cut-over rule is not mirrored back (logged). */
   writer?: SourceWriter;
-  /** Blocking queries on Consul; without them the owners document and cut-over prefixes are polled. */
-  blocking?: BlockingReader;
-  /** Several datacenters (issue 11): every lane, the primary's first; without, the one lane above. */
-  datacenters?: DualRunLane[];
+  /** Every datacenter the rules write to, the primary's first (one lane without `datacenters:` in the rules). */
+  lanes: DualRunLane[];
 }
 
 /** The etcd range one ordered watch must cover to see every copy and service rule. */
@@ -135,8 +130,7 @@ export function watchRange(mapping: Mapping): KeyRange {
  * carrying the checkpoint and the leader check (DESIGN §3).
  */
 export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Promise<DualRunSummary> {
-  const { source } = deps;
-  const lanes: DualRunLane[] = deps.datacenters ?? [{ datacenter: '', primary: true, target: deps.target, config: deps.config, mapping: deps.mapping, ...(deps.blocking ? { blocking: deps.blocking } : {}) }];
+  const { source, lanes } = deps;
   const primaryLane = lanes.find((l) => l.primary) ?? lanes[0]!;
   const secondaryLanes = lanes.filter((l) => l !== primaryLane);
   const newStats = (): DualRunStats => ({
@@ -185,7 +179,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       fatal ??= err;
       lost.abort();
     };
-    const following = secondaryLanes.map((lane) => followLane({ source, lane, stats: laneStats.get(lane)!, publish, writer: deps.writer, holder, shared: stats }, { ...options, signal: anySignal(options.signal, lanesStop.signal, lost.signal) }).catch(failed));
+    const following = secondaryLanes.map((lane) => followLane({ source, lane, stats: laneStats.get(lane)!, publish, writer: deps.writer, holder, shared: stats }, { ...options, signal: AbortSignal.any([options.signal, lanesStop.signal, lost.signal]) }).catch(failed));
     let reason: DualRunSummary['reason'];
     try {
       reason = primaryLane.mapping.copyRules.length + primaryLane.mapping.serviceRules.length > 0 || secondaryLanes.length === 0
@@ -207,14 +201,9 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   }
 }
 
-/** Aborts when any of the signals does. */
-function anySignal(...signals: AbortSignal[]): AbortSignal {
-  return AbortSignal.any(signals);
-}
-
 /** The primary lane when every rule goes to other datacenters: it only holds the lock. */
 async function holdLead(signal: AbortSignal, lost: AbortSignal): Promise<DualRunSummary['reason']> {
-  const both = anySignal(signal, lost);
+  const both = AbortSignal.any([signal, lost]);
   if (!both.aborted) await new Promise<void>((resolve) => both.addEventListener('abort', () => resolve(), { once: true }));
   return lost.aborted && !signal.aborted ? 'leadership-lost' : 'signal';
 }

@@ -80,13 +80,14 @@ export class ConsulUnreachableError extends ServerError {
 export class ConsulHttp {
   readonly address: string;
   private readonly url: URL;
-  private readonly agent: http.Agent;
+  private readonly agent: http.Agent | https.Agent;
   private readonly module: typeof http | typeof https;
   private readonly headers: Record<string, string>;
   private readonly timeoutMs: number;
   private readonly datacenter: string | undefined;
 
-  constructor(private readonly connection: ConsulConnection) {
+  /** `agent`: the connection pool of another instance for the same server (see {@link withDatacenter}). */
+  constructor(private readonly connection: ConsulConnection, agent?: http.Agent | https.Agent) {
     let url: URL;
     try {
       url = new URL(connection.address.includes('://') ? connection.address : `http://${connection.address}`);
@@ -104,7 +105,7 @@ export class ConsulHttp {
     this.address = redactUrl(url.origin);
     const https_ = url.protocol === 'https:';
     this.module = https_ ? https : http;
-    this.agent = https_
+    this.agent = agent ?? (https_
       ? new https.Agent({
           keepAlive: true,
           maxSockets: 32,
@@ -113,7 +114,7 @@ export class ConsulHttp {
           key: connection.tls?.key,
           rejectUnauthorized: connection.tls?.verify ?? true,
         })
-      : new http.Agent({ keepAlive: true, maxSockets: 32 });
+      : new http.Agent({ keepAlive: true, maxSockets: 32 }));
     this.headers = {};
     if (connection.token) this.headers['X-Consul-Token'] = connection.token;
     if (connection.namespace) this.headers['X-Consul-Namespace'] = connection.namespace;
@@ -127,9 +128,9 @@ export class ConsulHttp {
     return this.datacenter;
   }
 
-  /** Same server and settings with another datacenter (`?dc=`). */
+  /** Same server, settings and connections with another datacenter (`?dc=`); closing either closes both. */
   withDatacenter(datacenter: string | undefined): ConsulHttp {
-    return new ConsulHttp({ ...this.connection, datacenter });
+    return new ConsulHttp({ ...this.connection, datacenter }, this.agent);
   }
 
   close(): void {

@@ -79,8 +79,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');
         const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');
         const writer = new EtcdWriter(source.client, (err, what) => source.toError(err, what));
-        const datacenters = lanes.map((lane) => ({ ...lane, blocking: new ConsulBlockingReader(lane.target.http) }));
-        const summary = await runDualRun({ source, target, config: loaded.config, mapping: loaded.mapping, writer, datacenters }, {
+        const summary = await runDualRun({ source, writer, lanes: lanes.map((lane) => ({ ...lane, blocking: new ConsulBlockingReader(lane.target.http) })) }, {
           ha: Boolean(options.ha),
           baseline: Boolean(options.baseline),
           acceptMappingChange: Boolean(options.acceptMappingChange),
