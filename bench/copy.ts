@@ -8,6 +8,13 @@
  *   depend on the dataset size).
  * Then the 1,000,000-key copy's peak RSS.
  *
+ * The CPU seconds of Consul, etcd, the tool (and this process, `bench`) are
+ * reported for the raw ceiling and the tool's run. On a machine with few cores
+ * they share them: `cpuBoundVsRawTxn` is the highest `vsRawTxn` the machine
+ * allows for the CPU the tool's run used (Consul + etcd + tool CPU seconds spread
+ * perfectly over the cores), so a ratio below target says whether the tool or
+ * the machine is the limit.
+ *
  *   BENCH_KEYS=100000 BENCH_BIG_KEYS=1000000 npm run bench -- copy
  */
 import http from 'node:http';
@@ -20,7 +27,7 @@ import { startConsul, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { packTxnBatches, toWireOp } from '../src/stores/txn-batcher.js';
 import type { TxnOp } from '../src/stores/types.js';
-import { loadKeys, report, runMigrate, uniqueId } from './support.js';
+import { cpuBoundSeconds, cpuMeter, loadKeys, report, runMigrate, uniqueId, type CpuUse } from './support.js';
 
 const KEYS = Number(process.env.BENCH_KEYS ?? 100_000);
 const BIG_KEYS = Number(process.env.BENCH_BIG_KEYS ?? 1_000_000);
@@ -38,14 +45,15 @@ function send(agent: http.Agent, address: URL, method: string, path: string, bod
   });
 }
 
-async function copyCase(etcdEndpoint: string, consulAddress: string, id: string, from: string): Promise<{ ms: number; maxRssMb: number }> {
+async function copyCase(etcdEndpoint: string, consulAddress: string, id: string, from: string, servers: Record<string, number>): Promise<{ ms: number; maxRssMb: number; cpu: CpuUse }> {
+  const meter = cpuMeter(servers);
   const dir = mkdtempSync(join(tmpdir(), 'bench-copy-'));
   writeFileSync(join(dir, 'migration.yaml'), `version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${from}, to: ${id}/ }\n`);
   const run = await runMigrate(['copy', '--progress', 'none', '--format', 'json'], { cwd: dir, env: { ETCDCTL_ENDPOINTS: etcdEndpoint, CONSUL_HTTP_ADDR: consulAddress } });
   if (run.code !== 0) throw new Error(`migrate copy exited ${run.code}: ${run.stderr.slice(-2000)}`);
   const result = JSON.parse(run.stdout) as { rules: { created: number }[] };
   if (result.rules[0]!.created === 0) throw new Error('the copy created nothing');
-  return { ms: run.ms, maxRssMb: run.maxRssMb };
+  return { ms: run.ms, maxRssMb: run.maxRssMb, cpu: meter.read({ tool: run.cpuSeconds }) };
 }
 
 export async function benchCopy(): Promise<void> {
@@ -66,9 +74,11 @@ export async function benchCopy(): Promise<void> {
     const bodies = packTxnBatches(ops, limits).map((batch) => Buffer.from(JSON.stringify(batch.map(toWireOp))));
     const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
     const limit = pLimit(8);
+    const rawMeter = cpuMeter({ consul: consul.pid });
     let t0 = performance.now();
     await Promise.all(bodies.map((body) => limit(() => send(agent, address, 'PUT', '/v1/txn', body))));
     const rawMs = performance.now() - t0;
+    const rawCpu = rawMeter.read();
     const rawKeysPerSec = KEYS / (rawMs / 1000);
 
     // One PUT per key, one client.
@@ -83,7 +93,8 @@ export async function benchCopy(): Promise<void> {
     single.destroy();
 
     // The tool, whole process.
-    const tool = await copyCase(etcd.endpoint, consul.address, uniqueId('tool'), prefix);
+    const servers = { consul: consul.pid, etcd: etcd.pid };
+    const tool = await copyCase(etcd.endpoint, consul.address, uniqueId('tool'), prefix, servers);
     const toolKeysPerSec = KEYS / (tool.ms / 1000);
     report({
       bench: 'copy',
@@ -97,6 +108,8 @@ export async function benchCopy(): Promise<void> {
       vsRawTxn: +(toolKeysPerSec / rawKeysPerSec).toFixed(2),
       vsOnePut: +(toolKeysPerSec / putKeysPerSec).toFixed(1),
       targets: { vsRawTxn: 0.8, vsOnePut: 15 },
+      cpuBoundVsRawTxn: +(rawMs / 1000 / cpuBoundSeconds(tool.cpu)).toFixed(2),
+      cpu: { rawTxn: rawCpu, tool: tool.cpu },
       toolMaxRssMb: Math.round(tool.maxRssMb),
       command: `BENCH_KEYS=${KEYS} npm run bench -- copy`,
     });
@@ -104,7 +117,7 @@ export async function benchCopy(): Promise<void> {
     if (BIG_KEYS > 0) {
       const bigPrefix = '/bench/copy-big/';
       await loadKeys(client, bigPrefix, BIG_KEYS, VALUE_BYTES);
-      const big = await copyCase(etcd.endpoint, consul.address, uniqueId('big'), bigPrefix);
+      const big = await copyCase(etcd.endpoint, consul.address, uniqueId('big'), bigPrefix, servers);
       report({
         bench: 'copy-memory',
         keys: BIG_KEYS,
@@ -112,6 +125,7 @@ export async function benchCopy(): Promise<void> {
         toolKeysPerSec: Math.round(BIG_KEYS / (big.ms / 1000)),
         maxRssMb: Math.round(big.maxRssMb),
         target: { maxRssMb: 400 },
+        cpu: big.cpu,
         command: `BENCH_BIG_KEYS=${BIG_KEYS} npm run bench -- copy`,
       });
     }

@@ -17,6 +17,9 @@
  *    narrows it. The highest step that held is then run again for BENCH_DUALRUN_SECONDS (default
  *    60): if that holds too, it is the highest rate sustained for that long;
  *    if not, the step below it is tried once.
+ *    Each step reports the cores that etcd, Consul, the dual-run, the writers
+ *    and this process kept busy meanwhile (CPU seconds over the step's wall time):
+ *    on a small machine their sum reaching its core count is the limit.
  * 3. drain: a backlog written while the dual-run is stopped, applied after a
  *    restart (apply capacity with no writer in the way).
  *
@@ -31,7 +34,7 @@ import { spawn } from 'node:child_process';
 import { Etcd3 } from 'etcd3';
 import { freePort, repoRoot, startConsul, startEtcd } from '../scripts/local-servers.js';
 import { EtcdSource, prefixRange } from '../src/stores/etcd.js';
-import { report, uniqueId } from './support.js';
+import { cpuMeter, report, uniqueId } from './support.js';
 
 const RATE = Number(process.env.BENCH_RATE ?? 2000);
 const SECONDS = Number(process.env.BENCH_DUALRUN_SECONDS ?? process.env.BENCH_SECONDS ?? 60);
@@ -104,7 +107,7 @@ async function lagRevisions(client: Etcd3, port: number): Promise<number> {
 }
 
 /** `count` writer processes sharing `rate` single-key puts/s, once all are connected; `stop()` returns the acknowledged puts/s. */
-async function startWriters(endpoint: string, prefix: string, rate: number, count: number): Promise<{ stop: () => Promise<number> }> {
+async function startWriters(endpoint: string, prefix: string, rate: number, count: number): Promise<{ pids: number[]; stop: () => Promise<number> }> {
   const children = Array.from({ length: count }, () => {
     const child = spawn(process.execPath, [join(repoRoot, 'bench', 'etcd-writer.mjs'), endpoint, prefix, String(rate / count), '5000'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
@@ -123,6 +126,7 @@ async function startWriters(endpoint: string, prefix: string, rate: number, coun
   });
   await Promise.all(children.map((c) => c.ready));
   return {
+    pids: children.map((c) => c.child.pid!),
     async stop() {
       for (const c of children) c.child.kill('SIGTERM');
       const results = await Promise.all(children.map((c) => c.done));
@@ -141,15 +145,19 @@ interface Step {
   lagRevisionsEnd: number;
   lagRevisionsMax: number;
   held: boolean;
+  /** Cores kept busy on average during the step, per process (writers summed), and the machine's core count. */
+  busyCores: Record<string, number>;
+  cores: number;
 }
 
 /** One step of the sustained search: writers at `rate` for `seconds`, lag sampled every second. */
-async function runStep(client: Etcd3, endpoint: string, port: number, rate: number, seconds: number): Promise<Step> {
+async function runStep(client: Etcd3, endpoint: string, port: number, rate: number, seconds: number, processes: Record<string, number>): Promise<Step> {
   // Start from a caught-up dual-run, so a step does not inherit the last one's backlog.
   for (let i = 0; i < 300 && (await lagRevisions(client, port)) > 10; i++) await new Promise((r) => setTimeout(r, 200));
   const writers = Math.max(2, Math.ceil(rate / PER_WRITER));
   const load = await startWriters(endpoint, '/bench/dr/s/', rate, writers);
   const checkpointStart = await metricValue(port, 'migrate_dualrun_checkpoint_revision');
+  const meter = cpuMeter({ ...processes, ...Object.fromEntries(load.pids.map((pid, i) => [`writer${i}`, pid])) });
   const t0 = performance.now();
   const samples: number[] = [];
   for (let i = 0; i < seconds; i++) {
@@ -158,7 +166,14 @@ async function runStep(client: Etcd3, endpoint: string, port: number, rate: numb
   }
   const checkpointEnd = await metricValue(port, 'migrate_dualrun_checkpoint_revision');
   const elapsed = (performance.now() - t0) / 1000;
+  const cpu = meter.read();
   const achieved = await load.stop();
+  const busyCores: Record<string, number> = {};
+  for (const [name, cpuSeconds] of Object.entries(cpu.seconds)) {
+    const key = name.startsWith('writer') ? 'writers' : name;
+    busyCores[key] = +((busyCores[key] ?? 0) + cpuSeconds / cpu.wallSeconds).toFixed(2);
+  }
+  busyCores.total = cpu.busyCores;
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   // The first second is the writers starting up; the start is samples 2-4.
   const lagStart = Math.round(mean(samples.slice(1, 4)));
@@ -169,6 +184,8 @@ async function runStep(client: Etcd3, endpoint: string, port: number, rate: numb
     appliedEventsPerSec: Math.round((checkpointEnd - checkpointStart) / elapsed),
     lagRevisionsStart: lagStart, lagRevisionsEnd: lagEnd, lagRevisionsMax: Math.max(...samples),
     held: achieved >= rate * 0.95 && lagEnd <= lagStart + rate,
+    busyCores,
+    cores: cpu.cores,
   };
 }
 
@@ -243,9 +260,10 @@ export async function benchDualRun(): Promise<void> {
     });
 
     // 2. Highest sustained single-key rate: step up until a step fails, then confirm the best for SECONDS.
+    const processes = { etcd: etcd.pid, consul: consul.pid, dualrun: child.pid! };
     const steps: Step[] = [];
     for (let rate = STEP; rate <= MAX_RATE; rate += STEP) {
-      const step = await runStep(client, etcd.endpoint, port, rate, STEP_SECONDS);
+      const step = await runStep(client, etcd.endpoint, port, rate, STEP_SECONDS, processes);
       steps.push(step);
       report({ bench: 'dualrun-step', ...step });
       if (!step.held) break;
@@ -253,7 +271,7 @@ export async function benchDualRun(): Promise<void> {
     // One step between the last that held and the first that failed narrows the figure.
     const between = Math.round((steps.at(-1)!.rate - STEP / 2) / 500) * 500;
     if (!steps.at(-1)!.held && steps.length > 1 && between > steps.at(-2)!.rate) {
-      const step = await runStep(client, etcd.endpoint, port, between, STEP_SECONDS);
+      const step = await runStep(client, etcd.endpoint, port, between, STEP_SECONDS, processes);
       steps.splice(steps.length - 1, 0, step);
       report({ bench: 'dualrun-step', ...step });
     }
@@ -262,7 +280,7 @@ export async function benchDualRun(): Promise<void> {
     let confirm: Step | undefined;
     for (const rate of [held.at(-1), held.at(-2)]) {
       if (!rate) break;
-      confirm = await runStep(client, etcd.endpoint, port, rate, SECONDS);
+      confirm = await runStep(client, etcd.endpoint, port, rate, SECONDS, processes);
       report({ bench: 'dualrun-confirm', ...confirm });
       if (confirm.held) {
         sustained = rate;
@@ -274,7 +292,9 @@ export async function benchDualRun(): Promise<void> {
       bench: 'dualrun-max-sustained',
       eventsPerSec: sustained,
       seconds: SECONDS,
-      limitedBy: failed ? (failed.achievedWritesPerSec < failed.rate * 0.95 ? `the writers (${failed.achievedWritesPerSec}/s of ${failed.rate}/s asked)` : `the dual-run (lag grew from ${failed.lagRevisionsStart} to ${failed.lagRevisionsEnd} revisions at ${failed.rate}/s; it applied ${failed.appliedEventsPerSec}/s)`) : `BENCH_MAX_RATE ${MAX_RATE}`,
+      limitedBy: failed
+        ? `${failed.achievedWritesPerSec < failed.rate * 0.95 ? `the writers (${failed.achievedWritesPerSec}/s of ${failed.rate}/s asked)` : `the dual-run (lag grew from ${failed.lagRevisionsStart} to ${failed.lagRevisionsEnd} revisions at ${failed.rate}/s; it applied ${failed.appliedEventsPerSec}/s)`}; ${failed.busyCores.total} of the machine's ${failed.cores} cores were busy (${Object.entries(failed.busyCores).filter(([k]) => k !== 'total').map(([k, v]) => `${k} ${v}`).join(', ')})`
+        : `BENCH_MAX_RATE ${MAX_RATE}`,
       target: { eventsPerSec: 10_000 },
       command: `BENCH_STEP=${STEP} BENCH_STEP_SECONDS=${STEP_SECONDS} BENCH_DUALRUN_SECONDS=${SECONDS} npm run bench -- dualrun`,
     });

@@ -1,4 +1,5 @@
-// Loaded with `node --import` by the benchmarks: reports the process's peak RSS (KiB) on exit.
+// Loaded with `node --import` by the benchmarks: reports the process's peak RSS (KiB) and CPU time (µs) on exit.
 process.on('exit', () => {
-  process.stderr.write(`\nmaxRSS=${process.resourceUsage().maxRSS}\n`);
+  const usage = process.resourceUsage();
+  process.stderr.write(`\nmaxRSS=${usage.maxRSS} cpuMicros=${usage.userCPUTime + usage.systemCPUTime}\n`);
 });

@@ -1,10 +1,13 @@
 /**
  * Shared pieces of the benchmarks: real servers, loading a generated keyspace
- * into etcd fast, running the CLI as a child process with its peak RSS, and
- * printing one JSON line per case with the command that reproduces it.
+ * into etcd fast, running the CLI as a child process with its peak RSS and CPU
+ * time, the CPU the servers use meanwhile, and printing one JSON line per case
+ * with the command that reproduces it.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { repoRoot } from '../scripts/local-servers.js';
@@ -29,15 +32,69 @@ export async function loadKeys(client: Etcd3, prefix: string, count: number, val
   await Promise.all([worker(), worker(), worker(), worker()]);
 }
 
+let ticksPerSecond: number | undefined;
+
+/** CPU seconds (user + system) process `pid` has used so far, from /proc; NaN where that cannot be read. */
+export function cpuSeconds(pid: number): number {
+  try {
+    ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+    // Fields after "(comm) ": state is [0], utime [11], stime [12] (proc(5) fields 14 and 15).
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+  } catch {
+    return NaN;
+  }
+}
+
+export interface CpuUse {
+  /** The machine's cores: CPU seconds over wall seconds cannot exceed it. */
+  cores: number;
+  wallSeconds: number;
+  /** CPU seconds per process over the interval. */
+  seconds: Record<string, number>;
+  /** All of them over the wall time: how many cores were busy on average. */
+  busyCores: number;
+}
+
+/**
+ * Measures the CPU that running processes (by pid) and this one (`bench`) use
+ * from now until `read()`. Processes that exit before it (the tool) are added by
+ * the caller through `extra`.
+ */
+export function cpuMeter(pids: Record<string, number>): { read(extra?: Record<string, number>): CpuUse } {
+  const start = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSeconds(pid)]));
+  const self = process.cpuUsage();
+  const t0 = performance.now();
+  return {
+    read(extra = {}) {
+      const wallSeconds = (performance.now() - t0) / 1000;
+      const own = process.cpuUsage(self);
+      const seconds: Record<string, number> = { bench: (own.user + own.system) / 1e6, ...extra };
+      for (const [name, pid] of Object.entries(pids)) seconds[name] = cpuSeconds(pid) - start[name]!;
+      const rounded = Object.fromEntries(Object.entries(seconds).map(([k, v]) => [k, +v.toFixed(2)]));
+      const total = Object.values(seconds).reduce((a, b) => a + b, 0);
+      return { cores: availableParallelism(), wallSeconds: +wallSeconds.toFixed(2), seconds: rounded, busyCores: +(total / wallSeconds).toFixed(2) };
+    },
+  };
+}
+
+/** The wall time `use` would take if its CPU seconds were spread perfectly over the machine's cores. */
+export function cpuBoundSeconds(use: CpuUse, without: string[] = ['bench']): number {
+  const total = Object.entries(use.seconds).filter(([k]) => !without.includes(k)).reduce((a, [, v]) => a + v, 0);
+  return total / use.cores;
+}
+
 export interface ChildRun {
   code: number | null;
   ms: number;
   maxRssMb: number;
+  /** User + system CPU seconds of the child, as it reported on exit. */
+  cpuSeconds: number;
   stdout: string;
   stderr: string;
 }
 
-/** Runs `bin/migrate.js` with `args`, timing the whole process and reading its peak RSS. */
+/** Runs `bin/migrate.js` with `args`, timing the whole process and reading its peak RSS and CPU time. */
 export function runMigrate(args: string[], options: { cwd: string; env: Record<string, string> }): Promise<ChildRun> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
@@ -54,7 +111,8 @@ export function runMigrate(args: string[], options: { cwd: string; env: Record<s
     child.on('close', (code) => {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       const rss = /maxRSS=(\d+)/.exec(stderr);
-      resolve({ code, ms, maxRssMb: rss ? Number(rss[1]) / 1024 : NaN, stdout, stderr });
+      const cpu = /cpuMicros=(\d+)/.exec(stderr);
+      resolve({ code, ms, maxRssMb: rss ? Number(rss[1]) / 1024 : NaN, cpuSeconds: cpu ? Number(cpu[1]) / 1e6 : NaN, stdout, stderr });
     });
   });
 }

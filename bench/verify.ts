@@ -11,6 +11,12 @@
  *   over the dataset and its peak RSS.
  * Targets: tool ≥ 0.5 × the ceiling; peak RSS < 400 MB at 1,000,000 keys.
  *
+ * The CPU seconds of etcd, Consul, the tool (and this process, `bench`) are
+ * reported for each read: the ceiling reads one server with the machine to
+ * itself, the tool reads both at once on the same cores. `cpuBoundVsCeiling` is
+ * the highest `vsCeiling` the machine allows for the CPU the tool's run used
+ * (etcd + Consul + tool CPU seconds spread perfectly over the cores).
+ *
  *   BENCH_KEYS=100000 BENCH_BIG_KEYS=1000000 npm run bench -- verify
  */
 import http from 'node:http';
@@ -22,7 +28,7 @@ import pLimit from 'p-limit';
 import { startConsul, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { prefixEnd } from '../src/stores/etcd.js';
-import { loadKeys, report, runMigrate, uniqueId } from './support.js';
+import { cpuBoundSeconds, cpuMeter, loadKeys, report, runMigrate, uniqueId } from './support.js';
 
 const KEYS = Number(process.env.BENCH_KEYS ?? 100_000);
 const BIG_KEYS = Number(process.env.BENCH_BIG_KEYS ?? 1_000_000);
@@ -76,7 +82,7 @@ async function readConsul(address: URL, prefix: string, opsPerTxn: number): Prom
   return { ms: performance.now() - t0, keys };
 }
 
-async function benchCase(label: string, keys: number, etcdEndpoint: string, consulAddress: string, client: Etcd3, opsPerTxn: number): Promise<void> {
+async function benchCase(label: string, keys: number, etcdEndpoint: string, consulAddress: string, client: Etcd3, opsPerTxn: number, servers: Record<string, number>): Promise<void> {
   const id = uniqueId(`verify-${label}`);
   const from = `/bench/${id}/`;
   await loadKeys(client, from, keys, VALUE_BYTES);
@@ -87,12 +93,18 @@ async function benchCase(label: string, keys: number, etcdEndpoint: string, cons
   if (copied.code !== 0) throw new Error(`migrate copy exited ${copied.code}: ${copied.stderr.slice(-2000)}`);
   process.stderr.write(`bench verify: ${keys} keys copied in ${(copied.ms / 1000).toFixed(1)} s\n`);
 
+  let meter = cpuMeter(servers);
   const etcdRead = await readEtcd(client, from);
+  const etcdReadCpu = meter.read();
+  meter = cpuMeter(servers);
   const consulRead = await readConsul(new URL(consulAddress), `${id}/`, opsPerTxn);
+  const consulReadCpu = meter.read();
   if (etcdRead.keys !== keys || consulRead.keys !== keys) throw new Error(`the ceiling read ${etcdRead.keys} etcd / ${consulRead.keys} Consul keys, expected ${keys}`);
   const ceilingMs = Math.max(etcdRead.ms, consulRead.ms);
 
+  meter = cpuMeter(servers);
   const run = await runMigrate(['verify', '--progress', 'none', '--format', 'json', '--no-record'], { cwd: dir, env });
+  const toolCpu = meter.read({ tool: run.cpuSeconds });
   if (run.code !== 0) throw new Error(`migrate verify exited ${run.code}: ${run.stderr.slice(-2000)}`);
   const result = JSON.parse(run.stdout) as { clean: boolean; totals: { compared: number } };
   if (!result.clean || result.totals.compared !== keys) throw new Error(`verify compared ${result.totals.compared} keys (clean: ${result.clean}), expected ${keys} at parity`);
@@ -110,6 +122,8 @@ async function benchCase(label: string, keys: number, etcdEndpoint: string, cons
     vsCeiling: +(toolKeysPerSec / ceilingKeysPerSec).toFixed(2),
     maxRssMb: Math.round(run.maxRssMb),
     targets: { vsCeiling: 0.5, maxRssMb: 400 },
+    cpuBoundVsCeiling: +(ceilingMs / 1000 / cpuBoundSeconds(toolCpu)).toFixed(2),
+    cpu: { etcdRead: etcdReadCpu, consulRead: consulReadCpu, tool: toolCpu },
     command: `BENCH_KEYS=${label === 'big' ? 0 : keys} BENCH_BIG_KEYS=${label === 'big' ? keys : 0} npm run bench -- verify`,
   });
 }
@@ -121,8 +135,9 @@ export async function benchVerify(): Promise<void> {
   try {
     const { txnMaxOps } = await target.limits();
     process.stderr.write(`bench verify: Consul ${consul.version} (${txnMaxOps} ops per txn)\n`);
-    if (KEYS > 0) await benchCase('small', KEYS, etcd.endpoint, consul.address, client, txnMaxOps);
-    if (BIG_KEYS > 0) await benchCase('big', BIG_KEYS, etcd.endpoint, consul.address, client, txnMaxOps);
+    const servers = { etcd: etcd.pid, consul: consul.pid };
+    if (KEYS > 0) await benchCase('small', KEYS, etcd.endpoint, consul.address, client, txnMaxOps, servers);
+    if (BIG_KEYS > 0) await benchCase('big', BIG_KEYS, etcd.endpoint, consul.address, client, txnMaxOps, servers);
   } finally {
     client.close();
     target.close();
