@@ -258,6 +258,36 @@ describe('runVerify on in-memory stores', () => {
     expect(result.rules[0]!.readBack).toEqual({ checked: 2, failed: 1 });
   });
 
+  it('a Consul key listing that fails while the first etcd page is read fails verify with its error and closes the etcd read', async () => {
+    const w = world();
+    seedParity(w);
+    const readPages = w.source.readPages.bind(w.source);
+    let opened = 0;
+    let closed = 0;
+    w.source.readPages = (range, opts) => {
+      const pages = readPages(range, opts)[Symbol.asyncIterator]();
+      opened++;
+      return {
+        [Symbol.asyncIterator]: () => ({
+          next: () => pages.next(),
+          return: async (value?: unknown) => {
+            closed++;
+            return (await pages.return?.(value)) ?? { done: true, value: undefined };
+          },
+        }),
+      };
+    };
+    const listKeys = w.target.listKeys.bind(w.target);
+    w.target.listKeys = async (prefix, signal) => {
+      if (prefix === 'app/') throw consulErrorFor('memory', 'GET', '/v1/kv/app/?keys', 503, Buffer.from('No cluster leader'));
+      return listKeys(prefix, signal);
+    };
+    await expect(runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options())).rejects.toMatchObject({ code: 'consul_unavailable' });
+    expect(opened).toBe(1);
+    expect(closed).toBe(1);
+    expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
+  });
+
   it('escapes keys for XML and markdown', async () => {
     const w = world();
     seedParity(w);

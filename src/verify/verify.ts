@@ -266,13 +266,17 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     }
   }
 
-  const status = await source.status();
-  const info = await target.info();
-  const meta = await readState<StateMeta>(target, paths.meta);
+  // Independent reads, at once: each is a round trip before any key is compared.
+  const [status, info, meta, copyState, owners] = await Promise.all([
+    source.status(),
+    target.info(),
+    readState<StateMeta>(target, paths.meta),
+    readState<CopyState>(target, paths.copy),
+    readState<OwnersDoc>(target, ownersKey(paths)),
+  ]);
   const verdict = checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
   if (verdict === 'mapping-changed') warn(`the mapping changed since migration "${config.id}" was recorded; verify compares against the current mapping`);
   if (verdict === 'new') warn(`migration "${config.id}" has no state in Consul yet (no copy has run)`);
-  const copyState = await readState<CopyState>(target, paths.copy);
   if (copyState && !copyState.completed) warn(`the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
 
   const cutter = new CutTaker(source, target, paths, options, sleep);
@@ -280,7 +284,6 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   if (firstCut.reason === 'dualrun-stopped') warn(`the dual-run's checkpoint (revision ${firstCut.checkpoint}) has not moved for more than ${(2 * DUALRUN_HEARTBEAT_MS) / 1000} s: treated as stopped, so every change since it counts as drift`);
 
   // Rules cut over are compared with Consul as the owner; finalized rules are no longer mirrored, so not compared.
-  const owners = await readState<OwnersDoc>(target, ownersKey(paths));
   const current = (name: string) => ownerAt(owners, name, Number.MAX_SAFE_INTEGER);
   const late = new Map<string, number>();
   for (const rule of verified) {
@@ -578,36 +581,46 @@ interface CompareContext extends VerifyDeps {
 async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
   const { rule, stats } = run;
   const { source, target, options, mapping } = ctx;
-  let listed: ListedKeys | undefined = new ListedKeys(await target.listKeys(rule.to, options.signal));
-  stats.targetKeys = listed.size;
-  const readBackEvery = options.readBack === 'all' ? 1 : options.readBack <= 0 ? Infinity : Math.max(1, Math.floor(ctx.expectedKeys / options.readBack));
-  const readBackMax = options.readBack === 'all' ? Infinity : options.readBack;
-  let routed = 0;
-  let keysDone = 0;
-
+  // The first etcd pages are read while Consul lists its keys.
+  const pages = readAhead(source.readPages(rangeOf(rule.from), { revision: ctx.cut.revision, pageKeys: options.pageKeys, signal: options.signal }), 2);
+  const first = pages.next();
+  first.catch(() => undefined);
+  let listed: ListedKeys | undefined;
   const outcomes: Promise<Finding[]>[] = [];
   const settle = async (outcome: Promise<Finding[]>) => {
     for (const finding of await outcome) ctx.keep(run, finding);
   };
-  for await (const page of readAhead(source.readPages(rangeOf(rule.from), { revision: ctx.cut.revision, pageKeys: options.pageKeys, signal: options.signal }), 2)) {
-    checkAborted(options.signal);
-    const split = splitPage(mapping, rule, page.entries, listed);
-    stats.sourceKeys += split.expectations.length + sum(Object.values(split.unmappable) as number[]);
-    stats.compared += split.expectations.length;
-    stats.leaseSkipped += split.leaseSkipped;
-    addCounts(stats.unmappable, split.unmappable);
-    const readBack = new Set<string>();
-    for (const e of split.expectations) {
-      if (e.presence === 'present' && routed % readBackEvery === 0 && stats.readBack.checked + readBack.size < readBackMax) readBack.add(e.target);
-      routed++;
+  try {
+    listed = new ListedKeys(await target.listKeys(rule.to, options.signal));
+    stats.targetKeys = listed.size;
+    const readBackEvery = options.readBack === 'all' ? 1 : options.readBack <= 0 ? Infinity : Math.max(1, Math.floor(ctx.expectedKeys / options.readBack));
+    const readBackMax = options.readBack === 'all' ? Infinity : options.readBack;
+    let routed = 0;
+    let keysDone = 0;
+    for (let next = await first; !next.done; next = await pages.next()) {
+      const page = next.value;
+      checkAborted(options.signal);
+      const split = splitPage(mapping, rule, page.entries, listed);
+      stats.sourceKeys += split.expectations.length + sum(Object.values(split.unmappable) as number[]);
+      stats.compared += split.expectations.length;
+      stats.leaseSkipped += split.leaseSkipped;
+      addCounts(stats.unmappable, split.unmappable);
+      const readBack = new Set<string>();
+      for (const e of split.expectations) {
+        if (e.presence === 'present' && routed % readBackEvery === 0 && stats.readBack.checked + readBack.size < readBackMax) readBack.add(e.target);
+        routed++;
+      }
+      const outcome = comparePage(run, split.expectations, split.toRead, readBack, ctx);
+      // Handled when its turn comes; until then a failure must not count as unhandled.
+      outcome.catch(() => undefined);
+      outcomes.push(outcome);
+      if (outcomes.length >= PAGES_IN_FLIGHT) await settle(outcomes.shift()!);
+      keysDone += page.entries.length;
+      options.onProgress?.({ type: 'progress', rule: rule.name, keysDone });
     }
-    const outcome = comparePage(run, split.expectations, split.toRead, readBack, ctx);
-    // Handled when its turn comes; until then a failure must not count as unhandled.
-    outcome.catch(() => undefined);
-    outcomes.push(outcome);
-    if (outcomes.length >= PAGES_IN_FLIGHT) await settle(outcomes.shift()!);
-    keysDone += page.entries.length;
-    options.onProgress?.({ type: 'progress', rule: rule.name, keysDone });
+  } finally {
+    // Closes the etcd read when the loop stopped early (an error, an interrupt); a no-op after the last page.
+    await pages.return(undefined);
   }
   while (outcomes.length > 0) await settle(outcomes.shift()!);
 
