@@ -1,17 +1,19 @@
 import { noop } from 'cockatiel';
 import {
+  castGrpcError,
   Etcd3,
   EtcdAuthenticationFailedError,
   EtcdInvalidAuthTokenError,
   EtcdPermissionDeniedError,
-  type IKeyValue,
+  type CallOptionsFactory,
   type IWatchResponse,
 } from 'etcd3';
 import { MigrateError, ServerError } from '../errors.js';
 import { redactUrl } from '../report/redact.js';
 import { formatKey } from '../report/keys.js';
 import { sleep } from './consul-http.js';
-import type { KeyRange, LeaseInfo, ReadPagesOptions, SourceEntry, SourceEvent, SourcePage, SourceReader, SourceStatus, SourceWatch, WatchMessage } from './types.js';
+import { decodeRangeResponse, encodeRangeRequest, toEntry, type RangePage, type RangeRequest } from './etcd-range-codec.js';
+import type { KeyRange, LeaseInfo, ReadPagesOptions, SourceEvent, SourcePage, SourceReader, SourceStatus, SourceWatch, WatchMessage } from './types.js';
 
 export interface EtcdConnection {
   endpoints: string[];
@@ -114,7 +116,7 @@ export class EtcdSource implements SourceReader {
       let response;
       try {
         response = await this.call(`read ${describeRange(range)}`, () =>
-          this.client.kv.range({ key: start, range_end: end, limit: pageKeys, revision, keys_only: options.keysOnly ?? false }),
+          this.readRange({ key: start, range_end: end, limit: pageKeys, revision, keys_only: options.keysOnly ?? false }),
         revision);
       } catch (err) {
         // A page of very large values over the receive limit: retry the same position with fewer keys.
@@ -131,13 +133,39 @@ export class EtcdSource implements SourceReader {
         throw err;
       }
       failures = 0;
-      if (revision === 0) revision = Number(response.header.revision);
-      const entries = response.kvs.map(toEntry);
+      if (revision === 0) revision = response.revision;
+      const entries = response.entries;
       if (entries.length > 0) yield { revision, entries };
       if (!response.more || entries.length === 0) return;
       const pageBytes = entries.reduce((sum, e) => sum + e.key.length + e.value.length, 0);
       if (pageBytes > PAGE_BYTES_TARGET && pageKeys > 1) pageKeys = Math.max(1, Math.floor(pageKeys / 2));
       start = Buffer.concat([entries[entries.length - 1]!.key, Buffer.from([0])]);
+    }
+  }
+
+  /**
+   * One Range call through etcd3's connection pool (its TLS, token and hosts),
+   * with the hand codec in place of etcd3's protobufjs one: see etcd-range-codec.ts.
+   * Only the pool's global fault policy is left out, and this client sets it to none.
+   */
+  private async readRange(request: RangeRequest): Promise<RangePage> {
+    const pool = (this.client as unknown as { pool: EtcdPool }).pool;
+    try {
+      return await pool.withConnection('KV', ({ client, metadata }) => new Promise<RangePage>((resolve, reject) => {
+        const context = { service: 'KV', method: 'range', params: request, isStream: false } as const;
+        const factory = pool.callOptionsFactory;
+        const callOptions = (typeof factory === 'function' ? factory(context) : factory) ?? {};
+        client.makeUnaryRequest(RANGE_METHOD, encodeRangeRequest, decodeRangeResponse, request, metadata, callOptions, (err, page) => {
+          // Cast here, as etcd3's own calls do: the pool resets a host on the typed, recoverable errors.
+          if (err) reject(castGrpcError(err));
+          else resolve(page!);
+        });
+      }));
+    } catch (err) {
+      if (!(err instanceof EtcdInvalidAuthTokenError)) throw err;
+      // An expired token: etcd3's own call drops the cached token, signs in again and repeats the call.
+      const response = await this.client.kv.range(request);
+      return { revision: Number(response.header.revision), entries: response.kvs.map(toEntry), more: response.more, count: Number(response.count) };
     }
   }
 
@@ -213,15 +241,27 @@ export class EtcdSource implements SourceReader {
   }
 }
 
-function toEntry(kv: IKeyValue): SourceEntry {
-  return {
-    key: kv.key,
-    value: kv.value ?? Buffer.alloc(0),
-    createRevision: Number(kv.create_revision),
-    modRevision: Number(kv.mod_revision),
-    version: Number(kv.version),
-    lease: String(kv.lease ?? '0'),
-  };
+const RANGE_METHOD = '/etcdserverpb.KV/Range';
+
+/**
+ * The part of etcd3's connection pool (`Etcd3#pool`, not in its public types)
+ * that a call with its own codec needs; `client` is a grpc-js Client.
+ */
+interface EtcdPool {
+  readonly callOptionsFactory: CallOptionsFactory | undefined;
+  withConnection<T>(service: 'KV', fn: (connection: { client: GrpcClient; metadata: unknown }) => Promise<T>): Promise<T>;
+}
+
+interface GrpcClient {
+  makeUnaryRequest<Req, Res>(
+    method: string,
+    serialize: (request: Req) => Buffer,
+    deserialize: (message: Buffer) => Res,
+    request: Req,
+    metadata: unknown,
+    options: object,
+    callback: (err: Error | null, response?: Res) => void,
+  ): unknown;
 }
 
 function describeRange(range: KeyRange): string {
