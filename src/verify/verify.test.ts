@@ -278,9 +278,9 @@ describe('runVerify on in-memory stores', () => {
       };
     };
     const listKeys = w.target.listKeys.bind(w.target);
-    w.target.listKeys = async (prefix, signal) => {
+    w.target.listKeys = async (prefix: string) => {
       if (prefix === 'app/') throw consulErrorFor('memory', 'GET', '/v1/kv/app/?keys', 503, Buffer.from('No cluster leader'));
-      return listKeys(prefix, signal);
+      return listKeys(prefix);
     };
     await expect(runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options())).rejects.toMatchObject({ code: 'consul_unavailable' });
     expect(opened).toBe(1);
