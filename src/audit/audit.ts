@@ -6,7 +6,7 @@ import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
 import { prefixEnd } from '../stores/etcd.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
-import type { KeyRange, SourceReader, TargetStore } from '../stores/types.js';
+import { DEFAULT_PAGE_KEYS, type KeyRange, type SourceReader, type TargetStore } from '../stores/types.js';
 import { tallyDatacenters, type DatacenterTally } from './datacenters.js';
 import { estimateCopies, estimateCopy, referenceBasis, type CopyCounts, type CopyEstimate, type EstimateBasis } from './estimate.js';
 import {
@@ -156,7 +156,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
   try {
     const started = now();
     const total = await countKeys(input.source, scope, revision);
-    const scanOptions = { source: input.source, revision, pageKeys: input.pageKeys ?? 5000, signal: input.signal, onPage: (keys: number) => input.onProgress?.({ phase: 'scan', keys, total }) };
+    const scanOptions = { source: input.source, revision, pageKeys: input.pageKeys ?? DEFAULT_PAGE_KEYS, signal: input.signal, onPage: (keys: number) => input.onProgress?.({ phase: 'scan', keys, total }) };
     let outcome: ScanOutcome;
     let ranges = scope;
     let rulesOnly = false;

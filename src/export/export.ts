@@ -3,7 +3,7 @@ import type { Mapping } from '../mapping/mapping.js';
 import { routeKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
 import { prefixRange } from '../stores/etcd.js';
-import type { SourceReader } from '../stores/types.js';
+import { DEFAULT_PAGE_KEYS, type SourceReader } from '../stores/types.js';
 
 export interface ExportResult {
   revision: number;
@@ -32,7 +32,7 @@ export async function runExport(deps: { source: SourceReader; config: MigrationC
   await write('[');
   let first = true;
   for (const rule of deps.mapping.copyRules) {
-    for await (const page of deps.source.readPages(prefixRange(rule.fromBytes), { revision, pageKeys: options.pageKeys ?? 2000, signal: options.signal })) {
+    for await (const page of deps.source.readPages(prefixRange(rule.fromBytes), { revision, pageKeys: options.pageKeys ?? DEFAULT_PAGE_KEYS, signal: options.signal })) {
       const lines: string[] = [];
       for (const entry of page.entries) {
         const route = routeKey(deps.mapping, entry.key, { valueBytes: entry.value.length, maxValueBytes: deps.mapping.maxValueBytes });

@@ -2,7 +2,7 @@ import type { MigrationConfig, ServiceFormat, ServiceSpec } from '../config/load
 import type { Mapping } from '../mapping/mapping.js';
 import type { UnmappableReason } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
-import type { SourceReader } from '../stores/types.js';
+import { DEFAULT_PAGE_KEYS, type SourceReader } from '../stores/types.js';
 import { CappedList } from '../audit/aggregate.js';
 import { txnCapacity, estimateOpBytes } from '../audit/inventory.js';
 import { mappingRouter } from '../audit/router.js';
@@ -120,7 +120,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const { outcome, ranges, rulesOnly } = await scanWithRuleFallback(scope, explicit, router.rules.map((r) => r.from), {
     source: input.source,
     revision,
-    pageKeys: input.pageKeys ?? 5000,
+    pageKeys: input.pageKeys ?? DEFAULT_PAGE_KEYS,
     signal: input.signal,
     onPage: (keys) => input.onProgress?.(keys, total),
   }, (entry) => {

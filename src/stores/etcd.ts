@@ -13,7 +13,7 @@ import { redactUrl } from '../report/redact.js';
 import { formatKey } from '../report/keys.js';
 import { sleep } from './consul-http.js';
 import { decodeRangeResponse, encodeRangeRequest, toEntry, type RangePage, type RangeRequest } from './etcd-range-codec.js';
-import type { KeyRange, LeaseInfo, ReadPagesOptions, SourceEvent, SourcePage, SourceReader, SourceStatus, SourceWatch, WatchMessage } from './types.js';
+import { DEFAULT_PAGE_KEYS, type KeyRange, type LeaseInfo, type ReadPagesOptions, type SourceEvent, type SourcePage, type SourceReader, type SourceStatus, type SourceWatch, type WatchMessage } from './types.js';
 
 export interface EtcdConnection {
   endpoints: string[];
@@ -57,7 +57,6 @@ export function prefixEnd(prefix: Buffer): Buffer {
   return Buffer.alloc(0);
 }
 
-const DEFAULT_PAGE_KEYS = 2_000;
 /** A page of values above this is followed by a smaller page. */
 const PAGE_BYTES_TARGET = 32 * 1024 * 1024;
 const RECEIVE_LIMIT_BYTES = 256 * 1024 * 1024;

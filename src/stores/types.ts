@@ -35,6 +35,18 @@ export interface KeyRange {
   end: Buffer;
 }
 
+/**
+ * etcd keys per read page, for every command that reads a prefix. etcd 3.4
+ * counts the rest of the range for every page it serves (the `count` of a
+ * limited Range), so a prefix read in pages costs it O(keys² / page): at
+ * 1,000,000 keys, pages of 2,000 cost etcd about 42 CPU seconds, pages of
+ * 10,000 about a fifth of that. Pages of large values are halved by the reader.
+ */
+export const DEFAULT_PAGE_KEYS = 10_000;
+
+/** `--page-keys`, the same for every command that reads etcd in pages. */
+export const PAGE_KEYS_HELP = 'etcd keys per read page (etcd 3.4 walks the rest of the range for every page, so larger pages read large prefixes faster)';
+
 export interface ReadPagesOptions {
   /** Pin the read to this revision; default: the revision of the first page. */
   revision?: number;

@@ -3,6 +3,7 @@ import { ExitCode } from '../../errors.js';
 import type { CommandContext, GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { collect, parseDuration, wholeNumber } from './audit-flags.js';
+import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface AuditFlags {
   depth?: string;
@@ -24,7 +25,7 @@ export function registerAudit({ add }: CommandRegistrar): void {
       .option('--prefix <prefix>', 'audit only this etcd prefix (repeatable; default the whole keyspace)', collect, [])
       .option('--sample <duration>', 'watch live writes for this long (e.g. 30s) for write rates and live transaction sizes')
       .option('--probe', `measure the target's write throughput with a few hundred scratch keys under the state prefix (written, then deleted)`)
-      .option('--page-keys <n>', 'etcd keys per read page', '5000')
+      .option('--page-keys <n>', PAGE_KEYS_HELP, String(DEFAULT_PAGE_KEYS))
       .option('--suggest-mapping <file>', 'also write a draft migration.yaml from the findings (as `migrate init` does)')
       .option('--force', 'with --suggest-mapping: overwrite an existing file')
       .addHelpText('after', `
@@ -42,7 +43,7 @@ Examples:
     async (ctx, options: AuditFlags & GlobalOptions) => {
       const depth = wholeNumber('--depth', options.depth, 2, 1);
       const top = wholeNumber('--top', options.top, 10, 1);
-      const pageKeys = wholeNumber('--page-keys', options.pageKeys, 5000, 1);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
       const sampleMs = parseDuration('--sample', options.sample);
       const { loadConfig } = await import('../../config/load.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd });

@@ -4,6 +4,7 @@ import type { CopyResult } from '../../copy/copy.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
+import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface CopyFlags {
   dryRun?: boolean;
@@ -40,7 +41,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       .option('-y, --yes', 'confirm destructive flags without a prompt')
       .option('--rate <ops/s>', 'cap writes per second (production clusters)')
       .option('--concurrency <n>', 'txns in flight', '8')
-      .option('--page-keys <n>', 'etcd keys per read page', '2000')
+      .option('--page-keys <n>', PAGE_KEYS_HELP, String(DEFAULT_PAGE_KEYS))
       .addHelpText('after', '\nExamples:\n  migrate copy --dry-run --show-ops\n  migrate copy --rate 2000\n  migrate copy --resume\n'),
     ['text', 'json'],
     async (ctx, options: CopyFlags & GlobalOptions) => {
@@ -86,7 +87,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
                 acceptMappingChange: Boolean(options.acceptMappingChange),
                 rate: positiveInt('--rate', options.rate, 0),
                 concurrency: Math.max(1, positiveInt('--concurrency', options.concurrency, 8)),
-                pageKeys: Math.max(1, positiveInt('--page-keys', options.pageKeys, 2000)),
+                pageKeys: Math.max(1, positiveInt('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS)),
                 signal: ctx.signal,
                 lock: () => acquireCopyLock(lane.target, lane.config, ctx.signal),
                 now: () => new Date(),

@@ -5,6 +5,7 @@ import { UsageError } from '../../errors.js';
 import { derivePhase, ownerOf, type PreconditionCheck } from '../../cutover/phase.js';
 import { readCutoverState } from '../../cutover/state-io.js';
 import { statePaths } from '../../state/state.js';
+import { DEFAULT_PAGE_KEYS } from '../../stores/types.js';
 import type { DatacenterLane } from '../stores.js';
 import type { CommandContext, GlobalOptions } from '../context.js';
 import { TOOL_VERSION } from '../version.js';
@@ -119,7 +120,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
     const verify = (rule?: string) => {
       const mapping = rule ? { ...lane.mapping, copyRules: lane.mapping.copyRules.filter((r) => r.name === rule), serviceRules: lane.mapping.serviceRules.filter((r) => r.name === rule) } : lane.mapping;
       return runVerify({ source: stores.source, target: lane.target, config: lane.config, mapping, ...(lanes.length > 1 ? { datacenter: lane.datacenter } : {}) }, {
-        rounds: 3, roundPauseMs: 1000, waitTimeoutMs: 60_000, maxDiffs: 100, budgets: {}, record: !rule, readBack: 0, pageKeys: 10_000,
+        rounds: 3, roundPauseMs: 1000, waitTimeoutMs: 60_000, maxDiffs: 100, budgets: {}, record: !rule, readBack: 0, pageKeys: DEFAULT_PAGE_KEYS,
         signal: ctx.signal, now: () => new Date(), hasher: createValueHasher(), toolVersion: TOOL_VERSION,
         onProgress: (event) => {
           if (event.type === 'warning') ctx.warn(event.message);

@@ -3,6 +3,7 @@ import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
+import { DEFAULT_PAGE_KEYS } from '../../stores/types.js';
 
 interface DualRunFlags {
   ha?: boolean;
@@ -89,7 +90,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           ...(heartbeatKey ? { heartbeatKey } : {}),
           copy: (over, lane) => runCopy({ source, target: lane.target, config: lane.config, mapping: lane.mapping }, {
             dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false,
-            acceptMappingChange: Boolean(options.acceptMappingChange), rate: 0, concurrency: 8, pageKeys: 2000, signal: controller.signal,
+            acceptMappingChange: Boolean(options.acceptMappingChange), rate: 0, concurrency: 8, pageKeys: DEFAULT_PAGE_KEYS, signal: controller.signal,
             now: () => new Date(), toolVersion: TOOL_VERSION, ...over,
           }),
           onStats: (stats) => {

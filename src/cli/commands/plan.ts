@@ -3,6 +3,7 @@ import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { collect, wholeNumber } from './audit-flags.js';
+import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface PlanFlags {
   prefix: string[];
@@ -15,12 +16,12 @@ export function registerPlan({ add }: CommandRegistrar): void {
     new Command('plan')
       .description('resolve migration.yaml against the live keyspace: per rule the keys and bytes to copy, sessions to create, keys kept on etcd, unmapped and unmappable keys (reads only)')
       .option('--prefix <prefix>', 'plan only this etcd prefix (repeatable; default the whole keyspace)', collect, [])
-      .option('--page-keys <n>', 'etcd keys per read page', '5000')
+      .option('--page-keys <n>', PAGE_KEYS_HELP, String(DEFAULT_PAGE_KEYS))
       .option('--list <n>', 'unmappable keys listed at most (the total is always exact)', '1000')
       .addHelpText('after', '\nExamples:\n  migrate plan -c migration.yaml\n  migrate plan --format markdown > plan.md\n'),
     ['text', 'json', 'markdown'],
     async (ctx, options: PlanFlags & GlobalOptions) => {
-      const pageKeys = wholeNumber('--page-keys', options.pageKeys, 5000, 1);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
       const listCap = wholeNumber('--list', options.list, 1000, 0);
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');

@@ -7,6 +7,7 @@ import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
 import { collect, parseDuration, wholeNumber } from './audit-flags.js';
+import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface VerifyFlags {
   rounds?: string;
@@ -47,7 +48,7 @@ export function registerVerify({ add }: CommandRegistrar): void {
       .option('--allow <rule=N>', 'tolerate up to N persistent differences in a copy or service rule, reported as within budget (repeatable)', collect, [])
       .option('--no-record', 'do not write the summary to the verify/last state document (the one write verify does)')
       .option('--read-back <n|all>', 'keys per copy rule also read through GET /v1/kv/<key>, as applications read them', '100')
-      .option('--page-keys <n>', 'etcd keys per read page (the comparison chunk; etcd 3.4 walks the rest of the range for every page, so larger pages read large rules faster)', '10000')
+      .option('--page-keys <n>', `${PAGE_KEYS_HELP}; also the comparison chunk`, String(DEFAULT_PAGE_KEYS))
       .option('--summary-file <file>', 'also append the markdown report to this file (e.g. "$GITHUB_STEP_SUMMARY"), from the same run')
       .addHelpText('after', `
 Exit codes: 0 parity (or every difference within its --allow budget), 1 drift, 2 usage or configuration,
@@ -75,7 +76,7 @@ Examples:
       const waitTimeoutMs = parseDuration('--wait-timeout', options.waitTimeout) ?? 60_000;
       const maxDiffs = wholeNumber('--max-diffs', options.maxDiffs, 1000, 0);
       const readBack = parseReadBack(options.readBack);
-      const pageKeys = wholeNumber('--page-keys', options.pageKeys, 10_000, 1);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
       const budgets = parseBudgets(options.allow);
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
