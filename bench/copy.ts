@@ -6,7 +6,8 @@
  * - one-PUT-per-key baseline: one client, one `PUT /v1/kv/<key>` per key (what
  *   `consul kv import` does), measured on a sample of the keys (its rate does not
  *   depend on the dataset size).
- * Then the 1,000,000-key copy's peak RSS.
+ * Then the 1,000,000-key copy's peak RSS. The baselines' keys are deleted
+ * before the tool runs, so each case writes into a Consul of the same size.
  *
  * The CPU seconds of Consul, etcd, the tool (and this process, `bench`) are
  * reported for the raw ceiling and the tool's run. On a machine with few cores
@@ -89,6 +90,9 @@ export async function benchCopy(): Promise<void> {
     for (const kv of sample) await send(single, address, 'PUT', `/v1/kv/${putId}/${kv.key.toString().slice(prefix.length)}`, kv.value);
     const putMs = performance.now() - t0;
     const putKeysPerSec = sample.length / (putMs / 1000);
+    // Each case writes into a Consul of the same size: its cost per key grows with the store.
+    await send(single, address, 'DELETE', `/v1/kv/${rawId}?recurse`, Buffer.alloc(0));
+    await send(single, address, 'DELETE', `/v1/kv/${putId}?recurse`, Buffer.alloc(0));
     agent.destroy();
     single.destroy();
 
