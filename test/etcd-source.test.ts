@@ -48,6 +48,21 @@ describe('etcd source (real etcd)', () => {
     expect(entries.find((e) => e.key.equals(emptyKey))?.value.length).toBe(0);
   });
 
+  it('pages bounded by shared prefixes return every key once and in order: numbered keys, 0xff bytes, keys that are prefixes of others', async () => {
+    const prefix = Buffer.from(uniquePrefix('bounds'));
+    const suffixes: Buffer[] = [];
+    for (let i = 0; i < 1200; i++) suffixes.push(Buffer.from(String(i).padStart(6, '0')));
+    for (const tail of [[0xff], [0xff, 0xff], [0xff, 0x00], [0x30, 0x30, 0xff], [0x30], [0x30, 0x30, 0x30, 0x31, 0x30]]) suffixes.push(Buffer.from(tail));
+    const written = [...new Map(suffixes.map((s) => [s.toString('hex'), Buffer.concat([prefix, s])])).values()].sort(Buffer.compare);
+    for (let i = 0; i < written.length; i += 100) {
+      await raw.if(written[0]!, 'Mod', '>', -1).then(...written.slice(i, i + 100).map((k) => raw.put(k).value('v'))).commit();
+    }
+    for (const pageKeys of [1, 7, 100, 5000]) {
+      const { entries } = await readAll(prefix, { pageKeys });
+      expect(entries.map((e) => e.key.toString('hex')), `pages of ${pageKeys}`).toEqual(written.map((k) => k.toString('hex')));
+    }
+  });
+
   it('pages at one pinned revision, undisturbed by writes made during the read', async () => {
     const prefix = uniquePrefix('pin');
     for (let i = 0; i < 300; i++) await raw.put(`${prefix}${String(i).padStart(4, '0')}`).value(`v1-${i}`);

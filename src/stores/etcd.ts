@@ -57,6 +57,59 @@ export function prefixEnd(prefix: Buffer): Buffer {
   return Buffer.alloc(0);
 }
 
+/**
+ * Where each page read of a range ends. etcd 3.4 walks all of `[key,
+ * range_end)` for every limited Range it serves (to count it), so a prefix of
+ * N keys read in pages of P costs it O(N²/P): 42 CPU seconds for 1,000,000
+ * keys in pages of 2,000. Each read after a full page is bounded instead by the
+ * end of a prefix the page's keys share, one byte shorter than their common
+ * prefix (pages of `/app/00010000`…`/app/00019999` read next up to `/app/001`
+ * excluded, not to the end of `/app/`). A read that comes back short has read
+ * everything below its bound: the next one starts there, bounded by the next
+ * shorter prefix, and so on up to the range's own end. Every key comes back
+ * once and in order whatever the bounds; they only shorten etcd's walk.
+ */
+export class PageBounds {
+  private last: Buffer | undefined;
+  private level = 0;
+
+  /** `end`: the range's exclusive end; empty for "to the end of the keyspace". */
+  constructor(private readonly end: Buffer) {}
+
+  /** After a read that etcd said has more (a full page) from `first` to `last`. */
+  full(first: Buffer, last: Buffer): void {
+    this.last = last;
+    let common = 0;
+    while (common < first.length && common < last.length && first[common] === last[common]) common++;
+    this.level = common - 1;
+  }
+
+  /** After a read that held every key below its bound: the next bound is the next shorter prefix's end. */
+  short(): void {
+    this.level--;
+  }
+
+  /** The exclusive end of the next read starting at `start`: a bound above `start`, or the range's end. */
+  next(start: Buffer): Buffer {
+    for (; this.last && this.level >= 1; this.level--) {
+      const bound = prefixEnd(this.last.subarray(0, this.level));
+      if (bound.length === 0 || this.reachesEnd(bound)) break;
+      if (bound.compare(start) > 0) return bound;
+    }
+    this.last = undefined;
+    return this.end;
+  }
+
+  /** Whether the read to `bound` is the last one. */
+  isEnd(bound: Buffer): boolean {
+    return bound === this.end;
+  }
+
+  private reachesEnd(bound: Buffer): boolean {
+    return this.end.length > 0 && bound.compare(this.end) >= 0;
+  }
+}
+
 /** A page of values above this is followed by a smaller page. */
 const PAGE_BYTES_TARGET = 32 * 1024 * 1024;
 const RECEIVE_LIMIT_BYTES = 256 * 1024 * 1024;
@@ -108,10 +161,13 @@ export class EtcdSource implements SourceReader {
     let pageKeys = options.pageKeys ?? DEFAULT_PAGE_KEYS;
     let revision = options.revision ?? 0;
     let start = range.start;
-    const end = range.end.length === 0 ? Buffer.from([0]) : range.end;
+    const bounds = new PageBounds(range.end);
     let failures = 0;
     for (;;) {
       if (options.signal?.aborted) return;
+      const bound = bounds.next(start);
+      // etcd's "every key from `key` on" is the range end "\0".
+      const end = bound.length === 0 ? Buffer.from([0]) : bound;
       let response;
       try {
         response = await this.call(`read ${describeRange(range)}`, () =>
@@ -135,9 +191,16 @@ export class EtcdSource implements SourceReader {
       if (revision === 0) revision = response.revision;
       const entries = response.entries;
       if (entries.length > 0) yield { revision, entries };
-      if (!response.more || entries.length === 0) return;
+      if (!response.more || entries.length === 0) {
+        // Everything below the bound is read: the range is done, or the next read starts at the bound.
+        if (bounds.isEnd(bound)) return;
+        start = bound;
+        bounds.short();
+        continue;
+      }
       const pageBytes = entries.reduce((sum, e) => sum + e.key.length + e.value.length, 0);
       if (pageBytes > PAGE_BYTES_TARGET && pageKeys > 1) pageKeys = Math.max(1, Math.floor(pageKeys / 2));
+      bounds.full(entries[0]!.key, entries[entries.length - 1]!.key);
       start = Buffer.concat([entries[entries.length - 1]!.key, Buffer.from([0])]);
     }
   }
