@@ -30,22 +30,51 @@ process.once('exit', () => {
 
 const handedOut = new Set<number>();
 
+/**
+ * Where servers listen: below the kernel's ephemeral range when it leaves room,
+ * so an outgoing connection (of any test, any process) can never take a port
+ * between its pick and its server's bind.
+ */
+const LISTEN_RANGE: readonly [number, number] | undefined = (() => {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return low > 11_000 ? [10_000, low] : undefined;
+  } catch {
+    return undefined;
+  }
+})();
+
+function listenOn(port: number): Promise<number | undefined> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(undefined) : reject(err)));
+    server.listen(port, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : undefined));
+    });
+  });
+}
+
 export async function freePort(): Promise<number> {
   // The kernel can hand a port just released to the next bind: several ports picked at once (one
   // server's HTTP and Serf ports) could come out equal. Never hand out the same port twice.
   for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const server = createServer();
-      server.unref();
-      server.on('error', reject);
-      server.listen(0, '127.0.0.1', () => {
-        const address = server.address();
-        server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-      });
-    });
-    if (handedOut.has(port)) continue;
+    const port = await listenOn(LISTEN_RANGE ? LISTEN_RANGE[0] + Math.floor(Math.random() * (LISTEN_RANGE[1] - LISTEN_RANGE[0])) : 0);
+    if (port === undefined || handedOut.has(port)) continue;
     handedOut.add(port);
     return port;
+  }
+}
+
+/** Starts a server again on fresh ports when one it was given got taken before it bound it (another test process). */
+async function onFreshPorts<T>(start: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/.test(String((err as Error).message))) throw err;
+    }
   }
 }
 
@@ -183,7 +212,11 @@ export interface EtcdOptions {
   tls?: TlsFiles;
 }
 
-export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
+export function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
+  return onFreshPorts(() => startEtcdOnce(options));
+}
+
+async function startEtcdOnce(options: EtcdOptions): Promise<EtcdServer> {
   const binary = ensureEtcdBinary();
   const [clientPort, peerPort] = [await freePort(), await freePort()];
   const dataDir = mkdtempSync(join(tmpdir(), 'migrate-etcd-'));
@@ -237,7 +270,11 @@ export interface ConsulOptions {
   tls?: TlsFiles;
 }
 
-export async function startConsul(options: ConsulOptions = {}): Promise<ConsulServer> {
+export function startConsul(options: ConsulOptions = {}): Promise<ConsulServer> {
+  return onFreshPorts(() => startConsulOnce(options));
+}
+
+async function startConsulOnce(options: ConsulOptions): Promise<ConsulServer> {
   const version = options.version ?? process.env.CONSUL_VERSION ?? CONSUL_VERSION;
   const binary = ensureConsulBinary(version);
   const [http, dns, serfLan, serfWan, server] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
