@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
 import { checkParity } from './support/parity.js';
 import { configDir, consulTarget, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
+import { eventually } from './support/dualrun.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
@@ -83,7 +84,7 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
       const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
       await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
     }
-    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--concurrency', '1', '--rate', '10000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--concurrency', '1', '--rate', '10000', '--page-keys', '2000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c));
@@ -105,5 +106,36 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
     expect(resumed.code, resumed.stderr).toBe(0);
     expect(JSON.parse(resumed.stdout).rules[0].created).toBe(30_000 - written);
     expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(30_000);
+  }, 120_000);
+
+  it('Ctrl-C inside one large page stops between batches, not at the end of the page; --resume plans the rest of it', async () => {
+    const id = `sigint-page-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n`);
+    for (let i = 0; i < 20_000; i += 1000) {
+      const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
+      await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
+    }
+    // One page of 20,000 keys at 2,000 writes/s: about 10 s to write it all.
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--concurrency', '1', '--rate', '2000', '--page-keys', '20000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'ignore'] });
+    let stdout = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    await eventually('the copy wrote some keys', async () => (await target.listKeys(`${id}/bulk/`)).length > 0, 30_000);
+    const interrupted = Date.now();
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(Date.now() - interrupted).toBeLessThan(5_000);
+    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(stdout)?.[1]);
+    expect(written).toBeGreaterThan(0);
+    expect(written).toBeLessThan(15_000);
+    expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(written);
+    // No page was finished: no low-water mark, so --resume re-plans the whole page and writes only what is missing.
+    const state = JSON.parse((await target.readKey(`_migrate/${id}/copy`))!.value.toString());
+    expect(state.rules.bulk.lowWater).toBeUndefined();
+    const resumed = await runCli(['copy', '--resume', '--format', 'json'], { cwd: dir, env: serverEnv() });
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout).rules[0]).toMatchObject({ created: 20_000 - written, unchanged: written });
+    expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(20_000);
   }, 120_000);
 });

@@ -322,7 +322,13 @@ async function copyRule(
       stats.unchanged += plan.unchanged;
       for (const skip of plan.skips) recordSkip(stats, skip);
       const pageId = tracker.openPage(page.entries.at(-1)!.key);
-      for (const write of plan.writes) await engine.write(write, pageId, stats);
+      for (const write of plan.writes) {
+        // The first Ctrl-C stops between batches, not at the end of the page; the page stays
+        // open, so the low-water mark stays below it and --resume plans what is left of it.
+        if (options.signal.aborted) break;
+        await engine.write(write, pageId, stats);
+      }
+      if (options.signal.aborted) break;
       tracker.closePage(pageId);
       keysDone += page.entries.length;
       options.onProgress?.({ type: 'progress', rule: rule.name, keysDone, bytes: stats.bytesWritten, retries: engine.retries });
