@@ -35,7 +35,7 @@ export async function loadKeys(client: Etcd3, prefix: string, count: number, val
 let ticksPerSecond: number | undefined;
 
 /** CPU seconds (user + system) process `pid` has used so far, from /proc; NaN where that cannot be read. */
-export function cpuSeconds(pid: number): number {
+function cpuSeconds(pid: number): number {
   try {
     ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
     // Fields after "(comm) ": state is [0], utime [11], stime [12] (proc(5) fields 14 and 15).

@@ -110,6 +110,11 @@ export class PageBounds {
   }
 }
 
+/** A range end as etcd takes it: "every key from `key` on" is the end "\0", not an empty one. */
+function wireEnd(end: Buffer): Buffer {
+  return end.length === 0 ? Buffer.from([0]) : end;
+}
+
 /** A page of values above this is followed by a smaller page. */
 const PAGE_BYTES_TARGET = 32 * 1024 * 1024;
 const RECEIVE_LIMIT_BYTES = 256 * 1024 * 1024;
@@ -166,12 +171,10 @@ export class EtcdSource implements SourceReader {
     for (;;) {
       if (options.signal?.aborted) return;
       const bound = bounds.next(start);
-      // etcd's "every key from `key` on" is the range end "\0".
-      const end = bound.length === 0 ? Buffer.from([0]) : bound;
       let response;
       try {
         response = await this.call(`read ${describeRange(range)}`, () =>
-          this.readRange({ key: start, range_end: end, limit: pageKeys, revision, keys_only: options.keysOnly ?? false }),
+          this.readRange({ key: start, range_end: wireEnd(bound), limit: pageKeys, revision, keys_only: options.keysOnly ?? false }),
         revision);
       } catch (err) {
         // A page of very large values over the receive limit: retry the same position with fewer keys.
@@ -232,9 +235,8 @@ export class EtcdSource implements SourceReader {
   }
 
   async count(range: KeyRange, revision = 0): Promise<number> {
-    const end = range.end.length === 0 ? Buffer.from([0]) : range.end;
-    const response = await this.call(`count ${describeRange(range)}`, () => this.client.kv.range({ key: range.start, range_end: end, revision, count_only: true }), revision);
-    return Number(response.count);
+    const page = await this.call(`count ${describeRange(range)}`, () => this.readRange({ key: range.start, range_end: wireEnd(range.end), limit: 0, revision, keys_only: false, count_only: true }), revision);
+    return page.count;
   }
 
   async readLease(id: string): Promise<LeaseInfo> {
@@ -364,7 +366,7 @@ class EtcdWatch implements SourceWatch {
     stream.write({
       create_request: {
         key: range.start,
-        range_end: range.end.length === 0 ? Buffer.from([0]) : range.end,
+        range_end: wireEnd(range.end),
         start_revision: fromRevision,
         progress_notify: true,
         // The previous lease of a key tells which session to release when it moves or loses its lease.
