@@ -4,7 +4,8 @@
  * - raw read ceiling: the slower of
  *   - etcd: the prefix read with `etcd3` in pinned-revision pages (the tool's page size);
  *   - Consul: `?keys` for the prefix, then the values in read-only txns of
- *     `get`s (the server's op limit per txn), 8 in flight over keep-alive `node:http`;
+ *     the tool's chunks (whole sub-prefixes of about 1,000 keys, `planReads`),
+ *     8 in flight over keep-alive `node:http`;
  *   (the two run one after the other: the ceiling of reading both sides is at
  *   least the slower one);
  * - tool: `migrate verify` as a whole process (a clean copy: one round), keys/s
@@ -27,6 +28,7 @@ import { Etcd3 } from 'etcd3';
 import pLimit from 'p-limit';
 import { startConsul, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
+import { packReads, planReads, readTxnBody, TREE_READ_KEYS } from '../src/stores/consul-reads.js';
 import { prefixEnd } from '../src/stores/etcd.js';
 import { cpuBoundSeconds, cpuMeter, loadKeys, report, runMigrate, uniqueId } from './support.js';
 
@@ -65,7 +67,7 @@ async function readEtcd(client: Etcd3, prefix: string): Promise<{ ms: number; ke
   return { ms: performance.now() - t0, keys };
 }
 
-/** Consul side of the ceiling: the key list, then every value in full txns of gets, 8 in flight. */
+/** Consul side of the ceiling: the key list, then every value in the tool's txn chunks, 8 in flight. */
 async function readConsul(address: URL, prefix: string, opsPerTxn: number): Promise<{ ms: number; keys: number }> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
   const t0 = performance.now();
@@ -73,7 +75,7 @@ async function readConsul(address: URL, prefix: string, opsPerTxn: number): Prom
   const limit = pLimit(8);
   let keys = 0;
   const bodies: Buffer[] = [];
-  for (let i = 0; i < list.length; i += opsPerTxn) bodies.push(Buffer.from(JSON.stringify(list.slice(i, i + opsPerTxn).map((key) => ({ KV: { Verb: 'get', Key: key } })))));
+  for (const txn of packReads(planReads(list, list, TREE_READ_KEYS), opsPerTxn, TREE_READ_KEYS)) bodies.push(Buffer.from(readTxnBody(txn)));
   await Promise.all(bodies.map((body) => limit(async () => {
     const parsed = JSON.parse((await request(agent, address, 'PUT', '/v1/txn?consistent', body)).toString('utf8')) as { Results: unknown[] };
     keys += parsed.Results.length;

@@ -1,6 +1,7 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { ConsulSessionError, ConsulTooLargeError, TxnFailedError } from '../src/stores/consul-http.js';
 import { ConsulTarget, ValueTooLargeError } from '../src/stores/consul.js';
+import { compareKeys } from '../src/stores/consul-reads.js';
 import { packTxnBatches, fitsInTxn } from '../src/stores/txn-batcher.js';
 import type { TxnOp } from '../src/stores/types.js';
 import { consulIndex, consulTarget, privateConsul, servers, uniquePrefix } from './support/harness.js';
@@ -81,6 +82,30 @@ describe('Consul target (real Consul)', () => {
     expect(entries[0]!.value.equals(allBytes)).toBe(true);
     expect(entries[1]!.value.length).toBe(0);
     expect((await target.readKey(`${prefix}all`))?.value.equals(allBytes)).toBe(true);
+  });
+
+  it('reads listed keys by whole sub-prefixes: only the keys asked for, as they are now, in a few txns', async () => {
+    const prefix = uniquePrefix('tree');
+    const odd = ['a', 'a/1', 'a/2', 'b/x', 'é', '😀1', '😁2', '\uE000', 'sp ace'];
+    const numbered = Array.from({ length: 3000 }, (_, i) => `n/${String(i).padStart(5, '0')}`);
+    const ops: TxnOp[] = [...odd, ...numbered].map((k) => ({ verb: 'set', key: `${prefix}${k}`, value: Buffer.from(`v:${k}`) }));
+    for (const batch of packTxnBatches(ops, await target.limits())) await target.applyTxn(batch);
+    const listed = await target.listKeys(prefix);
+    expect(listed).toHaveLength(ops.length);
+    // After the listing: a key appears under a prefix read as a whole, a listed key goes.
+    await target.applyTxn([{ verb: 'set', key: `${prefix}a/3`, value: Buffer.from('new') }, { verb: 'delete', key: `${prefix}b/x` }]);
+    const wanted = listed.filter((k) => k !== `${prefix}a`);
+    const request = vi.spyOn(target.http, 'request');
+    try {
+      const entries = await target.readEntries(wanted, undefined, listed);
+      const txns = request.mock.calls.filter(([r]) => r.path === '/v1/txn').length;
+      expect(entries.map((e) => e.key).sort(compareKeys)).toEqual(wanted.filter((k) => k !== `${prefix}b/x`));
+      expect(entries.every((e) => e.value.toString() === `v:${e.key.slice(prefix.length)}`)).toBe(true);
+      // 3,007 keys: 24+ txns of gets; whole prefixes take a handful (a retry without the deleted key's get included).
+      expect(txns).toBeLessThanOrEqual(6);
+    } finally {
+      request.mockRestore();
+    }
   });
 
   it('reports an unknown session as such', async () => {

@@ -282,7 +282,8 @@ async function copyRule(
     skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
   };
   const ruleState = engine.state.rules[rule.name]!;
-  const targetKeys = new Set(await deps.target.listKeys(rule.to, options.signal));
+  const listed = await deps.target.listKeys(rule.to, options.signal);
+  const targetKeys = new Set(listed);
   const initialTargetKeys = targetKeys.size;
   const range = rangeOf(rule.from);
   let keysDone = 0;
@@ -315,7 +316,7 @@ async function copyRule(
         if (entry.lease !== '0' && route.leases === 'session') leases.add(entry.lease);
       }
       const existing = new Map<string, TargetEntry>();
-      if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal)) existing.set(e.key, e);
+      if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal, listed)) existing.set(e.key, e);
       const sessionOf = new Map<string, string | undefined>();
       await Promise.all([...leases].map(async (l) => sessionOf.set(l, await sessions.ensure(l))));
       const plan = planPage({ entries: page.entries, route: (e) => routes.get(e)!, existing, sessionFor: (l) => sessionOf.get(l), ownSessions: sessions.own });

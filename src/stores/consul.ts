@@ -2,6 +2,7 @@ import pLimit from 'p-limit';
 import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
+import { compareKeys, keysOf, packReads, planReads, readTxnBody, TREE_READ_KEYS, type ReadOp } from './consul-reads.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import { checkIdOf, META_MIGRATION } from '../services/registration.js';
 import type { ServiceDefinition, ServiceInstance, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
@@ -145,23 +146,29 @@ export class ConsulTarget implements TargetStore {
     return keys.sort(compareKeys);
   }
 
-  async readEntries(keys: readonly string[], signal?: AbortSignal): Promise<TargetEntry[]> {
+  async readEntries(keys: readonly string[], signal?: AbortSignal, listed?: readonly string[]): Promise<TargetEntry[]> {
     const { txnMaxOps } = await this.limits();
-    const chunks: string[][] = [];
-    for (let i = 0; i < keys.length; i += txnMaxOps) chunks.push(keys.slice(i, i + txnMaxOps));
+    const ops: ReadOp[] = listed ? planReads(listed, keys, TREE_READ_KEYS) : keys.map((key) => ({ verb: 'get', key }));
     const limit = pLimit(this.readConcurrency);
-    const results = await Promise.all(chunks.map((chunk) => limit(() => this.readChunk(chunk, signal))));
+    const results = await Promise.all(packReads(ops, txnMaxOps, TREE_READ_KEYS).map((txn) => limit(() => this.readTxn(txn, signal))));
     return results.flat();
   }
 
-  /** One read-only txn of `get`s; keys deleted since they were listed are dropped and the rest re-read. */
-  private async readChunk(keys: string[], signal?: AbortSignal): Promise<TargetEntry[]> {
-    let remaining = keys;
+  /**
+   * One read-only txn. A tree's keys that were not asked for (written since the
+   * listing) are dropped; a `get` of a key deleted since it was listed fails the
+   * txn, so those are dropped and the rest read again.
+   */
+  private async readTxn(ops: ReadOp[], signal?: AbortSignal): Promise<TargetEntry[]> {
+    const asked = ops.some((op) => op.verb === 'get-tree') ? new Set(keysOf(ops)) : undefined;
+    let remaining = ops;
     while (remaining.length > 0) {
-      const body = JSON.stringify(remaining.map((key) => ({ KV: { Verb: 'get', Key: key } })));
-      const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body, accept: [409], signal });
+      const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body: readTxnBody(remaining), accept: [409], signal });
       const parsed = JSON.parse(response.body.toString('utf8')) as { Results: { KV: WireEntry }[] | null; Errors: { OpIndex: number; What: string }[] | null };
-      if (response.status === 200) return (parsed.Results ?? []).map((r) => toEntry(r.KV));
+      if (response.status === 200) {
+        const entries = (parsed.Results ?? []).map((r) => toEntry(r.KV));
+        return asked ? entries.filter((e) => asked.has(e.key)) : entries;
+      }
       const missing = new Set((parsed.Errors ?? []).filter((e) => /doesn't exist/.test(e.What)).map((e) => e.OpIndex));
       if (missing.size === 0) throw new TxnFailedError((parsed.Errors ?? []).map((e) => ({ opIndex: e.OpIndex, what: e.What })));
       remaining = remaining.filter((_, i) => !missing.has(i));
@@ -308,28 +315,6 @@ export class ConsulTarget implements TargetStore {
       throw new ConsulResponseError('consul_permission_denied', 403, `Consul filtered keys under ${formatKey(prefix)} out of the answer: the token lacks read (or list) on part of the prefix.`, '', 'Grant the migrator token read on the whole prefix (`migrate acl` prints the policy).');
     }
   }
-}
-
-/**
- * Byte order of the UTF-8 keys, which is the order Consul and etcd list them
- * in. Computed on the UTF-16 text without encoding (sorting a million-key list
- * would otherwise allocate two Buffers per comparison): UTF-8 byte order is
- * code-point order, and UTF-16 units sort in code-point order except that
- * surrogates (characters above U+FFFF) must sort after U+E000–U+FFFF.
- */
-export function compareKeys(a: string, b: string): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    let x = a.charCodeAt(i);
-    let y = b.charCodeAt(i);
-    if (x === y) continue;
-    if (x >= 0xd800 && y >= 0xd800) {
-      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
-      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
-    }
-    return x - y;
-  }
-  return a.length - b.length;
 }
 
 interface WireService {

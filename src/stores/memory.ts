@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { TxnFailedError } from './consul-http.js';
 import { SourceCompactedError } from './etcd.js';
-import { ValueTooLargeError, compareKeys } from './consul.js';
+import { ValueTooLargeError } from './consul.js';
+import { compareKeys } from './consul-reads.js';
 import { META_MIGRATION } from '../services/registration.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, type TargetLimits } from './txn-batcher.js';
 import type {

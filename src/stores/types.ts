@@ -192,8 +192,11 @@ export interface TargetStore {
   limits(): Promise<TargetLimits>;
   /** Every key under `prefix` (`?keys`), sorted; `[]` when there is none. */
   listKeys(prefix: string, signal?: AbortSignal): Promise<string[]>;
-  /** Values of the given keys, as bytes; keys that do not exist are absent from the result. */
-  readEntries(keys: readonly string[], signal?: AbortSignal): Promise<TargetEntry[]>;
+  /**
+   * Values of the given keys, as bytes; keys that do not exist are absent from the result.
+   * With `listed`, the sorted key list the keys were taken from, whole sub-prefixes are read at once.
+   */
+  readEntries(keys: readonly string[], signal?: AbortSignal, listed?: readonly string[]): Promise<TargetEntry[]>;
   /** One key through `GET /v1/kv/<key>`, the way applications read it. */
   readKey(key: string): Promise<TargetEntry | undefined>;
   /** Apply one txn (all or nothing). Throws {@link TxnFailedError} on a failed check. */

@@ -1,4 +1,4 @@
-import { compareKeys } from '../stores/consul.js';
+import { compareKeys } from '../stores/consul-reads.js';
 
 /** What the comparison needs of a rule's Consul key list: take a key out of it. */
 export interface KeyLookup {
@@ -21,7 +21,7 @@ export class ListedKeys implements KeyLookup {
   private takenCount = 0;
 
   /** `keys` must be sorted by {@link compareKeys} (as `listKeys` returns them) and free of duplicates. */
-  constructor(private readonly keys: readonly string[]) {
+  constructor(readonly keys: readonly string[]) {
     this.taken = new Uint8Array(keys.length);
   }
 
