@@ -50,6 +50,13 @@ export function toEntry(wire: WireEntry): TargetEntry {
   return entry;
 }
 
+/** The results whose key was asked for: all of them, in order, unless keys came or went under a tree since the listing. */
+function askedOnly(results: readonly { KV: WireEntry }[], asked: readonly string[]): readonly { KV: WireEntry }[] {
+  if (results.length === asked.length && results.every((r, i) => r.KV.Key === asked[i])) return results;
+  const wanted = new Set(asked);
+  return results.filter((r) => wanted.has(r.KV.Key));
+}
+
 /** The Consul adapter of {@link TargetStore}. */
 export class ConsulTarget implements TargetStore {
   readonly http: ConsulHttp;
@@ -160,14 +167,13 @@ export class ConsulTarget implements TargetStore {
    * txn, so those are dropped and the rest read again.
    */
   private async readTxn(ops: ReadOp[], signal?: AbortSignal): Promise<TargetEntry[]> {
-    const asked = ops.some((op) => op.verb === 'get-tree') ? new Set(keysOf(ops)) : undefined;
     let remaining = ops;
     while (remaining.length > 0) {
       const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body: readTxnBody(remaining), accept: [409], signal });
       const parsed = JSON.parse(response.body.toString('utf8')) as { Results: { KV: WireEntry }[] | null; Errors: { OpIndex: number; What: string }[] | null };
       if (response.status === 200) {
-        const entries = (parsed.Results ?? []).map((r) => toEntry(r.KV));
-        return asked ? entries.filter((e) => asked.has(e.key)) : entries;
+        const results = parsed.Results ?? [];
+        return (ops.some((op) => op.verb === 'get-tree') ? askedOnly(results, keysOf(remaining)) : results).map((r) => toEntry(r.KV));
       }
       const missing = new Set((parsed.Errors ?? []).filter((e) => /doesn't exist/.test(e.What)).map((e) => e.OpIndex));
       if (missing.size === 0) throw new TxnFailedError((parsed.Errors ?? []).map((e) => ({ opIndex: e.OpIndex, what: e.What })));
