@@ -539,7 +539,7 @@ class Sessions implements SessionView {
     this.exists.clear();
     const keys = await this.target.listKeys(this.paths.sessions);
     for (let i = 0; i < keys.length; i += RECHECK_CHUNK) {
-      for (const entry of await this.target.readEntries(keys.slice(i, i + RECHECK_CHUNK))) {
+      for (const entry of await this.target.readEntries(keys.slice(i, i + RECHECK_CHUNK), undefined, keys)) {
         const record = parseStateDocument<SessionRecord>(entry.key, entry.value);
         this.byLease.set(record.leaseId, record.sessionId);
       }
