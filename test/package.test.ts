@@ -8,7 +8,9 @@ import { rawEtcd, repoRoot, serverEnv, uniquePrefix } from './support/harness.js
 describe('packaging', () => {
   it('npm pack produces a tarball that installs into an empty folder: migrate --version, --help by stage, npx migrate audit against the servers', async () => {
     const packDir = mkdtempSync(join(tmpdir(), 'migrate-pack-'));
-    execFileSync('npm', ['pack', '--pack-destination', packDir, '--loglevel=error'], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] });
+    // --ignore-scripts: `prepack` would rebuild dist/ in place while other test files run the CLI from it
+    // (one saw errors.js half written); the test command has just built it.
+    execFileSync('npm', ['pack', '--ignore-scripts', '--pack-destination', packDir, '--loglevel=error'], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] });
     const [tarball] = readdirSync(packDir).filter((f) => f.endsWith('.tgz'));
     expect(tarball).toMatch(/^etcd-consul-migrate-\d+\.\d+\.\d+\.tgz$/);
     const listing = execFileSync('tar', ['-tzf', join(packDir, tarball!)], { encoding: 'utf8' });
