@@ -28,7 +28,7 @@ import { Etcd3 } from 'etcd3';
 import pLimit from 'p-limit';
 import { startConsul, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
-import { packReads, planReads, readTxnBody, TREE_READ_KEYS } from '../src/stores/consul-reads.js';
+import { packReads, planReads, readLimits, readTxnBody } from '../src/stores/consul-reads.js';
 import { prefixEnd } from '../src/stores/etcd.js';
 import { cpuBoundSeconds, cpuMeter, loadKeys, report, runMigrate, uniqueId } from './support.js';
 
@@ -75,7 +75,9 @@ async function readConsul(address: URL, prefix: string, opsPerTxn: number): Prom
   const limit = pLimit(8);
   let keys = 0;
   const bodies: Buffer[] = [];
-  for (const txn of packReads(planReads(list, list, TREE_READ_KEYS), opsPerTxn, TREE_READ_KEYS)) bodies.push(Buffer.from(readTxnBody(txn)));
+  // The tool knows each value's size from etcd; these are all VALUE_BYTES.
+  const limits = readLimits(opsPerTxn);
+  for (const txn of packReads(planReads(list, { listed: list, valueBytes: list.map(() => VALUE_BYTES) }, limits), opsPerTxn, limits)) bodies.push(Buffer.from(readTxnBody(txn)));
   await Promise.all(bodies.map((body) => limit(async () => {
     const parsed = JSON.parse((await request(agent, address, 'PUT', '/v1/txn?consistent', body)).toString('utf8')) as { Results: unknown[] };
     keys += parsed.Results.length;

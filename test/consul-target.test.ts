@@ -97,7 +97,7 @@ describe('Consul target (real Consul)', () => {
     const wanted = listed.filter((k) => k !== `${prefix}a`);
     const request = vi.spyOn(target.http, 'request');
     try {
-      const entries = await target.readEntries(wanted, undefined, listed);
+      const entries = await target.readEntries(wanted, undefined, { listed, valueBytes: wanted.map(() => 8) });
       const txns = request.mock.calls.filter(([r]) => r.path === '/v1/txn').length;
       expect(entries.map((e) => e.key).sort(compareKeys)).toEqual(wanted.filter((k) => k !== `${prefix}b/x`));
       expect(entries.every((e) => e.value.toString() === `v:${e.key.slice(prefix.length)}`)).toBe(true);

@@ -307,16 +307,20 @@ async function copyRule(
       if (options.signal.aborted) break;
       const routes = new Map<SourceEntry, PlannedRoute>();
       const wanted: string[] = [];
+      const wantedBytes: number[] = [];
       const leases = new Set<string>();
       for (const entry of page.entries) {
         const route = routeForCopy(deps.mapping, rule.name, entry.key, entry.value.length);
         routes.set(entry, route);
         if (route.kind !== 'mapped') continue;
-        if (targetKeys.delete(route.target)) wanted.push(route.target);
+        if (targetKeys.delete(route.target)) {
+          wanted.push(route.target);
+          wantedBytes.push(entry.value.length);
+        }
         if (entry.lease !== '0' && route.leases === 'session') leases.add(entry.lease);
       }
       const existing = new Map<string, TargetEntry>();
-      if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal, listed)) existing.set(e.key, e);
+      if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal, { listed, valueBytes: wantedBytes })) existing.set(e.key, e);
       const sessionOf = new Map<string, string | undefined>();
       await Promise.all([...leases].map(async (l) => sessionOf.set(l, await sessions.ensure(l))));
       const plan = planPage({ entries: page.entries, route: (e) => routes.get(e)!, existing, sessionFor: (l) => sessionOf.get(l), ownSessions: sessions.own });

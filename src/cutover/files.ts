@@ -42,7 +42,7 @@ export async function exportConsulRule(target: TargetStore, rule: CompiledRule, 
   let bytes = 0;
   await writeJsonArray(file, async (write) => {
     for (let i = 0; i < keys.length; i += READ_CHUNK) {
-      for (const entry of await target.readEntries(keys.slice(i, i + READ_CHUNK), undefined, keys)) {
+      for (const entry of await target.readEntries(keys.slice(i, i + READ_CHUNK), undefined, { listed: keys })) {
         bytes += entry.value.length;
         await write({ key: entry.key, flags: entry.flags, value: entry.value.toString('base64') });
       }

@@ -26,13 +26,13 @@ export async function readCutoverState(target: TargetStore, paths: StatePaths): 
   ]);
   const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
   const ruleKeys = await target.listKeys(paths.rule(''));
-  for (const entry of await target.readEntries(ruleKeys, undefined, ruleKeys)) {
+  for (const entry of await target.readEntries(ruleKeys, undefined, { listed: ruleKeys })) {
     const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
     docs.set(doc.rule, { doc, index: entry.modifyIndex });
   }
   const trips = new Map<string, { doc: TripsDoc; index: number }>();
   const tripKeys = await target.listKeys(tripsPrefix(paths));
-  for (const entry of await target.readEntries(tripKeys, undefined, tripKeys)) {
+  for (const entry of await target.readEntries(tripKeys, undefined, { listed: tripKeys })) {
     const doc = parseStateDocument<TripsDoc>(entry.key, entry.value);
     trips.set(doc.rule, { doc, index: entry.modifyIndex });
   }

@@ -61,7 +61,7 @@ export class LeaseSessions {
   /** Reads the recorded sessions (the ones this migration owns). */
   async load(): Promise<void> {
     const keys = await this.target.listKeys(this.paths.sessions);
-    for (const entry of await this.target.readEntries(keys, undefined, keys)) {
+    for (const entry of await this.target.readEntries(keys, undefined, { listed: keys })) {
       const record = parseStateDocument<SessionRecord>(entry.key, entry.value);
       this.byLease.set(record.leaseId, record);
       this.own.add(record.sessionId);

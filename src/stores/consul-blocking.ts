@@ -59,6 +59,6 @@ export class PollingReader implements BlockingReader {
   async readPrefix(prefix: string, index: number, signal: AbortSignal): Promise<{ entries: TargetEntry[]; index: number }> {
     if (index > 0) await sleep(this.everyMs, signal);
     const keys = await this.target.listKeys(prefix, signal);
-    return { entries: await this.target.readEntries(keys, signal, keys), index: index + 1 };
+    return { entries: await this.target.readEntries(keys, signal, { listed: keys }), index: index + 1 };
   }
 }

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { compareKeys, keysOf, packReads, planReads, type ReadOp } from './consul-reads.js';
+import { compareKeys, keysOf, packReads, planReads, readLimits, type ReadLimits, type ReadOp } from './consul-reads.js';
 
 /** A read-only txn against a simulated Consul holding `store`; null when a `get` misses (Consul fails the whole txn). */
 function run(txn: readonly ReadOp[], store: ReadonlySet<string>): string[] | null {
@@ -21,61 +21,85 @@ const char = fc.constantFrom('a', 'b', '/', '0', '9', 'é', '\uE000', '\uFFFD', 
 const key = fc.array(char, { minLength: 1, maxLength: 6 }).map((cs) => `app/${cs.join('')}`);
 
 describe('planReads', () => {
-  it('fetches every wanted key that exists, once, whatever was written or deleted since the listing', () => {
+  it('fetches every wanted key that exists, once, whatever was written or deleted since the listing, in txns within the limits', () => {
     fc.assert(fc.property(
       fc.uniqueArray(key, { maxLength: 80 }),
       fc.array(fc.boolean(), { maxLength: 80 }),
       fc.array(key, { maxLength: 10 }),
       fc.array(fc.nat(), { maxLength: 5 }),
-      fc.integer({ min: 1, max: 12 }),
+      fc.record({ opKeys: fc.integer({ min: 1, max: 4 }), maxKeys: fc.integer({ min: 1, max: 12 }), maxBytes: fc.integer({ min: 0, max: 60 }) }),
+      fc.option(fc.array(fc.integer({ min: 0, max: 20 }), { minLength: 80, maxLength: 80 })),
+      fc.boolean(),
       fc.integer({ min: 1, max: 5 }),
-      (keys, wantedMask, written, deletedAt, maxKeys, maxOps) => {
+      (keys, wantedMask, written, deletedAt, limitsIn, sizes, shuffle, maxOps) => {
+        const limits: ReadLimits = { ...limitsIn, maxKeys: Math.max(limitsIn.opKeys, limitsIn.maxKeys) };
         const listed = [...keys].sort(compareKeys);
         const wanted = listed.filter((_, i) => wantedMask[i] ?? true);
+        const size = new Map(wanted.map((k, i) => [k, sizes?.[i] ?? Infinity]));
+        // Callers may pass the keys in another order (escaped targets): sizes travel with their keys.
+        const asked = shuffle ? [...wanted].reverse() : wanted;
         const store = new Set([...listed, ...written]);
         for (const i of deletedAt) if (listed.length > 0) store.delete(listed[i % listed.length]!);
-        const ops = planReads(listed, wanted, maxKeys);
-        // Every wanted key is planned exactly once.
-        expect(keysOf(ops).sort(compareKeys)).toEqual(wanted);
+        const ops = planReads(asked, { listed, ...(sizes ? { valueBytes: asked.map((k) => size.get(k)!) } : {}) }, limits);
+        // Every wanted key is planned exactly once, in key order.
+        expect(keysOf(ops)).toEqual(wanted);
         for (const op of ops) {
           if (op.verb !== 'get-tree') continue;
           expect(/[\uD800-\uDBFF]$/.test(op.prefix), `prefix ${JSON.stringify(op.prefix)} ends inside a character`).toBe(false);
-          // A tree fetches no listed key that was not asked for, and no more than maxKeys of them.
+          // A tree fetches no listed key that was not asked for.
           expect(listed.filter((k) => k.startsWith(op.prefix))).toEqual(op.keys);
-          expect(op.keys.length).toBeLessThanOrEqual(maxKeys);
+          expect(op.bytes).toBe(op.keys.reduce((a, k) => a + size.get(k)!, 0));
         }
-        const asked = new Set(wanted);
         const read: string[] = [];
-        for (const txn of packReads(ops, maxOps, maxKeys)) {
+        for (const txn of packReads(ops, maxOps, limits)) {
           expect(txn.length).toBeLessThanOrEqual(maxOps);
-          expect(txn.length === 1 || keysOf(txn).length <= maxKeys).toBe(true);
+          // Up to opKeys keys whatever their size; more only within maxKeys and maxBytes (a lone get always goes).
+          const n = keysOf(txn).length;
+          const bytes = txn.reduce((a, op) => a + op.bytes, 0);
+          expect(n <= limits.opKeys || (n <= limits.maxKeys && bytes <= limits.maxBytes), `${n} keys, ${bytes} bytes`).toBe(true);
           // A get of a deleted key fails the txn: the reader drops it and reads the rest again.
           const result = run(txn, store) ?? run(txn.filter((op) => op.verb !== 'get' || store.has(op.key)), store)!;
-          read.push(...result.filter((k) => asked.has(k)));
+          read.push(...result.filter((k) => size.has(k)));
         }
-        expect(read.sort(compareKeys)).toEqual(wanted.filter((k) => store.has(k)));
+        expect(read).toEqual(wanted.filter((k) => store.has(k)));
       },
     ), { numRuns: 500 });
   });
 
-  it('reads 100,000 numbered keys in 100 txns of 1,000 (782 txns of 128 gets without the list)', () => {
+  it('reads 100,000 numbered keys of 256 bytes in 100 txns of 1,000 (782 txns of 128 gets without the list)', () => {
     const listed = Array.from({ length: 100_000 }, (_, i) => `app/${String(i).padStart(8, '0')}`);
-    const txns = packReads(planReads(listed, listed, 1024), 128, 1024);
+    const limits = readLimits(128);
+    const txns = packReads(planReads(listed, { listed, valueBytes: listed.map(() => 256) }, limits), 128, limits);
     expect(txns).toHaveLength(100);
     expect(txns.every((t) => t.length === 1 && t[0]!.verb === 'get-tree' && t[0]!.keys.length === 1000)).toBe(true);
-    expect(packReads(listed.map((k) => ({ verb: 'get', key: k })), 128, 1024)).toHaveLength(782);
+    expect(packReads(planReads(listed, {}, limits), 128, limits)).toHaveLength(782);
+  });
+
+  it('keeps a txn of large values to the op limit, and of unknown sizes too', () => {
+    const listed = Array.from({ length: 1000 }, (_, i) => `app/${String(i).padStart(4, '0')}`);
+    const limits = readLimits(128);
+    for (const hints of [{ listed, valueBytes: listed.map(() => 400_000) }, { listed }]) {
+      const txns = packReads(planReads(listed, hints, limits), 128, limits);
+      expect(Math.max(...txns.map((t) => keysOf(t).length))).toBeLessThanOrEqual(128);
+      expect(txns.some((t) => t.some((op) => op.verb === 'get-tree'))).toBe(true);
+    }
+    // 16 KiB values: 256 keys fill the 4 MiB of a txn.
+    const mid = packReads(planReads(listed, { listed, valueBytes: listed.map(() => 16 * 1024) }, limits), 128, limits);
+    expect(Math.max(...mid.map((t) => keysOf(t).length))).toBeLessThanOrEqual(256);
+    expect(Math.max(...mid.map((t) => keysOf(t).length))).toBeGreaterThan(128);
   });
 
   it('reads a key that prefixes others, and the keys around a page, with gets when their neighbours are not wanted', () => {
     const listed = ['app/a', 'app/a/1', 'app/a/2', 'app/b', 'app/c/1', 'app/c/2'];
-    expect(planReads(listed, listed, 10)).toEqual([{ verb: 'get-tree', prefix: 'app/', keys: listed }]);
+    const limits: ReadLimits = { opKeys: 10, maxKeys: 10, maxBytes: 0 };
+    expect(planReads(listed, { listed }, limits)).toEqual([{ verb: 'get-tree', prefix: 'app/', keys: listed, bytes: Infinity }]);
     // app/a/1 and app/a/2 without app/a: the tree "app/a" would fetch app/a too; "app/a/" would not.
-    expect(planReads(listed, ['app/a/1', 'app/a/2', 'app/b'], 10)).toEqual([
-      { verb: 'get-tree', prefix: 'app/a/', keys: ['app/a/1', 'app/a/2'] },
-      { verb: 'get', key: 'app/b' },
+    expect(planReads(['app/a/1', 'app/a/2', 'app/b'], { listed }, limits)).toEqual([
+      { verb: 'get-tree', prefix: 'app/a/', keys: ['app/a/1', 'app/a/2'], bytes: Infinity },
+      { verb: 'get', key: 'app/b', bytes: Infinity },
     ]);
     // A wanted key outside the list (written since) is read with a get.
-    expect(planReads(listed, ['app/z'], 10)).toEqual([{ verb: 'get', key: 'app/z' }]);
-    expect(planReads(listed, [], 10)).toEqual([]);
+    expect(planReads(['app/z'], { listed }, limits)).toEqual([{ verb: 'get', key: 'app/z', bytes: Infinity }]);
+    expect(planReads([], { listed }, limits)).toEqual([]);
   });
 });

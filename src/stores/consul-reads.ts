@@ -5,8 +5,9 @@
  * Consul and the client a txn op each, and a request per op limit (128 or
  * 64 keys). A `get-tree` returns a whole prefix in one op; with the sorted
  * key list (`?keys`) at hand, the number of keys under any prefix is known
- * before reading it, so whole sub-prefixes are read at once and memory stays
- * bounded by the txn: the "chunks of sub-prefixes" of DESIGN §3. Measured on
+ * before reading it, so whole sub-prefixes are read at once: the "chunks of
+ * sub-prefixes" of DESIGN §3. Memory stays bounded by the txn: the op limit's
+ * worth of keys, or more while the sizes etcd gives stay within 4 MiB. Measured on
  * 100,000 keys of 256 bytes (Consul 1.22): 1.3 Consul CPU-seconds and 1.3–1.6 s
  * in txns of 128 gets, 0.5–0.6 and 0.4–0.6 s in txns of about 1,000 keys.
  */
@@ -34,42 +35,87 @@ export function compareKeys(a: string, b: string): number {
 }
 
 
-/** One read of a txn: a single key (`get`), or every key under a prefix (`get-tree`) for the listed `keys` there. */
-export type ReadOp = { verb: 'get'; key: string } | { verb: 'get-tree'; prefix: string; keys: readonly string[] };
+/**
+ * One read of a txn: a single key (`get`), or every key under a prefix
+ * (`get-tree`) for the listed `keys` there; `bytes` is the size their values
+ * are expected to have (Infinity when unknown).
+ */
+export type ReadOp = { verb: 'get'; key: string; bytes: number } | { verb: 'get-tree'; prefix: string; keys: readonly string[]; bytes: number };
 
-/** Keys one read txn may return when it reads whole prefixes: about 1,000 values of a typical size per request. */
-export const TREE_READ_KEYS = 1024;
+/** What the caller knows about the keys it reads. */
+export interface ReadHints {
+  /** Consul's key list (sorted by {@link compareKeys}) the keys were taken from: whole sub-prefixes are read at once. */
+  listed?: readonly string[];
+  /**
+   * The size each key's value is expected to have (etcd's, at the same index as
+   * the key). Without it a txn holds no more keys than a txn of gets, so large
+   * values cannot make a response grow past the op limit's worth of them.
+   */
+  valueBytes?: readonly number[];
+}
 
 /**
- * The reads that fetch `wanted`, keys of `listed` (Consul's key list, sorted
- * by {@link compareKeys}): one `get-tree` for each prefix whose listed keys
- * are all wanted, at most `maxKeys` of them, and a `get` for every other key.
+ * How many keys a read txn holds. Any txn may hold `opKeys` (the server's op
+ * limit: what a txn of gets holds), whatever their size; more, up to
+ * `maxKeys`, only while their expected values stay within `maxBytes`.
+ */
+export interface ReadLimits {
+  opKeys: number;
+  maxKeys: number;
+  maxBytes: number;
+}
+
+/** A read txn holds up to 1,024 keys or 4 MiB of expected values, whichever comes first (or the op limit's worth of keys). */
+export const TREE_READ_KEYS = 1024;
+export const TREE_READ_BYTES = 4 * 1024 * 1024;
+
+/** The read limits for a server whose txns take `opKeys` ops. */
+export function readLimits(opKeys: number): ReadLimits {
+  return { opKeys, maxKeys: Math.max(opKeys, TREE_READ_KEYS), maxBytes: TREE_READ_BYTES };
+}
+
+function fits(limits: ReadLimits, keys: number, bytes: number): boolean {
+  return keys <= limits.opKeys || (keys <= limits.maxKeys && bytes <= limits.maxBytes);
+}
+
+/**
+ * The reads that fetch `wanted`: with `hints.listed`, one `get-tree` for each
+ * prefix whose listed keys are all wanted and fit one txn (see
+ * {@link ReadLimits}), and a `get` for every other key. In key order.
  *
  * A tree also returns keys written under its prefix after the listing: the
  * reader keeps only the wanted ones, so the result does not depend on the
  * list being current, only what is fetched does.
  */
-export function planReads(listed: readonly string[], wanted: readonly string[], maxKeys: number): ReadOp[] {
-  const keys = isSorted(wanted) ? wanted : [...new Set(wanted)].sort(compareKeys);
+export function planReads(wanted: readonly string[], hints: ReadHints, limits: ReadLimits): ReadOp[] {
+  // Sizes count only when every key has one.
+  const sizes = hints.valueBytes?.length === wanted.length && hints.valueBytes.every(Number.isFinite) ? hints.valueBytes : undefined;
+  const { keys, bytes } = sortedWithSizes(wanted, sizes);
+  const listed = hints.listed;
   const ops: ReadOp[] = [];
+  // bytesBefore[i]: the expected bytes of keys[0..i).
+  const bytesBefore = new Float64Array(sizes ? keys.length + 1 : 0);
+  if (sizes) for (let i = 0; i < keys.length; i++) bytesBefore[i + 1] = bytesBefore[i]! + bytes(i);
+  const get = (i: number): ReadOp => ({ verb: 'get', key: keys[i]!, bytes: bytes(i) });
   // Key ranges still to plan, last first; every range shares its keys' prefix up to `depth`.
   const stack: { lo: number; hi: number; depth: number }[] = keys.length > 0 ? [{ lo: 0, hi: keys.length, depth: 0 }] : [];
   while (stack.length > 0) {
     const { lo, hi, depth } = stack.pop()!;
-    if (hi - lo === 1) {
-      ops.push({ verb: 'get', key: keys[lo]! });
+    if (hi - lo === 1 || !listed) {
+      for (let i = lo; i < hi; i++) ops.push(get(i));
       continue;
     }
     const d = sharedPrefixLength(keys[lo]!, keys[hi - 1]!, depth);
     const prefix = keys[lo]!.slice(0, d);
-    if (hi - lo <= maxKeys && countWithPrefix(listed, prefix) === hi - lo) {
-      ops.push({ verb: 'get-tree', prefix, keys: keys.slice(lo, hi) });
+    const treeBytes = sizes ? bytesBefore[hi]! - bytesBefore[lo]! : Infinity;
+    if (fits(limits, hi - lo, treeBytes) && countWithPrefix(listed, prefix) === hi - lo) {
+      ops.push({ verb: 'get-tree', prefix, keys: keys.slice(lo, hi), bytes: treeBytes });
       continue;
     }
     // Split on the character after the shared prefix (a key equal to the prefix sorts first).
     const ranges: { lo: number; hi: number; depth: number }[] = [];
     let i = lo;
-    if (keys[i]!.length === d) ops.push({ verb: 'get', key: keys[i++]! });
+    if (keys[i]!.length === d) ops.push(get(i++));
     while (i < hi) {
       const c = keys[i]!.codePointAt(d)!;
       let j = i + 1;
@@ -82,20 +128,23 @@ export function planReads(listed: readonly string[], wanted: readonly string[], 
   return ops;
 }
 
-/** `ops` in order, in txns of at most `maxOps` ops and `maxKeys` keys. */
-export function packReads(ops: readonly ReadOp[], maxOps: number, maxKeys: number): ReadOp[][] {
+/** `ops` in order, in txns of at most `maxOps` ops that fit `limits`. */
+export function packReads(ops: readonly ReadOp[], maxOps: number, limits: ReadLimits): ReadOp[][] {
   const txns: ReadOp[][] = [];
   let txn: ReadOp[] = [];
   let keys = 0;
+  let bytes = 0;
   for (const op of ops) {
     const n = op.verb === 'get' ? 1 : op.keys.length;
-    if (txn.length > 0 && (txn.length >= maxOps || keys + n > maxKeys)) {
+    if (txn.length > 0 && (txn.length >= maxOps || !fits(limits, keys + n, bytes + op.bytes))) {
       txns.push(txn);
       txn = [];
       keys = 0;
+      bytes = 0;
     }
     txn.push(op);
     keys += n;
+    bytes += op.bytes;
   }
   if (txn.length > 0) txns.push(txn);
   return txns;
@@ -111,10 +160,15 @@ export function readTxnBody(ops: readonly ReadOp[]): string {
   return JSON.stringify(ops.map((op) => ({ KV: op.verb === 'get' ? { Verb: 'get', Key: op.key } : { Verb: 'get-tree', Key: op.prefix } })));
 }
 
-/** Sorted and without repeats. */
-function isSorted(keys: readonly string[]): boolean {
-  for (let i = 1; i < keys.length; i++) if (compareKeys(keys[i - 1]!, keys[i]!) >= 0) return false;
-  return true;
+/** `keys` sorted by {@link compareKeys} without repeats, and the expected size of each (Infinity when unknown). */
+function sortedWithSizes(keys: readonly string[], sizes: readonly number[] | undefined): { keys: readonly string[]; bytes: (i: number) => number } {
+  const sizeAt = (i: number) => (sizes ? sizes[i]! : Infinity);
+  let sorted = true;
+  for (let i = 1; i < keys.length && sorted; i++) sorted = compareKeys(keys[i - 1]!, keys[i]!) < 0;
+  if (sorted) return { keys, bytes: sizeAt };
+  const order = keys.map((_, i) => i).sort((a, b) => compareKeys(keys[a]!, keys[b]!));
+  const unique = order.filter((i, n) => n === 0 || keys[order[n - 1]!] !== keys[i]);
+  return { keys: unique.map((i) => keys[i]!), bytes: (n) => sizeAt(unique[n]!) };
 }
 
 /** Length of the prefix `a` and `b` share (at least `from`), never ending inside a surrogate pair. */

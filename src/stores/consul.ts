@@ -2,7 +2,7 @@ import pLimit from 'p-limit';
 import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
-import { compareKeys, keysOf, packReads, planReads, readTxnBody, TREE_READ_KEYS, type ReadOp } from './consul-reads.js';
+import { compareKeys, keysOf, packReads, planReads, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import { checkIdOf, META_MIGRATION } from '../services/registration.js';
 import type { ServiceDefinition, ServiceInstance, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
@@ -153,11 +153,12 @@ export class ConsulTarget implements TargetStore {
     return keys.sort(compareKeys);
   }
 
-  async readEntries(keys: readonly string[], signal?: AbortSignal, listed?: readonly string[]): Promise<TargetEntry[]> {
+  async readEntries(keys: readonly string[], signal?: AbortSignal, hints: ReadHints = {}): Promise<TargetEntry[]> {
     const { txnMaxOps } = await this.limits();
-    const ops: ReadOp[] = listed ? planReads(listed, keys, TREE_READ_KEYS) : keys.map((key) => ({ verb: 'get', key }));
+    const limits = readLimits(txnMaxOps);
     const limit = pLimit(this.readConcurrency);
-    const results = await Promise.all(packReads(ops, txnMaxOps, TREE_READ_KEYS).map((txn) => limit(() => this.readTxn(txn, signal))));
+    const txns = packReads(planReads(keys, hints, limits), txnMaxOps, limits);
+    const results = await Promise.all(txns.map((txn) => limit(() => this.readTxn(txn, signal))));
     return results.flat();
   }
 

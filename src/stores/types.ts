@@ -1,3 +1,4 @@
+import type { ReadHints } from './consul-reads.js';
 import type { TargetLimits } from './txn-batcher.js';
 
 /**
@@ -194,9 +195,9 @@ export interface TargetStore {
   listKeys(prefix: string, signal?: AbortSignal): Promise<string[]>;
   /**
    * Values of the given keys, as bytes; keys that do not exist are absent from the result.
-   * With `listed`, the sorted key list the keys were taken from, whole sub-prefixes are read at once.
+   * `hints` (the key list they come from, their expected sizes) let whole sub-prefixes be read at once.
    */
-  readEntries(keys: readonly string[], signal?: AbortSignal, listed?: readonly string[]): Promise<TargetEntry[]>;
+  readEntries(keys: readonly string[], signal?: AbortSignal, hints?: ReadHints): Promise<TargetEntry[]>;
   /** One key through `GET /v1/kv/<key>`, the way applications read it. */
   readKey(key: string): Promise<TargetEntry | undefined>;
   /** Apply one txn (all or nothing). Throws {@link TxnFailedError} on a failed check. */

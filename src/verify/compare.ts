@@ -136,6 +136,8 @@ export interface PageSplit {
   expectations: Expectation[];
   /** The expectations' targets that the key list holds (removed from it): the Consul values to read. */
   toRead: string[];
+  /** The etcd value size of each of `toRead`: what its Consul value should weigh. */
+  toReadBytes: number[];
   unmappable: Partial<Record<UnmappableReason, number>>;
   /** Keys leased under `leases: skip` (expected absent). */
   leaseSkipped: number;
@@ -148,7 +150,7 @@ export interface PageSplit {
  * codec does not preserve order, so this is a lookup, not a sorted merge.
  */
 export function splitPage(mapping: Mapping, rule: Pick<CompiledRule, 'name' | 'leases'>, entries: readonly SourceEntry[], listed: KeyLookup): PageSplit {
-  const split: PageSplit = { expectations: [], toRead: [], unmappable: {}, leaseSkipped: 0 };
+  const split: PageSplit = { expectations: [], toRead: [], toReadBytes: [], unmappable: {}, leaseSkipped: 0 };
   for (const entry of entries) {
     const route = routeForVerify(mapping, rule, entry);
     if (route.kind === 'other') continue;
@@ -159,7 +161,10 @@ export function splitPage(mapping: Mapping, rule: Pick<CompiledRule, 'name' | 'l
     const { expectation } = route;
     if (expectation.presence === 'absent') split.leaseSkipped++;
     split.expectations.push(expectation);
-    if (listed.take(expectation.target)) split.toRead.push(expectation.target);
+    if (listed.take(expectation.target)) {
+      split.toRead.push(expectation.target);
+      split.toReadBytes.push(entry.value.length);
+    }
   }
   return split;
 }

@@ -26,6 +26,7 @@ import {
   type Difference,
   type DifferenceKind,
   type Expectation,
+  type PageSplit,
   type Finding,
   type ReadBack,
   type RuleStatus,
@@ -539,7 +540,7 @@ class Sessions implements SessionView {
     this.exists.clear();
     const keys = await this.target.listKeys(this.paths.sessions);
     for (let i = 0; i < keys.length; i += RECHECK_CHUNK) {
-      for (const entry of await this.target.readEntries(keys.slice(i, i + RECHECK_CHUNK), undefined, keys)) {
+      for (const entry of await this.target.readEntries(keys.slice(i, i + RECHECK_CHUNK), undefined, { listed: keys })) {
         const record = parseStateDocument<SessionRecord>(entry.key, entry.value);
         this.byLease.set(record.leaseId, record.sessionId);
       }
@@ -610,7 +611,7 @@ async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
         if (e.presence === 'present' && routed % readBackEvery === 0 && stats.readBack.checked + readBack.size < readBackMax) readBack.add(e.target);
         routed++;
       }
-      const outcome = comparePage(run, split.expectations, split.toRead, listed.keys, readBack, ctx);
+      const outcome = comparePage(run, split, listed.keys, readBack, ctx);
       // Handled when its turn comes; until then a failure must not count as unhandled.
       outcome.catch(() => undefined);
       outcomes.push(outcome);
@@ -628,7 +629,7 @@ async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
   const extras = listed.remaining;
   const compareChunk = async (chunk: string[]) => {
     checkAborted(options.signal);
-    const entries = new Map((await target.readEntries(chunk, options.signal, listed!.keys)).map((e) => [e.key, e]));
+    const entries = new Map((await target.readEntries(chunk, options.signal, { listed: listed!.keys })).map((e) => [e.key, e]));
     for (const key of chunk) {
       const finding = compareKey({ rule: rule.name, target: key, expectation: undefined, consul: entries.get(key), sessions: ctx.sessions, hash: options.hasher, mapping });
       if (finding) ctx.keep(run, finding);
@@ -664,10 +665,11 @@ async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
 }
 
 /** Reads one page's Consul side (values, sessions, read-backs) and compares it. */
-async function comparePage(run: RuleRun, expectations: Expectation[], toRead: string[], listed: readonly string[], readBack: Set<string>, ctx: CompareContext): Promise<Finding[]> {
+async function comparePage(run: RuleRun, split: PageSplit, listed: readonly string[], readBack: Set<string>, ctx: CompareContext): Promise<Finding[]> {
   const { target, options, mapping } = ctx;
+  const { expectations, toRead } = split;
   const consul = new Map<string, TargetEntry>();
-  if (toRead.length > 0) for (const entry of await target.readEntries(toRead, options.signal, listed)) consul.set(entry.key, entry);
+  if (toRead.length > 0) for (const entry of await target.readEntries(toRead, options.signal, { listed, valueBytes: split.toReadBytes })) consul.set(entry.key, entry);
   await ctx.sessions.prefetch(expectations);
   const readBacks = await readBackKeys(target, [...readBack].filter((k) => consul.has(k)));
   run.stats.readBack.checked += readBacks.size;
