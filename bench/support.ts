@@ -46,6 +46,18 @@ function cpuSeconds(pid: number): number {
   }
 }
 
+/** The machine's busy and stolen CPU seconds so far, summed over its cores (/proc/stat); NaN where that cannot be read. */
+function machineSeconds(): { busy: number; steal: number } {
+  try {
+    ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+    // cpu  user nice system idle iowait irq softirq steal …
+    const [user, nice, system, , , irq, softirq, steal] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number) as number[];
+    return { busy: (user! + nice! + system! + irq! + softirq!) / ticksPerSecond, steal: steal! / ticksPerSecond };
+  } catch {
+    return { busy: NaN, steal: NaN };
+  }
+}
+
 export interface CpuUse {
   /** The machine's cores: CPU seconds over wall seconds cannot exceed it. */
   cores: number;
@@ -54,6 +66,13 @@ export interface CpuUse {
   seconds: Record<string, number>;
   /** All of them over the wall time: how many cores were busy on average. */
   busyCores: number;
+  /**
+   * What else took the machine meanwhile, in CPU seconds: `others`, processes of
+   * this machine that are not measured (the machine's busy time minus the processes
+   * above); `steal`, time the hypervisor gave the cores to other machines. Either
+   * one large means the figures of that case were taken on a crowded machine.
+   */
+  machine: { others: number; steal: number };
 }
 
 /**
@@ -64,16 +83,23 @@ export interface CpuUse {
 export function cpuMeter(pids: Record<string, number>): { read(extra?: Record<string, number>): CpuUse } {
   const start = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSeconds(pid)]));
   const self = process.cpuUsage();
+  const machine = machineSeconds();
   const t0 = performance.now();
   return {
     read(extra = {}) {
       const wallSeconds = (performance.now() - t0) / 1000;
       const own = process.cpuUsage(self);
+      const now = machineSeconds();
       const seconds: Record<string, number> = { bench: (own.user + own.system) / 1e6, ...extra };
       for (const [name, pid] of Object.entries(pids)) seconds[name] = cpuSeconds(pid) - start[name]!;
       const rounded = Object.fromEntries(Object.entries(seconds).map(([k, v]) => [k, +v.toFixed(2)]));
       const total = Object.values(seconds).reduce((a, b) => a + b, 0);
-      return { cores: availableParallelism(), wallSeconds: +wallSeconds.toFixed(2), seconds: rounded, busyCores: +(total / wallSeconds).toFixed(2) };
+      // /proc/stat counts in whole ticks per core: a few hundredths either way are rounding.
+      const others = Math.max(0, now.busy - machine.busy - total);
+      return {
+        cores: availableParallelism(), wallSeconds: +wallSeconds.toFixed(2), seconds: rounded, busyCores: +(total / wallSeconds).toFixed(2),
+        machine: { others: +others.toFixed(2), steal: +(now.steal - machine.steal).toFixed(2) },
+      };
     },
   };
 }
