@@ -232,6 +232,8 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
       await etcd.put(`${s.root}/app/k0`).value('secret-late-value');
       await eventually('late write counted', async () => metric(await dr.metrics(), 'migrate_dualrun_late_writes_total') === 1);
+      // The dual-run records late writes in the rule's trips document in batches (300 ms): wait for the record.
+      await eventually('late write recorded', async () => (await phases(s)).app.lateWrites === 1);
       expect(dr.stderr()).toContain(`late write: etcd put of ${s.root}/app/k0 under rule app`);
       expect(dr.stderr()).not.toContain('secret-late-value');
       // Not replicated: Consul, the owner, keeps its value.
