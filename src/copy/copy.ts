@@ -6,6 +6,7 @@ import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
+import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
@@ -282,9 +283,8 @@ async function copyRule(
     skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
   };
   const ruleState = engine.state.rules[rule.name]!;
-  const listed = await deps.target.listKeys(rule.to, options.signal);
-  const targetKeys = new Set(listed);
-  const initialTargetKeys = targetKeys.size;
+  // Taken out as source keys map to them: what is left has no source key (the extraneous keys).
+  const targetKeys = new ListedKeys(await deps.target.listKeys(rule.to, options.signal));
   const range = rangeOf(rule.from);
   let keysDone = 0;
   // A resumed rule: what lies below the low-water mark is written already. A keys-only
@@ -294,7 +294,7 @@ async function copyRule(
     for await (const page of deps.source.readPages({ start: range.start, end: resumeAt }, { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
       for (const entry of page.entries) {
         const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
-        if (route.kind === 'mapped') targetKeys.delete(route.target);
+        if (route.kind === 'mapped') targetKeys.take(route.target);
       }
       keysDone += page.entries.length;
     }
@@ -313,14 +313,14 @@ async function copyRule(
         const route = routeForCopy(deps.mapping, rule.name, entry.key, entry.value.length);
         routes.set(entry, route);
         if (route.kind !== 'mapped') continue;
-        if (targetKeys.delete(route.target)) {
+        if (targetKeys.take(route.target)) {
           wanted.push(route.target);
           wantedBytes.push(entry.value.length);
         }
         if (entry.lease !== '0' && route.leases === 'session') leases.add(entry.lease);
       }
       const existing = new Map<string, TargetEntry>();
-      if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal, { listed, valueBytes: wantedBytes })) existing.set(e.key, e);
+      if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal, { listed: targetKeys.keys, valueBytes: wantedBytes })) existing.set(e.key, e);
       const sessionOf = new Map<string, string | undefined>();
       await Promise.all([...leases].map(async (l) => sessionOf.set(l, await sessions.ensure(l))));
       const plan = planPage({ entries: page.entries, route: (e) => routes.get(e)!, existing, sessionFor: (l) => sessionOf.get(l), ownSessions: sessions.own });
@@ -344,16 +344,21 @@ async function copyRule(
 
   // What is left in the target range was produced by no source key (an interrupted pass has not seen every key).
   if (!options.signal.aborted) {
-    stats.extraneous = targetKeys.size;
-    stats.extraneousExamples = [...targetKeys].slice(0, EXAMPLES);
-    if (options.deleteExtraneous && targetKeys.size > 0) {
-      if (deleteGuardTrips(targetKeys.size, initialTargetKeys) && !options.allowMassDelete) {
-        throw new RefusedError('delete_guard', `Deleting ${targetKeys.size} extraneous keys would remove ${Math.round((100 * targetKeys.size) / Math.max(1, initialTargetKeys))}% of rule ${rule.name}'s ${initialTargetKeys} target keys; nothing was deleted.`, {
+    const extraneous = targetKeys.remaining;
+    const initialTargetKeys = targetKeys.size;
+    stats.extraneous = extraneous;
+    for (const key of targetKeys.leftovers()) {
+      if (stats.extraneousExamples.length >= EXAMPLES) break;
+      stats.extraneousExamples.push(key);
+    }
+    if (options.deleteExtraneous && extraneous > 0) {
+      if (deleteGuardTrips(extraneous, initialTargetKeys) && !options.allowMassDelete) {
+        throw new RefusedError('delete_guard', `Deleting ${extraneous} extraneous keys would remove ${Math.round((100 * extraneous) / Math.max(1, initialTargetKeys))}% of rule ${rule.name}'s ${initialTargetKeys} target keys; nothing was deleted.`, {
           hint: 'Check the rule\'s from/to first (`migrate plan`); if the deletes are intended, pass --allow-mass-delete.',
-          details: { rule: rule.name, deletes: targetKeys.size, targetKeys: initialTargetKeys },
+          details: { rule: rule.name, deletes: extraneous, targetKeys: initialTargetKeys },
         });
       }
-      stats.deleted = await engine.deleteKeys([...targetKeys], stats);
+      stats.deleted = await engine.deleteKeys([...targetKeys.leftovers()], stats);
     }
   }
   return stats;

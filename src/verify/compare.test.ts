@@ -5,7 +5,7 @@ import { createValueHasher } from '../report/hash.js';
 import type { SourceEntry, TargetEntry } from '../stores/types.js';
 import { compareKey, countByKind, expectationFor, routeForVerify, ruleStatus, splitPage, type CompareInput, type SessionView } from './compare.js';
 import { DUALRUN_HEARTBEAT_MS, readCheckpointState } from './cut.js';
-import { ListedKeys } from './listed-keys.js';
+import { ListedKeys } from '../stores/listed-keys.js';
 
 const { mapping } = parseConfig(`version: 1
 id: demo

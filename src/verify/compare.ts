@@ -5,7 +5,7 @@ import { routeKey, routeTargetKey } from '../mapping/route.js';
 import type { ValueHasher } from '../report/hash.js';
 import { formatKey } from '../report/keys.js';
 import type { SourceEntry, TargetEntry } from '../stores/types.js';
-import type { KeyLookup } from './listed-keys.js';
+import type { KeyLookup } from '../stores/listed-keys.js';
 
 /**
  * The comparison core of `migrate verify` (pure: no I/O, no clock). The

@@ -34,7 +34,7 @@ import {
 } from './compare.js';
 import { compareInstances, criticalLeases } from './compare-services.js';
 import { DUALRUN_HEARTBEAT_MS, readCheckpointState, type CutReason } from './cut.js';
-import { ListedKeys } from './listed-keys.js';
+import { ListedKeys } from '../stores/listed-keys.js';
 import { ownerAt, ownersKey, tripsKey, type OwnersDoc, type RuleOwner, type TripsDoc } from '../cutover/phase.js';
 
 /**

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { compareKeys } from '../stores/consul-reads.js';
+import { compareKeys } from './consul-reads.js';
 import { ListedKeys } from './listed-keys.js';
 
 const key = fc.string({ unit: fc.constantFrom('a', 'b', '/', '~', 'é', '\uE000', '\uFFFD', '😀', '𝄞', 'Z'), maxLength: 8 });

@@ -1,6 +1,6 @@
-import { compareKeys } from '../stores/consul-reads.js';
+import { compareKeys } from './consul-reads.js';
 
-/** What the comparison needs of a rule's Consul key list: take a key out of it. */
+/** What copy and verify need of a rule's Consul key list: take a key out of it. */
 export interface KeyLookup {
   /** Marks `key` as produced by an etcd key; true when the list holds it and it was not taken before. */
   take(key: string): boolean;
