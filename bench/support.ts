@@ -32,15 +32,20 @@ export async function loadKeys(client: Etcd3, prefix: string, count: number, val
   await Promise.all([worker(), worker(), worker(), worker()]);
 }
 
-let ticksPerSecond: number | undefined;
+let ticks: number | undefined;
+
+/** Clock ticks per second of /proc's CPU counters. */
+function ticksPerSecond(): number {
+  ticks ??= Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+  return ticks;
+}
 
 /** CPU seconds (user + system) process `pid` has used so far, from /proc; NaN where that cannot be read. */
 function cpuSeconds(pid: number): number {
   try {
-    ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
     // Fields after "(comm) ": state is [0], utime [11], stime [12] (proc(5) fields 14 and 15).
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+    return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond();
   } catch {
     return NaN;
   }
@@ -49,10 +54,9 @@ function cpuSeconds(pid: number): number {
 /** The machine's busy and stolen CPU seconds so far, summed over its cores (/proc/stat); NaN where that cannot be read. */
 function machineSeconds(): { busy: number; steal: number } {
   try {
-    ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
     // cpu  user nice system idle iowait irq softirq steal …
     const [user, nice, system, , , irq, softirq, steal] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number) as number[];
-    return { busy: (user! + nice! + system! + irq! + softirq!) / ticksPerSecond, steal: steal! / ticksPerSecond };
+    return { busy: (user! + nice! + system! + irq! + softirq!) / ticksPerSecond(), steal: steal! / ticksPerSecond() };
   } catch {
     return { busy: NaN, steal: NaN };
   }
