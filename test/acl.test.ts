@@ -154,7 +154,7 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       writeFileSync(join(dcDir, 'migration.yaml'), [
         'version: 1',
         `id: ${id}-dc`,
-        // The test agent is a dev agent of datacenter dc1: the primary. dc2 does not exist here, and need not for the policies.
+        // The test agent is the single server of datacenter dc1: the primary. dc2 does not exist here, and need not for the policies.
         'target: { datacenter: dc1 }',
         'rules:',
         `  - { name: shared, from: "${p}app/", to: "${to}shared/", datacenters: [dc1, dc2] }`,
