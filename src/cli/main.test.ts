@@ -35,6 +35,25 @@ describe('CLI contract (in-process)', () => {
     expect(t.err).toMatch(/Allowed choices are text, json/);
   });
 
+  it('a numeric flag out of range exits 2 naming the flag, before the configuration is read or a server contacted', async () => {
+    // The configuration does not exist: an error about it would mean the flags were checked too late.
+    const cases: [string[], string][] = [
+      [['copy', '--page-keys', '0'], '--page-keys must be a whole number ≥ 1, not "0"'],
+      [['copy', '--concurrency', '0'], '--concurrency must be a whole number ≥ 1, not "0"'],
+      [['copy', '--rate', '-5'], '--rate must be a whole number ≥ 0, not "-5"'],
+      [['copy', '--dry-run', '--rate', '1.5'], '--rate must be a whole number ≥ 0, not "1.5"'],
+      [['verify', '--page-keys', '0'], '--page-keys must be a whole number ≥ 1, not "0"'],
+      [['verify', '--rounds', '0'], '--rounds must be a whole number ≥ 1, not "0"'],
+    ];
+    for (const [argv, message] of cases) {
+      const t = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml', CONSUL_HTTP_ADDR: 'http://127.0.0.1:1', ETCDCTL_ENDPOINTS: 'http://127.0.0.1:1' });
+      expect(await main([...argv, '--progress', 'none'], t), argv.join(' ')).toBe(2);
+      expect(t.err).toContain('error[flag_invalid]');
+      expect(t.err).toContain(message);
+      expect(t.err).not.toContain('config_not_found');
+    }
+  });
+
   it('a broken configuration exits 2 with the position, and JSON mode prints one error document', async () => {
     const t = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml' });
     expect(await main(['doctor', '--format', 'json'], t)).toBe(2);

@@ -4,6 +4,7 @@ import type { CopyResult } from '../../copy/copy.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
+import { wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface CopyFlags {
@@ -18,13 +19,6 @@ interface CopyFlags {
   rate?: string;
   concurrency: string;
   pageKeys: string;
-}
-
-function positiveInt(name: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError('flag_invalid', `${name} must be a whole number ≥ 0, not ${JSON.stringify(text)}.`, { hint: `Pass ${name} <n>.` });
-  return n;
 }
 
 export function registerCopy({ add }: CommandRegistrar): void {
@@ -48,6 +42,10 @@ export function registerCopy({ add }: CommandRegistrar): void {
       if (options.deleteExtraneous && !options.dryRun && !options.yes) {
         throw new UsageError('confirmation_required', 'copy --delete-extraneous deletes keys in Consul and needs confirmation.', { hint: 'Pass --yes to confirm (review `migrate copy --dry-run` first).' });
       }
+      // Checked before the configuration is read or a server contacted.
+      const rate = wholeNumber('--rate', options.rate, 0);
+      const concurrency = wholeNumber('--concurrency', options.concurrency, 8, 1);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
       const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
@@ -85,9 +83,9 @@ export function registerCopy({ add }: CommandRegistrar): void {
                 deleteExtraneous: Boolean(options.deleteExtraneous),
                 allowMassDelete: Boolean(options.allowMassDelete),
                 acceptMappingChange: Boolean(options.acceptMappingChange),
-                rate: positiveInt('--rate', options.rate, 0),
-                concurrency: Math.max(1, positiveInt('--concurrency', options.concurrency, 8)),
-                pageKeys: Math.max(1, positiveInt('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS)),
+                rate,
+                concurrency,
+                pageKeys,
                 signal: ctx.signal,
                 lock: () => acquireCopyLock(lane.target, lane.config, ctx.signal),
                 now: () => new Date(),
