@@ -22,6 +22,15 @@ describe('Consul error mapping', () => {
     expect(isRetryable(e)).toBe(false);
   });
 
+  it('a 404 for the leader says the address is not a Consul agent; other 404s carry no such hint', () => {
+    const e = err('GET', '/v1/status/leader', 404, '404 page not found');
+    expect(e.code).toBe('consul_request_failed');
+    expect(e.exitCode).toBe(3);
+    expect(e.hint).toContain('http://127.0.0.1:8500 is not a Consul HTTP API');
+    expect(e.hint).toMatch(/CONSUL_HTTP_ADDR/);
+    expect(err('GET', '/v1/catalog/node/x', 404, 'not found').hint).toBeUndefined();
+  });
+
   it('413 on too many txn ops keeps Consul\'s text', () => {
     const e = err('PUT', '/v1/txn', 413, 'Transaction contains too many operations (65 > 64)');
     expect(e).toBeInstanceOf(ConsulTooLargeError);

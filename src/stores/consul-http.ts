@@ -240,7 +240,11 @@ export function consulErrorFor(address: string, method: string, path: string, st
   if (status === 301 || status === 302 || status === 307 || status === 308) {
     return new ConsulResponseError('consul_key_not_servable', status, `Consul redirected ${where}: the key is not one Consul serves at its own path.`, text, 'The key has a leading "/", an empty segment or a "."/".." segment; map it to a servable key (see the README, key escaping).');
   }
-  return new ConsulResponseError('consul_request_failed', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text);
+  // Every Consul agent serves its leader: a 404 there means the address names some other HTTP server.
+  const notConsul = status === 404 && where === 'GET /v1/status/leader';
+  return new ConsulResponseError('consul_request_failed', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text, notConsul
+    ? `Every Consul agent serves ${where}, so ${address} is not a Consul HTTP API (another service's port, such as etcd's?). Fix target.address, --consul-addr or CONSUL_HTTP_ADDR (Consul's HTTP port defaults to 8500).`
+    : undefined);
 }
 
 function parseTxnErrors(body: Buffer): { opIndex: number; what: string }[] {
