@@ -153,4 +153,17 @@ describe('migrate audit on the demo keyspace', () => {
     expect(run.code).toBe(3);
     expect(run.stderr).toMatch(/error\[etcd_unreachable\][\s\S]*next:/);
   });
+
+  it('swapped addresses (etcd pointed at Consul, Consul at etcd) exit 3 and say another service answered', async () => {
+    const etcdAtConsul = await runCli(['audit', '--etcd-endpoints', servers().consulAddress, '--progress', 'none'], { cwd: dir(), env: { CONSUL_HTTP_ADDR: servers().consulAddress } });
+    expect(etcdAtConsul.code).toBe(3);
+    expect(etcdAtConsul.stderr).toContain('error[etcd_unreachable]');
+    expect(etcdAtConsul.stderr).toMatch(/next: Something answered that does not speak etcd's gRPC/);
+    expect(etcdAtConsul.stderr).not.toContain('Resolution note');
+    const cwd = dir({ 'migration.yaml': `version: 1\nid: swapped-${Date.now()}\nrules:\n  - { name: all, from: "${root}/", to: swapped/ }\n` });
+    const consulAtEtcd = await runCli(['verify', '--consul-addr', servers().etcdEndpoint, '--progress', 'none', '--rounds', '1'], { cwd, env: env() });
+    expect(consulAtEtcd.code).toBe(3);
+    expect(consulAtEtcd.stderr).toContain('error[consul_request_failed]');
+    expect(consulAtEtcd.stderr).toContain(`${servers().etcdEndpoint} is not a Consul HTTP API`);
+  });
 });

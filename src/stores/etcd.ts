@@ -296,8 +296,13 @@ export class EtcdSource implements SourceReader {
       });
     }
     if (/UNAVAILABLE|ECONNREFUSED|No connection established|failed to connect|Deadline exceeded|DEADLINE_EXCEEDED|GRPCConnectFailed|ENOTFOUND|ECONNRESET|closed/i.test(message) || /GRPC(Unavailable|ConnectFailed|DeadlineExceeded)/.test((err as Error)?.constructor?.name ?? '')) {
-      return new ServerError('etcd_unreachable', `etcd at ${this.endpoints} is unreachable (${message.split('\n')[0]}).`, {
-        hint: 'Start etcd or fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).',
+      // grpc-js ends its reason with an empty "Resolution note: "; a protocol error means something else answered.
+      const reason = message.split('\n')[0]!.replace(/\.?\s*Resolution note:\s*$/, '');
+      const otherServer = /Protocol error/i.test(reason);
+      return new ServerError('etcd_unreachable', `etcd at ${this.endpoints} is unreachable (${reason}).`, {
+        hint: otherServer
+          ? 'Something answered that does not speak etcd\'s gRPC (another service\'s port, such as Consul\'s, or a TLS endpoint named with http://): fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).'
+          : 'Start etcd or fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).',
         details: { endpoints: this.endpoints },
       });
     }
