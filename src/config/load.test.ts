@@ -66,9 +66,9 @@ describe('validation with positions', () => {
 
   it.each([
     ['bad YAML', 'version: 1\nid: [demo\n', /^m\.yaml:\d+:\d+: not valid YAML/],
-    ['wrong type', 'version: 1\nid: demo\ntarget:\n  limits:\n    txnMaxOps: many\n', /^m\.yaml:5:16: target\.limits\.txnMaxOps: expected an integer ≥ 2 ≤ 4096, got the string "many"/],
+    ['wrong type', 'version: 1\nid: demo\ntarget:\n  limits:\n    txnMaxOps: many\n', /^m\.yaml:5:16: target\.limits\.txnMaxOps: expected an integer ≥ 2 and ≤ 4096, got the string "many"/],
     ['unknown field', 'version: 1\nid: demo\nsource:\n  endpoint: http://x\n', /^m\.yaml:4:3: source\.endpoint: unknown field "endpoint"; allowed fields here: endpoints, tls, auth/],
-    ['unsupported version', 'version: 2\nid: demo\n', /^m\.yaml:1:10: version: 2 is out of range/],
+    ['unsupported version', 'version: 2\nid: demo\n', /^m\.yaml:1:10: version: 2 is out of range; expected 1$/],
     ['missing id', 'version: 1\n', /^m\.yaml:1:1: missing required field "id"/],
     ['enum value', 'version: 1\nid: demo\ndefaults:\n  leases: forever\n', /^m\.yaml:4:11: defaults\.leases: "forever" is not allowed; allowed values: session, persist, skip/],
     ['missing from', 'version: 1\nid: demo\nrules:\n  - name: app\n    to: app/\n', /^m\.yaml:4:5: rules\[0\]: missing required field "from"/],

@@ -51,7 +51,8 @@ function describe(spec: Spec): string {
     case 'string':
       return spec.enum ? `one of ${spec.enum.join(', ')}` : 'a string';
     case 'integer':
-      return `an integer${spec.min !== undefined ? ` ≥ ${spec.min}` : ''}${spec.max !== undefined ? ` ≤ ${spec.max}` : ''}`;
+      if (spec.min !== undefined && spec.min === spec.max) return `${spec.min}`;
+      return `an integer${spec.min !== undefined ? ` ≥ ${spec.min}` : ''}${spec.min !== undefined && spec.max !== undefined ? ' and' : ''}${spec.max !== undefined ? ` ≤ ${spec.max}` : ''}`;
     case 'boolean':
       return 'true or false';
     case 'array':
