@@ -243,32 +243,35 @@ function auditDatacenters(config: MigrationConfig, rules: readonly RuleTally[], 
 
 /**
  * The limits the audit judges against: `target.limits` from the file, else
- * what the target says (its version sets the op limit), else Consul's
- * defaults with the pre-1.14 op limit of 64, the safe assumption.
+ * what the target says (its version sets the op limit; its configuration,
+ * when the token may read it, the byte limits), else Consul's defaults with
+ * the pre-1.14 op limit of 64, the safe assumption.
  */
 async function resolveLimits(input: AuditInput): Promise<AuditResult['limits'] & { basis: string }> {
   const configured = input.config.target.limits ?? {};
   let txnMaxOps = configured.txnMaxOps;
+  let enforced: { txnMaxBytes?: number; maxValueBytes?: number } = {};
   let basis: string;
   if (txnMaxOps !== undefined) basis = 'target.limits.txnMaxOps in migration.yaml';
-  else if (input.target) {
+  if (input.target) {
     try {
       const info = await input.target.info();
-      txnMaxOps = info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
-      basis = info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
+      enforced = info;
+      txnMaxOps ??= info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
+      basis ??= info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
     } catch (err) {
       if (!isMigrateError(err)) throw err;
-      txnMaxOps = 64;
-      basis = `Consul was not reachable (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
+      txnMaxOps ??= 64;
+      basis ??= `Consul was not reachable (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
     }
   } else {
-    txnMaxOps = 64;
-    basis = 'no target given: assuming the pre-1.14 limit of 64 ops';
+    txnMaxOps ??= 64;
+    basis ??= 'no target given: assuming the pre-1.14 limit of 64 ops';
   }
   return {
     txnMaxOps,
-    txnMaxBytes: configured.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
-    maxValueBytes: configured.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
+    txnMaxBytes: configured.txnMaxBytes ?? enforced.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
+    maxValueBytes: configured.maxValueBytes ?? enforced.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
     revisionTxnOps: 0,
     revisionTxnBytes: 0,
     basis,

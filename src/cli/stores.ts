@@ -35,6 +35,17 @@ export interface DatacenterLane extends DatacenterView {
  * forever as an unreachable datacenter.
  */
 export async function openDatacenters(loaded: LoadedConfig, target: ConsulTarget, only?: string): Promise<DatacenterLane[]> {
+  const lanes = await datacenterLanes(loaded, target, only);
+  // Values are judged against the kv_max_value_size the agent enforces (a raised limit lets larger values
+  // through, a lowered one holds them back as unmappable), unless migration.yaml sets one. One agent serves
+  // every lane, so a datacenter that is down does not hold the others up.
+  if (loaded.config.target.limits?.maxValueBytes !== undefined) return lanes;
+  const { maxValueBytes } = await target.agentLimits();
+  if (maxValueBytes === undefined) return lanes;
+  return lanes.map((lane) => (maxValueBytes === lane.mapping.maxValueBytes ? lane : { ...lane, mapping: Object.freeze({ ...lane.mapping, maxValueBytes }) }));
+}
+
+async function datacenterLanes(loaded: LoadedConfig, target: ConsulTarget, only: string | undefined): Promise<DatacenterLane[]> {
   if (!namesDatacenters(loaded.config)) {
     const primary = (await target.info()).datacenter;
     return datacenterViews(loaded, primary).map((view) => ({ ...view, target }));

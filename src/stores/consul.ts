@@ -25,6 +25,22 @@ export class ValueTooLargeError extends UsageError {
   }
 }
 
+/**
+ * The limits an agent's HTTP API enforces, from its runtime configuration
+ * (`DebugConfig` of `/v1/agent/self`). A txn body may be as long as the larger
+ * of `txn_max_req_len` and `kv_max_value_size` (Consul's `convertOps`); each
+ * value at most `kv_max_value_size`. Missing or odd fields: nothing is claimed.
+ */
+export function enforcedLimits(debug: { TxnMaxReqLen?: unknown; KVMaxValueSize?: unknown } | undefined): Pick<TargetInfo, 'txnMaxBytes' | 'maxValueBytes'> {
+  const size = (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : undefined);
+  const txn = size(debug?.TxnMaxReqLen);
+  const value = size(debug?.KVMaxValueSize);
+  return {
+    ...(txn !== undefined || value !== undefined ? { txnMaxBytes: Math.max(txn ?? 0, value ?? 0) } : {}),
+    ...(value !== undefined ? { maxValueBytes: value } : {}),
+  };
+}
+
 /** A KV entry as Consul's HTTP API returns it (values base64). */
 export interface WireEntry {
   Key: string;
@@ -100,23 +116,19 @@ export class ConsulTarget implements TargetStore {
     const leader = JSON.parse((await this.request({ method: 'GET', path: '/v1/status/leader' })).body.toString('utf8')) as string;
     // `/v1/agent/self` needs agent:read; without it the version (and so the op limit) falls back to the safe 64.
     // The agent checks a txn's op count, so its version decides the limit whatever datacenter the txn goes to.
-    const self = await this.http.withDatacenter(undefined).request({ method: 'GET', path: '/v1/agent/self', accept: [403] });
-    let version = 'unknown';
-    let datacenter = '';
-    let nodeName = '';
-    if (self.status === 200) {
-      const config = (JSON.parse(self.body.toString('utf8')) as { Config?: { Version?: string; Datacenter?: string; NodeName?: string } }).Config ?? {};
-      version = config.Version ?? 'unknown';
-      datacenter = config.Datacenter ?? '';
-      nodeName = config.NodeName ?? '';
-    }
+    const self = await this.agentSelf();
+    const config = self?.Config ?? {};
+    const version = config.Version ?? 'unknown';
+    let datacenter = config.Datacenter ?? '';
+    let nodeName = config.NodeName ?? '';
+    const enforced = enforcedLimits(self?.DebugConfig);
     const addressed = this.http.datacenterName;
     if (addressed && addressed !== datacenter) {
       // Another datacenter: a session there must name one of its nodes; its servers are the ones that stay.
       datacenter = addressed;
       nodeName = await this.serverNode();
     }
-    return { version, datacenter, nodeName, txnMaxOps: txnMaxOpsForVersion(version === 'unknown' ? undefined : version), leader, address: this.address };
+    return { version, datacenter, nodeName, txnMaxOps: txnMaxOpsForVersion(version === 'unknown' ? undefined : version), ...enforced, leader, address: this.address };
   }
 
   /** The datacenters the agent's WAN federation knows (`/v1/catalog/datacenters`). */
@@ -135,13 +147,28 @@ export class ConsulTarget implements TargetStore {
     return nodes[0];
   }
 
+  /**
+   * The byte limits of the agent the tool talks to, which it enforces on every
+   * request whatever datacenter that addresses; `{}` when the token may not
+   * read the agent. Asks nothing of the addressed datacenter.
+   */
+  async agentLimits(): Promise<Pick<TargetInfo, 'txnMaxBytes' | 'maxValueBytes'>> {
+    return enforcedLimits((await this.agentSelf())?.DebugConfig);
+  }
+
+  /** `/v1/agent/self` of the agent itself, or undefined without agent:read. */
+  private async agentSelf(): Promise<{ Config?: { Version?: string; Datacenter?: string; NodeName?: string }; DebugConfig?: { TxnMaxReqLen?: unknown; KVMaxValueSize?: unknown } } | undefined> {
+    const self = await this.http.withDatacenter(undefined).request({ method: 'GET', path: '/v1/agent/self', accept: [403] });
+    return self.status === 200 ? JSON.parse(self.body.toString('utf8')) : undefined;
+  }
+
   /** The limits in force: the server's op limit by version, Consul's defaults, then the overrides. */
   async limits(): Promise<TargetLimits> {
     const info = await this.info();
     return {
       txnMaxOps: this.limitsOverride.txnMaxOps ?? info.txnMaxOps,
-      txnMaxBytes: this.limitsOverride.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
-      maxValueBytes: this.limitsOverride.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
+      txnMaxBytes: this.limitsOverride.txnMaxBytes ?? info.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
+      maxValueBytes: this.limitsOverride.maxValueBytes ?? info.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
     };
   }
 

@@ -140,6 +140,12 @@ export interface TargetInfo {
   nodeName: string;
   /** Operations allowed in one txn by this server version (DESIGN §3). */
   txnMaxOps: number;
+  /**
+   * The request and value limits the agent enforces (`txn_max_req_len`, `kv_max_value_size`),
+   * when it shows its configuration (`/v1/agent/self` with agent:read); else Consul's defaults apply.
+   */
+  txnMaxBytes?: number;
+  maxValueBytes?: number;
   leader: string;
   address: string;
 }

@@ -1,0 +1,101 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startConsul, type ConsulServer } from '../scripts/local-servers.js';
+import { ConsulTarget } from '../src/stores/consul.js';
+import { configDir, rawEtcd, runCli, servers, uniquePrefix } from './support/harness.js';
+
+/**
+ * Servers whose operators changed `kv_max_value_size` / `txn_max_req_len`: the
+ * tool reads the limits the agent enforces (DebugConfig of /v1/agent/self) and
+ * plans by them, unless migration.yaml sets target.limits.
+ */
+describe('Consul limits set by the operator', () => {
+  const etcd = rawEtcd();
+  const from = `/${uniquePrefix('limits')}`;
+  let lowered: ConsulServer;
+  let raised: ConsulServer;
+
+  beforeAll(async () => {
+    [lowered, raised] = await Promise.all([
+      startConsul({ version: servers().consulVersion, extraHcl: 'limits { kv_max_value_size = 1000, txn_max_req_len = 20000 }' }),
+      startConsul({ version: servers().consulVersion, extraHcl: 'limits { kv_max_value_size = 1048576 }' }),
+    ]);
+    for (let i = 0; i < 200; i++) await etcd.put(`${from}k${String(i).padStart(3, '0')}`).value(Buffer.alloc(900, i));
+    // Over the lowered limit only; over Consul's default 512 KiB too.
+    await etcd.put(`${from}mid`).value(Buffer.alloc(5_000, 5));
+    await etcd.put(`${from}big`).value(Buffer.alloc(600_000, 7));
+  });
+
+  afterAll(async () => {
+    await Promise.all([lowered?.stop(), raised?.stop()]);
+  });
+
+  const run = (consul: ConsulServer, id: string, args: string[], limits = '') =>
+    runCli([...args, '--progress', 'none', '--format', 'json'], {
+      cwd: configDir(`version: 1\nid: ${id}\n${limits}rules:\n  - { name: a, from: "${from}", to: ${id}/ }\n`),
+      env: { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: consul.address },
+    });
+  const keysIn = async (consul: ConsulServer, prefix: string) => {
+    const target = new ConsulTarget({ address: consul.address });
+    try {
+      return await target.listKeys(prefix);
+    } finally {
+      target.close();
+    }
+  };
+
+  it('reads the limits the agent enforces', async () => {
+    const target = new ConsulTarget({ address: lowered.address });
+    try {
+      expect(await target.limits()).toMatchObject({ txnMaxBytes: 20000, maxValueBytes: 1000 });
+    } finally {
+      target.close();
+    }
+  });
+
+  it('lowered: audit, dry-run and copy hold back the value over kv_max_value_size and fit txns into txn_max_req_len; verify has parity', async () => {
+    const audit = await run(lowered, 'lim-low', ['audit']);
+    expect(audit.code).toBe(1);
+    const report = JSON.parse(audit.stdout);
+    expect(report.limits).toMatchObject({ txnMaxBytes: 20000, maxValueBytes: 1000 });
+    expect(report.findings.find((f: { code: string }) => f.code === 'value_too_large')).toMatchObject({ severity: 'blocker', count: 2 });
+
+    const dry = await run(lowered, 'lim-low', ['copy', '--dry-run']);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(JSON.parse(dry.stdout).rules[0]).toMatchObject({ created: 200, skipped: { 'value-too-large': 2 } });
+
+    const copy = await run(lowered, 'lim-low', ['copy']);
+    expect(copy.code, copy.stderr).toBe(0);
+    const done = JSON.parse(copy.stdout);
+    expect(done.rules[0]).toMatchObject({ created: 200, skipped: { 'value-too-large': 2 } });
+    // 200 values of 900 bytes (1,200 of base64) in bodies of at most 20,000 bytes, none refused and split.
+    expect(done.retries).toBe(0);
+    expect(done.txns).toBeGreaterThanOrEqual(14);
+    expect(await keysIn(lowered, 'lim-low/')).toHaveLength(200);
+
+    const verify = await run(lowered, 'lim-low', ['verify', '--rounds', '1']);
+    expect(verify.code, verify.stdout).toBe(0);
+    expect(JSON.parse(verify.stdout).totals).toMatchObject({ compared: 200, differences: 0, unmappable: 2 });
+  });
+
+  it('target.limits in migration.yaml wins over what the agent says', async () => {
+    const copy = await run(lowered, 'lim-file', ['copy'], 'target:\n  limits: { maxValueBytes: 800 }\n');
+    expect(copy.code, copy.stderr).toBe(0);
+    expect(JSON.parse(copy.stdout).rules[0]).toMatchObject({ created: 0, skipped: { 'value-too-large': 202 } });
+    expect(await keysIn(lowered, 'lim-file/')).toEqual([]);
+  });
+
+  it('raised: values of 5 KB and 600 KB (over Consul\'s default limit) are copied and verified', async () => {
+    const copy = await run(raised, 'lim-high', ['copy']);
+    expect(copy.code, copy.stderr).toBe(0);
+    expect(JSON.parse(copy.stdout).rules[0]).toMatchObject({ created: 202, skipped: {} });
+    const target = new ConsulTarget({ address: raised.address });
+    try {
+      expect((await target.readKey('lim-high/big'))?.value.length).toBe(600_000);
+    } finally {
+      target.close();
+    }
+    const verify = await run(raised, 'lim-high', ['verify', '--rounds', '1']);
+    expect(verify.code, verify.stdout).toBe(0);
+    expect(JSON.parse(verify.stdout).totals).toMatchObject({ compared: 202, differences: 0 });
+  });
+});
