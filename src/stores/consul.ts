@@ -162,7 +162,7 @@ export class ConsulTarget implements TargetStore {
     return self.status === 200 ? JSON.parse(self.body.toString('utf8')) : undefined;
   }
 
-  /** The limits in force: the server's op limit by version, Consul's defaults, then the overrides. */
+  /** The limits in force: the overrides of migration.yaml, else the server's op limit by version and the agent's byte limits, else Consul's defaults. */
   async limits(): Promise<TargetLimits> {
     const info = await this.info();
     return {
