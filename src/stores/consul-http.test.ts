@@ -65,6 +65,10 @@ describe('Consul error mapping', () => {
     expect(denied.hint).toMatch(/migrate acl/);
   });
 
+  it('a datacenter whose catalog lists no server yet is retried (it is coming back)', () => {
+    expect(isRetryable(new ConsulResponseError('consul_no_server_node', 500, 'Consul datacenter dc2 lists no server in its catalog', ''))).toBe(true);
+  });
+
   it('429 and 5xx are retryable; 400 is not', () => {
     expect(isRetryable(err('PUT', '/v1/txn', 429, 'rate limit exceeded'))).toBe(true);
     expect(isRetryable(err('GET', '/v1/kv/x', 500, 'No cluster leader'))).toBe(true);

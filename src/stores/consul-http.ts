@@ -48,9 +48,12 @@ export class ConsulResponseError extends ServerError {
     this.status = status;
     this.responseBody = responseBody;
   }
-  /** 429 and 5xx other than a refused session: worth trying again. */
+  /**
+   * 429 and 5xx other than a refused session: worth trying again. So is a datacenter whose catalog
+   * lists no server yet: it is coming back (seen in CI just after a restarted dc2 rejoined the WAN).
+   */
   get retryable(): boolean {
-    return this.code === 'consul_unavailable' || this.code === 'consul_datacenter_unreachable';
+    return this.code === 'consul_unavailable' || this.code === 'consul_datacenter_unreachable' || this.code === 'consul_no_server_node';
   }
 }
 
