@@ -31,7 +31,7 @@ export class ValueTooLargeError extends UsageError {
  * of `txn_max_req_len` and `kv_max_value_size` (Consul's `convertOps`); each
  * value at most `kv_max_value_size`. Missing or odd fields: nothing is claimed.
  */
-export function enforcedLimits(debug: { TxnMaxReqLen?: unknown; KVMaxValueSize?: unknown } | undefined): Pick<TargetInfo, 'txnMaxBytes' | 'maxValueBytes'> {
+export function enforcedLimits(debug: AgentSelf['DebugConfig']): Pick<TargetInfo, 'txnMaxBytes' | 'maxValueBytes'> {
   const size = (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : undefined);
   const txn = size(debug?.TxnMaxReqLen);
   const value = size(debug?.KVMaxValueSize);
@@ -39,6 +39,12 @@ export function enforcedLimits(debug: { TxnMaxReqLen?: unknown; KVMaxValueSize?:
     ...(txn !== undefined || value !== undefined ? { txnMaxBytes: Math.max(txn ?? 0, value ?? 0) } : {}),
     ...(value !== undefined ? { maxValueBytes: value } : {}),
   };
+}
+
+/** What the tool reads of `/v1/agent/self`. */
+interface AgentSelf {
+  Config?: { Version?: string; Datacenter?: string; NodeName?: string };
+  DebugConfig?: { TxnMaxReqLen?: unknown; KVMaxValueSize?: unknown };
 }
 
 /** A KV entry as Consul's HTTP API returns it (values base64). */
@@ -77,6 +83,7 @@ function askedOnly(results: readonly { KV: WireEntry }[], asked: readonly string
 export class ConsulTarget implements TargetStore {
   readonly http: ConsulHttp;
   private infoPromise: Promise<TargetInfo> | undefined;
+  private agentSelfPromise: Promise<AgentSelf | undefined> | undefined;
   private readonly limitsOverride: Partial<TargetLimits>;
   private readonly retry: RetryOptions;
   private readonly readConcurrency: number;
@@ -156,10 +163,16 @@ export class ConsulTarget implements TargetStore {
     return enforcedLimits((await this.agentSelf())?.DebugConfig);
   }
 
-  /** `/v1/agent/self` of the agent itself, or undefined without agent:read. */
-  private async agentSelf(): Promise<{ Config?: { Version?: string; Datacenter?: string; NodeName?: string }; DebugConfig?: { TxnMaxReqLen?: unknown; KVMaxValueSize?: unknown } } | undefined> {
-    const self = await this.http.withDatacenter(undefined).request({ method: 'GET', path: '/v1/agent/self', accept: [403] });
-    return self.status === 200 ? JSON.parse(self.body.toString('utf8')) : undefined;
+  /** `/v1/agent/self` of the agent itself, or undefined without agent:read; read once (info and agentLimits both need it). */
+  private agentSelf(): Promise<AgentSelf | undefined> {
+    this.agentSelfPromise ??= this.http.withDatacenter(undefined).request({ method: 'GET', path: '/v1/agent/self', accept: [403] }).then(
+      (self) => (self.status === 200 ? (JSON.parse(self.body.toString('utf8')) as AgentSelf) : undefined),
+      (err: unknown) => {
+        this.agentSelfPromise = undefined;
+        throw err;
+      },
+    );
+    return this.agentSelfPromise;
   }
 
   /** The limits in force: the overrides of migration.yaml, else the server's op limit by version and the agent's byte limits, else Consul's defaults. */
