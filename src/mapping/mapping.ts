@@ -43,7 +43,7 @@ export interface Mapping {
   /** `state.prefix`: the tool's own keys in Consul, outside every rule's `to`. */
   readonly statePrefix: string;
   readonly defaults: Readonly<RuleDefaults>;
-  /** `target.limits.maxValueBytes`, else Consul's default `kv_max_value_size`. */
+  /** `target.limits.maxValueBytes`, else Consul's default `kv_max_value_size` (commands that reach Consul replace the default with the agent's: `openDatacenters`). */
   readonly maxValueBytes: number;
   readonly warnings: readonly MappingWarning[];
 }

@@ -19,7 +19,7 @@ export interface ConsulTargetOptions {
 export class ValueTooLargeError extends UsageError {
   constructor(key: string, size: number, limit: number) {
     super('value_too_large', `The value of ${formatKey(key)} is ${size} bytes, over the target's limit of ${limit} bytes (kv_max_value_size); it was not sent.`, {
-      hint: 'Shrink or split the value in etcd, or raise limits.kv_max_value_size on the Consul servers and target.limits.maxValueBytes to match.',
+      hint: 'Shrink or split the value in etcd, or raise limits.kv_max_value_size on the Consul servers: the tool reads it from the agent (set target.limits.maxValueBytes to match only where the token lacks agent:read).',
       details: { key: formatKey(key), size, limit },
     });
   }
