@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import pLimit from 'p-limit';
 import { RefusedError, isMigrateError } from '../errors.js';
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
@@ -7,7 +8,7 @@ import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
 import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEvent, SourceReader, SourceWatch, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
-import { LeaseSessions } from '../sessions/lease-sessions.js';
+import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 import type { CheckpointState, CopyOptions, CopyResult } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
@@ -79,6 +80,11 @@ export interface DualRunLane {
 export interface DualRunLog {
   (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>): void;
 }
+
+/** How often a lease pass runs (ms): it renews the sessions that are due and notices leases etcd ended. */
+const LEASE_EVERY_MS = 3000;
+/** Leases a pass checks at once (an etcd lease read and a Consul renewal each). */
+const LEASE_CHECKS_IN_FLIGHT = 16;
 
 export interface DualRunOptions {
   ha: boolean;
@@ -401,7 +407,17 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       }
     }
   })();
-  const leaseTimer = setInterval(() => void applier.maintainLeases().catch((err) => options.log('warn', `lease maintenance failed: ${(err as Error).message}`)), options.leaseEveryMs ?? 3000);
+  // One lease pass at a time: with thousands of leases a pass can outlast the interval, and passes that
+  // pile up renew every session several times over. Stopping ends the pass between leases.
+  const maintenance = new AbortController();
+  let maintaining: Promise<void> | undefined;
+  const leaseTimer = setInterval(() => {
+    maintaining ??= applier.maintainLeases(false, maintenance.signal)
+      .catch((err) => {
+        if (!maintenance.signal.aborted) options.log('warn', `lease maintenance failed: ${(err as Error).message}`);
+      })
+      .finally(() => (maintaining = undefined));
+  }, options.leaseEveryMs ?? LEASE_EVERY_MS);
   leaseTimer.unref();
   let beating = false;
   const checkTimer = services.active
@@ -480,6 +496,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     return ctx.lost.aborted ? 'leadership-lost' : 'signal';
   } finally {
     clearInterval(leaseTimer);
+    maintenance.abort();
+    await maintaining;
     if (checkTimer) clearInterval(checkTimer);
     if (heartbeatTimer) clearInterval(heartbeatTimer);
     sessions.stop();
@@ -545,6 +563,8 @@ class Applier {
   private readonly lateSeen = new Set<string>();
   private readonly lateTrips = new Map<string, { count: number; keys: string[]; revision: number; firstAt: string }>();
   private tripsTimer: NodeJS.Timeout | undefined;
+  /** When each lease's session was last renewed (ms since the epoch): a lease pass renews only those due. */
+  private readonly renewedAt = new Map<string, number>();
 
   constructor(
     private readonly ctx: LeadContext,
@@ -676,6 +696,8 @@ class Applier {
     for (const e of message.events) {
       if (e.type === 'put' && e.entry.lease !== '0') leases.add(e.entry.lease);
       if (e.previous && e.previous.lease !== '0') leases.add(e.previous.lease);
+      // A leased key deleted: its lease may have ended, so the next lease pass looks at it, due or not.
+      if (e.type === 'delete' && e.previous && e.previous.lease !== '0') this.renewedAt.delete(e.previous.lease);
     }
     const sessionOf = new Map<string, string | undefined>();
     await Promise.all([...leases].map(async (l) => sessionOf.set(l, await this.sessions.ensure(l))));
@@ -814,34 +836,58 @@ class Applier {
     await this.maintainLeases(true);
   }
 
-  async maintainLeases(atStart = false): Promise<void> {
-    for (const record of this.sessions.records()) {
-      const lease = await this.ctx.source.readLease(record.leaseId);
-      if (lease.ttl < 0) {
-        await this.sessions.forget(record.leaseId, true);
-        this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`);
-        continue;
-      }
-      const alive = await this.ctx.target.renewSession(record.sessionId);
-      if (alive) continue;
-      const session = await this.sessions.recreate(record.leaseId);
-      if (!session) continue;
-      // The old session's keys went with it: write the lease's keys again under the new one.
-      const ops: TxnOp[] = [];
-      for (const key of lease.keys) {
-        const route = routeForReplication(this.ctx.mapping, key, 0);
-        if (route.kind !== 'mapped' || route.leases !== 'session') continue;
-        // Consul owns a cut-over rule's keys: the lease's keys are not rewritten there.
-        if (ownerAt(this.ownership.doc, route.rule, Number.MAX_SAFE_INTEGER).owner === 'consul') continue;
-        for await (const page of this.ctx.source.readPages({ start: key, end: Buffer.concat([key, Buffer.from([0])]) })) {
-          for (const entry of page.entries) if (entry.lease === record.leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
-        }
-      }
-      for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
-        await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
-      }
-      this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${record.leaseId} was gone from Consul; re-created it and rewrote ${ops.length} key(s)`);
-    }
+  /**
+   * One pass over the mirrored leases, {@link LEASE_CHECKS_IN_FLIGHT} at a
+   * time: a lease etcd ended has its session destroyed; a live one has its
+   * session renewed, or re-created with its keys when Consul reaped it. A
+   * session is renewed before half its TTL has passed, counting the wait for
+   * the next pass (Consul reaps one only after a whole TTL without a renewal),
+   * so a pass touches only the sessions that are due, and the leases whose
+   * keys were just deleted (they may have ended); at start, all of them.
+   */
+  async maintainLeases(atStart = false, signal?: AbortSignal): Promise<void> {
+    const everyMs = this.options.leaseEveryMs ?? LEASE_EVERY_MS;
+    const now = Date.now();
+    const due = this.sessions.records().filter((r) => atStart || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= (r.ttlSeconds * 1000) / 2);
+    const limit = pLimit(LEASE_CHECKS_IN_FLIGHT);
+    // Settled, not raced: a pass ends when its last lease does, so the next never overlaps this one.
+    const outcomes = await Promise.allSettled(due.map((record) => limit(() => (signal?.aborted ? undefined : this.maintainLease(record, atStart)))));
     this.ctx.stats.sessions = this.sessions.own.size;
+    const failed = outcomes.find((o) => o.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  private async maintainLease(record: SessionRecord, atStart: boolean): Promise<void> {
+    const lease = await this.ctx.source.readLease(record.leaseId);
+    if (lease.ttl < 0) {
+      this.renewedAt.delete(record.leaseId);
+      await this.sessions.forget(record.leaseId, true);
+      this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`);
+      return;
+    }
+    const renewing = Date.now();
+    const alive = await this.ctx.target.renewSession(record.sessionId);
+    if (alive) {
+      this.renewedAt.set(record.leaseId, renewing);
+      return;
+    }
+    const session = await this.sessions.recreate(record.leaseId);
+    if (!session) return;
+    this.renewedAt.set(record.leaseId, renewing);
+    // The old session's keys went with it: write the lease's keys again under the new one.
+    const ops: TxnOp[] = [];
+    for (const key of lease.keys) {
+      const route = routeForReplication(this.ctx.mapping, key, 0);
+      if (route.kind !== 'mapped' || route.leases !== 'session') continue;
+      // Consul owns a cut-over rule's keys: the lease's keys are not rewritten there.
+      if (ownerAt(this.ownership.doc, route.rule, Number.MAX_SAFE_INTEGER).owner === 'consul') continue;
+      for await (const page of this.ctx.source.readPages({ start: key, end: Buffer.concat([key, Buffer.from([0])]) })) {
+        for (const entry of page.entries) if (entry.lease === record.leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
+      }
+    }
+    for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
+      await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+    }
+    this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${record.leaseId} was gone from Consul; re-created it and rewrote ${ops.length} key(s)`);
   }
 }

@@ -1,9 +1,12 @@
+import pLimit from 'p-limit';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import { parseStateDocument, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 
 /** Consul's session TTL range (DESIGN §3). */
 export const SESSION_TTL_MIN = 10;
 export const SESSION_TTL_MAX = 86_400;
+/** Session renewals a copy sends at once. */
+const RENEWALS_IN_FLIGHT = 16;
 
 export interface TtlClamp {
   ttl: number;
@@ -139,13 +142,25 @@ export class LeaseSessions {
     return this.ensure(leaseId);
   }
 
-  /** Renews every session this run uses, every half of the shortest TTL. */
+  /**
+   * Renews every session this run uses, every half of the shortest TTL,
+   * {@link RENEWALS_IN_FLIGHT} at a time; one round at a time, so thousands of
+   * sessions do not pile rounds on top of each other.
+   */
   startRenewing(onLost: (leaseId: string) => void): void {
     const active = () => [...this.pending.keys()].filter((l) => !this.expired.has(l) && this.byLease.has(l));
+    let renewing = false;
     const tick = async () => {
-      for (const leaseId of active()) {
-        const record = this.byLease.get(leaseId)!;
-        if (!(await this.target.renewSession(record.sessionId).catch(() => true))) onLost(leaseId);
+      if (renewing) return;
+      renewing = true;
+      const limit = pLimit(RENEWALS_IN_FLIGHT);
+      try {
+        await Promise.all(active().map((leaseId) => limit(async () => {
+          const record = this.byLease.get(leaseId);
+          if (record && !(await this.target.renewSession(record.sessionId).catch(() => true))) onLost(leaseId);
+        })));
+      } finally {
+        renewing = false;
       }
     };
     this.timer = setInterval(() => void tick(), (SESSION_TTL_MIN * 1000) / 2);

@@ -1,0 +1,84 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Etcd3 } from 'etcd3';
+import { parseConfig } from '../src/config/load.js';
+import { startEtcd } from '../scripts/local-servers.js';
+import { checkParity } from './support/parity.js';
+import { configDir, consulTarget, runCli, serverEnv } from './support/harness.js';
+import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
+
+/**
+ * Many etcd leases (a service registry: one lease per instance) mirrored as
+ * sessions. The dual-run's lease passes check a lease only when its session
+ * is due for renewal or its keys were just deleted, one pass at a time; before,
+ * every pass read every lease and renewed every session, and passes that
+ * outlasted the 3 s interval piled up on each other. Counted on etcd's own
+ * metrics (LeaseTimeToLive calls) of an etcd only this test uses.
+ */
+const target = consulTarget();
+afterAll(() => target.close());
+
+const LEASES = 1_200;
+
+/** LeaseTimeToLive calls the etcd at `endpoint` has answered. */
+async function leaseReads(endpoint: string): Promise<number> {
+  const text = await (await fetch(`${endpoint}/metrics`)).text();
+  const line = /^grpc_server_handled_total\{grpc_code="OK",grpc_method="LeaseTimeToLive",[^}]*\} (\d+)$/m.exec(text);
+  if (!line) throw new Error('etcd exports no LeaseTimeToLive counter');
+  return Number(line[1]);
+}
+
+describe('dual-run with many leases (real servers)', () => {
+  it(`${LEASES} leases: after the start, a pass reads only the leases that are due or lost keys; ended leases still lose their sessions; a clean stop logs no failed pass`, async () => {
+    const own = await startEtcd();
+    const etcd = new Etcd3({ hosts: own.endpoint });
+    const id = `leases-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const yaml = `version: 1\nid: ${id}\nrules:\n  - { name: reg, from: ${root}/reg/, to: ${id}/reg/, leases: session }\n`;
+    const dir = configDir(yaml);
+    const env = serverEnv({ ETCDCTL_ENDPOINTS: own.endpoint });
+    try {
+      // An hour's TTL: no session falls due while the test runs, so every lease read after the start is one too many.
+      const leases: string[] = [];
+      for (let i = 0; i < LEASES; i += 200) {
+        leases.push(...await Promise.all(Array.from({ length: Math.min(200, LEASES - i) }, async (_, j) => {
+          const { ID } = await etcd.leaseClient.leaseGrant({ TTL: 3600, ID: 0 });
+          await etcd.kv.put({ key: Buffer.from(`${root}/reg/svc-${(i + j) % 20}/inst-${i + j}`), value: Buffer.from(`10.0.0.${(i + j) % 250}:80`), lease: ID });
+          return ID;
+        })));
+      }
+      const copy = await runCli(['copy', '--format', 'json'], { cwd: dir, env });
+      expect(copy.code, copy.stderr).toBe(0);
+      expect((JSON.parse(copy.stdout) as { sessions: { created: number } }).sessions.created).toBe(LEASES);
+
+      const before = await leaseReads(own.endpoint);
+      const dr = await startDualRun(dir, [], env);
+      try {
+        // Three pass intervals and more: before, each pass read all of them again.
+        await new Promise((r) => setTimeout(r, 10_000));
+        const afterStart = (await leaseReads(own.endpoint)) - before;
+        // The start checks every lease once (sessions Consul reaped while no dual-run ran).
+        expect(afterStart).toBeGreaterThanOrEqual(LEASES);
+        expect(afterStart).toBeLessThan(LEASES * 1.5);
+
+        // 50 instances deregister: their keys go at once, their sessions at the next pass.
+        const ended = leases.slice(0, 50);
+        await Promise.all(ended.map((ID) => etcd.leaseClient.leaseRevoke({ ID })));
+        await waitCaughtUp(etcd, target, id);
+        const sessionRecords = async () => (await target.listKeys(`_migrate/${id}/sessions/`)).length;
+        await eventually('the ended leases\' sessions destroyed', async () => (await sessionRecords()) === LEASES - 50, 15_000);
+        const sessions = (await (await fetch(`${serverEnv().CONSUL_HTTP_ADDR}/v1/session/list`)).json()) as { ID: string; Name: string }[];
+        expect(sessions.filter((s) => s.Name.includes(id)).length).toBe(LEASES - 50);
+        const parity = await checkParity(etcd, target, parseConfig(yaml, 'migration.yaml').mapping, id);
+        expect(parity).toMatchObject({ checked: LEASES - 50, missing: [], extra: [], wrongValue: [], wrongSession: [] });
+        expect((await leaseReads(own.endpoint)) - before).toBeLessThan(LEASES * 1.5 + 50);
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+      expect(dr.stderr()).not.toMatch(/lease maintenance failed/);
+    } finally {
+      etcd.close();
+      await own.stop();
+    }
+  }, 120_000);
+});
