@@ -115,6 +115,47 @@ rules:
     expect(w.mirror.stats).toMatchObject({ deregistered: 1, instances: 0 });
   });
 
+  it('a beat that overlaps a change of its instance does not register the old definition back: neither a check the key lost nor an instance deleted', async () => {
+    const w = world();
+    const lease = w.source.grantLease(30);
+    const from = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/i1', '10.0.0.1:80', lease);
+    w.source.put('/services/web/i2', '10.0.0.2:80', lease);
+    for (const m of await w.messages(from)) await w.mirror.apply(m);
+    const at = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/i1', '10.0.0.1:80');
+    w.source.delete('/services/web/i2');
+    const changes = await w.messages(at);
+    // The beat reads the lease; the watch's events are applied meanwhile (the dual-run does both at once).
+    const readLease = w.source.readLease.bind(w.source);
+    w.source.readLease = async (id) => {
+      for (const m of changes) await w.mirror.apply(m);
+      return readLease(id);
+    };
+    await w.mirror.keepChecks();
+    expect(w.target.services.get('web-i1')).toMatchObject({ address: '10.0.0.1' });
+    expect(w.target.services.get('web-i1')?.check).toBeUndefined();
+    expect(w.target.services.has('web-i2')).toBe(false);
+
+    // The same while the beat updates the check: Consul answers that the check is gone (the change dropped it).
+    w.source.readLease = readLease;
+    const later = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/i3', '10.0.0.3:80', lease);
+    for (const m of await w.messages(later)) await w.mirror.apply(m);
+    const last = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/i3', '10.0.0.3:80');
+    const dropped = await w.messages(last);
+    const updateCheck = w.target.updateCheck.bind(w.target);
+    w.target.updateCheck = async (checkId, status) => {
+      for (const m of dropped.splice(0)) await w.mirror.apply(m);
+      return updateCheck(checkId, status);
+    };
+    await w.mirror.keepChecks();
+    expect(w.target.services.get('web-i3')).toMatchObject({ address: '10.0.0.3' });
+    expect(w.target.services.get('web-i3')?.check).toBeUndefined();
+    expect(w.logs.join('\n')).not.toContain('no longer knows');
+  });
+
   it('at start brings the agent in line with etcd at the checkpoint and tracks what is there', async () => {
     const w = world();
     const lease = w.source.grantLease(30);

@@ -59,6 +59,8 @@ export class ServiceMirror {
   private readonly tracked = new Map<string, Tracked>();
   readonly stats: ServiceMirrorStats = { registered: 0, deregistered: 0, instances: 0, critical: 0, problems: 0 };
   private readonly warned = new Set<string>();
+  /** The tail of {@link serially}'s queue. */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly deps: { source: SourceReader; target: TargetStore; mapping: Mapping; migrationId: string; log: Log }) {}
 
@@ -124,6 +126,10 @@ export class ServiceMirror {
    */
   async apply(message: Extract<WatchMessage, { kind: 'revision' }>): Promise<Extract<WatchMessage, { kind: 'revision' }>> {
     if (!this.active) return message;
+    return this.serially(() => this.applyNow(message));
+  }
+
+  private async applyNow(message: Extract<WatchMessage, { kind: 'revision' }>): Promise<Extract<WatchMessage, { kind: 'revision' }>> {
     const rest: SourceEvent[] = [];
     for (const event of message.events) {
       const rule = findRule(this.deps.mapping, event.entry.key);
@@ -213,10 +219,26 @@ export class ServiceMirror {
     if (status !== t.status) this.deps.log(status === 'critical' ? 'warn' : 'info', `service ${t.definition.name} instance ${t.definition.id}: check ${status}: ${output}`);
     t.status = status;
     if (await this.deps.target.updateCheck(checkIdOf(t.definition.id), status, output)) return;
-    // The agent lost the instance (restarted without its data, or deregistered by hand): register it again.
-    this.deps.log('warn', `the agent no longer knows instance ${t.definition.id}; registering it again`);
-    await this.deps.target.registerService({ ...t.definition, ...(t.definition.check ? { check: { ...t.definition.check, status } } : {}) });
-    this.stats.registered++;
+    await this.serially(async () => {
+      // Its check is gone because a change dropped it (a key that lost its lease, a deleted key) and not because
+      // the agent lost it: registering this definition again would undo the change.
+      if (this.tracked.get(t.definition.id) !== t) return;
+      // The agent lost the instance (restarted without its data, or deregistered by hand): register it again.
+      this.deps.log('warn', `the agent no longer knows instance ${t.definition.id}; registering it again`);
+      await this.deps.target.registerService({ ...t.definition, ...(t.definition.check ? { check: { ...t.definition.check, status } } : {}) });
+      this.stats.registered++;
+    });
+  }
+
+  /**
+   * Runs `fn` after every earlier call has settled. The watch's changes and a
+   * beat's re-registration go through here, so a beat never registers a
+   * definition that a change replaced while the beat waited on Consul.
+   */
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 
   private count(): void {
