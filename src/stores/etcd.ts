@@ -10,7 +10,7 @@ import { decodeRangeResponse, encodeRangeRequest, toEntry, type RangePage, type 
 import { DEFAULT_PAGE_KEYS, type KeyRange, type LeaseInfo, type ReadPagesOptions, type SourceEvent, type SourcePage, type SourceReader, type SourceStatus, type SourceWatch, type WatchMessage } from './types.js';
 
 // etcd3 (with cockatiel, which it loads) is CommonJS. Imported from an ES module, Node first scans
-// each of its files for export names, re-exports included: about 40 ms more of every command's start
+// each of its files for export names, re-exports included: 30-40 ms more of every command's start
 // than requiring it (`npm run build`, then time `import('etcd3')` against `require('etcd3')`).
 const require = createRequire(import.meta.url);
 const { castGrpcError, Etcd3, EtcdAuthenticationFailedError, EtcdInvalidAuthTokenError, EtcdPermissionDeniedError } = require('etcd3') as typeof Etcd3Module;
