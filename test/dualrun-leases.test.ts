@@ -4,7 +4,7 @@ import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
 import { startEtcd } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
-import { configDir, consulTarget, runCli, serverEnv } from './support/harness.js';
+import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
 import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
 
 /**
@@ -16,7 +16,11 @@ import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
  * metrics (LeaseTimeToLive calls) of an etcd only this test uses.
  */
 const target = consulTarget();
-afterAll(() => target.close());
+const shared = rawEtcd();
+afterAll(() => {
+  target.close();
+  shared.close();
+});
 
 const LEASES = 1_200;
 
@@ -81,4 +85,49 @@ describe('dual-run with many leases (real servers)', () => {
       await own.stop();
     }
   }, 120_000);
+
+  it('a session destroyed by hand under a long TTL (not due for renewal for half an hour): the next write of the lease brings every key of it back under a new session', async () => {
+    const id = `lost-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: reg, from: ${root}/reg/, to: ${id}/reg/, leases: session }\n`);
+    const { ID: lease } = await shared.leaseClient.leaseGrant({ TTL: 3600, ID: 0 });
+    for (const name of ['a', 'b']) await shared.kv.put({ key: Buffer.from(`${root}/reg/${name}`), value: Buffer.from(`${name}1`), lease });
+    expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+    const dr = await startDualRun(dir);
+    const held = async () => {
+      const [a, b] = await Promise.all([target.readKey(`${id}/reg/a`), target.readKey(`${id}/reg/b`)]);
+      return { a: a?.value.toString(), b: b?.value.toString(), session: a?.session !== undefined && a.session === b?.session ? a.session : undefined };
+    };
+    /** Destroys the session holding the lease's keys (Behavior delete: Consul deletes them), then writes `a` in etcd. */
+    const destroyThenWrite = async (value: string) => {
+      const { session } = await held();
+      expect(session).toBeTruthy();
+      await fetch(`${serverEnv().CONSUL_HTTP_ADDR}/v1/session/destroy/${session}`, { method: 'PUT' });
+      await eventually('keys gone with the session', async () => (await held()).a === undefined);
+      await shared.kv.put({ key: Buffer.from(`${root}/reg/a`), value: Buffer.from(value), lease });
+      return session!;
+    };
+    try {
+      // A write replicated: the dual-run leads and is past its start, which checks every lease.
+      await shared.put(`${root}/reg/c`).value('c1');
+      await waitCaughtUp(shared, target, id);
+      // The lease's first event since the start finds its recorded session gone and replaces it.
+      const first = await destroyThenWrite('a2');
+      await eventually('both keys back under a new session', async () => {
+        const now = await held();
+        return now.a === 'a2' && now.b === 'b1' && now.session !== undefined && now.session !== first;
+      });
+      expect(dr.stderr()).toMatch(/was gone from Consul; replaced it and rewrote 2 key\(s\)/);
+      // Now the dual-run holds the new session for the lease: the write's lock fails and the repair hands it to the next pass.
+      const second = await destroyThenWrite('a3');
+      await eventually('both keys back under a third session', async () => {
+        const now = await held();
+        return now.a === 'a3' && now.b === 'b1' && now.session !== undefined && now.session !== first && now.session !== second;
+      });
+      expect(dr.stderr()).toMatch(/is gone; the next lease pass re-creates it/);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+      await shared.leaseClient.leaseRevoke({ ID: lease });
+    }
+  }, 60_000);
 });

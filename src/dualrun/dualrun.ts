@@ -85,6 +85,8 @@ export interface DualRunLog {
 const LEASE_EVERY_MS = 3000;
 /** Leases a pass checks at once (an etcd lease read and a Consul renewal each). */
 const LEASE_CHECKS_IN_FLIGHT = 16;
+/** The longest a lease goes unchecked whatever its TTL (ms): a session lost another way (destroyed by hand) comes back within it. */
+const LEASE_CHECK_MAX_MS = 60_000;
 
 export interface DualRunOptions {
   ha: boolean;
@@ -701,6 +703,8 @@ class Applier {
     }
     const sessionOf = new Map<string, string | undefined>();
     await Promise.all([...leases].map(async (l) => sessionOf.set(l, await this.sessions.ensure(l))));
+    // A lease whose session had to be replaced: the next lease pass writes its other keys again.
+    for (const l of leases) if (this.sessions.replaced.has(l)) this.renewedAt.delete(l);
     this.ctx.stats.sessions = this.sessions.own.size;
     return planRevision({
       message,
@@ -802,7 +806,9 @@ class Applier {
       if (op.verb === 'delete') fixed.push(op);
       else if (op.verb === 'lock') {
         if (!(await this.ctx.target.readSession(op.session))) {
-          this.options.log('warn', `session ${op.session} for ${formatKey(key)} is gone; the lease check re-creates it`);
+          const lost = this.sessions.records().find((r) => r.sessionId === op.session);
+          if (lost) this.renewedAt.delete(lost.leaseId);
+          this.options.log('warn', `session ${op.session} for ${formatKey(key)} is gone; the next lease pass re-creates it`);
           continue;
         }
         if (holder && holder !== op.session && own) fixed.push({ verb: 'unlock', key, value: op.value, session: holder });
@@ -842,13 +848,14 @@ class Applier {
    * session renewed, or re-created with its keys when Consul reaped it. A
    * session is renewed before half its TTL has passed, counting the wait for
    * the next pass (Consul reaps one only after a whole TTL without a renewal),
-   * so a pass touches only the sessions that are due, and the leases whose
-   * keys were just deleted (they may have ended); at start, all of them.
+   * and at least every {@link LEASE_CHECK_MAX_MS}; so a pass touches only the
+   * sessions that are due, the leases whose keys were just deleted (they may
+   * have ended) and those whose session a repair found gone; at start, all.
    */
   async maintainLeases(atStart = false, signal?: AbortSignal): Promise<void> {
     const everyMs = this.options.leaseEveryMs ?? LEASE_EVERY_MS;
     const now = Date.now();
-    const due = this.sessions.records().filter((r) => atStart || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= (r.ttlSeconds * 1000) / 2);
+    const due = this.sessions.records().filter((r) => atStart || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= Math.min((r.ttlSeconds * 1000) / 2, LEASE_CHECK_MAX_MS));
     const limit = pLimit(LEASE_CHECKS_IN_FLIGHT);
     // Settled, not raced: a pass ends when its last lease does, so the next never overlaps this one.
     const outcomes = await Promise.allSettled(due.map((record) => limit(() => (signal?.aborted ? undefined : this.maintainLease(record, atStart)))));
@@ -867,11 +874,13 @@ class Applier {
     }
     const renewing = Date.now();
     const alive = await this.ctx.target.renewSession(record.sessionId);
-    if (alive) {
+    // Replaced when the replication found the old session gone: it holds only the keys written since.
+    const replaced = this.sessions.replaced.delete(record.leaseId);
+    if (alive && !replaced) {
       this.renewedAt.set(record.leaseId, renewing);
       return;
     }
-    const session = await this.sessions.recreate(record.leaseId);
+    const session = alive ? record.sessionId : await this.sessions.recreate(record.leaseId);
     if (!session) return;
     this.renewedAt.set(record.leaseId, renewing);
     // The old session's keys went with it: write the lease's keys again under the new one.
@@ -888,6 +897,6 @@ class Applier {
     for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
       await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
     }
-    this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${record.leaseId} was gone from Consul; re-created it and rewrote ${ops.length} key(s)`);
+    this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${record.leaseId} was gone from Consul; ${alive ? 'replaced it' : 're-created it'} and rewrote ${ops.length} key(s)`);
   }
 }

@@ -48,6 +48,12 @@ export class LeaseSessions {
   private readonly pending = new Map<string, Promise<string | undefined>>();
   private readonly expired = new Set<string>();
   readonly own = new Set<string>();
+  /**
+   * Leases whose recorded session {@link ensure} found gone (destroyed by hand,
+   * lost with Consul's data) and replaced: the keys the old one held went with
+   * it, and only the caller knows to write them again (the dual-run does).
+   */
+  readonly replaced = new Set<string>();
   readonly clamps: ClampFinding[] = [];
   created = 0;
   adopted = 0;
@@ -90,6 +96,7 @@ export class LeaseSessions {
       this.adopted++;
       return recorded.sessionId;
     }
+    if (recorded) this.replaced.add(leaseId);
     const lease = await this.source.readLease(leaseId);
     if (lease.ttl < 0) {
       this.expired.add(leaseId);
