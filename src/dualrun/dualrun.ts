@@ -874,29 +874,34 @@ class Applier {
     }
     const renewing = Date.now();
     const alive = await this.ctx.target.renewSession(record.sessionId);
-    // Replaced when the replication found the old session gone: it holds only the keys written since.
-    const replaced = this.sessions.replaced.delete(record.leaseId);
-    if (alive && !replaced) {
-      this.renewedAt.set(record.leaseId, renewing);
-      return;
+    let session = record.sessionId;
+    if (!alive) {
+      const created = await this.sessions.recreate(record.leaseId);
+      if (!created) return;
+      session = created;
+      this.sessions.replaced.add(record.leaseId);
     }
-    const session = alive ? record.sessionId : await this.sessions.recreate(record.leaseId);
-    if (!session) return;
+    // A replaced session (here, or by the replication when it found the old one gone) holds only the keys
+    // written since; it stays marked until the lease's keys are written again, so a failed rewrite is retried.
+    if (this.sessions.replaced.has(record.leaseId)) await this.rewriteLeaseKeys(record.leaseId, lease.keys, session, alive ? 'replaced it' : 're-created it', atStart);
     this.renewedAt.set(record.leaseId, renewing);
-    // The old session's keys went with it: write the lease's keys again under the new one.
+  }
+
+  private async rewriteLeaseKeys(leaseId: string, keys: Buffer[], session: string, what: string, atStart: boolean): Promise<void> {
     const ops: TxnOp[] = [];
-    for (const key of lease.keys) {
+    for (const key of keys) {
       const route = routeForReplication(this.ctx.mapping, key, 0);
       if (route.kind !== 'mapped' || route.leases !== 'session') continue;
       // Consul owns a cut-over rule's keys: the lease's keys are not rewritten there.
       if (ownerAt(this.ownership.doc, route.rule, Number.MAX_SAFE_INTEGER).owner === 'consul') continue;
       for await (const page of this.ctx.source.readPages({ start: key, end: Buffer.concat([key, Buffer.from([0])]) })) {
-        for (const entry of page.entries) if (entry.lease === record.leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
+        for (const entry of page.entries) if (entry.lease === leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
       }
     }
     for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
       await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
     }
-    this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${record.leaseId} was gone from Consul; ${alive ? 'replaced it' : 're-created it'} and rewrote ${ops.length} key(s)`);
+    this.sessions.replaced.delete(leaseId);
+    this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${leaseId} was gone from Consul; ${what} and rewrote ${ops.length} key(s)`);
   }
 }

@@ -49,9 +49,11 @@ export class LeaseSessions {
   private readonly expired = new Set<string>();
   readonly own = new Set<string>();
   /**
-   * Leases whose recorded session {@link ensure} found gone (destroyed by hand,
-   * lost with Consul's data) and replaced: the keys the old one held went with
-   * it, and only the caller knows to write them again (the dual-run does).
+   * Leases whose session was replaced ({@link ensure} found the recorded one
+   * gone: destroyed by hand, lost with Consul's data; or the dual-run re-created
+   * it) and whose keys are not written again yet: the keys the old session held
+   * went with it, and only the caller knows to write them again (the dual-run
+   * does, then drops the lease from here).
    */
   readonly replaced = new Set<string>();
   readonly clamps: ClampFinding[] = [];
