@@ -850,7 +850,8 @@ class Applier {
    * the next pass (Consul reaps one only after a whole TTL without a renewal),
    * and at least every {@link LEASE_CHECK_MAX_MS}; so a pass touches only the
    * sessions that are due, the leases whose keys were just deleted (they may
-   * have ended) and those whose session a repair found gone; at start, all.
+   * have ended) and those whose session the replication found gone; at start,
+   * all of them.
    */
   async maintainLeases(atStart = false, signal?: AbortSignal): Promise<void> {
     const everyMs = this.options.leaseEveryMs ?? LEASE_EVERY_MS;
