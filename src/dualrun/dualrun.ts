@@ -703,8 +703,6 @@ class Applier {
     }
     const sessionOf = new Map<string, string | undefined>();
     await Promise.all([...leases].map(async (l) => sessionOf.set(l, await this.sessions.ensure(l))));
-    // A lease whose session had to be replaced: the next lease pass writes its other keys again.
-    for (const l of leases) if (this.sessions.replaced.has(l)) this.renewedAt.delete(l);
     this.ctx.stats.sessions = this.sessions.own.size;
     return planRevision({
       message,
@@ -856,7 +854,8 @@ class Applier {
   async maintainLeases(atStart = false, signal?: AbortSignal): Promise<void> {
     const everyMs = this.options.leaseEveryMs ?? LEASE_EVERY_MS;
     const now = Date.now();
-    const due = this.sessions.records().filter((r) => atStart || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= Math.min((r.ttlSeconds * 1000) / 2, LEASE_CHECK_MAX_MS));
+    const due = this.sessions.records().filter((r) =>
+      atStart || this.sessions.replaced.has(r.leaseId) || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= Math.min((r.ttlSeconds * 1000) / 2, LEASE_CHECK_MAX_MS));
     const limit = pLimit(LEASE_CHECKS_IN_FLIGHT);
     // Settled, not raced: a pass ends when its last lease does, so the next never overlaps this one.
     const outcomes = await Promise.allSettled(due.map((record) => limit(() => (signal?.aborted ? undefined : this.maintainLease(record, atStart)))));
