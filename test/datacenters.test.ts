@@ -3,11 +3,12 @@ import { hostname } from 'node:os';
 import { Ajv } from 'ajv';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startConsulFederation } from '../scripts/local-servers.js';
+import { Etcd3 } from 'etcd3';
+import { startConsulFederation, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { VERIFY_DATACENTERS_REPORT_SCHEMA } from '../src/verify/report-schema.js';
 import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
-import { configDir, rawEtcd, runCli, servers } from './support/harness.js';
+import { configDir, runCli, servers } from './support/harness.js';
 
 /**
  * Issue 11: one etcd, two Consul datacenters federated over the WAN on
@@ -21,7 +22,9 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
   let federation: Awaited<ReturnType<typeof startConsulFederation>>;
   let dc1: ConsulTarget;
   let dc2: ConsulTarget;
-  const etcd = rawEtcd();
+  // Its own etcd as well: the test compacts it, which would compact the revisions other test files are reading at.
+  let ownEtcd: Awaited<ReturnType<typeof startEtcd>>;
+  let etcd: Etcd3;
   const tag = randomBytes(3).toString('hex');
   const id = `mdc-${tag}`;
   const from = `/mdc-${tag}/`;
@@ -30,7 +33,8 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
   const validate = new Ajv({ allErrors: true, strict: true }).compile(VERIFY_DATACENTERS_REPORT_SCHEMA);
 
   beforeAll(async () => {
-    federation = await startConsulFederation({ version: servers().consulVersion });
+    [federation, ownEtcd] = await Promise.all([startConsulFederation({ version: servers().consulVersion }), startEtcd()]);
+    etcd = new Etcd3({ hosts: ownEtcd.endpoint });
     dc1 = new ConsulTarget({ address: federation.member('dc1').address });
     dc2 = dc1.forDatacenter('dc2');
     dir = configDir([
@@ -41,7 +45,7 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       `  - { name: local, from: "${from}local/", to: "mdc-${tag}/local/" }`,
       '',
     ].join('\n'));
-    env = { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: federation.member('dc1').address };
+    env = { ETCDCTL_ENDPOINTS: ownEtcd.endpoint, CONSUL_HTTP_ADDR: federation.member('dc1').address };
     for (let i = 0; i < 20; i++) await etcd.put(`${from}shared/k${i}`).value(`v${i}`);
     await etcd.put(`${from}local/only-dc1`).value('here');
     const lease = etcd.lease(60);
@@ -50,8 +54,8 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
   afterAll(async () => {
     dc1?.close();
     dc2?.close();
-    etcd.close();
-    await federation?.stop();
+    etcd?.close();
+    await Promise.all([federation?.stop(), ownEtcd?.stop()]);
   });
 
   /** A gauge of one datacenter from Prometheus text. */

@@ -90,29 +90,38 @@ describe('dual-run faults (real servers)', () => {
   }, 90_000);
 
   it('idle rules on a busy etcd: the checkpoint follows etcd and a restart after compaction needs no re-baseline', async () => {
+    // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
+    const own = await startEtcd();
+    const etcd = new Etcd3({ hosts: own.endpoint });
+    const env = { ETCDCTL_ENDPOINTS: own.endpoint };
     const s = scenario('idle');
-    await etcd.put(`${s.root}/app/a`).value('1');
-    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
-    let dr = await startDualRun(s.dir);
     try {
-      // Thousands of writes outside the watched range; the mapped prefixes stay quiet.
-      for (let i = 0; i < 3000; i += 100) {
-        await etcd.if(`/zz-${s.id}/busy/0`, 'Mod', '>', -1).then(...Array.from({ length: 100 }, (_, j) => etcd.put(`/zz-${s.id}/busy/${i + j}`).value('x'))).commit();
+      await etcd.put(`${s.root}/app/a`).value('1');
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
+      let dr = await startDualRun(s.dir, [], env);
+      try {
+        // Thousands of writes outside the watched range; the mapped prefixes stay quiet.
+        for (let i = 0; i < 3000; i += 100) {
+          await etcd.if(`/zz-${s.id}/busy/0`, 'Mod', '>', -1).then(...Array.from({ length: 100 }, (_, j) => etcd.put(`/zz-${s.id}/busy/${i + j}`).value('x'))).commit();
+        }
+        const busy = Number((await etcd.put(`/zz-${s.id}/busy/last`).value('x').exec()).header.revision);
+        await waitCaughtUp(etcd, target, s.id, 15_000);
+        await etcd.kv.compact({ revision: busy, physical: true });
+      } finally {
+        expect(await dr.stop()).toBe(0);
       }
-      const busy = Number((await etcd.put(`/zz-${s.id}/busy/last`).value('x').exec()).header.revision);
-      await waitCaughtUp(etcd, target, s.id, 15_000);
-      await etcd.kv.compact({ revision: busy, physical: true });
+      dr = await startDualRun(s.dir, [], env);
+      try {
+        await etcd.put(`${s.root}/app/b`).value('2');
+        await waitCaughtUp(etcd, target, s.id);
+        expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(0);
+        expect((await target.readKey(`${s.id}/app/b`))?.value.toString()).toBe('2');
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
     } finally {
-      expect(await dr.stop()).toBe(0);
-    }
-    dr = await startDualRun(s.dir);
-    try {
-      await etcd.put(`${s.root}/app/b`).value('2');
-      await waitCaughtUp(etcd, target, s.id);
-      expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(0);
-      expect((await target.readKey(`${s.id}/app/b`))?.value.toString()).toBe('2');
-    } finally {
-      expect(await dr.stop()).toBe(0);
+      etcd.close();
+      await own.stop();
     }
   });
 

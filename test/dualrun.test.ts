@@ -1,6 +1,8 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
+import { startEtcd } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
 import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
@@ -25,8 +27,8 @@ rules:
   return { id, root, yaml, dir: configDir(yaml), mapping: parseConfig(yaml, 'migration.yaml').mapping };
 }
 
-async function expectParity(s: ReturnType<typeof scenario>): Promise<void> {
-  const parity = await checkParity(etcd, target, s.mapping, s.id);
+async function expectParity(s: ReturnType<typeof scenario>, source = etcd): Promise<void> {
+  const parity = await checkParity(source, target, s.mapping, s.id);
   expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [], wrongSession: [], notServable: [] });
 }
 
@@ -153,26 +155,35 @@ describe('migrate dualrun (real servers)', () => {
   }, 120_000);
 
   it('re-baselines after etcd compacted past its checkpoint, including keys deleted meanwhile', async () => {
-    const s = scenario('compact');
-    for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i}`).value('v1');
-    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
-    let dr = await startDualRun(s.dir);
-    await waitCaughtUp(etcd, target, s.id);
-    expect(await dr.stop()).toBe(0);
-    for (let i = 0; i < 5; i++) await etcd.delete().key(`${s.root}/app/k${i}`);
-    await etcd.put(`${s.root}/app/k10`).value('v2');
-    await etcd.put(`${s.root}/app/added`).value('new');
-    const revision = Number((await etcd.put(`${s.root}/app/k11`).value('v2').exec()).header.revision);
-    await etcd.kv.compact({ revision, physical: true });
-    dr = await startDualRun(s.dir);
+    // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
+    const own = await startEtcd();
+    const etcd = new Etcd3({ hosts: own.endpoint });
+    const env = serverEnv({ ETCDCTL_ENDPOINTS: own.endpoint });
     try {
+      const s = scenario('compact');
+      for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i}`).value('v1');
+      expect((await runCli(['copy'], { cwd: s.dir, env })).code).toBe(0);
+      let dr = await startDualRun(s.dir, [], env);
       await waitCaughtUp(etcd, target, s.id);
-      await expectParity(s);
-      expect(await target.readKey(`${s.id}/app/k0`)).toBeUndefined();
-      expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(1);
-      expect(dr.stderr()).toContain('re-baselining');
-    } finally {
       expect(await dr.stop()).toBe(0);
+      for (let i = 0; i < 5; i++) await etcd.delete().key(`${s.root}/app/k${i}`);
+      await etcd.put(`${s.root}/app/k10`).value('v2');
+      await etcd.put(`${s.root}/app/added`).value('new');
+      const revision = Number((await etcd.put(`${s.root}/app/k11`).value('v2').exec()).header.revision);
+      await etcd.kv.compact({ revision, physical: true });
+      dr = await startDualRun(s.dir, [], env);
+      try {
+        await waitCaughtUp(etcd, target, s.id);
+        await expectParity(s, etcd);
+        expect(await target.readKey(`${s.id}/app/k0`)).toBeUndefined();
+        expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(1);
+        expect(dr.stderr()).toContain('re-baselining');
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      etcd.close();
+      await own.stop();
     }
   });
 });

@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { SourceCompactedError, prefixRange } from '../src/stores/etcd.js';
+import { Etcd3 } from 'etcd3';
+import { startEtcd } from '../scripts/local-servers.js';
+import { EtcdSource, SourceCompactedError, prefixRange } from '../src/stores/etcd.js';
 import type { SourceEntry, WatchMessage } from '../src/stores/types.js';
 import { etcdSource, rawEtcd, uniquePrefix } from './support/harness.js';
 
@@ -151,25 +153,34 @@ describe('etcd source (real etcd)', () => {
   });
 
   it('surfaces a watch from a compacted revision as a typed error carrying the compact revision', async () => {
-    const prefix = uniquePrefix('compact');
-    const before = (await source.status()).revision;
-    await raw.put(`${prefix}x`).value('1');
-    const after = (await raw.put(`${prefix}x`).value('2').exec()).header.revision;
-    await raw.maintenance.status();
-    await raw.kv.compact({ revision: after, physical: true });
-    const watch = await source.watch(prefixRange(prefix), before);
-    const error = await (async () => {
-      try {
-        for await (const _ of watch) {
-          /* no events expected */
+    // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
+    const own = await startEtcd();
+    const ownRaw = new Etcd3({ hosts: own.endpoint });
+    const ownSource = new EtcdSource({ endpoints: [own.endpoint] });
+    try {
+      const prefix = uniquePrefix('compact');
+      const before = (await ownSource.status()).revision;
+      await ownRaw.put(`${prefix}x`).value('1');
+      const after = (await ownRaw.put(`${prefix}x`).value('2').exec()).header.revision;
+      await ownRaw.kv.compact({ revision: after, physical: true });
+      const watch = await ownSource.watch(prefixRange(prefix), before);
+      const error = await (async () => {
+        try {
+          for await (const _ of watch) {
+            /* no events expected */
+          }
+        } catch (err) {
+          return err;
         }
-      } catch (err) {
-        return err;
-      }
-      return undefined;
-    })();
-    expect(error).toBeInstanceOf(SourceCompactedError);
-    expect((error as SourceCompactedError).compactRevision).toBe(Number(after));
-    expect((error as SourceCompactedError).requestedRevision).toBe(before);
+        return undefined;
+      })();
+      expect(error).toBeInstanceOf(SourceCompactedError);
+      expect((error as SourceCompactedError).compactRevision).toBe(Number(after));
+      expect((error as SourceCompactedError).requestedRevision).toBe(before);
+    } finally {
+      ownRaw.close();
+      ownSource.close();
+      await own.stop();
+    }
   });
 });
