@@ -24,6 +24,11 @@ export interface CopyState {
   revision: number;
   started: string;
   completed?: string;
+  /**
+   * Consul's index when this copy began writing: every key it wrote has a
+   * higher ModifyIndex. Kept across --resume; absent in a dry-run.
+   */
+  startIndex?: number;
   /** Per rule: base64 of the last source key such that every key up to it is written. */
   rules: Record<string, { lowWater?: string; done?: boolean }>;
 }
@@ -79,6 +84,8 @@ export interface RuleCopyStats {
   extraneous: number;
   extraneousExamples: string[];
   deleted: number;
+  /** Keys this copy wrote at a revision etcd then compacted, gone from etcd at the revision it went on at. */
+  deletedStale: number;
   conflicts: { overwritten: number; skipped: number };
   singlePuts: number;
 }
@@ -88,6 +95,8 @@ export interface CopyResult {
   migration: string;
   revision: number;
   resumedFrom?: number;
+  /** Revisions etcd compacted while this run copied at them; the run went on at a newer one. */
+  compactedAt?: number[];
   rules: RuleCopyStats[];
   /** `service` rules: instances registered on the agent's catalog. */
   services: ServiceRuleStats[];
@@ -102,6 +111,8 @@ export interface CopyResult {
 const EXAMPLES = 20;
 const SPLIT_RETRY_LIMIT = 3;
 const LOW_WATER_KEY_MAX = 4096;
+/** Passes one run makes when etcd compacts each pinned revision while it is read. */
+const COMPACTED_PASSES = 3;
 
 /**
  * Copies every `copy` rule at one pinned etcd revision. The same code path
@@ -181,8 +192,12 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
   let revision = currentRevision;
   let resumedFrom: number | undefined;
   let lowWaters: Record<string, { lowWater?: string; done?: boolean }> = {};
+  let startIndex: number | undefined;
+  // Set once keys this copy wrote at one revision are planned at a newer one: those gone from etcd meanwhile are deleted.
+  let staleSince: number | undefined;
   if (options.resume && previous && !previous.completed) {
     resumedFrom = previous.revision;
+    startIndex = previous.startIndex;
     try {
       await source.count({ start: Buffer.from([0]), end: Buffer.from([0]) }, previous.revision);
       revision = previous.revision;
@@ -190,40 +205,46 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     } catch (err) {
       // R was compacted: a new pinned revision, and the diff makes the full re-plan safe.
       if (!(err instanceof SourceCompactedError)) throw err;
+      staleSince = startIndex;
       options.onProgress?.({ type: 'warning', message: `revision ${previous.revision} of the interrupted copy was compacted; copying at revision ${revision} instead (the diff skips what is already there)` });
     }
   }
+  if (!options.dryRun && startIndex === undefined) startIndex = await markStart(target, paths.copy, { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: lowWaters });
   const copyRules = config.rules.filter((r) => r.action === 'copy');
-  const state: CopyState = { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: Object.fromEntries(copyRules.map((r) => [r.name, { ...lowWaters[r.name] }])) };
-
   const sessions = new LeaseSessions(source, target, paths, config.id, options.now);
   await sessions.load();
-  const engine = new CopyEngine(target, limits, paths, state, options);
   sessions.startRenewing((leaseId) => options.onProgress?.({ type: 'warning', message: `Consul no longer knows the session of etcd lease ${leaseId}; its keys are re-created by the next copy or dual-run` }));
-
-  const totals = await Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await source.count(rangeOf(rule.from), revision) })));
-  options.onProgress?.({ type: 'start', revision, rules: totals });
-  const stats: RuleCopyStats[] = [];
-  const services: ServiceRuleStats[] = [];
-  const serviceRules = deps.mapping.serviceRules;
+  const compactedAt: number[] = [];
+  const earlier = { txns: 0, retries: 0 };
+  let pass: CopyPass;
   try {
-    for (const rule of copyRules) {
-      if (options.signal.aborted) break;
-      const ruleStats = await copyRule(rule, { ...deps, target }, engine, sessions, revision, totals.find((t) => t.name === rule.name)!.keys, options);
-      stats.push(ruleStats);
-      options.onProgress?.({ type: 'rule-done', rule: rule.name });
-    }
-    await engine.drain();
-    // Service rules after the KV rules: the catalog is read once, on the agent the tool registers on.
-    const existing = serviceRules.length > 0 && !options.signal.aborted ? await target.listServiceInstances(config.id, 'agent', options.signal) : [];
-    for (const rule of serviceRules) {
-      if (options.signal.aborted) break;
-      services.push(await syncServiceRule(rule, { source, target, mapping: deps.mapping, migrationId: config.id }, revision, existing, options));
-      options.onProgress?.({ type: 'rule-done', rule: rule.name });
+    for (;;) {
+      const state: CopyState = { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), ...(startIndex !== undefined ? { startIndex } : {}), rules: Object.fromEntries(copyRules.map((r) => [r.name, { ...lowWaters[r.name] }])) };
+      const engine = new CopyEngine(target, limits, paths, state, options);
+      try {
+        pass = await copyPass(deps, options, copyRules, engine, sessions, revision, staleSince);
+        break;
+      } catch (err) {
+        // Nothing of this pass may still be in flight when the next one plans from Consul.
+        await engine.settle();
+        if (!(err instanceof SourceCompactedError) || compactedAt.length + 1 >= COMPACTED_PASSES || options.signal.aborted) throw err;
+        // etcd compacted R while the copy read it (auto-compaction on a busy cluster): copy
+        // again at the current revision; the diff skips what this pass already wrote.
+        compactedAt.push(revision);
+        earlier.txns += engine.txns;
+        earlier.retries += engine.retries;
+        const next = (await source.status()).revision;
+        options.onProgress?.({ type: 'warning', message: `etcd compacted revision ${revision} while the copy read it (${engine.txns} txns written at it); copying again at revision ${next}, and the diff skips what is already there` });
+        if (target instanceof RecordingTarget) target.forgetWrites();
+        revision = next;
+        lowWaters = {};
+        staleSince = startIndex;
+      }
     }
   } finally {
     sessions.stop();
   }
+  const { state, engine, stats, services } = pass;
 
   const interrupted = options.signal.aborted;
   if (!interrupted && !options.dryRun) {
@@ -247,14 +268,55 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     rules: stats,
     services,
     sessions: { created: sessions.created, adopted: sessions.adopted, clamps: sessions.clamps },
-    txns: engine.txns,
-    retries: engine.retries,
+    txns: earlier.txns + engine.txns,
+    retries: earlier.retries + engine.retries,
     durationMs: Date.now() - started,
     interrupted,
   };
   if (resumedFrom !== undefined) result.resumedFrom = resumedFrom;
+  if (compactedAt.length > 0) result.compactedAt = compactedAt;
   if (options.recordOps && target instanceof RecordingTarget) result.ops = target.recorded;
   return result;
+}
+
+/** Writes the `copy` document before any data and returns its ModifyIndex: every later write of this copy is above it. */
+async function markStart(target: TargetStore, key: string, state: CopyState): Promise<number> {
+  await target.applyTxn([{ verb: 'set', key, value: Buffer.from(JSON.stringify(state)) }]);
+  const [written] = await target.readEntries([key]);
+  if (!written) throw new Error(`internal: the copy document ${key} was not there right after it was written`);
+  return written.modifyIndex;
+}
+
+interface CopyPass {
+  state: CopyState;
+  engine: CopyEngine;
+  stats: RuleCopyStats[];
+  services: ServiceRuleStats[];
+}
+
+/** Every rule once at `revision`: KV rules, then service rules; resolves when every write has landed. */
+async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleConfig[], engine: CopyEngine, sessions: LeaseSessions, revision: number, staleSince: number | undefined): Promise<CopyPass> {
+  const { source, target } = deps;
+  const totals = await Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await source.count(rangeOf(rule.from), revision) })));
+  options.onProgress?.({ type: 'start', revision, rules: totals });
+  const stats: RuleCopyStats[] = [];
+  const services: ServiceRuleStats[] = [];
+  const serviceRules = deps.mapping.serviceRules;
+  for (const rule of copyRules) {
+    if (options.signal.aborted) break;
+    const ruleStats = await copyRule(rule, deps, engine, sessions, { revision, staleSince }, totals.find((t) => t.name === rule.name)!.keys, options);
+    stats.push(ruleStats);
+    options.onProgress?.({ type: 'rule-done', rule: rule.name });
+  }
+  await engine.drain();
+  // Service rules after the KV rules: the catalog is read once, on the agent the tool registers on.
+  const existing = serviceRules.length > 0 && !options.signal.aborted ? await target.listServiceInstances(deps.config.id, 'agent', options.signal) : [];
+  for (const rule of serviceRules) {
+    if (options.signal.aborted) break;
+    services.push(await syncServiceRule(rule, { source, target, mapping: deps.mapping, migrationId: deps.config.id }, revision, existing, options));
+    options.onProgress?.({ type: 'rule-done', rule: rule.name });
+  }
+  return { state: engine.state, engine, stats, services };
 }
 
 export interface CopyDeps {
@@ -274,13 +336,14 @@ async function copyRule(
   deps: { source: SourceReader; target: TargetStore; mapping: Mapping },
   engine: CopyEngine,
   sessions: LeaseSessions,
-  revision: number,
+  at: { revision: number; staleSince: number | undefined },
   sourceKeys: number,
   options: CopyOptions,
 ): Promise<RuleCopyStats> {
+  const { revision } = at;
   const stats: RuleCopyStats = {
     name: rule.name, from: rule.from, to: rule.to, sourceKeys, created: 0, updated: 0, unchanged: 0, bytesWritten: 0,
-    skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
+    skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, deletedStale: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
   };
   const ruleState = engine.state.rules[rule.name]!;
   // Taken out as source keys map to them: what is left has no source key (the extraneous keys).
@@ -344,8 +407,19 @@ async function copyRule(
 
   // What is left in the target range was produced by no source key (an interrupted pass has not seen every key).
   if (!options.signal.aborted) {
-    const extraneous = targetKeys.remaining;
     const initialTargetKeys = targetKeys.size;
+    if (at.staleSince !== undefined && targetKeys.remaining > 0) {
+      // Written by this copy at a compacted revision, and deleted in etcd since: nothing else
+      // would remove them (a dual-run starts after the deletes). A tool-derived delete, so guarded.
+      const stale = await engine.ownWrites([...targetKeys.leftovers()], at.staleSince, sessions.own);
+      if (stale.length > 0 && deleteGuardTrips(stale.length, initialTargetKeys) && !options.allowMassDelete) {
+        options.onProgress?.({ type: 'warning', message: `rule ${rule.name}: ${stale.length} keys this copy wrote were deleted in etcd before the revision it copied again at; deleting them would remove ${Math.round((100 * stale.length) / initialTargetKeys)}% of the rule's target keys, so they are left and counted as extraneous (pass --allow-mass-delete to remove them)` });
+      } else if (stale.length > 0) {
+        stats.deletedStale = await engine.deleteEntries(stale);
+        for (const entry of stale) targetKeys.take(entry.key);
+      }
+    }
+    const extraneous = targetKeys.remaining;
     stats.extraneous = extraneous;
     for (const key of targetKeys.leftovers()) {
       if (stats.extraneousExamples.length >= EXAMPLES) break;
@@ -441,6 +515,13 @@ class CopyEngine {
     const writes = this.batchWrites;
     this.batchWrites = [];
     await this.dispatch(() => this.sendBatch(ops, writes));
+  }
+
+  /** Waits until every sent batch has settled, landed or not; the open batch is dropped unsent. */
+  async settle(): Promise<void> {
+    this.batcher.flush();
+    this.batchWrites = [];
+    await Promise.allSettled([...this.inflight]);
   }
 
   /** Waits until every sent batch has landed, then surfaces the first failure. */
@@ -544,20 +625,38 @@ class CopyEngine {
     if (singlePut) stats.singlePuts++;
   }
 
-  /** Deletes extraneous keys with a compare on the index just read, in txn batches. */
+  /** Deletes extraneous keys with a compare on the index just read, in txn batches; keys held by a session are left. */
   async deleteKeys(keys: string[], stats: RuleCopyStats): Promise<number> {
     let deleted = 0;
     for (let i = 0; i < keys.length; i += this.limits.txnMaxOps) {
       const entries = await this.target.readEntries(keys.slice(i, i + this.limits.txnMaxOps));
-      const ops: TxnOp[] = entries.filter((e) => !e.session).map((e) => ({ verb: 'delete-cas', key: e.key, index: e.modifyIndex }));
       stats.skippedExamples.length < EXAMPLES && entries.filter((e) => e.session).forEach((e) => stats.skippedExamples.push({ key: formatKey(e.key), reason: 'foreign-session', detail: 'extraneous but held by a session: not deleted' }));
-      if (ops.length === 0) continue;
-      await this.throttle(ops.length);
-      await this.target.applyTxn(ops);
-      deleted += ops.length;
+      deleted += await this.deleteEntries(entries.filter((e) => !e.session));
     }
     return deleted;
   }
+
+  /** Of `keys`, those written since Consul index `since`, unheld or held by one of `sessions`, as read now. */
+  async ownWrites(keys: string[], since: number, sessions: ReadonlySet<string>): Promise<TargetEntry[]> {
+    const own: TargetEntry[] = [];
+    for (let i = 0; i < keys.length; i += this.limits.txnMaxOps) {
+      for (const e of await this.target.readEntries(keys.slice(i, i + this.limits.txnMaxOps))) {
+        if (e.modifyIndex > since && (!e.session || sessions.has(e.session))) own.push(e);
+      }
+    }
+    return own;
+  }
+
+  /** Deletes each entry if it is still at the index it was read at, in txn batches. */
+  async deleteEntries(entries: TargetEntry[]): Promise<number> {
+    for (let i = 0; i < entries.length; i += this.limits.txnMaxOps) {
+      const ops: TxnOp[] = entries.slice(i, i + this.limits.txnMaxOps).map((e) => ({ verb: 'delete-cas', key: e.key, index: e.modifyIndex }));
+      await this.throttle(ops.length);
+      await this.target.applyTxn(ops);
+    }
+    return entries.length;
+  }
+
 
   /** A token bucket over ops per second (`--rate`). */
   private async throttle(ops: number): Promise<void> {

@@ -32,6 +32,15 @@ export class RecordingTarget implements TargetStore {
   readKey: TargetStore['readKey'] = (key) => this.inner.readKey(key);
   readSession: TargetStore['readSession'] = (id) => (id.startsWith('dry-run-') ? Promise.resolve(undefined) : this.inner.readSession(id));
 
+  /**
+   * Drops the recorded KV and service writes, for a copy that plans again at a
+   * newer revision; session creations stay, as the copy keeps those sessions.
+   */
+  forgetWrites(): void {
+    const kept = this.recorded.filter((op) => op.op === 'create-session');
+    this.recorded.splice(0, this.recorded.length, ...kept);
+  }
+
   async applyTxn(ops: readonly TxnOp[]): Promise<void> {
     this.recorded.push({ op: 'txn', ops: ops.map((o) => ({ verb: o.verb, key: o.key, bytes: 'value' in o ? o.value.length : 0 })) });
   }

@@ -14,7 +14,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
   }
   const lines: string[] = [];
   const verb = result.dryRun ? 'would' : '';
-  lines.push(`${result.dryRun ? 'Dry run: nothing was written. ' : ''}Copy of migration "${result.migration}" at etcd revision ${result.revision}${result.resumedFrom !== undefined ? ` (resumed; the interrupted copy pinned ${result.resumedFrom})` : ''}${result.interrupted ? ' — INTERRUPTED, progress recorded; run again with --resume' : ''}`);
+  lines.push(`${result.dryRun ? 'Dry run: nothing was written. ' : ''}Copy of migration "${result.migration}" at etcd revision ${result.revision}${result.resumedFrom !== undefined ? ` (resumed; the interrupted copy pinned ${result.resumedFrom})` : ''}${result.compactedAt ? ` (etcd compacted ${result.compactedAt.join(', ')} while the copy read ${result.compactedAt.length > 1 ? 'them' : 'it'}; copied again at ${result.revision})` : ''}${result.interrupted ? ' — INTERRUPTED, progress recorded; run again with --resume' : ''}`);
   lines.push('');
   lines.push(`${'rule'.padEnd(18)} ${'source'.padStart(8)} ${'create'.padStart(8)} ${'update'.padStart(8)} ${'same'.padStart(8)} ${'skipped'.padStart(8)} ${'extra'.padStart(7)} ${'MiB'.padStart(7)}`);
   for (const r of result.rules) {
@@ -28,6 +28,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
       lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${r.deleted ? `; ${r.deleted} deleted` : ' (kept; pass --delete-extraneous to remove them)'}`);
       for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${key}`);
     }
+    if (r.deletedStale) lines.push(`  ${r.name}: ${r.deletedStale} key(s) this copy wrote at a compacted revision ${verb ? 'would be ' : 'were '}deleted: etcd deleted them before revision ${result.revision}`);
     if (r.conflicts.overwritten || r.conflicts.skipped) lines.push(`  ${r.name}: ${r.conflicts.overwritten} conflict(s) overwritten, ${r.conflicts.skipped} skipped (keys changed in Consul after planning)`);
     if (r.singlePuts) lines.push(`  ${r.name}: ${r.singlePuts} value(s) too large for a txn ${verb ? 'would go' : 'went'} by single PUT`);
   }

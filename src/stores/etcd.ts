@@ -35,7 +35,7 @@ export class SourceCompactedError extends MigrateError {
     super('etcd_compacted', 3, compactRevision > 0
       ? `etcd has compacted its history past revision ${requestedRevision} (oldest available: ${compactRevision}).`
       : `etcd has compacted revision ${requestedRevision}, which was being read (auto-compaction, or someone ran \`etcdctl compact\`).`, {
-      hint: 'The dual-run re-baselines from the current revision; a copy resumes at a new pinned revision.',
+      hint: 'Run the command again (a copy with --resume); if it keeps happening, lengthen etcd\'s --auto-compaction-retention to cover the copy or verify.',
       details: { compactRevision, requestedRevision },
     });
   }

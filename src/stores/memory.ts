@@ -133,6 +133,8 @@ export class MemorySource implements SourceReader {
     const pageKeys = options.pageKeys ?? 1000;
     const entries = this.snapshot(revision).filter((e) => inRange(e.key, range));
     for (let i = 0; i < entries.length; i += pageKeys) {
+      // Each page is its own range request at `revision`, which etcd may compact in between.
+      if (i > 0) this.checkCompacted(revision);
       const page = entries.slice(i, i + pageKeys);
       yield { revision, entries: options.keysOnly ? page.map((e) => ({ ...e, value: Buffer.alloc(0) })) : page };
     }

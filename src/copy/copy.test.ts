@@ -1,0 +1,154 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../config/load.js';
+import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import type { ReadPagesOptions } from '../stores/types.js';
+import { runCopy, type CopyOptions, type CopyProgressEvent } from './copy.js';
+
+const loaded = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: app, from: /app/, to: app/, leases: session }
+`, 'migration.yaml');
+
+const deps = (source: MemorySource, target: MemoryTarget) => ({ source, target, config: loaded.config, mapping: loaded.mapping });
+
+function options(over: Partial<CopyOptions> = {}): CopyOptions & { events: CopyProgressEvent[] } {
+  const events: CopyProgressEvent[] = [];
+  return {
+    dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false, acceptMappingChange: false,
+    rate: 0, concurrency: 2, pageKeys: 5, signal: new AbortController().signal, now: () => new Date('2026-01-01T00:00:00Z'), toolVersion: 'test',
+    onProgress: (event) => events.push(event), events, ...over,
+  };
+}
+
+/** 30 keys under /app/ (one of them leased) and a key under the target prefix that no etcd key produces, there before any copy. */
+function world() {
+  const source = new MemorySource();
+  // Four ops per txn: the copy's batches land page by page, before the read goes on.
+  const target = new MemoryTarget({}, { txnMaxOps: 4 });
+  for (let i = 0; i < 30; i++) source.put(`/app/k${String(i).padStart(2, '0')}`, 'v1');
+  source.put('/app/leased', 'held', source.grantLease(60));
+  target.entries.set('app/foreign', { key: 'app/foreign', value: Buffer.from('theirs'), flags: 0, modifyIndex: 1 });
+  return { source, target };
+}
+
+/**
+ * At the `page`-th page read at a pinned revision, the application changes etcd and
+ * auto-compaction runs, as on a busy cluster, `times` times in all.
+ */
+function compactWhileRead(source: MemorySource, page: number, times: number, change: () => void) {
+  const read = source.readPages.bind(source);
+  const seen = { compactions: 0, pages: 0 };
+  source.readPages = async function* (range, opts?: ReadPagesOptions) {
+    for await (const p of read(range, opts)) {
+      if (opts?.revision !== undefined && !opts.keysOnly && ++seen.pages % page === 0 && seen.compactions < times) {
+        seen.compactions++;
+        change();
+        source.compact();
+      }
+      yield p;
+    }
+  };
+  return seen;
+}
+
+function targetValues(target: MemoryTarget): Record<string, string> {
+  return Object.fromEntries([...target.entries].filter(([k]) => k.startsWith('app/')).map(([k, e]) => [k, e.value.toString()]));
+}
+
+describe('copy when etcd compacts the pinned revision while it is read', () => {
+  it('copies again at the current revision: parity with etcd there, its own keys etcd deleted meanwhile removed, keys it did not write kept', async () => {
+    const { source, target } = world();
+    const pinned = (await source.status()).revision;
+    const seen = compactWhileRead(source, 4, 1, () => {
+      // k00–k14 are written by now; the application deletes two of them and changes one.
+      source.delete('/app/k01');
+      source.delete('/app/k02');
+      source.put('/app/k03', 'v2');
+      source.put('/app/k29', 'v2');
+      source.put('/app/new', 'added');
+    });
+    const o = options();
+    const result = await runCopy(deps(source, target), o);
+
+    expect(seen.compactions).toBe(1);
+    const now = (await source.status()).revision;
+    expect(result).toMatchObject({ revision: now, compactedAt: [pinned], interrupted: false });
+    expect(o.events.some((e) => e.type === 'warning' && e.message.includes(`etcd compacted revision ${pinned} while the copy read it`) && e.message.includes(`copying again at revision ${now}`))).toBe(true);
+    const expected: Record<string, string> = { 'app/foreign': 'theirs', 'app/leased': 'held', 'app/new': 'added' };
+    for (let i = 0; i < 30; i++) if (i !== 1 && i !== 2) expected[`app/k${String(i).padStart(2, '0')}`] = i === 3 || i === 29 ? 'v2' : 'v1';
+    expect(targetValues(target)).toEqual(expected);
+    expect(result.rules[0]).toMatchObject({ deletedStale: 2, extraneous: 1, extraneousExamples: ['app/foreign'], deleted: 0 });
+    // One session for the lease, however many passes.
+    expect(result.sessions.created).toBe(1);
+    expect(target.entries.get('app/leased')?.session).toBe([...target.sessions.keys()][0]);
+    // The dual-run starts from the revision the data is at.
+    const state = JSON.parse(target.entries.get('_migrate/demo/copy')!.value.toString());
+    expect(state).toMatchObject({ revision: now, rules: { app: { done: true } } });
+    expect(state.completed).toBeDefined();
+    expect(JSON.parse(target.entries.get('_migrate/demo/checkpoint')!.value.toString()).revision).toBe(now);
+  });
+
+  it('a dry-run plans again at the current revision and shows only the second plan', async () => {
+    const { source, target } = world();
+    compactWhileRead(source, 2, 1, () => source.put('/app/k29', 'v2'));
+    const result = await runCopy(deps(source, target), options({ dryRun: true, recordOps: true }));
+    expect(result.compactedAt).toHaveLength(1);
+    expect(target.writes).toBe(0);
+    const puts = result.ops!.flatMap((op) => op.ops ?? []).filter((o) => o.verb !== 'set' || !o.key.startsWith('_migrate/')).map((o) => o.key);
+    // Every key once, as one plan: none twice from the pass that was dropped.
+    expect(puts.filter((k) => k.startsWith('app/k')).sort()).toEqual(Array.from({ length: 30 }, (_, i) => `app/k${String(i).padStart(2, '0')}`));
+    expect(result.ops!.filter((op) => op.op === 'create-session')).toHaveLength(1);
+  });
+
+  it('its own keys deleted meanwhile past the delete guard are kept and counted as extraneous, unless --allow-mass-delete', async () => {
+    for (const allowMassDelete of [false, true]) {
+      const { source, target } = world();
+      // By the 5th page, k00–k19 are written; the application then deletes twelve of them.
+      compactWhileRead(source, 5, 1, () => {
+        for (let i = 0; i < 12; i++) source.delete(`/app/k${String(i).padStart(2, '0')}`);
+      });
+      const o = options({ allowMassDelete });
+      const result = await runCopy(deps(source, target), o);
+      const gone = Array.from({ length: 12 }, (_, i) => `app/k${String(i).padStart(2, '0')}`);
+      if (allowMassDelete) {
+        expect(result.rules[0]).toMatchObject({ deletedStale: 12, extraneous: 1 });
+        for (const key of gone) expect(target.entries.has(key)).toBe(false);
+      } else {
+        expect(result.rules[0]).toMatchObject({ deletedStale: 0, extraneous: 13 });
+        for (const key of gone) expect(target.entries.has(key)).toBe(true);
+        expect(o.events.some((e) => e.type === 'warning' && /12 keys this copy wrote were deleted in etcd .*--allow-mass-delete to remove them/.test(e.message))).toBe(true);
+      }
+      expect(target.entries.get('app/foreign')?.value.toString()).toBe('theirs');
+    }
+  });
+
+  it('compacted at every pass, it stops with etcd_compacted after three, and --resume then completes the copy', async () => {
+    const { source, target } = world();
+    const seen = compactWhileRead(source, 2, 3, () => source.put('/other/tick', 'x'));
+    const failed = await runCopy(deps(source, target), options()).catch((err: unknown) => err);
+    expect(failed).toMatchObject({ code: 'etcd_compacted', exitCode: 3 });
+    expect(seen.compactions).toBe(3);
+    const state = JSON.parse(target.entries.get('_migrate/demo/copy')!.value.toString());
+    expect(state.completed).toBeUndefined();
+
+    source.delete('/app/k00');
+    const resumed = await runCopy(deps(source, target), options({ resume: true }));
+    expect(resumed.resumedFrom).toBe(state.revision);
+    // k00 was written by the failed run at a revision since compacted: the resume removes it.
+    expect(resumed.rules[0]).toMatchObject({ deletedStale: 1, extraneous: 1 });
+    expect(target.entries.has('app/k00')).toBe(false);
+    expect(target.entries.get('app/k29')?.value.toString()).toBe('v1');
+    expect(JSON.parse(target.entries.get('_migrate/demo/copy')!.value.toString()).completed).toBeDefined();
+  });
+
+  it('a later copy of a key nobody deleted changes nothing: stale deletes only follow a compacted revision', async () => {
+    const { source, target } = world();
+    await runCopy(deps(source, target), options());
+    source.delete('/app/k05');
+    const again = await runCopy(deps(source, target), options());
+    expect(again.compactedAt).toBeUndefined();
+    expect(again.rules[0]).toMatchObject({ deletedStale: 0, extraneous: 2 });
+    expect(target.entries.get('app/k05')?.value.toString()).toBe('v1');
+  });
+});
