@@ -124,6 +124,40 @@ describe('runAudit without a mapping file (identity mapping)', () => {
     expect(result.scope.interrupted).toBe(true);
     expect(result.totals.keys).toBe(0);
   });
+
+  it('etcd compacting the revision while the audit reads it: read again at the current one, with a warning; compacted every time, it fails with etcd_compacted', async () => {
+    for (const times of [1, Infinity]) {
+      const source = platform();
+      const first = (await source.status()).revision;
+      const read = source.readPages.bind(source);
+      let compactions = 0;
+      // A few pages into a pinned read, the application writes and auto-compaction runs.
+      source.readPages = async function* (range: KeyRange, opts?: ReadPagesOptions): AsyncIterable<SourcePage> {
+        let pages = 0;
+        for await (const page of read(range, opts)) {
+          yield page;
+          if (++pages === 3 && compactions < times) {
+            compactions++;
+            source.put(`/platform/config/added-${compactions}`, 'new');
+            source.compact();
+          }
+        }
+      };
+      const warnings: string[] = [];
+      const audit = runAudit({ source, config: emptyConfig(), pageKeys: 5, onProgress: (e) => e.phase === 'warning' && warnings.push(e.message) });
+      if (times === Infinity) {
+        await expect(audit).rejects.toMatchObject({ code: 'etcd_compacted', exitCode: 3 });
+        expect(compactions).toBe(3);
+        continue;
+      }
+      const result = await audit;
+      expect(compactions).toBe(1);
+      expect(warnings).toEqual([`etcd compacted revision ${first} while the audit read it; reading again at revision ${first + 1}`]);
+      expect(result.source.revision).toBe(first + 1);
+      // Every key once, as of the new revision: nothing counted twice from the abandoned read.
+      expect(result.totals.keys).toBe((await runAudit({ source: platform(), config: emptyConfig() })).totals.keys + 1);
+    }
+  });
 });
 
 describe('runAudit with a mapping file', () => {

@@ -4,7 +4,7 @@ import { isMigrateError } from '../errors.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type SourceReader, type TargetStore } from '../stores/types.js';
 import { tallyDatacenters, type DatacenterTally } from './datacenters.js';
@@ -103,7 +103,8 @@ export type AuditProgress =
   | { phase: 'leases'; done: number; total: number }
   | { phase: 'groups' }
   | { phase: 'probe' }
-  | { phase: 'sample'; remainingMs: number };
+  | { phase: 'sample'; remainingMs: number }
+  | { phase: 'warning'; message: string };
 
 export interface AuditInput {
   source: SourceReader;
@@ -134,12 +135,15 @@ export interface AuditInput {
   groups?: RevisionGroupOptions;
 }
 
+/** Reads one audit makes when etcd compacts each pinned revision while it is read. */
+const COMPACTED_PASSES = 3;
+
 export async function runAudit(input: AuditInput): Promise<AuditResult> {
   const now = input.now ?? (() => performance.now());
   const depth = input.depth ?? 2;
   const top = input.top ?? 10;
   const status = await input.source.status();
-  const revision = status.revision;
+  let revision = status.revision;
   const limits = await resolveLimits(input);
   const capacity = txnCapacity(limits);
   const mode: AuditMode = input.configFile && input.mapping ? 'mapping' : 'identity';
@@ -152,20 +156,35 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
   // Keep a failing sample from becoming an unhandled rejection while the pass runs; it is awaited below.
   sample?.catch(() => undefined);
 
-  const inventory = new Inventory({ mode, router, revision, depth, top, capacity, maxValueBytes: limits.maxValueBytes, streams: mode === 'identity' ? 2 : 1, groups: input.groups, migrationId: input.config.id });
+  const newInventory = (at: number) => new Inventory({ mode, router, revision: at, depth, top, capacity, maxValueBytes: limits.maxValueBytes, streams: mode === 'identity' ? 2 : 1, groups: input.groups, migrationId: input.config.id });
+  let inventory = newInventory(revision);
   try {
-    const started = now();
-    const total = await countKeys(input.source, scope, revision);
-    const scanOptions = { source: input.source, revision, pageKeys: input.pageKeys ?? DEFAULT_PAGE_KEYS, signal: input.signal, onPage: (keys: number) => input.onProgress?.({ phase: 'scan', keys, total }) };
+    let started = now();
     let outcome: ScanOutcome;
     let ranges = scope;
     let rulesOnly = false;
-    if (mode === 'identity') {
-      const { slash, other } = splitAtSlash(scope);
-      outcome = await scanIdentityJoin(slash, other, scanOptions, (entry, stream) => inventory.consume(entry, router.route(entry.key, entry.value.length), stream), (a, b) => inventory.noteCollision(a, b, router.rules[0]!.name));
-    } else {
-      const scanned = await scanWithRuleFallback(scope, Boolean(input.prefixes?.length), router.rules.map((r) => r.from), scanOptions, (entry) => inventory.consume(entry, router.route(entry.key, entry.value.length)));
-      ({ outcome, ranges, rulesOnly } = scanned);
+    for (let pass = 1; ; pass++) {
+      try {
+        const total = await countKeys(input.source, scope, revision);
+        const scanOptions = { source: input.source, revision, pageKeys: input.pageKeys ?? DEFAULT_PAGE_KEYS, signal: input.signal, onPage: (keys: number) => input.onProgress?.({ phase: 'scan', keys, total }) };
+        if (mode === 'identity') {
+          const { slash, other } = splitAtSlash(scope);
+          outcome = await scanIdentityJoin(slash, other, scanOptions, (entry, stream) => inventory.consume(entry, router.route(entry.key, entry.value.length), stream), (a, b) => inventory.noteCollision(a, b, router.rules[0]!.name));
+        } else {
+          const scanned = await scanWithRuleFallback(scope, Boolean(input.prefixes?.length), router.rules.map((r) => r.from), scanOptions, (entry) => inventory.consume(entry, router.route(entry.key, entry.value.length)));
+          ({ outcome, ranges, rulesOnly } = scanned);
+        }
+        break;
+      } catch (err) {
+        // etcd compacted the revision while it was read (auto-compaction on a busy cluster): read again at the current one.
+        if (!(err instanceof SourceCompactedError) || pass >= COMPACTED_PASSES || input.signal?.aborted) throw err;
+        const next = (await input.source.status()).revision;
+        input.onProgress?.({ phase: 'warning', message: `etcd compacted revision ${revision} while the audit read it; reading again at revision ${next}` });
+        inventory.close();
+        revision = next;
+        inventory = newInventory(revision);
+        started = now();
+      }
     }
     requireSomethingReadable(outcome, 'audit');
     const scanMs = Math.max(1, now() - started);

@@ -108,7 +108,8 @@ export async function auditWithStores(ctx: CommandContext, options: GlobalOption
         if (event.phase === 'scan') {
           progress.items[0] = { name: 'keys', total: event.total ?? event.keys, done: event.keys, bytes: 0 };
           view.update(progress);
-        } else if (ctx.progress === 'json') ctx.event({ event: 'phase', command: 'audit', ...event });
+        } else if (event.phase === 'warning') view.warn(event.message);
+        else if (ctx.progress === 'json') ctx.event({ event: 'phase', command: 'audit', ...event });
       },
     });
   } finally {
