@@ -225,9 +225,9 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
         pass = await copyPass(deps, options, copyRules, engine, sessions, revision, staleSince);
         break;
       } catch (err) {
+        if (!(err instanceof SourceCompactedError) || compactedAt.length + 1 >= COMPACTED_PASSES || options.signal.aborted) throw err;
         // Nothing of this pass may still be in flight when the next one plans from Consul.
         await engine.settle();
-        if (!(err instanceof SourceCompactedError) || compactedAt.length + 1 >= COMPACTED_PASSES || options.signal.aborted) throw err;
         // etcd compacted R while the copy read it (auto-compaction on a busy cluster): copy
         // again at the current revision; the diff skips what this pass already wrote.
         compactedAt.push(revision);
