@@ -1,5 +1,5 @@
 import pLimit from 'p-limit';
-import type { SourceReader, TargetStore } from '../stores/types.js';
+import type { SourceReader, TargetStore, TxnOp } from '../stores/types.js';
 import { parseStateDocument, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 
 /** Consul's session TTL range (DESIGN §3). */
@@ -7,6 +7,8 @@ export const SESSION_TTL_MIN = 10;
 export const SESSION_TTL_MAX = 86_400;
 /** Session renewals a copy sends at once. */
 const RENEWALS_IN_FLIGHT = 16;
+/** Session records written in one txn: within the smallest op limit (64, before Consul 1.14). */
+const RECORDS_PER_TXN = 64;
 
 export interface TtlClamp {
   ttl: number;
@@ -60,6 +62,8 @@ export class LeaseSessions {
   created = 0;
   adopted = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** Records waiting for the next txn, with the callers waiting on them. */
+  private queued: { op: TxnOp; settle: (err?: unknown) => void }[] = [];
 
   constructor(
     private readonly source: SourceReader,
@@ -108,11 +112,32 @@ export class LeaseSessions {
     if (clamped) this.clamps.push({ leaseId, etcdTtl: lease.grantedTtl, sessionTtl: ttl, clamped });
     const sessionId = await this.target.createSession({ name: `migrate ${this.migrationId} etcd lease ${leaseId}`, ttlSeconds: ttl });
     const record: SessionRecord = { schemaVersion: STATE_SCHEMA_VERSION, leaseId, sessionId, ttlSeconds: ttl, etcdTtlSeconds: lease.grantedTtl, created: this.now().toISOString() };
-    await this.target.applyTxn([{ verb: 'set', key: this.paths.session(leaseId), value: Buffer.from(JSON.stringify(record)) }]);
+    // Recorded before any key is locked with it: a run that dies after locking still finds the session.
+    await this.writeRecord({ verb: 'set', key: this.paths.session(leaseId), value: Buffer.from(JSON.stringify(record)) });
     this.byLease.set(leaseId, record);
     this.own.add(sessionId);
     this.created++;
     return sessionId;
+  }
+
+  /**
+   * Writes a session record together with the others made in the same turn
+   * of the event loop (a copy ensures a page's leases at once): one txn per
+   * {@link RECORDS_PER_TXN} records instead of one each.
+   */
+  private writeRecord(op: TxnOp): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queued.push({ op, settle: (err) => (err === undefined ? resolve() : reject(err)) });
+      if (this.queued.length > 1) return;
+      setImmediate(() => {
+        const batch = this.queued;
+        this.queued = [];
+        for (let i = 0; i < batch.length; i += RECORDS_PER_TXN) {
+          const chunk = batch.slice(i, i + RECORDS_PER_TXN);
+          this.target.applyTxn(chunk.map((q) => q.op)).then(() => chunk.forEach((q) => q.settle()), (err: unknown) => chunk.forEach((q) => q.settle(err ?? new Error('session record write failed'))));
+        }
+      });
+    });
   }
 
   /** Every lease this migration mirrors (recorded under `sessions/`). */

@@ -1,0 +1,59 @@
+import { describe, expect, it } from 'vitest';
+import { statePaths } from '../state/state.js';
+import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import type { TxnOp } from '../stores/types.js';
+import { LeaseSessions } from './lease-sessions.js';
+
+const paths = statePaths('_migrate/', 'demo');
+
+function world(leases: number) {
+  const source = new MemorySource();
+  const ids = Array.from({ length: leases }, (_, i) => {
+    const id = source.grantLease(30 + i);
+    source.put(`/reg/i${i}`, 'x', id);
+    return id;
+  });
+  return { source, target: new MemoryTarget(), ids };
+}
+
+describe('LeaseSessions', () => {
+  it('records the sessions of leases ensured together in a few txns, each before its ensure resolves, and a later run adopts them', async () => {
+    const { source, target, ids } = world(150);
+    const txns: number[] = [];
+    const applyTxn = target.applyTxn.bind(target);
+    target.applyTxn = async (ops: readonly TxnOp[]) => {
+      txns.push(ops.length);
+      await applyTxn(ops);
+    };
+    const sessions = new LeaseSessions(source, target, paths, 'demo');
+    const made = await Promise.all(ids.map(async (id) => {
+      const session = await sessions.ensure(id);
+      // Recorded by the time the caller may lock keys with it.
+      expect(JSON.parse(target.entries.get(paths.session(id))!.value.toString())).toMatchObject({ leaseId: id, sessionId: session });
+      return session;
+    }));
+    expect(new Set(made).size).toBe(150);
+    expect(sessions.created).toBe(150);
+    // 150 records in txns of at most 64 ops, not one txn each.
+    expect(txns).toEqual([64, 64, 22]);
+
+    const later = new LeaseSessions(source, target, paths, 'demo');
+    await later.load();
+    expect(await Promise.all(ids.map((id) => later.ensure(id)))).toEqual(made);
+    expect(later).toMatchObject({ adopted: 150, created: 0 });
+  });
+
+  it('a record txn Consul refuses fails the ensures it carried, and their sessions are not taken as recorded', async () => {
+    const { source, target, ids } = world(3);
+    target.applyTxn = async () => {
+      throw new Error('Consul said 500');
+    };
+    const sessions = new LeaseSessions(source, target, paths, 'demo');
+    const results = await Promise.allSettled(ids.map((id) => sessions.ensure(id)));
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected']);
+    expect(String((results[0] as PromiseRejectedResult).reason)).toContain('Consul said 500');
+    expect(sessions.records()).toEqual([]);
+    expect(sessions.own.size).toBe(0);
+    expect([...target.entries.keys()].filter((k) => k.startsWith(paths.sessions))).toEqual([]);
+  });
+});
