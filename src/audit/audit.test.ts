@@ -344,7 +344,7 @@ describe('sample, estimate, probe and the draft mapping', () => {
   });
 
   it('estimates from counts and throughput: txn keys, single PUTs and sessions', () => {
-    const estimate = estimateCopy({ keys: 29_001, valueBytes: 29_000 * 100, singlePutKeys: 1, sessions: 3000 }, referenceBasis());
+    const estimate = estimateCopy({ keys: 29_001, valueBytes: 29_000 * 100, singlePutKeys: 1, sessions: 1200 }, referenceBasis());
     expect(estimate.parts).toEqual({ txns: 1, singlePuts: 0, sessions: 1 });
     expect(estimate.seconds).toBe(2);
     // Large values: the byte rate bounds the keys rate.
@@ -352,10 +352,10 @@ describe('sample, estimate, probe and the draft mapping', () => {
   });
 
   it('estimates several datacenters as one copy each, one after the other: the times add up', () => {
-    const one = { keys: 29_000, valueBytes: 29_000 * 100, singlePutKeys: 0, sessions: 3000 };
+    const one = { keys: 29_000, valueBytes: 29_000 * 100, singlePutKeys: 0, sessions: 1200 };
     const big = { keys: 1000, valueBytes: 74_240_000, singlePutKeys: 0, sessions: 0 };
     // Summed per datacenter, not estimated from summed counts: one datacenter's large values do not slow the other's small ones.
-    expect(estimateCopies([one, big], referenceBasis())).toMatchObject({ keys: 30_000, sessions: 3000, seconds: 12, parts: { txns: 11, sessions: 1 }, datacenters: 2 });
+    expect(estimateCopies([one, big], referenceBasis())).toMatchObject({ keys: 30_000, sessions: 1200, seconds: 12, parts: { txns: 11, sessions: 1 }, datacenters: 2 });
     expect(estimateCopies([one, one, one], referenceBasis()).seconds).toBe(3 * estimateCopy(one, referenceBasis()).seconds);
   });
 

@@ -74,7 +74,7 @@ export async function probeThroughput(target: TargetStore, options: ProbeOptions
           singlePutsPerSecond: Math.round(singlePuts / singlePutSeconds),
           sessionsPerSecond: REFERENCE_THROUGHPUT.sessionsPerSecond,
         },
-        text: `measured against this target with --probe: ${keys} keys of ${valueBytes} bytes in ${batches.length} txns of up to ${perTxn} ops (${options.concurrency ?? 8} in flight) took ${txnSeconds.toFixed(2)} s; ${singlePuts} single PUTs took ${singlePutSeconds.toFixed(2)} s; session creation uses the reference 3,000/s. A probe is short: treat the figure as ±30%.`,
+        text: `measured against this target with --probe: ${keys} keys of ${valueBytes} bytes in ${batches.length} txns of up to ${perTxn} ops (${options.concurrency ?? 8} in flight) took ${txnSeconds.toFixed(2)} s; ${singlePuts} single PUTs took ${singlePutSeconds.toFixed(2)} s; sessions use the reference 1,200 leases/s. A probe is short: treat the figure as ±30%.`,
       },
     };
   } finally {
