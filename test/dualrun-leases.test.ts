@@ -75,6 +75,10 @@ describe('dual-run with many leases (real servers)', () => {
         expect(sessions.filter((s) => s.Name.includes(id)).length).toBe(LEASES - 50);
         const parity = await checkParity(etcd, target, parseConfig(yaml, 'migration.yaml').mapping, id);
         expect(parity).toMatchObject({ checked: LEASES - 50, missing: [], extra: [], wrongValue: [], wrongSession: [] });
+        // verify agrees, reading Consul's session list once rather than each session.
+        const verified = await runCli(['verify', '--format', 'json', '--rounds', '1'], { cwd: dir, env, timeoutMs: 60_000 });
+        expect(verified.code, verified.stderr).toBe(0);
+        expect((JSON.parse(verified.stdout) as { rules: { name: string; compared: number; differences: number }[] }).rules).toEqual([expect.objectContaining({ name: 'reg', compared: LEASES - 50, differences: 0 })]);
         expect((await leaseReads(own.endpoint)) - before).toBeLessThan(LEASES * 1.5 + 50);
       } finally {
         expect(await dr.stop()).toBe(0);

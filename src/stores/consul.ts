@@ -298,6 +298,11 @@ export class ConsulTarget implements TargetStore {
     return { id: session.ID, name: session.Name, node: session.Node, ttlSeconds: parseDurationSeconds(session.TTL), behavior: session.Behavior, lockDelayNs: session.LockDelay };
   }
 
+  async listSessionIds(): Promise<Set<string>> {
+    const response = await this.request({ method: 'GET', path: '/v1/session/list', query: { consistent: true } });
+    return new Set((JSON.parse(response.body.toString('utf8')) as { ID: string }[]).map((s) => s.ID));
+  }
+
   async listServiceInstances(migrationId: string, scope: 'agent' | 'catalog', signal?: AbortSignal): Promise<ServiceInstance[]> {
     const mine = JSON.stringify(migrationId);
     if (scope === 'agent') {

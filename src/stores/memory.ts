@@ -315,6 +315,10 @@ export class MemoryTarget implements TargetStore {
     return this.sessions.get(id);
   }
 
+  async listSessionIds(): Promise<Set<string>> {
+    return new Set(this.sessions.keys());
+  }
+
   async listServiceInstances(migrationId: string): Promise<ServiceInstance[]> {
     return [...this.services.values()]
       .filter((s) => s.meta[META_MIGRATION] === migrationId)

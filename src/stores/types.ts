@@ -217,6 +217,11 @@ export interface TargetStore {
   destroySession(id: string): Promise<void>;
   readSession(id: string): Promise<SessionInfo | undefined>;
   /**
+   * The ids of the datacenter's sessions, in one read. With ACLs Consul leaves
+   * out the sessions the token may not read: a session missing here may exist.
+   */
+  listSessionIds(): Promise<Set<string>>;
+  /**
    * Instances whose meta names the migration: `agent` lists the ones on the
    * configured agent (where the tool registers), `catalog` every node's.
    */

@@ -102,6 +102,50 @@ describe('runVerify on in-memory stores', () => {
     expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
   });
 
+  it('many leased keys: one list of sessions, and a read only for a session the list leaves out (ACLs) or that is gone', async () => {
+    const w = world();
+    for (let i = 0; i < 40; i++) {
+      const lease = w.source.grantLease(60);
+      w.source.put(`/services/r${i}`, `ip${i}`, lease);
+      w.target.sessions.set(`S${i}`, { id: `S${i}`, name: 's', node: 'n', ttlSeconds: 60, behavior: 'delete', lockDelayNs: 0 });
+      w.set(`_migrate/demo/sessions/${lease}`, JSON.stringify({ schemaVersion: 1, leaseId: lease, sessionId: `S${i}`, ttlSeconds: 60, etcdTtlSeconds: 60, created: 'then' }));
+      w.set(`services/r${i}`, `ip${i}`, `S${i}`);
+    }
+    w.target.sessions.delete('S7');
+    w.checkpoint(await w.source.status().then((s) => s.revision), 'copy', new Date('2025-03-01T11:00:00Z'));
+    const listSessionIds = w.target.listSessionIds.bind(w.target);
+    let lists = 0;
+    w.target.listSessionIds = async () => {
+      lists++;
+      const ids = await listSessionIds();
+      ids.delete('S5');
+      return ids;
+    };
+    const read: string[] = [];
+    const readSession = w.target.readSession.bind(w.target);
+    w.target.readSession = async (id) => {
+      read.push(id);
+      return readSession(id);
+    };
+    const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ rounds: 1, pageKeys: 100 }));
+    expect(result.differences.map((d) => [d.key, d.kind, d.reason])).toEqual([['services/r7', 'session', 'session-gone']]);
+    expect(lists).toBe(1);
+    expect(read.sort()).toEqual(['S5', 'S7']);
+
+    // A token that may not list sessions: each is read; any other failure of the list is verify's failure.
+    read.length = 0;
+    w.target.listSessionIds = async () => {
+      throw consulErrorFor('http://consul', 'GET', '/v1/session/list', 403, Buffer.from('Permission denied'));
+    };
+    const denied = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ rounds: 1, pageKeys: 100 }));
+    expect(denied.differences.map((d) => [d.key, d.kind, d.reason])).toEqual([['services/r7', 'session', 'session-gone']]);
+    expect(read).toHaveLength(40);
+    w.target.listSessionIds = async () => {
+      throw consulErrorFor('http://consul', 'GET', '/v1/session/list', 500, Buffer.from('rpc error: leadership lost'));
+    };
+    await expect(runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ rounds: 1, pageKeys: 100 }))).rejects.toThrow(/leadership lost/);
+  });
+
   it('drift of every kind persists over the rounds and is reported once per key', async () => {
     const w = world();
     seedParity(w);

@@ -2,7 +2,7 @@ import { getMaxListeners, setMaxListeners } from 'node:events';
 import pLimit from 'p-limit';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
 import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js';
-import { InterruptedError, RefusedError, UsageError } from '../errors.js';
+import { InterruptedError, RefusedError, UsageError, isMigrateError } from '../errors.js';
 import type { UnmappableReason } from '../mapping/escape.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import type { ValueHasher } from '../report/hash.js';
@@ -88,6 +88,8 @@ const RECHECK_CHUNK = 1_000;
 const POINT_READS = 16;
 const READ_BACKS = 8;
 const SESSION_READS = 8;
+/** Sessions a page asks about from which one list of all sessions is cheaper than reading each. */
+const SESSION_LIST_FROM = 32;
 const CHECKPOINT_POLL_MS = 200;
 
 /** A Consul target plus, for the real adapter, the txn `get-tree` read that reaches keys with a leading `/`. */
@@ -532,12 +534,15 @@ class CutTaker {
 class Sessions implements SessionView {
   private byLease = new Map<string, string>();
   private readonly exists = new Map<string, boolean>();
+  /** This round's list of the datacenter's sessions, read once a page asks for many. */
+  private listed: Promise<Set<string>> | undefined;
 
   constructor(private readonly target: TargetStore, private readonly paths: StatePaths) {}
 
   async load(): Promise<void> {
     this.byLease = new Map();
     this.exists.clear();
+    this.listed = undefined;
     const keys = await this.target.listKeys(this.paths.sessions);
     for (let i = 0; i < keys.length; i += RECHECK_CHUNK) {
       for (const entry of await this.target.readEntries(keys.slice(i, i + RECHECK_CHUNK), undefined, { listed: keys })) {
@@ -563,6 +568,20 @@ class Sessions implements SessionView {
       if (session && !this.exists.has(session)) wanted.add(session);
     }
     if (wanted.size === 0) return;
+    if (wanted.size >= SESSION_LIST_FROM) {
+      // One list instead of a read each; the list may leave out sessions (ACLs), so those are read one by one.
+      this.listed ??= this.target.listSessionIds().catch((err: unknown) => {
+        // A token that may read sessions only by id: read each.
+        if (isMigrateError(err) && err.code === 'consul_permission_denied') return new Set<string>();
+        throw err;
+      });
+      const listed = await this.listed;
+      for (const id of wanted) {
+        if (!listed.has(id)) continue;
+        this.exists.set(id, true);
+        wanted.delete(id);
+      }
+    }
     const limit = pLimit(SESSION_READS);
     await Promise.all([...wanted].map((id) => limit(async () => this.exists.set(id, (await this.target.readSession(id)) !== undefined))));
   }
