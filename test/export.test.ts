@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
@@ -60,5 +61,24 @@ describe('migrate export (real servers)', () => {
     } finally {
       lease.release();
     }
+  });
+
+  it('an export that fails leaves no partial file, and an earlier export as it was', async () => {
+    const id = `export-fail-${randomBytes(3).toString('hex')}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/app/, to: ${id}/app/ }\n`);
+    const out = join(dir, 'kv.json');
+    writeFileSync(out, '[{"key":"earlier","flags":0,"value":""}]\n');
+    // A port where nothing answers: etcd is unreachable.
+    const closed = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as { port: number };
+        server.close(() => resolve(port));
+      });
+    });
+    const run = await runCli(['export', '--out', out], { cwd: dir, env: serverEnv({ ETCDCTL_ENDPOINTS: `http://127.0.0.1:${closed}` }) });
+    expect(run.code, run.stderr).toBe(3);
+    expect(run.stderr).toContain('error[etcd_unreachable]');
+    expect(readFileSync(out, 'utf8')).toBe('[{"key":"earlier","flags":0,"value":""}]\n');
+    expect(readdirSync(dir).sort()).toEqual(['kv.json', 'migration.yaml']);
   });
 });

@@ -1,4 +1,4 @@
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, renameSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import { Command } from 'commander';
 import { ExitCode } from '../../errors.js';
@@ -21,13 +21,19 @@ export function registerExport({ add }: CommandRegistrar): void {
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
-      const file = createWriteStream(options.out, { mode: 0o600 });
+      // Written beside the target and renamed once whole: a failed export leaves no file that
+      // looks like one (nor a half-overwritten earlier export).
+      const partial = `${options.out}.partial-${process.pid}`;
+      const file = createWriteStream(partial, { mode: 0o600 });
+      let whole = false;
       try {
         const result = await runExport({ source, config: loaded.config, mapping: loaded.mapping }, async (chunk) => {
           if (!file.write(chunk)) await once(file, 'drain');
         }, { signal: ctx.signal });
         file.end();
         await once(file, 'finish');
+        renameSync(partial, options.out);
+        whole = true;
         if (ctx.format === 'json') ctx.result(renderEnvelope('export', 'ok', { file: options.out, ...result }));
         else {
           const skipped = Object.entries(result.skipped).flatMap(([rule, reasons]) => Object.entries(reasons).map(([reason, n]) => `  ${rule}: ${n} key(s) not exported: ${reason}`));
@@ -40,6 +46,7 @@ export function registerExport({ add }: CommandRegistrar): void {
         return ExitCode.ok;
       } finally {
         file.destroy();
+        if (!whole) rmSync(partial, { force: true });
         source.close();
       }
     },
