@@ -657,7 +657,6 @@ class CopyEngine {
     return entries.length;
   }
 
-
   /** A token bucket over ops per second (`--rate`). */
   private async throttle(ops: number): Promise<void> {
     const rate = this.options.rate;
