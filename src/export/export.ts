@@ -2,7 +2,7 @@ import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { routeKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
-import { prefixRange } from '../stores/etcd.js';
+import { SourceCompactedError, prefixRange } from '../stores/etcd.js';
 import { DEFAULT_PAGE_KEYS, type SourceReader } from '../stores/types.js';
 
 export interface ExportResult {
@@ -14,15 +14,48 @@ export interface ExportResult {
   examples: { key: string; rule: string; reason: string }[];
   /** Leased keys exported as plain keys: `consul kv import` cannot attach sessions. */
   leasedAsPlain: number;
+  /** Revisions etcd compacted while the export read them; it started again at a newer one. */
+  compactedAt?: number[];
 }
+
+/** Where one attempt of the export writes; dropped when etcd compacts its revision mid-read. */
+export interface ExportSink {
+  write(chunk: string): Promise<void> | void;
+  discard(): Promise<void> | void;
+}
+
+/** Reads one export makes when etcd compacts each pinned revision while it is read. */
+const COMPACTED_PASSES = 3;
 
 /**
  * `migrate export`: the mapped keyspace at one pinned revision as the JSON
  * `consul kv import` reads (`[{"key", "flags", "value" (base64)}]`), for
  * air-gapped moves. Streams entry by entry: memory is bounded by a page.
  */
-export async function runExport(deps: { source: SourceReader; config: MigrationConfig; mapping: Mapping }, write: (chunk: string) => Promise<void> | void, options: { pageKeys?: number; signal?: AbortSignal } = {}): Promise<ExportResult> {
-  const revision = (await deps.source.status()).revision;
+export async function runExport(
+  deps: { source: SourceReader; config: MigrationConfig; mapping: Mapping },
+  open: () => ExportSink,
+  options: { pageKeys?: number; signal?: AbortSignal; onWarning?: (message: string) => void } = {},
+): Promise<ExportResult> {
+  const compactedAt: number[] = [];
+  for (;;) {
+    const revision = (await deps.source.status()).revision;
+    const sink = open();
+    try {
+      const result = await exportAt(deps, sink, revision, options);
+      return compactedAt.length > 0 ? { ...result, compactedAt } : result;
+    } catch (err) {
+      await sink.discard();
+      // etcd compacted the revision while it was read (auto-compaction on a busy cluster): start again at the current one.
+      if (!(err instanceof SourceCompactedError) || compactedAt.length + 1 >= COMPACTED_PASSES || options.signal?.aborted) throw err;
+      compactedAt.push(revision);
+      options.onWarning?.(`etcd compacted revision ${revision} while the export read it; exporting again at the current revision`);
+    }
+  }
+}
+
+async function exportAt(deps: { source: SourceReader; config: MigrationConfig; mapping: Mapping }, sink: ExportSink, revision: number, options: { pageKeys?: number; signal?: AbortSignal }): Promise<ExportResult> {
+  const write = (chunk: string) => sink.write(chunk);
   const result: ExportResult = { revision, exported: 0, bytes: 0, skipped: {}, examples: [], leasedAsPlain: 0 };
   const skip = (rule: string, reason: string, key: Buffer) => {
     const byRule = (result.skipped[rule] ??= {});

@@ -1,4 +1,4 @@
-import { createWriteStream, renameSync, rmSync } from 'node:fs';
+import { createWriteStream, renameSync, rmSync, type WriteStream } from 'node:fs';
 import { once } from 'node:events';
 import { Command } from 'commander';
 import { ExitCode } from '../../errors.js';
@@ -24,14 +24,24 @@ export function registerExport({ add }: CommandRegistrar): void {
       // Written beside the target and renamed once whole: a failed export leaves no file that
       // looks like one (nor a half-overwritten earlier export).
       const partial = `${options.out}.partial-${process.pid}`;
-      const file = createWriteStream(partial, { mode: 0o600 });
+      let file: WriteStream | undefined;
       let whole = false;
       try {
-        const result = await runExport({ source, config: loaded.config, mapping: loaded.mapping }, async (chunk) => {
-          if (!file.write(chunk)) await once(file, 'drain');
-        }, { signal: ctx.signal });
-        file.end();
-        await once(file, 'finish');
+        const result = await runExport({ source, config: loaded.config, mapping: loaded.mapping }, () => {
+          const stream = createWriteStream(partial, { mode: 0o600 });
+          file = stream;
+          return {
+            write: async (chunk) => {
+              if (!stream.write(chunk)) await once(stream, 'drain');
+            },
+            discard: () => {
+              stream.destroy();
+              rmSync(partial, { force: true });
+            },
+          };
+        }, { signal: ctx.signal, onWarning: (message) => ctx.warn(message) });
+        file!.end();
+        await once(file!, 'finish');
         renameSync(partial, options.out);
         whole = true;
         if (ctx.format === 'json') ctx.result(renderEnvelope('export', 'ok', { file: options.out, ...result }));
@@ -45,7 +55,7 @@ export function registerExport({ add }: CommandRegistrar): void {
         }
         return ExitCode.ok;
       } finally {
-        file.destroy();
+        file?.destroy();
         if (!whole) rmSync(partial, { force: true });
         source.close();
       }
