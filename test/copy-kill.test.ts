@@ -90,7 +90,9 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
     child.stdout.on('data', (c: Buffer) => (stdout += c));
     child.stderr.on('data', (c: Buffer) => (stderr += c));
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    await new Promise((r) => setTimeout(r, 1500));
+    // Once a whole page (2,000 keys) is written, so that its low-water mark is recorded; a fixed
+    // wait is not enough on a loaded machine, where starting alone can take most of a second.
+    await eventually('the copy wrote its first page', async () => (await target.listKeys(`${id}/bulk/`)).length >= 4000, 30_000);
     child.kill('SIGINT');
     expect(await exited).toBe(130);
     expect(stderr).toContain('interrupt received');
