@@ -4,7 +4,7 @@ import { isMigrateError } from '../errors.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
-import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
+import { prefixEnd, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type SourceReader, type TargetStore } from '../stores/types.js';
 import { tallyDatacenters, type DatacenterTally } from './datacenters.js';
@@ -135,9 +135,6 @@ export interface AuditInput {
   groups?: RevisionGroupOptions;
 }
 
-/** Reads one audit makes when etcd compacts each pinned revision while it is read. */
-const COMPACTED_PASSES = 3;
-
 export async function runAudit(input: AuditInput): Promise<AuditResult> {
   const now = input.now ?? (() => performance.now());
   const depth = input.depth ?? 2;
@@ -177,7 +174,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
         break;
       } catch (err) {
         // etcd compacted the revision while it was read (auto-compaction on a busy cluster): read again at the current one.
-        if (!(err instanceof SourceCompactedError) || pass >= COMPACTED_PASSES || input.signal?.aborted) throw err;
+        if (!readAgainAtFreshRevision(err, pass, input.signal)) throw err;
         const next = (await input.source.status()).revision;
         input.onProgress?.({ phase: 'warning', message: `etcd compacted revision ${revision} while the audit read it; reading again at revision ${next}` });
         inventory.close();

@@ -5,7 +5,7 @@ import { LeaderLock } from '../dualrun/leader.js';
 import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
-import { SourceCompactedError, prefixEnd } from '../stores/etcd.js';
+import { SourceCompactedError, prefixEnd, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
@@ -111,8 +111,6 @@ export interface CopyResult {
 const EXAMPLES = 20;
 const SPLIT_RETRY_LIMIT = 3;
 const LOW_WATER_KEY_MAX = 4096;
-/** Passes one run makes when etcd compacts each pinned revision while it is read. */
-const COMPACTED_PASSES = 3;
 
 /**
  * Copies every `copy` rule at one pinned etcd revision. The same code path
@@ -225,7 +223,7 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
         pass = await copyPass(deps, options, copyRules, engine, sessions, revision, staleSince);
         break;
       } catch (err) {
-        if (!(err instanceof SourceCompactedError) || compactedAt.length + 1 >= COMPACTED_PASSES || options.signal.aborted) throw err;
+        if (!readAgainAtFreshRevision(err, compactedAt.length + 1, options.signal)) throw err;
         // Nothing of this pass may still be in flight when the next one plans from Consul.
         await engine.settle();
         // etcd compacted R while the copy read it (auto-compaction on a busy cluster): copy

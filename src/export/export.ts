@@ -2,7 +2,7 @@ import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { routeKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
-import { SourceCompactedError, prefixRange } from '../stores/etcd.js';
+import { prefixRange, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { DEFAULT_PAGE_KEYS, type SourceReader } from '../stores/types.js';
 
 export interface ExportResult {
@@ -24,9 +24,6 @@ export interface ExportSink {
   discard(): Promise<void> | void;
 }
 
-/** Reads one export makes when etcd compacts each pinned revision while it is read. */
-const COMPACTED_PASSES = 3;
-
 /**
  * `migrate export`: the mapped keyspace at one pinned revision as the JSON
  * `consul kv import` reads (`[{"key", "flags", "value" (base64)}]`), for
@@ -47,7 +44,7 @@ export async function runExport(
     } catch (err) {
       await sink.discard();
       // etcd compacted the revision while it was read (auto-compaction on a busy cluster): start again at the current one.
-      if (!(err instanceof SourceCompactedError) || compactedAt.length + 1 >= COMPACTED_PASSES || options.signal?.aborted) throw err;
+      if (!readAgainAtFreshRevision(err, compactedAt.length + 1, options.signal)) throw err;
       compactedAt.push(revision);
       options.onWarning?.(`etcd compacted revision ${revision} while the export read it; exporting again at the current revision`);
     }

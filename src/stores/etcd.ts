@@ -41,6 +41,18 @@ export class SourceCompactedError extends MigrateError {
   }
 }
 
+/** Reads a command makes at fresh revisions when etcd compacts each while it is read (auto-compaction on a busy cluster). */
+export const COMPACTED_READ_ATTEMPTS = 3;
+
+/**
+ * Whether a read pinned at a revision, failed with `err` at its `attempt`-th
+ * revision (from 1), starts again at a fresh one: etcd compacted the revision
+ * while it was read, attempts are left, and no stop was asked for.
+ */
+export function readAgainAtFreshRevision(err: unknown, attempt: number, signal?: AbortSignal): boolean {
+  return err instanceof SourceCompactedError && attempt < COMPACTED_READ_ATTEMPTS && !signal?.aborted;
+}
+
 /** A prefix as the half-open range etcd uses (`[prefix, prefix+1)`; the empty prefix is the whole keyspace). */
 export function prefixRange(prefix: Buffer | string): KeyRange {
   const start = Buffer.isBuffer(prefix) ? prefix : Buffer.from(prefix);

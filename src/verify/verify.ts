@@ -12,7 +12,7 @@ import { desiredInstances } from '../services/sync.js';
 import type { SessionRecord } from '../sessions/lease-sessions.js';
 import { checkIdentity, mappingHash, parseStateDocument, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { ConsulResponseError, TxnFailedError, sleep as defaultSleep } from '../stores/consul-http.js';
-import { prefixEnd, SourceCompactedError } from '../stores/etcd.js';
+import { prefixEnd, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { readAhead } from '../stores/read-ahead.js';
 import type { KeyRange, ServiceInstance, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import {
@@ -79,8 +79,6 @@ import { ownerAt, ownersKey, tripsKey, type OwnersDoc, type RuleOwner, type Trip
 
 /** Differences kept for re-checks and the report; more are counted (as persistent) without being re-checked or listed. */
 export const RECHECK_LIMIT = 100_000;
-/** Cuts taken for one round when etcd compacts each while it is read (auto-compaction with a short retention). */
-const COMPACTED_CUT_ATTEMPTS = 3;
 /** etcd pages whose Consul values are read at the same time (each page's reads run in txn chunks). */
 const PAGES_IN_FLIGHT = 2;
 /** Consul keys per re-check read, and etcd point reads in flight. */
@@ -342,7 +340,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
       }
       break;
     } catch (err) {
-      if (!(err instanceof SourceCompactedError) || attempt >= COMPACTED_CUT_ATTEMPTS) throw err;
+      if (!readAgainAtFreshRevision(err, attempt)) throw err;
       warn(`etcd compacted revision ${cut.revision} while verify read it; round 1 starts again at a fresh revision`);
       runs = freshRuns();
       store.kept = 0;
@@ -380,7 +378,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
         }
         break;
       } catch (err) {
-        if (!(err instanceof SourceCompactedError) || attempt >= COMPACTED_CUT_ATTEMPTS) throw err;
+        if (!readAgainAtFreshRevision(err, attempt)) throw err;
         warn(`etcd compacted revision ${roundCut.revision} while verify re-read it; round ${round} starts again at a fresh revision`);
         roundCut = await cutter.take();
       }
