@@ -129,29 +129,17 @@ describe('runAudit without a mapping file (identity mapping)', () => {
     for (const times of [1, Infinity]) {
       const source = platform();
       const first = (await source.status()).revision;
-      const read = source.readPages.bind(source);
-      let compactions = 0;
       // A few pages into a pinned read, the application writes and auto-compaction runs.
-      source.readPages = async function* (range: KeyRange, opts?: ReadPagesOptions): AsyncIterable<SourcePage> {
-        let pages = 0;
-        for await (const page of read(range, opts)) {
-          yield page;
-          if (++pages === 3 && compactions < times) {
-            compactions++;
-            source.put(`/platform/config/added-${compactions}`, 'new');
-            source.compact();
-          }
-        }
-      };
+      const seen = source.compactDuringReads(3, times, () => source.put(`/platform/config/added-${seen.compactions}`, 'new'));
       const warnings: string[] = [];
       const audit = runAudit({ source, config: emptyConfig(), pageKeys: 5, onProgress: (e) => e.phase === 'warning' && warnings.push(e.message) });
       if (times === Infinity) {
         await expect(audit).rejects.toMatchObject({ code: 'etcd_compacted', exitCode: 3 });
-        expect(compactions).toBe(3);
+        expect(seen.compactions).toBe(3);
         continue;
       }
       const result = await audit;
-      expect(compactions).toBe(1);
+      expect(seen.compactions).toBe(1);
       expect(warnings).toEqual([`etcd compacted revision ${first} while the audit read it; reading again at revision ${first + 1}`]);
       expect(result.source.revision).toBe(first + 1);
       // Every key once, as of the new revision: nothing counted twice from the abandoned read.

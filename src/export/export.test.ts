@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { MemorySource } from '../stores/memory.js';
-import type { KeyRange, ReadPagesOptions, SourcePage } from '../stores/types.js';
 import { runExport, type ExportSink } from './export.js';
 
 const loaded = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/, to: app/ }\n', 'migration.yaml');
@@ -21,19 +20,7 @@ function sinks() {
 function compacting(times: number, change: (source: MemorySource) => void) {
   const source = new MemorySource();
   for (let i = 0; i < 20; i++) source.put(`/app/k${String(i).padStart(2, '0')}`, `v${i}`);
-  const read = source.readPages.bind(source);
-  const seen = { compactions: 0 };
-  source.readPages = async function* (range: KeyRange, opts?: ReadPagesOptions): AsyncIterable<SourcePage> {
-    let pages = 0;
-    for await (const page of read(range, opts)) {
-      yield page;
-      if (++pages === 2 && seen.compactions < times) {
-        seen.compactions++;
-        change(source);
-        source.compact();
-      }
-    }
-  };
+  const seen = source.compactDuringReads(2, times, () => change(source));
   return { source, seen };
 }
 

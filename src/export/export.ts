@@ -20,7 +20,7 @@ export interface ExportResult {
 
 /** Where one attempt of the export writes; dropped when etcd compacts its revision mid-read. */
 export interface ExportSink {
-  write(chunk: string): Promise<void> | void;
+  write(chunk: string | Buffer): Promise<void> | void;
   discard(): Promise<void> | void;
 }
 

@@ -84,6 +84,18 @@ export class MemorySource implements SourceReader {
     this.compacted = revision;
   }
 
+  private compactor: { afterPage: number; times: number; change: () => void; seen: { compactions: number } } | undefined;
+
+  /**
+   * A busy cluster's auto-compaction: after the `afterPage`-th page of each
+   * pinned read, `change` runs (the application writes) and the source compacts,
+   * `times` times in all. The count of compactions so far is in the result.
+   */
+  compactDuringReads(afterPage: number, times: number, change: () => void = () => {}): { compactions: number } {
+    this.compactor = { afterPage, times, change, seen: { compactions: 0 } };
+    return this.compactor.seen;
+  }
+
   private checkCompacted(revision: number): void {
     if (revision < this.compacted) throw new SourceCompactedError(0, revision);
   }
@@ -137,6 +149,12 @@ export class MemorySource implements SourceReader {
       if (i > 0) this.checkCompacted(revision);
       const page = entries.slice(i, i + pageKeys);
       yield { revision, entries: options.keysOnly ? page.map((e) => ({ ...e, value: Buffer.alloc(0) })) : page };
+      const c = this.compactor;
+      if (c && options.revision !== undefined && i / pageKeys + 1 === c.afterPage && c.seen.compactions < c.times) {
+        c.seen.compactions++;
+        c.change();
+        this.compact();
+      }
     }
   }
 

@@ -1,5 +1,4 @@
-import { createWriteStream, renameSync, rmSync, type WriteStream } from 'node:fs';
-import { once } from 'node:events';
+import { resolve } from 'node:path';
 import { Command } from 'commander';
 import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
@@ -17,33 +16,16 @@ export function registerExport({ add }: CommandRegistrar): void {
       const { resolveConnections } = await import('../../config/connections.js');
       const { EtcdSource } = await import('../../stores/etcd.js');
       const { runExport } = await import('../../export/export.js');
+      const { WholeFile } = await import('../../export/whole-file.js');
       const { renderEnvelope } = await import('../../report/envelope.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
-      // Written beside the target and renamed once whole: a failed export leaves no file that
-      // looks like one (nor a half-overwritten earlier export).
-      const partial = `${options.out}.partial-${process.pid}`;
-      let file: WriteStream | undefined;
-      let whole = false;
+      // Replaces an earlier export only once whole: a failed export leaves no cut-off file.
+      const out = new WholeFile(resolve(ctx.io.cwd, options.out), { replace: true, flag: '--out' });
       try {
-        const result = await runExport({ source, config: loaded.config, mapping: loaded.mapping }, () => {
-          const stream = createWriteStream(partial, { mode: 0o600 });
-          file = stream;
-          return {
-            write: async (chunk) => {
-              if (!stream.write(chunk)) await once(stream, 'drain');
-            },
-            discard: () => {
-              stream.destroy();
-              rmSync(partial, { force: true });
-            },
-          };
-        }, { signal: ctx.signal, onWarning: (message) => ctx.warn(message) });
-        file!.end();
-        await once(file!, 'finish');
-        renameSync(partial, options.out);
-        whole = true;
+        const result = await runExport({ source, config: loaded.config, mapping: loaded.mapping }, () => out.open(), { signal: ctx.signal, onWarning: (message) => ctx.warn(message) });
+        await out.commit();
         if (ctx.format === 'json') ctx.result(renderEnvelope('export', 'ok', { file: options.out, ...result }));
         else {
           const skipped = Object.entries(result.skipped).flatMap(([rule, reasons]) => Object.entries(reasons).map(([reason, n]) => `  ${rule}: ${n} key(s) not exported: ${reason}`));
@@ -55,8 +37,7 @@ export function registerExport({ add }: CommandRegistrar): void {
         }
         return ExitCode.ok;
       } finally {
-        file?.destroy();
-        if (!whole) rmSync(partial, { force: true });
+        out.drop();
         source.close();
       }
     },

@@ -1,0 +1,81 @@
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { WholeFile } from './whole-file.js';
+
+const dir = () => mkdtempSync(join(tmpdir(), 'whole-file-'));
+
+describe('WholeFile', () => {
+  it('becomes the file only on commit, mode 0600, nothing else left beside it', async () => {
+    const d = dir();
+    const out = new WholeFile(join(d, 'sub', 'out.json'), { replace: false, flag: '--out' });
+    const sink = out.open();
+    await sink.write('[1,');
+    await sink.write(Buffer.from('2]'));
+    expect(existsSync(join(d, 'sub', 'out.json'))).toBe(false);
+    await out.commit();
+    out.drop();
+    expect(readFileSync(join(d, 'sub', 'out.json'), 'utf8')).toBe('[1,2]');
+    expect(statSync(join(d, 'sub', 'out.json')).mode & 0o777).toBe(0o600);
+    expect(readdirSync(join(d, 'sub'))).toEqual(['out.json']);
+  });
+
+  it('opened again, drops what the earlier open wrote; dropped, leaves nothing', async () => {
+    const d = dir();
+    const out = new WholeFile(join(d, 'out.json'), { replace: false, flag: '--out' });
+    await out.open().write('first read, cut off');
+    await out.open().write('second');
+    await out.commit();
+    expect(readFileSync(join(d, 'out.json'), 'utf8')).toBe('second');
+
+    const failed = new WholeFile(join(d, 'failed.json'), { replace: false, flag: '--out' });
+    await failed.open().write('cut off');
+    failed.drop();
+    expect(readdirSync(d)).toEqual(['out.json']);
+  });
+
+  it('never replaces an existing file: refuses at once, or at commit when it appeared meanwhile, leaving it as it was', async () => {
+    const d = dir();
+    const file = join(d, 'rollback.json');
+    writeFileSync(file, 'earlier rollback point');
+    expect(() => new WholeFile(file, { replace: false, flag: '--rollback-file' })).toThrow(expect.objectContaining({ code: 'file_exists', exitCode: 2, message: expect.stringContaining('--rollback-file') }));
+
+    const late = join(d, 'late.json');
+    const out = new WholeFile(late, { replace: false, flag: '--export-etcd' });
+    await out.open().write('ours');
+    writeFileSync(late, 'theirs');
+    await expect(out.commit()).rejects.toMatchObject({ code: 'file_exists', exitCode: 2 });
+    out.drop();
+    expect(readFileSync(late, 'utf8')).toBe('theirs');
+    expect(readFileSync(file, 'utf8')).toBe('earlier rollback point');
+    expect(readdirSync(d).sort()).toEqual(['late.json', 'rollback.json']);
+  });
+
+  it('with replace, the earlier file stays whole until the new one is', async () => {
+    const d = dir();
+    const file = join(d, 'kv.json');
+    writeFileSync(file, 'earlier export');
+    const out = new WholeFile(file, { replace: true, flag: '--out' });
+    await out.open().write('new export');
+    expect(readFileSync(file, 'utf8')).toBe('earlier export');
+    await out.commit();
+    expect(readFileSync(file, 'utf8')).toBe('new export');
+  });
+
+  it('a place it cannot write is file_unwritable (exit 2), not an internal error', async () => {
+    const d = dir();
+    writeFileSync(join(d, 'plain'), 'a file, not a directory');
+    const out = new WholeFile(join(d, 'plain', 'out.json'), { replace: false, flag: '--out' });
+    expect(() => out.open()).toThrow(expect.objectContaining({ code: 'file_unwritable', exitCode: 2, message: expect.stringContaining(join(d, 'plain', 'out.json')) }));
+
+    // A directory where the file should be: the write itself fails (also as root, unlike permissions).
+    const blocked = join(d, 'blocked');
+    const sink = new WholeFile(blocked, { replace: true, flag: '--out' });
+    await sink.open().write('x');
+    mkdirSync(blocked);
+    await expect(sink.commit()).rejects.toMatchObject({ code: 'file_unwritable', exitCode: 2 });
+    sink.drop();
+    expect(readdirSync(d).sort()).toEqual(['blocked', 'plain']);
+  });
+});
