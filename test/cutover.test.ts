@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
@@ -200,6 +200,17 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(stale.stdout).toContain('older than --max-verify-age');
       expect(await snapshot(s)).toBe(before);
 
+      // A file named on the command line that exists: refused at once (exit 2), never overwritten.
+      writeFileSync(join(s.dir, 'taken.json'), 'an earlier rollback point');
+      for (const flag of [['cutover', '--rollback-file'], ['cutover', '--snapshot'], ['finalize', '--export-etcd']]) {
+        const taken = await s.cli([flag[0]!, '--rule', 'app', '--yes', flag[1]!, 'taken.json']);
+        expect(taken.code, taken.stdout + taken.stderr).toBe(2);
+        expect(taken.stderr).toContain(`error[file_exists]: ${join(s.dir, 'taken.json')} (${flag[1]}) already exists`);
+      }
+      expect(readFileSync(join(s.dir, 'taken.json'), 'utf8')).toBe('an earlier rollback point');
+      expect(existsSync(join(s.dir, 'migrate-rollback'))).toBe(false);
+      expect(await snapshot(s)).toBe(before);
+
       // A lagging dual-run: paused (its heartbeat is still fresh) while etcd moves on.
       dr.child.kill('SIGSTOP');
       try {
@@ -371,11 +382,11 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
         right.close();
       }
       expect((await phases(s)).app).toMatchObject({ phase: 'cutover', owner: 'consul' });
-      // The snapshot is Consul's own archive (gzip), recorded as evidence.
+      // The snapshot is Consul's own archive (gzip), recorded as evidence by its full path, as the rollback file is.
       const snap = readFileSync(join(s.dir, 'before-app.snap'));
       expect(snap.subarray(0, 2).toString('hex')).toBe('1f8b');
       const doc = JSON.parse((await target.readKey(`_migrate/${s.id}/rules/app`))!.value.toString());
-      expect(doc.history.at(-1).evidence.snapshotFile).toBe('before-app.snap');
+      expect(doc.history.at(-1).evidence.snapshotFile).toBe(join(s.dir, 'before-app.snap'));
     } finally {
       expect(await dr.stop()).toBe(0);
     }

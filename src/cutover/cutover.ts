@@ -9,6 +9,7 @@ import { ETCD_TXN_MAX_OPS } from '../stores/etcd-writer.js';
 import type { CheckpointState } from '../copy/copy.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import type { VerifyResult } from '../verify/verify.js';
+import { WholeFile } from '../export/whole-file.js';
 import { exportConsulRule, readEtcdRule } from './files.js';
 import {
   checkVerify,
@@ -79,7 +80,6 @@ export interface CutoverOptions extends CommonOptions, FenceOptions {
   rollbackFile?: string;
   /** `--snapshot <file>`: a Consul snapshot (GET /v1/snapshot) before the flip. */
   snapshotFile?: string;
-  writeFile: (file: string, data: Buffer) => void;
 }
 
 export interface RollbackOptions extends CommonOptions, FenceOptions {
@@ -90,6 +90,8 @@ export interface RollbackOptions extends CommonOptions, FenceOptions {
 export interface FinalizeOptions extends CommonOptions {
   exportEtcd?: string;
   deleteEtcd: boolean;
+  /** etcd compacted the revision the export read; it read again. */
+  onWarning: (message: string) => void;
 }
 
 export interface RuleOutcome {
@@ -218,6 +220,9 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   if (options.rollbackFile && options.rules.length > 1) {
     throw new UsageError('flag_invalid', '--rollback-file names one file, but several --rule were given.', { hint: 'Leave --rollback-file out: each rule gets its own file under migrate-rollback/.' });
   }
+  // Files named on the command line that exist refuse at once, before any wait (never overwritten).
+  const rollbackOut = options.rollbackFile ? new WholeFile(options.rollbackFile, { replace: false, flag: '--rollback-file' }) : undefined;
+  const snapshotOut = options.snapshotFile ? new WholeFile(options.snapshotFile, { replace: false, flag: '--snapshot' }) : undefined;
   const paths = statePaths(mapping.statePrefix, config.id);
   await identity(deps, paths);
   if (options.verifyNow) await options.verifyNow();
@@ -247,18 +252,22 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   // The rollback point, then (optionally) a snapshot, then the flip.
   for (const outcome of outcomes) {
     const rule = ruleNamed(mapping, outcome.rule);
-    const file = options.rollbackFile ?? join(options.cwd, 'migrate-rollback', `${config.id}-${rule.name}-${stamp(now)}.json`);
-    const exported = await exportConsulRule(target, rule, file);
-    outcome.rollbackFile = file;
+    const out = rollbackOut ?? new WholeFile(join(options.cwd, 'migrate-rollback', `${config.id}-${rule.name}-${stamp(now)}.json`), { replace: false, flag: '--rollback-file' });
+    const exported = await exportConsulRule(target, rule, out);
+    outcome.rollbackFile = out.file;
     outcome.rollbackKeys = exported.keys;
   }
-  let snapshotFile: string | undefined;
-  if (options.snapshotFile) {
+  if (snapshotOut) {
     if (!target.http) throw new UsageError('snapshot_unsupported', 'This Consul target cannot take snapshots.', {});
     const response = await target.http.request({ method: 'GET', path: '/v1/snapshot', timeoutMs: 300_000 });
-    options.writeFile(options.snapshotFile, response.body);
-    snapshotFile = options.snapshotFile;
+    try {
+      await snapshotOut.open().write(response.body);
+      await snapshotOut.commit();
+    } finally {
+      snapshotOut.drop();
+    }
   }
+  const snapshotFile = snapshotOut?.file;
   // The write fence: applications hold their writes to the rules; writes already in flight land in
   // etcd during the drain, and the dual-run must have applied them before Consul becomes the owner.
   const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options);
@@ -361,6 +370,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   if (options.exportEtcd && options.rules.length > 1) {
     throw new UsageError('flag_invalid', '--export-etcd names one file, but several --rule were given.', { hint: 'Finalize one rule at a time when exporting its etcd keys.' });
   }
+  const etcdOut = options.exportEtcd ? new WholeFile(options.exportEtcd, { replace: false, flag: '--export-etcd' }) : undefined;
   const paths = statePaths(mapping.statePrefix, config.id);
   await identity(deps, paths);
   let state = await readCutoverState(target, paths);
@@ -384,11 +394,18 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   }
   // Read (and export) the etcd keys before the flip: the export is the record of what is deleted.
   const toDelete = new Map<string, Buffer[]>();
-  for (const outcome of outcomes) {
-    if (!options.exportEtcd && !options.deleteEtcd) continue;
-    const read = await readEtcdRule(deps.source, mapping, ruleNamed(mapping, outcome.rule), options.exportEtcd);
-    if (options.exportEtcd) outcome.etcdExportFile = options.exportEtcd;
-    if (options.deleteEtcd) toDelete.set(outcome.rule, read.keys);
+  try {
+    for (const outcome of outcomes) {
+      if (!etcdOut && !options.deleteEtcd) continue;
+      const read = await readEtcdRule(deps.source, mapping, ruleNamed(mapping, outcome.rule), etcdOut, options.onWarning);
+      if (etcdOut) {
+        await etcdOut.commit();
+        outcome.etcdExportFile = etcdOut.file;
+      }
+      if (options.deleteEtcd) toDelete.set(outcome.rule, read.keys);
+    }
+  } finally {
+    etcdOut?.drop();
   }
   state = await readCutoverState(target, paths);
   const etcdRevision = (await deps.source.status()).revision;

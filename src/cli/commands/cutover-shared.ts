@@ -1,5 +1,3 @@
-import { writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { UsageError } from '../../errors.js';
 import { derivePhase, ownerOf, type PreconditionCheck } from '../../cutover/phase.js';
@@ -139,7 +137,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
       sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
       ...(elsewhere ? { elsewhere } : {}),
     };
-    return { loaded, stores, writer, verify, common, deps: { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, writer }, writeFile: (file: string, data: Buffer) => writeFileSync(resolve(ctx.io.cwd, file), data, { mode: 0o600, flag: 'wx' }) };
+    return { loaded, stores, writer, verify, common, deps: { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, writer } };
   } catch (err) {
     stores.close();
     throw err;

@@ -47,9 +47,8 @@ Examples:
           maxVerifyAgeMs,
           ...(options.verifyNow ? { verifyNow: () => open.verify() } : {}),
           ...(options.rollbackFile ? { rollbackFile: resolve(ctx.io.cwd, options.rollbackFile) } : {}),
-          ...(options.snapshot ? { snapshotFile: options.snapshot } : {}),
+          ...(options.snapshot ? { snapshotFile: resolve(ctx.io.cwd, options.snapshot) } : {}),
           ...(confirm ? { confirm } : {}),
-          writeFile: open.writeFile,
         });
         ctx.result(renderCutover(result, ctx.format));
         return result.refused ? ExitCode.refused : ExitCode.ok;

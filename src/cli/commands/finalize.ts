@@ -34,6 +34,7 @@ export function registerFinalize({ add }: CommandRegistrar): void {
         const result = await runFinalize(open.deps, {
           ...open.common,
           deleteEtcd: Boolean(options.deleteEtcd),
+          onWarning: (message: string) => ctx.warn(message),
           ...(options.exportEtcd ? { exportEtcd: resolve(ctx.io.cwd, options.exportEtcd) } : {}),
           ...(confirm ? { confirm } : {}),
         });
