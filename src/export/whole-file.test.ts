@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -69,7 +69,12 @@ describe('WholeFile', () => {
     const out = new WholeFile(join(d, 'plain', 'out.json'), { replace: false, flag: '--out' });
     expect(() => out.open()).toThrow(expect.objectContaining({ code: 'file_unwritable', exitCode: 2, message: expect.stringContaining(join(d, 'plain', 'out.json')) }));
 
-    // A directory where the file should be: the write itself fails (also as root, unlike permissions).
+    // A directory named as the file: refused before anything is written.
+    mkdirSync(join(d, 'dir'));
+    expect(() => new WholeFile(join(d, 'dir'), { replace: true, flag: '--out' })).toThrow(expect.objectContaining({ code: 'file_unwritable', message: expect.stringContaining('it is a directory') }));
+    rmdirSync(join(d, 'dir'));
+
+    // A directory where the file should be by the time it is made: the rename fails (also as root, unlike permissions).
     const blocked = join(d, 'blocked');
     const sink = new WholeFile(blocked, { replace: true, flag: '--out' });
     await sink.open().write('x');

@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { createWriteStream, existsSync, linkSync, mkdirSync, renameSync, rmSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, linkSync, mkdirSync, renameSync, rmSync, statSync, type WriteStream } from 'node:fs';
 import { dirname } from 'node:path';
 import { UsageError } from '../errors.js';
 import type { ExportSink } from './export.js';
@@ -20,7 +20,10 @@ export class WholeFile {
   /** `flag`: the option that named the file, for the errors. */
   constructor(readonly file: string, private readonly options: { replace: boolean; flag: string }) {
     this.partial = `${file}.partial-${process.pid}`;
-    if (!options.replace && existsSync(file)) throw fileExists(file, options.flag);
+    if (!existsSync(file)) return;
+    if (!options.replace) throw fileExists(file, options.flag);
+    // Found out before anything is read, not at the rename after it.
+    if (statSync(file).isDirectory()) throw this.unwritable(new Error('it is a directory; name a file'));
   }
 
   /** Starts the content, again if it was started: what an earlier `open` wrote is dropped. */
