@@ -394,18 +394,11 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   }
   // Read (and export) the etcd keys before the flip: the export is the record of what is deleted.
   const toDelete = new Map<string, Buffer[]>();
-  try {
-    for (const outcome of outcomes) {
-      if (!etcdOut && !options.deleteEtcd) continue;
-      const read = await readEtcdRule(deps.source, mapping, ruleNamed(mapping, outcome.rule), etcdOut, options.onWarning);
-      if (etcdOut) {
-        await etcdOut.commit();
-        outcome.etcdExportFile = etcdOut.file;
-      }
-      if (options.deleteEtcd) toDelete.set(outcome.rule, read.keys);
-    }
-  } finally {
-    etcdOut?.drop();
+  for (const outcome of outcomes) {
+    if (!etcdOut && !options.deleteEtcd) continue;
+    const read = await readEtcdRule(deps.source, mapping, ruleNamed(mapping, outcome.rule), etcdOut, options.onWarning);
+    if (etcdOut) outcome.etcdExportFile = etcdOut.file;
+    if (options.deleteEtcd) toDelete.set(outcome.rule, read.keys);
   }
   state = await readCutoverState(target, paths);
   const etcdRevision = (await deps.source.status()).revision;

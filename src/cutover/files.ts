@@ -45,11 +45,11 @@ export async function exportConsulRule(target: TargetStore, rule: CompiledRule, 
 
 /**
  * `finalize --export-etcd`: the rule's etcd keys at one pinned revision, as
- * JSON `[{key, value}]` (both base64: etcd keys are bytes), into `out` (left
- * uncommitted). Keys of nested rules (a longer `from`, a keep rule) are not the
- * rule's and are left out. When etcd compacts the revision mid-read, reads again
- * at the current one (at most three reads, each with a warning), dropping what
- * was written. Returns the keys, for `--delete-etcd`.
+ * JSON `[{key, value}]` (both base64: etcd keys are bytes), into `out`, which
+ * becomes the file once whole. Keys of nested rules (a longer `from`, a keep
+ * rule) are not the rule's and are left out. When etcd compacts the revision
+ * mid-read, reads again at the current one (at most three reads, each with a
+ * warning), dropping what was written. Returns the keys, for `--delete-etcd`.
  */
 export async function readEtcdRule(
   source: SourceReader,
@@ -72,8 +72,11 @@ export async function readEtcdRule(
       }
     };
     try {
-      if (out) await writeJsonArray(out.open(), collect);
-      else await collect();
+      if (!out) await collect();
+      else {
+        await writeJsonArray(out.open(), collect);
+        await out.commit();
+      }
       return { revision, keys, compactedAt };
     } catch (err) {
       out?.drop();
