@@ -126,6 +126,11 @@ describe('compareKey', () => {
     const owned = compare({ target: 'app/gone', consul: consul('app/gone', 'x') })!;
     expect(owned.difference).toMatchObject({ kind: 'extra', reason: 'no-etcd-key', sourceKey: '/app/gone', etcd: null });
     expect(owned.source).toEqual(Buffer.from('/app/gone'));
+    expect(owned.difference.detail).toBe('etcd has no key /app/gone at the cut');
+    // A leased key whose etcd lease expired with no dual-run running: the session that still holds it is named.
+    const held = compare({ target: 'app/gone', consul: consul('app/gone', 'x', 's-1') })!;
+    expect(held.difference).toMatchObject({ kind: 'extra', reason: 'no-etcd-key', sourceKey: '/app/gone' });
+    expect(held.difference.detail).toBe('etcd has no key /app/gone at the cut; the Consul key is held by session s-1: a session the tool made for an etcd lease deletes it when it ends (a running dual-run deletes it at once)');
     const foreign = compare({ rule: 'legacy', target: 'legacy/~zz', consul: consul('legacy/~zz', 'x') })!;
     expect(foreign.difference).toMatchObject({ kind: 'extra', reason: 'foreign', sourceKey: null });
     expect(foreign.source).toBeUndefined();

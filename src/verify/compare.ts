@@ -230,7 +230,11 @@ export function compareKey(input: CompareInput): Finding | undefined {
     const servable = isServableKey(target);
     if (!servable.ok) return found('not-servable', servable.reason, `Consul holds a key that GET /v1/kv/<key> cannot serve: ${servable.detail}`);
     const owner = routeTargetKey(input.mapping, target);
-    if (owner.kind === 'owned') return found('extra', 'no-etcd-key', `etcd has no key ${formatKey(owner.source)} at the cut`, owner.source);
+    if (owner.kind === 'owned') {
+      // The usual cause: a leased key whose lease expired in etcd while no dual-run ran to delete it in Consul.
+      const held = consul.session ? `; the Consul key is held by session ${consul.session}: a session the tool made for an etcd lease deletes it when it ends (a running dual-run deletes it at once)` : '';
+      return found('extra', 'no-etcd-key', `etcd has no key ${formatKey(owner.source)} at the cut${held}`, owner.source);
+    }
     const why = owner.kind === 'foreign' ? owner.detail : 'no copy rule maps to it';
     return found('extra', 'foreign', `no etcd key maps to it: ${why}`);
   }
