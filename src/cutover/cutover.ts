@@ -5,7 +5,8 @@ import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { checkIdentity, mappingHash, readState, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
 import type { ConsulHttp } from '../stores/consul-http.js';
 import type { SourceWriter } from '../stores/etcd-writer.js';
-import { ETCD_TXN_MAX_OPS } from '../stores/etcd-writer.js';
+import { deleteUnchangedSince } from '../stores/etcd-writer.js';
+import { formatKey } from '../report/keys.js';
 import type { CheckpointState } from '../copy/copy.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import type { VerifyResult } from '../verify/verify.js';
@@ -104,6 +105,8 @@ export interface RuleOutcome {
   rollbackKeys?: number;
   etcdExportFile?: string;
   etcdDeleted?: number;
+  /** `--delete-etcd`: keys etcd changed after the read (late writes), left in etcd. */
+  etcdKeptChanged?: number;
 }
 
 export interface CutoverResult {
@@ -393,12 +396,12 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     return refusedResult('finalize', deps, [], outcomes, etcdRevisionBefore, state.checkpoint?.revision ?? null);
   }
   // Read (and export) the etcd keys before the flip: the export is the record of what is deleted.
-  const toDelete = new Map<string, Buffer[]>();
+  const toDelete = new Map<string, { keys: Buffer[]; revision: number }>();
   for (const outcome of outcomes) {
     if (!etcdOut && !options.deleteEtcd) continue;
     const read = await readEtcdRule(deps.source, mapping, ruleNamed(mapping, outcome.rule), etcdOut, options.onWarning);
     if (etcdOut) outcome.etcdExportFile = etcdOut.file;
-    if (options.deleteEtcd) toDelete.set(outcome.rule, read.keys);
+    if (options.deleteEtcd) toDelete.set(outcome.rule, read);
   }
   state = await readCutoverState(target, paths);
   const etcdRevision = (await deps.source.status()).revision;
@@ -406,20 +409,22 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   const transitions: Transition[] = outcomes.map((o) => {
     const evidence: PhaseEvidence = { etcdRevision, checkpoint: state.checkpoint?.revision };
     if (o.etcdExportFile) evidence.etcdExportFile = o.etcdExportFile;
-    if (toDelete.has(o.rule)) evidence.etcdDeleted = toDelete.get(o.rule)!.length;
+    if (toDelete.has(o.rule)) evidence.etcdDeleted = toDelete.get(o.rule)!.keys.length;
     const trips = openTrips(state.trips.get(o.rule)?.doc);
     if (trips) evidence.acknowledgedTrips = trips;
     return { rule: o.rule, from: 'cutover', to: 'finalized', etcdRevision, entry: { at: at.toISOString(), by: options.by, evidence } };
   });
   const written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
   for (const outcome of outcomes) {
-    const keys = toDelete.get(outcome.rule);
-    if (!keys) continue;
+    const read = toDelete.get(outcome.rule);
+    if (!read) continue;
     if (!deps.writer) throw new Error('internal: finalize --delete-etcd without an etcd writer');
-    for (let i = 0; i < keys.length; i += ETCD_TXN_MAX_OPS) {
-      await deps.writer.applyTxn(keys.slice(i, i + ETCD_TXN_MAX_OPS).map((key) => ({ verb: 'delete' as const, key })));
+    const kept = await deleteUnchangedSince(deps.writer, read.keys, read.revision);
+    outcome.etcdDeleted = read.keys.length - kept.length;
+    if (kept.length > 0) {
+      outcome.etcdKeptChanged = kept.length;
+      options.onWarning(`${kept.length} etcd key(s) of rule ${outcome.rule} changed after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''}: late writes, left in etcd and not deleted (${kept.slice(0, 5).map(formatKey).join(', ')}${kept.length > 5 ? ', …' : ''})`);
     }
-    outcome.etcdDeleted = keys.length;
   }
   return { action: 'finalize', migration: config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint: state.checkpoint?.revision ?? null, written: [...written.values()] };
 }

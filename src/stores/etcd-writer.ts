@@ -1,8 +1,19 @@
 import type { Etcd3 } from 'etcd3';
 import { MigrateError, ServerError } from '../errors.js';
 
-/** One write to etcd: a put of bytes (no lease) or a delete of one key. */
-export type SourceWriteOp = { verb: 'put'; key: Buffer; value: Buffer } | { verb: 'delete'; key: Buffer };
+/**
+ * One write to etcd: a put of bytes (no lease) or a delete of one key; a delete
+ * with `unchangedSince` applies only if etcd has not changed the key after that
+ * revision (else the whole txn is refused with SourceChangedError).
+ */
+export type SourceWriteOp = { verb: 'put'; key: Buffer; value: Buffer } | { verb: 'delete'; key: Buffer; unchangedSince?: number };
+
+/** A txn's `unchangedSince` compares failed: etcd changed a key after that revision, and nothing was written. */
+export class SourceChangedError extends Error {
+  constructor() {
+    super('etcd changed a key after the revision the txn was planned at; nothing was written');
+  }
+}
 
 /**
  * Writes to etcd: only the reverse mirror (Consul → etcd after a cutover) and
@@ -25,12 +36,14 @@ export class EtcdWriter implements SourceWriter {
     if (ops.length > ETCD_TXN_MAX_OPS) throw new RangeError(`an etcd txn of ${ops.length} ops exceeds etcd's default limit of ${ETCD_TXN_MAX_OPS}; batch it first`);
     try {
       const response = await this.client.kv.txn({
-        compare: [],
+        compare: ops.flatMap((op) => (op.verb === 'delete' && op.unchangedSince !== undefined ? [{ key: op.key, target: 'Mod' as const, result: 'Less' as const, mod_revision: String(op.unchangedSince + 1) }] : [])),
         success: ops.map((op) => (op.verb === 'put' ? { request_put: { key: op.key, value: op.value } } : { request_delete_range: { key: op.key } })),
         failure: [],
       });
+      if (!response.succeeded) throw new SourceChangedError();
       return Number(response.header.revision);
     } catch (err) {
+      if (err instanceof SourceChangedError) throw err;
       throw this.toError(err, 'write (txn)');
     }
   }
@@ -39,4 +52,25 @@ export class EtcdWriter implements SourceWriter {
 function defaultError(err: unknown, what: string): Error {
   if (err instanceof MigrateError) return err;
   return new ServerError('etcd_failed', `etcd failed ${what}: ${String((err as Error)?.message ?? err).split('\n')[0]}`, { cause: err });
+}
+
+/**
+ * Deletes `keys`, read at `revision`, except those etcd changed after it: a
+ * write that came after the read (and is in no export made from it) is never
+ * deleted unseen. In txns of etcd's op limit; a txn refused for a changed key
+ * is retried key by key, so only the changed ones stay. Returns those kept.
+ */
+export async function deleteUnchangedSince(writer: SourceWriter, keys: readonly Buffer[], revision: number): Promise<Buffer[]> {
+  const kept: Buffer[] = [];
+  const remove = async (batch: readonly Buffer[]) => {
+    try {
+      await writer.applyTxn(batch.map((key) => ({ verb: 'delete' as const, key, unchangedSince: revision })));
+    } catch (err) {
+      if (!(err instanceof SourceChangedError)) throw err;
+      if (batch.length === 1) kept.push(batch[0]!);
+      else for (const key of batch) await remove([key]);
+    }
+  };
+  for (let i = 0; i < keys.length; i += ETCD_TXN_MAX_OPS) await remove(keys.slice(i, i + ETCD_TXN_MAX_OPS));
+  return kept;
 }
