@@ -363,7 +363,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         continue;
       }
       const mirror = new ReverseMirror({
-        rule, mapping: ctx.mapping, source, writer: ctx.writer, blocking: ctx.blocking, own, log: options.log,
+        rule, mapping: ctx.mapping, source, writer: ctx.writer, blocking: ctx.blocking, own, target: ctx.target, leaseSessions: sessions.own, log: options.log,
         onApplied: (n) => {
           stats.reverseOps += n;
           ctx.publish();
@@ -640,10 +640,25 @@ class Applier {
       if (await this.own.isOwn(message.revision)) continue;
       // Deleting a finalized rule's etcd keys is the retirement `finalize --delete-etcd` does, not a late write.
       if (owner.phase === 'finalized' && event.type === 'delete') continue;
+      if (await this.leaseEnded(event)) continue;
       if (await this.sameAsConsul(event)) continue;
       await this.lateWrite(rule.name, event, message.revision);
     }
     return forward.length === message.events.length ? message : { ...message, events: forward };
+  }
+
+  /**
+   * etcd deleting a leased key because its lease ended is no late write: no
+   * application wrote. The session mirroring the lease is checked at the next
+   * lease pass, which destroys it, and Consul deletes the keys it still holds
+   * (those an application rewrote in Consul were released from it).
+   */
+  private async leaseEnded(event: SourceEvent): Promise<boolean> {
+    const lease = event.type === 'delete' ? event.previous?.lease : undefined;
+    if (!lease || lease === '0') return false;
+    if ((await this.ctx.source.readLease(lease)).ttl >= 0) return false;
+    this.renewedAt.delete(lease);
+    return true;
   }
 
   /** A write that leaves etcd equal to Consul (an own write replayed after a restart) is no late write. */

@@ -3,10 +3,10 @@ import { findRule, routeKey, routeTargetKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
 import { parseStateDocument } from '../state/state.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
-import { sleep } from '../stores/consul-http.js';
+import { sleep, TxnFailedError } from '../stores/consul-http.js';
 import { prefixEnd } from '../stores/etcd.js';
 import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
-import type { SourceReader, TargetEntry } from '../stores/types.js';
+import type { SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import type { OwnersDoc } from '../cutover/phase.js';
 import type { DualRunLog } from './dualrun.js';
 
@@ -81,6 +81,10 @@ export interface ReverseMirrorDeps {
   writer: SourceWriter;
   blocking: BlockingReader;
   own: OwnWrites;
+  /** Releases Consul keys from the sessions that mirror etcd leases (see `release`). */
+  target: Pick<TargetStore, 'applyTxn'>;
+  /** The sessions this migration made for etcd leases. */
+  leaseSessions: ReadonlySet<string>;
   log: DualRunLog;
   onApplied: (ops: number) => void;
   onGuardTrip: (detail: string) => void;
@@ -96,6 +100,12 @@ const REVERSE_TXN_OPS = 100;
  * through the inverse route. The first pass diffs Consul against etcd itself.
  * Keys are written without a lease. Derived deletes sit behind the delete
  * guard; a Consul key no etcd key maps to is skipped and logged.
+ *
+ * A key an application writes in Consul while a lease's session still holds it
+ * is released from that session, as etcd detaches a key from its lease on a put
+ * without one: otherwise the end of the old etcd lease would destroy the
+ * session, and Consul (then etcd, through this mirror) would delete the
+ * application's new value.
  */
 export class ReverseMirror {
   private readonly controller = new AbortController();
@@ -158,11 +168,12 @@ export class ReverseMirror {
   /** First pass: Consul against etcd, so nothing missed while no mirror ran is lost. */
   private async applyFirst(entries: TargetEntry[]): Promise<Map<string, number>> {
     const { rule, mapping, source } = this.deps;
-    const wanted = new Map<string, { key: Buffer; value: Buffer }>();
+    const wanted = new Map<string, { key: Buffer; value: Buffer; entry: TargetEntry }>();
     for (const e of entries) {
       const key = this.sourceOf(e.key);
-      if (key) wanted.set(key.toString('hex'), { key, value: e.value });
+      if (key) wanted.set(key.toString('hex'), { key, value: e.value, entry: e });
     }
+    const held: TargetEntry[] = [];
     const ops: SourceWriteOp[] = [];
     const deletes: SourceWriteOp[] = [];
     let etcdKeys = 0;
@@ -180,7 +191,10 @@ export class ReverseMirror {
           continue;
         }
         wanted.delete(hex);
-        if (!want.value.equals(entry.value)) ops.push({ verb: 'put', key: want.key, value: want.value });
+        if (want.value.equals(entry.value)) continue;
+        ops.push({ verb: 'put', key: want.key, value: want.value });
+        // Rewritten in Consul while no mirror ran (a restart): released as `applyChanges` does.
+        if (want.entry.session && this.deps.leaseSessions.has(want.entry.session)) held.push(want.entry);
       }
     }
     for (const want of wanted.values()) ops.push({ verb: 'put', key: want.key, value: want.value });
@@ -188,6 +202,7 @@ export class ReverseMirror {
       this.deps.onGuardTrip(`the first pass would delete ${deletes.length} of ${etcdKeys} etcd key(s) that Consul no longer holds; deletes skipped`);
     } else ops.push(...deletes);
     await this.apply(ops);
+    await this.release(held);
     if (ops.length > 0) this.deps.log('info', `reverse mirror of rule ${rule.name}: first pass wrote ${ops.length} change(s) from Consul to etcd`);
     return new Map(entries.map((e) => [e.key, e.modifyIndex]));
   }
@@ -195,11 +210,14 @@ export class ReverseMirror {
   private async applyChanges(entries: TargetEntry[], lastSeen: Map<string, number>): Promise<Map<string, number>> {
     const ops: SourceWriteOp[] = [];
     const seen = new Map<string, number>();
+    const held: TargetEntry[] = [];
     for (const e of entries) {
       seen.set(e.key, e.modifyIndex);
       if (lastSeen.get(e.key) === e.modifyIndex) continue;
       const key = this.sourceOf(e.key);
-      if (key) ops.push({ verb: 'put', key, value: e.value });
+      if (!key) continue;
+      ops.push({ verb: 'put', key, value: e.value });
+      if (e.session && this.deps.leaseSessions.has(e.session)) held.push(e);
     }
     const deletes: SourceWriteOp[] = [];
     for (const key of lastSeen.keys()) {
@@ -213,7 +231,27 @@ export class ReverseMirror {
       for (const key of lastSeen.keys()) if (!seen.has(key)) seen.set(key, lastSeen.get(key)!);
     } else ops.push(...deletes);
     await this.apply(ops);
+    await this.release(held);
     return seen;
+  }
+
+  /**
+   * Releases keys an application rewrote in Consul from the lease sessions that
+   * still hold them, each checked on the index just read: a key written again
+   * meanwhile is left for the next answer, which sees it changed.
+   */
+  private async release(entries: TargetEntry[]): Promise<void> {
+    for (const e of entries) {
+      try {
+        await this.deps.target.applyTxn([
+          { verb: 'check-index', key: e.key, index: e.modifyIndex },
+          { verb: 'unlock', key: e.key, value: e.value, session: e.session!, flags: e.flags },
+        ]);
+        this.deps.log('info', `reverse mirror of rule ${this.deps.rule.name}: ${formatKey(e.key)} was written in Consul while session ${e.session} of an etcd lease held it; released it, so the lease's end does not delete it`);
+      } catch (err) {
+        if (!(err instanceof TxnFailedError)) throw err;
+      }
+    }
   }
 
   private async apply(ops: SourceWriteOp[]): Promise<void> {
