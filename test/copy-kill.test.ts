@@ -110,6 +110,39 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
     expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(30_000);
   }, 120_000);
 
+  it('throttled (--rate): progress moves within a page, and Ctrl-C leaves the batches still waiting for their turn unsent, exiting at once', async () => {
+    const id = `sigint-rate-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n`);
+    for (let i = 0; i < 5_000; i += 1000) {
+      const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
+      await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
+    }
+    // One page of 5,000 keys at 150 writes/s (about 33 s); 4 txns in flight and 8 queued, each waiting its turn.
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'json', '--concurrency', '4', '--rate', '150', '--page-keys', '5000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c));
+    child.stderr.on('data', (c: Buffer) => (stderr += c));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const done = () => stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event: string; done?: number }).filter((e) => e.event === 'progress').map((e) => e.done!);
+    await eventually('progress within the page', async () => done().filter((d) => d > 0).length >= 2, 20_000);
+    expect(done().at(-1)!).toBeLessThan(5_000);
+    expect(done().at(-1)!).toBeGreaterThan(done().find((d) => d > 0)!);
+    const interrupted = Date.now();
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    // Without the stop, the queued txns would each wait their turn: about 10 s more.
+    expect(Date.now() - interrupted).toBeLessThan(3_000);
+    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(stdout)?.[1]);
+    expect(written).toBeGreaterThan(0);
+    expect(written).toBeLessThan(5_000);
+    expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(written);
+    const resumed = await runCli(['copy', '--resume', '--format', 'json'], { cwd: dir, env: serverEnv() });
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout).rules[0]).toMatchObject({ created: 5_000 - written, unchanged: written });
+  }, 120_000);
+
   it('Ctrl-C inside one large page stops between batches, not at the end of the page; --resume plans the rest of it', async () => {
     const id = `sigint-page-${randomBytes(3).toString('hex')}`;
     const root = `/${id}`;

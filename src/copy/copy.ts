@@ -18,6 +18,9 @@ import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
 import type { Mapping } from '../mapping/mapping.js';
 
+/** How often progress is reported while a page is being written (ms). */
+const PROGRESS_EVERY_MS = 250;
+
 /** `copy` state document: the pinned revision and, per rule, the low-water mark. */
 export interface CopyState {
   schemaVersion: number;
@@ -362,6 +365,7 @@ async function copyRule(
     range.start = resumeAt;
   }
   const tracker = engine.trackRule(rule.name);
+  let progressAt = Date.now();
 
   if (!ruleState.done) {
     for await (const page of readAhead(deps.source.readPages(range, { revision, pageKeys: options.pageKeys, signal: options.signal }), 2)) {
@@ -388,11 +392,17 @@ async function copyRule(
       stats.unchanged += plan.unchanged;
       for (const skip of plan.skips) recordSkip(stats, skip);
       const pageId = tracker.openPage(page.entries.at(-1)!.key);
-      for (const write of plan.writes) {
+      for (const [i, write] of plan.writes.entries()) {
         // The first Ctrl-C stops between batches, not at the end of the page; the page stays
         // open, so the low-water mark stays below it and --resume plans what is left of it.
         if (options.signal.aborted) break;
         await engine.write(write, pageId, stats);
+        // A page can take long to write (a large page, --rate): progress moves within it, its keys
+        // counted in proportion to the writes sent, at most every PROGRESS_EVERY_MS.
+        if (Date.now() - progressAt >= PROGRESS_EVERY_MS) {
+          progressAt = Date.now();
+          options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: keysDone + Math.floor((page.entries.length * (i + 1)) / plan.writes.length), bytes: stats.bytesWritten, retries: engine.retries });
+        }
       }
       if (options.signal.aborted) break;
       tracker.closePage(pageId);
@@ -490,6 +500,8 @@ class CopyEngine {
       tracker.hold(pageId);
       await this.dispatch(async () => {
         await this.throttle(1);
+        // Stopped while it waited: left unwritten and its page open, so --resume plans it.
+        if (this.options.signal.aborted) return;
         const ok = await this.target.putKey(write.key, write.value, write.session ? { acquire: write.session } : { cas: write.expectIndex });
         if (!ok) await this.resolveConflicts([{ write, pageId, stats }]);
         else this.count(write, stats, true);
@@ -542,6 +554,8 @@ class CopyEngine {
 
   private async sendBatch(ops: TxnOp[], writes: { write: PlannedWrite; pageId: number; stats: RuleCopyStats }[], depth = 0): Promise<void> {
     await this.throttle(ops.length);
+    // The first Ctrl-C: batches queued but not sent stay unsent, their pages open (below the low-water mark's reach).
+    if (this.options.signal.aborted) return;
     const withState = [...ops, { verb: 'set', key: this.paths.copy, value: Buffer.from(JSON.stringify(this.state)) } as TxnOp];
     try {
       await this.target.applyTxn(withState);
@@ -667,7 +681,8 @@ class CopyEngine {
         this.tokens -= ops;
         return;
       }
-      await sleep(Math.ceil(((Math.min(ops, rate) - this.tokens) / rate) * 1000));
+      if (this.options.signal.aborted) return;
+      await sleep(Math.ceil(((Math.min(ops, rate) - this.tokens) / rate) * 1000), this.options.signal);
     }
   }
 }
