@@ -258,6 +258,11 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect((await phases(s)).app.next).toContain('--acknowledge-trips');
       // Rolling back over an open late write is refused.
       expect((await s.cli(['rollback', '--rule', 'app', '--yes'])).code).toBe(4);
+      // Acknowledged, but etcd still holds the late value: parity with writes paused fails, by kind, and nothing changes.
+      const unequal = await s.cli(['rollback', '--rule', 'app', '--yes', '--acknowledge-trips', '--drain', '200ms']);
+      expect(unequal.code, unequal.stdout + unequal.stderr).toBe(4);
+      expect(unequal.stdout).toMatch(/FAIL app: parity\s+etcd and Consul differ on 1 key\(s\) of rule app with writes paused \(verify: 1 value\)/);
+      expect((await phases(s)).app).toMatchObject({ phase: 'cutover', lateWrites: 1 });
       // Repaired through the owner: the reverse mirror brings etcd back in line (its own write is no late
       // write), but the recorded late write keeps failing verify until an operator acknowledges it.
       await target.putKey(`${s.id}/app/k0`, Buffer.from('v0 repaired'));

@@ -347,7 +347,8 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
         continue;
       }
       await fence.resume();
-      outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused: rolling back would lose Consul's writes (run \`migrate verify\` for the list); writes resumed on Consul` });
+      const kinds = r ? Object.entries(r.byKind).filter(([, n]) => n > 0).map(([kind, n]) => `${n} ${kind}`).join(', ') : '';
+      outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: etcd does not hold what Consul holds, so rolling back now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on Consul` });
       outcome.ok = false;
       return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
     }
