@@ -152,3 +152,14 @@ describe('copy when etcd compacts the pinned revision while it is read', () => {
     expect(target.entries.get('app/k05')?.value.toString()).toBe('v1');
   });
 });
+
+describe('copy --dry-run', () => {
+  it('counts every txn it lists, the session records\' included', async () => {
+    const { source, target } = world();
+    const result = await runCopy(deps(source, target), options({ dryRun: true, recordOps: true }));
+    expect(result.ops!.filter((op) => op.op === 'create-session')).toHaveLength(1);
+    expect(result.ops!.filter((op) => op.op === 'txn' && op.ops!.some((o) => o.key.startsWith('_migrate/demo/sessions/')))).toHaveLength(1);
+    expect(result.txns).toBe(result.ops!.filter((op) => op.op === 'txn').length);
+    expect(target.writes).toBe(0);
+  });
+});

@@ -269,7 +269,8 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     rules: stats,
     services,
     sessions: { created: sessions.created, adopted: sessions.adopted, clamps: sessions.clamps },
-    txns: earlier.txns + engine.txns,
+    // Data txns and session-record txns: every txn a dry-run lists.
+    txns: earlier.txns + engine.txns + sessions.recordTxns,
     retries: earlier.retries + engine.retries,
     durationMs: Date.now() - started,
     interrupted,

@@ -36,6 +36,7 @@ describe('LeaseSessions', () => {
     expect(sessions.created).toBe(150);
     // 150 records in txns of at most 64 ops, not one txn each.
     expect(txns).toEqual([64, 64, 22]);
+    expect(sessions.recordTxns).toBe(3);
 
     const later = new LeaseSessions(source, target, paths, 'demo');
     await later.load();

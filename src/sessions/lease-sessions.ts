@@ -61,6 +61,8 @@ export class LeaseSessions {
   readonly clamps: ClampFinding[] = [];
   created = 0;
   adopted = 0;
+  /** Txns that wrote session records (a copy counts them with its own). */
+  recordTxns = 0;
   private timer: NodeJS.Timeout | undefined;
   /** Records waiting for the next txn, with the callers waiting on them. */
   private queued: { op: TxnOp; settle: (err?: unknown) => void }[] = [];
@@ -134,7 +136,10 @@ export class LeaseSessions {
         this.queued = [];
         for (let i = 0; i < batch.length; i += RECORDS_PER_TXN) {
           const chunk = batch.slice(i, i + RECORDS_PER_TXN);
-          this.target.applyTxn(chunk.map((q) => q.op)).then(() => chunk.forEach((q) => q.settle()), (err: unknown) => chunk.forEach((q) => q.settle(err ?? new Error('session record write failed'))));
+          this.target.applyTxn(chunk.map((q) => q.op)).then(() => {
+            this.recordTxns++;
+            chunk.forEach((q) => q.settle());
+          }, (err: unknown) => chunk.forEach((q) => q.settle(err ?? new Error('session record write failed'))));
         }
       });
     });
