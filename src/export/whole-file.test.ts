@@ -1,4 +1,6 @@
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { once } from 'node:events';
+import { createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, rmdirSync, symlinkSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -61,6 +63,43 @@ describe('WholeFile', () => {
     expect(readFileSync(file, 'utf8')).toBe('earlier export');
     await out.commit();
     expect(readFileSync(file, 'utf8')).toBe('new export');
+  });
+
+  it('with replace, a named pipe (as a device) is written into and never replaced, and a symbolic link keeps pointing where it did', async () => {
+    // A pipe of its own rather than /dev/null: a regression must not replace the machine's devices.
+    const d = dir();
+    const fifo = join(d, 'pipe');
+    execFileSync('mkfifo', [fifo]);
+    const reader = createReadStream(fifo);
+    const received: Buffer[] = [];
+    reader.on('data', (c) => received.push(c as Buffer));
+    const readerDone = once(reader, 'end');
+    const out = new WholeFile(fifo, { replace: true, flag: '--out' });
+    await out.open().write('through the pipe');
+    await out.commit();
+    out.drop();
+    await readerDone;
+    expect(Buffer.concat(received).toString()).toBe('through the pipe');
+    expect(statSync(fifo).isFIFO()).toBe(true);
+    expect(readdirSync(d)).toEqual(['pipe']);
+    // Started again (etcd compacted mid-read), it cannot take back what went in: it says so.
+    const again = new WholeFile(fifo, { replace: true, flag: '--out' });
+    const second = createReadStream(fifo);
+    second.resume();
+    again.open();
+    expect(() => again.open()).toThrow(expect.objectContaining({ code: 'file_unwritable' }));
+    again.drop();
+    second.destroy();
+    expect(statSync(fifo).isFIFO()).toBe(true);
+
+    writeFileSync(join(d, 'real.json'), 'earlier');
+    symlinkSync(join(d, 'real.json'), join(d, 'link.json'));
+    const linked = new WholeFile(join(d, 'link.json'), { replace: true, flag: '--out' });
+    await linked.open().write('new');
+    await linked.commit();
+    expect(lstatSync(join(d, 'link.json')).isSymbolicLink()).toBe(true);
+    expect(readFileSync(join(d, 'real.json'), 'utf8')).toBe('new');
+    expect(readdirSync(d).sort()).toEqual(['link.json', 'pipe', 'real.json']);
   });
 
   it('a place it cannot write is file_unwritable (exit 2), not an internal error', async () => {

@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { createWriteStream, existsSync, linkSync, mkdirSync, renameSync, rmSync, statSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, linkSync, mkdirSync, realpathSync, renameSync, rmSync, statSync, type WriteStream } from 'node:fs';
 import { dirname } from 'node:path';
 import { UsageError } from '../errors.js';
 import type { ExportSink } from './export.js';
@@ -11,30 +11,47 @@ import type { ExportSink } from './export.js';
  * cut-off file that looks like a whole one, and no earlier file half
  * overwritten. Without `replace`, an existing `file` is never replaced: it may
  * be the rollback point of an earlier cutover. Created mode 0600: values are in it.
+ *
+ * With `replace`, a symbolic link keeps pointing where it did (its target is
+ * replaced), and a file that is not a regular one (a device such as /dev/null or
+ * /dev/stdout, a named pipe) is written into directly, never replaced.
  */
 export class WholeFile {
+  /** Where the content goes: `file`, or the file a symbolic link `file` points to. */
+  private readonly path: string;
   private readonly partial: string;
+  /** A device or pipe: written into as it is, with no partial file. */
+  private readonly direct: boolean = false;
+  private opened = false;
   private stream: WriteStream | undefined;
   private failure: Error | undefined;
 
   /** `flag`: the option that named the file, for the errors. */
   constructor(readonly file: string, private readonly options: { replace: boolean; flag: string }) {
-    this.partial = `${file}.partial-${process.pid}`;
-    if (!existsSync(file)) return;
-    if (!options.replace) throw fileExists(file, options.flag);
-    // Found out before anything is read, not at the rename after it.
-    if (statSync(file).isDirectory()) throw this.unwritable(new Error('it is a directory; name a file'));
+    this.path = file;
+    if (existsSync(file)) {
+      if (!options.replace) throw fileExists(file, options.flag);
+      // Found out before anything is read, not at the rename after it.
+      const stat = statSync(file);
+      if (stat.isDirectory()) throw this.unwritable(new Error('it is a directory; name a file'));
+      this.direct = !stat.isFile();
+      this.path = realpathSync(file);
+    }
+    this.partial = `${this.path}.partial-${process.pid}`;
   }
 
   /** Starts the content, again if it was started: what an earlier `open` wrote is dropped. */
   open(): ExportSink {
+    // What went into a device or pipe cannot be taken back.
+    if (this.direct && this.opened) throw this.unwritable(new Error('what was written into it cannot be taken back to start again'));
+    this.opened = true;
     this.drop();
     try {
-      mkdirSync(dirname(this.file), { recursive: true });
+      mkdirSync(dirname(this.path), { recursive: true });
     } catch (err) {
       throw this.unwritable(err);
     }
-    const stream = createWriteStream(this.partial, { mode: 0o600 });
+    const stream = createWriteStream(this.direct ? this.path : this.partial, { mode: 0o600 });
     // An error (EACCES, ENOSPC) surfaces at the next write or at commit, never as an unhandled
     // event; one of a stream already dropped (writes cut short by destroy) is of no concern.
     stream.on('error', (err) => {
@@ -58,8 +75,9 @@ export class WholeFile {
     stream.end();
     await this.settled(stream, 'finish');
     this.stream = undefined;
+    if (this.direct) return;
     try {
-      if (this.options.replace) renameSync(this.partial, this.file);
+      if (this.options.replace) renameSync(this.partial, this.path);
       else this.linkNew();
     } catch (err) {
       throw err instanceof UsageError ? err : this.unwritable(err);
@@ -85,6 +103,7 @@ export class WholeFile {
   drop(): void {
     this.stream?.destroy();
     this.stream = undefined;
+    if (this.direct) return;
     try {
       rmSync(this.partial, { force: true });
     } catch {
