@@ -72,4 +72,18 @@ describe('connection settings: flags > environment > file > defaults', () => {
     expect(() => resolveConnections(fileConfig, {}, { CONSUL_HTTP_TOKEN_FILE: '/nonexistent/token', MY_ETCD_PW: 'p' }, dir)).toThrow(/Cannot read the Consul token file/);
     expect(() => resolveConnections(fileConfig, {}, { ETCDCTL_ENDPOINTS: 'https://e:2379', MY_ETCD_PW: 'p' }, dir)).toThrow(/https:\/\/ but no CA certificate/);
   });
+
+  it('endpoints that name nothing: a flag or the file is a usage error (it was an internal error), an empty environment variable is unset', () => {
+    const bare = parseConfig('version: 1\nid: d\n', 'm.yaml').config;
+    for (const etcdEndpoints of ['', ',', ' , ']) {
+      expect(() => resolveConnections(bare, { etcdEndpoints }, {}, dir)).toThrow(expect.objectContaining({ code: 'flag_invalid', exitCode: 2, message: expect.stringContaining('names no endpoint') }));
+    }
+    const emptyList = parseConfig('version: 1\nid: d\nsource:\n  endpoints: []\n', 'm.yaml').config;
+    expect(() => resolveConnections(emptyList, {}, {}, dir)).toThrow(expect.objectContaining({ code: 'config_invalid', exitCode: 2 }));
+    for (const ETCDCTL_ENDPOINTS of ['', ' ', ',']) {
+      const c = resolveConnections(bare, {}, { ETCDCTL_ENDPOINTS }, dir);
+      expect(c.source.endpoints).toEqual(['http://127.0.0.1:2379']);
+      expect(c.origins['etcd.endpoints']).toBe('default');
+    }
+  });
 });

@@ -62,9 +62,19 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     return fallback;
   };
 
+  const list = (text: string | undefined) => text?.split(',').map((s) => s.trim()).filter(Boolean);
+  const flagEndpoints = list(flags.etcdEndpoints);
+  // Given but naming no endpoint: an error, not the default (an empty environment variable counts as unset).
+  if (flagEndpoints?.length === 0) {
+    throw new UsageError('flag_invalid', `--etcd-endpoints "${flags.etcdEndpoints}" names no endpoint.`, { hint: 'Give one or more comma-separated host:port or URLs, for example http://127.0.0.1:2379.' });
+  }
+  if (config.source.endpoints?.length === 0) {
+    throw new UsageError('config_invalid', 'source.endpoints in migration.yaml names no endpoint.', { hint: 'List one or more host:port or URLs, or leave source.endpoints out for ETCDCTL_ENDPOINTS or the default.' });
+  }
+  const envEndpoints = list(env.ETCDCTL_ENDPOINTS);
   const endpoints = pick<string[]>('etcd.endpoints', [
-    [flags.etcdEndpoints?.split(',').map((s) => s.trim()).filter(Boolean), 'flag'],
-    [env.ETCDCTL_ENDPOINTS?.split(',').map((s) => s.trim()).filter(Boolean), 'env'],
+    [flagEndpoints, 'flag'],
+    [envEndpoints?.length ? envEndpoints : undefined, 'env'],
     [config.source.endpoints, 'file'],
   ], [DEFAULT_ETCD_ENDPOINT]).map((e) => (e.includes('://') ? e : `http://${e}`));
 
