@@ -44,6 +44,8 @@ describe('CLI contract (in-process)', () => {
       [['copy', '--dry-run', '--rate', '1.5'], '--rate must be a whole number ≥ 0, not "1.5"'],
       [['verify', '--page-keys', '0'], '--page-keys must be a whole number ≥ 1, not "0"'],
       [['verify', '--rounds', '0'], '--rounds must be a whole number ≥ 1, not "0"'],
+      // A preview flag without the preview: refused, not a real copy.
+      [['copy', '--show-ops'], '--show-ops lists the operations of a dry-run; without --dry-run this would copy'],
     ];
     for (const [argv, message] of cases) {
       const t = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml', CONSUL_HTTP_ADDR: 'http://127.0.0.1:1', ETCDCTL_ENDPOINTS: 'http://127.0.0.1:1' });

@@ -43,6 +43,10 @@ export function registerCopy({ add }: CommandRegistrar): void {
         throw new UsageError('confirmation_required', 'copy --delete-extraneous deletes keys in Consul and needs confirmation.', { hint: 'Pass --yes to confirm (review `migrate copy --dry-run` first).' });
       }
       // Checked before the configuration is read or a server contacted.
+      if (options.showOps && !options.dryRun) {
+        // A preview flag on a real copy: refused rather than copying while the user meant to look.
+        throw new UsageError('flag_invalid', '--show-ops lists the operations of a dry-run; without --dry-run this would copy.', { hint: 'Add --dry-run to see the operations, or leave --show-ops out to copy.' });
+      }
       const rate = wholeNumber('--rate', options.rate, 0);
       const concurrency = wholeNumber('--concurrency', options.concurrency, 8, 1);
       const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
