@@ -113,6 +113,19 @@ describe('retries', () => {
     expect(await count(new ConsulUnreachableError('consul_unreachable', 'Consul at 127.0.0.1:8500 is unreachable (ECONNREFUSED).'))).toBe(6);
   });
 
+  it('starts no retry after maxElapsedMs: tries that each wait out a timeout do not add up to minutes', async () => {
+    let calls = 0;
+    const timedOut = new ConsulUnreachableError('consul_unreachable', 'Consul at 127.0.0.1:8500 is unreachable (ETIMEDOUT).');
+    await expect(withRetries(async () => {
+      calls++;
+      await new Promise((r) => setTimeout(r, 40));
+      throw timedOut;
+    }, { baseDelayMs: 1, maxDelayMs: 1, maxElapsedMs: 100 })).rejects.toBe(timedOut);
+    // About 100 / 41 tries, not the 6 an unreachable Consul otherwise gets.
+    expect(calls).toBeGreaterThanOrEqual(2);
+    expect(calls).toBeLessThanOrEqual(3);
+  });
+
   it('does not retry what retrying cannot fix', async () => {
     let calls = 0;
     const tooLarge = err('PUT', '/v1/txn', 413, 'too large');

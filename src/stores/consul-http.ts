@@ -275,6 +275,12 @@ export interface RetryOptions {
   busyAttempts?: number;
   baseDelayMs?: number;
   maxDelayMs?: number;
+  /**
+   * No retry starts after this long in all (default 60 s): a Consul that
+   * accepts connections but never answers (stopped, overloaded) costs a whole
+   * request timeout per try, and six tries of 30 s left commands silent for minutes.
+   */
+  maxElapsedMs?: number;
   signal?: AbortSignal;
   onRetry?: (err: unknown, attempt: number, delayMs: number) => void;
   /** Source of randomness for jitter (injected so tests are repeatable). */
@@ -288,12 +294,14 @@ export async function withRetries<T>(fn: () => Promise<T>, options: RetryOptions
   const base = options.baseDelayMs ?? 100;
   const max = options.maxDelayMs ?? 5_000;
   const random = options.random ?? Math.random;
+  const deadline = Date.now() + (options.maxElapsedMs ?? 60_000);
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (err) {
       if (attempt >= (err instanceof ConsulResponseError ? busyAttempts : attempts) || !isRetryable(err) || options.signal?.aborted) throw err;
       const delay = Math.min(max, base * 2 ** (attempt - 1)) * (0.5 + random() / 2);
+      if (Date.now() + delay >= deadline) throw err;
       options.onRetry?.(err, attempt, delay);
       await sleep(delay, options.signal);
     }
