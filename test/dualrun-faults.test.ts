@@ -89,6 +89,29 @@ describe('dual-run faults (real servers)', () => {
     }
   }, 90_000);
 
+  it('without --ha, a leader whose session Consul reaped (an outage, a paused process) takes the lock again and goes on; it does not exit 0', async () => {
+    const s = scenario('relead');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const dr = await startDualRun(s.dir);
+    try {
+      await eventually('leads', async () => (await healthy(dr.metricsPort)).role === 'leader');
+      await waitCaughtUp(etcd, target, s.id);
+      dr.child.kill('SIGSTOP');
+      // Not renewed, its session is reaped within 2× its TTL (10 s), and the lock is free.
+      await eventually('lock freed', async () => (await leaderHolder(s.id)) === undefined, 40_000);
+      dr.child.kill('SIGCONT');
+      await eventually('took the lock again', async () => /taking the leader lock again/.test(dr.stderr()) && (await leaderHolder(s.id)) !== undefined, 30_000);
+      await etcd.put(`${s.root}/app/after`).value('2');
+      await waitCaughtUp(etcd, target, s.id);
+      expect((await target.readKey(`${s.id}/app/after`))?.value.toString()).toBe('2');
+      expect(dr.child.exitCode).toBeNull();
+    } finally {
+      dr.child.kill('SIGCONT');
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 120_000);
+
   it('idle rules on a busy etcd: the checkpoint follows etcd and a restart after compaction needs no re-baseline', async () => {
     // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
     const own = await startEtcd();

@@ -199,13 +199,16 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       await leader.release();
     }
     if (fatal) throw fatal;
-    if (reason === 'signal' || !options.ha) {
+    if (reason === 'signal') {
       stats.role = 'stopped';
       for (const s of laneStats.values()) s.role = 'stopped';
       publish();
       return { stats, reason };
     }
-    options.log('warn', 'stepped down; waiting to lead again');
+    // Lost the lock (Consul reaped our session: an outage, a paused process). A standby waits to lead
+    // again; without --ha the lock is taken again at once, from the checkpoint, or, when another
+    // dual-run took it meanwhile, the process stops with dualrun_locked (exit 4) rather than exit 0.
+    options.log('warn', options.ha ? 'stepped down; waiting to lead again' : 'stepped down; taking the leader lock again');
   }
 }
 
