@@ -69,6 +69,7 @@ describe('preconditions and next steps', () => {
   it('says what to run next', () => {
     const facts = { running: true, verifyClean: true, verifyAgeMs: 1000, maxVerifyAgeMs: 900_000, trips: 0 };
     expect(nextStep('app', 'planned', facts)).toBe('migrate copy');
+    expect(nextStep('app', 'planned', { ...facts, copyInterrupted: true })).toBe('migrate copy --resume (a copy started and has not finished)');
     expect(nextStep('app', 'verified', facts)).toBe('migrate cutover --rule app');
     expect(nextStep('app', 'verified', { ...facts, verifyAgeMs: 1e9 })).toContain('--verify-now');
     expect(nextStep('app', 'cutover', facts)).toContain('migrate finalize --rule app');

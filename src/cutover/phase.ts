@@ -189,11 +189,11 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
 }
 
 /** What the operator does next, for `status`. */
-export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number }): string {
+export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; copyInterrupted?: boolean }): string {
   if (facts.trips > 0 && (phase === 'cutover' || phase === 'rolledback')) return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
   switch (phase) {
     case 'planned':
-      return 'migrate copy';
+      return facts.copyInterrupted ? 'migrate copy --resume (a copy started and has not finished)' : 'migrate copy';
     case 'copied':
       return 'migrate dualrun (keep it running)';
     case 'mirroring':

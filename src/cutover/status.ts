@@ -86,7 +86,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       lateWrites: trips?.lateWrites.count ?? 0,
       guardTrips: trips?.guardTrips.count ?? 0,
       changed: last ? { at: last.at, by: last.by } : null,
-      next: nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status !== 'drift' : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips) }),
+      next: nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status !== 'drift' : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
     });
   }
   return {
