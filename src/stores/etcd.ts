@@ -305,18 +305,26 @@ export class EtcdSource implements SourceReader {
       return new SourceCompactedError(0, revision);
     }
     if (/certificate|SSL|TLS|handshake/i.test(message)) {
+      // A plain listener named with https:// drops the handshake before it completes.
+      const dropped = /before secure TLS connection was established|wrong version number/i.test(message);
       return new ServerError('etcd_tls_failed', `TLS with etcd at ${this.endpoints} failed: ${message}.`, {
-        hint: 'Check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls): the CA must sign the server certificate.',
+        hint: dropped
+          ? 'The TLS handshake did not complete: if this etcd listens without TLS, name it with http://; else check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls).'
+          : 'Check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls): the CA must sign the server certificate.',
       });
     }
     if (/UNAVAILABLE|ECONNREFUSED|No connection established|failed to connect|Deadline exceeded|DEADLINE_EXCEEDED|GRPCConnectFailed|ENOTFOUND|ECONNRESET|closed/i.test(message) || /GRPC(Unavailable|ConnectFailed|DeadlineExceeded)/.test((err as Error)?.constructor?.name ?? '')) {
       // grpc-js ends its reason with an empty "Resolution note: "; a protocol error means something else answered.
       const reason = message.split('\n')[0]!.replace(/\.?\s*Resolution note:\s*$/, '');
       const otherServer = /Protocol error/i.test(reason);
+      // A plain listener named with https:// resets the TLS handshake.
+      const tlsToPlain = /ECONNRESET|closed/i.test(reason) && this.endpoints.includes('https://');
       return new ServerError('etcd_unreachable', `etcd at ${this.endpoints} is unreachable (${reason}).`, {
         hint: otherServer
           ? 'Something answered that does not speak etcd\'s gRPC (another service\'s port, such as Consul\'s, or a TLS endpoint named with http://): fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).'
-          : 'Start etcd or fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).',
+          : tlsToPlain
+            ? 'The connection was reset: if this etcd listens without TLS, name it with http://; else start etcd or fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).'
+            : 'Start etcd or fix the endpoints (source.endpoints, --etcd-endpoints or ETCDCTL_ENDPOINTS).',
         details: { endpoints: this.endpoints },
       });
     }
