@@ -31,6 +31,28 @@ function copyUntilKilled(dir: string, args: string[], killAfterMs: number): Prom
   });
 }
 
+/** A migration of one rule over `keys` one-byte keys under a fresh prefix. */
+async function bulk(label: string, keys: number): Promise<{ id: string; dir: string }> {
+  const id = `${label}-${randomBytes(3).toString('hex')}`;
+  const root = `/${id}`;
+  const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n`);
+  for (let i = 0; i < keys; i += 1000) {
+    const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
+    await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
+  }
+  return { id, dir };
+}
+
+/** `migrate copy` with `args`, its output collected as it comes. */
+function startCopy(dir: string, args: string[]) {
+  const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', ...args], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const out = { stdout: '', stderr: '' };
+  child.stdout.on('data', (c: Buffer) => (out.stdout += c));
+  child.stderr.on('data', (c: Buffer) => (out.stderr += c));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return { child, out, exited };
+}
+
 describe('copy survives SIGKILL and --resume completes it (real servers)', () => {
   it(`kills a ${KEYS}-key copy with a 500 KB value and leased keys at several points, then resumes to parity`, async () => {
     const id = `kill-${randomBytes(3).toString('hex')}`;
@@ -76,28 +98,16 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
   }, 300_000);
 
   it('Ctrl-C stops between batches, records progress, reports what was written and exits 130; --resume finishes', async () => {
-    const id = `sigint-${randomBytes(3).toString('hex')}`;
-    const root = `/${id}`;
-    const yaml = `version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n`;
-    const dir = configDir(yaml);
-    for (let i = 0; i < 30_000; i += 1000) {
-      const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
-      await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
-    }
-    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--concurrency', '1', '--rate', '10000', '--page-keys', '2000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c));
-    child.stderr.on('data', (c: Buffer) => (stderr += c));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const { id, dir } = await bulk('sigint', 30_000);
+    const { child, out, exited } = startCopy(dir, ['--progress', 'none', '--concurrency', '1', '--rate', '10000', '--page-keys', '2000']);
     // Once a whole page (2,000 keys) is written, so that its low-water mark is recorded; a fixed
     // wait is not enough on a loaded machine, where starting alone can take most of a second.
     await eventually('the copy wrote its first page', async () => (await target.listKeys(`${id}/bulk/`)).length >= 4000, 30_000);
     child.kill('SIGINT');
     expect(await exited).toBe(130);
-    expect(stderr).toContain('interrupt received');
-    expect(stdout).toMatch(/INTERRUPTED, progress recorded; run again with --resume/);
-    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(stdout)?.[1]);
+    expect(out.stderr).toContain('interrupt received');
+    expect(out.stdout).toMatch(/INTERRUPTED, progress recorded; run again with --resume/);
+    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(out.stdout)?.[1]);
     expect(written).toBeGreaterThan(0);
     expect(written).toBeLessThan(30_000);
     expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(written);
@@ -111,21 +121,10 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
   }, 120_000);
 
   it('throttled (--rate): progress moves within a page, and Ctrl-C leaves the batches still waiting for their turn unsent, exiting at once', async () => {
-    const id = `sigint-rate-${randomBytes(3).toString('hex')}`;
-    const root = `/${id}`;
-    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n`);
-    for (let i = 0; i < 5_000; i += 1000) {
-      const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
-      await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
-    }
     // One page of 5,000 keys at 150 writes/s (about 33 s); 4 txns in flight and 8 queued, each waiting its turn.
-    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'json', '--concurrency', '4', '--rate', '150', '--page-keys', '5000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c));
-    child.stderr.on('data', (c: Buffer) => (stderr += c));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    const done = () => stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event: string; done?: number }).filter((e) => e.event === 'progress').map((e) => e.done!);
+    const { id, dir } = await bulk('sigint-rate', 5_000);
+    const { child, out, exited } = startCopy(dir, ['--progress', 'json', '--concurrency', '4', '--rate', '150', '--page-keys', '5000']);
+    const done = () => out.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event: string; done?: number }).filter((e) => e.event === 'progress').map((e) => e.done!);
     await eventually('progress within the page', async () => done().filter((d) => d > 0).length >= 2, 20_000);
     expect(done().at(-1)!).toBeLessThan(5_000);
     expect(done().at(-1)!).toBeGreaterThan(done().find((d) => d > 0)!);
@@ -134,7 +133,7 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
     expect(await exited).toBe(130);
     // Without the stop, the queued txns would each wait their turn: about 10 s more.
     expect(Date.now() - interrupted).toBeLessThan(3_000);
-    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(stdout)?.[1]);
+    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(out.stdout)?.[1]);
     expect(written).toBeGreaterThan(0);
     expect(written).toBeLessThan(5_000);
     expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(written);
@@ -144,24 +143,15 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
   }, 120_000);
 
   it('Ctrl-C inside one large page stops between batches, not at the end of the page; --resume plans the rest of it', async () => {
-    const id = `sigint-page-${randomBytes(3).toString('hex')}`;
-    const root = `/${id}`;
-    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: bulk, from: ${root}/bulk/, to: ${id}/bulk/ }\n`);
-    for (let i = 0; i < 20_000; i += 1000) {
-      const puts = Array.from({ length: 1000 }, (_, j) => etcd.put(`${root}/bulk/${String(i + j).padStart(6, '0')}`).value('v'));
-      await etcd.if(`${root}/bulk/000000`, 'Mod', '>', -1).then(...puts).commit();
-    }
     // One page of 20,000 keys at 2,000 writes/s: about 10 s to write it all.
-    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--concurrency', '1', '--rate', '2000', '--page-keys', '20000'], { cwd: dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv() }, stdio: ['ignore', 'pipe', 'ignore'] });
-    let stdout = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const { id, dir } = await bulk('sigint-page', 20_000);
+    const { child, out, exited } = startCopy(dir, ['--progress', 'none', '--concurrency', '1', '--rate', '2000', '--page-keys', '20000']);
     await eventually('the copy wrote some keys', async () => (await target.listKeys(`${id}/bulk/`)).length > 0, 30_000);
     const interrupted = Date.now();
     child.kill('SIGINT');
     expect(await exited).toBe(130);
     expect(Date.now() - interrupted).toBeLessThan(5_000);
-    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(stdout)?.[1]);
+    const written = Number(/bulk\s+\d+\s+(\d+)/.exec(out.stdout)?.[1]);
     expect(written).toBeGreaterThan(0);
     expect(written).toBeLessThan(15_000);
     expect(await target.listKeys(`${id}/bulk/`)).toHaveLength(written);
