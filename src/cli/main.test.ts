@@ -1,3 +1,6 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from './main.js';
 import { captureIo } from '../../test/support/capture-io.js';
@@ -53,6 +56,17 @@ describe('CLI contract (in-process)', () => {
       expect(t.err).toContain('error[flag_invalid]');
       expect(t.err).toContain(message);
       expect(t.err).not.toContain('config_not_found');
+    }
+  });
+
+  it('copy with no copy or service rule refuses (exit 4) before contacting a server', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-norules-'));
+    for (const rules of ['rules: []', 'rules:\n  - { name: k8s, from: /registry/, action: keep }']) {
+      writeFileSync(join(dir, 'migration.yaml'), `version: 1\nid: empty\n${rules}\n`);
+      // Closed ports: a server contacted would be exit 3, not the refusal.
+      const t = io({ MIGRATE_CONFIG: join(dir, 'migration.yaml'), CONSUL_HTTP_ADDR: 'http://127.0.0.1:1', ETCDCTL_ENDPOINTS: 'http://127.0.0.1:1' });
+      expect(await main(['copy', '--progress', 'none'], t), rules).toBe(4);
+      expect(t.err).toContain('error[copy_no_rules]');
     }
   });
 

@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
+import { ExitCode, RefusedError, UsageError, isMigrateError } from '../../errors.js';
 import type { CopyResult } from '../../copy/copy.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
@@ -59,6 +59,10 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { createProgressView } = await import('../../report/progress.js');
       const { preflightConsul } = await import('../../doctor/preflight.js');
       const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      if (loaded.mapping.copyRules.length + loaded.mapping.serviceRules.length === 0) {
+        // Before any server is contacted: a copy of nothing would still write the migration's state.
+        throw new RefusedError('copy_no_rules', 'migration.yaml has no copy or service rule: there is nothing to copy, and nothing was written.', { hint: 'Add a rule with action: copy (the default) or action: service (see `migrate init`).' });
+      }
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const { source, target, close } = openStores(connections, loaded.config);
       const view = createProgressView(ctx);
