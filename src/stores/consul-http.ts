@@ -188,14 +188,15 @@ export class ConsulHttp {
 
   private toNetworkError(err: Error & { code?: string }): MigrateError {
     const code = err.code ?? '';
-    if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_OSSL|DEPTH_ZERO/i.test(code) || /certificate|ssl|tls/i.test(err.message)) {
-      return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${err.message}.`, {
-        hint: 'Check CONSUL_CACERT / target.tls.ca (the CA that signed the server certificate) and the client certificate and key.',
-      });
-    }
+    // Before the certificate check: OpenSSL's text for a plain listener named with https:// mentions ssl too.
     if (code === 'EPROTO' || /wrong version number|packet length too long/i.test(err.message)) {
       return new ServerError('consul_tls_failed', `Consul at ${this.address} does not speak the protocol the address names (${err.message}).`, {
         hint: 'Use https:// for a TLS listener and http:// for a plain one.',
+      });
+    }
+    if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_OSSL|DEPTH_ZERO/i.test(code) || /certificate|ssl|tls/i.test(err.message)) {
+      return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${err.message}.`, {
+        hint: 'Check CONSUL_CACERT / target.tls.ca (the CA that signed the server certificate) and the client certificate and key.',
       });
     }
     return new ConsulUnreachableError('consul_unreachable', `Consul at ${this.address} is unreachable (${code || err.message}).`, {
