@@ -47,6 +47,18 @@ describe('bad input to the writing commands: message, exit code, nothing written
     ['an unknown field', 'version: 1\nid: x\nrules:\n  - name: a\n    from: /a/\n    to: a/\n    colour: red\n', /migration\.yaml:7:5: rules\[0\]\.colour: unknown field "colour"/],
     ['two rules colliding in one Consul prefix', 'version: 1\nid: x\nrules:\n  - { name: a, from: /a/, to: app/ }\n  - { name: b, from: /b/, to: app/x/ }\n', /rules\[1\]\.to: .*inside to "app\/"/],
   ];
+  it('copy and dualrun refuse a mapping with nothing to copy (keep rules only): exit 4, nothing written, no lock taken', async () => {
+    const dir = configDir('version: 1\nid: only-keep\nrules:\n  - { name: k8s, from: /registry/, action: keep }\n');
+    const before = await consulIndex(own.address);
+    for (const [command, code] of [['copy', 'copy_no_rules'], ['dualrun', 'dualrun_no_rules']] as const) {
+      const run = await runCli([command], { cwd: dir, env: env() });
+      expect(run.code, `${command}: ${run.stderr}`).toBe(4);
+      expect(run.stderr).toContain(`error[${code}]`);
+      expect(run.stderr).not.toContain('leading');
+    }
+    expect(await consulIndex(own.address)).toBe(before);
+  });
+
   for (const [what, text, message] of configCases) {
     it(`copy and dualrun refuse ${what} (exit 2)`, async () => {
       const dir = configDir(text);

@@ -145,6 +145,8 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
     splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   });
+  // Nothing to mirror: refused before a server is asked or the lock taken.
+  if (secondaryLanes.length === 0) watchRange(primaryLane.mapping);
   const stats = newStats();
   const laneStats = new Map<DualRunLane, DualRunStats>([[primaryLane, stats], ...secondaryLanes.map((l): [DualRunLane, DualRunStats] => [l, newStats()])]);
   const publish = () => {
