@@ -635,6 +635,8 @@ class Applier {
     const doc = this.ownership.doc;
     if (!doc) return message;
     const forward: SourceEvent[] = [];
+    // A lease that ends deletes all its keys in one revision: its state is read once, not once per key.
+    const ended = new Map<string, Promise<boolean>>();
     for (const event of message.events) {
       const rule = findRule(this.ctx.mapping, event.entry.key);
       const owner = rule && rule.action === 'copy' ? ownerAt(doc, rule.name, message.revision) : undefined;
@@ -645,7 +647,7 @@ class Applier {
       if (await this.own.isOwn(message.revision)) continue;
       // Deleting a finalized rule's etcd keys is the retirement `finalize --delete-etcd` does, not a late write.
       if (owner.phase === 'finalized' && event.type === 'delete') continue;
-      if (await this.leaseEnded(event)) continue;
+      if (await this.leaseEnded(event, ended)) continue;
       if (await this.sameAsConsul(event)) continue;
       await this.lateWrite(rule.name, event, message.revision);
     }
@@ -658,10 +660,15 @@ class Applier {
    * lease pass, which destroys it, and Consul deletes the keys it still holds
    * (those an application rewrote in Consul were released from it).
    */
-  private async leaseEnded(event: SourceEvent): Promise<boolean> {
+  private async leaseEnded(event: SourceEvent, ended: Map<string, Promise<boolean>>): Promise<boolean> {
     const lease = event.type === 'delete' ? event.previous?.lease : undefined;
     if (!lease || lease === '0') return false;
-    if ((await this.ctx.source.readLease(lease)).ttl >= 0) return false;
+    let answer = ended.get(lease);
+    if (!answer) {
+      answer = this.ctx.source.readLease(lease).then((l) => l.ttl < 0);
+      ended.set(lease, answer);
+    }
+    if (!(await answer)) return false;
     this.renewedAt.delete(lease);
     return true;
   }

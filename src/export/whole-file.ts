@@ -88,12 +88,12 @@ export class WholeFile {
   private linkNew(): void {
     try {
       // link, not rename: it fails when the name is taken instead of replacing what is there.
-      linkSync(this.partial, this.file);
+      linkSync(this.partial, this.path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw fileExists(this.file, this.options.flag);
       // A file system without hard links: rename, having checked the name is free.
-      if (existsSync(this.file)) throw fileExists(this.file, this.options.flag);
-      renameSync(this.partial, this.file);
+      if (existsSync(this.path)) throw fileExists(this.file, this.options.flag);
+      renameSync(this.partial, this.path);
       return;
     }
     rmSync(this.partial, { force: true });
