@@ -3,6 +3,7 @@ import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
 import { compareKeys, keysOf, packReads, planReads, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
+import { scanReadResults } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import { checkIdOf, META_MIGRATION } from '../services/registration.js';
 import type { ServiceDefinition, ServiceInstance, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
@@ -72,11 +73,16 @@ export function toEntry(wire: WireEntry): TargetEntry {
   return entry;
 }
 
-/** The results whose key was asked for: all of them, in order, unless keys came or went under a tree since the listing. */
-function askedOnly(results: readonly { KV: WireEntry }[], asked: readonly string[]): readonly { KV: WireEntry }[] {
-  if (results.length === asked.length && results.every((r, i) => r.KV.Key === asked[i])) return results;
+/** The entries of a read txn's answer (status 200). */
+function readResults(body: Buffer): TargetEntry[] {
+  return scanReadResults(body) ?? ((JSON.parse(body.toString('utf8')) as { Results: { KV: WireEntry }[] | null }).Results ?? []).map((r) => toEntry(r.KV));
+}
+
+/** The entries whose key was asked for: all of them, in order, unless keys came or went under a tree since the listing. */
+function askedOnly(entries: TargetEntry[], asked: readonly string[]): TargetEntry[] {
+  if (entries.length === asked.length && entries.every((e, i) => e.key === asked[i])) return entries;
   const wanted = new Set(asked);
-  return results.filter((r) => wanted.has(r.KV.Key));
+  return entries.filter((e) => wanted.has(e.key));
 }
 
 /** The Consul adapter of {@link TargetStore}. */
@@ -211,11 +217,11 @@ export class ConsulTarget implements TargetStore {
     let remaining = ops;
     while (remaining.length > 0) {
       const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body: readTxnBody(remaining), accept: [409], signal });
-      const parsed = JSON.parse(response.body.toString('utf8')) as { Results: { KV: WireEntry }[] | null; Errors: { OpIndex: number; What: string }[] | null };
       if (response.status === 200) {
-        const results = parsed.Results ?? [];
-        return (ops.some((op) => op.verb === 'get-tree') ? askedOnly(results, keysOf(remaining)) : results).map((r) => toEntry(r.KV));
+        const entries = readResults(response.body);
+        return ops.some((op) => op.verb === 'get-tree') ? askedOnly(entries, keysOf(remaining)) : entries;
       }
+      const parsed = JSON.parse(response.body.toString('utf8')) as { Errors: { OpIndex: number; What: string }[] | null };
       const missing = new Set((parsed.Errors ?? []).filter((e) => /doesn't exist/.test(e.What)).map((e) => e.OpIndex));
       if (missing.size === 0) throw new TxnFailedError((parsed.Errors ?? []).map((e) => ({ opIndex: e.OpIndex, what: e.What })));
       remaining = remaining.filter((_, i) => !missing.has(i));
@@ -232,8 +238,7 @@ export class ConsulTarget implements TargetStore {
   async readTree(prefix: string, signal?: AbortSignal): Promise<TargetEntry[]> {
     const body = JSON.stringify([{ KV: { Verb: 'get-tree', Key: prefix } }]);
     const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body, signal });
-    const parsed = JSON.parse(response.body.toString('utf8')) as { Results: { KV: WireEntry }[] | null };
-    return (parsed.Results ?? []).map((r) => toEntry(r.KV));
+    return readResults(response.body);
   }
 
   async readKey(key: string): Promise<TargetEntry | undefined> {

