@@ -85,6 +85,17 @@ describe('expectationFor', () => {
 });
 
 describe('compareKey', () => {
+  it('keeps a copy of the etcd key, not a view of its page, in a finding', () => {
+    // etcd keys are views of the page they came in; a finding kept for the re-checks must not keep the page alive.
+    const page = Buffer.alloc(64 * 1024);
+    const key = page.subarray(100, 100 + Buffer.byteLength('/app/a'));
+    key.write('/app/a');
+    const finding = compare({ target: 'app/a', expectation: expectationFor('app/a', entry(key, 'etcd'), 'persist'), consul: consul('app/a', 'consul') });
+    expect(finding?.difference.kind).toBe('value');
+    expect(finding!.source!.toString()).toBe('/app/a');
+    expect(finding!.source!.buffer.byteLength).toBeLessThan(page.length);
+  });
+
   const expect1 = (key: string, value: string | Buffer, lease = '0', ruleName = 'app') => {
     const route = routeForVerify(mapping, rule(ruleName), entry(key, value, lease));
     if (route.kind !== 'expect') throw new Error(`not mapped: ${key}`);

@@ -221,7 +221,8 @@ export function compareKey(input: CompareInput): Finding | undefined {
       consul: consul ? digest(consul.value, input.hash) : null,
     },
     target,
-    source,
+    // A copy: the key is a view of its etcd page, which a finding kept for the re-checks would otherwise keep whole.
+    source: source ? Buffer.from(source) : undefined,
     readBack,
   });
 
