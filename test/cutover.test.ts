@@ -179,6 +179,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     const keep = await s.cli(['cutover', '--rule', 'k8s', '--yes', '--format', 'json']);
     expect(keep.code).toBe(4);
     expect(JSON.parse(keep.stdout).status).toBe('refused');
+    expect((await s.cli(['cutover', '--rule', 'k8s', '--yes'])).stdout).toMatch(/FAIL k8s: rule\s+a keep rule: its keys stay on etcd and are never cut over/);
     expect(await snapshot(s)).toBe(before);
 
     const dr = await dualRun(s);

@@ -237,7 +237,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   const elsewhere = await otherDatacenterChecks(options);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
-    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: its keys stay on etcd and are never cut over` }] };
+    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: its keys stay on etcd and are never cut over` }] };
     if (rule.action === 'service') return { rule: name, from: 'service', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [{ name: 'rule', ok: true, detail: `copy rule ${rule.from} → ${rule.to}` }];
@@ -383,7 +383,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   const elsewhere = await otherDatacenterChecks(options);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
-    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `rule ${name} is a keep rule: finalize never touches it` }] };
+    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: finalize never touches it` }] };
     if (rule.action === 'service') return { rule: name, from: 'service', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [
