@@ -86,4 +86,19 @@ describe('connection settings: flags > environment > file > defaults', () => {
       expect(c.origins['etcd.endpoints']).toBe('default');
     }
   });
+
+  it('an etcd endpoint that is not http(s)://host:port is a usage error naming where it came from (it was reported as unreachable, exit 3)', () => {
+    const bare = parseConfig('version: 1\nid: d\n', 'm.yaml').config;
+    for (const etcdEndpoints of ['127.0.0.1:99999', 'http://127.0.0.1:0', '127.0.0.1:abc', 'ftp://127.0.0.1:2379', 'http://127.0.0.1:2379,http://[::1', 'http://user:pw@:2379']) {
+      expect(() => resolveConnections(bare, { etcdEndpoints }, {}, dir)).toThrow(expect.objectContaining({ code: 'etcd_endpoint_invalid', exitCode: 2, message: expect.stringContaining('from --etcd-endpoints') }));
+    }
+    expect(() => resolveConnections(bare, {}, { ETCDCTL_ENDPOINTS: 'etcd-1:2379x' }, dir)).toThrow(/"http:\/\/etcd-1:2379x" \(from ETCDCTL_ENDPOINTS\)/);
+    const inFile = parseConfig('version: 1\nid: d\nsource:\n  endpoints: [ "http://e:123456" ]\n', 'm.yaml').config;
+    expect(() => resolveConnections(inFile, {}, {}, dir)).toThrow(/from source\.endpoints in migration\.yaml/);
+    // A password in an endpoint never reaches the message.
+    expect(() => resolveConnections(bare, { etcdEndpoints: 'http://root:s3cret@e:99999' }, {}, dir)).toThrow(expect.objectContaining({ message: expect.not.stringContaining('s3cret') }));
+    for (const ok of ['e:2379', 'http://10.0.0.1:2379', 'http://[::1]:2379', 'http://etcd.example.com']) {
+      expect(resolveConnections(bare, { etcdEndpoints: ok }, {}, dir).source.endpoints[0]).toMatch(/^https?:\/\//);
+    }
+  });
 });

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { UsageError } from '../errors.js';
-import { registerSecret } from '../report/redact.js';
+import { redactUrl, registerSecret } from '../report/redact.js';
 import type { ConsulConnection } from '../stores/consul-http.js';
 import type { EtcdConnection } from '../stores/etcd.js';
 import type { MigrationConfig } from './load.js';
@@ -77,6 +77,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     [envEndpoints?.length ? envEndpoints : undefined, 'env'],
     [config.source.endpoints, 'file'],
   ], [DEFAULT_ETCD_ENDPOINT]).map((e) => (e.includes('://') ? e : `http://${e}`));
+  for (const endpoint of endpoints) checkEtcdEndpoint(endpoint, origins['etcd.endpoints']!);
 
   // etcdctl accepts ETCDCTL_USER as "user" or "user:password".
   let user = pick<string | undefined>('etcd.user', [[env.ETCDCTL_USER, 'env'], [config.source.auth?.user, 'file']], undefined);
@@ -145,4 +146,25 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     };
   }
   return { source, target, origins };
+}
+
+const ENDPOINT_SOURCES: Record<string, string> = { flag: '--etcd-endpoints', env: 'ETCDCTL_ENDPOINTS', file: 'source.endpoints in migration.yaml', default: 'the default' };
+
+/**
+ * An etcd endpoint must be http(s)://host:port (a port from 1 to 65535): grpc-js
+ * reports a malformed one only when it dials, as an unreachable server (exit 3)
+ * after the retries.
+ */
+function checkEtcdEndpoint(endpoint: string, origin: string): void {
+  let url: URL | undefined;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    url = undefined;
+  }
+  const port = url?.port === '' ? undefined : Number(url?.port);
+  if (url && (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '' && (port === undefined || (port >= 1 && port <= 65535))) return;
+  throw new UsageError('etcd_endpoint_invalid', `The etcd endpoint ${JSON.stringify(redactUrl(endpoint))} (from ${ENDPOINT_SOURCES[origin] ?? origin}) is not a valid endpoint: it must be http(s)://host:port, with a port from 1 to 65535.`, {
+    hint: 'Give each endpoint as host:port or http(s)://host:port, for example http://127.0.0.1:2379; separate several with commas.',
+  });
 }
