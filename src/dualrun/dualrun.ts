@@ -910,7 +910,11 @@ class Applier {
     }
     // A replaced session (here, or by the replication when it found the old one gone) holds only the keys
     // written since; it stays marked until the lease's keys are written again, so a failed rewrite is retried.
-    if (this.sessions.replaced.has(record.leaseId)) await this.rewriteLeaseKeys(record.leaseId, lease.keys, session, alive ? 'replaced it' : 're-created it', atStart);
+    if (this.sessions.replaced.has(record.leaseId)) {
+      // The lease's keys only now: renewals, every half TTL of every lease, need none of them.
+      const { keys } = await this.ctx.source.readLease(record.leaseId, { keys: true });
+      await this.rewriteLeaseKeys(record.leaseId, keys ?? [], session, alive ? 'replaced it' : 're-created it', atStart);
+    }
     this.renewedAt.set(record.leaseId, renewing);
   }
 

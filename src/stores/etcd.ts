@@ -253,9 +253,10 @@ export class EtcdSource implements SourceReader {
     return page.count;
   }
 
-  async readLease(id: string): Promise<LeaseInfo> {
-    const response = await this.call(`read lease ${id}`, () => this.client.leaseClient.leaseTimeToLive({ ID: id, keys: true }));
-    return { id, ttl: Number(response.TTL), grantedTtl: Number(response.grantedTTL), keys: response.keys ?? [] };
+  async readLease(id: string, options: { keys?: boolean } = {}): Promise<LeaseInfo> {
+    const keys = options.keys ?? false;
+    const response = await this.call(`read lease ${id}`, () => this.client.leaseClient.leaseTimeToLive({ ID: id, keys }));
+    return { id, ttl: Number(response.TTL), grantedTtl: Number(response.grantedTTL), ...(keys ? { keys: response.keys ?? [] } : {}) };
   }
 
   async listLeases(): Promise<string[]> {

@@ -163,10 +163,10 @@ export class MemorySource implements SourceReader {
     return this.snapshot(revision ?? this.revision).filter((e) => inRange(e.key, range)).length;
   }
 
-  async readLease(id: string): Promise<LeaseInfo> {
+  async readLease(id: string, options: { keys?: boolean } = {}): Promise<LeaseInfo> {
     const lease = this.leases.get(id);
-    if (!lease) return { id, ttl: -1, grantedTtl: 0, keys: [] };
-    return { id, ttl: lease.ttl, grantedTtl: lease.granted, keys: this.snapshot(this.revision).filter((e) => e.lease === id).map((e) => e.key) };
+    if (!lease) return { id, ttl: -1, grantedTtl: 0, ...(options.keys ? { keys: [] } : {}) };
+    return { id, ttl: lease.ttl, grantedTtl: lease.granted, ...(options.keys ? { keys: this.snapshot(this.revision).filter((e) => e.lease === id).map((e) => e.key) } : {}) };
   }
 
   async listLeases(): Promise<string[]> {

@@ -74,7 +74,8 @@ export interface LeaseInfo {
   /** Remaining TTL in seconds; `-1` once the lease has expired or is unknown. */
   ttl: number;
   grantedTtl: number;
-  keys: Buffer[];
+  /** The keys attached to the lease, when asked for (a lease can hold many thousands). */
+  keys?: Buffer[];
 }
 
 /** One change from the etcd watch stream. */
@@ -108,7 +109,7 @@ export interface SourceReader {
   readPages(range: KeyRange, options?: ReadPagesOptions): AsyncIterable<SourcePage>;
   /** How many keys `range` holds at `revision` (for progress and estimates; no values are read). */
   count(range: KeyRange, revision?: number): Promise<number>;
-  readLease(id: string): Promise<LeaseInfo>;
+  readLease(id: string, options?: { keys?: boolean }): Promise<LeaseInfo>;
   listLeases(): Promise<string[]>;
   /** One ordered stream of every change in `range` from `fromRevision` (inclusive). */
   watch(range: KeyRange, fromRevision: number): Promise<SourceWatch>;
