@@ -161,16 +161,20 @@ describe('migrate copy (real servers)', () => {
     expect(unconfirmed.code).toBe(2);
     expect(unconfirmed.stderr).toContain('--yes');
 
+    // A key new in etcd since: the refused copy must not write it either (it used to, before finding the guard tripped).
+    await etcd.put(`${s.root}/app/k-new`).value('new');
     const guarded = await runCli(['copy', '--delete-extraneous', '--yes'], { cwd: s.dir, env: serverEnv() });
     expect(guarded.code).toBe(4);
     expect(guarded.stderr).toContain('error[delete_guard]');
+    expect(guarded.stderr).toContain('nothing was written or deleted');
     expect(guarded.stderr).toContain('--allow-mass-delete');
     expect(await target.listKeys(`${s.id}/app/stale-`)).toHaveLength(20);
+    expect(await target.readKey(`${s.id}/app/k-new`)).toBeUndefined();
 
     const allowed = await runCli(['copy', '--delete-extraneous', '--yes', '--allow-mass-delete', '--format', 'json'], { cwd: s.dir, env: serverEnv() });
     expect(allowed.code, allowed.stderr).toBe(0);
     expect(JSON.parse(allowed.stdout).rules.find((r: { name: string }) => r.name === 'app').deleted).toBe(20);
-    expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(5);
+    expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(6);
   });
 
   it('refuses a state meta written for another etcd cluster (exit 4) and writes nothing', async () => {

@@ -163,3 +163,38 @@ describe('copy --dry-run', () => {
     expect(target.writes).toBe(0);
   });
 });
+
+describe('copy --delete-extraneous and the delete guard', () => {
+  const two = parseConfig(`version: 1
+id: guard
+rules:
+  - { name: a, from: /a/, to: a/ }
+  - { name: b, from: /b/, to: b/ }
+`, 'migration.yaml');
+
+  it('a rule over the guard refuses the whole copy before its first write: no rule written, no extraneous key of any rule deleted, the copy document untouched', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget({}, { txnMaxOps: 4 });
+    for (let i = 0; i < 30; i++) source.put(`/a/k${i}`, 'v');
+    for (let i = 0; i < 10; i++) source.put(`/b/k${i}`, 'v');
+    const d = { source, target, config: two.config, mapping: two.mapping };
+    expect((await runCopy(d, options())).rules.map((r) => r.created)).toEqual([30, 10]);
+    // Since: 3 extraneous keys under a/ (within its guard), 20 under b/ (over it), and a new etcd key of rule a.
+    for (let i = 0; i < 3; i++) target.entries.set(`a/extra${i}`, { key: `a/extra${i}`, value: Buffer.from('x'), flags: 0, modifyIndex: 1 });
+    for (let i = 0; i < 20; i++) target.entries.set(`b/extra${i}`, { key: `b/extra${i}`, value: Buffer.from('x'), flags: 0, modifyIndex: 1 });
+    source.put('/a/new', 'n');
+    const before = JSON.stringify([...target.entries].map(([k, e]) => [k, e.value.toString('base64'), e.modifyIndex]));
+    const writes = target.writes;
+
+    for (const dryRun of [false, true]) {
+      const refused = await runCopy(d, options({ deleteExtraneous: true, dryRun })).catch((err: unknown) => err);
+      expect(refused).toMatchObject({ code: 'delete_guard', exitCode: 4, message: expect.stringMatching(/20 extraneous keys would remove 67% of rule b's 30 target keys; nothing was written or deleted/) });
+    }
+    expect(target.writes).toBe(writes);
+    expect(JSON.stringify([...target.entries].map(([k, e]) => [k, e.value.toString('base64'), e.modifyIndex]))).toBe(before);
+
+    // Past the guard on purpose: both rules' extraneous keys go, the new key is written.
+    const allowed = await runCopy(d, options({ deleteExtraneous: true, allowMassDelete: true }));
+    expect(allowed.rules.map((r) => [r.created, r.deleted])).toEqual([[1, 3], [0, 20]]);
+  });
+});

@@ -210,8 +210,9 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
       options.onProgress?.({ type: 'warning', message: `revision ${previous.revision} of the interrupted copy was compacted; copying at revision ${revision} instead (the diff skips what is already there)` });
     }
   }
-  if (!options.dryRun && startIndex === undefined) startIndex = await markStart(target, paths.copy, { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: lowWaters });
   const copyRules = config.rules.filter((r) => r.action === 'copy');
+  if (options.deleteExtraneous && !options.allowMassDelete) await refuseMassDeletes({ ...deps, target }, copyRules, revision, options);
+  if (!options.dryRun && startIndex === undefined) startIndex = await markStart(target, paths.copy, { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: lowWaters });
   const sessions = new LeaseSessions(source, target, paths, config.id, options.now);
   await sessions.load();
   sessions.startRenewing((leaseId) => options.onProgress?.({ type: 'warning', message: `Consul no longer knows the session of etcd lease ${leaseId}; its keys are re-created by the next copy or dual-run` }));
@@ -333,6 +334,38 @@ function rangeOf(prefix: string): KeyRange {
   return { start, end: prefixEnd(start) };
 }
 
+/**
+ * `--delete-extraneous` without `--allow-mass-delete`: the delete guard of every
+ * rule, before anything is written. Extraneous keys are known only once a rule's
+ * whole range is read, so the copy itself would find a tripped guard after it
+ * wrote that rule and earlier ones (and deleted their extraneous keys). This
+ * pass reads the keys alone (etcd keys-only at the copy's revision, Consul's
+ * key list) and refuses, exit 4, before the first write. Value sizes are not
+ * read, so a key whose value is too large counts as mapped here; the copy
+ * checks each rule's guard again before its deletes.
+ */
+async function refuseMassDeletes(deps: CopyDeps, copyRules: RuleConfig[], revision: number, options: CopyOptions): Promise<void> {
+  for (const rule of copyRules) {
+    const targetKeys = new ListedKeys(await deps.target.listKeys(rule.to, options.signal));
+    if (!deleteGuardTrips(targetKeys.size, targetKeys.size)) continue;
+    for await (const page of deps.source.readPages(rangeOf(rule.from), { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
+      for (const entry of page.entries) {
+        const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
+        if (route.kind === 'mapped') targetKeys.take(route.target);
+      }
+    }
+    if (options.signal.aborted) return;
+    if (deleteGuardTrips(targetKeys.remaining, targetKeys.size)) throw deleteGuardError(rule.name, targetKeys.remaining, targetKeys.size, 'nothing was written or deleted');
+  }
+}
+
+function deleteGuardError(rule: string, deletes: number, targetKeys: number, outcome: string): RefusedError {
+  return new RefusedError('delete_guard', `Deleting ${deletes} extraneous keys would remove ${Math.round((100 * deletes) / Math.max(1, targetKeys))}% of rule ${rule}'s ${targetKeys} target keys; ${outcome}.`, {
+    hint: 'Check the rule\'s from/to first (`migrate plan`); if the deletes are intended, pass --allow-mass-delete.',
+    details: { rule, deletes, targetKeys },
+  });
+}
+
 async function copyRule(
   rule: RuleConfig,
   deps: { source: SourceReader; target: TargetStore; mapping: Mapping },
@@ -435,12 +468,7 @@ async function copyRule(
       stats.extraneousExamples.push(key);
     }
     if (options.deleteExtraneous && extraneous > 0) {
-      if (deleteGuardTrips(extraneous, initialTargetKeys) && !options.allowMassDelete) {
-        throw new RefusedError('delete_guard', `Deleting ${extraneous} extraneous keys would remove ${Math.round((100 * extraneous) / Math.max(1, initialTargetKeys))}% of rule ${rule.name}'s ${initialTargetKeys} target keys; nothing was deleted.`, {
-          hint: 'Check the rule\'s from/to first (`migrate plan`); if the deletes are intended, pass --allow-mass-delete.',
-          details: { rule: rule.name, deletes: extraneous, targetKeys: initialTargetKeys },
-        });
-      }
+      if (deleteGuardTrips(extraneous, initialTargetKeys) && !options.allowMassDelete) throw deleteGuardError(rule.name, extraneous, initialTargetKeys, 'none of them was deleted');
       stats.deleted = await engine.deleteKeys([...targetKeys.leftovers()], stats);
     }
   }
