@@ -3,6 +3,7 @@ import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import type { ReadPagesOptions } from '../stores/types.js';
 import { runCopy, type CopyOptions, type CopyProgressEvent } from './copy.js';
+import { renderCopy } from './render.js';
 
 const loaded = parseConfig(`version: 1
 id: demo
@@ -196,5 +197,26 @@ rules:
     // Past the guard on purpose: both rules' extraneous keys go, the new key is written.
     const allowed = await runCopy(d, options({ deleteExtraneous: true, allowMassDelete: true }));
     expect(allowed.rules.map((r) => [r.created, r.deleted])).toEqual([[1, 3], [0, 20]]);
+  });
+});
+
+describe('copy --delete-extraneous and sessions', () => {
+  it('deletes an extraneous key held by one of the migration\'s sessions (its lease revoked in etcd), keeps one held by another session and says so', async () => {
+    const { source, target } = world();
+    const lease = source.grantLease(60);
+    source.put('/app/gone', 'held', lease);
+    await runCopy(deps(source, target), options());
+    expect(target.entries.get('app/gone')?.session).toBeDefined();
+    // The lease is revoked in etcd (its key with it); another client holds a key of its own under app/.
+    source.revokeLease(lease);
+    target.entries.set('app/theirs', { key: 'app/theirs', value: Buffer.from('x'), flags: 0, modifyIndex: 1, session: 'someone-elses-session' });
+    const result = await runCopy(deps(source, target), options({ deleteExtraneous: true }));
+    expect(result.rules[0]).toMatchObject({ extraneous: 3, deleted: 2, extraneousHeld: 1 });
+    expect(target.entries.has('app/gone')).toBe(false);
+    expect(target.entries.has('app/foreign')).toBe(false);
+    expect(target.entries.get('app/theirs')?.session).toBe('someone-elses-session');
+    const text = renderCopy(result, 'text', false);
+    expect(text).toContain('app: 3 extraneous key(s) under app/ have no etcd key; 2 deleted, 1 kept: held by a session this migration does not own');
+    expect(text).not.toContain('pass --delete-extraneous');
   });
 });

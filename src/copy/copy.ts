@@ -87,6 +87,8 @@ export interface RuleCopyStats {
   extraneous: number;
   extraneousExamples: string[];
   deleted: number;
+  /** Extraneous keys `--delete-extraneous` left: held by a session this migration does not own. */
+  extraneousHeld: number;
   /** Keys this copy wrote at a revision etcd then compacted, gone from etcd at the revision it went on at. */
   deletedStale: number;
   conflicts: { overwritten: number; skipped: number };
@@ -378,7 +380,7 @@ async function copyRule(
   const { revision } = at;
   const stats: RuleCopyStats = {
     name: rule.name, from: rule.from, to: rule.to, sourceKeys, created: 0, updated: 0, unchanged: 0, bytesWritten: 0,
-    skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, deletedStale: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
+    skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, extraneousHeld: 0, deletedStale: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
   };
   const ruleState = engine.state.rules[rule.name]!;
   // Taken out as source keys map to them: what is left has no source key (the extraneous keys).
@@ -469,7 +471,7 @@ async function copyRule(
     }
     if (options.deleteExtraneous && extraneous > 0) {
       if (deleteGuardTrips(extraneous, initialTargetKeys) && !options.allowMassDelete) throw deleteGuardError(rule.name, extraneous, initialTargetKeys, 'none of them was deleted');
-      stats.deleted = await engine.deleteKeys([...targetKeys.leftovers()], stats);
+      stats.deleted = await engine.deleteKeys([...targetKeys.leftovers()], sessions.own, stats);
     }
   }
   return stats;
@@ -666,13 +668,19 @@ class CopyEngine {
     if (singlePut) stats.singlePuts++;
   }
 
-  /** Deletes extraneous keys with a compare on the index just read, in txn batches; keys held by a session are left. */
-  async deleteKeys(keys: string[], stats: RuleCopyStats): Promise<number> {
+  /**
+   * Deletes extraneous keys with a compare on the index just read, in txn batches.
+   * A key held by one of the migration's own sessions (its etcd key is gone, its
+   * lease maybe too) is deleted like any other; one held by another session is
+   * left, and counted.
+   */
+  async deleteKeys(keys: string[], own: ReadonlySet<string>, stats: RuleCopyStats): Promise<number> {
     let deleted = 0;
     for (let i = 0; i < keys.length; i += this.limits.txnMaxOps) {
       const entries = await this.target.readEntries(keys.slice(i, i + this.limits.txnMaxOps));
-      stats.skippedExamples.length < EXAMPLES && entries.filter((e) => e.session).forEach((e) => stats.skippedExamples.push({ key: formatKey(e.key), reason: 'foreign-session', detail: 'extraneous but held by a session: not deleted' }));
-      deleted += await this.deleteEntries(entries.filter((e) => !e.session));
+      const deletable = entries.filter((e) => !e.session || own.has(e.session));
+      stats.extraneousHeld += entries.length - deletable.length;
+      deleted += await this.deleteEntries(deletable);
     }
     return deleted;
   }

@@ -25,7 +25,8 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     for (const [reason, count] of Object.entries(r.skipped)) lines.push(`  ${r.name}: ${count} key(s) ${verb ? 'would be ' : ''}skipped: ${reason}`);
     for (const ex of r.skippedExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.reason}: ${ex.detail})`);
     if (r.extraneous > 0) {
-      lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${r.deleted ? `; ${r.deleted} deleted` : ' (kept; pass --delete-extraneous to remove them)'}`);
+      const removed = r.deleted || r.extraneousHeld ? `; ${r.deleted} ${verb ? 'would be ' : ''}deleted${r.extraneousHeld ? `, ${r.extraneousHeld} kept: held by a session this migration does not own` : ''}` : ' (kept; pass --delete-extraneous to remove them)';
+      lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${removed}`);
       for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${key}`);
     }
     if (r.deletedStale) lines.push(`  ${r.name}: ${r.deletedStale} key(s) this copy wrote at a compacted revision ${verb ? 'would be ' : 'were '}deleted: etcd deleted them before revision ${result.revision}`);
