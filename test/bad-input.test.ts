@@ -83,6 +83,20 @@ describe('bad input to the writing commands: message, exit code, nothing written
     const deadConsul = await runCli(['copy'], { cwd: s.dir, env: env({ CONSUL_HTTP_ADDR: `127.0.0.1:${port}` }) });
     expect(deadConsul.code, deadConsul.stderr).toBe(3);
     expect(deadConsul.stderr).toContain(`Consul at http://127.0.0.1:${port} is unreachable`);
+    // A password in an etcd endpoint (grpc-js quoted the whole target in its errors): refused, and never printed.
+    for (const format of ['text', 'json']) {
+      const withPassword = await runCli(['copy', '--format', format], { cwd: s.dir, env: env({ ETCDCTL_ENDPOINTS: `http://root:etcdPW99@127.0.0.1:${await freePort()}` }) });
+      expect(withPassword.code, withPassword.stderr).toBe(2);
+      expect(withPassword.stdout + withPassword.stderr).toContain('etcd_endpoint_invalid');
+      expect(withPassword.stdout + withPassword.stderr).toContain('ETCDCTL_PASSWORD');
+      expect(withPassword.stdout + withPassword.stderr).not.toContain('etcdPW99');
+    }
+    // A datacenter the agent does not know: a typo, refused at once (exit 2), not retried as one whose servers are down.
+    const began = Date.now();
+    const typo = await runCli(['copy', '--datacenter', 'dc9'], { cwd: s.dir, env: env() });
+    expect(typo.code, typo.stderr).toBe(2);
+    expect(typo.stderr).toMatch(/error\[datacenter_unknown\]: The Consul agent at http:\/\/127\.0\.0\.1:\d+ knows no datacenter dc9 \(it knows dc1\)/);
+    expect(Date.now() - began).toBeLessThan(10_000);
     expect(await consulIndex(own.address)).toBe(before);
   });
 

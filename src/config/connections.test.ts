@@ -95,8 +95,11 @@ describe('connection settings: flags > environment > file > defaults', () => {
     expect(() => resolveConnections(bare, {}, { ETCDCTL_ENDPOINTS: 'etcd-1:2379x' }, dir)).toThrow(/"http:\/\/etcd-1:2379x" \(from ETCDCTL_ENDPOINTS\)/);
     const inFile = parseConfig('version: 1\nid: d\nsource:\n  endpoints: [ "http://e:123456" ]\n', 'm.yaml').config;
     expect(() => resolveConnections(inFile, {}, {}, dir)).toThrow(/from source\.endpoints in migration\.yaml/);
-    // A password in an endpoint never reaches the message.
-    expect(() => resolveConnections(bare, { etcdEndpoints: 'http://root:s3cret@e:99999' }, {}, dir)).toThrow(expect.objectContaining({ message: expect.not.stringContaining('s3cret') }));
+    // Credentials in an endpoint: refused (etcd takes none there), never in the message, and scrubbed from any other output.
+    for (const etcdEndpoints of ['http://root:s3cret-77@e:2379', 'http://root:s3cret-77@e:99999']) {
+      expect(() => resolveConnections(bare, { etcdEndpoints }, {}, dir)).toThrow(expect.objectContaining({ code: 'etcd_endpoint_invalid', message: expect.not.stringContaining('s3cret-77') }));
+    }
+    expect(scrub('dns:root:s3cret-77@e:2379')).not.toContain('s3cret-77');
     for (const ok of ['e:2379', 'http://10.0.0.1:2379', 'http://[::1]:2379', 'http://etcd.example.com']) {
       expect(resolveConnections(bare, { etcdEndpoints: ok }, {}, dir).source.endpoints[0]).toMatch(/^https?:\/\//);
     }

@@ -162,6 +162,13 @@ function checkEtcdEndpoint(endpoint: string, origin: string): void {
   } catch {
     url = undefined;
   }
+  if (url && (url.username || url.password)) {
+    // etcd takes no credentials in an endpoint (gRPC resolves "user:password@host" as a host name, and quotes it in its errors).
+    for (const secret of [url.password, decodeURIComponent(url.password), url.username]) registerSecret(secret);
+    throw new UsageError('etcd_endpoint_invalid', `The etcd endpoint ${JSON.stringify(redactUrl(endpoint))} (from ${ENDPOINT_SOURCES[origin] ?? origin}) carries a user name or password, which etcd does not take there.`, {
+      hint: 'Give the endpoint as http(s)://host:port, and the credentials in ETCDCTL_USER and ETCDCTL_PASSWORD (or source.auth in migration.yaml).',
+    });
+  }
   const port = url?.port === '' ? undefined : Number(url?.port);
   if (url && (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '' && (port === undefined || (port >= 1 && port <= 65535))) return;
   throw new UsageError('etcd_endpoint_invalid', `The etcd endpoint ${JSON.stringify(redactUrl(endpoint))} (from ${ENDPOINT_SOURCES[origin] ?? origin}) is not a valid endpoint: it must be http(s)://host:port, with a port from 1 to 65535.`, {

@@ -126,6 +126,7 @@ export class ConsulTarget implements TargetStore {
   }
 
   private async readInfo(): Promise<TargetInfo> {
+    if (this.http.datacenterName) await this.refuseUnknownDatacenter(this.http.datacenterName);
     const leader = JSON.parse((await this.request({ method: 'GET', path: '/v1/status/leader' })).body.toString('utf8')) as string;
     // `/v1/agent/self` needs agent:read; without it the version (and so the op limit) falls back to the safe 64.
     // The agent checks a txn's op count, so its version decides the limit whatever datacenter the txn goes to.
@@ -142,6 +143,26 @@ export class ConsulTarget implements TargetStore {
       nodeName = await this.serverNode();
     }
     return { version, datacenter, nodeName, txnMaxOps: txnMaxOpsForVersion(version === 'unknown' ? undefined : version), ...enforced, leader, address: this.address };
+  }
+
+  /**
+   * A datacenter the agent's WAN federation does not know is a typo (`--datacenter`,
+   * `target.datacenter`), refused at once: requests to it fail as if its servers were
+   * down, and those are retried for a minute. A token that may not list them: not checked.
+   */
+  private async refuseUnknownDatacenter(datacenter: string): Promise<void> {
+    let known: string[];
+    try {
+      known = await this.forDatacenter(undefined).datacenters();
+    } catch (err) {
+      if (err instanceof ConsulResponseError && err.status === 403) return;
+      throw err;
+    }
+    if (known.includes(datacenter)) return;
+    throw new UsageError('datacenter_unknown', `The Consul agent at ${this.address} knows no datacenter ${datacenter} (it knows ${known.join(', ')}).`, {
+      hint: 'Fix --datacenter or target.datacenter in migration.yaml, or join that datacenter\'s servers to the WAN federation (`consul join -wan`).',
+      details: { datacenter, known },
+    });
   }
 
   /** The datacenters the agent's WAN federation knows (`/v1/catalog/datacenters`). */
