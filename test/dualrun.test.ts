@@ -181,6 +181,26 @@ describe('migrate dualrun (real servers)', () => {
       } finally {
         expect(await dr.stop()).toBe(0);
       }
+
+      // Stopped again, and most of the rule deleted in etcd before a compaction: the re-baseline would
+      // delete past the guard. Refused (exit 4) before any write, with the dual-run's own way out.
+      const deleted = Array.from({ length: 12 }, (_, i) => `${s.root}/app/k${i + 5}`);
+      for (const key of deleted) await etcd.delete().key(key);
+      await etcd.kv.compact({ revision: Number((await etcd.put(`${s.root}/app/added`).value('new2').exec()).header.revision), physical: true });
+      const refused = await runCli(['dualrun'], { cwd: s.dir, env });
+      expect(refused.code, refused.stderr).toBe(4);
+      expect(refused.stderr).toMatch(/error\[delete_guard\]: Deleting 12 extraneous keys .* nothing was written or deleted \(the re-baseline after etcd compacted past the checkpoint \d+/);
+      expect(refused.stderr).toContain('start the dual-run again with --allow-mass-delete');
+      expect(await target.readKey(`${s.id}/app/k5`)).toBeDefined();
+      expect((await target.readKey(`${s.id}/app/added`))?.value.toString()).toBe('new');
+      dr = await startDualRun(s.dir, ['--allow-mass-delete'], env);
+      try {
+        await waitCaughtUp(etcd, target, s.id);
+        await expectParity(s, etcd);
+        expect(await target.readKey(`${s.id}/app/k5`)).toBeUndefined();
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
     } finally {
       etcd.close();
       await own.stop();

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import pLimit from 'p-limit';
-import { RefusedError, isMigrateError } from '../errors.js';
+import { RefusedError, isMigrateError, type MigrateError } from '../errors.js';
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
@@ -92,6 +92,8 @@ export interface DualRunOptions {
   ha: boolean;
   baseline: boolean;
   acceptMappingChange: boolean;
+  /** A re-baseline after compaction may delete past the delete guard (`--allow-mass-delete`). */
+  allowMassDelete?: boolean;
   signal: AbortSignal;
   toolVersion: string;
   log: DualRunLog;
@@ -480,7 +482,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint} (oldest available ${err.compactRevision}); re-baselining`);
           stats.rebaselines++;
           applier.reset();
-          const result = await options.copy({ deleteExtraneous: true, allowMassDelete: false }, ctx.lane);
+          const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
+            throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, stats.checkpoint) : failed;
+          });
           stats.checkpoint = result.revision;
           // The copy wrote the checkpoint as its own; the dual-run takes it over at once, so status,
           // cutover and verify see a running dual-run rather than a copy that just finished.
@@ -935,4 +939,16 @@ class Applier {
     this.sessions.replaced.delete(leaseId);
     this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${leaseId} was gone from Consul; ${what} and rewrote ${ops.length} key(s)`);
   }
+}
+
+/**
+ * A re-baseline refused by the delete guard: the keys it would delete were deleted in
+ * etcd while the history after the checkpoint was lost to compaction. The copy's
+ * advice (`copy --allow-mass-delete`) is not the way out of a dual-run.
+ */
+function rebaselineGuardError(guard: MigrateError, checkpoint: number): RefusedError {
+  return new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline after etcd compacted past the checkpoint ${checkpoint}: those keys are gone from etcd, deleted while the dual-run was behind or stopped).`, {
+    hint: 'Check that etcd lost those keys on purpose (`migrate plan` lists the rule\'s keys); if so, start the dual-run again with --allow-mass-delete. Nothing was written.',
+    details: guard.details,
+  });
 }
