@@ -38,6 +38,8 @@ export interface DualRunStats {
   checkpointOnlyTxns: number;
   splitRevisions: number;
   largePuts: number;
+  /** etcd puts under a copy rule that Consul cannot take (key not servable, value over the limit): not replicated. */
+  unmappable: number;
   rebaselines: number;
   repairs: number;
   sessions: number;
@@ -145,7 +147,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const secondaryLanes = lanes.filter((l) => l !== primaryLane);
   const newStats = (): DualRunStats => ({
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
-    splitRevisions: 0, largePuts: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
+    splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   });
   // Nothing to mirror: refused before a server is asked or the lock taken.
   if (secondaryLanes.length === 0) watchRange(primaryLane.mapping);
@@ -746,6 +748,10 @@ class Applier {
 
   private async add(plan: RevisionPlan): Promise<void> {
     const stats = this.ctx.stats;
+    for (const put of plan.unmappable) {
+      stats.unmappable++;
+      this.options.log('warn', `etcd put of ${formatKey(put.key)} under rule ${put.rule} not replicated: ${put.reason} (${put.detail})${put.reason === 'value-too-large' ? '; its earlier value is deleted from Consul' : ''}`, { rule: put.rule, key: formatKey(put.key), reason: put.reason, revision: plan.revision });
+    }
     if (plan.largePuts.length > 0) {
       await this.flush();
       for (const put of plan.largePuts) {

@@ -67,6 +67,7 @@ export class DualRunMetrics {
       ['events', 'etcd events replicated'], ['ops', 'Consul KV ops applied'], ['txns', 'Consul txns applied'],
       ['splitRevisions', 'etcd revisions too large for one txn, applied in parts'], ['rebaselines', 're-baselines after etcd compaction'],
       ['largePuts', 'values too large for a txn, written by single PUT'], ['repairs', 'txns re-planned after a failed lock check'],
+      ['unmappable', 'etcd puts under a copy rule that Consul cannot take (key not servable, value over its limit): not replicated'],
       ['reverseOps', 'etcd ops applied by reverse mirrors (Consul to etcd)'], ['guardTrips', 'deletes the reverse mirror refused to derive (delete guard)'],
     ] as const) {
       this.counters[field] = new Counter({ name: `migrate_dualrun_${field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}_total`, help, registers: [this.registry] });
@@ -98,7 +99,7 @@ export class DualRunMetrics {
       if (delta > 0) this.lateWrites.inc({ rule }, delta);
       this.seen[`late:${rule}`] = count;
     }
-    for (const field of ['events', 'ops', 'txns', 'splitRevisions', 'rebaselines', 'largePuts', 'repairs', 'reverseOps', 'guardTrips'] as const) {
+    for (const field of ['events', 'ops', 'txns', 'splitRevisions', 'rebaselines', 'largePuts', 'unmappable', 'repairs', 'reverseOps', 'guardTrips'] as const) {
       const delta = stats[field] - (this.seen[field] ?? 0);
       if (delta > 0) this.counters[field]!.inc(delta);
       this.seen[field] = stats[field];

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { SourceEntry, SourceEvent, TxnOp } from '../stores/types.js';
-import { planRevision, type ReplicationRoute } from './plan-revision.js';
+import { planRevision, routeForReplication, type ReplicationRoute } from './plan-revision.js';
 import { watchRange } from './dualrun.js';
 import { parseConfig } from '../config/load.js';
 
@@ -52,6 +52,26 @@ describe('planRevision', () => {
     const p = plan([put('/svc/big', 'x'.repeat(10), '7'), put('/app/small', 's')], (ops) => !ops.some((o) => o.key === 'svc/big'));
     expect(p.largePuts).toEqual([{ key: 'svc/big', value: Buffer.from('x'.repeat(10)), acquire: 'S7' }]);
     expect(verbs(p.ops)).toEqual(['set app/small']);
+  });
+
+  it('reports puts Consul cannot take, and deletes the last value that fitted of a key whose value outgrew the limit', () => {
+    const { mapping } = parseConfig(`version: 1
+id: u
+target:
+  limits: { maxValueBytes: 8 }
+rules:
+  - { name: app, from: /app/, to: app/ }
+  - { name: k8s, from: /registry/, action: keep }
+`, 'migration.yaml');
+    const p = planRevision({
+      message: { kind: 'revision', revision: 9, events: [put('/app/big', 'x'.repeat(9)), put('/app/a//b', 'v'), put('/app/ok', 'fits'), put('/registry/big', 'x'.repeat(9)), del('/app/gone')] },
+      route: (key, size) => routeForReplication(mapping, key, size),
+      sessionFor: () => undefined,
+      fits: () => true,
+    });
+    expect(verbs(p.ops)).toEqual(['delete app/big', 'set app/ok', 'delete app/gone']);
+    expect(p.unmappable.map((u) => [u.key.toString(), u.rule, u.reason])).toEqual([['/app/big', 'app', 'value-too-large'], ['/app/a//b', 'app', 'empty-segment']]);
+    expect(p.ignored).toBe(3);
   });
 });
 

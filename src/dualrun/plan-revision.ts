@@ -1,5 +1,6 @@
 import type { LeasePolicy } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
+import type { UnmappableReason } from '../mapping/escape.js';
 import { routeKey } from '../mapping/route.js';
 import type { SourceEvent, TxnOp, WatchMessage } from '../stores/types.js';
 
@@ -9,12 +10,32 @@ import type { SourceEvent, TxnOp, WatchMessage } from '../stores/types.js';
  * txns (with the checkpoint and the leader check) and sends them in order.
  */
 
-/** Where an etcd key goes during replication; anything but `mapped` is not mirrored. */
-export type ReplicationRoute = { kind: 'mapped'; rule: string; target: string; leases: LeasePolicy } | { kind: 'ignored' };
+/**
+ * Where an etcd key goes during replication; only `mapped` is mirrored. `unmappable`:
+ * a key of a copy rule that Consul cannot take (its key, or a value over the limit;
+ * then `target` is where its smaller values went).
+ */
+export type ReplicationRoute =
+  | { kind: 'mapped'; rule: string; target: string; leases: LeasePolicy }
+  | { kind: 'unmappable'; rule: string; reason: UnmappableReason; detail: string; target?: string }
+  | { kind: 'ignored' };
 
 export function routeForReplication(mapping: Mapping, key: Buffer, valueBytes: number): ReplicationRoute {
   const route = routeKey(mapping, key, { valueBytes, maxValueBytes: mapping.maxValueBytes });
-  return route.kind === 'mapped' && route.rule.action === 'copy' ? { kind: 'mapped', rule: route.rule.name, target: route.target, leases: route.rule.leases } : { kind: 'ignored' };
+  if (route.kind === 'mapped' && route.rule.action === 'copy') return { kind: 'mapped', rule: route.rule.name, target: route.target, leases: route.rule.leases };
+  if (route.kind !== 'unmappable' || route.rule.action !== 'copy') return { kind: 'ignored' };
+  const unmappable = { kind: 'unmappable', rule: route.rule.name, reason: route.reason, detail: route.detail } as const;
+  if (route.reason !== 'value-too-large') return unmappable;
+  const key0 = routeKey(mapping, key, { valueBytes: 0 });
+  return key0.kind === 'mapped' ? { ...unmappable, target: key0.target } : unmappable;
+}
+
+/** A put the dual-run cannot mirror (logged and counted by the service). */
+export interface UnmappablePut {
+  rule: string;
+  key: Buffer;
+  reason: UnmappableReason;
+  detail: string;
 }
 
 /** A value too large for any txn, written by single PUT before the txn with the rest of its revision. */
@@ -31,6 +52,8 @@ export interface RevisionPlan {
   largePuts: LargePut[];
   /** Events under no copy rule, or whose key or value cannot be mirrored. */
   ignored: number;
+  /** Puts under a copy rule that Consul cannot take (counted in `ignored` too). */
+  unmappable: UnmappablePut[];
   /** Leased puts whose lease had already ended: etcd's delete of the key follows. */
   expiredLeases: number;
 }
@@ -55,12 +78,17 @@ function holderFromPrevious(sessionFor: (leaseId: string) => string | undefined)
 }
 
 export function planRevision(input: PlanRevisionInput): RevisionPlan {
-  const plan: RevisionPlan = { revision: input.message.revision, ops: [], largePuts: [], ignored: 0, expiredLeases: 0 };
+  const plan: RevisionPlan = { revision: input.message.revision, ops: [], largePuts: [], ignored: 0, unmappable: [], expiredLeases: 0 };
   const holderOf = input.holderOf ?? holderFromPrevious(input.sessionFor);
   for (const event of input.message.events) {
     const route = input.route(event.entry.key, event.entry.value.length);
     if (route.kind !== 'mapped') {
       plan.ignored++;
+      if (route.kind === 'unmappable' && event.type === 'put') {
+        plan.unmappable.push({ rule: route.rule, key: event.entry.key, reason: route.reason, detail: route.detail });
+        // A value grown past the limit: Consul must not go on serving the last one that fitted (a copy would not write it either).
+        if (route.target !== undefined) plan.ops.push({ verb: 'delete', key: route.target });
+      }
       continue;
     }
     const key = route.target;

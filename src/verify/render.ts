@@ -87,7 +87,7 @@ function unmappableText(r: RuleVerify): string {
 function unmappableNote(r: RuleVerify): string {
   return r.action === 'service'
     ? `${unmappableText(r)} source key(s) that make no service instance; not registered by design, not drift`
-    : `${unmappableText(r)} source key(s) the rule rejects (keys: ${r.keys}); not copied by design, not drift`;
+    : `${unmappableText(r)} source key(s) ${Object.keys(r.unmappable).every((reason) => reason === 'value-too-large') ? 'with values over Consul\'s limit (kv_max_value_size)' : `the rule rejects (keys: ${r.keys}, or values over Consul's limit)`}; not copied by design, not drift`;
 }
 
 /** A service rule's scope in one phrase. */
