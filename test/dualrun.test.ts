@@ -85,8 +85,11 @@ describe('migrate dualrun (real servers)', () => {
     } finally {
       expect(await dr.stop()).toBe(0);
     }
-    // A clean stop releases the leader lock.
+    // A clean stop releases the leader lock, and marks its last checkpoint stopped: verify (and status) know at once.
     expect(await target.readKey(`_migrate/${s.id}/leader`)).toBeUndefined();
+    expect(JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString())).toMatchObject({ by: 'dualrun', stopped: expect.any(String) });
+    const verified = await runCli(['verify', '--rounds', '1', '--no-record', '--format', 'json'], { cwd: s.dir, env: serverEnv() });
+    expect(JSON.parse(verified.stdout).cut).toMatchObject({ cut: 'immediate', reason: 'dualrun-stopped', waitedMs: 0 });
   });
 
   it('mirrors leases as sessions: renewed past their TTL while the lease lives, keys deleted when it ends, released when a key leaves its lease', async () => {

@@ -42,6 +42,8 @@ export interface CheckpointState {
   revision: number;
   updated: string;
   by: 'copy' | 'dualrun';
+  /** When the dual-run stopped cleanly (its last checkpoint); absent while it runs. */
+  stopped?: string;
 }
 
 export type OnConflict = 'overwrite' | 'skip' | 'fail';

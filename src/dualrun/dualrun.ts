@@ -346,6 +346,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   }
   const applier = new Applier(ctx, sessions, limits, options, ownership, own, services, heartbeat);
   await applier.reconcileLeases();
+  // A checkpoint the copy wrote, or one marked stopped: taken over at once, so status and verify see a running dual-run.
+  if (checkpointDoc.by !== 'dualrun' || checkpointDoc.stopped !== undefined) await applier.flush(true);
 
   const stopped = () => options.signal.aborted || ctx.lost.aborted;
   const following = new AbortController();
@@ -506,7 +508,11 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         backoff = Math.min(10_000, backoff * 2);
       }
     }
-    return ctx.lost.aborted ? 'leadership-lost' : 'signal';
+    if (ctx.lost.aborted) return 'leadership-lost';
+    // A clean stop, still leading: the checkpoint once more, marked stopped, so status, verify
+    // and cutover see at once that nothing replicates (not 20 s later, when the heartbeat goes stale).
+    await applier.flush(true, { stopped: true }).catch((err: unknown) => options.log('warn', `could not mark the checkpoint stopped: ${(err as Error).message}`));
+    return 'signal';
   } finally {
     clearInterval(leaseTimer);
     maintenance.abort();
@@ -780,15 +786,16 @@ class Applier {
   }
 
   /** Sends the pending ops with the checkpoint and the leader check; with `checkpointAnyway`, the checkpoint even when nothing is pending. */
-  async flush(checkpointAnyway = false): Promise<void> {
+  async flush(checkpointAnyway = false, mark: { stopped?: boolean } = {}): Promise<void> {
     const ops = this.batcher.flush() ?? [];
     if (ops.length === 0 && this.pendingRevision <= this.ctx.stats.checkpoint && !checkpointAnyway) return;
-    await this.send(ops, this.pendingRevision);
+    await this.send(ops, this.pendingRevision, undefined, mark.stopped);
   }
 
-  private async send(ops: TxnOp[], revision: number, plan?: RevisionPlan): Promise<void> {
+  private async send(ops: TxnOp[], revision: number, plan?: RevisionPlan, stopped = false): Promise<void> {
     const stats = this.ctx.stats;
-    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated: new Date().toISOString(), by: 'dualrun' };
+    const updated = new Date().toISOString();
+    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', ...(stopped ? { stopped: updated } : {}) };
     const txn: TxnOp[] = [
       ...ops,
       { verb: 'set', key: this.ctx.paths.checkpoint(), value: Buffer.from(JSON.stringify(checkpoint)) },

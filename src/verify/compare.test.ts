@@ -230,4 +230,10 @@ describe('readCheckpointState (is a dual-run running?)', () => {
     expect(readCheckpointState(old, old, now)).toMatchObject({ running: false });
     expect(readCheckpointState(old, { ...old, revision: 99 }, now)).toMatchObject({ running: true, reason: 'dualrun-running' });
   });
+
+  it('a checkpoint the dual-run marked stopped on a clean stop: stopped at once, fresh or moved', () => {
+    const last = { ...doc('dualrun', 1000), stopped: new Date(now - 1000).toISOString() };
+    expect(readCheckpointState(last, undefined, now)).toMatchObject({ running: false, reason: 'dualrun-stopped' });
+    expect(readCheckpointState(last, doc('dualrun', 3000, 99), now)).toMatchObject({ running: false, reason: 'dualrun-stopped' });
+  });
 });

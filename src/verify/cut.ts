@@ -15,8 +15,8 @@ import { HEARTBEAT_MS } from '../dualrun/heartbeat.js';
  * - the checkpoint moved (revision or `updated`) since verify last read it,
  *   which needs no clock agreement between the two machines.
  *
- * A checkpoint written by `copy`, an older `dualrun` one, or none at all
- * means no dual-run: verify compares immediately, and every change made in
+ * A checkpoint written by `copy`, an older `dualrun` one, one the dual-run
+ * marked `stopped` on a clean stop, or none at all means no dual-run: verify compares immediately, and every change made in
  * etcd since the copy is drift.
  */
 export const DUALRUN_HEARTBEAT_MS = HEARTBEAT_MS;
@@ -44,6 +44,8 @@ export function readCheckpointState(doc: CheckpointState | undefined, previous: 
   const updated = Date.parse(doc.updated);
   const ageMs = Number.isFinite(updated) ? Math.max(0, nowMs - updated) : undefined;
   if (doc.by !== 'dualrun') return { running: false, reason: 'copy-checkpoint', ageMs };
+  // Its last checkpoint, written on a clean stop: stopped now, not once the heartbeat goes stale.
+  if (doc.stopped !== undefined) return { running: false, reason: 'dualrun-stopped', ageMs };
   const moved = previous !== undefined && (previous.revision !== doc.revision || previous.updated !== doc.updated);
   if (moved || (ageMs !== undefined && ageMs <= 2 * heartbeatMs)) return { running: true, reason: 'dualrun-running', ageMs };
   return { running: false, reason: 'dualrun-stopped', ageMs };
