@@ -218,7 +218,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
   }
   if (status === 403 || status === 401) {
     if (/ACL not found|token.*not found|invalid token/i.test(text)) {
-      return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${text}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE or target.token: the token does not exist in this datacenter.');
+      return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${text}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter.');
     }
     return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${text || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists for the migrator, then run `migrate doctor`.');
   }

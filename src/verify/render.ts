@@ -120,7 +120,11 @@ function verdictLine(result: VerifyResult): string {
       : `PARITY WITHIN BUDGET: ${plural(result.totals.withinBudget, 'difference')} tolerated by --allow in ${within.map((r) => r.name).join(', ')} (exit 0).`;
   }
   const late = result.rules.reduce((n, r) => n + r.lateWrites, 0);
-  return `DRIFT: ${plural(result.differencesTotal, 'persistent difference')}${late ? ` and ${plural(late, 'late write')}` : ''} in ${plural(drifting.length, 'rule')} (${drifting.map((r) => r.name).join(', ')}) (exit 1).`;
+  const drift = drifting.reduce((n, r) => n + r.differences, 0);
+  // The two counts add up to every difference the report lists.
+  const within = result.rules.filter((r) => r.status === 'within-budget');
+  const tolerated = within.length > 0 ? `; ${plural(result.totals.withinBudget, 'more difference')} within the --allow budgets of ${within.map((r) => r.name).join(', ')}` : '';
+  return `DRIFT: ${plural(drift, 'persistent difference')}${late ? ` and ${plural(late, 'late write')}` : ''} in ${plural(drifting.length, 'rule')} (${drifting.map((r) => r.name).join(', ')})${tolerated} (exit 1).`;
 }
 
 function renderText(result: VerifyResult): string {

@@ -1,0 +1,27 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../config/load.js';
+import { createValueHasher } from '../report/hash.js';
+import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import { renderVerify } from './render.js';
+import { runVerify } from './verify.js';
+
+const loaded = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/, to: app/ }\n  - { name: cfg, from: /cfg/, to: cfg/ }\n', 'migration.yaml');
+
+describe('the verify verdict line', () => {
+  it('counts the drifting rules\' differences, and the ones --allow tolerates apart: together, every difference the report lists', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    for (const key of ['a', 'b', 'c']) source.put(`/app/${key}`, 'etcd');
+    source.put('/cfg/x', 'etcd');
+    // app: two values differ; cfg: one, tolerated by --allow cfg=1.
+    for (const [key, value] of [['app/a', 'etcd'], ['app/b', 'other'], ['app/c', 'other'], ['cfg/x', 'other']] as const) target.entries.set(key, { key, value: Buffer.from(value), flags: 0, modifyIndex: 5 });
+    const result = await runVerify({ source, target, config: loaded.config, mapping: loaded.mapping }, {
+      rounds: 1, roundPauseMs: 0, waitTimeoutMs: 1000, maxDiffs: 100, budgets: { cfg: 1 }, record: false, readBack: 0, pageKeys: 10,
+      signal: new AbortController().signal, hasher: createValueHasher(Buffer.alloc(32, 1)), toolVersion: 'test', now: () => new Date('2025-03-01T12:00:00Z'),
+    });
+    expect(result.differences).toHaveLength(3);
+    for (const format of ['text', 'markdown'] as const) {
+      expect(renderVerify(result, format)).toContain('DRIFT: 2 persistent differences in 1 rule (app); 1 more difference within the --allow budgets of cfg (exit 1).');
+    }
+  });
+});
