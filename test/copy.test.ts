@@ -177,6 +177,19 @@ describe('migrate copy (real servers)', () => {
     expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(6);
   });
 
+  it('--rate caps the write rate', async () => {
+    const s = scenario('rate');
+    for (let from = 0; from < 400; from += 100) {
+      await etcd.if(`${s.root}/app/k0000`, 'Mod', '>', -1).then(...Array.from({ length: 100 }, (_, i) => etcd.put(`${s.root}/app/k${String(from + i).padStart(4, '0')}`).value(`v${i}`))).commit();
+    }
+    const began = Date.now();
+    const run = await runCli(['copy', '--rate', '150', '--concurrency', '16'], { cwd: s.dir, env: serverEnv() });
+    expect(run.code, run.stderr).toBe(0);
+    // 400 writes at 150/s with a bucket of one second's worth: at least 1.6 s.
+    expect(Date.now() - began).toBeGreaterThanOrEqual(1600);
+    expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(400);
+  });
+
   it('refuses a state meta written for another etcd cluster (exit 4) and writes nothing', async () => {
     const s = scenario('identity');
     await etcd.put(`${s.root}/app/k`).value('v');

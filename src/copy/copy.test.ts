@@ -1,3 +1,4 @@
+import { getMaxListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
@@ -197,6 +198,15 @@ rules:
     // Past the guard on purpose: both rules' extraneous keys go, the new key is written.
     const allowed = await runCopy(d, options({ deleteExtraneous: true, allowMassDelete: true }));
     expect(allowed.rules.map((r) => [r.created, r.deleted])).toEqual([[1, 3], [0, 20]]);
+  });
+});
+
+describe('copy and its abort signal', () => {
+  it('lets every request and throttle wait in flight listen on the signal without Node\'s leak warning (more than 10 listeners)', async () => {
+    const { source, target } = world();
+    const signal = new AbortController().signal;
+    await runCopy(deps(source, target), options({ signal, rate: 100_000, concurrency: 16 }));
+    expect(getMaxListeners(signal)).toBeGreaterThanOrEqual(256);
   });
 });
 

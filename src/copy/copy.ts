@@ -1,3 +1,4 @@
+import { getMaxListeners, setMaxListeners } from 'node:events';
 import pLimit from 'p-limit';
 import { hostname } from 'node:os';
 import { RefusedError, isMigrateError } from '../errors.js';
@@ -170,6 +171,8 @@ export async function acquireCopyLock(target: TargetStore, config: MigrationConf
 
 export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<CopyResult> {
   const started = Date.now();
+  // Every request and throttle wait in flight listens on the signal (workers × requests): more than Node's default 10.
+  setMaxListeners(Math.max(getMaxListeners(options.signal), 256), options.signal);
   const { config, source } = deps;
   const target: TargetStore = options.dryRun ? new RecordingTarget(deps.target) : deps.target;
   const paths = statePaths(config.state.prefix, config.id);
