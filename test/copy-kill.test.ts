@@ -133,6 +133,9 @@ describe('copy survives SIGKILL and --resume completes it (real servers)', () =>
     expect(await exited).toBe(130);
     // Without the stop, the queued txns would each wait their turn: about 10 s more.
     expect(Date.now() - interrupted).toBeLessThan(3_000);
+    // --progress json: stderr stays NDJSON through the interrupt, its notice included.
+    const lines = out.stderr.trim().split('\n').map((l) => JSON.parse(l) as { event: string });
+    expect(lines.filter((l) => l.event === 'interrupt')).toHaveLength(1);
     const written = Number(/bulk\s+\d+\s+(\d+)/.exec(out.stdout)?.[1]);
     expect(written).toBeGreaterThan(0);
     expect(written).toBeLessThan(5_000);

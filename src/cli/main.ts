@@ -70,7 +70,7 @@ export function createProgram(io: Io = defaultIo()): { program: Command; outcome
           outcome.commandName = cmd.name();
           outcome.format = (opts.format ?? 'text') as Format;
           const controller = new AbortController();
-          const interrupts = options.oneShot === false ? undefined : installInterrupts(controller, io);
+          const interrupts = options.oneShot === false ? undefined : installInterrupts(controller, io, opts as GlobalOptions & { logFormat?: string });
           try {
             const ctx = new CommandContext(io, outcome.commandName, opts, formats, controller.signal);
             outcome.exitCode = await run(ctx, opts as never, actionArgs.slice(0, -2) as string[]);
@@ -109,13 +109,20 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
   }
 }
 
-/** First Ctrl-C: abort between batches; second: leave at once (DESIGN §4, atlas' two stages). */
-function installInterrupts(controller: AbortController, io: Io): () => void {
+/**
+ * First Ctrl-C: abort between batches; second: leave at once (DESIGN §4, atlas' two stages).
+ * The notice is an NDJSON line where stderr carries NDJSON (`--progress json`, the dual-run's `--log-format json`).
+ */
+function installInterrupts(controller: AbortController, io: Io, opts: { progress?: string; logFormat?: string }): () => void {
   let count = 0;
   const onSignal = () => {
     count++;
     if (count === 1) {
-      io.stderr.write('interrupt received: finishing the current batch and recording progress (Ctrl-C again to quit now)\n');
+      const message = 'interrupt received: finishing the current batch and recording progress (Ctrl-C again to quit now)';
+      const ts = new Date().toISOString();
+      if (opts.progress === 'json') io.stderr.write(`${JSON.stringify({ ts, event: 'interrupt', message })}\n`);
+      else if (opts.logFormat === 'json') io.stderr.write(`${JSON.stringify({ ts, level: 'info', msg: message })}\n`);
+      else io.stderr.write(`${message}\n`);
       controller.abort(new InterruptedError('interrupted'));
     } else {
       process.exit(ExitCode.interrupted);
