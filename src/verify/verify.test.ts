@@ -302,6 +302,24 @@ describe('runVerify on in-memory stores', () => {
     expect(result.rules[0]!.readBack).toEqual({ checked: 2, failed: 1 });
   });
 
+  it('a read-back that fails in round 1 only (a key written or deleted meanwhile) settles, and is not counted as failed', async () => {
+    const w = world();
+    seedParity(w);
+    const readKey = w.target.readKey.bind(w.target);
+    let first = true;
+    w.target.readKey = async (key) => {
+      if (key === 'app/a' && first) {
+        first = false;
+        return undefined;
+      }
+      return readKey(key);
+    };
+    const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ readBack: 'all' }));
+    expect(result.clean).toBe(true);
+    expect(result.rules[0]).toMatchObject({ settled: 1, readBack: { checked: 2, failed: 0 } });
+    expect(renderVerify(result, 'text')).not.toContain('read back through GET /v1/kv failed');
+  });
+
   it('a Consul key listing that fails while the first etcd page is read fails verify with its error and closes the etcd read', async () => {
     const w = world();
     seedParity(w);

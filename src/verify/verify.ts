@@ -188,7 +188,7 @@ export interface RuleVerify {
   unmappable: Partial<Record<UnmappableReason | RegistrationProblem, number>>;
   /** Leased keys under `leases: skip`: checked to be absent from Consul. */
   leaseSkipped: number;
-  /** Keys read back through `GET /v1/kv/<key>`, and how many Consul would not serve. */
+  /** Keys read back through `GET /v1/kv/<key>`, and how many Consul would not serve (still, after the last round). */
   readBack: { checked: number; failed: number };
   /** Differences over {@link RECHECK_LIMIT}: counted as persistent, not re-checked or listed. */
   unchecked: number;
@@ -393,6 +393,8 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   for (const run of runs) {
     const s = run.stats;
     s.byKind = countByKind(run.findings.map((f) => f.difference), run.unchecked);
+    // Read-backs that failed and still fail: one failing in round 1 only was a key written or deleted meanwhile.
+    if (rounds.length > 1) s.readBack.failed = run.findings.filter((f) => f.readBack).length;
     s.unchecked = Object.values(run.unchecked).reduce((n, v) => n + (v ?? 0), 0);
     s.differences = run.findings.length + s.unchecked;
     s.status = s.lateWrites > 0 ? 'drift' : ruleStatus(s.differences, options.budgets[s.name]);
