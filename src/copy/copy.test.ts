@@ -198,6 +198,11 @@ rules:
     // Past the guard on purpose: both rules' extraneous keys go, the new key is written.
     const allowed = await runCopy(d, options({ deleteExtraneous: true, allowMassDelete: true }));
     expect(allowed.rules.map((r) => [r.created, r.deleted])).toEqual([[1, 3], [0, 20]]);
+    // A copy that only deletes counts the txns of its deletes (it reported 0 txns).
+    for (let i = 0; i < 6; i++) target.entries.set(`a/late${i}`, { key: `a/late${i}`, value: Buffer.from('x'), flags: 0, modifyIndex: 1 });
+    const deletesOnly = await runCopy(d, options({ deleteExtraneous: true }));
+    expect(deletesOnly.rules.map((r) => [r.created, r.updated, r.deleted])).toEqual([[0, 0, 6], [0, 0, 0]]);
+    expect(deletesOnly.txns).toBe(2);
   });
 });
 

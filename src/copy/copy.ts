@@ -707,6 +707,7 @@ class CopyEngine {
       const ops: TxnOp[] = entries.slice(i, i + this.limits.txnMaxOps).map((e) => ({ verb: 'delete-cas', key: e.key, index: e.modifyIndex }));
       await this.throttle(ops.length);
       await this.target.applyTxn(ops);
+      this.txns++;
     }
     return entries.length;
   }
