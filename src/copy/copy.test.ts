@@ -195,6 +195,11 @@ rules:
     expect(target.writes).toBe(writes);
     expect(JSON.stringify([...target.entries].map(([k, e]) => [k, e.value.toString('base64'), e.modifyIndex]))).toBe(before);
 
+    // Reported, not deleted, without the flag; the text says how many it does not list.
+    const reported = renderCopy(await runCopy(d, options({ dryRun: true })), 'text', false);
+    expect(reported).toContain('b: 20 extraneous key(s) under b/ have no etcd key (kept; pass --delete-extraneous to remove them)');
+    expect(reported).toContain('… and 15 more (--format json lists 20)');
+
     // Past the guard on purpose: both rules' extraneous keys go, the new key is written.
     const allowed = await runCopy(d, options({ deleteExtraneous: true, allowMassDelete: true }));
     expect(allowed.rules.map((r) => [r.created, r.deleted])).toEqual([[1, 3], [0, 20]]);

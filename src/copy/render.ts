@@ -24,10 +24,12 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
   for (const r of result.rules) {
     for (const [reason, count] of Object.entries(r.skipped)) lines.push(`  ${r.name}: ${count} key(s) ${verb ? 'would be ' : ''}skipped: ${reason}`);
     for (const ex of r.skippedExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.reason}: ${ex.detail})`);
+    if (sum(r.skipped) > Math.min(5, r.skippedExamples.length) && r.skippedExamples.length > 0) lines.push(`      … and ${sum(r.skipped) - Math.min(5, r.skippedExamples.length)} more (--format json lists ${r.skippedExamples.length})`);
     if (r.extraneous > 0) {
       const removed = r.deleted || r.extraneousHeld ? `; ${r.deleted} ${verb ? 'would be ' : ''}deleted${r.extraneousHeld ? `, ${r.extraneousHeld} kept: held by a session this migration does not own` : ''}` : ' (kept; pass --delete-extraneous to remove them)';
       lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${removed}`);
       for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${key}`);
+      if (r.extraneous > Math.min(5, r.extraneousExamples.length) && r.extraneousExamples.length > 0) lines.push(`      … and ${r.extraneous - Math.min(5, r.extraneousExamples.length)} more (--format json lists ${r.extraneousExamples.length})`);
     }
     if (r.deletedStale) lines.push(`  ${r.name}: ${r.deletedStale} key(s) this copy wrote at a compacted revision ${verb ? 'would be ' : 'were '}deleted: etcd deleted them before revision ${result.revision}`);
     if (r.conflicts.overwritten || r.conflicts.skipped) lines.push(`  ${r.name}: ${r.conflicts.overwritten} conflict(s) overwritten, ${r.conflicts.skipped} skipped (keys changed in Consul after planning)`);
