@@ -91,6 +91,10 @@ describe('bad input to the writing commands: message, exit code, nothing written
       expect(withPassword.stdout + withPassword.stderr).toContain('ETCDCTL_PASSWORD');
       expect(withPassword.stdout + withPassword.stderr).not.toContain('etcdPW99');
     }
+    // Credentials for an etcd without auth: a configuration to fix (exit 2), said so, not "etcd failed".
+    const noAuth = await runCli(['copy'], { cwd: s.dir, env: env({ ETCDCTL_USER: 'root:some-password' }) });
+    expect(noAuth.code, noAuth.stderr).toBe(2);
+    expect(noAuth.stderr).toMatch(/error\[etcd_auth_not_enabled\][^\n]*authentication turned off[\s\S]*next: Unset ETCDCTL_USER/);
     // A datacenter the agent does not know: a typo, refused at once (exit 2), not retried as one whose servers are down.
     const began = Date.now();
     const typo = await runCli(['copy', '--datacenter', 'dc9'], { cwd: s.dir, env: env() });

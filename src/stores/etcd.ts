@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type * as Cockatiel from 'cockatiel';
 import type * as Etcd3Module from 'etcd3';
 import type { CallOptionsFactory, IWatchResponse } from 'etcd3';
-import { MigrateError, ServerError } from '../errors.js';
+import { MigrateError, ServerError, UsageError } from '../errors.js';
 import { redactUrl } from '../report/redact.js';
 import { formatKey } from '../report/keys.js';
 import { sleep } from './consul-http.js';
@@ -291,6 +291,11 @@ export class EtcdSource implements SourceReader {
     if (err instanceof EtcdAuthenticationFailedError || /authentication failed|invalid user ID or password/i.test(message)) {
       return new ServerError('etcd_auth_failed', `etcd at ${this.endpoints} refused the user name or password.`, {
         hint: 'Check ETCDCTL_USER / ETCDCTL_PASSWORD (or source.auth in migration.yaml).',
+      });
+    }
+    if (/authentication is not enabled/i.test(message)) {
+      return new UsageError('etcd_auth_not_enabled', `etcd at ${this.endpoints} has authentication turned off, and refuses the user name and password it was given.`, {
+        hint: 'Unset ETCDCTL_USER / ETCDCTL_PASSWORD (or remove source.auth from migration.yaml) for this cluster, or turn on etcd auth (`etcdctl auth enable`).',
       });
     }
     if (err instanceof EtcdInvalidAuthTokenError) {
