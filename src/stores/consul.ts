@@ -101,6 +101,11 @@ export class ConsulTarget implements TargetStore {
     this.readConcurrency = options.readConcurrency ?? 4;
   }
 
+  /** Calls `listener` before each retry of a request (this target's and its other datacenters'): a long-running command says Consul is not answering. */
+  observeRetries(listener: NonNullable<RetryOptions['onRetry']>): void {
+    this.retry.onRetry = listener;
+  }
+
   get address(): string {
     return this.http.address;
   }

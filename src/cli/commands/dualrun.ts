@@ -48,9 +48,16 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         if (options.logFormat === 'json') line(JSON.stringify({ ts: new Date().toISOString(), level, msg: message, ...fields }));
         else line(`${new Date().toISOString()} ${level.padEnd(5)} ${message}${Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : ''}`);
       };
+      // Retries inside one request are otherwise silent: a Consul that stops answering would show nothing until it came back.
+      let retryLoggedAt = 0;
+      target.observeRetries((err, attempt, delayMs) => {
+        if (Date.now() - retryLoggedAt < 5_000) return;
+        retryLoggedAt = Date.now();
+        log('warn', `Consul did not answer a request (${(err as Error).message}); retrying in ${Math.round(delayMs)} ms (attempt ${attempt + 1})`, isMigrateError(err) ? { code: err.code } : {});
+      });
       const controller = new AbortController();
       const stop = () => {
-        if (!controller.signal.aborted) line('stopping: finishing the current txn and releasing the leader lock');
+        if (!controller.signal.aborted) log('info', 'stopping: finishing the current txn and releasing the leader lock');
         controller.abort();
       };
       process.on('SIGINT', stop);
