@@ -240,3 +240,17 @@ describe('copy --delete-extraneous and sessions', () => {
     expect(text).not.toContain('pass --delete-extraneous');
   });
 });
+
+describe('copy progress', () => {
+  it('ends each rule with every key done and every byte written, the last batches\' included', async () => {
+    const { source, target } = world();
+    source.put('/app/big', Buffer.alloc(300_000, 1));
+    const o = options();
+    const result = await runCopy(deps(source, target), o);
+    const start = o.events.find((e) => e.type === 'start');
+    const last = o.events.filter((e) => e.type === 'progress').at(-1);
+    expect(start).toMatchObject({ rules: [{ name: 'app', keys: 32 }] });
+    expect(last).toMatchObject({ rule: 'app', keysDone: 32, bytes: result.rules[0]!.bytesWritten });
+    expect(result.rules[0]!.bytesWritten).toBeGreaterThan(300_000);
+  });
+});

@@ -319,6 +319,8 @@ async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleCon
     options.onProgress?.({ type: 'rule-done', rule: rule.name });
   }
   await engine.drain();
+  // Every write has landed: the bytes of each rule's last batches (and single PUTs) count only now.
+  if (!options.signal.aborted) for (const s of stats) options.onProgress?.({ type: 'progress', rule: s.name, keysDone: s.sourceKeys, bytes: s.bytesWritten, retries: engine.retries });
   // Service rules after the KV rules: the catalog is read once, on the agent the tool registers on.
   const existing = serviceRules.length > 0 && !options.signal.aborted ? await target.listServiceInstances(deps.config.id, 'agent', options.signal) : [];
   for (const rule of serviceRules) {
