@@ -39,6 +39,13 @@ describe('dual-run faults (real servers)', () => {
     await eventually('first leads', async () => (await healthy(first.metricsPort)).role === 'leader');
     const second = await startDualRun(s.dir, ['--ha']);
     await eventually('second waits as standby', async () => (await healthy(second.metricsPort)).role === 'standby');
+    // It names the leader it waits for (host:pid).
+    await eventually('the standby names the leader', async () => new RegExp(`standby: another dual-run leads this migration \\([^)]+:${first.child.pid}\\)`).test(second.stderr()));
+    // A standby stopped before it ever led says so, not "at checkpoint 0".
+    const third = await startDualRun(s.dir, ['--ha']);
+    await eventually('third waits as standby', async () => (await healthy(third.metricsPort)).role === 'standby');
+    expect(await third.stop()).toBe(0);
+    expect(third.stderr()).toContain('stopped (signal) as a standby that never led');
     try {
       await etcd.put(`${s.root}/app/b`).value('2');
       await waitCaughtUp(etcd, target, s.id);

@@ -173,7 +173,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     const leader = new LeaderLock(primaryLane.target, paths.leader, holder);
     stats.role = 'standby';
     publish();
-    const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, onWaiting: () => options.log('info', 'standby: another dual-run leads this migration; waiting for its lock') });
+    const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, onWaiting: (leading) => options.log('info', `standby: another dual-run leads this migration (${leading}); waiting for its lock`, { leader: leading }) });
     if (!acquired) {
       await leader.release();
       stats.role = 'stopped';

@@ -33,7 +33,7 @@ export class LeaderLock {
   ) {}
 
   /** Takes the lock; with `wait`, keeps trying (standby) until it is free or `signal` aborts. */
-  async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: () => void }): Promise<boolean> {
+  async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void }): Promise<boolean> {
     for (let announced = false; ; ) {
       this.session ??= await this.target.createSession({ name: `migrate ${this.purpose} (${this.holder})`, ttlSeconds: LEADER_TTL_SECONDS });
       const body = Buffer.from(JSON.stringify({ schemaVersion: 1, holder: this.holder, since: new Date().toISOString() }));
@@ -60,7 +60,7 @@ export class LeaderLock {
         });
       }
       if (!announced) {
-        options.onWaiting?.();
+        options.onWaiting?.(found.holder);
         announced = true;
       }
       if (this.session) await this.target.renewSession(this.session).catch(() => undefined);

@@ -57,7 +57,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       });
       const controller = new AbortController();
       const stop = () => {
-        if (!controller.signal.aborted) log('info', 'stopping: finishing the current txn and releasing the leader lock');
+        if (!controller.signal.aborted) log('info', 'stopping: finishing the current txn and releasing the leader lock (if held)');
         controller.abort();
       };
       process.on('SIGINT', stop);
@@ -116,7 +116,8 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             }
           },
         });
-        log('info', `stopped (${summary.reason}) at checkpoint ${summary.stats.checkpoint}`, { events: summary.stats.events, txns: summary.stats.txns });
+        // A standby that never led has no checkpoint of its own to report.
+        log('info', `stopped (${summary.reason}) ${summary.stats.checkpoint > 0 ? `at checkpoint ${summary.stats.checkpoint}` : 'as a standby that never led'}`, { events: summary.stats.events, txns: summary.stats.txns });
         if (ctx.format === 'json') {
           const { renderEnvelope } = await import('../../report/envelope.js');
           ctx.result(renderEnvelope('dualrun', 'ok', { reason: summary.reason, stats: summary.stats }));
