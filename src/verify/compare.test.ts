@@ -185,7 +185,7 @@ describe('compareKey', () => {
       expect(run(consul('services/r1', 'ip'), sessions({}, []))!.difference).toMatchObject({ kind: 'session', reason: 'no-recorded-session' });
     });
     it('the reverse: a Consul session on a key etcd holds without a lease, or under leases: persist', () => {
-      expect(compare({ target: 'app/a', expectation: expect1('/app/a', 'v'), consul: consul('app/a', 'v', 'S1') })!.difference).toMatchObject({ kind: 'session', reason: 'unexpected-session' });
+      expect(compare({ target: 'app/a', expectation: expect1('/app/a', 'v'), consul: consul('app/a', 'v', 'S1') })!.difference).toMatchObject({ kind: 'session', reason: 'unexpected-session', detail: expect.stringContaining('when that session ends, Consul deletes the key (Behavior delete) or releases it') });
       const persisted = expect1('/flat/t', 't', '3', 'flat');
       expect(compare({ rule: 'flat', target: 'flat/t', expectation: persisted, consul: consul('flat/t', 't', 'S3') })!.difference).toMatchObject({ kind: 'session', reason: 'unexpected-session' });
       expect(compare({ rule: 'flat', target: 'flat/t', expectation: persisted, consul: consul('flat/t', 't') })).toBeUndefined();

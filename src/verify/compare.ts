@@ -273,7 +273,7 @@ export function compareKey(input: CompareInput): Finding | undefined {
   }
   if (consul.session) {
     const why = expectation.source.lease === '0' ? 'the etcd key has no lease' : `the rule says leases: persist (etcd lease ${expectation.source.lease})`;
-    return found('session', 'unexpected-session', `held by session ${consul.session}, but ${why}: the key would vanish with that session`);
+    return found('session', 'unexpected-session', `held by session ${consul.session}, but ${why}: when that session ends, Consul deletes the key (Behavior delete) or releases it`);
   }
   return undefined;
 }
