@@ -2,6 +2,7 @@ import { getMaxListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import { TxnFailedError } from '../stores/consul-http.js';
 import type { ReadPagesOptions } from '../stores/types.js';
 import { runCopy, type CopyOptions, type CopyProgressEvent } from './copy.js';
 import { renderCopy } from './render.js';
@@ -252,5 +253,27 @@ describe('copy progress', () => {
     expect(start).toMatchObject({ rules: [{ name: 'app', keys: 32 }] });
     expect(last).toMatchObject({ rule: 'app', keysDone: 32, bytes: result.rules[0]!.bytesWritten });
     expect(result.rules[0]!.bytesWritten).toBeGreaterThan(300_000);
+  });
+});
+
+describe('copy and Consul\'s lock delay', () => {
+  it('waits out the lock delay of a session that ended on a leased key, then locks it with the lease\'s session', async () => {
+    const { source, target } = world();
+    const applyTxn = target.applyTxn.bind(target);
+    let refused = 0;
+    target.applyTxn = async (ops) => {
+      // Consul refuses the lock for the first two tries, as it does for an ended session's lock delay.
+      if (refused < 2 && ops.some((op) => op.verb === 'lock' && op.key === 'app/leased')) {
+        refused++;
+        throw new TxnFailedError([{ opIndex: 0, what: 'failed to lock key "app/leased" due to lock delay' }]);
+      }
+      return applyTxn(ops);
+    };
+    const o = options();
+    const result = await runCopy(deps(source, target), o);
+    expect(refused).toBe(2);
+    expect(result.rules[0]!.created).toBe(31);
+    expect(target.entries.get('app/leased')?.session).toBeDefined();
+    expect(o.events.filter((e) => e.type === 'warning' && /lock delay/.test(e.message))).toHaveLength(1);
   });
 });

@@ -117,6 +117,9 @@ export interface CopyResult {
 }
 
 const EXAMPLES = 20;
+/** How long a lock refused for an ended session's lock delay is tried again (Consul caps lock delays at 60 s), and how often. */
+const LOCK_DELAY_WAIT_MS = 65_000;
+const LOCK_DELAY_POLL_MS = 1_000;
 const SPLIT_RETRY_LIMIT = 3;
 const LOW_WATER_KEY_MAX = 4096;
 
@@ -651,7 +654,7 @@ class CopyEngine {
     }
   }
 
-  private async applyOne(write: PlannedWrite, stats: RuleCopyStats, attempt = 0): Promise<void> {
+  private async applyOne(write: PlannedWrite, stats: RuleCopyStats, attempt = 0, lockDelayUntil = 0): Promise<void> {
     try {
       const ops = writeOps(write);
       if (groupFitsInTxn(ops, this.limits)) {
@@ -662,9 +665,20 @@ class CopyEngine {
       }
       this.count(write, stats, !groupFitsInTxn(ops, this.limits));
     } catch (err) {
-      if (!(err instanceof TxnFailedError) || attempt >= 3) throw err;
+      if (!(err instanceof TxnFailedError)) throw err;
+      // A key a session held until it ended: Consul refuses other sessions' locks on it for that
+      // session's lock delay (15 s by default, at most 60 s; reference §F). Wait it out.
+      if (write.session && err.errors.some((e) => /due to lock delay/i.test(e.what))) {
+        const until = lockDelayUntil || Date.now() + LOCK_DELAY_WAIT_MS;
+        if (Date.now() < until && !this.options.signal.aborted) {
+          if (!lockDelayUntil) this.options.onProgress?.({ type: 'warning', message: `${formatKey(write.key)} was held by a session that ended; Consul keeps other sessions from locking it for that session's lock delay (15 s by default): waiting` });
+          await sleep(LOCK_DELAY_POLL_MS, this.options.signal);
+          return this.applyOne(write, stats, attempt, until);
+        }
+      }
+      if (attempt >= 3) throw err;
       const [now] = await this.target.readEntries([write.key]);
-      await this.applyOne({ ...write, expectIndex: now?.modifyIndex ?? 0 }, stats, attempt + 1);
+      await this.applyOne({ ...write, expectIndex: now?.modifyIndex ?? 0 }, stats, attempt + 1, lockDelayUntil);
     }
   }
 
