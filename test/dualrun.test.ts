@@ -80,6 +80,9 @@ describe('migrate dualrun (real servers)', () => {
       expect(metric(metrics, 'migrate_dualrun_lag_revisions')).toBe(0);
       expect(await target.readKey(`${s.id}/app/grows`)).toBeUndefined();
       expect(metric(metrics, 'migrate_dualrun_unmappable_total')).toBe(2);
+      // Progress lines give etcd's revision once the watch has told it, never a 0 before that.
+      expect(dr.stderr()).toMatch(/progress \{"checkpoint":\d+,"etcdRevision":[1-9]/);
+      expect(dr.stderr()).not.toMatch(/"etcdRevision":0[,}]/);
       expect(dr.stderr()).toMatch(/etcd put of \S+\/app\/grows under rule app not replicated: value-too-large .*; its earlier value is deleted from Consul/);
       expect(dr.stderr()).toMatch(/etcd put of \S+\/app\/a\/\/b under rule app not replicated: empty-segment/);
     } finally {

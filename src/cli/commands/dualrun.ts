@@ -107,7 +107,8 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             metrics.update(stats);
             view?.update(stats);
             const now = Date.now();
-            if (!view && now - lastLog >= 10_000 && stats.role === 'leader') {
+            // From the first answer of the etcd watch on: before it, etcd's revision is not known yet (it read 0).
+            if (!view && now - lastLog >= 10_000 && stats.role === 'leader' && stats.etcdRevision > 0) {
               lastLog = now;
               log('info', 'progress', {
                 checkpoint: stats.checkpoint, etcdRevision: stats.etcdRevision, lagRevisions: Math.max(0, stats.etcdRevision - stats.checkpoint), lagSeconds: Number(lagSeconds(stats, now).toFixed(3)), events: stats.events, txns: stats.txns, sessions: stats.sessions,
