@@ -331,6 +331,33 @@ describe('sample, estimate, probe and the draft mapping', () => {
     expect(sampleFindings(sample).map((f) => [f.code, f.examples.map((e) => e.prefix)])).toEqual([['write_rate_high', ['/hot/']]]);
   });
 
+  it('counts the writes made within the window even when the watch delivers them late, and none made after it', async () => {
+    // etcd is at revision 14 when the 100 ms window ends; this process reads the watch behind:
+    // revisions 11–16 arrive from 150 ms on. 11–14 count, 15–16 (written after the window) do not.
+    const source = new MemorySource();
+    let closed = false;
+    source.status = async () => ({ version: '3.4', clusterId: '1', memberId: '1', leader: '1', revision: 14, dbSizeBytes: 0, endpoint: 'memory' });
+    source.watch = async () => ({
+      buffered: () => 0,
+      requestProgress() {},
+      async close() {
+        closed = true;
+      },
+      async *[Symbol.asyncIterator]() {
+        await new Promise((r) => setTimeout(r, 150));
+        for (let revision = 11; revision <= 16 && !closed; revision++) {
+          yield { kind: 'revision' as const, revision, events: Array.from({ length: 100 }, (_, j) => ({ type: 'put' as const, entry: { key: Buffer.from(`/hot/k${j}`), value: Buffer.from('v'), createRevision: revision, modRevision: revision, version: 1, lease: '0' } })) };
+        }
+        while (!closed) await new Promise((r) => setTimeout(r, 10));
+      },
+    });
+    const began = Date.now();
+    const sample = await sampleWrites({ source, ranges: [{ start: Buffer.from([0]), end: Buffer.alloc(0) }], fromRevision: 11, durationMs: 100, depth: 1, top: 5, router: identityRouter(524288), capacity: { ops: 62, bytes: 500_000 } });
+    expect(sample).toMatchObject({ revisions: 4, writes: 400, durationMs: 100, writesPerSecond: 4000 });
+    // Done once the watch passed the end, not at the grace period's end.
+    expect(Date.now() - began).toBeLessThan(2_000);
+  });
+
   it('estimates from counts and throughput: txn keys, single PUTs and sessions', () => {
     const estimate = estimateCopy({ keys: 29_001, valueBytes: 29_000 * 100, singlePutKeys: 1, sessions: 1200 }, referenceBasis());
     expect(estimate.parts).toEqual({ txns: 1, singlePuts: 0, sessions: 1 });

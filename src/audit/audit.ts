@@ -99,6 +99,8 @@ export interface AuditDatacenter extends DatacenterTally {
 }
 
 export type AuditProgress =
+  /** The revision the inventory reads at; a `--sample` watches the writes after it from now on. */
+  | { phase: 'pinned'; revision: number }
   | { phase: 'scan'; keys: number; total: number | undefined }
   | { phase: 'leases'; done: number; total: number }
   | { phase: 'groups' }
@@ -152,6 +154,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
     : undefined;
   // Keep a failing sample from becoming an unhandled rejection while the pass runs; it is awaited below.
   sample?.catch(() => undefined);
+  input.onProgress?.({ phase: 'pinned', revision });
 
   const newInventory = (at: number) => new Inventory({ mode, router, revision: at, depth, top, capacity, maxValueBytes: limits.maxValueBytes, streams: mode === 'identity' ? 2 : 1, groups: input.groups, migrationId: input.config.id });
   let inventory = newInventory(revision);

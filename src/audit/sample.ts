@@ -57,6 +57,9 @@ export interface SampleInput {
   prefixCap?: number;
 }
 
+/** How long after the window the watches may take to deliver the writes made in it (at least; the window's length if longer). */
+const END_GRACE_MS = 5_000;
+
 export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
   const now = input.now ?? Date.now;
   const prefixCap = input.prefixCap ?? 1000;
@@ -71,10 +74,31 @@ export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
   let groupsOverTarget = 0;
   const started = now();
   const watches: SourceWatch[] = [];
+  let closed = false;
   const closeAll = () => {
+    closed = true;
     for (const watch of watches) void watch.close();
   };
-  const timer = setTimeout(closeAll, input.durationMs);
+  // The window ends at the revision etcd has reached when the time is up: the writes up to it
+  // count however late this process reads them (on a busy machine it reads the watch behind
+  // etcd, and a rate measured by what arrived in time read low); later ones do not.
+  let endRevision: number | undefined;
+  let lastCall: NodeJS.Timeout | undefined;
+  let asking: NodeJS.Timeout | undefined;
+  const endWindow = () => {
+    lastCall = setTimeout(closeAll, Math.max(END_GRACE_MS, input.durationMs));
+    input.source.status().then((status) => {
+      endRevision = status.revision;
+      // A watch with no write after the end learns it has passed it from a progress notification,
+      // which etcd sends once the watch has caught up: asked for until then.
+      const ask = () => {
+        for (const watch of watches) watch.requestProgress();
+      };
+      ask();
+      asking = setInterval(ask, 250);
+    }, closeAll);
+  };
+  const timer = setTimeout(endWindow, input.durationMs);
   const onAbort = () => closeAll();
   input.signal?.addEventListener('abort', onAbort, { once: true });
   try {
@@ -87,10 +111,14 @@ export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
         return;
       }
       watches.push(watch);
-      if (now() - started >= input.durationMs || input.signal?.aborted) void watch.close();
+      if (closed || now() - started >= input.durationMs || input.signal?.aborted) void watch.close();
       try {
         for await (const message of watch) {
-          if (message.kind !== 'revision') continue;
+          if (endRevision !== undefined && message.revision > endRevision) break;
+          if (message.kind !== 'revision') {
+            if (endRevision !== undefined && message.revision >= endRevision) break;
+            continue;
+          }
           revisions++;
           let replicated = 0;
           for (const event of message.events) {
@@ -116,6 +144,7 @@ export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
             if (replicated > largestGroup) largestGroup = replicated;
             if (replicated > input.capacity.ops) groupsOverTarget++;
           }
+          if (endRevision !== undefined && message.revision >= endRevision) break;
         }
       } catch (err) {
         errors.push((err as Error).message);
@@ -123,6 +152,8 @@ export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
     }));
   } finally {
     clearTimeout(timer);
+    clearTimeout(lastCall);
+    clearInterval(asking);
     input.signal?.removeEventListener('abort', onAbort);
     closeAll();
   }

@@ -54,8 +54,8 @@ export async function runScenario(name: string, command: 'audit' | 'plan' = 'aud
     if (!dataset.auth) for (const prefix of scopePrefixes(dataset, base)) args.push('--prefix', prefix);
     let stopTraffic: (() => Promise<number>) | undefined;
     const run = await spawnCli(args, cwd, env, () => {
-      // Traffic starts once the audit has pinned its revision (its first progress event), so the
-      // inventory stays deterministic and every live write lands in the sample.
+      // Traffic starts once the audit has pinned its revision (its `pinned` event, or a first progress
+      // event), so the inventory stays deterministic and the sample sees the traffic from its start.
       if (dataset.traffic && command === 'audit') stopTraffic = startTraffic(client, dataset.traffic, base);
     });
     const trafficWrites = stopTraffic ? await stopTraffic() : 0;
@@ -103,7 +103,7 @@ function spawnCli(args: string[], cwd: string, env: Record<string, string>, onPi
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
     child.stderr.on('data', (c: Buffer) => {
       stderr += c.toString('utf8');
-      if (!pinned && stderr.includes('"event":"progress"')) {
+      if (!pinned && /"phase":"pinned"|"event":"progress"/.test(stderr)) {
         pinned = true;
         onPinned();
       }
