@@ -96,7 +96,7 @@ describe('connection settings: flags > environment > file > defaults', () => {
     const inFile = parseConfig('version: 1\nid: d\nsource:\n  endpoints: [ "http://e:123456" ]\n', 'm.yaml').config;
     expect(() => resolveConnections(inFile, {}, {}, dir)).toThrow(/from source\.endpoints in migration\.yaml/);
     // Credentials in an endpoint: refused (etcd takes none there), never in the message, and scrubbed from any other output.
-    for (const etcdEndpoints of ['http://root:s3cret-77@e:2379', 'http://root:s3cret-77@e:99999']) {
+    for (const etcdEndpoints of ['http://root:s3cret-77@e:2379', 'http://root:s3cret-77@e:99999', 'http://root:s3cret-77%zz@e:2379']) {
       expect(() => resolveConnections(bare, { etcdEndpoints }, {}, dir)).toThrow(expect.objectContaining({ code: 'etcd_endpoint_invalid', message: expect.not.stringContaining('s3cret-77') }));
     }
     expect(scrub('dns:root:s3cret-77@e:2379')).not.toContain('s3cret-77');

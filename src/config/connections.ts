@@ -148,6 +148,15 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   return { source, target, origins };
 }
 
+/** Percent-decoded, or as it is when it is not valid percent-encoding. */
+function decodedOrSame(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 const ENDPOINT_SOURCES: Record<string, string> = { flag: '--etcd-endpoints', env: 'ETCDCTL_ENDPOINTS', file: 'source.endpoints in migration.yaml', default: 'the default' };
 
 /**
@@ -164,7 +173,7 @@ function checkEtcdEndpoint(endpoint: string, origin: string): void {
   }
   if (url && (url.username || url.password)) {
     // etcd takes no credentials in an endpoint (gRPC resolves "user:password@host" as a host name, and quotes it in its errors).
-    for (const secret of [url.password, decodeURIComponent(url.password), url.username]) registerSecret(secret);
+    for (const secret of [url.password, decodedOrSame(url.password), url.username]) registerSecret(secret);
     throw new UsageError('etcd_endpoint_invalid', `The etcd endpoint ${JSON.stringify(redactUrl(endpoint))} (from ${ENDPOINT_SOURCES[origin] ?? origin}) carries a user name or password, which etcd does not take there.`, {
       hint: 'Give the endpoint as http(s)://host:port, and the credentials in ETCDCTL_USER and ETCDCTL_PASSWORD (or source.auth in migration.yaml).',
     });
