@@ -4,8 +4,8 @@ import { startEtcd, type EtcdServer } from '../scripts/local-servers.js';
 import { EtcdSource, prefixRange } from '../src/stores/etcd.js';
 
 /**
- * The paged read calls etcd with its own codec through etcd3's connection
- * pool, so an expired session token is its own to handle: with a token that
+ * The paged read calls etcd over its own grpc-js channel (etcd-channel.ts),
+ * so an expired session token is its own to handle: with a token that
  * lives one second, a read after the token expired signs in again and reads
  * the whole range, as etcd3's own calls do.
  */

@@ -1,9 +1,12 @@
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { startEtcd } from '../scripts/local-servers.js';
 import { EtcdSource, SourceCompactedError, prefixRange } from '../src/stores/etcd.js';
 import type { SourceEntry, WatchMessage } from '../src/stores/types.js';
-import { etcdSource, rawEtcd, uniquePrefix } from './support/harness.js';
+import { etcdSource, rawEtcd, repoRoot, servers, uniquePrefix } from './support/harness.js';
 
 const raw = rawEtcd();
 const source = etcdSource();
@@ -184,5 +187,32 @@ describe('etcd source (real etcd)', () => {
       ownSource.close();
       await own.stop();
     }
+  });
+
+  it('reads without loading etcd3 (grpc-js alone), and loads it for the first lease call', async () => {
+    const prefix = uniquePrefix('light');
+    for (let i = 0; i < 3; i++) await raw.put(`${prefix}k${i}`).value(`v${i}`);
+    // A fresh process on the built code, as the CLI runs it: which CommonJS packages did each step load?
+    const script = `
+      import { createRequire } from 'node:module';
+      import { EtcdSource, prefixRange } from ${JSON.stringify(join(repoRoot, 'dist', 'stores', 'etcd.js'))};
+      const cache = createRequire(import.meta.url).cache;
+      const loaded = (name) => Object.keys(cache).some((path) => path.includes('/node_modules/' + name + '/'));
+      const source = new EtcdSource({ endpoints: [${JSON.stringify(servers().etcdEndpoint)}] });
+      const status = await source.status();
+      let keys = 0;
+      for await (const page of source.readPages(prefixRange(${JSON.stringify(prefix)}), { pageKeys: 2 })) keys += page.entries.length;
+      const afterReads = { etcd3: loaded('etcd3'), protobufjs: loaded('protobufjs'), grpc: loaded('@grpc/grpc-js') };
+      await source.listLeases();
+      console.log(JSON.stringify({ keys, revision: status.revision, clusterId: status.clusterId, afterReads, afterLeases: { etcd3: loaded('etcd3') } }));
+      source.close();
+    `;
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], { cwd: repoRoot });
+    const result = JSON.parse(stdout) as { keys: number; revision: number; clusterId: string; afterReads: Record<string, boolean>; afterLeases: Record<string, boolean> };
+    expect(result.keys).toBe(3);
+    expect(result.clusterId).toBe((await raw.maintenance.status()).header.cluster_id);
+    expect(result.revision).toBeGreaterThan(0);
+    expect(result.afterReads).toEqual({ etcd3: false, protobufjs: false, grpc: true });
+    expect(result.afterLeases).toEqual({ etcd3: true });
   });
 });

@@ -1,4 +1,4 @@
-import { createElement as h, type ReactElement } from 'react';
+import type { ReactElement } from 'react';
 import type { CommandContext } from '../cli/context.js';
 
 /** What a long command reports while it works. */
@@ -77,35 +77,33 @@ function bar(done: number, total: number, width = 24): string {
   return `${'█'.repeat(filled)}${'░'.repeat(width - filled)}`;
 }
 
-function ProgressViewComponent({ state, now, warnings }: { state: ProgressState; now: number; warnings: string[] }): ReactElement {
-  // ink's Text/Box are imported lazily with the view; they are passed in through the closure below.
-  return h(InkBox!, { flexDirection: 'column' },
-    h(InkText!, { bold: true }, plainProgressLine(state, now)),
-    ...state.items.map((item) => h(InkText!, { key: item.name }, `  ${item.name.padEnd(20)} ${bar(item.done, item.total)} ${item.done}/${item.total}`)),
-    ...warnings.slice(-5).map((w, i) => h(InkText!, { key: `w${i}`, color: 'yellow' }, `  ! ${w}`)),
+type Ink = typeof import('ink');
+type CreateElement = typeof import('react').createElement;
+
+function progressElement({ Box, Text }: Ink, h: CreateElement, state: ProgressState, now: number, warnings: string[]): ReactElement {
+  return h(Box, { flexDirection: 'column' },
+    h(Text, { bold: true }, plainProgressLine(state, now)),
+    ...state.items.map((item) => h(Text, { key: item.name }, `  ${item.name.padEnd(20)} ${bar(item.done, item.total)} ${item.done}/${item.total}`)),
+    ...warnings.slice(-5).map((w, i) => h(Text, { key: `w${i}`, color: 'yellow' }, `  ! ${w}`)),
   );
 }
-
-let InkBox: typeof import('ink').Box | undefined;
-let InkText: typeof import('ink').Text | undefined;
 
 function inkProgress(ctx: CommandContext): ProgressView {
   let instance: import('ink').Instance | undefined;
   let latest: ProgressState | undefined;
   const warnings: string[] = [];
   let last = 0;
-  const ready = import('ink').then((ink) => {
-    InkBox = ink.Box;
-    InkText = ink.Text;
-    return ink;
-  });
+  // ink and React load with the view, on a terminal only: a command off one does not pay for them.
+  const ready = Promise.all([import('ink'), import('react')]);
   const draw = (force: boolean) => {
     if (!latest) return;
     const now = Date.now();
     if (!force && now - last < 100) return;
     last = now;
-    const element = h(ProgressViewComponent, { state: latest, now, warnings: [...warnings] });
-    void ready.then((ink) => {
+    const state = latest;
+    const shown = [...warnings];
+    void ready.then(([ink, react]) => {
+      const element = progressElement(ink, react.createElement, state, now, shown);
       if (instance) instance.rerender(element);
       else instance = ink.render(element, { stdout: process.stderr as unknown as NodeJS.WriteStream, patchConsole: false, exitOnCtrlC: false });
     });

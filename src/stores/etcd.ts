@@ -1,20 +1,20 @@
 import { createRequire } from 'node:module';
 import type * as Cockatiel from 'cockatiel';
 import type * as Etcd3Module from 'etcd3';
-import type { CallOptionsFactory, IWatchResponse } from 'etcd3';
+import type { IWatchResponse } from 'etcd3';
 import { MigrateError, ServerError, UsageError } from '../errors.js';
 import { redactUrl } from '../report/redact.js';
 import { formatKey } from '../report/keys.js';
 import { sleep } from './consul-http.js';
-import { decodeRangeResponse, encodeRangeRequest, toEntry, type RangePage, type RangeRequest } from './etcd-range-codec.js';
+import { EtcdChannel } from './etcd-channel.js';
+import { RANGE, STATUS, toEntry, type RangePage, type RangeRequest } from './etcd-codec.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type LeaseInfo, type ReadPagesOptions, type SourceEvent, type SourcePage, type SourceReader, type SourceStatus, type SourceWatch, type WatchMessage } from './types.js';
 
 // etcd3 (with cockatiel, which it loads) is CommonJS. Imported from an ES module, Node first scans
-// each of its files for export names, re-exports included: 30-40 ms more of every command's start
-// than requiring it (`npm run build`, then time `import('etcd3')` against `require('etcd3')`).
+// each of its files for export names, re-exports included: 30-40 ms more than requiring it. It is
+// required when first used (watches, leases, writes): loading it compiles etcd's whole rpc.proto,
+// 100-200 ms that a command which only reads etcd (verify, audit, copy) does not spend.
 const require = createRequire(import.meta.url);
-const { castGrpcError, Etcd3, EtcdAuthenticationFailedError, EtcdInvalidAuthTokenError, EtcdPermissionDeniedError } = require('etcd3') as typeof Etcd3Module;
-const { noop } = require('cockatiel') as typeof Cockatiel;
 type Etcd3 = Etcd3Module.Etcd3;
 
 export interface EtcdConnection {
@@ -132,46 +132,65 @@ function wireEnd(end: Buffer): Buffer {
 /** A page of values above this is followed by a smaller page. */
 const PAGE_BYTES_TARGET = 32 * 1024 * 1024;
 const RECEIVE_LIMIT_BYTES = 256 * 1024 * 1024;
+const GRPC_OPTIONS = { 'grpc.max_receive_message_length': RECEIVE_LIMIT_BYTES, 'grpc.max_send_message_length': 16 * 1024 * 1024 };
 /** Attempts at one page when the connection to etcd breaks (about 8 s of backoff in all). */
 const PAGE_READ_ATTEMPTS = 6;
 
-/** The etcd adapter of {@link SourceReader}, over the `etcd3` client. */
+/**
+ * The etcd adapter of {@link SourceReader}: reads (Status, Range) over
+ * {@link EtcdChannel}; watches, leases and writes over the `etcd3` client,
+ * created on first use.
+ */
 export class EtcdSource implements SourceReader {
-  readonly client: Etcd3;
   readonly endpoints: string;
   private readonly endpointCount: number;
+  private readonly channel: EtcdChannel;
+  private etcd3: Etcd3 | undefined;
 
-  constructor(connection: EtcdConnection) {
-    const timeoutMs = connection.timeoutMs ?? 10_000;
+  constructor(private readonly connection: EtcdConnection) {
     this.endpoints = connection.endpoints.map(redactUrl).join(',');
     this.endpointCount = connection.endpoints.length;
-    this.client = new Etcd3({
-      hosts: connection.endpoints,
-      credentials: connection.tls?.ca
-        ? { rootCertificate: connection.tls.ca, privateKey: connection.tls.key, certChain: connection.tls.cert }
-        : undefined,
-      auth: connection.auth ? { username: connection.auth.username, password: connection.auth.password } : undefined,
-      grpcOptions: { 'grpc.max_receive_message_length': RECEIVE_LIMIT_BYTES, 'grpc.max_send_message_length': 16 * 1024 * 1024 },
+    this.channel = new EtcdChannel({ ...connection, timeoutMs: this.timeoutMs, grpcOptions: GRPC_OPTIONS });
+  }
+
+  private get timeoutMs(): number {
+    return this.connection.timeoutMs ?? 10_000;
+  }
+
+  /** The `etcd3` client, for watches, leases and writes. */
+  get client(): Etcd3 {
+    if (this.etcd3) return this.etcd3;
+    const { Etcd3 } = require('etcd3') as typeof Etcd3Module;
+    const { noop } = require('cockatiel') as typeof Cockatiel;
+    const { tls, auth, endpoints } = this.connection;
+    const timeoutMs = this.timeoutMs;
+    this.etcd3 = new Etcd3({
+      hosts: endpoints,
+      credentials: tls?.ca ? { rootCertificate: tls.ca, privateKey: tls.key, certChain: tls.cert } : undefined,
+      auth: auth ? { username: auth.username, password: auth.password } : undefined,
+      grpcOptions: GRPC_OPTIONS,
       defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeoutMs }),
       dialTimeout: timeoutMs,
       // Retries are the caller's: the default policy retries 3× and opens a breaker, which hides the real error.
       faultHandling: { global: noop, host: () => noop },
     });
+    return this.etcd3;
   }
 
   close(): void {
-    this.client.close();
+    this.channel.close();
+    this.etcd3?.close();
   }
 
   async status(): Promise<SourceStatus> {
-    const status = await this.call('status', () => this.client.maintenance.status());
+    const status = await this.call('status', () => this.channel.unary(STATUS, undefined));
     return {
       version: status.version,
-      clusterId: status.header.cluster_id,
-      memberId: status.header.member_id,
+      clusterId: status.clusterId,
+      memberId: status.memberId,
       leader: status.leader,
-      revision: Number(status.header.revision),
-      dbSizeBytes: Number(status.dbSize),
+      revision: status.revision,
+      dbSizeBytes: status.dbSize,
       endpoint: this.endpoints,
     };
   }
@@ -222,30 +241,8 @@ export class EtcdSource implements SourceReader {
     }
   }
 
-  /**
-   * One Range call through etcd3's connection pool (its TLS, token and hosts),
-   * with the hand codec in place of etcd3's protobufjs one: see etcd-range-codec.ts.
-   * Only the pool's global fault policy is left out, and this client sets it to none.
-   */
-  private async readRange(request: RangeRequest): Promise<RangePage> {
-    const pool = (this.client as unknown as { pool: EtcdPool }).pool;
-    try {
-      return await pool.withConnection('KV', ({ client, metadata }) => new Promise<RangePage>((resolve, reject) => {
-        const context = { service: 'KV', method: 'range', params: request, isStream: false } as const;
-        const factory = pool.callOptionsFactory;
-        const callOptions = (typeof factory === 'function' ? factory(context) : factory) ?? {};
-        client.makeUnaryRequest(RANGE_METHOD, encodeRangeRequest, decodeRangeResponse, request, metadata, callOptions, (err, page) => {
-          // Cast here, as etcd3's own calls do: the pool resets a host on the typed, recoverable errors.
-          if (err) reject(castGrpcError(err));
-          else resolve(page!);
-        });
-      }));
-    } catch (err) {
-      if (!(err instanceof EtcdInvalidAuthTokenError)) throw err;
-      // An expired token: etcd3's own call drops the cached token, signs in again and repeats the call.
-      const response = await this.client.kv.range(request);
-      return { revision: Number(response.header.revision), entries: response.kvs.map(toEntry), more: response.more, count: Number(response.count) };
-    }
+  private readRange(request: RangeRequest): Promise<RangePage> {
+    return this.channel.unary(RANGE, request);
   }
 
   async count(range: KeyRange, revision = 0): Promise<number> {
@@ -288,7 +285,7 @@ export class EtcdSource implements SourceReader {
   toError(err: unknown, what: string, revision = 0): Error {
     if (err instanceof MigrateError) return err;
     const message = String((err as Error)?.message ?? err);
-    if (err instanceof EtcdAuthenticationFailedError || /authentication failed|invalid user ID or password/i.test(message)) {
+    if (/authentication failed|invalid user ID or password/i.test(message)) {
       return new ServerError('etcd_auth_failed', `etcd at ${this.endpoints} refused the user name or password.`, {
         hint: 'Check ETCDCTL_USER / ETCDCTL_PASSWORD (or source.auth in migration.yaml).',
       });
@@ -298,10 +295,10 @@ export class EtcdSource implements SourceReader {
         hint: 'Unset ETCDCTL_USER / ETCDCTL_PASSWORD (or remove source.auth from migration.yaml) for this cluster, or turn on etcd auth (`etcdctl auth enable`).',
       });
     }
-    if (err instanceof EtcdInvalidAuthTokenError) {
+    if (/invalid auth token/i.test(message)) {
       return new ServerError('etcd_auth_failed', `etcd at ${this.endpoints} rejected the session token (${message}).`, { hint: 'Run the command again; if it persists, check the etcd auth configuration.' });
     }
-    if (err instanceof EtcdPermissionDeniedError || /permission denied/i.test(message)) {
+    if (/permission denied/i.test(message)) {
       return new ServerError('etcd_permission_denied', `etcd denied ${what}: the user's role lacks the permission.`, {
         hint: 'Grant the role `migrate acl` prints for etcd (read on every rule range), then run `migrate doctor`.',
         details: { operation: what },
@@ -336,29 +333,6 @@ export class EtcdSource implements SourceReader {
     }
     return new ServerError('etcd_failed', `etcd failed ${what}: ${message.split('\n')[0]}`, { cause: err });
   }
-}
-
-const RANGE_METHOD = '/etcdserverpb.KV/Range';
-
-/**
- * The part of etcd3's connection pool (`Etcd3#pool`, not in its public types)
- * that a call with its own codec needs; `client` is a grpc-js Client.
- */
-interface EtcdPool {
-  readonly callOptionsFactory: CallOptionsFactory | undefined;
-  withConnection<T>(service: 'KV', fn: (connection: { client: GrpcClient; metadata: unknown }) => Promise<T>): Promise<T>;
-}
-
-interface GrpcClient {
-  makeUnaryRequest<Req, Res>(
-    method: string,
-    serialize: (request: Req) => Buffer,
-    deserialize: (message: Buffer) => Res,
-    request: Req,
-    metadata: unknown,
-    options: object,
-    callback: (err: Error | null, response?: Res) => void,
-  ): unknown;
 }
 
 function describeRange(range: KeyRange): string {

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import protobuf from 'protobufjs';
 import type { IRangeResponse } from 'etcd3';
 import { describe, expect, it } from 'vitest';
-import { decodeRangeResponse, encodeRangeRequest, toEntry, type RangePage, type RangeRequest } from './etcd-range-codec.js';
+import { decodeAuthenticateResponse, decodeRangeResponse, decodeStatusResponse, encodeAuthenticateRequest, encodeRangeRequest, toEntry, type RangePage, type RangeRequest } from './etcd-codec.js';
 
 // The reference is etcd3's own path: its proto file, loaded with the options its connection pool uses.
 const rpcProto = createRequire(import.meta.url).resolve('etcd3/proto/rpc.proto');
@@ -13,10 +13,15 @@ const etcdRange = (loadSync(rpcProto, { keepCase: true, longs: String, enums: St
   requestDeserialize(bytes: Buffer): Record<string, unknown>;
   responseDeserialize(bytes: Buffer): IRangeResponse;
 }>).Range;
+const loaded = loadSync(rpcProto, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
+const etcdStatus = (loaded['etcdserverpb.Maintenance'] as unknown as Record<'Status', { responseDeserialize(bytes: Buffer): { header: Record<string, string>; version: string; dbSize: string; leader: string } }>).Status;
+const etcdAuthenticate = (loaded['etcdserverpb.Auth'] as unknown as Record<'Authenticate', { requestDeserialize(bytes: Buffer): { name: string; password: string }; responseDeserialize(bytes: Buffer): { token: string } }>).Authenticate;
 const types = new protobuf.Root().loadSync(rpcProto, { keepCase: true });
 const KeyValue = types.lookupType('mvccpb.KeyValue');
 const ResponseHeader = types.lookupType('etcdserverpb.ResponseHeader');
 const RangeResponse = types.lookupType('etcdserverpb.RangeResponse');
+const StatusResponse = types.lookupType('etcdserverpb.StatusResponse');
+const AuthenticateResponse = types.lookupType('etcdserverpb.AuthenticateResponse');
 
 /** What readPages took from etcd3's decoded response before the hand decoder. */
 function viaEtcd3(bytes: Buffer): RangePage {
@@ -173,5 +178,64 @@ describe('encodeRangeRequest', () => {
   it('sets the page fields readPages uses', () => {
     const decoded = etcdRange.requestDeserialize(encodeRangeRequest({ key: Buffer.from('/a/'), range_end: Buffer.from('/a0'), limit: 2000, revision: 123456789, keys_only: true }));
     expect(decoded).toMatchObject({ key: Buffer.from('/a/'), range_end: Buffer.from('/a0'), limit: '2000', revision: '123456789', keys_only: true, count_only: false });
+  });
+});
+
+describe('decodeStatusResponse', () => {
+  const uint64 = fc.oneof(fc.constant(0n), fc.bigInt({ min: 1n, max: 2n ** 53n }), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), fc.constantFrom(2n ** 64n - 1n, 2n ** 63n, 2n ** 53n + 1n));
+  const status = fc.record({
+    header: fc.record({ cluster_id: uint64, member_id: uint64, revision: fc.bigInt({ min: 0n, max: 2n ** 53n - 1n }), raft_term: uint64 }),
+    version: fc.string({ maxLength: 12 }),
+    dbSize: fc.bigInt({ min: 0n, max: 2n ** 53n - 1n }),
+    leader: uint64,
+    raftIndex: uint64,
+    errors: fc.array(fc.string({ maxLength: 8 }), { maxLength: 2 }),
+    isLearner: fc.boolean(),
+  });
+
+  it('reads what etcd3 reads (ids as unsigned decimals, as etcd3 gives them), skipping the fields it does not use', () => {
+    fc.assert(
+      fc.property(status, (fields) => {
+        const text = (n: bigint) => n.toString();
+        const bytes = Buffer.from(StatusResponse.encode({
+          header: { cluster_id: text(fields.header.cluster_id), member_id: text(fields.header.member_id), revision: text(fields.header.revision), raft_term: text(fields.header.raft_term) },
+          version: fields.version,
+          dbSize: text(fields.dbSize),
+          leader: text(fields.leader),
+          raftIndex: text(fields.raftIndex),
+          errors: fields.errors,
+          isLearner: fields.isLearner,
+        }).finish());
+        const reference = etcdStatus.responseDeserialize(bytes);
+        expect(decodeStatusResponse(bytes)).toEqual({
+          clusterId: reference.header.cluster_id,
+          memberId: reference.header.member_id,
+          revision: Number(reference.header.revision),
+          version: reference.version,
+          dbSize: Number(reference.dbSize),
+          leader: reference.leader,
+        });
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('refuses a truncated message', () => {
+    const bytes = Buffer.from(StatusResponse.encode({ header: { cluster_id: '14841639068965178418', revision: '9' }, version: '3.5.16' }).finish());
+    expect(decodeStatusResponse(bytes).clusterId).toBe('14841639068965178418');
+    expect(() => decodeStatusResponse(bytes.subarray(0, bytes.length - 2))).toThrow(/StatusResponse ends inside a field|runs past/);
+  });
+});
+
+describe('Authenticate codec', () => {
+  it('writes a request etcd3 reads back as the same name and password, and reads the token of a response', () => {
+    fc.assert(
+      fc.property(fc.string({ maxLength: 30 }), fc.string({ unit: 'grapheme', maxLength: 30 }), fc.string({ maxLength: 60 }), (name, password, token) => {
+        expect(etcdAuthenticate.requestDeserialize(encodeAuthenticateRequest({ name, password }))).toEqual({ name, password });
+        const bytes = Buffer.from(AuthenticateResponse.encode({ header: { revision: '3' }, token }).finish());
+        expect(decodeAuthenticateResponse(bytes)).toEqual({ token: etcdAuthenticate.responseDeserialize(bytes).token });
+      }),
+      { numRuns: 200 },
+    );
   });
 });

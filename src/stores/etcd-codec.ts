@@ -2,14 +2,18 @@ import type { IKeyValue } from 'etcd3';
 import type { SourceEntry } from './types.js';
 
 /**
- * The wire format of etcd's `KV/Range` call, by hand, for the paged read.
+ * The wire format of the etcd calls every command makes, by hand: `KV/Range`
+ * (the paged read), `Maintenance/Status` and `Auth/Authenticate`. With these,
+ * a command that only reads etcd runs on grpc-js alone (`etcd-channel.ts`);
+ * `etcd3`, which compiles etcd's whole `rpc.proto` with protobufjs when it
+ * loads, is loaded only by the commands that watch, write or read leases.
  *
  * `etcd3` decodes a RangeResponse with protobufjs and then turns every int64 of
  * every KeyValue into a string through `long` (its `longs: String` option),
  * only for {@link toEntry} to turn them back into numbers: about 1.3 µs of CPU
  * per key, and the garbage. {@link decodeRangeResponse} goes from the bytes to
  * the {@link SourceEntry} objects directly, in about a tenth of that. The two conversions live side by side
- * so that they stay alike; `etcd-range-codec.test.ts` holds them to that.
+ * so that they stay alike; `etcd-codec.test.ts` holds them to that.
  */
 
 const WIRE_VARINT = 0;
@@ -18,6 +22,21 @@ const WIRE_LEN = 2;
 const WIRE_FIXED32 = 5;
 const EMPTY: Buffer = Buffer.alloc(0);
 const TWO_32 = 4294967296;
+
+/** A unary method of etcd's API with its hand codec. */
+export interface UnaryMethod<Req, Res> {
+  path: string;
+  encode: (request: Req) => Buffer;
+  decode: (message: Buffer) => Res;
+}
+
+export const RANGE: UnaryMethod<RangeRequest, RangePage> = { path: '/etcdserverpb.KV/Range', encode: (r) => encodeRangeRequest(r), decode: (m) => decodeRangeResponse(m) };
+export const STATUS: UnaryMethod<void, StatusReply> = { path: '/etcdserverpb.Maintenance/Status', encode: () => Buffer.alloc(0), decode: (m) => decodeStatusResponse(m) };
+export const AUTHENTICATE: UnaryMethod<{ name: string; password: string }, { token: string }> = {
+  path: '/etcdserverpb.Auth/Authenticate',
+  encode: (r) => encodeAuthenticateRequest(r),
+  decode: (m) => decodeAuthenticateResponse(m),
+};
 
 /** The fields of etcd's RangeRequest the paged read sets (names as in `rpc.proto`). */
 export interface RangeRequest {
@@ -74,6 +93,62 @@ export function encodeRangeRequest(request: RangeRequest): Buffer {
   return out;
 }
 
+/** etcd's StatusResponse, as the tool uses it (uint64 ids in decimal). */
+export interface StatusReply {
+  clusterId: string;
+  memberId: string;
+  revision: number;
+  version: string;
+  dbSize: number;
+  leader: string;
+}
+
+/** Decodes a StatusResponse (`header` 1, `version` 2, `dbSize` 3, `leader` 4; the rest is not used). */
+export function decodeStatusResponse(message: Buffer): StatusReply {
+  const reader = new WireReader(message, 'StatusResponse');
+  const reply: StatusReply = { clusterId: '0', memberId: '0', revision: 0, version: '', dbSize: 0, leader: '0' };
+  while (reader.pos < message.length) {
+    const tag = reader.uint32();
+    if (tag === 0x0a) {
+      const end = reader.limit();
+      while (reader.pos < end) {
+        const field = reader.uint32();
+        if (field === 0x08) reply.clusterId = reader.uint64String(); // 1 cluster_id
+        else if (field === 0x10) reply.memberId = reader.uint64String(); // 2 member_id
+        else if (field === 0x18) reply.revision = reader.int64(); // 3 revision
+        else reader.skip(field);
+      }
+      reader.ended(end);
+    } else if (tag === 0x12) reply.version = reader.bytes().toString('utf8');
+    else if (tag === 0x18) reply.dbSize = reader.int64();
+    else if (tag === 0x20) reply.leader = reader.uint64String();
+    else reader.skip(tag);
+  }
+  return reply;
+}
+
+/** An AuthenticateRequest: `name` 1, `password` 2. */
+export function encodeAuthenticateRequest(request: { name: string; password: string }): Buffer {
+  const parts: Buffer[] = [];
+  for (const [tag, text] of [[0x0a, request.name], [0x12, request.password]] as const) {
+    const bytes = Buffer.from(text, 'utf8');
+    if (bytes.length > 0) parts.push(Buffer.from([tag, ...varint(BigInt(bytes.length))]), bytes);
+  }
+  return Buffer.concat(parts);
+}
+
+/** The `token` (2) of an AuthenticateResponse. */
+export function decodeAuthenticateResponse(message: Buffer): { token: string } {
+  const reader = new WireReader(message, 'AuthenticateResponse');
+  let token = '';
+  while (reader.pos < message.length) {
+    const tag = reader.uint32();
+    if (tag === 0x12) token = reader.bytes().toString('utf8');
+    else reader.skip(tag);
+  }
+  return { token };
+}
+
 /** One request per page: BigInt keeps the negative (10-byte) case as plain as the rest. */
 function varint(value: bigint): number[] {
   const bytes: number[] = [];
@@ -94,7 +169,7 @@ function varint(value: bigint): number[] {
  * Empty keys and values share one zero-length buffer, which nothing can write to.
  */
 export function decodeRangeResponse(message: Buffer): RangePage {
-  const reader = new WireReader(message);
+  const reader = new WireReader(message, 'RangeResponse');
   const end = message.length;
   let revision = 0;
   const entries: SourceEntry[] = [];
@@ -184,11 +259,12 @@ class WireReader {
   lo = 0;
   hi = 0;
 
-  constructor(private readonly buf: Buffer) {}
+  /** `what`: the message's name in rpc.proto, for errors. */
+  constructor(private readonly buf: Buffer, private readonly what: string) {}
 
   private byte(): number {
     const b = this.buf[this.pos];
-    if (b === undefined) throw new RangeError(`RangeResponse ends inside a field (at byte ${this.pos} of ${this.buf.length})`);
+    if (b === undefined) throw new RangeError(`${this.what} ends inside a field (at byte ${this.pos} of ${this.buf.length})`);
     this.pos++;
     return b;
   }
@@ -199,7 +275,7 @@ class WireReader {
     if (b < 0x80) return b;
     this.pos--;
     this.int64();
-    if (this.hi !== 0) throw new RangeError(`RangeResponse has a length or tag over 32 bits at byte ${this.pos}`);
+    if (this.hi !== 0) throw new RangeError(`${this.what} has a length or tag over 32 bits at byte ${this.pos}`);
     return this.lo;
   }
 
@@ -224,7 +300,7 @@ class WireReader {
     lo = (lo | ((b & 0x7f) << 28)) >>> 0;
     hi = (b & 0x7f) >> 4;
     for (let shift = 3; b >= 0x80; shift += 7) {
-      if (shift > 31) throw new RangeError(`RangeResponse has a varint over 10 bytes at byte ${this.pos}`);
+      if (shift > 31) throw new RangeError(`${this.what} has a varint over 10 bytes at byte ${this.pos}`);
       b = this.byte();
       hi |= (b & 0x7f) << shift;
     }
@@ -233,11 +309,17 @@ class WireReader {
     return (hi | 0) * TWO_32 + lo;
   }
 
+  /** A uint64 varint in decimal, as `long` prints it for etcd3 (ids: cluster, member, leader). */
+  uint64String(): string {
+    this.int64();
+    return this.hi < 0x200000 ? String(this.hi * TWO_32 + this.lo) : ((BigInt(this.hi) << 32n) | BigInt(this.lo)).toString();
+  }
+
   /** The end of a length-delimited field that starts here. */
   limit(): number {
     const length = this.uint32();
     const end = this.pos + length;
-    if (end > this.buf.length) throw new RangeError(`RangeResponse field of ${length} bytes at byte ${this.pos} runs past the end (${this.buf.length})`);
+    if (end > this.buf.length) throw new RangeError(`${this.what} field of ${length} bytes at byte ${this.pos} runs past the end (${this.buf.length})`);
     return end;
   }
 
@@ -264,17 +346,17 @@ class WireReader {
         this.advance(4);
         return;
       default:
-        throw new RangeError(`RangeResponse has a field of wire type ${tag & 7} (field ${tag >>> 3}), which proto3 does not use`);
+        throw new RangeError(`${this.what} has a field of wire type ${tag & 7} (field ${tag >>> 3}), which proto3 does not use`);
     }
   }
 
   /** An embedded message must end exactly where its length said. */
   ended(end: number): void {
-    if (this.pos !== end) throw new RangeError(`RangeResponse has a message that runs past its length (byte ${this.pos}, expected ${end})`);
+    if (this.pos !== end) throw new RangeError(`${this.what} has a message that runs past its length (byte ${this.pos}, expected ${end})`);
   }
 
   private advance(n: number): void {
-    if (this.pos + n > this.buf.length) throw new RangeError(`RangeResponse ends inside a field (at byte ${this.pos} of ${this.buf.length})`);
+    if (this.pos + n > this.buf.length) throw new RangeError(`${this.what} ends inside a field (at byte ${this.pos} of ${this.buf.length})`);
     this.pos += n;
   }
 }
