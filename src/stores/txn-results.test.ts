@@ -68,11 +68,18 @@ describe('scanReadResults', () => {
     ['no ModifyIndex', '{"Results":[{"KV":{"Key":"a","Flags":0,"Value":null}}]}'],
     ['no Key', '{"Results":[{"KV":{"Flags":0,"Value":null,"ModifyIndex":1}}]}'],
     ['a value that is not padded base64', '{"Results":[{"KV":{"Key":"a","Value":"eHk","ModifyIndex":1}}]}'],
-    ['a value with a byte outside base64', '{"Results":[{"KV":{"Key":"a","Value":"eH-=","ModifyIndex":1}}]}'],
+    ['a value with a byte outside base64', '{"Results":[{"KV":{"Key":"a","Value":"eH*=","ModifyIndex":1}}]}'],
+    ['a value with a space in its base64', '{"Results":[{"KV":{"Key":"a","Value":"eH k","ModifyIndex":1}}]}'],
+    ['a value with "=" inside its base64', '{"Results":[{"KV":{"Key":"a","Value":"eH==eHk=","ModifyIndex":1}}]}'],
     ['a service result', '{"Results":[{"Service":{"ID":"x"}}]}'],
     ['a cut-off answer', '{"Results":[{"KV":{"Key":"a","Value":"eHk=","ModifyIndex":1}}'],
   ])('leaves %s to JSON.parse', (_, body) => {
     expect(scanReadResults(Buffer.from(body))).toBeUndefined();
+  });
+
+  it('decodes base64url characters as Buffer.from does for JSON.parse\'s result (Consul writes neither)', () => {
+    const body = '{"Results":[{"KV":{"Key":"a","Value":"eH-_","ModifyIndex":1}}]}';
+    expect(scanReadResults(Buffer.from(body))![0]!.value).toEqual(Buffer.from('eH-_', 'base64'));
   });
 
   it('gives each value bytes of its own', () => {

