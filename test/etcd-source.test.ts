@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
-import { startEtcd } from '../scripts/local-servers.js';
+import { freePort, startEtcd } from '../scripts/local-servers.js';
 import { EtcdSource, SourceCompactedError, prefixRange } from '../src/stores/etcd.js';
 import type { SourceEntry, WatchMessage } from '../src/stores/types.js';
 import { etcdSource, rawEtcd, repoRoot, servers, uniquePrefix } from './support/harness.js';
@@ -214,5 +214,23 @@ describe('etcd source (real etcd)', () => {
     expect(result.revision).toBeGreaterThan(0);
     expect(result.afterReads).toEqual({ etcd3: false, protobufjs: false, grpc: true });
     expect(result.afterLeases).toEqual({ etcd3: true });
+  });
+
+  it('reads through the live member when another endpoint is down, whichever is named first', async () => {
+    const prefix = uniquePrefix('failover');
+    for (let i = 0; i < 5; i++) await raw.put(`${prefix}k${i}`).value(`v${i}`);
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    for (const endpoints of [[dead, servers().etcdEndpoint], [servers().etcdEndpoint, dead]]) {
+      const twoMembers = new EtcdSource({ endpoints, timeoutMs: 3_000 });
+      try {
+        // Each call may start on the dead member; it must move to the live one, every time.
+        for (let i = 0; i < 6; i++) expect((await twoMembers.status()).revision).toBeGreaterThan(0);
+        const keys: string[] = [];
+        for await (const page of twoMembers.readPages(prefixRange(prefix), { pageKeys: 2 })) keys.push(...page.entries.map((e) => e.key.toString()));
+        expect(keys).toEqual([0, 1, 2, 3, 4].map((i) => `${prefix}k${i}`));
+      } finally {
+        twoMembers.close();
+      }
+    }
   });
 });
