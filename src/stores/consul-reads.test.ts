@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { compareKeys, keysOf, packReads, planReads, readLimits, type ReadLimits, type ReadOp } from './consul-reads.js';
+import { compareKeys, inKeyOrder, keysOf, packReads, planReads, readLimits, sortKeys, type ReadLimits, type ReadOp } from './consul-reads.js';
 
 /** A read-only txn against a simulated Consul holding `store`; null when a `get` misses (Consul fails the whole txn). */
 function run(txn: readonly ReadOp[], store: ReadonlySet<string>): string[] | null {
@@ -101,5 +101,31 @@ describe('planReads', () => {
     // A wanted key outside the list (written since) is read with a get.
     expect(planReads(['app/z'], { listed }, limits)).toEqual([{ verb: 'get', key: 'app/z', bytes: Infinity }]);
     expect(planReads([], { listed }, limits)).toEqual([]);
+  });
+});
+
+describe('inKeyOrder and sortKeys', () => {
+  const text = fc.array(char, { maxLength: 6 }).map((cs) => cs.join(''));
+  const byBytes = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+  it('say a list is in order exactly when its UTF-8 bytes strictly increase, sorted or shuffled, with characters past U+D800 or without', () => {
+    fc.assert(
+      fc.property(fc.array(text, { maxLength: 30 }), fc.boolean(), (keys, sort) => {
+        const list = sort ? [...new Set(keys)].sort(byBytes) : keys;
+        const expected = list.every((k, i) => i === 0 || byBytes(list[i - 1]!, k) < 0);
+        expect(inKeyOrder(list)).toBe(expected);
+        expect(sortKeys([...list])).toEqual([...list].sort(byBytes));
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('catches the pairs where UTF-16 order is not byte order, and repeats', () => {
+    // U+E000 sorts before U+1F600 in UTF-8 but after its surrogates in UTF-16.
+    expect(inKeyOrder(['a\uE000', 'a😀'])).toBe(true);
+    expect(inKeyOrder(['a😀', 'a\uE000'])).toBe(false);
+    expect(sortKeys(['a😀', 'a\uE000'])).toEqual(['a\uE000', 'a😀']);
+    expect(inKeyOrder(['a', 'a'])).toBe(false);
+    expect(inKeyOrder([])).toBe(true);
   });
 });

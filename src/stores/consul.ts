@@ -2,7 +2,7 @@ import pLimit from 'p-limit';
 import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
-import { compareKeys, keysOf, packReads, planReads, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
+import { keysOf, packReads, planReads, sortKeys, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
 import { scanReadResults } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import { checkIdOf, META_MIGRATION } from '../services/registration.js';
@@ -222,7 +222,7 @@ export class ConsulTarget implements TargetStore {
     if (response.status === 404) return [];
     this.refuseFiltered(response.headers, prefix);
     const keys = JSON.parse(response.body.toString('utf8')) as string[];
-    return keys.sort(compareKeys);
+    return sortKeys(keys);
   }
 
   async readEntries(keys: readonly string[], signal?: AbortSignal, hints: ReadHints = {}): Promise<TargetEntry[]> {
