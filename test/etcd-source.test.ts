@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
-import { freePort, startEtcd } from '../scripts/local-servers.js';
+import { freePort, startEtcd, startEtcdCluster } from '../scripts/local-servers.js';
 import { EtcdSource, SourceCompactedError, prefixRange } from '../src/stores/etcd.js';
 import type { SourceEntry, WatchMessage } from '../src/stores/types.js';
 import { etcdSource, rawEtcd, repoRoot, servers, uniquePrefix } from './support/harness.js';
@@ -231,6 +231,26 @@ describe('etcd source (real etcd)', () => {
       } finally {
         twoMembers.close();
       }
+    }
+  });
+
+  it('reads again as soon as a lone endpoint is back after a crash, not when grpc-js next retries on its own', async () => {
+    const etcd = await startEtcdCluster(1);
+    const lone = new EtcdSource({ endpoints: etcd.endpoints, timeoutMs: 3_000 });
+    try {
+      expect((await lone.status()).revision).toBeGreaterThan(0);
+      await etcd.members[0]!.kill();
+      // Calls while it is down: grpc-js backs off further after each failed connection (1 s, then ×1.6).
+      for (let i = 0; i < 4; i++) {
+        await expect(lone.status()).rejects.toMatchObject({ code: 'etcd_unreachable' });
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+      }
+      await etcd.members[0]!.restart();
+      // Healthy again: the first call reaches it (a single endpoint means a single try).
+      expect((await lone.status()).revision).toBeGreaterThan(0);
+    } finally {
+      lone.close();
+      await etcd.stop();
     }
   });
 });

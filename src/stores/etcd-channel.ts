@@ -20,35 +20,51 @@ export interface ChannelOptions {
 /** gRPC's status codes for a member that cannot be reached or did not answer in time. */
 const UNREACHABLE_CODES: ReadonlySet<number> = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
 
+/** One endpoint: its client, and the calls made on it that have not ended. */
+interface Member {
+  readonly address: string;
+  readonly client: GrpcModule.Client;
+  calls: number;
+  /** Replaced after it was found unreachable: closed once its last call ends. */
+  retired: boolean;
+}
+
 /**
  * etcd's unary calls over grpc-js directly: the connection every command
  * reads etcd through (Status, Range). It speaks to etcd the way `etcd3` does
  * (the same channel credentials and options, a `token` in each call's
  * metadata when a user is given), so etcd answers and fails alike.
  *
- * It stays on one member until a call to it finds it unreachable, then moves
- * to the next; the caller retries across members (`EtcdSource`). A token etcd
- * no longer accepts (expired, or issued before a restart) is replaced once per
- * call.
+ * It stays on one member until a call finds it unreachable, then moves to the
+ * next; the caller retries across members (`EtcdSource`). A member found
+ * unreachable gets a new connection for its next call, as `etcd3` did: grpc-js
+ * would keep the old one waiting out its reconnect backoff (1 s, growing 1.6
+ * times per failure to 2 minutes), failing every call meanwhile with the old
+ * error, long after the member is back (a lone endpoint that restarted failed
+ * a whole read). A token etcd no longer accepts (expired, or issued before a
+ * restart) is replaced once per call.
  */
 export class EtcdChannel {
-  private readonly clients: GrpcModule.Client[];
+  private readonly members: Member[];
+  private readonly retired = new Set<Member>();
+  private readonly credentials: GrpcModule.ChannelCredentials;
   private current: number;
   private token: Promise<string> | undefined;
 
   constructor(private readonly options: ChannelOptions) {
     // As etcd3: TLS with the given files, else TLS with the system's CAs if any endpoint is https, else plain.
-    const credentials = options.tls?.ca
+    this.credentials = options.tls?.ca
       ? grpc.credentials.createSsl(options.tls.ca, options.tls.key, options.tls.cert)
       : options.endpoints.some((e) => e.startsWith('https:'))
         ? grpc.credentials.createSsl()
         : grpc.credentials.createInsecure();
-    this.clients = options.endpoints.map((e) => new grpc.Client(e.replace(/^https?:\/\//, ''), credentials, options.grpcOptions));
-    this.current = Math.floor(Math.random() * this.clients.length);
+    this.members = options.endpoints.map((e) => this.connect(e.replace(/^https?:\/\//, '')));
+    this.current = Math.floor(Math.random() * this.members.length);
   }
 
   close(): void {
-    for (const client of this.clients) client.close();
+    for (const member of [...this.members, ...this.retired]) member.client.close();
+    this.retired.clear();
   }
 
   async unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
@@ -62,6 +78,10 @@ export class EtcdChannel {
       }
       throw err;
     }
+  }
+
+  private connect(address: string): Member {
+    return { address, client: new grpc.Client(address, this.credentials, this.options.grpcOptions), calls: 0, retired: false };
   }
 
   private async metadata(index: number): Promise<GrpcModule.Metadata> {
@@ -79,13 +99,29 @@ export class EtcdChannel {
   }
 
   private callOn<Req, Res>(index: number, method: UnaryMethod<Req, Res>, request: Req, metadata: GrpcModule.Metadata): Promise<Res> {
+    const member = this.members[index]!;
+    member.calls++;
     return new Promise<Res>((resolve, reject) => {
-      this.clients[index]!.makeUnaryRequest(method.path, method.encode, method.decode, request, metadata, { deadline: Date.now() + this.options.timeoutMs }, (err, response) => {
-        if (!err) return resolve(response!);
-        // The next call goes to the next member; the first to fail moves it, not every call in flight.
-        if (UNREACHABLE_CODES.has(err.code) && this.current === index) this.current = (index + 1) % this.clients.length;
-        reject(err);
+      member.client.makeUnaryRequest(method.path, method.encode, method.decode, request, metadata, { deadline: Date.now() + this.options.timeoutMs }, (err, response) => {
+        member.calls--;
+        if (err && UNREACHABLE_CODES.has(err.code)) this.replace(index, member);
+        if (member.retired && member.calls === 0) {
+          member.client.close();
+          this.retired.delete(member);
+        }
+        if (err) reject(err);
+        else resolve(response!);
       });
     });
+  }
+
+  /** After `member` (at `index`) was found unreachable: a new connection in its place, and the next call to the next member. */
+  private replace(index: number, member: Member): void {
+    // The first of its failing calls does it, not every call in flight.
+    if (this.members[index] !== member) return;
+    this.members[index] = this.connect(member.address);
+    member.retired = true;
+    this.retired.add(member);
+    if (this.current === index) this.current = (index + 1) % this.members.length;
   }
 }
