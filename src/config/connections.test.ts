@@ -89,7 +89,7 @@ describe('connection settings: flags > environment > file > defaults', () => {
 
   it('an etcd endpoint that is not http(s)://host:port is a usage error naming where it came from (it was reported as unreachable, exit 3)', () => {
     const bare = parseConfig('version: 1\nid: d\n', 'm.yaml').config;
-    for (const etcdEndpoints of ['127.0.0.1:99999', 'http://127.0.0.1:0', '127.0.0.1:abc', 'ftp://127.0.0.1:2379', 'http://127.0.0.1:2379,http://[::1', 'http://user:pw@:2379']) {
+    for (const etcdEndpoints of ['127.0.0.1:99999', 'http://127.0.0.1:0', '127.0.0.1:abc', 'ftp://127.0.0.1:2379', 'http://127.0.0.1:2379,http://[::1', 'http://user:pw@:2379', 'http://127.0.0.1:2379/v3', 'http://127.0.0.1:2379/?x=1', 'http://127.0.0.1:2379#a']) {
       expect(() => resolveConnections(bare, { etcdEndpoints }, {}, dir)).toThrow(expect.objectContaining({ code: 'etcd_endpoint_invalid', exitCode: 2, message: expect.stringContaining('from --etcd-endpoints') }));
     }
     expect(() => resolveConnections(bare, {}, { ETCDCTL_ENDPOINTS: 'etcd-1:2379x' }, dir)).toThrow(/"http:\/\/etcd-1:2379x" \(from ETCDCTL_ENDPOINTS\)/);
@@ -103,5 +103,7 @@ describe('connection settings: flags > environment > file > defaults', () => {
     for (const ok of ['e:2379', 'http://10.0.0.1:2379', 'http://[::1]:2379', 'http://etcd.example.com']) {
       expect(resolveConnections(bare, { etcdEndpoints: ok }, {}, dir).source.endpoints[0]).toMatch(/^https?:\/\//);
     }
+    // What grpc-js would take as part of the host name ("Failed to parse DNS address", exit 3) is written the one way it reads.
+    expect(resolveConnections(bare, { etcdEndpoints: 'HTTP://10.0.0.1:2379/,Http://E.example:2379' }, {}, dir).source.endpoints).toEqual(['http://10.0.0.1:2379', 'http://e.example:2379']);
   });
 });

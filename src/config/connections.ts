@@ -76,8 +76,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     [flagEndpoints, 'flag'],
     [envEndpoints?.length ? envEndpoints : undefined, 'env'],
     [config.source.endpoints, 'file'],
-  ], [DEFAULT_ETCD_ENDPOINT]).map((e) => (e.includes('://') ? e : `http://${e}`));
-  for (const endpoint of endpoints) checkEtcdEndpoint(endpoint, origins['etcd.endpoints']!);
+  ], [DEFAULT_ETCD_ENDPOINT]).map((e) => etcdEndpoint(e.includes('://') ? e : `http://${e}`, origins['etcd.endpoints']!));
 
   // etcdctl accepts ETCDCTL_USER as "user" or "user:password".
   let user = pick<string | undefined>('etcd.user', [[env.ETCDCTL_USER, 'env'], [config.source.auth?.user, 'file']], undefined);
@@ -160,11 +159,13 @@ function decodedOrSame(text: string): string {
 const ENDPOINT_SOURCES: Record<string, string> = { flag: '--etcd-endpoints', env: 'ETCDCTL_ENDPOINTS', file: 'source.endpoints in migration.yaml', default: 'the default' };
 
 /**
- * An etcd endpoint must be http(s)://host:port (a port from 1 to 65535): grpc-js
- * reports a malformed one only when it dials, as an unreachable server (exit 3)
- * after the retries.
+ * An etcd endpoint as the connection takes it, `http(s)://host[:port]` (a port
+ * from 1 to 65535): the scheme in lower case, a trailing `/` dropped. grpc-js
+ * reports a malformed one only when it dials, as an unreachable server (exit
+ * 3) after the retries; it also takes `HTTP://` or a trailing `/` as part of
+ * the host name.
  */
-function checkEtcdEndpoint(endpoint: string, origin: string): void {
+function etcdEndpoint(endpoint: string, origin: string): string {
   let url: URL | undefined;
   try {
     url = new URL(endpoint);
@@ -179,8 +180,8 @@ function checkEtcdEndpoint(endpoint: string, origin: string): void {
     });
   }
   const port = url?.port === '' ? undefined : Number(url?.port);
-  if (url && (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '' && (port === undefined || (port >= 1 && port <= 65535))) return;
-  throw new UsageError('etcd_endpoint_invalid', `The etcd endpoint ${JSON.stringify(redactUrl(endpoint))} (from ${ENDPOINT_SOURCES[origin] ?? origin}) is not a valid endpoint: it must be http(s)://host:port, with a port from 1 to 65535.`, {
+  if (url && (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '' && (port === undefined || (port >= 1 && port <= 65535)) && url.pathname === '/' && !url.search && !url.hash && !endpoint.includes('?') && !endpoint.includes('#')) return `${url.protocol}//${url.host}`;
+  throw new UsageError('etcd_endpoint_invalid', `The etcd endpoint ${JSON.stringify(redactUrl(endpoint))} (from ${ENDPOINT_SOURCES[origin] ?? origin}) is not a valid endpoint: it must be http(s)://host:port, with a port from 1 to 65535 and no path.`, {
     hint: 'Give each endpoint as host:port or http(s)://host:port, for example http://127.0.0.1:2379; separate several with commas.',
   });
 }
