@@ -295,6 +295,11 @@ export class EtcdSource implements SourceReader {
         hint: 'Unset ETCDCTL_USER / ETCDCTL_PASSWORD (or remove source.auth from migration.yaml) for this cluster, or turn on etcd auth (`etcdctl auth enable`).',
       });
     }
+    if (/user name is empty/i.test(message)) {
+      return new UsageError('etcd_auth_required', `etcd at ${this.endpoints} has authentication turned on, and the tool was given no user name.`, {
+        hint: 'Set ETCDCTL_USER and ETCDCTL_PASSWORD (or source.auth in migration.yaml) to a user whose role can read the rule ranges (`migrate acl` prints one).',
+      });
+    }
     if (/invalid auth token/i.test(message)) {
       return new ServerError('etcd_auth_failed', `etcd at ${this.endpoints} rejected the session token (${message}).`, { hint: 'Run the command again; if it persists, check the etcd auth configuration.' });
     }
@@ -310,16 +315,19 @@ export class EtcdSource implements SourceReader {
     if (/certificate|SSL|TLS|handshake/i.test(message)) {
       // A plain listener named with https:// drops the handshake before it completes.
       const dropped = /before secure TLS connection was established|wrong version number/i.test(message);
+      const otherName = /does not match certificate's altnames|ERR_TLS_CERT_ALTNAME_INVALID/i.test(message);
       return new ServerError('etcd_tls_failed', `TLS with etcd at ${this.endpoints} failed: ${message}.`, {
         hint: dropped
           ? 'The TLS handshake did not complete: if this etcd listens without TLS, name it with http://; else check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls).'
-          : 'Check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls): the CA must sign the server certificate.',
+          : otherName
+            ? 'The server\'s certificate does not name the host of the endpoint: name etcd by a host name or IP address its certificate lists (subjectAltName), or reissue the certificate with that name.'
+            : 'Check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls): the CA must sign the server certificate.',
       });
     }
-    if (/UNAVAILABLE|ECONNREFUSED|No connection established|failed to connect|Deadline exceeded|DEADLINE_EXCEEDED|GRPCConnectFailed|ENOTFOUND|ECONNRESET|closed/i.test(message) || /GRPC(Unavailable|ConnectFailed|DeadlineExceeded)/.test((err as Error)?.constructor?.name ?? '')) {
+    if (/Received HTTP status code|UNAVAILABLE|ECONNREFUSED|No connection established|failed to connect|Deadline exceeded|DEADLINE_EXCEEDED|GRPCConnectFailed|ENOTFOUND|ECONNRESET|closed/i.test(message) || /GRPC(Unavailable|ConnectFailed|DeadlineExceeded)/.test((err as Error)?.constructor?.name ?? '')) {
       // grpc-js ends its reason with an empty "Resolution note: "; a protocol error means something else answered.
       const reason = message.split('\n')[0]!.replace(/\.?\s*Resolution note:\s*$/, '');
-      const otherServer = /Protocol error/i.test(reason);
+      const otherServer = /Protocol error|Received HTTP status code/i.test(reason);
       // A plain listener named with https:// resets the TLS handshake.
       const tlsToPlain = /ECONNRESET|closed/i.test(reason) && this.endpoints.includes('https://');
       return new ServerError('etcd_unreachable', `etcd at ${this.endpoints} is unreachable (${reason}).`, {
