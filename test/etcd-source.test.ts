@@ -253,4 +253,24 @@ describe('etcd source (real etcd)', () => {
       await etcd.stop();
     }
   });
+
+  it('opens no connection once closed: calls are refused, and the process can exit', async () => {
+    // A fresh process on the built code: a connection left open would keep it alive until the timeout.
+    const script = `
+      import { EtcdSource } from ${JSON.stringify(join(repoRoot, 'dist', 'stores', 'etcd.js'))};
+      const source = new EtcdSource({ endpoints: [${JSON.stringify(servers().etcdEndpoint)}] });
+      await source.status();
+      // One call in flight when it closes, then calls after.
+      const inFlight = source.status();
+      source.close();
+      const outcomes = await Promise.all([inFlight, source.status(), Promise.resolve().then(() => source.client)].map((p) => p.then(() => 'done', (err) => err.message)));
+      console.log(JSON.stringify(outcomes));
+    `;
+    const started = Date.now();
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], { cwd: repoRoot, timeout: 20_000 });
+    const [, status, client] = JSON.parse(stdout) as string[];
+    expect(status).toMatch(/closed/);
+    expect(client).toMatch(/closed/);
+    expect(Date.now() - started).toBeLessThan(15_000);
+  });
 });

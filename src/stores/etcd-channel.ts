@@ -50,6 +50,7 @@ export class EtcdChannel {
   private readonly credentials: GrpcModule.ChannelCredentials;
   private current: number;
   private token: Promise<string> | undefined;
+  private closed = false;
 
   constructor(private readonly options: ChannelOptions) {
     // As etcd3: TLS with the given files, else TLS with the system's CAs if any endpoint is https, else plain.
@@ -62,12 +63,15 @@ export class EtcdChannel {
     this.current = Math.floor(Math.random() * this.members.length);
   }
 
+  /** Closes every connection; a call made after, or failing after, opens none. */
   close(): void {
+    this.closed = true;
     for (const member of [...this.members, ...this.retired]) member.client.close();
     this.retired.clear();
   }
 
   async unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
+    if (this.closed) throw new Error('the etcd connection is closed');
     const index = this.current;
     try {
       return await this.callOn(index, method, request, await this.metadata(index));
@@ -117,8 +121,8 @@ export class EtcdChannel {
 
   /** After `member` (at `index`) was found unreachable: a new connection in its place, and the next call to the next member. */
   private replace(index: number, member: Member): void {
-    // The first of its failing calls does it, not every call in flight.
-    if (this.members[index] !== member) return;
+    // The first of its failing calls does it, not every call in flight; a closed channel opens nothing again.
+    if (this.closed || this.members[index] !== member) return;
     this.members[index] = this.connect(member.address);
     member.retired = true;
     this.retired.add(member);

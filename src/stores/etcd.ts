@@ -146,6 +146,7 @@ export class EtcdSource implements SourceReader {
   private readonly endpointCount: number;
   private readonly channel: EtcdChannel;
   private etcd3: Etcd3 | undefined;
+  private closed = false;
 
   constructor(private readonly connection: EtcdConnection) {
     this.endpoints = connection.endpoints.map(redactUrl).join(',');
@@ -157,9 +158,10 @@ export class EtcdSource implements SourceReader {
     return this.connection.timeoutMs ?? 10_000;
   }
 
-  /** The `etcd3` client, for watches, leases and writes. */
+  /** The `etcd3` client, for watches, leases and writes; made on first use, never after {@link close} (it would open a connection nothing closes). */
   get client(): Etcd3 {
     if (this.etcd3) return this.etcd3;
+    if (this.closed) throw new Error('the etcd connection is closed');
     const { Etcd3 } = require('etcd3') as typeof Etcd3Module;
     const { noop } = require('cockatiel') as typeof Cockatiel;
     const { tls, auth, endpoints } = this.connection;
@@ -178,6 +180,7 @@ export class EtcdSource implements SourceReader {
   }
 
   close(): void {
+    this.closed = true;
     this.channel.close();
     this.etcd3?.close();
   }
