@@ -180,7 +180,7 @@ function etcdEndpoint(endpoint: string, origin: string): string {
     });
   }
   const port = url?.port === '' ? undefined : Number(url?.port);
-  if (url && (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '' && (port === undefined || (port >= 1 && port <= 65535)) && url.pathname === '/' && !url.search && !url.hash && !endpoint.includes('?') && !endpoint.includes('#')) return `${url.protocol}//${url.host}`;
+  if (url && (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '' && (port === undefined || (port >= 1 && port <= 65535)) && url.pathname === '/' && !/[?#]/.test(endpoint)) return `${url.protocol}//${url.host}`;
   throw new UsageError('etcd_endpoint_invalid', `The etcd endpoint ${JSON.stringify(redactUrl(endpoint))} (from ${ENDPOINT_SOURCES[origin] ?? origin}) is not a valid endpoint: it must be http(s)://host:port, with a port from 1 to 65535 and no path.`, {
     hint: 'Give each endpoint as host:port or http(s)://host:port, for example http://127.0.0.1:2379; separate several with commas.',
   });

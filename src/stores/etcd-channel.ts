@@ -25,8 +25,6 @@ interface Member {
   readonly address: string;
   readonly client: GrpcModule.Client;
   calls: number;
-  /** Replaced after it was found unreachable: closed once its last call ends. */
-  retired: boolean;
 }
 
 /**
@@ -46,6 +44,7 @@ interface Member {
  */
 export class EtcdChannel {
   private readonly members: Member[];
+  /** Members replaced after they were found unreachable: each is closed once its last call ends. */
   private readonly retired = new Set<Member>();
   private readonly credentials: GrpcModule.ChannelCredentials;
   private current: number;
@@ -85,7 +84,7 @@ export class EtcdChannel {
   }
 
   private connect(address: string): Member {
-    return { address, client: new grpc.Client(address, this.credentials, this.options.grpcOptions), calls: 0, retired: false };
+    return { address, client: new grpc.Client(address, this.credentials, this.options.grpcOptions), calls: 0 };
   }
 
   private async metadata(index: number): Promise<GrpcModule.Metadata> {
@@ -109,10 +108,7 @@ export class EtcdChannel {
       member.client.makeUnaryRequest(method.path, method.encode, method.decode, request, metadata, { deadline: Date.now() + this.options.timeoutMs }, (err, response) => {
         member.calls--;
         if (err && UNREACHABLE_CODES.has(err.code)) this.replace(index, member);
-        if (member.retired && member.calls === 0) {
-          member.client.close();
-          this.retired.delete(member);
-        }
+        if (member.calls === 0 && this.retired.delete(member)) member.client.close();
         if (err) reject(err);
         else resolve(response!);
       });
@@ -124,7 +120,6 @@ export class EtcdChannel {
     // The first of its failing calls does it, not every call in flight; a closed channel opens nothing again.
     if (this.closed || this.members[index] !== member) return;
     this.members[index] = this.connect(member.address);
-    member.retired = true;
     this.retired.add(member);
     if (this.current === index) this.current = (index + 1) % this.members.length;
   }
