@@ -1,4 +1,14 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { defineConfig } from 'vitest/config';
+
+// Every temp folder a test makes (and the test servers' data) goes under one
+// folder of this run, removed when the run ends: workers inherit TMPDIR, and
+// os.tmpdir() reads it.
+const runTemp = mkdtempSync(join(tmpdir(), 'migrate-tests-'));
+process.env.TMPDIR = runTemp;
+process.on('exit', () => rmSync(runTemp, { recursive: true, force: true }));
 
 /**
  * Two projects: `unit` (the pure core, beside the code, no servers) and
