@@ -179,6 +179,18 @@ describe('isServableKey', () => {
     for (const [key, reason] of cases) expect(reasonOf(key), JSON.stringify(key)).toBe(reason);
   });
 
+  it('agrees with the rules written out, on printable ASCII keys', () => {
+    // The oracle: the module comment's rules, one by one, for keys without "%" (the table above covers percent-decoding).
+    const oracle = (key: string): boolean => {
+      if (key === '' || key.startsWith('/') || key.startsWith(' ') || key.endsWith(' ')) return false;
+      const segments = key.split('/');
+      if (segments.at(-1) === '') segments.pop();
+      return segments.every((segment) => segment !== '' && segment !== '.' && segment !== '..');
+    };
+    const asciiKey = fc.array(fc.constantFrom('/', '//', '.', '..', ' ', 'a', 'b.', '.c', '-', '~'), { maxLength: 10 }).map((parts) => parts.join(''));
+    fc.assert(fc.property(asciiKey, (key) => isServableKey(key).ok === oracle(key)), { numRuns: 5000 });
+  });
+
   it('says where the problem is', () => {
     expect(isServableKey('ab\x01')).toEqual({ ok: false, reason: 'control-character', detail: 'character 3 is U+0001, which is not printable; Consul\'s HTTP API answers 400 for it' });
     expect(isServableKey('😀\u00a0')).toMatchObject({ detail: expect.stringContaining('character 2 is U+00A0') });

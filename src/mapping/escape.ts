@@ -121,6 +121,8 @@ const HEX = '0123456789ABCDEF';
 const SERVABLE: ServableCheck = Object.freeze({ ok: true });
 const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+/** What any check after the characters' looks for: a leading " ", "." or "/", "//", a "." or ".." segment, a trailing " ", a "%". */
+const STRUCTURE_SUSPECT = /^[ ./]|\/\/|\/\.\.?(?:\/|$)| $|%/;
 
 /**
  * Whether Consul serves `key` back through `GET /v1/kv/<key>`. The one place
@@ -128,8 +130,10 @@ const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
  */
 export function isServableKey(key: string): ServableCheck {
   if (key.length === 0) return unservable('empty-key', 'the key is empty; Consul answers "Missing key name"');
-  // Printable ASCII, most keys, is every character the checks below let through, in one native pass.
-  if (!PRINTABLE_ASCII.test(key)) {
+  if (PRINTABLE_ASCII.test(key)) {
+    // Most keys: printable ASCII with nothing the checks below look for, settled in two native passes.
+    if (!STRUCTURE_SUSPECT.test(key)) return SERVABLE;
+  } else {
     const problem = unprintable(key);
     if (problem) return problem;
   }
