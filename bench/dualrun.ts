@@ -33,7 +33,8 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { Etcd3 } from 'etcd3';
 import { freePort, repoRoot, startConsul, startEtcd } from '../scripts/local-servers.js';
-import { EtcdSource, prefixRange } from '../src/stores/etcd.js';
+import { EtcdSource } from '../src/stores/etcd.js';
+import { prefixRange } from '../src/stores/key-range.js';
 import { cpuMeter, report, uniqueId } from './support.js';
 
 const RATE = Number(process.env.BENCH_RATE ?? 2000);

@@ -32,7 +32,7 @@ import pLimit from 'p-limit';
 import { startConsul, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { packReads, planReads, readLimits, readTxnBody } from '../src/stores/consul-reads.js';
-import { prefixEnd } from '../src/stores/etcd.js';
+import { prefixEnd } from '../src/stores/key-range.js';
 import { cpuBoundSeconds, cpuMeter, loadKeys, report, runMigrate, uniqueId, type ChildRun, type CpuUse } from './support.js';
 
 const KEYS = Number(process.env.BENCH_KEYS ?? 100_000);

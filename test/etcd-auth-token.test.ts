@@ -1,7 +1,8 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEtcd, type EtcdServer } from '../scripts/local-servers.js';
-import { EtcdSource, prefixRange } from '../src/stores/etcd.js';
+import { EtcdSource } from '../src/stores/etcd.js';
+import { prefixRange } from '../src/stores/key-range.js';
 
 /**
  * The paged read calls etcd over its own grpc-js channel (etcd-channel.ts),

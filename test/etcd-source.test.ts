@@ -4,7 +4,8 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { freePort, startEtcd, startEtcdCluster } from '../scripts/local-servers.js';
-import { EtcdSource, SourceCompactedError, prefixRange } from '../src/stores/etcd.js';
+import { EtcdSource, SourceCompactedError } from '../src/stores/etcd.js';
+import { prefixRange } from '../src/stores/key-range.js';
 import type { SourceEntry, WatchMessage } from '../src/stores/types.js';
 import { etcdSource, rawEtcd, repoRoot, servers, uniquePrefix } from './support/harness.js';
 
@@ -195,7 +196,8 @@ describe('etcd source (real etcd)', () => {
     // A fresh process on the built code, as the CLI runs it: which CommonJS packages did each step load?
     const script = `
       import { createRequire } from 'node:module';
-      import { EtcdSource, prefixRange } from ${JSON.stringify(join(repoRoot, 'dist', 'stores', 'etcd.js'))};
+      import { EtcdSource } from ${JSON.stringify(join(repoRoot, 'dist', 'stores', 'etcd.js'))};
+      import { prefixRange } from ${JSON.stringify(join(repoRoot, 'dist', 'stores', 'key-range.js'))};
       const cache = createRequire(import.meta.url).cache;
       const loaded = (name) => Object.keys(cache).some((path) => path.includes('/node_modules/' + name + '/'));
       const source = new EtcdSource({ endpoints: [${JSON.stringify(servers().etcdEndpoint)}] });

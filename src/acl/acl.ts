@@ -2,7 +2,7 @@ import type { MigrationConfig, ServiceSpec } from '../config/load.js';
 import { datacenterNames, datacentersOf, namesDatacenters } from '../mapping/datacenters.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { statePaths } from '../state/state.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 
 /**
  * The least privilege the migration needs, derived from migration.yaml alone

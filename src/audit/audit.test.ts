@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { emptyConfig, parseConfig } from '../config/load.js';
 import { ServerError } from '../errors.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import type { KeyRange, ReadPagesOptions, SourcePage } from '../stores/types.js';
 import { runAudit, type AuditResult } from './audit.js';

@@ -1,6 +1,6 @@
 import { ServerError, isMigrateError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 import type { KeyRange, SourceEntry, SourcePage, SourceReader } from '../stores/types.js';
 
 /**

@@ -156,6 +156,28 @@ describe('copy when etcd compacts the pinned revision while it is read', () => {
   });
 });
 
+describe('copy of nested rules', () => {
+  it('counts as each rule\'s source keys only the keys it owns, not those a nested rule takes', async () => {
+    const nested = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: services, from: /services/, to: services/ }
+  - { name: web, from: /services/web/, to: web/ }
+  - { name: big, from: /services/big/, action: keep }
+`, 'migration.yaml');
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    for (let i = 0; i < 3; i++) source.put(`/services/api-${i}`, 'a');
+    for (let i = 0; i < 5; i++) source.put(`/services/web/w${i}`, 'w');
+    source.put('/services/big/blob', 'b');
+    const opts = options();
+    const result = await runCopy({ source, target, config: nested.config, mapping: nested.mapping }, opts);
+    expect(result.rules.map((r) => [r.name, r.sourceKeys, r.created])).toEqual([['services', 3, 3], ['web', 5, 5]]);
+    const start = opts.events.find((e) => e.type === 'start');
+    expect(start).toMatchObject({ rules: [{ name: 'services', keys: 3 }, { name: 'web', keys: 5 }] });
+  });
+});
+
 describe('copy --dry-run', () => {
   it('counts every txn it lists, the session records\' included', async () => {
     const { source, target } = world();

@@ -6,7 +6,8 @@ import { LeaderLock } from '../dualrun/leader.js';
 import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
-import { SourceCompactedError, prefixEnd, readAgainAtFreshRevision } from '../stores/etcd.js';
+import { SourceCompactedError, readAgainAtFreshRevision } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
@@ -18,6 +19,7 @@ import { RecordingTarget, type RecordedOp } from './recording-target.js';
 import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
 import type { Mapping } from '../mapping/mapping.js';
+import { countRuleKeys } from '../mapping/route.js';
 
 /** How often progress is reported while a page is being written (ms). */
 const PROGRESS_EVERY_MS = 250;
@@ -310,7 +312,7 @@ interface CopyPass {
 /** Every rule once at `revision`: KV rules, then service rules; resolves when every write has landed. */
 async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleConfig[], engine: CopyEngine, sessions: LeaseSessions, revision: number, staleSince: number | undefined): Promise<CopyPass> {
   const { source, target } = deps;
-  const totals = await Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await source.count(rangeOf(rule.from), revision) })));
+  const totals = await Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await countRuleKeys(source, deps.mapping, { fromBytes: Buffer.from(rule.from) }, revision) })));
   options.onProgress?.({ type: 'start', revision, rules: totals });
   const stats: RuleCopyStats[] = [];
   const services: ServiceRuleStats[] = [];

@@ -2,7 +2,8 @@ import type { ExportSink } from '../export/export.js';
 import type { WholeFile } from '../export/whole-file.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { findRule } from '../mapping/route.js';
-import { prefixRange, readAgainAtFreshRevision } from '../stores/etcd.js';
+import { readAgainAtFreshRevision } from '../stores/etcd.js';
+import { prefixRange } from '../stores/key-range.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 
 /** Keys per Consul read while exporting. */

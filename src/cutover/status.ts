@@ -1,7 +1,7 @@
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
+import { countRuleKeys } from '../mapping/route.js';
 import { readState, statePaths, type StateMeta } from '../state/state.js';
-import { prefixRange } from '../stores/etcd.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import { derivePhase, dualRunRunning, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase } from './phase.js';
 import { readCutoverState } from './state-io.js';
@@ -51,7 +51,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   const rules: RuleStatusLine[] = [];
   const instances = mapping.serviceRules.length > 0 ? await target.listServiceInstances(config.id, 'catalog') : [];
   for (const rule of mapping.rules) {
-    const etcdKeys = await source.count(prefixRange(rule.fromBytes), status.revision);
+    const etcdKeys = await countRuleKeys(source, mapping, rule, status.revision);
     if (rule.action === 'keep') {
       rules.push({ name: rule.name, action: 'keep', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false, keys: { etcd: etcdKeys, consul: null }, verify: null, lateWrites: 0, guardTrips: 0, changed: null, next: 'none: stays on etcd' });
       continue;

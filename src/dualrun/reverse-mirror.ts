@@ -4,7 +4,7 @@ import { formatKey } from '../report/keys.js';
 import { parseStateDocument } from '../state/state.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
 import { sleep, TxnFailedError } from '../stores/consul-http.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
 import type { SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import type { OwnersDoc } from '../cutover/phase.js';

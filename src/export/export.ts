@@ -2,7 +2,8 @@ import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { routeKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
-import { prefixRange, readAgainAtFreshRevision } from '../stores/etcd.js';
+import { readAgainAtFreshRevision } from '../stores/etcd.js';
+import { prefixRange } from '../stores/key-range.js';
 import { DEFAULT_PAGE_KEYS, type SourceReader } from '../stores/types.js';
 
 export interface ExportResult {

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { isServableKey } from './escape.js';
 import type { Mapping } from './mapping.js';
-import { findRule, routeKey, routeTargetKey, type Route } from './route.js';
+import { findRule, routeKey, routeTargetKey, ruleRanges, type Route } from './route.js';
 
 function mappingOf(yaml: string): Mapping {
   return parseConfig(`version: 1\nid: demo\n${yaml}`, 'migration.yaml').mapping;
@@ -257,5 +257,42 @@ describe('routeKey properties', () => {
       }),
       { numRuns: 3_000 },
     );
+  });
+});
+
+describe('ruleRanges', () => {
+  const within = (k: Buffer, r: { start: Buffer; end: Buffer }) => Buffer.compare(k, r.start) >= 0 && (r.end.length === 0 || Buffer.compare(k, r.end) < 0);
+
+  it('leaves out the prefixes of nested rules, and of rules nested in those only once', () => {
+    const nested = mappingOf(`
+rules:
+  - { name: root, from: /, action: keep }
+  - { name: services, from: /services/, to: services/ }
+  - { name: web, from: /services/web/, to: web/ }
+  - { name: web-canary, from: /services/web/canary/, to: canary/ }
+  - { name: api, from: /services/api/, to: api/ }
+`);
+    const ranges = (name: string) => ruleRanges(nested, nested.rules.find((r) => r.name === name)!).map((r) => [r.start.toString('latin1'), r.end.toString('latin1')]);
+    expect(ranges('services')).toEqual([['/services/', '/services/api/'], ['/services/api0', '/services/web/'], ['/services/web0', '/services0']]);
+    expect(ranges('web')).toEqual([['/services/web/', '/services/web/canary/'], ['/services/web/canary0', '/services/web0']]);
+    expect(ranges('web-canary')).toEqual([['/services/web/canary/', '/services/web/canary0']]);
+    expect(ranges('root')).toEqual([['/', '/services/'], ['/services0', '0']]);
+  });
+
+  it('holds exactly the keys findRule gives the rule', () => {
+    const segment = fc.constantFrom('a', 'b', 'a/', 'b/', '/', 'ab', 'ÿ');
+    const froms = fc.uniqueArray(fc.array(segment, { minLength: 1, maxLength: 3 }).map((parts) => parts.join('')), { minLength: 1, maxLength: 5 });
+    const keyText = fc.array(segment, { maxLength: 5 }).map((parts) => parts.join(''));
+    fc.assert(fc.property(froms, fc.array(keyText, { minLength: 1, maxLength: 20 }), (fromList, keys) => {
+      const rules = fromList.map((from, i) => `  - { name: r${i}, from: ${JSON.stringify(from)}, action: keep }`).join('\n');
+      const m = mappingOf(`rules:\n${rules}\n`);
+      for (const rule of m.rules) {
+        const ranges = ruleRanges(m, rule);
+        for (const text of keys) {
+          const k = Buffer.from(text, 'utf8');
+          expect(ranges.some((r) => within(k, r)), `${JSON.stringify(text)} in ${rule.name}`).toBe(findRule(m, k) === rule);
+        }
+      }
+    }), { numRuns: 500 });
   });
 });

@@ -10,7 +10,7 @@ import { describeRange, disjointPrefixRanges, intersectRange, requireSomethingRe
 import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from '../audit/tally.js';
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 import { DEFAULT_TXN_MAX_BYTES } from '../stores/txn-batcher.js';
 
 /**

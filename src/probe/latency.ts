@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
-import { prefixRange, type EtcdSource } from '../stores/etcd.js';
+import { type EtcdSource } from '../stores/etcd.js';
+import { prefixRange } from '../stores/key-range.js';
 import type { ConsulTarget } from '../stores/consul.js';
 import { ConsulBlockingReader } from '../stores/consul-blocking.js';
 import { sleep } from '../stores/consul-http.js';

@@ -3,7 +3,7 @@ import { RefusedError } from '../errors.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { findRule } from '../mapping/route.js';
 import { deleteGuardTrips } from '../copy/plan.js';
-import { prefixEnd } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 import type { ServiceDefinition, ServiceInstance, SourceReader, TargetStore } from '../stores/types.js';
 import { checkIdOf, instanceIdOf, META_RULE, registrationOf, sameInstance, type Registration, type RegistrationProblem } from './registration.js';
 

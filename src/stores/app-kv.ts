@@ -2,7 +2,8 @@ import { ServerError } from '../errors.js';
 import type { ConsulTarget } from './consul.js';
 import type { BlockingReader } from './consul-blocking.js';
 import { ConsulResponseError, isRetryable, sleep } from './consul-http.js';
-import { prefixRange, SourceCompactedError, type EtcdSource } from './etcd.js';
+import { SourceCompactedError, type EtcdSource } from './etcd.js';
+import { prefixRange } from './key-range.js';
 
 /**
  * The application's view of one store, for the Node client

@@ -8,6 +8,7 @@ import { formatKey } from '../report/keys.js';
 import { sleep } from './consul-http.js';
 import { EtcdChannel } from './etcd-channel.js';
 import { RANGE, STATUS, toEntry, type RangePage, type RangeRequest } from './etcd-codec.js';
+import { prefixEnd } from './key-range.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type LeaseInfo, type ReadPagesOptions, type SourceEvent, type SourcePage, type SourceReader, type SourceStatus, type SourceWatch, type WatchMessage } from './types.js';
 
 // etcd3 (with cockatiel, which it loads) is CommonJS. Imported from an ES module, Node first scans
@@ -51,24 +52,6 @@ export const COMPACTED_READ_ATTEMPTS = 3;
  */
 export function readAgainAtFreshRevision(err: unknown, attempt: number, signal?: AbortSignal): boolean {
   return err instanceof SourceCompactedError && attempt < COMPACTED_READ_ATTEMPTS && !signal?.aborted;
-}
-
-/** A prefix as the half-open range etcd uses (`[prefix, prefix+1)`; the empty prefix is the whole keyspace). */
-export function prefixRange(prefix: Buffer | string): KeyRange {
-  const start = Buffer.isBuffer(prefix) ? prefix : Buffer.from(prefix);
-  return { start: start.length === 0 ? Buffer.from([0]) : start, end: prefixEnd(start) };
-}
-
-/** The first key after every key that starts with `prefix`; empty when there is none (all 0xff). */
-export function prefixEnd(prefix: Buffer): Buffer {
-  const end = Buffer.from(prefix);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if (end[i]! < 0xff) {
-      end[i]! += 1;
-      return end.subarray(0, i + 1);
-    }
-  }
-  return Buffer.alloc(0);
 }
 
 /**

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { PageBounds, prefixEnd } from './etcd.js';
+import { PageBounds } from './etcd.js';
+import { prefixEnd } from './key-range.js';
 
 /**
  * A prefix read in pages the way `EtcdSource.readPages` does it, against a

@@ -5,6 +5,7 @@ import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js'
 import { InterruptedError, RefusedError, UsageError, isMigrateError } from '../errors.js';
 import type { UnmappableReason } from '../mapping/escape.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
+import { countRuleKeys } from '../mapping/route.js';
 import type { ValueHasher } from '../report/hash.js';
 import { formatKey } from '../report/keys.js';
 import { META_RULE, type RegistrationProblem } from '../services/registration.js';
@@ -12,7 +13,8 @@ import { desiredInstances } from '../services/sync.js';
 import type { SessionRecord } from '../sessions/lease-sessions.js';
 import { checkIdentity, mappingHash, parseStateDocument, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { ConsulResponseError, TxnFailedError, sleep as defaultSleep } from '../stores/consul-http.js';
-import { prefixEnd, readAgainAtFreshRevision } from '../stores/etcd.js';
+import { readAgainAtFreshRevision } from '../stores/etcd.js';
+import { prefixEnd } from '../stores/key-range.js';
 import { readAhead } from '../stores/read-ahead.js';
 import type { KeyRange, ServiceInstance, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import {
@@ -329,7 +331,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   let checked = 0;
   for (let attempt = 1; ; attempt++) {
     try {
-      const totals = await Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await source.count(rangeOf(run.rule.from), cut.revision) })));
+      const totals = await Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await countRuleKeys(source, mapping, run.rule, cut.revision) })));
       options.onProgress?.({ type: 'start', revision: cut.revision, rules: totals });
       const catalog = catalogOf(target, config.id, options.signal);
       for (const run of runs) {
