@@ -189,6 +189,18 @@ rules:
     expect(renderAudit(result, 'markdown')).toContain('## Rules');
   });
 
+  it('estimates one session per lease, also when its keys fall in two rules', async () => {
+    const s = new MemorySource();
+    const shared = s.grantLease(30);
+    s.put('/jobs/claim', 'c', shared);
+    s.put('/svc/i1', '10.0.0.1:80', shared);
+    s.put('/svc/i2', '10.0.0.2:80', s.grantLease(30));
+    const loaded = parseConfig(`version: 1\nid: t\nrules:\n  - { name: jobs, from: /jobs/, to: jobs/ }\n  - { name: svc, from: /svc/, to: svc/ }\n`, 'm.yaml');
+    const result = await runAudit({ source: s, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    expect(result.rules.map((r) => [r.rule, r.sessions])).toEqual([['jobs', 1], ['svc', 2]]);
+    expect(result.estimate.sessions).toBe(2);
+  });
+
   it('makes key shapes blockers under reject and a copied Kubernetes prefix a blocker', async () => {
     const loaded = parseConfig(`version: 1\nid: t\nrules:\n  - { name: all, from: /, to: all/ }\n`, 'm.yaml');
     const result = await runAudit({ source: platform(), config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });

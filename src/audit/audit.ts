@@ -32,6 +32,7 @@ import {
   type RuleTally,
 } from './inventory.js';
 import type { PrefixNode } from './prefix-tree.js';
+import type { RuleTallies } from './tally.js';
 import { probeThroughput, type ProbeResult } from './probe.js';
 import type { RevisionGroupOptions } from './revision-groups.js';
 import { identityRouter, mappingRouter, type KeyRouter } from './router.js';
@@ -217,7 +218,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
     ];
     sortFindings(findings);
     const basis = probe?.basis ?? referenceBasis();
-    const datacenters = mode === 'mapping' ? auditDatacenters(input.config, snapshot.rules, inventory.rules.singlePutBytes(), input.primaryDatacenter, basis) : undefined;
+    const datacenters = mode === 'mapping' ? auditDatacenters(input.config, snapshot.rules, inventory.rules, input.primaryDatacenter, basis) : undefined;
     // Each datacenter is a full copy of its rules, written one after the other.
     const estimate = datacenters ? estimateCopies(datacenters.map((d) => d.copy), basis) : estimateCopy(snapshot.copy, basis);
     const { basis: _basis, ...probeFigures } = probe ?? { basis: undefined };
@@ -254,8 +255,9 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
 }
 
 /** Per datacenter: the report's row and the counts its copy writes (undefined when no rule names datacenters). */
-function auditDatacenters(config: MigrationConfig, rules: readonly RuleTally[], singlePutBytes: ReadonlyMap<string, number>, primary: string | undefined, basis: EstimateBasis): { report: AuditDatacenter; copy: CopyCounts }[] | undefined {
-  return tallyDatacenters(config, rules, primary)?.map((dc) => {
+function auditDatacenters(config: MigrationConfig, rules: readonly RuleTally[], tallies: RuleTallies, primary: string | undefined, basis: EstimateBasis): { report: AuditDatacenter; copy: CopyCounts }[] | undefined {
+  const singlePutBytes = tallies.singlePutBytes();
+  return tallyDatacenters(config, rules, primary, (names) => tallies.sessionsOf(names))?.map((dc) => {
     const copy: CopyCounts = { keys: dc.copyKeys, valueBytes: dc.copyValueBytes, sessions: dc.sessions, singlePutKeys: dc.singlePutKeys, singlePutBytes: dc.rules.reduce((n, r) => n + (singlePutBytes.get(r) ?? 0), 0) };
     return { report: { ...dc, estimateSeconds: estimateCopy(copy, basis).seconds }, copy };
   });

@@ -1,13 +1,14 @@
 import type { MigrationConfig } from '../config/load.js';
 import { datacenterNames, datacentersOf, namesDatacenters } from '../mapping/datacenters.js';
-import type { RuleTally } from './tally.js';
+import type { RuleTallies, RuleTally } from './tally.js';
 
 /**
  * What one Consul datacenter gets written when the configuration names
  * datacenters (issue 11): the copy rules copied there and their totals.
  * Shared by the audit and the plan, which read etcd only: each datacenter's
  * figures are the sums of its rules' tallies (a rule not copied to a
- * datacenter is a keep rule there, so its keys never fall to another rule).
+ * datacenter is a keep rule there, so its keys never fall to another rule),
+ * and its sessions the distinct leases of its rules.
  */
 export interface DatacenterTally {
   /** The datacenter's name; null for the primary when it is not known offline (no `target.datacenter` in migration.yaml). */
@@ -32,7 +33,7 @@ export interface DatacenterTally {
  * reports of such configurations keep their shape. `primary` is the primary's
  * name when known offline.
  */
-export function tallyDatacenters(config: MigrationConfig, rules: readonly RuleTally[], primary: string | undefined): DatacenterTally[] | undefined {
+export function tallyDatacenters(config: MigrationConfig, rules: readonly RuleTally[], primary: string | undefined, sessionsOf: RuleTallies['sessionsOf']): DatacenterTally[] | undefined {
   if (!namesDatacenters(config)) return undefined;
   // '' is never a datacenter name (rules' datacenters must match NAME), so it can stand for an unnamed primary.
   const key = primary ?? '';
@@ -42,14 +43,15 @@ export function tallyDatacenters(config: MigrationConfig, rules: readonly RuleTa
     const tallies = copied.map((name) => byName.get(name)).filter((t): t is RuleTally => t !== undefined);
     const sum = (f: (t: RuleTally) => number) => tallies.reduce((n, t) => n + f(t), 0);
     const isPrimary = dc === key;
+    const sessions = sessionsOf(copied);
     return {
       datacenter: dc === '' ? null : dc,
       primary: isPrimary,
       rules: copied,
       copyKeys: sum((t) => t.copyKeys),
       copyValueBytes: sum((t) => t.copyValueBytes),
-      sessions: sum((t) => t.sessions),
-      sessionsAtLeast: tallies.some((t) => t.sessionsAtLeast),
+      sessions: sessions.sessions,
+      sessionsAtLeast: sessions.atLeast,
       singlePutKeys: sum((t) => t.singlePutKeys),
       instances: isPrimary ? rules.filter((r) => r.action === 'service').reduce((n, r) => n + r.instances, 0) : 0,
     };

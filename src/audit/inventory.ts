@@ -303,7 +303,8 @@ export class Inventory {
         keyBytes: this.copyKeyBytes,
         singlePutKeys: this.singlePutKeys,
         singlePutBytes: this.singlePutBytes,
-        sessions: rules.reduce((sum, r) => sum + r.sessions, 0),
+        // One session per lease, whatever rules its keys fall in.
+        sessions: this.rules.sessionsOf(rules.map((r) => r.rule)).sessions,
       },
     };
   }

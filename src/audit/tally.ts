@@ -179,6 +179,23 @@ export class RuleTallies {
     return outcome;
   }
 
+  /**
+   * Distinct leases that become sessions across `rules`: one session per lease
+   * (per datacenter), however many rules its keys fall in. `atLeast` when a
+   * rule had more leases than it tracks exactly.
+   */
+  sessionsOf(rules: readonly string[]): { sessions: number; atLeast: boolean } {
+    const leases = new Set<string>();
+    let atLeast = false;
+    for (const name of rules) {
+      const acc = this.rules.get(name);
+      if (!acc) continue;
+      for (const lease of acc.leaseSet) leases.add(lease);
+      atLeast ||= acc.sessionsAtLeast;
+    }
+    return { sessions: leases.size, atLeast };
+  }
+
   list(): RuleTally[] {
     return [...this.rules.values()].map(({ leaseSet: _leaseSet, instanceIds: _instanceIds, singlePutBytes: _singlePutBytes, ...tally }) => tally);
   }

@@ -46,6 +46,18 @@ describe('runPlan', () => {
     expect(JSON.parse(renderPlan(plan, 'json'))).toMatchObject({ version: 1, command: 'plan', status: 'findings' });
   });
 
+  it('counts one session per lease, also when its keys fall in two rules (as the copy makes them)', async () => {
+    const s = new MemorySource();
+    const shared = s.grantLease(30);
+    s.put('/jobs/claim', 'c', shared);
+    s.put('/svc/i1', '10.0.0.1:80', shared);
+    s.put('/svc/i2', '10.0.0.2:80', s.grantLease(30));
+    const loaded = parseConfig(`version: 1\nid: p\nrules:\n  - { name: jobs, from: /jobs/, to: jobs/ }\n  - { name: svc, from: /svc/, to: svc/ }\n`, 'migration.yaml');
+    const plan = await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    expect(plan.rules.map((r) => [r.rule, r.sessions])).toEqual([['jobs', 1], ['svc', 2]]);
+    expect(plan.totals.sessions).toBe(2);
+  });
+
   it('caps the list of unmappable keys but keeps the total exact; unmapped keys are not blockers under skip', async () => {
     const s = new MemorySource();
     for (let i = 0; i < 20; i++) s.put(`/app/./k${i}`, 'x');

@@ -146,12 +146,13 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   requireSomethingReadable(outcome, 'plan');
 
   const rules = tallies.list();
-  const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter);
+  const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter, (names) => tallies.sessionsOf(names));
   const sum = (f: (r: RuleTally) => number) => rules.reduce((n, r) => n + f(r), 0);
   const totals = {
     copyKeys: sum((r) => r.copyKeys),
     copyValueBytes: sum((r) => r.copyValueBytes),
-    sessions: sum((r) => r.sessions),
+    // One session per lease, whatever rules its keys fall in.
+    sessions: tallies.sessionsOf(rules.map((r) => r.rule)).sessions,
     keptKeys: sum((r) => r.keptKeys),
     skippedLeasedKeys: sum((r) => r.skippedKeys),
     unmappedKeys,
