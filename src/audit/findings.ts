@@ -1,6 +1,5 @@
 import type { UnmappableReason } from '../mapping/escape.js';
 import type { UnmappedPolicy } from '../config/load.js';
-import type { RuleRef } from './router.js';
 
 /**
  * The audit's findings: stable codes, how severe each is in context, and the
@@ -212,13 +211,6 @@ const SEVERITY_ORDER: Record<Severity, number> = { blocker: 0, warning: 1, info:
 
 export function sortFindings(findings: Finding[]): Finding[] {
   return findings.sort((a, b) => SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity] || (a.code < b.code ? -1 : a.code > b.code ? 1 : 0));
-}
-
-/** Rules whose `from` lacks a trailing `/` (the keep rules too: they match by bytes as well). */
-export function ruleFromFindings(rules: readonly RuleRef[]): Finding[] {
-  const loose = rules.filter((r) => r.from !== '' && !r.from.endsWith('/'));
-  if (loose.length === 0) return [];
-  return [makeFinding('rule_from_without_slash', 'warning', loose.length, loose.map((r) => ({ rule: r.name, prefix: r.from })), loose.map((r) => r.name))];
 }
 
 /** The status the audit reports: `findings` when any blocker remains. */

@@ -1,5 +1,6 @@
 import { UsageError } from '../errors.js';
 import { scrub } from '../report/redact.js';
+import type { LoadedConfig } from '../config/load.js';
 
 /** The process facts a command may use, injected so tests can run `main` in-process. */
 export interface Io {
@@ -70,8 +71,23 @@ export class CommandContext {
     this.io.stderr.write(scrub(text.endsWith('\n') ? text : `${text}\n`));
   }
 
+  /** A warning: a `warning:` line, or a `warning` event with --progress json (stderr stays NDJSON). */
   warn(text: string): void {
-    this.log(`warning: ${text}`);
+    if (this.progress === 'json') this.event({ event: 'warning', message: text });
+    else this.log(`warning: ${text}`);
+  }
+
+  /**
+   * migration.yaml (`--config`, MIGRATE_CONFIG, ./migration.yaml; flags,
+   * environment and defaults without one), with each of the mapping's
+   * warnings said (through `warn`, by default {@link warn}) where it points:
+   * `file:line:column: field: what`.
+   */
+  async loadConfig(configFlag: string | undefined, required: boolean, warn = (text: string) => this.warn(text)): Promise<LoadedConfig> {
+    const { loadConfig } = await import('../config/load.js');
+    const loaded = loadConfig({ configFlag, env: this.io.env, cwd: this.io.cwd, required });
+    for (const w of loaded.mapping.warnings) warn(`${w.file ?? 'migration.yaml'}${w.position ? `:${w.position.line}:${w.position.col}` : ''}: ${w.path}: ${w.message}`);
+    return loaded;
   }
 
   /** One NDJSON progress event on stderr (with --progress json). */

@@ -32,6 +32,23 @@ describe('CLI contract (in-process)', () => {
     expect(await main(['doctor', '--bogus'], io())).toBe(2);
   });
 
+  it('says the mapping\'s warnings where they point, as lines or as NDJSON events with --progress json', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-warn-'));
+    writeFileSync(join(dir, 'migration.yaml'), 'version: 1\nid: w\nrules:\n  - { name: jobs, from: /jobs/, to: jobs }\n  - { name: svc, from: /svc/, to: svc/, action: service }\n  - { name: k, from: /k/, to: k/, action: keep }\n');
+    const text = io({ MIGRATE_CONFIG: join(dir, 'migration.yaml') });
+    expect(await main(['acl'], text)).toBe(0);
+    const file = join(dir, 'migration.yaml');
+    expect(text.err.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+      `warning: ${file}:4:37: rules[0].to: to "jobs" does not end in "/" but from "/jobs/" does: "/jobs/x" becomes "jobsx"`,
+      `warning: ${file}:5:35: rules[1].to: to "svc/" is ignored: a service rule registers catalog instances, not KV keys`,
+      `warning: ${file}:6:31: rules[2].to: to "k/" is ignored: a keep rule leaves its keys on etcd`,
+    ]);
+    const json = io({ MIGRATE_CONFIG: file });
+    expect(await main(['acl', '--progress', 'json'], json)).toBe(0);
+    const events = json.err.trim().split('\n').map((l) => JSON.parse(l) as { event: string; message: string });
+    expect(events.map((e) => [e.event, e.message.split(': ')[1]])).toEqual([['warning', 'rules[0].to'], ['warning', 'rules[1].to'], ['warning', 'rules[2].to']]);
+  });
+
   it('an unsupported --format is a usage error that names the allowed ones', async () => {
     const t = io();
     expect(await main(['doctor', '--format', 'junit'], t)).toBe(2);

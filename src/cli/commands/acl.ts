@@ -23,10 +23,9 @@ export function registerAcl({ add }: CommandRegistrar): void {
       .addHelpText('after', '\nWith datacenters: in the rules, the migrator and verifier get one policy per datacenter and every policy is limited to its\ndatacenters (-valid-datacenter); target.datacenter in migration.yaml names the primary, whose policies are otherwise valid everywhere.\n\nExamples:\n  migrate acl --out-dir acl/ && consul acl policy create -name migrate-demo-migrator -rules @acl/migrate-demo-migrator.hcl\n  migrate acl --format json --app-access read\n'),
     ['text', 'hcl', 'json'],
     async (ctx, options: AclFlags & GlobalOptions) => {
-      const { loadConfig } = await import('../../config/load.js');
       const { planAcl } = await import('../../acl/acl.js');
       const { renderAcl, renderAclFiles } = await import('../../acl/render.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const loaded = await ctx.loadConfig(options.config, true);
       const { checkHeartbeatKey } = await import('../../dualrun/lag-heartbeat.js');
       const heartbeatKey = options.heartbeatKey !== undefined ? checkHeartbeatKey(loaded.mapping, options.heartbeatKey) : undefined;
       // The primary datacenter (rules without `datacenters:` go there) is named offline only by target.datacenter, as the copy takes it.

@@ -45,8 +45,7 @@ Examples:
       const top = wholeNumber('--top', options.top, 10, 1);
       const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
       const sampleMs = parseDuration('--sample', options.sample);
-      const { loadConfig } = await import('../../config/load.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd });
+      const loaded = await ctx.loadConfig(options.config, false);
       const result = await auditWithStores(ctx, options, loaded, { depth, top, pageKeys, sampleMs, probe: Boolean(options.probe), prefixes: options.prefix });
       const { renderAudit } = await import('../../audit/render.js');
       ctx.result(renderAudit(result, ctx.format));

@@ -50,7 +50,6 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const rate = wholeNumber('--rate', options.rate, 0);
       const concurrency = wholeNumber('--concurrency', options.concurrency, 8, 1);
       const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { namesDatacenters } = await import('../../mapping/datacenters.js');
@@ -58,7 +57,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { renderCopy, renderCopyDatacenters } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
       const { preflightConsul } = await import('../../doctor/preflight.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const loaded = await ctx.loadConfig(options.config, true);
       if (loaded.mapping.copyRules.length + loaded.mapping.serviceRules.length === 0) {
         // Before any server is contacted: a copy of nothing would still write the migration's state.
         throw new RefusedError('copy_no_rules', 'migration.yaml has no copy or service rule: there is nothing to copy, and nothing was written.', { hint: 'Add a rule with action: copy (the default) or action: service (see `migrate init`).' });

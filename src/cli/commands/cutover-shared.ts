@@ -100,14 +100,13 @@ function otherDatacenters(lanes: DatacenterLane[], lane: DatacenterLane, command
 
 /** Opens the configuration and stores (in the datacenter the transition works in), and builds the verify runner these commands use. */
 export async function openForTransition(ctx: CommandContext, options: TransitionFlags & GlobalOptions, command: 'cutover' | 'rollback' | 'finalize') {
-  const { loadConfig } = await import('../../config/load.js');
   const { resolveConnections } = await import('../../config/connections.js');
   const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
   const { runVerify } = await import('../../verify/verify.js');
   const { createValueHasher } = await import('../../report/hash.js');
   const { EtcdWriter } = await import('../../stores/etcd-writer.js');
   const { operator } = await import('../../cutover/state-io.js');
-  const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+  const loaded = await ctx.loadConfig(options.config, true);
   const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
   const stores = openStores(connections, loaded.config);
   try {

@@ -9,11 +9,10 @@ export function registerDoctor({ add }: CommandRegistrar): void {
       .addHelpText('after', '\nExample:\n  CONSUL_HTTP_TOKEN_FILE=~/.consul-token migrate doctor --config migration.yaml\n'),
     ['text', 'json'],
     async (ctx, options) => {
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { runDoctor } = await import('../../doctor/doctor.js');
       const { renderDoctor } = await import('../../doctor/render.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd });
+      const loaded = await ctx.loadConfig(options.config, false);
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const result = await runDoctor({ config: loaded.config, configFile: loaded.file, connections, mapping: loaded.mapping });
       ctx.result(renderDoctor(result, ctx.format));

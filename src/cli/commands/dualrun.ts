@@ -29,13 +29,14 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       .addHelpText('after', '\nExamples:\n  migrate dualrun --metrics-addr :9464\n  migrate dualrun --ha --log-format json\n  migrate dualrun --heartbeat-key /_migrate/heartbeat --metrics-addr :9464\n'),
     ['text', 'json'],
     async (ctx, options: DualRunFlags & GlobalOptions) => {
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters } = await import('../stores.js');
       const { runDualRun } = await import('../../dualrun/dualrun.js');
       const { DualRunMetrics, lagSeconds } = await import('../../dualrun/metrics.js');
       const { runCopy } = await import('../../copy/copy.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      // Said as log lines (--log-format json keeps stderr NDJSON) once the log is set up.
+      const mappingWarnings: string[] = [];
+      const loaded = await ctx.loadConfig(options.config, true, (text) => mappingWarnings.push(text));
       const { checkHeartbeatKey } = await import('../../dualrun/lag-heartbeat.js');
       const heartbeatKey = options.heartbeatKey !== undefined ? checkHeartbeatKey(loaded.mapping, options.heartbeatKey) : undefined;
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
@@ -48,6 +49,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         if (options.logFormat === 'json') line(JSON.stringify({ ts: new Date().toISOString(), level, msg: message, ...fields }));
         else line(`${new Date().toISOString()} ${level.padEnd(5)} ${message}${Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : ''}`);
       };
+      for (const text of mappingWarnings) log('warn', text);
       // Retries inside one request are otherwise silent: a Consul that stops answering would show nothing until it came back.
       let retryLoggedAt = 0;
       target.observeRetries((err, attempt, delayMs) => {

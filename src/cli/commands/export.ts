@@ -12,13 +12,12 @@ export function registerExport({ add }: CommandRegistrar): void {
       .addHelpText('after', '\nExample:\n  migrate export --out kv.json && consul kv import @kv.json\n'),
     ['text', 'json'],
     async (ctx, options: { out: string } & GlobalOptions) => {
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { EtcdSource } = await import('../../stores/etcd.js');
       const { runExport } = await import('../../export/export.js');
       const { WholeFile } = await import('../../export/whole-file.js');
       const { renderEnvelope } = await import('../../report/envelope.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const loaded = await ctx.loadConfig(options.config, true);
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
       // Replaces an earlier export only once whole: a failed export leaves no cut-off file.

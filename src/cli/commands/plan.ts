@@ -23,13 +23,12 @@ export function registerPlan({ add }: CommandRegistrar): void {
     async (ctx, options: PlanFlags & GlobalOptions) => {
       const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
       const listCap = wholeNumber('--list', options.list, 1000, 0);
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { EtcdSource } = await import('../../stores/etcd.js');
       const { runPlan } = await import('../../plan/plan.js');
       const { renderPlan } = await import('../../plan/render.js');
       const { createProgressView } = await import('../../report/progress.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const loaded = await ctx.loadConfig(options.config, true);
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
       const view = createProgressView(ctx);

@@ -37,7 +37,6 @@ Examples:
       if (waitMs < 1000 || waitMs > 600_000) {
         throw new UsageError('flag_invalid', `--wait must be between 1s and 10m (Consul's limit for blocking queries), not ${options.wait}.`, { hint: 'Pass --wait 60s, or the wait your applications use.' });
       }
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores } = await import('../stores.js');
       const { statePaths } = await import('../../state/state.js');
@@ -45,7 +44,7 @@ Examples:
       const { probeLatency } = await import('../../probe/latency.js');
       const { renderLatencyMarkdown, renderLatencyText } = await import('../../probe/render.js');
       const { renderEnvelope } = await import('../../report/envelope.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const loaded = await ctx.loadConfig(options.config, true);
       const scratch = statePaths(loaded.config.state.prefix, loaded.config.id).scratch;
       const etcdFolder = options.etcdPrefix ?? scratch;
       if (!etcdFolder.endsWith('/')) {

@@ -13,13 +13,12 @@ export function registerStatus({ add }: CommandRegistrar): void {
     ['text', 'json', 'markdown'],
     async (ctx, options: { maxVerifyAge?: string } & GlobalOptions) => {
       const maxVerifyAgeMs = parseDuration('--max-verify-age', options.maxVerifyAge) ?? 15 * 60_000;
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { namesDatacenters } = await import('../../mapping/datacenters.js');
       const { runStatus } = await import('../../cutover/status.js');
       const { renderStatus, renderStatusDatacenters } = await import('../../cutover/render.js');
-      const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+      const loaded = await ctx.loadConfig(options.config, true);
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const { source, target, close } = openStores(connections, loaded.config);
       try {

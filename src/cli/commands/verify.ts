@@ -78,7 +78,6 @@ Examples:
       const readBack = parseReadBack(options.readBack);
       const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
       const budgets = parseBudgets(options.allow);
-      const { loadConfig } = await import('../../config/load.js');
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { namesDatacenters } = await import('../../mapping/datacenters.js');
@@ -92,7 +91,7 @@ Examples:
       let migration = '(no configuration)';
       let close = () => {};
       try {
-        const loaded = loadConfig({ configFlag: options.config, env: ctx.io.env, cwd: ctx.io.cwd, required: true });
+        const loaded = await ctx.loadConfig(options.config, true);
         migration = loaded.config.id;
         const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
         const stores = openStores(connections, loaded.config);
