@@ -4,9 +4,17 @@ import type { CommandContext } from '../cli/context.js';
 /** What a long command reports while it works. */
 export interface ProgressState {
   title: string;
-  items: { name: string; total: number; done: number; bytes: number }[];
+  /** `bytes`: of the values done, for work that counts them (copy); the line leaves it out otherwise. */
+  items: ProgressItem[];
   retries: number;
   startedAt: number;
+}
+
+export interface ProgressItem {
+  name: string;
+  total: number;
+  done: number;
+  bytes?: number;
 }
 
 /** A live view of long work: ink on a terminal, throttled plain lines otherwise, NDJSON with `--progress json`. */
@@ -33,8 +41,9 @@ function formatDuration(seconds: number | undefined): string {
 
 export function plainProgressLine(state: ProgressState, now: number): string {
   const r = rate(state, now);
-  const bytes = state.items.reduce((n, i) => n + i.bytes, 0);
-  return `${state.title}: ${r.done}/${r.total} keys, ${(bytes / 1048576).toFixed(1)} MiB, ${Math.round(r.perSecond)} keys/s, ETA ${formatDuration(r.etaSeconds)}${state.retries ? `, ${state.retries} retries` : ''}`;
+  const counted = state.items.some((i) => i.bytes !== undefined);
+  const bytes = state.items.reduce((n, i) => n + (i.bytes ?? 0), 0);
+  return `${state.title}: ${r.done}/${r.total} keys, ${counted ? `${(bytes / 1048576).toFixed(1)} MiB, ` : ''}${Math.round(r.perSecond)} keys/s, ETA ${formatDuration(r.etaSeconds)}${state.retries ? `, ${state.retries} retries` : ''}`;
 }
 
 export function createProgressView(ctx: CommandContext): ProgressView {

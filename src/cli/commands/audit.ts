@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { ExitCode } from '../../errors.js';
 import type { CommandContext, GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
+import type { ProgressItem } from '../../report/progress.js';
 import { collect, parseDuration, wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
@@ -83,7 +84,7 @@ export async function auditWithStores(ctx: CommandContext, options: GlobalOption
   // The target is optional for an audit: a short timeout and no retries, so a missing Consul costs a second, not minutes.
   const target = new ConsulTarget({ ...connections.target, timeoutMs: run.probe ? 10_000 : 3_000 }, { limits: loaded.config.target.limits, retry: { attempts: run.probe ? 3 : 1 } });
   const view = createProgressView(ctx);
-  const progress = { title: 'auditing', items: [{ name: 'keys', total: 0, done: 0, bytes: 0 }], retries: 0, startedAt: Date.now() };
+  const progress = { title: 'auditing', items: [{ name: 'keys', total: 0, done: 0 }] as ProgressItem[], retries: 0, startedAt: Date.now() };
   try {
     const identity = run.identity || !loaded.file;
     if (identity && !run.identity && ctx.format === 'text') ctx.log('no mapping file: judging keys under the identity mapping (names kept, one leading "/" stripped)');
@@ -105,7 +106,7 @@ export async function auditWithStores(ctx: CommandContext, options: GlobalOption
       runId: randomBytes(6).toString('hex'),
       onProgress: (event) => {
         if (event.phase === 'scan') {
-          progress.items[0] = { name: 'keys', total: event.total ?? event.keys, done: event.keys, bytes: 0 };
+          progress.items[0] = { name: 'keys', total: event.total ?? event.keys, done: event.keys };
           view.update(progress);
         } else if (event.phase === 'warning') view.warn(event.message);
         else if (ctx.progress === 'json') ctx.event({ event: 'phase', command: 'audit', ...event });

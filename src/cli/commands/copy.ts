@@ -3,6 +3,7 @@ import { ExitCode, RefusedError, UsageError, isMigrateError } from '../../errors
 import type { CopyResult } from '../../copy/copy.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
+import type { ProgressItem } from '../../report/progress.js';
 import { TOOL_VERSION } from '../version.js';
 import { wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
@@ -72,7 +73,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
         const copies: { datacenter: string; result?: CopyResult; error?: Error }[] = [];
         for (const lane of lanes) {
           if (ctx.signal.aborted) break;
-          const progress = { title: `${options.dryRun ? 'planning' : 'copying'}${several ? ` ${lane.datacenter}` : ''}`, items: [] as { name: string; total: number; done: number; bytes: number }[], retries: 0, startedAt: Date.now() };
+          const progress = { title: `${options.dryRun ? 'planning' : 'copying'}${several ? ` ${lane.datacenter}` : ''}`, items: [] as ProgressItem[], retries: 0, startedAt: Date.now() };
           try {
             await preflightConsul(lane.target, lane.config, lane.mapping, options.dryRun ? 'copy --dry-run' : 'copy', {
               writeTargets: !options.dryRun,

@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
+import type { ProgressItem } from '../../report/progress.js';
 import { collect, wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
@@ -32,7 +33,7 @@ export function registerPlan({ add }: CommandRegistrar): void {
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
       const view = createProgressView(ctx);
-      const progress = { title: 'planning', items: [{ name: 'keys', total: 0, done: 0, bytes: 0 }], retries: 0, startedAt: Date.now() };
+      const progress = { title: 'planning', items: [{ name: 'keys', total: 0, done: 0 }] as ProgressItem[], retries: 0, startedAt: Date.now() };
       try {
         const result = await runPlan({
           source,
@@ -46,7 +47,7 @@ export function registerPlan({ add }: CommandRegistrar): void {
           listCap,
           signal: ctx.signal,
           onProgress: (keys, total) => {
-            progress.items[0] = { name: 'keys', total: total ?? keys, done: keys, bytes: 0 };
+            progress.items[0] = { name: 'keys', total: total ?? keys, done: keys };
             view.update(progress);
           },
         });

@@ -5,6 +5,7 @@ import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
 import type { DatacenterVerify } from '../../verify/render.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
+import type { ProgressItem } from '../../report/progress.js';
 import { TOOL_VERSION } from '../version.js';
 import { collect, parseDuration, wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
@@ -87,7 +88,7 @@ Examples:
       const { createProgressView } = await import('../../report/progress.js');
       const summaryFile = options.summaryFile ? resolve(ctx.io.cwd, options.summaryFile) : undefined;
       const view = createProgressView(ctx);
-      const progress = { title: 'verifying', items: [] as { name: string; total: number; done: number; bytes: number }[], retries: 0, startedAt: Date.now() };
+      const progress = { title: 'verifying', items: [] as ProgressItem[], retries: 0, startedAt: Date.now() };
       let migration = '(no configuration)';
       let close = () => {};
       try {
@@ -117,7 +118,7 @@ Examples:
                 hasher,
                 toolVersion: TOOL_VERSION,
                 onProgress: (event) => {
-                  if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
+                  if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0 }));
                   else if (event.type === 'progress') {
                     const item = progress.items.find((i) => i.name === event.rule);
                     if (item) item.done = event.keysDone;
