@@ -13,7 +13,6 @@ if ! command -v go >/dev/null 2>&1; then
   echo "build-consul: Go is not installed; install Go (https://go.dev/dl) or set CONSUL_BIN to a consul binary" >&2
   exit 1
 fi
-mkdir -p "$cache"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -22,8 +21,16 @@ go mod init consul-build >/dev/null 2>&1
 # The checksum database mirror here lacks some of Consul's own submodules (proto-public);
 # the module proxy still serves them, so skip the sumdb for Consul's modules only.
 export GONOSUMDB="${GONOSUMDB:+$GONOSUMDB,}github.com/hashicorp/consul"
-GOFLAGS=-mod=mod go get "github.com/hashicorp/consul@v$version" >&2
-CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$work/consul" github.com/hashicorp/consul >&2
+if ! { GOFLAGS=-mod=mod go get "github.com/hashicorp/consul@v$version" >&2 && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$work/consul" github.com/hashicorp/consul >&2; }; then
+  # Seen for 1.15-1.18: their go.mod points the sub-modules (api, proto-public, troubleshoot, ...) at folders of
+  # Consul's repository, which a dependency's replace lines cannot reach, and the published versions it requires
+  # are older than its code needs.
+  echo "build-consul: Consul v$version does not build from its Go module with $(go version) (errors above). Some releases" \
+    "(1.15-1.18) need sub-modules newer than their go.mod requires. Use a consul v$version binary instead:" \
+    "CONSUL_VERSION=$version CONSUL_BIN=/path/to/consul" >&2
+  exit 1
+fi
 "$work/consul" version >&2
+mkdir -p "$cache"
 mv "$work/consul" "$bin"
 echo "$bin"
