@@ -215,8 +215,8 @@ function junitSuite(result: VerifyResult, datacenter?: string): { lines: string[
     const listed = result.differences.filter((d) => d.rule === r.name);
     const body = [
       r.action === 'service'
-        ? `service rule ${r.name}: ${r.from} -> Consul's catalog; ${r.compared} instances compared, ${r.targetKeys} catalog instances, ${r.settled} settled`
-        : `rule ${r.name}: ${r.from} -> ${r.to}${datacenter ? ` in datacenter ${datacenter}` : ''}; ${r.compared} keys compared, ${r.targetKeys} Consul keys, ${r.settled} settled`,
+        ? `service rule ${r.name}: ${r.from} -> Consul's catalog; ${plural(r.compared, 'instance')} compared, ${plural(r.targetKeys, 'catalog instance')}, ${r.settled} settled`
+        : `rule ${r.name}: ${r.from} -> ${r.to}${datacenter ? ` in datacenter ${datacenter}` : ''}; ${plural(r.compared, 'key')} compared, ${plural(r.targetKeys, 'Consul key')}, ${r.settled} settled`,
       ...(unmappableCount(r) > 0 ? [`not drift: ${r.action === 'service' ? `${unmappableText(r)} source key(s) that make no service instance` : `${unmappableText(r)} source key(s) rejected by the rule`}`] : []),
       ...listed.map(differenceLine),
       ...(listed.length < r.differences ? [`... ${r.differences - listed.length} more not listed (--max-diffs ${result.maxDiffs})`] : []),
