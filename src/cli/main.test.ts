@@ -25,11 +25,18 @@ describe('CLI contract (in-process)', () => {
     expect(await main([], io())).toBe(2);
   });
 
-  it('an unknown command or flag is a usage error (exit 2)', async () => {
+  it('an unknown command or flag is a usage error (exit 2) reported like every error: code, next step, docs', async () => {
     const t = io();
-    expect(await main(['teleport'], t)).toBe(2);
-    expect(t.err).toContain("unknown command 'teleport'");
-    expect(await main(['doctor', '--bogus'], io())).toBe(2);
+    expect(await main(['zzzz'], t)).toBe(2);
+    expect(t.err).toBe("error[usage_invalid]: unknown command 'zzzz'\n  next: `migrate --help` lists the commands.\n  see: README.md#error-usage_invalid\n");
+    const flag = io();
+    expect(await main(['doctor', '--forma', 'json'], flag)).toBe(2);
+    expect(flag.err).toBe("error[usage_invalid]: unknown option '--forma'\n  next: Did you mean --format? `migrate doctor --help` lists its flags.\n  see: README.md#error-usage_invalid\n");
+    expect(flag.out).toBe('');
+    // With --format json, the error is also the JSON document on stdout.
+    const json = io();
+    expect(await main(['audit', '--bogus', '--format', 'json'], json)).toBe(2);
+    expect(JSON.parse(json.out)).toMatchObject({ command: 'audit', status: 'error', error: { code: 'usage_invalid', message: "unknown option '--bogus'" } });
   });
 
   it('says the mapping\'s warnings where they point, as lines or as NDJSON events with --progress json', async () => {

@@ -1,5 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
-import { errorDocs, ExitCode, InterruptedError, isMigrateError, type MigrateError } from '../errors.js';
+import { errorDocs, ExitCode, InterruptedError, isMigrateError, UsageError, type MigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { scrub } from '../report/redact.js';
 import { CommandContext, type Format, type GlobalOptions, type Io } from './context.js';
@@ -42,7 +42,8 @@ interface Outcome {
  */
 export function createProgram(io: Io = defaultIo()): { program: Command; outcome: Outcome } {
   const outcome: Outcome = { exitCode: ExitCode.ok, format: 'text', commandName: '' };
-  const output = { writeOut: (s: string) => io.stdout.write(s), writeErr: (s: string) => io.stderr.write(scrub(s)) };
+  // Parse errors are reported by `main` like every other error (code, next step, docs), not by commander.
+  const output = { writeOut: (s: string) => io.stdout.write(s), writeErr: (s: string) => io.stderr.write(scrub(s)), outputError: () => {} };
   const program = new Command('migrate')
     .description('Move an application\'s data from etcd v3 to HashiCorp Consul: audit, map, copy, dual-run, verify, cut over.')
     .version(TOOL_VERSION, '-V, --version')
@@ -103,10 +104,25 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
   } catch (err) {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
-      return ExitCode.usage;
+      const command = program.commands.find((c) => c.name() === argv[0])?.name() ?? '';
+      return reportError(commandLineError(err, command), io, jsonRequested(argv) ? 'json' : 'text', command);
     }
     return reportError(err, io, outcome.format, outcome.commandName);
   }
+}
+
+/** A command line commander cannot parse (an unknown command or flag, a missing value, a value not among the choices), as a usage error. */
+function commandLineError(err: CommanderError, command: string): UsageError {
+  const [first = '', ...rest] = err.message.replace(/^error: /, '').split('\n');
+  // Commander's "(Did you mean --format?)" becomes the first half of the hint.
+  const suggestion = rest.map((line) => line.replace(/^\((.*)\)$/, '$1')).filter(Boolean).join(' ');
+  const help = command ? `\`migrate ${command} --help\` lists its flags.` : '`migrate --help` lists the commands.';
+  return new UsageError('usage_invalid', first, { hint: suggestion ? `${suggestion} ${help}` : help });
+}
+
+/** Whether the command line asks for JSON output, so that a parse error is a JSON document too. */
+function jsonRequested(argv: readonly string[]): boolean {
+  return argv.some((arg, i) => arg === '--format=json' || (arg === '--format' && argv[i + 1] === 'json'));
 }
 
 /**
