@@ -59,6 +59,24 @@ describe('bad input to the writing commands: message, exit code, nothing written
     expect(await consulIndex(own.address)).toBe(before);
   });
 
+  it('copy and copy --dry-run refuse keys outside every rule under defaults.unmapped: error: exit 4, nothing written', async () => {
+    const s = scenario('unmapped');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    await etcd.put(`${s.root}/elsewhere`).value('x');
+    const dir = configDir(s.yaml.replace('rules:', 'defaults: { unmapped: error }\nrules:'));
+    const before = await consulIndex(own.address);
+    for (const args of [['copy'], ['copy', '--dry-run']]) {
+      const run = await runCli([...args, '--progress', 'none'], { cwd: dir, env: env() });
+      expect(run.code, `${args.join(' ')}: ${run.stderr}`).toBe(4);
+      expect(run.stderr).toMatch(/error\[copy_unmapped_keys\]: \d+ etcd key\(s\) at revision \d+ are outside every rule/);
+      expect(run.stderr).toContain('defaults.unmapped: skip');
+    }
+    expect(await consulIndex(own.address)).toBe(before);
+    // Under skip (the default) the same copy runs.
+    const copied = await runCli(['copy', '--progress', 'none'], { cwd: s.dir, env: env() });
+    expect(copied.code, copied.stderr).toBe(0);
+  });
+
   for (const [what, text, message] of configCases) {
     it(`copy and dualrun refuse ${what} (exit 2)`, async () => {
       const dir = configDir(text);

@@ -396,6 +396,14 @@ describe('sample, estimate, probe and the draft mapping', () => {
     expect(target.entries.size).toBe(0);
   });
 
+  it('drafts unmapped: error for the whole keyspace, and skip for a draft of some prefixes (the rest stays on etcd)', async () => {
+    const whole = draftMapping(await runAudit({ source: platform(), config: emptyConfig(), depth: 3 }), { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
+    expect(parseConfig(whole.text, 'draft.yaml').config.defaults.unmapped).toBe('error');
+    const some = draftMapping(await runAudit({ source: platform(), config: emptyConfig(), depth: 3, prefixes: ['/platform/'] }), { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
+    expect(parseConfig(some.text, 'draft.yaml').config.defaults.unmapped).toBe('skip');
+    expect(some.text).toContain('unmapped: skip    # the draft covers /platform/ only');
+  });
+
   it('drafts a mapping that loads: keep for Kubernetes, skip for locks, escape where keys need it, no overlapping to', async () => {
     const result = await runAudit({ source: platform(), config: emptyConfig(), depth: 3 });
     const draft = draftMapping(result, { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });

@@ -284,7 +284,9 @@ function renderDraft(result: AuditResult, options: DraftOptions, rules: DraftRul
   lines.push('defaults:');
   lines.push('  keys: reject      # keys Consul cannot serve are reported, not copied (escape: a reversible encoding)');
   lines.push('  leases: session   # leased keys become keys held by a Consul session (TTL clamped to 10 s–24 h)');
-  lines.push('  unmapped: error   # a key outside every rule is a blocker: decide where it goes');
+  if (result.scope.prefixes.length === 0) lines.push('  unmapped: error   # a key outside every rule is a blocker: decide where it goes');
+  // A draft of part of the keyspace (--prefix): the rest stays on etcd, not a blocker of this migration.
+  else lines.push(`  unmapped: skip    # the draft covers ${result.scope.prefixes.join(', ')} only: keys elsewhere stay on etcd`);
   lines.push('');
   if (rules.length === 0) {
     lines.push('# The audit found no prefixes to map.');

@@ -302,6 +302,24 @@ async function markStart(target: TargetStore, key: string, state: CopyState): Pr
   return written.modifyIndex;
 }
 
+/**
+ * `defaults.unmapped: error`: a key outside every rule stops `migrate copy`
+ * (and its dry-run) before anything is written, as it blocks the audit and
+ * the plan. (The dual-run's re-baselines do not check: a key an application
+ * adds outside the rules must not stop the replication.)
+ */
+export async function refuseUnmapped(source: SourceReader, mapping: Mapping): Promise<void> {
+  if (mapping.defaults.unmapped !== 'error' || mapping.rules.some((r) => r.fromBytes.length === 0)) return;
+  const { revision } = await source.status();
+  // The whole keyspace less every rule's prefix: the keys outside every rule.
+  const unmapped = await countRuleKeys(source, mapping, { fromBytes: Buffer.alloc(0) }, revision);
+  if (unmapped === 0) return;
+  throw new RefusedError('copy_unmapped_keys', `${unmapped} etcd key(s) at revision ${revision} are outside every rule, and defaults.unmapped is error: nothing was copied or written.`, {
+    hint: 'Decide where they go: add copy or keep rules for them (`migrate plan` lists them), or set defaults.unmapped: skip to leave them on etcd.',
+    details: { unmappedKeys: unmapped, revision },
+  });
+}
+
 interface CopyPass {
   state: CopyState;
   engine: CopyEngine;

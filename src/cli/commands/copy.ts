@@ -54,7 +54,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { namesDatacenters } = await import('../../mapping/datacenters.js');
-      const { runCopy, refuseWhileDualRunLeads, acquireCopyLock } = await import('../../copy/copy.js');
+      const { runCopy, refuseWhileDualRunLeads, refuseUnmapped, acquireCopyLock } = await import('../../copy/copy.js');
       const { renderCopy, renderCopyDatacenters } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
       const { preflightConsul } = await import('../../doctor/preflight.js');
@@ -67,6 +67,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { source, target, close } = openStores(connections, loaded.config);
       const view = createProgressView(ctx);
       try {
+        await refuseUnmapped(source, loaded.mapping);
         const lanes = await openDatacenters(loaded, target, datacenterFlag(connections));
         // With rules naming datacenters, reports have one part per datacenter, even for the one --datacenter picks.
         const several = namesDatacenters(loaded.config);
