@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { Ajv } from 'ajv';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -67,7 +68,8 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
     const run = await runCli(['copy'], { cwd: bad, env });
     expect(run.code).toBe(2);
     expect(run.stderr).toContain('datacenter_unknown');
-    expect(run.stderr).toContain('dc9');
+    // The file and the rule that name it.
+    expect(run.stderr).toContain(`${join(bad, 'migration.yaml')} names datacenter dc9 (rule shared (datacenters: dc9))`);
     expect(await dc1.readKey(`_migrate/${id}-bad/meta`)).toBeUndefined();
     expect(await dc1.listKeys(`mdc-${tag}/bad/`)).toEqual([]);
   });

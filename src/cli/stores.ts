@@ -56,7 +56,12 @@ async function datacenterLanes(loaded: LoadedConfig, target: ConsulTarget, only:
   const known = await agent.datacenters();
   const unknown = views.filter((v) => !known.includes(v.datacenter)).map((v) => v.datacenter);
   if (unknown.length > 0) {
-    throw new UsageError('datacenter_unknown', `migration.yaml names datacenter ${unknown.join(', ')}, which the Consul agent at ${target.address} does not know (it knows ${known.join(', ')}).`, {
+    // Who names it: the rules' datacenters: lists, or target.datacenter (the primary).
+    const namers = unknown.flatMap((dc) => [
+      ...(loaded.config.target.datacenter === dc ? [`target.datacenter ${dc}`] : []),
+      ...loaded.config.rules.filter((r) => r.datacenters?.includes(dc)).map((r) => `rule ${r.name} (datacenters: ${dc})`),
+    ]);
+    throw new UsageError('datacenter_unknown', `${loaded.file ?? 'migration.yaml'} names datacenter ${unknown.join(', ')} (${namers.join('; ')}), which the Consul agent at ${target.address} does not know (it knows ${known.join(', ')}).`, {
       hint: 'Fix the datacenters: list of the rules, or join that datacenter\'s servers to the WAN federation (`consul join -wan`).',
       details: { unknown, known },
     });
