@@ -201,6 +201,18 @@ rules:
     expect(result.estimate.sessions).toBe(2);
   });
 
+  it('a TTL clamp names the rules where the lease becomes a session, and a key of theirs, not a skipped key of the same lease', async () => {
+    const s = new MemorySource();
+    const short = s.grantLease(5);
+    s.put('/locks/leader', 'me', short);
+    s.put('/svc/i1', '10.0.0.1:80', short);
+    const loaded = parseConfig(`version: 1\nid: t\nrules:\n  - { name: locks, from: /locks/, to: locks/, leases: skip }\n  - { name: svc, from: /svc/, to: svc/ }\n`, 'm.yaml');
+    const result = await runAudit({ source: s, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    const clamp = finding(result, 'lease_ttl_below_min')!;
+    expect(clamp.rules).toEqual(['svc']);
+    expect(clamp.examples.map((e) => e.key)).toEqual(['/svc/i1']);
+  });
+
   it('makes key shapes blockers under reject and a copied Kubernetes prefix a blocker', async () => {
     const loaded = parseConfig(`version: 1\nid: t\nrules:\n  - { name: all, from: /, to: all/ }\n`, 'm.yaml');
     const result = await runAudit({ source: platform(), config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });

@@ -93,6 +93,9 @@ export interface LeaseAcc {
   handling: number;
   example: string;
   rules: string[];
+  /** The rules where the lease becomes a session, and a key of theirs: what the TTL clamp findings name. */
+  sessionRules: string[];
+  sessionExample: string | undefined;
 }
 
 /** What `readLease` said about one lease. */
@@ -218,11 +221,15 @@ export class Inventory {
 
     let lease: LeaseAcc | undefined;
     if (leased) {
-      lease = this.leases.get(entry.lease, () => ({ id: entry.lease, keys: 0, hex: leaseHex(entry.lease), handling: 0, example: formatKey(key), rules: [] }));
+      lease = this.leases.get(entry.lease, () => ({ id: entry.lease, keys: 0, hex: leaseHex(entry.lease), handling: 0, example: formatKey(key), rules: [], sessionRules: [], sessionExample: undefined }));
       if (lease) {
         lease.keys++;
         lease.handling |= HANDLING_BIT[handling];
         if (!lease.rules.includes(ruleName)) lease.rules.push(ruleName);
+        if (handling === 'session') {
+          if (!lease.sessionRules.includes(ruleName)) lease.sessionRules.push(ruleName);
+          lease.sessionExample ??= formatKey(key);
+        }
       } else this.untrackedLeaseKeys++;
     }
 
@@ -357,21 +364,22 @@ export function summarizeLeases(leases: Iterable<LeaseAcc>, untrackedKeys: numbe
       continue;
     }
     ttl.add(lookup.grantedTtl);
-    // Only leases that become sessions are clamped; skipped, kept or persisted ones are not.
+    // Only leases that become sessions are clamped; skipped, kept or persisted ones are not. The findings
+    // name the rules where it becomes one, and a key of theirs.
     const becomesSession = (lease.handling & HANDLING_BIT.session) !== 0;
     if (lookup.grantedTtl < SESSION_TTL_MIN) {
       belowMin++;
       if (becomesSession) {
         belowCount++;
-        lease.rules.forEach((r) => belowRules.add(r));
-        below.push({ lease: lease.id, count: lease.keys, key: lease.example, detail: `TTL ${lookup.grantedTtl} s → session TTL 10 s` });
+        lease.sessionRules.forEach((r) => belowRules.add(r));
+        below.push({ lease: lease.id, count: lease.keys, key: lease.sessionExample ?? lease.example, detail: `TTL ${lookup.grantedTtl} s → session TTL 10 s` });
       }
     } else if (lookup.grantedTtl > SESSION_TTL_MAX) {
       aboveMax++;
       if (becomesSession) {
         aboveCount++;
-        lease.rules.forEach((r) => aboveRules.add(r));
-        above.push({ lease: lease.id, count: lease.keys, key: lease.example, detail: `TTL ${lookup.grantedTtl} s → session TTL 86400 s` });
+        lease.sessionRules.forEach((r) => aboveRules.add(r));
+        above.push({ lease: lease.id, count: lease.keys, key: lease.sessionExample ?? lease.example, detail: `TTL ${lookup.grantedTtl} s → session TTL 86400 s` });
       }
     }
   }
