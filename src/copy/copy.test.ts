@@ -248,8 +248,10 @@ describe('copy --delete-extraneous and sessions', () => {
     const { source, target } = world();
     const lease = source.grantLease(60);
     source.put('/app/gone', 'held', lease);
-    await runCopy(deps(source, target), options());
+    const first = await runCopy(deps(source, target), options());
     expect(target.entries.get('app/gone')?.session).toBeDefined();
+    // Session-held keys last only while something renews their sessions: the copy says so.
+    expect(renderCopy(first, 'text', false)).toContain('session-held keys: Consul deletes them 1 to 2 × their session\'s TTL after the copy ends, unless `migrate dualrun` renews the sessions');
     // The lease is revoked in etcd (its key with it); another client holds a key of its own under app/.
     source.revokeLease(lease);
     target.entries.set('app/theirs', { key: 'app/theirs', value: Buffer.from('x'), flags: 0, modifyIndex: 1, session: 'someone-elses-session' });

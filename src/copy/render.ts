@@ -49,7 +49,10 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     lines.push('  leased instances have TTL checks: they turn critical within the TTL unless `migrate dualrun` keeps them passing');
   }
   const s = result.sessions;
-  if (s.created || s.adopted) lines.push(`  sessions: ${s.created} ${result.dryRun ? 'to create' : 'created'}, ${s.adopted} adopted (one per etcd lease; Behavior delete, LockDelay 0s)`);
+  if (s.created || s.adopted) {
+    lines.push(`  sessions: ${s.created} ${result.dryRun ? 'to create' : 'created'}, ${s.adopted} adopted (one per etcd lease; Behavior delete, LockDelay 0s)`);
+    lines.push(`  session-held keys: Consul deletes them 1 to 2 × their session's TTL after the copy ends, unless \`migrate dualrun\` renews the sessions`);
+  }
   for (const c of s.clamps.slice(0, 10)) lines.push(`  lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s (Consul sessions live 10s–24h)`);
   if (!result.dryRun) lines.push(`  ${result.txns} txn(s), ${result.retries} retr${result.retries === 1 ? 'y' : 'ies'}, ${(result.durationMs / 1000).toFixed(1)}s`);
   if (showOps && result.ops) {
