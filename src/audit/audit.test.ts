@@ -408,6 +408,16 @@ describe('sample, estimate, probe and the draft mapping', () => {
     expect(target.entries.size).toBe(0);
   });
 
+  it('warns of a --prefix no key starts with, naming the spelling that has keys', async () => {
+    const warnings: string[] = [];
+    const result = await runAudit({ source: platform(), config: emptyConfig(), prefixes: ['platform/config/', '/nothing/'], onProgress: (e) => e.phase === 'warning' && warnings.push(e.message) });
+    expect(result.totals.keys).toBe(0);
+    expect(warnings).toEqual([
+      expect.stringMatching(/^--prefix platform\/config\/: no etcd key at revision \d+ starts with it; [1-9]\d* key\(s\) start with \/platform\/config\/$/),
+      expect.stringMatching(/^--prefix \/nothing\/: no etcd key at revision \d+ starts with it$/),
+    ]);
+  });
+
   it('drafts unmapped: error for the whole keyspace, and skip for a draft of some prefixes (the rest stays on etcd)', async () => {
     const whole = draftMapping(await runAudit({ source: platform(), config: emptyConfig(), depth: 3 }), { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
     expect(parseConfig(whole.text, 'draft.yaml').config.defaults.unmapped).toBe('error');

@@ -5,7 +5,7 @@ import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
 import { readAgainAtFreshRevision } from '../stores/etcd.js';
-import { prefixEnd } from '../stores/key-range.js';
+import { prefixEnd, prefixRange } from '../stores/key-range.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type SourceReader, type TargetStore } from '../stores/types.js';
 import { tallyDatacenters, type DatacenterTally } from './datacenters.js';
@@ -190,6 +190,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
     }
     requireSomethingReadable(outcome, 'audit');
     const scanMs = Math.max(1, now() - started);
+    for (const message of await emptyPrefixWarnings(input.source, input.prefixes ?? [], revision)) input.onProgress?.({ phase: 'warning', message });
 
     const snapshot = inventory.snapshot();
     const lookupIds = inventory.leasesToLookUp(input.leaseLookups ?? 10_000);
@@ -298,6 +299,29 @@ async function resolveLimits(input: AuditInput): Promise<AuditResult['limits'] &
     revisionTxnBytes: 0,
     basis,
   };
+}
+
+/**
+ * A `--prefix` no key starts with is most often a typo (etcd prefixes usually
+ * begin with "/", Consul ones do not): say so, with the spelling that has keys.
+ */
+async function emptyPrefixWarnings(source: SourceReader, prefixes: readonly string[], revision: number): Promise<string[]> {
+  const messages: string[] = [];
+  const keysUnder = async (prefix: string) => {
+    try {
+      return await source.count(prefixRange(prefix), revision);
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      return undefined;
+    }
+  };
+  for (const prefix of prefixes) {
+    if ((await keysUnder(prefix)) !== 0) continue;
+    const other = prefix.startsWith('/') ? prefix.slice(1) : `/${prefix}`;
+    const found = other === '' ? undefined : await keysUnder(other);
+    messages.push(`--prefix ${formatKey(prefix)}: no etcd key at revision ${revision} starts with it${found ? `; ${found} key(s) start with ${formatKey(other)}` : ''}`);
+  }
+  return messages;
 }
 
 /** Keys in scope, for progress; unknown when etcd refuses the count. */
