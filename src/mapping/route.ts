@@ -129,8 +129,8 @@ export function ruleRanges(mapping: Mapping, rule: Pick<CompiledRule, 'fromBytes
   const own = rule.fromBytes;
   const nested = mapping.rules.filter((r) => r.fromBytes.length > own.length && startsWith(r.fromBytes, own)).map((r) => r.fromBytes).sort(Buffer.compare);
   const ranges: KeyRange[] = [];
-  let { start } = prefixRange(own);
-  const { end } = prefixRange(own);
+  const whole = prefixRange(own);
+  let start = whole.start;
   let hole: Buffer | undefined;
   for (const next of nested) {
     // A rule nested in a nested rule is inside that one's hole already.
@@ -141,7 +141,7 @@ export function ruleRanges(mapping: Mapping, rule: Pick<CompiledRule, 'fromBytes
     // Nothing sorts after a prefix of 0xff bytes only.
     if (start.length === 0) return ranges;
   }
-  if (end.length === 0 || Buffer.compare(start, end) < 0) ranges.push({ start, end });
+  if (whole.end.length === 0 || Buffer.compare(start, whole.end) < 0) ranges.push({ start, end: whole.end });
   return ranges;
 }
 
