@@ -127,19 +127,21 @@ const STRUCTURE_SUSPECT = /^[ ./]|\/\/|\/\.\.?(?:\/|$)| $|%/;
 /**
  * Whether Consul serves `key` back through `GET /v1/kv/<key>`. The one place
  * that knows Consul's rules (module comment); copy and verify use it too.
+ * `shift` is added to the character numbers a detail gives, to count them in
+ * the key shown beside it (the etcd key a Consul key is made from).
  */
-export function isServableKey(key: string): ServableCheck {
+export function isServableKey(key: string, shift = 0): ServableCheck {
   if (key.length === 0) return unservable('empty-key', 'the key is empty; Consul answers "Missing key name"');
   if (PRINTABLE_ASCII.test(key)) {
     // Most keys: printable ASCII with nothing the checks below look for, settled in two native passes.
     if (!STRUCTURE_SUSPECT.test(key)) return SERVABLE;
   } else {
-    const problem = unprintable(key);
+    const problem = unprintable(key, shift);
     if (problem) return problem;
   }
   if (key.charCodeAt(0) === SLASH) return unservable('leading-slash', 'the key begins with "/"; Consul redirects /v1/kv//… to another path');
   const double = key.indexOf('//');
-  if (double !== -1) return unservable('empty-segment', `"//" at character ${characterNumber(key, double)} makes an empty segment; Consul cleans it away and reads or writes another key`);
+  if (double !== -1) return unservable('empty-segment', `"//" at character ${characterNumber(key, double) + shift} makes an empty segment; Consul cleans it away and reads or writes another key`);
   // A "." or ".." segment, found without splitting the key (this runs for every copied key).
   const dots = key === '.' || key.startsWith('./') || key.includes('/./') || key.endsWith('/.') ? '.' : key === '..' || key.startsWith('../') || key.includes('/../') || key.endsWith('/..') ? '..' : undefined;
   if (dots) return unservable('dot-segment', `the key has a "${dots}" segment; Consul cleans it away or refuses it as path traversal`);
@@ -158,18 +160,18 @@ export function isServableKey(key: string): ServableCheck {
 }
 
 /** The first character of `key` Consul cannot serve (an unpaired surrogate, a control or unprintable character, U+FFFD). */
-function unprintable(key: string): ServableCheck | undefined {
+function unprintable(key: string, shift: number): ServableCheck | undefined {
   const lone = LONE_SURROGATE.exec(key);
-  if (lone) return unservable('invalid-utf8', `character ${characterNumber(key, lone.index)} is an unpaired UTF-16 surrogate, which has no UTF-8 form`);
+  if (lone) return unservable('invalid-utf8', `character ${characterNumber(key, lone.index) + shift} is an unpaired UTF-16 surrogate, which has no UTF-8 form`);
   for (let i = 0; i < key.length; i++) {
     const unit = key.charCodeAt(i);
     if (unit >= 0x20 && unit < 0x7f) continue;
     const codePoint = key.codePointAt(i)!;
     if (codePoint === REPLACEMENT_CHARACTER) {
-      return unservable('control-character', `character ${characterNumber(key, i)} is U+FFFD, which Consul's JSON also uses for invalid UTF-8, so the key could not be told from a corrupted one`);
+      return unservable('control-character', `character ${characterNumber(key, i) + shift} is U+FFFD, which Consul's JSON also uses for invalid UTF-8, so the key could not be told from a corrupted one`);
     }
     if (!isPrintableRune(codePoint)) {
-      return unservable('control-character', `character ${characterNumber(key, i)} is ${describeRune(codePoint)}, which is not printable; Consul's HTTP API answers 400 for it`);
+      return unservable('control-character', `character ${characterNumber(key, i) + shift} is ${describeRune(codePoint)}, which is not printable; Consul's HTTP API answers 400 for it`);
     }
     if (codePoint > 0xffff) i++;
   }

@@ -89,13 +89,13 @@ rules:
 
 describe('routeKey: keys: reject', () => {
   const cases: [Buffer, string, string][] = [
-    [key('/platform/config//double'), 'empty-segment', '"//" at character 7 makes an empty segment; Consul cleans it away and reads or writes another key'],
+    [key('/platform/config//double'), 'empty-segment', '"//" at character 17 makes an empty segment; Consul cleans it away and reads or writes another key'],
     [key('/platform/config/a/./b'), 'dot-segment', 'the key has a "." segment; Consul cleans it away or refuses it as path traversal'],
     [key('/platform/config/a/..'), 'dot-segment', 'the key has a ".." segment; Consul cleans it away or refuses it as path traversal'],
     [key('/platform/config/v%2E%2E'), 'dot-segment', 'the key percent-decodes to text containing ".."; Consul 1.21.6+ decodes keys a second time and refuses that as path traversal'],
     [Buffer.from([...key('/platform/config/bin'), 0xff, 0xfe]), 'invalid-utf8', 'byte 0xFF at offset 20 is not valid UTF-8'],
-    [key('/platform/config/a\x01b'), 'control-character', "character 9 is U+0001, which is not printable; Consul's HTTP API answers 400 for it"],
-    [key('/platform/config/nb\u00a0sp'), 'control-character', "character 10 is U+00A0, which is not printable; Consul's HTTP API answers 400 for it"],
+    [key('/platform/config/a\x01b'), 'control-character', "character 19 is U+0001, which is not printable; Consul's HTTP API answers 400 for it"],
+    [key('/platform/config/nb\u00a0sp'), 'control-character', "character 20 is U+00A0, which is not printable; Consul's HTTP API answers 400 for it"],
     [key('/platform/config/name '), 'trailing-space', 'the key ends with a space; Consul 1.21.6+ refuses leading and trailing spaces'],
     [key('/platform/config/a%20b'), 'trailing-space', 'the key percent-decodes to text containing a space; Consul 1.21.6+ decodes keys a second time and refuses any space in the result'],
   ];
