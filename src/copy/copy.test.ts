@@ -243,6 +243,23 @@ describe('copy and its abort signal', () => {
   });
 });
 
+describe('copy --resume', () => {
+  it('counts the keys below the low-water mark the interrupted copy did, so its rows add up to the rule\'s keys', async () => {
+    const { source, target } = world();
+    const controller = new AbortController();
+    const stopped = await runCopy(deps(source, target), options({
+      signal: controller.signal,
+      onProgress: (e) => e.type === 'progress' && e.keysDone >= 10 && controller.abort(),
+    }));
+    expect(stopped.interrupted).toBe(true);
+    const resumed = await runCopy(deps(source, target), options({ resume: true }));
+    const rule = resumed.rules[0]!;
+    expect(rule.resumedBelow).toBeGreaterThan(0);
+    expect(rule.resumedBelow + rule.created + rule.updated + rule.unchanged).toBe(rule.sourceKeys);
+    expect(renderCopy(resumed, 'text', false)).toContain(`app: ${rule.resumedBelow} key(s) below the interrupted copy's low-water mark: done by it, not planned again (not in the row above)`);
+  });
+});
+
 describe('copy --delete-extraneous and sessions', () => {
   it('deletes an extraneous key held by one of the migration\'s sessions (its lease revoked in etcd), keeps one held by another session and says so', async () => {
     const { source, target } = world();

@@ -96,6 +96,8 @@ export interface RuleCopyStats {
   extraneousHeld: number;
   /** Keys this copy wrote at a revision etcd then compacted, gone from etcd at the revision it went on at. */
   deletedStale: number;
+  /** With --resume: the rule's keys below the interrupted copy's low-water mark, written by it and not planned again (not in the counts above). */
+  resumedBelow: number;
   conflicts: { overwritten: number; skipped: number };
   singlePuts: number;
 }
@@ -410,7 +412,7 @@ async function copyRule(
   const { revision } = at;
   const stats: RuleCopyStats = {
     name: rule.name, from: rule.from, to: rule.to, sourceKeys, created: 0, updated: 0, unchanged: 0, bytesWritten: 0,
-    skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, extraneousHeld: 0, deletedStale: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
+    skipped: {}, skippedExamples: [], extraneous: 0, extraneousExamples: [], deleted: 0, extraneousHeld: 0, deletedStale: 0, resumedBelow: 0, conflicts: { overwritten: 0, skipped: 0 }, singlePuts: 0,
   };
   const ruleState = engine.state.rules[rule.name]!;
   // Taken out as source keys map to them: what is left has no source key (the extraneous keys).
@@ -424,7 +426,9 @@ async function copyRule(
     for await (const page of deps.source.readPages({ start: range.start, end: resumeAt }, { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
       for (const entry of page.entries) {
         const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
-        if (route.kind === 'mapped') targetKeys.take(route.target);
+        if (route.kind !== 'mapped') continue;
+        targetKeys.take(route.target);
+        stats.resumedBelow++;
       }
       keysDone += page.entries.length;
     }

@@ -31,6 +31,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
       for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${key}`);
       if (r.extraneous > Math.min(5, r.extraneousExamples.length) && r.extraneousExamples.length > 0) lines.push(`      … and ${r.extraneous - Math.min(5, r.extraneousExamples.length)} more (--format json lists ${r.extraneousExamples.length})`);
     }
+    if (r.resumedBelow) lines.push(`  ${r.name}: ${r.resumedBelow} key(s) below the interrupted copy's low-water mark: done by it, not planned again (not in the row above)`);
     if (r.deletedStale) lines.push(`  ${r.name}: ${r.deletedStale} key(s) this copy wrote at a compacted revision ${verb ? 'would be ' : 'were '}deleted: etcd deleted them before revision ${result.revision}`);
     if (r.conflicts.overwritten || r.conflicts.skipped) lines.push(`  ${r.name}: ${r.conflicts.overwritten} conflict(s) overwritten, ${r.conflicts.skipped} skipped (keys changed in Consul after planning)`);
     if (r.singlePuts) lines.push(`  ${r.name}: ${r.singlePuts} value(s) too large for a txn ${verb ? 'would go' : 'went'} by single PUT`);
