@@ -5,7 +5,7 @@ import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
 import { readAgainAtFreshRevision } from '../stores/etcd.js';
-import { prefixEnd, prefixRange } from '../stores/key-range.js';
+import { prefixEnd } from '../stores/key-range.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type SourceReader, type TargetStore } from '../stores/types.js';
 import { tallyDatacenters, type DatacenterTally } from './datacenters.js';
@@ -37,7 +37,7 @@ import { probeThroughput, type ProbeResult } from './probe.js';
 import type { RevisionGroupOptions } from './revision-groups.js';
 import { identityRouter, mappingRouter, type KeyRouter } from './router.js';
 import { sampleFindings, sampleWrites, type SampleSummary } from './sample.js';
-import { describeRange, disjointPrefixRanges, intersectRange, requireSomethingReadable, scanIdentityJoin, scanWithRuleFallback, splitAtSlash, wholeKeyspace, type ScanOutcome } from './scan.js';
+import { describeRange, disjointPrefixRanges, emptyPrefixWarnings, intersectRange, requireSomethingReadable, scanIdentityJoin, scanWithRuleFallback, splitAtSlash, wholeKeyspace, type ScanOutcome } from './scan.js';
 
 /** Version of the audit report's shape (`--format json|yaml`); see `src/audit/REPORT.md`. */
 export const AUDIT_SCHEMA_VERSION = 1;
@@ -299,29 +299,6 @@ async function resolveLimits(input: AuditInput): Promise<AuditResult['limits'] &
     revisionTxnBytes: 0,
     basis,
   };
-}
-
-/**
- * A `--prefix` no key starts with is most often a typo (etcd prefixes usually
- * begin with "/", Consul ones do not): say so, with the spelling that has keys.
- */
-async function emptyPrefixWarnings(source: SourceReader, prefixes: readonly string[], revision: number): Promise<string[]> {
-  const messages: string[] = [];
-  const keysUnder = async (prefix: string) => {
-    try {
-      return await source.count(prefixRange(prefix), revision);
-    } catch (err) {
-      if (!isMigrateError(err)) throw err;
-      return undefined;
-    }
-  };
-  for (const prefix of prefixes) {
-    if ((await keysUnder(prefix)) !== 0) continue;
-    const other = prefix.startsWith('/') ? prefix.slice(1) : `/${prefix}`;
-    const found = other === '' ? undefined : await keysUnder(other);
-    messages.push(`--prefix ${formatKey(prefix)}: no etcd key at revision ${revision} starts with it${found ? `; ${found} key(s) start with ${formatKey(other)}` : ''}`);
-  }
-  return messages;
 }
 
 /** Keys in scope, for progress; unknown when etcd refuses the count. */

@@ -1,6 +1,6 @@
 import { ServerError, isMigrateError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
-import { prefixEnd } from '../stores/key-range.js';
+import { prefixEnd, prefixRange } from '../stores/key-range.js';
 import type { KeyRange, SourceEntry, SourcePage, SourceReader } from '../stores/types.js';
 
 /**
@@ -271,4 +271,27 @@ export function requireSomethingReadable(outcome: ScanOutcome, command: string):
       details: { unreadable: outcome.unreadable.map(describeRange) },
     });
   }
+}
+
+/**
+ * A `--prefix` no key starts with is most often a typo (etcd prefixes usually
+ * begin with "/", Consul ones do not): say so, with the spelling that has keys.
+ */
+export async function emptyPrefixWarnings(source: SourceReader, prefixes: readonly string[], revision: number): Promise<string[]> {
+  const messages: string[] = [];
+  const keysUnder = async (prefix: string) => {
+    try {
+      return await source.count(prefixRange(prefix), revision);
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      return undefined;
+    }
+  };
+  for (const prefix of prefixes) {
+    if ((await keysUnder(prefix)) !== 0) continue;
+    const other = prefix.startsWith('/') ? prefix.slice(1) : `/${prefix}`;
+    const found = other === '' ? undefined : await keysUnder(other);
+    messages.push(`--prefix ${formatKey(prefix)}: no etcd key at revision ${revision} starts with it${found ? `; ${found} key(s) start with ${formatKey(other)}` : ''}`);
+  }
+  return messages;
 }

@@ -46,6 +46,13 @@ describe('runPlan', () => {
     expect(JSON.parse(renderPlan(plan, 'json'))).toMatchObject({ version: 1, command: 'plan', status: 'findings' });
   });
 
+  it('warns of a --prefix no key starts with, naming the spelling that has keys', async () => {
+    const loaded = parseConfig(yaml('skip'), 'migration.yaml');
+    const warnings: string[] = [];
+    await runPlan({ source: source(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, prefixes: ['app/'], onWarning: (m) => warnings.push(m) });
+    expect(warnings).toEqual([expect.stringMatching(/^--prefix app\/: no etcd key at revision \d+ starts with it; 4 key\(s\) start with \/app\/$/)]);
+  });
+
   it('counts one session per lease, also when its keys fall in two rules (as the copy makes them)', async () => {
     const s = new MemorySource();
     const shared = s.grantLease(30);

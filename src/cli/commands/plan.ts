@@ -50,6 +50,7 @@ export function registerPlan({ add }: CommandRegistrar): void {
             progress.items[0] = { name: 'keys', total: total ?? keys, done: keys };
             view.update(progress);
           },
+          onWarning: (message) => view.warn(message),
         });
         await view.close();
         ctx.result(renderPlan(result, ctx.format));
