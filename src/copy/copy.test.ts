@@ -243,6 +243,19 @@ describe('copy and its abort signal', () => {
   });
 });
 
+describe('copy text', () => {
+  it('lists each skipped key under its own reason', async () => {
+    const { source, target } = world();
+    source.put('/app//double', 'x');
+    source.put('/app/big', Buffer.alloc(600_000));
+    const text = renderCopy(await runCopy(deps(source, target), options({ dryRun: true })), 'text', false);
+    const lines = text.split('\n');
+    const at = (needle: string) => lines.findIndex((l) => l.includes(needle));
+    expect(at('/app//double')).toBe(at('skipped: empty-segment') + 1);
+    expect(at('/app/big')).toBe(at('skipped: value-too-large') + 1);
+  });
+});
+
 describe('copy --resume', () => {
   it('counts the keys below the low-water mark the interrupted copy did, so its rows add up to the rule\'s keys', async () => {
     const { source, target } = world();

@@ -22,9 +22,14 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
   }
   lines.push('');
   for (const r of result.rules) {
-    for (const [reason, count] of Object.entries(r.skipped)) lines.push(`  ${r.name}: ${count} key(s) ${verb ? 'would be ' : ''}skipped: ${reason}`);
-    for (const ex of r.skippedExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.reason}: ${ex.detail})`);
-    if (sum(r.skipped) > Math.min(5, r.skippedExamples.length) && r.skippedExamples.length > 0) lines.push(`      … and ${sum(r.skipped) - Math.min(5, r.skippedExamples.length)} more (--format json lists ${r.skippedExamples.length})`);
+    // Each reason with its own examples under it.
+    for (const [reason, count] of Object.entries(r.skipped)) {
+      lines.push(`  ${r.name}: ${count} key(s) ${verb ? 'would be ' : ''}skipped: ${reason}`);
+      const examples = r.skippedExamples.filter((ex) => ex.reason === reason);
+      for (const ex of examples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.reason}: ${ex.detail})`);
+      const shown = Math.min(5, examples.length);
+      if (count > shown && examples.length > 0) lines.push(`      … and ${count - shown} more (--format json lists ${examples.length})`);
+    }
     if (r.extraneous > 0) {
       const removed = r.deleted || r.extraneousHeld ? `; ${r.deleted} ${verb ? 'would be ' : ''}deleted${r.extraneousHeld ? `, ${r.extraneousHeld} kept: held by a session this migration does not own` : ''}` : ' (kept; pass --delete-extraneous to remove them)';
       lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${removed}`);
