@@ -243,6 +243,28 @@ describe('copy and its abort signal', () => {
   });
 });
 
+describe('copy after a dual-run', () => {
+  it('leaves the dual-run\'s checkpoint where it is, so the dual-run replays the deletes in between; with --delete-extraneous it moves it', async () => {
+    const { source, target } = world();
+    await runCopy(deps(source, target), options());
+    // A dual-run replicated up to here and stopped; then etcd deleted a key.
+    const stoppedAt = (await source.status()).revision;
+    const checkpoint = { schemaVersion: 1, revision: stoppedAt, updated: '2026-01-01T00:00:00Z', by: 'dualrun', stopped: '2026-01-01T00:00:00Z' };
+    target.entries.set('_migrate/demo/checkpoint', { key: '_migrate/demo/checkpoint', value: Buffer.from(JSON.stringify(checkpoint)), flags: 0, modifyIndex: 1 });
+    source.delete('/app/k03');
+    const o = options();
+    await runCopy(deps(source, target), o);
+    expect(JSON.parse(target.entries.get('_migrate/demo/checkpoint')!.value.toString())).toMatchObject({ revision: stoppedAt, by: 'dualrun' });
+    expect(o.events.some((e) => e.type === 'warning' && e.message.startsWith(`the dual-run's checkpoint stays at revision ${stoppedAt}`))).toBe(true);
+    // The key etcd deleted is still in Consul: the dual-run's replay from its checkpoint deletes it.
+    expect(target.entries.has('app/k03')).toBe(true);
+
+    const cleaned = await runCopy(deps(source, target), options({ deleteExtraneous: true, allowMassDelete: true }));
+    expect(target.entries.has('app/k03')).toBe(false);
+    expect(JSON.parse(target.entries.get('_migrate/demo/checkpoint')!.value.toString())).toMatchObject({ revision: cleaned.revision, by: 'copy' });
+  });
+});
+
 describe('copy text', () => {
   it('lists each skipped key under its own reason', async () => {
     const { source, target } = world();

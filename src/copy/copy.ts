@@ -267,10 +267,15 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     state.completed = options.now().toISOString();
     const checkpoint = await readState<CheckpointState>(target, paths.checkpoint());
     const ops: TxnOp[] = [{ verb: 'set', key: paths.copy, value: Buffer.from(JSON.stringify(state)) }];
-    // The dual-run starts from here; never move a dual-run's checkpoint backwards.
-    if (!checkpoint || checkpoint.revision < revision) {
+    // The dual-run starts from here; never move a dual-run's checkpoint backwards. Nor forwards, unless this
+    // copy deleted the extraneous keys too: the dual-run replays what changed since its checkpoint, deletes
+    // included, and a copy that keeps extraneous keys would make it skip the deletes in between.
+    const keepsDualRun = checkpoint?.by === 'dualrun' && !options.deleteExtraneous;
+    if ((!checkpoint || checkpoint.revision < revision) && !keepsDualRun) {
       const doc: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated: options.now().toISOString(), by: 'copy' };
       ops.push({ verb: 'set', key: paths.checkpoint(), value: Buffer.from(JSON.stringify(doc)) });
+    } else if (keepsDualRun && checkpoint.revision < revision) {
+      options.onProgress?.({ type: 'warning', message: `the dual-run's checkpoint stays at revision ${checkpoint.revision}: when it starts again it replays what etcd changed since, deletes included (this copy deleted no extraneous keys; with --delete-extraneous it would take the checkpoint to ${revision})` });
     }
     await target.applyTxn(ops);
   } else if (interrupted && !options.dryRun) {
