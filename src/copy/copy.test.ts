@@ -265,6 +265,27 @@ describe('copy after a dual-run', () => {
   });
 });
 
+describe('copy of a rule Consul owns', () => {
+  it('leaves a cut-over or finalized rule alone, deletes included, and says so', async () => {
+    const { source, target } = world();
+    await runCopy(deps(source, target), options());
+    for (const phase of ['cutover', 'finalized'] as const) {
+      const doc = { schemaVersion: 1, rule: 'app', phase, owner: 'consul', updated: '2026-01-01T00:00:00Z', history: [] };
+      target.entries.set('_migrate/demo/rules/app', { key: '_migrate/demo/rules/app', value: Buffer.from(JSON.stringify(doc)), flags: 0, modifyIndex: 1 });
+      // The application writes to Consul now; etcd's copy is stale (finalize may even have emptied it).
+      target.entries.set('app/k01', { key: 'app/k01', value: Buffer.from('written in Consul'), flags: 0, modifyIndex: 2 });
+      source.put('/app/k02', 'stale in etcd');
+      const o = options({ deleteExtraneous: true, allowMassDelete: true });
+      const result = await runCopy(deps(source, target), o);
+      expect(result.rules).toEqual([]);
+      expect(target.entries.get('app/k01')?.value.toString()).toBe('written in Consul');
+      expect(target.entries.get('app/k02')?.value.toString()).toBe('v1');
+      expect(target.entries.has('app/foreign')).toBe(true);
+      expect(o.events.some((e) => e.type === 'warning' && e.message === `rule app is not copied: it is ${phase === 'finalized' ? 'finalized' : 'cut over'}, and Consul owns its data; a copy from etcd would overwrite it`)).toBe(true);
+    }
+  });
+});
+
 describe('copy text', () => {
   it('lists each skipped key under its own reason', async () => {
     const { source, target } = world();

@@ -19,6 +19,7 @@ import { RecordingTarget, type RecordedOp } from './recording-target.js';
 import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
 import type { Mapping } from '../mapping/mapping.js';
+import type { RulePhaseDoc } from '../cutover/phase.js';
 import { countRuleKeys } from '../mapping/route.js';
 
 /** How often progress is reported while a page is being written (ms). */
@@ -224,7 +225,13 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
       options.onProgress?.({ type: 'warning', message: `revision ${previous.revision} of the interrupted copy was compacted; copying at revision ${revision} instead (the diff skips what is already there)` });
     }
   }
-  const copyRules = config.rules.filter((r) => r.action === 'copy');
+  const copyRules: RuleConfig[] = [];
+  for (const rule of config.rules.filter((r) => r.action === 'copy')) {
+    // A rule cut over (or finalized) lives in Consul now: etcd's copy of it is stale, and copying it would overwrite the application's data.
+    const phase = await readState<RulePhaseDoc>(target, paths.rule(rule.name));
+    if (phase?.owner === 'consul') options.onProgress?.({ type: 'warning', message: `rule ${rule.name} is not copied: it is ${phase.phase === 'finalized' ? 'finalized' : 'cut over'}, and Consul owns its data; a copy from etcd would overwrite it` });
+    else copyRules.push(rule);
+  }
   if (options.deleteExtraneous && !options.allowMassDelete) await refuseMassDeletes({ ...deps, target }, copyRules, revision, options);
   if (!options.dryRun && startIndex === undefined) startIndex = await markStart(target, paths.copy, { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: lowWaters });
   const sessions = new LeaseSessions(source, target, paths, config.id, options.now);
