@@ -134,4 +134,43 @@ describe('dual-run with many leases (real servers)', () => {
       await shared.leaseClient.leaseRevoke({ ID: lease });
     }
   }, 60_000);
+
+  it.each([false, true])('an older session of a lease holding its keys (Consul restored it after a restart, once the dual-run had made a new one) is retired: the keys come back under the recorded session (recorded session gone too: %s)', async (recordedGone) => {
+    const id = `dup-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: reg, from: ${root}/reg/, to: ${id}/reg/, leases: session }\n`);
+    const consul = serverEnv().CONSUL_HTTP_ADDR;
+    const { ID: lease } = await shared.leaseClient.leaseGrant({ TTL: 3600, ID: 0 });
+    for (const name of ['a', 'b']) await shared.kv.put({ key: Buffer.from(`${root}/reg/${name}`), value: Buffer.from(`${name}1`), lease });
+    expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+    const recorded = (await target.readKey(`${id}/reg/a`))!.session!;
+    // The older session: same name, and it holds the lease's keys (moved to it from the recorded one).
+    const created = await fetch(`${consul}/v1/session/create`, { method: 'PUT', body: JSON.stringify({ Name: `migrate ${id} etcd lease ${lease}`, TTL: '3600s', Behavior: 'delete', LockDelay: '0s' }) });
+    const older = ((await created.json()) as { ID: string }).ID;
+    for (const name of ['a', 'b']) {
+      await fetch(`${consul}/v1/kv/${id}/reg/${name}?release=${recorded}`, { method: 'PUT', body: `${name}1` });
+      expect(await (await fetch(`${consul}/v1/kv/${id}/reg/${name}?acquire=${older}`, { method: 'PUT', body: `${name}1` })).json()).toBe(true);
+    }
+    // With `recordedGone`, the recorded session is gone too: the start re-creates it and rewrites the lease's keys,
+    // which the older session holds; else a write of the lease's key meets it.
+    if (recordedGone) await fetch(`${consul}/v1/session/destroy/${recorded}`, { method: 'PUT' });
+    const dr = await startDualRun(dir);
+    try {
+      if (!recordedGone) await shared.kv.put({ key: Buffer.from(`${root}/reg/a`), value: Buffer.from('a2'), lease });
+      const a = recordedGone ? 'a1' : 'a2';
+      let holder: string | undefined;
+      await eventually('both keys under the lease\'s recorded session', async () => {
+        const [ka, kb] = await Promise.all([target.readKey(`${id}/reg/a`), target.readKey(`${id}/reg/b`)]);
+        holder = ka?.session;
+        return ka?.value.toString() === a && kb?.value.toString() === 'b1' && holder !== undefined && holder !== older && kb.session === holder;
+      }, 20_000);
+      expect(holder === recorded).toBe(!recordedGone);
+      expect(await target.readSession(older)).toBeUndefined();
+      expect(dr.stderr()).toMatch(new RegExp(`session ${older} is an older session of etcd lease ${lease} .*destroyed it`));
+      expect(dr.stderr()).not.toMatch(/held by a session this migration does not own|lease maintenance failed/);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+      await shared.leaseClient.leaseRevoke({ ID: lease });
+    }
+  });
 });

@@ -838,6 +838,7 @@ class Applier {
   private async repair(ops: TxnOp[], revision: number, _plan?: RevisionPlan): Promise<void> {
     this.ctx.stats.repairs++;
     const keys = [...new Set(ops.map((o) => o.key))];
+    await this.retireHolders(ops);
     const current = new Map((await this.ctx.target.readEntries(keys)).map((e) => [e.key, e]));
     const fixed: TxnOp[] = [];
     // The last write to each key wins; rebuild it against the real holder.
@@ -936,6 +937,30 @@ class Applier {
     this.renewedAt.set(record.leaseId, renewing);
   }
 
+  /**
+   * Retires the older sessions of ours (Consul restored them after a restart,
+   * once this run had made new ones) that hold keys the `lock` ops of `ops`
+   * write with a lease's recorded session; whether there were any.
+   */
+  private async retireHolders(ops: TxnOp[]): Promise<boolean> {
+    const locks = ops.filter((o): o is Extract<TxnOp, { verb: 'lock' | 'unlock' }> => o.verb === 'lock');
+    if (locks.length === 0) return false;
+    const holderOf = new Map((await this.ctx.target.readEntries(locks.map((o) => o.key))).map((e) => [e.key, e.session]));
+    const seen = new Set<string>();
+    let retired = false;
+    for (const op of locks) {
+      const holder = holderOf.get(op.key);
+      if (!holder || holder === op.session || this.sessions.own.has(holder) || seen.has(holder)) continue;
+      seen.add(holder);
+      const lease = await this.sessions.retireDuplicate(holder, op.session);
+      if (!lease) continue;
+      retired = true;
+      this.renewedAt.delete(lease);
+      this.options.log('warn', `session ${holder} is an older session of etcd lease ${lease} (Consul restored it after a restart); destroyed it, and the lease's keys are written again with session ${op.session}`);
+    }
+    return retired;
+  }
+
   private async rewriteLeaseKeys(leaseId: string, keys: Buffer[], session: string, what: string, atStart: boolean): Promise<void> {
     const ops: TxnOp[] = [];
     for (const key of keys) {
@@ -948,7 +973,14 @@ class Applier {
       }
     }
     for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
-      await this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+      const apply = () => this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+      try {
+        await apply();
+      } catch (err) {
+        // A key still held by an older session of this lease (Consul restored it after a restart): retire it, then write again.
+        if (!(err instanceof TxnFailedError) || !(await this.retireHolders(part))) throw err;
+        await apply();
+      }
     }
     this.sessions.replaced.delete(leaseId);
     this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${leaseId} was gone from Consul; ${what} and rewrote ${ops.length} key(s)`);

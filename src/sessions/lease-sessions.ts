@@ -112,7 +112,7 @@ export class LeaseSessions {
     }
     const { ttl, clamped } = clampTtl(lease.grantedTtl);
     if (clamped) this.clamps.push({ leaseId, etcdTtl: lease.grantedTtl, sessionTtl: ttl, clamped });
-    const sessionId = await this.target.createSession({ name: `migrate ${this.migrationId} etcd lease ${leaseId}`, ttlSeconds: ttl });
+    const sessionId = await this.target.createSession({ name: sessionName(this.migrationId, leaseId), ttlSeconds: ttl });
     const record: SessionRecord = { schemaVersion: STATE_SCHEMA_VERSION, leaseId, sessionId, ttlSeconds: ttl, etcdTtlSeconds: lease.grantedTtl, created: this.now().toISOString() };
     // Recorded before any key is locked with it: a run that dies after locking still finds the session.
     await this.writeRecord({ verb: 'set', key: this.paths.session(leaseId), value: Buffer.from(JSON.stringify(record)) });
@@ -182,6 +182,23 @@ export class LeaseSessions {
   }
 
   /**
+   * Whether `holder`, a session this run does not own, is an older session of
+   * the lease the recorded `session` mirrors: one a restarted Consul restored
+   * after this run had made the recorded one (a renewal answered "not found"
+   * before the server had its state back). It is destroyed (its keys go with
+   * it, Behavior delete) and the lease marked replaced, so its keys are
+   * written again with the recorded session. Returns that lease, if it was one.
+   */
+  async retireDuplicate(holder: string, session: string): Promise<string | undefined> {
+    const leaseId = [...this.byLease.values()].find((r) => r.sessionId === session)?.leaseId;
+    if (!leaseId) return undefined;
+    if ((await this.target.readSession(holder))?.name !== sessionName(this.migrationId, leaseId)) return undefined;
+    await this.target.destroySession(holder);
+    this.replaced.add(leaseId);
+    return leaseId;
+  }
+
+  /**
    * Renews every session this run uses, every half of the shortest TTL,
    * {@link RENEWALS_IN_FLIGHT} at a time; one round at a time, so thousands of
    * sessions do not pile rounds on top of each other.
@@ -209,4 +226,9 @@ export class LeaseSessions {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
   }
+}
+
+/** The name of the session mirroring etcd lease `leaseId` for migration `migrationId`. */
+function sessionName(migrationId: string, leaseId: string): string {
+  return `migrate ${migrationId} etcd lease ${leaseId}`;
 }
