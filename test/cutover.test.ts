@@ -283,6 +283,29 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('an etcd lease that ends after cutover takes its keys from both stores and trips no guard: etcd deleted them itself', async () => {
+    const s = scenario('leaseend');
+    await seed(s);
+    const { ID: lease } = await etcd.leaseClient.leaseGrant({ TTL: 3600, ID: 0 });
+    for (let i = 0; i < 20; i++) await etcd.kv.put({ key: Buffer.from(`${s.root}/app/held/${i}`), value: Buffer.from('h'), lease });
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      // 20 of the rule's 25 keys: over the reverse mirror's delete guard, were they deletes to mirror.
+      await etcd.leaseClient.leaseRevoke({ ID: lease });
+      await eventually('the lease\'s keys gone from Consul with its session', async () => (await target.listKeys(`${s.id}/app/held/`)).length === 0, 20_000);
+      await sleep(1_500);
+      expect(dr.stderr()).not.toMatch(/delete guard tripped/);
+      const status = JSON.parse((await s.cli(['status', '--format', 'json'])).stdout) as { rules: { name: string; guardTrips: number; lateWrites: number }[] };
+      expect(status.rules.find((r) => r.name === 'app')).toMatchObject({ guardTrips: 0, lateWrites: 0 });
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
   it('an application on etcd-consul-migrate/client keeps working across a real cutover and rollback: writes pause at the flip, none is late or lost, shadow reads match', async () => {
     const s = scenario('client');
     await seed(s);

@@ -219,12 +219,15 @@ export class ReverseMirror {
       ops.push({ verb: 'put', key, value: e.value });
       if (e.session && this.deps.leaseSessions.has(e.session)) held.push(e);
     }
-    const deletes: SourceWriteOp[] = [];
+    let deletes: SourceWriteOp[] = [];
     for (const key of lastSeen.keys()) {
       if (seen.has(key)) continue;
       const source = this.sourceOf(key);
       if (source) deletes.push({ verb: 'delete', key: source });
     }
+    // Keys etcd no longer has need no delete, and are not a mass delete: etcd dropped them itself (a lease
+    // ended, and the dual-run destroyed its session, which took the Consul keys with it).
+    if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size)) deletes = await this.stillInEtcd(deletes);
     if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size)) {
       this.deps.onGuardTrip(`Consul dropped ${deletes.length} of ${lastSeen.size} key(s) at once; the deletes were not mirrored to etcd`);
       // Keep the dropped keys as seen, so the guard does not trip again on every answer.
@@ -233,6 +236,16 @@ export class ReverseMirror {
     await this.apply(ops);
     await this.release(held);
     return seen;
+  }
+
+  /** The deletes whose etcd key still exists (read keys-only over the rule's prefix). */
+  private async stillInEtcd(deletes: SourceWriteOp[]): Promise<SourceWriteOp[]> {
+    const { rule, source } = this.deps;
+    const present = new Set<string>();
+    for await (const page of source.readPages({ start: rule.fromBytes, end: prefixEnd(rule.fromBytes) }, { keysOnly: true })) {
+      for (const entry of page.entries) present.add(entry.key.toString('hex'));
+    }
+    return deletes.filter((op) => present.has(op.key.toString('hex')));
   }
 
   /**
