@@ -174,7 +174,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     const leader = new LeaderLock(primaryLane.target, paths.leader, holder);
     stats.role = 'standby';
     publish();
-    const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, onWaiting: (leading) => options.log('info', `standby: another dual-run leads this migration (${leading}); waiting for its lock`, { leader: leading }) });
+    const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, ...standbyRetries(options.log), onWaiting: (leading) => options.log('info', `standby: another dual-run leads this migration (${leading}); waiting for its lock`, { leader: leading }) });
     if (!acquired) {
       await leader.release();
       stats.role = 'stopped';
@@ -252,7 +252,7 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
       stats.role = 'standby';
       run.publish();
       // Free unless a former leader's session still holds it; that one expires within 2× its TTL.
-      const acquired = await lock.acquire({ wait: true, signal: options.signal, onWaiting: () => log('info', 'waiting for the lock in this datacenter (held by a former leader until its session expires)') });
+      const acquired = await lock.acquire({ wait: true, signal: options.signal, ...standbyRetries(log), onWaiting: () => log('info', 'waiting for the lock in this datacenter (held by a former leader until its session expires)') });
       if (!acquired) break;
       const lost = new AbortController();
       lock.keepAlive(() => {
@@ -563,6 +563,19 @@ function sum(result: CopyResult, field: 'created' | 'updated' | 'deleted'): numb
 }
 
 /** Errors worth waiting out: servers unreachable or overloaded, a watch that broke. */
+/** A standby waiting for a lock rides out a Consul that does not answer, said at most every 10 s. */
+function standbyRetries(log: DualRunOptions['log']): { transient: (err: unknown) => boolean; onUnavailable: (err: unknown) => void } {
+  let saidAt = 0;
+  return {
+    transient: isTransient,
+    onUnavailable: (err) => {
+      if (Date.now() - saidAt < 10_000) return;
+      saidAt = Date.now();
+      log('warn', `standby: Consul did not answer (${(err as Error).message}); still waiting for the lock`);
+    },
+  };
+}
+
 function isTransient(err: unknown): boolean {
   if (isRetryable(err)) return true;
   if (isMigrateError(err)) return ['etcd_unreachable', 'etcd_failed', 'etcd_watch_canceled', 'consul_unreachable', 'consul_unavailable', 'consul_no_leader'].includes(err.code);

@@ -32,9 +32,29 @@ export class LeaderLock {
     private readonly purpose = 'dual-run leader',
   ) {}
 
-  /** Takes the lock; with `wait`, keeps trying (standby) until it is free or `signal` aborts. */
-  async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void }): Promise<boolean> {
-    for (let announced = false; ; ) {
+  /**
+   * Takes the lock; with `wait`, keeps trying (standby) until it is free or
+   * `signal` aborts, and rides out errors `transient` says will pass (Consul
+   * restarting), said through `onUnavailable`.
+   */
+  async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void; transient?: (err: unknown) => boolean; onUnavailable?: (err: unknown) => void }): Promise<boolean> {
+    this.announced = false;
+    for (;;) {
+      try {
+        return await this.tryAcquire(options);
+      } catch (err) {
+        if (!options.wait || !options.transient?.(err)) throw err;
+        options.onUnavailable?.(err);
+        await sleep(1000, options.signal);
+        if (options.signal.aborted) return false;
+      }
+    }
+  }
+
+  private announced = false;
+
+  private async tryAcquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void }): Promise<boolean> {
+    for (;;) {
       this.session ??= await this.target.createSession({ name: `migrate ${this.purpose} (${this.holder})`, ttlSeconds: LEADER_TTL_SECONDS });
       const body = Buffer.from(JSON.stringify({ schemaVersion: 1, holder: this.holder, since: new Date().toISOString() }));
       let acquired = false;
@@ -59,9 +79,9 @@ export class LeaderLock {
           details: { holder: found.holder },
         });
       }
-      if (!announced) {
+      if (!this.announced) {
         options.onWaiting?.(found.holder);
-        announced = true;
+        this.announced = true;
       }
       if (this.session) await this.target.renewSession(this.session).catch(() => undefined);
       await sleep(1000, options.signal);
