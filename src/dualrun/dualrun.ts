@@ -32,6 +32,11 @@ export interface DualRunStats {
   etcdRevision: number;
   /** When the checkpoint last equalled etcd's current revision (ms since epoch). */
   caughtUpAt: number;
+  /**
+   * When the leader last wrote its checkpoint (ms since epoch): with every txn, and at least every
+   * HEARTBEAT_MS on an idle etcd. Older than twice that, etcd or Consul is not answering.
+   */
+  checkpointWrittenAt: number;
   connected: boolean;
   events: number;
   ops: number;
@@ -62,7 +67,7 @@ export interface DualRunStats {
 }
 
 /** How far one datacenter's replication has come (each keeps its own checkpoint). */
-export type DatacenterStats = Pick<DualRunStats, 'role' | 'checkpoint' | 'etcdRevision' | 'caughtUpAt' | 'connected' | 'events' | 'ops' | 'txns' | 'rebaselines' | 'sessions' | 'errors'>;
+export type DatacenterStats = Pick<DualRunStats, 'role' | 'checkpoint' | 'etcdRevision' | 'caughtUpAt' | 'checkpointWrittenAt' | 'connected' | 'events' | 'ops' | 'txns' | 'rebaselines' | 'sessions' | 'errors'>;
 
 /**
  * One datacenter the dual-run writes to: its view of the rules and the target
@@ -147,7 +152,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const primaryLane = lanes.find((l) => l.primary) ?? lanes[0]!;
   const secondaryLanes = lanes.filter((l) => l !== primaryLane);
   const newStats = (): DualRunStats => ({
-    role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
+    role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
     splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   });
   // Nothing to mirror: refused before a server is asked or the lock taken.
@@ -159,7 +164,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     if (secondaryLanes.length > 0) {
       snapshot.datacenters = Object.fromEntries(lanes.map((lane) => {
         const s = laneStats.get(lane)!;
-        return [lane.datacenter, { role: s.role, checkpoint: s.checkpoint, etcdRevision: Math.max(s.etcdRevision, stats.etcdRevision), caughtUpAt: s.caughtUpAt, connected: s.connected, events: s.events, ops: s.ops, txns: s.txns, rebaselines: s.rebaselines, sessions: s.sessions, errors: { ...s.errors } }];
+        return [lane.datacenter, { role: s.role, checkpoint: s.checkpoint, etcdRevision: Math.max(s.etcdRevision, stats.etcdRevision), caughtUpAt: s.caughtUpAt, checkpointWrittenAt: s.checkpointWrittenAt, connected: s.connected, events: s.events, ops: s.ops, txns: s.txns, rebaselines: s.rebaselines, sessions: s.sessions, errors: { ...s.errors } }];
       }));
     }
     options.onStats?.(snapshot);
@@ -186,6 +191,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       lost.abort();
     });
     stats.role = 'leader';
+    stats.checkpointWrittenAt = Date.now();
     options.log('info', 'leading the dual-run', { holder });
     // The other datacenters follow while this process leads; one that fails for good stops them all.
     const lanesStop = new AbortController();
@@ -260,6 +266,7 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
         lost.abort();
       });
       stats.role = 'leader';
+      stats.checkpointWrittenAt = Date.now();
       log('info', 'replicating into this datacenter');
       backoff = 1000;
       const reason = await lead({ source: run.source, lane, target: lane.target, config: lane.config, mapping: lane.mapping, paths, range: watchRange(lane.mapping), leader: lock, lost: lost.signal, stats, publish: run.publish, writer: run.writer, blocking: lane.blocking ?? new PollingReader(lane.target) }, { ...options, log, heartbeatKey: undefined });
@@ -837,6 +844,7 @@ class Applier {
     }
     this.own.prune(revision - 1000);
     this.lastCheckpointWrite = Date.now();
+    stats.checkpointWrittenAt = this.lastCheckpointWrite;
     if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
     this.ctx.publish();
   }

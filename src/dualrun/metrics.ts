@@ -2,6 +2,7 @@ import http from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { UsageError } from '../errors.js';
 import type { DualRunStats } from './dualrun.js';
+import { HEARTBEAT_MS } from './heartbeat.js';
 import { heartbeatLagSeconds } from './lag-heartbeat.js';
 
 /**
@@ -19,7 +20,7 @@ export function lagSeconds(stats: DualRunStats, now: number): number {
 /**
  * The dual-run's Prometheus endpoint (`/metrics`) and readiness (`/healthz`:
  * 200 when leading, connected and caught up, or a healthy standby; 503 while
- * catching up or disconnected).
+ * catching up, disconnected, or stalled: no checkpoint written for twice the heartbeat).
  */
 export class DualRunMetrics {
   readonly registry = new Registry();
@@ -118,13 +119,18 @@ export class DualRunMetrics {
     const lag = Math.max(0, s.etcdRevision - s.checkpoint);
     const seconds = lagSeconds(s, Date.now());
     // With several datacenters, a leader is ready only when every one of them is connected and caught up.
-    const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || (d.checkpoint < d.etcdRevision && (Date.now() - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
-    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && seconds < 10 && behind.length === 0);
-    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : 'catching-up';
+    const now = Date.now();
+    // A leader whose checkpoint has not been written for twice the heartbeat: etcd or Consul does not answer
+    // (a frozen server holds requests open: no error says so, and no news from etcd means no visible lag).
+    const stalledAt = (written: number) => now - written > 2 * HEARTBEAT_MS;
+    const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || stalledAt(d.checkpointWrittenAt) || (d.checkpoint < d.etcdRevision && (now - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
+    const stalled = s.role === 'leader' && stalledAt(s.checkpointWrittenAt);
+    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && !stalled && seconds < 10 && behind.length === 0);
+    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : 'catching-up';
     return {
       ready,
       body: {
-        status, role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds: seconds,
+        status, role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds: seconds, checkpointAgeSeconds: Math.round((now - s.checkpointWrittenAt) / 1000),
         ...(s.datacenters ? { datacenters: Object.fromEntries(Object.entries(s.datacenters).map(([dc, d]) => [dc, { connected: d.connected, checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint) }])) } : {}),
       },
     };

@@ -3,7 +3,7 @@ import type { DualRunStats } from '../dualrun/dualrun.js';
 import { EventRate, renderDualRunStatus } from './dualrun-view.js';
 
 const stats: DualRunStats = {
-  role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, connected: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
+  role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, checkpointWrittenAt: 1000, connected: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
   splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 2, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 1,
 };
 
@@ -28,7 +28,7 @@ describe('renderDualRunStatus', () => {
 
 describe('renderDualRunStatus with several datacenters', () => {
   it('adds a line per datacenter: replicating, or not answering with its lag growing', () => {
-    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: 1000, events: 0, ops: 0, txns: 7, rebaselines: 0, sessions: 1, errors: {} };
+    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: 1000, checkpointWrittenAt: 1000, events: 0, ops: 0, txns: 7, rebaselines: 0, sessions: 1, errors: {} };
     const lines = renderDualRunStatus({ ...stats, datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 60, connected: false } } }, 3500, 0, false);
     expect(lines.slice(-2)).toEqual([
       '  datacenter dc1: replicating   checkpoint 100   lag 0 revision(s)   txns 7   sessions 1',
@@ -41,8 +41,8 @@ describe('metrics with several datacenters', () => {
   it('exports lag, checkpoint and connected per datacenter, and /healthz is not ready while one does not answer', async () => {
     const { DualRunMetrics } = await import('../dualrun/metrics.js');
     const metrics = new DualRunMetrics({ heartbeat: false });
-    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: Date.now(), events: 0, ops: 0, txns: 0, rebaselines: 0, sessions: 0, errors: {} };
-    metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 60, connected: false } } });
+    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), events: 0, ops: 0, txns: 0, rebaselines: 0, sessions: 0, errors: {} };
+    metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 60, connected: false } } });
     const text = await metrics.text();
     expect(text).toMatch(/^migrate_dualrun_datacenter_lag_revisions\{datacenter="dc2"\} 40$/m);
     expect(text).toMatch(/^migrate_dualrun_datacenter_connected\{datacenter="dc2"\} 0$/m);
@@ -50,7 +50,23 @@ describe('metrics with several datacenters', () => {
     const health = metrics.health();
     expect(health.ready).toBe(false);
     expect(health.body).toMatchObject({ status: 'disconnected', datacenters: { dc2: { connected: false, lagRevisions: 40 } } });
-    metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 100, connected: true } } });
+    metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 100, connected: true } } });
+    expect(metrics.health().ready).toBe(true);
+  });
+});
+
+describe('/healthz of a leader whose servers stopped answering', () => {
+  it('is stalled (503) once no checkpoint was written for twice the heartbeat, though nothing reports an error or a lag', async () => {
+    const { DualRunMetrics } = await import('../dualrun/metrics.js');
+    const metrics = new DualRunMetrics({ heartbeat: false });
+    // Caught up as far as it knows: etcd (or Consul) froze, so no news and no error.
+    const frozen = { ...stats, checkpoint: 100, etcdRevision: 100, caughtUpAt: Date.now(), connected: true };
+    metrics.update({ ...frozen, checkpointWrittenAt: Date.now() - 19_000 });
+    expect(metrics.health()).toMatchObject({ ready: true, body: { status: 'ready', lagSeconds: 0 } });
+    metrics.update({ ...frozen, checkpointWrittenAt: Date.now() - 21_000 });
+    expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'stalled', lagSeconds: 0, checkpointAgeSeconds: 21 } });
+    // A standby writes no checkpoint: it stays ready.
+    metrics.update({ ...frozen, role: 'standby', checkpointWrittenAt: 0 });
     expect(metrics.health().ready).toBe(true);
   });
 });
