@@ -19,9 +19,6 @@ export interface SamplePrefix {
   replicatedWrites: number;
   writesPerSecond: number;
   replicatedPerSecond: number;
-  /** Revisions (single puts or deletes, or txns) with a replicated write under the prefix: what Consul takes one txn each for. */
-  replicatedRevisions: number;
-  replicatedRevisionsPerSecond: number;
 }
 
 export interface SampleSummary {
@@ -66,7 +63,7 @@ const END_GRACE_MS = 5_000;
 export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
   const now = input.now ?? Date.now;
   const prefixCap = input.prefixCap ?? 1000;
-  const counts = new Map<string, { writes: number; replicated: number; revisions: number; lastRevision: number }>();
+  const counts = new Map<string, { writes: number; replicated: number }>();
   const groupSizes = new Histogram(GROUP_OPS_BOUNDS);
   const errors: string[] = [];
   let revisions = 0;
@@ -136,18 +133,11 @@ export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
             let count = counts.get(prefix);
             if (!count) {
               if (counts.size >= prefixCap) continue;
-              count = { writes: 0, replicated: 0, revisions: 0, lastRevision: -1 };
+              count = { writes: 0, replicated: 0 };
               counts.set(prefix, count);
             }
             count.writes++;
-            if (isReplicated) {
-              count.replicated++;
-              // Events come in revision order: a txn's writes under one prefix count once.
-              if (count.lastRevision !== message.revision) {
-                count.revisions++;
-                count.lastRevision = message.revision;
-              }
-            }
+            if (isReplicated) count.replicated++;
           }
           if (replicated > 0) {
             groupSizes.add(replicated);
@@ -170,9 +160,9 @@ export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
   const durationMs = Math.max(1, Math.min(now() - started, Math.max(input.durationMs, 1)));
   const seconds = durationMs / 1000;
   const prefixes = [...counts.entries()]
-    .map(([prefix, c]) => ({ prefix, writes: c.writes, replicatedWrites: c.replicated, writesPerSecond: round(c.writes / seconds), replicatedPerSecond: round(c.replicated / seconds), replicatedRevisions: c.revisions, replicatedRevisionsPerSecond: round(c.revisions / seconds) }))
+    .map(([prefix, c]) => ({ prefix, writes: c.writes, replicatedWrites: c.replicated, writesPerSecond: round(c.writes / seconds), replicatedPerSecond: round(c.replicated / seconds) }))
     .sort((a, b) => b.writes - a.writes || (a.prefix < b.prefix ? -1 : 1));
-  const shown = prefixes.filter((p, i) => i < input.top || p.replicatedRevisionsPerSecond > SINGLE_KEY_WRITES_PER_SECOND);
+  const shown = prefixes.filter((p, i) => i < input.top || p.replicatedPerSecond > SINGLE_KEY_WRITES_PER_SECOND);
   return {
     durationMs,
     revisions,
@@ -196,8 +186,7 @@ function round(n: number): number {
 
 /** Prefixes whose replicated write rate exceeds what single-key Consul writes sustain (pure). */
 export function sampleFindings(sample: SampleSummary): Finding[] {
-  // One Consul txn per etcd revision: a 10-key txn counts once, not ten times.
-  const hot = sample.prefixes.filter((p) => p.replicatedRevisionsPerSecond > SINGLE_KEY_WRITES_PER_SECOND);
+  const hot = sample.prefixes.filter((p) => p.replicatedPerSecond > SINGLE_KEY_WRITES_PER_SECOND);
   if (hot.length === 0) return [];
-  return [makeFinding('write_rate_high', 'warning', hot.length, hot.map((p) => ({ prefix: p.prefix, count: p.replicatedRevisions, detail: `${p.replicatedRevisionsPerSecond} replicated revisions/s (${p.replicatedPerSecond} keys/s) over ${(sample.durationMs / 1000).toFixed(1)} s (single-key Consul writes: ~${SINGLE_KEY_WRITES_PER_SECOND}/s)` })))];
+  return [makeFinding('write_rate_high', 'warning', hot.length, hot.map((p) => ({ prefix: p.prefix, count: p.replicatedWrites, detail: `${p.replicatedPerSecond} replicated writes/s over ${(sample.durationMs / 1000).toFixed(1)} s (single-key Consul writes: ~${SINGLE_KEY_WRITES_PER_SECOND}/s)` })))];
 }
