@@ -19,7 +19,7 @@ import { RecordingTarget, type RecordedOp } from './recording-target.js';
 import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
 import type { Mapping } from '../mapping/mapping.js';
-import type { RulePhaseDoc } from '../cutover/phase.js';
+import { readRuleDocs } from '../cutover/state-io.js';
 import { countRuleKeys } from '../mapping/route.js';
 
 /** How often progress is reported while a page is being written (ms). */
@@ -226,9 +226,10 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     }
   }
   const copyRules: RuleConfig[] = [];
+  const phases = await readRuleDocs(target, paths);
   for (const rule of config.rules.filter((r) => r.action === 'copy')) {
     // A rule cut over (or finalized) lives in Consul now: etcd's copy of it is stale, and copying it would overwrite the application's data.
-    const phase = await readState<RulePhaseDoc>(target, paths.rule(rule.name));
+    const phase = phases.get(rule.name)?.doc;
     if (phase?.owner === 'consul') options.onProgress?.({ type: 'warning', message: `rule ${rule.name} is not copied: it is ${phase.phase === 'finalized' ? 'finalized' : 'cut over'}, and Consul owns its data; a copy from etcd would overwrite it` });
     else copyRules.push(rule);
   }

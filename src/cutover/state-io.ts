@@ -24,12 +24,7 @@ export async function readCutoverState(target: TargetStore, paths: StatePaths): 
     readState<VerifyLastState>(target, paths.verifyLast),
     target.readKey(ownersKey(paths)),
   ]);
-  const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
-  const ruleKeys = await target.listKeys(paths.rule(''));
-  for (const entry of await target.readEntries(ruleKeys, undefined, { listed: ruleKeys })) {
-    const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
-    docs.set(doc.rule, { doc, index: entry.modifyIndex });
-  }
+  const docs = await readRuleDocs(target, paths);
   const trips = new Map<string, { doc: TripsDoc; index: number }>();
   const tripKeys = await target.listKeys(tripsPrefix(paths));
   for (const entry of await target.readEntries(tripKeys, undefined, { listed: tripKeys })) {
@@ -44,6 +39,17 @@ export async function readCutoverState(target: TargetStore, paths: StatePaths): 
     owners: { doc: ownersEntry ? parseStateDocument<OwnersDoc>(ownersEntry.key, ownersEntry.value) : undefined, index: ownersEntry?.modifyIndex ?? 0 },
     trips,
   };
+}
+
+/** Every rule's phase document (`rules/<name>`), by rule, with its Consul index: one listing and one read. */
+export async function readRuleDocs(target: TargetStore, paths: StatePaths): Promise<Map<string, { doc: RulePhaseDoc; index: number }>> {
+  const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
+  const ruleKeys = await target.listKeys(paths.rule(''));
+  for (const entry of await target.readEntries(ruleKeys, undefined, { listed: ruleKeys })) {
+    const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
+    docs.set(doc.rule, { doc, index: entry.modifyIndex });
+  }
+  return docs;
 }
 
 /** `user@host` for the history. */

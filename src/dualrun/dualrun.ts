@@ -8,7 +8,7 @@ import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError } from '../stores/etcd.js';
 import { prefixEnd } from '../stores/key-range.js';
 import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
-import type { KeyRange, SourceEvent, SourceReader, SourceWatch, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
+import type { KeyRange, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 import type { CheckpointState, CopyOptions, CopyResult } from '../copy/copy.js';
@@ -859,8 +859,10 @@ class Applier {
   private async repair(ops: TxnOp[], revision: number, _plan?: RevisionPlan): Promise<void> {
     this.ctx.stats.repairs++;
     const keys = [...new Set(ops.map((o) => o.key))];
-    await this.retireHolders(ops);
-    const current = new Map((await this.ctx.target.readEntries(keys)).map((e) => [e.key, e]));
+    const read = async () => new Map((await this.ctx.target.readEntries(keys)).map((e) => [e.key, e]));
+    let current = await read();
+    // Keys an older session of ours held went with it: read them again.
+    if (await this.retireHolders(ops, current)) current = await read();
     const fixed: TxnOp[] = [];
     // The last write to each key wins; rebuild it against the real holder.
     const last = new Map<string, TxnOp>();
@@ -960,17 +962,16 @@ class Applier {
 
   /**
    * Retires the older sessions of ours (Consul restored them after a restart,
-   * once this run had made new ones) that hold keys the `lock` ops of `ops`
-   * write with a lease's recorded session; whether there were any.
+   * once this run had made new ones) that hold, as `current` (Consul's entries
+   * of those keys) says, keys the `lock` ops of `ops` write with a lease's
+   * recorded session; whether there were any.
    */
-  private async retireHolders(ops: TxnOp[]): Promise<boolean> {
-    const locks = ops.filter((o): o is Extract<TxnOp, { verb: 'lock' | 'unlock' }> => o.verb === 'lock');
-    if (locks.length === 0) return false;
-    const holderOf = new Map((await this.ctx.target.readEntries(locks.map((o) => o.key))).map((e) => [e.key, e.session]));
+  private async retireHolders(ops: TxnOp[], current: ReadonlyMap<string, TargetEntry>): Promise<boolean> {
     const seen = new Set<string>();
     let retired = false;
-    for (const op of locks) {
-      const holder = holderOf.get(op.key);
+    for (const op of ops) {
+      if (op.verb !== 'lock') continue;
+      const holder = current.get(op.key)?.session;
       if (!holder || holder === op.session || this.sessions.own.has(holder) || seen.has(holder)) continue;
       seen.add(holder);
       const lease = await this.sessions.retireDuplicate(holder, op.session);
@@ -999,7 +1000,9 @@ class Applier {
         await apply();
       } catch (err) {
         // A key still held by an older session of this lease (Consul restored it after a restart): retire it, then write again.
-        if (!(err instanceof TxnFailedError) || !(await this.retireHolders(part))) throw err;
+        if (!(err instanceof TxnFailedError)) throw err;
+        const current = new Map((await this.ctx.target.readEntries(part.map((o) => o.key))).map((e) => [e.key, e]));
+        if (!(await this.retireHolders(part, current))) throw err;
         await apply();
       }
     }

@@ -269,6 +269,11 @@ function unservable(reason: UnmappableReason, detail: string): ServableCheck {
 }
 
 /** 1-based number of the character (code point) at a UTF-16 index, for messages. */
+/** Characters (code points) of `text`, counted as {@link characterNumber} counts them. */
+export function characterCount(text: string): number {
+  return characterNumber(text, text.length) - 1;
+}
+
 function characterNumber(text: string, index: number): number {
   let count = 0;
   for (let i = 0; i < index; i++) {

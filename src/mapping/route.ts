@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { ESCAPE_CHAR, escapeKey, isServableKey, tryUnescapeKey, type ServableCheck, type UnmappableReason } from './escape.js';
+import { ESCAPE_CHAR, characterCount, escapeKey, isServableKey, tryUnescapeKey, type ServableCheck, type UnmappableReason } from './escape.js';
 import type { CompiledRule, Mapping } from './mapping.js';
 import { prefixEnd, prefixRange } from '../stores/key-range.js';
 import type { KeyRange, SourceReader } from '../stores/types.js';
@@ -101,7 +101,7 @@ export function routeKey(mapping: Mapping, key: Buffer, options: RouteOptions = 
     const check = isServableKey(plain);
     if (!check.ok && rule.keys !== 'escape') {
       // Character numbers in the etcd key, the one reports show (`from` + text, not `to` + text).
-      const inKey = isServableKey(plain, characters(rule.from) - characters(rule.to)) as Extract<ServableCheck, { ok: false }>;
+      const inKey = isServableKey(plain, characterCount(rule.from) - characterCount(rule.to)) as Extract<ServableCheck, { ok: false }>;
       return { kind: 'unmappable', rule, reason: inKey.reason, detail: inKey.detail };
     }
     if (check.ok && !(rule.keys === 'escape' && text.includes(ESCAPE_CHAR))) target = plain;
@@ -154,13 +154,6 @@ export async function countRuleKeys(source: Pick<SourceReader, 'count'>, mapping
   let keys = 0;
   for (const range of ruleRanges(mapping, rule)) keys += await source.count(range, revision);
   return keys;
-}
-
-/** Characters (code points) of `text`. */
-function characters(text: string): number {
-  let n = 0;
-  for (const _ of text) n++;
-  return n;
 }
 
 /** Whether `key` begins with `prefix`. A loop: `from` is short, and Buffer.compare with offsets costs more (100,000 keys: 18–43 ms against 3–7). */
