@@ -1,5 +1,6 @@
 import { stringify } from 'yaml';
 import type { Format } from '../cli/context.js';
+import { formatCount } from '../report/count.js';
 import { REPORT_VERSION, renderEnvelope } from '../report/envelope.js';
 import type { AuditResult } from './audit.js';
 import { datacenterLabel, unnamedPrimaryNote, type DatacenterTally } from './datacenters.js';
@@ -38,10 +39,6 @@ export function formatBytes(n: number): string {
     unit++;
   }
   return `${value.toFixed(value >= 100 ? 0 : 1)} ${units[unit]}`;
-}
-
-export function formatCount(n: number): string {
-  return n.toLocaleString('en-US');
 }
 
 /** A duration for people; estimates round up, so a sub-second copy is "about 1 s". */

@@ -1,7 +1,8 @@
 import type { Format } from '../cli/context.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { datacenterLabel, unnamedPrimaryNote } from '../audit/datacenters.js';
-import { datacenterText, formatBytes, formatCount, mdCode, mdDatacenterTable, mdText, noInstanceText, plural } from '../audit/render.js';
+import { datacenterText, formatBytes, mdCode, mdDatacenterTable, mdText, noInstanceText, plural } from '../audit/render.js';
+import { formatCount } from '../report/count.js';
 import type { PlanResult } from './plan.js';
 import { SERVICE_UPKEEP, describeCheck, describeService, renderRunbook } from './runbook.js';
 

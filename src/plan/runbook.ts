@@ -1,5 +1,6 @@
 import type { DatacenterTally } from '../audit/datacenters.js';
-import { formatBytes, formatCount, mdCode } from '../audit/render.js';
+import { formatBytes, mdCode } from '../audit/render.js';
+import { formatCount } from '../report/count.js';
 import type { PlanResult, PlanServiceRule } from './plan.js';
 
 /** `30s`, `5m`, `2h`: a check setting as migration.yaml writes it. */

@@ -1,5 +1,6 @@
 import type { Format } from '../cli/context.js';
 import { errorDocs, isMigrateError } from '../errors.js';
+import { formatCount } from '../report/count.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { DIFFERENCE_KINDS, type Difference, type DifferenceKind, type RuleStatus, type ValueDigest } from './compare.js';
 import type { RuleVerify, VerifyCut, VerifyResult } from './verify.js';
@@ -54,7 +55,7 @@ export function renderVerifyError(err: unknown, format: Format, migration: strin
 }
 
 function plural(n: number, word: string, many = `${word}s`): string {
-  return `${n.toLocaleString('en-US')} ${n === 1 ? word : many}`;
+  return `${formatCount(n)} ${n === 1 ? word : many}`;
 }
 
 /** Why the cut was taken as it was (the cut kind itself is printed beside it). */
@@ -108,7 +109,7 @@ function countLine(result: VerifyResult): string {
   const total = result.differencesTotal;
   if (total === 0) return 'no persistent differences';
   if (!result.truncated) return `${plural(total, 'persistent difference')}, all listed`;
-  return `${plural(total, 'persistent difference')}; ${result.differences.length.toLocaleString('en-US')} listed, ${(total - result.differences.length).toLocaleString('en-US')} not listed (--max-diffs ${result.maxDiffs}${result.rules.some((r) => r.unchecked > 0) ? ', and the re-check limit' : ''})`;
+  return `${plural(total, 'persistent difference')}; ${formatCount(result.differences.length)} listed, ${formatCount(total - result.differences.length)} not listed (--max-diffs ${result.maxDiffs}${result.rules.some((r) => r.unchecked > 0) ? ', and the re-check limit' : ''})`;
 }
 
 function verdictLine(result: VerifyResult): string {
