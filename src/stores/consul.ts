@@ -78,10 +78,18 @@ function readResults(body: Buffer): TargetEntry[] {
   return scanReadResults(body) ?? ((JSON.parse(body.toString('utf8')) as { Results: { KV: WireEntry }[] | null }).Results ?? []).map((r) => toEntry(r.KV));
 }
 
-/** The entries whose key was asked for: all of them, in order, unless keys came or went under a tree since the listing. */
-function askedOnly(entries: TargetEntry[], asked: readonly string[]): TargetEntry[] {
-  if (entries.length === asked.length && entries.every((e, i) => e.key === asked[i])) return entries;
-  const wanted = new Set(asked);
+/** The entries whose key `ops` asked for: all of them, in order, unless keys came or went under a tree since the listing. */
+function askedOnly(entries: TargetEntry[], ops: readonly ReadOp[]): TargetEntry[] {
+  // Walked in place: a read of 100,000 keys spent 15 ms making the list of asked keys only to find them all.
+  let i = 0;
+  const next = (key: string) => {
+    if (entries[i]?.key !== key) return false;
+    i++;
+    return true;
+  };
+  const asExpected = ops.every((op) => (op.verb === 'get' ? next(op.key) : op.keys.every(next)));
+  if (asExpected && i === entries.length) return entries;
+  const wanted = new Set(keysOf(ops));
   return entries.filter((e) => wanted.has(e.key));
 }
 
@@ -245,7 +253,7 @@ export class ConsulTarget implements TargetStore {
       const response = await this.request({ method: 'PUT', path: '/v1/txn', query: { consistent: true }, body: readTxnBody(remaining), accept: [409], signal });
       if (response.status === 200) {
         const entries = readResults(response.body);
-        return ops.some((op) => op.verb === 'get-tree') ? askedOnly(entries, keysOf(remaining)) : entries;
+        return ops.some((op) => op.verb === 'get-tree') ? askedOnly(entries, remaining) : entries;
       }
       const parsed = JSON.parse(response.body.toString('utf8')) as { Errors: { OpIndex: number; What: string }[] | null };
       const missing = new Set((parsed.Errors ?? []).filter((e) => /doesn't exist/.test(e.What)).map((e) => e.OpIndex));
