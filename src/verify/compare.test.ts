@@ -3,7 +3,7 @@ import { parseConfig } from '../config/load.js';
 import type { CheckpointState } from '../copy/copy.js';
 import { createValueHasher } from '../report/hash.js';
 import type { SourceEntry, TargetEntry } from '../stores/types.js';
-import { compareKey, countByKind, expectationFor, routeForVerify, ruleStatus, splitPage, type CompareInput, type SessionView } from './compare.js';
+import { alignEntries, compareKey, countByKind, expectationFor, routeForVerify, ruleStatus, splitPage, type CompareInput, type SessionView } from './compare.js';
 import { DUALRUN_HEARTBEAT_MS, readCheckpointState } from './cut.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 
@@ -235,5 +235,25 @@ describe('readCheckpointState (is a dual-run running?)', () => {
     const last = { ...doc('dualrun', 1000), stopped: new Date(now - 1000).toISOString() };
     expect(readCheckpointState(last, undefined, now)).toMatchObject({ running: false, reason: 'dualrun-stopped' });
     expect(readCheckpointState(last, doc('dualrun', 3000, 99), now)).toMatchObject({ running: false, reason: 'dualrun-stopped' });
+  });
+});
+
+describe('alignEntries', () => {
+  const expect_ = (target: string) => expectationFor(target, entry(`/app/${target}`, 'v'), 'persist');
+  const targets = ['app/a', 'app/b', 'app/c', 'app/d'];
+
+  it('pairs each target with its entry when the entries come in the same order', () => {
+    const entries = targets.map((t) => consul(t, t));
+    expect(alignEntries(targets.map(expect_), entries)).toEqual(entries);
+  });
+
+  it('leaves a gap for a target Consul lacks, and still finds the ones after it', () => {
+    const entries = [consul('app/a', 'a'), consul('app/c', 'c')];
+    expect(alignEntries(targets.map(expect_), entries).map((e) => e?.key)).toEqual(['app/a', undefined, 'app/c', undefined]);
+  });
+
+  it('finds entries that come in another order, and ignores entries no target asked for', () => {
+    const entries = [consul('app/d', 'd'), consul('app/x', 'x'), consul('app/b', 'b'), consul('app/a', 'a')];
+    expect(alignEntries(targets.map(expect_), entries).map((e) => e?.key)).toEqual(['app/a', 'app/b', undefined, 'app/d']);
   });
 });

@@ -19,6 +19,7 @@ import { readAhead } from '../stores/read-ahead.js';
 import type { KeyRange, ServiceInstance, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import {
   addCounts,
+  alignEntries,
   compareKey,
   countByKind,
   routeForVerify,
@@ -331,14 +332,23 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   let checked = 0;
   for (let attempt = 1; ; attempt++) {
     try {
-      const totals = await Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await countRuleKeys(source, mapping, run.rule, cut.revision) })));
-      options.onProgress?.({ type: 'start', revision: cut.revision, rules: totals });
+      // Counted while the first rule lists its Consul keys; the counts come before any progress.
+      const totals = Promise.all(runs.map(async (run) => ({ name: run.rule.name, keys: await countRuleKeys(source, mapping, run.rule, cut.revision) }))).then((rules) => {
+        options.onProgress?.({ type: 'start', revision: cut.revision, rules });
+        return rules;
+      });
+      totals.catch(() => undefined);
       const catalog = catalogOf(target, config.id, options.signal);
       for (const run of runs) {
         checkAborted(options.signal);
-        checked += run.rule.action === 'service'
-          ? await compareServiceRule(run, { ...deps, options, revision: cut.revision, catalog, keep })
-          : await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys: totals.find((t) => t.name === run.rule.name)!.keys, warn });
+        if (run.rule.action === 'service') {
+          await totals;
+          checked += await compareServiceRule(run, { ...deps, options, revision: cut.revision, catalog, keep });
+          continue;
+        }
+        const expectedKeys = totals.then((rules) => rules.find((t) => t.name === run.rule.name)!.keys);
+        expectedKeys.catch(() => undefined);
+        checked += await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys, warn });
       }
       break;
     } catch (err) {
@@ -594,8 +604,8 @@ interface CompareContext extends VerifyDeps {
   cut: VerifyCut;
   sessions: Sessions;
   keep: (run: RuleRun, finding: Finding) => void;
-  /** etcd keys in the rule's range at the cut (for spreading read-backs). */
-  expectedKeys: number;
+  /** etcd keys in the rule's range at the cut (for spreading read-backs); counted while Consul lists its keys. */
+  expectedKeys: Promise<number>;
   warn: (message: string) => void;
 }
 
@@ -615,7 +625,8 @@ async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
   try {
     listed = new ListedKeys(await target.listKeys(rule.to, options.signal));
     stats.targetKeys = listed.size;
-    const readBackEvery = options.readBack === 'all' ? 1 : options.readBack <= 0 ? Infinity : Math.max(1, Math.floor(ctx.expectedKeys / options.readBack));
+    const expectedKeys = await ctx.expectedKeys;
+    const readBackEvery = options.readBack === 'all' ? 1 : options.readBack <= 0 ? Infinity : Math.max(1, Math.floor(expectedKeys / options.readBack));
     const readBackMax = options.readBack === 'all' ? Infinity : options.readBack;
     let routed = 0;
     let keysDone = 0;
@@ -689,16 +700,17 @@ async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
 async function comparePage(run: RuleRun, split: PageSplit, listed: readonly string[], readBack: Set<string>, ctx: CompareContext): Promise<Finding[]> {
   const { target, options, mapping } = ctx;
   const { expectations, toRead } = split;
-  const consul = new Map<string, TargetEntry>();
-  if (toRead.length > 0) for (const entry of await target.readEntries(toRead, options.signal, { listed, valueBytes: split.toReadBytes })) consul.set(entry.key, entry);
+  const entries = toRead.length > 0 ? await target.readEntries(toRead, options.signal, { listed, valueBytes: split.toReadBytes }) : [];
+  const consul = alignEntries(expectations, entries);
   await ctx.sessions.prefetch(expectations);
-  const readBacks = await readBackKeys(target, [...readBack].filter((k) => consul.has(k)));
+  const readBacks = await readBackKeys(target, expectations.filter((e, i) => consul[i] && readBack.has(e.target)).map((e) => e.target));
   run.stats.readBack.checked += readBacks.size;
   const findings: Finding[] = [];
-  for (const expectation of expectations) {
+  for (let i = 0; i < expectations.length; i++) {
+    const expectation = expectations[i]!;
     const back = readBacks.get(expectation.target);
     if (back && !back.ok) run.stats.readBack.failed++;
-    const finding = compareKey({ rule: run.rule.name, target: expectation.target, expectation, consul: consul.get(expectation.target), sessions: ctx.sessions, hash: options.hasher, mapping, ...(back ? { readBack: back } : {}) });
+    const finding = compareKey({ rule: run.rule.name, target: expectation.target, expectation, consul: consul[i], sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back });
     if (finding) findings.push(finding);
   }
   return findings;
@@ -761,7 +773,7 @@ async function recheck(run: RuleRun, ctx: VerifyDeps & { options: VerifyOptions;
     const readBacks = await readBackKeys(target, chunk.filter((f) => f.readBack && consul.has(f.target)).map((f) => f.target));
     chunk.forEach((f, j) => {
       const back = readBacks.get(f.target);
-      const compare = (expectation: Expectation | undefined) => compareKey({ rule: run.rule.name, target: f.target, expectation, consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, ...(back ? { readBack: back } : {}) });
+      const compare = (expectation: Expectation | undefined) => compareKey({ rule: run.rule.name, target: f.target, expectation, consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back });
       const findings = candidates[j]!.map(compare);
       // The newest etcd state is the one reported when nothing matches.
       if (findings.every((finding) => finding !== undefined)) still.push(findings[0]!);
