@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
-import { startEtcd } from '../scripts/local-servers.js';
+import { startEtcd, startEtcdCluster } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
 import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
@@ -180,6 +180,45 @@ describe('dual-run faults (real servers)', () => {
       await own.stop();
     }
   });
+
+  it('etcd down longer than a session TTL: the sessions of its leases are still renewed, so their keys stay in Consul', async () => {
+    // One member that can be stopped and started again with its data: etcd restores its leases with a fresh TTL.
+    const own = await startEtcdCluster(1);
+    const client = new Etcd3({ hosts: own.endpoints });
+    const s = scenario('etcddown');
+    const env = { ETCDCTL_ENDPOINTS: own.endpoints[0]! };
+    const owner = client.lease(10);
+    owner.on('lost', () => undefined);
+    try {
+      await owner.grant();
+      await owner.put(`${s.root}/services/api/1`).value('10.0.0.1:80');
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
+      const dr = await startDualRun(s.dir, [], env);
+      try {
+        await eventually('leads', async () => (await healthy(dr.metricsPort)).role === 'leader');
+        const session = (await target.readKey(`${s.id}/services/api/1`))?.session;
+        expect(session).toBeTruthy();
+        await own.members[0]!.kill();
+        // Consul reaps a 10 s session between 10 and 20 s after its last renewal: 30 s without etcd.
+        const until = Date.now() + 30_000;
+        while (Date.now() < until) {
+          expect((await target.readKey(`${s.id}/services/api/1`))?.session, 'the leased key stays in Consul while etcd is down').toBe(session);
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+        expect(dr.child.exitCode).toBeNull();
+        await own.members[0]!.restart();
+        await waitCaughtUp(client, target, s.id);
+        expect(await checkParity(client, target, s.mapping, s.id)).toMatchObject({ checked: 1, missing: [], extra: [], wrongValue: [], wrongSession: [] });
+        expect((await target.readKey(`${s.id}/services/api/1`))?.session).toBe(session);
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      owner.release();
+      client.close();
+      await own.stop();
+    }
+  }, 120_000);
 
   it('outage: sessions reaped while the dual-run was down are re-created at restart and their keys come back', async () => {
     const s = scenario('outage');

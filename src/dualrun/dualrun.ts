@@ -934,15 +934,22 @@ class Applier {
   }
 
   private async maintainLease(record: SessionRecord, atStart: boolean): Promise<void> {
-    const lease = await this.ctx.source.readLease(record.leaseId);
-    if (lease.ttl < 0) {
+    const renewing = Date.now();
+    // Renewed while etcd is read, not after: while etcd cannot say whether the lease ended (it is down, or
+    // hangs until the call's deadline), its keys are still in etcd, and Consul must not reap them meanwhile.
+    const [read, renewal] = await Promise.allSettled([this.ctx.source.readLease(record.leaseId), this.ctx.target.renewSession(record.sessionId)]);
+    if (read.status === 'rejected') {
+      if (renewal.status === 'fulfilled' && renewal.value) this.renewedAt.set(record.leaseId, renewing);
+      throw read.reason;
+    }
+    if (read.value.ttl < 0) {
       this.renewedAt.delete(record.leaseId);
       await this.sessions.forget(record.leaseId, true);
       this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`);
       return;
     }
-    const renewing = Date.now();
-    const alive = await this.ctx.target.renewSession(record.sessionId);
+    if (renewal.status === 'rejected') throw renewal.reason;
+    const alive = renewal.value;
     let session = record.sessionId;
     if (!alive) {
       const created = await this.sessions.recreate(record.leaseId);
