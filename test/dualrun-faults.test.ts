@@ -4,7 +4,7 @@ import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
 import { startEtcd, startEtcdCluster } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
-import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { configDir, consulTarget, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
 import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
 
 const etcd = rawEtcd();
@@ -154,6 +154,46 @@ describe('dual-run faults (real servers)', () => {
       await own.stop();
     }
   });
+
+  it('Consul down while etcd changes: the retries back off (the watch\'s events do not reset the backoff)', async () => {
+    const consul = await privateConsul();
+    const s = scenario('consuldown');
+    const env = { CONSUL_HTTP_ADDR: consul.address };
+    let writing = true;
+    let dr: Awaited<ReturnType<typeof startDualRun>> | undefined;
+    try {
+      await etcd.put(`${s.root}/app/a`).value('1');
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
+      dr = await startDualRun(s.dir, [], env);
+      const { metricsPort, stderr } = dr;
+      await eventually('leads', async () => (await healthy(metricsPort)).role === 'leader');
+      const writer = (async () => {
+        for (let i = 0; writing; i++) {
+          await etcd.put(`${s.root}/app/k${i % 20}`).value(String(i));
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })();
+      await consul.stop();
+      const before = stderr().length;
+      // Less than the leader lock's TTL (10 s): the run keeps its lock state and only retries.
+      await new Promise((r) => setTimeout(r, 8000));
+      writing = false;
+      await writer;
+      const log = stderr().slice(before);
+      // The replication's retries, and the owners document's: each waits longer than the one before.
+      const waits = (pattern: RegExp) => [...log.matchAll(pattern)].map((m) => Number(m[1]));
+      const replication = waits(/retrying in (\d+) ms from revision/g);
+      const owners = waits(/reading the owners document failed: .*; retrying in (\d+) ms/g);
+      for (const series of [replication, owners]) {
+        expect(series.length, log).toBeGreaterThanOrEqual(2);
+        for (let i = 1; i < series.length; i++) expect(series[i], log).toBeGreaterThan(series[i - 1]!);
+      }
+    } finally {
+      writing = false;
+      await dr?.kill();
+      await consul.stop();
+    }
+  }, 60_000);
 
   it('an unreachable source never turns into deletes; the dual-run waits and keeps its position', async () => {
     const own = await startEtcd();

@@ -408,10 +408,13 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   // Follows the owners document with a blocking query: mirrors start and stop as rules are cut over or back.
   const follower = (async () => {
     let index = ownership.index;
+    // 1 s after a failure, doubling to 10 s while Consul stays down (the replication's txns are fenced meanwhile).
+    let retryMs = 1000;
     while (!following.signal.aborted) {
       try {
         const answer = await ctx.blocking.readKey(ownersKey(paths), index, following.signal);
         if (following.signal.aborted) break;
+        retryMs = 1000;
         if (answer.index !== index) {
           const current = answer.entry?.modifyIndex ?? 0;
           if (current !== ownership.index) {
@@ -423,8 +426,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         }
       } catch (err) {
         if (following.signal.aborted) break;
-        options.log('warn', `reading the owners document failed: ${(err as Error).message}; retrying`);
-        await sleep(1000, following.signal);
+        options.log('warn', `reading the owners document failed: ${(err as Error).message}; retrying in ${retryMs} ms`);
+        await sleep(retryMs, following.signal);
+        retryMs = Math.min(10_000, retryMs * 2);
       }
     }
   })();
@@ -452,6 +456,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   let watch: SourceWatch | undefined;
   const heartbeatTimer = heartbeat ? startHeartbeat(heartbeat, ctx, options, () => watch) : undefined;
   let backoff = 250;
+  // The checkpoint at the last failure: the backoff starts again from 250 ms once a write to Consul moved it, not
+  // at every etcd event (with Consul down, the watch still delivers events, and the retries ran 4 times a second).
+  let failedAt = -1;
   try {
     while (!stopped()) {
       watch = undefined;
@@ -468,7 +475,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           for await (const message of watch) {
             if (stopped()) break;
             await applier.handle(message, watch.buffered());
-            backoff = 250;
+            if (stats.checkpoint !== failedAt) backoff = 250;
           }
         } finally {
           clearInterval(progressTimer);
@@ -511,6 +518,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         ctx.publish();
         if (!isTransient(err)) throw err;
         applier.reset();
+        failedAt = stats.checkpoint;
         options.log('warn', `${(err as Error).message}; retrying in ${backoff} ms from revision ${stats.checkpoint + 1}`);
         await sleep(backoff, options.signal);
         backoff = Math.min(10_000, backoff * 2);
