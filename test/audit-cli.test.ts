@@ -107,6 +107,11 @@ describe('migrate audit on the demo keyspace', () => {
     expect(rules.find((r) => r.from === `${root}/election/`)).toMatchObject({ leases: 'skip' });
     expect(rules.find((r) => r.from === `${root}/legacy/`)).toMatchObject({ keys: 'escape' });
 
+    const badId = await runCli(['init', '--prefix', `${root}/`, '--progress', 'none', '--force', '--id', 'bad id!'], { cwd, env: env() });
+    expect(badId.code).toBe(2);
+    expect(badId.stderr).toMatch(/error\[flag_invalid\]: --id "bad id!" is not an id of letters, digits/);
+    expect(readFileSync(join(cwd, 'migration.yaml'), 'utf8')).toBe(text);
+
     const again = await runCli(['init', '--prefix', `${root}/`, '--progress', 'none'], { cwd, env: env() });
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/error\[file_exists\][\s\S]*--force/);

@@ -5,7 +5,7 @@ import { Ajv } from 'ajv';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
-import { startConsulFederation, startEtcd } from '../scripts/local-servers.js';
+import { freePort, startConsulFederation, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { VERIFY_DATACENTERS_REPORT_SCHEMA } from '../src/verify/report-schema.js';
 import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
@@ -68,8 +68,19 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
     const run = await runCli(['copy'], { cwd: bad, env });
     expect(run.code).toBe(2);
     expect(run.stderr).toContain('datacenter_unknown');
-    // The file and the rule that name it.
-    expect(run.stderr).toContain(`${join(bad, 'migration.yaml')} names datacenter dc9 (rule shared (datacenters: dc9))`);
+    // The file, the place and the rule that name it.
+    const named = `${join(bad, 'migration.yaml')}:4:${'  - { name: shared, from: "'.length + from.length + 'shared/", to: "mdc-'.length + tag.length + '/bad/", datacenters: [dc1, '.length + 1}: names datacenter dc9 (rule shared (datacenters: dc9))`;
+    expect(run.stderr).toContain(named);
+    // plan and audit, which read etcd only, ask the agent too rather than plan a copy to a datacenter that is not there.
+    for (const command of ['plan', 'audit']) {
+      const early = await runCli([command, '--progress', 'none'], { cwd: bad, env });
+      expect(early.code, `${command}: ${early.stderr}`).toBe(2);
+      expect(early.stderr).toContain(named);
+    }
+    // With no Consul to ask, they say the datacenters were not checked, and go on.
+    const unasked = await runCli(['plan', '--progress', 'none'], { cwd: bad, env: { ...env, CONSUL_HTTP_ADDR: `http://127.0.0.1:${await freePort()}` } });
+    expect(unasked.code, unasked.stderr).toBe(0);
+    expect(unasked.stderr).toMatch(/warning: the datacenters the rules name were not checked against Consul \(Consul at http:\/\/127\.0\.0\.1:\d+ is unreachable/);
     expect(await dc1.readKey(`_migrate/${id}-bad/meta`)).toBeUndefined();
     expect(await dc1.listKeys(`mdc-${tag}/bad/`)).toEqual([]);
   });

@@ -1,7 +1,9 @@
 import type { Connections } from '../config/connections.js';
+import type { ConsulConnection } from '../stores/consul-http.js';
 import type { LoadedConfig, MigrationConfig } from '../config/load.js';
-import { UsageError } from '../errors.js';
+import { UsageError, isMigrateError } from '../errors.js';
 import { datacenterViews, namesDatacenters, type DatacenterView } from '../mapping/datacenters.js';
+import { locator } from '../mapping/mapping.js';
 import { ConsulTarget } from '../stores/consul.js';
 import { EtcdSource } from '../stores/etcd.js';
 
@@ -51,21 +53,7 @@ async function datacenterLanes(loaded: LoadedConfig, target: ConsulTarget, only:
     return datacenterViews(loaded, primary).map((view) => ({ ...view, target }));
   }
   const agent = target.forDatacenter(undefined);
-  const primary = loaded.config.target.datacenter ?? (await agent.info()).datacenter;
-  const views = datacenterViews(loaded, primary);
-  const known = await agent.datacenters();
-  const unknown = views.filter((v) => !known.includes(v.datacenter)).map((v) => v.datacenter);
-  if (unknown.length > 0) {
-    // Who names it: the rules' datacenters: lists, or target.datacenter (the primary).
-    const namers = unknown.flatMap((dc) => [
-      ...(loaded.config.target.datacenter === dc ? [`target.datacenter ${dc}`] : []),
-      ...loaded.config.rules.filter((r) => r.datacenters?.includes(dc)).map((r) => `rule ${r.name} (datacenters: ${dc})`),
-    ]);
-    throw new UsageError('datacenter_unknown', `${loaded.file ?? 'migration.yaml'} names datacenter ${unknown.join(', ')} (${namers.join('; ')}), which the Consul agent at ${target.address} does not know (it knows ${known.join(', ')}).`, {
-      hint: 'Fix the datacenters: list of the rules, or join that datacenter\'s servers to the WAN federation (`consul join -wan`).',
-      details: { unknown, known },
-    });
-  }
+  const views = await knownDatacenterViews(loaded, agent);
   const lanes = views.map((view) => ({ ...view, target: agent.forDatacenter(view.datacenter) }));
   if (only === undefined) return lanes;
   const picked = lanes.filter((l) => l.datacenter === only);
@@ -76,6 +64,49 @@ async function datacenterLanes(loaded: LoadedConfig, target: ConsulTarget, only:
     });
   }
   return picked;
+}
+
+/**
+ * The datacenter views of a mapping whose rules name datacenters, once the
+ * agent's WAN federation is found to know each of them; one it does not know
+ * is a configuration error (exit 2) at the place migration.yaml names it.
+ */
+async function knownDatacenterViews(loaded: LoadedConfig, agent: ConsulTarget): Promise<DatacenterView[]> {
+  const primary = loaded.config.target.datacenter ?? (await agent.info()).datacenter;
+  const views = datacenterViews(loaded, primary);
+  const known = await agent.datacenters();
+  const unknown = views.filter((v) => !known.includes(v.datacenter)).map((v) => v.datacenter);
+  if (unknown.length === 0) return views;
+  // Who names it: the rules' datacenters: lists, or target.datacenter (the primary).
+  const namers = unknown.flatMap((dc) => [
+    ...(loaded.config.target.datacenter === dc ? [{ what: `target.datacenter ${dc}`, path: ['target', 'datacenter'] }] : []),
+    ...loaded.config.rules.flatMap((r, i) => (r.datacenters?.includes(dc) ? [{ what: `rule ${r.name} (datacenters: ${dc})`, path: ['rules', i, 'datacenters', r.datacenters.indexOf(dc)] }] : [])),
+  ]);
+  const at = namers[0] ? locator(loaded)(namers[0].path) : undefined;
+  const file = loaded.file ?? 'migration.yaml';
+  throw new UsageError('datacenter_unknown', `${at ? `${file}:${at.line}:${at.col}` : file}: names datacenter ${unknown.join(', ')} (${namers.map((n) => n.what).join('; ')}), which the Consul agent at ${agent.address} does not know (it knows ${known.join(', ')}).`, {
+    hint: 'Fix the datacenters: list of the rules, or join that datacenter\'s servers to the WAN federation (`consul join -wan`).',
+    details: { unknown, known, ...(at ? { file, line: at.line, column: at.col } : {}) },
+  });
+}
+
+/**
+ * For the commands that read etcd only (audit, plan): the datacenters the
+ * rules name are checked against the agent now, not first at the copy; a
+ * Consul that cannot be asked is a warning, not a failure.
+ */
+export async function checkNamedDatacenters(loaded: LoadedConfig, connection: ConsulConnection, warn: (message: string) => void): Promise<void> {
+  if (!namesDatacenters(loaded.config)) return;
+  // A short timeout and no retries: a missing Consul costs these commands a few seconds, not minutes.
+  const agent = new ConsulTarget({ ...connection, datacenter: undefined, timeoutMs: 3_000 }, { retry: { attempts: 1 } });
+  try {
+    await knownDatacenterViews(loaded, agent);
+  } catch (err) {
+    if (!isMigrateError(err) || err.code === 'datacenter_unknown') throw err;
+    warn(`the datacenters the rules name were not checked against Consul (${err.message}); copy checks them before it writes`);
+  } finally {
+    agent.close();
+  }
 }
 
 /** `--datacenter` when given as a flag (not `target.datacenter` of the file): the one datacenter to work on. */

@@ -102,7 +102,8 @@ export interface LoadedConfig extends ParsedConfig {
 }
 
 const tlsSpec: Spec = { kind: 'object', fields: { ca: { kind: 'string' }, cert: { kind: 'string' }, key: { kind: 'string' } } };
-const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+/** A migration id or a rule name. */
+export const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const INLINE_SECRET = 'Secrets are never written in migration.yaml: name an environment variable or a file instead.';
 
 /** Literal text and `{n}` / `{-n}` segment references, at least one of them. */

@@ -176,7 +176,8 @@ export function compileMapping(loaded: ParsedConfig): Mapping {
 
 type Locate = (path: (string | number)[]) => Position | undefined;
 
-function locator(loaded: ParsedConfig): Locate {
+/** Where in migration.yaml a path (`['rules', 2, 'to']`) is, or its parent when it is absent. */
+export function locator(loaded: ParsedConfig): Locate {
   const { document, lineCounter } = loaded;
   if (!document || !lineCounter) return () => undefined;
   const ctx = { file: loaded.file ?? '', lineCounter };

@@ -88,6 +88,7 @@ export async function auditWithStores(ctx: CommandContext, options: GlobalOption
   try {
     const identity = run.identity || !loaded.file;
     if (identity && !run.identity && ctx.format === 'text') ctx.log('no mapping file: judging keys under the identity mapping (names kept, one leading "/" stripped)');
+    if (!identity) await (await import('../stores.js')).checkNamedDatacenters(loaded, connections.target, (message) => view.warn(message));
     return await runAudit({
       source,
       target,

@@ -32,9 +32,13 @@ export function registerInit({ add }: CommandRegistrar): void {
       const { resolve } = await import('node:path');
       const { existsSync } = await import('node:fs');
       const file = resolve(ctx.io.cwd, options.output ?? 'migration.yaml');
-      // Refuse before the audit runs: a long audit that ends in "file exists" wastes the user's time.
+      const { emptyConfig, NAME } = await import('../../config/load.js');
+      // Refused before the audit runs, as a long audit that ends in "file exists" wastes the user's time.
+      const id = options.id ?? 'etcd-to-consul';
+      if (!NAME.test(id)) {
+        throw new UsageError('flag_invalid', `--id ${JSON.stringify(id)} is not an id of letters, digits, ".", "_" and "-" starting with a letter or digit: the draft would not load.`, { hint: 'Pass --id <id>, for example --id staging or --id billing-2026.' });
+      }
       if (existsSync(file) && !options.force) throw fileExists(file);
-      const { emptyConfig } = await import('../../config/load.js');
       const { compileMapping } = await import('../../mapping/mapping.js');
       const parsed = { config: emptyConfig(), file: undefined, document: undefined, lineCounter: undefined };
       const loaded = { ...parsed, mapping: compileMapping(parsed) };
@@ -42,7 +46,7 @@ export function registerInit({ add }: CommandRegistrar): void {
       const depth = 1 + Math.max(0, ...options.prefix.map(levelsOf));
       const result = await auditWithStores(ctx, options, loaded, { depth, top: 100, pageKeys: 5000, sampleMs: undefined, probe: false, prefixes: options.prefix, identity: true });
       if (result.scope.interrupted) return ExitCode.interrupted;
-      const draft = await writeDraft(ctx, result, { file, force: Boolean(options.force), id: options.id ?? 'etcd-to-consul' });
+      const draft = await writeDraft(ctx, result, { file, force: Boolean(options.force), id });
       if (ctx.format === 'json') {
         const { renderEnvelope } = await import('../../report/envelope.js');
         ctx.result(renderEnvelope('init', 'ok', { file, rules: draft.rules.map((r) => ({ name: r.name, from: r.from, to: r.action === 'keep' || r.action === 'service' ? null : r.to, action: r.action, keys: r.keys ?? null, leases: r.leases ?? null })), notes: draft.notes, audit: { keys: result.totals.keys, findings: result.findings.map((f) => ({ code: f.code, severity: f.severity, count: f.count })) } }));

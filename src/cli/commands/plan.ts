@@ -32,15 +32,17 @@ export function registerPlan({ add }: CommandRegistrar): void {
       const loaded = await ctx.loadConfig(options.config, true);
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
+      const { checkNamedDatacenters } = await import('../stores.js');
       const view = createProgressView(ctx);
       const progress = { title: 'planning', items: [{ name: 'keys', total: 0, done: 0 }] as ProgressItem[], retries: 0, startedAt: Date.now() };
       try {
+        await checkNamedDatacenters(loaded, connections.target, (message) => view.warn(message));
         const result = await runPlan({
           source,
           config: loaded.config,
           configFile: loaded.file!,
           mapping: loaded.mapping,
-          // The plan reads etcd only; with datacenters: in the rules the primary is target.datacenter of the file (the copy's too), else unnamed.
+          // The plan reads etcd (Consul only answers which datacenters exist); with datacenters: in the rules the primary is target.datacenter of the file (the copy's too), else unnamed.
           primaryDatacenter: loaded.config.target.datacenter,
           prefixes: options.prefix,
           pageKeys,
