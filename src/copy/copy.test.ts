@@ -175,6 +175,10 @@ rules:
     expect(result.rules.map((r) => [r.name, r.sourceKeys, r.created])).toEqual([['services', 3, 3], ['web', 5, 5]]);
     const start = opts.events.find((e) => e.type === 'start');
     expect(start).toMatchObject({ rules: [{ name: 'services', keys: 3 }, { name: 'web', keys: 5 }] });
+    // The kept key is the keep rule's, not a skip of the rule around it; progress ends at each rule's own keys.
+    expect(result.rules.map((r) => [r.name, r.skipped])).toEqual([['services', {}], ['web', {}]]);
+    const last = (rule: string) => opts.events.filter((e) => e.type === 'progress' && e.rule === rule).at(-1);
+    expect([last('services'), last('web')]).toMatchObject([{ keysDone: 3 }, { keysDone: 5 }]);
   });
 });
 

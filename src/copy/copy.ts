@@ -7,7 +7,7 @@ import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, readAgainAtFreshRevision } from '../stores/etcd.js';
-import { prefixEnd } from '../stores/key-range.js';
+import { readRanges, splitRanges } from '../stores/key-range.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
@@ -20,7 +20,7 @@ import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { readRuleDocs } from '../cutover/state-io.js';
-import { countRuleKeys } from '../mapping/route.js';
+import { countRuleKeys, ruleRanges } from '../mapping/route.js';
 
 /** How often progress is reported while a page is being written (ms). */
 const PROGRESS_EVERY_MS = 250;
@@ -376,9 +376,8 @@ export interface CopyDeps {
   mapping: Mapping;
 }
 
-function rangeOf(prefix: string): KeyRange {
-  const start = Buffer.from(prefix);
-  return { start, end: prefixEnd(start) };
+function ownRanges(mapping: Mapping, rule: RuleConfig): KeyRange[] {
+  return ruleRanges(mapping, { fromBytes: Buffer.from(rule.from) });
 }
 
 /**
@@ -395,7 +394,7 @@ async function refuseMassDeletes(deps: CopyDeps, copyRules: RuleConfig[], revisi
   for (const rule of copyRules) {
     const targetKeys = new ListedKeys(await deps.target.listKeys(rule.to, options.signal));
     if (!deleteGuardTrips(targetKeys.size, targetKeys.size)) continue;
-    for await (const page of deps.source.readPages(rangeOf(rule.from), { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
+    for await (const page of readRanges(deps.source, ownRanges(deps.mapping, rule), { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
       for (const entry of page.entries) {
         const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
         if (route.kind === 'mapped') targetKeys.take(route.target);
@@ -430,13 +429,18 @@ async function copyRule(
   const ruleState = engine.state.rules[rule.name]!;
   // Taken out as source keys map to them: what is left has no source key (the extraneous keys).
   const targetKeys = new ListedKeys(await deps.target.listKeys(rule.to, options.signal));
-  const range = rangeOf(rule.from);
+  // The keys the rule owns: its `from` less the prefixes of rules nested in it (theirs, and counted as theirs).
+  const ranges = ownRanges(deps.mapping, rule);
   let keysDone = 0;
   // A resumed rule: what lies below the low-water mark is written already. A keys-only
   // pass over it still tells which target keys have a source key, for the extraneous check.
-  const resumeAt = ruleState.done ? range.end : ruleState.lowWater ? Buffer.concat([Buffer.from(ruleState.lowWater, 'base64'), Buffer.from([0])]) : undefined;
-  if (resumeAt) {
-    for await (const page of deps.source.readPages({ start: range.start, end: resumeAt }, { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
+  const [written, toWrite] = ruleState.done
+    ? [ranges, []]
+    : ruleState.lowWater
+      ? splitRanges(ranges, Buffer.concat([Buffer.from(ruleState.lowWater, 'base64'), Buffer.from([0])]))
+      : [[], ranges];
+  if (written.length > 0) {
+    for await (const page of readRanges(deps.source, written, { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
       for (const entry of page.entries) {
         const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
         if (route.kind !== 'mapped') continue;
@@ -445,13 +449,12 @@ async function copyRule(
       }
       keysDone += page.entries.length;
     }
-    range.start = resumeAt;
   }
   const tracker = engine.trackRule(rule.name);
   let progressAt = Date.now();
 
   if (!ruleState.done) {
-    for await (const page of readAhead(deps.source.readPages(range, { revision, pageKeys: options.pageKeys, signal: options.signal }), 2)) {
+    for await (const page of readAhead(readRanges(deps.source, toWrite, { revision, pageKeys: options.pageKeys, signal: options.signal }), 2)) {
       if (options.signal.aborted) break;
       const routes = new Map<SourceEntry, PlannedRoute>();
       const wanted: string[] = [];

@@ -10,8 +10,6 @@ import type { SourceEntry, TargetEntry, TxnOp } from '../stores/types.js';
 
 /** Why a source key is not written. */
 export type SkipReason =
-  | 'keep'
-  | 'unmapped'
   | 'leading-slash'
   | 'empty-segment'
   | 'dot-segment'

@@ -323,6 +323,8 @@ describe('runVerify on in-memory stores', () => {
   it('a Consul key listing that fails while the first etcd page is read fails verify with its error and closes the etcd read', async () => {
     const w = world();
     seedParity(w);
+    // More pages than verify reads ahead: the etcd read is still open when the listing fails.
+    for (let i = 0; i < 10; i++) w.source.put(`/app/more/${i}`, 'x');
     const readPages = w.source.readPages.bind(w.source);
     let opened = 0;
     let closed = 0;

@@ -5,7 +5,7 @@ import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js'
 import { InterruptedError, RefusedError, UsageError, isMigrateError } from '../errors.js';
 import type { UnmappableReason } from '../mapping/escape.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
-import { countRuleKeys } from '../mapping/route.js';
+import { countRuleKeys, ruleRanges } from '../mapping/route.js';
 import type { ValueHasher } from '../report/hash.js';
 import { formatKey } from '../report/keys.js';
 import { META_RULE, type RegistrationProblem } from '../services/registration.js';
@@ -14,9 +14,9 @@ import type { SessionRecord } from '../sessions/lease-sessions.js';
 import { checkIdentity, mappingHash, parseStateDocument, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { ConsulResponseError, TxnFailedError, sleep as defaultSleep } from '../stores/consul-http.js';
 import { readAgainAtFreshRevision } from '../stores/etcd.js';
-import { prefixEnd } from '../stores/key-range.js';
+import { readRanges } from '../stores/key-range.js';
 import { readAhead } from '../stores/read-ahead.js';
-import type { KeyRange, ServiceInstance, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
+import type { ServiceInstance, SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import {
   addCounts,
   alignEntries,
@@ -475,11 +475,6 @@ function sum(values: number[]): number {
   return values.reduce((n, v) => n + v, 0);
 }
 
-function rangeOf(prefix: string): KeyRange {
-  const start = Buffer.from(prefix);
-  return { start, end: prefixEnd(start) };
-}
-
 function checkAborted(signal: AbortSignal): void {
   if (signal.aborted) throw new InterruptedError('verify was interrupted; nothing was recorded.', { hint: 'Run `migrate verify` again.' });
 }
@@ -613,8 +608,8 @@ interface CompareContext extends VerifyDeps {
 async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
   const { rule, stats } = run;
   const { source, target, options, mapping } = ctx;
-  // The first etcd pages are read while Consul lists its keys.
-  const pages = readAhead(source.readPages(rangeOf(rule.from), { revision: ctx.cut.revision, pageKeys: options.pageKeys, signal: options.signal }), 2);
+  // The first etcd pages are read while Consul lists its keys; only the rule's own keys (not those of rules nested in it).
+  const pages = readAhead(readRanges(source, ruleRanges(mapping, rule), { revision: ctx.cut.revision, pageKeys: options.pageKeys, signal: options.signal }), 2);
   const first = pages.next();
   first.catch(() => undefined);
   let listed: ListedKeys | undefined;
