@@ -1,6 +1,6 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Etcd3 } from 'etcd3';
+import { Etcd3, Range } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
 import { startEtcd } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
@@ -169,6 +169,40 @@ describe('migrate dualrun (real servers)', () => {
     process.stderr.write(`dualrun-kill: ${kills} SIGKILLs during ${writes} etcd writes; parity after restart\n`);
     expect(writes).toBeGreaterThan(100);
   }, 120_000);
+
+  it('re-baselines when etcd compacted at the revision just after its checkpoint: a delete made there leaves no event to watch', async () => {
+    // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
+    const own = await startEtcd();
+    const etcd = new Etcd3({ hosts: own.endpoint });
+    const env = serverEnv({ ETCDCTL_ENDPOINTS: own.endpoint });
+    try {
+      const s = scenario('compact1');
+      for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${String(i).padStart(2, '0')}`).value('v1');
+      expect((await runCli(['copy'], { cwd: s.dir, env })).code).toBe(0);
+      let dr = await startDualRun(s.dir, [], env);
+      await waitCaughtUp(etcd, target, s.id);
+      expect(await dr.stop()).toBe(0);
+      const checkpoint = (JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString()) as { revision: number }).revision;
+      // Two keys deleted in one revision, the one after the checkpoint, and etcd compacted right there (`etcdctl compact $(rev)`).
+      const deleted = Number((await etcd.delete().range(new Range(`${s.root}/app/k00`, `${s.root}/app/k02`)).exec()).header.revision);
+      expect(deleted).toBe(checkpoint + 1);
+      await etcd.kv.compact({ revision: deleted, physical: true });
+      dr = await startDualRun(s.dir, [], env);
+      try {
+        await waitCaughtUp(etcd, target, s.id);
+        expect(await target.readKey(`${s.id}/app/k00`)).toBeUndefined();
+        expect(await target.readKey(`${s.id}/app/k01`)).toBeUndefined();
+        await expectParity(s, etcd);
+        expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(1);
+        expect(dr.stderr()).toContain(`etcd compacted its history past the checkpoint ${checkpoint}; re-baselining`);
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      etcd.close();
+      await own.stop();
+    }
+  });
 
   it('re-baselines after etcd compacted past its checkpoint, including keys deleted meanwhile', async () => {
     // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.

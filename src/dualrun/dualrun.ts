@@ -89,6 +89,9 @@ export interface DualRunLog {
   (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>): void;
 }
 
+/** A range of one key, read at the checkpoint only to learn whether etcd still has that revision. */
+const CHECKPOINT_PROBE = { start: Buffer.from([0]), end: Buffer.from([0, 0]) };
+
 /** How often a lease pass runs (ms): it renews the sessions that are due and notices leases etcd ended. */
 const LEASE_EVERY_MS = 3000;
 /** Leases a pass checks at once (an etcd lease read and a Consul renewal each). */
@@ -463,6 +466,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     while (!stopped()) {
       watch = undefined;
       try {
+        // etcd lets a watch start at its compaction revision but keeps no delete made at that revision, so a watch
+        // from checkpoint + 1 would miss it: the history is whole only while the checkpoint itself can be read.
+        await source.count(CHECKPOINT_PROBE, stats.checkpoint);
         watch = await source.watch(ctx.range, stats.checkpoint + 1);
         stats.connected = true;
         ctx.publish();
@@ -498,7 +504,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           continue;
         }
         if (err instanceof SourceCompactedError) {
-          options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint} (oldest available ${err.compactRevision}); re-baselining`);
+          options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint}${err.compactRevision > 0 ? ` (oldest available ${err.compactRevision})` : ''}; re-baselining`);
           stats.rebaselines++;
           applier.reset();
           const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
