@@ -168,6 +168,12 @@ describe('bad input to the writing commands: message, exit code, nothing written
       // Refused before it read or wrote anything: no progress, no report.
       expect(second.stderr).not.toMatch(/copying/);
       expect(second.stdout).toBe('');
+      // A dual-run started now would have the copy overwrite what it replicates with older values: it lets go of the lock.
+      const dualrun = await runCli(['dualrun'], { cwd: s.dir, env: env() });
+      expect(dualrun.code, dualrun.stderr).toBe(4);
+      expect(dualrun.stderr).toMatch(new RegExp(`error\\[dualrun_copy_running\\]: A copy of migration "${s.id}" is running \\(it holds the copy lock: [^)]+:${first.pid}\\)`));
+      expect(await ownTarget.readKey(`_migrate/${s.id}/leader`)).toBeUndefined();
+      expect(JSON.parse((await ownTarget.readKey(`_migrate/${s.id}/checkpoint`))?.value.toString() ?? '{}')).not.toMatchObject({ by: 'dualrun' });
     } finally {
       expect(await firstExit).toBe(0);
     }

@@ -142,15 +142,38 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
   const paths = statePaths(config.state.prefix, config.id);
   const leader = await target.readKey(paths.leader);
   if (!leader?.session) return;
-  let holder = 'unknown holder';
-  try {
-    holder = (JSON.parse(leader.value.toString('utf8')) as { holder?: string }).holder ?? holder;
-  } catch {
-    // A lock value the tool did not write still means the lock is held.
-  }
-  throw new RefusedError('copy_dualrun_running', `A dual-run of migration "${config.id}" is running (it holds the leader lock: ${holder}); a copy now would write older values over what it replicates.`, {
+  throw new RefusedError('copy_dualrun_running', `A dual-run of migration "${config.id}" is running (it holds the leader lock: ${lockHolder(leader.value)}); a copy now would write older values over what it replicates.`, {
     hint: 'The dual-run already keeps Consul in step. To copy again, stop the dual-run first (it resumes from its checkpoint afterwards).',
   });
+}
+
+/**
+ * `migrate dualrun` refuses to lead while a `migrate copy` holds the copy lock
+ * (checked once it holds the leader lock, as the copy checks the leader lock
+ * once it holds its own, so two started together cannot both go on): the copy
+ * writes values of its pinned revision over keys the dual-run has replicated
+ * since, and its conflict handling takes them for changes made in Consul.
+ */
+export async function refuseWhileCopyRuns(target: TargetStore, config: MigrationConfig): Promise<void> {
+  const lock = await target.readKey(copyLockKey(config));
+  if (!lock?.session) return;
+  throw new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${lockHolder(lock.value)}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
+    hint: 'Start the dual-run when the copy has finished: it starts from the copy\'s checkpoint. (The lock of a copy that was killed frees itself within about 20 s.)',
+  });
+}
+
+function copyLockKey(config: MigrationConfig): string {
+  return `${statePaths(config.state.prefix, config.id).copy}-lock`;
+}
+
+/** The `holder` a lock's value names (`host:pid`). */
+function lockHolder(value: Buffer): string {
+  try {
+    return (JSON.parse(value.toString('utf8')) as { holder?: string }).holder ?? 'unknown holder';
+  } catch {
+    // A lock value the tool did not write still means the lock is held.
+    return 'unknown holder';
+  }
 }
 
 /**
@@ -161,8 +184,7 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
  * cleared at once, and elsewhere the lock frees itself within 2× the TTL.
  */
 export async function acquireCopyLock(target: TargetStore, config: MigrationConfig, signal: AbortSignal): Promise<{ release(): Promise<void> }> {
-  const key = `${statePaths(config.state.prefix, config.id).copy}-lock`;
-  const lock = new LeaderLock(target, key, `${hostname()}:${process.pid}`, 'copy lock');
+  const lock = new LeaderLock(target, copyLockKey(config), `${hostname()}:${process.pid}`, 'copy lock');
   try {
     await lock.acquire({ wait: false, signal });
   } catch (err) {
@@ -172,6 +194,13 @@ export async function acquireCopyLock(target: TargetStore, config: MigrationConf
     throw new RefusedError('copy_locked', `Another copy of migration "${config.id}" is running (${holder}).`, {
       hint: 'Wait for it to finish, or stop it; then run `migrate copy --resume`.',
     });
+  }
+  try {
+    // Again under the lock: a dual-run that started since the first check now sees this copy's lock, or this copy sees its.
+    await refuseWhileDualRunLeads(target, config);
+  } catch (err) {
+    await lock.release();
+    throw err;
   }
   lock.keepAlive(() => undefined);
   return lock;

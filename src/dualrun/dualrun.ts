@@ -11,7 +11,7 @@ import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '.
 import type { KeyRange, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
-import type { CheckpointState, CopyOptions, CopyResult } from '../copy/copy.js';
+import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
 import { ownerAt, ownersKey } from '../cutover/phase.js';
 import { recordTrip } from '../cutover/state-io.js';
@@ -188,6 +188,12 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       stats.role = 'stopped';
       return { stats, reason: 'signal' };
     }
+    try {
+      await refuseWhileCopyRuns(primaryLane.target, primaryLane.config);
+    } catch (err) {
+      await leader.release();
+      throw err;
+    }
     const lost = new AbortController();
     leader.keepAlive(() => {
       options.log('error', 'lost the leader lock (our session expired); stepping down');
@@ -263,6 +269,7 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
       // Free unless a former leader's session still holds it; that one expires within 2× its TTL.
       const acquired = await lock.acquire({ wait: true, signal: options.signal, ...standbyRetries(log), onWaiting: () => log('info', 'waiting for the lock in this datacenter (held by a former leader until its session expires)') });
       if (!acquired) break;
+      await refuseWhileCopyRuns(lane.target, lane.config);
       const lost = new AbortController();
       lock.keepAlive(() => {
         log('warn', 'lost the lock in this datacenter (its session expired while it was unreachable); taking it again');
