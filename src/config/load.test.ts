@@ -91,4 +91,22 @@ describe('validation with positions', () => {
     expect(password.hint).toMatch(/environment variable or a file/);
     expect(password.message).not.toContain('hunter22');
   });
+
+  it('never shows the content of a file that is not a migration.yaml (a token or a key given to --config by mistake)', () => {
+    const files = {
+      token: '6f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8\n',
+      pem: '-----BEGIN PRIVATE KEY-----\nMIIEvSECRETSECRET\n-----END PRIVATE KEY-----\n',
+      shadow: 'root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n',
+      json: '{"Token": "6f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8"}\n',
+    };
+    for (const [name, text] of Object.entries(files)) {
+      const error = errorOf(() => parseConfig(text, `${name}.txt`));
+      expect(error.code, name).toBe('config_invalid');
+      expect(error.message, name).toMatch(new RegExp(`^${name}\\.txt`));
+      for (const secret of ['6f1a2b3c', 'SECRET', '20228', 'BEGIN']) expect(error.message, name).not.toContain(secret);
+    }
+    expect(errorOf(() => parseConfig(files.token, 'token.txt')).message).toMatch(/expected a mapping, got text of 36 characters \(not shown: is this a migration\.yaml\?\)/);
+    // A field name a migration.yaml could hold is still shown.
+    expect(errorOf(() => parseConfig('version: 1\nid: demo\ncolour: red\n', 'm.yaml')).message).toMatch(/unknown field "colour"/);
+  });
 });

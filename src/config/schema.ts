@@ -62,16 +62,26 @@ function describe(spec: Spec): string {
   }
 }
 
-function typeName(node: Node | null | undefined): string {
+/**
+ * What a node is, for "expected …, got …". A string is quoted inside the file's
+ * mapping; at its top, where a file that is not a migration.yaml at all (a
+ * token file, a key given to --config by mistake) shows its content, only its
+ * length is given.
+ */
+function typeName(node: Node | null | undefined, path: string): string {
   if (!node) return 'nothing';
   if (isMap(node)) return 'a mapping';
   if (isSeq(node)) return 'a list';
   if (isScalar(node)) {
     const v = node.value;
-    return v === null ? 'null' : typeof v === 'string' ? `the string ${JSON.stringify(v)}` : `${typeof v} ${String(v)}`;
+    if (typeof v === 'string') return path ? `the string ${JSON.stringify(v)}` : `text of ${v.length} characters (not shown: is this a migration.yaml?)`;
+    return v === null ? 'null' : `${typeof v} ${String(v)}`;
   }
   return 'an unsupported value';
 }
+
+/** A field name as it could be in a migration.yaml; any other is not shown (it may be a line of a file given by mistake). */
+const FIELD_LIKE = /^[A-Za-z0-9_.-]{1,64}$/;
 
 /**
  * Validates a node against a spec and returns the plain value.
@@ -83,7 +93,7 @@ export function validateNode(node: Node | null | undefined, spec: Spec, path: st
   };
   switch (spec.kind) {
     case 'object': {
-      if (!isMap(node)) return fail(`expected ${describe(spec)}, got ${typeName(node)}`);
+      if (!isMap(node)) return fail(`expected ${describe(spec)}, got ${typeName(node, path)}`);
       const out: Record<string, unknown> = {};
       for (const pair of node.items) {
         const keyNode = pair.key as Node;
@@ -92,6 +102,9 @@ export function validateNode(node: Node | null | undefined, spec: Spec, path: st
         const fieldPath = path ? `${path}.${name}` : name;
         if (!fieldSpec) {
           const allowed = Object.keys(spec.fields).join(', ');
+          if (!FIELD_LIKE.test(name)) {
+            throw new ConfigError(ctx.file, positionOf(keyNode, ctx), path, `unknown field of ${name.length} characters, not a field name (not shown: is this a migration.yaml?); allowed fields here: ${allowed}`);
+          }
           throw new ConfigError(ctx.file, positionOf(keyNode, ctx), fieldPath, `unknown field "${name}"; allowed fields here: ${allowed}`, spec.hint?.[name]);
         }
         out[name] = validateNode(pair.value as Node, fieldSpec, fieldPath, ctx);
@@ -102,7 +115,7 @@ export function validateNode(node: Node | null | undefined, spec: Spec, path: st
       return out;
     }
     case 'string': {
-      if (!isScalar(node) || typeof node.value !== 'string') return fail(`expected ${describe(spec)}, got ${typeName(node)}`);
+      if (!isScalar(node) || typeof node.value !== 'string') return fail(`expected ${describe(spec)}, got ${typeName(node, path)}`);
       const value = node.value;
       if (spec.enum && !spec.enum.includes(value)) fail(`"${value}" is not allowed; allowed values: ${spec.enum.join(', ')}`);
       if (spec.nonEmpty && value === '') fail('must not be empty');
@@ -110,24 +123,24 @@ export function validateNode(node: Node | null | undefined, spec: Spec, path: st
       return value;
     }
     case 'integer': {
-      if (!isScalar(node) || typeof node.value !== 'number' || !Number.isInteger(node.value)) return fail(`expected ${describe(spec)}, got ${typeName(node)}`);
+      if (!isScalar(node) || typeof node.value !== 'number' || !Number.isInteger(node.value)) return fail(`expected ${describe(spec)}, got ${typeName(node, path)}`);
       const value = node.value;
       if ((spec.min !== undefined && value < spec.min) || (spec.max !== undefined && value > spec.max)) fail(`${value} is out of range; expected ${describe(spec)}`);
       return value;
     }
     case 'boolean': {
-      if (!isScalar(node) || typeof node.value !== 'boolean') return fail(`expected ${describe(spec)}, got ${typeName(node)}`);
+      if (!isScalar(node) || typeof node.value !== 'boolean') return fail(`expected ${describe(spec)}, got ${typeName(node, path)}`);
       return node.value;
     }
     case 'array': {
-      if (!isSeq(node)) return fail(`expected ${describe(spec)}, got ${typeName(node)}`);
+      if (!isSeq(node)) return fail(`expected ${describe(spec)}, got ${typeName(node, path)}`);
       if (spec.nonEmpty && node.items.length === 0) fail('must not be empty');
       return node.items.map((item, i) => validateNode(item as Node, spec.items, `${path}[${i}]`, ctx));
     }
     case 'strings': {
       if (isScalar(node) && typeof node.value === 'string') return node.value.split(',').map((s) => s.trim()).filter(Boolean);
       if (isSeq(node)) return node.items.map((item, i) => validateNode(item as Node, { kind: 'string', nonEmpty: true }, `${path}[${i}]`, ctx));
-      return fail(`expected ${describe(spec)}, got ${typeName(node)}`);
+      return fail(`expected ${describe(spec)}, got ${typeName(node, path)}`);
     }
   }
 }
