@@ -234,6 +234,37 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('finalize --delete-etcd refuses while Consul lacks keys etcd holds: nothing deleted or exported, the rule stays cut over', async () => {
+    const s = scenario('finlack');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const cut = await s.cli(['cutover', '--rule', 'app', '--yes']);
+      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    // No dual-run mirrors Consul's deletes back to etcd: Consul lost two keys etcd still holds.
+    await target.deleteKey(`${s.id}/app/k1`);
+    await target.deleteKey(`${s.id}/app/k2`);
+    const before = await snapshot(s);
+    const args = ['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--export-etcd', 'app-etcd.json'];
+    const lacking = await s.cli(args);
+    expect(lacking.code, lacking.stdout + lacking.stderr).toBe(4);
+    expect(lacking.stdout).toMatch(/FAIL app: consul holds the keys\s+Consul lacks 2 of the 5 etcd key\(s\) of rule app \(\/co-finlack-[0-9a-f]+\/app\/k1, \/co-finlack-[0-9a-f]+\/app\/k2\)/);
+    expect(await snapshot(s)).toBe(before);
+    expect(existsSync(join(s.dir, 'app-etcd.json'))).toBe(false);
+    expect((await phases(s)).app.phase).toBe('cutover');
+    // Written back in Consul: finalize deletes the rule's etcd keys (the kept ones stay).
+    await target.putKey(`${s.id}/app/k1`, Buffer.from('v1'));
+    await target.putKey(`${s.id}/app/k2`, Buffer.from('v2'));
+    const fin = await s.cli(args);
+    expect(fin.code, fin.stdout + fin.stderr).toBe(0);
+    expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
+  }, 60_000);
+
   it('a late writer: a direct etcd write under a cut-over rule is counted, logged by key, and fails verify', async () => {
     const s = scenario('late');
     await seed(s);

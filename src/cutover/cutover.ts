@@ -7,6 +7,9 @@ import type { ConsulHttp } from '../stores/consul-http.js';
 import type { SourceWriter } from '../stores/etcd-writer.js';
 import { deleteUnchangedSince } from '../stores/etcd-writer.js';
 import { formatKey } from '../report/keys.js';
+import { readRanges } from '../stores/key-range.js';
+import { ListedKeys } from '../stores/listed-keys.js';
+import { routeKey, ruleRanges } from '../mapping/route.js';
 import type { CheckpointState } from '../copy/copy.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import type { VerifyResult } from '../verify/verify.js';
@@ -367,6 +370,38 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   return { action: 'rollback', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: global.checkpoint, written: [...written.values()] };
 }
 
+/**
+ * For `finalize --delete-etcd`: Consul holds every etcd key of the rule that
+ * the migration copies (deleted from etcd, the key has no other copy), and
+ * the keys it never copies (unmappable, too large, leased under `leases:
+ * skip`) are deleted only with `--export-etcd`, which keeps them on disk.
+ * Consul emptied by hand or by an application, and a late write to etcd
+ * after the cutover, fail it.
+ */
+async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: boolean): Promise<PreconditionCheck> {
+  const { mapping } = deps;
+  const listed = new ListedKeys(await deps.target.listKeys(rule.to));
+  let keys = 0;
+  let neverCopied = 0;
+  const missing: Buffer[] = [];
+  for await (const page of readRanges(deps.source, ruleRanges(mapping, rule), {})) {
+    for (const entry of page.entries) {
+      keys++;
+      const route = routeKey(mapping, entry.key, { valueBytes: entry.value.length, maxValueBytes: mapping.maxValueBytes });
+      if (route.kind !== 'mapped' || (entry.lease !== '0' && rule.leases === 'skip')) neverCopied++;
+      else if (!listed.take(route.target)) missing.push(entry.key);
+    }
+  }
+  const examples = (list: Buffer[]) => `${list.slice(0, 3).map(formatKey).join(', ')}${list.length > 3 ? ', …' : ''}`;
+  if (missing.length > 0) {
+    return { name: 'consul holds the keys', ok: false, detail: `Consul lacks ${missing.length} of the ${keys} etcd key(s) of rule ${rule.name} (${examples(missing)}): deleted from etcd, they would have no copy left. Run \`migrate verify\` to see why (a late write to etcd, keys deleted in Consul); nothing was deleted` };
+  }
+  if (neverCopied > 0 && !exported) {
+    return { name: 'consul holds the keys', ok: false, detail: `${neverCopied} of the ${keys} etcd key(s) of rule ${rule.name} were never copied to Consul (unmappable, too large, or leased under leases: skip): pass --export-etcd <file> to keep them on disk before they are deleted` };
+  }
+  return { name: 'consul holds the keys', ok: true, detail: `Consul holds the ${keys - neverCopied} etcd key(s) of rule ${rule.name} it copies${neverCopied > 0 ? `; ${neverCopied} never copied go to the export file only` : ''}` };
+}
+
 /** `migrate finalize --rule <name>…`: stops mirroring for good; optionally exports and deletes the rule's etcd keys. */
 export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): Promise<CutoverResult> {
   const { config, mapping, target } = deps;
@@ -393,6 +428,13 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     ];
     return { rule: name, from, to: 'finalized', checks, ok: checks.every((c) => c.ok) };
   });
+  if (options.deleteEtcd) {
+    for (const outcome of outcomes.filter((o) => o.ok)) {
+      const check = await consulHoldsRule(deps, ruleNamed(mapping, outcome.rule), Boolean(etcdOut));
+      outcome.checks.push(check);
+      outcome.ok = check.ok;
+    }
+  }
   if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
     return refusedResult('finalize', deps, [], outcomes, etcdRevisionBefore, state.checkpoint?.revision ?? null);
   }
