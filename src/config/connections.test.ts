@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { scrub } from '../report/redact.js';
 import { resolveConnections } from './connections.js';
+import { generateTls } from '../../scripts/local-servers.js';
 import { parseConfig } from './load.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'migrate-conn-'));
@@ -71,6 +72,43 @@ describe('connection settings: flags > environment > file > defaults', () => {
     expect(() => resolveConnections(noPassword, {}, {}, dir)).toThrow(/no password was found/);
     expect(() => resolveConnections(fileConfig, {}, { CONSUL_HTTP_TOKEN_FILE: '/nonexistent/token', MY_ETCD_PW: 'p' }, dir)).toThrow(/Cannot read the Consul token file/);
     expect(() => resolveConnections(fileConfig, {}, { ETCDCTL_ENDPOINTS: 'https://e:2379', MY_ETCD_PW: 'p' }, dir)).toThrow(/https:\/\/ but no CA certificate/);
+  });
+
+  it('an empty --consul-addr or --datacenter is a usage error, not the next setting in line (an unset shell variable)', () => {
+    for (const flags of [{ consulAddr: '' }, { consulAddr: ' ' }, { datacenter: '' }]) {
+      expect(() => resolveConnections(fileConfig, flags, { MY_ETCD_PW: 'p', CONSUL_HTTP_ADDR: 'http://env-consul:8500' }, dir)).toThrow(expect.objectContaining({ code: 'flag_invalid', exitCode: 2, message: expect.stringMatching(/^--(consul-addr|datacenter) was given an empty value/) }));
+    }
+  });
+
+  it('a Consul token no HTTP header can carry (two lines) is a usage error that does not show it', () => {
+    writeFileSync(join(dir, 'two-lines.txt'), 'tok-line-one\ntok-line-two\n');
+    for (const env of [{ CONSUL_HTTP_TOKEN: 'tok-line-one\ntok-line-two' }, { CONSUL_HTTP_TOKEN_FILE: join(dir, 'two-lines.txt') }]) {
+      const error = (() => {
+        try {
+          resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', ...env }, dir);
+        } catch (err) {
+          return err as Error & { code: string };
+        }
+        throw new Error('no error');
+      })();
+      expect(error.code).toBe('consul_token_invalid');
+      expect(error.message).not.toContain('tok-line');
+    }
+  });
+
+  it('TLS files TLS cannot use (not PEM; a certificate and a key that do not belong together) are a usage error naming them, not their content', () => {
+    const tls = generateTls();
+    writeFileSync(join(dir, 'garbage.pem'), '-----BEGIN CERTIFICATE-----\nSECRETGARBAGE\n-----END CERTIFICATE-----\n');
+    const cases: [string, NodeJS.ProcessEnv][] = [
+      ['a CA that is not PEM', { CONSUL_CACERT: join(dir, 'garbage.pem') }],
+      ['a certificate with another key', { CONSUL_CACERT: tls.ca, CONSUL_CLIENT_CERT: tls.clientCert, CONSUL_CLIENT_KEY: tls.serverKey }],
+      ['etcd: a certificate with another key', { ETCDCTL_CACERT: tls.ca, ETCDCTL_CERT: tls.clientCert, ETCDCTL_KEY: tls.serverKey }],
+    ];
+    for (const [what, env] of cases) {
+      expect(() => resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', ...env }, dir), what).toThrow(expect.objectContaining({ code: 'tls_file_invalid', exitCode: 2, message: expect.not.stringContaining('SECRETGARBAGE') }));
+    }
+    // The files that belong together pass.
+    expect(resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', CONSUL_CACERT: tls.ca, CONSUL_CLIENT_CERT: tls.clientCert, CONSUL_CLIENT_KEY: tls.clientKey }, dir).target.tls?.cert).toBeDefined();
   });
 
   it('endpoints that name nothing: a flag or the file is a usage error (it was an internal error), an empty environment variable is unset', () => {

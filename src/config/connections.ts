@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { createSecureContext } from 'node:tls';
 import { resolve } from 'node:path';
 import { UsageError } from '../errors.js';
 import { redactUrl, registerSecret } from '../report/redact.js';
@@ -62,6 +64,10 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     return fallback;
   };
 
+  // Given but empty (an unset shell variable: --consul-addr "$STAGING"): an error, not the next source in line.
+  for (const [flag, value] of [['--consul-addr', flags.consulAddr], ['--datacenter', flags.datacenter]] as const) {
+    if (value !== undefined && value.trim() === '') throw new UsageError('flag_invalid', `${flag} was given an empty value.`, { hint: `Give ${flag} a value, or leave the flag out to use the environment or migration.yaml.` });
+  }
   const list = (text: string | undefined) => text?.split(',').map((s) => s.trim()).filter(Boolean);
   const flagEndpoints = list(flags.etcdEndpoints);
   // Given but naming no endpoint: an error, not the default (an empty environment variable counts as unset).
@@ -107,6 +113,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     if (!source.tls.ca) {
       throw new UsageError('etcd_tls_incomplete', 'A client certificate is configured for etcd but no CA certificate.', { hint: 'Set ETCDCTL_CACERT or source.tls.ca as well.' });
     }
+    checkTlsFiles(source.tls, etcdTls, 'etcd', 'ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls)');
   } else if (endpoints.some((e) => e.startsWith('https://'))) {
     throw new UsageError('etcd_tls_incomplete', 'The etcd endpoints use https:// but no CA certificate is configured.', { hint: 'Set ETCDCTL_CACERT or source.tls.ca to the CA that signed the etcd server certificate.' });
   }
@@ -120,6 +127,12 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     ?? (config.target.tokenEnv ? env[config.target.tokenEnv] : undefined)
     ?? (config.target.tokenFile ? readSecretFile(config.target.tokenFile, 'Consul token', baseDir) : undefined);
   registerSecret(token);
+  // A token file of two lines, or a pasted line break: no HTTP header can carry it (the token is not shown).
+  if (token && /[^\x20-\x7e]/.test(token)) {
+    throw new UsageError('consul_token_invalid', 'The Consul token holds a line break or another character an HTTP header cannot carry.', {
+      hint: 'Check CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE (one line: the token) or target.tokenEnv / tokenFile in migration.yaml.',
+    });
+  }
   origins['consul.token'] = env.CONSUL_HTTP_TOKEN ? 'env' : env.CONSUL_HTTP_TOKEN_FILE ? 'env' : config.target.tokenEnv || config.target.tokenFile ? 'file' : 'default';
 
   const target: ConsulConnection = { address };
@@ -143,8 +156,31 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
       key: readPem(consulTls.key, 'Consul client key', baseDir),
       verify,
     };
+    checkTlsFiles(target.tls, consulTls, 'Consul', 'CONSUL_CACERT / CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY (or target.tls)');
   }
   return { source, target, origins };
+}
+
+/**
+ * Certificates and keys that TLS cannot use (not PEM, a certificate and a key
+ * that do not belong together) fail here, naming the files, rather than at the
+ * first request as an internal error. Their content is never shown.
+ */
+function checkTlsFiles(tls: { ca?: Buffer; cert?: Buffer; key?: Buffer }, paths: { ca?: string; cert?: string; key?: string }, server: string, settings: string): void {
+  try {
+    // OpenSSL skips a CA file it cannot parse (and then trusts nothing): each of its certificates is parsed here.
+    if (tls.ca) {
+      const blocks = tls.ca.toString('latin1').match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+      if (blocks.length === 0) throw new Error('the CA file holds no PEM certificate');
+      for (const block of blocks) new X509Certificate(block);
+    }
+    createSecureContext({ cert: tls.cert, key: tls.key });
+  } catch (err) {
+    const files = Object.entries(paths).filter(([, path]) => path).map(([what, path]) => `${what} ${path}`).join(', ');
+    throw new UsageError('tls_file_invalid', `The TLS files for ${server} (${files}) cannot be used: ${(err as Error).message.split('\n')[0]}.`, {
+      hint: `Check ${settings}: PEM files, and a client certificate with the key it was issued for.`,
+    });
+  }
 }
 
 /** Percent-decoded, or as it is when it is not valid percent-encoding. */

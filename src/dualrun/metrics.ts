@@ -143,7 +143,8 @@ export class DualRunMetrics {
 
   async listen(address: string): Promise<string> {
     const match = /^(?:(.*):)?(\d+)$/.exec(address);
-    if (!match) throw new UsageError('flag_invalid', `--metrics-addr ${address} is not host:port or :port.`, { hint: 'For example --metrics-addr :9464 or 127.0.0.1:9464.' });
+    const port = Number(match?.[2]);
+    if (!match || port > 65535) throw new UsageError('flag_invalid', `--metrics-addr ${address} is not host:port or :port (a port from 0 to 65535).`, { hint: 'For example --metrics-addr :9464 or 127.0.0.1:9464.' });
     const host = match[1] || '0.0.0.0';
     this.server = http.createServer(async (req, res) => {
       if (req.url === '/metrics') {
@@ -160,8 +161,12 @@ export class DualRunMetrics {
       }
     });
     await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(Number(match[2]), host, () => resolve());
+      this.server!.once('error', (err: NodeJS.ErrnoException) => {
+        // Nothing of the address can be served: the flag is wrong for this host (exit 2), not the tool.
+        const why = err.code === 'EADDRINUSE' ? 'the port is in use' : err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND' ? 'no interface of this host has that address' : err.code === 'EACCES' ? 'permission denied (a port below 1024 needs privileges)' : err.message;
+        reject(new UsageError('metrics_addr_unavailable', `--metrics-addr ${address}: cannot listen there: ${why}.`, { hint: 'Pass another --metrics-addr (a free port, on an address of this host).' }));
+      });
+      this.server!.listen(port, host, () => resolve());
     });
     const bound = this.server.address();
     return typeof bound === 'object' && bound ? `${bound.address}:${bound.port}` : address;
