@@ -147,3 +147,15 @@ describe('retries', () => {
     expect(calls).toBe(3);
   });
 });
+
+describe('Consul error messages', () => {
+  it('show one line of another server\'s answer, not its whole error page; the body stays whole for checks', () => {
+    const page = `<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n<body>${'x'.repeat(5000)}</body></html>\n`;
+    const error = err('GET', '/v1/status/leader', 404, page) as ConsulResponseError;
+    expect(error.message).toBe('Consul answered GET /v1/status/leader with HTTP 404: <!DOCTYPE html> ….');
+    expect(error.hint).toMatch(/is not a Consul HTTP API/);
+    expect(error.responseBody).toBe(page.trim());
+    const long = err('GET', '/v1/kv/a', 500, 'y'.repeat(1000)) as ConsulResponseError;
+    expect(long.message.length).toBeLessThan(300);
+  });
+});

@@ -212,25 +212,28 @@ export class ConsulHttp {
  */
 export function consulErrorFor(address: string, method: string, path: string, status: number, body: Buffer, datacenter?: string): MigrateError {
   const text = body.toString('utf8').trim();
+  // In messages, one line of at most 200 characters: another server's error page would fill the screen.
+  const firstLine = text.split('\n')[0]!.trim();
+  const shown = firstLine.length > 200 || firstLine.length < text.length ? `${firstLine.slice(0, 200)} …` : firstLine;
   const where = `${method} ${path.split('?')[0]}`;
   if (status === 409 && path === '/v1/txn') {
     return new TxnFailedError(parseTxnErrors(body));
   }
   if (status === 403 || status === 401) {
     if (/ACL not found|token.*not found|invalid token/i.test(text)) {
-      return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${text}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter.');
+      return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${shown}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter.');
     }
-    return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${text || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists for the migrator, then run `migrate doctor`.');
+    return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${shown || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists for the migrator, then run `migrate doctor`.');
   }
   // Go's TLS listener answers a plain request with this 400: the address names the wrong scheme.
   if (status === 400 && /HTTP request to an HTTPS server/i.test(text)) {
     return new ConsulResponseError('consul_tls_required', status, `Consul at ${address} serves HTTPS only; the tool spoke plain HTTP to it and sent nothing else.`, text, 'Use an https:// address (or CONSUL_HTTP_SSL=true) with CONSUL_CACERT set to the CA that signed the server certificate.');
   }
   if (status === 413) {
-    return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${text}`, text, 'Lower target.limits.txnMaxBytes / maxValueBytes in migration.yaml to what the servers accept.');
+    return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${shown}`, text, 'Lower target.limits.txnMaxBytes / maxValueBytes in migration.yaml to what the servers accept.');
   }
   if (/invalid session|Session id '.*' not found|missing session/i.test(text)) {
-    return new ConsulSessionError('consul_session_invalid', status, `Consul does not know the session used by ${where}: ${text}.`, text, 'The session expired or was destroyed; the tool re-creates sessions for live etcd leases on the next run.');
+    return new ConsulSessionError('consul_session_invalid', status, `Consul does not know the session used by ${where}: ${shown}.`, text, 'The session expired or was destroyed; the tool re-creates sessions for live etcd leases on the next run.');
   }
   // Another datacenter that does not answer: its servers are down (the agent cannot dial them) or it left the WAN federation.
   if (status >= 500 && (/No path to datacenter/i.test(text) || (datacenter && /failed to get conn|stream closed|connection refused/i.test(text)))) {
@@ -238,7 +241,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
     return new ConsulResponseError('consul_datacenter_unreachable', status, `Consul at ${address} has no path to datacenter ${dc} (${where}): its servers are down or not joined over the WAN.`, text, 'Check the datacenter\'s servers and the WAN federation (`consul members -wan`); the tool retries meanwhile.');
   }
   if (status === 429 || status >= 500) {
-    return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text, 'Consul is overloaded or has no leader; the tool retries with backoff.');
+    return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${shown || '(empty body)'}.`, text, 'Consul is overloaded or has no leader; the tool retries with backoff.');
   }
   // Go's mux answers unclean paths with 301 (older releases) or 307 (Consul 1.13 and 1.22 alike).
   if (status === 301 || status === 302 || status === 307 || status === 308) {
@@ -246,7 +249,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
   }
   // Every Consul agent serves its leader: a 404 there means the address names some other HTTP server.
   const notConsul = status === 404 && where === 'GET /v1/status/leader';
-  return new ConsulResponseError('consul_request_failed', status, `Consul answered ${where} with HTTP ${status}: ${text || '(empty body)'}.`, text, notConsul
+  return new ConsulResponseError('consul_request_failed', status, `Consul answered ${where} with HTTP ${status}: ${shown || '(empty body)'}.`, text, notConsul
     ? `Every Consul agent serves ${where}, so ${address} is not a Consul HTTP API (another service's port, such as etcd's?). Fix target.address, --consul-addr or CONSUL_HTTP_ADDR (Consul's HTTP port defaults to 8500).`
     : undefined);
 }
