@@ -170,6 +170,43 @@ describe('migrate dualrun (real servers)', () => {
     expect(writes).toBeGreaterThan(100);
   }, 120_000);
 
+  it('renews the sessions its re-baseline made for leases granted while it was stopped: their keys stay in Consul', async () => {
+    // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
+    const own = await startEtcd();
+    const etcd = new Etcd3({ hosts: own.endpoint });
+    const env = serverEnv({ ETCDCTL_ENDPOINTS: own.endpoint });
+    const lease = etcd.lease(10);
+    lease.on('lost', () => undefined);
+    try {
+      const s = scenario('rebaselease');
+      await etcd.put(`${s.root}/app/a`).value('1');
+      expect((await runCli(['copy'], { cwd: s.dir, env })).code).toBe(0);
+      let dr = await startDualRun(s.dir, [], env);
+      await waitCaughtUp(etcd, target, s.id);
+      expect(await dr.stop()).toBe(0);
+      // While it is stopped: a new lease with a key, and etcd compacted past the checkpoint.
+      await lease.grant();
+      const put = await lease.put(`${s.root}/services/api/1`).value('10.0.0.1:80');
+      await etcd.kv.compact({ revision: Number(put.header.revision), physical: true });
+      dr = await startDualRun(s.dir, [], env);
+      try {
+        await eventually('re-baselined', async () => dr.stderr().includes('re-baselined at revision'));
+        const session = (await target.readKey(`${s.id}/services/api/1`))?.session;
+        expect(session).toBeTruthy();
+        // Consul reaps a 10 s session 10 to 20 s after its last renewal: 25 s later it must still hold the key.
+        await new Promise((r) => setTimeout(r, 25_000));
+        expect((await target.readKey(`${s.id}/services/api/1`))?.session).toBe(session);
+        await expectParity(s, etcd);
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      lease.release();
+      etcd.close();
+      await own.stop();
+    }
+  }, 90_000);
+
   it('re-baselines when etcd compacted at the revision just after its checkpoint: a delete made there leaves no event to watch', async () => {
     // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
     const own = await startEtcd();

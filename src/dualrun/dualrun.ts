@@ -341,7 +341,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   }
   stats.checkpoint = checkpointDoc.revision;
   ctx.publish();
-  const sessions = new LeaseSessions(source, target, paths, ctx.config.id);
+  const sessions = new LeaseSessions(source, target, paths, ctx.config.id, undefined, (c) =>
+    options.log('warn', `etcd lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s for its Consul session (Consul sessions live 10 s to 24 h)`, { lease: c.leaseId, etcdTtl: c.etcdTtl, sessionTtl: c.sessionTtl }));
   await sessions.load();
   const limits = await target.limits();
   const ownership = new Ownership();
@@ -518,6 +519,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
             throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, stats.checkpoint) : failed;
           });
           stats.checkpoint = result.revision;
+          // The copy's sessions (new leases, lost sessions replaced) are this run's to renew from now on.
+          await sessions.reload();
           // The copy wrote the checkpoint as its own; the dual-run takes it over at once, so status,
           // cutover and verify see a running dual-run rather than a copy that just finished.
           applier.reset();

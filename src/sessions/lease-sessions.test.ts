@@ -58,3 +58,38 @@ describe('LeaseSessions', () => {
     expect([...target.entries.keys()].filter((k) => k.startsWith(paths.sessions))).toEqual([]);
   });
 });
+
+describe('LeaseSessions after a failure', () => {
+  it('does not keep a failed look-up: once Consul answers again, the lease gets its session (the dual-run stopped replicating for good)', async () => {
+    const { source, target, ids } = world(1);
+    const createSession = target.createSession.bind(target);
+    let down = true;
+    target.createSession = async (spec) => {
+      if (down) throw new Error('Consul is unreachable');
+      return createSession(spec);
+    };
+    const sessions = new LeaseSessions(source, target, paths, 'demo');
+    await expect(sessions.ensure(ids[0]!)).rejects.toThrow('Consul is unreachable');
+    down = false;
+    const session = await sessions.ensure(ids[0]!);
+    expect(session).toBeTruthy();
+    expect(await target.readSession(session!)).toBeDefined();
+  });
+
+  it('reload adopts the sessions another run recorded since (the re-baseline\'s copy), not the ones it had resolved', async () => {
+    const { source, target, ids } = world(2);
+    const dualrun = new LeaseSessions(source, target, paths, 'demo');
+    await dualrun.load();
+    const first = await dualrun.ensure(ids[0]!);
+    // The copy of a re-baseline replaces the first lease's session and makes one for the second.
+    await target.destroySession(first!);
+    const copy = new LeaseSessions(source, target, paths, 'demo');
+    await copy.load();
+    const [replaced, made] = await Promise.all(ids.map((id) => copy.ensure(id)));
+    await dualrun.reload();
+    expect(dualrun.records().map((r) => r.sessionId).sort()).toEqual([replaced, made].sort());
+    expect(await dualrun.ensure(ids[0]!)).toBe(replaced);
+    expect(dualrun.created).toBe(1);
+    expect([...dualrun.own].sort()).toEqual([replaced, made].sort());
+  });
+});

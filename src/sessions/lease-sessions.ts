@@ -73,6 +73,8 @@ export class LeaseSessions {
     private readonly paths: StatePaths,
     private readonly migrationId: string,
     private readonly now: () => Date = () => new Date(),
+    /** Told of each session whose TTL had to be clamped (the dual-run logs it; a copy reports {@link clamps}). */
+    private readonly onClamp?: (finding: ClampFinding) => void,
   ) {}
 
   /** Reads the recorded sessions (the ones this migration owns). */
@@ -86,14 +88,34 @@ export class LeaseSessions {
   }
 
   /**
+   * Reads the records again and forgets what this run had resolved: after the
+   * dual-run's re-baseline, whose copy made sessions for new leases (and
+   * replaced lost ones) with a `LeaseSessions` of its own. Not reloaded, those
+   * sessions went unrenewed until Consul reaped them with their keys, and the
+   * leases got second sessions.
+   */
+  async reload(): Promise<void> {
+    this.byLease.clear();
+    this.pending.clear();
+    this.own.clear();
+    await this.load();
+  }
+
+  /**
    * The session mirroring `leaseId`: adopted when the recorded one still
    * exists in Consul, else created. Undefined when the etcd lease is gone.
    */
   ensure(leaseId: string): Promise<string | undefined> {
     let pending = this.pending.get(leaseId);
     if (!pending) {
-      pending = this.resolve(leaseId);
-      this.pending.set(leaseId, pending);
+      const resolving = this.resolve(leaseId);
+      this.pending.set(leaseId, resolving);
+      // A failure (Consul or etcd unreachable) is not kept: kept, every later write of the lease's keys failed
+      // with it, and the dual-run, replaying them, stopped replicating for good after an outage.
+      resolving.catch(() => {
+        if (this.pending.get(leaseId) === resolving) this.pending.delete(leaseId);
+      });
+      pending = resolving;
     }
     return pending;
   }
@@ -111,7 +133,11 @@ export class LeaseSessions {
       return undefined;
     }
     const { ttl, clamped } = clampTtl(lease.grantedTtl);
-    if (clamped) this.clamps.push({ leaseId, etcdTtl: lease.grantedTtl, sessionTtl: ttl, clamped });
+    if (clamped) {
+      const finding = { leaseId, etcdTtl: lease.grantedTtl, sessionTtl: ttl, clamped };
+      this.clamps.push(finding);
+      this.onClamp?.(finding);
+    }
     const sessionId = await this.target.createSession({ name: sessionName(this.migrationId, leaseId), ttlSeconds: ttl });
     const record: SessionRecord = { schemaVersion: STATE_SCHEMA_VERSION, leaseId, sessionId, ttlSeconds: ttl, etcdTtlSeconds: lease.grantedTtl, created: this.now().toISOString() };
     // Recorded before any key is locked with it: a run that dies after locking still finds the session.
