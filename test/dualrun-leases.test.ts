@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
@@ -89,6 +91,41 @@ describe('dual-run with many leases (real servers)', () => {
       await own.stop();
     }
   }, 120_000);
+
+  it('a key moved to another lease while no dual-run ran, whose session Consul reaped meanwhile: the restart takes the key from the old session and writes the lease\'s keys back', async () => {
+    const id = `moved-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: reg, from: ${root}/reg/, to: ${id}/reg/, leases: session }\n`);
+    const long = shared.lease(600);
+    const short = shared.lease(10);
+    for (const lease of [long, short]) lease.on('lost', () => undefined);
+    try {
+      await long.put(`${root}/reg/a`).value('a1');
+      await short.put(`${root}/reg/x`).value('x1');
+      expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+      let dr = await startDualRun(dir);
+      await waitCaughtUp(shared, target, id);
+      expect(await dr.stop()).toBe(0);
+      // Stopped: `a` moves to the short lease, whose session nobody renews; Consul reaps it and deletes `x`.
+      await short.put(`${root}/reg/a`).value('a2');
+      await eventually('Consul reaps the short lease\'s session', async () => (await target.readKey(`${id}/reg/x`)) === undefined, 40_000);
+      dr = await startDualRun(dir);
+      try {
+        await waitCaughtUp(shared, target, id);
+        expect(dr.child.exitCode).toBeNull();
+        const [a, x] = await Promise.all([target.readKey(`${id}/reg/a`), target.readKey(`${id}/reg/x`)]);
+        expect([a?.value.toString(), x?.value.toString()]).toEqual(['a2', 'x1']);
+        expect(a?.session).toBeTruthy();
+        expect(a?.session).toBe(x?.session);
+        const parity = await checkParity(shared, target, parseConfig(readFileSync(join(dir, 'migration.yaml'), 'utf8'), 'migration.yaml').mapping, id);
+        expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [], wrongSession: [] });
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      await Promise.all([long.revoke(), short.revoke()].map((revoked) => revoked.catch(() => undefined)));
+    }
+  }, 90_000);
 
   it('a session destroyed by hand under a long TTL (not due for renewal for half an hour): the next write of the lease brings every key of it back under a new session', async () => {
     const id = `lost-${randomBytes(3).toString('hex')}`;

@@ -1025,16 +1025,26 @@ class Applier {
         for (const entry of page.entries) if (entry.lease === leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
       }
     }
+    const apply = (part: TxnOp[]) => this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
     for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
-      const apply = () => this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
       try {
-        await apply();
+        await apply(part);
       } catch (err) {
-        // A key still held by an older session of this lease (Consul restored it after a restart): retire it, then write again.
         if (!(err instanceof TxnFailedError)) throw err;
-        const current = new Map((await this.ctx.target.readEntries(part.map((o) => o.key))).map((e) => [e.key, e]));
-        if (!(await this.retireHolders(part, current))) throw err;
-        await apply();
+        const read = async () => new Map((await this.ctx.target.readEntries(part.map((o) => o.key))).map((e) => [e.key, e]));
+        let current = await read();
+        // A key still held by an older session of this lease (Consul restored it after a restart): retire it.
+        if (await this.retireHolders(part, current)) current = await read();
+        // A key another lease's session of ours holds (the key moved to this lease while no dual-run ran): released
+        // from it in the same txn. One a session of someone else holds is left alone, as the replication does.
+        const rebuilt = part.flatMap((op): TxnOp[] => {
+          const holder = current.get(op.key)?.session;
+          if (op.verb !== 'lock' || !holder || holder === op.session) return [op];
+          if (this.sessions.own.has(holder)) return [{ verb: 'unlock', key: op.key, value: op.value, session: holder }, op];
+          this.options.log('warn', `${formatKey(op.key)} is held by a session this migration does not own; left alone`);
+          return [];
+        });
+        for (const again of packTxnBatches(rebuilt, this.limits, this.reserve)) await apply(again);
       }
     }
     this.sessions.replaced.delete(leaseId);
