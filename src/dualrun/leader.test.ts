@@ -1,7 +1,10 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { ServerError } from '../errors.js';
 import { MemoryTarget } from '../stores/memory.js';
-import { LeaderLock } from './leader.js';
+import { LeaderLock, processAlive } from './leader.js';
 
 /** A target whose next `failures` session creations fail as an unreachable Consul does. */
 function flaky(failures: number): { target: MemoryTarget; fail: (n: number) => void } {
@@ -32,5 +35,26 @@ describe('LeaderLock.acquire', () => {
     await expect(new LeaderLock(target, '_migrate/m/leader', 'host:1').acquire({ wait: false, signal, transient })).rejects.toMatchObject({ code: 'consul_unreachable' });
     fail(1);
     await expect(new LeaderLock(target, '_migrate/m/leader', 'host:1').acquire({ wait: true, signal, transient: () => false })).rejects.toMatchObject({ code: 'consul_unreachable' });
+  });
+});
+
+describe('processAlive', () => {
+  it('a process that died and is not reaped yet (a zombie, under a supervisor that reaps late) is not alive; a running one is', async () => {
+    // The shell's `sleep 0` child becomes a child of `sleep 5`, which never reaps it.
+    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const [line] = (await once(parent.stdout!, 'data')) as [Buffer];
+      const zombie = Number(line.toString().trim());
+      const deadline = Date.now() + 3000;
+      while (processAlive(zombie) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(processAlive(zombie)).toBe(false);
+      // It is a zombie, not gone: kill(pid, 0) alone still finds it.
+      expect(readFileSync(`/proc/${zombie}/stat`, 'latin1')).toMatch(/\) Z /);
+      expect(() => process.kill(zombie, 0)).not.toThrow();
+      expect(processAlive(parent.pid!)).toBe(true);
+      expect(processAlive(process.pid)).toBe(true);
+    } finally {
+      parent.kill('SIGKILL');
+    }
   });
 });

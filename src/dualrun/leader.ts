@@ -1,15 +1,27 @@
+import { existsSync, readFileSync } from 'node:fs';
 import { RefusedError } from '../errors.js';
 import { sleep } from '../stores/consul-http.js';
 import type { TargetStore } from '../stores/types.js';
 
-function processAlive(pid: number): boolean {
+/** Whether process `pid` of this host still runs: a zombie (dead, not yet reaped by its parent) does not. */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+  // Without /proc (not Linux), what kill said.
+  if (!HAS_PROC) return true;
+  try {
+    // /proc/<pid>/stat: "pid (comm) state …"; comm may hold spaces and parentheses, the state follows the last ")".
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
 }
+
+const HAS_PROC = existsSync('/proc/self/stat');
 
 /** TTL of the leader's session: a standby takes over within about 2× this after the leader dies. */
 export const LEADER_TTL_SECONDS = 10;
