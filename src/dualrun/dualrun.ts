@@ -182,7 +182,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     const leader = new LeaderLock(primaryLane.target, paths.leader, holder);
     stats.role = 'standby';
     publish();
-    const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, ...standbyRetries(options.log), onWaiting: (leading) => options.log('info', `standby: another dual-run leads this migration (${leading}); waiting for its lock`, { leader: leading }) });
+    const acquired = await leader.acquire({ wait: options.ha, signal: options.signal, ...standbyRetries(options.log, stats, publish), onWaiting: (leading) => options.log('info', `standby: another dual-run leads this migration (${leading}); waiting for its lock`, { leader: leading }) });
     if (!acquired) {
       await leader.release();
       stats.role = 'stopped';
@@ -267,7 +267,7 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
       stats.role = 'standby';
       run.publish();
       // Free unless a former leader's session still holds it; that one expires within 2× its TTL.
-      const acquired = await lock.acquire({ wait: true, signal: options.signal, ...standbyRetries(log), onWaiting: () => log('info', 'waiting for the lock in this datacenter (held by a former leader until its session expires)') });
+      const acquired = await lock.acquire({ wait: true, signal: options.signal, ...standbyRetries(log, stats, run.publish), onWaiting: () => log('info', 'waiting for the lock in this datacenter (held by a former leader until its session expires)') });
       if (!acquired) break;
       await refuseWhileCopyRuns(lane.target, lane.config);
       const lost = new AbortController();
@@ -595,15 +595,23 @@ function sum(result: CopyResult, field: 'created' | 'updated' | 'deleted'): numb
 
 /** Errors worth waiting out: servers unreachable or overloaded, a watch that broke. */
 /** A standby waiting for a lock rides out a Consul that does not answer, said at most every 10 s. */
-function standbyRetries(log: DualRunOptions['log']): { transient: (err: unknown) => boolean; onUnavailable: (err: unknown) => void } {
+/** How a standby waits out Consul: it says so at most every 10 s, and is `connected` (ready to lead) only while Consul answers it. */
+function standbyRetries(log: DualRunOptions['log'], stats: DualRunStats, publish: () => void): { transient: (err: unknown) => boolean; onUnavailable: (err: unknown) => void; onAnswered: () => void } {
   let saidAt = 0;
+  const connected = (up: boolean) => {
+    if (stats.connected === up) return;
+    stats.connected = up;
+    publish();
+  };
   return {
     transient: isTransient,
     onUnavailable: (err) => {
+      connected(false);
       if (Date.now() - saidAt < 10_000) return;
       saidAt = Date.now();
       log('warn', `standby: Consul did not answer (${(err as Error).message}); still waiting for the lock`);
     },
+    onAnswered: () => connected(true),
   };
 }
 

@@ -49,7 +49,7 @@ export class LeaderLock {
    * `signal` aborts, and rides out errors `transient` says will pass (Consul
    * restarting), said through `onUnavailable`.
    */
-  async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void; transient?: (err: unknown) => boolean; onUnavailable?: (err: unknown) => void }): Promise<boolean> {
+  async acquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void; transient?: (err: unknown) => boolean; onUnavailable?: (err: unknown) => void; onAnswered?: () => void }): Promise<boolean> {
     this.announced = false;
     for (;;) {
       try {
@@ -65,7 +65,7 @@ export class LeaderLock {
 
   private announced = false;
 
-  private async tryAcquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void }): Promise<boolean> {
+  private async tryAcquire(options: { wait: boolean; signal: AbortSignal; onWaiting?: (holder: string) => void; onAnswered?: () => void }): Promise<boolean> {
     for (;;) {
       this.session ??= await this.target.createSession({ name: `migrate ${this.purpose} (${this.holder})`, ttlSeconds: LEADER_TTL_SECONDS });
       const body = Buffer.from(JSON.stringify({ schemaVersion: 1, holder: this.holder, since: new Date().toISOString() }));
@@ -82,6 +82,7 @@ export class LeaderLock {
         return true;
       }
       const found = await this.inspect();
+      options.onAnswered?.();
       // Released between our attempt and the read, or its dead holder cleared: try again at once.
       if (found.state !== 'held') continue;
       if (!options.wait) {

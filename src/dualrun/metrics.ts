@@ -19,20 +19,26 @@ export function lagSeconds(stats: DualRunStats, now: number): number {
 
 /**
  * The dual-run's Prometheus endpoint (`/metrics`) and readiness (`/healthz`:
- * 200 when leading, connected and caught up, or a healthy standby; 503 while
- * catching up, disconnected, or stalled: no checkpoint written for twice the heartbeat).
+ * 200 when leading, connected and caught up, or a standby Consul answers; 503
+ * while catching up, disconnected, or stalled: no checkpoint written for twice
+ * the heartbeat). A standby's lag is 0: it replicates nothing.
  */
+/** The lag a process reports: its own while it leads, 0 otherwise (a former leader's would grow for ever). */
+function leadingLagSeconds(stats: DualRunStats, now: number): number {
+  return stats.role === 'leader' ? lagSeconds(stats, now) : 0;
+}
+
 export class DualRunMetrics {
   readonly registry = new Registry();
   private stats: DualRunStats | undefined;
-  private readonly lagRevisions = new Gauge({ name: 'migrate_dualrun_lag_revisions', help: 'etcd revisions not yet applied to Consul', registers: [this.registry] });
+  private readonly lagRevisions = new Gauge({ name: 'migrate_dualrun_lag_revisions', help: 'etcd revisions not yet applied to Consul (0 when not leading: a standby replicates nothing)', registers: [this.registry] });
   private readonly lagSeconds = new Gauge({
     name: 'migrate_dualrun_lag_seconds',
     help: 'replication lag in seconds: with --heartbeat-key the heartbeat\'s end-to-end lag (migrate_dualrun_heartbeat_lag_seconds), else the time since the checkpoint last equalled etcd\'s current revision',
     registers: [this.registry],
     // Computed at scrape time: a stalled dual-run publishes nothing, and its lag must still grow.
     collect: () => {
-      if (this.stats) this.lagSeconds.set(lagSeconds(this.stats, Date.now()));
+      if (this.stats) this.lagSeconds.set(leadingLagSeconds(this.stats, Date.now()));
     },
   });
   private heartbeatLag: Gauge | undefined;
@@ -78,8 +84,8 @@ export class DualRunMetrics {
 
   update(stats: DualRunStats): void {
     this.stats = stats;
-    this.lagRevisions.set(Math.max(0, stats.etcdRevision - stats.checkpoint));
-    this.lagSeconds.set(lagSeconds(stats, Date.now()));
+    this.lagRevisions.set(stats.role === 'leader' ? Math.max(0, stats.etcdRevision - stats.checkpoint) : 0);
+    this.lagSeconds.set(leadingLagSeconds(stats, Date.now()));
     this.checkpoint.set(stats.checkpoint);
     this.etcdRevision.set(stats.etcdRevision);
     this.leader.set(stats.role === 'leader' ? 1 : 0);
@@ -112,10 +118,12 @@ export class DualRunMetrics {
     }
   }
 
-  /** Ready: a standby, or a leader that is connected and within a few revisions/seconds of etcd. */
+  /** Ready: a standby that Consul answers, or a leader that is connected and within a few revisions/seconds of etcd. */
   health(): { ready: boolean; body: Record<string, unknown> } {
     const s = this.stats;
     if (!s) return { ready: false, body: { status: 'starting' } };
+    // A standby replicates nothing: no checkpoint or lag of its own (a former leader's would only grow), only whether it could lead.
+    if (s.role !== 'leader') return { ready: s.role === 'standby' && s.connected, body: { status: s.role === 'stopped' ? 'stopped' : s.connected ? 'ready' : 'disconnected', role: s.role } };
     const lag = Math.max(0, s.etcdRevision - s.checkpoint);
     const seconds = lagSeconds(s, Date.now());
     // With several datacenters, a leader is ready only when every one of them is connected and caught up.
@@ -124,8 +132,8 @@ export class DualRunMetrics {
     // (a frozen server holds requests open: no error says so, and no news from etcd means no visible lag).
     const stalledAt = (written: number) => now - written > 2 * HEARTBEAT_MS;
     const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || stalledAt(d.checkpointWrittenAt) || (d.checkpoint < d.etcdRevision && (now - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
-    const stalled = s.role === 'leader' && stalledAt(s.checkpointWrittenAt);
-    const ready = s.role === 'standby' || (s.role === 'leader' && s.connected && !stalled && seconds < 10 && behind.length === 0);
+    const stalled = stalledAt(s.checkpointWrittenAt);
+    const ready = s.connected && !stalled && seconds < 10 && behind.length === 0;
     const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : 'catching-up';
     return {
       ready,

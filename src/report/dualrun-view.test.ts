@@ -65,9 +65,15 @@ describe('/healthz of a leader whose servers stopped answering', () => {
     expect(metrics.health()).toMatchObject({ ready: true, body: { status: 'ready', lagSeconds: 0 } });
     metrics.update({ ...frozen, checkpointWrittenAt: Date.now() - 21_000 });
     expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'stalled', lagSeconds: 0, checkpointAgeSeconds: 21 } });
-    // A standby writes no checkpoint: it stays ready.
-    metrics.update({ ...frozen, role: 'standby', checkpointWrittenAt: 0 });
-    expect(metrics.health().ready).toBe(true);
+    // A standby writes no checkpoint: it is ready while Consul answers it, and reports no lag of its own
+    // (a former leader's old checkpoint would make its lag grow for ever).
+    metrics.update({ ...frozen, role: 'standby', checkpoint: 40, caughtUpAt: Date.now() - 120_000, checkpointWrittenAt: 0 });
+    expect(metrics.health()).toEqual({ ready: true, body: { status: 'ready', role: 'standby' } });
+    const text = await metrics.text();
+    expect(text).toMatch(/^migrate_dualrun_lag_seconds 0$/m);
+    expect(text).toMatch(/^migrate_dualrun_lag_revisions 0$/m);
+    metrics.update({ ...frozen, role: 'standby', connected: false, checkpointWrittenAt: 0 });
+    expect(metrics.health()).toEqual({ ready: false, body: { status: 'disconnected', role: 'standby' } });
   });
 });
 
