@@ -102,4 +102,12 @@ describe('CLI contract (in-process)', () => {
     expect(t.err).toContain('error[config_not_found]');
     expect(t.err).toContain('next:');
   });
+
+  it('with the dual-run\'s --log-format json, an error that ends the command is one JSON log line, like the rest of stderr', async () => {
+    const t = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml' });
+    expect(await main(['dualrun', '--log-format', 'json'], t)).toBe(2);
+    const lines = t.err.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: 'error', code: 'config_not_found', msg: expect.stringContaining('/nonexistent/migration.yaml'), hint: expect.any(String), docs: expect.stringContaining('#error-config_not_found') });
+  });
 });

@@ -105,9 +105,9 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
       const command = program.commands.find((c) => c.name() === argv[0])?.name() ?? '';
-      return reportError(commandLineError(err, command), io, jsonRequested(argv) ? 'json' : 'text', command);
+      return reportError(commandLineError(err, command), io, jsonRequested(argv) ? 'json' : 'text', command, jsonLogRequested(argv));
     }
-    return reportError(err, io, outcome.format, outcome.commandName);
+    return reportError(err, io, outcome.format, outcome.commandName, jsonLogRequested(argv));
   }
 }
 
@@ -123,6 +123,11 @@ function commandLineError(err: CommanderError, command: string): UsageError {
 /** Whether the command line asks for JSON output, so that a parse error is a JSON document too. */
 function jsonRequested(argv: readonly string[]): boolean {
   return argv.some((arg, i) => arg === '--format=json' || (arg === '--format' && argv[i + 1] === 'json'));
+}
+
+/** Whether stderr carries JSON log lines (the dual-run's `--log-format json`), so that an error is one such line too. */
+function jsonLogRequested(argv: readonly string[]): boolean {
+  return argv.some((arg, i) => arg === '--log-format=json' || (arg === '--log-format' && argv[i + 1] === 'json'));
 }
 
 /**
@@ -152,17 +157,19 @@ function installInterrupts(controller: AbortController, io: Io, opts: { progress
   };
 }
 
-function reportError(err: unknown, io: Io, format: Format, command: string): number {
+function reportError(err: unknown, io: Io, format: Format, command: string, jsonLog = false): number {
   if (isMigrateError(err)) {
     const e = err as MigrateError;
-    io.stderr.write(scrub(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`));
+    if (jsonLog) io.stderr.write(scrub(`${JSON.stringify({ ts: new Date().toISOString(), level: 'error', msg: e.message, code: e.code, hint: e.hint ?? null, docs: errorDocs(e.code) })}\n`));
+    else io.stderr.write(scrub(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`));
     if (format === 'json') {
       io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details, docs: errorDocs(e.code) } })));
     }
     return e.exitCode;
   }
   const error = err instanceof Error ? err : new Error(String(err));
-  io.stderr.write(scrub(`internal error: this is a bug in migrate ${TOOL_VERSION}; please report it with the output below.\n${error.stack ?? error.message}\n`));
+  if (jsonLog) io.stderr.write(scrub(`${JSON.stringify({ ts: new Date().toISOString(), level: 'error', msg: `internal error: this is a bug in migrate ${TOOL_VERSION}; please report it`, code: 'internal_error', stack: error.stack ?? error.message })}\n`));
+  else io.stderr.write(scrub(`internal error: this is a bug in migrate ${TOOL_VERSION}; please report it with the output below.\n${error.stack ?? error.message}\n`));
   if (format === 'json') io.stdout.write(scrub(renderEnvelope(command, 'error', { error: { code: 'internal_error', message: error.message, docs: errorDocs('internal_error') } })));
   return 70;
 }
