@@ -129,6 +129,12 @@ describe('bad input to the writing commands: message, exit code, nothing written
     const clusterId = String(header.cluster_id);
     const write = (meta: object) => ownTarget.putKey(`_migrate/${s.id}/meta`, Buffer.from(JSON.stringify({ schemaVersion: 1, id: s.id, etcdClusterId: clusterId, created: 'then', toolVersion: '0', ...meta })));
 
+    // status reads only, but figures from another etcd cluster would compare unrelated stores: refused as verify is.
+    await write({ etcdClusterId: 'another-cluster', datacenters: ['dc1'], mappingHash: 'x' });
+    const otherCluster = await runCli(['status'], { cwd: s.dir, env: env() });
+    expect(otherCluster.code, otherCluster.stderr).toBe(4);
+    expect(otherCluster.stderr).toMatch(/error\[identity_cluster_mismatch\]: Migration "meta-[0-9a-f]+" was started from etcd cluster another-cluster/);
+
     await write({ datacenters: ['dc9'], mappingHash: 'x' });
     let before = await consulIndex(own.address);
     const otherDc = await runCli(['copy'], { cwd: s.dir, env: env() });

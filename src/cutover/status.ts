@@ -1,7 +1,7 @@
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { countRuleKeys } from '../mapping/route.js';
-import { readState, statePaths, type StateMeta } from '../state/state.js';
+import { checkIdentity, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import { derivePhase, dualRunRunning, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase } from './phase.js';
 import { readCutoverState } from './state-io.js';
@@ -43,7 +43,9 @@ export interface StatusResult {
 export async function runStatus(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: { now: () => Date; maxVerifyAgeMs: number }): Promise<StatusResult> {
   const { source, target, config, mapping } = deps;
   const paths = statePaths(mapping.statePrefix, config.id);
-  const [status, meta, state] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths)]);
+  const [status, meta, state, info] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info()]);
+  // As verify: figures of another etcd cluster (or datacenter) than the migration's would compare unrelated stores.
+  checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
   const nowMs = options.now().getTime();
   const running = dualRunRunning(state.checkpoint, nowMs);
   const checkpoint = state.checkpoint?.revision ?? null;
