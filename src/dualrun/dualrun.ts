@@ -89,8 +89,10 @@ export interface DualRunLog {
   (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>): void;
 }
 
-/** A range of one key, read at the checkpoint only to learn whether etcd still has that revision. */
-const CHECKPOINT_PROBE = { start: Buffer.from([0]), end: Buffer.from([0, 0]) };
+/** One key read at the checkpoint only to learn whether etcd still has that revision: the first of the watched range, which the role may read. */
+function checkpointProbe(range: KeyRange): KeyRange {
+  return { start: range.start, end: Buffer.concat([range.start, Buffer.from([0])]) };
+}
 
 /** How often a lease pass runs (ms): it renews the sessions that are due and notices leases etcd ended. */
 const LEASE_EVERY_MS = 3000;
@@ -476,7 +478,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       try {
         // etcd lets a watch start at its compaction revision but keeps no delete made at that revision, so a watch
         // from checkpoint + 1 would miss it: the history is whole only while the checkpoint itself can be read.
-        await source.count(CHECKPOINT_PROBE, stats.checkpoint);
+        await source.count(checkpointProbe(ctx.range), stats.checkpoint);
         watch = await source.watch(ctx.range, stats.checkpoint + 1);
         stats.connected = true;
         ctx.publish();
