@@ -54,6 +54,12 @@ describe('migrate doctor (real servers)', () => {
       expect(run.stdout + run.stderr).toMatch(/refused the token/);
       expect(run.stdout + run.stderr).not.toContain(CANARY_TOKEN);
     }
+    // The audit, which can go on without Consul, says the token was refused, not that it lacks agent:read.
+    const audit = await runCli(['audit', '--prefix', '/nothing-here/', '--progress', 'none'], { env });
+    expect(audit.code, audit.stderr).toBe(0);
+    expect(audit.stdout).toMatch(/Consul could not be asked \(Consul at http:\/\/127\.0\.0\.1:\d+ refused the token/);
+    expect(audit.stdout).not.toMatch(/lacks agent:read/);
+    expect(audit.stdout + audit.stderr).not.toContain(CANARY_TOKEN);
   });
 
   it('with a valid token on an ACL-enforcing Consul, reports ACLs as enforced', async () => {

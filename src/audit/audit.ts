@@ -285,7 +285,7 @@ async function resolveLimits(input: AuditInput): Promise<AuditResult['limits'] &
     } catch (err) {
       if (!isMigrateError(err)) throw err;
       txnMaxOps ??= 64;
-      basis ??= `Consul was not reachable (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
+      basis ??= `Consul could not be asked (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
     }
   } else {
     txnMaxOps ??= 64;

@@ -1,7 +1,7 @@
 import pLimit from 'p-limit';
 import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
-import { ConsulHttp, ConsulResponseError, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
+import { ConsulHttp, ConsulResponseError, consulErrorFor, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
 import { keysOf, packReads, planReads, sortKeys, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
 import { scanReadResults } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
@@ -206,12 +206,17 @@ export class ConsulTarget implements TargetStore {
   /** `/v1/agent/self` of the agent itself, or undefined without agent:read; read once (info and agentLimits both need it). */
   private agentSelf(): Promise<AgentSelf | undefined> {
     this.agentSelfPromise ??= this.http.withDatacenter(undefined).request({ method: 'GET', path: '/v1/agent/self', accept: [403] }).then(
-      (self) => (self.status === 200 ? (JSON.parse(self.body.toString('utf8')) as AgentSelf) : undefined),
-      (err: unknown) => {
-        this.agentSelfPromise = undefined;
-        throw err;
+      (self) => {
+        if (self.status === 200) return JSON.parse(self.body.toString('utf8')) as AgentSelf;
+        // A token Consul does not know is refused here too: that is not a token without agent:read.
+        const refused = consulErrorFor(this.address, 'GET', '/v1/agent/self', self.status, self.body);
+        if (refused.code === 'consul_token_refused') throw refused;
+        return undefined;
       },
-    );
+    ).catch((err: unknown) => {
+      this.agentSelfPromise = undefined;
+      throw err;
+    });
     return this.agentSelfPromise;
   }
 
