@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { plainProgressLine } from './progress.js';
+import { createProgressView, plainProgressLine } from './progress.js';
 
 describe('plainProgressLine', () => {
   const startedAt = 1_000_000;
@@ -11,5 +11,23 @@ describe('plainProgressLine', () => {
   it('leaves bytes out of work that does not count them (audit, plan, verify), instead of saying 0.0 MiB', () => {
     const line = plainProgressLine({ title: 'auditing', items: [{ name: 'keys', total: 500, done: 250 }], retries: 0, startedAt }, startedAt + 5_000);
     expect(line).toBe('auditing: 250/500 keys, 50 keys/s, ETA 5s');
+  });
+});
+
+describe('createProgressView with --progress json', () => {
+  it('ends with an event of where the work ended, not the last throttled one', async () => {
+    const events: Record<string, unknown>[] = [];
+    const ctx = { progress: 'json', event: (e: Record<string, unknown>) => events.push(e) } as unknown as Parameters<typeof createProgressView>[0];
+    const view = createProgressView(ctx);
+    const state = { title: 'copying', items: [{ name: 'a', total: 300, done: 0 }], retries: 0, startedAt: Date.now() };
+    for (const done of [100, 200, 300]) {
+      state.items[0]!.done = done;
+      view.update(state);
+    }
+    expect(events.map((e) => e.done)).toEqual([100]);
+    await view.close();
+    expect(events.map((e) => e.done)).toEqual([100, 300]);
+    await view.close();
+    expect(events).toHaveLength(2);
   });
 });

@@ -50,16 +50,24 @@ export function createProgressView(ctx: CommandContext): ProgressView {
   if (ctx.progress === 'none') return { update() {}, warn: (m) => ctx.warn(m), async close() {} };
   if (ctx.progress === 'json') {
     let last = 0;
+    // The state not sent yet (throttled): the last event of a run says where it ended.
+    let unsent: ProgressState | undefined;
+    const send = (state: ProgressState, now: number) => {
+      last = now;
+      unsent = undefined;
+      const r = rate(state, now);
+      ctx.event({ event: 'progress', title: state.title, done: r.done, total: r.total, keysPerSecond: Math.round(r.perSecond), items: state.items, retries: state.retries });
+    };
     return {
       update(state) {
         const now = Date.now();
-        if (now - last < 500) return;
-        last = now;
-        const r = rate(state, now);
-        ctx.event({ event: 'progress', title: state.title, done: r.done, total: r.total, keysPerSecond: Math.round(r.perSecond), items: state.items, retries: state.retries });
+        if (now - last < 500) unsent = state;
+        else send(state, now);
       },
       warn: (message) => ctx.event({ event: 'warning', message }),
-      async close() {},
+      async close() {
+        if (unsent) send(unsent, Date.now());
+      },
     };
   }
   if (ctx.progress === 'auto' && ctx.interactive) return inkProgress(ctx);
