@@ -37,7 +37,7 @@ import { probeThroughput, type ProbeResult } from './probe.js';
 import type { RevisionGroupOptions } from './revision-groups.js';
 import { identityRouter, mappingRouter, type KeyRouter } from './router.js';
 import { sampleFindings, sampleWrites, type SampleSummary } from './sample.js';
-import { describeRange, disjointPrefixRanges, emptyPrefixWarnings, intersectRange, requireSomethingReadable, scanIdentityJoin, scanWithRuleFallback, splitAtSlash, wholeKeyspace, type ScanOutcome } from './scan.js';
+import { describeRange, disjointPrefixRanges, prefixWarnings, intersectRange, requireSomethingReadable, scanIdentityJoin, scanWithRuleFallback, splitAtSlash, wholeKeyspace, type ScanOutcome } from './scan.js';
 
 /** Version of the audit report's shape (`--format json|yaml`); see `src/audit/REPORT.md`. */
 export const AUDIT_SCHEMA_VERSION = 1;
@@ -190,7 +190,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
     }
     requireSomethingReadable(outcome, 'audit');
     const scanMs = Math.max(1, now() - started);
-    for (const message of await emptyPrefixWarnings(input.source, input.prefixes ?? [], revision)) input.onProgress?.({ phase: 'warning', message });
+    for (const message of await prefixWarnings(input.source, input.prefixes ?? [], revision)) input.onProgress?.({ phase: 'warning', message });
 
     const snapshot = inventory.snapshot();
     const lookupIds = inventory.leasesToLookUp(input.leaseLookups ?? 10_000);

@@ -274,24 +274,37 @@ export function requireSomethingReadable(outcome: ScanOutcome, command: string):
 }
 
 /**
- * A `--prefix` no key starts with is most often a typo (etcd prefixes usually
- * begin with "/", Consul ones do not): say so, with the spelling that has keys.
+ * Warnings about `--prefix` values that likely do not say what was meant. One
+ * no key starts with is most often a typo (etcd prefixes usually begin with
+ * "/", Consul ones do not): say so, with the spelling that has keys. One
+ * without a trailing "/" takes keys of other folders too (`/app` takes
+ * `/apple/…`): say how many.
  */
-export async function emptyPrefixWarnings(source: SourceReader, prefixes: readonly string[], revision: number): Promise<string[]> {
+export async function prefixWarnings(source: SourceReader, prefixes: readonly string[], revision: number): Promise<string[]> {
   const messages: string[] = [];
-  const keysUnder = async (prefix: string) => {
+  const keysIn = async (range: { start: Buffer; end: Buffer }) => {
     try {
-      return await source.count(prefixRange(prefix), revision);
+      return await source.count(range, revision);
     } catch (err) {
       if (!isMigrateError(err)) throw err;
       return undefined;
     }
   };
+  const keysUnder = (prefix: string) => keysIn(prefixRange(prefix));
   for (const prefix of prefixes) {
-    if ((await keysUnder(prefix)) !== 0) continue;
-    const other = prefix.startsWith('/') ? prefix.slice(1) : `/${prefix}`;
-    const found = other === '' ? undefined : await keysUnder(other);
-    messages.push(`--prefix ${formatKey(prefix)}: no etcd key at revision ${revision} starts with it${found ? `; ${found} key(s) start with ${formatKey(other)}` : ''}`);
+    const all = await keysUnder(prefix);
+    if (all === 0) {
+      const other = prefix.startsWith('/') ? prefix.slice(1) : `/${prefix}`;
+      const found = other === '' ? undefined : await keysUnder(other);
+      messages.push(`--prefix ${formatKey(prefix)}: no etcd key at revision ${revision} starts with it${found ? `; ${found} key(s) start with ${formatKey(other)}` : ''}`);
+      continue;
+    }
+    if (all === undefined || prefix === '' || prefix.endsWith('/')) continue;
+    const exact = Buffer.from(prefix);
+    const [folder, itself] = await Promise.all([keysUnder(`${prefix}/`), keysIn({ start: exact, end: Buffer.concat([exact, Buffer.from([0])]) })]);
+    if (folder === undefined || itself === undefined) continue;
+    const outside = all - folder - itself;
+    if (outside > 0) messages.push(`--prefix ${formatKey(prefix)} does not end with "/": it also takes ${outside} key(s) that do not start with ${formatKey(`${prefix}/`)} (folders whose names start the same); end it with "/" for that folder alone`);
   }
   return messages;
 }

@@ -53,6 +53,16 @@ describe('runPlan', () => {
     expect(warnings).toEqual([expect.stringMatching(/^--prefix app\/: no etcd key at revision \d+ starts with it; 4 key\(s\) start with \/app\/$/)]);
   });
 
+  it('warns of a --prefix without a trailing "/" that takes keys of another folder too, and not of one that takes none', async () => {
+    const s = source();
+    s.put('/apple/pie', 'p');
+    s.put('/app', 'the key named like the folder');
+    const loaded = parseConfig(yaml('skip'), 'migration.yaml');
+    const warnings: string[] = [];
+    await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, prefixes: ['/app', '/svc'], onWarning: (m) => warnings.push(m) });
+    expect(warnings).toEqual(['--prefix /app does not end with "/": it also takes 1 key(s) that do not start with /app/ (folders whose names start the same); end it with "/" for that folder alone']);
+  });
+
   it('counts one session per lease, also when its keys fall in two rules (as the copy makes them)', async () => {
     const s = new MemorySource();
     const shared = s.grantLease(30);

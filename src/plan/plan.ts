@@ -6,7 +6,7 @@ import { DEFAULT_PAGE_KEYS, type SourceReader } from '../stores/types.js';
 import { CappedList } from '../audit/aggregate.js';
 import { txnCapacity, estimateOpBytes } from '../audit/inventory.js';
 import { mappingRouter } from '../audit/router.js';
-import { describeRange, disjointPrefixRanges, emptyPrefixWarnings, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
+import { describeRange, disjointPrefixRanges, prefixWarnings, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
 import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from '../audit/tally.js';
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
@@ -146,7 +146,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     }
   });
   requireSomethingReadable(outcome, 'plan');
-  for (const message of await emptyPrefixWarnings(input.source, input.prefixes ?? [], revision)) input.onWarning?.(message);
+  for (const message of await prefixWarnings(input.source, input.prefixes ?? [], revision)) input.onWarning?.(message);
 
   const rules = tallies.list();
   const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter, (names) => tallies.sessionsOf(names));
