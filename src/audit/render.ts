@@ -174,7 +174,7 @@ export function renderText(result: AuditResult): string {
   }
   if (result.sample) {
     const sm = result.sample;
-    lines.push(`Sample (${(sm.durationMs / 1000).toFixed(1)} s): ${formatCount(sm.writes)} writes in ${formatCount(sm.revisions)} revisions (${sm.writesPerSecond} writes/s, ${sm.revisionsPerSecond} revisions/s); largest live group ${sm.largestGroup} ops, ${sm.groupsOverTarget} over the target's txn`);
+    lines.push(`Sample (${(sm.durationMs / 1000).toFixed(1)} s): ${formatCount(sm.writes)} writes in ${formatCount(sm.revisions)} revisions (${sm.writesPerSecond} writes/s, ${sm.revisionsPerSecond} revisions/s); largest live group ${sm.largestGroup} ops; ${sm.groupsOverTarget} live group(s) larger than one Consul txn`);
     for (const p of sm.prefixes.slice(0, result.top)) lines.push(`  ${p.prefix.padEnd(38)} ${String(p.writesPerSecond).padStart(8)} writes/s (${p.replicatedPerSecond} replicated)`);
   }
   const e = result.estimate;
