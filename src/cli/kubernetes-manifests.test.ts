@@ -11,6 +11,7 @@ import { loadConfig } from '../config/load.js';
 import { DualRunMetrics } from '../dualrun/metrics.js';
 import { createProgram } from './main.js';
 import { captureIo } from '../../test/support/capture-io.js';
+import { generateTls } from '../../scripts/local-servers.js';
 
 /**
  * deploy/kubernetes must run the tool as it is: every manifest is parsed, and
@@ -82,6 +83,13 @@ function fileAt(pod: Obj, container: Obj, path: string): { source: 'configMap' |
   throw new Error(`${path} is not under any volume mount of ${container.name}`);
 }
 
+let ca: string | undefined;
+/** A CA certificate made for the test (openssl), once. */
+function realCa(): string {
+  ca ??= generateTls().ca;
+  return ca;
+}
+
 /** The container's environment as the tool will see it, files written under `root`, and what was checked. */
 function environmentOf(pod: Obj, container: Obj, root: string): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
@@ -110,7 +118,8 @@ function environmentOf(pod: Obj, container: Obj, root: string): NodeJS.ProcessEn
     expect(content, `${name}: Secret ${file.name} has no key ${file.key}`).toBeDefined();
     const local = join(root, path);
     mkdirSync(dirname(local), { recursive: true });
-    writeFileSync(local, content!);
+    // The example Secrets hold a placeholder CA, which the tool refuses (tls_file_invalid): a real one in its place.
+    writeFileSync(local, /-----BEGIN CERTIFICATE-----[\s\S]*REPLACE-ME/.test(content!) ? readFileSync(realCa()) : content!);
     env[name] = local;
   }
   return env;
