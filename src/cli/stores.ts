@@ -92,8 +92,9 @@ async function knownDatacenterViews(loaded: LoadedConfig, agent: ConsulTarget): 
 
 /**
  * For the commands that read etcd only (audit, plan): the datacenters the
- * rules name are checked against the agent now, not first at the copy; a
- * Consul that cannot be asked is a warning, not a failure.
+ * rules name are checked against the agent now, not first at the copy. A
+ * warning, not a failure: these commands plan a migration, often before the
+ * datacenters are joined over the WAN; the copy refuses an unknown one.
  */
 export async function checkNamedDatacenters(loaded: LoadedConfig, connection: ConsulConnection, warn: (message: string) => void): Promise<void> {
   if (!namesDatacenters(loaded.config)) return;
@@ -102,8 +103,10 @@ export async function checkNamedDatacenters(loaded: LoadedConfig, connection: Co
   try {
     await knownDatacenterViews(loaded, agent);
   } catch (err) {
-    if (!isMigrateError(err) || err.code === 'datacenter_unknown') throw err;
-    warn(`the datacenters the rules name were not checked against Consul (${err.message}); copy checks them before it writes`);
+    if (!isMigrateError(err)) throw err;
+    warn(err.code === 'datacenter_unknown'
+      ? `${err.message.replace(/\.$/, '')}: copy and dualrun refuse it until it is joined over the WAN or the rules are fixed`
+      : `the datacenters the rules name were not checked against Consul (${err.message}); copy checks them before it writes`);
   } finally {
     agent.close();
   }
