@@ -378,3 +378,24 @@ describe('copy and Consul\'s lock delay', () => {
     expect(o.events.filter((e) => e.type === 'warning' && /lock delay/.test(e.message))).toHaveLength(1);
   });
 });
+
+describe('copy of a rule with leases: skip', () => {
+  it('counts a Consul key of an etcd key that is leased now as extraneous, and --delete-extraneous deletes it (the dual-run\'s re-baseline too)', async () => {
+    const skip = parseConfig('version: 1\nid: demo\nrules:\n  - { name: locks, from: /locks/, to: locks/, leases: skip }\n', 'migration.yaml');
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/locks/job', 'free');
+    source.put('/locks/other', 'free');
+    await runCopy({ source, target, config: skip.config, mapping: skip.mapping }, options());
+    expect(target.entries.has('locks/job')).toBe(true);
+    // Taken under a lease: a key leases: skip leaves on etcd; Consul's copy of it is left over.
+    source.put('/locks/job', 'mine', source.grantLease(60));
+    const kept = await runCopy({ source, target, config: skip.config, mapping: skip.mapping }, options());
+    expect(kept.rules[0]).toMatchObject({ extraneous: 1, deleted: 0, skipped: { 'lease-skip': 1 } });
+    expect(kept.rules[0]!.extraneousExamples).toEqual(['locks/job']);
+    const deleted = await runCopy({ source, target, config: skip.config, mapping: skip.mapping }, options({ deleteExtraneous: true, allowMassDelete: true }));
+    expect(deleted.rules[0]).toMatchObject({ extraneous: 1, deleted: 1 });
+    expect(target.entries.has('locks/job')).toBe(false);
+    expect(target.entries.get('locks/other')?.value.toString()).toBe('free');
+  });
+});

@@ -405,6 +405,15 @@ export interface CopyDeps {
   mapping: Mapping;
 }
 
+/**
+ * Whether Consul holds the key a mapped route gives: a leased key under
+ * `leases: skip` never is, so a Consul key of it (written before the key got
+ * its lease) is extraneous, and a re-baseline deletes it as the replication does.
+ */
+function heldInConsul(entry: SourceEntry, route: Extract<PlannedRoute, { kind: 'mapped' }>): boolean {
+  return entry.lease === '0' || route.leases !== 'skip';
+}
+
 function ownRanges(mapping: Mapping, rule: RuleConfig): KeyRange[] {
   return ruleRanges(mapping, { fromBytes: Buffer.from(rule.from) });
 }
@@ -426,7 +435,7 @@ async function refuseMassDeletes(deps: CopyDeps, copyRules: RuleConfig[], revisi
     for await (const page of readRanges(deps.source, ownRanges(deps.mapping, rule), { revision, pageKeys: options.pageKeys, keysOnly: true, signal: options.signal })) {
       for (const entry of page.entries) {
         const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
-        if (route.kind === 'mapped') targetKeys.take(route.target);
+        if (route.kind === 'mapped' && heldInConsul(entry, route)) targetKeys.take(route.target);
       }
     }
     if (options.signal.aborted) return;
@@ -473,7 +482,7 @@ async function copyRule(
       for (const entry of page.entries) {
         const route = routeForCopy(deps.mapping, rule.name, entry.key, 0);
         if (route.kind !== 'mapped') continue;
-        targetKeys.take(route.target);
+        if (heldInConsul(entry, route)) targetKeys.take(route.target);
         stats.resumedBelow++;
       }
       keysDone += page.entries.length;
@@ -493,7 +502,7 @@ async function copyRule(
         const route = routeForCopy(deps.mapping, rule.name, entry.key, entry.value.length);
         routes.set(entry, route);
         if (route.kind !== 'mapped') continue;
-        if (targetKeys.take(route.target)) {
+        if (heldInConsul(entry, route) && targetKeys.take(route.target)) {
           wanted.push(route.target);
           wantedBytes.push(entry.value.length);
         }
