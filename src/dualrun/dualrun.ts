@@ -898,12 +898,13 @@ class Applier {
     // Keys an older session of ours held went with it: read them again.
     if (await this.retireHolders(ops, current)) current = await read();
     const fixed: TxnOp[] = [];
+    const ours = await this.oursAmong(current);
     // The last write to each key wins; rebuild it against the real holder.
     const last = new Map<string, TxnOp>();
     for (const op of ops) last.set(op.key, op);
     for (const [key, op] of last) {
       const holder = current.get(key)?.session;
-      const own = holder && this.sessions.own.has(holder);
+      const own = holder && ours.has(holder);
       if (op.verb === 'delete') fixed.push(op);
       else if (op.verb === 'lock') {
         if (!(await this.ctx.target.readSession(op.session))) {
@@ -1001,6 +1002,15 @@ class Applier {
     this.renewedAt.set(record.leaseId, renewing);
   }
 
+  /** The sessions holding `current`'s keys that are this migration's (see {@link LeaseSessions.isOurs}). */
+  private async oursAmong(current: ReadonlyMap<string, TargetEntry>): Promise<Set<string>> {
+    const ours = new Set<string>();
+    for (const holder of new Set([...current.values()].flatMap((e) => (e.session ? [e.session] : [])))) {
+      if (await this.sessions.isOurs(holder)) ours.add(holder);
+    }
+    return ours;
+  }
+
   /**
    * Retires the older sessions of ours (Consul restored them after a restart,
    * once this run had made new ones) that hold, as `current` (Consul's entries
@@ -1045,12 +1055,13 @@ class Applier {
         let current = await read();
         // A key still held by an older session of this lease (Consul restored it after a restart): retire it.
         if (await this.retireHolders(part, current)) current = await read();
+        const ours = await this.oursAmong(current);
         // A key another lease's session of ours holds (the key moved to this lease while no dual-run ran): released
         // from it in the same txn. One a session of someone else holds is left alone, as the replication does.
         const rebuilt = part.flatMap((op): TxnOp[] => {
           const holder = current.get(op.key)?.session;
           if (op.verb !== 'lock' || !holder || holder === op.session) return [op];
-          if (this.sessions.own.has(holder)) return [{ verb: 'unlock', key: op.key, value: op.value, session: holder }, op];
+          if (ours.has(holder)) return [{ verb: 'unlock', key: op.key, value: op.value, session: holder }, op];
           this.options.log('warn', `${formatKey(op.key)} is held by a session this migration does not own; left alone`);
           return [];
         });

@@ -38,6 +38,16 @@ describe('planRevision', () => {
     expect((p.ops[0] as { value: Buffer }).value.toString()).toBe('free');
   });
 
+  it('frees a key that leaves a lease whose session is no longer known (the lease ended while Consul was down): deleted and set, not set under the old lock', () => {
+    expect(verbs(plan([put('/svc/a', 'free', '0', '99')]).ops)).toEqual(['delete svc/a', 'set svc/a']);
+    // Too large for a txn: the delete in the txn, the value by single PUT.
+    const big = plan([put('/svc/a', 'x'.repeat(10), '0', '99')], (ops) => ops.length === 1 && ops[0]!.verb === 'delete');
+    expect(verbs(big.ops)).toEqual(['delete svc/a']);
+    expect(big.largePuts).toEqual([{ key: 'svc/a', value: Buffer.from('x'.repeat(10)) }]);
+    // Under persist, a key was never locked: a set.
+    expect(verbs(plan([put('/app/a', 'free', '0', '99')]).ops)).toEqual(['set app/a']);
+  });
+
   it('skips a put on an ended lease (etcd deletes the key next) and deletes a key that became leased under leases: skip', () => {
     const p = plan([put('/svc/a', 'x', '99'), put('/locks/job', 'me', '7')]);
     expect(verbs(p.ops)).toEqual(['delete locks/job']);

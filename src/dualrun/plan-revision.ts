@@ -114,17 +114,24 @@ export function planRevision(input: PlanRevisionInput): RevisionPlan {
       ops = holder && holder !== session
         ? [{ verb: 'unlock', key, value, session: holder }, { verb: 'lock', key, value, session }]
         : [{ verb: 'lock', key, value, session }];
-    } else {
+    } else if (holder) {
       // Unlocking writes the value and releases the key from the old lease's session in one step.
-      ops = holder ? [{ verb: 'unlock', key, value, session: holder }] : [{ verb: 'set', key, value }];
+      ops = [{ verb: 'unlock', key, value, session: holder }];
+    } else if (route.leases === 'session' && event.previous && event.previous.lease !== '0' && !input.holderOf) {
+      // It leaves a lease whose session is no longer known (the lease ended, or Consul was down): a set would keep
+      // the key locked by that session, and Consul would delete it with the session. Deleted and set, it is free.
+      ops = [{ verb: 'delete', key }, { verb: 'set', key, value }];
+    } else {
+      ops = [{ verb: 'set', key, value }];
     }
     if (input.fits(ops)) {
       plan.ops.push(...ops);
     } else {
       const last = ops[ops.length - 1]!;
-      // Too large for a txn: release the old session in the txn, then the single PUT writes (and locks) the value.
-      const release = ops.length > 1 ? (ops[0] as { key: string; session: string }) : undefined;
-      if (release) plan.ops.push({ verb: 'unlock', key: release.key, value: Buffer.alloc(0), session: release.session });
+      // Too large for a txn: release the key in the txn (from the old session, or by deleting it), then the single PUT writes (and locks) the value.
+      const release = ops.length > 1 ? ops[0]! : undefined;
+      if (release?.verb === 'unlock') plan.ops.push({ verb: 'unlock', key: release.key, value: Buffer.alloc(0), session: release.session });
+      else if (release) plan.ops.push(release);
       plan.largePuts.push({ key, value, ...(last.verb === 'lock' ? { acquire: last.session } : {}) });
     }
   }

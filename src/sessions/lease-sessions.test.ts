@@ -93,3 +93,15 @@ describe('LeaseSessions after a failure', () => {
     expect([...dualrun.own].sort()).toEqual([replaced, made].sort());
   });
 });
+
+describe('LeaseSessions.isOurs', () => {
+  it('knows a session of this migration by its name, also when no record names it any more; not another\'s', async () => {
+    const { source, target, ids } = world(1);
+    const made = await new LeaseSessions(source, target, paths, 'demo').ensure(ids[0]!);
+    const forgetful = new LeaseSessions(source, target, paths, 'demo');
+    expect(await forgetful.isOurs(made!)).toBe(true);
+    expect(await new LeaseSessions(source, target, paths, 'other').isOurs(made!)).toBe(false);
+    const foreign = await target.createSession({ name: 'an application lock', ttlSeconds: 30 });
+    expect(await forgetful.isOurs(foreign)).toBe(false);
+  });
+});

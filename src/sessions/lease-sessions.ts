@@ -208,6 +208,16 @@ export class LeaseSessions {
   }
 
   /**
+   * Whether a session is this migration's: one it uses, or one it made for an
+   * etcd lease it has since forgotten (the lease ended while Consul was down, so
+   * the session could not be destroyed and still holds keys).
+   */
+  async isOurs(sessionId: string): Promise<boolean> {
+    if (this.own.has(sessionId)) return true;
+    return (await this.target.readSession(sessionId))?.name?.startsWith(sessionName(this.migrationId, '')) ?? false;
+  }
+
+  /**
    * Whether `holder`, a session this run does not own, is an older session of
    * the lease the recorded `session` mirrors: one a restarted Consul restored
    * after this run had made the recorded one (a renewal answered "not found"
