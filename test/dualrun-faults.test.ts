@@ -65,9 +65,13 @@ describe('dual-run faults (real servers)', () => {
     }
   }, 60_000);
 
-  it('fencing: a leader paused with SIGSTOP loses the lock; resumed, it writes nothing and steps down', async () => {
+  it('fencing: a leader paused with SIGSTOP loses the lock; resumed, it writes nothing, leaves the new leader\'s sessions alone, and steps down', async () => {
     const s = scenario('fence');
     await etcd.put(`${s.root}/app/a`).value('1');
+    // A short lease kept alive throughout: its session lapses during the pause, and the new leader makes another.
+    const lease = etcd.lease(10);
+    lease.on('lost', () => undefined);
+    await lease.put(`${s.root}/services/api/1`).value('10.0.0.1:80');
     expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
     const paused = await startDualRun(s.dir, ['--ha']);
     await eventually('first leads', async () => (await healthy(paused.metricsPort)).role === 'leader');
@@ -87,9 +91,16 @@ describe('dual-run faults (real servers)', () => {
       const txnsAfter = metric(await paused.metrics(), 'migrate_dualrun_txns_total');
       // Whatever it tried after waking failed the leader check: nothing more was applied by it.
       expect(txnsAfter).toBe(txnsBefore);
+      // Nor did it touch the sessions: the leased key is held as the new leader wrote it, and stays so.
+      await eventually('the new leader holds the leased key', async () => Boolean((await target.readKey(`${s.id}/services/api/1`))?.session), 20_000);
+      const held = await target.readKey(`${s.id}/services/api/1`);
+      await new Promise((r) => setTimeout(r, 5000));
+      expect(await target.readKey(`${s.id}/services/api/1`)).toMatchObject({ session: held!.session, modifyIndex: held!.modifyIndex });
+      expect(paused.stderr()).not.toMatch(/destroyed it|re-created it/);
       const parity = await checkParity(etcd, target, s.mapping, s.id);
-      expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+      expect(parity).toMatchObject({ missing: [], extra: [], wrongValue: [], wrongSession: [] });
     } finally {
+      lease.release();
       paused.child.kill('SIGCONT');
       await paused.kill();
       expect(await standby.stop()).toBe(0);

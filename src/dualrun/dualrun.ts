@@ -450,9 +450,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const maintenance = new AbortController();
   let maintaining: Promise<void> | undefined;
   const leaseTimer = setInterval(() => {
-    maintaining ??= applier.maintainLeases(false, maintenance.signal)
+    maintaining ??= applier.maintainLeases(false, AbortSignal.any([maintenance.signal, ctx.lost]))
       .catch((err) => {
-        if (!maintenance.signal.aborted) options.log('warn', `lease maintenance failed: ${(err as Error).message}`);
+        if (!maintenance.signal.aborted && !ctx.lost.aborted) options.log('warn', `lease maintenance failed: ${(err as Error).message}`);
       })
       .finally(() => (maintaining = undefined));
   }, options.leaseEveryMs ?? LEASE_EVERY_MS);
@@ -979,6 +979,7 @@ class Applier {
     }
     if (read.value.ttl < 0) {
       this.renewedAt.delete(record.leaseId);
+      await this.stillLeading();
       await this.sessions.forget(record.leaseId, true);
       this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`);
       return;
@@ -987,6 +988,7 @@ class Applier {
     const alive = renewal.value;
     let session = record.sessionId;
     if (!alive) {
+      await this.stillLeading();
       const created = await this.sessions.recreate(record.leaseId);
       if (!created) return;
       session = created;
@@ -1000,6 +1002,18 @@ class Applier {
       await this.rewriteLeaseKeys(record.leaseId, keys ?? [], session, alive ? 'replaced it' : 're-created it', atStart);
     }
     this.renewedAt.set(record.leaseId, renewing);
+  }
+
+  /**
+   * Throws once this process lost the leader lock: session upkeep (destroying,
+   * re-creating, retiring sessions) is not fenced by the lock as KV writes are,
+   * and a paused former leader that went on with it destroyed the sessions the
+   * new leader had made, and their keys with them.
+   */
+  private async stillLeading(): Promise<void> {
+    // Asked of Consul, not of the last renewal: a process resumed after a pause runs its overdue lease pass
+    // before its overdue lock renewal has found the lock gone.
+    if (this.ctx.lost.aborted || !(await this.ctx.leader.held())) throw new LeadershipLost('lost the leader lock: no session upkeep');
   }
 
   /** The sessions holding `current`'s keys that are this migration's (see {@link LeaseSessions.isOurs}). */
@@ -1025,6 +1039,7 @@ class Applier {
       const holder = current.get(op.key)?.session;
       if (!holder || holder === op.session || this.sessions.own.has(holder) || seen.has(holder)) continue;
       seen.add(holder);
+      await this.stillLeading();
       const lease = await this.sessions.retireDuplicate(holder, op.session);
       if (!lease) continue;
       retired = true;

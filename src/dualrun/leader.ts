@@ -130,6 +130,12 @@ export class LeaderLock {
     return { state: 'cleared' };
   }
 
+  /** Whether Consul says this process holds the lock now (a read: not what the last renewal said). */
+  async held(): Promise<boolean> {
+    if (this.lost || !this.session) return false;
+    return (await this.target.readKey(this.key))?.session === this.session;
+  }
+
   /** Renews the session every third of its TTL; `onLost` when Consul no longer knows it. */
   keepAlive(onLost: () => void): void {
     let renewing = false;
