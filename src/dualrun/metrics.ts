@@ -86,10 +86,12 @@ export class DualRunMetrics {
     this.stats = stats;
     this.lagRevisions.set(stats.role === 'leader' ? Math.max(0, stats.etcdRevision - stats.checkpoint) : 0);
     this.lagSeconds.set(leadingLagSeconds(stats, Date.now()));
-    this.checkpoint.set(stats.checkpoint);
-    this.etcdRevision.set(stats.etcdRevision);
-    this.leader.set(stats.role === 'leader' ? 1 : 0);
-    this.sessions.set(stats.sessions);
+    // A former leader's figures would stay frozen in its gauges: a process that does not lead reports none (0), as a fresh standby.
+    const leading = stats.role === 'leader';
+    this.checkpoint.set(leading ? stats.checkpoint : 0);
+    this.etcdRevision.set(leading ? stats.etcdRevision : 0);
+    this.leader.set(leading ? 1 : 0);
+    this.sessions.set(leading ? stats.sessions : 0);
     this.reverseRules.set(stats.reverseRules);
     for (const [datacenter, d] of Object.entries(stats.datacenters ?? {})) {
       this.datacenterLag.set({ datacenter }, Math.max(0, d.etcdRevision - d.checkpoint));

@@ -72,6 +72,8 @@ describe('/healthz of a leader whose servers stopped answering', () => {
     const text = await metrics.text();
     expect(text).toMatch(/^migrate_dualrun_lag_seconds 0$/m);
     expect(text).toMatch(/^migrate_dualrun_lag_revisions 0$/m);
+    expect(text).toMatch(/^migrate_dualrun_checkpoint_revision 0$/m);
+    expect(text).toMatch(/^migrate_dualrun_etcd_revision 0$/m);
     metrics.update({ ...frozen, role: 'standby', connected: false, checkpointWrittenAt: 0 });
     expect(metrics.health()).toEqual({ ready: false, body: { status: 'disconnected', role: 'standby' } });
   });
