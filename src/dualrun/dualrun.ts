@@ -595,9 +595,7 @@ function sum(result: CopyResult, field: 'created' | 'updated' | 'deleted'): numb
   return result.rules.reduce((n, r) => n + r[field], 0);
 }
 
-/** Errors worth waiting out: servers unreachable or overloaded, a watch that broke. */
-/** A standby waiting for a lock rides out a Consul that does not answer, said at most every 10 s. */
-/** How a standby waits out Consul: it says so at most every 10 s, and is `connected` (ready to lead) only while Consul answers it. */
+/** How a standby waits out a Consul that does not answer: it says so at most every 10 s, and is `connected` (ready to lead) only while Consul answers it. */
 function standbyRetries(log: DualRunOptions['log'], stats: DualRunStats, publish: () => void): { transient: (err: unknown) => boolean; onUnavailable: (err: unknown) => void; onAnswered: () => void } {
   let saidAt = 0;
   const connected = (up: boolean) => {
@@ -617,6 +615,7 @@ function standbyRetries(log: DualRunOptions['log'], stats: DualRunStats, publish
   };
 }
 
+/** Errors worth waiting out: servers unreachable or overloaded, a watch that broke. */
 function isTransient(err: unknown): boolean {
   if (isRetryable(err)) return true;
   if (isMigrateError(err)) return ['etcd_unreachable', 'etcd_failed', 'etcd_watch_canceled', 'consul_unreachable', 'consul_unavailable', 'consul_no_leader'].includes(err.code);
