@@ -127,6 +127,46 @@ describe('dual-run with many leases (real servers)', () => {
     }
   }, 90_000);
 
+  it('a lease that ended while no dual-run ran: its session goes only once the restart has replayed the puts that took keys off it, so those keys never leave Consul', async () => {
+    const id = `ended-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: reg, from: ${root}/reg/, to: ${id}/reg/, leases: session }\n`);
+    const lease = shared.lease(60);
+    lease.on('lost', () => undefined);
+    await lease.put(`${root}/reg/a`).value('a1');
+    await lease.put(`${root}/reg/b`).value('b1');
+    expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+    let dr = await startDualRun(dir);
+    await waitCaughtUp(shared, target, id);
+    expect(await dr.stop()).toBe(0);
+    // Stopped: `a` leaves the lease, then the lease ends (etcd deletes `b`).
+    await shared.put(`${root}/reg/a`).value('a2');
+    await lease.revoke();
+    const gaps: string[] = [];
+    let polling = true;
+    const poll = (async () => {
+      while (polling) {
+        if ((await target.readKey(`${id}/reg/a`)) === undefined) gaps.push(new Date().toISOString());
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    dr = await startDualRun(dir);
+    try {
+      await waitCaughtUp(shared, target, id);
+      await eventually('the ended lease\'s session destroyed', async () => dr.stderr().includes('ended; destroyed its session'), 15_000);
+      await new Promise((r) => setTimeout(r, 1000));
+      polling = false;
+      await poll;
+      expect(gaps, 'reads of a that found nothing').toEqual([]);
+      const a = await target.readKey(`${id}/reg/a`);
+      expect([a?.value.toString(), a?.session]).toEqual(['a2', undefined]);
+      expect(await target.readKey(`${id}/reg/b`)).toBeUndefined();
+    } finally {
+      polling = false;
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 60_000);
+
   it('a session destroyed by hand under a long TTL (not due for renewal for half an hour): the next write of the lease brings every key of it back under a new session', async () => {
     const id = `lost-${randomBytes(3).toString('hex')}`;
     const root = `/${id}`;

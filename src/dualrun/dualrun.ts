@@ -638,6 +638,8 @@ class Applier {
   private tripsTimer: NodeJS.Timeout | undefined;
   /** When each lease's session was last renewed (ms since the epoch): a lease pass renews only those due. */
   private readonly renewedAt = new Map<string, number>();
+  /** Leases found ended, with etcd's revision then: their sessions go once the checkpoint has passed it. */
+  private readonly endedAt = new Map<string, number>();
 
   constructor(
     private readonly ctx: LeadContext,
@@ -978,6 +980,15 @@ class Applier {
     }
     if (read.value.ttl < 0) {
       this.renewedAt.delete(record.leaseId);
+      // Destroyed once the replication has applied every change etcd had made when the lease was found ended: a key
+      // taken off the lease while Consul was down or no dual-run ran is still held by the session until its put is
+      // replayed, and Consul would delete it with the session (it came back only with the replay). Renewed meanwhile.
+      const until = this.endedAt.get(record.leaseId) ?? (await this.ctx.source.status()).revision;
+      if (this.ctx.stats.checkpoint < until) {
+        this.endedAt.set(record.leaseId, until);
+        return;
+      }
+      this.endedAt.delete(record.leaseId);
       await this.stillLeading();
       await this.sessions.forget(record.leaseId, true);
       this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`);
