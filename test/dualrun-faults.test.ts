@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
+import { ConsulTarget } from '../src/stores/consul.js';
 import { startEtcd, startEtcdCluster } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
 import { configDir, consulTarget, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
@@ -178,6 +179,14 @@ describe('dual-run faults (real servers)', () => {
       dr = await startDualRun(s.dir, [], env);
       const { metricsPort, stderr } = dr;
       await eventually('leads', async () => (await healthy(metricsPort)).role === 'leader');
+      // Replicating, not still setting up (an outage then is another matter): a write has reached the private Consul.
+      const own = new ConsulTarget({ address: consul.address });
+      try {
+        await etcd.put(`${s.root}/app/b`).value('1');
+        await waitCaughtUp(etcd, own, s.id);
+      } finally {
+        own.close();
+      }
       const writer = (async () => {
         for (let i = 0; writing; i++) {
           await etcd.put(`${s.root}/app/k${i % 20}`).value(String(i));
