@@ -2,7 +2,7 @@ import { getMaxListeners, setMaxListeners } from 'node:events';
 import pLimit from 'p-limit';
 import { hostname } from 'node:os';
 import { RefusedError, isMigrateError } from '../errors.js';
-import { LeaderLock } from '../dualrun/leader.js';
+import { LeaderLock, lockHolder } from '../dualrun/leader.js';
 import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
@@ -142,7 +142,7 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
   const paths = statePaths(config.state.prefix, config.id);
   const leader = await target.readKey(paths.leader);
   if (!leader?.session) return;
-  throw new RefusedError('copy_dualrun_running', `A dual-run of migration "${config.id}" is running (it holds the leader lock: ${lockHolder(leader.value)}); a copy now would write older values over what it replicates.`, {
+  throw new RefusedError('copy_dualrun_running', `A dual-run of migration "${config.id}" is running (it holds the leader lock: ${lockHolder(leader.value) ?? 'unknown holder'}); a copy now would write older values over what it replicates.`, {
     hint: 'The dual-run already keeps Consul in step. To copy again, stop the dual-run first (it resumes from its checkpoint afterwards).',
   });
 }
@@ -157,23 +157,13 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
 export async function refuseWhileCopyRuns(target: TargetStore, config: MigrationConfig): Promise<void> {
   const lock = await target.readKey(copyLockKey(config));
   if (!lock?.session) return;
-  throw new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${lockHolder(lock.value)}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
+  throw new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${lockHolder(lock.value) ?? 'unknown holder'}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
     hint: 'Start the dual-run when the copy has finished: it starts from the copy\'s checkpoint. (The lock of a copy that was killed frees itself within about 20 s.)',
   });
 }
 
 function copyLockKey(config: MigrationConfig): string {
   return `${statePaths(config.state.prefix, config.id).copy}-lock`;
-}
-
-/** The `holder` a lock's value names (`host:pid`). */
-function lockHolder(value: Buffer): string {
-  try {
-    return (JSON.parse(value.toString('utf8')) as { holder?: string }).holder ?? 'unknown holder';
-  } catch {
-    // A lock value the tool did not write still means the lock is held.
-    return 'unknown holder';
-  }
 }
 
 /**

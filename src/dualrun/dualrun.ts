@@ -894,10 +894,9 @@ class Applier {
   private async repair(ops: TxnOp[], revision: number, _plan?: RevisionPlan): Promise<void> {
     this.ctx.stats.repairs++;
     const keys = [...new Set(ops.map((o) => o.key))];
-    const read = async () => new Map((await this.ctx.target.readEntries(keys)).map((e) => [e.key, e]));
-    let current = await read();
+    let current = await this.entriesOf(keys);
     // Keys an older session of ours held went with it: read them again.
-    if (await this.retireHolders(ops, current)) current = await read();
+    if (await this.retireHolders(ops, current)) current = await this.entriesOf(keys);
     const fixed: TxnOp[] = [];
     const ours = await this.oursAmong(current);
     // The last write to each key wins; rebuild it against the real holder.
@@ -1026,6 +1025,11 @@ class Applier {
     if (this.ctx.lost.aborted || !(await this.ctx.leader.held())) throw new LeadershipLost('lost the leader lock: no session upkeep');
   }
 
+  /** Consul's entries of `keys`, by key: what a repair rebuilds writes against. */
+  private async entriesOf(keys: string[]): Promise<Map<string, TargetEntry>> {
+    return new Map((await this.ctx.target.readEntries(keys)).map((e) => [e.key, e]));
+  }
+
   /** The sessions holding `current`'s keys that are this migration's (see {@link LeaseSessions.isOurs}). */
   private async oursAmong(current: ReadonlyMap<string, TargetEntry>): Promise<Set<string>> {
     const ours = new Set<string>();
@@ -1076,10 +1080,10 @@ class Applier {
         await apply(part);
       } catch (err) {
         if (!(err instanceof TxnFailedError)) throw err;
-        const read = async () => new Map((await this.ctx.target.readEntries(part.map((o) => o.key))).map((e) => [e.key, e]));
-        let current = await read();
+        const keys = part.map((o) => o.key);
+        let current = await this.entriesOf(keys);
         // A key still held by an older session of this lease (Consul restored it after a restart): retire it.
-        if (await this.retireHolders(part, current)) current = await read();
+        if (await this.retireHolders(part, current)) current = await this.entriesOf(keys);
         const ours = await this.oursAmong(current);
         // A key another lease's session of ours holds (the key moved to this lease while no dual-run ran): released
         // from it in the same txn. One a session of someone else holds is left alone, as the replication does.

@@ -23,6 +23,15 @@ export function processAlive(pid: number): boolean {
 
 const HAS_PROC = existsSync('/proc/self/stat');
 
+/** The `holder` (`host:pid`) a lock's value names; undefined for a value the tool did not write (the lock is still held). */
+export function lockHolder(value: Buffer): string | undefined {
+  try {
+    return (JSON.parse(value.toString('utf8')) as { holder?: string }).holder;
+  } catch {
+    return undefined;
+  }
+}
+
 /** TTL of the leader's session: a standby takes over within about 2× this after the leader dies. */
 export const LEADER_TTL_SECONDS = 10;
 
@@ -113,12 +122,7 @@ export class LeaderLock {
   private async inspect(): Promise<{ state: 'free' | 'cleared' } | { state: 'held'; holder: string }> {
     const entry = await this.target.readKey(this.key);
     if (!entry?.session) return { state: 'free' };
-    let holder: string | undefined;
-    try {
-      holder = (JSON.parse(entry.value.toString('utf8')) as { holder?: string }).holder;
-    } catch {
-      // A lock value the tool did not write still means the lock is held.
-    }
+    const holder = lockHolder(entry.value);
     const held = { state: 'held' as const, holder: holder ?? 'unknown holder' };
     if (entry.session === this.session) return held;
     const [host, pidText] = (holder ?? '').split(':');
