@@ -327,7 +327,41 @@ import { HEARTBEAT_MS } from './heartbeat.js';
 
 export { HEARTBEAT_MS };
 
-async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunSummary['reason']> {
+/** What the replication of one lane works with, once read from Consul (and etcd) after the lock was taken. */
+interface LeadSetup {
+  sessions: LeaseSessions;
+  ownership: Ownership;
+  own: OwnWrites;
+  heartbeat: LagHeartbeat | undefined;
+  services: ServiceMirror;
+  applier: Applier;
+}
+
+/**
+ * Sets up what {@link lead} replicates with. Consul or etcd unreachable meanwhile is waited out with backoff,
+ * the lock still held: a server that went away in the second after the lock was taken used to end the dual-run (exit 3).
+ */
+async function setUpLead(ctx: LeadContext, options: DualRunOptions): Promise<LeadSetup | DualRunSummary['reason']> {
+  // At most 5 s apart: each attempt renews the sessions, which Consul reaps 2× their TTL (10 s at least) after the last renewal.
+  for (let backoff = 250; ; backoff = Math.min(5000, backoff * 2)) {
+    try {
+      return await trySetUpLead(ctx, options);
+    } catch (err) {
+      if (options.signal.aborted) return 'signal';
+      if (err instanceof LeadershipLost || ctx.lost.aborted) return 'leadership-lost';
+      if (!isTransient(err)) throw err;
+      const kind = isMigrateError(err) ? err.code : 'internal';
+      ctx.stats.errors[kind] = (ctx.stats.errors[kind] ?? 0) + 1;
+      ctx.publish();
+      options.log('warn', `${(err as Error).message}; setting up the replication again in ${backoff} ms`);
+      await sleep(backoff, AbortSignal.any([options.signal, ctx.lost]));
+      if (options.signal.aborted) return 'signal';
+      if (ctx.lost.aborted) return 'leadership-lost';
+    }
+  }
+}
+
+async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<LeadSetup> {
   const { source, target, paths, stats } = ctx;
   let checkpointDoc = await readState<CheckpointState>(target, paths.checkpoint());
   if (!checkpointDoc) {
@@ -354,22 +388,27 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   if (options.heartbeatKey && !ctx.writer) throw new Error('internal: --heartbeat-key needs an etcd writer');
   const heartbeat = options.heartbeatKey && ctx.writer ? new LagHeartbeat(options.heartbeatKey, ctx.writer) : undefined;
   const services = new ServiceMirror({ source, target, mapping: ctx.mapping, migrationId: ctx.config.id, log: options.log });
+  const applier = new Applier(ctx, sessions, limits, options, ownership, own, services, heartbeat);
+  // First, as every attempt of setUpLead renews the sessions here, whatever fails after.
+  await applier.reconcileLeases().catch((err: unknown) => {
+    // etcd down: the lease passes renew the sessions meanwhile and check the leases once it answers.
+    if (!isTransient(err)) throw err;
+    options.log('warn', `checking the mirrored leases failed: ${(err as Error).message}; the lease pass retries every ${(options.leaseEveryMs ?? LEASE_EVERY_MS) / 1000} s`);
+  });
   if (services.active) {
     stats.services = services.stats;
-    try {
-      await services.start(stats.checkpoint, options.signal);
-    } catch (err) {
-      // A stop (SIGTERM) or a lost lock while the catalog is brought in line: nothing half-done needs undoing.
-      if (options.signal.aborted) return 'signal';
-      if (ctx.lost.aborted) return 'leadership-lost';
-      throw err;
-    }
+    await services.start(stats.checkpoint, options.signal);
   }
-  const applier = new Applier(ctx, sessions, limits, options, ownership, own, services, heartbeat);
-  await applier.reconcileLeases();
   // A checkpoint the copy wrote, or one marked stopped: taken over at once, so status and verify see a running dual-run.
   if (checkpointDoc.by !== 'dualrun' || checkpointDoc.stopped !== undefined) await applier.flush(true);
+  return { sessions, ownership, own, heartbeat, services, applier };
+}
 
+async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunSummary['reason']> {
+  const { source, target, paths, stats } = ctx;
+  const setup = await setUpLead(ctx, options);
+  if (typeof setup === 'string') return setup;
+  const { sessions, ownership, own, heartbeat, services, applier } = setup;
   const stopped = () => options.signal.aborted || ctx.lost.aborted;
   const following = new AbortController();
   const stopFollowing = () => following.abort();

@@ -42,7 +42,10 @@ export async function startDualRun(dir: string, args: string[] = [], env: Record
     stderr: () => stderr,
     async stop() {
       child.kill('SIGTERM');
-      return exited;
+      const code = await exited;
+      // A failed stop shows why in the test's output (CI keeps nothing else of the process).
+      if (code !== 0) process.stderr.write(`dual-run exited ${code}; its stderr ended with:\n${stderr.slice(-4000)}\n`);
+      return code;
     },
     async kill() {
       child.kill('SIGKILL');
