@@ -77,6 +77,27 @@ describe('Consul limits set by the operator', () => {
     expect(JSON.parse(verify.stdout).totals).toMatchObject({ compared: 200, differences: 0, unmappable: 2 });
   });
 
+  it('plan judges values by the agent\'s limit, as the copy does; with no agent answering, by Consul\'s default, and says so', async () => {
+    const low = await run(lowered, 'lim-plan', ['plan']);
+    expect(low.code, low.stderr).toBe(1);
+    const lowPlan = JSON.parse(low.stdout);
+    expect(lowPlan).toMatchObject({ maxValueBytes: 1000, limitsBasis: expect.stringContaining(`at ${lowered.address}`) });
+    expect(lowPlan.rules[0]).toMatchObject({ copyKeys: 200 });
+    expect(lowPlan.unmappable).toMatchObject({ total: 2, byReason: { 'value-too-large': 2 } });
+
+    const high = await run(raised, 'lim-plan', ['plan']);
+    expect(high.code, high.stderr).toBe(0);
+    expect(JSON.parse(high.stdout)).toMatchObject({ maxValueBytes: 1048576, rules: [expect.objectContaining({ copyKeys: 202 })] });
+
+    const down = await runCli(['plan', '--progress', 'none'], {
+      cwd: configDir(`version: 1\nid: lim-plan\nrules:\n  - { name: a, from: "${from}", to: lim-plan/ }\n`),
+      env: { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: 'http://127.0.0.1:1' },
+    });
+    expect(down.code, down.stderr).toBe(1);
+    expect(down.stdout).toMatch(/Target limits: values up to 512 KiB \(Consul could not be asked \(Consul at http:\/\/127\.0\.0\.1:1 is unreachable/);
+    expect(down.stdout).toMatch(/201 keys .* to copy/);
+  });
+
   it('target.limits in migration.yaml wins over what the agent says', async () => {
     const copy = await run(lowered, 'lim-file', ['copy'], 'target:\n  limits: { maxValueBytes: 800 }\n');
     expect(copy.code, copy.stderr).toBe(0);

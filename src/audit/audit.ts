@@ -6,9 +6,9 @@ import { formatKey } from '../report/keys.js';
 import { statePaths } from '../state/state.js';
 import { readAgainAtFreshRevision } from '../stores/etcd.js';
 import { prefixEnd } from '../stores/key-range.js';
-import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type SourceReader, type TargetStore } from '../stores/types.js';
 import { tallyDatacenters, type DatacenterTally } from './datacenters.js';
+import { resolveTargetLimits } from './limits.js';
 import { estimateCopies, estimateCopy, referenceBasis, type CopyCounts, type CopyEstimate, type EstimateBasis } from './estimate.js';
 import {
   blockerCount,
@@ -145,7 +145,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
   const top = input.top ?? 10;
   const status = await input.source.status();
   let revision = status.revision;
-  const limits = await resolveLimits(input);
+  const limits = await resolveTargetLimits(input.config, input.target);
   const capacity = txnCapacity(limits);
   const mode: AuditMode = input.configFile && input.mapping ? 'mapping' : 'identity';
   const router: KeyRouter = mode === 'mapping' ? mappingRouter(input.mapping!, limits.maxValueBytes) : identityRouter(limits.maxValueBytes);
@@ -262,43 +262,6 @@ function auditDatacenters(config: MigrationConfig, rules: readonly RuleTally[], 
     const copy: CopyCounts = { keys: dc.copyKeys, valueBytes: dc.copyValueBytes, sessions: dc.sessions, singlePutKeys: dc.singlePutKeys, singlePutBytes: dc.rules.reduce((n, r) => n + (singlePutBytes.get(r) ?? 0), 0) };
     return { report: { ...dc, estimateSeconds: estimateCopy(copy, basis).seconds }, copy };
   });
-}
-
-/**
- * The limits the audit judges against: `target.limits` from the file, else
- * what the target says (its version sets the op limit; its configuration,
- * when the token may read it, the byte limits), else Consul's defaults with
- * the pre-1.14 op limit of 64, the safe assumption.
- */
-async function resolveLimits(input: AuditInput): Promise<AuditResult['limits'] & { basis: string }> {
-  const configured = input.config.target.limits ?? {};
-  let txnMaxOps = configured.txnMaxOps;
-  let enforced: { txnMaxBytes?: number; maxValueBytes?: number } = {};
-  let basis: string;
-  if (txnMaxOps !== undefined) basis = 'target.limits.txnMaxOps in migration.yaml';
-  if (input.target) {
-    try {
-      const info = await input.target.info();
-      enforced = info;
-      txnMaxOps ??= info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
-      basis ??= info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
-    } catch (err) {
-      if (!isMigrateError(err)) throw err;
-      txnMaxOps ??= 64;
-      basis ??= `Consul could not be asked (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
-    }
-  } else {
-    txnMaxOps ??= 64;
-    basis ??= 'no target given: assuming the pre-1.14 limit of 64 ops';
-  }
-  return {
-    txnMaxOps,
-    txnMaxBytes: configured.txnMaxBytes ?? enforced.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
-    maxValueBytes: configured.maxValueBytes ?? enforced.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
-    revisionTxnOps: 0,
-    revisionTxnBytes: 0,
-    basis,
-  };
 }
 
 /** Keys in scope, for progress; unknown when etcd refuses the count. */

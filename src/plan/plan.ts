@@ -2,16 +2,16 @@ import type { MigrationConfig, ServiceFormat, ServiceSpec } from '../config/load
 import type { Mapping } from '../mapping/mapping.js';
 import type { UnmappableReason } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
-import { DEFAULT_PAGE_KEYS, type SourceReader } from '../stores/types.js';
+import { DEFAULT_PAGE_KEYS, type SourceReader, type TargetStore } from '../stores/types.js';
 import { CappedList } from '../audit/aggregate.js';
 import { txnCapacity, estimateOpBytes } from '../audit/inventory.js';
+import { resolveTargetLimits } from '../audit/limits.js';
 import { mappingRouter } from '../audit/router.js';
 import { describeRange, disjointPrefixRanges, prefixWarnings, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
 import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from '../audit/tally.js';
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
-import { DEFAULT_TXN_MAX_BYTES } from '../stores/txn-batcher.js';
 
 /**
  * `migrate plan`: the mapping resolved against the live keyspace at one
@@ -67,6 +67,8 @@ export interface PlanResult {
   source: { endpoint: string; version: string; clusterId: string; revision: number };
   scope: { ranges: string[]; unreadable: string[]; rulesOnly: boolean; interrupted: boolean };
   maxValueBytes: number;
+  /** Where maxValueBytes comes from: migration.yaml, the agent, or Consul's default when the agent could not be asked. */
+  limitsBasis: string;
   rules: RuleTally[];
   totals: { copyKeys: number; copyValueBytes: number; sessions: number; keptKeys: number; skippedLeasedKeys: number; unmappedKeys: number; unmappableKeys: number; escapedKeys: number; instances: number; noInstanceKeys: number };
   /** The `action: service` rules, in the order of the file (their counts are in `rules`). */
@@ -84,6 +86,8 @@ export interface PlanInput {
   config: MigrationConfig;
   configFile: string;
   mapping: Mapping;
+  /** The target, asked for its limits (optional: without it, or when it does not answer, Consul's defaults). */
+  target?: Pick<TargetStore, 'info'>;
   /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
@@ -100,9 +104,11 @@ export interface PlanInput {
 export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const status = await input.source.status();
   const revision = status.revision;
-  const maxValueBytes = input.mapping.maxValueBytes;
+  // The agent's kv_max_value_size decides what the copy holds back, so the plan judges by it too.
+  const limits = await resolveTargetLimits(input.config, input.target);
+  const maxValueBytes = limits.maxValueBytes;
   const router = mappingRouter(input.mapping, maxValueBytes);
-  const capacity = txnCapacity({ txnMaxOps: input.config.target.limits?.txnMaxOps ?? 64, txnMaxBytes: input.config.target.limits?.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES });
+  const capacity = txnCapacity(limits);
   const tallies = new RuleTallies(router.rules, undefined, input.config.id);
   const services = new Map(input.mapping.serviceRules.map((rule) => [rule.name, planServiceRule(rule.name, rule.from, rule.service!)]));
   const unmappable = new CappedList<PlanKey>(input.listCap ?? 1000);
@@ -183,6 +189,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     source: { endpoint: status.endpoint, version: status.version, clusterId: status.clusterId, revision },
     scope: { ranges: ranges.map(describeRange), unreadable: outcome.unreadable.map(describeRange), rulesOnly, interrupted: outcome.interrupted },
     maxValueBytes,
+    limitsBasis: limits.basis,
     rules,
     totals,
     unmapped: rulesOnly ? null : { keys: unmappedKeys, valueBytes: unmappedBytes, policy: router.unmapped, examples: unmappedExamples.items },

@@ -33,6 +33,7 @@ export function renderPlanText(result: PlanResult): string {
   const s = result.source;
   lines.push(`Plan for migration "${result.migrationId}" (${result.configFile}) against etcd ${s.version} at ${s.endpoint}, revision ${s.revision}${result.scope.interrupted ? ' (INTERRUPTED: partial)' : ''}`);
   lines.push(`Scope: ${result.scope.ranges.join(', ')}${result.scope.unreadable.length ? `; NOT readable: ${result.scope.unreadable.join(', ')}` : ''}`);
+  lines.push(`Target limits: values up to ${formatBytes(result.maxValueBytes)} (${result.limitsBasis})`);
   lines.push('');
   lines.push('Rules:');
   for (const r of result.rules) lines.push(`  ${r.rule.padEnd(22)} ${`${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.action === 'service' ? '(service catalog)' : r.to}`.padEnd(40)} ${ruleLine(r)}`);
@@ -72,9 +73,10 @@ export function renderPlanText(result: PlanResult): string {
   }
   if (result.unmapped && result.unmapped.keys > 0) {
     lines.push('');
-    lines.push(`Unmapped keys (${formatCount(result.unmapped.keys)}${result.unmapped.examples.length < result.unmapped.keys ? `, first ${result.unmapped.examples.length}` : ''}):`);
-    for (const k of result.unmapped.examples.slice(0, 20)) lines.push(`  ${k}`);
-    if (result.unmapped.examples.length > 20) lines.push(`  … (${formatCount(result.unmapped.keys - 20)} more; --format json lists up to ${result.unmapped.examples.length})`);
+    const shown = result.unmapped.examples.slice(0, 20);
+    lines.push(`Unmapped keys (${formatCount(result.unmapped.keys)}${shown.length < result.unmapped.keys ? `, first ${shown.length}` : ''}):`);
+    for (const k of shown) lines.push(`  ${k}`);
+    if (shown.length < result.unmapped.keys) lines.push(`  … (${formatCount(result.unmapped.keys - shown.length)} more; --format json lists up to ${result.unmapped.examples.length})`);
   }
   lines.push('');
   if (result.blockers.length === 0) lines.push('Result: no blockers; `migrate copy --dry-run` shows the exact operations.');
@@ -90,7 +92,7 @@ export function renderPlanMarkdown(result: PlanResult): string {
   const t = result.totals;
   out.push(`# Migration plan: ${result.migrationId}`, '');
   out.push(result.blockers.length ? `**${result.blockers.length} blocker(s)** remain.` : '**No blockers.**', '');
-  out.push(`etcd ${result.source.version}, cluster ${result.source.clusterId}, revision ${result.source.revision}; mapping \`${result.configFile}\`.`, '');
+  out.push(`etcd ${result.source.version}, cluster ${result.source.clusterId}, revision ${result.source.revision}; mapping \`${result.configFile}\`; values up to ${formatBytes(result.maxValueBytes)} (${mdText(result.limitsBasis)}).`, '');
   out.push('| Rule | From → To | Policy | Keys to copy | Bytes | Sessions | Kept | Skipped (leased) | Unmappable | Instances |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of result.rules) {
     out.push(`| ${mdCode(r.rule)} | ${mdCode(r.from)} → ${r.action === 'keep' ? '(etcd)' : r.action === 'service' ? '(catalog)' : mdCode(r.to)} | ${r.action}, keys: ${r.keysPolicy}, leases: ${r.leasesPolicy} | ${formatCount(r.copyKeys)} | ${formatBytes(r.copyValueBytes)} | ${formatCount(r.sessions)} | ${formatCount(r.keptKeys)} | ${formatCount(r.skippedKeys)} | ${formatCount(r.unmappableKeys)} | ${r.action === 'service' ? formatCount(r.instances) : ''} |`);

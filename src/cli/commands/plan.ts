@@ -32,6 +32,9 @@ export function registerPlan({ add }: CommandRegistrar): void {
       const loaded = await ctx.loadConfig(options.config, true);
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
+      const { ConsulTarget } = await import('../../stores/consul.js');
+      // Asked only for its limits (what the copy holds back as too large): a short timeout and no retries, so a missing Consul costs a second.
+      const target = new ConsulTarget({ ...connections.target, timeoutMs: 3_000 }, { limits: loaded.config.target.limits, retry: { attempts: 1 } });
       const { checkNamedDatacenters } = await import('../stores.js');
       const view = createProgressView(ctx);
       const progress = { title: 'planning', items: [{ name: 'keys', total: 0, done: 0 }] as ProgressItem[], retries: 0, startedAt: Date.now() };
@@ -39,10 +42,11 @@ export function registerPlan({ add }: CommandRegistrar): void {
         await checkNamedDatacenters(loaded, connections.target, (message) => view.warn(message));
         const result = await runPlan({
           source,
+          target,
           config: loaded.config,
           configFile: loaded.file!,
           mapping: loaded.mapping,
-          // The plan reads etcd (Consul only answers which datacenters exist); with datacenters: in the rules the primary is target.datacenter of the file (the copy's too), else unnamed.
+          // The plan reads etcd (Consul only answers which datacenters exist, and its limits); with datacenters: in the rules the primary is target.datacenter of the file (the copy's too), else unnamed.
           primaryDatacenter: loaded.config.target.datacenter,
           prefixes: options.prefix,
           pageKeys,
@@ -61,6 +65,7 @@ export function registerPlan({ add }: CommandRegistrar): void {
       } finally {
         await view.close();
         source.close();
+        target.close();
       }
     },
   );

@@ -1,0 +1,48 @@
+import type { MigrationConfig } from '../config/load.js';
+import { isMigrateError } from '../errors.js';
+import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
+import type { TargetStore } from '../stores/types.js';
+
+/** The limits a read-only report (audit, plan) judges keys and values against, and where they come from. */
+export interface TargetLimits {
+  txnMaxOps: number;
+  txnMaxBytes: number;
+  maxValueBytes: number;
+  basis: string;
+}
+
+/**
+ * `target.limits` from the file, else what the target says (its version sets
+ * the op limit; its configuration, when the token may read it, the byte
+ * limits), else Consul's defaults with the pre-1.14 op limit of 64, the safe
+ * assumption. A target that does not answer is no error: audit and plan run
+ * before Consul is ready, and say on what basis they judged.
+ */
+export async function resolveTargetLimits(config: MigrationConfig, target: Pick<TargetStore, 'info'> | undefined): Promise<TargetLimits> {
+  const configured = config.target.limits ?? {};
+  let txnMaxOps = configured.txnMaxOps;
+  let enforced: { txnMaxBytes?: number; maxValueBytes?: number } = {};
+  let basis: string | undefined;
+  if (txnMaxOps !== undefined) basis = 'target.limits.txnMaxOps in migration.yaml';
+  if (target) {
+    try {
+      const info = await target.info();
+      enforced = info;
+      txnMaxOps ??= info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
+      basis ??= info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      txnMaxOps ??= 64;
+      basis ??= `Consul could not be asked (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
+    }
+  } else {
+    txnMaxOps ??= 64;
+    basis ??= 'no target given: assuming the pre-1.14 limit of 64 ops';
+  }
+  return {
+    txnMaxOps,
+    txnMaxBytes: configured.txnMaxBytes ?? enforced.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
+    maxValueBytes: configured.maxValueBytes ?? enforced.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
+    basis: basis!,
+  };
+}
