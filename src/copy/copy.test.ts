@@ -301,6 +301,14 @@ describe('copy text', () => {
     expect(at('/app//double')).toBe(at('skipped: empty-segment') + 1);
     expect(at('/app/big')).toBe(at('skipped: value-too-large') + 1);
   });
+
+  it('shows extraneous Consul keys escaped: a key written to Consul cannot put terminal escapes into the operator\'s output', async () => {
+    const { source, target } = world();
+    target.entries.set('app/ctl\x1b[31mRED\x1b[0m ', { key: 'app/ctl\x1b[31mRED\x1b[0m ', value: Buffer.from('x'), flags: 0, modifyIndex: 1 });
+    const text = renderCopy(await runCopy(deps(source, target), options({ dryRun: true })), 'text', false);
+    expect(text).not.toContain('\x1b');
+    expect(text).toContain('      app/ctl\\x1b[31mRED\\x1b[0m\\x20\n');
+  });
 });
 
 describe('copy --resume', () => {

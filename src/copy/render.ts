@@ -1,6 +1,7 @@
 import type { Format } from '../cli/context.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { isMigrateError } from '../errors.js';
+import { formatKey } from '../report/keys.js';
 import type { CopyResult } from './copy.js';
 
 function sum(record: Partial<Record<string, number>>): number {
@@ -33,7 +34,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     if (r.extraneous > 0) {
       const removed = r.deleted || r.extraneousHeld ? `; ${r.deleted} ${verb ? 'would be ' : ''}deleted${r.extraneousHeld ? `, ${r.extraneousHeld} kept: held by a session this migration does not own` : ''}` : ' (kept; pass --delete-extraneous to remove them)';
       lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${removed}`);
-      for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${key}`);
+      for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${formatKey(key)}`);
       if (r.extraneous > Math.min(5, r.extraneousExamples.length) && r.extraneousExamples.length > 0) lines.push(`      … and ${r.extraneous - Math.min(5, r.extraneousExamples.length)} more (--format json lists ${r.extraneousExamples.length})`);
     }
     if (r.resumedBelow) lines.push(`  ${r.name}: ${r.resumedBelow} key(s) below the interrupted copy's low-water mark: done by it, not planned again (not in the row above)`);
@@ -48,7 +49,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     for (const ex of r.problemExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.problem}: ${ex.detail})`);
     if (r.extraneous > 0) {
       lines.push(`  ${r.name}: ${r.extraneous} instance(s) on the agent have no etcd key${r.deregistered ? `; ${r.deregistered} deregistered` : ' (kept; pass --delete-extraneous to deregister them)'}`);
-      for (const id of r.extraneousExamples.slice(0, 5)) lines.push(`      ${id}`);
+      for (const id of r.extraneousExamples.slice(0, 5)) lines.push(`      ${formatKey(id)}`);
     }
   }
   if (result.services.some((r) => r.registered + r.updated + r.unchanged > r.withoutLease) && !result.dryRun) {

@@ -1,6 +1,6 @@
 /**
  * How keys are shown to people: printable UTF-8 as it is, every other byte
- * (invalid UTF-8, control characters, `\`) as `\xNN`. Keys are shown; values
+ * (invalid UTF-8, control characters, `\`, a space at either end) as `\xNN`. Keys are shown; values
  * never are.
  */
 export function formatKey(key: Buffer | string): string {
@@ -23,5 +23,6 @@ function escapeText(text: string): string {
       out += [...Buffer.from(ch, 'utf8')].map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('');
     } else out += ch;
   }
-  return out;
+  // A space at either end is invisible in a line of text (Consul 1.21.6+ refuses such keys).
+  return out.replace(/^ | $/g, '\\x20');
 }

@@ -17,6 +17,10 @@ describe('keys as shown to people', () => {
     expect(formatKey('/app/config/ünï')).toBe('/app/config/ünï');
     expect(formatKey(Buffer.from([0x2f, 0x61, 0xff, 0xfe, 0x00]))).toBe('/a\\xff\\xfe\\x00');
     expect(formatKey('a\nb\\c')).toBe('a\\x0ab\\x5cc');
+    // A space at either end would be invisible; one inside is shown as it is.
+    expect(formatKey(' /app/end ')).toBe('\\x20/app/end\\x20');
+    expect(formatKey('/app/a b')).toBe('/app/a b');
+    expect(formatKey(' ')).toBe('\\x20');
     expect(formatKey('nb\u00a0sp')).toBe('nb\\xc2\\xa0sp');
   });
 });
