@@ -500,8 +500,7 @@ async function copyRule(
       }
       const existing = new Map<string, TargetEntry>();
       if (wanted.length > 0) for (const e of await deps.target.readEntries(wanted, options.signal, { listed: targetKeys.keys, valueBytes: wantedBytes })) existing.set(e.key, e);
-      const sessionOf = new Map<string, string | undefined>();
-      await Promise.all([...leases].map(async (l) => sessionOf.set(l, await sessions.ensure(l))));
+      const sessionOf = await sessions.ensureAll(leases);
       const plan = planPage({ entries: page.entries, route: (e) => routes.get(e)!, existing, sessionFor: (l) => sessionOf.get(l), ownSessions: sessions.own });
       stats.unchanged += plan.unchanged;
       for (const skip of plan.skips) recordSkip(stats, skip);

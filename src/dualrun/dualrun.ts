@@ -835,8 +835,7 @@ class Applier {
       // A leased key deleted: its lease may have ended, so the next lease pass looks at it, due or not.
       if (e.type === 'delete' && e.previous && e.previous.lease !== '0') this.renewedAt.delete(e.previous.lease);
     }
-    const sessionOf = new Map<string, string | undefined>();
-    await Promise.all([...leases].map(async (l) => sessionOf.set(l, await this.sessions.ensure(l))));
+    const sessionOf = await this.sessions.ensureAll(leases);
     this.ctx.stats.sessions = this.sessions.own.size;
     return planRevision({
       message,

@@ -40,6 +40,32 @@ export interface ClampFinding {
   clamped: 'raised' | 'lowered';
 }
 
+/** A session record waiting for its txn, with the caller waiting on it. */
+interface QueuedRecord {
+  op: TxnOp;
+  settle: (err?: unknown) => void;
+}
+
+/** The session records of one {@link LeaseSessions.ensureAll}: written once every lease of it has arrived. */
+class RecordGroup {
+  private readonly queued: QueuedRecord[] = [];
+
+  constructor(private remaining: number, private readonly flush: (batch: readonly QueuedRecord[]) => void) {}
+
+  /** A lease's new session to record; resolves once the record is written. */
+  write(op: TxnOp): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queued.push({ op, settle: (err) => (err === undefined ? resolve() : reject(err)) });
+      this.arrived();
+    });
+  }
+
+  /** A lease resolved (or failed) with nothing to record, or recorded through {@link write}. */
+  arrived(): void {
+    if (--this.remaining === 0 && this.queued.length > 0) this.flush(this.queued);
+  }
+}
+
 /**
  * One Consul session per etcd lease, recorded under `sessions/` so that a
  * later run (a resumed copy, the dual-run) adopts it instead of creating a
@@ -64,8 +90,6 @@ export class LeaseSessions {
   /** Txns that wrote session records (a copy counts them with its own). */
   recordTxns = 0;
   private timer: NodeJS.Timeout | undefined;
-  /** Records waiting for the next txn, with the callers waiting on them. */
-  private queued: { op: TxnOp; settle: (err?: unknown) => void }[] = [];
 
   constructor(
     private readonly source: SourceReader,
@@ -105,22 +129,48 @@ export class LeaseSessions {
    * The session mirroring `leaseId`: adopted when the recorded one still
    * exists in Consul, else created. Undefined when the etcd lease is gone.
    */
-  ensure(leaseId: string): Promise<string | undefined> {
-    let pending = this.pending.get(leaseId);
-    if (!pending) {
-      const resolving = this.resolve(leaseId);
+  async ensure(leaseId: string): Promise<string | undefined> {
+    return (await this.ensureAll([leaseId])).get(leaseId);
+  }
+
+  /**
+   * {@link ensure} for several leases at once (a copy's page, a dual-run
+   * txn): the new sessions' records are written together once every lease
+   * has its session, {@link RECORDS_PER_TXN} to a txn, so a dry-run sends as
+   * many record txns as the copy it previews, however Consul's answers interleave.
+   */
+  async ensureAll(leaseIds: Iterable<string>): Promise<Map<string, string | undefined>> {
+    const ids = [...new Set(leaseIds)];
+    const fresh = ids.filter((id) => !this.pending.has(id));
+    const group = new RecordGroup(fresh.length, (batch) => this.writeRecords(batch));
+    for (const leaseId of fresh) {
+      const resolving = this.resolveIn(leaseId, group);
       this.pending.set(leaseId, resolving);
       // A failure (Consul or etcd unreachable) is not kept: kept, every later write of the lease's keys failed
       // with it, and the dual-run, replaying them, stopped replicating for good after an outage.
       resolving.catch(() => {
         if (this.pending.get(leaseId) === resolving) this.pending.delete(leaseId);
       });
-      pending = resolving;
     }
-    return pending;
+    const resolving = ids.map((id) => this.pending.get(id)!);
+    const sessions = await Promise.all(resolving);
+    return new Map(ids.map((id, i) => [id, sessions[i]]));
   }
 
-  private async resolve(leaseId: string): Promise<string | undefined> {
+  /** {@link resolve} as one lease of `group`: it counts as arrived when it records a session or ends without one. */
+  private async resolveIn(leaseId: string, group: RecordGroup): Promise<string | undefined> {
+    let recorded = false;
+    try {
+      return await this.resolve(leaseId, (op) => {
+        recorded = true;
+        return group.write(op);
+      });
+    } finally {
+      if (!recorded) group.arrived();
+    }
+  }
+
+  private async resolve(leaseId: string, writeRecord: (op: TxnOp) => Promise<void>): Promise<string | undefined> {
     const recorded = this.byLease.get(leaseId);
     if (recorded && (await this.target.readSession(recorded.sessionId))) {
       this.adopted++;
@@ -141,34 +191,22 @@ export class LeaseSessions {
     const sessionId = await this.target.createSession({ name: sessionName(this.migrationId, leaseId), ttlSeconds: ttl });
     const record: SessionRecord = { schemaVersion: STATE_SCHEMA_VERSION, leaseId, sessionId, ttlSeconds: ttl, etcdTtlSeconds: lease.grantedTtl, created: this.now().toISOString() };
     // Recorded before any key is locked with it: a run that dies after locking still finds the session.
-    await this.writeRecord({ verb: 'set', key: this.paths.session(leaseId), value: Buffer.from(JSON.stringify(record)) });
+    await writeRecord({ verb: 'set', key: this.paths.session(leaseId), value: Buffer.from(JSON.stringify(record)) });
     this.byLease.set(leaseId, record);
     this.own.add(sessionId);
     this.created++;
     return sessionId;
   }
 
-  /**
-   * Writes a session record together with the others made in the same turn
-   * of the event loop (a copy ensures a page's leases at once): one txn per
-   * {@link RECORDS_PER_TXN} records instead of one each.
-   */
-  private writeRecord(op: TxnOp): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.queued.push({ op, settle: (err) => (err === undefined ? resolve() : reject(err)) });
-      if (this.queued.length > 1) return;
-      setImmediate(() => {
-        const batch = this.queued;
-        this.queued = [];
-        for (let i = 0; i < batch.length; i += RECORDS_PER_TXN) {
-          const chunk = batch.slice(i, i + RECORDS_PER_TXN);
-          this.target.applyTxn(chunk.map((q) => q.op)).then(() => {
-            this.recordTxns++;
-            chunk.forEach((q) => q.settle());
-          }, (err: unknown) => chunk.forEach((q) => q.settle(err ?? new Error('session record write failed'))));
-        }
-      });
-    });
+  /** Writes session records, {@link RECORDS_PER_TXN} to a txn, and tells each caller how its own went. */
+  private writeRecords(batch: readonly QueuedRecord[]): void {
+    for (let i = 0; i < batch.length; i += RECORDS_PER_TXN) {
+      const chunk = batch.slice(i, i + RECORDS_PER_TXN);
+      this.target.applyTxn(chunk.map((q) => q.op)).then(() => {
+        this.recordTxns++;
+        chunk.forEach((q) => q.settle());
+      }, (err: unknown) => chunk.forEach((q) => q.settle(err ?? new Error('session record write failed'))));
+    }
   }
 
   /** Every lease this migration mirrors (recorded under `sessions/`). */
