@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
@@ -200,6 +200,27 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(stale.code).toBe(4);
       expect(stale.stdout).toContain('older than --max-verify-age');
       expect(await snapshot(s)).toBe(before);
+
+      // Drift in Consul after the clean verify: refused at the flip, with writes paused; the reverse mirror
+      // would have written Consul's drift over etcd's values (the one copy of the right data left).
+      await target.putKey(`${s.id}/app/k1`, Buffer.from('WRONG'));
+      await target.deleteKey(`${s.id}/app/k2`);
+      before = await snapshot(s);
+      const drifted = await s.cli(['cutover', '--rule', 'app', '--yes', '--drain', '100ms']);
+      expect(drifted.code, drifted.stdout + drifted.stderr).toBe(4);
+      expect(drifted.stdout).toMatch(/FAIL app: parity\s+etcd and Consul differ on 2 key\(s\) of rule app with writes paused \(verify: .*\): Consul does not hold what etcd holds, so cutting over now would lose or bring back data .*; writes resumed on etcd/);
+      expect(await etcdValue(`${s.root}/app/k1`)).toBe('v1');
+      expect(await etcdValue(`${s.root}/app/k2`)).toBe('v2');
+      expect((await phases(s)).app.phase).toBe('verified');
+      // The phase document the write fence made went with it, and the rollback point written before the
+      // drain with the refusal (its folder, made for it, stays).
+      expect(readdirSync(join(s.dir, 'migrate-rollback'))).toEqual([]);
+      expect(await snapshot(s)).toBe(before.replace('"files":false', '"files":true'));
+      rmSync(join(s.dir, 'migrate-rollback'), { recursive: true });
+      await target.putKey(`${s.id}/app/k1`, Buffer.from('v1'));
+      await target.putKey(`${s.id}/app/k2`, Buffer.from('v2'));
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      before = await snapshot(s);
 
       // A file named on the command line that exists: refused at once (exit 2), never overwritten.
       writeFileSync(join(s.dir, 'taken.json'), 'an earlier rollback point');

@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MigrationConfig } from '../config/load.js';
 import { RefusedError, UsageError } from '../errors.js';
@@ -74,6 +75,8 @@ export interface FenceOptions {
    * are mirrored first.
    */
   drainMs: number;
+  /** A one-rule verify (not recorded): the flip is gated on parity of the rule, with writes paused. */
+  verifyRule: (rule: string) => Promise<VerifyResult>;
 }
 
 export interface CutoverOptions extends CommonOptions, FenceOptions {
@@ -86,10 +89,7 @@ export interface CutoverOptions extends CommonOptions, FenceOptions {
   snapshotFile?: string;
 }
 
-export interface RollbackOptions extends CommonOptions, FenceOptions {
-  /** A one-rule verify (not recorded): rollback is gated on parity of the rule. */
-  verifyRule: (rule: string) => Promise<VerifyResult>;
-}
+export type RollbackOptions = CommonOptions & FenceOptions;
 
 export interface FinalizeOptions extends CommonOptions {
   exportEtcd?: string;
@@ -183,8 +183,9 @@ async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: Cutove
  * (when the command stops before its flip, which clears it by itself).
  */
 async function pauseWrites(deps: CutoverDeps, paths: StatePaths, outcomes: RuleOutcome[], move: 'cutover' | 'rollback', options: CommonOptions & FenceOptions): Promise<{ resume: () => Promise<void> }> {
-  const rules = outcomes.map((o) => ({ rule: o.rule, derived: o.from as RulePhase }));
-  await setWritesPaused(deps.target, paths, await readCutoverState(deps.target, paths), rules, { since: options.now().toISOString(), by: options.by, for: move });
+  const state = await readCutoverState(deps.target, paths);
+  const rules = outcomes.map((o) => ({ rule: o.rule, derived: o.from as RulePhase, created: !state.docs.has(o.rule) }));
+  await setWritesPaused(deps.target, paths, state, rules, { since: options.now().toISOString(), by: options.by, for: move });
   return {
     async resume() {
       await setWritesPaused(deps.target, paths, await readCutoverState(deps.target, paths), rules, undefined);
@@ -283,9 +284,18 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   try {
     await options.sleep(options.drainMs);
     caughtUp = await dualRunChecks(deps, paths, await readCutoverState(target, paths), options);
+    // Refused after the drain: the rollback points and snapshot written for this cutover go too ("nothing was changed").
+    const discardExports = () => {
+      for (const file of [...outcomes.map((o) => o.rollbackFile), snapshotFile]) if (file) rmSync(file, { force: true });
+    };
     if (!caughtUp.checks.every((c) => c.ok)) {
       await fence.resume();
+      discardExports();
       return refusedResult('cutover', deps, caughtUp.checks.map((c) => ({ ...c, name: `${c.name} (after the drain)` })), outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
+    }
+    if (!(await parityWithWritesPaused(options, outcomes, fence, 'cutover'))) {
+      discardExports();
+      return refusedResult('cutover', deps, global.checks, outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
     }
     state = await readCutoverState(target, paths);
     etcdRevision = (await deps.source.status()).revision;
@@ -306,6 +316,31 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     throw err;
   }
   return { action: 'cutover', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: caughtUp.checkpoint, ...(snapshotFile ? { snapshotFile } : {}), written: [...written.values()] };
+}
+
+/**
+ * Parity of each rule, checked with writes paused and the dual-run caught up, just before the flip (data
+ * only: recorded late writes are the trips check's business). While applications write, the mirror is
+ * always a little behind; and the last clean verify a cutover relies on may be minutes old: a value
+ * changed or a key deleted in Consul since then would become the new owner's data, the reverse mirror
+ * writing it over etcd's at once. On a difference, writes resume where they were and the check says why.
+ */
+async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutcome[], fence: { resume(): Promise<void> }, action: 'cutover' | 'rollback'): Promise<boolean> {
+  const [owner, next] = action === 'cutover' ? ['etcd', 'Consul'] : ['Consul', 'etcd'];
+  for (const outcome of outcomes) {
+    const result = await options.verifyRule(outcome.rule);
+    const r = result.rules.find((x) => x.name === outcome.rule);
+    if (r && r.differences === 0) {
+      outcome.checks.push({ name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${outcome.rule} with writes paused (verify at etcd revision ${result.cut.revision}, not recorded)` });
+      continue;
+    }
+    await fence.resume();
+    const kinds = r ? Object.entries(r.byKind).filter(([, n]) => n > 0).map(([kind, n]) => `${n} ${kind}`).join(', ') : '';
+    outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: ${next} does not hold what ${owner} holds, so ${action === 'cutover' ? 'cutting over' : 'rolling back'} now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on ${owner}` });
+    outcome.ok = false;
+    return false;
+  }
+  return true;
 }
 
 /** `migrate rollback --rule <name>…`: back to etcd, gated on parity of the rule. */
@@ -340,21 +375,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   let etcdRevision: number;
   try {
     await options.sleep(options.drainMs);
-    // Parity is checked with writes paused: while applications write to Consul, the reverse mirror is
-    // always a little behind. Data only: recorded late writes are the trips check's business.
-    for (const outcome of outcomes) {
-      const result = await options.verifyRule(outcome.rule);
-      const r = result.rules.find((x) => x.name === outcome.rule);
-      if (r && r.differences === 0) {
-        outcome.checks.push({ name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${outcome.rule} with writes paused (verify at etcd revision ${result.cut.revision}, not recorded)` });
-        continue;
-      }
-      await fence.resume();
-      const kinds = r ? Object.entries(r.byKind).filter(([, n]) => n > 0).map(([kind, n]) => `${n} ${kind}`).join(', ') : '';
-      outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: etcd does not hold what Consul holds, so rolling back now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on Consul` });
-      outcome.ok = false;
-      return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
-    }
+    if (!(await parityWithWritesPaused(options, outcomes, fence, 'rollback'))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
     state = await readCutoverState(target, paths);
     etcdRevision = (await deps.source.status()).revision;
     const at = options.now();

@@ -114,9 +114,11 @@ export async function writeTransitions(target: TargetStore, paths: StatePaths, s
  * rules: their phase documents get `writesPaused`, by check-and-set in one
  * txn. A concurrent change refuses (exit 4) with nothing written.
  */
-export async function setWritesPaused(target: TargetStore, paths: StatePaths, state: CutoverState, rules: { rule: string; derived: RulePhase }[], pause: WritesPause | undefined): Promise<void> {
-  const ops: TxnOp[] = rules.map(({ rule, derived }) => {
+export async function setWritesPaused(target: TargetStore, paths: StatePaths, state: CutoverState, rules: { rule: string; derived: RulePhase; created?: boolean }[], pause: WritesPause | undefined): Promise<void> {
+  const ops: TxnOp[] = rules.map(({ rule, derived, created }) => {
     const current = state.docs.get(rule);
+    // A document the pause created goes with it: a refused command leaves the state as it found it.
+    if (!pause && created && current) return { verb: 'delete-cas', key: paths.rule(rule), index: current.index };
     return { verb: 'cas', key: paths.rule(rule), value: Buffer.from(JSON.stringify(withWritesPaused(current?.doc, rule, derived, pause))), index: current?.index ?? 0 };
   });
   try {

@@ -44,6 +44,7 @@ Examples:
         const result = await runCutover(open.deps, {
           ...open.common,
           drainMs: drainMs(options),
+          verifyRule: (rule) => open.verify(rule),
           maxVerifyAgeMs,
           ...(options.verifyNow ? { verifyNow: () => open.verify() } : {}),
           ...(options.rollbackFile ? { rollbackFile: resolve(ctx.io.cwd, options.rollbackFile) } : {}),
