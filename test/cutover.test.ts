@@ -255,6 +255,27 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('two operators moving the same rule at once: one cutover (and one rollback) wins, the other is refused (exit 4) and writes nothing', async () => {
+    const s = scenario('race');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const history = async () => (JSON.parse((await target.readKey(`_migrate/${s.id}/rules/app`))!.value.toString()) as { history: { phase: string }[] }).history.map((h) => h.phase);
+      for (const [command, phase] of [['cutover', 'cutover'], ['rollback', 'rolledback']] as const) {
+        const runs = await Promise.all([0, 1].map(() => s.cli([command, '--rule', 'app', '--yes', '--drain', '1s'])));
+        expect(runs.map((r) => r.code).sort(), runs.map((r) => r.stdout + r.stderr).join('\n')).toEqual([0, 4]);
+        const loser = runs.find((r) => r.code === 4)!;
+        expect(loser.stderr + loser.stdout).toMatch(/phase_contended|changed while this command/);
+        expect((await history()).filter((p) => p === phase)).toHaveLength(1);
+      }
+      expect(readdirSync(join(s.dir, 'migrate-rollback'))).toHaveLength(1);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 60_000);
+
   it('finalize --delete-etcd refuses while Consul lacks keys etcd holds: nothing deleted or exported, the rule stays cut over', async () => {
     const s = scenario('finlack');
     await seed(s);

@@ -27,6 +27,7 @@ import {
   type PreconditionCheck,
   type RulePhase,
   type RulePhaseDoc,
+  type WritesPause,
 } from './phase.js';
 import { readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
 
@@ -185,12 +186,29 @@ async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: Cutove
 async function pauseWrites(deps: CutoverDeps, paths: StatePaths, outcomes: RuleOutcome[], move: 'cutover' | 'rollback', options: CommonOptions & FenceOptions): Promise<{ resume: () => Promise<void> }> {
   const state = await readCutoverState(deps.target, paths);
   const rules = outcomes.map((o) => ({ rule: o.rule, derived: o.from as RulePhase, created: !state.docs.has(o.rule) }));
-  await setWritesPaused(deps.target, paths, state, rules, { since: options.now().toISOString(), by: options.by, for: move });
+  const pause: WritesPause = { since: options.now().toISOString(), by: options.by, for: move };
+  await setWritesPaused(deps.target, paths, state, rules, pause);
   return {
     async resume() {
-      await setWritesPaused(deps.target, paths, await readCutoverState(deps.target, paths), rules, undefined);
+      // Only documents still paused by this command: another operator's move since then is theirs to keep.
+      const now = await readCutoverState(deps.target, paths);
+      const ours = rules.filter((r) => JSON.stringify(now.docs.get(r.rule)?.doc.writesPaused) === JSON.stringify(pause));
+      if (ours.length > 0) await setWritesPaused(deps.target, paths, now, ours, undefined);
     },
   };
+}
+
+/**
+ * After the drain, each rule must still be in a phase the move starts from: two operators moving the
+ * same rule both pass the checks and the fence (the later pause replaces the earlier), and without
+ * this the one that flips second wrote the same move again (cutover → cutover) and exited 0.
+ */
+function refuseIfMoved(state: CutoverState, outcomes: RuleOutcome[], from: readonly RulePhase[], now: Date): void {
+  const moved = outcomes.filter((o) => !from.includes(phaseOf(state, o.rule, now)));
+  if (moved.length === 0) return;
+  throw new RefusedError('phase_contended', `The phase of ${moved.map((o) => `rule ${o.rule} (now ${phaseOf(state, o.rule, now)})`).join(', ')} changed while this command drained writes (another operator); nothing was written.`, {
+    hint: 'Run `migrate status` to see the current phase, then run the command again if it is still needed.',
+  });
 }
 
 function tripCheck(state: CutoverState, rule: string, acknowledge: boolean): PreconditionCheck {
@@ -210,8 +228,9 @@ function refusedResult(action: CutoverAction, deps: CutoverDeps, checks: Precond
   return { action, migration: deps.config.id, refused: true, checks, rules, etcdRevision, checkpoint, written: [] };
 }
 
+/** The time in a default file name, to the millisecond: two operators' cutovers in the same second get two files. */
 function stamp(now: Date): string {
-  return now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return now.toISOString().replace(/[-:]/g, '');
 }
 
 async function otherDatacenterChecks(options: CommonOptions): Promise<Map<string, PreconditionCheck | undefined>> {
@@ -219,6 +238,9 @@ async function otherDatacenterChecks(options: CommonOptions): Promise<Map<string
   if (!elsewhere) return new Map();
   return new Map(await Promise.all(options.rules.map(async (rule) => [rule, await elsewhere(rule)] as const)));
 }
+
+/** The phases a cutover starts from. */
+const CUTOVER_FROM: readonly RulePhase[] = ['verified', 'mirroring', 'rolledback', 'copied'];
 
 /** `migrate cutover --rule <name>…` */
 export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Promise<CutoverResult> {
@@ -245,7 +267,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     if (rule.action === 'service') return { rule: name, from: 'service', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [{ name: 'rule', ok: true, detail: `copy rule ${rule.from} → ${rule.to}` }];
-    const phaseOk = from === 'verified' || from === 'mirroring' || from === 'rolledback' || from === 'copied';
+    const phaseOk = CUTOVER_FROM.includes(from);
     checks.push({ name: 'phase', ok: phaseOk, detail: phaseOk ? `${from}` : from === 'planned' ? 'phase planned: the rule was never copied (run `migrate copy`)' : `phase ${from}: already owned by Consul` });
     checks.push(checkVerify(state.verify, name, now.getTime(), options.maxVerifyAgeMs));
     checks.push(tripCheck(state, name, options.acknowledgeTrips));
@@ -278,16 +300,16 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   // The write fence: applications hold their writes to the rules; writes already in flight land in
   // etcd during the drain, and the dual-run must have applied them before Consul becomes the owner.
   const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options);
+  // Refused after the drain: the rollback points and snapshot written for this cutover go too ("nothing was changed").
+  const discardExports = () => {
+    for (const file of [...outcomes.map((o) => o.rollbackFile), snapshotFile]) if (file) rmSync(file, { force: true });
+  };
   let written: Map<string, RulePhaseDoc>;
   let etcdRevision: number;
   let caughtUp: Awaited<ReturnType<typeof dualRunChecks>>;
   try {
     await options.sleep(options.drainMs);
     caughtUp = await dualRunChecks(deps, paths, await readCutoverState(target, paths), options);
-    // Refused after the drain: the rollback points and snapshot written for this cutover go too ("nothing was changed").
-    const discardExports = () => {
-      for (const file of [...outcomes.map((o) => o.rollbackFile), snapshotFile]) if (file) rmSync(file, { force: true });
-    };
     if (!caughtUp.checks.every((c) => c.ok)) {
       await fence.resume();
       discardExports();
@@ -298,8 +320,9 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
       return refusedResult('cutover', deps, global.checks, outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
     }
     state = await readCutoverState(target, paths);
-    etcdRevision = (await deps.source.status()).revision;
     const at = options.now();
+    refuseIfMoved(state, outcomes, CUTOVER_FROM, at);
+    etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => {
     const evidence: PhaseEvidence = { checkpoint: caughtUp.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys };
     const verify = verifyEvidence(state.verify, o.rule, at.getTime());
@@ -313,6 +336,8 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
   } catch (err) {
     await fence.resume();
+    // Refused (another operator moved the rule): nothing was written. Any other failure may have come after the flip: the files stay.
+    if (err instanceof RefusedError) discardExports();
     throw err;
   }
   return { action: 'cutover', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: caughtUp.checkpoint, ...(snapshotFile ? { snapshotFile } : {}), written: [...written.values()] };
@@ -377,8 +402,9 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
     await options.sleep(options.drainMs);
     if (!(await parityWithWritesPaused(options, outcomes, fence, 'rollback'))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
     state = await readCutoverState(target, paths);
-    etcdRevision = (await deps.source.status()).revision;
     const at = options.now();
+    refuseIfMoved(state, outcomes, ['cutover'], at);
+    etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => ({
       rule: o.rule, from: 'cutover', to: 'rolledback', etcdRevision,
       entry: { at: at.toISOString(), by: options.by, evidence: { checkpoint: global.checkpoint ?? undefined, etcdRevision, ...(openTrips(state.trips.get(o.rule)?.doc) ? { acknowledgedTrips: openTrips(state.trips.get(o.rule)?.doc) } : {}) } },

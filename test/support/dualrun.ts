@@ -42,9 +42,15 @@ export async function startDualRun(dir: string, args: string[] = [], env: Record
     stderr: () => stderr,
     async stop() {
       child.kill('SIGTERM');
-      const code = await exited;
+      // Bounded: a dual-run that does not stop fails the test with its log, not as the test's own timeout.
+      let timer: NodeJS.Timeout | undefined;
+      const hung = new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), 20_000)));
+      const outcome = await Promise.race([exited, hung]);
+      clearTimeout(timer);
+      if (outcome === 'hung') child.kill('SIGKILL');
+      const code = outcome === 'hung' ? -1 : outcome;
       // A failed stop shows why in the test's output (CI keeps nothing else of the process).
-      if (code !== 0) process.stderr.write(`dual-run exited ${code}; its stderr ended with:\n${stderr.slice(-4000)}\n`);
+      if (code !== 0) process.stderr.write(`dual-run ${code === -1 ? 'did not stop within 20 s of SIGTERM (killed)' : `exited ${code}`}; its stderr ended with:\n${stderr.slice(-4000)}\n`);
       return code;
     },
     async kill() {
