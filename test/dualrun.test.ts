@@ -1,4 +1,6 @@
 import { randomBytes, randomInt } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3, Range } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
@@ -291,6 +293,39 @@ describe('migrate dualrun (real servers)', () => {
     } finally {
       etcd.close();
       await own.stop();
+    }
+  });
+
+  it('--accept-mapping-change with a rule added since the copy: the dual-run re-baselines, so the new rule\'s existing keys reach Consul (not only those written later)', async () => {
+    const s = scenario('addrule');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/added/k${i}`).value(`v${i}`);
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const yaml = `${s.yaml}  - { name: added, from: ${s.root}/added/, to: ${s.id}/added/ }\n`;
+    writeFileSync(join(s.dir, 'migration.yaml'), yaml);
+    const grown = { ...s, yaml, mapping: parseConfig(yaml, 'migration.yaml').mapping };
+    const refused = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });
+    expect(refused.code, refused.stderr).toBe(4);
+    expect(refused.stderr).toContain('error[identity_mapping_changed]');
+    const dr = await startDualRun(s.dir, ['--accept-mapping-change']);
+    try {
+      await etcd.put(`${s.root}/added/later`).value('after the restart');
+      await waitCaughtUp(etcd, target, s.id);
+      await expectParity(grown);
+      expect(await target.listKeys(`${s.id}/added/`)).toHaveLength(21);
+      expect(dr.stderr()).toMatch(/rules changed since the migration recorded them \(--accept-mapping-change\); re-baselining/);
+      expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(1);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    // Started again (the mapping now recorded): no second re-baseline.
+    const again = await startDualRun(s.dir);
+    try {
+      await waitCaughtUp(etcd, target, s.id);
+      expect(metric(await again.metrics(), 'migrate_dualrun_rebaselines_total')).toBe(0);
+      expect(again.stderr()).not.toContain('re-baselining');
+    } finally {
+      expect(await again.stop()).toBe(0);
     }
   });
 });

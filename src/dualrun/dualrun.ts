@@ -11,10 +11,10 @@ import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '.
 import type { KeyRange, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
-import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult } from '../copy/copy.js';
+import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
 import { ownerAt, ownersKey } from '../cutover/phase.js';
-import { recordTrip } from '../cutover/state-io.js';
+import { readRuleDocs, recordTrip } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
 import { PollingReader } from '../stores/consul-blocking.js';
@@ -177,7 +177,8 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const status = await source.status();
   const paths = statePaths(primaryLane.config.state.prefix, primaryLane.config.id);
   const info = await primaryLane.target.info();
-  await ensureMeta(primaryLane.target, paths, { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
+  const mappingChanged = { pending: false };
+  mappingChanged.pending = (await ensureMeta(primaryLane.target, paths, { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange })) === 'mapping-changed';
   const holder = `${hostname()}:${process.pid}`;
 
   for (;;) {
@@ -215,7 +216,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     let reason: DualRunSummary['reason'];
     try {
       reason = primaryLane.mapping.copyRules.length + primaryLane.mapping.serviceRules.length > 0 || secondaryLanes.length === 0
-        ? await lead({ source, lane: primaryLane, target: primaryLane.target, config: primaryLane.config, mapping: primaryLane.mapping, paths, range: watchRange(primaryLane.mapping), leader, lost: lost.signal, stats, publish, writer: deps.writer, blocking: primaryLane.blocking ?? new PollingReader(primaryLane.target) }, options)
+        ? await lead({ source, lane: primaryLane, target: primaryLane.target, config: primaryLane.config, mapping: primaryLane.mapping, paths, range: watchRange(primaryLane.mapping), leader, lost: lost.signal, stats, publish, writer: deps.writer, blocking: primaryLane.blocking ?? new PollingReader(primaryLane.target), mappingChanged }, options)
         : await holdLead(options.signal, lost.signal);
     } finally {
       lanesStop.abort();
@@ -234,6 +235,21 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     // dual-run took it meanwhile, the process stops with dualrun_locked (exit 4) rather than exit 0.
     options.log('warn', options.ha ? 'stepped down; waiting to lead again' : 'stepped down; taking the leader lock again');
   }
+}
+
+/**
+ * Why the replication must start with a re-baseline, if it must: the rules changed (accepted with
+ * `--accept-mapping-change`), or a copy rule Consul does not own was never copied whole (added to
+ * migration.yaml since the copy, or a re-baseline for that reason cut short). Replaying the watch from
+ * the checkpoint brings over only what changes, so such a rule's other keys would stay missing.
+ */
+async function uncopiedRules(ctx: LeadContext): Promise<string | undefined> {
+  if (ctx.mappingChanged.pending) return 'migration.yaml\'s rules changed since the migration recorded them (--accept-mapping-change)';
+  const copy = await readState<CopyState>(ctx.target, ctx.paths.copy);
+  if (!copy) return undefined;
+  const phases = await readRuleDocs(ctx.target, ctx.paths);
+  const uncopied = ctx.mapping.copyRules.filter((r) => phases.get(r.name)?.doc.owner !== 'consul' && !copy.rules[r.name]?.done).map((r) => r.name);
+  return uncopied.length > 0 ? `rule(s) ${uncopied.join(', ')} were never copied whole` : undefined;
 }
 
 /** The primary lane when every rule goes to other datacenters: it only holds the lock. */
@@ -257,13 +273,14 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
   const log: DualRunLog = (level, message, fields) => options.log(level, `${dc}: ${message}`, { datacenter: dc, ...fields });
   let backoff = 1000;
   let metaChecked = false;
+  const mappingChanged = { pending: false };
   while (!options.signal.aborted) {
     const lock = new LeaderLock(lane.target, paths.leader, run.holder, `dual-run leader in ${dc}`);
     try {
       if (!metaChecked) {
         const status = await run.source.status();
         const info = await lane.target.info();
-        await ensureMeta(lane.target, paths, { id: lane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(lane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
+        mappingChanged.pending = (await ensureMeta(lane.target, paths, { id: lane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(lane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange })) === 'mapping-changed';
         metaChecked = true;
       }
       stats.role = 'standby';
@@ -281,7 +298,7 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
       stats.checkpointWrittenAt = Date.now();
       log('info', 'replicating into this datacenter');
       backoff = 1000;
-      const reason = await lead({ source: run.source, lane, target: lane.target, config: lane.config, mapping: lane.mapping, paths, range: watchRange(lane.mapping), leader: lock, lost: lost.signal, stats, publish: run.publish, writer: run.writer, blocking: lane.blocking ?? new PollingReader(lane.target) }, { ...options, log, heartbeatKey: undefined });
+      const reason = await lead({ source: run.source, lane, target: lane.target, config: lane.config, mapping: lane.mapping, paths, range: watchRange(lane.mapping), leader: lock, lost: lost.signal, stats, publish: run.publish, writer: run.writer, blocking: lane.blocking ?? new PollingReader(lane.target), mappingChanged }, { ...options, log, heartbeatKey: undefined });
       if (reason === 'signal') break;
     } catch (err) {
       if (options.signal.aborted) break;
@@ -316,6 +333,8 @@ interface LeadContext {
   publish: () => void;
   writer: SourceWriter | undefined;
   blocking: BlockingReader;
+  /** The rules changed since the migration recorded them, and the change was accepted: re-baseline first (cleared once done, by whichever leadership does it). */
+  mappingChanged: { pending: boolean };
 }
 
 class LeadershipLost extends Error {}
@@ -511,10 +530,39 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   // The checkpoint at the last failure: the backoff starts again from 250 ms once a write to Consul moved it, not
   // at every etcd event (with Consul down, the watch still delivers events, and the retries ran 4 times a second).
   let failedAt = -1;
+  /**
+   * Copies every rule again at etcd's current revision (deleting what etcd no longer holds, behind the
+   * delete guard) and replicates on from there: when the history since the checkpoint is gone, and when
+   * the rules changed or a rule was never copied whole.
+   */
+  const rebaseline = async () => {
+    stats.rebaselines++;
+    applier.reset();
+    const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
+      throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, stats.checkpoint) : failed;
+    });
+    stats.checkpoint = result.revision;
+    // The copy's sessions (new leases, lost sessions replaced) are this run's to renew from now on.
+    await sessions.reload();
+    // The copy wrote the checkpoint as its own; the dual-run takes it over at once, so status,
+    // cutover and verify see a running dual-run rather than a copy that just finished.
+    applier.reset();
+    await applier.flush(true);
+    if (services.active) await services.load(options.signal);
+    options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });
+  };
+  let rebaselineFirst = await uncopiedRules(ctx);
   try {
     while (!stopped()) {
       watch = undefined;
       try {
+        if (rebaselineFirst) {
+          options.log('warn', `${rebaselineFirst}; re-baselining`);
+          await rebaseline();
+          rebaselineFirst = undefined;
+          ctx.mappingChanged.pending = false;
+          continue;
+        }
         // etcd lets a watch start at its compaction revision but keeps no delete made at that revision, so a watch
         // from checkpoint + 1 would miss it: the history is whole only while the checkpoint itself can be read.
         await source.count(checkpointProbe(ctx.range), stats.checkpoint);
@@ -554,20 +602,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         }
         if (err instanceof SourceCompactedError) {
           options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint}${err.compactRevision > 0 ? ` (oldest available ${err.compactRevision})` : ''}; re-baselining`);
-          stats.rebaselines++;
-          applier.reset();
-          const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
-            throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, stats.checkpoint) : failed;
-          });
-          stats.checkpoint = result.revision;
-          // The copy's sessions (new leases, lost sessions replaced) are this run's to renew from now on.
-          await sessions.reload();
-          // The copy wrote the checkpoint as its own; the dual-run takes it over at once, so status,
-          // cutover and verify see a running dual-run rather than a copy that just finished.
-          applier.reset();
-          await applier.flush(true);
-          if (services.active) await services.load(options.signal);
-          options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });
+          await rebaseline();
           continue;
         }
         const kind = isMigrateError(err) ? err.code : 'internal';
