@@ -345,12 +345,23 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(still.code).toBe(1);
       expect((JSON.parse(still.stdout) as { rules: { name: string; differences: number; lateWrites: number }[] }).rules.find((r) => r.name === 'app')).toMatchObject({ differences: 0, lateWrites: 1 });
       expect(metric(await dr.metrics(), 'migrate_dualrun_late_writes_total')).toBe(1);
-      const ack = await s.cli(['rollback', '--rule', 'app', '--yes', '--acknowledge-trips']);
+      expect((await phases(s)).app.next).toContain(`migrate cutover --rule app --acknowledge-trips`);
+      // Acknowledged where it stands: the rule stays cut over, its history says so, and verify passes again.
+      const ack = await s.cli(['cutover', '--rule', 'app', '--yes', '--acknowledge-trips']);
       expect(ack.code, ack.stdout + ack.stderr).toBe(0);
+      expect(ack.stdout).toContain('Rule app: still cut over (owner consul); its recorded trips are acknowledged');
       expect(await target.readKey(`_migrate/${s.id}/trips/app`)).toBeUndefined();
-      const history = JSON.parse((await target.readKey(`_migrate/${s.id}/rules/app`))!.value.toString()).history;
-      expect(history.at(-1)).toMatchObject({ phase: 'rolledback', evidence: { acknowledgedTrips: 1 } });
+      const history = () => target.readKey(`_migrate/${s.id}/rules/app`).then((e) => JSON.parse(e!.value.toString()).history as { phase: string; evidence?: object }[]);
+      expect((await history()).at(-1)).toMatchObject({ phase: 'cutover', evidence: { acknowledgedTrips: 1 } });
+      expect((await phases(s)).app).toMatchObject({ phase: 'cutover', owner: 'consul', lateWrites: 0 });
       expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      // Nothing left to acknowledge: refused, nothing written.
+      const again = await s.cli(['cutover', '--rule', 'app', '--yes', '--acknowledge-trips']);
+      expect(again.code).toBe(4);
+      expect(again.stdout).toContain('nothing to acknowledge');
+      const back = await s.cli(['rollback', '--rule', 'app', '--yes']);
+      expect(back.code, back.stdout + back.stderr).toBe(0);
+      expect((await history()).at(-1)).toMatchObject({ phase: 'rolledback' });
     } finally {
       expect(await dr.stop()).toBe(0);
     }

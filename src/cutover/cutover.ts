@@ -29,7 +29,7 @@ import {
   type RulePhaseDoc,
   type WritesPause,
 } from './phase.js';
-import { readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
+import { acknowledgeTrips, readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
 
 /**
  * `migrate cutover`, `rollback` and `finalize`: the gated, recorded,
@@ -126,6 +126,8 @@ export interface CutoverResult {
   snapshotFile?: string;
   /** The phase documents as written. */
   written: RulePhaseDoc[];
+  /** `cutover --acknowledge-trips` of rules already cut over: trips cleared, nothing moved. */
+  acknowledgedOnly?: true;
 }
 
 /** Service rules have no owner to flip: the registering agents move to Consul themselves. */
@@ -211,12 +213,12 @@ function refuseIfMoved(state: CutoverState, outcomes: RuleOutcome[], from: reado
   });
 }
 
-function tripCheck(state: CutoverState, rule: string, acknowledge: boolean): PreconditionCheck {
+function tripCheck(state: CutoverState, rule: string, acknowledge: boolean, cleared = 'cleared with this transition'): PreconditionCheck {
   const trips = state.trips.get(rule)?.doc;
   const open = openTrips(trips);
   if (open === 0) return { name: 'trips', ok: true, detail: 'no late writes or guard trips recorded' };
   const what = `${trips!.lateWrites.count} late write(s) to etcd${trips!.lateWrites.keys.length ? ` (e.g. ${trips!.lateWrites.keys.slice(0, 3).join(', ')})` : ''} and ${trips!.guardTrips.count} guard trip(s)`;
-  if (acknowledge) return { name: 'trips', ok: true, detail: `${what}: acknowledged with --acknowledge-trips (cleared with this transition)` };
+  if (acknowledge) return { name: 'trips', ok: true, detail: `${what}: acknowledged with --acknowledge-trips (${cleared})` };
   return { name: 'trips', ok: false, detail: `${what} are open: investigate (dual-run log, \`migrate verify\`), then pass --acknowledge-trips` };
 }
 
@@ -239,6 +241,28 @@ async function otherDatacenterChecks(options: CommonOptions): Promise<Map<string
   return new Map(await Promise.all(options.rules.map(async (rule) => [rule, await elsewhere(rule)] as const)));
 }
 
+/**
+ * `cutover --acknowledge-trips` of rules that are cut over already: an
+ * application wrote to etcd after the cutover (the dual-run recorded it,
+ * and verify fails on it until acknowledged); once it is switched, this
+ * clears the record without moving the rules, recorded in their history.
+ */
+async function acknowledgeCutOver(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CutoverOptions): Promise<CutoverResult> {
+  const rules = options.rules.map((rule) => ({ rule, trips: openTrips(state.trips.get(rule)?.doc) }));
+  const outcomes: RuleOutcome[] = rules.map(({ rule, trips }) => ({
+    rule, from: 'cutover', to: 'cutover', ok: trips > 0,
+    checks: [
+      { name: 'phase', ok: true, detail: 'cutover already: owned by Consul, and stays so' },
+      trips > 0 ? tripCheck(state, rule, true, 'cleared; the rule stays cut over') : { name: 'trips', ok: false, detail: 'no late writes or guard trips recorded: nothing to acknowledge' },
+    ],
+  }));
+  const checkpoint = state.checkpoint?.revision ?? null;
+  const etcdRevision = (await deps.source.status()).revision;
+  if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) return refusedResult('cutover', deps, [], outcomes, etcdRevision, checkpoint);
+  const written = await acknowledgeTrips(deps.target, paths, state, rules, { at: options.now().toISOString(), by: options.by });
+  return { action: 'cutover', migration: deps.config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint, written: [...written.values()], acknowledgedOnly: true };
+}
+
 /** The phases a cutover starts from. */
 const CUTOVER_FROM: readonly RulePhase[] = ['verified', 'mirroring', 'rolledback', 'copied'];
 
@@ -254,8 +278,12 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   const snapshotOut = options.snapshotFile ? new WholeFile(options.snapshotFile, { replace: false, flag: '--snapshot' }) : undefined;
   const paths = statePaths(mapping.statePrefix, config.id);
   await identity(deps, paths);
-  if (options.verifyNow) await options.verifyNow();
   let state = await readCutoverState(target, paths);
+  // Rules already cut over, with --acknowledge-trips: their late writes are acknowledged, nothing moves.
+  if (options.acknowledgeTrips && options.rules.every((name) => ruleNamed(mapping, name).action === 'copy' && phaseOf(state, name, options.now()) === 'cutover')) {
+    return acknowledgeCutOver(deps, paths, state, options);
+  }
+  if (options.verifyNow) await options.verifyNow();
   const global = await dualRunChecks(deps, paths, state, options);
   // Re-read after the wait: the indexes the flip checks against are those of what was checked.
   state = await readCutoverState(target, paths);

@@ -190,7 +190,8 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
 
 /** What the operator does next, for `status`. */
 export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; copyInterrupted?: boolean }): string {
-  if (facts.trips > 0 && (phase === 'cutover' || phase === 'rolledback')) return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
+  if (facts.trips > 0 && phase === 'cutover') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then migrate cutover --rule ${rule} --acknowledge-trips (the rule stays cut over)`;
+  if (facts.trips > 0 && phase === 'rolledback') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
   switch (phase) {
     case 'planned':
       return facts.copyInterrupted ? 'migrate copy --resume (a copy started and has not finished)' : 'migrate copy';

@@ -79,6 +79,10 @@ export function renderCutover(result: CutoverResult, format: Format): string {
   }
   if (result.snapshotFile) lines.push(`Consul snapshot saved to ${result.snapshotFile}.`);
   for (const doc of result.written) {
+    if (result.acknowledgedOnly) {
+      lines.push(`Rule ${doc.rule}: still cut over (owner ${doc.owner}); its recorded trips are acknowledged, and verify no longer fails on them.`);
+      continue;
+    }
     const next = doc.phase === 'cutover'
       ? `applications now write rule ${doc.rule} to Consul; the dual-run mirrors it back to etcd. Next: switch the writers, then \`migrate finalize --rule ${doc.rule}\` (or \`migrate rollback --rule ${doc.rule}\`).`
       : doc.phase === 'rolledback'

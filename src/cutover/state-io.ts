@@ -110,6 +110,33 @@ export async function writeTransitions(target: TargetStore, paths: StatePaths, s
 }
 
 /**
+ * Clears the recorded trips of rules that stay where they are (cut over, on
+ * Consul): their documents deleted by `delete-cas`, and the acknowledgement
+ * appended to each rule's history, the phase unchanged, in one txn.
+ */
+export async function acknowledgeTrips(target: TargetStore, paths: StatePaths, state: CutoverState, rules: { rule: string; trips: number }[], entry: Omit<PhaseHistoryEntry, 'phase' | 'evidence'>): Promise<Map<string, RulePhaseDoc>> {
+  const written = new Map<string, RulePhaseDoc>();
+  const ops: TxnOp[] = [];
+  for (const { rule, trips } of rules) {
+    const current = state.docs.get(rule)!;
+    const doc: RulePhaseDoc = { ...current.doc, updated: entry.at, history: [...current.doc.history, { phase: current.doc.phase, ...entry, evidence: { acknowledgedTrips: trips } }] };
+    ops.push({ verb: 'cas', key: paths.rule(rule), value: Buffer.from(JSON.stringify(doc)), index: current.index });
+    const recorded = state.trips.get(rule);
+    if (recorded) ops.push({ verb: 'delete-cas', key: tripsKey(paths, rule), index: recorded.index });
+    written.set(rule, doc);
+  }
+  try {
+    await target.applyTxn(ops);
+  } catch (err) {
+    if (!(err instanceof TxnFailedError)) throw err;
+    throw new RefusedError('phase_contended', `The phase or trips of ${rules.map((r) => `rule ${r.rule}`).join(', ')} changed while this command checked them (another operator, or the dual-run recorded a trip); nothing was written.`, {
+      hint: 'Run `migrate status` to see the current phase and trips, then run the command again.',
+    });
+  }
+  return written;
+}
+
+/**
  * Pauses (or resumes, with `pause` undefined) applications' writes to the
  * rules: their phase documents get `writesPaused`, by check-and-set in one
  * txn. A concurrent change refuses (exit 4) with nothing written.

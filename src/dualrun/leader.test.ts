@@ -40,12 +40,13 @@ describe('LeaderLock.acquire', () => {
 
 describe('processAlive', () => {
   it('a process that died and is not reaped yet (a zombie, under a supervisor that reaps late) is not alive; a running one is', async () => {
-    // The shell's `sleep 0` child becomes a child of `sleep 5`, which never reaps it.
-    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // The shell's `sleep 1` child becomes a child of `sleep 10`, which never reaps it. It ends after the exec
+    // (a child that ended before it, on a loaded machine, the shell itself reaped: no zombie to look at).
+    const parent = spawn('sh', ['-c', 'sleep 1 & echo $!; exec sleep 10'], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
       const [line] = (await once(parent.stdout!, 'data')) as [Buffer];
       const zombie = Number(line.toString().trim());
-      const deadline = Date.now() + 3000;
+      const deadline = Date.now() + 6000;
       while (processAlive(zombie) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       expect(processAlive(zombie)).toBe(false);
       // It is a zombie, not gone: kill(pid, 0) alone still finds it.

@@ -298,7 +298,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     const trips = await readState<TripsDoc>(target, tripsKey(paths, rule.name));
     if (trips && trips.lateWrites.count > 0) {
       late.set(rule.name, trips.lateWrites.count);
-      warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then acknowledge with --acknowledge-trips`);
+      warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then \`migrate cutover --rule ${rule.name} --acknowledge-trips\``);
     }
   }
   const freshRuns = (): RuleRun[] => verified.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({
