@@ -1,8 +1,9 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { configDir, consulTarget, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
 import { eventually, metric, startDualRun, waitCaughtUp, type DualRunProcess } from './support/dualrun.js';
 import { createKvClient, type PauseEvent, type SwitchEvent } from '../src/client/index.js';
 import { Terminal } from './support/terminal.js';
@@ -271,6 +272,33 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
         expect((await history()).filter((p) => p === phase)).toHaveLength(1);
       }
       expect(readdirSync(join(s.dir, 'migrate-rollback'))).toHaveLength(1);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 60_000);
+
+  it('a cutover killed during its drain leaves writes paused: status says so and how to finish; running it again completes the move', async () => {
+    const s = scenario('killed');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'cutover', '--rule', 'app', '--yes', '--drain', '30s'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', ...serverEnv() }, stdio: 'ignore' });
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
+      await eventually('writes paused', async () => (await paused()) !== undefined);
+      child.kill('SIGKILL');
+      await exited;
+      const line = (await phases(s)).app as RuleLine & { writesPaused: { for: string } | null };
+      expect(line.writesPaused).toMatchObject({ for: 'cutover' });
+      expect(line.next).toMatch(/writes to the rule are PAUSED by a cutover started by \S+ .* ago; if that command no longer runs, run `migrate cutover --rule app` again/);
+      const text = await s.cli(['status']);
+      expect(text.stdout).toContain('PAUSED by a cutover');
+      const finished = await s.cli(['cutover', '--rule', 'app', '--yes', '--drain', '200ms']);
+      expect(finished.code, finished.stdout + finished.stderr).toBe(0);
+      expect(await paused()).toBeUndefined();
+      expect((await phases(s)).app).toMatchObject({ phase: 'cutover', writesPaused: null });
     } finally {
       expect(await dr.stop()).toBe(0);
     }

@@ -3,7 +3,7 @@ import type { Mapping } from '../mapping/mapping.js';
 import { countRuleKeys } from '../mapping/route.js';
 import { checkIdentity, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
-import { derivePhase, dualRunRunning, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase } from './phase.js';
+import { derivePhase, dualRunRunning, formatAge, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase, type WritesPause } from './phase.js';
 import { readCutoverState } from './state-io.js';
 import { META_RULE } from '../services/registration.js';
 
@@ -25,6 +25,8 @@ export interface RuleStatusLine {
   guardTrips: number;
   /** When the phase last changed, and by whom. */
   changed: { at: string; by: string } | null;
+  /** Applications' writes to the rule are held by a cutover or rollback in progress (or one that died mid-way). */
+  writesPaused: WritesPause | null;
   next: string;
 }
 
@@ -37,6 +39,11 @@ export interface StatusResult {
   dualRun: { running: boolean; checkpoint: number | null; by: 'copy' | 'dualrun' | null; updated: string | null; lagRevisions: number | null };
   verify: { at: string; ageSeconds: number; clean: boolean; revision: number } | null;
   rules: RuleStatusLine[];
+}
+
+/** A pause a cutover or rollback set: it lifts it when it ends, unless it died (SIGKILL, a lost host) on the way. */
+function pausedStep(rule: string, pause: WritesPause, ageSeconds: number): string {
+  return `applications' writes to the rule are PAUSED by a ${pause.for} started by ${pause.by} ${formatAge(ageSeconds * 1000)} ago; if that command no longer runs, run \`migrate ${pause.for} --rule ${rule}\` again to finish the move`;
 }
 
 /** `migrate status` (reads only). */
@@ -55,7 +62,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   for (const rule of mapping.rules) {
     const etcdKeys = await countRuleKeys(source, mapping, rule, status.revision);
     if (rule.action === 'keep') {
-      rules.push({ name: rule.name, action: 'keep', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false, keys: { etcd: etcdKeys, consul: null }, verify: null, lateWrites: 0, guardTrips: 0, changed: null, next: 'none: stays on etcd' });
+      rules.push({ name: rule.name, action: 'keep', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false, keys: { etcd: etcdKeys, consul: null }, verify: null, lateWrites: 0, guardTrips: 0, changed: null, writesPaused: null, next: 'none: stays on etcd' });
       continue;
     }
     if (rule.action === 'service') {
@@ -64,7 +71,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
         name: rule.name, action: 'service', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false,
         keys: { etcd: etcdKeys, consul: instances.filter((i) => i.meta[META_RULE] === rule.name).length },
         verify: v && state.verify ? { status: v.status, differences: v.differences, at: state.verify.at, ageSeconds: ageOf(state.verify.at) } : null,
-        lateWrites: 0, guardTrips: 0, changed: null,
+        lateWrites: 0, guardTrips: 0, changed: null, writesPaused: null,
         next: running ? 'none: the dual-run keeps the catalog in step with etcd; switch the registering agents to Consul, then drop the rule' : 'run `migrate dualrun` to keep the catalog in step (and the TTL checks passing)',
       });
       continue;
@@ -88,7 +95,8 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       lateWrites: trips?.lateWrites.count ?? 0,
       guardTrips: trips?.guardTrips.count ?? 0,
       changed: last ? { at: last.at, by: last.by } : null,
-      next: nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status !== 'drift' : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
+      writesPaused: doc?.writesPaused ?? null,
+      next: doc?.writesPaused ? pausedStep(rule.name, doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status !== 'drift' : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
     });
   }
   return {
