@@ -46,6 +46,13 @@ describe('runPlan', () => {
     expect(JSON.parse(renderPlan(plan, 'json'))).toMatchObject({ version: 1, command: 'plan', status: 'findings' });
   });
 
+  it('warns of a rule that matches no etcd key (a from: with a typo), and of no other', async () => {
+    const loaded = parseConfig(`${yaml('skip')}  - { name: typo, from: /ap/, to: ap/ }\n`, 'migration.yaml');
+    const warnings: string[] = [];
+    await runPlan({ source: source(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, onWarning: (m) => warnings.push(m) });
+    expect(warnings).toEqual(['rule typo (from: /ap/) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)']);
+  });
+
   it('warns of a --prefix no key starts with, naming the spelling that has keys', async () => {
     const loaded = parseConfig(yaml('skip'), 'migration.yaml');
     const warnings: string[] = [];

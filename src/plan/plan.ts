@@ -155,6 +155,10 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   for (const message of await prefixWarnings(input.source, input.prefixes ?? [], revision)) input.onWarning?.(message);
 
   const rules = tallies.list();
+  // A from: with a typo makes a rule that matches nothing, and a verify of it passes with nothing compared.
+  if (!explicit && !outcome.interrupted) {
+    for (const r of rules) if (r.keys === 0) input.onWarning?.(`rule ${r.rule} (from: ${r.from}) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)`);
+  }
   const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter, (names) => tallies.sessionsOf(names));
   const sum = (f: (r: RuleTally) => number) => rules.reduce((n, r) => n + f(r), 0);
   const totals = {

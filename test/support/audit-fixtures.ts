@@ -120,7 +120,7 @@ function spawnCli(args: string[], cwd: string, env: Record<string, string>, onPi
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
 /** Fields that depend on the run (timings, revisions, addresses), dropped wherever they appear. */
-const RUN_SPECIFIC = new Set(['source', 'scan', 'configFile', 'newestModRevision', 'revision', 'ages', 'durationMs', 'spilledRuns', 'at', 'basis', 'probe']);
+const RUN_SPECIFIC = new Set(['source', 'scan', 'configFile', 'newestModRevision', 'revision', 'ages', 'durationMs', 'spilledRuns', 'at', 'basis', 'limitsBasis', 'probe']);
 
 /**
  * The report without run-specific values: the base prefix becomes
