@@ -42,16 +42,10 @@ export class CommandContext {
     readonly io: Io,
     readonly command: string,
     options: GlobalOptions,
-    allowedFormats: readonly Format[],
     readonly signal: AbortSignal,
   ) {
-    const format = (options.format ?? 'text') as Format;
-    if (!allowedFormats.includes(format)) {
-      throw new UsageError('format_unsupported', `migrate ${command} has no --format ${options.format}; it writes ${allowedFormats.join(', ')}.`, {
-        hint: `Use --format ${allowedFormats.join(' or --format ')}.`,
-      });
-    }
-    this.format = format;
+    // Commander checked it against the command's formats (format_unsupported, in main.ts).
+    this.format = (options.format ?? 'text') as Format;
     const progress = options.progress ?? 'auto';
     if (!['auto', 'plain', 'json', 'none'].includes(progress)) {
       throw new UsageError('progress_unsupported', `--progress ${progress} is not a progress mode.`, { hint: 'Use --progress auto, plain, json or none.' });

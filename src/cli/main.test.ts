@@ -56,10 +56,11 @@ describe('CLI contract (in-process)', () => {
     expect(events.map((e) => [e.event, e.message.split(': ')[1]])).toEqual([['warning', 'rules[0].to'], ['warning', 'rules[1].to'], ['warning', 'rules[2].to']]);
   });
 
-  it('an unsupported --format is a usage error that names the allowed ones', async () => {
+  it('an unsupported --format is the documented format_unsupported (exit 2), naming the allowed ones', async () => {
     const t = io();
-    expect(await main(['doctor', '--format', 'junit'], t)).toBe(2);
-    expect(t.err).toMatch(/Allowed choices are text, json/);
+    expect(await main(['copy', '--format', 'junit'], t)).toBe(2);
+    expect(t.err).toBe('error[format_unsupported]: migrate copy has no --format junit; it writes text, json.\n  next: Use --format text or --format json.\n  see: README.md#error-format_unsupported\n');
+    expect(t.out).toBe('');
   });
 
   it('a numeric flag out of range exits 2 naming the flag, before the configuration is read or a server contacted', async () => {

@@ -73,7 +73,7 @@ export function createProgram(io: Io = defaultIo()): { program: Command; outcome
           const controller = new AbortController();
           const interrupts = options.oneShot === false ? undefined : installInterrupts(controller, io, opts as GlobalOptions & { logFormat?: string });
           try {
-            const ctx = new CommandContext(io, outcome.commandName, opts, formats, controller.signal);
+            const ctx = new CommandContext(io, outcome.commandName, opts, controller.signal);
             outcome.exitCode = await run(ctx, opts as never, actionArgs.slice(0, -2) as string[]);
             if (controller.signal.aborted && outcome.exitCode === ExitCode.ok) outcome.exitCode = ExitCode.interrupted;
           } finally {
@@ -117,6 +117,9 @@ function commandLineError(err: CommanderError, command: string): UsageError {
   // Commander's "(Did you mean --format?)" becomes the first half of the hint.
   const suggestion = rest.map((line) => line.replace(/^\((.*)\)$/, '$1')).filter(Boolean).join(' ');
   const help = command ? `\`migrate ${command} --help\` lists its flags.` : '`migrate --help` lists the commands.';
+  // A --format the command does not write is the documented format_unsupported, with what it does write.
+  const format = /^option '--format <format>' argument '(.*)' is invalid\. Allowed choices are (.*)\.$/.exec(first);
+  if (format) return new UsageError('format_unsupported', `migrate ${command} has no --format ${format[1]}; it writes ${format[2]}.`, { hint: `Use --format ${format[2]!.split(', ').join(' or --format ')}.` });
   return new UsageError('usage_invalid', first, { hint: suggestion ? `${suggestion} ${help}` : help });
 }
 
