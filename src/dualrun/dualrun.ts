@@ -177,8 +177,8 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const status = await source.status();
   const paths = statePaths(primaryLane.config.state.prefix, primaryLane.config.id);
   const info = await primaryLane.target.info();
-  const mappingChanged = { pending: false };
-  mappingChanged.pending = (await ensureMeta(primaryLane.target, paths, { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange })) === 'mapping-changed';
+  const verdict = await ensureMeta(primaryLane.target, paths, { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
+  const mappingChanged = { pending: verdict === 'mapping-changed' };
   const holder = `${hostname()}:${process.pid}`;
 
   for (;;) {
@@ -354,6 +354,8 @@ interface LeadSetup {
   heartbeat: LagHeartbeat | undefined;
   services: ServiceMirror;
   applier: Applier;
+  /** Why the replication starts with a re-baseline, if it does ({@link uncopiedRules}). */
+  rebaselineFirst: string | undefined;
 }
 
 /**
@@ -420,7 +422,7 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   }
   // A checkpoint the copy wrote, or one marked stopped: taken over at once, so status and verify see a running dual-run.
   if (checkpointDoc.by !== 'dualrun' || checkpointDoc.stopped !== undefined) await applier.flush(true);
-  return { sessions, ownership, own, heartbeat, services, applier };
+  return { sessions, ownership, own, heartbeat, services, applier, rebaselineFirst: await uncopiedRules(ctx) };
 }
 
 async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunSummary['reason']> {
@@ -428,6 +430,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const setup = await setUpLead(ctx, options);
   if (typeof setup === 'string') return setup;
   const { sessions, ownership, own, heartbeat, services, applier } = setup;
+  let { rebaselineFirst } = setup;
   const stopped = () => options.signal.aborted || ctx.lost.aborted;
   const following = new AbortController();
   const stopFollowing = () => following.abort();
@@ -551,7 +554,6 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     if (services.active) await services.load(options.signal);
     options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });
   };
-  let rebaselineFirst = await uncopiedRules(ctx);
   try {
     while (!stopped()) {
       watch = undefined;
