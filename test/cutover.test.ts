@@ -272,6 +272,14 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
         expect((await history()).filter((p) => p === phase)).toHaveLength(1);
       }
       expect(readdirSync(join(s.dir, 'migrate-rollback'))).toHaveLength(1);
+      // Two finalizes: one deletes etcd's keys and keeps its export; the other is refused, its export removed.
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--drain', '200ms'])).code).toBe(0);
+      const finals = await Promise.all(['f1.json', 'f2.json'].map((file) => s.cli(['finalize', '--rule', 'app', '--yes', '--export-etcd', file, '--delete-etcd'])));
+      expect(finals.map((r) => r.code).sort(), finals.map((r) => r.stdout + r.stderr).join('\n')).toEqual([0, 4]);
+      const lost = finals.find((r) => r.code === 4)!;
+      expect(lost.stdout + lost.stderr, 'the loser says why').toMatch(/phase_contended|another operator|already finalized/);
+      expect(['f1.json', 'f2.json'].filter((file) => existsSync(join(s.dir, file)))).toHaveLength(1);
+      expect((await history()).filter((p) => p === 'finalized')).toHaveLength(1);
     } finally {
       expect(await dr.stop()).toBe(0);
     }

@@ -201,14 +201,16 @@ async function pauseWrites(deps: CutoverDeps, paths: StatePaths, outcomes: RuleO
 }
 
 /**
- * After the drain, each rule must still be in a phase the move starts from: two operators moving the
- * same rule both pass the checks and the fence (the later pause replaces the earlier), and without
- * this the one that flips second wrote the same move again (cutover → cutover) and exited 0.
+ * Before the flip (after a cutover's or rollback's drain, after a finalize's export), each rule must
+ * still be in a phase the move starts from: two operators moving the same rule both pass the first
+ * checks (and the fence: the later pause replaces the earlier). Without this the one that flipped
+ * second wrote the same move again (cutover → cutover) and exited 0, and a finalize that outlasted a
+ * rollback deleted etcd's keys, the owner's data again.
  */
 function refuseIfMoved(state: CutoverState, outcomes: RuleOutcome[], from: readonly RulePhase[], now: Date): void {
   const moved = outcomes.filter((o) => !from.includes(phaseOf(state, o.rule, now)));
   if (moved.length === 0) return;
-  throw new RefusedError('phase_contended', `The phase of ${moved.map((o) => `rule ${o.rule} (now ${phaseOf(state, o.rule, now)})`).join(', ')} changed while this command drained writes (another operator); nothing was written.`, {
+  throw new RefusedError('phase_contended', `The phase of ${moved.map((o) => `rule ${o.rule} (now ${phaseOf(state, o.rule, now)})`).join(', ')} changed while this command ran (another operator moved it); nothing was written or deleted.`, {
     hint: 'Run `migrate status` to see the current phase, then run the command again if it is still needed.',
   });
 }
@@ -261,6 +263,16 @@ async function acknowledgeCutOver(deps: CutoverDeps, paths: StatePaths, state: C
   if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) return refusedResult('cutover', deps, [], outcomes, etcdRevision, checkpoint);
   const written = await acknowledgeTrips(deps.target, paths, state, rules, { at: options.now().toISOString(), by: options.by });
   return { action: 'cutover', migration: deps.config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint, written: [...written.values()], acknowledgedOnly: true };
+}
+
+/** The move of a finalize: what it exported and deletes, and the trips it acknowledges. */
+function finalizeTransition(o: RuleOutcome, state: CutoverState, toDelete: ReadonlyMap<string, { keys: Buffer[] }>, etcdRevision: number, at: Date, by: string): Transition {
+  const evidence: PhaseEvidence = { etcdRevision, checkpoint: state.checkpoint?.revision };
+  if (o.etcdExportFile) evidence.etcdExportFile = o.etcdExportFile;
+  if (toDelete.has(o.rule)) evidence.etcdDeleted = toDelete.get(o.rule)!.keys.length;
+  const trips = openTrips(state.trips.get(o.rule)?.doc);
+  if (trips) evidence.acknowledgedTrips = trips;
+  return { rule: o.rule, from: 'cutover', to: 'finalized', etcdRevision, entry: { at: at.toISOString(), by, evidence } };
 }
 
 /** The phases a cutover starts from. */
@@ -327,11 +339,14 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   const snapshotFile = snapshotOut?.file;
   // The write fence: applications hold their writes to the rules; writes already in flight land in
   // etcd during the drain, and the dual-run must have applied them before Consul becomes the owner.
-  const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options);
-  // Refused after the drain: the rollback points and snapshot written for this cutover go too ("nothing was changed").
+  // Refused from here on: the rollback points and snapshot written for this cutover go too ("nothing was changed").
   const discardExports = () => {
     for (const file of [...outcomes.map((o) => o.rollbackFile), snapshotFile]) if (file) rmSync(file, { force: true });
   };
+  const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options).catch((err: unknown) => {
+    if (err instanceof RefusedError) discardExports();
+    throw err;
+  });
   let written: Map<string, RulePhaseDoc>;
   let etcdRevision: number;
   let caughtUp: Awaited<ReturnType<typeof dualRunChecks>>;
@@ -343,6 +358,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
       discardExports();
       return refusedResult('cutover', deps, caughtUp.checks.map((c) => ({ ...c, name: `${c.name} (after the drain)` })), outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
     }
+    refuseIfMoved(await readCutoverState(target, paths), outcomes, CUTOVER_FROM, options.now());
     if (!(await parityWithWritesPaused(options, outcomes, fence, 'cutover'))) {
       discardExports();
       return refusedResult('cutover', deps, global.checks, outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
@@ -380,6 +396,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
  */
 async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutcome[], fence: { resume(): Promise<void> }, action: 'cutover' | 'rollback'): Promise<boolean> {
   const [owner, next] = action === 'cutover' ? ['etcd', 'Consul'] : ['Consul', 'etcd'];
+  // Every rule, so one refusal names every rule that differs.
   for (const outcome of outcomes) {
     const result = await options.verifyRule(outcome.rule);
     const r = result.rules.find((x) => x.name === outcome.rule);
@@ -387,13 +404,13 @@ async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutco
       outcome.checks.push({ name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${outcome.rule} with writes paused (verify at etcd revision ${result.cut.revision}, not recorded)` });
       continue;
     }
-    await fence.resume();
     const kinds = r ? Object.entries(r.byKind).filter(([, n]) => n > 0).map(([kind, n]) => `${n} ${kind}`).join(', ') : '';
     outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: ${next} does not hold what ${owner} holds, so ${action === 'cutover' ? 'cutting over' : 'rolling back'} now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on ${owner}` });
     outcome.ok = false;
-    return false;
   }
-  return true;
+  if (outcomes.every((o) => o.ok)) return true;
+  await fence.resume();
+  return false;
 }
 
 /** `migrate rollback --rule <name>…`: back to etcd, gated on parity of the rule. */
@@ -428,6 +445,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   let etcdRevision: number;
   try {
     await options.sleep(options.drainMs);
+    refuseIfMoved(await readCutoverState(target, paths), outcomes, ['cutover'], options.now());
     if (!(await parityWithWritesPaused(options, outcomes, fence, 'rollback'))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
     state = await readCutoverState(target, paths);
     const at = options.now();
@@ -522,17 +540,20 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     if (options.deleteEtcd) toDelete.set(outcome.rule, read);
   }
   state = await readCutoverState(target, paths);
-  const etcdRevision = (await deps.source.status()).revision;
   const at = options.now();
-  const transitions: Transition[] = outcomes.map((o) => {
-    const evidence: PhaseEvidence = { etcdRevision, checkpoint: state.checkpoint?.revision };
-    if (o.etcdExportFile) evidence.etcdExportFile = o.etcdExportFile;
-    if (toDelete.has(o.rule)) evidence.etcdDeleted = toDelete.get(o.rule)!.keys.length;
-    const trips = openTrips(state.trips.get(o.rule)?.doc);
-    if (trips) evidence.acknowledgedTrips = trips;
-    return { rule: o.rule, from: 'cutover', to: 'finalized', etcdRevision, entry: { at: at.toISOString(), by: options.by, evidence } };
-  });
-  const written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  let written: Map<string, RulePhaseDoc>;
+  let etcdRevision: number;
+  try {
+    // Another operator rolled back (or finalized) meanwhile: etcd's keys are the owner's data again.
+    refuseIfMoved(state, outcomes, ['cutover'], at);
+    etcdRevision = (await deps.source.status()).revision;
+    const transitions: Transition[] = outcomes.map((o) => finalizeTransition(o, state, toDelete, etcdRevision, at, options.by));
+    written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+  } catch (err) {
+    // Refused: nothing moved, nothing deleted; the export made for it goes too.
+    if (err instanceof RefusedError && etcdOut) rmSync(etcdOut.file, { force: true });
+    throw err;
+  }
   for (const outcome of outcomes) {
     const read = toDelete.get(outcome.rule);
     if (!read) continue;
