@@ -292,6 +292,45 @@ describe('dual-run faults (real servers)', () => {
     }
   }, 120_000);
 
+  it('etcd hangs (a partition: every call waits out its deadline) with more leases than a lease pass checks at once: every session is still renewed, so no leased key leaves Consul', async () => {
+    const own = await startEtcd();
+    const client = new Etcd3({ hosts: own.endpoint });
+    const s = scenario('etcdhang');
+    const env = { ETCDCTL_ENDPOINTS: own.endpoint };
+    const leases = Array.from({ length: 40 }, () => client.lease(10));
+    for (const lease of leases) lease.on('lost', () => undefined);
+    let stopped = false;
+    try {
+      for (const [i, lease] of leases.entries()) await lease.put(`${s.root}/services/api/${i}`).value(`10.0.0.${i}:80`);
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
+      const dr = await startDualRun(s.dir, [], env);
+      try {
+        await eventually('leads', async () => (await healthy(dr.metricsPort)).role === 'leader');
+        await waitCaughtUp(client, target, s.id);
+        process.kill(own.pid, 'SIGSTOP');
+        stopped = true;
+        // 40 leases, 16 checked at a time, each check waiting 10 s for etcd: renewals paired with the checks reached
+        // the last sessions after Consul (2× their 10 s TTL) had reaped them.
+        const until = Date.now() + 35_000;
+        while (Date.now() < until) {
+          const held = (await target.readEntries(await target.listKeys(`${s.id}/services/`))).filter((e) => e.session);
+          expect(held, 'every leased key stays in Consul, held by its session, while etcd hangs').toHaveLength(40);
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+        expect(dr.child.exitCode, dr.stderr()).toBeNull();
+      } finally {
+        if (stopped) process.kill(own.pid, 'SIGCONT');
+        stopped = false;
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      if (stopped) process.kill(own.pid, 'SIGCONT');
+      for (const lease of leases) lease.release();
+      client.close();
+      await own.stop();
+    }
+  }, 120_000);
+
   it('outage: sessions reaped while the dual-run was down are re-created at restart and their keys come back', async () => {
     const s = scenario('outage');
     await etcd.put(`${s.root}/app/a`).value('1');

@@ -569,6 +569,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         // from checkpoint + 1 would miss it: the history is whole only while the checkpoint itself can be read.
         await source.count(checkpointProbe(ctx.range), stats.checkpoint);
         watch = await source.watch(ctx.range, stats.checkpoint + 1);
+        // Stopped while etcd opened the watch (it hangs while etcd does): closed here, as the stop's own close
+        // found no watch to close, and its open stream kept the process from exiting.
+        if (stopped()) {
+          await watch.close();
+          break;
+        }
         stats.connected = true;
         ctx.publish();
         const progressTimer = setInterval(() => watch?.requestProgress(), options.progressEveryMs ?? 1000);
@@ -1036,23 +1042,33 @@ class Applier {
     const due = this.sessions.records().filter((r) =>
       atStart || this.sessions.replaced.has(r.leaseId) || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= Math.min((r.ttlSeconds * 1000) / 2, LEASE_CHECK_MAX_MS));
     const limit = pLimit(LEASE_CHECKS_IN_FLIGHT);
-    // Settled, not raced: a pass ends when its last lease does, so the next never overlaps this one.
-    const outcomes = await Promise.allSettled(due.map((record) => limit(() => (signal?.aborted ? undefined : this.maintainLease(record, atStart)))));
+    // Every due session is renewed first, apart from etcd: while etcd cannot say whether a lease ended (it is
+    // down, or hangs until each call's deadline, as in a partition), its keys are still in etcd, and Consul must not
+    // reap them meanwhile. Renewals paired with the lease checks reached the last sessions of a pass of hundreds
+    // of leases, 16 checks at a time, each waiting out its deadline, only after Consul had reaped them.
+    const renewing = Date.now();
+    const renewals = await Promise.allSettled(due.map((record) => limit(async () => {
+      if (signal?.aborted) return true;
+      const alive = await this.ctx.target.renewSession(record.sessionId);
+      if (alive) this.renewedAt.set(record.leaseId, renewing);
+      return alive;
+    })));
+    // Then the leases in etcd. The first read etcd fails ends the pass (the rest would wait out the same outage one
+    // by one); those leases are checked by a later pass. Settled, not raced: a pass ends when its last lease does,
+    // so the next never overlaps this one.
+    const pass: { etcdFailed?: unknown } = {};
+    const outcomes = await Promise.allSettled(due.map((record, i) => limit(() => (signal?.aborted || pass.etcdFailed ? undefined : this.maintainLease(record, renewals[i]!, renewing, atStart, pass)))));
     this.ctx.stats.sessions = this.sessions.own.size;
     const failed = outcomes.find((o) => o.status === 'rejected');
     if (failed) throw failed.reason;
   }
 
-  private async maintainLease(record: SessionRecord, atStart: boolean): Promise<void> {
-    const renewing = Date.now();
-    // Renewed while etcd is read, not after: while etcd cannot say whether the lease ended (it is down, or
-    // hangs until the call's deadline), its keys are still in etcd, and Consul must not reap them meanwhile.
-    const [read, renewal] = await Promise.allSettled([this.ctx.source.readLease(record.leaseId), this.ctx.target.renewSession(record.sessionId)]);
-    if (read.status === 'rejected') {
-      if (renewal.status === 'fulfilled' && renewal.value) this.renewedAt.set(record.leaseId, renewing);
-      throw read.reason;
-    }
-    if (read.value.ttl < 0) {
+  private async maintainLease(record: SessionRecord, renewal: PromiseSettledResult<boolean>, renewing: number, atStart: boolean, pass: { etcdFailed?: unknown }): Promise<void> {
+    const read = await this.ctx.source.readLease(record.leaseId).catch((err: unknown) => {
+      pass.etcdFailed ??= err;
+      throw err;
+    });
+    if (read.ttl < 0) {
       this.renewedAt.delete(record.leaseId);
       // Destroyed once the replication has applied every change etcd had made when the lease was found ended: a key
       // taken off the lease while Consul was down or no dual-run ran is still held by the session until its put is
