@@ -312,6 +312,31 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 60_000);
 
+  it('dualrun --accept-mapping-change refuses a new to: of a cut-over rule (exit 4): the reverse mirror would have emptied etcd of it', async () => {
+    const s = scenario('moveto');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    let dr = await dualRun(s);
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now', '--drain', '200ms'])).code).toBe(0);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    const file = join(s.dir, 'migration.yaml');
+    const original = readFileSync(file, 'utf8');
+    writeFileSync(file, original.replace(`to: ${s.id}/app/`, `to: ${s.id}/app2/`));
+    const refused = await s.cli(['dualrun', '--accept-mapping-change']);
+    expect(refused.code, refused.stderr).toBe(4);
+    expect(refused.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml moves the prefixes of rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
+    for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
+    // Nothing recorded: without the flag the change is still refused as such.
+    expect((await s.cli(['dualrun'])).stderr).toContain('error[identity_mapping_changed]');
+    // The mapping put back, the dual-run runs again.
+    writeFileSync(file, original);
+    dr = await dualRun(s);
+    expect(await dr.stop()).toBe(0);
+  }, 60_000);
+
   it('finalize --delete-etcd refuses while Consul lacks keys etcd holds: nothing deleted or exported, the rule stays cut over', async () => {
     const s = scenario('finlack');
     await seed(s);

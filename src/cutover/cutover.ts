@@ -368,7 +368,8 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     refuseIfMoved(state, outcomes, CUTOVER_FROM, at);
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => {
-    const evidence: PhaseEvidence = { checkpoint: caughtUp.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys };
+    const rule = ruleNamed(mapping, o.rule);
+    const evidence: PhaseEvidence = { checkpoint: caughtUp.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys, mapping: { from: rule.from, to: rule.to } };
     const verify = verifyEvidence(state.verify, o.rule, at.getTime());
     if (verify) evidence.verify = verify;
     if (snapshotFile) evidence.snapshotFile = snapshotFile;

@@ -36,6 +36,8 @@ export interface PhaseEvidence {
   etcdDeleted?: number;
   /** Late writes or guard trips the operator acknowledged with this transition. */
   acknowledgedTrips?: number;
+  /** cutover: the rule's prefixes then; Consul's data of the rule is under that `to` (see {@link cutOverMappingChanges}). */
+  mapping?: { from: string; to: string };
   note?: string;
 }
 
@@ -242,4 +244,21 @@ export function formatAge(ms: number): string {
   if (s < 7200) return `${Math.round(s / 60)}m`;
   if (s < 172_800) return `${Math.round(s / 3600)}h`;
   return `${Math.round(s / 86_400)}d`;
+}
+
+/**
+ * The cut-over rules whose `from` or `to` differ in migration.yaml from what they were at their cutover:
+ * Consul's data of such a rule is under the old `to`, and a reverse mirror of the new mapping would
+ * find the new `to` empty and delete the rule's keys from etcd (the owner's data, mirrored). Rules cut
+ * over before the mapping was recorded in the history are not known here.
+ */
+export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, current: (rule: string) => { from: string; to: string } | undefined): string[] {
+  const changed: string[] = [];
+  for (const doc of docs) {
+    if (doc.phase !== 'cutover') continue;
+    const then = [...doc.history].reverse().find((h) => h.phase === 'cutover')?.evidence?.mapping;
+    const now = current(doc.rule);
+    if (then && now && (then.from !== now.from || then.to !== now.to)) changed.push(`rule ${doc.rule} (cut over as ${then.from} → ${then.to}, now ${now.from} → ${now.to})`);
+  }
+  return changed;
 }

@@ -13,7 +13,7 @@ import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
-import { ownerAt, ownersKey } from '../cutover/phase.js';
+import { cutOverMappingChanges, ownerAt, ownersKey, type RulePhaseDoc } from '../cutover/phase.js';
 import { readRuleDocs, recordTrip } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
@@ -177,6 +177,8 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const status = await source.status();
   const paths = statePaths(primaryLane.config.state.prefix, primaryLane.config.id);
   const info = await primaryLane.target.info();
+  // Before the new mapping is recorded: refused, the next start sees the change again.
+  if (options.acceptMappingChange) await refuseCutOverMappingChanges(lanes);
   const verdict = await ensureMeta(primaryLane.target, paths, { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
   const mappingChanged = { pending: verdict === 'mapping-changed' };
   const holder = `${hostname()}:${process.pid}`;
@@ -250,6 +252,22 @@ async function uncopiedRules(ctx: LeadContext): Promise<string | undefined> {
   const phases = await readRuleDocs(ctx.target, ctx.paths);
   const uncopied = ctx.mapping.copyRules.filter((r) => phases.get(r.name)?.doc.owner !== 'consul' && !copy.rules[r.name]?.done).map((r) => r.name);
   return uncopied.length > 0 ? `rule(s) ${uncopied.join(', ')} were never copied whole` : undefined;
+}
+
+/** `--accept-mapping-change` of a cut-over rule's `from` or `to`: refused (see {@link cutOverMappingChanges}). */
+async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promise<void> {
+  for (const lane of lanes) {
+    // The primary must answer; another datacenter that does not answer now goes unchecked (its lane waits for it).
+    const docs = await readRuleDocs(lane.target, statePaths(lane.config.state.prefix, lane.config.id)).catch((err: unknown) => {
+      if (lane.primary || !isTransient(err)) throw err;
+      return new Map<string, { doc: RulePhaseDoc }>();
+    });
+    const changed = cutOverMappingChanges([...docs.values()].map((d) => d.doc), (name) => lane.mapping.copyRules.find((r) => r.name === name));
+    if (changed.length === 0) continue;
+    throw new RefusedError('mapping_changed_cut_over', `migration.yaml moves the prefixes of ${changed.join(', ')}${lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : ''}. Consul owns that data under the old prefix: the reverse mirror would find the new one empty and delete the rule's keys from etcd. Nothing was written.`, {
+      hint: 'Put the rule\'s from/to back; to move it, roll it back first (`migrate rollback --rule <name>`), change the mapping, copy, and cut over again.',
+    });
+  }
 }
 
 /** The primary lane when every rule goes to other datacenters: it only holds the lock. */
