@@ -80,7 +80,7 @@ export function renderCutover(result: CutoverResult, format: Format): string {
   if (result.snapshotFile) lines.push(`Consul snapshot saved to ${result.snapshotFile}.`);
   for (const doc of result.written) {
     if (result.acknowledgedOnly) {
-      lines.push(`Rule ${doc.rule}: still cut over (owner ${doc.owner}); its recorded trips are acknowledged, and verify no longer fails on them.`);
+      lines.push(`Rule ${doc.rule}: still cut over (owner ${doc.owner}); its recorded trips are acknowledged, and verify no longer fails on them. The late values stay in etcd until the reverse mirror writes Consul's back (it compares every key when the dual-run starts): until then \`migrate verify\` lists them as value differences.`);
       continue;
     }
     const next = doc.phase === 'cutover'
