@@ -1,4 +1,4 @@
-import { rmSync } from 'node:fs';
+import { rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MigrationConfig } from '../config/load.js';
 import { RefusedError, UsageError } from '../errors.js';
@@ -10,7 +10,7 @@ import { deleteUnchangedSince } from '../stores/etcd-writer.js';
 import { formatKey } from '../report/keys.js';
 import { readRanges } from '../stores/key-range.js';
 import { ListedKeys } from '../stores/listed-keys.js';
-import { routeKey, ruleRanges } from '../mapping/route.js';
+import { countRuleKeys, routeKey, ruleRanges } from '../mapping/route.js';
 import type { CheckpointState } from '../copy/copy.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import type { VerifyResult } from '../verify/verify.js';
@@ -275,6 +275,14 @@ function finalizeTransition(o: RuleOutcome, state: CutoverState, toDelete: Reado
   return { rule: o.rule, from: 'cutover', to: 'finalized', etcdRevision, entry: { at: at.toISOString(), by, evidence } };
 }
 
+function rmEmptyDir(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // Not empty (earlier rollback points), or not there.
+  }
+}
+
 /** The phases a cutover starts from. */
 const CUTOVER_FROM: readonly RulePhase[] = ['verified', 'mirroring', 'rolledback', 'copied'];
 
@@ -342,6 +350,8 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   // Refused from here on: the rollback points and snapshot written for this cutover go too ("nothing was changed").
   const discardExports = () => {
     for (const file of [...outcomes.map((o) => o.rollbackFile), snapshotFile]) if (file) rmSync(file, { force: true });
+    // The default folder too, when nothing else is in it.
+    if (!rollbackOut) rmEmptyDir(join(options.cwd, 'migrate-rollback'));
   };
   const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options).catch((err: unknown) => {
     if (err instanceof RefusedError) discardExports();
@@ -565,6 +575,9 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
       outcome.etcdKeptChanged = kept.length;
       options.onWarning(`${kept.length} etcd key(s) of rule ${outcome.rule} changed after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''}: late writes, left in etcd and not deleted (${kept.slice(0, 5).map(formatKey).join(', ')}${kept.length > 5 ? ', …' : ''})`);
     }
+    // Keys created after the read (the reverse mirror, until it saw the flip, or a late writer) were neither read nor deleted.
+    const left = (await countRuleKeys(deps.source, mapping, ruleNamed(mapping, outcome.rule), (await deps.source.status()).revision)) - kept.length;
+    if (left > 0) options.onWarning(`${left} etcd key(s) of rule ${outcome.rule} were created after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''} (by the reverse mirror before it stopped, or a late writer): left in etcd, not exported; Consul holds the rule's data`);
   }
   return { action: 'finalize', migration: config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint: state.checkpoint?.revision ?? null, written: [...written.values()] };
 }
