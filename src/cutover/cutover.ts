@@ -368,14 +368,14 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
       discardExports();
       return refusedResult('cutover', deps, caughtUp.checks.map((c) => ({ ...c, name: `${c.name} (after the drain)` })), outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
     }
-    refuseIfMoved(await readCutoverState(target, paths), outcomes, CUTOVER_FROM, options.now());
+    // Read once for both: a change during the parity check fails the flip's check-and-set instead.
+    state = await readCutoverState(target, paths);
+    const at = options.now();
+    refuseIfMoved(state, outcomes, CUTOVER_FROM, at);
     if (!(await parityWithWritesPaused(options, outcomes, fence, 'cutover'))) {
       discardExports();
       return refusedResult('cutover', deps, global.checks, outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
     }
-    state = await readCutoverState(target, paths);
-    const at = options.now();
-    refuseIfMoved(state, outcomes, CUTOVER_FROM, at);
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => {
     const rule = ruleNamed(mapping, o.rule);
@@ -456,11 +456,11 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   let etcdRevision: number;
   try {
     await options.sleep(options.drainMs);
-    refuseIfMoved(await readCutoverState(target, paths), outcomes, ['cutover'], options.now());
-    if (!(await parityWithWritesPaused(options, outcomes, fence, 'rollback'))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
+    // Read once for both: a change during the parity check fails the flip's check-and-set instead.
     state = await readCutoverState(target, paths);
     const at = options.now();
     refuseIfMoved(state, outcomes, ['cutover'], at);
+    if (!(await parityWithWritesPaused(options, outcomes, fence, 'rollback'))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => ({
       rule: o.rule, from: 'cutover', to: 'rolledback', etcdRevision,
