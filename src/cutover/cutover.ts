@@ -84,7 +84,7 @@ export interface CutoverOptions extends CommonOptions, FenceOptions {
   maxVerifyAgeMs: number;
   /** `--verify-now`: runs a verify (which records verify/last) before the checks. */
   verifyNow?: () => Promise<VerifyResult>;
-  /** `--rollback-file` (one rule only); default `migrate-rollback/<id>-<rule>-<time>.json` under cwd. */
+  /** `--rollback-file` (one rule only); default `migrate-rollback/<id>-<rule>-<time>-<pid>.json` under cwd. */
   rollbackFile?: string;
   /** `--snapshot <file>`: a Consul snapshot (GET /v1/snapshot) before the flip. */
   snapshotFile?: string;
@@ -232,7 +232,7 @@ function refusedResult(action: CutoverAction, deps: CutoverDeps, checks: Precond
   return { action, migration: deps.config.id, refused: true, checks, rules, etcdRevision, checkpoint, written: [] };
 }
 
-/** The time in a default file name, to the millisecond: two operators' cutovers in the same second get two files. */
+/** The time in a default file name, to the millisecond (with the process id after it, two operators' cutovers started together get two files). */
 function stamp(now: Date): string {
   return now.toISOString().replace(/[-:]/g, '');
 }
@@ -329,7 +329,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   // The rollback point, then (optionally) a snapshot, then the flip.
   for (const outcome of outcomes) {
     const rule = ruleNamed(mapping, outcome.rule);
-    const out = rollbackOut ?? new WholeFile(join(options.cwd, 'migrate-rollback', `${config.id}-${rule.name}-${stamp(now)}.json`), { replace: false, flag: '--rollback-file' });
+    const out = rollbackOut ?? new WholeFile(join(options.cwd, 'migrate-rollback', `${config.id}-${rule.name}-${stamp(now)}-${process.pid}.json`), { replace: false, flag: '--rollback-file' });
     const exported = await exportConsulRule(target, rule, out);
     outcome.rollbackFile = out.file;
     outcome.rollbackKeys = exported.keys;

@@ -21,7 +21,7 @@ export function registerCutover({ add }: CommandRegistrar): void {
       .option('--max-verify-age <duration>', 'the last clean verify must be at most this old', '15m')
       .option('--verify-now', 'run a verify first (it records verify/last) instead of relying on the last one')
       .option('--catch-up-timeout <duration>', 'how long to wait for the dual-run\'s checkpoint to reach etcd\'s current revision', '10s')
-      .option('--rollback-file <file>', 'where to export the rule\'s Consul keys as the rollback point (default migrate-rollback/<id>-<rule>-<time>.json)')
+      .option('--rollback-file <file>', 'where to export the rule\'s Consul keys as the rollback point (default migrate-rollback/<id>-<rule>-<time>-<pid>.json)')
       .option('--snapshot <file>', 'also save a full Consul snapshot (GET /v1/snapshot; the token needs it)')
       .option('--acknowledge-trips', 'clear recorded late writes / guard trips of these rules (recorded in the history)')
       .option(...DRAIN_OPTION)
