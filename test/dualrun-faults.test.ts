@@ -169,6 +169,59 @@ describe('dual-run faults (real servers)', () => {
     }
   });
 
+  it('late writes to a cut-over rule while the dual-run is stopped, then an etcd compaction past its checkpoint: recorded as late writes at the restart, not silently overwritten by Consul\'s values', async () => {
+    // Its own etcd: compacting the shared one would compact the revisions other test files are reading at.
+    const own = await startEtcd();
+    const etcd = new Etcd3({ hosts: own.endpoint });
+    const env = { ETCDCTL_ENDPOINTS: own.endpoint };
+    const s = scenario('latecompact');
+    const cli = (args: string[]) => runCli(args, { cwd: s.dir, env: serverEnv(env) });
+    try {
+      for (let i = 0; i < 5; i++) await etcd.put(`${s.root}/app/k${i}`).value(`v${i}`);
+      await etcd.put(`${s.root}/services/a`).value('1');
+      expect((await cli(['copy'])).code).toBe(0);
+      let dr = await startDualRun(s.dir, [], env);
+      try {
+        await waitCaughtUp(etcd, target, s.id);
+        const cutover = await cli(['cutover', '--rule', 'app', '--yes', '--verify-now']);
+        expect(cutover.code, cutover.stdout + cutover.stderr).toBe(0);
+        await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+      // While nothing replicates: a writer never switched to Consul changes one key and creates another, and
+      // an etcd-owned rule changes too; then etcd compacts the history the dual-run would have replayed.
+      await etcd.put(`${s.root}/app/k1`).value('late-change');
+      await etcd.put(`${s.root}/app/fresh`).value('late-create');
+      await etcd.put(`${s.root}/services/a`).value('2');
+      const now = Number((await etcd.put(`/zz-${s.id}/tick`).value('x').exec()).header.revision);
+      await etcd.kv.compact({ revision: now, physical: true });
+      dr = await startDualRun(s.dir, [], env);
+      try {
+        await eventually('re-baselined', async () => metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total') === 1);
+        await eventually('etcd back in line with Consul, the owner', async () => (await etcd.get(`${s.root}/app/k1`).string()) === 'v1' && (await etcd.get(`${s.root}/app/fresh`).string()) === null);
+        await eventually('both late writes recorded', async () => {
+          const status = JSON.parse((await cli(['status', '--format', 'json'])).stdout) as { rules: { name: string; lateWrites: number }[] };
+          return status.rules.find((r) => r.name === 'app')?.lateWrites === 2;
+        });
+        expect(metric(await dr.metrics(), 'migrate_dualrun_late_writes_total')).toBe(2);
+        expect(dr.stderr()).toContain(`late write: etcd put of ${s.root}/app/k1 under rule app`);
+        expect(dr.stderr()).toContain(`late write: etcd put of ${s.root}/app/fresh under rule app`);
+        expect(dr.stderr()).not.toContain('late-change');
+        // The etcd-owned rule was re-baselined, not reported.
+        expect((await target.readKey(`${s.id}/services/a`))?.value.toString()).toBe('2');
+        const verify = await cli(['verify', '--progress', 'none', '--format', 'json', '--round-pause', '200ms']);
+        expect(verify.code, verify.stderr).toBe(1);
+        expect((JSON.parse(verify.stdout) as { rules: { name: string; lateWrites: number }[] }).rules.find((r) => r.name === 'app')).toMatchObject({ lateWrites: 2 });
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+    } finally {
+      etcd.close();
+      await own.stop();
+    }
+  }, 120_000);
+
   it('Consul down while etcd changes: the retries back off (the watch\'s events do not reset the backoff)', async () => {
     const consul = await privateConsul();
     const s = scenario('consuldown');

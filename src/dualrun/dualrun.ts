@@ -8,7 +8,7 @@ import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError } from '../stores/etcd.js';
 import { prefixEnd } from '../stores/key-range.js';
 import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
-import type { KeyRange, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
+import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
@@ -475,6 +475,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       }
       const mirror = new ReverseMirror({
         rule, mapping: ctx.mapping, source, writer: ctx.writer, blocking: ctx.blocking, own, target: ctx.target, leaseSessions: sessions.own, log: options.log,
+        checkpoint: () => stats.checkpoint,
+        onChangedSince: (entry) => applier.lateSinceCheckpoint(name, entry),
         onApplied: (n) => {
           stats.reverseOps += n;
           ctx.publish();
@@ -839,6 +841,19 @@ class Applier {
     if (!(await answer)) return false;
     this.renewedAt.delete(lease);
     return true;
+  }
+
+  /**
+   * An etcd key under a rule's prefix that the reverse mirror's first pass
+   * found unlike Consul and changed after the checkpoint: a late write, as the
+   * watch would judge its put at that revision. The watch may never replay it
+   * (etcd compacted the history while the dual-run was stopped), and the pass
+   * then writes Consul's value over it; recorded once either way.
+   */
+  async lateSinceCheckpoint(rule: string, entry: SourceEntry): Promise<void> {
+    if (ownerAt(this.ownership.doc, rule, entry.modRevision).owner !== 'consul') return;
+    if (await this.own.isOwn(entry.modRevision)) return;
+    await this.lateWrite(rule, { type: 'put', entry }, entry.modRevision);
   }
 
   /** A write that leaves etcd equal to Consul (an own write replayed after a restart) is no late write. */

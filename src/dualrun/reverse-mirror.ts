@@ -6,7 +6,7 @@ import type { BlockingReader } from '../stores/consul-blocking.js';
 import { sleep, TxnFailedError } from '../stores/consul-http.js';
 import { prefixEnd } from '../stores/key-range.js';
 import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
-import type { SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
+import type { SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import type { OwnersDoc } from '../cutover/phase.js';
 import type { DualRunLog } from './dualrun.js';
 
@@ -86,6 +86,15 @@ export interface ReverseMirrorDeps {
   /** The sessions this migration made for etcd leases. */
   leaseSessions: ReadonlySet<string>;
   log: DualRunLog;
+  /** The etcd revision up to which the forward watch has seen every event (the checkpoint). */
+  checkpoint: () => number;
+  /**
+   * An etcd key that a first pass found unlike Consul's and that changed after
+   * the checkpoint the pass started from: a late write when Consul owned the
+   * rule at its revision (the callback judges), which the forward watch may
+   * never see (etcd compacted that history while no dual-run ran).
+   */
+  onChangedSince: (entry: SourceEntry) => Promise<void>;
   onApplied: (ops: number) => void;
   onGuardTrip: (detail: string) => void;
 }
@@ -131,6 +140,7 @@ export class ReverseMirror {
     let lastSeen: Map<string, number> | undefined;
     let index = 0;
     let backoff = 250;
+    let since = this.deps.checkpoint();
     log('info', `reverse mirror of rule ${rule.name} started: Consul ${rule.to} → etcd ${formatKey(rule.fromBytes)}`);
     while (!signal.aborted) {
       try {
@@ -138,7 +148,7 @@ export class ReverseMirror {
         if (signal.aborted) break;
         if (index > 0 && answer.index === index && lastSeen) continue;
         const entries = answer.entries.filter((e) => e.key.startsWith(rule.to));
-        lastSeen = lastSeen ? await this.applyChanges(entries, lastSeen) : await this.applyFirst(entries);
+        lastSeen = lastSeen ? await this.applyChanges(entries, lastSeen) : await this.applyFirst(entries, since);
         index = answer.index;
         backoff = 250;
       } catch (err) {
@@ -149,6 +159,7 @@ export class ReverseMirror {
         // Re-diff against etcd after a failure: a txn may or may not have landed.
         lastSeen = undefined;
         index = 0;
+        since = this.deps.checkpoint();
       }
     }
     log('info', `reverse mirror of rule ${rule.name} stopped`);
@@ -165,8 +176,12 @@ export class ReverseMirror {
     return undefined;
   }
 
-  /** First pass: Consul against etcd, so nothing missed while no mirror ran is lost. */
-  private async applyFirst(entries: TargetEntry[]): Promise<Map<string, number>> {
+  /**
+   * First pass: Consul against etcd, so nothing missed while no mirror ran is
+   * lost. etcd keys changed after `since` are offered as late writes before
+   * Consul's values go over them.
+   */
+  private async applyFirst(entries: TargetEntry[], since: number): Promise<Map<string, number>> {
     const { rule, mapping, source } = this.deps;
     const wanted = new Map<string, { key: Buffer; value: Buffer; entry: TargetEntry }>();
     for (const e of entries) {
@@ -187,11 +202,15 @@ export class ReverseMirror {
         if (!want) {
           // Only keys the forward route puts in Consul: unmappable and `leases: skip` keys never had a Consul twin.
           const forward = routeKey(mapping, entry.key);
-          if (forward.kind === 'mapped' && !(entry.lease !== '0' && rule.leases === 'skip')) deletes.push({ verb: 'delete', key: entry.key });
+          if (forward.kind === 'mapped' && !(entry.lease !== '0' && rule.leases === 'skip')) {
+            if (entry.modRevision > since) await this.deps.onChangedSince(entry);
+            deletes.push({ verb: 'delete', key: entry.key });
+          }
           continue;
         }
         wanted.delete(hex);
         if (want.value.equals(entry.value)) continue;
+        if (entry.modRevision > since) await this.deps.onChangedSince(entry);
         ops.push({ verb: 'put', key: want.key, value: want.value });
         // Rewritten in Consul while no mirror ran (a restart): released as `applyChanges` does.
         if (want.entry.session && this.deps.leaseSessions.has(want.entry.session)) held.push(want.entry);
