@@ -97,7 +97,8 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     for (const doc of [acl, svcAcl]) {
       const role = root.role(doc.etcd.role);
       await role.create();
-      for (const perm of doc.etcd.permissions) {
+      // Write comes later: `migrate acl` prints it for the first cutover.
+      for (const perm of doc.etcd.permissions.filter((x) => x.when === 'always')) {
         await role.grant({ permission: perm.type === 'read' ? 'Read' : 'Readwrite', range: new Range(Buffer.from(perm.keyBase64, 'base64'), Buffer.from(perm.rangeEndBase64, 'base64')) });
       }
       const user = root.user(doc.etcd.role);
@@ -205,7 +206,9 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     const doctor = await runCli(['doctor', '--format', 'json'], { cwd: dir, env: env() });
     expect(doctor.code, doctor.stdout + doctor.stderr).toBe(0);
     const checks = Object.fromEntries((JSON.parse(doctor.stdout).checks as { name: string; status: string }[]).map((c) => [c.name, c.status]));
-    expect(checks).toMatchObject({ 'etcd.read': 'ok', 'consul.acl': 'ok', 'consul.write-state': 'ok', 'consul.permissions': 'ok' });
+    expect(checks).toMatchObject({ 'etcd.read': 'ok', 'etcd.write': 'warn', 'consul.acl': 'ok', 'consul.write-state': 'ok', 'consul.permissions': 'ok' });
+    // Read-only is enough until a cutover, so a warning (exit 0) naming what needs it.
+    expect(doctor.stdout).toContain(`the etcd user may not write prefix ${p}app/, prefix ${p}svc/`);
 
     const audit = await runCli(['audit', '--format', 'json'], { cwd: dir, env: env() });
     expect([0, 1], audit.stderr).toContain(audit.code);
@@ -410,4 +413,33 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     }
     expect(dualrun.stderr()).not.toMatch(/permission denied|error/i);
   });
+
+  it('cutover with the read-only etcd role is refused before anything moves (the reverse mirror could not write back); with the cutover grants `migrate acl` prints, it cuts over and mirrors back', async () => {
+    const dualrun = await startDualRun(dir, [], env());
+    try {
+      await eventually('the dual-run leads', async () => dualrun.stderr().includes('leading the dual-run'));
+      const phaseDoc = () => mgmt.readKey(`_migrate/${id}/rules/app`).then((e) => e?.modifyIndex);
+      const before = await phaseDoc();
+      const refused = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now'], { cwd: dir, env: env() });
+      expect(refused.code, refused.stdout + refused.stderr).toBe(4);
+      expect(refused.stdout).toMatch(/FAIL app: etcd write\s+the etcd user may not write .*app\/, and after the cutover the reverse mirror writes Consul's changes back there: grant its role readwrite/);
+      expect(await phaseDoc()).toBe(before);
+      expect(readdirSync(dir)).not.toContain('migrate-rollback');
+      // The grants `migrate acl` prints for the cutover.
+      const role = root.role(acl.etcd.role);
+      for (const perm of acl.etcd.permissions.filter((x) => x.when === 'cutover')) {
+        await role.grant({ permission: 'Readwrite', range: new Range(Buffer.from(perm.keyBase64, 'base64'), Buffer.from(perm.rangeEndBase64, 'base64')) });
+      }
+      const doctor = await runCli(['doctor', '--format', 'json'], { cwd: dir, env: env() });
+      expect((JSON.parse(doctor.stdout).checks as { name: string; status: string }[]).find((c) => c.name === 'etcd.write')?.status).toBe('ok');
+      const cutover = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now'], { cwd: dir, env: env() });
+      expect(cutover.code, cutover.stdout + cutover.stderr).toBe(0);
+      expect(cutover.stdout).toMatch(/ok\s+app: etcd write/);
+      await mgmt.putKey(`${p}app/k00`, Buffer.from('written in Consul'));
+      await eventually('mirrored back to etcd', async () => (await root.get(`${p}app/k00`).string()) === 'written in Consul');
+    } finally {
+      const code = await dualrun.stop();
+      expect(code, dualrun.stderr()).toBe(0);
+    }
+  }, 60_000);
 });

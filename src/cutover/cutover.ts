@@ -1,7 +1,7 @@
 import { rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MigrationConfig } from '../config/load.js';
-import { RefusedError, UsageError } from '../errors.js';
+import { isMigrateError, RefusedError, UsageError } from '../errors.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { checkIdentity, mappingHash, readState, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
 import type { ConsulHttp } from '../stores/consul-http.js';
@@ -47,8 +47,8 @@ export interface CutoverDeps {
   target: TargetStore & { http?: ConsulHttp };
   config: MigrationConfig;
   mapping: Mapping;
-  /** etcd writes (finalize --delete-etcd only). */
-  writer?: SourceWriter;
+  /** etcd writes (finalize --delete-etcd), and the write probe for the reverse mirror. */
+  writer: SourceWriter;
 }
 
 export interface CommonOptions {
@@ -322,6 +322,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     if (elsewhere.get(name)) checks.push(elsewhere.get(name)!);
     return { rule: name, from, to: 'cutover', checks, ok: checks.every((c) => c.ok) };
   });
+  await checkEtcdWrites(deps, outcomes, 'after the cutover the reverse mirror writes Consul\'s changes back there');
   if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
     return refusedResult('cutover', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
   }
@@ -503,7 +504,28 @@ async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: 
   if (neverCopied > 0 && !exported) {
     return { name: 'consul holds the keys', ok: false, detail: `${neverCopied} of the ${keys} etcd key(s) of rule ${rule.name} were never copied to Consul (unmappable, too large, or leased under leases: skip): pass --export-etcd <file> to keep them on disk before they are deleted` };
   }
-  return { name: 'consul holds the keys', ok: true, detail: `Consul holds the ${keys - neverCopied} etcd key(s) of rule ${rule.name} it copies${neverCopied > 0 ? `; ${neverCopied} never copied go to the export file only` : ''}` };
+  return { name: 'consul holds the keys', ok: true, detail: `all ${keys - neverCopied} etcd key(s) of rule ${rule.name} that the migration copies are in Consul${neverCopied > 0 ? `; ${neverCopied} never copied go to the export file only` : ''}` };
+}
+
+/**
+ * The etcd user may write each rule's range (asked without writing). A user
+ * that may only read, cut over, left the reverse mirror retrying a refused
+ * write while readers still on etcd saw stale data, with only the dual-run's
+ * log saying so; and a `finalize --delete-etcd` failed after its flip.
+ */
+async function checkEtcdWrites(deps: CutoverDeps, outcomes: RuleOutcome[], why: string): Promise<void> {
+  for (const outcome of outcomes.filter((o) => o.ok)) {
+    const from = ruleNamed(deps.mapping, outcome.rule).fromBytes;
+    let check: PreconditionCheck = { name: 'etcd write', ok: true, detail: `the etcd user may write ${formatKey(from)} (${why})` };
+    try {
+      await deps.writer.probeWrite(from);
+    } catch (err) {
+      if (!isMigrateError(err) || err.code !== 'etcd_permission_denied') throw err;
+      check = { name: 'etcd write', ok: false, detail: `the etcd user may not write ${formatKey(from)}, and ${why}: grant its role readwrite on the rule's range (\`migrate acl\` prints the grant), then run this again` };
+    }
+    outcome.checks.push(check);
+    outcome.ok = check.ok;
+  }
 }
 
 /** `migrate finalize --rule <name>…`: stops mirroring for good; optionally exports and deletes the rule's etcd keys. */
@@ -533,6 +555,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     return { rule: name, from, to: 'finalized', checks, ok: checks.every((c) => c.ok) };
   });
   if (options.deleteEtcd) {
+    await checkEtcdWrites(deps, outcomes, '--delete-etcd deletes the rule\'s keys there');
     for (const outcome of outcomes.filter((o) => o.ok)) {
       const check = await consulHoldsRule(deps, ruleNamed(mapping, outcome.rule), Boolean(etcdOut));
       outcome.checks.push(check);
@@ -568,7 +591,6 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   for (const outcome of outcomes) {
     const read = toDelete.get(outcome.rule);
     if (!read) continue;
-    if (!deps.writer) throw new Error('internal: finalize --delete-etcd without an etcd writer');
     const kept = await deleteUnchangedSince(deps.writer, read.keys, read.revision);
     outcome.etcdDeleted = read.keys.length - kept.length;
     if (kept.length > 0) {

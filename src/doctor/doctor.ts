@@ -7,6 +7,7 @@ import { formatKey } from '../report/keys.js';
 import { ConsulHttp } from '../stores/consul-http.js';
 import { ConsulTarget } from '../stores/consul.js';
 import { EtcdSource } from '../stores/etcd.js';
+import { EtcdWriter } from '../stores/etcd-writer.js';
 import { prefixRange } from '../stores/key-range.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { checkPermissions } from './preflight.js';
@@ -102,6 +103,7 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       } else if (!checks.some((c) => c.name === 'etcd.read')) {
         checks.push({ name: 'etcd.read', status: 'ok', message: prefixes.length > 0 ? `can read ${prefixes.length} rule range(s)` : 'can read the keyspace (no rules configured)' });
       }
+      await checkEtcdWrite(etcd, config, checks);
     }
 
     let consulUp = false;
@@ -212,6 +214,39 @@ async function checkAnonymousAccess(connections: Connections, timeoutMs: number,
  * known to the agent's WAN federation and answers through it, and its state
  * (if any) belongs to this migration, with the mapping of its own view.
  */
+/**
+ * Write on the copy rules' ranges (asked without writing): only needed once a
+ * rule is cut over (the reverse mirror writes Consul's changes back to etcd),
+ * so a read-only user is a warning here; `cutover` refuses it.
+ */
+async function checkEtcdWrite(etcd: EtcdSource, config: MigrationConfig, checks: DoctorCheck[]): Promise<void> {
+  const prefixes = config.rules.filter((r) => r.action === 'copy').map((r) => r.from);
+  if (prefixes.length === 0 || checks.some((c) => c.name === 'etcd.read' && c.status !== 'ok')) return;
+  const writer = new EtcdWriter(etcd.client, (err, what) => etcd.toError(err, what));
+  const denied: string[] = [];
+  for (const prefix of prefixes) {
+    try {
+      await writer.probeWrite(Buffer.from(prefix));
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      if (err.code !== 'etcd_permission_denied') {
+        checks.push({ name: 'etcd.write', status: 'fail', message: err.message, code: err.code, hint: err.hint });
+        return;
+      }
+      denied.push(prefix);
+    }
+  }
+  checks.push(denied.length > 0
+    ? {
+        name: 'etcd.write',
+        status: 'warn',
+        code: 'etcd_permission_denied',
+        message: `the etcd user may not write ${denied.map((p) => `prefix ${formatKey(p)}`).join(', ')}: enough for audit, copy, dual-run and verify, but after a cutover the reverse mirror writes Consul's changes back there (\`migrate cutover\` refuses until it may)`,
+        hint: 'Before the first cutover, grant the etcd role readwrite on the copy rules\' ranges (`migrate acl` prints it).',
+      }
+    : { name: 'etcd.write', status: 'ok', message: `can write ${prefixes.length} copy rule range(s) (for the reverse mirror after a cutover)` });
+}
+
 async function checkDatacenters(consul: ConsulTarget, loaded: LoadedConfig, etcdClusterId: string | undefined, checks: DoctorCheck[]): Promise<void> {
   const agent = consul.forDatacenter(undefined);
   let known: string[];

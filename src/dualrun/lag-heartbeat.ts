@@ -65,7 +65,7 @@ export class LagHeartbeat {
 
   constructor(
     readonly key: Buffer,
-    private readonly writer: SourceWriter,
+    private readonly writer: Pick<SourceWriter, 'applyTxn'>,
     private readonly now: () => number = Date.now,
   ) {}
 

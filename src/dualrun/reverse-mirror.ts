@@ -78,7 +78,7 @@ export interface ReverseMirrorDeps {
   rule: CompiledRule;
   mapping: Mapping;
   source: SourceReader;
-  writer: SourceWriter;
+  writer: Pick<SourceWriter, 'applyTxn'>;
   blocking: BlockingReader;
   own: OwnWrites;
   /** Releases Consul keys from the sessions that mirror etcd leases (see `release`). */

@@ -23,6 +23,12 @@ export class SourceChangedError extends Error {
  */
 export interface SourceWriter {
   applyTxn(ops: readonly SourceWriteOp[]): Promise<number>;
+  /**
+   * Whether etcd lets this user put `key`, asked without writing: a txn whose
+   * compare never holds, with the put in its success branch, which etcd checks
+   * for permission all the same. Throws `etcd_permission_denied` if not.
+   */
+  probeWrite(key: Buffer): Promise<void>;
 }
 
 /** etcd's default `--max-txn-ops`. */
@@ -45,6 +51,16 @@ export class EtcdWriter implements SourceWriter {
     } catch (err) {
       if (err instanceof SourceChangedError) throw err;
       throw this.toError(err, 'write (txn)');
+    }
+  }
+
+  async probeWrite(key: Buffer): Promise<void> {
+    try {
+      // No key has a version below 0: the put is never applied, nor is a revision made.
+      const response = await this.client.kv.txn({ compare: [{ key, target: 'Version', result: 'Less', version: '0' }], success: [{ request_put: { key, value: Buffer.alloc(0) } }], failure: [] });
+      if (response.succeeded) throw new Error('internal: the write probe\'s compare held');
+    } catch (err) {
+      throw this.toError(err, 'a write probe');
     }
   }
 }
