@@ -62,6 +62,14 @@ describe('connection settings: flags > environment > file > defaults', () => {
     expect(c.target.tls?.verify).toBe(false);
   });
 
+  it('an empty CONSUL_HTTP_TOKEN counts as unset: CONSUL_HTTP_TOKEN_FILE is read (and a missing one is an error), not an anonymous request', () => {
+    writeFileSync(join(dir, 'env-token.txt'), 'env-file-token-0006');
+    const c = resolveConnections(parseConfig('version: 1\nid: d\n', 'm.yaml').config, {}, { CONSUL_HTTP_TOKEN: '', CONSUL_HTTP_TOKEN_FILE: join(dir, 'env-token.txt') }, dir);
+    expect(c.target.token).toBe('env-file-token-0006');
+    expect(c.origins['consul.token']).toBe('env');
+    expect(() => resolveConnections(parseConfig('version: 1\nid: d\n', 'm.yaml').config, {}, { CONSUL_HTTP_TOKEN: '', CONSUL_HTTP_TOKEN_FILE: '/nonexistent/token' }, dir)).toThrow(/Cannot read the Consul token file/);
+  });
+
   it('registers every secret it resolves so no output can carry it', () => {
     resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'canary-password-9f8e', CONSUL_HTTP_TOKEN: 'canary-token-7d6c' }, dir);
     expect(scrub('token canary-token-7d6c and password canary-password-9f8e')).toBe('token [redacted] and password [redacted]');

@@ -51,7 +51,10 @@ function readPem(path: string | undefined, what: string, baseDir: string): Buffe
  * Environment variables are the ecosystem's own (ETCDCTL_*, CONSUL_*).
  * Every secret found is registered for scrubbing before it is used.
  */
-export function resolveConnections(config: MigrationConfig, flags: ConnectionFlags, env: NodeJS.ProcessEnv, baseDir: string): Connections {
+export function resolveConnections(config: MigrationConfig, flags: ConnectionFlags, processEnv: NodeJS.ProcessEnv, baseDir: string): Connections {
+  // A variable set but empty (`CONSUL_HTTP_TOKEN=` from a ConfigMap) counts as unset, as etcdctl and consul take it:
+  // an empty token must not hide CONSUL_HTTP_TOKEN_FILE and send the requests anonymously.
+  const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(processEnv).filter(([, value]) => value !== ''));
   const origins: Connections['origins'] = {};
   const pick = <T>(name: string, values: [T | undefined, 'flag' | 'env' | 'file'][], fallback: T): T => {
     for (const [value, origin] of values) {
