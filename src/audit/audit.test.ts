@@ -125,6 +125,16 @@ describe('runAudit without a mapping file (identity mapping)', () => {
     expect(result.totals.keys).toBe(0);
   });
 
+  it('interrupted during --sample, after the whole scan: the report says interrupted (status, verdict), not ok', async () => {
+    const controller = new AbortController();
+    // Ctrl-C once the scan is whole, while the sample window is open.
+    const result = await runAudit({ source: platform(), config: emptyConfig(), signal: controller.signal, sampleMs: 30_000, onProgress: (e) => e.phase === 'groups' && controller.abort() });
+    expect(result.scope.interrupted).toBe(true);
+    expect(result.totals.keys).toBeGreaterThan(0);
+    expect(JSON.parse(renderAudit(result, 'json'))).toMatchObject({ status: 'interrupted', scope: { interrupted: true } });
+    expect(renderAudit(result, 'text')).toMatch(/Result: INTERRUPTED, partial \(.*\): exit 130\./);
+  });
+
   it('etcd compacting the revision while the audit reads it: read again at the current one, with a warning; compacted every time, it fails with etcd_compacted', async () => {
     for (const times of [1, Infinity]) {
       const source = platform();

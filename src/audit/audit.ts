@@ -60,6 +60,7 @@ export interface AuditResult {
     /** The whole keyspace was refused, so only the rules' ranges were read (unmapped keys are unknown). */
     rulesOnly: boolean;
     /** Ctrl-C stopped the pass: every figure covers only what was read. */
+    /** Ctrl-C came before the end: the scan, the lease lookups, the probe or the sample is partial. */
     interrupted: boolean;
   };
   limits: {
@@ -229,7 +230,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
       configFile: mode === 'mapping' ? input.configFile ?? null : null,
       migrationId: mode === 'mapping' ? input.config.id : null,
       source: { endpoint: status.endpoint, version: status.version, clusterId: status.clusterId, revision },
-      scope: { prefixes: (input.prefixes ?? []).map((p) => formatKey(p)), ranges: ranges.map(describeRange), unreadable: unreadable.map(describeRange), rulesOnly, interrupted: outcome.interrupted },
+      scope: { prefixes: (input.prefixes ?? []).map((p) => formatKey(p)), ranges: ranges.map(describeRange), unreadable: unreadable.map(describeRange), rulesOnly, interrupted: outcome.interrupted || Boolean(input.signal?.aborted) },
       limits: { ...limits, revisionTxnOps: capacity.ops, revisionTxnBytes: capacity.bytes },
       depth,
       top,

@@ -16,7 +16,7 @@ import type { RuleTally } from './tally.js';
  * `formatKey` made them; values never appear anywhere.
  */
 export function renderAudit(result: AuditResult, format: Format): string {
-  const status = result.blockers > 0 ? 'findings' : 'ok';
+  const status = result.scope.interrupted ? 'interrupted' : result.blockers > 0 ? 'findings' : 'ok';
   switch (format) {
     case 'json':
       return renderEnvelope('audit', status, { ...result });
@@ -77,6 +77,7 @@ function modeLine(result: AuditResult): string {
 
 function verdict(result: AuditResult): string {
   const counts = countBySeverity(result.findings);
+  if (result.scope.interrupted) return `INTERRUPTED, partial (${plural(counts.blocker, 'blockers')}, ${plural(counts.warning, 'warnings')}, ${counts.info} info so far): exit 130`;
   if (result.blockers > 0) return `${plural(counts.blocker, 'blockers')}, ${plural(counts.warning, 'warnings')}, ${counts.info} info: exit 1`;
   return `no blockers (${plural(counts.warning, 'warnings')}, ${counts.info} info)`;
 }
@@ -236,7 +237,7 @@ export function renderMarkdown(result: AuditResult): string {
   const counts = countBySeverity(result.findings);
   out.push('# etcd → Consul migration audit', '');
   out.push(result.blockers > 0 ? `**Verdict: ${plural(counts.blocker, 'blockers')}** to resolve before copying (${plural(counts.warning, 'warnings')}, ${counts.info} info).` : `**Verdict: no blockers** (${plural(counts.warning, 'warnings')}, ${counts.info} info).`, '');
-  if (result.scope.interrupted) out.push('> **Interrupted**: the figures cover only the part of the keyspace read before Ctrl-C.', '');
+  if (result.scope.interrupted) out.push('> **Interrupted**: the figures cover only what was read (and sampled) before Ctrl-C.', '');
   out.push('| | |', '|---|---|');
   out.push(`| etcd | ${s.version}, cluster ${s.clusterId}, revision ${s.revision} |`);
   out.push(`| Mapping | ${mdText(modeLine(result))} |`);
