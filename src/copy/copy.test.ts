@@ -363,6 +363,21 @@ describe('copy progress', () => {
     expect(last).toMatchObject({ rule: 'app', keysDone: 32, bytes: result.rules[0]!.bytesWritten });
     expect(result.rules[0]!.bytesWritten).toBeGreaterThan(300_000);
   });
+
+  it('counts a key done once its write has landed in Consul, not when it was queued: with slow txns the figures never run ahead of Consul', async () => {
+    const { source, target } = world();
+    const apply = target.applyTxn.bind(target);
+    target.applyTxn = async (ops) => {
+      await new Promise((r) => setTimeout(r, 15));
+      return apply(ops);
+    };
+    const landed = () => [...target.entries.keys()].filter((k) => k.startsWith('app/k') || k === 'app/leased').length;
+    const seen: { reported: number; landed: number }[] = [];
+    await runCopy(deps(source, target), options({ concurrency: 4, onProgress: (e) => e.type === 'progress' && seen.push({ reported: e.keysDone, landed: landed() }) }));
+    expect(seen.length).toBeGreaterThan(3);
+    for (const s of seen) expect(s.reported).toBeLessThanOrEqual(s.landed);
+    expect(seen.at(-1)!.reported).toBe(31);
+  });
 });
 
 describe('copy and Consul\'s lock delay', () => {

@@ -511,16 +511,17 @@ async function copyRule(
         if (options.signal.aborted) break;
         await engine.write(write, pageId, stats);
         // A page can take long to write (a large page, --rate): progress moves within it, its keys
-        // counted in proportion to the writes sent, at most every PROGRESS_EVERY_MS.
+        // counted in proportion to the writes sent, less those not landed yet (batched, queued or in
+        // flight: up to twice the concurrency of txns), at most every PROGRESS_EVERY_MS.
         if (Date.now() - progressAt >= PROGRESS_EVERY_MS) {
           progressAt = Date.now();
-          options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: keysDone + Math.floor((page.entries.length * (i + 1)) / plan.writes.length), bytes: stats.bytesWritten, retries: engine.retries });
+          options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: keysDone + Math.floor((page.entries.length * (i + 1)) / plan.writes.length) - engine.unlanded, bytes: stats.bytesWritten, retries: engine.retries });
         }
       }
       if (options.signal.aborted) break;
       tracker.closePage(pageId);
       keysDone += page.entries.length;
-      options.onProgress?.({ type: 'progress', rule: rule.name, keysDone, bytes: stats.bytesWritten, retries: engine.retries });
+      options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: keysDone - engine.unlanded, bytes: stats.bytesWritten, retries: engine.retries });
     }
     await engine.flush();
     if (!options.signal.aborted) tracker.finish();
@@ -567,6 +568,8 @@ function recordSkip(stats: RuleCopyStats, skip: PlannedSkip): void {
 class CopyEngine {
   txns = 0;
   retries = 0;
+  /** Writes handed to the engine that have not landed yet (batched, queued or in flight). */
+  unlanded = 0;
   private readonly limit: ReturnType<typeof pLimit>;
   private readonly inflight = new Set<Promise<void>>();
   private readonly batcher: TxnBatcher;
@@ -606,6 +609,7 @@ class CopyEngine {
     if (!groupFitsInTxn(ops, this.limits, { reservedOps: 1, reservedBytes: this.reservedBytes })) {
       // Too large for any txn: a single PUT (acquire for session-held keys), sent at once.
       tracker.hold(pageId);
+      this.unlanded++;
       await this.dispatch(async () => {
         await this.throttle(1);
         // Stopped while it waited: left unwritten and its page open, so --resume plans it.
@@ -614,6 +618,7 @@ class CopyEngine {
         if (!ok) await this.resolveConflicts([{ write, pageId, stats }]);
         else this.count(write, stats, true);
         tracker.release(pageId);
+        this.unlanded--;
       });
       return;
     }
@@ -623,6 +628,7 @@ class CopyEngine {
       if (this.batcher.add(op)) throw new Error('internal: the batcher closed a batch in the middle of one write');
     }
     tracker.hold(pageId);
+    this.unlanded++;
     this.batchWrites.push({ write, pageId, stats });
   }
 
@@ -682,6 +688,7 @@ class CopyEngine {
       }
     }
     for (const w of writes) this.trackers.get(w.write.rule)!.release(w.pageId);
+    this.unlanded -= writes.length;
   }
 
   /**
