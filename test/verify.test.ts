@@ -316,6 +316,9 @@ describe('migrate verify (real servers)', () => {
     expect(stopped.code, stopped.stderr).toBe(1);
     const after = parseReport(stopped.stdout);
     expect(after.cut).toMatchObject({ cut: 'immediate', reason: 'dualrun-stopped', waitedMs: 0 });
+    // Said as it is: stopped (at a time), not a checkpoint "not moved for more than 20 s" seconds after the stop.
+    expect(stopped.stderr).toMatch(/the dual-run stopped at \S+ \(checkpoint revision \d+\): nothing replicates/);
+    expect(stopped.stderr).not.toContain('has not moved');
     // (The revoked lease's keys are extra too: etcd deleted them after the dual-run stopped.)
     expect(after.differences.map((d) => [d.key, d.kind])).toContainEqual([`${s.id}/app/k0`, 'value']);
   });

@@ -66,7 +66,7 @@ function describeCut(cut: VerifyCut): string {
     case 'copy-checkpoint':
       return `no dual-run is running (the checkpoint at revision ${cut.checkpoint} was written by copy), so every change since the copy is drift`;
     case 'dualrun-stopped':
-      return `the dual-run's checkpoint (revision ${cut.checkpoint}) is stale, so the dual-run is treated as stopped and every change since is drift`;
+      return `no dual-run is replicating (its checkpoint at revision ${cut.checkpoint} no longer moves), so every change since is drift`;
     default:
       return 'no checkpoint in Consul (no copy or dual-run has recorded one), so nothing replicates';
   }

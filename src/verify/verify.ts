@@ -285,7 +285,11 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
 
   const cutter = new CutTaker(source, target, paths, options, sleep);
   const firstCut = await cutter.take();
-  if (firstCut.reason === 'dualrun-stopped') warn(`the dual-run's checkpoint (revision ${firstCut.checkpoint}) has not moved for more than ${(2 * DUALRUN_HEARTBEAT_MS) / 1000} s: treated as stopped, so every change since it counts as drift`);
+  if (firstCut.reason === 'dualrun-stopped') {
+    warn(cutter.stoppedAt !== undefined
+      ? `the dual-run stopped at ${cutter.stoppedAt} (checkpoint revision ${firstCut.checkpoint}): nothing replicates, so every change since it counts as drift`
+      : `the dual-run's checkpoint (revision ${firstCut.checkpoint}) has not moved for more than ${(2 * DUALRUN_HEARTBEAT_MS) / 1000} s: treated as stopped, so every change since it counts as drift`);
+  }
 
   // Rules cut over are compared with Consul as the owner; finalized rules are no longer mirrored, so not compared.
   const current = (name: string) => ownerAt(owners, name, Number.MAX_SAFE_INTEGER);
@@ -495,6 +499,11 @@ class CutTaker {
     private readonly options: VerifyOptions,
     private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>,
   ) {}
+
+  /** When the last checkpoint read was marked stopped by the dual-run's clean stop. */
+  get stoppedAt(): string | undefined {
+    return this.last?.stopped;
+  }
 
   /** The etcd revision Consul holds at least, now: the checkpoint of a running dual-run, else the cut's own revision. */
   async appliedUpTo(cut: VerifyCut): Promise<number> {
