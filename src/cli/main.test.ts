@@ -56,6 +56,17 @@ describe('CLI contract (in-process)', () => {
     expect(events.map((e) => [e.event, e.message.split(': ')[1]])).toEqual([['warning', 'rules[0].to'], ['warning', 'rules[1].to'], ['warning', 'rules[2].to']]);
   });
 
+  it('with --progress json an error is an NDJSON event on stderr too, so stderr holds nothing else', async () => {
+    const t = io({ MIGRATE_CONFIG: join(tmpdir(), 'no-such-dir-migrate', 'migration.yaml') });
+    expect(await main(['copy', '--progress', 'json'], t)).toBe(2);
+    const lines = t.err.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ event: 'error', code: 'config_not_found', docs: 'README.md#error-config_not_found' });
+    const parse = io();
+    expect(await main(['copy', '--progress=json', '--bogus'], parse)).toBe(2);
+    expect(JSON.parse(parse.err)).toMatchObject({ event: 'error', code: 'usage_invalid', message: "unknown option '--bogus'" });
+  });
+
   it('an unsupported --format is the documented format_unsupported (exit 2), naming the allowed ones', async () => {
     const t = io();
     expect(await main(['copy', '--format', 'junit'], t)).toBe(2);

@@ -105,9 +105,9 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
       const command = program.commands.find((c) => c.name() === argv[0])?.name() ?? '';
-      return reportError(commandLineError(err, command), io, jsonRequested(argv) ? 'json' : 'text', command, jsonLogRequested(argv));
+      return reportError(commandLineError(err, command), io, jsonRequested(argv) ? 'json' : 'text', command, stderrJson(argv));
     }
-    return reportError(err, io, outcome.format, outcome.commandName, jsonLogRequested(argv));
+    return reportError(err, io, outcome.format, outcome.commandName, stderrJson(argv));
   }
 }
 
@@ -128,10 +128,16 @@ function jsonRequested(argv: readonly string[]): boolean {
   return argv.some((arg, i) => arg === '--format=json' || (arg === '--format' && argv[i + 1] === 'json'));
 }
 
-/** Whether stderr carries JSON log lines (the dual-run's `--log-format json`), so that an error is one such line too. */
-function jsonLogRequested(argv: readonly string[]): boolean {
-  return argv.some((arg, i) => arg === '--log-format=json' || (arg === '--log-format' && argv[i + 1] === 'json'));
+/**
+ * Whether stderr carries JSON lines, so that an error is one such line too: the dual-run's log
+ * lines (`--log-format json`), or the NDJSON events of `--progress json`.
+ */
+function stderrJson(argv: readonly string[]): StderrJson {
+  const given = (flag: string) => argv.some((arg, i) => arg === `${flag}=json` || (arg === flag && argv[i + 1] === 'json'));
+  return given('--log-format') ? 'log' : given('--progress') ? 'events' : undefined;
 }
+
+type StderrJson = 'log' | 'events' | undefined;
 
 /**
  * First Ctrl-C: abort between batches; second: leave at once (DESIGN §4, atlas' two stages).
@@ -160,10 +166,12 @@ function installInterrupts(controller: AbortController, io: Io, opts: { progress
   };
 }
 
-function reportError(err: unknown, io: Io, format: Format, command: string, jsonLog = false): number {
+function reportError(err: unknown, io: Io, format: Format, command: string, stderr: StderrJson): number {
+  const line = (doc: object) => io.stderr.write(scrub(`${JSON.stringify({ ts: new Date().toISOString(), ...doc })}\n`));
   if (isMigrateError(err)) {
     const e = err as MigrateError;
-    if (jsonLog) io.stderr.write(scrub(`${JSON.stringify({ ts: new Date().toISOString(), level: 'error', msg: e.message, code: e.code, hint: e.hint ?? null, docs: errorDocs(e.code) })}\n`));
+    if (stderr === 'log') line({ level: 'error', msg: e.message, code: e.code, hint: e.hint ?? null, docs: errorDocs(e.code) });
+    else if (stderr === 'events') line({ event: 'error', code: e.code, message: e.message, hint: e.hint ?? null, docs: errorDocs(e.code) });
     else io.stderr.write(scrub(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`));
     if (format === 'json') {
       io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details, docs: errorDocs(e.code) } })));
@@ -171,7 +179,9 @@ function reportError(err: unknown, io: Io, format: Format, command: string, json
     return e.exitCode;
   }
   const error = err instanceof Error ? err : new Error(String(err));
-  if (jsonLog) io.stderr.write(scrub(`${JSON.stringify({ ts: new Date().toISOString(), level: 'error', msg: `internal error: this is a bug in migrate ${TOOL_VERSION}; please report it`, code: 'internal_error', stack: error.stack ?? error.message })}\n`));
+  const bug = `internal error: this is a bug in migrate ${TOOL_VERSION}; please report it`;
+  if (stderr === 'log') line({ level: 'error', msg: bug, code: 'internal_error', stack: error.stack ?? error.message });
+  else if (stderr === 'events') line({ event: 'error', code: 'internal_error', message: bug, stack: error.stack ?? error.message });
   else io.stderr.write(scrub(`internal error: this is a bug in migrate ${TOOL_VERSION}; please report it with the output below.\n${error.stack ?? error.message}\n`));
   if (format === 'json') io.stdout.write(scrub(renderEnvelope(command, 'error', { error: { code: 'internal_error', message: error.message, docs: errorDocs('internal_error') } })));
   return 70;
