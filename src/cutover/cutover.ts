@@ -330,7 +330,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   // The rollback point, then (optionally) a snapshot, then the flip.
   for (const outcome of outcomes) {
     const rule = ruleNamed(mapping, outcome.rule);
-    const out = rollbackOut ?? new WholeFile(join(options.cwd, 'migrate-rollback', `${config.id}-${rule.name}-${stamp(now)}-${process.pid}.json`), { replace: false, flag: '--rollback-file' });
+    const out = rollbackOut ?? new WholeFile(join(options.cwd, 'migrate-rollback', `${config.id}-${rule.name}-${stamp(now)}-${process.pid}.json`), { replace: false, flag: '--rollback-file', makeDir: true });
     const exported = await exportConsulRule(target, rule, out);
     outcome.rollbackFile = out.file;
     outcome.rollbackKeys = exported.keys;

@@ -11,7 +11,7 @@ const dir = () => mkdtempSync(join(tmpdir(), 'whole-file-'));
 describe('WholeFile', () => {
   it('becomes the file only on commit, mode 0600, nothing else left beside it', async () => {
     const d = dir();
-    const out = new WholeFile(join(d, 'sub', 'out.json'), { replace: false, flag: '--out' });
+    const out = new WholeFile(join(d, 'sub', 'out.json'), { replace: false, flag: '--out', makeDir: true });
     const sink = out.open();
     await sink.write('[1,');
     await sink.write(Buffer.from('2]'));
@@ -105,8 +105,12 @@ describe('WholeFile', () => {
   it('a place it cannot write is file_unwritable (exit 2), not an internal error', async () => {
     const d = dir();
     writeFileSync(join(d, 'plain'), 'a file, not a directory');
-    const out = new WholeFile(join(d, 'plain', 'out.json'), { replace: false, flag: '--out' });
-    expect(() => out.open()).toThrow(expect.objectContaining({ code: 'file_unwritable', exitCode: 2, message: expect.stringContaining(join(d, 'plain', 'out.json')) }));
+    expect(() => new WholeFile(join(d, 'plain', 'out.json'), { replace: false, flag: '--out' })).toThrow(expect.objectContaining({ code: 'file_unwritable', exitCode: 2, message: expect.stringContaining(join(d, 'plain', 'out.json')) }));
+    // A directory named on the command line must exist: made only for a default folder (migrate-rollback/).
+    expect(() => new WholeFile(join(d, 'missing', 'out.json'), { replace: true, flag: '--out' })).toThrow(expect.objectContaining({ code: 'file_unwritable', message: expect.stringContaining(`${join(d, 'missing')} is not a directory`) }));
+    expect(existsSync(join(d, 'missing'))).toBe(false);
+    // "-" is no standard output here: refused, not a file called "-" holding values.
+    expect(() => new WholeFile(join(d, '-'), { replace: true, flag: '--out' })).toThrow(expect.objectContaining({ code: 'flag_invalid', message: expect.stringContaining('--out - would write a file named "-"'), hint: expect.stringContaining('/dev/stdout') }));
 
     // A directory named as the file: refused before anything is written.
     mkdirSync(join(d, 'dir'));

@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { createWriteStream, existsSync, linkSync, mkdirSync, realpathSync, renameSync, rmSync, statSync, type WriteStream } from 'node:fs';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { UsageError } from '../errors.js';
 import type { ExportSink } from './export.js';
 
@@ -26,9 +26,18 @@ export class WholeFile {
   private stream: WriteStream | undefined;
   private failure: Error | undefined;
 
-  /** `flag`: the option that named the file, for the errors. */
-  constructor(readonly file: string, private readonly options: { replace: boolean; flag: string }) {
+  /**
+   * `flag`: the option that named the file, for the errors. `makeDir`: create its directory (a default
+   * folder); a directory named on the command line must exist, found out before anything is read.
+   */
+  constructor(readonly file: string, private readonly options: { replace: boolean; flag: string; makeDir?: boolean }) {
     this.path = file;
+    if (basename(file) === '-') {
+      throw new UsageError('flag_invalid', `${options.flag} - would write a file named "-": this command writes files, not standard output.`, {
+        hint: `Name a file${options.replace ? ` (or /dev/stdout to write to standard output)` : ''}.`,
+      });
+    }
+    if (!options.makeDir && !isDirectory(dirname(file))) throw this.unwritable(new Error(`${dirname(file)} is not a directory`));
     if (existsSync(file)) {
       if (!options.replace) throw fileExists(file, options.flag);
       // Found out before anything is read, not at the rename after it.
@@ -46,10 +55,12 @@ export class WholeFile {
     if (this.direct && this.opened) throw this.unwritable(new Error('what was written into it cannot be taken back to start again'));
     this.opened = true;
     this.drop();
-    try {
-      mkdirSync(dirname(this.path), { recursive: true });
-    } catch (err) {
-      throw this.unwritable(err);
+    if (this.options.makeDir) {
+      try {
+        mkdirSync(dirname(this.path), { recursive: true });
+      } catch (err) {
+        throw this.unwritable(err);
+      }
     }
     const stream = createWriteStream(this.direct ? this.path : this.partial, { mode: 0o600 });
     // An error (EACCES, ENOSPC) surfaces at the next write or at commit, never as an unhandled
@@ -124,6 +135,14 @@ export class WholeFile {
     return new UsageError('file_unwritable', `Cannot write ${this.file} (${this.options.flag}): ${(err as Error).message}.`, {
       hint: 'Check the directory, its permissions and free space, or pass another path.',
     });
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
   }
 }
 
