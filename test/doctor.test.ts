@@ -71,6 +71,21 @@ describe('migrate doctor (real servers)', () => {
     expect(run.stdout).not.toContain(aclConsul.managementToken!);
   });
 
+  it('a token that may not read /v1/agent/self: the Consul version is a warning (unknown, not checked), not "Consul unknown is supported"', async () => {
+    const api = async (path: string, body: object) => {
+      const res = await fetch(`${aclConsul.address}${path}`, { method: 'PUT', headers: { 'X-Consul-Token': aclConsul.managementToken! }, body: JSON.stringify(body) });
+      expect(res.status, await res.clone().text()).toBe(200);
+      return (await res.json()) as { SecretID: string };
+    };
+    const name = `no-agent-read-${Date.now().toString(36)}`;
+    await api('/v1/acl/policy', { Name: name, Rules: 'key_prefix "" { policy = "write" }\nsession_prefix "" { policy = "write" }' });
+    const { SecretID } = await api('/v1/acl/token', { Description: name, Policies: [{ Name: name }] });
+    const run = await runCli(['doctor', '--format', 'json'], { env: { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: aclConsul.address, CONSUL_HTTP_TOKEN: SecretID } });
+    expect(run.code, run.stdout + run.stderr).toBe(0);
+    const version = (JSON.parse(run.stdout).checks as { name: string; status: string; message: string }[]).find((c) => c.name === 'consul.version');
+    expect(version).toMatchObject({ status: 'warn', message: expect.stringContaining('the Consul version is unknown') });
+  });
+
   it('finds the configuration in the documented order: --config, $MIGRATE_CONFIG, ./migration.yaml', async () => {
     const { etcdEndpoint, consulAddress } = servers();
     const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-'));

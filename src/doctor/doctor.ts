@@ -115,7 +115,9 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       const tooOld = consulTooOld(consul.address, info.version);
       checks.push(tooOld
         ? { name: 'consul.version', status: 'fail', message: tooOld.message, code: tooOld.code, hint: tooOld.hint }
-        : { name: 'consul.version', status: 'ok', message: `Consul ${info.version} is supported (the oldest supported is ${OLDEST_SUPPORTED_CONSUL})` });
+        : info.version === 'unknown'
+          ? { name: 'consul.version', status: 'warn', message: `the Consul version is unknown (the token may not read /v1/agent/self), so it cannot be checked against the oldest supported, ${OLDEST_SUPPORTED_CONSUL}`, hint: 'Give the token agent:read (`migrate acl` prints it), or check `consul version` on the servers by hand.' }
+          : { name: 'consul.version', status: 'ok', message: `Consul ${info.version} is supported (the oldest supported is ${OLDEST_SUPPORTED_CONSUL})` });
       const limits = await consul.limits();
       checks.push({
         name: 'consul.txn-limit',
