@@ -4,7 +4,7 @@ import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { LeaderLock } from '../src/dualrun/leader.js';
-import { startEtcd, startEtcdCluster } from '../scripts/local-servers.js';
+import { startConsulCluster, startEtcd, startEtcdCluster } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
 import { configDir, consulTarget, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
 import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
@@ -221,6 +221,42 @@ describe('dual-run faults (real servers)', () => {
       await own.stop();
     }
   }, 120_000);
+
+  it('etcd compacts past the checkpoint while Consul is down: the re-baseline is retried with backoff until Consul is back, the dual-run does not exit', async () => {
+    // Its own etcd (compacted) and its own Consul (killed and started again on its data).
+    const own = await startEtcd();
+    const consul = await startConsulCluster({ size: 1 });
+    const etcd = new Etcd3({ hosts: own.endpoint });
+    const member = consul.members[0]!;
+    const env = { ETCDCTL_ENDPOINTS: own.endpoint, CONSUL_HTTP_ADDR: member.address };
+    const s = scenario('compactdown');
+    let dr: Awaited<ReturnType<typeof startDualRun>> | undefined;
+    const mine = new ConsulTarget({ address: member.address });
+    try {
+      await etcd.put(`${s.root}/app/a`).value('1');
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
+      dr = await startDualRun(s.dir, [], env);
+      // Replicating (past its start-up checks, where an unreachable server exits 3 by design).
+      await etcd.put(`${s.root}/app/a`).value('2');
+      await eventually('replicating', async () => (await mine.readKey(`${s.id}/app/a`))?.value.toString() === '2');
+      await member.kill();
+      await etcd.put(`${s.root}/app/b`).value('written while Consul was down');
+      const now = Number((await etcd.put(`/zz-${s.id}/tick`).value('x').exec()).header.revision);
+      await etcd.kv.compact({ revision: now, physical: true });
+      await eventually('the re-baseline tried and failed on Consul', async () => /re-baselining[\s\S]*retrying in \d+ ms/.test(dr!.stderr().slice(dr!.stderr().indexOf('compacted its history'))), 30_000);
+      expect(dr.child.exitCode, dr.stderr()).toBeNull();
+      await member.restart();
+      await consul.healthy();
+      await eventually('re-baselined once Consul is back', async () => (await mine.readKey(`${s.id}/app/b`).catch(() => undefined))?.value.toString() === 'written while Consul was down', 60_000);
+      expect(dr.child.exitCode, dr.stderr()).toBeNull();
+      expect(metric(await dr.metrics(), 'migrate_dualrun_rebaselines_total')).toBeGreaterThanOrEqual(1);
+    } finally {
+      expect(await dr?.stop()).toBe(0);
+      mine.close();
+      etcd.close();
+      await Promise.all([own.stop(), consul.stop()]);
+    }
+  }, 150_000);
 
   it('Consul down while etcd changes: the retries back off (the watch\'s events do not reset the backoff)', async () => {
     const consul = await privateConsul();

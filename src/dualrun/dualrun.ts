@@ -629,8 +629,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           continue;
         }
         if (err instanceof SourceCompactedError) {
-          options.log('warn', `etcd compacted its history past the checkpoint ${stats.checkpoint}${err.compactRevision > 0 ? ` (oldest available ${err.compactRevision})` : ''}; re-baselining`);
-          await rebaseline();
+          // Re-baselined at the top of the loop, inside the try: a server failing during it is retried with
+          // backoff like any other (it was outside every retry, and Consul down then ended the dual-run).
+          rebaselineFirst = `etcd compacted its history past the checkpoint ${stats.checkpoint}${err.compactRevision > 0 ? ` (oldest available ${err.compactRevision})` : ''}`;
           continue;
         }
         const kind = isMigrateError(err) ? err.code : 'internal';
