@@ -236,6 +236,27 @@ rules:
     expect(deletesOnly.rules.map((r) => [r.created, r.updated, r.deleted])).toEqual([[0, 0, 6], [0, 0, 0]]);
     expect(deletesOnly.txns).toBe(2);
   });
+
+  it('keys held by a session whose etcd lease ended are no mass delete: etcd dropped them itself; keys deleted under a live lease still trip the guard', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget({}, { txnMaxOps: 4 });
+    const ending = source.grantLease(60);
+    const living = source.grantLease(60);
+    for (let i = 0; i < 20; i++) source.put(`/app/reg${i}`, 'host:port', ending);
+    for (let i = 0; i < 20; i++) source.put(`/app/live${i}`, 'host:port', living);
+    for (let i = 0; i < 10; i++) source.put(`/app/k${i}`, 'v');
+    const d = deps(source, target);
+    expect((await runCopy(d, options())).rules[0]!.created).toBe(50);
+    // The lease ends while nothing replicates: etcd deletes its 20 keys; Consul still holds them until the session goes.
+    source.revokeLease(ending);
+    const shed = await runCopy(d, options({ deleteExtraneous: true }));
+    expect(shed.rules[0]).toMatchObject({ extraneous: 20, deleted: 20 });
+    // Keys deleted in etcd while their lease lives: a mass delete by this copy, refused.
+    for (let i = 0; i < 15; i++) source.delete(`/app/live${i}`);
+    const refused = await runCopy(d, options({ deleteExtraneous: true })).catch((err: unknown) => err);
+    expect(refused).toMatchObject({ code: 'delete_guard', exitCode: 4 });
+    expect([...target.entries.keys()].filter((k) => k.startsWith('app/live'))).toHaveLength(20);
+  });
 });
 
 describe('copy and its abort signal', () => {

@@ -126,6 +126,8 @@ const EXAMPLES = 20;
 const LOCK_DELAY_WAIT_MS = 65_000;
 const LOCK_DELAY_POLL_MS = 1_000;
 const SPLIT_RETRY_LIMIT = 3;
+/** Keys per Consul read of the guard's extraneous keys (the txn op limit of every version). */
+const READ_CHUNK_KEYS = 64;
 const LOW_WATER_KEY_MAX = 4096;
 
 /**
@@ -252,10 +254,10 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     if (phase?.owner === 'consul') options.onProgress?.({ type: 'warning', message: `rule ${rule.name} is not copied: it is ${phase.phase === 'finalized' ? 'finalized' : 'cut over'}, and Consul owns its data; a copy from etcd would overwrite it` });
     else copyRules.push(rule);
   }
-  if (options.deleteExtraneous && !options.allowMassDelete) await refuseMassDeletes({ ...deps, target }, copyRules, revision, options);
-  if (!options.dryRun && startIndex === undefined) startIndex = await markStart(target, paths.copy, { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: lowWaters });
   const sessions = new LeaseSessions(source, target, paths, config.id, options.now);
   await sessions.load();
+  if (options.deleteExtraneous && !options.allowMassDelete) await refuseMassDeletes({ ...deps, target }, copyRules, revision, sessions, options);
+  if (!options.dryRun && startIndex === undefined) startIndex = await markStart(target, paths.copy, { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: lowWaters });
   sessions.startRenewing((leaseId) => options.onProgress?.({ type: 'warning', message: `Consul no longer knows the session of etcd lease ${leaseId}; its keys are re-created by the next copy or dual-run` }));
   const compactedAt: number[] = [];
   const earlier = { txns: 0, retries: 0 };
@@ -418,7 +420,7 @@ function ownRanges(mapping: Mapping, rule: RuleConfig): KeyRange[] {
  * read, so a key whose value is too large counts as mapped here; the copy
  * checks each rule's guard again before its deletes.
  */
-async function refuseMassDeletes(deps: CopyDeps, copyRules: RuleConfig[], revision: number, options: CopyOptions): Promise<void> {
+async function refuseMassDeletes(deps: CopyDeps, copyRules: RuleConfig[], revision: number, sessions: LeaseSessions, options: CopyOptions): Promise<void> {
   for (const rule of copyRules) {
     const targetKeys = new ListedKeys(await deps.target.listKeys(rule.to, options.signal));
     if (!deleteGuardTrips(targetKeys.size, targetKeys.size)) continue;
@@ -429,8 +431,33 @@ async function refuseMassDeletes(deps: CopyDeps, copyRules: RuleConfig[], revisi
       }
     }
     if (options.signal.aborted) return;
-    if (deleteGuardTrips(targetKeys.remaining, targetKeys.size)) throw deleteGuardError(rule.name, targetKeys.remaining, targetKeys.size, 'nothing was written or deleted');
+    if (await guardTrips(deps, [...targetKeys.leftovers()], targetKeys.size, sessions, options.signal)) throw deleteGuardError(rule.name, targetKeys.remaining, targetKeys.size, 'nothing was written or deleted');
   }
+}
+
+/**
+ * Whether deleting `extraneous` of a rule's `targetKeys` Consul keys passes the delete guard, not
+ * counting the keys held by a session of this migration whose etcd lease has ended: etcd deleted
+ * those itself, with the lease, and Consul deletes them with the session. A rule of leased
+ * registrations sheds many at once on ordinary churn (a re-baseline after a stop and a compaction
+ * tripped on them), and that is no mass delete of the tool's making.
+ */
+async function guardTrips(deps: Pick<CopyDeps, 'source' | 'target'>, extraneous: string[], targetKeys: number, sessions: LeaseSessions, signal: AbortSignal): Promise<boolean> {
+  if (!deleteGuardTrips(extraneous.length, targetKeys)) return false;
+  const leaseOf = new Map(sessions.records().map((r) => [r.sessionId, r.leaseId]));
+  if (leaseOf.size === 0) return true;
+  const ended = new Map<string, Promise<boolean>>();
+  let gone = 0;
+  for (let i = 0; i < extraneous.length; i += READ_CHUNK_KEYS) {
+    for (const entry of await deps.target.readEntries(extraneous.slice(i, i + READ_CHUNK_KEYS), signal)) {
+      const lease = entry.session ? leaseOf.get(entry.session) : undefined;
+      if (!lease) continue;
+      let answer = ended.get(lease);
+      if (!answer) ended.set(lease, (answer = deps.source.readLease(lease).then((l) => l.ttl < 0)));
+      if (await answer) gone++;
+    }
+  }
+  return deleteGuardTrips(extraneous.length - gone, targetKeys);
 }
 
 function deleteGuardError(rule: string, deletes: number, targetKeys: number, outcome: string): RefusedError {
@@ -548,7 +575,7 @@ async function copyRule(
       stats.extraneousExamples.push(key);
     }
     if (options.deleteExtraneous && extraneous > 0) {
-      if (deleteGuardTrips(extraneous, initialTargetKeys) && !options.allowMassDelete) throw deleteGuardError(rule.name, extraneous, initialTargetKeys, 'none of them was deleted');
+      if (!options.allowMassDelete && (await guardTrips(deps, [...targetKeys.leftovers()], initialTargetKeys, sessions, options.signal))) throw deleteGuardError(rule.name, extraneous, initialTargetKeys, 'none of them was deleted');
       stats.deleted = await engine.deleteKeys([...targetKeys.leftovers()], sessions.own, stats);
     }
   }
