@@ -254,6 +254,17 @@ describe('runVerify on in-memory stores', () => {
     expect(new XMLParser({ ignoreAttributes: false }).parse(xml).testsuites.testsuite.testcase.error['@_type']).toBe('verify_cut_timeout');
   });
 
+  it('a dual-run that dies while verify waits for its checkpoint (kill -9): once the checkpoint is stale, an immediate cut, not the whole --wait-timeout and verify_cut_timeout', async () => {
+    const w = world();
+    seedParity(w);
+    const time = fakeTime();
+    w.checkpoint(1, 'dualrun', time.now());
+    const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ now: time.now, sleep: time.sleep, waitTimeoutMs: 120_000 }));
+    expect(result.cut).toMatchObject({ cut: 'immediate', reason: 'dualrun-stopped', checkpoint: 1 });
+    expect(result.rounds[0]!.waitedMs).toBeGreaterThan(20_000);
+    expect(result.rounds[0]!.waitedMs).toBeLessThan(30_000);
+  });
+
   it('a stale dual-run checkpoint counts as stopped: immediate cut with a warning', async () => {
     const w = world();
     seedParity(w);

@@ -535,7 +535,15 @@ class CutTaker {
       }
       await this.sleep(Math.min(this.options.pollMs ?? CHECKPOINT_POLL_MS, Math.max(1, deadline - clock())), this.options.signal);
       checkAborted(this.options.signal);
+      const previous = doc;
       doc = await readState<CheckpointState>(this.target, key);
+      // The dual-run died (kill -9) or stopped while it was waited for: no cut to wait for any more, and
+      // not a lagging dual-run (verify_cut_timeout once --wait-timeout ran out): compared at once.
+      const now = readCheckpointState(doc, previous, clock());
+      if (!now.running) {
+        this.last = doc;
+        return { ...base, cut: 'immediate', checkpoint: doc?.revision ?? null, reason: now.reason, waitedMs: clock() - began };
+      }
     }
     this.last = doc;
     return { ...base, checkpointBy: doc?.by ?? null, cut: 'checkpoint', checkpoint: doc?.revision ?? null, reason: 'dualrun-running', waitedMs: clock() - began };
