@@ -186,12 +186,13 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
   if (!copied) return 'planned';
   if (!dualRunRunning(input.checkpoint, input.nowMs)) return 'copied';
   const verified = input.verify?.rules[rule];
-  if (verified && verified.status !== 'drift' && Date.parse(input.verify!.at) >= Date.parse(input.copy?.started ?? '1970-01-01')) return 'verified';
+  // Parity, not a verify within its --allow budgets: a cutover needs parity.
+  if (verified && verified.status === 'parity' && Date.parse(input.verify!.at) >= Date.parse(input.copy?.started ?? '1970-01-01')) return 'verified';
   return 'mirroring';
 }
 
 /** What the operator does next, for `status`. */
-export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; copyInterrupted?: boolean }): string {
+export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; copyInterrupted?: boolean; tolerated?: number }): string {
   if (facts.trips > 0 && phase === 'cutover') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then migrate cutover --rule ${rule} --acknowledge-trips (the rule stays cut over)`;
   if (facts.trips > 0 && phase === 'rolledback') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
   switch (phase) {
@@ -200,7 +201,8 @@ export function nextStep(rule: string, phase: RulePhase, facts: { running: boole
     case 'copied':
       return 'migrate dualrun (keep it running)';
     case 'mirroring':
-      return facts.running ? 'migrate verify' : 'start migrate dualrun, then migrate verify';
+      if (!facts.running) return 'start migrate dualrun, then migrate verify';
+      return facts.tolerated ? `resolve the ${facts.tolerated} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify` : 'migrate verify';
     case 'verified':
     case 'rolledback':
       if (!facts.running) return 'start migrate dualrun';
@@ -225,13 +227,14 @@ export interface PreconditionCheck {
 export function verifyEvidence(verify: VerifyLastState | undefined, rule: string, nowMs: number): PhaseEvidence['verify'] | undefined {
   const r = verify?.rules[rule];
   if (!verify || !r) return undefined;
-  return { at: verify.at, ageSeconds: Math.max(0, Math.round((nowMs - Date.parse(verify.at)) / 1000)), clean: r.status !== 'drift', status: r.status, differences: r.differences, revision: verify.revision };
+  return { at: verify.at, ageSeconds: Math.max(0, Math.round((nowMs - Date.parse(verify.at)) / 1000)), clean: r.status === 'parity', status: r.status, differences: r.differences, revision: verify.revision };
 }
 
 /** Checks the verify precondition: a clean verify of `rule`, no older than `maxAgeMs`. */
 export function checkVerify(verify: VerifyLastState | undefined, rule: string, nowMs: number, maxAgeMs: number): PreconditionCheck {
   const ev = verifyEvidence(verify, rule, nowMs);
   if (!ev) return { name: 'verify', ok: false, detail: `no verify of rule ${rule} is recorded (run \`migrate verify\`, or pass --verify-now)` };
+  if (ev.status === 'within-budget') return { name: 'verify', ok: false, detail: `the last verify (${formatAge(ev.ageSeconds * 1000)} ago) found ${ev.differences} difference(s) in rule ${rule}, within its --allow budget: a cutover needs parity (resolve them, then verify again, or pass --verify-now)` };
   if (!ev.clean) return { name: 'verify', ok: false, detail: `the last verify (${formatAge(ev.ageSeconds * 1000)} ago) found ${ev.differences} difference(s) in rule ${rule}` };
   const ageMs = nowMs - Date.parse(ev.at);
   if (!(ageMs <= maxAgeMs)) return { name: 'verify', ok: false, detail: `the last clean verify is ${formatAge(ageMs)} old, older than --max-verify-age ${formatAge(maxAgeMs)} (pass --verify-now to run one)` };

@@ -32,8 +32,8 @@ export function renderStatus(result: StatusResult, format: Format): string {
   const dual = result.dualRun;
   const summary = [
     `etcd revision ${result.etcdRevision}`,
-    dual.checkpoint === null ? 'no checkpoint' : `checkpoint ${dual.checkpoint} (${dual.by}${dual.running ? ', dual-run running' : ', no dual-run running'})`,
-    result.verify ? `last verify ${result.verify.clean ? 'clean' : 'drift'} ${formatAge(result.verify.ageSeconds * 1000)} ago` : 'never verified',
+    dual.checkpoint === null ? 'no checkpoint' : `checkpoint ${dual.checkpoint} (${dual.by}${dual.running ? `, dual-run running${dual.leader ? `, leader ${dual.leader}` : ''}` : ', no dual-run running'})`,
+    result.verify ? `last verify ${!result.verify.clean ? 'drift' : result.verify.tolerated > 0 ? `within budgets (${result.verify.tolerated} difference(s) tolerated by --allow)` : 'clean'} ${formatAge(result.verify.ageSeconds * 1000)} ago` : 'never verified',
   ].join('; ');
   if (format === 'markdown') {
     const md = (cells: string[]) => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;

@@ -5,6 +5,7 @@ import { checkIdentity, mappingHash, readState, statePaths, type StateMeta } fro
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import { derivePhase, dualRunRunning, formatAge, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase, type WritesPause } from './phase.js';
 import { readCutoverState } from './state-io.js';
+import { lockHolder } from '../dualrun/leader.js';
 import { META_RULE } from '../services/registration.js';
 
 /** One rule's line in `migrate status`. */
@@ -36,8 +37,10 @@ export interface StatusResult {
   /** Whether any state exists in Consul (a copy has started). */
   started: boolean;
   etcdRevision: number;
-  dualRun: { running: boolean; checkpoint: number | null; by: 'copy' | 'dualrun' | null; updated: string | null; lagRevisions: number | null };
-  verify: { at: string; ageSeconds: number; clean: boolean; revision: number } | null;
+  /** `leader`: the `host:pid` holding the dual-run's leader lock, null when none holds it. */
+  dualRun: { running: boolean; checkpoint: number | null; by: 'copy' | 'dualrun' | null; updated: string | null; lagRevisions: number | null; leader: string | null };
+  /** `tolerated`: differences the last verify let pass within `--allow` budgets (a cutover needs parity). */
+  verify: { at: string; ageSeconds: number; clean: boolean; revision: number; tolerated: number } | null;
   rules: RuleStatusLine[];
 }
 
@@ -50,7 +53,7 @@ function pausedStep(rule: string, pause: WritesPause, ageSeconds: number): strin
 export async function runStatus(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: { now: () => Date; maxVerifyAgeMs: number }): Promise<StatusResult> {
   const { source, target, config, mapping } = deps;
   const paths = statePaths(mapping.statePrefix, config.id);
-  const [status, meta, state, info] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info()]);
+  const [status, meta, state, info, lock] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info(), target.readKey(paths.leader)]);
   // As verify: figures of another etcd cluster (or datacenter) than the migration's would compare unrelated stores.
   checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
   const nowMs = options.now().getTime();
@@ -96,7 +99,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       guardTrips: trips?.guardTrips.count ?? 0,
       changed: last ? { at: last.at, by: last.by } : null,
       writesPaused: doc?.writesPaused ?? null,
-      next: doc?.writesPaused ? pausedStep(rule.name, doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status !== 'drift' : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
+      next: doc?.writesPaused ? pausedStep(rule.name, doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
     });
   }
   return {
@@ -104,8 +107,10 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
     statePrefix: paths.root,
     started: Boolean(meta),
     etcdRevision: status.revision,
-    dualRun: { running, checkpoint, by: state.checkpoint?.by ?? null, updated: state.checkpoint?.updated ?? null, lagRevisions: checkpoint === null ? null : Math.max(0, status.revision - checkpoint) },
-    verify: state.verify ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision } : null,
+    dualRun: { running, checkpoint, by: state.checkpoint?.by ?? null, updated: state.checkpoint?.updated ?? null, lagRevisions: checkpoint === null ? null : Math.max(0, status.revision - checkpoint), leader: lock?.session ? (lockHolder(lock.value) ?? 'unknown') : null },
+    verify: state.verify
+      ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision, tolerated: Object.values(state.verify.rules).reduce((n, r) => n + (r.status === 'within-budget' ? r.differences : 0), 0) }
+      : null,
     rules,
   };
 }
