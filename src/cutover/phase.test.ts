@@ -8,10 +8,10 @@ const iso = (msAgo: number) => new Date(now - msAgo).toISOString();
 const copy: CopyState = { schemaVersion: 1, revision: 10, started: iso(3_600_000), completed: iso(3_500_000), rules: { app: { done: true } } };
 const running: CheckpointState = { schemaVersion: 1, revision: 20, updated: iso(1000), by: 'dualrun' };
 const stopped: CheckpointState = { schemaVersion: 1, revision: 20, updated: iso(600_000), by: 'dualrun' };
-function verify(status: 'parity' | 'drift', msAgo = 60_000): VerifyLastState {
+function verify(status: 'parity' | 'drift' | 'within-budget', msAgo = 60_000): VerifyLastState {
   return {
-    schemaVersion: 1, at: iso(msAgo), revision: 20, cut: 'checkpoint', checkpoint: 20, clean: status === 'parity', rounds: 1, toolVersion: 't',
-    rules: { app: { status, differences: status === 'drift' ? 2 : 0, compared: 5, settled: 0, budget: null, byKind: { missing: 0, extra: 0, value: 0, session: 0, 'not-servable': 0 } } },
+    schemaVersion: 1, at: iso(msAgo), revision: 20, cut: 'checkpoint', checkpoint: 20, clean: status !== 'drift', rounds: 1, toolVersion: 't',
+    rules: { app: { status, differences: status === 'parity' ? 0 : 2, compared: 5, settled: 0, budget: status === 'within-budget' ? 2 : null, byKind: { missing: 0, extra: 0, value: 0, session: 0, 'not-servable': 0 } } },
   };
 }
 
@@ -24,6 +24,14 @@ describe('derivePhase', () => {
     expect(derivePhase('app', { ...base, copy, checkpoint: running })).toBe('mirroring');
     expect(derivePhase('app', { ...base, copy, checkpoint: running, verify: verify('drift') })).toBe('mirroring');
     expect(derivePhase('app', { ...base, copy, checkpoint: running, verify: verify('parity') })).toBe('verified');
+    // Passed only within its --allow budget: not verified, a cutover needs parity.
+    expect(derivePhase('app', { ...base, copy, checkpoint: running, verify: verify('within-budget') })).toBe('mirroring');
+  });
+
+  it('a verify within its --allow budget fails cutover\'s verify check, and status says to resolve what it tolerated', () => {
+    expect(checkVerify(verify('within-budget'), 'app', now, 15 * 60_000)).toMatchObject({ ok: false, detail: expect.stringContaining('found 2 difference(s) in rule app, within its --allow budget: a cutover needs parity') });
+    expect(checkVerify(verify('parity'), 'app', now, 15 * 60_000)).toMatchObject({ ok: true });
+    expect(nextStep('app', 'mirroring', { running: true, verifyClean: false, verifyAgeMs: 1000, maxVerifyAgeMs: 900_000, trips: 0, tolerated: 2 })).toBe('resolve the 2 difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify');
   });
 
   it('a written phase wins over the derivation', () => {
