@@ -83,6 +83,13 @@ describe('CLI contract (in-process)', () => {
       [['copy', '--dry-run', '--rate', '1.5'], '--rate must be a whole number ≥ 0, not "1.5"'],
       [['verify', '--page-keys', '0'], '--page-keys must be a whole number ≥ 1, not "0"'],
       [['verify', '--rounds', '0'], '--rounds must be a whole number ≥ 1, not "0"'],
+      // Digits only, within bounds: Number() would take these.
+      [['verify', '--max-diffs='], '--max-diffs must be a whole number ≥ 0, not ""'],
+      [['verify', '--rounds', '0x3'], '--rounds must be a whole number ≥ 1, not "0x3"'],
+      [['verify', '--rounds', '1e1'], '--rounds must be a whole number ≥ 1, not "1e1"'],
+      [['verify', '--rounds', '1000000'], '--rounds must be at most 100, not 1000000'],
+      [['copy', '--page-keys', '99999999999999999999'], '--page-keys must be a whole number ≥ 1, not "99999999999999999999"'],
+      [['audit', '--page-keys', '200000'], '--page-keys must be at most 100000, not 200000'],
       // A preview flag without the preview: refused, not a real copy.
       [['copy', '--show-ops'], '--show-ops lists the operations of a dry-run; without --dry-run this would copy'],
     ];

@@ -6,12 +6,17 @@ export function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-export function wholeNumber(name: string, text: string | undefined, fallback: number, min = 0): number {
+export function wholeNumber(name: string, text: string | undefined, fallback: number, min = 0, max?: number): number {
   if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min) throw new UsageError('flag_invalid', `${name} must be a whole number ≥ ${min}, not ${JSON.stringify(text)}.`, { hint: `Pass ${name} <n>.` });
+  // Digits only: Number() also takes "", "0x3" and "1e1".
+  const n = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min) throw new UsageError('flag_invalid', `${name} must be a whole number ≥ ${min}, not ${JSON.stringify(text)}.`, { hint: `Pass ${name} <n>.` });
+  if (max !== undefined && n > max) throw new UsageError('flag_invalid', `${name} must be at most ${max}, not ${text.trim()}.`, { hint: `Pass ${name} <n> with n from ${min} to ${max}.` });
   return n;
 }
+
+/** Keys per etcd page: memory holds a page or two of values (up to 1.5 MB each in etcd). */
+export const MAX_PAGE_KEYS = 100_000;
 
 /** `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds → milliseconds. */
 export function parseDuration(name: string, text: string | undefined): number | undefined {

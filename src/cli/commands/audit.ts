@@ -3,7 +3,7 @@ import { ExitCode } from '../../errors.js';
 import type { CommandContext, GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import type { ProgressItem } from '../../report/progress.js';
-import { collect, parseDuration, wholeNumber } from './audit-flags.js';
+import { collect, MAX_PAGE_KEYS, parseDuration, wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface AuditFlags {
@@ -44,7 +44,7 @@ Examples:
     async (ctx, options: AuditFlags & GlobalOptions) => {
       const depth = wholeNumber('--depth', options.depth, 2, 1);
       const top = wholeNumber('--top', options.top, 10, 1);
-      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1, MAX_PAGE_KEYS);
       const sampleMs = parseDuration('--sample', options.sample);
       const loaded = await ctx.loadConfig(options.config, false);
       const result = await auditWithStores(ctx, options, loaded, { depth, top, pageKeys, sampleMs, probe: Boolean(options.probe), prefixes: options.prefix });

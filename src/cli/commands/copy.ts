@@ -5,7 +5,7 @@ import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import type { ProgressItem } from '../../report/progress.js';
 import { TOOL_VERSION } from '../version.js';
-import { wholeNumber } from './audit-flags.js';
+import { MAX_PAGE_KEYS, wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface CopyFlags {
@@ -49,8 +49,8 @@ export function registerCopy({ add }: CommandRegistrar): void {
         throw new UsageError('flag_invalid', '--show-ops lists the operations of a dry-run; without --dry-run this would copy.', { hint: 'Add --dry-run to see the operations, or leave --show-ops out to copy.' });
       }
       const rate = wholeNumber('--rate', options.rate, 0);
-      const concurrency = wholeNumber('--concurrency', options.concurrency, 8, 1);
-      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
+      const concurrency = wholeNumber('--concurrency', options.concurrency, 8, 1, 256);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1, MAX_PAGE_KEYS);
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { namesDatacenters } = await import('../../mapping/datacenters.js');

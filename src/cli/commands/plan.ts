@@ -3,7 +3,7 @@ import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import type { ProgressItem } from '../../report/progress.js';
-import { collect, wholeNumber } from './audit-flags.js';
+import { collect, MAX_PAGE_KEYS, wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface PlanFlags {
@@ -22,7 +22,7 @@ export function registerPlan({ add }: CommandRegistrar): void {
       .addHelpText('after', '\nExamples:\n  migrate plan -c migration.yaml\n  migrate plan --format markdown > plan.md\n'),
     ['text', 'json', 'markdown'],
     async (ctx, options: PlanFlags & GlobalOptions) => {
-      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1, MAX_PAGE_KEYS);
       const listCap = wholeNumber('--list', options.list, 1000, 0);
       const { resolveConnections } = await import('../../config/connections.js');
       const { EtcdSource } = await import('../../stores/etcd.js');

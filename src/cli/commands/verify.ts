@@ -7,7 +7,7 @@ import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import type { ProgressItem } from '../../report/progress.js';
 import { TOOL_VERSION } from '../version.js';
-import { collect, parseDuration, wholeNumber } from './audit-flags.js';
+import { collect, MAX_PAGE_KEYS, parseDuration, wholeNumber } from './audit-flags.js';
 import { DEFAULT_PAGE_KEYS, PAGE_KEYS_HELP } from '../../stores/types.js';
 
 interface VerifyFlags {
@@ -72,12 +72,12 @@ Examples:
 `),
     ['text', 'json', 'markdown', 'junit'],
     async (ctx, options: VerifyFlags & GlobalOptions) => {
-      const rounds = wholeNumber('--rounds', options.rounds, 3, 1);
+      const rounds = wholeNumber('--rounds', options.rounds, 3, 1, 100);
       const roundPauseMs = parseDuration('--round-pause', options.roundPause) ?? 2_000;
       const waitTimeoutMs = parseDuration('--wait-timeout', options.waitTimeout) ?? 60_000;
       const maxDiffs = wholeNumber('--max-diffs', options.maxDiffs, 1000, 0);
       const readBack = parseReadBack(options.readBack);
-      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1);
+      const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1, MAX_PAGE_KEYS);
       const budgets = parseBudgets(options.allow);
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
