@@ -286,8 +286,18 @@ describe('dual-run faults (real servers)', () => {
       })();
       await consul.stop();
       const before = stderr().length;
-      // Less than the leader lock's TTL (10 s): the run keeps its lock state and only retries.
-      await new Promise((r) => setTimeout(r, 8000));
+      // Less than the leader lock's TTL (10 s): the run keeps its lock state and only retries. Its readiness says
+      // so throughout, once the first failed txn is seen: not ready again when etcd's watch reopens.
+      const answers: number[] = [];
+      const until = Date.now() + 8000;
+      let failing = false;
+      while (Date.now() < until) {
+        failing ||= /retrying in \d+ ms from revision/.test(stderr().slice(before));
+        if (failing) answers.push((await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).status);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      expect(answers.length).toBeGreaterThan(5);
+      expect(answers.filter((code) => code === 200)).toEqual([]);
       writing = false;
       await writer;
       const log = stderr().slice(before);

@@ -595,7 +595,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           await watch.close();
           break;
         }
-        stats.connected = true;
+        // Connected again once a txn lands in Consul (the next checkpoint write), not when etcd's watch opens:
+        // a watch reopened while Consul is still down made /healthz say ready, then not, then ready.
         ctx.publish();
         const progressTimer = setInterval(() => watch?.requestProgress(), options.progressEveryMs ?? 1000);
         progressTimer.unref();
@@ -995,6 +996,7 @@ class Applier {
     this.own.prune(revision - 1000);
     this.lastCheckpointWrite = Date.now();
     stats.checkpointWrittenAt = this.lastCheckpointWrite;
+    stats.connected = true;
     if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
     this.ctx.publish();
   }

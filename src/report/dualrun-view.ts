@@ -35,7 +35,7 @@ function seconds(value: number): string {
 
 /** The status lines of a running dual-run (pure: the terminal view draws them). */
 export function renderDualRunStatus(stats: DualRunStats, now: number, eventsPerSecond: number, heartbeat: boolean): string[] {
-  const role = stats.role === 'leader' ? (stats.connected ? 'leader' : 'leader (reconnecting to etcd)') : stats.role === 'standby' ? 'standby (waiting for the leader lock)' : stats.role;
+  const role = stats.role === 'leader' ? (stats.connected ? 'leader' : 'leader (reconnecting)') : stats.role === 'standby' ? 'standby (waiting for the leader lock)' : stats.role;
   const lagRevisions = Math.max(0, stats.etcdRevision - stats.checkpoint);
   const measured = heartbeat && stats.heartbeat ? 'heartbeat, end to end' : 'since caught up';
   const errors = total(stats.errors);
