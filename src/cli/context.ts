@@ -1,5 +1,6 @@
 import { UsageError } from '../errors.js';
 import { scrub } from '../report/redact.js';
+import { terminalSafe } from '../report/keys.js';
 import type { LoadedConfig } from '../config/load.js';
 
 /** The process facts a command may use, injected so tests can run `main` in-process. */
@@ -62,7 +63,7 @@ export class CommandContext {
 
   /** Writes a diagnostic line to stderr (silent in JSON-progress mode unless it is a warning). */
   log(text: string): void {
-    this.io.stderr.write(scrub(text.endsWith('\n') ? text : `${text}\n`));
+    this.io.stderr.write(scrub(terminalSafe(text.endsWith('\n') ? text : `${text}\n`)));
   }
 
   /** A warning: a `warning:` line, or a `warning` event with --progress json (stderr stays NDJSON). */

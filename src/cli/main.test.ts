@@ -56,6 +56,16 @@ describe('CLI contract (in-process)', () => {
     expect(events.map((e) => [e.event, e.message.split(': ')[1]])).toEqual([['warning', 'rules[0].to'], ['warning', 'rules[1].to'], ['warning', 'rules[2].to']]);
   });
 
+  it('control characters quoted in an error or warning (a to: from migration.yaml) reach the terminal escaped, not as escape sequences', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-ctl-'));
+    writeFileSync(join(dir, 'migration.yaml'), 'version: 1\nid: c\nrules:\n  - { name: app, from: /app/, to: "q\\e[31mRED/" }\n');
+    const t = io({ MIGRATE_CONFIG: join(dir, 'migration.yaml') });
+    expect(await main(['plan'], t)).toBe(2);
+    expect(t.err).toContain('config_invalid');
+    expect(t.err).not.toContain('\x1b');
+    expect(t.err).toContain('\\x1b[31mRED');
+  });
+
   it('with --progress json an error is an NDJSON event on stderr too, so stderr holds nothing else', async () => {
     const t = io({ MIGRATE_CONFIG: join(tmpdir(), 'no-such-dir-migrate', 'migration.yaml') });
     expect(await main(['copy', '--progress', 'json'], t)).toBe(2);

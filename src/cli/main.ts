@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { errorDocs, ExitCode, InterruptedError, isMigrateError, UsageError, type MigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { scrub } from '../report/redact.js';
+import { terminalSafe } from '../report/keys.js';
 import { CommandContext, type Format, type GlobalOptions, type Io } from './context.js';
 import { registerCommands } from './commands.js';
 import { TOOL_VERSION } from './version.js';
@@ -172,7 +173,7 @@ function reportError(err: unknown, io: Io, format: Format, command: string, stde
     const e = err as MigrateError;
     if (stderr === 'log') line({ level: 'error', msg: e.message, code: e.code, hint: e.hint ?? null, docs: errorDocs(e.code) });
     else if (stderr === 'events') line({ event: 'error', code: e.code, message: e.message, hint: e.hint ?? null, docs: errorDocs(e.code) });
-    else io.stderr.write(scrub(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`));
+    else io.stderr.write(scrub(terminalSafe(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`)));
     if (format === 'json') {
       io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details, docs: errorDocs(e.code) } })));
     }

@@ -131,7 +131,7 @@ export interface CutoverResult {
 }
 
 /** Service rules have no owner to flip: the registering agents move to Consul themselves. */
-const SERVICE_NOT_CUT = (name: string) => `rule ${name} is a service rule: its registrations follow etcd into the catalog while the dual-run runs; there is nothing to cut over. Switch the agents that register (for example Registrator's consul:// backend), then remove the rule`;
+const SERVICE_NOT_CUT = (name: string) => `rule ${name} is a service rule: its registrations follow etcd into the catalog while the dual-run runs; there is nothing to cut over, roll back or finalize. Switch the agents that register (for example Registrator's consul:// backend), then remove the rule`;
 
 function ruleNamed(mapping: Mapping, name: string): CompiledRule {
   const rule = mapping.rules.find((r) => r.name === name);

@@ -26,3 +26,12 @@ function escapeText(text: string): string {
   // A space at either end is invisible in a line of text (Consul 1.21.6+ refuses such keys).
   return out.replace(/^ | $/g, '\\x20');
 }
+
+/**
+ * A line of text for a terminal: control characters (but the line breaks and
+ * tabs it is laid out with) as `\xNN`, so a value quoted from migration.yaml or
+ * a server's answer in a message cannot move the cursor or change colours.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (ch) => `\\x${ch.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}

@@ -127,7 +127,8 @@ export async function openForTransition(ctx: CommandContext, options: Transition
     const now = () => new Date();
     const elsewhere = otherDatacenters(lanes, lane, command, loaded.config.state.prefix, loaded.config.id, now);
     const common = {
-      rules: options.rule,
+      // `--rule a --rule a` is rule a once.
+      rules: [...new Set(options.rule)],
       now,
       by: operator(ctx.io.env),
       cwd: ctx.io.cwd,
