@@ -7,6 +7,7 @@ import { checkIdOf } from '../services/registration.js';
 import { syncServiceRule } from '../services/sync.js';
 import { consulErrorFor } from '../stores/consul-http.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import { mappingHash } from '../state/state.js';
 import { DIFFERENCE_KINDS } from './compare.js';
 import { VERIFY_REPORT_SCHEMA } from './report-schema.js';
 import { renderVerify, renderVerifyError } from './render.js';
@@ -27,6 +28,8 @@ function world() {
     target.entries.set(key, { key, value: Buffer.isBuffer(value) ? value : Buffer.from(value), flags: 0, modifyIndex: 5, ...(session ? { session } : {}) });
   const checkpoint = (revision: number, by: 'copy' | 'dualrun', updated: Date) =>
     set('_migrate/demo/checkpoint', JSON.stringify({ schemaVersion: 1, revision, updated: updated.toISOString(), by }));
+  // A copy has run: the migration's identity is recorded (verify records nothing without it).
+  set('_migrate/demo/meta', JSON.stringify({ schemaVersion: 1, id: 'demo', etcdClusterId: source.clusterId, datacenters: ['dc1'], mappingHash: mappingHash(loaded.config), created: '2025-03-01T00:00:00Z', toolVersion: 'test' }));
   return { source, target, set, checkpoint };
 }
 
@@ -90,6 +93,16 @@ describe('runVerify on in-memory stores', () => {
     const last = JSON.parse(w.target.entries.get('_migrate/demo/verify/last')!.value.toString());
     expect(last).toMatchObject({ schemaVersion: 1, cut: 'immediate', clean: true, rules: { app: { differences: 0, status: 'parity' } } });
     expectValidJson(result);
+  });
+
+  it('before any copy (no meta): compared, but nothing recorded, and it says so; no orphan verify/last', async () => {
+    const w = world();
+    seedParity(w);
+    w.target.entries.delete('_migrate/demo/meta');
+    const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options());
+    expect(result.recorded).toBe(false);
+    expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
+    expect(result.warnings.join('\n')).toContain('no copy has run); this verify is not recorded');
   });
 
   it('--no-record writes nothing at all', async () => {

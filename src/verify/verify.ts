@@ -280,7 +280,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   ]);
   const verdict = checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
   if (verdict === 'mapping-changed') warn(`the mapping changed since migration "${config.id}" was recorded; verify compares against the current mapping`);
-  if (verdict === 'new') warn(`migration "${config.id}" has no state in Consul yet (no copy has run)`);
+  if (verdict === 'new') warn(`migration "${config.id}" has no state in Consul yet (no copy has run); this verify is not recorded`);
   if (copyState && !copyState.completed) warn(`the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
 
   const cutter = new CutTaker(source, target, paths, options, sleep);
@@ -448,7 +448,8 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     durationMs: 0,
   };
 
-  if (options.record) {
+  // No copy has run (no meta): nothing to record it against, and a lone verify/last would be an orphan in the state.
+  if (options.record && verdict !== 'new') {
     await target.applyTxn([{ verb: 'set', key: paths.verifyLast, value: Buffer.from(JSON.stringify(verifyLastDocument(result, options))) }]);
     result.recorded = true;
   }
