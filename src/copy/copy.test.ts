@@ -372,6 +372,18 @@ describe('copy --delete-extraneous and sessions', () => {
   });
 });
 
+describe('copy --resume with nothing to resume', () => {
+  it('says so (no copy started, or the last one completed) and copies the whole mapping', async () => {
+    const { source, target } = world();
+    const first = options({ resume: true });
+    expect((await runCopy(deps(source, target), first)).rules[0]!.created).toBe(31);
+    expect(first.events).toContainEqual({ type: 'warning', message: expect.stringContaining('--resume: no copy has started, so there is nothing to resume') });
+    const again = options({ resume: true });
+    await runCopy(deps(source, target), again);
+    expect(again.events).toContainEqual({ type: 'warning', message: expect.stringMatching(/--resume: the last copy completed \(at revision \d+\), so there is nothing to resume/) });
+  });
+});
+
 describe('copy progress', () => {
   it('ends each rule with every key done and every byte written, the last batches\' included', async () => {
     const { source, target } = world();

@@ -232,6 +232,9 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
   let startIndex: number | undefined;
   // Set once keys this copy wrote at one revision are planned at a newer one: those gone from etcd meanwhile are deleted.
   let staleSince: number | undefined;
+  if (options.resume && (!previous || previous.completed)) {
+    options.onProgress?.({ type: 'warning', message: `--resume: ${previous ? `the last copy completed (at revision ${previous.revision})` : 'no copy has started'}, so there is nothing to resume; copying the whole mapping at revision ${revision} (the diff skips what is already there)` });
+  }
   if (options.resume && previous && !previous.completed) {
     resumedFrom = previous.revision;
     startIndex = previous.startIndex;
