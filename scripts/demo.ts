@@ -5,7 +5,7 @@
  * With `--serve` it only starts the servers and loads the keyspace (see serve()).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
@@ -75,7 +75,9 @@ async function dualRunStep(workdir: string, env: NodeJS.ProcessEnv, _keys: numbe
   };
   await new Promise((r) => setTimeout(r, 1500));
   await client.put('/platform/config/billing_service/timeout').value('45s');
-  process.stdout.write(`  etcd: put /platform/config/billing_service/timeout = 45s → Consul platform/config/billing_service/timeout = ${await waitFor('platform/config/billing_service/timeout', '45s')}\n`);
+  // Values are never printed, the demo's own included: it says whether Consul holds the value written.
+  const replicated = (await waitFor('platform/config/billing_service/timeout', '45s')) === '45s';
+  process.stdout.write(`  etcd: put /platform/config/billing_service/timeout → Consul platform/config/billing_service/timeout ${replicated ? 'holds the new value' : 'does NOT hold the new value'}\n`);
   const [instance] = (await client.getAll().prefix('/services/redis_grpc_service/').keys());
   const lease = (await client.get(instance!).exec()).kvs[0]!.lease;
   await client.leaseClient.leaseRevoke({ ID: lease });
@@ -91,11 +93,12 @@ const [etcd, consul] = await Promise.all([startEtcd(), startConsul()]);
 const client = new Etcd3({ hosts: etcd.endpoint });
 if (process.argv.includes('--serve')) await serve();
 let failed = false as boolean;
+let workdir: string | undefined;
 try {
   const keys = demoKeys();
   const loaded = await loadDemoKeyspace(client, keys);
   process.stderr.write(`demo: etcd ${etcd.endpoint}, Consul ${consul.version} ${consul.address}; loaded ${keys.length} demo keys (${loaded.leases.size} leases kept alive)\n\n`);
-  const workdir = mkdtempSync(join(tmpdir(), 'migrate-demo-'));
+  workdir = mkdtempSync(join(tmpdir(), 'migrate-demo-'));
   copyFileSync(join(repoRoot, 'fixtures', 'demo', 'migration.yaml'), join(workdir, 'migration.yaml'));
   const env = { ...process.env, ETCDCTL_ENDPOINTS: etcd.endpoint, CONSUL_HTTP_ADDR: consul.address, CI: process.env.CI ?? '' };
   const runSteps = (steps: Step[]): boolean => {
@@ -116,5 +119,7 @@ try {
 } finally {
   client.close();
   await Promise.all([etcd.stop(), consul.stop()]);
+  // The working folder holds what the steps wrote (rollback points hold values): gone with the servers.
+  if (workdir) rmSync(workdir, { recursive: true, force: true });
 }
 process.exitCode = failed ? 1 : 0;
