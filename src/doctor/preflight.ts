@@ -139,7 +139,7 @@ export async function findMissingSessionPermission(target: ConsulTarget): Promis
 export function missingPermissionsError(address: string, command: string, missing: readonly MissingPermission[]): ServerError {
   const list = missing.map((m) => `${m.permission}${m.prefix !== undefined ? ` on prefix ${m.prefix === '' ? '"" (the whole KV store)' : formatKey(m.prefix)}` : ''}${m.service ? ` on ${m.service.resource} ${JSON.stringify(m.service.name)}` : ''} (${m.for})`);
   return new ServerError('consul_permission_denied', `The Consul token lacks ${list.join(', ')} at ${address}; ${command} stopped before doing any work and wrote nothing.`, {
-    hint: 'Create the migrator\'s policy that `migrate acl` prints and attach it to the token, then run `migrate doctor`.',
+    hint: 'Create the policy that `migrate acl` prints (the migrator\'s; the verifier\'s for a CI verify) and attach it to the token, then run `migrate doctor`.',
     details: { missing },
   });
 }

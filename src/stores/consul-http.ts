@@ -223,7 +223,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
     if (/ACL not found|token.*not found|invalid token/i.test(text)) {
       return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${shown}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter.');
     }
-    return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${shown || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists for the migrator, then run `migrate doctor`.');
+    return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${shown || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists (the migrator policy; for a CI verify, the verifier policy), then run `migrate doctor`.');
   }
   // Go's TLS listener answers a plain request with this 400: the address names the wrong scheme.
   if (status === 400 && /HTTP request to an HTTPS server/i.test(text)) {

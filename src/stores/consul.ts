@@ -408,7 +408,7 @@ export class ConsulTarget implements TargetStore {
   /** A recursive read silently filtered by ACLs would make parity lie (reference §F.22). */
   private refuseFiltered(headers: Record<string, string | string[] | undefined>, prefix: string): void {
     if (headers['x-consul-results-filtered-by-acls'] === 'true') {
-      throw new ConsulResponseError('consul_permission_denied', 403, `Consul filtered keys under ${formatKey(prefix)} out of the answer: the token lacks read (or list) on part of the prefix.`, '', 'Grant the migrator token read on the whole prefix (`migrate acl` prints the policy).');
+      throw new ConsulResponseError('consul_permission_denied', 403, `Consul filtered keys under ${formatKey(prefix)} out of the answer: the token lacks read (or list) on part of the prefix.`, '', 'Grant the token read on the whole prefix (`migrate acl` prints the migrator and verifier policies).');
     }
   }
 }
