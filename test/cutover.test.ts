@@ -451,6 +451,36 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('Consul dropping many keys at once after the cutover trips the reverse mirror\'s guard once (not on every later answer); a dual-run started with --allow-mass-delete mirrors the deletes', async () => {
+    const s = scenario('dropburst');
+    await seed(s);
+    for (let i = 0; i < 25; i++) await etcd.put(`${s.root}/app/burst/${i}`).value('b');
+    expect((await s.cli(['copy'])).code).toBe(0);
+    let dr = await dualRun(s);
+    const trips = async () => (JSON.parse((await s.cli(['status', '--format', 'json'])).stdout) as { rules: { name: string; guardTrips: number }[] }).rules.find((r) => r.name === 'app')!.guardTrips;
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      // 20 of the rule's 30 keys in one txn: past the guard.
+      await target.applyTxn(Array.from({ length: 20 }, (_, i) => ({ verb: 'delete' as const, key: `${s.id}/app/burst/${i}` })));
+      await eventually('the guard tripped', async () => (await trips()) === 1);
+      // Later changes in Consul are mirrored, and trip nothing more.
+      for (let i = 0; i < 5; i++) await target.putKey(`${s.id}/app/k${i}`, Buffer.from(`after ${i}`));
+      await eventually('later changes mirrored', async () => (await etcdValue(`${s.root}/app/k4`)) === 'after 4');
+      expect(await trips()).toBe(1);
+      expect((await etcd.getAll().prefix(`${s.root}/app/burst/`).keys()).length).toBe(25);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    // Intended: the operator starts the dual-run with the flag; its first pass mirrors the deletes.
+    dr = await startDualRun(s.dir, ['--allow-mass-delete']);
+    try {
+      await eventually('the deletes mirrored to etcd', async () => (await etcd.getAll().prefix(`${s.root}/app/burst/`).keys()).length === 5);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
   it('an application on etcd-consul-migrate/client keeps working across a real cutover and rollback: writes pause at the flip, none is late or lost, shadow reads match', async () => {
     const s = scenario('client');
     await seed(s);

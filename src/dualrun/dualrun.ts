@@ -476,6 +476,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       const mirror = new ReverseMirror({
         rule, mapping: ctx.mapping, source, writer: ctx.writer, blocking: ctx.blocking, own, target: ctx.target, leaseSessions: sessions.own, log: options.log,
         checkpoint: () => stats.checkpoint,
+        allowMassDelete: options.allowMassDelete ?? false,
         onChangedSince: (entry) => applier.lateSinceCheckpoint(name, entry),
         onApplied: (n) => {
           stats.reverseOps += n;

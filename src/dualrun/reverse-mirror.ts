@@ -97,6 +97,8 @@ export interface ReverseMirrorDeps {
   onChangedSince: (entry: SourceEntry) => Promise<void>;
   onApplied: (ops: number) => void;
   onGuardTrip: (detail: string) => void;
+  /** `dualrun --allow-mass-delete`: deletes past the guard are mirrored too. */
+  allowMassDelete: boolean;
 }
 
 /** etcd ops per reverse txn (etcd's default limit is 128). */
@@ -217,8 +219,8 @@ export class ReverseMirror {
       }
     }
     for (const want of wanted.values()) ops.push({ verb: 'put', key: want.key, value: want.value });
-    if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, etcdKeys)) {
-      this.deps.onGuardTrip(`the first pass would delete ${deletes.length} of ${etcdKeys} etcd key(s) that Consul no longer holds; deletes skipped`);
+    if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, etcdKeys) && !this.deps.allowMassDelete) {
+      this.deps.onGuardTrip(`the first pass would delete ${deletes.length} of ${etcdKeys} etcd key(s) that Consul no longer holds; deletes skipped (if Consul's deletes are intended, start the dual-run with --allow-mass-delete)`);
     } else ops.push(...deletes);
     await this.apply(ops);
     await this.release(held);
@@ -247,10 +249,11 @@ export class ReverseMirror {
     // Keys etcd no longer has need no delete, and are not a mass delete: etcd dropped them itself (a lease
     // ended, and the dual-run destroyed its session, which took the Consul keys with it).
     if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size)) deletes = await this.stillInEtcd(deletes);
-    if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size)) {
-      this.deps.onGuardTrip(`Consul dropped ${deletes.length} of ${lastSeen.size} key(s) at once; the deletes were not mirrored to etcd`);
-      // Keep the dropped keys as seen, so the guard does not trip again on every answer.
-      for (const key of lastSeen.keys()) if (!seen.has(key)) seen.set(key, lastSeen.get(key)!);
+    if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size) && !this.deps.allowMassDelete) {
+      // One trip for the drop: the dropped keys are not seen any more, so the next answer does not count
+      // them again (kept as seen, every later answer tripped anew: thousands of trips for one event). They
+      // stay in etcd until a dual-run started with --allow-mass-delete mirrors them in its first pass.
+      this.deps.onGuardTrip(`Consul dropped ${deletes.length} of ${lastSeen.size} key(s) at once; the deletes were not mirrored to etcd (if they are intended, restart the dual-run with --allow-mass-delete: its first pass mirrors them)`);
     } else ops.push(...deletes);
     await this.apply(ops);
     await this.release(held);

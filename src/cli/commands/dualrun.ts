@@ -22,7 +22,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       .option('--ha', 'run as one of several replicas: the others wait as standbys and take over')
       .option('--baseline', 'run the copy first when there is no checkpoint yet')
       .option('--accept-mapping-change', 'go on although the mapping changed (changed rules are re-baselined)')
-      .option('--allow-mass-delete', 'let a re-baseline after etcd compaction delete more than 10% (and more than 10) of a rule\'s keys in Consul: keys deleted in etcd while the dual-run was behind')
+      .option('--allow-mass-delete', 'let deletes past the guard through (more than 10% and more than 10 of a rule\'s keys): a re-baseline after etcd compaction deleting in Consul keys deleted in etcd while the dual-run was behind, and a reverse mirror deleting in etcd keys Consul dropped at once')
       .option('--metrics-addr <host:port>', 'serve Prometheus /metrics and /healthz here (e.g. :9464)')
       .option('--heartbeat-key <etcd key>', 'time the lag end to end: the leader writes the time to this etcd key (outside every copy rule; needs write on it) every second')
       .addOption(new Option('--log-format <format>', 'log lines on stderr').choices(['text', 'json']).default('text'))
