@@ -491,6 +491,13 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     const pauses: PauseEvent[] = [];
     client.on('switch', (e) => switches.push(e));
     client.on('pause', (e) => pauses.push(e));
+    // It also watches what it writes: across both switches, each value once and in order per key.
+    const watch = client.watch(`${s.root}/app/counter/`);
+    await watch.ready;
+    const watched: { key: string; value: string; store: string }[] = [];
+    const watching = (async () => {
+      for await (const e of watch) if (e.type === 'put') watched.push({ key: e.key.toString(), value: e.value.toString(), store: e.store });
+    })();
     // The application: writes a counter to a few keys as fast as it can, reads them back, never restarted.
     const last = new Map<string, string>();
     const failures: string[] = [];
@@ -551,6 +558,16 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       for (const key of last.keys()) await client.get(key);
       await sleep(500);
       expect(client.stats().shadow.mismatches).toBe(0);
+      // The old owner's stream ends at the flip: the other direction's copies of the new owner's writes
+      // (the reverse mirror's into etcd, the dual-run's into Consul) are no events; they came as duplicates,
+      // some after newer values of the new owner.
+      await watch.close();
+      await watching;
+      for (const key of last.keys()) {
+        const values = watched.filter((e) => e.key === key).map((e) => Number(e.value));
+        expect(values.length, key).toBeGreaterThan(0);
+        for (let i = 1; i < values.length; i++) expect(values[i], `${key}: ${watched.filter((e) => e.key === key).map((e) => `${e.value}@${e.store}`).join(' ')}`).toBeGreaterThan(values[i - 1]!);
+      }
     } finally {
       await client.close();
       expect(await dr.stop()).toBe(0);

@@ -601,7 +601,11 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     rt.switching = new Promise((resolve) => (release = resolve));
     try {
       // Watches first get their starting point on the new owner, so no write made after the switch escapes them.
-      const resubscribed = Promise.allSettled([...this.watches].map((watch) => watch.switchRule(rt.rule.name, next.owner)));
+      // The old owner's stream ends at the flip: past it come only the other direction's copies of the new
+      // owner's writes (the reverse mirror into etcd after a cutover, the dual-run into Consul after a
+      // rollback), which arrived as duplicates, some after newer events of the new owner.
+      const cutoff = next.owner === 'consul' ? next.flipRevision : next.modifyIndex || undefined;
+      const resubscribed = Promise.allSettled([...this.watches].map((watch) => watch.switchRule(rt.rule.name, next.owner, cutoff)));
       await Promise.race([resubscribed, sleep(SWITCH_WAIT_MS, this.closing.signal)]);
     } finally {
       rt.phase = next;

@@ -31,6 +31,12 @@ export interface RulePhase {
   modifyIndex: number;
   /** `cutover` or `rollback` is moving ownership: writes wait until the document changes again. */
   writesPaused: boolean;
+  /**
+   * The etcd revision a cutover flipped at (its history's evidence), when
+   * recorded: etcd changes after it under the rule are no application's
+   * writes to the old owner but the reverse mirror's copies of Consul's.
+   */
+  flipRevision?: number;
 }
 
 /** A phase document the client cannot act on; operations on the rule fail with it until it is fixed. */
@@ -67,7 +73,9 @@ export function parsePhaseDocument(key: string, rule: string, raw: Buffer | unde
   if (doc.rule !== rule) return corrupt(`names rule ${JSON.stringify(doc.rule)}`);
   if (!PHASES.includes(doc.phase as Phase)) return corrupt(`has an unknown phase ${JSON.stringify(doc.phase)} (expected one of ${PHASES.join(', ')})`);
   if (doc.owner !== 'etcd' && doc.owner !== 'consul') return corrupt(`has an unknown owner ${JSON.stringify(doc.owner)} (expected "etcd" or "consul")`);
-  return { rule, owner: doc.owner, phase: doc.phase as Phase, updated: typeof doc.updated === 'string' ? doc.updated : undefined, modifyIndex, writesPaused: doc.writesPaused !== undefined && doc.writesPaused !== null };
+  const last = Array.isArray(doc.history) ? (doc.history.at(-1) as { evidence?: { etcdRevision?: unknown } } | undefined) : undefined;
+  const flipRevision = typeof last?.evidence?.etcdRevision === 'number' ? last.evidence.etcdRevision : undefined;
+  return { rule, owner: doc.owner, phase: doc.phase as Phase, updated: typeof doc.updated === 'string' ? doc.updated : undefined, modifyIndex, writesPaused: doc.writesPaused !== undefined && doc.writesPaused !== null, ...(flipRevision !== undefined ? { flipRevision } : {}) };
 }
 
 /** The rules an application names, checked against the mapping's rules (pure). */

@@ -10,8 +10,9 @@ export type KvWatchEvent =
   /**
    * The rule's owner changed. Every event from `to` comes after this one;
    * events from `from` may still follow for a moment (`watchDrainMs`): the
-   * old stream's last deliveries, and writes that were in flight. When the
-   * stores were not in step, re-read what matters.
+   * old stream's last deliveries, and writes that were in flight, up to the
+   * flip (after it, `from` only shows copies of `to`'s writes, not delivered).
+   * When the stores were not in step, re-read what matters.
    */
   | { type: 'switch'; rule: string; from: Owner; to: Owner };
 
@@ -33,7 +34,8 @@ export interface WatchHost {
 
 interface Subscription {
   entry: WatchPlanEntry;
-  current: { owner: Owner; abort: AbortController } | undefined;
+  /** `cutoff`: set when the rule switched away: the old stream delivers nothing after it (etcd revision or Consul index). */
+  current: { owner: Owner; abort: AbortController; cutoff?: number } | undefined;
 }
 
 /**
@@ -82,13 +84,17 @@ export class KvWatch implements AsyncIterable<KvWatchEvent> {
     this.resolveClosed();
   }
 
-  /** @internal Moves the rule's part of the watch to `owner`; resolves once the new subscription is ready. */
-  async switchRule(rule: string, owner: Owner): Promise<void> {
+  /**
+   * @internal Moves the rule's part of the watch to `owner`; resolves once the new subscription is ready.
+   * `cutoff`: where the old owner's order ends at the flip (its etcd revision or Consul index), when known.
+   */
+  async switchRule(rule: string, owner: Owner, cutoff?: number): Promise<void> {
     for (const sub of this.subscriptions) {
       if (sub.entry.rule.name !== rule || this.ended) continue;
       const old = sub.current;
       // Not subscribed yet: it waits for the switch to finish and starts on the new owner.
       if (!old || old.owner === owner) continue;
+      old.cutoff = cutoff;
       // The marker goes in as the new stream becomes ready, before any of its events.
       await this.subscribe(sub, owner, () => this.push({ type: 'switch', rule, from: old.owner, to: owner }));
       // Writes that were in flight on the old owner still arrive for a moment.
@@ -101,7 +107,9 @@ export class KvWatch implements AsyncIterable<KvWatchEvent> {
     if (this.ended) return;
     const abort = new AbortController();
     this.abort.signal.addEventListener('abort', () => abort.abort(), { once: true });
-    sub.current = { owner, abort };
+    const state: NonNullable<Subscription['current']> = { owner, abort };
+    sub.current = state;
+    const afterFlip = (at: number) => state.cutoff !== undefined && at > state.cutoff;
     const { entry } = sub;
     const rule = entry.rule.name;
     let resolveReady!: () => void;
@@ -119,10 +127,12 @@ export class KvWatch implements AsyncIterable<KvWatchEvent> {
     const pump = async () => {
       if (owner === 'etcd') {
         for await (const change of etcd.watchPrefix(entry.etcdPrefix, options)) {
+          if (afterFlip(change.at)) continue;
           if (etcdKeyInPlan(this.host.mapping, entry, change.key)) this.push(toEvent(change, change.key, rule, 'etcd'));
         }
       } else {
         for await (const change of consul.watchPrefix(entry.consulPrefix!, options)) {
+          if (afterFlip(change.at)) continue;
           const key = consulKeyInPlan(this.host.mapping, entry, change.key);
           if (key) this.push(toEvent(change, key, rule, 'consul'));
         }

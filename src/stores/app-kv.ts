@@ -35,6 +35,12 @@ export interface AppKvChange<K> {
   type: 'put' | 'delete';
   key: K;
   value?: Buffer;
+  /**
+   * Where the change stands in its store's order: etcd's revision; Consul's
+   * ModifyIndex for a put, the answer's index for a delete (Consul keeps no
+   * index of a deleted key: the delete came at or before it).
+   */
+  at: number;
 }
 
 const RETRY_MIN_MS = 100;
@@ -87,7 +93,7 @@ export class EtcdAppKv implements AppKv<Buffer> {
             if (message.kind !== 'revision') continue;
             next = message.revision + 1;
             for (const event of message.events) {
-              yield event.type === 'put' ? { type: 'put', key: event.entry.key, value: event.entry.value } : { type: 'delete', key: event.entry.key };
+              yield event.type === 'put' ? { type: 'put', key: event.entry.key, value: event.entry.value, at: message.revision } : { type: 'delete', key: event.entry.key, at: message.revision };
             }
           }
         } finally {
@@ -162,10 +168,10 @@ export class ConsulAppKv implements AppKv<string> {
       const changes: AppKvChange<string>[] = [];
       for (const entry of answer.entries) {
         current.set(entry.key, entry.modifyIndex);
-        if (known && known.get(entry.key) !== entry.modifyIndex) changes.push({ type: 'put', key: entry.key, value: entry.value });
+        if (known && known.get(entry.key) !== entry.modifyIndex) changes.push({ type: 'put', key: entry.key, value: entry.value, at: entry.modifyIndex });
       }
       if (known) {
-        for (const key of known.keys()) if (!current.has(key)) changes.push({ type: 'delete', key });
+        for (const key of known.keys()) if (!current.has(key)) changes.push({ type: 'delete', key, at: answer.index });
       }
       const first = !known;
       known = current;
