@@ -219,6 +219,14 @@ describe('createKvClient', () => {
     expect(shadow.mismatchedKeys.sort()).toEqual([`${m.from}differs`, `${m.from}only-etcd`]);
     expect(mismatches.map((e) => e.verdict).sort()).toEqual(['missing-in-consul', 'value-differs']);
     expect(JSON.stringify([mismatches, client.stats()])).not.toMatch(/secret-/);
+
+    // Finalized: etcd is no longer mirrored, so its stale copy is not compared (it was a false mismatch).
+    const switched = nextEvent<SwitchEvent>(client, 'switch', 2_000);
+    await m.writePhase('consul', 'finalized');
+    await switched;
+    await client.get(`${m.from}differs`);
+    await client.shadowSettled();
+    expect(client.stats().shadow).toMatchObject({ compared: 3, mismatches: 2 });
   });
 
   it('watches puts and deletes in etcd terms from either owner, and deletes in the owner only', async () => {

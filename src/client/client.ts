@@ -275,7 +275,8 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   async get(key: KvKey): Promise<Buffer | undefined> {
     return this.run('get', key, async (route, rt, owner) => {
       const value = await this.read(owner, route);
-      if (this.shadow && rt.followed && sampled(this.shadow.sampleRate, this.shadow.random)) this.startShadow(route, rt, owner, value);
+      // A finalized rule is no longer mirrored: etcd's copy is stale by design, nothing to compare.
+      if (this.shadow && rt.followed && rt.phase.phase !== 'finalized' && sampled(this.shadow.sampleRate, this.shadow.random)) this.startShadow(route, rt, owner, value);
       return value;
     });
   }
