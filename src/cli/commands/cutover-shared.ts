@@ -33,7 +33,8 @@ export function drainMs(options: TransitionFlags): number {
 export function requireConfirmation(ctx: CommandContext, command: string, options: TransitionFlags): ((rules: string[]) => Promise<boolean>) | undefined {
   if (options.yes) return undefined;
   if (!ctx.interactive) {
-    throw new UsageError('confirmation_required', `migrate ${command} changes which store applications write to and needs confirmation; there is no terminal to ask on.`, {
+    const what = command === 'finalize' ? 'stops mirroring the rules for good' : 'changes which store applications write to';
+    throw new UsageError('confirmation_required', `migrate ${command} ${what} and needs confirmation; there is no terminal to ask on.`, {
       hint: `Pass --yes to confirm (check \`migrate status\` first).`,
     });
   }
