@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createKvClient, type KvClient, type KvWatchEvent, type MismatchEvent, type SwitchEvent } from '../src/client/index.js';
-import { freePort } from '../scripts/local-servers.js';
+import { freePort, startConsulCluster } from '../scripts/local-servers.js';
 import { loadConfig } from '../src/config/load.js';
 import { configDir, consulTarget, privateConsul, rawEtcd, serverEnv, uniquePrefix } from './support/harness.js';
+import { eventually } from './support/dualrun.js';
 
 /**
  * The Node client against the real servers: the test plays `migrate cutover`
@@ -323,6 +324,25 @@ describe('createKvClient', () => {
       if (!stopped) await own.stop();
     }
   }, 30_000);
+
+  it('follows again as soon as Consul is back, not after the blocking query\'s wait', async () => {
+    const m = migration('client-back');
+    const consul = await startConsulCluster({ size: 1 });
+    const member = consul.members[0]!;
+    try {
+      const client = await open(m, { env: serverEnv({ CONSUL_HTTP_ADDR: member.address }), blockingWaitSeconds: 120 });
+      await member.kill();
+      await eventually('retrying', async () => client.stats().rules.app!.following === 'retrying', 20_000);
+      await member.restart();
+      await consul.healthy();
+      const back = Date.now();
+      await eventually('following again', async () => client.stats().rules.app!.following === 'ok', 20_000);
+      expect(Date.now() - back).toBeLessThan(15_000);
+      await client.close();
+    } finally {
+      await consul.stop();
+    }
+  }, 90_000);
 
   it('says which server is unreachable', async () => {
     const m = migration('client-down');

@@ -535,6 +535,9 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
         rt.followError = err as Error;
         await sleep(delay, this.closing.signal);
         delay = Math.min(5_000, delay * 2);
+        // Asked again at once, not blocking: a Consul that is back answers now, so `following` says `ok`
+        // again within the retry (a blocking query on the old index kept it `retrying` until its wait ran out).
+        index = 0;
         continue;
       }
       delay = 100;
