@@ -425,8 +425,14 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       expect(refused.stdout).toMatch(/FAIL app: etcd write\s+the etcd user may not write .*app\/, and after the cutover the reverse mirror writes Consul's changes back there: grant its role readwrite/);
       expect(await phaseDoc()).toBe(before);
       expect(readdirSync(dir)).not.toContain('migrate-rollback');
-      // The grants `migrate acl` prints for the cutover.
       const role = root.role(acl.etcd.role);
+      // Write on the prefix key alone (a grant without --prefix): the range under it is still read-only.
+      await role.grant({ permission: 'Readwrite', range: new Range(Buffer.from(`${p}app/`), Buffer.from(`${p}app/\0`)) });
+      const narrow = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now'], { cwd: dir, env: env() });
+      expect(narrow.code, narrow.stdout + narrow.stderr).toBe(4);
+      expect(narrow.stdout).toMatch(/FAIL app: etcd write\s+the etcd user may not write/);
+      expect(await phaseDoc()).toBe(before);
+      // The grants `migrate acl` prints for the cutover.
       for (const perm of acl.etcd.permissions.filter((x) => x.when === 'cutover')) {
         await role.grant({ permission: 'Readwrite', range: new Range(Buffer.from(perm.keyBase64, 'base64'), Buffer.from(perm.rangeEndBase64, 'base64')) });
       }

@@ -1,5 +1,6 @@
 import type { Etcd3 } from 'etcd3';
 import { MigrateError, ServerError } from '../errors.js';
+import { prefixRange } from './key-range.js';
 
 /**
  * One write to etcd: a put of bytes (no lease) or a delete of one key; a delete
@@ -24,11 +25,13 @@ export class SourceChangedError extends Error {
 export interface SourceWriter {
   applyTxn(ops: readonly SourceWriteOp[]): Promise<number>;
   /**
-   * Whether etcd lets this user put `key`, asked without writing: a txn whose
-   * compare never holds, with the put in its success branch, which etcd checks
-   * for permission all the same. Throws `etcd_permission_denied` if not.
+   * Whether etcd lets this user write every key under `prefix`, asked without
+   * writing: a txn whose compare never holds, with a delete of the whole range
+   * in its success branch, which etcd checks for permission all the same (a
+   * grant of the prefix key alone, without its range, does not pass). Throws
+   * `etcd_permission_denied` if not.
    */
-  probeWrite(key: Buffer): Promise<void>;
+  probeWrite(prefix: Buffer): Promise<void>;
 }
 
 /** etcd's default `--max-txn-ops`. */
@@ -54,10 +57,15 @@ export class EtcdWriter implements SourceWriter {
     }
   }
 
-  async probeWrite(key: Buffer): Promise<void> {
+  async probeWrite(prefix: Buffer): Promise<void> {
     try {
-      // No key has a version below 0: the put is never applied, nor is a revision made.
-      const response = await this.client.kv.txn({ compare: [{ key, target: 'Version', result: 'Less', version: '0' }], success: [{ request_put: { key, value: Buffer.alloc(0) } }], failure: [] });
+      // No key has a version below 0: the delete is never applied, nor is a revision made.
+      const range = prefixRange(prefix);
+      const response = await this.client.kv.txn({
+        compare: [{ key: range.start, target: 'Version', result: 'Less', version: '0' }],
+        success: [{ request_delete_range: { key: range.start, range_end: range.end.length > 0 ? range.end : Buffer.from([0]) } }],
+        failure: [],
+      });
       if (response.succeeded) throw new Error('internal: the write probe\'s compare held');
     } catch (err) {
       throw this.toError(err, 'a write probe');
