@@ -37,6 +37,12 @@ describe('migrate export (real servers)', () => {
       expect(run.stdout).not.toContain('aGVsbG8=');
       const entries = JSON.parse(readFileSync(out, 'utf8')) as { key: string; flags: number; value: string }[];
       expect(entries.map((e) => e.key).sort()).toEqual([`${id}/app/binary`, `${id}/app/empty`, `${id}/app/leased`, `${id}/app/text`, `${id}/legacy/~2Fdouble`].sort());
+      // To standard output through a pipe (`migrate export --out /dev/stdout | consul kv import -`): the same
+      // document, whole on stdout, with what was done on stderr.
+      const piped = await runCli(['export', '--out', '/dev/stdout'], { cwd: dir, env: serverEnv() });
+      expect(piped.code, piped.stderr).toBe(0);
+      expect((JSON.parse(piped.stdout) as { key: string }[]).map((e) => e.key).sort()).toEqual(entries.map((e) => e.key).sort());
+      expect(piped.stderr).toContain('Exported 5 key(s)');
 
       // Import it the way `consul kv import` does: one PUT per entry with its flags.
       const own = await privateConsul();

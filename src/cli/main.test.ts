@@ -66,6 +66,13 @@ describe('CLI contract (in-process)', () => {
     expect(t.err).toContain('\\x1b[31mRED');
   });
 
+  it('a --summary-file in a missing directory is refused before the verify (it crashed after a verify that passed)', async () => {
+    const t = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml', CONSUL_HTTP_ADDR: 'http://127.0.0.1:1', ETCDCTL_ENDPOINTS: 'http://127.0.0.1:1' });
+    expect(await main(['verify', '--summary-file', '/nonexistent-dir-migrate/s.md', '--progress', 'none'], t)).toBe(2);
+    expect(t.err).toContain('error[file_unwritable]: Cannot write /nonexistent-dir-migrate/s.md (--summary-file): /nonexistent-dir-migrate is not a directory.');
+    expect(t.err).not.toContain('config_not_found');
+  });
+
   it('with --progress json an error is an NDJSON event on stderr too, so stderr holds nothing else', async () => {
     const t = io({ MIGRATE_CONFIG: join(tmpdir(), 'no-such-dir-migrate', 'migration.yaml') });
     expect(await main(['copy', '--progress', 'json'], t)).toBe(2);
@@ -100,6 +107,8 @@ describe('CLI contract (in-process)', () => {
       [['verify', '--rounds', '1000000'], '--rounds must be at most 100, not 1000000'],
       [['copy', '--page-keys', '99999999999999999999'], '--page-keys must be a whole number ≥ 1, not "99999999999999999999"'],
       [['audit', '--page-keys', '200000'], '--page-keys must be at most 100000, not 200000'],
+      // The summary file is checked before anything is read: not after a verify that passed.
+      [['verify', '--summary-file', '-'], '--summary-file - would write a file named "-"'],
       // A preview flag without the preview: refused, not a real copy.
       [['copy', '--show-ops'], '--show-ops lists the operations of a dry-run; without --dry-run this would copy'],
     ];

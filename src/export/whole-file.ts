@@ -44,7 +44,8 @@ export class WholeFile {
       const stat = statSync(file);
       if (stat.isDirectory()) throw this.unwritable(new Error('it is a directory; name a file'));
       this.direct = !stat.isFile();
-      this.path = realpathSync(file);
+      // A device or pipe is opened by the name given: /dev/stdout on a pipe resolves to `pipe:[…]`, which cannot be opened.
+      this.path = this.direct ? file : realpathSync(file);
     }
     this.partial = `${this.path}.partial-${process.pid}`;
   }

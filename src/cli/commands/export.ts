@@ -1,6 +1,8 @@
+import { once } from 'node:events';
 import { resolve } from 'node:path';
 import { Command } from 'commander';
-import { ExitCode } from '../../errors.js';
+import { ExitCode, UsageError } from '../../errors.js';
+import type { ExportSink } from '../../export/export.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 
@@ -20,15 +22,19 @@ export function registerExport({ add }: CommandRegistrar): void {
       const loaded = await ctx.loadConfig(options.config, true);
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const source = new EtcdSource(connections.source);
-      // Replaces an earlier export only once whole: a failed export leaves no cut-off file.
-      const out = new WholeFile(resolve(ctx.io.cwd, options.out), { replace: true, flag: '--out' });
+      // To standard output (`--out /dev/stdout | consul kv import -`): written to this process's stdout, whatever
+      // it is (a pipe, a socket, which cannot be opened by name), and what was done is said on stderr.
+      const toStdout = STDOUT_NAMES.includes(options.out);
+      // Else replaces an earlier export only once whole: a failed export leaves no cut-off file.
+      const out = toStdout ? stdoutSink(process.stdout) : new WholeFile(resolve(ctx.io.cwd, options.out), { replace: true, flag: '--out' });
       try {
         const result = await runExport({ source, config: loaded.config, mapping: loaded.mapping }, () => out.open(), { signal: ctx.signal, onWarning: (message) => ctx.warn(message) });
         await out.commit();
-        if (ctx.format === 'json') ctx.result(renderEnvelope('export', 'ok', { file: options.out, ...result }));
+        const say = toStdout ? (text: string) => ctx.log(text) : (text: string) => ctx.result(text);
+        if (ctx.format === 'json') say(renderEnvelope('export', 'ok', { file: options.out, ...result }));
         else {
           const skipped = Object.entries(result.skipped).flatMap(([rule, reasons]) => Object.entries(reasons).map(([reason, n]) => `  ${rule}: ${n} key(s) not exported: ${reason}`));
-          ctx.result([
+          say([
             `Exported ${result.exported} key(s), ${result.bytes} bytes of values, at etcd revision ${result.revision} to ${options.out}.`,
             ...skipped,
             ...(result.leasedAsPlain ? [`  ${result.leasedAsPlain} leased key(s) exported as plain keys: \`consul kv import\` cannot attach sessions, so they will not expire in Consul.`] : []),
@@ -41,4 +47,25 @@ export function registerExport({ add }: CommandRegistrar): void {
       }
     },
   );
+}
+
+const STDOUT_NAMES = ['/dev/stdout', '/dev/fd/1', '/proc/self/fd/1'];
+
+/** The export into this process's standard output: started once (what went out cannot be taken back). */
+function stdoutSink(stdout: NodeJS.WritableStream): { open(): ExportSink; commit(): Promise<void>; drop(): void } {
+  let opened = false;
+  return {
+    open() {
+      if (opened) throw new UsageError('file_unwritable', 'Cannot write standard output (--out /dev/stdout) again: what was written into it cannot be taken back to start again.', { hint: 'Write the export to a file (--out kv.json).' });
+      opened = true;
+      return {
+        write: async (chunk) => {
+          if (!stdout.write(chunk)) await once(stdout, 'drain');
+        },
+        discard: () => undefined,
+      };
+    },
+    commit: async () => undefined,
+    drop: () => undefined,
+  };
 }

@@ -1,5 +1,5 @@
-import { appendFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { appendFileSync, statSync } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
 import { Command } from 'commander';
 import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
 import type { DatacenterVerify } from '../../verify/render.js';
@@ -86,7 +86,7 @@ Examples:
       const { renderVerify, renderVerifyError, renderVerifyDatacenters, datacentersVerdict } = await import('../../verify/render.js');
       const { createValueHasher } = await import('../../report/hash.js');
       const { createProgressView } = await import('../../report/progress.js');
-      const summaryFile = options.summaryFile ? resolve(ctx.io.cwd, options.summaryFile) : undefined;
+      const summaryFile = options.summaryFile ? summaryTarget(resolve(ctx.io.cwd, options.summaryFile)) : undefined;
       const view = createProgressView(ctx);
       const progress = { title: 'verifying', items: [] as ProgressItem[], retries: 0, startedAt: Date.now() };
       let migration = '(no configuration)';
@@ -146,11 +146,11 @@ Examples:
         if (!several) {
           const result = entries[0]!.result!;
           ctx.result(renderVerify(result, ctx.format));
-          if (summaryFile) appendFileSync(summaryFile, renderVerify(result, 'markdown'));
+          if (summaryFile) appendSummary(summaryFile, renderVerify(result, 'markdown'));
           return result.clean ? ExitCode.ok : ExitCode.findings;
         }
         ctx.result(renderVerifyDatacenters(migration, entries, ctx.format));
-        if (summaryFile) appendFileSync(summaryFile, renderVerifyDatacenters(migration, entries, 'markdown'));
+        if (summaryFile) appendSummary(summaryFile, renderVerifyDatacenters(migration, entries, 'markdown'));
         const verdict = datacentersVerdict(entries);
         return verdict === 'ok' ? ExitCode.ok : verdict === 'drift' ? ExitCode.findings : ExitCode.server;
       } catch (err) {
@@ -159,7 +159,7 @@ Examples:
         await view.close();
         const artifact = renderVerifyError(err, ctx.format, migration);
         if (artifact) ctx.result(artifact);
-        if (summaryFile) appendFileSync(summaryFile, renderVerifyError(err, 'markdown', migration)!);
+        if (summaryFile) appendSummary(summaryFile, renderVerifyError(err, 'markdown', migration)!);
         throw err;
       } finally {
         await view.close();
@@ -167,4 +167,26 @@ Examples:
       }
     },
   );
+}
+
+/** The --summary-file, checked before anything is read: its directory exists, and `-` is no file name. */
+function summaryTarget(file: string): string {
+  if (basename(file) === '-') throw new UsageError('flag_invalid', '--summary-file - would write a file named "-": it appends to a file.', { hint: 'Name a file, such as "$GITHUB_STEP_SUMMARY".' });
+  let directory = false;
+  try {
+    directory = statSync(dirname(file)).isDirectory();
+  } catch {
+    // Missing: said below.
+  }
+  if (!directory) throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): ${dirname(file)} is not a directory.`, { hint: 'Check the path, or create the directory first.' });
+  return file;
+}
+
+/** Appends the markdown summary; a failure is file_unwritable (exit 2), not an internal error after the report. */
+function appendSummary(file: string, text: string): void {
+  try {
+    appendFileSync(file, text);
+  } catch (err) {
+    throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): ${(err as Error).message}.`, { hint: 'Check the directory, its permissions and free space, or pass another path.' });
+  }
 }
