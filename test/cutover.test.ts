@@ -428,6 +428,24 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('a dual-run stopped cleanly right after a cutover on an idle etcd marks its checkpoint stopped', async () => {
+    const s = scenario('stopafter');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    let stopped = false;
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      stopped = true;
+      expect(await dr.stop()).toBe(0);
+    } finally {
+      if (!stopped) await dr.stop();
+    }
+    expect(dr.stderr()).not.toContain('could not mark the checkpoint stopped');
+    const checkpoint = JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString()) as { stopped?: string };
+    expect(checkpoint.stopped).toBeDefined();
+  }, 60_000);
+
   it('an etcd lease that ends after cutover takes its keys from both stores and trips no guard: etcd deleted them itself', async () => {
     const s = scenario('leaseend');
     await seed(s);

@@ -650,7 +650,15 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     if (ctx.lost.aborted) return 'leadership-lost';
     // A clean stop, still leading: the checkpoint once more, marked stopped, so status, verify
     // and cutover see at once that nothing replicates (not 20 s later, when the heartbeat goes stale).
-    await applier.flush(true, { stopped: true }).catch((err: unknown) => options.log('warn', `could not mark the checkpoint stopped: ${(err as Error).message}`));
+    await applier.flush(true, { stopped: true })
+      .catch(async (err: unknown) => {
+        // The owners document changed a moment ago and the follower has not read it yet: read it, and once more.
+        if (!(err instanceof OwnersChanged)) throw err;
+        const entry = await target.readKey(ownersKey(paths));
+        ownership.set(Ownership.parse(ownersKey(paths), entry), entry?.modifyIndex ?? 0);
+        await applier.flush(true, { stopped: true });
+      })
+      .catch((err: unknown) => options.log('warn', `could not mark the checkpoint stopped: ${(err as Error).message}`));
     return 'signal';
   } finally {
     clearInterval(leaseTimer);
@@ -967,6 +975,10 @@ class Applier {
 
   private async send(ops: TxnOp[], revision: number, plan?: RevisionPlan, stopped = false): Promise<void> {
     const stats = this.ctx.stats;
+    // A checkpoint alone carries no decision made under an older ownership: fenced by the current one. (On an
+    // idle etcd the fence moved only with the next event, so the checkpoint a clean stop writes just after a
+    // cutover or rollback failed its fence and was not marked stopped.)
+    if (ops.length === 0 && this.batcher.pendingOps === 0) this.fenceIndex = this.ownership.index;
     const updated = new Date().toISOString();
     const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', ...(stopped ? { stopped: updated } : {}) };
     const txn: TxnOp[] = [
