@@ -133,6 +133,8 @@ describe('runAudit without a mapping file (identity mapping)', () => {
     expect(result.totals.keys).toBeGreaterThan(0);
     expect(JSON.parse(renderAudit(result, 'json'))).toMatchObject({ status: 'interrupted', scope: { interrupted: true } });
     expect(renderAudit(result, 'text')).toMatch(/Result: INTERRUPTED, partial \(.*\): exit 130\./);
+    expect(renderAudit(result, 'markdown')).toContain('**Verdict: interrupted, partial**');
+    expect(renderAudit(result, 'markdown')).not.toContain('**Verdict: no blockers**');
   });
 
   it('etcd compacting the revision while the audit reads it: read again at the current one, with a warning; compacted every time, it fails with etcd_compacted', async () => {

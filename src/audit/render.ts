@@ -236,7 +236,8 @@ export function renderMarkdown(result: AuditResult): string {
   const s = result.source;
   const counts = countBySeverity(result.findings);
   out.push('# etcd → Consul migration audit', '');
-  out.push(result.blockers > 0 ? `**Verdict: ${plural(counts.blocker, 'blockers')}** to resolve before copying (${plural(counts.warning, 'warnings')}, ${counts.info} info).` : `**Verdict: no blockers** (${plural(counts.warning, 'warnings')}, ${counts.info} info).`, '');
+  if (result.scope.interrupted) out.push(`**Verdict: interrupted, partial** (${plural(counts.blocker, 'blockers')}, ${plural(counts.warning, 'warnings')}, ${counts.info} info so far).`, '');
+  else out.push(result.blockers > 0 ? `**Verdict: ${plural(counts.blocker, 'blockers')}** to resolve before copying (${plural(counts.warning, 'warnings')}, ${counts.info} info).` : `**Verdict: no blockers** (${plural(counts.warning, 'warnings')}, ${counts.info} info).`, '');
   if (result.scope.interrupted) out.push('> **Interrupted**: the figures cover only what was read (and sampled) before Ctrl-C.', '');
   out.push('| | |', '|---|---|');
   out.push(`| etcd | ${s.version}, cluster ${s.clusterId}, revision ${s.revision} |`);

@@ -68,6 +68,9 @@ describe('connection settings: flags > environment > file > defaults', () => {
     expect(c.target.token).toBe('env-file-token-0006');
     expect(c.origins['consul.token']).toBe('env');
     expect(() => resolveConnections(parseConfig('version: 1\nid: d\n', 'm.yaml').config, {}, { CONSUL_HTTP_TOKEN: '', CONSUL_HTTP_TOKEN_FILE: '/nonexistent/token' }, dir)).toThrow(/Cannot read the Consul token file/);
+    // An empty token file (a secret not mounted yet) is an error, not the anonymous token.
+    writeFileSync(join(dir, 'empty-token.txt'), '\n');
+    expect(() => resolveConnections(parseConfig('version: 1\nid: d\n', 'm.yaml').config, {}, { CONSUL_HTTP_TOKEN_FILE: join(dir, 'empty-token.txt') }, dir)).toThrow(/The Consul token file .*empty-token\.txt is empty/);
   });
 
   it('registers every secret it resolves so no output can carry it', () => {

@@ -26,13 +26,17 @@ export const DEFAULT_ETCD_ENDPOINT = 'http://127.0.0.1:2379';
 export const DEFAULT_CONSUL_ADDRESS = 'http://127.0.0.1:8500';
 
 function readSecretFile(path: string, what: string, baseDir: string): string {
+  let text: string;
   try {
-    return readFileSync(resolve(baseDir, path), 'utf8').trim();
+    text = readFileSync(resolve(baseDir, path), 'utf8').trim();
   } catch (err) {
     throw new UsageError('secret_file_unreadable', `Cannot read the ${what} file ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}.`, {
       hint: `Check the path of the ${what} file and its permissions.`,
     });
   }
+  // Empty (a secret not mounted yet): an error, not an anonymous token or an empty password.
+  if (text === '') throw new UsageError('secret_file_unreadable', `The ${what} file ${path} is empty.`, { hint: `Put the ${what} in the file (one line), or point at the right file.` });
+  return text;
 }
 
 function readPem(path: string | undefined, what: string, baseDir: string): Buffer | undefined {

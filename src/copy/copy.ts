@@ -434,21 +434,22 @@ async function refuseMassDeletes(deps: CopyDeps, copyRules: RuleConfig[], revisi
       }
     }
     if (options.signal.aborted) return;
-    if (await guardTrips(deps, [...targetKeys.leftovers()], targetKeys.size, sessions, options.signal)) throw deleteGuardError(rule.name, targetKeys.remaining, targetKeys.size, 'nothing was written or deleted');
+    const counted = await guardCount(deps, [...targetKeys.leftovers()], targetKeys.size, sessions, options.signal);
+    if (counted !== undefined) throw deleteGuardError(rule.name, counted, targetKeys.size, 'nothing was written or deleted');
   }
 }
 
 /**
- * Whether deleting `extraneous` of a rule's `targetKeys` Consul keys passes the delete guard, not
- * counting the keys held by a session of this migration whose etcd lease has ended: etcd deleted
- * those itself, with the lease, and Consul deletes them with the session. A rule of leased
- * registrations sheds many at once on ordinary churn (a re-baseline after a stop and a compaction
- * tripped on them), and that is no mass delete of the tool's making.
+ * The deletes of `extraneous` (of a rule's `targetKeys` Consul keys) that trip the delete guard, or
+ * undefined when it holds; not counting the keys held by a session of this migration whose etcd
+ * lease has ended: etcd deleted those itself, with the lease, and Consul deletes them with the
+ * session. A rule of leased registrations sheds many at once on ordinary churn (a re-baseline after
+ * a stop and a compaction tripped on them), and that is no mass delete of the tool's making.
  */
-async function guardTrips(deps: Pick<CopyDeps, 'source' | 'target'>, extraneous: string[], targetKeys: number, sessions: LeaseSessions, signal: AbortSignal): Promise<boolean> {
-  if (!deleteGuardTrips(extraneous.length, targetKeys)) return false;
+async function guardCount(deps: Pick<CopyDeps, 'source' | 'target'>, extraneous: string[], targetKeys: number, sessions: LeaseSessions, signal: AbortSignal): Promise<number | undefined> {
+  if (!deleteGuardTrips(extraneous.length, targetKeys)) return undefined;
   const leaseOf = new Map(sessions.records().map((r) => [r.sessionId, r.leaseId]));
-  if (leaseOf.size === 0) return true;
+  if (leaseOf.size === 0) return extraneous.length;
   const ended = new Map<string, Promise<boolean>>();
   let gone = 0;
   for (let i = 0; i < extraneous.length; i += READ_CHUNK_KEYS) {
@@ -460,7 +461,7 @@ async function guardTrips(deps: Pick<CopyDeps, 'source' | 'target'>, extraneous:
       if (await answer) gone++;
     }
   }
-  return deleteGuardTrips(extraneous.length - gone, targetKeys);
+  return deleteGuardTrips(extraneous.length - gone, targetKeys) ? extraneous.length - gone : undefined;
 }
 
 function deleteGuardError(rule: string, deletes: number, targetKeys: number, outcome: string): RefusedError {
@@ -578,7 +579,8 @@ async function copyRule(
       stats.extraneousExamples.push(key);
     }
     if (options.deleteExtraneous && extraneous > 0) {
-      if (!options.allowMassDelete && (await guardTrips(deps, [...targetKeys.leftovers()], initialTargetKeys, sessions, options.signal))) throw deleteGuardError(rule.name, extraneous, initialTargetKeys, 'none of them was deleted');
+      const counted = options.allowMassDelete ? undefined : await guardCount(deps, [...targetKeys.leftovers()], initialTargetKeys, sessions, options.signal);
+      if (counted !== undefined) throw deleteGuardError(rule.name, counted, initialTargetKeys, 'none of them was deleted');
       stats.deleted = await engine.deleteKeys([...targetKeys.leftovers()], sessions.own, stats);
     }
   }

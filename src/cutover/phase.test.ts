@@ -31,7 +31,9 @@ describe('derivePhase', () => {
   it('a verify within its --allow budget fails cutover\'s verify check, and status says to resolve what it tolerated', () => {
     expect(checkVerify(verify('within-budget'), 'app', now, 15 * 60_000)).toMatchObject({ ok: false, detail: expect.stringContaining('found 2 difference(s) in rule app, within its --allow budget: a cutover needs parity') });
     expect(checkVerify(verify('parity'), 'app', now, 15 * 60_000)).toMatchObject({ ok: true });
-    expect(nextStep('app', 'mirroring', { running: true, verifyClean: false, verifyAgeMs: 1000, maxVerifyAgeMs: 900_000, trips: 0, tolerated: 2 })).toBe('resolve the 2 difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify');
+    for (const phase of ['mirroring', 'rolledback'] as const) {
+      expect(nextStep('app', phase, { running: true, verifyClean: false, verifyAgeMs: 1000, maxVerifyAgeMs: 900_000, trips: 0, tolerated: 2 })).toBe('resolve the 2 difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify');
+    }
   });
 
   it('a written phase wins over the derivation', () => {

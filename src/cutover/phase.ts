@@ -206,6 +206,7 @@ export function nextStep(rule: string, phase: RulePhase, facts: { running: boole
     case 'verified':
     case 'rolledback':
       if (!facts.running) return 'start migrate dualrun';
+      if (facts.tolerated) return `resolve the ${facts.tolerated} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify`;
       if (facts.verifyClean !== true) return 'migrate verify (the last one drifted or is missing)';
       if (facts.verifyAgeMs !== undefined && facts.verifyAgeMs > facts.maxVerifyAgeMs) return `migrate cutover --rule ${rule} --verify-now (the last verify is stale)`;
       return `migrate cutover --rule ${rule}`;

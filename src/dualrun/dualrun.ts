@@ -888,7 +888,7 @@ class Applier {
     this.options.log('warn', `late write: etcd ${event.type} of ${key} under rule ${rule}, which Consul owns; not replicated (verify fails until acknowledged)`, { rule, key, revision });
     const pending = this.lateTrips.get(rule) ?? { count: 0, keys: [] as string[], revision: 0, firstAt: new Date().toISOString() };
     pending.count++;
-    pending.revision = revision;
+    pending.revision = Math.max(pending.revision, revision);
     if (!pending.keys.includes(key) && pending.keys.length < TRIP_KEYS_KEPT) pending.keys.push(key);
     this.lateTrips.set(rule, pending);
     // Recorded in batches: an application that was never switched must not slow replication down to one CAS per write.
@@ -908,7 +908,7 @@ class Applier {
         late.count += pending.count;
         late.firstAt ??= pending.firstAt;
         late.lastAt = at;
-        late.lastRevision = pending.revision;
+        late.lastRevision = Math.max(late.lastRevision ?? 0, pending.revision);
         for (const key of pending.keys) if (!late.keys.includes(key) && late.keys.length < TRIP_KEYS_KEPT) late.keys.push(key);
       }).catch((err) => this.options.log('warn', `could not record ${pending.count} late write(s) under rule ${rule}: ${(err as Error).message}`));
     }
