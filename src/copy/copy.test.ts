@@ -411,6 +411,23 @@ describe('copy progress', () => {
     for (const s of seen) expect(s.reported).toBeLessThanOrEqual(s.landed);
     expect(seen.at(-1)!.reported).toBe(31);
   });
+
+  it('goes on while the last batches land (it froze until the end under --rate)', async () => {
+    const { source, target } = world();
+    const apply = target.applyTxn.bind(target);
+    target.applyTxn = async (ops) => {
+      await new Promise((r) => setTimeout(r, 300));
+      return apply(ops);
+    };
+    const o = options({ concurrency: 2 });
+    await runCopy(deps(source, target), o);
+    const done = o.events.findIndex((e) => e.type === 'rule-done');
+    const after = o.events.slice(done + 1).filter((e) => e.type === 'progress') as Extract<CopyProgressEvent, { type: 'progress' }>[];
+    // Ticks while draining, then the final figure.
+    expect(after.length).toBeGreaterThan(1);
+    expect(after[0]!.keysDone).toBeLessThan(31);
+    expect(after.at(-1)!.keysDone).toBe(31);
+  });
 });
 
 describe('copy and Consul\'s lock delay', () => {

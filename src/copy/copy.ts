@@ -380,7 +380,14 @@ async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleCon
     stats.push(ruleStats);
     options.onProgress?.({ type: 'rule-done', rule: rule.name });
   }
-  await engine.drain();
+  // The last batches land (up to twice the concurrency of txns, seconds under --rate): progress goes on meanwhile.
+  const last = stats.at(-1);
+  const ticker = last ? setInterval(() => options.onProgress?.({ type: 'progress', rule: last.name, keysDone: Math.max(0, last.sourceKeys - engine.unlanded), bytes: last.bytesWritten, retries: engine.retries }), PROGRESS_EVERY_MS) : undefined;
+  try {
+    await engine.drain();
+  } finally {
+    clearInterval(ticker);
+  }
   // Every write has landed: the bytes of each rule's last batches (and single PUTs) count only now.
   if (!options.signal.aborted) for (const s of stats) options.onProgress?.({ type: 'progress', rule: s.name, keysDone: s.sourceKeys, bytes: s.bytesWritten, retries: engine.retries });
   // Service rules after the KV rules: the catalog is read once, on the agent the tool registers on.
