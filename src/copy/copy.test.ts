@@ -384,6 +384,15 @@ describe('copy --resume with nothing to resume', () => {
   });
 });
 
+/** Every txn takes `ms` before it lands, as on a loaded Consul or under --rate. */
+function slowTxns(target: MemoryTarget, ms: number): void {
+  const apply = target.applyTxn.bind(target);
+  target.applyTxn = async (ops) => {
+    await new Promise((r) => setTimeout(r, ms));
+    return apply(ops);
+  };
+}
+
 describe('copy progress', () => {
   it('ends each rule with every key done and every byte written, the last batches\' included', async () => {
     const { source, target } = world();
@@ -399,11 +408,7 @@ describe('copy progress', () => {
 
   it('counts a key done once its write has landed in Consul, not when it was queued: with slow txns the figures never run ahead of Consul', async () => {
     const { source, target } = world();
-    const apply = target.applyTxn.bind(target);
-    target.applyTxn = async (ops) => {
-      await new Promise((r) => setTimeout(r, 15));
-      return apply(ops);
-    };
+    slowTxns(target, 15);
     const landed = () => [...target.entries.keys()].filter((k) => k.startsWith('app/k') || k === 'app/leased').length;
     const seen: { reported: number; landed: number }[] = [];
     await runCopy(deps(source, target), options({ concurrency: 4, onProgress: (e) => e.type === 'progress' && seen.push({ reported: e.keysDone, landed: landed() }) }));
@@ -414,11 +419,7 @@ describe('copy progress', () => {
 
   it('goes on while the last batches land (it froze until the end under --rate)', async () => {
     const { source, target } = world();
-    const apply = target.applyTxn.bind(target);
-    target.applyTxn = async (ops) => {
-      await new Promise((r) => setTimeout(r, 300));
-      return apply(ops);
-    };
+    slowTxns(target, 300);
     const o = options({ concurrency: 2 });
     await runCopy(deps(source, target), o);
     const done = o.events.findIndex((e) => e.type === 'rule-done');
