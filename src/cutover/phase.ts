@@ -191,6 +191,8 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
   return 'mirroring';
 }
 
+const resolveTolerated = (n: number) => `resolve the ${n} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify`;
+
 /** What the operator does next, for `status`. */
 export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; copyInterrupted?: boolean; tolerated?: number }): string {
   if (facts.trips > 0 && phase === 'cutover') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then migrate cutover --rule ${rule} --acknowledge-trips (the rule stays cut over)`;
@@ -202,11 +204,11 @@ export function nextStep(rule: string, phase: RulePhase, facts: { running: boole
       return 'migrate dualrun (keep it running)';
     case 'mirroring':
       if (!facts.running) return 'start migrate dualrun, then migrate verify';
-      return facts.tolerated ? `resolve the ${facts.tolerated} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify` : 'migrate verify';
+      return facts.tolerated ? resolveTolerated(facts.tolerated) : 'migrate verify';
     case 'verified':
     case 'rolledback':
       if (!facts.running) return 'start migrate dualrun';
-      if (facts.tolerated) return `resolve the ${facts.tolerated} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify`;
+      if (facts.tolerated) return resolveTolerated(facts.tolerated);
       if (facts.verifyClean !== true) return 'migrate verify (the last one drifted or is missing)';
       if (facts.verifyAgeMs !== undefined && facts.verifyAgeMs > facts.maxVerifyAgeMs) return `migrate cutover --rule ${rule} --verify-now (the last verify is stale)`;
       return `migrate cutover --rule ${rule}`;

@@ -139,7 +139,8 @@ export class WholeFile {
   }
 }
 
-function isDirectory(path: string): boolean {
+/** Whether `path` is a directory (false when it is missing or unreadable). */
+export function isDirectory(path: string): boolean {
   try {
     return statSync(path).isDirectory();
   } catch {

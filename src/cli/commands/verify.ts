@@ -1,4 +1,5 @@
-import { appendFileSync, statSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
+import { isDirectory } from '../../export/whole-file.js';
 import { basename, dirname, resolve } from 'node:path';
 import { Command } from 'commander';
 import { ExitCode, UsageError, isMigrateError } from '../../errors.js';
@@ -172,13 +173,7 @@ Examples:
 /** The --summary-file, checked before anything is read: its directory exists, and `-` is no file name. */
 function summaryTarget(file: string): string {
   if (basename(file) === '-') throw new UsageError('flag_invalid', '--summary-file - would write a file named "-": it appends to a file.', { hint: 'Name a file, such as "$GITHUB_STEP_SUMMARY".' });
-  let directory = false;
-  try {
-    directory = statSync(dirname(file)).isDirectory();
-  } catch {
-    // Missing: said below.
-  }
-  if (!directory) throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): ${dirname(file)} is not a directory.`, { hint: 'Check the path, or create the directory first.' });
+  if (!isDirectory(dirname(file))) throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): ${dirname(file)} is not a directory.`, { hint: 'Check the path, or create the directory first.' });
   return file;
 }
 
