@@ -605,10 +605,12 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     rt.switching = new Promise((resolve) => (release = resolve));
     try {
       // Watches first get their starting point on the new owner, so no write made after the switch escapes them.
-      // The old owner's stream ends at the flip: past it come only the other direction's copies of the new
-      // owner's writes (the reverse mirror into etcd after a cutover, the dual-run into Consul after a
-      // rollback), which arrived as duplicates, some after newer events of the new owner.
-      const cutoff = next.owner === 'consul' ? next.flipRevision : next.modifyIndex || undefined;
+      // Behind a write fence (writes were paused before the flip, as `cutover` and `rollback` do), the old
+      // owner's stream ends at the flip: past it come only the other direction's copies of the new owner's
+      // writes (the reverse mirror into etcd after a cutover, the dual-run into Consul after a rollback),
+      // which arrived as duplicates, some after newer events of the new owner. Without the fence (a phase
+      // document written by hand), writes in flight may land on the old owner after the flip: delivered.
+      const cutoff = !rt.phase.writesPaused ? undefined : next.owner === 'consul' ? next.flipRevision : next.modifyIndex || undefined;
       const resubscribed = Promise.allSettled([...this.watches].map((watch) => watch.switchRule(rt.rule.name, next.owner, cutoff)));
       await Promise.race([resubscribed, sleep(SWITCH_WAIT_MS, this.closing.signal)]);
     } finally {

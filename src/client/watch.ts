@@ -10,8 +10,9 @@ export type KvWatchEvent =
   /**
    * The rule's owner changed. Every event from `to` comes after this one;
    * events from `from` may still follow for a moment (`watchDrainMs`): the
-   * old stream's last deliveries, and writes that were in flight, up to the
-   * flip (after it, `from` only shows copies of `to`'s writes, not delivered).
+   * old stream's last deliveries, and writes that were in flight; behind the
+   * write fence of `cutover` and `rollback`, only up to the flip (after it,
+   * `from` only shows copies of `to`'s writes, not delivered).
    * When the stores were not in step, re-read what matters.
    */
   | { type: 'switch'; rule: string; from: Owner; to: Owner };
