@@ -417,6 +417,20 @@ describe('copy progress', () => {
     expect(seen.at(-1)!.reported).toBe(31);
   });
 
+  it('with several rules, counts each rule\'s own writes in flight: never below 0 (the next rule started while the last one\'s batches landed)', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget({}, { txnMaxOps: 4 });
+    const two = parseConfig('version: 1\nid: two\nrules:\n  - { name: a, from: /a/, to: a/ }\n  - { name: b, from: /b/, to: b/ }\n', 'migration.yaml');
+    for (let i = 0; i < 40; i++) source.put(`/a/k${i}`, 'v');
+    for (let i = 0; i < 40; i++) source.put(`/b/k${i}`, 'v');
+    slowTxns(target, 40);
+    const o = options({ concurrency: 2 });
+    await runCopy({ source, target, config: two.config, mapping: two.mapping }, o);
+    const progress = o.events.filter((e) => e.type === 'progress') as Extract<CopyProgressEvent, { type: 'progress' }>[];
+    expect(progress.filter((e) => e.rule === 'b').length).toBeGreaterThan(1);
+    for (const e of progress) expect(e.keysDone, `${e.rule}`).toBeGreaterThanOrEqual(0);
+  });
+
   it('goes on while the last batches land (it froze until the end under --rate)', async () => {
     const { source, target } = world();
     slowTxns(target, 300);

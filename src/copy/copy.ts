@@ -382,7 +382,7 @@ async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleCon
   }
   // The last batches land (up to twice the concurrency of txns, seconds under --rate): progress goes on meanwhile.
   const last = stats.at(-1);
-  const ticker = last ? setInterval(() => options.onProgress?.({ type: 'progress', rule: last.name, keysDone: Math.max(0, last.sourceKeys - engine.unlanded), bytes: last.bytesWritten, retries: engine.retries }), PROGRESS_EVERY_MS) : undefined;
+  const ticker = last ? setInterval(() => options.onProgress?.({ type: 'progress', rule: last.name, keysDone: Math.max(0, last.sourceKeys - engine.unlanded(last.name)), bytes: last.bytesWritten, retries: engine.retries }), PROGRESS_EVERY_MS) : undefined;
   try {
     await engine.drain();
   } finally {
@@ -553,13 +553,13 @@ async function copyRule(
         // flight: up to twice the concurrency of txns), at most every PROGRESS_EVERY_MS.
         if (Date.now() - progressAt >= PROGRESS_EVERY_MS) {
           progressAt = Date.now();
-          options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: keysDone + Math.floor((page.entries.length * (i + 1)) / plan.writes.length) - engine.unlanded, bytes: stats.bytesWritten, retries: engine.retries });
+          options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: Math.max(0, keysDone + Math.floor((page.entries.length * (i + 1)) / plan.writes.length) - engine.unlanded(rule.name)), bytes: stats.bytesWritten, retries: engine.retries });
         }
       }
       if (options.signal.aborted) break;
       tracker.closePage(pageId);
       keysDone += page.entries.length;
-      options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: keysDone - engine.unlanded, bytes: stats.bytesWritten, retries: engine.retries });
+      options.onProgress?.({ type: 'progress', rule: rule.name, keysDone: Math.max(0, keysDone - engine.unlanded(rule.name)), bytes: stats.bytesWritten, retries: engine.retries });
     }
     await engine.flush();
     if (!options.signal.aborted) tracker.finish();
@@ -607,8 +607,8 @@ function recordSkip(stats: RuleCopyStats, skip: PlannedSkip): void {
 class CopyEngine {
   txns = 0;
   retries = 0;
-  /** Writes handed to the engine that have not landed yet (batched, queued or in flight). */
-  unlanded = 0;
+  /** Per rule, writes handed to the engine that have not landed yet (batched, queued or in flight). */
+  private readonly unlandedByRule = new Map<string, number>();
   private readonly limit: ReturnType<typeof pLimit>;
   private readonly inflight = new Set<Promise<void>>();
   private readonly batcher: TxnBatcher;
@@ -626,6 +626,15 @@ class CopyEngine {
     this.reservedBytes = Math.ceil((4 / 3) * (512 + Object.keys(state.rules).reduce((n, name) => n + name.length + 48, 0) + (4 / 3) * LOW_WATER_KEY_MAX));
     this.batcher = new TxnBatcher(limits, { reservedOps: 1, reservedBytes: this.reservedBytes });
     this.tokens = options.rate;
+  }
+
+  /** The rule's writes not landed yet. */
+  unlanded(rule: string): number {
+    return this.unlandedByRule.get(rule) ?? 0;
+  }
+
+  private landing(rule: string, delta: number): void {
+    this.unlandedByRule.set(rule, this.unlanded(rule) + delta);
   }
 
   trackRule(name: string): RuleTracker {
@@ -648,7 +657,7 @@ class CopyEngine {
     if (!groupFitsInTxn(ops, this.limits, { reservedOps: 1, reservedBytes: this.reservedBytes })) {
       // Too large for any txn: a single PUT (acquire for session-held keys), sent at once.
       tracker.hold(pageId);
-      this.unlanded++;
+      this.landing(write.rule, 1);
       await this.dispatch(async () => {
         await this.throttle(1);
         // Stopped while it waited: left unwritten and its page open, so --resume plans it.
@@ -657,7 +666,7 @@ class CopyEngine {
         if (!ok) await this.resolveConflicts([{ write, pageId, stats }]);
         else this.count(write, stats, true);
         tracker.release(pageId);
-        this.unlanded--;
+        this.landing(write.rule, -1);
       });
       return;
     }
@@ -667,7 +676,7 @@ class CopyEngine {
       if (this.batcher.add(op)) throw new Error('internal: the batcher closed a batch in the middle of one write');
     }
     tracker.hold(pageId);
-    this.unlanded++;
+    this.landing(write.rule, 1);
     this.batchWrites.push({ write, pageId, stats });
   }
 
@@ -727,7 +736,7 @@ class CopyEngine {
       }
     }
     for (const w of writes) this.trackers.get(w.write.rule)!.release(w.pageId);
-    this.unlanded -= writes.length;
+    for (const w of writes) this.landing(w.write.rule, -1);
   }
 
   /**

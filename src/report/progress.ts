@@ -90,7 +90,7 @@ export function createProgressView(ctx: CommandContext): ProgressView {
 }
 
 function bar(done: number, total: number, width = 24): string {
-  const filled = total > 0 ? Math.min(width, Math.round((done / total) * width)) : 0;
+  const filled = total > 0 ? Math.max(0, Math.min(width, Math.round((done / total) * width))) : 0;
   return `${'█'.repeat(filled)}${'░'.repeat(width - filled)}`;
 }
 
