@@ -746,6 +746,8 @@ class Applier {
   private readonly reserve = { reservedOps: 3, reservedBytes: 800 };
   /** The owners index every decision since the last txn was made under (the fence of the next txn). */
   private fenceIndex: number;
+  /** The revision of the last watch event handled (planned, whether or not it made ops). */
+  private lastEventRevision = 0;
   private readonly lateSeen = new Set<string>();
   private readonly lateTrips = new Map<string, { count: number; keys: string[]; revision: number; firstAt: string }>();
   private tripsTimer: NodeJS.Timeout | undefined;
@@ -794,6 +796,7 @@ class Applier {
       return;
     }
     stats.events += message.events.length;
+    this.lastEventRevision = message.revision;
     // Decisions made under an older ownership go out (fenced by its index) before any under the new one.
     if (this.fenceIndex !== this.ownership.index) {
       await this.flush();
@@ -975,10 +978,12 @@ class Applier {
 
   private async send(ops: TxnOp[], revision: number, plan?: RevisionPlan, stopped = false): Promise<void> {
     const stats = this.ctx.stats;
-    // A checkpoint alone carries no decision made under an older ownership: fenced by the current one. (On an
-    // idle etcd the fence moved only with the next event, so the checkpoint a clean stop writes just after a
-    // cutover or rollback failed its fence and was not marked stopped.)
-    if (ops.length === 0 && this.batcher.pendingOps === 0) this.fenceIndex = this.ownership.index;
+    // A checkpoint that passes no event beyond the last one committed carries no decision made under an older
+    // ownership: fenced by the current one. (On an idle etcd the fence moved only with the next event, so the
+    // checkpoint a clean stop writes just after a cutover or rollback failed its fence and was not marked
+    // stopped.) Events planned under the older ownership, even all dropped (no ops), keep its fence: a txn
+    // under a stale owners document must fail and be re-planned, or those events would be lost.
+    if (ops.length === 0 && this.batcher.pendingOps === 0 && this.lastEventRevision <= stats.checkpoint) this.fenceIndex = this.ownership.index;
     const updated = new Date().toISOString();
     const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', ...(stopped ? { stopped: updated } : {}) };
     const txn: TxnOp[] = [
