@@ -80,6 +80,23 @@ describe('LeaseSessions after a failure', () => {
     expect(await target.readSession(session!)).toBeDefined();
   });
 
+  it('adopts a recorded session by renewing it, so one near the end of its TTL is not reaped before the first renewal round', async () => {
+    const { source, target, ids } = world(3);
+    const first = new LeaseSessions(source, target, paths, 'demo');
+    const made = await first.ensureAll(ids);
+    const renewed: string[] = [];
+    const renewSession = target.renewSession.bind(target);
+    target.renewSession = async (id) => {
+      renewed.push(id);
+      return renewSession(id);
+    };
+    const later = new LeaseSessions(source, target, paths, 'demo');
+    await later.load();
+    await later.ensureAll(ids);
+    expect(later).toMatchObject({ adopted: 3, created: 0 });
+    expect(renewed.sort()).toEqual([...made.values()].sort());
+  });
+
   it('reload adopts the sessions another run recorded since (the re-baseline\'s copy), not the ones it had resolved', async () => {
     const { source, target, ids } = world(2);
     const dualrun = new LeaseSessions(source, target, paths, 'demo');

@@ -126,8 +126,8 @@ export class LeaseSessions {
   }
 
   /**
-   * The session mirroring `leaseId`: adopted when the recorded one still
-   * exists in Consul, else created. Undefined when the etcd lease is gone.
+   * The session mirroring `leaseId`: adopted (and renewed) when the recorded
+   * one still exists in Consul, else created. Undefined when the etcd lease is gone.
    */
   async ensure(leaseId: string): Promise<string | undefined> {
     return (await this.ensureAll([leaseId])).get(leaseId);
@@ -172,7 +172,10 @@ export class LeaseSessions {
 
   private async resolve(leaseId: string, writeRecord: (op: TxnOp) => Promise<void>): Promise<string | undefined> {
     const recorded = this.byLease.get(leaseId);
-    if (recorded && (await this.target.readSession(recorded.sessionId))) {
+    // Adopted by renewing it, not only by finding it: a session the last run stopped renewing may be
+    // near the end of its TTL, and Consul reaped one (with its keys) before this run's first renewal,
+    // half a TTL later, while the copy went on to exit 0 with the keys gone.
+    if (recorded && (await this.target.renewSession(recorded.sessionId))) {
       this.adopted++;
       return recorded.sessionId;
     }
