@@ -230,6 +230,15 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     const verifierToken = await tokenWith(verifierPolicy.name, verifierPolicy.rules);
     const ci = await runCli(['verify', '--rounds', '1', '--format', 'junit'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: verifierToken }) });
     expect(ci.code, ci.stdout + ci.stderr).toBe(0);
+    // Without read on "/<to>", Consul hides keys stranded with a leading "/" and verify would report parity over them.
+    const blind = Object.fromEntries(Object.entries(verifierPolicy.structured.key_prefix!).filter(([prefix]) => !prefix.startsWith('/')));
+    expect(Object.keys(blind).length).toBeLessThan(Object.keys(verifierPolicy.structured.key_prefix!).length);
+    const blindToken = await tokenWith(`${verifierPolicy.name}-blind`, JSON.stringify({ ...verifierPolicy.structured, key_prefix: blind }));
+    const blindRun = await runCli(['verify', '--rounds', '1'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: blindToken }) });
+    expect(blindRun.code, blindRun.stdout + blindRun.stderr).toBe(3);
+    expect(blindRun.stderr).toContain(`key:read on prefix /${p}app/ (rule app: keys stranded with a leading "/")`);
+    const blindDoctor = await runCli(['doctor'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: blindToken }) });
+    expect(blindDoctor.stdout + blindDoctor.stderr).toContain(`key:read on prefix /${p}app/`);
     const copyAgain = await runCli(['copy'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: verifierToken }) });
     expect(copyAgain.code).toBe(3);
     expect(copyAgain.stderr).toContain(`key:write on prefix _migrate/${id}/ (state)`);

@@ -49,6 +49,8 @@ export interface PreflightScope {
   writeState: boolean | 'verify';
   /** Creates sessions (leased keys mirrored as sessions, the dual-run leader lock). */
   sessions: boolean;
+  /** Reads under `/<to>` (verify, for keys stranded with a leading `/`). */
+  strandedReads?: boolean;
 }
 
 /** The KV permissions a command with `scope` needs (pure). */
@@ -98,6 +100,25 @@ export async function findMissingServicePermissions(target: ConsulTarget, needs:
     Service: { Verb: 'cas', Node: nodeName, Service: { ID: PROBE_SERVICE, Service: need.resource === 'service' ? need.name : `${need.name}${PROBE_SERVICE}`, ModifyIndex: NEVER_INDEX } },
   }));
   return (await deniedProbes(target, probes)).map((i) => ({ permission: 'service:write', service: { resource: needs[i]!.resource, name: needs[i]!.name }, for: needs[i]!.for }));
+}
+
+/**
+ * Whether the token may read `/<to>` of every copy rule, where verify looks for
+ * keys stranded with a leading `/`: Consul's ACLs hide such keys from a token
+ * that may not read them, and verify reported parity over them. Asked in a txn
+ * of its own: releases that refuse a leading `/` in a txn refuse the whole
+ * request (verify then warns that it could not look), which would stop the
+ * other probes.
+ */
+export async function findMissingStrandedReads(target: ConsulTarget, mapping: Mapping): Promise<MissingPermission[]> {
+  const needs: KeyNeed[] = mapping.copyRules.map((rule) => ({ access: 'read', prefix: `/${rule.to}`, for: `rule ${rule.name}: keys stranded with a leading "/"` }));
+  if (needs.length === 0) return [];
+  try {
+    return await findMissingKeyPermissions(target, needs);
+  } catch (err) {
+    if (err instanceof ConsulResponseError && err.status === 400) return [];
+    throw err;
+  }
 }
 
 /** Sends `probes` in txns of the target's op limit; the indexes of the ones Consul denied. */
@@ -153,6 +174,7 @@ export async function preflightConsul(target: ConsulTarget, config: MigrationCon
   if (tooOld) throw tooOld;
   const missing = await findMissingKeyPermissions(target, keyNeeds(config, mapping, scope));
   missing.push(...(await findMissingServicePermissions(target, serviceNeeds(mapping, scope))));
+  if (scope.strandedReads) missing.push(...(await findMissingStrandedReads(target, mapping)));
   if (scope.sessions && missing.length === 0) missing.push(...(await findMissingSessionPermission(target)));
   if (missing.length > 0) throw missingPermissionsError(target.address, command, missing);
 }
@@ -165,8 +187,9 @@ export async function checkPermissions(target: ConsulTarget, config: MigrationCo
     const services = serviceNeeds(mapping, scope);
     const missing = await findMissingKeyPermissions(target, needs);
     missing.push(...(await findMissingServicePermissions(target, services)));
+    missing.push(...(await findMissingStrandedReads(target, mapping)));
     missing.push(...(await findMissingSessionPermission(target)));
-    return { missing, checked: needs.length + services.length + 1 };
+    return { missing, checked: needs.length + services.length + mapping.copyRules.length + 1 };
   } catch (err) {
     if (!isMigrateError(err)) throw err;
     return { error: err };

@@ -108,7 +108,7 @@ Examples:
           progress.items = [];
           const prefix = several ? `${lane.datacenter}: ` : '';
           try {
-            await preflightConsul(lane.target, lane.config, lane.mapping, 'verify', { writeTargets: false, writeState: options.record ? 'verify' : false, sessions: false });
+            await preflightConsul(lane.target, lane.config, lane.mapping, 'verify', { writeTargets: false, writeState: options.record ? 'verify' : false, sessions: false, strandedReads: true });
             const result = await runVerify(
               { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, ...(several ? { datacenter: lane.datacenter } : {}) },
               {
