@@ -506,7 +506,7 @@ rules:
     expect(invalid.examples).toEqual([
       { key: '/services/api/api-0', rule: 'services', detail: 'port-invalid: the port is not a number between 1 and 65535' },
       { key: '/services/web/broken', rule: 'services', detail: 'value-not-hostport: the value is not host:port or [ipv6]:port' },
-      { key: '/services/web/web-1', rule: 'services', detail: 'segment-missing: its instance id "web" is also the id of /services/web/web-0; make the id template include more of the key' },
+      { key: '/services/web/web-1', rule: 'services', detail: 'id-duplicate: its instance id "web" is also the id of /services/web/web-0; make the id template include more of the key' },
     ]);
     for (const format of ['text', 'json', 'yaml', 'markdown'] as const) {
       const out = renderAudit(result, format);

@@ -173,7 +173,7 @@ export class RuleTallies {
     const { id, key } = outcome.registration;
     const earlier = acc.instanceIds.get(id);
     if (earlier !== undefined) {
-      return { ok: false, rule: rule.name, key, problem: 'segment-missing', detail: `its instance id "${id}" is also the id of ${earlier}; make the id template include more of the key` };
+      return { ok: false, rule: rule.name, key, problem: 'id-duplicate', detail: `its instance id "${id}" is also the id of ${earlier}; make the id template include more of the key` };
     }
     if (acc.instanceIds.size < this.sessionCap) acc.instanceIds.set(id, key);
     return outcome;

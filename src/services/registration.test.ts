@@ -109,6 +109,13 @@ describe('registrationOf: name and id templates', () => {
     expect(ok(registrationOf(hostport, entry('/svc/solo', '10.0.0.1:80'), 'm1'))).toMatchObject({ name: 'solo', id: 'solo-solo' });
   });
 
+  it('a control character in the instance id or the service name makes no instance: Consul answers 400 for it on every agent endpoint, so it could never be deregistered', () => {
+    expect(problem(registrationOf(hostport, entry('/svc/web/ctl\u0001', '10.0.0.1:80'), 'm1'))).toMatchObject({ problem: 'id-invalid', detail: expect.stringContaining('instance id') });
+    expect(problem(registrationOf(hostport, entry('/svc/w\u007feb/h1', '10.0.0.1:80'), 'm1'))).toMatchObject({ problem: 'id-invalid' });
+    expect(problem(registrationOf(ruleOf('{ id: "{-1}" }'), entry('/svc/w\teb/h1', '10.0.0.1:80'), 'm1'))).toMatchObject({ problem: 'id-invalid', detail: expect.stringContaining('service name') });
+    expect(ok(registrationOf(hostport, entry('/svc/web/q?x#y%2F s', '10.0.0.1:80'), 'm1'))).toMatchObject({ id: 'web-q?x#y%2F s' });
+  });
+
   it('a template is checked before the value: a bad value under a short key reports the missing segment', () => {
     const rule = ruleOf('{ id: "{1}-{2}" }');
     expect(problem(registrationOf(rule, entry('/svc/a', 'garbage'), 'm1')).problem).toBe('segment-missing');
