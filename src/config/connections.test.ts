@@ -114,6 +114,11 @@ describe('connection settings: flags > environment > file > defaults', () => {
       ['a CA that is not PEM', { CONSUL_CACERT: join(dir, 'garbage.pem') }],
       ['a certificate with another key', { CONSUL_CACERT: tls.ca, CONSUL_CLIENT_CERT: tls.clientCert, CONSUL_CLIENT_KEY: tls.serverKey }],
       ['etcd: a certificate with another key', { ETCDCTL_CACERT: tls.ca, ETCDCTL_CERT: tls.clientCert, ETCDCTL_KEY: tls.serverKey }],
+      // One without the other: grpc-js threw an internal error (exit 70); Consul's agent dropped the certificate.
+      ['etcd: a certificate without its key', { ETCDCTL_CACERT: tls.ca, ETCDCTL_CERT: tls.clientCert }],
+      ['etcd: a key without its certificate', { ETCDCTL_CACERT: tls.ca, ETCDCTL_KEY: tls.clientKey }],
+      ['a certificate without its key', { CONSUL_CACERT: tls.ca, CONSUL_CLIENT_CERT: tls.clientCert }],
+      ['a key without its certificate', { CONSUL_CLIENT_KEY: tls.clientKey }],
     ];
     for (const [what, env] of cases) {
       expect(() => resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', ...env }, dir), what).toThrow(expect.objectContaining({ code: 'tls_file_invalid', exitCode: 2, message: expect.not.stringContaining('SECRETGARBAGE') }));

@@ -115,7 +115,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     key: pick<string | undefined>('etcd.key', [[env.ETCDCTL_KEY, 'env'], [config.source.tls?.key, 'file']], undefined),
   };
   const source: EtcdConnection = { endpoints };
-  if (etcdTls.ca || etcdTls.cert) {
+  if (etcdTls.ca || etcdTls.cert || etcdTls.key) {
     source.tls = { ca: readPem(etcdTls.ca, 'etcd CA certificate', baseDir), cert: readPem(etcdTls.cert, 'etcd client certificate', baseDir), key: readPem(etcdTls.key, 'etcd client key', baseDir) };
     if (!source.tls.ca) {
       throw new UsageError('etcd_tls_incomplete', 'A client certificate is configured for etcd but no CA certificate.', { hint: 'Set ETCDCTL_CACERT or source.tls.ca as well.' });
@@ -156,7 +156,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   };
   const verifyEnv = env.CONSUL_HTTP_SSL_VERIFY;
   const verify = verifyEnv !== undefined ? !/^(false|0)$/i.test(verifyEnv) : config.target.tls?.verify ?? true;
-  if (consulTls.ca || consulTls.cert || !verify) {
+  if (consulTls.ca || consulTls.cert || consulTls.key || !verify) {
     target.tls = {
       ca: readPem(consulTls.ca, 'Consul CA certificate', baseDir),
       cert: readPem(consulTls.cert, 'Consul client certificate', baseDir),
@@ -174,6 +174,12 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
  * first request as an internal error. Their content is never shown.
  */
 function checkTlsFiles(tls: { ca?: Buffer; cert?: Buffer; key?: Buffer }, paths: { ca?: string; cert?: string; key?: string }, server: string, settings: string): void {
+  // One without the other: grpc-js threw from deep inside (an internal error, exit 70), and Consul's agent dropped the certificate.
+  if (Boolean(tls.cert) !== Boolean(tls.key)) {
+    throw new UsageError('tls_file_invalid', `A client ${tls.cert ? `certificate (${paths.cert}) is configured for ${server} without its key` : `key (${paths.key}) is configured for ${server} without its certificate`}.`, {
+      hint: `Set both the client certificate and its key in ${settings}, or neither.`,
+    });
+  }
   try {
     // OpenSSL skips a CA file it cannot parse (and then trusts nothing): each of its certificates is parsed here.
     if (tls.ca) {
