@@ -82,6 +82,18 @@ describe('validation with positions', () => {
     expect(e.message).toMatch(pattern);
   });
 
+  it('a TTL check shorter than 1 s is refused at its line: Consul refused 0 only at the first registration, after copy had written its state', () => {
+    const yaml = (ttl: string) => `version: 1\nid: demo\nrules:\n  - name: web\n    from: /svc/\n    action: service\n    service: { check: { ttl: ${ttl} } }\n`;
+    for (const ttl of ['0s', '00m', '0ms', '1ms', '999ms']) {
+      const e = errorOf(() => parseConfig(yaml(ttl), 'm.yaml'));
+      expect(e.code, ttl).toBe('config_invalid');
+      expect(e.message, ttl).toMatch(/^m\.yaml:7:.*at least 1s/);
+    }
+    for (const [ttl, seconds] of [['1s', 1], ['1000ms', 1], ['10s', 10], ['2m', 120]] as const) {
+      expect(parseConfig(yaml(ttl), 'm.yaml').config.rules[0]!.service!.check.ttlSeconds, ttl).toBe(seconds);
+    }
+  });
+
   it('refuses inline secrets and says where they go instead', () => {
     const token = errorOf(() => parseConfig('version: 1\nid: demo\ntarget:\n  token: s3cr3t-token\n', 'm.yaml'));
     expect(token.message).toMatch(/^m\.yaml:4:3: target\.token: unknown field "token"/);

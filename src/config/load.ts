@@ -111,6 +111,9 @@ const TEMPLATE = /^(?:[^{}]|\{-?[1-9][0-9]*\})+$/;
 const TEMPLATE_TEXT = 'a template of text and key segments such as "{1}" (the first segment after from) or "{-1}" (the last)';
 const DURATION = /^[0-9]+(?:ms|s|m|h)$/;
 const DURATION_TEXT = 'a duration such as "30s", "5m" or "1h"';
+/** A TTL check's TTL: at least 1 s (Consul refuses 0 at the first registration, after the copy has written its state; a shorter one flaps). */
+const CHECK_TTL = /^(?:[0-9]*[1-9][0-9]*(?:s|m|h)|[0-9]*[1-9][0-9]{3,}ms)$/;
+const CHECK_TTL_TEXT = 'a duration of at least 1s, such as "30s", "5m" or "1h"';
 
 /** Defaults of `rules[].service` (DESIGN §3 and the README's service rules). */
 export const SERVICE_DEFAULTS = {
@@ -172,7 +175,7 @@ const ruleSpec: Spec = {
         check: {
           kind: 'object',
           fields: {
-            ttl: { kind: 'string', pattern: DURATION, patternText: DURATION_TEXT },
+            ttl: { kind: 'string', pattern: CHECK_TTL, patternText: CHECK_TTL_TEXT },
             failuresBeforeCritical: { kind: 'integer', min: 1, max: 100 },
             successBeforePassing: { kind: 'integer', min: 1, max: 100 },
             deregisterCriticalAfter: { kind: 'string', pattern: DURATION, patternText: DURATION_TEXT },
