@@ -72,7 +72,10 @@ rules:
       expect(line).toMatchObject({ action: 'service', phase: null, keys: { etcd: 4, consul: 3 } });
       const cut = await runCli(['cutover', '--rule', 'registry', '--yes'], { cwd: dir, env: serverEnv() });
       expect(cut.code).toBe(4);
-      expect(cut.stdout + cut.stderr).toContain('rule registry is a service rule');
+      expect(cut.stdout + cut.stderr).toContain('registry: action rule registry is a service rule');
+      const back = await runCli(['rollback', '--rule', 'registry', '--yes'], { cwd: dir, env: serverEnv() });
+      expect(back.code).toBe(4);
+      expect(back.stdout + back.stderr).toContain('registry: action rule registry is a service rule');
       expect(await target.readKey(`_migrate/${id}/rules/registry`)).toBeUndefined();
       // A changed value re-registers with the new address.
       await lease.put(`${root}/services/${web}/i2`).value('10.40.0.3:8082');

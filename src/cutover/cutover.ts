@@ -312,7 +312,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: its keys stay on etcd and are never cut over` }] };
-    if (rule.action === 'service') return { rule: name, from: 'service', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: SERVICE_NOT_CUT(name) }] };
+    if (rule.action === 'service') return { rule: name, from: 'service', to: 'cutover', ok: false, checks: [{ name: 'action', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [{ name: 'rule', ok: true, detail: `copy rule ${rule.from} → ${rule.to}` }];
     const phaseOk = CUTOVER_FROM.includes(from);
@@ -439,7 +439,9 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
     const rule = ruleNamed(mapping, name);
     const from = rule.action === 'keep' || rule.action === 'service' ? rule.action : phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [];
-    if (from !== 'cutover') {
+    if (from === 'service') {
+      checks.push({ name: 'action', ok: false, detail: SERVICE_NOT_CUT(name) });
+    } else if (from !== 'cutover') {
       checks.push({ name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is finalized: it can no longer be rolled back` : `rule ${name} is in phase ${from}, not cut over: nothing to roll back` });
     } else {
       checks.push({ name: 'phase', ok: true, detail: 'cutover' });
@@ -545,7 +547,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: finalize never touches it` }] };
-    if (rule.action === 'service') return { rule: name, from: 'service', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: SERVICE_NOT_CUT(name) }] };
+    if (rule.action === 'service') return { rule: name, from: 'service', to: 'finalized', ok: false, checks: [{ name: 'action', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [
       from === 'cutover' ? { name: 'phase', ok: true, detail: 'cutover' } : { name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is already finalized` : `rule ${name} is in phase ${from}: cut it over first (\`migrate cutover --rule ${name}\`)` },
