@@ -312,7 +312,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 60_000);
 
-  it('dualrun --accept-mapping-change refuses a new to: of a cut-over rule (exit 4): the reverse mirror would have emptied etcd of it', async () => {
+  it('dualrun --accept-mapping-change refuses a new to: of a cut-over rule (exit 4): the reverse mirror would have emptied etcd of it; and dropping it, which would have stopped its mirror', async () => {
     const s = scenario('moveto');
     await seed(s);
     expect((await s.cli(['copy'])).code).toBe(0);
@@ -327,8 +327,13 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     writeFileSync(file, original.replace(`to: ${s.id}/app/`, `to: ${s.id}/app2/`));
     const refused = await s.cli(['dualrun', '--accept-mapping-change']);
     expect(refused.code, refused.stderr).toBe(4);
-    expect(refused.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml moves the prefixes of rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
+    expect(refused.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml moves or drops rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
     for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
+    // Dropped (kept on etcd instead): its writes in Consul would no longer reach etcd, and rollback would not know the rule.
+    writeFileSync(file, original.replace(`{ name: app, from: ${s.root}/app/, to: ${s.id}/app/ }`, `{ name: app, from: ${s.root}/app/, action: keep }`));
+    const dropped = await s.cli(['dualrun', '--accept-mapping-change']);
+    expect(dropped.code, dropped.stderr).toBe(4);
+    expect(dropped.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml moves or drops rule app (cut over as ${s.root}/app/ → ${s.id}/app/, no longer copied here)`);
     // Nothing recorded: without the flag the change is still refused as such.
     expect((await s.cli(['dualrun'])).stderr).toContain('error[identity_mapping_changed]');
     // The mapping put back, the dual-run runs again.

@@ -264,7 +264,8 @@ export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, current: (ru
     if (doc.phase !== 'cutover') continue;
     const then = [...doc.history].reverse().find((h) => h.phase === 'cutover')?.evidence?.mapping;
     const now = current(doc.rule);
-    if (then && now && (then.from !== now.from || then.to !== now.to)) changed.push(`rule ${doc.rule} (cut over as ${then.from} → ${then.to}, now ${now.from} → ${now.to})`);
+    if (!now) changed.push(`rule ${doc.rule} (cut over${then ? ` as ${then.from} → ${then.to}` : ''}, no longer copied here)`);
+    else if (then && (then.from !== now.from || then.to !== now.to)) changed.push(`rule ${doc.rule} (cut over as ${then.from} → ${then.to}, now ${now.from} → ${now.to})`);
   }
   return changed;
 }

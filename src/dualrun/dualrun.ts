@@ -264,8 +264,8 @@ async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promi
     });
     const changed = cutOverMappingChanges([...docs.values()].map((d) => d.doc), (name) => lane.mapping.copyRules.find((r) => r.name === name));
     if (changed.length === 0) continue;
-    throw new RefusedError('mapping_changed_cut_over', `migration.yaml moves the prefixes of ${changed.join(', ')}${lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : ''}. Consul owns that data under the old prefix: the reverse mirror would find the new one empty and delete the rule's keys from etcd. Nothing was written.`, {
-      hint: 'Put the rule\'s from/to back; to move it, roll it back first (`migrate rollback --rule <name>`), change the mapping, copy, and cut over again.',
+    throw new RefusedError('mapping_changed_cut_over', `migration.yaml moves or drops ${changed.join(', ')}${lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : ''}. Consul owns that data under the prefix it was cut over with: for a moved rule the reverse mirror would find the new prefix empty and delete the rule's keys from etcd; a dropped rule's writes in Consul would no longer reach etcd, and it could not be rolled back. Nothing was written.`, {
+      hint: 'Put the rule back as it was cut over; to move or drop it, roll it back first (`migrate rollback --rule <name>`), then change the mapping (and copy and cut over again to move it).',
     });
   }
 }
