@@ -60,6 +60,17 @@ function targetValues(target: MemoryTarget): Record<string, string> {
 }
 
 describe('copy when etcd compacts the pinned revision while it is read', () => {
+  it('--rate holds every txn until the bucket holds all its ops: 31 writes at 10 ops/s take 2 s or more (they went out at once, the debt left unpaid)', async () => {
+    const source = new MemorySource();
+    for (let i = 0; i < 31; i++) source.put(`/app/r${String(i).padStart(2, '0')}`, 'v');
+    const target = new MemoryTarget({}, { txnMaxOps: 64 });
+    const began = Date.now();
+    const result = await runCopy(deps(source, target), options({ rate: 10, pageKeys: 100 }));
+    expect(result.rules[0]).toMatchObject({ created: 31 });
+    // A bucket of one second's worth (10) to start with: the other 21 ops and the copy document wait 2.2 s.
+    expect(Date.now() - began).toBeGreaterThanOrEqual(2000);
+  });
+
   it('copies again at the current revision: parity with etcd there, its own keys etcd deleted meanwhile removed, keys it did not write kept', async () => {
     const { source, target } = world();
     const pinned = (await source.status()).revision;

@@ -618,6 +618,8 @@ class CopyEngine {
   private readonly reservedBytes: number;
   private tokens: number;
   private lastRefill = Date.now();
+  /** The txns waiting for tokens, in turn. */
+  private throttled: Promise<void> = Promise.resolve();
 
   constructor(private readonly target: TargetStore, private readonly limits: TargetLimits, private readonly paths: StatePaths, readonly state: CopyState, private readonly options: CopyOptions) {
     this.limit = pLimit(options.concurrency);
@@ -850,20 +852,32 @@ class CopyEngine {
     return entries.length;
   }
 
-  /** A token bucket over ops per second (`--rate`). */
-  private async throttle(ops: number): Promise<void> {
+  /**
+   * A token bucket over ops per second (`--rate`), holding one second's worth:
+   * a txn waits until the bucket holds all its ops, in turn (a small txn must
+   * not empty the bucket a large one fills). It went out once the bucket held
+   * `rate`, leaving a debt the next txn paid: the last txn never paid, and a
+   * copy of 12 ops at `--rate 1` took 2 s.
+   */
+  private throttle(ops: number): Promise<void> {
     const rate = this.options.rate;
-    if (rate <= 0) return;
+    if (rate <= 0) return Promise.resolve();
+    const turn = this.throttled.then(() => this.takeTokens(ops, rate));
+    this.throttled = turn.catch(() => undefined);
+    return turn;
+  }
+
+  private async takeTokens(ops: number, rate: number): Promise<void> {
     for (;;) {
       const now = Date.now();
-      this.tokens = Math.min(rate, this.tokens + ((now - this.lastRefill) / 1000) * rate);
+      this.tokens = Math.min(Math.max(rate, ops), this.tokens + ((now - this.lastRefill) / 1000) * rate);
       this.lastRefill = now;
-      if (this.tokens >= Math.min(ops, rate)) {
+      if (this.tokens >= ops) {
         this.tokens -= ops;
         return;
       }
       if (this.options.signal.aborted) return;
-      await sleep(Math.ceil(((Math.min(ops, rate) - this.tokens) / rate) * 1000), this.options.signal);
+      await sleep(Math.ceil(((ops - this.tokens) / rate) * 1000), this.options.signal);
     }
   }
 }
