@@ -1,7 +1,11 @@
+import { isPrintableRune } from '../mapping/printable-runes.js';
+
 /**
  * How keys are shown to people: printable UTF-8 as it is, every other byte
- * (invalid UTF-8, control characters, `\`, a space at either end) as `\xNN`. Keys are shown; values
- * never are.
+ * (invalid UTF-8, characters Go's `unicode.IsPrint` calls unprintable: controls,
+ * format characters such as U+202E, which reverses the rest of a line, line
+ * separators, U+00A0; U+FFFD, which invalid UTF-8 would look like; `\`; a
+ * space at either end) as `\xNN`. Keys are shown; values never are.
  */
 export function formatKey(key: Buffer | string): string {
   if (typeof key === 'string') return escapeText(key);
@@ -19,7 +23,7 @@ function escapeText(text: string): string {
   for (const ch of text) {
     const code = ch.codePointAt(0)!;
     if (ch === '\\') out += '\\x5c';
-    else if (code < 0x20 || code === 0x7f || (code >= 0x80 && code < 0xa0) || code === 0xa0 || code === 0x2028 || code === 0x2029 || code === 0xfffd) {
+    else if (code < 0x80 ? code < 0x20 || code === 0x7f : code === 0xfffd || !isPrintableRune(code)) {
       out += [...Buffer.from(ch, 'utf8')].map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('');
     } else out += ch;
   }

@@ -17,6 +17,11 @@ describe('keys as shown to people', () => {
     expect(formatKey('/app/config/ünï')).toBe('/app/config/ünï');
     expect(formatKey(Buffer.from([0x2f, 0x61, 0xff, 0xfe, 0x00]))).toBe('/a\\xff\\xfe\\x00');
     expect(formatKey('a\nb\\c')).toBe('a\\x0ab\\x5cc');
+    // Format characters would reorder or hide what follows on a terminal (U+202E shows the rest of the line reversed).
+    expect(formatKey('/n/rtl\u202eabc')).toBe('/n/rtl\\xe2\\x80\\xaeabc');
+    expect(formatKey('/n/zwj\u200dx/nbsp\u00a0/ls\u2028/fffd\ufffd')).toBe('/n/zwj\\xe2\\x80\\x8dx/nbsp\\xc2\\xa0/ls\\xe2\\x80\\xa8/fffd\\xef\\xbf\\xbd');
+    // Letters with combining marks, and emoji, are printable.
+    expect(formatKey('/n/e\u0301/\u{1f600}/日本')).toBe('/n/e\u0301/\u{1f600}/日本');
     // A space at either end would be invisible; one inside is shown as it is.
     expect(formatKey(' /app/end ')).toBe('\\x20/app/end\\x20');
     expect(formatKey('/app/a b')).toBe('/app/a b');
