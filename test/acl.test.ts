@@ -239,6 +239,13 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     expect(blindRun.stderr).toContain(`key:read on prefix /${p}app/ (rule app: keys stranded with a leading "/")`);
     const blindDoctor = await runCli(['doctor'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: blindToken }) });
     expect(blindDoctor.stdout + blindDoctor.stderr).toContain(`key:read on prefix /${p}app/`);
+    // Without session read, Consul hides the leased key's session as if it were gone: a permission error, not drift.
+    const { session_prefix: _sessions, ...sessionless } = verifierPolicy.structured;
+    expect(_sessions).toBeDefined();
+    const sessionlessRun = await runCli(['verify', '--rounds', '1', '--no-record'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: await tokenWith(`${verifierPolicy.name}-sessionless`, JSON.stringify(sessionless)) }) });
+    expect(sessionlessRun.code, sessionlessRun.stdout + sessionlessRun.stderr).toBe(3);
+    expect(sessionlessRun.stderr).toContain('error[consul_permission_denied]: Consul hid session');
+    expect(sessionlessRun.stdout).not.toContain('session-gone');
     const copyAgain = await runCli(['copy'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: verifierToken }) });
     expect(copyAgain.code).toBe(3);
     expect(copyAgain.stderr).toContain(`key:write on prefix _migrate/${id}/ (state)`);

@@ -338,6 +338,11 @@ export class ConsulTarget implements TargetStore {
   async readSession(id: string): Promise<SessionInfo | undefined> {
     const response = await this.request({ method: 'GET', path: `/v1/session/info/${encodeURIComponent(id)}`, query: { consistent: true } });
     const [session] = JSON.parse(response.body.toString('utf8')) as { ID: string; Name: string; Node: string; TTL: string; Behavior: string; LockDelay: number }[];
+    // Consul answers a session the token may not read as if it did not exist, but says it filtered
+    // it: taken for gone, verify reported a live session as session-gone (drift, exit 1).
+    if (!session && response.headers['x-consul-results-filtered-by-acls'] === 'true') {
+      throw new ConsulResponseError('consul_permission_denied', 403, `Consul hid session ${id} from the token (session:read on its node is missing).`, '', 'Grant session_prefix "" read (the verifier policy `migrate acl` prints has it; the migrator\'s has write), then run `migrate doctor`.');
+    }
     if (!session) return undefined;
     return { id: session.ID, name: session.Name, node: session.Node, ttlSeconds: parseDurationSeconds(session.TTL), behavior: session.Behavior, lockDelayNs: session.LockDelay };
   }
