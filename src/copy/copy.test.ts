@@ -228,7 +228,7 @@ rules:
 
     for (const dryRun of [false, true]) {
       const refused = await runCopy(d, options({ deleteExtraneous: true, dryRun })).catch((err: unknown) => err);
-      expect(refused).toMatchObject({ code: 'delete_guard', exitCode: 4, message: expect.stringMatching(/20 extraneous keys would remove 67% of rule b's 30 target keys; nothing was written or deleted/) });
+      expect(refused).toMatchObject({ code: 'delete_guard', exitCode: 4, message: expect.stringMatching(/20 extraneous keys would remove 66\.7% of rule b's 30 target keys; nothing was written or deleted/) });
     }
     expect(target.writes).toBe(writes);
     expect(JSON.stringify([...target.entries].map(([k, e]) => [k, e.value.toString('base64'), e.modifyIndex]))).toBe(before);

@@ -14,7 +14,7 @@ import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../st
 import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
 import { checkIdentity, ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
-import { deleteGuardTrips, planPage, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
+import { deleteGuardTrips, planPage, shareText, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
 import { RecordingTarget, type RecordedOp } from './recording-target.js';
 import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
@@ -472,7 +472,7 @@ async function guardCount(deps: Pick<CopyDeps, 'source' | 'target'>, extraneous:
 }
 
 function deleteGuardError(rule: string, deletes: number, targetKeys: number, outcome: string): RefusedError {
-  return new RefusedError('delete_guard', `Deleting ${deletes} extraneous keys would remove ${Math.round((100 * deletes) / Math.max(1, targetKeys))}% of rule ${rule}'s ${targetKeys} target keys; ${outcome}.`, {
+  return new RefusedError('delete_guard', `Deleting ${deletes} extraneous keys would remove ${shareText(deletes, targetKeys)} of rule ${rule}'s ${targetKeys} target keys; ${outcome}.`, {
     hint: 'Check the rule\'s from/to first (`migrate plan`); if the deletes are intended, pass --allow-mass-delete.',
     details: { rule, deletes, targetKeys },
   });
@@ -573,7 +573,7 @@ async function copyRule(
       // would remove them (a dual-run starts after the deletes). A tool-derived delete, so guarded.
       const stale = await engine.ownWrites([...targetKeys.leftovers()], at.staleSince, sessions.own);
       if (stale.length > 0 && deleteGuardTrips(stale.length, initialTargetKeys) && !options.allowMassDelete) {
-        options.onProgress?.({ type: 'warning', message: `rule ${rule.name}: ${stale.length} keys this copy wrote were deleted in etcd before the revision it copied again at; deleting them would remove ${Math.round((100 * stale.length) / initialTargetKeys)}% of the rule's target keys, so they are left and counted as extraneous (pass --allow-mass-delete to remove them)` });
+        options.onProgress?.({ type: 'warning', message: `rule ${rule.name}: ${stale.length} keys this copy wrote were deleted in etcd before the revision it copied again at; deleting them would remove ${shareText(stale.length, initialTargetKeys)} of the rule's target keys, so they are left and counted as extraneous (pass --allow-mass-delete to remove them)` });
       } else if (stale.length > 0) {
         stats.deletedStale = await engine.deleteEntries(stale);
         for (const entry of stale) targetKeys.take(entry.key);

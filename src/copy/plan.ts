@@ -132,6 +132,11 @@ export function writeOps(write: PlannedWrite): TxnOp[] {
 }
 
 /** Deletes the tool derives itself never remove more than this share of a rule's keys without a flag (DESIGN §3). */
+/** The share of `total` that `deletes` are, as a message shows it: one decimal, so 41 of 394 reads 10.4%, not "10%" above a 10% limit. */
+export function shareText(deletes: number, total: number): string {
+  return `${((100 * deletes) / Math.max(1, total)).toFixed(1)}%`;
+}
+
 export function deleteGuardTrips(deletes: number, targetKeys: number): boolean {
   return deletes > 10 && deletes > targetKeys * 0.1;
 }

@@ -2,7 +2,7 @@ import type { ServiceSpec } from '../config/load.js';
 import { RefusedError } from '../errors.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { findRule } from '../mapping/route.js';
-import { deleteGuardTrips } from '../copy/plan.js';
+import { deleteGuardTrips, shareText } from '../copy/plan.js';
 import { prefixEnd } from '../stores/key-range.js';
 import type { ServiceDefinition, ServiceInstance, SourceReader, TargetStore } from '../stores/types.js';
 import { checkIdOf, instanceIdOf, META_RULE, registrationOf, sameInstance, type Registration, type RegistrationProblem } from './registration.js';
@@ -149,7 +149,7 @@ export async function syncServiceRule(
   stats.extraneousExamples = [...byId.keys()].slice(0, EXAMPLES);
   if (options.deleteExtraneous && byId.size > 0) {
     if (deleteGuardTrips(byId.size, mine.length) && !options.allowMassDelete) {
-      throw new RefusedError('delete_guard', `Deregistering ${byId.size} extraneous instances would remove ${Math.round((100 * byId.size) / Math.max(1, mine.length))}% of service rule ${rule.name}'s ${mine.length} instances; nothing was deregistered.`, {
+      throw new RefusedError('delete_guard', `Deregistering ${byId.size} extraneous instances would remove ${shareText(byId.size, mine.length)} of service rule ${rule.name}'s ${mine.length} instances; nothing was deregistered.`, {
         hint: 'Check that etcd holds the registrations (a wrong from, or a role that cannot read them, looks like an empty prefix). If the deregistrations are intended, pass --allow-mass-delete.',
         details: { rule: rule.name, deletes: byId.size, instances: mine.length },
       });
