@@ -115,6 +115,22 @@ rules:
     expect(w.mirror.stats).toMatchObject({ deregistered: 1, instances: 0 });
   });
 
+  it('registers again an instance without a lease that the agent lost (it has no check to find it gone by)', async () => {
+    const w = world();
+    const from = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/plain', '10.0.0.7:80');
+    for (const m of await w.messages(from)) await w.mirror.apply(m);
+    expect(w.target.services.get('web-plain')?.check).toBeUndefined();
+    w.target.services.delete('web-plain');
+    await w.mirror.keepChecks();
+    expect(w.target.services.get('web-plain')).toMatchObject({ address: '10.0.0.7', port: 80 });
+    expect(w.logs.join('\n')).toContain('the agent no longer knows instance web-plain');
+    // Present: nothing is sent again.
+    const writes = w.target.writes;
+    await w.mirror.keepChecks();
+    expect(w.target.writes).toBe(writes);
+  });
+
   it('a beat that overlaps a change of its instance does not register the old definition back: neither a check the key lost nor an instance deleted', async () => {
     const w = world();
     const lease = w.source.grantLease(30);

@@ -198,7 +198,28 @@ export class ServiceMirror {
       if (alive === false) return;
       for (const t of instances) await this.beat(t, alive === true);
     })));
+    await this.restoreUnleased();
     this.count();
+  }
+
+  /**
+   * Instances without a lease have no check whose update would find them gone:
+   * one the agent lost (deregistered by hand, or an agent restarted without its
+   * data) is found missing from the agent's list and registered again.
+   */
+  private async restoreUnleased(): Promise<void> {
+    if (![...this.tracked.values()].some((t) => !t.lease)) return;
+    const present = new Set((await this.deps.target.listServiceInstances(this.deps.migrationId, 'agent')).map((i) => i.id));
+    for (const t of [...this.tracked.values()]) {
+      if (t.lease || present.has(t.definition.id)) continue;
+      await this.serially(async () => {
+        // Changed or deleted meanwhile: its own change registered (or deregistered) it.
+        if (this.tracked.get(t.definition.id) !== t) return;
+        this.deps.log('warn', `the agent no longer knows instance ${t.definition.id}; registering it again`);
+        await this.deps.target.registerService(t.definition);
+        this.stats.registered++;
+      });
+    }
   }
 
   private async beat(t: Tracked, ok: boolean): Promise<void> {
