@@ -115,6 +115,31 @@ rules:
     expect(w.mirror.stats).toMatchObject({ deregistered: 1, instances: 0 });
   });
 
+  it('a key whose instance id another key already has leaves that instance alone when it changes or goes', async () => {
+    const { mapping: dup } = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: registry, from: /services/, action: service, service: { id: "{1}-{-1}" } }
+`, 'migration.yaml');
+    const w = world();
+    const mirror = new ServiceMirror({ source: w.source, target: w.target, mapping: dup, migrationId: 'demo', log: (_level, message) => w.logs.push(message) });
+    const from = (await w.source.status()).revision + 1;
+    w.source.put('/services/dup/a/h1', '10.0.0.1:80');
+    w.source.put('/services/dup/b/h1', '10.0.0.2:80');
+    for (const m of await w.messages(from)) await mirror.apply(m);
+    expect(w.target.services.get('dup-h1')).toMatchObject({ address: '10.0.0.1' });
+    const at = (await w.source.status()).revision + 1;
+    w.source.put('/services/dup/b/h1', 'garbage');
+    w.source.delete('/services/dup/b/h1');
+    for (const m of await w.messages(at)) await mirror.apply(m);
+    expect(w.target.services.get('dup-h1')).toMatchObject({ address: '10.0.0.1' });
+    // The owner's own delete deregisters it.
+    const then = (await w.source.status()).revision + 1;
+    w.source.delete('/services/dup/a/h1');
+    for (const m of await w.messages(then)) await mirror.apply(m);
+    expect(w.target.services.has('dup-h1')).toBe(false);
+  });
+
   it('registers again an instance without a lease that the agent lost (it has no check to find it gone by)', async () => {
     const w = world();
     const from = (await w.source.status()).revision + 1;

@@ -174,6 +174,9 @@ export class ServiceMirror {
   private async remove(rule: CompiledRule, key: Buffer, why: string): Promise<void> {
     const id = instanceIdOf(rule, key);
     if (id === undefined) return;
+    // Another key makes this instance (a key whose id it duplicates, not registered): its change leaves the instance alone.
+    const owner = this.tracked.get(id)?.key;
+    if (owner !== undefined && owner !== formatKey(key)) return;
     const known = this.tracked.delete(id);
     // Deregistering an unknown id is a no-op (404), so replays are harmless.
     if ((await this.deps.target.deregisterService(id)) || known) {
