@@ -260,6 +260,13 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
   const sessions = new LeaseSessions(source, target, paths, config.id, options.now);
   await sessions.load();
   if (options.deleteExtraneous && !options.allowMassDelete) await refuseMassDeletes({ ...deps, target }, copyRules, revision, sessions, options);
+  // Counted before the first write: a rule range the etcd role may not read stops the copy here, not
+  // after it has replaced the copy document (the next dual-run then re-baselined every rule).
+  // (Compacted meanwhile: the pass counts again, and re-reads at a fresh revision as a compaction during its read.)
+  let counted = await countRules(deps, copyRules, revision).then((totals) => ({ revision, totals }), (err: unknown) => {
+    if (err instanceof SourceCompactedError) return undefined;
+    throw err;
+  });
   if (!options.dryRun && startIndex === undefined) startIndex = await markStart(target, paths.copy, { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), rules: lowWaters });
   sessions.startRenewing((leaseId) => options.onProgress?.({ type: 'warning', message: `Consul no longer knows the session of etcd lease ${leaseId}; its keys are re-created by the next copy or dual-run` }));
   const compactedAt: number[] = [];
@@ -270,7 +277,9 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
       const state: CopyState = { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), ...(startIndex !== undefined ? { startIndex } : {}), rules: Object.fromEntries(copyRules.map((r) => [r.name, { ...lowWaters[r.name] }])) };
       const engine = new CopyEngine(target, limits, paths, state, options);
       try {
-        pass = await copyPass(deps, options, copyRules, engine, sessions, revision, staleSince);
+        const totals = counted?.revision === revision ? counted.totals : await countRules(deps, copyRules, revision);
+        counted = undefined;
+        pass = await copyPass(deps, options, copyRules, engine, sessions, { revision, staleSince }, totals);
         break;
       } catch (err) {
         if (!readAgainAtFreshRevision(err, compactedAt.length + 1, options.signal)) throw err;
@@ -366,10 +375,20 @@ interface CopyPass {
   services: ServiceRuleStats[];
 }
 
-/** Every rule once at `revision`: KV rules, then service rules; resolves when every write has landed. */
-async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleConfig[], engine: CopyEngine, sessions: LeaseSessions, revision: number, staleSince: number | undefined): Promise<CopyPass> {
+interface RuleTotal {
+  name: string;
+  keys: number;
+}
+
+/** The keys of each rule at `revision`. */
+function countRules(deps: CopyDeps, copyRules: readonly RuleConfig[], revision: number): Promise<RuleTotal[]> {
+  return Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await countRuleKeys(deps.source, deps.mapping, { fromBytes: Buffer.from(rule.from) }, revision) })));
+}
+
+/** Every rule once at `revision` (`totals`: each rule's keys there): KV rules, then service rules; resolves when every write has landed. */
+async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleConfig[], engine: CopyEngine, sessions: LeaseSessions, at: { revision: number; staleSince: number | undefined }, totals: RuleTotal[]): Promise<CopyPass> {
   const { source, target } = deps;
-  const totals = await Promise.all(copyRules.map(async (rule) => ({ name: rule.name, keys: await countRuleKeys(source, deps.mapping, { fromBytes: Buffer.from(rule.from) }, revision) })));
+  const { revision, staleSince } = at;
   options.onProgress?.({ type: 'start', revision, rules: totals });
   const stats: RuleCopyStats[] = [];
   const services: ServiceRuleStats[] = [];
