@@ -218,6 +218,9 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       expect(status.code, status.stderr).toBe(0);
       const parts = JSON.parse(status.stdout).datacenters as { datacenter: string; dualRun: { running: boolean }; rules: { name: string }[] }[];
       expect(parts.map((p) => [p.datacenter, p.dualRun.running, p.rules.map((r) => r.name)])).toEqual([['dc1', true, ['shared', 'local']], ['dc2', true, ['shared']]]);
+      // The next step runs as printed: a rule copied to both names its datacenter; one copied to dc1 alone needs none.
+      const next = parts.map((p) => [p.datacenter, (p.rules as { name: string; next: string }[]).map((r) => [r.name, r.next])]);
+      expect(next).toEqual([['dc1', [['shared', 'migrate cutover --rule shared --datacenter dc1'], ['local', 'migrate cutover --rule local']]], ['dc2', [['shared', 'migrate cutover --rule shared --datacenter dc2']]]]);
 
       // A rule copied to both is cut over in one datacenter at a time, named with --datacenter.
       const ambiguous = await runCli(['cutover', '--rule', 'shared', '--yes'], { cwd: dir, env });

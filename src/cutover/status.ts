@@ -50,8 +50,10 @@ function pausedStep(rule: string, pause: WritesPause, ageSeconds: number): strin
 }
 
 /** `migrate status` (reads only). */
-export async function runStatus(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: { now: () => Date; maxVerifyAgeMs: number }): Promise<StatusResult> {
+export async function runStatus(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: { now: () => Date; maxVerifyAgeMs: number; datacenter?: string }): Promise<StatusResult> {
   const { source, target, config, mapping } = deps;
+  // A rule copied to several datacenters needs --datacenter on cutover, rollback and finalize: the hints name it, to run as printed.
+  const ruleArg = (name: string) => ((config.rules.find((r) => r.name === name)?.datacenters?.length ?? 1) > 1 && options.datacenter ? `${name} --datacenter ${options.datacenter}` : name);
   const paths = statePaths(mapping.statePrefix, config.id);
   const [status, meta, state, info, lock] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info(), target.readKey(paths.leader)]);
   // As verify: figures of another etcd cluster (or datacenter) than the migration's would compare unrelated stores.
@@ -99,7 +101,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       guardTrips: trips?.guardTrips.count ?? 0,
       changed: last ? { at: last.at, by: last.by } : null,
       writesPaused: doc?.writesPaused ?? null,
-      next: doc?.writesPaused ? pausedStep(rule.name, doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(rule.name, phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
+      next: doc?.writesPaused ? pausedStep(ruleArg(rule.name), doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(ruleArg(rule.name), phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
     });
   }
   return {

@@ -32,7 +32,7 @@ export function registerStatus({ add }: CommandRegistrar): void {
         const entries = await Promise.all(lanes.map(async (lane) => {
           const mapping = { ...lane.mapping, rules: lane.mapping.rules.filter((r) => lane.rules.includes(r.name)) };
           try {
-            return { datacenter: lane.datacenter, result: await runStatus({ source, target: lane.target, config: lane.config, mapping }, { now: () => new Date(), maxVerifyAgeMs }) };
+            return { datacenter: lane.datacenter, result: await runStatus({ source, target: lane.target, config: lane.config, mapping }, { now: () => new Date(), maxVerifyAgeMs, datacenter: lane.datacenter }) };
           } catch (err) {
             if (!isMigrateError(err) || err.exitCode !== ExitCode.server) throw err;
             return { datacenter: lane.datacenter, error: err };
