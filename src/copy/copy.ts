@@ -263,7 +263,7 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
   // Counted before the first write: a rule range the etcd role may not read stops the copy here, not
   // after it has replaced the copy document (the next dual-run then re-baselined every rule).
   // (Compacted meanwhile: the pass counts again, and re-reads at a fresh revision as a compaction during its read.)
-  let counted = await countRules(deps, copyRules, revision).then((totals) => ({ revision, totals }), (err: unknown) => {
+  let totals = await countRules(deps, copyRules, revision).catch((err: unknown) => {
     if (err instanceof SourceCompactedError) return undefined;
     throw err;
   });
@@ -277,8 +277,7 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
       const state: CopyState = { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), ...(startIndex !== undefined ? { startIndex } : {}), rules: Object.fromEntries(copyRules.map((r) => [r.name, { ...lowWaters[r.name] }])) };
       const engine = new CopyEngine(target, limits, paths, state, options);
       try {
-        const totals = counted?.revision === revision ? counted.totals : await countRules(deps, copyRules, revision);
-        counted = undefined;
+        totals ??= await countRules(deps, copyRules, revision);
         pass = await copyPass(deps, options, copyRules, engine, sessions, { revision, staleSince }, totals);
         break;
       } catch (err) {
@@ -294,6 +293,7 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
         options.onProgress?.({ type: 'warning', message: `etcd compacted revision ${revision} while the copy read it (${engine.txns} txns written at it); copying again at revision ${next}, and the diff skips what is already there` });
         if (target instanceof RecordingTarget) target.forgetWrites();
         revision = next;
+        totals = undefined;
         lowWaters = {};
         staleSince = startIndex;
       }

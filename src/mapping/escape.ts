@@ -159,8 +159,12 @@ export function isServableKey(key: string, shift = 0): ServableCheck {
   return SERVABLE;
 }
 
-/** The first character of `key` Consul cannot serve (an unpaired surrogate, a control or unprintable character, U+FFFD). */
-function unprintable(key: string, shift: number): ServableCheck | undefined {
+/**
+ * The first character of `key` Consul cannot serve (an unpaired surrogate, a
+ * control or unprintable character, U+FFFD): in any URL path (a KV key, a
+ * service instance id) Consul's HTTP API answers 400 for it.
+ */
+export function unprintable(key: string, shift: number): Extract<ServableCheck, { ok: false }> | undefined {
   const lone = LONE_SURROGATE.exec(key);
   if (lone) return unservable('invalid-utf8', `character ${characterNumber(key, lone.index) + shift} is an unpaired UTF-16 surrogate, which has no UTF-8 form`);
   for (let i = 0; i < key.length; i++) {
@@ -264,7 +268,7 @@ export function unescapeKey(text: string): Buffer {
   });
 }
 
-function unservable(reason: UnmappableReason, detail: string): ServableCheck {
+function unservable(reason: UnmappableReason, detail: string): Extract<ServableCheck, { ok: false }> {
   return { ok: false, reason, detail };
 }
 

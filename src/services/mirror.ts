@@ -214,14 +214,7 @@ export class ServiceMirror {
     if (![...this.tracked.values()].some((t) => !t.lease)) return;
     const present = new Set((await this.deps.target.listServiceInstances(this.deps.migrationId, 'agent')).map((i) => i.id));
     for (const t of [...this.tracked.values()]) {
-      if (t.lease || present.has(t.definition.id)) continue;
-      await this.serially(async () => {
-        // Changed or deleted meanwhile: its own change registered (or deregistered) it.
-        if (this.tracked.get(t.definition.id) !== t) return;
-        this.deps.log('warn', `the agent no longer knows instance ${t.definition.id}; registering it again`);
-        await this.deps.target.registerService(t.definition);
-        this.stats.registered++;
-      });
+      if (!t.lease && !present.has(t.definition.id)) await this.registerAgain(t, t.definition);
     }
   }
 
@@ -243,13 +236,20 @@ export class ServiceMirror {
     if (status !== t.status) this.deps.log(status === 'critical' ? 'warn' : 'info', `service ${t.definition.name} instance ${t.definition.id}: check ${status}: ${output}`);
     t.status = status;
     if (await this.deps.target.updateCheck(checkIdOf(t.definition.id), status, output)) return;
+    await this.registerAgain(t, { ...t.definition, ...(t.definition.check ? { check: { ...t.definition.check, status } } : {}) });
+  }
+
+  /**
+   * The agent lost `t`'s instance (restarted without its data, or deregistered by
+   * hand): registers `definition` again, unless a change replaced or removed the
+   * instance meanwhile (its check gone because a key lost its lease or was
+   * deleted, not because the agent lost it): registering it then would undo the change.
+   */
+  private async registerAgain(t: Tracked, definition: ServiceDefinition): Promise<void> {
     await this.serially(async () => {
-      // Its check is gone because a change dropped it (a key that lost its lease, a deleted key) and not because
-      // the agent lost it: registering this definition again would undo the change.
       if (this.tracked.get(t.definition.id) !== t) return;
-      // The agent lost the instance (restarted without its data, or deregistered by hand): register it again.
       this.deps.log('warn', `the agent no longer knows instance ${t.definition.id}; registering it again`);
-      await this.deps.target.registerService({ ...t.definition, ...(t.definition.check ? { check: { ...t.definition.check, status } } : {}) });
+      await this.deps.target.registerService(definition);
       this.stats.registered++;
     });
   }

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import type { ServiceSpec } from '../config/load.js';
 import type { CompiledRule } from '../mapping/mapping.js';
+import { unprintable } from '../mapping/escape.js';
 import { formatKey } from '../report/keys.js';
 import type { ServiceFields, SourceEntry } from '../stores/types.js';
 
@@ -28,7 +29,7 @@ export type RegistrationProblem =
   | 'tags-invalid'
   | 'meta-invalid'
   | 'segment-missing'
-  /** The name or id holds a control character: Consul registers it, but its agent endpoints answer 400 for it (so it could never be deregistered). */
+  /** The name or id holds a character Consul's HTTP API refuses in a path (a control or unprintable one): Consul registers it, but answers 400 on its agent endpoints (so it could never be deregistered). */
   | 'id-invalid'
   /** Another key of the rule already registers this instance id (reported by the sync, not by {@link registrationOf}). */
   | 'id-duplicate';
@@ -47,9 +48,6 @@ export function checkIdOf(serviceId: string): string {
   return `etcd-migrate:${serviceId}`;
 }
 
-/** C0 controls and DEL (U+0080–U+009F too): in an instance id they make every `/v1/agent/service/<id>` request a 400. */
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
-
 /** Consul's limits on service metadata (`structs.ValidateServiceMetadata`). */
 const META_KEY = /^[A-Za-z0-9_-]{1,128}$/;
 const META_MAX_VALUE = 512;
@@ -66,7 +64,9 @@ export function registrationOf(rule: Pick<CompiledRule, 'name' | 'fromBytes'> & 
   if (!name.ok) return fail('segment-missing', `the service name template "${spec.name}" needs segment ${name.missing}, but the key has ${segments.length} after from`);
   const id = fillTemplate(spec.id, segments);
   if (!id.ok) return fail('segment-missing', `the instance id template "${spec.id}" needs segment ${id.missing}, but the key has ${segments.length} after from`);
-  if (CONTROL.test(name.text) || CONTROL.test(id.text)) return fail('id-invalid', `the ${CONTROL.test(id.text) ? 'instance id' : 'service name'} holds a control character; Consul's agent answers 400 for such an instance, which could then never be deregistered`);
+  // In a path (`/v1/agent/service/deregister/<id>`, `/v1/health/service/<name>`) such a character is a 400: the instance could never be deregistered.
+  const unservable = unprintable(id.text, 0) ?? unprintable(name.text, 0);
+  if (unservable) return fail('id-invalid', `in the ${unprintable(id.text, 0) ? 'instance id' : 'service name'}, ${unservable.detail}; such an instance could never be deregistered`);
 
   let parsed: { address: string; port: number; tags: string[]; meta: Record<string, string> } | RegistrationResult;
   switch (spec.format) {
