@@ -226,8 +226,10 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       const ambiguous = await runCli(['cutover', '--rule', 'shared', '--yes'], { cwd: dir, env });
       expect(ambiguous.code).toBe(2);
       expect(ambiguous.stderr).toContain('datacenter_required');
-      const cut = await runCli(['cutover', '--rule', 'shared', '--datacenter', 'dc1', '--verify-now', '--yes', '--format', 'json'], { cwd: dir, env, timeoutMs: 120_000 });
+      const cut = await runCli(['cutover', '--rule', 'shared', '--datacenter', 'dc1', '--verify-now', '--yes'], { cwd: dir, env, timeoutMs: 120_000 });
       expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+      // Its next steps run as printed, in the datacenter it was cut over in.
+      expect(cut.stdout).toContain('`migrate finalize --rule shared --datacenter dc1` (or `migrate rollback --rule shared --datacenter dc1`)');
       // Writes to Consul in dc1 reach etcd (reverse mirror) and, through it, dc2.
       await dc1.putKey(`mdc-${tag}/shared/from-consul`, Buffer.from('dc1 wrote this'));
       await eventually('a Consul write in dc1 reaches etcd and dc2', async () => {

@@ -58,8 +58,11 @@ export function renderStatusDatacenters(migration: string, entries: { datacenter
   return parts.join('\n');
 }
 
-/** `cutover`, `rollback` and `finalize` results: every precondition, then what was done. */
-export function renderCutover(result: CutoverResult, format: Format): string {
+/**
+ * `cutover`, `rollback` and `finalize` results: every precondition, then what was done.
+ * `ruleArg` gives a rule as the printed next commands take it (`ruleArgument`).
+ */
+export function renderCutover(result: CutoverResult, format: Format, ruleArg: (rule: string) => string = (rule) => rule): string {
   if (format === 'json') return renderEnvelope(result.action, result.refused ? 'refused' : 'ok', { ...result });
   const mark = (ok: boolean) => (ok ? 'ok  ' : 'FAIL');
   const lines: string[] = [`${result.action} of ${result.rules.map((r) => `rule ${r.rule}`).join(', ')} (migration ${result.migration}, etcd revision ${result.etcdRevision}):`];
@@ -84,7 +87,7 @@ export function renderCutover(result: CutoverResult, format: Format): string {
       continue;
     }
     const next = doc.phase === 'cutover'
-      ? `applications now write rule ${doc.rule} to Consul; the dual-run mirrors it back to etcd. Next: switch the writers, then \`migrate finalize --rule ${doc.rule}\` (or \`migrate rollback --rule ${doc.rule}\`).`
+      ? `applications now write rule ${doc.rule} to Consul; the dual-run mirrors it back to etcd. Next: switch the writers, then \`migrate finalize --rule ${ruleArg(doc.rule)}\` (or \`migrate rollback --rule ${ruleArg(doc.rule)}\`).`
       : doc.phase === 'rolledback'
         ? `applications write rule ${doc.rule} to etcd again; the dual-run replicates it to Consul.`
         : `rule ${doc.rule} is no longer mirrored in either direction.`;

@@ -1,6 +1,7 @@
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { countRuleKeys } from '../mapping/route.js';
+import { ruleArgument } from '../mapping/datacenters.js';
 import { checkIdentity, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import { derivePhase, dualRunRunning, formatAge, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase, type WritesPause } from './phase.js';
@@ -52,8 +53,7 @@ function pausedStep(rule: string, pause: WritesPause, ageSeconds: number): strin
 /** `migrate status` (reads only). */
 export async function runStatus(deps: { source: SourceReader; target: TargetStore; config: MigrationConfig; mapping: Mapping }, options: { now: () => Date; maxVerifyAgeMs: number; datacenter?: string }): Promise<StatusResult> {
   const { source, target, config, mapping } = deps;
-  // A rule copied to several datacenters needs --datacenter on cutover, rollback and finalize: the hints name it, to run as printed.
-  const ruleArg = (name: string) => ((config.rules.find((r) => r.name === name)?.datacenters?.length ?? 1) > 1 && options.datacenter ? `${name} --datacenter ${options.datacenter}` : name);
+  const ruleArg = (name: string) => ruleArgument(config, name, options.datacenter);
   const paths = statePaths(mapping.statePrefix, config.id);
   const [status, meta, state, info, lock] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info(), target.readKey(paths.leader)]);
   // As verify: figures of another etcd cluster (or datacenter) than the migration's would compare unrelated stores.

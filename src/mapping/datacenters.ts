@@ -33,6 +33,16 @@ export function datacentersOf(rule: Pick<RuleConfig, 'datacenters'>, primary: st
   return rule.datacenters ?? [primary];
 }
 
+/**
+ * A rule as a printed command's `--rule` takes it: with `--datacenter` when the
+ * rule is copied to several datacenters, where cutover, rollback and finalize
+ * need it (else they stop with datacenter_required).
+ */
+export function ruleArgument(config: MigrationConfig, rule: string, datacenter: string | undefined): string {
+  const several = (config.rules.find((r) => r.name === rule)?.datacenters?.length ?? 1) > 1;
+  return several && datacenter ? `${rule} --datacenter ${datacenter}` : rule;
+}
+
 /** True when some rule names a datacenter of its own (the views then need the primary's name to be resolved). */
 export function namesDatacenters(config: MigrationConfig): boolean {
   return config.rules.some((r) => r.datacenters !== undefined);

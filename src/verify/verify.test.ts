@@ -105,6 +105,22 @@ describe('runVerify on in-memory stores', () => {
     expect(result.warnings.join('\n')).toContain('no copy has run); this verify is not recorded');
   });
 
+  it('late writes recorded by the dual-run: the warning\'s command runs as printed, naming --datacenter for a rule copied to several', async () => {
+    const several = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: app, from: /app/, to: app/, datacenters: [dc1, dc2] }
+  - { name: one, from: /one/, to: one/ }
+`, 'migration.yaml');
+    const w = world();
+    seedParity(w);
+    for (const rule of ['app', 'one']) w.set(`_migrate/demo/trips/${rule}`, JSON.stringify({ schemaVersion: 1, rule, lateWrites: { count: 2, keys: [`/${rule}/late`] }, guardTrips: { count: 0 } }));
+    const result = await runVerify({ source: w.source, target: w.target, config: several.config, mapping: several.mapping, datacenter: 'dc2' }, options({ record: false }));
+    const warnings = result.warnings.join('\n');
+    expect(warnings).toContain('`migrate cutover --rule app --datacenter dc2 --acknowledge-trips`');
+    expect(warnings).toContain('`migrate cutover --rule one --acknowledge-trips`');
+  });
+
   it('--no-record writes nothing at all', async () => {
     const w = world();
     seedParity(w);

@@ -4,6 +4,7 @@ import type { CheckpointState, CopyState } from '../copy/copy.js';
 import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js';
 import { InterruptedError, RefusedError, UsageError, isMigrateError } from '../errors.js';
 import type { UnmappableReason } from '../mapping/escape.js';
+import { ruleArgument } from '../mapping/datacenters.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { countRuleKeys, ruleRanges } from '../mapping/route.js';
 import type { ValueHasher } from '../report/hash.js';
@@ -302,7 +303,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     const trips = await readState<TripsDoc>(target, tripsKey(paths, rule.name));
     if (trips && trips.lateWrites.count > 0) {
       late.set(rule.name, trips.lateWrites.count);
-      warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then \`migrate cutover --rule ${rule.name} --acknowledge-trips\``);
+      warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then \`migrate cutover --rule ${ruleArgument(config, rule.name, deps.datacenter)} --acknowledge-trips\``);
     }
   }
   const freshRuns = (): RuleRun[] => verified.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({

@@ -107,6 +107,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   const { createValueHasher } = await import('../../report/hash.js');
   const { EtcdWriter } = await import('../../stores/etcd-writer.js');
   const { operator } = await import('../../cutover/state-io.js');
+  const { ruleArgument } = await import('../../mapping/datacenters.js');
   const loaded = await ctx.loadConfig(options.config, true);
   const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
   const stores = openStores(connections, loaded.config);
@@ -138,7 +139,9 @@ export async function openForTransition(ctx: CommandContext, options: Transition
       sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
       ...(elsewhere ? { elsewhere } : {}),
     };
-    return { loaded, stores, writer, verify, common, deps: { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, writer } };
+    /** A rule as the printed next commands take it: with --datacenter when it is copied to several. */
+    const ruleArg = (rule: string) => ruleArgument(loaded.config, rule, lane.datacenter);
+    return { loaded, stores, writer, verify, common, ruleArg, deps: { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, writer } };
   } catch (err) {
     stores.close();
     throw err;

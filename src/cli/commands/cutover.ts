@@ -51,7 +51,7 @@ Examples:
           ...(options.snapshot ? { snapshotFile: resolve(ctx.io.cwd, options.snapshot) } : {}),
           ...(confirm ? { confirm } : {}),
         });
-        ctx.result(renderCutover(result, ctx.format));
+        ctx.result(renderCutover(result, ctx.format, open.ruleArg));
         return result.refused ? ExitCode.refused : ExitCode.ok;
       } finally {
         open.stores.close();

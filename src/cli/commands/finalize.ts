@@ -38,7 +38,7 @@ export function registerFinalize({ add }: CommandRegistrar): void {
           ...(options.exportEtcd ? { exportEtcd: resolve(ctx.io.cwd, options.exportEtcd) } : {}),
           ...(confirm ? { confirm } : {}),
         });
-        ctx.result(renderCutover(result, ctx.format));
+        ctx.result(renderCutover(result, ctx.format, open.ruleArg));
         return result.refused ? ExitCode.refused : ExitCode.ok;
       } finally {
         open.stores.close();

@@ -23,7 +23,7 @@ export function registerRollback({ add }: CommandRegistrar): void {
       const open = await openForTransition(ctx, options, 'rollback');
       try {
         const result = await runRollback(open.deps, { ...open.common, drainMs: drainMs(options), verifyRule: (rule) => open.verify(rule), ...(confirm ? { confirm } : {}) });
-        ctx.result(renderCutover(result, ctx.format));
+        ctx.result(renderCutover(result, ctx.format, open.ruleArg));
         return result.refused ? ExitCode.refused : ExitCode.ok;
       } finally {
         open.stores.close();
