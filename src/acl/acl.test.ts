@@ -40,6 +40,23 @@ describe('planAcl', () => {
     expect(planAcl(nested.config, nested.mapping).etcd.permissions.filter((p) => !p.prefix)).toEqual([]);
   });
 
+  it('names the keep rules whose keys the watch range lets the migrator read (between the rules, not nested in one, not outside)', () => {
+    const { config, mapping } = load([
+      '  - { name: apps, from: /apps/, to: apps/ }',
+      '  - { name: k8s, from: /registry/, action: keep }',
+      '  - { name: secret, from: /apps/secret/, action: keep }',
+      '  - { name: zz, from: /zz/, action: keep }',
+      '  - { name: svc, from: /services/, to: services/ }',
+      '',
+    ].join('\n'));
+    const watch = planAcl(config, mapping).etcd.permissions.find((p) => !p.prefix)!;
+    expect([watch.key.toString(), watch.rangeEnd.toString()]).toEqual(['/apps/', '/services0']);
+    expect(watch.why).toContain('the migrator can also read the keys of keep rule k8s (/registry/)');
+    expect(watch.why).not.toMatch(/secret|zz/);
+    const plain = load('  - { name: a, from: /a/, to: a/ }\n  - { name: c, from: /c/, to: c/ }\n  - { name: z, from: /z/, action: keep }\n');
+    expect(planAcl(plain.config, plain.mapping).etcd.permissions.find((p) => !p.prefix)!.why).not.toContain('keep rule');
+  });
+
   it('policy names keep to Consul\'s alphabet; etcdctl arguments are shell-quoted', () => {
     expect(policyName('migrate', 'my.id', 'app', 'svc.cfg')).toBe('migrate-my-id-app-svc-cfg');
     expect(shellQuote(b("/it's/"))).toBe(`'/it'\\''s/'`);

@@ -1,6 +1,7 @@
 import type { MigrationConfig, ServiceSpec } from '../config/load.js';
 import { datacenterNames, datacentersOf, namesDatacenters } from '../mapping/datacenters.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
+import { keepRulesInWatchSpan, watchSpan } from '../mapping/watch-span.js';
 import { statePaths } from '../state/state.js';
 import { prefixEnd } from '../stores/key-range.js';
 
@@ -323,10 +324,9 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
   }));
   if (readRules.length > 1) {
     // The dual-run keeps one ordered watch over every copy and service rule (DESIGN §3), and etcd checks a watch over its whole interval.
-    const start = readRules.map((r) => r.fromBytes).reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
-    const ends = readRules.map((r) => prefixEnd(r.fromBytes));
-    const end = ends.some((e) => e.length === 0) ? Buffer.alloc(0) : ends.reduce((a, b) => (Buffer.compare(a, b) >= 0 ? a : b));
+    const { start, end } = watchSpan(mapping)!;
     if (!rangeCovered(start, end, permissions)) {
+      const kept = keepRulesInWatchSpan(mapping);
       permissions.push({
         type: 'read',
         key: start,
@@ -334,7 +334,7 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
         prefix: false,
         when: 'always',
         rules: readRules.map((r) => r.name),
-        why: 'the dual-run watches one range from the first rule to the last, so revisions stay in order; etcd checks read over the whole range, gaps between the rules included',
+        why: `the dual-run watches one range from the first rule to the last, so revisions stay in order; etcd checks read over the whole range, gaps between the rules included${kept.length > 0 ? `, so the migrator can also read the keys of keep rule${kept.length > 1 ? 's' : ''} ${kept.map((r) => `${r.name} (${r.from})`).join(', ')} (their changes reach the dual-run, which ignores them)` : ''}`,
       });
     }
   }

@@ -6,7 +6,7 @@ import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
 import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError } from '../stores/etcd.js';
-import { prefixEnd } from '../stores/key-range.js';
+import { watchSpan } from '../mapping/watch-span.js';
 import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
@@ -137,14 +137,11 @@ export interface DualRunDeps {
 
 /** The etcd range one ordered watch must cover to see every copy and service rule. */
 export function watchRange(mapping: Mapping): KeyRange {
-  const froms = [...mapping.copyRules, ...mapping.serviceRules].map((r) => r.fromBytes);
-  if (froms.length === 0) {
+  const span = watchSpan(mapping);
+  if (!span) {
     throw new RefusedError('dualrun_no_rules', 'migration.yaml has no copy or service rule: the dual-run has nothing to mirror.', { hint: 'Add a rule with action: copy or action: service (see `migrate init`).' });
   }
-  const start = froms.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
-  const ends = froms.map(prefixEnd);
-  const end = ends.some((e) => e.length === 0) ? Buffer.alloc(0) : ends.reduce((a, b) => (Buffer.compare(a, b) >= 0 ? a : b));
-  return { start, end };
+  return span;
 }
 
 /**
