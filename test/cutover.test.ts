@@ -3,10 +3,13 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { configDir, consulTarget, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
+import { configDir, consulTarget, etcdSource, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
 import { eventually, metric, startDualRun, waitCaughtUp, type DualRunProcess } from './support/dualrun.js';
 import { createKvClient, type PauseEvent, type SwitchEvent } from '../src/client/index.js';
 import { Terminal } from './support/terminal.js';
+import { parseConfig } from '../src/config/load.js';
+import { runFinalize } from '../src/cutover/cutover.js';
+import { EtcdWriter } from '../src/stores/etcd-writer.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
@@ -310,6 +313,93 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     } finally {
       expect(await dr.stop()).toBe(0);
     }
+  }, 60_000);
+
+  it('an interrupt (Ctrl-C) during a cutover\'s drain stops it at once: writes not paused, no rollback point left, the rule not moved (exit 130)', async () => {
+    const s = scenario('cutint');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'cutover', '--rule', 'app', '--yes', '--drain', '60s'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => (stderr += c));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
+      await eventually('writes paused', async () => (await paused()) !== undefined);
+      const interruptedAt = Date.now();
+      child.kill('SIGINT');
+      expect(await exited, stderr).toBe(130);
+      // Not the rest of the 60 s drain.
+      expect(Date.now() - interruptedAt).toBeLessThan(15_000);
+      expect(stderr).toContain('error[interrupted]: cutover was interrupted before it moved any rule: nothing was changed');
+      expect(await paused()).toBeUndefined();
+      expect(existsSync(join(s.dir, 'migrate-rollback')) ? readdirSync(join(s.dir, 'migrate-rollback')) : []).toEqual([]);
+      expect((await phases(s)).app).toMatchObject({ phase: 'verified', writesPaused: null });
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
+  it('a rollback whose dual-run stops during the drain is refused (exit 4): etcd would own the rule with nothing mirroring it to Consul', async () => {
+    const s = scenario('rbdrain');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    let stopped = false;
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const cut = await s.cli(['cutover', '--rule', 'app', '--yes']);
+      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+      const rollback = s.cli(['rollback', '--rule', 'app', '--yes', '--drain', '5s']);
+      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
+      await eventually('writes paused', async () => (await paused()) !== undefined);
+      expect(await dr.stop()).toBe(0);
+      stopped = true;
+      const refused = await rollback;
+      expect(refused.code, refused.stdout + refused.stderr).toBe(4);
+      expect(refused.stdout).toMatch(/FAIL dual-run \(after the drain\)\s+the dual-run is not running/);
+      expect(await paused()).toBeUndefined();
+      expect((await phases(s)).app.phase).toBe('cutover');
+    } finally {
+      if (!stopped) expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
+  it('an interrupt (Ctrl-C) before finalize --delete-etcd flips stops it: nothing deleted or exported, the rule stays cut over', async () => {
+    const s = scenario('finint');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const cut = await s.cli(['cutover', '--rule', 'app', '--yes']);
+      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    const before = await snapshot(s);
+    const { config, mapping } = parseConfig(readFileSync(join(s.dir, 'migration.yaml'), 'utf8'), 'migration.yaml');
+    const source = etcdSource();
+    const controller = new AbortController();
+    try {
+      const run = runFinalize({ source, target, config, mapping, writer: new EtcdWriter(source.client, (err, what) => source.toError(err, what)) }, {
+        rules: ['app'], now: () => new Date(), by: 'test', cwd: s.dir, catchUpTimeoutMs: 10_000, acknowledgeTrips: false, sleep: async () => undefined,
+        deleteEtcd: true, exportEtcd: join(s.dir, 'app-etcd.json'), onWarning: () => undefined, signal: controller.signal,
+        // The operator presses Ctrl-C while the command asks for confirmation, and the answer comes anyway.
+        confirm: async () => {
+          controller.abort();
+          return true;
+        },
+      });
+      await expect(run).rejects.toMatchObject({ code: 'interrupted', message: expect.stringContaining('finalize was interrupted before it moved any rule') });
+    } finally {
+      source.close();
+    }
+    expect(await snapshot(s)).toBe(before);
+    expect(existsSync(join(s.dir, 'app-etcd.json'))).toBe(false);
+    expect((await phases(s)).app.phase).toBe('cutover');
   }, 60_000);
 
   it('dualrun --accept-mapping-change refuses a new to: of a cut-over rule (exit 4): the reverse mirror would have emptied etcd of it; and dropping it, which would have stopped its mirror', async () => {

@@ -2,7 +2,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { main } from './main.js';
+import { asInterrupt, main } from './main.js';
+import { ExitCode, InterruptedError, UsageError } from '../errors.js';
 import { captureIo } from '../../test/support/capture-io.js';
 
 const io = captureIo;
@@ -12,6 +13,18 @@ describe('CLI contract (in-process)', () => {
     const t = io();
     expect(await main(['--version'], t)).toBe(0);
     expect(t.out.trim()).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
+  it('a failure after an interrupt (a request\'s AbortError) is the interrupt, exit 130 with what to do, not an internal error; the tool\'s own errors stay', () => {
+    const aborted = AbortSignal.abort();
+    const abortError = Object.assign(new Error('The operation was aborted'), { name: 'AbortError' });
+    const mapped = asInterrupt(abortError, aborted, 'verify');
+    expect(mapped).toBeInstanceOf(InterruptedError);
+    expect(mapped).toMatchObject({ code: 'interrupted', exitCode: ExitCode.interrupted, message: 'migrate verify was interrupted.' });
+    expect((mapped as InterruptedError).hint).toContain('Run `migrate verify` again');
+    const own = new UsageError('flag_invalid', 'bad flag');
+    expect(asInterrupt(own, aborted, 'verify')).toBe(own);
+    expect(asInterrupt(abortError, new AbortController().signal, 'verify')).toBe(abortError);
   });
 
   it('--help groups commands and lists the exit codes', async () => {

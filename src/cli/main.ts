@@ -77,6 +77,8 @@ export function createProgram(io: Io = defaultIo()): { program: Command; outcome
             const ctx = new CommandContext(io, outcome.commandName, opts, controller.signal);
             outcome.exitCode = await run(ctx, opts as never, actionArgs.slice(0, -2) as string[]);
             if (controller.signal.aborted && outcome.exitCode === ExitCode.ok) outcome.exitCode = ExitCode.interrupted;
+          } catch (err) {
+            throw asInterrupt(err, controller.signal, outcome.commandName);
           } finally {
             interrupts?.();
           }
@@ -87,6 +89,16 @@ export function createProgram(io: Io = defaultIo()): { program: Command; outcome
   };
   registerCommands(registrar);
   return { program, outcome };
+}
+
+/**
+ * What a command's failure is once the operator interrupted it: an interrupt surfaces
+ * wherever the command was, often as a request's AbortError, and is reported as the
+ * interrupt (exit 130), not as a bug (exit 70). Errors of the tool's own stay as they are.
+ */
+export function asInterrupt(err: unknown, signal: AbortSignal, command: string): unknown {
+  if (!signal.aborted || isMigrateError(err)) return err;
+  return new InterruptedError(`migrate ${command} was interrupted.`, { hint: `Run \`migrate ${command}\` again (\`migrate status\` shows where the migration stands).` });
 }
 
 /**

@@ -1,7 +1,7 @@
 import { rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MigrationConfig } from '../config/load.js';
-import { isMigrateError, RefusedError, UsageError } from '../errors.js';
+import { InterruptedError, isMigrateError, RefusedError, UsageError } from '../errors.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { checkIdentity, mappingHash, readState, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
 import type { ConsulHttp } from '../stores/consul-http.js';
@@ -66,6 +66,27 @@ export interface CommonOptions {
   /** Rules in several datacenters (issue 11): the check of a rule's phase in the other datacenters it is copied to. */
   elsewhere?: (rule: string) => Promise<PreconditionCheck | undefined>;
   sleep: (ms: number) => Promise<void>;
+  /** The operator's interrupt (Ctrl-C): checked before each step that changes something, so that once it comes nothing more changes. */
+  signal?: AbortSignal;
+}
+
+/** What an interrupted transition says: it stopped before its flip (the point of no return), and undid what it had prepared. */
+function interrupted(action: CutoverAction): InterruptedError {
+  return new InterruptedError(`${action} was interrupted before it moved any rule: nothing was changed (writes are not paused, no rollback point or export was kept).`, { hint: `Run \`migrate ${action}\` again when ready.` });
+}
+
+/** Stops a transition the operator interrupted, before its next change. */
+function stopIfInterrupted(options: CommonOptions, action: CutoverAction): void {
+  if (options.signal?.aborted) throw interrupted(action);
+}
+
+/** A verify the transition runs, interrupted: the transition's interrupt (verify's own message names verify). */
+async function transitionVerify<T>(action: CutoverAction, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    throw err instanceof InterruptedError ? interrupted(action) : err;
+  }
 }
 
 /** cutover and rollback move ownership behind a write fence. */
@@ -157,7 +178,7 @@ async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
 }
 
 /** The dual-run checks: running (leader lock held, heartbeat fresh) and caught up with etcd's revision within the bound. */
-async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CommonOptions): Promise<{ checks: PreconditionCheck[]; etcdRevision: number; checkpoint: number | null }> {
+async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CommonOptions, action: CutoverAction): Promise<{ checks: PreconditionCheck[]; etcdRevision: number; checkpoint: number | null }> {
   const checks: PreconditionCheck[] = [];
   const leader = await deps.target.readKey(paths.leader);
   const running = Boolean(leader?.session) && dualRunRunning(state.checkpoint, options.now().getTime());
@@ -173,6 +194,7 @@ async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: Cutove
   let checkpoint = state.checkpoint!.revision;
   while (checkpoint < etcdRevision && Date.now() < deadline) {
     await options.sleep(200);
+    stopIfInterrupted(options, action);
     checkpoint = (await readState<CheckpointState>(deps.target, paths.checkpoint()))?.revision ?? checkpoint;
   }
   checks.push(checkpoint >= etcdRevision
@@ -303,8 +325,8 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   if (options.acknowledgeTrips && options.rules.every((name) => ruleNamed(mapping, name).action === 'copy' && phaseOf(state, name, options.now()) === 'cutover')) {
     return acknowledgeCutOver(deps, paths, state, options);
   }
-  if (options.verifyNow) await options.verifyNow();
-  const global = await dualRunChecks(deps, paths, state, options);
+  if (options.verifyNow) await transitionVerify('cutover', options.verifyNow);
+  const global = await dualRunChecks(deps, paths, state, options, 'cutover');
   // Re-read after the wait: the indexes the flip checks against are those of what was checked.
   state = await readCutoverState(target, paths);
   const now = options.now();
@@ -326,6 +348,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
     return refusedResult('cutover', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
   }
+  stopIfInterrupted(options, 'cutover');
 
   // The rollback point, then (optionally) a snapshot, then the flip.
   for (const outcome of outcomes) {
@@ -354,6 +377,10 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     // The default folder too, when nothing else is in it.
     if (!rollbackOut) rmEmptyDir(join(options.cwd, 'migrate-rollback'));
   };
+  if (options.signal?.aborted) {
+    discardExports();
+    throw interrupted('cutover');
+  }
   const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options).catch((err: unknown) => {
     if (err instanceof RefusedError) discardExports();
     throw err;
@@ -363,7 +390,8 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   let caughtUp: Awaited<ReturnType<typeof dualRunChecks>>;
   try {
     await options.sleep(options.drainMs);
-    caughtUp = await dualRunChecks(deps, paths, await readCutoverState(target, paths), options);
+    stopIfInterrupted(options, 'cutover');
+    caughtUp = await dualRunChecks(deps, paths, await readCutoverState(target, paths), options, 'cutover');
     if (!caughtUp.checks.every((c) => c.ok)) {
       await fence.resume();
       discardExports();
@@ -373,7 +401,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     state = await readCutoverState(target, paths);
     const at = options.now();
     refuseIfMoved(state, outcomes, CUTOVER_FROM, at);
-    if (!(await parityWithWritesPaused(options, outcomes, fence, 'cutover'))) {
+    if (!(await transitionVerify('cutover', () => parityWithWritesPaused(options, outcomes, fence, 'cutover')))) {
       discardExports();
       return refusedResult('cutover', deps, global.checks, outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
     }
@@ -389,11 +417,12 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     return { rule: o.rule, from: o.from as RulePhase, to: 'cutover', etcdRevision, entry: { at: at.toISOString(), by: options.by, evidence } };
     });
     // The flip writes documents without `writesPaused`: applications resume, on Consul.
+    stopIfInterrupted(options, 'cutover');
     written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
   } catch (err) {
     await fence.resume();
-    // Refused (another operator moved the rule): nothing was written. Any other failure may have come after the flip: the files stay.
-    if (err instanceof RefusedError) discardExports();
+    // Refused (another operator moved the rule) or interrupted: nothing was flipped. Any other failure may have come after the flip: the files stay.
+    if (err instanceof RefusedError || err instanceof InterruptedError) discardExports();
     throw err;
   }
   return { action: 'cutover', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: caughtUp.checkpoint, ...(snapshotFile ? { snapshotFile } : {}), written: [...written.values()] };
@@ -432,7 +461,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   const paths = statePaths(mapping.statePrefix, config.id);
   await identity(deps, paths);
   let state = await readCutoverState(target, paths);
-  const global = await dualRunChecks(deps, paths, state, options);
+  const global = await dualRunChecks(deps, paths, state, options, 'rollback');
   const now = options.now();
   const outcomes: RuleOutcome[] = [];
   for (const name of options.rules) {
@@ -452,6 +481,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
     return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
   }
+  stopIfInterrupted(options, 'rollback');
   // The write fence: applications hold their writes to Consul; writes in flight land during the drain,
   // and the reverse mirror must have carried them to etcd (parity again) before etcd is the owner.
   const fence = await pauseWrites(deps, paths, outcomes, 'rollback', options);
@@ -459,16 +489,24 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   let etcdRevision: number;
   try {
     await options.sleep(options.drainMs);
+    stopIfInterrupted(options, 'rollback');
+    // As for a cutover: the dual-run must still run (and have caught up) after the drain, or etcd would get no mirror of the rule.
+    const caughtUp = await dualRunChecks(deps, paths, await readCutoverState(target, paths), options, 'rollback');
+    if (!caughtUp.checks.every((c) => c.ok)) {
+      await fence.resume();
+      return refusedResult('rollback', deps, caughtUp.checks.map((c) => ({ ...c, name: `${c.name} (after the drain)` })), outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
+    }
     // Read once for both: a change during the parity check fails the flip's check-and-set instead.
     state = await readCutoverState(target, paths);
     const at = options.now();
     refuseIfMoved(state, outcomes, ['cutover'], at);
-    if (!(await parityWithWritesPaused(options, outcomes, fence, 'rollback'))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
+    if (!(await transitionVerify('rollback', () => parityWithWritesPaused(options, outcomes, fence, 'rollback')))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => ({
       rule: o.rule, from: 'cutover', to: 'rolledback', etcdRevision,
       entry: { at: at.toISOString(), by: options.by, evidence: { checkpoint: global.checkpoint ?? undefined, etcdRevision, ...(openTrips(state.trips.get(o.rule)?.doc) ? { acknowledgedTrips: openTrips(state.trips.get(o.rule)?.doc) } : {}) } },
     }));
+    stopIfInterrupted(options, 'rollback');
     written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
   } catch (err) {
     await fence.resume();
@@ -567,6 +605,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
     return refusedResult('finalize', deps, [], outcomes, etcdRevisionBefore, state.checkpoint?.revision ?? null);
   }
+  stopIfInterrupted(options, 'finalize');
   // Read (and export) the etcd keys before the flip: the export is the record of what is deleted.
   const toDelete = new Map<string, { keys: Buffer[]; revision: number }>();
   for (const outcome of outcomes) {
@@ -584,10 +623,11 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     refuseIfMoved(state, outcomes, ['cutover'], at);
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => finalizeTransition(o, state, toDelete, etcdRevision, at, options.by));
+    stopIfInterrupted(options, 'finalize');
     written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
   } catch (err) {
-    // Refused: nothing moved, nothing deleted; the export made for it goes too.
-    if (err instanceof RefusedError && etcdOut) rmSync(etcdOut.file, { force: true });
+    // Refused or interrupted: nothing moved, nothing deleted; the export made for it goes too.
+    if ((err instanceof RefusedError || err instanceof InterruptedError) && etcdOut) rmSync(etcdOut.file, { force: true });
     throw err;
   }
   for (const outcome of outcomes) {

@@ -136,7 +136,12 @@ export async function openForTransition(ctx: CommandContext, options: Transition
       cwd: ctx.io.cwd,
       catchUpTimeoutMs: parseDuration('--catch-up-timeout', options.catchUpTimeout) ?? 10_000,
       acknowledgeTrips: Boolean(options.acknowledgeTrips),
-      sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+      // Cut short by an interrupt (the drain): the transition then stops before its next change.
+      sleep: (ms: number) => new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        ctx.signal.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+      }),
+      signal: ctx.signal,
       ...(elsewhere ? { elsewhere } : {}),
     };
     /** A rule as the printed next commands take it: with --datacenter when it is copied to several. */
