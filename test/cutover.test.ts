@@ -564,6 +564,56 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('a lease session Consul loses after the cutover (reaped while no dual-run renewed it, or while it ran) takes the keys from Consul for a moment only: the etcd lease lives on, so they are written back, and etcd never loses them', async () => {
+    const s = scenario('reaped');
+    await seed(s);
+    const { ID: lease } = await etcd.leaseClient.leaseGrant({ TTL: 3600, ID: 0 });
+    for (let i = 0; i < 3; i++) await etcd.kv.put({ key: Buffer.from(`${s.root}/app/held/${i}`), value: Buffer.from(`h${i}`), lease });
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const sessionOf = async () => (JSON.parse((await target.readKey(`_migrate/${s.id}/sessions/${lease}`))!.value.toString()) as { sessionId: string }).sessionId;
+    const heldInConsul = async (session: string) => {
+      const entries = await target.readEntries([0, 1, 2].map((i) => `${s.id}/app/held/${i}`));
+      return entries.length === 3 && entries.every((e) => e.session === session);
+    };
+    // etcd keeps the keys on their lease: never deleted (nor written back without it by the reverse mirror).
+    const etcdIntact = async () => {
+      const kvs = (await etcd.getAll().prefix(`${s.root}/app/held/`).exec()).kvs;
+      return kvs.length === 3 && kvs.every((kv) => kv.lease === lease);
+    };
+    let dr = await dualRun(s);
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      // While the dual-run runs.
+      const first = await sessionOf();
+      await target.destroySession(first);
+      await eventually('the keys back in Consul, held by a new session of the lease', async () => {
+        const now = await sessionOf();
+        return now !== first && (await heldInConsul(now));
+      }, 30_000);
+      expect(await etcdIntact()).toBe(true);
+      // While no dual-run ran (kill -9, then Consul reaped the session: here destroyed by hand).
+      await dr.kill();
+      const second = await sessionOf();
+      await target.destroySession(second);
+      expect(await target.listKeys(`${s.id}/app/held/`)).toEqual([]);
+      dr = await dualRun(s);
+      await eventually('the keys back in Consul after the restart', async () => {
+        const now = await sessionOf();
+        return now !== second && (await heldInConsul(now));
+      }, 30_000);
+      await sleep(1_500);
+      expect(await etcdIntact()).toBe(true);
+      expect(dr.stderr()).toMatch(/session of etcd lease \S+ was gone from Consul; re-created it and rewrote 3 key\(s\)/);
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+    } catch (err) {
+      process.stderr.write(`dual-run log:\n${dr.stderr()}\n`);
+      throw err;
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 120_000);
+
   it('Consul dropping many keys at once after the cutover trips the reverse mirror\'s guard once (not on every later answer); a dual-run started with --allow-mass-delete mirrors the deletes', async () => {
     const s = scenario('dropburst');
     await seed(s);

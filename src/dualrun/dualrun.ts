@@ -471,10 +471,11 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         continue;
       }
       const mirror = new ReverseMirror({
-        rule, mapping: ctx.mapping, source, writer: ctx.writer, blocking: ctx.blocking, own, target: ctx.target, leaseSessions: sessions.own, log: options.log,
+        rule, mapping: ctx.mapping, source, writer: ctx.writer, blocking: ctx.blocking, own, target: ctx.target, leaseSessions: sessions.own, restored: applier.restored, log: options.log,
         checkpoint: () => stats.checkpoint,
         allowMassDelete: options.allowMassDelete ?? false,
         onChangedSince: (entry) => applier.lateSinceCheckpoint(name, entry),
+        onLeaseSessionGone: (session) => applier.checkLeaseOf(session),
         onApplied: (n) => {
           stats.reverseOps += n;
           ctx.publish();
@@ -752,6 +753,11 @@ class Applier {
   private readonly renewedAt = new Map<string, number>();
   /** Leases found ended, with etcd's revision then: their sessions go once the checkpoint has passed it. */
   private readonly endedAt = new Map<string, number>();
+  /**
+   * Keys of cut-over rules written back into Consul after their lease's session was lost (Consul key → what was
+   * written): the reverse mirror takes those writes for what they are, not for an application's.
+   */
+  readonly restored = new Map<string, { session: string; value: Buffer }>();
 
   constructor(
     private readonly ctx: LeadContext,
@@ -1067,6 +1073,12 @@ class Applier {
     await this.send([], revision);
   }
 
+  /** The lease whose session `session` was (Consul lost it): checked by the next lease pass, not after its renewal interval. */
+  checkLeaseOf(session: string): void {
+    const record = this.sessions.records().find((r) => r.sessionId === session);
+    if (record) this.renewedAt.delete(record.leaseId);
+  }
+
   /**
    * At start: sessions Consul reaped while no dual-run renewed them (their keys
    * are gone) are re-created for live leases and their keys rewritten; sessions
@@ -1207,13 +1219,23 @@ class Applier {
 
   private async rewriteLeaseKeys(leaseId: string, keys: Buffer[], session: string, what: string, atStart: boolean): Promise<void> {
     const ops: TxnOp[] = [];
+    const consulOwned: TxnOp[] = [];
     for (const key of keys) {
       const route = routeForReplication(this.ctx.mapping, key, 0);
       if (route.kind !== 'mapped' || route.leases !== 'session') continue;
-      // Consul owns a cut-over rule's keys: the lease's keys are not rewritten there.
-      if (ownerAt(this.ownership.doc, route.rule, Number.MAX_SAFE_INTEGER).owner === 'consul') continue;
+      const owned = ownerAt(this.ownership.doc, route.rule, Number.MAX_SAFE_INTEGER).owner === 'consul';
       for await (const page of this.ctx.source.readPages({ start: key, end: Buffer.concat([key, Buffer.from([0])]) })) {
-        for (const entry of page.entries) if (entry.lease === leaseId) ops.push({ verb: 'lock', key: route.target, value: entry.value, session });
+        for (const entry of page.entries) if (entry.lease === leaseId) (owned ? consulOwned : ops).push({ verb: 'lock', key: route.target, value: entry.value, session });
+      }
+    }
+    // Consul owns a cut-over rule's keys: a key there (an application wrote it) stays as it is. One absent went with
+    // the reaped session, as the etcd lease lives on: written back, or the reverse mirror would delete it from etcd too.
+    if (consulOwned.length > 0) {
+      const current = await this.entriesOf(consulOwned.map((op) => op.key));
+      for (const op of consulOwned) {
+        if (current.has(op.key) || op.verb !== 'lock') continue;
+        this.restored.set(op.key, { session: op.session, value: op.value });
+        ops.push(op);
       }
     }
     const apply = (part: TxnOp[]) => this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);

@@ -81,10 +81,12 @@ export interface ReverseMirrorDeps {
   writer: Pick<SourceWriter, 'applyTxn'>;
   blocking: BlockingReader;
   own: OwnWrites;
-  /** Releases Consul keys from the sessions that mirror etcd leases (see `release`). */
-  target: Pick<TargetStore, 'applyTxn'>;
+  /** Releases Consul keys from the sessions that mirror etcd leases (see `release`); asks whether such a session still exists. */
+  target: Pick<TargetStore, 'applyTxn' | 'readSession'>;
   /** The sessions this migration made for etcd leases. */
   leaseSessions: ReadonlySet<string>;
+  /** Keys the dual-run wrote back after their lease's session was lost (etcd's value, the new session): not an application's writes. */
+  restored: Map<string, { session: string; value: Buffer }>;
   log: DualRunLog;
   /** The etcd revision up to which the forward watch has seen every event (the checkpoint). */
   checkpoint: () => number;
@@ -97,6 +99,8 @@ export interface ReverseMirrorDeps {
   onChangedSince: (entry: SourceEntry) => Promise<void>;
   onApplied: (ops: number) => void;
   onGuardTrip: (detail: string) => void;
+  /** A session of an etcd lease found gone (Consul took its keys): the lease pass checks that lease next, and writes them back while it lives. */
+  onLeaseSessionGone: (session: string) => void;
   /** `dualrun --allow-mass-delete`: deletes past the guard are mirrored too. */
   allowMassDelete: boolean;
 }
@@ -122,6 +126,8 @@ export class ReverseMirror {
   private readonly controller = new AbortController();
   private done: Promise<void> | undefined;
   private readonly foreignLogged = new Set<string>();
+  /** Keys of the last answer held by a session of an etcd lease (key → session). */
+  private leaseHeld = new Map<string, string>();
 
   constructor(private readonly deps: ReverseMirrorDeps) {}
 
@@ -219,6 +225,7 @@ export class ReverseMirror {
       }
     }
     for (const want of wanted.values()) ops.push({ verb: 'put', key: want.key, value: want.value });
+    this.leaseHeld = this.heldByLeases(entries);
     if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, etcdKeys) && !this.deps.allowMassDelete) {
       this.deps.onGuardTrip(`the first pass would delete ${deletes.length} of ${etcdKeys} etcd key(s) that Consul no longer holds; deletes skipped (if Consul's deletes are intended, start the dual-run with --allow-mass-delete)`);
     } else ops.push(...deletes);
@@ -235,17 +242,38 @@ export class ReverseMirror {
     for (const e of entries) {
       seen.set(e.key, e.modifyIndex);
       if (lastSeen.get(e.key) === e.modifyIndex) continue;
+      const back = this.deps.restored.get(e.key);
+      if (back) {
+        this.deps.restored.delete(e.key);
+        // etcd's own value, held by its lease's new session: nothing to mirror, nothing to release.
+        if (e.session === back.session && e.value.equals(back.value)) continue;
+      }
       const key = this.sourceOf(e.key);
       if (!key) continue;
       ops.push({ verb: 'put', key, value: e.value });
       if (e.session && this.deps.leaseSessions.has(e.session)) held.push(e);
     }
     let deletes: SourceWriteOp[] = [];
+    const sessionGone = new Map<string, boolean>();
     for (const key of lastSeen.keys()) {
       if (seen.has(key)) continue;
       const source = this.sourceOf(key);
-      if (source) deletes.push({ verb: 'delete', key: source });
+      if (!source) continue;
+      // Gone with the session of an etcd lease: the lease ended (etcd dropped the key itself), or Consul reaped the
+      // session while no dual-run renewed it, and the lease pass writes the key again while the lease lives. Not an
+      // application's delete: mirrored, it deleted a live lease's key from etcd too.
+      const holder = this.leaseHeld.get(key);
+      if (holder) {
+        if (!sessionGone.has(holder)) {
+          const gone = (await this.deps.target.readSession(holder)) === undefined;
+          sessionGone.set(holder, gone);
+          if (gone) this.deps.onLeaseSessionGone(holder);
+        }
+        if (sessionGone.get(holder)) continue;
+      }
+      deletes.push({ verb: 'delete', key: source });
     }
+    this.leaseHeld = this.heldByLeases(entries);
     // Keys etcd no longer has need no delete, and are not a mass delete: etcd dropped them itself (a lease
     // ended, and the dual-run destroyed its session, which took the Consul keys with it).
     if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size)) deletes = await this.stillInEtcd(deletes);
@@ -258,6 +286,10 @@ export class ReverseMirror {
     await this.apply(ops);
     await this.release(held);
     return seen;
+  }
+
+  private heldByLeases(entries: readonly TargetEntry[]): Map<string, string> {
+    return new Map(entries.flatMap((e) => (e.session && this.deps.leaseSessions.has(e.session) ? [[e.key, e.session] as const] : [])));
   }
 
   /** The deletes whose etcd key still exists (read keys-only over the rule's prefix). */
