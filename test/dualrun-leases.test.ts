@@ -167,6 +167,34 @@ describe('dual-run with many leases (real servers)', () => {
     }
   }, 60_000);
 
+  it('the dual-run makes sessions only for leases of keys a leases: session rule copies: none for skip or persist rules, nor for keys of no rule inside the watch range', async () => {
+    const id = `only-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: a-skip, from: ${root}/a/, to: ${id}/a/, leases: skip }\n  - { name: p-persist, from: ${root}/p/, to: ${id}/p/, leases: persist }\n  - { name: s-session, from: ${root}/s/, to: ${id}/s/, leases: session }\n`);
+    await shared.put(`${root}/s/seed`).value('x');
+    expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+    const dr = await startDualRun(dir);
+    const leases: string[] = [];
+    try {
+      for (const key of ['a/job', 'p/cfg', 'm/unmapped', 's/reg']) {
+        const { ID } = await shared.leaseClient.leaseGrant({ TTL: 600, ID: 0 });
+        leases.push(ID);
+        await shared.kv.put({ key: Buffer.from(`${root}/${key}`), value: Buffer.from('v'), lease: ID });
+      }
+      await waitCaughtUp(shared, target, id);
+      await eventually('the session rule\'s key held by its lease\'s session', async () => (await target.readKey(`${id}/s/reg`))?.session !== undefined);
+      // One session, recorded for the session rule's lease only.
+      expect(await target.listKeys(`_migrate/${id}/sessions/`)).toEqual([`_migrate/${id}/sessions/${leases[3]}`]);
+      const named = ((await (await fetch(`${serverEnv().CONSUL_HTTP_ADDR}/v1/session/list`)).json()) as { Name: string }[]).filter((x) => x.Name.startsWith(`migrate ${id} `));
+      expect(named.map((x) => x.Name)).toEqual([`migrate ${id} etcd lease ${leases[3]}`]);
+      expect((await target.readKey(`${id}/p/cfg`))?.session).toBeUndefined();
+      expect(await target.readKey(`${id}/a/job`)).toBeUndefined();
+    } finally {
+      expect(await dr.stop()).toBe(0);
+      for (const ID of leases) await shared.leaseClient.leaseRevoke({ ID });
+    }
+  }, 60_000);
+
   it('a session destroyed by hand under a long TTL (not due for renewal for half an hour): the next write of the lease brings every key of it back under a new session', async () => {
     const id = `lost-${randomBytes(3).toString('hex')}`;
     const root = `/${id}`;

@@ -923,8 +923,13 @@ class Applier {
   private async plan(message: Extract<WatchMessage, { kind: 'revision' }>, holderOf?: Parameters<typeof planRevision>[0]['holderOf']): Promise<RevisionPlan> {
     const leases = new Set<string>();
     for (const e of message.events) {
-      if (e.type === 'put' && e.entry.lease !== '0') leases.add(e.entry.lease);
-      if (e.previous && e.previous.lease !== '0') leases.add(e.previous.lease);
+      // Sessions only for the leases of keys a `leases: session` rule copies, as copy and plan count them: not for
+      // keys of persist or skip rules, nor for keys of no rule that the watch range spans.
+      const rule = findRule(this.ctx.mapping, e.entry.key);
+      if (rule?.action === 'copy' && rule.leases === 'session') {
+        if (e.type === 'put' && e.entry.lease !== '0') leases.add(e.entry.lease);
+        if (e.previous && e.previous.lease !== '0') leases.add(e.previous.lease);
+      }
       // A leased key deleted: its lease may have ended, so the next lease pass looks at it, due or not.
       if (e.type === 'delete' && e.previous && e.previous.lease !== '0') this.renewedAt.delete(e.previous.lease);
     }
