@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -6,7 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
 import { routeKey } from '../src/mapping/route.js';
 import { ConsulTarget, kvPath } from '../src/stores/consul.js';
-import { configDir, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { configDir, privateConsul, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
 
 const etcd = rawEtcd();
 afterAll(() => etcd.close());
@@ -67,6 +68,24 @@ describe('migrate export (real servers)', () => {
     } finally {
       lease.release();
     }
+  });
+
+  it('--out /dev/stdout whose reader goes away first (`| head`): said on stderr, exit 141, not a success', async () => {
+    const id = `export-pipe-${randomBytes(3).toString('hex')}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/app/, to: ${id}/app/ }\n`);
+    const value = Buffer.alloc(2048, 7);
+    for (let i = 0; i < 4000; i += 500) {
+      await etcd.if(`/${id}/app/k0`, 'Mod', '>', -1).then(...Array.from({ length: 500 }, (_, j) => etcd.put(`/${id}/app/k${i + j}`).value(value))).commit();
+    }
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'export', '--out', '/dev/stdout'], { cwd: dir, env: { PATH: process.env.PATH ?? '', ...serverEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c));
+    // The reader takes the first bytes and goes away, as `| head -c 100` does.
+    child.stdout.once('data', () => child.stdout.destroy());
+    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    expect(code, stderr).toBe(141);
+    expect(stderr).toContain('error[file_unwritable]: standard output was closed before the export was whole');
+    expect(stderr).not.toContain('Exported');
   });
 
   it('an export that fails leaves no partial file, and an earlier export as it was', async () => {

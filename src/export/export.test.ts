@@ -51,3 +51,21 @@ describe('runExport when etcd compacts the revision it reads', () => {
     expect(opened.map((s) => s.discarded)).toEqual([true, true, true]);
   });
 });
+
+describe('runExport interrupted (Ctrl-C)', () => {
+  it('fails with interrupted after the reads stop, and drops what it wrote: a partial export is never taken for a whole one', async () => {
+    const source = new MemorySource();
+    for (let i = 0; i < 20; i++) source.put(`/app/k${String(i).padStart(2, '0')}`, `v${i}`);
+    const controller = new AbortController();
+    const { opened, open } = sinks();
+    const sink = () => {
+      const inner = open();
+      // The operator presses Ctrl-C once the first page is written.
+      return { write: (chunk: string) => (inner.write(chunk), chunk.includes('app/k') ? controller.abort() : undefined), discard: inner.discard };
+    };
+    const run = runExport({ source, config: loaded.config, mapping: loaded.mapping }, sink, { pageKeys: 5, signal: controller.signal });
+    await expect(run).rejects.toMatchObject({ code: 'interrupted', message: expect.stringMatching(/^export was interrupted after \d+ key\(s\): the export is not whole, and a file at --out is left as it was\.$/) });
+    await run.catch((err: Error) => expect(Number(/after (\d+)/.exec(err.message)![1])).toBeLessThan(20));
+    expect(opened.map((s) => s.discarded)).toEqual([true]);
+  });
+});

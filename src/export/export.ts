@@ -1,4 +1,5 @@
 import type { MigrationConfig } from '../config/load.js';
+import { InterruptedError } from '../errors.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { routeKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
@@ -41,6 +42,10 @@ export async function runExport(
     const sink = open();
     try {
       const result = await exportAt(deps, sink, revision, options);
+      // Ctrl-C ends the reads early, not with an error: what was read is not the whole keyspace, so it is not committed.
+      if (options.signal?.aborted) {
+        throw new InterruptedError(`export was interrupted after ${result.exported} key(s): the export is not whole, and a file at --out is left as it was.`, { hint: 'Run `migrate export` again.' });
+      }
       return compactedAt.length > 0 ? { ...result, compactedAt } : result;
     } catch (err) {
       await sink.discard();

@@ -145,6 +145,8 @@ export class MemorySource implements SourceReader {
     const pageKeys = options.pageKeys ?? 1000;
     const entries = this.snapshot(revision).filter((e) => inRange(e.key, range));
     for (let i = 0; i < entries.length; i += pageKeys) {
+      // As the etcd adapter: an abort ends the pages (the reader checks the signal to tell that from the end).
+      if (options.signal?.aborted) return;
       // Each page is its own range request at `revision`, which etcd may compact in between.
       if (i > 0) this.checkCompacted(revision);
       const page = entries.slice(i, i + pageKeys);

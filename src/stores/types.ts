@@ -56,6 +56,7 @@ export interface ReadPagesOptions {
   pageKeys?: number;
   /** Read keys and metadata only (values come back empty). */
   keysOnly?: boolean;
+  /** Once aborted, the pages end early, without an error: a reader that passes it checks it after its last page. */
   signal?: AbortSignal;
 }
 

@@ -26,7 +26,7 @@ export function registerExport({ add }: CommandRegistrar): void {
       // it is (a pipe, a socket, which cannot be opened by name), and what was done is said on stderr.
       const toStdout = STDOUT_NAMES.includes(options.out);
       // Else replaces an earlier export only once whole: a failed export leaves no cut-off file.
-      const out = toStdout ? stdoutSink(process.stdout) : new WholeFile(resolve(ctx.io.cwd, options.out), { replace: true, flag: '--out' });
+      const out = toStdout ? stdoutSink(process.stdout, ctx.io.stderr) : new WholeFile(resolve(ctx.io.cwd, options.out), { replace: true, flag: '--out' });
       try {
         const result = await runExport({ source, config: loaded.config, mapping: loaded.mapping }, () => out.open(), { signal: ctx.signal, onWarning: (message) => ctx.warn(message) });
         await out.commit();
@@ -51,13 +51,26 @@ export function registerExport({ add }: CommandRegistrar): void {
 
 const STDOUT_NAMES = ['/dev/stdout', '/dev/fd/1', '/proc/self/fd/1'];
 
-/** The export into this process's standard output: started once (what went out cannot be taken back). */
-function stdoutSink(stdout: NodeJS.WritableStream): { open(): ExportSink; commit(): Promise<void>; drop(): void } {
+/** Exit code of a program whose reader went away (128 + SIGPIPE), as shells report one killed by SIGPIPE. */
+const EXIT_BROKEN_PIPE = 141;
+
+/**
+ * The export into this process's standard output: started once (what went out cannot be taken back).
+ * A reader that goes away first (`| head`) leaves the import with part of the keyspace: that is said
+ * on stderr, and the exit is 141, not 0 (bin/migrate.js ends the process on EPIPE with the exit code set).
+ */
+function stdoutSink(stdout: NodeJS.WritableStream, stderr: { write(text: string): unknown }): { open(): ExportSink; commit(): Promise<void>; drop(): void } {
   let opened = false;
+  const onError = (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') return;
+    stderr.write('error[file_unwritable]: standard output was closed before the export was whole: whatever read it got part of the keyspace.\n  next: Run `migrate export` again into a file (--out kv.json), or into a reader that reads to the end.\n');
+    process.exitCode = EXIT_BROKEN_PIPE;
+  };
   return {
     open() {
       if (opened) throw new UsageError('file_unwritable', 'Cannot write standard output (--out /dev/stdout) again: what was written into it cannot be taken back to start again.', { hint: 'Write the export to a file (--out kv.json).' });
       opened = true;
+      stdout.prependListener('error', onError);
       return {
         write: async (chunk) => {
           if (!stdout.write(chunk)) await once(stdout, 'drain');
@@ -66,6 +79,8 @@ function stdoutSink(stdout: NodeJS.WritableStream): { open(): ExportSink; commit
       };
     },
     commit: async () => undefined,
-    drop: () => undefined,
+    drop: () => {
+      stdout.removeListener('error', onError);
+    },
   };
 }
