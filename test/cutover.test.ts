@@ -315,6 +315,33 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 60_000);
 
+  it('rollback abandons a cutover that paused writes and never flipped (killed, or still draining): the pause is lifted, etcd stays the owner, and the cutover, if it still runs, does not flip', async () => {
+    const s = scenario('abandon');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
+      const phaseBefore = (await phases(s)).app.phase;
+      // Still draining: it must not flip once its pause is gone.
+      const cutover = s.cli(['cutover', '--rule', 'app', '--yes', '--drain', '8s']);
+      await eventually('writes paused', async () => (await paused()) !== undefined);
+      expect((await phases(s)).app.next).toContain('or `migrate rollback --rule app` to abandon it');
+      const abandon = await s.cli(['rollback', '--rule', 'app', '--yes']);
+      expect(abandon.code, abandon.stdout + abandon.stderr).toBe(0);
+      expect(abandon.stdout).toContain('Rule app: the unfinished cutover is abandoned; applications write the rule to etcd again');
+      expect(await paused()).toBeUndefined();
+      const refused = await cutover;
+      expect(refused.code, refused.stdout + refused.stderr).toBe(4);
+      expect(refused.stderr).toContain('no longer paused by this cutover');
+      expect((await phases(s)).app).toMatchObject({ phase: phaseBefore, owner: 'etcd', writesPaused: null });
+      expect(existsSync(join(s.dir, 'migrate-rollback')) ? readdirSync(join(s.dir, 'migrate-rollback')) : []).toEqual([]);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
   it('an interrupt (Ctrl-C) during a cutover\'s drain stops it at once: writes not paused, no rollback point left, the rule not moved (exit 130)', async () => {
     const s = scenario('cutint');
     await seed(s);

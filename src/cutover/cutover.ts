@@ -22,6 +22,9 @@ import {
   dualRunRunning,
   formatAge,
   openTrips,
+  ownerOf,
+  withWritesPaused,
+  DERIVED_NOTE,
   verifyEvidence,
   type PhaseEvidence,
   type PreconditionCheck,
@@ -149,6 +152,8 @@ export interface CutoverResult {
   written: RulePhaseDoc[];
   /** `cutover --acknowledge-trips` of rules already cut over: trips cleared, nothing moved. */
   acknowledgedOnly?: true;
+  /** `rollback` of rules a cutover paused and never flipped (it was killed), or the reverse: the pause lifted, nothing moved. */
+  abandoned?: true;
 }
 
 /** Service rules have no owner to flip: the registering agents move to Consul themselves. */
@@ -207,7 +212,7 @@ async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: Cutove
  * Sets `writesPaused` on the rules' phase documents; `resume` clears it again
  * (when the command stops before its flip, which clears it by itself).
  */
-async function pauseWrites(deps: CutoverDeps, paths: StatePaths, outcomes: RuleOutcome[], move: 'cutover' | 'rollback', options: CommonOptions & FenceOptions): Promise<{ resume: () => Promise<void> }> {
+async function pauseWrites(deps: CutoverDeps, paths: StatePaths, outcomes: RuleOutcome[], move: 'cutover' | 'rollback', options: CommonOptions & FenceOptions): Promise<{ resume: () => Promise<void>; refuseIfLifted: (state: CutoverState) => void }> {
   const state = await readCutoverState(deps.target, paths);
   const rules = outcomes.map((o) => ({ rule: o.rule, derived: o.from as RulePhase, created: !state.docs.has(o.rule) }));
   const pause: WritesPause = { since: options.now().toISOString(), by: options.by, for: move };
@@ -218,6 +223,14 @@ async function pauseWrites(deps: CutoverDeps, paths: StatePaths, outcomes: RuleO
       const now = await readCutoverState(deps.target, paths);
       const ours = rules.filter((r) => JSON.stringify(now.docs.get(r.rule)?.doc.writesPaused) === JSON.stringify(pause));
       if (ours.length > 0) await setWritesPaused(deps.target, paths, now, ours, undefined);
+    },
+    /** Refuses the flip once the pause is not this command's any more (a rollback abandoned the move as unfinished). */
+    refuseIfLifted(now: CutoverState) {
+      const lifted = rules.filter((r) => JSON.stringify(now.docs.get(r.rule)?.doc.writesPaused) !== JSON.stringify(pause));
+      if (lifted.length === 0) return;
+      throw new RefusedError('phase_contended', `Writes to ${lifted.map((r) => `rule ${r.rule}`).join(', ')} are no longer paused by this ${move} (another command lifted the pause, or moved the rule): applications may be writing to the old owner, so nothing was flipped.`, {
+        hint: 'Run `migrate status` to see the current phase, then run the command again if it is still needed.',
+      });
     },
   };
 }
@@ -321,6 +334,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   const paths = statePaths(mapping.statePrefix, config.id);
   await identity(deps, paths);
   let state = await readCutoverState(target, paths);
+  if (unfinishedMoves(state, options.rules, options.now(), 'rollback').length === options.rules.length) return abandonMoves(deps, paths, state, options, 'cutover');
   // Rules already cut over, with --acknowledge-trips: their late writes are acknowledged, nothing moves.
   if (options.acknowledgeTrips && options.rules.every((name) => ruleNamed(mapping, name).action === 'copy' && phaseOf(state, name, options.now()) === 'cutover')) {
     return acknowledgeCutOver(deps, paths, state, options);
@@ -401,6 +415,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     state = await readCutoverState(target, paths);
     const at = options.now();
     refuseIfMoved(state, outcomes, CUTOVER_FROM, at);
+    fence.refuseIfLifted(state);
     if (!(await transitionVerify('cutover', () => parityWithWritesPaused(options, outcomes, fence, 'cutover')))) {
       discardExports();
       return refusedResult('cutover', deps, global.checks, outcomes, caughtUp.etcdRevision, caughtUp.checkpoint);
@@ -454,6 +469,40 @@ async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutco
   return false;
 }
 
+/**
+ * The rules whose writes a `move` paused and that it never flipped (it stopped, killed, before its flip):
+ * their owner is still the one the move started from.
+ */
+function unfinishedMoves(state: CutoverState, rules: readonly string[], now: Date, move: 'cutover' | 'rollback'): string[] {
+  const owner = move === 'cutover' ? 'etcd' : 'consul';
+  return rules.filter((rule) => state.docs.get(rule)?.doc.writesPaused?.for === move && ownerOf(phaseOf(state, rule, now)) === owner);
+}
+
+/**
+ * `rollback` of rules a cutover paused and never flipped, or `cutover` of rules a rollback paused and
+ * never flipped: the unfinished move is abandoned, and writes resume on the owner, which it never changed.
+ * Without it, the only way to lift the pause was to finish the move, with the applications' writes failing
+ * meanwhile.
+ */
+async function abandonMoves(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CommonOptions, action: 'cutover' | 'rollback'): Promise<CutoverResult> {
+  const now = options.now();
+  const move = action === 'rollback' ? 'cutover' : 'rollback';
+  const outcomes: RuleOutcome[] = options.rules.map((rule) => {
+    const pause = state.docs.get(rule)!.doc.writesPaused!;
+    const phase = phaseOf(state, rule, now);
+    return { rule, from: phase, to: phase, ok: true, checks: [{ name: 'unfinished', ok: true, detail: `writes paused since ${pause.since} by a ${move} (${pause.by}) that never flipped rule ${rule}: abandoned, ${ownerOf(phase) === 'etcd' ? 'etcd' : 'Consul'} stays the owner` }] };
+  });
+  const etcdRevision = (await deps.source.status()).revision;
+  if (options.confirm && !(await options.confirm(options.rules))) return refusedResult(action, deps, [], outcomes, etcdRevision, state.checkpoint?.revision ?? null);
+  stopIfInterrupted(options, action);
+  // A document the pause created (its only history the derived phase) goes with it, as when the cutover resumes writes itself.
+  const derivedOnly = (doc: RulePhaseDoc) => doc.history.length === 1 && doc.history[0]!.evidence?.note === DERIVED_NOTE;
+  await setWritesPaused(deps.target, paths, state, options.rules.map((rule) => ({ rule, derived: phaseOf(state, rule, now), created: derivedOnly(state.docs.get(rule)!.doc) })), undefined);
+  const after = await readCutoverState(deps.target, paths);
+  const written = options.rules.map((rule) => after.docs.get(rule)?.doc ?? withWritesPaused(undefined, rule, phaseOf(after, rule, now), undefined));
+  return { action, migration: deps.config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint: after.checkpoint?.revision ?? null, written, abandoned: true };
+}
+
 /** `migrate rollback --rule <name>…`: back to etcd, gated on parity of the rule. */
 export async function runRollback(deps: CutoverDeps, options: RollbackOptions): Promise<CutoverResult> {
   const { config, mapping, target } = deps;
@@ -461,6 +510,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
   const paths = statePaths(mapping.statePrefix, config.id);
   await identity(deps, paths);
   let state = await readCutoverState(target, paths);
+  if (unfinishedMoves(state, options.rules, options.now(), 'cutover').length === options.rules.length) return abandonMoves(deps, paths, state, options, 'rollback');
   const global = await dualRunChecks(deps, paths, state, options, 'rollback');
   const now = options.now();
   const outcomes: RuleOutcome[] = [];
@@ -500,6 +550,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
     state = await readCutoverState(target, paths);
     const at = options.now();
     refuseIfMoved(state, outcomes, ['cutover'], at);
+    fence.refuseIfLifted(state);
     if (!(await transitionVerify('rollback', () => parityWithWritesPaused(options, outcomes, fence, 'rollback')))) return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => ({

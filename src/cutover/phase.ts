@@ -132,17 +132,20 @@ export interface WritesPause {
   for: 'cutover' | 'rollback';
 }
 
+/** The note of a first document's first history entry: the phase it started from was derived, not written by a transition. */
+export const DERIVED_NOTE = 'derived from the copy, checkpoint and verify state';
+
 /** The phase document with writes paused (a first document starts with the derived phase), or resumed (pure). */
 export function withWritesPaused(doc: RulePhaseDoc | undefined, rule: string, derived: RulePhase, pause: WritesPause | undefined): RulePhaseDoc {
   const at = pause?.since ?? new Date().toISOString();
-  const base: RulePhaseDoc = doc ?? { schemaVersion: 1, rule, phase: derived, owner: ownerOf(derived), updated: at, history: [{ phase: derived, at, by: pause?.by ?? 'migrate', evidence: { note: 'derived from the copy, checkpoint and verify state' } }] };
+  const base: RulePhaseDoc = doc ?? { schemaVersion: 1, rule, phase: derived, owner: ownerOf(derived), updated: at, history: [{ phase: derived, at, by: pause?.by ?? 'migrate', evidence: { note: DERIVED_NOTE } }] };
   const { writesPaused: _old, ...rest } = base;
   return pause ? { ...rest, writesPaused: pause } : rest;
 }
 
 /** The phase document after a transition (history appended; a first document starts with the derived phase). */
 export function withTransition(doc: RulePhaseDoc | undefined, rule: string, derived: RulePhase, to: RulePhase, entry: Omit<PhaseHistoryEntry, 'phase'>): RulePhaseDoc {
-  const history = doc ? [...doc.history] : [{ phase: derived, at: entry.at, by: entry.by, evidence: { note: 'derived from the copy, checkpoint and verify state' } }];
+  const history = doc ? [...doc.history] : [{ phase: derived, at: entry.at, by: entry.by, evidence: { note: DERIVED_NOTE } }];
   history.push({ phase: to, ...entry });
   return { schemaVersion: 1, rule, phase: to, owner: ownerOf(to), updated: entry.at, history };
 }

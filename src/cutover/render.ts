@@ -82,6 +82,10 @@ export function renderCutover(result: CutoverResult, format: Format, ruleArg: (r
   }
   if (result.snapshotFile) lines.push(`Consul snapshot saved to ${result.snapshotFile}.`);
   for (const doc of result.written) {
+    if (result.abandoned) {
+      lines.push(`Rule ${doc.rule}: the unfinished ${result.action === 'rollback' ? 'cutover' : 'rollback'} is abandoned; applications write the rule to ${doc.owner === 'etcd' ? 'etcd' : 'Consul'} again (phase ${doc.phase}, owner ${doc.owner}).`);
+      continue;
+    }
     if (result.acknowledgedOnly) {
       lines.push(`Rule ${doc.rule}: still cut over (owner ${doc.owner}); its recorded trips are acknowledged, and verify no longer fails on them. The late values stay in etcd until the reverse mirror writes Consul's back (it compares every key when the dual-run starts): until then \`migrate verify\` lists them as value differences.`);
       continue;

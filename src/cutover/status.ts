@@ -47,7 +47,8 @@ export interface StatusResult {
 
 /** A pause a cutover or rollback set: it lifts it when it ends, unless it died (SIGKILL, a lost host) on the way. */
 function pausedStep(rule: string, pause: WritesPause, ageSeconds: number): string {
-  return `applications' writes to the rule are PAUSED by a ${pause.for} started by ${pause.by} ${formatAge(ageSeconds * 1000)} ago; if that command no longer runs, run \`migrate ${pause.for} --rule ${rule}\` again to finish the move`;
+  const undo = pause.for === 'cutover' ? 'rollback' : 'cutover';
+  return `applications' writes to the rule are PAUSED by a ${pause.for} started by ${pause.by} ${formatAge(ageSeconds * 1000)} ago; if that command no longer runs, run \`migrate ${pause.for} --rule ${rule}\` again to finish the move, or \`migrate ${undo} --rule ${rule}\` to abandon it`;
 }
 
 /** `migrate status` (reads only). */
