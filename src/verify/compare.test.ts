@@ -32,6 +32,7 @@ function consul(key: string, value: string | Buffer, session?: string): TargetEn
 const sessions = (recorded: Record<string, string>, alive: string[]): SessionView => ({
   recorded: (lease) => recorded[lease],
   alive: (id) => alive.includes(id),
+  isMirror: (id) => Object.values(recorded).includes(id),
 });
 const noSessions = sessions({}, []);
 
@@ -189,6 +190,12 @@ describe('compareKey', () => {
       const persisted = expect1('/flat/t', 't', '3', 'flat');
       expect(compare({ rule: 'flat', target: 'flat/t', expectation: persisted, consul: consul('flat/t', 't', 'S3') })!.difference).toMatchObject({ kind: 'session', reason: 'unexpected-session' });
       expect(compare({ rule: 'flat', target: 'flat/t', expectation: persisted, consul: consul('flat/t', 't') })).toBeUndefined();
+    });
+    it('after the cutover (Consul owns the rule), a lock an application holds with its own session is no difference; one of the tool\'s lease sessions still is', () => {
+      const plain = expect1('/app/lock', 'me');
+      expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'me', 'APP'), owner: 'consul', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })).toBeUndefined();
+      expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'me', 'S9'), owner: 'consul', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({ reason: 'unexpected-session' });
+      expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'me', 'APP'), owner: 'etcd', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({ reason: 'unexpected-session' });
     });
     it('a value difference is reported before a session difference', () => {
       expect(run(consul('services/r1', 'other'), sessions({ 9: 'S9' }, ['S9']))!.difference.kind).toBe('value');

@@ -6,6 +6,7 @@ import type { ValueHasher } from '../report/hash.js';
 import { formatKey } from '../report/keys.js';
 import type { SourceEntry, TargetEntry } from '../stores/types.js';
 import type { KeyLookup } from '../stores/listed-keys.js';
+import type { RuleOwner } from '../cutover/phase.js';
 
 /**
  * The comparison core of `migrate verify` (pure: no I/O, no clock). The
@@ -193,6 +194,8 @@ export interface SessionView {
   recorded(leaseId: string): string | undefined;
   /** Whether the session exists in Consul (the service reads every session it asks about first). */
   alive(sessionId: string): boolean;
+  /** Whether it is a session recorded for an etcd lease (one the tool made), not an application's own. */
+  isMirror(sessionId: string): boolean;
 }
 
 /** The outcome of reading a key back through `GET /v1/kv/<key>`. */
@@ -211,6 +214,8 @@ export interface CompareInput {
   mapping: Mapping;
   /** Set when the key was read back through the KV endpoint. */
   readBack?: ReadBack;
+  /** The rule's owner: after its cutover Consul, where applications may hold its keys with sessions of their own. */
+  owner?: RuleOwner;
 }
 
 /**
@@ -290,6 +295,9 @@ export function compareKey(input: CompareInput): Finding | undefined {
     return undefined;
   }
   if (consul.session) {
+    // After the cutover, a lock an application takes in Consul with its own session is Consul's business (etcd has no
+    // such thing to mirror it to); only the sessions the tool made for etcd leases must follow etcd.
+    if (input.owner === 'consul' && !input.sessions.isMirror(consul.session)) return undefined;
     const why = expectation.source.lease === '0' ? 'the etcd key has no lease' : `the rule says leases: persist (etcd lease ${expectation.source.lease})`;
     return found('session', 'unexpected-session', `held by session ${consul.session}, but ${why}: when that session ends, Consul deletes the key (Behavior delete) or releases it`);
   }

@@ -559,6 +559,7 @@ class CutTaker {
  */
 class Sessions implements SessionView {
   private byLease = new Map<string, string>();
+  private mirrors = new Set<string>();
   private readonly exists = new Map<string, boolean>();
   /** This round's list of the datacenter's sessions, read once a page asks for many. */
   private listed: Promise<Set<string>> | undefined;
@@ -576,10 +577,15 @@ class Sessions implements SessionView {
         this.byLease.set(record.leaseId, record.sessionId);
       }
     }
+    this.mirrors = new Set(this.byLease.values());
   }
 
   recorded(leaseId: string): string | undefined {
     return this.byLease.get(leaseId);
+  }
+
+  isMirror(sessionId: string): boolean {
+    return this.mirrors.has(sessionId);
   }
 
   alive(sessionId: string): boolean {
@@ -724,7 +730,7 @@ async function comparePage(run: RuleRun, split: PageSplit, listed: readonly stri
     const expectation = expectations[i]!;
     const back = readBacks.get(expectation.target);
     if (back && !back.ok) run.stats.readBack.failed++;
-    const finding = compareKey({ rule: run.rule.name, target: expectation.target, expectation, consul: consul[i], sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back });
+    const finding = compareKey({ rule: run.rule.name, target: expectation.target, expectation, consul: consul[i], sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back, owner: run.stats.owner });
     if (finding) findings.push(finding);
   }
   return findings;
@@ -787,7 +793,7 @@ async function recheck(run: RuleRun, ctx: VerifyDeps & { options: VerifyOptions;
     const readBacks = await readBackKeys(target, chunk.filter((f) => f.readBack && consul.has(f.target)).map((f) => f.target));
     chunk.forEach((f, j) => {
       const back = readBacks.get(f.target);
-      const compare = (expectation: Expectation | undefined) => compareKey({ rule: run.rule.name, target: f.target, expectation, consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back });
+      const compare = (expectation: Expectation | undefined) => compareKey({ rule: run.rule.name, target: f.target, expectation, consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back, owner: run.stats.owner });
       const findings = candidates[j]!.map(compare);
       // The newest etcd state is the one reported when nothing matches.
       if (findings.every((finding) => finding !== undefined)) still.push(findings[0]!);
