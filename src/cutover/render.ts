@@ -35,11 +35,14 @@ export function renderStatus(result: StatusResult, format: Format): string {
     dual.checkpoint === null ? 'no checkpoint' : `checkpoint ${dual.checkpoint} (${dual.by}${dual.running ? `, dual-run running${dual.leader ? `, leader ${dual.leader}` : ''}` : ', no dual-run running'})`,
     result.verify ? `last verify ${!result.verify.clean ? 'drift' : result.verify.tolerated > 0 ? `within budgets (${result.verify.tolerated} difference(s) tolerated by --allow)` : 'clean'} ${formatAge(result.verify.ageSeconds * 1000)} ago` : 'never verified',
   ].join('; ');
+  const changed = result.mappingChanged
+    ? ['', 'MAPPING CHANGED: migration.yaml is not the mapping this migration recorded. The figures below are of the file; the dual-run and copy refuse it until started with --accept-mapping-change (review the change with `migrate plan` first).']
+    : [];
   if (format === 'markdown') {
     const md = (cells: string[]) => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
-    return [`## Migration ${result.migration}`, '', summary, '', md(STATUS_HEADER), md(STATUS_HEADER.map(() => '---')), ...statusRows(result).map(md), ''].join('\n');
+    return [`## Migration ${result.migration}`, '', summary, ...changed, '', md(STATUS_HEADER), md(STATUS_HEADER.map(() => '---')), ...statusRows(result).map(md), ''].join('\n');
   }
-  return [`Migration ${result.migration} (state ${result.statePrefix}${result.started ? '' : ', nothing recorded yet'})`, summary, '', ...table(STATUS_HEADER, statusRows(result)), ''].join('\n');
+  return [`Migration ${result.migration} (state ${result.statePrefix}${result.started ? '' : ', nothing recorded yet'})`, summary, ...changed, '', ...table(STATUS_HEADER, statusRows(result)), ''].join('\n');
 }
 
 /** `migrate status` with rules in several datacenters: each datacenter's own status, or why it could not be read. */

@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { runStatus } from './status.js';
+import { renderStatus } from './render.js';
+import { mappingHash } from '../state/state.js';
 
 describe('status', () => {
   it('counts each rule\'s own etcd keys: those of a nested rule are the nested rule\'s', async () => {
@@ -18,5 +20,20 @@ rules:
     for (let i = 0; i < 5; i++) source.put(`/services/web/w${i}`, 'w');
     const result = await runStatus({ source, target: new MemoryTarget(), config, mapping }, { now: () => new Date('2026-01-01T00:00:00Z'), maxVerifyAgeMs: 3_600_000 });
     expect(result.rules.map((r) => [r.name, r.keys.etcd])).toEqual([['root', 1], ['services', 3], ['web', 5]]);
+  });
+
+  it('says when migration.yaml is not the mapping the migration recorded (another file, an edited one): the dual-run and copy refuse it', async () => {
+    const recorded = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/, to: app/ }\n', 'migration.yaml');
+    const edited = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/k1, to: app/k1 }\n', 'narrow.yaml');
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    target.entries.set('_migrate/demo/meta', { key: '_migrate/demo/meta', value: Buffer.from(JSON.stringify({ schemaVersion: 1, id: 'demo', etcdClusterId: source.clusterId, datacenters: ['dc1'], mappingHash: mappingHash(recorded.config), created: '2026-01-01T00:00:00Z', toolVersion: 'test' })), flags: 0, modifyIndex: 1 });
+    const options = { now: () => new Date('2026-01-01T00:00:00Z'), maxVerifyAgeMs: 3_600_000 };
+    const same = await runStatus({ source, target, ...recorded }, options);
+    expect(same.mappingChanged).toBe(false);
+    expect(renderStatus(same, 'text')).not.toContain('MAPPING CHANGED');
+    const other = await runStatus({ source, target, ...edited }, options);
+    expect(other.mappingChanged).toBe(true);
+    expect(renderStatus(other, 'text')).toContain('MAPPING CHANGED: migration.yaml is not the mapping this migration recorded');
   });
 });

@@ -42,6 +42,8 @@ export interface StatusResult {
   dualRun: { running: boolean; checkpoint: number | null; by: 'copy' | 'dualrun' | null; updated: string | null; lagRevisions: number | null; leader: string | null };
   /** `tolerated`: differences the last verify let pass within `--allow` budgets (a cutover needs parity). */
   verify: { at: string; ageSeconds: number; clean: boolean; revision: number; tolerated: number } | null;
+  /** migration.yaml's mapping is not the one the migration recorded: the dual-run and copy refuse it until told to adopt it. */
+  mappingChanged: boolean;
   rules: RuleStatusLine[];
 }
 
@@ -58,7 +60,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   const paths = statePaths(mapping.statePrefix, config.id);
   const [status, meta, state, info, lock] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info(), target.readKey(paths.leader)]);
   // As verify: figures of another etcd cluster (or datacenter) than the migration's would compare unrelated stores.
-  checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
+  const mappingChanged = checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true }) === 'mapping-changed';
   const nowMs = options.now().getTime();
   const running = dualRunRunning(state.checkpoint, nowMs);
   const checkpoint = state.checkpoint?.revision ?? null;
@@ -114,6 +116,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
     verify: state.verify
       ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision, tolerated: Object.values(state.verify.rules).reduce((n, r) => n + (r.status === 'within-budget' ? r.differences : 0), 0) }
       : null,
+    mappingChanged,
     rules,
   };
 }

@@ -121,6 +121,17 @@ rules:
     expect(warnings).toContain('`migrate cutover --rule one --acknowledge-trips`');
   });
 
+  it('with another mapping than the migration recorded (another file): compared, but not recorded, so status and the cutover gate keep the migration\'s own last verify', async () => {
+    const w = world();
+    seedParity(w);
+    const narrow = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/a, to: app/a }\n', 'narrow.yaml');
+    const result = await runVerify({ source: w.source, target: w.target, config: narrow.config, mapping: narrow.mapping }, options());
+    expect(result.clean).toBe(true);
+    expect(result.recorded).toBe(false);
+    expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
+    expect(result.warnings.join('\n')).toContain('verify compares against the current mapping and records nothing');
+  });
+
   it('--no-record writes nothing at all', async () => {
     const w = world();
     seedParity(w);
@@ -415,6 +426,8 @@ rules:
 /** etcd holds Registrator-style and SkyDNS registrations (one value that makes no instance); the target is what `migrate copy` registers. */
 async function serviceWorld() {
   const w = world();
+  // The copy recorded this mapping.
+  w.set('_migrate/demo/meta', JSON.stringify({ schemaVersion: 1, id: 'demo', etcdClusterId: w.source.clusterId, datacenters: ['dc1'], mappingHash: mappingHash(withServices.config), created: '2025-03-01T00:00:00Z', toolVersion: 'test' }));
   const lease = w.source.grantLease(60);
   w.source.put('/app/a', 'A');
   w.set('app/a', 'A');

@@ -280,7 +280,8 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     readState<OwnersDoc>(target, ownersKey(paths)),
   ]);
   const verdict = checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
-  if (verdict === 'mapping-changed') warn(`the mapping changed since migration "${config.id}" was recorded; verify compares against the current mapping`);
+  // Recorded, the summary of another mapping would stand for the migration's own (status, the cutover's gate).
+  if (verdict === 'mapping-changed') warn(`the mapping changed since migration "${config.id}" was recorded; verify compares against the current mapping and records nothing (verify/last stays that of the recorded mapping; a dual-run started with --accept-mapping-change adopts the new one)`);
   if (verdict === 'new') warn(`migration "${config.id}" has no state in Consul yet (no copy has run); this verify is not recorded`);
   if (copyState && !copyState.completed) warn(`the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
 
@@ -450,7 +451,8 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   };
 
   // No copy has run (no meta): nothing to record it against, and a lone verify/last would be an orphan in the state.
-  if (options.record && verdict !== 'new') {
+  // Another mapping's summary is not the migration's (see the warning above).
+  if (options.record && verdict === 'match') {
     await target.applyTxn([{ verb: 'set', key: paths.verifyLast, value: Buffer.from(JSON.stringify(verifyLastDocument(result, options))) }]);
     result.recorded = true;
   }
