@@ -86,6 +86,32 @@ describe('migrate doctor (real servers)', () => {
     expect(version).toMatchObject({ status: 'warn', message: expect.stringContaining('the Consul version is unknown') });
   });
 
+  it('state of another etcd cluster fails doctor (every command refuses it); a changed mapping warns (the commands take it with --accept-mapping-change)', async () => {
+    const { etcdEndpoint, consulAddress } = servers();
+    const id = `doctor-identity-${Date.now().toString(36)}`;
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-'));
+    writeFileSync(join(dir, 'migration.yaml'), `version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/, to: ${id}/ }\n`);
+    const env = { ETCDCTL_ENDPOINTS: etcdEndpoint, CONSUL_HTTP_ADDR: consulAddress };
+    const putMeta = async (meta: object) => {
+      const res = await fetch(`${consulAddress}/v1/kv/_migrate/${id}/meta`, { method: 'PUT', body: JSON.stringify({ schemaVersion: 1, id, datacenters: ['dc1'], created: '2026-01-01T00:00:00Z', toolVersion: 'test', ...meta }) });
+      expect(res.status).toBe(200);
+    };
+    const stateMeta = async () => {
+      const run = await runCli(['doctor', '--format', 'json'], { cwd: dir, env });
+      return { code: run.code, check: (JSON.parse(run.stdout).checks as { name: string; status: string; code?: string }[]).find((c) => c.name === 'state.meta') };
+    };
+    await putMeta({ etcdClusterId: '1234', mappingHash: 'x' });
+    expect(await stateMeta()).toMatchObject({ code: 3, check: { status: 'fail', code: 'identity_cluster_mismatch' } });
+    // The right cluster, another mapping.
+    const copy = await runCli(['copy', '--progress', 'none'], { cwd: dir, env: { ...env } });
+    expect(copy.code).toBe(4);
+    const clusterId = /the configured etcd is cluster (\d+)/.exec(copy.stderr)?.[1];
+    expect(clusterId).toMatch(/^\d+$/);
+    await putMeta({ etcdClusterId: clusterId, mappingHash: 'another' });
+    expect(await stateMeta()).toMatchObject({ code: 0, check: { status: 'warn', code: 'identity_mapping_changed' } });
+    await fetch(`${consulAddress}/v1/kv/_migrate/${id}/?recurse`, { method: 'DELETE' });
+  });
+
   it('finds the configuration in the documented order: --config, $MIGRATE_CONFIG, ./migration.yaml', async () => {
     const { etcdEndpoint, consulAddress } = servers();
     const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-'));

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { OLDEST_SUPPORTED_CONSUL, consulTooOld } from './consul-version.js';
-import { isMigrateError } from '../errors.js';
+import { ExitCode, isMigrateError, type MigrateError } from '../errors.js';
 import type { Connections } from '../config/connections.js';
 import type { MigrationConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
@@ -172,7 +172,7 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
         }
       } catch (err) {
         if (!isMigrateError(err)) throw err;
-        checks.push({ name: 'state.meta', status: 'warn', message: err.message, code: err.code, hint: err.hint });
+        checks.push({ name: 'state.meta', status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint });
       }
     }
   } finally {
@@ -181,6 +181,15 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
   }
   result.ok = !checks.some((c) => c.status === 'fail');
   return result;
+}
+
+/**
+ * How a failed state.meta check counts: a server that failed, or state of another etcd cluster or
+ * datacenter (every command refuses it, and only other servers or another id resolve it), fails doctor;
+ * a changed mapping warns (the commands take it with --accept-mapping-change).
+ */
+function stateMetaStatus(err: MigrateError): 'fail' | 'warn' {
+  return err.exitCode === ExitCode.server || err.code === 'identity_cluster_mismatch' || err.code === 'identity_datacenter_mismatch' ? 'fail' : 'warn';
 }
 
 /**
@@ -280,7 +289,7 @@ async function checkDatacenters(consul: ConsulTarget, loaded: LoadedConfig, etcd
       checks.push({ name, status: 'ok', message: `datacenter ${view.datacenter} answers; migration "${view.config.id}" recorded there ${meta.created}; identity and mapping match` });
     } catch (err) {
       if (!isMigrateError(err)) throw err;
-      checks.push({ name, status: err.exitCode === 3 ? 'fail' : 'warn', message: err.message, code: err.code, hint: err.hint });
+      checks.push({ name, status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint });
     }
   }
 }
