@@ -81,6 +81,9 @@ describe('connection settings: flags > environment > file > defaults', () => {
   it('a user without a password, an unreadable token file, or https without a CA are usage errors', () => {
     const noPassword = parseConfig('version: 1\nid: d\nsource:\n  auth: { user: u }\n', 'm.yaml').config;
     expect(() => resolveConnections(noPassword, {}, {}, dir)).toThrow(/no password was found/);
+    // The variable migration.yaml names is the one to set.
+    const named = parseConfig('version: 1\nid: d\nsource:\n  auth: { user: root, passwordEnv: MY_ETCD_PW }\n', 'm.yaml').config;
+    expect(() => resolveConnections(named, {}, {}, dir)).toThrow(expect.objectContaining({ code: 'etcd_password_missing', message: 'An etcd user (root) is configured but no password was found: MY_ETCD_PW (source.auth.passwordEnv) is not set.', hint: 'Set MY_ETCD_PW (or ETCDCTL_PASSWORD) in the environment of this command.' }));
     expect(() => resolveConnections(fileConfig, {}, { CONSUL_HTTP_TOKEN_FILE: '/nonexistent/token', MY_ETCD_PW: 'p' }, dir)).toThrow(/Cannot read the Consul token file/);
     expect(() => resolveConnections(fileConfig, {}, { ETCDCTL_ENDPOINTS: 'https://e:2379', MY_ETCD_PW: 'p' }, dir)).toThrow(/https:\/\/ but no CA certificate/);
   });

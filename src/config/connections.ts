@@ -104,8 +104,9 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     ?? (config.source.auth?.passwordFile ? readSecretFile(config.source.auth.passwordFile, 'etcd password', baseDir) : undefined);
   registerSecret(password);
   if (user && password === undefined) {
-    throw new UsageError('etcd_password_missing', `An etcd user (${user}) is configured but no password was found.`, {
-      hint: 'Set ETCDCTL_PASSWORD, or source.auth.passwordEnv / passwordFile in migration.yaml.',
+    const named = config.source.auth?.passwordEnv;
+    throw new UsageError('etcd_password_missing', `An etcd user (${user}) is configured but no password was found${named ? `: ${named} (source.auth.passwordEnv) is not set` : ''}.`, {
+      hint: named ? `Set ${named} (or ETCDCTL_PASSWORD) in the environment of this command.` : 'Set ETCDCTL_PASSWORD, or source.auth.passwordEnv / passwordFile in migration.yaml.',
     });
   }
 
