@@ -6,7 +6,7 @@ import { parseConfig } from '../src/config/load.js';
 import { checkParity } from './support/parity.js';
 import { FaultProxy, startChaos, type ChaosLog } from './support/fault-proxy.js';
 import { configDir, consulTarget, rawEtcd, repoRoot, runCli, serverEnv, servers } from './support/harness.js';
-import { startDualRun, waitCaughtUp } from './support/dualrun.js';
+import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
 import { prng } from '../fixtures/demo/keyspace.js';
 
 const etcd = rawEtcd();
@@ -97,6 +97,28 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
       lease.release();
     }
   }, 180_000);
+
+  it('a copy that etcd stops answering after it began writing exits 3 naming the next steps: start etcd, then copy --resume; the resume completes it', async () => {
+    const s = scenario('copy-etcd-gone');
+    for (let i = 0; i < 1500; i += 500) {
+      const puts = Array.from({ length: 500 }, (_, j) => etcd.put(`${s.root}/app/${String(i + j).padStart(5, '0')}`).value('v'));
+      await etcd.if(`${s.root}/app/00000`, 'Mod', '>', -1).then(...puts).commit();
+    }
+    const own = await FaultProxy.forUrl(servers().etcdEndpoint);
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--rate', '300', '--page-keys', '100'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv(), ETCDCTL_ENDPOINTS: own.url }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    await eventually('the copy writing', async () => (await target.listKeys(`${s.id}/app/`)).length > 0);
+    // etcd goes away for good (every connection refused from now on).
+    await own.proxy.close();
+    expect(await exited, stderr).toBe(3);
+    expect(stderr).toContain('error[etcd_unreachable]');
+    expect(stderr).toMatch(/next: Start etcd or fix the endpoints.* Then run `migrate copy --resume`: it continues where this copy stopped\./);
+    const resumed = await runCli(['copy', '--resume', '--progress', 'none'], { cwd: s.dir, env: serverEnv() });
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect((await target.listKeys(`${s.id}/app/`)).length).toBe(1500);
+  }, 120_000);
 
   it('a dual-run under a writer keeps going through resets, delays and blackholes; its lag recovers and parity holds', async () => {
     const s = scenario('fault-dualrun');

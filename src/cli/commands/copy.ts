@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { ExitCode, RefusedError, UsageError, isMigrateError } from '../../errors.js';
+import { ExitCode, RefusedError, ServerError, UsageError, isMigrateError } from '../../errors.js';
 import type { CopyResult } from '../../copy/copy.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
@@ -74,6 +74,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
         const copies: { datacenter: string; result?: CopyResult; error?: Error }[] = [];
         for (const lane of lanes) {
           if (ctx.signal.aborted) break;
+          let started = false;
           const progress = { title: `${options.dryRun ? 'planning' : 'copying'}${several ? ` ${lane.datacenter}` : ''}`, items: [] as ProgressItem[], retries: 0, startedAt: Date.now() };
           try {
             await preflightConsul(lane.target, lane.config, lane.mapping, options.dryRun ? 'copy --dry-run' : 'copy', {
@@ -100,6 +101,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
                 now: () => new Date(),
                 toolVersion: TOOL_VERSION,
                 onProgress: (event) => {
+                  if (event.type === 'start') started = true;
                   if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0, bytes: 0 }));
                   else if (event.type === 'progress') {
                     const item = progress.items.find((i) => i.name === event.rule);
@@ -111,7 +113,8 @@ export function registerCopy({ add }: CommandRegistrar): void {
               },
             );
             copies.push({ datacenter: lane.datacenter, result });
-          } catch (err) {
+          } catch (caught) {
+            const err = !options.dryRun && started ? resumable(caught) : caught;
             // One datacenter that does not answer does not keep the others from being copied (issue 11).
             if (!several || !isMigrateError(err) || err.exitCode !== ExitCode.server) throw err;
             view.warn(`${lane.datacenter}: ${err.message}`);
@@ -133,4 +136,13 @@ export function registerCopy({ add }: CommandRegistrar): void {
       }
     },
   );
+}
+
+/**
+ * A copy a server stopped after it began writing: its progress is recorded, and `--resume` continues
+ * from it. Said after the server's own next step (start etcd, fix the token, ...).
+ */
+export function resumable(err: unknown): unknown {
+  if (!isMigrateError(err) || err.exitCode !== ExitCode.server) return err;
+  return new ServerError(err.code, err.message, { hint: `${err.hint ? `${err.hint.replace(/\.?$/, '.')} ` : ''}Then run \`migrate copy --resume\`: it continues where this copy stopped.`, details: err.details, cause: err });
 }
