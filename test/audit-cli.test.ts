@@ -98,6 +98,7 @@ describe('migrate audit on the demo keyspace', () => {
     const init = await runCli(['init', '--prefix', `${root}/`, '--progress', 'none'], { cwd, env: env() });
     expect(init.code, init.stderr).toBe(0);
     expect(init.stdout).toMatch(/wrote .*migration\.yaml: \d+ rule\(s\)/);
+    expect(init.stdout).toContain('then run `migrate audit -c migration.yaml` and `migrate plan -c migration.yaml`');
     const text = readFileSync(join(cwd, 'migration.yaml'), 'utf8');
     expect(text).toMatch(/^# migration\.yaml: a DRAFT/);
     const loaded = loadConfig({ configFlag: 'migration.yaml', env: {}, cwd });
@@ -119,6 +120,10 @@ describe('migrate audit on the demo keyspace', () => {
     const forced = await runCli(['init', '--prefix', `${root}/`, '--progress', 'none', '--force', '--format', 'json'], { cwd, env: env() });
     expect(forced.code, forced.stderr).toBe(0);
     expect(JSON.parse(forced.stdout)).toMatchObject({ command: 'init', status: 'ok' });
+    // Another file: the next steps name it, both of them.
+    const elsewhere = await runCli(['init', '--prefix', `${root}/`, '--progress', 'none', '--output', 'draft.yaml'], { cwd, env: env() });
+    expect(elsewhere.code, elsewhere.stderr).toBe(0);
+    expect(elsewhere.stdout).toContain('then run `migrate audit -c draft.yaml` and `migrate plan -c draft.yaml`');
 
     const audit = await runCli(['audit', '--prefix', `${root}/`, '--format', 'json', '--progress', 'none'], { cwd, env: env() });
     const report = JSON.parse(audit.stdout) as { mode: string; findings: { code: string; severity: string }[] };

@@ -54,7 +54,8 @@ export function registerInit({ add }: CommandRegistrar): void {
         const lines = [`wrote ${file}: ${draft.rules.length} rule(s) from an audit of ${result.totals.keys} keys`];
         for (const r of draft.rules) lines.push(`  ${r.name.padEnd(24)} ${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.action === 'service' ? '(service catalog)' : r.to}${r.leases ? `  leases: ${r.leases}` : ''}${r.keys ? `  keys: ${r.keys}` : ''}`);
         for (const note of draft.notes) lines.push(`note: ${note}`);
-        lines.push(`next: review ${file}, then run \`migrate audit -c ${options.output ?? 'migration.yaml'}\` and \`migrate plan\``);
+        const config = options.output ?? 'migration.yaml';
+        lines.push(`next: review ${file}, then run \`migrate audit -c ${config}\` and \`migrate plan -c ${config}\``);
         ctx.result(lines.join('\n'));
       }
       return ExitCode.ok;
