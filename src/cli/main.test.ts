@@ -27,6 +27,14 @@ describe('CLI contract (in-process)', () => {
     expect(asInterrupt(abortError, new AbortController().signal, 'verify')).toBe(abortError);
   });
 
+  it('cutover, rollback and finalize with no --rule say so first, before asking for --yes off a terminal', async () => {
+    for (const command of ['cutover', 'rollback', 'finalize']) {
+      const io = captureIo();
+      expect(await main([command], io)).toBe(2);
+      expect(io.err).toContain('error[rule_missing]: Name at least one rule with --rule <name>.');
+    }
+  });
+
   it('--help groups commands and lists the exit codes', async () => {
     const t = io();
     expect(await main(['--help'], t)).toBe(0);

@@ -31,6 +31,8 @@ export function drainMs(options: TransitionFlags): number {
  * names once every precondition has passed.
  */
 export function requireConfirmation(ctx: CommandContext, command: string, options: TransitionFlags): ((rules: string[]) => Promise<boolean>) | undefined {
+  // A command line that names no rule is wrong whatever the answer: said first, not "pass --yes".
+  if (options.rule.length === 0) throw new UsageError('rule_missing', 'Name at least one rule with --rule <name>.', { hint: '`migrate status` lists the rules and their phases.' });
   if (options.yes) return undefined;
   if (!ctx.interactive) {
     const what = command === 'finalize' ? 'stops mirroring the rules for good' : 'changes which store applications write to';
