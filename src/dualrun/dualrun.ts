@@ -1066,7 +1066,8 @@ class Applier {
         fixed.push(holder && own ? { verb: 'unlock', key, value: op.value, session: holder } : { verb: 'set', key, value: op.value });
       }
     }
-    this.options.log('warn', `txn up to revision ${revision} failed a lock check; re-applied ${fixed.length} key(s) from Consul's current state`);
+    // The usual path after a restart, or when keys move between leases: worth a line, not a warning.
+    this.options.log('info', `txn up to revision ${revision} found a key held by another session than planned (usual after a restart, or when keys move between leases); re-applied ${fixed.length} key(s) from Consul's current state, nothing to do`);
     for (const part of packTxnBatches(fixed, this.limits, this.reserve)) {
       try {
         await this.ctx.target.applyTxn([...part, this.fence(), { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
