@@ -148,7 +148,7 @@ function renderText(result: VerifyResult): string {
     if (r.action === 'service') lines.push(`  ${r.name}: ${serviceScope(r)}`);
     if (r.differences > 0) lines.push(`  ${r.name}: ${kindCounts(r.byKind)}${r.budget !== null ? ` (--allow ${r.name}=${r.budget})` : ''}${r.unchecked ? `; ${r.unchecked} over the re-check limit, counted without re-check` : ''}`);
     if (unmappableCount(r) > 0) lines.push(`  ${r.name}: ${unmappableNote(r)}`);
-    if (r.leaseSkipped > 0) lines.push(`  ${r.name}: ${r.leaseSkipped} leased key(s) under leases: skip, expected absent from Consul (one found there is listed as extra, lease-skip)`);
+    if (r.leaseSkipped > 0) lines.push(`  ${r.name}: ${r.leaseSkipped} leased key(s) under leases: skip, expected absent from Consul (any found there is listed as extra, lease-skip)`);
     if (r.readBack.failed > 0) lines.push(`  ${r.name}: ${r.readBack.failed} of ${r.readBack.checked} key(s) read back through GET /v1/kv failed`);
     if (r.owner === 'consul') lines.push(`  ${r.name}: cut over: Consul is the owner, etcd the mirror`);
     if (r.lateWrites > 0) lines.push(`  ${r.name}: ${r.lateWrites} late write(s) to etcd recorded by the dual-run after the cutover: drift until acknowledged`);

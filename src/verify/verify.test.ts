@@ -90,6 +90,8 @@ describe('runVerify on in-memory stores', () => {
     expect(app).toMatchObject({ status: 'parity', sourceKeys: 3, compared: 2, targetKeys: 2, unmappable: { 'empty-segment': 1 } });
     expect(app.readBack.checked).toBe(2);
     expect(result.rules.find((r) => r.name === 'locks')).toMatchObject({ leaseSkipped: 1, status: 'parity' });
+    // None is in Consul: the line says where one would be listed, not that one was found.
+    expect(renderVerify(result, 'text')).toContain('locks: 1 leased key(s) under leases: skip, expected absent from Consul (any found there is listed as extra, lease-skip)');
     const last = JSON.parse(w.target.entries.get('_migrate/demo/verify/last')!.value.toString());
     expect(last).toMatchObject({ schemaVersion: 1, cut: 'immediate', clean: true, rules: { app: { differences: 0, status: 'parity' } } });
     expectValidJson(result);
