@@ -197,8 +197,12 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
 const resolveTolerated = (n: number) => `resolve the ${n} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify`;
 
 /** What the operator does next, for `status`. */
-export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; copyInterrupted?: boolean; tolerated?: number }): string {
-  if (facts.trips > 0 && phase === 'cutover') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then migrate cutover --rule ${rule} --acknowledge-trips (the rule stays cut over)`;
+export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; guardTrips?: number; copyInterrupted?: boolean; tolerated?: number }): string {
+  if (facts.trips > 0 && phase === 'cutover') {
+    // Acknowledging clears the record; it does not carry the deletes the guard held back to etcd.
+    const held = facts.guardTrips ? `; if the deletes the reverse mirror's delete guard held back are intended, restart the dual-run with --allow-mass-delete first (its first pass mirrors them to etcd)` : '';
+    return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log${held}, then migrate cutover --rule ${rule} --acknowledge-trips (the rule stays cut over)`;
+  }
   if (facts.trips > 0 && phase === 'rolledback') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
   switch (phase) {
     case 'planned':
