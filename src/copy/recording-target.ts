@@ -31,7 +31,7 @@ export class RecordingTarget implements TargetStore {
   readEntries: TargetStore['readEntries'] = (keys, signal, hints) => this.inner.readEntries(keys, signal, hints);
   readKey: TargetStore['readKey'] = (key) => this.inner.readKey(key);
   readSession: TargetStore['readSession'] = (id) => (id.startsWith('dry-run-') ? Promise.resolve(undefined) : this.inner.readSession(id));
-  listSessionIds: TargetStore['listSessionIds'] = () => this.inner.listSessionIds();
+  listSessions: TargetStore['listSessions'] = () => this.inner.listSessions();
 
   /**
    * Drops the recorded KV and service writes, for a copy that plans again at a

@@ -97,6 +97,25 @@ describe('LeaseSessions after a failure', () => {
     expect(renewed.sort()).toEqual([...made.values()].sort());
   });
 
+  it('takes over the sessions a run made and died before recording (kill -9): no second session per lease; another migration\'s, or one already gone, is not taken', async () => {
+    const { source, target, ids } = world(3);
+    // The killed run: sessions made, records never written.
+    const orphans = await Promise.all(ids.slice(0, 2).map((id) => target.createSession({ name: `migrate demo etcd lease ${id}`, ttlSeconds: 30 })));
+    const foreign = await target.createSession({ name: `migrate other etcd lease ${ids[2]}`, ttlSeconds: 30 });
+    await target.destroySession(orphans[1]!);
+    const resumed = new LeaseSessions(source, target, paths, 'demo');
+    await resumed.load();
+    const made = await resumed.ensureAll(ids);
+    expect(made.get(ids[0]!)).toBe(orphans[0]);
+    expect([orphans[1], foreign]).not.toContain(made.get(ids[1]!));
+    expect(made.get(ids[2]!)).not.toBe(foreign);
+    expect(resumed).toMatchObject({ adopted: 1, created: 2 });
+    // Recorded now: one session per lease of this migration, and the other migration's left alone.
+    expect(JSON.parse(target.entries.get(paths.session(ids[0]!))!.value.toString()).sessionId).toBe(orphans[0]);
+    const names = (await target.listSessions()).map((x) => x.name).sort();
+    expect(names).toEqual([...ids.map((id) => `migrate demo etcd lease ${id}`), `migrate other etcd lease ${ids[2]}`].sort());
+  });
+
   it('reload adopts the sessions another run recorded since (the re-baseline\'s copy), not the ones it had resolved', async () => {
     const { source, target, ids } = world(2);
     const dualrun = new LeaseSessions(source, target, paths, 'demo');

@@ -1,4 +1,5 @@
 import pLimit from 'p-limit';
+import { isMigrateError } from '../errors.js';
 import type { SourceReader, TargetStore, TxnOp } from '../stores/types.js';
 import { parseStateDocument, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 
@@ -90,6 +91,8 @@ export class LeaseSessions {
   /** Txns that wrote session records (a copy counts them with its own). */
   recordTxns = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** This migration's sessions no record names, by lease (see {@link takeOrphan}). */
+  private orphans: Promise<Map<string, string[]>> | undefined;
 
   constructor(
     private readonly source: SourceReader,
@@ -191,14 +194,44 @@ export class LeaseSessions {
       this.clamps.push(finding);
       this.onClamp?.(finding);
     }
-    const sessionId = await this.target.createSession({ name: sessionName(this.migrationId, leaseId), ttlSeconds: ttl });
+    // One a run made for the lease and died (kill -9) before recording: taken over, not left beside a second one.
+    const orphan = await this.takeOrphan(leaseId);
+    const sessionId = orphan ?? await this.target.createSession({ name: sessionName(this.migrationId, leaseId), ttlSeconds: ttl });
     const record: SessionRecord = { schemaVersion: STATE_SCHEMA_VERSION, leaseId, sessionId, ttlSeconds: ttl, etcdTtlSeconds: lease.grantedTtl, created: this.now().toISOString() };
     // Recorded before any key is locked with it: a run that dies after locking still finds the session.
     await writeRecord({ verb: 'set', key: this.paths.session(leaseId), value: Buffer.from(JSON.stringify(record)) });
     this.byLease.set(leaseId, record);
     this.own.add(sessionId);
-    this.created++;
+    if (orphan) this.adopted++;
+    else this.created++;
     return sessionId;
+  }
+
+  /**
+   * A live session of this migration's name for `leaseId` that no record names: made by a run that
+   * died between creating sessions and recording them. Listed once (a token that may not list
+   * sessions adopts none); each is taken at most once, and only if it can still be renewed.
+   */
+  private async takeOrphan(leaseId: string): Promise<string | undefined> {
+    this.orphans ??= this.target.listSessions().then((sessions) => {
+      const prefix = sessionName(this.migrationId, '');
+      const byLease = new Map<string, string[]>();
+      for (const s of sessions) {
+        if (!s.name.startsWith(prefix) || this.own.has(s.id)) continue;
+        const lease = s.name.slice(prefix.length);
+        byLease.set(lease, [...(byLease.get(lease) ?? []), s.id]);
+      }
+      return byLease;
+    }, (err: unknown) => {
+      if (isMigrateError(err) && err.code === 'consul_permission_denied') return new Map<string, string[]>();
+      throw err;
+    });
+    const candidates = (await this.orphans).get(leaseId) ?? [];
+    while (candidates.length > 0) {
+      const id = candidates.shift()!;
+      if (!this.own.has(id) && (await this.target.renewSession(id))) return id;
+    }
+    return undefined;
   }
 
   /** Writes session records, {@link RECORDS_PER_TXN} to a txn, and tells each caller how its own went. */

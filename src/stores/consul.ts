@@ -347,9 +347,9 @@ export class ConsulTarget implements TargetStore {
     return { id: session.ID, name: session.Name, node: session.Node, ttlSeconds: parseDurationSeconds(session.TTL), behavior: session.Behavior, lockDelayNs: session.LockDelay };
   }
 
-  async listSessionIds(): Promise<Set<string>> {
+  async listSessions(): Promise<{ id: string; name: string }[]> {
     const response = await this.request({ method: 'GET', path: '/v1/session/list', query: { consistent: true } });
-    return new Set((JSON.parse(response.body.toString('utf8')) as { ID: string }[]).map((s) => s.ID));
+    return (JSON.parse(response.body.toString('utf8')) as { ID: string; Name?: string }[]).map((s) => ({ id: s.ID, name: s.Name ?? '' }));
   }
 
   async listServiceInstances(migrationId: string, scope: 'agent' | 'catalog', signal?: AbortSignal): Promise<ServiceInstance[]> {

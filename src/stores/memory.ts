@@ -335,8 +335,8 @@ export class MemoryTarget implements TargetStore {
     return this.sessions.get(id);
   }
 
-  async listSessionIds(): Promise<Set<string>> {
-    return new Set(this.sessions.keys());
+  async listSessions(): Promise<{ id: string; name: string }[]> {
+    return [...this.sessions.values()].map((s) => ({ id: s.id, name: s.name }));
   }
 
   async listServiceInstances(migrationId: string): Promise<ServiceInstance[]> {

@@ -219,10 +219,10 @@ export interface TargetStore {
   destroySession(id: string): Promise<void>;
   readSession(id: string): Promise<SessionInfo | undefined>;
   /**
-   * The ids of the datacenter's sessions, in one read. With ACLs Consul leaves
-   * out the sessions the token may not read: a session missing here may exist.
+   * The datacenter's sessions (id and name), in one read. With ACLs Consul
+   * leaves out the sessions the token may not read: a session missing here may exist.
    */
-  listSessionIds(): Promise<Set<string>>;
+  listSessions(): Promise<{ id: string; name: string }[]>;
   /**
    * Instances whose meta names the migration: `agent` lists the ones on the
    * configured agent (where the tool registers), `catalog` every node's.

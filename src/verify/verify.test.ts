@@ -155,13 +155,11 @@ rules:
     }
     w.target.sessions.delete('S7');
     w.checkpoint(await w.source.status().then((s) => s.revision), 'copy', new Date('2025-03-01T11:00:00Z'));
-    const listSessionIds = w.target.listSessionIds.bind(w.target);
+    const listSessions = w.target.listSessions.bind(w.target);
     let lists = 0;
-    w.target.listSessionIds = async () => {
+    w.target.listSessions = async () => {
       lists++;
-      const ids = await listSessionIds();
-      ids.delete('S5');
-      return ids;
+      return (await listSessions()).filter((s) => s.id !== 'S5');
     };
     const read: string[] = [];
     const readSession = w.target.readSession.bind(w.target);
@@ -176,13 +174,13 @@ rules:
 
     // A token that may not list sessions: each is read; any other failure of the list is verify's failure.
     read.length = 0;
-    w.target.listSessionIds = async () => {
+    w.target.listSessions = async () => {
       throw consulErrorFor('http://consul', 'GET', '/v1/session/list', 403, Buffer.from('Permission denied'));
     };
     const denied = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ rounds: 1, pageKeys: 100 }));
     expect(denied.differences.map((d) => [d.key, d.kind, d.reason])).toEqual([['services/r7', 'session', 'session-gone']]);
     expect(read).toHaveLength(40);
-    w.target.listSessionIds = async () => {
+    w.target.listSessions = async () => {
       throw consulErrorFor('http://consul', 'GET', '/v1/session/list', 500, Buffer.from('rpc error: leadership lost'));
     };
     await expect(runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ rounds: 1, pageKeys: 100 }))).rejects.toThrow(/leadership lost/);

@@ -604,7 +604,7 @@ class Sessions implements SessionView {
     if (wanted.size === 0) return;
     if (wanted.size >= SESSION_LIST_FROM) {
       // One list instead of a read each; the list may leave out sessions (ACLs), so those are read one by one.
-      this.listed ??= this.target.listSessionIds().catch((err: unknown) => {
+      this.listed ??= this.target.listSessions().then((sessions) => new Set(sessions.map((s) => s.id)), (err: unknown) => {
         // A token that may read sessions only by id: read each.
         if (isMigrateError(err) && err.code === 'consul_permission_denied') return new Set<string>();
         throw err;
