@@ -490,6 +490,24 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
   }, 60_000);
 
+  it('finalize says how many of the rule\'s Consul keys still hang on etcd leases (they go with the lease, or once no dual-run renews their sessions)', async () => {
+    const s = scenario('finlease');
+    await seed(s);
+    const { ID: lease } = await etcd.leaseClient.leaseGrant({ TTL: 3600, ID: 0 });
+    for (let i = 0; i < 2; i++) await etcd.kv.put({ key: Buffer.from(`${s.root}/app/held/${i}`), value: Buffer.from('h'), lease });
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      const fin = await s.cli(['finalize', '--rule', 'app', '--yes']);
+      expect(fin.code, fin.stdout + fin.stderr).toBe(0);
+      expect(fin.stdout).toMatch(/ok +app: leased keys 2 Consul key\(s\) of rule app are held by sessions that mirror etcd leases: finalized, they still go when their etcd lease ends, or within twice the session TTL once no dual-run renews those sessions/);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+      await etcd.leaseClient.leaseRevoke({ ID: lease });
+    }
+  }, 60_000);
+
   it('a late writer: a direct etcd write under a cut-over rule is counted, logged by key, and fails verify', async () => {
     const s = scenario('late');
     await seed(s);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { MigrationConfig } from '../config/load.js';
 import { InterruptedError, isMigrateError, RefusedError, UsageError } from '../errors.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
-import { checkIdentity, mappingHash, readState, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
+import { checkIdentity, mappingHash, parseStateDocument, readState, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
 import type { ConsulHttp } from '../stores/consul-http.js';
 import type { SourceWriter } from '../stores/etcd-writer.js';
 import { deleteUnchangedSince } from '../stores/etcd-writer.js';
@@ -14,6 +14,7 @@ import { countRuleKeys, routeKey, ruleRanges } from '../mapping/route.js';
 import type { CheckpointState } from '../copy/copy.js';
 import type { SourceReader, TargetStore } from '../stores/types.js';
 import type { VerifyResult } from '../verify/verify.js';
+import type { SessionRecord } from '../sessions/lease-sessions.js';
 import { WholeFile } from '../export/whole-file.js';
 import { exportConsulRule, readEtcdRule } from './files.js';
 import {
@@ -619,6 +620,31 @@ async function checkEtcdWrites(deps: CutoverDeps, outcomes: RuleOutcome[], why: 
   }
 }
 
+/**
+ * For `finalize`: the rule's Consul keys still held by the sessions that mirror etcd leases. Finalized,
+ * the rule is mirrored no more, but those keys stay tied to their etcd lease: Consul deletes them
+ * when the lease ends, or once no dual-run renews the sessions (stopping it at the end of a
+ * migration). Said, not changed: an application that owns them writes them with a session of its own.
+ */
+async function leaseHeldNote(deps: CutoverDeps, paths: StatePaths, rule: CompiledRule): Promise<PreconditionCheck | undefined> {
+  const recordKeys = await deps.target.listKeys(paths.sessions);
+  if (recordKeys.length === 0) return undefined;
+  const mirrors = new Set<string>();
+  for (let i = 0; i < recordKeys.length; i += NOTE_READ_CHUNK) {
+    for (const e of await deps.target.readEntries(recordKeys.slice(i, i + NOTE_READ_CHUNK), undefined, { listed: recordKeys })) mirrors.add(parseStateDocument<SessionRecord>(e.key, e.value).sessionId);
+  }
+  const keys = await deps.target.listKeys(rule.to);
+  let held = 0;
+  for (let i = 0; i < keys.length; i += NOTE_READ_CHUNK) {
+    for (const e of await deps.target.readEntries(keys.slice(i, i + NOTE_READ_CHUNK), undefined, { listed: keys })) if (e.session && mirrors.has(e.session)) held++;
+  }
+  if (held === 0) return undefined;
+  return { name: 'leased keys', ok: true, detail: `${held} Consul key(s) of rule ${rule.name} are held by sessions that mirror etcd leases: finalized, they still go when their etcd lease ends, or within twice the session TTL once no dual-run renews those sessions (after you stop it). An application that owns such a key should write it with a Consul session of its own (or without one, to keep it)` };
+}
+
+/** Keys read at once by {@link leaseHeldNote}. */
+const NOTE_READ_CHUNK = 1000;
+
 /** `migrate finalize --rule <name>…`: stops mirroring for good; optionally exports and deletes the rule's etcd keys. */
 export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): Promise<CutoverResult> {
   const { config, mapping, target } = deps;
@@ -645,6 +671,10 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     ];
     return { rule: name, from, to: 'finalized', checks, ok: checks.every((c) => c.ok) };
   });
+  for (const outcome of outcomes.filter((o) => o.ok)) {
+    const note = await leaseHeldNote(deps, paths, ruleNamed(mapping, outcome.rule));
+    if (note) outcome.checks.push(note);
+  }
   if (options.deleteEtcd) {
     await checkEtcdWrites(deps, outcomes, '--delete-etcd deletes the rule\'s keys there');
     for (const outcome of outcomes.filter((o) => o.ok)) {
