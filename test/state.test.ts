@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ensureMeta, readState, statePaths, type StateMeta } from '../src/state/state.js';
 import type { MigrateError } from '../src/errors.js';
-import { consulTarget, etcdSource, runCli, servers } from './support/harness.js';
+import { consulTarget, etcdSource } from './support/harness.js';
 
 const target = consulTarget();
 const source = etcdSource();
@@ -38,19 +38,5 @@ describe('state meta and the identity check (real Consul)', () => {
     const newer = await rejection(ensureMeta(target, paths, current, '0.1.0', new Date()));
     expect(newer.exitCode).toBe(2);
     expect(newer.code).toBe('state_schema_newer');
-  });
-
-  it('doctor reports a meta written for another etcd cluster', async () => {
-    const id = `state-${randomBytes(4).toString('hex')}`;
-    const paths = statePaths('_migrate/', id);
-    await target.putKey(paths.meta, Buffer.from(JSON.stringify({ schemaVersion: 1, id, etcdClusterId: '42', datacenters: ['dc1'], mappingHash: 'x', created: 'then', toolVersion: '0' })));
-    const { mkdtempSync, writeFileSync } = await import('node:fs');
-    const { join } = await import('node:path');
-    const { tmpdir } = await import('node:os');
-    const dir = mkdtempSync(join(tmpdir(), 'migrate-state-'));
-    writeFileSync(join(dir, 'migration.yaml'), `version: 1\nid: ${id}\n`);
-    const run = await runCli(['doctor', '--format', 'json'], { cwd: dir, env: { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: servers().consulAddress } });
-    const check = JSON.parse(run.stdout).checks.find((c: { name: string }) => c.name === 'state.meta');
-    expect(check).toMatchObject({ status: 'warn', code: 'identity_cluster_mismatch' });
   });
 });
