@@ -59,6 +59,25 @@ async function dualRun(s: Scenario): Promise<DualRunProcess> {
   return dr;
 }
 
+/** Copies the scenario, runs the dual-run to a clean verify and cuts rule app over; the dual-run is stopped again. */
+async function cutOverApp(s: Scenario): Promise<void> {
+  expect((await s.cli(['copy'])).code).toBe(0);
+  const dr = await dualRun(s);
+  try {
+    expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+    const cut = await s.cli(['cutover', '--rule', 'app', '--yes']);
+    expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+  } finally {
+    expect(await dr.stop()).toBe(0);
+  }
+}
+
+/** The write pause a cutover or rollback set on rule app's phase document, if any. */
+async function writesPaused(s: Scenario): Promise<{ for: string } | undefined> {
+  const entry = await target.readKey(`_migrate/${s.id}/rules/app`);
+  return entry ? (JSON.parse(entry.value.toString()) as { writesPaused?: { for: string } }).writesPaused : undefined;
+}
+
 async function etcdValue(key: string): Promise<string | null> {
   return etcd.get(key).string();
 }
@@ -297,8 +316,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
       const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'cutover', '--rule', 'app', '--yes', '--drain', '30s'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', ...serverEnv() }, stdio: 'ignore' });
       const exited = new Promise((resolve) => child.once('exit', resolve));
-      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
-      await eventually('writes paused', async () => (await paused()) !== undefined);
+      await eventually('writes paused', async () => (await writesPaused(s)) !== undefined);
       child.kill('SIGKILL');
       await exited;
       const line = (await phases(s)).app as RuleLine & { writesPaused: { for: string } | null };
@@ -308,7 +326,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(text.stdout).toContain('PAUSED by a cutover');
       const finished = await s.cli(['cutover', '--rule', 'app', '--yes', '--drain', '200ms']);
       expect(finished.code, finished.stdout + finished.stderr).toBe(0);
-      expect(await paused()).toBeUndefined();
+      expect(await writesPaused(s)).toBeUndefined();
       expect((await phases(s)).app).toMatchObject({ phase: 'cutover', writesPaused: null });
     } finally {
       expect(await dr.stop()).toBe(0);
@@ -322,16 +340,15 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     const dr = await dualRun(s);
     try {
       expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
-      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
       const phaseBefore = (await phases(s)).app.phase;
       // Still draining: it must not flip once its pause is gone.
       const cutover = s.cli(['cutover', '--rule', 'app', '--yes', '--drain', '8s']);
-      await eventually('writes paused', async () => (await paused()) !== undefined);
+      await eventually('writes paused', async () => (await writesPaused(s)) !== undefined);
       expect((await phases(s)).app.next).toContain('or `migrate rollback --rule app` to abandon it');
       const abandon = await s.cli(['rollback', '--rule', 'app', '--yes']);
       expect(abandon.code, abandon.stdout + abandon.stderr).toBe(0);
       expect(abandon.stdout).toContain('Rule app: the unfinished cutover is abandoned; applications write the rule to etcd again');
-      expect(await paused()).toBeUndefined();
+      expect(await writesPaused(s)).toBeUndefined();
       const refused = await cutover;
       expect(refused.code, refused.stdout + refused.stderr).toBe(4);
       expect(refused.stderr).toContain('no longer paused by this cutover');
@@ -353,15 +370,14 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       let stderr = '';
       child.stderr.on('data', (c: Buffer) => (stderr += c));
       const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
-      await eventually('writes paused', async () => (await paused()) !== undefined);
+      await eventually('writes paused', async () => (await writesPaused(s)) !== undefined);
       const interruptedAt = Date.now();
       child.kill('SIGINT');
       expect(await exited, stderr).toBe(130);
       // Not the rest of the 60 s drain.
       expect(Date.now() - interruptedAt).toBeLessThan(15_000);
       expect(stderr).toContain('error[interrupted]: cutover was interrupted before it moved any rule: nothing was changed');
-      expect(await paused()).toBeUndefined();
+      expect(await writesPaused(s)).toBeUndefined();
       expect(existsSync(join(s.dir, 'migrate-rollback')) ? readdirSync(join(s.dir, 'migrate-rollback')) : []).toEqual([]);
       expect((await phases(s)).app).toMatchObject({ phase: 'verified', writesPaused: null });
     } finally {
@@ -380,14 +396,13 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       const cut = await s.cli(['cutover', '--rule', 'app', '--yes']);
       expect(cut.code, cut.stdout + cut.stderr).toBe(0);
       const rollback = s.cli(['rollback', '--rule', 'app', '--yes', '--drain', '5s']);
-      const paused = async () => (await target.readKey(`_migrate/${s.id}/rules/app`).then((e) => e && JSON.parse(e.value.toString())))?.writesPaused;
-      await eventually('writes paused', async () => (await paused()) !== undefined);
+      await eventually('writes paused', async () => (await writesPaused(s)) !== undefined);
       expect(await dr.stop()).toBe(0);
       stopped = true;
       const refused = await rollback;
       expect(refused.code, refused.stdout + refused.stderr).toBe(4);
       expect(refused.stdout).toMatch(/FAIL dual-run \(after the drain\)\s+the dual-run is not running/);
-      expect(await paused()).toBeUndefined();
+      expect(await writesPaused(s)).toBeUndefined();
       expect((await phases(s)).app.phase).toBe('cutover');
     } finally {
       if (!stopped) expect(await dr.stop()).toBe(0);
@@ -397,15 +412,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
   it('an interrupt (Ctrl-C) before finalize --delete-etcd flips stops it: nothing deleted or exported, the rule stays cut over', async () => {
     const s = scenario('finint');
     await seed(s);
-    expect((await s.cli(['copy'])).code).toBe(0);
-    const dr = await dualRun(s);
-    try {
-      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
-      const cut = await s.cli(['cutover', '--rule', 'app', '--yes']);
-      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
-    } finally {
-      expect(await dr.stop()).toBe(0);
-    }
+    await cutOverApp(s);
     const before = await snapshot(s);
     const { config, mapping } = parseConfig(readFileSync(join(s.dir, 'migration.yaml'), 'utf8'), 'migration.yaml');
     const source = etcdSource();
@@ -462,15 +469,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
   it('finalize --delete-etcd refuses while Consul lacks keys etcd holds: nothing deleted or exported, the rule stays cut over', async () => {
     const s = scenario('finlack');
     await seed(s);
-    expect((await s.cli(['copy'])).code).toBe(0);
-    const dr = await dualRun(s);
-    try {
-      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
-      const cut = await s.cli(['cutover', '--rule', 'app', '--yes']);
-      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
-    } finally {
-      expect(await dr.stop()).toBe(0);
-    }
+    await cutOverApp(s);
     // No dual-run mirrors Consul's deletes back to etcd: Consul lost two keys etcd still holds.
     await target.deleteKey(`${s.id}/app/k1`);
     await target.deleteKey(`${s.id}/app/k2`);
@@ -495,15 +494,12 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     await seed(s);
     const { ID: lease } = await etcd.leaseClient.leaseGrant({ TTL: 3600, ID: 0 });
     for (let i = 0; i < 2; i++) await etcd.kv.put({ key: Buffer.from(`${s.root}/app/held/${i}`), value: Buffer.from('h'), lease });
-    expect((await s.cli(['copy'])).code).toBe(0);
-    const dr = await dualRun(s);
     try {
-      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await cutOverApp(s);
       const fin = await s.cli(['finalize', '--rule', 'app', '--yes']);
       expect(fin.code, fin.stdout + fin.stderr).toBe(0);
       expect(fin.stdout).toMatch(/ok +app: leased keys 2 Consul key\(s\) of rule app are held by sessions that mirror etcd leases: finalized, they still go when their etcd lease ends, or within twice the session TTL once no dual-run renews those sessions/);
     } finally {
-      expect(await dr.stop()).toBe(0);
       await etcd.leaseClient.leaseRevoke({ ID: lease });
     }
   }, 60_000);
