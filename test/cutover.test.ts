@@ -290,7 +290,8 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
         const runs = await Promise.all([0, 1].map(() => s.cli([command, '--rule', 'app', '--yes', '--drain', '1s'])));
         expect(runs.map((r) => r.code).sort(), runs.map((r) => r.stdout + r.stderr).join('\n')).toEqual([0, 4]);
         const loser = runs.find((r) => r.code === 4)!;
-        expect(loser.stderr + loser.stdout).toMatch(/phase_contended|changed while this command/);
+        // Contended at the flip, or (started once the other had flipped, on a busy machine) refused by its phase check.
+        expect(loser.stderr + loser.stdout).toMatch(/phase_contended|changed while this command|phase cutover: already owned by Consul|not cut over: nothing to roll back/);
         expect((await history()).filter((p) => p === phase)).toHaveLength(1);
       }
       expect(readdirSync(join(s.dir, 'migrate-rollback'))).toHaveLength(1);
