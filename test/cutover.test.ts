@@ -490,6 +490,26 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
   }, 60_000);
 
+  it('a value too large for Consul stays in etcd after the cutover: the reverse mirror\'s first pass does not take Consul\'s lack of it for a delete', async () => {
+    const s = scenario('toolarge');
+    await seed(s);
+    const big = Buffer.alloc(700_000, 7);
+    await etcd.put(`${s.root}/app/model.bin`).value(big);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      // A Consul write after the cutover: the mirror has passed its first pass once it reaches etcd.
+      await target.putKey(`${s.id}/app/k0`, Buffer.from('after'));
+      await eventually('the Consul write in etcd', async () => (await etcdValue(`${s.root}/app/k0`)) === 'after');
+      const kept = (await etcd.get(`${s.root}/app/model.bin`).buffer());
+      expect(kept?.equals(big)).toBe(true);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 60_000);
+
   it('finalize says how many of the rule\'s Consul keys still hang on etcd leases (they go with the lease, or once no dual-run renews their sessions)', async () => {
     const s = scenario('finlease');
     await seed(s);

@@ -208,8 +208,9 @@ export class ReverseMirror {
         const hex = entry.key.toString('hex');
         const want = wanted.get(hex);
         if (!want) {
-          // Only keys the forward route puts in Consul: unmappable and `leases: skip` keys never had a Consul twin.
-          const forward = routeKey(mapping, entry.key);
+          // Only keys the forward route puts in Consul: unmappable (a value too large too) and `leases: skip` keys never
+          // had a Consul twin, and Consul's lack of one is no delete.
+          const forward = routeKey(mapping, entry.key, { valueBytes: entry.value.length, maxValueBytes: mapping.maxValueBytes });
           if (forward.kind === 'mapped' && !(entry.lease !== '0' && rule.leases === 'skip')) {
             if (entry.modRevision > since) await this.deps.onChangedSince(entry);
             deletes.push({ verb: 'delete', key: entry.key });
