@@ -39,6 +39,9 @@ describe('parsePhaseDocument', () => {
     expect(err).toMatchObject({ code: 'client_phase_invalid' });
     expect(err.message).toMatch(message);
     expect(err.message).toContain(KEY);
+    // Deleting it is no way out: for a rule cut over, it sends writes back to etcd while Consul owns the data.
+    expect(err.hint).toContain('Do not delete it');
+    expect(err.hint).not.toMatch(/delete it to put the rule back/);
   });
 });
 

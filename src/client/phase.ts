@@ -52,7 +52,7 @@ export function parsePhaseDocument(key: string, rule: string, raw: Buffer | unde
   if (raw === undefined) return { rule, owner: 'etcd', phase: undefined, updated: undefined, modifyIndex: 0, writesPaused: false };
   const corrupt = (what: string): never => {
     throw new PhaseDocumentError('client_phase_invalid', 4, `The phase document ${key} of rule "${rule}" in Consul ${what}.`, {
-      hint: 'Only `migrate cutover`, `rollback` and `finalize` write it. Inspect it with `consul kv get`, then restore it (or delete it to put the rule back on etcd).',
+      hint: 'Only `migrate cutover`, `rollback` and `finalize` write it. Inspect it with `consul kv get`, then restore it (from a Consul snapshot; the owners document beside it names the rule\'s phase). Do not delete it: a rule cut over would then send applications back to etcd while Consul owns its data.',
       details: { key, rule },
     });
   };
