@@ -179,6 +179,25 @@ describe('migrate copy (real servers)', () => {
     expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(6);
   });
 
+  it('keys too long for a URL (GET /v1/kv answers 431): audit blocks them, copy skips them and goes on (exit 0), verify counts them unmappable', async () => {
+    const id = `toolong-${randomBytes(3).toString('hex')}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/, to: ${id}/ }\n`);
+    await etcd.put(`/${id}/a-short`).value('s');
+    await etcd.put(`/${id}/b-${'d'.repeat(1_100_000)}`).value('long');
+    await etcd.put(`/${id}/c-${'é'.repeat(180_000)}`).value('wide');
+    await etcd.put(`/${id}/d-short`).value('s');
+    const audit = await runCli(['audit', '--prefix', `/${id}/`, '--format', 'json', '--progress', 'none'], { cwd: dir, env: serverEnv() });
+    expect(audit.code).toBe(1);
+    expect((JSON.parse(audit.stdout) as { findings: { code: string; severity: string; count: number }[] }).findings.find((f) => f.code === 'key_too_long')).toMatchObject({ severity: 'blocker', count: 2 });
+    const copy = await runCli(['copy', '--format', 'json', '--progress', 'none'], { cwd: dir, env: serverEnv() });
+    expect(copy.code, copy.stderr).toBe(0);
+    expect(JSON.parse(copy.stdout).rules[0]).toMatchObject({ created: 2, skipped: { 'key-too-long': 2 } });
+    expect(await target.listKeys(`${id}/`)).toEqual([`${id}/a-short`, `${id}/d-short`]);
+    const verify = await runCli(['verify', '--format', 'json', '--read-back', 'all'], { cwd: dir, env: serverEnv() });
+    expect(verify.code, verify.stderr).toBe(0);
+    expect(JSON.parse(verify.stdout).rules[0]).toMatchObject({ status: 'parity', unmappable: { 'key-too-long': 2 } });
+  }, 60_000);
+
   it('--rate caps the write rate', async () => {
     const s = scenario('rate');
     for (let from = 0; from < 400; from += 100) {

@@ -18,6 +18,7 @@ export type FindingCode =
   | 'key_invalid_utf8'
   | 'key_control_character'
   | 'key_trailing_space'
+  | 'key_too_long'
   | 'key_empty'
   | 'key_collision'
   | 'key_escaped'
@@ -84,6 +85,7 @@ export const FINDING_CATALOGUE: Record<FindingCode, CodeInfo> = {
   key_invalid_utf8: { unit: 'keys', title: 'keys that are not valid UTF-8 (binary keys)', hint: 'Set `keys: escape` on the rule, or keep the prefix on etcd (`action: keep`).' },
   key_control_character: { unit: 'keys', title: 'keys with control or non-printable characters', hint: 'Set `keys: escape` on the rule, or rename the keys in etcd.' },
   key_trailing_space: { unit: 'keys', title: 'keys with a leading or trailing space (refused by Consul 1.21.6+)', hint: 'Set `keys: escape` on the rule, or rename the keys in etcd.' },
+  key_too_long: { unit: 'keys', title: 'keys too long for a URL: GET /v1/kv/<key> could never read them (HTTP 431)', hint: 'Rename the keys in etcd, or keep them on etcd with a `keep` rule; escaping cannot shorten them.' },
   key_empty: { unit: 'keys', title: 'keys that would be empty in Consul', hint: 'Give the rule a `to` prefix, or set `keys: escape`.' },
   key_collision: { unit: 'keys', title: 'Consul keys that two source keys would both land on (one would overwrite the other)', hint: 'Map the colliding prefixes to different Consul prefixes (e.g. /app/ → app/ and app/ → app-plain/).' },
   key_escaped: { unit: 'keys', title: 'keys the rules will escape (reversibly) to servable Consul keys', hint: 'Applications reading them from Consul must use the escaped names (`~HH`); `migrate` decodes them for verify.' },
@@ -111,6 +113,7 @@ const REASON_CODES: Record<UnmappableReason, FindingCode> = {
   'invalid-utf8': 'key_invalid_utf8',
   'control-character': 'key_control_character',
   'trailing-space': 'key_trailing_space',
+  'key-too-long': 'key_too_long',
   'empty-key': 'key_empty',
   'collision': 'key_collision',
   'value-too-large': 'value_too_large',
@@ -130,7 +133,8 @@ export type AuditMode = 'mapping' | 'identity';
  * limit is a blocker in every mapping that copies it.
  */
 export function unmappableSeverity(mode: AuditMode, reason: UnmappableReason): Severity {
-  if (reason === 'value-too-large') return 'blocker';
+  // No rule fixes these: escaping makes a key longer.
+  if (reason === 'value-too-large' || reason === 'key-too-long') return 'blocker';
   return mode === 'mapping' ? 'blocker' : 'warning';
 }
 

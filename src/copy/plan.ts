@@ -18,6 +18,7 @@ export type SkipReason =
   | 'value-too-large'
   | 'empty-key'
   | 'trailing-space'
+  | 'key-too-long'
   | 'collision'
   | 'lease-skip'
   | 'lease-expired'

@@ -100,6 +100,7 @@ export type UnmappableReason =
   | 'value-too-large'
   | 'empty-key'
   | 'trailing-space'
+  | 'key-too-long'
   | 'collision';
 
 /** The answer of {@link isServableKey}. */
@@ -132,6 +133,8 @@ const STRUCTURE_SUSPECT = /^[ ./]|\/\/|\/\.\.?(?:\/|$)| $|%/;
  */
 export function isServableKey(key: string, shift = 0): ServableCheck {
   if (key.length === 0) return unservable('empty-key', 'the key is empty; Consul answers "Missing key name"');
+  const long = keyTooLong(key);
+  if (long) return long;
   if (PRINTABLE_ASCII.test(key)) {
     // Most keys: printable ASCII with nothing the checks below look for, settled in two native passes.
     if (!STRUCTURE_SUSPECT.test(key)) return SERVABLE;
@@ -157,6 +160,29 @@ export function isServableKey(key: string, shift = 0): ServableCheck {
     }
   }
   return SERVABLE;
+}
+
+/**
+ * The longest KV path (`/v1/kv/<key>`, percent-encoded) a key may have: Go's HTTP server, Consul's,
+ * reads about 1 MiB of request line and headers (http.DefaultMaxHeaderBytes) and answers 431 beyond.
+ * A txn still writes such a key (it travels in the body), which no GET can then read. The margin
+ * leaves room for the query and the headers an application's client sends.
+ */
+export const MAX_KEY_PATH_BYTES = 1024 * 1024 - 32 * 1024;
+
+/** Bytes `encodeURIComponent` keeps as they are, and `/` (kept between the segments of a KV path). */
+const KEPT_IN_PATH = new Uint8Array(256);
+for (const ch of "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()/") KEPT_IN_PATH[ch.charCodeAt(0)] = 1;
+
+/** A key whose GET path is longer than {@link MAX_KEY_PATH_BYTES} once percent-encoded. */
+export function keyTooLong(key: string): Extract<ServableCheck, { ok: false }> | undefined {
+  // Each UTF-16 unit encodes to at most 9 characters (a 3-byte character, "%XX" a byte): most keys stop here.
+  if (key.length * 9 <= MAX_KEY_PATH_BYTES) return undefined;
+  const bytes = Buffer.from(key, 'utf8');
+  let encoded = 0;
+  for (const byte of bytes) encoded += KEPT_IN_PATH[byte] ? 1 : 3;
+  if (encoded <= MAX_KEY_PATH_BYTES) return undefined;
+  return unservable('key-too-long', `the key is ${bytes.length} bytes, ${encoded} once percent-encoded in a URL: Consul's HTTP server refuses a request that long (HTTP 431), so GET /v1/kv/<key> could never read it`);
 }
 
 /**

@@ -139,6 +139,23 @@ rules:
   });
 });
 
+describe('routeKey: keys too long for a URL (GET /v1/kv/<key> answers 431 past about 1 MiB)', () => {
+  it('refuses a key whose percent-encoded path is too long, under either key policy; escaping cannot shorten it', () => {
+    expect(routeKey(mapping, key(`/platform/config/${'d'.repeat(1_200_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long', detail: expect.stringContaining('HTTP 431') });
+    // 360 KB of UTF-8, over a megabyte once each byte is "%XX".
+    expect(routeKey(mapping, key(`/platform/config/${'é'.repeat(180_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
+    expect(routeKey(mapping, key(`/app/${'é'.repeat(180_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
+    // Escaped: the escapes make it longer than the plain key, which alone would fit.
+    expect(routeKey(mapping, key(`/app/${'\x01'.repeat(340_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
+    expect(isServableKey(`x/${'é'.repeat(180_000)}`)).toMatchObject({ ok: false, reason: 'key-too-long' });
+  });
+
+  it('copies long keys that fit', () => {
+    expect(routeKey(mapping, key(`/platform/config/${'d'.repeat(900_000)}`))).toMatchObject({ kind: 'mapped' });
+    expect(routeKey(mapping, key(`/platform/config/${'é'.repeat(150_000)}`))).toMatchObject({ kind: 'mapped' });
+  });
+});
+
 describe('routeKey: keys: escape', () => {
   const cases: [Buffer, string][] = [
     [key('/app//double'), 'app/~2Fdouble'],

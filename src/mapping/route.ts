@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { ESCAPE_CHAR, characterCount, escapeKey, isServableKey, tryUnescapeKey, type ServableCheck, type UnmappableReason } from './escape.js';
+import { ESCAPE_CHAR, characterCount, escapeKey, isServableKey, keyTooLong, tryUnescapeKey, type ServableCheck, type UnmappableReason } from './escape.js';
 import type { CompiledRule, Mapping } from './mapping.js';
 import { prefixEnd, prefixRange } from '../stores/key-range.js';
 import type { KeyRange, SourceReader } from '../stores/types.js';
@@ -111,6 +111,9 @@ export function routeKey(mapping: Mapping, key: Buffer, options: RouteOptions = 
     }
   }
 
+  // An escaped key is longer than the etcd key: checked here, as the plain ones are by isServableKey.
+  const long = escaped ? keyTooLong(target) : undefined;
+  if (long) return { kind: 'unmappable', rule, reason: long.reason, detail: long.detail };
   const limit = options.maxValueBytes ?? mapping.maxValueBytes;
   if (options.valueBytes !== undefined && options.valueBytes > limit) {
     return { kind: 'unmappable', rule, reason: 'value-too-large', detail: `the value is ${options.valueBytes} bytes; the target accepts at most ${limit} (kv_max_value_size)` };
