@@ -367,6 +367,19 @@ describe('sample, estimate, probe and the draft mapping', () => {
     expect(sampleFindings(sample).map((f) => [f.code, f.examples.map((e) => e.prefix)])).toEqual([['write_rate_high', ['/hot/']]]);
   });
 
+  it('flags the write rate of all the sampled prefixes together, each under the rate, whatever --depth splits them into (one ordered stream to replicate)', async () => {
+    const source = new MemorySource();
+    const from = (await source.status()).revision + 1;
+    for (let i = 0; i < 15; i++) source.write(Array.from({ length: 100 }, (_, j) => ({ key: `/hot/w${i}/k${j}`, value: `${i}` })));
+    let t = 0;
+    const sample = await sampleWrites({ source, ranges: [{ start: Buffer.from([0]), end: Buffer.alloc(0) }], fromRevision: from, durationMs: 1000, depth: 2, top: 20, router: identityRouter(524288), capacity: { ops: 62, bytes: 500_000 }, now: () => (t += 500) });
+    expect(sample.prefixes.map((p) => p.writesPerSecond)).toEqual(Array(15).fill(100));
+    const [finding] = sampleFindings(sample);
+    expect(finding).toMatchObject({ code: 'write_rate_high', count: 1 });
+    expect(finding!.examples).toEqual([expect.objectContaining({ prefix: '(the sampled prefixes together)', count: 1500 })]);
+    expect(finding!.examples[0]!.detail).toMatch(/^1500 replicated writes\/s in all over 1\.0 s/);
+  });
+
   it('counts the writes made within the window even when the watch delivers them late, and none made after it', async () => {
     // etcd is at revision 14 when the 100 ms window ends; this process reads the watch behind:
     // revisions 11–16 arrive from 150 ms on. 11–14 count, 15–16 (written after the window) do not.
