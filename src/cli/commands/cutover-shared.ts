@@ -110,6 +110,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   const { EtcdWriter } = await import('../../stores/etcd-writer.js');
   const { operator } = await import('../../cutover/state-io.js');
   const { ruleArgument } = await import('../../mapping/datacenters.js');
+  const { sleep } = await import('../../stores/consul-http.js');
   const loaded = await ctx.loadConfig(options.config, true);
   const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
   const stores = openStores(connections, loaded.config);
@@ -139,10 +140,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
       catchUpTimeoutMs: parseDuration('--catch-up-timeout', options.catchUpTimeout) ?? 10_000,
       acknowledgeTrips: Boolean(options.acknowledgeTrips),
       // Cut short by an interrupt (the drain): the transition then stops before its next change.
-      sleep: (ms: number) => new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, ms);
-        ctx.signal.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
-      }),
+      sleep: (ms: number) => sleep(ms, ctx.signal),
       signal: ctx.signal,
       ...(elsewhere ? { elsewhere } : {}),
     };
