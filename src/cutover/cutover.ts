@@ -718,7 +718,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     outcome.etcdDeleted = read.keys.length - kept.length;
     if (kept.length > 0) {
       outcome.etcdKeptChanged = kept.length;
-      options.onWarning(`${kept.length} etcd key(s) of rule ${outcome.rule} changed after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''}: late writes, left in etcd and not deleted (${kept.slice(0, 5).map(formatKey).join(', ')}${kept.length > 5 ? ', …' : ''})`);
+      options.onWarning(`${kept.length} etcd key(s) of rule ${outcome.rule} changed after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''}: written by the reverse mirror before it saw the flip (an application's Consul write), or by a late writer; left in etcd and not deleted (${kept.slice(0, 5).map(formatKey).join(', ')}${kept.length > 5 ? ', …' : ''})`);
     }
     // Keys created after the read (the reverse mirror, until it saw the flip, or a late writer) were neither read nor deleted.
     const left = (await countRuleKeys(deps.source, mapping, ruleNamed(mapping, outcome.rule), (await deps.source.status()).revision)) - kept.length;
