@@ -6,7 +6,7 @@ import type { BlockingReader } from '../stores/consul-blocking.js';
 import { sleep, TxnFailedError } from '../stores/consul-http.js';
 import { prefixEnd } from '../stores/key-range.js';
 import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
-import type { SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
+import type { SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
 import type { OwnersDoc } from '../cutover/phase.js';
 import type { DualRunLog } from './dualrun.js';
 
@@ -256,6 +256,7 @@ export class ReverseMirror {
     }
     let deletes: SourceWriteOp[] = [];
     const sessionGone = new Map<string, boolean>();
+    const dropped: { key: string; source: Buffer }[] = [];
     for (const key of lastSeen.keys()) {
       if (seen.has(key)) continue;
       const source = this.sourceOf(key);
@@ -270,11 +271,15 @@ export class ReverseMirror {
           sessionGone.set(holder, gone);
           if (gone) this.deps.onLeaseSessionGone(holder);
         }
-        if (sessionGone.get(holder)) continue;
+        if (sessionGone.get(holder)) {
+          dropped.push({ key, source });
+          continue;
+        }
       }
       deletes.push({ verb: 'delete', key: source });
     }
     this.leaseHeld = this.heldByLeases(entries);
+    await this.restoreDropped(dropped);
     // Keys etcd no longer has need no delete, and are not a mass delete: etcd dropped them itself (a lease
     // ended, and the dual-run destroyed its session, which took the Consul keys with it).
     if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, lastSeen.size)) deletes = await this.stillInEtcd(deletes);
@@ -287,6 +292,30 @@ export class ReverseMirror {
     await this.apply(ops);
     await this.release(held);
     return seen;
+  }
+
+  /**
+   * Keys Consul dropped with a lost lease session whose etcd key is on no lease any more: an application
+   * wrote the key in Consul, this mirror wrote its value to etcd (without a lease), and the session went
+   * before the key was released from it. No lease pass brings such a key back: written back to Consul
+   * from etcd, where it does not exist again already (else it was a delete at the restart's first pass).
+   */
+  private async restoreDropped(dropped: { key: string; source: Buffer }[]): Promise<void> {
+    const ops: TxnOp[] = [];
+    for (const { key, source } of dropped) {
+      for await (const page of this.deps.source.readPages({ start: source, end: Buffer.concat([source, Buffer.from([0])]) })) {
+        for (const entry of page.entries) if (entry.lease === '0') ops.push({ verb: 'cas', key, value: entry.value, index: 0 });
+      }
+    }
+    for (const op of ops) {
+      try {
+        await this.deps.target.applyTxn([op]);
+        this.deps.log('info', `reverse mirror of rule ${this.deps.rule.name}: ${formatKey(op.key)} went with a lost lease session after an application wrote it; written back to Consul from etcd`);
+      } catch (err) {
+        // Written again meanwhile: the next answer has it.
+        if (!(err instanceof TxnFailedError)) throw err;
+      }
+    }
   }
 
   private heldByLeases(entries: readonly TargetEntry[]): Map<string, string> {
