@@ -100,12 +100,12 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
 
   it('a copy that etcd stops answering after it began writing exits 3 naming the next steps: start etcd, then copy --resume; the resume completes it', async () => {
     const s = scenario('copy-etcd-gone');
-    for (let i = 0; i < 1500; i += 500) {
+    for (let i = 0; i < 3000; i += 500) {
       const puts = Array.from({ length: 500 }, (_, j) => etcd.put(`${s.root}/app/${String(i + j).padStart(5, '0')}`).value('v'));
       await etcd.if(`${s.root}/app/00000`, 'Mod', '>', -1).then(...puts).commit();
     }
     const own = await FaultProxy.forUrl(servers().etcdEndpoint);
-    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--rate', '300', '--page-keys', '100'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv(), ETCDCTL_ENDPOINTS: own.url }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'copy', '--progress', 'none', '--rate', '150', '--page-keys', '100'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', CI: 'true', ...serverEnv(), ETCDCTL_ENDPOINTS: own.url }, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -117,7 +117,7 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
     expect(stderr).toMatch(/next: Start etcd or fix the endpoints.* Then run `migrate copy --resume`: it continues where this copy stopped\./);
     const resumed = await runCli(['copy', '--resume', '--progress', 'none'], { cwd: s.dir, env: serverEnv() });
     expect(resumed.code, resumed.stderr).toBe(0);
-    expect((await target.listKeys(`${s.id}/app/`)).length).toBe(1500);
+    expect((await target.listKeys(`${s.id}/app/`)).length).toBe(3000);
   }, 120_000);
 
   it('a dual-run under a writer keeps going through resets, delays and blackholes; its lag recovers and parity holds', async () => {
