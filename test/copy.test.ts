@@ -4,6 +4,7 @@ import { parseConfig } from '../src/config/load.js';
 import { runCopy, type CopyOptions } from '../src/copy/copy.js';
 import type { TargetStore } from '../src/stores/types.js';
 import { checkParity } from './support/parity.js';
+import { eventually, startDualRun } from './support/dualrun.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { configDir, consulIndex, consulTarget, etcdSource, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
 
@@ -179,24 +180,40 @@ describe('migrate copy (real servers)', () => {
     expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(6);
   });
 
-  it('keys too long for a URL (GET /v1/kv answers 431): audit blocks them, copy skips them and goes on (exit 0), verify counts them unmappable', async () => {
+  it('keys over 256 KiB (GET /v1/kv answers 431 past about 1 MiB of URL): audit blocks them, copy skips them and goes on (exit 0), verify counts them unmappable', async () => {
     const id = `toolong-${randomBytes(3).toString('hex')}`;
     const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/, to: ${id}/ }\n`);
     await etcd.put(`/${id}/a-short`).value('s');
     await etcd.put(`/${id}/b-${'d'.repeat(1_100_000)}`).value('long');
-    await etcd.put(`/${id}/c-${'é'.repeat(180_000)}`).value('wide');
+    await etcd.put(`/${id}/c-${'é'.repeat(135_000)}`).value('wide');
     await etcd.put(`/${id}/d-short`).value('s');
+    const under = `e-${'d'.repeat(250_000)}`;
+    await etcd.put(`/${id}/${under}`).value('e');
     const audit = await runCli(['audit', '--prefix', `/${id}/`, '--format', 'json', '--progress', 'none'], { cwd: dir, env: serverEnv() });
     expect(audit.code).toBe(1);
     expect((JSON.parse(audit.stdout) as { findings: { code: string; severity: string; count: number }[] }).findings.find((f) => f.code === 'key_too_long')).toMatchObject({ severity: 'blocker', count: 2 });
     const copy = await runCli(['copy', '--format', 'json', '--progress', 'none'], { cwd: dir, env: serverEnv() });
     expect(copy.code, copy.stderr).toBe(0);
-    expect(JSON.parse(copy.stdout).rules[0]).toMatchObject({ created: 2, skipped: { 'key-too-long': 2 } });
-    expect(await target.listKeys(`${id}/`)).toEqual([`${id}/a-short`, `${id}/d-short`]);
+    expect(JSON.parse(copy.stdout).rules[0]).toMatchObject({ created: 3, skipped: { 'key-too-long': 2 } });
+    expect(await target.listKeys(`${id}/`)).toEqual([`${id}/a-short`, `${id}/d-short`, `${id}/${under}`]);
     const verify = await runCli(['verify', '--format', 'json', '--read-back', 'all'], { cwd: dir, env: serverEnv() });
     expect(verify.code, verify.stderr).toBe(0);
     expect(JSON.parse(verify.stdout).rules[0]).toMatchObject({ status: 'parity', unmappable: { 'key-too-long': 2 } });
-  }, 60_000);
+    // The longest key that is copied: a difference on it is drift (exit 1), not a txn too large for Consul (exit 3).
+    await etcd.put(`/${id}/${under}`).value('changed');
+    const drift = await runCli(['verify', '--format', 'json', '--rounds', '1'], { cwd: dir, env: serverEnv() });
+    expect(drift.code, drift.stderr).toBe(1);
+    expect((JSON.parse(drift.stdout).differences as { kind: string }[]).map((d) => d.kind)).toEqual(['value']);
+    // The dual-run replicates its change and its delete, and keeps running.
+    const dr = await startDualRun(dir);
+    try {
+      await etcd.delete().key(`/${id}/${under}`);
+      await eventually('the long key deleted in Consul', async () => (await target.listKeys(`${id}/`)).length === 2);
+      expect(dr.child.exitCode).toBeNull();
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
 
   it('--rate caps the write rate', async () => {
     const s = scenario('rate');

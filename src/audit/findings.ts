@@ -85,7 +85,7 @@ export const FINDING_CATALOGUE: Record<FindingCode, CodeInfo> = {
   key_invalid_utf8: { unit: 'keys', title: 'keys that are not valid UTF-8 (binary keys)', hint: 'Set `keys: escape` on the rule, or keep the prefix on etcd (`action: keep`).' },
   key_control_character: { unit: 'keys', title: 'keys with control or non-printable characters', hint: 'Set `keys: escape` on the rule, or rename the keys in etcd.' },
   key_trailing_space: { unit: 'keys', title: 'keys with a leading or trailing space (refused by Consul 1.21.6+)', hint: 'Set `keys: escape` on the rule, or rename the keys in etcd.' },
-  key_too_long: { unit: 'keys', title: 'keys too long for a URL: GET /v1/kv/<key> could never read them (HTTP 431)', hint: 'Rename the keys in etcd, or keep them on etcd with a `keep` rule; escaping cannot shorten them.' },
+  key_too_long: { unit: 'keys', title: 'keys over 256 KiB: Consul could not serve them back through GET /v1/kv/<key> (HTTP 431) or hold them in a txn op', hint: 'Rename the keys in etcd, or keep them on etcd with a `keep` rule; escaping cannot shorten them.' },
   key_empty: { unit: 'keys', title: 'keys that would be empty in Consul', hint: 'Give the rule a `to` prefix, or set `keys: escape`.' },
   key_collision: { unit: 'keys', title: 'Consul keys that two source keys would both land on (one would overwrite the other)', hint: 'Map the colliding prefixes to different Consul prefixes (e.g. /app/ → app/ and app/ → app-plain/).' },
   key_escaped: { unit: 'keys', title: 'keys the rules will escape (reversibly) to servable Consul keys', hint: 'Applications reading them from Consul must use the escaped names (`~HH`); `migrate` decodes them for verify.' },

@@ -163,26 +163,21 @@ export function isServableKey(key: string, shift = 0): ServableCheck {
 }
 
 /**
- * The longest KV path (`/v1/kv/<key>`, percent-encoded) a key may have: Go's HTTP server, Consul's,
- * reads about 1 MiB of request line and headers (http.DefaultMaxHeaderBytes) and answers 431 beyond.
- * A txn still writes such a key (it travels in the body), which no GET can then read. The margin
- * leaves room for the query and the headers an application's client sends.
+ * The longest Consul key the tool writes, in UTF-8 bytes. Consul sets no limit of its own, but a key
+ * must fit the other requests that name it: `GET /v1/kv/<key>` (Go's HTTP server, Consul's, reads about
+ * 1 MiB of request line, and a key takes up to three times its bytes once percent-encoded: past that
+ * it answers 431) and one txn op (a delete, a lock: 512 KiB a txn by default), with room for the ops
+ * around it. A longer key is unmappable (`key-too-long`).
  */
-export const MAX_KEY_PATH_BYTES = 1024 * 1024 - 32 * 1024;
+export const MAX_KEY_BYTES = 256 * 1024;
 
-/** Bytes `encodeURIComponent` keeps as they are, and `/` (kept between the segments of a KV path). */
-const KEPT_IN_PATH = new Uint8Array(256);
-for (const ch of "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()/") KEPT_IN_PATH[ch.charCodeAt(0)] = 1;
-
-/** A key whose GET path is longer than {@link MAX_KEY_PATH_BYTES} once percent-encoded. */
+/** A key longer than {@link MAX_KEY_BYTES}. */
 export function keyTooLong(key: string): Extract<ServableCheck, { ok: false }> | undefined {
-  // Each UTF-16 unit encodes to at most 9 characters (a 3-byte character, "%XX" a byte): most keys stop here.
-  if (key.length * 9 <= MAX_KEY_PATH_BYTES) return undefined;
-  const bytes = Buffer.from(key, 'utf8');
-  let encoded = 0;
-  for (const byte of bytes) encoded += KEPT_IN_PATH[byte] ? 1 : 3;
-  if (encoded <= MAX_KEY_PATH_BYTES) return undefined;
-  return unservable('key-too-long', `the key is ${bytes.length} bytes, ${encoded} once percent-encoded in a URL: Consul's HTTP server refuses a request that long (HTTP 431), so GET /v1/kv/<key> could never read it`);
+  // A UTF-16 unit is at most 3 UTF-8 bytes: most keys stop here.
+  if (key.length * 3 <= MAX_KEY_BYTES) return undefined;
+  const bytes = Buffer.byteLength(key, 'utf8');
+  if (bytes <= MAX_KEY_BYTES) return undefined;
+  return unservable('key-too-long', `the key is ${bytes} bytes, over the ${MAX_KEY_BYTES} a key may have: Consul could not serve it back through GET /v1/kv/<key> (HTTP 431 past about 1 MiB of URL) or handle it within its txn limit`);
 }
 
 /**

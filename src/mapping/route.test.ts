@@ -139,20 +139,20 @@ rules:
   });
 });
 
-describe('routeKey: keys too long for a URL (GET /v1/kv/<key> answers 431 past about 1 MiB)', () => {
-  it('refuses a key whose percent-encoded path is too long, under either key policy; escaping cannot shorten it', () => {
-    expect(routeKey(mapping, key(`/platform/config/${'d'.repeat(1_200_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long', detail: expect.stringContaining('HTTP 431') });
-    // 360 KB of UTF-8, over a megabyte once each byte is "%XX".
-    expect(routeKey(mapping, key(`/platform/config/${'é'.repeat(180_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
-    expect(routeKey(mapping, key(`/app/${'é'.repeat(180_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
+describe('routeKey: keys over 256 KiB (GET /v1/kv/<key> answers 431 past about 1 MiB of URL; a txn op must hold the key)', () => {
+  it('refuses a longer key, under either key policy; escaping cannot shorten it', () => {
+    expect(routeKey(mapping, key(`/platform/config/${'d'.repeat(600_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long', detail: expect.stringContaining('over the 262144 a key may have') });
+    // 270 KB of UTF-8 in 135,000 characters.
+    expect(routeKey(mapping, key(`/platform/config/${'é'.repeat(135_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
+    expect(routeKey(mapping, key(`/app/${'é'.repeat(135_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
     // Escaped: the escapes make it longer than the plain key, which alone would fit.
-    expect(routeKey(mapping, key(`/app/${'\x01'.repeat(340_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
-    expect(isServableKey(`x/${'é'.repeat(180_000)}`)).toMatchObject({ ok: false, reason: 'key-too-long' });
+    expect(routeKey(mapping, key(`/app/${'\x01'.repeat(100_000)}`))).toMatchObject({ kind: 'unmappable', reason: 'key-too-long' });
+    expect(isServableKey(`x/${'é'.repeat(135_000)}`)).toMatchObject({ ok: false, reason: 'key-too-long' });
   });
 
   it('copies long keys that fit', () => {
-    expect(routeKey(mapping, key(`/platform/config/${'d'.repeat(900_000)}`))).toMatchObject({ kind: 'mapped' });
-    expect(routeKey(mapping, key(`/platform/config/${'é'.repeat(150_000)}`))).toMatchObject({ kind: 'mapped' });
+    expect(routeKey(mapping, key(`/platform/config/${'d'.repeat(250_000)}`))).toMatchObject({ kind: 'mapped' });
+    expect(routeKey(mapping, key(`/platform/config/${'é'.repeat(120_000)}`))).toMatchObject({ kind: 'mapped' });
   });
 });
 

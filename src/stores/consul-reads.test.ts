@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { compareKeys, inKeyOrder, keysOf, packReads, planReads, readLimits, sortKeys, type ReadLimits, type ReadOp } from './consul-reads.js';
+import { compareKeys, inKeyOrder, keysOf, packReads, planReads, readLimits, readTxnBody, sortKeys, type ReadLimits, type ReadOp } from './consul-reads.js';
 
 /** A read-only txn against a simulated Consul holding `store`; null when a `get` misses (Consul fails the whole txn). */
 function run(txn: readonly ReadOp[], store: ReadonlySet<string>): string[] | null {
@@ -32,7 +32,7 @@ describe('planReads', () => {
       fc.boolean(),
       fc.integer({ min: 1, max: 5 }),
       (keys, wantedMask, written, deletedAt, limitsIn, sizes, shuffle, maxOps) => {
-        const limits: ReadLimits = { ...limitsIn, maxKeys: Math.max(limitsIn.opKeys, limitsIn.maxKeys) };
+        const limits: ReadLimits = { ...limitsIn, maxKeys: Math.max(limitsIn.opKeys, limitsIn.maxKeys), requestBytes: 512 * 1024 };
         const listed = [...keys].sort(compareKeys);
         const wanted = listed.filter((_, i) => wantedMask[i] ?? true);
         const size = new Map(wanted.map((k, i) => [k, sizes?.[i] ?? Infinity]));
@@ -91,7 +91,7 @@ describe('planReads', () => {
 
   it('reads a key that prefixes others, and the keys around a page, with gets when their neighbours are not wanted', () => {
     const listed = ['app/a', 'app/a/1', 'app/a/2', 'app/b', 'app/c/1', 'app/c/2'];
-    const limits: ReadLimits = { opKeys: 10, maxKeys: 10, maxBytes: 0 };
+    const limits: ReadLimits = { opKeys: 10, maxKeys: 10, maxBytes: 0, requestBytes: 512 * 1024 };
     expect(planReads(listed, { listed }, limits)).toEqual([{ verb: 'get-tree', prefix: 'app/', keys: listed, bytes: Infinity }]);
     // app/a/1 and app/a/2 without app/a: the tree "app/a" would fetch app/a too; "app/a/" would not.
     expect(planReads(['app/a/1', 'app/a/2', 'app/b'], { listed }, limits)).toEqual([
@@ -127,5 +127,15 @@ describe('inKeyOrder and sortKeys', () => {
     expect(sortKeys(['a😀', 'a\uE000'])).toEqual(['a\uE000', 'a😀']);
     expect(inKeyOrder(['a', 'a'])).toBe(false);
     expect(inKeyOrder([])).toBe(true);
+  });
+
+  it('packs the gets of long keys into txns whose request bodies stay within the txn limit', () => {
+    const long = (c: string) => `app/${c.repeat(200_000)}`;
+    const ops = [long('a'), long('b'), long('c'), 'app/d'].map((key) => ({ verb: 'get' as const, key, bytes: 1 }));
+    const txns = packReads(ops, 64, readLimits(64, 512 * 1024));
+    // 200,004 characters count as up to 600,012 bytes: a txn for each long key (the short one too comes after a full one).
+    expect(txns.map((t) => t.length)).toEqual([1, 1, 1, 1]);
+    expect(packReads([ops[3]!, { ...ops[3]!, key: 'app/e' }], 64, readLimits(64, 512 * 1024)).map((t) => t.length)).toEqual([2]);
+    for (const txn of txns) expect(Buffer.byteLength(readTxnBody(txn))).toBeLessThan(512 * 1024);
   });
 });

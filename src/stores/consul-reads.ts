@@ -86,15 +86,22 @@ export interface ReadLimits {
   opKeys: number;
   maxKeys: number;
   maxBytes: number;
+  /** The request body a txn may have (Consul's txn_max_req_len): the keys it names count, long ones most. */
+  requestBytes: number;
 }
 
 /** A read txn holds up to 1,024 keys or 4 MiB of expected values, whichever comes first (or the op limit's worth of keys). */
 export const TREE_READ_KEYS = 1024;
 export const TREE_READ_BYTES = 4 * 1024 * 1024;
 
-/** The read limits for a server whose txns take `opKeys` ops. */
-export function readLimits(opKeys: number): ReadLimits {
-  return { opKeys, maxKeys: Math.max(opKeys, TREE_READ_KEYS), maxBytes: TREE_READ_BYTES };
+/** The read limits for a server whose txns take `opKeys` ops and request bodies of `requestBytes` (Consul's default 512 KiB). */
+export function readLimits(opKeys: number, requestBytes = 512 * 1024): ReadLimits {
+  return { opKeys, maxKeys: Math.max(opKeys, TREE_READ_KEYS), maxBytes: TREE_READ_BYTES, requestBytes };
+}
+
+/** At most the bytes `op` takes in a txn body: its JSON around the key, and the key (3 bytes a UTF-16 unit at most). */
+function requestBytesOf(op: ReadOp): number {
+  return 48 + 3 * (op.verb === 'get' ? op.key.length : op.prefix.length);
 }
 
 function fits(limits: ReadLimits, keys: number, bytes: number): boolean {
@@ -157,17 +164,21 @@ export function packReads(ops: readonly ReadOp[], maxOps: number, limits: ReadLi
   let txn: ReadOp[] = [];
   let keys = 0;
   let bytes = 0;
+  let request = 0;
   for (const op of ops) {
     const n = op.verb === 'get' ? 1 : op.keys.length;
-    if (txn.length > 0 && (txn.length >= maxOps || !fits(limits, keys + n, bytes + op.bytes))) {
+    const opRequest = requestBytesOf(op);
+    if (txn.length > 0 && (txn.length >= maxOps || !fits(limits, keys + n, bytes + op.bytes) || request + opRequest > limits.requestBytes)) {
       txns.push(txn);
       txn = [];
       keys = 0;
       bytes = 0;
+      request = 0;
     }
     txn.push(op);
     keys += n;
     bytes += op.bytes;
+    request += opRequest;
   }
   if (txn.length > 0) txns.push(txn);
   return txns;

@@ -239,8 +239,8 @@ export class ConsulTarget implements TargetStore {
   }
 
   async readEntries(keys: readonly string[], signal?: AbortSignal, hints: ReadHints = {}): Promise<TargetEntry[]> {
-    const { txnMaxOps } = await this.limits();
-    const limits = readLimits(txnMaxOps);
+    const { txnMaxOps, txnMaxBytes } = await this.limits();
+    const limits = readLimits(txnMaxOps, txnMaxBytes);
     const limit = pLimit(this.readConcurrency);
     const txns = packReads(planReads(keys, hints, limits), txnMaxOps, limits);
     const results = await Promise.all(txns.map((txn) => limit(() => this.readTxn(txn, signal))));
