@@ -176,7 +176,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   };
   const blockers: PlanBlocker[] = [];
   if (unmappable.total > 0) {
-    blockers.push({ code: 'unmappable_keys', count: unmappable.total, message: `${unmappable.total} keys under copy rules cannot be written to Consul (${Object.entries(byReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`, hint: 'Set `keys: escape` on the rules for key shapes, move or shrink oversize values, or keep the prefix on etcd (`action: keep`).' });
+    blockers.push({ code: 'unmappable_keys', count: unmappable.total, message: `${unmappable.total} keys under copy rules cannot be written to Consul (${Object.entries(byReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`, hint: 'Set `keys: escape` on the rules for key shapes, rename keys over 256 KiB and move or shrink oversize values (escaping fixes neither), or keep the prefix on etcd (`action: keep`).' });
   }
   if (!rulesOnly && unmappedKeys > 0 && router.unmapped === 'error') {
     blockers.push({ code: 'unmapped_keys', count: unmappedKeys, message: `${unmappedKeys} keys are outside every rule and defaults.unmapped is error`, hint: 'Add rules (or keep rules) for them, or set defaults.unmapped: skip to leave them on etcd.' });
