@@ -163,7 +163,9 @@ function renderText(result: VerifyResult): string {
   for (const w of result.warnings) lines.push(`warning: ${w}`);
   lines.push('');
   lines.push(`Result: ${verdictLine(result)}`);
-  lines.push(result.recorded ? `Recorded the summary in Consul (verify/last of migration "${result.migration}").` : 'Not recorded (--no-record).');
+  // Not recorded: --no-record, or a reason a warning gave (no copy yet, another mapping than the migration's).
+  const unrecorded = result.warnings.some((w) => /records nothing|is not recorded/.test(w)) ? 'Not recorded (see the warning above).' : 'Not recorded (--no-record).';
+  lines.push(result.recorded ? `Recorded the summary in Consul (verify/last of migration "${result.migration}").` : unrecorded);
   return `${lines.join('\n')}\n`;
 }
 

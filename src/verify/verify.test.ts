@@ -132,6 +132,8 @@ rules:
     expect(result.recorded).toBe(false);
     expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
     expect(result.warnings.join('\n')).toContain('verify compares against the current mapping and records nothing');
+    expect(renderVerify(result, 'text')).toContain('Not recorded (see the warning above).');
+    expect(renderVerify(result, 'text')).not.toContain('--no-record');
   });
 
   it('--no-record writes nothing at all', async () => {
