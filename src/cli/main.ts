@@ -161,7 +161,8 @@ function installInterrupts(controller: AbortController, io: Io, opts: { progress
   const onSignal = () => {
     count++;
     if (count === 1) {
-      const message = 'interrupt received: finishing the current batch and recording progress (Ctrl-C again to quit now)';
+      // Every command: a copy finishes its batch and records its progress, a cutover stops before its flip, ...
+      const message = 'interrupt received: stopping at the next safe point, what is done is recorded (Ctrl-C again to quit now)';
       const ts = new Date().toISOString();
       if (opts.progress === 'json') io.stderr.write(`${JSON.stringify({ ts, event: 'interrupt', message })}\n`);
       else if (opts.logFormat === 'json') io.stderr.write(`${JSON.stringify({ ts, level: 'info', msg: message })}\n`);
