@@ -6,7 +6,7 @@ import type { BlockingReader } from '../stores/consul-blocking.js';
 import { sleep, TxnFailedError } from '../stores/consul-http.js';
 import { prefixEnd } from '../stores/key-range.js';
 import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
-import type { SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
+import type { SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import type { OwnersDoc } from '../cutover/phase.js';
 import type { DualRunLog } from './dualrun.js';
 
@@ -128,6 +128,11 @@ export class ReverseMirror {
   private readonly foreignLogged = new Set<string>();
   /** Keys of the last answer held by a session of an etcd lease (key → session). */
   private leaseHeld = new Map<string, string>();
+  /**
+   * Keys an application wrote in Consul while a lease session held them, whose value this mirror wrote
+   * to etcd but could not release from the session (key → that value): the session went first.
+   */
+  private readonly unreleased = new Map<string, Buffer>();
 
   constructor(private readonly deps: ReverseMirrorDeps) {}
 
@@ -242,6 +247,7 @@ export class ReverseMirror {
     const held: TargetEntry[] = [];
     for (const e of entries) {
       seen.set(e.key, e.modifyIndex);
+      this.unreleased.delete(e.key);
       if (lastSeen.get(e.key) === e.modifyIndex) continue;
       const back = this.deps.restored.get(e.key);
       if (back) {
@@ -256,7 +262,7 @@ export class ReverseMirror {
     }
     let deletes: SourceWriteOp[] = [];
     const sessionGone = new Map<string, boolean>();
-    const dropped: { key: string; source: Buffer }[] = [];
+    const dropped: string[] = [];
     for (const key of lastSeen.keys()) {
       if (seen.has(key)) continue;
       const source = this.sourceOf(key);
@@ -272,7 +278,7 @@ export class ReverseMirror {
           if (gone) this.deps.onLeaseSessionGone(holder);
         }
         if (sessionGone.get(holder)) {
-          dropped.push({ key, source });
+          dropped.push(key);
           continue;
         }
       }
@@ -295,22 +301,19 @@ export class ReverseMirror {
   }
 
   /**
-   * Keys Consul dropped with a lost lease session whose etcd key is on no lease any more: an application
-   * wrote the key in Consul, this mirror wrote its value to etcd (without a lease), and the session went
-   * before the key was released from it. No lease pass brings such a key back: written back to Consul
-   * from etcd, where it does not exist again already (else it was a delete at the restart's first pass).
+   * Keys Consul dropped with a lost lease session that this mirror could not release: an application
+   * wrote the key in Consul, this mirror wrote its value to etcd (without a lease, so no lease pass
+   * brings it back), and the session went before the release. Written back to Consul, unless the key
+   * exists there again.
    */
-  private async restoreDropped(dropped: { key: string; source: Buffer }[]): Promise<void> {
-    const ops: TxnOp[] = [];
-    for (const { key, source } of dropped) {
-      for await (const page of this.deps.source.readPages({ start: source, end: Buffer.concat([source, Buffer.from([0])]) })) {
-        for (const entry of page.entries) if (entry.lease === '0') ops.push({ verb: 'cas', key, value: entry.value, index: 0 });
-      }
-    }
-    for (const op of ops) {
+  private async restoreDropped(dropped: readonly string[]): Promise<void> {
+    for (const key of dropped) {
+      const value = this.unreleased.get(key);
+      if (!value) continue;
+      this.unreleased.delete(key);
       try {
-        await this.deps.target.applyTxn([op]);
-        this.deps.log('info', `reverse mirror of rule ${this.deps.rule.name}: ${formatKey(op.key)} went with a lost lease session after an application wrote it; written back to Consul from etcd`);
+        await this.deps.target.applyTxn([{ verb: 'cas', key, value, index: 0 }]);
+        this.deps.log('info', `reverse mirror of rule ${this.deps.rule.name}: ${formatKey(key)} went with a lost lease session after an application wrote it; written back to Consul from etcd`);
       } catch (err) {
         // Written again meanwhile: the next answer has it.
         if (!(err instanceof TxnFailedError)) throw err;
@@ -347,6 +350,8 @@ export class ReverseMirror {
         this.deps.log('info', `reverse mirror of rule ${this.deps.rule.name}: ${formatKey(e.key)} was written in Consul while session ${e.session} of an etcd lease held it; released it, so the lease's end does not delete it`);
       } catch (err) {
         if (!(err instanceof TxnFailedError)) throw err;
+        // Written again (the next answer has it), or the session went first and took the key (`restoreDropped`).
+        this.unreleased.set(e.key, e.value);
       }
     }
   }
