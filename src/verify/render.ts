@@ -163,9 +163,7 @@ function renderText(result: VerifyResult): string {
   for (const w of result.warnings) lines.push(`warning: ${w}`);
   lines.push('');
   lines.push(`Result: ${verdictLine(result)}`);
-  // Not recorded: --no-record, or a reason a warning gave (no copy yet, another mapping than the migration's).
-  const unrecorded = result.warnings.some((w) => /records nothing|is not recorded/.test(w)) ? 'Not recorded (see the warning above).' : 'Not recorded (--no-record).';
-  lines.push(result.recorded ? `Recorded the summary in Consul (verify/last of migration "${result.migration}").` : unrecorded);
+  lines.push(result.recorded ? `Recorded the summary in Consul (verify/last of migration "${result.migration}").` : `Not recorded (${result.notRecorded === 'no-record' ? '--no-record' : 'see the warning above'}).`);
   return `${lines.join('\n')}\n`;
 }
 

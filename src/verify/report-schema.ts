@@ -40,7 +40,7 @@ export const VERIFY_REPORT_SCHEMA = {
   title: 'migrate verify report',
   type: 'object',
   additionalProperties: false,
-  required: ['version', 'command', 'status', 'migration', 'clean', 'cut', 'rounds', 'rules', 'totals', 'differences', 'differencesTotal', 'truncated', 'maxDiffs', 'recorded', 'source', 'target', 'warnings', 'durationMs'],
+  required: ['version', 'command', 'status', 'migration', 'clean', 'cut', 'rounds', 'rules', 'totals', 'differences', 'differencesTotal', 'truncated', 'maxDiffs', 'recorded', 'notRecorded', 'source', 'target', 'warnings', 'durationMs'],
   properties: {
     version: { const: 1 },
     command: { const: 'verify' },
@@ -129,6 +129,7 @@ export const VERIFY_REPORT_SCHEMA = {
     truncated: { type: 'boolean' },
     maxDiffs: { type: 'integer', minimum: 0 },
     recorded: { type: 'boolean' },
+    notRecorded: { enum: ['no-record', 'no-state', 'mapping-changed', null], description: 'why the summary was not written: --no-record, no copy has run, or another mapping than the recorded one' },
     source: { type: 'object', additionalProperties: false, required: ['clusterId', 'version'], properties: { clusterId: { type: 'string' }, version: { type: 'string' } } },
     target: { type: 'object', additionalProperties: false, required: ['datacenter', 'version'], properties: { datacenter: { type: 'string' }, version: { type: 'string' } } },
     warnings: { type: 'array', items: { type: 'string' } },

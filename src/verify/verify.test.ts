@@ -94,6 +94,7 @@ describe('runVerify on in-memory stores', () => {
     expect(renderVerify(result, 'text')).toContain('locks: 1 leased key(s) under leases: skip, expected absent from Consul (any found there is listed as extra, lease-skip)');
     const last = JSON.parse(w.target.entries.get('_migrate/demo/verify/last')!.value.toString());
     expect(last).toMatchObject({ schemaVersion: 1, cut: 'immediate', clean: true, rules: { app: { differences: 0, status: 'parity' } } });
+    expect(result).toMatchObject({ recorded: true, notRecorded: null });
     expectValidJson(result);
   });
 
@@ -102,9 +103,10 @@ describe('runVerify on in-memory stores', () => {
     seedParity(w);
     w.target.entries.delete('_migrate/demo/meta');
     const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options());
-    expect(result.recorded).toBe(false);
+    expect(result).toMatchObject({ recorded: false, notRecorded: 'no-state' });
     expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
     expect(result.warnings.join('\n')).toContain('no copy has run); this verify is not recorded');
+    expect(renderVerify(result, 'text')).toContain('Not recorded (see the warning above).');
   });
 
   it('late writes recorded by the dual-run: the warning\'s command runs as printed, naming --datacenter for a rule copied to several', async () => {
@@ -129,7 +131,7 @@ rules:
     const narrow = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/a, to: app/a }\n', 'narrow.yaml');
     const result = await runVerify({ source: w.source, target: w.target, config: narrow.config, mapping: narrow.mapping }, options());
     expect(result.clean).toBe(true);
-    expect(result.recorded).toBe(false);
+    expect(result).toMatchObject({ recorded: false, notRecorded: 'mapping-changed' });
     expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
     expect(result.warnings.join('\n')).toContain('verify compares against the current mapping and records nothing');
     expect(renderVerify(result, 'text')).toContain('Not recorded (see the warning above).');
@@ -141,7 +143,8 @@ rules:
     seedParity(w);
     const writes = w.target.writes;
     const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ record: false }));
-    expect(result.recorded).toBe(false);
+    expect(result).toMatchObject({ recorded: false, notRecorded: 'no-record' });
+    expect(renderVerify(result, 'text')).toContain('Not recorded (--no-record).');
     expect(w.target.writes).toBe(writes);
     expect(w.target.entries.has('_migrate/demo/verify/last')).toBe(false);
   });

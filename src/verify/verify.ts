@@ -220,6 +220,8 @@ export interface VerifyResult {
   maxDiffs: number;
   /** Whether the `verify/last` summary was written. */
   recorded: boolean;
+  /** Why it was not: `--no-record`, no copy has run (no state), or another mapping than the recorded one. */
+  notRecorded: 'no-record' | 'no-state' | 'mapping-changed' | null;
   source: { clusterId: string; version: string };
   target: { datacenter: string; version: string };
   warnings: string[];
@@ -444,6 +446,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     truncated: listed.length < differencesTotal,
     maxDiffs: options.maxDiffs,
     recorded: false,
+    notRecorded: !options.record ? 'no-record' : verdict === 'new' ? 'no-state' : verdict === 'mapping-changed' ? 'mapping-changed' : null,
     source: { clusterId: status.clusterId, version: status.version },
     target: { datacenter: info.datacenter, version: info.version },
     warnings,
@@ -452,7 +455,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
 
   // No copy has run (no meta): nothing to record it against, and a lone verify/last would be an orphan in the state.
   // Another mapping's summary is not the migration's (see the warning above).
-  if (options.record && verdict === 'match') {
+  if (result.notRecorded === null) {
     await target.applyTxn([{ verb: 'set', key: paths.verifyLast, value: Buffer.from(JSON.stringify(verifyLastDocument(result, options))) }]);
     result.recorded = true;
   }
