@@ -27,7 +27,8 @@ function statusRows(result: StatusResult): string[][] {
 const STATUS_HEADER = ['rule', 'phase', 'owner', 'keys etcd / consul', 'dual-run lag', 'last verify', 'trips', 'next step'];
 
 /** `migrate status` in text, JSON or markdown. */
-export function renderStatus(result: StatusResult, format: Format): string {
+/** `configFile`: the mapping file as the operator named it, for the line that says it is not the recorded mapping. */
+export function renderStatus(result: StatusResult, format: Format, configFile = 'migration.yaml'): string {
   if (format === 'json') return renderEnvelope('status', 'ok', { ...result });
   const dual = result.dualRun;
   const summary = [
@@ -36,7 +37,7 @@ export function renderStatus(result: StatusResult, format: Format): string {
     result.verify ? `last verify ${!result.verify.clean ? 'drift' : result.verify.tolerated > 0 ? `within budgets (${result.verify.tolerated} difference(s) tolerated by --allow)` : 'clean'} ${formatAge(result.verify.ageSeconds * 1000)} ago` : 'never verified',
   ].join('; ');
   const changed = result.mappingChanged
-    ? ['', 'MAPPING CHANGED: migration.yaml is not the mapping this migration recorded. The figures below are of the file; the dual-run and copy refuse it until started with --accept-mapping-change (review the change with `migrate plan` first).']
+    ? ['', `MAPPING CHANGED: ${configFile} is not the mapping this migration recorded. The figures below are of the file; the dual-run and copy refuse it until started with --accept-mapping-change (review the change with \`migrate plan\` first).`]
     : [];
   if (format === 'markdown') {
     const md = (cells: string[]) => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
@@ -46,7 +47,7 @@ export function renderStatus(result: StatusResult, format: Format): string {
 }
 
 /** `migrate status` with rules in several datacenters: each datacenter's own status, or why it could not be read. */
-export function renderStatusDatacenters(migration: string, entries: { datacenter: string; result?: StatusResult; error?: Error }[], format: Format): string {
+export function renderStatusDatacenters(migration: string, entries: { datacenter: string; result?: StatusResult; error?: Error }[], format: Format, configFile?: string): string {
   if (format === 'json') {
     return renderEnvelope('status', entries.some((e) => e.error) ? 'error' : 'ok', {
       migration,
@@ -55,7 +56,7 @@ export function renderStatusDatacenters(migration: string, entries: { datacenter
   }
   const parts = entries.map((e) => {
     if (e.error) return format === 'markdown' ? `## Datacenter ${e.datacenter}\n\nUnreachable: ${e.error.message.replace(/\|/g, '\\|')}\n` : `Datacenter ${e.datacenter}: UNREACHABLE: ${e.error.message}\n`;
-    const body = renderStatus(e.result!, format);
+    const body = renderStatus(e.result!, format, configFile);
     return format === 'markdown' ? body.replace(/^## Migration (.*)$/m, `## Migration $1, datacenter ${e.datacenter}`) : `Datacenter ${e.datacenter}:\n${body}`;
   });
   return parts.join('\n');

@@ -35,5 +35,7 @@ rules:
     const other = await runStatus({ source, target, ...edited }, options);
     expect(other.mappingChanged).toBe(true);
     expect(renderStatus(other, 'text')).toContain('MAPPING CHANGED: migration.yaml is not the mapping this migration recorded');
+    // Named as the operator gave it (`-c conf/narrow.yaml`), not as the default file.
+    expect(renderStatus(other, 'text', 'conf/narrow.yaml')).toContain('MAPPING CHANGED: conf/narrow.yaml is not the mapping this migration recorded');
   });
 });

@@ -1,3 +1,4 @@
+import { relative } from 'node:path';
 import { Command } from 'commander';
 import { ExitCode, isMigrateError } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
@@ -19,13 +20,14 @@ export function registerStatus({ add }: CommandRegistrar): void {
       const { runStatus } = await import('../../cutover/status.js');
       const { renderStatus, renderStatusDatacenters } = await import('../../cutover/render.js');
       const loaded = await ctx.loadConfig(options.config, true);
+      const configName = loaded.file ? relative(ctx.io.cwd, loaded.file) : undefined;
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const { source, target, close } = openStores(connections, loaded.config);
       try {
         const lanes = await openDatacenters(loaded, target, datacenterFlag(connections));
         if (!namesDatacenters(loaded.config)) {
           const result = await runStatus({ source, target: lanes[0]!.target, config: lanes[0]!.config, mapping: lanes[0]!.mapping }, { now: () => new Date(), maxVerifyAgeMs });
-          ctx.result(renderStatus(result, ctx.format));
+          ctx.result(renderStatus(result, ctx.format, configName));
           return ExitCode.ok;
         }
         // One status per datacenter, each of its own rules; one that does not answer says so, the others still show.
@@ -38,7 +40,7 @@ export function registerStatus({ add }: CommandRegistrar): void {
             return { datacenter: lane.datacenter, error: err };
           }
         }));
-        ctx.result(renderStatusDatacenters(loaded.config.id, entries, ctx.format));
+        ctx.result(renderStatusDatacenters(loaded.config.id, entries, ctx.format, configName));
         return entries.some((e) => e.error) ? ExitCode.server : ExitCode.ok;
       } finally {
         close();
