@@ -380,7 +380,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
       await snapshotOut.open().write(response.body);
       await snapshotOut.commit();
     } finally {
-      snapshotOut.drop();
+      await snapshotOut.drop();
     }
   }
   const snapshotFile = snapshotOut?.file;

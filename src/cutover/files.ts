@@ -39,7 +39,7 @@ export async function exportConsulRule(target: TargetStore, rule: CompiledRule, 
     });
     await out.commit();
   } finally {
-    out.drop();
+    await out.drop();
   }
   return { keys: keys.length, bytes };
 }
@@ -80,7 +80,7 @@ export async function readEtcdRule(
       }
       return { revision, keys, compactedAt };
     } catch (err) {
-      out?.drop();
+      await out?.drop();
       if (!readAgainAtFreshRevision(err, compactedAt.length + 1)) throw err;
       compactedAt.push(revision);
       onWarning(`etcd compacted revision ${revision} while finalize read rule ${rule.name}; reading it again at the current revision`);

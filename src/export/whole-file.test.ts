@@ -23,6 +23,14 @@ describe('WholeFile', () => {
     expect(readdirSync(join(d, 'sub'))).toEqual(['out.json']);
   });
 
+  it('discarded before its file was even open (an early Ctrl-C), leaves nothing beside it', async () => {
+    const d = dir();
+    const out = new WholeFile(join(d, 'out.json'), { replace: false, flag: '--out' });
+    await out.open().discard();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(readdirSync(d)).toEqual([]);
+  });
+
   it('opened again, drops what the earlier open wrote; dropped, leaves nothing', async () => {
     const d = dir();
     const out = new WholeFile(join(d, 'out.json'), { replace: false, flag: '--out' });

@@ -55,7 +55,8 @@ export class WholeFile {
     // What went into a device or pipe cannot be taken back.
     if (this.direct && this.opened) throw this.unwritable(new Error('what was written into it cannot be taken back to start again'));
     this.opened = true;
-    this.drop();
+    // What an earlier open wrote goes; `drop` leaves alone the file this open then writes.
+    void this.drop();
     if (this.options.makeDir) {
       try {
         mkdirSync(dirname(this.path), { recursive: true });
@@ -111,15 +112,29 @@ export class WholeFile {
     rmSync(this.partial, { force: true });
   }
 
-  /** Drops what was written; `file` itself, committed or earlier, is left as it is. */
-  drop(): void {
-    this.stream?.destroy();
+  /**
+   * Drops what was written; `file` itself, committed or earlier, is left as it is.
+   * Settles once nothing is left: a stream destroyed before its file was open
+   * (an interrupt right after `open`) still creates it, then closes.
+   */
+  async drop(): Promise<void> {
+    const stream = this.stream;
+    stream?.destroy();
     this.stream = undefined;
     if (this.direct) return;
-    try {
-      rmSync(this.partial, { force: true });
-    } catch {
-      // Nothing could be written there (its directory is not one): nothing to drop.
+    const remove = () => {
+      // Not once a new `open` writes there.
+      if (this.stream) return;
+      try {
+        rmSync(this.partial, { force: true });
+      } catch {
+        // Nothing could be written there (its directory is not one): nothing to drop.
+      }
+    };
+    remove();
+    if (stream && !stream.closed) {
+      await once(stream, 'close').catch(() => undefined);
+      remove();
     }
   }
 

@@ -42,7 +42,7 @@ export function registerExport({ add }: CommandRegistrar): void {
         }
         return ExitCode.ok;
       } finally {
-        out.drop();
+        await out.drop();
         source.close();
       }
     },
