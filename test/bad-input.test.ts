@@ -119,6 +119,10 @@ describe('bad input to the writing commands: message, exit code, nothing written
     expect(typo.code, typo.stderr).toBe(2);
     expect(typo.stderr).toMatch(/error\[datacenter_unknown\]: The Consul agent at http:\/\/127\.0\.0\.1:\d+ knows no datacenter dc9 \(it knows dc1\)/);
     expect(Date.now() - began).toBeLessThan(10_000);
+    // doctor fails the same check with the same exit code.
+    const doctorTypo = await runCli(['doctor', '--datacenter', 'dc9', '--format', 'json'], { cwd: s.dir, env: env() });
+    expect(doctorTypo.code, doctorTypo.stdout).toBe(2);
+    expect(JSON.parse(doctorTypo.stdout).checks).toContainEqual(expect.objectContaining({ status: 'fail', code: 'datacenter_unknown', exitCode: 2 }));
     expect(await consulIndex(own.address)).toBe(before);
   });
 

@@ -101,7 +101,8 @@ describe('migrate doctor (real servers)', () => {
       return { code: run.code, check: (JSON.parse(run.stdout).checks as { name: string; status: string; code?: string }[]).find((c) => c.name === 'state.meta') };
     };
     await putMeta({ etcdClusterId: '1234', mappingHash: 'x' });
-    expect(await stateMeta()).toMatchObject({ code: 3, check: { status: 'fail', code: 'identity_cluster_mismatch' } });
+    // With the exit code every command refuses it with.
+    expect(await stateMeta()).toMatchObject({ code: 4, check: { status: 'fail', code: 'identity_cluster_mismatch', exitCode: 4 } });
     // The right cluster, another mapping.
     const copy = await runCli(['copy', '--progress', 'none'], { cwd: dir, env: { ...env } });
     expect(copy.code).toBe(4);
@@ -109,6 +110,11 @@ describe('migrate doctor (real servers)', () => {
     expect(clusterId).toMatch(/^\d+$/);
     await putMeta({ etcdClusterId: clusterId, mappingHash: 'another' });
     expect(await stateMeta()).toMatchObject({ code: 0, check: { status: 'warn', code: 'identity_mapping_changed' } });
+    // State every command refuses fails doctor too, with the exit code those commands give.
+    await putMeta({ etcdClusterId: clusterId, mappingHash: 'another', schemaVersion: 2 });
+    expect(await stateMeta()).toMatchObject({ code: 2, check: { status: 'fail', code: 'state_schema_newer' } });
+    expect((await fetch(`${consulAddress}/v1/kv/_migrate/${id}/meta`, { method: 'PUT', body: 'not json' })).status).toBe(200);
+    expect(await stateMeta()).toMatchObject({ code: 4, check: { status: 'fail', code: 'state_corrupt' } });
     await fetch(`${consulAddress}/v1/kv/_migrate/${id}/?recurse`, { method: 'DELETE' });
   });
 

@@ -24,6 +24,8 @@ export interface DoctorCheck {
   /** The error code when the check failed. */
   code?: string;
   hint?: string;
+  /** The exit code its failure means, as the commands exit for that error (3, a server's failure, when not given). */
+  exitCode?: ExitCode;
 }
 
 export interface DoctorResult {
@@ -33,6 +35,8 @@ export interface DoctorResult {
   checks: DoctorCheck[];
   /** True when every server check passed (warnings allowed). */
   ok: boolean;
+  /** 0 when ok; else 3 when a server failed, then 2 for a configuration or state the commands refuse as usage, then 4. */
+  exitCode: ExitCode;
 }
 
 export interface DoctorInput {
@@ -55,10 +59,10 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
   const checks: DoctorCheck[] = [];
   const etcd = new EtcdSource({ ...connections.source, timeoutMs });
   const consul = new ConsulTarget({ ...connections.target, timeoutMs }, { retry: { attempts: 1 }, limits: config.target.limits });
-  const result: DoctorResult = { configFile: input.configFile, etcd: { endpoints: etcd.endpoints }, consul: { address: consul.address }, checks, ok: true };
+  const result: DoctorResult = { configFile: input.configFile, etcd: { endpoints: etcd.endpoints }, consul: { address: consul.address }, checks, ok: true, exitCode: ExitCode.ok };
   const fail = (name: string, err: unknown): void => {
     if (!isMigrateError(err)) throw err;
-    checks.push({ name, status: 'fail', message: err.message, code: err.code, hint: err.hint });
+    checks.push({ name, status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
   };
 
   checks.push(input.configFile
@@ -114,7 +118,7 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       checks.push({ name: 'consul.reachable', status: info.leader ? 'ok' : 'fail', message: `Consul ${info.version} at ${consul.address}, datacenter ${info.datacenter || 'unknown'}, leader ${info.leader || 'none'}`, ...(info.leader ? {} : { code: 'consul_no_leader', hint: 'Wait for the Consul servers to elect a leader.' }) });
       const tooOld = consulTooOld(consul.address, info.version);
       checks.push(tooOld
-        ? { name: 'consul.version', status: 'fail', message: tooOld.message, code: tooOld.code, hint: tooOld.hint }
+        ? { name: 'consul.version', status: 'fail', message: tooOld.message, code: tooOld.code, hint: tooOld.hint, exitCode: tooOld.exitCode }
         : info.version === 'unknown'
           ? { name: 'consul.version', status: 'warn', message: `the Consul version is unknown (the token may not read /v1/agent/self), so it cannot be checked against the oldest supported, ${OLDEST_SUPPORTED_CONSUL}`, hint: 'Give the token agent:read (`migrate acl` prints it), or check `consul version` on the servers by hand.' }
           : { name: 'consul.version', status: 'ok', message: `Consul ${info.version} is supported (the oldest supported is ${OLDEST_SUPPORTED_CONSUL})` });
@@ -172,24 +176,26 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
         }
       } catch (err) {
         if (!isMigrateError(err)) throw err;
-        checks.push({ name: 'state.meta', status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint });
+        checks.push({ name: 'state.meta', status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
       }
     }
   } finally {
     etcd.close();
     consul.close();
   }
-  result.ok = !checks.some((c) => c.status === 'fail');
+  const failed = checks.filter((c) => c.status === 'fail').map((c) => c.exitCode ?? ExitCode.server);
+  result.ok = failed.length === 0;
+  result.exitCode = failed.length === 0 ? ExitCode.ok : ([ExitCode.server, ExitCode.usage, ExitCode.refused].find((code) => failed.includes(code)) ?? ExitCode.server);
   return result;
 }
 
 /**
- * How a failed state.meta check counts: a server that failed, or state of another etcd cluster or
- * datacenter (every command refuses it, and only other servers or another id resolve it), fails doctor;
- * a changed mapping warns (the commands take it with --accept-mapping-change).
+ * How a failed state.meta check counts: a changed mapping warns (the commands take it with
+ * --accept-mapping-change); anything else every command refuses (a server that failed, state of
+ * another etcd cluster or datacenter, state a newer release wrote, or state that is not JSON), so it fails doctor.
  */
 function stateMetaStatus(err: MigrateError): 'fail' | 'warn' {
-  return err.exitCode === ExitCode.server || err.code === 'identity_cluster_mismatch' || err.code === 'identity_datacenter_mismatch' ? 'fail' : 'warn';
+  return err.code === 'identity_mapping_changed' ? 'warn' : 'fail';
 }
 
 /**
@@ -241,7 +247,7 @@ async function checkEtcdWrite(etcd: EtcdSource, config: MigrationConfig, checks:
     } catch (err) {
       if (!isMigrateError(err)) throw err;
       if (err.code !== 'etcd_permission_denied') {
-        checks.push({ name: 'etcd.write', status: 'fail', message: err.message, code: err.code, hint: err.hint });
+        checks.push({ name: 'etcd.write', status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
         return;
       }
       denied.push(prefix);
@@ -267,14 +273,14 @@ async function checkDatacenters(consul: ConsulTarget, loaded: LoadedConfig, etcd
     primary = loaded.config.target.datacenter ?? (await agent.info()).datacenter;
   } catch (err) {
     if (!isMigrateError(err)) throw err;
-    checks.push({ name: 'consul.datacenters', status: 'fail', message: err.message, code: err.code, hint: err.hint });
+    checks.push({ name: 'consul.datacenters', status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
     return;
   }
   const views = datacenterViews(loaded, primary);
   const unknown = views.map((v) => v.datacenter).filter((dc) => !known.includes(dc));
   checks.push(unknown.length === 0
     ? { name: 'consul.datacenters', status: 'ok', message: `the rules write to ${views.map((v) => `${v.datacenter}${v.primary ? ' (primary)' : ''}`).join(', ')}; the agent knows them all` }
-    : { name: 'consul.datacenters', status: 'fail', code: 'datacenter_unknown', message: `the agent does not know datacenter ${unknown.join(', ')} (it knows ${known.join(', ')})`, hint: 'Fix the rules\' datacenters: lists, or join the datacenter to the WAN federation.' });
+    : { name: 'consul.datacenters', status: 'fail', code: 'datacenter_unknown', message: `the agent does not know datacenter ${unknown.join(', ')} (it knows ${known.join(', ')})`, hint: 'Fix the rules\' datacenters: lists, or join the datacenter to the WAN federation.', exitCode: ExitCode.usage });
   for (const view of views.filter((v) => known.includes(v.datacenter))) {
     const name = `state.meta (${view.datacenter})`;
     const paths = statePaths(view.config.state.prefix, view.config.id);
@@ -289,7 +295,7 @@ async function checkDatacenters(consul: ConsulTarget, loaded: LoadedConfig, etcd
       checks.push({ name, status: 'ok', message: `datacenter ${view.datacenter} answers; migration "${view.config.id}" recorded there ${meta.created}; identity and mapping match` });
     } catch (err) {
       if (!isMigrateError(err)) throw err;
-      checks.push({ name, status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint });
+      checks.push({ name, status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
     }
   }
 }

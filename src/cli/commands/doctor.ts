@@ -16,7 +16,7 @@ export function registerDoctor({ add }: CommandRegistrar): void {
       const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
       const result = await runDoctor({ config: loaded.config, configFile: loaded.file, connections, mapping: loaded.mapping });
       ctx.result(renderDoctor(result, ctx.format));
-      return result.ok ? ExitCode.ok : ExitCode.server;
+      return result.exitCode;
     },
   );
 }
