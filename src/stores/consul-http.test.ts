@@ -46,6 +46,14 @@ describe('Consul error mapping', () => {
     ]);
   });
 
+  it('409 on a txn an op of which the token may not do is a permission error (exit 3), not a failed check to re-plan', () => {
+    const e = err('PUT', '/v1/txn', 409, JSON.stringify({ Results: null, Errors: [{ OpIndex: 0, What: 'Permission denied: token with AccessorID \'5c\' lacks permission \'key:write\' on "_migrate/qab/rules/config"' }] }));
+    expect(e).not.toBeInstanceOf(TxnFailedError);
+    expect(e).toMatchObject({ code: 'consul_permission_denied', exitCode: 3 });
+    expect(e.message).toContain('lacks permission \'key:write\' on "_migrate/qab/rules/config"');
+    expect(e.hint).toContain('migrate acl');
+  });
+
   it('500 invalid session is a session error, not an outage', () => {
     const e = err('PUT', '/v1/kv/x', 500, 'raft apply failed: invalid session "0b7e6f7e-5b55-4f0f-9d4b-4f0f2f1d0c11"');
     expect(e).toBeInstanceOf(ConsulSessionError);

@@ -216,9 +216,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
   const firstLine = text.split('\n')[0]!.trim();
   const shown = firstLine.length > 200 || firstLine.length < text.length ? `${firstLine.slice(0, 200)} …` : firstLine;
   const where = `${method} ${path.split('?')[0]}`;
-  if (status === 409 && path === '/v1/txn') {
-    return new TxnFailedError(parseTxnErrors(body));
-  }
+  if (status === 409 && path === '/v1/txn') return txnError(parseTxnErrors(body), method, path);
   if (status === 403 || status === 401) {
     if (/ACL not found|token.*not found|invalid token/i.test(text)) {
       return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${shown}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter.');
@@ -252,6 +250,19 @@ export function consulErrorFor(address: string, method: string, path: string, st
   return new ConsulResponseError('consul_request_failed', status, `Consul answered ${where} with HTTP ${status}: ${shown || '(empty body)'}.`, text, notConsul
     ? `Every Consul agent serves ${where}, so ${address} is not a Consul HTTP API (another service's port, such as etcd's?). Fix target.address, --consul-addr or CONSUL_HTTP_ADDR (Consul's HTTP port defaults to 8500).`
     : undefined);
+}
+
+/**
+ * A txn Consul rolled back: a check that failed (a key changed, a lock held),
+ * which the caller re-plans or reports; or an op the token may not do, which
+ * no retry mends (Consul answers that with 409 too).
+ */
+export function txnError(errors: { opIndex: number; what: string }[], method: string, path: string): MigrateError {
+  const denied = errors.find((e) => /permission denied/i.test(e.what));
+  if (denied) {
+    return new ConsulResponseError('consul_permission_denied', 409, `Consul denied ${method} ${path.split('?')[0]}: ${denied.what.slice(0, 200)}.`, denied.what, 'Grant the token the permission `migrate acl` lists (the migrator policy; for a CI verify, the verifier policy), then run `migrate doctor`.');
+  }
+  return new TxnFailedError(errors);
 }
 
 function parseTxnErrors(body: Buffer): { opIndex: number; what: string }[] {

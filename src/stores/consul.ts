@@ -1,7 +1,7 @@
 import pLimit from 'p-limit';
 import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
-import { ConsulHttp, ConsulResponseError, consulErrorFor, TxnFailedError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
+import { ConsulHttp, ConsulResponseError, consulErrorFor, txnError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
 import { keysOf, packReads, planReads, sortKeys, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
 import { scanReadResults } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
@@ -262,7 +262,7 @@ export class ConsulTarget implements TargetStore {
       }
       const parsed = JSON.parse(response.body.toString('utf8')) as { Errors: { OpIndex: number; What: string }[] | null };
       const missing = new Set((parsed.Errors ?? []).filter((e) => /doesn't exist/.test(e.What)).map((e) => e.OpIndex));
-      if (missing.size === 0) throw new TxnFailedError((parsed.Errors ?? []).map((e) => ({ opIndex: e.OpIndex, what: e.What })));
+      if (missing.size === 0) throw txnError((parsed.Errors ?? []).map((e) => ({ opIndex: e.OpIndex, what: e.What })), 'PUT', '/v1/txn');
       remaining = remaining.filter((_, i) => !missing.has(i));
     }
     return [];
