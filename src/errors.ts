@@ -77,6 +77,11 @@ export function errorDocs(code: string): string {
   return `README.md#error-${code}`;
 }
 
+/** An error as `--format json` carries it: `{"code", "message", "hint", …details, "docs"}`. */
+export function errorJson(e: MigrateError): Record<string, unknown> {
+  return { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details, docs: errorDocs(e.code) };
+}
+
 /**
  * Recognise typed errors by shape as well as by class: vitest module resets
  * and duplicated installs can give two copies of the class.

@@ -203,7 +203,8 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(noDualRun.stdout).toContain('nothing was changed');
     const keep = await s.cli(['cutover', '--rule', 'k8s', '--yes', '--format', 'json']);
     expect(keep.code).toBe(4);
-    expect(JSON.parse(keep.stdout).status).toBe('refused');
+    // Refused as every other refusal is in JSON: with an error naming the failed checks.
+    expect(JSON.parse(keep.stdout)).toMatchObject({ status: 'refused', error: { code: 'preconditions_failed', failed: ['dual-run', 'caught up', 'k8s: rule'], docs: 'README.md#error-preconditions_failed' } });
     expect((await s.cli(['cutover', '--rule', 'k8s', '--yes'])).stdout).toMatch(/FAIL k8s: rule\s+a keep rule: its keys stay on etcd and are never cut over/);
     expect(await snapshot(s)).toBe(before);
 

@@ -1,5 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
-import { errorDocs, ExitCode, InterruptedError, isMigrateError, UsageError, type MigrateError } from '../errors.js';
+import { errorDocs, errorJson, ExitCode, InterruptedError, isMigrateError, UsageError, type MigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { scrub } from '../report/redact.js';
 import { terminalSafe } from '../report/keys.js';
@@ -188,7 +188,7 @@ function reportError(err: unknown, io: Io, format: Format, command: string, stde
     else if (stderr === 'events') line({ event: 'error', code: e.code, message: e.message, hint: e.hint ?? null, docs: errorDocs(e.code) });
     else io.stderr.write(scrub(terminalSafe(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`)));
     if (format === 'json') {
-      io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details, docs: errorDocs(e.code) } })));
+      io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: errorJson(e) })));
     }
     return e.exitCode;
   }

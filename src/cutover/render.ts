@@ -1,5 +1,5 @@
 import type { Format } from '../cli/context.js';
-import { isMigrateError } from '../errors.js';
+import { errorJson, isMigrateError, RefusedError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import type { CutoverResult } from './cutover.js';
 import { formatAge } from './phase.js';
@@ -62,12 +62,20 @@ export function renderStatusDatacenters(migration: string, entries: { datacenter
   return parts.join('\n');
 }
 
+/** Why a refused `cutover`, `rollback` or `finalize` changed nothing, as the error of its JSON document. */
+function refusal(result: CutoverResult): RefusedError {
+  const failed = [...result.checks.filter((c) => !c.ok).map((c) => c.name), ...result.rules.flatMap((r) => r.checks.filter((c) => !c.ok).map((c) => `${r.rule}: ${c.name}`))];
+  return failed.length > 0
+    ? new RefusedError('preconditions_failed', `${result.action} refused: ${failed.length} precondition(s) failed (${failed.join(', ')}); nothing was changed.`, { hint: 'Each failed check in "checks" and "rules" says what to do; `migrate status` shows every rule\'s next step.', details: { failed } })
+    : new RefusedError('not_confirmed', `${result.action} was not confirmed; nothing was changed.`, { hint: 'Run it again and confirm, or pass --yes.' });
+}
+
 /**
  * `cutover`, `rollback` and `finalize` results: every precondition, then what was done.
  * `ruleArg` gives a rule as the printed next commands take it (`ruleArgument`).
  */
 export function renderCutover(result: CutoverResult, format: Format, ruleArg: (rule: string) => string = (rule) => rule): string {
-  if (format === 'json') return renderEnvelope(result.action, result.refused ? 'refused' : 'ok', { ...result });
+  if (format === 'json') return renderEnvelope(result.action, result.refused ? 'refused' : 'ok', { ...result, ...(result.refused ? { error: errorJson(refusal(result)) } : {}) });
   const mark = (ok: boolean) => (ok ? 'ok  ' : 'FAIL');
   const lines: string[] = [`${result.action} of ${result.rules.map((r) => `rule ${r.rule}`).join(', ')} (migration ${result.migration}, etcd revision ${result.etcdRevision}):`];
   for (const c of result.checks) lines.push(`  ${mark(c.ok)} ${c.name.padEnd(10)} ${c.detail}`);
