@@ -18,7 +18,7 @@ describe('deleting etcd keys read at a revision (finalize --delete-etcd), on a r
     await etcd.delete().key(keys[200]!);
     await etcd.put(keys[200]!).value('recreated');
 
-    const kept = await deleteUnchangedSince(new EtcdWriter(etcd), keys, revision);
+    const kept = await deleteUnchangedSince(new EtcdWriter(() => etcd), keys, revision);
 
     expect(kept.map(String).sort()).toEqual([keys[5]!, keys[200]!, keys[290]!].map(String));
     const left = await etcd.getAll().prefix(root).strings();
@@ -31,7 +31,7 @@ describe('deleting etcd keys read at a revision (finalize --delete-etcd), on a r
     await etcd.put(`${root}b`).value('1');
     const revision = Number((await etcd.get(`${root}b`).exec()).header.revision);
     await etcd.put(`${root}b`).value('2');
-    await expect(new EtcdWriter(etcd).applyTxn([
+    await expect(new EtcdWriter(() => etcd).applyTxn([
       { verb: 'delete', key: Buffer.from(`${root}a`), unchangedSince: revision },
       { verb: 'delete', key: Buffer.from(`${root}b`), unchangedSince: revision },
     ])).rejects.toBeInstanceOf(SourceChangedError);

@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -128,6 +128,31 @@ describe('connection settings: flags > environment > file > defaults', () => {
     }
     // The files that belong together pass.
     expect(resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', CONSUL_CACERT: tls.ca, CONSUL_CLIENT_CERT: tls.clientCert, CONSUL_CLIENT_KEY: tls.clientKey }, dir).target.tls?.cert).toBeDefined();
+  });
+
+  it('etcd TLS files with an http:// endpoint are a usage error (it was spoken to over TLS all the same); a bare host:port is then https://, as etcdctl speaks to it', () => {
+    const tls = generateTls();
+    const files = { ETCDCTL_CACERT: tls.ca, ETCDCTL_CERT: tls.clientCert, ETCDCTL_KEY: tls.clientKey, MY_ETCD_PW: 'p' };
+    expect(() => resolveConnections(fileConfig, {}, { ...files, ETCDCTL_ENDPOINTS: 'https://e1:2379,http://e2:2379' }, dir)).toThrow(expect.objectContaining({ code: 'etcd_tls_mismatch', exitCode: 2, message: expect.stringContaining('http://e2:2379 names plain http://') }));
+    expect(resolveConnections(fileConfig, {}, { ...files, ETCDCTL_ENDPOINTS: 'e1:2379' }, dir).source.endpoints).toEqual(['https://e1:2379']);
+    expect(resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', ETCDCTL_ENDPOINTS: 'e1:2379' }, dir).source.endpoints).toEqual(['http://e1:2379']);
+  });
+
+  it('the TLS files are read again for each new connection: a renewed certificate is used, a half-written one is not', () => {
+    const tls = generateTls();
+    const cert = join(dir, 'renewed.pem');
+    const key = join(dir, 'renewed.key');
+    writeFileSync(cert, readFileSync(tls.clientCert));
+    writeFileSync(key, readFileSync(tls.clientKey));
+    const c = resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', CONSUL_CACERT: tls.ca, CONSUL_CLIENT_CERT: cert, CONSUL_CLIENT_KEY: key }, dir);
+    expect(c.target.tls!.reread!()!.cert).toEqual(readFileSync(tls.clientCert));
+    // Renewed in place (here: the server's pair, which belong together as well).
+    writeFileSync(cert, readFileSync(tls.serverCert));
+    writeFileSync(key, readFileSync(tls.serverKey));
+    expect(c.target.tls!.reread!()!.cert).toEqual(readFileSync(tls.serverCert));
+    // Half written: a certificate without its key is not used.
+    writeFileSync(key, readFileSync(tls.clientKey));
+    expect(c.target.tls!.reread!()).toBeUndefined();
   });
 
   it('endpoints that name nothing: a flag or the file is a usage error (it was an internal error), an empty environment variable is unset', () => {

@@ -6,6 +6,7 @@ import { UsageError } from '../errors.js';
 import { redactUrl, registerSecret } from '../report/redact.js';
 import type { ConsulConnection } from '../stores/consul-http.js';
 import type { EtcdConnection } from '../stores/etcd.js';
+import type { TlsFiles, TlsMaterial } from '../stores/tls.js';
 import type { MigrationConfig } from './load.js';
 
 /** Connection flags common to every command that talks to a server. */
@@ -84,12 +85,19 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   if (config.source.endpoints?.length === 0) {
     throw new UsageError('config_invalid', 'source.endpoints in migration.yaml names no endpoint.', { hint: 'List one or more host:port or URLs, or leave source.endpoints out for ETCDCTL_ENDPOINTS or the default.' });
   }
+  const etcdTls = {
+    ca: pick<string | undefined>('etcd.cacert', [[env.ETCDCTL_CACERT, 'env'], [config.source.tls?.ca, 'file']], undefined),
+    cert: pick<string | undefined>('etcd.cert', [[env.ETCDCTL_CERT, 'env'], [config.source.tls?.cert, 'file']], undefined),
+    key: pick<string | undefined>('etcd.key', [[env.ETCDCTL_KEY, 'env'], [config.source.tls?.key, 'file']], undefined),
+  };
+  const withTls = Boolean(etcdTls.ca || etcdTls.cert || etcdTls.key);
   const envEndpoints = list(env.ETCDCTL_ENDPOINTS);
+  // A bare host:port is spoken to as etcdctl does: over TLS when TLS files are set.
   const endpoints = pick<string[]>('etcd.endpoints', [
     [flagEndpoints, 'flag'],
     [envEndpoints?.length ? envEndpoints : undefined, 'env'],
     [config.source.endpoints, 'file'],
-  ], [DEFAULT_ETCD_ENDPOINT]).map((e) => etcdEndpoint(e.includes('://') ? e : `http://${e}`, origins['etcd.endpoints']!));
+  ], [DEFAULT_ETCD_ENDPOINT]).map((e) => etcdEndpoint(e.includes('://') ? e : `${withTls ? 'https' : 'http'}://${e}`, origins['etcd.endpoints']!));
 
   // etcdctl accepts ETCDCTL_USER as "user" or "user:password".
   let user = pick<string | undefined>('etcd.user', [[env.ETCDCTL_USER, 'env'], [config.source.auth?.user, 'file']], undefined);
@@ -110,18 +118,18 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     });
   }
 
-  const etcdTls = {
-    ca: pick<string | undefined>('etcd.cacert', [[env.ETCDCTL_CACERT, 'env'], [config.source.tls?.ca, 'file']], undefined),
-    cert: pick<string | undefined>('etcd.cert', [[env.ETCDCTL_CERT, 'env'], [config.source.tls?.cert, 'file']], undefined),
-    key: pick<string | undefined>('etcd.key', [[env.ETCDCTL_KEY, 'env'], [config.source.tls?.key, 'file']], undefined),
-  };
   const source: EtcdConnection = { endpoints };
-  if (etcdTls.ca || etcdTls.cert || etcdTls.key) {
-    source.tls = { ca: readPem(etcdTls.ca, 'etcd CA certificate', baseDir), cert: readPem(etcdTls.cert, 'etcd client certificate', baseDir), key: readPem(etcdTls.key, 'etcd client key', baseDir) };
-    if (!source.tls.ca) {
+  if (withTls) {
+    if (!etcdTls.ca) {
       throw new UsageError('etcd_tls_incomplete', 'A client certificate is configured for etcd but no CA certificate.', { hint: 'Set ETCDCTL_CACERT or source.tls.ca as well.' });
     }
-    checkTlsFiles(source.tls, etcdTls, 'etcd', 'ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls)');
+    source.tls = tlsFiles(etcdTls, 'etcd', baseDir, 'ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls)');
+    const plain = endpoints.filter((e) => e.startsWith('http://'));
+    if (plain.length > 0) {
+      throw new UsageError('etcd_tls_mismatch', `TLS files are set for etcd (ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY or source.tls), but ${plain.map(redactUrl).join(', ')} names plain http://.`, {
+        hint: 'Name a TLS listener with https://, or unset the TLS files for an etcd that listens without TLS.',
+      });
+    }
   } else if (endpoints.some((e) => e.startsWith('https://'))) {
     throw new UsageError('etcd_tls_incomplete', 'The etcd endpoints use https:// but no CA certificate is configured.', { hint: 'Set ETCDCTL_CACERT or source.tls.ca to the CA that signed the etcd server certificate.' });
   }
@@ -158,15 +166,33 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   const verifyEnv = env.CONSUL_HTTP_SSL_VERIFY;
   const verify = verifyEnv !== undefined ? !/^(false|0)$/i.test(verifyEnv) : config.target.tls?.verify ?? true;
   if (consulTls.ca || consulTls.cert || consulTls.key || !verify) {
-    target.tls = {
-      ca: readPem(consulTls.ca, 'Consul CA certificate', baseDir),
-      cert: readPem(consulTls.cert, 'Consul client certificate', baseDir),
-      key: readPem(consulTls.key, 'Consul client key', baseDir),
-      verify,
-    };
-    checkTlsFiles(target.tls, consulTls, 'Consul', 'CONSUL_CACERT / CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY (or target.tls)');
+    target.tls = { ...tlsFiles(consulTls, 'Consul', baseDir, 'CONSUL_CACERT / CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY (or target.tls)'), verify };
   }
   return { source, target, origins };
+}
+
+/**
+ * The TLS files for `server`, read and checked now (an error names what is wrong),
+ * and how to read them again when a connection is made later (see {@link TlsMaterial}).
+ */
+function tlsFiles(paths: { ca?: string; cert?: string; key?: string }, server: string, baseDir: string, settings: string): TlsMaterial {
+  const read = (): TlsFiles => {
+    const files = {
+      ca: readPem(paths.ca, `${server} CA certificate`, baseDir),
+      cert: readPem(paths.cert, `${server} client certificate`, baseDir),
+      key: readPem(paths.key, `${server} client key`, baseDir),
+    };
+    checkTlsFiles(files, paths, server, settings);
+    return files;
+  };
+  const reread = (): TlsFiles | undefined => {
+    try {
+      return read();
+    } catch {
+      return undefined;
+    }
+  };
+  return { ...read(), reread };
 }
 
 /**

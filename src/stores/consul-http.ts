@@ -1,7 +1,9 @@
 import http from 'node:http';
 import https from 'node:https';
+import type { Duplex } from 'node:stream';
 import { MigrateError, ServerError, UsageError, ExitCode } from '../errors.js';
 import { redactUrl } from '../report/redact.js';
+import { tlsFailureHint, type TlsFiles, type TlsMaterial } from './tls.js';
 
 /**
  * The one HTTP path to Consul. A small typed wrapper over `node:http` with a
@@ -17,7 +19,7 @@ export interface ConsulConnection {
   datacenter?: string;
   namespace?: string;
   partition?: string;
-  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer; verify?: boolean };
+  tls?: TlsMaterial & { verify?: boolean };
   /** Per-request timeout in ms (blocking queries add their wait). */
   timeoutMs?: number;
 }
@@ -80,6 +82,26 @@ export class ConsulUnreachableError extends ServerError {
   readonly retryable = true;
 }
 
+/**
+ * An https agent that makes each new connection with the TLS files as they are
+ * then ({@link TlsMaterial.reread}): a client certificate renewed in place is
+ * presented from the next connection on; connections kept alive keep theirs.
+ */
+class RenewingAgent extends https.Agent {
+  private files: TlsFiles;
+
+  constructor(options: https.AgentOptions, private readonly tls: TlsMaterial) {
+    super(options);
+    this.files = tls;
+  }
+
+  // Node's agent passes a copy of the request's options, made for this connection alone.
+  override createConnection(options: https.RequestOptions, callback?: (err: Error | null, socket: Duplex) => void): ReturnType<https.Agent['createConnection']> {
+    this.files = this.tls.reread?.() ?? this.files;
+    return super.createConnection({ ...options, ca: this.files.ca, cert: this.files.cert, key: this.files.key }, callback);
+  }
+}
+
 export class ConsulHttp {
   readonly address: string;
   private readonly url: URL;
@@ -109,14 +131,7 @@ export class ConsulHttp {
     const https_ = url.protocol === 'https:';
     this.module = https_ ? https : http;
     this.agent = agent ?? (https_
-      ? new https.Agent({
-          keepAlive: true,
-          maxSockets: 32,
-          ca: connection.tls?.ca,
-          cert: connection.tls?.cert,
-          key: connection.tls?.key,
-          rejectUnauthorized: connection.tls?.verify ?? true,
-        })
+      ? new RenewingAgent({ keepAlive: true, maxSockets: 32, rejectUnauthorized: connection.tls?.verify ?? true }, connection.tls ?? {})
       : new http.Agent({ keepAlive: true, maxSockets: 32 }));
     this.headers = {};
     if (connection.token) this.headers['X-Consul-Token'] = connection.token;
@@ -196,7 +211,7 @@ export class ConsulHttp {
     }
     if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_OSSL|DEPTH_ZERO/i.test(code) || /certificate|ssl|tls/i.test(err.message)) {
       return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${err.message}.`, {
-        hint: 'Check CONSUL_CACERT / target.tls.ca (the CA that signed the server certificate) and the client certificate and key.',
+        hint: tlsFailureHint('Consul', err.message, code) ?? 'Check CONSUL_CACERT (or target.tls.ca): it must be the CA that signed the server certificate.',
       });
     }
     return new ConsulUnreachableError('consul_unreachable', `Consul at ${this.address} is unreachable (${code || err.message}).`, {

@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import type * as GrpcModule from '@grpc/grpc-js';
 import { AUTHENTICATE, type UnaryMethod } from './etcd-codec.js';
+import { sameTlsFiles, type TlsFiles, type TlsMaterial } from './tls.js';
 
 // CommonJS: required, not imported, for the reason etcd.ts gives for etcd3.
 const require = createRequire(import.meta.url);
@@ -9,7 +10,7 @@ const grpc = require('@grpc/grpc-js') as typeof GrpcModule;
 /** How to reach etcd: what `EtcdSource` is given. */
 export interface ChannelOptions {
   endpoints: string[];
-  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  tls?: TlsMaterial;
   auth?: { username: string; password: string };
   /** Deadline of one call in ms. */
   timeoutMs: number;
@@ -46,18 +47,16 @@ export class EtcdChannel {
   private readonly members: Member[];
   /** Members replaced after they were found unreachable: each is closed once its last call ends. */
   private readonly retired = new Set<Member>();
-  private readonly credentials: GrpcModule.ChannelCredentials;
+  private credentials: GrpcModule.ChannelCredentials;
+  /** The TLS files the credentials were made of. */
+  private tls: TlsFiles | undefined;
   private current: number;
   private token: Promise<string> | undefined;
   private closed = false;
 
   constructor(private readonly options: ChannelOptions) {
-    // As etcd3: TLS with the given files, else TLS with the system's CAs if any endpoint is https, else plain.
-    this.credentials = options.tls?.ca
-      ? grpc.credentials.createSsl(options.tls.ca, options.tls.key, options.tls.cert)
-      : options.endpoints.some((e) => e.startsWith('https:'))
-        ? grpc.credentials.createSsl()
-        : grpc.credentials.createInsecure();
+    this.tls = options.tls;
+    this.credentials = channelCredentials(options.tls, options.endpoints);
     this.members = options.endpoints.map((e) => this.connect(e.replace(/^https?:\/\//, '')));
     this.current = Math.floor(Math.random() * this.members.length);
     // Connects now, while the command loads and reads Consul, not on its first etcd call (about 20 ms).
@@ -121,8 +120,20 @@ export class EtcdChannel {
   private replace(index: number, member: Member): void {
     // The first of its failing calls does it, not every call in flight; a closed channel opens nothing again.
     if (this.closed || this.members[index] !== member) return;
+    // TLS files renewed in place (the old certificate expired, say) are used from this connection on.
+    const tls = this.options.tls?.reread?.();
+    if (tls && !sameTlsFiles(tls, this.tls)) {
+      this.tls = tls;
+      this.credentials = channelCredentials(tls, this.options.endpoints);
+    }
     this.members[index] = this.connect(member.address);
     this.retired.add(member);
     if (this.current === index) this.current = (index + 1) % this.members.length;
   }
+}
+
+/** As etcd3 makes them: TLS with the given files, else TLS with the system's CAs if any endpoint is https, else plain. */
+export function channelCredentials(tls: TlsFiles | undefined, endpoints: readonly string[]): GrpcModule.ChannelCredentials {
+  if (tls?.ca) return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert);
+  return endpoints.some((e) => e.startsWith('https:')) ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
 }

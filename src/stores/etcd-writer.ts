@@ -38,13 +38,14 @@ export interface SourceWriter {
 export const ETCD_TXN_MAX_OPS = 128;
 
 export class EtcdWriter implements SourceWriter {
-  constructor(private readonly client: Etcd3, private readonly toError: (err: unknown, what: string) => Error = defaultError) {}
+  /** `client`: the `etcd3` client of each write (the source's current one: it is replaced when the TLS files are renewed). */
+  constructor(private readonly client: () => Etcd3, private readonly toError: (err: unknown, what: string) => Error = defaultError) {}
 
   async applyTxn(ops: readonly SourceWriteOp[]): Promise<number> {
     if (ops.length === 0) throw new RangeError('an empty etcd txn writes nothing');
     if (ops.length > ETCD_TXN_MAX_OPS) throw new RangeError(`an etcd txn of ${ops.length} ops exceeds etcd's default limit of ${ETCD_TXN_MAX_OPS}; batch it first`);
     try {
-      const response = await this.client.kv.txn({
+      const response = await this.client().kv.txn({
         compare: ops.flatMap((op) => (op.verb === 'delete' && op.unchangedSince !== undefined ? [{ key: op.key, target: 'Mod' as const, result: 'Less' as const, mod_revision: String(op.unchangedSince + 1) }] : [])),
         success: ops.map((op) => (op.verb === 'put' ? { request_put: { key: op.key, value: op.value } } : { request_delete_range: { key: op.key } })),
         failure: [],
@@ -61,7 +62,7 @@ export class EtcdWriter implements SourceWriter {
     try {
       // No key has a version below 0: the delete is never applied, nor is a revision made.
       const range = prefixRange(prefix);
-      const response = await this.client.kv.txn({
+      const response = await this.client().kv.txn({
         compare: [{ key: range.start, target: 'Version', result: 'Less', version: '0' }],
         success: [{ request_delete_range: { key: range.start, range_end: range.end.length > 0 ? range.end : Buffer.from([0]) } }],
         failure: [],

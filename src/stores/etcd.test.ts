@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { EtcdSource } from './etcd.js';
+import type { MigrateError } from '../errors.js';
 
 /** grpc-js's error for a failed call: "<code> <NAME>: <details>". */
 function grpcError(message: string): Error {
@@ -21,7 +22,17 @@ describe('EtcdSource.toError: what the operator is told', () => {
     const err = source.toError(grpcError("14 UNAVAILABLE: No connection established. Last error: Error [ERR_TLS_CERT_ALTNAME_INVALID]: Hostname/IP does not match certificate's altnames: Host: etcd-1.example. is not in the cert's altnames: DNS:localhost"), 'status');
     expect(err).toMatchObject({ code: 'etcd_tls_failed', exitCode: 3, hint: expect.stringContaining('subjectAltName') });
     const unsigned = source.toError(grpcError('14 UNAVAILABLE: No connection established. Last error: Error: unable to verify the first certificate'), 'status');
-    expect(unsigned).toMatchObject({ code: 'etcd_tls_failed', hint: expect.stringContaining('the CA must sign') });
+    expect(unsigned).toMatchObject({ code: 'etcd_tls_failed', hint: expect.stringContaining('it must be the CA that signed the server certificate') });
+  });
+
+  it('etcd refusing the client certificate (none, expired, another CA: its alert) is not blamed on the CA; the server\'s own expired certificate neither', () => {
+    const refused = source.toError(grpcError('14 UNAVAILABLE: No connection established. Last error: Error: 40C7E1D8F67F0000:error:0A000412:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1605:SSL alert number 42\n (2026-12-05T10:00:00.000Z). Resolution note: '), 'status');
+    expect(refused).toMatchObject({ code: 'etcd_tls_failed', hint: expect.stringContaining('etcd refused the client certificate') });
+    expect((refused as MigrateError).hint).toContain('ETCDCTL_CERT / ETCDCTL_KEY');
+    // One line, without the empty resolution note.
+    expect(refused.message).not.toMatch(/\n|Resolution note/);
+    const expired = source.toError(grpcError('14 UNAVAILABLE: No connection established. Last error: Error: certificate has expired'), 'status');
+    expect(expired).toMatchObject({ code: 'etcd_tls_failed', hint: expect.stringContaining('The certificate etcd presents has expired') });
   });
 
   it('an HTTP server that is not etcd (a 404): etcd_unreachable with the "does not speak etcd\'s gRPC" hint', () => {

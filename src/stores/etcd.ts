@@ -9,6 +9,7 @@ import { sleep } from './consul-http.js';
 import { EtcdChannel } from './etcd-channel.js';
 import { RANGE, STATUS, toEntry, type RangePage, type RangeRequest } from './etcd-codec.js';
 import { prefixEnd } from './key-range.js';
+import { sameTlsFiles, tlsFailureHint, type TlsFiles, type TlsMaterial } from './tls.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type LeaseInfo, type ReadPagesOptions, type SourceEvent, type SourcePage, type SourceReader, type SourceStatus, type SourceWatch, type WatchMessage } from './types.js';
 
 // etcd3 (with cockatiel, which it loads) is CommonJS. Imported from an ES module, Node first scans
@@ -20,7 +21,7 @@ type Etcd3 = Etcd3Module.Etcd3;
 
 export interface EtcdConnection {
   endpoints: string[];
-  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  tls?: TlsMaterial;
   auth?: { username: string; password: string };
   /** Deadline of one unary call in ms. */
   timeoutMs?: number;
@@ -129,9 +130,16 @@ export class EtcdSource implements SourceReader {
   private readonly endpointCount: number;
   private readonly channel: EtcdChannel;
   private etcd3: Etcd3 | undefined;
+  /** The TLS files the `etcd3` client is made with. */
+  private tls: TlsFiles | undefined;
+  /** `etcd3` clients replaced after the TLS files were renewed: closed with this source (calls may still run on them). */
+  private readonly retired: Etcd3[] = [];
+  /** How many times the TLS files were found renewed. */
+  private tlsRenewals = 0;
   private closed = false;
 
   constructor(private readonly connection: EtcdConnection) {
+    this.tls = connection.tls;
     this.endpoints = connection.endpoints.map(redactUrl).join(',');
     this.endpointCount = connection.endpoints.length;
     this.channel = new EtcdChannel({ ...connection, timeoutMs: this.timeoutMs, grpcOptions: GRPC_OPTIONS });
@@ -147,7 +155,8 @@ export class EtcdSource implements SourceReader {
     if (this.closed) throw new Error('the etcd connection is closed');
     const { Etcd3 } = require('etcd3') as typeof Etcd3Module;
     const { noop } = require('cockatiel') as typeof Cockatiel;
-    const { tls, auth, endpoints } = this.connection;
+    const { auth, endpoints } = this.connection;
+    const tls = this.tls;
     const timeoutMs = this.timeoutMs;
     this.etcd3 = new Etcd3({
       hosts: endpoints,
@@ -166,6 +175,21 @@ export class EtcdSource implements SourceReader {
     this.closed = true;
     this.channel.close();
     this.etcd3?.close();
+    for (const client of this.retired.splice(0)) client.close();
+  }
+
+  /**
+   * After TLS with etcd failed: when the TLS files were renewed in place (the
+   * certificate the client started with expired, say), the next `etcd3` call is
+   * made over a new client with the new files. The read channel renews its own.
+   */
+  private renewTls(): void {
+    const tls = this.connection.tls?.reread?.();
+    if (!tls || sameTlsFiles(tls, this.tls)) return;
+    this.tls = tls;
+    this.tlsRenewals++;
+    if (this.etcd3) this.retired.push(this.etcd3);
+    this.etcd3 = undefined;
   }
 
   async status(): Promise<SourceStatus> {
@@ -258,11 +282,16 @@ export class EtcdSource implements SourceReader {
     // etcd3 sends each call to a random endpoint and, with its fault handling off, does not
     // fail over: one dead member of a cluster would fail a third of the calls. Try the others.
     const attempts = this.endpointCount > 1 ? this.endpointCount * 2 : 1;
+    let renewals = this.tlsRenewals;
     for (let attempt = 1; ; attempt++) {
       try {
         return await fn();
       } catch (err) {
         const error = this.toError(err, what, revision);
+        // Once more after the TLS files were found renewed: that call is made with them.
+        const renewed = this.tlsRenewals !== renewals;
+        renewals = this.tlsRenewals;
+        if (renewed && error instanceof MigrateError && error.code === 'etcd_tls_failed') continue;
         if (attempt >= attempts || !(error instanceof MigrateError && error.code === 'etcd_unreachable')) throw error;
       }
     }
@@ -299,15 +328,13 @@ export class EtcdSource implements SourceReader {
       return new SourceCompactedError(0, revision);
     }
     if (/certificate|SSL|TLS|handshake/i.test(message)) {
+      this.renewTls();
       // A plain listener named with https:// drops the handshake before it completes.
       const dropped = /before secure TLS connection was established|wrong version number/i.test(message);
-      const otherName = /does not match certificate's altnames|ERR_TLS_CERT_ALTNAME_INVALID/i.test(message);
-      return new ServerError('etcd_tls_failed', `TLS with etcd at ${this.endpoints} failed: ${message}.`, {
+      return new ServerError('etcd_tls_failed', `TLS with etcd at ${this.endpoints} failed: ${tlsReason(message)}.`, {
         hint: dropped
-          ? 'The TLS handshake did not complete: if this etcd listens without TLS, name it with http://; else check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls).'
-          : otherName
-            ? 'The server\'s certificate does not name the host of the endpoint: name etcd by a host name or IP address its certificate lists (subjectAltName), or reissue the certificate with that name.'
-            : 'Check ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY (or source.tls): the CA must sign the server certificate.',
+          ? 'The TLS handshake did not complete: if this etcd listens without TLS, name it with http:// and unset its TLS files (ETCDCTL_CACERT / ETCDCTL_CERT / ETCDCTL_KEY, or source.tls); else check them.'
+          : tlsFailureHint('etcd', message) ?? 'Check ETCDCTL_CACERT (or source.tls.ca): it must be the CA that signed the server certificate.',
       });
     }
     if (/Received HTTP status code|UNAVAILABLE|ECONNREFUSED|No connection established|failed to connect|Deadline exceeded|DEADLINE_EXCEEDED|GRPCConnectFailed|ENOTFOUND|ECONNRESET|closed/i.test(message) || /GRPC(Unavailable|ConnectFailed|DeadlineExceeded)/.test((err as Error)?.constructor?.name ?? '')) {
@@ -465,4 +492,9 @@ class EtcdWatch implements SourceWatch {
       this.wake = undefined;
     }
   }
+}
+
+/** grpc-js's reason for a failed handshake on one line: OpenSSL's text spans several, with a timestamp, and ends with an empty "Resolution note". */
+function tlsReason(message: string): string {
+  return message.replace(/\s*Resolution note:\s*\.?\s*$/, '').split('\n').map((line) => line.trim()).filter(Boolean).join(' ');
 }

@@ -90,7 +90,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         let lastLog = 0;
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');
         const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');
-        const writer = new EtcdWriter(source.client, (err, what) => source.toError(err, what));
+        const writer = new EtcdWriter(() => source.client, (err, what) => source.toError(err, what));
         const summary = await runDualRun({ source, writer, lanes: lanes.map((lane) => ({ ...lane, blocking: new ConsulBlockingReader(lane.target.http) })) }, {
           ha: Boolean(options.ha),
           baseline: Boolean(options.baseline),
