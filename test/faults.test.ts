@@ -58,6 +58,35 @@ function copyThroughProxies(dir: string, args: string[]): Promise<{ code: number
 }
 
 describe('faults between the tool and the servers (TCP fault proxy on loopback)', () => {
+  it('a dual-run held by a frozen Consul reports what etcd made meanwhile as lag (revisions and seconds), though it takes none of it', async () => {
+    const s = scenario('fault-frozen');
+    for (let i = 0; i < 10; i++) await etcd.put(`${s.root}/app/k${i}`).value('seed');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const dualrun = await startDualRun(s.dir, [], { CONSUL_HTTP_ADDR: consulProxy.url });
+    const health = async () => (await fetch(`http://127.0.0.1:${dualrun.metricsPort}/healthz`)).json() as Promise<{ role?: string; lagRevisions?: number; lagSeconds?: number; etcdRevision?: number; checkpoint?: number }>;
+    try {
+      await eventually('leads and catches up', async () => {
+        const h = await health();
+        return h.role === 'leader' && h.lagRevisions === 0;
+      });
+      // Consul stops answering (a frozen process holds its connections open: no error), while etcd changes.
+      consulProxy.proxy.blackhole();
+      for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i % 10}`).value(`frozen-${i}`);
+      const made = Number((await etcd.get(`${s.root}/app/k0`).exec()).header.revision);
+      await new Promise((r) => setTimeout(r, 3_000));
+      const h = await health();
+      expect(h.etcdRevision, JSON.stringify(h)).toBeGreaterThanOrEqual(made);
+      expect(h.lagRevisions, JSON.stringify(h)).toBeGreaterThanOrEqual(20);
+      expect(h.lagSeconds, JSON.stringify(h)).toBeGreaterThanOrEqual(2);
+      expect(await dualrun.metrics()).toMatch(/^migrate_dualrun_lag_revisions ([2-9]\d|\d{3,})$/m);
+    } finally {
+      consulProxy.proxy.heal();
+    }
+    await waitCaughtUp(etcd, target, s.id, 60_000);
+    expect(await checkParity(etcd, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+    expect(await dualrun.stop()).toBe(0);
+  }, 120_000);
+
   it('a copy of 3,000 keys under resets, delays and blackholes completes with parity: nothing lost or duplicated', async () => {
     const s = scenario('fault-copy');
     const KEYS = 3000;

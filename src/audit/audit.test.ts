@@ -389,6 +389,7 @@ describe('sample, estimate, probe and the draft mapping', () => {
     source.watch = async () => ({
       buffered: () => 0,
       requestProgress() {},
+      latestRevision: () => 16,
       async close() {
         closed = true;
       },

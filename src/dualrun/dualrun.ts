@@ -24,6 +24,7 @@ import { TRIP_KEYS_KEPT } from '../cutover/phase.js';
 import { planRevision, routeForReplication, type RevisionPlan } from './plan-revision.js';
 import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbeat.js';
 import { ServiceMirror, type ServiceMirrorStats } from '../services/mirror.js';
+import { SeenRevisions } from './seen-revisions.js';
 
 /** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
 export interface DualRunStats {
@@ -32,6 +33,10 @@ export interface DualRunStats {
   etcdRevision: number;
   /** When the checkpoint last equalled etcd's current revision (ms since epoch). */
   caughtUpAt: number;
+  /** etcd's revision as the watch last heard it, taken by the applier or still queued (see {@link SeenRevisions}). */
+  seenRevision: number;
+  /** Since when (ms since epoch) a revision the watch heard past the checkpoint has waited; undefined when none waits. */
+  behindSince?: number;
   /**
    * When the leader last wrote its checkpoint (ms since epoch): with every txn, and at least every
    * HEARTBEAT_MS on an idle etcd. Older than twice that, etcd or Consul is not answering.
@@ -154,7 +159,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const primaryLane = lanes.find((l) => l.primary) ?? lanes[0]!;
   const secondaryLanes = lanes.filter((l) => l !== primaryLane);
   const newStats = (): DualRunStats => ({
-    role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
+    role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), seenRevision: 0, checkpointWrittenAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
     splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   });
   // Nothing to mirror: refused before a server is asked or the lock taken.
@@ -547,6 +552,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     : undefined;
   checkTimer?.unref();
   let watch: SourceWatch | undefined;
+  const seen = new SeenRevisions();
   const heartbeatTimer = heartbeat ? startHeartbeat(heartbeat, ctx, options, () => watch) : undefined;
   let backoff = 250;
   // The checkpoint at the last failure: the backoff starts again from 250 ms once a write to Consul moved it, not
@@ -597,7 +603,15 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         // Connected again once a txn lands in Consul (the next checkpoint write), not when etcd's watch opens:
         // a watch reopened while Consul is still down made /healthz say ready, then not, then ready.
         ctx.publish();
-        const progressTimer = setInterval(() => watch?.requestProgress(), options.progressEveryMs ?? 1000);
+        const progressTimer = setInterval(() => {
+          if (!watch) return;
+          watch.requestProgress();
+          seen.seen(watch.latestRevision(), Date.now());
+          const behind = seen.behind(stats.checkpoint);
+          stats.seenRevision = behind.revision;
+          stats.behindSince = behind.since;
+          ctx.publish();
+        }, options.progressEveryMs ?? 1000);
         progressTimer.unref();
         const onStop = () => void watch?.close();
         options.signal.addEventListener('abort', onStop, { once: true });

@@ -14,7 +14,15 @@ import { heartbeatLagSeconds } from './lag-heartbeat.js';
 export function lagSeconds(stats: DualRunStats, now: number): number {
   const heartbeat = heartbeatLagSeconds(stats.heartbeat, now);
   if (heartbeat !== undefined) return heartbeat;
-  return stats.checkpoint >= stats.etcdRevision ? 0 : (now - stats.caughtUpAt) / 1000;
+  const applied = stats.checkpoint >= stats.etcdRevision ? 0 : (now - stats.caughtUpAt) / 1000;
+  // What the watch heard and the applier has not taken (a frozen Consul holds the applier): waiting since then.
+  const queued = stats.behindSince === undefined ? 0 : (now - stats.behindSince) / 1000;
+  return Math.max(applied, queued);
+}
+
+/** etcd revisions not yet applied to Consul: up to the latest the watch heard, taken by the applier or not. */
+export function lagRevisions(stats: DualRunStats): number {
+  return Math.max(0, Math.max(stats.etcdRevision, stats.seenRevision) - stats.checkpoint);
 }
 
 /**
@@ -84,12 +92,12 @@ export class DualRunMetrics {
 
   update(stats: DualRunStats): void {
     this.stats = stats;
-    this.lagRevisions.set(stats.role === 'leader' ? Math.max(0, stats.etcdRevision - stats.checkpoint) : 0);
+    this.lagRevisions.set(stats.role === 'leader' ? lagRevisions(stats) : 0);
     this.lagSeconds.set(leadingLagSeconds(stats, Date.now()));
     // A former leader's figures would stay frozen in its gauges: a process that does not lead reports none (0), as a fresh standby.
     const leading = stats.role === 'leader';
     this.checkpoint.set(leading ? stats.checkpoint : 0);
-    this.etcdRevision.set(leading ? stats.etcdRevision : 0);
+    this.etcdRevision.set(leading ? Math.max(stats.etcdRevision, stats.seenRevision) : 0);
     this.leader.set(leading ? 1 : 0);
     this.sessions.set(leading ? stats.sessions : 0);
     this.reverseRules.set(stats.reverseRules);
@@ -126,7 +134,7 @@ export class DualRunMetrics {
     if (!s) return { ready: false, body: { status: 'starting' } };
     // A standby replicates nothing: no checkpoint or lag of its own (a former leader's would only grow), only whether it could lead.
     if (s.role !== 'leader') return { ready: s.role === 'standby' && s.connected, body: { status: s.role === 'stopped' ? 'stopped' : s.connected ? 'ready' : 'disconnected', role: s.role } };
-    const lag = Math.max(0, s.etcdRevision - s.checkpoint);
+    const lag = lagRevisions(s);
     const seconds = lagSeconds(s, Date.now());
     // With several datacenters, a leader is ready only when every one of them is connected and caught up.
     const now = Date.now();
@@ -140,7 +148,7 @@ export class DualRunMetrics {
     return {
       ready,
       body: {
-        status, role: s.role, checkpoint: s.checkpoint, etcdRevision: s.etcdRevision, lagRevisions: lag, lagSeconds: seconds, checkpointAgeSeconds: Math.round((now - s.checkpointWrittenAt) / 1000),
+        status, role: s.role, checkpoint: s.checkpoint, etcdRevision: Math.max(s.etcdRevision, s.seenRevision), lagRevisions: lag, lagSeconds: seconds, checkpointAgeSeconds: Math.round((now - s.checkpointWrittenAt) / 1000),
         ...(s.datacenters ? { datacenters: Object.fromEntries(Object.entries(s.datacenters).map(([dc, d]) => [dc, { connected: d.connected, checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint) }])) } : {}),
       },
     };

@@ -3,7 +3,7 @@ import type { DualRunStats } from '../dualrun/dualrun.js';
 import { EventRate, renderDualRunStatus } from './dualrun-view.js';
 
 const stats: DualRunStats = {
-  role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, checkpointWrittenAt: 1000, connected: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
+  role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, seenRevision: 0, checkpointWrittenAt: 1000, connected: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
   splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 2, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 1,
 };
 
@@ -76,6 +76,21 @@ describe('/healthz of a leader whose servers stopped answering', () => {
     expect(text).toMatch(/^migrate_dualrun_etcd_revision 0$/m);
     metrics.update({ ...frozen, role: 'standby', connected: false, checkpointWrittenAt: 0 });
     expect(metrics.health()).toEqual({ ready: false, body: { status: 'disconnected', role: 'standby' } });
+  });
+
+  it('a leader held by a frozen Consul: what the watch heard and the applier has not taken is lag, in revisions and seconds', async () => {
+    const { DualRunMetrics } = await import('../dualrun/metrics.js');
+    const metrics = new DualRunMetrics({ heartbeat: false });
+    // The applier took revision 100 and applied it; the watch has heard etcd at 1,950 since, queued for 15 s.
+    const held = { ...stats, checkpoint: 100, etcdRevision: 100, caughtUpAt: Date.now() - 15_000, seenRevision: 1_950, behindSince: Date.now() - 15_000, connected: true, checkpointWrittenAt: Date.now() - 15_000 };
+    metrics.update(held);
+    const health = metrics.health();
+    expect(health).toMatchObject({ ready: false, body: { status: 'catching-up', etcdRevision: 1_950, lagRevisions: 1_850 } });
+    expect(health.body.lagSeconds).toBeGreaterThanOrEqual(15);
+    const text = await metrics.text();
+    expect(text).toMatch(/^migrate_dualrun_lag_revisions 1850$/m);
+    expect(text).toMatch(/^migrate_dualrun_etcd_revision 1950$/m);
+    expect(Number(/^migrate_dualrun_lag_seconds (\S+)$/m.exec(text)?.[1])).toBeGreaterThanOrEqual(15);
   });
 });
 

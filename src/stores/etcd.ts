@@ -386,6 +386,8 @@ class EtcdWatch implements SourceWatch {
   private created = false;
   /** Revision messages in the queue (progress notifications do not count: see {@link buffered}). */
   private queuedRevisions = 0;
+  /** etcd's revision in the last response's header. */
+  private latest = 0;
 
   constructor(private readonly stream: WatchStream, range: KeyRange, private readonly fromRevision: number, toError: (err: unknown) => Error) {
     stream.on('data', (response) => this.onData(response));
@@ -410,6 +412,7 @@ class EtcdWatch implements SourceWatch {
       return;
     }
     const header = Number(response.header?.revision ?? 0);
+    this.latest = Math.max(this.latest, header);
     if (response.created) {
       this.created = true;
       return;
@@ -464,6 +467,10 @@ class EtcdWatch implements SourceWatch {
 
   requestProgress(): void {
     if (!this.ended) this.stream.write({ progress_request: {} });
+  }
+
+  latestRevision(): number {
+    return this.latest;
   }
 
   async close(): Promise<void> {

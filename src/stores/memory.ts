@@ -187,6 +187,7 @@ export class MemorySource implements SourceReader {
     return {
       buffered: () => messages.filter((m) => m.kind === 'revision').length,
       requestProgress() {},
+      latestRevision: () => this.revision,
       async close() {},
       async *[Symbol.asyncIterator]() {
         yield* messages;

@@ -100,6 +100,8 @@ export interface SourceWatch extends AsyncIterable<WatchMessage> {
   buffered(): number;
   /** Ask the server for a progress notification (etcd ≥ 3.4). */
   requestProgress(): void;
+  /** etcd's revision as of the last response received, consumed or still queued. */
+  latestRevision(): number;
   close(): Promise<void>;
 }
 
