@@ -128,6 +128,18 @@ function verdictLine(result: VerifyResult): string {
   return `DRIFT: ${plural(drift, 'persistent difference')}${late ? ` and ${plural(late, 'late write')}` : ''} in ${plural(drifting.length, 'rule')} (${drifting.map((r) => r.name).join(', ')})${tolerated} (exit 1).`;
 }
 
+/**
+ * What mends the drift of rules etcd still owns. The dual-run replicates etcd's
+ * changes: a key changed in Consul by hand (or a lost session) stays so until
+ * the key next changes in etcd, and a copy rewrites it, but not while the
+ * dual-run runs (copy_dualrun_running). Late writes have their own warning.
+ */
+function nextAfterDrift(result: VerifyResult): string | undefined {
+  const drifting = result.rules.filter((r) => r.status === 'drift' && r.owner === 'etcd' && r.differences > 0);
+  if (drifting.length === 0) return undefined;
+  return `these keys stay as they are in Consul until they next change in etcd (the dual-run replicates etcd's changes only). To write etcd's values again: stop the dual-run, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from the copy's checkpoint), then verify.`;
+}
+
 function renderText(result: VerifyResult): string {
   const lines: string[] = [];
   lines.push(`Verify of migration "${result.migration}" at etcd revision ${result.cut.revision}`);
@@ -163,6 +175,8 @@ function renderText(result: VerifyResult): string {
   for (const w of result.warnings) lines.push(`warning: ${w}`);
   lines.push('');
   lines.push(`Result: ${verdictLine(result)}`);
+  const next = nextAfterDrift(result);
+  if (next) lines.push(`Next: ${next}`);
   lines.push(result.recorded ? `Recorded the summary in Consul (verify/last of migration "${result.migration}").` : `Not recorded (${result.notRecorded === 'no-record' ? '--no-record' : 'see the warning above'}).`);
   return `${lines.join('\n')}\n`;
 }
