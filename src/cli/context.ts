@@ -1,4 +1,3 @@
-import { UsageError } from '../errors.js';
 import { scrub } from '../report/redact.js';
 import { terminalSafe } from '../report/keys.js';
 import type { LoadedConfig } from '../config/load.js';
@@ -47,11 +46,8 @@ export class CommandContext {
   ) {
     // Commander checked it against the command's formats (format_unsupported, in main.ts).
     this.format = (options.format ?? 'text') as Format;
-    const progress = options.progress ?? 'auto';
-    if (!['auto', 'plain', 'json', 'none'].includes(progress)) {
-      throw new UsageError('progress_unsupported', `--progress ${progress} is not a progress mode.`, { hint: 'Use --progress auto, plain, json or none.' });
-    }
-    this.progress = progress as ProgressMode;
+    // Commander checked it against the modes (progress_unsupported, in main.ts).
+    this.progress = (options.progress ?? 'auto') as ProgressMode;
     this.interactive = io.stdinIsTTY && io.stderrIsTTY && !io.env.CI;
     this.verbose = options.verbose ?? false;
   }

@@ -112,6 +112,12 @@ describe('CLI contract (in-process)', () => {
     expect(t.out).toBe('');
   });
 
+  it('an unknown --progress mode is the documented progress_unsupported (exit 2)', async () => {
+    const t = io();
+    expect(await main(['status', '--progress', 'foo'], t)).toBe(2);
+    expect(t.err).toBe('error[progress_unsupported]: --progress foo is not a progress mode.\n  next: Use --progress auto, plain, json or none.\n  see: README.md#error-progress_unsupported\n');
+  });
+
   it('a numeric flag out of range exits 2 naming the flag, before the configuration is read or a server contacted', async () => {
     // The configuration does not exist: an error about it would mean the flags were checked too late.
     const cases: [string[], string][] = [

@@ -133,6 +133,8 @@ function commandLineError(err: CommanderError, command: string): UsageError {
   // A --format the command does not write is the documented format_unsupported, with what it does write.
   const format = /^option '--format <format>' argument '(.*)' is invalid\. Allowed choices are (.*)\.$/.exec(first);
   if (format) return new UsageError('format_unsupported', `migrate ${command} has no --format ${format[1]}; it writes ${format[2]}.`, { hint: `Use --format ${format[2]!.split(', ').join(' or --format ')}.` });
+  const progress = /^option '--progress <mode>' argument '(.*)' is invalid\./.exec(first);
+  if (progress) return new UsageError('progress_unsupported', `--progress ${progress[1]} is not a progress mode.`, { hint: 'Use --progress auto, plain, json or none.' });
   return new UsageError('usage_invalid', first, { hint: suggestion ? `${suggestion} ${help}` : help });
 }
 
