@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { OLDEST_SUPPORTED_CONSUL, consulTooOld } from './consul-version.js';
-import { ExitCode, isMigrateError, type MigrateError } from '../errors.js';
+import { ExitCode, isMigrateError, ServerError, type MigrateError } from '../errors.js';
 import type { Connections } from '../config/connections.js';
 import type { MigrationConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
@@ -115,7 +115,9 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       const info = await consul.info();
       consulUp = true;
       Object.assign(result.consul, { version: info.version, datacenter: info.datacenter, leader: info.leader, txnMaxOps: (await consul.limits()).txnMaxOps });
-      checks.push({ name: 'consul.reachable', status: info.leader ? 'ok' : 'fail', message: `Consul ${info.version} at ${consul.address}, datacenter ${info.datacenter || 'unknown'}, leader ${info.leader || 'none'}`, ...(info.leader ? {} : { code: 'consul_no_leader', hint: 'Wait for the Consul servers to elect a leader.' }) });
+      const reached = `Consul ${info.version} at ${consul.address}, datacenter ${info.datacenter || 'unknown'}, leader ${info.leader || 'none'}`;
+      if (info.leader) checks.push({ name: 'consul.reachable', status: 'ok', message: reached });
+      else fail('consul.reachable', new ServerError('consul_no_leader', reached, { hint: 'Wait for the Consul servers to elect a leader; if none is, check that a quorum of them is up (`consul operator raft list-peers`).' }));
       const tooOld = consulTooOld(consul.address, info.version);
       checks.push(tooOld
         ? { name: 'consul.version', status: 'fail', message: tooOld.message, code: tooOld.code, hint: tooOld.hint, exitCode: tooOld.exitCode }

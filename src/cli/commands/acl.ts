@@ -15,7 +15,7 @@ interface AclFlags {
 export function registerAcl({ add }: CommandRegistrar): void {
   add(
     new Command('acl')
-      .description('print the Consul ACL policies (the migrator\'s and one per rule for its applications) and the etcd role the migration needs, from migration.yaml alone (contacts no server)')
+      .description('print the Consul ACL policies (the migrator\'s, a read-only verifier\'s for CI, and one per rule for its applications) and the etcd role the migration needs, from migration.yaml alone (contacts no server)')
       .addOption(new Option('--app-access <access>', 'what applications may do under their rule\'s target prefix').choices(['read', 'write']).default('write'))
       .option('--consul-node <name>', 'the Consul agent\'s node name: narrows the session, agent and node rules from every node to this one (verify then cannot see instances on other nodes)')
       .option('--heartbeat-key <etcd key>', 'the key `migrate dualrun --heartbeat-key` writes: the etcd role may write it')
