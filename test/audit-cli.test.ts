@@ -141,6 +141,14 @@ describe('migrate audit on the demo keyspace', () => {
     expect(run.code).toBe(1);
     expect(existsSync(join(cwd, 'draft.yaml'))).toBe(true);
     expect(() => loadConfig({ configFlag: 'draft.yaml', env: {}, cwd })).not.toThrow();
+    // Not overwritten: refused before the audit, with audit's own flags in the hint.
+    const draft = readFileSync(join(cwd, 'draft.yaml'), 'utf8');
+    const again = await runCli(['audit', '--prefix', `${root}/`, '--progress', 'none', '--suggest-mapping', 'draft.yaml'], { cwd, env: env() });
+    expect(again.code).toBe(2);
+    expect(again.stdout).toBe('');
+    expect(again.stderr).toContain('migrate audit --suggest-mapping does not overwrite it');
+    expect(again.stderr).toContain('next: Pass --force to overwrite it, or name another file with --suggest-mapping <file>.');
+    expect(readFileSync(join(cwd, 'draft.yaml'), 'utf8')).toBe(draft);
   });
 
   it('--probe measures the target with scratch keys under the state prefix and removes them', async () => {

@@ -47,6 +47,12 @@ Examples:
       const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1, MAX_PAGE_KEYS);
       const sampleMs = parseDuration('--sample', options.sample);
       const loaded = await ctx.loadConfig(options.config, false);
+      if (options.suggestMapping && !options.force) {
+        // Found out before the audit reads anything, not after it.
+        const [{ existsSync }, { resolve }, { fileExists }] = await Promise.all([import('node:fs'), import('node:path'), import('./init.js')]);
+        const file = resolve(ctx.io.cwd, options.suggestMapping);
+        if (existsSync(file)) throw fileExists(file, 'audit');
+      }
       const result = await auditWithStores(ctx, options, loaded, { depth, top, pageKeys, sampleMs, probe: Boolean(options.probe), prefixes: options.prefix });
       const { renderAudit } = await import('../../audit/render.js');
       ctx.result(renderAudit(result, ctx.format));

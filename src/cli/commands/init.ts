@@ -38,7 +38,7 @@ export function registerInit({ add }: CommandRegistrar): void {
       if (!NAME.test(id)) {
         throw new UsageError('flag_invalid', `--id ${JSON.stringify(id)} is not an id of letters, digits, ".", "_" and "-" starting with a letter or digit: the draft would not load.`, { hint: 'Pass --id <id>, for example --id staging or --id billing-2026.' });
       }
-      if (existsSync(file) && !options.force) throw fileExists(file);
+      if (existsSync(file) && !options.force) throw fileExists(file, 'init');
       const { compileMapping } = await import('../../mapping/mapping.js');
       const parsed = { config: emptyConfig(), file: undefined, document: undefined, lineCounter: undefined };
       const loaded = { ...parsed, mapping: compileMapping(parsed) };
@@ -63,8 +63,11 @@ export function registerInit({ add }: CommandRegistrar): void {
   );
 }
 
-function fileExists(file: string): UsageError {
-  return new UsageError('file_exists', `${file} already exists; migrate init does not overwrite it.`, { hint: 'Pass --force to overwrite it, or --output <file> to write the draft elsewhere.' });
+/** The draft's file exists: named as the command that writes it takes it (`init --output`, `audit --suggest-mapping`). */
+export function fileExists(file: string, command: string): UsageError {
+  return command === 'audit'
+    ? new UsageError('file_exists', `${file} already exists; migrate audit --suggest-mapping does not overwrite it.`, { hint: 'Pass --force to overwrite it, or name another file with --suggest-mapping <file>.' })
+    : new UsageError('file_exists', `${file} already exists; migrate init does not overwrite it.`, { hint: 'Pass --force to overwrite it, or --output <file> to write the draft elsewhere.' });
 }
 
 /** Writes the draft mapping of an audit (`init`, `audit --suggest-mapping`); refuses to overwrite without `force`. */
@@ -77,7 +80,7 @@ export async function writeDraft(ctx: CommandContext, result: import('../../audi
   try {
     writeFileSync(file, draft.text, { flag: options.force ? 'w' : 'wx' });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw fileExists(file);
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw fileExists(file, ctx.command);
     throw new UsageError('file_unwritable', `Cannot write ${file}: ${(err as Error).message}.`, { hint: 'Check the directory and its permissions, or pass another path.' });
   }
   if (ctx.format === 'text' && ctx.command === 'audit') ctx.log(`wrote a draft mapping to ${file} (${draft.rules.length} rules); review it before use`);
