@@ -1,5 +1,5 @@
 import type { MigrationConfig } from '../config/load.js';
-import { isMigrateError } from '../errors.js';
+import { ExitCode, isMigrateError } from '../errors.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
 import type { TargetStore } from '../stores/types.js';
 
@@ -16,7 +16,8 @@ export interface TargetLimits {
  * the op limit; its configuration, when the token may read it, the byte
  * limits), else Consul's defaults with the pre-1.14 op limit of 64, the safe
  * assumption. A target that does not answer is no error: audit and plan run
- * before Consul is ready, and say on what basis they judged.
+ * before Consul is ready, and say on what basis they judged. One that answers
+ * that the settings are wrong (an unknown datacenter) is.
  */
 export async function resolveTargetLimits(config: MigrationConfig, target: Pick<TargetStore, 'info'> | undefined): Promise<TargetLimits> {
   const configured = config.target.limits ?? {};
@@ -31,7 +32,8 @@ export async function resolveTargetLimits(config: MigrationConfig, target: Pick<
       txnMaxOps ??= info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
       basis ??= info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
     } catch (err) {
-      if (!isMigrateError(err)) throw err;
+      // A setting to fix (a datacenter the agent does not know: --datacenter dc9) is refused as by every command.
+      if (!isMigrateError(err) || err.exitCode === ExitCode.usage) throw err;
       txnMaxOps ??= 64;
       basis ??= `Consul could not be asked (${err.message.split('\n')[0]}): assuming the pre-1.14 limit of 64 ops`;
     }
