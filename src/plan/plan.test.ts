@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
-import { MemorySource } from '../stores/memory.js';
+import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { runPlan } from './plan.js';
 import { renderPlan } from './render.js';
 import { durationText } from './runbook.js';
@@ -51,6 +51,21 @@ describe('runPlan', () => {
     const warnings: string[] = [];
     await runPlan({ source: source(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, onWarning: (m) => warnings.push(m) });
     expect(warnings).toEqual(['rule typo (from: /ap/) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)']);
+  });
+
+  it('does not call a finalized rule whose etcd keys were retired a typo', async () => {
+    const loaded = parseConfig(`${yaml('skip')}  - { name: done, from: /done/, to: done/ }
+`, 'migration.yaml');
+    const target = new MemoryTarget();
+    const owners = { schemaVersion: 1, updated: '2026-01-01T00:00:00Z', rules: { done: { phase: 'finalized', changes: [{ revision: 3, owner: 'consul', phase: 'finalized', at: '2026-01-01T00:00:00Z' }] } } };
+    target.entries.set('_migrate/p/owners', { key: '_migrate/p/owners', value: Buffer.from(JSON.stringify(owners)), flags: 0, modifyIndex: 1 });
+    const warnings: string[] = [];
+    await runPlan({ source: source(), target, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, onWarning: (m) => warnings.push(m) });
+    expect(warnings).toEqual([]);
+    // Not finalized: the warning stands.
+    target.entries.delete('_migrate/p/owners');
+    await runPlan({ source: source(), target, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, onWarning: (m) => warnings.push(m) });
+    expect(warnings).toEqual([expect.stringContaining('rule done (from: /done/) matches no etcd key')]);
   });
 
   it('warns of a --prefix no key starts with, naming the spelling that has keys', async () => {

@@ -12,6 +12,8 @@ import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
+import { ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
+import { readState, statePaths } from '../state/state.js';
 
 /**
  * `migrate plan`: the mapping resolved against the live keyspace at one
@@ -86,8 +88,8 @@ export interface PlanInput {
   config: MigrationConfig;
   configFile: string;
   mapping: Mapping;
-  /** The target, asked for its limits (optional: without it, or when it does not answer, Consul's defaults). */
-  target?: Pick<TargetStore, 'info'>;
+  /** The target, asked for its limits and which rules are finalized (optional: without it, or when it does not answer, Consul's defaults). */
+  target?: Pick<TargetStore, 'info' | 'readKey'>;
   /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
@@ -157,7 +159,9 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const rules = tallies.list();
   // A from: with a typo makes a rule that matches nothing, and a verify of it passes with nothing compared.
   if (!explicit && !outcome.interrupted) {
-    for (const r of rules) if (r.keys === 0) input.onWarning?.(`rule ${r.rule} (from: ${r.from}) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)`);
+    // A finalized rule's etcd keys may be gone on purpose (finalize --delete-etcd).
+    const finalized = rules.some((r) => r.keys === 0) ? await finalizedRules(input) : new Set<string>();
+    for (const r of rules) if (r.keys === 0 && !finalized.has(r.rule)) input.onWarning?.(`rule ${r.rule} (from: ${r.from}) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)`);
   }
   const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter, (names) => tallies.sessionsOf(names));
   const sum = (f: (r: RuleTally) => number) => rules.reduce((n, r) => n + f(r), 0);
@@ -218,4 +222,11 @@ function planServiceRule(rule: string, from: string, spec: ServiceSpec): PlanSer
     problems: {},
     examples: [],
   };
+}
+
+/** The rules the migration's state in Consul says are finalized; none when Consul is not given or does not answer. */
+async function finalizedRules(input: PlanInput): Promise<Set<string>> {
+  if (!input.target) return new Set();
+  const owners = await readState<OwnersDoc>(input.target, ownersKey(statePaths(input.config.state.prefix, input.config.id))).catch(() => undefined);
+  return new Set(Object.keys(owners?.rules ?? {}).filter((rule) => ownerAt(owners, rule, Number.MAX_SAFE_INTEGER).phase === 'finalized'));
 }

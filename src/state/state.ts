@@ -129,7 +129,7 @@ export function checkIdentity(existing: StateMeta | undefined, current: CurrentI
 }
 
 /** Reads a state document; undefined when absent. */
-export async function readState<T extends { schemaVersion: number }>(target: TargetStore, key: string): Promise<T | undefined> {
+export async function readState<T extends { schemaVersion: number }>(target: Pick<TargetStore, 'readKey'>, key: string): Promise<T | undefined> {
   const entry = await target.readKey(key);
   return entry ? parseStateDocument<T>(key, entry.value) : undefined;
 }
