@@ -279,6 +279,14 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       expect(await keysUnder(`_migrate/${negId}/`)).toEqual([]);
       const after = await mgmt.http.request({ method: 'GET', path: '/v1/kv/', query: { keys: true } });
       expect(after.headers['x-consul-index']).toBe(before.headers['x-consul-index']);
+      // Every missing permission at once, not the first only: a fix, a rerun, the next one.
+      const { session_prefix: sessions, ...withoutSessions } = { ...full, key_prefix: keyPrefix } as AclDoc['consul']['policies'][number]['structured'];
+      expect(sessions).toBeDefined();
+      const twoMissing = await runCli(['copy'], { cwd: negDir, env: env({ CONSUL_HTTP_TOKEN: await tokenWith(`neg2-${negId}`, JSON.stringify(withoutSessions)) }) });
+      expect(twoMissing.code, twoMissing.stderr).toBe(3);
+      expect(twoMissing.stderr).toContain(`key:write on prefix ${p}neg-svc/ (rule svc)`);
+      expect(twoMissing.stderr).toContain('session:write');
+      expect(await keysUnder(`${p}neg-`)).toEqual([]);
       const doctor = await runCli(['doctor'], { cwd: negDir, env: env({ CONSUL_HTTP_TOKEN: token }) });
       expect(doctor.code).toBe(3);
       expect(doctor.stdout).toMatch(new RegExp(`FAIL  consul.permissions .*key:write on prefix ${p}neg-svc/ \\(rule svc\\)`));

@@ -175,7 +175,7 @@ export async function preflightConsul(target: ConsulTarget, config: MigrationCon
   const missing = await findMissingKeyPermissions(target, keyNeeds(config, mapping, scope));
   missing.push(...(await findMissingServicePermissions(target, serviceNeeds(mapping, scope))));
   if (scope.strandedReads) missing.push(...(await findMissingStrandedReads(target, mapping)));
-  if (scope.sessions && missing.length === 0) missing.push(...(await findMissingSessionPermission(target)));
+  if (scope.sessions) missing.push(...(await findMissingSessionPermission(target)));
   if (missing.length > 0) throw missingPermissionsError(target.address, command, missing);
 }
 
