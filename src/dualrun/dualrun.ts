@@ -130,6 +130,8 @@ export interface DualRunSummary {
   stats: DualRunStats;
   /** Why the loop ended. */
   reason: 'signal' | 'leadership-lost';
+  /** Whether it led when it stopped: a standby's checkpoint is the one it reached when it last led, not the migration's. */
+  leading: boolean;
 }
 
 export interface DualRunDeps {
@@ -193,7 +195,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     if (!acquired) {
       await leader.release();
       stats.role = 'stopped';
-      return { stats, reason: 'signal' };
+      return { stats, reason: 'signal', leading: false };
     }
     try {
       await refuseWhileCopyRuns(primaryLane.target, primaryLane.config);
@@ -232,7 +234,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       stats.role = 'stopped';
       for (const s of laneStats.values()) s.role = 'stopped';
       publish();
-      return { stats, reason };
+      return { stats, reason, leading: true };
     }
     // Lost the lock (Consul reaped our session: an outage, a paused process). A standby waits to lead
     // again; without --ha the lock is taken again at once, from the checkpoint, or, when another

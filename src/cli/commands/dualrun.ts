@@ -120,7 +120,8 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           },
         });
         // A standby that never led has no checkpoint of its own to report.
-        log('info', `stopped (${summary.reason}) ${summary.stats.checkpoint > 0 ? `at checkpoint ${summary.stats.checkpoint}` : 'as a standby that never led'}`, { events: summary.stats.events, txns: summary.stats.txns });
+        const where = summary.leading ? `at checkpoint ${summary.stats.checkpoint}` : summary.stats.checkpoint > 0 ? `as a standby (it last led up to checkpoint ${summary.stats.checkpoint}; the leader holds the migration's)` : 'as a standby that never led';
+        log('info', `stopped (${summary.reason}) ${where}`, { events: summary.stats.events, txns: summary.stats.txns });
         if (ctx.format === 'json') {
           const { renderEnvelope } = await import('../../report/envelope.js');
           ctx.result(renderEnvelope('dualrun', 'ok', { reason: summary.reason, stats: summary.stats }));
