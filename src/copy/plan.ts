@@ -86,7 +86,7 @@ export function planPage(input: PlanPageInput): PagePlan {
     if (leased && route.leases === 'session') {
       session = input.sessionFor(entry.lease);
       if (!session) {
-        plan.skips.push({ rule: route.rule, sourceKey: entry.key, reason: 'lease-expired', detail: `lease ${entry.lease} expired after the pinned revision; etcd deletes the key` });
+        plan.skips.push({ rule: route.rule, sourceKey: entry.key, reason: 'lease-expired', detail: `lease ${entry.lease} ended (expired or revoked) after the pinned revision; etcd deletes the key` });
         continue;
       }
     }
