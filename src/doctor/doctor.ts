@@ -138,6 +138,9 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       const acl = await checkAnonymousAccess(connections, timeoutMs, statePaths(config.state.prefix, config.id).scratch);
       result.consul.aclsEnforced = acl.enforced;
       checks.push(acl.check);
+      if (connections.target.tls?.verify === false) {
+        checks.push({ name: 'consul.tls', status: 'warn', message: 'the Consul server certificate is NOT VERIFIED (CONSUL_HTTP_SSL_VERIFY=false or target.tls.verify: false): whatever answers at this address gets the token and every value', hint: 'Set CONSUL_CACERT (or target.tls.ca) to the CA that signed the server certificate and turn verification back on.' });
+      }
       const paths = statePaths(config.state.prefix, config.id);
       const probe = `${paths.scratch}doctor-${randomBytes(6).toString('hex')}`;
       try {
