@@ -455,13 +455,21 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     writeFileSync(file, original.replace(`to: ${s.id}/app/`, `to: ${s.id}/app2/`));
     const refused = await s.cli(['dualrun', '--accept-mapping-change']);
     expect(refused.code, refused.stderr).toBe(4);
-    expect(refused.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml moves or drops rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
+    expect(refused.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml changes what Consul owns: rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
     for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
     // Dropped (kept on etcd instead): its writes in Consul would no longer reach etcd, and rollback would not know the rule.
     writeFileSync(file, original.replace(`{ name: app, from: ${s.root}/app/, to: ${s.id}/app/ }`, `{ name: app, from: ${s.root}/app/, action: keep }`));
     const dropped = await s.cli(['dualrun', '--accept-mapping-change']);
     expect(dropped.code, dropped.stderr).toBe(4);
-    expect(dropped.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml moves or drops rule app (cut over as ${s.root}/app/ → ${s.id}/app/, no longer copied here)`);
+    expect(dropped.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml changes what Consul owns: rule app (cut over as ${s.root}/app/ → ${s.id}/app/, no longer copied here)`);
+    // Renamed (the same prefixes under another name): copied from etcd, it would overwrite what applications wrote in Consul.
+    writeFileSync(file, original.replace('{ name: app,', '{ name: app2,'));
+    for (const command of [['dualrun', '--accept-mapping-change'], ['copy', '--accept-mapping-change']]) {
+      const renamed = await s.cli(command);
+      expect(renamed.code, renamed.stderr).toBe(4);
+      expect(renamed.stderr).toContain(`rule app2 (its to: ${s.id}/app/ overlaps ${s.id}/app/, where Consul owns the data of rule app, cut over)`);
+    }
+    for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
     // Nothing recorded: without the flag the change is still refused as such.
     expect((await s.cli(['dualrun'])).stderr).toContain('error[identity_mapping_changed]');
     // The mapping put back, the dual-run runs again.

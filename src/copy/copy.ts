@@ -19,7 +19,7 @@ import { RecordingTarget, type RecordedOp } from './recording-target.js';
 import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
 import type { Mapping } from '../mapping/mapping.js';
-import { readRuleDocs } from '../cutover/state-io.js';
+import { readRuleDocs, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { countRuleKeys, ruleRanges } from '../mapping/route.js';
 
 /** How often progress is reported while a page is being written (ms). */
@@ -209,6 +209,8 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   const info = await target.info();
   const limits = await target.limits();
   const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) };
+  // A renamed finalized rule, say, would be copied from etcd over what applications wrote in Consul.
+  if (options.acceptMappingChange) refuseOwnedMappingChanges([...(await readRuleDocs(target, paths)).values()].map((d) => d.doc), deps.mapping);
   if (options.dryRun) {
     checkIdentity(await readState<StateMeta>(target, paths.meta), identity, { acceptMappingChange: options.acceptMappingChange });
   } else {

@@ -424,7 +424,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = outcomes.map((o) => {
     const rule = ruleNamed(mapping, o.rule);
-    const evidence: PhaseEvidence = { checkpoint: caughtUp.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys, mapping: { from: rule.from, to: rule.to } };
+    const evidence: PhaseEvidence = { checkpoint: caughtUp.checkpoint ?? undefined, etcdRevision, rollbackFile: o.rollbackFile, rollbackKeys: o.rollbackKeys, mapping: { from: rule.from, to: rule.to, keys: rule.keys, leases: rule.leases } };
     const verify = verifyEvidence(state.verify, o.rule, at.getTime());
     if (verify) evidence.verify = verify;
     if (snapshotFile) evidence.snapshotFile = snapshotFile;

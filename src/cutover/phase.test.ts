@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
 import type { VerifyLastState } from '../verify/verify.js';
-import { checkVerify, derivePhase, nextStep, ownerAt, ownerOf, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc } from './phase.js';
+import { checkVerify, cutOverMappingChanges, derivePhase, nextStep, ownerAt, ownerOf, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type RulePhaseDoc } from './phase.js';
 
 const now = Date.parse('2026-01-01T12:00:00Z');
 const iso = (msAgo: number) => new Date(now - msAgo).toISOString();
@@ -109,5 +109,35 @@ describe('write pause', () => {
     const flipped = withTransition(paused, 'app', 'cutover', 'rolledback', { at: pause.since, by: 'me@host' });
     expect(flipped).not.toHaveProperty('writesPaused');
     expect(flipped.owner).toBe('etcd');
+  });
+});
+
+describe('cutOverMappingChanges: what --accept-mapping-change may not change of what Consul owns', () => {
+  const doc = (rule: string, phase: 'cutover' | 'finalized' | 'copied', routing?: { from: string; to: string; keys?: string; leases?: string }): RulePhaseDoc => ({
+    schemaVersion: 1, rule, phase, owner: phase === 'copied' ? 'etcd' : 'consul', updated: '2026-01-01T00:00:00Z',
+    history: [{ phase: 'cutover', at: '2026-01-01T00:00:00Z', by: 'me@host', ...(routing ? { evidence: { mapping: routing } } : {}) }],
+  });
+  const rule = (name: string, from: string, to: string, keys = 'reject', leases = 'session') => ({ name, from, to, keys, leases });
+  const billing = { from: '/billing/', to: 'billing/', keys: 'reject', leases: 'session' };
+
+  it('a cut-over rule unchanged, or a rule etcd owns changed: nothing', () => {
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [rule('billing', '/billing/', 'billing/')])).toEqual([]);
+    expect(cutOverMappingChanges([doc('search', 'copied', { from: '/search/', to: 'search/' })], [rule('search', '/search/', 'search2/')])).toEqual([]);
+  });
+
+  it('a cut-over rule moved, dropped, or with other keys: or leases: policies', () => {
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [rule('billing', '/billing/', 'billing/', 'escape', 'skip')])).toEqual([
+      'rule billing (cut over as /billing/ → billing/, keys: reject, now escape, leases: session, now skip)',
+    ]);
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [])).toEqual(['rule billing (cut over as /billing/ → billing/, no longer copied here)']);
+  });
+
+  it('a finalized rule may be dropped, not changed; no other rule (a renamed one) may cover its data', () => {
+    expect(cutOverMappingChanges([doc('legacy', 'finalized', { from: '/legacy/', to: 'legacy/' })], [])).toEqual([]);
+    expect(cutOverMappingChanges([doc('legacy', 'finalized', { from: '/legacy/', to: 'legacy/' })], [rule('legacy-v2', '/legacy/', 'legacy/'), rule('other', '/other/', 'other/')])).toEqual([
+      'rule legacy-v2 (its to: legacy/ overlaps legacy/, where Consul owns the data of rule legacy, finalized)',
+    ]);
+    // Under it, or over it.
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [rule('billing', '/billing/', 'billing/'), rule('sub', '/billing2/', 'billing/sub/'), rule('all', '/x/', '')])).toHaveLength(2);
   });
 });

@@ -36,8 +36,8 @@ export interface PhaseEvidence {
   etcdDeleted?: number;
   /** Late writes or guard trips the operator acknowledged with this transition. */
   acknowledgedTrips?: number;
-  /** cutover: the rule's prefixes then; Consul's data of the rule is under that `to` (see {@link cutOverMappingChanges}). */
-  mapping?: { from: string; to: string };
+  /** cutover: the rule's prefixes and key and lease policies then; Consul's data of the rule is under that `to` (see {@link cutOverMappingChanges}). */
+  mapping?: RuleRouting;
   note?: string;
 }
 
@@ -259,20 +259,53 @@ export function formatAge(ms: number): string {
   return `${Math.round(s / 86_400)}d`;
 }
 
+/** What decides where a rule's keys are in Consul and how they are held: recorded at its cutover. */
+export interface RuleRouting {
+  from: string;
+  to: string;
+  /** Absent in the history of rules cut over by earlier releases. */
+  keys?: string;
+  leases?: string;
+}
+
 /**
- * The cut-over rules whose `from` or `to` differ in migration.yaml from what they were at their cutover:
- * Consul's data of such a rule is under the old `to`, and a reverse mirror of the new mapping would
- * find the new `to` empty and delete the rule's keys from etcd (the owner's data, mirrored). Rules cut
- * over before the mapping was recorded in the history are not known here.
+ * Rules Consul owns (cut over, or finalized) that migration.yaml now routes
+ * otherwise than at their cutover, as a `--accept-mapping-change` would take it:
+ * - a cut-over rule with another `from`, `to`, `keys:` or `leases:`: the
+ *   reverse mirror of the new routing would find the data elsewhere (the new
+ *   `to` empty: it would delete the rule's keys from etcd) or map Consul's keys
+ *   back to other etcd keys; dropped, its writes in Consul no longer reach etcd;
+ * - a finalized rule with another routing (a finalized rule may be dropped: its
+ *   data stays in Consul, nothing replicates it);
+ * - another rule (a renamed one) whose `to` covers an owned rule's data, or lies
+ *   under it: copied from etcd, it would overwrite and delete what applications
+ *   wrote in Consul.
+ * Rules cut over before the routing was recorded in the history are not known here.
  */
-export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, current: (rule: string) => { from: string; to: string } | undefined): string[] {
+export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string })[]): string[] {
   const changed: string[] = [];
+  const described = (r: RuleRouting) => `${r.from} → ${r.to}`;
   for (const doc of docs) {
-    if (doc.phase !== 'cutover') continue;
+    if (doc.owner !== 'consul' && doc.phase !== 'finalized') continue;
+    const state = doc.phase === 'finalized' ? 'finalized' : 'cut over';
     const then = [...doc.history].reverse().find((h) => h.phase === 'cutover')?.evidence?.mapping;
-    const now = current(doc.rule);
-    if (!now) changed.push(`rule ${doc.rule} (cut over${then ? ` as ${then.from} → ${then.to}` : ''}, no longer copied here)`);
-    else if (then && (then.from !== now.from || then.to !== now.to)) changed.push(`rule ${doc.rule} (cut over as ${then.from} → ${then.to}, now ${now.from} → ${now.to})`);
+    const now = rules.find((r) => r.name === doc.rule);
+    if (!now) {
+      if (doc.phase !== 'finalized') changed.push(`rule ${doc.rule} (cut over${then ? ` as ${described(then)}` : ''}, no longer copied here)`);
+    } else if (then) {
+      const differs = [
+        then.from !== now.from || then.to !== now.to ? `now ${described(now)}` : '',
+        then.keys !== undefined && then.keys !== now.keys ? `keys: ${then.keys}, now ${now.keys}` : '',
+        then.leases !== undefined && then.leases !== now.leases ? `leases: ${then.leases}, now ${now.leases}` : '',
+      ].filter(Boolean);
+      if (differs.length > 0) changed.push(`rule ${doc.rule} (${state} as ${described(then)}, ${differs.join(', ')})`);
+    }
+    if (!then) continue;
+    for (const other of rules) {
+      if (other.name !== doc.rule && (other.to.startsWith(then.to) || then.to.startsWith(other.to))) {
+        changed.push(`rule ${other.name} (its to: ${other.to} overlaps ${then.to}, where Consul owns the data of rule ${doc.rule}, ${state})`);
+      }
+    }
   }
   return changed;
 }

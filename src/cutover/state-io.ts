@@ -5,7 +5,8 @@ import { parseStateDocument, readState, type StatePaths } from '../state/state.j
 import { TxnFailedError } from '../stores/consul-http.js';
 import type { TargetStore, TxnOp } from '../stores/types.js';
 import type { VerifyLastState } from '../verify/verify.js';
-import { emptyTrips, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
+import type { Mapping } from '../mapping/mapping.js';
+import { cutOverMappingChanges, emptyTrips, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
 
 /** The state documents the cutover stage reads, with the Consul indexes its writes check against. */
 export interface CutoverState {
@@ -50,6 +51,20 @@ export async function readRuleDocs(target: TargetStore, paths: StatePaths): Prom
     docs.set(doc.rule, { doc, index: entry.modifyIndex });
   }
   return docs;
+}
+
+/**
+ * `--accept-mapping-change` (copy, dualrun) of a mapping that changes what
+ * Consul owns: refused (mapping_changed_cut_over, exit 4; see
+ * {@link cutOverMappingChanges}) before anything is written. `where` names
+ * the datacenter when the rules write to several.
+ */
+export function refuseOwnedMappingChanges(docs: Iterable<RulePhaseDoc>, mapping: Mapping, where = ''): void {
+  const changed = cutOverMappingChanges(docs, mapping.copyRules);
+  if (changed.length === 0) return;
+  throw new RefusedError('mapping_changed_cut_over', `migration.yaml changes what Consul owns: ${changed.join('; ')}${where}. Consul owns that data under the routing it was cut over with: for a moved rule the reverse mirror would find the new prefix empty and delete the rule's keys from etcd, other keys: or leases: would map Consul's keys back to other etcd keys, a dropped rule's writes in Consul would no longer reach etcd, and another rule over the data would overwrite what applications wrote in Consul with etcd's values. Nothing was written.`, {
+    hint: 'Put the rules back as they were cut over; to change a cut-over rule, roll it back first (`migrate rollback --rule <name>`), then change the mapping (and copy and cut over again). A finalized rule stays as it is, or is removed from migration.yaml.',
+  });
 }
 
 /** `user@host` for the history. */

@@ -13,8 +13,8 @@ import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js
 import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
-import { cutOverMappingChanges, ownerAt, ownersKey, type RulePhaseDoc } from '../cutover/phase.js';
-import { readRuleDocs, recordTrip } from '../cutover/state-io.js';
+import { ownerAt, ownersKey, type RulePhaseDoc } from '../cutover/phase.js';
+import { readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
 import { PollingReader } from '../stores/consul-blocking.js';
@@ -258,7 +258,7 @@ async function uncopiedRules(ctx: LeadContext): Promise<string | undefined> {
   return uncopied.length > 0 ? `rule(s) ${uncopied.join(', ')} were never copied whole` : undefined;
 }
 
-/** `--accept-mapping-change` of a cut-over rule's `from` or `to`: refused (see {@link cutOverMappingChanges}). */
+/** `--accept-mapping-change` of what Consul owns: refused (see {@link refuseOwnedMappingChanges}). */
 async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promise<void> {
   for (const lane of lanes) {
     // The primary must answer; another datacenter that does not answer now goes unchecked (its lane waits for it).
@@ -266,11 +266,7 @@ async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promi
       if (lane.primary || !isTransient(err)) throw err;
       return new Map<string, { doc: RulePhaseDoc }>();
     });
-    const changed = cutOverMappingChanges([...docs.values()].map((d) => d.doc), (name) => lane.mapping.copyRules.find((r) => r.name === name));
-    if (changed.length === 0) continue;
-    throw new RefusedError('mapping_changed_cut_over', `migration.yaml moves or drops ${changed.join(', ')}${lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : ''}. Consul owns that data under the prefix it was cut over with: for a moved rule the reverse mirror would find the new prefix empty and delete the rule's keys from etcd; a dropped rule's writes in Consul would no longer reach etcd, and it could not be rolled back. Nothing was written.`, {
-      hint: 'Put the rule back as it was cut over; to move or drop it, roll it back first (`migrate rollback --rule <name>`), then change the mapping (and copy and cut over again to move it).',
-    });
+    refuseOwnedMappingChanges([...docs.values()].map((d) => d.doc), lane.mapping, lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : '');
   }
 }
 
@@ -378,6 +374,8 @@ interface LeadSetup {
   applier: Applier;
   /** Why the replication starts with a re-baseline, if it does ({@link uncopiedRules}). */
   rebaselineFirst: string | undefined;
+  /** When the checkpoint it starts from was written (ms since epoch): etcd's revisions past it have waited since then at most. */
+  checkpointWrittenAt: number;
 }
 
 /**
@@ -444,7 +442,8 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   }
   // A checkpoint the copy wrote, or one marked stopped: taken over at once, so status and verify see a running dual-run.
   if (checkpointDoc.by !== 'dualrun' || checkpointDoc.stopped !== undefined) await applier.flush(true);
-  return { sessions, ownership, own, heartbeat, services, applier, rebaselineFirst: await uncopiedRules(ctx) };
+  const written = Date.parse(checkpointDoc.updated);
+  return { sessions, ownership, own, heartbeat, services, applier, rebaselineFirst: await uncopiedRules(ctx), checkpointWrittenAt: Number.isFinite(written) ? written : Date.now() };
 }
 
 async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunSummary['reason']> {
@@ -554,7 +553,26 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     : undefined;
   checkTimer?.unref();
   let watch: SourceWatch | undefined;
-  const seen = new SeenRevisions();
+  // A leader taking over (or restarted) is behind by what etcd made since the checkpoint it starts from was written.
+  const seen = new SeenRevisions(setup.checkpointWrittenAt);
+  // A frozen server answers nothing, not even an error: said in the log (and counted), not only by /healthz.
+  let stallWarned = false;
+  let rebaselining = false;
+  const stallTimer = setInterval(() => {
+    const since = Date.now() - stats.checkpointWrittenAt;
+    // A re-baseline writes its copy's progress, not checkpoints, and logs its own end.
+    if (since <= 2 * HEARTBEAT_MS || rebaselining) {
+      if (stallWarned) options.log('info', `checkpoints are written again (checkpoint ${stats.checkpoint})`, { checkpoint: stats.checkpoint });
+      stallWarned = false;
+      return;
+    }
+    if (stallWarned) return;
+    stallWarned = true;
+    stats.errors.stalled = (stats.errors.stalled ?? 0) + 1;
+    ctx.publish();
+    options.log('warn', `no checkpoint written for ${Math.round(since / 1000)} s: etcd or Consul does not answer (a frozen server holds requests open until they time out); /healthz says stalled`, { checkpoint: stats.checkpoint, seconds: Math.round(since / 1000) });
+  }, 1000);
+  stallTimer.unref();
   const heartbeatTimer = heartbeat ? startHeartbeat(heartbeat, ctx, options, () => watch) : undefined;
   let backoff = 250;
   // The checkpoint at the last failure: the backoff starts again from 250 ms once a write to Consul moved it, not
@@ -568,9 +586,10 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const rebaseline = async () => {
     stats.rebaselines++;
     applier.reset();
+    rebaselining = true;
     const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
       throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, stats.checkpoint) : failed;
-    });
+    }).finally(() => (rebaselining = false));
     stats.checkpoint = result.revision;
     // The copy's sessions (new leases, lost sessions replaced) are this run's to renew from now on.
     await sessions.reload();
@@ -676,6 +695,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     return 'signal';
   } finally {
     clearInterval(leaseTimer);
+    clearInterval(stallTimer);
     maintenance.abort();
     await maintaining;
     if (checkTimer) clearInterval(checkTimer);

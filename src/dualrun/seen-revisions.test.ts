@@ -14,6 +14,16 @@ describe('SeenRevisions', () => {
     expect(seen.behind(15)).toEqual({ revision: 15, since: undefined });
   });
 
+  it('a leader that takes over dates what it first sees past its checkpoint from when that checkpoint was written', () => {
+    const seen = new SeenRevisions(1_000);
+    seen.seen(50, 30_000);
+    seen.seen(60, 31_000);
+    expect(seen.behind(40)).toEqual({ revision: 60, since: 1_000 });
+    // Caught up past the first sample: the next one dates the lag.
+    expect(seen.behind(55)).toEqual({ revision: 60, since: 31_000 });
+    expect(seen.behind(60)).toEqual({ revision: 60, since: undefined });
+  });
+
   it('keeps the oldest sample when it holds many', () => {
     const seen = new SeenRevisions();
     for (let i = 1; i <= 2_000; i++) seen.seen(i, i * 1_000);

@@ -16,8 +16,16 @@ export class SeenRevisions {
   private readonly samples: { revision: number; at: number }[] = [];
   private latest = 0;
 
+  /**
+   * `since`: when the checkpoint the dual-run starts from was written. The
+   * revisions the first sample finds past it were made since then, not since
+   * the sample: a leader that takes over is as far behind as its predecessor left it.
+   */
+  constructor(private readonly since?: number) {}
+
   seen(revision: number, at: number): void {
     if (revision <= this.latest) return;
+    if (this.latest === 0 && this.since !== undefined) at = Math.min(at, this.since);
     this.latest = revision;
     this.samples.push({ revision, at });
     if (this.samples.length > SAMPLES_KEPT) this.samples.splice(1, 1);
