@@ -328,4 +328,32 @@ describe('migrate dualrun (real servers)', () => {
       expect(await again.stop()).toBe(0);
     }
   });
+
+  it('--accept-mapping-change whose re-baseline the delete guard refuses records nothing: the change is still pending at the next start, and applied with --allow-mass-delete', async () => {
+    const s = scenario('guardmap');
+    for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i}`).value(`v${i}`);
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    // A nested keep rule takes 11 of the 20 keys (k1, k10–k19) off the copy: the re-baseline would delete them from Consul.
+    const yaml = `${s.yaml}  - { name: kept, from: ${s.root}/app/k1, action: keep }\n`;
+    writeFileSync(join(s.dir, 'migration.yaml'), yaml);
+    const refused = await runCli(['dualrun', '--accept-mapping-change'], { cwd: s.dir, env: serverEnv() });
+    expect(refused.code, refused.stderr).toBe(4);
+    // Its cause: the change, not a compaction.
+    expect(refused.stderr).toMatch(/error\[delete_guard\]: .*\(the re-baseline of migration\.yaml's changed rules: the change takes those keys out of the rule/);
+    expect(refused.stderr).toContain('start the dual-run again with --accept-mapping-change --allow-mass-delete');
+    expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(20);
+    // Not recorded: a plain start still sees the change (it ran as if nothing had changed, and never removed the keys).
+    const plain = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });
+    expect(plain.code, plain.stderr).toBe(4);
+    expect(plain.stderr).toContain('error[identity_mapping_changed]');
+    const dr = await startDualRun(s.dir, ['--accept-mapping-change', '--allow-mass-delete']);
+    try {
+      await eventually('re-baselined', async () => (await target.listKeys(`${s.id}/app/`)).length === 9);
+      await waitCaughtUp(etcd, target, s.id);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    const status = JSON.parse((await runCli(['status', '--format', 'json'], { cwd: s.dir, env: serverEnv() })).stdout) as { mappingChanged: boolean };
+    expect(status.mappingChanged).toBe(false);
+  }, 60_000);
 });

@@ -61,6 +61,8 @@ export interface CopyOptions {
   deleteExtraneous: boolean;
   allowMassDelete: boolean;
   acceptMappingChange: boolean;
+  /** The dual-run's re-baseline: a changed mapping is recorded by the dual-run once the copy is done, not before (see its `MappingChange`). */
+  deferMappingChange?: boolean;
   /** Writes per second across all workers (ops), 0 = unthrottled. */
   rate: number;
   concurrency: number;
@@ -214,7 +216,7 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   if (options.dryRun) {
     checkIdentity(await readState<StateMeta>(target, paths.meta), identity, { acceptMappingChange: options.acceptMappingChange });
   } else {
-    await ensureMeta(target, paths, identity, options.toolVersion, options.now(), { acceptMappingChange: options.acceptMappingChange });
+    await ensureMeta(target, paths, identity, options.toolVersion, options.now(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: options.deferMappingChange });
   }
   // Taken once etcd answered and the identity holds, so a refused or unreachable run writes nothing.
   const lock = options.dryRun ? undefined : await options.lock?.();

@@ -10,7 +10,7 @@ import { watchSpan } from '../mapping/watch-span.js';
 import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
-import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StatePaths } from '../state/state.js';
+import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
 import { ownerAt, ownersKey, type RulePhaseDoc } from '../cutover/phase.js';
@@ -183,8 +183,9 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const info = await primaryLane.target.info();
   // Before the new mapping is recorded: refused, the next start sees the change again.
   if (options.acceptMappingChange) await refuseCutOverMappingChanges(lanes);
-  const verdict = await ensureMeta(primaryLane.target, paths, { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange });
-  const mappingChanged = { pending: verdict === 'mapping-changed' };
+  const identity = { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) };
+  const verdict = await ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
+  const mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));
   const holder = `${hostname()}:${process.pid}`;
 
   for (;;) {
@@ -291,14 +292,16 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
   const log: DualRunLog = (level, message, fields) => options.log(level, `${dc}: ${message}`, { datacenter: dc, ...fields });
   let backoff = 1000;
   let metaChecked = false;
-  const mappingChanged = { pending: false };
+  let mappingChanged: MappingChange = { pending: false, record: async () => undefined };
   while (!options.signal.aborted) {
     const lock = new LeaderLock(lane.target, paths.leader, run.holder, `dual-run leader in ${dc}`);
     try {
       if (!metaChecked) {
         const status = await run.source.status();
         const info = await lane.target.info();
-        mappingChanged.pending = (await ensureMeta(lane.target, paths, { id: lane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(lane.config) }, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange })) === 'mapping-changed';
+        const identity = { id: lane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(lane.config) };
+        const verdict = await ensureMeta(lane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
+        mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(lane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));
         metaChecked = true;
       }
       stats.role = 'standby';
@@ -337,6 +340,22 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
   run.publish();
 }
 
+/**
+ * A mapping change accepted with `--accept-mapping-change`: recorded in `meta`
+ * only once the re-baseline that puts it in force is done. Recorded before, a
+ * re-baseline the delete guard refused left the new mapping recorded and never
+ * applied: the next start saw no change, re-baselined nothing, and the keys the
+ * change moved or dropped stayed in Consul.
+ */
+interface MappingChange {
+  pending: boolean;
+  record: () => Promise<unknown>;
+}
+
+function recordedOnceInForce(verdict: IdentityVerdict, record: () => Promise<unknown>): MappingChange {
+  return { pending: verdict === 'mapping-changed', record };
+}
+
 interface LeadContext {
   source: SourceReader;
   lane: DualRunLane;
@@ -352,7 +371,7 @@ interface LeadContext {
   writer: SourceWriter | undefined;
   blocking: BlockingReader;
   /** The rules changed since the migration recorded them, and the change was accepted: re-baseline first (cleared once done, by whichever leadership does it). */
-  mappingChanged: { pending: boolean };
+  mappingChanged: MappingChange;
 }
 
 class LeadershipLost extends Error {}
@@ -451,7 +470,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   const setup = await setUpLead(ctx, options);
   if (typeof setup === 'string') return setup;
   const { sessions, ownership, own, heartbeat, services, applier } = setup;
-  let { rebaselineFirst } = setup;
+  // Why the replication re-baselines first: the rules changed or were never copied whole, or etcd compacted past the checkpoint.
+  let rebaselineFirst: { why: string; compacted: boolean } | undefined = setup.rebaselineFirst ? { why: setup.rebaselineFirst, compacted: false } : undefined;
   const stopped = () => options.signal.aborted || ctx.lost.aborted;
   const following = new AbortController();
   const stopFollowing = () => following.abort();
@@ -583,12 +603,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
    * delete guard) and replicates on from there: when the history since the checkpoint is gone, and when
    * the rules changed or a rule was never copied whole.
    */
-  const rebaseline = async () => {
+  const rebaseline = async (compacted: boolean) => {
     stats.rebaselines++;
     applier.reset();
     rebaselining = true;
     const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
-      throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, stats.checkpoint) : failed;
+      throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, compacted ? stats.checkpoint : undefined) : failed;
     }).finally(() => (rebaselining = false));
     stats.checkpoint = result.revision;
     // The copy's sessions (new leases, lost sessions replaced) are this run's to renew from now on.
@@ -605,10 +625,13 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       watch = undefined;
       try {
         if (rebaselineFirst) {
-          options.log('warn', `${rebaselineFirst}; re-baselining`);
-          await rebaseline();
+          options.log('warn', `${rebaselineFirst.why}; re-baselining`);
+          await rebaseline(rebaselineFirst.compacted);
           rebaselineFirst = undefined;
-          ctx.mappingChanged.pending = false;
+          if (ctx.mappingChanged.pending) {
+            await ctx.mappingChanged.record();
+            ctx.mappingChanged.pending = false;
+          }
           continue;
         }
         // etcd lets a watch start at its compaction revision but keeps no delete made at that revision, so a watch
@@ -666,7 +689,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         if (err instanceof SourceCompactedError) {
           // Re-baselined at the top of the loop, inside the try: a server failing during it is retried with
           // backoff like any other (it was outside every retry, and Consul down then ended the dual-run).
-          rebaselineFirst = `etcd compacted its history past the checkpoint ${stats.checkpoint}${err.compactRevision > 0 ? ` (oldest available ${err.compactRevision})` : ''}`;
+          rebaselineFirst = { why: `etcd compacted its history past the checkpoint ${stats.checkpoint}${err.compactRevision > 0 ? ` (oldest available ${err.compactRevision})` : ''}`, compacted: true };
           continue;
         }
         const kind = isMigrateError(err) ? err.code : 'internal';
@@ -1313,9 +1336,18 @@ class Applier {
  * etcd while the history after the checkpoint was lost to compaction. The copy's
  * advice (`copy --allow-mass-delete`) is not the way out of a dual-run.
  */
-function rebaselineGuardError(guard: MigrateError, checkpoint: number): RefusedError {
-  return new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline after etcd compacted past the checkpoint ${checkpoint}: those keys are gone from etcd, deleted while the dual-run was behind or stopped).`, {
-    hint: 'Check that etcd lost those keys on purpose (`migrate plan` lists the rule\'s keys); if so, start the dual-run again with --allow-mass-delete. Nothing was written.',
-    details: guard.details,
-  });
+/**
+ * The delete guard of a re-baseline, with its cause: etcd compacted past `checkpoint` (the keys are gone
+ * from etcd), or, without one, the rules changed (the change takes the keys out of a rule).
+ */
+function rebaselineGuardError(guard: MigrateError, checkpoint: number | undefined): RefusedError {
+  return checkpoint !== undefined
+    ? new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline after etcd compacted past the checkpoint ${checkpoint}: those keys are gone from etcd, deleted while the dual-run was behind or stopped).`, {
+        hint: 'Check that etcd lost those keys on purpose (`migrate plan` lists the rule\'s keys); if so, start the dual-run again with --allow-mass-delete. Nothing was written.',
+        details: guard.details,
+      })
+    : new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline of migration.yaml's changed rules: the change takes those keys out of the rule, as a narrower rule, a nested keep rule or leases: skip does, so they would be deleted from Consul; the change is not recorded).`, {
+        hint: 'Check the change (`migrate copy --dry-run --accept-mapping-change --delete-extraneous --show-ops` lists the keys); if it is meant, start the dual-run again with --accept-mapping-change --allow-mass-delete. Nothing was written.',
+        details: guard.details,
+      });
 }

@@ -138,12 +138,13 @@ export async function readState<T extends { schemaVersion: number }>(target: Pic
  * Reads `meta`, checks the identity, and records `meta` when the migration is
  * new (create-only, so two first runs cannot both claim it). Returns the verdict.
  */
-export async function ensureMeta(target: TargetStore, paths: StatePaths, current: CurrentIdentity, toolVersion: string, now: Date, options: { acceptMappingChange?: boolean } = {}): Promise<IdentityVerdict> {
+export async function ensureMeta(target: TargetStore, paths: StatePaths, current: CurrentIdentity, toolVersion: string, now: Date, options: { acceptMappingChange?: boolean; deferMappingChange?: boolean } = {}): Promise<IdentityVerdict> {
   for (let attempt = 0; attempt < 3; attempt++) {
     const entry = await target.readKey(paths.meta);
     const existing = entry ? parseStateDocument<StateMeta>(paths.meta, entry.value) : undefined;
     const verdict = checkIdentity(existing, current, options);
-    if (verdict === 'match') return verdict;
+    // Deferred: recorded by the caller once the new mapping is in force (the dual-run's re-baseline done).
+    if (verdict === 'match' || (verdict === 'mapping-changed' && options.deferMappingChange)) return verdict;
     const meta: StateMeta = {
       schemaVersion: STATE_SCHEMA_VERSION,
       id: current.id,

@@ -102,7 +102,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           ...(heartbeatKey ? { heartbeatKey } : {}),
           copy: (over, lane) => runCopy({ source, target: lane.target, config: lane.config, mapping: lane.mapping }, {
             dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false,
-            acceptMappingChange: Boolean(options.acceptMappingChange), rate: 0, concurrency: 8, pageKeys: DEFAULT_PAGE_KEYS, signal: controller.signal,
+            acceptMappingChange: Boolean(options.acceptMappingChange), deferMappingChange: true, rate: 0, concurrency: 8, pageKeys: DEFAULT_PAGE_KEYS, signal: controller.signal,
             now: () => new Date(), toolVersion: TOOL_VERSION, ...over,
           }),
           onStats: (stats) => {
