@@ -12,6 +12,10 @@ describe('plainProgressLine', () => {
     const line = plainProgressLine({ title: 'auditing', items: [{ name: 'keys', total: 500, done: 250 }], retries: 0, startedAt }, startedAt + 5_000);
     expect(line).toBe('auditing: 250/500 keys, 50 keys/s, ETA 5s');
   });
+
+  it('before anything is counted (verify waiting for the dual-run), the title alone', () => {
+    expect(plainProgressLine({ title: 'waiting for the dual-run checkpoint (90) to reach etcd revision 100', items: [], retries: 0, startedAt }, startedAt + 5_000)).toBe('waiting for the dual-run checkpoint (90) to reach etcd revision 100');
+  });
 });
 
 describe('createProgressView with --progress json', () => {

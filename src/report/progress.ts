@@ -40,6 +40,8 @@ function formatDuration(seconds: number | undefined): string {
 }
 
 export function plainProgressLine(state: ProgressState, now: number): string {
+  // Nothing counted yet (a wait before the reads): the title alone, not "0/0 keys, ETA ?".
+  if (state.items.length === 0) return state.title;
   const r = rate(state, now);
   const counted = state.items.some((i) => i.bytes !== undefined);
   const bytes = state.items.reduce((n, i) => n + (i.bytes ?? 0), 0);

@@ -107,6 +107,7 @@ Examples:
         for (const lane of lanes) {
           progress.items = [];
           const prefix = several ? `${lane.datacenter}: ` : '';
+          progress.title = `${prefix}verifying`;
           try {
             await preflightConsul(lane.target, lane.config, lane.mapping, 'verify', { writeTargets: false, writeState: options.record ? 'verify' : false, sessions: false, strandedReads: true });
             const result = await runVerify(
@@ -119,8 +120,11 @@ Examples:
                 hasher,
                 toolVersion: TOOL_VERSION,
                 onProgress: (event) => {
-                  if (event.type === 'start') progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0 }));
-                  else if (event.type === 'progress') {
+                  if (event.type === 'start') {
+                    // The cut is taken (a wait for the dual-run is over): round 1 reads every key.
+                    progress.title = `${prefix}verifying at etcd revision ${event.revision}`;
+                    progress.items = event.rules.map((r) => ({ name: r.name, total: r.keys, done: 0 }));
+                  } else if (event.type === 'progress') {
                     const item = progress.items.find((i) => i.name === event.rule);
                     if (item) item.done = event.keysDone;
                   } else if (event.type === 'round') {
