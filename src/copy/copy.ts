@@ -12,7 +12,7 @@ import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
-import { checkIdentity, ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
+import { checkIdentity, ensureMeta, mappingHash, readState, recordedRules, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
 import { deleteGuardTrips, planPage, shareText, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
 import { RecordingTarget, type RecordedOp } from './recording-target.js';
@@ -210,7 +210,7 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   const status = await source.status();
   const info = await target.info();
   const limits = await target.limits();
-  const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) };
+  const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config), rules: recordedRules(config) };
   // A renamed finalized rule, say, would be copied from etcd over what applications wrote in Consul.
   if (options.acceptMappingChange) refuseOwnedMappingChanges([...(await readRuleDocs(target, paths)).values()].map((d) => d.doc), deps.mapping);
   if (options.dryRun) {

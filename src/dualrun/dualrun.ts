@@ -10,7 +10,7 @@ import { watchSpan } from '../mapping/watch-span.js';
 import { TxnBatcher, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
-import { ensureMeta, mappingHash, readState, statePaths, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
+import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
 import { ownerAt, ownersKey, type RulePhaseDoc } from '../cutover/phase.js';
@@ -183,9 +183,14 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const info = await primaryLane.target.info();
   // Before the new mapping is recorded: refused, the next start sees the change again.
   if (options.acceptMappingChange) await refuseCutOverMappingChanges(lanes);
-  const identity = { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config) };
+  const identity = { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config), rules: recordedRules(primaryLane.config) };
   const verdict = await ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
   const mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));
+  if (verdict === 'mapping-changed') {
+    for (const left of leftBehind((await readState<StateMeta>(primaryLane.target, paths.meta))?.rules, primaryLane.config)) {
+      options.log('warn', `mapping change: rule ${left.rule}'s keys under ${left.to} stay in Consul and are replicated no more (${left.why}); nothing deletes them: remove them once no application reads them (consul kv delete -recurse ${left.to})`, { rule: left.rule, prefix: left.to });
+    }
+  }
   const holder = `${hostname()}:${process.pid}`;
 
   for (;;) {
@@ -299,7 +304,7 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
       if (!metaChecked) {
         const status = await run.source.status();
         const info = await lane.target.info();
-        const identity = { id: lane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(lane.config) };
+        const identity = { id: lane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(lane.config), rules: recordedRules(lane.config) };
         const verdict = await ensureMeta(lane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
         mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(lane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));
         metaChecked = true;

@@ -3,6 +3,7 @@ import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { runPlan } from './plan.js';
 import { renderPlan } from './render.js';
+import { mappingHash, recordedRules } from '../state/state.js';
 import { durationText } from './runbook.js';
 
 function source(): MemorySource {
@@ -51,6 +52,25 @@ describe('runPlan', () => {
     const warnings: string[] = [];
     await runPlan({ source: source(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, onWarning: (m) => warnings.push(m) });
     expect(warnings).toEqual(['rule typo (from: /ap/) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)']);
+  });
+
+  it('says what a mapping change leaves in Consul that nothing replicates any more: a removed rule, one made keep, one moved', async () => {
+    const recorded = parseConfig(`${yaml('skip')}  - { name: old, from: /old/, to: old/ }\n  - { name: moved, from: /moved/, to: moved/ }\n  - { name: kept, from: /kept/, to: kept/ }\n`, 'migration.yaml');
+    const now = parseConfig(`${yaml('skip')}  - { name: moved, from: /moved/, to: moved2/ }\n  - { name: kept, from: /kept/, action: keep }\n`, 'migration.yaml');
+    const target = new MemoryTarget();
+    const meta = { schemaVersion: 1, id: 'p', etcdClusterId: '1', datacenters: ['dc1'], mappingHash: mappingHash(recorded.config), rules: recordedRules(recorded.config), created: '2026-01-01T00:00:00Z', toolVersion: 'test' };
+    target.entries.set('_migrate/p/meta', { key: '_migrate/p/meta', value: Buffer.from(JSON.stringify(meta)), flags: 0, modifyIndex: 1 });
+    for (const key of ['old/a', 'old/b', 'moved/x']) target.entries.set(key, { key, value: Buffer.from('v'), flags: 0, modifyIndex: 2 });
+    const plan = await runPlan({ source: source(), target, config: now.config, configFile: 'migration.yaml', mapping: now.mapping });
+    expect(plan.mappingChange).toEqual({ leftBehind: [
+      { rule: 'old', to: 'old/', why: 'the rule was removed', consulKeys: 2 },
+      { rule: 'moved', to: 'moved/', why: 'the rule copies to moved2/ now', consulKeys: 1 },
+      { rule: 'kept', to: 'kept/', why: 'the rule is now a keep rule', consulKeys: 0 },
+    ] });
+    expect(renderPlan(plan, 'text')).toContain('rule old: 2 keys under old/ stay in Consul, replicated no more (the rule was removed); nothing deletes them');
+    // The recorded mapping itself: no change to report.
+    const same = await runPlan({ source: source(), target, config: recorded.config, configFile: 'migration.yaml', mapping: recorded.mapping });
+    expect(same.mappingChange).toBeUndefined();
   });
 
   it('does not call a finalized rule whose etcd keys were retired a typo', async () => {

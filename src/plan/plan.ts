@@ -13,7 +13,7 @@ import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js'
 import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
 import { ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
-import { readState, statePaths } from '../state/state.js';
+import { leftBehind, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 
 /**
  * `migrate plan`: the mapping resolved against the live keyspace at one
@@ -81,6 +81,12 @@ export interface PlanResult {
   blockers: PlanBlocker[];
   /** Only when a rule names `datacenters:` (issue 11): what each datacenter gets written, the primary first. */
   datacenters?: DatacenterTally[];
+  /**
+   * Only when migration.yaml is not the mapping the migration recorded: what the change
+   * leaves in Consul that nothing replicates any more (`leftBehind` null when the
+   * state predates recorded rules; `consulKeys` null when Consul could not list them).
+   */
+  mappingChange?: { leftBehind: { rule: string; to: string; why: string; consulKeys: number | null }[] | null };
 }
 
 export interface PlanInput {
@@ -89,7 +95,7 @@ export interface PlanInput {
   configFile: string;
   mapping: Mapping;
   /** The target, asked for its limits and which rules are finalized (optional: without it, or when it does not answer, Consul's defaults). */
-  target?: Pick<TargetStore, 'info' | 'readKey'>;
+  target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys'>;
   /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
@@ -205,7 +211,19 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     services: [...services.values()],
     blockers,
     ...(datacenters ? { datacenters } : {}),
+    ...(await mappingChangeOf(input)),
   };
+}
+
+/** What a mapping change leaves behind in Consul (see {@link PlanResult.mappingChange}); nothing when Consul is not given or does not answer. */
+async function mappingChangeOf(input: PlanInput): Promise<Pick<PlanResult, 'mappingChange'>> {
+  const target = input.target;
+  if (!target) return {};
+  const meta = await readState<StateMeta>(target, statePaths(input.config.state.prefix, input.config.id).meta).catch(() => undefined);
+  if (!meta || meta.mappingHash === mappingHash(input.config)) return {};
+  if (!meta.rules) return { mappingChange: { leftBehind: null } };
+  const left = await Promise.all(leftBehind(meta.rules, input.config).map(async (l) => ({ ...l, consulKeys: await target.listKeys(l.to).then((keys) => keys.length, () => null) })));
+  return { mappingChange: { leftBehind: left } };
 }
 
 function planServiceRule(rule: string, from: string, spec: ServiceSpec): PlanServiceRule {

@@ -40,6 +40,14 @@ export function renderPlanText(result: PlanResult): string {
   if (result.unmapped) lines.push(`  ${'(unmapped)'.padEnd(22)} ${''.padEnd(40)} ${plural(result.unmapped.keys, 'keys')} outside every rule (unmapped: ${result.unmapped.policy})`);
   else lines.push('  (unmapped)             unknown: only the rules\' prefixes could be read');
   const t = result.totals;
+  if (result.mappingChange) {
+    lines.push('');
+    lines.push(`Mapping change: ${result.configFile} is not the mapping migration "${result.migrationId}" recorded; copy and dualrun take it with --accept-mapping-change.`);
+    const left = result.mappingChange.leftBehind;
+    if (left === null) lines.push('  (the recorded rules are not known: state recorded by an earlier release)');
+    else if (left.length === 0) lines.push('  Nothing is left behind in Consul.');
+    for (const l of left ?? []) lines.push(`  rule ${l.rule}: ${l.consulKeys === null ? 'the keys' : plural(l.consulKeys, 'keys')} under ${l.to} stay in Consul, replicated no more (${l.why}); nothing deletes them: remove them once no application reads them (consul kv delete -recurse ${l.to})`);
+  }
   lines.push('');
   lines.push(`Totals: ${plural(t.copyKeys, 'keys')} (${formatBytes(t.copyValueBytes)}) to copy, ${plural(t.sessions, 'sessions')} to create, ${formatCount(t.keptKeys)} kept on etcd, ${formatCount(t.skippedLeasedKeys)} leased keys skipped, ${formatCount(t.unmappedKeys)} unmapped, ${formatCount(t.unmappableKeys)} unmappable${result.services.length ? `, ${plural(t.instances, 'catalog instances')} to register` : ''}`);
   if (result.datacenters) {

@@ -47,8 +47,41 @@ export interface StateMeta {
   etcdClusterId: string;
   datacenters: string[];
   mappingHash: string;
+  /** The rules the hash is of (absent in state written before they were recorded): what a mapping change leaves behind is told from them. */
+  rules?: RecordedRule[];
   created: string;
   toolVersion: string;
+}
+
+/** A rule as `meta` records it with the mapping. */
+export interface RecordedRule {
+  name: string;
+  action: string;
+  from: string;
+  to: string;
+}
+
+export function recordedRules(config: Pick<MigrationConfig, 'rules'>): RecordedRule[] {
+  return config.rules.map((r) => ({ name: r.name, action: r.action, from: r.from, to: r.to }));
+}
+
+/**
+ * What a new mapping leaves in Consul that nothing replicates any more: the
+ * keys under the `to` of each recorded copy rule that is gone, no longer a copy
+ * rule, or copies to another `to` now (unless another copy rule takes that
+ * prefix). Nothing deletes them (target keys outside every rule are never
+ * touched); the operator removes them once no application reads them.
+ */
+export function leftBehind(recorded: readonly RecordedRule[] | undefined, config: Pick<MigrationConfig, 'rules'>): { rule: string; to: string; why: string }[] {
+  const copies = config.rules.filter((r) => r.action === 'copy');
+  const out: { rule: string; to: string; why: string }[] = [];
+  for (const old of recorded ?? []) {
+    if (old.action !== 'copy') continue;
+    if (copies.some((r) => old.to.startsWith(r.to))) continue;
+    const now = config.rules.find((r) => r.name === old.name);
+    out.push({ rule: old.name, to: old.to, why: !now ? 'the rule was removed' : now.action !== 'copy' ? `the rule is now a ${now.action} rule` : `the rule copies to ${now.to} now` });
+  }
+  return out;
 }
 
 export interface CurrentIdentity {
@@ -56,6 +89,8 @@ export interface CurrentIdentity {
   etcdClusterId: string;
   datacenter: string;
   mappingHash: string;
+  /** Recorded with the hash when `meta` is written. */
+  rules?: RecordedRule[];
 }
 
 /**
@@ -151,6 +186,7 @@ export async function ensureMeta(target: TargetStore, paths: StatePaths, current
       etcdClusterId: current.etcdClusterId,
       datacenters: existing?.datacenters.length ? existing.datacenters : [current.datacenter],
       mappingHash: current.mappingHash,
+      ...(current.rules ? { rules: current.rules } : {}),
       created: existing?.created ?? now.toISOString(),
       toolVersion,
     };
