@@ -85,6 +85,7 @@ describe('migrate audit on the demo keyspace', () => {
     expect(parseYaml(yaml.stdout)).toMatchObject({ version: 1, command: 'audit', schemaVersion: 1 });
     const events = yaml.stderr.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event: string });
     expect(events.some((e) => e.event === 'progress')).toBe(true);
+    expect(events.at(-1)).toMatchObject({ event: 'end', exitCode: yaml.code });
     const markdown = await runCli(['audit', '--prefix', `${root}/`, '--format', 'markdown', '--progress', 'none'], { cwd, env: env() });
     expect(markdown.stdout).toMatch(/^# etcd → Consul migration audit\n\n\*\*Verdict: 1 blocker\*\*/);
     expect(markdown.stdout).toContain('| Severity | Code | Count | What |');

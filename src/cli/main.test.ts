@@ -74,7 +74,9 @@ describe('CLI contract (in-process)', () => {
     const json = io({ MIGRATE_CONFIG: file });
     expect(await main(['acl', '--progress', 'json'], json)).toBe(0);
     const events = json.err.trim().split('\n').map((l) => JSON.parse(l) as { event: string; message: string });
-    expect(events.map((e) => [e.event, e.message.split(': ')[1]])).toEqual([['warning', 'rules[0].to'], ['warning', 'rules[1].to'], ['warning', 'rules[2].to']]);
+    expect(events.slice(0, -1).map((e) => [e.event, e.message.split(': ')[1]])).toEqual([['warning', 'rules[0].to'], ['warning', 'rules[1].to'], ['warning', 'rules[2].to']]);
+    // The last event says the command ended, and how.
+    expect(events.at(-1)).toMatchObject({ event: 'end', exitCode: 0 });
   });
 
   it('control characters quoted in an error or warning (a to: from migration.yaml) reach the terminal escaped, not as escape sequences', async () => {
@@ -98,11 +100,12 @@ describe('CLI contract (in-process)', () => {
     const t = io({ MIGRATE_CONFIG: join(tmpdir(), 'no-such-dir-migrate', 'migration.yaml') });
     expect(await main(['copy', '--progress', 'json'], t)).toBe(2);
     const lines = t.err.trim().split('\n');
-    expect(lines).toHaveLength(1);
+    expect(lines).toHaveLength(2);
     expect(JSON.parse(lines[0]!)).toMatchObject({ event: 'error', code: 'config_not_found', docs: 'README.md#error-config_not_found' });
+    expect(JSON.parse(lines[1]!)).toMatchObject({ event: 'end', exitCode: 2 });
     const parse = io();
     expect(await main(['copy', '--progress=json', '--bogus'], parse)).toBe(2);
-    expect(JSON.parse(parse.err)).toMatchObject({ event: 'error', code: 'usage_invalid', message: "unknown option '--bogus'" });
+    expect(JSON.parse(parse.err.trim().split('\n')[0]!)).toMatchObject({ event: 'error', code: 'usage_invalid', message: "unknown option '--bogus'" });
   });
 
   it('an unsupported --format is the documented format_unsupported (exit 2), naming the allowed ones', async () => {

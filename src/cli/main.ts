@@ -106,6 +106,13 @@ export function asInterrupt(err: unknown, signal: AbortSignal, command: string):
  * It never calls `process.exit`; `bin/migrate.js` sets `process.exitCode`.
  */
 export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
+  const code = await run(argv, io);
+  // The last NDJSON event: a script reading the stream knows the command ended, and how.
+  if (stderrJson(argv) === 'events') io.stderr.write(`${JSON.stringify({ ts: new Date().toISOString(), event: 'end', exitCode: code })}\n`);
+  return code;
+}
+
+async function run(argv: string[], io: Io): Promise<number> {
   const { program, outcome } = createProgram(io);
   try {
     if (argv.length === 0) {
