@@ -1214,7 +1214,7 @@ class Applier {
       this.endedAt.delete(record.leaseId);
       await this.stillLeading();
       await this.sessions.forget(record.leaseId, true);
-      this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`);
+      this.options.log('info', `etcd lease ${record.leaseId} ended; destroyed its session`, { lease: record.leaseId });
       return;
     }
     if (renewal.status === 'rejected') throw renewal.reason;
