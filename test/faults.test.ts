@@ -79,6 +79,10 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
       expect(h.lagRevisions, JSON.stringify(h)).toBeGreaterThanOrEqual(20);
       expect(h.lagSeconds, JSON.stringify(h)).toBeGreaterThanOrEqual(2);
       expect(await dualrun.metrics()).toMatch(/^migrate_dualrun_lag_revisions ([2-9]\d|\d{3,})$/m);
+      // No error comes from a frozen server: past twice the heartbeat without a checkpoint, the log says so, once, and counts it.
+      await eventually('the stall is logged', async () => /no checkpoint written for \d+ s: etcd or Consul does not answer/.test(dualrun.stderr()), 30_000);
+      expect(dualrun.stderr().match(/no checkpoint written for/g)).toHaveLength(1);
+      expect(await dualrun.metrics()).toMatch(/^migrate_dualrun_errors_total\{kind="stalled"\} 1$/m);
     } finally {
       consulProxy.proxy.heal();
     }
