@@ -210,7 +210,7 @@ export class ConsulHttp {
       });
     }
     if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_OSSL|DEPTH_ZERO/i.test(code) || /certificate|ssl|tls/i.test(err.message)) {
-      return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${err.message}.`, {
+      return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${err.message.split('\n').map((line) => line.trim()).filter(Boolean).join(' ').replace(/[\s.]+$/, '')}.`, {
         hint: tlsFailureHint('Consul', err.message, code) ?? 'Check CONSUL_CACERT (or target.tls.ca): it must be the CA that signed the server certificate.',
       });
     }

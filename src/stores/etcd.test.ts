@@ -1,4 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { generateTls } from '../../scripts/local-servers.js';
 import { EtcdSource } from './etcd.js';
 import type { MigrateError } from '../errors.js';
 
@@ -33,6 +35,25 @@ describe('EtcdSource.toError: what the operator is told', () => {
     expect(refused.message).not.toMatch(/\n|Resolution note/);
     const expired = source.toError(grpcError('14 UNAVAILABLE: No connection established. Last error: Error: certificate has expired'), 'status');
     expect(expired).toMatchObject({ code: 'etcd_tls_failed', hint: expect.stringContaining('The certificate etcd presents has expired') });
+  });
+
+  it('a TLS failure after the TLS files were renewed (the old certificate expired) is one to retry with them, once: the dual-run goes on', () => {
+    const tls = generateTls();
+    const files = (cert: string, key: string) => ({ ca: readFileSync(tls.ca), cert: readFileSync(cert), key: readFileSync(key) });
+    let current = files(tls.clientCert, tls.clientKey);
+    const renewing = new EtcdSource({ endpoints: ['https://127.0.0.1:2379'], tls: { ...current, reread: () => current } });
+    try {
+      const refused = () => renewing.toError(grpcError('14 UNAVAILABLE: No connection established. Last error: 80BC47CB6A7F0000:error:0A000412:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate'), 'watch');
+      // Not renewed: a setting to fix.
+      expect(refused()).toMatchObject({ code: 'etcd_tls_failed' });
+      // Renewed in place since: retried (transient), with the new files.
+      current = files(tls.serverCert, tls.serverKey);
+      expect(refused()).toMatchObject({ code: 'etcd_unreachable', message: expect.stringContaining('they were renewed since, and the next connection uses the new ones') });
+      // The new files refused as well: a setting to fix again.
+      expect(refused()).toMatchObject({ code: 'etcd_tls_failed' });
+    } finally {
+      renewing.close();
+    }
   });
 
   it('an HTTP server that is not etcd (a 404): etcd_unreachable with the "does not speak etcd\'s gRPC" hint', () => {

@@ -183,13 +183,14 @@ export class EtcdSource implements SourceReader {
    * certificate the client started with expired, say), the next `etcd3` call is
    * made over a new client with the new files. The read channel renews its own.
    */
-  private renewTls(): void {
+  private renewTls(): boolean {
     const tls = this.connection.tls?.reread?.();
-    if (!tls || sameTlsFiles(tls, this.tls)) return;
+    if (!tls || sameTlsFiles(tls, this.tls)) return false;
     this.tls = tls;
     this.tlsRenewals++;
     if (this.etcd3) this.retired.push(this.etcd3);
     this.etcd3 = undefined;
+    return true;
   }
 
   async status(): Promise<SourceStatus> {
@@ -291,7 +292,7 @@ export class EtcdSource implements SourceReader {
         // Once more after the TLS files were found renewed: that call is made with them.
         const renewed = this.tlsRenewals !== renewals;
         renewals = this.tlsRenewals;
-        if (renewed && error instanceof MigrateError && error.code === 'etcd_tls_failed') continue;
+        if (renewed) continue;
         if (attempt >= attempts || !(error instanceof MigrateError && error.code === 'etcd_unreachable')) throw error;
       }
     }
@@ -328,7 +329,14 @@ export class EtcdSource implements SourceReader {
       return new SourceCompactedError(0, revision);
     }
     if (/certificate|SSL|TLS|handshake/i.test(message)) {
-      this.renewTls();
+      // Files renewed since the connection was made (its certificate expired, say): a failure to retry, as a
+      // member that did not answer is (the dual-run goes on), not a setting to fix.
+      if (this.renewTls()) {
+        return new ServerError('etcd_unreachable', `TLS with etcd at ${this.endpoints} failed with the TLS files the connection was made with (${tlsReason(message)}); they were renewed since, and the next connection uses the new ones.`, {
+          hint: 'The tool retries with the renewed files; if it keeps failing, check ETCDCTL_CERT / ETCDCTL_KEY (or source.tls).',
+          details: { endpoints: this.endpoints },
+        });
+      }
       // A plain listener named with https:// drops the handshake before it completes.
       const dropped = /before secure TLS connection was established|wrong version number/i.test(message);
       return new ServerError('etcd_tls_failed', `TLS with etcd at ${this.endpoints} failed: ${tlsReason(message)}.`, {
@@ -503,5 +511,5 @@ class EtcdWatch implements SourceWatch {
 
 /** grpc-js's reason for a failed handshake on one line: OpenSSL's text spans several, with a timestamp, and ends with an empty "Resolution note". */
 function tlsReason(message: string): string {
-  return message.replace(/\s*Resolution note:\s*\.?\s*$/, '').split('\n').map((line) => line.trim()).filter(Boolean).join(' ');
+  return message.replace(/\s*Resolution note:\s*\.?\s*$/, '').split('\n').map((line) => line.trim()).filter(Boolean).join(' ').replace(/[\s.]+$/, '');
 }
