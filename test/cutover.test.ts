@@ -469,6 +469,14 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(renamed.code, renamed.stderr).toBe(4);
       expect(renamed.stderr).toContain(`rule app2 (its to: ${s.id}/app/ overlaps ${s.id}/app/, where Consul owns the data of rule app, cut over)`);
     }
+    // A new rule nested in its from (the keep rule k8s nested there from the start is no change): it would take those keys from the reverse mirror.
+    writeFileSync(file, `${original}  - { name: a1, from: ${s.root}/app/k1, to: ${s.id}/elsewhere/ }\n`);
+    for (const command of [['dualrun', '--accept-mapping-change'], ['copy', '--accept-mapping-change']]) {
+      const nested = await s.cli(command);
+      expect(nested.code, nested.stderr).toBe(4);
+      expect(nested.stderr).toContain(`rule a1 (its from: ${s.root}/app/k1 lies in ${s.root}/app/, which rule app is cut over with`);
+      expect(nested.stderr).not.toContain('rule k8s');
+    }
     for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
     // Nothing recorded: without the flag the change is still refused as such.
     expect((await s.cli(['dualrun'])).stderr).toContain('error[identity_mapping_changed]');

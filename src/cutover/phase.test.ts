@@ -117,7 +117,7 @@ describe('cutOverMappingChanges: what --accept-mapping-change may not change of 
     schemaVersion: 1, rule, phase, owner: phase === 'copied' ? 'etcd' : 'consul', updated: '2026-01-01T00:00:00Z',
     history: [{ phase: 'cutover', at: '2026-01-01T00:00:00Z', by: 'me@host', ...(routing ? { evidence: { mapping: routing } } : {}) }],
   });
-  const rule = (name: string, from: string, to: string, keys = 'reject', leases = 'session') => ({ name, from, to, keys, leases });
+  const rule = (name: string, from: string, to: string, keys = 'reject', leases = 'session', action = 'copy') => ({ name, action, from, to, keys, leases });
   const billing = { from: '/billing/', to: 'billing/', keys: 'reject', leases: 'session' };
 
   it('a cut-over rule unchanged, or a rule etcd owns changed: nothing', () => {
@@ -139,5 +139,18 @@ describe('cutOverMappingChanges: what --accept-mapping-change may not change of 
     ]);
     // Under it, or over it.
     expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [rule('billing', '/billing/', 'billing/'), rule('sub', '/billing2/', 'billing/sub/'), rule('all', '/x/', '')])).toHaveLength(2);
+  });
+
+  it('a rule of any kind nested in a cut-over rule\'s from: it would take those keys from the reverse mirror; a finalized rule\'s from is free', () => {
+    const nested = [rule('billing', '/billing/', 'billing/'), rule('kept', '/billing/0000', '', 'reject', 'session', 'keep'), rule('moved', '/billing/01', 'elsewhere/')];
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], nested)).toEqual([
+      'rule kept (its from: /billing/0000 lies in /billing/, which rule billing is cut over with: it would take those keys from its reverse mirror)',
+      'rule moved (its from: /billing/01 lies in /billing/, which rule billing is cut over with: it would take those keys from its reverse mirror)',
+    ]);
+    expect(cutOverMappingChanges([doc('billing', 'finalized', billing)], nested)).toEqual([]);
+    // Nested already in the recorded mapping (as when the rule was cut over): not a change.
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], nested, [{ from: '/billing/' }, { from: '/billing/0000' }, { from: '/billing/01' }])).toEqual([]);
+    // Made a keep rule: no longer copied here.
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [rule('billing', '/billing/', '', 'reject', 'session', 'keep')])).toEqual(['rule billing (cut over as /billing/ → billing/, no longer copied here)']);
   });
 });

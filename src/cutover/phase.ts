@@ -277,19 +277,24 @@ export interface RuleRouting {
  *   back to other etcd keys; dropped, its writes in Consul no longer reach etcd;
  * - a finalized rule with another routing (a finalized rule may be dropped: its
  *   data stays in Consul, nothing replicates it);
- * - another rule (a renamed one) whose `to` covers an owned rule's data, or lies
- *   under it: copied from etcd, it would overwrite and delete what applications
- *   wrote in Consul.
+ * - another copy rule (a renamed one) whose `to` covers an owned rule's data, or
+ *   lies under it: copied from etcd, it would overwrite and delete what
+ *   applications wrote in Consul;
+ * - a rule of any kind nested in a cut-over rule's `from` that the recorded
+ *   mapping (`recorded`, meta's rules) did not have: it takes those keys from
+ *   the rule (the longest prefix wins), so the reverse mirror no longer writes
+ *   the applications' changes of them to etcd.
  * Rules cut over before the routing was recorded in the history are not known here.
  */
-export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string })[]): string[] {
+export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string; action: string })[], recorded: readonly { from: string }[] = []): string[] {
   const changed: string[] = [];
   const described = (r: RuleRouting) => `${r.from} → ${r.to}`;
   for (const doc of docs) {
     if (doc.owner !== 'consul' && doc.phase !== 'finalized') continue;
     const state = doc.phase === 'finalized' ? 'finalized' : 'cut over';
     const then = [...doc.history].reverse().find((h) => h.phase === 'cutover')?.evidence?.mapping;
-    const now = rules.find((r) => r.name === doc.rule);
+    const named = rules.find((r) => r.name === doc.rule);
+    const now = named?.action === 'copy' ? named : undefined;
     if (!now) {
       if (doc.phase !== 'finalized') changed.push(`rule ${doc.rule} (cut over${then ? ` as ${described(then)}` : ''}, no longer copied here)`);
     } else if (then) {
@@ -302,8 +307,11 @@ export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: reado
     }
     if (!then) continue;
     for (const other of rules) {
-      if (other.name !== doc.rule && (other.to.startsWith(then.to) || then.to.startsWith(other.to))) {
+      if (other.name === doc.rule) continue;
+      if (other.action === 'copy' && (other.to.startsWith(then.to) || then.to.startsWith(other.to))) {
         changed.push(`rule ${other.name} (its to: ${other.to} overlaps ${then.to}, where Consul owns the data of rule ${doc.rule}, ${state})`);
+      } else if (doc.phase !== 'finalized' && other.from !== then.from && other.from.startsWith(then.from) && !recorded.some((r) => r.from === other.from)) {
+        changed.push(`rule ${other.name} (its from: ${other.from} lies in ${then.from}, which rule ${doc.rule} is cut over with: it would take those keys from its reverse mirror)`);
       }
     }
   }

@@ -1,7 +1,7 @@
 import { hostname, userInfo } from 'node:os';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
 import { RefusedError } from '../errors.js';
-import { parseStateDocument, readState, type StatePaths } from '../state/state.js';
+import { parseStateDocument, readState, type StateMeta, type StatePaths } from '../state/state.js';
 import { TxnFailedError } from '../stores/consul-http.js';
 import type { TargetStore, TxnOp } from '../stores/types.js';
 import type { VerifyLastState } from '../verify/verify.js';
@@ -59,8 +59,10 @@ export async function readRuleDocs(target: TargetStore, paths: StatePaths): Prom
  * {@link cutOverMappingChanges}) before anything is written. `where` names
  * the datacenter when the rules write to several.
  */
-export function refuseOwnedMappingChanges(docs: Iterable<RulePhaseDoc>, mapping: Mapping, where = ''): void {
-  const changed = cutOverMappingChanges(docs, mapping.copyRules);
+export async function refuseOwnedMappingChanges(target: TargetStore, paths: StatePaths, mapping: Mapping, where = ''): Promise<void> {
+  const [docs, meta] = await Promise.all([readRuleDocs(target, paths), readState<StateMeta>(target, paths.meta)]);
+  // Without recorded rules (state of an earlier release) a nested rule cannot be told new: not refused.
+  const changed = cutOverMappingChanges([...docs.values()].map((d) => d.doc), mapping.rules, meta?.rules ?? mapping.rules);
   if (changed.length === 0) return;
   throw new RefusedError('mapping_changed_cut_over', `migration.yaml changes what Consul owns: ${changed.join('; ')}${where}. Consul owns that data under the routing it was cut over with: for a moved rule the reverse mirror would find the new prefix empty and delete the rule's keys from etcd, other keys: or leases: would map Consul's keys back to other etcd keys, a dropped rule's writes in Consul would no longer reach etcd, and another rule over the data would overwrite what applications wrote in Consul with etcd's values. Nothing was written.`, {
     hint: 'Put the rules back as they were cut over; to change a cut-over rule, roll it back first (`migrate rollback --rule <name>`), then change the mapping (and copy and cut over again). A finalized rule stays as it is, or is removed from migration.yaml.',

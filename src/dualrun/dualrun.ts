@@ -13,7 +13,7 @@ import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js
 import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
-import { ownerAt, ownersKey, type RulePhaseDoc } from '../cutover/phase.js';
+import { ownerAt, ownersKey } from '../cutover/phase.js';
 import { readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
@@ -268,11 +268,9 @@ async function uncopiedRules(ctx: LeadContext): Promise<string | undefined> {
 async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promise<void> {
   for (const lane of lanes) {
     // The primary must answer; another datacenter that does not answer now goes unchecked (its lane waits for it).
-    const docs = await readRuleDocs(lane.target, statePaths(lane.config.state.prefix, lane.config.id)).catch((err: unknown) => {
+    await refuseOwnedMappingChanges(lane.target, statePaths(lane.config.state.prefix, lane.config.id), lane.mapping, lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : '').catch((err: unknown) => {
       if (lane.primary || !isTransient(err)) throw err;
-      return new Map<string, { doc: RulePhaseDoc }>();
     });
-    refuseOwnedMappingChanges([...docs.values()].map((d) => d.doc), lane.mapping, lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : '');
   }
 }
 

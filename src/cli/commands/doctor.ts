@@ -1,5 +1,4 @@
 import { Command } from 'commander';
-import { ExitCode } from '../../errors.js';
 import type { CommandRegistrar } from '../main.js';
 
 export function registerDoctor({ add }: CommandRegistrar): void {
