@@ -43,7 +43,7 @@ export async function readCutoverState(target: TargetStore, paths: StatePaths): 
 }
 
 /** Every rule's phase document (`rules/<name>`), by rule, with its Consul index: one listing and one read. */
-export async function readRuleDocs(target: TargetStore, paths: StatePaths): Promise<Map<string, { doc: RulePhaseDoc; index: number }>> {
+export async function readRuleDocs(target: Pick<TargetStore, 'listKeys' | 'readEntries'>, paths: StatePaths): Promise<Map<string, { doc: RulePhaseDoc; index: number }>> {
   const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
   const ruleKeys = await target.listKeys(paths.rule(''));
   for (const entry of await target.readEntries(ruleKeys, undefined, { listed: ruleKeys })) {

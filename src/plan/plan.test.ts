@@ -66,24 +66,31 @@ describe('runPlan', () => {
       { rule: 'old', to: 'old/', why: 'the rule was removed', consulKeys: 2 },
       { rule: 'moved', to: 'moved/', why: 'the rule copies to moved2/ now', consulKeys: 1 },
       { rule: 'kept', to: 'kept/', why: 'the rule is now a keep rule', consulKeys: 0 },
-    ] });
+    ], refused: [] });
     expect(renderPlan(plan, 'text')).toContain('rule old: 2 keys under old/ stay in Consul, replicated no more (the rule was removed); nothing deletes them');
     // The recorded mapping itself: no change to report.
     const same = await runPlan({ source: source(), target, config: recorded.config, configFile: 'migration.yaml', mapping: recorded.mapping });
     expect(same.mappingChange).toBeUndefined();
+    // A rule Consul owns: its data is the applications' own, not left behind; and a change of it is what copy and dualrun refuse.
+    const cutOver = { schemaVersion: 1, rule: 'moved', phase: 'cutover', owner: 'consul', updated: '2026-01-01T00:00:00Z', history: [{ phase: 'cutover', at: '2026-01-01T00:00:00Z', by: 'me@host', evidence: { mapping: { from: '/moved/', to: 'moved/' } } }] };
+    target.entries.set('_migrate/p/rules/moved', { key: '_migrate/p/rules/moved', value: Buffer.from(JSON.stringify(cutOver)), flags: 0, modifyIndex: 3 });
+    const owned = await runPlan({ source: source(), target, config: now.config, configFile: 'migration.yaml', mapping: now.mapping });
+    expect(owned.mappingChange!.leftBehind!.map((l) => l.rule)).toEqual(['old', 'kept']);
+    expect(owned.mappingChange!.refused).toEqual(['rule moved (cut over as /moved/ → moved/, now /moved/ → moved2/)']);
+    expect(owned.blockers.map((b) => b.code)).toContain('mapping_change_refused');
   });
 
   it('does not call a finalized rule whose etcd keys were retired a typo', async () => {
     const loaded = parseConfig(`${yaml('skip')}  - { name: done, from: /done/, to: done/ }
 `, 'migration.yaml');
     const target = new MemoryTarget();
-    const owners = { schemaVersion: 1, updated: '2026-01-01T00:00:00Z', rules: { done: { phase: 'finalized', changes: [{ revision: 3, owner: 'consul', phase: 'finalized', at: '2026-01-01T00:00:00Z' }] } } };
-    target.entries.set('_migrate/p/owners', { key: '_migrate/p/owners', value: Buffer.from(JSON.stringify(owners)), flags: 0, modifyIndex: 1 });
+    const doc = { schemaVersion: 1, rule: 'done', phase: 'finalized', owner: 'consul', updated: '2026-01-01T00:00:00Z', history: [] };
+    target.entries.set('_migrate/p/rules/done', { key: '_migrate/p/rules/done', value: Buffer.from(JSON.stringify(doc)), flags: 0, modifyIndex: 1 });
     const warnings: string[] = [];
     await runPlan({ source: source(), target, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, onWarning: (m) => warnings.push(m) });
     expect(warnings).toEqual([]);
     // Not finalized: the warning stands.
-    target.entries.delete('_migrate/p/owners');
+    target.entries.delete('_migrate/p/rules/done');
     await runPlan({ source: source(), target, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping, onWarning: (m) => warnings.push(m) });
     expect(warnings).toEqual([expect.stringContaining('rule done (from: /done/) matches no etcd key')]);
   });

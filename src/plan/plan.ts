@@ -12,7 +12,8 @@ import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
-import { ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
+import { cutOverMappingChanges, type RulePhaseDoc } from '../cutover/phase.js';
+import { readRuleDocs } from '../cutover/state-io.js';
 import { leftBehind, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 
 /**
@@ -35,7 +36,7 @@ export interface PlanKey {
 }
 
 export interface PlanBlocker {
-  code: 'unmappable_keys' | 'unmapped_keys' | 'range_unreadable';
+  code: 'unmappable_keys' | 'unmapped_keys' | 'range_unreadable' | 'mapping_change_refused';
   count: number;
   message: string;
   hint: string;
@@ -86,7 +87,7 @@ export interface PlanResult {
    * leaves in Consul that nothing replicates any more (`leftBehind` null when the
    * state predates recorded rules; `consulKeys` null when Consul could not list them).
    */
-  mappingChange?: { leftBehind: { rule: string; to: string; why: string; consulKeys: number | null }[] | null };
+  mappingChange?: { leftBehind: { rule: string; to: string; why: string; consulKeys: number | null }[] | null; refused: string[] };
 }
 
 export interface PlanInput {
@@ -95,7 +96,7 @@ export interface PlanInput {
   configFile: string;
   mapping: Mapping;
   /** The target, asked for its limits and which rules are finalized (optional: without it, or when it does not answer, Consul's defaults). */
-  target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys'>;
+  target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys' | 'readEntries'>;
   /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
@@ -163,10 +164,11 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   for (const message of await prefixWarnings(input.source, input.prefixes ?? [], revision)) input.onWarning?.(message);
 
   const rules = tallies.list();
+  const state = await migrationState(input);
   // A from: with a typo makes a rule that matches nothing, and a verify of it passes with nothing compared.
   if (!explicit && !outcome.interrupted) {
     // A finalized rule's etcd keys may be gone on purpose (finalize --delete-etcd).
-    const finalized = rules.some((r) => r.keys === 0) ? await finalizedRules(input) : new Set<string>();
+    const finalized = new Set(state.docs.filter((d) => d.phase === 'finalized').map((d) => d.rule));
     for (const r of rules) if (r.keys === 0 && !finalized.has(r.rule)) input.onWarning?.(`rule ${r.rule} (from: ${r.from}) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)`);
   }
   const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter, (names) => tallies.sessionsOf(names));
@@ -193,6 +195,10 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   }
   const writingRules = router.rules.filter((r) => r.action !== 'keep');
   const unreadableCopied = outcome.unreadable.filter((range) => writingRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from)))));
+  const mappingChange = await mappingChangeOf(input, state);
+  if (mappingChange?.refused.length) {
+    blockers.push({ code: 'mapping_change_refused', count: mappingChange.refused.length, message: `copy and dualrun refuse this mapping change (mapping_changed_cut_over): ${mappingChange.refused.join('; ')}`, hint: 'Put the rules back as they were cut over; to change a cut-over rule, roll it back first (`migrate rollback --rule <name>`). A finalized rule stays as it is, or is removed.' });
+  }
   if (unreadableCopied.length > 0) {
     blockers.push({ code: 'range_unreadable', count: unreadableCopied.length, message: `etcd refused to read ${unreadableCopied.map(describeRange).join(', ')}, which copy or service rules cover`, hint: 'Grant the etcd user read on every rule range (`migrate acl` prints the role).' });
   }
@@ -211,19 +217,36 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     services: [...services.values()],
     blockers,
     ...(datacenters ? { datacenters } : {}),
-    ...(await mappingChangeOf(input)),
+    ...(mappingChange ? { mappingChange } : {}),
   };
 }
 
-/** What a mapping change leaves behind in Consul (see {@link PlanResult.mappingChange}); nothing when Consul is not given or does not answer. */
-async function mappingChangeOf(input: PlanInput): Promise<Pick<PlanResult, 'mappingChange'>> {
+/** The migration's state in Consul the plan judges by: its recorded mapping and the rules' phases; none when Consul is not given or does not answer. */
+async function migrationState(input: PlanInput): Promise<{ meta?: StateMeta; docs: RulePhaseDoc[] }> {
+  if (!input.target) return { docs: [] };
+  const paths = statePaths(input.config.state.prefix, input.config.id);
+  try {
+    const [meta, docs] = await Promise.all([readState<StateMeta>(input.target, paths.meta), readRuleDocs(input.target, paths)]);
+    return { meta, docs: [...docs.values()].map((d) => d.doc) };
+  } catch {
+    return { docs: [] };
+  }
+}
+
+/**
+ * When migration.yaml is not the recorded mapping: what the change leaves in Consul that nothing
+ * replicates any more (not the data of rules Consul owns: the applications' own), and what copy
+ * and dualrun refuse of it (see {@link PlanResult.mappingChange}).
+ */
+async function mappingChangeOf(input: PlanInput, state: { meta?: StateMeta; docs: RulePhaseDoc[] }): Promise<PlanResult['mappingChange']> {
+  const { meta, docs } = state;
+  if (!input.target || !meta || meta.mappingHash === mappingHash(input.config)) return undefined;
   const target = input.target;
-  if (!target) return {};
-  const meta = await readState<StateMeta>(target, statePaths(input.config.state.prefix, input.config.id).meta).catch(() => undefined);
-  if (!meta || meta.mappingHash === mappingHash(input.config)) return {};
-  if (!meta.rules) return { mappingChange: { leftBehind: null } };
-  const left = await Promise.all(leftBehind(meta.rules, input.config).map(async (l) => ({ ...l, consulKeys: await target.listKeys(l.to).then((keys) => keys.length, () => null) })));
-  return { mappingChange: { leftBehind: left } };
+  const refused = cutOverMappingChanges(docs, input.mapping.rules, meta.rules ?? input.mapping.rules);
+  if (!meta.rules) return { leftBehind: null, refused };
+  const owned = new Set(docs.filter((d) => d.owner === 'consul' || d.phase === 'finalized').map((d) => d.rule));
+  const left = await Promise.all(leftBehind(meta.rules, input.config, owned).map(async (l) => ({ ...l, consulKeys: await target.listKeys(l.to).then((keys) => keys.length, () => null) })));
+  return { leftBehind: left, refused };
 }
 
 function planServiceRule(rule: string, from: string, spec: ServiceSpec): PlanServiceRule {
@@ -242,9 +265,3 @@ function planServiceRule(rule: string, from: string, spec: ServiceSpec): PlanSer
   };
 }
 
-/** The rules the migration's state in Consul says are finalized; none when Consul is not given or does not answer. */
-async function finalizedRules(input: PlanInput): Promise<Set<string>> {
-  if (!input.target) return new Set();
-  const owners = await readState<OwnersDoc>(input.target, ownersKey(statePaths(input.config.state.prefix, input.config.id))).catch(() => undefined);
-  return new Set(Object.keys(owners?.rules ?? {}).filter((rule) => ownerAt(owners, rule, Number.MAX_SAFE_INTEGER).phase === 'finalized'));
-}

@@ -42,7 +42,7 @@ export function renderPlanText(result: PlanResult): string {
   const t = result.totals;
   if (result.mappingChange) {
     lines.push('');
-    lines.push(`Mapping change: ${result.configFile} is not the mapping migration "${result.migrationId}" recorded; copy and dualrun take it with --accept-mapping-change.`);
+    lines.push(`Mapping change: ${result.configFile} is not the mapping migration "${result.migrationId}" recorded; ${result.mappingChange.refused.length > 0 ? 'copy and dualrun refuse it (the mapping_change_refused blocker says why)' : 'copy and dualrun take it with --accept-mapping-change'}.`);
     const left = result.mappingChange.leftBehind;
     if (left === null) lines.push('  (the recorded rules are not known: state recorded by an earlier release)');
     else if (left.length === 0) lines.push('  Nothing is left behind in Consul.');

@@ -70,13 +70,15 @@ export function recordedRules(config: Pick<MigrationConfig, 'rules'>): RecordedR
  * keys under the `to` of each recorded copy rule that is gone, no longer a copy
  * rule, or copies to another `to` now (unless another copy rule takes that
  * prefix). Nothing deletes them (target keys outside every rule are never
- * touched); the operator removes them once no application reads them.
+ * touched); the operator removes them once no application reads them. Not
+ * the data of rules Consul owns (`owned`: cut over or finalized): that is the
+ * applications' own (a finalized rule removed from migration.yaml).
  */
-export function leftBehind(recorded: readonly RecordedRule[] | undefined, config: Pick<MigrationConfig, 'rules'>): { rule: string; to: string; why: string }[] {
+export function leftBehind(recorded: readonly RecordedRule[] | undefined, config: Pick<MigrationConfig, 'rules'>, owned: ReadonlySet<string>): { rule: string; to: string; why: string }[] {
   const copies = config.rules.filter((r) => r.action === 'copy');
   const out: { rule: string; to: string; why: string }[] = [];
   for (const old of recorded ?? []) {
-    if (old.action !== 'copy') continue;
+    if (old.action !== 'copy' || owned.has(old.name)) continue;
     if (copies.some((r) => old.to.startsWith(r.to))) continue;
     const now = config.rules.find((r) => r.name === old.name);
     out.push({ rule: old.name, to: old.to, why: !now ? 'the rule was removed' : now.action !== 'copy' ? `the rule is now a ${now.action} rule` : `the rule copies to ${now.to} now` });
