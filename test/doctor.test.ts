@@ -118,6 +118,27 @@ describe('migrate doctor (real servers)', () => {
     await fetch(`${consulAddress}/v1/kv/_migrate/${id}/?recurse`, { method: 'DELETE' });
   });
 
+  it('fails on any state document the commands refuse, not only meta: a checkpoint a newer release wrote, or one that is not JSON', async () => {
+    const { etcdEndpoint, consulAddress } = servers();
+    const id = `doctor-docs-${Date.now().toString(36)}`;
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-'));
+    writeFileSync(join(dir, 'migration.yaml'), `version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/, to: ${id}/ }\n`);
+    const env = { ETCDCTL_ENDPOINTS: etcdEndpoint, CONSUL_HTTP_ADDR: consulAddress };
+    expect((await runCli(['copy', '--progress', 'none'], { cwd: dir, env })).code).toBe(0);
+    const documents = async () => {
+      const run = await runCli(['doctor', '--format', 'json'], { cwd: dir, env });
+      return { code: run.code, check: (JSON.parse(run.stdout).checks as { name: string; status: string; code?: string }[]).find((c) => c.name === 'state.documents') };
+    };
+    expect(await documents()).toMatchObject({ code: 0, check: { status: 'ok' } });
+    const checkpoint = `${consulAddress}/v1/kv/_migrate/${id}/checkpoint`;
+    const original = await (await fetch(`${checkpoint}?raw`)).text();
+    expect((await fetch(checkpoint, { method: 'PUT', body: JSON.stringify({ ...JSON.parse(original), schemaVersion: 2 }) })).status).toBe(200);
+    expect(await documents()).toMatchObject({ code: 2, check: { status: 'fail', code: 'state_schema_newer' } });
+    expect((await fetch(checkpoint, { method: 'PUT', body: 'xx' })).status).toBe(200);
+    expect(await documents()).toMatchObject({ code: 4, check: { status: 'fail', code: 'state_corrupt' } });
+    await fetch(`${consulAddress}/v1/kv/_migrate/${id}/?recurse`, { method: 'DELETE' });
+  });
+
   it('finds the configuration in the documented order: --config, $MIGRATE_CONFIG, ./migration.yaml', async () => {
     const { etcdEndpoint, consulAddress } = servers();
     const dir = mkdtempSync(join(tmpdir(), 'migrate-doctor-'));

@@ -11,7 +11,8 @@ import { EtcdWriter } from '../stores/etcd-writer.js';
 import { prefixRange } from '../stores/key-range.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { checkPermissions } from './preflight.js';
-import { checkIdentity, mappingHash, parseStateDocument, statePaths, type StateMeta } from '../state/state.js';
+import { checkIdentity, mappingHash, parseStateDocument, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
+import { ownersKey, tripsPrefix } from '../cutover/phase.js';
 import { datacenterViews, namesDatacenters } from '../mapping/datacenters.js';
 import type { LoadedConfig } from '../config/load.js';
 
@@ -178,6 +179,7 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
             checkIdentity(meta, { id: config.id, etcdClusterId, datacenter: result.consul.datacenter ?? '', mappingHash: mappingHash(config) }, { acceptMappingChange: false });
           }
           checks.push({ name: 'state.meta', status: 'ok', message: `migration "${config.id}" recorded ${meta.created} for etcd cluster ${meta.etcdClusterId}; identity and mapping match` });
+          checks.push(await checkStateDocuments(consul, paths));
         }
       } catch (err) {
         if (!isMigrateError(err)) throw err;
@@ -192,6 +194,28 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
   result.ok = failed.length === 0;
   result.exitCode = failed.length === 0 ? ExitCode.ok : ([ExitCode.server, ExitCode.usage, ExitCode.refused].find((code) => failed.includes(code)) ?? ExitCode.server);
   return result;
+}
+
+/**
+ * The migration's other state documents (copy, checkpoint, owners, verify/last, the rules' phases and
+ * trips), read as the commands read them: one written by a newer release, or not JSON, is refused by
+ * every command that reads it, so it fails doctor too.
+ */
+async function checkStateDocuments(consul: ConsulTarget, paths: StatePaths): Promise<DoctorCheck> {
+  const keys = [paths.copy, paths.checkpoint(), ownersKey(paths), paths.verifyLast, ...(await consul.listKeys(paths.rule(''))), ...(await consul.listKeys(tripsPrefix(paths)))];
+  let read = 0;
+  for (const key of keys) {
+    const entry = await consul.readKey(key);
+    if (!entry) continue;
+    try {
+      parseStateDocument(key, entry.value);
+      read++;
+    } catch (err) {
+      if (!isMigrateError(err)) throw err;
+      return { name: 'state.documents', status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode };
+    }
+  }
+  return { name: 'state.documents', status: 'ok', message: `${read} state document(s) readable` };
 }
 
 /**
