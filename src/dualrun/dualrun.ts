@@ -1352,7 +1352,7 @@ function rebaselineGuardError(guard: MigrateError, checkpoint: number | undefine
         details: guard.details,
       })
     : new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline of migration.yaml's changed rules: the change takes those keys out of the rule, as a narrower rule, a nested keep rule or leases: skip does, so they would be deleted from Consul; the change is not recorded).`, {
-        hint: 'Check the change (`migrate copy --dry-run --accept-mapping-change --delete-extraneous --show-ops` lists the keys); if it is meant, start the dual-run again with --accept-mapping-change --allow-mass-delete. Nothing was written.',
+        hint: 'Check the change (`migrate copy --dry-run --accept-mapping-change --delete-extraneous --allow-mass-delete --show-ops` lists the keys; a dry-run writes nothing); if it is meant, start the dual-run again with --accept-mapping-change --allow-mass-delete. Nothing was written.',
         details: guard.details,
       });
 }
