@@ -49,6 +49,15 @@ export class DualRunMetrics {
       if (this.stats) this.lagSeconds.set(leadingLagSeconds(this.stats, Date.now()));
     },
   });
+  private readonly checkpointAge = new Gauge({
+    name: 'migrate_dualrun_checkpoint_age_seconds',
+    help: 'seconds since the leader last wrote its checkpoint (at least every 10 s while it runs; over 20 s: etcd or Consul does not answer, /healthz says stalled); 0 when not leading',
+    registers: [this.registry],
+    // At scrape time: a frozen etcd makes no news, so nothing else would move it.
+    collect: () => {
+      if (this.stats) this.checkpointAge.set(this.stats.role === 'leader' ? Math.max(0, (Date.now() - this.stats.checkpointWrittenAt) / 1000) : 0);
+    },
+  });
   private heartbeatLag: Gauge | undefined;
   private readonly checkpoint = new Gauge({ name: 'migrate_dualrun_checkpoint_revision', help: 'last etcd revision fully applied to Consul', registers: [this.registry] });
   private readonly etcdRevision = new Gauge({ name: 'migrate_dualrun_etcd_revision', help: 'latest etcd revision seen', registers: [this.registry] });

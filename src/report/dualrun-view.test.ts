@@ -65,6 +65,8 @@ describe('/healthz of a leader whose servers stopped answering', () => {
     expect(metrics.health()).toMatchObject({ ready: true, body: { status: 'ready', lagSeconds: 0 } });
     metrics.update({ ...frozen, checkpointWrittenAt: Date.now() - 21_000 });
     expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'stalled', lagSeconds: 0, checkpointAgeSeconds: 21 } });
+    // A frozen etcd makes no lag to see: the checkpoint's age is the gauge an alert can watch.
+    expect(Number(/^migrate_dualrun_checkpoint_age_seconds (\S+)$/m.exec(await metrics.text())?.[1])).toBeGreaterThanOrEqual(21);
     // A standby writes no checkpoint: it is ready while Consul answers it, and reports no lag of its own
     // (a former leader's old checkpoint would make its lag grow for ever).
     metrics.update({ ...frozen, role: 'standby', checkpoint: 40, caughtUpAt: Date.now() - 120_000, checkpointWrittenAt: 0 });
@@ -73,6 +75,7 @@ describe('/healthz of a leader whose servers stopped answering', () => {
     expect(text).toMatch(/^migrate_dualrun_lag_seconds 0$/m);
     expect(text).toMatch(/^migrate_dualrun_lag_revisions 0$/m);
     expect(text).toMatch(/^migrate_dualrun_checkpoint_revision 0$/m);
+    expect(text).toMatch(/^migrate_dualrun_checkpoint_age_seconds 0$/m);
     expect(text).toMatch(/^migrate_dualrun_etcd_revision 0$/m);
     metrics.update({ ...frozen, role: 'standby', connected: false, checkpointWrittenAt: 0 });
     expect(metrics.health()).toEqual({ ready: false, body: { status: 'disconnected', role: 'standby' } });
