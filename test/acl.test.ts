@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3, Range } from 'etcd3';
@@ -462,6 +462,14 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       }
       const doctor = await runCli(['doctor', '--format', 'json'], { cwd: dir, env: env() });
       expect((JSON.parse(doctor.stdout).checks as { name: string; status: string }[]).find((c) => c.name === 'etcd.write')?.status).toBe('ok');
+      // A token that may not write the rules' phase documents: a permission to grant (exit 3), not another operator; its rollback point goes.
+      const migrator = acl.consul.policies.find((x) => x.role === 'migrator')!.structured;
+      const phasesReadOnly = await tokenWith(`phases-ro-${id}`, JSON.stringify({ ...migrator, key_prefix: { ...migrator.key_prefix, [`_migrate/${id}/rules/`]: { policy: 'read' } } }));
+      const denied = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: phasesReadOnly }) });
+      expect(denied.code, denied.stdout + denied.stderr).toBe(3);
+      expect(denied.stderr).toContain('error[consul_permission_denied]');
+      expect(await phaseDoc()).toBe(before);
+      expect(existsSync(join(dir, 'migrate-rollback')) ? readdirSync(join(dir, 'migrate-rollback')) : []).toEqual([]);
       const cutover = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now'], { cwd: dir, env: env() });
       expect(cutover.code, cutover.stdout + cutover.stderr).toBe(0);
       expect(cutover.stdout).toMatch(/ok\s+app: etcd write/);

@@ -397,7 +397,8 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     throw interrupted('cutover');
   }
   const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options).catch((err: unknown) => {
-    if (err instanceof RefusedError) discardExports();
+    // Refused, or the token may not write the state (Consul wrote nothing of the txn): every attempt left its files.
+    if (err instanceof RefusedError || (isMigrateError(err) && err.code === 'consul_permission_denied')) discardExports();
     throw err;
   });
   let written: Map<string, RulePhaseDoc>;
