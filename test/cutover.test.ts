@@ -457,6 +457,10 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(refused.code, refused.stderr).toBe(4);
     expect(refused.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml changes what Consul owns: rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
     for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
+    // doctor says so too: not a change to take with the flag, as it says of others.
+    const doctor = await s.cli(['doctor', '--format', 'json']);
+    expect(doctor.code, doctor.stdout).toBe(4);
+    expect(JSON.parse(doctor.stdout).checks).toContainEqual(expect.objectContaining({ name: 'state.mapping', status: 'fail', code: 'mapping_changed_cut_over' }));
     // Dropped (kept on etcd instead): its writes in Consul would no longer reach etcd, and rollback would not know the rule.
     writeFileSync(file, original.replace(`{ name: app, from: ${s.root}/app/, to: ${s.id}/app/ }`, `{ name: app, from: ${s.root}/app/, action: keep }`));
     const dropped = await s.cli(['dualrun', '--accept-mapping-change']);

@@ -13,6 +13,7 @@ import type { Mapping } from '../mapping/mapping.js';
 import { checkPermissions } from './preflight.js';
 import { checkIdentity, mappingHash, parseStateDocument, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
 import { ownersKey, tripsPrefix } from '../cutover/phase.js';
+import { refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { datacenterViews, namesDatacenters } from '../mapping/datacenters.js';
 import type { LoadedConfig } from '../config/load.js';
 
@@ -184,6 +185,13 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       } catch (err) {
         if (!isMigrateError(err)) throw err;
         checks.push({ name: 'state.meta', status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
+        // A change --accept-mapping-change takes, unless it changes what Consul owns: then copy and dualrun refuse it.
+        if (err.code === 'identity_mapping_changed' && input.mapping) {
+          await refuseOwnedMappingChanges(consul, paths, input.mapping).catch((refused: unknown) => {
+            if (!isMigrateError(refused)) throw refused;
+            checks.push({ name: 'state.mapping', status: 'fail', message: refused.message, code: refused.code, hint: refused.hint, exitCode: refused.exitCode });
+          });
+        }
       }
     }
   } finally {
