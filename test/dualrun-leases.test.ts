@@ -86,6 +86,8 @@ describe('dual-run with many leases (real servers)', () => {
         expect(await dr.stop()).toBe(0);
       }
       expect(dr.stderr()).not.toMatch(/lease maintenance failed/);
+      // Stopped, it says what becomes of the leased keys in Consul.
+      expect(dr.stderr()).toMatch(/\d+ Consul session\(s\) mirror etcd leases and nothing renews them now: Consul deletes their keys 1 to 2 × their TTL from now/);
     } finally {
       etcd.close();
       await own.stop();

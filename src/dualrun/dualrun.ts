@@ -1037,7 +1037,7 @@ class Applier {
     // only the last part moves the checkpoint past it.
     stats.splitRevisions++;
     const parts = packTxnBatches(plan.ops, this.limits, this.reserve);
-    this.options.log('warn', `revision ${plan.revision} has ${plan.ops.length} ops, more than one Consul txn holds (${this.limits.txnMaxOps}); applied in ${parts.length} txns, not atomically`);
+    this.options.log('warn', `revision ${plan.revision} has ${plan.ops.length} ops, more than one Consul txn holds (${this.limits.txnMaxOps - this.reserve.reservedOps} of its ${this.limits.txnMaxOps}: the dual-run keeps ${this.reserve.reservedOps} for its checkpoint and checks); applied in ${parts.length} txns, not atomically`, { revision: plan.revision, ops: plan.ops.length, txns: parts.length });
     for (const [i, part] of parts.entries()) await this.send(part, i === parts.length - 1 ? plan.revision : plan.revision - 1, plan);
   }
 

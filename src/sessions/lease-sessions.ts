@@ -72,6 +72,9 @@ class RecordGroup {
  * later run (a resumed copy, the dual-run) adopts it instead of creating a
  * second one: a second session could not lock keys the first one holds.
  */
+/** Ended leases remembered (a few MB at most). */
+const ENDED_KEPT = 100_000;
+
 export class LeaseSessions {
   private readonly byLease = new Map<string, SessionRecord>();
   private readonly pending = new Map<string, Promise<string | undefined>>();
@@ -185,7 +188,7 @@ export class LeaseSessions {
     if (recorded) this.replaced.add(leaseId);
     const lease = await this.source.readLease(leaseId);
     if (lease.ttl < 0) {
-      this.expired.add(leaseId);
+      this.ended(leaseId);
       return undefined;
     }
     const { ttl, clamped } = clampTtl(lease.grantedTtl);
@@ -250,12 +253,18 @@ export class LeaseSessions {
     return [...this.byLease.values()];
   }
 
+  /** Remembers that `leaseId` ended (etcd never grants that id again while it could matter); the oldest are forgotten past {@link ENDED_KEPT}, so a dual-run that runs for months does not grow. */
+  private ended(leaseId: string): void {
+    this.expired.add(leaseId);
+    if (this.expired.size > ENDED_KEPT) this.expired.delete(this.expired.values().next().value!);
+  }
+
   /** The etcd lease ended: destroy its session (its keys are gone in etcd too) and drop the record. */
   async forget(leaseId: string, destroy: boolean): Promise<void> {
     const record = this.byLease.get(leaseId);
     this.byLease.delete(leaseId);
     this.pending.delete(leaseId);
-    this.expired.add(leaseId);
+    this.ended(leaseId);
     if (!record) return;
     this.own.delete(record.sessionId);
     if (destroy) await this.target.destroySession(record.sessionId);

@@ -122,6 +122,8 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         // A standby that never led has no checkpoint of its own to report.
         const where = summary.leading ? `at checkpoint ${summary.stats.checkpoint}` : summary.stats.checkpoint > 0 ? `as a standby (it last led up to checkpoint ${summary.stats.checkpoint}; the leader holds the migration's)` : 'as a standby that never led';
         log('info', `stopped (${summary.reason}) ${where}`, { events: summary.stats.events, txns: summary.stats.txns });
+        // Documented, and still the surprise of a stop for maintenance: the leased keys go from Consul while etcd keeps them.
+        if (summary.leading && summary.stats.sessions > 0) log('warn', `${summary.stats.sessions} Consul session(s) mirror etcd leases and nothing renews them now: Consul deletes their keys 1 to 2 × their TTL from now, while etcd keeps them, unless a dual-run runs again by then (it re-creates them and rewrites the keys)`, { sessions: summary.stats.sessions });
         if (ctx.format === 'json') {
           const { renderEnvelope } = await import('../../report/envelope.js');
           ctx.result(renderEnvelope('dualrun', 'ok', { reason: summary.reason, stats: summary.stats }));
