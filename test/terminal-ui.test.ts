@@ -52,7 +52,7 @@ describe('live progress (real servers, real pseudo-terminal)', () => {
   it('piped, the same commands write plain progress lines and no terminal escapes', async () => {
     const run = await runCli(['verify', '--progress', 'auto'], { cwd: dir, env: serverEnv() });
     expect(run.code, run.stderr).toBe(0);
-    expect(run.stderr).toMatch(/^verifying: \d+\/3000 keys, .* keys\/s, ETA /m);
+    expect(run.stderr).toMatch(/^verifying at etcd revision \d+: \d+\/3000 keys, .* keys\/s, ETA /m);
     expect(run.stderr).not.toContain('█');
     expect(run.stderr + run.stdout).not.toMatch(/\x1b\[/);
   });
