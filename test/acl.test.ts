@@ -470,6 +470,12 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       expect(denied.stderr).toContain('error[consul_permission_denied]');
       expect(await phaseDoc()).toBe(before);
       expect(existsSync(join(dir, 'migrate-rollback')) ? readdirSync(join(dir, 'migrate-rollback')) : []).toEqual([]);
+      // Nor the owners document, written with the flip itself.
+      const ownersReadOnly = await tokenWith(`owners-ro-${id}`, JSON.stringify({ ...migrator, key: { [`_migrate/${id}/owners`]: { policy: 'read' } } }));
+      const flipDenied = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: ownersReadOnly }) });
+      expect(flipDenied.code, flipDenied.stdout + flipDenied.stderr).toBe(3);
+      expect(flipDenied.stderr).toContain('error[consul_permission_denied]');
+      expect(existsSync(join(dir, 'migrate-rollback')) ? readdirSync(join(dir, 'migrate-rollback')) : []).toEqual([]);
       const cutover = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now'], { cwd: dir, env: env() });
       expect(cutover.code, cutover.stdout + cutover.stderr).toBe(0);
       expect(cutover.stdout).toMatch(/ok\s+app: etcd write/);

@@ -481,6 +481,11 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(nested.stderr).toContain(`rule a1 (its from: ${s.root}/app/k1 lies in ${s.root}/app/, which rule app is cut over with`);
       expect(nested.stderr).not.toContain('rule k8s');
     }
+    // The nested keep rule removed: its keys would fall to the reverse mirror, which would delete them from etcd (Consul never had them).
+    writeFileSync(file, original.replace(`  - { name: k8s, from: ${s.root}/app/k8s/, action: keep }\n`, ''));
+    const unnested = await s.cli(['dualrun', '--accept-mapping-change']);
+    expect(unnested.code, unnested.stderr).toBe(4);
+    expect(unnested.stderr).toContain(`rule k8s (its from: ${s.root}/app/k8s/ lay in ${s.root}/app/, which rule app is cut over with, and is gone`);
     for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
     // Nothing recorded: without the flag the change is still refused as such.
     expect((await s.cli(['dualrun'])).stderr).toContain('error[identity_mapping_changed]');

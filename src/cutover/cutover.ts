@@ -397,7 +397,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     throw interrupted('cutover');
   }
   const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options).catch((err: unknown) => {
-    // Refused, or the token may not write the state (Consul wrote nothing of the txn): every attempt left its files.
+    // Refused, or the token may not write the state (Consul applied none of the txn): every attempt left its files.
     if (err instanceof RefusedError || (isMigrateError(err) && err.code === 'consul_permission_denied')) discardExports();
     throw err;
   });
@@ -438,8 +438,9 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
   } catch (err) {
     await fence.resume();
-    // Refused (another operator moved the rule) or interrupted: nothing was flipped. Any other failure may have come after the flip: the files stay.
-    if (err instanceof RefusedError || err instanceof InterruptedError) discardExports();
+    // Refused (another operator moved the rule, or the token may not write the state: Consul applied none of the txn) or
+    // interrupted: nothing was flipped. Any other failure may have come after the flip: the files stay.
+    if (err instanceof RefusedError || err instanceof InterruptedError || (isMigrateError(err) && err.code === 'consul_permission_denied')) discardExports();
     throw err;
   }
   return { action: 'cutover', migration: config.id, refused: false, checks: global.checks, rules: outcomes, etcdRevision, checkpoint: caughtUp.checkpoint, ...(snapshotFile ? { snapshotFile } : {}), written: [...written.values()] };

@@ -149,7 +149,15 @@ describe('cutOverMappingChanges: what --accept-mapping-change may not change of 
     ]);
     expect(cutOverMappingChanges([doc('billing', 'finalized', billing)], nested)).toEqual([]);
     // Nested already in the recorded mapping (as when the rule was cut over): not a change.
-    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], nested, [{ from: '/billing/' }, { from: '/billing/0000' }, { from: '/billing/01' }])).toEqual([]);
+    const recorded = [{ name: 'billing', from: '/billing/' }, { name: 'kept', from: '/billing/0000' }, { name: 'moved', from: '/billing/01' }];
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], nested, recorded)).toEqual([]);
+    // Removed: its keys would fall to the reverse mirror, which finds them missing in Consul and deletes them from etcd.
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], nested.filter((r) => r.name !== 'kept'), recorded)).toEqual([
+      'rule kept (its from: /billing/0000 lay in /billing/, which rule billing is cut over with, and is gone: those keys would fall to its reverse mirror, which finds them missing in Consul and deletes them from etcd)',
+    ]);
+    // Added in a nested rule of its own (not cut over): those keys were never the cut-over rule's.
+    const deeper = [...nested, rule('deep', '/billing/01/x', 'deep/')];
+    expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], deeper, recorded)).toEqual([]);
     // Made a keep rule: no longer copied here.
     expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [rule('billing', '/billing/', '', 'reject', 'session', 'keep')])).toEqual(['rule billing (cut over as /billing/ → billing/, no longer copied here)']);
   });

@@ -280,13 +280,15 @@ export interface RuleRouting {
  * - another copy rule (a renamed one) whose `to` covers an owned rule's data, or
  *   lies under it: copied from etcd, it would overwrite and delete what
  *   applications wrote in Consul;
- * - a rule of any kind nested in a cut-over rule's `from` that the recorded
- *   mapping (`recorded`, meta's rules) did not have: it takes those keys from
- *   the rule (the longest prefix wins), so the reverse mirror no longer writes
- *   the applications' changes of them to etcd.
+ * - what a cut-over rule's `from` holds changed by its nested rules, against
+ *   the recorded mapping (`recorded`, meta's rules): a rule added in it takes
+ *   keys from the rule (the longest prefix wins), so the reverse mirror no
+ *   longer writes the applications' changes of them to etcd; a rule removed
+ *   from it hands the rule keys Consul does not hold under its `to`, which
+ *   the reverse mirror deletes from etcd.
  * Rules cut over before the routing was recorded in the history are not known here.
  */
-export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string; action: string })[], recorded: readonly { from: string }[] = []): string[] {
+export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string; action: string })[], recorded: readonly { name: string; from: string }[] = []): string[] {
   const changed: string[] = [];
   const described = (r: RuleRouting) => `${r.from} → ${r.to}`;
   for (const doc of docs) {
@@ -307,13 +309,29 @@ export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: reado
     }
     if (!then) continue;
     for (const other of rules) {
-      if (other.name === doc.rule) continue;
-      if (other.action === 'copy' && (other.to.startsWith(then.to) || then.to.startsWith(other.to))) {
+      if (other.name !== doc.rule && other.action === 'copy' && (other.to.startsWith(then.to) || then.to.startsWith(other.to))) {
         changed.push(`rule ${other.name} (its to: ${other.to} overlaps ${then.to}, where Consul owns the data of rule ${doc.rule}, ${state})`);
-      } else if (doc.phase !== 'finalized' && other.from !== then.from && other.from.startsWith(then.from) && !recorded.some((r) => r.from === other.from)) {
-        changed.push(`rule ${other.name} (its from: ${other.from} lies in ${then.from}, which rule ${doc.rule} is cut over with: it would take those keys from its reverse mirror)`);
+      }
+    }
+    if (doc.phase === 'finalized') continue;
+    const nestedIn = (r: { name: string; from: string }) => r.name !== doc.rule && r.from !== then.from && r.from.startsWith(then.from);
+    for (const added of rules.filter((r) => nestedIn(r) && !recorded.some((old) => old.from === r.from))) {
+      if (takerOf(added.from, rules.filter((r) => r !== added)) === doc.rule) {
+        changed.push(`rule ${added.name} (its from: ${added.from} lies in ${then.from}, which rule ${doc.rule} is cut over with: it would take those keys from its reverse mirror)`);
+      }
+    }
+    for (const removed of recorded.filter((old) => nestedIn(old) && !rules.some((r) => r.from === old.from))) {
+      if (takerOf(removed.from, rules) === doc.rule) {
+        changed.push(`rule ${removed.name} (its from: ${removed.from} lay in ${then.from}, which rule ${doc.rule} is cut over with, and is gone: those keys would fall to its reverse mirror, which finds them missing in Consul and deletes them from etcd)`);
       }
     }
   }
   return changed;
+}
+
+/** The rule whose `from` is the longest prefix of `from`: the one whose keys those are. */
+function takerOf(from: string, rules: readonly { name: string; from: string }[]): string | undefined {
+  let taker: { name: string; from: string } | undefined;
+  for (const r of rules) if (from.startsWith(r.from) && (!taker || r.from.length > taker.from.length)) taker = r;
+  return taker?.name;
 }

@@ -190,7 +190,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     // Not the data of rules Consul owns: the applications' own (a finalized rule removed from migration.yaml).
     const owned = new Set([...(await readRuleDocs(primaryLane.target, paths)).values()].filter((d) => d.doc.owner === 'consul' || d.doc.phase === 'finalized').map((d) => d.doc.rule));
     for (const left of leftBehind((await readState<StateMeta>(primaryLane.target, paths.meta))?.rules, primaryLane.config, owned)) {
-      options.log('warn', `mapping change: rule ${left.rule}'s keys under ${left.to} stay in Consul and are replicated no more (${left.why}); nothing deletes them: remove them once no application reads them (consul kv delete -recurse ${left.to})`, { rule: left.rule, prefix: left.to });
+      options.log('warn', `mapping change: rule ${left.rule}'s keys under ${left.to} stay in Consul and are replicated no more (${left.why}); nothing deletes them (but a leased key, with its session, when its etcd lease ends): remove them once no application reads them (consul kv delete -recurse ${left.to})`, { rule: left.rule, prefix: left.to });
     }
   }
   const holder = `${hostname()}:${process.pid}`;

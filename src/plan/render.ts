@@ -46,7 +46,7 @@ export function renderPlanText(result: PlanResult): string {
     const left = result.mappingChange.leftBehind;
     if (left === null) lines.push('  (the recorded rules are not known: state recorded by an earlier release)');
     else if (left.length === 0) lines.push('  Nothing is left behind in Consul.');
-    for (const l of left ?? []) lines.push(`  rule ${l.rule}: ${l.consulKeys === null ? 'the keys' : plural(l.consulKeys, 'keys')} under ${l.to} stay in Consul, replicated no more (${l.why}); nothing deletes them: remove them once no application reads them (consul kv delete -recurse ${l.to})`);
+    for (const l of left ?? []) lines.push(`  rule ${l.rule}: ${l.consulKeys === null ? 'the keys' : plural(l.consulKeys, 'keys')} under ${l.to} stay in Consul, replicated no more (${l.why}); nothing deletes them (but a leased key, with its session, when its etcd lease ends): remove them once no application reads them (consul kv delete -recurse ${l.to})`);
   }
   lines.push('');
   lines.push(`Totals: ${plural(t.copyKeys, 'keys')} (${formatBytes(t.copyValueBytes)}) to copy, ${plural(t.sessions, 'sessions')} to create, ${formatCount(t.keptKeys)} kept on etcd, ${formatCount(t.skippedLeasedKeys)} leased keys skipped, ${formatCount(t.unmappedKeys)} unmapped, ${formatCount(t.unmappableKeys)} unmappable${result.services.length ? `, ${plural(t.instances, 'catalog instances')} to register` : ''}`);
