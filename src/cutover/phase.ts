@@ -259,6 +259,11 @@ export function formatAge(ms: number): string {
   return `${Math.round(s / 86_400)}d`;
 }
 
+/** Whether Consul owns the rule's data: cut over (Consul is the owner) or finalized. */
+export function ownedByConsul(doc: RulePhaseDoc): boolean {
+  return doc.owner === 'consul' || doc.phase === 'finalized';
+}
+
 /** What decides where a rule's keys are in Consul and how they are held: recorded at its cutover. */
 export interface RuleRouting {
   from: string;
@@ -292,7 +297,7 @@ export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: reado
   const changed: string[] = [];
   const described = (r: RuleRouting) => `${r.from} → ${r.to}`;
   for (const doc of docs) {
-    if (doc.owner !== 'consul' && doc.phase !== 'finalized') continue;
+    if (!ownedByConsul(doc)) continue;
     const state = doc.phase === 'finalized' ? 'finalized' : 'cut over';
     const then = [...doc.history].reverse().find((h) => h.phase === 'cutover')?.evidence?.mapping;
     const named = rules.find((r) => r.name === doc.rule);

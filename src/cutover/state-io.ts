@@ -65,9 +65,12 @@ export async function refuseOwnedMappingChanges(target: TargetStore, paths: Stat
   const changed = cutOverMappingChanges([...docs.values()].map((d) => d.doc), mapping.rules, meta?.rules ?? mapping.rules);
   if (changed.length === 0) return;
   throw new RefusedError('mapping_changed_cut_over', `migration.yaml changes what Consul owns: ${changed.join('; ')}${where}. Consul owns that data under the routing it was cut over with: for a moved rule the reverse mirror would find the new prefix empty and delete the rule's keys from etcd, other keys: or leases: would map Consul's keys back to other etcd keys, a dropped rule's writes in Consul would no longer reach etcd, and another rule over the data would overwrite what applications wrote in Consul with etcd's values. Nothing was written.`, {
-    hint: 'Put the rules back as they were cut over; to change a cut-over rule, roll it back first (`migrate rollback --rule <name>`), then change the mapping (and copy and cut over again). A finalized rule stays as it is, or is removed from migration.yaml.',
+    hint: OWNED_MAPPING_HINT,
   });
 }
+
+/** What to do about a mapping change that changes what Consul owns (the refusal's hint, and plan's blocker's). */
+export const OWNED_MAPPING_HINT = 'Put the rules back as they were cut over; to change a cut-over rule, roll it back first (`migrate rollback --rule <name>`), then change the mapping (and copy and cut over again). A finalized rule stays as it is, or is removed from migration.yaml.';
 
 /** `user@host` for the history. */
 export function operator(env: NodeJS.ProcessEnv = process.env): string {

@@ -64,7 +64,7 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
   const result: DoctorResult = { configFile: input.configFile, etcd: { endpoints: etcd.endpoints }, consul: { address: consul.address }, checks, ok: true, exitCode: ExitCode.ok };
   const fail = (name: string, err: unknown): void => {
     if (!isMigrateError(err)) throw err;
-    checks.push({ name, status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
+    checks.push(failedCheck(name, err));
   };
 
   checks.push(input.configFile
@@ -184,12 +184,12 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
         }
       } catch (err) {
         if (!isMigrateError(err)) throw err;
-        checks.push({ name: 'state.meta', status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
+        checks.push(failedCheck('state.meta', err, stateMetaStatus(err)));
         // A change --accept-mapping-change takes, unless it changes what Consul owns: then copy and dualrun refuse it.
         if (err.code === 'identity_mapping_changed' && input.mapping) {
           await refuseOwnedMappingChanges(consul, paths, input.mapping).catch((refused: unknown) => {
             if (!isMigrateError(refused)) throw refused;
-            checks.push({ name: 'state.mapping', status: 'fail', message: refused.message, code: refused.code, hint: refused.hint, exitCode: refused.exitCode });
+            checks.push(failedCheck('state.mapping', refused));
           });
         }
       }
@@ -211,19 +211,20 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
  */
 async function checkStateDocuments(consul: ConsulTarget, paths: StatePaths): Promise<DoctorCheck> {
   const keys = [paths.copy, paths.checkpoint(), ownersKey(paths), paths.verifyLast, ...(await consul.listKeys(paths.rule(''))), ...(await consul.listKeys(tripsPrefix(paths)))];
-  let read = 0;
-  for (const key of keys) {
-    const entry = await consul.readKey(key);
-    if (!entry) continue;
-    try {
-      parseStateDocument(key, entry.value);
-      read++;
-    } catch (err) {
-      if (!isMigrateError(err)) throw err;
-      return { name: 'state.documents', status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode };
-    }
+  // One read of them all (the ones absent are left out of the answer).
+  const entries = await consul.readEntries(keys);
+  try {
+    for (const entry of entries) parseStateDocument(entry.key, entry.value);
+  } catch (err) {
+    if (!isMigrateError(err)) throw err;
+    return failedCheck('state.documents', err);
   }
-  return { name: 'state.documents', status: 'ok', message: `${read} state document(s) readable` };
+  return { name: 'state.documents', status: 'ok', message: `${entries.length} state document(s) readable` };
+}
+
+/** A check that failed with `err`: its message, code, hint and the exit code the commands give it. */
+function failedCheck(name: string, err: MigrateError, status: 'fail' | 'warn' = 'fail'): DoctorCheck {
+  return { name, status, message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode };
 }
 
 /**
@@ -284,7 +285,7 @@ async function checkEtcdWrite(etcd: EtcdSource, config: MigrationConfig, checks:
     } catch (err) {
       if (!isMigrateError(err)) throw err;
       if (err.code !== 'etcd_permission_denied') {
-        checks.push({ name: 'etcd.write', status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
+        checks.push(failedCheck('etcd.write', err));
         return;
       }
       denied.push(prefix);
@@ -310,7 +311,7 @@ async function checkDatacenters(consul: ConsulTarget, loaded: LoadedConfig, etcd
     primary = loaded.config.target.datacenter ?? (await agent.info()).datacenter;
   } catch (err) {
     if (!isMigrateError(err)) throw err;
-    checks.push({ name: 'consul.datacenters', status: 'fail', message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
+    checks.push(failedCheck('consul.datacenters', err));
     return;
   }
   const views = datacenterViews(loaded, primary);
@@ -332,7 +333,7 @@ async function checkDatacenters(consul: ConsulTarget, loaded: LoadedConfig, etcd
       checks.push({ name, status: 'ok', message: `datacenter ${view.datacenter} answers; migration "${view.config.id}" recorded there ${meta.created}; identity and mapping match` });
     } catch (err) {
       if (!isMigrateError(err)) throw err;
-      checks.push({ name, status: stateMetaStatus(err), message: err.message, code: err.code, hint: err.hint, exitCode: err.exitCode });
+      checks.push(failedCheck(name, err, stateMetaStatus(err)));
     }
   }
 }

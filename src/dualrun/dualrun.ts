@@ -13,7 +13,7 @@ import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js
 import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
-import { ownerAt, ownersKey } from '../cutover/phase.js';
+import { ownedByConsul, ownerAt, ownersKey } from '../cutover/phase.js';
 import { readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
@@ -188,7 +188,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));
   if (verdict === 'mapping-changed') {
     // Not the data of rules Consul owns: the applications' own (a finalized rule removed from migration.yaml).
-    const owned = new Set([...(await readRuleDocs(primaryLane.target, paths)).values()].filter((d) => d.doc.owner === 'consul' || d.doc.phase === 'finalized').map((d) => d.doc.rule));
+    const owned = new Set([...(await readRuleDocs(primaryLane.target, paths)).values()].filter((d) => ownedByConsul(d.doc)).map((d) => d.doc.rule));
     for (const left of leftBehind((await readState<StateMeta>(primaryLane.target, paths.meta))?.rules, primaryLane.config, owned)) {
       options.log('warn', `mapping change: rule ${left.rule}'s keys under ${left.to} stay in Consul and are replicated no more (${left.why}); nothing deletes them (but a leased key, with its session, when its etcd lease ends): remove them once no application reads them (consul kv delete -recurse ${left.to})`, { rule: left.rule, prefix: left.to });
     }

@@ -12,8 +12,8 @@ import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
-import { cutOverMappingChanges, type RulePhaseDoc } from '../cutover/phase.js';
-import { readRuleDocs } from '../cutover/state-io.js';
+import { cutOverMappingChanges, ownedByConsul, type RulePhaseDoc } from '../cutover/phase.js';
+import { OWNED_MAPPING_HINT, readRuleDocs } from '../cutover/state-io.js';
 import { leftBehind, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 
 /**
@@ -95,7 +95,7 @@ export interface PlanInput {
   config: MigrationConfig;
   configFile: string;
   mapping: Mapping;
-  /** The target, asked for its limits and which rules are finalized (optional: without it, or when it does not answer, Consul's defaults). */
+  /** The target, asked for its limits and the migration's state (recorded mapping, rules' phases); optional: without it, or when it does not answer, Consul's defaults and no state. */
   target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys' | 'readEntries'>;
   /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
@@ -197,7 +197,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const unreadableCopied = outcome.unreadable.filter((range) => writingRules.some((r) => intersectRange(range, Buffer.from(r.from), prefixEnd(Buffer.from(r.from)))));
   const mappingChange = await mappingChangeOf(input, state);
   if (mappingChange?.refused.length) {
-    blockers.push({ code: 'mapping_change_refused', count: mappingChange.refused.length, message: `copy and dualrun refuse this mapping change (mapping_changed_cut_over): ${mappingChange.refused.join('; ')}`, hint: 'Put the rules back as they were cut over; to change a cut-over rule, roll it back first (`migrate rollback --rule <name>`). A finalized rule stays as it is, or is removed.' });
+    blockers.push({ code: 'mapping_change_refused', count: mappingChange.refused.length, message: `copy and dualrun refuse this mapping change (mapping_changed_cut_over): ${mappingChange.refused.join('; ')}`, hint: OWNED_MAPPING_HINT });
   }
   if (unreadableCopied.length > 0) {
     blockers.push({ code: 'range_unreadable', count: unreadableCopied.length, message: `etcd refused to read ${unreadableCopied.map(describeRange).join(', ')}, which copy or service rules cover`, hint: 'Grant the etcd user read on every rule range (`migrate acl` prints the role).' });
@@ -244,7 +244,7 @@ async function mappingChangeOf(input: PlanInput, state: { meta?: StateMeta; docs
   const target = input.target;
   const refused = cutOverMappingChanges(docs, input.mapping.rules, meta.rules ?? input.mapping.rules);
   if (!meta.rules) return { leftBehind: null, refused };
-  const owned = new Set(docs.filter((d) => d.owner === 'consul' || d.phase === 'finalized').map((d) => d.rule));
+  const owned = new Set(docs.filter(ownedByConsul).map((d) => d.rule));
   const left = await Promise.all(leftBehind(meta.rules, input.config, owned).map(async (l) => ({ ...l, consulKeys: await target.listKeys(l.to).then((keys) => keys.length, () => null) })));
   return { leftBehind: left, refused };
 }
@@ -264,4 +264,3 @@ function planServiceRule(rule: string, from: string, spec: ServiceSpec): PlanSer
     examples: [],
   };
 }
-

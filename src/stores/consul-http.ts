@@ -3,7 +3,7 @@ import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import { MigrateError, ServerError, UsageError, ExitCode } from '../errors.js';
 import { redactUrl } from '../report/redact.js';
-import { tlsFailureHint, type TlsFiles, type TlsMaterial } from './tls.js';
+import { tlsFailureHint, tlsReason, type TlsFiles, type TlsMaterial } from './tls.js';
 
 /**
  * The one HTTP path to Consul. A small typed wrapper over `node:http` with a
@@ -210,7 +210,7 @@ export class ConsulHttp {
       });
     }
     if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_OSSL|DEPTH_ZERO/i.test(code) || /certificate|ssl|tls/i.test(err.message)) {
-      return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${err.message.split('\n').map((line) => line.trim()).filter(Boolean).join(' ').replace(/[\s.]+$/, '')}.`, {
+      return new ServerError('consul_tls_failed', `TLS with Consul at ${this.address} failed: ${tlsReason(err.message)}.`, {
         hint: tlsFailureHint('Consul', err.message, code) ?? 'Check CONSUL_CACERT (or target.tls.ca): it must be the CA that signed the server certificate.',
       });
     }
@@ -236,7 +236,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
     if (/ACL not found|token.*not found|invalid token/i.test(text)) {
       return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${shown}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter.');
     }
-    return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${shown || 'Permission denied'}.`, text, 'Grant the token the permission `migrate acl` lists (the migrator policy; for a CI verify, the verifier policy), then run `migrate doctor`.');
+    return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${shown || 'Permission denied'}.`, text, PERMISSION_HINT);
   }
   // Go's TLS listener answers a plain request with this 400: the address names the wrong scheme.
   if (status === 400 && /HTTP request to an HTTPS server/i.test(text)) {
@@ -267,6 +267,8 @@ export function consulErrorFor(address: string, method: string, path: string, st
     : undefined);
 }
 
+const PERMISSION_HINT = 'Grant the token the permission `migrate acl` lists (the migrator policy; for a CI verify, the verifier policy), then run `migrate doctor`.';
+
 /**
  * A txn Consul rolled back: a check that failed (a key changed, a lock held),
  * which the caller re-plans or reports; or an op the token may not do, which
@@ -275,7 +277,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
 export function txnError(errors: { opIndex: number; what: string }[], method: string, path: string): MigrateError {
   const denied = errors.find((e) => /permission denied/i.test(e.what));
   if (denied) {
-    return new ConsulResponseError('consul_permission_denied', 409, `Consul denied ${method} ${path.split('?')[0]}: ${denied.what.slice(0, 200)}.`, denied.what, 'Grant the token the permission `migrate acl` lists (the migrator policy; for a CI verify, the verifier policy), then run `migrate doctor`.');
+    return new ConsulResponseError('consul_permission_denied', 409, `Consul denied ${method} ${path.split('?')[0]}: ${denied.what.slice(0, 200)}.`, denied.what, PERMISSION_HINT);
   }
   return new TxnFailedError(errors);
 }

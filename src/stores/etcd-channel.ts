@@ -133,7 +133,7 @@ export class EtcdChannel {
 }
 
 /** As etcd3 makes them: TLS with the given files, else TLS with the system's CAs if any endpoint is https, else plain. */
-export function channelCredentials(tls: TlsFiles | undefined, endpoints: readonly string[]): GrpcModule.ChannelCredentials {
+function channelCredentials(tls: TlsFiles | undefined, endpoints: readonly string[]): GrpcModule.ChannelCredentials {
   if (tls?.ca) return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert);
   return endpoints.some((e) => e.startsWith('https:')) ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
 }

@@ -9,7 +9,7 @@ import { sleep } from './consul-http.js';
 import { EtcdChannel } from './etcd-channel.js';
 import { RANGE, STATUS, toEntry, type RangePage, type RangeRequest } from './etcd-codec.js';
 import { prefixEnd } from './key-range.js';
-import { sameTlsFiles, tlsFailureHint, type TlsFiles, type TlsMaterial } from './tls.js';
+import { sameTlsFiles, tlsFailureHint, tlsReason, type TlsFiles, type TlsMaterial } from './tls.js';
 import { DEFAULT_PAGE_KEYS, type KeyRange, type LeaseInfo, type ReadPagesOptions, type SourceEvent, type SourcePage, type SourceReader, type SourceStatus, type SourceWatch, type WatchMessage } from './types.js';
 
 // etcd3 (with cockatiel, which it loads) is CommonJS. Imported from an ES module, Node first scans
@@ -507,9 +507,4 @@ class EtcdWatch implements SourceWatch {
       this.wake = undefined;
     }
   }
-}
-
-/** grpc-js's reason for a failed handshake on one line: OpenSSL's text spans several, with a timestamp, and ends with an empty "Resolution note". */
-function tlsReason(message: string): string {
-  return message.replace(/\s*Resolution note:\s*\.?\s*$/, '').split('\n').map((line) => line.trim()).filter(Boolean).join(' ').replace(/[\s.]+$/, '');
 }

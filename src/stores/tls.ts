@@ -20,6 +20,11 @@ export function sameTlsFiles(a: TlsFiles | undefined, b: TlsFiles | undefined): 
   return same(a?.ca, b?.ca) && same(a?.cert, b?.cert) && same(a?.key, b?.key);
 }
 
+/** A TLS failure's reason on one line: OpenSSL's text spans several (grpc-js adds a timestamp and an empty "Resolution note"), without a closing stop. */
+export function tlsReason(message: string): string {
+  return message.replace(/\s*Resolution note:\s*\.?\s*$/, '').split('\n').map((line) => line.trim()).filter(Boolean).join(' ').replace(/[\s.]+$/, '');
+}
+
 /** Where the tool takes each server's TLS files from, for the hints. */
 const SETTINGS = {
   etcd: { ca: 'ETCDCTL_CACERT (or source.tls.ca)', client: 'ETCDCTL_CERT / ETCDCTL_KEY (or source.tls.cert / key)' },
