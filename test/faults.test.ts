@@ -63,11 +63,12 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
     for (let i = 0; i < 10; i++) await etcd.put(`${s.root}/app/k${i}`).value('seed');
     expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
     const dualrun = await startDualRun(s.dir, [], { CONSUL_HTTP_ADDR: consulProxy.url });
-    const health = async () => (await fetch(`http://127.0.0.1:${dualrun.metricsPort}/healthz`)).json() as Promise<{ role?: string; lagRevisions?: number; lagSeconds?: number; etcdRevision?: number; checkpoint?: number }>;
+    const health = async () => (await fetch(`http://127.0.0.1:${dualrun.metricsPort}/healthz`)).json() as Promise<{ status?: string; role?: string; lagRevisions?: number; lagSeconds?: number; etcdRevision?: number; checkpoint?: number }>;
     try {
+      // Ready: its watch is open (a leader still setting up, its checkpoint read, has heard nothing of etcd yet).
       await eventually('leads and catches up', async () => {
         const h = await health();
-        return h.role === 'leader' && h.lagRevisions === 0;
+        return h.status === 'ready' && h.lagRevisions === 0;
       });
       // Consul stops answering (a frozen process holds its connections open: no error), while etcd changes.
       consulProxy.proxy.blackhole();

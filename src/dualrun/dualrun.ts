@@ -43,6 +43,8 @@ export interface DualRunStats {
    */
   checkpointWrittenAt: number;
   connected: boolean;
+  /** Whether the leader has opened its etcd watch since it took the lead: not while it sets up (reads the checkpoint, renews the sessions). */
+  started: boolean;
   events: number;
   ops: number;
   txns: number;
@@ -72,7 +74,7 @@ export interface DualRunStats {
 }
 
 /** How far one datacenter's replication has come (each keeps its own checkpoint). */
-export type DatacenterStats = Pick<DualRunStats, 'role' | 'checkpoint' | 'etcdRevision' | 'caughtUpAt' | 'checkpointWrittenAt' | 'connected' | 'events' | 'ops' | 'txns' | 'rebaselines' | 'sessions' | 'errors'>;
+export type DatacenterStats = Pick<DualRunStats, 'role' | 'checkpoint' | 'etcdRevision' | 'caughtUpAt' | 'checkpointWrittenAt' | 'connected' | 'started' | 'events' | 'ops' | 'txns' | 'rebaselines' | 'sessions' | 'errors'>;
 
 /**
  * One datacenter the dual-run writes to: its view of the rules and the target
@@ -161,7 +163,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const primaryLane = lanes.find((l) => l.primary) ?? lanes[0]!;
   const secondaryLanes = lanes.filter((l) => l !== primaryLane);
   const newStats = (): DualRunStats => ({
-    role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), seenRevision: 0, checkpointWrittenAt: Date.now(), connected: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
+    role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), seenRevision: 0, checkpointWrittenAt: Date.now(), connected: false, started: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
     splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   });
   // Nothing to mirror: refused before a server is asked or the lock taken.
@@ -173,7 +175,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     if (secondaryLanes.length > 0) {
       snapshot.datacenters = Object.fromEntries(lanes.map((lane) => {
         const s = laneStats.get(lane)!;
-        return [lane.datacenter, { role: s.role, checkpoint: s.checkpoint, etcdRevision: Math.max(s.etcdRevision, stats.etcdRevision), caughtUpAt: s.caughtUpAt, checkpointWrittenAt: s.checkpointWrittenAt, connected: s.connected, events: s.events, ops: s.ops, txns: s.txns, rebaselines: s.rebaselines, sessions: s.sessions, errors: { ...s.errors } }];
+        return [lane.datacenter, { role: s.role, checkpoint: s.checkpoint, etcdRevision: Math.max(s.etcdRevision, stats.etcdRevision), caughtUpAt: s.caughtUpAt, checkpointWrittenAt: s.checkpointWrittenAt, connected: s.connected, started: s.started, events: s.events, ops: s.ops, txns: s.txns, rebaselines: s.rebaselines, sessions: s.sessions, errors: { ...s.errors } }];
       }));
     }
     options.onStats?.(snapshot);
@@ -472,6 +474,7 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
 
 async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunSummary['reason']> {
   const { source, target, paths, stats } = ctx;
+  stats.started = false;
   const setup = await setUpLead(ctx, options);
   if (typeof setup === 'string') return setup;
   const { sessions, ownership, own, heartbeat, services, applier } = setup;
@@ -651,6 +654,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         }
         // Connected again once a txn lands in Consul (the next checkpoint write), not when etcd's watch opens:
         // a watch reopened while Consul is still down made /healthz say ready, then not, then ready.
+        stats.started = true;
         ctx.publish();
         const progressTimer = setInterval(() => {
           if (!watch) return;

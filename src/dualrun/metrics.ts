@@ -150,10 +150,11 @@ export class DualRunMetrics {
     // A leader whose checkpoint has not been written for twice the heartbeat: etcd or Consul does not answer
     // (a frozen server holds requests open: no error says so, and no news from etcd means no visible lag).
     const stalledAt = (written: number) => now - written > 2 * HEARTBEAT_MS;
-    const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || stalledAt(d.checkpointWrittenAt) || (d.checkpoint < d.etcdRevision && (now - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
+    const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || !d.started || stalledAt(d.checkpointWrittenAt) || (d.checkpoint < d.etcdRevision && (now - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
     const stalled = stalledAt(s.checkpointWrittenAt);
-    const ready = s.connected && !stalled && seconds < 10 && behind.length === 0;
-    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : 'catching-up';
+    // A leader setting up (reading the checkpoint, renewing the sessions) replicates nothing yet, and its lag counts nothing etcd made meanwhile.
+    const ready = s.connected && s.started && !stalled && seconds < 10 && behind.length === 0;
+    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : !s.started || behind.some((dc) => !s.datacenters![dc]!.started) ? 'starting' : 'catching-up';
     return {
       ready,
       body: {

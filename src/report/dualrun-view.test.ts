@@ -3,7 +3,7 @@ import type { DualRunStats } from '../dualrun/dualrun.js';
 import { EventRate, renderDualRunStatus } from './dualrun-view.js';
 
 const stats: DualRunStats = {
-  role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, seenRevision: 0, checkpointWrittenAt: 1000, connected: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
+  role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, seenRevision: 0, checkpointWrittenAt: 1000, connected: true, started: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
   splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 2, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 1,
 };
 
@@ -24,11 +24,17 @@ describe('renderDualRunStatus', () => {
     expect(lines[4]).toContain('delete-guard trips 1');
     expect(renderDualRunStatus({ ...stats, role: 'standby' }, 0, 0, false)[0]).toBe('dual-run: standby (waiting for the leader lock)');
   });
+
+  it('a leader setting up says so; held by a frozen Consul, what the watch heard is lag, as /metrics counts it', () => {
+    expect(renderDualRunStatus({ ...stats, started: false }, 3500, 0, false)[0]).toBe('dual-run: leader (setting up)');
+    const held = renderDualRunStatus({ ...stats, checkpoint: 100, etcdRevision: 100, seenRevision: 1_950, behindSince: 1000 }, 3500, 0, false);
+    expect(held[1]).toBe('  checkpoint 100   etcd revision 1950   lag 1850 revision(s), 2.50 s (since caught up)');
+  });
 });
 
 describe('renderDualRunStatus with several datacenters', () => {
   it('adds a line per datacenter: replicating, or not answering with its lag growing', () => {
-    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: 1000, checkpointWrittenAt: 1000, events: 0, ops: 0, txns: 7, rebaselines: 0, sessions: 1, errors: {} };
+    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: 1000, checkpointWrittenAt: 1000, started: true, events: 0, ops: 0, txns: 7, rebaselines: 0, sessions: 1, errors: {} };
     const lines = renderDualRunStatus({ ...stats, datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 60, connected: false } } }, 3500, 0, false);
     expect(lines.slice(-2)).toEqual([
       '  datacenter dc1: replicating   checkpoint 100   lag 0 revision(s)   txns 7   sessions 1',
@@ -41,7 +47,7 @@ describe('metrics with several datacenters', () => {
   it('exports lag, checkpoint and connected per datacenter, and /healthz is not ready while one does not answer', async () => {
     const { DualRunMetrics } = await import('../dualrun/metrics.js');
     const metrics = new DualRunMetrics({ heartbeat: false });
-    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), events: 0, ops: 0, txns: 0, rebaselines: 0, sessions: 0, errors: {} };
+    const dc = { role: 'leader' as const, etcdRevision: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), started: true, events: 0, ops: 0, txns: 0, rebaselines: 0, sessions: 0, errors: {} };
     metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 60, connected: false } } });
     const text = await metrics.text();
     expect(text).toMatch(/^migrate_dualrun_datacenter_lag_revisions\{datacenter="dc2"\} 40$/m);
@@ -52,6 +58,25 @@ describe('metrics with several datacenters', () => {
     expect(health.body).toMatchObject({ status: 'disconnected', datacenters: { dc2: { connected: false, lagRevisions: 40 } } });
     metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 100, connected: true } } });
     expect(metrics.health().ready).toBe(true);
+    // A datacenter whose lane is still setting up (its watch not open) is not ready either.
+    metrics.update({ ...stats, checkpoint: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), datacenters: { dc1: { ...dc, checkpoint: 100, connected: true }, dc2: { ...dc, checkpoint: 100, connected: true, started: false } } });
+    expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'starting' } });
+  });
+});
+
+describe('/healthz of a leader setting up', () => {
+  it('is starting (503) until its etcd watch opens, though its checkpoint equals what it knows of etcd', async () => {
+    const { DualRunMetrics } = await import('../dualrun/metrics.js');
+    const metrics = new DualRunMetrics({ heartbeat: false });
+    // Just took the lead: the checkpoint is read, etcd's revision not yet heard (the watch opens after the sessions are renewed).
+    const setting = { ...stats, checkpoint: 4_318, etcdRevision: 0, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now(), connected: true, started: false };
+    metrics.update(setting);
+    expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'starting', role: 'leader', checkpoint: 4_318 } });
+    // Set up longer than twice the heartbeat (Consul frozen): stalled, as any leader writing no checkpoint.
+    metrics.update({ ...setting, checkpointWrittenAt: Date.now() - 21_000 });
+    expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'stalled' } });
+    metrics.update({ ...setting, etcdRevision: 4_318, started: true });
+    expect(metrics.health()).toMatchObject({ ready: true, body: { status: 'ready' } });
   });
 });
 

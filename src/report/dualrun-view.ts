@@ -1,6 +1,6 @@
 import { createElement as h, type ReactElement } from 'react';
 import type { DualRunStats } from '../dualrun/dualrun.js';
-import { lagSeconds } from '../dualrun/metrics.js';
+import { lagRevisions, lagSeconds } from '../dualrun/metrics.js';
 import { scrub } from './redact.js';
 
 /** How often the live view is redrawn (ms). */
@@ -35,14 +35,13 @@ function seconds(value: number): string {
 
 /** The status lines of a running dual-run (pure: the terminal view draws them). */
 export function renderDualRunStatus(stats: DualRunStats, now: number, eventsPerSecond: number, heartbeat: boolean): string[] {
-  const role = stats.role === 'leader' ? (stats.connected ? 'leader' : 'leader (reconnecting)') : stats.role === 'standby' ? 'standby (waiting for the leader lock)' : stats.role;
-  const lagRevisions = Math.max(0, stats.etcdRevision - stats.checkpoint);
+  const role = stats.role === 'leader' ? (!stats.connected ? 'leader (reconnecting)' : stats.started ? 'leader' : 'leader (setting up)') : stats.role === 'standby' ? 'standby (waiting for the leader lock)' : stats.role;
   const measured = heartbeat && stats.heartbeat ? 'heartbeat, end to end' : 'since caught up';
   const errors = total(stats.errors);
   const late = total(stats.lateWrites);
   return [
     `dual-run: ${role}`,
-    `  checkpoint ${stats.checkpoint}   etcd revision ${stats.etcdRevision}   lag ${lagRevisions} revision(s), ${seconds(lagSeconds(stats, now))} (${measured})`,
+    `  checkpoint ${stats.checkpoint}   etcd revision ${Math.max(stats.etcdRevision, stats.seenRevision)}   lag ${lagRevisions(stats)} revision(s), ${seconds(lagSeconds(stats, now))} (${measured})`,
     `  events ${stats.events} (${Math.round(eventsPerSecond)}/s)   txns ${stats.txns}   ops ${stats.ops}   sessions ${stats.sessions}`,
     `  reverse-mirrored rules ${stats.reverseRules}   late writes ${late}${late ? ` (${Object.entries(stats.lateWrites).map(([r, n]) => `${r}: ${n}`).join(', ')})` : ''}   errors ${errors}${errors ? ` (${Object.entries(stats.errors).map(([k, n]) => `${k}: ${n}`).join(', ')})` : ''}`,
     ...(stats.splitRevisions || stats.rebaselines || stats.guardTrips ? [`  split revisions ${stats.splitRevisions}   re-baselines ${stats.rebaselines}   delete-guard trips ${stats.guardTrips}`] : []),
