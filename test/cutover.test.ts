@@ -489,10 +489,28 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
     // Nothing recorded: without the flag the change is still refused as such.
     expect((await s.cli(['dualrun'])).stderr).toContain('error[identity_mapping_changed]');
-    // The mapping put back, the dual-run runs again.
+    // State of an earlier release: meta lists no rules. Whether the change adds or removes a nested rule cannot be
+    // told (it took the removal, and the reverse mirror deleted the keep rule's keys from etcd): refused, saying how to record them.
+    const metaKey = `_migrate/${s.id}/meta`;
+    const { rules: recorded, ...earlier } = JSON.parse((await target.readKey(metaKey))!.value.toString('utf8')) as { rules?: unknown };
+    expect(recorded).toBeDefined();
+    await target.applyTxn([{ verb: 'set', key: metaKey, value: Buffer.from(JSON.stringify(earlier)) }]);
+    for (const command of [['dualrun', '--accept-mapping-change'], ['copy', '--accept-mapping-change']]) {
+      const unknown = await s.cli(command);
+      expect(unknown.code, unknown.stderr).toBe(4);
+      expect(unknown.stderr).toContain(`rule app (cut over with ${s.root}/app/: the migration's state, recorded by an earlier release of migrate, does not list its rules`);
+    }
+    const plan = await s.cli(['plan', '--format', 'json']);
+    expect(JSON.parse(plan.stdout).mappingChange.refused).toEqual([expect.stringContaining('does not list its rules')]);
+    expect(await etcdValue(`${s.root}/app/k8s/pod`)).toBe('kept on etcd');
+    // The mapping put back, the dual-run runs again, and records the rules: the removal is refused as such again.
     writeFileSync(file, original);
     dr = await dualRun(s);
     expect(await dr.stop()).toBe(0);
+    expect(JSON.parse((await target.readKey(metaKey))!.value.toString('utf8')).rules).toEqual(recorded);
+    writeFileSync(file, original.replace(`  - { name: k8s, from: ${s.root}/app/k8s/, action: keep }\n`, ''));
+    expect((await s.cli(['dualrun', '--accept-mapping-change'])).stderr).toContain(`rule k8s (its from: ${s.root}/app/k8s/ lay in ${s.root}/app/, which rule app is cut over with, and is gone`);
+    expect(await etcdValue(`${s.root}/app/k8s/pod`)).toBe('kept on etcd');
   }, 60_000);
 
   it('finalize --delete-etcd refuses while Consul lacks keys etcd holds: nothing deleted or exported, the rule stays cut over', async () => {

@@ -212,7 +212,7 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   const limits = await target.limits();
   const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config), rules: recordedRules(config) };
   // A renamed finalized rule, say, would be copied from etcd over what applications wrote in Consul.
-  if (options.acceptMappingChange) await refuseOwnedMappingChanges(target, paths, deps.mapping);
+  if (options.acceptMappingChange) await refuseOwnedMappingChanges(target, paths, deps.config, deps.mapping);
   if (options.dryRun) {
     checkIdentity(await readState<StateMeta>(target, paths.meta), identity, { acceptMappingChange: options.acceptMappingChange });
   } else {

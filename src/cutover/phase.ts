@@ -290,10 +290,12 @@ export interface RuleRouting {
  *   keys from the rule (the longest prefix wins), so the reverse mirror no
  *   longer writes the applications' changes of them to etcd; a rule removed
  *   from it hands the rule keys Consul does not hold under its `to`, which
- *   the reverse mirror deletes from etcd.
+ *   the reverse mirror deletes from etcd. `recorded` null: the recorded rules
+ *   are not known (meta written by an earlier release), so no change of a
+ *   cut-over rule's nested rules can be ruled out: refused until they are.
  * Rules cut over before the routing was recorded in the history are not known here.
  */
-export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string; action: string })[], recorded: readonly { name: string; from: string }[] = []): string[] {
+export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string; action: string })[], recorded: readonly { name: string; from: string }[] | null = []): string[] {
   const changed: string[] = [];
   const described = (r: RuleRouting) => `${r.from} → ${r.to}`;
   for (const doc of docs) {
@@ -319,6 +321,10 @@ export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: reado
       }
     }
     if (doc.phase === 'finalized') continue;
+    if (!recorded) {
+      changed.push(`rule ${doc.rule} (cut over with ${then.from}: the migration's state, recorded by an earlier release of migrate, does not list its rules, so whether this change adds or removes a rule nested in ${then.from} cannot be checked; put migration.yaml back as the migration recorded it and run \`migrate dualrun\` once: it records the rules; then change it again)`);
+      continue;
+    }
     const nestedIn = (r: { name: string; from: string }) => r.name !== doc.rule && r.from !== then.from && r.from.startsWith(then.from);
     for (const added of rules.filter((r) => nestedIn(r) && !recorded.some((old) => old.from === r.from))) {
       if (takerOf(added.from, rules.filter((r) => r !== added)) === doc.rule) {

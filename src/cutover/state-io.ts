@@ -1,11 +1,12 @@
 import { hostname, userInfo } from 'node:os';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
 import { RefusedError } from '../errors.js';
-import { parseStateDocument, readState, type StateMeta, type StatePaths } from '../state/state.js';
+import { mappingHash, parseStateDocument, readState, type StateMeta, type StatePaths } from '../state/state.js';
 import { TxnFailedError } from '../stores/consul-http.js';
 import type { TargetStore, TxnOp } from '../stores/types.js';
 import type { VerifyLastState } from '../verify/verify.js';
 import type { Mapping } from '../mapping/mapping.js';
+import type { MigrationConfig } from '../config/load.js';
 import { cutOverMappingChanges, emptyTrips, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
 
 /** The state documents the cutover stage reads, with the Consul indexes its writes check against. */
@@ -59,10 +60,11 @@ export async function readRuleDocs(target: Pick<TargetStore, 'listKeys' | 'readE
  * {@link cutOverMappingChanges}) before anything is written. `where` names
  * the datacenter when the rules write to several.
  */
-export async function refuseOwnedMappingChanges(target: TargetStore, paths: StatePaths, mapping: Mapping, where = ''): Promise<void> {
+export async function refuseOwnedMappingChanges(target: TargetStore, paths: StatePaths, config: MigrationConfig, mapping: Mapping, where = ''): Promise<void> {
   const [docs, meta] = await Promise.all([readRuleDocs(target, paths), readState<StateMeta>(target, paths.meta)]);
-  // Without recorded rules (state of an earlier release) a nested rule cannot be told new: not refused.
-  const changed = cutOverMappingChanges([...docs.values()].map((d) => d.doc), mapping.rules, meta?.rules ?? mapping.rules);
+  // meta of an earlier release lists no rules: they are the current ones only if the mapping is the recorded one.
+  const recorded = meta?.rules ?? (!meta || meta.mappingHash === mappingHash(config) ? mapping.rules : null);
+  const changed = cutOverMappingChanges([...docs.values()].map((d) => d.doc), mapping.rules, recorded);
   if (changed.length === 0) return;
   throw new RefusedError('mapping_changed_cut_over', `migration.yaml changes what Consul owns: ${changed.join('; ')}${where}. Consul owns that data under the routing it was cut over with: for a moved rule the reverse mirror would find the new prefix empty and delete the rule's keys from etcd, other keys: or leases: would map Consul's keys back to other etcd keys, a dropped rule's writes in Consul would no longer reach etcd, and another rule over the data would overwrite what applications wrote in Consul with etcd's values. Nothing was written.`, {
     hint: OWNED_MAPPING_HINT,

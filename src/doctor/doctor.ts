@@ -187,7 +187,7 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
         checks.push(failedCheck('state.meta', err, stateMetaStatus(err)));
         // A change --accept-mapping-change takes, unless it changes what Consul owns: then copy and dualrun refuse it.
         if (err.code === 'identity_mapping_changed' && input.mapping) {
-          await refuseOwnedMappingChanges(consul, paths, input.mapping).catch((refused: unknown) => {
+          await refuseOwnedMappingChanges(consul, paths, config, input.mapping).catch((refused: unknown) => {
             if (!isMigrateError(refused)) throw refused;
             checks.push(failedCheck('state.mapping', refused));
           });

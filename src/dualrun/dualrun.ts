@@ -272,7 +272,7 @@ async function uncopiedRules(ctx: LeadContext): Promise<string | undefined> {
 async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promise<void> {
   for (const lane of lanes) {
     // The primary must answer; another datacenter that does not answer now goes unchecked (its lane waits for it).
-    await refuseOwnedMappingChanges(lane.target, statePaths(lane.config.state.prefix, lane.config.id), lane.mapping, lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : '').catch((err: unknown) => {
+    await refuseOwnedMappingChanges(lane.target, statePaths(lane.config.state.prefix, lane.config.id), lane.config, lane.mapping, lanes.length > 1 ? ` in datacenter ${lane.datacenter}` : '').catch((err: unknown) => {
       if (lane.primary || !isTransient(err)) throw err;
     });
   }

@@ -242,7 +242,7 @@ async function mappingChangeOf(input: PlanInput, state: { meta?: StateMeta; docs
   const { meta, docs } = state;
   if (!input.target || !meta || meta.mappingHash === mappingHash(input.config)) return undefined;
   const target = input.target;
-  const refused = cutOverMappingChanges(docs, input.mapping.rules, meta.rules ?? input.mapping.rules);
+  const refused = cutOverMappingChanges(docs, input.mapping.rules, meta.rules ?? null);
   if (!meta.rules) return { leftBehind: null, refused };
   const owned = new Set(docs.filter(ownedByConsul).map((d) => d.rule));
   const left = await Promise.all(leftBehind(meta.rules, input.config, owned).map(async (l) => ({ ...l, consulKeys: await target.listKeys(l.to).then((keys) => keys.length, () => null) })));

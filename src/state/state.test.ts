@@ -114,4 +114,17 @@ describe('ensureMeta', () => {
     expect(await ensureMeta(target, paths, { ...current, mappingHash: 'cccc' }, '0.1.0', new Date('2027-01-01T00:00:00Z'), { acceptMappingChange: true })).toBe('mapping-changed');
     expect(await readState<StateMeta>(target, paths.meta)).toMatchObject({ mappingHash: 'cccc', created: now.toISOString() });
   });
+
+  it('records the rules in meta an earlier release wrote without them, once the mapping matches; never over another mapping', async () => {
+    const target = new MemoryTarget();
+    await ensureMeta(target, paths, current, '0.1.0', now);
+    const rules = [{ name: 'app', action: 'copy', from: '/app/', to: 'app/' }];
+    expect(await ensureMeta(target, paths, { ...current, mappingHash: 'cccc', rules }, '0.1.0', now, { acceptMappingChange: true, deferMappingChange: true })).toBe('mapping-changed');
+    expect((await readState<StateMeta>(target, paths.meta))?.rules).toBeUndefined();
+    expect(await ensureMeta(target, paths, { ...current, rules }, '0.1.0', now)).toBe('match');
+    expect(await readState<StateMeta>(target, paths.meta)).toMatchObject({ mappingHash: current.mappingHash, rules, created: now.toISOString() });
+    const writes = target.writes;
+    expect(await ensureMeta(target, paths, { ...current, rules }, '0.1.0', now)).toBe('match');
+    expect(target.writes).toBe(writes);
+  });
 });

@@ -181,7 +181,9 @@ export async function ensureMeta(target: TargetStore, paths: StatePaths, current
     const existing = entry ? parseStateDocument<StateMeta>(paths.meta, entry.value) : undefined;
     const verdict = checkIdentity(existing, current, options);
     // Deferred: recorded by the caller once the new mapping is in force (the dual-run's re-baseline done).
-    if (verdict === 'match' || (verdict === 'mapping-changed' && options.deferMappingChange)) return verdict;
+    // A match recorded by an earlier release lists no rules: they are the current ones, recorded now (a later
+    // mapping change is checked against them: what it adds to or removes from a cut-over rule's from).
+    if ((verdict === 'match' && (existing?.rules || !current.rules)) || (verdict === 'mapping-changed' && options.deferMappingChange)) return verdict;
     const meta: StateMeta = {
       schemaVersion: STATE_SCHEMA_VERSION,
       id: current.id,
