@@ -83,6 +83,9 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
       // No error comes from a frozen server: past twice the heartbeat without a checkpoint, the log says so, once, and counts it.
       await eventually('the stall is logged', async () => /no checkpoint written for \d+ s: etcd or Consul does not answer/.test(dualrun.stderr()), 30_000);
       expect(dualrun.stderr().match(/no checkpoint written for/g)).toHaveLength(1);
+      // The progress line (every 10 s) counts the lag as /metrics does.
+      const progress = [...dualrun.stderr().matchAll(/ progress (\{.*\})$/gm)].map((m) => JSON.parse(m[1]!) as { lagRevisions: number });
+      expect(progress.at(-1)?.lagRevisions, dualrun.stderr()).toBeGreaterThanOrEqual(20);
       expect(await dualrun.metrics()).toMatch(/^migrate_dualrun_errors_total\{kind="stalled"\} 1$/m);
     } finally {
       consulProxy.proxy.heal();

@@ -32,7 +32,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters } = await import('../stores.js');
       const { runDualRun } = await import('../../dualrun/dualrun.js');
-      const { DualRunMetrics, lagSeconds } = await import('../../dualrun/metrics.js');
+      const { DualRunMetrics, lagRevisions, lagSeconds } = await import('../../dualrun/metrics.js');
       const { runCopy } = await import('../../copy/copy.js');
       // Said as log lines (--log-format json keeps stderr NDJSON) once the log is set up.
       const mappingWarnings: string[] = [];
@@ -112,8 +112,9 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             // From the first answer of the etcd watch on: before it, etcd's revision is not known yet (it read 0).
             if (!view && now - lastLog >= 10_000 && stats.role === 'leader' && stats.etcdRevision > 0) {
               lastLog = now;
+              // As /metrics counts it: what the watch heard, taken by the applier or still waiting (a frozen Consul).
               log('info', 'progress', {
-                checkpoint: stats.checkpoint, etcdRevision: stats.etcdRevision, lagRevisions: Math.max(0, stats.etcdRevision - stats.checkpoint), lagSeconds: Number(lagSeconds(stats, now).toFixed(3)), events: stats.events, txns: stats.txns, sessions: stats.sessions,
+                checkpoint: stats.checkpoint, etcdRevision: Math.max(stats.etcdRevision, stats.seenRevision), lagRevisions: lagRevisions(stats), lagSeconds: Number(lagSeconds(stats, now).toFixed(3)), events: stats.events, txns: stats.txns, sessions: stats.sessions,
                 ...(stats.datacenters ? { datacenters: Object.fromEntries(Object.entries(stats.datacenters).map(([dc, d]) => [dc, { checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint), connected: d.connected }])) } : {}),
               });
             }
@@ -123,7 +124,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         const where = summary.leading ? `at checkpoint ${summary.stats.checkpoint}` : summary.stats.checkpoint > 0 ? `as a standby (it last led up to checkpoint ${summary.stats.checkpoint}; the leader holds the migration's)` : 'as a standby that never led';
         log('info', `stopped (${summary.reason}) ${where}`, { events: summary.stats.events, txns: summary.stats.txns });
         // Documented, and still the surprise of a stop for maintenance: the leased keys go from Consul while etcd keeps them.
-        if (summary.leading && summary.stats.sessions > 0) log('warn', `${summary.stats.sessions} Consul session(s) mirror etcd leases and nothing renews them now: Consul deletes their keys 1 to 2 × their TTL from now, while etcd keeps them, unless a dual-run runs again by then (it re-creates them and rewrites the keys)`, { sessions: summary.stats.sessions });
+        if (summary.leading && summary.stats.sessions > 0) log('warn', `${summary.stats.sessions} Consul session(s) mirror etcd leases and nothing renews them now: Consul deletes their keys 1 to 2 × their TTL from now, while etcd keeps them, unless ${options.ha ? 'a standby takes the lead or ' : ''}a dual-run runs again by then (it re-creates them and rewrites the keys)`, { sessions: summary.stats.sessions });
         if (ctx.format === 'json') {
           const { renderEnvelope } = await import('../../report/envelope.js');
           ctx.result(renderEnvelope('dualrun', 'ok', { reason: summary.reason, stats: summary.stats }));
