@@ -212,6 +212,10 @@ describe('bad input to the writing commands: message, exit code, nothing written
       expect(copyDuring.code, copyDuring.stderr).toBe(4);
       expect(copyDuring.stderr).toMatch(/error\[copy_dualrun_running\]: A dual-run of migration "lock-[0-9a-f]+" is running/);
       expect(copyDuring.stderr).toMatch(/stop the dual-run first/);
+      // Its dry-run says so too, rather than a plan the copy would not carry out.
+      const dryRun = await runCli(['copy', '--dry-run'], { cwd: s.dir, env: env() });
+      expect(dryRun.code, dryRun.stderr).toBe(4);
+      expect(dryRun.stderr).toMatch(/error\[copy_dualrun_running\]/);
       // The copy's own state document is rewritten by every copy that starts: untouched here.
       expect(await copyDoc()).toBe(copyIndex);
       expect((await ownTarget.readKey(`_migrate/${s.id}/checkpoint`))?.modifyIndex ?? 0).toBeGreaterThanOrEqual(checkpoint ?? 0);

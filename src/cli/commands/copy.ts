@@ -82,7 +82,8 @@ export function registerCopy({ add }: CommandRegistrar): void {
               writeState: !options.dryRun,
               sessions: !options.dryRun && lane.mapping.copyRules.some((r) => r.leases === 'session'),
             });
-            if (!options.dryRun) await refuseWhileDualRunLeads(lane.target, lane.config);
+            // The dry-run too: it shows what copy would do, and copy would do nothing but this refusal.
+            await refuseWhileDualRunLeads(lane.target, lane.config);
             const result = await runCopy(
               { source, target: lane.target, config: lane.config, mapping: lane.mapping },
               {
