@@ -140,9 +140,12 @@ describe('compareKey', () => {
     expect(owned.source).toEqual(Buffer.from('/app/gone'));
     expect(owned.difference.detail).toBe('etcd has no key /app/gone at the cut');
     // A leased key whose etcd lease expired with no dual-run running: the session that still holds it is named.
-    const held = compare({ target: 'app/gone', consul: consul('app/gone', 'x', 's-1') })!;
+    const held = compare({ target: 'app/gone', consul: consul('app/gone', 'x', 's-1'), sessions: sessions({ 9: 's-1' }, ['s-1']) })!;
     expect(held.difference).toMatchObject({ kind: 'extra', reason: 'no-etcd-key', sourceKey: '/app/gone' });
     expect(held.difference.detail).toBe('etcd has no key /app/gone at the cut; the Consul key is held by session s-1: a session the tool made for an etcd lease deletes it when it ends (a running dual-run deletes it at once)');
+    // Held by a session the migration did not make (an application's lock): nothing of the tool's deletes it.
+    const locked = compare({ target: 'app/gone', consul: consul('app/gone', 'x', 'APP'), sessions: sessions({ 9: 's-1' }, ['s-1', 'APP']) })!;
+    expect(locked.difference.detail).toBe('etcd has no key /app/gone at the cut; the Consul key is held by session APP, which this migration does not own: copy --delete-extraneous leaves it; its holder releases it, or delete it in Consul');
     const foreign = compare({ rule: 'legacy', target: 'legacy/~zz', consul: consul('legacy/~zz', 'x') })!;
     expect(foreign.difference).toMatchObject({ kind: 'extra', reason: 'foreign', sourceKey: null });
     expect(foreign.source).toBeUndefined();
@@ -196,6 +199,11 @@ describe('compareKey', () => {
       expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'me', 'APP'), owner: 'consul', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })).toBeUndefined();
       expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'me', 'S9'), owner: 'consul', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({ reason: 'unexpected-session' });
       expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'me', 'APP'), owner: 'etcd', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({ reason: 'unexpected-session' });
+      // Another value under an application's lock, while etcd owns the rule: copy skips such a key, so the difference says who must act.
+      expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'you', 'APP'), owner: 'etcd', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({
+        kind: 'value', reason: 'foreign-session', detail: 'the values differ (etcd 2 B, Consul 3 B); the Consul key is held by session APP, which this migration does not own: copy leaves such a key as it is; its holder releases it (or delete it in Consul), then copy',
+      });
+      expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'you', 'S9'), owner: 'etcd', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({ kind: 'value', reason: 'bytes' });
     });
     it('a value difference is reported before a session difference', () => {
       expect(run(consul('services/r1', 'other'), sessions({ 9: 'S9' }, ['S9']))!.difference.kind).toBe('value');

@@ -71,7 +71,8 @@ export interface Difference {
   key: string;
   kind: DifferenceKind;
   /**
-   * The sub-reason: a {@link SessionProblem}, an {@link ExtraReason}, a servability reason, `absent`, `bytes` or `read-back-failed`;
+   * The sub-reason: a {@link SessionProblem}, an {@link ExtraReason}, a servability reason, `absent`, `bytes`,
+   * `foreign-session` (the values differ, and a session this migration does not own holds the Consul key: copy leaves it) or `read-back-failed`;
    * for a service rule `no-instance`, `no-etcd-key`, `duplicate`, the differing fields (`address,port`), `no-check`, `unexpected-check` or `critical`.
    */
   reason: string;
@@ -256,7 +257,9 @@ export function compareKey(input: CompareInput): Finding | undefined {
     const owner = routeTargetKey(input.mapping, target);
     if (owner.kind === 'owned') {
       // The usual cause: a leased key whose lease expired in etcd while no dual-run ran to delete it in Consul.
-      const held = consul.session ? `; the Consul key is held by session ${consul.session}: a session the tool made for an etcd lease deletes it when it ends (a running dual-run deletes it at once)` : '';
+      const held = !consul.session ? '' : input.sessions.isMirror(consul.session)
+        ? `; the Consul key is held by session ${consul.session}: a session the tool made for an etcd lease deletes it when it ends (a running dual-run deletes it at once)`
+        : `; the Consul key is held by session ${consul.session}, which this migration does not own: copy --delete-extraneous leaves it; its holder releases it, or delete it in Consul`;
       return found('extra', 'no-etcd-key', `etcd has no key ${formatKey(owner.source)} at the cut${held}`, owner.source);
     }
     const why = owner.kind === 'foreign' ? owner.detail : 'no copy rule maps to it';
@@ -285,7 +288,12 @@ export function compareKey(input: CompareInput): Finding | undefined {
 
   if (!consul) return found('missing', 'absent', 'etcd has the key; Consul has nothing at its target');
   if (!consul.value.equals(expectation.source.value)) {
-    return found('value', 'bytes', consul.value.length === expectation.source.value.length ? `the values differ (same size, ${consul.value.length} B)` : `the values differ (etcd ${expectation.source.value.length} B, Consul ${consul.value.length} B)`);
+    // An application's lock (its own session) on a key etcd still owns: copy skips such a key (foreign-session), so it would not mend it.
+    const sizes = consul.value.length === expectation.source.value.length ? `same size, ${consul.value.length} B` : `etcd ${expectation.source.value.length} B, Consul ${consul.value.length} B`;
+    if (consul.session && lease === undefined && input.owner !== 'consul' && !input.sessions.isMirror(consul.session)) {
+      return found('value', 'foreign-session', `the values differ (${sizes}); the Consul key is held by session ${consul.session}, which this migration does not own: copy leaves such a key as it is; its holder releases it (or delete it in Consul), then copy`);
+    }
+    return found('value', 'bytes', `the values differ (${sizes})`);
   }
 
   if (lease !== undefined) {
