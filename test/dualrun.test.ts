@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3, Range } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
+import { txnCapacity } from '../src/audit/inventory.js';
 import { startEtcd } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
@@ -64,6 +65,11 @@ describe('migrate dualrun (real servers)', () => {
       const limits = await target.limits();
       const big = Array.from({ length: limits.txnMaxOps + 50 }, (_, i) => etcd.put(`${s.root}/app/bulk/${String(i).padStart(4, '0')}`).value(`v${i}`));
       await etcd.if(`${s.root}/app/seed`, 'Mod', '>', 0).then(...big).commit();
+      // The audit's room for a revision is the dual-run's: a revision of that many ops is one txn, one more is split.
+      const room = txnCapacity(limits).ops;
+      for (const [group, n] of [['fits', room], ['over', room + 1]] as const) {
+        await etcd.if(`${s.root}/app/seed`, 'Mod', '>', 0).then(...Array.from({ length: n }, (_, i) => etcd.put(`${s.root}/app/${group}/${String(i).padStart(4, '0')}`).value(group))).commit();
+      }
       // Keys outside every rule are not replicated.
       await etcd.put(`${s.root}/elsewhere`).value('ignored');
       // Puts Consul cannot take: logged and counted; a value grown past the limit takes its last copy out of Consul.
@@ -78,7 +84,8 @@ describe('migrate dualrun (real servers)', () => {
       expect(await target.readKey(`${s.id}/app/new`)).toBeUndefined();
       expect(await target.listKeys(`${s.id}/app/bulk/`)).toHaveLength(limits.txnMaxOps + 50);
       const metrics = await dr.metrics();
-      expect(metric(metrics, 'migrate_dualrun_split_revisions_total')).toBe(1);
+      expect(metric(metrics, 'migrate_dualrun_split_revisions_total')).toBe(2);
+      expect(dr.stderr()).toMatch(new RegExp(`revision \\d+ has ${room + 1} ops, more than one Consul txn holds \\(${room} of its`));
       expect(metric(metrics, 'migrate_dualrun_lag_revisions')).toBe(0);
       expect(await target.readKey(`${s.id}/app/grows`)).toBeUndefined();
       expect(metric(metrics, 'migrate_dualrun_unmappable_total')).toBe(2);

@@ -33,6 +33,7 @@ import { PrefixTreeBuilder, findSlashes, mergePrefixTrees, type PrefixNode } fro
 import { RevisionGroupCounter, type RevisionGroup, type RevisionGroupOptions } from './revision-groups.js';
 import type { KeyRouter, Routed } from './router.js';
 import { HANDLING_BIT, RuleTallies, handlingOf, registrationProblemText, type RuleTally } from './tally.js';
+import { DUALRUN_TXN_RESERVE } from '../dualrun/reserve.js';
 
 export type { RuleTally } from './tally.js';
 
@@ -43,10 +44,6 @@ export type { RuleTally } from './tally.js';
  * disk). The summaries at the end are pure functions of what was gathered.
  */
 
-/** Ops the dual-run adds to every txn itself: the checkpoint and the leader check (DESIGN §3). */
-export const RESERVED_TXN_OPS = 2;
-/** Bytes those two ops take, rounded up (keys under the state prefix, a small JSON checkpoint). */
-export const RESERVED_TXN_BYTES = 1024;
 const SET_OP_OVERHEAD = wireOpBytes({ verb: 'set', key: '', value: Buffer.alloc(0) });
 
 /** The room one Consul txn leaves for a revision's data (DESIGN §3). */
@@ -56,7 +53,7 @@ export interface TxnCapacity {
 }
 
 export function txnCapacity(limits: { txnMaxOps: number; txnMaxBytes: number }): TxnCapacity {
-  return { ops: Math.max(1, limits.txnMaxOps - RESERVED_TXN_OPS), bytes: Math.max(1, limits.txnMaxBytes - 2 - RESERVED_TXN_BYTES) };
+  return { ops: Math.max(1, limits.txnMaxOps - DUALRUN_TXN_RESERVE.reservedOps), bytes: Math.max(1, limits.txnMaxBytes - 2 - DUALRUN_TXN_RESERVE.reservedBytes) };
 }
 
 /** Estimated bytes one key takes in a `/v1/txn` body (the source key length stands in for the mapped one). */

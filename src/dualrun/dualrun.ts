@@ -25,6 +25,7 @@ import { planRevision, routeForReplication, type RevisionPlan } from './plan-rev
 import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbeat.js';
 import { ServiceMirror, type ServiceMirrorStats } from '../services/mirror.js';
 import { SeenRevisions } from './seen-revisions.js';
+import { DUALRUN_TXN_RESERVE } from './reserve.js';
 
 /** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
 export interface DualRunStats {
@@ -808,8 +809,7 @@ class Applier {
   // 0, not now: the first progress notification rewrites the checkpoint, so a dual-run just
   // started on an idle etcd shows as running (status, cutover, verify) at once, not after HEARTBEAT_MS.
   private lastCheckpointWrite = 0;
-  // The checkpoint, the leader check and the owners fence.
-  private readonly reserve = { reservedOps: 3, reservedBytes: 800 };
+  private readonly reserve = DUALRUN_TXN_RESERVE;
   /** The owners index every decision since the last txn was made under (the fence of the next txn). */
   private fenceIndex: number;
   /** The revision of the last watch event handled (planned, whether or not it made ops). */
