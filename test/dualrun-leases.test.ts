@@ -131,6 +131,62 @@ describe('dual-run with many leases (real servers)', () => {
     }
   }, 90_000);
 
+  it('a value too large for a txn that leaves its lease, or moves to another: freed of the old session and written whole (it kept the old lock and went with the lease, or was left empty), by the dual-run and by copy', async () => {
+    const id = `bigmove-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: reg, from: ${root}/reg/, to: ${id}/reg/, leases: session }\n`);
+    const [a, b, c] = [shared.lease(600), shared.lease(600), shared.lease(600)];
+    for (const lease of [a, b, c]) lease.on('lost', () => undefined);
+    const big = (tag: string) => Buffer.concat([Buffer.from(tag), randomBytes(450_000)]);
+    try {
+      for (const key of ['left', 'moved', 'copied']) await a.put(`${root}/reg/${key}`).value('small');
+      expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+      const dr = await startDualRun(dir);
+      const [left, moved] = [big('left'), big('moved')];
+      try {
+        await waitCaughtUp(shared, target, id);
+        await shared.put(`${root}/reg/left`).value(left);
+        await b.put(`${root}/reg/moved`).value(moved);
+        await waitCaughtUp(shared, target, id);
+        const sessionB = (await target.readKey(`${id}/reg/moved`))?.session;
+        expect(sessionB).toBeTruthy();
+        expect(sessionB).not.toBe((await target.readKey(`${id}/reg/copied`))?.session);
+        // Lease a ends: its session goes, with the keys it still holds (copied), and only those.
+        await a.revoke();
+        await eventually('lease a\'s key goes from Consul', async () => (await target.readKey(`${id}/reg/copied`)) === undefined, 30_000);
+        const [l, m] = await Promise.all([target.readKey(`${id}/reg/left`), target.readKey(`${id}/reg/moved`)]);
+        expect(l?.value.equals(left)).toBe(true);
+        expect(l?.session).toBeUndefined();
+        expect(m?.value.equals(moved)).toBe(true);
+        expect(m?.session).toBe(sessionB);
+        expect(dr.stderr()).not.toMatch(/single PUT of .* could not/);
+      } finally {
+        expect(await dr.stop()).toBe(0);
+      }
+      // copy: the same moves while no dual-run runs (lease c's key moves to b, then leaves it), written by copy's single PUTs.
+      await c.put(`${root}/reg/copied`).value('small');
+      expect((await runCli(['copy'], { cwd: dir, env: serverEnv() })).code).toBe(0);
+      const sessionC = (await target.readKey(`${id}/reg/copied`))?.session;
+      expect(sessionC).toBeTruthy();
+      const copiedMoved = big('copied');
+      await b.put(`${root}/reg/copied`).value(copiedMoved);
+      const move = await runCli(['copy'], { cwd: dir, env: serverEnv() });
+      expect(move.code, move.stderr).toBe(0);
+      const locked = await target.readKey(`${id}/reg/copied`);
+      expect(locked?.value.equals(copiedMoved)).toBe(true);
+      expect(locked?.session).toBe((await target.readKey(`${id}/reg/moved`))?.session);
+      const copiedLeft = big('again');
+      await shared.put(`${root}/reg/copied`).value(copiedLeft);
+      const leave = await runCli(['copy'], { cwd: dir, env: serverEnv() });
+      expect(leave.code, leave.stderr).toBe(0);
+      const freed = await target.readKey(`${id}/reg/copied`);
+      expect(freed?.value.equals(copiedLeft)).toBe(true);
+      expect(freed?.session).toBeUndefined();
+    } finally {
+      await Promise.all([a, b, c].map((lease) => lease.revoke().catch(() => undefined)));
+    }
+  }, 90_000);
+
   it('a lease that ended while no dual-run ran: its session goes only once the restart has replayed the puts that took keys off it, so those keys never leave Consul', async () => {
     const id = `ended-${randomBytes(3).toString('hex')}`;
     const root = `/${id}`;

@@ -8,6 +8,7 @@ import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { readRanges, splitRanges } from '../stores/key-range.js';
+import { putLarge } from '../stores/large-put.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
@@ -680,14 +681,14 @@ class CopyEngine {
     const ops = writeOps(write);
     const tracker = this.trackers.get(write.rule)!;
     if (!groupFitsInTxn(ops, this.limits, { reservedOps: 1, reservedBytes: this.reservedBytes })) {
-      // Too large for any txn: a single PUT (acquire for session-held keys), sent at once.
+      // Too large for any txn: a single PUT (release of the old session, acquire of the lease's), sent at once.
       tracker.hold(pageId);
       this.landing(write.rule, 1);
       await this.dispatch(async () => {
         await this.throttle(1);
         // Stopped while it waited: left unwritten and its page open, so --resume plans it.
         if (this.options.signal.aborted) return;
-        const ok = await this.target.putKey(write.key, write.value, write.session ? { acquire: write.session } : { cas: write.expectIndex });
+        const ok = await putLarge(this.target, write.key, write.value, { release: write.releaseSession, acquire: write.session, cas: write.expectIndex });
         if (!ok) await this.resolveConflicts([{ write, pageId, stats }]);
         else this.count(write, stats, true);
         tracker.release(pageId);
@@ -807,7 +808,7 @@ class CopyEngine {
       if (groupFitsInTxn(ops, this.limits)) {
         await this.target.applyTxn(ops);
         this.txns++;
-      } else if (!(await this.target.putKey(write.key, write.value, write.session ? { acquire: write.session } : { cas: write.expectIndex }))) {
+      } else if (!(await putLarge(this.target, write.key, write.value, { release: write.releaseSession, acquire: write.session, cas: write.expectIndex }))) {
         throw new TxnFailedError([{ opIndex: 0, what: `single PUT of ${formatKey(write.key)} lost a race` }]);
       }
       this.count(write, stats, !groupFitsInTxn(ops, this.limits));

@@ -1,4 +1,4 @@
-import type { ServiceDefinition, SessionSpec, TargetStore, TxnOp } from '../stores/types.js';
+import type { PutOptions, ServiceDefinition, SessionSpec, TargetStore, TxnOp } from '../stores/types.js';
 
 /** One write the copy would send, as the dry-run shows it (sizes, never values). */
 export interface RecordedOp {
@@ -8,6 +8,8 @@ export interface RecordedOp {
   key?: string;
   bytes?: number;
   session?: string;
+  /** A single PUT that frees the key from this session (then, with `session`, another put takes it). */
+  release?: string;
   ttlSeconds?: number;
   /** Service operations: the instance id, and its service name on register. */
   service?: string;
@@ -46,8 +48,8 @@ export class RecordingTarget implements TargetStore {
     this.recorded.push({ op: 'txn', ops: ops.map((o) => ({ verb: o.verb, key: o.key, bytes: 'value' in o ? o.value.length : 0 })) });
   }
 
-  async putKey(key: string, value: Buffer, options: { acquire?: string; cas?: number } = {}): Promise<boolean> {
-    this.recorded.push({ op: 'put', key, bytes: value.length, ...(options.acquire ? { session: options.acquire } : {}) });
+  async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {
+    this.recorded.push({ op: 'put', key, bytes: value.length, ...(options.acquire ? { session: options.acquire } : {}), ...(options.release ? { release: options.release } : {}) });
     return true;
   }
 

@@ -66,7 +66,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     lines.push('', 'Operations:');
     for (const op of result.ops) {
       if (op.op === 'txn') lines.push(`  txn (${op.ops!.length} ops)`, ...op.ops!.map((o) => `    ${o.verb.padEnd(16)} ${o.key}${o.bytes ? `  ${o.bytes} B` : ''}`));
-      else if (op.op === 'put') lines.push(`  put              ${op.key}  ${op.bytes} B${op.session ? `  acquire ${op.session}` : ''}`);
+      else if (op.op === 'put') lines.push(`  put              ${op.key}  ${op.bytes} B${op.session ? `  acquire ${op.session}` : ''}${op.release ? `  release ${op.release}` : ''}`);
       else if (op.op === 'create-session') lines.push(`  create-session   ${op.session}  TTL ${op.ttlSeconds}s`);
       else if (op.op === 'register-service') lines.push(`  register-service ${op.service}  (${op.name})${op.ttlSeconds ? `  TTL check ${op.ttlSeconds}s` : ''}`);
       else if (op.op === 'deregister-service' || op.op === 'update-check') lines.push(`  ${op.op.padEnd(16)} ${op.service}`);

@@ -26,6 +26,7 @@ import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbe
 import { ServiceMirror, type ServiceMirrorStats } from '../services/mirror.js';
 import { SeenRevisions } from './seen-revisions.js';
 import { DUALRUN_TXN_RESERVE } from './reserve.js';
+import { putLarge } from '../stores/large-put.js';
 
 /** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
 export interface DualRunStats {
@@ -1021,8 +1022,10 @@ class Applier {
     if (plan.largePuts.length > 0) {
       await this.flush();
       for (const put of plan.largePuts) {
-        const ok = await this.ctx.target.putKey(put.key, put.value, put.acquire ? { acquire: put.acquire } : {});
-        if (!ok) this.options.log('warn', `single PUT of ${formatKey(put.key)} could not take its session's lock; the next change or restart repairs it`);
+        // What Consul holds now, not what the previous lease says: the session to free it from may be unknown (the lease ended).
+        const holder = put.free ? (await this.ctx.target.readKey(put.key))?.session : undefined;
+        const ok = await putLarge(this.ctx.target, put.key, put.value, { release: holder, acquire: put.acquire });
+        if (!ok) this.options.log('warn', `single PUT of ${formatKey(put.key)} could not ${put.acquire ? `take the lock of session ${put.acquire}` : `free it from session ${holder}`} (another session holds it, or that session ended): the key is not held as its etcd lease says; verify reports it, a copy (the dual-run stopped) rewrites it`, { key: formatKey(put.key) });
         stats.largePuts++;
       }
     }

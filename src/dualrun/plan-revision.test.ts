@@ -40,10 +40,11 @@ describe('planRevision', () => {
 
   it('frees a key that leaves a lease whose session is no longer known (the lease ended while Consul was down): deleted and set, not set under the old lock', () => {
     expect(verbs(plan([put('/svc/a', 'free', '0', '99')]).ops)).toEqual(['delete svc/a', 'set svc/a']);
-    // Too large for a txn: the delete in the txn, the value by single PUT.
+    // Too large for a txn: single PUTs free it of whichever session holds it in Consul, and write the value; nothing in the txn
+    // (a delete there, sent after the PUT, deleted the value just written).
     const big = plan([put('/svc/a', 'x'.repeat(10), '0', '99')], (ops) => ops.length === 1 && ops[0]!.verb === 'delete');
-    expect(verbs(big.ops)).toEqual(['delete svc/a']);
-    expect(big.largePuts).toEqual([{ key: 'svc/a', value: Buffer.from('x'.repeat(10)) }]);
+    expect(verbs(big.ops)).toEqual([]);
+    expect(big.largePuts).toEqual([{ key: 'svc/a', value: Buffer.from('x'.repeat(10)), free: true }]);
     // Under persist, a key was never locked: a set.
     expect(verbs(plan([put('/app/a', 'free', '0', '99')]).ops)).toEqual(['set app/a']);
   });
@@ -62,6 +63,18 @@ describe('planRevision', () => {
     const p = plan([put('/svc/big', 'x'.repeat(10), '7'), put('/app/small', 's')], (ops) => !ops.some((o) => o.key === 'svc/big'));
     expect(p.largePuts).toEqual([{ key: 'svc/big', value: Buffer.from('x'.repeat(10)), acquire: 'S7' }]);
     expect(verbs(p.ops)).toEqual(['set app/small']);
+  });
+
+  it('a value too large for a txn that leaves its lease, or moves to another, frees the key by single PUT too: no release in the txn', () => {
+    const small = (ops: TxnOp[]) => !ops.some((o) => o.key === 'svc/big');
+    // Leaves its lease: a PUT alone would keep the old session's lock, and Consul would delete the key with that session.
+    const left = plan([put('/svc/big', 'x'.repeat(10), '0', '7')], small);
+    expect(verbs(left.ops)).toEqual([]);
+    expect(left.largePuts).toEqual([{ key: 'svc/big', value: Buffer.from('x'.repeat(10)), free: true }]);
+    // Moves to another lease: an empty-valued unlock in the txn, sent after the PUT whose acquire the old lock refused, left it empty.
+    const moved = plan([put('/svc/big', 'x'.repeat(10), '8', '7')], small);
+    expect(verbs(moved.ops)).toEqual([]);
+    expect(moved.largePuts).toEqual([{ key: 'svc/big', value: Buffer.from('x'.repeat(10)), acquire: 'S8', free: true }]);
   });
 
   it('reports puts Consul cannot take, and deletes the last value that fitted of a key whose value outgrew the limit', () => {

@@ -42,7 +42,10 @@ export interface UnmappablePut {
 export interface LargePut {
   key: string;
   value: Buffer;
+  /** The session of its etcd lease, to hold the key. */
   acquire?: string;
+  /** It leaves a lock (its old lease's session, known or not): freed from whichever session holds it in Consul. */
+  free?: boolean;
 }
 
 export interface RevisionPlan {
@@ -127,12 +130,10 @@ export function planRevision(input: PlanRevisionInput): RevisionPlan {
     if (input.fits(ops)) {
       plan.ops.push(...ops);
     } else {
+      // Too large for a txn: single PUTs free the key (of the session Consul says holds it) and write (and lock) the value.
       const last = ops[ops.length - 1]!;
-      // Too large for a txn: release the key in the txn (from the old session, or by deleting it), then the single PUT writes (and locks) the value.
-      const release = ops.length > 1 ? ops[0]! : undefined;
-      if (release?.verb === 'unlock') plan.ops.push({ verb: 'unlock', key: release.key, value: Buffer.alloc(0), session: release.session });
-      else if (release) plan.ops.push(release);
-      plan.largePuts.push({ key, value, ...(last.verb === 'lock' ? { acquire: last.session } : {}) });
+      const free = ops.some((o) => o.verb === 'unlock' || o.verb === 'delete');
+      plan.largePuts.push({ key, value, ...(last.verb === 'lock' ? { acquire: last.session } : {}), ...(free ? { free } : {}) });
     }
   }
   return plan;

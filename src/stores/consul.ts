@@ -6,7 +6,7 @@ import { keysOf, packReads, planReads, sortKeys, readLimits, readTxnBody, type R
 import { scanReadResults } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import { checkIdOf, META_MIGRATION } from '../services/registration.js';
-import type { ServiceDefinition, ServiceInstance, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
+import type { ServiceDefinition, ServiceInstance, PutOptions, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
 
 export interface ConsulTargetOptions {
   /** Overrides from `target.limits` in migration.yaml. */
@@ -304,10 +304,10 @@ export class ConsulTarget implements TargetStore {
     await this.request({ method: 'PUT', path: '/v1/txn', body: serializeTxn(ops), signal });
   }
 
-  async putKey(key: string, value: Buffer, options: { acquire?: string; cas?: number } = {}): Promise<boolean> {
+  async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {
     const { maxValueBytes } = await this.limits();
     if (value.length > maxValueBytes) throw new ValueTooLargeError(key, value.length, maxValueBytes);
-    const response = await this.request({ method: 'PUT', path: kvPath(key), query: { acquire: options.acquire, cas: options.cas }, body: value });
+    const response = await this.request({ method: 'PUT', path: kvPath(key), query: { acquire: options.acquire, release: options.release, cas: options.cas }, body: value });
     return response.body.toString('utf8').trim() === 'true';
   }
 

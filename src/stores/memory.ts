@@ -6,6 +6,7 @@ import { compareKeys } from './consul-reads.js';
 import { META_MIGRATION } from '../services/registration.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, type TargetLimits } from './txn-batcher.js';
 import type {
+  PutOptions,
   KeyRange,
   LeaseInfo,
   ReadPagesOptions,
@@ -298,9 +299,10 @@ export class MemoryTarget implements TargetStore {
     for (const [key, entry] of next) this.entries.set(key, entry);
   }
 
-  async putKey(key: string, value: Buffer, options: { acquire?: string; cas?: number } = {}): Promise<boolean> {
+  async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {
     try {
       if (options.acquire) await this.applyTxn([{ verb: 'lock', key, value, session: options.acquire }]);
+      else if (options.release) await this.applyTxn([{ verb: 'unlock', key, value, session: options.release }]);
       else if (options.cas !== undefined) await this.applyTxn([{ verb: 'cas', key, value, index: options.cas }]);
       else await this.applyTxn([{ verb: 'set', key, value }]);
       return true;

@@ -197,6 +197,13 @@ export interface ServiceInstance extends ServiceFields {
 }
 
 /** Reads and writes against Consul. */
+/** Options of a single PUT: at most one of them (Consul's KV PUT takes one). */
+export interface PutOptions {
+  acquire?: string;
+  release?: string;
+  cas?: number;
+}
+
 export interface TargetStore {
   info(): Promise<TargetInfo>;
   /** The limits in force: the server's op limit by version, Consul's defaults, then the configured overrides. */
@@ -212,8 +219,8 @@ export interface TargetStore {
   readKey(key: string): Promise<TargetEntry | undefined>;
   /** Apply one txn (all or nothing). Throws {@link TxnFailedError} on a failed check. */
   applyTxn(ops: readonly TxnOp[], signal?: AbortSignal): Promise<void>;
-  /** A single `PUT /v1/kv/<key>`, for values too large for any txn. */
-  putKey(key: string, value: Buffer, options?: { acquire?: string; cas?: number }): Promise<boolean>;
+  /** A single `PUT /v1/kv/<key>`, for values too large for any txn; `release` writes and frees a key that session holds (false if it does not). */
+  putKey(key: string, value: Buffer, options?: PutOptions): Promise<boolean>;
   deleteKey(key: string): Promise<void>;
   createSession(spec: SessionSpec): Promise<string>;
   /** Renew a session; `false` when Consul no longer knows it. */
