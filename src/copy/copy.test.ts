@@ -217,6 +217,16 @@ describe('copy --dry-run', () => {
     expect(result.txns).toBe(result.ops!.filter((op) => op.op === 'txn').length);
     expect(target.writes).toBe(0);
   });
+
+  it('--show-ops names the session a lock takes and the size of every value, an empty one\'s too; nothing to do says so', async () => {
+    const { source, target } = world();
+    source.put('/app/empty', '');
+    const text = renderCopy(await runCopy(deps(source, target), options({ dryRun: true, recordOps: true })), 'text', true);
+    expect(text).toMatch(/^ {4}lock +app\/leased {2}4 B {2}session dry-run-session-1$/m);
+    expect(text).toMatch(/^ {4}cas +app\/empty {2}0 B$/m);
+    await runCopy(deps(source, target), options());
+    expect(renderCopy(await runCopy(deps(source, target), options({ dryRun: true, recordOps: true })), 'text', true)).toMatch(/^Operations: none$/m);
+  });
 });
 
 describe('copy --delete-extraneous and the delete guard', () => {

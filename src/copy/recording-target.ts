@@ -3,8 +3,8 @@ import type { PutOptions, ServiceDefinition, SessionSpec, TargetStore, TxnOp } f
 /** One write the copy would send, as the dry-run shows it (sizes, never values). */
 export interface RecordedOp {
   op: 'txn' | 'put' | 'delete' | 'create-session' | 'destroy-session' | 'register-service' | 'deregister-service' | 'update-check';
-  /** For txns: each KV op's verb, key and value size. */
-  ops?: { verb: string; key: string; bytes: number }[];
+  /** For txns: each KV op's verb, key and value size (0 for ops with no value), and the session of a lock or unlock. */
+  ops?: { verb: string; key: string; bytes: number; session?: string }[];
   key?: string;
   bytes?: number;
   session?: string;
@@ -45,7 +45,7 @@ export class RecordingTarget implements TargetStore {
   }
 
   async applyTxn(ops: readonly TxnOp[]): Promise<void> {
-    this.recorded.push({ op: 'txn', ops: ops.map((o) => ({ verb: o.verb, key: o.key, bytes: 'value' in o ? o.value.length : 0 })) });
+    this.recorded.push({ op: 'txn', ops: ops.map((o) => ({ verb: o.verb, key: o.key, bytes: 'value' in o ? o.value.length : 0, ...('session' in o ? { session: o.session } : {}) })) });
   }
 
   async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {

@@ -9,6 +9,9 @@ function sum(record: Partial<Record<string, number>>): number {
 }
 
 /** Renders a copy or dry-run result; never a value, only keys and sizes. */
+/** Txn verbs that carry a value. */
+const VALUE_VERBS = new Set(['set', 'cas', 'lock', 'unlock']);
+
 export function renderCopy(result: CopyResult, format: Format, showOps: boolean): string {
   if (format === 'json') {
     return renderEnvelope('copy', result.interrupted ? 'interrupted' : 'ok', { ...result, ops: result.ops ?? null });
@@ -63,9 +66,10 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
   for (const c of s.clamps.slice(0, 10)) lines.push(`  lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s (Consul sessions live 10s–24h)`);
   if (!result.dryRun) lines.push(`  ${result.txns} txn(s), ${result.retries} retr${result.retries === 1 ? 'y' : 'ies'}, ${(result.durationMs / 1000).toFixed(1)}s`);
   if (showOps && result.ops) {
-    lines.push('', 'Operations:');
+    lines.push('', result.ops.length > 0 ? 'Operations:' : 'Operations: none');
     for (const op of result.ops) {
-      if (op.op === 'txn') lines.push(`  txn (${op.ops!.length} ops)`, ...op.ops!.map((o) => `    ${o.verb.padEnd(16)} ${o.key}${o.bytes ? `  ${o.bytes} B` : ''}`));
+      // A value's size even when it is empty (0 B); none for a delete or a check.
+      if (op.op === 'txn') lines.push(`  txn (${op.ops!.length} ops)`, ...op.ops!.map((o) => `    ${o.verb.padEnd(16)} ${o.key}${VALUE_VERBS.has(o.verb) ? `  ${o.bytes} B` : ''}${o.session ? `  session ${o.session}` : ''}`));
       else if (op.op === 'put') lines.push(`  put              ${op.key}  ${op.bytes} B${op.session ? `  acquire ${op.session}` : ''}${op.release ? `  release ${op.release}` : ''}`);
       else if (op.op === 'create-session') lines.push(`  create-session   ${op.session}  TTL ${op.ttlSeconds}s`);
       else if (op.op === 'register-service') lines.push(`  register-service ${op.service}  (${op.name})${op.ttlSeconds ? `  TTL check ${op.ttlSeconds}s` : ''}`);
