@@ -339,6 +339,9 @@ describe('copy of a rule Consul owns', () => {
       const o = options({ deleteExtraneous: true, allowMassDelete: true });
       const result = await runCopy(deps(source, target), o);
       expect(result.rules).toEqual([]);
+      // Said in the result too (a script reading --format json), and in its text.
+      expect(result.ownedByConsul).toEqual([{ rule: 'app', phase }]);
+      expect(renderCopy(result, 'text', false)).toContain(`  app: not copied: ${phase === 'finalized' ? 'finalized' : 'cut over'}, Consul owns its data\n`);
       expect(target.entries.get('app/k01')?.value.toString()).toBe('written in Consul');
       expect(target.entries.get('app/k02')?.value.toString()).toBe('v1');
       expect(target.entries.has('app/foreign')).toBe(true);

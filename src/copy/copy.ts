@@ -114,6 +114,8 @@ export interface CopyResult {
   /** Revisions etcd compacted while this run copied at them; the run went on at a newer one. */
   compactedAt?: number[];
   rules: RuleCopyStats[];
+  /** Copy rules not copied: Consul owns their data (cut over or finalized), which a copy from etcd would overwrite. */
+  ownedByConsul: { rule: string; phase: 'cutover' | 'finalized' }[];
   /** `service` rules: instances registered on the agent's catalog. */
   services: ServiceRuleStats[];
   sessions: { created: number; adopted: number; clamps: ClampFinding[] };
@@ -255,12 +257,16 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     }
   }
   const copyRules: RuleConfig[] = [];
+  const ownedByConsul: CopyResult['ownedByConsul'] = [];
   const phases = await readRuleDocs(target, paths);
   for (const rule of config.rules.filter((r) => r.action === 'copy')) {
     // A rule cut over (or finalized) lives in Consul now: etcd's copy of it is stale, and copying it would overwrite the application's data.
     const phase = phases.get(rule.name)?.doc;
-    if (phase?.owner === 'consul') options.onProgress?.({ type: 'warning', message: `rule ${rule.name} is not copied: it is ${phase.phase === 'finalized' ? 'finalized' : 'cut over'}, and Consul owns its data; a copy from etcd would overwrite it` });
-    else copyRules.push(rule);
+    if (phase?.owner === 'consul') {
+      const owned = phase.phase === 'finalized' ? 'finalized' : 'cutover';
+      ownedByConsul.push({ rule: rule.name, phase: owned });
+      options.onProgress?.({ type: 'warning', message: `rule ${rule.name} is not copied: it is ${owned === 'finalized' ? 'finalized' : 'cut over'}, and Consul owns its data; a copy from etcd would overwrite it` });
+    } else copyRules.push(rule);
   }
   const sessions = new LeaseSessions(source, target, paths, config.id, options.now);
   await sessions.load();
@@ -333,6 +339,7 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     migration: config.id,
     revision,
     rules: stats,
+    ownedByConsul,
     services,
     sessions: { created: sessions.created, adopted: sessions.adopted, clamps: sessions.clamps },
     // Data txns and session-record txns: every txn a dry-run lists.

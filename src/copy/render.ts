@@ -8,10 +8,10 @@ function sum(record: Partial<Record<string, number>>): number {
   return Object.values(record).reduce<number>((n, v) => n + (v ?? 0), 0);
 }
 
-/** Renders a copy or dry-run result; never a value, only keys and sizes. */
 /** Txn verbs that carry a value. */
 const VALUE_VERBS = new Set(['set', 'cas', 'lock', 'unlock']);
 
+/** Renders a copy or dry-run result; never a value, only keys and sizes. */
 export function renderCopy(result: CopyResult, format: Format, showOps: boolean): string {
   if (format === 'json') {
     return renderEnvelope('copy', result.interrupted ? 'interrupted' : 'ok', { ...result, ops: result.ops ?? null });
@@ -25,6 +25,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     lines.push(`${r.name.padEnd(18)} ${String(r.sourceKeys).padStart(8)} ${String(r.created).padStart(8)} ${String(r.updated).padStart(8)} ${String(r.unchanged).padStart(8)} ${String(sum(r.skipped)).padStart(8)} ${String(r.extraneous).padStart(7)} ${(r.bytesWritten / 1048576).toFixed(2).padStart(7)}`);
   }
   lines.push('');
+  for (const o of result.ownedByConsul) lines.push(`  ${o.rule}: not copied: ${o.phase === 'finalized' ? 'finalized' : 'cut over'}, Consul owns its data`);
   for (const r of result.rules) {
     // Each reason with its own examples under it.
     for (const [reason, count] of Object.entries(r.skipped)) {
