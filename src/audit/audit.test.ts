@@ -367,6 +367,19 @@ describe('sample, estimate, probe and the draft mapping', () => {
     expect(sampleFindings(sample).map((f) => [f.code, f.examples.map((e) => e.prefix)])).toEqual([['write_rate_high', ['/hot/']]]);
   });
 
+  it('sizes a write group as the dual-run\'s txn: a leased key moved to another lease is two ops (unlock, lock)', async () => {
+    const source = new MemorySource();
+    const [a, b] = [source.grantLease(60), source.grantLease(60)];
+    source.write(Array.from({ length: 40 }, (_, j) => ({ key: `/svc/k${j}`, value: 'x', lease: a })));
+    const from = (await source.status()).revision + 1;
+    source.write(Array.from({ length: 40 }, (_, j) => ({ key: `/svc/k${j}`, value: 'y', lease: b })));
+    source.write(Array.from({ length: 40 }, (_, j) => ({ key: `/svc/k${j}`, value: 'z', lease: b })));
+    let t = 0;
+    const sample = await sampleWrites({ source, ranges: [{ start: Buffer.from([0]), end: Buffer.alloc(0) }], fromRevision: from, durationMs: 1000, depth: 1, top: 5, router: identityRouter(524288), capacity: { ops: 62, bytes: 500_000 }, now: () => (t += 500) });
+    expect(sample.revisions).toBe(2);
+    expect(sample.groupsOverTarget).toBe(1);
+  });
+
   it('flags the write rate of all the sampled prefixes together, each under the rate, whatever --depth splits them into (one ordered stream to replicate)', async () => {
     const source = new MemorySource();
     const from = (await source.status()).revision + 1;

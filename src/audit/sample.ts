@@ -5,6 +5,7 @@ import { SINGLE_KEY_WRITES_PER_SECOND, makeFinding, type Finding } from './findi
 import type { TxnCapacity } from './inventory.js';
 import { prefixEndAtDepth } from './prefix-tree.js';
 import type { KeyRouter } from './router.js';
+import { replicationOps } from '../dualrun/plan-revision.js';
 
 /**
  * `--sample <duration>`: watch live traffic for a while and measure writes
@@ -128,7 +129,7 @@ export async function sampleWrites(input: SampleInput): Promise<SampleSummary> {
             const key = event.entry.key;
             const routed = input.router.route(key, event.entry.value.length);
             const isReplicated = routed.kind === 'mapped' && !(event.entry.lease !== '0' && routed.rule.leases === 'skip');
-            if (isReplicated) replicated++;
+            if (isReplicated) replicated += replicationOps(event, routed.rule.leases);
             const prefix = formatKey(key.subarray(0, prefixEndAtDepth(key, input.depth)));
             let count = counts.get(prefix);
             if (!count) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { SourceEntry, SourceEvent, TxnOp } from '../stores/types.js';
-import { planRevision, routeForReplication, type ReplicationRoute } from './plan-revision.js';
+import { planRevision, replicationOps, routeForReplication, type ReplicationRoute } from './plan-revision.js';
 import { watchRange } from './dualrun.js';
 import { parseConfig } from '../config/load.js';
 
@@ -30,6 +30,12 @@ describe('planRevision', () => {
     expect(verbs(plan([put('/svc/a', 'x', '7')]).ops)).toEqual(['lock svc/a S7']);
     expect(verbs(plan([put('/svc/a', 'x', '8', '7')]).ops)).toEqual(['unlock svc/a S7', 'lock svc/a S8']);
     expect(verbs(plan([put('/svc/a', 'x', '7', '7')]).ops)).toEqual(['lock svc/a S7']);
+  });
+
+  it('counts the ops of an event as planRevision makes them (the audit sizes write groups with it)', () => {
+    for (const [event, leases] of [[put('/svc/a', 'x', '8', '7'), 'session'], [put('/svc/a', 'x', '7', '7'), 'session'], [put('/svc/a', 'x', '0', '7'), 'session'], [put('/svc/a', 'x', '7'), 'session'], [put('/app/a', 'x', '8', '7'), 'persist'], [del('/svc/a'), 'session']] as const) {
+      expect(replicationOps(event, leases), JSON.stringify(event.entry)).toBe(plan([event]).ops.length);
+    }
   });
 
   it('releases a key that leaves its lease, writing its new value', () => {

@@ -80,6 +80,15 @@ function holderFromPrevious(sessionFor: (leaseId: string) => string | undefined)
     leases === 'session' && event.previous && event.previous.lease !== '0' ? sessionFor(event.previous.lease) : undefined;
 }
 
+/**
+ * Txn ops {@link planRevision} makes of one replicated event, as the audit sizes write groups: two for a
+ * leased key that moves to another lease's session (unlock, then lock), one otherwise.
+ */
+export function replicationOps(event: SourceEvent, leases: LeasePolicy): number {
+  const moves = event.type === 'put' && leases === 'session' && event.entry.lease !== '0' && event.previous !== undefined && event.previous.lease !== '0' && event.previous.lease !== event.entry.lease;
+  return moves ? 2 : 1;
+}
+
 export function planRevision(input: PlanRevisionInput): RevisionPlan {
   const plan: RevisionPlan = { revision: input.message.revision, ops: [], largePuts: [], ignored: 0, unmappable: [], expiredLeases: 0 };
   const holderOf = input.holderOf ?? holderFromPrevious(input.sessionFor);
