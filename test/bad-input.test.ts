@@ -191,6 +191,26 @@ describe('bad input to the writing commands: message, exit code, nothing written
     expect(await ownTarget.readKey(`_migrate/${s.id}/copy-lock`)).toBeUndefined();
   });
 
+  it('a migration whose rule writes inside another migration\'s to: copy, its dry-run and dualrun exit 4 naming both, writing nothing; plan shows the blocker', async () => {
+    const b = scenario('team-b');
+    await etcd.put(`${b.root}/app/k`).value('b');
+    expect((await runCli(['copy'], { cwd: b.dir, env: env() })).code).toBe(0);
+    // Another team's migration.yaml, its rule's to under team-b's: its keys would be team-b's extraneous keys (and the reverse).
+    const cId = `team-c-${randomBytes(3).toString('hex')}`;
+    const c = configDir(`version: 1\nid: ${cId}\nrules:\n  - { name: extra, from: /${cId}/extra/, to: ${b.id}/app/extra/ }\n`);
+    await etcd.put(`/${cId}/extra/x`).value('c');
+    const before = await consulIndex(own.address);
+    for (const command of [['copy'], ['copy', '--dry-run'], ['dualrun']]) {
+      const refused = await runCli(command, { cwd: c, env: env() });
+      expect(refused.code, refused.stderr).toBe(4);
+      expect(refused.stderr).toContain(`error[migration_overlap]: Migration "${cId}" writes where another migration writes: rule extra (to: ${b.id}/app/extra/) and rule app of migration ${b.id} (to: ${b.id}/app/)`);
+    }
+    expect(await consulIndex(own.address)).toBe(before);
+    expect(await ownTarget.readKey(`_migrate/${cId}/meta`)).toBeUndefined();
+    const plan = JSON.parse((await runCli(['plan', '--format', 'json'], { cwd: c, env: env() })).stdout);
+    expect(plan.blockers).toContainEqual(expect.objectContaining({ code: 'migration_overlap', count: 1 }));
+  });
+
   it('a second dualrun, or a copy, while a dual-run holds the leader lock exits 4 naming it and writes no data', async () => {
     const s = scenario('lock');
     await etcd.put(`${s.root}/app/k`).value('v');

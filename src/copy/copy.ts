@@ -9,6 +9,7 @@ import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-htt
 import { SourceCompactedError, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { readRanges, splitRanges } from '../stores/key-range.js';
 import { putLarge } from '../stores/large-put.js';
+import { refuseOverlappingMigrations } from '../state/migrations.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
@@ -214,6 +215,8 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   const info = await target.info();
   const limits = await target.limits();
   const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config), rules: recordedRules(config) };
+  // Another migration's keys under a rule's to would be taken for this one's (extraneous, overwritten, mirrored).
+  await refuseOverlappingMigrations(target, config);
   // A renamed finalized rule, say, would be copied from etcd over what applications wrote in Consul.
   if (options.acceptMappingChange) await refuseOwnedMappingChanges(target, paths, deps.config, deps.mapping);
   if (options.dryRun) {

@@ -30,6 +30,7 @@ export class RecordingTarget implements TargetStore {
   info: TargetStore['info'] = () => this.inner.info();
   limits: TargetStore['limits'] = () => this.inner.limits();
   listKeys: TargetStore['listKeys'] = (prefix, signal) => this.inner.listKeys(prefix, signal);
+  listFolders: TargetStore['listFolders'] = (prefix) => this.inner.listFolders(prefix);
   readEntries: TargetStore['readEntries'] = (keys, signal, hints) => this.inner.readEntries(keys, signal, hints);
   readKey: TargetStore['readKey'] = (key) => this.inner.readKey(key);
   readSession: TargetStore['readSession'] = (id) => (id.startsWith('dry-run-') ? Promise.resolve(undefined) : this.inner.readSession(id));

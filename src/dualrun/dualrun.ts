@@ -27,6 +27,7 @@ import { ServiceMirror, type ServiceMirrorStats } from '../services/mirror.js';
 import { SeenRevisions } from './seen-revisions.js';
 import { DUALRUN_TXN_RESERVE } from './reserve.js';
 import { putLarge } from '../stores/large-put.js';
+import { refuseOverlappingMigrations } from '../state/migrations.js';
 
 /** Counters and gauges of a running dual-run (exported as Prometheus metrics). */
 export interface DualRunStats {
@@ -187,6 +188,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const info = await primaryLane.target.info();
   // Before the new mapping is recorded: refused, the next start sees the change again.
   if (options.acceptMappingChange) await refuseCutOverMappingChanges(lanes);
+  await refuseOverlappingMigrations(primaryLane.target, primaryLane.config);
   const identity = { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config), rules: recordedRules(primaryLane.config) };
   const verdict = await ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
   const mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));

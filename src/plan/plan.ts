@@ -14,6 +14,7 @@ import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
 import { cutOverMappingChanges, ownedByConsul, type RulePhaseDoc } from '../cutover/phase.js';
 import { OWNED_MAPPING_HINT, readRuleDocs } from '../cutover/state-io.js';
+import { OVERLAP_HINT, otherMigrations, targetOverlaps } from '../state/migrations.js';
 import { leftBehind, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 
 /**
@@ -36,7 +37,7 @@ export interface PlanKey {
 }
 
 export interface PlanBlocker {
-  code: 'unmappable_keys' | 'unmapped_keys' | 'range_unreadable' | 'mapping_change_refused';
+  code: 'unmappable_keys' | 'unmapped_keys' | 'range_unreadable' | 'mapping_change_refused' | 'migration_overlap';
   count: number;
   message: string;
   hint: string;
@@ -96,7 +97,7 @@ export interface PlanInput {
   configFile: string;
   mapping: Mapping;
   /** The target, asked for its limits and the migration's state (recorded mapping, rules' phases); optional: without it, or when it does not answer, Consul's defaults and no state. */
-  target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys' | 'readEntries'>;
+  target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys' | 'listFolders' | 'readEntries'>;
   /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
@@ -198,6 +199,10 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const mappingChange = await mappingChangeOf(input, state);
   if (mappingChange?.refused.length) {
     blockers.push({ code: 'mapping_change_refused', count: mappingChange.refused.length, message: `copy and dualrun refuse this mapping change (mapping_changed_cut_over): ${mappingChange.refused.join('; ')}`, hint: OWNED_MAPPING_HINT });
+  }
+  const overlaps = input.target ? targetOverlaps(input.config.rules, (await otherMigrations(input.target, input.config.state.prefix, input.config.id).catch(() => ({ others: [] }))).others) : [];
+  if (overlaps.length > 0) {
+    blockers.push({ code: 'migration_overlap', count: overlaps.length, message: `copy and dualrun refuse rules that write where another migration writes (migration_overlap): ${overlaps.join('; ')}`, hint: OVERLAP_HINT });
   }
   if (unreadableCopied.length > 0) {
     blockers.push({ code: 'range_unreadable', count: unreadableCopied.length, message: `etcd refused to read ${unreadableCopied.map(describeRange).join(', ')}, which copy or service rules cover`, hint: 'Grant the etcd user read on every rule range (`migrate acl` prints the role).' });

@@ -230,6 +230,13 @@ export class ConsulTarget implements TargetStore {
     };
   }
 
+  async listFolders(prefix: string): Promise<{ folders: string[]; filtered: boolean }> {
+    const response = await this.request({ method: 'GET', path: kvPath(prefix), query: { keys: true, separator: '/', consistent: true }, accept: [403, 404] });
+    if (response.status !== 200) return { folders: [], filtered: response.status === 403 };
+    const keys = JSON.parse(response.body.toString('utf8')) as string[];
+    return { folders: sortKeys(keys.filter((k) => k.endsWith('/'))), filtered: response.headers['x-consul-results-filtered-by-acls'] === 'true' };
+  }
+
   async listKeys(prefix: string, signal?: AbortSignal): Promise<string[]> {
     const response = await this.request({ method: 'GET', path: kvPath(prefix), query: { keys: true, consistent: true }, accept: [404], signal });
     if (response.status === 404) return [];

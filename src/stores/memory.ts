@@ -225,6 +225,15 @@ export class MemoryTarget implements TargetStore {
     };
   }
 
+  async listFolders(prefix: string): Promise<{ folders: string[]; filtered: boolean }> {
+    const folders = new Set<string>();
+    for (const key of this.entries.keys()) {
+      const slash = key.startsWith(prefix) ? key.indexOf('/', prefix.length) : -1;
+      if (slash >= 0) folders.add(key.slice(0, slash + 1));
+    }
+    return { folders: [...folders].sort(compareKeys), filtered: false };
+  }
+
   async listKeys(prefix: string): Promise<string[]> {
     return [...this.entries.keys()].filter((k) => k.startsWith(prefix)).sort(compareKeys);
   }

@@ -210,6 +210,8 @@ export interface TargetStore {
   limits(): Promise<TargetLimits>;
   /** Every key under `prefix` (`?keys`), sorted; `[]` when there is none. */
   listKeys(prefix: string, signal?: AbortSignal): Promise<string[]>;
+  /** The folders right under `prefix` (`?keys&separator=/`), and whether the token's ACLs hid some. */
+  listFolders(prefix: string): Promise<{ folders: string[]; filtered: boolean }>;
   /**
    * Values of the given keys, as bytes; keys that do not exist are absent from the result.
    * `hints` (the key list they come from, their expected sizes) let whole sub-prefixes be read at once.

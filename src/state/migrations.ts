@@ -1,0 +1,65 @@
+import type { MigrationConfig } from '../config/load.js';
+import { RefusedError } from '../errors.js';
+import type { TargetStore } from '../stores/types.js';
+import type { RecordedRule, StateMeta } from './state.js';
+
+/** Another migration recorded beside this one under the same state prefix: its id and the rules its meta lists. */
+export interface OtherMigration {
+  id: string;
+  rules: RecordedRule[];
+}
+
+/**
+ * The other migrations whose state lies under the same state prefix
+ * (`<prefix><id>/meta`). Those recorded by an earlier release list no rules
+ * and are left out; `hidden` when the token's ACLs hid some of the folders.
+ */
+export async function otherMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, statePrefix: string, id: string): Promise<{ others: OtherMigration[]; hidden: boolean }> {
+  const { folders, filtered } = await target.listFolders(statePrefix);
+  const metaKeys = folders.filter((f) => f !== `${statePrefix}${id}/`).map((f) => `${f}meta`);
+  const others: OtherMigration[] = [];
+  for (const entry of metaKeys.length > 0 ? await target.readEntries(metaKeys) : []) {
+    try {
+      const meta = JSON.parse(entry.value.toString('utf8')) as Partial<StateMeta>;
+      if (typeof meta.id === 'string' && Array.isArray(meta.rules)) others.push({ id: meta.id, rules: meta.rules });
+    } catch {
+      // Not a migration's meta: nothing to compare with.
+    }
+  }
+  return { others, hidden: filtered };
+}
+
+/**
+ * Copy rules whose `to` overlaps a copy rule's of another migration (one lies
+ * in the other, or they are the same): each migration would take the other's
+ * keys for its own.
+ */
+export function targetOverlaps(rules: readonly Pick<RecordedRule, 'name' | 'action' | 'to'>[], others: readonly OtherMigration[]): string[] {
+  const overlaps: string[] = [];
+  for (const rule of rules.filter((r) => r.action === 'copy')) {
+    for (const other of others) {
+      for (const theirs of other.rules.filter((r) => r.action === 'copy' && (r.to.startsWith(rule.to) || rule.to.startsWith(r.to)))) {
+        overlaps.push(`rule ${rule.name} (to: ${rule.to}) and rule ${theirs.name} of migration ${other.id} (to: ${theirs.to})`);
+      }
+    }
+  }
+  return overlaps;
+}
+
+/** What to do about {@link targetOverlaps} (the refusal's hint, and plan's blocker's). */
+export const OVERLAP_HINT = 'Give each migration a `to:` of its own, neither containing nor inside another migration\'s, or make the rules one migration (one migration.yaml).';
+
+/**
+ * Refuses (migration_overlap, exit 4) a mapping that writes where another
+ * migration writes: each would count the other's keys as extraneous (copy
+ * --delete-extraneous deletes them, verify reports them), copy over them, and,
+ * once cut over, mirror them into its own etcd prefix.
+ */
+export async function refuseOverlappingMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, config: Pick<MigrationConfig, 'id' | 'rules' | 'state'>): Promise<void> {
+  const { others } = await otherMigrations(target, config.state.prefix, config.id);
+  const overlaps = targetOverlaps(config.rules, others);
+  if (overlaps.length === 0) return;
+  throw new RefusedError('migration_overlap', `Migration "${config.id}" writes where another migration writes: ${overlaps.join('; ')}. Each would take the other's keys for its own: count them as extraneous (copy --delete-extraneous deletes them, verify reports them), copy over them, and, once cut over, mirror them into its own etcd prefix. Nothing was written.`, {
+    hint: OVERLAP_HINT,
+  });
+}
