@@ -115,6 +115,11 @@ describe('parseConfig: malformed mapping files name file:line:column and exit 2'
     expect(containing.message).toMatch(/^migration\.yaml:6:9: rules\[0\]\.to: to "_mig" is a prefix of the state prefix "_migrate\/"/);
     const custom = configError(`${HEAD}state:\n  prefix: ops/state/\nrules:\n  - name: app\n    from: /app/\n    to: ops/\n`);
     expect(custom.message).toMatch(/^migration\.yaml:8:9: rules\[0\]\.to: to "ops\/" is a prefix of the state prefix "ops\/state\/"/);
+    // Under another state prefix, the default one is still other migrations' state.
+    const others = configError(`${HEAD}state:\n  prefix: ops/state/\nrules:\n  - name: app\n    from: /app/\n    to: _migrate/team-d/\n`);
+    expect(others.message).toBe(
+      'migration.yaml:8:9: rules[0].to: to "_migrate/team-d/" is inside the default state prefix "_migrate/", which holds other migrations\' state; allowed: a prefix that neither lies inside nor contains "_migrate/"',
+    );
     const whole = configError(`${HEAD}rules:\n  - name: app\n    from: /app/\n    to: ""\n`);
     expect(whole.message).toBe(
       'migration.yaml:6:9: rules[0].to: an empty to maps into the whole Consul KV, which holds the state prefix "_migrate/" and every other application\'s keys; allowed: a non-empty prefix such as "app/"',

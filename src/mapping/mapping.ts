@@ -1,4 +1,4 @@
-import type { ParsedConfig, RuleConfig, RuleDefaults } from '../config/load.js';
+import { DEFAULT_STATE_PREFIX, type ParsedConfig, type RuleConfig, type RuleDefaults } from '../config/load.js';
 import { ConfigError, nodeAt, positionOf, type Position } from '../config/schema.js';
 import { DEFAULT_MAX_VALUE_BYTES } from '../stores/txn-batcher.js';
 import { isServableKey } from './escape.js';
@@ -141,11 +141,14 @@ export function compileMapping(loaded: ParsedConfig): Mapping {
     if (rule.to.includes('%')) {
       toFail(`${toIs} a prefix with "%"; Consul 1.21.6+ percent-decodes keys a second time, so "%" in a prefix changes how every key below it is checked; allowed: a prefix without "%"`);
     }
-    if (rule.to.startsWith(statePrefix)) {
-      toFail(`${toIs} inside the state prefix "${statePrefix}", which holds migrate's own state; allowed: a prefix that neither lies inside nor contains "${statePrefix}"`);
-    }
-    if (statePrefix.startsWith(rule.to)) {
-      toFail(`${toIs} a prefix of the state prefix "${statePrefix}", so the rule's keys could land among migrate's own state; allowed: a prefix that neither lies inside nor contains "${statePrefix}"`);
+    // The default state prefix too, under another state.prefix: other migrations keep their state there.
+    for (const prefix of new Set([statePrefix, DEFAULT_STATE_PREFIX])) {
+      const which = prefix === statePrefix ? `the state prefix "${prefix}", which holds migrate's own state` : `the default state prefix "${prefix}", which holds other migrations' state`;
+      if (rule.to.startsWith(prefix)) {
+        toFail(`${toIs} inside ${which}; allowed: a prefix that neither lies inside nor contains "${prefix}"`);
+      } else if (prefix.startsWith(rule.to)) {
+        toFail(`${toIs} a prefix of ${which}, so the rule's keys could land among it; allowed: a prefix that neither lies inside nor contains "${prefix}"`);
+      }
     }
     for (const other of copyRules) {
       if (other.to.startsWith(rule.to) || rule.to.startsWith(other.to)) {
