@@ -425,17 +425,34 @@ describe('least privilege: every command with only the policies `migrate acl` pr
   }, 120_000);
 
   // Last: a verify within 20 s of a dual-run's checkpoint would wait for it.
-  it('dualrun replicates a change with only those rights and stops cleanly on SIGTERM', async () => {
-    const dualrun = await startDualRun(dir, [], env());
+  it('dualrun replicates a change with only those rights, goes on with a token rotated in place in its file (Vault agent) once the old one is deleted, and stops cleanly on SIGTERM; a token deleted and not rotated ends it (exit 3), saying what becomes of the leased keys', async () => {
+    const migrator = acl.consul.policies.find((x) => x.role === 'migrator')!;
+    const issue = async () => (await consulApi('PUT', '/v1/acl/token', { Description: 'rotated', Policies: [{ Name: migrator.name }] })) as { AccessorID: string; SecretID: string };
+    const first = await issue();
+    const tokenFile = join(dir, 'consul-token');
+    writeFileSync(tokenFile, `${first.SecretID}\n`);
+    const dualrun = await startDualRun(dir, [], env({ CONSUL_HTTP_TOKEN: '', CONSUL_HTTP_TOKEN_FILE: tokenFile }));
     try {
       await eventually('the dual-run leads', async () => dualrun.stderr().includes('leading the dual-run'));
       await root.put(`${p}svc/new`).value('replicated');
       await eventually('the change reached Consul', async () => (await mgmt.readKey(`${p}svc/new`))?.value.toString() === 'replicated');
+      const second = await issue();
+      writeFileSync(tokenFile, `${second.SecretID}\n`);
+      await mgmt.http.request({ method: 'DELETE', path: `/v1/acl/token/${first.AccessorID}` });
+      await root.put(`${p}svc/new`).value('after the rotation');
+      await eventually('the change reached Consul with the new token', async () => (await mgmt.readKey(`${p}svc/new`))?.value.toString() === 'after the rotation');
+      expect(dualrun.child.exitCode).toBeNull();
+      expect(dualrun.stderr()).not.toContain(second.SecretID);
+      // Deleted, the file unchanged: nothing to take instead. The run ends, and says its sessions go unrenewed, as a stop does.
+      await mgmt.http.request({ method: 'DELETE', path: `/v1/acl/token/${second.AccessorID}` });
+      await root.put(`${p}svc/new`).value('after the deletion');
+      const code = await new Promise<number | null>((resolve) => (dualrun.child.exitCode !== null ? resolve(dualrun.child.exitCode) : dualrun.child.once('exit', resolve)));
+      expect(code, dualrun.stderr()).toBe(3);
+      expect(dualrun.stderr()).toMatch(/\d+ Consul session\(s\) mirror etcd leases and nothing renews them now[^\n]*\n(.*\n)*error\[consul_token_refused\]/);
     } finally {
-      const code = await dualrun.stop();
-      expect(code, dualrun.stderr()).toBe(0);
+      if (dualrun.child.exitCode === null) await dualrun.stop();
     }
-    expect(dualrun.stderr()).not.toMatch(/permission denied|error/i);
+    expect(dualrun.stderr()).not.toMatch(/permission denied/i);
   });
 
   it('cutover with the read-only etcd role is refused before anything moves (the reverse mirror could not write back); with the cutover grants `migrate acl` prints, it cuts over and mirrors back', async () => {

@@ -153,6 +153,9 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
 
   const target: ConsulConnection = { address };
   if (token) target.token = token;
+  // Read again when Consul refuses the token (a file rotated in place); a token from the environment stays as it is.
+  const tokenFile = env.CONSUL_HTTP_TOKEN ? undefined : env.CONSUL_HTTP_TOKEN_FILE ?? (config.target.tokenEnv && env[config.target.tokenEnv] !== undefined ? undefined : config.target.tokenFile);
+  if (token && tokenFile) target.tokenFile = resolve(baseDir, tokenFile);
   const datacenter = pick<string | undefined>('consul.datacenter', [[flags.datacenter, 'flag'], [config.target.datacenter, 'file']], undefined);
   if (datacenter) target.datacenter = datacenter;
   const namespace = pick<string | undefined>('consul.namespace', [[env.CONSUL_NAMESPACE, 'env'], [config.target.namespace, 'file']], undefined);

@@ -2,7 +2,8 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import { MigrateError, ServerError, UsageError, ExitCode } from '../errors.js';
-import { redactUrl } from '../report/redact.js';
+import { readFileSync } from 'node:fs';
+import { redactUrl, registerSecret } from '../report/redact.js';
 import { tlsFailureHint, tlsReason, type TlsFiles, type TlsMaterial } from './tls.js';
 
 /**
@@ -16,6 +17,8 @@ export interface ConsulConnection {
   /** `http://host:port` or `https://host:port`. */
   address: string;
   token?: string;
+  /** The file the token came from: read again when Consul no longer knows the token (rotated in place by Vault agent, say). */
+  tokenFile?: string;
   datacenter?: string;
   namespace?: string;
   partition?: string;
@@ -166,10 +169,29 @@ export class ConsulHttp {
     const search = params.toString().replace(/=(&|$)/g, '$1');
     const path = `${this.url.pathname.replace(/\/$/, '')}${req.path}${search ? `?${search}` : ''}`;
     const body = req.body === undefined ? undefined : Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body);
-    const response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
+    let response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
+    if (response.status === 403 && TOKEN_UNKNOWN.test(response.body.toString('utf8')) && this.tokenRenewed()) {
+      response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
+    }
     if (response.status >= 200 && response.status < 300) return response;
     if (req.accept?.includes(response.status)) return response;
     throw consulErrorFor(this.address, req.method, req.path, response.status, response.body, this.datacenter);
+  }
+
+  /** The token file holds another token than the one sent (rotated in place): it is sent from now on. */
+  private tokenRenewed(): boolean {
+    if (!this.connection.tokenFile) return false;
+    let token: string;
+    try {
+      token = readFileSync(this.connection.tokenFile, 'utf8').trim();
+    } catch {
+      return false;
+    }
+    // Half-written, or not a header value: the next refusal reads it again.
+    if (token === '' || /[^\x20-\x7e]/.test(token) || token === this.headers['X-Consul-Token']) return false;
+    registerSecret(token);
+    this.headers['X-Consul-Token'] = token;
+    return true;
   }
 
   private send(method: string, path: string, body: Buffer | undefined, signal: AbortSignal | undefined, timeoutMs: number): Promise<ConsulResponse> {
@@ -225,6 +247,9 @@ export class ConsulHttp {
  * Turns a Consul error answer into the tool's typed error (pure, so the
  * mapping is unit-tested without a server). Messages say what to do next.
  */
+/** Consul's answer to a token it does not know (deleted, expired, or of another datacenter). */
+const TOKEN_UNKNOWN = /ACL not found|token.*not found|invalid token/i;
+
 export function consulErrorFor(address: string, method: string, path: string, status: number, body: Buffer, datacenter?: string): MigrateError {
   const text = body.toString('utf8').trim();
   // In messages, one line of at most 200 characters: another server's error page would fill the screen.
@@ -233,8 +258,8 @@ export function consulErrorFor(address: string, method: string, path: string, st
   const where = `${method} ${path.split('?')[0]}`;
   if (status === 409 && path === '/v1/txn') return txnError(parseTxnErrors(body), method, path);
   if (status === 403 || status === 401) {
-    if (/ACL not found|token.*not found|invalid token/i.test(text)) {
-      return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${shown}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter.');
+    if (TOKEN_UNKNOWN.test(text)) {
+      return new ConsulResponseError('consul_token_refused', status, `Consul at ${address} refused the token (${shown}).`, text, 'Check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE, or target.tokenFile / target.tokenEnv in migration.yaml: the token does not exist in this datacenter. A token file is read again when Consul refuses its token: a file rotated in place is taken without a restart, but a token given in the environment is not.');
     }
     return new ConsulResponseError('consul_permission_denied', status, `Consul denied ${where}: ${shown || 'Permission denied'}.`, text, PERMISSION_HINT);
   }

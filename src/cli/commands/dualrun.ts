@@ -4,6 +4,7 @@ import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
 import { DEFAULT_PAGE_KEYS } from '../../stores/types.js';
+import type { DualRunStats } from '../../dualrun/dualrun.js';
 
 interface DualRunFlags {
   ha?: boolean;
@@ -88,6 +89,9 @@ export function registerDualRun({ add }: CommandRegistrar): void {
           }
         }
         let lastLog = 0;
+        // The last stats seen: a dual-run that fails says, as one that stops does, what becomes of the leased keys.
+        let last: DualRunStats | undefined;
+        const unrenewed = (sessions: number) => log('warn', `${sessions} Consul session(s) mirror etcd leases and nothing renews them now: Consul deletes their keys 1 to 2 × their TTL from now, while etcd keeps them, unless ${options.ha ? 'a standby takes the lead or ' : ''}a dual-run runs again by then (it re-creates them and rewrites the keys)`, { sessions });
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');
         const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');
         const writer = new EtcdWriter(() => source.client, (err, what) => source.toError(err, what));
@@ -106,6 +110,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             now: () => new Date(), toolVersion: TOOL_VERSION, ...over,
           }),
           onStats: (stats) => {
+            last = stats;
             metrics.update(stats);
             view?.update(stats);
             const now = Date.now();
@@ -119,12 +124,16 @@ export function registerDualRun({ add }: CommandRegistrar): void {
               });
             }
           },
+        }).catch((err: unknown) => {
+          // Said before the error (main prints it last): a dual-run that fails leaves the sessions as one that stops.
+          if (last?.role === 'leader' && last.sessions > 0) unrenewed(last.sessions);
+          throw err;
         });
         // A standby that never led has no checkpoint of its own to report.
         const where = summary.leading ? `at checkpoint ${summary.stats.checkpoint}` : summary.stats.checkpoint > 0 ? `as a standby (it last led up to checkpoint ${summary.stats.checkpoint}; the leader holds the migration's)` : 'as a standby that never led';
         log('info', `stopped (${summary.reason}) ${where}`, { events: summary.stats.events, txns: summary.stats.txns });
         // Documented, and still the surprise of a stop for maintenance: the leased keys go from Consul while etcd keeps them.
-        if (summary.leading && summary.stats.sessions > 0) log('warn', `${summary.stats.sessions} Consul session(s) mirror etcd leases and nothing renews them now: Consul deletes their keys 1 to 2 × their TTL from now, while etcd keeps them, unless ${options.ha ? 'a standby takes the lead or ' : ''}a dual-run runs again by then (it re-creates them and rewrites the keys)`, { sessions: summary.stats.sessions });
+        if (summary.leading && summary.stats.sessions > 0) unrenewed(summary.stats.sessions);
         if (ctx.format === 'json') {
           const { renderEnvelope } = await import('../../report/envelope.js');
           ctx.result(renderEnvelope('dualrun', 'ok', { reason: summary.reason, stats: summary.stats }));
