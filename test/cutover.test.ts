@@ -513,6 +513,28 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(await etcdValue(`${s.root}/app/k8s/pod`)).toBe('kept on etcd');
   }, 60_000);
 
+  it('cutover refuses a rule whose from overlaps one another migration has cut over: two reverse mirrors would write the same etcd keys', async () => {
+    const a = scenario('mirror');
+    await seed(a);
+    await cutOverApp(a);
+    // Another team's migration of part of the same etcd keys, to a Consul prefix of its own.
+    const id = `co-shared-${randomBytes(3).toString('hex')}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: shared, from: ${a.root}/app/k1, to: ${id}/shared/ }\n`);
+    const cli = (args: string[]) => runCli(args, { cwd: dir, env: serverEnv() });
+    expect((await cli(['copy'])).code).toBe(0);
+    const dr = await startDualRun(dir);
+    try {
+      await waitCaughtUp(etcd, target, id);
+      const refused = await cli(['cutover', '--rule', 'shared', '--yes', '--verify-now', '--format', 'json']);
+      expect(refused.code, refused.stdout + refused.stderr).toBe(4);
+      const check = JSON.parse(refused.stdout).rules[0].checks.find((c: { name: string }) => c.name === 'other migrations');
+      expect(check).toMatchObject({ ok: false, detail: expect.stringContaining(`rule app of migration ${a.id} (from: ${a.root}/app/) is cut over, and its from overlaps ${a.root}/app/k1`) });
+      expect(await target.readKey(`_migrate/${id}/owners`)).toBeUndefined();
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 60_000);
+
   it('finalize --delete-etcd refuses while Consul lacks keys etcd holds: nothing deleted or exported, the rule stays cut over', async () => {
     const s = scenario('finlack');
     await seed(s);

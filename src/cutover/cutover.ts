@@ -24,6 +24,7 @@ import {
   formatAge,
   openTrips,
   ownerOf,
+  ownersKey,
   withWritesPaused,
   DERIVED_NOTE,
   verifyEvidence,
@@ -31,9 +32,11 @@ import {
   type PreconditionCheck,
   type RulePhase,
   type RulePhaseDoc,
+  type OwnersDoc,
   type WritesPause,
 } from './phase.js';
 import { acknowledgeTrips, readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
+import { otherMigrations } from '../state/migrations.js';
 
 /**
  * `migrate cutover`, `rollback` and `finalize`: the gated, recorded,
@@ -184,6 +187,22 @@ async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
 }
 
 /** The dual-run checks: running (leader lock held, heartbeat fresh) and caught up with etcd's revision within the bound. */
+/**
+ * The copy rules of other migrations (under the same state prefix) that are cut over: each has a reverse
+ * mirror writing Consul's changes back to etcd under its `from` (finalized rules no longer do).
+ */
+async function cutOverByOtherMigrations(target: TargetStore, config: MigrationConfig): Promise<{ migration: string; rule: string; from: string }[]> {
+  const { others } = await otherMigrations(target, config.state.prefix, config.id);
+  const mirrored: { migration: string; rule: string; from: string }[] = [];
+  for (const other of others) {
+    const owners = await readState<OwnersDoc>(target, ownersKey(statePaths(config.state.prefix, other.id)));
+    for (const theirs of other.rules) {
+      if (theirs.action === 'copy' && owners?.rules[theirs.name]?.phase === 'cutover') mirrored.push({ migration: other.id, rule: theirs.name, from: theirs.from });
+    }
+  }
+  return mirrored;
+}
+
 async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CommonOptions, action: CutoverAction): Promise<{ checks: PreconditionCheck[]; etcdRevision: number; checkpoint: number | null }> {
   const checks: PreconditionCheck[] = [];
   const leader = await deps.target.readKey(paths.leader);
@@ -346,6 +365,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   state = await readCutoverState(target, paths);
   const now = options.now();
   const elsewhere = await otherDatacenterChecks(options);
+  const mirroredElsewhere = await cutOverByOtherMigrations(target, config);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: its keys stay on etcd and are never cut over` }] };
@@ -357,6 +377,10 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     checks.push(checkVerify(state.verify, name, now.getTime(), options.maxVerifyAgeMs));
     checks.push(tripCheck(state, name, options.acknowledgeTrips));
     if (elsewhere.get(name)) checks.push(elsewhere.get(name)!);
+    const overlapping = mirroredElsewhere.filter((theirs) => theirs.from.startsWith(rule.from) || rule.from.startsWith(theirs.from));
+    if (overlapping.length > 0) {
+      checks.push({ name: 'other migrations', ok: false, detail: `${overlapping.map((t) => `rule ${t.rule} of migration ${t.migration} (from: ${t.from})`).join(', ')} is cut over, and its from overlaps ${rule.from}: two reverse mirrors would write the same etcd keys, each undoing what the other's applications write in Consul. Roll that rule back first, or move the keys into one migration` });
+    }
     return { rule: name, from, to: 'cutover', checks, ok: checks.every((c) => c.ok) };
   });
   await checkEtcdWrites(deps, outcomes, 'after the cutover the reverse mirror writes Consul\'s changes back there');

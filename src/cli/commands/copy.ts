@@ -55,6 +55,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { namesDatacenters } = await import('../../mapping/datacenters.js');
       const { runCopy, refuseWhileDualRunLeads, refuseUnmapped, acquireCopyLock } = await import('../../copy/copy.js');
+      const { refuseOverlappingMigrations } = await import('../../state/migrations.js');
       const { renderCopy, renderCopyDatacenters } = await import('../../copy/render.js');
       const { createProgressView } = await import('../../report/progress.js');
       const { preflightConsul } = await import('../../doctor/preflight.js');
@@ -84,6 +85,8 @@ export function registerCopy({ add }: CommandRegistrar): void {
             });
             // The dry-run too: it shows what copy would do, and copy would do nothing but this refusal.
             await refuseWhileDualRunLeads(lane.target, lane.config);
+            // Another migration's keys under a rule's to would be taken for this one's (extraneous, overwritten, mirrored).
+            await refuseOverlappingMigrations(lane.target, lane.config);
             const result = await runCopy(
               { source, target: lane.target, config: lane.config, mapping: lane.mapping },
               {
