@@ -210,6 +210,8 @@ export interface EtcdOptions {
   extraArgs?: string[];
   /** Serve clients over TLS only, requiring a client certificate signed by `tls.ca`. */
   tls?: TlsFiles;
+  /** The data directory to use, kept when etcd stops (to start it again, or a copy of it: a restored backup). */
+  dataDir?: string;
 }
 
 export function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
@@ -219,7 +221,7 @@ export function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
 async function startEtcdOnce(options: EtcdOptions): Promise<EtcdServer> {
   const binary = ensureEtcdBinary();
   const [clientPort, peerPort] = [await freePort(), await freePort()];
-  const dataDir = mkdtempSync(join(tmpdir(), 'migrate-etcd-'));
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'migrate-etcd-'));
   const endpoint = `${options.tls ? 'https' : 'http'}://127.0.0.1:${clientPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
   const log = join(dataDir, 'etcd.log');
@@ -245,7 +247,7 @@ async function startEtcdOnce(options: EtcdOptions): Promise<EtcdServer> {
     dataDir,
     async stop() {
       await stopChild(child);
-      rmSync(dataDir, { recursive: true, force: true });
+      if (!options.dataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }

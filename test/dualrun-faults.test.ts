@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { parseConfig } from '../src/config/load.js';
@@ -464,4 +467,90 @@ describe('dual-run faults (real servers)', () => {
       owner.release();
     }
   }, 150_000);
+});
+
+describe('etcd restored from an older backup (real servers)', () => {
+  it('the dual-run refuses (etcd_behind_checkpoint, exit 4, nothing written) rather than wait for etcd to pass the checkpoint and skip what it makes meanwhile; copy moves the checkpoint back, and the dual-run then replicates with parity', async () => {
+    const data = mkdtempSync(join(tmpdir(), 'migrate-etcd-restored-'));
+    const backup = `${data}-backup`;
+    const s = scenario('restored');
+    let own = await startEtcd({ dataDir: data });
+    let client = new Etcd3({ hosts: own.endpoint });
+    try {
+      for (let i = 0; i < 10; i++) await client.put(`${s.root}/app/k${i}`).value('backed up');
+      client.close();
+      await own.stop();
+      cpSync(data, backup, { recursive: true });
+      own = await startEtcd({ dataDir: data });
+      client = new Etcd3({ hosts: own.endpoint });
+      // After the backup: 40 revisions the restore loses.
+      for (let i = 0; i < 40; i++) await client.put(`${s.root}/app/after${i}`).value('lost by the restore');
+      const env = () => serverEnv({ ETCDCTL_ENDPOINTS: own.endpoint });
+      expect((await runCli(['copy'], { cwd: s.dir, env: env() })).code).toBe(0);
+      const checkpoint = await waitCaughtUp(client, target, s.id);
+      client.close();
+      await own.stop();
+      // The backup comes back: the same cluster, at a revision below the checkpoint.
+      own = await startEtcd({ dataDir: backup });
+      client = new Etcd3({ hosts: own.endpoint });
+      expect(Number((await client.maintenance.status()).header.revision)).toBeLessThan(checkpoint);
+      const before = (await target.readKey(`_migrate/${s.id}/checkpoint`))!.modifyIndex;
+      const refused = await runCli(['dualrun'], { cwd: s.dir, env: env(), timeoutMs: 60_000 });
+      expect(refused.code, refused.stderr).toBe(4);
+      expect(refused.stderr).toMatch(new RegExp(`error\\[etcd_behind_checkpoint\\]: etcd's revision \\d+ is below the migration's checkpoint ${checkpoint}`));
+      expect(refused.stderr).toContain('migrate copy --delete-extraneous');
+      expect((await target.readKey(`_migrate/${s.id}/checkpoint`))!.modifyIndex).toBe(before);
+      const copy = await runCli(['copy', '--delete-extraneous', '--allow-mass-delete', '--yes'], { cwd: s.dir, env: env() });
+      expect(copy.code, copy.stderr).toBe(0);
+      expect(copy.stderr).toMatch(new RegExp(`etcd's revision \\d+ is below the migration's checkpoint ${checkpoint} \\(etcd restored from a backup\\?\\): the checkpoint moves back`));
+      const dualrun = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: own.endpoint });
+      try {
+        // What etcd makes now, below the old checkpoint, is replicated (it was skipped until etcd passed it).
+        for (let i = 0; i < 5; i++) await client.put(`${s.root}/app/new${i}`).value('after the restore');
+        await waitCaughtUp(client, target, s.id);
+        expect(await checkParity(client, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+      } finally {
+        expect(await dualrun.stop()).toBe(0);
+      }
+    } finally {
+      client.close();
+      await own.stop();
+      rmSync(data, { recursive: true, force: true });
+      rmSync(backup, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
+describe('Consul restored from an older snapshot while the dual-run runs (real servers)', () => {
+  it('the dual-run finds its checkpoint went back, replays etcd from it, and Consul gets back what the restore took: parity', async () => {
+    const own = await privateConsul();
+    const ownTarget = new ConsulTarget({ address: own.address });
+    const s = scenario('rewound');
+    const env = { CONSUL_HTTP_ADDR: own.address };
+    try {
+      for (let i = 0; i < 10; i++) await etcd.put(`${s.root}/app/k${i}`).value('before the snapshot');
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
+      const dualrun = await startDualRun(s.dir, [], env);
+      try {
+        await eventually('the dual-run leads', async () => dualrun.stderr().includes('leading the dual-run'));
+        await waitCaughtUp(etcd, ownTarget, s.id);
+        const snapshot = (await ownTarget.http.request({ method: 'GET', path: '/v1/snapshot' })).body;
+        // After the snapshot: changes the restore takes from Consul (a put, an update, a delete).
+        for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/after${i}`).value('after the snapshot');
+        await etcd.put(`${s.root}/app/k0`).value('updated after the snapshot');
+        await etcd.delete().key(`${s.root}/app/k1`);
+        await waitCaughtUp(etcd, ownTarget, s.id);
+        await ownTarget.http.request({ method: 'PUT', path: '/v1/snapshot', body: snapshot });
+        expect(await ownTarget.readKey(`${s.id}/app/after0`)).toBeUndefined();
+        await eventually('the dual-run replays what the restore took', async () => /Consul's state went back in time \(restored from a snapshot\?\): its checkpoint is at revision \d+, this dual-run had written \d+; replaying/.test(dualrun.stderr()), 40_000);
+        await waitCaughtUp(etcd, ownTarget, s.id);
+        expect(await checkParity(etcd, ownTarget, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+      } finally {
+        expect(await dualrun.stop()).toBe(0);
+      }
+    } finally {
+      ownTarget.close();
+      await own.stop();
+    }
+  }, 120_000);
 });

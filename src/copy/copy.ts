@@ -9,7 +9,6 @@ import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-htt
 import { SourceCompactedError, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { readRanges, splitRanges } from '../stores/key-range.js';
 import { putLarge } from '../stores/large-put.js';
-import { refuseOverlappingMigrations } from '../state/migrations.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
@@ -215,8 +214,6 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   const info = await target.info();
   const limits = await target.limits();
   const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config), rules: recordedRules(config) };
-  // Another migration's keys under a rule's to would be taken for this one's (extraneous, overwritten, mirrored).
-  await refuseOverlappingMigrations(target, config);
   // A renamed finalized rule, say, would be copied from etcd over what applications wrote in Consul.
   if (options.acceptMappingChange) await refuseOwnedMappingChanges(target, paths, deps.config, deps.mapping);
   if (options.dryRun) {
@@ -326,7 +323,13 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     // copy deleted the extraneous keys too: the dual-run replays what changed since its checkpoint, deletes
     // included, and a copy that keeps extraneous keys would make it skip the deletes in between.
     const keepsDualRun = checkpoint?.by === 'dualrun' && !options.deleteExtraneous;
-    if ((!checkpoint || checkpoint.revision < revision) && !keepsDualRun) {
+    // Unless etcd went back in time (restored from a backup): the revisions up to the checkpoint are others now, and a
+    // dual-run that waited for etcd to pass it would skip what etcd makes meanwhile. The checkpoint comes back to this copy's.
+    const etcdWentBack = checkpoint !== undefined && checkpoint.revision > currentRevision;
+    if (etcdWentBack) {
+      options.onProgress?.({ type: 'warning', message: `etcd's revision ${currentRevision} is below the migration's checkpoint ${checkpoint.revision} (etcd restored from a backup?): the checkpoint moves back to this copy's revision ${revision}${options.deleteExtraneous ? '' : '; Consul keeps the keys etcd no longer has (verify reports them as extra; --delete-extraneous deletes them)'}` });
+    }
+    if (((!checkpoint || checkpoint.revision < revision) && !keepsDualRun) || etcdWentBack) {
       const doc: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated: options.now().toISOString(), by: 'copy' };
       ops.push({ verb: 'set', key: paths.checkpoint(), value: Buffer.from(JSON.stringify(doc)) });
     } else if (keepsDualRun && checkpoint.revision < revision) {

@@ -282,6 +282,20 @@ async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promi
   }
 }
 
+/**
+ * At the start, and when etcd answers that the checkpoint is a future revision: an etcd whose revision is
+ * below the checkpoint went back in time (restored from a backup, or another cluster with its id). Waiting for it to pass the
+ * checkpoint would skip what it makes meanwhile (those revisions are others than the ones replicated):
+ * refused (etcd_behind_checkpoint, exit 4). A member lagging behind the others is waited for.
+ */
+async function refuseEtcdBehind(source: SourceReader, checkpoint: number): Promise<void> {
+  const head = (await source.status().catch(() => undefined))?.revision;
+  if (head === undefined || head >= checkpoint) return;
+  throw new RefusedError('etcd_behind_checkpoint', `etcd's revision ${head} is below the migration's checkpoint ${checkpoint}: etcd went back in time (restored from a backup, or replaced by a cluster with the same id). Consul holds changes up to revision ${checkpoint} that etcd may no longer have, and the revisions etcd makes now are not the ones the checkpoint counts. Nothing was written.`, {
+    hint: 'Decide which store holds the data to keep. To make Consul match etcd again: run `migrate copy --delete-extraneous` (it copies at etcd\'s current revision and moves the checkpoint back to it), then start the dual-run. A rule cut over keeps the applications\' writes in Consul: copy leaves it alone.',
+  });
+}
+
 /** The primary lane when every rule goes to other datacenters: it only holds the lock. */
 async function holdLead(signal: AbortSignal, lost: AbortSignal): Promise<DualRunSummary['reason']> {
   const both = AbortSignal.any([signal, lost]);
@@ -390,6 +404,13 @@ class LeadershipLost extends Error {}
 /** The owners fence failed: a cutover, rollback or finalize happened since the txn was planned. */
 class OwnersChanged extends Error {}
 
+/** The checkpoint in Consul is older than the one this dual-run committed: Consul was restored from a snapshot. */
+class StateRewound extends Error {
+  constructor(readonly revision: number, readonly committed: number) {
+    super(`Consul's checkpoint is at revision ${revision}, below the ${committed} this dual-run committed`);
+  }
+}
+
 import { HEARTBEAT_MS } from './heartbeat.js';
 
 export { HEARTBEAT_MS };
@@ -448,6 +469,8 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   }
   stats.checkpoint = checkpointDoc.revision;
   ctx.publish();
+  // Before anything is written (the copy's checkpoint is taken over below).
+  await refuseEtcdBehind(source, checkpointDoc.revision);
   const sessions = new LeaseSessions(source, target, paths, ctx.config.id, undefined, (c) =>
     options.log('warn', `etcd lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s for its Consul session (Consul sessions live 10 s to 24 h)`, { lease: c.leaseId, etcdTtl: c.etcdTtl, sessionTtl: c.sessionTtl }));
   await sessions.load();
@@ -699,6 +722,14 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           options.log('info', `rule ownership changed under a pending txn; re-planning from revision ${stats.checkpoint + 1}`);
           continue;
         }
+        if (err instanceof StateRewound) {
+          // Replayed from the restored checkpoint (idempotent): Consul gets back what the restore took from it.
+          options.log('warn', `Consul's state went back in time (restored from a snapshot?): its checkpoint is at revision ${err.revision}, this dual-run had written ${err.committed}; replaying etcd's changes from revision ${err.revision + 1}, so Consul gets back what the restore took`, { checkpoint: err.revision, committed: err.committed });
+          stats.checkpoint = err.revision;
+          applier.reset();
+          await sessions.reload();
+          continue;
+        }
         if (err instanceof SourceCompactedError) {
           // Re-baselined at the top of the loop, inside the try: a server failing during it is retried with
           // backoff like any other (it was outside every retry, and Consul down then ended the dual-run).
@@ -708,6 +739,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         const kind = isMigrateError(err) ? err.code : 'internal';
         stats.errors[kind] = (stats.errors[kind] ?? 0) + 1;
         ctx.publish();
+        if (/future revision/i.test((err as Error).message)) await refuseEtcdBehind(source, stats.checkpoint);
         if (!isTransient(err)) throw err;
         applier.reset();
         failedAt = stats.checkpoint;
@@ -812,6 +844,8 @@ class Applier {
   // 0, not now: the first progress notification rewrites the checkpoint, so a dual-run just
   // started on an idle etcd shows as running (status, cutover, verify) at once, not after HEARTBEAT_MS.
   private lastCheckpointWrite = 0;
+  /** When the checkpoint was last read back, to find a Consul restored from a snapshot ({@link StateRewound}). */
+  private lastRewindCheck = Date.now();
   private readonly reserve = DUALRUN_TXN_RESERVE;
   /** The owners index every decision since the last txn was made under (the fence of the next txn). */
   private fenceIndex: number;
@@ -1071,6 +1105,15 @@ class Applier {
     if (ops.length === 0 && this.batcher.pendingOps === 0 && this.lastEventRevision <= stats.checkpoint) this.fenceIndex = this.ownership.index;
     const updated = new Date().toISOString();
     const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', ...(stopped ? { stopped: updated } : {}) };
+    // A Consul restored from a snapshot took back what was written since (data, checkpoint, sessions) with no error to
+    // any request: writing this checkpoint over the restored one would never replay it. Read back once a heartbeat.
+    // Not on the way out: a stop waits for no extra request (a datacenter down would hold it for the request's retries).
+    if (!stopped && Date.now() - this.lastRewindCheck >= HEARTBEAT_MS) {
+      const committed = stats.checkpoint;
+      const stored = await readState<CheckpointState>(this.ctx.target, this.ctx.paths.checkpoint());
+      this.lastRewindCheck = Date.now();
+      if (stored && stored.revision < committed) throw new StateRewound(stored.revision, committed);
+    }
     const txn: TxnOp[] = [
       ...ops,
       { verb: 'set', key: this.ctx.paths.checkpoint(), value: Buffer.from(JSON.stringify(checkpoint)) },
