@@ -196,8 +196,13 @@ describe('several datacenters (real etcd, two real Consul datacenters)', () => {
       expect(report.datacenters.map((d: { datacenter: string; status: string }) => [d.datacenter, d.status])).toEqual([['dc1', 'parity'], ['dc2', 'unverified']]);
       expect(report.datacenters[1].error.code).toMatch(/consul_/);
 
-      // A copy (dry run: the dual-run leads) plans dc1 and reports dc2 as not copied, exit 3.
-      const dry = await runCli(['copy', '--dry-run', '--format', 'json'], { cwd: dir, env, timeoutMs: 120_000 });
+      // A copy, its dry run too, is refused while the dual-run leads (it would write older values over what it replicates).
+      const during = await runCli(['copy', '--dry-run', '--format', 'json'], { cwd: dir, env, timeoutMs: 120_000 });
+      expect(during.code, during.stderr).toBe(4);
+      expect(JSON.parse(during.stdout).error.code).toBe('copy_dualrun_running');
+      // Another migration's (a prefix of its own): the dry run plans dc1 and reports dc2 as not copied, exit 3.
+      const other = configDir(['version: 1', `id: ${id}-dry`, 'rules:', `  - { name: shared, from: "${from}shared/", to: "mdc-${tag}-dry/shared/", datacenters: [dc1, dc2] }`, ''].join('\n'));
+      const dry = await runCli(['copy', '--dry-run', '--format', 'json'], { cwd: other, env, timeoutMs: 120_000 });
       expect(dry.code, dry.stderr).toBe(3);
       const planned = JSON.parse(dry.stdout) as { status: string; datacenters: { datacenter: string; dryRun?: boolean; error?: { code: string } }[] };
       expect(planned.status).toBe('error');
