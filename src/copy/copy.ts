@@ -150,7 +150,7 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
   const leader = await target.readKey(paths.leader);
   if (!leader?.session) return;
   throw new RefusedError('copy_dualrun_running', `A dual-run of migration "${config.id}" is running (it holds the leader lock: ${lockHolder(leader.value) ?? 'unknown holder'}); a copy now would write older values over what it replicates.`, {
-    hint: 'The dual-run replicates etcd\'s changes; it does not rewrite keys changed in Consul since (the drift verify reports). To copy again, stop the dual-run first, then start it again after the copy (it resumes from the copy\'s checkpoint).',
+    hint: 'The dual-run replicates etcd\'s changes; it does not rewrite keys changed in Consul since (the drift verify reports). To copy again, stop the dual-run first, then start it again after the copy (it resumes from its checkpoint, or from the copy\'s with --delete-extraneous).',
   });
 }
 

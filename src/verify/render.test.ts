@@ -24,7 +24,7 @@ describe('the verify verdict line', () => {
       expect(renderVerify(result, format)).toContain('DRIFT: 2 persistent differences in 1 rule (app); 1 more difference within the --allow budgets of cfg (exit 1).');
     }
     // Drift in a rule etcd owns: what mends it, since the dual-run does not and copy refuses while it runs.
-    expect(renderVerify(result, 'text')).toMatch(/^Next: these keys stay as they are in Consul until they next change in etcd .*stop the dual-run, run `migrate copy`.*start the dual-run again/m);
+    expect(renderVerify(result, 'text')).toMatch(/^Next: these keys stay as they are in Consul until they next change in etcd .*with the dual-run stopped, run `migrate copy`.*start the dual-run again/m);
     expect(renderVerify(result, 'text')).not.toContain('foreign-session');
     // A key an application locks with its own session: copy leaves it, so the next step says who acts first.
     const held = { ...result, differences: result.differences.map((d, i) => (i === 0 ? { ...d, reason: 'foreign-session' } : d)) };

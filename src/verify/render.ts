@@ -138,7 +138,7 @@ function nextAfterDrift(result: VerifyResult): string | undefined {
   const drifting = result.rules.filter((r) => r.status === 'drift' && r.owner === 'etcd' && r.differences > 0);
   if (drifting.length === 0) return undefined;
   const held = result.differences.some((d) => d.reason === 'foreign-session') ? ' Keys held by a session this migration does not own (foreign-session) are left alone by copy: their holder releases them first.' : '';
-  return `these keys stay as they are in Consul until they next change in etcd (the dual-run replicates etcd's changes only). To write etcd's values again: stop the dual-run, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from the copy's checkpoint), then verify.${held}`;
+  return `these keys stay as they are in Consul until they next change in etcd (the dual-run replicates etcd's changes only). To write etcd's values again: with the dual-run stopped, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from its checkpoint), then verify.${held}`;
 }
 
 function renderText(result: VerifyResult): string {
