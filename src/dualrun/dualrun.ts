@@ -727,7 +727,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           options.log('warn', `Consul's state went back in time (restored from a snapshot?): its checkpoint is at revision ${err.revision}, this dual-run had written ${err.committed}; replaying etcd's changes from revision ${err.revision + 1}, so Consul gets back what the restore took`, { checkpoint: err.revision, committed: err.committed });
           stats.checkpoint = err.revision;
           applier.reset();
-          await sessions.reload();
+          // The restore took back session records too; the lease passes mend what this read misses.
+          await sessions.reload().catch((failed: unknown) => options.log('warn', `reading the session records again failed: ${(failed as Error).message}`));
           continue;
         }
         if (err instanceof SourceCompactedError) {
