@@ -522,7 +522,7 @@ describe('etcd restored from an older backup (real servers)', () => {
 });
 
 describe('Consul restored from an older snapshot while the dual-run runs (real servers)', () => {
-  it('the dual-run finds its checkpoint went back, replays etcd from it, and Consul gets back what the restore took: parity', async () => {
+  it('the dual-run finds its checkpoint went back, replays etcd from it, and Consul gets back what the restore took: parity; a cutover the restore undid is said', async () => {
     const own = await privateConsul();
     const ownTarget = new ConsulTarget({ address: own.address });
     const s = scenario('rewound');
@@ -545,6 +545,15 @@ describe('Consul restored from an older snapshot while the dual-run runs (real s
         await eventually('the dual-run replays what the restore took', async () => /Consul's state went back in time \(restored from a snapshot\?\): its checkpoint is at revision \d+, this dual-run had written \d+; replaying/.test(dualrun.stderr()), 40_000);
         await waitCaughtUp(etcd, ownTarget, s.id);
         expect(await checkParity(etcd, ownTarget, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+        // A rule cut over after a snapshot, the snapshot restored: etcd owns it again in the restored state, and nothing
+        // tells the applications that write it in Consul. The dual-run says so.
+        const before = (await ownTarget.http.request({ method: 'GET', path: '/v1/snapshot' })).body;
+        const cut = await runCli(['cutover', '--rule', 'app', '--yes', '--verify-now', '--drain', '200ms'], { cwd: s.dir, env: serverEnv(env) });
+        expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+        await eventually('the dual-run follows the cutover', async () => /reverse mirror of rule app/.test(dualrun.stderr()), 20_000);
+        await ownTarget.http.request({ method: 'PUT', path: '/v1/snapshot', body: before });
+        await eventually('the dual-run says the cutover was undone', async () => /the owners document went back in time \(Consul restored from a snapshot\?\): rule\(s\) app, cut over before, are owned by etcd in the restored state/.test(dualrun.stderr()), 30_000)
+          .catch((err: Error) => Promise.reject(new Error(`${err.message}; the dual-run's log:\n${dualrun.stderr()}`)));
       } finally {
         expect(await dualrun.stop()).toBe(0);
       }

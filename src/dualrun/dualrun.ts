@@ -13,7 +13,7 @@ import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js
 import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
-import { ownedByConsul, ownerAt, ownersKey } from '../cutover/phase.js';
+import { ownedByConsul, ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
 import { readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
@@ -296,6 +296,17 @@ async function refuseEtcdBehind(source: SourceReader, checkpoint: number): Promi
   });
 }
 
+/**
+ * The owners document went back to an older version (Consul restored from a snapshot; no cutover or rollback
+ * writes an older one): rules cut over since are owned by etcd again in the restored state, with nothing
+ * said to the applications that write them in Consul.
+ */
+function warnOwnersRewound(before: OwnersDoc | undefined, after: OwnersDoc | undefined, log: DualRunLog): void {
+  const owned = (doc: OwnersDoc | undefined, name: string) => ['cutover', 'finalized'].includes(doc?.rules[name]?.phase ?? '');
+  const undone = Object.keys(before?.rules ?? {}).filter((name) => owned(before, name) && !owned(after, name));
+  log('warn', `the owners document went back in time (Consul restored from a snapshot?)${undone.length > 0 ? `: rule(s) ${undone.join(', ')}, cut over before, are owned by etcd in the restored state; what applications write to them in Consul no longer reaches etcd, and etcd's changes are replicated over it. Check \`migrate status\`, then cut them over again` : ''}`, { rules: undone });
+}
+
 /** The primary lane when every rule goes to other datacenters: it only holds the lock. */
 async function holdLead(signal: AbortSignal, lost: AbortSignal): Promise<DualRunSummary['reason']> {
   const both = AbortSignal.any([signal, lost]);
@@ -559,6 +570,14 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     ctx.publish();
   };
   await reconcileMirrors();
+  /** Takes the owners document as read: true when it changed. One older than the last (a Consul restored from a snapshot) is said. */
+  const takeOwners = (entry: TargetEntry | undefined): boolean => {
+    const before = { doc: ownership.doc, index: ownership.index };
+    const index = entry?.modifyIndex ?? 0;
+    if (!ownership.set(Ownership.parse(ownersKey(paths), entry), index)) return false;
+    if (index < before.index) warnOwnersRewound(before.doc, ownership.doc, options.log);
+    return true;
+  };
   // Follows the owners document with a blocking query: mirrors start and stop as rules are cut over or back.
   const follower = (async () => {
     let index = ownership.index;
@@ -570,9 +589,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         if (following.signal.aborted) break;
         retryMs = 1000;
         if (answer.index !== index) {
-          const current = answer.entry?.modifyIndex ?? 0;
-          if (current !== ownership.index) {
-            ownership.set(Ownership.parse(ownersKey(paths), answer.entry), current);
+          if (takeOwners(answer.entry)) {
             options.log('info', 'rule ownership changed', { owners: Object.fromEntries(Object.entries(ownership.doc?.rules ?? {}).map(([n, r]) => [n, r.phase])) });
             await reconcileMirrors();
           }
@@ -716,8 +733,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         if (stopped()) break;
         if (err instanceof OwnersChanged) {
           // Re-plan from the checkpoint under the new ownership (replaying is idempotent).
-          const entry = await target.readKey(ownersKey(paths));
-          if (ownership.set(Ownership.parse(ownersKey(paths), entry), entry?.modifyIndex ?? 0)) await reconcileMirrors();
+          if (takeOwners(await target.readKey(ownersKey(paths)))) await reconcileMirrors();
           applier.reset();
           options.log('info', `rule ownership changed under a pending txn; re-planning from revision ${stats.checkpoint + 1}`);
           continue;
@@ -756,8 +772,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       .catch(async (err: unknown) => {
         // The owners document changed a moment ago and the follower has not read it yet: read it, and once more.
         if (!(err instanceof OwnersChanged)) throw err;
-        const entry = await target.readKey(ownersKey(paths));
-        ownership.set(Ownership.parse(ownersKey(paths), entry), entry?.modifyIndex ?? 0);
+        takeOwners(await target.readKey(ownersKey(paths)));
         await applier.flush(true, { stopped: true });
       })
       .catch((err: unknown) => options.log('warn', `could not mark the checkpoint stopped: ${(err as Error).message}`));
