@@ -254,6 +254,15 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     expect(exported.code, exported.stderr).toBe(0);
     expect(JSON.parse(readFileSync(out, 'utf8'))).toHaveLength(26);
 
+    // Another migration's migrator token (its own printed policy) sees this one's rules: a rule writing under its to is a blocker.
+    const overlapDir = mkdtempSync(join(tmpdir(), 'migrate-acl-overlap-'));
+    try {
+      writeFileSync(join(overlapDir, 'migration.yaml'), ['version: 1', `id: ${id}-overlap`, 'rules:', `  - { name: sub, from: "${p}app/", to: "${p}app/sub/" }`, ''].join('\n'));
+      const plan = await runCli(['plan', '--format', 'json'], { cwd: overlapDir, env: env({ CONSUL_HTTP_TOKEN: svcToken }) });
+      expect(JSON.parse(plan.stdout).blockers, plan.stderr).toContainEqual(expect.objectContaining({ code: 'migration_overlap' }));
+    } finally {
+      rmSync(overlapDir, { recursive: true, force: true });
+    }
   });
 
   it('a token without write on one rule\'s target: copy, dualrun and verify stop before any work, naming the permission and prefix (exit 3)', async () => {
@@ -431,6 +440,9 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     const first = await issue();
     const tokenFile = join(dir, 'consul-token');
     writeFileSync(tokenFile, `${first.SecretID}\n`);
+    // doctor's anonymous probe sends no token, and does not read one from the file when Consul refuses it.
+    const doctor = await runCli(['doctor', '--format', 'json'], { cwd: dir, env: env({ CONSUL_HTTP_TOKEN: '', CONSUL_HTTP_TOKEN_FILE: tokenFile }) });
+    expect(JSON.parse(doctor.stdout).checks).toContainEqual(expect.objectContaining({ name: 'consul.acl', status: 'ok' }));
     const dualrun = await startDualRun(dir, [], env({ CONSUL_HTTP_TOKEN: '', CONSUL_HTTP_TOKEN_FILE: tokenFile }));
     try {
       await eventually('the dual-run leads', async () => dualrun.stderr().includes('leading the dual-run'));

@@ -16,6 +16,7 @@ describe('planAcl', () => {
       'key_prefix "app/" {', '  policy = "write"', '}',
       'key_prefix "/app/" {', '  policy = "read"', '}',
       'key_prefix "_migrate/demo/" {', '  policy = "write"', '}',
+      'key_prefix "_migrate/" {', '  policy = "read"', '}',
       'session_prefix "" {', '  policy = "write"', '}',
       'agent_prefix "" {', '  policy = "read"', '}', '',
     ].join('\n'));
@@ -110,12 +111,12 @@ describe('planAcl', () => {
       ]);
       // The primary: its rules, the state, sessions on the agent's node, agent read, the service rules.
       expect(grantsOf(plan, 'migrate-demo-migrator-dc1')).toEqual([
-        ['key_prefix', 'app/', 'write'], ['key_prefix', 'local/', 'write'], ['key_prefix', '/app/', 'read'], ['key_prefix', '/local/', 'read'], ['key_prefix', '_migrate/demo/', 'write'],
+        ['key_prefix', 'app/', 'write'], ['key_prefix', 'local/', 'write'], ['key_prefix', '/app/', 'read'], ['key_prefix', '/local/', 'read'], ['key_prefix', '_migrate/demo/', 'write'], ['key_prefix', '_migrate/', 'read'],
         ['session_prefix', '', 'write'], ['agent_prefix', '', 'read'], ['service', 'web', 'write'], ['node_prefix', '', 'read'],
       ]);
       // Another datacenter: its rules and its own state; sessions on one of its server nodes, found in its catalog (service "consul", node read).
       expect(grantsOf(plan, 'migrate-demo-migrator-dc2')).toEqual([
-        ['key_prefix', 'app/', 'write'], ['key_prefix', '/app/', 'read'], ['key_prefix', '_migrate/demo/', 'write'],
+        ['key_prefix', 'app/', 'write'], ['key_prefix', '/app/', 'read'], ['key_prefix', '_migrate/demo/', 'write'], ['key_prefix', '_migrate/', 'read'],
         ['session_prefix', '', 'write'], ['service', 'consul', 'read'], ['node_prefix', '', 'read'],
       ]);
       const dc2 = plan.consul.policies.find((p) => p.name === 'migrate-demo-migrator-dc2')!;
@@ -174,7 +175,7 @@ describe('planAcl', () => {
         ['migrate-demo-app-local', null, true],
         ['migrate-demo-app-svc', null, true],
       ]);
-      expect(grantsOf(plan, 'migrate-demo-migrator-primary').map(([r, n]) => `${r} ${n}`)).toEqual(['key_prefix local/', 'key_prefix /local/', 'key_prefix _migrate/demo/', 'session_prefix ', 'agent_prefix ', 'service web', 'node_prefix ']);
+      expect(grantsOf(plan, 'migrate-demo-migrator-primary').map(([r, n]) => `${r} ${n}`)).toEqual(['key_prefix local/', 'key_prefix /local/', 'key_prefix _migrate/demo/', 'key_prefix _migrate/', 'session_prefix ', 'agent_prefix ', 'service web', 'node_prefix ']);
       expect(policyCreateCommand(plan.consul.policies[0]!)).toBe('consul acl policy create -name migrate-demo-migrator-primary -rules @migrate-demo-migrator-primary.hcl');
       expect(renderPolicyHcl(plan.consul.policies[0]!, { comments: true })).toContain('# valid in every datacenter: it is the primary datacenter\'s, whose name is not known here (set target.datacenter in migration.yaml to limit it)\n');
       expect(plan.notes.join('\n')).toContain('The primary datacenter is not named (set target.datacenter in migration.yaml)');
@@ -228,8 +229,8 @@ describe('planAcl', () => {
       expect(migrator.grants.find((g) => g.name === 'legacy-')!.why).toMatch(/^rules legacy, old /);
       expect(grantsOf(plan, 'migrate-demo-app-web')).toEqual([['service', 'web', 'read'], ['node', 'node-1', 'read']]);
       expect(plan.notes.join('\n')).not.toContain('service_prefix ""');
-      // No copy rule: no KV grant but the state prefix.
-      expect(migrator.grants.filter((g) => g.resource === 'key_prefix').map((g) => g.name)).toEqual(['_migrate/demo/']);
+      // No copy rule: no KV grant but the state prefix (its own to write, the other migrations' to read).
+      expect(migrator.grants.filter((g) => g.resource === 'key_prefix').map((g) => g.name)).toEqual(['_migrate/demo/', '_migrate/']);
     });
 
     it('the etcd role reads the service rules and the dual-run\'s one watch spans them with the copy rules; only copy rules are written after cutover', () => {

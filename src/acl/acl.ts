@@ -161,6 +161,8 @@ function toolGrants(config: MigrationConfig, copyRules: readonly CompiledRule[],
     migrator.push({ resource: 'key_prefix', name: `/${rule.to}`, policy: 'read', why: `rule ${rule.name}: verify looks for keys stranded with a leading "/" (only a txn reaches them)` });
   }
   migrator.push({ resource: 'key_prefix', name: paths.root, policy: 'write', why: place.kind === 'single' ? 'the tool\'s state: meta, copy progress, checkpoint, leader lock, sessions, rule phases, verify summary, doctor\'s probe key' : `the tool's state${there || ' in this datacenter'} (each datacenter keeps its own): meta, copy progress, checkpoint, leader lock, sessions, rule phases, verify summary, doctor's probe key` });
+  // Longest prefix wins: write stays on this migration's own state, read on the rest.
+  migrator.push({ resource: 'key_prefix', name: config.state.prefix, policy: 'read', why: `other migrations' state beside this one${there} (their meta and owners): copy and dualrun refuse a rule that writes where another migration does, cutover one whose etcd keys another migration mirrors back` });
   // Another datacenter's sessions name one of its server nodes, picked from its catalog at run time: its name is not known offline.
   const sessionAnyNode = (policy: ConsulAccess): ConsulRuleGrant => ({ resource: 'session_prefix', name: '', policy, why: `mirrored etcd leases and the dual-run leader lock${there} are sessions on a server node of that datacenter, which the tool picks from its catalog at run time (/v1/catalog/service/consul?dc=${place.kind === 'other' ? place.datacenter : '<dc>'}); its name is not known offline, so the rule names every node, scoped to this datacenter by the policy's Datacenters` });
   migrator.push(!agentSide
@@ -189,7 +191,7 @@ function toolGrants(config: MigrationConfig, copyRules: readonly CompiledRule[],
   // CI runs verify on a schedule: reads everything the migrator reads, writes only its summary.
   const verifier: ConsulRuleGrant[] = [
     ...copyRules.map((rule): ConsulRuleGrant => ({ resource: 'key_prefix', name: rule.to, policy: 'list', why: `rule ${rule.name}: verify lists and reads the target keys (list: key listing when acl.enable_key_list_policy is on)` })),
-    ...migrator.filter((g) => g.resource === 'key_prefix' && g.policy === 'read'),
+    ...migrator.filter((g) => g.resource === 'key_prefix' && g.policy === 'read' && g.name !== config.state.prefix),
     { resource: 'key_prefix', name: paths.root, policy: 'read', why: `the tool's state${there}: meta, the dual-run checkpoint (the consistent cut), mirrored-lease sessions` },
     { resource: 'key_prefix', name: paths.verifyLast.replace(/last$/, ''), policy: 'write', why: `the verify summary (verify/last)${there} that cutover gates on; --no-record runs need only read` },
     !agentSide

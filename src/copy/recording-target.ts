@@ -45,8 +45,9 @@ export class RecordingTarget implements TargetStore {
     this.recorded.splice(0, this.recorded.length, ...kept);
   }
 
-  async applyTxn(ops: readonly TxnOp[]): Promise<void> {
+  async applyTxn(ops: readonly TxnOp[]): Promise<number | undefined> {
     this.recorded.push({ op: 'txn', ops: ops.map((o) => ({ verb: o.verb, key: o.key, bytes: 'value' in o ? o.value.length : 0, ...('session' in o ? { session: o.session } : {}) })) });
+    return undefined;
   }
 
   async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {

@@ -242,7 +242,7 @@ function stateMetaStatus(err: MigrateError): 'fail' | 'warn' {
  * scratch folder and is removed at once.
  */
 async function checkAnonymousAccess(connections: Connections, timeoutMs: number, scratch: string): Promise<{ enforced: boolean; check: DoctorCheck }> {
-  const anonymous = new ConsulHttp({ ...connections.target, token: undefined, timeoutMs });
+  const anonymous = new ConsulHttp({ ...connections.target, token: undefined, tokenFile: undefined, timeoutMs });
   try {
     const self = await anonymous.request({ method: 'GET', path: '/v1/acl/token/self', accept: [401, 403, 404, 500] });
     if (/ACL support disabled/i.test(self.body.toString('utf8'))) {

@@ -860,8 +860,8 @@ class Applier {
   // 0, not now: the first progress notification rewrites the checkpoint, so a dual-run just
   // started on an idle etcd shows as running (status, cutover, verify) at once, not after HEARTBEAT_MS.
   private lastCheckpointWrite = 0;
-  /** When the checkpoint was last read back, to find a Consul restored from a snapshot ({@link StateRewound}). */
-  private lastRewindCheck = Date.now();
+  /** The checkpoint's ModifyIndex after this run's last txn: the next one is a compare-and-set on it ({@link StateRewound}). */
+  private checkpointIndex: number | undefined;
   private readonly reserve = DUALRUN_TXN_RESERVE;
   /** The owners index every decision since the last txn was made under (the fence of the next txn). */
   private fenceIndex: number;
@@ -1121,27 +1121,30 @@ class Applier {
     if (ops.length === 0 && this.batcher.pendingOps === 0 && this.lastEventRevision <= stats.checkpoint) this.fenceIndex = this.ownership.index;
     const updated = new Date().toISOString();
     const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', ...(stopped ? { stopped: updated } : {}) };
-    // A Consul restored from a snapshot took back what was written since (data, checkpoint, sessions) with no error to
-    // any request: writing this checkpoint over the restored one would never replay it. Read back once a heartbeat.
-    // Not on the way out: a stop waits for no extra request (a datacenter down would hold it for the request's retries).
-    if (!stopped && Date.now() - this.lastRewindCheck >= HEARTBEAT_MS) {
-      const committed = stats.checkpoint;
-      const stored = await readState<CheckpointState>(this.ctx.target, this.ctx.paths.checkpoint());
-      this.lastRewindCheck = Date.now();
-      if (stored && stored.revision < committed) throw new StateRewound(stored.revision, committed);
-    }
+    // A compare-and-set on the index this dual-run's last txn gave the checkpoint: a Consul restored from a snapshot
+    // takes back what was written since (data, checkpoint, sessions) with no error to any request, and a checkpoint
+    // written over the restored one would never replay it.
+    const key = this.ctx.paths.checkpoint();
+    const value = Buffer.from(JSON.stringify(checkpoint));
     const txn: TxnOp[] = [
       ...ops,
-      { verb: 'set', key: this.ctx.paths.checkpoint(), value: Buffer.from(JSON.stringify(checkpoint)) },
+      this.checkpointIndex !== undefined ? { verb: 'cas', key, value, index: this.checkpointIndex } : { verb: 'set', key, value },
       this.fence(),
       { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' },
     ];
     try {
-      await this.ctx.target.applyTxn(txn);
+      this.checkpointIndex = await this.ctx.target.applyTxn(txn);
     } catch (err) {
       if (!(err instanceof TxnFailedError)) throw err;
       if (err.errors.some((e) => e.opIndex === txn.length - 1 || /session check|check session/.test(e.what))) throw new LeadershipLost('leader check failed');
       if (err.errors.some((e) => e.opIndex === txn.length - 2)) throw new OwnersChanged('owners fence failed');
+      if (err.errors.some((e) => e.opIndex === txn.length - 3)) {
+        this.checkpointIndex = undefined;
+        const stored = await readState<CheckpointState>(this.ctx.target, key);
+        if (stored && stored.revision < stats.checkpoint) throw new StateRewound(stored.revision, stats.checkpoint);
+        // Written since by a txn of this run whose answer was lost, or by its re-baseline's copy: sent again, as a set.
+        return this.send(ops, revision, plan, stopped);
+      }
       // A lock or unlock did not match what Consul holds (a session reaped during an outage,
       // a key written in Consul directly): re-plan these keys from Consul's real state.
       await this.repair(ops, revision, plan);

@@ -23,7 +23,7 @@ describe('LeaseSessions', () => {
     const applyTxn = target.applyTxn.bind(target);
     target.applyTxn = async (ops: readonly TxnOp[]) => {
       txns.push(ops.length);
-      await applyTxn(ops);
+      return applyTxn(ops);
     };
     const sessions = new LeaseSessions(source, target, paths, 'demo');
     // Consul answers the session creates in any order; the records still go in the same txns.

@@ -294,9 +294,10 @@ export class ConsulTarget implements TargetStore {
     return entry ? toEntry(entry) : undefined;
   }
 
-  async applyTxn(ops: readonly TxnOp[], signal?: AbortSignal): Promise<void> {
+  /** Applies one txn; resolves to the index its writes took (their ModifyIndex), when Consul says it. */
+  async applyTxn(ops: readonly TxnOp[], signal?: AbortSignal): Promise<number | undefined> {
     const limits = await this.limits();
-    if (ops.length === 0) return;
+    if (ops.length === 0) return undefined;
     if (ops.length > limits.txnMaxOps) {
       throw new RangeError(`a txn of ${ops.length} ops exceeds the target's limit of ${limits.txnMaxOps}; batch it first`);
     }
@@ -308,7 +309,12 @@ export class ConsulTarget implements TargetStore {
     if (bytes - 1 > limits.txnMaxBytes) {
       throw new RangeError(`a txn of ${bytes} bytes exceeds the target's limit of ${limits.txnMaxBytes}; batch it first`);
     }
-    await this.request({ method: 'PUT', path: '/v1/txn', body: serializeTxn(ops), signal });
+    const response = await this.request({ method: 'PUT', path: '/v1/txn', body: serializeTxn(ops), signal });
+    // Each result is an entry as the txn left it (values blanked): the written ones carry the txn's index, the newest.
+    const results = (JSON.parse(response.body.toString('utf8')) as { Results?: { KV?: { ModifyIndex?: number } }[] | null }).Results ?? [];
+    let index: number | undefined;
+    for (const r of results) if (r.KV?.ModifyIndex !== undefined && (index === undefined || r.KV.ModifyIndex > index)) index = r.KV.ModifyIndex;
+    return index;
   }
 
   async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {

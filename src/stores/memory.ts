@@ -246,7 +246,7 @@ export class MemoryTarget implements TargetStore {
     return this.entries.get(key);
   }
 
-  async applyTxn(ops: readonly TxnOp[]): Promise<void> {
+  async applyTxn(ops: readonly TxnOp[]): Promise<number | undefined> {
     const { maxValueBytes, txnMaxOps } = await this.limits();
     if (ops.length > txnMaxOps) throw new RangeError(`a txn of ${ops.length} ops exceeds the target's limit of ${txnMaxOps}`);
     for (const op of ops) if ('value' in op && op.value.length > maxValueBytes) throw new ValueTooLargeError(op.key, op.value.length, maxValueBytes);
@@ -306,6 +306,7 @@ export class MemoryTarget implements TargetStore {
     if (errors.length > 0) throw new TxnFailedError(errors);
     this.entries.clear();
     for (const [key, entry] of next) this.entries.set(key, entry);
+    return index;
   }
 
   async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {

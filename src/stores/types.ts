@@ -220,7 +220,7 @@ export interface TargetStore {
   /** One key through `GET /v1/kv/<key>`, the way applications read it. */
   readKey(key: string): Promise<TargetEntry | undefined>;
   /** Apply one txn (all or nothing). Throws {@link TxnFailedError} on a failed check. */
-  applyTxn(ops: readonly TxnOp[], signal?: AbortSignal): Promise<void>;
+  applyTxn(ops: readonly TxnOp[], signal?: AbortSignal): Promise<number | undefined>;
   /** A single `PUT /v1/kv/<key>`, for values too large for any txn; `release` writes and frees a key that session holds (false if it does not). */
   putKey(key: string, value: Buffer, options?: PutOptions): Promise<boolean>;
   deleteKey(key: string): Promise<void>;
