@@ -527,6 +527,7 @@ describe('Consul restored from an older snapshot while the dual-run runs (real s
     const ownTarget = new ConsulTarget({ address: own.address });
     const s = scenario('rewound');
     const env = { CONSUL_HTTP_ADDR: own.address };
+    let busy: ReturnType<typeof setInterval> | undefined;
     try {
       for (let i = 0; i < 10; i++) await etcd.put(`${s.root}/app/k${i}`).value('before the snapshot');
       expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv(env) })).code).toBe(0);
@@ -540,6 +541,8 @@ describe('Consul restored from an older snapshot while the dual-run runs (real s
         await etcd.put(`${s.root}/app/k0`).value('updated after the snapshot');
         await etcd.delete().key(`${s.root}/app/k1`);
         await waitCaughtUp(etcd, ownTarget, s.id);
+        // etcd stays busy outside the rules: each progress makes a checkpoint txn, which must not hide the restore.
+        busy = setInterval(() => void etcd.put(`${s.root}/outside`).value(String(Date.now())).catch(() => undefined), 50);
         await ownTarget.http.request({ method: 'PUT', path: '/v1/snapshot', body: snapshot });
         expect(await ownTarget.readKey(`${s.id}/app/after0`)).toBeUndefined();
         const withLog = (err: Error) => Promise.reject(new Error(`${err.message}; the dual-run's log:\n${dualrun.stderr()}`));
@@ -565,6 +568,7 @@ describe('Consul restored from an older snapshot while the dual-run runs (real s
         expect(await dualrun.stop()).toBe(0);
       }
     } finally {
+      clearInterval(busy);
       ownTarget.close();
       await own.stop();
     }
