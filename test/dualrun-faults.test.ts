@@ -544,7 +544,7 @@ describe('Consul restored from an older snapshot while the dual-run runs (real s
         // etcd stays busy outside the rules: each progress makes a checkpoint txn, which must not hide the restore.
         busy = setInterval(() => void etcd.put(`${s.root}/outside`).value(String(Date.now())).catch(() => undefined), 50);
         await ownTarget.http.request({ method: 'PUT', path: '/v1/snapshot', body: snapshot });
-        expect(await ownTarget.readKey(`${s.id}/app/after0`)).toBeUndefined();
+        // (What the restore took is back within a txn or two: not asserted gone here, the dual-run may have replayed it already.)
         const withLog = (err: Error) => Promise.reject(new Error(`${err.message}; the dual-run's log:\n${dualrun.stderr()}`));
         await eventually('Consul gets back what the restore took', async () => (await ownTarget.readKey(`${s.id}/app/after19`)) !== undefined && (await ownTarget.readKey(`${s.id}/app/k1`)) === undefined, 40_000).catch(withLog);
         // Still leading, it found its checkpoint went back. (A leader whose session the restore lost leads again, from the restored checkpoint.)
