@@ -194,8 +194,12 @@ async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
 async function cutOverByOtherMigrations(target: TargetStore, config: MigrationConfig): Promise<{ migration: string; rule: string; from: string }[]> {
   const { others } = await otherMigrations(target, config.state.prefix, config.id);
   const mirrored: { migration: string; rule: string; from: string }[] = [];
-  for (const other of others) {
-    const owners = await readState<OwnersDoc>(target, ownersKey(statePaths(config.state.prefix, other.id)));
+  // Their owners documents in one read.
+  const keys = others.map((other) => ownersKey(statePaths(config.state.prefix, other.id)));
+  const entries = new Map((keys.length > 0 ? await target.readEntries(keys) : []).map((e) => [e.key, e]));
+  for (const [i, other] of others.entries()) {
+    const entry = entries.get(keys[i]!);
+    const owners = entry ? parseStateDocument<OwnersDoc>(entry.key, entry.value) : undefined;
     for (const theirs of other.rules) {
       if (theirs.action === 'copy' && owners?.rules[theirs.name]?.phase === 'cutover') mirrored.push({ migration: other.id, rule: theirs.name, from: theirs.from });
     }

@@ -20,9 +20,14 @@ export function lagSeconds(stats: DualRunStats, now: number): number {
   return Math.max(applied, queued);
 }
 
+/** etcd's latest revision as the dual-run knows it: from the events it took, or what the watch heard beyond them. */
+export function heardRevision(stats: Pick<DualRunStats, 'etcdRevision' | 'seenRevision'>): number {
+  return Math.max(stats.etcdRevision, stats.seenRevision);
+}
+
 /** etcd revisions not yet applied to Consul: up to the latest the watch heard, taken by the applier or not. */
 export function lagRevisions(stats: DualRunStats): number {
-  return Math.max(0, Math.max(stats.etcdRevision, stats.seenRevision) - stats.checkpoint);
+  return Math.max(0, heardRevision(stats) - stats.checkpoint);
 }
 
 /**
@@ -106,7 +111,7 @@ export class DualRunMetrics {
     // A former leader's figures would stay frozen in its gauges: a process that does not lead reports none (0), as a fresh standby.
     const leading = stats.role === 'leader';
     this.checkpoint.set(leading ? stats.checkpoint : 0);
-    this.etcdRevision.set(leading ? Math.max(stats.etcdRevision, stats.seenRevision) : 0);
+    this.etcdRevision.set(leading ? heardRevision(stats) : 0);
     this.leader.set(leading ? 1 : 0);
     this.sessions.set(leading ? stats.sessions : 0);
     this.reverseRules.set(stats.reverseRules);
@@ -158,7 +163,7 @@ export class DualRunMetrics {
     return {
       ready,
       body: {
-        status, role: s.role, checkpoint: s.checkpoint, etcdRevision: Math.max(s.etcdRevision, s.seenRevision), lagRevisions: lag, lagSeconds: seconds, checkpointAgeSeconds: Math.round((now - s.checkpointWrittenAt) / 1000),
+        status, role: s.role, checkpoint: s.checkpoint, etcdRevision: heardRevision(s), lagRevisions: lag, lagSeconds: seconds, checkpointAgeSeconds: Math.round((now - s.checkpointWrittenAt) / 1000),
         ...(s.datacenters ? { datacenters: Object.fromEntries(Object.entries(s.datacenters).map(([dc, d]) => [dc, { connected: d.connected, checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint) }])) } : {}),
       },
     };

@@ -1,6 +1,6 @@
 import { createElement as h, type ReactElement } from 'react';
 import type { DualRunStats } from '../dualrun/dualrun.js';
-import { lagRevisions, lagSeconds } from '../dualrun/metrics.js';
+import { heardRevision, lagRevisions, lagSeconds } from '../dualrun/metrics.js';
 import { scrub } from './redact.js';
 
 /** How often the live view is redrawn (ms). */
@@ -41,7 +41,7 @@ export function renderDualRunStatus(stats: DualRunStats, now: number, eventsPerS
   const late = total(stats.lateWrites);
   return [
     `dual-run: ${role}`,
-    `  checkpoint ${stats.checkpoint}   etcd revision ${Math.max(stats.etcdRevision, stats.seenRevision)}   lag ${lagRevisions(stats)} revision(s), ${seconds(lagSeconds(stats, now))} (${measured})`,
+    `  checkpoint ${stats.checkpoint}   etcd revision ${heardRevision(stats)}   lag ${lagRevisions(stats)} revision(s), ${seconds(lagSeconds(stats, now))} (${measured})`,
     `  events ${stats.events} (${Math.round(eventsPerSecond)}/s)   txns ${stats.txns}   ops ${stats.ops}   sessions ${stats.sessions}`,
     `  reverse-mirrored rules ${stats.reverseRules}   late writes ${late}${late ? ` (${Object.entries(stats.lateWrites).map(([r, n]) => `${r}: ${n}`).join(', ')})` : ''}   errors ${errors}${errors ? ` (${Object.entries(stats.errors).map(([k, n]) => `${k}: ${n}`).join(', ')})` : ''}`,
     ...(stats.splitRevisions || stats.rebaselines || stats.guardTrips ? [`  split revisions ${stats.splitRevisions}   re-baselines ${stats.rebaselines}   delete-guard trips ${stats.guardTrips}`] : []),
