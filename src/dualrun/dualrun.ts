@@ -700,6 +700,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         // a watch reopened while Consul is still down made /healthz say ready, then not, then ready.
         stats.started = true;
         ctx.publish();
+        // etcd's revision now, not at the first tick: until it is heard, /healthz says starting (the lag is unknown).
+        watch.requestProgress();
         const progressTimer = setInterval(() => {
           if (!watch) return;
           watch.requestProgress();

@@ -157,9 +157,11 @@ export class DualRunMetrics {
     const stalledAt = (written: number) => now - written > 2 * HEARTBEAT_MS;
     const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || !d.started || stalledAt(d.checkpointWrittenAt) || (d.checkpoint < d.etcdRevision && (now - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
     const stalled = stalledAt(s.checkpointWrittenAt);
-    // A leader setting up (reading the checkpoint, renewing the sessions) replicates nothing yet, and its lag counts nothing etcd made meanwhile.
-    const ready = s.connected && s.started && !stalled && seconds < 10 && behind.length === 0;
-    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : !s.started || behind.some((dc) => !s.datacenters![dc]!.started) ? 'starting' : 'catching-up';
+    // A leader setting up (reading the checkpoint, renewing the sessions) replicates nothing yet, and its lag counts nothing etcd made meanwhile;
+    // nor does one whose watch has opened before etcd said its revision (its first progress notification).
+    const started = s.started && heardRevision(s) > 0;
+    const ready = s.connected && started && !stalled && seconds < 10 && behind.length === 0;
+    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : !started || behind.some((dc) => !s.datacenters![dc]!.started) ? 'starting' : 'catching-up';
     return {
       ready,
       body: {

@@ -75,6 +75,9 @@ describe('/healthz of a leader setting up', () => {
     // Set up longer than twice the heartbeat (Consul frozen): stalled, as any leader writing no checkpoint.
     metrics.update({ ...setting, checkpointWrittenAt: Date.now() - 21_000 });
     expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'stalled' } });
+    // The watch is open, etcd's answer (its first progress notification) not in yet: the lag is unknown, not 0.
+    metrics.update({ ...setting, started: true });
+    expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'starting', etcdRevision: 0 } });
     metrics.update({ ...setting, etcdRevision: 4_318, started: true });
     expect(metrics.health()).toMatchObject({ ready: true, body: { status: 'ready' } });
   });
