@@ -260,6 +260,21 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       writeFileSync(join(overlapDir, 'migration.yaml'), ['version: 1', `id: ${id}-overlap`, 'rules:', `  - { name: sub, from: "${p}app/", to: "${p}app/sub/" }`, ''].join('\n'));
       const plan = await runCli(['plan', '--format', 'json'], { cwd: overlapDir, env: env({ CONSUL_HTTP_TOKEN: svcToken }) });
       expect(JSON.parse(plan.stdout).blockers, plan.stderr).toContainEqual(expect.objectContaining({ code: 'migration_overlap' }));
+      // A token that reads only its own migration's state (not the policy `migrate acl` prints): the check is blind, and says so.
+      const svcPolicy = svcAcl.consul.policies.find((x) => x.role === 'migrator')!.structured;
+      const ownStateOnly = Object.fromEntries(Object.entries(svcPolicy.key_prefix!).filter(([prefix]) => prefix !== '_migrate/'));
+      expect(Object.keys(ownStateOnly).length).toBe(Object.keys(svcPolicy.key_prefix!).length - 1);
+      const narrow = await tokenWith(`${id}-own-state-only`, JSON.stringify({ ...svcPolicy, key_prefix: ownStateOnly }));
+      const blind = await runCli(['plan', '--format', 'json'], { cwd: overlapDir, env: env({ CONSUL_HTTP_TOKEN: narrow }) });
+      expect(JSON.parse(blind.stdout).blockers, blind.stderr).not.toContainEqual(expect.objectContaining({ code: 'migration_overlap' }));
+      expect(blind.stderr).toContain('warning: the Consul token may not read all of the state prefix _migrate/ (its ACLs hid some of it): migrations recorded there were not checked against this one');
+      // The same 404 (every key there hidden) to a key listing: refused, not an empty prefix.
+      const narrowTarget = new ConsulTarget({ address: consul.address, token: narrow });
+      try {
+        await expect(narrowTarget.listKeys('_migrate/')).rejects.toMatchObject({ code: 'consul_permission_denied' });
+      } finally {
+        narrowTarget.close();
+      }
     } finally {
       rmSync(overlapDir, { recursive: true, force: true });
     }

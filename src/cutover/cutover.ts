@@ -36,7 +36,7 @@ import {
   type WritesPause,
 } from './phase.js';
 import { acknowledgeTrips, readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
-import { otherMigrations } from '../state/migrations.js';
+import { hiddenMigrationsWarning, otherMigrations } from '../state/migrations.js';
 
 /**
  * `migrate cutover`, `rollback` and `finalize`: the gated, recorded,
@@ -116,6 +116,8 @@ export interface CutoverOptions extends CommonOptions, FenceOptions {
   rollbackFile?: string;
   /** `--snapshot <file>`: a Consul snapshot (GET /v1/snapshot) before the flip. */
   snapshotFile?: string;
+  /** Other migrations the token's ACLs hid from the checks. */
+  onWarning: (message: string) => void;
 }
 
 export type RollbackOptions = CommonOptions & FenceOptions;
@@ -186,13 +188,13 @@ async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
   checkIdentity(meta, { id: deps.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(deps.config) });
 }
 
-/** The dual-run checks: running (leader lock held, heartbeat fresh) and caught up with etcd's revision within the bound. */
 /**
  * The copy rules of other migrations (under the same state prefix) that are cut over: each has a reverse
  * mirror writing Consul's changes back to etcd under its `from` (finalized rules no longer do).
  */
-async function cutOverByOtherMigrations(target: TargetStore, config: MigrationConfig): Promise<{ migration: string; rule: string; from: string }[]> {
-  const { others } = await otherMigrations(target, config.state.prefix, config.id);
+async function cutOverByOtherMigrations(target: TargetStore, config: MigrationConfig, warn: (message: string) => void): Promise<{ migration: string; rule: string; from: string }[]> {
+  const { others, hidden } = await otherMigrations(target, config.state.prefix, config.id);
+  if (hidden) warn(hiddenMigrationsWarning(config.state.prefix));
   const mirrored: { migration: string; rule: string; from: string }[] = [];
   // Their owners documents in one read.
   const keys = others.map((other) => ownersKey(statePaths(config.state.prefix, other.id)));
@@ -207,6 +209,7 @@ async function cutOverByOtherMigrations(target: TargetStore, config: MigrationCo
   return mirrored;
 }
 
+/** The dual-run checks: running (leader lock held, heartbeat fresh) and caught up with etcd's revision within the bound. */
 async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CommonOptions, action: CutoverAction): Promise<{ checks: PreconditionCheck[]; etcdRevision: number; checkpoint: number | null }> {
   const checks: PreconditionCheck[] = [];
   const leader = await deps.target.readKey(paths.leader);
@@ -369,7 +372,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   state = await readCutoverState(target, paths);
   const now = options.now();
   const elsewhere = await otherDatacenterChecks(options);
-  const mirroredElsewhere = await cutOverByOtherMigrations(target, config);
+  const mirroredElsewhere = await cutOverByOtherMigrations(target, config, options.onWarning);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: its keys stay on etcd and are never cut over` }] };

@@ -188,7 +188,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const info = await primaryLane.target.info();
   // Before the new mapping is recorded: refused, the next start sees the change again.
   if (options.acceptMappingChange) await refuseCutOverMappingChanges(lanes);
-  await refuseOverlappingMigrations(primaryLane.target, primaryLane.config);
+  await refuseOverlappingMigrations(primaryLane.target, primaryLane.config, (text) => options.log('warn', text));
   const identity = { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config), rules: recordedRules(primaryLane.config) };
   const verdict = await ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
   const mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));

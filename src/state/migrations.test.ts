@@ -37,7 +37,20 @@ describe('other migrations under the state prefix', () => {
   it('refuses a migration that writes where another does (exit 4), and lets one that does not go on', async () => {
     const target = world();
     const config = (to: string) => ({ id: 'team-c', state: { prefix: '_migrate/' }, rules: [{ name: 'c', action: 'copy' as const, from: '/legacy/', to, keys: 'reject' as const, leases: 'session' as const }] });
-    await expect(refuseOverlappingMigrations(target, config('apps/b/extra/'))).rejects.toMatchObject({ code: 'migration_overlap', exitCode: 4, message: expect.stringContaining('rule c (to: apps/b/extra/) and rule b of migration team-b (to: apps/b/)') });
-    await expect(refuseOverlappingMigrations(target, config('apps/c/'))).resolves.toBeUndefined();
+    const warnings: string[] = [];
+    await expect(refuseOverlappingMigrations(target, config('apps/b/extra/'), (w) => warnings.push(w))).rejects.toMatchObject({ code: 'migration_overlap', exitCode: 4, message: expect.stringContaining('rule c (to: apps/b/extra/) and rule b of migration team-b (to: apps/b/)') });
+    await expect(refuseOverlappingMigrations(target, config('apps/c/'), (w) => warnings.push(w))).resolves.toBeUndefined();
+    expect(warnings).toEqual([]);
+  });
+
+  it('says when the token\'s ACLs hid part of the state prefix: the other migrations there were not checked', async () => {
+    const target = world();
+    const listFolders = target.listFolders.bind(target);
+    // As Consul answers a token that reads only its own migration's state: the list, filtered, and its header.
+    target.listFolders = async (prefix: string) => ({ folders: (await listFolders(prefix)).folders.filter((f) => f === '_migrate/team-c/'), filtered: true });
+    const warnings: string[] = [];
+    const config = { id: 'team-c', state: { prefix: '_migrate/' }, rules: [{ name: 'c', action: 'copy' as const, from: '/legacy/', to: 'apps/b/extra/', keys: 'reject' as const, leases: 'session' as const }] };
+    await expect(refuseOverlappingMigrations(target, config, (w) => warnings.push(w))).resolves.toBeUndefined();
+    expect(warnings).toEqual([expect.stringContaining('the Consul token may not read all of the state prefix _migrate/ (its ACLs hid some of it): migrations recorded there were not checked')]);
   });
 });

@@ -29,6 +29,11 @@ export async function otherMigrations(target: Pick<TargetStore, 'listFolders' | 
   return { others, hidden: filtered };
 }
 
+/** Said when {@link otherMigrations} found some folders hidden: the checks against other migrations saw only part of them. */
+export function hiddenMigrationsWarning(statePrefix: string): string {
+  return `the Consul token may not read all of the state prefix ${statePrefix} (its ACLs hid some of it): migrations recorded there were not checked against this one (rules writing where it writes, rules cut over under its from); give this token the policy \`migrate acl\` prints (read on the whole state prefix)`;
+}
+
 /**
  * Copy rules whose `to` overlaps a copy rule's of another migration (one lies
  * in the other, or they are the same): each migration would take the other's
@@ -53,10 +58,12 @@ export const OVERLAP_HINT = 'Give each migration a `to:` of its own, neither con
  * Refuses (migration_overlap, exit 4) a mapping that writes where another
  * migration writes: each would count the other's keys as extraneous (copy
  * --delete-extraneous deletes them, verify reports them), copy over them, and,
- * once cut over, mirror them into its own etcd prefix.
+ * once cut over, mirror them into its own etcd prefix. Says (`warn`) when the
+ * token's ACLs hid some of the other migrations.
  */
-export async function refuseOverlappingMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, config: Pick<MigrationConfig, 'id' | 'rules' | 'state'>): Promise<void> {
-  const { others } = await otherMigrations(target, config.state.prefix, config.id);
+export async function refuseOverlappingMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, config: Pick<MigrationConfig, 'id' | 'rules' | 'state'>, warn: (text: string) => void): Promise<void> {
+  const { others, hidden } = await otherMigrations(target, config.state.prefix, config.id);
+  if (hidden) warn(hiddenMigrationsWarning(config.state.prefix));
   const overlaps = targetOverlaps(config.rules, others);
   if (overlaps.length === 0) return;
   throw new RefusedError('migration_overlap', `Migration "${config.id}" writes where another migration writes: ${overlaps.join('; ')}. Each would take the other's keys for its own: count them as extraneous (copy --delete-extraneous deletes them, verify reports them), copy over them, and, once cut over, mirror them into its own etcd prefix. Nothing was written.`, {

@@ -232,15 +232,18 @@ export class ConsulTarget implements TargetStore {
 
   async listFolders(prefix: string): Promise<{ folders: string[]; filtered: boolean }> {
     const response = await this.request({ method: 'GET', path: kvPath(prefix), query: { keys: true, separator: '/', consistent: true }, accept: [403, 404] });
-    if (response.status !== 200) return { folders: [], filtered: response.status === 403 };
+    // A list the ACLs left empty is a 404 that says so too.
+    const filtered = response.status === 403 || response.headers['x-consul-results-filtered-by-acls'] === 'true';
+    if (response.status !== 200) return { folders: [], filtered };
     const keys = JSON.parse(response.body.toString('utf8')) as string[];
-    return { folders: sortKeys(keys.filter((k) => k.endsWith('/'))), filtered: response.headers['x-consul-results-filtered-by-acls'] === 'true' };
+    return { folders: sortKeys(keys.filter((k) => k.endsWith('/'))), filtered };
   }
 
   async listKeys(prefix: string, signal?: AbortSignal): Promise<string[]> {
     const response = await this.request({ method: 'GET', path: kvPath(prefix), query: { keys: true, consistent: true }, accept: [404], signal });
-    if (response.status === 404) return [];
+    // Before the 404: a prefix whose every key the ACLs hide answers 404, not an empty list, and says it filtered.
     this.refuseFiltered(response.headers, prefix);
+    if (response.status === 404) return [];
     const keys = JSON.parse(response.body.toString('utf8')) as string[];
     return sortKeys(keys);
   }

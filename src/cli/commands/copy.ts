@@ -86,7 +86,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
             // The dry-run too: it shows what copy would do, and copy would do nothing but this refusal.
             await refuseWhileDualRunLeads(lane.target, lane.config);
             // Another migration's keys under a rule's to would be taken for this one's (extraneous, overwritten, mirrored).
-            await refuseOverlappingMigrations(lane.target, lane.config);
+            await refuseOverlappingMigrations(lane.target, lane.config, (text) => view.warn(several ? `${lane.datacenter}: ${text}` : text));
             const result = await runCopy(
               { source, target: lane.target, config: lane.config, mapping: lane.mapping },
               {

@@ -46,6 +46,7 @@ Examples:
           drainMs: drainMs(options),
           verifyRule: (rule) => open.verify(rule),
           maxVerifyAgeMs,
+          onWarning: (message) => ctx.warn(message),
           ...(options.verifyNow ? { verifyNow: () => open.verify() } : {}),
           ...(options.rollbackFile ? { rollbackFile: resolve(ctx.io.cwd, options.rollbackFile) } : {}),
           ...(options.snapshot ? { snapshotFile: resolve(ctx.io.cwd, options.snapshot) } : {}),
