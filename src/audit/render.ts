@@ -133,6 +133,9 @@ export function noInstanceText(n: number): string {
   return `${formatCount(n)} ${n === 1 ? 'key makes' : 'keys make'} no instance`;
 }
 
+/** Prefixes of each usage pattern the text report names (the others are counted). */
+const PATTERNS_SHOWN = 10;
+
 export function renderText(result: AuditResult): string {
   const lines: string[] = [];
   const s = result.source;
@@ -158,9 +161,14 @@ export function renderText(result: AuditResult): string {
   lines.push(`Atomic groups: ${formatCount(g.multiKey)} multi-key revisions (of ${formatCount(g.revisions)}); ops per revision: ${histogramLine(g.histogram)}; ${g.overOps64} over 64 ops, ${g.overOps128} over 128 ops, ${g.overBytes} over the byte limit; ${g.splitAtTarget} would be split at this target (${result.limits.revisionTxnOps} ops / ${formatBytes(result.limits.revisionTxnBytes)} per revision txn)`);
   if (result.patterns.kubernetes.length || result.patterns.locks.length || result.patterns.registrations.length) {
     lines.push('Patterns:');
-    for (const p of result.patterns.kubernetes) lines.push(`  kubernetes    ${p.prefix} (${plural(p.keys, 'keys')})`);
-    for (const p of result.patterns.locks) lines.push(`  lock/election ${p.prefix} (${plural(p.keys, 'keys')}, ${formatCount(p.leasedKeys)} leased)`);
-    for (const p of result.patterns.registrations) lines.push(`  registration  ${p.prefix} (${plural(p.keys, 'keys')})`);
+    // The first few of each kind, as the prefixes are shown; --format json lists them all.
+    const shown = <T>(kind: string, found: readonly T[], line: (p: T) => string) => {
+      for (const p of found.slice(0, PATTERNS_SHOWN)) lines.push(line(p));
+      if (found.length > PATTERNS_SHOWN) lines.push(`  ${kind.padEnd(13)} … and ${plural(found.length - PATTERNS_SHOWN, 'more prefixes')} (--format json lists them)`);
+    };
+    shown('kubernetes', result.patterns.kubernetes, (p) => `  kubernetes    ${p.prefix} (${plural(p.keys, 'keys')})`);
+    shown('lock/election', result.patterns.locks, (p) => `  lock/election ${p.prefix} (${plural(p.keys, 'keys')}, ${formatCount(p.leasedKeys)} leased)`);
+    shown('registration', result.patterns.registrations, (p) => `  registration  ${p.prefix} (${plural(p.keys, 'keys')})`);
   }
   if (result.mode === 'mapping') {
     lines.push('Rules:');
