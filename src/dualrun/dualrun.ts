@@ -653,15 +653,20 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   /**
    * Copies every rule again at etcd's current revision (deleting what etcd no longer holds, behind the
    * delete guard) and replicates on from there: when the history since the checkpoint is gone, and when
-   * the rules changed or a rule was never copied whole.
+   * the rules changed or a rule was never copied whole. False when a stop interrupted it: the checkpoint
+   * stays where it was (the keys are not all etcd's yet), and the next start re-baselines again.
    */
-  const rebaseline = async (compacted: boolean) => {
+  const rebaseline = async (compacted: boolean): Promise<boolean> => {
     stats.rebaselines++;
     applier.reset();
     rebaselining = true;
     const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
       throw isMigrateError(failed) && failed.code === 'delete_guard' ? rebaselineGuardError(failed, compacted ? stats.checkpoint : undefined) : failed;
     }).finally(() => (rebaselining = false));
+    if (result.interrupted) {
+      options.log('info', `re-baseline interrupted: the checkpoint stays at revision ${stats.checkpoint} (part of the rules is copied at revision ${result.revision}); the next start re-baselines again`);
+      return false;
+    }
     stats.checkpoint = result.revision;
     // The copy's sessions (new leases, lost sessions replaced) are this run's to renew from now on.
     await sessions.reload();
@@ -671,6 +676,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     await applier.flush(true);
     if (services.active) await services.load(options.signal);
     options.log('info', `re-baselined at revision ${result.revision}`, { created: sum(result, 'created'), updated: sum(result, 'updated'), deleted: sum(result, 'deleted') });
+    return true;
   };
   try {
     while (!stopped()) {
@@ -678,7 +684,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       try {
         if (rebaselineFirst) {
           options.log('warn', `${rebaselineFirst.why}; re-baselining`);
-          await rebaseline(rebaselineFirst.compacted);
+          if (!(await rebaseline(rebaselineFirst.compacted))) break;
           rebaselineFirst = undefined;
           if (ctx.mappingChanged.pending) {
             await ctx.mappingChanged.record();

@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../config/load.js';
+import { runCopy, type CopyOptions } from '../copy/copy.js';
+import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import { runDualRun } from './dualrun.js';
+
+const loaded = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: app, from: /app/, to: app/ }
+`, 'migration.yaml');
+
+function copyOptions(signal: AbortSignal, over: Partial<CopyOptions> = {}): CopyOptions {
+  return {
+    dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false, acceptMappingChange: false,
+    rate: 0, concurrency: 1, pageKeys: 100, signal, now: () => new Date(), toolVersion: 'test', ...over,
+  };
+}
+
+const checkpointOf = async (target: MemoryTarget) => (JSON.parse((await target.readKey('_migrate/demo/checkpoint'))!.value.toString()) as { revision: number }).revision;
+
+describe('a re-baseline stopped part way', () => {
+  it('leaves the checkpoint where it was and says it did not finish: the keys are not all etcd\'s yet', async () => {
+    const source = new MemorySource();
+    // Four ops per txn: the re-baseline writes its 30 keys in many txns.
+    const target = new MemoryTarget({}, { txnMaxOps: 4 });
+    for (let i = 0; i < 30; i++) source.put(`/app/k${String(i).padStart(2, '0')}`, 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    const before = await checkpointOf(target);
+    // Changed while no dual-run ran, and the history compacted: the next start must copy again.
+    for (let i = 0; i < 30; i++) source.put(`/app/k${String(i).padStart(2, '0')}`, 'v2');
+    source.compact();
+
+    // Stopped (Ctrl-C) once the re-baseline's first data txn has landed: the copy stops between its batches.
+    const stop = new AbortController();
+    let rebaselining = false;
+    const apply = target.applyTxn.bind(target);
+    target.applyTxn = async (ops) => {
+      const index = await apply(ops);
+      if (rebaselining && ops.some((op) => op.key.startsWith('app/'))) stop.abort();
+      return index;
+    };
+    const logs: string[] = [];
+    const summary = await runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test',
+      log: (level, message) => logs.push(`${level} ${message}`),
+      copy: async (over) => {
+        rebaselining = true;
+        return runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(stop.signal, over));
+      },
+    });
+    expect(summary.reason).toBe('signal');
+    expect(logs).toContainEqual(expect.stringMatching(/re-baselining$/));
+    const copied = [...target.entries.values()].filter((e) => e.key.startsWith('app/') && e.value.toString() === 'v2').length;
+    expect(copied).toBeGreaterThan(0);
+    expect(copied).toBeLessThan(30);
+    expect(logs.join('\n')).not.toContain('re-baselined at revision');
+    expect(logs).toContainEqual(expect.stringContaining(`re-baseline interrupted: the checkpoint stays at revision ${before}`));
+    expect(await checkpointOf(target)).toBe(before);
+  });
+});
