@@ -104,6 +104,8 @@ function checkpointProbe(range: KeyRange): KeyRange {
   return { start: range.start, end: Buffer.concat([range.start, Buffer.from([0])]) };
 }
 
+/** How often a standby (--ha) looks again whether the copy that keeps it from leading has ended (ms). */
+const COPY_WAIT_MS = 5000;
 /** How often a lease pass runs (ms): it renews the sessions that are due and notices leases etcd ended. */
 const LEASE_EVERY_MS = 3000;
 /** Leases a pass checks at once (an etcd lease read and a Consul renewal each). */
@@ -215,7 +217,13 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       await refuseWhileCopyRuns(primaryLane.target, primaryLane.config);
     } catch (err) {
       await leader.release();
-      throw err;
+      // A standby (--ha) waits for the copy to end, as it waits for the lock: replicas of a Deployment must not crash-loop meanwhile.
+      if (!options.ha || !isMigrateError(err) || err.code !== 'dualrun_copy_running') throw err;
+      options.log('warn', `${err.message.replace(/; a dual-run now .*$/, '')}: waiting for it to end (checked every ${COPY_WAIT_MS / 1000} s)`);
+      await sleep(COPY_WAIT_MS, options.signal).catch(() => undefined);
+      if (!options.signal.aborted) continue;
+      stats.role = 'stopped';
+      return { stats, reason: 'signal', leading: false };
     }
     const lost = new AbortController();
     leader.keepAlive(() => {

@@ -1,6 +1,6 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../config/load.js';
-import { runCopy, type CopyOptions } from '../copy/copy.js';
+import { acquireCopyLock, runCopy, type CopyOptions } from '../copy/copy.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { runDualRun } from './dualrun.js';
 
@@ -58,4 +58,30 @@ describe('a re-baseline stopped part way', () => {
     expect(logs).toContainEqual(expect.stringContaining(`re-baseline interrupted: the checkpoint stays at revision ${before}`));
     expect(await checkpointOf(target)).toBe(before);
   });
+});
+
+describe('a copy running when a dual-run starts', () => {
+  it('stops a lone dual-run (exit 4); a standby (--ha) waits for the copy to end instead of exiting', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/k', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    // Another copy holds the copy lock.
+    const copyLock = await acquireCopyLock(target, loaded.config, new AbortController().signal);
+    const run = (ha: boolean, signal: AbortSignal, logs: string[]) => runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha, baseline: false, acceptMappingChange: false, signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
+      copy: () => Promise.reject(new Error('no copy in this test')),
+    });
+    await expect(run(false, new AbortController().signal, [])).rejects.toMatchObject({ code: 'dualrun_copy_running', exitCode: 4 });
+    const stop = new AbortController();
+    const logs: string[] = [];
+    const standby = run(true, stop.signal, logs);
+    await vi.waitFor(() => expect(logs).toContainEqual(expect.stringMatching(/^warn A copy of migration "demo" is running \(it holds the copy lock: .*\): waiting for it to end/)));
+    expect(logs).not.toContain('info leading the dual-run');
+    // The copy ends: the standby leads at its next look.
+    await copyLock.release();
+    await vi.waitFor(() => expect(logs).toContain('info leading the dual-run'), { timeout: 8000, interval: 100 });
+    stop.abort();
+    expect(await standby).toMatchObject({ reason: 'signal', leading: true });
+  }, 15_000);
 });
