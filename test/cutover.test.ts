@@ -3,7 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { configDir, consulTarget, etcdSource, rawEtcd, repoRoot, runCli, serverEnv } from './support/harness.js';
+import { configDir, consulTarget, etcdSource, rawEtcd, repoRoot, runCli, serverEnv, servers } from './support/harness.js';
+import { FaultProxy } from './support/fault-proxy.js';
 import { eventually, metric, startDualRun, waitCaughtUp, type DualRunProcess } from './support/dualrun.js';
 import { createKvClient, type PauseEvent, type SwitchEvent } from '../src/client/index.js';
 import { Terminal } from './support/terminal.js';
@@ -439,6 +440,31 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(existsSync(join(s.dir, 'app-etcd.json'))).toBe(false);
     expect((await phases(s)).app.phase).toBe('cutover');
   }, 60_000);
+
+  it('an interrupt (Ctrl-C) after finalize flipped changes nothing: it deletes what it read and exits 0, not 130', async () => {
+    const s = scenario('finlate');
+    await seed(s);
+    await cutOverApp(s);
+    // etcd behind a proxy that slows every answer: the deletes after the flip take seconds.
+    const { proxy, url } = await FaultProxy.forUrl(servers().etcdEndpoint);
+    try {
+      proxy.delay(400);
+      const child = spawn(process.execPath, [join(repoRoot, 'bin', 'migrate.js'), 'finalize', '--rule', 'app', '--yes', '--delete-etcd'], { cwd: s.dir, env: { PATH: process.env.PATH ?? '', ...serverEnv({ ETCDCTL_ENDPOINTS: url }) }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c));
+      child.stderr.on('data', (c: Buffer) => (out += c));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      await eventually('flipped', async () => (JSON.parse((await target.readKey(`_migrate/${s.id}/rules/app`))!.value.toString()) as { phase: string }).phase === 'finalized', 30_000);
+      child.kill('SIGINT');
+      expect(await exited, out).toBe(0);
+      expect(out).toContain('interrupt received');
+      expect(out).toMatch(/Deleted 5 etcd key/);
+      for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBeNull();
+      expect(await etcdValue(`${s.root}/app/k8s/pod`)).toBe('kept on etcd');
+    } finally {
+      await proxy.close();
+    }
+  }, 90_000);
 
   it('dualrun --accept-mapping-change refuses a new to: of a cut-over rule (exit 4): the reverse mirror would have emptied etcd of it; and dropping it, which would have stopped its mirror', async () => {
     const s = scenario('moveto');

@@ -37,6 +37,11 @@ export class CommandContext {
   /** Prompts only when stdin and stderr are terminals and CI is unset. */
   readonly interactive: boolean;
   readonly verbose: boolean;
+  /**
+   * Set by a command whose work is whole although an interrupt came (past its point of no return it
+   * finishes, as finalize's deletes after the flip): its exit code stands, not 130.
+   */
+  whole = false;
 
   constructor(
     readonly io: Io,

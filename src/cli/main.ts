@@ -76,7 +76,7 @@ export function createProgram(io: Io = defaultIo()): { program: Command; outcome
           try {
             const ctx = new CommandContext(io, outcome.commandName, opts, controller.signal);
             outcome.exitCode = await run(ctx, opts as never, actionArgs.slice(0, -2) as string[]);
-            if (controller.signal.aborted && outcome.exitCode === ExitCode.ok) outcome.exitCode = ExitCode.interrupted;
+            if (controller.signal.aborted && outcome.exitCode === ExitCode.ok && !ctx.whole) outcome.exitCode = ExitCode.interrupted;
           } catch (err) {
             throw asInterrupt(err, controller.signal, outcome.commandName);
           } finally {

@@ -39,6 +39,8 @@ export function registerFinalize({ add }: CommandRegistrar): void {
           ...(confirm ? { confirm } : {}),
         });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
+        // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).
+        ctx.whole = true;
         return result.refused ? ExitCode.refused : ExitCode.ok;
       } finally {
         open.stores.close();

@@ -24,6 +24,8 @@ export function registerRollback({ add }: CommandRegistrar): void {
       try {
         const result = await runRollback(open.deps, { ...open.common, drainMs: drainMs(options), verifyRule: (rule) => open.verify(rule), ...(confirm ? { confirm } : {}) });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
+        // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).
+        ctx.whole = true;
         return result.refused ? ExitCode.refused : ExitCode.ok;
       } finally {
         open.stores.close();
