@@ -11,6 +11,7 @@ import { Terminal } from './support/terminal.js';
 import { parseConfig } from '../src/config/load.js';
 import { runFinalize } from '../src/cutover/cutover.js';
 import { EtcdWriter } from '../src/stores/etcd-writer.js';
+import { LeaderLock } from '../src/dualrun/leader.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
@@ -202,6 +203,18 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(noDualRun.code, noDualRun.stderr).toBe(4);
     expect(noDualRun.stdout).toMatch(/FAIL dual-run\s+the dual-run is not running/);
     expect(noDualRun.stdout).toContain('nothing was changed');
+    // A dual-run that holds the leader lock and writes no checkpoint (re-baselining) is not called stopped: start it, and dualrun_locked.
+    const busy = new LeaderLock(target, `_migrate/${s.id}/leader`, 'rebaselining-host:42');
+    expect(await busy.acquire({ wait: false, signal: new AbortController().signal })).toBe(true);
+    try {
+      const held = await s.cli(['cutover', '--rule', 'app', '--yes']);
+      expect(held.code, held.stderr).toBe(4);
+      expect(held.stdout.replace(/\s+/g, ' ')).toContain('the dual-run rebaselining-host:42 holds the leader lock but its checkpoint has not moved for');
+      expect(held.stdout).not.toContain('start `migrate dualrun`');
+      expect((await s.cli(['status'])).stdout.replace(/\s+/g, ' ')).toContain('dual-run rebaselining-host:42 holds the leader lock but writes no checkpoint');
+    } finally {
+      await busy.release();
+    }
     const keep = await s.cli(['cutover', '--rule', 'k8s', '--yes', '--format', 'json']);
     expect(keep.code).toBe(4);
     // Refused as every other refusal is in JSON: with an error naming the failed checks.

@@ -37,6 +37,7 @@ import {
 } from './phase.js';
 import { acknowledgeTrips, readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
 import { hiddenMigrationsWarning, otherMigrations } from '../state/migrations.js';
+import { lockHolder } from '../dualrun/leader.js';
 
 /**
  * `migrate cutover`, `rollback` and `finalize`: the gated, recorded,
@@ -216,8 +217,14 @@ async function dualRunChecks(deps: CutoverDeps, paths: StatePaths, state: Cutove
   const running = Boolean(leader?.session) && dualRunRunning(state.checkpoint, options.now().getTime());
   const etcdRevision = (await deps.source.status()).revision;
   if (!running) {
-    const why = !leader?.session ? 'no dual-run holds the leader lock' : `its checkpoint has not moved for ${formatAge(options.now().getTime() - Date.parse(state.checkpoint?.updated ?? '1970-01-01'))}`;
-    checks.push({ name: 'dual-run', ok: false, detail: `the dual-run is not running (${why}): start \`migrate dualrun\`` });
+    const still = formatAge(options.now().getTime() - Date.parse(state.checkpoint?.updated ?? '1970-01-01'));
+    checks.push({
+      name: 'dual-run', ok: false,
+      detail: !leader?.session
+        ? 'the dual-run is not running (no dual-run holds the leader lock): start `migrate dualrun`'
+        // Alive (its session holds the lock) and writing no checkpoint: a re-baseline copies the rules again first.
+        : `the dual-run ${lockHolder(leader.value) ?? '(holder unknown)'} holds the leader lock but its checkpoint has not moved for ${still}: it is re-baselining (after an etcd compaction or a mapping change), or etcd or Consul does not answer it (its log and /healthz say which); run this again once its checkpoint moves`,
+    });
     checks.push({ name: 'caught up', ok: false, detail: `not checked: no dual-run to catch up with etcd revision ${etcdRevision}` });
     return { checks, etcdRevision, checkpoint: state.checkpoint?.revision ?? null };
   }

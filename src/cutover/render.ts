@@ -33,7 +33,7 @@ export function renderStatus(result: StatusResult, format: Format, configFile = 
   const dual = result.dualRun;
   const summary = [
     `etcd revision ${result.etcdRevision}`,
-    dual.checkpoint === null ? 'no checkpoint' : `checkpoint ${dual.checkpoint} (${dual.by}${dual.running ? `, dual-run running${dual.leader ? `, leader ${dual.leader}` : ''}` : ', no dual-run running'})`,
+    dual.checkpoint === null ? 'no checkpoint' : `checkpoint ${dual.checkpoint} (${dual.by}${dual.running ? `, dual-run running${dual.leader ? `, leader ${dual.leader}` : ''}` : dual.leader ? `, dual-run ${dual.leader} holds the leader lock but writes no checkpoint: re-baselining, or a server does not answer it (its log says which)` : ', no dual-run running'})`,
     result.verify ? `last verify ${!result.verify.clean ? 'drift' : result.verify.tolerated > 0 ? `within budgets (${result.verify.tolerated} difference(s) tolerated by --allow)` : 'clean'} ${formatAge(result.verify.ageSeconds * 1000)} ago` : 'never verified',
   ].join('; ');
   const changed = result.mappingChanged
