@@ -42,6 +42,12 @@ describe('migrate dualrun (real servers)', () => {
     expect(run.code).toBe(4);
     expect(run.stderr).toContain('error[dualrun_no_checkpoint]');
     expect(run.stderr).toContain('--baseline');
+    expect(run.stderr).toContain('Run `migrate copy` first');
+    // A copy that started and stopped (Ctrl-C) left its progress, not a checkpoint: the way on is to resume it.
+    await target.putKey(`_migrate/${s.id}/copy`, Buffer.from(JSON.stringify({ schemaVersion: 1, revision: 5, started: new Date().toISOString(), updated: new Date().toISOString(), rules: {} })));
+    const stopped = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });
+    expect(stopped.code).toBe(4);
+    expect(stopped.stderr).toContain('Run `migrate copy --resume` first (a copy started and did not finish');
   });
 
   it('replicates puts, deletes, binary values and etcd transactions in order; splits revisions over the op limit', async () => {

@@ -3,6 +3,7 @@ import pLimit from 'p-limit';
 import { hostname } from 'node:os';
 import { RefusedError, isMigrateError } from '../errors.js';
 import { LeaderLock, lockHolder } from '../dualrun/leader.js';
+import { copyLockKey, runningCopy } from './lock.js';
 import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
@@ -162,15 +163,11 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
  * since, and its conflict handling takes them for changes made in Consul.
  */
 export async function refuseWhileCopyRuns(target: TargetStore, config: MigrationConfig): Promise<void> {
-  const lock = await target.readKey(copyLockKey(config));
-  if (!lock?.session) return;
-  throw new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${lockHolder(lock.value) ?? 'unknown holder'}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
+  const holder = await runningCopy(target, config);
+  if (holder === undefined) return;
+  throw new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${holder}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
     hint: 'Start the dual-run when the copy has finished: it starts from the copy\'s checkpoint. (The lock of a copy that was killed frees itself within about 20 s.)',
   });
-}
-
-function copyLockKey(config: MigrationConfig): string {
-  return `${statePaths(config.state.prefix, config.id).copy}-lock`;
 }
 
 /**

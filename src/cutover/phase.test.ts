@@ -80,6 +80,8 @@ describe('preconditions and next steps', () => {
     const facts = { running: true, verifyClean: true, verifyAgeMs: 1000, maxVerifyAgeMs: 900_000, trips: 0 };
     expect(nextStep('app', 'planned', facts)).toBe('migrate copy');
     expect(nextStep('app', 'planned', { ...facts, copyInterrupted: true })).toBe('migrate copy --resume (a copy started and has not finished)');
+    // Not stopped but running (it holds the copy lock): --resume would be refused (copy_locked).
+    expect(nextStep('app', 'planned', { ...facts, copyInterrupted: true, copyRunning: 'host-a:4242' })).toBe('wait for the copy running on host-a:4242 to finish, then migrate dualrun (keep it running)');
     expect(nextStep('app', 'verified', facts)).toBe('migrate cutover --rule app');
     expect(nextStep('app', 'verified', { ...facts, verifyAgeMs: 1e9 })).toContain('--verify-now');
     expect(nextStep('app', 'cutover', facts)).toContain('migrate finalize --rule app');

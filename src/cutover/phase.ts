@@ -197,7 +197,7 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
 const resolveTolerated = (n: number) => `resolve the ${n} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify`;
 
 /** What the operator does next, for `status`. */
-export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; guardTrips?: number; copyInterrupted?: boolean; tolerated?: number }): string {
+export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; guardTrips?: number; copyInterrupted?: boolean; copyRunning?: string; tolerated?: number }): string {
   if (facts.trips > 0 && phase === 'cutover') {
     // Acknowledging clears the record; it does not carry the deletes the guard held back to etcd.
     const held = facts.guardTrips ? `; if the deletes the reverse mirror's delete guard held back are intended, restart the dual-run with --allow-mass-delete first (its first pass mirrors them to etcd)` : '';
@@ -206,6 +206,7 @@ export function nextStep(rule: string, phase: RulePhase, facts: { running: boole
   if (facts.trips > 0 && phase === 'rolledback') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
   switch (phase) {
     case 'planned':
+      if (facts.copyRunning) return `wait for the copy running on ${facts.copyRunning} to finish, then migrate dualrun (keep it running)`;
       return facts.copyInterrupted ? 'migrate copy --resume (a copy started and has not finished)' : 'migrate copy';
     case 'copied':
       return 'migrate dualrun (keep it running)';

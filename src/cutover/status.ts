@@ -7,6 +7,7 @@ import type { SourceReader, TargetStore } from '../stores/types.js';
 import { derivePhase, dualRunRunning, formatAge, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase, type WritesPause } from './phase.js';
 import { readCutoverState } from './state-io.js';
 import { lockHolder } from '../dualrun/leader.js';
+import { runningCopy } from '../copy/lock.js';
 import { META_RULE } from '../services/registration.js';
 
 /** One rule's line in `migrate status`. */
@@ -58,7 +59,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   const { source, target, config, mapping } = deps;
   const ruleArg = (name: string) => ruleArgument(config, name, options.datacenter);
   const paths = statePaths(mapping.statePrefix, config.id);
-  const [status, meta, state, info, lock] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info(), target.readKey(paths.leader)]);
+  const [status, meta, state, info, lock, copying] = await Promise.all([source.status(), readState<StateMeta>(target, paths.meta), readCutoverState(target, paths), target.info(), target.readKey(paths.leader), runningCopy(target, config)]);
   // As verify: figures of another etcd cluster (or datacenter) than the migration's would compare unrelated stores.
   const mappingChanged = checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true }) === 'mapping-changed';
   const nowMs = options.now().getTime();
@@ -104,7 +105,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       guardTrips: trips?.guardTrips.count ?? 0,
       changed: last ? { at: last.at, by: last.by } : null,
       writesPaused: doc?.writesPaused ?? null,
-      next: doc?.writesPaused ? pausedStep(ruleArg(rule.name), doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(ruleArg(rule.name), phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), guardTrips: trips?.guardTrips.count ?? 0, copyInterrupted: Boolean(state.copy && !state.copy.completed) }),
+      next: doc?.writesPaused ? pausedStep(ruleArg(rule.name), doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(ruleArg(rule.name), phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), guardTrips: trips?.guardTrips.count ?? 0, copyInterrupted: Boolean(state.copy && !state.copy.completed), ...(copying ? { copyRunning: copying } : {}) }),
     });
   }
   return {

@@ -98,6 +98,18 @@ describe('runVerify on in-memory stores', () => {
     expectValidJson(result);
   });
 
+  it('a copy not completed: stopped part way, it says to resume it; running (it holds the copy lock), to wait for it', async () => {
+    const w = world();
+    seedParity(w);
+    w.set('_migrate/demo/copy', JSON.stringify({ schemaVersion: 1, revision: 7, started: '2025-03-01T11:00:00Z', updated: '2025-03-01T11:00:00Z', rules: {} }));
+    const deps = { source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping };
+    expect((await runVerify(deps, options())).warnings.join('\n')).toContain('the copy of migration "demo" has not completed (interrupted at revision 7); run `migrate copy --resume` first');
+    w.set('_migrate/demo/copy-lock', JSON.stringify({ holder: 'host-a:4242' }), 'S-copy');
+    const running = (await runVerify(deps, options())).warnings.join('\n');
+    expect(running).toContain('a copy of migration "demo" is running (host-a:4242, at revision 7): what it has not written yet is reported as missing or different; verify once it has finished');
+    expect(running).not.toContain('--resume');
+  });
+
   it('before any copy (no meta): compared, but nothing recorded, and it says so; no orphan verify/last', async () => {
     const w = world();
     seedParity(w);

@@ -1,6 +1,7 @@
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import pLimit from 'p-limit';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
+import { runningCopy } from '../copy/lock.js';
 import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js';
 import { InterruptedError, RefusedError, UsageError, isMigrateError } from '../errors.js';
 import type { UnmappableReason } from '../mapping/escape.js';
@@ -285,7 +286,13 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   // Recorded, the summary of another mapping would stand for the migration's own (status, the cutover's gate).
   if (verdict === 'mapping-changed') warn(`the mapping changed since migration "${config.id}" was recorded; verify compares against the current mapping and records nothing (verify/last stays that of the recorded mapping; a dual-run started with --accept-mapping-change adopts the new one)`);
   if (verdict === 'new') warn(`migration "${config.id}" has no state in Consul yet (no copy has run); this verify is not recorded`);
-  if (copyState && !copyState.completed) warn(`the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
+  if (copyState && !copyState.completed) {
+    // Running (it holds the copy lock) or stopped part way: what it has not written yet is reported as missing or different.
+    const copying = await runningCopy(target, config);
+    warn(copying
+      ? `a copy of migration "${config.id}" is running (${copying}, at revision ${copyState.revision}): what it has not written yet is reported as missing or different; verify once it has finished`
+      : `the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
+  }
 
   const cutter = new CutTaker(source, target, paths, options, sleep);
   const firstCut = await cutter.take();
