@@ -33,13 +33,13 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
       const examples = r.skippedExamples.filter((ex) => ex.reason === reason);
       for (const ex of examples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.reason}: ${ex.detail})`);
       const shown = Math.min(5, examples.length);
-      if (count > shown && examples.length > 0) lines.push(`      … and ${count - shown} more (--format json lists ${examples.length})`);
+      if (count > shown && examples.length > 0) lines.push(`      … and ${count - shown} more (${jsonLists(examples.length, count)})`);
     }
     if (r.extraneous > 0) {
       const removed = r.deleted || r.extraneousHeld ? `; ${r.deleted} ${verb ? 'would be ' : ''}deleted${r.extraneousHeld ? `, ${r.extraneousHeld} kept: held by a session this migration does not own` : ''}` : ' (kept; pass --delete-extraneous to remove them)';
       lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${removed}`);
       for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${formatKey(key)}`);
-      if (r.extraneous > Math.min(5, r.extraneousExamples.length) && r.extraneousExamples.length > 0) lines.push(`      … and ${r.extraneous - Math.min(5, r.extraneousExamples.length)} more (--format json lists ${r.extraneousExamples.length})`);
+      if (r.extraneous > Math.min(5, r.extraneousExamples.length) && r.extraneousExamples.length > 0) lines.push(`      … and ${r.extraneous - Math.min(5, r.extraneousExamples.length)} more (${jsonLists(r.extraneousExamples.length, r.extraneous)})`);
     }
     if (r.resumedBelow) lines.push(`  ${r.name}: ${r.resumedBelow} key(s) below the interrupted copy's low-water mark: done by it, not planned again (not in the row above)`);
     if (r.deletedStale) lines.push(`  ${r.name}: ${r.deletedStale} key(s) this copy wrote at a compacted revision ${verb ? 'would be ' : 'were '}deleted: etcd deleted them before revision ${result.revision}`);
@@ -107,4 +107,9 @@ export function renderCopyDatacenters(copies: DatacenterCopy[], format: Format, 
   });
   if (failed.length) sections.push(`${failed.length} of ${copies.length} datacenter(s) were not copied (${failed.map((c) => c.datacenter).join(', ')}); run the copy again once they answer (--resume continues an interrupted one).\n`);
   return sections.join('\n');
+}
+
+/** What the JSON report holds of `count` keys it lists `listed` of. */
+function jsonLists(listed: number, count: number): string {
+  return listed >= count ? '--format json lists them all' : `--format json lists the first ${listed} of the ${count}`;
 }
