@@ -632,6 +632,43 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 60_000);
 
+  it('the owners document deleted by hand is rebuilt from the rule documents (the rule stays Consul\'s); edited to disagree with them, the dual-run stops (exit 4)', async () => {
+    const s = scenario('owners');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    let exited = false;
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      const ownersKey = `_migrate/${s.id}/owners`;
+      await target.deleteKey(ownersKey);
+      await eventually('rebuilt', async () => dr.stderr().includes('the owners document was missing while the rule documents say Consul owns rule(s) app (deleted by hand?): rebuilt from them'));
+      expect(JSON.parse((await target.readKey(ownersKey))!.value.toString()).rules.app.phase).toBe('cutover');
+      // Still Consul's: an application's write reaches etcd, and a late etcd write does not reach Consul.
+      await target.putKey(`${s.id}/app/k1`, Buffer.from('from the application'));
+      await eventually('mirrored to etcd', async () => (await etcdValue(`${s.root}/app/k1`)) === 'from the application');
+      await etcd.put(`${s.root}/app/k2`).value('late');
+      await eventually('late write counted', async () => metric(await dr.metrics(), 'migrate_dualrun_late_writes_total') === 1);
+      expect((await target.readKey(`${s.id}/app/k2`))?.value.toString()).toBe('v2');
+      expect(metric(await dr.metrics(), 'migrate_dualrun_reverse_rules')).toBe(1);
+      // Edited to say etcd owns the rule its rule document gives to Consul: no ownership to replicate by.
+      const owners = JSON.parse((await target.readKey(ownersKey))!.value.toString()) as { rules: Record<string, unknown> };
+      delete owners.rules.app;
+      await target.putKey(ownersKey, Buffer.from(JSON.stringify(owners)));
+      const code = await new Promise<number | null>((resolve) => (dr.child.exitCode !== null ? resolve(dr.child.exitCode) : dr.child.once('exit', resolve)));
+      exited = true;
+      expect(code, dr.stderr()).toBe(4);
+      expect(dr.stderr()).toContain('error[state_inconsistent]: The migration\'s state disagrees with itself on who owns a rule: rule app:');
+      expect((await target.readKey(`${s.id}/app/k2`))?.value.toString()).toBe('v2');
+      const status = await s.cli(['status']);
+      expect(status.code).toBe(4);
+      expect(status.stderr).toContain('error[state_inconsistent]');
+    } finally {
+      if (!exited) expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
   it('a late writer: a direct etcd write under a cut-over rule is counted, logged by key, and fails verify', async () => {
     const s = scenario('late');
     await seed(s);

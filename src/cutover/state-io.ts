@@ -7,7 +7,7 @@ import type { TargetStore, TxnOp } from '../stores/types.js';
 import type { VerifyLastState } from '../verify/verify.js';
 import type { Mapping } from '../mapping/mapping.js';
 import type { MigrationConfig } from '../config/load.js';
-import { cutOverMappingChanges, emptyTrips, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
+import { cutOverMappingChanges, emptyTrips, ownerOf, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
 
 /** The state documents the cutover stage reads, with the Consul indexes its writes check against. */
 export interface CutoverState {
@@ -20,13 +20,12 @@ export interface CutoverState {
 }
 
 export async function readCutoverState(target: TargetStore, paths: StatePaths): Promise<CutoverState> {
-  const [copy, checkpoint, verify, ownersEntry] = await Promise.all([
+  const [copy, checkpoint, verify, { owners, docs }] = await Promise.all([
     readState<CopyState>(target, paths.copy),
     readState<CheckpointState>(target, paths.checkpoint()),
     readState<VerifyLastState>(target, paths.verifyLast),
-    target.readKey(ownersKey(paths)),
+    readOwnership(target, paths),
   ]);
-  const docs = await readRuleDocs(target, paths);
   const trips = new Map<string, { doc: TripsDoc; index: number }>();
   const tripKeys = await target.listKeys(tripsPrefix(paths));
   for (const entry of await target.readEntries(tripKeys, undefined, { listed: tripKeys })) {
@@ -38,10 +37,57 @@ export async function readCutoverState(target: TargetStore, paths: StatePaths): 
     checkpoint,
     verify,
     docs,
-    owners: { doc: ownersEntry ? parseStateDocument<OwnersDoc>(ownersEntry.key, ownersEntry.value) : undefined, index: ownersEntry?.modifyIndex ?? 0 },
+    owners,
     trips,
   };
 }
+
+/**
+ * The owners document and every rule's phase document, read in one txn: a cutover, rollback or finalize
+ * writes them together, so they agree on who owns each rule unless the state was edited by hand. The dual-run
+ * follows the owners document, so one that says etcd owns a rule its rule document says Consul owns would have
+ * it replicate etcd over what applications write to Consul (and the reverse). An owners document that is
+ * missing while rule documents say Consul owns a rule (deleted by hand) is rebuilt from them, in memory
+ * (`rebuilt`; index 0, so the next transition creates it); one that disagrees with a rule document is
+ * refused (state_inconsistent, exit 4).
+ */
+export async function readOwnership(target: Pick<TargetStore, 'listKeys' | 'readEntries'>, paths: StatePaths): Promise<{ owners: { doc: OwnersDoc | undefined; index: number }; docs: Map<string, { doc: RulePhaseDoc; index: number }>; rebuilt: boolean }> {
+  const key = ownersKey(paths);
+  const ruleKeys = await target.listKeys(paths.rule(''));
+  const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
+  let owners: { doc: OwnersDoc | undefined; index: number } = { doc: undefined, index: 0 };
+  for (const entry of await target.readEntries([key, ...ruleKeys])) {
+    if (entry.key === key) {
+      owners = { doc: parseStateDocument<OwnersDoc>(key, entry.value), index: entry.modifyIndex };
+      continue;
+    }
+    const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
+    docs.set(doc.rule, { doc, index: entry.modifyIndex });
+  }
+  const ownerIn = (rule: string) => {
+    const phase = owners.doc?.rules[rule]?.phase;
+    return phase ? ownerOf(phase) : 'etcd';
+  };
+  const disagree = [...docs.values()].map((d) => d.doc).filter((doc) => ownerOf(doc.phase) !== ownerIn(doc.rule));
+  if (disagree.length === 0) return { owners, docs, rebuilt: false };
+  if (!owners.doc) return { owners: { doc: ownersFromRuleDocs([...docs.values()].map((d) => d.doc)), index: 0 }, docs, rebuilt: true };
+  const said = disagree.map((doc) => `rule ${doc.rule}: ${paths.rule(doc.rule)} says ${doc.phase} (owner ${ownerOf(doc.phase)}), ${key} says ${owners.doc?.rules[doc.rule]?.phase ?? 'nothing'} (owner ${ownerIn(doc.rule)})`);
+  throw new RefusedError('state_inconsistent', `The migration's state disagrees with itself on who owns ${disagree.length === 1 ? 'a rule' : 'rules'}: ${said.join('; ')}. A cutover, rollback or finalize writes both documents together: one was changed by hand. Nothing was written.`, {
+    hint: `If the rule documents are right (\`migrate status\` shows them; their history says how each rule moved), delete ${key}: it is rebuilt from them. Otherwise put back the rule document that was changed (from a Consul snapshot).`,
+  });
+}
+
+/** The owners document the rule documents' transitions (cutover, rollback, finalize) make, in the order they were made. */
+export function ownersFromRuleDocs(docs: readonly RulePhaseDoc[]): OwnersDoc {
+  const moves = docs.flatMap((doc) => doc.history.filter((h) => MOVES.includes(h.phase)).map((h) => ({ rule: doc.rule, entry: h })));
+  moves.sort((a, b) => Date.parse(a.entry.at) - Date.parse(b.entry.at));
+  let owners: OwnersDoc = { schemaVersion: 1, updated: new Date(0).toISOString(), rules: {} };
+  for (const { rule, entry } of moves) owners = withOwnershipChange(owners, rule, entry.phase, entry.evidence?.etcdRevision ?? 0, entry.at);
+  return owners;
+}
+
+/** The phases a transition moves a rule to (the others are derived, and leave etcd the owner). */
+const MOVES: readonly RulePhase[] = ['cutover', 'rolledback', 'finalized'];
 
 /** Every rule's phase document (`rules/<name>`), by rule, with its Consul index: one listing and one read. */
 export async function readRuleDocs(target: Pick<TargetStore, 'listKeys' | 'readEntries'>, paths: StatePaths): Promise<Map<string, { doc: RulePhaseDoc; index: number }>> {

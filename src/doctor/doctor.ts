@@ -50,6 +50,14 @@ export interface DoctorInput {
   timeoutMs?: number;
 }
 
+/** etcd releases that send a requested watch progress notification ahead of queued events (fixed in 3.4.31 and 3.5.13). */
+export function unorderedProgress(version: string): boolean {
+  const match = /^(\d+)\.(\d+)\.(\d+)/.exec(version);
+  if (!match) return false;
+  const [major, minor, patch] = [Number(match[1]), Number(match[2]), Number(match[3])];
+  return major === 3 && ((minor === 4 && patch < 31) || (minor === 5 && patch < 13) || minor < 4);
+}
+
 /**
  * Checks that both servers answer and that the configured credentials can do
  * what the migration needs: read the source ranges, write under the state
@@ -78,6 +86,13 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       etcdClusterId = status.clusterId;
       Object.assign(result.etcd, { version: status.version, clusterId: status.clusterId, leader: status.leader, revision: status.revision });
       checks.push({ name: 'etcd.reachable', status: 'ok', message: `etcd ${status.version} at ${etcd.endpoints}, cluster ${status.clusterId}, leader ${status.leader}, revision ${status.revision}` });
+      if (unorderedProgress(status.version)) {
+        checks.push({
+          name: 'etcd.watch-progress', status: 'warn',
+          message: `etcd ${status.version} answers a watch progress request with its current revision ahead of events it has not sent yet (etcd-io/etcd#15220): the dual-run asks a second after its watch opens, which covers an ordinary restart, but one killed (not stopped) while etcd still replays a long backlog to it can restart past events it had not applied (verify reports them)`,
+          hint: 'Upgrade etcd to 3.4.31+ or 3.5.13+; until then stop the dual-run with SIGTERM (it writes its checkpoint), not SIGKILL.',
+        });
+      }
     } catch (err) {
       fail('etcd.reachable', err);
     }

@@ -13,8 +13,8 @@ import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js
 import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
-import { ownedByConsul, ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
-import { readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
+import { ownedByConsul, ownerAt, ownerOf, ownersKey, type OwnersDoc } from '../cutover/phase.js';
+import { readOwnership, readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
 import { PollingReader } from '../stores/consul-blocking.js';
@@ -244,7 +244,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     let reason: DualRunSummary['reason'];
     try {
       reason = primaryLane.mapping.copyRules.length + primaryLane.mapping.serviceRules.length > 0 || secondaryLanes.length === 0
-        ? await lead({ source, lane: primaryLane, target: primaryLane.target, config: primaryLane.config, mapping: primaryLane.mapping, paths, range: watchRange(primaryLane.mapping), leader, lost: lost.signal, stats, publish, writer: deps.writer, blocking: primaryLane.blocking ?? new PollingReader(primaryLane.target), mappingChanged }, options)
+        ? await lead({ source, lane: primaryLane, target: primaryLane.target, config: primaryLane.config, mapping: primaryLane.mapping, paths, range: watchRange(primaryLane.mapping), leader, lost: lost.signal, stats, publish, writer: deps.writer, blocking: primaryLane.blocking ?? new PollingReader(primaryLane.target), mappingChanged, fail: failed }, options)
         : await holdLead(options.signal, lost.signal);
     } finally {
       lanesStop.abort();
@@ -359,11 +359,17 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
         log('warn', 'lost the lock in this datacenter (its session expired while it was unreachable); taking it again');
         lost.abort();
       });
+      let failure: unknown;
+      const fail = (err: unknown) => {
+        failure ??= err;
+        lost.abort();
+      };
       stats.role = 'leader';
       stats.checkpointWrittenAt = Date.now();
       log('info', 'replicating into this datacenter');
       backoff = 1000;
-      const reason = await lead({ source: run.source, lane, target: lane.target, config: lane.config, mapping: lane.mapping, paths, range: watchRange(lane.mapping), leader: lock, lost: lost.signal, stats, publish: run.publish, writer: run.writer, blocking: lane.blocking ?? new PollingReader(lane.target), mappingChanged }, { ...options, log, heartbeatKey: undefined });
+      const reason = await lead({ source: run.source, lane, target: lane.target, config: lane.config, mapping: lane.mapping, paths, range: watchRange(lane.mapping), leader: lock, lost: lost.signal, stats, publish: run.publish, writer: run.writer, blocking: lane.blocking ?? new PollingReader(lane.target), mappingChanged, fail }, { ...options, log, heartbeatKey: undefined });
+      if (failure) throw failure;
       if (reason === 'signal') break;
     } catch (err) {
       if (options.signal.aborted) break;
@@ -416,9 +422,34 @@ interface LeadContext {
   blocking: BlockingReader;
   /** The rules changed since the migration recorded them, and the change was accepted: re-baseline first (cleared once done, by whichever leadership does it). */
   mappingChanged: MappingChange;
+  /** Ends the dual-run with `err` (a fault found off the replication's own path, as the owners follower's). */
+  fail: (err: unknown) => void;
 }
 
 class LeadershipLost extends Error {}
+
+/**
+ * The owners document as the dual-run takes it, read with the rule documents it must agree with
+ * ({@link readOwnership}: one that disagrees with them is refused, state_inconsistent). One missing while
+ * rule documents say Consul owns a rule (deleted by hand) is rebuilt from them and written back, said in
+ * the log: taken as missing, those rules would be etcd's again, and etcd's changes replicated over what
+ * applications write to Consul.
+ */
+async function readOwners(target: TargetStore, paths: StatePaths, log: DualRunLog): Promise<{ doc: OwnersDoc | undefined; index: number }> {
+  for (;;) {
+    const read = await readOwnership(target, paths);
+    if (!read.rebuilt) return read.owners;
+    const owned = Object.entries(read.owners.doc?.rules ?? {}).filter(([, r]) => ownerOf(r.phase) === 'consul').map(([rule]) => rule);
+    try {
+      const index = await target.applyTxn([{ verb: 'cas', key: ownersKey(paths), value: Buffer.from(JSON.stringify(read.owners.doc)), index: 0 }]);
+      log('warn', `the owners document was missing while the rule documents say Consul owns rule(s) ${owned.join(', ')} (deleted by hand?): rebuilt from them, so those rules stay Consul's`, { rules: owned });
+      return { doc: read.owners.doc, index: index ?? 0 };
+    } catch (err) {
+      // Written meanwhile (a cutover, another dual-run): read again.
+      if (!(err instanceof TxnFailedError)) throw err;
+    }
+  }
+}
 
 /** The owners fence failed: a cutover, rollback or finalize happened since the txn was planned. */
 class OwnersChanged extends Error {}
@@ -498,8 +529,8 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   await sessions.load();
   const limits = await target.limits();
   const ownership = new Ownership();
-  const ownersEntry = await target.readKey(ownersKey(paths));
-  ownership.set(Ownership.parse(ownersKey(paths), ownersEntry), ownersEntry?.modifyIndex ?? 0);
+  const owners = await readOwners(target, paths, options.log);
+  ownership.set(owners.doc, owners.index);
   const own = new OwnWrites();
   if (options.heartbeatKey && !ctx.writer) throw new Error('internal: --heartbeat-key needs an etcd writer');
   const heartbeat = options.heartbeatKey && ctx.writer ? new LagHeartbeat(options.heartbeatKey, ctx.writer) : undefined;
@@ -581,12 +612,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     ctx.publish();
   };
   await reconcileMirrors();
-  /** Takes the owners document as read: true when it changed. One older than the last (a Consul restored from a snapshot) is said. */
-  const takeOwners = (entry: TargetEntry | undefined): boolean => {
+  /** Reads the owners document ({@link readOwners}) and takes it: true when it changed. One older than the last (a Consul restored from a snapshot) is said. */
+  const takeOwners = async (): Promise<boolean> => {
     const before = { doc: ownership.doc, index: ownership.index };
-    const index = entry?.modifyIndex ?? 0;
-    if (!ownership.set(Ownership.parse(ownersKey(paths), entry), index)) return false;
-    if (index < before.index) warnOwnersRewound(before.doc, ownership.doc, options.log);
+    const owners = await readOwners(target, paths, options.log);
+    if (!ownership.set(owners.doc, owners.index)) return false;
+    if (owners.index < before.index) warnOwnersRewound(before.doc, ownership.doc, options.log);
     return true;
   };
   // Follows the owners document with a blocking query: mirrors start and stop as rules are cut over or back.
@@ -600,7 +631,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         if (following.signal.aborted) break;
         retryMs = 1000;
         if (answer.index !== index) {
-          if (takeOwners(answer.entry)) {
+          if (await takeOwners()) {
             options.log('info', 'rule ownership changed', { owners: Object.fromEntries(Object.entries(ownership.doc?.rules ?? {}).map(([n, r]) => [n, r.phase])) });
             await reconcileMirrors();
           }
@@ -608,6 +639,11 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         }
       } catch (err) {
         if (following.signal.aborted) break;
+        // The state disagrees with itself (edited by hand): no ownership to follow, so nothing to replicate by.
+        if (isMigrateError(err) && err.code === 'state_inconsistent') {
+          ctx.fail(err);
+          break;
+        }
         options.log('warn', `reading the owners document failed: ${(err as Error).message}; retrying in ${retryMs} ms`);
         await sleep(retryMs, following.signal);
         retryMs = Math.min(10_000, retryMs * 2);
@@ -717,8 +753,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         // a watch reopened while Consul is still down made /healthz say ready, then not, then ready.
         stats.started = true;
         ctx.publish();
-        // etcd's revision now, not at the first tick: until it is heard, /healthz says starting (the lag is unknown).
-        watch.requestProgress();
+        // Not asked for progress at once: etcd before 3.4.31 and 3.5.13 answers with its current revision ahead of the
+        // events the new watch still replays (etcd-io/etcd#15220), and the checkpoint would pass them. Until the first
+        // tick's answer, /healthz says starting (etcd's revision, so the lag, is unknown).
         const progressTimer = setInterval(() => {
           if (!watch) return;
           watch.requestProgress();
@@ -752,7 +789,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         if (stopped()) break;
         if (err instanceof OwnersChanged) {
           // Re-plan from the checkpoint under the new ownership (replaying is idempotent).
-          if (takeOwners(await target.readKey(ownersKey(paths)))) await reconcileMirrors();
+          if (await takeOwners()) await reconcileMirrors();
           applier.reset();
           options.log('info', `rule ownership changed under a pending txn; re-planning from revision ${stats.checkpoint + 1}`);
           continue;
@@ -791,7 +828,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       .catch(async (err: unknown) => {
         // The owners document changed a moment ago and the follower has not read it yet: read it, and once more.
         if (!(err instanceof OwnersChanged)) throw err;
-        takeOwners(await target.readKey(ownersKey(paths)));
+        await takeOwners();
         await applier.flush(true, { stopped: true });
       })
       .catch((err: unknown) => options.log('warn', `could not mark the checkpoint stopped: ${(err as Error).message}`));

@@ -1,7 +1,6 @@
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { findRule, routeKey, routeTargetKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
-import { parseStateDocument } from '../state/state.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
 import { sleep, TxnFailedError } from '../stores/consul-http.js';
 import { prefixEnd } from '../stores/key-range.js';
@@ -29,10 +28,6 @@ export class Ownership {
   /** Rules whose current phase is `cutover`: the ones with a running reverse mirror. */
   mirrored(): string[] {
     return Object.entries(this.doc?.rules ?? {}).filter(([, r]) => r.phase === 'cutover').map(([name]) => name);
-  }
-
-  static parse(key: string, entry: TargetEntry | undefined): OwnersDoc | undefined {
-    return entry ? parseStateDocument<OwnersDoc>(key, entry.value) : undefined;
   }
 }
 

@@ -46,6 +46,8 @@ export interface RangeRequest {
   revision: number;
   keys_only: boolean;
   count_only?: boolean;
+  /** Only keys last modified at this revision or later. */
+  min_mod_revision?: number;
 }
 
 /** What a page read needs from a RangeResponse. */
@@ -84,6 +86,7 @@ export function encodeRangeRequest(request: RangeRequest): Buffer {
   field(0x20, request.revision === 0 ? [] : varint(BigInt.asUintN(64, BigInt(request.revision)))); // 4 revision
   if (request.keys_only) field(0x40, [1]); // 8 keys_only
   if (request.count_only) field(0x48, [1]); // 9 count_only
+  field(0x50, !request.min_mod_revision ? [] : varint(BigInt.asUintN(64, BigInt(request.min_mod_revision)))); // 10 min_mod_revision
   const out = Buffer.allocUnsafe(parts.reduce((sum, part) => sum + part.length, 0));
   let pos = 0;
   for (const part of parts) {

@@ -256,8 +256,8 @@ export class EtcdSource implements SourceReader {
     return this.channel.unary(RANGE, request);
   }
 
-  async count(range: KeyRange, revision = 0): Promise<number> {
-    const page = await this.call(`count ${describeRange(range)}`, () => this.readRange({ key: range.start, range_end: wireEnd(range.end), limit: 0, revision, keys_only: false, count_only: true }), revision);
+  async count(range: KeyRange, revision = 0, options: { modifiedSince?: number } = {}): Promise<number> {
+    const page = await this.call(`count ${describeRange(range)}`, () => this.readRange({ key: range.start, range_end: wireEnd(range.end), limit: 0, revision, keys_only: false, count_only: true, ...(options.modifiedSince ? { min_mod_revision: options.modifiedSince } : {}) }), revision);
     return page.count;
   }
 

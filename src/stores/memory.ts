@@ -161,9 +161,9 @@ export class MemorySource implements SourceReader {
     }
   }
 
-  async count(range: KeyRange, revision?: number): Promise<number> {
+  async count(range: KeyRange, revision?: number, options: { modifiedSince?: number } = {}): Promise<number> {
     this.checkCompacted(revision ?? this.revision);
-    return this.snapshot(revision ?? this.revision).filter((e) => inRange(e.key, range)).length;
+    return this.snapshot(revision ?? this.revision).filter((e) => inRange(e.key, range) && e.modRevision >= (options.modifiedSince ?? 0)).length;
   }
 
   async readLease(id: string, options: { keys?: boolean } = {}): Promise<LeaseInfo> {

@@ -110,8 +110,11 @@ export interface SourceReader {
   status(): Promise<SourceStatus>;
   /** Pinned-revision pages over a range, in key order, memory bounded by the page. */
   readPages(range: KeyRange, options?: ReadPagesOptions): AsyncIterable<SourcePage>;
-  /** How many keys `range` holds at `revision` (for progress and estimates; no values are read). */
-  count(range: KeyRange, revision?: number): Promise<number>;
+  /**
+   * How many keys `range` holds at `revision` (for progress and estimates; no values are read); with
+   * `modifiedSince`, only those last written at that revision or later.
+   */
+  count(range: KeyRange, revision?: number, options?: { modifiedSince?: number }): Promise<number>;
   readLease(id: string, options?: { keys?: boolean }): Promise<LeaseInfo>;
   listLeases(): Promise<string[]>;
   /** One ordered stream of every change in `range` from `fromRevision` (inclusive). */

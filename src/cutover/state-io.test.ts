@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { statePaths } from '../state/state.js';
+import { MemoryTarget } from '../stores/memory.js';
+import { withOwnershipChange, withTransition, type OwnersDoc, type RulePhaseDoc } from './phase.js';
+import { readOwnership } from './state-io.js';
+
+const paths = statePaths('_migrate/', 'demo');
+
+/** Rule `app` cut over at etcd revision 40 and `web` cut over then rolled back, as the commands write them; `owners` as given. */
+function world(owners: OwnersDoc | undefined) {
+  const target = new MemoryTarget();
+  const put = (key: string, doc: unknown) => target.entries.set(key, { key, value: Buffer.from(JSON.stringify(doc)), flags: 0, modifyIndex: 9 });
+  const by = 'ops@host';
+  const app: RulePhaseDoc = withTransition(undefined, 'app', 'verified', 'cutover', { at: '2026-12-01T10:00:00Z', by, evidence: { etcdRevision: 40 } });
+  let web: RulePhaseDoc = withTransition(undefined, 'web', 'verified', 'cutover', { at: '2026-12-01T11:00:00Z', by, evidence: { etcdRevision: 50 } });
+  web = withTransition(web, 'web', 'cutover', 'rolledback', { at: '2026-12-01T12:00:00Z', by, evidence: { etcdRevision: 60 } });
+  put(paths.rule('app'), app);
+  put(paths.rule('web'), web);
+  if (owners) put('_migrate/demo/owners', owners);
+  return target;
+}
+
+/** The owners document the same transitions wrote. */
+function written(): OwnersDoc {
+  let owners = withOwnershipChange(undefined, 'app', 'cutover', 40, '2026-12-01T10:00:00Z');
+  owners = withOwnershipChange(owners, 'web', 'cutover', 50, '2026-12-01T11:00:00Z');
+  return withOwnershipChange(owners, 'web', 'rolledback', 60, '2026-12-01T12:00:00Z');
+}
+
+describe('the owners document and the rule documents, read together', () => {
+  it('are taken as they are when they agree', async () => {
+    const read = await readOwnership(world(written()), paths);
+    expect(read).toMatchObject({ rebuilt: false, owners: { doc: written(), index: 9 } });
+    expect([...read.docs.keys()]).toEqual(['app', 'web']);
+  });
+
+  it('an owners document deleted by hand is rebuilt from the rule documents\' moves (index 0: the next write creates it)', async () => {
+    const read = await readOwnership(world(undefined), paths);
+    expect(read.rebuilt).toBe(true);
+    expect(read.owners.index).toBe(0);
+    expect(read.owners.doc?.rules).toEqual(written().rules);
+  });
+
+  it('one that says etcd owns a rule its rule document gives to Consul is refused (exit 4): the dual-run would replicate etcd over the applications\' writes', async () => {
+    const edited = written();
+    delete edited.rules.app;
+    await expect(readOwnership(world(edited), paths)).rejects.toMatchObject({
+      code: 'state_inconsistent', exitCode: 4,
+      message: expect.stringContaining('rule app: _migrate/demo/rules/app says cutover (owner consul), _migrate/demo/owners says nothing (owner etcd)'),
+      hint: expect.stringContaining('delete _migrate/demo/owners: it is rebuilt from them'),
+    });
+  });
+});
