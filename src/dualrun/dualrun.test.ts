@@ -75,9 +75,15 @@ describe('a copy running when a dual-run starts', () => {
     await expect(run(false, new AbortController().signal, [])).rejects.toMatchObject({ code: 'dualrun_copy_running', exitCode: 4 });
     const stop = new AbortController();
     const logs: string[] = [];
-    const standby = run(true, stop.signal, logs);
+    const seen: { role: string; connected: boolean }[] = [];
+    const standby = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: true, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
+      copy: () => Promise.reject(new Error('no copy in this test')), onStats: (s) => seen.push({ role: s.role, connected: s.connected }),
+    });
     await vi.waitFor(() => expect(logs).toContainEqual(expect.stringMatching(/^warn A copy of migration "demo" is running \(it holds the copy lock: .*\): waiting for it to end/)));
     expect(logs).not.toContain('info leading the dual-run');
+    // /healthz of a standby that Consul answers: ready (it said disconnected).
+    expect(seen.at(-1)).toEqual({ role: 'standby', connected: true });
     // The copy ends: the standby leads at its next look.
     await copyLock.release();
     await vi.waitFor(() => expect(logs).toContain('info leading the dual-run'), { timeout: 8000, interval: 100 });

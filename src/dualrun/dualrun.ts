@@ -220,6 +220,10 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       // A standby (--ha) waits for the copy to end, as it waits for the lock: replicas of a Deployment must not crash-loop meanwhile.
       if (!options.ha || !isMigrateError(err) || err.code !== 'dualrun_copy_running') throw err;
       options.log('warn', `${err.message.replace(/; a dual-run now .*$/, '')}: waiting for it to end (checked every ${COPY_WAIT_MS / 1000} s)`);
+      // A standby that Consul answers (it read the copy's lock): ready, as one waiting for the leader lock.
+      stats.role = 'standby';
+      stats.connected = true;
+      publish();
       await sleep(COPY_WAIT_MS, options.signal).catch(() => undefined);
       if (!options.signal.aborted) continue;
       stats.role = 'stopped';
