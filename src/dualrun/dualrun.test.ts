@@ -3,6 +3,7 @@ import { parseConfig } from '../config/load.js';
 import { acquireCopyLock, runCopy, type CopyOptions } from '../copy/copy.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { runDualRun } from './dualrun.js';
+import { lagSeconds } from './metrics.js';
 
 const loaded = parseConfig(`version: 1
 id: demo
@@ -90,4 +91,31 @@ describe('a copy running when a dual-run starts', () => {
     stop.abort();
     expect(await standby).toMatchObject({ reason: 'signal', leading: true });
   }, 15_000);
+});
+
+describe('a dual-run started behind etcd', () => {
+  it('counts its lag in seconds from when its checkpoint was written, not from its own start', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/k', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    // The checkpoint was written a minute ago; etcd moved on since.
+    const key = '_migrate/demo/checkpoint';
+    const doc = JSON.parse((await target.readKey(key))!.value.toString()) as { updated: string };
+    await target.putKey(key, Buffer.from(JSON.stringify({ ...doc, updated: new Date(Date.now() - 60_000).toISOString() })));
+    for (let i = 0; i < 5; i++) source.put(`/app/k${i}`, 'v2');
+    const stop = new AbortController();
+    let behind: { lag: number } | undefined;
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+      copy: () => Promise.reject(new Error('no copy in this test')),
+      onStats: (s) => {
+        if (!behind && s.role === 'leader' && s.etcdRevision > s.checkpoint) behind = { lag: lagSeconds(s, Date.now()) };
+      },
+    });
+    await vi.waitFor(() => expect(behind).toBeDefined());
+    stop.abort();
+    await run;
+    expect(behind!.lag).toBeGreaterThanOrEqual(59);
+  });
 });
