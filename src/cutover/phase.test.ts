@@ -82,6 +82,9 @@ describe('preconditions and next steps', () => {
     expect(nextStep('app', 'planned', { ...facts, copyInterrupted: true })).toBe('migrate copy --resume (a copy started and has not finished)');
     // Not stopped but running (it holds the copy lock): --resume would be refused (copy_locked).
     expect(nextStep('app', 'planned', { ...facts, copyInterrupted: true, copyRunning: 'host-a:4242' })).toBe('wait for the copy running on host-a:4242 to finish, then migrate dualrun (keep it running)');
+    // The dual-run's own copy (a re-baseline): running while it holds the leader lock; stopped part way, the next start makes it again.
+    expect(nextStep('app', 'planned', { ...facts, copyInterrupted: true, rebaselining: 'host-b:7', dualRunCheckpoint: true })).toBe('wait for the dual-run host-b:7 to finish copying the rules again (re-baselining; its log says when), then migrate verify');
+    expect(nextStep('app', 'planned', { ...facts, copyInterrupted: true, dualRunCheckpoint: true })).toBe('start migrate dualrun (a re-baseline stopped part way: it copies the rules again, then replicates)');
     expect(nextStep('app', 'verified', facts)).toBe('migrate cutover --rule app');
     expect(nextStep('app', 'verified', { ...facts, verifyAgeMs: 1e9 })).toContain('--verify-now');
     expect(nextStep('app', 'cutover', facts)).toContain('migrate finalize --rule app');

@@ -197,7 +197,7 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
 const resolveTolerated = (n: number) => `resolve the ${n} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify`;
 
 /** What the operator does next, for `status`. */
-export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; guardTrips?: number; copyInterrupted?: boolean; copyRunning?: string; tolerated?: number }): string {
+export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; guardTrips?: number; copyInterrupted?: boolean; copyRunning?: string; rebaselining?: string; dualRunCheckpoint?: boolean; tolerated?: number }): string {
   if (facts.trips > 0 && phase === 'cutover') {
     // Acknowledging clears the record; it does not carry the deletes the guard held back to etcd.
     const held = facts.guardTrips ? `; if the deletes the reverse mirror's delete guard held back are intended, restart the dual-run with --allow-mass-delete first (its first pass mirrors them to etcd)` : '';
@@ -207,6 +207,9 @@ export function nextStep(rule: string, phase: RulePhase, facts: { running: boole
   switch (phase) {
     case 'planned':
       if (facts.copyRunning) return `wait for the copy running on ${facts.copyRunning} to finish, then migrate dualrun (keep it running)`;
+      // The copy a dual-run makes again after a compaction or a mapping change (it holds the leader lock, not the copy lock).
+      if (facts.copyInterrupted && facts.rebaselining) return `wait for the dual-run ${facts.rebaselining} to finish copying the rules again (re-baselining; its log says when), then migrate verify`;
+      if (facts.copyInterrupted && facts.dualRunCheckpoint) return 'start migrate dualrun (a re-baseline stopped part way: it copies the rules again, then replicates)';
       return facts.copyInterrupted ? 'migrate copy --resume (a copy started and has not finished)' : 'migrate copy';
     case 'copied':
       return 'migrate dualrun (keep it running)';

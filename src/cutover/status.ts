@@ -105,7 +105,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       guardTrips: trips?.guardTrips.count ?? 0,
       changed: last ? { at: last.at, by: last.by } : null,
       writesPaused: doc?.writesPaused ?? null,
-      next: doc?.writesPaused ? pausedStep(ruleArg(rule.name), doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(ruleArg(rule.name), phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), guardTrips: trips?.guardTrips.count ?? 0, copyInterrupted: Boolean(state.copy && !state.copy.completed), ...(copying ? { copyRunning: copying } : {}) }),
+      next: doc?.writesPaused ? pausedStep(ruleArg(rule.name), doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(ruleArg(rule.name), phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), guardTrips: trips?.guardTrips.count ?? 0, copyInterrupted: Boolean(state.copy && !state.copy.completed), ...(copying ? { copyRunning: copying } : {}), ...(lock?.session ? { rebaselining: lockHolder(lock.value) ?? 'unknown' } : {}), dualRunCheckpoint: state.checkpoint?.by === 'dualrun' }),
     });
   }
   return {

@@ -137,6 +137,12 @@ function verdictLine(result: VerifyResult): string {
 function nextAfterDrift(result: VerifyResult): string | undefined {
   const drifting = result.rules.filter((r) => r.status === 'drift' && r.owner === 'etcd' && r.differences > 0);
   if (drifting.length === 0) return undefined;
+  const names = new Set(drifting.map((r) => r.name));
+  const listed = result.differences.filter((d) => names.has(d.rule));
+  // A session lost in Consul is the dual-run's to mend: its lease pass makes the session again and writes its keys.
+  if (listed.length > 0 && listed.length === drifting.reduce((n, r) => n + r.differences, 0) && listed.every((d) => d.reason === 'session-gone')) {
+    return 'a running dual-run makes a lost session again and writes its keys at its next check of the lease (within about a minute): verify again then; with no dual-run running, start `migrate dualrun`.';
+  }
   const held = result.differences.some((d) => d.reason === 'foreign-session') ? ' Keys held by a session this migration does not own (foreign-session) are left alone by copy: their holder releases them first.' : '';
   return `these keys stay as they are in Consul until they next change in etcd (the dual-run replicates etcd's changes only). To write etcd's values again: with the dual-run stopped, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from its checkpoint), then verify.${held}`;
 }

@@ -108,6 +108,14 @@ describe('runVerify on in-memory stores', () => {
     const running = (await runVerify(deps, options())).warnings.join('\n');
     expect(running).toContain('a copy of migration "demo" is running (host-a:4242, at revision 7): what it has not written yet is reported as missing or different; verify once it has finished');
     expect(running).not.toContain('--resume');
+    // No copy lock, but a dual-run's leader lock: the dual-run's own copy (a re-baseline).
+    w.target.entries.delete('_migrate/demo/copy-lock');
+    w.set('_migrate/demo/leader', JSON.stringify({ holder: 'host-b:7' }), 'S-leader');
+    expect((await runVerify(deps, options())).warnings.join('\n')).toContain('the dual-run of migration "demo" (host-b:7) is copying the rules again (re-baselining, at revision 7)');
+    // Stopped part way: the dual-run's next start copies again.
+    w.target.entries.delete('_migrate/demo/leader');
+    w.checkpoint(3, 'dualrun', new Date('2025-03-01T10:00:00Z'));
+    expect((await runVerify(deps, options())).warnings.join('\n')).toContain('a re-baseline of migration "demo" stopped part way (at revision 7); start `migrate dualrun`');
   });
 
   it('before any copy (no meta): compared, but nothing recorded, and it says so; no orphan verify/last', async () => {
@@ -186,6 +194,10 @@ rules:
     };
     const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ rounds: 1, pageKeys: 100 }));
     expect(result.differences.map((d) => [d.key, d.kind, d.reason])).toEqual([['services/r7', 'session', 'session-gone']]);
+    // Nothing to copy: the dual-run mends a lost session itself.
+    const next = renderVerify(result, 'text').replace(/\s+/g, ' ');
+    expect(next).toContain('a running dual-run makes a lost session again and writes its keys at its next check of the lease');
+    expect(next).not.toContain('run `migrate copy`');
     expect(lists).toBe(1);
     expect(read.sort()).toEqual(['S5', 'S7']);
 

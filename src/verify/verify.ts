@@ -2,6 +2,7 @@ import { getMaxListeners, setMaxListeners } from 'node:events';
 import pLimit from 'p-limit';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
 import { runningCopy } from '../copy/lock.js';
+import { lockHolder } from '../dualrun/leader.js';
 import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js';
 import { InterruptedError, RefusedError, UsageError, isMigrateError } from '../errors.js';
 import type { UnmappableReason } from '../mapping/escape.js';
@@ -288,10 +289,15 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   if (verdict === 'new') warn(`migration "${config.id}" has no state in Consul yet (no copy has run); this verify is not recorded`);
   if (copyState && !copyState.completed) {
     // Running (it holds the copy lock) or stopped part way: what it has not written yet is reported as missing or different.
-    const copying = await runningCopy(target, config);
+    const [copying, leader, checkpoint] = await Promise.all([runningCopy(target, config), target.readKey(paths.leader), readState<CheckpointState>(target, paths.checkpoint())]);
+    // A dual-run copies the rules again itself (a re-baseline): it holds the leader lock, not the copy lock.
     warn(copying
       ? `a copy of migration "${config.id}" is running (${copying}, at revision ${copyState.revision}): what it has not written yet is reported as missing or different; verify once it has finished`
-      : `the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
+      : leader?.session
+        ? `the dual-run of migration "${config.id}" (${lockHolder(leader.value) ?? 'holder unknown'}) is copying the rules again (re-baselining, at revision ${copyState.revision}): what it has not written yet is reported as missing or different; verify once its log says re-baselined`
+        : checkpoint?.by === 'dualrun'
+          ? `a re-baseline of migration "${config.id}" stopped part way (at revision ${copyState.revision}); start \`migrate dualrun\` (it copies the rules again) and verify once it has`
+          : `the copy of migration "${config.id}" has not completed (interrupted at revision ${copyState.revision}); run \`migrate copy --resume\` first`);
   }
 
   const cutter = new CutTaker(source, target, paths, options, sleep);
