@@ -291,7 +291,7 @@ export function compareKey(input: CompareInput): Finding | undefined {
     // An application's lock (its own session) on a key etcd still owns: copy skips such a key (foreign-session), so it would not mend it.
     const sizes = consul.value.length === expectation.source.value.length ? `same size, ${consul.value.length} B` : `etcd ${expectation.source.value.length} B, Consul ${consul.value.length} B`;
     if (consul.session && lease === undefined && input.owner !== 'consul' && !input.sessions.isMirror(consul.session)) {
-      return found('value', 'foreign-session', `the values differ (${sizes}); the Consul key is held by session ${consul.session}, which this migration does not own: copy leaves such a key as it is; its holder releases it (or delete it in Consul), then copy`);
+      return found('value', 'foreign-session', `the values differ (${sizes}); the Consul key is held by session ${consul.session}, which this migration does not own: copy leaves such a key as it is (the dual-run still writes etcd's next change of it); its holder releases it (or delete it in Consul), then copy`);
     }
     return found('value', 'bytes', `the values differ (${sizes})`);
   }
