@@ -201,7 +201,7 @@ describe('compareKey', () => {
       expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'me', 'APP'), owner: 'etcd', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({ reason: 'unexpected-session' });
       // Another value under an application's lock, while etcd owns the rule: copy skips such a key, so the difference says who must act.
       expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'you', 'APP'), owner: 'etcd', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({
-        kind: 'value', reason: 'foreign-session', detail: 'the values differ (etcd 2 B, Consul 3 B); the Consul key is held by session APP, which this migration does not own: copy leaves such a key as it is (the dual-run still writes etcd's next change of it); its holder releases it (or delete it in Consul), then copy',
+        kind: 'value', reason: 'foreign-session', detail: 'the values differ (etcd 2 B, Consul 3 B); the Consul key is held by session APP, which this migration does not own: copy leaves such a key as it is (the dual-run still writes etcd\'s next change of it); its holder releases it (or delete it in Consul), then copy',
       });
       expect(compare({ target: 'app/lock', expectation: plain, consul: consul('app/lock', 'you', 'S9'), owner: 'etcd', sessions: sessions({ 9: 'S9' }, ['S9', 'APP']) })!.difference).toMatchObject({ kind: 'value', reason: 'bytes' });
     });
