@@ -9,7 +9,8 @@ import { eventually, metric, startDualRun, waitCaughtUp, type DualRunProcess } f
 import { createKvClient, type PauseEvent, type SwitchEvent } from '../src/client/index.js';
 import { Terminal } from './support/terminal.js';
 import { parseConfig } from '../src/config/load.js';
-import { runFinalize } from '../src/cutover/cutover.js';
+import { runCutover, runFinalize } from '../src/cutover/cutover.js';
+import type { TxnOp } from '../src/stores/types.js';
 import { EtcdWriter } from '../src/stores/etcd-writer.js';
 import { LeaderLock } from '../src/dualrun/leader.js';
 
@@ -426,6 +427,50 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       if (!stopped) expect(await dr.stop()).toBe(0);
     }
   }, 90_000);
+
+  it('an interrupt that aborts the write pause\'s request leaves no rollback point behind (it holds values); nothing changed', async () => {
+    const s = scenario('pauseint');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const before = await snapshot(s);
+      const { config, mapping } = parseConfig(readFileSync(join(s.dir, 'migration.yaml'), 'utf8'), 'migration.yaml');
+      const source = etcdSource();
+      const controller = new AbortController();
+      // Ctrl-C while the pause is being written: its request fails as the interrupt aborted it.
+      const aborting = new Proxy(target, {
+        get(t, name, receiver) {
+          if (name === 'applyTxn') {
+            return async (ops: TxnOp[], signal?: AbortSignal) => {
+              if (ops.some((op) => op.key.includes('/rules/'))) {
+                controller.abort();
+                throw Object.assign(new Error('The operation was aborted'), { name: 'AbortError' });
+              }
+              return t.applyTxn(ops, signal);
+            };
+          }
+          const value: unknown = Reflect.get(t, name, receiver);
+          return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(t) : value;
+        },
+      });
+      try {
+        const run = runCutover({ source, target: aborting, config, mapping, writer: new EtcdWriter(() => source.client, (err, what) => source.toError(err, what)) }, {
+          rules: ['app'], now: () => new Date(), by: 'test', cwd: s.dir, catchUpTimeoutMs: 10_000, acknowledgeTrips: false, sleep: async () => undefined, signal: controller.signal,
+          drainMs: 0, maxVerifyAgeMs: 15 * 60_000, onWarning: () => undefined, verifyRule: () => Promise.reject(new Error('not reached')),
+        });
+        await expect(run).rejects.toThrow('aborted');
+      } finally {
+        source.close();
+      }
+      expect(existsSync(join(s.dir, 'migrate-rollback')) ? readdirSync(join(s.dir, 'migrate-rollback')) : []).toEqual([]);
+      expect(await snapshot(s)).toBe(before);
+      expect((await phases(s)).app.phase).toBe('verified');
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 60_000);
 
   it('an interrupt (Ctrl-C) before finalize --delete-etcd flips stops it: nothing deleted or exported, the rule stays cut over', async () => {
     const s = scenario('finint');

@@ -435,8 +435,9 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     throw interrupted('cutover');
   }
   const fence = await pauseWrites(deps, paths, outcomes, 'cutover', options).catch((err: unknown) => {
-    // Refused, or the token may not write the state (Consul applied none of the txn): every attempt left its files.
-    if (err instanceof RefusedError || (isMigrateError(err) && err.code === 'consul_permission_denied')) discardExports();
+    // Refused, interrupted (a request the interrupt aborted), or the token may not write the state (Consul applied
+    // none of the txn): nothing was paused, nor flipped, so no rollback point is left (it holds values).
+    if (err instanceof RefusedError || options.signal?.aborted || (isMigrateError(err) && err.code === 'consul_permission_denied')) discardExports();
     throw err;
   });
   let written: Map<string, RulePhaseDoc>;
