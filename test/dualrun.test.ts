@@ -48,6 +48,11 @@ describe('migrate dualrun (real servers)', () => {
     const stopped = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });
     expect(stopped.code).toBe(4);
     expect(stopped.stderr).toContain('Run `migrate copy --resume` first (a copy started and did not finish');
+    // A completed copy whose checkpoint went (deleted by hand): a copy leaves one again.
+    await target.putKey(`_migrate/${s.id}/copy`, Buffer.from(JSON.stringify({ schemaVersion: 1, revision: 5, started: new Date().toISOString(), completed: new Date().toISOString(), rules: {} })));
+    const completed = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });
+    expect(completed.code).toBe(4);
+    expect(completed.stderr).toContain('Run `migrate copy` first');
   });
 
   it('replicates puts, deletes, binary values and etcd transactions in order; splits revisions over the op limit', async () => {

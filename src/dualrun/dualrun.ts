@@ -514,7 +514,7 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
     if (!options.baseline) {
       const started = await readState<CopyState>(target, paths.copy);
       throw new RefusedError('dualrun_no_checkpoint', `Migration "${ctx.config.id}" has no checkpoint: nothing says from which etcd revision to replicate.`, {
-        hint: started
+        hint: started && !started.completed
           ? 'Run `migrate copy --resume` first (a copy started and did not finish; it leaves the checkpoint when it does), or start with `migrate dualrun --baseline` to copy now.'
           : 'Run `migrate copy` first (it leaves the checkpoint), or start with `migrate dualrun --baseline` to copy now.',
       });
