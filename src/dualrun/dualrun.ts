@@ -1269,7 +1269,7 @@ class Applier {
       }
     }
     // The usual path after a restart, or when keys move between leases: worth a line, not a warning.
-    this.options.log('info', `txn up to revision ${revision} found a key held by another session than planned (usual after a restart, or when keys move between leases); re-applied ${fixed.length} key(s) from Consul's current state, nothing to do`);
+    this.options.log('info', `txn up to revision ${revision} found a key held by another session than planned (usual after a restart, or when keys move between leases); re-applying its ${fixed.length} key(s) against Consul's current state (nothing for the operator to do)`);
     for (const part of packTxnBatches(fixed, this.limits, this.reserve)) {
       try {
         await this.ctx.target.applyTxn([...part, this.fence(), { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
