@@ -136,6 +136,12 @@ describe('migrate doctor (real servers)', () => {
     expect(await documents()).toMatchObject({ code: 2, check: { status: 'fail', code: 'state_schema_newer' } });
     expect((await fetch(checkpoint, { method: 'PUT', body: 'xx' })).status).toBe(200);
     expect(await documents()).toMatchObject({ code: 4, check: { status: 'fail', code: 'state_corrupt' } });
+    expect((await fetch(checkpoint, { method: 'PUT', body: original })).status).toBe(200);
+    // A rule document that says Consul owns the rule, and no owners document saying so: every command refuses it.
+    const rule = { schemaVersion: 1, rule: 'app', phase: 'cutover', owner: 'consul', updated: '2026-12-01T10:00:00Z', history: [{ phase: 'cutover', at: '2026-12-01T10:00:00Z', by: 'ops' }] };
+    expect((await fetch(`${consulAddress}/v1/kv/_migrate/${id}/rules/app`, { method: 'PUT', body: JSON.stringify(rule) })).status).toBe(200);
+    expect((await fetch(`${consulAddress}/v1/kv/_migrate/${id}/owners`, { method: 'PUT', body: JSON.stringify({ schemaVersion: 1, updated: '2026-12-01T10:00:00Z', rules: {} }) })).status).toBe(200);
+    expect(await documents()).toMatchObject({ code: 4, check: { status: 'fail', code: 'state_inconsistent' } });
     await fetch(`${consulAddress}/v1/kv/_migrate/${id}/?recurse`, { method: 'DELETE' });
   });
 

@@ -13,6 +13,8 @@ function world(owners: OwnersDoc | undefined) {
   const by = 'ops@host';
   const app: RulePhaseDoc = withTransition(undefined, 'app', 'verified', 'cutover', { at: '2026-12-01T10:00:00Z', by, evidence: { etcdRevision: 40 } });
   let web: RulePhaseDoc = withTransition(undefined, 'web', 'verified', 'cutover', { at: '2026-12-01T11:00:00Z', by, evidence: { etcdRevision: 50 } });
+  // Trips acknowledged where the rule stood: an entry of the same phase, no move.
+  web = { ...web, history: [...web.history, { phase: 'cutover', at: '2026-12-01T11:30:00Z', by, evidence: { acknowledgedTrips: 1 } }] };
   web = withTransition(web, 'web', 'cutover', 'rolledback', { at: '2026-12-01T12:00:00Z', by, evidence: { etcdRevision: 60 } });
   put(paths.rule('app'), app);
   put(paths.rule('web'), web);

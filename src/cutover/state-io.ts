@@ -73,13 +73,14 @@ export async function readOwnership(target: Pick<TargetStore, 'listKeys' | 'read
   if (!owners.doc) return { owners: { doc: ownersFromRuleDocs([...docs.values()].map((d) => d.doc)), index: 0 }, docs, rebuilt: true };
   const said = disagree.map((doc) => `rule ${doc.rule}: ${paths.rule(doc.rule)} says ${doc.phase} (owner ${ownerOf(doc.phase)}), ${key} says ${owners.doc?.rules[doc.rule]?.phase ?? 'nothing'} (owner ${ownerIn(doc.rule)})`);
   throw new RefusedError('state_inconsistent', `The migration's state disagrees with itself on who owns ${disagree.length === 1 ? 'a rule' : 'rules'}: ${said.join('; ')}. A cutover, rollback or finalize writes both documents together: one was changed by hand. Nothing was written.`, {
-    hint: `If the rule documents are right (\`migrate status\` shows them; their history says how each rule moved), delete ${key}: it is rebuilt from them. Otherwise put back the rule document that was changed (from a Consul snapshot).`,
+    hint: `If the rule documents are right (\`consul kv get -recurse ${paths.rule('')}\` shows them; their history says how each rule moved), delete ${key}: it is rebuilt from them. Otherwise put back the rule document that was changed (from a Consul snapshot).`,
   });
 }
 
 /** The owners document the rule documents' transitions (cutover, rollback, finalize) make, in the order they were made. */
 export function ownersFromRuleDocs(docs: readonly RulePhaseDoc[]): OwnersDoc {
-  const moves = docs.flatMap((doc) => doc.history.filter((h) => MOVES.includes(h.phase)).map((h) => ({ rule: doc.rule, entry: h })));
+  // A move is an entry whose phase differs from the one before it (an acknowledgment of trips repeats the phase).
+  const moves = docs.flatMap((doc) => doc.history.filter((h, i) => MOVES.includes(h.phase) && h.phase !== doc.history[i - 1]?.phase).map((h) => ({ rule: doc.rule, entry: h })));
   moves.sort((a, b) => Date.parse(a.entry.at) - Date.parse(b.entry.at));
   let owners: OwnersDoc = { schemaVersion: 1, updated: new Date(0).toISOString(), rules: {} };
   for (const { rule, entry } of moves) owners = withOwnershipChange(owners, rule, entry.phase, entry.evidence?.etcdRevision ?? 0, entry.at);

@@ -13,7 +13,7 @@ import type { Mapping } from '../mapping/mapping.js';
 import { checkPermissions } from './preflight.js';
 import { checkIdentity, mappingHash, parseStateDocument, statePaths, type StateMeta, type StatePaths } from '../state/state.js';
 import { ownersKey, tripsPrefix } from '../cutover/phase.js';
-import { refuseOwnedMappingChanges } from '../cutover/state-io.js';
+import { readOwnership, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { datacenterViews, namesDatacenters } from '../mapping/datacenters.js';
 import type { LoadedConfig } from '../config/load.js';
 
@@ -230,6 +230,8 @@ async function checkStateDocuments(consul: ConsulTarget, paths: StatePaths): Pro
   const entries = await consul.readEntries(keys);
   try {
     for (const entry of entries) parseStateDocument(entry.key, entry.value);
+    // The owners document and the rule documents must agree on who owns each rule (state_inconsistent).
+    await readOwnership(consul, paths);
   } catch (err) {
     if (!isMigrateError(err)) throw err;
     return failedCheck('state.documents', err);

@@ -8,6 +8,7 @@ import { syncServiceRule } from '../services/sync.js';
 import { consulErrorFor } from '../stores/consul-http.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { mappingHash } from '../state/state.js';
+import { withTransition } from '../cutover/phase.js';
 import { DIFFERENCE_KINDS } from './compare.js';
 import { VERIFY_REPORT_SCHEMA } from './report-schema.js';
 import { renderVerify, renderVerifyError } from './render.js';
@@ -116,6 +117,19 @@ describe('runVerify on in-memory stores', () => {
     w.target.entries.delete('_migrate/demo/leader');
     w.checkpoint(3, 'dualrun', new Date('2025-03-01T10:00:00Z'));
     expect((await runVerify(deps, options())).warnings.join('\n')).toContain('a re-baseline of migration "demo" stopped part way (at revision 7); start `migrate dualrun`');
+  });
+
+  it('takes the owners document as every command does: deleted by hand, rebuilt from the rule documents; edited to disagree, refused', async () => {
+    const w = world();
+    seedParity(w);
+    // Rule app cut over: Consul owns it, and an application wrote a key etcd does not have.
+    w.set('_migrate/demo/rules/app', JSON.stringify(withTransition(undefined, 'app', 'verified', 'cutover', { at: '2025-03-01T11:00:00Z', by: 'ops', evidence: { etcdRevision: 3 } })));
+    w.set('app/new', 'written in Consul');
+    const deps = { source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping };
+    const rebuilt = await runVerify(deps, options({ rounds: 1 }));
+    expect(rebuilt.rules.find((r) => r.name === 'app')).toMatchObject({ owner: 'consul' });
+    w.set('_migrate/demo/owners', JSON.stringify({ schemaVersion: 1, updated: '2025-03-01T11:00:00Z', rules: {} }));
+    await expect(runVerify(deps, options({ rounds: 1 }))).rejects.toMatchObject({ code: 'state_inconsistent', exitCode: 4 });
   });
 
   it('before any copy (no meta): compared, but nothing recorded, and it says so; no orphan verify/last', async () => {

@@ -2,6 +2,7 @@ import { getMaxListeners, setMaxListeners } from 'node:events';
 import pLimit from 'p-limit';
 import type { CheckpointState, CopyState } from '../copy/copy.js';
 import { runningCopy } from '../copy/lock.js';
+import { readOwnership } from '../cutover/state-io.js';
 import { lockHolder } from '../dualrun/leader.js';
 import type { KeyPolicy, LeasePolicy, MigrationConfig } from '../config/load.js';
 import { InterruptedError, RefusedError, UsageError, isMigrateError } from '../errors.js';
@@ -41,7 +42,7 @@ import {
 import { compareInstances, criticalLeases } from './compare-services.js';
 import { DUALRUN_HEARTBEAT_MS, readCheckpointState, type CutReason } from './cut.js';
 import { ListedKeys } from '../stores/listed-keys.js';
-import { ownerAt, ownersKey, tripsKey, type OwnersDoc, type RuleOwner, type TripsDoc } from '../cutover/phase.js';
+import { ownerAt, tripsKey, type RuleOwner, type TripsDoc } from '../cutover/phase.js';
 
 /**
  * `migrate verify`: parity of etcd and Consul at a consistent cut, in both
@@ -276,12 +277,13 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
   }
 
   // Independent reads, at once: each is a round trip before any key is compared.
-  const [status, info, meta, copyState, owners] = await Promise.all([
+  const [status, info, meta, copyState, { owners: { doc: owners } }] = await Promise.all([
     source.status(),
     target.info(),
     readState<StateMeta>(target, paths.meta),
     readState<CopyState>(target, paths.copy),
-    readState<OwnersDoc>(target, ownersKey(paths)),
+    // With the rule documents, as every command reads it: one deleted by hand is rebuilt, one edited to disagree refused.
+    readOwnership(target, paths),
   ]);
   const verdict = checkIdentity(meta, { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config) }, { acceptMappingChange: true });
   // Recorded, the summary of another mapping would stand for the migration's own (status, the cutover's gate).
