@@ -179,7 +179,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       await etcd.put(`${s.root}/other/z`).value('z');
       await eventually('other rule still replicated', async () => (await target.readKey(`${s.id}/other/z`))?.value.toString() === 'z');
       expect(await etcdValue(`${s.root}/app/after`)).toBeNull();
-      expect(metric(await dr.metrics(), 'migrate_dualrun_late_writes_total')).toBeNaN();
+      expect(metric(await dr.metrics(), 'migrate_dualrun_late_writes_total'), dr.stderr().split('\n').filter((l) => /late write|owner/.test(l)).join('\n')).toBeNaN();
       const finalVerify = await s.cli(['verify', '--progress', 'none']);
       expect(finalVerify.code, finalVerify.stdout).toBe(0);
       expect(finalVerify.stdout).toContain('rule app is finalized');

@@ -106,10 +106,14 @@ describe('a dual-run started behind etcd', () => {
     for (let i = 0; i < 5; i++) source.put(`/app/k${i}`, 'v2');
     const stop = new AbortController();
     let behind: { lag: number } | undefined;
+    let atStart: number | undefined;
+    const head = (await source.status()).revision;
     const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
       ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
       copy: () => Promise.reject(new Error('no copy in this test')),
       onStats: (s) => {
+        // As the watch opens, before it replays anything: etcd's head, not the revision of the first batch replayed.
+        if (atStart === undefined && s.started) atStart = s.etcdRevision;
         if (!behind && s.role === 'leader' && s.etcdRevision > s.checkpoint) behind = { lag: lagSeconds(s, Date.now()) };
       },
     });
@@ -117,5 +121,6 @@ describe('a dual-run started behind etcd', () => {
     stop.abort();
     await run;
     expect(behind!.lag).toBeGreaterThanOrEqual(59);
+    expect(atStart).toBe(head);
   });
 });

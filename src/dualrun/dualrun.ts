@@ -624,6 +624,11 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     if (owners.index < before.index) warnOwnersRewound(before.doc, ownership.doc, options.log);
     return true;
   };
+  applier.refreshOwners = async () => {
+    if (!(await takeOwners())) return false;
+    await reconcileMirrors();
+    return true;
+  };
   // Follows the owners document with a blocking query: mirrors start and stop as rules are cut over or back.
   const follower = (async () => {
     let index = ownership.index;
@@ -749,6 +754,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         // etcd lets a watch start at its compaction revision but keeps no delete made at that revision, so a watch
         // from checkpoint + 1 would miss it: the history is whole only while the checkpoint itself can be read.
         await source.count(checkpointProbe(ctx.range), stats.checkpoint);
+        // etcd's head: the watch replays the backlog in batches, each naming only its own last revision, and a
+        // checkpoint at the end of one is not caught up (/healthz said ready, lag 0, halfway through a replay).
+        stats.etcdRevision = Math.max(stats.etcdRevision, (await source.status()).revision);
         watch = await source.watch(ctx.range, stats.checkpoint + 1);
         // Stopped while etcd opened the watch (it hangs while etcd does): closed here, as the stop's own close
         // found no watch to close, and its open stream kept the process from exiting.
@@ -958,6 +966,9 @@ class Applier {
     this.pendingRevision = ctx.stats.checkpoint;
   }
 
+  /** Reads the owners document again and takes it (set by the leadership that runs this applier): true when it changed. */
+  refreshOwners: () => Promise<boolean> = async () => false;
+
   reset(): void {
     this.batcher.flush();
     this.pendingRevision = this.ctx.stats.checkpoint;
@@ -1003,14 +1014,15 @@ class Applier {
    * writer (counted, logged with its key, recorded for verify).
    */
   private async routeOwnership(message: Extract<WatchMessage, { kind: 'revision' }>): Promise<Extract<WatchMessage, { kind: 'revision' }>> {
-    const doc = this.ownership.doc;
-    if (!doc) return message;
+    if (!this.ownership.doc) return message;
+    let refreshed = false;
     const forward: SourceEvent[] = [];
     // A lease that ends deletes all its keys in one revision: its state is read once, not once per key.
     const ended = new Map<string, Promise<boolean>>();
     for (const event of message.events) {
       const rule = findRule(this.ctx.mapping, event.entry.key);
-      const owner = rule && rule.action === 'copy' ? ownerAt(doc, rule.name, message.revision) : undefined;
+      // The document as it stands now: the follower may take a newer one while this revision is routed.
+      const owner = rule && rule.action === 'copy' ? ownerAt(this.ownership.doc, rule.name, message.revision) : undefined;
       if (!rule || owner?.owner !== 'consul') {
         forward.push(event);
         continue;
@@ -1020,6 +1032,16 @@ class Applier {
       if (owner.phase === 'finalized' && event.type === 'delete') continue;
       if (await this.leaseEnded(event, ended)) continue;
       if (await this.sameAsConsul(event)) continue;
+      // The owners document may have changed a moment ago, and the follower not have read it yet (finalize deletes
+      // etcd's keys right after its flip): read once more before calling anything a late write.
+      if (!refreshed) await this.refreshOwners();
+      refreshed = true;
+      const now = ownerAt(this.ownership.doc, rule.name, message.revision);
+      if (now.owner !== 'consul') {
+        forward.push(event);
+        continue;
+      }
+      if (now.phase === 'finalized' && event.type === 'delete') continue;
       await this.lateWrite(rule.name, event, message.revision);
     }
     return forward.length === message.events.length ? message : { ...message, events: forward };
