@@ -320,13 +320,17 @@ async function otherDatacenterChecks(options: CommonOptions): Promise<Map<string
  */
 async function acknowledgeCutOver(deps: CutoverDeps, paths: StatePaths, state: CutoverState, options: CutoverOptions): Promise<CutoverResult> {
   const rules = options.rules.map((rule) => ({ rule, trips: openTrips(state.trips.get(rule)?.doc) }));
-  const outcomes: RuleOutcome[] = rules.map(({ rule, trips }) => ({
-    rule, from: 'cutover', to: 'cutover', ok: trips > 0,
-    checks: [
-      { name: 'phase', ok: true, detail: 'cutover already: owned by Consul, and stays so' },
-      trips > 0 ? tripCheck(state, rule, true, 'cleared; the rule stays cut over') : { name: 'trips', ok: false, detail: 'no late writes or guard trips recorded: nothing to acknowledge' },
-    ],
-  }));
+  const outcomes: RuleOutcome[] = rules.map(({ rule, trips }) => {
+    // Late writes to etcd after a finalize are recorded too (applications still writing the old store).
+    const phase = phaseOf(state, rule, options.now());
+    return {
+      rule, from: phase, to: phase, ok: trips > 0,
+      checks: [
+        { name: 'phase', ok: true, detail: `${phase} already: owned by Consul, and stays so` },
+        trips > 0 ? tripCheck(state, rule, true, `cleared; the rule stays ${phase === 'finalized' ? 'finalized' : 'cut over'}`) : { name: 'trips', ok: false, detail: 'no late writes or guard trips recorded: nothing to acknowledge' },
+      ],
+    };
+  });
   const checkpoint = state.checkpoint?.revision ?? null;
   const etcdRevision = (await deps.source.status()).revision;
   if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) return refusedResult('cutover', deps, [], outcomes, etcdRevision, checkpoint);
@@ -370,7 +374,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   let state = await readCutoverState(target, paths);
   if (unfinishedMoves(state, options.rules, options.now(), 'rollback').length === options.rules.length) return abandonMoves(deps, paths, state, options, 'cutover');
   // Rules already cut over, with --acknowledge-trips: their late writes are acknowledged, nothing moves.
-  if (options.acknowledgeTrips && options.rules.every((name) => ruleNamed(mapping, name).action === 'copy' && phaseOf(state, name, options.now()) === 'cutover')) {
+  if (options.acknowledgeTrips && options.rules.every((name) => ruleNamed(mapping, name).action === 'copy' && ['cutover', 'finalized'].includes(phaseOf(state, name, options.now())))) {
     return acknowledgeCutOver(deps, paths, state, options);
   }
   if (options.verifyNow) await transitionVerify('cutover', options.verifyNow);

@@ -89,6 +89,8 @@ describe('preconditions and next steps', () => {
     expect(nextStep('app', 'verified', { ...facts, verifyAgeMs: 1e9 })).toContain('--verify-now');
     expect(nextStep('app', 'cutover', facts)).toContain('migrate finalize --rule app');
     expect(nextStep('app', 'cutover', { ...facts, trips: 2 })).toContain('--acknowledge-trips');
+    // Late writes after a finalize are acknowledged the same way (status said done for good).
+    expect(nextStep('app', 'finalized', { ...facts, trips: 1 })).toBe('investigate 1 late write(s) to etcd in the dual-run log (an application still writing etcd), then migrate cutover --rule app --acknowledge-trips (the rule stays finalized)');
     expect(nextStep('app', 'cutover', { ...facts, trips: 2 })).not.toContain('--allow-mass-delete');
     // A guard trip: acknowledging alone would leave the held-back deletes out of etcd.
     expect(nextStep('app', 'cutover', { ...facts, trips: 1, guardTrips: 1 })).toMatch(/restart the dual-run with --allow-mass-delete first \(its first pass mirrors them to etcd\), then migrate cutover --rule app --acknowledge-trips/);

@@ -203,6 +203,7 @@ export function nextStep(rule: string, phase: RulePhase, facts: { running: boole
     const held = facts.guardTrips ? `; if the deletes the reverse mirror's delete guard held back are intended, restart the dual-run with --allow-mass-delete first (its first pass mirrors them to etcd)` : '';
     return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log${held}, then migrate cutover --rule ${rule} --acknowledge-trips (the rule stays cut over)`;
   }
+  if (facts.trips > 0 && phase === 'finalized') return `investigate ${facts.trips} late write(s) to etcd in the dual-run log (an application still writing etcd), then migrate cutover --rule ${rule} --acknowledge-trips (the rule stays finalized)`;
   if (facts.trips > 0 && phase === 'rolledback') return `investigate ${facts.trips} trip(s) (late writes to etcd / delete guard) in the dual-run log, then acknowledge them with --acknowledge-trips`;
   switch (phase) {
     case 'planned':

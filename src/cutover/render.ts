@@ -99,7 +99,9 @@ export function renderCutover(result: CutoverResult, format: Format, ruleArg: (r
       continue;
     }
     if (result.acknowledgedOnly) {
-      lines.push(`Rule ${doc.rule}: still cut over (owner ${doc.owner}); its recorded trips are acknowledged, and verify no longer fails on them. The late values stay in etcd until the reverse mirror writes Consul's back (it compares every key when the dual-run starts): until then \`migrate verify\` lists them as value differences.`);
+      lines.push(doc.phase === 'finalized'
+        ? `Rule ${doc.rule}: still finalized (owner consul); its recorded late writes are acknowledged, and verify no longer fails on them. Nothing mirrors the rule any more: the late values stay in etcd.`
+        : `Rule ${doc.rule}: still cut over (owner ${doc.owner}); its recorded trips are acknowledged, and verify no longer fails on them. The late values stay in etcd until the reverse mirror writes Consul's back (it compares every key when the dual-run starts): until then \`migrate verify\` lists them as value differences.`);
       continue;
     }
     const next = doc.phase === 'cutover'
