@@ -183,6 +183,14 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       const finalVerify = await s.cli(['verify', '--progress', 'none']);
       expect(finalVerify.code, finalVerify.stdout).toBe(0);
       expect(finalVerify.stdout).toContain('rule app is finalized');
+      // An application still writing etcd after the finalize: a late write, recorded, and acknowledged where the rule stands.
+      await etcd.put(`${s.root}/app/late`).value('late');
+      await eventually('late write recorded', async () => (await phases(s)).app.lateWrites === 1);
+      expect((await phases(s)).app.next).toContain('migrate cutover --rule app --acknowledge-trips (the rule stays finalized)');
+      const ack = await s.cli(['cutover', '--rule', 'app', '--yes', '--acknowledge-trips']);
+      expect(ack.code, ack.stdout + ack.stderr).toBe(0);
+      expect(ack.stdout).toContain('Rule app: still finalized (owner consul); its recorded late writes are acknowledged');
+      expect((await phases(s)).app).toMatchObject({ phase: 'finalized', lateWrites: 0, next: 'done' });
     } finally {
       expect(await dr.stop()).toBe(0);
     }
