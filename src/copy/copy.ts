@@ -164,8 +164,12 @@ export async function refuseWhileDualRunLeads(target: TargetStore, config: Migra
  */
 export async function refuseWhileCopyRuns(target: TargetStore, config: MigrationConfig): Promise<void> {
   const holder = await runningCopy(target, config);
-  if (holder === undefined) return;
-  throw new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${holder}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
+  if (holder !== undefined) throw copyRunning(config, holder);
+}
+
+/** The refusal of a dual-run while the copy `holder` runs (dualrun_copy_running). */
+export function copyRunning(config: Pick<MigrationConfig, 'id'>, holder: string): RefusedError {
+  return new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${holder}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
     hint: 'Start the dual-run when the copy has finished: it starts from the copy\'s checkpoint. (The lock of a copy that was killed frees itself within about 20 s.)',
   });
 }

@@ -36,7 +36,7 @@ import {
   type WritesPause,
 } from './phase.js';
 import { acknowledgeTrips, readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
-import { hiddenMigrationsWarning, otherMigrations } from '../state/migrations.js';
+import { otherMigrations } from '../state/migrations.js';
 import { lockHolder } from '../dualrun/leader.js';
 
 /**
@@ -194,8 +194,7 @@ async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
  * mirror writing Consul's changes back to etcd under its `from` (finalized rules no longer do).
  */
 async function cutOverByOtherMigrations(target: TargetStore, config: MigrationConfig, warn: (message: string) => void): Promise<{ migration: string; rule: string; from: string }[]> {
-  const { others, hidden } = await otherMigrations(target, config.state.prefix, config.id);
-  if (hidden) warn(hiddenMigrationsWarning(config.state.prefix));
+  const { others } = await otherMigrations(target, config.state.prefix, config.id, warn);
   const mirrored: { migration: string; rule: string; from: string }[] = [];
   // Their owners documents in one read.
   const keys = others.map((other) => ownersKey(statePaths(config.state.prefix, other.id)));

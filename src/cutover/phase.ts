@@ -110,6 +110,12 @@ export function ownerOf(phase: RulePhase): RuleOwner {
 }
 
 /** Who owned `rule` at etcd revision `revision`: the last change strictly before it, else etcd. */
+/** Who owns `rule` now, as the owners document says (etcd when it does not name the rule). */
+export function currentOwner(owners: OwnersDoc | undefined, rule: string): RuleOwner {
+  const phase = owners?.rules[rule]?.phase;
+  return phase ? ownerOf(phase) : 'etcd';
+}
+
 export function ownerAt(owners: OwnersDoc | undefined, rule: string, revision: number): { owner: RuleOwner; phase: RulePhase | undefined } {
   const changes = owners?.rules[rule]?.changes ?? [];
   let current: OwnershipChange | undefined;

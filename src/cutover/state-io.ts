@@ -7,7 +7,7 @@ import type { TargetStore, TxnOp } from '../stores/types.js';
 import type { VerifyLastState } from '../verify/verify.js';
 import type { Mapping } from '../mapping/mapping.js';
 import type { MigrationConfig } from '../config/load.js';
-import { cutOverMappingChanges, emptyTrips, ownerOf, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
+import { currentOwner, cutOverMappingChanges, emptyTrips, ownerOf, ownersKey, tripsKey, tripsPrefix, withOwnershipChange, withTransition, withWritesPaused, type OwnersDoc, type WritesPause, type PhaseHistoryEntry, type RulePhase, type RulePhaseDoc, type TripsDoc } from './phase.js';
 
 /** The state documents the cutover stage reads, with the Consul indexes its writes check against. */
 export interface CutoverState {
@@ -64,14 +64,10 @@ export async function readOwnership(target: Pick<TargetStore, 'listKeys' | 'read
     const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
     docs.set(doc.rule, { doc, index: entry.modifyIndex });
   }
-  const ownerIn = (rule: string) => {
-    const phase = owners.doc?.rules[rule]?.phase;
-    return phase ? ownerOf(phase) : 'etcd';
-  };
-  const disagree = [...docs.values()].map((d) => d.doc).filter((doc) => ownerOf(doc.phase) !== ownerIn(doc.rule));
+  const disagree = [...docs.values()].map((d) => d.doc).filter((doc) => ownerOf(doc.phase) !== currentOwner(owners.doc, doc.rule));
   if (disagree.length === 0) return { owners, docs, rebuilt: false };
   if (!owners.doc) return { owners: { doc: ownersFromRuleDocs([...docs.values()].map((d) => d.doc)), index: 0 }, docs, rebuilt: true };
-  const said = disagree.map((doc) => `rule ${doc.rule}: ${paths.rule(doc.rule)} says ${doc.phase} (owner ${ownerOf(doc.phase)}), ${key} says ${owners.doc?.rules[doc.rule]?.phase ?? 'nothing'} (owner ${ownerIn(doc.rule)})`);
+  const said = disagree.map((doc) => `rule ${doc.rule}: ${paths.rule(doc.rule)} says ${doc.phase} (owner ${ownerOf(doc.phase)}), ${key} says ${owners.doc?.rules[doc.rule]?.phase ?? 'nothing'} (owner ${currentOwner(owners.doc, doc.rule)})`);
   throw new RefusedError('state_inconsistent', `The migration's state disagrees with itself on who owns ${disagree.length === 1 ? 'a rule' : 'rules'}: ${said.join('; ')}. A cutover, rollback or finalize writes both documents together: one was changed by hand. Nothing was written.`, {
     hint: `If the rule documents are right (\`consul kv get -recurse ${paths.rule('')}\` shows them; their history says how each rule moved), delete ${key}: it is rebuilt from them. Otherwise put back the rule document that was changed (from a Consul snapshot).`,
   });

@@ -11,9 +11,10 @@ import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, type TargetL
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
-import { refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
+import { copyRunning, refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LeaderLock } from './leader.js';
-import { ownedByConsul, ownerAt, ownerOf, ownersKey, type OwnersDoc } from '../cutover/phase.js';
+import { runningCopy } from '../copy/lock.js';
+import { currentOwner, ownedByConsul, ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
 import { readOwnership, readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
@@ -213,15 +214,19 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       stats.role = 'stopped';
       return { stats, reason: 'signal', leading: false };
     }
+    let copying: string | undefined;
     try {
-      await refuseWhileCopyRuns(primaryLane.target, primaryLane.config);
+      copying = await runningCopy(primaryLane.target, primaryLane.config);
+      if (copying !== undefined && !options.ha) throw copyRunning(primaryLane.config, copying);
     } catch (err) {
       await leader.release();
+      throw err;
+    }
+    if (copying !== undefined) {
+      await leader.release();
       // A standby (--ha) waits for the copy to end, as it waits for the lock: replicas of a Deployment must not crash-loop meanwhile.
-      if (!options.ha || !isMigrateError(err) || err.code !== 'dualrun_copy_running') throw err;
-      options.log('warn', `${err.message.replace(/; a dual-run now .*$/, '')}: waiting for it to end (checked every ${COPY_WAIT_MS / 1000} s)`);
+      options.log('warn', `A copy of migration "${primaryLane.config.id}" is running (it holds the copy lock: ${copying}): waiting for it to end (checked every ${COPY_WAIT_MS / 1000} s)`);
       // A standby that Consul answers (it read the copy's lock): ready, as one waiting for the leader lock.
-      stats.role = 'standby';
       stats.connected = true;
       publish();
       await sleep(COPY_WAIT_MS, options.signal).catch(() => undefined);
@@ -314,8 +319,7 @@ async function refuseEtcdBehind(source: SourceReader, checkpoint: number): Promi
  * said to the applications that write them in Consul.
  */
 function warnOwnersRewound(before: OwnersDoc | undefined, after: OwnersDoc | undefined, log: DualRunLog): void {
-  const owned = (doc: OwnersDoc | undefined, name: string) => ['cutover', 'finalized'].includes(doc?.rules[name]?.phase ?? '');
-  const undone = Object.keys(before?.rules ?? {}).filter((name) => owned(before, name) && !owned(after, name));
+  const undone = Object.keys(before?.rules ?? {}).filter((name) => currentOwner(before, name) === 'consul' && currentOwner(after, name) !== 'consul');
   log('warn', `the owners document went back in time (Consul restored from a snapshot?)${undone.length > 0 ? `: rule(s) ${undone.join(', ')}, cut over before, are owned by etcd in the restored state; what applications write to them in Consul no longer reaches etcd, and etcd's changes are replicated over it. Check \`migrate status\`, then cut them over again` : ''}`, { rules: undone });
 }
 
@@ -443,7 +447,7 @@ async function readOwners(target: TargetStore, paths: StatePaths, log: DualRunLo
   for (;;) {
     const read = await readOwnership(target, paths);
     if (!read.rebuilt) return read.owners;
-    const owned = Object.entries(read.owners.doc?.rules ?? {}).filter(([, r]) => ownerOf(r.phase) === 'consul').map(([rule]) => rule);
+    const owned = Object.keys(read.owners.doc?.rules ?? {}).filter((rule) => currentOwner(read.owners.doc, rule) === 'consul');
     try {
       const index = await target.applyTxn([{ verb: 'cas', key: ownersKey(paths), value: Buffer.from(JSON.stringify(read.owners.doc)), index: 0 }]);
       log('warn', `the owners document was missing while the rule documents say Consul owns rule(s) ${owned.join(', ')} (deleted by hand?): rebuilt from them, so those rules stay Consul's`, { rules: owned });

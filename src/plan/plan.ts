@@ -14,7 +14,7 @@ import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
 import { cutOverMappingChanges, ownedByConsul, type RulePhaseDoc } from '../cutover/phase.js';
 import { OWNED_MAPPING_HINT, readRuleDocs } from '../cutover/state-io.js';
-import { hiddenMigrationsWarning, OVERLAP_HINT, otherMigrations, targetOverlaps } from '../state/migrations.js';
+import { OVERLAP_HINT, otherMigrations, targetOverlaps } from '../state/migrations.js';
 import { leftBehind, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
 
 /**
@@ -200,9 +200,8 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   if (mappingChange?.refused.length) {
     blockers.push({ code: 'mapping_change_refused', count: mappingChange.refused.length, message: `copy and dualrun refuse this mapping change (mapping_changed_cut_over): ${mappingChange.refused.join('; ')}`, hint: OWNED_MAPPING_HINT });
   }
-  const seen = input.target ? await otherMigrations(input.target, input.config.state.prefix, input.config.id).catch(() => ({ others: [], hidden: false })) : { others: [], hidden: false };
-  if (seen.hidden) input.onWarning?.(hiddenMigrationsWarning(input.config.state.prefix));
-  const overlaps = targetOverlaps(input.config.rules, seen.others);
+  const others = input.target ? (await otherMigrations(input.target, input.config.state.prefix, input.config.id, (text) => input.onWarning?.(text)).catch(() => ({ others: [] }))).others : [];
+  const overlaps = targetOverlaps(input.config.rules, others);
   if (overlaps.length > 0) {
     blockers.push({ code: 'migration_overlap', count: overlaps.length, message: `copy and dualrun refuse rules that write where another migration writes (migration_overlap): ${overlaps.join('; ')}`, hint: OVERLAP_HINT });
   }

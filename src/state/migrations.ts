@@ -12,10 +12,12 @@ export interface OtherMigration {
 /**
  * The other migrations whose state lies under the same state prefix
  * (`<prefix><id>/meta`). Those recorded by an earlier release list no rules
- * and are left out; `hidden` when the token's ACLs hid some of the folders.
+ * and are left out; `hidden` when the token's ACLs hid some of the folders,
+ * which `warn` is told: the checks against other migrations see only part of them.
  */
-export async function otherMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, statePrefix: string, id: string): Promise<{ others: OtherMigration[]; hidden: boolean }> {
+export async function otherMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, statePrefix: string, id: string, warn: (text: string) => void = () => undefined): Promise<{ others: OtherMigration[]; hidden: boolean }> {
   const { folders, filtered } = await target.listFolders(statePrefix);
+  if (filtered) warn(`the Consul token may not read all of the state prefix ${statePrefix} (its ACLs hid some of it): migrations recorded there were not checked against this one (rules writing where it writes, rules cut over under its from); give this token the policy \`migrate acl\` prints (read on the whole state prefix)`);
   const metaKeys = folders.filter((f) => f !== `${statePrefix}${id}/`).map((f) => `${f}meta`);
   const others: OtherMigration[] = [];
   for (const entry of metaKeys.length > 0 ? await target.readEntries(metaKeys) : []) {
@@ -27,11 +29,6 @@ export async function otherMigrations(target: Pick<TargetStore, 'listFolders' | 
     }
   }
   return { others, hidden: filtered };
-}
-
-/** Said when {@link otherMigrations} found some folders hidden: the checks against other migrations saw only part of them. */
-export function hiddenMigrationsWarning(statePrefix: string): string {
-  return `the Consul token may not read all of the state prefix ${statePrefix} (its ACLs hid some of it): migrations recorded there were not checked against this one (rules writing where it writes, rules cut over under its from); give this token the policy \`migrate acl\` prints (read on the whole state prefix)`;
 }
 
 /**
@@ -62,8 +59,7 @@ export const OVERLAP_HINT = 'Give each migration a `to:` of its own, neither con
  * token's ACLs hid some of the other migrations.
  */
 export async function refuseOverlappingMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, config: Pick<MigrationConfig, 'id' | 'rules' | 'state'>, warn: (text: string) => void): Promise<void> {
-  const { others, hidden } = await otherMigrations(target, config.state.prefix, config.id);
-  if (hidden) warn(hiddenMigrationsWarning(config.state.prefix));
+  const { others } = await otherMigrations(target, config.state.prefix, config.id, warn);
   const overlaps = targetOverlaps(config.rules, others);
   if (overlaps.length === 0) return;
   throw new RefusedError('migration_overlap', `Migration "${config.id}" writes where another migration writes: ${overlaps.join('; ')}. Each would take the other's keys for its own: count them as extraneous (copy --delete-extraneous deletes them, verify reports them), copy over them, and, once cut over, mirror them into its own etcd prefix. Nothing was written.`, {
