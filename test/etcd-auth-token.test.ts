@@ -5,7 +5,7 @@ import { EtcdSource } from '../src/stores/etcd.js';
 import { prefixRange } from '../src/stores/key-range.js';
 
 /**
- * The paged read calls etcd over its own grpc-js channel (etcd-channel.ts),
+ * The paged read calls etcd over its own HTTP/2 channel (etcd-channel.ts),
  * so an expired session token is its own to handle: with a token that
  * lives one second, a read after the token expired signs in again and reads
  * the whole range, as etcd3's own calls do.

@@ -4,7 +4,7 @@ import type { SourceEntry } from './types.js';
 /**
  * The wire format of the etcd calls every command makes, by hand: `KV/Range`
  * (the paged read), `Maintenance/Status` and `Auth/Authenticate`. With these,
- * a command that only reads etcd runs on grpc-js alone (`etcd-channel.ts`);
+ * a command that only reads etcd runs on `node:http2` alone (`etcd-channel.ts`);
  * `etcd3`, which compiles etcd's whole `rpc.proto` with protobufjs when it
  * loads, is loaded only by the commands that watch, write or read leases.
  *

@@ -142,7 +142,7 @@ export class EtcdSource implements SourceReader {
     this.tls = connection.tls;
     this.endpoints = connection.endpoints.map(redactUrl).join(',');
     this.endpointCount = connection.endpoints.length;
-    this.channel = new EtcdChannel({ ...connection, timeoutMs: this.timeoutMs, grpcOptions: GRPC_OPTIONS });
+    this.channel = new EtcdChannel({ ...connection, timeoutMs: this.timeoutMs, maxMessageBytes: RECEIVE_LIMIT_BYTES });
   }
 
   private get timeoutMs(): number {
