@@ -670,6 +670,29 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 60_000);
 
+  it('large values an application wrote in Consul after the cutover reach etcd in txns etcd takes (six of 400 KB passed its request limit in one, and the mirror retried it forever)', async () => {
+    const s = scenario('bigvals');
+    await seed(s);
+    await cutOverApp(s);
+    // Written while no dual-run runs: its first pass takes all six at once.
+    const values = [0, 1, 2, 3, 4, 5].map((i) => randomBytes(400_000));
+    for (const [i, value] of values.entries()) await target.putKey(`${s.id}/app/b${i}`, value);
+    const dr = await startDualRun(s.dir);
+    try {
+      await eventually('the six values in etcd', async () => {
+        for (const [i, value] of values.entries()) if (!(await etcd.get(`${s.root}/app/b${i}`).buffer())?.equals(value)) return false;
+        return true;
+      }, 30_000);
+      // And the rule's later changes go on reaching etcd.
+      await target.putKey(`${s.id}/app/k0`, Buffer.from('after'));
+      await eventually('a later Consul write in etcd', async () => (await etcdValue(`${s.root}/app/k0`)) === 'after');
+      expect(dr.stderr()).not.toMatch(/request is too large/);
+      expect(await dr.metrics()).not.toMatch(/^migrate_dualrun_errors_total/m);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
   it('finalize says how many of the rule\'s Consul keys still hang on etcd leases (they go with the lease, or once no dual-run renews their sessions)', async () => {
     const s = scenario('finlease');
     await seed(s);

@@ -602,6 +602,10 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           stats.reverseOps += n;
           ctx.publish();
         },
+        onError: (kind) => {
+          stats.errors[kind] = (stats.errors[kind] ?? 0) + 1;
+          ctx.publish();
+        },
         onGuardTrip: (detail) => {
           stats.guardTrips++;
           ctx.publish();

@@ -1,3 +1,4 @@
+import { isMigrateError } from '../errors.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { findRule, routeKey, routeTargetKey } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
@@ -64,6 +65,30 @@ export class OwnWrites {
   }
 }
 
+/** `ops` in txns of at most {@link REVERSE_TXN_OPS} ops and {@link REVERSE_TXN_BYTES} bytes (a larger op alone), in order. */
+export function reverseBatches(ops: readonly SourceWriteOp[]): SourceWriteOp[][] {
+  const batches: SourceWriteOp[][] = [];
+  let batch: SourceWriteOp[] = [];
+  let bytes = 0;
+  for (const op of ops) {
+    const size = opBytes(op);
+    if (batch.length > 0 && (batch.length >= REVERSE_TXN_OPS || bytes + size > REVERSE_TXN_BYTES)) {
+      batches.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(op);
+    bytes += size;
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+}
+
+/** What an op adds to a txn request: its key and value, and a little framing. */
+function opBytes(op: SourceWriteOp): number {
+  return op.key.length + (op.verb === 'put' ? op.value.length : 0) + 16;
+}
+
 /** Deletes that a mirror derives itself never remove more than this share of a rule's keys (and more than 10) without a flag. */
 export function reverseDeleteGuardTrips(deletes: number, keys: number): boolean {
   return deletes > 10 && deletes > keys * 0.1;
@@ -93,6 +118,8 @@ export interface ReverseMirrorDeps {
    */
   onChangedSince: (entry: SourceEntry) => Promise<void>;
   onApplied: (ops: number) => void;
+  /** A pass that failed (retried after a backoff), or a value etcd refuses to take: counted by the error's `kind`. */
+  onError: (kind: string) => void;
   onGuardTrip: (detail: string) => void;
   /** A session of an etcd lease found gone (Consul took its keys): the lease pass checks that lease next, and writes them back while it lives. */
   onLeaseSessionGone: (session: string) => void;
@@ -102,6 +129,14 @@ export interface ReverseMirrorDeps {
 
 /** etcd ops per reverse txn (etcd's default limit is 128). */
 const REVERSE_TXN_OPS = 100;
+/**
+ * Bytes of keys and values per reverse txn. etcd refuses a request over its
+ * `--max-request-bytes` (1.5 MiB by default) as "request is too large": a few
+ * large values in one txn passed that, and the mirror retried the same txn
+ * forever while no other change of the rule reached etcd. A single op larger
+ * than this goes alone.
+ */
+export const REVERSE_TXN_BYTES = 1024 * 1024;
 
 /**
  * Consul → etcd for one rule after its cutover: blocking queries on the
@@ -161,6 +196,7 @@ export class ReverseMirror {
         backoff = 250;
       } catch (err) {
         if (signal.aborted) break;
+        this.deps.onError(isMigrateError(err) ? err.code : 'internal');
         log('warn', `reverse mirror of rule ${rule.name}: ${(err as Error).message}; retrying in ${backoff} ms`);
         await sleep(backoff, signal);
         backoff = Math.min(10_000, backoff * 2);
@@ -352,10 +388,33 @@ export class ReverseMirror {
   }
 
   private async apply(ops: SourceWriteOp[]): Promise<void> {
-    for (let i = 0; i < ops.length; i += REVERSE_TXN_OPS) {
-      const part = ops.slice(i, i + REVERSE_TXN_OPS);
+    for (const part of reverseBatches(ops)) await this.applyPart(part);
+  }
+
+  /**
+   * One txn. One that etcd finds too large all the same (its limit set below
+   * 1.5 MiB) is split in two; a lone put it refuses is a value etcd cannot
+   * take: said, counted, and left out, so the rule's other changes go on
+   * reaching etcd. etcd keeps its old value; a rollback's parity check refuses
+   * until the two agree.
+   */
+  private async applyPart(part: SourceWriteOp[]): Promise<void> {
+    try {
       await this.deps.own.track(this.deps.writer.applyTxn(part));
-      this.deps.onApplied(part.length);
+    } catch (err) {
+      if (!/request is too large/i.test((err as Error).message)) throw err;
+      if (part.length > 1) {
+        const half = part.length >> 1;
+        await this.applyPart(part.slice(0, half));
+        await this.applyPart(part.slice(half));
+        return;
+      }
+      const op = part[0]!;
+      const bytes = opBytes(op);
+      this.deps.onError('etcd_request_too_large');
+      this.deps.log('error', `reverse mirror of rule ${this.deps.rule.name}: etcd refuses the write of ${formatKey(op.key)} (${bytes} bytes) as a request too large; etcd keeps its old value there, and a rollback of the rule is refused until the two agree. Raise etcd's --max-request-bytes above ${bytes + 4096}, then restart the dual-run: its first pass writes the value.`, { rule: this.deps.rule.name });
+      return;
     }
+    this.deps.onApplied(part.length);
   }
 }
