@@ -29,5 +29,11 @@ describe('the verify verdict line', () => {
     // A key an application locks with its own session: copy leaves it, so the next step says who acts first.
     const held = { ...result, differences: result.differences.map((d, i) => (i === 0 ? { ...d, reason: 'foreign-session' } : d)) };
     expect(renderVerify(held, 'text')).toMatch(/^Next: .* Keys held by a session this migration does not own \(foreign-session\) are left alone by copy: their holder releases them first\.$/m);
+    // The dual-run stopped: etcd's changes since its checkpoint are its to apply, and starting it comes first.
+    const stopped = { ...result, cut: { ...result.cut, cut: 'immediate' as const, reason: 'dualrun-stopped' as const } };
+    expect(renderVerify(stopped, 'text')).toMatch(/^Next: no dual-run replicated during this verify, so etcd's changes since its checkpoint count as drift: start `migrate dualrun` \(it resumes from its checkpoint and applies them\), then verify again\. For what still differs then: with the dual-run stopped, run `migrate copy`/m);
+    // One round against a running dual-run: its writes in flight are among the differences.
+    const oneRound = { ...result, cut: { ...result.cut, cut: 'checkpoint' as const, reason: 'dualrun-running' as const } };
+    expect(renderVerify(oneRound, 'text')).toMatch(/^Next: verify ran one round \(--rounds 1\) while a dual-run replicated: a key it was still writing counts as a difference too\. Verify again with more rounds/m);
   });
 });

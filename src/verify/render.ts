@@ -144,7 +144,16 @@ function nextAfterDrift(result: VerifyResult): string | undefined {
     return 'a running dual-run makes a lost session again and writes its keys at its next check of the lease (within about a minute): verify again then; with no dual-run running, start `migrate dualrun`.';
   }
   const held = result.differences.some((d) => d.reason === 'foreign-session') ? ' Keys held by a session this migration does not own (foreign-session) are left alone by copy: their holder releases them first.' : '';
-  return `these keys stay as they are in Consul until they next change in etcd (the dual-run replicates etcd's changes only). To write etcd's values again: with the dual-run stopped, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from its checkpoint), then verify.${held}`;
+  const copy = `with the dual-run stopped, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from its checkpoint), then verify.${held}`;
+  // A dual-run that is stopped has etcd's changes since its checkpoint still to apply: most of this drift, which it mends.
+  if (result.cut.cut === 'immediate' && result.cut.reason === 'dualrun-stopped') {
+    return `no dual-run replicated during this verify, so etcd's changes since its checkpoint count as drift: start \`migrate dualrun\` (it resumes from its checkpoint and applies them), then verify again. For what still differs then: ${copy}`;
+  }
+  // One round tells no write in flight from drift: a later round would have read the differing keys again.
+  if (result.cut.cut === 'checkpoint' && result.rounds.length === 1) {
+    return `verify ran one round (--rounds 1) while a dual-run replicated: a key it was still writing counts as a difference too. Verify again with more rounds (the default is 3) to tell writes in flight from drift; for what persists: ${copy}`;
+  }
+  return `these keys stay as they are in Consul until they next change in etcd (the dual-run replicates etcd's changes only). To write etcd's values again: ${copy}`;
 }
 
 function renderText(result: VerifyResult): string {

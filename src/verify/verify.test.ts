@@ -2,6 +2,7 @@ import { Ajv } from 'ajv';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
+import type { MigrateError } from '../errors.js';
 import { createValueHasher } from '../report/hash.js';
 import { checkIdOf } from '../services/registration.js';
 import { syncServiceRule } from '../services/sync.js';
@@ -27,8 +28,8 @@ function world() {
   const target = new MemoryTarget();
   const set = (key: string, value: string | Buffer, session?: string) =>
     target.entries.set(key, { key, value: Buffer.isBuffer(value) ? value : Buffer.from(value), flags: 0, modifyIndex: 5, ...(session ? { session } : {}) });
-  const checkpoint = (revision: number, by: 'copy' | 'dualrun', updated: Date) =>
-    set('_migrate/demo/checkpoint', JSON.stringify({ schemaVersion: 1, revision, updated: updated.toISOString(), by }));
+  const checkpoint = (revision: number, by: 'copy' | 'dualrun', updated: Date, stopped?: Date) =>
+    set('_migrate/demo/checkpoint', JSON.stringify({ schemaVersion: 1, revision, updated: updated.toISOString(), by, ...(stopped ? { stopped: stopped.toISOString() } : {}) }));
   // A copy has run: the migration's identity is recorded (verify records nothing without it).
   set('_migrate/demo/meta', JSON.stringify({ schemaVersion: 1, id: 'demo', etcdClusterId: source.clusterId, datacenters: ['dc1'], mappingHash: mappingHash(loaded.config), created: '2025-03-01T00:00:00Z', toolVersion: 'test' }));
   return { source, target, set, checkpoint };
@@ -337,15 +338,43 @@ rules:
     expect(new XMLParser({ ignoreAttributes: false }).parse(xml).testsuites.testsuite.testcase.error['@_type']).toBe('verify_cut_timeout');
   });
 
-  it('a dual-run that dies while verify waits for its checkpoint (kill -9): once the checkpoint is stale, an immediate cut, not the whole --wait-timeout and verify_cut_timeout', async () => {
+  it('a dual-run whose checkpoint stops moving while verify waits (killed, or frozen with writes in flight): waited for to --wait-timeout, then verify_cut_timeout saying it stalled or died, not its writes in flight as drift', async () => {
     const w = world();
     seedParity(w);
     const time = fakeTime();
     w.checkpoint(1, 'dualrun', time.now());
+    const started = time.now().getTime();
+    const failed = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ now: time.now, sleep: time.sleep, waitTimeoutMs: 120_000 })).catch((err: unknown) => err);
+    expect(failed).toMatchObject({ code: 'verify_cut_timeout', exitCode: 4 });
+    expect(String((failed as Error).message)).toMatch(/stayed at etcd revision 1, behind revision \d+, for 120 s, and was last written 120 s ago: the dual-run stalled \(a frozen process, or a server that does not answer\) or died/);
+    expect((failed as MigrateError).hint).toMatch(/its \/healthz \(stalled\?\) and its logs; start it again if it died/);
+    expect(time.now().getTime() - started).toBeGreaterThanOrEqual(120_000);
+  });
+
+  it('a dual-run frozen for 30 s while verify waits, then going on: the checkpoint cut once it reaches the revision, no drift', async () => {
+    const w = world();
+    seedParity(w);
+    const revision = (await w.source.status()).revision;
+    let frozenUntil = 0;
+    const time = fakeTime((_ms, now) => {
+      frozenUntil ||= now.getTime() + 30_000;
+      if (now.getTime() >= frozenUntil) w.checkpoint(revision, 'dualrun', now);
+    });
+    w.checkpoint(revision - 1, 'dualrun', time.now());
+    const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ now: time.now, sleep: time.sleep, waitTimeoutMs: 120_000 }));
+    expect(result.cut).toMatchObject({ cut: 'checkpoint', reason: 'dualrun-running', checkpoint: revision });
+    expect(result.rounds[0]!.waitedMs).toBeGreaterThanOrEqual(30_000);
+    expect(result.clean).toBe(true);
+  });
+
+  it('a dual-run that stops cleanly while verify waits (its checkpoint marked stopped): an immediate cut at once, nothing more will be replicated', async () => {
+    const w = world();
+    seedParity(w);
+    const time = fakeTime((_ms, now) => w.checkpoint(1, 'dualrun', now, now));
+    w.checkpoint(1, 'dualrun', time.now());
     const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ now: time.now, sleep: time.sleep, waitTimeoutMs: 120_000 }));
     expect(result.cut).toMatchObject({ cut: 'immediate', reason: 'dualrun-stopped', checkpoint: 1 });
-    expect(result.rounds[0]!.waitedMs).toBeGreaterThan(20_000);
-    expect(result.rounds[0]!.waitedMs).toBeLessThan(30_000);
+    expect(result.rounds[0]!.waitedMs).toBeLessThan(5_000);
   });
 
   it('a stale dual-run checkpoint counts as stopped: immediate cut with a warning', async () => {

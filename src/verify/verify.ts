@@ -550,19 +550,25 @@ class CutTaker {
     while (doc && doc.revision < revision) {
       this.options.onProgress?.({ type: 'waiting', revision, checkpoint: doc.revision });
       if (clock() >= deadline) {
-        throw new RefusedError('verify_cut_timeout', `The dual-run's checkpoint stayed at etcd revision ${doc.revision}, behind revision ${revision}, for ${Math.round(this.options.waitTimeoutMs / 1000)} s: verify found no consistent cut.`, {
-          hint: 'Check that the dual-run is running and keeping up (its logs; migrate_dualrun_lag_seconds on its /metrics); after a burst of writes, pass a longer --wait-timeout.',
-          details: { revision, checkpoint: doc.revision, waitTimeoutMs: this.options.waitTimeoutMs },
+        const ageMs = readCheckpointState(doc, doc, clock()).ageMs ?? 0;
+        const still = ageMs > 2 * DUALRUN_HEARTBEAT_MS;
+        throw new RefusedError('verify_cut_timeout', `The dual-run's checkpoint stayed at etcd revision ${doc.revision}, behind revision ${revision}, for ${Math.round(this.options.waitTimeoutMs / 1000)} s${still ? `, and was last written ${Math.round(ageMs / 1000)} s ago: the dual-run stalled (a frozen process, or a server that does not answer) or died` : ''}: verify found no consistent cut.`, {
+          hint: still
+            ? 'Check the dual-run: its /healthz (stalled?) and its logs; start it again if it died (it resumes from its checkpoint), then verify.'
+            : 'Check that the dual-run is running and keeping up (its logs; migrate_dualrun_lag_seconds on its /metrics); after a burst of writes, pass a longer --wait-timeout.',
+          details: { revision, checkpoint: doc.revision, waitTimeoutMs: this.options.waitTimeoutMs, ...(still ? { checkpointAgeMs: ageMs } : {}) },
         });
       }
       await this.sleep(Math.min(this.options.pollMs ?? CHECKPOINT_POLL_MS, Math.max(1, deadline - clock())), this.options.signal);
       checkAborted(this.options.signal);
       const previous = doc;
       doc = await readState<CheckpointState>(this.target, key);
-      // The dual-run died (kill -9) or stopped while it was waited for: no cut to wait for any more, and
-      // not a lagging dual-run (verify_cut_timeout once --wait-timeout ran out): compared at once.
+      // The dual-run stopped cleanly (its checkpoint says so) or is gone while it was waited for: nothing
+      // more will be replicated, so compared at once, and what etcd changed since is drift. A checkpoint
+      // that only stopped moving is waited for to the end: a dual-run frozen for a while (SIGSTOP, a
+      // stalled server) still has etcd's changes in flight, not drift (verify_cut_timeout then, exit 4).
       const now = readCheckpointState(doc, previous, clock());
-      if (!now.running) {
+      if (!now.running && (doc?.by !== 'dualrun' || doc.stopped !== undefined)) {
         this.last = doc;
         return { ...base, cut: 'immediate', checkpoint: doc?.revision ?? null, reason: now.reason, waitedMs: clock() - began };
       }
