@@ -163,13 +163,13 @@ function renderText(result: VerifyResult): string {
   const services = result.rules.some((r) => r.action === 'service');
   for (const r of result.rounds) {
     lines.push(r.round === 1
-      ? `  round 1: ${services ? plural(r.checked, 'key or service instance', 'keys and service instances') : plural(r.checked, 'key')} compared, ${r.differences} differ`
-      : `  round ${r.round} (revision ${r.revision}, cut ${r.cut}): ${r.checked} re-checked, ${r.differences} still differ, ${r.settled} settled`);
+      ? `  round 1: ${services ? plural(r.checked, 'key or service instance', 'keys and service instances') : plural(r.checked, 'key')} compared, ${formatCount(r.differences)} differ`
+      : `  round ${r.round} (revision ${r.revision}, cut ${r.cut}): ${formatCount(r.checked)} re-checked, ${formatCount(r.differences)} still differ, ${formatCount(r.settled)} settled`);
   }
   lines.push('');
   lines.push(`${'rule'.padEnd(18)} ${'status'.padEnd(13)} ${'etcd'.padStart(9)} ${'compared'.padStart(9)} ${'consul'.padStart(9)} ${'diffs'.padStart(7)} ${'settled'.padStart(7)} ${'unmappable'.padStart(10)}`);
   for (const r of result.rules) {
-    lines.push(`${r.name.padEnd(18)} ${statusWord(r.status).padEnd(13)} ${String(r.sourceKeys).padStart(9)} ${String(r.compared).padStart(9)} ${String(r.targetKeys).padStart(9)} ${String(r.differences).padStart(7)} ${String(r.settled).padStart(7)} ${String(unmappableCount(r)).padStart(10)}`);
+    lines.push(`${r.name.padEnd(18)} ${statusWord(r.status).padEnd(13)} ${formatCount(r.sourceKeys).padStart(9)} ${formatCount(r.compared).padStart(9)} ${formatCount(r.targetKeys).padStart(9)} ${formatCount(r.differences).padStart(7)} ${formatCount(r.settled).padStart(7)} ${formatCount(unmappableCount(r)).padStart(10)}`);
   }
   lines.push('');
   for (const r of result.rules) {
@@ -371,7 +371,7 @@ function renderMarkdown(result: VerifyResult): string {
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|');
   for (const r of result.rules) {
     const status = r.status === 'parity' ? '✅ parity' : r.status === 'within-budget' ? `☑️ within budget (${r.differences}/${r.budget})` : '❌ drift';
-    lines.push(`| ${mdCode(r.name)}${r.action === 'service' ? ' (service)' : ''} | ${status} | ${r.sourceKeys} | ${r.compared} | ${r.targetKeys} | ${r.differences}${r.differences ? ` (${kindCounts(r.byKind)})` : ''} | ${r.settled} | ${unmappableCount(r) ? `${unmappableCount(r)} (${mdText(unmappableText(r))})` : 0} |`);
+    lines.push(`| ${mdCode(r.name)}${r.action === 'service' ? ' (service)' : ''} | ${status} | ${formatCount(r.sourceKeys)} | ${formatCount(r.compared)} | ${formatCount(r.targetKeys)} | ${formatCount(r.differences)}${r.differences ? ` (${kindCounts(r.byKind)})` : ''} | ${formatCount(r.settled)} | ${unmappableCount(r) ? `${formatCount(unmappableCount(r))} (${mdText(unmappableText(r))})` : 0} |`);
   }
   if (result.rules.some((r) => r.action === 'service')) {
     lines.push('');
