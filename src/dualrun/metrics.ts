@@ -93,7 +93,7 @@ export class DualRunMetrics {
       });
     }
     for (const [field, help] of [
-      ['events', 'etcd events replicated'], ['ops', 'Consul KV ops applied'], ['txns', 'Consul txns applied'],
+      ['events', 'etcd events the watch delivered in the mapped ranges, whatever became of them (replicated, skipped as keep or unmappable, late writes under a cut-over rule, its own reverse writes)'], ['ops', 'Consul KV ops applied'], ['txns', 'Consul txns applied'],
       ['splitRevisions', 'etcd revisions too large for one txn, applied in parts'], ['rebaselines', 're-baselines after etcd compaction'],
       ['largePuts', 'values too large for a txn, written by single PUT'], ['repairs', 'txns re-planned after a failed lock check'],
       ['unmappable', 'etcd puts under a copy rule that Consul cannot take (key not servable, value over its limit): not replicated'],
