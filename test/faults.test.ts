@@ -157,6 +157,31 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
     expect((await target.listKeys(`${s.id}/app/`)).length).toBe(3000);
   }, 120_000);
 
+  it('a dual-run whose etcd connection goes silent for good (no reset: a partition, a dropped NAT entry) opens a new one and catches up by itself', async () => {
+    const s = scenario('fault-stranded');
+    for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i}`).value('seed');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const dualrun = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: etcdProxy.url });
+    try {
+      // Its watch is open and has heard from etcd: the connection to strand is the one it watches on.
+      await eventually('leads and catches up', async () => {
+        const h = (await (await fetch(`http://127.0.0.1:${dualrun.metricsPort}/healthz`)).json()) as { status?: string; lagRevisions?: number };
+        return h.status === 'ready' && h.lagRevisions === 0;
+      });
+      expect(etcdProxy.proxy.strand()).toBeGreaterThan(0);
+      for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i}`).value(`after-${i}`);
+      // Keepalive pings go unanswered (about 15 s), or the watch stays silent though progress is asked every second
+      // (30 s): it is opened again on a new connection.
+      await waitCaughtUp(etcd, target, s.id, 90_000);
+      expect(dualrun.stderr()).toMatch(/etcd at .* is unreachable|etcd's watch answered nothing for \d+ s/);
+    } catch (err) {
+      process.stderr.write(`proxy: etcd ${etcdProxy.proxy.describe()}\ndual-run stderr:\n${dualrun.stderr().slice(-4000)}\n`);
+      throw err;
+    }
+    expect(await checkParity(etcd, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+    expect(await dualrun.stop()).toBe(0);
+  }, 120_000);
+
   it('a dual-run under a writer keeps going through resets, delays and blackholes; its lag recovers and parity holds', async () => {
     const s = scenario('fault-dualrun');
     for (let i = 0; i < 100; i++) await etcd.put(`${s.root}/app/k${i}`).value('seed');

@@ -89,6 +89,21 @@ export class EtcdChannel {
     this.retired.clear();
   }
 
+  /**
+   * Takes every connection for dead (a watch on the same etcd went silent: a
+   * partition drops them all): each member's next call opens a new one,
+   * rather than each call waiting out its deadline first.
+   */
+  reconnect(): void {
+    if (this.closed) return;
+    for (const [index, member] of this.members.entries()) {
+      if (!member.session) continue;
+      this.members[index] = this.member(member.authority);
+      if (member.calls > 0) this.retired.add(member);
+      else member.session.destroy();
+    }
+  }
+
   async unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
     if (this.closed) throw new Error('the etcd connection is closed');
     const index = this.current;

@@ -116,7 +116,24 @@ function wireEnd(end: Buffer): Buffer {
 /** A page of values above this is followed by a smaller page. */
 const PAGE_BYTES_TARGET = 32 * 1024 * 1024;
 const RECEIVE_LIMIT_BYTES = 256 * 1024 * 1024;
-const GRPC_OPTIONS = { 'grpc.max_receive_message_length': RECEIVE_LIMIT_BYTES, 'grpc.max_send_message_length': 16 * 1024 * 1024 };
+/**
+ * The `etcd3` client's channel. Keepalive pings while a call is open (the watch
+ * always is): a connection that goes silent without closing (a partition, a
+ * NAT or load balancer that dropped it, a peer gone without a reset) fails the
+ * watch after 15 s, and the dual-run opens it again on a new connection; without
+ * them it waited on the dead one for good, its checkpoint stalled. etcd refuses
+ * pings more often than every 5 s (`--grpc-keepalive-min-time`), and pings with
+ * no call open unless told otherwise, so neither is done.
+ */
+const GRPC_OPTIONS = {
+  'grpc.max_receive_message_length': RECEIVE_LIMIT_BYTES,
+  'grpc.max_send_message_length': 16 * 1024 * 1024,
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  // A client of its own connections: grpc-js shares them between clients of the same address and options, and the
+  // client made to replace one whose watch went silent would have used the same dead connection again.
+  'grpc.use_local_subchannel_pool': 1,
+};
 /** Attempts at one page when the connection to etcd breaks (about 8 s of backoff in all). */
 const PAGE_READ_ATTEMPTS = 6;
 
@@ -136,6 +153,8 @@ export class EtcdSource implements SourceReader {
   private readonly retired: Etcd3[] = [];
   /** How many times the TLS files were found renewed. */
   private tlsRenewals = 0;
+  /** Whether this etcd has answered a watch's progress request (3.4 and later do): a watch's silence then means a dead connection. */
+  private readonly watchProgress = { answered: false };
   private closed = false;
 
   constructor(private readonly connection: EtcdConnection) {
@@ -274,8 +293,19 @@ export class EtcdSource implements SourceReader {
 
   async watch(range: KeyRange, fromRevision: number): Promise<SourceWatch> {
     const stream = await this.call('watch', () => this.client.watchClient.watch());
+    const client = this.etcd3;
     // At run time this is a grpc-js ClientDuplexStream, which also pauses, resumes and cancels.
-    return new EtcdWatch(stream as unknown as WatchStream, range, fromRevision, (err) => this.toError(err, 'watch'));
+    return new EtcdWatch(stream as unknown as WatchStream, range, fromRevision, (err) => this.toError(err, 'watch'), {
+      progress: this.watchProgress,
+      // The connections are left to the calls still on them; the next call opens new ones (reads too: a partition
+      // silenced them as well, and each read would wait out its deadline first).
+      dead: () => {
+        this.channel.reconnect();
+        if (!client || this.etcd3 !== client) return;
+        this.retired.push(client);
+        this.etcd3 = undefined;
+      },
+    });
   }
 
   /** Runs one etcd call, turning the client's errors into the tool's typed errors. */
@@ -385,6 +415,21 @@ interface WatchStream {
  * cancel becomes {@link SourceCompactedError} and any stream failure ends the
  * iteration with a typed error, so the caller resumes from its own position.
  */
+/**
+ * How long a watch may stay silent, while progress is asked of it every
+ * second, before its connection is taken for dead: one that went silent
+ * without closing (a partition, a dropped NAT entry) failed nothing, and the
+ * dual-run waited on it for good. Keepalive pings (15 s) find most such
+ * connections first; not one that went silent before etcd confirmed the watch.
+ */
+const WATCH_SILENT_MS = 30_000;
+
+/** What a watch shares with its source: whether etcd answers progress requests, and what to do about a dead connection. */
+interface WatchLiveness {
+  progress: { answered: boolean };
+  dead: () => void;
+}
+
 class EtcdWatch implements SourceWatch {
   private readonly queue: WatchMessage[] = [];
   private failure: Error | undefined;
@@ -396,8 +441,10 @@ class EtcdWatch implements SourceWatch {
   private queuedRevisions = 0;
   /** etcd's revision in the last response's header. */
   private latest = 0;
+  /** When etcd last sent anything on this watch. */
+  private heardAt = Date.now();
 
-  constructor(private readonly stream: WatchStream, range: KeyRange, private readonly fromRevision: number, toError: (err: unknown) => Error) {
+  constructor(private readonly stream: WatchStream, range: KeyRange, private readonly fromRevision: number, toError: (err: unknown) => Error, private readonly liveness: WatchLiveness) {
     stream.on('data', (response) => this.onData(response));
     stream.on('error', (err) => this.finish(toError(err)));
     stream.on('end', () => this.finish(undefined));
@@ -414,6 +461,7 @@ class EtcdWatch implements SourceWatch {
   }
 
   private onData(response: IWatchResponse): void {
+    this.heardAt = Date.now();
     if (response.canceled) {
       const compact = Number(response.compact_revision ?? 0);
       this.finish(compact > 0 ? new SourceCompactedError(compact, this.fromRevision) : new ServerError('etcd_watch_canceled', `etcd canceled the watch: ${response.cancel_reason || 'no reason given'}.`));
@@ -428,7 +476,10 @@ class EtcdWatch implements SourceWatch {
     const events = response.events ?? [];
     if (events.length === 0) {
       // Progress notifications are only sent for synced watchers: every revision up to `header` has been delivered.
-      if (this.created) this.push({ kind: 'progress', revision: header });
+      if (this.created) {
+        this.liveness.progress.answered = true;
+        this.push({ kind: 'progress', revision: header });
+      }
       return;
     }
     let current: WatchMessage & { kind: 'revision' } | undefined;
@@ -473,8 +524,22 @@ class EtcdWatch implements SourceWatch {
     return this.queuedRevisions;
   }
 
+  /**
+   * Asks etcd for a progress notification. A watch silent for
+   * {@link WATCH_SILENT_MS} meanwhile (not held back by a full queue) ends with
+   * `etcd_unreachable`, and the source's next call opens a new connection: if
+   * etcd never confirmed the watch, or if it answers progress requests (an
+   * older etcd that does not stays silent on an idle range).
+   */
   requestProgress(): void {
-    if (!this.ended) this.stream.write({ progress_request: {} });
+    if (this.ended) return;
+    const silentMs = Date.now() - this.heardAt;
+    if (!this.paused && silentMs > WATCH_SILENT_MS && (!this.created || this.liveness.progress.answered)) {
+      this.liveness.dead();
+      this.finish(new ServerError('etcd_unreachable', `etcd's watch answered nothing for ${Math.round(silentMs / 1000)} s though progress was asked every second: its connection is taken for dead (a partition, or a connection dropped on the way without a reset), and the watch is opened again on a new one.`));
+      return;
+    }
+    this.stream.write({ progress_request: {} });
   }
 
   latestRevision(): number {

@@ -11,6 +11,8 @@ export interface FaultCounts {
 interface Pipe {
   client: Socket;
   upstream: Socket;
+  /** Open, and forwarding nothing for good (see {@link FaultProxy.strand}). */
+  stranded?: boolean;
 }
 
 /**
@@ -20,7 +22,10 @@ interface Pipe {
  * - `blackhole()` stops forwarding in both directions (bytes are held, as a
  *   partition holds packets until TCP gives up), new connections included;
  *   `heal()` flushes what was held, `heal({ reset: true })` resets instead;
- * - `delay(ms)` holds every chunk that long before forwarding it, in order.
+ * - `delay(ms)` holds every chunk that long before forwarding it, in order;
+ * - `strand()` silences every open connection for good (its bytes dropped, no
+ *   reset: a NAT or load balancer that dropped it, a peer gone without a word),
+ *   while new connections pass.
  * Speaks no protocol: works for etcd's gRPC (HTTP/2) and Consul's HTTP alike.
  */
 export class FaultProxy {
@@ -69,7 +74,7 @@ export class FaultProxy {
           const wait = due - Date.now();
           if (wait > 0) await new Promise((r) => setTimeout(r, wait));
           if (this.holding) await new Promise<void>((r) => this.held.push(r));
-          if (!to.destroyed && to.writable) to.write(chunk);
+          if (!pipe.stranded && !to.destroyed && to.writable) to.write(chunk);
         }).catch(() => undefined);
       });
       from.on('end', () => void chain.then(() => to.end()));
@@ -118,6 +123,12 @@ export class FaultProxy {
     const held = this.held;
     this.held = [];
     for (const release of held) release();
+  }
+
+  /** Silences the open connections for good: they stay open and forward nothing more; new ones pass. */
+  strand(): number {
+    for (const pipe of this.pipes) pipe.stranded = true;
+    return this.pipes.size;
   }
 
   /** Delays every chunk by `ms` (0 ends the delay). */
