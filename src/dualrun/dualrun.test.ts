@@ -124,3 +124,40 @@ describe('a dual-run started behind etcd', () => {
     expect(atStart).toBe(head);
   });
 });
+
+describe('lease sessions while etcd hangs', () => {
+  it('are renewed on time while a lease pass waits on etcd (a read that hangs until its deadline), so Consul does not reap them and their keys', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/k', 'v', source.grantLease(10));
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    let hang = false;
+    const readLease = source.readLease.bind(source);
+    // As a read of an etcd that holds requests open: it fails at its deadline, 9 s on.
+    source.readLease = (id, options) => (hang ? new Promise((_, reject) => setTimeout(() => reject(new Error('etcd at x is unreachable (4 DEADLINE_EXCEEDED)')), 9_000)) : readLease(id, options));
+    // The lease's session (the leader lock's session is renewed too, apart).
+    const record = [...target.entries.values()].find((e) => e.key.startsWith('_migrate/demo/sessions/'))!;
+    const leaseSession = (JSON.parse(record.value.toString()) as { sessionId: string }).sessionId;
+    const renewedAt: number[] = [];
+    const renew = target.renewSession.bind(target);
+    target.renewSession = async (id) => {
+      if (id === leaseSession) renewedAt.push(Date.now());
+      return renew(id);
+    };
+    const stop = new AbortController();
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+      // A pass every 4 s; a 10 s session is due 1 s after its last renewal (renewed before half its TTL, counting the wait).
+      leaseEveryMs: 4_000,
+      copy: async () => { throw new Error('no re-baseline expected'); },
+    });
+    await vi.waitFor(() => expect(renewedAt.length).toBeGreaterThan(0), { timeout: 5_000 });
+    hang = true;
+    const from = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 8_500));
+    stop.abort();
+    await run;
+    // The pass at about 4 s renews, then waits on etcd; the next tick, 4 s later, renews apart from it.
+    expect(renewedAt.filter((t) => t >= from).length).toBeGreaterThanOrEqual(2);
+  }, 30_000);
+});

@@ -671,12 +671,19 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   // pile up renew every session several times over. Stopping ends the pass between leases.
   const maintenance = new AbortController();
   let maintaining: Promise<void> | undefined;
+  let renewing: Promise<void> | undefined;
   const leaseTimer = setInterval(() => {
-    maintaining ??= applier.maintainLeases(false, AbortSignal.any([maintenance.signal, ctx.lost]))
-      .catch((err) => {
-        if (!maintenance.signal.aborted && !ctx.lost.aborted) options.log('warn', `lease maintenance failed: ${(err as Error).message}`);
-      })
-      .finally(() => (maintaining = undefined));
+    const signal = AbortSignal.any([maintenance.signal, ctx.lost]);
+    const failed = (what: string) => (err: unknown) => {
+      if (!maintenance.signal.aborted && !ctx.lost.aborted) options.log('warn', `${what} failed: ${(err as Error).message}`);
+    };
+    if (!maintaining) {
+      maintaining = applier.maintainLeases(false, signal).catch(failed('lease maintenance')).finally(() => (maintaining = undefined));
+      return;
+    }
+    // A pass still waits on etcd (each lease read waits out its deadline while etcd does not answer): the sessions
+    // that come due meanwhile are renewed apart, or Consul reaps them and their keys while their leases live.
+    renewing ??= applier.renewDue(signal).then(() => undefined, failed('renewing the lease sessions')).finally(() => (renewing = undefined));
   }, options.leaseEveryMs ?? LEASE_EVERY_MS);
   leaseTimer.unref();
   let beating = false;
@@ -861,6 +868,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     clearInterval(stallTimer);
     maintenance.abort();
     await maintaining;
+    await renewing;
     if (checkTimer) clearInterval(checkTimer);
     if (heartbeatTimer) clearInterval(heartbeatTimer);
     sessions.stop();
@@ -1338,22 +1346,14 @@ class Applier {
    * all of them.
    */
   async maintainLeases(atStart = false, signal?: AbortSignal): Promise<void> {
-    const everyMs = this.options.leaseEveryMs ?? LEASE_EVERY_MS;
-    const now = Date.now();
-    const due = this.sessions.records().filter((r) =>
-      atStart || this.sessions.replaced.has(r.leaseId) || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= Math.min((r.ttlSeconds * 1000) / 2, LEASE_CHECK_MAX_MS));
+    const due = this.dueSessions(atStart);
     const limit = pLimit(LEASE_CHECKS_IN_FLIGHT);
     // Every due session is renewed first, apart from etcd: while etcd cannot say whether a lease ended (it is
     // down, or hangs until each call's deadline, as in a partition), its keys are still in etcd, and Consul must not
     // reap them meanwhile. Renewals paired with the lease checks reached the last sessions of a pass of hundreds
     // of leases, 16 checks at a time, each waiting out its deadline, only after Consul had reaped them.
     const renewing = Date.now();
-    const renewals = await Promise.allSettled(due.map((record) => limit(async () => {
-      if (signal?.aborted) return true;
-      const alive = await this.ctx.target.renewSession(record.sessionId);
-      if (alive) this.renewedAt.set(record.leaseId, renewing);
-      return alive;
-    })));
+    const renewals = await this.renew(due, renewing, limit, signal);
     // Then the leases in etcd. The first read etcd fails ends the pass (the rest would wait out the same outage one
     // by one); those leases are checked by a later pass. Settled, not raced: a pass ends when its last lease does,
     // so the next never overlaps this one.
@@ -1362,6 +1362,37 @@ class Applier {
     this.ctx.stats.sessions = this.sessions.own.size;
     const failed = outcomes.find((o) => o.status === 'rejected');
     if (failed) throw failed.reason;
+  }
+
+  /**
+   * Renews the sessions that are due, and nothing else: while a lease pass waits on etcd, the timer renews
+   * here meanwhile. A session Consul no longer has is left to the next pass (it re-creates it).
+   */
+  async renewDue(signal?: AbortSignal): Promise<void> {
+    const due = this.dueSessions(false).filter((r) => !this.sessions.replaced.has(r.leaseId));
+    await this.renew(due, Date.now(), pLimit(LEASE_CHECKS_IN_FLIGHT), signal);
+  }
+
+  /**
+   * The sessions to renew now: renewed before half their TTL has passed, counting the wait for the next
+   * pass (Consul reaps one only after a whole TTL without a renewal), and at least every
+   * {@link LEASE_CHECK_MAX_MS}; every one at start, and those the replication found replaced.
+   */
+  private dueSessions(atStart: boolean): SessionRecord[] {
+    const everyMs = this.options.leaseEveryMs ?? LEASE_EVERY_MS;
+    const now = Date.now();
+    return this.sessions.records().filter((r) =>
+      atStart || this.sessions.replaced.has(r.leaseId) || now - (this.renewedAt.get(r.leaseId) ?? 0) + everyMs >= Math.min((r.ttlSeconds * 1000) / 2, LEASE_CHECK_MAX_MS));
+  }
+
+  /** Renews `due` (whether each session still exists, or the failure), marking those renewed at `at`. */
+  private renew(due: readonly SessionRecord[], at: number, limit: ReturnType<typeof pLimit>, signal?: AbortSignal): Promise<PromiseSettledResult<boolean>[]> {
+    return Promise.allSettled(due.map((record) => limit(async () => {
+      if (signal?.aborted) return true;
+      const alive = await this.ctx.target.renewSession(record.sessionId);
+      if (alive) this.renewedAt.set(record.leaseId, at);
+      return alive;
+    })));
   }
 
   private async maintainLease(record: SessionRecord, renewal: PromiseSettledResult<boolean>, renewing: number, atStart: boolean, pass: { etcdFailed?: unknown }): Promise<void> {
