@@ -464,7 +464,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
         },
       });
       try {
-        const run = runCutover({ source, target: aborting, config, mapping, writer: new EtcdWriter(() => source.client, (err, what) => source.toError(err, what)) }, {
+        const run = runCutover({ source, target: aborting, config, mapping, writer: new EtcdWriter(source) }, {
           rules: ['app'], now: () => new Date(), by: 'test', cwd: s.dir, catchUpTimeoutMs: 10_000, acknowledgeTrips: false, sleep: async () => undefined, signal: controller.signal,
           drainMs: 0, maxVerifyAgeMs: 15 * 60_000, onWarning: () => undefined, verifyRule: () => Promise.reject(new Error('not reached')),
         });
@@ -489,7 +489,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     const source = etcdSource();
     const controller = new AbortController();
     try {
-      const run = runFinalize({ source, target, config, mapping, writer: new EtcdWriter(() => source.client, (err, what) => source.toError(err, what)) }, {
+      const run = runFinalize({ source, target, config, mapping, writer: new EtcdWriter(source) }, {
         rules: ['app'], now: () => new Date(), by: 'test', cwd: s.dir, catchUpTimeoutMs: 10_000, acknowledgeTrips: false, sleep: async () => undefined,
         deleteEtcd: true, exportEtcd: join(s.dir, 'app-etcd.json'), onWarning: () => undefined, signal: controller.signal,
         // The operator presses Ctrl-C while the command asks for confirmation, and the answer comes anyway.

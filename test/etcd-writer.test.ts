@@ -1,10 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
+import { createServer } from 'node:net';
+import { EtcdSource } from '../src/stores/etcd.js';
 import { deleteUnchangedSince, EtcdWriter, SourceChangedError } from '../src/stores/etcd-writer.js';
-import { rawEtcd } from './support/harness.js';
+import { etcdSource, rawEtcd, servers } from './support/harness.js';
 
 const etcd = rawEtcd();
-afterAll(() => etcd.close());
+const source = etcdSource();
+afterAll(() => {
+  etcd.close();
+  source.close();
+});
 
 describe('deleting etcd keys read at a revision (finalize --delete-etcd), on a real etcd', () => {
   it('deletes the keys unchanged since the read and keeps those written after it, in txns of 128 retried key by key', async () => {
@@ -18,7 +24,7 @@ describe('deleting etcd keys read at a revision (finalize --delete-etcd), on a r
     await etcd.delete().key(keys[200]!);
     await etcd.put(keys[200]!).value('recreated');
 
-    const kept = await deleteUnchangedSince(new EtcdWriter(() => etcd), keys, revision);
+    const kept = await deleteUnchangedSince(new EtcdWriter(source), keys, revision);
 
     expect(kept.map(String).sort()).toEqual([keys[5]!, keys[200]!, keys[290]!].map(String));
     const left = await etcd.getAll().prefix(root).strings();
@@ -31,10 +37,30 @@ describe('deleting etcd keys read at a revision (finalize --delete-etcd), on a r
     await etcd.put(`${root}b`).value('1');
     const revision = Number((await etcd.get(`${root}b`).exec()).header.revision);
     await etcd.put(`${root}b`).value('2');
-    await expect(new EtcdWriter(() => etcd).applyTxn([
+    await expect(new EtcdWriter(source).applyTxn([
       { verb: 'delete', key: Buffer.from(`${root}a`), unchangedSince: revision },
       { verb: 'delete', key: Buffer.from(`${root}b`), unchangedSince: revision },
     ])).rejects.toBeInstanceOf(SourceChangedError);
     expect(await etcd.getAll().prefix(root).strings()).toEqual({ [`${root}a`]: '1', [`${root}b`]: '2' });
+  });
+
+  it('with one endpoint of two down, every write reaches the live one: etcd3 picks an endpoint at random and does not fail over (doctor\'s write probe failed half the time)', async () => {
+    // A port nothing listens on: the connection is refused, and the write never left.
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const twoMembers = new EtcdSource({ endpoints: [`http://127.0.0.1:${port}`, servers().etcdEndpoint] });
+    const root = `/writer-${randomBytes(3).toString('hex')}/`;
+    try {
+      const writer = new EtcdWriter(twoMembers);
+      for (let i = 0; i < 12; i++) {
+        await writer.probeWrite(Buffer.from(root));
+        await writer.applyTxn([{ verb: 'put', key: Buffer.from(`${root}k${i}`), value: Buffer.from('v') }]);
+      }
+      expect(Object.keys(await etcd.getAll().prefix(root).strings())).toHaveLength(12);
+    } finally {
+      twoMembers.close();
+    }
   });
 });

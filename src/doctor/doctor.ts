@@ -294,7 +294,7 @@ async function checkAnonymousAccess(connections: Connections, timeoutMs: number,
 async function checkEtcdWrite(etcd: EtcdSource, config: MigrationConfig, checks: DoctorCheck[]): Promise<void> {
   const prefixes = config.rules.filter((r) => r.action === 'copy').map((r) => r.from);
   if (prefixes.length === 0 || checks.some((c) => c.name === 'etcd.read' && c.status !== 'ok')) return;
-  const writer = new EtcdWriter(() => etcd.client, (err, what) => etcd.toError(err, what));
+  const writer = new EtcdWriter(etcd);
   const denied: string[] = [];
   for (const prefix of prefixes) {
     try {

@@ -1,5 +1,4 @@
 import type { Etcd3 } from 'etcd3';
-import { MigrateError, ServerError } from '../errors.js';
 import { prefixRange } from './key-range.js';
 
 /**
@@ -37,24 +36,32 @@ export interface SourceWriter {
 /** etcd's default `--max-txn-ops`. */
 export const ETCD_TXN_MAX_OPS = 128;
 
+/** What a writer needs of its connection to etcd: an `EtcdSource`. */
+export interface WriterConnection {
+  /** The `etcd3` client of each write (the source's current one: it is replaced when the TLS files are renewed). */
+  readonly client: Etcd3;
+  toError(err: unknown, what: string): Error;
+  /** Runs a write, repeated on another member only when it reached none (see `EtcdSource.unsent`). */
+  unsent<T>(fn: () => Promise<T>): Promise<T>;
+}
+
 export class EtcdWriter implements SourceWriter {
-  /** `client`: the `etcd3` client of each write (the source's current one: it is replaced when the TLS files are renewed). */
-  constructor(private readonly client: () => Etcd3, private readonly toError: (err: unknown, what: string) => Error = defaultError) {}
+  constructor(private readonly connection: WriterConnection) {}
 
   async applyTxn(ops: readonly SourceWriteOp[]): Promise<number> {
     if (ops.length === 0) throw new RangeError('an empty etcd txn writes nothing');
     if (ops.length > ETCD_TXN_MAX_OPS) throw new RangeError(`an etcd txn of ${ops.length} ops exceeds etcd's default limit of ${ETCD_TXN_MAX_OPS}; batch it first`);
     try {
-      const response = await this.client().kv.txn({
+      const response = await this.connection.unsent(() => this.connection.client.kv.txn({
         compare: ops.flatMap((op) => (op.verb === 'delete' && op.unchangedSince !== undefined ? [{ key: op.key, target: 'Mod' as const, result: 'Less' as const, mod_revision: String(op.unchangedSince + 1) }] : [])),
         success: ops.map((op) => (op.verb === 'put' ? { request_put: { key: op.key, value: op.value } } : { request_delete_range: { key: op.key } })),
         failure: [],
-      });
+      }));
       if (!response.succeeded) throw new SourceChangedError();
       return Number(response.header.revision);
     } catch (err) {
       if (err instanceof SourceChangedError) throw err;
-      throw this.toError(err, 'write (txn)');
+      throw this.connection.toError(err, 'write (txn)');
     }
   }
 
@@ -62,21 +69,16 @@ export class EtcdWriter implements SourceWriter {
     try {
       // No key has a version below 0: the delete is never applied, nor is a revision made.
       const range = prefixRange(prefix);
-      const response = await this.client().kv.txn({
+      const response = await this.connection.unsent(() => this.connection.client.kv.txn({
         compare: [{ key: range.start, target: 'Version', result: 'Less', version: '0' }],
         success: [{ request_delete_range: { key: range.start, range_end: range.end.length > 0 ? range.end : Buffer.from([0]) } }],
         failure: [],
-      });
+      }));
       if (response.succeeded) throw new Error('internal: the write probe\'s compare held');
     } catch (err) {
-      throw this.toError(err, 'a write probe');
+      throw this.connection.toError(err, 'a write probe');
     }
   }
-}
-
-function defaultError(err: unknown, what: string): Error {
-  if (err instanceof MigrateError) return err;
-  return new ServerError('etcd_failed', `etcd failed ${what}: ${String((err as Error)?.message ?? err).split('\n')[0]}`, { cause: err });
 }
 
 /**

@@ -308,6 +308,25 @@ export class EtcdSource implements SourceReader {
     });
   }
 
+  /**
+   * Runs a write made with the `etcd3` client, repeated on another member only
+   * when it reached none (no connection could be made to the one `etcd3`
+   * picked): `etcd3` sends each call to a random endpoint and does not fail
+   * over, and with one member of three down a third of the writes failed
+   * (doctor's write probe, cutover's). A write that may have reached etcd is
+   * not repeated: the caller sees its failure.
+   */
+  async unsent<T>(fn: () => Promise<T>): Promise<T> {
+    const attempts = this.endpointCount > 1 ? this.endpointCount * 2 : 1;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (attempt >= attempts || !/No connection established|ECONNREFUSED|failed to connect/i.test(String((err as Error)?.message ?? err))) throw err;
+      }
+    }
+  }
+
   /** Runs one etcd call, turning the client's errors into the tool's typed errors. */
   private async call<T>(what: string, fn: () => Promise<T>, revision = 0): Promise<T> {
     // etcd3 sends each call to a random endpoint and, with its fault handling off, does not

@@ -117,7 +117,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   try {
     const lanes = await openDatacenters(loaded, stores.target);
     const lane = pickLane(lanes, options.rule, datacenterFlag(connections));
-    const writer = new EtcdWriter(() => stores.source.client, (err, what) => stores.source.toError(err, what));
+    const writer = new EtcdWriter(stores.source);
     /** A verify of all copy rules (recorded) or of one rule (not recorded), in the lane's datacenter. */
     const verify = (rule?: string) => {
       const mapping = rule ? { ...lane.mapping, copyRules: lane.mapping.copyRules.filter((r) => r.name === rule), serviceRules: lane.mapping.serviceRules.filter((r) => r.name === rule) } : lane.mapping;

@@ -94,7 +94,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         const unrenewed = (sessions: number) => log('warn', `${sessions} Consul session(s) mirror etcd leases and nothing renews them now: Consul deletes their keys 1 to 2 × their TTL from now, while etcd keeps them, unless ${options.ha ? 'a standby takes the lead or ' : ''}a dual-run runs again by then (it re-creates them and rewrites the keys)`, { sessions });
         const { EtcdWriter } = await import('../../stores/etcd-writer.js');
         const { ConsulBlockingReader } = await import('../../stores/consul-blocking.js');
-        const writer = new EtcdWriter(() => source.client, (err, what) => source.toError(err, what));
+        const writer = new EtcdWriter(source);
         const summary = await runDualRun({ source, writer, lanes: lanes.map((lane) => ({ ...lane, blocking: new ConsulBlockingReader(lane.target.http) })) }, {
           ha: Boolean(options.ha),
           baseline: Boolean(options.baseline),
