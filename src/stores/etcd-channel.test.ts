@@ -1,5 +1,5 @@
 import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EtcdChannel, GrpcError } from './etcd-channel.js';
 import { STATUS } from './etcd-codec.js';
@@ -90,6 +90,21 @@ describe('EtcdChannel (HTTP/2 transport)', () => {
     const err = await failure(open(peer.endpoint).unary(STATUS, undefined));
     expect(err.code).toBe(14);
     expect(err.message).toBe('14 UNAVAILABLE: Received HTTP status code 404');
+  });
+
+  it('says "Protocol error" of a server that takes the connection and closes it without speaking HTTP/2 (TLS named with http://)', async () => {
+    // A TLS server's answer to bytes that are no handshake: an alert, then the end of the connection.
+    const tlsPort = createServer((socket) => socket.write(Buffer.from([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46]), () => socket.destroy()));
+    await new Promise<void>((resolve) => tlsPort.listen(0, '127.0.0.1', resolve));
+    const ch = open(`http://127.0.0.1:${(tlsPort.address() as AddressInfo).port}`);
+    try {
+      const err = await failure(ch.unary(STATUS, undefined));
+      expect(err.code).toBe(14);
+      expect(err.message).toMatch(/^14 UNAVAILABLE: Protocol error: the server took the connection and closed it without speaking HTTP\/2 \(an https:\/\/ endpoint named with http:\/\//);
+    } finally {
+      ch.close();
+      await new Promise<void>((resolve) => tlsPort.close(() => resolve()));
+    }
   });
 
   it('decodes a message that arrives in many chunks, its frame header split between two', async () => {

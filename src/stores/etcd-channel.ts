@@ -41,6 +41,9 @@ interface Member {
   session: http2.ClientHttp2Session | undefined;
   /** Why the connection failed, once it did (a refused connection, a TLS handshake): the reason its pending calls fail with. */
   failure: Error | undefined;
+  /** Whether the connection was made, and whether the peer has spoken HTTP/2 on it (sent its SETTINGS). */
+  connected: boolean;
+  http2: boolean;
   calls: number;
 }
 
@@ -119,12 +122,14 @@ export class EtcdChannel {
   }
 
   private member(authority: string): Member {
-    return { authority, session: undefined, failure: undefined, calls: 0 };
+    return { authority, session: undefined, failure: undefined, connected: false, http2: false, calls: 0 };
   }
 
   /** The member's connection: made now when it has none or etcd closed it (GOAWAY, a restart). */
   private session(member: Member): http2.ClientHttp2Session {
     if (member.session && !member.session.closed && !member.session.destroyed) return member.session;
+    // One the peer closed may hold its socket half open.
+    member.session?.destroy();
     const tls = this.tls;
     const session = http2.connect(`${this.secure ? 'https' : 'http'}://${member.authority}`, {
       ...(this.secure ? { ca: tls?.ca, cert: tls?.cert, key: tls?.key } : {}),
@@ -132,10 +137,21 @@ export class EtcdChannel {
     });
     member.session = session;
     member.failure = undefined;
+    member.connected = false;
+    member.http2 = false;
+    session.once('connect', () => {
+      if (member.session === session) member.connected = true;
+    });
+    session.once('remoteSettings', () => {
+      if (member.session === session) member.http2 = true;
+    });
     session.on('error', (err) => {
       if (member.session === session) member.failure = err;
     });
-    session.once('connect', () => session.setLocalWindowSize(SESSION_WINDOW_BYTES));
+    session.once('connect', () => {
+      // Not on a connection already gone (a peer that closed it at once): Node throws there.
+      if (!session.destroyed && !session.closed) session.setLocalWindowSize(SESSION_WINDOW_BYTES);
+    });
     // An idle connection does not keep the process alive; a call in flight does.
     session.unref();
     return session;
@@ -244,7 +260,7 @@ export class EtcdChannel {
       });
       stream.on('end', () => {
         if (settled) return;
-        if (grpcStatus === undefined) return fail(UNAVAILABLE, 'the connection ended before etcd sent the call\'s status');
+        if (grpcStatus === undefined) return fail(UNAVAILABLE, this.closedReason(member));
         if (grpcStatus !== '0') return fail(Number(grpcStatus), grpcMessage);
         if (!message || used < message.length) return fail(INTERNAL, 'etcd\'s answer ended inside its message');
         settled = true;
@@ -256,9 +272,15 @@ export class EtcdChannel {
         }
       });
       stream.on('error', (err) => fail(UNAVAILABLE, this.reason(member, err)));
-      stream.on('close', () => fail(UNAVAILABLE, this.reason(member, undefined) || `the stream was closed (HTTP/2 code ${stream.rstCode})`));
+      stream.on('close', () => fail(UNAVAILABLE, this.reason(member, undefined) || (httpStatus === 0 ? this.closedReason(member) : `the stream was closed (HTTP/2 code ${stream.rstCode})`)));
       stream.end(framed);
     });
+  }
+
+  /** Why a call's connection ended before its status: the peer closed it, or took it without ever speaking HTTP/2 (a TLS endpoint named with http://). */
+  private closedReason(member: Member): string {
+    if (member.connected && !member.http2) return 'Protocol error: the server took the connection and closed it without speaking HTTP/2 (an https:// endpoint named with http://, or another service)';
+    return 'the connection was closed before etcd sent the call\'s status';
   }
 
   /** Why a call failed: the connection's own failure (refused, TLS) rather than the cancelled stream's. */
