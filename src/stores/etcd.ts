@@ -442,6 +442,8 @@ interface WatchStream {
  * connections first; not one that went silent before etcd confirmed the watch.
  */
 const WATCH_SILENT_MS = 30_000;
+/** A gap this long between two progress requests means this process did not run meanwhile (stopped, a paused VM): etcd's silence counts from then. */
+const WATCH_PAUSED_MS = 5_000;
 
 /** What a watch shares with its source: whether etcd answers progress requests, and what to do about a dead connection. */
 interface WatchLiveness {
@@ -449,7 +451,7 @@ interface WatchLiveness {
   dead: () => void;
 }
 
-class EtcdWatch implements SourceWatch {
+export class EtcdWatch implements SourceWatch {
   private readonly queue: WatchMessage[] = [];
   private failure: Error | undefined;
   private ended = false;
@@ -460,8 +462,9 @@ class EtcdWatch implements SourceWatch {
   private queuedRevisions = 0;
   /** etcd's revision in the last response's header. */
   private latest = 0;
-  /** When etcd last sent anything on this watch. */
+  /** When etcd last sent anything on this watch, and when progress was last asked of it. */
   private heardAt = Date.now();
+  private askedAt = Date.now();
 
   constructor(private readonly stream: WatchStream, range: KeyRange, private readonly fromRevision: number, toError: (err: unknown) => Error, private readonly liveness: WatchLiveness) {
     stream.on('data', (response) => this.onData(response));
@@ -552,7 +555,11 @@ class EtcdWatch implements SourceWatch {
    */
   requestProgress(): void {
     if (this.ended) return;
-    const silentMs = Date.now() - this.heardAt;
+    const now = Date.now();
+    // Not asked for a while: this process did not run (SIGSTOP, a paused VM), and etcd had no request to answer.
+    if (now - this.askedAt > WATCH_PAUSED_MS) this.heardAt = now;
+    this.askedAt = now;
+    const silentMs = now - this.heardAt;
     if (!this.paused && silentMs > WATCH_SILENT_MS && (!this.created || this.liveness.progress.answered)) {
       this.liveness.dead();
       this.finish(new ServerError('etcd_unreachable', `etcd's watch answered nothing for ${Math.round(silentMs / 1000)} s though progress was asked every second: its connection is taken for dead (a partition, or a connection dropped on the way without a reset), and the watch is opened again on a new one.`));
