@@ -1536,22 +1536,20 @@ class Applier {
 }
 
 /**
- * A re-baseline refused by the delete guard: the keys it would delete were deleted in
- * etcd while the history after the checkpoint was lost to compaction. The copy's
- * advice (`copy --allow-mass-delete`) is not the way out of a dual-run.
- */
-/**
  * The delete guard of a re-baseline, with its cause: etcd compacted past `checkpoint` (the keys are gone
- * from etcd), or, without one, the rules changed (the change takes the keys out of a rule).
+ * from etcd), or, without one, the rules changed (the change takes the keys out of a rule). The copy's
+ * advice (`copy --allow-mass-delete`) is not the way out of a dual-run. What the dual-run did before
+ * (its lease pass at start may have re-created a session and rewritten its keys) stands: only the
+ * deletes are refused.
  */
 function rebaselineGuardError(guard: MigrateError, checkpoint: number | undefined): RefusedError {
   return checkpoint !== undefined
     ? new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline after etcd compacted past the checkpoint ${checkpoint}: those keys are gone from etcd, deleted while the dual-run was behind or stopped).`, {
-        hint: 'Check that etcd lost those keys on purpose (`migrate plan` lists the rule\'s keys); if so, start the dual-run again with --allow-mass-delete. Nothing was written.',
+        hint: 'Check that etcd lost those keys on purpose (`migrate plan` lists the rule\'s keys); if so, start the dual-run again with --allow-mass-delete. The re-baseline deleted nothing.',
         details: guard.details,
       })
     : new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline of migration.yaml's changed rules: the change takes those keys out of the rule, as a narrower rule, a nested keep rule or leases: skip does, so they would be deleted from Consul; the change is not recorded).`, {
-        hint: 'Check the change (`migrate copy --dry-run --accept-mapping-change --delete-extraneous --allow-mass-delete --show-ops` lists the keys; a dry-run writes nothing); if it is meant, start the dual-run again with --accept-mapping-change --allow-mass-delete. Nothing was written.',
+        hint: 'Check the change (`migrate copy --dry-run --accept-mapping-change --delete-extraneous --allow-mass-delete --show-ops` lists the keys; a dry-run writes nothing); if it is meant, start the dual-run again with --accept-mapping-change --allow-mass-delete. The re-baseline deleted nothing.',
         details: guard.details,
       });
 }
