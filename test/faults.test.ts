@@ -163,11 +163,10 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
     expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
     const dualrun = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: etcdProxy.url });
     try {
-      // Its watch is open and has heard from etcd: the connection to strand is the one it watches on.
-      await eventually('leads and catches up', async () => {
-        const h = (await (await fetch(`http://127.0.0.1:${dualrun.metricsPort}/healthz`)).json()) as { status?: string; lagRevisions?: number };
-        return h.status === 'ready' && h.lagRevisions === 0;
-      });
+      // Its watch has delivered a change: the connection to strand is the one it watches on (it is ready, per /healthz,
+      // as soon as the watch is asked for, before its connection is made).
+      await etcd.put(`${s.root}/app/k0`).value('through the watch');
+      await waitCaughtUp(etcd, target, s.id);
       expect(etcdProxy.proxy.strand()).toBeGreaterThan(0);
       for (let i = 0; i < 20; i++) await etcd.put(`${s.root}/app/k${i}`).value(`after-${i}`);
       // Keepalive pings go unanswered (about 15 s), or the watch stays silent though progress is asked every second
