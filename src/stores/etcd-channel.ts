@@ -99,12 +99,14 @@ export class EtcdChannel {
    */
   reconnect(): void {
     if (this.closed) return;
-    for (const [index, member] of this.members.entries()) {
-      if (!member.session) continue;
-      this.members[index] = this.member(member.authority);
-      if (member.calls > 0) this.retired.add(member);
-      else member.session.destroy();
-    }
+    for (const [index, member] of this.members.entries()) if (member.session) this.retire(index, member);
+  }
+
+  /** A new connection in `member`'s place (at `index`) for the next call; its own is closed once its last call ends. */
+  private retire(index: number, member: Member): void {
+    this.members[index] = this.member(member.authority);
+    if (member.calls > 0) this.retired.add(member);
+    else member.session?.destroy();
   }
 
   async unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
@@ -141,16 +143,14 @@ export class EtcdChannel {
     member.http2 = false;
     session.once('connect', () => {
       if (member.session === session) member.connected = true;
+      // Not on a connection already gone (a peer that closed it at once): Node throws there.
+      if (!session.destroyed && !session.closed) session.setLocalWindowSize(SESSION_WINDOW_BYTES);
     });
     session.once('remoteSettings', () => {
       if (member.session === session) member.http2 = true;
     });
     session.on('error', (err) => {
       if (member.session === session) member.failure = err;
-    });
-    session.once('connect', () => {
-      // Not on a connection already gone (a peer that closed it at once): Node throws there.
-      if (!session.destroyed && !session.closed) session.setLocalWindowSize(SESSION_WINDOW_BYTES);
     });
     // An idle connection does not keep the process alive; a call in flight does.
     session.unref();
@@ -298,8 +298,7 @@ export class EtcdChannel {
     // TLS files renewed in place (the old certificate expired, say) are used from this connection on.
     const tls = this.options.tls?.reread?.();
     if (tls && !sameTlsFiles(tls, this.tls)) this.tls = tls;
-    this.members[index] = this.member(member.authority);
-    this.retired.add(member);
+    this.retire(index, member);
     if (this.current === index) this.current = (index + 1) % this.members.length;
   }
 }

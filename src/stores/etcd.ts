@@ -207,9 +207,15 @@ export class EtcdSource implements SourceReader {
     if (!tls || sameTlsFiles(tls, this.tls)) return false;
     this.tls = tls;
     this.tlsRenewals++;
-    if (this.etcd3) this.retired.push(this.etcd3);
-    this.etcd3 = undefined;
+    if (this.etcd3) this.retireClient(this.etcd3);
     return true;
+  }
+
+  /** The next call makes a new `etcd3` client (new connections); `client` stays open for the calls still on it, and is closed with this source. */
+  private retireClient(client: Etcd3): void {
+    if (this.etcd3 !== client) return;
+    this.retired.push(client);
+    this.etcd3 = undefined;
   }
 
   async status(): Promise<SourceStatus> {
@@ -301,9 +307,7 @@ export class EtcdSource implements SourceReader {
       // silenced them as well, and each read would wait out its deadline first).
       dead: () => {
         this.channel.reconnect();
-        if (!client || this.etcd3 !== client) return;
-        this.retired.push(client);
-        this.etcd3 = undefined;
+        if (client) this.retireClient(client);
       },
     });
   }
@@ -431,12 +435,6 @@ interface WatchStream {
 }
 
 /**
- * One raw etcd watch: the `etcd3` Watcher drops `compact_revision` and
- * reconnects on its own, which would hide both compaction and gaps. Here a
- * cancel becomes {@link SourceCompactedError} and any stream failure ends the
- * iteration with a typed error, so the caller resumes from its own position.
- */
-/**
  * How long a watch may stay silent, while progress is asked of it every
  * second, before its connection is taken for dead: one that went silent
  * without closing (a partition, a dropped NAT entry) failed nothing, and the
@@ -453,6 +451,12 @@ interface WatchLiveness {
   dead: () => void;
 }
 
+/**
+ * One raw etcd watch: the `etcd3` Watcher drops `compact_revision` and
+ * reconnects on its own, which would hide both compaction and gaps. Here a
+ * cancel becomes {@link SourceCompactedError} and any stream failure ends the
+ * iteration with a typed error, so the caller resumes from its own position.
+ */
 export class EtcdWatch implements SourceWatch {
   private readonly queue: WatchMessage[] = [];
   private failure: Error | undefined;
