@@ -732,6 +732,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
    */
   const rebaseline = async (compacted: boolean): Promise<boolean> => {
     stats.rebaselines++;
+    // Counted on /metrics from its start: a copy waiting on Consul publishes nothing until it ends (CI read 0 then).
+    ctx.publish();
     applier.reset();
     rebaselining = true;
     const result = await options.copy({ deleteExtraneous: true, allowMassDelete: options.allowMassDelete ?? false }, ctx.lane).catch((failed: unknown) => {
