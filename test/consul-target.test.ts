@@ -19,6 +19,16 @@ describe('Consul target (real Consul)', () => {
     expect(info.leader).toMatch(/^127\.0\.0\.1:\d+$/);
   });
 
+  it('finds that the agent serves keys outside Consul 1.21.5\'s character set, with a read that writes nothing', async () => {
+    expect((await target.info()).strictKeys).toBe(false);
+    expect(await target.agentLimits()).toMatchObject({ strictKeys: false });
+    expect(await target.readKey('migrate-key-rule-probe:')).toBeUndefined();
+    // What the answer promises: such a key is served back.
+    const key = `${uniquePrefix('charset')}hosts/10.0.0.1:8080@café`;
+    expect(await target.putKey(key, Buffer.from('up'))).toBe(true);
+    expect((await target.readKey(key))?.value.toString()).toBe('up');
+  });
+
   it('splits a batch larger than the op limit into txns that are all applied', async () => {
     const prefix = uniquePrefix('split');
     const limits = await target.limits();

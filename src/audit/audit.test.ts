@@ -117,6 +117,20 @@ describe('runAudit without a mapping file (identity mapping)', () => {
     expect(old.limits.basis).toMatch(/Consul 1\.13\.9/);
   });
 
+  it('judges keys by the agent\'s key rule: Consul 1.21.5\'s holds back most punctuation, as a blocker, before anything is written', async () => {
+    const s = new MemorySource();
+    s.put('/app/hosts/10.0.0.1:8080', 'up');
+    s.put('/app/plain_key-1', 'x');
+    const loaded = parseConfig('version: 1\nid: t\nrules:\n  - { name: app, from: /app/, to: app/, keys: escape }\n', 'm.yaml');
+    const input = { source: s, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping };
+    const strict = await runAudit({ ...input, target: new MemoryTarget({ strictKeys: true }) });
+    expect(codes(strict)).toMatchObject({ key_charset: 'blocker' });
+    expect(finding(strict, 'key_charset')).toMatchObject({ count: 1, examples: [expect.objectContaining({ key: '/app/hosts/10.0.0.1:8080' })] });
+    expect(strict.limits.basis).toMatch(/refuses keys outside Consul 1\.21\.5's character set/);
+    const usual = await runAudit({ ...input, target: new MemoryTarget() });
+    expect(codes(usual)).not.toHaveProperty('key_charset');
+  });
+
   it('stops between pages when interrupted and says the report is partial', async () => {
     const controller = new AbortController();
     controller.abort();

@@ -149,7 +149,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
   const limits = await resolveTargetLimits(input.config, input.target);
   const capacity = txnCapacity(limits);
   const mode: AuditMode = input.configFile && input.mapping ? 'mapping' : 'identity';
-  const router: KeyRouter = mode === 'mapping' ? mappingRouter(input.mapping!, limits.maxValueBytes) : identityRouter(limits.maxValueBytes);
+  const router: KeyRouter = mode === 'mapping' ? mappingRouter(input.mapping!, limits.maxValueBytes, limits.strictKeys) : identityRouter(limits.maxValueBytes, limits.strictKeys);
   const scope = input.prefixes && input.prefixes.length > 0 ? disjointPrefixRanges(input.prefixes) : [wholeKeyspace()];
 
   const sample = input.sampleMs && input.sampleMs > 0

@@ -8,6 +8,8 @@ export interface TargetLimits {
   txnMaxOps: number;
   txnMaxBytes: number;
   maxValueBytes: number;
+  /** The agent refuses `/v1/kv` keys outside Consul 1.21.5's character set. */
+  strictKeys: boolean;
   basis: string;
 }
 
@@ -22,7 +24,7 @@ export interface TargetLimits {
 export async function resolveTargetLimits(config: MigrationConfig, target: Pick<TargetStore, 'info'> | undefined): Promise<TargetLimits> {
   const configured = config.target.limits ?? {};
   let txnMaxOps = configured.txnMaxOps;
-  let enforced: { txnMaxBytes?: number; maxValueBytes?: number } = {};
+  let enforced: { txnMaxBytes?: number; maxValueBytes?: number; strictKeys?: boolean } = {};
   let basis: string | undefined;
   if (txnMaxOps !== undefined) basis = 'target.limits.txnMaxOps in migration.yaml';
   if (target) {
@@ -31,6 +33,7 @@ export async function resolveTargetLimits(config: MigrationConfig, target: Pick<
       enforced = info;
       txnMaxOps ??= info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
       basis ??= info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
+      if (info.strictKeys) basis += '; the agent refuses keys outside Consul 1.21.5\'s character set (a-z A-Z 0-9 , _ . / - ? & =)';
     } catch (err) {
       // A setting to fix (a datacenter the agent does not know: --datacenter dc9) is refused as by every command.
       if (!isMigrateError(err) || err.exitCode === ExitCode.usage) throw err;
@@ -45,6 +48,7 @@ export async function resolveTargetLimits(config: MigrationConfig, target: Pick<
     txnMaxOps,
     txnMaxBytes: configured.txnMaxBytes ?? enforced.txnMaxBytes ?? DEFAULT_TXN_MAX_BYTES,
     maxValueBytes: configured.maxValueBytes ?? enforced.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES,
+    strictKeys: enforced.strictKeys === true,
     basis: basis!,
   };
 }

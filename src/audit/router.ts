@@ -40,9 +40,10 @@ export interface KeyRouter {
 /** The name of the identity mapping's pseudo-rule in reports. */
 export const IDENTITY_RULE_NAME = '(identity)';
 
-/** Routes with a compiled mapping from migration.yaml. */
-export function mappingRouter(mapping: Mapping, maxValueBytes: number): KeyRouter {
+/** Routes with a compiled mapping from migration.yaml; `strictKeys`: the agent has Consul 1.21.5's key rule. */
+export function mappingRouter(mapping: Mapping, maxValueBytes: number, strictKeys = false): KeyRouter {
   const options = { valueBytes: 0, maxValueBytes };
+  if (strictKeys !== (mapping.strictKeys === true)) mapping = Object.freeze({ ...mapping, strictKeys });
   return {
     mode: 'mapping',
     rules: mapping.rules,
@@ -59,7 +60,7 @@ export function mappingRouter(mapping: Mapping, maxValueBytes: number): KeyRoute
  * escaped) so that everything that would not map 1:1 shows. Built as a
  * mapping literal because `compileMapping` rightly refuses an empty `to`.
  */
-export function identityRouter(maxValueBytes: number): KeyRouter {
+export function identityRouter(maxValueBytes: number, strictKeys = false): KeyRouter {
   const base = { name: IDENTITY_RULE_NAME, to: '', action: 'copy', keys: 'reject', leases: 'session' } as const;
   const slash: CompiledRule = Object.freeze({ ...base, from: '/', index: 0, fromBytes: Buffer.from('/') });
   const rest: CompiledRule = Object.freeze({ ...base, from: '', index: 1, fromBytes: Buffer.alloc(0) });
@@ -73,6 +74,6 @@ export function identityRouter(maxValueBytes: number): KeyRouter {
     maxValueBytes,
     warnings: [],
   };
-  const router = mappingRouter(mapping, maxValueBytes);
+  const router = mappingRouter(mapping, maxValueBytes, strictKeys);
   return { ...router, mode: 'identity', rules: [rest], unmapped: 'skip' };
 }

@@ -39,12 +39,17 @@ export interface DatacenterLane extends DatacenterView {
 export async function openDatacenters(loaded: LoadedConfig, target: ConsulTarget, only?: string): Promise<DatacenterLane[]> {
   const lanes = await datacenterLanes(loaded, target, only);
   // Values are judged against the kv_max_value_size the agent enforces (a raised limit lets larger values
-  // through, a lowered one holds them back as unmappable), unless migration.yaml sets one. One agent serves
-  // every lane, so a datacenter that is down does not hold the others up.
-  if (loaded.config.target.limits?.maxValueBytes !== undefined) return lanes;
-  const { maxValueBytes } = await target.agentLimits();
-  if (maxValueBytes === undefined) return lanes;
-  return lanes.map((lane) => (maxValueBytes === lane.mapping.maxValueBytes ? lane : { ...lane, mapping: Object.freeze({ ...lane.mapping, maxValueBytes }) }));
+  // through, a lowered one holds them back as unmappable), unless migration.yaml sets one; keys against
+  // the agent's key rule (Consul 1.21.5's refuses most punctuation). One agent serves every lane, so a
+  // datacenter that is down does not hold the others up.
+  const enforced = await target.agentLimits();
+  const maxValueBytes = loaded.config.target.limits?.maxValueBytes ?? enforced.maxValueBytes;
+  const strictKeys = enforced.strictKeys === true;
+  return lanes.map((lane) => {
+    const { mapping } = lane;
+    if ((maxValueBytes ?? mapping.maxValueBytes) === mapping.maxValueBytes && strictKeys === (mapping.strictKeys === true)) return lane;
+    return { ...lane, mapping: Object.freeze({ ...mapping, maxValueBytes: maxValueBytes ?? mapping.maxValueBytes, ...(strictKeys ? { strictKeys } : {}) }) };
+  });
 }
 
 async function datacenterLanes(loaded: LoadedConfig, target: ConsulTarget, only: string | undefined): Promise<DatacenterLane[]> {

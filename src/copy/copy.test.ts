@@ -362,6 +362,20 @@ describe('copy text', () => {
     expect(at('/app/big')).toBe(at('skipped: value-too-large') + 1);
   });
 
+  it('against an agent with Consul 1.21.5\'s key rule, holds back the keys it would refuse on /v1/kv, and says why', async () => {
+    const { source, target } = world();
+    source.put('/app/hosts/10.0.0.1:8080', 'up');
+    source.put('/app/users/alice@example.com', 'admin');
+    const strict = { ...deps(source, target), mapping: Object.freeze({ ...loaded.mapping, strictKeys: true }) };
+    const result = await runCopy(strict, options());
+    expect(result.rules[0]).toMatchObject({ skipped: { 'key-charset': 2 } });
+    expect([...target.entries.keys()].filter((k) => k.includes(':') || k.includes('@'))).toEqual([]);
+    expect(target.entries.get('app/k00')?.value.toString()).toBe('v1');
+    const text = renderCopy(result, 'text', false);
+    expect(text).toContain('skipped: key-charset');
+    expect(text).toContain('/app/hosts/10.0.0.1:8080');
+  });
+
   it('shows extraneous Consul keys escaped: a key written to Consul cannot put terminal escapes into the operator\'s output', async () => {
     const { source, target } = world();
     target.entries.set('app/ctl\x1b[31mRED\x1b[0m ', { key: 'app/ctl\x1b[31mRED\x1b[0m ', value: Buffer.from('x'), flags: 0, modifyIndex: 1 });

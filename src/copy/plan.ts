@@ -19,6 +19,7 @@ export type SkipReason =
   | 'empty-key'
   | 'trailing-space'
   | 'key-too-long'
+  | 'key-charset'
   | 'collision'
   | 'lease-skip'
   | 'lease-expired'

@@ -141,6 +141,9 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
         : info.version === 'unknown'
           ? { name: 'consul.version', status: 'warn', message: `the Consul version is unknown (the token may not read /v1/agent/self), so it cannot be checked against the oldest supported, ${OLDEST_SUPPORTED_CONSUL}`, hint: 'Give the token agent:read (`migrate acl` prints it), or check `consul version` on the servers by hand.' }
           : { name: 'consul.version', status: 'ok', message: `Consul ${info.version} is supported (the oldest supported is ${OLDEST_SUPPORTED_CONSUL})` });
+      if (info.strictKeys) {
+        checks.push({ name: 'consul.key-rule', status: 'warn', message: `the agent refuses /v1/kv keys outside a-z A-Z 0-9 , _ . / - ? & = (and any ".."), Consul 1.21.5's rule: keys with other characters are not copied, under either \`keys\` policy`, hint: 'Upgrade the Consul agents to 1.21.6 or later (HashiCorp lifted the rule); `migrate audit` lists the keys it holds back (key_charset).' });
+      }
       const limits = await consul.limits();
       checks.push({
         name: 'consul.txn-limit',

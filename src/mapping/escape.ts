@@ -30,6 +30,12 @@
  *
  * A trailing `/` is fine: `a/` is an ordinary key in Consul's flat store.
  *
+ * Consul 1.21.5 alone serves far fewer keys on `/v1/kv` (its txn endpoint takes
+ * and lists the others): only `a-z A-Z 0-9 , _ . / - ? & =`, and no `..`
+ * anywhere; 1.21.6 lifted the rule. A command that reaches such an agent marks
+ * the mapping (`strictKeys`) and {@link strictKeyRefusal} makes every other
+ * key `key-charset`; no escape helps, since the escapes use `~`.
+ *
  * ## The escape scheme ({@link escapeKey}, {@link unescapeKey})
  *
  * The escape character is `~` (URL-unreserved, printable ASCII, left alone by
@@ -101,6 +107,7 @@ export type UnmappableReason =
   | 'empty-key'
   | 'trailing-space'
   | 'key-too-long'
+  | 'key-charset'
   | 'collision';
 
 /** The answer of {@link isServableKey}. */
@@ -160,6 +167,21 @@ export function isServableKey(key: string, shift = 0): ServableCheck {
     }
   }
   return SERVABLE;
+}
+
+const STRICT_CHARSET = /^[a-zA-Z0-9,_./?&=-]+$/;
+
+/**
+ * Why Consul 1.21.5 refuses `key` on `/v1/kv` (module comment), or undefined.
+ * Checked on keys the rules above already found servable.
+ */
+export function strictKeyRefusal(key: string): Extract<ServableCheck, { ok: false }> | undefined {
+  if (!STRICT_CHARSET.test(key)) {
+    const refused = [...key].find((c) => !STRICT_CHARSET.test(c))!;
+    return unservable('key-charset', `the key holds ${refused === ' ' ? 'a space' : `"${refused}"`}, outside the characters Consul 1.21.5 serves on /v1/kv (a-z A-Z 0-9 , _ . / - ? & =)`);
+  }
+  if (key.includes('..')) return unservable('key-charset', 'the key contains "..", which Consul 1.21.5 refuses anywhere in a key');
+  return undefined;
 }
 
 /**

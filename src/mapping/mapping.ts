@@ -45,6 +45,11 @@ export interface Mapping {
   readonly defaults: Readonly<RuleDefaults>;
   /** `target.limits.maxValueBytes`, else Consul's default `kv_max_value_size` (commands that reach Consul replace the default with the agent's: `openDatacenters`). */
   readonly maxValueBytes: number;
+  /**
+   * The agent refuses `/v1/kv` keys outside Consul 1.21.5's character set (escape.ts): set by
+   * commands that reach Consul (`openDatacenters`, the audit's and plan's routers); unset, the usual rules.
+   */
+  readonly strictKeys?: boolean;
   readonly warnings: readonly MappingWarning[];
 }
 

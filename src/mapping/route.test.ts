@@ -87,6 +87,34 @@ rules:
   });
 });
 
+describe('routeKey: an agent with Consul 1.21.5\'s key rule (mapping.strictKeys)', () => {
+  const strict: Mapping = Object.freeze({ ...mapping, strictKeys: true });
+
+  it('holds back keys outside its character set under either key policy, saying which character', () => {
+    expect(routeKey(strict, key('/platform/config/hosts/10.0.0.1:8080'))).toMatchObject({ kind: 'unmappable', reason: 'key-charset', detail: 'the key holds ":", outside the characters Consul 1.21.5 serves on /v1/kv (a-z A-Z 0-9 , _ . / - ? & =)' });
+    expect(routeKey(strict, key('/app/users/alice@example.com'))).toMatchObject({ kind: 'unmappable', reason: 'key-charset', detail: expect.stringContaining('"@"') });
+    expect(routeKey(strict, key('/app/feature flags/x'))).toMatchObject({ kind: 'unmappable', reason: 'key-charset', detail: expect.stringContaining('a space') });
+    expect(routeKey(strict, key('/app/café'))).toMatchObject({ kind: 'unmappable', reason: 'key-charset', detail: expect.stringContaining('"é"') });
+    expect(routeKey(strict, key('/platform/config/v1..2'))).toMatchObject({ kind: 'unmappable', reason: 'key-charset', detail: 'the key contains "..", which Consul 1.21.5 refuses anywhere in a key' });
+  });
+
+  it('holds back escaped keys too: the escapes use "~"', () => {
+    expect(summary(routeKey(mapping, key('/app//double')))).toEqual({ kind: 'mapped', rule: 'app', target: 'app/~2Fdouble', escaped: true });
+    expect(routeKey(strict, key('/app//double'))).toMatchObject({ kind: 'unmappable', reason: 'key-charset', detail: 'it escapes to "app/~2Fdouble", and that holds "~", outside the characters Consul 1.21.5 serves on /v1/kv (a-z A-Z 0-9 , _ . / - ? & =)' });
+  });
+
+  it('maps the keys it serves as before, and other agents\' keys are untouched', () => {
+    const plain = key('/platform/config/auth_service/db-url_v2,x?y&z=1');
+    expect(routeKey(strict, plain)).toEqual(routeKey(mapping, plain));
+    expect(routeKey(strict, plain)).toMatchObject({ kind: 'mapped', target: 'config/auth_service/db-url_v2,x?y&z=1' });
+    expect(routeKey(mapping, key('/platform/config/hosts/10.0.0.1:8080'))).toMatchObject({ kind: 'mapped' });
+  });
+
+  it('reports the usual reasons first', () => {
+    expect(routeKey(strict, key('/platform/config/a//b'))).toMatchObject({ kind: 'unmappable', reason: 'empty-segment' });
+  });
+});
+
 describe('routeKey: keys: reject', () => {
   const cases: [Buffer, string, string][] = [
     [key('/platform/config//double'), 'empty-segment', '"//" at character 17 makes an empty segment; Consul cleans it away and reads or writes another key'],

@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { ESCAPE_CHAR, characterCount, escapeKey, isServableKey, keyTooLong, tryUnescapeKey, type ServableCheck, type UnmappableReason } from './escape.js';
+import { ESCAPE_CHAR, characterCount, escapeKey, isServableKey, keyTooLong, strictKeyRefusal, tryUnescapeKey, type ServableCheck, type UnmappableReason } from './escape.js';
 import type { CompiledRule, Mapping } from './mapping.js';
 import { prefixEnd, prefixRange } from '../stores/key-range.js';
 import type { KeyRange, SourceReader } from '../stores/types.js';
@@ -46,7 +46,9 @@ const UNMAPPED: Route = Object.freeze({ kind: 'unmapped' });
  * key whose part after `from` contains `~`, the escape character, is escaped
  * too (`~` → `~7E`) even though Consul could serve it. A value larger than
  * `maxValueBytes` makes the key `unmappable` (`value-too-large`) under either
- * policy; key problems are reported first.
+ * policy; key problems are reported first. Against an agent with Consul
+ * 1.21.5's key rule (`mapping.strictKeys`), a target outside it is
+ * `unmappable` (`key-charset`) under either policy.
  *
  * ## Why two etcd keys never share a Consul key
  *
@@ -114,6 +116,9 @@ export function routeKey(mapping: Mapping, key: Buffer, options: RouteOptions = 
   // An escaped key is longer than the etcd key: checked here, as the plain ones are by isServableKey.
   const long = escaped ? keyTooLong(target) : undefined;
   if (long) return { kind: 'unmappable', rule, reason: long.reason, detail: long.detail };
+  // Consul 1.21.5 serves fewer keys, escaped or not (escape.ts).
+  const strict = mapping.strictKeys ? strictKeyRefusal(target) : undefined;
+  if (strict) return { kind: 'unmappable', rule, reason: strict.reason, detail: escaped ? `it escapes to ${JSON.stringify(target)}, and ${strict.detail.replace(/^the key /, 'that ')}` : strict.detail };
   const limit = options.maxValueBytes ?? mapping.maxValueBytes;
   if (options.valueBytes !== undefined && options.valueBytes > limit) {
     return { kind: 'unmappable', rule, reason: 'value-too-large', detail: `the value is ${options.valueBytes} bytes; the target accepts at most ${limit} (kv_max_value_size)` };

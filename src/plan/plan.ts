@@ -117,7 +117,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   // The agent's kv_max_value_size decides what the copy holds back, so the plan judges by it too.
   const limits = await resolveTargetLimits(input.config, input.target);
   const maxValueBytes = limits.maxValueBytes;
-  const router = mappingRouter(input.mapping, maxValueBytes);
+  const router = mappingRouter(input.mapping, maxValueBytes, limits.strictKeys);
   const capacity = txnCapacity(limits);
   const tallies = new RuleTallies(router.rules, undefined, input.config.id);
   const services = new Map(input.mapping.serviceRules.map((rule) => [rule.name, planServiceRule(rule.name, rule.from, rule.service!)]));

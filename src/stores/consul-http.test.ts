@@ -91,6 +91,16 @@ describe('Consul error mapping', () => {
     // Consul 1.13.9 and 1.22.2 answer GET /v1/kv/a//b with a 307.
     expect(err('GET', '/v1/kv/a//b', 307, '').code).toBe('consul_key_not_servable');
   });
+
+  it('Consul 1.21.5\'s 500 "invalid key name" refuses the key: not retried, and says what to do', () => {
+    // The agent's text, as 1.21.5 writes it (agent/kvs_endpoint.go).
+    const refused = err('GET', '/v1/kv/app/caf%C3%A9', 500, 'invalid key name, keys should respect the "^[a-zA-Z0-9,_./\\-?&=]+$" format');
+    expect(refused.code).toBe('consul_key_not_servable');
+    expect(isRetryable(refused)).toBe(false);
+    expect(refused.message).toBe('Consul refused the key of GET /v1/kv/app/caf%C3%A9: invalid key name, keys should respect the "^[a-zA-Z0-9,_./\\-?&=]+$" format.');
+    expect(refused.hint).toMatch(/^Consul 1\.21\.5 serves only keys of a-z A-Z 0-9 , _ \. \/ - \? & = without "\.\." on \/v1\/kv \(1\.21\.6 lifted the rule\): upgrade the Consul agents/);
+    expect(err('DELETE', '/v1/kv/app/v1..2', 500, 'invalid key name, path traversal is not allowed').code).toBe('consul_key_not_servable');
+  });
 });
 
 describe('retries', () => {

@@ -250,6 +250,12 @@ export class ConsulHttp {
 /** Consul's answer to a token it does not know (deleted, expired, or of another datacenter). */
 const TOKEN_UNKNOWN = /ACL not found|token.*not found|invalid token/i;
 
+/** Consul 1.21.5's answer to a key outside its character set (or holding ".."), on every /v1/kv request. */
+export const INVALID_KEY_NAME = /^invalid key name/;
+
+/** What to do about Consul 1.21.5's key rule. */
+export const STRICT_KEYS_HINT = 'Consul 1.21.5 serves only keys of a-z A-Z 0-9 , _ . / - ? & = without ".." on /v1/kv (1.21.6 lifted the rule): upgrade the Consul agents, or rename the keys in etcd.';
+
 export function consulErrorFor(address: string, method: string, path: string, status: number, body: Buffer, datacenter?: string): MigrateError {
   const text = body.toString('utf8').trim();
   // In messages, one line of at most 200 characters: another server's error page would fill the screen.
@@ -277,6 +283,10 @@ export function consulErrorFor(address: string, method: string, path: string, st
   if (status >= 500 && (/No path to datacenter/i.test(text) || (datacenter && /failed to get conn|stream closed|connection refused/i.test(text)))) {
     const dc = datacenter ?? '(the one named)';
     return new ConsulResponseError('consul_datacenter_unreachable', status, `Consul at ${address} has no path to datacenter ${dc} (${where}): its servers are down or not joined over the WAN.`, text, 'Check the datacenter\'s servers and the WAN federation (`consul members -wan`); the tool retries meanwhile.');
+  }
+  // Consul 1.21.5 alone refuses, on /v1/kv, keys outside its character set (reference §A.1.1): the key itself, not a busy server.
+  if (status === 500 && INVALID_KEY_NAME.test(text)) {
+    return new ConsulResponseError('consul_key_not_servable', status, `Consul refused the key of ${where}: ${shown}.`, text, STRICT_KEYS_HINT);
   }
   if (status === 429 || status >= 500) {
     return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${shown || '(empty body)'}.`, text, 'Consul is overloaded or has no leader; the tool retries with backoff.');

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { createServer as httpServer } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { ConsulTarget, enforcedLimits } from './consul.js';
 
@@ -16,6 +17,43 @@ describe('the limits an agent enforces, from its DebugConfig', () => {
     expect(enforcedLimits({ TxnMaxReqLen: '524288', KVMaxValueSize: -1 })).toEqual({});
     expect(enforcedLimits({ TxnMaxReqLen: 0, KVMaxValueSize: 1.5 })).toEqual({});
     expect(enforcedLimits({ KVMaxValueSize: 4096 })).toEqual({ txnMaxBytes: 4096, maxValueBytes: 4096 });
+  });
+});
+
+describe('the key rule of the agent (Consul 1.21.5 refuses most punctuation on /v1/kv)', () => {
+  /** An agent that answers /v1/kv/<probe> with `probe` and /v1/agent/self with 403 (a token without agent:read). */
+  async function agent(probe: { status: number; body: string }): Promise<{ target: ConsulTarget; paths: string[]; close: () => void }> {
+    const paths: string[] = [];
+    const server = httpServer((req, res) => {
+      paths.push(`${req.method} ${req.url}`);
+      if (req.url!.startsWith('/v1/kv/')) res.writeHead(probe.status).end(probe.body);
+      else res.writeHead(403).end('Permission denied');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const target = new ConsulTarget({ address: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }, { retry: { attempts: 1 } });
+    return { target, paths, close: () => { target.close(); server.close(); } };
+  }
+
+  it('is asked with a GET of a key it would refuse, once, and its answer kept', async () => {
+    const strict = await agent({ status: 500, body: 'invalid key name, keys should respect the "^[a-zA-Z0-9,_./\\-?&=]+$" format' });
+    try {
+      expect(await strict.target.agentLimits()).toEqual({ strictKeys: true });
+      expect(await strict.target.agentLimits()).toEqual({ strictKeys: true });
+      expect(strict.paths.filter((p) => p.startsWith('GET /v1/kv/'))).toEqual(['GET /v1/kv/migrate-key-rule-probe%3A']);
+    } finally {
+      strict.close();
+    }
+  });
+
+  it('every other answer means the usual rules: not found, refused by ACLs, another server error', async () => {
+    for (const probe of [{ status: 404, body: '' }, { status: 403, body: 'Permission denied' }, { status: 500, body: 'No cluster leader' }]) {
+      const usual = await agent(probe);
+      try {
+        expect(await usual.target.agentLimits(), JSON.stringify(probe)).toEqual({ strictKeys: false });
+      } finally {
+        usual.close();
+      }
+    }
   });
 });
 

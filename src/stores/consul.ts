@@ -1,7 +1,7 @@
 import pLimit from 'p-limit';
 import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
-import { ConsulHttp, ConsulResponseError, consulErrorFor, txnError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
+import { ConsulHttp, ConsulResponseError, INVALID_KEY_NAME, consulErrorFor, txnError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
 import { keysOf, packReads, planReads, sortKeys, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
 import { scanReadResults } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
@@ -57,6 +57,9 @@ export interface WireEntry {
   Session?: string;
 }
 
+/** A key every agent serves but one with Consul 1.21.5's key rule (the `:`). */
+const KEY_RULE_PROBE = 'migrate-key-rule-probe:';
+
 /** Path of a key under `/v1/kv/`: every segment percent-encoded (Consul decodes it back). */
 export function kvPath(key: string): string {
   return `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`;
@@ -98,6 +101,7 @@ export class ConsulTarget implements TargetStore {
   readonly http: ConsulHttp;
   private infoPromise: Promise<TargetInfo> | undefined;
   private agentSelfPromise: Promise<AgentSelf | undefined> | undefined;
+  private strictKeysPromise: Promise<boolean> | undefined;
   private readonly limitsOverride: Partial<TargetLimits>;
   private readonly retry: RetryOptions;
   private readonly readConcurrency: number;
@@ -143,7 +147,7 @@ export class ConsulTarget implements TargetStore {
     const leader = JSON.parse((await this.request({ method: 'GET', path: '/v1/status/leader' })).body.toString('utf8')) as string;
     // `/v1/agent/self` needs agent:read; without it the version (and so the op limit) falls back to the safe 64.
     // The agent checks a txn's op count, so its version decides the limit whatever datacenter the txn goes to.
-    const self = await this.agentSelf();
+    const [self, strictKeys] = await Promise.all([this.agentSelf(), this.strictKeys()]);
     const config = self?.Config ?? {};
     const version = config.Version ?? 'unknown';
     let datacenter = config.Datacenter ?? '';
@@ -155,7 +159,7 @@ export class ConsulTarget implements TargetStore {
       datacenter = addressed;
       nodeName = await this.serverNode();
     }
-    return { version, datacenter, nodeName, txnMaxOps: txnMaxOpsForVersion(version === 'unknown' ? undefined : version), ...enforced, leader, address: this.address };
+    return { version, datacenter, nodeName, txnMaxOps: txnMaxOpsForVersion(version === 'unknown' ? undefined : version), ...enforced, strictKeys, leader, address: this.address };
   }
 
   /**
@@ -199,8 +203,26 @@ export class ConsulTarget implements TargetStore {
    * request whatever datacenter that addresses; `{}` when the token may not
    * read the agent. Asks nothing of the addressed datacenter.
    */
-  async agentLimits(): Promise<Pick<TargetInfo, 'txnMaxBytes' | 'maxValueBytes'>> {
-    return enforcedLimits((await this.agentSelf())?.DebugConfig);
+  async agentLimits(): Promise<Pick<TargetInfo, 'txnMaxBytes' | 'maxValueBytes' | 'strictKeys'>> {
+    const [self, strictKeys] = await Promise.all([this.agentSelf(), this.strictKeys()]);
+    return { ...enforcedLimits(self?.DebugConfig), strictKeys };
+  }
+
+  /**
+   * Whether the agent refuses `/v1/kv` keys outside Consul 1.21.5's character set
+   * (reference §A.1.1): a GET of a key it would refuse, which it checks before ACLs
+   * and before looking the key up. Asked, not told by the version: the rule shipped
+   * in 1.21.5 and in Enterprise backports, and `disable_http_unprintable_char_filter`
+   * turns it off. Read once; writes nothing.
+   */
+  private strictKeys(): Promise<boolean> {
+    this.strictKeysPromise ??= this.http.withDatacenter(undefined).request({ method: 'GET', path: kvPath(KEY_RULE_PROBE), accept: [403, 404, 500] }).then(
+      (answer) => answer.status === 500 && INVALID_KEY_NAME.test(answer.body.toString('utf8').trim()),
+    ).catch((err: unknown) => {
+      this.strictKeysPromise = undefined;
+      throw err;
+    });
+    return this.strictKeysPromise;
   }
 
   /** `/v1/agent/self` of the agent itself, or undefined without agent:read; read once (info and agentLimits both need it). */

@@ -153,6 +153,8 @@ export interface TargetInfo {
    */
   txnMaxBytes?: number;
   maxValueBytes?: number;
+  /** The agent refuses `/v1/kv` keys outside Consul 1.21.5's character set (`mapping/escape.ts`). */
+  strictKeys?: boolean;
   leader: string;
   address: string;
 }

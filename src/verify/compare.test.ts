@@ -159,6 +159,12 @@ describe('compareKey', () => {
     expect(compare({ target: 'app/app//x' })).toBeUndefined();
   });
 
+  it('against an agent with Consul 1.21.5\'s key rule, a listed key outside its character set is not-servable, not extra', () => {
+    const strict = { ...mapping, strictKeys: true };
+    expect(compare({ target: 'app/café', consul: consul('app/café', 'x'), mapping: strict })!.difference).toMatchObject({ kind: 'not-servable', reason: 'key-charset' });
+    expect(compare({ target: 'app/café', consul: consul('app/café', 'x') })!.difference).toMatchObject({ kind: 'extra' });
+  });
+
   it('reports a key that failed to read back through the KV endpoint', () => {
     const f = compare({ target: 'app/a', expectation: expect1('/app/a', 'v'), consul: consul('app/a', 'v'), readBack: { ok: false, detail: 'HTTP 307' } })!;
     expect(f.difference).toMatchObject({ kind: 'not-servable', reason: 'read-back-failed' });

@@ -1,5 +1,5 @@
 import type { LeasePolicy } from '../config/load.js';
-import { isServableKey, type UnmappableReason } from '../mapping/escape.js';
+import { isServableKey, strictKeyRefusal, type UnmappableReason } from '../mapping/escape.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { routeKey, routeTargetKey } from '../mapping/route.js';
 import type { ValueHasher } from '../report/hash.js';
@@ -253,7 +253,8 @@ export function compareKey(input: CompareInput): Finding | undefined {
   if (!expectation) {
     if (!consul) return undefined;
     const servable = isServableKey(target);
-    if (!servable.ok) return found('not-servable', servable.reason, `Consul holds a key that GET /v1/kv/<key> cannot serve: ${servable.detail}`);
+    const refused = servable.ok ? (input.mapping.strictKeys ? strictKeyRefusal(target) : undefined) : servable;
+    if (refused) return found('not-servable', refused.reason, `Consul holds a key that GET /v1/kv/<key> cannot serve: ${refused.detail}`);
     const owner = routeTargetKey(input.mapping, target);
     if (owner.kind === 'owned') {
       // The usual cause: a leased key whose lease expired in etcd while no dual-run ran to delete it in Consul.

@@ -35,5 +35,14 @@ describe('the verify verdict line', () => {
     // One round against a running dual-run: its writes in flight are among the differences.
     const oneRound = { ...result, cut: { ...result.cut, cut: 'checkpoint' as const, reason: 'dualrun-running' as const } };
     expect(renderVerify(oneRound, 'text')).toMatch(/^Next: verify ran one round \(--rounds 1\) while a dual-run replicated: a key it was still writing counts as a difference too\. Verify again with more rounds/m);
+    // Keys Consul holds but does not serve: no copy mends a name.
+    const unserved = { ...result, differences: result.differences.map((d) => ({ ...d, kind: 'not-servable' as const, reason: 'read-back-failed' })) };
+    expect(renderVerify(unserved, 'text')).toMatch(/^Next: Consul holds these keys but GET \/v1\/kv\/<key> does not serve them, and no copy mends a key's name: where the agent answers "invalid key name" \(Consul 1\.21\.5\), upgrade the agents/m);
+    expect(renderVerify(unserved, 'text')).not.toContain('run `migrate copy`');
+    // Unmappable keys, counted apart, with what held them back.
+    const withUnmappable = (unmappable: Record<string, number>) => renderVerify({ ...result, rules: result.rules.map((r) => (r.name === 'app' ? { ...r, unmappable } : r)) }, 'text');
+    expect(withUnmappable({ 'key-charset': 2 })).toContain('  app: 2 key-charset source key(s) the rule rejects (keys the Consul agent refuses: Consul 1.21.5\'s key rule); not copied by design, not drift');
+    expect(withUnmappable({ 'empty-segment': 1, 'value-too-large': 1 })).toContain('source key(s) the rule rejects (keys: reject, or values over Consul\'s limit); not copied');
+    expect(withUnmappable({ 'value-too-large': 1 })).toContain('1 value-too-large source key(s) with values over Consul\'s limit (kv_max_value_size)');
   });
 });

@@ -88,7 +88,16 @@ function unmappableText(r: RuleVerify): string {
 function unmappableNote(r: RuleVerify): string {
   return r.action === 'service'
     ? `${unmappableText(r)} source key(s) that make no service instance; not registered by design, not drift`
-    : `${unmappableText(r)} source key(s) ${Object.keys(r.unmappable).every((reason) => reason === 'value-too-large') ? 'with values over Consul\'s limit (kv_max_value_size)' : `the rule rejects (keys: ${r.keys}, or values over Consul's limit)`}; not copied by design, not drift`;
+    : `${unmappableText(r)} source key(s) ${Object.keys(r.unmappable).every((reason) => reason === 'value-too-large') ? 'with values over Consul\'s limit (kv_max_value_size)' : `the rule rejects (${rejectedBy(r)})`}; not copied by design, not drift`;
+}
+
+/** What made a copy rule's keys unmappable, in the words of its reasons. */
+function rejectedBy(r: RuleVerify): string {
+  const reasons = Object.keys(r.unmappable);
+  const byName = reasons.filter((reason) => reason !== 'value-too-large' && reason !== 'key-charset').length > 0 ? [`keys: ${r.keys}`] : [];
+  if (reasons.includes('key-charset')) byName.push('keys the Consul agent refuses: Consul 1.21.5\'s key rule');
+  if (reasons.includes('value-too-large')) byName.push('values over Consul\'s limit');
+  return byName.join(', or ');
 }
 
 /** A service rule's scope in one phrase. */
@@ -142,6 +151,9 @@ function nextAfterDrift(result: VerifyResult): string | undefined {
   // A session lost in Consul is the dual-run's to mend: its lease pass makes the session again and writes its keys.
   if (listed.length > 0 && listed.length === drifting.reduce((n, r) => n + r.differences, 0) && listed.every((d) => d.reason === 'session-gone')) {
     return 'a running dual-run makes a lost session again and writes its keys at its next check of the lease (within about a minute): verify again then; with no dual-run running, start `migrate dualrun`.';
+  }
+  if (listed.length > 0 && listed.length === drifting.reduce((n, r) => n + r.differences, 0) && listed.every((d) => d.kind === 'not-servable')) {
+    return 'Consul holds these keys but GET /v1/kv/<key> does not serve them, and no copy mends a key\'s name: where the agent answers "invalid key name" (Consul 1.21.5), upgrade the agents to 1.21.6 or later; otherwise delete the keys in Consul (a txn `delete` reaches them) and map their etcd keys to servable ones (`keys: escape`).';
   }
   const held = result.differences.some((d) => d.reason === 'foreign-session') ? ' Keys held by a session this migration does not own (foreign-session) are left alone by copy: their holder releases them first.' : '';
   const copy = `with the dual-run stopped, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from its checkpoint), then verify.${held}`;

@@ -778,8 +778,8 @@ async function readBackKey(target: TargetStore, key: string): Promise<ReadBack> 
     if (entry.key !== key) return { ok: false, detail: `Consul answers with another key, ${formatKey(entry.key)}` };
     return { ok: true };
   } catch (err) {
-    // Redirects (unclean paths), 400 (non-printable), and 1.21.5's 500 "invalid key name" refuse the key itself.
-    if (err instanceof ConsulResponseError && (err.code === 'consul_key_not_servable' || err.status === 400 || /invalid key/i.test(err.responseBody))) {
+    // Redirects (unclean paths), 1.21.5's 500 "invalid key name", and 400 (non-printable) refuse the key itself.
+    if (err instanceof ConsulResponseError && (err.code === 'consul_key_not_servable' || err.status === 400)) {
       return { ok: false, detail: `HTTP ${err.status}${err.responseBody ? `: ${err.responseBody.slice(0, 200)}` : ''}` };
     }
     throw err;
