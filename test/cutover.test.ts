@@ -1042,6 +1042,25 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(await snapshot(s)).toBe(before);
       expect((await phases(s)).app.owner).toBe('etcd');
 
+      // Ctrl-C at the prompt is the operator's interrupt (130), Ctrl-D a no (4): neither is a crash, neither changes anything.
+      for (const [key, code, said] of [['C-c', 130, 'interrupted at its confirmation prompt; nothing was changed'], ['C-d', 4, 'Refused: not confirmed; nothing was changed']] as const) {
+        const quit = new Terminal(['cutover', '--rule', 'app', '--drain', '200ms'], { cwd: s.dir, env: serverEnv() });
+        try {
+          const prompt = await quit.until('the prompt', (screen) => screen.includes('Type the rule name to cutover (app):'));
+          // What the command found comes before the question.
+          expect(prompt.indexOf('cutover of rule app: every precondition passed'), prompt).toBeGreaterThanOrEqual(0);
+          expect(prompt.indexOf('ok   dual-run'), prompt).toBeLessThan(prompt.indexOf('Type the rule name'));
+          quit.send(key);
+          const ended = await quit.exit();
+          expect(ended.code, ended.screen).toBe(code);
+          expect(ended.screen).toContain(said);
+          expect(ended.screen).not.toContain('internal error');
+        } finally {
+          quit.close();
+        }
+        expect(await snapshot(s)).toBe(before);
+      }
+
       const right = new Terminal(['cutover', '--rule', 'app', '--drain', '200ms', '--snapshot', 'before-app.snap'], { cwd: s.dir, env: serverEnv() });
       try {
         await right.until('the prompt', (screen) => screen.includes('Type the rule name to cutover (app):'));

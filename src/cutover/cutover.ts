@@ -69,8 +69,11 @@ export interface CommonOptions {
   catchUpTimeoutMs: number;
   /** Clear recorded late writes / guard trips of these rules with the transition (recorded in the history). */
   acknowledgeTrips: boolean;
-  /** Asked once every precondition passed, before anything is written (the terminal prompt); false refuses. */
-  confirm?: (rules: string[]) => Promise<boolean>;
+  /**
+   * Asked once every precondition passed, before anything is written (the terminal prompt), with
+   * the checks (a rule's named `<rule>: <check>`) for the operator to read first; false refuses.
+   */
+  confirm?: (rules: string[], checks: PreconditionCheck[]) => Promise<boolean>;
   /** Rules in several datacenters (issue 11): the check of a rule's phase in the other datacenters it is copied to. */
   elsewhere?: (rule: string) => Promise<PreconditionCheck | undefined>;
   sleep: (ms: number) => Promise<void>;
@@ -296,6 +299,11 @@ function phaseOf(state: CutoverState, rule: string, now: Date): RulePhase {
   return derivePhase(rule, { doc: state.docs.get(rule)?.doc, copy: state.copy, checkpoint: state.checkpoint, verify: state.verify, nowMs: now.getTime() });
 }
 
+/** The operator's answer (true without a prompt), given every precondition passed. */
+async function confirmed(options: Pick<CommonOptions, 'confirm' | 'rules'>, global: PreconditionCheck[], outcomes: RuleOutcome[]): Promise<boolean> {
+  return !options.confirm || options.confirm(options.rules, [...global, ...outcomes.flatMap((o) => o.checks.map((c) => ({ ...c, name: `${o.rule}: ${c.name}` })))]);
+}
+
 function refusedResult(action: CutoverAction, deps: CutoverDeps, checks: PreconditionCheck[], rules: RuleOutcome[], etcdRevision: number, checkpoint: number | null): CutoverResult {
   return { action, migration: deps.config.id, refused: true, checks, rules, etcdRevision, checkpoint, written: [] };
 }
@@ -332,7 +340,7 @@ async function acknowledgeCutOver(deps: CutoverDeps, paths: StatePaths, state: C
   });
   const checkpoint = state.checkpoint?.revision ?? null;
   const etcdRevision = (await deps.source.status()).revision;
-  if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) return refusedResult('cutover', deps, [], outcomes, etcdRevision, checkpoint);
+  if (!outcomes.every((o) => o.ok) || !(await confirmed(options, [], outcomes))) return refusedResult('cutover', deps, [], outcomes, etcdRevision, checkpoint);
   const written = await acknowledgeTrips(deps.target, paths, state, rules, { at: options.now().toISOString(), by: options.by });
   return { action: 'cutover', migration: deps.config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint, written: [...written.values()], acknowledgedOnly: true };
 }
@@ -401,7 +409,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
     return { rule: name, from, to: 'cutover', checks, ok: checks.every((c) => c.ok) };
   });
   await checkEtcdWrites(deps, outcomes, 'after the cutover the reverse mirror writes Consul\'s changes back there');
-  if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
+  if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || !(await confirmed(options, global.checks, outcomes))) {
     return refusedResult('cutover', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
   }
   stopIfInterrupted(options, 'cutover');
@@ -538,7 +546,7 @@ async function abandonMoves(deps: CutoverDeps, paths: StatePaths, state: Cutover
     return { rule, from: phase, to: phase, ok: true, checks: [{ name: 'unfinished', ok: true, detail: `writes paused since ${pause.since} by a ${move} (${pause.by}) that never flipped rule ${rule}: abandoned, ${ownerOf(phase) === 'etcd' ? 'etcd' : 'Consul'} stays the owner` }] };
   });
   const etcdRevision = (await deps.source.status()).revision;
-  if (options.confirm && !(await options.confirm(options.rules))) return refusedResult(action, deps, [], outcomes, etcdRevision, state.checkpoint?.revision ?? null);
+  if (!(await confirmed(options, [], outcomes))) return refusedResult(action, deps, [], outcomes, etcdRevision, state.checkpoint?.revision ?? null);
   stopIfInterrupted(options, action);
   // A document the pause created (its only history the derived phase) goes with it, as when the cutover resumes writes itself.
   const derivedOnly = (doc: RulePhaseDoc) => doc.history.length === 1 && doc.history[0]!.evidence?.note === DERIVED_NOTE;
@@ -573,7 +581,7 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
     }
     outcomes.push({ rule: name, from, to: 'rolledback', checks, ok: checks.every((c) => c.ok) });
   }
-  if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
+  if (!global.checks.every((c) => c.ok) || !outcomes.every((o) => o.ok) || !(await confirmed(options, global.checks, outcomes))) {
     return refusedResult('rollback', deps, global.checks, outcomes, global.etcdRevision, global.checkpoint);
   }
   stopIfInterrupted(options, 'rollback');
@@ -727,7 +735,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
       outcome.ok = check.ok;
     }
   }
-  if (!outcomes.every((o) => o.ok) || (options.confirm && !(await options.confirm(options.rules)))) {
+  if (!outcomes.every((o) => o.ok) || !(await confirmed(options, [], outcomes))) {
     return refusedResult('finalize', deps, [], outcomes, etcdRevisionBefore, state.checkpoint?.revision ?? null);
   }
   stopIfInterrupted(options, 'finalize');

@@ -2,7 +2,7 @@ import type { Format } from '../cli/context.js';
 import { errorJson, isMigrateError, RefusedError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import type { CutoverResult } from './cutover.js';
-import { formatAge } from './phase.js';
+import { formatAge, type PreconditionCheck } from './phase.js';
 import type { StatusResult } from './status.js';
 
 function table(header: string[], rows: string[][]): string[] {
@@ -70,16 +70,19 @@ function refusal(result: CutoverResult): RefusedError {
     : new RefusedError('not_confirmed', `${result.action} was not confirmed; nothing was changed.`, { hint: 'Run it again and confirm, or pass --yes.' });
 }
 
+/** One line per precondition, as the result and the confirmation prompt show them. */
+export function checkLines(checks: readonly PreconditionCheck[]): string[] {
+  return checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'} ${c.name.padEnd(10)} ${c.detail}`);
+}
+
 /**
  * `cutover`, `rollback` and `finalize` results: every precondition, then what was done.
  * `ruleArg` gives a rule as the printed next commands take it (`ruleArgument`).
  */
 export function renderCutover(result: CutoverResult, format: Format, ruleArg: (rule: string) => string = (rule) => rule): string {
   if (format === 'json') return renderEnvelope(result.action, result.refused ? 'refused' : 'ok', { ...result, ...(result.refused ? { error: errorJson(refusal(result)) } : {}) });
-  const mark = (ok: boolean) => (ok ? 'ok  ' : 'FAIL');
   const lines: string[] = [`${result.action} of ${result.rules.map((r) => `rule ${r.rule}`).join(', ')} (migration ${result.migration}, etcd revision ${result.etcdRevision}):`];
-  for (const c of result.checks) lines.push(`  ${mark(c.ok)} ${c.name.padEnd(10)} ${c.detail}`);
-  for (const r of result.rules) for (const c of r.checks) lines.push(`  ${mark(c.ok)} ${`${r.rule}: ${c.name}`.padEnd(10)} ${c.detail}`);
+  lines.push(...checkLines([...result.checks, ...result.rules.flatMap((r) => r.checks.map((c) => ({ ...c, name: `${r.rule}: ${c.name}` })))]));
   if (result.refused) {
     const failed = [...result.checks, ...result.rules.flatMap((r) => r.checks)].filter((c) => !c.ok).length;
     lines.push('', failed > 0 ? `Refused: ${failed} precondition(s) failed; nothing was changed.` : 'Refused: not confirmed; nothing was changed.');
