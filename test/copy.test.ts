@@ -6,6 +6,7 @@ import type { TargetStore } from '../src/stores/types.js';
 import { checkParity } from './support/parity.js';
 import { eventually, startDualRun } from './support/dualrun.js';
 import { ConsulTarget } from '../src/stores/consul.js';
+import { Terminal } from './support/terminal.js';
 import { configDir, consulIndex, consulTarget, etcdSource, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
 
 const etcd = rawEtcd();
@@ -162,7 +163,31 @@ describe('migrate copy (real servers)', () => {
 
     const unconfirmed = await runCli(['copy', '--delete-extraneous'], { cwd: s.dir, env: serverEnv() });
     expect(unconfirmed.code).toBe(2);
+    expect(unconfirmed.stderr).toContain('error[confirmation_required]: copy --delete-extraneous deletes keys in Consul and needs confirmation; there is no terminal to ask on.');
     expect(unconfirmed.stderr).toContain('--yes');
+
+    // On a terminal it asks: anything but "delete" (here a no, then Ctrl-C) writes and deletes nothing; "delete" copies, here into the delete guard.
+    // Other test files write to this Consul meanwhile: the migration's own keys and state stand for it.
+    const before = async () => ({ keys: await target.listKeys(`${s.id}/`), state: (await target.readKey(`_migrate/${s.id}/copy`))?.modifyIndex });
+    const was = await before();
+    const answers: [(t: Terminal) => void, number, string][] = [
+      [(t) => (t.type('no'), t.send('Enter')), 4, 'error[not_confirmed]: copy --delete-extraneous was not confirmed; nothing was written or deleted.'],
+      [(t) => t.send('C-c'), 130, 'interrupted at its confirmation prompt'],
+      [(t) => (t.type('delete'), t.send('Enter')), 4, 'error[delete_guard]'],
+    ];
+    for (const [answer, code, said] of answers) {
+      const asked = new Terminal(['copy', '--delete-extraneous'], { cwd: s.dir, env: serverEnv() });
+      try {
+        await asked.until('the prompt', (screen) => screen.includes('Type "delete" to copy and delete them:'));
+        answer(asked);
+        const ended = await asked.exit();
+        expect(ended.code, ended.screen).toBe(code);
+        expect(ended.screen.replace(/\s+/g, ' ')).toContain(said);
+      } finally {
+        asked.close();
+      }
+    }
+    expect(await before()).toEqual(was);
 
     // A key new in etcd since: the refused copy must not write it either (it used to, before finding the guard tripped).
     await etcd.put(`${s.root}/app/k-new`).value('new');

@@ -28,6 +28,11 @@ export class Terminal {
     this.tmux('send-keys', '-t', this.session, ...keys);
   }
 
+  /** Types `text` as it is (`send-keys -l`: a word such as `delete` is not taken for a key name). */
+  type(text: string): void {
+    this.tmux('send-keys', '-t', this.session, '-l', text);
+  }
+
   async until(what: string, test: (screen: string) => boolean, timeoutMs = 30_000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     let screen = '';

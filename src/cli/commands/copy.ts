@@ -2,6 +2,7 @@ import { Command, Option } from 'commander';
 import { ExitCode, RefusedError, ServerError, UsageError, isMigrateError } from '../../errors.js';
 import type { CopyResult } from '../../copy/copy.js';
 import type { GlobalOptions } from '../context.js';
+import { confirmationPrompt } from '../prompt.js';
 import type { CommandRegistrar } from '../main.js';
 import type { ProgressItem } from '../../report/progress.js';
 import { TOOL_VERSION } from '../version.js';
@@ -40,9 +41,6 @@ export function registerCopy({ add }: CommandRegistrar): void {
       .addHelpText('after', '\nExamples:\n  migrate copy --dry-run --show-ops\n  migrate copy --rate 2000\n  migrate copy --resume\n'),
     ['text', 'json'],
     async (ctx, options: CopyFlags & GlobalOptions) => {
-      if (options.deleteExtraneous && !options.dryRun && !options.yes) {
-        throw new UsageError('confirmation_required', 'copy --delete-extraneous deletes keys in Consul and needs confirmation.', { hint: 'Pass --yes to confirm (review `migrate copy --dry-run` first).' });
-      }
       // Checked before the configuration is read or a server contacted.
       if (options.showOps && !options.dryRun) {
         // A preview flag on a real copy: refused rather than copying while the user meant to look.
@@ -51,6 +49,11 @@ export function registerCopy({ add }: CommandRegistrar): void {
       const rate = wholeNumber('--rate', options.rate, 0);
       const concurrency = wholeNumber('--concurrency', options.concurrency, 8, 1, 256);
       const pageKeys = wholeNumber('--page-keys', options.pageKeys, DEFAULT_PAGE_KEYS, 1, MAX_PAGE_KEYS);
+      if (options.deleteExtraneous && !options.dryRun && !options.yes) {
+        const ask = confirmationPrompt(ctx, 'copy --delete-extraneous deletes keys in Consul', 'Pass --yes to confirm (review `migrate copy --dry-run --delete-extraneous` first).');
+        const question = 'copy --delete-extraneous deletes the Consul keys under the rules\' prefixes that no etcd key maps to (`migrate copy --dry-run --delete-extraneous` lists them; the delete guard still holds).\nType "delete" to copy and delete them: ';
+        if (!(await ask(question, 'delete'))) throw new RefusedError('not_confirmed', 'copy --delete-extraneous was not confirmed; nothing was written or deleted.', { hint: 'Run it again and type "delete", or pass --yes.' });
+      }
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters, datacenterFlag } = await import('../stores.js');
       const { namesDatacenters } = await import('../../mapping/datacenters.js');

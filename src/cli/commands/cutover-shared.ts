@@ -1,5 +1,4 @@
-import { createInterface } from 'node:readline/promises';
-import { InterruptedError, UsageError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
 import { derivePhase, ownerOf, type PreconditionCheck } from '../../cutover/phase.js';
 import { checkLines } from '../../cutover/render.js';
 import { readCutoverState } from '../../cutover/state-io.js';
@@ -7,6 +6,7 @@ import { statePaths } from '../../state/state.js';
 import { DEFAULT_PAGE_KEYS } from '../../stores/types.js';
 import type { DatacenterLane } from '../stores.js';
 import type { CommandContext, GlobalOptions } from '../context.js';
+import { confirmationPrompt } from '../prompt.js';
 import { TOOL_VERSION } from '../version.js';
 import { parseDuration } from './audit-flags.js';
 
@@ -35,36 +35,12 @@ export function requireConfirmation(ctx: CommandContext, command: string, option
   // A command line that names no rule is wrong whatever the answer: said first, not "pass --yes".
   if (options.rule.length === 0) throw new UsageError('rule_missing', 'Name at least one rule with --rule <name>.', { hint: '`migrate status` lists the rules and their phases.' });
   if (options.yes) return undefined;
-  if (!ctx.interactive) {
-    const what = command === 'finalize' ? 'stops mirroring the rules for good' : 'changes which store applications write to';
-    const why = ctx.io.stdinIsTTY && ctx.io.stderrIsTTY ? 'CI is set, so it asks nothing' : 'there is no terminal to ask on';
-    throw new UsageError('confirmation_required', `migrate ${command} ${what} and needs confirmation; ${why}.`, {
-      hint: `Pass --yes to confirm (check \`migrate status\` first).`,
-    });
-  }
-  return async (rules, checks) => {
+  const what = command === 'finalize' ? 'stops mirroring the rules for good' : 'changes which store applications write to';
+  const ask = confirmationPrompt(ctx, `migrate ${command} ${what}`, 'Pass --yes to confirm (check `migrate status` first).');
+  return (rules, checks) => {
     // What the command found, read before the answer (the result repeats it).
     ctx.log([`${command} of ${rules.map((r) => `rule ${r}`).join(', ')}: every precondition passed`, ...checkLines(checks)].join('\n'));
-    const rl = createInterface({ input: process.stdin, output: process.stderr });
-    // A closed prompt (Ctrl-D, the end of input) leaves its question pending: the abort settles it.
-    const asked = new AbortController();
-    let interrupted = false;
-    rl.on('SIGINT', () => {
-      interrupted = true;
-      asked.abort();
-    });
-    rl.on('close', () => asked.abort());
-    try {
-      const answer = await rl.question(`Type the rule name${rules.length > 1 ? 's, separated by spaces,' : ''} to ${command} (${rules.join(' ')}): `, { signal: asked.signal });
-      return answer.trim().split(/\s+/).join(' ') === rules.join(' ');
-    } catch (err) {
-      // Ctrl-C is the operator's interrupt; Ctrl-D (the end of input) a no. Nothing was written either way.
-      if (interrupted) throw new InterruptedError(`${command} interrupted at its confirmation prompt; nothing was changed.`);
-      if (err instanceof Error && err.name === 'AbortError') return false;
-      throw err;
-    } finally {
-      rl.close();
-    }
+    return ask(`Type the rule name${rules.length > 1 ? 's, separated by spaces,' : ''} to ${command} (${rules.join(' ')}): `, rules.join(' '));
   };
 }
 
