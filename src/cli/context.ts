@@ -31,6 +31,22 @@ export interface GlobalOptions {
  * policy computed once. Results go to stdout, everything else to stderr, and
  * every line passes through the secret scrubber.
  */
+/**
+ * A live view that owns the terminal (ink redraws its lines): a notice written
+ * around it, the first Ctrl-C's, is wiped by the next redraw, so it goes into
+ * the view's frame. Set while such a view is shown.
+ */
+let liveNotice: ((message: string) => boolean) | undefined;
+
+export function setLiveNotice(show: ((message: string) => boolean) | undefined): void {
+  liveNotice = show;
+}
+
+/** A line for the operator on stderr, or in the live view's frame when one is shown (it says whether it took it). */
+export function notice(io: Io, message: string): void {
+  if (!liveNotice?.(message)) io.stderr.write(`${message}\n`);
+}
+
 export class CommandContext {
   readonly format: Format;
   readonly progress: ProgressMode;

@@ -3,7 +3,7 @@ import { errorDocs, errorJson, ExitCode, InterruptedError, isMigrateError, Usage
 import { renderEnvelope } from '../report/envelope.js';
 import { scrub } from '../report/redact.js';
 import { terminalSafe } from '../report/keys.js';
-import { CommandContext, type Format, type GlobalOptions, type Io } from './context.js';
+import { CommandContext, notice, type Format, type GlobalOptions, type Io } from './context.js';
 import { registerCommands } from './commands.js';
 import { TOOL_VERSION } from './version.js';
 
@@ -175,7 +175,7 @@ function installInterrupts(controller: AbortController, io: Io, opts: { progress
       const ts = new Date().toISOString();
       if (opts.progress === 'json') io.stderr.write(`${JSON.stringify({ ts, event: 'interrupt', message })}\n`);
       else if (opts.logFormat === 'json') io.stderr.write(`${JSON.stringify({ ts, level: 'info', msg: message })}\n`);
-      else io.stderr.write(`${message}\n`);
+      else notice(io, message);
       controller.abort(new InterruptedError('interrupted'));
     } else {
       process.exit(ExitCode.interrupted);

@@ -1,5 +1,5 @@
 import type { ReactElement } from 'react';
-import type { CommandContext } from '../cli/context.js';
+import { setLiveNotice, type CommandContext } from '../cli/context.js';
 
 /** What a long command reports while it works. */
 export interface ProgressState {
@@ -72,7 +72,8 @@ export function createProgressView(ctx: CommandContext): ProgressView {
       },
     };
   }
-  if (ctx.progress === 'auto' && ctx.interactive) return inkProgress(ctx);
+  // A dumb terminal cannot move the cursor up to redraw: plain lines.
+  if (ctx.progress === 'auto' && ctx.interactive && ctx.io.env.TERM !== 'dumb') return inkProgress(ctx);
   let last = 0;
   let latest: ProgressState | undefined;
   return {
@@ -99,11 +100,12 @@ function bar(done: number, total: number, width = 24): string {
 type Ink = typeof import('ink');
 type CreateElement = typeof import('react').createElement;
 
-function progressElement({ Box, Text }: Ink, h: CreateElement, state: ProgressState, now: number, warnings: string[]): ReactElement {
+/** `styled`: bold and colour, which NO_COLOR (https://no-color.org) turns off. */
+function progressElement({ Box, Text }: Ink, h: CreateElement, state: ProgressState, now: number, warnings: string[], styled: boolean): ReactElement {
   return h(Box, { flexDirection: 'column' },
-    h(Text, { bold: true }, plainProgressLine(state, now)),
+    h(Text, { bold: styled }, plainProgressLine(state, now)),
     ...state.items.map((item) => h(Text, { key: item.name }, `  ${item.name.padEnd(20)} ${bar(item.done, item.total)} ${item.done}/${item.total}`)),
-    ...warnings.slice(-5).map((w, i) => h(Text, { key: `w${i}`, color: 'yellow' }, `  ! ${w}`)),
+    ...warnings.slice(-5).map((w, i) => h(Text, { key: `w${i}`, ...(styled ? { color: 'yellow' } : {}) }, `  ! ${w}`)),
   );
 }
 
@@ -122,21 +124,29 @@ function inkProgress(ctx: CommandContext): ProgressView {
     const state = latest;
     const shown = [...warnings];
     void ready.then(([ink, react]) => {
-      const element = progressElement(ink, react.createElement, state, now, shown);
+      const element = progressElement(ink, react.createElement, state, now, shown, !ctx.io.env.NO_COLOR);
       if (instance) instance.rerender(element);
       else instance = ink.render(element, { stdout: process.stderr as unknown as NodeJS.WriteStream, patchConsole: false, exitOnCtrlC: false });
     });
   };
+  const warn = (message: string) => {
+    warnings.push(message);
+    draw(true);
+  };
+  // Once the view shows: before, a notice written around it is not wiped.
+  setLiveNotice((message) => {
+    if (!latest) return false;
+    warn(message);
+    return true;
+  });
   return {
     update(state) {
       latest = state;
       draw(false);
     },
-    warn(message) {
-      warnings.push(message);
-      draw(true);
-    },
+    warn,
     async close() {
+      setLiveNotice(undefined);
       draw(true);
       await ready;
       instance?.unmount();

@@ -14,13 +14,14 @@ export class Terminal {
 
   /** Starts `migrate <args>` in `cwd`; the pane prints `__EXIT <code>` when it ends. */
   constructor(args: string[], options: { cwd: string; env: Record<string, string>; columns?: number; rows?: number }) {
-    const env = Object.entries({ ...options.env, TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
+    const env = Object.entries({ TERM: 'xterm-256color', ...options.env }).map(([k, v]) => `${k}=${v}`);
     const command = ['env', '-u', 'CI', ...env, process.execPath, join(repoRoot, 'bin', 'migrate.js'), ...args].map((w) => `'${w.replace(/'/g, `'\\''`)}'`).join(' ');
     this.tmux('new-session', '-d', '-s', this.session, '-x', String(options.columns ?? 120), '-y', String(options.rows ?? 30), '-c', options.cwd, `${command}; echo "__EXIT $?"; sleep 60`);
   }
 
-  screen(): string {
-    return this.tmux('capture-pane', '-p', '-t', this.session);
+  /** The screen as text; `styled`: with its colour and attribute escapes (`capture-pane -e`). */
+  screen(styled = false): string {
+    return this.tmux('capture-pane', '-p', ...(styled ? ['-e'] : []), '-t', this.session);
   }
 
   /** Types keys (tmux key names: `Enter`, `C-c`, or literal text). */
