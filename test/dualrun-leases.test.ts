@@ -7,7 +7,7 @@ import { parseConfig } from '../src/config/load.js';
 import { startEtcd } from '../scripts/local-servers.js';
 import { checkParity } from './support/parity.js';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv } from './support/harness.js';
-import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
+import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
 
 /**
  * Many etcd leases (a service registry: one lease per instance) mirrored as
@@ -287,6 +287,8 @@ describe('dual-run with many leases (real servers)', () => {
         return now.a === 'a2' && now.b === 'b1' && now.session !== undefined && now.session !== first;
       });
       expect(dr.stderr()).toMatch(/was gone from Consul; replaced it and rewrote 2 key\(s\)/);
+      // Counted where alerts look: a session lost while the dual-run led means its keys were gone from Consul for a while.
+      await eventually('the lost session counted', async () => metric(await dr.metrics(), 'migrate_dualrun_sessions_recreated_total') === 1);
       // Now the dual-run holds the new session for the lease: the write's lock fails and the repair hands it to the next pass.
       const second = await destroyThenWrite('a3');
       await eventually('both keys back under a third session', async () => {

@@ -60,6 +60,8 @@ export interface DualRunStats {
   rebaselines: number;
   repairs: number;
   sessions: number;
+  /** Sessions of live etcd leases Consul no longer had while this dual-run led (renewed too late, or destroyed), made again with their keys. */
+  sessionsRecreated: number;
   errors: Record<string, number>;
   /** Writes to etcd under a rule owned by Consul that the reverse mirror did not make, per rule. */
   lateWrites: Record<string, number>;
@@ -170,7 +172,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const secondaryLanes = lanes.filter((l) => l !== primaryLane);
   const newStats = (): DualRunStats => ({
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), seenRevision: 0, checkpointWrittenAt: Date.now(), connected: false, started: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
-    splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
+    splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
   });
   // Nothing to mirror: refused before a server is asked or the lock taken.
   if (secondaryLanes.length === 0) watchRange(primaryLane.mapping);
@@ -1533,6 +1535,8 @@ class Applier {
       }
     }
     this.sessions.replaced.delete(leaseId);
+    // At the start, a session Consul reaped while no dual-run ran is expected; later, one is an alarm.
+    if (!atStart) this.ctx.stats.sessionsRecreated++;
     this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${leaseId} was gone from Consul; ${what} and rewrote ${ops.length} key(s)`);
   }
 }

@@ -96,6 +96,7 @@ export class DualRunMetrics {
       ['events', 'etcd events the watch delivered in the mapped ranges, whatever became of them (replicated, skipped as keep or unmappable, late writes under a cut-over rule, its own reverse writes)'], ['ops', 'Consul KV ops applied'], ['txns', 'Consul txns applied'],
       ['splitRevisions', 'etcd revisions too large for one txn, applied in parts'], ['rebaselines', 're-baselines after etcd compaction'],
       ['largePuts', 'values too large for a txn, written by single PUT'], ['repairs', 'txns re-planned after a failed lock check'],
+      ['sessionsRecreated', 'sessions of live etcd leases that Consul no longer had while the dual-run led (renewed too late, or destroyed), made again and their keys rewritten; Consul had deleted those keys meanwhile'],
       ['unmappable', 'etcd puts under a copy rule that Consul cannot take (key not servable, value over its limit): not replicated'],
       ['reverseOps', 'etcd ops applied by reverse mirrors (Consul to etcd)'], ['guardTrips', 'deletes the reverse mirror refused to derive (delete guard)'],
     ] as const) {
@@ -130,7 +131,7 @@ export class DualRunMetrics {
       if (delta > 0) this.lateWrites.inc({ rule }, delta);
       this.seen[`late:${rule}`] = count;
     }
-    for (const field of ['events', 'ops', 'txns', 'splitRevisions', 'rebaselines', 'largePuts', 'unmappable', 'repairs', 'reverseOps', 'guardTrips'] as const) {
+    for (const field of ['events', 'ops', 'txns', 'splitRevisions', 'rebaselines', 'largePuts', 'unmappable', 'repairs', 'sessionsRecreated', 'reverseOps', 'guardTrips'] as const) {
       const delta = stats[field] - (this.seen[field] ?? 0);
       if (delta > 0) this.counters[field]!.inc(delta);
       this.seen[field] = stats[field];

@@ -4,7 +4,7 @@ import { EventRate, renderDualRunStatus } from './dualrun-view.js';
 
 const stats: DualRunStats = {
   role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, seenRevision: 0, checkpointWrittenAt: 1000, connected: true, started: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
-  splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 2, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 1,
+  splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 2, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 1,
 };
 
 describe('renderDualRunStatus', () => {
