@@ -25,8 +25,10 @@ if ! { GOFLAGS=-mod=mod go get "github.com/hashicorp/consul@v$version" >&2 && CG
   # Seen for 1.15-1.18: their go.mod points the sub-modules (api, proto-public, troubleshoot, ...) at folders of
   # Consul's repository, which a dependency's replace lines cannot reach, and the published versions it requires
   # are older than its code needs.
+  # Seen for 1.21.5: the module proxy refuses (403) sub-module versions it requires (envoyextensions, troubleshoot).
   echo "build-consul: Consul v$version does not build from its Go module with $(go version) (errors above). Some releases" \
-    "(1.15-1.18) need sub-modules newer than their go.mod requires. Use a consul v$version binary instead:" \
+    "(1.15-1.18) need sub-modules newer than their go.mod requires; for others (1.21.5) the module proxy does not serve" \
+    "a sub-module version they require (\"403 Forbidden\" above). Use a consul v$version binary instead:" \
     "CONSUL_VERSION=$version CONSUL_BIN=/path/to/consul" >&2
   exit 1
 fi
