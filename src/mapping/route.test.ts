@@ -324,6 +324,22 @@ rules:
     expect(ranges('root')).toEqual([['/', '/services/'], ['/services0', '0']]);
   });
 
+  it('findRule gives the rule of the longest from that prefixes the key, with few rules (tried in turn) and many (a trie)', () => {
+    const segment = fc.constantFrom('a', 'b', 'a/', 'b/', '/', 'ab', 'ÿ', 'c');
+    const from = fc.array(segment, { minLength: 1, maxLength: 4 }).map((parts) => parts.join(''));
+    const keyText = fc.array(segment, { maxLength: 6 }).map((parts) => parts.join(''));
+    for (const [minLength, maxLength] of [[1, 8], [17, 60]] as const) {
+      fc.assert(fc.property(fc.uniqueArray(from, { minLength, maxLength }), fc.array(keyText, { minLength: 1, maxLength: 30 }), (fromList, keys) => {
+        const m = mappingOf(`rules:\n${fromList.map((f, i) => `  - { name: r${i}, from: ${JSON.stringify(f)}, action: keep }`).join('\n')}\n`);
+        for (const text of keys) {
+          const k = Buffer.from(text, 'utf8');
+          const longest = m.rules.filter((r) => k.subarray(0, r.fromBytes.length).equals(r.fromBytes)).sort((a, b) => b.fromBytes.length - a.fromBytes.length)[0];
+          expect(findRule(m, k)?.name, `${JSON.stringify(text)} among ${fromList.length} rules`).toBe(longest?.name);
+        }
+      }), { numRuns: 300 });
+    }
+  });
+
   it('holds exactly the keys findRule gives the rule', () => {
     const segment = fc.constantFrom('a', 'b', 'a/', 'b/', '/', 'ab', 'ÿ');
     const froms = fc.uniqueArray(fc.array(segment, { minLength: 1, maxLength: 3 }).map((parts) => parts.join('')), { minLength: 1, maxLength: 5 });

@@ -128,8 +128,51 @@ export function routeKey(mapping: Mapping, key: Buffer, options: RouteOptions = 
 
 /** The rule whose `from` is the longest byte prefix of `key`, if any. */
 export function findRule(mapping: Mapping, key: Buffer): CompiledRule | undefined {
-  for (const rule of mapping.routingOrder) if (startsWith(key, rule.fromBytes)) return rule;
-  return undefined;
+  const order = mapping.routingOrder;
+  if (order.length < TRIE_RULES) {
+    for (const rule of order) if (startsWith(key, rule.fromBytes)) return rule;
+    return undefined;
+  }
+  let node: RuleTrie | undefined = tries.get(order);
+  if (!node) tries.set(order, (node = ruleTrie(order)));
+  // The deepest rule on the key's path through the trie has the longest `from`.
+  let found = node.rule;
+  for (let i = 0; i < key.length; i++) {
+    const next: RuleTrie | undefined = node.next.get(key[i]!);
+    if (!next) break;
+    node = next;
+    if (node.rule) found = node.rule;
+  }
+  return found;
+}
+
+/**
+ * From this many rules on, {@link findRule} walks a trie of the `from` prefixes (as long as the
+ * longest) instead of trying each rule: with 250 rules, trying each was a third of a verify's CPU.
+ */
+const TRIE_RULES = 16;
+
+interface RuleTrie {
+  rule?: CompiledRule;
+  next: Map<number, RuleTrie>;
+}
+
+/** A mapping's routing order is never changed, and copies of a mapping share it: one trie each. */
+const tries = new WeakMap<readonly CompiledRule[], RuleTrie>();
+
+function ruleTrie(order: readonly CompiledRule[]): RuleTrie {
+  const root: RuleTrie = { next: new Map() };
+  for (const rule of order) {
+    let node = root;
+    for (const byte of rule.fromBytes) {
+      let next = node.next.get(byte);
+      if (!next) node.next.set(byte, (next = { next: new Map() }));
+      node = next;
+    }
+    // Longest first, and no two rules share a `from`: the first to reach a node is its only rule.
+    node.rule ??= rule;
+  }
+  return root;
 }
 
 /**

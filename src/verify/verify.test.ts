@@ -13,7 +13,7 @@ import { withTransition } from '../cutover/phase.js';
 import { DIFFERENCE_KINDS } from './compare.js';
 import { VERIFY_REPORT_SCHEMA } from './report-schema.js';
 import { renderVerify, renderVerifyError } from './render.js';
-import { runVerify, type VerifyOptions, type VerifyResult } from './verify.js';
+import { runVerify, type VerifyOptions, type VerifyResult, readBackShares } from './verify.js';
 
 const loaded = parseConfig(`version: 1
 id: demo
@@ -77,6 +77,23 @@ function expectValidJson(result: VerifyResult) {
   if (!validate(doc)) throw new Error(JSON.stringify(validate.errors, null, 2));
   return doc;
 }
+
+describe('readBackShares: keys read back through GET /v1/kv, in all', () => {
+  it('shares --read-back among the copy rules by size, at least one each: 250 rules make about 250 requests, not 25,000', () => {
+    const rules = [...Array.from({ length: 250 }, (_, i) => ({ name: `t${i}`, keys: 100 })), { name: 'big', keys: 25_000 }];
+    const shares = readBackShares(100, rules);
+    expect(shares.get('t0')).toBe(1);
+    expect(shares.get('big')).toBe(50);
+    expect([...shares.values()].reduce((n, v) => n + v, 0)).toBe(300);
+  });
+
+  it('gives one rule all of them, a rule without keys none, and --read-back all every key', () => {
+    expect(readBackShares(100, [{ name: 'app', keys: 100_000 }])).toEqual(new Map([['app', 100]]));
+    expect(readBackShares(100, [{ name: 'app', keys: 10 }, { name: 'empty', keys: 0 }])).toEqual(new Map([['app', 100], ['empty', 0]]));
+    expect(readBackShares(0, [{ name: 'app', keys: 10 }])).toEqual(new Map([['app', 0]]));
+    expect(readBackShares('all', [{ name: 'a', keys: 7 }, { name: 'b', keys: 0 }])).toEqual(new Map([['a', 7], ['b', 0]]));
+  });
+});
 
 describe('runVerify on in-memory stores', () => {
   it('a clean copy: parity in every rule, one round, unmappable keys counted but not drift, verify/last recorded', async () => {

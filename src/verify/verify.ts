@@ -122,7 +122,7 @@ export interface VerifyOptions {
   budgets: Readonly<Record<string, number>>;
   /** Write the `verify/last` summary. */
   record: boolean;
-  /** Keys per rule also read back through `GET /v1/kv/<key>`, spread evenly; `'all'` for every key. */
+  /** Keys also read back through `GET /v1/kv/<key>`, in all ({@link readBackShares}); `'all'` for every key. */
   readBack: number | 'all';
   pageKeys: number;
   signal: AbortSignal;
@@ -361,6 +361,9 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
         return rules;
       });
       totals.catch(() => undefined);
+      const copyRuleNames = new Set(runs.filter((r) => r.rule.action !== 'service').map((r) => r.rule.name));
+      const shares = totals.then((rules) => readBackShares(options.readBack, rules.filter((t) => copyRuleNames.has(t.name))));
+      shares.catch(() => undefined);
       const catalog = catalogOf(target, config.id, options.signal);
       for (const run of runs) {
         checkAborted(options.signal);
@@ -369,9 +372,9 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
           checked += await compareServiceRule(run, { ...deps, options, revision: cut.revision, catalog, keep });
           continue;
         }
-        const expectedKeys = totals.then((rules) => rules.find((t) => t.name === run.rule.name)!.keys);
-        expectedKeys.catch(() => undefined);
-        checked += await compareRule(run, { ...deps, options, cut, sessions, keep, expectedKeys, warn });
+        const expected = Promise.all([totals, shares]).then(([rules, share]) => ({ keys: rules.find((t) => t.name === run.rule.name)!.keys, readBacks: share.get(run.rule.name) ?? 0 }));
+        expected.catch(() => undefined);
+        checked += await compareRule(run, { ...deps, options, cut, sessions, keep, expected, warn });
       }
       break;
     } catch (err) {
@@ -650,9 +653,20 @@ interface CompareContext extends VerifyDeps {
   cut: VerifyCut;
   sessions: Sessions;
   keep: (run: RuleRun, finding: Finding) => void;
-  /** etcd keys in the rule's range at the cut (for spreading read-backs); counted while Consul lists its keys. */
-  expectedKeys: Promise<number>;
+  /** etcd keys in the rule's range at the cut, and how many of them to read back (spread over them); counted while Consul lists its keys. */
+  expected: Promise<{ keys: number; readBacks: number }>;
   warn: (message: string) => void;
+}
+
+/**
+ * The keys each copy rule reads back through `GET /v1/kv/<key>`, as applications read them:
+ * `--read-back n` is n in all (each key a request: 100 per rule made 25,000 of a verify of 250
+ * rules), spread over the rules by their etcd keys, and at least one for each rule that has keys,
+ * since its `to` decides what Consul serves; `all`, every key.
+ */
+export function readBackShares(readBack: number | 'all', rules: readonly { name: string; keys: number }[]): Map<string, number> {
+  const total = rules.reduce((n, r) => n + r.keys, 0);
+  return new Map(rules.map((r) => [r.name, readBack === 'all' ? r.keys : r.keys === 0 || readBack <= 0 ? 0 : Math.max(1, Math.round((readBack * r.keys) / total))]));
 }
 
 /** Round 1 for one rule: the streaming comparison of the module comment. Returns the number of keys compared. */
@@ -671,9 +685,8 @@ async function compareRule(run: RuleRun, ctx: CompareContext): Promise<number> {
   try {
     listed = new ListedKeys(await target.listKeys(rule.to, options.signal));
     stats.targetKeys = listed.size;
-    const expectedKeys = await ctx.expectedKeys;
-    const readBackEvery = options.readBack === 'all' ? 1 : options.readBack <= 0 ? Infinity : Math.max(1, Math.floor(expectedKeys / options.readBack));
-    const readBackMax = options.readBack === 'all' ? Infinity : options.readBack;
+    const { keys: expectedKeys, readBacks: readBackMax } = await ctx.expected;
+    const readBackEvery = readBackMax <= 0 ? Infinity : Math.max(1, Math.floor(expectedKeys / readBackMax));
     let routed = 0;
     let keysDone = 0;
     for (let next = await first; !next.done; next = await pages.next()) {

@@ -49,7 +49,7 @@ export function registerVerify({ add }: CommandRegistrar): void {
       .option('--max-diffs <n>', 'differences listed in the report (all are counted)', '1000')
       .option('--allow <rule=N>', 'tolerate up to N persistent differences in a copy or service rule, reported as within budget (repeatable)', collect, [])
       .option('--no-record', 'do not write the summary to the verify/last state document (the one write verify does)')
-      .option('--read-back <n|all>', 'keys per copy rule also read through GET /v1/kv/<key>, as applications read them', '100')
+      .option('--read-back <n|all>', 'keys also read through GET /v1/kv/<key>, as applications read them: n in all, shared among the copy rules by size (at least one each)', '100')
       .option('--page-keys <n>', `${PAGE_KEYS_HELP}; also the comparison chunk`, String(DEFAULT_PAGE_KEYS))
       .option('--summary-file <file>', 'also append the markdown report to this file (e.g. "$GITHUB_STEP_SUMMARY"), from the same run')
       .addHelpText('after', `
