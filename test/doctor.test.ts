@@ -2,6 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Etcd3 } from 'etcd3';
 import { freePort, startConsul, type ConsulServer } from '../scripts/local-servers.js';
 import { consulIndex, privateConsul, runCli, servers } from './support/harness.js';
 
@@ -82,8 +83,28 @@ describe('migrate doctor (real servers)', () => {
     const { SecretID } = await api('/v1/acl/token', { Description: name, Policies: [{ Name: name }] });
     const run = await runCli(['doctor', '--format', 'json'], { env: { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: aclConsul.address, CONSUL_HTTP_TOKEN: SecretID } });
     expect(run.code, run.stdout + run.stderr).toBe(0);
-    const version = (JSON.parse(run.stdout).checks as { name: string; status: string; message: string }[]).find((c) => c.name === 'consul.version');
-    expect(version).toMatchObject({ status: 'warn', message: expect.stringContaining('the Consul version is unknown') });
+    const checks = JSON.parse(run.stdout).checks as { name: string; status: string; message: string }[];
+    expect(checks.find((c) => c.name === 'consul.version')).toMatchObject({ status: 'warn', message: expect.stringContaining('the Consul version is unknown') });
+    // The byte limits are unread too, and said to be assumed: lowered ones would refuse a copy half way.
+    expect(checks.find((c) => c.name === 'consul.txn-limit')).toMatchObject({ status: 'warn', message: expect.stringContaining("524288 bytes per txn, values up to 524288 bytes (Consul's defaults, assumed: the token may not read the agent's limits") });
+
+    // A migration begun with such a token records no datacenter (it cannot tell it), and one that may read the agent goes on with it.
+    const id = `noagent-${Date.now().toString(36)}`;
+    const etcd = new Etcd3({ hosts: servers().etcdEndpoint });
+    try {
+      await etcd.put(`/${id}/app/k`).value('v');
+    } finally {
+      etcd.close();
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'doctor-noagent-'));
+    writeFileSync(join(dir, 'migration.yaml'), `version: 1\nid: ${id}\nrules:\n  - { name: app, from: /${id}/app/, to: ${id}/app/ }\n`);
+    const env = (token: string) => ({ ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: aclConsul.address, CONSUL_HTTP_TOKEN: token });
+    const copy = await runCli(['copy', '--progress', 'none'], { cwd: dir, env: env(SecretID) });
+    expect(copy.code, copy.stderr).toBe(0);
+    const status = await runCli(['status'], { cwd: dir, env: env(aclConsul.managementToken!) });
+    expect(status.code, status.stderr).toBe(0);
+    const verify = await runCli(['verify', '--progress', 'none'], { cwd: dir, env: env(aclConsul.managementToken!) });
+    expect(verify.code, verify.stderr).toBe(0);
   });
 
   it('state of another etcd cluster fails doctor (every command refuses it); a changed mapping warns (the commands take it with --accept-mapping-change)', async () => {

@@ -33,6 +33,7 @@ export async function resolveTargetLimits(config: MigrationConfig, target: Pick<
       enforced = info;
       txnMaxOps ??= info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
       basis ??= info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
+      if (info.maxValueBytes === undefined && (configured.maxValueBytes === undefined || configured.txnMaxBytes === undefined)) basis += '; its byte limits unread (the token may not read the agent): Consul\'s defaults assumed, set target.limits.maxValueBytes and txnMaxBytes if the servers use others';
       if (info.strictKeys) basis += '; the agent refuses keys outside Consul 1.21.5\'s character set (a-z A-Z 0-9 , _ . / - ? & =)';
     } catch (err) {
       // A setting to fix (a datacenter the agent does not know: --datacenter dc9) is refused as by every command.

@@ -2,8 +2,8 @@ import { getMaxListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
-import { TxnFailedError } from '../stores/consul-http.js';
-import type { ReadPagesOptions } from '../stores/types.js';
+import { ConsulTooLargeError, TxnFailedError } from '../stores/consul-http.js';
+import type { ReadPagesOptions, TxnOp } from '../stores/types.js';
 import { runCopy, type CopyOptions, type CopyProgressEvent } from './copy.js';
 import { renderCopy } from './render.js';
 
@@ -360,6 +360,24 @@ describe('copy text', () => {
     const at = (needle: string) => lines.findIndex((l) => l.includes(needle));
     expect(at('/app//double')).toBe(at('skipped: empty-segment') + 1);
     expect(at('/app/big')).toBe(at('skipped: value-too-large') + 1);
+  });
+
+  it('a value the servers refuse as too large (their limits lower than assumed): the error names the key and says to set target.limits', async () => {
+    // Full txns of 128 ops: the refused batch is halved down to the one write.
+    const source = new MemorySource();
+    const target = new MemoryTarget({}, { txnMaxOps: 128 });
+    for (let i = 0; i < 200; i++) source.put(`/app/k${String(i).padStart(3, '0')}`, 'v');
+    source.put('/app/big-one', Buffer.alloc(300, 1));
+    // Servers whose kv_max_value_size is 200 bytes, which the tool could not read.
+    const apply = target.applyTxn.bind(target);
+    target.applyTxn = async (ops: readonly TxnOp[]) => {
+      if (ops.some((op) => 'value' in op && op.key.startsWith('app/') && op.value.length > 200)) throw new ConsulTooLargeError('consul_too_large', 413, 'Consul refused PUT /v1/txn as too large', 'Value for key "app/big-one" is too large (300 > 200 bytes)');
+      return apply(ops);
+    };
+    const err = await runCopy(deps(source, target), options({ pageKeys: 500 })).then(() => undefined, (e: unknown) => e as ConsulTooLargeError);
+    expect(err).toBeInstanceOf(ConsulTooLargeError);
+    expect(err!.message).toBe('Consul refused the write of app/big-one (etcd key /app/big-one, a value of 300 bytes) as too large: Value for key "app/big-one" is too large (300 > 200 bytes).');
+    expect(err!.hint).toMatch(/set target\.limits\.txnMaxBytes \/ maxValueBytes in migration\.yaml to the servers' values \(an interrupted copy then goes on with --resume\)/);
   });
 
   it('against an agent with Consul 1.21.5\'s key rule, holds back the keys it would refuse on /v1/kv, and says why', async () => {

@@ -6,7 +6,7 @@ import { LeaderLock, lockHolder } from '../dualrun/leader.js';
 import { copyLockKey, runningCopy } from './lock.js';
 import type { MigrationConfig, RuleConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
-import { ConsulTooLargeError, TxnFailedError, sleep } from '../stores/consul-http.js';
+import { ConsulTooLargeError, TOO_LARGE_HINT, TxnFailedError, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, readAgainAtFreshRevision } from '../stores/etcd.js';
 import { readRanges, splitRanges } from '../stores/key-range.js';
 import { putLarge } from '../stores/large-put.js';
@@ -131,7 +131,8 @@ const EXAMPLES = 20;
 /** How long a lock refused for an ended session's lock delay is tried again (Consul caps lock delays at 60 s), and how often. */
 const LOCK_DELAY_WAIT_MS = 65_000;
 const LOCK_DELAY_POLL_MS = 1_000;
-const SPLIT_RETRY_LIMIT = 3;
+/** Halvings of a batch Consul refuses as too large: down to the one write it refuses (128 ops take 7), which the error names. */
+const SPLIT_RETRY_LIMIT = 8;
 /** Keys per Consul read of the guard's extraneous keys (the txn op limit of every version). */
 const READ_CHUNK_KEYS = 64;
 const LOW_WATER_KEY_MAX = 4096;
@@ -771,6 +772,10 @@ class CopyEngine {
         this.retries++;
         for (const half of splitBatch(writes)) await this.sendBatch(half.flatMap((w) => writeOps(w.write)), half, depth + 1);
         return;
+      } else if (err instanceof ConsulTooLargeError && writes.length === 1) {
+        // One write alone: the key to name, the value the servers' limits refuse.
+        const { write } = writes[0]!;
+        throw new ConsulTooLargeError(err.code, err.status, `Consul refused the write of ${formatKey(write.key)} (etcd key ${formatKey(write.sourceKey)}, a value of ${write.value.length} bytes) as too large: ${err.responseBody || err.message}.`, err.responseBody, TOO_LARGE_HINT);
       } else {
         throw err;
       }

@@ -145,10 +145,13 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
         checks.push({ name: 'consul.key-rule', status: 'warn', message: `the agent refuses /v1/kv keys outside a-z A-Z 0-9 , _ . / - ? & = (and any ".."), Consul 1.21.5's rule: keys with other characters are not copied, under either \`keys\` policy`, hint: 'Upgrade the Consul agents to 1.21.6 or later (HashiCorp lifted the rule); `migrate audit` lists the keys it holds back (key_charset).' });
       }
       const limits = await consul.limits();
+      const configured = config.target.limits ?? {};
+      // Without agent:read the agent's byte limits are unknown too: Consul's defaults are assumed, which lowered limits refuse mid-copy.
+      const bytesAssumed = info.maxValueBytes === undefined && (configured.maxValueBytes === undefined || configured.txnMaxBytes === undefined);
       checks.push({
         name: 'consul.txn-limit',
-        status: info.version === 'unknown' && !config.target.limits?.txnMaxOps ? 'warn' : 'ok',
-        message: `${limits.txnMaxOps} ops per txn${config.target.limits?.txnMaxOps ? ' (from target.limits.txnMaxOps)' : info.version === 'unknown' ? ' (server version unknown: the token may not read /v1/agent/self; set target.limits.txnMaxOps)' : ` (Consul ${info.version})`}, ${limits.txnMaxBytes} bytes per txn, values up to ${limits.maxValueBytes} bytes`,
+        status: (info.version === 'unknown' && !configured.txnMaxOps) || bytesAssumed ? 'warn' : 'ok',
+        message: `${limits.txnMaxOps} ops per txn${configured.txnMaxOps ? ' (from target.limits.txnMaxOps)' : info.version === 'unknown' ? ' (server version unknown: the token may not read /v1/agent/self; set target.limits.txnMaxOps)' : ` (Consul ${info.version})`}, ${limits.txnMaxBytes} bytes per txn, values up to ${limits.maxValueBytes} bytes${bytesAssumed ? ' (Consul\'s defaults, assumed: the token may not read the agent\'s limits; set target.limits.txnMaxBytes and maxValueBytes to the servers\' values if they differ)' : ''}`,
       });
     } catch (err) {
       fail('consul.reachable', err);

@@ -99,6 +99,24 @@ describe('ensureMeta', () => {
     expect(await ensureMeta(target, paths, current, '0.1.0', now)).toBe('match');
   });
 
+  it('a first run that could not tell the datacenter (no agent:read) records none, and the first run that can records it', async () => {
+    const target = new MemoryTarget();
+    expect(await ensureMeta(target, paths, { ...current, datacenter: '' }, '0.1.0', now)).toBe('new');
+    expect(await readState<StateMeta>(target, paths.meta)).toMatchObject({ datacenters: [] });
+    // Another token, which may read the agent: not refused as another datacenter.
+    expect(await ensureMeta(target, paths, current, '0.1.0', now)).toBe('match');
+    expect(await readState<StateMeta>(target, paths.meta)).toMatchObject({ datacenters: ['dc1'] });
+    expect(await ensureMeta(target, paths, { ...current, datacenter: '' }, '0.1.0', now)).toBe('match');
+    expect((await rejection(ensureMeta(target, paths, { ...current, datacenter: 'dc2' }, '0.1.0', now))).code).toBe('identity_datacenter_mismatch');
+  });
+
+  it('takes the "" an earlier release recorded for an unknown datacenter as unknown', async () => {
+    const target = new MemoryTarget();
+    await target.applyTxn([{ verb: 'set', key: paths.meta, value: Buffer.from(JSON.stringify(meta({ datacenters: [''] }))) }]);
+    expect(await ensureMeta(target, paths, current, '0.1.0', now)).toBe('match');
+    expect(await readState<StateMeta>(target, paths.meta)).toMatchObject({ datacenters: ['dc1'] });
+  });
+
   it('refuses another cluster and writes nothing', async () => {
     const target = new MemoryTarget();
     await ensureMeta(target, paths, current, '0.1.0', now);

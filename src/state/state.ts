@@ -45,6 +45,7 @@ export interface StateMeta {
   schemaVersion: number;
   id: string;
   etcdClusterId: string;
+  /** Empty while unknown: a token without agent:read cannot tell the agent's datacenter (it is recorded once one can). */
   datacenters: string[];
   mappingHash: string;
   /** The rules the hash is of (absent in state written before they were recorded): what a mapping change leaves behind is told from them. */
@@ -149,10 +150,11 @@ export function checkIdentity(existing: StateMeta | undefined, current: CurrentI
       details: { recorded: existing.etcdClusterId, current: current.etcdClusterId },
     });
   }
-  if (current.datacenter && existing.datacenters.length > 0 && !existing.datacenters.includes(current.datacenter)) {
-    throw new RefusedError('identity_datacenter_mismatch', `Migration "${current.id}" targets datacenter ${existing.datacenters.join(', ')}, but the configured Consul is datacenter ${current.datacenter}.`, {
+  const recorded = knownDatacenters(existing);
+  if (current.datacenter && recorded.length > 0 && !recorded.includes(current.datacenter)) {
+    throw new RefusedError('identity_datacenter_mismatch', `Migration "${current.id}" targets datacenter ${recorded.join(', ')}, but the configured Consul is datacenter ${current.datacenter}.`, {
       hint: 'Point CONSUL_HTTP_ADDR / --consul-addr at the original datacenter, or give this migration another id.',
-      details: { recorded: existing.datacenters, current: current.datacenter },
+      details: { recorded, current: current.datacenter },
     });
   }
   if (existing.mappingHash !== current.mappingHash) {
@@ -163,6 +165,11 @@ export function checkIdentity(existing: StateMeta | undefined, current: CurrentI
     });
   }
   return 'match';
+}
+
+/** The datacenters `meta` names; state of an earlier release recorded an unknown one as "". */
+function knownDatacenters(meta: StateMeta): string[] {
+  return meta.datacenters.filter((dc) => dc !== '');
 }
 
 /** Reads a state document; undefined when absent. */
@@ -183,12 +190,15 @@ export async function ensureMeta(target: TargetStore, paths: StatePaths, current
     // Deferred: recorded by the caller once the new mapping is in force (the dual-run's re-baseline done).
     // A match recorded by an earlier release lists no rules: they are the current ones, recorded now (a later
     // mapping change is checked against them: what it adds to or removes from a cut-over rule's from).
-    if ((verdict === 'match' && (existing?.rules || !current.rules)) || (verdict === 'mapping-changed' && options.deferMappingChange)) return verdict;
+    // So is the datacenter, once known: a first run whose token could not read the agent recorded none.
+    const datacenters = existing && knownDatacenters(existing).length > 0 ? knownDatacenters(existing) : current.datacenter ? [current.datacenter] : [];
+    const datacenterLearned = existing !== undefined && knownDatacenters(existing).length === 0 && datacenters.length > 0;
+    if ((verdict === 'match' && (existing?.rules || !current.rules) && !datacenterLearned) || (verdict === 'mapping-changed' && options.deferMappingChange)) return verdict;
     const meta: StateMeta = {
       schemaVersion: STATE_SCHEMA_VERSION,
       id: current.id,
       etcdClusterId: current.etcdClusterId,
-      datacenters: existing?.datacenters.length ? existing.datacenters : [current.datacenter],
+      datacenters,
       mappingHash: current.mappingHash,
       ...(current.rules ? { rules: current.rules } : {}),
       created: existing?.created ?? now.toISOString(),

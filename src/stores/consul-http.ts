@@ -250,6 +250,9 @@ export class ConsulHttp {
 /** Consul's answer to a token it does not know (deleted, expired, or of another datacenter). */
 const TOKEN_UNKNOWN = /ACL not found|token.*not found|invalid token/i;
 
+/** What to do when Consul refuses a request the tool sized as fitting. */
+export const TOO_LARGE_HINT = 'The servers\' txn_max_req_len / kv_max_value_size are lower than the tool assumed (it reads them from /v1/agent/self, which needs agent:read; without it, Consul\'s defaults): set target.limits.txnMaxBytes / maxValueBytes in migration.yaml to the servers\' values (an interrupted copy then goes on with --resume).';
+
 /** Consul 1.21.5's answer to a key outside its character set (or holding ".."), on every /v1/kv request. */
 export const INVALID_KEY_NAME = /^invalid key name/;
 
@@ -274,7 +277,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
     return new ConsulResponseError('consul_tls_required', status, `Consul at ${address} serves HTTPS only; the tool spoke plain HTTP to it and sent nothing else.`, text, 'Use an https:// address (or CONSUL_HTTP_SSL=true) with CONSUL_CACERT set to the CA that signed the server certificate.');
   }
   if (status === 413) {
-    return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${shown}`, text, 'Lower target.limits.txnMaxBytes / maxValueBytes in migration.yaml to what the servers accept.');
+    return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${shown}`, text, TOO_LARGE_HINT);
   }
   if (/invalid session|Session id '.*' not found|missing session/i.test(text)) {
     return new ConsulSessionError('consul_session_invalid', status, `Consul does not know the session used by ${where}: ${shown}.`, text, 'The session expired or was destroyed; the tool re-creates sessions for live etcd leases on the next run.');
