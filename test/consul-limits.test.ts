@@ -52,6 +52,14 @@ describe('Consul limits set by the operator', () => {
     }
   });
 
+  it('doctor warns when migration.yaml sets limits over what the agent enforces', async () => {
+    const over = await run(lowered, 'lim-over', ['doctor'], 'target: { limits: { maxValueBytes: 524288, txnMaxBytes: 524288 } }\n');
+    const check = (JSON.parse(over.stdout).checks as { name: string; status: string; message: string }[]).find((c) => c.name === 'consul.limits-config');
+    expect(check).toEqual(expect.objectContaining({ status: 'warn', message: "target.limits.maxValueBytes 524288 is over the agent's kv_max_value_size 1000; target.limits.txnMaxBytes 524288 is over the 20000 bytes a txn may have on the agent: Consul refuses what the tool plans by them" }));
+    const within = await run(lowered, 'lim-within', ['doctor'], 'target: { limits: { maxValueBytes: 1000 } }\n');
+    expect((JSON.parse(within.stdout).checks as { name: string }[]).map((c) => c.name)).not.toContain('consul.limits-config');
+  });
+
   it('lowered: audit, dry-run and copy hold back the value over kv_max_value_size and fit txns into txn_max_req_len; verify has parity', async () => {
     const audit = await run(lowered, 'lim-low', ['audit']);
     expect(audit.code).toBe(1);

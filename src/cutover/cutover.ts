@@ -514,7 +514,7 @@ async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutco
       continue;
     }
     const kinds = r ? Object.entries(r.byKind).filter(([, n]) => n > 0).map(([kind, n]) => `${n} ${kind}`).join(', ') : '';
-    outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: ${next} does not hold what ${owner} holds, so ${action === 'cutover' ? 'cutting over' : 'rolling back'} now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on ${owner}${action === 'rollback' ? '. A late write stays in etcd until Consul\'s value is mirrored over it: restart the dual-run (its first pass mirrors the rule\'s keys from Consul to etcd), then roll back again' : ''}` });
+    outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: ${next} does not hold what ${owner} holds, so ${action === 'cutover' ? 'cutting over' : 'rolling back'} now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on ${owner}${action === 'rollback' ? '. A late write stays in etcd until Consul\'s value is mirrored over it: restart the dual-run (its first pass mirrors the rule\'s keys from Consul to etcd, and deletes from etcd a key Consul does not hold: the late write is lost unless it is written in Consul first), then roll back again' : ''}` });
     outcome.ok = false;
   }
   if (outcomes.every((o) => o.ok)) return true;

@@ -68,6 +68,13 @@ describe('phase documents', () => {
 });
 
 describe('preconditions and next steps', () => {
+  it('checkVerify passes a clean verify that left keys out by the mapping, and says applications will not find them in Consul', () => {
+    const clean = verify('parity');
+    expect(checkVerify(clean, 'app', now, 900_000).detail).not.toContain('not in Consul');
+    clean.rules.app!.unmappable = { 'value-too-large': 18, 'key-charset': 2 };
+    expect(checkVerify(clean, 'app', now, 900_000)).toEqual({ name: 'verify', ok: true, detail: 'clean verify 60s ago at etcd revision 20 (parity); 20 etcd key(s) of the rule are not in Consul, by the mapping (value-too-large 18, key-charset 2): applications reading Consul will not find them (`migrate audit` lists them)' });
+  });
+
   it('checkVerify wants a clean verify of the rule no older than the bound', () => {
     expect(checkVerify(undefined, 'app', now, 900_000)).toMatchObject({ ok: false });
     expect(checkVerify(verify('drift'), 'app', now, 900_000)).toMatchObject({ ok: false });

@@ -259,7 +259,11 @@ export function checkVerify(verify: VerifyLastState | undefined, rule: string, n
   if (!ev.clean) return { name: 'verify', ok: false, detail: `the last verify (${formatAge(ev.ageSeconds * 1000)} ago) found ${ev.differences} difference(s) in rule ${rule}` };
   const ageMs = nowMs - Date.parse(ev.at);
   if (!(ageMs <= maxAgeMs)) return { name: 'verify', ok: false, detail: `the last clean verify is ${formatAge(ageMs)} old, older than --max-verify-age ${formatAge(maxAgeMs)} (pass --verify-now to run one)` };
-  return { name: 'verify', ok: true, detail: `clean verify ${formatAge(ev.ageSeconds * 1000)} ago at etcd revision ${ev.revision} (${ev.status})` };
+  // Not drift, but applications that switch to Consul will not find them there.
+  const unmappable = Object.entries(verify!.rules[rule]!.unmappable ?? {}).filter(([, n]) => (n ?? 0) > 0);
+  const absent = unmappable.reduce((total, [, n]) => total + n!, 0);
+  const note = absent > 0 ? `; ${absent} etcd key(s) of the rule are not in Consul, by the mapping (${unmappable.map(([reason, n]) => `${reason} ${n}`).join(', ')}): applications reading Consul will not find them (\`migrate audit\` lists them)` : '';
+  return { name: 'verify', ok: true, detail: `clean verify ${formatAge(ev.ageSeconds * 1000)} ago at etcd revision ${ev.revision} (${ev.status})${note}` };
 }
 
 export function formatAge(ms: number): string {

@@ -148,6 +148,14 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       const configured = config.target.limits ?? {};
       // Without agent:read the agent's byte limits are unknown too: Consul's defaults are assumed, which lowered limits refuse mid-copy.
       const bytesAssumed = info.maxValueBytes === undefined && (configured.maxValueBytes === undefined || configured.txnMaxBytes === undefined);
+      // migration.yaml's limits win; above what the agent enforces, Consul refuses what the tool plans as fitting.
+      const overAgent = [
+        configured.maxValueBytes !== undefined && info.maxValueBytes !== undefined && configured.maxValueBytes > info.maxValueBytes ? `target.limits.maxValueBytes ${configured.maxValueBytes} is over the agent's kv_max_value_size ${info.maxValueBytes}` : '',
+        configured.txnMaxBytes !== undefined && info.txnMaxBytes !== undefined && configured.txnMaxBytes > info.txnMaxBytes ? `target.limits.txnMaxBytes ${configured.txnMaxBytes} is over the ${info.txnMaxBytes} bytes a txn may have on the agent` : '',
+      ].filter(Boolean);
+      if (overAgent.length > 0) {
+        checks.push({ name: 'consul.limits-config', status: 'warn', message: `${overAgent.join('; ')}: Consul refuses what the tool plans by them`, hint: 'Lower target.limits in migration.yaml to the agent\'s values, or leave them out: the tool reads them from the agent.' });
+      }
       checks.push({
         name: 'consul.txn-limit',
         status: (info.version === 'unknown' && !configured.txnMaxOps) || bytesAssumed ? 'warn' : 'ok',

@@ -242,7 +242,7 @@ export interface VerifyLastState {
   rounds: number;
   toolVersion: string;
   /** `byKind` is partial: a summary an older release recorded lacks the kinds added since (the service rules' ones). */
-  rules: Record<string, { status: RuleStatus; differences: number; compared: number; settled: number; budget: number | null; byKind: Partial<Record<DifferenceKind, number>> }>;
+  rules: Record<string, { status: RuleStatus; differences: number; compared: number; settled: number; budget: number | null; byKind: Partial<Record<DifferenceKind, number>>; unmappable?: Partial<Record<string, number>> }>;
 }
 
 interface RuleRun {
@@ -321,7 +321,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
     const trips = await readState<TripsDoc>(target, tripsKey(paths, rule.name));
     if (trips && trips.lateWrites.count > 0) {
       late.set(rule.name, trips.lateWrites.count);
-      warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then \`migrate cutover --rule ${ruleArgument(config, rule.name, deps.datacenter)} --acknowledge-trips\``);
+      warn(`rule ${rule.name}: the dual-run recorded ${trips.lateWrites.count} late write(s) to etcd after its cutover (e.g. ${trips.lateWrites.keys.slice(0, 3).join(', ')}); an application still writes to etcd. Switch it, then \`migrate cutover --rule ${ruleArgument(config, rule.name, deps.datacenter)} --acknowledge-trips\` (the rule stays cut over), or roll it back with --acknowledge-trips`);
     }
   }
   const freshRuns = (): RuleRun[] => verified.filter((rule) => current(rule.name).phase !== 'finalized').map((rule) => ({
@@ -492,7 +492,7 @@ export function verifyLastDocument(result: VerifyResult, options: Pick<VerifyOpt
     clean: result.clean,
     rounds: result.rounds.length,
     toolVersion: options.toolVersion,
-    rules: Object.fromEntries(result.rules.map((r) => [r.name, { status: r.status, differences: r.differences, compared: r.compared, settled: r.settled, budget: r.budget, byKind: r.byKind }])),
+    rules: Object.fromEntries(result.rules.map((r) => [r.name, { status: r.status, differences: r.differences, compared: r.compared, settled: r.settled, budget: r.budget, byKind: r.byKind, unmappable: r.unmappable }])),
   };
 }
 
