@@ -7,7 +7,7 @@ import { formatKey } from '../report/keys.js';
 import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError } from '../stores/etcd.js';
 import { watchSpan } from '../mapping/watch-span.js';
-import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, type TargetLimits } from '../stores/txn-batcher.js';
+import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, wireOpBytes, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
@@ -1204,7 +1204,7 @@ class Applier {
     const room = batchCapacity(this.limits, this.reserve);
     const over = plan.ops.length > room.ops
       ? `${plan.ops.length} ops, more than one Consul txn holds (${room.ops} of its ${this.limits.txnMaxOps}: the dual-run keeps ${this.reserve.reservedOps} for its checkpoint and checks)`
-      : `${plan.ops.length} ops of more bytes than one Consul txn holds (${room.bytes} of its ${this.limits.txnMaxBytes}, values base64-encoded)`;
+      : `${plan.ops.length} ops of ${plan.ops.reduce((n, op) => n + wireOpBytes(op), 0)} bytes as txn ops (values base64-encoded), more than one Consul txn holds (${room.bytes} of its ${this.limits.txnMaxBytes}: the dual-run keeps the rest for its checkpoint and checks)`;
     this.options.log('warn', `revision ${plan.revision} has ${over}; applied in ${parts.length} txns, not atomically`, { revision: plan.revision, ops: plan.ops.length, txns: parts.length });
     for (const [i, part] of parts.entries()) await this.send(part, i === parts.length - 1 ? plan.revision : plan.revision - 1, plan);
   }
