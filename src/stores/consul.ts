@@ -199,9 +199,10 @@ export class ConsulTarget implements TargetStore {
   }
 
   /**
-   * The byte limits of the agent the tool talks to, which it enforces on every
-   * request whatever datacenter that addresses; `{}` when the token may not
-   * read the agent. Asks nothing of the addressed datacenter.
+   * The byte limits and the key rule of the agent the tool talks to, which it
+   * enforces on every request whatever datacenter that addresses; no byte
+   * limits when the token may not read the agent (the key rule is asked of
+   * any token). Asks nothing of the addressed datacenter.
    */
   async agentLimits(): Promise<Pick<TargetInfo, 'txnMaxBytes' | 'maxValueBytes' | 'strictKeys'>> {
     const [self, strictKeys] = await Promise.all([this.agentSelf(), this.strictKeys()]);
