@@ -47,6 +47,11 @@ export interface DualRunStats {
    */
   checkpointWrittenAt: number;
   connected: boolean;
+  /**
+   * When Consul last answered a standby (ms since epoch): it asks every second or so, but a Consul
+   * that holds its requests open (a black hole) fails none of them for a minute.
+   */
+  consulAnsweredAt?: number;
   /** Whether the leader has opened its etcd watch since it took the lead: not while it sets up (reads the checkpoint, renews the sessions). */
   started: boolean;
   events: number;
@@ -933,7 +938,10 @@ function standbyRetries(log: DualRunOptions['log'], stats: DualRunStats, publish
       saidAt = Date.now();
       log('warn', `standby: Consul did not answer (${(err as Error).message}); still waiting for the lock`);
     },
-    onAnswered: () => connected(true),
+    onAnswered: () => {
+      stats.consulAnsweredAt = Date.now();
+      connected(true);
+    },
   };
 }
 

@@ -1,6 +1,7 @@
 import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { DualRunMetrics } from './metrics.js';
+import type { DualRunStats } from './dualrun.js';
+import { DualRunMetrics, STANDBY_SILENT_MS } from './metrics.js';
 
 describe('dualrun --metrics-addr', () => {
   it('an address it cannot serve is a usage error (exit 2), not an internal error', async () => {
@@ -21,6 +22,20 @@ describe('dualrun --metrics-addr', () => {
     } finally {
       taken.close();
     }
+  });
+
+  it('a standby is ready while Consul answers it, and not once Consul has been silent for 10 s (a black hole fails no request for a minute)', () => {
+    const standby: DualRunStats = {
+      role: 'standby', checkpoint: 0, etcdRevision: 0, caughtUpAt: 0, seenRevision: 0, checkpointWrittenAt: 0, connected: true, started: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
+      splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
+    };
+    const metrics = new DualRunMetrics();
+    metrics.update({ ...standby, consulAnsweredAt: Date.now() - 2_000 });
+    expect(metrics.health()).toEqual({ ready: true, body: { status: 'ready', role: 'standby' } });
+    metrics.update({ ...standby, consulAnsweredAt: Date.now() - STANDBY_SILENT_MS - 1_000 });
+    expect(metrics.health()).toEqual({ ready: false, body: { status: 'disconnected', role: 'standby' } });
+    metrics.update({ ...standby, connected: false });
+    expect(metrics.health()).toEqual({ ready: false, body: { status: 'disconnected', role: 'standby' } });
   });
 
   it('serves /healthz on a free port', async () => {

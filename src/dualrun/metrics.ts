@@ -3,6 +3,9 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { UsageError } from '../errors.js';
 import type { DualRunStats } from './dualrun.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
+
+/** A standby asks Consul about every second: silent this long, it is not ready to lead. */
+export const STANDBY_SILENT_MS = 10_000;
 import { heartbeatLagSeconds } from './lag-heartbeat.js';
 
 /**
@@ -147,8 +150,12 @@ export class DualRunMetrics {
   health(): { ready: boolean; body: Record<string, unknown> } {
     const s = this.stats;
     if (!s) return { ready: false, body: { status: 'starting' } };
-    // A standby replicates nothing: no checkpoint or lag of its own (a former leader's would only grow), only whether it could lead.
-    if (s.role !== 'leader') return { ready: s.role === 'standby' && s.connected, body: { status: s.role === 'stopped' ? 'stopped' : s.connected ? 'ready' : 'disconnected', role: s.role } };
+    // A standby replicates nothing: no checkpoint or lag of its own (a former leader's would only grow), only whether it could
+    // lead: Consul answered it lately (a Consul that holds requests open fails none of them for a minute).
+    if (s.role !== 'leader') {
+      const answering = s.connected && (s.consulAnsweredAt === undefined || Date.now() - s.consulAnsweredAt <= STANDBY_SILENT_MS);
+      return { ready: s.role === 'standby' && answering, body: { status: s.role === 'stopped' ? 'stopped' : answering ? 'ready' : 'disconnected', role: s.role } };
+    }
     const lag = lagRevisions(s);
     const seconds = lagSeconds(s, Date.now());
     // With several datacenters, a leader is ready only when every one of them is connected and caught up.
