@@ -1,4 +1,5 @@
 import type { UnmappableReason } from '../mapping/escape.js';
+import { STRICT_CHARSET_TEXT } from '../mapping/escape.js';
 import type { UnmappedPolicy } from '../config/load.js';
 
 /**
@@ -86,7 +87,7 @@ export const FINDING_CATALOGUE: Record<FindingCode, CodeInfo> = {
   key_invalid_utf8: { unit: 'keys', title: 'keys that are not valid UTF-8 (binary keys)', hint: 'Set `keys: escape` on the rule, or keep the prefix on etcd (`action: keep`).' },
   key_control_character: { unit: 'keys', title: 'keys with control or non-printable characters', hint: 'Set `keys: escape` on the rule, or rename the keys in etcd.' },
   key_trailing_space: { unit: 'keys', title: 'keys with a leading or trailing space (refused by Consul 1.21.6+)', hint: 'Set `keys: escape` on the rule, or rename the keys in etcd.' },
-  key_charset: { unit: 'keys', title: 'keys outside the characters this Consul agent serves on /v1/kv (Consul 1.21.5: a-z A-Z 0-9 , _ . / - ? & =, no "..")', hint: 'Upgrade the Consul agents to 1.21.6 or later (1.21.5 alone has this rule), or rename the keys in etcd; `keys: escape` cannot help (its escapes use "~").' },
+  key_charset: { unit: 'keys', title: `keys outside the characters this Consul agent serves on /v1/kv (Consul 1.21.5: ${STRICT_CHARSET_TEXT}, no "..")`, hint: 'Upgrade the Consul agents to 1.21.6 or later (1.21.5 alone has this rule), or rename the keys in etcd; `keys: escape` cannot help (its escapes use "~").' },
   key_too_long: { unit: 'keys', title: 'keys over 256 KiB: Consul could not serve them back through GET /v1/kv/<key> (HTTP 431) or hold them in a txn op', hint: 'Rename the keys in etcd, or keep them on etcd with a `keep` rule; escaping cannot shorten them.' },
   key_empty: { unit: 'keys', title: 'keys that would be empty in Consul', hint: 'Give the rule a `to` prefix, or set `keys: escape`.' },
   key_collision: { unit: 'keys', title: 'Consul keys that two source keys would both land on (one would overwrite the other)', hint: 'Map the colliding prefixes to different Consul prefixes (e.g. /app/ → app/ and app/ → app-plain/).' },

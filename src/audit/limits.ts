@@ -1,7 +1,13 @@
 import type { MigrationConfig } from '../config/load.js';
+import { STRICT_CHARSET_TEXT } from '../mapping/escape.js';
 import { ExitCode, isMigrateError } from '../errors.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, txnMaxOpsForVersion } from '../stores/txn-batcher.js';
-import type { TargetStore } from '../stores/types.js';
+import type { TargetInfo, TargetStore } from '../stores/types.js';
+
+/** Whether the byte limits are Consul's defaults, assumed: the agent did not show its own (no agent:read) and migration.yaml does not set both. */
+export function byteLimitsAssumed(info: Pick<TargetInfo, 'maxValueBytes'>, configured: { maxValueBytes?: number; txnMaxBytes?: number }): boolean {
+  return info.maxValueBytes === undefined && (configured.maxValueBytes === undefined || configured.txnMaxBytes === undefined);
+}
 
 /** The limits a read-only report (audit, plan) judges keys and values against, and where they come from. */
 export interface TargetLimits {
@@ -33,8 +39,8 @@ export async function resolveTargetLimits(config: MigrationConfig, target: Pick<
       enforced = info;
       txnMaxOps ??= info.version === 'unknown' ? 64 : txnMaxOpsForVersion(info.version);
       basis ??= info.version === 'unknown' ? 'Consul answered but its version is unreadable (the token lacks agent:read): assuming 64 ops' : `Consul ${info.version} at ${info.address}`;
-      if (info.maxValueBytes === undefined && (configured.maxValueBytes === undefined || configured.txnMaxBytes === undefined)) basis += '; its byte limits unread (the token may not read the agent): Consul\'s defaults assumed, set target.limits.maxValueBytes and txnMaxBytes if the servers use others';
-      if (info.strictKeys) basis += '; the agent refuses keys outside Consul 1.21.5\'s character set (a-z A-Z 0-9 , _ . / - ? & =)';
+      if (byteLimitsAssumed(info, configured)) basis += '; its byte limits unread (the token may not read the agent): Consul\'s defaults assumed, set target.limits.maxValueBytes and txnMaxBytes if the servers use others';
+      if (info.strictKeys) basis += `; the agent refuses keys outside Consul 1.21.5's character set (${STRICT_CHARSET_TEXT})`;
     } catch (err) {
       // A setting to fix (a datacenter the agent does not know: --datacenter dc9) is refused as by every command.
       if (!isMigrateError(err) || err.exitCode === ExitCode.usage) throw err;

@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { byteLimitsAssumed } from '../audit/limits.js';
+import { STRICT_CHARSET_TEXT } from '../mapping/escape.js';
 import { OLDEST_SUPPORTED_CONSUL, consulTooOld } from './consul-version.js';
 import { ExitCode, isMigrateError, ServerError, type MigrateError } from '../errors.js';
 import type { Connections } from '../config/connections.js';
@@ -142,12 +144,12 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
           ? { name: 'consul.version', status: 'warn', message: `the Consul version is unknown (the token may not read /v1/agent/self), so it cannot be checked against the oldest supported, ${OLDEST_SUPPORTED_CONSUL}`, hint: 'Give the token agent:read (`migrate acl` prints it), or check `consul version` on the servers by hand.' }
           : { name: 'consul.version', status: 'ok', message: `Consul ${info.version} is supported (the oldest supported is ${OLDEST_SUPPORTED_CONSUL})` });
       if (info.strictKeys) {
-        checks.push({ name: 'consul.key-rule', status: 'warn', message: `the agent refuses /v1/kv keys outside a-z A-Z 0-9 , _ . / - ? & = (and any ".."), Consul 1.21.5's rule: keys with other characters are not copied, under either \`keys\` policy`, hint: 'Upgrade the Consul agents to 1.21.6 or later (HashiCorp lifted the rule); `migrate audit` lists the keys it holds back (key_charset).' });
+        checks.push({ name: 'consul.key-rule', status: 'warn', message: `the agent refuses /v1/kv keys outside ${STRICT_CHARSET_TEXT} (and any ".."), Consul 1.21.5's rule: keys with other characters are not copied, under either \`keys\` policy`, hint: 'Upgrade the Consul agents to 1.21.6 or later (HashiCorp lifted the rule); `migrate audit` lists the keys it holds back (key_charset).' });
       }
       const limits = await consul.limits();
       const configured = config.target.limits ?? {};
       // Without agent:read the agent's byte limits are unknown too: Consul's defaults are assumed, which lowered limits refuse mid-copy.
-      const bytesAssumed = info.maxValueBytes === undefined && (configured.maxValueBytes === undefined || configured.txnMaxBytes === undefined);
+      const bytesAssumed = byteLimitsAssumed(info, configured);
       // migration.yaml's limits win; above what the agent enforces, Consul refuses what the tool plans as fitting.
       const overAgent = [
         configured.maxValueBytes !== undefined && info.maxValueBytes !== undefined && configured.maxValueBytes > info.maxValueBytes ? `target.limits.maxValueBytes ${configured.maxValueBytes} is over the agent's kv_max_value_size ${info.maxValueBytes}` : '',

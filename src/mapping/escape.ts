@@ -170,6 +170,8 @@ export function isServableKey(key: string, shift = 0): ServableCheck {
 }
 
 const STRICT_CHARSET = /^[a-zA-Z0-9,_./?&=-]+$/;
+/** The characters of {@link STRICT_CHARSET}, as messages name them. */
+export const STRICT_CHARSET_TEXT = 'a-z A-Z 0-9 , _ . / - ? & =';
 
 /**
  * Why Consul 1.21.5 refuses `key` on `/v1/kv` (module comment), or undefined.
@@ -178,7 +180,7 @@ const STRICT_CHARSET = /^[a-zA-Z0-9,_./?&=-]+$/;
 export function strictKeyRefusal(key: string): Extract<ServableCheck, { ok: false }> | undefined {
   if (!STRICT_CHARSET.test(key)) {
     const refused = [...key].find((c) => !STRICT_CHARSET.test(c))!;
-    return unservable('key-charset', `the key holds ${refused === ' ' ? 'a space' : `"${refused}"`}, outside the characters Consul 1.21.5 serves on /v1/kv (a-z A-Z 0-9 , _ . / - ? & =)`);
+    return unservable('key-charset', `the key holds ${refused === ' ' ? 'a space' : `"${refused}"`}, outside the characters Consul 1.21.5 serves on /v1/kv (${STRICT_CHARSET_TEXT})`);
   }
   if (key.includes('..')) return unservable('key-charset', 'the key contains "..", which Consul 1.21.5 refuses anywhere in a key');
   return undefined;

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { STRICT_CHARSET_TEXT } from '../mapping/escape.js';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import { MigrateError, ServerError, UsageError, ExitCode } from '../errors.js';
@@ -257,7 +258,7 @@ export const TOO_LARGE_HINT = 'The servers\' txn_max_req_len / kv_max_value_size
 export const INVALID_KEY_NAME = /^invalid key name/;
 
 /** What to do about Consul 1.21.5's key rule. */
-export const STRICT_KEYS_HINT = 'Consul 1.21.5 serves only keys of a-z A-Z 0-9 , _ . / - ? & = without ".." on /v1/kv (1.21.6 lifted the rule): upgrade the Consul agents, or rename the keys in etcd.';
+export const STRICT_KEYS_HINT = `Consul 1.21.5 serves only keys of ${STRICT_CHARSET_TEXT} without ".." on /v1/kv (1.21.6 lifted the rule): upgrade the Consul agents, or rename the keys in etcd.`;
 
 export function consulErrorFor(address: string, method: string, path: string, status: number, body: Buffer, datacenter?: string): MigrateError {
   const text = body.toString('utf8').trim();
