@@ -3,7 +3,7 @@ import { UsageError } from '../errors.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp, ConsulResponseError, INVALID_KEY_NAME, consulErrorFor, txnError, withRetries, type ConsulConnection, type RetryOptions } from './consul-http.js';
 import { keysOf, packReads, planReads, sortKeys, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
-import { scanReadResults } from './txn-results.js';
+import { scanReadResults, txnIndex } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
 import { checkIdOf, META_MIGRATION } from '../services/registration.js';
 import type { ServiceDefinition, ServiceInstance, PutOptions, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
@@ -337,10 +337,7 @@ export class ConsulTarget implements TargetStore {
     }
     const response = await this.request({ method: 'PUT', path: '/v1/txn', body: serializeTxn(ops), signal });
     // Each result is an entry as the txn left it (values blanked): the written ones carry the txn's index, the newest.
-    const results = (JSON.parse(response.body.toString('utf8')) as { Results?: { KV?: { ModifyIndex?: number } }[] | null }).Results ?? [];
-    let index: number | undefined;
-    for (const r of results) if (r.KV?.ModifyIndex !== undefined && (index === undefined || r.KV.ModifyIndex > index)) index = r.KV.ModifyIndex;
-    return index;
+    return txnIndex(response.body);
   }
 
   async putKey(key: string, value: Buffer, options: PutOptions = {}): Promise<boolean> {

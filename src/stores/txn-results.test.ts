@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { toEntry, type WireEntry } from './consul.js';
-import { scanReadResults } from './txn-results.js';
+import { scanReadResults, txnIndex } from './txn-results.js';
 
 /** What the tool made of an answer before the scan: JSON.parse, then toEntry. */
 function parsed(body: string): unknown {
@@ -87,5 +87,32 @@ describe('scanReadResults', () => {
     const [a, b] = scanReadResults(Buffer.from(body))!;
     b!.value[0] = 0;
     expect(a!.value.toString()).toBe('first');
+  });
+});
+
+describe('txnIndex', () => {
+  /** The largest ModifyIndex JSON.parse finds in a txn's answer. */
+  const parsedIndex = (body: string) => {
+    const indexes = ((JSON.parse(body) as { Results: { KV: WireEntry }[] | null }).Results ?? []).map((r) => r.KV.ModifyIndex);
+    return indexes.length > 0 ? Math.max(...indexes) : undefined;
+  };
+
+  it('is the largest ModifyIndex of the answer, whatever its keys and sessions hold', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ key: fc.oneof(fc.string({ unit: 'binary', minLength: 1 }), fc.constantFrom('"ModifyIndex":9', 'a","ModifyIndex":99999,"b', '\\"ModifyIndex\\":7')), index: fc.nat({ max: 2 ** 50 }) }), { maxLength: 12 }),
+        (kvs) => {
+          const body = answer(kvs.map((kv) => ({ key: kv.key, value: null, session: kv.key.length % 2 ? '"ModifyIndex":123456789' : undefined, index: kv.index })));
+          expect(txnIndex(Buffer.from(body))).toBe(parsedIndex(body));
+        },
+      ),
+    );
+  });
+
+  it('is undefined for an answer without entries (deletes only), and leaves a number it cannot read exactly to JSON.parse', () => {
+    expect(txnIndex(Buffer.from('{"Results":null,"Errors":null}'))).toBeUndefined();
+    expect(txnIndex(Buffer.from('{"Results":[],"Errors":null}'))).toBeUndefined();
+    expect(txnIndex(Buffer.from('{"Results":[{"KV":{"Key":"a","ModifyIndex":1e3}}]}'))).toBe(1000);
+    expect(txnIndex(Buffer.from('{"Results":[{"KV":{"Key":"a","ModifyIndex":12345678901234567}}]}'))).toBe(12345678901234568);
   });
 });

@@ -95,6 +95,36 @@ export function scanReadResults(body: Buffer): TargetEntry[] | undefined {
   }
 }
 
+/**
+ * The index a write txn's writes took: the largest `ModifyIndex` in its answer
+ * (a `get` or `check-index` in the txn answers an older one), or `undefined`
+ * when the answer holds none. Found by searching the bytes for the field name
+ * rather than with `JSON.parse`, which made an object and a key string for each
+ * of the copy's writes (100,000 keys: ~140 ms of its ~1.4 CPU seconds, and
+ * their garbage). The name cannot match inside a key or session: a `"` within a
+ * JSON string is always written `\"`, and the name is followed by `":`.
+ */
+export function txnIndex(body: Buffer): number | undefined {
+  let index: number | undefined;
+  for (let at = body.indexOf(MODIFY_INDEX); at !== -1; at = body.indexOf(MODIFY_INDEX, at)) {
+    at += MODIFY_INDEX.length;
+    const start = at;
+    let n = 0;
+    while (body[at]! >= DIGIT_0 && body[at]! <= DIGIT_9) n = n * 10 + (body[at++]! - DIGIT_0);
+    // Not a plain number of at most 15 digits (always exact in a double): JSON.parse's to read.
+    if (at === start || at - start > 15 || (body[at] !== COMMA && body[at] !== RBRACE)) return parsedTxnIndex(body);
+    if (index === undefined || n > index) index = n;
+  }
+  return index;
+}
+
+function parsedTxnIndex(body: Buffer): number | undefined {
+  const results = (JSON.parse(body.toString('utf8')) as { Results?: { KV?: { ModifyIndex?: number } }[] | null }).Results ?? [];
+  let index: number | undefined;
+  for (const r of results) if (r.KV?.ModifyIndex !== undefined && (index === undefined || r.KV.ModifyIndex > index)) index = r.KV.ModifyIndex;
+  return index;
+}
+
 const Field = { other: 0, key: 1, value: 2, flags: 3, modifyIndex: 4, session: 5 } as const;
 type Field = (typeof Field)[keyof typeof Field];
 
@@ -129,6 +159,7 @@ const DIGIT_0 = 0x30;
 const DIGIT_9 = 0x39;
 const PAD = 0x3d;
 const RESULTS = Buffer.from('{"Results":[');
+const MODIFY_INDEX = Buffer.from('"ModifyIndex":');
 const KV_OPEN = Buffer.from('{"KV":{');
 const NULL = Buffer.from('null');
 const TRUE = Buffer.from('true');
