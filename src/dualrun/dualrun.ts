@@ -12,7 +12,7 @@ import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, Tar
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { copyRunning, refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
-import { LeaderLock } from './leader.js';
+import { LEADER_TTL_SECONDS, LeaderLock } from './leader.js';
 import { runningCopy } from '../copy/lock.js';
 import { currentOwner, ownedByConsul, ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
 import { readOwnership, readRuleDocs, recordTrip, refuseOwnedMappingChanges } from '../cutover/state-io.js';
@@ -242,8 +242,11 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       return { stats, reason: 'signal', leading: false };
     }
     const lost = new AbortController();
-    leader.keepAlive(() => {
-      options.log('error', 'lost the leader lock (our session expired); stepping down');
+    leader.keepAlive((why) => {
+      options.log('error', `lost the leader lock (${LOST_WHY[why]}); stepping down`);
+      // Not the leader from now on, for /metrics and /healthz too, however long the stopping takes against a Consul that does not answer.
+      stats.role = 'standby';
+      publish();
       lost.abort();
     });
     stats.role = 'leader';
@@ -280,6 +283,12 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     options.log('warn', options.ha ? 'stepped down; waiting to lead again' : 'stepped down; taking the leader lock again');
   }
 }
+
+/** Why a leader lost its lock, in its log line. */
+const LOST_WHY = {
+  expired: 'Consul no longer knows our session: it expired',
+  unconfirmed: `Consul has not confirmed our session for ${LEADER_TTL_SECONDS} s, its TTL: it may have expired and another dual-run may lead`,
+} as const;
 
 /**
  * Why the replication must start with a re-baseline, if it must: the rules changed (accepted with
@@ -370,8 +379,10 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
       if (!acquired) break;
       await refuseWhileCopyRuns(lane.target, lane.config);
       const lost = new AbortController();
-      lock.keepAlive(() => {
-        log('warn', 'lost the lock in this datacenter (its session expired while it was unreachable); taking it again');
+      lock.keepAlive((why) => {
+        log('warn', `lost the lock in this datacenter (${LOST_WHY[why]}); taking it again`);
+        stats.role = 'standby';
+        run.publish();
         lost.abort();
       });
       let failure: unknown;

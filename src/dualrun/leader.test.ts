@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ServerError } from '../errors.js';
 import { MemoryTarget } from '../stores/memory.js';
-import { LeaderLock, processAlive } from './leader.js';
+import { LEADER_TTL_SECONDS, LeaderLock, processAlive } from './leader.js';
 
 /** A target whose next `failures` session creations fail as an unreachable Consul does. */
 function flaky(failures: number): { target: MemoryTarget; fail: (n: number) => void } {
@@ -35,6 +35,43 @@ describe('LeaderLock.acquire', () => {
     await expect(new LeaderLock(target, '_migrate/m/leader', 'host:1').acquire({ wait: false, signal, transient })).rejects.toMatchObject({ code: 'consul_unreachable' });
     fail(1);
     await expect(new LeaderLock(target, '_migrate/m/leader', 'host:1').acquire({ wait: true, signal, transient: () => false })).rejects.toMatchObject({ code: 'consul_unreachable' });
+  });
+});
+
+describe('LeaderLock.keepAlive', () => {
+  it('steps down once Consul has not confirmed the session for its TTL (cut off: a standby may lead by then), and when Consul no longer knows it', async () => {
+    vi.useFakeTimers();
+    try {
+      const target = new MemoryTarget();
+      const lock = new LeaderLock(target, '_migrate/m/leader', 'host:1');
+      await lock.acquire({ wait: false, signal: new AbortController().signal });
+      const lost: string[] = [];
+      lock.keepAlive((why) => lost.push(why));
+      // Renewed every third of the TTL: nothing lost however long it runs.
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(lost).toEqual([]);
+      // Cut off: each renewal hangs (a black hole); the lock is given up a TTL after the last confirmed one, not when Consul answers again.
+      target.renewSession = () => new Promise(() => undefined);
+      await vi.advanceTimersByTimeAsync(LEADER_TTL_SECONDS * 1000);
+      expect(lost).toEqual([]);
+      await vi.advanceTimersByTimeAsync(LEADER_TTL_SECONDS * 1000);
+      expect(lost).toEqual(['unconfirmed']);
+      expect(await lock.held()).toBe(false);
+      await lock.release();
+
+      const again = new LeaderLock(target, '_migrate/m/leader', 'host:1');
+      target.renewSession = async () => true;
+      await again.acquire({ wait: false, signal: new AbortController().signal });
+      const lostAgain: string[] = [];
+      again.keepAlive((why) => lostAgain.push(why));
+      // Consul answers that it no longer knows the session (404): lost at the next renewal.
+      target.renewSession = async () => false;
+      await vi.advanceTimersByTimeAsync(LEADER_TTL_SECONDS * 1000);
+      expect(lostAgain).toEqual(['expired']);
+      await again.release();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 

@@ -140,21 +140,38 @@ export class LeaderLock {
     return (await this.target.readKey(this.key))?.session === this.session;
   }
 
-  /** Renews the session every third of its TTL; `onLost` when Consul no longer knows it. */
-  keepAlive(onLost: () => void): void {
+  /**
+   * Renews the session every third of its TTL. `onLost` when Consul no longer
+   * knows it, or when no renewal has been confirmed for a whole TTL: Consul may
+   * have reaped the session by then and a standby may lead, so a process cut off
+   * from Consul stops calling itself leader rather than waiting to hear it (its
+   * writes were fenced by the lock check either way).
+   */
+  keepAlive(onLost: (why: 'expired' | 'unconfirmed') => void): void {
     let renewing = false;
+    let confirmedAt = Date.now();
+    const lose = (timer: NodeJS.Timeout, session: string, why: 'expired' | 'unconfirmed') => {
+      // Released (or re-made) meanwhile: the answer is about a session this lock no longer holds.
+      if (this.timer !== timer || this.session !== session || this.lost) return;
+      this.lost = true;
+      onLost(why);
+    };
     const timer = setInterval(async () => {
       const session = this.session;
+      if (!session || this.lost) return;
+      if (Date.now() - confirmedAt > LEADER_TTL_SECONDS * 1000) return lose(timer, session, 'unconfirmed');
       // One renewal at a time: against a Consul that does not answer, each one retries for seconds.
-      if (!session || this.lost || renewing) return;
+      if (renewing) return;
       renewing = true;
-      const ok = await this.target.renewSession(session).catch(() => true);
+      const ok = await this.target.renewSession(session).then(
+        (renewed) => {
+          if (renewed) confirmedAt = Date.now();
+          return renewed;
+        },
+        () => true,
+      );
       renewing = false;
-      // Released (or re-made) meanwhile: the answer is about a session this lock no longer holds.
-      if (!ok && this.timer === timer && this.session === session && !this.lost) {
-        this.lost = true;
-        onLost();
-      }
+      if (!ok) lose(timer, session, 'expired');
     }, (LEADER_TTL_SECONDS * 1000) / 3);
     this.timer = timer;
     this.timer.unref();
