@@ -6,7 +6,7 @@ import { parseConfig } from '../src/config/load.js';
 import { checkParity } from './support/parity.js';
 import { FaultProxy, startChaos, type ChaosLog } from './support/fault-proxy.js';
 import { configDir, consulTarget, rawEtcd, repoRoot, runCli, serverEnv, servers } from './support/harness.js';
-import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
+import { eventually, metric, startDualRun, waitCaughtUp } from './support/dualrun.js';
 import { prng } from '../fixtures/demo/keyspace.js';
 
 const etcd = rawEtcd();
@@ -180,6 +180,45 @@ describe('faults between the tool and the servers (TCP fault proxy on loopback)'
     expect(await checkParity(etcd, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
     expect(await dualrun.stop()).toBe(0);
   }, 120_000);
+
+  it('--ha: a leader cut off from Consul alone stops calling itself leader before the standby takes over; healed, it stands by and parity holds', async () => {
+    const s = scenario('fault-ha-cut');
+    for (let i = 0; i < 10; i++) await etcd.put(`${s.root}/app/k${i}`).value('seed');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    // The first leads through a proxy of its own (the shared one carries the other tests' traffic), the standby talks to Consul directly.
+    const own = await FaultProxy.forUrl(servers().consulAddress);
+    const cut = await startDualRun(s.dir, ['--ha'], { CONSUL_HTTP_ADDR: own.url });
+    const leaderGauge = async (dr: typeof cut) => metric(await dr.metrics(), 'migrate_dualrun_leader');
+    let standby: typeof cut | undefined;
+    try {
+      await eventually('the first leads', async () => (await leaderGauge(cut)) === 1, 30_000);
+      standby = await startDualRun(s.dir, ['--ha']);
+      await waitCaughtUp(etcd, target, s.id);
+      own.proxy.blackhole();
+      await etcd.put(`${s.root}/app/during`).value('cut');
+      // Sampled until the standby leads: never two processes saying they lead.
+      const both: string[] = [];
+      const standbyLeads = async () => {
+        const [a, b] = [await leaderGauge(cut), await leaderGauge(standby!)];
+        if (a === 1 && b === 1) both.push(new Date().toISOString());
+        return b === 1;
+      };
+      await eventually('the standby leads', standbyLeads, 60_000);
+      expect(both, cut.stderr()).toEqual([]);
+      expect(await leaderGauge(cut)).toBe(0);
+      expect(cut.stderr()).toMatch(/lost the leader lock \(Consul has not confirmed our session for 10 s, its TTL: it may have expired and another dual-run may lead\); stepping down/);
+      await waitCaughtUp(etcd, target, s.id);
+      own.proxy.heal();
+      await eventually('the cut-off one stands by, ready', async () => (await fetch(`http://127.0.0.1:${cut.metricsPort}/healthz`)).status === 200, 30_000);
+      expect(await leaderGauge(cut)).toBe(0);
+      expect(await checkParity(etcd, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+    } finally {
+      own.proxy.heal();
+      expect(await cut.stop()).toBe(0);
+      if (standby) expect(await standby.stop()).toBe(0);
+      await own.proxy.close();
+    }
+  }, 150_000);
 
   it('a dual-run under a writer keeps going through resets, delays and blackholes; its lag recovers and parity holds', async () => {
     const s = scenario('fault-dualrun');

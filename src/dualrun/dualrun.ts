@@ -248,7 +248,7 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
       stats.role = 'standby';
       publish();
       lost.abort();
-    });
+    }, { unconfirmed: options.ha });
     stats.role = 'leader';
     stats.checkpointWrittenAt = Date.now();
     options.log('info', 'leading the dual-run', { holder });
@@ -384,7 +384,7 @@ async function followLane(run: { source: SourceReader; lane: DualRunLane; stats:
         stats.role = 'standby';
         run.publish();
         lost.abort();
-      });
+      }, { unconfirmed: options.ha });
       let failure: unknown;
       const fail = (err: unknown) => {
         failure ??= err;

@@ -39,14 +39,14 @@ describe('LeaderLock.acquire', () => {
 });
 
 describe('LeaderLock.keepAlive', () => {
-  it('steps down once Consul has not confirmed the session for its TTL (cut off: a standby may lead by then), and when Consul no longer knows it', async () => {
+  it('with `unconfirmed` (--ha), steps down once Consul has not confirmed the session for its TTL (cut off: a standby may lead by then); always when Consul no longer knows it', async () => {
     vi.useFakeTimers();
     try {
       const target = new MemoryTarget();
       const lock = new LeaderLock(target, '_migrate/m/leader', 'host:1');
       await lock.acquire({ wait: false, signal: new AbortController().signal });
       const lost: string[] = [];
-      lock.keepAlive((why) => lost.push(why));
+      lock.keepAlive((why) => lost.push(why), { unconfirmed: true });
       // Renewed every third of the TTL: nothing lost however long it runs.
       await vi.advanceTimersByTimeAsync(60_000);
       expect(lost).toEqual([]);
@@ -58,6 +58,17 @@ describe('LeaderLock.keepAlive', () => {
       expect(lost).toEqual(['unconfirmed']);
       expect(await lock.held()).toBe(false);
       await lock.release();
+
+      // Alone (no --ha), it leads on through the outage: nobody else would, and its lag says what it is behind.
+      const alone = new LeaderLock(target, '_migrate/m/leader', 'host:1');
+      target.renewSession = async () => true;
+      await alone.acquire({ wait: false, signal: new AbortController().signal });
+      const lostAlone: string[] = [];
+      alone.keepAlive((why) => lostAlone.push(why));
+      target.renewSession = () => new Promise(() => undefined);
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(lostAlone).toEqual([]);
+      await alone.release();
 
       const again = new LeaderLock(target, '_migrate/m/leader', 'host:1');
       target.renewSession = async () => true;

@@ -141,13 +141,15 @@ export class LeaderLock {
   }
 
   /**
-   * Renews the session every third of its TTL. `onLost` when Consul no longer
-   * knows it, or when no renewal has been confirmed for a whole TTL: Consul may
-   * have reaped the session by then and a standby may lead, so a process cut off
-   * from Consul stops calling itself leader rather than waiting to hear it (its
-   * writes were fenced by the lock check either way).
+   * Renews the session every third of its TTL; `onLost` when Consul no longer
+   * knows it. With `unconfirmed` (the dual-run's --ha), also when no renewal has
+   * been confirmed for a whole TTL: Consul may have reaped the session by then
+   * and a standby may lead, so a process cut off from Consul stops calling itself
+   * leader rather than waiting to hear it (its writes were fenced by the lock
+   * check either way). Alone, a dual-run leads on through an outage and says
+   * what it is behind.
    */
-  keepAlive(onLost: (why: 'expired' | 'unconfirmed') => void): void {
+  keepAlive(onLost: (why: 'expired' | 'unconfirmed') => void, options: { unconfirmed?: boolean } = {}): void {
     let renewing = false;
     let confirmedAt = Date.now();
     const lose = (timer: NodeJS.Timeout, session: string, why: 'expired' | 'unconfirmed') => {
@@ -159,7 +161,7 @@ export class LeaderLock {
     const timer = setInterval(async () => {
       const session = this.session;
       if (!session || this.lost) return;
-      if (Date.now() - confirmedAt > LEADER_TTL_SECONDS * 1000) return lose(timer, session, 'unconfirmed');
+      if (options.unconfirmed && Date.now() - confirmedAt > LEADER_TTL_SECONDS * 1000) return lose(timer, session, 'unconfirmed');
       // One renewal at a time: against a Consul that does not answer, each one retries for seconds.
       if (renewing) return;
       renewing = true;
