@@ -136,4 +136,25 @@ describe('ReverseMirror and lease sessions', () => {
     expect(target.entries.get('app/k')?.session).toBeUndefined();
     expect(logs.join('\n')).toContain('app/k went with a lost lease session after an application wrote it; written back to Consul from etcd');
   });
+  it('first pass (a restart): a Consul key held by the session of an etcd lease that etcd no longer has (the lease ended meanwhile) is not written back to etcd, where it would live for good without a lease', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    const lease = source.grantLease(60);
+    source.put('/app/live', 'up', lease);
+    target.sessions.set('S', { id: 'S', name: 'migrate demo etcd lease x', node: 'n', ttlSeconds: 60, behavior: 'delete', lockDelayNs: 0 });
+    target.sessions.set('D', { id: 'D', name: 'migrate demo etcd lease y', node: 'n', ttlSeconds: 60, behavior: 'delete', lockDelayNs: 0 });
+    const entry = (key: string, value: string, index: number, session?: string): TargetEntry => ({ key, value: Buffer.from(value), flags: 0, modifyIndex: index, ...(session ? { session } : {}) });
+    // Consul, as the restarted mirror finds it: the live lease's key, the ended lease's keys (session D not reaped yet),
+    // and a key an application wrote in Consul while no mirror ran.
+    const answer = [entry('app/live', 'up', 1, 'S'), entry('app/dead-1', 'gone', 2, 'D'), entry('app/dead-2', 'gone', 3, 'D'), entry('app/written', 'new', 4)];
+    const { readPrefix, served } = answersOf([answer]);
+    const { mirror, logs } = mirrorOf(source, target, readPrefix, { leaseSessions: new Set(['S', 'D']) });
+    mirror.start(new AbortController().signal);
+    await served;
+    await mirror.stop();
+    const etcd: [string, string, string][] = [];
+    for await (const page of source.readPages({ start: Buffer.from('/app/'), end: Buffer.from('/app0') })) for (const e of page.entries) etcd.push([e.key.toString(), e.value.toString(), e.lease === '0' ? 'no lease' : 'leased']);
+    expect(etcd).toEqual([['/app/live', 'up', 'leased'], ['/app/written', 'new', 'no lease']]);
+    expect(logs.join('\n')).toContain('first pass left 2 Consul key(s) out of etcd: held by sessions of etcd leases, and etcd no longer has them');
+  });
 });

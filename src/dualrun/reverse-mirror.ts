@@ -261,7 +261,18 @@ export class ReverseMirror {
         if (want.entry.session && this.deps.leaseSessions.has(want.entry.session)) held.push(want.entry);
       }
     }
-    for (const want of wanted.values()) ops.push({ verb: 'put', key: want.key, value: want.value });
+    let leaseEnded = 0;
+    for (const want of wanted.values()) {
+      // Held by the session of an etcd lease, and gone from etcd: the lease ended while no mirror ran, and etcd dropped
+      // its keys; the lease pass destroys the session, which takes the Consul key too. Written back, it would stay in
+      // etcd for good, without a lease: a dead service instance that never expires.
+      if (want.entry.session && this.deps.leaseSessions.has(want.entry.session)) {
+        leaseEnded++;
+        continue;
+      }
+      ops.push({ verb: 'put', key: want.key, value: want.value });
+    }
+    if (leaseEnded > 0) this.deps.log('info', `reverse mirror of rule ${rule.name}: first pass left ${leaseEnded} Consul key(s) out of etcd: held by sessions of etcd leases, and etcd no longer has them (their lease ended); the lease pass removes them from Consul`);
     this.leaseHeld = this.heldByLeases(entries);
     if (deletes.length > 0 && reverseDeleteGuardTrips(deletes.length, etcdKeys) && !this.deps.allowMassDelete) {
       this.deps.onGuardTrip(`the first pass would delete ${deletes.length} of ${etcdKeys} etcd key(s) that Consul no longer holds; deletes skipped (if Consul's deletes are intended, start the dual-run with --allow-mass-delete)`);
