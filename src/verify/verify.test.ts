@@ -275,6 +275,24 @@ rules:
     expectValidJson(result);
   });
 
+  it('a rule cut over, whose application writes a key all the time in Consul: the reverse mirror\'s writes in flight settle (etcd is always a write behind), real drift does not', async () => {
+    const w = world();
+    seedParity(w);
+    w.set('_migrate/demo/rules/app', JSON.stringify(withTransition(undefined, 'app', 'verified', 'cutover', { at: '2025-03-01T11:00:00Z', by: 'ops', evidence: { etcdRevision: 3 } })));
+    // Drift: a value etcd has and Consul does not, which no mirror will change.
+    w.set('app/b', 'changed by hand');
+    let n = 0;
+    // Whenever time passes, the reverse mirror writes Consul's value to etcd, and the application writes the next one in Consul.
+    const time = fakeTime(() => {
+      w.source.put('/app/a', `v${n}`);
+      w.set('app/a', `v${++n}`);
+    });
+    w.set('app/a', 'v0');
+    const result = await runVerify({ source: w.source, target: w.target, config: loaded.config, mapping: loaded.mapping }, options({ now: time.now, sleep: time.sleep }));
+    expect(result.differences.map((d) => [d.key, d.kind])).toEqual([['app/b', 'value']]);
+    expect(result.rules.find((r) => r.name === 'app')).toMatchObject({ owner: 'consul', settled: 1 });
+  });
+
   it('writes in flight settle in later rounds; with one round they count', async () => {
     for (const rounds of [3, 1]) {
       const w = world();

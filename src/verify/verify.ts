@@ -810,36 +810,58 @@ async function readBackKey(target: TargetStore, key: string): Promise<ReadBack> 
  * The checkpoint read after the Consul read (C) bounds what Consul can show:
  * a key matches when Consul equals its etcd state at R, at C, or at any
  * version in between (found by walking back its `mod_revision`s). Drift
- * matches none of them.
+ * matches none of them. A rule Consul owns (cut over) is the other way round:
+ * etcd follows Consul through the reverse mirror, so Consul's value is looked
+ * for in etcd up to etcd's revision after the read.
  */
 async function recheck(run: RuleRun, ctx: VerifyDeps & { options: VerifyOptions; revision: number; sessions: Sessions; appliedUpTo: () => Promise<number> }): Promise<Finding[]> {
   const { source, target, options, mapping } = ctx;
   const still: Finding[] = [];
   const limit = pLimit(POINT_READS);
+  const mirrored = run.stats.owner === 'consul';
   for (let i = 0; i < run.findings.length; i += RECHECK_CHUNK) {
     checkAborted(options.signal);
     const chunk = run.findings.slice(i, i + RECHECK_CHUNK);
     const consul = new Map((await target.readEntries(chunk.map((f) => f.target), options.signal)).map((e) => [e.key, e]));
-    const upTo = Math.max(ctx.revision, await ctx.appliedUpTo());
-    const states = await Promise.all(chunk.map((f) => (f.source ? limit(() => etcdStates(source, f.source!, ctx.revision, upTo)) : Promise.resolve([undefined]))));
-    const expectationsOf = (f: Finding, entries: (SourceEntry | undefined)[]) => entries.map((entry) => {
-      if (!entry) return undefined;
-      const route = routeForVerify(mapping, run.rule, entry);
-      return route.kind === 'expect' && route.expectation.target === f.target ? route.expectation : undefined;
-    });
-    const candidates = chunk.map((f, j) => expectationsOf(f, states[j]!));
-    await ctx.sessions.prefetch(candidates.flat().filter((e): e is Expectation => e !== undefined));
     const readBacks = await readBackKeys(target, chunk.filter((f) => f.readBack && consul.has(f.target)).map((f) => f.target));
-    chunk.forEach((f, j) => {
-      const back = readBacks.get(f.target);
-      const compare = (expectation: Expectation | undefined) => compareKey({ rule: run.rule.name, target: f.target, expectation, consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back, owner: run.stats.owner });
-      const findings = candidates[j]!.map(compare);
-      // The newest etcd state is the one reported when nothing matches.
-      if (findings.every((finding) => finding !== undefined)) still.push(findings[0]!);
-    });
+    /** The findings of `pending` that match no etcd state from the cut up to `upTo`. */
+    const differing = async (pending: Finding[], upTo: number): Promise<Finding[]> => {
+      const states = await Promise.all(pending.map((f) => (f.source ? limit(() => etcdStates(source, f.source!, ctx.revision, upTo)) : Promise.resolve([undefined]))));
+      const candidates = pending.map((f, j) => states[j]!.map((entry) => {
+        if (!entry) return undefined;
+        const route = routeForVerify(mapping, run.rule, entry);
+        return route.kind === 'expect' && route.expectation.target === f.target ? route.expectation : undefined;
+      }));
+      await ctx.sessions.prefetch(candidates.flat().filter((e): e is Expectation => e !== undefined));
+      return pending.flatMap((f, j) => {
+        const compare = (expectation: Expectation | undefined) => compareKey({ rule: run.rule.name, target: f.target, expectation, consul: consul.get(f.target), sessions: ctx.sessions, hash: options.hasher, mapping, readBack: readBacks.get(f.target), owner: run.stats.owner });
+        const findings = candidates[j]!.map(compare);
+        // The newest etcd state is the one reported when nothing matches.
+        return findings.every((finding) => finding !== undefined) ? [findings[0]!] : [];
+      });
+    };
+    if (!mirrored) {
+      still.push(...(await differing(chunk, Math.max(ctx.revision, await ctx.appliedUpTo()))));
+      continue;
+    }
+    // Consul owns the rule and etcd is the mirror: Consul's value, read first, reaches etcd after it, once the
+    // reverse mirror applies it. It matches when etcd has it at any version from the cut to etcd's revision now;
+    // one not there yet is looked for again a few times, a moment apart (a key an application writes all the
+    // time in Consul is always a little ahead of etcd).
+    let pending = chunk;
+    for (let wait = 0; pending.length > 0; wait++) {
+      pending = await differing(pending, (await source.status()).revision);
+      if (wait === MIRROR_WAITS) break;
+      if (pending.length > 0) await (options.sleep ?? defaultSleep)(MIRROR_WAIT_MS, options.signal);
+    }
+    still.push(...pending);
   }
   return still;
 }
+
+/** Times a re-check looks again in etcd for Consul's value of a cut-over rule, {@link MIRROR_WAIT_MS} apart. */
+const MIRROR_WAITS = 4;
+const MIRROR_WAIT_MS = 250;
 
 /** Versions of a key walked back per re-check, at most (a key rewritten faster than that within one read is reported). */
 const IN_FLIGHT_VERSIONS = 32;
