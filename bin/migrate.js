@@ -1,5 +1,8 @@
 #!/usr/bin/env node
-import { main } from '../dist/cli/main.js';
+import { holdSignals } from '../dist/cli/early-signals.js';
+
+// Before anything else loads: a signal while the CLI loads goes to the command, which stops cleanly.
+holdSignals();
 
 // grpc-js (under etcd3) passes an IP address of an etcd endpoint as the TLS server name, and Node
 // warns about that (DEP0123) on the first TLS connection: nothing the operator can act on.
@@ -16,4 +19,5 @@ process.stdout.on('error', (err) => {
   process.exit(process.exitCode ?? 0);
 });
 
+const { main } = await import('../dist/cli/main.js');
 process.exitCode = await main(process.argv.slice(2));

@@ -6,6 +6,7 @@ import { terminalSafe } from '../report/keys.js';
 import { CommandContext, notice, type Format, type GlobalOptions, type Io } from './context.js';
 import { registerCommands } from './commands.js';
 import { TOOL_VERSION } from './version.js';
+import { STOP_SIGNALS, takeHeldSignals } from './early-signals.js';
 
 export { TOOL_VERSION };
 
@@ -162,7 +163,7 @@ function stderrJson(argv: readonly string[]): StderrJson {
 type StderrJson = 'log' | 'events' | undefined;
 
 /**
- * First Ctrl-C: abort between batches; second: leave at once (DESIGN §4, atlas' two stages).
+ * First Ctrl-C (or SIGTERM, or SIGHUP: the terminal closed): abort between batches; second: leave at once (DESIGN §4, atlas' two stages).
  * The notice is an NDJSON line where stderr carries NDJSON (`--progress json`, the dual-run's `--log-format json`).
  */
 function installInterrupts(controller: AbortController, io: Io, opts: { progress?: string; logFormat?: string }): () => void {
@@ -181,11 +182,10 @@ function installInterrupts(controller: AbortController, io: Io, opts: { progress
       process.exit(ExitCode.interrupted);
     }
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
+  for (const _ of takeHeldSignals()) onSignal();
   return () => {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
   };
 }
 

@@ -5,6 +5,7 @@ import type { CommandRegistrar } from '../main.js';
 import { TOOL_VERSION } from '../version.js';
 import { DEFAULT_PAGE_KEYS } from '../../stores/types.js';
 import type { DualRunStats } from '../../dualrun/dualrun.js';
+import { STOP_SIGNALS, takeHeldSignals } from '../early-signals.js';
 
 interface DualRunFlags {
   ha?: boolean;
@@ -63,8 +64,8 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         if (!controller.signal.aborted) log('info', 'stopping: finishing the current txn and releasing the leader lock (if held)');
         controller.abort();
       };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
+      for (const signal of STOP_SIGNALS) process.on(signal, stop);
+      if (takeHeldSignals().length > 0) stop();
       const metrics = new DualRunMetrics({ heartbeat: heartbeatKey !== undefined });
       try {
         if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
@@ -140,8 +141,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
         }
         return ExitCode.ok;
       } finally {
-        process.off('SIGINT', stop);
-        process.off('SIGTERM', stop);
+        for (const signal of STOP_SIGNALS) process.off(signal, stop);
         await view?.close();
         await metrics.close();
         close();
