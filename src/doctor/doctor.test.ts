@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { unorderedProgress } from './doctor.js';
+import { unorderedProgress } from '../stores/etcd.js';
 
 describe('etcd releases whose watch progress answers overtake queued events', () => {
   it('are the 3.4 releases before 3.4.31 and the 3.5 releases before 3.5.13', () => {

@@ -8,7 +8,7 @@ import type { MigrationConfig } from '../config/load.js';
 import { formatKey } from '../report/keys.js';
 import { ConsulHttp } from '../stores/consul-http.js';
 import { ConsulTarget } from '../stores/consul.js';
-import { EtcdSource } from '../stores/etcd.js';
+import { EtcdSource, unorderedProgress } from '../stores/etcd.js';
 import { EtcdWriter } from '../stores/etcd-writer.js';
 import { prefixRange } from '../stores/key-range.js';
 import type { Mapping } from '../mapping/mapping.js';
@@ -52,14 +52,6 @@ export interface DoctorInput {
   timeoutMs?: number;
 }
 
-/** etcd releases that send a requested watch progress notification ahead of queued events (fixed in 3.4.31 and 3.5.13). */
-export function unorderedProgress(version: string): boolean {
-  const match = /^(\d+)\.(\d+)\.(\d+)/.exec(version);
-  if (!match) return false;
-  const [major, minor, patch] = [Number(match[1]), Number(match[2]), Number(match[3])];
-  return major === 3 && ((minor === 4 && patch < 31) || (minor === 5 && patch < 13) || minor < 4);
-}
-
 /**
  * Checks that both servers answer and that the configured credentials can do
  * what the migration needs: read the source ranges, write under the state
@@ -91,8 +83,8 @@ export async function runDoctor(input: DoctorInput): Promise<DoctorResult> {
       if (unorderedProgress(status.version)) {
         checks.push({
           name: 'etcd.watch-progress', status: 'warn',
-          message: `etcd ${status.version} answers a watch progress request with its current revision ahead of events it has not sent yet (etcd-io/etcd#15220): the dual-run asks a second after its watch opens, which covers an ordinary restart, but one killed (not stopped) while etcd still replays a long backlog to it can restart past events it had not applied (verify reports them)`,
-          hint: 'Upgrade etcd to 3.4.31+ or 3.5.13+; until then stop the dual-run with SIGTERM (it writes its checkpoint), not SIGKILL.',
+          message: `etcd ${status.version} answers a watch progress request with its current revision ahead of events it has not sent yet (etcd-io/etcd#15220): the dual-run takes such an answer only once etcd's store shows no change it has not had (checked at most every 5 s), so the checkpoint of idle rules follows etcd a few seconds late, and verify may wait that long for it`,
+          hint: 'Upgrade etcd to 3.4.31+ or 3.5.13+ for a checkpoint that follows etcd at once.',
         });
       }
     } catch (err) {

@@ -161,3 +161,56 @@ describe('lease sessions while etcd hangs', () => {
     expect(renewedAt.filter((t) => t >= from).length).toBeGreaterThanOrEqual(2);
   }, 30_000);
 });
+
+describe('etcd before 3.4.31 answering a progress request ahead of the watch\'s queued events (etcd-io/etcd#15220)', () => {
+  it('the checkpoint does not take that answer while etcd shows changes after it: the watch, opened again, still replays them', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/kept', 'v1');
+    source.put('/app/gone', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    // While no dual-run ran: a put and a delete, which the next watch replays.
+    source.put('/app/kept', 'v2');
+    source.delete('/app/gone');
+    const head = (await source.status()).revision;
+    const watchOf = source.watch.bind(source);
+    let opened = 0;
+    source.watch = async (range, from) => {
+      opened++;
+      if (opened > 1) return watchOf(range, from);
+      // The first watch is behind: etcd's answer to a progress request (its current revision) comes before the events, then the stream breaks.
+      return {
+        buffered: () => 0,
+        requestProgress() {},
+        latestRevision: () => head,
+        async close() {},
+        async *[Symbol.asyncIterator]() {
+          // Past the checkpoint's throttle (one write a second), so the answer would be written at once.
+          await new Promise((r) => setTimeout(r, 1100));
+          yield { kind: 'progress' as const, revision: head, requested: true };
+          await new Promise((r) => setTimeout(r, 50));
+          throw new Error('watch ended');
+        },
+      };
+    };
+    const stop = new AbortController();
+    const written: number[] = [];
+    const apply = target.applyTxn.bind(target);
+    target.applyTxn = async (ops) => {
+      const index = await apply(ops);
+      for (const op of ops) if (op.key === '_migrate/demo/checkpoint' && 'value' in op) written.push((JSON.parse(op.value.toString()) as { revision: number }).revision);
+      return index;
+    };
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+      copy: async (over) => runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(stop.signal, over)),
+    });
+    for (let i = 0; i < 60 && !(opened > 1 && target.entries.get('app/kept')?.value.toString() === 'v2' && !target.entries.has('app/gone')); i++) await new Promise((r) => setTimeout(r, 50));
+    stop.abort();
+    await run;
+    expect(opened).toBeGreaterThan(1);
+    expect(target.entries.get('app/kept')?.value.toString()).toBe('v2');
+    expect(target.entries.has('app/gone')).toBe(false);
+    expect(await checkpointOf(target)).toBe(head);
+  });
+});

@@ -5,7 +5,7 @@ import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
 import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
-import { SourceCompactedError } from '../stores/etcd.js';
+import { SourceCompactedError, unorderedProgress } from '../stores/etcd.js';
 import { watchSpan } from '../mapping/watch-span.js';
 import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, wireOpBytes, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
@@ -963,6 +963,9 @@ function isTransient(err: unknown): boolean {
   return err instanceof Error && /watch ended/.test(err.message);
 }
 
+/** How often, at most, an etcd with unordered progress answers is asked whether a progress answer can be taken ({@link Applier}). */
+const PROGRESS_CHECK_MS = 5_000;
+
 /** Turns watch messages into ordered txns; owns the pending batch and the checkpoint. */
 class Applier {
   private readonly batcher: TxnBatcher;
@@ -977,6 +980,9 @@ class Applier {
   private fenceIndex: number;
   /** The revision of the last watch event handled (planned, whether or not it made ops). */
   private lastEventRevision = 0;
+  /** Whether etcd's answers to progress requests may run ahead of the watch's events ({@link confirmedProgress}); asked once. */
+  private progressUnordered: boolean | undefined;
+  private progressCheckedAt = 0;
   private readonly lateSeen = new Set<string>();
   private readonly lateTrips = new Map<string, { count: number; keys: string[]; revision: number; firstAt: string }>();
   private tripsTimer: NodeJS.Timeout | undefined;
@@ -1023,10 +1029,11 @@ class Applier {
         // restarts and verify barriers do not stall and compaction does not force a re-baseline.
         // On an idle etcd it is rewritten every HEARTBEAT_MS, so readers can tell a running dual-run.
         const since = Date.now() - this.lastCheckpointWrite;
-        if (message.revision > stats.checkpoint) this.pendingRevision = message.revision;
+        const revision = message.requested ? await this.confirmedProgress(message.revision) : message.revision;
+        if (revision > stats.checkpoint) this.pendingRevision = Math.max(this.pendingRevision, revision);
         // A heartbeat put waiting for this revision is measured now rather than after the throttle.
-        const due = since >= 1000 || Boolean(this.heartbeat?.waiting(message.revision));
-        if ((message.revision > stats.checkpoint && due) || since >= HEARTBEAT_MS) await this.send([], this.pendingRevision);
+        const due = since >= 1000 || Boolean(this.heartbeat?.waiting(revision));
+        if ((revision > stats.checkpoint && due) || since >= HEARTBEAT_MS) await this.send([], this.pendingRevision);
       }
       if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
       this.ctx.publish();
@@ -1045,6 +1052,37 @@ class Applier {
     await this.add(plan);
     // Flush when the stream has nothing more queued: consecutive revisions share a txn under load only.
     if (buffered === 0 || this.batcher.pendingOps >= this.limits.txnMaxOps - 2) await this.flush();
+  }
+
+  /**
+   * How far an answer to a progress request lets the checkpoint go. etcd
+   * before 3.4.31 and 3.5.13 answers with its current revision even while
+   * events of the watch are still queued ({@link unorderedProgress}): behind a
+   * slow Consul on a busy etcd, the checkpoint jumped 60,000 revisions at once,
+   * over a 20,000-key delete, and Consul never got those events. There, the
+   * answer is taken only once etcd's store shows no change in the watched range
+   * after the last revision this run knows complete (no key modified since, and
+   * as many keys as then: no delete), checked at most every
+   * {@link PROGRESS_CHECK_MS}; otherwise the checkpoint stays where the events
+   * put it. etcd's periodic notifications travel with the events: taken as they are.
+   */
+  private async confirmedProgress(revision: number): Promise<number> {
+    const known = Math.max(this.ctx.stats.checkpoint, this.lastEventRevision);
+    if (revision <= known) return revision;
+    this.progressUnordered ??= unorderedProgress((await this.ctx.source.status()).version);
+    if (!this.progressUnordered) return revision;
+    if (Date.now() - this.progressCheckedAt < PROGRESS_CHECK_MS) return known;
+    this.progressCheckedAt = Date.now();
+    const { source, range } = this.ctx;
+    try {
+      if (await source.modifiedSince(range, revision, known + 1)) return known;
+      const [now, then] = await Promise.all([source.count(range, revision), source.count(range, known)]);
+      return now === then ? revision : known;
+    } catch (err) {
+      // The last revision known complete is compacted: no telling; the next event, or etcd's periodic notification, moves it.
+      if (err instanceof SourceCompactedError) return known;
+      throw err;
+    }
   }
 
   /**

@@ -281,9 +281,15 @@ export class EtcdSource implements SourceReader {
     return this.channel.unary(RANGE, request);
   }
 
-  async count(range: KeyRange, revision = 0, options: { modifiedSince?: number } = {}): Promise<number> {
-    const page = await this.call(`count ${describeRange(range)}`, () => this.readRange({ key: range.start, range_end: wireEnd(range.end), limit: 0, revision, keys_only: false, count_only: true, ...(options.modifiedSince ? { min_mod_revision: options.modifiedSince } : {}) }), revision);
+  async count(range: KeyRange, revision = 0): Promise<number> {
+    const page = await this.call(`count ${describeRange(range)}`, () => this.readRange({ key: range.start, range_end: wireEnd(range.end), limit: 0, revision, keys_only: false, count_only: true }), revision);
     return page.count;
+  }
+
+  async modifiedSince(range: KeyRange, revision: number, since: number): Promise<boolean> {
+    // Not count_only: etcd counts the range before it applies min_mod_revision, so such a count ignores it.
+    const page = await this.call(`read ${describeRange(range)}`, () => this.readRange({ key: range.start, range_end: wireEnd(range.end), limit: 1, revision, keys_only: true, count_only: false, min_mod_revision: since }), revision);
+    return page.entries.length > 0;
   }
 
   async readLease(id: string, options: { keys?: boolean } = {}): Promise<LeaseInfo> {
@@ -452,6 +458,20 @@ interface WatchLiveness {
 }
 
 /**
+ * etcd releases that answer a watch progress request with their current
+ * revision ahead of events still queued for the watch (etcd-io/etcd#15220,
+ * fixed in 3.4.31 and 3.5.13): the answer skips the watch's event channel, so a
+ * watch that is behind (a slow reader, a busy etcd) hears of revisions whose
+ * events it has not had yet.
+ */
+export function unorderedProgress(version: string): boolean {
+  const match = /^(\d+)\.(\d+)\.(\d+)/.exec(version);
+  if (!match) return false;
+  const [major, minor, patch] = [Number(match[1]), Number(match[2]), Number(match[3])];
+  return major === 3 && ((minor === 4 && patch < 31) || (minor === 5 && patch < 13) || minor < 4);
+}
+
+/**
  * One raw etcd watch: the `etcd3` Watcher drops `compact_revision` and
  * reconnects on its own, which would hide both compaction and gaps. Here a
  * cancel becomes {@link SourceCompactedError} and any stream failure ends the
@@ -506,7 +526,7 @@ export class EtcdWatch implements SourceWatch {
       // Progress notifications are only sent for synced watchers: every revision up to `header` has been delivered.
       if (this.created) {
         this.liveness.progress.answered = true;
-        this.push({ kind: 'progress', revision: header });
+        this.push({ kind: 'progress', revision: header, requested: Number(response.watch_id) === -1 });
       }
       return;
     }

@@ -161,9 +161,14 @@ export class MemorySource implements SourceReader {
     }
   }
 
-  async count(range: KeyRange, revision?: number, options: { modifiedSince?: number } = {}): Promise<number> {
+  async count(range: KeyRange, revision?: number): Promise<number> {
     this.checkCompacted(revision ?? this.revision);
-    return this.snapshot(revision ?? this.revision).filter((e) => inRange(e.key, range) && e.modRevision >= (options.modifiedSince ?? 0)).length;
+    return this.snapshot(revision ?? this.revision).filter((e) => inRange(e.key, range)).length;
+  }
+
+  async modifiedSince(range: KeyRange, revision: number, since: number): Promise<boolean> {
+    this.checkCompacted(revision);
+    return this.snapshot(revision).some((e) => inRange(e.key, range) && e.modRevision >= since);
   }
 
   async readLease(id: string, options: { keys?: boolean } = {}): Promise<LeaseInfo> {

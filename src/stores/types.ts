@@ -93,7 +93,8 @@ export interface SourceEvent {
  */
 export type WatchMessage =
   | { kind: 'revision'; revision: number; events: SourceEvent[] }
-  | { kind: 'progress'; revision: number };
+  /** `requested`: etcd's answer to a progress request (watch id -1), as opposed to its periodic notification for this watch. */
+  | { kind: 'progress'; revision: number; requested?: boolean };
 
 export interface SourceWatch extends AsyncIterable<WatchMessage> {
   /** Revision messages received and not yet consumed (lets the consumer batch under load only); progress notifications do not count. */
@@ -110,11 +111,10 @@ export interface SourceReader {
   status(): Promise<SourceStatus>;
   /** Pinned-revision pages over a range, in key order, memory bounded by the page. */
   readPages(range: KeyRange, options?: ReadPagesOptions): AsyncIterable<SourcePage>;
-  /**
-   * How many keys `range` holds at `revision` (for progress and estimates; no values are read); with
-   * `modifiedSince`, only those last written at that revision or later.
-   */
-  count(range: KeyRange, revision?: number, options?: { modifiedSince?: number }): Promise<number>;
+  /** How many keys `range` holds at `revision` (for progress and estimates; no values are read). */
+  count(range: KeyRange, revision?: number): Promise<number>;
+  /** Whether a key `range` holds at `revision` was last written at revision `since` or later (keys only, one at most). */
+  modifiedSince(range: KeyRange, revision: number, since: number): Promise<boolean>;
   readLease(id: string, options?: { keys?: boolean }): Promise<LeaseInfo>;
   listLeases(): Promise<string[]>;
   /** One ordered stream of every change in `range` from `fromRevision` (inclusive). */
