@@ -601,6 +601,20 @@ rules:
     expect(urls.hint).toMatch(/^Their values carry a URL scheme/);
   });
 
+  it('proposes a rule over the registration folder itself when its parent holds other keys too (a rule over the parent would take them into the catalog)', async () => {
+    const source = new MemorySource();
+    const lease = source.grantLease(30);
+    for (let i = 0; i < 4; i++) source.put(`/orders/workers/10.0.0.${i}:8080`, `10.0.0.${i}:8080`, lease);
+    for (let i = 0; i < 6; i++) source.put(`/orders/state/${i}`, 'pending');
+    const result = await runAudit({ source, config: emptyConfig() });
+    const f = finding(result, 'service_registration_prefix')!;
+    expect(/`(- \{ .* \})`/.exec(f.hint)![1]).toMatch(/^- \{ name: "[^"]+", from: "\/orders\/workers\/", action: service/);
+    // Where the parent holds nothing else, over the parent (`{1}` names the service), as before.
+    for (let i = 0; i < 6; i++) source.delete(`/orders/state/${i}`);
+    const alone = finding(await runAudit({ source, config: emptyConfig() }), 'service_registration_prefix')!;
+    expect(/`(- \{ .* \})`/.exec(alone.hint)![1]).toMatch(/from: "\/orders\/", action: service/);
+  });
+
   it('drafts action: service rules with the format and templates the keys need, and the draft loads and registers every instance', async () => {
     const result = await runAudit({ source: registrations(), config: emptyConfig(), depth: 1, top: 100 });
     const draft = draftMapping(result, { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });

@@ -213,7 +213,7 @@ export async function runAudit(input: AuditInput): Promise<AuditResult> {
       ...inventory.findings.findings(),
       ...leases.findings,
       ...groups.findings,
-      ...patternFindings(snapshot.patterns, mode),
+      ...patternFindings(snapshot.patterns, mode, snapshot.prefixes),
       ...(mode === 'mapping' ? fromWithoutSlash(input.mapping!) : []),
       ...unreadableFindings(unreadable, rulesOnly, router, mode),
       ...(sampled ? sampleFindings(sampled) : []),

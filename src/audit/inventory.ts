@@ -448,7 +448,7 @@ export function summarizeGroups(groups: Iterable<RevisionGroup>, capacity: TxnCa
 }
 
 /** Recognised prefixes → findings, judged by how the rules handle their keys (pure). */
-export function patternFindings(patterns: InventorySnapshot['patterns'], mode: AuditMode): Finding[] {
+export function patternFindings(patterns: InventorySnapshot['patterns'], mode: AuditMode, prefixes?: PrefixNode): Finding[] {
   const findings: Finding[] = [];
   const bySeverity = <T extends PatternPrefix>(list: T[], severity: (p: T) => 'blocker' | 'warning' | 'info') => {
     const groups = new Map<string, T[]>();
@@ -471,17 +471,20 @@ export function patternFindings(patterns: InventorySnapshot['patterns'], mode: A
       const e = example(p);
       return p.formats?.length ? { ...e, detail: `${e.detail}; values: ${p.formats.join(', ')}` } : e;
     };
-    findings.push(makeFinding('service_registration_prefix', 'info', list.length, list.map(withFormats), unique(list.flatMap((p) => p.rules)), registrationHint(list)));
+    findings.push(makeFinding('service_registration_prefix', 'info', list.length, list.map(withFormats), unique(list.flatMap((p) => p.rules)), registrationHint(list, prefixes ? (prefix) => keysUnder(prefixes, prefix) : undefined)));
   }
   return findings;
 }
 
 /**
  * The hint of `service_registration_prefix`: the `action: service` rule to
- * write for the largest registration folder not registered yet, over its
- * parent folder (so `{1}` names the service), in the format its values have.
+ * write for the largest registration folder not registered yet, in the format
+ * its values have: over its parent folder (so `{1}` names the service), unless
+ * `keysUnder` (the prefix tree's count) says the parent holds other keys too:
+ * then over the folder itself (`/orders/workers/`, not `/orders/`, whose
+ * `/orders/state/` a rule would have taken into the catalog).
  */
-export function registrationHint(registrations: readonly PatternPrefix[]): string {
+export function registrationHint(registrations: readonly PatternPrefix[], keysUnder?: (prefix: string) => number | undefined): string {
   const pending = registrations.filter((p) => p.handling.some((h) => h !== 'service'));
   if (pending.length === 0) {
     const rules = unique(registrations.flatMap((p) => p.rules));
@@ -489,8 +492,12 @@ export function registrationHint(registrations: readonly PatternPrefix[]): strin
   }
   const first = pending[0]!;
   const parent = parentFolder(first.prefix);
-  const from = parent.replace(/^\/+/, '') === '' ? first.prefix : parent;
-  const proposal = proposeServiceRule(from, pending.filter((p) => p.prefix.startsWith(from)));
+  const pendingUnder = (prefix: string) => pending.filter((p) => p.prefix.startsWith(prefix));
+  // The parent only when it holds nothing but registrations, as far as the prefix tree tells.
+  const parentKeys = keysUnder?.(parent);
+  const onlyRegistrations = parentKeys === undefined || parentKeys === pendingUnder(parent).reduce((n, p) => n + p.keys, 0);
+  const from = parent.replace(/^\/+/, '') === '' || !onlyRegistrations ? first.prefix : parent;
+  const proposal = proposeServiceRule(from, pendingUnder(from));
   if (!proposal) {
     return `Their values carry a URL scheme (scheme://host:port), which no \`service.format\` reads: write them as host:port to register them in Consul's catalog with an \`action: service\` rule; meanwhile \`leases: session\` mirrors them as keys with their lifetime.`;
   }
@@ -499,6 +506,13 @@ export function registrationHint(registrations: readonly PatternPrefix[]): strin
   if (proposal.name !== SERVICE_DEFAULTS.name || proposal.id !== SERVICE_DEFAULTS.id) block.push(`name: ${JSON.stringify(proposal.name)}`, `id: ${JSON.stringify(proposal.id)}`);
   const rule = `- { name: ${JSON.stringify(serviceNameOf(from))}, from: ${JSON.stringify(from)}, action: service, service: { ${block.join(', ')} } }`;
   return `Register them in Consul's service catalog (health checks, DNS) with an \`action: service\` rule, e.g. \`${rule}\`${proposal.notes.length ? ` (${proposal.notes.join('; ')})` : ''}; \`migrate init\` drafts one per prefix. Meanwhile \`leases: session\` mirrors them as keys with their lifetime.`;
+}
+
+/** The keys under `prefix` by the prefix tree, or undefined where the tree does not reach (its depth, its top children). */
+function keysUnder(node: PrefixNode, prefix: string): number | undefined {
+  if (node.prefix === prefix) return node.keys;
+  const child = node.children.find((c) => prefix.startsWith(c.prefix) && c.prefix !== node.prefix);
+  return child ? keysUnder(child, prefix) : undefined;
 }
 
 function unique(values: string[]): string[] {
