@@ -650,6 +650,37 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
   }, 60_000);
 
+  it('finalize --delete-etcd deletes only once the running dual-run says its reverse mirror of the rule stopped (a write it had in flight landed after the delete); held back, it says so, and --delete-etcd again on the finalized rule deletes', async () => {
+    const s = scenario('finmirror');
+    await seed(s);
+    await cutOverApp(s);
+    const dr = await dualRun(s);
+    try {
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      // Frozen, it cannot stop its mirror nor say so; its lock is still held (its session lives on for a while).
+      dr.child.kill('SIGSTOP');
+      const held = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--catch-up-timeout', '2s']);
+      expect(held.code, held.stdout + held.stderr).toBe(0);
+      expect(held.stdout).toContain('Deleted nothing from etcd for rule app: the dual-run has not confirmed that its reverse mirror stopped');
+      expect(held.stderr).toMatch(/nothing was deleted from etcd for rule app: the running dual-run did not confirm within 2s .*Run `migrate finalize --rule app --delete-etcd` again/);
+      expect((await phases(s)).app.phase).toBe('finalized');
+      expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toHaveLength(6);
+      dr.child.kill('SIGCONT');
+      // Running again, it stops the mirror and records so; the delete goes ahead.
+      const again = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--format', 'json']);
+      expect(again.code, again.stdout + again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout).rules[0]).toMatchObject({ rule: 'app', from: 'finalized', etcdDeleted: 5 });
+      expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
+      expect(metric(await dr.metrics(), 'migrate_dualrun_reverse_rules')).toBe(0);
+      // Nothing left to delete: a third run deletes nothing and says the rule is finalized.
+      const third = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--format', 'json']);
+      expect(JSON.parse(third.stdout).rules[0]).toMatchObject({ from: 'finalized', etcdDeleted: 0 });
+    } finally {
+      dr.child.kill('SIGCONT');
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
   it('a value too large for Consul stays in etcd after the cutover: the reverse mirror\'s first pass does not take Consul\'s lack of it for a delete', async () => {
     const s = scenario('toolarge');
     await seed(s);

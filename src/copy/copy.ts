@@ -50,6 +50,12 @@ export interface CheckpointState {
   by: 'copy' | 'dualrun';
   /** When the dual-run stopped cleanly (its last checkpoint); absent while it runs. */
   stopped?: string;
+  /**
+   * The dual-run's: the owners document's index its reverse mirrors were last
+   * started and stopped for. `finalize --delete-etcd` waits for the index of its
+   * flip here before it deletes, so no mirror write lands after the delete.
+   */
+  owners?: number;
 }
 
 export type OnConflict = 'overwrite' | 'skip' | 'fail';

@@ -145,6 +145,8 @@ export interface RuleOutcome {
   etcdDeleted?: number;
   /** `--delete-etcd`: keys etcd changed after the read (late writes), left in etcd. */
   etcdKeptChanged?: number;
+  /** `--delete-etcd`: nothing deleted, the dual-run not having said that its reverse mirror of the rule stopped. */
+  etcdDeleteHeldBack?: true;
 }
 
 export interface CutoverResult {
@@ -697,6 +699,26 @@ async function leaseHeldNote(deps: CutoverDeps, paths: StatePaths, rule: Compile
 /** Keys read at once by {@link leaseHeldNote}. */
 const NOTE_READ_CHUNK = 1000;
 
+/**
+ * For `finalize --delete-etcd`, after its flip: waits (up to --catch-up-timeout) for the running dual-run
+ * to record in its checkpoint that its reverse mirrors run as the owners document now says, so that the
+ * mirror of a finalized rule stopped and its last write landed. A write it had in flight at the flip
+ * landed after the delete, and the rule's keys came back in etcd. Undefined when etcd may be deleted
+ * (stopped, or no dual-run), else why not.
+ */
+async function mirrorsStopped(deps: CutoverDeps, paths: StatePaths, options: FinalizeOptions): Promise<string | undefined> {
+  const flip = (await deps.target.readKey(ownersKey(paths)))?.modifyIndex ?? 0;
+  const deadline = Date.now() + options.catchUpTimeoutMs;
+  for (;;) {
+    // No dual-run holds the lock: none writes to etcd (one started later reads the new ownership first).
+    if (!(await deps.target.readKey(paths.leader))?.session) return undefined;
+    const checkpoint = await readState<CheckpointState>(deps.target, paths.checkpoint());
+    if ((checkpoint?.owners ?? 0) >= flip) return undefined;
+    if (Date.now() >= deadline) return `the running dual-run did not confirm within ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout) that its reverse mirror stopped (its checkpoint records ownership index ${checkpoint?.owners ?? 'none'}, the flip made ${flip}; a dual-run older than this release records none)`;
+    await options.sleep(200);
+  }
+}
+
 /** `migrate finalize --rule <name>…`: stops mirroring for good; optionally exports and deletes the rule's etcd keys. */
 export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): Promise<CutoverResult> {
   const { config, mapping, target } = deps;
@@ -716,8 +738,12 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: finalize never touches it` }] };
     if (rule.action === 'service') return { rule: name, from: 'service', to: 'finalized', ok: false, checks: [{ name: 'action', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
+    // Finalized by a run whose delete was held back (or left keys): --delete-etcd again deletes what is left.
+    const deleteLeft = from === 'finalized' && options.deleteEtcd;
     const checks: PreconditionCheck[] = [
-      from === 'cutover' ? { name: 'phase', ok: true, detail: 'cutover' } : { name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is already finalized` : `rule ${name} is in phase ${from}: cut it over first (\`migrate cutover --rule ${name}\`)` },
+      from === 'cutover' ? { name: 'phase', ok: true, detail: 'cutover' }
+      : deleteLeft ? { name: 'phase', ok: true, detail: `finalized already: deletes the etcd keys of rule ${name} that are left` }
+      : { name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is already finalized` : `rule ${name} is in phase ${from}: cut it over first (\`migrate cutover --rule ${name}\`)` },
       tripCheck(state, name, options.acknowledgeTrips),
       ...(elsewhere.get(name) ? [elsewhere.get(name)!] : []),
     ];
@@ -753,28 +779,37 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   let etcdRevision: number;
   try {
     // Another operator rolled back (or finalized) meanwhile: etcd's keys are the owner's data again.
-    refuseIfMoved(state, outcomes, ['cutover'], at);
+    const flipping = outcomes.filter((o) => o.from === 'cutover');
+    refuseIfMoved(state, flipping, ['cutover'], at);
+    refuseIfMoved(state, outcomes.filter((o) => o.from === 'finalized'), ['finalized'], at);
     etcdRevision = (await deps.source.status()).revision;
-    const transitions: Transition[] = outcomes.map((o) => finalizeTransition(o, state, toDelete, etcdRevision, at, options.by));
+    const transitions: Transition[] = flipping.map((o) => finalizeTransition(o, state, toDelete, etcdRevision, at, options.by));
     stopIfInterrupted(options, 'finalize');
-    written = await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []);
+    written = transitions.length > 0 ? await writeTransitions(target, paths, state, transitions, options.acknowledgeTrips ? options.rules : []) : new Map();
   } catch (err) {
     // Refused or interrupted: nothing moved, nothing deleted; the export made for it goes too.
     if ((err instanceof RefusedError || err instanceof InterruptedError) && etcdOut) rmSync(etcdOut.file, { force: true });
     throw err;
   }
+  // The dual-run's reverse mirrors of these rules must have stopped, their last writes landed, before etcd's keys go.
+  const mirrors = toDelete.size > 0 ? await mirrorsStopped(deps, paths, options) : undefined;
   for (const outcome of outcomes) {
     const read = toDelete.get(outcome.rule);
     if (!read) continue;
+    if (mirrors) {
+      outcome.etcdDeleteHeldBack = true;
+      options.onWarning(`nothing was deleted from etcd for rule ${outcome.rule}: ${mirrors}; the rule is finalized. Run \`migrate finalize --rule ${outcome.rule} --delete-etcd\` again once the dual-run runs and has caught up (\`migrate status\`)`);
+      continue;
+    }
     const kept = await deleteUnchangedSince(deps.writer, read.keys, read.revision);
     outcome.etcdDeleted = read.keys.length - kept.length;
     if (kept.length > 0) {
       outcome.etcdKeptChanged = kept.length;
-      options.onWarning(`${kept.length} etcd key(s) of rule ${outcome.rule} changed after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''}: written by the reverse mirror before it saw the flip (an application's Consul write), or by a late writer; left in etcd and not deleted (${kept.slice(0, 5).map(formatKey).join(', ')}${kept.length > 5 ? ', …' : ''})`);
+      options.onWarning(`${kept.length} etcd key(s) of rule ${outcome.rule} changed after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''}: written by the reverse mirror before it saw the flip (an application's Consul write), or by a late writer; left in etcd and not deleted (${kept.slice(0, 5).map(formatKey).join(', ')}${kept.length > 5 ? ', …' : ''}). \`migrate finalize --rule ${outcome.rule} --delete-etcd\` again deletes them`);
     }
     // Keys created after the read (the reverse mirror, until it saw the flip, or a late writer) were neither read nor deleted.
     const left = (await countRuleKeys(deps.source, mapping, ruleNamed(mapping, outcome.rule), (await deps.source.status()).revision)) - kept.length;
-    if (left > 0) options.onWarning(`${left} etcd key(s) of rule ${outcome.rule} were created after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''} (by the reverse mirror before it stopped, or a late writer): left in etcd, not exported; Consul holds the rule's data`);
+    if (left > 0) options.onWarning(`${left} etcd key(s) of rule ${outcome.rule} were created after revision ${read.revision}, which was read${outcome.etcdExportFile ? ' and exported' : ''} (by the reverse mirror before it stopped, or a late writer): left in etcd, not exported; Consul holds the rule's data. \`migrate finalize --rule ${outcome.rule} --delete-etcd\` again deletes them`);
   }
   return { action: 'finalize', migration: config.id, refused: false, checks: [], rules: outcomes, etcdRevision, checkpoint: state.checkpoint?.revision ?? null, written: [...written.values()] };
 }

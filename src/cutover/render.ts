@@ -93,6 +93,7 @@ export function renderCutover(result: CutoverResult, format: Format, ruleArg: (r
     if (r.rollbackFile) lines.push(`Rollback point of rule ${r.rule}: ${r.rollbackKeys} Consul key(s) in ${r.rollbackFile} (consul kv import format; holds values, mode 0600).`);
     if (r.etcdExportFile) lines.push(`etcd keys of rule ${r.rule} exported to ${r.etcdExportFile} (holds values, mode 0600).`);
     if (r.etcdDeleted !== undefined) lines.push(`Deleted ${r.etcdDeleted} etcd key(s) of rule ${r.rule}.`);
+    if (r.etcdDeleteHeldBack) lines.push(`Deleted nothing from etcd for rule ${r.rule}: the dual-run has not confirmed that its reverse mirror stopped (see the warning).`);
     if (r.etcdKeptChanged) lines.push(`Kept ${r.etcdKeptChanged} etcd key(s) of rule ${r.rule} that changed after they were read (the reverse mirror's last writes, or late writes; see the warning).`);
   }
   if (result.snapshotFile) lines.push(`Consul snapshot saved to ${result.snapshotFile}.`);

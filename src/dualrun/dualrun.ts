@@ -593,6 +593,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   ctx.lost.addEventListener('abort', stopFollowing, { once: true });
   const mirrors = new Map<string, ReverseMirror>();
   const reconcileMirrors = async () => {
+    const index = ownership.index;
     const wanted = new Set(ownership.mirrored());
     for (const [name, mirror] of mirrors) {
       if (wanted.has(name)) continue;
@@ -639,6 +640,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       mirror.start(following.signal);
     }
     stats.reverseRules = mirrors.size;
+    applier.mirroring(index);
     ctx.publish();
   };
   await reconcileMirrors();
@@ -980,6 +982,8 @@ class Applier {
   private fenceIndex: number;
   /** The revision of the last watch event handled (planned, whether or not it made ops). */
   private lastEventRevision = 0;
+  /** The owners index the reverse mirrors were last started and stopped for ({@link mirroring}). */
+  private mirrorsAt = 0;
   /** Whether etcd's answers to progress requests may run ahead of the watch's events ({@link confirmedProgress}); asked once. */
   private progressUnordered: boolean | undefined;
   private progressCheckedAt = 0;
@@ -1009,6 +1013,18 @@ class Applier {
     this.fenceIndex = ownership.index;
     this.batcher = new TxnBatcher(limits, this.reserve);
     this.pendingRevision = ctx.stats.checkpoint;
+  }
+
+  /**
+   * The reverse mirrors now run as the owners document at `index` says (a
+   * finalized rule's stopped, its last write landed): recorded in the
+   * checkpoint, written at the next progress notification rather than the next
+   * heartbeat, for `finalize --delete-etcd`, which waits for it.
+   */
+  mirroring(index: number): void {
+    if (index === this.mirrorsAt) return;
+    this.mirrorsAt = index;
+    this.lastCheckpointWrite = 0;
   }
 
   /** Reads the owners document again and takes it (set by the leadership that runs this applier): true when it changed. */
@@ -1282,7 +1298,7 @@ class Applier {
     // under a stale owners document must fail and be re-planned, or those events would be lost.
     if (ops.length === 0 && this.batcher.pendingOps === 0 && this.lastEventRevision <= stats.checkpoint) this.fenceIndex = this.ownership.index;
     const updated = new Date().toISOString();
-    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', ...(stopped ? { stopped: updated } : {}) };
+    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, ...(stopped ? { stopped: updated } : {}) };
     // A compare-and-set on the index this dual-run's last txn gave the checkpoint: a Consul restored from a snapshot
     // takes back what was written since (data, checkpoint, sessions) with no error to any request, and a checkpoint
     // written over the restored one would never replay it.

@@ -18,9 +18,10 @@ export function registerFinalize({ add }: CommandRegistrar): void {
       .requiredOption('--rule <name>', 'a cut-over rule to finalize (repeatable)', collect, [])
       .option('--export-etcd <file>', 'first write the rule\'s etcd keys to this file (JSON, keys and values base64, mode 0600)')
       .option('--delete-etcd', 'then delete the rule\'s etcd keys (keys of nested and keep rules are never touched)')
+      .option('--catch-up-timeout <duration>', 'how long --delete-etcd waits for the running dual-run to say that its reverse mirror of the rule stopped (else it deletes nothing; run it again)', '10s')
       .option('--acknowledge-trips', 'clear recorded late writes / guard trips of these rules (recorded in the history)')
       .option('-y, --yes', 'confirm without a prompt (required off a terminal)')
-      .addHelpText('after', '\nExit codes: 0 finalized, 2 usage (or no --yes off a terminal), 3 a server failed, 4 a precondition failed (nothing changed).\n\nExamples:\n  migrate finalize --rule app --yes\n  migrate finalize --rule app --export-etcd app-etcd.json --delete-etcd --yes\n'),
+      .addHelpText('after', '\nExit codes: 0 finalized, 2 usage (or no --yes off a terminal), 3 a server failed, 4 a precondition failed (nothing changed).\n\nExamples:\n  migrate finalize --rule app --yes\n  migrate finalize --rule app --export-etcd app-etcd.json --delete-etcd --yes\n  migrate finalize --rule app --delete-etcd --yes    # again, on a finalized rule: deletes the etcd keys left\n'),
     ['text', 'json'],
     async (ctx, options: FinalizeFlags & GlobalOptions) => {
       const confirm = requireConfirmation(ctx, 'finalize', options);
