@@ -1,7 +1,7 @@
 // An application that keeps working while `migrate cutover --rule shop-config` and
 // `migrate rollback --rule shop-config` move its keys between etcd and Consul.
 //
-//   npm install etcd-consul-migrate
+//   npm install etcd-consul-migrate     # from your npm registry, or a tarball made with `npm pack` (README, "Installing it elsewhere")
 //   ETCDCTL_ENDPOINTS=http://127.0.0.1:2379 CONSUL_HTTP_ADDR=http://127.0.0.1:8500 \
 //   CONSUL_HTTP_TOKEN=... node app.mjs
 //
