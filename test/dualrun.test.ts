@@ -55,6 +55,20 @@ describe('migrate dualrun (real servers)', () => {
     expect(completed.stderr).toContain('Run `migrate copy` first');
   });
 
+  it('--progress json: stderr holds NDJSON events only (its log lines as `log` events), ending with the end event', async () => {
+    const s = scenario('ndjson');
+    await etcd.put(`${s.root}/app/a`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const dr = await startDualRun(s.dir, ['--progress', 'json']);
+    await etcd.put(`${s.root}/app/b`).value('2');
+    await waitCaughtUp(etcd, target, s.id);
+    expect(await dr.stop()).toBe(0);
+    const events = dr.stderr().trim().split('\n').map((line) => JSON.parse(line) as { ts: string; event: string; msg?: string; exitCode?: number });
+    for (const e of events) expect(e).toMatchObject({ ts: expect.any(String), event: expect.any(String) });
+    expect(events.some((e) => e.event === 'log' && e.msg === 'leading the dual-run')).toBe(true);
+    expect(events.at(-1)).toMatchObject({ event: 'end', exitCode: 0 });
+  });
+
   it('replicates puts, deletes, binary values and etcd transactions in order; splits revisions over the op limit', async () => {
     const s = scenario('basic');
     await etcd.put(`${s.root}/app/seed`).value('1');

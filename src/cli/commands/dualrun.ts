@@ -49,6 +49,8 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       const line = (text: string) => (view ? view.log(text) : ctx.log(text));
       const log = (level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown> = {}) => {
         if (options.logFormat === 'json') line(JSON.stringify({ ts: new Date().toISOString(), level, msg: message, ...fields }));
+        // --progress json: stderr holds NDJSON events only, as for every command (its log lines are `log` events).
+        else if (ctx.progress === 'json') line(JSON.stringify({ ts: new Date().toISOString(), event: 'log', level, msg: message, ...fields }));
         else line(`${new Date().toISOString()} ${level.padEnd(5)} ${message}${Object.keys(fields).length ? ` ${JSON.stringify(fields)}` : ''}`);
       };
       for (const text of mappingWarnings) log('warn', text);
