@@ -134,6 +134,19 @@ describe('runPlan', () => {
     expect(renderPlan(plan, 'text')).toContain('first 5 listed');
   });
 
+  it('a copy rule over a Kubernetes control plane is a blocker, as audit says for the same mapping; kept on etcd, it is none', async () => {
+    const s = new MemorySource();
+    s.put('/registry/pods/default/api-1', 'k8s\0pod');
+    s.put('/registry/configmaps/kube-system/x', 'k8s\0cm');
+    s.put('/app/a', '1');
+    const copying = parseConfig('version: 1\nid: k\nrules:\n  - { name: app, from: /app/, to: app/ }\n  - { name: registry, from: /registry/, to: registry/ }\n', 'migration.yaml');
+    const plan = await runPlan({ source: s, config: copying.config, configFile: 'migration.yaml', mapping: copying.mapping });
+    expect(plan.blockers).toEqual([expect.objectContaining({ code: 'kubernetes_prefix', count: 2, message: expect.stringContaining('rule registry: 2') })]);
+    expect(renderPlan(plan, 'text')).toContain('BLOCKER kubernetes_prefix');
+    const keeping = parseConfig('version: 1\nid: k\nrules:\n  - { name: app, from: /app/, to: app/ }\n  - { name: registry, from: /registry/, action: keep }\n', 'migration.yaml');
+    expect((await runPlan({ source: s, config: keeping.config, configFile: 'migration.yaml', mapping: keeping.mapping })).blockers).toEqual([]);
+  });
+
   it('has no blockers when everything maps', async () => {
     const s = new MemorySource();
     s.put('/app/a', '1');

@@ -5,6 +5,9 @@ import { formatKey } from '../report/keys.js';
 import { DEFAULT_PAGE_KEYS, type SourceReader, type TargetStore } from '../stores/types.js';
 import { CappedList } from '../audit/aggregate.js';
 import { txnCapacity, estimateOpBytes } from '../audit/inventory.js';
+import { FINDING_CATALOGUE } from '../audit/findings.js';
+import { detectKubernetes } from '../audit/patterns.js';
+import { findSlashes } from '../audit/prefix-tree.js';
 import { resolveTargetLimits } from '../audit/limits.js';
 import { mappingRouter } from '../audit/router.js';
 import { describeRange, disjointPrefixRanges, prefixWarnings, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
@@ -37,7 +40,7 @@ export interface PlanKey {
 }
 
 export interface PlanBlocker {
-  code: 'unmappable_keys' | 'unmapped_keys' | 'range_unreadable' | 'mapping_change_refused' | 'migration_overlap';
+  code: 'unmappable_keys' | 'unmapped_keys' | 'range_unreadable' | 'mapping_change_refused' | 'migration_overlap' | 'kubernetes_prefix';
   count: number;
   message: string;
   hint: string;
@@ -126,6 +129,9 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const unmappedExamples = new CappedList<string>(100);
   let unmappedKeys = 0;
   let unmappedBytes = 0;
+  /** Keys that look like a Kubernetes control plane, by the rule that copies them. */
+  const kubernetes = new Map<string, number>();
+  const slashes = new Int32Array(64);
   const explicit = Boolean(input.prefixes?.length);
   const scope = explicit ? disjointPrefixRanges(input.prefixes!) : [wholeKeyspace()];
   let total: number | undefined;
@@ -146,6 +152,10 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     const leased = entry.lease !== '0';
     const handling = handlingOf(routed, leased);
     const copied = handling === 'copy' || handling === 'session' || handling === 'persist';
+    // A Kubernetes control plane copied: the blocker audit reports for the same mapping.
+    if (copied && routed.kind !== 'unmapped' && detectKubernetes(entry.key, entry.value, slashes, findSlashes(entry.key, slashes)) >= 0) {
+      kubernetes.set(routed.rule.name, (kubernetes.get(routed.rule.name) ?? 0) + 1);
+    }
     const registration = tallies.add(routed, entry, handling, copied && estimateOpBytes(entry.key.length, entry.value.length) > capacity.bytes);
     if (registration && !registration.ok) {
       const service = services.get(registration.rule)!;
@@ -204,6 +214,10 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const overlaps = targetOverlaps(input.config.rules, others);
   if (overlaps.length > 0) {
     blockers.push({ code: 'migration_overlap', count: overlaps.length, message: `copy and dualrun refuse rules that write where another migration writes (migration_overlap): ${overlaps.join('; ')}`, hint: OVERLAP_HINT });
+  }
+  if (kubernetes.size > 0) {
+    const count = [...kubernetes.values()].reduce((n, k) => n + k, 0);
+    blockers.push({ code: 'kubernetes_prefix', count, message: `${count} keys that look like a Kubernetes control plane are copied (${[...kubernetes].map(([rule, n]) => `rule ${rule}: ${n}`).join(', ')})`, hint: FINDING_CATALOGUE.kubernetes_prefix.hint });
   }
   if (unreadableCopied.length > 0) {
     blockers.push({ code: 'range_unreadable', count: unreadableCopied.length, message: `etcd refused to read ${unreadableCopied.map(describeRange).join(', ')}, which copy or service rules cover`, hint: 'Grant the etcd user read on every rule range (`migrate acl` prints the role).' });
