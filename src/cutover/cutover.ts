@@ -288,7 +288,7 @@ function refuseIfMoved(state: CutoverState, outcomes: RuleOutcome[], from: reado
   });
 }
 
-function tripCheck(state: CutoverState, rule: string, acknowledge: boolean, cleared = 'cleared with this transition'): PreconditionCheck {
+function tripCheck(state: CutoverState, rule: string, acknowledge: boolean, cleared = 'cleared once this transition is made'): PreconditionCheck {
   const trips = state.trips.get(rule)?.doc;
   const open = openTrips(trips);
   if (open === 0) return { name: 'trips', ok: true, detail: 'no late writes or guard trips recorded' };
@@ -516,7 +516,10 @@ async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutco
       continue;
     }
     const kinds = r ? Object.entries(r.byKind).filter(([, n]) => n > 0).map(([kind, n]) => `${n} ${kind}`).join(', ') : '';
-    outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: ${next} does not hold what ${owner} holds, so ${action === 'cutover' ? 'cutting over' : 'rolling back'} now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on ${owner}${action === 'rollback' ? '. A late write stays in etcd until Consul\'s value is mirrored over it: restart the dual-run (its first pass mirrors the rule\'s keys from Consul to etcd, and deletes from etcd a key Consul does not hold: the late write is lost unless it is written in Consul first), then roll back again' : ''}` });
+    // Consul keys no etcd key of the rule maps to: no mirror ever writes them to etcd.
+    const foreign = result.differences.filter((d) => d.rule === outcome.rule && d.kind === 'extra' && d.reason === 'foreign').map((d) => d.key);
+    const unmirrored = action === 'rollback' && foreign.length > 0 ? ` ${foreign.length} Consul key(s) of the rule map back to no etcd key (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}), so no mirror writes them to etcd: delete or rename them in Consul, then roll back again.` : '';
+    outcome.checks.push({ name: 'parity', ok: false, detail: `etcd and Consul differ on ${r?.differences ?? '?'} key(s) of rule ${outcome.rule} with writes paused${kinds ? ` (verify: ${kinds})` : ''}: ${next} does not hold what ${owner} holds, so ${action === 'cutover' ? 'cutting over' : 'rolling back'} now would lose or bring back data (run \`migrate verify\` for the list); writes resumed on ${owner}${action === 'rollback' ? `.${unmirrored} A late write stays in etcd until Consul's value is mirrored over it: restart the dual-run (its first pass mirrors the rule's keys from Consul to etcd, and deletes from etcd a key Consul does not hold: the late write is lost unless it is written in Consul first), then roll back again` : ''}` });
     outcome.ok = false;
   }
   if (outcomes.every((o) => o.ok)) return true;
