@@ -125,6 +125,11 @@ describe('migrate audit on the demo keyspace', () => {
     const elsewhere = await runCli(['init', '--prefix', `${root}/`, '--progress', 'none', '--output', 'draft.yaml'], { cwd, env: env() });
     expect(elsewhere.code, elsewhere.stderr).toBe(0);
     expect(elsewhere.stdout).toContain('then run `migrate audit -c draft.yaml` and `migrate plan -c draft.yaml`');
+    // The servers from a file named with -c (its rules are not read), with nothing in the environment.
+    writeFileSync(join(cwd, 'servers.yaml'), `version: 1\nid: servers\nsource: { endpoints: [${servers().etcdEndpoint}] }\ntarget: { address: ${servers().consulAddress} }\nrules:\n  - { name: other, from: /elsewhere/, to: elsewhere/ }\n`);
+    const named = await runCli(['init', '-c', 'servers.yaml', '--prefix', `${root}/`, '--progress', 'none', '--output', 'named.yaml'], { cwd, env: {} });
+    expect(named.code, named.stderr).toBe(0);
+    expect(loadConfig({ configFlag: 'named.yaml', env: {}, cwd }).config.rules.map((r) => r.from)).toEqual(rules.map((r) => r.from));
 
     const audit = await runCli(['audit', '--prefix', `${root}/`, '--format', 'json', '--progress', 'none'], { cwd, env: env() });
     const report = JSON.parse(audit.stdout) as { mode: string; findings: { code: string; severity: string }[] };

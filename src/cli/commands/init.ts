@@ -40,7 +40,11 @@ export function registerInit({ add }: CommandRegistrar): void {
       }
       if (existsSync(file) && !options.force) throw fileExists(file, 'init');
       const { compileMapping } = await import('../../mapping/mapping.js');
-      const parsed = { config: emptyConfig(), file: undefined, document: undefined, lineCounter: undefined };
+      // A file named with --config or MIGRATE_CONFIG gives the connections (endpoints, TLS, credentials, limits); its rules are not read.
+      const named = options.config ?? ctx.io.env.MIGRATE_CONFIG;
+      const given = named ? (await ctx.loadConfig(named, true)).config : undefined;
+      const config = given ? { ...emptyConfig(), source: given.source, target: given.target, state: given.state } : emptyConfig();
+      const parsed = { config, file: undefined, document: undefined, lineCounter: undefined };
       const loaded = { ...parsed, mapping: compileMapping(parsed) };
       // Rules go one level below each audited prefix (or at the top level): look exactly that deep, and keep many.
       const depth = 1 + Math.max(0, ...options.prefix.map(levelsOf));
