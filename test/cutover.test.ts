@@ -650,6 +650,33 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
   }, 60_000);
 
+  it('a dual-run stopped while an application writes a cut-over rule in Consul: its reverse mirror\'s last write, landing as it stops, is no late write for the next run', async () => {
+    const s = scenario('mirrorstop');
+    await seed(s);
+    await cutOverApp(s);
+    let writing = true;
+    let n = 0;
+    const writer = (async () => {
+      while (writing) await target.putKey(`${s.id}/app/hot`, Buffer.from(`v${n++}`));
+    })();
+    try {
+      for (let cycle = 0; cycle < 4; cycle++) {
+        const dr = await startDualRun(s.dir);
+        try {
+          await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+          await eventually('the application\'s writes reach etcd', async () => Number((await etcdValue(`${s.root}/app/hot`))?.slice(1) ?? -1) > n - 50);
+        } finally {
+          expect(await dr.stop()).toBe(0);
+        }
+        expect(dr.stderr(), `cycle ${cycle}`).not.toMatch(/late write/);
+      }
+    } finally {
+      writing = false;
+      await writer;
+    }
+    expect((await phases(s)).app).toMatchObject({ phase: 'cutover', lateWrites: 0 });
+  }, 120_000);
+
   it('finalize --delete-etcd deletes only once the running dual-run says its reverse mirror of the rule stopped (a write it had in flight landed after the delete); held back, it says so, and --delete-etcd again on the finalized rule deletes', async () => {
     const s = scenario('finmirror');
     await seed(s);

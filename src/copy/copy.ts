@@ -56,6 +56,12 @@ export interface CheckpointState {
    * flip here before it deletes, so no mirror write lands after the delete.
    */
   owners?: number;
+  /**
+   * The dual-run's clean stop: revisions past `revision` that its reverse
+   * mirrors wrote to etcd (their last writes, landed as it stopped). The next
+   * dual-run replays them as its own writes, not as an application's late writes.
+   */
+  mirrored?: number[];
 }
 
 export type OnConflict = 'overwrite' | 'skip' | 'fail';

@@ -558,6 +558,8 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   const owners = await readOwners(target, paths, options.log);
   ownership.set(owners.doc, owners.index);
   const own = new OwnWrites();
+  // The reverse mirrors' last writes of the run that stopped here, which its checkpoint did not pass.
+  own.adopt(checkpointDoc.mirrored ?? []);
   if (options.heartbeatKey && !ctx.writer) throw new Error('internal: --heartbeat-key needs an etcd writer');
   const heartbeat = options.heartbeatKey && ctx.writer ? new LagHeartbeat(options.heartbeatKey, ctx.writer) : undefined;
   const services = new ServiceMirror({ source, target, mapping: ctx.mapping, migrationId: ctx.config.id, log: options.log });
@@ -874,6 +876,9 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       }
     }
     if (ctx.lost.aborted) return 'leadership-lost';
+    // The reverse mirrors first: a write they have in flight lands now, and the checkpoint below records
+    // its revision, which the watch stopped before seeing (the next run took it for a late write).
+    await Promise.all([...mirrors.values()].map((m) => m.stop()));
     // A clean stop, still leading: the checkpoint once more, marked stopped, so status, verify
     // and cutover see at once that nothing replicates (not 20 s later, when the heartbeat goes stale).
     await applier.flush(true, { stopped: true })
@@ -1298,7 +1303,8 @@ class Applier {
     // under a stale owners document must fail and be re-planned, or those events would be lost.
     if (ops.length === 0 && this.batcher.pendingOps === 0 && this.lastEventRevision <= stats.checkpoint) this.fenceIndex = this.ownership.index;
     const updated = new Date().toISOString();
-    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, ...(stopped ? { stopped: updated } : {}) };
+    const mirrored = stopped ? this.own.after(revision) : [];
+    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, ...(stopped ? { stopped: updated } : {}), ...(mirrored.length > 0 ? { mirrored } : {}) };
     // A compare-and-set on the index this dual-run's last txn gave the checkpoint: a Consul restored from a snapshot
     // takes back what was written since (data, checkpoint, sessions) with no error to any request, and a checkpoint
     // written over the restored one would never replay it.

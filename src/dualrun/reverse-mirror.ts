@@ -63,6 +63,16 @@ export class OwnWrites {
   prune(below: number): void {
     for (const r of this.revisions) if (r < below) this.revisions.delete(r);
   }
+
+  /** Takes these revisions as own writes (an earlier run's, recorded at its stop). */
+  adopt(revisions: readonly number[]): void {
+    for (const r of revisions) this.revisions.add(r);
+  }
+
+  /** Own writes past `revision`, in order. */
+  after(revision: number): number[] {
+    return [...this.revisions].filter((r) => r > revision).sort((a, b) => a - b);
+  }
 }
 
 /** `ops` in txns of at most {@link REVERSE_TXN_OPS} ops and {@link REVERSE_TXN_BYTES} bytes (a larger op alone), in order. */
