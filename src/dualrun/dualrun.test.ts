@@ -213,4 +213,37 @@ describe('etcd before 3.4.31 answering a progress request ahead of the watch\'s 
     expect(target.entries.has('app/gone')).toBe(false);
     expect(await checkpointOf(target)).toBe(head);
   });
+  it('idle rules on a busy etcd that compacts within seconds: the answer still moves the checkpoint (the last revision known complete can no longer be counted)', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/a', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    const copied = await checkpointOf(target);
+    const stop = new AbortController();
+    let head = 0;
+    source.watch = async () => ({
+      buffered: () => 0,
+      requestProgress() {},
+      latestRevision: () => head,
+      async close() {},
+      async *[Symbol.asyncIterator]() {
+        await new Promise((r) => setTimeout(r, 1100));
+        // Busy elsewhere while the dual-run runs, then compacted at the head: the revision its checkpoint is at is gone.
+        for (let i = 0; i < 20; i++) source.put(`/busy/${i}`, 'x');
+        head = (await source.status()).revision;
+        source.compact();
+        yield { kind: 'progress' as const, revision: head, requested: true };
+        await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
+      },
+    });
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+      copy: async (over) => runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(stop.signal, over)),
+    });
+    for (let i = 0; i < 60 && (head === 0 || (await checkpointOf(target)) < head); i++) await new Promise((r) => setTimeout(r, 50));
+    stop.abort();
+    await run;
+    expect(head).toBeGreaterThan(copied);
+    expect(await checkpointOf(target)).toBe(head);
+  });
 });
