@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
 import { VERIFY_REPORT_SCHEMA } from '../src/verify/report-schema.js';
 import { configDir, consulTarget, rawEtcd, runCli, serverEnv, servers } from './support/harness.js';
-import { startDualRun, waitCaughtUp } from './support/dualrun.js';
+import { eventually, startDualRun, waitCaughtUp } from './support/dualrun.js';
 import { startReplicator } from './support/replicator.js';
 
 const etcd = rawEtcd();
@@ -290,6 +290,8 @@ describe('migrate verify (real servers)', () => {
     const dr = await startDualRun(s.dir);
     try {
       await waitCaughtUp(etcd, target, s.id);
+      // The copy's checkpoint is caught up too: wait for the dual-run's own (a slow start on a busy machine made the cut immediate).
+      await eventually('the dual-run wrote its checkpoint', async () => JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString()).by === 'dualrun');
       let stop = false;
       const writes = (async () => {
         for (let n = 0; !stop; n++) {
