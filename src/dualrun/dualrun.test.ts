@@ -2,6 +2,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../config/load.js';
 import { acquireCopyLock, runCopy, type CopyOptions } from '../copy/copy.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
+import type { SourceWatch, WatchMessage } from '../stores/types.js';
 import { runDualRun } from './dualrun.js';
 import { lagSeconds } from './metrics.js';
 
@@ -162,6 +163,19 @@ describe('lease sessions while etcd hangs', () => {
   }, 30_000);
 });
 
+/** A watch that yields what `messages` makes (an order real etcd shows only under load), reporting `latest()` as etcd's revision. */
+function scriptedWatch(latest: () => number, messages: () => AsyncGenerator<WatchMessage>): SourceWatch {
+  return { buffered: () => 0, requestProgress() {}, latestRevision: latest, async close() {}, [Symbol.asyncIterator]: messages };
+}
+
+/** The dual-run of migration demo over `source` and `target`, until `stop` aborts. */
+function dualRunOf(source: MemorySource, target: MemoryTarget, stop: AbortController) {
+  return runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+    ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+    copy: async (over) => runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(stop.signal, over)),
+  });
+}
+
 describe('etcd before 3.4.31 answering a progress request ahead of the watch\'s queued events (etcd-io/etcd#15220)', () => {
   it('the checkpoint does not take that answer while etcd shows changes after it: the watch, opened again, still replays them', async () => {
     const source = new MemorySource();
@@ -179,32 +193,16 @@ describe('etcd before 3.4.31 answering a progress request ahead of the watch\'s 
       opened++;
       if (opened > 1) return watchOf(range, from);
       // The first watch is behind: etcd's answer to a progress request (its current revision) comes before the events, then the stream breaks.
-      return {
-        buffered: () => 0,
-        requestProgress() {},
-        latestRevision: () => head,
-        async close() {},
-        async *[Symbol.asyncIterator]() {
-          // Past the checkpoint's throttle (one write a second), so the answer would be written at once.
-          await new Promise((r) => setTimeout(r, 1100));
-          yield { kind: 'progress' as const, revision: head, requested: true };
-          await new Promise((r) => setTimeout(r, 50));
-          throw new Error('watch ended');
-        },
-      };
+      return scriptedWatch(() => head, async function* () {
+        // Past the checkpoint's throttle (one write a second), so the answer would be written at once.
+        await new Promise((r) => setTimeout(r, 1100));
+        yield { kind: 'progress', revision: head, requested: true };
+        await new Promise((r) => setTimeout(r, 50));
+        throw new Error('watch ended');
+      });
     };
     const stop = new AbortController();
-    const written: number[] = [];
-    const apply = target.applyTxn.bind(target);
-    target.applyTxn = async (ops) => {
-      const index = await apply(ops);
-      for (const op of ops) if (op.key === '_migrate/demo/checkpoint' && 'value' in op) written.push((JSON.parse(op.value.toString()) as { revision: number }).revision);
-      return index;
-    };
-    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
-      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
-      copy: async (over) => runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(stop.signal, over)),
-    });
+    const run = dualRunOf(source, target, stop);
     for (let i = 0; i < 60 && !(opened > 1 && target.entries.get('app/kept')?.value.toString() === 'v2' && !target.entries.has('app/gone')); i++) await new Promise((r) => setTimeout(r, 50));
     stop.abort();
     await run;
@@ -213,6 +211,7 @@ describe('etcd before 3.4.31 answering a progress request ahead of the watch\'s 
     expect(target.entries.has('app/gone')).toBe(false);
     expect(await checkpointOf(target)).toBe(head);
   });
+
   it('idle rules on a busy etcd that compacts within seconds: the answer still moves the checkpoint (the last revision known complete can no longer be counted)', async () => {
     const source = new MemorySource();
     const target = new MemoryTarget();
@@ -221,25 +220,16 @@ describe('etcd before 3.4.31 answering a progress request ahead of the watch\'s 
     const copied = await checkpointOf(target);
     const stop = new AbortController();
     let head = 0;
-    source.watch = async () => ({
-      buffered: () => 0,
-      requestProgress() {},
-      latestRevision: () => head,
-      async close() {},
-      async *[Symbol.asyncIterator]() {
-        await new Promise((r) => setTimeout(r, 1100));
-        // Busy elsewhere while the dual-run runs, then compacted at the head: the revision its checkpoint is at is gone.
-        for (let i = 0; i < 20; i++) source.put(`/busy/${i}`, 'x');
-        head = (await source.status()).revision;
-        source.compact();
-        yield { kind: 'progress' as const, revision: head, requested: true };
-        await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
-      },
+    source.watch = async () => scriptedWatch(() => head, async function* () {
+      await new Promise((r) => setTimeout(r, 1100));
+      // Busy elsewhere while the dual-run runs, then compacted at the head: the revision its checkpoint is at is gone.
+      for (let i = 0; i < 20; i++) source.put(`/busy/${i}`, 'x');
+      head = (await source.status()).revision;
+      source.compact();
+      yield { kind: 'progress', revision: head, requested: true };
+      await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
     });
-    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
-      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
-      copy: async (over) => runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(stop.signal, over)),
-    });
+    const run = dualRunOf(source, target, stop);
     for (let i = 0; i < 60 && (head === 0 || (await checkpointOf(target)) < head); i++) await new Promise((r) => setTimeout(r, 50));
     stop.abort();
     await run;
