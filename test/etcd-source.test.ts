@@ -97,6 +97,26 @@ describe('etcd source (real etcd)', () => {
     expect(after.entries.filter((e) => e.value.toString().startsWith('v2-'))).toHaveLength(100);
   });
 
+  it('starts with a small page and doubles it up to the page size asked for, every key once and in order', async () => {
+    const prefix = uniquePrefix('ramp');
+    const keys = Array.from({ length: 5000 }, (_, i) => `${prefix}${String(i).padStart(5, '0')}`);
+    for (let i = 0; i < keys.length; i += 500) {
+      await raw.if(keys[i]!, 'Create', '==', 0).then(...keys.slice(i, i + 500).map((k) => raw.put(k).value('v'))).commit();
+    }
+    const sizes: number[] = [];
+    const read: string[] = [];
+    for await (const page of source.readPages(prefixRange(prefix), { pageKeys: 4000 })) {
+      sizes.push(page.entries.length);
+      read.push(...page.entries.map((e) => e.key.toString()));
+    }
+    // The reader of the first page has it after 500 keys, not 4,000: a copy's first txn leaves at once.
+    expect(sizes).toEqual([500, 1000, 2000, 1500]);
+    expect(read).toEqual(keys);
+    // A page size below the first page's is taken as it is.
+    const small = await readAll(prefix, { pageKeys: 300 });
+    expect(small.pages).toBe(17);
+  });
+
   it('reads large values with a page size that would overflow one message', async () => {
     const prefix = uniquePrefix('big');
     const value = Buffer.alloc(1_000_000, 7);
