@@ -7,7 +7,7 @@ import { checkParity } from './support/parity.js';
 import { eventually, startDualRun } from './support/dualrun.js';
 import { ConsulTarget } from '../src/stores/consul.js';
 import { Terminal } from './support/terminal.js';
-import { configDir, consulIndex, consulTarget, etcdSource, privateConsul, rawEtcd, runCli, serverEnv } from './support/harness.js';
+import { configDir, consulIndex, consulTarget, etcdSource, privateConsul, rawEtcd, runCli, serverEnv, servers } from './support/harness.js';
 
 const etcd = rawEtcd();
 const target = consulTarget();
@@ -251,6 +251,26 @@ describe('migrate copy (real servers)', () => {
     // 400 writes at 150/s with a bucket of one second's worth: at least 1.6 s.
     expect(Date.now() - began).toBeGreaterThanOrEqual(1600);
     expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(400);
+  });
+
+  it('stops (exit 3, copy_lock_lost) when Consul loses the migration under it, rather than finish "done" without the keys written before; --resume then copies them', async () => {
+    const s = scenario('wiped');
+    for (let from = 0; from < 600; from += 100) {
+      await etcd.if(`${s.root}/app/k0000`, 'Mod', '>', -1).then(...Array.from({ length: 100 }, (_, i) => etcd.put(`${s.root}/app/k${String(from + i).padStart(4, '0')}`).value(`v${i}`))).commit();
+    }
+    const copy = runCli(['copy', '--rate', '100', '--concurrency', '1', '--page-keys', '100', '--progress', 'none'], { cwd: s.dir, env: serverEnv(), timeoutMs: 60_000 });
+    await eventually('the copy writing', async () => (await target.listKeys(`${s.id}/app/`)).length >= 100, 30_000);
+    // Consul wiped (or restored from a snapshot taken before the copy) under the copy: its state and the keys written so far are gone.
+    for (const prefix of [`_migrate/${s.id}/`, `${s.id}/`]) expect((await fetch(`${servers().consulAddress}/v1/kv/${prefix}?recurse`, { method: 'DELETE' })).status).toBe(200);
+    const run = await copy;
+    expect(run.code, run.stderr).toBe(3);
+    expect(run.stderr).toContain('error[copy_lock_lost]');
+    expect(run.stderr).toContain('migrate copy --resume');
+    // Nothing says the copy is done.
+    expect(await target.readEntries([`_migrate/${s.id}/copy`])).toEqual([]);
+    const resumed = await runCli(['copy', '--resume', '--progress', 'none'], { cwd: s.dir, env: serverEnv() });
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(600);
   });
 
   it('refuses a state meta written for another etcd cluster (exit 4) and writes nothing', async () => {

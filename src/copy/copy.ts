@@ -1,7 +1,7 @@
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import pLimit from 'p-limit';
 import { hostname } from 'node:os';
-import { RefusedError, isMigrateError } from '../errors.js';
+import { RefusedError, ServerError, isMigrateError } from '../errors.js';
 import { LeaderLock, lockHolder } from '../dualrun/leader.js';
 import { copyLockKey, runningCopy } from './lock.js';
 import type { MigrationConfig, RuleConfig } from '../config/load.js';
@@ -12,7 +12,7 @@ import { readRanges, splitRanges } from '../stores/key-range.js';
 import { putLarge } from '../stores/large-put.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
-import { TxnBatcher, groupFitsInTxn, splitBatch, type TargetLimits } from '../stores/txn-batcher.js';
+import { TxnBatcher, groupFitsInTxn, splitBatch, wireOpBytes, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
 import { checkIdentity, ensureMeta, mappingHash, readState, recordedRules, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
@@ -86,7 +86,14 @@ export interface CopyOptions {
   toolVersion: string;
   onProgress?: (event: CopyProgressEvent) => void;
   /** Takes the one-copy-at-a-time lock ({@link acquireCopyLock}); `migrate copy` passes it, the dual-run's re-baseline runs under its own. */
-  lock?: () => Promise<{ release(): Promise<void> }>;
+  lock?: () => Promise<CopyLock>;
+}
+
+/** The lock a copy holds while it writes. */
+export interface CopyLock {
+  release(): Promise<void>;
+  /** The op every write txn of the copy carries: it fails once Consul no longer holds the lock (wiped, restored, session gone). */
+  fence: TxnOp;
 }
 
 export type CopyProgressEvent =
@@ -194,7 +201,7 @@ export function copyRunning(config: Pick<MigrationConfig, 'id'>, holder: string)
  * so a copy killed on this host does not block `--resume`: its dead holder is
  * cleared at once, and elsewhere the lock frees itself within 2× the TTL.
  */
-export async function acquireCopyLock(target: TargetStore, config: MigrationConfig, signal: AbortSignal): Promise<{ release(): Promise<void> }> {
+export async function acquireCopyLock(target: TargetStore, config: MigrationConfig, signal: AbortSignal): Promise<CopyLock> {
   const lock = new LeaderLock(target, copyLockKey(config), `${hostname()}:${process.pid}`, 'copy lock');
   try {
     await lock.acquire({ wait: false, signal });
@@ -214,7 +221,23 @@ export async function acquireCopyLock(target: TargetStore, config: MigrationConf
     throw err;
   }
   lock.keepAlive(() => undefined);
-  return lock;
+  return { release: () => lock.release(), fence: { verb: 'check-session', key: copyLockKey(config), session: lock.session! } };
+}
+
+/**
+ * The error for a write txn that failed on the copy lock's check: Consul no longer holds the lock, so what
+ * it held of the migration may be gone too (a Consul wiped or restored from a snapshot under the copy
+ * took the keys written before with it, and a copy going on would end "done" over them).
+ */
+function lockLost(err: unknown, ops: readonly TxnOp[], fence: readonly TxnOp[]): unknown {
+  if (!(err instanceof TxnFailedError) || fence.length === 0) return err;
+  const at = ops.indexOf(fence[0]!);
+  if (!err.errors.some((e) => e.opIndex === at)) return err;
+  const { key } = fence[0]!;
+  return new ServerError('copy_lock_lost', `Consul no longer holds this copy's lock (${key}): it lost the migration's state (wiped, or restored from a snapshot), or the lock's session ended (the copy stalled for more than about 20 s). Keys this copy wrote before may be gone from Consul; it stopped writing.`, {
+    hint: 'Check Consul (`migrate status`), then run `migrate copy --resume`: it plans against what Consul holds now and writes what is missing. Run `migrate verify` afterwards.',
+    details: { lock: key },
+  });
 }
 
 export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<CopyResult> {
@@ -238,13 +261,13 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   // Taken once etcd answered and the identity holds, so a refused or unreachable run writes nothing.
   const lock = options.dryRun ? undefined : await options.lock?.();
   try {
-    return await copyPinned({ ...deps, target }, options, paths, status.revision, limits, started);
+    return await copyPinned({ ...deps, target }, options, paths, status.revision, limits, started, lock ? [lock.fence] : []);
   } finally {
     await lock?.release();
   }
 }
 
-async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePaths, currentRevision: number, limits: TargetLimits, started: number): Promise<CopyResult> {
+async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePaths, currentRevision: number, limits: TargetLimits, started: number, fence: TxnOp[]): Promise<CopyResult> {
   const { config, source, target } = deps;
   const previous = await readState<CopyState>(target, paths.copy);
   let revision = currentRevision;
@@ -300,7 +323,7 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
   try {
     for (;;) {
       const state: CopyState = { schemaVersion: STATE_SCHEMA_VERSION, revision, started: options.now().toISOString(), ...(startIndex !== undefined ? { startIndex } : {}), rules: Object.fromEntries(copyRules.map((r) => [r.name, { ...lowWaters[r.name] }])) };
-      const engine = new CopyEngine(target, limits, paths, state, options);
+      const engine = new CopyEngine(target, limits, paths, state, options, fence);
       try {
         totals ??= await countRules(deps, copyRules, revision);
         pass = await copyPass(deps, options, copyRules, engine, sessions, { revision, staleSince }, totals);
@@ -349,9 +372,9 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     } else if (keepsDualRun && checkpoint.revision < revision) {
       options.onProgress?.({ type: 'warning', message: `the dual-run's checkpoint stays at revision ${checkpoint.revision}: when it starts again it replays what etcd changed since, deletes included (this copy deleted no extraneous keys; with --delete-extraneous it would take the checkpoint to ${revision})` });
     }
-    await target.applyTxn(ops);
+    await applyFenced(target, ops, fence);
   } else if (interrupted && !options.dryRun) {
-    await target.applyTxn([{ verb: 'set', key: paths.copy, value: Buffer.from(JSON.stringify(state)) }]);
+    await applyFenced(target, [{ verb: 'set', key: paths.copy, value: Buffer.from(JSON.stringify(state)) }], fence);
   }
 
   const result: CopyResult = {
@@ -372,6 +395,14 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
   if (compactedAt.length > 0) result.compactedAt = compactedAt;
   if (options.recordOps && target instanceof RecordingTarget) result.ops = target.recorded;
   return result;
+}
+
+/** Applies `ops` with the copy lock's check. */
+async function applyFenced(target: TargetStore, ops: TxnOp[], fence: readonly TxnOp[]): Promise<void> {
+  const fenced = [...ops, ...fence];
+  await target.applyTxn(fenced).catch((err: unknown) => {
+    throw lockLost(err, fenced, fence);
+  });
 }
 
 /** Writes the `copy` document before any data and returns its ModifyIndex: every later write of this copy is above it. */
@@ -667,17 +698,19 @@ class CopyEngine {
   private readonly trackers = new Map<string, RuleTracker>();
   private failure: unknown;
   private readonly reservedBytes: number;
+  private readonly reservedOps: number;
   private tokens: number;
   private lastRefill = Date.now();
   /** The txns waiting for tokens, in turn. */
   private throttled: Promise<void> = Promise.resolve();
 
-  constructor(private readonly target: TargetStore, private readonly limits: TargetLimits, private readonly paths: StatePaths, readonly state: CopyState, private readonly options: CopyOptions) {
+  constructor(private readonly target: TargetStore, private readonly limits: TargetLimits, private readonly paths: StatePaths, readonly state: CopyState, private readonly options: CopyOptions, private readonly fence: readonly TxnOp[]) {
     this.limit = pLimit(options.concurrency);
     // Room in every txn for the copy document: rule names, done flags, and one low-water key
-    // (rules run one after the other) of at most LOW_WATER_KEY_MAX bytes, base64 twice over.
-    this.reservedBytes = Math.ceil((4 / 3) * (512 + Object.keys(state.rules).reduce((n, name) => n + name.length + 48, 0) + (4 / 3) * LOW_WATER_KEY_MAX));
-    this.batcher = new TxnBatcher(limits, { reservedOps: 1, reservedBytes: this.reservedBytes });
+    // (rules run one after the other) of at most LOW_WATER_KEY_MAX bytes, base64 twice over; and for the lock's check.
+    this.reservedBytes = Math.ceil((4 / 3) * (512 + Object.keys(state.rules).reduce((n, name) => n + name.length + 48, 0) + (4 / 3) * LOW_WATER_KEY_MAX)) + fence.reduce((n, op) => n + wireOpBytes(op), 0);
+    this.reservedOps = 1 + fence.length;
+    this.batcher = new TxnBatcher(limits, { reservedOps: this.reservedOps, reservedBytes: this.reservedBytes });
     this.tokens = options.rate;
   }
 
@@ -707,7 +740,7 @@ class CopyEngine {
   async write(write: PlannedWrite, pageId: number, stats: RuleCopyStats): Promise<void> {
     const ops = writeOps(write);
     const tracker = this.trackers.get(write.rule)!;
-    if (!groupFitsInTxn(ops, this.limits, { reservedOps: 1, reservedBytes: this.reservedBytes })) {
+    if (!groupFitsInTxn(ops, this.limits, { reservedOps: this.reservedOps, reservedBytes: this.reservedBytes })) {
       // Too large for any txn: a single PUT (release of the old session, acquire of the lease's), sent at once.
       tracker.hold(pageId);
       this.landing(write.rule, 1);
@@ -771,12 +804,13 @@ class CopyEngine {
     await this.throttle(ops.length);
     // The first Ctrl-C: batches queued but not sent stay unsent, their pages open (below the low-water mark's reach).
     if (this.options.signal.aborted) return;
-    const withState = [...ops, { verb: 'set', key: this.paths.copy, value: Buffer.from(JSON.stringify(this.state)) } as TxnOp];
+    const withState = [...ops, { verb: 'set', key: this.paths.copy, value: Buffer.from(JSON.stringify(this.state)) } as TxnOp, ...this.fence];
     try {
       await this.target.applyTxn(withState);
       this.txns++;
       for (const w of writes) this.count(w.write, w.stats, false);
-    } catch (err) {
+    } catch (caught) {
+      const err = lockLost(caught, withState, this.fence);
       if (err instanceof TxnFailedError) {
         await this.resolveConflicts(writes);
       } else if (err instanceof ConsulTooLargeError && writes.length > 1 && depth < SPLIT_RETRY_LIMIT) {
@@ -836,13 +870,17 @@ class CopyEngine {
   private async applyOne(write: PlannedWrite, stats: RuleCopyStats, attempt = 0, lockDelayUntil = 0): Promise<void> {
     try {
       const ops = writeOps(write);
-      if (groupFitsInTxn(ops, this.limits)) {
-        await this.target.applyTxn(ops);
+      const inTxn = groupFitsInTxn(ops, this.limits, { reservedOps: this.fence.length, reservedBytes: this.fence.reduce((n, op) => n + wireOpBytes(op), 0) });
+      if (inTxn) {
+        const fenced = [...ops, ...this.fence];
+        await this.target.applyTxn(fenced).catch((err: unknown) => {
+          throw lockLost(err, fenced, this.fence);
+        });
         this.txns++;
       } else if (!(await putLarge(this.target, write.key, write.value, { release: write.releaseSession, acquire: write.session, cas: write.expectIndex }))) {
         throw new TxnFailedError([{ opIndex: 0, what: `single PUT of ${formatKey(write.key)} lost a race` }]);
       }
-      this.count(write, stats, !groupFitsInTxn(ops, this.limits));
+      this.count(write, stats, !inTxn);
     } catch (err) {
       if (!(err instanceof TxnFailedError)) throw err;
       // A key a session held until it ended: Consul refuses other sessions' locks on it for that
