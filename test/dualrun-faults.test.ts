@@ -472,7 +472,7 @@ describe('dual-run faults (real servers)', () => {
 });
 
 describe('etcd restored from an older backup (real servers)', () => {
-  it('the dual-run refuses (etcd_behind_checkpoint, exit 4, nothing written) rather than wait for etcd to pass the checkpoint and skip what it makes meanwhile; copy moves the checkpoint back, and the dual-run then replicates with parity', async () => {
+  it('the dual-run refuses (etcd_behind_checkpoint, exit 4, no data written) rather than wait for etcd to pass the checkpoint and skip what it makes meanwhile, and goes on refusing once etcd has passed it; copy moves the checkpoint back, and the dual-run then replicates with parity', async () => {
     const data = mkdtempSync(join(tmpdir(), 'migrate-etcd-restored-'));
     const backup = `${data}-backup`;
     const s = scenario('restored');
@@ -496,15 +496,32 @@ describe('etcd restored from an older backup (real servers)', () => {
       own = await startEtcd({ dataDir: backup });
       client = new Etcd3({ hosts: own.endpoint });
       expect(Number((await client.maintenance.status()).header.revision)).toBeLessThan(checkpoint);
-      const before = (await target.readKey(`_migrate/${s.id}/checkpoint`))!.modifyIndex;
+      const dataKeys = async () => (await target.readEntries(await target.listKeys(`${s.id}/`))).map((e) => `${e.key}@${e.modifyIndex}`);
+      const before = await dataKeys();
       const refused = await runCli(['dualrun'], { cwd: s.dir, env: env(), timeoutMs: 60_000 });
       expect(refused.code, refused.stderr).toBe(4);
       expect(refused.stderr).toMatch(new RegExp(`error\\[etcd_behind_checkpoint\\]: etcd's revision \\d+ is below the migration's checkpoint ${checkpoint}`));
       expect(refused.stderr).toContain('migrate copy --delete-extraneous');
-      expect((await target.readKey(`_migrate/${s.id}/checkpoint`))!.modifyIndex).toBe(before);
+      expect(await dataKeys()).toEqual(before);
+      // The finding is recorded with the checkpoint, which stays where it was.
+      const recorded = JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString()) as { revision: number; rewound?: { etcdRevision: number } };
+      expect(recorded.revision).toBe(checkpoint);
+      expect(recorded.rewound?.etcdRevision).toBeLessThan(checkpoint);
+      // The applications write on: etcd passes the checkpoint with revisions that are not the ones replicated.
+      for (let i = 0; i < 60; i++) await client.put(`${s.root}/app/restored${i}`).value('written after the restore');
+      expect(Number((await client.maintenance.status()).header.revision)).toBeGreaterThan(checkpoint);
+      const still = await runCli(['dualrun'], { cwd: s.dir, env: env(), timeoutMs: 60_000 });
+      expect(still.code, still.stderr).toBe(4);
+      expect(still.stderr).toMatch(new RegExp(`error\\[etcd_behind_checkpoint\\]: A dual-run found etcd's revision \\d+ below \\([^)]+\\) the migration's checkpoint ${checkpoint}`));
+      expect(await dataKeys()).toEqual(before);
+      const told = await runCli(['status'], { cwd: s.dir, env: env() });
+      expect(told.stdout).toMatch(new RegExp(`ETCD WENT BACK IN TIME: a dual-run found etcd's revision \\d+ below the checkpoint ${checkpoint}`));
+      expect(told.stdout).toContain('migrate copy --delete-extraneous');
       const copy = await runCli(['copy', '--delete-extraneous', '--allow-mass-delete', '--yes'], { cwd: s.dir, env: env() });
       expect(copy.code, copy.stderr).toBe(0);
-      expect(copy.stderr).toMatch(new RegExp(`etcd's revision \\d+ is below the migration's checkpoint ${checkpoint} \\(etcd restored from a backup\\?\\): the checkpoint moves back`));
+      expect(copy.stderr).toMatch(new RegExp(`a dual-run found etcd's revision \\d+ below \\([^)]+\\) the migration's checkpoint ${checkpoint} \\(etcd restored from a backup\\?\\): the checkpoint moves back`));
+      const after = JSON.parse((await runCli(['status', '--format', 'json'], { cwd: s.dir, env: env() })).stdout) as { dualRun: { etcdWentBack: unknown } };
+      expect(after.dualRun.etcdWentBack).toBeNull();
       const dualrun = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: own.endpoint });
       try {
         // What etcd makes now, below the old checkpoint, is replicated (it was skipped until etcd passed it).

@@ -62,6 +62,13 @@ export interface CheckpointState {
    * dual-run replays them as its own writes, not as an application's late writes.
    */
   mirrored?: number[];
+  /**
+   * Set by the dual-run that found etcd's revision below `revision` (etcd restored
+   * from a backup): every later dual-run refuses to start, even once etcd's writers
+   * have taken it past `revision` again, until a copy puts the checkpoint back at its
+   * own revision (a copy's checkpoint never carries it).
+   */
+  rewound?: { etcdRevision: number; found: string };
 }
 
 export type OnConflict = 'overwrite' | 'skip' | 'fail';
@@ -362,9 +369,10 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     const keepsDualRun = checkpoint?.by === 'dualrun' && !options.deleteExtraneous;
     // Unless etcd went back in time (restored from a backup): the revisions up to the checkpoint are others now, and a
     // dual-run that waited for etcd to pass it would skip what etcd makes meanwhile. The checkpoint comes back to this copy's.
-    const etcdWentBack = checkpoint !== undefined && checkpoint.revision > currentRevision;
+    const etcdWentBack = checkpoint !== undefined && (checkpoint.revision > currentRevision || checkpoint.rewound !== undefined);
     if (etcdWentBack) {
-      options.onProgress?.({ type: 'warning', message: `etcd's revision ${currentRevision} is below the migration's checkpoint ${checkpoint.revision} (etcd restored from a backup?): the checkpoint moves back to this copy's revision ${revision}${options.deleteExtraneous ? '' : '; Consul keeps the keys etcd no longer has (verify reports them as extra; --delete-extraneous deletes them)'}` });
+      const found = checkpoint.revision > currentRevision ? `etcd's revision ${currentRevision} is below` : `a dual-run found etcd's revision ${checkpoint.rewound!.etcdRevision} below (${checkpoint.rewound!.found})`;
+      options.onProgress?.({ type: 'warning', message: `${found} the migration's checkpoint ${checkpoint.revision} (etcd restored from a backup?): the checkpoint moves back to this copy's revision ${revision}${options.deleteExtraneous ? '' : '; Consul keeps the keys etcd no longer has (verify reports them as extra; --delete-extraneous deletes them)'}` });
     }
     if (((!checkpoint || checkpoint.revision < revision) && !keepsDualRun) || etcdWentBack) {
       const doc: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated: options.now().toISOString(), by: 'copy' };

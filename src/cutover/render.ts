@@ -36,9 +36,11 @@ export function renderStatus(result: StatusResult, format: Format, configFile = 
     dual.checkpoint === null ? 'no checkpoint' : `checkpoint ${dual.checkpoint} (${dual.by}${dual.running ? `, dual-run running${dual.leader ? `, leader ${dual.leader}` : ''}` : dual.leader ? `, dual-run ${dual.leader} holds the leader lock but writes no checkpoint: re-baselining, or a server does not answer it (its log says which)` : ', no dual-run running'})`,
     result.verify ? `last verify ${!result.verify.clean ? 'drift' : result.verify.tolerated > 0 ? `within budgets (${result.verify.tolerated} difference(s) tolerated by --allow)` : 'clean'} ${formatAge(result.verify.ageSeconds * 1000)} ago` : 'never verified',
   ].join('; ');
-  const changed = result.mappingChanged
-    ? ['', `MAPPING CHANGED: ${configFile} is not the mapping this migration recorded. The figures below are of the file; the dual-run and copy refuse it until started with --accept-mapping-change (review the change with \`migrate plan\` first).`]
-    : [];
+  const back = dual.etcdWentBack;
+  const changed = [
+    ...(result.mappingChanged ? ['', `MAPPING CHANGED: ${configFile} is not the mapping this migration recorded. The figures below are of the file; the dual-run and copy refuse it until started with --accept-mapping-change (review the change with \`migrate plan\` first).`] : []),
+    ...(back ? ['', `ETCD WENT BACK IN TIME: ${back.found ? `a dual-run found etcd's revision ${back.etcdRevision} below the checkpoint ${dual.checkpoint} (${back.found})` : `etcd's revision ${back.etcdRevision} is below the checkpoint ${dual.checkpoint}`} (restored from a backup?). The dual-run refuses to start (etcd_behind_checkpoint); decide which store holds the data to keep: \`migrate copy --delete-extraneous\` makes Consul match etcd and puts the checkpoint back.`] : []),
+  ];
   if (format === 'markdown') {
     const md = (cells: string[]) => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
     return [`## Migration ${result.migration}`, '', summary, ...changed, '', md(STATUS_HEADER), md(STATUS_HEADER.map(() => '---')), ...statusRows(result).map(md), ''].join('\n');

@@ -40,7 +40,11 @@ export interface StatusResult {
   started: boolean;
   etcdRevision: number;
   /** `leader`: the `host:pid` holding the dual-run's leader lock, null when none holds it. */
-  dualRun: { running: boolean; checkpoint: number | null; by: 'copy' | 'dualrun' | null; updated: string | null; lagRevisions: number | null; leader: string | null };
+  dualRun: {
+    running: boolean; checkpoint: number | null; by: 'copy' | 'dualrun' | null; updated: string | null; lagRevisions: number | null; leader: string | null;
+    /** etcd went back in time (restored from a backup): its revision is below the checkpoint now, or a dual-run found it so (`found`) and refuses since. */
+    etcdWentBack: { etcdRevision: number; found: string | null } | null;
+  };
   /** `tolerated`: differences the last verify let pass within `--allow` budgets (a cutover needs parity). */
   verify: { at: string; ageSeconds: number; clean: boolean; revision: number; tolerated: number } | null;
   /** migration.yaml's mapping is not the one the migration recorded: the dual-run and copy refuse it until told to adopt it. */
@@ -113,7 +117,10 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
     statePrefix: paths.root,
     started: Boolean(meta),
     etcdRevision: status.revision,
-    dualRun: { running, checkpoint, by: state.checkpoint?.by ?? null, updated: state.checkpoint?.updated ?? null, lagRevisions: checkpoint === null ? null : Math.max(0, status.revision - checkpoint), leader: lock?.session ? (lockHolder(lock.value) ?? 'unknown') : null },
+    dualRun: {
+      running, checkpoint, by: state.checkpoint?.by ?? null, updated: state.checkpoint?.updated ?? null, lagRevisions: checkpoint === null ? null : Math.max(0, status.revision - checkpoint), leader: lock?.session ? (lockHolder(lock.value) ?? 'unknown') : null,
+      etcdWentBack: state.checkpoint?.rewound ? { etcdRevision: state.checkpoint.rewound.etcdRevision, found: state.checkpoint.rewound.found } : checkpoint !== null && status.revision < checkpoint ? { etcdRevision: status.revision, found: null } : null,
+    },
     verify: state.verify
       ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision, tolerated: Object.values(state.verify.rules).reduce((n, r) => n + (r.status === 'within-budget' ? r.differences : 0), 0) }
       : null,

@@ -10,7 +10,7 @@ import { watchSpan } from '../mapping/watch-span.js';
 import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, wireOpBytes, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
-import { ensureMeta, leftBehind, mappingHash, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
+import { ensureMeta, leftBehind, mappingHash, parseStateDocument, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { copyRunning, refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LEADER_TTL_SECONDS, LeaderLock } from './leader.js';
 import { runningCopy } from '../copy/lock.js';
@@ -321,12 +321,23 @@ async function refuseCutOverMappingChanges(lanes: readonly DualRunLane[]): Promi
  * checkpoint would skip what it makes meanwhile (those revisions are others than the ones replicated):
  * refused (etcd_behind_checkpoint, exit 4). A member lagging behind the others is waited for.
  */
-async function refuseEtcdBehind(source: SourceReader, checkpoint: number): Promise<void> {
-  const head = (await source.status().catch(() => undefined))?.revision;
-  if (head === undefined || head >= checkpoint) return;
-  throw new RefusedError('etcd_behind_checkpoint', `etcd's revision ${head} is below the migration's checkpoint ${checkpoint}: etcd went back in time (restored from a backup, or replaced by a cluster with the same id). Consul holds changes up to revision ${checkpoint} that etcd may no longer have, and the revisions etcd makes now are not the ones the checkpoint counts. Nothing was written.`, {
+async function refuseEtcdBehind(ctx: Pick<LeadContext, 'source' | 'target' | 'paths'>, checkpoint: Pick<CheckpointState, 'revision' | 'rewound'>): Promise<void> {
+  const refusal = (found: string) => new RefusedError('etcd_behind_checkpoint', `${found} the migration's checkpoint ${checkpoint.revision}: etcd went back in time (restored from a backup, or replaced by a cluster with the same id). Consul holds changes up to revision ${checkpoint.revision} that etcd may no longer have, and the revisions etcd makes now are not the ones the checkpoint counts. No data was written; the finding is recorded with the checkpoint, so the dual-run refuses to start, whatever etcd's revision, until a copy puts the checkpoint back.`, {
     hint: 'Decide which store holds the data to keep. To make Consul match etcd again: run `migrate copy --delete-extraneous` (it copies at etcd\'s current revision and moves the checkpoint back to it), then start the dual-run. A rule cut over keeps the applications\' writes in Consul: copy leaves it alone.',
   });
+  // Found before: etcd's writers may have taken it past the checkpoint since, with other revisions than the ones replicated.
+  if (checkpoint.rewound) throw refusal(`A dual-run found etcd's revision ${checkpoint.rewound.etcdRevision} below (${checkpoint.rewound.found})`);
+  const head = (await ctx.source.status().catch(() => undefined))?.revision;
+  if (head === undefined || head >= checkpoint.revision) return;
+  // Recorded in the checkpoint (if it is still the one read): the next start refuses too, whatever etcd's revision by then.
+  // (Best effort: the refusal stands whether it is recorded or not.)
+  await (async () => {
+    const entry = await ctx.target.readKey(ctx.paths.checkpoint());
+    if (!entry) return;
+    const doc: CheckpointState = { ...parseStateDocument<CheckpointState>(ctx.paths.checkpoint(), entry.value), rewound: { etcdRevision: head, found: new Date().toISOString() } };
+    await ctx.target.applyTxn([{ verb: 'cas', key: ctx.paths.checkpoint(), value: Buffer.from(JSON.stringify(doc)), index: entry.modifyIndex }]);
+  })().catch(() => undefined);
+  throw refusal(`etcd's revision ${head} is below`);
 }
 
 /**
@@ -549,7 +560,7 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   stats.checkpoint = checkpointDoc.revision;
   ctx.publish();
   // Before anything is written (the copy's checkpoint is taken over below).
-  await refuseEtcdBehind(source, checkpointDoc.revision);
+  await refuseEtcdBehind(ctx, checkpointDoc);
   const sessions = new LeaseSessions(source, target, paths, ctx.config.id, undefined, (c) =>
     options.log('warn', `etcd lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s for its Consul session (Consul sessions live 10 s to 24 h)`, { lease: c.leaseId, etcdTtl: c.etcdTtl, sessionTtl: c.sessionTtl }));
   await sessions.load();
@@ -866,7 +877,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         const kind = isMigrateError(err) ? err.code : 'internal';
         stats.errors[kind] = (stats.errors[kind] ?? 0) + 1;
         ctx.publish();
-        if (/future revision/i.test((err as Error).message)) await refuseEtcdBehind(source, stats.checkpoint);
+        if (/future revision/i.test((err as Error).message)) await refuseEtcdBehind(ctx, { revision: stats.checkpoint });
         if (!isTransient(err)) throw err;
         applier.reset();
         failedAt = stats.checkpoint;
