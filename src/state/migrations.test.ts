@@ -43,6 +43,22 @@ describe('other migrations under the state prefix', () => {
     expect(warnings).toEqual([]);
   });
 
+  it('refuses a migration whose state.prefix changed (exit 4): under the new one it has no phases, and copy would write over its rules cut over under the old one', async () => {
+    const target = world();
+    const config = (prefix: string, to: string) => ({ id: 'team-b', state: { prefix }, rules: [{ name: 'b', action: 'copy' as const, from: '/team-b/', to, keys: 'reject' as const, leases: 'session' as const }] });
+    await expect(refuseOverlappingMigrations(target, config('_mig3/', 'apps/b/'), () => undefined)).rejects.toMatchObject({
+      code: 'migration_overlap', exitCode: 4,
+      message: expect.stringContaining('Migration "team-b" is recorded under the state prefix _migrate/ too, and writes where it writes there: rule b (to: apps/b/) and rule b of migration team-b (to: apps/b/)'),
+      hint: expect.stringContaining('set state.prefix back to _migrate/'),
+    });
+    // Under its own prefix, or writing elsewhere, it goes on.
+    await expect(refuseOverlappingMigrations(target, config('_migrate/', 'apps/b/'), () => undefined)).resolves.toBeUndefined();
+    await expect(refuseOverlappingMigrations(target, config('_mig3/', 'apps/other/'), () => undefined)).resolves.toBeUndefined();
+    // Once it has state under the new prefix (its operator chose to start it there), the old one is not looked for.
+    target.entries.set('_mig3/team-b/meta', { key: '_mig3/team-b/meta', value: Buffer.from(JSON.stringify(meta('team-b', []))), flags: 0, modifyIndex: 2 });
+    await expect(refuseOverlappingMigrations(target, config('_mig3/', 'apps/b/'), () => undefined)).resolves.toBeUndefined();
+  });
+
   it('says when the token\'s ACLs hid part of the state prefix: the other migrations there were not checked', async () => {
     const target = world();
     const listFolders = target.listFolders.bind(target);

@@ -59,10 +59,41 @@ export const OVERLAP_HINT = 'Give each migration a `to:` of its own, neither con
  * token's ACLs hid some of the other migrations.
  */
 export async function refuseOverlappingMigrations(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, config: Pick<MigrationConfig, 'id' | 'rules' | 'state'>, warn: (text: string) => void): Promise<void> {
+  const elsewhere = await sameIdElsewhere(target, config);
+  const moved = targetOverlaps(config.rules, elsewhere.map((e) => e.migration));
+  if (moved.length > 0) {
+    const prefixes = elsewhere.map((e) => e.statePrefix).join(', ');
+    throw new RefusedError('migration_overlap', `Migration "${config.id}" is recorded under the state prefix ${prefixes} too, and writes where it writes there: ${moved.join('; ')}. Under this mapping's state.prefix (${config.state.prefix}) it has no state, so none of its rules' phases: rules cut over or finalized there, which applications write in Consul, would be copied over from etcd. Nothing was written.`, {
+      hint: `A migration's state does not move: set state.prefix back to ${elsewhere[0]!.statePrefix} (or leave it out if that is the default). To start another migration, give it an id and \`to:\` prefixes of its own.`,
+    });
+  }
   const { others } = await otherMigrations(target, config.state.prefix, config.id, warn);
   const overlaps = targetOverlaps(config.rules, others);
   if (overlaps.length === 0) return;
   throw new RefusedError('migration_overlap', `Migration "${config.id}" writes where another migration writes: ${overlaps.join('; ')}. Each would take the other's keys for its own: count them as extraneous (copy --delete-extraneous deletes them, verify reports them), copy over them, and, once cut over, mirror them into its own etcd prefix. Nothing was written.`, {
     hint: OVERLAP_HINT,
   });
+}
+
+/**
+ * The same migration id recorded under other state prefixes (a `state.prefix`
+ * changed in migration.yaml): `<top-level folder><id>/meta` for each top-level
+ * folder of Consul's KV. Looked for only while the migration has no state under
+ * its own prefix (a first run there), as the root listing walks every key.
+ */
+async function sameIdElsewhere(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, config: Pick<MigrationConfig, 'id' | 'state'>): Promise<{ statePrefix: string; migration: OtherMigration }[]> {
+  const own = `${config.state.prefix}${config.id}/meta`;
+  if ((await target.readEntries([own])).length > 0) return [];
+  const { folders } = await target.listFolders('');
+  const candidates = folders.map((f) => `${f}${config.id}/meta`).filter((key) => key !== own);
+  const found: { statePrefix: string; migration: OtherMigration }[] = [];
+  for (const entry of candidates.length > 0 ? await target.readEntries(candidates) : []) {
+    try {
+      const meta = JSON.parse(entry.value.toString('utf8')) as Partial<StateMeta>;
+      if (meta.id === config.id && Array.isArray(meta.rules)) found.push({ statePrefix: entry.key.slice(0, -`${config.id}/meta`.length), migration: { id: meta.id, rules: meta.rules } });
+    } catch {
+      // Not a migration's meta.
+    }
+  }
+  return found;
 }
