@@ -16,7 +16,7 @@ function statusRows(result: StatusResult): string[][] {
     r.name,
     r.phase ?? r.action,
     r.owner,
-    `${r.keys.etcd}${r.keys.consul === null ? '' : ` / ${r.keys.consul}`}`,
+    `${r.keys.etcd ?? 'not readable'}${r.keys.consul === null ? '' : ` / ${r.keys.consul}`}`,
     r.action === 'keep' ? '-' : result.dualRun.lagRevisions === null ? 'none' : `${result.dualRun.lagRevisions} rev${result.dualRun.running ? '' : ' (stopped)'}`,
     r.verify ? `${r.verify.status}${r.verify.differences ? ` (${r.verify.differences})` : ''}, ${formatAge(r.verify.ageSeconds * 1000)} ago` : '-',
     r.lateWrites || r.guardTrips ? `${r.lateWrites} late, ${r.guardTrips} guard` : '-',

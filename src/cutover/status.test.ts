@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../config/load.js';
+import { ServerError } from '../errors.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { runStatus } from './status.js';
 import { renderStatus } from './render.js';
@@ -20,6 +21,21 @@ rules:
     for (let i = 0; i < 5; i++) source.put(`/services/web/w${i}`, 'w');
     const result = await runStatus({ source, target: new MemoryTarget(), config, mapping }, { now: () => new Date('2026-01-01T00:00:00Z'), maxVerifyAgeMs: 3_600_000 });
     expect(result.rules.map((r) => [r.name, r.keys.etcd])).toEqual([['root', 1], ['services', 3], ['web', 5]]);
+  });
+
+  it('shows a keep rule whose range the etcd role may not read (the role migrate acl prints grants none) as not readable, rather than fail', async () => {
+    const { config, mapping } = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/, to: app/ }\n  - { name: other, from: /other/, action: keep }\n', 'migration.yaml');
+    const source = new MemorySource();
+    source.put('/app/a', 'a');
+    source.put('/other/o', 'o');
+    const count = source.count.bind(source);
+    source.count = async (range, revision) => {
+      if (!range.start.toString().startsWith('/app/')) throw new ServerError('etcd_permission_denied', 'etcd denied count: the user\'s role lacks the permission.');
+      return count(range, revision);
+    };
+    const result = await runStatus({ source, target: new MemoryTarget(), config, mapping }, { now: () => new Date('2026-01-01T00:00:00Z'), maxVerifyAgeMs: 3_600_000 });
+    expect(result.rules.map((r) => [r.name, r.keys.etcd])).toEqual([['app', 1], ['other', null]]);
+    expect(renderStatus(result, 'text')).toMatch(/other\s+keep\s+etcd\s+not readable/);
   });
 
   it('says when migration.yaml is not the mapping the migration recorded (another file, an edited one): the dual-run and copy refuse it', async () => {

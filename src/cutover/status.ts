@@ -1,4 +1,5 @@
 import type { MigrationConfig } from '../config/load.js';
+import { isMigrateError } from '../errors.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { countRuleKeys } from '../mapping/route.js';
 import { ruleArgument } from '../mapping/datacenters.js';
@@ -22,7 +23,8 @@ export interface RuleStatusLine {
   /** Whether the phase is written in `rules/<name>` (else derived from the copy, checkpoint and verify state). */
   recorded: boolean;
   /** Service rules: `consul` counts the rule's catalog instances. */
-  keys: { etcd: number; consul: number | null };
+  /** `etcd` is null for a keep rule whose range the etcd role may not read (the role `migrate acl` prints grants none). */
+  keys: { etcd: number | null; consul: number | null };
   verify: { status: string; differences: number; at: string; ageSeconds: number } | null;
   lateWrites: number;
   guardTrips: number;
@@ -73,11 +75,15 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   const rules: RuleStatusLine[] = [];
   const instances = mapping.serviceRules.length > 0 ? await target.listServiceInstances(config.id, 'catalog') : [];
   for (const rule of mapping.rules) {
-    const etcdKeys = await countRuleKeys(source, mapping, rule, status.revision);
     if (rule.action === 'keep') {
-      rules.push({ name: rule.name, action: 'keep', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false, keys: { etcd: etcdKeys, consul: null }, verify: null, lateWrites: 0, guardTrips: 0, changed: null, writesPaused: null, next: 'none: stays on etcd' });
+      const kept = await countRuleKeys(source, mapping, rule, status.revision).catch((err: unknown) => {
+        if (isMigrateError(err) && err.code === 'etcd_permission_denied') return null;
+        throw err;
+      });
+      rules.push({ name: rule.name, action: 'keep', from: rule.from, to: null, phase: null, owner: 'etcd', recorded: false, keys: { etcd: kept, consul: null }, verify: null, lateWrites: 0, guardTrips: 0, changed: null, writesPaused: null, next: 'none: stays on etcd' });
       continue;
     }
+    const etcdKeys = await countRuleKeys(source, mapping, rule, status.revision);
     if (rule.action === 'service') {
       const v = state.verify?.rules[rule.name];
       rules.push({
