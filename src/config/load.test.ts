@@ -102,6 +102,10 @@ describe('validation with positions', () => {
     const password = errorOf(() => parseConfig('version: 1\nid: demo\nsource:\n  auth:\n    password: hunter22\n', 'm.yaml'));
     expect(password.hint).toMatch(/environment variable or a file/);
     expect(password.message).not.toContain('hunter22');
+    // etcdctl's ETCDCTL_USER may be `user:password`; the file's user may not (and the error does not repeat it).
+    const inUser = errorOf(() => parseConfig('version: 1\nid: demo\nsource:\n  auth:\n    user: "migrator:hunter23"\n', 'm.yaml'));
+    expect(inUser.message).toMatch(/^m\.yaml:5:11: source\.auth\.user: the value is not a user name without ":" \(what follows it would be taken as the password\)\. Secrets are never written in migration\.yaml/);
+    expect(inUser.message).not.toContain('hunter23');
   });
 
   it('never shows the content of a file that is not a migration.yaml (a token or a key given to --config by mistake)', () => {

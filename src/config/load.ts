@@ -198,7 +198,8 @@ export const configSpec: Spec = {
       fields: {
         endpoints: { kind: 'strings' },
         tls: tlsSpec,
-        auth: { kind: 'object', fields: { user: { kind: 'string' }, passwordEnv: { kind: 'string' }, passwordFile: { kind: 'string' } }, hint: { password: INLINE_SECRET } },
+        // etcdctl's ETCDCTL_USER may carry `user:password`; the file may not (a password never goes in migration.yaml).
+        auth: { kind: 'object', fields: { user: { kind: 'string', secret: true, pattern: /^[^:]*$/, patternText: `a user name without ":" (what follows it would be taken as the password). ${INLINE_SECRET}` }, passwordEnv: { kind: 'string' }, passwordFile: { kind: 'string' } }, hint: { password: INLINE_SECRET } },
       },
     },
     target: {

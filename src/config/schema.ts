@@ -8,7 +8,8 @@ import { UsageError } from '../errors.js';
  */
 export type Spec =
   | { kind: 'object'; fields: Record<string, Spec>; required?: readonly string[]; hint?: Record<string, string> }
-  | { kind: 'string'; enum?: readonly string[]; pattern?: RegExp; patternText?: string; nonEmpty?: boolean }
+  /** `secret`: a value that may hold a secret by mistake, never repeated in the error. */
+  | { kind: 'string'; enum?: readonly string[]; pattern?: RegExp; patternText?: string; nonEmpty?: boolean; secret?: boolean }
   | { kind: 'integer'; min?: number; max?: number }
   | { kind: 'boolean' }
   | { kind: 'array'; items: Spec; nonEmpty?: boolean }
@@ -119,7 +120,7 @@ export function validateNode(node: Node | null | undefined, spec: Spec, path: st
       const value = node.value;
       if (spec.enum && !spec.enum.includes(value)) fail(`"${value}" is not allowed; allowed values: ${spec.enum.join(', ')}`);
       if (spec.nonEmpty && value === '') fail('must not be empty');
-      if (spec.pattern && !spec.pattern.test(value)) fail(`"${value}" is not ${spec.patternText ?? `of the form ${spec.pattern}`}`);
+      if (spec.pattern && !spec.pattern.test(value)) fail(`${spec.secret ? 'the value' : `"${value}"`} is not ${spec.patternText ?? `of the form ${spec.pattern}`}`);
       return value;
     }
     case 'integer': {
