@@ -117,6 +117,18 @@ describe('etcd source (real etcd)', () => {
     expect(small.pages).toBe(17);
   });
 
+  it('a page read on a closed source fails at once, not after retrying as if etcd were unreachable (a verify whose round failed stayed alive ~15 s after its result)', async () => {
+    const closed = etcdSource();
+    await closed.status();
+    closed.close();
+    const began = Date.now();
+    await expect((async () => {
+      for await (const page of closed.readPages(prefixRange('/anything/'))) return page;
+    })()).rejects.toMatchObject({ code: 'etcd_unreachable' });
+    // The retries wait 250 ms, then 0.5, 1, 2 and 4 s.
+    expect(Date.now() - began).toBeLessThan(2_000);
+  });
+
   it('reads large values with a page size that would overflow one message', async () => {
     const prefix = uniquePrefix('big');
     const value = Buffer.alloc(1_000_000, 7);

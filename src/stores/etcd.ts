@@ -258,7 +258,8 @@ export class EtcdSource implements SourceReader {
         }
         // A reset connection or a restarting member: the same position at the same
         // pinned revision reads the same page, so repeating the read is safe.
-        if (err instanceof MigrateError && err.code === 'etcd_unreachable' && ++failures < PAGE_READ_ATTEMPTS) {
+        // (Not once this source is closed: the command is over, and retrying kept its process alive ~15 s after.)
+        if (err instanceof MigrateError && err.code === 'etcd_unreachable' && !this.closed && ++failures < PAGE_READ_ATTEMPTS) {
           await sleep(Math.min(4_000, 125 * 2 ** failures), options.signal);
           continue;
         }
