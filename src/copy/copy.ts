@@ -197,7 +197,7 @@ export async function refuseWhileCopyRuns(target: TargetStore, config: Migration
 /** The refusal of a dual-run while the copy `holder` runs (dualrun_copy_running). */
 export function copyRunning(config: Pick<MigrationConfig, 'id'>, holder: string): RefusedError {
   return new RefusedError('dualrun_copy_running', `A copy of migration "${config.id}" is running (it holds the copy lock: ${holder}); a dual-run now would have its newer values overwritten by the copy's older ones.`, {
-    hint: 'Start the dual-run when the copy has finished: it starts from the copy\'s checkpoint. (The lock of a copy that was killed frees itself within about 20 s.)',
+    hint: 'Start the dual-run when the copy has finished: it starts from the copy\'s checkpoint. (A copy killed on this host does not count; the lock of one killed elsewhere frees itself within about 20 s.)',
   });
 }
 
@@ -217,7 +217,7 @@ export async function acquireCopyLock(target: TargetStore, config: MigrationConf
     // The holder as read when the lock was refused: read again now, a copy just finishing would be gone.
     const holder = String((err.details as { holder?: string } | undefined)?.holder ?? 'unknown holder');
     throw new RefusedError('copy_locked', `Another copy of migration "${config.id}" is running (${holder}).`, {
-      hint: 'Wait for it to finish, or stop it; then run `migrate copy --resume`.',
+      hint: 'Wait for it to finish (then there is nothing to resume), or stop it and run `migrate copy --resume`.',
     });
   }
   try {

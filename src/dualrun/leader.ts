@@ -23,6 +23,18 @@ export function processAlive(pid: number): boolean {
 
 const HAS_PROC = existsSync('/proc/self/stat');
 
+/**
+ * Whether a lock's `holder` (`host:pid`) is a process of host `here` that is gone,
+ * or is this very pid in an earlier incarnation (pid 1 in a container): its lock
+ * is dead, though its session lives on until its TTL. Holders of other hosts never are.
+ */
+export function diedHere(holder: string | undefined, here: string): boolean {
+  const [host, pidText] = (holder ?? '').split(':');
+  const pid = Number(pidText);
+  if (host !== here || !Number.isInteger(pid)) return false;
+  return pid === process.pid || !processAlive(pid);
+}
+
 /** The `holder` (`host:pid`) a lock's value names; undefined for a value the tool did not write (the lock is still held). */
 export function lockHolder(value: Buffer): string | undefined {
   try {
@@ -125,11 +137,7 @@ export class LeaderLock {
     const holder = lockHolder(entry.value);
     const held = { state: 'held' as const, holder: holder ?? 'unknown holder' };
     if (entry.session === this.session) return held;
-    const [host, pidText] = (holder ?? '').split(':');
-    const [ourHost] = this.holder.split(':');
-    const pid = Number(pidText);
-    if (host !== ourHost || !Number.isInteger(pid)) return held;
-    if (pid !== process.pid && processAlive(pid)) return held;
+    if (!diedHere(holder, this.holder.split(':')[0]!)) return held;
     await this.target.destroySession(entry.session);
     return { state: 'cleared' };
   }
