@@ -51,3 +51,39 @@ describe('a rule of leased keys, cut over (real servers)', () => {
     }
   }, 90_000);
 });
+
+describe('a rule of leased keys under leases: persist, cut over (real servers)', () => {
+  it('keys etcd drops when their lease ends are written back to etcd from Consul, which keeps them: verify passes, no late write', async () => {
+    const id = `cop-${randomBytes(3).toString('hex')}`;
+    const root = `/${id}`;
+    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: locks, from: ${root}/locks/, to: ${id}/locks/, leases: persist }\n`);
+    const cli = (args: string[]) => runCli(args, { cwd: dir, env: serverEnv() });
+    const lease = etcd.lease(30);
+    await lease.put(`${root}/locks/a`).value('held-a');
+    await lease.put(`${root}/locks/b`).value('held-b');
+    await etcd.put(`${root}/locks/plain`).value('p');
+    expect((await cli(['copy'])).code).toBe(0);
+    const dr = await startDualRun(dir);
+    try {
+      await etcd.put(`${root}/tick`).value('x');
+      await waitCaughtUp(etcd, target, id);
+      expect((await cli(['verify', '--progress', 'none'])).code).toBe(0);
+      const cut = await cli(['cutover', '--rule', 'locks', '--yes', '--drain', '200ms']);
+      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+      // Persisted: Consul holds the keys without a session.
+      expect((await target.readKey(`${id}/locks/a`))?.session).toBeUndefined();
+      // The application moved to Consul and stopped keeping its etcd lease alive: etcd drops a and b.
+      await lease.revoke();
+      await eventually('a and b written back to etcd', async () => (await etcd.get(`${root}/locks/a`).string()) === 'held-a' && (await etcd.get(`${root}/locks/b`).string()) === 'held-b', 20_000);
+      // Without a lease now: nothing drops them again.
+      const kv = await etcd.get(`${root}/locks/a`).exec();
+      expect(kv.kvs[0]!.lease.toString()).toBe('0');
+      expect((await target.readKey(`${id}/locks/b`))?.value.toString()).toBe('held-b');
+      expect(metric(await dr.metrics(), 'migrate_dualrun_late_writes_total')).toBeNaN();
+      const verify = await cli(['verify', '--progress', 'none']);
+      expect(verify.code, verify.stdout).toBe(0);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+});

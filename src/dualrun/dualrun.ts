@@ -19,7 +19,7 @@ import { readOwnership, readRuleDocs, recordTrip, refuseOwnedMappingChanges } fr
 import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
 import { PollingReader } from '../stores/consul-blocking.js';
-import type { SourceWriter } from '../stores/etcd-writer.js';
+import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
 import { OwnWrites, Ownership, ReverseMirror } from './reverse-mirror.js';
 import { TRIP_KEYS_KEPT } from '../cutover/phase.js';
 import { planRevision, routeForReplication, type RevisionPlan } from './plan-revision.js';
@@ -1131,6 +1131,7 @@ class Applier {
     const forward: SourceEvent[] = [];
     // A lease that ends deletes all its keys in one revision: its state is read once, not once per key.
     const ended = new Map<string, Promise<boolean>>();
+    const persisted: { rule: string; key: Buffer }[] = [];
     for (const event of message.events) {
       const rule = findRule(this.ctx.mapping, event.entry.key);
       // The document as it stands now: the follower may take a newer one while this revision is routed.
@@ -1142,7 +1143,11 @@ class Applier {
       if (await this.own.isOwn(message.revision)) continue;
       // Deleting a finalized rule's etcd keys is the retirement `finalize --delete-etcd` does, not a late write.
       if (owner.phase === 'finalized' && event.type === 'delete') continue;
-      if (await this.leaseEnded(event, ended)) continue;
+      if (await this.leaseEnded(event, ended)) {
+        // Under `leases: persist` Consul holds the key without a session, and keeps it: etcd, Consul's mirror now, gets it back.
+        if (rule.leases === 'persist') persisted.push({ rule: rule.name, key: event.entry.key });
+        continue;
+      }
       if (await this.sameAsConsul(event)) continue;
       // The owners document may have changed a moment ago, and the follower not have read it yet (finalize deletes
       // etcd's keys right after its flip): read once more before calling anything a late write.
@@ -1156,7 +1161,32 @@ class Applier {
       if (now.phase === 'finalized' && event.type === 'delete') continue;
       await this.lateWrite(rule.name, event, message.revision);
     }
+    if (persisted.length > 0) await this.writeBackPersisted(persisted);
     return forward.length === message.events.length ? message : { ...message, events: forward };
+  }
+
+  /**
+   * Keys of rules Consul owns, under `leases: persist`, that etcd dropped when their lease ended (the
+   * application's keep-alive went with it to Consul): Consul keeps them without a session, so the
+   * reverse mirror, which follows Consul's changes only, would never write them again, and etcd lacked
+   * them until the next dual-run's first pass (verify: extra; rollback refused). Written back from
+   * Consul's value, without a lease, as the mirror's own writes.
+   */
+  private async writeBackPersisted(keys: { rule: string; key: Buffer }[]): Promise<void> {
+    const writer = this.ctx.writer;
+    if (!writer) return;
+    const ops: SourceWriteOp[] = [];
+    for (const { key } of keys) {
+      const route = routeForReplication(this.ctx.mapping, key, 0);
+      if (route.kind !== 'mapped') continue;
+      const current = await this.ctx.target.readKey(route.target);
+      // Deleted in Consul meanwhile, or held by a session again: the reverse mirror has that change.
+      if (current && !current.session) ops.push({ verb: 'put', key, value: current.value });
+    }
+    if (ops.length === 0) return;
+    await this.own.track(writer.applyTxn(ops));
+    const rules = [...new Set(keys.map((k) => k.rule))];
+    this.options.log('info', `etcd dropped ${ops.length} key(s) of rule(s) ${rules.join(', ')} (leases: persist, owned by Consul) when their lease ended; written back to etcd from Consul, without a lease`, { rules, keys: ops.length });
   }
 
   /**
