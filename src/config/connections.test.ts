@@ -39,6 +39,17 @@ describe('connection settings: flags > environment > file > defaults', () => {
     expect(c.origins['consul.address']).toBe('env');
   });
 
+  it('ETCDCTL_USER naming another user than the file\'s does not get the file\'s password: refused, saying whose it is', () => {
+    expect(() => resolveConnections(fileConfig, {}, { ETCDCTL_USER: 'someone-else', MY_ETCD_PW: 'migrators-pw-0006' }, dir)).toThrow(expect.objectContaining({
+      code: 'etcd_password_missing',
+      message: expect.stringContaining("migration.yaml's source.auth names the password of user migrator, not of ETCDCTL_USER's someone-else"),
+    }));
+    // The file's own user, named again in the environment, keeps it; a file with a password and no user lends it to ETCDCTL_USER.
+    expect(resolveConnections(fileConfig, {}, { ETCDCTL_USER: 'migrator', MY_ETCD_PW: 'migrators-pw-0006' }, dir).source.auth).toEqual({ username: 'migrator', password: 'migrators-pw-0006' });
+    const noUser = parseConfig('version: 1\nid: d\nsource:\n  auth: { passwordEnv: MY_ETCD_PW }\n', 'm.yaml').config;
+    expect(resolveConnections(noUser, {}, { ETCDCTL_USER: 'ops', MY_ETCD_PW: 'ops-pw-0007' }, dir).source.auth).toEqual({ username: 'ops', password: 'ops-pw-0007' });
+  });
+
   it('flags override the environment', () => {
     const c = resolveConnections(fileConfig, { etcdEndpoints: 'http://flag-etcd:1', consulAddr: 'http://flag-consul:2', datacenter: 'dc-flag' }, { ETCDCTL_ENDPOINTS: 'env:1', CONSUL_HTTP_ADDR: 'env:2', MY_ETCD_PW: 'x-pw-0004' }, dir);
     expect(c.source.endpoints).toEqual(['http://flag-etcd:1']);

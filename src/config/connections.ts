@@ -107,14 +107,18 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     password = user.slice(at + 1);
     user = user.slice(0, at);
   }
+  // The file's password is its user's: ETCDCTL_USER naming another user does not get it.
+  const fileUser = config.source.auth?.user;
+  const filePassword = fileUser === undefined || fileUser === user;
   password ??= env.ETCDCTL_PASSWORD
-    ?? (config.source.auth?.passwordEnv ? env[config.source.auth.passwordEnv] : undefined)
-    ?? (config.source.auth?.passwordFile ? readSecretFile(config.source.auth.passwordFile, 'etcd password', baseDir) : undefined);
+    ?? (filePassword && config.source.auth?.passwordEnv ? env[config.source.auth.passwordEnv] : undefined)
+    ?? (filePassword && config.source.auth?.passwordFile ? readSecretFile(config.source.auth.passwordFile, 'etcd password', baseDir) : undefined);
   registerSecret(password);
   if (user && password === undefined) {
-    const named = config.source.auth?.passwordEnv;
-    throw new UsageError('etcd_password_missing', `An etcd user (${user}) is configured but no password was found${named ? `: ${named} (source.auth.passwordEnv) is not set` : ''}.`, {
-      hint: named ? `Set ${named} (or ETCDCTL_PASSWORD) in the environment of this command.` : 'Set ETCDCTL_PASSWORD, or source.auth.passwordEnv / passwordFile in migration.yaml.',
+    const named = filePassword ? config.source.auth?.passwordEnv : undefined;
+    const other = filePassword ? '' : ` (migration.yaml's source.auth names the password of user ${fileUser}, not of ETCDCTL_USER's ${user})`;
+    throw new UsageError('etcd_password_missing', `An etcd user (${user}) is configured but no password was found${named ? `: ${named} (source.auth.passwordEnv) is not set` : other}.`, {
+      hint: named ? `Set ${named} (or ETCDCTL_PASSWORD) in the environment of this command.` : filePassword ? 'Set ETCDCTL_PASSWORD, or source.auth.passwordEnv / passwordFile in migration.yaml.' : 'Set ETCDCTL_PASSWORD (or ETCDCTL_USER=user:password), or unset ETCDCTL_USER to use the file\'s user.',
     });
   }
 
