@@ -319,6 +319,25 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     }
   });
 
+  it('an etcd role that may not read one rule\'s range: dualrun --ha stops at once (exit 3) naming the rule, rather than wait as a standby and fail only when it leads', async () => {
+    const wideId = `${id}-wide`;
+    const wideDir = mkdtempSync(join(tmpdir(), 'migrate-acl-wide-'));
+    try {
+      // A rule over ${p}zz/, outside every range the role `migrate acl` printed for the first mapping reads.
+      writeFileSync(join(wideDir, 'migration.yaml'), readFileSync(join(dir, 'migration.yaml'), 'utf8').replace(`id: ${id}`, `id: ${wideId}`).replaceAll(`to: "${p}`, `to: "${p}wide-`).replace('rules:\n', `rules:\n  - { name: other, from: "${p}zz/", to: "${p}wide-zz/" }\n`));
+      const printed = JSON.parse((await runCli(['acl', '--format', 'json'], { cwd: wideDir })).stdout) as AclDoc;
+      const migrator = printed.consul.policies.find((x) => x.role === 'migrator')!;
+      const token = await tokenWith(`wide-${wideId}`, migrator.rules);
+      const run = await runCli(['dualrun', '--ha', '--baseline'], { cwd: wideDir, env: env({ CONSUL_HTTP_TOKEN: token }), timeoutMs: 30_000 });
+      expect(run.code, run.stderr).toBe(3);
+      expect(run.stderr).toContain(`error[etcd_permission_denied]: dualrun: etcd does not let this user read rule other (${p}zz/); nothing was written.`);
+      expect(await keysUnder(`_migrate/${wideId}/`)).toEqual([]);
+      expect(await keysUnder(`${p}wide-`)).toEqual([]);
+    } finally {
+      rmSync(wideDir, { recursive: true, force: true });
+    }
+  });
+
   it('a service rule: copy registers its instance with only the migrator\'s policy, the rule\'s applications find it in the catalog; without service:write copy and dualrun stop first', async () => {
     const [migrator, verifier, app] = ['migrator', 'verifier', 'application'].map((role) => svcAcl.consul.policies.find((x) => x.role === role)!);
     // The service names come from etcd key segments (`{1}`): nothing bounds them. Discovery reads the node too (health shows an instance only then).

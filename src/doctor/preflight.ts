@@ -7,6 +7,8 @@ import { statePaths } from '../state/state.js';
 import { ConsulResponseError } from '../stores/consul-http.js';
 import type { ConsulTarget } from '../stores/consul.js';
 import { consulTooOld } from './consul-version.js';
+import { prefixRange } from '../stores/key-range.js';
+import type { SourceReader } from '../stores/types.js';
 
 /**
  * The permission preflight of the commands that work on Consul (DESIGN §4,
@@ -169,6 +171,31 @@ export function missingPermissionsError(address: string, command: string, missin
  * The preflight: throws a {@link ServerError} (exit 3) naming every missing
  * permission and prefix before `command` reads or writes anything else.
  */
+/**
+ * Whether etcd lets the user read each copy and service rule's range, asked
+ * before a dual-run waits for its lock: a standby (--ha) whose role may not
+ * read them waited, then failed only when it took the lead, and no dual-run
+ * replicated. One key's range at each rule's `from`, which a grant of the
+ * rule's prefix covers (the whole range would make etcd 3.4 walk it).
+ */
+export async function preflightEtcdReads(source: Pick<SourceReader, 'count'>, mapping: Mapping, command: string): Promise<void> {
+  const denied: string[] = [];
+  for (const rule of mapping.rules.filter((r) => r.action !== 'keep')) {
+    const start = prefixRange(rule.fromBytes).start;
+    try {
+      await source.count({ start, end: Buffer.concat([start, Buffer.from([0])]) });
+    } catch (err) {
+      if (!isMigrateError(err) || err.code !== 'etcd_permission_denied') throw err;
+      denied.push(`rule ${rule.name} (${formatKey(rule.fromBytes)})`);
+    }
+  }
+  if (denied.length === 0) return;
+  throw new ServerError('etcd_permission_denied', `${command}: etcd does not let this user read ${denied.join(', ')}; nothing was written.`, {
+    hint: 'Grant the role `migrate acl` prints for etcd (read on every rule range), then run `migrate doctor`.',
+    details: { rules: denied },
+  });
+}
+
 export async function preflightConsul(target: ConsulTarget, config: MigrationConfig, mapping: Mapping, command: string, scope: PreflightScope): Promise<void> {
   const tooOld = consulTooOld(target.address, (await target.info()).version);
   if (tooOld) throw tooOld;

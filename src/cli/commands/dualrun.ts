@@ -71,7 +71,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       const metrics = new DualRunMetrics({ heartbeat: heartbeatKey !== undefined });
       try {
         if (options.metricsAddr) log('info', `metrics on http://${await metrics.listen(options.metricsAddr)}/metrics, readiness on /healthz`);
-        const { preflightConsul } = await import('../../doctor/preflight.js');
+        const { preflightConsul, preflightEtcdReads } = await import('../../doctor/preflight.js');
         const lanes = await openDatacenters(loaded, target);
         if (lanes.length > 1 && options.datacenter) {
           throw new UsageError('flag_invalid', `--datacenter ${options.datacenter}: with rules in several datacenters, one dual-run serves them all (${lanes.map((l) => l.datacenter).join(', ')}).`, {
@@ -91,6 +91,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
             log('warn', `${lane.datacenter}: not checked before the start (${err.message}); replicating into the other datacenters meanwhile`, { datacenter: lane.datacenter });
           }
         }
+        await preflightEtcdReads(source, loaded.mapping, 'dualrun');
         let lastLog = 0;
         // The last stats seen: a dual-run that fails says, as one that stops does, what becomes of the leased keys.
         let last: DualRunStats | undefined;
