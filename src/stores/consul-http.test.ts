@@ -1,5 +1,9 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConsulSessionError, ConsulTooLargeError, TxnFailedError, consulErrorFor, isRetryable, withRetries, ConsulResponseError, ConsulUnreachableError } from './consul-http.js';
+import { ConsulHttp, ConsulSessionError, ConsulTooLargeError, TxnFailedError, consulErrorFor, isRetryable, withRetries, ConsulResponseError, ConsulUnreachableError } from './consul-http.js';
 
 const addr = 'http://127.0.0.1:8500';
 const err = (method: string, path: string, status: number, body: string) => consulErrorFor(addr, method, path, status, Buffer.from(body));
@@ -175,5 +179,38 @@ describe('Consul error messages', () => {
     expect(error.responseBody).toBe(page.trim());
     const long = err('GET', '/v1/kv/a', 500, 'y'.repeat(1000)) as ConsulResponseError;
     expect(long.message.length).toBeLessThan(300);
+  });
+});
+
+describe('a token file rotated in place', () => {
+  it('found empty (truncated, not yet written again) when Consul refuses the old token: read again until the new token is there, then the request goes through', async () => {
+    const seen: string[] = [];
+    const server = createServer((req, res) => {
+      const token = String(req.headers['x-consul-token'] ?? '');
+      seen.push(token);
+      if (token === 'new-token-0002') res.writeHead(200).end('"ok"');
+      else res.writeHead(403).end('ACL not found');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const file = join(mkdtempSync(join(tmpdir(), 'migrate-token-')), 'token');
+    writeFileSync(file, 'old-token-0001\n');
+    const http = new ConsulHttp({ address: `http://127.0.0.1:${(server.address() as { port: number }).port}`, token: 'old-token-0001', tokenFile: file });
+    try {
+      // The old token is deleted and the file emptied; the new token lands 600 ms later.
+      writeFileSync(file, '');
+      const rotation = setTimeout(() => writeFileSync(file, 'new-token-0002\n'), 600);
+      const response = await http.request({ method: 'GET', path: '/v1/agent/self' });
+      clearTimeout(rotation);
+      expect(response.status).toBe(200);
+      expect(seen).toEqual(['old-token-0001', 'new-token-0002']);
+      // A file that still holds the refused token is no rotation: the refusal stands at once.
+      const stale = new ConsulHttp({ address: `http://127.0.0.1:${(server.address() as { port: number }).port}`, token: 'old-token-0001', tokenFile: join(file, '..', 'stale') });
+      writeFileSync(join(file, '..', 'stale'), 'old-token-0001');
+      await expect(stale.request({ method: 'GET', path: '/v1/agent/self' })).rejects.toMatchObject({ code: 'consul_token_refused' });
+      stale.close();
+    } finally {
+      http.close();
+      server.close();
+    }
   });
 });

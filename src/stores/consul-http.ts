@@ -70,6 +70,10 @@ export class ConsulTooLargeError extends ConsulResponseError {}
 export class ConsulSessionError extends ConsulResponseError {}
 
 /** A `/v1/txn` rolled back because a check failed (HTTP 409). */
+/** How long a token file found empty or half written is read again before its token's refusal stands, and how often (ms). */
+const TOKEN_FILE_WAIT_MS = 10_000;
+const TOKEN_FILE_POLL_MS = 250;
+
 export class TxnFailedError extends MigrateError {
   readonly errors: { opIndex: number; what: string }[];
   constructor(errors: { opIndex: number; what: string }[]) {
@@ -171,7 +175,7 @@ export class ConsulHttp {
     const path = `${this.url.pathname.replace(/\/$/, '')}${req.path}${search ? `?${search}` : ''}`;
     const body = req.body === undefined ? undefined : Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body);
     let response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
-    if (response.status === 403 && TOKEN_UNKNOWN.test(response.body.toString('utf8')) && this.tokenRenewed()) {
+    if (response.status === 403 && TOKEN_UNKNOWN.test(response.body.toString('utf8')) && (await this.tokenRenewed(req.signal))) {
       response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
     }
     if (response.status >= 200 && response.status < 300) return response;
@@ -179,20 +183,28 @@ export class ConsulHttp {
     throw consulErrorFor(this.address, req.method, req.path, response.status, response.body, this.datacenter);
   }
 
-  /** The token file holds another token than the one sent (rotated in place): it is sent from now on. */
-  private tokenRenewed(): boolean {
+  /**
+   * The token file holds another token than the one sent (rotated in place): it is sent from now on.
+   * A file found empty or half written (truncated, then written: a rotation in place) is read again
+   * for up to TOKEN_FILE_WAIT_MS before the refusal stands (it ended a dual-run at once).
+   */
+  private async tokenRenewed(signal: AbortSignal | undefined): Promise<boolean> {
     if (!this.connection.tokenFile) return false;
-    let token: string;
-    try {
-      token = readFileSync(this.connection.tokenFile, 'utf8').trim();
-    } catch {
-      return false;
+    for (const started = Date.now(); ; await sleep(TOKEN_FILE_POLL_MS, signal)) {
+      let token: string;
+      try {
+        token = readFileSync(this.connection.tokenFile, 'utf8').trim();
+      } catch {
+        return false;
+      }
+      if (token === this.headers['X-Consul-Token']) return false;
+      if (token !== '' && !/[^\x20-\x7e]/.test(token)) {
+        registerSecret(token);
+        this.headers['X-Consul-Token'] = token;
+        return true;
+      }
+      if (Date.now() - started >= TOKEN_FILE_WAIT_MS || signal?.aborted) return false;
     }
-    // Half-written, or not a header value: the next refusal reads it again.
-    if (token === '' || /[^\x20-\x7e]/.test(token) || token === this.headers['X-Consul-Token']) return false;
-    registerSecret(token);
-    this.headers['X-Consul-Token'] = token;
-    return true;
   }
 
   private send(method: string, path: string, body: Buffer | undefined, signal: AbortSignal | undefined, timeoutMs: number): Promise<ConsulResponse> {
