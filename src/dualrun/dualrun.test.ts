@@ -1,6 +1,8 @@
 import { describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../config/load.js';
-import { acquireCopyLock, runCopy, type CopyOptions } from '../copy/copy.js';
+import { runCopy, type CopyOptions } from '../copy/copy.js';
+import { copyLockKey } from '../copy/lock.js';
+import { LeaderLock } from './leader.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import type { SourceWatch, WatchMessage } from '../stores/types.js';
 import { runDualRun } from './dualrun.js';
@@ -68,8 +70,9 @@ describe('a copy running when a dual-run starts', () => {
     const target = new MemoryTarget();
     source.put('/app/k', 'v1');
     await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
-    // Another copy holds the copy lock.
-    const copyLock = await acquireCopyLock(target, loaded.config, new AbortController().signal);
+    // Another copy holds the copy lock (on another host: one of this host is taken for dead when its pid is this one's).
+    const copyLock = new LeaderLock(target, copyLockKey(loaded.config), 'another-host:4242', 'copy lock');
+    await copyLock.acquire({ wait: false, signal: new AbortController().signal });
     const run = (ha: boolean, signal: AbortSignal, logs: string[]) => runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
       ha, baseline: false, acceptMappingChange: false, signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
       copy: () => Promise.reject(new Error('no copy in this test')),
