@@ -76,6 +76,8 @@ export interface DualRunStats {
   guardTrips: number;
   /** Rules whose reverse mirror runs. */
   reverseRules: number;
+  /** Rules whose reverse mirror has failed since (ms since epoch) and not completed a pass since: /healthz is not ready once one fails 10 s. */
+  mirrorsFailing: Record<string, number>;
   /** The end-to-end lag the heartbeat key measures (with `--heartbeat-key`). */
   heartbeat?: HeartbeatLag;
   /** `service` rules: instances kept in the catalog (with service rules only). */
@@ -177,14 +179,14 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   const secondaryLanes = lanes.filter((l) => l !== primaryLane);
   const newStats = (): DualRunStats => ({
     role: 'starting', checkpoint: 0, etcdRevision: 0, caughtUpAt: Date.now(), seenRevision: 0, checkpointWrittenAt: Date.now(), connected: false, started: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
-    splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
+    splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0, mirrorsFailing: {},
   });
   // Nothing to mirror: refused before a server is asked or the lock taken.
   if (secondaryLanes.length === 0) watchRange(primaryLane.mapping);
   const stats = newStats();
   const laneStats = new Map<DualRunLane, DualRunStats>([[primaryLane, stats], ...secondaryLanes.map((l): [DualRunLane, DualRunStats] => [l, newStats()])]);
   const publish = () => {
-    const snapshot: DualRunStats = { ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites }, ...(stats.heartbeat ? { heartbeat: { ...stats.heartbeat } } : {}), ...(stats.services ? { services: { ...stats.services } } : {}) };
+    const snapshot: DualRunStats = { ...stats, errors: { ...stats.errors }, lateWrites: { ...stats.lateWrites }, mirrorsFailing: { ...stats.mirrorsFailing }, ...(stats.heartbeat ? { heartbeat: { ...stats.heartbeat } } : {}), ...(stats.services ? { services: { ...stats.services } } : {}) };
     if (secondaryLanes.length > 0) {
       snapshot.datacenters = Object.fromEntries(lanes.map((lane) => {
         const s = laneStats.get(lane)!;
@@ -636,6 +638,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         },
         onError: (kind) => {
           stats.errors[kind] = (stats.errors[kind] ?? 0) + 1;
+          stats.mirrorsFailing[name] ??= Date.now();
+          ctx.publish();
+        },
+        onPass: () => {
+          if (stats.mirrorsFailing[name] === undefined) return;
+          delete stats.mirrorsFailing[name];
           ctx.publish();
         },
         onGuardTrip: (detail) => {

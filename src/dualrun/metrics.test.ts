@@ -27,7 +27,7 @@ describe('dualrun --metrics-addr', () => {
   it('a standby is ready while Consul answers it, and not once Consul has been silent for 10 s (a black hole fails no request for a minute)', () => {
     const standby: DualRunStats = {
       role: 'standby', checkpoint: 0, etcdRevision: 0, caughtUpAt: 0, seenRevision: 0, checkpointWrittenAt: 0, connected: true, started: false, events: 0, ops: 0, txns: 0, checkpointOnlyTxns: 0,
-      splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0,
+      splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 0, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 0, mirrorsFailing: {},
     };
     const metrics = new DualRunMetrics();
     metrics.update({ ...standby, consulAnsweredAt: Date.now() - 2_000 });

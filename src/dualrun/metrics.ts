@@ -4,6 +4,8 @@ import { UsageError } from '../errors.js';
 import type { DualRunStats } from './dualrun.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 
+/** A reverse mirror failing this long (ms) makes a leader not ready. */
+const MIRROR_FAILING_MS = 10_000;
 /** A standby asks Consul about every second: silent this long, it is not ready to lead. */
 export const STANDBY_SILENT_MS = 10_000;
 import { heartbeatLagSeconds } from './lag-heartbeat.js';
@@ -165,15 +167,18 @@ export class DualRunMetrics {
     const stalledAt = (written: number) => now - written > 2 * HEARTBEAT_MS;
     const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || !d.started || stalledAt(d.checkpointWrittenAt) || (d.checkpoint < d.etcdRevision && (now - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
     const stalled = stalledAt(s.checkpointWrittenAt);
+    // A reverse mirror that has failed for 10 s: the applications' writes to a cut-over rule do not reach etcd (no rollback).
+    const mirrorsFailing = Object.entries(s.mirrorsFailing).filter(([, since]) => now - since >= MIRROR_FAILING_MS).map(([rule]) => rule);
     // A leader setting up (reading the checkpoint, renewing the sessions) replicates nothing yet, and its lag counts nothing etcd made meanwhile;
     // nor does one whose watch has opened before etcd said its revision (its first progress notification).
     const started = s.started && heardRevision(s) > 0;
-    const ready = s.connected && started && !stalled && seconds < 10 && behind.length === 0;
-    const status = ready ? 'ready' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : !started || behind.some((dc) => !s.datacenters![dc]!.started) ? 'starting' : 'catching-up';
+    const ready = s.connected && started && !stalled && seconds < 10 && behind.length === 0 && mirrorsFailing.length === 0;
+    const status = ready ? 'ready' : mirrorsFailing.length > 0 && s.connected && !stalled ? 'mirror-failing' : !s.connected || behind.some((dc) => !s.datacenters![dc]!.connected) ? 'disconnected' : stalled || behind.some((dc) => stalledAt(s.datacenters![dc]!.checkpointWrittenAt)) ? 'stalled' : !started || behind.some((dc) => !s.datacenters![dc]!.started) ? 'starting' : 'catching-up';
     return {
       ready,
       body: {
         status, role: s.role, checkpoint: s.checkpoint, etcdRevision: heardRevision(s), lagRevisions: lag, lagSeconds: seconds, checkpointAgeSeconds: Math.round((now - s.checkpointWrittenAt) / 1000),
+        ...(mirrorsFailing.length > 0 ? { mirrorsFailing } : {}),
         ...(s.datacenters ? { datacenters: Object.fromEntries(Object.entries(s.datacenters).map(([dc, d]) => [dc, { connected: d.connected, checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint) }])) } : {}),
       },
     };

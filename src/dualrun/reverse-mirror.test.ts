@@ -46,7 +46,7 @@ function mirrorOf(source: MemorySource, target: MemoryTarget, readPrefix: Revers
   };
   const mirror = new ReverseMirror({
     rule: mapping.copyRules[0]!, mapping, source, writer, blocking: { readKey: async () => ({ entry: undefined, index: 0 }), readPrefix }, own: new OwnWrites(), target, leaseSessions: new Set(), restored: new Map(),
-    log: (_level, message) => logs.push(message), checkpoint: () => 0, onChangedSince: async () => undefined, onApplied: () => undefined, onError: () => undefined, onGuardTrip: () => undefined, onLeaseSessionGone: () => undefined, allowMassDelete: false,
+    log: (_level, message) => logs.push(message), checkpoint: () => 0, onChangedSince: async () => undefined, onApplied: () => undefined, onError: () => undefined, onPass: () => undefined, onGuardTrip: () => undefined, onLeaseSessionGone: () => undefined, allowMassDelete: false,
     ...deps,
   });
   return { mirror, logs };

@@ -130,6 +130,8 @@ export interface ReverseMirrorDeps {
   onApplied: (ops: number) => void;
   /** A pass that failed (retried after a backoff), or a value etcd refuses to take: counted by the error's `kind`. */
   onError: (kind: string) => void;
+  /** After each pass that completed (Consul's answer mirrored): a failure before it is over. */
+  onPass: () => void;
   onGuardTrip: (detail: string) => void;
   /** A session of an etcd lease found gone (Consul took its keys): the lease pass checks that lease next, and writes them back while it lives. */
   onLeaseSessionGone: (session: string) => void;
@@ -204,6 +206,7 @@ export class ReverseMirror {
         lastSeen = lastSeen ? await this.applyChanges(entries, lastSeen) : await this.applyFirst(entries, since);
         index = answer.index;
         backoff = 250;
+        this.deps.onPass();
       } catch (err) {
         if (signal.aborted) break;
         this.deps.onError(isMigrateError(err) ? err.code : 'internal');

@@ -4,7 +4,7 @@ import { EventRate, renderDualRunStatus } from './dualrun-view.js';
 
 const stats: DualRunStats = {
   role: 'leader', checkpoint: 90, etcdRevision: 100, caughtUpAt: 1000, seenRevision: 0, checkpointWrittenAt: 1000, connected: true, started: true, events: 500, ops: 480, txns: 40, checkpointOnlyTxns: 3,
-  splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 2, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 1,
+  splitRevisions: 0, largePuts: 0, unmappable: 0, rebaselines: 0, repairs: 0, sessions: 2, sessionsRecreated: 0, errors: {}, lateWrites: {}, reverseOps: 0, guardTrips: 0, reverseRules: 1, mirrorsFailing: {},
 };
 
 describe('renderDualRunStatus', () => {
@@ -107,6 +107,17 @@ describe('/healthz of a leader whose servers stopped answering', () => {
     expect(text).toMatch(/^migrate_dualrun_etcd_revision 0$/m);
     metrics.update({ ...frozen, role: 'standby', connected: false, checkpointWrittenAt: 0 });
     expect(metrics.health()).toEqual({ ready: false, body: { status: 'disconnected', role: 'standby' } });
+  });
+
+  it('a leader whose reverse mirror has failed for 10 s is not ready (mirror-failing, the rules named); one that failed a moment ago, or passes again, is', async () => {
+    const { DualRunMetrics } = await import('../dualrun/metrics.js');
+    const metrics = new DualRunMetrics({ heartbeat: false });
+    const caughtUp = { ...stats, checkpoint: 100, etcdRevision: 100, caughtUpAt: Date.now(), checkpointWrittenAt: Date.now() };
+    metrics.update({ ...caughtUp, mirrorsFailing: { config: Date.now() - 12_000, jobs: Date.now() - 1_000 } });
+    expect(metrics.health()).toMatchObject({ ready: false, body: { status: 'mirror-failing', mirrorsFailing: ['config'] } });
+    metrics.update({ ...caughtUp, mirrorsFailing: { jobs: Date.now() - 1_000 } });
+    expect(metrics.health()).toMatchObject({ ready: true, body: { status: 'ready' } });
+    expect(metrics.health().body).not.toHaveProperty('mirrorsFailing');
   });
 
   it('a leader held by a frozen Consul: what the watch heard and the applier has not taken is lag, in revisions and seconds', async () => {
