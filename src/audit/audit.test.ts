@@ -531,6 +531,16 @@ rules:
     service: { format: skydns, name: "{3}", id: "{1}-{2}-{3}-{4}" }
 `;
 
+  it('a key whose instance id differs only in case from another\'s makes none (Consul\'s catalog takes them as one), as in the copy', async () => {
+    const s = registrations();
+    s.put('/services/WEB/web-9', '10.0.0.9:8080');
+    const loaded = parseConfig(yaml, 'm.yaml');
+    const result = await runAudit({ source: s, config: loaded.config, configFile: 'm.yaml', mapping: loaded.mapping });
+    expect(finding(result, 'service_key_invalid')!.examples).toEqual([
+      { key: '/services/web/web-0', rule: 'services', detail: 'id-duplicate: its instance id "web" differs only in case from "WEB", the id of /services/WEB/web-9 (Consul\'s catalog takes them as one); make the id template include more of the key' },
+    ]);
+  });
+
   it('tallies the instances each rule registers and the keys that make none, and reports those keys without their value', async () => {
     const s = registrations();
     s.put('/services/web/web-1', '10.0.0.9:8080');

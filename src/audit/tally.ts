@@ -47,8 +47,8 @@ interface RuleAcc extends RuleTally {
   /** Value bytes of the single-PUT keys: kept out of the report (its shape is fixed), for per-datacenter estimates. */
   singlePutBytes: number;
   leaseSet: Set<string>;
-  /** Instance id → the key that registers it, to find a second key with the same id (as the copy does). */
-  instanceIds: Map<string, string>;
+  /** Instance id in lower case → the id and the key that registers it, to find a second key with the same id in any case (as the copy does). */
+  instanceIds: Map<string, { id: string; key: string }>;
 }
 
 /**
@@ -171,11 +171,13 @@ export class RuleTallies {
     const outcome = registrationOf(rule, entry, this.migrationId);
     if (!outcome.ok) return outcome;
     const { id, key } = outcome.registration;
-    const earlier = acc.instanceIds.get(id);
+    // In any case: Consul's catalog takes ids that differ only in case as one.
+    const earlier = acc.instanceIds.get(id.toLowerCase());
     if (earlier !== undefined) {
-      return { ok: false, rule: rule.name, key, problem: 'id-duplicate', detail: `its instance id "${id}" is also the id of ${earlier}; make the id template include more of the key` };
+      const same = earlier.id === id ? `is also the id of ${earlier.key}` : `differs only in case from "${earlier.id}", the id of ${earlier.key} (Consul's catalog takes them as one)`;
+      return { ok: false, rule: rule.name, key, problem: 'id-duplicate', detail: `its instance id "${id}" ${same}; make the id template include more of the key` };
     }
-    if (acc.instanceIds.size < this.sessionCap) acc.instanceIds.set(id, key);
+    if (acc.instanceIds.size < this.sessionCap) acc.instanceIds.set(id.toLowerCase(), { id, key });
     return outcome;
   }
 

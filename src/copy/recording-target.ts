@@ -74,6 +74,7 @@ export class RecordingTarget implements TargetStore {
   }
 
   listServiceInstances: TargetStore['listServiceInstances'] = (id, scope, signal) => this.inner.listServiceInstances(id, scope, signal);
+  agentServiceOwners: TargetStore['agentServiceOwners'] = (signal) => this.inner.agentServiceOwners(signal);
 
   async registerService(service: ServiceDefinition): Promise<void> {
     this.recorded.push({ op: 'register-service', service: service.id, name: service.name, ...(service.check ? { ttlSeconds: service.check.ttlSeconds } : {}) });

@@ -67,6 +67,23 @@ rules:
     expect(logs.join('\n')).toContain('/services/web/i2 makes instance id "web", which /services/web/i1 already has');
   });
 
+  it('never registers over, nor deregisters, an instance of the same id someone else registered on the agent (by hand, another migration)', async () => {
+    const w = world();
+    const byHand = { id: 'web-i1', name: 'web', address: '10.1.1.1', port: 1, tags: [], meta: { owner: 'ops' } };
+    await w.target.registerService(byHand);
+    const from = (await w.source.status()).revision + 1;
+    w.source.put('/services/web/i1', '10.0.0.1:80');
+    w.source.delete('/services/web/i1');
+    const [put, del] = await w.messages(from);
+    await w.mirror.apply(put!);
+    expect(w.target.services.get('web-i1')).toEqual(byHand);
+    expect(w.mirror.stats).toMatchObject({ registered: 0, problems: 1 });
+    expect(w.logs.join('\n')).toContain('/services/web/i1 makes instance id "web-i1", but the agent has an instance "web-i1" of no migration (registered by hand or by another tool); it is not overwritten');
+    await w.mirror.apply(del!);
+    expect(w.target.services.get('web-i1')).toEqual(byHand);
+    expect(w.mirror.stats.deregistered).toBe(0);
+  });
+
   it('tolerates failuresBeforeCritical - 1 unreadable leases, then marks critical; passes again after successBeforePassing good reads', async () => {
     const w = world();
     const lease = w.source.grantLease(30);

@@ -6,7 +6,7 @@ import { findRule } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
 import { SourceCompactedError } from '../stores/etcd.js';
 import type { ServiceDefinition, SourceEvent, SourceReader, TargetStore, WatchMessage } from '../stores/types.js';
-import { checkIdOf, META_LEASE, META_RULE, instanceIdOf, registrationOf } from './registration.js';
+import { checkIdOf, META_LEASE, META_RULE, instanceIdOf, registrationOf, takenBy } from './registration.js';
 import { definitionOf, syncServiceRule } from './sync.js';
 
 type Log = (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
@@ -163,6 +163,18 @@ export class ServiceMirror {
       this.deps.log('warn', `service rule ${rule.name}: ${registration.key} makes instance id "${registration.id}", which ${earlier.key} already has; not registered (make the id template include more of the key)`, { rule: rule.name, key: registration.key });
       return;
     }
+    if (!earlier) {
+      // A new instance of the rule: never over one the agent has from someone else (another rule or migration, or by hand).
+      const taken = takenBy((await this.deps.target.agentServiceOwners()).get(registration.id.toLowerCase()), this.deps.migrationId, rule.name);
+      if (taken) {
+        this.stats.problems++;
+        if (!this.warned.has(registration.key)) {
+          this.warned.add(registration.key);
+          this.deps.log('warn', `service rule ${rule.name}: ${registration.key} makes instance id "${registration.id}", but ${taken}; not registered`, { rule: rule.name, key: registration.key });
+        }
+        return;
+      }
+    }
     const definition = definitionOf(registration, rule.service!, earlier?.status ?? 'passing');
     // Registrator-style agents rewrite their keys on every refresh: unchanged instances are not sent again.
     if (earlier && fingerprint(earlier.definition) === fingerprint(definition)) return;
@@ -178,6 +190,9 @@ export class ServiceMirror {
     const owner = this.tracked.get(id)?.key;
     if (owner !== undefined && owner !== formatKey(key)) return;
     const known = this.tracked.delete(id);
+    // Not tracked: deregistered only when the agent's instance is the rule's own (a replay after a restart);
+    // one someone else registered under that id (by hand, another rule or migration) is left alone.
+    if (!known && takenBy((await this.deps.target.agentServiceOwners()).get(id.toLowerCase()), this.deps.migrationId, rule.name)) return;
     // Deregistering an unknown id is a no-op (404), so replays are harmless.
     if ((await this.deps.target.deregisterService(id)) || known) {
       this.stats.deregistered++;

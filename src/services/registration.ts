@@ -31,8 +31,29 @@ export type RegistrationProblem =
   | 'segment-missing'
   /** The name or id holds a character Consul's HTTP API refuses in a path (a control or unprintable one): Consul registers it, but answers 400 on its agent endpoints (so it could never be deregistered). */
   | 'id-invalid'
-  /** Another key of the rule already registers this instance id (reported by the sync, not by {@link registrationOf}). */
-  | 'id-duplicate';
+  /** Another key of the rule already registers this instance id, or one that differs only in case (Consul's catalog takes ids case-insensitively) (reported by the sync, not by {@link registrationOf}). */
+  | 'id-duplicate'
+  /** The agent has an instance with this id (in any case) that this rule did not register: another rule's or migration's, or one registered by hand; never overwritten. */
+  | 'id-taken';
+
+/** Who registered an instance on the agent, as its meta says (nothing for one this tool did not register). */
+export interface ServiceOwner {
+  id: string;
+  migration?: string;
+  rule?: string;
+}
+
+/**
+ * Whether `owner`, the agent's instance with an id equal in any case to one `rule` of
+ * `migrationId` would register, is someone else's: the rule must not overwrite it (a
+ * registration replaces the instance, check and meta) nor later deregister it.
+ * Returns what to say about it, or undefined when it is the rule's own.
+ */
+export function takenBy(owner: ServiceOwner | undefined, migrationId: string, rule: string): string | undefined {
+  if (!owner || (owner.migration === migrationId && owner.rule === rule)) return undefined;
+  const who = owner.migration === migrationId ? `rule ${owner.rule ?? '?'} of this migration` : owner.migration ? `migration ${owner.migration}` : 'no migration (registered by hand or by another tool)';
+  return `the agent has an instance "${owner.id}" of ${who}; it is not overwritten (Consul's catalog takes ids in any case as one): give this rule an id template of its own`;
+}
 
 export type RegistrationResult =
   | { ok: true; registration: Registration }

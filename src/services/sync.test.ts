@@ -47,6 +47,43 @@ function stray(id: string, rule = 'svc', migration = MIGRATION): ServiceDefiniti
 const counts = (s: ServiceRuleStats) => ({ sourceKeys: s.sourceKeys, registered: s.registered, updated: s.updated, unchanged: s.unchanged, withoutLease: s.withoutLease, extraneous: s.extraneous, deregistered: s.deregistered });
 
 describe('syncServiceRule', () => {
+  it('never registers over an instance the rule did not register (by hand, another rule or migration; its id in any case), nor deregisters it', async () => {
+    const { source, target, sync } = world();
+    const byHand: ServiceDefinition = { id: 'api-i2', name: 'api', address: '10.1.1.1', port: 1, tags: [], meta: { owner: 'ops' }, check: { id: 'ops-api-i2', name: 'ops', ttlSeconds: 3600, status: 'passing' } };
+    await target.registerService(byHand);
+    await target.registerService({ ...stray('web-i1', 'other-rule'), name: 'web' });
+    await target.registerService({ ...stray('DB-I1', 'svc', 'another-migration'), name: 'DB' });
+    source.put('/svc/api/i2', '10.0.0.2:8080');
+    source.put('/svc/web/i1', '10.0.0.3:8080');
+    source.put('/svc/db/i1', '10.0.0.4:8080');
+    source.put('/svc/ok/i1', '10.0.0.5:8080');
+    const stats = await sync('svc', { deleteExtraneous: true });
+    expect(counts(stats)).toMatchObject({ registered: 1, deregistered: 0 });
+    expect(stats.problems).toEqual({ 'id-taken': 3 });
+    expect(stats.problemExamples.map((p) => p.detail)).toEqual([
+      'the agent has an instance "api-i2" of no migration (registered by hand or by another tool); it is not overwritten (Consul\'s catalog takes ids in any case as one): give this rule an id template of its own',
+      'the agent has an instance "DB-I1" of migration another-migration; it is not overwritten (Consul\'s catalog takes ids in any case as one): give this rule an id template of its own',
+      'the agent has an instance "web-i1" of rule other-rule of this migration; it is not overwritten (Consul\'s catalog takes ids in any case as one): give this rule an id template of its own',
+    ]);
+    expect(target.services.get('api-i2')).toEqual({ ...byHand, checkStatus: 'passing' });
+    expect(target.services.get('web-i1')?.meta['etcd-migrate-rule']).toBe('other-rule');
+    expect(target.services.get('DB-I1')?.meta['etcd-migrate-id']).toBe('another-migration');
+    // Its key gone from etcd, the hand-registered instance stays (it was never the rule's).
+    source.delete('/svc/api/i2');
+    await sync('svc', { deleteExtraneous: true, allowMassDelete: true });
+    expect(target.services.get('api-i2')).toEqual({ ...byHand, checkStatus: 'passing' });
+  });
+
+  it('two keys whose ids differ only in case make one instance (Consul\'s catalog takes them as one): the second is a duplicate', async () => {
+    const { source, target, sync } = world();
+    source.put('/svc/Cart/x', '10.0.1.1:80');
+    source.put('/svc/cart/x', '10.0.1.2:80');
+    const stats = await sync();
+    expect(counts(stats)).toMatchObject({ registered: 1 });
+    expect(stats.problemExamples).toEqual([{ key: '/svc/cart/x', problem: 'id-duplicate', detail: 'its instance id "cart-x" differs only in case from "Cart-x", the id of /svc/Cart/x (Consul\'s catalog takes them as one); make the id template include more of the key' }]);
+    expect([...target.services.keys()]).toEqual(['Cart-x']);
+  });
+
   it('registers every instance: a passing TTL check when the key has a lease, none otherwise', async () => {
     const { source, target, sync } = world();
     const lease = source.grantLease(30);

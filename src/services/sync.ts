@@ -5,7 +5,7 @@ import { findRule } from '../mapping/route.js';
 import { deleteGuardTrips, shareText } from '../copy/plan.js';
 import { prefixEnd } from '../stores/key-range.js';
 import type { ServiceDefinition, ServiceInstance, SourceReader, TargetStore } from '../stores/types.js';
-import { checkIdOf, instanceIdOf, META_RULE, registrationOf, sameInstance, type Registration, type RegistrationProblem } from './registration.js';
+import { checkIdOf, instanceIdOf, META_RULE, registrationOf, sameInstance, takenBy, type Registration, type RegistrationProblem } from './registration.js';
 
 /** What the copy did (or, dry-run, would do) for one `service` rule. */
 export interface ServiceRuleStats {
@@ -77,6 +77,8 @@ export async function desiredInstances(
   options: { pageKeys?: number; signal?: AbortSignal } = {},
 ): Promise<{ sourceKeys: number; registrations: Map<string, Registration>; problems: KeyProblem[] }> {
   const registrations = new Map<string, Registration>();
+  // By id in lower case: Consul's catalog takes `Cart-x` and `cart-x` for one instance, and they displaced each other.
+  const byLowerId = new Map<string, Registration>();
   const problems: KeyProblem[] = [];
   let sourceKeys = 0;
   const start = rule.fromBytes;
@@ -91,12 +93,14 @@ export async function desiredInstances(
         problems.push({ key: parsed.key, problem: parsed.problem, detail: parsed.detail, ...(id !== undefined ? { id } : {}) });
         continue;
       }
-      const earlier = registrations.get(parsed.registration.id);
+      const earlier = byLowerId.get(parsed.registration.id.toLowerCase());
       if (earlier) {
-        problems.push({ key: parsed.registration.key, problem: 'id-duplicate', detail: `its instance id "${parsed.registration.id}" is also the id of ${earlier.key}; make the id template include more of the key` });
+        const same = earlier.id === parsed.registration.id ? `is also the id of ${earlier.key}` : `differs only in case from "${earlier.id}", the id of ${earlier.key} (Consul's catalog takes them as one)`;
+        problems.push({ key: parsed.registration.key, problem: 'id-duplicate', detail: `its instance id "${parsed.registration.id}" ${same}; make the id template include more of the key` });
         continue;
       }
       registrations.set(parsed.registration.id, parsed.registration);
+      byLowerId.set(parsed.registration.id.toLowerCase(), parsed.registration);
     }
   }
   return { sourceKeys, registrations, problems };
@@ -119,15 +123,20 @@ export async function syncServiceRule(
   const desired = await desiredInstances(deps.mapping, rule, deps.source, revision, deps.migrationId, options);
   const stats: ServiceRuleStats = {
     name: rule.name, from: rule.from, sourceKeys: desired.sourceKeys, registered: 0, updated: 0, unchanged: 0, withoutLease: 0,
-    problems: {}, problemExamples: desired.problems.slice(0, EXAMPLES).map(({ key, problem, detail }) => ({ key, problem, detail })), extraneous: 0, extraneousExamples: [], deregistered: 0, withdrawn: 0,
+    problems: {}, problemExamples: [], extraneous: 0, extraneousExamples: [], deregistered: 0, withdrawn: 0,
   };
-  for (const p of desired.problems) stats.problems[p.problem] = (stats.problems[p.problem] ?? 0) + 1;
   const mine = existing.filter((i) => i.meta[META_RULE] === rule.name);
   const byId = new Map(mine.map((i) => [i.id, i]));
+  const owners = await deps.target.agentServiceOwners(options.signal);
   for (const registration of desired.registrations.values()) {
     if (options.signal?.aborted) break;
-    if (!registration.lease) stats.withoutLease++;
     const current = byId.get(registration.id);
+    const taken = current ? undefined : takenBy(owners.get(registration.id.toLowerCase()), deps.migrationId, rule.name);
+    if (taken) {
+      desired.problems.push({ key: registration.key, problem: 'id-taken', detail: taken });
+      continue;
+    }
+    if (!registration.lease) stats.withoutLease++;
     byId.delete(registration.id);
     if (current && matches(registration, current)) {
       stats.unchanged++;
@@ -137,6 +146,8 @@ export async function syncServiceRule(
     if (current) stats.updated++;
     else stats.registered++;
   }
+  for (const p of desired.problems) stats.problems[p.problem] = (stats.problems[p.problem] ?? 0) + 1;
+  stats.problemExamples = desired.problems.slice(0, EXAMPLES).map(({ key, problem, detail }) => ({ key, problem, detail }));
   if (options.signal?.aborted) return stats;
   // A key whose value no longer describes an instance: the address it advertised is stale (as the dual-run does).
   for (const p of desired.problems) {

@@ -5,7 +5,7 @@ import { ConsulHttp, ConsulResponseError, INVALID_KEY_NAME, consulErrorFor, txnE
 import { keysOf, packReads, planReads, sortKeys, readLimits, readTxnBody, type ReadHints, type ReadOp } from './consul-reads.js';
 import { scanReadResults, txnIndex } from './txn-results.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, serializeTxn, txnMaxOpsForVersion, wireOpBytes, type TargetLimits } from './txn-batcher.js';
-import { checkIdOf, META_MIGRATION } from '../services/registration.js';
+import { checkIdOf, META_MIGRATION, META_RULE, type ServiceOwner } from '../services/registration.js';
 import type { ServiceDefinition, ServiceInstance, PutOptions, SessionInfo, SessionSpec, TargetEntry, TargetInfo, TargetStore, TxnOp } from './types.js';
 
 export interface ConsulTargetOptions {
@@ -411,6 +411,12 @@ export class ConsulTarget implements TargetStore {
       return entries.map((e) => instanceOf(e.Service, e.Node.Node, e.Checks.find((c) => c.CheckID === checkIdOf(e.Service.ID))?.Status));
     })));
     return perName.flat();
+  }
+
+  async agentServiceOwners(signal?: AbortSignal): Promise<Map<string, ServiceOwner>> {
+    const response = await this.request({ method: 'GET', path: '/v1/agent/services', signal });
+    const services = Object.values(JSON.parse(response.body.toString('utf8')) as Record<string, WireService>);
+    return new Map(services.map((s) => [s.ID.toLowerCase(), { id: s.ID, ...(s.Meta?.[META_MIGRATION] ? { migration: s.Meta[META_MIGRATION] } : {}), ...(s.Meta?.[META_RULE] ? { rule: s.Meta[META_RULE] } : {}) }]));
   }
 
   async registerService(service: ServiceDefinition): Promise<void> {

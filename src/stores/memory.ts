@@ -3,7 +3,7 @@ import { TxnFailedError } from './consul-http.js';
 import { SourceCompactedError } from './etcd.js';
 import { ValueTooLargeError } from './consul.js';
 import { compareKeys } from './consul-reads.js';
-import { META_MIGRATION } from '../services/registration.js';
+import { META_MIGRATION, META_RULE, type ServiceOwner } from '../services/registration.js';
 import { DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, type TargetLimits } from './txn-batcher.js';
 import type {
   PutOptions,
@@ -361,6 +361,10 @@ export class MemoryTarget implements TargetStore {
     return [...this.services.values()]
       .filter((s) => s.meta[META_MIGRATION] === migrationId)
       .map((s) => ({ id: s.id, name: s.name, address: s.address, port: s.port, tags: [...s.tags], meta: { ...s.meta }, node: 'memory', ...(s.check ? { checkStatus: s.checkStatus ?? s.check.status } : {}) }));
+  }
+
+  async agentServiceOwners(): Promise<Map<string, ServiceOwner>> {
+    return new Map([...this.services.values()].map((s) => [s.id.toLowerCase(), { id: s.id, migration: s.meta[META_MIGRATION], rule: s.meta[META_RULE] }]));
   }
 
   async registerService(service: ServiceDefinition): Promise<void> {

@@ -1,3 +1,4 @@
+import type { ServiceOwner } from '../services/registration.js';
 import type { ReadHints } from './consul-reads.js';
 import type { TargetLimits } from './txn-batcher.js';
 
@@ -244,6 +245,8 @@ export interface TargetStore {
    * configured agent (where the tool registers), `catalog` every node's.
    */
   listServiceInstances(migrationId: string, scope: 'agent' | 'catalog', signal?: AbortSignal): Promise<ServiceInstance[]>;
+  /** Every instance on the agent the token may read, whoever registered it, by id in lower case (Consul's catalog takes ids case-insensitively). */
+  agentServiceOwners(signal?: AbortSignal): Promise<Map<string, ServiceOwner>>;
   /** Registers (or replaces) a service instance on the agent. */
   registerService(service: ServiceDefinition): Promise<void>;
   /** Removes a service instance from the agent; `false` when the agent did not know it. */
