@@ -9,6 +9,17 @@ const addr = 'http://127.0.0.1:8500';
 const err = (method: string, path: string, status: number, body: string) => consulErrorFor(addr, method, path, status, Buffer.from(body));
 
 describe('Consul error mapping', () => {
+  it('another datacenter whose servers died is unreachable, named, in each of the words Consul says it (not "overloaded or has no leader")', () => {
+    for (const body of ['No path to datacenter', 'Remote DC has no server currently reachable', 'rpc error making call: EOF']) {
+      const e = consulErrorFor(addr, 'GET', '/v1/kv/_migrate/m/verify/last?dc=dc3', 500, Buffer.from(body), 'dc3');
+      expect(e.code, body).toBe('consul_datacenter_unreachable');
+      expect(e.message).toContain('datacenter dc3');
+      expect(isRetryable(e)).toBe(true);
+    }
+    // The agent's own datacenter failing a call is a busy or leaderless Consul.
+    expect(err('GET', '/v1/kv/x', 500, 'rpc error making call: EOF').code).toBe('consul_unavailable');
+  });
+
   it('413 on a value names the limit and is not retried', () => {
     const e = err('PUT', '/v1/kv/big', 413, 'Request body(524289 bytes) too large, max size: 524288 bytes. See https://www.consul.io/docs/agent/options.html#kv_max_value_size.');
     expect(e).toBeInstanceOf(ConsulTooLargeError);

@@ -296,7 +296,8 @@ export function consulErrorFor(address: string, method: string, path: string, st
     return new ConsulSessionError('consul_session_invalid', status, `Consul does not know the session used by ${where}: ${shown}.`, text, 'The session expired or was destroyed; the tool re-creates sessions for live etcd leases on the next run.');
   }
   // Another datacenter that does not answer: its servers are down (the agent cannot dial them) or it left the WAN federation.
-  if (status >= 500 && (/No path to datacenter/i.test(text) || (datacenter && /failed to get conn|stream closed|connection refused/i.test(text)))) {
+  // (Consul 1.22 answers "Remote DC has no server currently reachable" for minutes after the datacenter's servers died, "rpc error making call: EOF" at once.)
+  if (status >= 500 && (/No path to datacenter|Remote DC has no server currently reachable/i.test(text) || (datacenter && /failed to get conn|stream closed|connection refused|rpc error making call: EOF/i.test(text)))) {
     const dc = datacenter ?? '(the one named)';
     return new ConsulResponseError('consul_datacenter_unreachable', status, `Consul at ${address} has no path to datacenter ${dc} (${where}): its servers are down or not joined over the WAN.`, text, 'Check the datacenter\'s servers and the WAN federation (`consul members -wan`); the tool retries meanwhile.');
   }
