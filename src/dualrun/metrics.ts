@@ -1,7 +1,7 @@
 import http from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { UsageError } from '../errors.js';
-import type { DualRunStats } from './dualrun.js';
+import type { DatacenterStats, DualRunStats } from './dualrun.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 
 /** A reverse mirror failing this long (ms) makes a leader not ready. */
@@ -22,7 +22,19 @@ export function lagSeconds(stats: DualRunStats, now: number): number {
   const applied = stats.checkpoint >= stats.etcdRevision ? 0 : (now - stats.caughtUpAt) / 1000;
   // What the watch heard and the applier has not taken (a frozen Consul holds the applier): waiting since then.
   const queued = stats.behindSince === undefined ? 0 : (now - stats.behindSince) / 1000;
-  return Math.max(applied, queued);
+  // With several datacenters, the one furthest behind (one down for a minute: the figures said 0).
+  const datacenters = Object.values(stats.datacenters ?? {}).map((d) => datacenterLagSeconds(stats, d, now));
+  return Math.max(applied, queued, ...datacenters);
+}
+
+/** One datacenter's lag in revisions: up to the latest revision the dual-run heard, whichever lane heard it. */
+export function datacenterLag(stats: DualRunStats, d: DatacenterStats): number {
+  return Math.max(0, heardRevision(stats) - d.checkpoint);
+}
+
+/** One datacenter's lag in seconds: since its checkpoint last reached etcd's revision, while it is behind. */
+function datacenterLagSeconds(stats: DualRunStats, d: DatacenterStats, now: number): number {
+  return datacenterLag(stats, d) === 0 ? 0 : (now - d.caughtUpAt) / 1000;
 }
 
 /** etcd's latest revision as the dual-run knows it: from the events it took, or what the watch heard beyond them. */
@@ -32,7 +44,7 @@ export function heardRevision(stats: Pick<DualRunStats, 'etcdRevision' | 'seenRe
 
 /** etcd revisions not yet applied to Consul: up to the latest the watch heard, taken by the applier or not. */
 export function lagRevisions(stats: DualRunStats): number {
-  return Math.max(0, heardRevision(stats) - stats.checkpoint);
+  return Math.max(0, heardRevision(stats) - stats.checkpoint, ...Object.values(stats.datacenters ?? {}).map((d) => datacenterLag(stats, d)));
 }
 
 /**
@@ -122,8 +134,8 @@ export class DualRunMetrics {
     this.sessions.set(leading ? stats.sessions : 0);
     this.reverseRules.set(stats.reverseRules);
     for (const [datacenter, d] of Object.entries(stats.datacenters ?? {})) {
-      this.datacenterLag.set({ datacenter }, Math.max(0, d.etcdRevision - d.checkpoint));
-      this.datacenterLagSeconds.set({ datacenter }, d.checkpoint >= d.etcdRevision ? 0 : (Date.now() - d.caughtUpAt) / 1000);
+      this.datacenterLag.set({ datacenter }, datacenterLag(stats, d));
+      this.datacenterLagSeconds.set({ datacenter }, datacenterLagSeconds(stats, d, Date.now()));
       this.datacenterCheckpoint.set({ datacenter }, d.checkpoint);
       this.datacenterConnected.set({ datacenter }, d.connected ? 1 : 0);
     }
@@ -165,7 +177,7 @@ export class DualRunMetrics {
     // A leader whose checkpoint has not been written for twice the heartbeat: etcd or Consul does not answer
     // (a frozen server holds requests open: no error says so, and no news from etcd means no visible lag).
     const stalledAt = (written: number) => now - written > 2 * HEARTBEAT_MS;
-    const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || !d.started || stalledAt(d.checkpointWrittenAt) || (d.checkpoint < d.etcdRevision && (now - d.caughtUpAt) / 1000 >= 10)).map(([dc]) => dc);
+    const behind = Object.entries(s.datacenters ?? {}).filter(([, d]) => !d.connected || !d.started || stalledAt(d.checkpointWrittenAt) || datacenterLagSeconds(s, d, now) >= 10).map(([dc]) => dc);
     const stalled = stalledAt(s.checkpointWrittenAt);
     // A reverse mirror that has failed for 10 s: the applications' writes to a cut-over rule do not reach etcd (no rollback).
     const mirrorsFailing = Object.entries(s.mirrorsFailing).filter(([, since]) => now - since >= MIRROR_FAILING_MS).map(([rule]) => rule);
@@ -179,7 +191,7 @@ export class DualRunMetrics {
       body: {
         status, role: s.role, checkpoint: s.checkpoint, etcdRevision: heardRevision(s), lagRevisions: lag, lagSeconds: seconds, checkpointAgeSeconds: Math.round((now - s.checkpointWrittenAt) / 1000),
         ...(mirrorsFailing.length > 0 ? { mirrorsFailing } : {}),
-        ...(s.datacenters ? { datacenters: Object.fromEntries(Object.entries(s.datacenters).map(([dc, d]) => [dc, { connected: d.connected, checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint) }])) } : {}),
+        ...(s.datacenters ? { datacenters: Object.fromEntries(Object.entries(s.datacenters).map(([dc, d]) => [dc, { connected: d.connected, checkpoint: d.checkpoint, lagRevisions: datacenterLag(s, d) }])) } : {}),
       },
     };
   }

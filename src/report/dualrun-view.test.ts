@@ -44,6 +44,23 @@ describe('renderDualRunStatus with several datacenters', () => {
 });
 
 describe('metrics with several datacenters', () => {
+  it('the lag gauges are of the datacenter furthest behind, counted to the revision the dual-run heard (one down for 45 s: they said 0)', async () => {
+    const { DualRunMetrics, lagRevisions } = await import('../dualrun/metrics.js');
+    const metrics = new DualRunMetrics({ heartbeat: false });
+    const now = Date.now();
+    // dc1 (the primary) is caught up; dc2's applier took revision 1,228 and stopped there 40 s ago; the watch heard 2,037.
+    const dc = { role: 'leader' as const, caughtUpAt: now, checkpointWrittenAt: now, started: true, events: 0, ops: 0, txns: 0, rebaselines: 0, sessions: 0, errors: {} };
+    const behind = { ...stats, checkpoint: 2_037, etcdRevision: 2_037, seenRevision: 2_037, caughtUpAt: now, checkpointWrittenAt: now,
+      datacenters: { dc1: { ...dc, checkpoint: 2_037, etcdRevision: 2_037, connected: true }, dc2: { ...dc, checkpoint: 1_228, etcdRevision: 1_228, caughtUpAt: now - 40_000, connected: false } } };
+    metrics.update(behind);
+    expect(lagRevisions(behind)).toBe(809);
+    const text = await metrics.text();
+    expect(text).toMatch(/^migrate_dualrun_lag_revisions 809$/m);
+    expect(Number(/^migrate_dualrun_lag_seconds (\S+)$/m.exec(text)?.[1])).toBeGreaterThanOrEqual(40);
+    expect(text).toMatch(/^migrate_dualrun_datacenter_lag_revisions\{datacenter="dc2"\} 809$/m);
+    expect(metrics.health().body).toMatchObject({ lagRevisions: 809, datacenters: { dc2: { lagRevisions: 809 } } });
+  });
+
   it('exports lag, checkpoint and connected per datacenter, and /healthz is not ready while one does not answer', async () => {
     const { DualRunMetrics } = await import('../dualrun/metrics.js');
     const metrics = new DualRunMetrics({ heartbeat: false });

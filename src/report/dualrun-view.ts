@@ -1,6 +1,6 @@
 import { createElement as h, type ReactElement } from 'react';
 import type { DualRunStats } from '../dualrun/dualrun.js';
-import { heardRevision, lagRevisions, lagSeconds } from '../dualrun/metrics.js';
+import { datacenterLag, heardRevision, lagRevisions, lagSeconds } from '../dualrun/metrics.js';
 import { scrub } from './redact.js';
 
 /** How often the live view is redrawn (ms). */
@@ -46,7 +46,7 @@ export function renderDualRunStatus(stats: DualRunStats, now: number, eventsPerS
     `  reverse-mirrored rules ${stats.reverseRules}   late writes ${late}${late ? ` (${Object.entries(stats.lateWrites).map(([r, n]) => `${r}: ${n}`).join(', ')})` : ''}   errors ${errors}${errors ? ` (${Object.entries(stats.errors).map(([k, n]) => `${k}: ${n}`).join(', ')})` : ''}`,
     ...(stats.splitRevisions || stats.rebaselines || stats.guardTrips ? [`  split revisions ${stats.splitRevisions}   re-baselines ${stats.rebaselines}   delete-guard trips ${stats.guardTrips}`] : []),
     ...Object.entries(stats.datacenters ?? {}).map(([dc, d]) => {
-      const lag = Math.max(0, d.etcdRevision - d.checkpoint);
+      const lag = datacenterLag(stats, d);
       const state = d.role !== 'leader' ? d.role : d.connected ? 'replicating' : 'NOT ANSWERING (retrying)';
       return `  datacenter ${dc}: ${state}   checkpoint ${d.checkpoint}   lag ${lag} revision(s)${lag > 0 && d.checkpoint < d.etcdRevision ? `, ${seconds((now - d.caughtUpAt) / 1000)}` : ''}   txns ${d.txns}   sessions ${d.sessions}`;
     }),

@@ -34,7 +34,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       const { resolveConnections } = await import('../../config/connections.js');
       const { openStores, openDatacenters } = await import('../stores.js');
       const { runDualRun } = await import('../../dualrun/dualrun.js');
-      const { DualRunMetrics, heardRevision, lagRevisions, lagSeconds } = await import('../../dualrun/metrics.js');
+      const { DualRunMetrics, datacenterLag, heardRevision, lagRevisions, lagSeconds } = await import('../../dualrun/metrics.js');
       const { runCopy } = await import('../../copy/copy.js');
       // Said as log lines (--log-format json keeps stderr NDJSON) once the log is set up.
       const mappingWarnings: string[] = [];
@@ -124,7 +124,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
               // As /metrics counts it: what the watch heard, taken by the applier or still waiting (a frozen Consul).
               log('info', 'progress', {
                 checkpoint: stats.checkpoint, etcdRevision: heardRevision(stats), lagRevisions: lagRevisions(stats), lagSeconds: Number(lagSeconds(stats, now).toFixed(3)), events: stats.events, txns: stats.txns, sessions: stats.sessions,
-                ...(stats.datacenters ? { datacenters: Object.fromEntries(Object.entries(stats.datacenters).map(([dc, d]) => [dc, { checkpoint: d.checkpoint, lagRevisions: Math.max(0, d.etcdRevision - d.checkpoint), connected: d.connected }])) } : {}),
+                ...(stats.datacenters ? { datacenters: Object.fromEntries(Object.entries(stats.datacenters).map(([dc, d]) => [dc, { checkpoint: d.checkpoint, lagRevisions: datacenterLag(stats, d), connected: d.connected }])) } : {}),
               });
             }
           },
