@@ -20,6 +20,19 @@ describe('Consul error mapping', () => {
     expect(err('GET', '/v1/kv/x', 500, 'rpc error making call: EOF').code).toBe('consul_unavailable');
   });
 
+  it('a request to an unreachable datacenter is tried twice, not ten times as a busy Consul is (a stopping dual-run waited ~50 s on one)', async () => {
+    const unreachable = consulErrorFor(addr, 'PUT', '/v1/session/renew/x?dc=dc3', 500, Buffer.from('Remote DC has no server currently reachable'), 'dc3');
+    const busy = err('PUT', '/v1/session/renew/x', 500, 'No cluster leader');
+    for (const [e, tries] of [[unreachable, 2], [busy, 10]] as const) {
+      let calls = 0;
+      await expect(withRetries(async () => {
+        calls++;
+        throw e;
+      }, { baseDelayMs: 1, maxDelayMs: 1 })).rejects.toBe(e);
+      expect(calls).toBe(tries);
+    }
+  });
+
   it('413 on a value names the limit and is not retried', () => {
     const e = err('PUT', '/v1/kv/big', 413, 'Request body(524289 bytes) too large, max size: 524288 bytes. See https://www.consul.io/docs/agent/options.html#kv_max_value_size.');
     expect(e).toBeInstanceOf(ConsulTooLargeError);

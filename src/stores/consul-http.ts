@@ -383,7 +383,10 @@ export async function withRetries<T>(fn: () => Promise<T>, options: RetryOptions
     try {
       return await fn();
     } catch (err) {
-      if (attempt >= (err instanceof ConsulResponseError ? busyAttempts : attempts) || !isRetryable(err) || options.signal?.aborted) throw err;
+      // Another datacenter whose servers are gone answers at once, for minutes: one more try, not ten (a dual-run's
+      // lane retries it with its own backoff; retried here, each request held a stopping dual-run ~10 s).
+      const tries = err instanceof ConsulResponseError ? (err.code === 'consul_datacenter_unreachable' ? Math.min(2, busyAttempts) : busyAttempts) : attempts;
+      if (attempt >= tries || !isRetryable(err) || options.signal?.aborted) throw err;
       const delay = Math.min(max, base * 2 ** (attempt - 1)) * (0.5 + random() / 2);
       if (Date.now() + delay >= deadline) throw err;
       options.onRetry?.(err, attempt, delay);
