@@ -573,3 +573,25 @@ describe('copy of a rule with leases: skip', () => {
     expect(target.entries.get('locks/other')?.value.toString()).toBe('free');
   });
 });
+
+describe('copy and the instances of a service rule removed from migration.yaml', () => {
+  it('says they are still registered, and deregisters them with --delete-extraneous; other instances stay', async () => {
+    const before = parseConfig('version: 1\nid: demo\nrules:\n  - { name: keepme, from: /a/, action: service }\n  - { name: dropme, from: /b/, action: service }\n', 'migration.yaml');
+    const after = parseConfig('version: 1\nid: demo\nrules:\n  - { name: keepme, from: /a/, action: service }\n', 'migration.yaml');
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/a/alpha/1', '10.4.0.1:80');
+    source.put('/b/beta/1', '10.4.0.2:80');
+    await runCopy({ source, target, config: before.config, mapping: before.mapping }, options());
+    await target.registerService({ id: 'by-hand', name: 'beta', address: '10.9.9.9', port: 1, tags: [], meta: {} });
+    expect([...target.services.keys()].sort()).toEqual(['alpha-1', 'beta-1', 'by-hand']);
+    const warned = options({ acceptMappingChange: true });
+    await runCopy({ source, target, config: after.config, mapping: after.mapping }, warned);
+    expect(warned.events).toContainEqual({ type: 'warning', message: '1 instance(s) of service rule(s) dropme, no longer in migration.yaml, are registered on the agent; nothing keeps them in step with etcd any more (`migrate copy --delete-extraneous` deregisters them)' });
+    expect([...target.services.keys()].sort()).toEqual(['alpha-1', 'beta-1', 'by-hand']);
+    const deleting = options({ acceptMappingChange: true, deleteExtraneous: true });
+    await runCopy({ source, target, config: after.config, mapping: after.mapping }, deleting);
+    expect(deleting.events).toContainEqual({ type: 'warning', message: '1 instance(s) of service rule(s) dropme, no longer in migration.yaml, are registered on the agent: deregistered them (--delete-extraneous)' });
+    expect([...target.services.keys()].sort()).toEqual(['alpha-1', 'by-hand']);
+  });
+});

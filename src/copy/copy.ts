@@ -13,7 +13,8 @@ import { putLarge } from '../stores/large-put.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { readAhead } from '../stores/read-ahead.js';
 import { TxnBatcher, groupFitsInTxn, splitBatch, wireOpBytes, type TargetLimits } from '../stores/txn-batcher.js';
-import type { KeyRange, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
+import type { KeyRange, ServiceInstance, SourceEntry, SourceReader, TargetEntry, TargetStore, TxnOp } from '../stores/types.js';
+import { META_RULE } from '../services/registration.js';
 import { checkIdentity, ensureMeta, mappingHash, readState, recordedRules, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
 import { deleteGuardTrips, planPage, shareText, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
@@ -483,13 +484,35 @@ async function copyPass(deps: CopyDeps, options: CopyOptions, copyRules: RuleCon
   // Every write has landed: the bytes of each rule's last batches (and single PUTs) count only now.
   if (!options.signal.aborted) for (const s of stats) options.onProgress?.({ type: 'progress', rule: s.name, keysDone: s.sourceKeys, bytes: s.bytesWritten, retries: engine.retries });
   // Service rules after the KV rules: the catalog is read once, on the agent the tool registers on.
-  const existing = serviceRules.length > 0 && !options.signal.aborted ? await target.listServiceInstances(deps.config.id, 'agent', options.signal) : [];
+  const existing = !options.signal.aborted ? await target.listServiceInstances(deps.config.id, 'agent', options.signal) : [];
   for (const rule of serviceRules) {
     if (options.signal.aborted) break;
     services.push(await syncServiceRule(rule, { source, target, mapping: deps.mapping, migrationId: deps.config.id }, revision, existing, options));
     options.onProgress?.({ type: 'rule-done', rule: rule.name });
   }
+  if (!options.signal.aborted) await retireOrphanInstances(existing, serviceRules, target, options);
   return { state: engine.state, engine, stats, services };
+}
+
+/**
+ * The migration's instances on the agent whose rule is no longer a service rule of the mapping (removed
+ * from migration.yaml, as the README's cut-over of a service rule ends): nothing keeps them in step any
+ * more, and a leased one stays critical, an unleased one passing, for ever. Said; deregistered with
+ * --delete-extraneous (more than 10 only with --allow-mass-delete too).
+ */
+async function retireOrphanInstances(existing: readonly ServiceInstance[], serviceRules: readonly RuleConfig[], target: TargetStore, options: CopyOptions): Promise<void> {
+  const names = new Set(serviceRules.map((r) => r.name));
+  const orphans = existing.filter((i) => !names.has(i.meta[META_RULE] ?? ''));
+  if (orphans.length === 0) return;
+  const rules = [...new Set(orphans.map((i) => i.meta[META_RULE] ?? '?'))].join(', ');
+  const what = `${orphans.length} instance(s) of service rule(s) ${rules}, no longer in migration.yaml, are registered on the agent`;
+  if (!options.deleteExtraneous || (deleteGuardTrips(orphans.length, orphans.length) && !options.allowMassDelete)) {
+    const how = options.deleteExtraneous ? 'pass --allow-mass-delete too to deregister them' : '`migrate copy --delete-extraneous` deregisters them';
+    options.onProgress?.({ type: 'warning', message: `${what}; nothing keeps them in step with etcd any more (${how})` });
+    return;
+  }
+  for (const instance of orphans) await target.deregisterService(instance.id);
+  options.onProgress?.({ type: 'warning', message: `${what}: deregistered them (--delete-extraneous)` });
 }
 
 export interface CopyDeps {
