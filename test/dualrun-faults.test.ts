@@ -540,6 +540,48 @@ describe('etcd restored from an older backup (real servers)', () => {
   }, 120_000);
 });
 
+describe('etcd rebuilt as a new cluster, its data loaded again (real servers)', () => {
+  it('dualrun and copy refuse the new cluster (identity_cluster_mismatch) naming the way forward; copy --accept-cluster-change --delete-extraneous records it and re-anchors the checkpoint, and the dual-run then replicates with parity', async () => {
+    const s = scenario('rebuilt');
+    let own = await startEtcd();
+    let client = new Etcd3({ hosts: own.endpoint });
+    try {
+      for (let i = 0; i < 30; i++) await client.put(`${s.root}/app/k${i}`).value(`v${i}`);
+      expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv({ ETCDCTL_ENDPOINTS: own.endpoint }) })).code).toBe(0);
+      const dualrun = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: own.endpoint });
+      for (let i = 0; i < 40; i++) await client.put(`${s.root}/app/late${i}`).value('replicated');
+      const checkpoint = await waitCaughtUp(client, target, s.id);
+      expect(await dualrun.stop()).toBe(0);
+      client.close();
+      await own.stop();
+      // The rebuilt cluster: a new id, revisions from 1, the data loaded again (some of it changed, some gone).
+      own = await startEtcd();
+      client = new Etcd3({ hosts: own.endpoint });
+      for (let i = 0; i < 30; i++) await client.put(`${s.root}/app/k${i}`).value(i < 5 ? `rebuilt${i}` : `v${i}`);
+      expect(Number((await client.maintenance.status()).header.revision)).toBeLessThan(checkpoint);
+      const env = () => serverEnv({ ETCDCTL_ENDPOINTS: own.endpoint });
+      const refused = await runCli(['dualrun'], { cwd: s.dir, env: env(), timeoutMs: 60_000 });
+      expect(refused.code, refused.stderr).toBe(4);
+      expect(refused.stderr).toContain('error[identity_cluster_mismatch]');
+      expect(refused.stderr).toContain('migrate copy --accept-cluster-change --delete-extraneous');
+      const copy = await runCli(['copy', '--accept-cluster-change', '--delete-extraneous', '--allow-mass-delete', '--yes'], { cwd: s.dir, env: env() });
+      expect(copy.code, copy.stderr).toBe(0);
+      expect(copy.stderr).toMatch(new RegExp(`the migration moves from etcd cluster \\d+ to this one \\(--accept-cluster-change\\), whose revisions are not the ones of the migration's checkpoint ${checkpoint}: the checkpoint moves to this copy's revision \\d+`));
+      const after = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: own.endpoint });
+      try {
+        for (let i = 0; i < 5; i++) await client.put(`${s.root}/app/new${i}`).value('after the rebuild');
+        await waitCaughtUp(client, target, s.id);
+        expect(await checkParity(client, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+      } finally {
+        expect(await after.stop()).toBe(0);
+      }
+    } finally {
+      client.close();
+      await own.stop();
+    }
+  }, 120_000);
+});
+
 describe('Consul restored from an older snapshot while the dual-run runs (real servers)', () => {
   it('the dual-run finds its checkpoint went back, replays etcd from it, and Consul gets back what the restore took: parity; a cutover the restore undid is said', async () => {
     const own = await privateConsul();

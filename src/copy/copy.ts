@@ -83,6 +83,8 @@ export interface CopyOptions {
   deleteExtraneous: boolean;
   allowMassDelete: boolean;
   acceptMappingChange: boolean;
+  /** `--accept-cluster-change`: the migration's etcd cluster was rebuilt (a new cluster id): record the new one, and put the checkpoint at this copy's revision. */
+  acceptClusterChange?: boolean;
   /** The dual-run's re-baseline: a changed mapping is recorded by the dual-run once the copy is done, not before (see its `MappingChange`). */
   deferMappingChange?: boolean;
   /** Writes per second across all workers (ops), 0 = unthrottled. */
@@ -261,22 +263,27 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   const identity = { id: config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(config), rules: recordedRules(config) };
   // A renamed finalized rule, say, would be copied from etcd over what applications wrote in Consul.
   if (options.acceptMappingChange) await refuseOwnedMappingChanges(target, paths, deps.config, deps.mapping);
+  const recorded = await readState<StateMeta>(target, paths.meta);
+  const accept = { acceptMappingChange: options.acceptMappingChange, acceptClusterChange: options.acceptClusterChange ?? false };
   if (options.dryRun) {
-    checkIdentity(await readState<StateMeta>(target, paths.meta), identity, { acceptMappingChange: options.acceptMappingChange });
+    checkIdentity(recorded, identity, accept);
   } else {
-    await ensureMeta(target, paths, identity, options.toolVersion, options.now(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: options.deferMappingChange });
+    await ensureMeta(target, paths, identity, options.toolVersion, options.now(), { ...accept, deferMappingChange: options.deferMappingChange });
   }
+  // The revisions the migration's checkpoint counts are another cluster's: this copy's revision replaces it.
+  const clusterChanged = recorded !== undefined && recorded.etcdClusterId !== status.clusterId ? recorded.etcdClusterId : undefined;
   // Taken once etcd answered and the identity holds, so a refused or unreachable run writes nothing.
   const lock = options.dryRun ? undefined : await options.lock?.();
   try {
-    return await copyPinned({ ...deps, target }, options, paths, status.revision, limits, started, lock ? [lock.fence] : []);
+    return await copyPinned({ ...deps, target }, options, paths, { revision: status.revision, clusterChanged }, limits, started, lock ? [lock.fence] : []);
   } finally {
     await lock?.release();
   }
 }
 
-async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePaths, currentRevision: number, limits: TargetLimits, started: number, fence: TxnOp[]): Promise<CopyResult> {
+async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePaths, etcd: { revision: number; clusterChanged: string | undefined }, limits: TargetLimits, started: number, fence: TxnOp[]): Promise<CopyResult> {
   const { config, source, target } = deps;
+  const currentRevision = etcd.revision;
   const previous = await readState<CopyState>(target, paths.copy);
   let revision = currentRevision;
   let resumedFrom: number | undefined;
@@ -372,10 +379,12 @@ async function copyPinned(deps: CopyDeps, options: CopyOptions, paths: StatePath
     const keepsDualRun = checkpoint?.by === 'dualrun' && !options.deleteExtraneous;
     // Unless etcd went back in time (restored from a backup): the revisions up to the checkpoint are others now, and a
     // dual-run that waited for etcd to pass it would skip what etcd makes meanwhile. The checkpoint comes back to this copy's.
-    const etcdWentBack = checkpoint !== undefined && (checkpoint.revision > currentRevision || checkpoint.rewound !== undefined);
+    const etcdWentBack = checkpoint !== undefined && (checkpoint.revision > currentRevision || checkpoint.rewound !== undefined || etcd.clusterChanged !== undefined);
     if (etcdWentBack) {
-      const found = checkpoint.revision > currentRevision ? `etcd's revision ${currentRevision} is below` : `a dual-run found etcd's revision ${checkpoint.rewound!.etcdRevision} below (${checkpoint.rewound!.found})`;
-      options.onProgress?.({ type: 'warning', message: `${found} the migration's checkpoint ${checkpoint.revision} (etcd restored from a backup?): the checkpoint moves back to this copy's revision ${revision}${options.deleteExtraneous ? '' : '; Consul keeps the keys etcd no longer has (verify reports them as extra; --delete-extraneous deletes them)'}` });
+      const found = etcd.clusterChanged !== undefined
+        ? `the migration moves from etcd cluster ${etcd.clusterChanged} to this one (--accept-cluster-change), whose revisions are not the ones of`
+        : checkpoint.revision > currentRevision ? `etcd's revision ${currentRevision} is below` : `a dual-run found etcd's revision ${checkpoint.rewound!.etcdRevision} below (${checkpoint.rewound!.found})`;
+      options.onProgress?.({ type: 'warning', message: `${found} the migration's checkpoint ${checkpoint.revision}${etcd.clusterChanged !== undefined ? '' : ' (etcd restored from a backup?)'}: the checkpoint moves ${etcd.clusterChanged !== undefined ? 'to' : 'back to'} this copy's revision ${revision}${options.deleteExtraneous ? '' : '; Consul keeps the keys etcd no longer has (verify reports them as extra; --delete-extraneous deletes them)'}` });
     }
     if (((!checkpoint || checkpoint.revision < revision) && !keepsDualRun) || etcdWentBack) {
       const doc: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated: options.now().toISOString(), by: 'copy' };

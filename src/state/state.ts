@@ -142,11 +142,11 @@ export type IdentityVerdict = 'new' | 'match' | 'mapping-changed';
  * caller accepts it, in which case the verdict says so and the caller
  * re-baselines the changed rules.
  */
-export function checkIdentity(existing: StateMeta | undefined, current: CurrentIdentity, options: { acceptMappingChange?: boolean } = {}): IdentityVerdict {
+export function checkIdentity(existing: StateMeta | undefined, current: CurrentIdentity, options: { acceptMappingChange?: boolean; acceptClusterChange?: boolean } = {}): IdentityVerdict {
   if (!existing) return 'new';
-  if (existing.etcdClusterId !== current.etcdClusterId) {
+  if (existing.etcdClusterId !== current.etcdClusterId && !options.acceptClusterChange) {
     throw new RefusedError('identity_cluster_mismatch', `Migration "${current.id}" was started from etcd cluster ${existing.etcdClusterId}, but the configured etcd is cluster ${current.etcdClusterId}.`, {
-      hint: 'Point --etcd-endpoints / ETCDCTL_ENDPOINTS at the original cluster, or give this migration another id in migration.yaml.',
+      hint: 'Point --etcd-endpoints / ETCDCTL_ENDPOINTS at the original cluster. If that cluster was rebuilt and its data loaded again (a new cluster id), stop the dual-run and run `migrate copy --accept-cluster-change --delete-extraneous`: it records the new cluster and copies at its revision, from which the dual-run then starts.',
       details: { recorded: existing.etcdClusterId, current: current.etcdClusterId },
     });
   }
@@ -182,7 +182,7 @@ export async function readState<T extends { schemaVersion: number }>(target: Pic
  * Reads `meta`, checks the identity, and records `meta` when the migration is
  * new (create-only, so two first runs cannot both claim it). Returns the verdict.
  */
-export async function ensureMeta(target: TargetStore, paths: StatePaths, current: CurrentIdentity, toolVersion: string, now: Date, options: { acceptMappingChange?: boolean; deferMappingChange?: boolean } = {}): Promise<IdentityVerdict> {
+export async function ensureMeta(target: TargetStore, paths: StatePaths, current: CurrentIdentity, toolVersion: string, now: Date, options: { acceptMappingChange?: boolean; deferMappingChange?: boolean; acceptClusterChange?: boolean } = {}): Promise<IdentityVerdict> {
   for (let attempt = 0; attempt < 3; attempt++) {
     const entry = await target.readKey(paths.meta);
     const existing = entry ? parseStateDocument<StateMeta>(paths.meta, entry.value) : undefined;
@@ -193,7 +193,8 @@ export async function ensureMeta(target: TargetStore, paths: StatePaths, current
     // So is the datacenter, once known: a first run whose token could not read the agent recorded none.
     const datacenters = existing && knownDatacenters(existing).length > 0 ? knownDatacenters(existing) : current.datacenter ? [current.datacenter] : [];
     const datacenterLearned = existing !== undefined && knownDatacenters(existing).length === 0 && datacenters.length > 0;
-    if ((verdict === 'match' && (existing?.rules || !current.rules) && !datacenterLearned) || (verdict === 'mapping-changed' && options.deferMappingChange)) return verdict;
+    const clusterChanged = existing !== undefined && existing.etcdClusterId !== current.etcdClusterId;
+    if (!clusterChanged && ((verdict === 'match' && (existing?.rules || !current.rules) && !datacenterLearned) || (verdict === 'mapping-changed' && options.deferMappingChange))) return verdict;
     const meta: StateMeta = {
       schemaVersion: STATE_SCHEMA_VERSION,
       id: current.id,

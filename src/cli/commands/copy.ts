@@ -17,6 +17,7 @@ interface CopyFlags {
   deleteExtraneous?: boolean;
   allowMassDelete?: boolean;
   acceptMappingChange?: boolean;
+  acceptClusterChange?: boolean;
   yes?: boolean;
   rate?: string;
   concurrency: string;
@@ -34,6 +35,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
       .option('--delete-extraneous', 'delete target keys under a rule that have no etcd key (behind the delete guard; needs --yes off a terminal)')
       .option('--allow-mass-delete', 'let --delete-extraneous remove more than 10% of a rule\'s target keys')
       .option('--accept-mapping-change', 'go on although the mapping changed since the migration was recorded')
+      .option('--accept-cluster-change', 'go on although etcd is another cluster than the migration recorded (rebuilt, its data loaded again): record it, and copy at its revision')
       .option('-y, --yes', 'confirm destructive flags without a prompt')
       .option('--rate <ops/s>', 'cap writes per second (production clusters)')
       .option('--concurrency <n>', 'txns in flight', '8')
@@ -100,6 +102,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
                 deleteExtraneous: Boolean(options.deleteExtraneous),
                 allowMassDelete: Boolean(options.allowMassDelete),
                 acceptMappingChange: Boolean(options.acceptMappingChange),
+                acceptClusterChange: Boolean(options.acceptClusterChange),
                 rate,
                 concurrency,
                 pageKeys,
