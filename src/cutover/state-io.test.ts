@@ -53,3 +53,22 @@ describe('the owners document and the rule documents, read together', () => {
     });
   });
 });
+
+describe('two transitions of different rules at the same moment', () => {
+  it('the second is refused naming the owners document, which both rewrite, not its own rule, whose phase did not change', async () => {
+    const { readCutoverState, writeTransitions } = await import('./state-io.js');
+    const target = world(written());
+    // Two operators read the state at once: one cuts over rule api, the other rule jobs.
+    const [first, second] = [await readCutoverState(target, paths), await readCutoverState(target, paths)];
+    const move = (rule: string) => ({ rule, from: 'verified' as const, to: 'cutover' as const, entry: { at: '2026-12-02T10:00:00Z', by: 'ops', evidence: { etcdRevision: 70 } }, etcdRevision: 70 });
+    await writeTransitions(target, paths, first, [move('api')]);
+    await expect(writeTransitions(target, paths, second, [move('jobs')])).rejects.toMatchObject({
+      code: 'phase_contended',
+      message: 'The owners document (which store owns each rule) changed while this command checked it: another cutover, rollback or finalize, of this rule or another, ran at the same moment; nothing was written.',
+    });
+    // Its own rule changing is said as such.
+    const third = await readCutoverState(target, paths);
+    await writeTransitions(target, paths, await readCutoverState(target, paths), [{ ...move('jobs'), from: 'verified', to: 'cutover' }]);
+    await expect(writeTransitions(target, paths, third, [move('jobs')])).rejects.toMatchObject({ code: 'phase_contended', message: expect.stringMatching(/^The phase of rule jobs changed while this command checked it/) });
+  });
+});

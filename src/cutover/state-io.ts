@@ -167,7 +167,13 @@ export async function writeTransitions(target: TargetStore, paths: StatePaths, s
     await target.applyTxn(ops);
   } catch (err) {
     if (!(err instanceof TxnFailedError)) throw err;
-    throw new RefusedError('phase_contended', `The phase of ${transitions.map((t) => `rule ${t.rule}`).join(', ')} changed while this command checked it (another operator, or the dual-run recorded a trip); nothing was written.`, {
+    // Which check failed: a rule's own document, or only the owners document, which every rule's transition rewrites.
+    const failed = new Set(err.errors.map((e) => e.opIndex));
+    const rules = transitions.filter((_, i) => failed.has(i));
+    const what = rules.length > 0 || !failed.has(transitions.length)
+      ? `The phase of ${(rules.length > 0 ? rules : transitions).map((t) => `rule ${t.rule}`).join(', ')} changed while this command checked it (another operator, or the dual-run recorded a trip)`
+      : 'The owners document (which store owns each rule) changed while this command checked it: another cutover, rollback or finalize, of this rule or another, ran at the same moment';
+    throw new RefusedError('phase_contended', `${what}; nothing was written.`, {
       hint: 'Run `migrate status` to see the current phase, then run the command again.',
     });
   }
