@@ -1247,7 +1247,9 @@ class Applier {
     stats.lateWrites[rule] = (stats.lateWrites[rule] ?? 0) + 1;
     this.ctx.publish();
     const key = formatKey(event.entry.key);
-    this.options.log('warn', `late write: etcd ${event.type} of ${key} under rule ${rule}, which Consul owns; not replicated (verify fails until acknowledged)`, { rule, key, revision });
+    // A finalized rule is no longer compared by verify: its trips show in status (and refuse a rollback, which finalize ended anyway).
+    const finalized = ownerAt(this.ownership.doc, rule, revision).phase === 'finalized';
+    this.options.log('warn', `late write: etcd ${event.type} of ${key} under rule ${rule}, which Consul owns; not replicated (${finalized ? 'the rule is finalized: status shows the trip until acknowledged' : 'verify fails until acknowledged'})`, { rule, key, revision });
     const pending = this.lateTrips.get(rule) ?? { count: 0, keys: [] as string[], revision: 0, firstAt: new Date().toISOString() };
     pending.count++;
     pending.revision = Math.max(pending.revision, revision);
