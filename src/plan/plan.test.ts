@@ -80,6 +80,19 @@ describe('runPlan', () => {
     expect(owned.blockers.map((b) => b.code)).toContain('mapping_change_refused');
   });
 
+  it('a rule Consul owns (cut over, finalized) is not counted as to copy: copy leaves it', async () => {
+    const loaded = parseConfig(yaml('skip'), 'migration.yaml');
+    const target = new MemoryTarget();
+    const doc = { schemaVersion: 1, rule: 'svc', phase: 'finalized', owner: 'consul', updated: '2026-01-01T00:00:00Z', history: [] };
+    target.entries.set('_migrate/p/rules/svc', { key: '_migrate/p/rules/svc', value: Buffer.from(JSON.stringify(doc)), flags: 0, modifyIndex: 1 });
+    const all = await runPlan({ source: source(), config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    const plan = await runPlan({ source: source(), target, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    expect(plan.ownedByConsul).toEqual([{ rule: 'svc', phase: 'finalized' }]);
+    expect(plan.totals.copyKeys).toBe(all.totals.copyKeys - 3);
+    expect(plan.totals.sessions).toBe(all.totals.sessions - 2);
+    expect(renderPlan(plan, 'text')).toMatch(/svc +\/svc\/ → svc\/ +finalized: Consul owns its data; copy leaves it \(3 keys in etcd\)/);
+  });
+
   it('does not call a finalized rule whose etcd keys were retired a typo', async () => {
     const loaded = parseConfig(`${yaml('skip')}  - { name: done, from: /done/, to: done/ }
 `, 'migration.yaml');

@@ -15,7 +15,7 @@ import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
 import type { RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
-import { cutOverMappingChanges, ownedByConsul, type RulePhaseDoc } from '../cutover/phase.js';
+import { cutOverMappingChanges, ownedByConsul as ownedByConsulDoc, type RulePhaseDoc } from '../cutover/phase.js';
 import { OWNED_MAPPING_HINT, readRuleDocs } from '../cutover/state-io.js';
 import { OVERLAP_HINT, otherMigrations, targetOverlaps } from '../state/migrations.js';
 import { leftBehind, mappingHash, readState, statePaths, type StateMeta } from '../state/state.js';
@@ -77,6 +77,8 @@ export interface PlanResult {
   /** Where maxValueBytes comes from: migration.yaml, the agent, or Consul's default when the agent could not be asked. */
   limitsBasis: string;
   rules: RuleTally[];
+  /** Copy rules cut over or finalized (Consul owns their data): copy leaves them, so the totals leave them out. */
+  ownedByConsul: { rule: string; phase: 'cutover' | 'finalized' }[];
   totals: { copyKeys: number; copyValueBytes: number; sessions: number; keptKeys: number; skippedLeasedKeys: number; unmappedKeys: number; unmappableKeys: number; escapedKeys: number; instances: number; noInstanceKeys: number };
   /** The `action: service` rules, in the order of the file (their counts are in `rules`). */
   services: PlanServiceRule[];
@@ -183,12 +185,14 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     for (const r of rules) if (r.keys === 0 && !finalized.has(r.rule)) input.onWarning?.(`rule ${r.rule} (from: ${r.from}) matches no etcd key: check its from: (a rule with a typo copies nothing, and verify passes it with nothing compared)`);
   }
   const datacenters = tallyDatacenters(input.config, rules, input.primaryDatacenter, (names) => tallies.sessionsOf(names));
-  const sum = (f: (r: RuleTally) => number) => rules.reduce((n, r) => n + f(r), 0);
+  const ownedByConsul = state.docs.filter(ownedByConsulDoc).map((d) => ({ rule: d.rule, phase: d.phase === 'finalized' ? 'finalized' as const : 'cutover' as const }));
+  const copied = rules.filter((r) => !ownedByConsul.some((o) => o.rule === r.rule));
+  const sum = (f: (r: RuleTally) => number, of = rules) => of.reduce((n, r) => n + f(r), 0);
   const totals = {
-    copyKeys: sum((r) => r.copyKeys),
-    copyValueBytes: sum((r) => r.copyValueBytes),
+    copyKeys: sum((r) => r.copyKeys, copied),
+    copyValueBytes: sum((r) => r.copyValueBytes, copied),
     // One session per lease, whatever rules its keys fall in.
-    sessions: tallies.sessionsOf(rules.map((r) => r.rule)).sessions,
+    sessions: tallies.sessionsOf(copied.map((r) => r.rule)).sessions,
     keptKeys: sum((r) => r.keptKeys),
     skippedLeasedKeys: sum((r) => r.skippedKeys),
     unmappedKeys,
@@ -231,6 +235,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
     maxValueBytes,
     limitsBasis: limits.basis,
     rules,
+    ownedByConsul,
     totals,
     unmapped: rulesOnly ? null : { keys: unmappedKeys, valueBytes: unmappedBytes, policy: router.unmapped, examples: unmappedExamples.items },
     unmappable: { total: unmappable.total, byReason, keys: unmappable.items },
@@ -264,7 +269,7 @@ async function mappingChangeOf(input: PlanInput, state: { meta?: StateMeta; docs
   const target = input.target;
   const refused = cutOverMappingChanges(docs, input.mapping.rules, meta.rules ?? null);
   if (!meta.rules) return { leftBehind: null, refused };
-  const owned = new Set(docs.filter(ownedByConsul).map((d) => d.rule));
+  const owned = new Set(docs.filter(ownedByConsulDoc).map((d) => d.rule));
   const left = await Promise.all(leftBehind(meta.rules, input.config, owned).map(async (l) => ({ ...l, consulKeys: await target.listKeys(l.to).then((keys) => keys.length, () => null) })));
   return { leftBehind: left, refused };
 }

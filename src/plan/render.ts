@@ -13,6 +13,12 @@ export function renderPlan(result: PlanResult, format: Format): string {
   return renderPlanText(result);
 }
 
+/** A rule Consul owns (cut over, finalized): copy leaves it, whatever etcd holds. */
+function ownedLine(result: PlanResult, r: PlanResult['rules'][number]): string | undefined {
+  const owned = result.ownedByConsul.find((o) => o.rule === r.rule);
+  return owned && `${owned.phase === 'finalized' ? 'finalized' : 'cut over'}: Consul owns its data; copy leaves it (${plural(r.keys, 'keys')} in etcd)`;
+}
+
 function ruleLine(r: PlanResult['rules'][number]): string {
   if (r.action === 'keep') return `keep ${plural(r.keptKeys, 'keys')} on etcd`;
   if (r.action === 'service') {
@@ -36,7 +42,7 @@ export function renderPlanText(result: PlanResult): string {
   lines.push(`Target limits: values up to ${formatBytes(result.maxValueBytes)} (${result.limitsBasis})`);
   lines.push('');
   lines.push('Rules:');
-  for (const r of result.rules) lines.push(`  ${r.rule.padEnd(22)} ${`${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.action === 'service' ? '(service catalog)' : r.to}`.padEnd(40)} ${ruleLine(r)}`);
+  for (const r of result.rules) lines.push(`  ${r.rule.padEnd(22)} ${`${r.from} → ${r.action === 'keep' ? '(stays on etcd)' : r.action === 'service' ? '(service catalog)' : r.to}`.padEnd(40)} ${ownedLine(result, r) ?? ruleLine(r)}`);
   if (result.unmapped) lines.push(`  ${'(unmapped)'.padEnd(22)} ${''.padEnd(40)} ${plural(result.unmapped.keys, 'keys')} outside every rule (unmapped: ${result.unmapped.policy})`);
   else lines.push('  (unmapped)             unknown: only the rules\' prefixes could be read');
   const t = result.totals;
