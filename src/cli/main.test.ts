@@ -115,6 +115,12 @@ describe('CLI contract (in-process)', () => {
     expect(t.out).toBe('');
   });
 
+  it('a flag before the command (`migrate -c f status`) says flags go after the command, and gives the command line that does', async () => {
+    const t = io();
+    expect(await main(['-c', 'conf/m.yaml', 'status'], t)).toBe(2);
+    expect(t.err).toBe("error[usage_invalid]: unknown option '-c' before the command: flags go after the command's name.\n  next: Run `migrate status -c conf/m.yaml`.\n  see: README.md#error-usage_invalid\n");
+  });
+
   it('an unknown --progress mode is the documented progress_unsupported (exit 2)', async () => {
     const t = io();
     expect(await main(['status', '--progress', 'foo'], t)).toBe(2);

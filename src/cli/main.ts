@@ -126,7 +126,12 @@ async function run(argv: string[], io: Io): Promise<number> {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
       const command = program.commands.find((c) => c.name() === argv[0])?.name() ?? '';
-      return reportError(commandLineError(err, command), io, jsonRequested(argv) ? 'json' : 'text', command, stderrJson(argv));
+      // Flags before the command (`migrate -c f status`): every flag belongs to a command, so it goes after its name.
+      const later = command ? undefined : argv.find((a) => program.commands.some((c) => c.name() === a));
+      const error = later && err.code === 'commander.unknownOption'
+        ? new UsageError('usage_invalid', `${err.message.replace(/^error: /, '').split('\n')[0]} before the command: flags go after the command's name.`, { hint: `Run \`migrate ${[later, ...argv.filter((a) => a !== later)].join(' ')}\`.` })
+        : commandLineError(err, command);
+      return reportError(error, io, jsonRequested(argv) ? 'json' : 'text', later ?? command, stderrJson(argv));
     }
     return reportError(err, io, outcome.format, outcome.commandName, stderrJson(argv));
   }
