@@ -38,6 +38,22 @@ rules:
     expect(renderStatus(result, 'text')).toMatch(/other\s+keep\s+etcd\s+not readable/);
   });
 
+  it('a service rule whose last verify found drift says so as its next step, while the dual-run runs (it said none)', async () => {
+    const { config, mapping } = parseConfig('version: 1\nid: demo\nrules:\n  - { name: web, from: /services/, action: service }\n', 'migration.yaml');
+    const source = new MemorySource();
+    source.put('/services/web/i1', '10.0.0.1:80');
+    const target = new MemoryTarget();
+    const now = new Date('2026-01-01T00:00:10Z');
+    const put = (key: string, doc: unknown) => target.entries.set(key, { key, value: Buffer.from(JSON.stringify(doc)), flags: 0, modifyIndex: 1 });
+    put('_migrate/demo/checkpoint', { schemaVersion: 1, revision: 1, updated: '2026-01-01T00:00:08Z', by: 'dualrun' });
+    const verify = (status: string, differences: number) => put('_migrate/demo/verify/last', { schemaVersion: 1, at: '2026-01-01T00:00:05Z', revision: 1, cut: 'dualrun', checkpoint: 1, clean: differences === 0, rounds: 3, toolVersion: 't', rules: { web: { status, differences, compared: 1, settled: 0, budget: null, byKind: { instance: differences } } } });
+    verify('drift', 1);
+    const options = { now: () => now, maxVerifyAgeMs: 3_600_000 };
+    expect((await runStatus({ source, target, config, mapping }, options)).rules[0]!.next).toBe('the last verify found 1 difference(s) in the catalog: `migrate verify` lists them; a difference that stays is mended by `migrate copy` (or a restart of the dual-run)');
+    verify('parity', 0);
+    expect((await runStatus({ source, target, config, mapping }, options)).rules[0]!.next).toMatch(/^none: the dual-run keeps the catalog in step/);
+  });
+
   it('says when migration.yaml is not the mapping the migration recorded (another file, an edited one): the dual-run and copy refuse it', async () => {
     const recorded = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/, to: app/ }\n', 'migration.yaml');
     const edited = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/k1, to: app/k1 }\n', 'narrow.yaml');

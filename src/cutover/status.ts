@@ -91,7 +91,9 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
         keys: { etcd: etcdKeys, consul: instances.filter((i) => i.meta[META_RULE] === rule.name).length },
         verify: v && state.verify ? { status: v.status, differences: v.differences, at: state.verify.at, ageSeconds: ageOf(state.verify.at) } : null,
         lateWrites: 0, guardTrips: 0, changed: null, writesPaused: null,
-        next: running ? 'none: the dual-run keeps the catalog in step with etcd; switch the registering agents to Consul, then drop the rule' : 'run `migrate dualrun` to keep the catalog in step (and the TTL checks passing)',
+        next: !running ? 'run `migrate dualrun` to keep the catalog in step (and the TTL checks passing)'
+          : v?.status === 'drift' ? `the last verify found ${v.differences} difference(s) in the catalog: \`migrate verify\` lists them; a difference that stays is mended by \`migrate copy\` (or a restart of the dual-run)`
+          : 'none: the dual-run keeps the catalog in step with etcd; switch the registering agents to Consul, then drop the rule',
       });
       continue;
     }
