@@ -10,24 +10,38 @@ afterAll(() => {
   target.close();
 });
 
+/**
+ * Rule `name` under `leases`, whose `leased` keys an application instance keeps on one etcd lease (kept
+ * alive by etcd3 until revoked), beside `plain` keys: copied, replicated, verified and cut over.
+ */
+async function cutOverLeasedRule(name: string, leases: string, leased: Record<string, string>, plain: Record<string, string> = {}) {
+  const id = `co${leases[0]}-${randomBytes(3).toString('hex')}`;
+  const root = `/${id}`;
+  const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: ${name}, from: ${root}/${name}/, to: ${id}/${name}/, leases: ${leases} }\n`);
+  const cli = (args: string[]) => runCli(args, { cwd: dir, env: serverEnv() });
+  const lease = etcd.lease(30);
+  for (const [key, value] of Object.entries(leased)) await lease.put(`${root}/${name}/${key}`).value(value);
+  for (const [key, value] of Object.entries(plain)) await etcd.put(`${root}/${name}/${key}`).value(value);
+  expect((await cli(['copy'])).code).toBe(0);
+  const dr = await startDualRun(dir);
+  try {
+    await etcd.put(`${root}/tick`).value('x');
+    await waitCaughtUp(etcd, target, id);
+    expect((await cli(['verify', '--progress', 'none'])).code).toBe(0);
+    const cut = await cli(['cutover', '--rule', name, '--yes', '--drain', '200ms']);
+    expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+  } catch (err) {
+    await dr.stop();
+    throw err;
+  }
+  return { id, root, cli, lease, dr };
+}
+
 describe('a rule of leased keys, cut over (real servers)', () => {
   it('a key the application rewrites in Consul outlives the old etcd lease; the keys it left go with the lease in both stores; the lease\'s end is no late write', async () => {
-    const id = `col-${randomBytes(3).toString('hex')}`;
-    const root = `/${id}`;
-    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: svc, from: ${root}/svc/, to: ${id}/svc/, leases: session }\n`);
-    const cli = (args: string[]) => runCli(args, { cwd: dir, env: serverEnv() });
-    // The old application instance: its etcd lease kept alive by etcd3 until revoked.
-    const lease = etcd.lease(30);
-    await lease.put(`${root}/svc/a`).value('old-a');
-    await lease.put(`${root}/svc/b`).value('old-b');
-    expect((await cli(['copy'])).code).toBe(0);
-    const dr = await startDualRun(dir);
+    // The old application instance: its etcd lease kept alive until revoked.
+    const { id, root, cli, lease, dr } = await cutOverLeasedRule('svc', 'session', { a: 'old-a', b: 'old-b' });
     try {
-      await etcd.put(`${root}/tick`).value('x');
-      await waitCaughtUp(etcd, target, id);
-      expect((await cli(['verify', '--progress', 'none'])).code).toBe(0);
-      const cut = await cli(['cutover', '--rule', 'svc', '--yes', '--drain', '200ms']);
-      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
       const session = (await target.readKey(`${id}/svc/a`))!.session;
       expect(session).toBeDefined();
 
@@ -54,22 +68,8 @@ describe('a rule of leased keys, cut over (real servers)', () => {
 
 describe('a rule of leased keys under leases: persist, cut over (real servers)', () => {
   it('keys etcd drops when their lease ends are written back to etcd from Consul, which keeps them: verify passes, no late write', async () => {
-    const id = `cop-${randomBytes(3).toString('hex')}`;
-    const root = `/${id}`;
-    const dir = configDir(`version: 1\nid: ${id}\nrules:\n  - { name: locks, from: ${root}/locks/, to: ${id}/locks/, leases: persist }\n`);
-    const cli = (args: string[]) => runCli(args, { cwd: dir, env: serverEnv() });
-    const lease = etcd.lease(30);
-    await lease.put(`${root}/locks/a`).value('held-a');
-    await lease.put(`${root}/locks/b`).value('held-b');
-    await etcd.put(`${root}/locks/plain`).value('p');
-    expect((await cli(['copy'])).code).toBe(0);
-    const dr = await startDualRun(dir);
+    const { id, root, cli, lease, dr } = await cutOverLeasedRule('locks', 'persist', { a: 'held-a', b: 'held-b' }, { plain: 'p' });
     try {
-      await etcd.put(`${root}/tick`).value('x');
-      await waitCaughtUp(etcd, target, id);
-      expect((await cli(['verify', '--progress', 'none'])).code).toBe(0);
-      const cut = await cli(['cutover', '--rule', 'locks', '--yes', '--drain', '200ms']);
-      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
       // Persisted: Consul holds the keys without a session.
       expect((await target.readKey(`${id}/locks/a`))?.session).toBeUndefined();
       // The application moved to Consul and stopped keeping its etcd lease alive: etcd drops a and b.

@@ -27,6 +27,18 @@ function scenario(label: string, more = '') {
   return { id, root, yaml, dir: configDir(yaml), mapping: parseConfig(yaml, 'migration.yaml').mapping };
 }
 
+/** A dual-run started on the etcd at `endpoint` replicates five new keys, and Consul has parity with etcd. */
+async function replicatesWithParity(s: ReturnType<typeof scenario>, client: Etcd3, endpoint: string): Promise<void> {
+  const dualrun = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: endpoint });
+  try {
+    for (let i = 0; i < 5; i++) await client.put(`${s.root}/app/new${i}`).value('written since');
+    await waitCaughtUp(client, target, s.id);
+    expect(await checkParity(client, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
+  } finally {
+    expect(await dualrun.stop()).toBe(0);
+  }
+}
+
 async function leaderHolder(id: string): Promise<string | undefined> {
   const entry = await target.readKey(`_migrate/${id}/leader`);
   return entry?.session ? (JSON.parse(entry.value.toString()) as { holder: string }).holder : undefined;
@@ -522,15 +534,8 @@ describe('etcd restored from an older backup (real servers)', () => {
       expect(copy.stderr).toMatch(new RegExp(`a dual-run found etcd's revision \\d+ below \\([^)]+\\) the migration's checkpoint ${checkpoint} \\(etcd restored from a backup\\?\\): the checkpoint moves back`));
       const after = JSON.parse((await runCli(['status', '--format', 'json'], { cwd: s.dir, env: env() })).stdout) as { dualRun: { etcdWentBack: unknown } };
       expect(after.dualRun.etcdWentBack).toBeNull();
-      const dualrun = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: own.endpoint });
-      try {
-        // What etcd makes now, below the old checkpoint, is replicated (it was skipped until etcd passed it).
-        for (let i = 0; i < 5; i++) await client.put(`${s.root}/app/new${i}`).value('after the restore');
-        await waitCaughtUp(client, target, s.id);
-        expect(await checkParity(client, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
-      } finally {
-        expect(await dualrun.stop()).toBe(0);
-      }
+      // What etcd makes now, below the old checkpoint, is replicated (it was skipped until etcd passed it).
+      await replicatesWithParity(s, client, own.endpoint);
     } finally {
       client.close();
       await own.stop();
@@ -567,14 +572,7 @@ describe('etcd rebuilt as a new cluster, its data loaded again (real servers)', 
       const copy = await runCli(['copy', '--accept-cluster-change', '--delete-extraneous', '--allow-mass-delete', '--yes'], { cwd: s.dir, env: env() });
       expect(copy.code, copy.stderr).toBe(0);
       expect(copy.stderr).toMatch(new RegExp(`the migration moves from etcd cluster \\d+ to this one \\(--accept-cluster-change\\), whose revisions are not the ones of the migration's checkpoint ${checkpoint}: the checkpoint moves to this copy's revision \\d+`));
-      const after = await startDualRun(s.dir, [], { ETCDCTL_ENDPOINTS: own.endpoint });
-      try {
-        for (let i = 0; i < 5; i++) await client.put(`${s.root}/app/new${i}`).value('after the rebuild');
-        await waitCaughtUp(client, target, s.id);
-        expect(await checkParity(client, target, s.mapping, s.id)).toMatchObject({ missing: [], extra: [], wrongValue: [] });
-      } finally {
-        expect(await after.stop()).toBe(0);
-      }
+      await replicatesWithParity(s, client, own.endpoint);
     } finally {
       client.close();
       await own.stop();
