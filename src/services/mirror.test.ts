@@ -84,6 +84,31 @@ rules:
     expect(w.mirror.stats.deregistered).toBe(0);
   });
 
+  it('a key whose id differs only in case from a tracked instance\'s, or is another rule\'s instance id, is not registered over it', async () => {
+    const { mapping: two } = parseConfig(`version: 1
+id: demo
+rules:
+  - { name: s3, from: /s3/, action: service }
+  - { name: s3b, from: /s3b/, action: service, service: { name: "{1}", id: "{1}-{2}" } }
+`, 'migration.yaml');
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    const logs: string[] = [];
+    const mirror = new ServiceMirror({ source, target, mapping: two, migrationId: 'demo', log: (_l, m) => logs.push(m) });
+    source.put('/s3/pay/A', '10.7.0.1:80');
+    source.put('/s3/api/i1', '10.2.0.1:80');
+    for await (const m of await source.watch({ start: Buffer.from('/'), end: Buffer.from('0') }, 1)) if (m.kind === 'revision') await mirror.apply(m);
+    const from = (await source.status()).revision + 1;
+    source.put('/s3/pay/a', '10.7.0.2:81');
+    source.put('/s3b/api/i1', '10.2.0.9:91');
+    for await (const m of await source.watch({ start: Buffer.from('/'), end: Buffer.from('0') }, from)) if (m.kind === 'revision') await mirror.apply(m);
+    expect([...target.services.keys()].sort()).toEqual(['api-i1', 'pay-A']);
+    expect(target.services.get('api-i1')).toMatchObject({ address: '10.2.0.1', meta: { 'etcd-migrate-rule': 's3' } });
+    expect(mirror.stats.problems).toBe(2);
+    expect(logs.join('\n')).toContain('/s3/pay/a makes instance id "pay-a", but it differs only in case from "pay-A", which Consul\'s catalog takes as the same; not registered');
+    expect(logs.join('\n')).toContain('/s3b/api/i1 makes instance id "api-i1", but the agent has an instance "api-i1" of rule s3 of this migration');
+  });
+
   it('tolerates failuresBeforeCritical - 1 unreadable leases, then marks critical; passes again after successBeforePassing good reads', async () => {
     const w = world();
     const lease = w.source.grantLease(30);

@@ -158,6 +158,17 @@ export class ServiceMirror {
     }
     const registration = parsed.registration;
     const earlier = this.tracked.get(registration.id);
+    // Another rule's instance of this id, or one of an id that differs only in case (Consul's catalog takes them as one): theirs stays.
+    const lower = registration.id.toLowerCase();
+    const other = earlier ? (earlier.rule.name !== rule.name ? earlier : undefined) : [...this.tracked.values()].find((t) => t.definition.id.toLowerCase() === lower);
+    if (other) {
+      this.stats.problems++;
+      if (!this.warned.has(registration.key)) {
+        this.warned.add(registration.key);
+        this.deps.log('warn', `service rule ${rule.name}: ${registration.key} makes instance id "${registration.id}", but ${takenBy({ id: other.definition.id, migration: this.deps.migrationId, rule: other.rule.name }, this.deps.migrationId, rule.name) ?? `it differs only in case from "${other.definition.id}", which Consul's catalog takes as the same`}; not registered`, { rule: rule.name, key: registration.key });
+      }
+      return;
+    }
     if (earlier?.key !== undefined && earlier.key !== registration.key) {
       this.stats.problems++;
       this.deps.log('warn', `service rule ${rule.name}: ${registration.key} makes instance id "${registration.id}", which ${earlier.key} already has; not registered (make the id template include more of the key)`, { rule: rule.name, key: registration.key });
