@@ -212,7 +212,7 @@ describe('a token file rotated in place', () => {
     const server = createServer((req, res) => {
       const token = String(req.headers['x-consul-token'] ?? '');
       seen.push(token);
-      if (token === 'new-token-0002') res.writeHead(200).end('"ok"');
+      if (token === 'new-token-0002' || token === 'new-token-0003') res.writeHead(200).end('"ok"');
       else res.writeHead(403).end('ACL not found');
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -227,6 +227,14 @@ describe('a token file rotated in place', () => {
       clearTimeout(rotation);
       expect(response.status).toBe(200);
       expect(seen).toEqual(['old-token-0001', 'new-token-0002']);
+      // Several requests refused at once while the file is empty: every one goes again with the new token, not only
+      // the first to read it (the others found the header already changed and took it for no rotation).
+      writeFileSync(file, '');
+      (http as unknown as { headers: Record<string, string> }).headers['X-Consul-Token'] = 'old-token-0001';
+      setTimeout(() => writeFileSync(file, 'new-token-0003\n'), 400);
+      seen.length = 0;
+      const many = await Promise.allSettled(Array.from({ length: 5 }, () => http.request({ method: 'GET', path: '/v1/agent/self' })));
+      expect(many.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
       // A file that still holds the refused token is no rotation: the refusal stands at once.
       const stale = new ConsulHttp({ address: `http://127.0.0.1:${(server.address() as { port: number }).port}`, token: 'old-token-0001', tokenFile: join(file, '..', 'stale') });
       writeFileSync(join(file, '..', 'stale'), 'old-token-0001');

@@ -174,8 +174,9 @@ export class ConsulHttp {
     const search = params.toString().replace(/=(&|$)/g, '$1');
     const path = `${this.url.pathname.replace(/\/$/, '')}${req.path}${search ? `?${search}` : ''}`;
     const body = req.body === undefined ? undefined : Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body);
+    const sent = this.headers['X-Consul-Token'];
     let response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
-    if (response.status === 403 && TOKEN_UNKNOWN.test(response.body.toString('utf8')) && (await this.tokenRenewed(req.signal))) {
+    if (response.status === 403 && TOKEN_UNKNOWN.test(response.body.toString('utf8')) && (await this.tokenRenewed(sent, req.signal))) {
       response = await this.send(req.method, path, body, req.signal, req.timeoutMs ?? this.timeoutMs);
     }
     if (response.status >= 200 && response.status < 300) return response;
@@ -188,7 +189,7 @@ export class ConsulHttp {
    * A file found empty or half written (truncated, then written: a rotation in place) is read again
    * for up to TOKEN_FILE_WAIT_MS before the refusal stands (it ended a dual-run at once).
    */
-  private async tokenRenewed(signal: AbortSignal | undefined): Promise<boolean> {
+  private async tokenRenewed(sent: string | undefined, signal: AbortSignal | undefined): Promise<boolean> {
     if (!this.connection.tokenFile) return false;
     for (const started = Date.now(); ; await sleep(TOKEN_FILE_POLL_MS, signal)) {
       let token: string;
@@ -197,10 +198,14 @@ export class ConsulHttp {
       } catch {
         return false;
       }
-      if (token === this.headers['X-Consul-Token']) return false;
+      // The refused token is still the file's: no rotation. (Compared with what this request sent: another request
+      // refused at the same moment may have taken the new token already, and this one goes again with it.)
+      if (token === sent) return false;
       if (token !== '' && !/[^\x20-\x7e]/.test(token)) {
-        registerSecret(token);
-        this.headers['X-Consul-Token'] = token;
+        if (token !== this.headers['X-Consul-Token']) {
+          registerSecret(token);
+          this.headers['X-Consul-Token'] = token;
+        }
         return true;
       }
       if (Date.now() - started >= TOKEN_FILE_WAIT_MS || signal?.aborted) return false;
