@@ -333,6 +333,15 @@ describe('least privilege: every command with only the policies `migrate acl` pr
       expect(run.stderr).toContain(`error[etcd_permission_denied]: dualrun: etcd does not let this user read rule other (${p}zz/); nothing was written.`);
       expect(await keysUnder(`_migrate/${wideId}/`)).toEqual([]);
       expect(await keysUnder(`${p}wide-`)).toEqual([]);
+      // A role that reads each rule but not the gap between them: the one watch over both is refused, said so before the lock.
+      const gapless = root.role(`gapless-${id}`);
+      await gapless.create();
+      for (const rule of ['app', 'svc']) await gapless.grant({ permission: 'Read', range: Range.prefix(`${p}${rule}/`) });
+      await root.user(`gapless-${id}`).create(CANARY_PASSWORD);
+      await root.user(`gapless-${id}`).addRole(`gapless-${id}`);
+      const gap = await runCli(['dualrun', '--ha'], { cwd: dir, env: env({ ETCDCTL_USER: `gapless-${id}` }), timeoutMs: 30_000 });
+      expect(gap.code, gap.stderr).toBe(3);
+      expect(gap.stderr).toContain(`error[etcd_permission_denied]: dualrun: etcd does not let this user read the watch range from the first rule to the last, ${p}app/ to ${p}svc0 (the gaps between the rules included`);
     } finally {
       rmSync(wideDir, { recursive: true, force: true });
     }

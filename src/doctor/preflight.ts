@@ -8,6 +8,7 @@ import { ConsulResponseError } from '../stores/consul-http.js';
 import type { ConsulTarget } from '../stores/consul.js';
 import { consulTooOld } from './consul-version.js';
 import { prefixRange } from '../stores/key-range.js';
+import { watchSpan } from '../mapping/watch-span.js';
 import type { SourceReader } from '../stores/types.js';
 
 /**
@@ -187,6 +188,16 @@ export async function preflightEtcdReads(source: Pick<SourceReader, 'count'>, ma
     } catch (err) {
       if (!isMigrateError(err) || err.code !== 'etcd_permission_denied') throw err;
       denied.push(`rule ${rule.name} (${formatKey(rule.fromBytes)})`);
+    }
+  }
+  // The one watch over every rule, gaps between them included: etcd checks its whole interval (a count walks it: once, at the start).
+  const span = watchSpan(mapping);
+  if (denied.length === 0 && span && mapping.rules.filter((r) => r.action !== 'keep').length > 1) {
+    try {
+      await source.count(span);
+    } catch (err) {
+      if (!isMigrateError(err) || err.code !== 'etcd_permission_denied') throw err;
+      denied.push(`the watch range from the first rule to the last, ${formatKey(span.start)} to ${formatKey(span.end)} (the gaps between the rules included: etcd checks a watch over its whole interval)`);
     }
   }
   if (denied.length === 0) return;
