@@ -80,6 +80,20 @@ describe('runPlan', () => {
     expect(owned.blockers.map((b) => b.code)).toContain('mapping_change_refused');
   });
 
+  it('a service rule removed from migration.yaml: its instances still registered on the agent are said to stay, with the command that deregisters them', async () => {
+    const recorded = parseConfig(`${yaml('skip')}  - { name: catalog, from: /services/, action: service }\n`, 'migration.yaml');
+    const now = parseConfig(yaml('skip'), 'migration.yaml');
+    const target = new MemoryTarget();
+    const meta = { schemaVersion: 1, id: 'p', etcdClusterId: '1', datacenters: ['dc1'], mappingHash: mappingHash(recorded.config), rules: recordedRules(recorded.config), created: '2026-01-01T00:00:00Z', toolVersion: 'test' };
+    target.entries.set('_migrate/p/meta', { key: '_migrate/p/meta', value: Buffer.from(JSON.stringify(meta)), flags: 0, modifyIndex: 1 });
+    for (const id of ['web-1', 'web-2']) await target.registerService({ id, name: 'web', address: '10.0.0.1', port: 80, tags: [], meta: { 'etcd-migrate-id': 'p', 'etcd-migrate-rule': 'catalog' } });
+    const plan = await runPlan({ source: source(), target, config: now.config, configFile: 'migration.yaml', mapping: now.mapping });
+    expect(plan.mappingChange).toMatchObject({ leftBehind: [], servicesLeft: [{ rule: 'catalog', instances: 2 }] });
+    const text = renderPlan(plan, 'text');
+    expect(text).toContain('rule catalog: 2 instances stay registered on the agent, kept in step with etcd no more (the service rule was removed): `migrate copy --delete-extraneous` deregisters them');
+    expect(text).not.toContain('Nothing is left behind');
+  });
+
   it('a rule Consul owns (cut over, finalized) is not counted as to copy: copy leaves it', async () => {
     const loaded = parseConfig(yaml('skip'), 'migration.yaml');
     const target = new MemoryTarget();

@@ -13,7 +13,7 @@ import { mappingRouter } from '../audit/router.js';
 import { describeRange, disjointPrefixRanges, prefixWarnings, intersectRange, requireSomethingReadable, scanWithRuleFallback, wholeKeyspace } from '../audit/scan.js';
 import { RuleTallies, handlingOf, registrationProblemText, type RuleTally } from '../audit/tally.js';
 import { tallyDatacenters, type DatacenterTally } from '../audit/datacenters.js';
-import type { RegistrationProblem } from '../services/registration.js';
+import { META_RULE, type RegistrationProblem } from '../services/registration.js';
 import { prefixEnd } from '../stores/key-range.js';
 import { cutOverMappingChanges, ownedByConsul as ownedByConsulDoc, type RulePhaseDoc } from '../cutover/phase.js';
 import { OWNED_MAPPING_HINT, readRuleDocs } from '../cutover/state-io.js';
@@ -93,7 +93,12 @@ export interface PlanResult {
    * leaves in Consul that nothing replicates any more (`leftBehind` null when the
    * state predates recorded rules; `consulKeys` null when Consul could not list them).
    */
-  mappingChange?: { leftBehind: { rule: string; to: string; why: string; consulKeys: number | null }[] | null; refused: string[] };
+  mappingChange?: {
+    leftBehind: { rule: string; to: string; why: string; consulKeys: number | null }[] | null;
+    /** Service rules recorded and no longer in the mapping whose instances are still registered on the agent (copy --delete-extraneous deregisters them). */
+    servicesLeft?: { rule: string; instances: number }[];
+    refused: string[];
+  };
 }
 
 export interface PlanInput {
@@ -102,7 +107,7 @@ export interface PlanInput {
   configFile: string;
   mapping: Mapping;
   /** The target, asked for its limits and the migration's state (recorded mapping, rules' phases); optional: without it, or when it does not answer, Consul's defaults and no state. */
-  target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys' | 'listFolders' | 'readEntries'>;
+  target?: Pick<TargetStore, 'info' | 'readKey' | 'listKeys' | 'listFolders' | 'readEntries' | 'listServiceInstances'>;
   /** The target's datacenter when known without asking Consul (`target.datacenter` of migration.yaml, as the copy takes it): names the primary in the per-datacenter figures. */
   primaryDatacenter?: string;
   /** Plan only these prefixes (default: the whole keyspace, to find unmapped keys). */
@@ -271,7 +276,13 @@ async function mappingChangeOf(input: PlanInput, state: { meta?: StateMeta; docs
   if (!meta.rules) return { leftBehind: null, refused };
   const owned = new Set(docs.filter(ownedByConsulDoc).map((d) => d.rule));
   const left = await Promise.all(leftBehind(meta.rules, input.config, owned).map(async (l) => ({ ...l, consulKeys: await target.listKeys(l.to).then((keys) => keys.length, () => null) })));
-  return { leftBehind: left, refused };
+  // A service rule removed: its instances stay registered, kept in step no more (copy says so and deregisters them with --delete-extraneous).
+  const services = new Set(input.mapping.serviceRules.map((r) => r.name));
+  const instances = await target.listServiceInstances(input.config.id, 'agent').catch(() => []);
+  const servicesLeft = meta.rules.filter((r) => r.action === 'service' && !services.has(r.name))
+    .map((r) => ({ rule: r.name, instances: instances.filter((i) => i.meta[META_RULE] === r.name).length }))
+    .filter((r) => r.instances > 0);
+  return { leftBehind: left, ...(servicesLeft.length > 0 ? { servicesLeft } : {}), refused };
 }
 
 function planServiceRule(rule: string, from: string, spec: ServiceSpec): PlanServiceRule {
