@@ -107,6 +107,14 @@ rules:
     expect(mirror.stats.problems).toBe(2);
     expect(logs.join('\n')).toContain('/s3/pay/a makes instance id "pay-a", but it differs only in case from "pay-A", which Consul\'s catalog takes as the same; not registered');
     expect(logs.join('\n')).toContain('/s3b/api/i1 makes instance id "api-i1", but the agent has an instance "api-i1" of rule s3 of this migration');
+    // The instances that held the ids go: the refused keys make them now (the catalog kept none until a restart).
+    const later = (await source.status()).revision + 1;
+    source.delete('/s3/pay/A');
+    source.delete('/s3/api/i1');
+    for await (const m of await source.watch({ start: Buffer.from('/'), end: Buffer.from('0') }, later)) if (m.kind === 'revision') await mirror.apply(m);
+    expect([...target.services.keys()].sort()).toEqual(['api-i1', 'pay-a']);
+    expect(target.services.get('pay-a')).toMatchObject({ address: '10.7.0.2', port: 81 });
+    expect(target.services.get('api-i1')).toMatchObject({ address: '10.2.0.9', port: 91, meta: { 'etcd-migrate-rule': 's3b' } });
   });
 
   it('tolerates failuresBeforeCritical - 1 unreadable leases, then marks critical; passes again after successBeforePassing good reads', async () => {

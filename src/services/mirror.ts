@@ -59,6 +59,8 @@ export class ServiceMirror {
   private readonly tracked = new Map<string, Tracked>();
   readonly stats: ServiceMirrorStats = { registered: 0, deregistered: 0, instances: 0, critical: 0, problems: 0 };
   private readonly warned = new Set<string>();
+  /** By instance id in lower case: the last key refused for making an id another key's instance holds; registered once that instance goes. */
+  private readonly shadowed = new Map<string, { rule: CompiledRule; key: Buffer }>();
   /** The tail of {@link serially}'s queue. */
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -162,6 +164,7 @@ export class ServiceMirror {
     const lower = registration.id.toLowerCase();
     const other = earlier ? (earlier.rule.name !== rule.name ? earlier : undefined) : [...this.tracked.values()].find((t) => t.definition.id.toLowerCase() === lower);
     if (other) {
+      this.shadowed.set(lower, { rule, key: event.entry.key });
       this.stats.problems++;
       if (!this.warned.has(registration.key)) {
         this.warned.add(registration.key);
@@ -170,6 +173,7 @@ export class ServiceMirror {
       return;
     }
     if (earlier?.key !== undefined && earlier.key !== registration.key) {
+      this.shadowed.set(lower, { rule, key: event.entry.key });
       this.stats.problems++;
       this.deps.log('warn', `service rule ${rule.name}: ${registration.key} makes instance id "${registration.id}", which ${earlier.key} already has; not registered (make the id template include more of the key)`, { rule: rule.name, key: registration.key });
       return;
@@ -202,12 +206,29 @@ export class ServiceMirror {
     if (owner !== undefined && owner !== formatKey(key)) return;
     const known = this.tracked.delete(id);
     // Not tracked: deregistered only when the agent's instance is the rule's own (a replay after a restart);
-    // one someone else registered under that id (by hand, another rule or migration) is left alone.
-    if (!known && takenBy((await this.deps.target.agentServiceOwners()).get(id.toLowerCase()), this.deps.migrationId, rule.name)) return;
+    // one someone else registered under that id (by hand, another rule or migration, or in another case) is left alone.
+    if (!known) {
+      const owner = (await this.deps.target.agentServiceOwners()).get(id.toLowerCase());
+      if (takenBy(owner, this.deps.migrationId, rule.name) || (owner && owner.id !== id)) return;
+    }
     // Deregistering an unknown id is a no-op (404), so replays are harmless.
     if ((await this.deps.target.deregisterService(id)) || known) {
       this.stats.deregistered++;
       this.deps.log('info', `service rule ${rule.name}: deregistered ${id}: ${why}`, { rule: rule.name, key: formatKey(key) });
+    }
+    if (known) await this.registerShadowed(id);
+  }
+
+  /** A key refused for the id of the instance just deregistered makes it now, if it still exists. */
+  private async registerShadowed(id: string): Promise<void> {
+    const shadow = this.shadowed.get(id.toLowerCase());
+    if (!shadow) return;
+    this.shadowed.delete(id.toLowerCase());
+    for await (const page of this.deps.source.readPages({ start: shadow.key, end: Buffer.concat([shadow.key, Buffer.from([0])]) })) {
+      const entry = page.entries[0];
+      if (!entry) continue;
+      this.deps.log('info', `service rule ${shadow.rule.name}: ${formatKey(shadow.key)}, refused while instance ${id} held its id, makes it now`, { rule: shadow.rule.name, key: formatKey(shadow.key) });
+      await this.put(shadow.rule, { type: 'put', entry });
     }
   }
 
