@@ -914,10 +914,7 @@ class CopyEngine {
       const ops = writeOps(write);
       const inTxn = groupFitsInTxn(ops, this.limits, { reservedOps: this.fence.length, reservedBytes: this.fence.reduce((n, op) => n + wireOpBytes(op), 0) });
       if (inTxn) {
-        const fenced = [...ops, ...this.fence];
-        await this.target.applyTxn(fenced).catch((err: unknown) => {
-          throw lockLost(err, fenced, this.fence);
-        });
+        await applyFenced(this.target, ops, this.fence);
         this.txns++;
       } else if (!(await putLarge(this.target, write.key, write.value, { release: write.releaseSession, acquire: write.session, cas: write.expectIndex }))) {
         throw new TxnFailedError([{ opIndex: 0, what: `single PUT of ${formatKey(write.key)} lost a race` }]);

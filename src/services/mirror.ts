@@ -6,7 +6,7 @@ import { findRule } from '../mapping/route.js';
 import { formatKey } from '../report/keys.js';
 import { SourceCompactedError } from '../stores/etcd.js';
 import type { ServiceDefinition, SourceEvent, SourceReader, TargetStore, WatchMessage } from '../stores/types.js';
-import { checkIdOf, META_LEASE, META_RULE, instanceIdOf, registrationOf, takenBy } from './registration.js';
+import { checkIdOf, META_LEASE, META_RULE, instanceIdOf, registrationOf, takenBy, type ServiceOwner } from './registration.js';
 import { definitionOf, syncServiceRule } from './sync.js';
 
 type Log = (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
@@ -55,6 +55,25 @@ const CHECK_CONCURRENCY = 8;
  * after a restart re-applies them safely; they are applied before the txn
  * that moves the checkpoint past their revision.
  */
+/**
+ * Who holds the agent's instances, by id in lower case ({@link TargetStore.agentServiceOwners}), read
+ * at most once per revision (a deploy registers hundreds of instances in one); what this mirror
+ * deregisters meanwhile is taken out of it.
+ */
+class Owners {
+  private read: Promise<Map<string, ServiceOwner>> | undefined;
+  constructor(private readonly target: Pick<TargetStore, 'agentServiceOwners'>) {}
+
+  async of(id: string): Promise<ServiceOwner | undefined> {
+    this.read ??= this.target.agentServiceOwners();
+    return (await this.read).get(id.toLowerCase());
+  }
+
+  async forget(id: string): Promise<void> {
+    (await this.read)?.delete(id.toLowerCase());
+  }
+}
+
 export class ServiceMirror {
   private readonly tracked = new Map<string, Tracked>();
   readonly stats: ServiceMirrorStats = { registered: 0, deregistered: 0, instances: 0, critical: 0, problems: 0 };
@@ -133,20 +152,21 @@ export class ServiceMirror {
 
   private async applyNow(message: Extract<WatchMessage, { kind: 'revision' }>): Promise<Extract<WatchMessage, { kind: 'revision' }>> {
     const rest: SourceEvent[] = [];
+    const owners = new Owners(this.deps.target);
     for (const event of message.events) {
       const rule = findRule(this.deps.mapping, event.entry.key);
       if (rule?.action !== 'service') {
         rest.push(event);
         continue;
       }
-      if (event.type === 'delete') await this.remove(rule, event.entry.key, 'its etcd key was deleted');
-      else await this.put(rule, event);
+      if (event.type === 'delete') await this.remove(rule, event.entry.key, 'its etcd key was deleted', owners);
+      else await this.put(rule, event, owners);
     }
     this.count();
     return rest.length === message.events.length ? message : { ...message, events: rest };
   }
 
-  private async put(rule: CompiledRule, event: SourceEvent): Promise<void> {
+  private async put(rule: CompiledRule, event: SourceEvent, owners: Owners): Promise<void> {
     const parsed = registrationOf(rule, event.entry, this.deps.migrationId);
     if (!parsed.ok) {
       this.stats.problems++;
@@ -155,7 +175,7 @@ export class ServiceMirror {
         this.deps.log('warn', `service rule ${rule.name}: ${parsed.key} makes no instance (${parsed.problem}: ${parsed.detail}); any instance it had is deregistered`, { rule: rule.name, key: parsed.key });
       }
       // A stale address must not stay advertised.
-      await this.remove(rule, event.entry.key, 'its value no longer describes an instance');
+      await this.remove(rule, event.entry.key, 'its value no longer describes an instance', owners);
       return;
     }
     const registration = parsed.registration;
@@ -180,7 +200,7 @@ export class ServiceMirror {
     }
     if (!earlier) {
       // A new instance of the rule: never over one the agent has from someone else (another rule or migration, or by hand).
-      const taken = takenBy((await this.deps.target.agentServiceOwners()).get(registration.id.toLowerCase()), this.deps.migrationId, rule.name);
+      const taken = takenBy(await owners.of(lower), this.deps.migrationId, rule.name);
       if (taken) {
         this.stats.problems++;
         if (!this.warned.has(registration.key)) {
@@ -198,7 +218,7 @@ export class ServiceMirror {
     this.tracked.set(registration.id, { rule, definition, lease: registration.lease, key: registration.key, status: earlier?.status ?? 'passing', failures: 0, successes: 0 });
   }
 
-  private async remove(rule: CompiledRule, key: Buffer, why: string): Promise<void> {
+  private async remove(rule: CompiledRule, key: Buffer, why: string, owners: Owners): Promise<void> {
     const id = instanceIdOf(rule, key);
     if (id === undefined) return;
     // Another key makes this instance (a key whose id it duplicates, not registered): its change leaves the instance alone.
@@ -208,19 +228,20 @@ export class ServiceMirror {
     // Not tracked: deregistered only when the agent's instance is the rule's own (a replay after a restart);
     // one someone else registered under that id (by hand, another rule or migration, or in another case) is left alone.
     if (!known) {
-      const owner = (await this.deps.target.agentServiceOwners()).get(id.toLowerCase());
+      const owner = await owners.of(id);
       if (takenBy(owner, this.deps.migrationId, rule.name) || (owner && owner.id !== id)) return;
     }
     // Deregistering an unknown id is a no-op (404), so replays are harmless.
     if ((await this.deps.target.deregisterService(id)) || known) {
+      await owners.forget(id);
       this.stats.deregistered++;
       this.deps.log('info', `service rule ${rule.name}: deregistered ${id}: ${why}`, { rule: rule.name, key: formatKey(key) });
     }
-    if (known) await this.registerShadowed(id);
+    if (known) await this.registerShadowed(id, owners);
   }
 
   /** A key refused for the id of the instance just deregistered makes it now, if it still exists. */
-  private async registerShadowed(id: string): Promise<void> {
+  private async registerShadowed(id: string, owners: Owners): Promise<void> {
     const shadow = this.shadowed.get(id.toLowerCase());
     if (!shadow) return;
     this.shadowed.delete(id.toLowerCase());
@@ -228,7 +249,7 @@ export class ServiceMirror {
       const entry = page.entries[0];
       if (!entry) continue;
       this.deps.log('info', `service rule ${shadow.rule.name}: ${formatKey(shadow.key)}, refused while instance ${id} held its id, makes it now`, { rule: shadow.rule.name, key: formatKey(shadow.key) });
-      await this.put(shadow.rule, { type: 'put', entry });
+      await this.put(shadow.rule, { type: 'put', entry }, owners);
     }
   }
 
