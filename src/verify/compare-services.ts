@@ -78,7 +78,7 @@ export function compareInstances(input: InstanceCompareInput): InstanceCompariso
       found(`${other.id}@${other.node}`, 'extra', 'duplicate', `instance id ${other.id} of service ${other.name} is also registered on node ${other.node}, besides node ${primary!.node}; etcd key ${registration.key} makes one instance`, undefined, other);
     }
     if (!primary) {
-      found(registration.id, 'missing', 'no-instance', `etcd key ${registration.key} makes instance ${registration.id} of service ${registration.name}; the catalog has no instance with this id`, registration, undefined);
+      found(registration.id, 'missing', 'no-instance', `etcd key ${registration.key} makes instance ${registration.id} of service ${registration.name}; the catalog has no instance of that service with this id (an instance someone else registered under the id, by hand or from another rule, is not replaced: \`migrate copy --dry-run\` reports it as id-taken)`, registration, undefined);
       continue;
     }
     const fields = sameInstance(registration, primary) ? [] : differingFields(registration, primary);

@@ -613,6 +613,8 @@ describe('runVerify of service rules (catalog instances)', () => {
     const check = result.differences.find((d) => d.key === 'db-x1')!;
     expect(check.etcd!.hash).toBe(check.consul!.hash);
     expect(result.differences.find((d) => d.key === 'web-w1')!.consul).toBeNull();
+    // The catalog may hold the id under another service (someone else's): the detail does not say it has none.
+    expect(result.differences.find((d) => d.key === 'web-w1')!.detail).toContain('no instance of that service with this id');
     expect(result.rules.find((r) => r.name === 'web')).toMatchObject({ status: 'drift', differences: 4, targetKeys: 3, byKind: { missing: 1, extra: 1, instance: 1, check: 1, 'check-critical': 0, value: 0 } });
     for (const format of ['json', 'text', 'markdown', 'junit'] as const) {
       const out = renderVerify(result, format);
