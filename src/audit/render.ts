@@ -1,6 +1,7 @@
 import { stringify } from 'yaml';
 import type { Format } from '../cli/context.js';
 import { formatCount } from '../report/count.js';
+import { clipKey } from '../report/keys.js';
 import { REPORT_VERSION, renderEnvelope } from '../report/envelope.js';
 import type { AuditResult } from './audit.js';
 import { datacenterLabel, unnamedPrimaryNote, type DatacenterTally } from './datacenters.js';
@@ -89,7 +90,7 @@ function countBySeverity(findings: readonly Finding[]): Record<Severity, number>
 }
 
 function exampleText(e: Finding['examples'][number]): string {
-  const subject = e.key ?? e.prefix ?? (e.lease ? `lease ${e.lease}` : e.revision !== undefined ? `revision ${e.revision}` : e.rule ?? '');
+  const subject = (e.key === undefined ? undefined : clipKey(e.key)) ?? e.prefix ?? (e.lease ? `lease ${e.lease}` : e.revision !== undefined ? `revision ${e.revision}` : e.rule ?? '');
   const extras: string[] = [];
   if (e.key && e.prefix) extras.push(`under ${e.prefix}`);
   if (e.size !== undefined && !e.detail) extras.push(`${formatCount(e.size)} bytes`);
@@ -152,7 +153,7 @@ export function renderText(result: AuditResult): string {
   if (result.prefixes.directKeys > 0) prefixOut.push(`  (${plural(result.prefixes.directKeys, 'keys')} at the top level, outside any prefix)`);
   lines.push(...(prefixOut.length ? prefixOut : ['  (none)']));
   lines.push(`Value sizes: ${histogramLine(result.values.histogram, bytesShort)}`);
-  if (result.values.largest.length) lines.push(`Largest values: ${result.values.largest.slice(0, 5).map((v) => `${v.key} ${formatBytes(v.size)}`).join(', ')}`);
+  if (result.values.largest.length) lines.push(`Largest values: ${result.values.largest.slice(0, 5).map((v) => `${clipKey(v.key)} ${formatBytes(v.size)}`).join(', ')}`);
   lines.push(`Writes per key (version): ${histogramLine(result.churn.versions)}`);
   lines.push(`Revisions since last change: ${histogramLine(result.churn.ages)}`);
   const l = result.leases;
@@ -229,7 +230,7 @@ export function mdText(text: string): string {
 }
 
 function mdExample(e: Finding['examples'][number]): string {
-  const subject = e.key ?? e.prefix;
+  const subject = (e.key === undefined ? undefined : clipKey(e.key)) ?? e.prefix;
   const head = subject !== undefined ? mdCode(subject) : e.lease ? `lease ${e.lease}` : e.revision !== undefined ? `revision ${e.revision}` : e.rule ? mdCode(e.rule) : '';
   const extras: string[] = [];
   if (e.key && e.prefix) extras.push(`under ${mdCode(e.prefix)}`);
@@ -298,7 +299,7 @@ export function renderMarkdown(result: AuditResult): string {
   }
   out.push('## Values, leases and atomic groups', '');
   out.push(`- Value sizes: ${histogramLine(result.values.histogram, bytesShort)}`);
-  if (result.values.largest.length) out.push(`- Largest values: ${result.values.largest.slice(0, 5).map((v) => `${mdCode(v.key)} (${formatBytes(v.size)})`).join(', ')}`);
+  if (result.values.largest.length) out.push(`- Largest values: ${result.values.largest.slice(0, 5).map((v) => `${mdCode(clipKey(v.key))} (${formatBytes(v.size)})`).join(', ')}`);
   out.push(`- Leases: ${formatCount(result.leases.count)}; granted TTL: ${histogramLine(result.leases.ttl, secondsShort)}; ${result.leases.belowSessionMin} under 10 s and ${result.leases.aboveSessionMax} over 24 h (Consul sessions take 10 s–24 h)`);
   out.push(`- Keys per lease: ${histogramLine(result.leases.keysPerLease)}`);
   const g = result.atomicGroups;

@@ -1,7 +1,7 @@
 import type { Format } from '../cli/context.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { isMigrateError } from '../errors.js';
-import { formatKey } from '../report/keys.js';
+import { clipKey, formatKey } from '../report/keys.js';
 import type { CopyResult } from './copy.js';
 
 function sum(record: Partial<Record<string, number>>): number {
@@ -31,14 +31,14 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     for (const [reason, count] of Object.entries(r.skipped)) {
       lines.push(`  ${r.name}: ${count} key(s) ${verb ? 'would be ' : ''}skipped: ${reason}`);
       const examples = r.skippedExamples.filter((ex) => ex.reason === reason);
-      for (const ex of examples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.reason}: ${ex.detail})`);
+      for (const ex of examples.slice(0, 5)) lines.push(`      ${clipKey(ex.key)}  (${ex.reason}: ${ex.detail})`);
       const shown = Math.min(5, examples.length);
       if (count > shown && examples.length > 0) lines.push(`      … and ${count - shown} more (${jsonLists(examples.length, count)})`);
     }
     if (r.extraneous > 0) {
       const removed = r.deleted || r.extraneousHeld ? `; ${r.deleted} ${verb ? 'would be ' : ''}deleted${r.extraneousHeld ? `, ${r.extraneousHeld} kept: held by a session this migration does not own` : ''}` : ' (kept; pass --delete-extraneous to remove them)';
       lines.push(`  ${r.name}: ${r.extraneous} extraneous key(s) under ${r.to} have no etcd key${removed}`);
-      for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${formatKey(key)}`);
+      for (const key of r.extraneousExamples.slice(0, 5)) lines.push(`      ${clipKey(formatKey(key))}`);
       if (r.extraneous > Math.min(5, r.extraneousExamples.length) && r.extraneousExamples.length > 0) lines.push(`      … and ${r.extraneous - Math.min(5, r.extraneousExamples.length)} more (${jsonLists(r.extraneousExamples.length, r.extraneous)})`);
     }
     if (r.resumedBelow) lines.push(`  ${r.name}: ${r.resumedBelow} key(s) below the interrupted copy's low-water mark: done by it, not planned again (not in the row above)`);
@@ -50,7 +50,7 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     lines.push(`  service rule ${r.name} (${r.from}): ${r.sourceKeys} key(s); ${r.registered} instance(s) ${verb ? 'would be ' : ''}registered, ${r.updated} updated, ${r.unchanged} unchanged${r.withoutLease ? `; ${r.withoutLease} without a lease ${verb ? 'would be ' : 'were '}registered without a TTL check` : ''}`);
     for (const [problem, count] of Object.entries(r.problems)) lines.push(`  ${r.name}: ${count} key(s) make no instance: ${problem}`);
     if (r.withdrawn) lines.push(`  ${r.name}: ${r.withdrawn} instance(s) whose key no longer describes one ${verb ? 'would be ' : 'were '}deregistered`);
-    for (const ex of r.problemExamples.slice(0, 5)) lines.push(`      ${ex.key}  (${ex.problem}: ${ex.detail})`);
+    for (const ex of r.problemExamples.slice(0, 5)) lines.push(`      ${clipKey(ex.key)}  (${ex.problem}: ${ex.detail})`);
     if (r.extraneous > 0) {
       lines.push(`  ${r.name}: ${r.extraneous} instance(s) on the agent have no etcd key${r.deregistered ? `; ${r.deregistered} deregistered` : ' (kept; pass --delete-extraneous to deregister them)'}`);
       for (const id of r.extraneousExamples.slice(0, 5)) lines.push(`      ${formatKey(id)}`);
@@ -70,12 +70,12 @@ export function renderCopy(result: CopyResult, format: Format, showOps: boolean)
     lines.push('', result.ops.length > 0 ? 'Operations:' : 'Operations: none');
     for (const op of result.ops) {
       // A value's size even when it is empty (0 B); none for a delete or a check.
-      if (op.op === 'txn') lines.push(`  txn (${op.ops!.length} ops)`, ...op.ops!.map((o) => `    ${o.verb.padEnd(16)} ${o.key}${VALUE_VERBS.has(o.verb) ? `  ${o.bytes} B` : ''}${o.session ? `  session ${o.session}` : ''}`));
-      else if (op.op === 'put') lines.push(`  put              ${op.key}  ${op.bytes} B${op.session ? `  acquire ${op.session}` : ''}${op.release ? `  release ${op.release}` : ''}`);
+      if (op.op === 'txn') lines.push(`  txn (${op.ops!.length} ops)`, ...op.ops!.map((o) => `    ${o.verb.padEnd(16)} ${clipKey(o.key)}${VALUE_VERBS.has(o.verb) ? `  ${o.bytes} B` : ''}${o.session ? `  session ${o.session}` : ''}`));
+      else if (op.op === 'put') lines.push(`  put              ${clipKey(op.key!)}  ${op.bytes} B${op.session ? `  acquire ${op.session}` : ''}${op.release ? `  release ${op.release}` : ''}`);
       else if (op.op === 'create-session') lines.push(`  create-session   ${op.session}  TTL ${op.ttlSeconds}s`);
       else if (op.op === 'register-service') lines.push(`  register-service ${op.service}  (${op.name})${op.ttlSeconds ? `  TTL check ${op.ttlSeconds}s` : ''}`);
       else if (op.op === 'deregister-service' || op.op === 'update-check') lines.push(`  ${op.op.padEnd(16)} ${op.service}`);
-      else lines.push(`  ${op.op.padEnd(16)} ${op.key ?? op.session}`);
+      else lines.push(`  ${op.op.padEnd(16)} ${op.key === undefined ? op.session : clipKey(op.key)}`);
     }
   }
   return `${lines.join('\n')}\n`;

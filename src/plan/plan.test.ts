@@ -161,6 +161,24 @@ describe('runPlan', () => {
     expect(renderPlan(plan, 'text')).toContain('first 5 listed');
   });
 
+  it('shows a key over 256 KiB by its start and length in text and markdown, whole in JSON', async () => {
+    const s = new MemorySource();
+    const long = `/app/${'L'.repeat(300_000)}`;
+    s.put(long, 'x');
+    s.put(`/elsewhere/${'U'.repeat(5_000)}`, 'x');
+    const loaded = parseConfig(yaml('skip'), 'migration.yaml');
+    const plan = await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    expect(plan.unmappable.keys.map((k) => k.reason)).toEqual(['key-too-long']);
+    for (const format of ['text', 'markdown'] as const) {
+      const out = renderPlan(plan, format);
+      expect(out.length).toBeLessThan(20_000);
+      expect(out).toContain('… (300,005 characters, whole in --format json)');
+    }
+    // Unmapped keys are listed in text only.
+    expect(renderPlan(plan, 'text')).toContain('… (5,011 characters, whole in --format json)');
+    expect(renderPlan(plan, 'json')).toContain(long);
+  });
+
   it('a copy rule over a Kubernetes control plane is a blocker, as audit says for the same mapping; kept on etcd, it is none', async () => {
     const s = new MemorySource();
     s.put('/registry/pods/default/api-1', 'k8s\0pod');

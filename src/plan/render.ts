@@ -3,6 +3,7 @@ import { renderEnvelope } from '../report/envelope.js';
 import { datacenterLabel, unnamedPrimaryNote } from '../audit/datacenters.js';
 import { datacenterText, formatBytes, mdCode, mdDatacenterTable, mdText, noInstanceText, plural } from '../audit/render.js';
 import { formatCount } from '../report/count.js';
+import { clipKey } from '../report/keys.js';
 import type { PlanResult } from './plan.js';
 import { SERVICE_UPKEEP, describeCheck, describeService, renderRunbook } from './runbook.js';
 
@@ -76,7 +77,7 @@ export function renderPlanText(result: PlanResult): string {
       const problems = Object.entries(s.problems);
       if (problems.length) {
         lines.push(`    ${noInstanceText(problems.reduce((n, [, c]) => n + (c ?? 0), 0))}: ${problems.map(([p, c]) => `${p} ${formatCount(c ?? 0)}`).join(', ')}`);
-        for (const e of s.examples.slice(0, 5)) lines.push(`      ${e.key}  (${e.detail})`);
+        for (const e of s.examples.slice(0, 5)) lines.push(`      ${clipKey(e.key)}  (${e.detail})`);
       }
     }
     lines.push(`  ${SERVICE_UPKEEP}`);
@@ -84,13 +85,13 @@ export function renderPlanText(result: PlanResult): string {
   if (result.unmappable.total > 0) {
     lines.push('');
     lines.push(`Unmappable keys (${formatCount(result.unmappable.total)}${result.unmappable.keys.length < result.unmappable.total ? `, first ${result.unmappable.keys.length} listed` : ''}):`);
-    for (const k of result.unmappable.keys) lines.push(`  ${k.key}  [${k.rule}] ${k.reason}${k.size !== undefined ? ` (${formatCount(k.size)} bytes)` : ''}: ${k.detail}`);
+    for (const k of result.unmappable.keys) lines.push(`  ${clipKey(k.key)}  [${k.rule}] ${k.reason}${k.size !== undefined ? ` (${formatCount(k.size)} bytes)` : ''}: ${k.detail}`);
   }
   if (result.unmapped && result.unmapped.keys > 0) {
     lines.push('');
     const shown = result.unmapped.examples.slice(0, 20);
     lines.push(`Unmapped keys (${formatCount(result.unmapped.keys)}${shown.length < result.unmapped.keys ? `, first ${shown.length}` : ''}):`);
-    for (const k of shown) lines.push(`  ${k}`);
+    for (const k of shown) lines.push(`  ${clipKey(k)}`);
     if (shown.length < result.unmapped.keys) lines.push(`  … (${formatCount(result.unmapped.keys - shown.length)} more; --format json lists up to ${result.unmapped.examples.length})`);
   }
   lines.push('');
@@ -126,7 +127,7 @@ export function renderPlanMarkdown(result: PlanResult): string {
   if (noInstance.length > 0) {
     out.push(`## Keys that make no catalog instance (${formatCount(t.noInstanceKeys)})`, '');
     out.push('| Key | Rule | Problem |', '|---|---|---|');
-    for (const s of noInstance) for (const e of s.examples) out.push(`| ${mdCode(e.key)} | ${mdCode(s.rule)} | ${e.detail.replace(/\|/g, '\\|')} |`);
+    for (const s of noInstance) for (const e of s.examples) out.push(`| ${mdCode(clipKey(e.key))} | ${mdCode(s.rule)} | ${e.detail.replace(/\|/g, '\\|')} |`);
     const listed = noInstance.reduce((n, s) => n + s.examples.length, 0);
     if (listed < t.noInstanceKeys) out.push(`| … ${formatCount(t.noInstanceKeys - listed)} more | | |`);
     out.push('');
@@ -134,7 +135,7 @@ export function renderPlanMarkdown(result: PlanResult): string {
   if (result.unmappable.total > 0) {
     out.push(`## Unmappable keys (${formatCount(result.unmappable.total)})`, '');
     out.push('| Key | Rule | Reason | Detail |', '|---|---|---|---|');
-    for (const k of result.unmappable.keys) out.push(`| ${mdCode(k.key)} | ${mdCode(k.rule)} | ${k.reason} | ${k.detail.replace(/\|/g, '\\|')} |`);
+    for (const k of result.unmappable.keys) out.push(`| ${mdCode(clipKey(k.key))} | ${mdCode(k.rule)} | ${k.reason} | ${k.detail.replace(/\|/g, '\\|')} |`);
     if (result.unmappable.keys.length < result.unmappable.total) out.push(`| … ${formatCount(result.unmappable.total - result.unmappable.keys.length)} more | | | |`);
     out.push('');
   }

@@ -31,6 +31,26 @@ function escapeText(text: string): string {
   return out.replace(/^ | $/g, '\\x20');
 }
 
+/** Longest key a line of text shows whole, in characters (a key may have 256 KiB). */
+const SHOWN_KEY_MAX = 200;
+
+/**
+ * A key as {@link formatKey} shows it, clipped for a line of text or Markdown:
+ * its start (where its prefix is) and its length. `--format json` keeps keys
+ * whole, for scripts.
+ */
+export function clipKey(shown: string): string {
+  if (shown.length <= SHOWN_KEY_MAX) return shown;
+  let head = '';
+  for (const ch of shown) {
+    if (head.length + ch.length > SHOWN_KEY_MAX - 40) break;
+    head += ch;
+  }
+  // Not inside a \xNN escape.
+  head = head.replace(/\\x?[0-9a-f]?$/, '');
+  return `${head}… (${shown.length.toLocaleString('en-US')} characters, whole in --format json)`;
+}
+
 /**
  * A line of text for a terminal: control characters (but the line breaks and
  * tabs it is laid out with) as `\xNN`, so a value quoted from migration.yaml or

@@ -2,6 +2,7 @@ import type { Format } from '../cli/context.js';
 import { errorDocs, isMigrateError } from '../errors.js';
 import { formatCount } from '../report/count.js';
 import { renderEnvelope } from '../report/envelope.js';
+import { clipKey } from '../report/keys.js';
 import { DIFFERENCE_KINDS, type Difference, type DifferenceKind, type RuleStatus, type ValueDigest } from './compare.js';
 import type { RuleVerify, VerifyCut, VerifyResult } from './verify.js';
 
@@ -197,7 +198,7 @@ function renderText(result: VerifyResult): string {
   if (result.differences.length > 0) {
     const width = Math.min(60, Math.max(...result.differences.map((d) => d.key.length)));
     for (const d of result.differences) {
-      lines.push(`  ${d.rule.padEnd(12)} ${d.kind.padEnd(14)} ${d.key.padEnd(width)}  etcd ${digestText(d.etcd)}  consul ${digestText(d.consul)}  ${d.reason}: ${d.detail}`);
+      lines.push(`  ${d.rule.padEnd(12)} ${d.kind.padEnd(14)} ${clipKey(d.key).padEnd(width)}  etcd ${digestText(d.etcd)}  consul ${digestText(d.consul)}  ${d.reason}: ${d.detail}`);
     }
   }
   for (const w of result.warnings) lines.push(`warning: ${w}`);
@@ -219,7 +220,7 @@ export function xml(text: string): string {
 }
 
 function differenceLine(d: Difference): string {
-  return `${d.kind} ${d.key}${d.datacenter ? ` in datacenter ${d.datacenter}` : ''} (${d.reason}): ${d.detail}; etcd ${digestText(d.etcd)}, consul ${digestText(d.consul)}`;
+  return `${d.kind} ${clipKey(d.key)}${d.datacenter ? ` in datacenter ${d.datacenter}` : ''} (${d.reason}): ${d.detail}; etcd ${digestText(d.etcd)}, consul ${digestText(d.consul)}`;
 }
 
 function renderJunit(result: VerifyResult): string {
@@ -398,7 +399,7 @@ function renderMarkdown(result: VerifyResult): string {
     lines.push('| Rule | Key | Kind | Reason | etcd | Consul |');
     lines.push('|---|---|---|---|---|---|');
     for (const d of result.differences) {
-      lines.push(`| ${mdCode(d.rule)} | ${mdCode(d.key)} | ${d.kind} | ${mdText(d.reason)} | ${digestText(d.etcd)} | ${digestText(d.consul)} |`);
+      lines.push(`| ${mdCode(d.rule)} | ${mdCode(clipKey(d.key))} | ${d.kind} | ${mdText(d.reason)} | ${digestText(d.etcd)} | ${digestText(d.consul)} |`);
     }
     lines.push('');
     lines.push('</details>');
