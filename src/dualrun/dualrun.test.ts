@@ -97,6 +97,31 @@ describe('a copy running when a dual-run starts', () => {
   }, 15_000);
 });
 
+describe('a standby (--ha) waiting for the leader lock', () => {
+  it('says each time Consul answers it, so /healthz stays ready while it waits (it said disconnected 10 s in)', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/k', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    const leader = new LeaderLock(target, '_migrate/demo/leader', 'another-host:4242');
+    await leader.acquire({ wait: false, signal: new AbortController().signal });
+    const stop = new AbortController();
+    const answered = new Set<number>();
+    const standby = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: true, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+      copy: () => Promise.reject(new Error('no copy in this test')),
+      onStats: (s) => {
+        if (s.role === 'standby' && s.consulAnsweredAt !== undefined) answered.add(s.consulAnsweredAt);
+      },
+    });
+    // The standby looks once a second: every answer reaches the published stats, not only the first.
+    await vi.waitFor(() => expect(answered.size).toBeGreaterThanOrEqual(3), { timeout: 8000, interval: 100 });
+    stop.abort();
+    expect(await standby).toMatchObject({ reason: 'signal', leading: false });
+    await leader.release();
+  }, 15_000);
+});
+
 describe('a dual-run started behind etcd', () => {
   it('counts its lag in seconds from when its checkpoint was written, not from its own start', async () => {
     const source = new MemorySource();

@@ -976,8 +976,10 @@ function standbyRetries(log: DualRunOptions['log'], stats: DualRunStats, publish
       log('warn', `standby: Consul did not answer (${(err as Error).message}); still waiting for the lock`);
     },
     onAnswered: () => {
+      // Published at every answer (about once a second): /healthz reads the time of the last one it was given.
       stats.consulAnsweredAt = Date.now();
-      connected(true);
+      stats.connected = true;
+      publish();
     },
   };
 }
