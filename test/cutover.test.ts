@@ -653,6 +653,29 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
   }, 60_000);
 
+  it('finalize --delete-etcd again, for keys an earlier finalize left: a key the application deleted in Consul since goes with --export-etcd, which keeps it on disk', async () => {
+    const s = scenario('finleft');
+    await seed(s);
+    await cutOverApp(s);
+    const fin = await s.cli(['finalize', '--rule', 'app', '--yes']);
+    expect(fin.code, fin.stdout + fin.stderr).toBe(0);
+    // Consul owns the rule: an application deletes a key there; etcd's copy is stale.
+    await target.deleteKey(`${s.id}/app/k3`);
+    const before = await snapshot(s);
+    const refused = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd']);
+    expect(refused.code, refused.stdout + refused.stderr).toBe(4);
+    expect(refused.stdout).toMatch(/FAIL app: consul holds the keys\s+Consul lacks 1 of the 5 etcd key\(s\) left of finalized rule app \(\/co-finleft-[0-9a-f]+\/app\/k3\): deleted there since the cutover .* Pass --export-etcd <file>/);
+    // Not sent to verify, which compares no finalized rule.
+    expect(refused.stdout).not.toContain('migrate verify');
+    expect(await snapshot(s)).toBe(before);
+    const done = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--export-etcd', 'left.json']);
+    expect(done.code, done.stdout + done.stderr).toBe(0);
+    expect(done.stdout).toContain('4 etcd key(s) of rule app that the migration copies are in Consul; 1 deleted in Consul since the cutover go to the export file only');
+    expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toEqual([`${s.root}/app/k8s/pod`]);
+    const exported = JSON.parse(readFileSync(join(s.dir, 'left.json'), 'utf8')) as { key: string; value: string }[];
+    expect(exported.map((k) => Buffer.from(k.key, 'base64').toString())).toContain(`${s.root}/app/k3`);
+  }, 60_000);
+
   it('a dual-run stopped while an application writes a cut-over rule in Consul: its reverse mirror\'s last write, landing as it stops, is no late write for the next run', async () => {
     const s = scenario('mirrorstop');
     await seed(s);

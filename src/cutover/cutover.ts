@@ -630,9 +630,12 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
  * the keys it never copies (unmappable, too large, leased under `leases:
  * skip`) are deleted only with `--export-etcd`, which keeps them on disk.
  * Consul emptied by hand or by an application, and a late write to etcd
- * after the cutover, fail it.
+ * after the cutover, fail it. Once the rule is finalized (a re-run for the
+ * keys an earlier one left), Consul has owned the data since: a key it lacks
+ * is one an application deleted there (or a late write), and etcd's is a
+ * stale copy, deleted with `--export-etcd` (which keeps it on disk).
  */
-async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: boolean): Promise<PreconditionCheck> {
+async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: boolean, finalized: boolean): Promise<PreconditionCheck> {
   const { mapping } = deps;
   const listed = new ListedKeys(await deps.target.listKeys(rule.to));
   let keys = 0;
@@ -647,13 +650,18 @@ async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: 
     }
   }
   const examples = (list: Buffer[]) => `${list.slice(0, 3).map(formatKey).join(', ')}${list.length > 3 ? ', …' : ''}`;
-  if (missing.length > 0) {
+  if (missing.length > 0 && finalized && !exported) {
+    return { name: 'consul holds the keys', ok: false, detail: `Consul lacks ${missing.length} of the ${keys} etcd key(s) left of finalized rule ${rule.name} (${examples(missing)}): deleted there since the cutover (by an application, or late writes to etcd; \`migrate status\` shows trips). Pass --export-etcd <file> to keep etcd's copies on disk before they are deleted; nothing was deleted` };
+  }
+  if (missing.length > 0 && !finalized) {
     return { name: 'consul holds the keys', ok: false, detail: `Consul lacks ${missing.length} of the ${keys} etcd key(s) of rule ${rule.name} (${examples(missing)}): deleted from etcd, they would have no copy left. Run \`migrate verify\` to see why (a late write to etcd, keys deleted in Consul); nothing was deleted` };
   }
   if (neverCopied > 0 && !exported) {
     return { name: 'consul holds the keys', ok: false, detail: `${neverCopied} of the ${keys} etcd key(s) of rule ${rule.name} were never copied to Consul (unmappable, too large, or leased under leases: skip): pass --export-etcd <file> to keep them on disk before they are deleted` };
   }
-  return { name: 'consul holds the keys', ok: true, detail: `all ${keys - neverCopied} etcd key(s) of rule ${rule.name} that the migration copies are in Consul${neverCopied > 0 ? `; ${neverCopied} never copied go to the export file only` : ''}` };
+  const held = keys - neverCopied - missing.length;
+  const onDiskOnly = [...(neverCopied > 0 ? [`${neverCopied} never copied`] : []), ...(missing.length > 0 ? [`${missing.length} deleted in Consul since the cutover`] : [])];
+  return { name: 'consul holds the keys', ok: true, detail: `${missing.length > 0 ? '' : 'all '}${held} etcd key(s) of rule ${rule.name} that the migration copies are in Consul${onDiskOnly.length > 0 ? `; ${onDiskOnly.join(' and ')} go to the export file only` : ''}` };
 }
 
 /**
@@ -759,7 +767,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   if (options.deleteEtcd) {
     await checkEtcdWrites(deps, outcomes, '--delete-etcd deletes the rule\'s keys there');
     for (const outcome of outcomes.filter((o) => o.ok)) {
-      const check = await consulHoldsRule(deps, ruleNamed(mapping, outcome.rule), Boolean(etcdOut));
+      const check = await consulHoldsRule(deps, ruleNamed(mapping, outcome.rule), Boolean(etcdOut), outcome.from === 'finalized');
       outcome.checks.push(check);
       outcome.ok = check.ok;
     }
