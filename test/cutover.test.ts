@@ -230,8 +230,13 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     const keep = await s.cli(['cutover', '--rule', 'k8s', '--yes', '--format', 'json']);
     expect(keep.code).toBe(4);
     // Refused as every other refusal is in JSON: with an error naming the failed checks.
-    expect(JSON.parse(keep.stdout)).toMatchObject({ status: 'refused', error: { code: 'preconditions_failed', failed: ['dual-run', 'caught up', 'k8s: rule'], docs: 'README.md#error-preconditions_failed' } });
-    expect((await s.cli(['cutover', '--rule', 'k8s', '--yes'])).stdout).toMatch(/FAIL k8s: rule\s+a keep rule: its keys stay on etcd and are never cut over/);
+    expect(JSON.parse(keep.stdout)).toMatchObject({ status: 'refused', error: { code: 'preconditions_failed', failed: ['dual-run', 'caught up', 'k8s: action'], docs: 'README.md#error-preconditions_failed' } });
+    expect((await s.cli(['cutover', '--rule', 'k8s', '--yes'])).stdout).toMatch(/FAIL k8s: action\s+rule k8s is a keep rule: its keys stay on etcd; there is nothing to cut over, roll back or finalize/);
+    for (const command of ['rollback', 'finalize']) {
+      const refused = await s.cli([command, '--rule', 'k8s', '--yes']);
+      expect(refused.code).toBe(4);
+      expect(refused.stdout).toContain('rule k8s is a keep rule');
+    }
     expect(await snapshot(s)).toBe(before);
 
     const dr = await dualRun(s);

@@ -35,6 +35,25 @@ describe('CLI contract (in-process)', () => {
     }
   });
 
+  it('cutover, rollback and finalize of a rule migration.yaml does not have say so before asking for --yes off a terminal (the servers are not asked)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migrate-rule-'));
+    writeFileSync(join(dir, 'migration.yaml'), 'version: 1\nid: r\nrules:\n  - { name: app, from: /app/, to: app/ }\n');
+    // Addresses nothing listens on: a command that reached a server would fail with exit 3.
+    const env = { MIGRATE_CONFIG: join(dir, 'migration.yaml'), ETCDCTL_ENDPOINTS: 'http://127.0.0.1:1', CONSUL_HTTP_ADDR: 'http://127.0.0.1:1' };
+    for (const args of [['cutover', '--rule', 'nope'], ['rollback', '--rule', 'app', '--rule', 'nope'], ['finalize', '--rule', 'nope', '--delete-etcd']]) {
+      const t = io(env);
+      expect(await main(args, t)).toBe(2);
+      expect(t.err).toContain('error[rule_unknown]: --rule nope names no rule of migration.yaml.');
+      expect(t.err).toContain('Use one of: app.');
+    }
+    // A rule it has: then --yes is asked for, still before any server.
+    for (const args of [['cutover', '--rule', 'app'], ['finalize', '--rule', 'app', '--delete-etcd']]) {
+      const t = io(env);
+      expect(await main(args, t)).toBe(2);
+      expect(t.err).toContain('error[confirmation_required]');
+    }
+  });
+
   it('--help groups commands and lists the exit codes', async () => {
     const t = io();
     expect(await main(['--help'], t)).toBe(0);

@@ -168,6 +168,9 @@ export interface CutoverResult {
   abandoned?: true;
 }
 
+/** Keep rules stay on etcd for good. */
+const KEEP_NOT_CUT = (name: string) => `rule ${name} is a keep rule: its keys stay on etcd; there is nothing to cut over, roll back or finalize`;
+
 /** Service rules have no owner to flip: the registering agents move to Consul themselves. */
 const SERVICE_NOT_CUT = (name: string) => `rule ${name} is a service rule: its registrations follow etcd into the catalog while the dual-run runs; there is nothing to cut over, roll back or finalize. Switch the agents that register (for example Registrator's consul:// backend), then remove the rule`;
 
@@ -179,7 +182,8 @@ function ruleNamed(mapping: Mapping, name: string): CompiledRule {
   return rule;
 }
 
-function checkRuleNames(mapping: Mapping, names: string[]): void {
+/** Every rule named is one of migration.yaml's (of any kind: a keep or service rule is refused with its reason later). */
+export function checkRuleNames(mapping: Mapping, names: string[]): void {
   if (names.length === 0) throw new UsageError('rule_missing', 'Name at least one rule with --rule <name>.', { hint: `Rules: ${mapping.copyRules.map((r) => r.name).join(', ')}.` });
   for (const name of names) ruleNamed(mapping, name);
 }
@@ -395,7 +399,7 @@ export async function runCutover(deps: CutoverDeps, options: CutoverOptions): Pr
   const mirroredElsewhere = await cutOverByOtherMigrations(target, config, options.onWarning);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
-    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: its keys stay on etcd and are never cut over` }] };
+    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'cutover', ok: false, checks: [{ name: 'action', ok: false, detail: KEEP_NOT_CUT(name) }] };
     if (rule.action === 'service') return { rule: name, from: 'service', to: 'cutover', ok: false, checks: [{ name: 'action', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [{ name: 'rule', ok: true, detail: `copy rule ${rule.from} → ${rule.to}` }];
@@ -576,8 +580,8 @@ export async function runRollback(deps: CutoverDeps, options: RollbackOptions): 
     const rule = ruleNamed(mapping, name);
     const from = rule.action === 'keep' || rule.action === 'service' ? rule.action : phaseOf(state, name, now);
     const checks: PreconditionCheck[] = [];
-    if (from === 'service') {
-      checks.push({ name: 'action', ok: false, detail: SERVICE_NOT_CUT(name) });
+    if (from === 'service' || from === 'keep') {
+      checks.push({ name: 'action', ok: false, detail: from === 'keep' ? KEEP_NOT_CUT(name) : SERVICE_NOT_CUT(name) });
     } else if (from !== 'cutover') {
       checks.push({ name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is finalized: it can no longer be rolled back` : `rule ${name} is in phase ${from}, not cut over: nothing to roll back` });
     } else {
@@ -746,7 +750,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
   const elsewhere = await otherDatacenterChecks(options);
   const outcomes: RuleOutcome[] = options.rules.map((name) => {
     const rule = ruleNamed(mapping, name);
-    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'rule', ok: false, detail: `a keep rule: finalize never touches it` }] };
+    if (rule.action === 'keep') return { rule: name, from: 'keep', to: 'finalized', ok: false, checks: [{ name: 'action', ok: false, detail: KEEP_NOT_CUT(name) }] };
     if (rule.action === 'service') return { rule: name, from: 'service', to: 'finalized', ok: false, checks: [{ name: 'action', ok: false, detail: SERVICE_NOT_CUT(name) }] };
     const from = phaseOf(state, name, now);
     // Finalized by a run whose delete was held back (or left keys): --delete-etcd again deletes what is left.

@@ -31,7 +31,7 @@ export function registerAudit({ add }: CommandRegistrar): void {
       .option('--force', 'with --suggest-mapping: overwrite an existing file')
       .addHelpText('after', `
 Without a mapping file the keys are judged under the identity mapping (names kept, one leading "/" stripped), and the
-audit exits 1 only for what blocks every mapping (values over the size limit). With one, findings are judged per rule
+audit exits 1 only for what blocks every mapping (values over the size limit, keys over 256 KiB). With one, findings are judged per rule
 and every blocker exits 1.
 
 Examples:

@@ -10,13 +10,15 @@ import { confirmationPrompt } from '../prompt.js';
 import { TOOL_VERSION } from '../version.js';
 import { parseDuration } from './audit-flags.js';
 
-/** Flags `cutover`, `rollback` and `finalize` share. */
+/** Flags `cutover`, `rollback` and `finalize` share (the last two, finalize's own). */
 export interface TransitionFlags {
   rule: string[];
   yes?: boolean;
   acknowledgeTrips?: boolean;
   catchUpTimeout?: string;
   drain?: string;
+  deleteEtcd?: boolean;
+  exportEtcd?: string;
 }
 
 /** `--drain` of cutover and rollback: how long applications' writes stay paused before the flip. */
@@ -28,13 +30,16 @@ export function drainMs(options: TransitionFlags): number {
 
 /**
  * DESIGN §4: off a terminal these commands need `--yes` (exit 2 naming it),
- * checked before anything is read; on a terminal the user types the rule
+ * checked once the rules named are known to be migration.yaml's (a command
+ * line wrong whatever the answer says so first, not "pass --yes"), before
+ * either server is asked anything; on a terminal the user types the rule
  * names once every precondition has passed.
  */
-export function requireConfirmation(ctx: CommandContext, command: string, options: TransitionFlags): ((rules: string[], checks: PreconditionCheck[]) => Promise<boolean>) | undefined {
-  // A command line that names no rule is wrong whatever the answer: said first, not "pass --yes".
-  if (options.rule.length === 0) throw new UsageError('rule_missing', 'Name at least one rule with --rule <name>.', { hint: '`migrate status` lists the rules and their phases.' });
+function requireConfirmation(ctx: CommandContext, command: string, options: TransitionFlags): ((rules: string[], checks: PreconditionCheck[]) => Promise<boolean>) | undefined {
   if (options.yes) return undefined;
+  if (command === 'finalize' && options.deleteEtcd && !options.exportEtcd) {
+    throw new UsageError('confirmation_required', 'finalize --delete-etcd without --export-etcd deletes etcd keys with no copy on disk.', { hint: 'Pass --export-etcd <file> as well, or --yes to confirm.' });
+  }
   const what = command === 'finalize' ? 'stops mirroring the rules for good' : 'changes which store applications write to';
   const ask = confirmationPrompt(ctx, `migrate ${command} ${what}`, 'Pass --yes to confirm (check `migrate status` first).');
   return (rules, checks) => {
@@ -104,7 +109,12 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   const { operator } = await import('../../cutover/state-io.js');
   const { ruleArgument } = await import('../../mapping/datacenters.js');
   const { sleep } = await import('../../stores/consul-http.js');
+  const { checkRuleNames } = await import('../../cutover/cutover.js');
+  // A command line that names no rule is wrong whatever migration.yaml says: said first.
+  if (options.rule.length === 0) throw new UsageError('rule_missing', 'Name at least one rule with --rule <name>.', { hint: '`migrate status` lists the rules and their phases.' });
   const loaded = await ctx.loadConfig(options.config, true);
+  checkRuleNames(loaded.mapping, options.rule);
+  const confirm = requireConfirmation(ctx, command, options);
   const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
   const stores = openStores(connections, loaded.config);
   try {
@@ -139,7 +149,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
     };
     /** A rule as the printed next commands take it: with --datacenter when it is copied to several. */
     const ruleArg = (rule: string) => ruleArgument(loaded.config, rule, lane.datacenter);
-    return { loaded, stores, writer, verify, common, ruleArg, deps: { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, writer } };
+    return { loaded, stores, writer, verify, common, ruleArg, ...(confirm ? { confirm } : {}), deps: { source: stores.source, target: lane.target, config: lane.config, mapping: lane.mapping, writer } };
   } catch (err) {
     stores.close();
     throw err;

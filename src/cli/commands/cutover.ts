@@ -4,7 +4,7 @@ import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { collect, parseDuration } from './audit-flags.js';
-import { DRAIN_OPTION, drainMs, openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
+import { DRAIN_OPTION, drainMs, openForTransition, type TransitionFlags } from './cutover-shared.js';
 
 interface CutoverFlags extends TransitionFlags {
   maxVerifyAge?: string;
@@ -35,7 +35,6 @@ Examples:
 `),
     ['text', 'json'],
     async (ctx, options: CutoverFlags & GlobalOptions) => {
-      const confirm = requireConfirmation(ctx, 'cutover', options);
       const maxVerifyAgeMs = parseDuration('--max-verify-age', options.maxVerifyAge) ?? 15 * 60_000;
       const { runCutover } = await import('../../cutover/cutover.js');
       const { renderCutover } = await import('../../cutover/render.js');
@@ -50,7 +49,7 @@ Examples:
           ...(options.verifyNow ? { verifyNow: () => open.verify() } : {}),
           ...(options.rollbackFile ? { rollbackFile: resolve(ctx.io.cwd, options.rollbackFile) } : {}),
           ...(options.snapshot ? { snapshotFile: resolve(ctx.io.cwd, options.snapshot) } : {}),
-          ...(confirm ? { confirm } : {}),
+          ...(open.confirm ? { confirm: open.confirm } : {}),
         });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
         // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).

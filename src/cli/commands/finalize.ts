@@ -1,15 +1,10 @@
 import { resolve } from 'node:path';
 import { Command } from 'commander';
-import { ExitCode, UsageError } from '../../errors.js';
+import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { collect } from './audit-flags.js';
-import { openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
-
-interface FinalizeFlags extends TransitionFlags {
-  exportEtcd?: string;
-  deleteEtcd?: boolean;
-}
+import { openForTransition, type TransitionFlags } from './cutover-shared.js';
 
 export function registerFinalize({ add }: CommandRegistrar): void {
   add(
@@ -23,11 +18,7 @@ export function registerFinalize({ add }: CommandRegistrar): void {
       .option('-y, --yes', 'confirm without a prompt (required off a terminal)')
       .addHelpText('after', '\nExit codes: 0 finalized, 2 usage (or no --yes off a terminal), 3 a server failed, 4 a precondition failed (nothing changed).\n\nExamples:\n  migrate finalize --rule app --yes\n  migrate finalize --rule app --export-etcd app-etcd.json --delete-etcd --yes\n  migrate finalize --rule app --delete-etcd --yes    # again, on a finalized rule: deletes the etcd keys left\n'),
     ['text', 'json'],
-    async (ctx, options: FinalizeFlags & GlobalOptions) => {
-      const confirm = requireConfirmation(ctx, 'finalize', options);
-      if (options.deleteEtcd && !options.exportEtcd && !options.yes) {
-        throw new UsageError('confirmation_required', 'finalize --delete-etcd without --export-etcd deletes etcd keys with no copy on disk.', { hint: 'Pass --export-etcd <file> as well, or --yes to confirm.' });
-      }
+    async (ctx, options: TransitionFlags & GlobalOptions) => {
       const { runFinalize } = await import('../../cutover/cutover.js');
       const { renderCutover } = await import('../../cutover/render.js');
       const open = await openForTransition(ctx, options, 'finalize');
@@ -37,7 +28,7 @@ export function registerFinalize({ add }: CommandRegistrar): void {
           deleteEtcd: Boolean(options.deleteEtcd),
           onWarning: (message: string) => ctx.warn(message),
           ...(options.exportEtcd ? { exportEtcd: resolve(ctx.io.cwd, options.exportEtcd) } : {}),
-          ...(confirm ? { confirm } : {}),
+          ...(open.confirm ? { confirm: open.confirm } : {}),
         });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
         // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).

@@ -3,7 +3,7 @@ import { ExitCode } from '../../errors.js';
 import type { GlobalOptions } from '../context.js';
 import type { CommandRegistrar } from '../main.js';
 import { collect } from './audit-flags.js';
-import { DRAIN_OPTION, drainMs, openForTransition, requireConfirmation, type TransitionFlags } from './cutover-shared.js';
+import { DRAIN_OPTION, drainMs, openForTransition, type TransitionFlags } from './cutover-shared.js';
 
 export function registerRollback({ add }: CommandRegistrar): void {
   add(
@@ -17,12 +17,11 @@ export function registerRollback({ add }: CommandRegistrar): void {
       .addHelpText('after', '\nExit codes: 0 rolled back, 2 usage (or no --yes off a terminal), 3 a server failed, 4 a precondition failed (nothing changed).\n\nExample:\n  migrate rollback --rule app --yes\n'),
     ['text', 'json'],
     async (ctx, options: TransitionFlags & GlobalOptions) => {
-      const confirm = requireConfirmation(ctx, 'rollback', options);
       const { runRollback } = await import('../../cutover/cutover.js');
       const { renderCutover } = await import('../../cutover/render.js');
       const open = await openForTransition(ctx, options, 'rollback');
       try {
-        const result = await runRollback(open.deps, { ...open.common, drainMs: drainMs(options), verifyRule: (rule) => open.verify(rule), ...(confirm ? { confirm } : {}) });
+        const result = await runRollback(open.deps, { ...open.common, drainMs: drainMs(options), verifyRule: (rule) => open.verify(rule), ...(open.confirm ? { confirm: open.confirm } : {}) });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
         // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).
         ctx.whole = true;
