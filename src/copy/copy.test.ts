@@ -86,6 +86,28 @@ describe('copy when etcd compacts the pinned revision while it is read', () => {
     expect(Date.now() - began).toBeGreaterThanOrEqual(2000);
   });
 
+  it('--rate sends txns of about one second\'s worth of writes, so the first lands within a second (a full txn waited for 128 tokens)', async () => {
+    const source = new MemorySource();
+    for (let i = 0; i < 40; i++) source.put(`/app/r${String(i).padStart(2, '0')}`, 'v');
+    const target = new MemoryTarget({}, { txnMaxOps: 64 });
+    const sizes: number[] = [];
+    let firstAt: number | undefined;
+    const apply = target.applyTxn.bind(target);
+    target.applyTxn = (ops, signal) => {
+      if (ops.some((op) => op.key.startsWith('app/'))) {
+        sizes.push(ops.filter((op) => op.key.startsWith('app/')).length);
+        firstAt ??= Date.now();
+      }
+      return apply(ops, signal);
+    };
+    const began = Date.now();
+    const result = await runCopy(deps(source, target), options({ rate: 20, pageKeys: 100 }));
+    expect(result.rules[0]).toMatchObject({ created: 40 });
+    expect(sizes.every((n) => n <= 20)).toBe(true);
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(40);
+    expect(firstAt! - began).toBeLessThan(1500);
+  });
+
   it('copies again at the current revision: parity with etcd there, its own keys etcd deleted meanwhile removed, keys it did not write kept', async () => {
     const { source, target } = world();
     const pinned = (await source.status()).revision;

@@ -752,7 +752,10 @@ class CopyEngine {
     // (rules run one after the other) of at most LOW_WATER_KEY_MAX bytes, base64 twice over; and for the lock's check.
     this.reservedBytes = Math.ceil((4 / 3) * (512 + Object.keys(state.rules).reduce((n, name) => n + name.length + 48, 0) + (4 / 3) * LOW_WATER_KEY_MAX)) + fence.reduce((n, op) => n + wireOpBytes(op), 0);
     this.reservedOps = 1 + fence.length;
-    this.batcher = new TxnBatcher(limits, { reservedOps: this.reservedOps, reservedBytes: this.reservedBytes });
+    // Under --rate a txn holds about one second's worth of writes (a write is up to 3 ops): a full txn at --rate 20
+    // waited 6 s for its tokens, nothing written and no progress meanwhile.
+    const txnMaxOps = options.rate > 0 ? Math.min(limits.txnMaxOps, this.reservedOps + Math.max(3, Math.ceil(options.rate))) : limits.txnMaxOps;
+    this.batcher = new TxnBatcher({ ...limits, txnMaxOps }, { reservedOps: this.reservedOps, reservedBytes: this.reservedBytes });
     this.tokens = options.rate;
   }
 
