@@ -128,3 +128,37 @@ describe('Consul limits set by the operator', () => {
     expect(JSON.parse(verify.stdout).totals).toMatchObject({ compared: 202, differences: 0 });
   });
 });
+
+/** A server whose operator raised `session_ttl_min` over the 10 s of the tool's sessions (its locks). */
+describe('Consul with session_ttl_min over 10 s', () => {
+  const etcd = rawEtcd();
+  const from = `/${uniquePrefix('ttlmin')}`;
+  let consul: ConsulServer;
+
+  beforeAll(async () => {
+    consul = await startConsul({ version: servers().consulVersion, extraHcl: 'session_ttl_min = "30s"' });
+    await etcd.put(`${from}a`).value('a');
+  });
+
+  afterAll(async () => {
+    await consul?.stop();
+  });
+
+  it('copy and dualrun stop with consul_session_ttl_refused, naming the setting (it said the session expired: run again); nothing is written', async () => {
+    const dir = configDir(`version: 1\nid: ttlmin\nrules:\n  - { name: a, from: "${from}", to: ttlmin/ }\n`);
+    const env = { ETCDCTL_ENDPOINTS: servers().etcdEndpoint, CONSUL_HTTP_ADDR: consul.address };
+    for (const args of [['copy'], ['dualrun', '--baseline']]) {
+      const run = await runCli([...args, '--progress', 'none'], { cwd: dir, env });
+      expect(run.code, run.stderr).toBe(3);
+      expect(run.stderr).toContain('error[consul_session_ttl_refused]: Consul refused the TTL of a session');
+      expect(run.stderr).toContain('Set session_ttl_min to 10s or less on the Consul servers');
+      expect(run.stderr).not.toContain('consul_session_invalid');
+    }
+    const target = new ConsulTarget({ address: consul.address });
+    try {
+      expect(await target.listKeys('ttlmin/')).toEqual([]);
+    } finally {
+      target.close();
+    }
+  });
+});

@@ -297,6 +297,10 @@ export function consulErrorFor(address: string, method: string, path: string, st
   if (status === 413) {
     return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${shown}`, text, TOO_LARGE_HINT);
   }
+  // A server whose session_ttl_min is above the 10 s the tool's sessions have (its locks, leases raised to it): no run can take a lock.
+  if (/Invalid Session TTL/i.test(text)) {
+    return new ConsulResponseError('consul_session_ttl_refused', status, `Consul refused the TTL of a session (${where}): ${shown}. The tool's sessions (its copy and leader locks, and etcd leases under 10 s raised to 10 s) have a 10 s TTL; the servers' session_ttl_min is higher.`, text, 'Set session_ttl_min to 10s or less on the Consul servers (its default is 10s) and restart them, then run `migrate doctor`.');
+  }
   if (/invalid session|Session id '.*' not found|missing session/i.test(text)) {
     return new ConsulSessionError('consul_session_invalid', status, `Consul does not know the session used by ${where}: ${shown}.`, text, 'The session expired or was destroyed; the tool re-creates sessions for live etcd leases on the next run.');
   }
