@@ -93,12 +93,12 @@ describe('copy when etcd compacts the pinned revision while it is read', () => {
     const sizes: number[] = [];
     let firstAt: number | undefined;
     const apply = target.applyTxn.bind(target);
-    target.applyTxn = (ops, signal) => {
+    target.applyTxn = (ops: readonly TxnOp[]) => {
       if (ops.some((op) => op.key.startsWith('app/'))) {
         sizes.push(ops.filter((op) => op.key.startsWith('app/')).length);
         firstAt ??= Date.now();
       }
-      return apply(ops, signal);
+      return apply(ops);
     };
     const began = Date.now();
     const result = await runCopy(deps(source, target), options({ rate: 20, pageKeys: 100 }));

@@ -322,6 +322,7 @@ export class EtcdSource implements SourceReader {
         this.channel.reconnect();
         if (client) this.retireClient(client);
       },
+      answers: () => this.channel.unary(STATUS, undefined).then(() => true, () => false),
     });
   }
 
@@ -455,6 +456,13 @@ interface WatchStream {
  * connections first; not one that went silent before etcd confirmed the watch.
  */
 const WATCH_SILENT_MS = 30_000;
+/**
+ * How long a confirmed watch may stay silent while etcd answers other requests:
+ * a revision of many keys (a delete of a large prefix), whose previous values
+ * etcd reads one by one, took 30 s for 20,000 keys, and a watch opened again
+ * after 30 s made etcd start that work over, for good (replication stalled).
+ */
+const WATCH_BUSY_MAX_MS = 10 * 60_000;
 /** A gap this long between two progress requests means this process did not run meanwhile (stopped, a paused VM): etcd's silence counts from then. */
 const WATCH_PAUSED_MS = 5_000;
 
@@ -462,6 +470,8 @@ const WATCH_PAUSED_MS = 5_000;
 interface WatchLiveness {
   progress: { answered: boolean };
   dead: () => void;
+  /** Whether etcd answers a request now (its status): a silent watch then waits on a busy etcd, not a dead connection. */
+  answers: () => Promise<boolean>;
 }
 
 /**
@@ -498,6 +508,9 @@ export class EtcdWatch implements SourceWatch {
   /** When etcd last sent anything on this watch, and when progress was last asked of it. */
   private heardAt = Date.now();
   private askedAt = Date.now();
+  /** When etcd last sent anything on this watch ({@link heardAt} also counts etcd answering a probe meanwhile). */
+  private sentAt = Date.now();
+  private probing = false;
 
   constructor(private readonly stream: WatchStream, range: KeyRange, private readonly fromRevision: number, toError: (err: unknown) => Error, private readonly liveness: WatchLiveness) {
     stream.on('data', (response) => this.onData(response));
@@ -517,6 +530,7 @@ export class EtcdWatch implements SourceWatch {
 
   private onData(response: IWatchResponse): void {
     this.heardAt = Date.now();
+    this.sentAt = this.heardAt;
     if (response.canceled) {
       const compact = Number(response.compact_revision ?? 0);
       this.finish(compact > 0 ? new SourceCompactedError(compact, this.fromRevision) : new ServerError('etcd_watch_canceled', `etcd canceled the watch: ${response.cancel_reason || 'no reason given'}.`));
@@ -584,21 +598,46 @@ export class EtcdWatch implements SourceWatch {
    * {@link WATCH_SILENT_MS} meanwhile (not held back by a full queue) ends with
    * `etcd_unreachable`, and the source's next call opens a new connection: if
    * etcd never confirmed the watch, or if it answers progress requests (an
-   * older etcd that does not stays silent on an idle range).
+   * older etcd that does not stays silent on an idle range). A confirmed watch
+   * goes on while etcd answers a status request (up to {@link WATCH_BUSY_MAX_MS}).
    */
   requestProgress(): void {
     if (this.ended) return;
     const now = Date.now();
     // Not asked for a while: this process did not run (SIGSTOP, a paused VM), and etcd had no request to answer.
-    if (now - this.askedAt > WATCH_PAUSED_MS) this.heardAt = now;
-    this.askedAt = now;
-    const silentMs = now - this.heardAt;
-    if (!this.paused && silentMs > WATCH_SILENT_MS && (!this.created || this.liveness.progress.answered)) {
-      this.liveness.dead();
-      this.finish(new ServerError('etcd_unreachable', `etcd's watch answered nothing for ${Math.round(silentMs / 1000)} s though progress was asked every second: its connection is taken for dead (a partition, or a connection dropped on the way without a reset), and the watch is opened again on a new one.`));
-      return;
+    if (now - this.askedAt > WATCH_PAUSED_MS) {
+      this.heardAt = now;
+      this.sentAt = now;
     }
+    this.askedAt = now;
+    if (this.takenForDead(now)) return;
     this.stream.write({ progress_request: {} });
+  }
+
+  /** Whether the watch's silence ends it now (see {@link requestProgress}); a probe of etcd may end it later. */
+  private takenForDead(now: number): boolean {
+    if (this.paused || this.probing || (this.created && !this.liveness.progress.answered)) return false;
+    const sentMs = now - this.sentAt;
+    if (this.created && sentMs > WATCH_BUSY_MAX_MS) return this.dead(sentMs, ' (etcd answered other requests all along)');
+    const silentMs = now - this.heardAt;
+    if (silentMs <= WATCH_SILENT_MS) return false;
+    if (!this.created) return this.dead(silentMs, '');
+    // A confirmed watch: etcd answering a request says it is busy on this watch (a large revision), not gone.
+    this.probing = true;
+    void this.liveness.answers().then((answers) => {
+      this.probing = false;
+      if (answers) this.heardAt = Date.now();
+      else this.dead(Date.now() - this.sentAt, ' nor a status request');
+    });
+    return false;
+  }
+
+  private dead(silentMs: number, why: string): true {
+    if (!this.ended) {
+      this.liveness.dead();
+      this.finish(new ServerError('etcd_unreachable', `etcd's watch answered nothing for ${Math.round(silentMs / 1000)} s though progress was asked every second${why}: its connection is taken for dead (a partition, or a connection dropped on the way without a reset), and the watch is opened again on a new one.`));
+    }
+    return true;
   }
 
   latestRevision(): number {
