@@ -757,7 +757,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     stallWarned = true;
     stats.errors.stalled = (stats.errors.stalled ?? 0) + 1;
     ctx.publish();
-    options.log('warn', `no checkpoint written for ${Math.round(since / 1000)} s: etcd or Consul does not answer (a frozen server holds requests open until they time out); /healthz says stalled`, { checkpoint: stats.checkpoint, seconds: Math.round(since / 1000) });
+    options.log('warn', `no checkpoint written for ${Math.round(since / 1000)} s: etcd or Consul does not answer (a frozen server holds requests open until they time out), or etcd is still reading a revision of many keys for the watch (a delete of a large prefix: minutes on etcd 3.4); /healthz says stalled`, { checkpoint: stats.checkpoint, seconds: Math.round(since / 1000) });
   }, 1000);
   stallTimer.unref();
   const heartbeatTimer = heartbeat ? startHeartbeat(heartbeat, ctx, options, () => watch) : undefined;
