@@ -20,7 +20,8 @@ import { findRule } from '../mapping/route.js';
 import type { BlockingReader } from '../stores/consul-blocking.js';
 import { PollingReader } from '../stores/consul-blocking.js';
 import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
-import { OwnWrites, Ownership, ReverseMirror } from './reverse-mirror.js';
+import { Ownership, ReverseMirror } from './reverse-mirror.js';
+import { OwnWrites } from './own-writes.js';
 import { TRIP_KEYS_KEPT } from '../cutover/phase.js';
 import { planRevision, routeForReplication, type RevisionPlan } from './plan-revision.js';
 import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbeat.js';
@@ -570,9 +571,14 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   const ownership = new Ownership();
   const owners = await readOwners(target, paths, options.log);
   ownership.set(owners.doc, owners.index);
-  const own = new OwnWrites();
-  // The reverse mirrors' last writes of the run that stopped here, which its checkpoint did not pass.
+  const own = new OwnWrites({
+    target, folder: paths.ownWrites, checkpoint: () => stats.checkpoint,
+    fence: () => ({ verb: 'check-session', key: paths.leader, session: ctx.leader.session ?? '' }),
+  });
+  // The reverse mirrors' last writes of the run that stopped here, which its checkpoint did not pass; and those a
+  // run killed announced (it recorded none of the writes it made past its last checkpoint).
   own.adopt(checkpointDoc.mirrored ?? []);
+  await own.adoptJournal((await source.status()).revision);
   if (options.heartbeatKey && !ctx.writer) throw new Error('internal: --heartbeat-key needs an etcd writer');
   const heartbeat = options.heartbeatKey && ctx.writer ? new LagHeartbeat(options.heartbeatKey, ctx.writer) : undefined;
   const services = new ServiceMirror({ source, target, mapping: ctx.mapping, migrationId: ctx.config.id, log: options.log });
@@ -1150,7 +1156,7 @@ class Applier {
         forward.push(event);
         continue;
       }
-      if (await this.own.isOwn(message.revision)) continue;
+      if ((await this.own.isOwn(message.revision)) || this.own.announcedEarlier(event)) continue;
       // Deleting a finalized rule's etcd keys is the retirement `finalize --delete-etcd` does, not a late write.
       if (owner.phase === 'finalized' && event.type === 'delete') continue;
       if (await this.leaseEnded(event, ended)) {
@@ -1194,7 +1200,7 @@ class Applier {
       if (current && !current.session) ops.push({ verb: 'put', key, value: current.value });
     }
     if (ops.length === 0) return;
-    await this.own.track(writer.applyTxn(ops));
+    await this.own.track('persisted', ops, () => writer.applyTxn(ops));
     const rules = [...new Set(keys.map((k) => k.rule))];
     this.options.log('info', `etcd dropped ${ops.length} key(s) of rule(s) ${rules.join(', ')} (leases: persist, owned by Consul) when their lease ended; written back to etcd from Consul, without a lease`, { rules, keys: ops.length });
   }
@@ -1227,7 +1233,7 @@ class Applier {
    */
   async lateSinceCheckpoint(rule: string, entry: SourceEntry): Promise<void> {
     if (ownerAt(this.ownership.doc, rule, entry.modRevision).owner !== 'consul') return;
-    if (await this.own.isOwn(entry.modRevision)) return;
+    if ((await this.own.isOwn(entry.modRevision)) || this.own.announcedEarlier({ type: 'put', entry })) return;
     await this.lateWrite(rule, { type: 'put', entry }, entry.modRevision);
   }
 

@@ -3,7 +3,8 @@ import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import type { TargetEntry } from '../stores/types.js';
 import type { SourceWriteOp } from '../stores/etcd-writer.js';
-import { OwnWrites, REVERSE_TXN_BYTES, ReverseMirror, reverseBatches, reverseDeleteGuardTrips, type ReverseMirrorDeps } from './reverse-mirror.js';
+import { REVERSE_TXN_BYTES, ReverseMirror, reverseBatches, reverseDeleteGuardTrips, type ReverseMirrorDeps } from './reverse-mirror.js';
+import { OwnWrites } from './own-writes.js';
 
 describe('reverse mirror helpers', () => {
   it('the delete guard trips above 10 keys and 10% of the rule', () => {
@@ -16,7 +17,7 @@ describe('reverse mirror helpers', () => {
   it('own writes: a revision still in flight is awaited before the answer', async () => {
     const own = new OwnWrites();
     let land!: (revision: number) => void;
-    const write = own.track(new Promise<number>((resolve) => (land = resolve)));
+    const write = own.track('app', [], () => new Promise<number>((resolve) => (land = resolve)));
     const answer = own.isOwn(42);
     land(42);
     await write;

@@ -9,6 +9,7 @@ import type { SourceWriteOp, SourceWriter } from '../stores/etcd-writer.js';
 import type { SourceEntry, SourceReader, TargetEntry, TargetStore } from '../stores/types.js';
 import type { OwnersDoc } from '../cutover/phase.js';
 import type { DualRunLog } from './dualrun.js';
+import type { OwnWrites } from './own-writes.js';
 
 /**
  * The `owners` fence document as the dual-run last read it. Its Consul index
@@ -29,49 +30,6 @@ export class Ownership {
   /** Rules whose current phase is `cutover`: the ones with a running reverse mirror. */
   mirrored(): string[] {
     return Object.entries(this.doc?.rules ?? {}).filter(([, r]) => r.phase === 'cutover').map(([name]) => name);
-  }
-}
-
-/**
- * The etcd revisions the reverse mirror created. The forward watch sees them
- * as ordinary events; anything else under a rule owned by Consul is a late
- * writer. A write still in flight is awaited before the question is answered,
- * since etcd may deliver the watch event before the txn's own answer.
- */
-export class OwnWrites {
-  private readonly revisions = new Set<number>();
-  private readonly inflight = new Set<Promise<unknown>>();
-
-  async track(write: Promise<number>): Promise<number> {
-    this.inflight.add(write);
-    try {
-      const revision = await write;
-      this.revisions.add(revision);
-      return revision;
-    } finally {
-      this.inflight.delete(write);
-    }
-  }
-
-  async isOwn(revision: number): Promise<boolean> {
-    if (this.revisions.has(revision)) return true;
-    if (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
-    return this.revisions.has(revision);
-  }
-
-  /** Forgets revisions the checkpoint has passed. */
-  prune(below: number): void {
-    for (const r of this.revisions) if (r < below) this.revisions.delete(r);
-  }
-
-  /** Takes these revisions as own writes (an earlier run's, recorded at its stop). */
-  adopt(revisions: readonly number[]): void {
-    for (const r of revisions) this.revisions.add(r);
-  }
-
-  /** Own writes past `revision`, in order. */
-  after(revision: number): number[] {
-    return [...this.revisions].filter((r) => r > revision).sort((a, b) => a - b);
   }
 }
 
@@ -424,7 +382,7 @@ export class ReverseMirror {
    */
   private async applyPart(part: SourceWriteOp[]): Promise<void> {
     try {
-      await this.deps.own.track(this.deps.writer.applyTxn(part));
+      await this.deps.own.track(this.deps.rule.name, part, () => this.deps.writer.applyTxn(part));
     } catch (err) {
       if (!/request is too large/i.test((err as Error).message)) throw err;
       if (part.length > 1) {

@@ -22,6 +22,8 @@ export interface StatePaths {
   rule: (name: string) => string;
   verifyLast: string;
   scratch: string;
+  /** The dual-run's writes to etcd, announced before they are made (see OwnWrites). */
+  ownWrites: string;
 }
 
 export function statePaths(prefix: string, id: string): StatePaths {
@@ -37,6 +39,7 @@ export function statePaths(prefix: string, id: string): StatePaths {
     rule: (name) => `${root}rules/${name}`,
     verifyLast: `${root}verify/last`,
     scratch: `${root}scratch/`,
+    ownWrites: `${root}own-writes/`,
   };
 }
 
