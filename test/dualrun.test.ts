@@ -317,7 +317,7 @@ describe('migrate dualrun (real servers)', () => {
       await etcd.kv.compact({ revision: Number((await etcd.put(`${s.root}/app/added`).value('new2').exec()).header.revision), physical: true });
       const refused = await runCli(['dualrun'], { cwd: s.dir, env });
       expect(refused.code, refused.stderr).toBe(4);
-      expect(refused.stderr).toMatch(/error\[delete_guard\]: Deleting 12 extraneous keys .* nothing was written or deleted \(the re-baseline after etcd compacted past the checkpoint \d+/);
+      expect(refused.stderr).toMatch(/error\[delete_guard\]: Deleting 12 extraneous keys .* the re-baseline wrote and deleted nothing \(it ran because etcd compacted past the checkpoint \d+/);
       expect(refused.stderr).toContain('start the dual-run again with --allow-mass-delete');
       expect(await target.readKey(`${s.id}/app/k5`)).toBeDefined();
       expect((await target.readKey(`${s.id}/app/added`))?.value.toString()).toBe('new');

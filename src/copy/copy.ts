@@ -595,7 +595,7 @@ async function guardCount(deps: Pick<CopyDeps, 'source' | 'target'>, extraneous:
   return deleteGuardTrips(extraneous.length - gone, targetKeys) ? extraneous.length - gone : undefined;
 }
 
-function deleteGuardError(rule: string, deletes: number, targetKeys: number, outcome: string): RefusedError {
+export function deleteGuardError(rule: string, deletes: number, targetKeys: number, outcome: string): RefusedError {
   return new RefusedError('delete_guard', `Deleting ${deletes} extraneous keys would remove ${shareText(deletes, targetKeys)} of rule ${rule}'s ${targetKeys} target keys; ${outcome}.`, {
     hint: 'Check the rule\'s from/to first (`migrate plan`); if the deletes are intended, pass --allow-mass-delete.',
     details: { rule, deletes, targetKeys },

@@ -122,6 +122,31 @@ describe('a standby (--ha) waiting for the leader lock', () => {
   }, 15_000);
 });
 
+describe('leases under 10 s', () => {
+  it('the raise of a TTL to 10 s is said once per TTL, not once per lease (an application granting a lease per request made hundreds of lines)', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/k', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    const stop = new AbortController();
+    const logs: string[] = [];
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
+      copy: () => Promise.reject(new Error('no copy in this test')),
+    });
+    await vi.waitFor(() => expect(logs).toContain('info leading the dual-run'));
+    for (let i = 0; i < 5; i++) source.put(`/app/s${i}`, 'x', source.grantLease(6));
+    source.put('/app/t', 'x', source.grantLease(3));
+    await vi.waitFor(() => expect([...target.entries.values()].filter((e) => e.key.startsWith('app/') && e.session)).toHaveLength(6), { timeout: 8000, interval: 100 });
+    stop.abort();
+    await run;
+    const said = logs.filter((l) => /TTL \d+s raised to 10s/.test(l));
+    expect(said).toHaveLength(2);
+    expect(said[0]).toMatch(/TTL 6s raised to 10s .*other leases of 6s are not said again/);
+    expect(said[1]).toMatch(/TTL 3s raised to 10s/);
+  }, 15_000);
+});
+
 describe('a dual-run started behind etcd', () => {
   it('counts its lag in seconds from when its checkpoint was written, not from its own start', async () => {
     const source = new MemorySource();

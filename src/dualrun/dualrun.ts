@@ -11,7 +11,7 @@ import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, wireOpBytes,
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
 import { ensureMeta, leftBehind, mappingHash, parseStateDocument, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
-import { copyRunning, refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
+import { copyRunning, deleteGuardError, refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LEADER_TTL_SECONDS, LeaderLock } from './leader.js';
 import { runningCopy } from '../copy/lock.js';
 import { currentOwner, ownedByConsul, ownerAt, ownersKey, type OwnersDoc } from '../cutover/phase.js';
@@ -564,8 +564,13 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
   ctx.publish();
   // Before anything is written (the copy's checkpoint is taken over below).
   await refuseEtcdBehind(ctx, checkpointDoc);
-  const sessions = new LeaseSessions(source, target, paths, ctx.config.id, undefined, (c) =>
-    options.log('warn', `etcd lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s for its Consul session (Consul sessions live 10 s to 24 h)`, { lease: c.leaseId, etcdTtl: c.etcdTtl, sessionTtl: c.sessionTtl }));
+  // Said once per TTL: an application granting a 6 s lease per request made hundreds of the same line.
+  const clampsSaid = new Set<number>();
+  const sessions = new LeaseSessions(source, target, paths, ctx.config.id, undefined, (c) => {
+    if (clampsSaid.has(c.etcdTtl)) return;
+    clampsSaid.add(c.etcdTtl);
+    options.log('warn', `etcd lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s for its Consul session (Consul sessions live 10 s to 24 h); other leases of ${c.etcdTtl}s are not said again`, { lease: c.leaseId, etcdTtl: c.etcdTtl, sessionTtl: c.sessionTtl });
+  });
   await sessions.load();
   const limits = await target.limits();
   const ownership = new Ownership();
@@ -1690,12 +1695,17 @@ class Applier {
  * deletes are refused.
  */
 function rebaselineGuardError(guard: MigrateError, checkpoint: number | undefined): RefusedError {
+  // The copy's own words say it wrote nothing; the dual-run's lease pass may have written before it (re-created sessions).
+  const keys = guard.details as { rule?: string; deletes?: number; targetKeys?: number } | undefined;
+  const said = (keys?.rule !== undefined && keys.deletes !== undefined && keys.targetKeys !== undefined
+    ? deleteGuardError(keys.rule, keys.deletes, keys.targetKeys, 'the re-baseline wrote and deleted nothing').message
+    : guard.message).replace(/\.$/, '');
   return checkpoint !== undefined
-    ? new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline after etcd compacted past the checkpoint ${checkpoint}: those keys are gone from etcd, deleted while the dual-run was behind or stopped).`, {
+    ? new RefusedError('delete_guard', `${said} (it ran because etcd compacted past the checkpoint ${checkpoint}: those keys are gone from etcd, deleted while the dual-run was behind or stopped).`, {
         hint: 'Check that etcd lost those keys on purpose (`migrate plan` lists the rule\'s keys); if so, start the dual-run again with --allow-mass-delete. The re-baseline deleted nothing.',
         details: guard.details,
       })
-    : new RefusedError('delete_guard', `${guard.message.replace(/\.$/, '')} (the re-baseline of migration.yaml's changed rules: the change takes those keys out of the rule, as a narrower rule, a nested keep rule or leases: skip does, so they would be deleted from Consul; the change is not recorded).`, {
+    : new RefusedError('delete_guard', `${said} (it ran for migration.yaml's changed rules: the change takes those keys out of the rule, as a narrower rule, a nested keep rule or leases: skip does, so they would be deleted from Consul; the change is not recorded).`, {
         hint: 'Check the change (`migrate copy --dry-run --accept-mapping-change --delete-extraneous --allow-mass-delete --show-ops` lists the keys; a dry-run writes nothing); if it is meant, start the dual-run again with --accept-mapping-change --allow-mass-delete. The re-baseline deleted nothing.',
         details: guard.details,
       });
