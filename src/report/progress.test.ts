@@ -13,8 +13,35 @@ describe('plainProgressLine', () => {
     expect(line).toBe('auditing: 250/500 keys, 50 keys/s, ETA 5s');
   });
 
+  it('gives no ETA from the first page of a long run (its rate counts the set-up): not before 3 s, or a twentieth done', () => {
+    const items = (done: number) => [{ name: 'keys', total: 500_000, done }];
+    expect(plainProgressLine({ title: 'auditing', items: items(500), retries: 0, startedAt }, startedAt + 800)).toBe('auditing: 500/500000 keys, 625 keys/s, ETA ?');
+    expect(plainProgressLine({ title: 'auditing', items: items(30_000), retries: 0, startedAt }, startedAt + 3_000)).toBe('auditing: 30000/500000 keys, 10000 keys/s, ETA 47s');
+    expect(plainProgressLine({ title: 'auditing', items: items(25_000), retries: 0, startedAt }, startedAt + 1_000)).toBe('auditing: 25000/500000 keys, 25000 keys/s, ETA 19s');
+  });
+
   it('before anything is counted (verify waiting for the dual-run), the title alone', () => {
     expect(plainProgressLine({ title: 'waiting for the dual-run checkpoint (90) to reach etcd revision 100', items: [], retries: 0, startedAt }, startedAt + 5_000)).toBe('waiting for the dual-run checkpoint (90) to reach etcd revision 100');
+  });
+});
+
+describe('createProgressView with plain lines', () => {
+  it('does not repeat the last line when the work ends where it was last said', async () => {
+    const lines: string[] = [];
+    const ctx = { progress: 'auto', interactive: false, io: { env: {} }, log: (l: string) => lines.push(l), warn: () => undefined } as unknown as Parameters<typeof createProgressView>[0];
+    const view = createProgressView(ctx);
+    const state = { title: 'auditing', items: [{ name: 'keys', total: 300, done: 300 }], retries: 0, startedAt: Date.now() };
+    view.update(state);
+    await view.close();
+    expect(lines).toHaveLength(1);
+    // Moved on after the last line (throttled): the closing line says where it ended.
+    const moved = createProgressView(ctx);
+    const other = { title: 'copying', items: [{ name: 'a', total: 300, done: 100 }], retries: 0, startedAt: Date.now() };
+    moved.update(other);
+    other.items[0]!.done = 300;
+    moved.update(other);
+    await moved.close();
+    expect(lines.slice(1).map((l) => l.split(',')[0])).toEqual(['copying: 100/300 keys', 'copying: 300/300 keys']);
   });
 });
 

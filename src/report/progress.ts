@@ -30,8 +30,13 @@ function rate(state: ProgressState, now: number): { done: number; total: number;
   const total = state.items.reduce((n, i) => n + i.total, 0);
   const seconds = Math.max(0.001, (now - state.startedAt) / 1000);
   const perSecond = done / seconds;
-  return { done, total, perSecond, etaSeconds: perSecond > 0 && total >= done ? (total - done) / perSecond : undefined };
+  // Not from the first page alone (the connection's set-up in its time: 500 of 500,000 keys said 13 minutes).
+  const judged = seconds >= ETA_AFTER_SECONDS || (total > 0 && done >= total / 20);
+  return { done, total, perSecond, etaSeconds: judged && perSecond > 0 && total >= done ? (total - done) / perSecond : undefined };
 }
+
+/** How long the work runs before its rate gives an ETA (unless a twentieth of it is done). */
+const ETA_AFTER_SECONDS = 3;
 
 function formatDuration(seconds: number | undefined): string {
   if (seconds === undefined || !Number.isFinite(seconds)) return '?';
@@ -76,17 +81,21 @@ export function createProgressView(ctx: CommandContext): ProgressView {
   if (ctx.progress === 'auto' && ctx.interactive && ctx.io.env.TERM !== 'dumb') return inkProgress(ctx);
   let last = 0;
   let latest: ProgressState | undefined;
+  // What the last line said was done: the closing line is not the same one again.
+  let said = '';
+  const done = (state: ProgressState) => `${state.title} ${state.items.map((i) => `${i.done}/${i.total}`).join(' ')}`;
   return {
     update(state) {
       latest = state;
       const now = Date.now();
       if (now - last < 2000) return;
       last = now;
+      said = done(state);
       ctx.log(plainProgressLine(state, now));
     },
     warn: (m) => ctx.warn(m),
     async close() {
-      if (latest) ctx.log(plainProgressLine(latest, Date.now()));
+      if (latest && done(latest) !== said) ctx.log(plainProgressLine(latest, Date.now()));
       latest = undefined;
     },
   };
