@@ -229,6 +229,31 @@ function dualRunOf(source: MemorySource, target: MemoryTarget, stop: AbortContro
   });
 }
 
+describe('a watch that stays silent (etcd reading a revision of many keys)', () => {
+  it('once the checkpoint stalls, etcd\'s head is read, so the lag counts what the watch has not delivered (it said 0)', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/a', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    const stop = new AbortController();
+    let head = 0;
+    source.watch = async () => scriptedWatch(() => 0, async function* () {
+      // Once the watch is open, etcd moves on; the watch delivers nothing (etcd still builds its answer).
+      for (let i = 0; i < 5; i++) source.put(`/app/k${i}`, 'x');
+      head = (await source.status()).revision;
+      await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
+    });
+    const seen: number[] = [];
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+      copy: () => Promise.reject(new Error('no copy in this test')), onStats: (s) => s.errors.stalled && seen.push(s.etcdRevision),
+    });
+    await vi.waitFor(() => expect(seen.at(-1)).toBe(head), { timeout: 30_000, interval: 200 });
+    stop.abort();
+    await run;
+  }, 40_000);
+});
+
 describe('etcd before 3.4.31 answering a progress request ahead of the watch\'s queued events (etcd-io/etcd#15220)', () => {
   it('the checkpoint does not take that answer while etcd shows changes after it: the watch, opened again, still replays them', async () => {
     const source = new MemorySource();

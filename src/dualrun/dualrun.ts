@@ -768,6 +768,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     stallWarned = true;
     stats.errors.stalled = (stats.errors.stalled ?? 0) + 1;
     ctx.publish();
+    // etcd's head, when it answers: a watch silent on a large revision heard of none, and the lag said 0.
+    void source.status().then((s) => {
+      if (s.revision <= stats.etcdRevision) return;
+      stats.etcdRevision = s.revision;
+      ctx.publish();
+    }, () => undefined);
     options.log('warn', `no checkpoint written for ${Math.round(since / 1000)} s: etcd or Consul does not answer (a frozen server holds requests open until they time out), or etcd is still reading a revision of many keys for the watch (a delete of a large prefix: minutes on etcd 3.4); /healthz says stalled`, { checkpoint: stats.checkpoint, seconds: Math.round(since / 1000) });
   }, 1000);
   stallTimer.unref();
