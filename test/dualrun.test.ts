@@ -378,7 +378,7 @@ describe('migrate dualrun (real servers)', () => {
     const refused = await runCli(['dualrun', '--accept-mapping-change'], { cwd: s.dir, env: serverEnv() });
     expect(refused.code, refused.stderr).toBe(4);
     // Its cause: the change, not a compaction.
-    expect(refused.stderr).toMatch(/error\[delete_guard\]: .*\(the re-baseline of migration\.yaml's changed rules: the change takes those keys out of the rule/);
+    expect(refused.stderr).toMatch(/error\[delete_guard\]: .*the re-baseline wrote and deleted nothing \(it ran for migration\.yaml's changed rules: the change takes those keys out of the rule/);
     expect(refused.stderr).toContain('start the dual-run again with --accept-mapping-change --allow-mass-delete');
     expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(20);
     // Not recorded: a plain start still sees the change (it ran as if nothing had changed, and never removed the keys).

@@ -580,10 +580,8 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
     target, folder: paths.ownWrites, checkpoint: () => stats.checkpoint,
     fence: () => ({ verb: 'check-session', key: paths.leader, session: ctx.leader.session ?? '' }),
   });
-  // The reverse mirrors' last writes of the run that stopped here, which its checkpoint did not pass; and those a
-  // run killed announced (it recorded none of the writes it made past its last checkpoint).
+  // The reverse mirrors' last writes of the run that stopped here, which its checkpoint did not pass.
   own.adopt(checkpointDoc.mirrored ?? []);
-  await own.adoptJournal((await source.status()).revision);
   if (options.heartbeatKey && !ctx.writer) throw new Error('internal: --heartbeat-key needs an etcd writer');
   const heartbeat = options.heartbeatKey && ctx.writer ? new LagHeartbeat(options.heartbeatKey, ctx.writer) : undefined;
   const services = new ServiceMirror({ source, target, mapping: ctx.mapping, migrationId: ctx.config.id, log: options.log });
@@ -594,6 +592,9 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
     if (!isTransient(err)) throw err;
     options.log('warn', `checking the mirrored leases failed: ${(err as Error).message}; the lease pass retries every ${(options.leaseEveryMs ?? LEASE_EVERY_MS) / 1000} s`);
   });
+  // And those a run killed announced (it recorded none of the writes it made past its last checkpoint): before any event
+  // is judged. (After the sessions are renewed above, whatever fails here.)
+  await own.adoptJournal();
   if (services.active) {
     stats.services = services.stats;
     await services.start(stats.checkpoint, options.signal);
@@ -832,6 +833,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         // etcd's head: the watch replays the backlog in batches, each naming only its own last revision, and a
         // checkpoint at the end of one is not caught up (/healthz said ready, lag 0, halfway through a replay).
         stats.etcdRevision = Math.max(stats.etcdRevision, (await source.status()).revision);
+        // Every write an earlier leader announced is at or below etcd's head as this one first watches.
+        own.headAtTakeover(stats.etcdRevision);
         watch = await source.watch(ctx.range, stats.checkpoint + 1);
         // Stopped while etcd opened the watch (it hangs while etcd does): closed here, as the stop's own close
         // found no watch to close, and its open stream kept the process from exiting.

@@ -21,7 +21,8 @@ describe('OwnWrites: writes announced before they are made', () => {
     await first.track('app', [{ verb: 'delete', key: Buffer.from('/app/gone') }], async () => 12);
     // Killed here: its checkpoint (10) records none of them.
     const next = new OwnWrites(journal(target, checkpoint, leader));
-    await next.adoptJournal(12);
+    await next.adoptJournal();
+    next.headAtTakeover(12);
     expect(next.announcedEarlier(put('/app/k', 'v1', 11))).toBe(true);
     expect(next.announcedEarlier(del('/app/gone', 12))).toBe(true);
     // Another value, another key, a delete of the written key: someone else's (late writes).

@@ -61,14 +61,13 @@ export class OwnWrites {
   private readonly announced = new Map<string, Announced[]>();
   /** Writes an earlier leader announced: known by what they do, not their revision; all at or below {@link adoptedUntil}. */
   private readonly adopted = new Set<string>();
-  private adoptedUntil = 0;
+  private adoptedUntil = Infinity;
 
   constructor(private readonly journal?: OwnWritesJournal) {}
 
-  /** Reads what earlier leaders announced, before this one writes anything (etcd is at `etcdRevision`). */
-  async adoptJournal(etcdRevision: number): Promise<void> {
+  /** Reads what earlier leaders announced, before this one writes anything. */
+  async adoptJournal(): Promise<void> {
     if (!this.journal) return;
-    this.adoptedUntil = etcdRevision;
     const { target, folder } = this.journal;
     for (const key of await target.listKeys(folder)) {
       const entry = await target.readKey(key);
@@ -131,6 +130,11 @@ export class OwnWrites {
   announcedEarlier(event: SourceEvent): boolean {
     if (this.adopted.size === 0) return false;
     return this.adopted.has(event.type === 'put' ? writePrint('put', event.entry.key, event.entry.value) : writePrint('delete', event.entry.key));
+  }
+
+  /** etcd's head when this leader first watched: every write an earlier leader made is at or below it. */
+  headAtTakeover(revision: number): void {
+    if (this.adoptedUntil === Infinity) this.adoptedUntil = revision;
   }
 
   /** Forgets revisions the checkpoint has passed. */
