@@ -16,4 +16,11 @@ describe('renderCutover', () => {
     expect(declined).toMatchObject({ status: 'refused', error: { code: 'not_confirmed', message: 'rollback was not confirmed; nothing was changed.' } });
     expect(JSON.parse(renderCutover({ ...refused({}), refused: false }, 'json')).error).toBeUndefined();
   });
+
+  it('a refusal in text ends with its code and where the README explains it, as every other error does', () => {
+    const text = renderCutover(refused({ checks: [{ name: 'dual-run', ok: false, detail: 'the dual-run is not running' }] }), 'text');
+    expect(text).toContain('error[preconditions_failed]: Refused: 1 precondition(s) failed; nothing was changed.\n  next: Each failed check says what to do');
+    expect(text).toMatch(/ {2}see: README\.md#error-preconditions_failed\n$/);
+    expect(renderCutover(refused({ action: 'rollback' }), 'text')).toContain('error[not_confirmed]: Refused: not confirmed; nothing was changed.');
+  });
 });

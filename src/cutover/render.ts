@@ -1,5 +1,5 @@
 import type { Format } from '../cli/context.js';
-import { errorJson, isMigrateError, RefusedError } from '../errors.js';
+import { errorDocs, errorJson, isMigrateError, RefusedError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import type { CutoverResult } from './cutover.js';
 import { formatAge, type PreconditionCheck } from './phase.js';
@@ -68,7 +68,7 @@ export function renderStatusDatacenters(migration: string, entries: { datacenter
 function refusal(result: CutoverResult): RefusedError {
   const failed = [...result.checks.filter((c) => !c.ok).map((c) => c.name), ...result.rules.flatMap((r) => r.checks.filter((c) => !c.ok).map((c) => `${r.rule}: ${c.name}`))];
   return failed.length > 0
-    ? new RefusedError('preconditions_failed', `${result.action} refused: ${failed.length} precondition(s) failed (${failed.join(', ')}); nothing was changed.`, { hint: 'Each failed check in "checks" and "rules" says what to do; `migrate status` shows every rule\'s next step.', details: { failed } })
+    ? new RefusedError('preconditions_failed', `${result.action} refused: ${failed.length} precondition(s) failed (${failed.join(', ')}); nothing was changed.`, { hint: 'Each failed check says what to do; `migrate status` shows every rule\'s next step.', details: { failed } })
     : new RefusedError('not_confirmed', `${result.action} was not confirmed; nothing was changed.`, { hint: 'Run it again and confirm, or pass --yes.' });
 }
 
@@ -87,7 +87,9 @@ export function renderCutover(result: CutoverResult, format: Format, ruleArg: (r
   lines.push(...checkLines([...result.checks, ...result.rules.flatMap((r) => r.checks.map((c) => ({ ...c, name: `${r.rule}: ${c.name}` })))]));
   if (result.refused) {
     const failed = [...result.checks, ...result.rules.flatMap((r) => r.checks)].filter((c) => !c.ok).length;
-    lines.push('', failed > 0 ? `Refused: ${failed} precondition(s) failed; nothing was changed.` : 'Refused: not confirmed; nothing was changed.');
+    // With its code and where the README explains it, as every other error says.
+    const err = refusal(result);
+    lines.push('', `error[${err.code}]: ${failed > 0 ? `Refused: ${failed} precondition(s) failed; nothing was changed.` : 'Refused: not confirmed; nothing was changed.'}`, `  next: ${err.hint}`, `  see: ${errorDocs(err.code)}`);
     return `${lines.join('\n')}\n`;
   }
   lines.push('');
