@@ -179,6 +179,18 @@ describe('runPlan', () => {
     expect(renderPlan(plan, 'json')).toContain(long);
   });
 
+  it('says what to do about unmappable keys for the reasons there are: a value over the limit is not told to set keys: escape', async () => {
+    const s = new MemorySource();
+    s.put('/app/big', Buffer.alloc(600_000));
+    const loaded = parseConfig(yaml('skip'), 'migration.yaml');
+    const only = await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    const hint = only.blockers.find((b) => b.code === 'unmappable_keys')!.hint;
+    expect(hint).toBe('Move or shrink the values over the limit, or keep them on etcd (`action: keep`). Or go on as they are: `migrate copy` leaves them out and lists them, and verify does not count them as drift.');
+    s.put('/app//double', 'x');
+    const both = await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
+    expect(both.blockers.find((b) => b.code === 'unmappable_keys')!.hint).toMatch(/^Set `keys: escape` on the rules for the key shapes, move or shrink the values over the limit, or keep them on etcd/);
+  });
+
   it('a copy rule over a Kubernetes control plane is a blocker, as audit says for the same mapping; kept on etcd, it is none', async () => {
     const s = new MemorySource();
     s.put('/registry/pods/default/api-1', 'k8s\0pod');

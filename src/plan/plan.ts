@@ -121,6 +121,15 @@ export interface PlanInput {
   onWarning?: (message: string) => void;
 }
 
+/** What to do about the unmappable keys, for the reasons there are (a value over the limit was told to set `keys: escape`). */
+function unmappableHint(byReason: Partial<Record<UnmappableReason, number>>): string {
+  const fixes: string[] = [];
+  if (Object.keys(byReason).some((r) => r !== 'value-too-large' && r !== 'key-too-long')) fixes.push('set `keys: escape` on the rules for the key shapes');
+  if (byReason['key-too-long']) fixes.push('rename the keys over 256 KiB');
+  if (byReason['value-too-large']) fixes.push('move or shrink the values over the limit');
+  return `${fixes.join(', ').replace(/^./, (c) => c.toUpperCase())}, or keep them on etcd (\`action: keep\`). Or go on as they are: \`migrate copy\` leaves them out and lists them, and verify does not count them as drift.`;
+}
+
 export async function runPlan(input: PlanInput): Promise<PlanResult> {
   const status = await input.source.status();
   const revision = status.revision;
@@ -208,7 +217,7 @@ export async function runPlan(input: PlanInput): Promise<PlanResult> {
   };
   const blockers: PlanBlocker[] = [];
   if (unmappable.total > 0) {
-    blockers.push({ code: 'unmappable_keys', count: unmappable.total, message: `${unmappable.total} keys under copy rules cannot be written to Consul (${Object.entries(byReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`, hint: 'Set `keys: escape` on the rules for key shapes, rename keys over 256 KiB and move or shrink oversize values (escaping fixes neither), or keep the prefix on etcd (`action: keep`).' });
+    blockers.push({ code: 'unmappable_keys', count: unmappable.total, message: `${unmappable.total} keys under copy rules cannot be written to Consul (${Object.entries(byReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`, hint: unmappableHint(byReason) });
   }
   if (!rulesOnly && unmappedKeys > 0 && router.unmapped === 'error') {
     blockers.push({ code: 'unmapped_keys', count: unmappedKeys, message: `${unmappedKeys} keys are outside every rule and defaults.unmapped is error`, hint: 'Add rules (or keep rules) for them, or set defaults.unmapped: skip to leave them on etcd.' });
