@@ -498,6 +498,33 @@ describe('sample, estimate, probe and the draft mapping', () => {
   });
 });
 
+describe('draft mapping of lock folders below a prefix', () => {
+  const shards = (extraLeased: boolean) => {
+    const s = new MemorySource();
+    for (let i = 0; i < 16; i++) {
+      const n = String(i).padStart(2, '0');
+      s.put(`/shards/${n}/election/${(0x1000 + i).toString(16)}`, `node-${i}`, s.grantLease(12));
+      s.put(`/shards/${n}/config`, 'x');
+    }
+    if (extraLeased) s.put('/shards/sessions/s1', 'x', s.grantLease(60));
+    return s;
+  };
+
+  it('an election per shard: one rule for the prefix that skips leased keys, not a rule per shard with a flattened "to"', async () => {
+    const draft = draftMapping(await runAudit({ source: shards(false), config: emptyConfig(), depth: 4 }), { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
+    const loaded = parseConfig(draft.text, 'draft.yaml');
+    expect(loaded.config.rules.map((r) => [r.from, r.to, r.leases])).toEqual([['/shards/', 'shards/', 'skip']]);
+    expect(draft.text).toContain('its leased keys are all under lock / leader-election folders (/shards/00/election/');
+  });
+
+  it('leased keys beside the lock folders keep their sessions: the lock folders get rules of their own', async () => {
+    const draft = draftMapping(await runAudit({ source: shards(true), config: emptyConfig(), depth: 4 }), { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
+    const rules = parseConfig(draft.text, 'draft.yaml').config.rules;
+    expect(rules.find((r) => r.from === '/shards/')!.leases).not.toBe('skip');
+    expect(rules.filter((r) => r.leases === 'skip').length).toBeGreaterThan(0);
+  });
+});
+
 /** Service registrations in the shapes the audit tells apart, beside ordinary keys. */
 function registrations(): MemorySource {
   const s = new MemorySource();

@@ -131,9 +131,17 @@ export function draftMapping(result: AuditResult, options: DraftOptions): Mappin
       const keys = list.reduce((n, p) => n + p.keys, 0);
       rules.push(serviceRule(uniqueName(`${name}-${lastSegment(at)}`), at, nestedProposal, list, [`${keys} keys that look like service registrations`]));
     }
+    // Lock folders below the prefix that hold all of its leased keys (an election per shard): the prefix's own rule
+    // skips leased keys, rather than one nested rule per folder, each with a "to" of its own (16 shards made 16 rules).
+    const nestedLocks = lockHere.filter((p) => p.prefix !== from && isPlainText(p.prefix) && !k8s.some((k) => within(k.prefix, p.prefix)) && !usedFroms.has(p.prefix));
+    const outermost = nestedLocks.filter((p) => !nestedLocks.some((q) => q !== p && within(q.prefix, p.prefix)));
+    const locksHoldAllLeases = outermost.length > 0 && unregistered.length === 0 && outermost.reduce((n, p) => n + p.leasedKeys, 0) >= node.leasedKeys;
     if (lockHere.some((p) => p.prefix === from)) {
       rule.leases = 'skip';
       comments.push('looks like locks / leader elections: leased keys are not copied; applications recreate them in Consul');
+    } else if (locksHoldAllLeases) {
+      rule.leases = 'skip';
+      comments.push(`its leased keys are all under lock / leader-election folders (${outermost.slice(0, 3).map((p) => p.prefix).join(', ')}${outermost.length > 3 ? `, and ${outermost.length - 3} more` : ''}): not copied; applications recreate them in Consul`);
     } else if (unregistered.length > 0) {
       rule.leases = 'session';
       const urls = unregistered.some((p) => p.formats?.length && p.formats.every((f) => f === 'url'));
@@ -154,7 +162,7 @@ export function draftMapping(result: AuditResult, options: DraftOptions): Mappin
       if (!isPlainText(p.prefix)) continue;
       rules.push({ name: uniqueName(`${name}-${lastSegment(p.prefix)}`), from: p.prefix, to: p.prefix, action: 'keep', comments: [`${p.keys} keys that look like a Kubernetes control plane: they stay on etcd`] });
     }
-    for (const p of lockHere) {
+    for (const p of locksHoldAllLeases ? [] : lockHere) {
       if (p.prefix === from || !isPlainText(p.prefix) || k8s.some((k) => within(k.prefix, p.prefix)) || usedFroms.has(p.prefix)) continue;
       usedFroms.add(p.prefix);
       const nestedName = uniqueName(`${name}-${lastSegment(p.prefix)}`);
