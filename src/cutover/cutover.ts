@@ -663,6 +663,7 @@ async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: 
   if (neverCopied > 0 && !exported) {
     return { name: 'consul holds the keys', ok: false, detail: `${neverCopied} of the ${keys} etcd key(s) of rule ${rule.name} were never copied to Consul (unmappable, too large, or leased under leases: skip): pass --export-etcd <file> to keep them on disk before they are deleted` };
   }
+  if (keys === 0) return { name: 'consul holds the keys', ok: true, detail: `etcd holds no key of rule ${rule.name}: nothing to delete` };
   const held = keys - neverCopied - missing.length;
   const onDiskOnly = [...(neverCopied > 0 ? [`${neverCopied} never copied`] : []), ...(missing.length > 0 ? [`${missing.length} deleted in Consul since the cutover`] : [])];
   return { name: 'consul holds the keys', ok: true, detail: `${missing.length > 0 ? '' : 'all '}${held} etcd key(s) of rule ${rule.name} that the migration copies are in Consul${onDiskOnly.length > 0 ? `; ${onDiskOnly.join(' and ')} go to the export file only` : ''}` };

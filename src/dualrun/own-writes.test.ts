@@ -29,6 +29,9 @@ describe('OwnWrites: writes announced before they are made', () => {
     expect(next.announcedEarlier(put('/app/k', 'v2', 13))).toBe(false);
     expect(next.announcedEarlier(put('/app/other', 'v1', 13))).toBe(false);
     expect(next.announcedEarlier(del('/app/k', 13))).toBe(false);
+    // The same write after the takeover (past etcd's head then) is someone else's: a late writer repeating an old value.
+    expect(next.announcedEarlier(put('/app/k', 'v1', 13))).toBe(false);
+    expect(next.announcedEarlier(del('/app/gone', 14))).toBe(false);
     // Once its checkpoint passes the revision it took over at, the earlier leader's writes are behind it.
     next.prune(13);
     expect(next.announcedEarlier(put('/app/k', 'v1', 14))).toBe(false);

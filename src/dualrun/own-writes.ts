@@ -126,9 +126,13 @@ export class OwnWrites {
     return this.revisions.has(revision);
   }
 
-  /** Whether an earlier leader announced this write (it may have made it past its last checkpoint, then died). */
+  /**
+   * Whether an earlier leader announced this write (it may have made it past its last checkpoint, then died).
+   * Only at or below etcd's head when this leader took over: a write of the same value to the same key since is
+   * someone else's (a late writer repeating a value the mirror once wrote went unreported).
+   */
   announcedEarlier(event: SourceEvent): boolean {
-    if (this.adopted.size === 0) return false;
+    if (this.adopted.size === 0 || event.entry.modRevision > this.adoptedUntil) return false;
     return this.adopted.has(event.type === 'put' ? writePrint('put', event.entry.key, event.entry.value) : writePrint('delete', event.entry.key));
   }
 
