@@ -37,6 +37,21 @@ describe('OwnWrites: writes announced before they are made', () => {
     expect(next.announcedEarlier(put('/app/k', 'v1', 14))).toBe(false);
   });
 
+  it('keeps its document within a Consul value while the checkpoint stalls: the oldest announcements go first', async () => {
+    const target = new MemoryTarget();
+    const leader = await target.createSession({ name: 'leader', ttlSeconds: 10 });
+    await target.applyTxn([{ verb: 'lock', key: '_migrate/m/leader', value: Buffer.from('x'), session: leader }]);
+    const own = new OwnWrites(journal(target, { revision: 10 }, leader));
+    const ops = (i: number) => Array.from({ length: 100 }, (_, j) => ({ verb: 'put' as const, key: Buffer.from(`/app/k${j}`), value: Buffer.from(`v${i}`) }));
+    for (let i = 0; i < 100; i++) await own.track('app', ops(i), async () => 11 + i);
+    const doc = (await target.readKey('_migrate/m/own-writes/app'))!.value;
+    expect(doc.length).toBeLessThan(140 * 1024);
+    const writes = (JSON.parse(doc.toString()) as { writes: { revision: number | null }[] }).writes;
+    // The newest is kept (announced before etcd answered), the oldest went.
+    expect(writes.at(-1)!.revision).toBeNull();
+    expect(writes[0]!.revision).toBeGreaterThan(11);
+  });
+
   it('announces a write before making it, drops what the checkpoint passed, and announces nothing without the leader lock', async () => {
     const target = new MemoryTarget();
     const leader = await target.createSession({ name: 'leader', ttlSeconds: 10 });

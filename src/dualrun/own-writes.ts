@@ -28,6 +28,14 @@ export interface OwnWritesJournal {
   checkpoint: () => number;
 }
 
+/** The most one scope's document holds, about: far below Consul's 512 KiB value limit. */
+const JOURNAL_MAX_BYTES = 128 * 1024;
+
+/** An announcement's share of its document: each print is 22 characters, quoted, with a comma. */
+function announcedBytes(w: Announced): number {
+  return 32 + w.prints.length * 25;
+}
+
 interface Announced {
   /** etcd's revision of the write, once it answered. */
   revision?: number;
@@ -115,6 +123,10 @@ export class OwnWrites {
     const list = this.announced.get(scope) ?? [];
     const lastPassed = list.findLastIndex((w) => w.revision !== undefined && w.revision <= passed);
     const kept = [...list.slice(lastPassed + 1).filter((w) => w.revision === undefined || w.revision > passed), entry];
+    // A checkpoint that stalls (etcd reading a large revision) while applications write on: the oldest go first, so the
+    // document stays well within a Consul value (a write then lost to a kill would be taken for a late one, nothing worse).
+    let bytes = kept.reduce((n, w) => n + announcedBytes(w), 0);
+    while (bytes > JOURNAL_MAX_BYTES && kept.length > 1) bytes -= announcedBytes(kept.shift()!);
     this.announced.set(scope, kept);
     const doc: JournalDoc = { schemaVersion: 1, writes: kept.map((w) => ({ revision: w.revision ?? null, prints: w.prints })) };
     await journal.target.applyTxn([{ verb: 'set', key: `${journal.folder}${scope}`, value: Buffer.from(JSON.stringify(doc)) }, journal.fence()]);
