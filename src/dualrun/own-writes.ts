@@ -19,7 +19,7 @@ function opPrint(op: SourceWriteOp): string {
 
 /** Where the dual-run's writes to etcd are announced before they are made, and who may write there. */
 export interface OwnWritesJournal {
-  target: Pick<TargetStore, 'applyTxn' | 'listKeys' | 'readKey'>;
+  target: Pick<TargetStore, 'applyTxn' | 'listKeys' | 'readEntries'>;
   /** The folder of the announcements (`_migrate/<id>/own-writes/`), one document per scope (a rule's reverse mirror). */
   folder: string;
   /** The leader lock's key and session: an announcement is written only while this dual-run leads. */
@@ -77,16 +77,14 @@ export class OwnWrites {
   async adoptJournal(): Promise<void> {
     if (!this.journal) return;
     const { target, folder } = this.journal;
-    for (const key of await target.listKeys(folder)) {
-      const entry = await target.readKey(key);
-      if (!entry) continue;
+    for (const entry of await target.readEntries(await target.listKeys(folder))) {
       let doc: JournalDoc;
       try {
         doc = JSON.parse(entry.value.toString('utf8')) as JournalDoc;
       } catch {
         continue;
       }
-      const scope = key.slice(folder.length);
+      const scope = entry.key.slice(folder.length);
       const kept: Announced[] = [];
       for (const w of doc.writes ?? []) {
         for (const print of w.prints) this.adopted.add(print);

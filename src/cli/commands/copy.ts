@@ -153,7 +153,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
  * from it. Said after the server's own next step (start etcd, fix the token, ...).
  */
 export function resumable(err: unknown): unknown {
-  // A hint that already says how to resume (copy_lock_lost) is not told twice.
-  if (!isMigrateError(err) || err.exitCode !== ExitCode.server || err.hint?.includes('migrate copy --resume')) return err;
+  // copy_lock_lost's own hint says how to resume: not told twice.
+  if (!isMigrateError(err) || err.exitCode !== ExitCode.server || err.code === 'copy_lock_lost') return err;
   return new ServerError(err.code, err.message, { hint: `${err.hint ? `${err.hint.replace(/\.?$/, '.')} ` : ''}Then run \`migrate copy --resume\`: it continues where this copy stopped.`, details: err.details, cause: err });
 }
