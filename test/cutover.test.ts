@@ -232,8 +232,9 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     // Refused as every other refusal is in JSON: with an error naming the failed checks.
     expect(JSON.parse(keep.stdout)).toMatchObject({ status: 'refused', error: { code: 'preconditions_failed', failed: ['dual-run', 'caught up', 'k8s: action'], docs: 'README.md#error-preconditions_failed' } });
     expect((await s.cli(['cutover', '--rule', 'k8s', '--yes'])).stdout).toMatch(/FAIL k8s: action\s+rule k8s is a keep rule: its keys stay on etcd; there is nothing to cut over, roll back or finalize/);
-    for (const command of ['rollback', 'finalize']) {
-      const refused = await s.cli([command, '--rule', 'k8s', '--yes']);
+    // Off a terminal and without --yes too: a keep rule is refused as one, not sent to pass --yes first.
+    for (const command of ['cutover', 'rollback', 'finalize']) {
+      const refused = await s.cli([command, '--rule', 'k8s']);
       expect(refused.code).toBe(4);
       expect(refused.stdout).toContain('rule k8s is a keep rule');
     }

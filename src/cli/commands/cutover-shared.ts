@@ -114,7 +114,9 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   if (options.rule.length === 0) throw new UsageError('rule_missing', 'Name at least one rule with --rule <name>.', { hint: '`migrate status` lists the rules and their phases.' });
   const loaded = await ctx.loadConfig(options.config, true);
   checkRuleNames(loaded.mapping, options.rule);
-  const confirm = requireConfirmation(ctx, command, options);
+  // Keep and service rules alone are refused with their reason whatever the answer: asking first only led to that refusal.
+  const changes = options.rule.some((name) => loaded.mapping.rules.find((r) => r.name === name)?.action === 'copy');
+  const confirm = changes ? requireConfirmation(ctx, command, options) : undefined;
   const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
   const stores = openStores(connections, loaded.config);
   try {
