@@ -193,6 +193,17 @@ describe('migrate verify (real servers)', () => {
       expect(xml.testsuites['@_failures']).toBe('3');
       expect(junit.stdout).toContain('not listed (--max-diffs 3)');
 
+      // A summary file the disk refuses after the report (/dev/full: ENOSPC): said on stderr; the report stays the one
+      // document on stdout and drift stays exit 1 (a second, error document followed it, and the exit was 2).
+      const full = await verify(s.dir, ['--format', 'json', '--no-record', '--rounds', '1', '--summary-file', '/dev/full']);
+      expect(full.code, full.stderr).toBe(1);
+      expect(parseReport(full.stdout)).toMatchObject({ clean: false, status: 'drift' });
+      expect(full.stderr).toContain('the markdown summary was not written to /dev/full (--summary-file)');
+      // A directory is refused before anything is read.
+      const folder = await verify(s.dir, ['--format', 'json', '--no-record', '--summary-file', s.dir]);
+      expect(folder.code).toBe(2);
+      expect(JSON.parse(folder.stdout)).toMatchObject({ status: 'error', error: { code: 'file_unwritable', message: `Cannot write ${s.dir} (--summary-file): it is a directory.` } });
+
       const markdown = await verify(s.dir, ['--format', 'markdown', '--no-record', '--round-pause', '200ms']);
       expect(markdown.stdout).toContain('## migrate verify: ❌ drift');
       expect(markdown.stdout).toContain(`All ${expected} differences`);

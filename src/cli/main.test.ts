@@ -115,6 +115,13 @@ describe('CLI contract (in-process)', () => {
     expect(t.err).not.toContain('config_not_found');
   });
 
+  it('a --summary-file that is a directory is refused before the verify, as one error document', async () => {
+    const t = io({ MIGRATE_CONFIG: '/nonexistent/migration.yaml', CONSUL_HTTP_ADDR: 'http://127.0.0.1:1', ETCDCTL_ENDPOINTS: 'http://127.0.0.1:1' });
+    expect(await main(['verify', '--summary-file', tmpdir(), '--progress', 'none', '--format', 'json'], t)).toBe(2);
+    expect(JSON.parse(t.out)).toMatchObject({ status: 'error', error: { code: 'file_unwritable', message: `Cannot write ${tmpdir()} (--summary-file): it is a directory.` } });
+    expect(t.err).not.toContain('config_not_found');
+  });
+
   it('with --progress json an error is an NDJSON event on stderr too, so stderr holds nothing else', async () => {
     const t = io({ MIGRATE_CONFIG: join(tmpdir(), 'no-such-dir-migrate', 'migration.yaml') });
     expect(await main(['copy', '--progress', 'json'], t)).toBe(2);

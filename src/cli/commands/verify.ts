@@ -1,4 +1,4 @@
-import { appendFileSync } from 'node:fs';
+import { accessSync, appendFileSync, constants, existsSync } from 'node:fs';
 import { isDirectory } from '../../export/whole-file.js';
 import { basename, dirname, resolve } from 'node:path';
 import { Command } from 'commander';
@@ -151,11 +151,11 @@ Examples:
         if (!several) {
           const result = entries[0]!.result!;
           ctx.result(renderVerify(result, ctx.format));
-          if (summaryFile) appendSummary(summaryFile, renderVerify(result, 'markdown'));
+          if (summaryFile) appendSummary(ctx, summaryFile, renderVerify(result, 'markdown'));
           return result.clean ? ExitCode.ok : ExitCode.findings;
         }
         ctx.result(renderVerifyDatacenters(migration, entries, ctx.format));
-        if (summaryFile) appendSummary(summaryFile, renderVerifyDatacenters(migration, entries, 'markdown'));
+        if (summaryFile) appendSummary(ctx, summaryFile, renderVerifyDatacenters(migration, entries, 'markdown'));
         const verdict = datacentersVerdict(entries);
         return verdict === 'ok' ? ExitCode.ok : verdict === 'drift' ? ExitCode.findings : ExitCode.server;
       } catch (err) {
@@ -164,7 +164,7 @@ Examples:
         await view.close();
         const artifact = renderVerifyError(err, ctx.format, migration);
         if (artifact) ctx.result(artifact);
-        if (summaryFile) appendSummary(summaryFile, renderVerifyError(err, 'markdown', migration)!);
+        if (summaryFile) appendSummary(ctx, summaryFile, renderVerifyError(err, 'markdown', migration)!);
         throw err;
       } finally {
         await view.close();
@@ -174,18 +174,31 @@ Examples:
   );
 }
 
-/** The --summary-file, checked before anything is read: its directory exists, and `-` is no file name. */
+/**
+ * The --summary-file, checked before anything is read: `-` is no file name, its directory exists, and it is a
+ * file (or a new one) this process may write. Found only after the report, a second document followed it on
+ * stdout and the verdict (drift, exit 1) became exit 2.
+ */
 function summaryTarget(file: string): string {
   if (basename(file) === '-') throw new UsageError('flag_invalid', '--summary-file - would write a file named "-": it appends to a file.', { hint: 'Name a file, such as "$GITHUB_STEP_SUMMARY".' });
   if (!isDirectory(dirname(file))) throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): ${dirname(file)} is not a directory.`, { hint: 'Check the path, or create the directory first.' });
+  if (isDirectory(file)) throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): it is a directory.`, { hint: 'Name a file in it, such as summary.md.' });
+  try {
+    accessSync(existsSync(file) ? file : dirname(file), constants.W_OK);
+  } catch (err) {
+    throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): ${(err as Error).message}.`, { hint: 'Check the file\'s and its directory\'s permissions, or pass another path.' });
+  }
   return file;
 }
 
-/** Appends the markdown summary; a failure is file_unwritable (exit 2), not an internal error after the report. */
-function appendSummary(file: string, text: string): void {
+/**
+ * Appends the markdown summary after the report. Its path was checked first, so a failure here is the disk's
+ * (full, gone): said on stderr, and the verdict's exit code stands (the report is the one document on stdout).
+ */
+function appendSummary(ctx: { warn(text: string): void }, file: string, text: string): void {
   try {
     appendFileSync(file, text);
   } catch (err) {
-    throw new UsageError('file_unwritable', `Cannot write ${file} (--summary-file): ${(err as Error).message}.`, { hint: 'Check the directory, its permissions and free space, or pass another path.' });
+    ctx.warn(`the markdown summary was not written to ${file} (--summary-file): ${(err as Error).message}; the report above is complete`);
   }
 }
