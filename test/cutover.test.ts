@@ -541,6 +541,31 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('a standby started with a new to: (--accept-mapping-change) is refused when it comes to lead after the rule was cut over, before its reverse mirror writes etcd (it emptied etcd of the rule)', async () => {
+    const s = scenario('standbyto');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const leader = await dualRun(s);
+    const moved = join(s.dir, 'moved.yaml');
+    writeFileSync(moved, readFileSync(join(s.dir, 'migration.yaml'), 'utf8').replace(`to: ${s.id}/app/`, `to: ${s.id}/app2/`));
+    // Nothing is cut over yet: its start checks pass, and it waits.
+    const standby = await startDualRun(s.dir, ['--ha', '--accept-mapping-change', '--config', moved]);
+    try {
+      await eventually('standby waits', async () => standby.stderr().includes('another dual-run leads'), 20_000);
+      const cut = await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now', '--drain', '200ms']);
+      expect(cut.code, cut.stdout + cut.stderr).toBe(0);
+      expect(await leader.stop()).toBe(0);
+      await eventually('standby refused', async () => standby.child.exitCode !== null, 40_000);
+      expect(standby.child.exitCode, standby.stderr()).toBe(4);
+      expect(standby.stderr()).toContain(`error[mapping_changed_cut_over]: migration.yaml changes what Consul owns: rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
+      expect(standby.stderr()).not.toContain('reverse mirror of rule app started');
+      for (let i = 0; i < 5; i++) expect(await etcdValue(`${s.root}/app/k${i}`)).toBe(`v${i}`);
+    } finally {
+      await leader.stop();
+      await standby.stop();
+    }
+  }, 120_000);
+
   it('dualrun --accept-mapping-change refuses a new to: of a cut-over rule (exit 4): the reverse mirror would have emptied etcd of it; and dropping it, which would have stopped its mirror', async () => {
     const s = scenario('moveto');
     await seed(s);

@@ -43,6 +43,8 @@ describe('migrate dualrun (real servers)', () => {
     expect(run.stderr).toContain('error[dualrun_no_checkpoint]');
     expect(run.stderr).toContain('--baseline');
     expect(run.stderr).toContain('Run `migrate copy` first');
+    // Refused before it wrote anything: the migration's identity too (a mapping edited before the first copy was then refused as a change).
+    expect(await target.listKeys(`_migrate/${s.id}/`)).toEqual([]);
     // A copy that started and stopped (Ctrl-C) left its progress, not a checkpoint: the way on is to resume it.
     await target.putKey(`_migrate/${s.id}/copy`, Buffer.from(JSON.stringify({ schemaVersion: 1, revision: 5, started: new Date().toISOString(), updated: new Date().toISOString(), rules: {} })));
     const stopped = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });

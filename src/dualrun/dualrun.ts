@@ -203,6 +203,11 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   if (options.acceptMappingChange) await refuseCutOverMappingChanges(lanes);
   await refuseOverlappingMigrations(primaryLane.target, primaryLane.config, (text) => options.log('warn', text));
   const identity = { id: primaryLane.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(primaryLane.config), rules: recordedRules(primaryLane.config) };
+  // Refused before the first write (meta): a dual-run with nothing to start from wrote the migration's identity, and a
+  // mapping edited before the first copy was then refused as a change.
+  if (!options.baseline && !(await readState<CheckpointState>(primaryLane.target, paths.checkpoint())) && (await runningCopy(primaryLane.target, primaryLane.config)) === undefined) {
+    throw noCheckpoint(primaryLane.config, await readState<CopyState>(primaryLane.target, paths.copy));
+  }
   const verdict = await ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
   const mappingChanged = recordedOnceInForce(verdict, () => ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: true }));
   if (verdict === 'mapping-changed') {
@@ -228,6 +233,13 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     try {
       copying = await runningCopy(primaryLane.target, primaryLane.config);
       if (copying !== undefined && !options.ha) throw copyRunning(primaryLane.config, copying);
+      // This process checked the mapping when it started; a standby may lead hours later. Rules may have been cut over
+      // since (with a changed to, a reverse mirror would write etcd from the wrong Consul prefix, deleting the rule's keys
+      // there), or another dual-run may have recorded another mapping: checked again before this leadership writes.
+      if (copying === undefined) {
+        if (options.acceptMappingChange) await refuseCutOverMappingChanges(lanes);
+        mappingChanged.pending = (await ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true })) === 'mapping-changed';
+      }
     } catch (err) {
       await leader.release();
       throw err;
@@ -543,17 +555,21 @@ async function setUpLead(ctx: LeadContext, options: DualRunOptions): Promise<Lea
   }
 }
 
+/** No checkpoint and no --baseline: nothing says from which revision to replicate. */
+function noCheckpoint(config: MigrationConfig, started: CopyState | undefined): RefusedError {
+  return new RefusedError('dualrun_no_checkpoint', `Migration "${config.id}" has no checkpoint: nothing says from which etcd revision to replicate.`, {
+    hint: started && !started.completed
+      ? 'Run `migrate copy --resume` first (a copy started and did not finish; it leaves the checkpoint when it does), or start with `migrate dualrun --baseline` to copy now.'
+      : 'Run `migrate copy` first (it leaves the checkpoint), or start with `migrate dualrun --baseline` to copy now.',
+  });
+}
+
 async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<LeadSetup> {
   const { source, target, paths, stats } = ctx;
   let checkpointDoc = await readState<CheckpointState>(target, paths.checkpoint());
   if (!checkpointDoc) {
     if (!options.baseline) {
-      const started = await readState<CopyState>(target, paths.copy);
-      throw new RefusedError('dualrun_no_checkpoint', `Migration "${ctx.config.id}" has no checkpoint: nothing says from which etcd revision to replicate.`, {
-        hint: started && !started.completed
-          ? 'Run `migrate copy --resume` first (a copy started and did not finish; it leaves the checkpoint when it does), or start with `migrate dualrun --baseline` to copy now.'
-          : 'Run `migrate copy` first (it leaves the checkpoint), or start with `migrate dualrun --baseline` to copy now.',
-      });
+      throw noCheckpoint(ctx.config, await readState<CopyState>(target, paths.copy));
     }
     options.log('info', 'no checkpoint: running the baseline copy first');
     await options.copy({}, ctx.lane);
