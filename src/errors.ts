@@ -77,6 +77,11 @@ export function errorDocs(code: string): string {
   return `README.md#error-${code}`;
 }
 
+/** An error as stderr says it in text: `error[code]: message`, its next step and where the README explains it. */
+export function errorText(e: MigrateError): string {
+  return `error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`;
+}
+
 /** An error as `--format json` carries it: `{"code", "message", "hint", …details, "docs"}`. */
 export function errorJson(e: MigrateError): Record<string, unknown> {
   return { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details, docs: errorDocs(e.code) };

@@ -214,7 +214,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     const noDualRun = await s.cli(['cutover', '--rule', 'app', '--yes']);
     expect(noDualRun.code, noDualRun.stderr).toBe(4);
     expect(noDualRun.stdout).toMatch(/FAIL dual-run\s+the dual-run is not running/);
-    expect(noDualRun.stdout).toContain('nothing was changed');
+    expect(noDualRun.stderr).toContain('nothing was changed');
     // A dual-run that holds the leader lock and writes no checkpoint (re-baselining) is not called stopped: start it, and dualrun_locked.
     const busy = new LeaderLock(target, `_migrate/${s.id}/leader`, 'rebaselining-host:42');
     expect(await busy.acquire({ wait: false, signal: new AbortController().signal })).toBe(true);
@@ -231,7 +231,18 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(keep.code).toBe(4);
     // Refused as every other refusal is in JSON: with an error naming the failed checks.
     expect(JSON.parse(keep.stdout)).toMatchObject({ status: 'refused', error: { code: 'preconditions_failed', failed: ['dual-run', 'caught up', 'k8s: action'], docs: 'README.md#error-preconditions_failed' } });
-    expect((await s.cli(['cutover', '--rule', 'k8s', '--yes'])).stdout).toMatch(/FAIL k8s: action\s+rule k8s is a keep rule: its keys stay on etcd; there is nothing to cut over, roll back or finalize/);
+    const keepText = await s.cli(['cutover', '--rule', 'k8s', '--yes']);
+    expect(keepText.stdout).toMatch(/FAIL k8s: action\s+rule k8s is a keep rule: its keys stay on etcd; there is nothing to cut over, roll back or finalize/);
+    // The refusal's error goes to stderr, as every error's does; stdout holds the checks only.
+    expect(keepText.stdout).not.toContain('error[');
+    expect(keepText.stderr).toContain('error[preconditions_failed]: cutover refused: 3 precondition(s) failed (dual-run, caught up, k8s: action); nothing was changed.');
+    // With --progress json, an error event (stderr holds NDJSON only) and one JSON document on stdout.
+    const keepEvents = await s.cli(['cutover', '--rule', 'k8s', '--yes', '--format', 'json', '--progress', 'json']);
+    expect(keepEvents.code).toBe(4);
+    expect(JSON.parse(keepEvents.stdout)).toMatchObject({ status: 'refused' });
+    const events = keepEvents.stderr.trim().split('\n').map((line) => JSON.parse(line) as { event: string; code?: string });
+    expect(events.filter((e) => e.event === 'error')).toEqual([expect.objectContaining({ code: 'preconditions_failed' })]);
+    expect(events.at(-1)).toMatchObject({ event: 'end', exitCode: 4 });
     // Off a terminal and without --yes too: a keep rule is refused as one, not sent to pass --yes first.
     for (const command of ['cutover', 'rollback', 'finalize']) {
       const refused = await s.cli([command, '--rule', 'k8s']);
@@ -540,6 +551,48 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       await proxy.close();
     }
   }, 90_000);
+
+  it('finalize --delete-etcd refuses etcd keys changed past the checkpoint while no dual-run runs (a late write was deleted with no trace), and a rule whose writes a rollback paused', async () => {
+    const s = scenario('finunseen');
+    await seed(s);
+    await cutOverApp(s);
+    // A late write while no dual-run runs: nothing records it, and verify's drift did not stop the delete.
+    await etcd.put(`${s.root}/app/k1`).value('late');
+    const before = await snapshot(s);
+    const refused = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd']);
+    expect(refused.code, refused.stdout + refused.stderr).toBe(4);
+    const text = refused.stdout.replace(/\s+/g, ' ');
+    expect(text).toMatch(new RegExp(`FAIL app: etcd changes judged 1 etcd key\\(s\\) of rule app changed after revision \\d+, the last the dual-run replicated \\(${s.root}/app/k1\\), and no dual-run runs to judge them`));
+    expect(await etcdValue(`${s.root}/app/k1`)).toBe('late');
+    expect(await snapshot(s)).toBe(before);
+    // A dual-run judges it: a late write, recorded as a trip, which finalize refuses until acknowledged.
+    const dr = await dualRun(s);
+    try {
+      await eventually('late write counted', async () => metric(await dr.metrics(), 'migrate_dualrun_late_writes_total') === 1);
+      const tripped = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd']);
+      expect(tripped.code).toBe(4);
+      expect(tripped.stdout).toMatch(/FAIL app: trips\s+1 late write/);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    // A rollback that paused the rule's writes and has not flipped it (stopped, or still running): finalize waits for it.
+    const docKey = `_migrate/${s.id}/rules/app`;
+    const doc = JSON.parse((await target.readKey(docKey))!.value.toString()) as Record<string, unknown>;
+    await target.putKey(docKey, Buffer.from(JSON.stringify({ ...doc, writesPaused: { since: new Date().toISOString(), by: 'ops@other-shell', for: 'rollback' } })));
+    const paused = await s.cli(['finalize', '--rule', 'app', '--yes', '--acknowledge-trips']);
+    expect(paused.code).toBe(4);
+    expect(paused.stdout.replace(/\s+/g, ' ')).toContain('FAIL app: writes paused a rollback started by ops@other-shell at');
+    expect(paused.stdout.replace(/\s+/g, ' ')).toContain('`migrate rollback --rule app` finishes it and `migrate cutover --rule app` abandons it');
+    expect((JSON.parse((await target.readKey(docKey))!.value.toString()) as { phase: string }).phase).toBe('cutover');
+    // Its id edited: no state under the new one, and the refusal names the migration that copies the same etcd prefixes
+    // (it said to run copy, which then met the other migration's keys).
+    const renamed = join(s.dir, 'renamed.yaml');
+    writeFileSync(renamed, readFileSync(join(s.dir, 'migration.yaml'), 'utf8').replace(`id: ${s.id}`, `id: ${s.id}-new`));
+    const lost = await s.cli(['cutover', '--rule', 'app', '--yes', '--config', renamed]);
+    expect(lost.code).toBe(4);
+    expect(lost.stderr).toContain(`error[cutover_no_state]: Migration "${s.id}-new" has no state in Consul under _migrate/${s.id}-new/: no copy has run with this id and state prefix (migration "${s.id}" there copies the same etcd prefixes).`);
+    expect(lost.stderr).toContain(`If migration.yaml's id was changed since the copy, put it back ("${s.id}")`);
+  }, 120_000);
 
   it('a standby started with a new to: (--accept-mapping-change) is refused when it comes to lead after the rule was cut over, before its reverse mirror writes etcd (it emptied etcd of the rule)', async () => {
     const s = scenario('standbyto');
@@ -1205,7 +1258,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect((await phases(s)).app.owner).toBe('etcd');
 
       // Ctrl-C at the prompt is the operator's interrupt (130), Ctrl-D a no (4): neither is a crash, neither changes anything.
-      for (const [key, code, said] of [['C-c', 130, 'interrupted at its confirmation prompt; nothing was changed'], ['C-d', 4, 'Refused: not confirmed; nothing was changed']] as const) {
+      for (const [key, code, said] of [['C-c', 130, 'interrupted at its confirmation prompt; nothing was changed'], ['C-d', 4, 'error[not_confirmed]: cutover was not confirmed; nothing was changed.']] as const) {
         const quit = new Terminal(['cutover', '--rule', 'app', '--drain', '200ms'], { cwd: s.dir, env: serverEnv() });
         try {
           const prompt = await quit.until('the prompt', (screen) => screen.includes('Type the rule name to cutover (app):'));

@@ -1,3 +1,4 @@
+import { errorDocs, errorText, type MigrateError } from '../errors.js';
 import { scrub } from '../report/redact.js';
 import { terminalSafe } from '../report/keys.js';
 import type { LoadedConfig } from '../config/load.js';
@@ -100,6 +101,15 @@ export class CommandContext {
     const loaded = loadConfig({ configFlag, env: this.io.env, cwd: this.io.cwd, required });
     for (const w of loaded.mapping.warnings) warn(`${w.file ?? 'migration.yaml'}${w.position ? `:${w.position.line}:${w.position.col}` : ''}: ${w.path}: ${w.message}`);
     return loaded;
+  }
+
+  /**
+   * The error of a command whose result is written already (a refused cutover's checks), said on stderr as the
+   * CLI says every error: an `error[code]` block, or an `error` event with --progress json. stdout keeps one document.
+   */
+  error(err: MigrateError): void {
+    if (this.progress === 'json') this.event({ event: 'error', code: err.code, message: err.message, hint: err.hint ?? null, docs: errorDocs(err.code) });
+    else this.log(errorText(err));
   }
 
   /** One NDJSON progress event on stderr (with --progress json). */

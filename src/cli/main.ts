@@ -1,5 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
-import { errorDocs, errorJson, ExitCode, InterruptedError, isMigrateError, UsageError, type MigrateError } from '../errors.js';
+import { errorDocs, errorJson, errorText, ExitCode, InterruptedError, isMigrateError, UsageError, type MigrateError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import { scrub } from '../report/redact.js';
 import { terminalSafe } from '../report/keys.js';
@@ -177,7 +177,8 @@ function installInterrupts(controller: AbortController, io: Io, opts: { progress
     count++;
     if (count === 1) {
       // Every command: a copy finishes its batch and records its progress, a cutover stops before its flip, ...
-      const message = 'interrupt received: stopping at the next safe point, what is done is recorded (Ctrl-C again to quit now)';
+      // (what each records, if anything, its own last line says: verify, say, records nothing).
+      const message = 'interrupt received: stopping at the next safe point (Ctrl-C again to quit now)';
       const ts = new Date().toISOString();
       if (opts.progress === 'json') io.stderr.write(`${JSON.stringify({ ts, event: 'interrupt', message })}\n`);
       else if (opts.logFormat === 'json') io.stderr.write(`${JSON.stringify({ ts, level: 'info', msg: message })}\n`);
@@ -200,7 +201,7 @@ function reportError(err: unknown, io: Io, format: Format, command: string, stde
     const e = err as MigrateError;
     if (stderr === 'log') line({ level: 'error', msg: e.message, code: e.code, hint: e.hint ?? null, docs: errorDocs(e.code) });
     else if (stderr === 'events') line({ event: 'error', code: e.code, message: e.message, hint: e.hint ?? null, docs: errorDocs(e.code) });
-    else io.stderr.write(scrub(terminalSafe(`error[${e.code}]: ${e.message}\n${e.hint ? `  next: ${e.hint}\n` : ''}  see: ${errorDocs(e.code)}\n`)));
+    else io.stderr.write(scrub(terminalSafe(errorText(e))));
     if (format === 'json') {
       io.stdout.write(scrub(renderEnvelope(command, e.exitCode === ExitCode.refused ? 'refused' : 'error', { error: errorJson(e) })));
     }

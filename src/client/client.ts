@@ -1,5 +1,4 @@
 import { EventEmitter, setMaxListeners } from 'node:events';
-import { dirname } from 'node:path';
 import { resolveConnections } from '../config/connections.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { isMigrateError, MigrateError, UsageError } from '../errors.js';
@@ -180,7 +179,7 @@ export async function createKvClient(options: KvClientOptions): Promise<KvClient
   const loaded = typeof options.config === 'object' ? options.config : loadConfig({ configFlag: options.config, env, cwd, required: true });
   const requested = typeof options.rules === 'string' ? [options.rules] : [...(options.rules ?? [])];
   const rules = checkClientRules(requested, loaded.mapping.rules, loaded.file);
-  const connections = resolveConnections(loaded.config, {}, env, loaded.file ? dirname(loaded.file) : cwd);
+  const connections = resolveConnections(loaded.config, {}, env, cwd, loaded.file);
   const source = new EtcdSource({ ...connections.source, timeoutMs: options.timeoutMs ?? 5_000, ...options.etcd });
   const target = new ConsulTarget({ ...connections.target, ...options.consul }, { limits: loaded.config.target.limits, retry: { attempts: 3 } });
   const client = new KvClient(loaded, rules, source, target, options);

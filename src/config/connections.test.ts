@@ -58,12 +58,29 @@ describe('connection settings: flags > environment > file > defaults', () => {
     expect(c.origins['consul.address']).toBe('flag');
   });
 
+  it('paths migration.yaml gives are relative to its folder; paths the environment gives, to the working directory', () => {
+    const elsewhere = mkdtempSync(join(tmpdir(), 'migrate-cwd-'));
+    writeFileSync(join(elsewhere, 'token.txt'), 'cwd-token-0011\n');
+    // Run from another folder (`-c ../migration.yaml`): the file's token.txt, not the working directory's.
+    expect(resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p' }, elsewhere, join(dir, 'migration.yaml')).target.token).toBe('file-token-0001');
+    expect(resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p', CONSUL_HTTP_TOKEN_FILE: 'token.txt' }, elsewhere, join(dir, 'migration.yaml')).target.token).toBe('cwd-token-0011');
+    // The path it could not read is said whole.
+    expect(() => resolveConnections(fileConfig, {}, { MY_ETCD_PW: 'p' }, dir, join(elsewhere, 'sub', 'migration.yaml'))).toThrow(`Cannot read the Consul token file ${join(elsewhere, 'sub', 'token.txt')}: ENOENT.`);
+  });
+
   it('defaults to the local servers', () => {
     const c = resolveConnections(parseConfig('version: 1\nid: d\n', 'm.yaml').config, {}, {}, dir);
     expect(c.source.endpoints).toEqual(['http://127.0.0.1:2379']);
     expect(c.target.address).toBe('http://127.0.0.1:8500');
     expect(c.target.token).toBeUndefined();
     expect(c.origins['etcd.endpoints']).toBe('default');
+  });
+
+  it('target.tokenEnv naming an unset variable is refused, not taken for no token (the run went anonymous)', () => {
+    const config = parseConfig('version: 1\nid: d\ntarget:\n  tokenEnv: MY_CONSUL_TOKEN\n', 'm.yaml').config;
+    expect(() => resolveConnections(config, {}, {}, dir)).toThrow(expect.objectContaining({ code: 'consul_token_missing', message: 'migration.yaml names the Consul token\'s environment variable MY_CONSUL_TOKEN (target.tokenEnv), which is not set.' }));
+    expect(resolveConnections(config, {}, { MY_CONSUL_TOKEN: 'env-named-token-0009' }, dir).target.token).toBe('env-named-token-0009');
+    expect(resolveConnections(config, {}, { CONSUL_HTTP_TOKEN: 'env-token-0010' }, dir).target.token).toBe('env-token-0010');
   });
 
   it('CONSUL_HTTP_TOKEN_FILE is read; CONSUL_HTTP_SSL_VERIFY=false turns verification off', () => {

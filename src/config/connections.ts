@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { UsageError } from '../errors.js';
 import { redactUrl, registerSecret } from '../report/redact.js';
 import type { ConsulConnection } from '../stores/consul-http.js';
@@ -56,7 +56,10 @@ function readPem(path: string | undefined, what: string, baseDir: string): Buffe
  * Environment variables are the ecosystem's own (ETCDCTL_*, CONSUL_*).
  * Every secret found is registered for scrubbing before it is used.
  */
-export function resolveConnections(config: MigrationConfig, flags: ConnectionFlags, processEnv: NodeJS.ProcessEnv, baseDir: string): Connections {
+export function resolveConnections(config: MigrationConfig, flags: ConnectionFlags, processEnv: NodeJS.ProcessEnv, baseDir: string, configFile?: string): Connections {
+  // A path migration.yaml gives is the file's, as a reviewer reads it: relative to its folder (from another folder,
+  // `-c ../migration.yaml` looked for its token file in the working directory). One the environment gives is the shell's.
+  const fromFile = (path: string | undefined) => (path && configFile ? resolve(dirname(configFile), path) : path);
   // A variable set but empty (`CONSUL_HTTP_TOKEN=` from a ConfigMap) counts as unset, as etcdctl and consul take it:
   // an empty token must not hide CONSUL_HTTP_TOKEN_FILE and send the requests anonymously.
   const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(processEnv).filter(([, value]) => value !== ''));
@@ -86,9 +89,9 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
     throw new UsageError('config_invalid', 'source.endpoints in migration.yaml names no endpoint.', { hint: 'List one or more host:port or URLs, or leave source.endpoints out for ETCDCTL_ENDPOINTS or the default.' });
   }
   const etcdTls = {
-    ca: pick<string | undefined>('etcd.cacert', [[env.ETCDCTL_CACERT, 'env'], [config.source.tls?.ca, 'file']], undefined),
-    cert: pick<string | undefined>('etcd.cert', [[env.ETCDCTL_CERT, 'env'], [config.source.tls?.cert, 'file']], undefined),
-    key: pick<string | undefined>('etcd.key', [[env.ETCDCTL_KEY, 'env'], [config.source.tls?.key, 'file']], undefined),
+    ca: pick<string | undefined>('etcd.cacert', [[env.ETCDCTL_CACERT, 'env'], [fromFile(config.source.tls?.ca), 'file']], undefined),
+    cert: pick<string | undefined>('etcd.cert', [[env.ETCDCTL_CERT, 'env'], [fromFile(config.source.tls?.cert), 'file']], undefined),
+    key: pick<string | undefined>('etcd.key', [[env.ETCDCTL_KEY, 'env'], [fromFile(config.source.tls?.key), 'file']], undefined),
   };
   const withTls = Boolean(etcdTls.ca || etcdTls.cert || etcdTls.key);
   const envEndpoints = list(env.ETCDCTL_ENDPOINTS);
@@ -112,7 +115,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   const filePassword = fileUser === undefined || fileUser === user;
   password ??= env.ETCDCTL_PASSWORD
     ?? (filePassword && config.source.auth?.passwordEnv ? env[config.source.auth.passwordEnv] : undefined)
-    ?? (filePassword && config.source.auth?.passwordFile ? readSecretFile(config.source.auth.passwordFile, 'etcd password', baseDir) : undefined);
+    ?? (filePassword && config.source.auth?.passwordFile ? readSecretFile(fromFile(config.source.auth.passwordFile)!, 'etcd password', baseDir) : undefined);
   registerSecret(password);
   if (user && password === undefined) {
     const named = filePassword ? config.source.auth?.passwordEnv : undefined;
@@ -145,8 +148,15 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   const token = env.CONSUL_HTTP_TOKEN
     ?? (env.CONSUL_HTTP_TOKEN_FILE ? readSecretFile(env.CONSUL_HTTP_TOKEN_FILE, 'Consul token', baseDir) : undefined)
     ?? (config.target.tokenEnv ? env[config.target.tokenEnv] : undefined)
-    ?? (config.target.tokenFile ? readSecretFile(config.target.tokenFile, 'Consul token', baseDir) : undefined);
+    ?? (config.target.tokenFile ? readSecretFile(fromFile(config.target.tokenFile)!, 'Consul token', baseDir) : undefined);
   registerSecret(token);
+  // The variable the file names is not set: the run went without a token (anonymous), and failed on ACLs it could not explain.
+  const tokenEnv = config.target.tokenEnv;
+  if (token === undefined && tokenEnv && env[tokenEnv] === undefined && !config.target.tokenFile) {
+    throw new UsageError('consul_token_missing', `migration.yaml names the Consul token's environment variable ${tokenEnv} (target.tokenEnv), which is not set.`, {
+      hint: `Set ${tokenEnv} (or CONSUL_HTTP_TOKEN) in the environment of this command, or remove target.tokenEnv to use no token.`,
+    });
+  }
   // A token file of two lines, or a pasted line break: no HTTP header can carry it (the token is not shown).
   if (token && /[^\x20-\x7e]/.test(token)) {
     throw new UsageError('consul_token_invalid', 'The Consul token holds a line break or another character an HTTP header cannot carry.', {
@@ -158,7 +168,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   const target: ConsulConnection = { address };
   if (token) target.token = token;
   // Read again when Consul refuses the token (a file rotated in place); a token from the environment stays as it is.
-  const tokenFile = env.CONSUL_HTTP_TOKEN ? undefined : env.CONSUL_HTTP_TOKEN_FILE ?? (config.target.tokenEnv && env[config.target.tokenEnv] !== undefined ? undefined : config.target.tokenFile);
+  const tokenFile = env.CONSUL_HTTP_TOKEN ? undefined : env.CONSUL_HTTP_TOKEN_FILE ?? (config.target.tokenEnv && env[config.target.tokenEnv] !== undefined ? undefined : fromFile(config.target.tokenFile));
   if (token && tokenFile) target.tokenFile = resolve(baseDir, tokenFile);
   const datacenter = pick<string | undefined>('consul.datacenter', [[flags.datacenter, 'flag'], [config.target.datacenter, 'file']], undefined);
   if (datacenter) target.datacenter = datacenter;
@@ -166,9 +176,9 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   if (namespace) target.namespace = namespace;
   if (config.target.partition) target.partition = config.target.partition;
   const consulTls = {
-    ca: pick<string | undefined>('consul.cacert', [[env.CONSUL_CACERT, 'env'], [config.target.tls?.ca, 'file']], undefined),
-    cert: pick<string | undefined>('consul.cert', [[env.CONSUL_CLIENT_CERT, 'env'], [config.target.tls?.cert, 'file']], undefined),
-    key: pick<string | undefined>('consul.key', [[env.CONSUL_CLIENT_KEY, 'env'], [config.target.tls?.key, 'file']], undefined),
+    ca: pick<string | undefined>('consul.cacert', [[env.CONSUL_CACERT, 'env'], [fromFile(config.target.tls?.ca), 'file']], undefined),
+    cert: pick<string | undefined>('consul.cert', [[env.CONSUL_CLIENT_CERT, 'env'], [fromFile(config.target.tls?.cert), 'file']], undefined),
+    key: pick<string | undefined>('consul.key', [[env.CONSUL_CLIENT_KEY, 'env'], [fromFile(config.target.tls?.key), 'file']], undefined),
   };
   const verifyEnv = env.CONSUL_HTTP_SSL_VERIFY;
   const verify = verifyEnv !== undefined ? !/^(false|0)$/i.test(verifyEnv) : config.target.tls?.verify ?? true;

@@ -193,7 +193,15 @@ async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
   const info = await deps.target.info();
   const meta = await readState<StateMeta>(deps.target, paths.meta);
   if (!meta) {
-    throw new RefusedError('cutover_no_state', `Migration "${deps.config.id}" has no state in Consul: no copy has run.`, { hint: 'Run `migrate copy` and `migrate dualrun` first (see `migrate status`).' });
+    // An id or state prefix edited since the copy reads as no copy at all: the migration whose rules these are is named.
+    const { others } = await otherMigrations(deps.target, deps.config.state.prefix, deps.config.id);
+    const froms = new Set(deps.config.rules.filter((r) => r.action === 'copy').map((r) => r.from));
+    const same = others.filter((o) => o.rules.some((r) => r.action === 'copy' && froms.has(r.from))).map((o) => `"${o.id}"`);
+    throw new RefusedError('cutover_no_state', `Migration "${deps.config.id}" has no state in Consul under ${paths.root}: no copy has run with this id and state prefix${same.length > 0 ? ` (migration ${same.join(', ')} there copies the same etcd prefixes)` : ''}.`, {
+      hint: same.length > 0
+        ? `If migration.yaml's id was changed since the copy, put it back (${same.join(', ')}); otherwise run \`migrate copy\` and \`migrate dualrun\` first (see \`migrate status\`).`
+        : 'Run `migrate copy` and `migrate dualrun` first (see `migrate status`). If migration.yaml\'s id or state.prefix changed since the copy, put them back as they were.',
+    });
   }
   checkIdentity(meta, { id: deps.config.id, etcdClusterId: status.clusterId, datacenter: info.datacenter, mappingHash: mappingHash(deps.config) });
 }
@@ -289,6 +297,26 @@ function refuseIfMoved(state: CutoverState, outcomes: RuleOutcome[], from: reado
   if (moved.length === 0) return;
   throw new RefusedError('phase_contended', `The phase of ${moved.map((o) => `rule ${o.rule} (now ${phaseOf(state, o.rule, now)})`).join(', ')} changed while this command ran (another operator moved it); nothing was written or deleted.`, {
     hint: 'Run `migrate status` to see the current phase, then run the command again if it is still needed.',
+  });
+}
+
+/**
+ * A rollback (or cutover) that paused the rule's writes and has not flipped it yet: finalize waits for it. It
+ * won the race before (finalized and deleted etcd's keys while the rollback, started first, held the writes).
+ */
+function pauseCheck(state: CutoverState, rule: string): PreconditionCheck[] {
+  const pause = state.docs.get(rule)?.doc.writesPaused;
+  if (!pause) return [];
+  const undo = pause.for === 'cutover' ? 'rollback' : 'cutover';
+  return [{ name: 'writes paused', ok: false, detail: `a ${pause.for} started by ${pause.by} at ${pause.since} paused applications' writes to rule ${rule} and has not finished: let it finish; if it no longer runs, \`migrate ${pause.for} --rule ${rule}\` finishes it and \`migrate ${undo} --rule ${rule}\` abandons it` }];
+}
+
+/** The same, read again just before the flip: a pause set since the checks refuses the transition. */
+function refuseIfPaused(state: CutoverState, outcomes: RuleOutcome[]): void {
+  const paused = outcomes.filter((o) => pauseCheck(state, o.rule).length > 0);
+  if (paused.length === 0) return;
+  throw new RefusedError('phase_contended', `${paused.map((o) => `rule ${o.rule}`).join(', ')}: another operator's ${paused.map((o) => state.docs.get(o.rule)!.doc.writesPaused!.for).join(', ')} paused its writes while this command ran; nothing was written or deleted.`, {
+    hint: 'Run `migrate status` to see the move in progress, then run the command again if it is still needed.',
   });
 }
 
@@ -670,6 +698,48 @@ async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: 
 }
 
 /**
+ * For `finalize --delete-etcd` of a rule cut over: the dual-run has judged every etcd key's last write (its
+ * checkpoint is at or past the key's revision): its reverse mirror's own, or a late write, recorded as a trip.
+ * With no dual-run running, a write past the checkpoint (an application still on etcd) was deleted with no
+ * trace, verify's drift notwithstanding. A running dual-run is waited for (--catch-up-timeout), then its trips
+ * are read again. `--export-etcd` keeps such keys on disk, so they may go.
+ */
+async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: CompiledRule, exported: boolean, options: FinalizeOptions): Promise<PreconditionCheck> {
+  const name = 'etcd changes judged';
+  const replicated = async () => (await readState<CheckpointState>(deps.target, paths.checkpoint()))?.revision ?? 0;
+  const checkpoint = await replicated();
+  let unseen = 0;
+  let newest = 0;
+  const examples: Buffer[] = [];
+  for await (const page of readRanges(deps.source, ruleRanges(deps.mapping, rule), { keysOnly: true })) {
+    for (const entry of page.entries) {
+      if (entry.modRevision <= checkpoint) continue;
+      unseen++;
+      newest = Math.max(newest, entry.modRevision);
+      if (examples.length < 3) examples.push(entry.key);
+    }
+  }
+  if (unseen === 0) {
+    // Read after the checkpoint: a dual-run records a late write's trip before its checkpoint passes it.
+    const trips = tripCheck(await readCutoverState(deps.target, paths), rule.name, options.acknowledgeTrips);
+    return trips.ok ? { name, ok: true, detail: `the dual-run replicated every write to the rule's etcd keys (checkpoint ${checkpoint})` } : trips;
+  }
+  const changed = `${unseen} etcd key(s) of rule ${rule.name} changed after revision ${checkpoint}, the last the dual-run replicated (${examples.map(formatKey).join(', ')}${unseen > 3 ? ', …' : ''})`;
+  const deadline = Date.now() + options.catchUpTimeoutMs;
+  while ((await deps.target.readKey(paths.leader))?.session) {
+    const now = await replicated();
+    if (now >= newest) {
+      const trips = tripCheck(await readCutoverState(deps.target, paths), rule.name, options.acknowledgeTrips);
+      return trips.ok ? { name, ok: true, detail: `${changed}; the running dual-run has replicated past them (revision ${now})` } : trips;
+    }
+    if (Date.now() >= deadline) return { name, ok: false, detail: `${changed}; the running dual-run did not reach revision ${newest} within ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout) to judge them. Run finalize again once it has caught up (\`migrate status\`); nothing was deleted` };
+    await options.sleep(200);
+  }
+  if (exported) return { name, ok: true, detail: `${changed}, and no dual-run runs to judge them (a late write?): they go to the export file before they are deleted` };
+  return { name, ok: false, detail: `${changed}, and no dual-run runs to judge them: a write by an application still on etcd (a late write) would be deleted with no trace. Start \`migrate dualrun\` and let it catch up (it records a late write as a trip: \`migrate status\`), then run finalize again, or pass --export-etcd <file> to keep etcd's copies on disk; nothing was deleted` };
+}
+
+/**
  * The etcd user may write each rule's range (asked without writing). A user
  * that may only read, cut over, left the reverse mirror retrying a refused
  * write while readers still on etcd saw stale data, with only the dual-run's
@@ -762,6 +832,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
       : { name: 'phase', ok: false, detail: from === 'finalized' ? `rule ${name} is already finalized` : `rule ${name} is in phase ${from}: cut it over first (\`migrate cutover --rule ${name}\`)` },
       tripCheck(state, name, options.acknowledgeTrips),
       ...(elsewhere.get(name) ? [elsewhere.get(name)!] : []),
+      ...pauseCheck(state, name),
     ];
     return { rule: name, from, to: 'finalized', checks, ok: checks.every((c) => c.ok) };
   });
@@ -775,6 +846,10 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
       const check = await consulHoldsRule(deps, ruleNamed(mapping, outcome.rule), Boolean(etcdOut), outcome.from === 'finalized');
       outcome.checks.push(check);
       outcome.ok = check.ok;
+      if (!outcome.ok || outcome.from === 'finalized') continue;
+      const judged = await etcdChangesJudged(deps, paths, ruleNamed(mapping, outcome.rule), Boolean(etcdOut), options);
+      outcome.checks.push(judged);
+      outcome.ok = judged.ok;
     }
   }
   if (!outcomes.every((o) => o.ok) || !(await confirmed(options, [], outcomes))) {
@@ -797,6 +872,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
     // Another operator rolled back (or finalized) meanwhile: etcd's keys are the owner's data again.
     const flipping = outcomes.filter((o) => o.from === 'cutover');
     refuseIfMoved(state, flipping, ['cutover'], at);
+    refuseIfPaused(state, flipping);
     refuseIfMoved(state, outcomes.filter((o) => o.from === 'finalized'), ['finalized'], at);
     etcdRevision = (await deps.source.status()).revision;
     const transitions: Transition[] = flipping.map((o) => finalizeTransition(o, state, toDelete, etcdRevision, at, options.by));

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { CutoverResult } from './cutover.js';
-import { renderCutover } from './render.js';
+import { refusal, renderCutover } from './render.js';
 
 const refused = (over: Partial<CutoverResult>): CutoverResult => ({ action: 'cutover', migration: 'demo', refused: true, checks: [], rules: [], etcdRevision: 7, checkpoint: 7, written: [], ...over });
 
@@ -17,10 +17,12 @@ describe('renderCutover', () => {
     expect(JSON.parse(renderCutover({ ...refused({}), refused: false }, 'json')).error).toBeUndefined();
   });
 
-  it('a refusal in text ends with its code and where the README explains it, as every other error does', () => {
-    const text = renderCutover(refused({ checks: [{ name: 'dual-run', ok: false, detail: 'the dual-run is not running' }] }), 'text');
-    expect(text).toContain('error[preconditions_failed]: Refused: 1 precondition(s) failed; nothing was changed.\n  next: Each failed check says what to do');
-    expect(text).toMatch(/ {2}see: README\.md#error-preconditions_failed\n$/);
-    expect(renderCutover(refused({ action: 'rollback' }), 'text')).toContain('error[not_confirmed]: Refused: not confirmed; nothing was changed.');
+  it('a refusal in text is its checks; its error, with code and next step, is the one stderr says (the command does)', () => {
+    const checks = refused({ checks: [{ name: 'dual-run', ok: false, detail: 'the dual-run is not running' }] });
+    const text = renderCutover(checks, 'text');
+    expect(text).toContain('FAIL dual-run   the dual-run is not running');
+    expect(text).not.toContain('error[');
+    expect(refusal(checks)).toMatchObject({ code: 'preconditions_failed', message: 'cutover refused: 1 precondition(s) failed (dual-run); nothing was changed.', hint: expect.stringContaining('Each failed check says what to do') });
+    expect(refusal(refused({ action: 'rollback' }))).toMatchObject({ code: 'not_confirmed', message: 'rollback was not confirmed; nothing was changed.' });
   });
 });

@@ -1,5 +1,5 @@
 import type { Format } from '../cli/context.js';
-import { errorDocs, errorJson, isMigrateError, RefusedError } from '../errors.js';
+import { errorJson, isMigrateError, RefusedError } from '../errors.js';
 import { renderEnvelope } from '../report/envelope.js';
 import type { CutoverResult } from './cutover.js';
 import { formatAge, type PreconditionCheck } from './phase.js';
@@ -64,8 +64,8 @@ export function renderStatusDatacenters(migration: string, entries: { datacenter
   return parts.join('\n');
 }
 
-/** Why a refused `cutover`, `rollback` or `finalize` changed nothing, as the error of its JSON document. */
-function refusal(result: CutoverResult): RefusedError {
+/** Why a refused `cutover`, `rollback` or `finalize` changed nothing: the error of its JSON document, and the one said on stderr. */
+export function refusal(result: CutoverResult): RefusedError {
   const failed = [...result.checks.filter((c) => !c.ok).map((c) => c.name), ...result.rules.flatMap((r) => r.checks.filter((c) => !c.ok).map((c) => `${r.rule}: ${c.name}`))];
   return failed.length > 0
     ? new RefusedError('preconditions_failed', `${result.action} refused: ${failed.length} precondition(s) failed (${failed.join(', ')}); nothing was changed.`, { hint: 'Each failed check says what to do; `migrate status` shows every rule\'s next step.', details: { failed } })
@@ -85,13 +85,8 @@ export function renderCutover(result: CutoverResult, format: Format, ruleArg: (r
   if (format === 'json') return renderEnvelope(result.action, result.refused ? 'refused' : 'ok', { ...result, ...(result.refused ? { error: errorJson(refusal(result)) } : {}) });
   const lines: string[] = [`${result.action} of ${result.rules.map((r) => `rule ${r.rule}`).join(', ')} (migration ${result.migration}, etcd revision ${result.etcdRevision}):`];
   lines.push(...checkLines([...result.checks, ...result.rules.flatMap((r) => r.checks.map((c) => ({ ...c, name: `${r.rule}: ${c.name}` })))]));
-  if (result.refused) {
-    const failed = [...result.checks, ...result.rules.flatMap((r) => r.checks)].filter((c) => !c.ok).length;
-    // With its code and where the README explains it, as every other error says.
-    const err = refusal(result);
-    lines.push('', `error[${err.code}]: ${failed > 0 ? `Refused: ${failed} precondition(s) failed; nothing was changed.` : 'Refused: not confirmed; nothing was changed.'}`, `  next: ${err.hint}`, `  see: ${errorDocs(err.code)}`);
-    return `${lines.join('\n')}\n`;
-  }
+  // Refused: the checks say why; the error itself goes to stderr, as every error does (the command says it).
+  if (result.refused) return `${lines.join('\n')}\n`;
   lines.push('');
   for (const r of result.rules) {
     if (r.rollbackFile) lines.push(`Rollback point of rule ${r.rule}: ${r.rollbackKeys} Consul key(s) in ${r.rollbackFile} (consul kv import format; holds values, mode 0600).`);

@@ -10,7 +10,7 @@ import { watchSpan } from '../mapping/watch-span.js';
 import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, wireOpBytes, type TargetLimits } from '../stores/txn-batcher.js';
 import type { KeyRange, SourceEntry, SourceEvent, SourceReader, SourceWatch, TargetEntry, TargetStore, TxnOp, WatchMessage } from '../stores/types.js';
 import { LeaseSessions, type SessionRecord } from '../sessions/lease-sessions.js';
-import { ensureMeta, leftBehind, mappingHash, parseStateDocument, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
+import { checkIdentity, ensureMeta, leftBehind, mappingHash, parseStateDocument, readState, recordedRules, statePaths, type StateMeta, STATE_SCHEMA_VERSION, type IdentityVerdict, type StatePaths } from '../state/state.js';
 import { copyRunning, deleteGuardError, refuseWhileCopyRuns, type CheckpointState, type CopyOptions, type CopyResult, type CopyState } from '../copy/copy.js';
 import { LEADER_TTL_SECONDS, LeaderLock } from './leader.js';
 import { runningCopy } from '../copy/lock.js';
@@ -206,6 +206,8 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
   // Refused before the first write (meta): a dual-run with nothing to start from wrote the migration's identity, and a
   // mapping edited before the first copy was then refused as a change.
   if (!options.baseline && !(await readState<CheckpointState>(primaryLane.target, paths.checkpoint())) && (await runningCopy(primaryLane.target, primaryLane.config)) === undefined) {
+    // A recorded identity that does not match is the first thing to say (another cluster, datacenter or mapping).
+    checkIdentity(await readState<StateMeta>(primaryLane.target, paths.meta), identity, { acceptMappingChange: options.acceptMappingChange });
     throw noCheckpoint(primaryLane.config, await readState<CopyState>(primaryLane.target, paths.copy));
   }
   const verdict = await ensureMeta(primaryLane.target, paths, identity, options.toolVersion, new Date(), { acceptMappingChange: options.acceptMappingChange, deferMappingChange: true });
@@ -1394,6 +1396,9 @@ class Applier {
     // stopped.) Events planned under the older ownership, even all dropped (no ops), keep its fence: a txn
     // under a stale owners document must fail and be re-planned, or those events would be lost.
     if (ops.length === 0 && this.batcher.pendingOps === 0 && this.lastEventRevision <= stats.checkpoint) this.fenceIndex = this.ownership.index;
+    // A checkpoint past a late write comes after its trip is recorded: what reads the two (finalize, rollback, verify)
+    // takes a checkpoint at or past a revision to mean its late writes are on record (the trip waited 300 ms for others).
+    if (this.lateTrips.size > 0) await this.recordLateWrites();
     const updated = new Date().toISOString();
     const mirrored = stopped ? this.own.after(revision) : [];
     const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, ...(stopped ? { stopped: updated } : {}), ...(mirrored.length > 0 ? { mirrored } : {}) };

@@ -163,7 +163,7 @@ export function checkIdentity(existing: StateMeta | undefined, current: CurrentI
   if (existing.mappingHash !== current.mappingHash) {
     if (options.acceptMappingChange) return 'mapping-changed';
     throw new RefusedError('identity_mapping_changed', `The mapping of migration "${current.id}" changed since it was recorded (${existing.mappingHash.slice(0, 12)} → ${current.mappingHash.slice(0, 12)}).`, {
-      hint: 'Review the change with `migrate plan`; to go on with the new mapping, pass --accept-mapping-change (the changed rules are re-baselined). If this migration.yaml is another application\'s, copied with its id, give it an id of its own instead.',
+      hint: 'Review the change with `migrate plan`; to go on with the new mapping, run `migrate dualrun --accept-mapping-change` (or `migrate copy --accept-mapping-change`): the changed rules are re-baselined and the new mapping recorded, after which the other commands take it. If this migration.yaml is another application\'s, copied with its id, give it an id of its own instead.',
       details: { recorded: existing.mappingHash, current: current.mappingHash },
     });
   }

@@ -118,7 +118,7 @@ export const VERIFY_REPORT_SCHEMA = {
           kind: { enum: [...kinds] },
           reason: { type: 'string' },
           detail: { type: 'string' },
-          sourceKey: { type: ['string', 'null'] },
+          sourceKey: { type: ['string', 'null'], description: 'the etcd key the Consul key maps back to (for an extra, the one etcd lacks); null when no etcd key maps to it' },
           etcd: digest,
           consul: digest,
           datacenter: { type: 'string', description: 'the Consul datacenter of the difference (migrations that write to several)' },

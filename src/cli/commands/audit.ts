@@ -85,7 +85,7 @@ export async function auditWithStores(ctx: CommandContext, options: GlobalOption
   const { runAudit } = await import('../../audit/audit.js');
   const { createProgressView } = await import('../../report/progress.js');
   const { randomBytes } = await import('node:crypto');
-  const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+  const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
   const source = new EtcdSource(connections.source);
   // The target is optional for an audit: a short timeout and no retries, so a missing Consul costs a second, not minutes.
   const target = new ConsulTarget({ ...connections.target, timeoutMs: run.probe ? 10_000 : 3_000 }, { limits: loaded.config.target.limits, retry: { attempts: run.probe ? 3 : 1 } });

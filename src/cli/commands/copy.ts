@@ -69,7 +69,7 @@ export function registerCopy({ add }: CommandRegistrar): void {
         // Before any server is contacted: a copy of nothing would still write the migration's state.
         throw new RefusedError('copy_no_rules', 'migration.yaml has no copy or service rule: there is nothing to copy, and nothing was written.', { hint: 'Add a rule with action: copy (the default) or action: service (see `migrate init`).' });
       }
-      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
       const { source, target, close } = openStores(connections, loaded.config);
       const view = createProgressView(ctx);
       try {

@@ -117,7 +117,7 @@ export async function openForTransition(ctx: CommandContext, options: Transition
   // Keep and service rules alone are refused with their reason whatever the answer: asking first only led to that refusal.
   const changes = options.rule.some((name) => loaded.mapping.rules.find((r) => r.name === name)?.action === 'copy');
   const confirm = changes ? requireConfirmation(ctx, command, options) : undefined;
-  const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+  const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
   const stores = openStores(connections, loaded.config);
   try {
     const lanes = await openDatacenters(loaded, stores.target);

@@ -37,7 +37,7 @@ Examples:
     async (ctx, options: CutoverFlags & GlobalOptions) => {
       const maxVerifyAgeMs = parseDuration('--max-verify-age', options.maxVerifyAge) ?? 15 * 60_000;
       const { runCutover } = await import('../../cutover/cutover.js');
-      const { renderCutover } = await import('../../cutover/render.js');
+      const { refusal, renderCutover } = await import('../../cutover/render.js');
       const open = await openForTransition(ctx, options, 'cutover');
       try {
         const result = await runCutover(open.deps, {
@@ -52,6 +52,7 @@ Examples:
           ...(open.confirm ? { confirm: open.confirm } : {}),
         });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
+        if (result.refused) ctx.error(refusal(result));
         // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).
         ctx.whole = true;
         return result.refused ? ExitCode.refused : ExitCode.ok;

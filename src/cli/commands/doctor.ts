@@ -12,7 +12,7 @@ export function registerDoctor({ add }: CommandRegistrar): void {
       const { runDoctor } = await import('../../doctor/doctor.js');
       const { renderDoctor } = await import('../../doctor/render.js');
       const loaded = await ctx.loadConfig(options.config, false);
-      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
       const result = await runDoctor({ config: loaded.config, configFile: loaded.file, connections, mapping: loaded.mapping });
       ctx.result(renderDoctor(result, ctx.format));
       return result.exitCode;

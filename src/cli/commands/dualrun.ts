@@ -41,7 +41,7 @@ export function registerDualRun({ add }: CommandRegistrar): void {
       const loaded = await ctx.loadConfig(options.config, true, (text) => mappingWarnings.push(text));
       const { checkHeartbeatKey } = await import('../../dualrun/lag-heartbeat.js');
       const heartbeatKey = options.heartbeatKey !== undefined ? checkHeartbeatKey(loaded.mapping, options.heartbeatKey) : undefined;
-      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
       const { source, target, close } = openStores(connections, loaded.config);
       // On a terminal, a live status view with the log lines scrolling above it; otherwise log lines alone.
       const live = ctx.interactive && ctx.progress === 'auto' && options.logFormat !== 'json';

@@ -20,7 +20,7 @@ export function registerExport({ add }: CommandRegistrar): void {
       const { WholeFile } = await import('../../export/whole-file.js');
       const { renderEnvelope } = await import('../../report/envelope.js');
       const loaded = await ctx.loadConfig(options.config, true);
-      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
       const source = new EtcdSource(connections.source);
       // To standard output (`--out /dev/stdout | consul kv import -`): written to this process's stdout, whatever
       // it is (a pipe, a socket, which cannot be opened by name), and what was done is said on stderr.

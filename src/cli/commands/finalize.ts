@@ -20,7 +20,7 @@ export function registerFinalize({ add }: CommandRegistrar): void {
     ['text', 'json'],
     async (ctx, options: TransitionFlags & GlobalOptions) => {
       const { runFinalize } = await import('../../cutover/cutover.js');
-      const { renderCutover } = await import('../../cutover/render.js');
+      const { refusal, renderCutover } = await import('../../cutover/render.js');
       const open = await openForTransition(ctx, options, 'finalize');
       try {
         const result = await runFinalize(open.deps, {
@@ -31,6 +31,7 @@ export function registerFinalize({ add }: CommandRegistrar): void {
           ...(open.confirm ? { confirm: open.confirm } : {}),
         });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
+        if (result.refused) ctx.error(refusal(result));
         // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).
         ctx.whole = true;
         return result.refused ? ExitCode.refused : ExitCode.ok;

@@ -30,7 +30,7 @@ export function registerPlan({ add }: CommandRegistrar): void {
       const { renderPlan } = await import('../../plan/render.js');
       const { createProgressView } = await import('../../report/progress.js');
       const loaded = await ctx.loadConfig(options.config, true);
-      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
       const source = new EtcdSource(connections.source);
       const { ConsulTarget } = await import('../../stores/consul.js');
       // Asked only for its limits (what the copy holds back as too large): a short timeout and no retries, so a missing Consul costs a second.

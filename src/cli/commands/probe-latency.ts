@@ -56,7 +56,7 @@ Examples:
           hint: 'Pass --etcd-prefix with a folder outside every copy rule (one the etcd user may write).',
         });
       }
-      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
       const stores = openStores(connections, loaded.config);
       try {
         if (ctx.progress !== 'none' && ctx.format === 'text') ctx.log(`probing: ${samples} sample(s) on each side, ${intervalMs} ms apart`);

@@ -18,11 +18,12 @@ export function registerRollback({ add }: CommandRegistrar): void {
     ['text', 'json'],
     async (ctx, options: TransitionFlags & GlobalOptions) => {
       const { runRollback } = await import('../../cutover/cutover.js');
-      const { renderCutover } = await import('../../cutover/render.js');
+      const { refusal, renderCutover } = await import('../../cutover/render.js');
       const open = await openForTransition(ctx, options, 'rollback');
       try {
         const result = await runRollback(open.deps, { ...open.common, drainMs: drainMs(options), verifyRule: (rule) => open.verify(rule), ...(open.confirm ? { confirm: open.confirm } : {}) });
         ctx.result(renderCutover(result, ctx.format, open.ruleArg));
+        if (result.refused) ctx.error(refusal(result));
         // Stopped by an interrupt before its flip it throws; here it is done (refused, or moved and finished after the flip).
         ctx.whole = true;
         return result.refused ? ExitCode.refused : ExitCode.ok;

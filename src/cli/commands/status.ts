@@ -21,7 +21,7 @@ export function registerStatus({ add }: CommandRegistrar): void {
       const { renderStatus, renderStatusDatacenters } = await import('../../cutover/render.js');
       const loaded = await ctx.loadConfig(options.config, true);
       const configName = loaded.file ? relative(ctx.io.cwd, loaded.file) : undefined;
-      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+      const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
       const { source, target, close } = openStores(connections, loaded.config);
       try {
         const lanes = await openDatacenters(loaded, target, datacenterFlag(connections));

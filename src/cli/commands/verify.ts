@@ -95,7 +95,7 @@ Examples:
       try {
         const loaded = await ctx.loadConfig(options.config, true);
         migration = loaded.config.id;
-        const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd);
+        const connections = resolveConnections(loaded.config, options, ctx.io.env, ctx.io.cwd, loaded.file);
         const stores = openStores(connections, loaded.config);
         close = stores.close;
         const { preflightConsul } = await import('../../doctor/preflight.js');
