@@ -594,6 +594,24 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect(lost.stderr).toContain(`If migration.yaml's id was changed since the copy, put it back ("${s.id}")`);
   }, 120_000);
 
+  it('finalize, then finalize --delete-etcd: a late write made in between while no dual-run runs is judged as in one step (it was deleted unseen)', async () => {
+    const s = scenario('fintwo');
+    await seed(s);
+    await cutOverApp(s);
+    expect((await s.cli(['finalize', '--rule', 'app', '--yes'])).code).toBe(0);
+    await etcd.put(`${s.root}/app/k2`).value('late');
+    const refused = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd']);
+    expect(refused.code, refused.stdout + refused.stderr).toBe(4);
+    expect(refused.stdout.replace(/\s+/g, ' ')).toContain(`FAIL app: etcd changes judged 1 etcd key(s) of rule app changed after revision`);
+    expect(await etcdValue(`${s.root}/app/k2`)).toBe('late');
+    // --export-etcd keeps it on disk: then it goes.
+    const file = join(s.dir, 'app-etcd.json');
+    const exported = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--export-etcd', file]);
+    expect(exported.code, exported.stdout + exported.stderr).toBe(0);
+    expect(await etcdValue(`${s.root}/app/k2`)).toBeNull();
+    expect(readFileSync(file, 'utf8')).toContain(Buffer.from('late').toString('base64'));
+  }, 120_000);
+
   it('a standby started with a new to: (--accept-mapping-change) is refused when it comes to lead after the rule was cut over, before its reverse mirror writes etcd (it emptied etcd of the rule)', async () => {
     const s = scenario('standbyto');
     await seed(s);
@@ -846,7 +864,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       const held = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--catch-up-timeout', '2s']);
       expect(held.code, held.stdout + held.stderr).toBe(0);
       expect(held.stdout).toContain('Deleted nothing from etcd for rule app: the dual-run has not confirmed that its reverse mirror stopped');
-      expect(held.stderr).toMatch(/nothing was deleted from etcd for rule app: the running dual-run did not confirm within 2s .*Run `migrate finalize --rule app --delete-etcd` again/);
+      expect(held.stderr).toMatch(/nothing was deleted from etcd for rule app: the dual-run holding the leader lock \(if it died, the lock expires within 20 s\) did not confirm within 2s .*Run `migrate finalize --rule app --delete-etcd` again/);
       expect((await phases(s)).app.phase).toBe('finalized');
       expect(await etcd.getAll().prefix(`${s.root}/app/`).keys()).toHaveLength(6);
       dr.child.kill('SIGCONT');

@@ -78,7 +78,7 @@ describe('connection settings: flags > environment > file > defaults', () => {
 
   it('target.tokenEnv naming an unset variable is refused, not taken for no token (the run went anonymous)', () => {
     const config = parseConfig('version: 1\nid: d\ntarget:\n  tokenEnv: MY_CONSUL_TOKEN\n', 'm.yaml').config;
-    expect(() => resolveConnections(config, {}, {}, dir)).toThrow(expect.objectContaining({ code: 'consul_token_missing', message: 'migration.yaml names the Consul token\'s environment variable MY_CONSUL_TOKEN (target.tokenEnv), which is not set.' }));
+    expect(() => resolveConnections(config, {}, {}, dir)).toThrow(expect.objectContaining({ code: 'consul_token_missing', message: 'migration.yaml names the Consul token\'s environment variable MY_CONSUL_TOKEN (target.tokenEnv), which is not set (or is empty).' }));
     expect(resolveConnections(config, {}, { MY_CONSUL_TOKEN: 'env-named-token-0009' }, dir).target.token).toBe('env-named-token-0009');
     expect(resolveConnections(config, {}, { CONSUL_HTTP_TOKEN: 'env-token-0010' }, dir).target.token).toBe('env-token-0010');
   });

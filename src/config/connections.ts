@@ -153,7 +153,7 @@ export function resolveConnections(config: MigrationConfig, flags: ConnectionFla
   // The variable the file names is not set: the run went without a token (anonymous), and failed on ACLs it could not explain.
   const tokenEnv = config.target.tokenEnv;
   if (token === undefined && tokenEnv && env[tokenEnv] === undefined && !config.target.tokenFile) {
-    throw new UsageError('consul_token_missing', `migration.yaml names the Consul token's environment variable ${tokenEnv} (target.tokenEnv), which is not set.`, {
+    throw new UsageError('consul_token_missing', `migration.yaml names the Consul token's environment variable ${tokenEnv} (target.tokenEnv), which is not set (or is empty).`, {
       hint: `Set ${tokenEnv} (or CONSUL_HTTP_TOKEN) in the environment of this command, or remove target.tokenEnv to use no token.`,
     });
   }

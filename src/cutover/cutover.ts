@@ -37,7 +37,7 @@ import {
 } from './phase.js';
 import { acknowledgeTrips, readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
 import { otherMigrations } from '../state/migrations.js';
-import { lockHolder } from '../dualrun/leader.js';
+import { LEADER_TTL_SECONDS, lockHolder } from '../dualrun/leader.js';
 
 /**
  * `migrate cutover`, `rollback` and `finalize`: the gated, recorded,
@@ -732,7 +732,7 @@ async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: Com
       const trips = tripCheck(await readCutoverState(deps.target, paths), rule.name, options.acknowledgeTrips);
       return trips.ok ? { name, ok: true, detail: `${changed}; the running dual-run has replicated past them (revision ${now})` } : trips;
     }
-    if (Date.now() >= deadline) return { name, ok: false, detail: `${changed}; the running dual-run did not reach revision ${newest} within ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout) to judge them. Run finalize again once it has caught up (\`migrate status\`); nothing was deleted` };
+    if (Date.now() >= deadline) return { name, ok: false, detail: `${changed}; the dual-run holding the leader lock did not reach revision ${newest} within ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout) to judge them (if it died, its lock expires within ${2 * LEADER_TTL_SECONDS} s). Run finalize again once a dual-run runs and has caught up (\`migrate status\`); nothing was deleted` };
     await options.sleep(200);
   }
   if (exported) return { name, ok: true, detail: `${changed}, and no dual-run runs to judge them (a late write?): they go to the export file before they are deleted` };
@@ -800,7 +800,7 @@ async function mirrorsStopped(deps: CutoverDeps, paths: StatePaths, options: Fin
     if (!(await deps.target.readKey(paths.leader))?.session) return undefined;
     const checkpoint = await readState<CheckpointState>(deps.target, paths.checkpoint());
     if ((checkpoint?.owners ?? 0) >= flip) return undefined;
-    if (Date.now() >= deadline) return `the running dual-run did not confirm within ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout) that its reverse mirror stopped (its checkpoint records ownership index ${checkpoint?.owners ?? 'none'}, the flip made ${flip}; a dual-run older than this release records none)`;
+    if (Date.now() >= deadline) return `the dual-run holding the leader lock (if it died, the lock expires within ${2 * LEADER_TTL_SECONDS} s) did not confirm within ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout) that its reverse mirror stopped (its checkpoint records ownership index ${checkpoint?.owners ?? 'none'}, the flip made ${flip}; a dual-run older than this release records none)`;
     await options.sleep(200);
   }
 }
@@ -846,7 +846,9 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
       const check = await consulHoldsRule(deps, ruleNamed(mapping, outcome.rule), Boolean(etcdOut), outcome.from === 'finalized');
       outcome.checks.push(check);
       outcome.ok = check.ok;
-      if (!outcome.ok || outcome.from === 'finalized') continue;
+      // A finalized rule too: a plain finalize flips it with no look at etcd's keys, and a late write made meanwhile
+      // (no dual-run running) went with the later --delete-etcd, unjudged.
+      if (!outcome.ok) continue;
       const judged = await etcdChangesJudged(deps, paths, ruleNamed(mapping, outcome.rule), Boolean(etcdOut), options);
       outcome.checks.push(judged);
       outcome.ok = judged.ok;
