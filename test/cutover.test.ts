@@ -556,22 +556,27 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     const s = scenario('finunseen');
     await seed(s);
     await cutOverApp(s);
-    // A late write while no dual-run runs: nothing records it, and verify's drift did not stop the delete.
+    // A late write and a late delete while no dual-run runs: nothing records them, and verify's drift did not stop the delete.
     await etcd.put(`${s.root}/app/k1`).value('late');
+    await etcd.delete().key(`${s.root}/app/k3`);
     const before = await snapshot(s);
     const refused = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd']);
     expect(refused.code, refused.stdout + refused.stderr).toBe(4);
     const text = refused.stdout.replace(/\s+/g, ' ');
-    expect(text).toMatch(new RegExp(`FAIL app: etcd changes judged 1 etcd key\\(s\\) of rule app changed after revision \\d+, the last the dual-run replicated \\(${s.root}/app/k1\\), and no dual-run runs to judge them`));
+    expect(text).toMatch(new RegExp(`FAIL app: etcd changes judged 2 etcd key\\(s\\) of rule app changed or deleted after revision \\d+, the last the dual-run replicated \\(${s.root}/app/k1, ${s.root}/app/k3\\), and no dual-run runs to judge them`));
+    // A deleted key leaves nothing to export: --export-etcd does not let it go unjudged.
+    const exported = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd', '--export-etcd', join(s.dir, 'app-etcd.json')]);
+    expect(exported.code).toBe(4);
+    expect(exported.stdout).not.toContain('--export-etcd <file> to keep');
     expect(await etcdValue(`${s.root}/app/k1`)).toBe('late');
     expect(await snapshot(s)).toBe(before);
     // A dual-run judges it: a late write, recorded as a trip, which finalize refuses until acknowledged.
     const dr = await dualRun(s);
     try {
-      await eventually('late write counted', async () => metric(await dr.metrics(), 'migrate_dualrun_late_writes_total') === 1);
+      await eventually('late writes counted', async () => metric(await dr.metrics(), 'migrate_dualrun_late_writes_total') === 2);
       const tripped = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd']);
       expect(tripped.code).toBe(4);
-      expect(tripped.stdout).toMatch(/FAIL app: trips\s+1 late write/);
+      expect(tripped.stdout).toMatch(/FAIL app: trips\s+2 late write/);
     } finally {
       expect(await dr.stop()).toBe(0);
     }
@@ -602,7 +607,7 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     await etcd.put(`${s.root}/app/k2`).value('late');
     const refused = await s.cli(['finalize', '--rule', 'app', '--yes', '--delete-etcd']);
     expect(refused.code, refused.stdout + refused.stderr).toBe(4);
-    expect(refused.stdout.replace(/\s+/g, ' ')).toContain(`FAIL app: etcd changes judged 1 etcd key(s) of rule app changed after revision`);
+    expect(refused.stdout.replace(/\s+/g, ' ')).toContain(`FAIL app: etcd changes judged 1 etcd key(s) of rule app changed or deleted after revision`);
     expect(await etcdValue(`${s.root}/app/k2`)).toBe('late');
     // --export-etcd keeps it on disk: then it goes.
     const file = join(s.dir, 'app-etcd.json');

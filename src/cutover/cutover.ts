@@ -12,7 +12,8 @@ import { readRanges } from '../stores/key-range.js';
 import { ListedKeys } from '../stores/listed-keys.js';
 import { countRuleKeys, routeKey, ruleRanges } from '../mapping/route.js';
 import type { CheckpointState } from '../copy/copy.js';
-import type { SourceReader, TargetStore } from '../stores/types.js';
+import type { KeyRange, SourceReader, TargetStore } from '../stores/types.js';
+import { SourceCompactedError } from '../stores/etcd.js';
 import type { VerifyResult } from '../verify/verify.js';
 import type { SessionRecord } from '../sessions/lease-sessions.js';
 import { WholeFile } from '../export/whole-file.js';
@@ -704,14 +705,15 @@ async function consulHoldsRule(deps: CutoverDeps, rule: CompiledRule, exported: 
  * trace, verify's drift notwithstanding. A running dual-run is waited for (--catch-up-timeout), then its trips
  * are read again. `--export-etcd` keeps such keys on disk, so they may go.
  */
-async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: CompiledRule, exported: boolean, options: FinalizeOptions): Promise<PreconditionCheck> {
+async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: CompiledRule, exported: boolean, finalized: boolean, options: FinalizeOptions): Promise<PreconditionCheck> {
   const name = 'etcd changes judged';
   const replicated = async () => (await readState<CheckpointState>(deps.target, paths.checkpoint()))?.revision ?? 0;
   const checkpoint = await replicated();
   let unseen = 0;
   let newest = 0;
   const examples: Buffer[] = [];
-  for await (const page of readRanges(deps.source, ruleRanges(deps.mapping, rule), { keysOnly: true })) {
+  const head = (await deps.source.status()).revision;
+  for await (const page of readRanges(deps.source, ruleRanges(deps.mapping, rule), { keysOnly: true, revision: head })) {
     for (const entry of page.entries) {
       if (entry.modRevision <= checkpoint) continue;
       unseen++;
@@ -719,12 +721,30 @@ async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: Com
       if (examples.length < 3) examples.push(entry.key);
     }
   }
+  // Keys etcd held at the checkpoint and holds no more: deletes no dual-run saw (a late delete left nothing to find
+  // above). Read at the checkpoint's revision, unless etcd compacted it. Not on a finalized rule: deleting its etcd
+  // keys is the retirement an earlier finalize --delete-etcd did.
+  let deletesSeen = true;
+  let deleted = 0;
+  if (checkpoint > 0 && !finalized) {
+    try {
+      const gone = await deletedSince(deps.source, ruleRanges(deps.mapping, rule), checkpoint, head);
+      if (gone.length > 0) newest = Math.max(newest, head);
+      deleted = gone.length;
+      unseen += gone.length;
+      for (const key of gone) if (examples.length < 3) examples.push(key);
+    } catch (err) {
+      if (!(err instanceof SourceCompactedError)) throw err;
+      deletesSeen = false;
+    }
+  }
   if (unseen === 0) {
     // Read after the checkpoint: a dual-run records a late write's trip before its checkpoint passes it.
     const trips = tripCheck(await readCutoverState(deps.target, paths), rule.name, options.acknowledgeTrips);
-    return trips.ok ? { name, ok: true, detail: `the dual-run replicated every write to the rule's etcd keys (checkpoint ${checkpoint})` } : trips;
+    const compacted = deletesSeen ? '' : ` (etcd compacted revision ${checkpoint}: keys deleted since are not known here; \`migrate verify\` reports them as extra)`;
+    return trips.ok ? { name, ok: true, detail: `the dual-run replicated every write to the rule's etcd keys (checkpoint ${checkpoint})${compacted}` } : trips;
   }
-  const changed = `${unseen} etcd key(s) of rule ${rule.name} changed after revision ${checkpoint}, the last the dual-run replicated (${examples.map(formatKey).join(', ')}${unseen > 3 ? ', …' : ''})`;
+  const changed = `${unseen} etcd key(s) of rule ${rule.name} changed or deleted after revision ${checkpoint}, the last the dual-run replicated (${examples.map(formatKey).join(', ')}${unseen > 3 ? ', …' : ''})`;
   const deadline = Date.now() + options.catchUpTimeoutMs;
   while ((await deps.target.readKey(paths.leader))?.session) {
     const now = await replicated();
@@ -735,8 +755,38 @@ async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: Com
     if (Date.now() >= deadline) return { name, ok: false, detail: `${changed}; the dual-run holding the leader lock did not reach revision ${newest} within ${formatAge(options.catchUpTimeoutMs)} (--catch-up-timeout) to judge them (if it died, its lock expires within ${2 * LEADER_TTL_SECONDS} s). Run finalize again once a dual-run runs and has caught up (\`migrate status\`); nothing was deleted` };
     await options.sleep(200);
   }
-  if (exported) return { name, ok: true, detail: `${changed}, and no dual-run runs to judge them (a late write?): they go to the export file before they are deleted` };
-  return { name, ok: false, detail: `${changed}, and no dual-run runs to judge them: a write by an application still on etcd (a late write) would be deleted with no trace. Start \`migrate dualrun\` and let it catch up (it records a late write as a trip: \`migrate status\`), then run finalize again, or pass --export-etcd <file> to keep etcd's copies on disk; nothing was deleted` };
+  // A deleted key leaves nothing to export: the dual-run judges it (a late delete is a trip, acknowledged with --acknowledge-trips).
+  if (exported && deleted === 0) return { name, ok: true, detail: `${changed}, and no dual-run runs to judge them (a late write?): they go to the export file before they are deleted` };
+  return { name, ok: false, detail: `${changed}, and no dual-run runs to judge them: a write by an application still on etcd (a late write) would be lost with no trace. Start \`migrate dualrun\` and let it catch up (it records a late write as a trip: \`migrate status\`), then run finalize again${deleted > 0 ? '' : ', or pass --export-etcd <file> to keep etcd\'s copies on disk'}; nothing was deleted` };
+}
+
+/** The keys that `ranges` held at `revision` and no longer hold at `head`: both read keys only, in key order. */
+async function deletedSince(source: SourceReader, ranges: KeyRange[], revision: number, head: number): Promise<Buffer[]> {
+  const now = readRanges(source, ranges, { keysOnly: true, revision: head })[Symbol.asyncIterator]();
+  let page: Buffer[] = [];
+  let at = 0;
+  let ended = false;
+  /** The current key at or after the cursor, undefined at the end. */
+  const peek = async (): Promise<Buffer | undefined> => {
+    while (at >= page.length && !ended) {
+      const next = await now.next();
+      if (next.done) ended = true;
+      else [page, at] = [next.value.entries.map((e) => e.key), 0];
+    }
+    return at < page.length ? page[at] : undefined;
+  };
+  const gone: Buffer[] = [];
+  for await (const old of readRanges(source, ranges, { keysOnly: true, revision })) {
+    for (const entry of old.entries) {
+      let current = await peek();
+      while (current && Buffer.compare(current, entry.key) < 0) {
+        at++;
+        current = await peek();
+      }
+      if (!current || !current.equals(entry.key)) gone.push(entry.key);
+    }
+  }
+  return gone;
 }
 
 /**
@@ -849,7 +899,7 @@ export async function runFinalize(deps: CutoverDeps, options: FinalizeOptions): 
       // A finalized rule too: a plain finalize flips it with no look at etcd's keys, and a late write made meanwhile
       // (no dual-run running) went with the later --delete-etcd, unjudged.
       if (!outcome.ok) continue;
-      const judged = await etcdChangesJudged(deps, paths, ruleNamed(mapping, outcome.rule), Boolean(etcdOut), options);
+      const judged = await etcdChangesJudged(deps, paths, ruleNamed(mapping, outcome.rule), Boolean(etcdOut), outcome.from === 'finalized', options);
       outcome.checks.push(judged);
       outcome.ok = judged.ok;
     }
