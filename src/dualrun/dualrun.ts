@@ -28,6 +28,7 @@ import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbe
 import { ServiceMirror, type ServiceMirrorStats } from '../services/mirror.js';
 import { SeenRevisions } from './seen-revisions.js';
 import { DUALRUN_TXN_RESERVE } from './reserve.js';
+import { oneAtATime } from './one-at-a-time.js';
 import { putLarge } from '../stores/large-put.js';
 import { refuseOverlappingMigrations } from '../state/migrations.js';
 
@@ -637,7 +638,10 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   options.signal.addEventListener('abort', stopFollowing, { once: true });
   ctx.lost.addEventListener('abort', stopFollowing, { once: true });
   const mirrors = new Map<string, ReverseMirror>();
-  const reconcileMirrors = async () => {
+  // One at a time: the owners follower and a late-write check both reconcile, and two at once (rules finalized
+  // together) could restart a finalized rule's mirror and record an older owners index last (finalize then waited
+  // for it to its timeout and deleted nothing).
+  const reconcileMirrors = oneAtATime(async () => {
     const index = ownership.index;
     const wanted = new Set(ownership.mirrored());
     for (const [name, mirror] of mirrors) {
@@ -693,7 +697,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     stats.reverseRules = mirrors.size;
     applier.mirroring(index);
     ctx.publish();
-  };
+  });
   await reconcileMirrors();
   /** Reads the owners document ({@link readOwners}) and takes it: true when it changed. One older than the last (a Consul restored from a snapshot) is said. */
   const takeOwners = async (): Promise<boolean> => {
