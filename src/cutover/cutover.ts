@@ -709,35 +709,12 @@ async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: Com
   const name = 'etcd changes judged';
   const replicated = async () => (await readState<CheckpointState>(deps.target, paths.checkpoint()))?.revision ?? 0;
   const checkpoint = await replicated();
-  let unseen = 0;
-  let newest = 0;
-  const examples: Buffer[] = [];
   const head = (await deps.source.status()).revision;
-  for await (const page of readRanges(deps.source, ruleRanges(deps.mapping, rule), { keysOnly: true, revision: head })) {
-    for (const entry of page.entries) {
-      if (entry.modRevision <= checkpoint) continue;
-      unseen++;
-      newest = Math.max(newest, entry.modRevision);
-      if (examples.length < 3) examples.push(entry.key);
-    }
-  }
-  // Keys etcd held at the checkpoint and holds no more: deletes no dual-run saw (a late delete left nothing to find
-  // above). Read at the checkpoint's revision, unless etcd compacted it. Not on a finalized rule: deleting its etcd
-  // keys is the retirement an earlier finalize --delete-etcd did.
-  let deletesSeen = true;
-  let deleted = 0;
-  if (checkpoint > 0 && !finalized) {
-    try {
-      const gone = await deletedSince(deps.source, ruleRanges(deps.mapping, rule), checkpoint, head);
-      if (gone.length > 0) newest = Math.max(newest, head);
-      deleted = gone.length;
-      unseen += gone.length;
-      for (const key of gone) if (examples.length < 3) examples.push(key);
-    } catch (err) {
-      if (!(err instanceof SourceCompactedError)) throw err;
-      deletesSeen = false;
-    }
-  }
+  // Deletes too (a late delete leaves no key to find), but not on a finalized rule: deleting its etcd keys is the
+  // retirement an earlier finalize --delete-etcd did.
+  const found = await changesSince(deps.source, ruleRanges(deps.mapping, rule), checkpoint, head, checkpoint > 0 && !finalized);
+  const { newest, examples, deleted, deletesSeen } = found;
+  const unseen = found.changed + deleted;
   if (unseen === 0) {
     // Read after the checkpoint: a dual-run records a late write's trip before its checkpoint passes it.
     const trips = tripCheck(await readCutoverState(deps.target, paths), rule.name, options.acknowledgeTrips);
@@ -760,33 +737,53 @@ async function etcdChangesJudged(deps: CutoverDeps, paths: StatePaths, rule: Com
   return { name, ok: false, detail: `${changed}, and no dual-run runs to judge them: a write by an application still on etcd (a late write) would be lost with no trace. Start \`migrate dualrun\` and let it catch up (it records a late write as a trip: \`migrate status\`), then run finalize again${deleted > 0 ? '' : ', or pass --export-etcd <file> to keep etcd\'s copies on disk'}; nothing was deleted` };
 }
 
-/** The keys that `ranges` held at `revision` and no longer hold at `head`: both read keys only, in key order. */
-async function deletedSince(source: SourceReader, ranges: KeyRange[], revision: number, head: number): Promise<Buffer[]> {
-  const now = readRanges(source, ranges, { keysOnly: true, revision: head })[Symbol.asyncIterator]();
+/**
+ * The keys of `ranges` at `head` last written after `since`, and (with `withDeletes`) the keys they held at `since`
+ * and hold no more: one keys-only pass over each revision, merged in key order. A compacted `since` leaves the
+ * deletes unknown (`deletesSeen` false).
+ */
+async function changesSince(source: SourceReader, ranges: KeyRange[], since: number, head: number, withDeletes: boolean): Promise<{ changed: number; deleted: number; newest: number; examples: Buffer[]; deletesSeen: boolean }> {
+  const found = { changed: 0, deleted: 0, newest: 0, examples: [] as Buffer[], deletesSeen: true };
+  const note = (key: Buffer) => found.examples.length < 3 && found.examples.push(key);
+  const before = withDeletes ? readRanges(source, ranges, { keysOnly: true, revision: since })[Symbol.asyncIterator]() : undefined;
   let page: Buffer[] = [];
   let at = 0;
-  let ended = false;
-  /** The current key at or after the cursor, undefined at the end. */
+  let ended = !before;
+  /** The next key held at `since`, undefined at the end. */
   const peek = async (): Promise<Buffer | undefined> => {
     while (at >= page.length && !ended) {
-      const next = await now.next();
-      if (next.done) ended = true;
-      else [page, at] = [next.value.entries.map((e) => e.key), 0];
+      try {
+        const next = await before!.next();
+        if (next.done) ended = true;
+        else [page, at] = [next.value.entries.map((e) => e.key), 0];
+      } catch (err) {
+        if (!(err instanceof SourceCompactedError)) throw err;
+        [ended, found.deletesSeen] = [true, false];
+      }
     }
     return at < page.length ? page[at] : undefined;
   };
-  const gone: Buffer[] = [];
-  for await (const old of readRanges(source, ranges, { keysOnly: true, revision })) {
-    for (const entry of old.entries) {
-      let current = await peek();
-      while (current && Buffer.compare(current, entry.key) < 0) {
-        at++;
-        current = await peek();
-      }
-      if (!current || !current.equals(entry.key)) gone.push(entry.key);
+  /** Takes the keys held at `since` up to `key` (all, without one): those before it are deleted since. */
+  const passTo = async (key?: Buffer) => {
+    for (let old = await peek(); old && (!key || Buffer.compare(old, key) <= 0); old = await peek()) {
+      at++;
+      if (key && old.equals(key)) return;
+      found.deleted++;
+      note(old);
+    }
+  };
+  for await (const current of readRanges(source, ranges, { keysOnly: true, revision: head })) {
+    for (const entry of current.entries) {
+      await passTo(entry.key);
+      if (entry.modRevision <= since) continue;
+      found.changed++;
+      found.newest = Math.max(found.newest, entry.modRevision);
+      note(entry.key);
     }
   }
-  return gone;
+  await passTo();
+  if (found.deleted > 0) found.newest = Math.max(found.newest, head);
+  return found;
 }
 
 /**
