@@ -137,6 +137,27 @@ describe('migrate dualrun (real servers)', () => {
     expect(JSON.parse(verified.stdout).cut).toMatchObject({ cut: 'immediate', reason: 'dualrun-stopped', waitedMs: 0 });
   });
 
+  it('a split revision moves the checkpoint for good: a stop right after it marks that revision stopped, not the one before', async () => {
+    const s = scenario('split-stop');
+    await etcd.put(`${s.root}/app/seed`).value('1');
+    expect((await runCli(['copy'], { cwd: s.dir, env: serverEnv() })).code).toBe(0);
+    const dr = await startDualRun(s.dir);
+    let revision: number;
+    try {
+      await eventually('dual-run leads', async () => (await fetch(`http://127.0.0.1:${dr.metricsPort}/healthz`)).ok);
+      const room = txnCapacity(await target.limits()).ops;
+      const txn = await etcd.if(`${s.root}/app/seed`, 'Mod', '>', 0).then(...Array.from({ length: room + 20 }, (_, i) => etcd.put(`${s.root}/app/split/${String(i).padStart(4, '0')}`).value(`v${i}`))).commit();
+      revision = Number(txn.header.revision);
+      await waitCaughtUp(etcd, target, s.id);
+      expect(dr.stderr()).toMatch(new RegExp(`revision ${revision} has ${room + 20} ops`));
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+    const checkpoint = JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString()) as { revision: number; stopped?: string };
+    expect(checkpoint).toMatchObject({ revision, stopped: expect.any(String) });
+    expect(dr.stderr()).toContain(`at checkpoint ${revision}`);
+  });
+
   it('mirrors leases as sessions: renewed past their TTL while the lease lives, keys deleted when it ends, released when a key leaves its lease', async () => {
     const s = scenario('lease');
     await etcd.put(`${s.root}/app/seed`).value('1');

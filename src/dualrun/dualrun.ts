@@ -1439,6 +1439,9 @@ class Applier {
     if (ops.length === 0) stats.checkpointOnlyTxns++;
     stats.ops += ops.length;
     stats.checkpoint = revision;
+    // What the next checkpoint-only write (progress, heartbeat, stop) sends: never below what this one wrote
+    // (the parts of a split revision are sent here directly, and a stop after one wrote the revision before it).
+    this.pendingRevision = Math.max(this.pendingRevision, revision);
     if (this.heartbeat) {
       this.heartbeat.committed(revision);
       stats.heartbeat = this.heartbeat.lag();
