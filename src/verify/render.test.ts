@@ -26,6 +26,10 @@ describe('the verify verdict line', () => {
     // Drift in a rule etcd owns: what mends it, since the dual-run does not and copy refuses while it runs.
     expect(renderVerify(result, 'text')).toMatch(/^Next: these keys stay as they are in Consul until they next change in etcd .*with the dual-run stopped, run `migrate copy`.*start the dual-run again/m);
     expect(renderVerify(result, 'text')).not.toContain('foreign-session');
+    expect(renderVerify(result, 'text')).not.toContain('session-gone');
+    // A lost session among other drift: the dual-run mends those keys itself, so the copy is not for them.
+    const lost = { ...result, differences: result.differences.map((d, i) => (i === 0 ? { ...d, reason: 'session-gone' } : d)) };
+    expect(renderVerify(lost, 'text')).toMatch(/^Next: these keys stay as they are .* Keys whose session is gone \(session-gone\) need no copy: a running dual-run makes the session again and writes them at its next check of the lease \(within about a minute\)\.$/m);
     // A key an application locks with its own session: copy leaves it, so the next step says who acts first.
     const held = { ...result, differences: result.differences.map((d, i) => (i === 0 ? { ...d, reason: 'foreign-session' } : d)) };
     expect(renderVerify(held, 'text')).toMatch(/^Next: .* Keys held by a session this migration does not own \(foreign-session\) are left alone by copy: their holder releases them first\.$/m);

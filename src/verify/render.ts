@@ -157,7 +157,8 @@ function nextAfterDrift(result: VerifyResult): string | undefined {
     return 'Consul holds these keys but GET /v1/kv/<key> does not serve them, and no copy mends a key\'s name: where the agent answers "invalid key name" (Consul 1.21.5), upgrade the agents to 1.21.6 or later; otherwise delete the keys in Consul (a txn `delete` reaches them) and map their etcd keys to servable ones (`keys: escape`).';
   }
   const held = result.differences.some((d) => d.reason === 'foreign-session') ? ' Keys held by a session this migration does not own (foreign-session) are left alone by copy: their holder releases them first.' : '';
-  const copy = `with the dual-run stopped, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from its checkpoint), then verify.${held}`;
+  const lostSession = listed.some((d) => d.reason === 'session-gone') ? ' Keys whose session is gone (session-gone) need no copy: a running dual-run makes the session again and writes them at its next check of the lease (within about a minute).' : '';
+  const copy = `with the dual-run stopped, run \`migrate copy\` (it rewrites what differs and creates what is missing; extra keys go only with --delete-extraneous), start the dual-run again (it resumes from its checkpoint), then verify.${held}${lostSession}`;
   // A dual-run that is stopped has etcd's changes since its checkpoint still to apply: most of this drift, which it mends.
   if (result.cut.cut === 'immediate' && result.cut.reason === 'dualrun-stopped') {
     return `no dual-run replicated during this verify, so etcd's changes since its checkpoint count as drift: start \`migrate dualrun\` (it resumes from its checkpoint and applies them), then verify again. For what still differs then: ${copy}`;
