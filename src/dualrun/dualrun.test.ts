@@ -179,6 +179,37 @@ describe('a dual-run started behind etcd', () => {
   });
 });
 
+describe('a standby (--ha) that takes over', () => {
+  it('counts its lag in seconds from when the last leader wrote its checkpoint, not from when the standby started (a standby waiting for days said days)', async () => {
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    source.put('/app/k', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    const leader = new LeaderLock(target, '_migrate/demo/leader', 'another-host:4242');
+    await leader.acquire({ wait: false, signal: new AbortController().signal });
+    const stop = new AbortController();
+    let behind: { lag: number } | undefined;
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: true, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
+      copy: () => Promise.reject(new Error('no copy in this test')),
+      onStats: (s) => {
+        if (!behind && s.role === 'leader' && s.etcdRevision > s.checkpoint) behind = { lag: lagSeconds(s, Date.now()) };
+      },
+    });
+    // The standby waits 4 s; the other leader writes its checkpoint just before it dies, and etcd moves on.
+    await new Promise((r) => setTimeout(r, 4000));
+    const key = '_migrate/demo/checkpoint';
+    const doc = JSON.parse((await target.readKey(key))!.value.toString()) as { updated: string };
+    await target.putKey(key, Buffer.from(JSON.stringify({ ...doc, by: 'dualrun', updated: new Date().toISOString() })));
+    for (let i = 0; i < 5; i++) source.put(`/app/k${i}`, 'v2');
+    await leader.release();
+    await vi.waitFor(() => expect(behind).toBeDefined(), { timeout: 8000, interval: 50 });
+    stop.abort();
+    await run;
+    expect(behind!.lag).toBeLessThan(3);
+  }, 20_000);
+});
+
 describe('lease sessions while etcd hangs', () => {
   it('are renewed on time while a lease pass waits on etcd (a read that hangs until its deadline), so Consul does not reap them and their keys', async () => {
     const source = new MemorySource();

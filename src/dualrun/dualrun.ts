@@ -773,9 +773,10 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   let watch: SourceWatch | undefined;
   // A leader taking over (or restarted) is behind by what etcd made since the checkpoint it starts from was written.
   const seen = new SeenRevisions(setup.checkpointWrittenAt);
-  // Nor was it caught up since the process started: at best when that checkpoint was written (/healthz said
-  // ready, its lag in seconds counted from the start, while it replayed a backlog of thousands of revisions).
-  stats.caughtUpAt = Math.min(stats.caughtUpAt, setup.checkpointWrittenAt);
+  // Caught up at best when that checkpoint was written: not when the process started (/healthz said ready,
+  // its lag counted from the start, while it replayed a backlog of thousands of revisions), nor when it last
+  // led or began to stand by (a standby taking over said it was as far behind as it had waited). Never later than now.
+  stats.caughtUpAt = Math.min(Date.now(), setup.checkpointWrittenAt);
   // A frozen server answers nothing, not even an error: said in the log (and counted), not only by /healthz.
   let stallWarned = false;
   let rebaselining = false;
