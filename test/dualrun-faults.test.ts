@@ -471,6 +471,8 @@ describe('dual-run faults (real servers)', () => {
       try {
         await eventually('key back after restart', async () => Boolean((await target.readKey(`${s.id}/services/api/1`))?.session), 10_000);
         expect((await target.readKey(`${s.id}/services/api/1`))?.value.toString()).toBe('10.0.0.1:80');
+        // Its keys were gone from Consul: counted, as a session lost while the dual-run led is.
+        expect(metric(await dr.metrics(), 'migrate_dualrun_sessions_recreated_total')).toBe(1);
         owner.release();
         // The owner stops renewing: etcd expires the lease (12 s), and the key leaves Consul.
         await eventually('key gone after the owner stops', async () => (await target.readKey(`${s.id}/services/api/1`)) === undefined, 30_000);

@@ -1719,8 +1719,9 @@ class Applier {
       }
     }
     this.sessions.replaced.delete(leaseId);
-    // At the start, a session Consul reaped while no dual-run ran is expected; later, one is an alarm.
-    if (!atStart) this.ctx.stats.sessionsRecreated++;
+    // Counted at a start or takeover too: the keys were gone from Consul all the same (a stop, or a leader that died,
+    // longer than the session's TTL); only the log line is quieter then, one per lease after a planned stop.
+    this.ctx.stats.sessionsRecreated++;
     this.options.log(atStart ? 'info' : 'warn', `session of etcd lease ${leaseId} was gone from Consul; ${what} and rewrote ${ops.length} key(s)`);
   }
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { DualRunStats } from './dualrun.js';
@@ -22,6 +23,15 @@ describe('dualrun --metrics-addr', () => {
     } finally {
       taken.close();
     }
+  });
+
+  it('the README names every metric the dual-run exports', async () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const metrics = new DualRunMetrics({ heartbeat: true });
+    const names = (await metrics.registry.getMetricsAsJSON()).map((m) => m.name);
+    expect(names.length).toBeGreaterThan(20);
+    expect(names.filter((name) => !readme.includes(`\`${name}`))).toEqual([]);
+    await metrics.close();
   });
 
   it('a standby is ready while Consul answers it, and not once Consul has been silent for 10 s (a black hole fails no request for a minute)', () => {
