@@ -4,7 +4,7 @@ import { parseConfig } from '../config/load.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { ConsulTooLargeError, TxnFailedError } from '../stores/consul-http.js';
 import type { ReadPagesOptions, TxnOp } from '../stores/types.js';
-import { runCopy, type CopyOptions, type CopyProgressEvent } from './copy.js';
+import { acquireCopyLock, runCopy, type CopyOptions, type CopyProgressEvent } from './copy.js';
 import { renderCopy } from './render.js';
 
 const loaded = parseConfig(`version: 1
@@ -140,6 +140,27 @@ describe('copy when etcd compacts the pinned revision while it is read', () => {
     expect(JSON.parse(target.entries.get('_migrate/demo/checkpoint')!.value.toString()).revision).toBe(now);
   });
 
+  it('a dry-run packs its txns as the copy does, the copy lock\'s check included: the same txns, the same ops in each', async () => {
+    const { source, target } = world();
+    const signal = new AbortController().signal;
+    const lock = () => acquireCopyLock(target, loaded.config, signal);
+    const dry = await runCopy(deps(source, target), options({ dryRun: true, recordOps: true, lock }));
+    expect(target.writes).toBe(0);
+    const sent: number[] = [];
+    const applyTxn = target.applyTxn.bind(target);
+    target.applyTxn = async (ops: readonly TxnOp[]) => {
+      if (ops.some((o) => o.key.startsWith('app/'))) sent.push(ops.length);
+      return applyTxn(ops);
+    };
+    const copied = await runCopy(deps(source, target), options({ lock }));
+    expect(copied.txns).toBe(dry.txns);
+    const planned = dry.ops!.filter((op) => op.op === 'txn' && op.ops!.some((o) => o.key.startsWith('app/'))).map((op) => op.ops!.length);
+    expect(planned).toEqual(sent);
+    // Each with the lock's check, as the copy sends it (a placeholder session, as long as Consul's ids).
+    expect(planned.length).toBeGreaterThan(5);
+    expect(dry.ops!.filter((op) => op.op === 'txn' && op.ops!.some((o) => o.key.startsWith('app/'))).every((op) => op.ops!.at(-1)!.verb === 'check-session' && op.ops!.at(-1)!.session!.length === 36)).toBe(true);
+  });
+
   it('a dry-run plans again at the current revision and shows only the second plan', async () => {
     const { source, target } = world();
     compactWhileRead(source, 2, 1, () => source.put('/app/k29', 'v2'));
@@ -244,7 +265,7 @@ describe('copy --dry-run', () => {
     const { source, target } = world();
     source.put('/app/empty', '');
     const text = renderCopy(await runCopy(deps(source, target), options({ dryRun: true, recordOps: true })), 'text', true);
-    expect(text).toMatch(/^ {4}lock +app\/leased {2}4 B {2}session dry-run-session-1$/m);
+    expect(text).toMatch(/^ {4}lock +app\/leased {2}4 B {2}session dry-run-session-0{19}1$/m);
     expect(text).toMatch(/^ {4}cas +app\/empty {2}0 B$/m);
     await runCopy(deps(source, target), options());
     expect(renderCopy(await runCopy(deps(source, target), options({ dryRun: true, recordOps: true })), 'text', true)).toMatch(/^Operations: none$/m);

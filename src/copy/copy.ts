@@ -18,7 +18,7 @@ import { META_RULE } from '../services/registration.js';
 import { checkIdentity, ensureMeta, mappingHash, readState, recordedRules, statePaths, STATE_SCHEMA_VERSION, type StateMeta, type StatePaths } from '../state/state.js';
 import { LeaseSessions, type ClampFinding } from '../sessions/lease-sessions.js';
 import { deleteGuardTrips, planPage, shareText, writeOps, type PlannedRoute, type PlannedSkip, type PlannedWrite, type SkipReason } from './plan.js';
-import { RecordingTarget, type RecordedOp } from './recording-target.js';
+import { DRY_RUN_LOCK_SESSION, RecordingTarget, type RecordedOp } from './recording-target.js';
 import { routeForCopy } from './route.js';
 import { syncServiceRule, type ServiceRuleStats } from '../services/sync.js';
 import type { Mapping } from '../mapping/mapping.js';
@@ -274,8 +274,10 @@ export async function runCopy(deps: CopyDeps, options: CopyOptions): Promise<Cop
   const clusterChanged = recorded !== undefined && recorded.etcdClusterId !== status.clusterId ? recorded.etcdClusterId : undefined;
   // Taken once etcd answered and the identity holds, so a refused or unreachable run writes nothing.
   const lock = options.dryRun ? undefined : await options.lock?.();
+  // A dry-run takes no lock, but its txns keep the room the lock's check takes in the copy's, so it packs them as the copy does.
+  const fence: TxnOp[] = lock ? [lock.fence] : options.dryRun && options.lock ? [{ verb: 'check-session', key: copyLockKey(config), session: DRY_RUN_LOCK_SESSION }] : [];
   try {
-    return await copyPinned({ ...deps, target }, options, paths, { revision: status.revision, clusterChanged }, limits, started, lock ? [lock.fence] : []);
+    return await copyPinned({ ...deps, target }, options, paths, { revision: status.revision, clusterChanged }, limits, started, fence);
   } finally {
     await lock?.release();
   }

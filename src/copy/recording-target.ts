@@ -17,6 +17,17 @@ export interface RecordedOp {
 }
 
 /**
+ * A dry-run's session ids: as long as Consul's (36 characters), so its txns hold the bytes the copy's do,
+ * and plainly not Consul's.
+ */
+export function dryRunSessionId(name: string, n = 0): string {
+  return `dry-run-${name}-${String(n).padStart(27 - name.length, '0')}`;
+}
+
+/** The session of the copy lock's check in a dry-run's txns (it takes no lock). */
+export const DRY_RUN_LOCK_SESSION = dryRunSessionId('copy-lock');
+
+/**
  * The dry-run adapter (DESIGN §2): reads go to the real Consul, writes are
  * recorded instead of sent. The copy runs its real code path through it, so
  * what the dry-run prints is exactly what `copy` would send.
@@ -60,7 +71,7 @@ export class RecordingTarget implements TargetStore {
   }
 
   async createSession(spec: SessionSpec): Promise<string> {
-    const id = `dry-run-session-${++this.sessions}`;
+    const id = dryRunSessionId('session', ++this.sessions);
     this.recorded.push({ op: 'create-session', session: id, ttlSeconds: spec.ttlSeconds });
     return id;
   }
