@@ -261,7 +261,8 @@ export async function runDualRun(deps: DualRunDeps, options: DualRunOptions): Pr
     }
     const lost = new AbortController();
     leader.keepAlive((why) => {
-      options.log('error', `lost the leader lock (${LOST_WHY[why]}); stepping down`);
+      // A warning: the process goes on, as a standby under --ha, or taking the lock again.
+      options.log('warn', `lost the leader lock (${LOST_WHY[why]}); stepping down`);
       // Not the leader from now on, for /metrics and /healthz too, however long the stopping takes against a Consul that does not answer.
       stats.role = 'standby';
       publish();
@@ -798,7 +799,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       stats.etcdRevision = s.revision;
       ctx.publish();
     }, () => undefined);
-    options.log('warn', `no checkpoint written for ${Math.round(since / 1000)} s: etcd or Consul does not answer (a frozen server holds requests open until they time out), or etcd is still reading a revision of many keys for the watch (a delete of a large prefix: minutes on etcd 3.4); /healthz says stalled`, { checkpoint: stats.checkpoint, seconds: Math.round(since / 1000) });
+    options.log('warn', `no checkpoint written for ${Math.round(since / 1000)} s: etcd or Consul does not answer (a frozen server holds requests open until they time out), or etcd is still reading a revision of many keys for the watch (a delete of a large prefix: minutes on etcd 3.4); /healthz answers 503 (stalled, or disconnected once a request has failed)`, { checkpoint: stats.checkpoint, seconds: Math.round(since / 1000) });
   }, 1000);
   stallTimer.unref();
   const heartbeatTimer = heartbeat ? startHeartbeat(heartbeat, ctx, options, () => watch) : undefined;
