@@ -814,6 +814,31 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     expect((await phases(s)).app).toMatchObject({ phase: 'cutover', lateWrites: 0 });
   }, 120_000);
 
+  it('a lock an application takes in Consul after the cutover (its own session) is named by verify and by rollback: etcd gets it without a lease and keeps it after the session ends', async () => {
+    const s = scenario('applock');
+    await seed(s);
+    await cutOverApp(s);
+    const session = await target.createSession({ name: 'an application leader election', ttlSeconds: 60 });
+    const dr = await startDualRun(s.dir);
+    try {
+      expect(await target.putKey(`${s.id}/app/leader`, Buffer.from('member-2'), { acquire: session })).toBe(true);
+      await eventually('the lock mirrored to etcd', async () => (await etcdValue(`${s.root}/app/leader`)) === 'member-2');
+      const leased = await etcd.get(`${s.root}/app/leader`).exec();
+      expect(leased.kvs[0]!.lease).toBe('0');
+      const verified = await s.cli(['verify', '--format', 'json']);
+      expect(verified.code, verified.stdout).toBe(0);
+      const rule = (JSON.parse(verified.stdout) as { rules: { name: string; appLocks: { keys: number; examples: string[] } }[] }).rules.find((r) => r.name === 'app')!;
+      expect(rule.appLocks).toEqual({ keys: 1, examples: [`${s.id}/app/leader`] });
+      expect((await s.cli(['verify'])).stdout).toContain("1 key(s) locked by an application's own session in Consul, mirrored to etcd without a lease");
+      const back = await s.cli(['rollback', '--rule', 'app', '--yes']);
+      expect(back.code, back.stdout + back.stderr).toBe(0);
+      expect(back.stdout).toContain(`1 of them (${s.id}/app/leader) are locked in Consul by an application's own session: etcd holds them without a lease, so they stay in etcd when that session ends.`);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+      await target.destroySession(session);
+    }
+  }, 90_000);
+
   it('a dual-run killed (SIGKILL) while an application writes a cut-over rule in Consul: the writes its reverse mirror made past its last checkpoint are no late writes for the next run', async () => {
     const s = scenario('mirrorkill');
     await seed(s);

@@ -545,7 +545,7 @@ async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutco
     const result = await options.verifyRule(outcome.rule);
     const r = result.rules.find((x) => x.name === outcome.rule);
     if (r && r.differences === 0) {
-      outcome.checks.push({ name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${outcome.rule} with writes paused (verify at etcd revision ${result.cut.revision}, not recorded)` });
+      outcome.checks.push({ name: 'parity', ok: true, detail: `etcd and Consul agree on ${r.compared} key(s) of rule ${outcome.rule} with writes paused (verify at etcd revision ${result.cut.revision}, not recorded)${action === 'rollback' ? appLocksAfterRollback(r.appLocks) : ''}` });
       continue;
     }
     const kinds = r ? Object.entries(r.byKind).filter(([, n]) => n > 0).map(([kind, n]) => `${n} ${kind}`).join(', ') : '';
@@ -558,6 +558,16 @@ async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutco
   if (outcomes.every((o) => o.ok)) return true;
   await fence.resume();
   return false;
+}
+
+/**
+ * What a rollback leaves of the locks applications took in Consul with their own sessions: the reverse mirror
+ * wrote those keys to etcd without a lease (etcd has no session to give them), so etcd keeps them after the
+ * holder lets go, and a lock or election recipe that creates its key only if absent waits on them for ever.
+ */
+function appLocksAfterRollback(locks: { keys: number; examples: string[] }): string {
+  if (locks.keys === 0) return '';
+  return `; ${locks.keys} of them (${locks.examples.join(', ')}${locks.keys > locks.examples.length ? ', …' : ''}) are locked in Consul by an application's own session: etcd holds them without a lease, so they stay in etcd when that session ends. Once the application has let go of them in Consul, delete them in etcd (a lock or election that creates its key only if it is absent waits on them)`;
 }
 
 /**

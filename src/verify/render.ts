@@ -192,7 +192,7 @@ function renderText(result: VerifyResult): string {
     if (unmappableCount(r) > 0) lines.push(`  ${r.name}: ${unmappableNote(r)}`);
     if (r.leaseSkipped > 0) lines.push(`  ${r.name}: ${r.leaseSkipped} leased key(s) under leases: skip, expected absent from Consul (any found there is listed as extra, lease-skip)`);
     if (r.readBack.failed > 0) lines.push(`  ${r.name}: ${r.readBack.failed} of ${r.readBack.checked} key(s) read back through GET /v1/kv failed`);
-    if (r.owner === 'consul') lines.push(`  ${r.name}: cut over: Consul is the owner, etcd the mirror`);
+    if (r.owner === 'consul') lines.push(`  ${r.name}: cut over: Consul is the owner, etcd the mirror${r.appLocks.keys > 0 ? `; ${r.appLocks.keys} key(s) locked by an application's own session in Consul, mirrored to etcd without a lease` : ''}`);
     if (r.lateWrites > 0) lines.push(`  ${r.name}: ${r.lateWrites} late write(s) to etcd recorded by the dual-run after the cutover: drift until acknowledged`);
   }
   lines.push(`Differences: ${countLine(result)}.`);

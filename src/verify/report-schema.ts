@@ -97,6 +97,13 @@ export const VERIFY_REPORT_SCHEMA = {
           unchecked: { type: 'integer', minimum: 0 },
           owner: { enum: ['etcd', 'consul'] },
           lateWrites: { type: 'integer', minimum: 0 },
+          appLocks: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['keys', 'examples'],
+            description: 'keys of a cut-over rule an application locks in Consul with its own session (not drift): mirrored to etcd without a lease',
+            properties: { keys: { type: 'integer', minimum: 0 }, examples: { type: 'array', items: { type: 'string' } } },
+          },
         },
       },
     },

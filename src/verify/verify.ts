@@ -203,6 +203,11 @@ export interface RuleVerify {
   owner: RuleOwner;
   /** Late writes the dual-run recorded (etcd writes under a cut-over rule): drift until acknowledged. */
   lateWrites: number;
+  /**
+   * Keys of a cut-over rule that an application locks in Consul with its own session (not drift): the reverse
+   * mirror writes them to etcd without a lease, so after a rollback etcd holds them until they are deleted.
+   */
+  appLocks: { keys: number; examples: string[] };
 }
 
 export interface VerifyResult {
@@ -332,7 +337,7 @@ export async function runVerify(deps: VerifyDeps, options: VerifyOptions): Promi
       name: rule.name, from: rule.from, ...(rule.action === 'service' ? { action: 'service', to: null, keys: null, leases: null } as const : { action: 'copy', to: rule.to, keys: rule.keys, leases: rule.leases } as const),
       status: 'parity', sourceKeys: 0, compared: 0, targetKeys: 0, differences: 0,
       byKind: countByKind([]), settled: 0, budget: options.budgets[rule.name] ?? null, unmappable: {}, leaseSkipped: 0, readBack: { checked: 0, failed: 0 }, unchecked: 0,
-      owner: current(rule.name).owner, lateWrites: late.get(rule.name) ?? 0,
+      owner: current(rule.name).owner, lateWrites: late.get(rule.name) ?? 0, appLocks: { keys: 0, examples: [] },
     },
   }));
   let runs = freshRuns();
@@ -771,6 +776,11 @@ async function comparePage(run: RuleRun, split: PageSplit, listed: readonly stri
     if (back && !back.ok) run.stats.readBack.failed++;
     const finding = compareKey({ rule: run.rule.name, target: expectation.target, expectation, consul: consul[i], sessions: ctx.sessions, hash: options.hasher, mapping, readBack: back, owner: run.stats.owner });
     if (finding) findings.push(finding);
+    else if (run.stats.owner === 'consul' && consul[i]?.session && !ctx.sessions.isMirror(consul[i]!.session!)) {
+      const locks = run.stats.appLocks;
+      if (locks.examples.length < 3) locks.examples.push(expectation.target);
+      locks.keys++;
+    }
   }
   return findings;
 }
