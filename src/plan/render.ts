@@ -35,6 +35,14 @@ function ruleLine(r: PlanResult['rules'][number]): string {
   return parts.join(', ');
 }
 
+/** Keys of service rules that make no instance are no blocker, but the copy moves them nowhere: said with the verdict too. */
+function noInstanceNote(result: PlanResult): string {
+  const n = result.totals.noInstanceKeys;
+  if (n === 0) return '';
+  const keys = n === 1 ? '1 key of a service rule makes' : `${formatCount(n)} keys of service rules make`;
+  return `, but ${keys} no catalog instance (listed above): neither registered nor copied, they stay on etcd only (fit the rule's service: block or its from to them, or give them a copy rule)`;
+}
+
 export function renderPlanText(result: PlanResult): string {
   const lines: string[] = [];
   const s = result.source;
@@ -95,7 +103,7 @@ export function renderPlanText(result: PlanResult): string {
     if (shown.length < result.unmapped.keys) lines.push(`  … (${formatCount(result.unmapped.keys - shown.length)} more; --format json lists up to ${result.unmapped.examples.length})`);
   }
   lines.push('');
-  if (result.blockers.length === 0) lines.push('Result: no blockers; `migrate copy --dry-run` shows the exact operations.');
+  if (result.blockers.length === 0) lines.push(`Result: no blockers${noInstanceNote(result)}; \`migrate copy --dry-run\` shows the exact operations.`);
   else {
     lines.push(`Result: ${result.blockers.length} blocker(s): exit 1.`);
     for (const b of result.blockers) lines.push(`  BLOCKER ${b.code}: ${b.message}\n          next: ${b.hint}`);
