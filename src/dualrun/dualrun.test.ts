@@ -4,7 +4,8 @@ import { runCopy, type CopyOptions } from '../copy/copy.js';
 import { copyLockKey } from '../copy/lock.js';
 import { LeaderLock } from './leader.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
-import type { SourceWatch, WatchMessage } from '../stores/types.js';
+import type { SourceWatch, TargetInfo, TxnOp, WatchMessage } from '../stores/types.js';
+import { ConsulTooLargeError } from '../stores/consul-http.js';
 import { runDualRun } from './dualrun.js';
 import { lagSeconds } from './metrics.js';
 
@@ -208,6 +209,50 @@ describe('a standby (--ha) that takes over', () => {
     await run;
     expect(behind!.lag).toBeLessThan(3);
   }, 20_000);
+});
+
+describe('a Consul agent replaced by an older release under a running dual-run', () => {
+  it('takes the smaller op limit the agent now has and goes on, rather than exit on its refusal (1.14 rolled back to 1.13: 64 ops a txn, not 128)', async () => {
+    /** An agent whose release changes: info() says what was read, until forgetInfo(); the txn limit is the agent's own. */
+    class Agent extends MemoryTarget {
+      agentOps = 128;
+      private read: number | undefined;
+      override async info(): Promise<TargetInfo> {
+        this.read ??= this.agentOps;
+        return { ...(await super.info()), txnMaxOps: this.read, version: this.read === 64 ? '1.13.9' : '1.14.11' };
+      }
+
+      forgetInfo(): void {
+        this.read = undefined;
+      }
+
+      override async applyTxn(ops: readonly TxnOp[]): Promise<number | undefined> {
+        if (ops.length > this.agentOps) throw new ConsulTooLargeError('consul_too_large', 413, `Consul refused PUT /v1/txn as too large: Transaction contains too many operations (${ops.length} > ${this.agentOps})`, `Transaction contains too many operations (${ops.length} > ${this.agentOps})`);
+        return super.applyTxn(ops);
+      }
+    }
+    const source = new MemorySource();
+    const target = new Agent();
+    source.put('/app/k', 'v1');
+    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+    const stop = new AbortController();
+    const logs: string[] = [];
+    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
+      copy: () => Promise.reject(new Error('no copy in this test')),
+    });
+    await vi.waitFor(() => expect(logs).toContain('info leading the dual-run'));
+    target.agentOps = 64;
+    // One etcd revision of 100 puts: one txn under the limit the dual-run started with, two under the agent's.
+    source.write(Array.from({ length: 100 }, (_, i) => ({ key: `/app/bulk/${String(i).padStart(3, '0')}`, value: `v${i}` })));
+    const head = (await source.status()).revision;
+    await vi.waitFor(async () => expect(await checkpointOf(target)).toBe(head), { timeout: 8000, interval: 100 });
+    stop.abort();
+    await run;
+    expect([...target.entries.keys()].filter((k) => k.startsWith('app/bulk/'))).toHaveLength(100);
+    expect(logs.some((l) => /^warn Consul refused a txn of more ops than its agent now takes \(64 a txn/.test(l))).toBe(true);
+    expect(logs.some((l) => /^warn revision \d+ has 100 ops, more than one Consul txn holds \(\d+ of its 64/.test(l))).toBe(true);
+  }, 15_000);
 });
 
 describe('lease sessions while etcd hangs', () => {

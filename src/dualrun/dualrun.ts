@@ -4,7 +4,7 @@ import { RefusedError, isMigrateError, type MigrateError } from '../errors.js';
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
-import { TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
+import { ConsulTooLargeError, TxnFailedError, isRetryable, sleep } from '../stores/consul-http.js';
 import { SourceCompactedError, unorderedProgress } from '../stores/etcd.js';
 import { watchSpan } from '../mapping/watch-span.js';
 import { TxnBatcher, batchCapacity, groupFitsInTxn, packTxnBatches, wireOpBytes, type TargetLimits } from '../stores/txn-batcher.js';
@@ -592,6 +592,8 @@ async function trySetUpLead(ctx: LeadContext, options: DualRunOptions): Promise<
     options.log('warn', `etcd lease ${c.leaseId}: TTL ${c.etcdTtl}s ${c.clamped} to ${c.sessionTtl}s for its Consul session (Consul sessions live 10 s to 24 h); other leases of ${c.etcdTtl}s are not said again`, { lease: c.leaseId, etcdTtl: c.etcdTtl, sessionTtl: c.sessionTtl });
   });
   await sessions.load();
+  // Read again at each lead: the agent may run another release than when this process last led (upgraded or rolled back).
+  target.forgetInfo?.();
   const limits = await target.limits();
   const ownership = new Ownership();
   const owners = await readOwners(target, paths, options.log);
@@ -920,6 +922,10 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           await sessions.reload().catch((failed: unknown) => options.log('warn', `reading the session records again failed: ${(failed as Error).message}`));
           continue;
         }
+        if (err instanceof ConsulTooLargeError && /too many operations/i.test(err.message) && (await applier.takeSmallerLimits())) {
+          options.log('warn', `Consul refused a txn of more ops than its agent now takes (${applier.txnMaxOps} a txn: an agent replaced by an older release?); re-planning from revision ${stats.checkpoint + 1} with that limit`, { txnMaxOps: applier.txnMaxOps });
+          continue;
+        }
         if (err instanceof SourceCompactedError) {
           // Re-baselined at the top of the loop, inside the try: a server failing during it is retried with
           // backoff like any other (it was outside every retry, and Consul down then ended the dual-run).
@@ -1040,7 +1046,7 @@ const PROGRESS_CHECK_MS = 5_000;
 
 /** Turns watch messages into ordered txns; owns the pending batch and the checkpoint. */
 class Applier {
-  private readonly batcher: TxnBatcher;
+  private batcher: TxnBatcher;
   private pendingRevision: number;
   // 0, not now: the first progress notification rewrites the checkpoint, so a dual-run just
   // started on an idle etcd shows as running (status, cutover, verify) at once, not after HEARTBEAT_MS.
@@ -1073,7 +1079,7 @@ class Applier {
   constructor(
     private readonly ctx: LeadContext,
     private readonly sessions: LeaseSessions,
-    private readonly limits: TargetLimits,
+    private limits: TargetLimits,
     private readonly options: DualRunOptions,
     private readonly ownership: Ownership,
     private readonly own: OwnWrites,
@@ -1104,6 +1110,25 @@ class Applier {
     this.batcher.flush();
     this.pendingRevision = this.ctx.stats.checkpoint;
     this.fenceIndex = this.ownership.index;
+  }
+
+  get txnMaxOps(): number {
+    return this.limits.txnMaxOps;
+  }
+
+  /**
+   * After Consul refused a txn for its op count: the agent's limit read again, and taken (with the pending
+   * batch dropped, as {@link reset} does) when it is below the one planned with. False when it is not: the
+   * refusal has another cause, and stands.
+   */
+  async takeSmallerLimits(): Promise<boolean> {
+    this.ctx.target.forgetInfo?.();
+    const limits = await this.ctx.target.limits();
+    if (limits.txnMaxOps >= this.limits.txnMaxOps) return false;
+    this.limits = limits;
+    this.batcher = new TxnBatcher(limits, this.reserve);
+    this.reset();
+    return true;
   }
 
   async handle(message: WatchMessage, buffered: number): Promise<void> {

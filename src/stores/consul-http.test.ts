@@ -63,6 +63,9 @@ describe('Consul error mapping', () => {
     const e = err('PUT', '/v1/txn', 413, 'Transaction contains too many operations (65 > 64)');
     expect(e).toBeInstanceOf(ConsulTooLargeError);
     expect(e.message).toContain('65 > 64');
+    // The op limit, not the byte limits: what to do names txnMaxOps and a run again (it reads the limit again).
+    expect(e.hint).toMatch(/fewer ops per txn .*64 before Consul 1\.14, 128 since.*Run the command again.*target\.limits\.txnMaxOps/);
+    expect(err('PUT', '/v1/kv/big', 413, 'Request body too large').hint).toMatch(/txnMaxBytes \/ maxValueBytes/);
   });
 
   it('409 on a txn carries every failed check', () => {

@@ -271,6 +271,9 @@ const TOKEN_UNKNOWN = /ACL not found|token.*not found|invalid token/i;
 /** What to do when Consul refuses a request the tool sized as fitting. */
 export const TOO_LARGE_HINT = 'The servers\' txn_max_req_len / kv_max_value_size are lower than the tool assumed (it reads them from /v1/agent/self, which needs agent:read; without it, Consul\'s defaults): set target.limits.txnMaxBytes / maxValueBytes in migration.yaml to the servers\' values (an interrupted copy then goes on with --resume).';
 
+/** For "Transaction contains too many operations": the op limit, which the tool takes from the agent's version. */
+export const TOO_MANY_OPS_HINT = 'The agent takes fewer ops per txn than the tool read from its version (64 before Consul 1.14, 128 since): it was replaced by an older release while the tool ran, or the token may not read /v1/agent/self. Run the command again (it reads the limit again; an interrupted copy goes on with --resume), or set target.limits.txnMaxOps in migration.yaml.';
+
 /** Consul 1.21.5's answer to a key outside its character set (or holding ".."), on every /v1/kv request. */
 export const INVALID_KEY_NAME = /^invalid key name/;
 
@@ -295,7 +298,7 @@ export function consulErrorFor(address: string, method: string, path: string, st
     return new ConsulResponseError('consul_tls_required', status, `Consul at ${address} serves HTTPS only; the tool spoke plain HTTP to it and sent nothing else.`, text, 'Use an https:// address (or CONSUL_HTTP_SSL=true) with CONSUL_CACERT set to the CA that signed the server certificate.');
   }
   if (status === 413) {
-    return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${shown}`, text, TOO_LARGE_HINT);
+    return new ConsulTooLargeError('consul_too_large', 413, `Consul refused ${where} as too large: ${shown}`, text, /too many operations/i.test(text) ? TOO_MANY_OPS_HINT : TOO_LARGE_HINT);
   }
   // A server whose session_ttl_min is above the 10 s the tool's sessions have (its locks, leases raised to it): no run can take a lock.
   if (/Invalid Session TTL/i.test(text)) {

@@ -126,6 +126,12 @@ export class ConsulTarget implements TargetStore {
     this.http.close();
   }
 
+  forgetInfo(): void {
+    this.infoPromise = undefined;
+    this.agentSelfPromise = undefined;
+    this.strictKeysPromise = undefined;
+  }
+
   info(): Promise<TargetInfo> {
     this.infoPromise ??= this.readInfo().catch((err) => {
       this.infoPromise = undefined;

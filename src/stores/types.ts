@@ -214,6 +214,11 @@ export interface TargetStore {
   info(): Promise<TargetInfo>;
   /** The limits in force: the server's op limit by version, Consul's defaults, then the configured overrides. */
   limits(): Promise<TargetLimits>;
+  /**
+   * Drops what `info()` and `limits()` read once, so the next call asks the agent again: over a migration's
+   * weeks the agents are upgraded (or rolled back), and their op limit per txn changes with the release.
+   */
+  forgetInfo?(): void;
   /** Every key under `prefix` (`?keys`), sorted; `[]` when there is none. */
   listKeys(prefix: string, signal?: AbortSignal): Promise<string[]>;
   /** The folders right under `prefix` (`?keys&separator=/`), and whether the token's ACLs hid some. */
