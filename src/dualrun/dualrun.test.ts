@@ -6,7 +6,7 @@ import { LeaderLock } from './leader.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import type { SourceWatch, TargetInfo, TxnOp, WatchMessage } from '../stores/types.js';
 import { ConsulTooLargeError } from '../stores/consul-http.js';
-import { runDualRun } from './dualrun.js';
+import { runDualRun, type DualRunOptions } from './dualrun.js';
 import { lagSeconds } from './metrics.js';
 
 const loaded = parseConfig(`version: 1
@@ -20,6 +20,23 @@ function copyOptions(signal: AbortSignal, over: Partial<CopyOptions> = {}): Copy
     dryRun: false, recordOps: false, resume: false, onConflict: 'overwrite', deleteExtraneous: false, allowMassDelete: false, acceptMappingChange: false,
     rate: 0, concurrency: 1, pageKeys: 100, signal, now: () => new Date(), toolVersion: 'test', ...over,
   };
+}
+
+/**
+ * Copies `source` into `target`, then runs a dual-run over them (stopped with `stop`); its log lines as `level message`.
+ * `leaderElsewhere`: another process holds the leader lock first, so the dual-run (under --ha) stands by until it is released.
+ */
+async function copyThenDualRun(source: MemorySource, target: MemoryTarget, over: { leaderElsewhere?: boolean; onStats?: DualRunOptions['onStats'] } = {}) {
+  await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
+  const leader = new LeaderLock(target, '_migrate/demo/leader', 'another-host:4242');
+  if (over.leaderElsewhere) await leader.acquire({ wait: false, signal: new AbortController().signal });
+  const stop = new AbortController();
+  const logs: string[] = [];
+  const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
+    ha: over.leaderElsewhere ?? false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
+    copy: () => Promise.reject(new Error('no copy in this test')), onStats: over.onStats,
+  });
+  return { stop, logs, run, leader };
 }
 
 const checkpointOf = async (target: MemoryTarget) => (JSON.parse((await target.readKey('_migrate/demo/checkpoint'))!.value.toString()) as { revision: number }).revision;
@@ -103,14 +120,9 @@ describe('a standby (--ha) waiting for the leader lock', () => {
     const source = new MemorySource();
     const target = new MemoryTarget();
     source.put('/app/k', 'v1');
-    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
-    const leader = new LeaderLock(target, '_migrate/demo/leader', 'another-host:4242');
-    await leader.acquire({ wait: false, signal: new AbortController().signal });
-    const stop = new AbortController();
     const answered = new Set<number>();
-    const standby = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
-      ha: true, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
-      copy: () => Promise.reject(new Error('no copy in this test')),
+    const { stop, run: standby, leader } = await copyThenDualRun(source, target, {
+      leaderElsewhere: true,
       onStats: (s) => {
         if (s.role === 'standby' && s.consulAnsweredAt !== undefined) answered.add(s.consulAnsweredAt);
       },
@@ -128,13 +140,7 @@ describe('leases under 10 s', () => {
     const source = new MemorySource();
     const target = new MemoryTarget();
     source.put('/app/k', 'v1');
-    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
-    const stop = new AbortController();
-    const logs: string[] = [];
-    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
-      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
-      copy: () => Promise.reject(new Error('no copy in this test')),
-    });
+    const { stop, logs, run } = await copyThenDualRun(source, target);
     await vi.waitFor(() => expect(logs).toContain('info leading the dual-run'));
     for (let i = 0; i < 5; i++) source.put(`/app/s${i}`, 'x', source.grantLease(6));
     source.put('/app/t', 'x', source.grantLease(3));
@@ -185,14 +191,9 @@ describe('a standby (--ha) that takes over', () => {
     const source = new MemorySource();
     const target = new MemoryTarget();
     source.put('/app/k', 'v1');
-    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
-    const leader = new LeaderLock(target, '_migrate/demo/leader', 'another-host:4242');
-    await leader.acquire({ wait: false, signal: new AbortController().signal });
-    const stop = new AbortController();
     let behind: { lag: number } | undefined;
-    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
-      ha: true, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: () => undefined,
-      copy: () => Promise.reject(new Error('no copy in this test')),
+    const { stop, run, leader } = await copyThenDualRun(source, target, {
+      leaderElsewhere: true,
       onStats: (s) => {
         if (!behind && s.role === 'leader' && s.etcdRevision > s.checkpoint) behind = { lag: lagSeconds(s, Date.now()) };
       },
@@ -234,13 +235,7 @@ describe('a Consul agent replaced by an older release under a running dual-run',
     const source = new MemorySource();
     const target = new Agent();
     source.put('/app/k', 'v1');
-    await runCopy({ source, target, config: loaded.config, mapping: loaded.mapping }, copyOptions(new AbortController().signal));
-    const stop = new AbortController();
-    const logs: string[] = [];
-    const run = runDualRun({ source, lanes: [{ datacenter: 'dc1', primary: true, target, config: loaded.config, mapping: loaded.mapping }] }, {
-      ha: false, baseline: false, acceptMappingChange: false, signal: stop.signal, toolVersion: 'test', log: (level, message) => logs.push(`${level} ${message}`),
-      copy: () => Promise.reject(new Error('no copy in this test')),
-    });
+    const { stop, logs, run } = await copyThenDualRun(source, target);
     await vi.waitFor(() => expect(logs).toContain('info leading the dual-run'));
     target.agentOps = 64;
     // One etcd revision of 100 puts: one txn under the limit the dual-run started with, two under the agent's.
