@@ -517,11 +517,24 @@ describe('draft mapping of lock folders below a prefix', () => {
     expect(draft.text).toContain('its leased keys are all under lock / leader-election folders (/shards/00/election/');
   });
 
-  it('leased keys beside the lock folders keep their sessions: the lock folders get rules of their own', async () => {
+  it('leased keys beside the lock folders keep their sessions: the lock folders stay on etcd (keep), not copied to a Consul prefix of their own', async () => {
     const draft = draftMapping(await runAudit({ source: shards(true), config: emptyConfig(), depth: 4 }), { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
     const rules = parseConfig(draft.text, 'draft.yaml').config.rules;
     expect(rules.find((r) => r.from === '/shards/')!.leases).not.toBe('skip');
-    expect(rules.filter((r) => r.leases === 'skip').length).toBeGreaterThan(0);
+    const locks = rules.filter((r) => r.from !== '/shards/');
+    expect(locks).toHaveLength(16);
+    for (const r of locks) expect(r).toMatchObject({ action: 'keep', from: expect.stringMatching(/^\/shards\/\d\d\/election\/$/) });
+    expect(draft.text).toContain('1 key that looks like locks / leader elections: they stay on etcd; applications take their locks again in Consul (sessions) when they move');
+  });
+
+  it('a folder named like a lock whose keys hold no lease is data: copied with its prefix, no leases: skip said of leases there are none of', async () => {
+    const s = new MemorySource();
+    s.put('/app/leader/current', 'node-1');
+    s.put('/app/config/x', '1');
+    const draft = draftMapping(await runAudit({ source: s, config: emptyConfig(), depth: 3 }), { id: 'draft', generatedAt: '2026-01-01T00:00:00Z' });
+    const rules = parseConfig(draft.text, 'draft.yaml').config.rules;
+    expect(rules.map((r) => [r.from, r.to, r.action, r.leases])).toEqual([['/app/', 'app/', 'copy', 'session']]);
+    expect(draft.text).not.toContain('leased keys are all under lock');
   });
 });
 

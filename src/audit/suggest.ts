@@ -93,7 +93,8 @@ export function draftMapping(result: AuditResult, options: DraftOptions): Mappin
       continue;
     }
     const k8s = kubernetes.filter((p) => within(from, p.prefix));
-    const lockHere = locks.filter((p) => within(from, p.prefix));
+    // Lock folders with live locks: one whose keys hold no lease is data under a lock-like name (Vault's core/leader/), copied as such.
+    const lockHere = locks.filter((p) => within(from, p.prefix) && p.leasedKeys > 0);
     const regsHere = registrations.filter((p) => within(from, p.prefix) && isPlainText(p.prefix));
     const name = uniqueName(from.replace(/\//g, ' ').trim().replace(/\s+/g, '-'));
     const comments = [`${node.keys} keys, ${node.valueBytes} bytes of values${node.leasedKeys ? `, ${node.leasedKeys} leased` : ''}`];
@@ -165,9 +166,8 @@ export function draftMapping(result: AuditResult, options: DraftOptions): Mappin
     for (const p of locksHoldAllLeases ? [] : lockHere) {
       if (p.prefix === from || !isPlainText(p.prefix) || k8s.some((k) => within(k.prefix, p.prefix)) || usedFroms.has(p.prefix)) continue;
       usedFroms.add(p.prefix);
-      const nestedName = uniqueName(`${name}-${lastSegment(p.prefix)}`);
-      const nested = uniqueTo(`${to.slice(0, -1)}-${lastSegment(p.prefix)}/`, nestedName);
-      rules.push({ name: nestedName, from: p.prefix, to: nested.to, action: 'copy', leases: 'skip', comments: [`${p.keys} keys that look like locks / leader elections: leased keys are not copied`, `"to" differs from ${to} because two copy rules may not share a Consul prefix`] });
+      // Kept on etcd, not copied to a Consul prefix of its own (two copy rules may not share one), where the application would never look.
+      rules.push({ name: uniqueName(`${name}-${lastSegment(p.prefix)}`), from: p.prefix, to: p.prefix, action: 'keep', comments: [`${p.keys} ${p.keys === 1 ? 'key that looks' : 'keys that look'} like locks / leader elections: they stay on etcd; applications take their locks again in Consul (sessions) when they move`] });
     }
   }
   notes.push(...uncovered);
