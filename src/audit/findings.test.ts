@@ -39,6 +39,9 @@ describe('finding rules', () => {
     expect(lockSeverity(['session'])).toBe('warning');
     expect(lockSeverity(['persist'])).toBe('warning');
     expect(lockSeverity(['skip', 'keep'])).toBe('info');
+    // Named like a lock, but no key there holds a lease: data, nothing to decide.
+    expect(lockSeverity(['copy'], 0)).toBe('info');
+    expect(lockSeverity(['copy'], 3)).toBe('warning');
     expect(unreadableSeverity('mapping', true)).toBe('blocker');
     expect(unreadableSeverity('mapping', false)).toBe('warning');
     expect(unreadableSeverity('identity', true)).toBe('warning');

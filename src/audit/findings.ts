@@ -161,8 +161,12 @@ export function kubernetesSeverity(mode: AuditMode, handling: readonly string[])
   return mode === 'mapping' ? 'blocker' : 'warning';
 }
 
-/** Locks copied as live sessions (or worse, persisted forever) need a decision; skipped or kept ones do not. */
-export function lockSeverity(handling: readonly string[]): Severity {
+/**
+ * Locks copied as live sessions (or worse, persisted forever) need a decision; skipped or kept ones do not,
+ * nor a folder named like a lock whose keys hold no lease (`leasedKeys` 0): that is data, copied as such.
+ */
+export function lockSeverity(handling: readonly string[], leasedKeys = 1): Severity {
+  if (leasedKeys === 0) return 'info';
   return handling.includes('session') || handling.includes('persist') || handling.includes('copy') ? 'warning' : 'info';
 }
 

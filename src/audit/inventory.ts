@@ -462,7 +462,7 @@ export function patternFindings(patterns: InventorySnapshot['patterns'], mode: A
   for (const [severity, list] of bySeverity(patterns.kubernetes, (p) => kubernetesSeverity(mode, p.handling))) {
     findings.push(makeFinding('kubernetes_prefix', severity as 'blocker', list.length, list.map(example), unique(list.flatMap((p) => p.rules))));
   }
-  for (const [severity, list] of bySeverity(patterns.locks, (p) => lockSeverity(p.handling))) {
+  for (const [severity, list] of bySeverity(patterns.locks, (p) => lockSeverity(p.handling, p.leasedKeys))) {
     findings.push(makeFinding('lock_election_prefix', severity as 'warning', list.length, list.map(example), unique(list.flatMap((p) => p.rules))));
   }
   if (patterns.registrations.length > 0) {
