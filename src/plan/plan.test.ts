@@ -185,7 +185,7 @@ describe('runPlan', () => {
     const loaded = parseConfig(yaml('skip'), 'migration.yaml');
     const only = await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
     const hint = only.blockers.find((b) => b.code === 'unmappable_keys')!.hint;
-    expect(hint).toBe('Move or shrink the values over the limit, or keep them on etcd (`action: keep`). Or go on as they are: `migrate copy` leaves them out and lists them, and verify does not count them as drift.');
+    expect(hint).toBe('Move or shrink the values over the limit, or keep them on etcd (`action: keep`). Or, if the application can do without them in Consul, go on as they are: `migrate copy` leaves them out and lists them, and verify does not count them as drift.');
     s.put('/app//double', 'x');
     const both = await runPlan({ source: s, config: loaded.config, configFile: 'migration.yaml', mapping: loaded.mapping });
     expect(both.blockers.find((b) => b.code === 'unmappable_keys')!.hint).toMatch(/^Set `keys: escape` on the rules for the key shapes, move or shrink the values over the limit, or keep them on etcd/);

@@ -127,7 +127,7 @@ function unmappableHint(byReason: Partial<Record<UnmappableReason, number>>): st
   if (Object.keys(byReason).some((r) => r !== 'value-too-large' && r !== 'key-too-long')) fixes.push('set `keys: escape` on the rules for the key shapes');
   if (byReason['key-too-long']) fixes.push('rename the keys over 256 KiB');
   if (byReason['value-too-large']) fixes.push('move or shrink the values over the limit');
-  return `${fixes.join(', ').replace(/^./, (c) => c.toUpperCase())}, or keep them on etcd (\`action: keep\`). Or go on as they are: \`migrate copy\` leaves them out and lists them, and verify does not count them as drift.`;
+  return `${fixes.join(', ').replace(/^./, (c) => c.toUpperCase())}, or keep them on etcd (\`action: keep\`). Or, if the application can do without them in Consul, go on as they are: \`migrate copy\` leaves them out and lists them, and verify does not count them as drift.`;
 }
 
 export async function runPlan(input: PlanInput): Promise<PlanResult> {
