@@ -828,11 +828,11 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       const verified = await s.cli(['verify', '--format', 'json']);
       expect(verified.code, verified.stdout).toBe(0);
       const rule = (JSON.parse(verified.stdout) as { rules: { name: string; appLocks: { keys: number; examples: string[] } }[] }).rules.find((r) => r.name === 'app')!;
-      expect(rule.appLocks).toEqual({ keys: 1, examples: [`${s.id}/app/leader`] });
+      expect(rule.appLocks).toEqual({ keys: 1, examples: [`${s.root}/app/leader`] });
       expect((await s.cli(['verify'])).stdout).toContain("1 key(s) locked by an application's own session in Consul, mirrored to etcd without a lease");
       const back = await s.cli(['rollback', '--rule', 'app', '--yes']);
       expect(back.code, back.stdout + back.stderr).toBe(0);
-      expect(back.stdout).toContain(`1 of them (${s.id}/app/leader) are locked in Consul by an application's own session: etcd holds them without a lease, so they stay in etcd when that session ends.`);
+      expect(back.stdout).toContain(`1 of them (in etcd ${s.root}/app/leader) are locked in Consul by an application's own session: etcd holds them without a lease, so they stay in etcd when that session ends`);
     } finally {
       expect(await dr.stop()).toBe(0);
       await target.destroySession(session);

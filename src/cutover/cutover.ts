@@ -567,7 +567,7 @@ async function parityWithWritesPaused(options: FenceOptions, outcomes: RuleOutco
  */
 function appLocksAfterRollback(locks: { keys: number; examples: string[] }): string {
   if (locks.keys === 0) return '';
-  return `; ${locks.keys} of them (${locks.examples.join(', ')}${locks.keys > locks.examples.length ? ', …' : ''}) are locked in Consul by an application's own session: etcd holds them without a lease, so they stay in etcd when that session ends. Once the application has let go of them in Consul, delete them in etcd (a lock or election that creates its key only if it is absent waits on them)`;
+  return `; ${locks.keys} of them (in etcd ${locks.examples.join(', ')}${locks.keys > locks.examples.length ? ', …' : ''}) are locked in Consul by an application's own session: etcd holds them without a lease, so they stay in etcd when that session ends (verify reports them until then). Once the application has let go of them in Consul, delete them in etcd (a lock or election that creates its key only if it is absent waits on them)`;
 }
 
 /**

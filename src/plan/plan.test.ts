@@ -273,7 +273,7 @@ rules:
     expect(text).toContain('  services: one instance per key under "/services/": service "{1}", instance id "{1}-{-1}", values hostport, tags "from-etcd"');
     expect(text).toContain("    TTL check of 45s on each leased key's instance: critical after 5 failed lease check(s) in a row, passing again after 1 good one(s); Consul deregisters an instance critical for 30m");
     expect(text).toContain('      /services/web/broken  (value-not-hostport: the value is not host:port or [ipv6]:port)');
-    expect(text).toContain("Result: no blockers, but 1 key of a service rule makes no catalog instance (listed above): neither registered nor copied, they stay on etcd only (fit the rule's service: block or its from to them, or give them a copy rule);");
+    expect(text).toContain("Result: no blockers, but 1 key of a service rule makes no catalog instance (listed above): not registered, not copied, left on etcd only (fit the rule's service: block or its from to them, or give them a copy rule);");
     expect(text).toContain('`migrate dualrun` passes the TTL checks while the etcd leases live');
     expect(text).toContain('`migrate verify` compares the rules\' instances in the catalog with etcd.');
 

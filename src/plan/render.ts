@@ -40,7 +40,7 @@ function noInstanceNote(result: PlanResult): string {
   const n = result.totals.noInstanceKeys;
   if (n === 0) return '';
   const keys = n === 1 ? '1 key of a service rule makes' : `${formatCount(n)} keys of service rules make`;
-  return `, but ${keys} no catalog instance (listed above): neither registered nor copied, they stay on etcd only (fit the rule's service: block or its from to them, or give them a copy rule)`;
+  return `, but ${keys} no catalog instance (listed above): not registered, not copied, left on etcd only (fit the rule's service: block or its from to them, or give them a copy rule)`;
 }
 
 export function renderPlanText(result: PlanResult): string {

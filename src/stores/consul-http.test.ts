@@ -64,7 +64,7 @@ describe('Consul error mapping', () => {
     expect(e).toBeInstanceOf(ConsulTooLargeError);
     expect(e.message).toContain('65 > 64');
     // The op limit, not the byte limits: what to do names txnMaxOps and a run again (it reads the limit again).
-    expect(e.hint).toMatch(/fewer ops per txn .*64 before Consul 1\.14, 128 since.*Run the command again.*target\.limits\.txnMaxOps/);
+    expect(e.hint).toMatch(/fewer ops per txn .*64 before Consul 1\.14, 128 since.*target\.limits\.txnMaxOps .* above the agent's limit.*run the command again/);
     expect(err('PUT', '/v1/kv/big', 413, 'Request body too large').hint).toMatch(/txnMaxBytes \/ maxValueBytes/);
   });
 

@@ -272,7 +272,7 @@ const TOKEN_UNKNOWN = /ACL not found|token.*not found|invalid token/i;
 export const TOO_LARGE_HINT = 'The servers\' txn_max_req_len / kv_max_value_size are lower than the tool assumed (it reads them from /v1/agent/self, which needs agent:read; without it, Consul\'s defaults): set target.limits.txnMaxBytes / maxValueBytes in migration.yaml to the servers\' values (an interrupted copy then goes on with --resume).';
 
 /** For "Transaction contains too many operations": the op limit, which the tool takes from the agent's version. */
-export const TOO_MANY_OPS_HINT = 'The agent takes fewer ops per txn than the tool read from its version (64 before Consul 1.14, 128 since): it was replaced by an older release while the tool ran, or the token may not read /v1/agent/self. Run the command again (it reads the limit again; an interrupted copy goes on with --resume), or set target.limits.txnMaxOps in migration.yaml.';
+export const TOO_MANY_OPS_HINT = 'The agent takes fewer ops per txn than the tool used (64 before Consul 1.14, 128 since, read from its version): target.limits.txnMaxOps in migration.yaml is above the agent\'s limit (lower it, or remove it), or the agent was replaced by an older release while the tool ran (run the command again: it reads the limit again; an interrupted copy goes on with --resume).';
 
 /** Consul 1.21.5's answer to a key outside its character set (or holding ".."), on every /v1/kv request. */
 export const INVALID_KEY_NAME = /^invalid key name/;

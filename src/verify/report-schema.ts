@@ -101,7 +101,7 @@ export const VERIFY_REPORT_SCHEMA = {
             type: 'object',
             additionalProperties: false,
             required: ['keys', 'examples'],
-            description: 'keys of a cut-over rule an application locks in Consul with its own session (not drift): mirrored to etcd without a lease',
+            description: 'keys of a cut-over rule an application locks in Consul with its own session (not drift): mirrored to etcd without a lease; examples: their etcd keys',
             properties: { keys: { type: 'integer', minimum: 0 }, examples: { type: 'array', items: { type: 'string' } } },
           },
         },

@@ -206,6 +206,7 @@ export interface RuleVerify {
   /**
    * Keys of a cut-over rule that an application locks in Consul with its own session (not drift): the reverse
    * mirror writes them to etcd without a lease, so after a rollback etcd holds them until they are deleted.
+   * `examples`: their etcd keys.
    */
   appLocks: { keys: number; examples: string[] };
 }
@@ -778,7 +779,8 @@ async function comparePage(run: RuleRun, split: PageSplit, listed: readonly stri
     if (finding) findings.push(finding);
     else if (run.stats.owner === 'consul' && consul[i]?.session && !ctx.sessions.isMirror(consul[i]!.session!)) {
       const locks = run.stats.appLocks;
-      if (locks.examples.length < 3) locks.examples.push(expectation.target);
+      // The etcd keys: where the operator acts on them after a rollback.
+      if (locks.examples.length < 3) locks.examples.push(formatKey(expectation.source.key));
       locks.keys++;
     }
   }
