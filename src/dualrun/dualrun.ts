@@ -28,7 +28,6 @@ import { LAG_HEARTBEAT_MS, LagHeartbeat, type HeartbeatLag } from './lag-heartbe
 import { ServiceMirror, type ServiceMirrorStats } from '../services/mirror.js';
 import { SeenRevisions } from './seen-revisions.js';
 import { DUALRUN_TXN_RESERVE } from './reserve.js';
-import { oneAtATime } from './one-at-a-time.js';
 import { putLarge } from '../stores/large-put.js';
 import { refuseOverlappingMigrations } from '../state/migrations.js';
 
@@ -644,7 +643,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   // One at a time: the owners follower and a late-write check both reconcile, and two at once (rules finalized
   // together) could restart a finalized rule's mirror and record an older owners index last (finalize then waited
   // for it to its timeout and deleted nothing).
-  const reconcileMirrors = oneAtATime(async () => {
+  const reconciling = pLimit(1);
+  const reconcileMirrors = () => reconciling(async () => {
     const index = ownership.index;
     const wanted = new Set(ownership.mirrored());
     for (const [name, mirror] of mirrors) {

@@ -132,8 +132,7 @@ export class DualRunMetrics {
 
   update(stats: DualRunStats): void {
     this.stats = stats;
-    this.lagRevisions.set(stats.role === 'leader' ? lagRevisions(stats) : 0);
-    this.lagSeconds.set(leadingLagSeconds(stats, Date.now()));
+    // The lags are set at scrape time (their collect), from these stats.
     // A former leader's figures would stay frozen in its gauges: a process that does not lead reports none (0), as a fresh standby.
     const leading = stats.role === 'leader';
     this.checkpoint.set(leading ? stats.checkpoint : 0);
