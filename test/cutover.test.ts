@@ -971,6 +971,35 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 60_000);
 
+  it('a rule document deleted by hand is rebuilt from the owners document: copy leaves the rule\'s data in Consul, status says cut over, and the dual-run writes the document back', async () => {
+    const s = scenario('ruledoc');
+    await seed(s);
+    await cutOverApp(s);
+    const ruleKey = `_migrate/${s.id}/rules/app`;
+    await target.deleteKey(ruleKey);
+    // The application goes on writing to Consul, which owns the rule.
+    await target.putKey(`${s.id}/app/k1`, Buffer.from('from the application'));
+    await target.deleteKey(`${s.id}/app/k2`);
+    const copy = await s.cli(['copy']);
+    expect(copy.code, copy.stdout + copy.stderr).toBe(0);
+    expect(copy.stderr).toContain('rule app is not copied: it is cut over, and Consul owns its data');
+    expect((await target.readKey(`${s.id}/app/k1`))?.value.toString()).toBe('from the application');
+    expect(await target.readKey(`${s.id}/app/k2`)).toBeUndefined();
+    expect((await phases(s)).app).toMatchObject({ phase: 'cutover', owner: 'consul' });
+    const dr = await dualRun(s);
+    try {
+      await eventually('written back', async () => dr.stderr().includes('the rule document of rule(s) app was missing while the owners document says Consul owns them (deleted by hand?): rebuilt from it'));
+      expect(JSON.parse((await target.readKey(ruleKey))!.value.toString())).toMatchObject({ rule: 'app', phase: 'cutover', owner: 'consul' });
+      // The reverse mirror takes Consul's data to etcd, not the other way.
+      await eventually('mirrored to etcd', async () => (await etcdValue(`${s.root}/app/k1`)) === 'from the application' && (await etcdValue(`${s.root}/app/k2`)) === null);
+      // Deleted while the dual-run runs: written back without waiting for a restart.
+      await target.deleteKey(ruleKey);
+      await eventually('written back again', async () => (await target.readKey(ruleKey)) !== undefined, 20_000);
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 90_000);
+
   it('the owners document deleted by hand is rebuilt from the rule documents (the rule stays Consul\'s); edited to disagree with them, the dual-run stops (exit 4)', async () => {
     const s = scenario('owners');
     await seed(s);

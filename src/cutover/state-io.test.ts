@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { statePaths } from '../state/state.js';
 import { MemoryTarget } from '../stores/memory.js';
 import { withOwnershipChange, withTransition, type OwnersDoc, type RulePhaseDoc } from './phase.js';
-import { readOwnership } from './state-io.js';
+import { readOwnership, readRuleDocs } from './state-io.js';
 
 const paths = statePaths('_migrate/', 'demo');
 
@@ -41,6 +41,22 @@ describe('the owners document and the rule documents, read together', () => {
     expect(read.rebuilt).toBe(true);
     expect(read.owners.index).toBe(0);
     expect(read.owners.doc?.rules).toEqual(written().rules);
+  });
+
+  it('a rule document deleted by hand is rebuilt from the owners document when Consul owns the rule (index 0: the next write creates it); not when etcd does', async () => {
+    const target = world(written());
+    target.entries.delete(paths.rule('app'));
+    target.entries.delete(paths.rule('web'));
+    const read = await readOwnership(target, paths);
+    expect(read.rebuiltRules).toEqual(['app']);
+    expect(read.docs.get('app')).toEqual({
+      index: 0,
+      doc: { schemaVersion: 1, rule: 'app', phase: 'cutover', owner: 'consul', updated: '2026-12-01T10:00:00Z', history: [{ phase: 'cutover', at: '2026-12-01T10:00:00Z', by: 'migrate', evidence: { etcdRevision: 40, note: 'rebuilt from the owners document: the rule document was missing' } }] },
+    });
+    // Rolled back: etcd owns it, as it does with no document.
+    expect(read.docs.has('web')).toBe(false);
+    // The commands that read the rule documents alone take it too (copy leaves a rule Consul owns alone).
+    expect((await readRuleDocs(target, paths)).get('app')?.doc.owner).toBe('consul');
   });
 
   it('one that says etcd owns a rule its rule document gives to Consul is refused (exit 4): the dual-run would replicate etcd over the applications\' writes', async () => {

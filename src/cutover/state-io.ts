@@ -48,10 +48,12 @@ export async function readCutoverState(target: TargetStore, paths: StatePaths): 
  * follows the owners document, so one that says etcd owns a rule its rule document says Consul owns would have
  * it replicate etcd over what applications write to Consul (and the reverse). An owners document that is
  * missing while rule documents say Consul owns a rule (deleted by hand) is rebuilt from them, in memory
- * (`rebuilt`; index 0, so the next transition creates it); one that disagrees with a rule document is
- * refused (state_inconsistent, exit 4).
+ * (`rebuilt`; index 0, so the next transition creates it); so is a rule document that is missing while the
+ * owners document says Consul owns the rule (`rebuiltRules`): taken as missing, the rule would be etcd's
+ * again, and a copy would write etcd's stale values over what applications write to Consul. One that
+ * disagrees with a rule document is refused (state_inconsistent, exit 4).
  */
-export async function readOwnership(target: Pick<TargetStore, 'listKeys' | 'readEntries'>, paths: StatePaths): Promise<{ owners: { doc: OwnersDoc | undefined; index: number }; docs: Map<string, { doc: RulePhaseDoc; index: number }>; rebuilt: boolean }> {
+export async function readOwnership(target: Pick<TargetStore, 'listKeys' | 'readEntries'>, paths: StatePaths): Promise<{ owners: { doc: OwnersDoc | undefined; index: number }; docs: Map<string, { doc: RulePhaseDoc; index: number }>; rebuilt: boolean; rebuiltRules: string[] }> {
   const key = ownersKey(paths);
   const ruleKeys = await target.listKeys(paths.rule(''));
   const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
@@ -64,9 +66,15 @@ export async function readOwnership(target: Pick<TargetStore, 'listKeys' | 'read
     const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
     docs.set(doc.rule, { doc, index: entry.modifyIndex });
   }
+  const rebuiltRules: string[] = [];
+  for (const [rule, owned] of Object.entries(owners.doc?.rules ?? {})) {
+    if (docs.has(rule) || ownerOf(owned.phase) !== 'consul') continue;
+    docs.set(rule, { doc: ruleDocFromOwners(rule, owned), index: 0 });
+    rebuiltRules.push(rule);
+  }
   const disagree = [...docs.values()].map((d) => d.doc).filter((doc) => ownerOf(doc.phase) !== currentOwner(owners.doc, doc.rule));
-  if (disagree.length === 0) return { owners, docs, rebuilt: false };
-  if (!owners.doc) return { owners: { doc: ownersFromRuleDocs([...docs.values()].map((d) => d.doc)), index: 0 }, docs, rebuilt: true };
+  if (disagree.length === 0) return { owners, docs, rebuilt: false, rebuiltRules };
+  if (!owners.doc) return { owners: { doc: ownersFromRuleDocs([...docs.values()].map((d) => d.doc)), index: 0 }, docs, rebuilt: true, rebuiltRules };
   const said = disagree.map((doc) => `rule ${doc.rule}: ${paths.rule(doc.rule)} says ${doc.phase} (owner ${ownerOf(doc.phase)}), ${key} says ${owners.doc?.rules[doc.rule]?.phase ?? 'nothing'} (owner ${currentOwner(owners.doc, doc.rule)})`);
   throw new RefusedError('state_inconsistent', `The migration's state disagrees with itself on who owns ${disagree.length === 1 ? 'a rule' : 'rules'}: ${said.join('; ')}. A cutover, rollback or finalize writes both documents together: one was changed by hand. Nothing was written.`, {
     hint: `If the rule documents are right (\`consul kv get -recurse ${paths.rule('')}\` shows them; their history says how each rule moved), delete ${key}: it is rebuilt from them. Otherwise put back the rule document that was changed (from a Consul snapshot).`,
@@ -83,18 +91,21 @@ export function ownersFromRuleDocs(docs: readonly RulePhaseDoc[]): OwnersDoc {
   return owners;
 }
 
+/** The note of a rule document's history rebuilt from the owners document. */
+export const REBUILT_NOTE = 'rebuilt from the owners document: the rule document was missing';
+
+/** A rule's phase document as the owners document's changes of it say (its transitions' other evidence is gone). */
+function ruleDocFromOwners(rule: string, owned: OwnersDoc['rules'][string]): RulePhaseDoc {
+  const history = owned.changes.map((change) => ({ phase: change.phase, at: change.at, by: 'migrate', evidence: { etcdRevision: change.revision, note: REBUILT_NOTE } }));
+  return { schemaVersion: 1, rule, phase: owned.phase, owner: ownerOf(owned.phase), updated: history.at(-1)?.at ?? new Date().toISOString(), history };
+}
+
 /** The phases a transition moves a rule to (the others are derived, and leave etcd the owner). */
 const MOVES: readonly RulePhase[] = ['cutover', 'rolledback', 'finalized'];
 
-/** Every rule's phase document (`rules/<name>`), by rule, with its Consul index: one listing and one read. */
+/** Every rule's phase document (`rules/<name>`), by rule, with its Consul index, as {@link readOwnership} reads them. */
 export async function readRuleDocs(target: Pick<TargetStore, 'listKeys' | 'readEntries'>, paths: StatePaths): Promise<Map<string, { doc: RulePhaseDoc; index: number }>> {
-  const docs = new Map<string, { doc: RulePhaseDoc; index: number }>();
-  const ruleKeys = await target.listKeys(paths.rule(''));
-  for (const entry of await target.readEntries(ruleKeys, undefined, { listed: ruleKeys })) {
-    const doc = parseStateDocument<RulePhaseDoc>(entry.key, entry.value);
-    docs.set(doc.rule, { doc, index: entry.modifyIndex });
-  }
-  return docs;
+  return (await readOwnership(target, paths)).docs;
 }
 
 /**

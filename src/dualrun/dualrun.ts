@@ -488,17 +488,27 @@ class LeadershipLost extends Error {}
  * ({@link readOwnership}: one that disagrees with them is refused, state_inconsistent). One missing while
  * rule documents say Consul owns a rule (deleted by hand) is rebuilt from them and written back, said in
  * the log: taken as missing, those rules would be etcd's again, and etcd's changes replicated over what
- * applications write to Consul.
+ * applications write to Consul. So is a rule document missing while the owners document says Consul owns
+ * the rule: applications that read it (the Node client) would write to etcd again.
  */
 async function readOwners(target: TargetStore, paths: StatePaths, log: DualRunLog): Promise<{ doc: OwnersDoc | undefined; index: number }> {
   for (;;) {
     const read = await readOwnership(target, paths);
-    if (!read.rebuilt) return read.owners;
+    if (!read.rebuilt && read.rebuiltRules.length === 0) return read.owners;
     const owned = Object.keys(read.owners.doc?.rules ?? {}).filter((rule) => currentOwner(read.owners.doc, rule) === 'consul');
     try {
-      const index = await target.applyTxn([{ verb: 'cas', key: ownersKey(paths), value: Buffer.from(JSON.stringify(read.owners.doc)), index: 0 }]);
-      log('warn', `the owners document was missing while the rule documents say Consul owns rule(s) ${owned.join(', ')} (deleted by hand?): rebuilt from them, so those rules stay Consul's`, { rules: owned });
-      return { doc: read.owners.doc, index: index ?? 0 };
+      if (read.rebuilt) {
+        const index = await target.applyTxn([{ verb: 'cas', key: ownersKey(paths), value: Buffer.from(JSON.stringify(read.owners.doc)), index: 0 }]);
+        log('warn', `the owners document was missing while the rule documents say Consul owns rule(s) ${owned.join(', ')} (deleted by hand?): rebuilt from them, so those rules stay Consul's`, { rules: owned });
+        return { doc: read.owners.doc, index: index ?? 0 };
+      }
+      // Only if the owners document is still the one they were rebuilt from.
+      await target.applyTxn([
+        { verb: 'check-index', key: ownersKey(paths), index: read.owners.index },
+        ...read.rebuiltRules.map((rule): TxnOp => ({ verb: 'cas', key: paths.rule(rule), value: Buffer.from(JSON.stringify(read.docs.get(rule)!.doc)), index: 0 })),
+      ]);
+      log('warn', `the rule document of rule(s) ${read.rebuiltRules.join(', ')} was missing while the owners document says Consul owns them (deleted by hand?): rebuilt from it, so applications that read it keep writing to Consul`, { rules: read.rebuiltRules });
+      return read.owners;
     } catch (err) {
       // Written meanwhile (a cutover, another dual-run): read again.
       if (!(err instanceof TxnFailedError)) throw err;
@@ -715,14 +725,17 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     await reconcileMirrors();
     return true;
   };
-  // Follows the owners document with a blocking query: mirrors start and stop as rules are cut over or back.
-  const follower = (async () => {
-    let index = ownership.index;
+  // Follows the owners document with a blocking query: mirrors start and stop as rules are cut over or back. And
+  // the rule documents, written with it: one deleted by hand while Consul owns its rule is written back at once
+  // (see readOwners). Those only while Consul owns a rule: their documents (or tombstones) exist then, and a
+  // blocking query on a prefix that never held a key answers at every write to Consul's KV store.
+  const follow = async (what: string, read: (index: number) => Promise<{ index: number }>, start: number): Promise<void> => {
+    let index = start;
     // 1 s after a failure, doubling to 10 s while Consul stays down (the replication's txns are fenced meanwhile).
     let retryMs = 1000;
     while (!following.signal.aborted) {
       try {
-        const answer = await ctx.blocking.readKey(ownersKey(paths), index, following.signal);
+        const answer = await read(index);
         if (following.signal.aborted) break;
         retryMs = 1000;
         if (answer.index !== index) {
@@ -739,12 +752,21 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
           ctx.fail(err);
           break;
         }
-        options.log('warn', `reading the owners document failed: ${(err as Error).message}; retrying in ${retryMs} ms`);
+        options.log('warn', `reading the ${what} failed: ${(err as Error).message}; retrying in ${retryMs} ms`);
         await sleep(retryMs, following.signal);
         retryMs = Math.min(10_000, retryMs * 2);
       }
     }
-  })();
+  };
+  const follower = Promise.all([
+    follow('owners document', (index) => ctx.blocking.readKey(ownersKey(paths), index, following.signal), ownership.index),
+    follow('rule documents', async (index) => {
+      const ownsAny = Object.keys(ownership.doc?.rules ?? {}).some((rule) => currentOwner(ownership.doc, rule) === 'consul');
+      if (ownsAny) return ctx.blocking.readPrefix(paths.rule(''), index, following.signal);
+      await sleep(HEARTBEAT_MS, following.signal);
+      return { index };
+    }, 0),
+  ]);
   // One lease pass at a time: with thousands of leases a pass can outlast the interval, and passes that
   // pile up renew every session several times over. Stopping ends the pass between leases.
   const maintenance = new AbortController();
