@@ -54,6 +54,29 @@ rules:
     expect((await runStatus({ source, target, config, mapping }, options)).rules[0]!.next).toMatch(/^none: the dual-run keeps the catalog in step/);
   });
 
+  it('does not take etcd to have gone back when its revision was read just before a running dual-run moved the checkpoint past it; does when it stays behind', async () => {
+    const { config, mapping } = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/, to: app/ }\n', 'migration.yaml');
+    const source = new MemorySource();
+    for (let i = 0; i < 10; i++) source.put(`/app/k${i}`, 'v');
+    const head = (await source.status()).revision;
+    const target = new MemoryTarget();
+    target.entries.set('_migrate/demo/checkpoint', { key: '_migrate/demo/checkpoint', value: Buffer.from(JSON.stringify({ schemaVersion: 1, revision: head, updated: '2026-01-01T00:00:08Z', by: 'dualrun' })), flags: 0, modifyIndex: 1 });
+    const status = source.status.bind(source);
+    // The first read of etcd answers the revision before (read as the dual-run wrote its checkpoint at the head).
+    let reads = 0;
+    source.status = async () => ({ ...(await status()), ...(reads++ === 0 ? { revision: head - 1 } : {}) });
+    const options = { now: () => new Date('2026-01-01T00:00:10Z'), maxVerifyAgeMs: 3_600_000 };
+    const raced = await runStatus({ source, target, config, mapping }, options);
+    expect(raced.dualRun).toMatchObject({ etcdWentBack: null, lagRevisions: 0, checkpoint: head });
+    expect(raced.etcdRevision).toBe(head);
+    expect(renderStatus(raced, 'text')).not.toContain('WENT BACK');
+    // Still behind when read again: restored from a backup.
+    source.status = async () => ({ ...(await status()), revision: head - 1 });
+    const behind = await runStatus({ source, target, config, mapping }, options);
+    expect(behind.dualRun.etcdWentBack).toEqual({ etcdRevision: head - 1, found: null });
+    expect(renderStatus(behind, 'text')).toContain(`ETCD WENT BACK IN TIME: etcd's revision ${head - 1} is below the checkpoint ${head}`);
+  });
+
   it('says when migration.yaml is not the mapping the migration recorded (another file, an edited one): the dual-run and copy refuse it', async () => {
     const recorded = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/, to: app/ }\n', 'migration.yaml');
     const edited = parseConfig('version: 1\nid: demo\nrules:\n  - { name: app, from: /app/k1, to: app/k1 }\n', 'narrow.yaml');

@@ -71,6 +71,9 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   const nowMs = options.now().getTime();
   const running = dualRunRunning(state.checkpoint, nowMs);
   const checkpoint = state.checkpoint?.revision ?? null;
+  // Read at the same moment as the checkpoint, etcd's revision can predate it (a running dual-run moved it meanwhile):
+  // read again before taking etcd to be behind it (restored from a backup).
+  const etcdRevision = checkpoint !== null && status.revision < checkpoint ? (await source.status()).revision : status.revision;
   const ageOf = (at: string) => Math.max(0, Math.round((nowMs - Date.parse(at)) / 1000));
   const rules: RuleStatusLine[] = [];
   const instances = mapping.serviceRules.length > 0 ? await target.listServiceInstances(config.id, 'catalog') : [];
@@ -124,10 +127,10 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
     migration: config.id,
     statePrefix: paths.root,
     started: Boolean(meta),
-    etcdRevision: status.revision,
+    etcdRevision,
     dualRun: {
-      running, checkpoint, by: state.checkpoint?.by ?? null, updated: state.checkpoint?.updated ?? null, lagRevisions: checkpoint === null ? null : Math.max(0, status.revision - checkpoint), leader: lock?.session ? (lockHolder(lock.value) ?? 'unknown') : null,
-      etcdWentBack: state.checkpoint?.rewound ? { etcdRevision: state.checkpoint.rewound.etcdRevision, found: state.checkpoint.rewound.found } : checkpoint !== null && status.revision < checkpoint ? { etcdRevision: status.revision, found: null } : null,
+      running, checkpoint, by: state.checkpoint?.by ?? null, updated: state.checkpoint?.updated ?? null, lagRevisions: checkpoint === null ? null : Math.max(0, etcdRevision - checkpoint), leader: lock?.session ? (lockHolder(lock.value) ?? 'unknown') : null,
+      etcdWentBack: state.checkpoint?.rewound ? { etcdRevision: state.checkpoint.rewound.etcdRevision, found: state.checkpoint.rewound.found } : checkpoint !== null && etcdRevision < checkpoint ? { etcdRevision, found: null } : null,
     },
     verify: state.verify
       ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision, tolerated: Object.values(state.verify.rules).reduce((n, r) => n + (r.status === 'within-budget' ? r.differences : 0), 0) }
