@@ -404,6 +404,11 @@ describe('migrate dualrun (real servers)', () => {
     expect(refused.stderr).toMatch(/error\[delete_guard\]: .*the re-baseline wrote and deleted nothing \(it ran for migration\.yaml's changed rules: the change takes those keys out of the rule/);
     expect(refused.stderr).toContain('start the dual-run again with --accept-mapping-change --allow-mass-delete');
     expect(await target.listKeys(`${s.id}/app/`)).toHaveLength(20);
+    // Its checkpoint says it stopped: status does not show a dual-run running once it has exited.
+    const checkpoint = JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString()) as { by: string; stopped?: string };
+    expect(checkpoint).toMatchObject({ by: 'dualrun', stopped: expect.any(String) });
+    const after = JSON.parse((await runCli(['status', '--format', 'json'], { cwd: s.dir, env: serverEnv() })).stdout) as { dualRun: { running: boolean } };
+    expect(after.dualRun.running).toBe(false);
     // Not recorded: a plain start still sees the change (it ran as if nothing had changed, and never removed the keys).
     const plain = await runCli(['dualrun'], { cwd: s.dir, env: serverEnv() });
     expect(plain.code, plain.stderr).toBe(4);

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import pLimit from 'p-limit';
-import { RefusedError, isMigrateError, type MigrateError } from '../errors.js';
+import { ExitCode, RefusedError, isMigrateError, type MigrateError } from '../errors.js';
 import type { MigrationConfig } from '../config/load.js';
 import type { Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
@@ -981,6 +981,14 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       })
       .catch((err: unknown) => options.log('warn', `could not mark the checkpoint stopped: ${(err as Error).message}`));
     return 'signal';
+  } catch (err) {
+    // Refused (a guard, state edited by hand): nothing replicates any more, so the checkpoint is marked stopped as at a
+    // clean stop (status said for 20 s that a dual-run ran, with none left). Not for a server that failed: it may not answer.
+    if (isMigrateError(err) && err.exitCode === ExitCode.refused && !ctx.lost.aborted) {
+      await Promise.all([...mirrors.values()].map((m) => m.stop()));
+      await applier.flush(true, { stopped: true }).catch(() => undefined);
+    }
+    throw err;
   } finally {
     clearInterval(leaseTimer);
     clearInterval(stallTimer);
