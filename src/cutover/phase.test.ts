@@ -36,6 +36,14 @@ describe('derivePhase', () => {
     }
   });
 
+  it('a rule added to migration.yaml after the copy completed is planned, not copied', () => {
+    const base = { doc: undefined, copy, checkpoint: running, verify: undefined, nowMs: now };
+    expect(derivePhase('added', base)).toBe('planned');
+    expect(derivePhase('app', base)).toBe('mirroring');
+    // Copied since (by a copy, or a dual-run's re-baseline): its own mark says so.
+    expect(derivePhase('added', { ...base, copy: { ...copy, rules: { ...copy.rules, added: { done: true } } } })).toBe('mirroring');
+  });
+
   it('a written phase wins over the derivation', () => {
     const doc = withTransition(undefined, 'app', 'verified', 'cutover', { at: iso(0), by: 'me@host' });
     expect(derivePhase('app', { doc, copy: undefined, checkpoint: undefined, verify: undefined, nowMs: now })).toBe('cutover');

@@ -191,7 +191,8 @@ export function dualRunRunning(checkpoint: CheckpointState | undefined, nowMs: n
 /** The phase of a copy rule: the written one, else derived from the other stages' state. */
 export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
   if (input.doc) return input.doc.phase;
-  const copied = Boolean(input.copy?.completed || input.copy?.rules[rule]?.done);
+  // A rule the copy did not copy (added to migration.yaml since) is not copied because the copy completed.
+  const copied = Boolean(input.copy?.rules[rule]?.done || (input.copy?.completed && input.copy.rules[rule]));
   if (!copied) return 'planned';
   if (!dualRunRunning(input.checkpoint, input.nowMs)) return 'copied';
   const verified = input.verify?.rules[rule];
