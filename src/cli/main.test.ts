@@ -22,6 +22,8 @@ describe('CLI contract (in-process)', () => {
     expect(mapped).toBeInstanceOf(InterruptedError);
     expect(mapped).toMatchObject({ code: 'interrupted', exitCode: ExitCode.interrupted, message: 'migrate verify was interrupted.' });
     expect((mapped as InterruptedError).hint).toContain('Run `migrate verify` again');
+    // A copy goes on where it stopped.
+    expect((asInterrupt(abortError, aborted, 'copy') as InterruptedError).hint).toContain('Run `migrate copy --resume` to go on where it stopped');
     const own = new UsageError('flag_invalid', 'bad flag');
     expect(asInterrupt(own, aborted, 'verify')).toBe(own);
     expect(asInterrupt(abortError, new AbortController().signal, 'verify')).toBe(abortError);

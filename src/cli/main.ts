@@ -99,7 +99,9 @@ export function createProgram(io: Io = defaultIo()): { program: Command; outcome
  */
 export function asInterrupt(err: unknown, signal: AbortSignal, command: string): unknown {
   if (!signal.aborted || isMigrateError(err)) return err;
-  return new InterruptedError(`migrate ${command} was interrupted.`, { hint: `Run \`migrate ${command}\` again (\`migrate status\` shows where the migration stands).` });
+  // A copy goes on where it stopped with --resume (with nothing to resume, it copies the whole mapping).
+  const again = command === 'copy' ? 'Run `migrate copy --resume` to go on where it stopped' : `Run \`migrate ${command}\` again`;
+  return new InterruptedError(`migrate ${command} was interrupted.`, { hint: `${again} (\`migrate status\` shows where the migration stands).` });
 }
 
 /**
