@@ -61,4 +61,19 @@ describe('createProgressView with --progress json', () => {
     await view.close();
     expect(events).toHaveLength(2);
   });
+
+  it('carries the ETA the plain line shows: null until the rate can tell, then seconds', () => {
+    const events: Record<string, unknown>[] = [];
+    const ctx = { progress: 'json', event: (e: Record<string, unknown>) => events.push(e) } as unknown as Parameters<typeof createProgressView>[0];
+    const view = createProgressView(ctx);
+    view.update({ title: 'copying', items: [{ name: 'a', total: 100_000, done: 10 }], retries: 0, startedAt: Date.now() });
+    expect(events[0]).toMatchObject({ done: 10, etaSeconds: null });
+    const later = createProgressView(ctx);
+    // 25,000 of 100,000 keys in 10 s: 75,000 left at 2,500 keys/s.
+    later.update({ title: 'copying', items: [{ name: 'a', total: 100_000, done: 25_000 }], retries: 0, startedAt: Date.now() - 10_000 });
+    expect(events[1]).toMatchObject({ done: 25_000, keysPerSecond: 2500 });
+    // Rounded up, and the clock moved a little since startedAt.
+    expect(events[1]!.etaSeconds).toBeGreaterThanOrEqual(30);
+    expect(events[1]!.etaSeconds).toBeLessThanOrEqual(31);
+  });
 });

@@ -63,7 +63,8 @@ export function createProgressView(ctx: CommandContext): ProgressView {
       last = now;
       unsent = undefined;
       const r = rate(state, now);
-      ctx.event({ event: 'progress', title: state.title, done: r.done, total: r.total, keysPerSecond: Math.round(r.perSecond), items: state.items, retries: state.retries });
+      // etaSeconds null until the rate can tell (as the plain line's `ETA ?`).
+      ctx.event({ event: 'progress', title: state.title, done: r.done, total: r.total, keysPerSecond: Math.round(r.perSecond), etaSeconds: r.etaSeconds === undefined ? null : Math.ceil(r.etaSeconds), items: state.items, retries: state.retries });
     };
     return {
       update(state) {
