@@ -15,9 +15,13 @@ describe('Consul error mapping', () => {
       expect(e.code, body).toBe('consul_datacenter_unreachable');
       expect(e.message).toContain('datacenter dc3');
       expect(isRetryable(e)).toBe(true);
+      // Reported once the retries gave up: a command that ended does not retry meanwhile (it said it did).
+      expect(e.hint).toBe('Check the datacenter\'s servers and the WAN federation (`consul members -wan`), then run the command again (a running dual-run retries by itself).');
     }
     // The agent's own datacenter failing a call is a busy or leaderless Consul.
-    expect(err('GET', '/v1/kv/x', 500, 'rpc error making call: EOF').code).toBe('consul_unavailable');
+    const busy = err('GET', '/v1/kv/x', 500, 'rpc error making call: EOF');
+    expect(busy.code).toBe('consul_unavailable');
+    expect(busy.hint).toBe('Consul is overloaded or has no leader, and stayed so while the tool retried with backoff: run the command again once it has a leader (a running dual-run retries by itself).');
   });
 
   it('a request to an unreachable datacenter is tried twice, not ten times as a busy Consul is (a stopping dual-run waited ~50 s on one)', async () => {

@@ -311,14 +311,14 @@ export function consulErrorFor(address: string, method: string, path: string, st
   // (Consul 1.22 answers "Remote DC has no server currently reachable" for minutes after the datacenter's servers died, "rpc error making call: EOF" at once.)
   if (status >= 500 && (/No path to datacenter|Remote DC has no server currently reachable/i.test(text) || (datacenter && /failed to get conn|stream closed|connection refused|rpc error making call: EOF/i.test(text)))) {
     const dc = datacenter ?? '(the one named)';
-    return new ConsulResponseError('consul_datacenter_unreachable', status, `Consul at ${address} has no path to datacenter ${dc} (${where}): its servers are down or not joined over the WAN.`, text, 'Check the datacenter\'s servers and the WAN federation (`consul members -wan`); the tool retries meanwhile.');
+    return new ConsulResponseError('consul_datacenter_unreachable', status, `Consul at ${address} has no path to datacenter ${dc} (${where}): its servers are down or not joined over the WAN.`, text, 'Check the datacenter\'s servers and the WAN federation (`consul members -wan`), then run the command again (a running dual-run retries by itself).');
   }
   // Consul 1.21.5 alone refuses, on /v1/kv, keys outside its character set (reference §A.1.1): the key itself, not a busy server.
   if (status === 500 && INVALID_KEY_NAME.test(text)) {
     return new ConsulResponseError('consul_key_not_servable', status, `Consul refused the key of ${where}: ${shown}.`, text, STRICT_KEYS_HINT);
   }
   if (status === 429 || status >= 500) {
-    return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${shown || '(empty body)'}.`, text, 'Consul is overloaded or has no leader; the tool retries with backoff.');
+    return new ConsulResponseError('consul_unavailable', status, `Consul answered ${where} with HTTP ${status}: ${shown || '(empty body)'}.`, text, 'Consul is overloaded or has no leader, and stayed so while the tool retried with backoff: run the command again once it has a leader (a running dual-run retries by itself).');
   }
   // Go's mux answers unclean paths with 301 (older releases) or 307 (Consul 1.13 and 1.22 alike).
   if (status === 301 || status === 302 || status === 307 || status === 308) {
