@@ -6,6 +6,11 @@
  * - one-PUT-per-key baseline: one client, one `PUT /v1/kv/<key>` per key (what
  *   `consul kv import` does), measured on a sample of the keys (its rate does not
  *   depend on the dataset size).
+ * - the floor of any copy: the least a copy can do, in this process (no start-up),
+ *   reading etcd's pages with the tool's own reader and sending them as the
+ *   ceiling's txns through the same 8 clients, reads overlapped with sends; no
+ *   planning, no read of Consul, no checkpoint or lock (`floorVsRawTxn`: how near
+ *   this machine lets any copy come to the ceiling).
  * Then the 1,000,000-key copy's peak RSS. The baselines' keys are deleted
  * before the tool runs, so each case writes into a Consul of the same size.
  *
@@ -26,7 +31,10 @@ import { Etcd3 } from 'etcd3';
 import pLimit from 'p-limit';
 import { startConsul, startEtcd } from '../scripts/local-servers.js';
 import { ConsulTarget } from '../src/stores/consul.js';
-import { packTxnBatches, toWireOp } from '../src/stores/txn-batcher.js';
+import { EtcdSource } from '../src/stores/etcd.js';
+import { prefixRange } from '../src/stores/key-range.js';
+import { readAhead } from '../src/stores/read-ahead.js';
+import { packTxnBatches, toWireOp, type TargetLimits } from '../src/stores/txn-batcher.js';
 import type { TxnOp } from '../src/stores/types.js';
 import { cpuBoundSeconds, cpuMeter, loadKeys, report, runMigrate, uniqueId, type CpuUse } from './support.js';
 
@@ -44,6 +52,30 @@ function send(agent: http.Agent, address: URL, method: string, path: string, bod
     req.on('error', reject);
     req.end(body);
   });
+}
+
+/** The floor of any copy (see the module comment): etcd's pages, as the ceiling's txns, 8 clients; returns its ms. */
+async function floorCopy(etcdEndpoint: string, agent: http.Agent, address: URL, from: string, to: string, limits: TargetLimits): Promise<number> {
+  const source = new EtcdSource({ endpoints: [etcdEndpoint] });
+  try {
+    const started = performance.now();
+    const { revision } = await source.status();
+    const limit = pLimit(8);
+    const inflight = new Set<Promise<void>>();
+    for await (const page of readAhead(source.readPages(prefixRange(Buffer.from(from)), { revision, pageKeys: 10_000 }), 2)) {
+      const ops = page.entries.map((e): TxnOp => ({ verb: 'set', key: `${to}/${e.key.toString().slice(from.length)}`, value: e.value }));
+      for (const batch of packTxnBatches(ops, limits)) {
+        const body = Buffer.from(JSON.stringify(batch.map(toWireOp)));
+        while (inflight.size >= 16) await Promise.race(inflight);
+        const sent: Promise<void> = limit(() => send(agent, address, 'PUT', '/v1/txn', body)).finally(() => inflight.delete(sent));
+        inflight.add(sent);
+      }
+    }
+    await Promise.all(inflight);
+    return performance.now() - started;
+  } finally {
+    source.close();
+  }
 }
 
 async function copyCase(etcdEndpoint: string, consulAddress: string, id: string, from: string, servers: Record<string, number>): Promise<{ ms: number; maxRssMb: number; cpu: CpuUse }> {
@@ -93,8 +125,15 @@ export async function benchCopy(): Promise<void> {
       for (const kv of sample) await send(single, address, 'PUT', `/v1/kv/${putId}/${kv.key.toString().slice(prefix.length)}`, kv.value);
       const putMs = performance.now() - t0;
       const putKeysPerSec = sample.length / (putMs / 1000);
-      // Each case writes into a Consul of the same size: its cost per key grows with the store.
+
+      // The floor of any copy, into a Consul without the ceiling's keys.
       await send(single, address, 'DELETE', `/v1/kv/${rawId}?recurse`, Buffer.alloc(0));
+      const floorId = uniqueId('floor');
+      const floorMeter = cpuMeter({ consul: consul.pid, etcd: etcd.pid });
+      const floorMs = await floorCopy(etcd.endpoint, agent, address, prefix, floorId, limits);
+      const floorCpu = floorMeter.read();
+      // Each case writes into a Consul of the same size: its cost per key grows with the store.
+      await send(single, address, 'DELETE', `/v1/kv/${floorId}?recurse`, Buffer.alloc(0));
       await send(single, address, 'DELETE', `/v1/kv/${putId}?recurse`, Buffer.alloc(0));
       agent.destroy();
       single.destroy();
@@ -115,7 +154,9 @@ export async function benchCopy(): Promise<void> {
         vsOnePut: +(toolKeysPerSec / putKeysPerSec).toFixed(1),
         targets: { vsRawTxn: 0.8, vsOnePut: 15 },
         cpuBoundVsRawTxn: +(rawMs / 1000 / cpuBoundSeconds(tool.cpu)).toFixed(2),
-        cpu: { rawTxn: rawCpu, tool: tool.cpu },
+        floorKeysPerSec: Math.round(KEYS / (floorMs / 1000)),
+        floorVsRawTxn: +(rawMs / floorMs).toFixed(2),
+        cpu: { rawTxn: rawCpu, floor: floorCpu, tool: tool.cpu },
         toolMaxRssMb: Math.round(tool.maxRssMb),
         command: `BENCH_KEYS=${KEYS} BENCH_BIG_KEYS=0 npm run bench -- copy`,
       });
