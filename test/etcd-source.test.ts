@@ -117,6 +117,19 @@ describe('etcd source (real etcd)', () => {
     expect(small.pages).toBe(17);
   });
 
+  it('after a page of more than 8 MiB of values, reads smaller pages: memory stays bounded by bytes, not by the page size in keys', async () => {
+    const prefix = uniquePrefix('heavy');
+    const keys = Array.from({ length: 1500 }, (_, i) => `${prefix}${String(i).padStart(5, '0')}`);
+    const value = Buffer.alloc(20_000, 3);
+    for (let i = 0; i < keys.length; i += 100) {
+      await raw.if(keys[i]!, 'Create', '==', 0).then(...keys.slice(i, i + 100).map((k) => raw.put(k).value(value))).commit();
+    }
+    const sizes: number[] = [];
+    for await (const page of source.readPages(prefixRange(prefix), { pageKeys: 10_000 })) sizes.push(page.entries.length);
+    // The first page (500 keys, 10 MB) is over: the next ones hold half as many keys, 5 MB (they held 1,000, 20 MB).
+    expect(sizes).toEqual([500, 250, 250, 250, 250]);
+  });
+
   it('a page read on a closed source fails at once, not after retrying as if etcd were unreachable (a verify whose round failed stayed alive ~15 s after its result)', async () => {
     const closed = etcdSource();
     await closed.status();

@@ -114,7 +114,7 @@ function wireEnd(end: Buffer): Buffer {
 }
 
 /** A page of values above this is followed by a smaller page. */
-const PAGE_BYTES_TARGET = 32 * 1024 * 1024;
+const PAGE_BYTES_TARGET = 8 * 1024 * 1024;
 /** The keys of the first page `readPages` reads; each full page doubles the next, up to the size asked for. */
 const FIRST_PAGE_KEYS = 500;
 const RECEIVE_LIMIT_BYTES = 256 * 1024 * 1024;
