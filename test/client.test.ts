@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createKvClient, type KvClient, type KvWatchEvent, type MismatchEvent, type SwitchEvent } from '../src/client/index.js';
+import { createKvClient, type ClientErrorEvent, type KvClient, type KvWatchEvent, type MismatchEvent, type SwitchEvent } from '../src/client/index.js';
 import { freePort, startConsulCluster } from '../scripts/local-servers.js';
 import { loadConfig } from '../src/config/load.js';
 import { configDir, consulTarget, privateConsul, rawEtcd, serverEnv, uniquePrefix } from './support/harness.js';
@@ -278,6 +278,36 @@ describe('createKvClient', () => {
     await client.put(`${m.from}k`, 'three');
     expect((await consul.readKey(`${m.to}k`))?.value.toString()).toBe('three');
     expect((await etcd.get(`${m.from}k`).string())).toBe('one');
+  });
+
+  it('a phase document deleted while Consul owns the rule leaves the client with Consul, said once as a problem (it went back to etcd); written back, it goes on', async () => {
+    const m = migration('client-gone');
+    const client = await open(m);
+    const switched = nextEvent<SwitchEvent>(client, 'switch', 5_000);
+    await m.writePhase('consul', 'cutover');
+    await switched;
+    const problems: ClientErrorEvent[] = [];
+    client.on('problem', (e) => problems.push(e));
+    await consul.deleteKey(m.phaseKey);
+    await eventually('said', async () => problems.length > 0);
+    expect(problems[0]).toMatchObject({ source: 'phase', error: { code: 'client_phase_missing' } });
+    expect(client.owner()).toBe('consul');
+    await client.put(`${m.from}k`, 'still consul');
+    expect((await consul.readKey(`${m.to}k`))?.value.toString()).toBe('still consul');
+    expect(await etcd.get(`${m.from}k`).string()).toBeNull();
+    // Written back (as the dual-run does): no switch, no second problem.
+    await m.writePhase('consul', 'cutover');
+    await sleep(500);
+    expect(client.owner()).toBe('consul');
+    expect(problems).toHaveLength(1);
+    // A rule etcd owns: a document deleted (a refused cutover deletes the one its pause created) leaves etcd the owner.
+    const back = nextEvent<SwitchEvent>(client, 'switch', 5_000);
+    await m.writePhase('etcd', 'rolledback');
+    await back;
+    await consul.deleteKey(m.phaseKey);
+    await sleep(500);
+    expect(client.owner()).toBe('etcd');
+    expect(problems).toHaveLength(1);
   });
 
   it('refuses bad input with clear, typed errors', async () => {

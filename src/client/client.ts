@@ -139,6 +139,8 @@ interface RuleRuntime {
   lastSyncAt: Date | undefined;
   followError: Error | undefined;
   followed: boolean;
+  /** The phase document was deleted while Consul owned the rule (said once; Consul stays the owner). */
+  phaseGone: boolean;
 }
 
 const DEFAULT_SHADOW = { sampleRate: 1, recheckDelayMs: 300, writeWindowMs: 2_000 };
@@ -248,6 +250,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
         lastSyncAt: undefined,
         followError: undefined,
         followed: rule.action === 'copy',
+        phaseGone: false,
       });
     }
   }
@@ -545,6 +548,20 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       // Consul's rule: start over when the index goes backwards (a snapshot restore, a new leader's state).
       index = answer.index < index ? 0 : answer.index;
       if (answer.modifyIndex === rt.phase.modifyIndex && !rt.error) continue;
+      // Gone while Consul owns the rule: deleted by hand (no command deletes a document of a rule Consul owns). Taken as
+      // missing, the rule would be etcd's again, and writes would go where its data no longer is: Consul stays the owner,
+      // said once; a running dual-run writes the document back, rebuilt from the owners document.
+      if (answer.value === undefined && rt.phase.owner === 'consul') {
+        if (!rt.phaseGone) {
+          rt.phaseGone = true;
+          this.emit('problem', { rule: rt.rule.name, source: 'phase', error: new MigrateError('client_phase_missing', 4, `The phase document ${rt.phaseKey} of rule "${rt.rule.name}" was deleted while Consul owns the rule; the client goes on with Consul.`, {
+            hint: 'Start `migrate dualrun` if none runs: it writes the document back from the owners document. `migrate status` shows the rule\'s phase meanwhile.',
+            details: { rule: rt.rule.name },
+          }) });
+        }
+        continue;
+      }
+      rt.phaseGone = false;
       let next: RulePhase;
       try {
         next = parsePhaseDocument(rt.phaseKey, rt.rule.name, answer.value, answer.modifyIndex);
