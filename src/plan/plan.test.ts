@@ -68,6 +68,11 @@ describe('runPlan', () => {
       { rule: 'kept', to: 'kept/', why: 'the rule is now a keep rule', consulKeys: 0 },
     ], refused: [] });
     expect(renderPlan(plan, 'text')).toContain('rule old: 2 keys under old/ stay in Consul, replicated no more (the rule was removed); nothing deletes them');
+    // A change that leaves no rule's keys unreplicated may still take keys out of a rule: said, with where to see them.
+    const narrowed = parseConfig(`${yaml('skip')}  - { name: old, from: /old/, to: old/ }\n  - { name: moved, from: /moved/, to: moved/ }\n  - { name: kept, from: /kept/, to: kept/ }\n  - { name: nested, from: /old/a, action: keep }\n`, 'migration.yaml');
+    const narrowPlan = await runPlan({ source: source(), target, config: narrowed.config, configFile: 'migration.yaml', mapping: narrowed.mapping });
+    expect(narrowPlan.mappingChange?.leftBehind).toEqual([]);
+    expect(renderPlan(narrowPlan, 'text')).toContain('Nothing is left behind in Consul unreplicated. Keys the change takes out of a rule (a narrower from:, a nested keep rule, leases: skip) are extraneous there: the dual-run\'s re-baseline deletes them, behind the delete guard (`migrate copy --dry-run --accept-mapping-change` lists them while no dual-run runs).');
     // The recorded mapping itself: no change to report.
     const same = await runPlan({ source: source(), target, config: recorded.config, configFile: 'migration.yaml', mapping: recorded.mapping });
     expect(same.mappingChange).toBeUndefined();

@@ -60,7 +60,7 @@ export function renderPlanText(result: PlanResult): string {
     lines.push(`Mapping change: ${result.configFile} is not the mapping migration "${result.migrationId}" recorded; ${result.mappingChange.refused.length > 0 ? 'copy and dualrun refuse it (the mapping_change_refused blocker says why)' : 'copy and dualrun take it with --accept-mapping-change'}.`);
     const left = result.mappingChange.leftBehind;
     if (left === null) lines.push('  (the recorded rules are not known: state recorded by an earlier release)');
-    else if (left.length === 0 && !result.mappingChange.servicesLeft) lines.push('  Nothing is left behind in Consul.');
+    else if (left.length === 0 && !result.mappingChange.servicesLeft) lines.push('  Nothing is left behind in Consul unreplicated. Keys the change takes out of a rule (a narrower from:, a nested keep rule, leases: skip) are extraneous there: the dual-run\'s re-baseline deletes them, behind the delete guard (`migrate copy --dry-run --accept-mapping-change` lists them while no dual-run runs).');
     for (const r of result.mappingChange.servicesLeft ?? []) lines.push(`  rule ${r.rule}: ${plural(r.instances, 'instances')} stay registered on the agent, kept in step with etcd no more (the service rule was removed): \`migrate copy --delete-extraneous\` deregisters them`);
     for (const l of left ?? []) lines.push(`  rule ${l.rule}: ${l.consulKeys === null ? 'the keys' : plural(l.consulKeys, 'keys')} under ${l.to} stay in Consul, replicated no more (${l.why}); nothing deletes them (but a leased key, with its session, when its etcd lease ends): remove them once no application reads them (consul kv delete -recurse ${l.to})`);
   }
