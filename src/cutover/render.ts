@@ -39,6 +39,7 @@ export function renderStatus(result: StatusResult, format: Format, configFile = 
   const back = dual.etcdWentBack;
   const changed = [
     ...(result.mappingChanged ? ['', `MAPPING CHANGED: ${configFile} is not the mapping this migration recorded. The figures below are of the file; the dual-run and copy refuse it until started with --accept-mapping-change (review the change with \`migrate plan\` first).`] : []),
+    ...(result.cutOverNotInFile.length > 0 ? ['', `CUT OVER, NOT IN ${configFile}: rule${result.cutOverNotInFile.length > 1 ? 's' : ''} ${result.cutOverNotInFile.join(', ')}. Applications write ${result.cutOverNotInFile.length > 1 ? 'their' : 'its'} data to Consul, and a renamed or removed rule is no longer mirrored back to etcd: put ${result.cutOverNotInFile.length > 1 ? 'them' : 'it'} back in the file as cut over (the dual-run and copy refuse the change: mapping_changed_cut_over), or roll ${result.cutOverNotInFile.length > 1 ? 'them' : 'it'} back first with the file as it was.`] : []),
     ...(back ? ['', `ETCD WENT BACK IN TIME: ${back.found ? `a dual-run found etcd's revision ${back.etcdRevision} below the checkpoint ${dual.checkpoint} (${back.found})` : `etcd's revision ${back.etcdRevision} is below the checkpoint ${dual.checkpoint}`} (restored from a backup?). The dual-run refuses to start (etcd_behind_checkpoint); decide which store holds the data to keep: \`migrate copy --delete-extraneous\` makes Consul match etcd and puts the checkpoint back.`] : []),
   ];
   if (format === 'markdown') {

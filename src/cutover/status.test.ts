@@ -92,5 +92,20 @@ rules:
     expect(renderStatus(other, 'text')).toContain('MAPPING CHANGED: migration.yaml is not the mapping this migration recorded');
     // Named as the operator gave it (`-c conf/narrow.yaml`), not as the default file.
     expect(renderStatus(other, 'text', 'conf/narrow.yaml')).toContain('MAPPING CHANGED: conf/narrow.yaml is not the mapping this migration recorded');
+    expect(other.cutOverNotInFile).toEqual([]);
+  });
+
+  it('names a cut-over rule that migration.yaml no longer names (renamed or removed): it showed only the mapping change', async () => {
+    const renamed = parseConfig('version: 1\nid: demo\nrules:\n  - { name: shop, from: /shop/, to: shop/ }\n', 'migration.yaml');
+    const target = new MemoryTarget();
+    const doc = (rule: string, phase: string, owner: string) => target.entries.set(`_migrate/demo/rules/${rule}`, { key: `_migrate/demo/rules/${rule}`, value: Buffer.from(JSON.stringify({ schemaVersion: 1, rule, phase, owner, updated: '2026-01-01T00:00:00Z', history: [{ phase, at: '2026-01-01T00:00:00Z', by: 'me@host' }] })), flags: 0, modifyIndex: 1 });
+    doc('shop-app', 'cutover', 'consul');
+    // A finalized rule may leave the file; a rolled-back one is etcd's.
+    doc('old', 'finalized', 'consul');
+    doc('back', 'rolledback', 'etcd');
+    const result = await runStatus({ source: new MemorySource(), target, ...renamed }, { now: () => new Date('2026-01-01T00:00:00Z'), maxVerifyAgeMs: 3_600_000 });
+    expect(result.cutOverNotInFile).toEqual(['shop-app']);
+    expect(renderStatus(result, 'text')).toContain('CUT OVER, NOT IN migration.yaml: rule shop-app. Applications write its data to Consul');
+    expect(JSON.parse(renderStatus(result, 'json'))).toMatchObject({ cutOverNotInFile: ['shop-app'] });
   });
 });

@@ -51,6 +51,8 @@ export interface StatusResult {
   verify: { at: string; ageSeconds: number; clean: boolean; revision: number; tolerated: number } | null;
   /** migration.yaml's mapping is not the one the migration recorded: the dual-run and copy refuse it until told to adopt it. */
   mappingChanged: boolean;
+  /** Rules cut over (Consul owns their data, applications write it there) that migration.yaml no longer names as copy rules. */
+  cutOverNotInFile: string[];
   rules: RuleStatusLine[];
 }
 
@@ -136,6 +138,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision, tolerated: Object.values(state.verify.rules).reduce((n, r) => n + (r.status === 'within-budget' ? r.differences : 0), 0) }
       : null,
     mappingChanged,
+    cutOverNotInFile: [...state.docs.values()].map((d) => d.doc).filter((doc) => doc.phase === 'cutover' && !mapping.copyRules.some((r) => r.name === doc.rule)).map((doc) => doc.rule),
     rules,
   };
 }
