@@ -37,7 +37,7 @@ import {
   type WritesPause,
 } from './phase.js';
 import { acknowledgeTrips, readCutoverState, setWritesPaused, writeTransitions, type CutoverState, type Transition } from './state-io.js';
-import { otherMigrations } from '../state/migrations.js';
+import { migrationsCopyingTheSame, otherMigrations } from '../state/migrations.js';
 import { LEADER_TTL_SECONDS, lockHolder } from '../dualrun/leader.js';
 
 /**
@@ -195,9 +195,7 @@ async function identity(deps: CutoverDeps, paths: StatePaths): Promise<void> {
   const meta = await readState<StateMeta>(deps.target, paths.meta);
   if (!meta) {
     // An id or state prefix edited since the copy reads as no copy at all: the migration whose rules these are is named.
-    const { others } = await otherMigrations(deps.target, deps.config.state.prefix, deps.config.id);
-    const froms = new Set(deps.config.rules.filter((r) => r.action === 'copy').map((r) => r.from));
-    const same = others.filter((o) => o.rules.some((r) => r.action === 'copy' && froms.has(r.from))).map((o) => `"${o.id}"`);
+    const same = (await migrationsCopyingTheSame(deps.target, deps.config)).map((id) => `"${id}"`);
     throw new RefusedError('cutover_no_state', `Migration "${deps.config.id}" has no state in Consul under ${paths.root}: no copy has run with this id and state prefix${same.length > 0 ? ` (migration ${same.join(', ')} there copies the same etcd prefixes)` : ''}.`, {
       hint: same.length > 0
         ? `If migration.yaml's id was changed since the copy, put it back (${same.join(', ')}); otherwise run \`migrate copy\` and \`migrate dualrun\` first (see \`migrate status\`).`

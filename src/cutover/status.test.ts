@@ -4,7 +4,7 @@ import { ServerError } from '../errors.js';
 import { MemorySource, MemoryTarget } from '../stores/memory.js';
 import { runStatus } from './status.js';
 import { renderStatus } from './render.js';
-import { mappingHash } from '../state/state.js';
+import { mappingHash, recordedRules } from '../state/state.js';
 
 describe('status', () => {
   it('counts each rule\'s own etcd keys: those of a nested rule are the nested rule\'s', async () => {
@@ -107,5 +107,23 @@ rules:
     expect(result.cutOverNotInFile).toEqual(['shop-app']);
     expect(renderStatus(result, 'text')).toContain('CUT OVER, NOT IN migration.yaml: rule shop-app. Applications write its data to Consul');
     expect(JSON.parse(renderStatus(result, 'json'))).toMatchObject({ cutOverNotInFile: ['shop-app'] });
+  });
+
+  it('with no state for the migration, names another migration under the state prefix that copies the same etcd prefixes (an id edited since the copy)', async () => {
+    const edited = parseConfig('version: 1\nid: renamed\nrules:\n  - { name: shop, from: /shop/, to: shop/ }\n', 'migration.yaml');
+    const original = parseConfig('version: 1\nid: shop-migration\nrules:\n  - { name: shop, from: /shop/, to: shop/ }\n', 'migration.yaml');
+    const unrelated = parseConfig('version: 1\nid: billing\nrules:\n  - { name: billing, from: /billing/, to: billing/ }\n', 'migration.yaml');
+    const source = new MemorySource();
+    const target = new MemoryTarget();
+    for (const { config } of [original, unrelated]) {
+      const meta = { schemaVersion: 1, id: config.id, etcdClusterId: source.clusterId, datacenters: ['dc1'], mappingHash: mappingHash(config), rules: recordedRules(config), created: '2026-01-01T00:00:00Z', toolVersion: 'test' };
+      target.entries.set(`_migrate/${config.id}/meta`, { key: `_migrate/${config.id}/meta`, value: Buffer.from(JSON.stringify(meta)), flags: 0, modifyIndex: 1 });
+    }
+    const options = { now: () => new Date('2026-01-01T00:00:00Z'), maxVerifyAgeMs: 3_600_000 };
+    const result = await runStatus({ source, target, ...edited }, options);
+    expect(result).toMatchObject({ started: false, sameDataIn: ['shop-migration'] });
+    expect(renderStatus(result, 'text')).toContain('NO STATE for migration renamed, but migration "shop-migration" under the same state prefix copies the same etcd prefixes: if migration.yaml\'s id was changed since the copy, put it back.');
+    // The migration's own state: nothing to name.
+    expect((await runStatus({ source, target, ...original }, options)).sameDataIn).toEqual([]);
   });
 });

@@ -8,6 +8,7 @@ import type { SourceReader, TargetStore } from '../stores/types.js';
 import { derivePhase, dualRunRunning, formatAge, nextStep, openTrips, ownerOf, type RuleOwner, type RulePhase, type WritesPause } from './phase.js';
 import { readCutoverState } from './state-io.js';
 import { lockHolder } from '../dualrun/leader.js';
+import { migrationsCopyingTheSame } from '../state/migrations.js';
 import { runningCopy } from '../copy/lock.js';
 import { META_RULE } from '../services/registration.js';
 
@@ -53,6 +54,8 @@ export interface StatusResult {
   mappingChanged: boolean;
   /** Rules cut over (Consul owns their data, applications write it there) that migration.yaml no longer names as copy rules. */
   cutOverNotInFile: string[];
+  /** With no state of this migration: the other migrations under the state prefix that copy the same etcd prefixes (an id edited since the copy?). */
+  sameDataIn: string[];
   rules: RuleStatusLine[];
 }
 
@@ -138,6 +141,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision, tolerated: Object.values(state.verify.rules).reduce((n, r) => n + (r.status === 'within-budget' ? r.differences : 0), 0) }
       : null,
     mappingChanged,
+    sameDataIn: meta ? [] : await migrationsCopyingTheSame(target, config),
     cutOverNotInFile: [...state.docs.values()].map((d) => d.doc).filter((doc) => doc.phase === 'cutover' && !mapping.copyRules.some((r) => r.name === doc.rule)).map((doc) => doc.rule),
     rules,
   };

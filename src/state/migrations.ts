@@ -32,6 +32,16 @@ export async function otherMigrations(target: Pick<TargetStore, 'listFolders' | 
 }
 
 /**
+ * The other migrations under the same state prefix that copy one of `config`'s copy rules' etcd prefixes:
+ * where the state of a migration whose id (or state prefix) was edited since its copy is.
+ */
+export async function migrationsCopyingTheSame(target: Pick<TargetStore, 'listFolders' | 'readEntries'>, config: Pick<MigrationConfig, 'id' | 'rules' | 'state'>): Promise<string[]> {
+  const { others } = await otherMigrations(target, config.state.prefix, config.id);
+  const froms = new Set(config.rules.filter((r) => r.action === 'copy').map((r) => r.from));
+  return others.filter((o) => o.rules.some((r) => r.action === 'copy' && froms.has(r.from))).map((o) => o.id);
+}
+
+/**
  * Copy rules whose `to` overlaps a copy rule's of another migration (one lies
  * in the other, or they are the same): each migration would take the other's
  * keys for its own.
