@@ -139,7 +139,7 @@ describe('least privilege: every command with only the policies `migrate acl` pr
     expect(migrator.key_prefix).toMatchObject({ [`${p}app/`]: { policy: 'write' }, [`${p}svc/`]: { policy: 'write' }, [`_migrate/${id}/`]: { policy: 'write' } });
     expect(migrator.session_prefix).toEqual({ '': { policy: 'write' } });
     const app = acl.consul.policies[2]!.structured;
-    expect(app).toEqual({ key_prefix: { [`${p}app/`]: { policy: 'write' } }, key: { [`_migrate/${id}/rules/app`]: { policy: 'read' } } });
+    expect(app).toEqual({ key_prefix: { [`${p}app/`]: { policy: 'write' } }, key: { [`_migrate/${id}/rules/app`]: { policy: 'read' }, [`_migrate/${id}/owners`]: { policy: 'read' } } });
     // Read on both rule ranges, the dual-run's one watch across the gap between them, and write only from cutover on.
     const reads = acl.etcd.permissions.filter((x) => x.when === 'always').map((x) => [Buffer.from(x.keyBase64, 'base64').toString(), Buffer.from(x.rangeEndBase64, 'base64').toString()]);
     expect(reads).toEqual([[`${p}app/`, `${p}app0`], [`${p}svc/`, `${p}svc0`], [`${p}app/`, `${p}svc0`]]);

@@ -310,6 +310,52 @@ describe('createKvClient', () => {
     expect(problems).toHaveLength(1);
   });
 
+  it('a client started while its rule\'s phase document is missing takes the owners document\'s word: Consul, said once after it returns', async () => {
+    const m = migration('client-gone-start');
+    const ownersKey = m.phaseKey.replace(/rules\/app$/, 'owners');
+    await consul.putKey(ownersKey, Buffer.from(JSON.stringify({ schemaVersion: 1, updated: new Date().toISOString(), rules: { app: { phase: 'finalized', changes: [{ revision: 10, owner: 'consul', phase: 'finalized', at: new Date().toISOString() }] } } })));
+    const client = await open(m);
+    const problems: ClientErrorEvent[] = [];
+    client.on('problem', (e) => problems.push(e));
+    expect(client.owner()).toBe('consul');
+    await eventually('said', async () => problems.length > 0);
+    expect(problems).toEqual([expect.objectContaining({ rule: 'app', source: 'phase', error: expect.objectContaining({ code: 'client_phase_missing', message: expect.stringContaining('missing while the owners document says Consul owns the rule (finalized)') }) })]);
+    await client.put(`${m.from}k`, 'to consul');
+    expect((await consul.readKey(`${m.to}k`))?.value.toString()).toBe('to consul');
+    expect(await etcd.get(`${m.from}k`).string()).toBeNull();
+    await sleep(300);
+    expect(problems).toHaveLength(1);
+    // No owners document either (no rule has moved): etcd, nothing said.
+    const fresh = migration('client-fresh');
+    const plain = await open(fresh);
+    const said: ClientErrorEvent[] = [];
+    plain.on('problem', (e) => said.push(e));
+    await sleep(300);
+    expect(plain.owner()).toBe('etcd');
+    expect(said).toEqual([]);
+  });
+
+  it('a client started during a write pause says so after it returns, holds puts, and names the move to finish or abandon when the pause outlasts writePauseTimeoutMs', async () => {
+    const m = migration('client-paused');
+    await m.writePhase('consul', 'cutover', { writesPaused: { since: new Date().toISOString(), by: 'ops@host', for: 'rollback' } });
+    const client = await open(m, { writePauseTimeoutMs: 500 });
+    const pauses: { paused: boolean }[] = [];
+    client.on('pause', (e) => pauses.push(e));
+    await eventually('pause said', async () => pauses.length > 0);
+    expect(pauses).toEqual([expect.objectContaining({ rule: 'app', paused: true })]);
+    await expect(client.put(`${m.from}k`, 'held')).rejects.toMatchObject({
+      code: 'client_writes_paused',
+      message: expect.stringContaining('writes are paused while `migrate rollback` moves the rule'),
+      hint: expect.stringContaining('running `migrate rollback --rule app` again finishes the move, and `migrate cutover --rule app` abandons it'),
+    });
+    // Abandoned (cutover again): the pause ends, said; the put goes to Consul.
+    await m.writePhase('consul', 'cutover');
+    await eventually('resumed', async () => pauses.length === 2);
+    expect(pauses[1]).toMatchObject({ paused: false });
+    await client.put(`${m.from}k`, 'after');
+    expect((await consul.readKey(`${m.to}k`))?.value.toString()).toBe('after');
+  });
+
   it('refuses bad input with clear, typed errors', async () => {
     const m = migration('client-bad');
     await expect(open(m, { rules: ['app', 'nope'] })).rejects.toMatchObject({ code: 'client_rule_unknown', message: expect.stringContaining('Unknown rule "nope"') });

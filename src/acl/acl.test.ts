@@ -20,7 +20,7 @@ describe('planAcl', () => {
       'session_prefix "" {', '  policy = "write"', '}',
       'agent_prefix "" {', '  policy = "read"', '}', '',
     ].join('\n'));
-    expect(plan.consul.policies[2]!.grants.map((g) => [g.resource, g.name, g.policy])).toEqual([['key_prefix', 'app/', 'list'], ['key', '_migrate/demo/rules/app', 'read']]);
+    expect(plan.consul.policies[2]!.grants.map((g) => [g.resource, g.name, g.policy])).toEqual([['key_prefix', 'app/', 'list'], ['key', '_migrate/demo/rules/app', 'read'], ['key', '_migrate/demo/owners', 'read']]);
     expect(plan.consul.policies[1]!.grants.map((g) => [g.resource, g.name, g.policy])).toEqual([
       ['key_prefix', 'app/', 'list'], ['key_prefix', '/app/', 'read'], ['key_prefix', '_migrate/demo/', 'read'], ['key_prefix', '_migrate/demo/verify/', 'write'], ['session_prefix', '', 'read'], ['agent_prefix', '', 'read'],
     ]);

@@ -2,6 +2,7 @@ import type { MigrationConfig, ServiceSpec } from '../config/load.js';
 import { datacenterNames, datacentersOf, namesDatacenters } from '../mapping/datacenters.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { keepRulesInWatchSpan, watchSpan } from '../mapping/watch-span.js';
+import { ownersKey } from '../cutover/phase.js';
 import { statePaths } from '../state/state.js';
 import { prefixEnd } from '../stores/key-range.js';
 
@@ -291,6 +292,7 @@ export function planAcl(config: MigrationConfig, mapping: Mapping, options: AclO
             ? { resource: 'key_prefix', name: rule.to, policy: 'write', why: `rule ${rule.name}: the application reads and writes its keys in Consul` }
             : { resource: 'key_prefix', name: rule.to, policy: 'list', why: `rule ${rule.name}: the application reads its keys; list also allows the recursive watch the Node client uses when acl.enable_key_list_policy is on` },
           { resource: 'key', name: paths.rule(rule.name), policy: 'read', why: `the rule's phase document: the Node client reads it to know whether etcd or Consul owns rule ${rule.name}` },
+          { resource: 'key', name: ownersKey(paths), policy: 'read', why: `the owners document: the Node client reads it when rule ${rule.name}'s phase document is missing (deleted by hand while Consul owns the rule)` },
         ],
       });
     } else if (rule.action === 'service') {

@@ -4,6 +4,7 @@ import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { isMigrateError, MigrateError, UsageError } from '../errors.js';
 import type { CompiledRule, Mapping } from '../mapping/mapping.js';
 import { formatKey } from '../report/keys.js';
+import { currentOwner, ownersKey, type OwnersDoc } from '../cutover/phase.js';
 import { statePaths } from '../state/state.js';
 import { ConsulAppKv, EtcdAppKv } from '../stores/app-kv.js';
 import { ConsulTarget } from '../stores/consul.js';
@@ -143,6 +144,8 @@ interface RuleRuntime {
   phaseGone: boolean;
 }
 
+const PHASE_MISSING_HINT = 'Start `migrate dualrun` if none runs: it writes the document back, rebuilt from the owners document. `migrate status` shows the rule\'s phase meanwhile.';
+
 const DEFAULT_SHADOW = { sampleRate: 1, recheckDelayMs: 300, writeWindowMs: 2_000 };
 const MISMATCHED_KEYS_KEPT = 100;
 /** Longest an owner change waits for watches to re-subscribe before operations go on. */
@@ -219,6 +222,9 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   readonly watchDrainMs: number;
   private readonly pauseTimeoutMs: number;
   private closed = false;
+  private readonly ownersKey: string;
+  /** Events found while `start` runs, emitted once it has returned. */
+  private early: (() => void)[] | undefined = [];
 
   /** @internal Use {@link createKvClient}. */
   constructor(loaded: LoadedConfig, rules: readonly string[], private readonly source: EtcdSource, private readonly target: ConsulTarget, options: KvClientOptions) {
@@ -237,6 +243,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     this.recent = new RecentWrites(this.shadow?.writeWindowMs ?? DEFAULT_SHADOW.writeWindowMs);
     this.shadowStats = emptyShadowStats(this.shadow !== undefined);
     const paths = statePaths(loaded.config.state.prefix, loaded.config.id);
+    this.ownersKey = ownersKey(paths);
     for (const name of rules) {
       const rule = this.mapping.rules.find((r) => r.name === name)!;
       this.runtimes.set(name, {
@@ -258,10 +265,23 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   /** @internal Reads every phase document, checks etcd when it is used, then starts following the documents. */
   async start(): Promise<void> {
     const followed = [...this.runtimes.values()].filter((rt) => rt.followed);
+    let owners: Promise<OwnersDoc | undefined> | undefined;
     const first = await Promise.all(
       followed.map(async (rt) => {
         const answer = await withRetries(() => this.readPhase(rt, undefined), { attempts: 3, signal: this.closing.signal });
         rt.phase = parsePhaseDocument(rt.phaseKey, rt.rule.name, answer.value, answer.modifyIndex);
+        // No document: the rule has not moved, unless one was deleted by hand while Consul owns the rule, which the
+        // owners document beside it says (a token without read on it takes the rule to be etcd's, as before).
+        if (answer.value === undefined) {
+          owners ??= this.readOwners();
+          const phase = (await owners)?.rules[rt.rule.name]?.phase;
+          if (phase && currentOwner(await owners, rt.rule.name) === 'consul') {
+            rt.phase = { ...rt.phase, owner: 'consul', phase };
+            rt.phaseGone = true;
+            const error = new MigrateError('client_phase_missing', 4, `The phase document ${rt.phaseKey} of rule "${rt.rule.name}" is missing while the owners document says Consul owns the rule (${phase}); the client goes on with Consul.`, { hint: PHASE_MISSING_HINT, details: { rule: rt.rule.name } });
+            this.announce(() => this.emit('problem', { rule: rt.rule.name, source: 'phase', error }));
+          }
+        }
         this.updatePause(rt);
         rt.lastSyncAt = new Date();
         return { rt, index: answer.index };
@@ -271,6 +291,28 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       await this.etcd.revision([...this.runtimes.values()][0]!.rule.fromBytes);
     }
     for (const { rt, index } of first) this.followers.push(this.follow(rt, index));
+    // What start found is told once the application has the client and its listeners (they are added after it returns).
+    const early = this.early ?? [];
+    this.early = undefined;
+    if (early.length > 0) setImmediate(() => early.forEach((fire) => fire()));
+  }
+
+  /** The owners document, or `undefined` when there is none or the token may not read it. */
+  private async readOwners(): Promise<OwnersDoc | undefined> {
+    try {
+      const answer = await this.blocking.readKey(this.ownersKey, 0, this.closing.signal);
+      return answer.entry ? (JSON.parse(answer.entry.value.toString('utf8')) as OwnersDoc) : undefined;
+    } catch (err) {
+      if (isMigrateError(err) && err.code === 'consul_permission_denied') return undefined;
+      if (err instanceof SyntaxError) return undefined;
+      throw err;
+    }
+  }
+
+  /** Emits now, or once `start` has returned (an event while it runs has no listener yet). */
+  private announce(fire: () => void): void {
+    if (this.early) this.early.push(fire);
+    else fire();
   }
 
   /** The value of `key` in the store that owns it, or `undefined` when the key does not exist. */
@@ -554,10 +596,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       if (answer.value === undefined && rt.phase.owner === 'consul') {
         if (!rt.phaseGone) {
           rt.phaseGone = true;
-          this.emit('problem', { rule: rt.rule.name, source: 'phase', error: new MigrateError('client_phase_missing', 4, `The phase document ${rt.phaseKey} of rule "${rt.rule.name}" was deleted while Consul owns the rule; the client goes on with Consul.`, {
-            hint: 'Start `migrate dualrun` if none runs: it writes the document back from the owners document. `migrate status` shows the rule\'s phase meanwhile.',
-            details: { rule: rt.rule.name },
-          }) });
+          this.emit('problem', { rule: rt.rule.name, source: 'phase', error: new MigrateError('client_phase_missing', 4, `The phase document ${rt.phaseKey} of rule "${rt.rule.name}" was deleted while Consul owns the rule; the client goes on with Consul.`, { hint: PHASE_MISSING_HINT, details: { rule: rt.rule.name } }) });
         }
         continue;
       }
@@ -583,8 +622,10 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
     const paused = rt.paused!;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new MigrateError('client_writes_paused', 4, `A ${op} on rule "${rt.rule.name}" waited ${this.pauseTimeoutMs} ms: writes are paused while \`migrate cutover\` or \`rollback\` moves the rule, and the pause did not end.`, {
-        hint: 'Run `migrate status`: a move that stopped half-way leaves the pause in the phase document; running the command again (or `migrate rollback`) clears it.',
+      const move = rt.phase.pausedFor;
+      const undo = move === 'rollback' ? 'cutover' : 'rollback';
+      timer = setTimeout(() => reject(new MigrateError('client_writes_paused', 4, `A ${op} on rule "${rt.rule.name}" waited ${this.pauseTimeoutMs} ms: writes are paused while \`migrate ${move ?? 'cutover` or `rollback'}\` moves the rule, and the pause did not end.`, {
+        hint: `Run \`migrate status\`: a move that stopped half-way leaves the pause in the phase document; running \`migrate ${move ?? 'cutover'} --rule ${rt.rule.name}\` again finishes the move, and \`migrate ${undo} --rule ${rt.rule.name}\` abandons it.`,
         details: { rule: rt.rule.name },
       })), this.pauseTimeoutMs);
     });
@@ -601,12 +642,14 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       let release!: () => void;
       const done = new Promise<void>((resolve) => (release = resolve));
       rt.paused = { done, release };
-      this.emit('pause', { rule: rt.rule.name, paused: true, at: new Date() });
+      const at = new Date();
+      this.announce(() => this.emit('pause', { rule: rt.rule.name, paused: true, at }));
     } else if (!rt.phase.writesPaused && rt.paused) {
       const { release } = rt.paused;
       rt.paused = undefined;
       release();
-      this.emit('pause', { rule: rt.rule.name, paused: false, at: new Date() });
+      const at = new Date();
+      this.announce(() => this.emit('pause', { rule: rt.rule.name, paused: false, at }));
     }
   }
 

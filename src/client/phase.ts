@@ -31,6 +31,8 @@ export interface RulePhase {
   modifyIndex: number;
   /** `cutover` or `rollback` is moving ownership: writes wait until the document changes again. */
   writesPaused: boolean;
+  /** Which of them paused the writes. */
+  pausedFor?: 'cutover' | 'rollback';
   /**
    * The etcd revision a cutover flipped at (its history's evidence), when
    * recorded: etcd changes after it under the rule are no application's
@@ -75,7 +77,8 @@ export function parsePhaseDocument(key: string, rule: string, raw: Buffer | unde
   if (doc.owner !== 'etcd' && doc.owner !== 'consul') return corrupt(`has an unknown owner ${JSON.stringify(doc.owner)} (expected "etcd" or "consul")`);
   const last = Array.isArray(doc.history) ? (doc.history.at(-1) as { evidence?: { etcdRevision?: unknown } } | undefined) : undefined;
   const flipRevision = typeof last?.evidence?.etcdRevision === 'number' ? last.evidence.etcdRevision : undefined;
-  return { rule, owner: doc.owner, phase: doc.phase as Phase, updated: typeof doc.updated === 'string' ? doc.updated : undefined, modifyIndex, writesPaused: doc.writesPaused !== undefined && doc.writesPaused !== null, ...(flipRevision !== undefined ? { flipRevision } : {}) };
+  const pausedFor = (doc.writesPaused as { for?: unknown } | null | undefined)?.for;
+  return { rule, owner: doc.owner, phase: doc.phase as Phase, updated: typeof doc.updated === 'string' ? doc.updated : undefined, modifyIndex, writesPaused: doc.writesPaused !== undefined && doc.writesPaused !== null, ...(pausedFor === 'cutover' || pausedFor === 'rollback' ? { pausedFor } : {}), ...(flipRevision !== undefined ? { flipRevision } : {}) };
 }
 
 /** The rules an application names, checked against the mapping's rules (pure). */
