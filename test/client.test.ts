@@ -401,6 +401,26 @@ describe('createKvClient', () => {
     }
   }, 30_000);
 
+  it('shadow reads that fail while the other store is down are counted, and said once, not at every read', async () => {
+    const m = migration('client-shadow-down');
+    const own = await privateConsul();
+    let stopped = false;
+    try {
+      const client = await open(m, { env: serverEnv({ CONSUL_HTTP_ADDR: own.address }), shadowReads: true });
+      await client.put(`${m.from}k`, 'v');
+      const problems: ClientErrorEvent[] = [];
+      client.on('problem', (e) => problems.push(e));
+      await own.stop();
+      stopped = true;
+      for (let i = 0; i < 5; i++) expect(await client.getString(`${m.from}k`)).toBe('v');
+      await eventually('counted', async () => client.stats().shadow.errors === 5);
+      expect(problems.filter((p) => p.source === 'shadow')).toHaveLength(1);
+      await client.close();
+    } finally {
+      if (!stopped) await own.stop();
+    }
+  }, 30_000);
+
   it('follows again as soon as Consul is back, not after the blocking query\'s wait', async () => {
     const m = migration('client-back');
     const consul = await startConsulCluster({ size: 1 });

@@ -144,6 +144,9 @@ interface RuleRuntime {
   phaseGone: boolean;
 }
 
+/** At most one `problem` from shadow reads in this long (`stats().shadow.errors` counts every failed one). */
+const SHADOW_PROBLEM_EVERY_MS = 60_000;
+
 const PHASE_MISSING_HINT = 'Start `migrate dualrun` if none runs: it writes the document back, rebuilt from the owners document. `migrate status` shows the rule\'s phase meanwhile.';
 
 const DEFAULT_SHADOW = { sampleRate: 1, recheckDelayMs: 300, writeWindowMs: 2_000 };
@@ -222,6 +225,7 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   readonly watchDrainMs: number;
   private readonly pauseTimeoutMs: number;
   private closed = false;
+  private shadowProblemAt = -Infinity;
   private readonly ownersKey: string;
   /** Events found while `start` runs, emitted once it has returned. */
   private early: (() => void)[] | undefined = [];
@@ -508,6 +512,9 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
   private startShadow(route: ClientKeyRoute, rt: RuleRuntime, owner: Owner, value: Buffer | undefined): void {
     const work = this.compareInShadow(route, rt, owner, value, rt.epoch).catch((err: unknown) => {
       this.shadowStats.errors++;
+      // One a minute at most (the count has them all): with the other store down, every sampled read failed, 43 in 20 s.
+      if (Date.now() - this.shadowProblemAt < SHADOW_PROBLEM_EVERY_MS) return;
+      this.shadowProblemAt = Date.now();
       this.emit('problem', { rule: rt.rule.name, source: 'shadow', error: err as Error });
     });
     this.pendingShadows.add(work);
