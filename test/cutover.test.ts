@@ -1037,6 +1037,26 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     }
   }, 90_000);
 
+  it('an application never switched writes etcd at its own rate: each late write is counted, the first 10 of a rule in a minute logged', async () => {
+    const s = scenario('lateflood');
+    await seed(s);
+    expect((await s.cli(['copy'])).code).toBe(0);
+    const dr = await dualRun(s);
+    try {
+      expect((await s.cli(['cutover', '--rule', 'app', '--yes', '--verify-now'])).code).toBe(0);
+      await eventually('reverse mirror running', async () => metric(await dr.metrics(), 'migrate_dualrun_reverse_rules') === 1);
+      for (let i = 0; i < 15; i++) await etcd.put(`${s.root}/app/late${i}`).value(`late ${i}`);
+      await eventually('late writes counted', async () => metric(await dr.metrics(), 'migrate_dualrun_late_writes_total') === 15);
+      await eventually('late writes recorded', async () => (await phases(s)).app.lateWrites === 15);
+      const lines = dr.stderr().split('\n').filter((l) => l.includes('late write: etcd'));
+      expect(lines).toHaveLength(10);
+      expect(lines[9]).toContain('more late writes under rule app until');
+      expect(lines[9]).toContain('are counted (migrate_dualrun_late_writes_total, and the trips in `migrate status`), not logged');
+    } finally {
+      expect(await dr.stop()).toBe(0);
+    }
+  }, 60_000);
+
   it('a late writer: a direct etcd write under a cut-over rule is counted, logged by key, and fails verify', async () => {
     const s = scenario('late');
     await seed(s);

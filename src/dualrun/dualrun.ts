@@ -483,6 +483,10 @@ interface LeadContext {
 
 class LeadershipLost extends Error {}
 
+/** Late writes of a rule logged one by one in a window; the rest are counted only. */
+const LATE_LINES_PER_WINDOW = 10;
+const LATE_LOG_WINDOW_MS = 60_000;
+
 /**
  * The owners document as the dual-run takes it, read with the rule documents it must agree with
  * ({@link readOwnership}: one that disagrees with them is refused, state_inconsistent). One missing while
@@ -1094,6 +1098,8 @@ class Applier {
   private progressUnordered: boolean | undefined;
   private progressCheckedAt = 0;
   private readonly lateSeen = new Set<string>();
+  /** Per rule, the late writes logged one by one in the current minute (an application never switched writes one per write). */
+  private readonly lateLogged = new Map<string, { since: number; lines: number }>();
   private readonly lateTrips = new Map<string, { count: number; keys: string[]; revision: number; firstAt: string }>();
   private tripsTimer: NodeJS.Timeout | undefined;
   /** When each lease's session was last renewed (ms since the epoch): a lease pass renews only those due. */
@@ -1350,7 +1356,14 @@ class Applier {
     const key = formatKey(event.entry.key);
     // A finalized rule is no longer compared by verify: its trips show in status (and refuse a rollback, which finalize ended anyway).
     const finalized = ownerAt(this.ownership.doc, rule, revision).phase === 'finalized';
-    this.options.log('warn', `late write: etcd ${event.type} of ${key} under rule ${rule}, which Consul owns; not replicated (${finalized ? 'the rule is finalized: status shows the trip until acknowledged' : 'verify fails until acknowledged'})`, { rule, key, revision });
+    const now = Date.now();
+    let logged = this.lateLogged.get(rule);
+    if (!logged || now - logged.since >= LATE_LOG_WINDOW_MS) this.lateLogged.set(rule, (logged = { since: now, lines: 0 }));
+    if (logged.lines < LATE_LINES_PER_WINDOW) {
+      logged.lines++;
+      const more = logged.lines === LATE_LINES_PER_WINDOW ? `; more late writes under rule ${rule} until ${new Date(logged.since + LATE_LOG_WINDOW_MS).toISOString()} are counted (migrate_dualrun_late_writes_total, and the trips in \`migrate status\`), not logged` : '';
+      this.options.log('warn', `late write: etcd ${event.type} of ${key} under rule ${rule}, which Consul owns; not replicated (${finalized ? 'the rule is finalized: status shows the trip until acknowledged' : 'verify fails until acknowledged'})${more}`, { rule, key, revision });
+    }
     const pending = this.lateTrips.get(rule) ?? { count: 0, keys: [] as string[], revision: 0, firstAt: new Date().toISOString() };
     pending.count++;
     pending.revision = Math.max(pending.revision, revision);
