@@ -1029,6 +1029,8 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
       expect(code, dr.stderr()).toBe(4);
       expect(dr.stderr()).toContain('error[state_inconsistent]: The migration\'s state disagrees with itself on who owns a rule: rule app:');
       expect((await target.readKey(`${s.id}/app/k2`))?.value.toString()).toBe('v2');
+      // Its checkpoint says it stopped: no dual-run shown as running once the state is put right.
+      expect(JSON.parse((await target.readKey(`_migrate/${s.id}/checkpoint`))!.value.toString())).toMatchObject({ by: 'dualrun', stopped: expect.any(String) });
       const status = await s.cli(['status']);
       expect(status.code).toBe(4);
       expect(status.stderr).toContain('error[state_inconsistent]');

@@ -733,6 +733,12 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
   // the rule documents, written with it: one deleted by hand while Consul owns its rule is written back at once
   // (see readOwners). Those only while Consul owns a rule: their documents (or tombstones) exist then, and a
   // blocking query on a prefix that never held a key answers at every write to Consul's KV store.
+  // Refused (a guard, state edited by hand): nothing replicates any more, so the checkpoint is marked stopped as at a
+  // clean stop (status said for 20 s that a dual-run ran, with none left), the reverse mirrors' last writes recorded.
+  const markStopped = async (): Promise<void> => {
+    await Promise.all([...mirrors.values()].map((m) => m.stop()));
+    await applier.markStopped().catch(() => undefined);
+  };
   const follow = async (what: string, read: (index: number) => Promise<{ index: number }>, start: number): Promise<void> => {
     let index = start;
     // 1 s after a failure, doubling to 10 s while Consul stays down (the replication's txns are fenced meanwhile).
@@ -753,6 +759,7 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
         if (following.signal.aborted) break;
         // The state disagrees with itself (edited by hand): no ownership to follow, so nothing to replicate by.
         if (isMigrateError(err) && err.code === 'state_inconsistent') {
+          await markStopped();
           ctx.fail(err);
           break;
         }
@@ -986,12 +993,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
       .catch((err: unknown) => options.log('warn', `could not mark the checkpoint stopped: ${(err as Error).message}`));
     return 'signal';
   } catch (err) {
-    // Refused (a guard, state edited by hand): nothing replicates any more, so the checkpoint is marked stopped as at a
-    // clean stop (status said for 20 s that a dual-run ran, with none left). Not for a server that failed: it may not answer.
-    if (isMigrateError(err) && err.exitCode === ExitCode.refused && !ctx.lost.aborted) {
-      await Promise.all([...mirrors.values()].map((m) => m.stop()));
-      await applier.flush(true, { stopped: true }).catch(() => undefined);
-    }
+    // Not for a server that failed: it may not answer.
+    if (isMigrateError(err) && err.exitCode === ExitCode.refused && !ctx.lost.aborted) await markStopped();
     throw err;
   } finally {
     clearInterval(leaseTimer);
@@ -1522,6 +1525,23 @@ class Applier {
     stats.connected = true;
     if (stats.checkpoint >= stats.etcdRevision) stats.caughtUpAt = Date.now();
     this.ctx.publish();
+  }
+
+  /**
+   * The committed checkpoint again, marked stopped, for a dual-run that a refusal ends: no data, so no owners fence
+   * (the refusal may be that the owners document was edited), only this run's checkpoint index and its leader lock.
+   */
+  async markStopped(): Promise<void> {
+    const revision = this.ctx.stats.checkpoint;
+    const updated = new Date().toISOString();
+    const mirrored = this.own.after(revision);
+    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, stopped: updated, ...(mirrored.length > 0 ? { mirrored } : {}) };
+    const key = this.ctx.paths.checkpoint();
+    const value = Buffer.from(JSON.stringify(checkpoint));
+    this.checkpointIndex = await this.ctx.target.applyTxn([
+      this.checkpointIndex !== undefined ? { verb: 'cas', key, value, index: this.checkpointIndex } : { verb: 'set', key, value },
+      { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' },
+    ]);
   }
 
   /** `check-index` on the owners document as read when the pending decisions were made. */
