@@ -204,7 +204,9 @@ export function derivePhase(rule: string, input: PhaseInputs): RulePhase {
 const resolveTolerated = (n: number) => `resolve the ${n} difference(s) the last verify tolerated (--allow): a cutover needs parity; then migrate verify`;
 
 /** What the operator does next, for `status`. */
-export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; guardTrips?: number; copyInterrupted?: boolean; copyRunning?: string; rebaselining?: string; dualRunCheckpoint?: boolean; tolerated?: number }): string {
+export function nextStep(rule: string, phase: RulePhase, facts: { running: boolean; verifyClean: boolean | undefined; verifyAgeMs: number | undefined; maxVerifyAgeMs: number; trips: number; guardTrips?: number; copyInterrupted?: boolean; copyRunning?: string; rebaselining?: string; dualRunCheckpoint?: boolean; tolerated?: number; mappingChanged?: boolean; etcdWentBack?: boolean }): string {
+  // etcd restored from a backup: the dual-run refuses to start, whatever the rule's phase, until a copy puts the checkpoint back.
+  if (facts.etcdWentBack && ownerOf(phase) === 'etcd') return 'decide which store holds the data to keep (etcd went back in time): migrate copy --delete-extraneous makes Consul match etcd, then start migrate dualrun';
   if (facts.trips > 0 && phase === 'cutover') {
     // Acknowledging clears the record; it does not carry the deletes the guard held back to etcd.
     const held = facts.guardTrips ? `; if the deletes the reverse mirror's delete guard held back are intended, restart the dual-run with --allow-mass-delete first (its first pass mirrors them to etcd)` : '';
@@ -218,9 +220,11 @@ export function nextStep(rule: string, phase: RulePhase, facts: { running: boole
       // The copy a dual-run makes again after a compaction or a mapping change (it holds the leader lock, not the copy lock).
       if (facts.copyInterrupted && facts.rebaselining) return `wait for the dual-run ${facts.rebaselining} to finish copying the rules again (re-baselining; its log says when), then migrate verify`;
       if (facts.copyInterrupted && facts.dualRunCheckpoint) return 'start migrate dualrun (a re-baseline stopped part way: it copies the rules again, then replicates)';
-      return facts.copyInterrupted ? 'migrate copy --resume (a copy started and has not finished)' : 'migrate copy';
+      if (facts.copyInterrupted) return 'migrate copy --resume (a copy started and has not finished)';
+      // A rule added since the migration recorded its mapping: copy and dualrun refuse the change unless told to take it.
+      return facts.mappingChanged ? 'review the change with migrate plan, then migrate copy --accept-mapping-change (or start migrate dualrun --accept-mapping-change: it copies the rule)' : 'migrate copy';
     case 'copied':
-      return 'migrate dualrun (keep it running)';
+      return facts.mappingChanged ? 'migrate dualrun --accept-mapping-change (keep it running; review the change with migrate plan first)' : 'migrate dualrun (keep it running)';
     case 'mirroring':
       if (!facts.running) return 'start migrate dualrun, then migrate verify';
       return facts.tolerated ? resolveTolerated(facts.tolerated) : 'migrate verify';

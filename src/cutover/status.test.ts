@@ -75,6 +75,9 @@ rules:
     const behind = await runStatus({ source, target, config, mapping }, options);
     expect(behind.dualRun.etcdWentBack).toEqual({ etcdRevision: head - 1, found: null });
     expect(renderStatus(behind, 'text')).toContain(`ETCD WENT BACK IN TIME: etcd's revision ${head - 1} is below the checkpoint ${head}`);
+    // The rule's next step says the same (it said to start the dual-run, which refuses).
+    expect(behind.rules[0]!.next).toBe('decide which store holds the data to keep (etcd went back in time): migrate copy --delete-extraneous makes Consul match etcd, then start migrate dualrun');
+    expect(raced.rules[0]!.next).not.toContain('went back');
   });
 
   it('says when migration.yaml is not the mapping the migration recorded (another file, an edited one): the dual-run and copy refuse it', async () => {
@@ -93,6 +96,9 @@ rules:
     // Named as the operator gave it (`-c conf/narrow.yaml`), not as the default file.
     expect(renderStatus(other, 'text', 'conf/narrow.yaml')).toContain('MAPPING CHANGED: conf/narrow.yaml is not the mapping this migration recorded');
     expect(other.cutOverNotInFile).toEqual([]);
+    // Never copied under the changed mapping: copy refuses it without the flag, so the step names it.
+    expect(other.rules[0]!.next).toBe('review the change with migrate plan, then migrate copy --accept-mapping-change (or start migrate dualrun --accept-mapping-change: it copies the rule)');
+    expect(same.rules[0]!.next).toBe('migrate copy');
   });
 
   it('names a cut-over rule that migration.yaml no longer names (renamed or removed): it showed only the mapping change', async () => {
