@@ -998,6 +998,13 @@ describe('cutover, rollback, finalize and status (real servers)', () => {
     } finally {
       expect(await dr.stop()).toBe(0);
     }
+    // The rebuilt history has no routing: the recorded mapping stands for it, so moving the rule is still refused.
+    const file = join(s.dir, 'migration.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace(`to: ${s.id}/app/ }`, `to: ${s.id}/app2/ }`));
+    const moved = await s.cli(['copy', '--accept-mapping-change']);
+    expect(moved.code, moved.stdout + moved.stderr).toBe(4);
+    expect(moved.stderr).toContain(`error[mapping_changed_cut_over]: migration.yaml changes what Consul owns: rule app (cut over as ${s.root}/app/ → ${s.id}/app/, now ${s.root}/app/ → ${s.id}/app2/)`);
+    expect((await target.readKey(`${s.id}/app/k1`))?.value.toString()).toBe('from the application');
   }, 90_000);
 
   it('the owners document deleted by hand is rebuilt from the rule documents (the rule stays Consul\'s); edited to disagree with them, the dual-run stops (exit 4)', async () => {

@@ -185,6 +185,16 @@ describe('cutOverMappingChanges: what --accept-mapping-change may not change of 
     // Added in a nested rule of its own (not cut over): those keys were never the cut-over rule's.
     const deeper = [...nested, rule('deep', '/billing/01/x', 'deep/')];
     expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], deeper, recorded)).toEqual([]);
+    // A history without the routing (a document rebuilt from the owners document after it was deleted by hand): the
+    // recorded rule stands for it, so a move, a rename over its data and a nested rule are refused all the same.
+    const rebuilt = (phase: 'cutover' | 'finalized') => doc('billing', phase);
+    const recordedTo = [{ name: 'billing', action: 'copy', from: '/billing/', to: 'billing/' }];
+    expect(cutOverMappingChanges([rebuilt('cutover')], [rule('billing', '/billing/', 'billing2/')], recordedTo)).toEqual(['rule billing (cut over as /billing/ → billing/, now /billing/ → billing2/)']);
+    expect(cutOverMappingChanges([rebuilt('finalized')], [rule('billing-v2', '/billing/', 'billing/')], recordedTo)).toEqual(['rule billing-v2 (its to: billing/ overlaps billing/, where Consul owns the data of rule billing, finalized)']);
+    expect(cutOverMappingChanges([rebuilt('cutover')], [rule('billing', '/billing/', 'billing/'), rule('kept', '/billing/0000', '', 'reject', 'session', 'keep')], recordedTo)).toEqual([
+      'rule kept (its from: /billing/0000 lies in /billing/, which rule billing is cut over with: it would take those keys from its reverse mirror)',
+    ]);
+    expect(cutOverMappingChanges([rebuilt('cutover')], [rule('billing', '/billing/', 'billing/')], recordedTo)).toEqual([]);
     // Made a keep rule: no longer copied here.
     expect(cutOverMappingChanges([doc('billing', 'cutover', billing)], [rule('billing', '/billing/', '', 'reject', 'session', 'keep')])).toEqual(['rule billing (cut over as /billing/ → billing/, no longer copied here)']);
   });

@@ -315,13 +315,16 @@ export interface RuleRouting {
  *   cut-over rule's nested rules can be ruled out: refused until they are.
  * Rules cut over before the routing was recorded in the history are not known here.
  */
-export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string; action: string })[], recorded: readonly { name: string; from: string }[] | null = []): string[] {
+export function cutOverMappingChanges(docs: Iterable<RulePhaseDoc>, rules: readonly (RuleRouting & { name: string; action: string })[], recorded: readonly { name: string; from: string; to?: string; action?: string }[] | null = []): string[] {
   const changed: string[] = [];
   const described = (r: RuleRouting) => `${r.from} → ${r.to}`;
   for (const doc of docs) {
     if (!ownedByConsul(doc)) continue;
     const state = doc.phase === 'finalized' ? 'finalized' : 'cut over';
-    const then = [...doc.history].reverse().find((h) => h.phase === 'cutover')?.evidence?.mapping;
+    // A history without it (a document rebuilt from the owners document after it was deleted by hand, or written by an
+    // earlier release): the rule as the migration recorded it, which no accepted change can have moved while Consul owns it.
+    const old = recorded?.find((r) => r.name === doc.rule && r.action === 'copy' && r.to !== undefined);
+    const then = [...doc.history].reverse().find((h) => h.phase === 'cutover')?.evidence?.mapping ?? (old ? { from: old.from, to: old.to! } : undefined);
     const named = rules.find((r) => r.name === doc.rule);
     const now = named?.action === 'copy' ? named : undefined;
     if (!now) {
