@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createKvClient, type ClientErrorEvent, type KvClient, type KvWatchEvent, type MismatchEvent, type SwitchEvent } from '../src/client/index.js';
-import { freePort, startConsulCluster } from '../scripts/local-servers.js';
+import { freePort, startConsul, startConsulCluster } from '../scripts/local-servers.js';
+import { ConsulTarget } from '../src/stores/consul.js';
 import { loadConfig } from '../src/config/load.js';
-import { configDir, consulTarget, privateConsul, rawEtcd, serverEnv, uniquePrefix } from './support/harness.js';
+import { configDir, consulTarget, privateConsul, rawEtcd, serverEnv, servers, uniquePrefix } from './support/harness.js';
 import { eventually } from './support/dualrun.js';
 
 /**
@@ -334,6 +335,28 @@ describe('createKvClient', () => {
     expect(plain.owner()).toBe('etcd');
     expect(said).toEqual([]);
   });
+
+  it('a token that may not read the owners document: a rule with no phase document is etcd\'s, and the client says it could not check', async () => {
+    const m = migration('client-owners-acl');
+    const own = await startConsul({ acl: true, version: servers().consulVersion });
+    const admin = new ConsulTarget({ address: own.address, token: own.managementToken! });
+    try {
+      const put = async (path: string, body: unknown) => JSON.parse((await admin.http.request({ method: 'PUT', path, body: JSON.stringify(body) })).body.toString('utf8')) as { SecretID: string };
+      // The policy of an earlier release: the rule's prefix and its phase document, not the owners document.
+      await put('/v1/acl/policy', { Name: 'old-app', Rules: `key_prefix "${m.to}" { policy = "write" }\nkey "${m.phaseKey}" { policy = "read" }\n` });
+      const token = (await put('/v1/acl/token', { Policies: [{ Name: 'old-app' }] })).SecretID;
+      const client = await open(m, { env: serverEnv({ CONSUL_HTTP_ADDR: own.address, CONSUL_HTTP_TOKEN: token }) });
+      const problems: ClientErrorEvent[] = [];
+      client.on('problem', (e) => problems.push(e));
+      await eventually('said', async () => problems.length > 0);
+      expect(problems).toEqual([expect.objectContaining({ source: 'phase', error: expect.objectContaining({ code: 'client_owners_unreadable' }) })]);
+      expect(client.owner()).toBe('etcd');
+      await client.close();
+    } finally {
+      admin.close();
+      await own.stop();
+    }
+  }, 60_000);
 
   it('a client started during a write pause says so after it returns, holds puts, and names the move to finish or abandon when the pause outlasts writePauseTimeoutMs', async () => {
     const m = migration('client-paused');

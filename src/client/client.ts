@@ -307,9 +307,14 @@ export class KvClient extends EventEmitter<KvClientEvents> implements WatchHost 
       const answer = await this.blocking.readKey(this.ownersKey, 0, this.closing.signal);
       return answer.entry ? (JSON.parse(answer.entry.value.toString('utf8')) as OwnersDoc) : undefined;
     } catch (err) {
-      if (isMigrateError(err) && err.code === 'consul_permission_denied') return undefined;
       if (err instanceof SyntaxError) return undefined;
-      throw err;
+      if (!(isMigrateError(err) && err.code === 'consul_permission_denied')) throw err;
+      // Said: should the rule's document have been deleted while Consul owns it, the client would write to etcd.
+      const error = new MigrateError('client_owners_unreadable', 4, `The Consul token may not read the owners document ${this.ownersKey}: a rule whose phase document is missing is taken to be etcd's, which is wrong only if the document was deleted by hand while Consul owns the rule.`, {
+        hint: 'Give the application\'s token the policy `migrate acl` prints for its rules (read on the owners document).',
+      });
+      this.announce(() => this.emit('problem', { rule: undefined, source: 'phase', error }));
+      return undefined;
     }
   }
 

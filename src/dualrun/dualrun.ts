@@ -774,7 +774,8 @@ async function lead(ctx: LeadContext, options: DualRunOptions): Promise<DualRunS
     follow('rule documents', async (index) => {
       const ownsAny = Object.keys(ownership.doc?.rules ?? {}).some((rule) => currentOwner(ownership.doc, rule) === 'consul');
       if (ownsAny) return ctx.blocking.readPrefix(paths.rule(''), index, following.signal);
-      await sleep(HEARTBEAT_MS, following.signal);
+      // Looked at again each second (no request): a document deleted right after the first cutover waited 5 s.
+      await sleep(1_000, following.signal);
       return { index };
     }, 0),
   ]);
