@@ -128,6 +128,7 @@ rules:
     const options = { now: () => new Date('2026-01-01T00:00:00Z'), maxVerifyAgeMs: 3_600_000 };
     const result = await runStatus({ source, target, ...edited }, options);
     expect(result).toMatchObject({ started: false, sameDataIn: ['shop-migration'] });
+    expect(result.rules[0]!.next).toBe('put migration.yaml\'s id back to "shop-migration", whose state this is (copy refuses the prefixes another migration copies)');
     expect(renderStatus(result, 'text')).toContain('NO STATE for migration renamed, but migration "shop-migration" under the same state prefix copies the same etcd prefixes: if migration.yaml\'s id was changed since the copy, put it back.');
     // The migration's own state: nothing to name.
     expect((await runStatus({ source, target, ...original }, options)).sameDataIn).toEqual([]);

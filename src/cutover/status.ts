@@ -79,6 +79,8 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
   // Read at the same moment as the checkpoint, etcd's revision can predate it (a running dual-run moved it meanwhile):
   // read again before taking etcd to be behind it (restored from a backup).
   const etcdRevision = checkpoint !== null && status.revision < checkpoint ? (await source.status()).revision : status.revision;
+  // No state of this migration, but another copies the same etcd prefixes: an id edited since the copy?
+  const sameDataIn = meta ? [] : await migrationsCopyingTheSame(target, config);
   const etcdWentBack = state.checkpoint?.rewound ? { etcdRevision: state.checkpoint.rewound.etcdRevision, found: state.checkpoint.rewound.found } : checkpoint !== null && etcdRevision < checkpoint ? { etcdRevision, found: null } : null;
   const ageOf = (at: string) => Math.max(0, Math.round((nowMs - Date.parse(at)) / 1000));
   const rules: RuleStatusLine[] = [];
@@ -126,7 +128,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       guardTrips: trips?.guardTrips.count ?? 0,
       changed: last ? { at: last.at, by: last.by } : null,
       writesPaused: doc?.writesPaused ?? null,
-      next: doc?.writesPaused ? pausedStep(ruleArg(rule.name), doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(ruleArg(rule.name), phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), guardTrips: trips?.guardTrips.count ?? 0, copyInterrupted: Boolean(state.copy && !state.copy.completed), ...(copying ? { copyRunning: copying } : {}), ...(lock?.session ? { rebaselining: lockHolder(lock.value) ?? 'unknown' } : {}), dualRunCheckpoint: state.checkpoint?.by === 'dualrun', mappingChanged, etcdWentBack: etcdWentBack !== null }),
+      next: sameDataIn.length > 0 ? `put migration.yaml's id back to ${sameDataIn.map((id) => `"${id}"`).join(' or ')}, whose state this is (copy refuses the prefixes another migration copies)` : doc?.writesPaused ? pausedStep(ruleArg(rule.name), doc.writesPaused, ageOf(doc.writesPaused.since)) : nextStep(ruleArg(rule.name), phase, { running, verifyClean: verify ? verify.status === 'parity' : undefined, tolerated: verify?.status === 'within-budget' ? verify.differences : undefined, verifyAgeMs: verify ? verify.ageSeconds * 1000 : undefined, maxVerifyAgeMs: options.maxVerifyAgeMs, trips: openTrips(trips), guardTrips: trips?.guardTrips.count ?? 0, copyInterrupted: Boolean(state.copy && !state.copy.completed), ...(copying ? { copyRunning: copying } : {}), ...(lock?.session ? { rebaselining: lockHolder(lock.value) ?? 'unknown' } : {}), dualRunCheckpoint: state.checkpoint?.by === 'dualrun', mappingChanged, etcdWentBack: etcdWentBack !== null }),
     });
   }
   return {
@@ -142,7 +144,7 @@ export async function runStatus(deps: { source: SourceReader; target: TargetStor
       ? { at: state.verify.at, ageSeconds: ageOf(state.verify.at), clean: state.verify.clean, revision: state.verify.revision, tolerated: Object.values(state.verify.rules).reduce((n, r) => n + (r.status === 'within-budget' ? r.differences : 0), 0) }
       : null,
     mappingChanged,
-    sameDataIn: meta ? [] : await migrationsCopyingTheSame(target, config),
+    sameDataIn,
     cutOverNotInFile: [...state.docs.values()].map((d) => d.doc).filter((doc) => doc.phase === 'cutover' && !mapping.copyRules.some((r) => r.name === doc.rule)).map((doc) => doc.rule),
     rules,
   };
