@@ -1477,20 +1477,8 @@ class Applier {
     // A checkpoint past a late write comes after its trip is recorded: what reads the two (finalize, rollback, verify)
     // takes a checkpoint at or past a revision to mean its late writes are on record (the trip waited 300 ms for others).
     if (this.lateTrips.size > 0) await this.recordLateWrites();
-    const updated = new Date().toISOString();
-    const mirrored = stopped ? this.own.after(revision) : [];
-    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, ...(stopped ? { stopped: updated } : {}), ...(mirrored.length > 0 ? { mirrored } : {}) };
-    // A compare-and-set on the index this dual-run's last txn gave the checkpoint: a Consul restored from a snapshot
-    // takes back what was written since (data, checkpoint, sessions) with no error to any request, and a checkpoint
-    // written over the restored one would never replay it.
     const key = this.ctx.paths.checkpoint();
-    const value = Buffer.from(JSON.stringify(checkpoint));
-    const txn: TxnOp[] = [
-      ...ops,
-      this.checkpointIndex !== undefined ? { verb: 'cas', key, value, index: this.checkpointIndex } : { verb: 'set', key, value },
-      this.fence(),
-      { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' },
-    ];
+    const txn: TxnOp[] = [...ops, this.checkpointWrite(revision, stopped), this.fence(), this.leaderCheck()];
     try {
       this.checkpointIndex = await this.ctx.target.applyTxn(txn);
     } catch (err) {
@@ -1533,16 +1521,27 @@ class Applier {
    * (the refusal may be that the owners document was edited), only this run's checkpoint index and its leader lock.
    */
   async markStopped(): Promise<void> {
-    const revision = this.ctx.stats.checkpoint;
+    this.checkpointIndex = await this.ctx.target.applyTxn([this.checkpointWrite(this.ctx.stats.checkpoint, true), this.leaderCheck()]);
+  }
+
+  /**
+   * The checkpoint document at `revision` (marked stopped: with the reverse mirrors' writes past it), written by a
+   * compare-and-set on the index this dual-run's last txn gave it: a Consul restored from a snapshot takes back what
+   * was written since (data, checkpoint, sessions) with no error to any request, and a checkpoint written over the
+   * restored one would never replay it.
+   */
+  private checkpointWrite(revision: number, stopped: boolean): TxnOp {
     const updated = new Date().toISOString();
-    const mirrored = this.own.after(revision);
-    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, stopped: updated, ...(mirrored.length > 0 ? { mirrored } : {}) };
+    const mirrored = stopped ? this.own.after(revision) : [];
+    const checkpoint: CheckpointState = { schemaVersion: STATE_SCHEMA_VERSION, revision, updated, by: 'dualrun', owners: this.mirrorsAt, ...(stopped ? { stopped: updated } : {}), ...(mirrored.length > 0 ? { mirrored } : {}) };
     const key = this.ctx.paths.checkpoint();
     const value = Buffer.from(JSON.stringify(checkpoint));
-    this.checkpointIndex = await this.ctx.target.applyTxn([
-      this.checkpointIndex !== undefined ? { verb: 'cas', key, value, index: this.checkpointIndex } : { verb: 'set', key, value },
-      { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' },
-    ]);
+    return this.checkpointIndex !== undefined ? { verb: 'cas', key, value, index: this.checkpointIndex } : { verb: 'set', key, value };
+  }
+
+  /** The txn fails unless this process still holds the leader lock. */
+  private leaderCheck(): TxnOp {
+    return { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' };
   }
 
   /** `check-index` on the owners document as read when the pending decisions were made. */
@@ -1588,7 +1587,7 @@ class Applier {
     this.options.log('info', `txn up to revision ${revision} found a key held by another session than planned (usual after a restart, or when keys move between leases); re-applying its ${fixed.length} key(s) against Consul's current state (nothing for the operator to do)`);
     for (const part of packTxnBatches(fixed, this.limits, this.reserve)) {
       try {
-        await this.ctx.target.applyTxn([...part, this.fence(), { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+        await this.ctx.target.applyTxn([...part, this.fence(), this.leaderCheck()]);
       } catch (err) {
         if (err instanceof TxnFailedError && err.errors.some((e) => e.opIndex === part.length)) throw new OwnersChanged('owners fence failed');
         throw err;
@@ -1785,7 +1784,7 @@ class Applier {
         ops.push(op);
       }
     }
-    const apply = (part: TxnOp[]) => this.ctx.target.applyTxn([...part, { verb: 'check-session', key: this.ctx.paths.leader, session: this.ctx.leader.session ?? '' }]);
+    const apply = (part: TxnOp[]) => this.ctx.target.applyTxn([...part, this.leaderCheck()]);
     for (const part of packTxnBatches(ops, this.limits, this.reserve)) {
       try {
         await apply(part);
